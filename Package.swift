@@ -1,0 +1,44 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Module graph (one way only):
+//   CBLAS -> TetherTensor -> TetherNN ---\
+//   CZlib -> TetherData -----------------> TetherTrain -> tether
+//   CProtobufC -> TetherWire -> TetherComm -/
+let package = Package(
+    name: "Tether",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "tether", targets: ["tether"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        // C libraries, each behind a small system-library target (apt names in `providers`).
+        .systemLibrary(name: "CBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CZeroMQ", pkgConfig: "libzmq", providers: [.apt(["libzmq3-dev"])]),
+        .systemLibrary(name: "CProtobufC", pkgConfig: "libprotobuf-c", providers: [.apt(["libprotobuf-c-dev"])]),
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        // protoc-c output only; regenerate with scripts/generate-proto, never edit.
+        .target(name: "TetherWire", dependencies: ["CProtobufC"]),
+
+        .target(name: "TetherTensor", dependencies: ["CBLAS"]),
+        .target(name: "TetherNN", dependencies: ["TetherTensor"]),
+        .target(name: "TetherData", dependencies: ["TetherTensor", "CZlib"]),
+        .target(name: "TetherComm", dependencies: ["TetherWire", "CZeroMQ", "CProtobufC"]),
+        .target(name: "TetherTrain", dependencies: ["TetherTensor", "TetherNN", "TetherData"]),
+        .executableTarget(name: "tether", dependencies: [
+            "TetherTrain", "TetherComm", "TetherData", "TetherNN", "TetherTensor",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+
+        .testTarget(name: "TetherTensorTests", dependencies: ["TetherTensor"]),
+        .testTarget(name: "TetherNNTests", dependencies: ["TetherNN", "TetherTensor"]),
+        .testTarget(name: "TetherDataTests", dependencies: ["TetherData"]),
+        .testTarget(name: "TetherCommTests", dependencies: ["TetherComm", "TetherWire"]),
+        .testTarget(name: "TetherTrainTests", dependencies: ["TetherTrain", "TetherNN", "TetherData", "TetherTensor"]),
+        .testTarget(name: "EndToEndTests", dependencies: []),
+    ],
+    swiftLanguageModes: [.v5]
+)

@@ -1,0 +1,151 @@
+import TetherTensor
+
+/// ReLU (slope 0) or LeakyReLU: y = x > 0 ? x : slope * x, any shape.
+public final class Activation<T: Scalar>: Layer {
+    public let slope: T
+    private var input = Tensor<T>.zeros([0])
+
+    public init(leakySlope: Double = 0) { slope = T(leakySlope) }
+    public static func relu() -> Activation { Activation() }
+
+    public func forward(_ x: Tensor<T>, _ ctx: ModelContext<T>) -> Tensor<T> {
+        input = x
+        return Tensor.uninitialized(x.shape) { y in x.withPointer { T.leakyReLUForward(y, $0, slope: slope, count: x.count) } }
+    }
+
+    public func backward(_ dy: Tensor<T>, _ ctx: ModelContext<T>, needsInputGradient: Bool) -> Tensor<T>? {
+        guard needsInputGradient else { return nil }
+        return Tensor.uninitialized(dy.shape) { dx in
+            dy.withPointer { dyp in input.withPointer { T.leakyReLUBackward(dx, dyp, $0, slope: slope, count: dy.count) } }
+        }
+    }
+}
+
+/// Inverted dropout: in training, zero each element with probability p and scale the rest by 1/(1-p);
+/// identity in evaluation. The mask comes from the run's RNG, so runs are reproducible.
+public final class Dropout<T: Scalar>: Layer {
+    public let probability: Double
+    private var mask: [T] = []
+
+    public init(probability: Double) {
+        precondition((0..<1).contains(probability), "dropout probability must be in [0, 1)")
+        self.probability = probability
+    }
+
+    public func forward(_ x: Tensor<T>, _ ctx: ModelContext<T>) -> Tensor<T> {
+        guard ctx.training, probability > 0 else { mask = []; return x }
+        if mask.count != x.count { mask = T.zeros(count: x.count) }
+        mask.withUnsafeMutableBufferPointer { T.dropoutMask($0.baseAddress!, dropProbability: probability, rng: &ctx.rng, count: x.count) }
+        return Tensor.uninitialized(x.shape) { y in
+            x.withPointer { xp in mask.withUnsafeBufferPointer { T.multiply(y, xp, $0.baseAddress!, count: x.count) } }
+        }
+    }
+
+    public func backward(_ dy: Tensor<T>, _ ctx: ModelContext<T>, needsInputGradient: Bool) -> Tensor<T>? {
+        guard needsInputGradient else { return nil }
+        guard !mask.isEmpty else { return dy }
+        return Tensor.uninitialized(dy.shape) { dx in
+            dy.withPointer { dyp in mask.withUnsafeBufferPointer { T.multiply(dx, dyp, $0.baseAddress!, count: dy.count) } }
+        }
+    }
+}
+
+/// Between the two layouts: (B, C*H*W), PyTorch's flattened NCHW, and (C, B, H, W), Tether's conv layout.
+/// `toConv` goes (B, C*H*W) -> (C, B, H, W) (the network's image input); otherwise the reverse (Flatten).
+public final class LayoutSwap<T: Scalar>: Layer {
+    public let toConv: Bool
+    public let channels: Int, height: Int, width: Int
+
+    public init(toConv: Bool, channels: Int, height: Int, width: Int) {
+        (self.toConv, self.channels, self.height, self.width) = (toConv, channels, height, width)
+    }
+
+    private func swap(_ x: Tensor<T>, toConv: Bool) -> Tensor<T> {
+        let plane = height * width
+        let b = toConv ? x.shape[0] : x.shape[1]
+        let (outer, inner) = toConv ? (b, channels) : (channels, b)
+        let shape = toConv ? [channels, b, height, width] : [b, channels * plane]
+        precondition(x.count == b * channels * plane, "LayoutSwap: \(x.shape) does not hold \(channels)x\(height)x\(width) images")
+        return Tensor.uninitialized(shape) { y in x.withPointer { T.swapLeadingAxes(y, $0, outer: outer, inner: inner, plane: plane) } }
+    }
+
+    public func forward(_ x: Tensor<T>, _ ctx: ModelContext<T>) -> Tensor<T> { swap(x, toConv: toConv) }
+
+    public func backward(_ dy: Tensor<T>, _ ctx: ModelContext<T>, needsInputGradient: Bool) -> Tensor<T>? {
+        needsInputGradient ? swap(dy, toConv: !toConv) : nil
+    }
+}
+
+/// Mean-only batch normalization (Salimans & Kingma 2016, section 2.2): y = x - mean_batch(x) + b, per
+/// feature of (B, F) or per channel of (C, B, H, W). Evaluation subtracts the running mean instead.
+public final class MeanOnlyBatchNorm<T: Scalar>: Layer, BufferOwner {
+    public let features: Int
+    public let channelsFirst: Bool
+    public let momentum: Double
+    let bias: ParameterSlot
+    private(set) var runningMean: [T]
+    private var sums: [T]
+
+    public init(_ layout: inout ArenaLayout, prefix: String, features: Int, channelsFirst: Bool, momentum: Double = 0.1) {
+        (self.features, self.channelsFirst, self.momentum) = (features, channelsFirst, momentum)
+        bias = layout.add(prefix + "bias", shape: [features], initializer: .zeros)
+        runningMean = T.zeros(count: features)
+        sums = T.zeros(count: features)
+    }
+
+    /// per-feature sums of x, into `sums`; returns how many values each feature saw
+    private func featureSums(_ x: UnsafePointer<T>, count: Int) -> Int {
+        let n = count / features
+        sums.withUnsafeMutableBufferPointer { s in
+            T.fill(s.baseAddress!, 0, count: features)
+            if channelsFirst { T.sumPerChannel(s.baseAddress!, x, channels: features, columns: n) }
+            else { T.sumPerFeature(s.baseAddress!, x, rows: n, features: features) }
+        }
+        return n
+    }
+
+    /// y += alpha * v, broadcast per feature
+    private func add(_ y: UnsafeMutablePointer<T>, _ v: UnsafePointer<T>, alpha: T, count: Int) {
+        if channelsFirst { T.addPerChannel(y, v, alpha: alpha, channels: features, columns: count / features) }
+        else { T.addPerFeature(y, v, alpha: alpha, rows: count / features, features: features) }
+    }
+
+    public func forward(_ x: Tensor<T>, _ ctx: ModelContext<T>) -> Tensor<T> {
+        precondition((channelsFirst ? x.shape[0] : x.shape.last!) == features, "MeanOnlyBatchNorm(\(features)): input \(x.shape)")
+        var y = x
+        y.withMutablePointer { yp in
+            if ctx.training {
+                let n = featureSums(yp, count: x.count)
+                sums.withUnsafeBufferPointer { add(yp, $0.baseAddress!, alpha: -1 / T(n), count: x.count) }
+                runningMean.withUnsafeMutableBufferPointer { r in
+                    T.scale(r.baseAddress!, by: T(1 - momentum), count: features)
+                    sums.withUnsafeBufferPointer { T.axpy(r.baseAddress!, $0.baseAddress!, alpha: T(momentum) / T(n), count: features) }
+                }
+            } else {
+                runningMean.withUnsafeBufferPointer { add(yp, $0.baseAddress!, alpha: -1, count: x.count) }
+            }
+            add(yp, ctx.arena.value(bias), alpha: 1, count: x.count)
+        }
+        return y
+    }
+
+    public func backward(_ dy: Tensor<T>, _ ctx: ModelContext<T>, needsInputGradient: Bool) -> Tensor<T>? {
+        var dx = dy
+        let n = dy.withPointer { featureSums($0, count: dy.count) }
+        sums.withUnsafeBufferPointer { T.axpy(ctx.arena.grad(bias), $0.baseAddress!, alpha: 1, count: features) }
+        guard needsInputGradient else { return nil }
+        // dx = dy - mean_batch(dy): the mean's own dependence on x
+        dx.withMutablePointer { dxp in sums.withUnsafeBufferPointer { add(dxp, $0.baseAddress!, alpha: -1 / T(n), count: dy.count) } }
+        return dx
+    }
+
+    public var bufferNames: [String] { ["running_mean"] }
+    public func buffer(named name: String) -> [Float]? {
+        name == "running_mean" ? runningMean.map { Float($0) } : nil
+    }
+    public func loadBuffer(named name: String, _ values: [Float]) -> Bool {
+        guard name == "running_mean", values.count == features else { return false }
+        runningMean = values.map { T($0) }
+        return true
+    }
+}

@@ -1,0 +1,41 @@
+import TetherTensor
+
+/// What every layer sees during a pass: the arena, whether this is training, and the run's RNG.
+public final class ModelContext<T: Scalar> {
+    public let arena: ParameterArena<T>
+    /// Training mode: dropout drops and batch statistics are used and tracked.
+    public var training = true
+    /// Drives dropout masks; part of the checkpointed training state.
+    public var rng: RNG
+
+    public init(arena: ParameterArena<T>, rng: RNG) {
+        self.arena = arena
+        self.rng = rng
+    }
+}
+
+/// One forward/backward pair. `forward` keeps in the layer what `backward` needs (its cache);
+/// `backward` is for the most recent `forward`, **accumulates** parameter gradients into the arena
+/// and returns dL/dx, or nil when the caller said it does not need it (the first layer).
+public protocol Layer<T>: AnyObject {
+    associatedtype T: Scalar
+    func forward(_ x: Tensor<T>, _ ctx: ModelContext<T>) -> Tensor<T>
+    func backward(_ dy: Tensor<T>, _ ctx: ModelContext<T>, needsInputGradient: Bool) -> Tensor<T>?
+}
+
+/// Sums statistics over all replicas (identity in one process, an all-reduce in a cluster), so that
+/// data-dependent initialization gives every replica the same parameters.
+public typealias StatisticsReducer = (inout [Double]) -> Void
+
+/// A layer with a data-dependent initialization (Salimans & Kingma 2016, section 3): it sets its own
+/// parameters from the batch it is shown, then returns its output under the new parameters.
+public protocol DataDependentInit<T>: Layer {
+    func initializeFromData(_ x: Tensor<T>, _ ctx: ModelContext<T>, reduce: StatisticsReducer) -> Tensor<T>
+}
+
+/// A named non-trainable tensor that a checkpoint carries (e.g. a running mean).
+public protocol BufferOwner: AnyObject {
+    var bufferNames: [String] { get }
+    func buffer(named: String) -> [Float]?
+    func loadBuffer(named: String, _ values: [Float]) -> Bool
+}

@@ -1,0 +1,84 @@
+import TetherTensor
+
+/// One local batch: inputs (B, F) and one integer label per row.
+public struct Batch<T: Scalar> {
+    public var inputs: Tensor<T>
+    public var labels: [Int32]
+    public var count: Int { labels.count }
+    public init(inputs: Tensor<T>, labels: [Int32]) {
+        precondition(inputs.shape.first == labels.count, "batch of \(inputs.shape) with \(labels.count) labels")
+        (self.inputs, self.labels) = (inputs, labels)
+    }
+}
+
+/// Sums over the samples of one or more batches: what a step or an evaluation reports, and what a
+/// cluster all-reduces to get the global figure.
+public struct BatchStats: Sendable, Equatable {
+    public var lossSum: Double = 0
+    public var correct = 0
+    public var count = 0
+    public init(lossSum: Double = 0, correct: Int = 0, count: Int = 0) { (self.lossSum, self.correct, self.count) = (lossSum, correct, count) }
+    public static func + (a: BatchStats, b: BatchStats) -> BatchStats {
+        BatchStats(lossSum: a.lossSum + b.lossSum, correct: a.correct + b.correct, count: a.count + b.count)
+    }
+    public var meanLoss: Double { count > 0 ? lossSum / Double(count) : .nan }
+    public var accuracy: Double { count > 0 ? Double(correct) / Double(count) : .nan }
+}
+
+/// What the training loop needs of a model, whatever its family.
+public protocol Model<T>: AnyObject {
+    associatedtype T: Scalar
+    /// The CLI name ("mlp-wn"); a checkpoint of another kind is refused.
+    var kind: String { get }
+    var arena: ParameterArena<T> { get }
+    var context: ModelContext<T> { get }
+    /// Forward and backward on one local batch in training mode: **accumulates** `scale` times the
+    /// gradient of the batch's summed loss into the arena. A step over a global batch of G samples split
+    /// across replicas uses scale 1/G on each, so the summed gradients are the exact mean.
+    func accumulateGradients(_ batch: Batch<T>, scale: T) -> BatchStats
+    /// Forward in evaluation mode.
+    func evaluate(_ batch: Batch<T>) -> BatchStats
+    /// Data-dependent initialization from one batch (statistics summed over replicas by `reduce`).
+    func initializeFromData(_ batch: Batch<T>, reduce: StatisticsReducer)
+    var bufferOwners: [(prefix: String, owner: any BufferOwner)] { get }
+}
+
+/// A classifier: a Sequential network ending in K logits, trained with softmax cross-entropy.
+public final class Classifier<T: Scalar>: Model {
+    public let kind: String
+    public let arena: ParameterArena<T>
+    public let context: ModelContext<T>
+    public let network: Sequential<T>
+    let loss = SoftmaxCrossEntropy<T>()
+
+    /// Builds the network over `layout`, allocates the arena and draws the initial parameters from `rng`.
+    public init(kind: String, layout: ArenaLayout, network: Sequential<T>, rng: inout RNG) {
+        self.kind = kind
+        self.network = network
+        arena = ParameterArena(layout: layout)
+        arena.initialize(rng: &rng)
+        context = ModelContext(arena: arena, rng: rng)
+    }
+
+    public func accumulateGradients(_ batch: Batch<T>, scale: T) -> BatchStats {
+        context.training = true
+        let logits = network.forward(batch.inputs, context)
+        let lossSum = loss.forward(logits: logits, labels: batch.labels)
+        network.backward(loss.backward(scale: scale), context)
+        return BatchStats(lossSum: lossSum, correct: loss.correctCount(), count: batch.count)
+    }
+
+    public func evaluate(_ batch: Batch<T>) -> BatchStats {
+        context.training = false
+        defer { context.training = true }
+        let lossSum = loss.forward(logits: network.forward(batch.inputs, context), labels: batch.labels)
+        return BatchStats(lossSum: lossSum, correct: loss.correctCount(), count: batch.count)
+    }
+
+    public func initializeFromData(_ batch: Batch<T>, reduce: StatisticsReducer) {
+        context.training = true
+        _ = network.initializeFromData(batch.inputs, context, reduce: reduce)
+    }
+
+    public var bufferOwners: [(prefix: String, owner: any BufferOwner)] { network.bufferOwners }
+}

@@ -1,0 +1,45 @@
+import TetherTensor
+
+/// The image classifiers of Tether, by CLI name. Inputs are (B, 784) Fashion-MNIST images scaled to [0, 1].
+public enum ImageModels {
+    public static let names = ["mlp", "mlp-wn", "cnn-wn"]
+
+    /// Builds `name` with its parameters drawn from `rng` (nil for an unknown name).
+    public static func make<T: Scalar>(_ name: String, height: Int = 28, width: Int = 28, classes: Int = 10,
+                                       rng: inout RNG, as: T.Type = T.self) -> Classifier<T>? {
+        var layout = ArenaLayout()
+        let pixels = height * width
+        let layers: [any Layer<T>]
+        switch name {
+        case "mlp", "mlp-wn":
+            // 784-256-256-10 (the figure), ReLU, plain or weight-normalized
+            let wn = name == "mlp-wn"
+            layers = [
+                Dense<T>(&layout, prefix: "layers.0.", inFeatures: pixels, outFeatures: 256, weightNorm: wn),
+                Activation<T>.relu(),
+                Dense<T>(&layout, prefix: "layers.2.", inFeatures: 256, outFeatures: 256, weightNorm: wn),
+                Activation<T>.relu(),
+                Dense<T>(&layout, prefix: "layers.4.", inFeatures: 256, outFeatures: classes, weightNorm: wn),
+            ]
+        case "cnn-wn":
+            // conv5x5 32 -> pool -> conv5x5 64 -> pool -> dense 256 -> 10, padding 2, all weight-normalized
+            let (h4, w4) = (height / 4, width / 4)
+            layers = [
+                LayoutSwap<T>(toConv: true, channels: 1, height: height, width: width),
+                Conv2d<T>(&layout, prefix: "layers.1.", inChannels: 1, outChannels: 32, kernel: 5, padding: 2, weightNorm: true),
+                Activation<T>.relu(),
+                MaxPool2d<T>(kernel: 2),
+                Conv2d<T>(&layout, prefix: "layers.4.", inChannels: 32, outChannels: 64, kernel: 5, padding: 2, weightNorm: true),
+                Activation<T>.relu(),
+                MaxPool2d<T>(kernel: 2),
+                LayoutSwap<T>(toConv: false, channels: 64, height: h4, width: w4),
+                Dense<T>(&layout, prefix: "layers.8.", inFeatures: 64 * h4 * w4, outFeatures: 256, weightNorm: true),
+                Activation<T>.relu(),
+                Dense<T>(&layout, prefix: "layers.10.", inFeatures: 256, outFeatures: classes, weightNorm: true),
+            ]
+        default:
+            return nil
+        }
+        return Classifier(kind: name, layout: layout, network: Sequential(layers), rng: &rng)
+    }
+}

@@ -1,0 +1,161 @@
+import Foundation
+
+/// The safetensors format (huggingface/safetensors): an 8-byte little-endian header length N, N bytes
+/// of JSON mapping each tensor name to {dtype, shape, data_offsets: [begin, end]} (offsets relative to
+/// the byte after the header) plus an optional "__metadata__" string map, then the data. PyTorch loads
+/// it with `safetensors.torch.load_file`.
+public enum Safetensors {
+    public struct Tensor: Equatable, Sendable {
+        public var dtype: String
+        public var shape: [Int]
+        public var data: Data
+        public init(dtype: String, shape: [Int], data: Data) { (self.dtype, self.shape, self.data) = (dtype, shape, data) }
+
+        public init(floats: [Float], shape: [Int]) {
+            precondition(shape.reduce(1, *) == floats.count)
+            self.init(dtype: "F32", shape: shape, data: floats.withUnsafeBytes { Data($0) })
+        }
+
+        /// The values of an F32 tensor (little-endian, as every supported host is).
+        public func floats() throws -> [Float] {
+            guard dtype == "F32" else { throw SafetensorsError.unexpectedDType(expected: "F32", found: dtype) }
+            return data.withUnsafeBytes { raw in Array(raw.bindMemory(to: Float.self)) }
+        }
+    }
+
+    public struct File: Equatable, Sendable {
+        public var tensors: [String: Tensor]
+        public var metadata: [String: String]
+        public init(tensors: [String: Tensor] = [:], metadata: [String: String] = [:]) { (self.tensors, self.metadata) = (tensors, metadata) }
+    }
+
+    static let elementSizes = ["F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1]
+
+    /// Serializes; tensors are laid out in name order so the same content gives the same bytes.
+    public static func encode(_ file: File) -> Data {
+        var header: [String: Any] = [:]
+        if !file.metadata.isEmpty { header["__metadata__"] = file.metadata }
+        var offset = 0
+        let names = file.tensors.keys.sorted()
+        for name in names {
+            let t = file.tensors[name]!
+            header[name] = ["dtype": t.dtype, "shape": t.shape, "data_offsets": [offset, offset + t.data.count]] as [String: Any]
+            offset += t.data.count
+        }
+        var json = try! JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
+        // Pad the header with spaces so the data starts 8-byte aligned, as the reference writer does.
+        while (8 + json.count) % 8 != 0 { json.append(0x20) }
+        var out = Data(capacity: 8 + json.count + offset)
+        withUnsafeBytes(of: UInt64(json.count).littleEndian) { out.append(contentsOf: $0) }
+        out.append(json)
+        for name in names { out.append(file.tensors[name]!.data) }
+        return out
+    }
+
+    /// Parses and validates every field; `source` names the file in errors.
+    public static func decode(_ bytes: Data, source: String) throws -> File {
+        func fail(_ why: String) -> SafetensorsError { .corrupt(file: source, reason: why) }
+        guard bytes.count >= 8 else { throw fail("\(bytes.count) bytes is shorter than the 8-byte header length") }
+        let n = bytes.prefix(8).enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) }
+        guard n <= UInt64(bytes.count - 8), n <= 100_000_000 else { throw fail("header length \(n) runs past the end of the file (\(bytes.count) bytes)") }
+        let headerData = bytes.subdata(in: bytes.startIndex + 8 ..< bytes.startIndex + 8 + Int(n))
+        guard let header = (try? JSONSerialization.jsonObject(with: headerData)) as? [String: Any] else {
+            throw fail("the header is not a JSON object")
+        }
+        let dataStart = 8 + Int(n), dataCount = bytes.count - dataStart
+        var file = File()
+        var covered: [(Int, Int)] = []
+        for (name, value) in header {
+            if name == "__metadata__" {
+                guard let m = value as? [String: String] else { throw fail("__metadata__ is not a map of strings") }
+                file.metadata = m
+                continue
+            }
+            guard let entry = value as? [String: Any], let dtype = entry["dtype"] as? String,
+                  let shape = entry["shape"] as? [Int], let offsets = entry["data_offsets"] as? [Int], offsets.count == 2 else {
+                throw fail("tensor \(name): needs dtype, shape and data_offsets [begin, end]")
+            }
+            guard let size = elementSizes[dtype] else { throw fail("tensor \(name): unknown dtype \(dtype)") }
+            guard shape.allSatisfy({ $0 >= 0 }) else { throw fail("tensor \(name): negative dimension in \(shape)") }
+            let (begin, end) = (offsets[0], offsets[1])
+            guard begin >= 0, begin <= end, end <= dataCount else {
+                throw fail("tensor \(name): data_offsets [\(begin), \(end)] outside the \(dataCount) data bytes (truncated?)")
+            }
+            guard end - begin == shape.reduce(1, *) * size else {
+                throw fail("tensor \(name): \(end - begin) bytes do not hold shape \(shape) of \(dtype)")
+            }
+            covered.append((begin, end))
+            let start = bytes.startIndex + dataStart
+            file.tensors[name] = Tensor(dtype: dtype, shape: shape, data: bytes.subdata(in: start + begin ..< start + end))
+        }
+        // The format requires the data to be covered exactly, without holes or overlaps.
+        var expected = 0
+        for (b, e) in covered.sorted(by: { $0.0 < $1.0 }) {
+            guard b == expected else { throw fail("tensor data has a hole or an overlap at byte \(b)") }
+            expected = e
+        }
+        guard expected == dataCount else { throw fail("\(dataCount - expected) bytes after the last tensor") }
+        return file
+    }
+
+    public static func read(_ url: URL) throws -> File {
+        guard FileManager.default.fileExists(atPath: url.path) else { throw SafetensorsError.missing(file: url.path) }
+        return try decode(try Data(contentsOf: url), source: url.path)
+    }
+
+    /// Writes atomically: a temporary file beside the target, fsync, rename, fsync of the folder. A crash
+    /// or a full disk leaves the previous file intact.
+    public static func write(_ file: File, to url: URL) throws {
+        try AtomicFile.write(encode(file), to: url)
+    }
+}
+
+public enum SafetensorsError: Error, CustomStringConvertible, Equatable {
+    case missing(file: String)
+    case corrupt(file: String, reason: String)
+    case unexpectedDType(expected: String, found: String)
+    public var description: String {
+        switch self {
+        case .missing(let f): return "\(f): no such checkpoint file"
+        case .corrupt(let f, let r): return "\(f): not a valid safetensors file: \(r)"
+        case .unexpectedDType(let e, let f): return "expected a tensor of dtype \(e), found \(f)"
+        }
+    }
+}
+
+/// Replace-a-file-or-leave-it-alone writes.
+public enum AtomicFile {
+    public static func write(_ data: Data, to url: URL) throws {
+        let dir = url.deletingLastPathComponent()
+        let tmp = dir.appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())")
+        func check(_ ok: Bool, _ what: String) throws {
+            if !ok { throw AtomicFileError(path: url.path, operation: what, errno: errno) }
+        }
+        let fd = open(tmp.path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        try check(fd >= 0, "create \(tmp.lastPathComponent)")
+        var ok = false
+        defer { if !ok { unlink(tmp.path) } }
+        do {
+            defer { close(fd) }
+            try data.withUnsafeBytes { raw in
+                var done = 0
+                while done < raw.count {
+                    let n = Foundation.write(fd, raw.baseAddress! + done, raw.count - done)
+                    if n < 0 && errno == EINTR { continue }
+                    try check(n > 0, "write")
+                    done += n
+                }
+            }
+            try check(fsync(fd) == 0, "fsync")
+        }
+        try check(rename(tmp.path, url.path) == 0, "rename into place")
+        ok = true
+        let dfd = open(dir.path, O_RDONLY)
+        if dfd >= 0 { fsync(dfd); close(dfd) }
+    }
+}
+
+public struct AtomicFileError: Error, CustomStringConvertible {
+    public let path: String, operation: String, errno: Int32
+    public var description: String { "\(path): could not \(operation): \(String(cString: strerror(errno)))" }
+}

@@ -1,0 +1,123 @@
+// Default implementations of Scalar's memory, elementwise and broadcast kernels.
+// They are specialized for Float and Double at the conformances in Scalar.swift.
+
+extension Scalar {
+    public static func zeros(count: Int) -> [Self] { [Self](repeating: 0, count: count) }
+
+    public static func fill(_ y: UnsafeMutablePointer<Self>, _ value: Self, count: Int) {
+        y.update(repeating: value, count: count)
+    }
+
+    public static func convert(_ y: UnsafeMutablePointer<Self>, fromFloats x: UnsafePointer<Float>, count: Int) {
+        for i in 0..<count { y[i] = Self(x[i]) }
+    }
+
+    public static func convert(_ y: UnsafeMutablePointer<Float>, toFloats x: UnsafePointer<Self>, count: Int) {
+        for i in 0..<count { y[i] = Float(x[i]) }
+    }
+
+    public static func convert(_ y: UnsafeMutablePointer<Self>, fromBytes x: UnsafePointer<UInt8>, scale: Self, count: Int) {
+        for i in 0..<count { y[i] = Self(x[i]) * scale }
+    }
+
+    public static func axpy(_ y: UnsafeMutablePointer<Self>, _ x: UnsafePointer<Self>, alpha: Self, count: Int) {
+        for i in 0..<count { y[i] += alpha * x[i] }
+    }
+
+    public static func scale(_ y: UnsafeMutablePointer<Self>, by alpha: Self, count: Int) {
+        for i in 0..<count { y[i] *= alpha }
+    }
+
+    public static func sumOfSquares(_ x: UnsafePointer<Self>, count: Int) -> Double {
+        var s: Double = 0
+        for i in 0..<count { let v = Double(x[i]); s += v * v }
+        return s
+    }
+
+    public static func sum(_ x: UnsafePointer<Self>, count: Int) -> Double {
+        var s: Double = 0
+        for i in 0..<count { s += Double(x[i]) }
+        return s
+    }
+
+    public static func leakyReLUForward(_ y: UnsafeMutablePointer<Self>, _ x: UnsafePointer<Self>, slope: Self, count: Int) {
+        for i in 0..<count { let v = x[i]; y[i] = v > 0 ? v : slope * v }
+    }
+
+    public static func leakyReLUBackward(_ dx: UnsafeMutablePointer<Self>, _ dy: UnsafePointer<Self>, _ x: UnsafePointer<Self>,
+                                         slope: Self, count: Int) {
+        for i in 0..<count { dx[i] = x[i] > 0 ? dy[i] : slope * dy[i] }
+    }
+
+    public static func multiply(_ y: UnsafeMutablePointer<Self>, _ x: UnsafePointer<Self>, _ mask: UnsafePointer<Self>, count: Int) {
+        for i in 0..<count { y[i] = x[i] * mask[i] }
+    }
+
+    public static func dropoutMask(_ mask: UnsafeMutablePointer<Self>, dropProbability p: Double, rng: inout RNG, count: Int) {
+        let keep = Self(1 / (1 - p))
+        for i in 0..<count { mask[i] = rng.nextUnitDouble() < p ? 0 : keep }
+    }
+
+    public static func fillNormal(_ y: UnsafeMutablePointer<Self>, mean: Double, std: Double, rng: inout RNG, count: Int) {
+        for i in 0..<count { y[i] = Self(mean + std * rng.nextNormal()) }
+    }
+
+    public static func fillUniform(_ y: UnsafeMutablePointer<Self>, low: Double, high: Double, rng: inout RNG, count: Int) {
+        for i in 0..<count { y[i] = Self(low + (high - low) * rng.nextUnitDouble()) }
+    }
+
+    public static func addPerFeature(_ y: UnsafeMutablePointer<Self>, _ v: UnsafePointer<Self>, alpha: Self, rows n: Int, features f: Int) {
+        for r in 0..<n {
+            let row = y + r * f
+            for j in 0..<f { row[j] += alpha * v[j] }
+        }
+    }
+
+    public static func sumPerFeature(_ out: UnsafeMutablePointer<Self>, _ x: UnsafePointer<Self>, rows n: Int, features f: Int) {
+        for r in 0..<n {
+            let row = x + r * f
+            for j in 0..<f { out[j] += row[j] }
+        }
+    }
+
+    public static func addPerChannel(_ y: UnsafeMutablePointer<Self>, _ v: UnsafePointer<Self>, alpha: Self, channels c: Int, columns n: Int) {
+        for ch in 0..<c {
+            let row = y + ch * n, add = alpha * v[ch]
+            for j in 0..<n { row[j] += add }
+        }
+    }
+
+    public static func sumPerChannel(_ out: UnsafeMutablePointer<Self>, _ x: UnsafePointer<Self>, channels c: Int, columns n: Int) {
+        for ch in 0..<c {
+            let row = x + ch * n
+            var s: Self = 0
+            for j in 0..<n { s += row[j] }
+            out[ch] += s
+        }
+    }
+
+    public static func momentsPerFeature(_ out: UnsafeMutablePointer<Double>, _ x: UnsafePointer<Self>, rows n: Int, features f: Int) {
+        for r in 0..<n {
+            let row = x + r * f
+            for j in 0..<f { let v = Double(row[j]); out[2 * j] += v; out[2 * j + 1] += v * v }
+        }
+    }
+
+    public static func momentsPerChannel(_ out: UnsafeMutablePointer<Double>, _ x: UnsafePointer<Self>, channels c: Int, columns n: Int) {
+        for ch in 0..<c {
+            let row = x + ch * n
+            var s = 0.0, ss = 0.0
+            for j in 0..<n { let v = Double(row[j]); s += v; ss += v * v }
+            out[2 * ch] += s; out[2 * ch + 1] += ss
+        }
+    }
+
+    public static func swapLeadingAxes(_ y: UnsafeMutablePointer<Self>, _ x: UnsafePointer<Self>, outer a: Int, inner b: Int, plane p: Int) {
+        // x (A, B, P) -> y (B, A, P)
+        for i in 0..<a {
+            for j in 0..<b {
+                (y + (j * a + i) * p).update(from: x + (i * b + j) * p, count: p)
+            }
+        }
+    }
+}

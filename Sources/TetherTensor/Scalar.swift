@@ -1,0 +1,131 @@
+import CBLAS
+
+/// The element type of every tensor: `Float` on the training path, `Double` in gradient checks.
+///
+/// Every loop over elements in Tether is a requirement of this protocol. The default implementations
+/// (Kernels+*.swift) are generic, but because they are protocol requirements, the compiler emits a copy
+/// specialized for `Float` and one for `Double` in this module, and generic callers (layers, models,
+/// optimizers) reach those copies through the witness table. A loop written directly in generic layer
+/// code would run unspecialized, about 700x slower (measured: docs/ARCHITECTURE.md). So layers only
+/// orchestrate: shapes, offsets and calls into these kernels.
+///
+/// Conventions (after llm.c): arguments are outputs, then inputs, then parameters, then dimensions.
+/// Shapes are given in named letters: B batch, I/O input/output features, C channels, N columns.
+/// A kernel whose doc says "accumulates" adds into its output; all others overwrite it.
+public protocol Scalar: BinaryFloatingPoint, Sendable, Codable where Self.RawSignificand: FixedWidthInteger {
+    /// Row-major GEMM: C (M, N) = alpha * op(A) (M, K) * op(B) (K, N) + beta * C.
+    static func gemm(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Self,
+                     a: UnsafePointer<Self>, lda: Int, b: UnsafePointer<Self>, ldb: Int,
+                     beta: Self, c: UnsafeMutablePointer<Self>, ldc: Int)
+    /// The safetensors dtype name ("F32", "F64").
+    static var safetensorsDType: String { get }
+
+    // MARK: memory
+    static func zeros(count: Int) -> [Self]
+    static func fill(_ y: UnsafeMutablePointer<Self>, _ value: Self, count: Int)
+    static func convert(_ y: UnsafeMutablePointer<Self>, fromFloats x: UnsafePointer<Float>, count: Int)
+    static func convert(_ y: UnsafeMutablePointer<Float>, toFloats x: UnsafePointer<Self>, count: Int)
+    static func convert(_ y: UnsafeMutablePointer<Self>, fromBytes x: UnsafePointer<UInt8>, scale: Self, count: Int)
+
+    // MARK: elementwise (Kernels+Elementwise.swift)
+    /// y += alpha * x
+    static func axpy(_ y: UnsafeMutablePointer<Self>, _ x: UnsafePointer<Self>, alpha: Self, count: Int)
+    static func scale(_ y: UnsafeMutablePointer<Self>, by alpha: Self, count: Int)
+    static func sumOfSquares(_ x: UnsafePointer<Self>, count: Int) -> Double
+    static func sum(_ x: UnsafePointer<Self>, count: Int) -> Double
+    /// y = x > 0 ? x : slope * x (slope 0: ReLU)
+    static func leakyReLUForward(_ y: UnsafeMutablePointer<Self>, _ x: UnsafePointer<Self>, slope: Self, count: Int)
+    /// dx = dy * (x > 0 ? 1 : slope)
+    static func leakyReLUBackward(_ dx: UnsafeMutablePointer<Self>, _ dy: UnsafePointer<Self>, _ x: UnsafePointer<Self>, slope: Self, count: Int)
+    /// y = x * mask
+    static func multiply(_ y: UnsafeMutablePointer<Self>, _ x: UnsafePointer<Self>, _ mask: UnsafePointer<Self>, count: Int)
+    /// mask[i] = u_i < p ? 0 : 1/(1-p), u_i uniform from rng (inverted dropout)
+    static func dropoutMask(_ mask: UnsafeMutablePointer<Self>, dropProbability p: Double, rng: inout RNG, count: Int)
+    static func fillNormal(_ y: UnsafeMutablePointer<Self>, mean: Double, std: Double, rng: inout RNG, count: Int)
+    static func fillUniform(_ y: UnsafeMutablePointer<Self>, low: Double, high: Double, rng: inout RNG, count: Int)
+
+    // MARK: per-feature and per-channel broadcasts (Kernels+Elementwise.swift)
+    /// y (N, F) += alpha * v (F): features last, as in dense activations
+    static func addPerFeature(_ y: UnsafeMutablePointer<Self>, _ v: UnsafePointer<Self>, alpha: Self, rows n: Int, features f: Int)
+    /// out (F) += sum over rows of x (N, F)
+    static func sumPerFeature(_ out: UnsafeMutablePointer<Self>, _ x: UnsafePointer<Self>, rows n: Int, features f: Int)
+    /// y (C, N) += alpha * v (C): channels first, as in conv activations (C, B*H*W)
+    static func addPerChannel(_ y: UnsafeMutablePointer<Self>, _ v: UnsafePointer<Self>, alpha: Self, channels c: Int, columns n: Int)
+    /// out (C) += sum over columns of x (C, N)
+    static func sumPerChannel(_ out: UnsafeMutablePointer<Self>, _ x: UnsafePointer<Self>, channels c: Int, columns n: Int)
+    /// out (2F) += per feature f: (sum, sum of squares) over the rows of x (N, F), in Double
+    static func momentsPerFeature(_ out: UnsafeMutablePointer<Double>, _ x: UnsafePointer<Self>, rows n: Int, features f: Int)
+    /// out (2C) += per channel c: (sum, sum of squares) over the columns of x (C, N), in Double
+    static func momentsPerChannel(_ out: UnsafeMutablePointer<Double>, _ x: UnsafePointer<Self>, channels c: Int, columns n: Int)
+    /// y (B, C, P) = x (C, B, P), and back with `inverse`: between conv layout and PyTorch's NCHW
+    static func swapLeadingAxes(_ y: UnsafeMutablePointer<Self>, _ x: UnsafePointer<Self>, outer a: Int, inner b: Int, plane p: Int)
+
+    // MARK: weight normalization (Kernels+WeightNorm.swift)
+    /// norms (R) = sqrt(|v_r|^2 + eps); w (R, K) = g_r * v_r / norms_r
+    static func weightNormForward(_ w: UnsafeMutablePointer<Self>, norms: UnsafeMutablePointer<Self>,
+                                  g: UnsafePointer<Self>, v: UnsafePointer<Self>, epsilon: Self, rows r: Int, columns k: Int)
+    /// Given G = dL/dw (R, K): accumulates dg (R) += (G_r . v_r) / n_r and
+    /// dv (R, K) += (g_r / n_r) (G_r - ((G_r . v_r) / n_r) v_r / n_r).
+    static func weightNormBackward(_ dg: UnsafeMutablePointer<Self>, _ dv: UnsafeMutablePointer<Self>,
+                                   _ dw: UnsafePointer<Self>, g: UnsafePointer<Self>, v: UnsafePointer<Self>,
+                                   norms: UnsafePointer<Self>, rows r: Int, columns k: Int)
+
+    // MARK: convolution and pooling on the (C, B, H, W) layout (Kernels+Conv.swift)
+    static func im2col(_ col: UnsafeMutablePointer<Self>, _ x: UnsafePointer<Self>, _ g: ConvGeometry)
+    /// accumulates dx (C, B, H, W) += col2im(dcol)
+    static func col2im(_ dx: UnsafeMutablePointer<Self>, _ dcol: UnsafePointer<Self>, _ g: ConvGeometry)
+    /// y (P, OH, OW) = max over each window of x (P, H, W); argmax holds the winner's index in its plane
+    static func maxPoolForward(_ y: UnsafeMutablePointer<Self>, argmax: UnsafeMutablePointer<Int32>,
+                               _ x: UnsafePointer<Self>, _ g: PoolGeometry)
+    /// accumulates dx[argmax] += dy
+    static func maxPoolBackward(_ dx: UnsafeMutablePointer<Self>, _ dy: UnsafePointer<Self>,
+                                argmax: UnsafePointer<Int32>, _ g: PoolGeometry)
+
+    // MARK: losses (Kernels+Loss.swift)
+    /// probs (B, K) = softmax(logits); losses (B) = -log probs[label]
+    static func softmaxCrossEntropyForward(probs: UnsafeMutablePointer<Self>, losses: UnsafeMutablePointer<Self>,
+                                           logits: UnsafePointer<Self>, labels: UnsafePointer<Int32>, batch b: Int, classes k: Int)
+    /// dlogits (B, K) = scale * (probs - onehot(labels))
+    static func softmaxCrossEntropyBackward(_ dlogits: UnsafeMutablePointer<Self>, probs: UnsafePointer<Self>,
+                                            labels: UnsafePointer<Int32>, scale: Self, batch b: Int, classes k: Int)
+    /// index of the largest entry of each row of x (B, K)
+    static func argmaxRows(_ out: UnsafeMutablePointer<Int32>, _ x: UnsafePointer<Self>, rows b: Int, columns k: Int)
+
+    // MARK: optimizers over arena ranges (Kernels+Optimizers.swift)
+    static func sgdStep(_ p: UnsafeMutablePointer<Self>, momentumBuffer: UnsafeMutablePointer<Self>, grad: UnsafePointer<Self>,
+                        _ h: SGDHyper, count: Int)
+    static func adamStep(_ p: UnsafeMutablePointer<Self>, m: UnsafeMutablePointer<Self>, v: UnsafeMutablePointer<Self>,
+                         grad: UnsafePointer<Self>, _ h: AdamHyper, count: Int)
+}
+
+extension Float: Scalar {
+    public static var safetensorsDType: String { "F32" }
+    @inline(__always)
+    public static func gemm(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float,
+                            a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+                            beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        guard m > 0, n > 0 else { return }
+        cblas_sgemm(CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
+                    blasint(m), blasint(n), blasint(k), alpha, a, blasint(lda), b, blasint(ldb), beta, c, blasint(ldc))
+    }
+}
+
+extension Double: Scalar {
+    public static var safetensorsDType: String { "F64" }
+    @inline(__always)
+    public static func gemm(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Double,
+                            a: UnsafePointer<Double>, lda: Int, b: UnsafePointer<Double>, ldb: Int,
+                            beta: Double, c: UnsafeMutablePointer<Double>, ldc: Int) {
+        guard m > 0, n > 0 else { return }
+        cblas_dgemm(CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
+                    blasint(m), blasint(n), blasint(k), alpha, a, blasint(lda), b, blasint(ldb), beta, c, blasint(ldc))
+    }
+}
+
+/// Thread control for OpenBLAS, the only source of threads in the compute path.
+public enum BLAS {
+    /// Bounds the threads OpenBLAS uses (overrides OPENBLAS_NUM_THREADS).
+    public static func setThreads(_ n: Int) { openblas_set_num_threads(Int32(max(1, n))) }
+    public static var threads: Int { Int(openblas_get_num_threads()) }
+    public static var configuration: String { String(cString: openblas_get_config()) }
+}
