@@ -1,0 +1,136 @@
+import Testing
+import Foundation
+@testable import TetherNN
+import TetherTensor
+
+@Suite struct PoolingTieTests {
+    @Test func tiesSendTheGradientToTheFirstMaximumInScanOrder() {
+        // One 4x4 plane; every 2x2 window holds a tie of its maximum.
+        let x = Tensor<Double>(shape: [1, 1, 4, 4], scalars: [
+            1, 1, 0, 2,
+            0, 0, 2, 2,
+            3, 0, 5, 4,
+            0, 3, 5, 5,
+        ])
+        let pool = MaxPool2d<Double>(kernel: 2)
+        let ctx = ModelContext(arena: ParameterArena<Double>(layout: ArenaLayout()), rng: RNG(seed: 0))
+        let y = pool.forward(x, ctx)
+        #expect(y.scalars == [1, 2, 3, 5])
+        let dx = pool.backward(Tensor(shape: [1, 1, 2, 2], scalars: [10, 20, 30, 40]), ctx, needsInputGradient: true)!
+        #expect(dx.scalars == [
+            10, 0, 0, 20,
+            0, 0, 0, 0,
+            30, 0, 40, 0,
+            0, 0, 0, 0,
+        ])
+    }
+}
+
+@Suite struct DataDependentInitTests {
+    /// Salimans & Kingma's init: after it, each unit's pre-activation over the init batch has mean 0, std 1.
+    @Test(arguments: ["mlp-wn", "cnn-wn"])
+    func preActivationsAreStandardized(name: String) {
+        var rng = RNG(seed: 9)
+        let model = ImageModels.make(name, height: 12, width: 12, classes: 10, rng: &rng, as: Double.self)!
+        let inputs = Tensor(shape: [32, 144], scalars: (0..<32 * 144).map { _ in rng.nextUnitDouble() })
+        model.initializeFromData(Batch(inputs: inputs, labels: Array(repeating: 0, count: 32)), reduce: { _ in })
+        // Run the network again, and look at the output of every weight-normalized layer.
+        var x = inputs
+        var checked = 0
+        for layer in model.network.layers {
+            x = layer.forward(x, model.context)
+            let perUnit: [[Double]]
+            if layer is Dense<Double> {
+                let (b, f) = (x.shape[0], x.shape[1])
+                perUnit = (0..<f).map { j in (0..<b).map { x.scalars[$0 * f + j] } }
+            } else if layer is Conv2d<Double> {
+                let n = x.count / x.shape[0]
+                perUnit = (0..<x.shape[0]).map { Array(x.scalars[$0 * n ..< ($0 + 1) * n]) }
+            } else { continue }
+            for values in perUnit {
+                let mean = values.reduce(0, +) / Double(values.count)
+                let std = (values.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(values.count)).squareRoot()
+                #expect(abs(mean) < 1e-6)
+                #expect(abs(std - 1) < 1e-4)
+            }
+            checked += 1
+        }
+        #expect(checked == (name == "mlp-wn" ? 3 : 4))
+    }
+
+    @Test func statisticsGoThroughTheReducer() {
+        // A reducer that doubles every sum (as if a second replica saw the same batch) changes nothing;
+        // one that reports other statistics changes g, so the reducer is really what decides.
+        func gAfterInit(_ reduce: StatisticsReducer) -> [Double] {
+            var rng = RNG(seed: 3)
+            let m = ImageModels.make("mlp-wn", height: 4, width: 4, classes: 3, rng: &rng, as: Double.self)!
+            let x = Tensor(shape: [8, 16], scalars: (0..<128).map { _ in rng.nextUnitDouble() })
+            m.initializeFromData(Batch(inputs: x, labels: Array(repeating: 0, count: 8)), reduce: reduce)
+            let g = m.arena.layout.slot(named: "layers.0.weight_g")!
+            return Array(UnsafeBufferPointer(start: m.arena.value(g), count: g.count))
+        }
+        let alone = gAfterInit { _ in }
+        let doubled = gAfterInit { s in for i in s.indices { s[i] *= 2 } }
+        let skewed = gAfterInit { s in for i in stride(from: 1, to: s.count - 1, by: 2) { s[i] *= 1.5 } }
+        #expect(zip(alone, doubled).allSatisfy { abs($0 - $1) < 1e-9 })
+        #expect(zip(alone, skewed).contains { abs($0 - $1) > 1e-3 })
+    }
+}
+
+@Suite struct OptimizerTests {
+    func run(_ config: OptimizerConfig, lr: Double, grads: [[Double]], start: [Double]) -> [Double] {
+        var layout = ArenaLayout()
+        _ = layout.add("p", shape: [start.count], initializer: .zeros)
+        let arena = ParameterArena<Double>(layout: layout)
+        for i in start.indices { arena.values[i] = start[i] }
+        let opt = Optimizer<Double>(config, parameterCount: start.count)
+        for g in grads {
+            for i in g.indices { arena.grads[i] = g[i] }
+            opt.step(arena, lr: lr)
+        }
+        return (0..<start.count).map { arena.values[$0] }
+    }
+
+    @Test func adamMatchesTheHandComputedUpdate() {
+        var c = OptimizerConfig(); c.kind = .adam
+        let p = run(c, lr: 0.1, grads: [[0.5], [-1]], start: [1])
+        // step 1: m = 0.05, v = 0.00025, mhat = 0.5, vhat = 0.25 -> p = 1 - 0.1 * 0.5 / (0.5 + eps)
+        // step 2: m = -0.055, v = 0.00124975, mhat = -0.055/0.19, vhat = 0.00124975/0.001999
+        let p1 = 1 - 0.1 * 0.5 / (0.5 + 1e-8)
+        let expected = p1 + 0.1 * (0.055 / 0.19) / ((0.00124975 / 0.001999).squareRoot() + 1e-8)
+        #expect(abs(p[0] - expected) < 1e-12)
+    }
+
+    @Test func adamWDecaysTheWeightsDirectly() {
+        var c = OptimizerConfig(); c.kind = .adamw; c.weightDecay = 0.5
+        let p = run(c, lr: 0.1, grads: [[0.5]], start: [2])
+        #expect(abs(p[0] - (2 * (1 - 0.05) - 0.1)) < 1e-7)
+        c.kind = .adam // coupled: the decay enters the gradient, then Adam normalizes it away on step 1
+        #expect(abs(run(c, lr: 0.1, grads: [[0.5]], start: [2])[0] - 1.9) < 1e-7)
+    }
+
+    @Test func sgdWithNesterovMomentumAndWeightDecay() {
+        var c = OptimizerConfig(); c.kind = .sgd; c.momentum = 0.9; c.nesterov = true; c.weightDecay = 0.1
+        let p = run(c, lr: 0.5, grads: [[1], [2]], start: [1])
+        // step 1: d = 1 + 0.1 = 1.1, buf = 1.1, p = 1 - 0.5 (1.1 + 0.99) = -0.045
+        // step 2: d = 2 - 0.0045 = 1.9955, buf = 0.99 + 1.9955 = 2.9855, p = -0.045 - 0.5 (1.9955 + 2.68695)
+        #expect(abs(p[0] - (-0.045 - 0.5 * (1.9955 + 0.9 * 2.9855))) < 1e-12)
+    }
+
+    @Test func plainSGD() {
+        var c = OptimizerConfig(); c.kind = .sgd
+        #expect(run(c, lr: 0.1, grads: [[1, -2], [1, -2]], start: [0, 0]) == [-0.2, 0.4])
+    }
+
+    @Test func learningRateSchedules() {
+        var s = LRSchedule(); s.baseLR = 1; s.warmupSteps = 4
+        #expect((0..<5).map { s.lr(at: $0) } == [0.25, 0.5, 0.75, 1, 1])
+        s.kind = .step; s.stepSize = 2; s.gamma = 0.5
+        #expect((4..<10).map { s.lr(at: $0) } == [1, 1, 0.5, 0.5, 0.25, 0.25])
+        s.kind = .cosine; s.totalSteps = 14; s.minLR = 0.1
+        #expect(s.lr(at: 4) == 1)
+        #expect(abs(s.lr(at: 9) - 0.55) < 1e-12)
+        #expect(abs(s.lr(at: 14) - 0.1) < 1e-12)
+        #expect(abs(s.lr(at: 100) - 0.1) < 1e-12)
+    }
+}
