@@ -84,7 +84,7 @@ public enum Safetensors {
             guard end - begin == shape.reduce(1, *) * size else {
                 throw fail("tensor \(name): \(end - begin) bytes do not hold shape \(shape) of \(dtype)")
             }
-            covered.append((begin, end))
+            if end > begin { covered.append((begin, end)) } // empty tensors take no bytes
             let start = bytes.startIndex + dataStart
             file.tensors[name] = Tensor(dtype: dtype, shape: shape, data: bytes.subdata(in: start + begin ..< start + end))
         }
