@@ -35,7 +35,7 @@ let package = Package(
 
         .testTarget(name: "TetherTensorTests", dependencies: ["TetherTensor"]),
         .testTarget(name: "TetherNNTests", dependencies: ["TetherNN", "TetherTensor"]),
-        .testTarget(name: "TetherDataTests", dependencies: ["TetherData"]),
+        .testTarget(name: "TetherDataTests", dependencies: ["TetherData", "TetherTensor", "CZlib"]),
         .testTarget(name: "TetherCommTests", dependencies: ["TetherComm", "TetherWire"]),
         .testTarget(name: "TetherTrainTests", dependencies: ["TetherTrain", "TetherNN", "TetherData", "TetherTensor"]),
         .testTarget(name: "EndToEndTests", dependencies: []),

@@ -1,0 +1,77 @@
+import CZlib
+import Foundation
+
+/// The IDX format of MNIST and Fashion-MNIST (LeCun et al.): a big-endian magic 0x0000TTDD (TT the
+/// element type, 0x08 for unsigned bytes; DD the number of dimensions), DD big-endian UInt32 sizes,
+/// then the elements. Files may be gzipped; zlib's gz reader reads both forms.
+public struct IDXArray: Equatable, Sendable {
+    public var dimensions: [Int]
+    public var bytes: [UInt8]
+}
+
+public enum IDX {
+    /// Reads an unsigned-byte IDX file, gzipped or not, checking magic, dimensions and length.
+    public static func read(_ path: String) throws -> IDXArray {
+        guard FileManager.default.fileExists(atPath: path) else { throw DataError.missingFile(path) }
+        let contents = try gunzip(path)
+        guard contents.count >= 4 else { throw DataError.truncated(file: path, expected: 4, found: contents.count) }
+        let magic = bigEndianUInt32(contents, at: 0)
+        let type = (magic >> 8) & 0xFF, rank = Int(magic & 0xFF)
+        guard magic >> 16 == 0, type == 0x08, (1...4).contains(rank) else { throw DataError.badMagic(file: path, found: magic) }
+        let headerBytes = 4 + 4 * rank
+        guard contents.count >= headerBytes else { throw DataError.truncated(file: path, expected: headerBytes, found: contents.count) }
+        let dims = (0..<rank).map { Int(bigEndianUInt32(contents, at: 4 + 4 * $0)) }
+        let expected = headerBytes + dims.reduce(1, *)
+        guard contents.count >= expected else { throw DataError.truncated(file: path, expected: expected, found: contents.count) }
+        guard contents.count == expected else { throw DataError.trailingBytes(file: path, expected: expected, found: contents.count) }
+        return IDXArray(dimensions: dims, bytes: Array(contents[headerBytes...]))
+    }
+
+    static func bigEndianUInt32(_ b: [UInt8], at i: Int) -> UInt32 {
+        UInt32(b[i]) << 24 | UInt32(b[i + 1]) << 16 | UInt32(b[i + 2]) << 8 | UInt32(b[i + 3])
+    }
+
+    /// The whole file, decompressed if gzipped; a damaged or cut gzip stream is an error naming the file.
+    static func gunzip(_ path: String) throws -> [UInt8] {
+        guard let f = gzopen(path, "rb") else { throw DataError.unreadable(file: path, reason: String(cString: strerror(errno))) }
+        defer { gzclose(f) }
+        var out: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 1 << 20)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { gzread(f, $0.baseAddress, UInt32($0.count)) }
+            if n < 0 {
+                var code: Int32 = 0
+                let message = String(cString: gzerror(f, &code))
+                throw DataError.unreadable(file: path, reason: "gzip: \(message)")
+            }
+            if n == 0 { break }
+            out.append(contentsOf: chunk[0..<Int(n)])
+        }
+        return out
+    }
+}
+
+public enum DataError: Error, CustomStringConvertible, Equatable {
+    case missingFile(String)
+    case unreadable(file: String, reason: String)
+    case badMagic(file: String, found: UInt32)
+    case truncated(file: String, expected: Int, found: Int)
+    case trailingBytes(file: String, expected: Int, found: Int)
+    case mismatch(String)
+    case unknownSource(String)
+
+    public var description: String {
+        switch self {
+        case .missingFile(let f):
+            var s = "\(f): no such file"
+            if f.hasPrefix(FashionMNIST.defaultDirectory) { s += " (install Debian's dataset-fashion-mnist: apt-get install dataset-fashion-mnist)" }
+            return s
+        case .unreadable(let f, let r): return "\(f): cannot read: \(r)"
+        case .badMagic(let f, let m): return String(format: "%@: not an unsigned-byte IDX file (magic 0x%08X, expected 0x000008DD with 1 to 4 dimensions)", f, m)
+        case .truncated(let f, let e, let n): return "\(f): truncated: the header promises \(e) bytes, the file holds \(n)"
+        case .trailingBytes(let f, let e, let n): return "\(f): \(n - e) unexpected bytes after the \(e) the header describes"
+        case .mismatch(let s): return s
+        case .unknownSource(let s): return s
+        }
+    }
+}

@@ -1,0 +1,72 @@
+import Foundation
+import TetherTensor
+
+/// Labelled grayscale images kept as bytes (N, H, W); batches are converted to [0, 1] floats on demand.
+public struct ImageDataset: Sendable {
+    public let pixels: [UInt8]
+    public let labels: [Int32]
+    public let height: Int, width: Int
+    public let classes: Int
+    public var count: Int { labels.count }
+    public var features: Int { height * width }
+
+    public init(pixels: [UInt8], labels: [Int32], height: Int, width: Int, classes: Int) {
+        precondition(pixels.count == labels.count * height * width)
+        (self.pixels, self.labels, self.height, self.width, self.classes) = (pixels, labels, height, width, classes)
+    }
+
+    /// Reads an images file (N, H, W) and a labels file (N), checking that they agree.
+    public init(imagesFile: String, labelsFile: String, classes: Int = 10) throws {
+        let images = try IDX.read(imagesFile), labels = try IDX.read(labelsFile)
+        guard images.dimensions.count == 3 else {
+            throw DataError.mismatch("\(imagesFile): images must have 3 dimensions (N, H, W), found \(images.dimensions)")
+        }
+        guard labels.dimensions.count == 1 else {
+            throw DataError.mismatch("\(labelsFile): labels must have 1 dimension (N), found \(labels.dimensions)")
+        }
+        guard images.dimensions[0] == labels.dimensions[0] else {
+            throw DataError.mismatch("\(imagesFile) holds \(images.dimensions[0]) images but \(labelsFile) holds \(labels.dimensions[0]) labels")
+        }
+        if let i = labels.bytes.firstIndex(where: { Int($0) >= classes }) {
+            throw DataError.mismatch("\(labelsFile): label \(labels.bytes[i]) of sample \(i) is not in 0..<\(classes)")
+        }
+        self.init(pixels: images.bytes, labels: labels.bytes.map { Int32($0) },
+                  height: images.dimensions[1], width: images.dimensions[2], classes: classes)
+    }
+
+    /// The first `n` samples (all when nil or larger).
+    public func prefix(_ n: Int?) -> ImageDataset {
+        guard let n, n < count else { return self }
+        return ImageDataset(pixels: Array(pixels[0..<n * features]), labels: Array(labels[0..<n]), height: height, width: width, classes: classes)
+    }
+
+    /// The samples at `indices`, as a batch of (B, H*W) values in [0, 1].
+    public func batch<T: Scalar>(_ indices: ArraySlice<Int>, as: T.Type = T.self) -> (inputs: Tensor<T>, labels: [Int32]) {
+        let f = features
+        let inputs = Tensor<T>.uninitialized([indices.count, f]) { out in
+            pixels.withUnsafeBufferPointer { px in
+                for (row, i) in indices.enumerated() {
+                    T.convert(out + row * f, fromBytes: px.baseAddress! + i * f, scale: 1 / 255, count: f)
+                }
+            }
+        }
+        return (inputs, indices.map { labels[$0] })
+    }
+}
+
+/// Fashion-MNIST (Xiao et al. 2017) as Debian's dataset-fashion-mnist installs it, or any folder of
+/// files with the same names (MNIST's too).
+public enum FashionMNIST {
+    public static let defaultDirectory = "/usr/share/datasets/fashion-mnist"
+
+    public enum Split: String, Sendable { case train, test }
+
+    public static func load(directory: String = defaultDirectory, split: Split) throws -> ImageDataset {
+        let stem = split == .train ? "train" : "t10k"
+        func path(_ kind: String) -> String {
+            let plain = "\(directory)/\(stem)-\(kind)"
+            return FileManager.default.fileExists(atPath: plain) ? plain : plain + ".gz"
+        }
+        return try ImageDataset(imagesFile: path("images-idx3-ubyte"), labelsFile: path("labels-idx1-ubyte"))
+    }
+}
