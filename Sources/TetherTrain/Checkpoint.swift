@@ -1,0 +1,111 @@
+import Foundation
+import TetherNN
+import TetherTensor
+
+/// Where a run stands: enough, with the parameters and optimizer state, to continue exactly.
+public struct TrainingState: Codable, Equatable, Sendable {
+    public var epoch = 0
+    /// Steps of `epoch` already taken: the data cursor into that epoch's plan.
+    public var stepInEpoch = 0
+    public var globalStep = 0
+    /// The dropout RNG of the model context.
+    public var rng: RNG
+    public init(rng: RNG) { self.rng = rng }
+}
+
+/// A training checkpoint: one safetensors file that PyTorch can load. Tensors: every parameter under its
+/// PyTorch-style name, every buffer ("layers.3.running_mean"), and the optimizer state as
+/// "optimizer.<state>.<parameter>"; all F32. Metadata: "tether.format", "tether.model",
+/// "tether.config" and "tether.state" (JSON), "tether.optimizer_steps".
+public enum Checkpoint {
+    public static let fileName = "checkpoint.safetensors"
+    static let format = "tether-checkpoint-1"
+
+    public static func file<M: Model>(model: M, optimizer: Optimizer<M.T>?, config: TrainingConfig, state: TrainingState) -> Safetensors.File {
+        var f = Safetensors.File()
+        let values = model.arena.valuesAsFloats()
+        for e in model.arena.layout.entries {
+            f.tensors[e.name] = .init(floats: Array(values[e.offset ..< e.offset + e.count]), shape: e.shape)
+        }
+        for (prefix, owner) in model.bufferOwners {
+            for name in owner.bufferNames { let b = owner.buffer(named: name)!; f.tensors[prefix + name] = .init(floats: b, shape: [b.count]) }
+        }
+        if let optimizer {
+            for stateName in optimizer.stateNames {
+                let p = optimizer.state(named: stateName)!
+                var all = [Float](repeating: 0, count: model.arena.count)
+                if !all.isEmpty { all.withUnsafeMutableBufferPointer { M.T.convert($0.baseAddress!, toFloats: p, count: model.arena.count) } }
+                for e in model.arena.layout.entries {
+                    f.tensors["optimizer.\(stateName).\(e.name)"] = .init(floats: Array(all[e.offset ..< e.offset + e.count]), shape: e.shape)
+                }
+            }
+            f.metadata["tether.optimizer_steps"] = String(optimizer.stepCount)
+        }
+        f.metadata["tether.format"] = format
+        f.metadata["tether.model"] = model.kind
+        f.metadata["tether.config"] = String(data: try! JSONEncoder().encode(config), encoding: .utf8)!
+        f.metadata["tether.state"] = String(data: try! JSONEncoder().encode(state), encoding: .utf8)!
+        return f
+    }
+
+    /// A checkpoint file read and checked for the fields every checkpoint has.
+    public struct Loaded {
+        public let path: String
+        public let file: Safetensors.File
+        public let model: String
+        public let config: TrainingConfig
+        public let state: TrainingState
+
+        public init(_ url: URL) throws {
+            path = url.path
+            file = try Safetensors.read(url)
+            func fail(_ why: String) -> CheckpointError { CheckpointError(path: url.path, reason: why) }
+            guard file.metadata["tether.format"] == format else {
+                throw fail("not a Tether checkpoint (metadata tether.format is \(file.metadata["tether.format"].map { "\"\($0)\"" } ?? "missing"), expected \"\(format)\")")
+            }
+            guard let model = file.metadata["tether.model"] else { throw fail("metadata tether.model is missing") }
+            self.model = model
+            do {
+                config = try JSONDecoder().decode(TrainingConfig.self, from: Data((file.metadata["tether.config"] ?? "").utf8))
+                state = try JSONDecoder().decode(TrainingState.self, from: Data((file.metadata["tether.state"] ?? "").utf8))
+            } catch {
+                throw fail("metadata tether.config or tether.state is not valid: \(error)")
+            }
+        }
+
+        /// Loads parameters and buffers into `model` (and the optimizer state, if given). Refuses a model
+        /// of another kind, and any missing or misshapen tensor, naming it.
+        public func restore<M: Model>(into model: M, optimizer: Optimizer<M.T>?) throws {
+            func fail(_ why: String) -> CheckpointError { CheckpointError(path: path, reason: why) }
+            guard self.model == model.kind else { throw fail("it holds a \(self.model) model, not \(model.kind)") }
+            func load(_ name: String, shape: [Int], into p: UnsafeMutablePointer<M.T>) throws {
+                guard let t = file.tensors[name] else { throw fail("tensor \(name) is missing") }
+                guard t.shape == shape else { throw fail("tensor \(name) has shape \(t.shape), the model needs \(shape)") }
+                let floats = try t.floats()
+                floats.withUnsafeBufferPointer { if !$0.isEmpty { M.T.convert(p, fromFloats: $0.baseAddress!, count: $0.count) } }
+            }
+            for e in model.arena.layout.entries { try load(e.name, shape: e.shape, into: model.arena.values + e.offset) }
+            for (prefix, owner) in model.bufferOwners {
+                for name in owner.bufferNames {
+                    guard let t = file.tensors[prefix + name], owner.loadBuffer(named: name, try t.floats()) else {
+                        throw fail("buffer \(prefix + name) is missing or misshapen")
+                    }
+                }
+            }
+            if let optimizer {
+                for stateName in optimizer.stateNames {
+                    for e in model.arena.layout.entries {
+                        try load("optimizer.\(stateName).\(e.name)", shape: e.shape, into: optimizer.state(named: stateName)! + e.offset)
+                    }
+                }
+                guard let steps = file.metadata["tether.optimizer_steps"].flatMap(Int.init) else { throw fail("metadata tether.optimizer_steps is missing") }
+                optimizer.stepCount = steps
+            }
+        }
+    }
+}
+
+public struct CheckpointError: Error, CustomStringConvertible {
+    public let path: String, reason: String
+    public var description: String { "checkpoint \(path): \(reason)" }
+}

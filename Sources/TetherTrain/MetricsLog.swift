@@ -1,0 +1,53 @@
+import Foundation
+
+/// One line of metrics.jsonl. Always `event`, `epoch`, `step`; the rest where it applies.
+public struct MetricsEvent: Codable, Equatable, Sendable {
+    public var event: String            // start, step, epoch, end, interrupted
+    public var epoch: Int
+    public var step: Int                // global step count after this event
+    public var loss: Double?            // mean training loss since the previous line of the same kind
+    public var samples_per_sec: Double?
+    public var lr: Double?
+    public var test_accuracy: Double?
+    public var test_loss: Double?
+    public var elapsed_s: Double?
+    public var parameters: Int?
+    public var model: String?
+
+    public init(event: String, epoch: Int, step: Int) { (self.event, self.epoch, self.step) = (event, epoch, step) }
+}
+
+/// Appends one JSON object per line, flushed as written, so a crash loses at most the line in flight
+/// and a resumed run continues the same file.
+public final class MetricsLog {
+    private let handle: FileHandle
+    public let path: String
+    private let encoder: JSONEncoder = {
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys]
+        e.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+        return e
+    }()
+
+    public init(path: String) throws {
+        self.path = path
+        if !FileManager.default.fileExists(atPath: path) {
+            guard FileManager.default.createFile(atPath: path, contents: nil) else {
+                throw ConfigError(message: "\(path): cannot create the metrics file (does the run directory exist and is it writable?)")
+            }
+        }
+        guard let h = FileHandle(forWritingAtPath: path) else { throw ConfigError(message: "\(path): cannot open for appending") }
+        handle = h
+        handle.seekToEndOfFile()
+    }
+
+    public func write(_ e: MetricsEvent) throws {
+        var line = try encoder.encode(e)
+        line.append(0x0A)
+        do { try handle.write(contentsOf: line) } catch {
+            throw ConfigError(message: "\(path): cannot write metrics: \(error.localizedDescription)")
+        }
+    }
+
+    deinit { try? handle.close() }
+}

@@ -1,0 +1,34 @@
+import ArgumentParser
+import Foundation
+import TetherComm
+import TetherTensor
+
+@main
+struct Tether: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Data-parallel training of weight-normalized, tied-weight and Wide & Deep networks.",
+        discussion: "Data: \(DataSourceHelp.text). Run directories hold metrics.jsonl and checkpoint.safetensors.",
+        version: TetherVersion.string,
+        subcommands: [Train.self, Eval.self, Bench.self, Version.self]
+    )
+}
+
+enum DataSourceHelp { static let text = "fashion-mnist (Debian's dataset-fashion-mnist) or idx:DIR" }
+
+enum TetherVersion { static let string = "0.1.0" }
+
+struct Version: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print the versions of Tether and the C libraries it runs on.")
+    func run() {
+        print("tether \(TetherVersion.string)")
+        print("libzmq \(ZeroMQ.version)")
+        print("protobuf-c \(WireFormat.libraryVersion)")
+        print("OpenBLAS \(BLAS.configuration)")
+    }
+}
+
+/// Ends the process with a one-line error (no stack trace) for errors a user can act on.
+func exitWithError(_ error: Error) -> Never {
+    FileHandle.standardError.write(Data("tether: error: \(error)\n".utf8))
+    Foundation.exit(1)
+}
