@@ -2,7 +2,7 @@
 import PackageDescription
 
 // Module graph (one way only):
-//   CBLAS -> TetherTensor -> TetherNN ---\
+//   CBLAS, CTetherKernels -> TetherTensor -> TetherNN ---\
 //   CZlib -> TetherData -----------------> TetherTrain -> tether
 //   CProtobufC -> TetherWire -> TetherComm -/
 let package = Package(
@@ -23,7 +23,9 @@ let package = Package(
         // protoc-c output only; regenerate with scripts/generate-proto, never edit.
         .target(name: "TetherWire", dependencies: ["CProtobufC"]),
 
-        .target(name: "TetherTensor", dependencies: ["CBLAS"]),
+        // The loops Swift cannot vectorize (no restrict, no fast-math), multiversioned per CPU.
+        .target(name: "CTetherKernels", cSettings: [.unsafeFlags(["-O3", "-fno-math-errno"])]),
+        .target(name: "TetherTensor", dependencies: ["CBLAS", "CTetherKernels"]),
         .target(name: "TetherNN", dependencies: ["TetherTensor"]),
         .target(name: "TetherData", dependencies: ["TetherTensor", "CZlib"]),
         .target(name: "TetherComm", dependencies: ["TetherWire", "CZeroMQ", "CProtobufC"]),

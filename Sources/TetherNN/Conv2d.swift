@@ -7,6 +7,7 @@ import TetherTensor
 public final class Conv2d<T: Scalar>: DataDependentInit {
     public let inChannels: Int, outChannels: Int, kernel: Int, stride: Int, padding: Int
     let weight: WeightParameterization<T>
+    public var hasParameters: Bool { true }
     let bias: ParameterSlot?
     private let col = Scratch<T>()          // cache: im2col of the last input, (C*KH*KW, B*OH*OW)
     private let dcol = Scratch<T>()

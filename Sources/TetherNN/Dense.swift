@@ -4,6 +4,7 @@ import TetherTensor
 public final class Dense<T: Scalar>: DataDependentInit {
     public let inFeatures: Int, outFeatures: Int
     let weight: WeightParameterization<T>
+    public var hasParameters: Bool { true }
     let bias: ParameterSlot?
     private var input = Tensor<T>.zeros([0])       // cache: x (B, I)
     private var w: UnsafePointer<T>?               // the effective weight used by the last forward

@@ -19,8 +19,14 @@ public final class ModelContext<T: Scalar> {
 /// and returns dL/dx, or nil when the caller said it does not need it (the first layer).
 public protocol Layer<T>: AnyObject {
     associatedtype T: Scalar
+    /// Whether the layer owns parameters (so the layers before it must pass gradients back).
+    var hasParameters: Bool { get }
     func forward(_ x: Tensor<T>, _ ctx: ModelContext<T>) -> Tensor<T>
     func backward(_ dy: Tensor<T>, _ ctx: ModelContext<T>, needsInputGradient: Bool) -> Tensor<T>?
+}
+
+extension Layer {
+    public var hasParameters: Bool { false }
 }
 
 /// Sums statistics over all replicas (identity in one process, an all-reduce in a cluster), so that

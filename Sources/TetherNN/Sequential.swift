@@ -4,8 +4,13 @@ import TetherTensor
 /// inside a module attribute: `layers.<index>.<name>`, where the index counts every layer.
 public final class Sequential<T: Scalar> {
     public let layers: [any Layer<T>]
+    /// Layers up to and including this one need not return an input gradient (nothing before them learns).
+    private let firstWithParameters: Int
 
-    public init(_ layers: [any Layer<T>]) { self.layers = layers }
+    public init(_ layers: [any Layer<T>]) {
+        self.layers = layers
+        firstWithParameters = layers.firstIndex { $0.hasParameters } ?? layers.count
+    }
 
     public func forward(_ x: Tensor<T>, _ ctx: ModelContext<T>) -> Tensor<T> {
         layers.reduce(x) { $1.forward($0, ctx) }
@@ -17,7 +22,7 @@ public final class Sequential<T: Scalar> {
         var g: Tensor<T>? = dy
         for (i, layer) in layers.enumerated().reversed() {
             guard let current = g else { break }
-            g = layer.backward(current, ctx, needsInputGradient: i > 0 || needsInputGradient)
+            g = layer.backward(current, ctx, needsInputGradient: i > firstWithParameters || needsInputGradient)
         }
         return g
     }

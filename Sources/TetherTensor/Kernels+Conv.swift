@@ -16,6 +16,14 @@ public struct ConvGeometry: Sendable, Equatable {
     public var patchSize: Int { channels * kernelHeight * kernelWidth }
     /// columns of the col matrix: B * OH * OW
     public var columns: Int { batch * outHeight * outWidth }
+
+    /// The output columns j whose input column j*stride - padding + kj lies inside the image: lo..<hi.
+    @inline(__always)
+    func validColumns(_ kj: Int) -> (lo: Int, hi: Int) {
+        let lo = max(0, (padding - kj + stride - 1) / stride)                  // first j with iw >= 0
+        let hi = min(outWidth, (width + padding - kj + stride - 1) / stride)   // first j with iw >= width
+        return (lo, hi)
+    }
 }
 
 /// Shapes of a max pooling over P independent planes of H x W (P = C * B).
@@ -46,9 +54,14 @@ extension Scalar {
                                 continue
                             }
                             let src = plane + ih * g.width
-                            for j in 0..<ow {
-                                let iw = j * g.stride - g.padding + kj
-                                dst[j] = (iw >= 0 && iw < g.width) ? src[iw] : 0
+                            let (lo, hi) = g.validColumns(kj)
+                            if g.stride == 1 {
+                                // a contiguous run of the input row, zero-padded at both ends
+                                dst.update(repeating: 0, count: lo)
+                                if hi > lo { (dst + lo).update(from: src + (lo - g.padding + kj), count: hi - lo) }
+                                (dst + max(hi, lo)).update(repeating: 0, count: ow - max(hi, lo))
+                            } else {
+                                for j in 0..<ow { dst[j] = (j >= lo && j < hi) ? src[j * g.stride - g.padding + kj] : 0 }
                             }
                         }
                     }
@@ -70,10 +83,8 @@ extension Scalar {
                             let ih = i * g.stride - g.padding + ki
                             if ih < 0 || ih >= g.height { continue }
                             let src = row + (b * oh + i) * ow, dst = plane + ih * g.width
-                            for j in 0..<ow {
-                                let iw = j * g.stride - g.padding + kj
-                                if iw >= 0 && iw < g.width { dst[iw] += src[j] }
-                            }
+                            let (lo, hi) = g.validColumns(kj)
+                            for j in lo..<max(lo, hi) { dst[j * g.stride - g.padding + kj] += src[j] }
                         }
                     }
                 }
@@ -84,20 +95,41 @@ extension Scalar {
     public static func maxPoolForward(_ y: UnsafeMutablePointer<Self>, argmax: UnsafeMutablePointer<Int32>,
                                       _ x: UnsafePointer<Self>, _ g: PoolGeometry) {
         let (oh, ow, hw) = (g.outHeight, g.outWidth, g.height * g.width)
+        if g.kernel == 2 && g.stride == 2 { return maxPool2x2Forward(y, argmax: argmax, x, g) }
         for p in 0..<g.planes {
             let plane = x + p * hw
             for i in 0..<oh {
                 for j in 0..<ow {
-                    var best = -Self.infinity, at = (i * g.stride) * g.width + j * g.stride
+                    // Strict '>' from the window's first element keeps the first maximum in scan order on
+                    // ties, as PyTorch does. (NaN is not propagated: the loss reports divergence.)
+                    var at = (i * g.stride) * g.width + j * g.stride, best = plane[at]
                     for ki in 0..<g.kernel {
                         let r = (i * g.stride + ki) * g.width + j * g.stride
-                        for kj in 0..<g.kernel where plane[r + kj] > best || plane[r + kj].isNaN {
-                            // Strict '>' keeps the first maximum in scan order on ties, as PyTorch does.
-                            best = plane[r + kj]; at = r + kj
-                        }
+                        for kj in 0..<g.kernel where plane[r + kj] > best { best = plane[r + kj]; at = r + kj }
                     }
                     let o = (p * oh + i) * ow + j
                     y[o] = best; argmax[o] = Int32(at)
+                }
+            }
+        }
+    }
+
+    /// The common 2x2, stride 2 window, unrolled; the same tie rule.
+    static func maxPool2x2Forward(_ y: UnsafeMutablePointer<Self>, argmax: UnsafeMutablePointer<Int32>,
+                                  _ x: UnsafePointer<Self>, _ g: PoolGeometry) {
+        let (oh, ow, w, hw) = (g.outHeight, g.outWidth, g.width, g.height * g.width)
+        var o = 0
+        for p in 0..<g.planes {
+            let plane = x + p * hw
+            for i in 0..<oh {
+                for j in 0..<ow {
+                    let q0 = 2 * i * w + 2 * j, q1 = q0 + 1, q2 = q0 + w, q3 = q2 + 1
+                    var best = plane[q0], at = q0
+                    if plane[q1] > best { best = plane[q1]; at = q1 }
+                    if plane[q2] > best { best = plane[q2]; at = q2 }
+                    if plane[q3] > best { best = plane[q3]; at = q3 }
+                    y[o] = best; argmax[o] = Int32(at)
+                    o += 1
                 }
             }
         }

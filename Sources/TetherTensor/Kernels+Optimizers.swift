@@ -29,6 +29,13 @@ public struct AdamHyper: Sendable {
         (self.lr, self.beta1, self.beta2, self.epsilon, self.weightDecay, self.decoupled, self.step) =
             (lr, beta1, beta2, epsilon, weightDecay, decoupled, step)
     }
+
+    /// The per-step constants of the update (the kernel is in CTetherKernels: tether_adam_*).
+    public var coefficients: (stepSize: Double, rootBiasCorrection2: Double, decay: Double, coupledWeightDecay: Double) {
+        let t = Double(step)
+        return (lr / (1 - pow(beta1, t)), (1 - pow(beta2, t)).squareRoot(),
+                decoupled ? 1 - lr * weightDecay : 1, decoupled ? 0 : weightDecay)
+    }
 }
 
 extension Scalar {
@@ -46,22 +53,4 @@ extension Scalar {
             p[i] -= lr * (h.nesterov ? d + mu * buf : buf)
         }
     }
-
-    public static func adamStep(_ p: UnsafeMutablePointer<Self>, m: UnsafeMutablePointer<Self>, v: UnsafeMutablePointer<Self>,
-                                grad: UnsafePointer<Self>, _ h: AdamHyper, count: Int) {
-        let b1 = Self(h.beta1), b2 = Self(h.beta2), eps = Self(h.epsilon), wd = Self(h.weightDecay)
-        let t = Double(h.step)
-        let bc1 = 1 - pow(h.beta1, t), bc2 = 1 - pow(h.beta2, t)
-        let stepSize = Self(h.lr / bc1), rootBC2 = Self(bc2.squareRoot())
-        let decay = h.decoupled ? 1 - Self(h.lr) * wd : 1
-        let coupledWD = h.decoupled ? 0 : wd
-        for i in 0..<count {
-            let gi = grad[i] + coupledWD * p[i]
-            let mi = b1 * m[i] + (1 - b1) * gi
-            let vi = b2 * v[i] + (1 - b2) * gi * gi
-            m[i] = mi; v[i] = vi
-            p[i] = p[i] * decay - stepSize * mi / (vi.squareRoot() / rootBC2 + eps)
-        }
-    }
 }
-

@@ -5,8 +5,7 @@ extension Scalar {
                                          g: UnsafePointer<Self>, v: UnsafePointer<Self>, epsilon: Self, rows r: Int, columns k: Int) {
         for row in 0..<r {
             let vr = v + row * k, wr = w + row * k
-            var ss: Self = 0
-            for j in 0..<k { ss += vr[j] * vr[j] }
+            let ss = dot(vr, vr, count: k)
             // The epsilon sits inside the root so the norm stays smooth (and finite-difference checkable).
             let n = (ss + epsilon).squareRoot()
             norms[row] = n
@@ -21,9 +20,7 @@ extension Scalar {
         for row in 0..<r {
             let vr = v + row * k, gr = dw + row * k, dvr = dv + row * k
             let n = norms[row]
-            var dot: Self = 0
-            for j in 0..<k { dot += gr[j] * vr[j] }
-            let gradG = dot / n                         // term 1: dL/dg = (G . v) / ||v||
+            let gradG = dot(gr, vr, count: k) / n                        // term 1: dL/dg = (G . v) / ||v||
             dg[row] += gradG
             let a = g[row] / n, b = gradG / n           // term 2: dL/dv = (g/||v||) (G - dL/dg * v/||v||)
             for j in 0..<k { dvr[j] += a * (gr[j] - b * vr[j]) }

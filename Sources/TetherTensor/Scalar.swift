@@ -1,4 +1,5 @@
 import CBLAS
+import CTetherKernels
 
 /// The element type of every tensor: `Float` on the training path, `Double` in gradient checks.
 ///
@@ -31,6 +32,8 @@ public protocol Scalar: BinaryFloatingPoint, Sendable, Codable where Self.RawSig
     /// y += alpha * x
     static func axpy(_ y: UnsafeMutablePointer<Self>, _ x: UnsafePointer<Self>, alpha: Self, count: Int)
     static func scale(_ y: UnsafeMutablePointer<Self>, by alpha: Self, count: Int)
+    /// a . b (BLAS: vectorized for the CPU at run time)
+    static func dot(_ a: UnsafePointer<Self>, _ b: UnsafePointer<Self>, count: Int) -> Self
     static func sumOfSquares(_ x: UnsafePointer<Self>, count: Int) -> Double
     static func sum(_ x: UnsafePointer<Self>, count: Int) -> Double
     /// y = x > 0 ? x : slope * x (slope 0: ReLU)
@@ -100,6 +103,15 @@ public protocol Scalar: BinaryFloatingPoint, Sendable, Codable where Self.RawSig
 
 extension Float: Scalar {
     public static var safetensorsDType: String { "F32" }
+    public static func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, count: Int) -> Float {
+        cblas_sdot(blasint(count), a, 1, b, 1)
+    }
+    public static func adamStep(_ p: UnsafeMutablePointer<Float>, m: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>,
+                                grad: UnsafePointer<Float>, _ h: AdamHyper, count: Int) {
+        let c = h.coefficients
+        tether_adam_f32(p, m, v, grad, count, Float(h.beta1), Float(h.beta2), Float(h.epsilon), Float(c.stepSize),
+                        Float(c.rootBiasCorrection2), Float(c.decay), Float(c.coupledWeightDecay))
+    }
     @inline(__always)
     public static func gemm(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float,
                             a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
@@ -112,6 +124,14 @@ extension Float: Scalar {
 
 extension Double: Scalar {
     public static var safetensorsDType: String { "F64" }
+    public static func dot(_ a: UnsafePointer<Double>, _ b: UnsafePointer<Double>, count: Int) -> Double {
+        cblas_ddot(blasint(count), a, 1, b, 1)
+    }
+    public static func adamStep(_ p: UnsafeMutablePointer<Double>, m: UnsafeMutablePointer<Double>, v: UnsafeMutablePointer<Double>,
+                                grad: UnsafePointer<Double>, _ h: AdamHyper, count: Int) {
+        let c = h.coefficients
+        tether_adam_f64(p, m, v, grad, count, h.beta1, h.beta2, h.epsilon, c.stepSize, c.rootBiasCorrection2, c.decay, c.coupledWeightDecay)
+    }
     @inline(__always)
     public static func gemm(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Double,
                             a: UnsafePointer<Double>, lda: Int, b: UnsafePointer<Double>, ldb: Int,
