@@ -13,6 +13,8 @@ public final class Conv2d<T: Scalar>: DataDependentInit {
     private let dcol = Scratch<T>()
     private var geometry: ConvGeometry?
     private var w: UnsafePointer<T>?
+    /// Columns of dcol per backward chunk (measured: see docs/ARCHITECTURE.md).
+    static var chunkColumns: Int { 256 }
 
     public init(_ layout: inout ArenaLayout, prefix: String, inChannels: Int, outChannels: Int, kernel: Int,
                 stride: Int = 1, padding: Int = 0, bias: Bool = true, weightNorm: Bool = false) {
@@ -50,14 +52,22 @@ public final class Conv2d<T: Scalar>: DataDependentInit {
             if let bias { T.sumPerChannel(arena.grad(bias), dyp, channels: outChannels, columns: g.columns) }
         }
         guard needsInputGradient else { return nil }
-        // dcol (K, N) = w^T (K, OC) dy (OC, N); dx = col2im(dcol)
-        let dcolp = dcol.reserve(g.patchSize * g.columns)
-        dy.withPointer { dyp in
-            T.gemm(transposeA: true, transposeB: false, m: g.patchSize, n: g.columns, k: outChannels, alpha: 1,
-                   a: w, lda: g.patchSize, b: dyp, ldb: g.columns, beta: 0, c: dcolp, ldc: g.columns)
-        }
+        // dcol (K, n) = w^T (K, OC) dy (OC, n); dx += col2im(dcol), a few samples (n columns) at a time so
+        // that dcol stays in cache between the GEMM that writes it and col2im that reads it.
+        let plane = g.outHeight * g.outWidth
+        let samplesPerChunk = max(1, Self.chunkColumns / max(plane, 1))
+        let dcolp = dcol.reserve(g.patchSize * min(g.batch, samplesPerChunk) * plane)
         var dx = Tensor<T>.zeros([inChannels, g.batch, g.height, g.width])
-        dx.withMutablePointer { T.col2im($0, dcolp, g) }
+        dx.withMutablePointer { dxp in
+            dy.withPointer { dyp in
+                for first in Swift.stride(from: 0, to: g.batch, by: samplesPerChunk) {
+                    let samples = first ..< min(first + samplesPerChunk, g.batch), n = samples.count * plane
+                    T.gemm(transposeA: true, transposeB: false, m: g.patchSize, n: n, k: outChannels, alpha: 1,
+                           a: w, lda: g.patchSize, b: dyp + first * plane, ldb: g.columns, beta: 0, c: dcolp, ldc: n)
+                    T.col2im(dxp, dcolp, g, samples: samples)
+                }
+            }
+        }
         return dx
     }
 

@@ -70,21 +70,26 @@ extension Scalar {
         }
     }
 
-    public static func col2im(_ dx: UnsafeMutablePointer<Self>, _ dcol: UnsafePointer<Self>, _ g: ConvGeometry) {
+    public static func col2im(_ dx: UnsafeMutablePointer<Self>, _ dcol: UnsafePointer<Self>, _ g: ConvGeometry, samples: Range<Int>) {
         let (oh, ow, hw) = (g.outHeight, g.outWidth, g.height * g.width)
-        let ncol = g.columns
+        let ncol = samples.count * oh * ow
         for c in 0..<g.channels {
             for ki in 0..<g.kernelHeight {
                 for kj in 0..<g.kernelWidth {
-                    let row = dcol + ((c * g.kernelHeight + ki) * g.kernelWidth + kj) * ncol
-                    for b in 0..<g.batch {
+                    let row = dcol + ((c * g.kernelHeight + ki) * g.kernelWidth + kj) * ncol - samples.lowerBound * oh * ow
+                    for b in samples {
                         let plane = dx + (c * g.batch + b) * hw
                         for i in 0..<oh {
                             let ih = i * g.stride - g.padding + ki
                             if ih < 0 || ih >= g.height { continue }
                             let src = row + (b * oh + i) * ow, dst = plane + ih * g.width
                             let (lo, hi) = g.validColumns(kj)
-                            for j in lo..<max(lo, hi) { dst[j * g.stride - g.padding + kj] += src[j] }
+                            if g.stride == 1 {
+                                let shifted = dst + (kj - g.padding) // a contiguous run: vectorizes
+                                for j in lo..<max(lo, hi) { shifted[j] += src[j] }
+                            } else {
+                                for j in lo..<max(lo, hi) { dst[j * g.stride - g.padding + kj] += src[j] }
+                            }
                         }
                     }
                 }

@@ -89,10 +89,7 @@ extension Scalar {
 
     public static func sumPerChannel(_ out: UnsafeMutablePointer<Self>, _ x: UnsafePointer<Self>, channels c: Int, columns n: Int) {
         for ch in 0..<c {
-            let row = x + ch * n
-            var s: Self = 0
-            for j in 0..<n { s += row[j] }
-            out[ch] += s
+            out[ch] += rowSum(x + ch * n, count: n)
         }
     }
 
@@ -110,6 +107,21 @@ extension Scalar {
             for j in 0..<n { let v = Double(row[j]); s += v; ss += v * v }
             out[2 * ch] += s; out[2 * ch + 1] += ss
         }
+    }
+
+    /// Sum of a row with eight independent accumulators: the compiler keeps a single Float sum in order
+    /// (no vectors), but packs independent ones into one vector register.
+    @inline(__always) static func rowSum(_ x: UnsafePointer<Self>, count n: Int) -> Self {
+        var (a0, a1, a2, a3, a4, a5, a6, a7): (Self, Self, Self, Self, Self, Self, Self, Self) = (0, 0, 0, 0, 0, 0, 0, 0)
+        var j = 0
+        while j + 8 <= n {
+            a0 += x[j]; a1 += x[j + 1]; a2 += x[j + 2]; a3 += x[j + 3]
+            a4 += x[j + 4]; a5 += x[j + 5]; a6 += x[j + 6]; a7 += x[j + 7]
+            j += 8
+        }
+        var s = ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
+        while j < n { s += x[j]; j += 1 }
+        return s
     }
 
     public static func swapLeadingAxes(_ y: UnsafeMutablePointer<Self>, _ x: UnsafePointer<Self>, outer a: Int, inner b: Int, plane p: Int) {

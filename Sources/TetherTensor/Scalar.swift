@@ -75,8 +75,9 @@ public protocol Scalar: BinaryFloatingPoint, Sendable, Codable where Self.RawSig
 
     // MARK: convolution and pooling on the (C, B, H, W) layout (Kernels+Conv.swift)
     static func im2col(_ col: UnsafeMutablePointer<Self>, _ x: UnsafePointer<Self>, _ g: ConvGeometry)
-    /// accumulates dx (C, B, H, W) += col2im(dcol)
-    static func col2im(_ dx: UnsafeMutablePointer<Self>, _ dcol: UnsafePointer<Self>, _ g: ConvGeometry)
+    /// accumulates dx (C, B, H, W) += col2im(dcol) for the batch entries in `samples`, whose columns
+    /// dcol (C*KH*KW, |samples|*OH*OW) holds
+    static func col2im(_ dx: UnsafeMutablePointer<Self>, _ dcol: UnsafePointer<Self>, _ g: ConvGeometry, samples: Range<Int>)
     /// y (P, OH, OW) = max over each window of x (P, H, W); argmax holds the winner's index in its plane
     static func maxPoolForward(_ y: UnsafeMutablePointer<Self>, argmax: UnsafeMutablePointer<Int32>,
                                _ x: UnsafePointer<Self>, _ g: PoolGeometry)
