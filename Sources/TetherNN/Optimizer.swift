@@ -75,12 +75,10 @@ public struct LRSchedule: Codable, Sendable, Equatable {
     public var stepSize = 1000
     public var gamma = 0.1
     public var minLR = 0.0
-    /// Steps of the whole run, for cosine.
-    public var totalSteps = 1
     public init() {}
 
-    /// The rate for step `t` (0-based).
-    public func lr(at t: Int) -> Double {
+    /// The rate for step `t` (0-based) of a run of `totalSteps` steps (cosine anneals over them).
+    public func lr(at t: Int, totalSteps: Int) -> Double {
         if t < warmupSteps { return baseLR * Double(t + 1) / Double(warmupSteps) }
         let s = t - warmupSteps
         switch kind {

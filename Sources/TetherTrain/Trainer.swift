@@ -53,13 +53,12 @@ public final class Trainer {
         } else if FileManager.default.fileExists(atPath: checkpointPath.path) {
             throw ConfigError(message: "\(checkpointPath.path) exists: pass --resume to continue that run, or choose another --run-dir")
         }
-        var config = given
+        let config = given
         try config.validate()
         train = try DataSource.load(config.data, split: .train, limit: config.trainLimit)
         test = try DataSource.load(config.data, split: .test, limit: config.testLimit)
         stepsPerEpoch = (train.count + config.batch - 1) / config.batch
         totalSteps = min(config.epochs * stepsPerEpoch, config.maxSteps ?? .max)
-        config.schedule.totalSteps = totalSteps
         self.config = config
 
         model = try ModelFactory.make(config.model, for: train, seed: config.seed)
@@ -113,7 +112,7 @@ public final class Trainer {
                                 loss: window.stats.meanLoss, samplesPerSec: rate, eta: remaining)
                 if state.globalStep % config.logEvery == 0 {
                     var e = MetricsEvent(event: "step", epoch: state.epoch, step: state.globalStep)
-                    (e.loss, e.samples_per_sec, e.lr) = (window.stats.meanLoss, rate, config.schedule.lr(at: state.globalStep - 1))
+                    (e.loss, e.samples_per_sec, e.lr) = (window.stats.meanLoss, rate, config.schedule.lr(at: state.globalStep - 1, totalSteps: totalSteps))
                     try metrics.write(e)
                     progress.log("epoch \(state.epoch + 1) step \(state.stepInEpoch)/\(plan.steps) loss \(ProgressDisplay.fixed(window.stats.meanLoss, 4)) "
                                  + "\(ProgressDisplay.grouped(rate)) samples/s ETA \(ProgressDisplay.duration(remaining))")
@@ -155,7 +154,7 @@ public final class Trainer {
         let (x, y) = train.batch(samples, as: Float.self)
         model.arena.zeroGrads()
         let stats = model.accumulateGradients(Batch(inputs: x, labels: y), scale: 1 / Float(samples.count))
-        optimizer.step(model.arena, lr: config.schedule.lr(at: state.globalStep))
+        optimizer.step(model.arena, lr: config.schedule.lr(at: state.globalStep, totalSteps: totalSteps))
         return stats
     }
 
