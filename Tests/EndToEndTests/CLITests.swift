@@ -1,0 +1,108 @@
+import Testing
+import Foundation
+
+/// Runs the built `tether` binary as a user would. It sits beside the test bundle in the build folder
+/// (`swift build` builds it; scripts/test does that first).
+enum CLI {
+    static let binary: URL = {
+        var dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        if dir.lastPathComponent == "MacOS" { dir = dir.deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent() }
+        return dir.appendingPathComponent("tether")
+    }()
+
+    struct Result { var status: Int32; var stdout: String; var stderr: String }
+
+    /// Runs `tether args...` to completion, killing it after `timeout` seconds.
+    static func run(_ args: [String], timeout: TimeInterval = 120) throws -> Result {
+        let p = Process()
+        p.executableURL = binary
+        p.arguments = args
+        var env = ProcessInfo.processInfo.environment
+        env["OPENBLAS_NUM_THREADS"] = "1"
+        p.environment = env
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        try p.run()
+        let deadline = DispatchTime.now() + timeout
+        DispatchQueue.global().asyncAfter(deadline: deadline) { if p.isRunning { p.terminate() } }
+        let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return Result(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+    }
+
+    static func tempDir(_ name: String) -> URL {
+        FileManager.default.temporaryDirectory.appendingPathComponent("tether-e2e-\(name)-\(UUID())")
+    }
+}
+
+let dataInstalled = FileManager.default.fileExists(atPath: "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+
+@Suite(.serialized) struct CLITests {
+    @Test func theBinaryIsBuilt() {
+        #expect(FileManager.default.isExecutableFile(atPath: CLI.binary.path), "run `swift build` first: \(CLI.binary.path)")
+    }
+
+    @Test(.enabled(if: dataInstalled, "needs Debian's dataset-fashion-mnist (scripts/test installs it)"))
+    func trainThenEvalThenResume() throws {
+        let dir = CLI.tempDir("train")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let common = ["--model", "mlp-wn", "--train-limit", "512", "--test-limit", "500", "--batch", "32", "--log-every", "4", "--run-dir", dir.path]
+        let first = try CLI.run(["train", "--epochs", "2", "--stop-after-steps", "20"] + common)
+        #expect(first.status == 0, "\(first.stderr)")
+        #expect(first.stdout.contains("epoch 1/2: train loss"))
+        #expect(first.stdout.contains("continue with --resume"))
+        // not a terminal: plain log lines, no bar
+        #expect(first.stdout.contains("epoch 1 step 4/16 loss") && !first.stdout.contains("\r"))
+
+        let resumed = try CLI.run(["train", "--resume", "--run-dir", dir.path, "--test-limit", "500"])
+        #expect(resumed.status == 0, "\(resumed.stderr)")
+        #expect(resumed.stdout.contains("epoch 2/2: train loss"))
+        #expect(resumed.stdout.contains("done: 32 steps"))
+
+        let metrics = try String(contentsOf: dir.appendingPathComponent("metrics.jsonl"), encoding: .utf8).split(separator: "\n")
+        let objects = try metrics.map { try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
+        #expect(objects.allSatisfy { $0["event"] != nil && $0["epoch"] != nil && $0["step"] != nil })
+        #expect(objects.filter { $0["event"] as? String == "epoch" }.allSatisfy { $0["test_accuracy"] is Double && $0["samples_per_sec"] is Double })
+
+        let eval = try CLI.run(["eval", "--checkpoint", dir.appendingPathComponent("checkpoint.safetensors").path, "--test-limit", "500", "--json"])
+        #expect(eval.status == 0, "\(eval.stderr)")
+        let result = try JSONSerialization.jsonObject(with: Data(eval.stdout.utf8)) as! [String: Any]
+        #expect(result["samples"] as? Int == 500)
+        #expect((result["test_accuracy"] as? Double ?? 0) > 0.5)
+        #expect(result["step"] as? Int == 32)
+    }
+
+    @Test(arguments: [
+        (["train", "--model", "resnet"], "unknown --model \"resnet\""),
+        (["train", "--batch", "0", "--run-dir", "/tmp/tether-e2e-never"], "--batch must be at least 1"),
+        (["train", "--data", "idx:/nonexistent/dir", "--run-dir", "/tmp/tether-e2e-never"], "/nonexistent/dir/train-images-idx3-ubyte.gz: no such file"),
+        (["train", "--data", "csv", "--run-dir", "/tmp/tether-e2e-never"], "unknown --data \"csv\""),
+        (["train", "--frobnicate"], "Unknown option '--frobnicate'"),
+        (["eval", "--checkpoint", "/nonexistent/checkpoint.safetensors"], "/nonexistent/checkpoint.safetensors: no such checkpoint file"),
+        (["bench", "train", "--threads", "0"], "--threads must be at least 1"),
+    ])
+    func badInputGivesAClearError(args: [String], message: String) throws {
+        defer { try? FileManager.default.removeItem(atPath: "/tmp/tether-e2e-never") }
+        let r = try CLI.run(args)
+        #expect(r.status != 0)
+        #expect(r.stderr.contains(message), "stderr: \(r.stderr)")
+    }
+
+    @Test func corruptCheckpointIsRefused() throws {
+        let dir = CLI.tempDir("corrupt")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("checkpoint.safetensors").path
+        FileManager.default.createFile(atPath: path, contents: Data([0x10, 0, 0, 0, 0, 0, 0, 0]) + Data("{\"a\": 1".utf8))
+        let r = try CLI.run(["eval", "--checkpoint", path])
+        #expect(r.status == 1)
+        #expect(r.stderr.contains("\(path): not a valid safetensors file"), "stderr: \(r.stderr)")
+    }
+
+    @Test func versionNamesTheCLibraries() throws {
+        let r = try CLI.run(["version"])
+        #expect(r.status == 0)
+        #expect(r.stdout.contains("libzmq 4.") && r.stdout.contains("protobuf-c 1.") && r.stdout.contains("OpenBLAS"))
+    }
+}
