@@ -1,0 +1,101 @@
+import Testing
+@testable import TetherTensor
+
+@Suite struct GemmTests {
+    @Test(arguments: [(false, false), (true, false), (false, true), (true, true)])
+    func matchesNaiveProduct(transposeA: Bool, transposeB: Bool) {
+        let (m, n, k) = (5, 7, 3)
+        var rng = RNG(seed: 1)
+        let a = (0..<m * k).map { _ in rng.nextNormal() }, b = (0..<k * n).map { _ in rng.nextNormal() }
+        var c = (0..<m * n).map { _ in rng.nextNormal() }
+        let c0 = c
+        // stored shapes: A is (M, K) or, transposed, (K, M); likewise B
+        func A(_ i: Int, _ p: Int) -> Double { transposeA ? a[p * m + i] : a[i * k + p] }
+        func B(_ p: Int, _ j: Int) -> Double { transposeB ? b[j * k + p] : b[p * n + j] }
+        Double.gemm(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: 2, a: a, lda: transposeA ? m : k,
+                    b: b, ldb: transposeB ? k : n, beta: 0.5, c: &c, ldc: n)
+        for i in 0..<m { for j in 0..<n {
+            let expected = 2 * (0..<k).reduce(0.0) { $0 + A(i, $1) * B($1, j) } + 0.5 * c0[i * n + j]
+            #expect(abs(c[i * n + j] - expected) < 1e-12)
+        } }
+    }
+}
+
+@Suite struct ConvKernelTests {
+    /// im2col against the definition, over strides, paddings and shapes where the fast paths and the
+    /// general path differ.
+    @Test(arguments: [(5, 1, 2), (3, 1, 0), (3, 2, 1), (2, 3, 2), (5, 1, 4)])
+    func im2colMatchesTheDefinition(kernel: Int, stride: Int, padding: Int) {
+        let g = ConvGeometry(channels: 2, batch: 3, height: 7, width: 6, kernelHeight: kernel, kernelWidth: kernel, stride: stride, padding: padding)
+        let x = (0..<2 * 3 * 7 * 6).map { Double($0 + 1) }
+        var col = [Double](repeating: .nan, count: g.patchSize * g.columns)
+        col.withUnsafeMutableBufferPointer { Double.im2col($0.baseAddress!, x, g) }
+        for c in 0..<2 { for ki in 0..<kernel { for kj in 0..<kernel { for b in 0..<3 {
+            for i in 0..<g.outHeight { for j in 0..<g.outWidth {
+                let (ih, iw) = (i * stride - padding + ki, j * stride - padding + kj)
+                let inside = ih >= 0 && ih < 7 && iw >= 0 && iw < 6
+                let expected = inside ? x[((c * 3 + b) * 7 + ih) * 6 + iw] : 0
+                let row = (c * kernel + ki) * kernel + kj, column = (b * g.outHeight + i) * g.outWidth + j
+                #expect(col[row * g.columns + column] == expected)
+            } }
+        } } } }
+        // col2im is its adjoint: <im2col(x), y> == <x, col2im(y)>
+        var rng = RNG(seed: 2)
+        let y = (0..<col.count).map { _ in rng.nextNormal() }
+        var back = [Double](repeating: 0, count: x.count)
+        back.withUnsafeMutableBufferPointer { Double.col2im($0.baseAddress!, y, g, samples: 0..<3) }
+        let lhs = zip(col, y).reduce(0) { $0 + $1.0 * $1.1 }, rhs = zip(x, back).reduce(0) { $0 + $1.0 * $1.1 }
+        #expect(abs(lhs - rhs) < 1e-9 * abs(lhs))
+    }
+
+    @Test func twoByTwoPoolingFastPathMatchesTheDefinition() {
+        var rng = RNG(seed: 4)
+        // small integers: plenty of ties
+        let x = (0..<3 * 8 * 6).map { _ in Float(rng.nextInt(below: 4)) }
+        let g = PoolGeometry(planes: 3, height: 8, width: 6, kernel: 2, stride: 2)
+        var (y1, y2) = ([Float](repeating: 0, count: 36), [Float](repeating: 0, count: 36))
+        var (a1, a2) = ([Int32](repeating: 0, count: 36), [Int32](repeating: 0, count: 36))
+        Float.maxPool2x2Forward(&y1, argmax: &a1, x, g)
+        // the definition, written out: the first maximum of each window in scan order
+        for p in 0..<3 { for i in 0..<4 { for j in 0..<3 {
+            var at = p * 48 + 2 * i * 6 + 2 * j, best = x[at]
+            for (di, dj) in [(0, 1), (1, 0), (1, 1)] where x[p * 48 + (2 * i + di) * 6 + 2 * j + dj] > best {
+                at = p * 48 + (2 * i + di) * 6 + 2 * j + dj; best = x[at]
+            }
+            y2[(p * 4 + i) * 3 + j] = best; a2[(p * 4 + i) * 3 + j] = Int32(at - p * 48)
+        } } }
+        #expect(y1 == y2)
+        #expect(a1 == a2)
+    }
+}
+
+@Suite struct RNGTests {
+    @Test func sameSeedSameStream() {
+        var a = RNG(seed: 9), b = RNG(seed: 9), c = RNG(seed: 10)
+        let (xa, xb, xc) = ((0..<100).map { _ in a.next() }, (0..<100).map { _ in b.next() }, (0..<100).map { _ in c.next() })
+        #expect(xa == xb && xa != xc)
+        #expect(RNG(seed: 9, stream: 1) != RNG(seed: 9, stream: 2))
+    }
+
+    @Test func restoredStateContinuesTheStream() throws {
+        var a = RNG(seed: 3)
+        _ = (0..<17).map { _ in a.next() }
+        var b = try RNG(state: a.state)
+        #expect((0..<50).map { _ in a.next() } == (0..<50).map { _ in b.next() })
+        #expect(throws: TensorError.self) { try RNG(state: [0, 0, 0, 0]) }
+    }
+
+    @Test func normalsHaveMeanZeroAndUnitVariance() {
+        var r = RNG(seed: 5)
+        let x = (0..<200_000).map { _ in r.nextNormal() }
+        let mean = x.reduce(0, +) / Double(x.count)
+        let variance = x.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(x.count)
+        #expect(abs(mean) < 0.01 && abs(variance - 1) < 0.01)
+    }
+
+    @Test(arguments: [0, 1, 2, 97])
+    func permutationIsAPermutation(n: Int) {
+        var r = RNG(seed: 6)
+        #expect(r.permutation(n).sorted() == Array(0..<n))
+    }
+}
