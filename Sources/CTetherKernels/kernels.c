@@ -22,3 +22,84 @@
 
 ADAM(tether_adam_f32, float, __builtin_sqrtf)
 ADAM(tether_adam_f64, double, __builtin_sqrt)
+
+// The runs below are short (an output row: 14 floats in cnn-wn); left alone, clang turns them into
+// calls to memcpy/memset, whose per-call cost exceeded the copy itself (measured: docs/ARCHITECTURE.md).
+#if defined(__has_attribute) && __has_attribute(no_builtin)
+#define NO_LIBC_CALLS __attribute__((no_builtin("memcpy", "memset", "memmove")))
+#else
+#define NO_LIBC_CALLS
+#endif
+
+// im2col / col2im. For each (c, ki, kj) row and output row i, the valid output columns j form one
+// range lo..hi-1 (those whose input column lies in the image); stride 1 makes it a contiguous copy.
+static inline void valid_columns(const tether_conv_shape *s, long kj, long *lo, long *hi) {
+    long first = (s->padding - kj + s->stride - 1) / s->stride;               // first j with iw >= 0
+    long end = (s->width + s->padding - kj + s->stride - 1) / s->stride;      // first j with iw >= width
+    *lo = first < 0 ? 0 : (first > s->out_w ? s->out_w : first);
+    *hi = end > s->out_w ? s->out_w : (end < *lo ? *lo : end);
+}
+
+#define IM2COL(NAME, T)                                                                                        \
+    MULTIVERSION NO_LIBC_CALLS void NAME(T *restrict col, const T *restrict x, const tether_conv_shape *s, long first,       \
+                           long count) {                                                                       \
+        const long oh = s->out_h, ow = s->out_w, hw = s->height * s->width, ncol = count * oh * ow;           \
+        for (long c = 0; c < s->channels; c++)                                                                 \
+            for (long ki = 0; ki < s->kernel_h; ki++)                                                          \
+                for (long kj = 0; kj < s->kernel_w; kj++) {                                                    \
+                    T *row = col + ((c * s->kernel_h + ki) * s->kernel_w + kj) * ncol;                         \
+                    long lo, hi;                                                                               \
+                    valid_columns(s, kj, &lo, &hi);                                                            \
+                    for (long b = 0; b < count; b++) {                                                         \
+                        const T *plane = x + (c * s->batch + first + b) * hw;                                  \
+                        for (long i = 0; i < oh; i++) {                                                        \
+                            T *dst = row + (b * oh + i) * ow;                                                  \
+                            const long ih = i * s->stride - s->padding + ki;                                   \
+                            if (ih < 0 || ih >= s->height) {                                                   \
+                                for (long j = 0; j < ow; j++) dst[j] = 0;                                      \
+                                continue;                                                                      \
+                            }                                                                                  \
+                            const T *src = plane + ih * s->width;                                              \
+                            const long shift = kj - s->padding;                                                \
+                            for (long j = 0; j < lo; j++) dst[j] = 0;                                          \
+                            if (s->stride == 1)                                                                \
+                                for (long j = lo; j < hi; j++) dst[j] = src[j + shift];                        \
+                            else                                                                               \
+                                for (long j = lo; j < hi; j++) dst[j] = src[j * s->stride + shift];            \
+                            for (long j = hi; j < ow; j++) dst[j] = 0;                                         \
+                        }                                                                                      \
+                    }                                                                                          \
+                }                                                                                              \
+    }
+
+#define COL2IM(NAME, T)                                                                                        \
+    MULTIVERSION void NAME(T *restrict dx, const T *restrict dcol, const tether_conv_shape *s, long first,     \
+                           long count) {                                                                       \
+        const long oh = s->out_h, ow = s->out_w, hw = s->height * s->width, ncol = count * oh * ow;           \
+        for (long c = 0; c < s->channels; c++)                                                                 \
+            for (long ki = 0; ki < s->kernel_h; ki++)                                                          \
+                for (long kj = 0; kj < s->kernel_w; kj++) {                                                    \
+                    const T *row = dcol + ((c * s->kernel_h + ki) * s->kernel_w + kj) * ncol;                  \
+                    long lo, hi;                                                                               \
+                    valid_columns(s, kj, &lo, &hi);                                                            \
+                    for (long b = 0; b < count; b++) {                                                         \
+                        T *plane = dx + (c * s->batch + first + b) * hw;                                       \
+                        for (long i = 0; i < oh; i++) {                                                        \
+                            const long ih = i * s->stride - s->padding + ki;                                   \
+                            if (ih < 0 || ih >= s->height) continue;                                           \
+                            const T *src = row + (b * oh + i) * ow;                                            \
+                            T *dst = plane + ih * s->width;                                                    \
+                            const long shift = kj - s->padding;                                                \
+                            if (s->stride == 1)                                                                \
+                                for (long j = lo; j < hi; j++) dst[j + shift] += src[j];                       \
+                            else                                                                               \
+                                for (long j = lo; j < hi; j++) dst[j * s->stride + shift] += src[j];           \
+                        }                                                                                      \
+                    }                                                                                          \
+                }                                                                                              \
+    }
+
+IM2COL(tether_im2col_f32, float)
+IM2COL(tether_im2col_f64, double)
+COL2IM(tether_col2im_f32, float)
+COL2IM(tether_col2im_f64, double)

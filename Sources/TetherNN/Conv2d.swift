@@ -1,20 +1,24 @@
 import TetherTensor
 
 /// 2-D convolution on Tether's conv layout: x (C, B, H, W) -> y (OC, B, OH, OW).
-/// im2col turns the whole batch into col (C*KH*KW, B*OH*OW), so one GEMM w (OC, C*KH*KW) x col does the
-/// batch and lands in the output layout directly. The weight (OC, C, KH, KW) is PyTorch's, plain or
-/// weight-normalized with one g per output channel.
+/// im2col turns a chunk of samples into col (C*KH*KW, n*OH*OW), and one GEMM w (OC, C*KH*KW) x col
+/// writes those samples' columns of the output in its layout directly. Chunks are sized so that col
+/// stays in cache between im2col and the GEMMs that read it; backward recomputes col per chunk rather
+/// than keeping the whole batch's (40 MB for cnn-wn's second conv at batch 64), which measured faster
+/// (docs/ARCHITECTURE.md). The weight (OC, C, KH, KW) is PyTorch's, plain or weight-normalized with
+/// one g per output channel.
 public final class Conv2d<T: Scalar>: DataDependentInit {
     public let inChannels: Int, outChannels: Int, kernel: Int, stride: Int, padding: Int
     let weight: WeightParameterization<T>
     public var hasParameters: Bool { true }
     let bias: ParameterSlot?
-    private let col = Scratch<T>()          // cache: im2col of the last input, (C*KH*KW, B*OH*OW)
-    private let dcol = Scratch<T>()
+    private let col = Scratch<T>()          // im2col of one chunk; in backward also its dcol
+    private var input: Tensor<T>?
+    private var colHolds: Range<Int>?       // the samples whose im2col `col` still holds
     private var geometry: ConvGeometry?
     private var w: UnsafePointer<T>?
-    /// Columns of dcol per backward chunk (measured: see docs/ARCHITECTURE.md).
-    static var chunkColumns: Int { 256 }
+    /// Elements of col per chunk (measured: docs/ARCHITECTURE.md); at least one sample per chunk.
+    var chunkElements = 1 << 18
 
     public init(_ layout: inout ArenaLayout, prefix: String, inChannels: Int, outChannels: Int, kernel: Int,
                 stride: Int = 1, padding: Int = 0, bias: Bool = true, weightNorm: Bool = false) {
@@ -24,47 +28,54 @@ public final class Conv2d<T: Scalar>: DataDependentInit {
         self.bias = bias ? layout.add(prefix + "bias", shape: [outChannels], initializer: weightNorm ? .zeros : .uniform(bound: bound)) : nil
     }
 
+    /// The batch split into chunks of whole samples.
+    private func chunks(_ g: ConvGeometry) -> [Range<Int>] {
+        let perSample = max(1, g.patchSize * g.outHeight * g.outWidth)
+        let size = max(1, chunkElements / perSample)
+        return Swift.stride(from: 0, to: g.batch, by: size).map { $0 ..< min($0 + size, g.batch) }
+    }
+
     public func forward(_ x: Tensor<T>, _ ctx: ModelContext<T>) -> Tensor<T> {
         precondition(x.shape.count == 4 && x.shape[0] == inChannels, "Conv2d expects (\(inChannels), B, H, W), got \(x.shape)")
         let g = ConvGeometry(channels: inChannels, batch: x.shape[1], height: x.shape[2], width: x.shape[3],
                              kernelHeight: kernel, kernelWidth: kernel, stride: stride, padding: padding)
-        geometry = g
-        let colp = col.reserve(g.patchSize * g.columns)
-        x.withPointer { T.im2col(colp, $0, g) }
+        let plane = g.outHeight * g.outWidth, chunks = chunks(g)
+        let colp = col.reserve(g.patchSize * chunks[0].count * plane)
         let w = weight.weight(ctx.arena)
-        self.w = w
+        (geometry, input, self.w, colHolds) = (g, x, w, chunks.last)
         return Tensor.uninitialized([outChannels, g.batch, g.outHeight, g.outWidth]) { y in
-            T.gemm(transposeA: false, transposeB: false, m: outChannels, n: g.columns, k: g.patchSize, alpha: 1,
-                   a: w, lda: g.patchSize, b: colp, ldb: g.columns, beta: 0, c: y, ldc: g.columns)
+            x.withPointer { xp in
+                for samples in chunks {
+                    T.im2col(colp, xp, g, samples: samples)
+                    T.gemm(transposeA: false, transposeB: false, m: outChannels, n: samples.count * plane, k: g.patchSize, alpha: 1,
+                           a: w, lda: g.patchSize, b: colp, ldb: samples.count * plane, beta: 0,
+                           c: y + samples.lowerBound * plane, ldc: g.columns)
+                }
+            }
             if let bias { T.addPerChannel(y, ctx.arena.value(bias), alpha: 1, channels: outChannels, columns: g.columns) }
         }
     }
 
     public func backward(_ dy: Tensor<T>, _ ctx: ModelContext<T>, needsInputGradient: Bool) -> Tensor<T>? {
-        guard let g = geometry, let w else { preconditionFailure("Conv2d.backward before forward") }
-        let arena = ctx.arena, colp = col.pointer
+        guard let g = geometry, let w, let x = input else { preconditionFailure("Conv2d.backward before forward") }
+        let arena = ctx.arena, colp = col.pointer, plane = g.outHeight * g.outWidth
+        var dx = needsInputGradient ? Tensor<T>.zeros([inChannels, g.batch, g.height, g.width]) : nil
         dy.withPointer { dyp in
-            // dw (OC, K) = dy (OC, N) col^T (N, K)
-            weight.accumulateWeightGradient(arena) { dw, beta in
-                T.gemm(transposeA: false, transposeB: true, m: outChannels, n: g.patchSize, k: g.columns, alpha: 1,
-                       a: dyp, lda: g.columns, b: colp, ldb: g.columns, beta: beta, c: dw, ldc: g.patchSize)
-            }
             if let bias { T.sumPerChannel(arena.grad(bias), dyp, channels: outChannels, columns: g.columns) }
-        }
-        guard needsInputGradient else { return nil }
-        // dcol (K, n) = w^T (K, OC) dy (OC, n); dx += col2im(dcol), a few samples (n columns) at a time so
-        // that dcol stays in cache between the GEMM that writes it and col2im that reads it.
-        let plane = g.outHeight * g.outWidth
-        let samplesPerChunk = max(1, Self.chunkColumns / max(plane, 1))
-        let dcolp = dcol.reserve(g.patchSize * min(g.batch, samplesPerChunk) * plane)
-        var dx = Tensor<T>.zeros([inChannels, g.batch, g.height, g.width])
-        dx.withMutablePointer { dxp in
-            dy.withPointer { dyp in
-                for first in Swift.stride(from: 0, to: g.batch, by: samplesPerChunk) {
-                    let samples = first ..< min(first + samplesPerChunk, g.batch), n = samples.count * plane
+            weight.accumulateWeightGradient(arena) { dw, beta in
+                // Last chunk first: forward left its col in the buffer.
+                for (index, samples) in chunks(g).reversed().enumerated() {
+                    let n = samples.count * plane, dys = dyp + samples.lowerBound * plane
+                    if samples != colHolds { x.withPointer { T.im2col(colp, $0, g, samples: samples) } }
+                    colHolds = nil
+                    // dw (OC, K) += dy (OC, n) col^T (n, K)
+                    T.gemm(transposeA: false, transposeB: true, m: outChannels, n: g.patchSize, k: n, alpha: 1,
+                           a: dys, lda: g.columns, b: colp, ldb: n, beta: index == 0 ? beta : 1, c: dw, ldc: g.patchSize)
+                    // dcol (K, n) = w^T (K, OC) dy (OC, n), into the same buffer; dx += col2im(dcol)
+                    guard dx != nil else { continue }
                     T.gemm(transposeA: true, transposeB: false, m: g.patchSize, n: n, k: outChannels, alpha: 1,
-                           a: w, lda: g.patchSize, b: dyp + first * plane, ldb: g.columns, beta: 0, c: dcolp, ldc: n)
-                    T.col2im(dxp, dcolp, g, samples: samples)
+                           a: w, lda: g.patchSize, b: dys, ldb: g.columns, beta: 0, c: colp, ldc: n)
+                    dx!.withMutablePointer { T.col2im($0, colp, g, samples: samples) }
                 }
             }
         }

@@ -2,6 +2,8 @@
 // so one GEMM W (OC, C*KH*KW) x col (C*KH*KW, B*OH*OW) computes the whole batch and writes the
 // output straight in the same layout.
 
+import CTetherKernels
+
 /// Shapes of one 2-D convolution over a (C, B, H, W) input.
 public struct ConvGeometry: Sendable, Equatable {
     public var channels, batch, height, width: Int
@@ -17,12 +19,10 @@ public struct ConvGeometry: Sendable, Equatable {
     /// columns of the col matrix: B * OH * OW
     public var columns: Int { batch * outHeight * outWidth }
 
-    /// The output columns j whose input column j*stride - padding + kj lies inside the image: lo..<hi.
-    @inline(__always)
-    func validColumns(_ kj: Int) -> (lo: Int, hi: Int) {
-        let lo = max(0, (padding - kj + stride - 1) / stride)                  // first j with iw >= 0
-        let hi = min(outWidth, (width + padding - kj + stride - 1) / stride)   // first j with iw >= width
-        return (lo, hi)
+    /// The same shape for the C kernels (im2col, col2im).
+    var cShape: tether_conv_shape {
+        tether_conv_shape(channels: channels, batch: batch, height: height, width: width, kernel_h: kernelHeight,
+                          kernel_w: kernelWidth, stride: stride, padding: padding, out_h: outHeight, out_w: outWidth)
     }
 }
 
@@ -37,66 +37,6 @@ public struct PoolGeometry: Sendable, Equatable {
 }
 
 extension Scalar {
-    public static func im2col(_ col: UnsafeMutablePointer<Self>, _ x: UnsafePointer<Self>, _ g: ConvGeometry) {
-        let (oh, ow, hw) = (g.outHeight, g.outWidth, g.height * g.width)
-        let ncol = g.columns
-        for c in 0..<g.channels {
-            for ki in 0..<g.kernelHeight {
-                for kj in 0..<g.kernelWidth {
-                    let row = col + ((c * g.kernelHeight + ki) * g.kernelWidth + kj) * ncol
-                    for b in 0..<g.batch {
-                        let plane = x + (c * g.batch + b) * hw
-                        for i in 0..<oh {
-                            let dst = row + (b * oh + i) * ow
-                            let ih = i * g.stride - g.padding + ki
-                            if ih < 0 || ih >= g.height {
-                                dst.update(repeating: 0, count: ow)
-                                continue
-                            }
-                            let src = plane + ih * g.width
-                            let (lo, hi) = g.validColumns(kj)
-                            if g.stride == 1 {
-                                // a contiguous run of the input row, zero-padded at both ends
-                                dst.update(repeating: 0, count: lo)
-                                if hi > lo { (dst + lo).update(from: src + (lo - g.padding + kj), count: hi - lo) }
-                                (dst + max(hi, lo)).update(repeating: 0, count: ow - max(hi, lo))
-                            } else {
-                                for j in 0..<ow { dst[j] = (j >= lo && j < hi) ? src[j * g.stride - g.padding + kj] : 0 }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    public static func col2im(_ dx: UnsafeMutablePointer<Self>, _ dcol: UnsafePointer<Self>, _ g: ConvGeometry, samples: Range<Int>) {
-        let (oh, ow, hw) = (g.outHeight, g.outWidth, g.height * g.width)
-        let ncol = samples.count * oh * ow
-        for c in 0..<g.channels {
-            for ki in 0..<g.kernelHeight {
-                for kj in 0..<g.kernelWidth {
-                    let row = dcol + ((c * g.kernelHeight + ki) * g.kernelWidth + kj) * ncol - samples.lowerBound * oh * ow
-                    for b in samples {
-                        let plane = dx + (c * g.batch + b) * hw
-                        for i in 0..<oh {
-                            let ih = i * g.stride - g.padding + ki
-                            if ih < 0 || ih >= g.height { continue }
-                            let src = row + (b * oh + i) * ow, dst = plane + ih * g.width
-                            let (lo, hi) = g.validColumns(kj)
-                            if g.stride == 1 {
-                                let shifted = dst + (kj - g.padding) // a contiguous run: vectorizes
-                                for j in lo..<max(lo, hi) { shifted[j] += src[j] }
-                            } else {
-                                for j in lo..<max(lo, hi) { dst[j * g.stride - g.padding + kj] += src[j] }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-
     public static func maxPoolForward(_ y: UnsafeMutablePointer<Self>, argmax: UnsafeMutablePointer<Int32>,
                                       _ x: UnsafePointer<Self>, _ g: PoolGeometry) {
         let (oh, ow, hw) = (g.outHeight, g.outWidth, g.height * g.width)
@@ -147,5 +87,29 @@ extension Scalar {
             let plane = dx + p * hw
             for o in 0..<outPlane { plane[Int(argmax[p * outPlane + o])] += dy[p * outPlane + o] }
         }
+    }
+}
+
+// im2col and col2im are C (CTetherKernels): short contiguous runs with zero fill, which Swift's
+// optimizer does not vectorize without restrict (measured: docs/ARCHITECTURE.md).
+extension Float {
+    public static func im2col(_ col: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ g: ConvGeometry, samples: Range<Int>) {
+        var s = g.cShape
+        tether_im2col_f32(col, x, &s, samples.lowerBound, samples.count)
+    }
+    public static func col2im(_ dx: UnsafeMutablePointer<Float>, _ dcol: UnsafePointer<Float>, _ g: ConvGeometry, samples: Range<Int>) {
+        var s = g.cShape
+        tether_col2im_f32(dx, dcol, &s, samples.lowerBound, samples.count)
+    }
+}
+
+extension Double {
+    public static func im2col(_ col: UnsafeMutablePointer<Double>, _ x: UnsafePointer<Double>, _ g: ConvGeometry, samples: Range<Int>) {
+        var s = g.cShape
+        tether_im2col_f64(col, x, &s, samples.lowerBound, samples.count)
+    }
+    public static func col2im(_ dx: UnsafeMutablePointer<Double>, _ dcol: UnsafePointer<Double>, _ g: ConvGeometry, samples: Range<Int>) {
+        var s = g.cShape
+        tether_col2im_f64(dx, dcol, &s, samples.lowerBound, samples.count)
     }
 }

@@ -74,7 +74,8 @@ public protocol Scalar: BinaryFloatingPoint, Sendable, Codable where Self.RawSig
                                    norms: UnsafePointer<Self>, rows r: Int, columns k: Int)
 
     // MARK: convolution and pooling on the (C, B, H, W) layout (Kernels+Conv.swift)
-    static func im2col(_ col: UnsafeMutablePointer<Self>, _ x: UnsafePointer<Self>, _ g: ConvGeometry)
+    /// col (C*KH*KW, |samples|*OH*OW) = im2col of the batch entries in `samples` of x (C, B, H, W)
+    static func im2col(_ col: UnsafeMutablePointer<Self>, _ x: UnsafePointer<Self>, _ g: ConvGeometry, samples: Range<Int>)
     /// accumulates dx (C, B, H, W) += col2im(dcol) for the batch entries in `samples`, whose columns
     /// dcol (C*KH*KW, |samples|*OH*OW) holds
     static func col2im(_ dx: UnsafeMutablePointer<Self>, _ dcol: UnsafePointer<Self>, _ g: ConvGeometry, samples: Range<Int>)

@@ -29,7 +29,7 @@ import Testing
         let g = ConvGeometry(channels: 2, batch: 3, height: 7, width: 6, kernelHeight: kernel, kernelWidth: kernel, stride: stride, padding: padding)
         let x = (0..<2 * 3 * 7 * 6).map { Double($0 + 1) }
         var col = [Double](repeating: .nan, count: g.patchSize * g.columns)
-        col.withUnsafeMutableBufferPointer { Double.im2col($0.baseAddress!, x, g) }
+        col.withUnsafeMutableBufferPointer { Double.im2col($0.baseAddress!, x, g, samples: 0..<3) }
         for c in 0..<2 { for ki in 0..<kernel { for kj in 0..<kernel { for b in 0..<3 {
             for i in 0..<g.outHeight { for j in 0..<g.outWidth {
                 let (ih, iw) = (i * stride - padding + ki, j * stride - padding + kj)
@@ -39,6 +39,13 @@ import Testing
                 #expect(col[row * g.columns + column] == expected)
             } }
         } } } }
+        // a chunk of samples is the same columns of the whole batch's col
+        let plane = g.outHeight * g.outWidth
+        var chunk = [Double](repeating: .nan, count: g.patchSize * 2 * plane)
+        chunk.withUnsafeMutableBufferPointer { Double.im2col($0.baseAddress!, x, g, samples: 1..<3) }
+        for row in 0..<g.patchSize {
+            #expect(Array(chunk[row * 2 * plane ..< (row + 1) * 2 * plane]) == Array(col[row * g.columns + plane ..< (row + 1) * g.columns]))
+        }
         // col2im is its adjoint: <im2col(x), y> == <x, col2im(y)>
         var rng = RNG(seed: 2)
         let y = (0..<col.count).map { _ in rng.nextNormal() }

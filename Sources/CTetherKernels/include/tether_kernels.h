@@ -13,3 +13,20 @@ void tether_adam_f32(float *p, float *m, float *v, const float *g, size_t n,
                      float b1, float b2, float eps, float step_size, float root_bc2, float decay, float coupled_wd);
 void tether_adam_f64(double *p, double *m, double *v, const double *g, size_t n,
                      double b1, double b2, double eps, double step_size, double root_bc2, double decay, double coupled_wd);
+
+/// One 2-D convolution over an input x (C, B, H, W) with square-or-not kernels, one stride and one
+/// zero padding on every side; out_h/out_w are derived by the caller (Swift's ConvGeometry).
+typedef struct {
+    long channels, batch, height, width;
+    long kernel_h, kernel_w, stride, padding;
+    long out_h, out_w;
+} tether_conv_shape;
+
+/// col (C*KH*KW, n*OH*OW) = im2col of the n = count samples first..first+count-1 of x.
+/// Row (c, ki, kj), column (b - first, i, j) holds x[c, b, i*stride - padding + ki, j*stride - padding + kj],
+/// 0 outside the image.
+void tether_im2col_f32(float *col, const float *x, const tether_conv_shape *s, long first, long count);
+void tether_im2col_f64(double *col, const double *x, const tether_conv_shape *s, long first, long count);
+/// The adjoint: accumulates dx (C, B, H, W) += col2im(dcol) for the same samples.
+void tether_col2im_f32(float *dx, const float *dcol, const tether_conv_shape *s, long first, long count);
+void tether_col2im_f64(double *dx, const double *dcol, const tether_conv_shape *s, long first, long count);
