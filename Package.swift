@@ -4,7 +4,7 @@ import PackageDescription
 // Module graph (one way only):
 //   CBLAS, CTetherKernels -> TetherTensor -> TetherNN ---\
 //   CZlib -> TetherData -----------------> TetherTrain -> tether
-//   CProtobufC -> TetherWire -> TetherComm -/
+//   CProtobufC -> TetherWire -> TetherComm -/   (TetherComm also: CZeroMQ, CXXHash, CTetherKernels)
 let package = Package(
     name: "Tether",
     platforms: [.macOS(.v13)],
@@ -20,6 +20,7 @@ let package = Package(
         .systemLibrary(name: "CZeroMQ", pkgConfig: "libzmq", providers: [.apt(["libzmq3-dev"])]),
         .systemLibrary(name: "CProtobufC", pkgConfig: "libprotobuf-c", providers: [.apt(["libprotobuf-c-dev"])]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        .systemLibrary(name: "CXXHash", pkgConfig: "libxxhash", providers: [.apt(["libxxhash-dev"])]),
         // protoc-c output only; regenerate with scripts/generate-proto, never edit.
         .target(name: "TetherWire", dependencies: ["CProtobufC"]),
 
@@ -28,7 +29,7 @@ let package = Package(
         .target(name: "TetherTensor", dependencies: ["CBLAS", "CTetherKernels"]),
         .target(name: "TetherNN", dependencies: ["TetherTensor"]),
         .target(name: "TetherData", dependencies: ["TetherTensor", "CZlib"]),
-        .target(name: "TetherComm", dependencies: ["TetherWire", "CZeroMQ", "CProtobufC"]),
+        .target(name: "TetherComm", dependencies: ["TetherWire", "CZeroMQ", "CProtobufC", "CXXHash", "CTetherKernels"]),
         .target(name: "TetherTrain", dependencies: ["TetherTensor", "TetherNN", "TetherData"]),
         .executableTarget(name: "tether", dependencies: [
             "TetherTrain", "TetherComm", "TetherData", "TetherNN", "TetherTensor",
@@ -38,7 +39,7 @@ let package = Package(
         .testTarget(name: "TetherTensorTests", dependencies: ["TetherTensor"]),
         .testTarget(name: "TetherNNTests", dependencies: ["TetherNN", "TetherTensor"]),
         .testTarget(name: "TetherDataTests", dependencies: ["TetherData", "TetherTensor", "CZlib"]),
-        .testTarget(name: "TetherCommTests", dependencies: ["TetherComm", "TetherWire"]),
+        .testTarget(name: "TetherCommTests", dependencies: ["TetherComm", "TetherWire", "CZeroMQ"]),
         .testTarget(name: "TetherTrainTests", dependencies: ["TetherTrain", "TetherNN", "TetherData", "TetherTensor"]),
         .testTarget(name: "EndToEndTests", dependencies: []),
     ],

@@ -103,3 +103,10 @@ IM2COL(tether_im2col_f32, float)
 IM2COL(tether_im2col_f64, double)
 COL2IM(tether_col2im_f32, float)
 COL2IM(tether_col2im_f64, double)
+
+#define ADD(NAME, T)                                                                                           \
+    MULTIVERSION void NAME(T *restrict y, const T *restrict x, size_t n) {                                     \
+        for (size_t i = 0; i < n; i++) y[i] += x[i];                                                           \
+    }
+ADD(tether_add_f32, float)
+ADD(tether_add_f64, double)

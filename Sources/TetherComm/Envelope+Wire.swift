@@ -15,6 +15,8 @@ public struct Envelope: Equatable, Sendable {
 
     public enum Body: Equatable, Sendable {
         case hello(Hello)
+        case chunk(ChunkHeader)
+        case abort(Abort)
     }
 
     public struct Hello: Equatable, Sendable {
@@ -26,8 +28,58 @@ public struct Envelope: Equatable, Sendable {
         }
     }
 
+    public struct Abort: Equatable, Sendable {
+        public var originRank: Int32
+        public var reason: String
+        public init(originRank: Int32, reason: String) { (self.originRank, self.reason) = (originRank, reason) }
+    }
+
     public init(jobID: String, senderRank: Int32, body: Body?) {
         (self.jobID, self.senderRank, self.body) = (jobID, senderRank, body)
+    }
+}
+
+/// The header of one collective chunk (proto: tether.v1.ChunkHeader); its payload is the next frame.
+public struct ChunkHeader: Equatable, Sendable {
+    public enum Operation: UInt32, Sendable, CustomStringConvertible {
+        case allReduce = 1, broadcast, allGather, barrier, handshake
+        public var description: String {
+            switch self {
+            case .allReduce: "all-reduce"
+            case .broadcast: "broadcast"
+            case .allGather: "all-gather"
+            case .barrier: "barrier"
+            case .handshake: "handshake"
+            }
+        }
+    }
+    public enum DType: UInt32, Sendable, CustomStringConvertible {
+        case f32 = 1, f64, bytes
+        public var size: Int { self == .f32 ? 4 : self == .f64 ? 8 : 1 }
+        public var description: String { self == .f32 ? "f32" : self == .f64 ? "f64" : "bytes" }
+    }
+
+    public var operation: Operation
+    public var sequence: UInt64
+    public var step: UInt64
+    public var bucket: UInt32
+    public var ringStep: UInt32
+    public var chunkIndex: UInt32
+    public var dtype: DType
+    public var totalCount: UInt64
+    public var offset: UInt64
+    public var elementCount: UInt64
+    public var checksum: UInt64
+    public var layoutFingerprint: UInt64
+    public var originRank: Int32
+
+    public init(operation: Operation, sequence: UInt64, step: UInt64, bucket: UInt32, ringStep: UInt32, chunkIndex: UInt32,
+                dtype: DType, totalCount: UInt64, offset: UInt64, elementCount: UInt64, checksum: UInt64,
+                layoutFingerprint: UInt64, originRank: Int32) {
+        (self.operation, self.sequence, self.step, self.bucket) = (operation, sequence, step, bucket)
+        (self.ringStep, self.chunkIndex, self.dtype, self.totalCount) = (ringStep, chunkIndex, dtype, totalCount)
+        (self.offset, self.elementCount, self.checksum) = (offset, elementCount, checksum)
+        (self.layoutFingerprint, self.originRank) = (layoutFingerprint, originRank)
     }
 }
 
@@ -47,20 +99,20 @@ extension Envelope {
         tether__v1__envelope__init(&msg)
         msg.protocol_version = protocolVersion
         msg.sender_rank = senderRank
+        func pack() -> [UInt8] {
+            let size = tether__v1__envelope__get_packed_size(&msg)
+            return [UInt8](unsafeUninitializedCapacity: size) { buf, count in
+                count = tether__v1__envelope__pack(&msg, buf.baseAddress)
+            }
+        }
         return jobID.withCString { job in
             msg.job_id = UnsafeMutablePointer(mutating: job)
-            var hello = Tether__V1__Hello()
-            tether__v1__hello__init(&hello)
-            func pack() -> [UInt8] {
-                let size = tether__v1__envelope__get_packed_size(&msg)
-                var out = [UInt8](repeating: 0, count: size)
-                _ = out.withUnsafeMutableBufferPointer { tether__v1__envelope__pack(&msg, $0.baseAddress) }
-                return out
-            }
             switch body {
             case .none:
                 return pack()
             case .hello(let h):
+                var hello = Tether__V1__Hello()
+                tether__v1__hello__init(&hello)
                 return h.advertiseAddress.withCString { addr in h.tetherVersion.withCString { ver in
                     hello.advertise_address = UnsafeMutablePointer(mutating: addr)
                     hello.tether_version = UnsafeMutablePointer(mutating: ver)
@@ -71,13 +123,47 @@ extension Envelope {
                         return pack()
                     }
                 } }
+            case .chunk(let c):
+                var chunk = Tether__V1__ChunkHeader()
+                tether__v1__chunk_header__init(&chunk)
+                chunk.operation = Tether__V1__Operation(rawValue: c.operation.rawValue)
+                chunk.sequence = c.sequence
+                chunk.step = c.step
+                chunk.bucket = c.bucket
+                chunk.ring_step = c.ringStep
+                chunk.chunk_index = c.chunkIndex
+                chunk.dtype = Tether__V1__DType(rawValue: c.dtype.rawValue)
+                chunk.total_count = c.totalCount
+                chunk.offset = c.offset
+                chunk.element_count = c.elementCount
+                chunk.checksum = c.checksum
+                chunk.layout_fingerprint = c.layoutFingerprint
+                chunk.origin_rank = c.originRank
+                return withUnsafeMutablePointer(to: &chunk) { cp in
+                    msg.body_case = TETHER__V1__ENVELOPE__BODY_CHUNK
+                    msg.chunk = cp
+                    return pack()
+                }
+            case .abort(let a):
+                var abort = Tether__V1__Abort()
+                tether__v1__abort__init(&abort)
+                abort.origin_rank = a.originRank
+                return a.reason.withCString { reason in
+                    abort.reason = UnsafeMutablePointer(mutating: reason)
+                    return withUnsafeMutablePointer(to: &abort) { ap in
+                        msg.body_case = TETHER__V1__ENVELOPE__BODY_ABORT
+                        msg.abort = ap
+                        return pack()
+                    }
+                }
             }
         }
     }
 
-    /// Parses and validates: bytes protobuf-c cannot unpack, or another protocol version, are errors.
-    public init(decoding bytes: [UInt8]) throws {
-        guard let m = bytes.withUnsafeBufferPointer({ tether__v1__envelope__unpack(nil, $0.count, $0.baseAddress) }) else {
+    /// Parses and validates: bytes protobuf-c cannot unpack, another protocol version, or a body with
+    /// values this build does not know, are errors.
+    public init(decoding bytes: UnsafeRawBufferPointer) throws {
+        guard let m = tether__v1__envelope__unpack(nil, bytes.count, bytes.baseAddress?.assumingMemoryBound(to: UInt8.self)) else {
             throw WireError(message: "malformed envelope: \(bytes.count) bytes that do not parse as tether.v1.Envelope")
         }
         defer { tether__v1__envelope__free_unpacked(m, nil) }
@@ -86,9 +172,32 @@ extension Envelope {
             throw WireError(message: "protocol version \(env.protocol_version) from rank \(env.sender_rank), this build speaks \(Envelope.currentProtocolVersion)")
         }
         self.init(jobID: String(cString: env.job_id), senderRank: env.sender_rank, body: nil)
-        if env.body_case == TETHER__V1__ENVELOPE__BODY_HELLO, let h = env.hello {
-            body = .hello(Hello(advertiseAddress: String(cString: h.pointee.advertise_address),
-                                tetherVersion: String(cString: h.pointee.tether_version), threads: h.pointee.threads))
+        switch env.body_case {
+        case TETHER__V1__ENVELOPE__BODY_HELLO:
+            guard let h = env.hello?.pointee else { break }
+            body = .hello(Hello(advertiseAddress: String(cString: h.advertise_address),
+                                tetherVersion: String(cString: h.tether_version), threads: h.threads))
+        case TETHER__V1__ENVELOPE__BODY_CHUNK:
+            guard let c = env.chunk?.pointee else { break }
+            guard let operation = ChunkHeader.Operation(rawValue: c.operation.rawValue) else {
+                throw WireError(message: "chunk from rank \(env.sender_rank) has unknown operation \(c.operation.rawValue)")
+            }
+            guard let dtype = ChunkHeader.DType(rawValue: c.dtype.rawValue) else {
+                throw WireError(message: "chunk from rank \(env.sender_rank) has unknown dtype \(c.dtype.rawValue)")
+            }
+            body = .chunk(ChunkHeader(operation: operation, sequence: c.sequence, step: c.step, bucket: c.bucket,
+                                      ringStep: c.ring_step, chunkIndex: c.chunk_index, dtype: dtype, totalCount: c.total_count,
+                                      offset: c.offset, elementCount: c.element_count, checksum: c.checksum,
+                                      layoutFingerprint: c.layout_fingerprint, originRank: c.origin_rank))
+        case TETHER__V1__ENVELOPE__BODY_ABORT:
+            guard let a = env.abort?.pointee else { break }
+            body = .abort(Abort(originRank: a.origin_rank, reason: String(cString: a.reason)))
+        default:
+            break
         }
+    }
+
+    public init(decoding bytes: [UInt8]) throws {
+        self = try bytes.withUnsafeBytes { try Envelope(decoding: $0) }
     }
 }

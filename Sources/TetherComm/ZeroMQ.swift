@@ -1,11 +1,145 @@
 import CZeroMQ
+import Foundation
 
-/// The ZeroMQ layer. This issue only links libzmq; sockets and transports come with the collectives.
+/// A small layer over libzmq: a context, sockets, multipart messages and receives with deadlines.
+/// Every libzmq call goes through `check`, so every failure carries the call and libzmq's reason.
+/// Calls block the calling thread; callers run them on threads of their own, never on an async executor.
 public enum ZeroMQ {
     /// libzmq's version, e.g. "4.3.4".
     public static var version: String {
         var major: Int32 = 0, minor: Int32 = 0, patch: Int32 = 0
         zmq_version(&major, &minor, &patch)
         return "\(major).\(minor).\(patch)"
+    }
+
+    /// Throws a `ZeroMQError` naming `call` when `rc` is libzmq's -1.
+    @discardableResult
+    static func check(_ rc: Int32, _ call: @autoclosure () -> String) throws -> Int32 {
+        guard rc == -1 else { return rc }
+        let code = zmq_errno()
+        throw ZeroMQError(call: call(), code: code, reason: String(cString: zmq_strerror(code)))
+    }
+}
+
+public struct ZeroMQError: Error, CustomStringConvertible {
+    public let call: String
+    public let code: Int32
+    public let reason: String
+    public var description: String { "\(call): \(reason)" }
+}
+
+/// One libzmq context: its I/O threads move bytes between sockets and the kernel.
+public final class ZeroMQContext: @unchecked Sendable {
+    let handle: UnsafeMutableRawPointer
+
+    public init(ioThreads: Int = 1) throws {
+        guard let h = zmq_ctx_new() else { throw ZeroMQError(call: "zmq_ctx_new", code: zmq_errno(), reason: "no context") }
+        handle = h
+        try ZeroMQ.check(zmq_ctx_set(h, ZMQ_IO_THREADS, Int32(ioThreads)), "zmq_ctx_set(ZMQ_IO_THREADS)")
+    }
+
+    /// Waits for every socket of the context to be closed (linger bounds how long a close may wait).
+    deinit { zmq_ctx_term(handle) }
+}
+
+/// One received frame, owned until deinit.
+public final class ZeroMQFrame {
+    fileprivate let msg = UnsafeMutablePointer<zmq_msg_t>.allocate(capacity: 1)
+    fileprivate init() { zmq_msg_init(msg) }
+    deinit { zmq_msg_close(msg); msg.deallocate() }
+    public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: zmq_msg_data(msg), count: zmq_msg_size(msg)) }
+    public var count: Int { zmq_msg_size(msg) }
+}
+
+public final class ZeroMQSocket {
+    public enum Kind {
+        case push, pull
+        var raw: Int32 { self == .push ? ZMQ_PUSH : ZMQ_PULL }
+    }
+
+    let handle: UnsafeMutableRawPointer
+    public let kind: Kind
+    private var closed = false
+
+    /// Linger is bounded (pending messages are dropped after `linger` on close), and both high-water
+    /// marks are 0 (no limit): a ring collective never has more than its own buffer in flight, and a
+    /// limit would let ranks block on each other's sends.
+    public init(_ context: ZeroMQContext, _ kind: Kind, linger: Duration = .seconds(1)) throws {
+        guard let h = zmq_socket(context.handle, kind.raw) else {
+            throw ZeroMQError(call: "zmq_socket", code: zmq_errno(), reason: String(cString: zmq_strerror(zmq_errno())))
+        }
+        (handle, self.kind) = (h, kind)
+        try setOption(ZMQ_LINGER, Int32(linger.milliseconds), "ZMQ_LINGER")
+        try setOption(ZMQ_SNDHWM, 0, "ZMQ_SNDHWM")
+        try setOption(ZMQ_RCVHWM, 0, "ZMQ_RCVHWM")
+    }
+
+    deinit { close() }
+
+    public func close() {
+        guard !closed else { return }
+        closed = true
+        zmq_close(handle)
+    }
+
+    func setOption(_ option: Int32, _ value: Int32, _ name: String) throws {
+        var v = value
+        try ZeroMQ.check(zmq_setsockopt(handle, option, &v, MemoryLayout<Int32>.size), "zmq_setsockopt(\(name))")
+    }
+
+    /// Binds and returns the endpoint actually bound (a tcp port of * resolved).
+    @discardableResult
+    public func bind(_ endpoint: String) throws -> String {
+        try ZeroMQ.check(zmq_bind(handle, endpoint), "zmq_bind(\(endpoint))")
+        var buffer = [CChar](repeating: 0, count: 256)
+        var size = buffer.count
+        try ZeroMQ.check(zmq_getsockopt(handle, ZMQ_LAST_ENDPOINT, &buffer, &size), "zmq_getsockopt(ZMQ_LAST_ENDPOINT)")
+        return String(cString: buffer)
+    }
+
+    public func connect(_ endpoint: String) throws {
+        try ZeroMQ.check(zmq_connect(handle, endpoint), "zmq_connect(\(endpoint))")
+    }
+
+    /// The longest a send may wait for a peer to take the message (PUSH with no live peer waits).
+    public func setSendTimeout(_ timeout: Duration) throws {
+        try setOption(ZMQ_SNDTIMEO, Int32(timeout.milliseconds), "ZMQ_SNDTIMEO")
+    }
+
+    /// Sends one multipart message; libzmq copies every frame, so the caller may reuse its memory at once.
+    /// `wait: false` fails at once (EAGAIN) instead of waiting for a peer.
+    public func send(_ frames: [UnsafeRawBufferPointer], wait: Bool = true) throws {
+        for (i, frame) in frames.enumerated() {
+            let flags = (i + 1 < frames.count ? ZMQ_SNDMORE : 0) | (wait ? 0 : ZMQ_DONTWAIT)
+            try ZeroMQ.check(zmq_send(handle, frame.baseAddress, frame.count, flags), "zmq_send")
+        }
+    }
+
+    /// Receives one multipart message, or nil if none arrives before `deadline`.
+    public func receive(deadline: ContinuousClock.Instant) throws -> [ZeroMQFrame]? {
+        var item = zmq_pollitem_t(socket: handle, fd: 0, events: Int16(ZMQ_POLLIN), revents: 0)
+        while true {
+            let left = ContinuousClock.now.duration(to: deadline)
+            if left <= .zero { return nil }
+            let rc = zmq_poll(&item, 1, max(1, left.milliseconds))
+            if rc == -1 && zmq_errno() == EINTR { continue }
+            try ZeroMQ.check(rc, "zmq_poll")
+            if rc > 0 { break }
+        }
+        var frames: [ZeroMQFrame] = []
+        repeat {
+            let frame = ZeroMQFrame()
+            try ZeroMQ.check(zmq_msg_recv(frame.msg, handle, 0), "zmq_msg_recv")
+            frames.append(frame)
+        } while zmq_msg_more(frames.last!.msg) != 0
+        return frames
+    }
+}
+
+extension Duration {
+    /// Whole milliseconds, rounded up, saturating at Int32.max.
+    var milliseconds: Int {
+        let (s, atto) = components
+        return Int(min(Int64(Int32.max), s * 1000 + (atto + 999_999_999_999_999) / 1_000_000_000_000_000))
     }
 }

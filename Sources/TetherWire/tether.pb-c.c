@@ -97,7 +97,97 @@ void   tether__v1__hello__free_unpacked
   assert(message->base.descriptor == &tether__v1__hello__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
-static const ProtobufCFieldDescriptor tether__v1__envelope__field_descriptors[4] =
+void   tether__v1__chunk_header__init
+                     (Tether__V1__ChunkHeader         *message)
+{
+  static const Tether__V1__ChunkHeader init_value = TETHER__V1__CHUNK_HEADER__INIT;
+  *message = init_value;
+}
+size_t tether__v1__chunk_header__get_packed_size
+                     (const Tether__V1__ChunkHeader *message)
+{
+  assert(message->base.descriptor == &tether__v1__chunk_header__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t tether__v1__chunk_header__pack
+                     (const Tether__V1__ChunkHeader *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &tether__v1__chunk_header__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t tether__v1__chunk_header__pack_to_buffer
+                     (const Tether__V1__ChunkHeader *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &tether__v1__chunk_header__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Tether__V1__ChunkHeader *
+       tether__v1__chunk_header__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Tether__V1__ChunkHeader *)
+     protobuf_c_message_unpack (&tether__v1__chunk_header__descriptor,
+                                allocator, len, data);
+}
+void   tether__v1__chunk_header__free_unpacked
+                     (Tether__V1__ChunkHeader *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &tether__v1__chunk_header__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   tether__v1__abort__init
+                     (Tether__V1__Abort         *message)
+{
+  static const Tether__V1__Abort init_value = TETHER__V1__ABORT__INIT;
+  *message = init_value;
+}
+size_t tether__v1__abort__get_packed_size
+                     (const Tether__V1__Abort *message)
+{
+  assert(message->base.descriptor == &tether__v1__abort__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t tether__v1__abort__pack
+                     (const Tether__V1__Abort *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &tether__v1__abort__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t tether__v1__abort__pack_to_buffer
+                     (const Tether__V1__Abort *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &tether__v1__abort__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Tether__V1__Abort *
+       tether__v1__abort__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Tether__V1__Abort *)
+     protobuf_c_message_unpack (&tether__v1__abort__descriptor,
+                                allocator, len, data);
+}
+void   tether__v1__abort__free_unpacked
+                     (Tether__V1__Abort *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &tether__v1__abort__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+static const ProtobufCFieldDescriptor tether__v1__envelope__field_descriptors[6] =
 {
   {
     "protocol_version",
@@ -147,8 +237,34 @@ static const ProtobufCFieldDescriptor tether__v1__envelope__field_descriptors[4]
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "chunk",
+    11,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Tether__V1__Envelope, body_case),
+    offsetof(Tether__V1__Envelope, chunk),
+    &tether__v1__chunk_header__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "abort",
+    12,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Tether__V1__Envelope, body_case),
+    offsetof(Tether__V1__Envelope, abort),
+    &tether__v1__abort__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tether__v1__envelope__field_indices_by_name[] = {
+  5,   /* field[5] = abort */
+  4,   /* field[4] = chunk */
   3,   /* field[3] = hello */
   1,   /* field[1] = job_id */
   0,   /* field[0] = protocol_version */
@@ -158,7 +274,7 @@ static const ProtobufCIntRange tether__v1__envelope__number_ranges[2 + 1] =
 {
   { 1, 0 },
   { 10, 3 },
-  { 0, 4 }
+  { 0, 6 }
 };
 const ProtobufCMessageDescriptor tether__v1__envelope__descriptor =
 {
@@ -168,7 +284,7 @@ const ProtobufCMessageDescriptor tether__v1__envelope__descriptor =
   "Tether__V1__Envelope",
   "tether.v1",
   sizeof(Tether__V1__Envelope),
-  4,
+  6,
   tether__v1__envelope__field_descriptors,
   tether__v1__envelope__field_indices_by_name,
   2,  tether__v1__envelope__number_ranges,
@@ -239,6 +355,251 @@ const ProtobufCMessageDescriptor tether__v1__hello__descriptor =
   (ProtobufCMessageInit) tether__v1__hello__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
+static const ProtobufCFieldDescriptor tether__v1__chunk_header__field_descriptors[13] =
+{
+  {
+    "operation",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_ENUM,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__ChunkHeader, operation),
+    &tether__v1__operation__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "sequence",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__ChunkHeader, sequence),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "step",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__ChunkHeader, step),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "bucket",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__ChunkHeader, bucket),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "ring_step",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__ChunkHeader, ring_step),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "chunk_index",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__ChunkHeader, chunk_index),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "dtype",
+    7,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_ENUM,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__ChunkHeader, dtype),
+    &tether__v1__dtype__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "total_count",
+    8,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__ChunkHeader, total_count),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "offset",
+    9,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__ChunkHeader, offset),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "element_count",
+    10,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__ChunkHeader, element_count),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "checksum",
+    11,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_FIXED64,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__ChunkHeader, checksum),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "layout_fingerprint",
+    12,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_FIXED64,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__ChunkHeader, layout_fingerprint),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "origin_rank",
+    13,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_INT32,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__ChunkHeader, origin_rank),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned tether__v1__chunk_header__field_indices_by_name[] = {
+  3,   /* field[3] = bucket */
+  10,   /* field[10] = checksum */
+  5,   /* field[5] = chunk_index */
+  6,   /* field[6] = dtype */
+  9,   /* field[9] = element_count */
+  11,   /* field[11] = layout_fingerprint */
+  8,   /* field[8] = offset */
+  0,   /* field[0] = operation */
+  12,   /* field[12] = origin_rank */
+  4,   /* field[4] = ring_step */
+  1,   /* field[1] = sequence */
+  2,   /* field[2] = step */
+  7,   /* field[7] = total_count */
+};
+static const ProtobufCIntRange tether__v1__chunk_header__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 13 }
+};
+const ProtobufCMessageDescriptor tether__v1__chunk_header__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "tether.v1.ChunkHeader",
+  "ChunkHeader",
+  "Tether__V1__ChunkHeader",
+  "tether.v1",
+  sizeof(Tether__V1__ChunkHeader),
+  13,
+  tether__v1__chunk_header__field_descriptors,
+  tether__v1__chunk_header__field_indices_by_name,
+  1,  tether__v1__chunk_header__number_ranges,
+  (ProtobufCMessageInit) tether__v1__chunk_header__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor tether__v1__abort__field_descriptors[2] =
+{
+  {
+    "origin_rank",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_INT32,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__Abort, origin_rank),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "reason",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__Abort, reason),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned tether__v1__abort__field_indices_by_name[] = {
+  0,   /* field[0] = origin_rank */
+  1,   /* field[1] = reason */
+};
+static const ProtobufCIntRange tether__v1__abort__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor tether__v1__abort__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "tether.v1.Abort",
+  "Abort",
+  "Tether__V1__Abort",
+  "tether.v1",
+  sizeof(Tether__V1__Abort),
+  2,
+  tether__v1__abort__field_descriptors,
+  tether__v1__abort__field_indices_by_name,
+  1,  tether__v1__abort__number_ranges,
+  (ProtobufCMessageInit) tether__v1__abort__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
 static const ProtobufCEnumValue tether__v1__protocol_version__enum_values_by_number[2] =
 {
   { "PROTOCOL_VERSION_UNSPECIFIED", "TETHER__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_UNSPECIFIED", 0 },
@@ -265,5 +626,73 @@ const ProtobufCEnumDescriptor tether__v1__protocol_version__descriptor =
   tether__v1__protocol_version__enum_values_by_name,
   1,
   tether__v1__protocol_version__value_ranges,
+  NULL,NULL,NULL,NULL   /* reserved[1234] */
+};
+static const ProtobufCEnumValue tether__v1__operation__enum_values_by_number[6] =
+{
+  { "OPERATION_UNSPECIFIED", "TETHER__V1__OPERATION__OPERATION_UNSPECIFIED", 0 },
+  { "OPERATION_ALL_REDUCE", "TETHER__V1__OPERATION__OPERATION_ALL_REDUCE", 1 },
+  { "OPERATION_BROADCAST", "TETHER__V1__OPERATION__OPERATION_BROADCAST", 2 },
+  { "OPERATION_ALL_GATHER", "TETHER__V1__OPERATION__OPERATION_ALL_GATHER", 3 },
+  { "OPERATION_BARRIER", "TETHER__V1__OPERATION__OPERATION_BARRIER", 4 },
+  { "OPERATION_HANDSHAKE", "TETHER__V1__OPERATION__OPERATION_HANDSHAKE", 5 },
+};
+static const ProtobufCIntRange tether__v1__operation__value_ranges[] = {
+{0, 0},{0, 6}
+};
+static const ProtobufCEnumValueIndex tether__v1__operation__enum_values_by_name[6] =
+{
+  { "OPERATION_ALL_GATHER", 3 },
+  { "OPERATION_ALL_REDUCE", 1 },
+  { "OPERATION_BARRIER", 4 },
+  { "OPERATION_BROADCAST", 2 },
+  { "OPERATION_HANDSHAKE", 5 },
+  { "OPERATION_UNSPECIFIED", 0 },
+};
+const ProtobufCEnumDescriptor tether__v1__operation__descriptor =
+{
+  PROTOBUF_C__ENUM_DESCRIPTOR_MAGIC,
+  "tether.v1.Operation",
+  "Operation",
+  "Tether__V1__Operation",
+  "tether.v1",
+  6,
+  tether__v1__operation__enum_values_by_number,
+  6,
+  tether__v1__operation__enum_values_by_name,
+  1,
+  tether__v1__operation__value_ranges,
+  NULL,NULL,NULL,NULL   /* reserved[1234] */
+};
+static const ProtobufCEnumValue tether__v1__dtype__enum_values_by_number[4] =
+{
+  { "DTYPE_UNSPECIFIED", "TETHER__V1__DTYPE__DTYPE_UNSPECIFIED", 0 },
+  { "DTYPE_F32", "TETHER__V1__DTYPE__DTYPE_F32", 1 },
+  { "DTYPE_F64", "TETHER__V1__DTYPE__DTYPE_F64", 2 },
+  { "DTYPE_BYTES", "TETHER__V1__DTYPE__DTYPE_BYTES", 3 },
+};
+static const ProtobufCIntRange tether__v1__dtype__value_ranges[] = {
+{0, 0},{0, 4}
+};
+static const ProtobufCEnumValueIndex tether__v1__dtype__enum_values_by_name[4] =
+{
+  { "DTYPE_BYTES", 3 },
+  { "DTYPE_F32", 1 },
+  { "DTYPE_F64", 2 },
+  { "DTYPE_UNSPECIFIED", 0 },
+};
+const ProtobufCEnumDescriptor tether__v1__dtype__descriptor =
+{
+  PROTOBUF_C__ENUM_DESCRIPTOR_MAGIC,
+  "tether.v1.DType",
+  "DType",
+  "Tether__V1__DType",
+  "tether.v1",
+  4,
+  tether__v1__dtype__enum_values_by_number,
+  4,
+  tether__v1__dtype__enum_values_by_name,
+  1,
+  tether__v1__dtype__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };

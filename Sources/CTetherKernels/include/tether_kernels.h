@@ -30,3 +30,7 @@ void tether_im2col_f64(double *col, const double *x, const tether_conv_shape *s,
 /// The adjoint: accumulates dx (C, B, H, W) += col2im(dcol) for the same samples.
 void tether_col2im_f32(float *dx, const float *dcol, const tether_conv_shape *s, long first, long count);
 void tether_col2im_f64(double *dx, const double *dcol, const tether_conv_shape *s, long first, long count);
+
+/// y[i] += x[i]: the reduction of the ring all-reduce.
+void tether_add_f32(float *y, const float *x, size_t n);
+void tether_add_f64(double *y, const double *x, size_t n);

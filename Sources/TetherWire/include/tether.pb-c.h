@@ -17,6 +17,8 @@ PROTOBUF_C__BEGIN_DECLS
 
 typedef struct Tether__V1__Envelope Tether__V1__Envelope;
 typedef struct Tether__V1__Hello Tether__V1__Hello;
+typedef struct Tether__V1__ChunkHeader Tether__V1__ChunkHeader;
+typedef struct Tether__V1__Abort Tether__V1__Abort;
 
 
 /* --- enums --- */
@@ -29,12 +31,45 @@ typedef enum _Tether__V1__ProtocolVersion {
   TETHER__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_CURRENT = 1
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(TETHER__V1__PROTOCOL_VERSION)
 } Tether__V1__ProtocolVersion;
+/*
+ * The collective a chunk belongs to.
+ */
+typedef enum _Tether__V1__Operation {
+  TETHER__V1__OPERATION__OPERATION_UNSPECIFIED = 0,
+  /*
+   * reduce-scatter then all-gather
+   */
+  TETHER__V1__OPERATION__OPERATION_ALL_REDUCE = 1,
+  TETHER__V1__OPERATION__OPERATION_BROADCAST = 2,
+  /*
+   * variable-length payloads, one per rank
+   */
+  TETHER__V1__OPERATION__OPERATION_ALL_GATHER = 3,
+  TETHER__V1__OPERATION__OPERATION_BARRIER = 4,
+  /*
+   * the first message on a new ring link
+   */
+  TETHER__V1__OPERATION__OPERATION_HANDSHAKE = 5
+    PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(TETHER__V1__OPERATION)
+} Tether__V1__Operation;
+/*
+ * Element type of a chunk's payload frame.
+ */
+typedef enum _Tether__V1__DType {
+  TETHER__V1__DTYPE__DTYPE_UNSPECIFIED = 0,
+  TETHER__V1__DTYPE__DTYPE_F32 = 1,
+  TETHER__V1__DTYPE__DTYPE_F64 = 2,
+  TETHER__V1__DTYPE__DTYPE_BYTES = 3
+    PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(TETHER__V1__DTYPE)
+} Tether__V1__DType;
 
 /* --- messages --- */
 
 typedef enum {
   TETHER__V1__ENVELOPE__BODY__NOT_SET = 0,
-  TETHER__V1__ENVELOPE__BODY_HELLO = 10
+  TETHER__V1__ENVELOPE__BODY_HELLO = 10,
+  TETHER__V1__ENVELOPE__BODY_CHUNK = 11,
+  TETHER__V1__ENVELOPE__BODY_ABORT = 12
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(TETHER__V1__ENVELOPE__BODY__CASE)
 } Tether__V1__Envelope__BodyCase;
 
@@ -59,6 +94,8 @@ struct  Tether__V1__Envelope
   Tether__V1__Envelope__BodyCase body_case;
   union {
     Tether__V1__Hello *hello;
+    Tether__V1__ChunkHeader *chunk;
+    Tether__V1__Abort *abort;
   };
 };
 #define TETHER__V1__ENVELOPE__INIT \
@@ -85,6 +122,84 @@ struct  Tether__V1__Hello
 #define TETHER__V1__HELLO__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tether__v1__hello__descriptor) \
     , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0 }
+
+
+/*
+ * Describes one chunk of a collective. The payload travels as the next ZeroMQ frame of the same
+ * message: element_count elements of dtype, exactly element_count * sizeof(dtype) bytes. The receiver
+ * checks every field against what it expects at this point of the collective before touching the data.
+ */
+struct  Tether__V1__ChunkHeader
+{
+  ProtobufCMessage base;
+  Tether__V1__Operation operation;
+  /*
+   * collectives this communicator has run before this one
+   */
+  uint64_t sequence;
+  /*
+   * the caller's training step
+   */
+  uint64_t step;
+  /*
+   * the caller's gradient bucket
+   */
+  uint32_t bucket;
+  /*
+   * 0 ..< 2(N-1) for all-reduce, 0 ..< N-1 for the others
+   */
+  uint32_t ring_step;
+  /*
+   * within the segment this ring step moves
+   */
+  uint32_t chunk_index;
+  Tether__V1__DType dtype;
+  /*
+   * elements of the whole buffer (all-gather: of the origin rank's payload)
+   */
+  uint64_t total_count;
+  /*
+   * first element of this chunk within the whole buffer
+   */
+  uint64_t offset;
+  /*
+   * elements in the payload frame
+   */
+  uint64_t element_count;
+  /*
+   * XXH3-64 of the payload frame's bytes
+   */
+  uint64_t checksum;
+  /*
+   * hash of the parameter layout (names, shapes, order); 0 if none
+   */
+  uint64_t layout_fingerprint;
+  /*
+   * all-gather and broadcast: the rank whose data this is
+   */
+  int32_t origin_rank;
+};
+#define TETHER__V1__CHUNK_HEADER__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&tether__v1__chunk_header__descriptor) \
+    , TETHER__V1__OPERATION__OPERATION_UNSPECIFIED, 0, 0, 0, 0, 0, TETHER__V1__DTYPE__DTYPE_UNSPECIFIED, 0, 0, 0, 0, 0, 0 }
+
+
+/*
+ * A rank that gives up on a collective tells its ring neighbour why, and each rank passes it on, so
+ * every rank reports the first cause rather than a time-out of its own.
+ */
+struct  Tether__V1__Abort
+{
+  ProtobufCMessage base;
+  /*
+   * the rank that gave up first
+   */
+  int32_t origin_rank;
+  char *reason;
+};
+#define TETHER__V1__ABORT__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&tether__v1__abort__descriptor) \
+    , 0, (char *)protobuf_c_empty_string }
 
 
 /* Tether__V1__Envelope methods */
@@ -125,6 +240,44 @@ Tether__V1__Hello *
 void   tether__v1__hello__free_unpacked
                      (Tether__V1__Hello *message,
                       ProtobufCAllocator *allocator);
+/* Tether__V1__ChunkHeader methods */
+void   tether__v1__chunk_header__init
+                     (Tether__V1__ChunkHeader         *message);
+size_t tether__v1__chunk_header__get_packed_size
+                     (const Tether__V1__ChunkHeader   *message);
+size_t tether__v1__chunk_header__pack
+                     (const Tether__V1__ChunkHeader   *message,
+                      uint8_t             *out);
+size_t tether__v1__chunk_header__pack_to_buffer
+                     (const Tether__V1__ChunkHeader   *message,
+                      ProtobufCBuffer     *buffer);
+Tether__V1__ChunkHeader *
+       tether__v1__chunk_header__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   tether__v1__chunk_header__free_unpacked
+                     (Tether__V1__ChunkHeader *message,
+                      ProtobufCAllocator *allocator);
+/* Tether__V1__Abort methods */
+void   tether__v1__abort__init
+                     (Tether__V1__Abort         *message);
+size_t tether__v1__abort__get_packed_size
+                     (const Tether__V1__Abort   *message);
+size_t tether__v1__abort__pack
+                     (const Tether__V1__Abort   *message,
+                      uint8_t             *out);
+size_t tether__v1__abort__pack_to_buffer
+                     (const Tether__V1__Abort   *message,
+                      ProtobufCBuffer     *buffer);
+Tether__V1__Abort *
+       tether__v1__abort__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   tether__v1__abort__free_unpacked
+                     (Tether__V1__Abort *message,
+                      ProtobufCAllocator *allocator);
 /* --- per-message closures --- */
 
 typedef void (*Tether__V1__Envelope_Closure)
@@ -133,6 +286,12 @@ typedef void (*Tether__V1__Envelope_Closure)
 typedef void (*Tether__V1__Hello_Closure)
                  (const Tether__V1__Hello *message,
                   void *closure_data);
+typedef void (*Tether__V1__ChunkHeader_Closure)
+                 (const Tether__V1__ChunkHeader *message,
+                  void *closure_data);
+typedef void (*Tether__V1__Abort_Closure)
+                 (const Tether__V1__Abort *message,
+                  void *closure_data);
 
 /* --- services --- */
 
@@ -140,8 +299,12 @@ typedef void (*Tether__V1__Hello_Closure)
 /* --- descriptors --- */
 
 extern const ProtobufCEnumDescriptor    tether__v1__protocol_version__descriptor;
+extern const ProtobufCEnumDescriptor    tether__v1__operation__descriptor;
+extern const ProtobufCEnumDescriptor    tether__v1__dtype__descriptor;
 extern const ProtobufCMessageDescriptor tether__v1__envelope__descriptor;
 extern const ProtobufCMessageDescriptor tether__v1__hello__descriptor;
+extern const ProtobufCMessageDescriptor tether__v1__chunk_header__descriptor;
+extern const ProtobufCMessageDescriptor tether__v1__abort__descriptor;
 
 PROTOBUF_C__END_DECLS
 

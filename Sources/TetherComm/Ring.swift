@@ -1,0 +1,408 @@
+import CTetherKernels
+import CXXHash
+import Foundation
+
+/// An element type the ring can reduce.
+public protocol RingElement: BinaryFloatingPoint {
+    static var dtype: ChunkHeader.DType { get }
+    /// y[i] += x[i]
+    static func add(_ y: UnsafeMutablePointer<Self>, _ x: UnsafePointer<Self>, count: Int)
+}
+
+extension Float: RingElement {
+    public static var dtype: ChunkHeader.DType { .f32 }
+    public static func add(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, count: Int) { tether_add_f32(y, x, count) }
+}
+
+extension Double: RingElement {
+    public static var dtype: ChunkHeader.DType { .f64 }
+    public static func add(_ y: UnsafeMutablePointer<Double>, _ x: UnsafePointer<Double>, count: Int) { tether_add_f64(y, x, count) }
+}
+
+public struct RingOptions: Sendable {
+    /// Messages for another job are foreign and refused.
+    public var jobID = "tether"
+    /// The longest any receive waits before the ring fails naming the silent neighbour.
+    public var timeout: Duration = .seconds(30)
+    /// Bytes per chunk: the unit of pipelining (measured: docs/ARCHITECTURE.md).
+    public var chunkBytes = 1 << 19
+    /// Hash of the parameter layout; ranks that disagree fail at the first message.
+    public var layoutFingerprint: UInt64 = 0
+    public init() {}
+}
+
+public struct CollectiveError: Error, CustomStringConvertible, Equatable {
+    public let message: String
+    /// When this error relays another rank's Abort: the rank that gave up first.
+    public let abortOrigin: Int32?
+    public init(message: String, abortOrigin: Int32? = nil) { (self.message, self.abortOrigin) = (message, abortOrigin) }
+    public var description: String { message }
+}
+
+/// Where the time of the collectives went, summed since the ring was made.
+public struct RingStatistics: Sendable {
+    /// waiting for the left neighbour's next message (transfer, and the neighbour's own work)
+    public var waiting: Duration = .zero
+    /// encoding headers and handing frames to libzmq, which copies them
+    public var sending: Duration = .zero
+    /// adding received chunks into the buffer, or copying them in (all-gather, broadcast)
+    public var reducing: Duration = .zero
+    /// XXH3 of payloads, both ways
+    public var checksumming: Duration = .zero
+    public var bytesSent = 0, bytesReceived = 0, messagesSent = 0
+}
+
+/// N ranks in a ring: each binds a PULL socket at its own address and connects a PUSH socket to its right
+/// neighbour's, so every rank sends only to rank+1 and receives only from rank-1.
+///
+/// All-reduce is reduce-scatter then all-gather (design: "Ring all-reduce"). Each segment moves in
+/// chunks, and a chunk is passed on as soon as it is reduced, so the ring is a pipeline: while this
+/// rank adds one chunk, libzmq's I/O thread is already receiving the next into its own buffer (the
+/// double buffering), and sending the previous one.
+///
+/// Every message is an Envelope with a ChunkHeader, then the payload frame. The receiver checks every
+/// header field against what it expects at that point; any mismatch fails the collective at once, and a
+/// failing rank sends an Abort on around the ring so every rank reports the first cause. A ring that
+/// failed stays failed.
+public final class Ring {
+    public let rank: Int
+    public let size: Int
+    public let addresses: [String]
+    public let options: RingOptions
+    public private(set) var statistics = RingStatistics()
+    private let pull: ZeroMQSocket?
+    private let push: ZeroMQSocket?
+    private var sequence: UInt64 = 0
+    private var failure: CollectiveError?
+    private var scratch: UnsafeMutableRawPointer = .allocate(byteCount: 0, alignment: 64)
+    private var scratchBytes = 0
+
+    public var left: Int { (rank + size - 1) % size }
+    public var right: Int { (rank + 1) % size }
+
+    /// Binds this rank's address, connects to the right neighbour's and waits (up to the timeout) for the
+    /// left neighbour's handshake. `addresses[i]` is rank i's: tcp://HOST:PORT, ipc://PATH or inproc://NAME
+    /// (inproc only between ranks sharing `context`).
+    public init(context: ZeroMQContext, rank: Int, addresses: [String], options: RingOptions = RingOptions()) throws {
+        guard !addresses.isEmpty, (0..<addresses.count).contains(rank) else {
+            throw CollectiveError(message: "rank \(rank) is outside a ring of \(addresses.count)")
+        }
+        (self.rank, self.size, self.addresses, self.options) = (rank, addresses.count, addresses, options)
+        guard addresses.count > 1 else { (pull, push) = (nil, nil); return }
+        let pull = try ZeroMQSocket(context, .pull), push = try ZeroMQSocket(context, .push)
+        do { try pull.bind(addresses[rank]) } catch {
+            throw CollectiveError(message: "rank \(rank) cannot listen on \(addresses[rank]): \(error)")
+        }
+        try push.connect(addresses[(rank + 1) % size])
+        try push.setSendTimeout(options.timeout)
+        (self.pull, self.push) = (pull, push)
+        try run(.handshake) {
+            try sendChunk(header(.handshake, totalCount: 0), ringStep: 0, index: 0, offset: 0, payload: UnsafeRawBufferPointer(start: nil, count: 0))
+            _ = try receive(Expected(operation: .handshake, ringStep: 0, chunkIndex: 0, offset: 0, count: 0, totalCount: 0))
+        }
+    }
+
+    deinit {
+        scratch.deallocate()
+        push?.close()
+        pull?.close()
+    }
+
+    // MARK: collectives
+
+    /// Sums `buffer` over all ranks in place (or averages it: the sum divided by N). Every rank ends with
+    /// bitwise the same values: each segment is reduced on one rank and then copied to the others.
+    public func allReduce<T: RingElement>(_ buffer: UnsafeMutableBufferPointer<T>, average: Bool = false,
+                                          step: UInt64 = 0, bucket: UInt32 = 0) throws {
+        try run(.allReduce) {
+            guard size > 1 else { return }
+            let n = buffer.count, base = buffer.baseAddress
+            let head = header(.allReduce, step: step, bucket: bucket, dtype: T.dtype, totalCount: n)
+            let segments = (0..<size).map { segment($0, of: n) }
+            let perChunk = max(1, options.chunkBytes / MemoryLayout<T>.stride)
+            func send(_ ringStep: Int, _ index: Int, _ c: Range<Int>) throws {
+                try sendChunk(head, ringStep: ringStep, index: index, offset: c.lowerBound,
+                              payload: UnsafeRawBufferPointer(start: base.map { $0 + c.lowerBound }, count: c.count * MemoryLayout<T>.stride))
+            }
+            for (i, c) in chunks(segments[rank], perChunk).enumerated() { try send(0, i, c) }
+            let lastStep = 2 * (size - 1) - 1
+            for ringStep in 0...lastStep {
+                let reducing = ringStep < size - 1
+                let s = reducing ? (rank - ringStep - 1) : (rank - (ringStep - (size - 1)))
+                for (i, c) in chunks(segments[(s % size + size) % size], perChunk).enumerated() {
+                    let payload = try receive(Expected(operation: .allReduce, step: step, bucket: bucket, ringStep: ringStep, chunkIndex: i,
+                                                       dtype: T.dtype, offset: c.lowerBound, count: c.count, totalCount: n))
+                    if let base, !c.isEmpty {
+                        let start = ContinuousClock.now
+                        let x = aligned(payload, as: T.self), y = base + c.lowerBound
+                        if reducing {
+                            T.add(y, x, count: c.count)
+                            if average && ringStep == size - 2 {
+                                let divisor = T(size)
+                                for k in 0..<c.count { y[k] /= divisor }
+                            }
+                        } else {
+                            y.update(from: x, count: c.count)
+                        }
+                        statistics.reducing += start.duration(to: .now)
+                    }
+                    if ringStep < lastStep { try send(ringStep + 1, i, c) }
+                }
+            }
+        }
+    }
+
+    /// Copies `root`'s buffer into every rank's, pipelined along the ring from the root.
+    public func broadcast<T: RingElement>(_ buffer: UnsafeMutableBufferPointer<T>, root: Int, step: UInt64 = 0) throws {
+        guard (0..<size).contains(root) else { throw CollectiveError(message: "broadcast root \(root) is outside a ring of \(size)") }
+        try run(.broadcast) {
+            guard size > 1 else { return }
+            let n = buffer.count, base = buffer.baseAddress
+            var head = header(.broadcast, step: step, dtype: T.dtype, totalCount: n)
+            head.originRank = Int32(root)
+            let pieces = chunks(0..<n, max(1, options.chunkBytes / MemoryLayout<T>.stride))
+            for (i, c) in pieces.enumerated() {
+                if rank != root {
+                    let payload = try receive(Expected(operation: .broadcast, step: step, ringStep: 0, chunkIndex: i, dtype: T.dtype,
+                                                       offset: c.lowerBound, count: c.count, totalCount: n, origin: root))
+                    if let base, !c.isEmpty {
+                        let start = ContinuousClock.now
+                        (base + c.lowerBound).update(from: aligned(payload, as: T.self), count: c.count)
+                        statistics.reducing += start.duration(to: .now)
+                    }
+                }
+                if right != root {
+                    try sendChunk(head, ringStep: 0, index: i, offset: c.lowerBound,
+                                  payload: UnsafeRawBufferPointer(start: base.map { $0 + c.lowerBound }, count: c.count * MemoryLayout<T>.stride))
+                }
+            }
+        }
+    }
+
+    /// Every rank's bytes, indexed by rank; payloads may differ in length (sparse gradients: indices and
+    /// values). Ring all-gather: N-1 steps, each passing on the payload received in the step before.
+    public func allGather(_ mine: [UInt8], step: UInt64 = 0) throws -> [[UInt8]] {
+        try run(.allGather) { try gather(mine, operation: .allGather, step: step) }
+    }
+
+    /// Returns once every rank has entered the barrier.
+    public func barrier() throws {
+        try run(.barrier) { _ = try gather([], operation: .barrier, step: 0) }
+    }
+
+    // MARK: pieces
+
+    private func gather(_ mine: [UInt8], operation: ChunkHeader.Operation, step: UInt64) throws -> [[UInt8]] {
+        var out = [[UInt8]](repeating: [], count: size)
+        out[rank] = mine
+        guard size > 1 else { return out }
+        let perChunk = max(1, options.chunkBytes)
+        func send(_ origin: Int, _ ringStep: Int) throws {
+            var head = header(operation, step: step, dtype: .bytes, totalCount: out[origin].count)
+            head.originRank = Int32(origin)
+            try out[origin].withUnsafeBytes { bytes in
+                for (i, c) in chunks(0..<bytes.count, perChunk).enumerated() {
+                    try sendChunk(head, ringStep: ringStep, index: i, offset: c.lowerBound,
+                                  payload: UnsafeRawBufferPointer(rebasing: bytes[c]))
+                }
+            }
+        }
+        try send(rank, 0)
+        for ringStep in 0..<(size - 1) {
+            let origin = ((rank - ringStep - 1) % size + size) % size
+            // The first chunk tells the payload's length; the rest must agree with it.
+            var total: Int?
+            var received: [UInt8] = []
+            var index = 0
+            repeat {
+                let offset = index * perChunk
+                let count = total.map { min(perChunk, $0 - offset) }
+                let (payload, header) = try receiveWithHeader(Expected(operation: operation, step: step, ringStep: ringStep, chunkIndex: index,
+                                                                       dtype: .bytes, offset: offset, count: count, totalCount: total, origin: origin))
+                if total == nil {
+                    total = Int(header.totalCount)
+                    guard header.elementCount == min(UInt64(perChunk), header.totalCount) else {
+                        throw mismatch("chunk 0 of rank \(origin)'s payload", "\(min(UInt64(perChunk), header.totalCount)) bytes", "\(header.elementCount)")
+                    }
+                    received.reserveCapacity(total!)
+                }
+                received.append(contentsOf: payload)
+                index += 1
+            } while received.count < total!
+            out[origin] = received
+            if ringStep < size - 2 { try send(origin, ringStep + 1) }
+        }
+        return out
+    }
+
+    /// Segment i of n elements: n/N each, the remainder spread over the first segments.
+    func segment(_ i: Int, of n: Int) -> Range<Int> {
+        let q = n / size, r = n % size
+        let start = i * q + min(i, r)
+        return start ..< start + q + (i < r ? 1 : 0)
+    }
+
+    /// A range cut into chunks of at most `per`; an empty range is one empty chunk, so every ring step
+    /// sends at least one header and a disagreement about sizes shows at once.
+    func chunks(_ range: Range<Int>, _ per: Int) -> [Range<Int>] {
+        guard !range.isEmpty else { return [range] }
+        return stride(from: range.lowerBound, to: range.upperBound, by: per).map { $0 ..< min($0 + per, range.upperBound) }
+    }
+
+    private func header(_ operation: ChunkHeader.Operation, step: UInt64 = 0, bucket: UInt32 = 0,
+                        dtype: ChunkHeader.DType = .bytes, totalCount: Int) -> ChunkHeader {
+        ChunkHeader(operation: operation, sequence: sequence, step: step, bucket: bucket, ringStep: 0, chunkIndex: 0, dtype: dtype,
+                    totalCount: UInt64(totalCount), offset: 0, elementCount: 0, checksum: 0,
+                    layoutFingerprint: options.layoutFingerprint, originRank: -1)
+    }
+
+    /// Runs one collective: refuses to start on a failed ring, counts it, and on failure tells the right
+    /// neighbour (who tells the next) before rethrowing.
+    private func run<R>(_ operation: ChunkHeader.Operation, _ body: () throws -> R) throws -> R {
+        if let failure { throw failure }
+        defer { sequence += 1 }
+        do {
+            return try body()
+        } catch let error as CollectiveError {
+            fail(error)
+            throw error
+        } catch {
+            let e = CollectiveError(message: "rank \(rank): \(operation) failed: \(error)")
+            fail(e)
+            throw e
+        }
+    }
+
+    private func fail(_ error: CollectiveError) {
+        failure = error
+        guard let push else { return }
+        // Best effort: the neighbour may be the one that is gone.
+        let origin = error.abortOrigin ?? Int32(rank)
+        guard origin != Int32(right) else { return }
+        let abort = Envelope(jobID: options.jobID, senderRank: Int32(rank), body: .abort(.init(originRank: origin, reason: error.message)))
+        let bytes = abort.encoded()
+        try? bytes.withUnsafeBytes { try push.send([$0], wait: false) }
+    }
+
+    private func sendChunk(_ base: ChunkHeader, ringStep: Int, index: Int, offset: Int, payload: UnsafeRawBufferPointer) throws {
+        guard let push else { return }
+        let t0 = ContinuousClock.now
+        var h = base
+        (h.ringStep, h.chunkIndex, h.offset) = (UInt32(ringStep), UInt32(index), UInt64(offset))
+        h.elementCount = UInt64(payload.count / h.dtype.size)
+        h.checksum = Self.checksum(payload)
+        let t1 = ContinuousClock.now
+        let envelope = Envelope(jobID: options.jobID, senderRank: Int32(rank), body: .chunk(h)).encoded()
+        do { try envelope.withUnsafeBytes { try push.send([$0, payload]) } } catch let e as ZeroMQError where e.code == EAGAIN {
+            throw CollectiveError(message: "rank \(rank): cannot send to rank \(right) (\(addresses[right])) within \(options.timeout): it takes no messages")
+        }
+        statistics.checksumming += t0.duration(to: t1)
+        statistics.sending += t1.duration(to: .now)
+        statistics.bytesSent += payload.count
+        statistics.messagesSent += 1
+    }
+
+    static func checksum(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
+        guard let p = bytes.baseAddress, bytes.count > 0 else { return XXH3_64bits(nil, 0) }
+        return XXH3_64bits(p, bytes.count)
+    }
+
+    /// What the next message from the left neighbour must be; nil fields are learned from it.
+    struct Expected {
+        var operation: ChunkHeader.Operation
+        var step: UInt64 = 0
+        var bucket: UInt32 = 0
+        var ringStep: Int
+        var chunkIndex: Int
+        var dtype: ChunkHeader.DType = .bytes
+        var offset: Int
+        var count: Int?
+        var totalCount: Int?
+        var origin: Int = -1
+    }
+
+    private var received: ZeroMQFrame?   // keeps the last payload alive while the caller reads it
+
+    private func receive(_ e: Expected) throws -> UnsafeRawBufferPointer { try receiveWithHeader(e).0 }
+
+    private func receiveWithHeader(_ e: Expected) throws -> (UnsafeRawBufferPointer, ChunkHeader) {
+        guard let pull else { throw CollectiveError(message: "rank \(rank): receive in a ring of one") }
+        let what = "\(e.operation) #\(sequence) ring step \(e.ringStep) chunk \(e.chunkIndex)"
+        let t0 = ContinuousClock.now
+        guard let frames = try pull.receive(deadline: t0 + options.timeout) else {
+            throw CollectiveError(message: "rank \(rank): no message from rank \(left) (\(addresses[left])) within \(options.timeout) (waiting for \(what))")
+        }
+        let t1 = ContinuousClock.now
+        statistics.waiting += t0.duration(to: t1)
+        let envelope: Envelope
+        do { envelope = try Envelope(decoding: frames[0].bytes) } catch {
+            throw CollectiveError(message: "rank \(rank): malformed message on the ring (waiting for \(what) from rank \(left)): \(error)")
+        }
+        if case .abort(let a) = envelope.body {
+            throw CollectiveError(message: "rank \(rank): rank \(a.originRank) gave up on the ring: \(a.reason)", abortOrigin: a.originRank)
+        }
+        guard envelope.jobID == options.jobID else {
+            throw CollectiveError(message: "rank \(rank): foreign message from job \"\(envelope.jobID)\" (rank \(envelope.senderRank)); this ring runs job \"\(options.jobID)\"")
+        }
+        guard envelope.senderRank == Int32(left) else {
+            throw CollectiveError(message: "rank \(rank): message from rank \(envelope.senderRank), but only rank \(left) sends to it")
+        }
+        guard case .chunk(let h) = envelope.body else {
+            throw CollectiveError(message: "rank \(rank): rank \(left) sent a message that is not a collective chunk (waiting for \(what))")
+        }
+        let from = "rank \(left)"
+        guard h.layoutFingerprint == options.layoutFingerprint else {
+            throw mismatch("parameter layout fingerprint", String(format: "%016llx", options.layoutFingerprint), String(format: "%016llx", h.layoutFingerprint))
+        }
+        guard h.operation == e.operation, h.sequence == sequence else {
+            throw mismatch("collective", "\(e.operation) #\(sequence)", "\(h.operation) #\(h.sequence)")
+        }
+        guard h.step == e.step, h.bucket == e.bucket else {
+            throw mismatch("step and bucket", "step \(e.step) bucket \(e.bucket)", "step \(h.step) bucket \(h.bucket)")
+        }
+        guard h.dtype == e.dtype else { throw mismatch("dtype", "\(e.dtype)", "\(h.dtype)") }
+        if let total = e.totalCount, h.totalCount != UInt64(total) {
+            throw mismatch("element count", "\(total)", "\(h.totalCount)")
+        }
+        guard h.originRank == Int32(e.origin) else { throw mismatch("origin rank", "\(e.origin)", "\(h.originRank)") }
+        guard h.ringStep == UInt32(e.ringStep), h.chunkIndex == UInt32(e.chunkIndex), h.offset == UInt64(e.offset) else {
+            throw mismatch("position", "ring step \(e.ringStep) chunk \(e.chunkIndex) offset \(e.offset)",
+                           "ring step \(h.ringStep) chunk \(h.chunkIndex) offset \(h.offset)")
+        }
+        if let count = e.count, h.elementCount != UInt64(count) { throw mismatch("chunk length", "\(count)", "\(h.elementCount)") }
+        guard frames.count == 2 else {
+            throw CollectiveError(message: "rank \(rank): \(what) from \(from) has \(frames.count) frames, expected a header and a payload")
+        }
+        let payload = frames[1].bytes
+        guard h.elementCount <= UInt64(Int.max / 8), payload.count == Int(h.elementCount) * h.dtype.size else {
+            throw CollectiveError(message: "rank \(rank): truncated payload from \(from) in \(what): the header says \(h.elementCount) \(h.dtype) elements, the frame has \(payload.count) bytes")
+        }
+        let t2 = ContinuousClock.now
+        let sum = Self.checksum(payload)
+        statistics.checksumming += t2.duration(to: .now)
+        guard sum == h.checksum else {
+            throw CollectiveError(message: "rank \(rank): corrupt payload from \(from) in \(what): checksum \(String(format: "%016llx", sum)), header says \(String(format: "%016llx", h.checksum))")
+        }
+        statistics.bytesReceived += payload.count
+        received = frames[1]
+        return (payload, h)
+    }
+
+    private func mismatch(_ field: String, _ here: String, _ there: String) -> CollectiveError {
+        CollectiveError(message: "rank \(rank) and rank \(left) disagree on the \(field): \(here) on rank \(rank), \(there) from rank \(left)")
+    }
+
+    /// The payload as T elements: libzmq's buffers are malloc'd (aligned), except very small messages,
+    /// which live inside the message struct and are copied out first.
+    private func aligned<T>(_ payload: UnsafeRawBufferPointer, as: T.Type) -> UnsafePointer<T> {
+        let p = payload.baseAddress!
+        if Int(bitPattern: p) % MemoryLayout<T>.alignment == 0 { return p.assumingMemoryBound(to: T.self) }
+        if scratchBytes < payload.count {
+            scratch.deallocate()
+            scratch = .allocate(byteCount: payload.count, alignment: 64)
+            scratchBytes = payload.count
+        }
+        scratch.copyMemory(from: p, byteCount: payload.count)
+        return UnsafePointer(scratch.assumingMemoryBound(to: T.self))
+    }
+}

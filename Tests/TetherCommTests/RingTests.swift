@@ -1,0 +1,304 @@
+import Foundation
+import Testing
+@testable import TetherComm
+import CZeroMQ
+
+/// Runs `body` for ranks 0..<n, each on a thread of its own (ranks block on each other, so a thread
+/// pool the size of the machine would deadlock), and returns each rank's result.
+final class ResultsBox<R>: @unchecked Sendable {
+    var results: [Result<R, Error>?]
+    init(_ n: Int) { results = Array(repeating: nil, count: n) }
+}
+
+func onRanks<R>(_ n: Int, _ body: @escaping @Sendable (Int) throws -> R) -> [Result<R, Error>] {
+    let box = ResultsBox<R>(n)
+    let lock = NSLock(), group = DispatchGroup()
+    for rank in 0..<n {
+        group.enter()
+        let t = Thread {
+            let r = Result { try body(rank) }
+            lock.lock(); box.results[rank] = r; lock.unlock()
+            group.leave()
+        }
+        t.stackSize = 1 << 22
+        t.start()
+    }
+    group.wait()
+    return box.results.map { $0! }
+}
+
+/// A ring of n ranks on `transport`: inproc ranks share one context, the others get one each, as
+/// separate processes would.
+struct TestRing {
+    let addresses: [String]
+    let contexts: [ZeroMQContext]
+    let transport: Transport
+
+    init(_ n: Int, _ transport: Transport) throws {
+        self.transport = transport
+        addresses = try transport.localAddresses(n)
+        if transport == .inproc {
+            let shared = try ZeroMQContext()
+            contexts = Array(repeating: shared, count: n)
+        } else {
+            contexts = try (0..<n).map { _ in try ZeroMQContext() }
+        }
+    }
+
+    func ring(_ rank: Int, _ configure: (inout RingOptions) -> Void = { _ in }) throws -> Ring {
+        var options = RingOptions()
+        options.timeout = .seconds(10)
+        configure(&options)
+        return try Ring(context: contexts[rank], rank: rank, addresses: addresses, options: options)
+    }
+}
+
+/// Rank r's input: varied magnitudes and signs, different on every rank.
+func input(rank: Int, count: Int) -> [Float] {
+    (0..<count).map { i in Float(sin(Double(i) * 0.37 + Double(rank) * 1.3)) * Float(1 + (i + rank) % 7) }
+}
+
+@Suite(.serialized) struct RingTests {
+    struct Case: Sendable, CustomTestStringConvertible {
+        var ranks: Int, count: Int, transport: Transport
+        var testDescription: String { "\(ranks) ranks, \(count) elements, \(transport)" }
+    }
+
+    static let grid: [Case] = [1, 2, 3, 5].flatMap { n in
+        Set([0, 1, max(n - 1, 0), 10 * n + 1, 1 << 20 | 3]).sorted().flatMap { count in
+            Transport.allCases.map { Case(ranks: n, count: count, transport: $0) }
+        }
+    }
+
+    /// Every rank ends with bitwise the same buffer, within 1e-6 of a Double reference sum relative to
+    /// the sum of magnitudes. Chunks are tiny (a few elements, or 4 KB for the large count), so every
+    /// segment takes the many-chunk path.
+    @Test(arguments: grid)
+    func allReduceSums(_ c: Case) throws {
+        let ring = try TestRing(c.ranks, c.transport)
+        let chunkBytes = c.count > 100_000 ? 4096 : 12
+        let results = onRanks(c.ranks) { rank -> [Float] in
+            let r = try ring.ring(rank) { $0.chunkBytes = chunkBytes }
+            var x = input(rank: rank, count: c.count)
+            try x.withUnsafeMutableBufferPointer { try r.allReduce($0) }
+            return x
+        }
+        let outputs = try results.map { try $0.get() }
+        for o in outputs.dropFirst() { #expect(o == outputs[0], "ranks disagree") }
+        let inputs = (0..<c.ranks).map { input(rank: $0, count: c.count) }
+        var worst = 0.0
+        for i in 0..<c.count {
+            let exact = inputs.reduce(0.0) { $0 + Double($1[i]) }
+            let scale = inputs.reduce(0.0) { $0 + abs(Double($1[i])) }
+            worst = max(worst, abs(Double(outputs[0][i]) - exact) / max(scale, 1e-30))
+        }
+        #expect(worst <= 1e-6)
+    }
+
+    @Test(arguments: [2, 3])
+    func allReduceAveragesInDouble(ranks: Int) throws {
+        let ring = try TestRing(ranks, .inproc)
+        let results = onRanks(ranks) { rank -> [Double] in
+            let r = try ring.ring(rank) { $0.chunkBytes = 16 }
+            var x = (0..<11).map { Double($0 * (rank + 1)) }
+            try x.withUnsafeMutableBufferPointer { try r.allReduce($0, average: true) }
+            return x
+        }
+        let mean = Double((1...ranks).reduce(0, +)) / Double(ranks)
+        for r in results { #expect(try r.get() == (0..<11).map { Double($0) * mean }) }
+    }
+
+    /// Several collectives in a row on one ring, with steps and buckets: sequence numbers advance alike.
+    @Test func consecutiveCollectivesStayInStep() throws {
+        let ring = try TestRing(3, .ipc)
+        let results = onRanks(3) { rank -> [Float] in
+            let r = try ring.ring(rank) { $0.chunkBytes = 8 }
+            var last: [Float] = []
+            for step in 0..<4 {
+                var x = [Float](repeating: Float(rank + step), count: 7)
+                try x.withUnsafeMutableBufferPointer { try r.allReduce($0, step: UInt64(step), bucket: UInt32(step % 2)) }
+                try r.barrier()
+                last = x
+            }
+            return last
+        }
+        for r in results { #expect(try r.get() == [Float](repeating: 0 + 1 + 2 + 3 * 3, count: 7)) }
+    }
+
+    @Test(arguments: [(1, 5), (2, 0), (3, 1), (5, 1003)])
+    func broadcastFromTheLastRank(ranks: Int, count: Int) throws {
+        for transport in Transport.allCases {
+            let ring = try TestRing(ranks, transport)
+            let root = ranks - 1
+            let results = onRanks(ranks) { rank -> [Float] in
+                let r = try ring.ring(rank) { $0.chunkBytes = 40 }
+                var x = rank == root ? input(rank: 9, count: count) : [Float](repeating: .nan, count: count)
+                try x.withUnsafeMutableBufferPointer { try r.broadcast($0, root: root) }
+                return x
+            }
+            for r in results { #expect(try r.get() == input(rank: 9, count: count), "\(transport)") }
+        }
+    }
+
+    @Test(arguments: [1, 2, 3, 5])
+    func allGatherOfPayloadsOfDifferentLengths(ranks: Int) throws {
+        for transport in Transport.allCases {
+            let ring = try TestRing(ranks, transport)
+            // lengths 0, 13, 26, ... bytes over chunks of 5: empty, single and multi-chunk payloads
+            let payload = { (rank: Int) in (0..<(rank * 13)).map { UInt8(truncatingIfNeeded: $0 * 7 + rank) } }
+            let results = onRanks(ranks) { rank in
+                try ring.ring(rank) { $0.chunkBytes = 5 }.allGather(payload(rank))
+            }
+            for r in results { #expect(try r.get() == (0..<ranks).map(payload), "\(transport)") }
+        }
+    }
+
+    @Test func barrierWaitsForTheLastRank() throws {
+        let ring = try TestRing(3, .tcp)
+        let late = ContinuousClock.now + .milliseconds(300)
+        let results = onRanks(3) { rank -> ContinuousClock.Instant in
+            let r = try ring.ring(rank)
+            if rank == 1 { Thread.sleep(forTimeInterval: 0.3) }
+            try r.barrier()
+            return .now
+        }
+        for r in results { #expect(try r.get() >= late) }
+    }
+}
+
+@Suite(.serialized) struct RingFaultTests {
+    /// Runs until every rank has ended and returns each one's error text ("" if it succeeded).
+    func errors(_ results: [Result<Void, Error>]) -> [String] {
+        results.map { if case .failure(let e) = $0 { "\(e)" } else { "" } }
+    }
+
+    @Test func aPeerThatNeverStartsIsNamed() throws {
+        let ring = try TestRing(2, .tcp)
+        let start = ContinuousClock.now
+        #expect { _ = try ring.ring(0) { $0.timeout = .milliseconds(300) } } throws: {
+            "\($0)".contains("rank 0: no message from rank 1 (\(ring.addresses[1])) within")
+        }
+        #expect(start.duration(to: .now) < .seconds(3))
+    }
+
+    @Test func aLayoutFingerprintMismatchFailsAtOnceNamingBothRanks() throws {
+        let ring = try TestRing(2, .ipc)
+        let start = ContinuousClock.now
+        let e = errors(onRanks(2) { rank in _ = try ring.ring(rank) { $0.layoutFingerprint = UInt64(rank + 1); $0.timeout = .seconds(20) } })
+        #expect(e[0].contains("rank 0 and rank 1 disagree on the parameter layout fingerprint: 0000000000000001 on rank 0, 0000000000000002 from rank 1"))
+        #expect(e[1].contains("rank 1 and rank 0 disagree on the parameter layout fingerprint"))
+        #expect(start.duration(to: .now) < .seconds(5))
+    }
+
+    @Test func aSizeMismatchFailsNamingBothRanks() throws {
+        let ring = try TestRing(2, .inproc)
+        let e = errors(onRanks(2) { rank in
+            let r = try ring.ring(rank)
+            var x = [Float](repeating: 1, count: rank == 0 ? 10 : 12)
+            try x.withUnsafeMutableBufferPointer { try r.allReduce($0) }
+        })
+        #expect(e[0].contains("rank 0 and rank 1 disagree on the element count: 10 on rank 0, 12 from rank 1"))
+        #expect(e[1].contains("rank 1 and rank 0 disagree on the element count: 12 on rank 1, 10 from rank 0"))
+    }
+
+    @Test func aStepMismatchFails() throws {
+        let ring = try TestRing(2, .inproc)
+        let e = errors(onRanks(2) { rank in
+            let r = try ring.ring(rank)
+            var x = [Float](repeating: 1, count: 4)
+            try x.withUnsafeMutableBufferPointer { try r.allReduce($0, step: UInt64(7 + rank)) }
+        })
+        #expect(e[0].contains("disagree on the step and bucket: step 7 bucket 0 on rank 0, step 8 bucket 0 from rank 1"))
+    }
+
+    /// A hand-driven rank 1: raw sockets speaking the wire protocol, so the test controls every frame.
+    struct FakeNeighbour {
+        let push: ZeroMQSocket, pull: ZeroMQSocket
+        init(_ ring: TestRing) throws {
+            pull = try ZeroMQSocket(ring.contexts[1], .pull)
+            try pull.bind(ring.addresses[1])
+            push = try ZeroMQSocket(ring.contexts[1], .push)
+            try push.connect(ring.addresses[0])
+        }
+        func send(_ h: ChunkHeader, payload: [UInt8], jobID: String = "tether") throws {
+            var h = h
+            if h.checksum == 0 { h.checksum = payload.withUnsafeBytes { Ring.checksum($0) } }
+            let env = Envelope(jobID: jobID, senderRank: 1, body: .chunk(h)).encoded()
+            try env.withUnsafeBytes { e in try payload.withUnsafeBytes { p in try push.send([e, p]) } }
+        }
+        func header(_ op: ChunkHeader.Operation, sequence: UInt64, total: Int, offset: Int, count: Int) -> ChunkHeader {
+            ChunkHeader(operation: op, sequence: sequence, step: 0, bucket: 0, ringStep: 0, chunkIndex: 0, dtype: op == .handshake ? .bytes : .f32,
+                        totalCount: UInt64(total), offset: UInt64(offset), elementCount: UInt64(count), checksum: 0,
+                        layoutFingerprint: 0, originRank: -1)
+        }
+        func handshake() throws { try send(header(.handshake, sequence: 0, total: 0, offset: 0, count: 0), payload: []) }
+    }
+
+    /// Rank 0 of a 2-ring, all-reducing 8 floats, first receives segment 1 (offset 4, 4 elements).
+    func rank0AllReduce(_ ring: TestRing, after feed: @escaping @Sendable (FakeNeighbour) throws -> Void) throws -> String {
+        let fake = try FakeNeighbour(ring)
+        try fake.handshake()
+        let r = try ring.ring(0) { $0.timeout = .seconds(2) }
+        try feed(fake)
+        var x = [Float](repeating: 1, count: 8)
+        do { try x.withUnsafeMutableBufferPointer { try r.allReduce($0) } } catch { return "\(error)" }
+        return ""
+    }
+
+    @Test func aTruncatedPayloadIsAnError() throws {
+        let ring = try TestRing(2, .tcp)
+        let e = try rank0AllReduce(ring) { fake in
+            try fake.send(fake.header(.allReduce, sequence: 1, total: 8, offset: 4, count: 4), payload: [UInt8](repeating: 0, count: 10))
+        }
+        #expect(e.contains("truncated payload from rank 1 in all-reduce #1 ring step 0 chunk 0: the header says 4 f32 elements, the frame has 10 bytes"))
+    }
+
+    @Test func aCorruptPayloadIsAnError() throws {
+        let ring = try TestRing(2, .tcp)
+        let e = try rank0AllReduce(ring) { fake in
+            var h = fake.header(.allReduce, sequence: 1, total: 8, offset: 4, count: 4)
+            h.checksum = 12345
+            try fake.send(h, payload: [UInt8](repeating: 0, count: 16))
+        }
+        #expect(e.contains("corrupt payload from rank 1"))
+    }
+
+    @Test func garbageFromAStrangerIsAnError() throws {
+        let ring = try TestRing(2, .tcp)
+        let e = try rank0AllReduce(ring) { fake in
+            let stranger = try ZeroMQSocket(ring.contexts[1], .push)
+            try stranger.connect(ring.addresses[0])
+            let garbage: [UInt8] = [0xDE, 0xAD, 0xBE, 0xEF, 0xFF, 0xFF, 0xFF, 0xFF, 0x0F]
+            try garbage.withUnsafeBytes { try stranger.send([$0]) }
+            Thread.sleep(forTimeInterval: 0.2)
+        }
+        #expect(e.contains("rank 0: malformed message on the ring"))
+    }
+
+    @Test func aMessageForAnotherJobIsForeign() throws {
+        let ring = try TestRing(2, .ipc)
+        let e = try rank0AllReduce(ring) { fake in
+            try fake.send(fake.header(.allReduce, sequence: 1, total: 8, offset: 4, count: 4), payload: [UInt8](repeating: 0, count: 16), jobID: "other")
+        }
+        #expect(e.contains("foreign message from job \"other\" (rank 1); this ring runs job \"tether\""))
+    }
+
+    /// A rank that stops answering mid-collective: its right neighbour times out naming it, and passes
+    /// the cause on, so the rank to its left reports the same culprit instead of a time-out of its own.
+    @Test func aSilentPeerIsNamedByEveryRank() throws {
+        let ring = try TestRing(3, .inproc)
+        let start = ContinuousClock.now
+        let e = errors(onRanks(3) { rank in
+            let r = try ring.ring(rank) { $0.timeout = .milliseconds(500); $0.chunkBytes = 8 }
+            var x = [Float](repeating: 1, count: 30)
+            try x.withUnsafeMutableBufferPointer { try r.allReduce($0) }
+            if rank == 1 { return }   // rank 1 leaves before the second collective
+            try x.withUnsafeMutableBufferPointer { try r.allReduce($0) }
+        })
+        #expect(e[1] == "")
+        #expect(e[2].contains("rank 2: no message from rank 1"))
+        // rank 0 either hears rank 2's relayed cause or finds rank 1 gone when sending to it
+        #expect(e[0].contains("rank 2 gave up on the ring: rank 2: no message from rank 1") || e[0].contains("rank 0: cannot send to rank 1"), "\(e[0])")
+        #expect(start.duration(to: .now) < .seconds(5))
+    }
+}
