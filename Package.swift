@@ -32,7 +32,7 @@ let package = Package(
         .target(name: "TetherComm", dependencies: ["TetherWire", "CZeroMQ", "CProtobufC", "CXXHash", "CTetherKernels"]),
         .target(name: "TetherTrain", dependencies: ["TetherTensor", "TetherNN", "TetherData"]),
         .executableTarget(name: "tether", dependencies: [
-            "TetherTrain", "TetherComm", "TetherData", "TetherNN", "TetherTensor",
+            "TetherTrain", "TetherComm", "TetherData", "TetherNN", "TetherTensor", "CXXHash",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 

@@ -110,3 +110,20 @@ COL2IM(tether_col2im_f64, double)
     }
 ADD(tether_add_f32, float)
 ADD(tether_add_f64, double)
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+void tether_keep_heap_memory(size_t mmap_threshold, size_t trim_threshold) {
+    mallopt(M_MMAP_THRESHOLD, (int)mmap_threshold);
+    mallopt(M_TRIM_THRESHOLD, (int)trim_threshold);
+}
+#else
+void tether_keep_heap_memory(size_t mmap_threshold, size_t trim_threshold) { (void)mmap_threshold; (void)trim_threshold; }
+#endif
+
+void tether_pending_add(long *pending, long n) { __atomic_fetch_add(pending, n, __ATOMIC_SEQ_CST); }
+long tether_pending_load(const long *pending) { return __atomic_load_n(pending, __ATOMIC_ACQUIRE); }
+void tether_pending_release(void *data, void *hint) {
+    (void)data;
+    __atomic_fetch_sub((long *)hint, 1, __ATOMIC_RELEASE);
+}

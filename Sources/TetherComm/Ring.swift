@@ -1,5 +1,6 @@
 import CTetherKernels
 import CXXHash
+import CZeroMQ
 import Foundation
 
 /// An element type the ring can reduce.
@@ -7,16 +8,21 @@ public protocol RingElement: BinaryFloatingPoint {
     static var dtype: ChunkHeader.DType { get }
     /// y[i] += x[i]
     static func add(_ y: UnsafeMutablePointer<Self>, _ x: UnsafePointer<Self>, count: Int)
+    /// y[i] /= d
+    static func divide(_ y: UnsafeMutablePointer<Self>, by d: Self, count: Int)
 }
 
+// Concrete loops: a loop in generic code would run unspecialized (a witness call per element).
 extension Float: RingElement {
     public static var dtype: ChunkHeader.DType { .f32 }
     public static func add(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, count: Int) { tether_add_f32(y, x, count) }
+    public static func divide(_ y: UnsafeMutablePointer<Float>, by d: Float, count: Int) { for i in 0..<count { y[i] /= d } }
 }
 
 extension Double: RingElement {
     public static var dtype: ChunkHeader.DType { .f64 }
     public static func add(_ y: UnsafeMutablePointer<Double>, _ x: UnsafePointer<Double>, count: Int) { tether_add_f64(y, x, count) }
+    public static func divide(_ y: UnsafeMutablePointer<Double>, by d: Double, count: Int) { for i in 0..<count { y[i] /= d } }
 }
 
 public struct RingOptions: Sendable {
@@ -69,10 +75,11 @@ public final class Ring {
     public let size: Int
     public let addresses: [String]
     public let options: RingOptions
-    public private(set) var statistics = RingStatistics()
+    public var statistics = RingStatistics()
     private let pull: ZeroMQSocket?
     private let push: ZeroMQSocket?
     private var sequence: UInt64 = 0
+    private let lent = LentBuffers()
     private var failure: CollectiveError?
     private var scratch: UnsafeMutableRawPointer = .allocate(byteCount: 0, alignment: 64)
     private var scratchBytes = 0
@@ -89,6 +96,7 @@ public final class Ring {
         }
         (self.rank, self.size, self.addresses, self.options) = (rank, addresses.count, addresses, options)
         guard addresses.count > 1 else { (pull, push) = (nil, nil); return }
+        _ = Self.keepChunkMemory
         let pull = try ZeroMQSocket(context, .pull), push = try ZeroMQSocket(context, .push)
         do { try pull.bind(addresses[rank]) } catch {
             throw CollectiveError(message: "rank \(rank) cannot listen on \(addresses[rank]): \(error)")
@@ -97,10 +105,18 @@ public final class Ring {
         try push.setSendTimeout(options.timeout)
         (self.pull, self.push) = (pull, push)
         try run(.handshake) {
-            try sendChunk(header(.handshake, totalCount: 0), ringStep: 0, index: 0, offset: 0, payload: UnsafeRawBufferPointer(start: nil, count: 0))
+            try sendChunk(header(.handshake, totalCount: 0), ringStep: 0, index: 0, offset: 0, .copied(UnsafeRawBufferPointer(start: nil, count: 0)))
             _ = try receive(Expected(operation: .handshake, ringStep: 0, chunkIndex: 0, offset: 0, count: 0, totalCount: 0))
         }
     }
+
+    /// libzmq allocates every message's buffer with malloc, and chunks (512 KB) are above glibc's mmap
+    /// threshold: each one would be a fresh mapping, zero-filled page by page by the kernel and unmapped
+    /// again (measured: 8% of an all-reduce in page faults). Raising the threshold and the trim limit
+    /// lets the heap keep and reuse that memory. Process-wide, once.
+    static let keepChunkMemory: Void = {
+        tether_keep_heap_memory(32 << 20, 256 << 20)
+    }()
 
     deinit {
         scratch.deallocate()
@@ -112,48 +128,67 @@ public final class Ring {
 
     /// Sums `buffer` over all ranks in place (or averages it: the sum divided by N). Every rank ends with
     /// bitwise the same values: each segment is reduced on one rank and then copied to the others.
-    public func allReduce<T: RingElement>(_ buffer: UnsafeMutableBufferPointer<T>, average: Bool = false,
-                                          step: UInt64 = 0, bucket: UInt32 = 0) throws {
+    public func allReduce(_ buffer: UnsafeMutableBufferPointer<Float>, average: Bool = false, step: UInt64 = 0, bucket: UInt32 = 0) throws {
+        try allReduceElements(buffer, average: average, step: step, bucket: bucket)
+    }
+
+    public func allReduce(_ buffer: UnsafeMutableBufferPointer<Double>, average: Bool = false, step: UInt64 = 0, bucket: UInt32 = 0) throws {
+        try allReduceElements(buffer, average: average, step: step, bucket: bucket)
+    }
+
+    /// Copies `root`'s buffer into every rank's, pipelined along the ring from the root.
+    public func broadcast(_ buffer: UnsafeMutableBufferPointer<Float>, root: Int, step: UInt64 = 0) throws {
+        try broadcastElements(buffer, root: root, step: step)
+    }
+
+    public func broadcast(_ buffer: UnsafeMutableBufferPointer<Double>, root: Int, step: UInt64 = 0) throws {
+        try broadcastElements(buffer, root: root, step: step)
+    }
+
+    // The generic bodies are internal so that the compiler specializes them for Float and Double here;
+    // a public generic called from another module would run unspecialized.
+    func allReduceElements<T: RingElement>(_ buffer: UnsafeMutableBufferPointer<T>, average: Bool, step: UInt64, bucket: UInt32) throws {
         try run(.allReduce) {
             guard size > 1 else { return }
             let n = buffer.count, base = buffer.baseAddress
             let head = header(.allReduce, step: step, bucket: bucket, dtype: T.dtype, totalCount: n)
             let segments = (0..<size).map { segment($0, of: n) }
             let perChunk = max(1, options.chunkBytes / MemoryLayout<T>.stride)
-            func send(_ ringStep: Int, _ index: Int, _ c: Range<Int>) throws {
-                try sendChunk(head, ringStep: ringStep, index: index, offset: c.lowerBound,
-                              payload: UnsafeRawBufferPointer(start: base.map { $0 + c.lowerBound }, count: c.count * MemoryLayout<T>.stride))
+            // Chunks leave straight from the buffer (libzmq reads them in place); a chunk's memory is not
+            // written again before the right neighbour has received it, because everything this rank
+            // receives later depends on it, and `run` waits for the last ones before returning.
+            func lend(_ c: Range<Int>) -> Outgoing {
+                .lent(UnsafeRawBufferPointer(start: base.map { $0 + c.lowerBound }, count: c.count * MemoryLayout<T>.stride))
             }
-            for (i, c) in chunks(segments[rank], perChunk).enumerated() { try send(0, i, c) }
+            for (i, c) in chunks(segments[rank], perChunk).enumerated() { try sendChunk(head, ringStep: 0, index: i, offset: c.lowerBound, lend(c)) }
             let lastStep = 2 * (size - 1) - 1
             for ringStep in 0...lastStep {
                 let reducing = ringStep < size - 1
                 let s = reducing ? (rank - ringStep - 1) : (rank - (ringStep - (size - 1)))
                 for (i, c) in chunks(segments[(s % size + size) % size], perChunk).enumerated() {
-                    let payload = try receive(Expected(operation: .allReduce, step: step, bucket: bucket, ringStep: ringStep, chunkIndex: i,
-                                                       dtype: T.dtype, offset: c.lowerBound, count: c.count, totalCount: n))
+                    let (frame, h) = try receive(Expected(operation: .allReduce, step: step, bucket: bucket, ringStep: ringStep, chunkIndex: i,
+                                                          dtype: T.dtype, offset: c.lowerBound, count: c.count, totalCount: n))
                     if let base, !c.isEmpty {
                         let start = ContinuousClock.now
-                        let x = aligned(payload, as: T.self), y = base + c.lowerBound
+                        let x = aligned(frame.bytes, as: T.self), y = base + c.lowerBound
                         if reducing {
                             T.add(y, x, count: c.count)
-                            if average && ringStep == size - 2 {
-                                let divisor = T(size)
-                                for k in 0..<c.count { y[k] /= divisor }
-                            }
+                            if average && ringStep == size - 2 { T.divide(y, by: T(size), count: c.count) }
                         } else {
                             y.update(from: x, count: c.count)
                         }
                         statistics.reducing += start.duration(to: .now)
                     }
-                    if ringStep < lastStep { try send(ringStep + 1, i, c) }
+                    guard ringStep < lastStep else { continue }
+                    // Reduced chunks go on from the buffer; all-gather passes the received frame itself on.
+                    try sendChunk(head, ringStep: ringStep + 1, index: i, offset: c.lowerBound,
+                                  reducing ? lend(c) : .forwarded(frame, checksum: h.checksum))
                 }
             }
         }
     }
 
-    /// Copies `root`'s buffer into every rank's, pipelined along the ring from the root.
-    public func broadcast<T: RingElement>(_ buffer: UnsafeMutableBufferPointer<T>, root: Int, step: UInt64 = 0) throws {
+    func broadcastElements<T: RingElement>(_ buffer: UnsafeMutableBufferPointer<T>, root: Int, step: UInt64) throws {
         guard (0..<size).contains(root) else { throw CollectiveError(message: "broadcast root \(root) is outside a ring of \(size)") }
         try run(.broadcast) {
             guard size > 1 else { return }
@@ -162,19 +197,19 @@ public final class Ring {
             head.originRank = Int32(root)
             let pieces = chunks(0..<n, max(1, options.chunkBytes / MemoryLayout<T>.stride))
             for (i, c) in pieces.enumerated() {
-                if rank != root {
-                    let payload = try receive(Expected(operation: .broadcast, step: step, ringStep: 0, chunkIndex: i, dtype: T.dtype,
-                                                       offset: c.lowerBound, count: c.count, totalCount: n, origin: root))
-                    if let base, !c.isEmpty {
-                        let start = ContinuousClock.now
-                        (base + c.lowerBound).update(from: aligned(payload, as: T.self), count: c.count)
-                        statistics.reducing += start.duration(to: .now)
-                    }
-                }
-                if right != root {
+                if rank == root {
                     try sendChunk(head, ringStep: 0, index: i, offset: c.lowerBound,
-                                  payload: UnsafeRawBufferPointer(start: base.map { $0 + c.lowerBound }, count: c.count * MemoryLayout<T>.stride))
+                                  .lent(UnsafeRawBufferPointer(start: base.map { $0 + c.lowerBound }, count: c.count * MemoryLayout<T>.stride)))
+                    continue
                 }
+                let (frame, h) = try receive(Expected(operation: .broadcast, step: step, ringStep: 0, chunkIndex: i, dtype: T.dtype,
+                                                      offset: c.lowerBound, count: c.count, totalCount: n, origin: root))
+                if let base, !c.isEmpty {
+                    let start = ContinuousClock.now
+                    (base + c.lowerBound).update(from: aligned(frame.bytes, as: T.self), count: c.count)
+                    statistics.reducing += start.duration(to: .now)
+                }
+                if right != root { try sendChunk(head, ringStep: 0, index: i, offset: c.lowerBound, .forwarded(frame, checksum: h.checksum)) }
             }
         }
     }
@@ -202,8 +237,7 @@ public final class Ring {
             head.originRank = Int32(origin)
             try out[origin].withUnsafeBytes { bytes in
                 for (i, c) in chunks(0..<bytes.count, perChunk).enumerated() {
-                    try sendChunk(head, ringStep: ringStep, index: i, offset: c.lowerBound,
-                                  payload: UnsafeRawBufferPointer(rebasing: bytes[c]))
+                    try sendChunk(head, ringStep: ringStep, index: i, offset: c.lowerBound, .copied(UnsafeRawBufferPointer(rebasing: bytes[c])))
                 }
             }
         }
@@ -217,7 +251,7 @@ public final class Ring {
             repeat {
                 let offset = index * perChunk
                 let count = total.map { min(perChunk, $0 - offset) }
-                let (payload, header) = try receiveWithHeader(Expected(operation: operation, step: step, ringStep: ringStep, chunkIndex: index,
+                let (frame, header) = try receive(Expected(operation: operation, step: step, ringStep: ringStep, chunkIndex: index,
                                                                        dtype: .bytes, offset: offset, count: count, totalCount: total, origin: origin))
                 if total == nil {
                     total = Int(header.totalCount)
@@ -226,7 +260,7 @@ public final class Ring {
                     }
                     received.reserveCapacity(total!)
                 }
-                received.append(contentsOf: payload)
+                received.append(contentsOf: frame.bytes)
                 index += 1
             } while received.count < total!
             out[origin] = received
@@ -262,7 +296,11 @@ public final class Ring {
         if let failure { throw failure }
         defer { sequence += 1 }
         do {
-            return try body()
+            let result = try body()
+            guard lent.waitForAll(deadline: .now + options.timeout) else {
+                throw CollectiveError(message: "rank \(rank): rank \(right) (\(addresses[right])) did not take this rank's last \(lent.outstanding) messages within \(options.timeout)")
+            }
+            return result
         } catch let error as CollectiveError {
             fail(error)
             throw error
@@ -282,29 +320,64 @@ public final class Ring {
         let abort = Envelope(jobID: options.jobID, senderRank: Int32(rank), body: .abort(.init(originRank: origin, reason: error.message)))
         let bytes = abort.encoded()
         try? bytes.withUnsafeBytes { try push.send([$0], wait: false) }
+        // Buffers lent to libzmq belong to the caller, who may free them once this throws: close the
+        // socket (queued messages are dropped after a short linger) and wait until libzmq lets go.
+        try? push.setOption(ZMQ_LINGER, 200, "ZMQ_LINGER")
+        push.close()
+        _ = lent.waitForAll(deadline: .now + .seconds(2))
     }
 
-    private func sendChunk(_ base: ChunkHeader, ringStep: Int, index: Int, offset: Int, payload: UnsafeRawBufferPointer) throws {
+    /// A chunk's payload on its way out.
+    enum Outgoing {
+        /// libzmq copies it at once
+        case copied(UnsafeRawBufferPointer)
+        /// libzmq reads it in place, later; counted in `lent`
+        case lent(UnsafeRawBufferPointer)
+        /// a received frame passed on as it is, with the checksum it came with (already verified)
+        case forwarded(ZeroMQFrame, checksum: UInt64)
+    }
+
+    private func sendChunk(_ base: ChunkHeader, ringStep: Int, index: Int, offset: Int, _ payload: Outgoing) throws {
         guard let push else { return }
         let t0 = ContinuousClock.now
         var h = base
         (h.ringStep, h.chunkIndex, h.offset) = (UInt32(ringStep), UInt32(index), UInt64(offset))
-        h.elementCount = UInt64(payload.count / h.dtype.size)
-        h.checksum = Self.checksum(payload)
+        let count: Int
+        switch payload {
+        case .copied(let bytes), .lent(let bytes):
+            count = bytes.count
+            h.checksum = Self.checksum(bytes)
+        case .forwarded(let frame, let checksum):
+            count = frame.count
+            h.checksum = checksum
+        }
+        h.elementCount = UInt64(count / h.dtype.size)
         let t1 = ContinuousClock.now
         let envelope = Envelope(jobID: options.jobID, senderRank: Int32(rank), body: .chunk(h)).encoded()
-        do { try envelope.withUnsafeBytes { try push.send([$0, payload]) } } catch let e as ZeroMQError where e.code == EAGAIN {
+        do {
+            try envelope.withUnsafeBytes { head in
+                switch payload {
+                case .copied(let bytes): try push.send([head, bytes])
+                case .lent(let bytes): try push.send(header: head, lending: bytes, lent)
+                case .forwarded(let frame, _): try push.send(header: head, forwarding: frame)
+                }
+            }
+        } catch let e as ZeroMQError where e.code == EAGAIN {
             throw CollectiveError(message: "rank \(rank): cannot send to rank \(right) (\(addresses[right])) within \(options.timeout): it takes no messages")
         }
         statistics.checksumming += t0.duration(to: t1)
         statistics.sending += t1.duration(to: .now)
-        statistics.bytesSent += payload.count
+        statistics.bytesSent += count
         statistics.messagesSent += 1
     }
 
     static func checksum(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
         guard let p = bytes.baseAddress, bytes.count > 0 else { return XXH3_64bits(nil, 0) }
+        #if arch(x86_64)
+        return XXH3_64bits_dispatch(p, bytes.count)
+        #else
         return XXH3_64bits(p, bytes.count)
+        #endif
     }
 
     /// What the next message from the left neighbour must be; nil fields are learned from it.
@@ -321,11 +394,8 @@ public final class Ring {
         var origin: Int = -1
     }
 
-    private var received: ZeroMQFrame?   // keeps the last payload alive while the caller reads it
-
-    private func receive(_ e: Expected) throws -> UnsafeRawBufferPointer { try receiveWithHeader(e).0 }
-
-    private func receiveWithHeader(_ e: Expected) throws -> (UnsafeRawBufferPointer, ChunkHeader) {
+    /// The next message from the left neighbour, checked against `e`: its payload frame and header.
+    private func receive(_ e: Expected) throws -> (ZeroMQFrame, ChunkHeader) {
         guard let pull else { throw CollectiveError(message: "rank \(rank): receive in a ring of one") }
         let what = "\(e.operation) #\(sequence) ring step \(e.ringStep) chunk \(e.chunkIndex)"
         let t0 = ContinuousClock.now
@@ -384,8 +454,7 @@ public final class Ring {
             throw CollectiveError(message: "rank \(rank): corrupt payload from \(from) in \(what): checksum \(String(format: "%016llx", sum)), header says \(String(format: "%016llx", h.checksum))")
         }
         statistics.bytesReceived += payload.count
-        received = frames[1]
-        return (payload, h)
+        return (frames[1], h)
     }
 
     private func mismatch(_ field: String, _ here: String, _ there: String) -> CollectiveError {

@@ -1,3 +1,4 @@
+import CTetherKernels
 import CZeroMQ
 import Foundation
 
@@ -115,6 +116,37 @@ public final class ZeroMQSocket {
         }
     }
 
+    /// Sends a header (copied) and a payload libzmq reads in place, without a copy: the payload's memory
+    /// must not change until `lent` counts it returned.
+    public func send(header: UnsafeRawBufferPointer, lending payload: UnsafeRawBufferPointer, _ lent: LentBuffers) throws {
+        guard let base = payload.baseAddress, payload.count > 0 else { return try send([header, payload]) }
+        try ZeroMQ.check(zmq_send(handle, header.baseAddress, header.count, ZMQ_SNDMORE), "zmq_send")
+        var msg = zmq_msg_t()
+        lent.lend()
+        guard zmq_msg_init_data(&msg, UnsafeMutableRawPointer(mutating: base), payload.count, tether_pending_release, lent.counter) == 0 else {
+            lent.returned()
+            throw ZeroMQError(call: "zmq_msg_init_data", code: zmq_errno(), reason: String(cString: zmq_strerror(zmq_errno())))
+        }
+        if zmq_msg_send(&msg, handle, 0) == -1 {
+            let code = zmq_errno()
+            zmq_msg_close(&msg)   // calls the free function: the buffer is back
+            throw ZeroMQError(call: "zmq_msg_send", code: code, reason: String(cString: zmq_strerror(code)))
+        }
+    }
+
+    /// Sends a header (copied) and passes on a received frame, sharing its buffer (no copy).
+    public func send(header: UnsafeRawBufferPointer, forwarding frame: ZeroMQFrame) throws {
+        try ZeroMQ.check(zmq_send(handle, header.baseAddress, header.count, ZMQ_SNDMORE), "zmq_send")
+        var msg = zmq_msg_t()
+        zmq_msg_init(&msg)
+        try ZeroMQ.check(zmq_msg_copy(&msg, frame.msg), "zmq_msg_copy")
+        if zmq_msg_send(&msg, handle, 0) == -1 {
+            let code = zmq_errno()
+            zmq_msg_close(&msg)
+            throw ZeroMQError(call: "zmq_msg_send", code: code, reason: String(cString: zmq_strerror(code)))
+        }
+    }
+
     /// Receives one multipart message, or nil if none arrives before `deadline`.
     public func receive(deadline: ContinuousClock.Instant) throws -> [ZeroMQFrame]? {
         var item = zmq_pollitem_t(socket: handle, fd: 0, events: Int16(ZMQ_POLLIN), revents: 0)
@@ -141,5 +173,28 @@ extension Duration {
     var milliseconds: Int {
         let (s, atto) = components
         return Int(min(Int64(Int32.max), s * 1000 + (atto + 999_999_999_999_999) / 1_000_000_000_000_000))
+    }
+}
+
+/// Buffers lent to libzmq by zero-copy sends and not yet given back (its I/O thread, or an inproc
+/// receiver, calls the free function when done with one).
+public final class LentBuffers: @unchecked Sendable {
+    let counter = UnsafeMutablePointer<Int>.allocate(capacity: 1)
+    public init() { counter.initialize(to: 0) }
+    deinit { counter.deallocate() }
+
+    func lend() { tether_pending_add(counter, 1) }
+    func returned() { tether_pending_add(counter, -1) }
+    public var outstanding: Int { tether_pending_load(counter) }
+
+    /// Waits until every buffer is back; false if some are still out at `deadline`.
+    public func waitForAll(deadline: ContinuousClock.Instant) -> Bool {
+        var spins = 0
+        while outstanding > 0 {
+            if ContinuousClock.now >= deadline { return false }
+            spins += 1
+            if spins > 100 { usleep(50) }
+        }
+        return true
     }
 }

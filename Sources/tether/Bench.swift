@@ -6,7 +6,7 @@ import TetherTensor
 import TetherTrain
 
 struct Bench: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Benchmarks.", subcommands: [BenchTrain.self])
+    static let configuration = CommandConfiguration(abstract: "Benchmarks.", subcommands: [BenchTrain.self, BenchAllReduce.self])
 }
 
 /// Training throughput of the full step (batch assembly, forward, backward, optimizer), measured over

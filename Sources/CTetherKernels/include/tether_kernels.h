@@ -34,3 +34,13 @@ void tether_col2im_f64(double *dx, const double *dcol, const tether_conv_shape *
 /// y[i] += x[i]: the reduction of the ring all-reduce.
 void tether_add_f32(float *y, const float *x, size_t n);
 void tether_add_f64(double *y, const double *x, size_t n);
+
+/// Raises glibc's mmap threshold and trim limit so that repeated large allocations (libzmq's
+/// per-message buffers) reuse heap memory instead of fresh zero-filled mappings. Process-wide.
+void tether_keep_heap_memory(size_t mmap_threshold, size_t trim_threshold);
+
+/// A count of buffers lent to another thread (libzmq's zero-copy sends): add before lending; the
+/// borrower calls tether_pending_release (a zmq_free_fn) with the counter as its hint when done.
+void tether_pending_add(long *pending, long n);
+long tether_pending_load(const long *pending);
+void tether_pending_release(void *data, void *hint);

@@ -1,0 +1,221 @@
+import ArgumentParser
+import CXXHash
+import Foundation
+import TetherComm
+
+extension Transport: ExpressibleByArgument {}
+
+/// All-reduce time and bandwidth, as nccl-tests reports them: algbw = S/t, busbw = S/t * 2(N-1)/N.
+/// By default N separate processes of this binary on this host; with --rank and --addresses, one rank
+/// of a ring whose other ranks run elsewhere (other hosts, network namespaces).
+struct BenchAllReduce: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "allreduce", abstract: "Ring all-reduce time and bandwidth over ZeroMQ.",
+        discussion: """
+            Each timed iteration starts after a barrier; its time is the slowest rank's, and the median over \
+            iterations is reported. Sizes take B, KB, MB, GB (powers of 1000) or KiB, MiB, GiB.
+            """)
+
+    @Option(help: "Ranks, each a separate process (inproc: a thread).") var ranks = 2
+    @Option(help: "Bytes to all-reduce (float32 elements), e.g. 100MB.") var size = "100MB"
+    @Option(help: "tcp (loopback), ipc or inproc.") var transport: Transport = .tcp
+    @Option(help: "Chunk size in bytes (default \(RingOptions().chunkBytes)).") var chunk: Int?
+    @Option(help: "Timed iterations.") var iterations = 10
+    @Option(help: "Untimed warm-up iterations.") var warmup = 2
+    @Option(help: "Seconds any receive may wait before the ring fails.") var timeout = 30.0
+    @Option(help: "Run only this rank (with --addresses).") var rank: Int?
+    @Option(help: "Every rank's address, comma-separated, in rank order (with --rank).") var addresses: String?
+    @Flag(help: "Also check one all-reduce against a Double reference sum and compare the result across ranks.") var check = false
+    @Flag(help: "Print one JSON object.") var json = false
+
+    func validate() throws {
+        guard ranks >= 1 else { throw ValidationError("--ranks must be at least 1") }
+        guard iterations >= 1, warmup >= 0 else { throw ValidationError("--iterations must be at least 1, --warmup not negative") }
+        guard timeout > 0 else { throw ValidationError("--timeout must be positive") }
+        _ = try Self.parseBytes(size)
+        if let chunk, chunk < 4 { throw ValidationError("--chunk must be at least 4 bytes") }
+        if (rank == nil) != (addresses == nil) { throw ValidationError("--rank and --addresses go together") }
+        if let rank, let addresses {
+            let n = addresses.split(separator: ",").count
+            guard (0..<n).contains(rank) else { throw ValidationError("--rank \(rank) is outside the \(n) addresses given") }
+        }
+        if rank == nil && transport == .inproc && ranks > 64 { throw ValidationError("inproc runs ranks as threads; at most 64") }
+    }
+
+    static func parseBytes(_ text: String) throws -> Int {
+        let units: [(String, Double)] = [("KiB", 1024), ("MiB", 1_048_576), ("GiB", 1_073_741_824), ("KB", 1e3), ("MB", 1e6), ("GB", 1e9), ("B", 1)]
+        let t = text.trimmingCharacters(in: .whitespaces)
+        for (suffix, scale) in units where t.hasSuffix(suffix) {
+            if let v = Double(t.dropLast(suffix.count).trimmingCharacters(in: .whitespaces)), v >= 0 { return Int(v * scale) }
+        }
+        if let v = Int(t), v >= 0 { return v }
+        throw ValidationError("--size \(text): expected a byte count such as 100MB, 16MiB or 4096")
+    }
+
+    var options: RingOptions {
+        var o = RingOptions()
+        o.timeout = .milliseconds(Int(timeout * 1000))
+        if let chunk { o.chunkBytes = chunk }
+        o.jobID = "bench-allreduce"
+        return o
+    }
+
+    func run() throws {
+        do {
+            let elements = try Self.parseBytes(size) / 4
+            if let rank, let addresses {
+                let report = try RankRun(rank: rank, addresses: addresses.split(separator: ",").map(String.init), elements: elements,
+                                         options: options, iterations: iterations, warmup: warmup, check: check).run(context: ZeroMQContext())
+                print(String(data: try JSONEncoder().encode(report), encoding: .utf8)!)
+                return
+            }
+            let reports = transport == .inproc ? try inThreads(elements) : try inProcesses()
+            try summarize(reports, elements: elements)
+        } catch {
+            exitWithError(error)
+        }
+    }
+
+    /// Ranks as threads of this process, sharing one context (what inproc requires).
+    func inThreads(_ elements: Int) throws -> [RankReport] {
+        let addresses = try transport.localAddresses(ranks)
+        let context = try ZeroMQContext()
+        let group = DispatchGroup(), lock = NSLock()
+        nonisolated(unsafe) var results = [Result<RankReport, Error>?](repeating: nil, count: ranks)
+        for r in 0..<ranks {
+            group.enter()
+            let run = RankRun(rank: r, addresses: addresses, elements: elements, options: options, iterations: iterations, warmup: warmup, check: check)
+            Thread {
+                let result = Result { try run.run(context: context) }
+                lock.lock(); results[r] = result; lock.unlock()
+                group.leave()
+            }.start()
+        }
+        group.wait()
+        return try results.map { try $0!.get() }
+    }
+
+    /// Ranks as child processes of this binary; a child that fails fails the run with its own message.
+    func inProcesses() throws -> [RankReport] {
+        let addresses = try transport.localAddresses(ranks).joined(separator: ",")
+        let me = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+        var children: [(Process, Pipe, Pipe)] = []
+        for r in 0..<ranks {
+            let p = Process(), out = Pipe(), err = Pipe()
+            p.executableURL = me
+            var args = ["bench", "allreduce", "--rank", "\(r)", "--addresses", addresses, "--size", size,
+                        "--iterations", "\(iterations)", "--warmup", "\(warmup)", "--timeout", "\(timeout)"]
+            if let chunk { args += ["--chunk", "\(chunk)"] }
+            if check { args.append("--check") }
+            p.arguments = args
+            (p.standardOutput, p.standardError) = (out, err)
+            try p.run()
+            children.append((p, out, err))
+        }
+        var reports: [RankReport] = [], failures: [String] = []
+        for (r, (p, out, err)) in children.enumerated() {
+            let stdout = out.fileHandleForReading.readDataToEndOfFile()
+            let stderr = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            p.waitUntilExit()
+            if p.terminationStatus == 0, let report = try? JSONDecoder().decode(RankReport.self, from: stdout) {
+                reports.append(report)
+            } else {
+                failures.append("rank \(r) (exit \(p.terminationStatus)): \(stderr.trimmingCharacters(in: .whitespacesAndNewlines))")
+            }
+        }
+        guard failures.isEmpty else { throw CollectiveError(message: failures.joined(separator: "\n")) }
+        return reports
+    }
+
+    func summarize(_ reports: [RankReport], elements: Int) throws {
+        let bytes = Double(elements * 4), n = Double(ranks)
+        // An iteration ends when its slowest rank does.
+        let times = (0..<iterations).map { i in reports.map { $0.seconds[i] }.max()! }
+        let median = times.sorted()[times.count / 2]
+        let algbw = bytes / median / 1e9, busbw = algbw * 2 * (n - 1) / max(n, 1)
+        if check {
+            let hashes = Set(reports.map(\.resultHash))
+            guard hashes.count == 1 else { throw CollectiveError(message: "ranks ended with different results: hashes \(reports.map(\.resultHash))") }
+            let worst = reports.map(\.maxRelativeError).max()!
+            guard worst <= 1e-6 else { throw CollectiveError(message: "result differs from the Double reference by \(worst) (relative)") }
+        }
+        let s = reports[0].statistics
+        let perIteration = { (x: Double) in x / Double(iterations) * 1000 }
+        if json {
+            var out: [String: Any] = ["ranks": ranks, "bytes": Int(bytes), "transport": transport.rawValue,
+                                      "chunk_bytes": options.chunkBytes, "iterations": iterations,
+                                      "median_ms": median * 1000, "times_ms": times.map { $0 * 1000 },
+                                      "algbw_gbps": algbw, "busbw_gbps": busbw,
+                                      "rank0_ms_per_iteration": ["waiting": perIteration(s.waiting), "sending": perIteration(s.sending),
+                                                                 "reducing": perIteration(s.reducing), "checksumming": perIteration(s.checksumming)]]
+            if check { out["check"] = "ok: bitwise identical on every rank, within 1e-6 of the Double reference" }
+            print(String(data: try JSONSerialization.data(withJSONObject: out, options: [.sortedKeys]), encoding: .utf8)!)
+        } else {
+            print("all-reduce of \(size) (\(elements) float32) over \(ranks) ranks, \(transport), chunk \(options.chunkBytes) bytes")
+            print("times (ms): \(times.map { String(format: "%.1f", $0 * 1000) }.joined(separator: " "))")
+            print(String(format: "median %.2f ms  algbw %.3f GB/s  busbw %.3f GB/s", median * 1000, algbw, busbw))
+            print(String(format: "rank 0 per iteration (ms): waiting %.2f, sending %.2f, reducing %.2f, checksumming %.2f",
+                         perIteration(s.waiting), perIteration(s.sending), perIteration(s.reducing), perIteration(s.checksumming)))
+            if check { print("check: bitwise identical on every rank, within 1e-6 of the Double reference") }
+        }
+    }
+}
+
+/// What one rank measured.
+struct RankReport: Codable {
+    var rank: Int
+    var seconds: [Double]
+    var statistics: Stats
+    var resultHash: UInt64 = 0
+    var maxRelativeError: Double = 0
+
+    struct Stats: Codable {
+        var waiting = 0.0, sending = 0.0, reducing = 0.0, checksumming = 0.0
+    }
+}
+
+struct RankRun {
+    var rank: Int, addresses: [String], elements: Int, options: RingOptions, iterations: Int, warmup: Int, check: Bool
+
+    /// Rank r's check values; the reference sum over ranks is computed in Double from the same formula.
+    static func value(_ i: Int, rank: Int) -> Float { Float((i % 1009) - 504) * 0.001 + Float(rank) * 0.5 }
+
+    func run(context: ZeroMQContext) throws -> RankReport {
+        let ring = try Ring(context: context, rank: rank, addresses: addresses, options: options)
+        var report = RankReport(rank: rank, seconds: [], statistics: .init())
+        var buffer = [Float](repeating: 1, count: elements)
+        if check {
+            for i in 0..<elements { buffer[i] = Self.value(i, rank: rank) }
+            try buffer.withUnsafeMutableBufferPointer { try ring.allReduce($0) }
+            var worst = 0.0
+            for i in 0..<elements {
+                let exact = (0..<addresses.count).reduce(0.0) { $0 + Double(Self.value(i, rank: $1)) }
+                let scale = (0..<addresses.count).reduce(0.0) { $0 + abs(Double(Self.value(i, rank: $1))) }
+                worst = max(worst, abs(Double(buffer[i]) - exact) / max(scale, 1e-30))
+            }
+            report.maxRelativeError = worst
+            report.resultHash = buffer.withUnsafeBytes { XXH3_64bits($0.baseAddress, $0.count) }
+        }
+        var stats = RankReport.Stats()
+        for i in 0..<(warmup + iterations) {
+            try ring.barrier()
+            let before = ring.statistics, start = ContinuousClock.now
+            // Average keeps the values bounded over many iterations; it costs one division per element
+            // of the rank's own segment.
+            try buffer.withUnsafeMutableBufferPointer { try ring.allReduce($0, average: true) }
+            guard i >= warmup else { continue }
+            report.seconds.append(start.duration(to: .now).seconds)
+            let after = ring.statistics
+            stats.waiting += (after.waiting - before.waiting).seconds
+            stats.sending += (after.sending - before.sending).seconds
+            stats.reducing += (after.reducing - before.reducing).seconds
+            stats.checksumming += (after.checksumming - before.checksumming).seconds
+        }
+        report.statistics = stats
+        return report
+    }
+}
+
+extension Duration {
+    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) * 1e-18 }
+}
