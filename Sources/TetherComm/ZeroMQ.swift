@@ -14,6 +14,20 @@ public enum ZeroMQ {
     }
 
     /// Throws a `ZeroMQError` naming `call` when `rc` is libzmq's -1.
+    /// Waits until one of `sockets` has a message: which ones do, or nil at `deadline`.
+    public static func poll(_ sockets: [ZeroMQSocket], deadline: ContinuousClock.Instant) throws -> [Bool]? {
+        var items = sockets.map { zmq_pollitem_t(socket: $0.handle, fd: 0, events: Int16(ZMQ_POLLIN), revents: 0) }
+        while true {
+            // A deadline already past still looks once (timeout 0).
+            let left = ContinuousClock.now.duration(to: deadline)
+            let rc = zmq_poll(&items, Int32(items.count), left <= .zero ? 0 : max(1, left.milliseconds))
+            if rc == -1 && zmq_errno() == EINTR { continue }
+            try check(rc, "zmq_poll")
+            if rc > 0 { return items.map { $0.revents & Int16(ZMQ_POLLIN) != 0 } }
+            if left <= .zero || ContinuousClock.now >= deadline { return nil }
+        }
+    }
+
     @discardableResult
     static func check(_ rc: Int32, _ call: @autoclosure () -> String) throws -> Int32 {
         guard rc == -1 else { return rc }
@@ -54,8 +68,14 @@ public final class ZeroMQFrame {
 
 public final class ZeroMQSocket {
     public enum Kind {
-        case push, pull
-        var raw: Int32 { self == .push ? ZMQ_PUSH : ZMQ_PULL }
+        case push, pull, pair
+        var raw: Int32 {
+            switch self {
+            case .push: ZMQ_PUSH
+            case .pull: ZMQ_PULL
+            case .pair: ZMQ_PAIR
+            }
+        }
     }
 
     let handle: UnsafeMutableRawPointer
@@ -149,15 +169,12 @@ public final class ZeroMQSocket {
 
     /// Receives one multipart message, or nil if none arrives before `deadline`.
     public func receive(deadline: ContinuousClock.Instant) throws -> [ZeroMQFrame]? {
-        var item = zmq_pollitem_t(socket: handle, fd: 0, events: Int16(ZMQ_POLLIN), revents: 0)
-        while true {
-            let left = ContinuousClock.now.duration(to: deadline)
-            if left <= .zero { return nil }
-            let rc = zmq_poll(&item, 1, max(1, left.milliseconds))
-            if rc == -1 && zmq_errno() == EINTR { continue }
-            try ZeroMQ.check(rc, "zmq_poll")
-            if rc > 0 { break }
-        }
+        guard try ZeroMQ.poll([self], deadline: deadline)?[0] == true else { return nil }
+        return try receiveReady()
+    }
+
+    /// Receives a message that `poll` said is there.
+    public func receiveReady() throws -> [ZeroMQFrame] {
         var frames: [ZeroMQFrame] = []
         repeat {
             let frame = ZeroMQFrame()
@@ -196,5 +213,31 @@ public final class LentBuffers: @unchecked Sendable {
             if spins > 100 { usleep(50) }
         }
         return true
+    }
+}
+
+/// Counts the peers connected to a bound socket, from libzmq's monitor events (tcp and ipc; inproc
+/// reports none). A ring rank's PULL socket has one legitimate peer, its left neighbour; when the count
+/// falls to zero that neighbour's connection is gone (its process died, or its host went away).
+public final class ConnectionMonitor {
+    public let events: ZeroMQSocket
+    public private(set) var connected = 0
+    public private(set) var disconnects = 0
+
+    public init(_ context: ZeroMQContext, watching socket: ZeroMQSocket) throws {
+        let endpoint = "inproc://tether-monitor-\(UUID().uuidString)"
+        try ZeroMQ.check(zmq_socket_monitor(socket.handle, endpoint, ZMQ_EVENT_ACCEPTED | ZMQ_EVENT_DISCONNECTED),
+                         "zmq_socket_monitor(\(endpoint))")
+        events = try ZeroMQSocket(context, .pair, linger: .zero)
+        try events.connect(endpoint)
+    }
+
+    /// Reads every pending event.
+    public func drain() throws {
+        while let frames = try events.receive(deadline: .now), let first = frames.first, first.count >= 2 {
+            let event = first.bytes.loadUnaligned(as: UInt16.self)
+            if Int32(event) == ZMQ_EVENT_ACCEPTED { connected += 1 }
+            if Int32(event) == ZMQ_EVENT_DISCONNECTED { connected = max(0, connected - 1); disconnects += 1 }
+        }
     }
 }

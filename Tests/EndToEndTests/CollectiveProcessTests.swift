@@ -1,0 +1,61 @@
+import Foundation
+import Testing
+
+/// The ring between real processes over loopback tcp: the `tether bench allreduce` binary, as a user runs it.
+@Suite(.serialized) struct CollectiveProcessTests {
+    /// Three processes; every rank checks its result against the Double reference and the parent compares
+    /// the result's hash across ranks.
+    @Test func threeProcessesOverTCPAgreeWithTheReference() throws {
+        let r = try CLI.run(["bench", "allreduce", "--ranks", "3", "--size", "3000003B", "--chunk", "65536",
+                             "--iterations", "2", "--warmup", "0", "--check", "--timeout", "20"], timeout: 120)
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout.contains("check: bitwise identical on every rank, within 1e-6 of the Double reference"), "\(r.stdout)")
+        #expect(r.stdout.contains("over 3 ranks, tcp"))
+    }
+
+    @Test func badFlagsAreRefused() throws {
+        let r = try CLI.run(["bench", "allreduce", "--size", "12 parsecs"])
+        #expect(r.status != 0)
+        #expect(r.stderr.contains("--size 12 parsecs: expected a byte count"))
+        let s = try CLI.run(["bench", "allreduce", "--rank", "3", "--addresses", "tcp://127.0.0.1:1,tcp://127.0.0.1:2"])
+        #expect(s.status != 0)
+        #expect(s.stderr.contains("--rank 3 is outside the 2 addresses given"))
+    }
+
+    /// Three ranks run many all-reduces; rank 1 is killed in the middle. Rank 2 (its right neighbour) sees
+    /// the connection drop and names it; rank 0 names it too, through rank 2's relayed cause or its failed
+    /// sends. Nobody hangs.
+    @Test func aPeerKilledMidOperationIsNamedAndNobodyHangs() throws {
+        let ports = (0..<3).map { _ in Int.random(in: 20000..<60000) }
+        let addresses = ports.map { "tcp://127.0.0.1:\($0)" }.joined(separator: ",")
+        var ranks: [(Process, Pipe)] = []
+        for rank in 0..<3 {
+            let p = Process(), err = Pipe()
+            p.executableURL = CLI.binary
+            p.arguments = ["bench", "allreduce", "--rank", "\(rank)", "--addresses", addresses, "--size", "8MB",
+                           "--iterations", "100000", "--timeout", "2"]
+            p.standardOutput = FileHandle.nullDevice
+            p.standardError = err
+            try p.run()
+            ranks.append((p, err))
+        }
+        Thread.sleep(forTimeInterval: 1.5)
+        #expect(ranks.allSatisfy { $0.0.isRunning }, "all ranks should still be working when rank 1 is killed")
+        kill(ranks[1].0.processIdentifier, SIGKILL)
+        let killedAt = Date()
+        var messages: [Int: String] = [:]
+        for rank in [0, 2] {
+            let (p, err) = ranks[rank]
+            // a hard bound, should a rank hang
+            DispatchQueue.global().asyncAfter(deadline: .now() + 20) { if p.isRunning { p.terminate() } }
+            messages[rank] = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            p.waitUntilExit()
+            #expect(p.terminationStatus == 1, "rank \(rank) should fail, not be killed: \(messages[rank]!)")
+        }
+        ranks[1].0.waitUntilExit()
+        #expect(Date().timeIntervalSince(killedAt) < 10)
+        #expect(messages[2]!.contains("rank 2: rank 1 (tcp://127.0.0.1:\(ports[1])) disconnected"), "\(messages[2]!)")
+        #expect(messages[0]!.contains("rank 2 gave up on the ring: rank 2: rank 1 (tcp://127.0.0.1:\(ports[1])) disconnected")
+                || messages[0]!.contains("rank 0: cannot send to rank 1"), "\(messages[0]!)")
+    }
+}

@@ -1,0 +1,32 @@
+#!/usr/bin/env python3
+"""One rank of PyTorch's gloo all_reduce, for runs where each rank lives on its own (emulated) host.
+Prints {"seconds": [...]} like `tether bench allreduce --rank`, so bench/netns-allreduce aggregates both.
+
+    python3 bench/peers/gloo_rank.py --rank R --world N --master tcp://HOST:PORT --size 64MiB
+"""
+import argparse, json, time
+import torch
+import torch.distributed as dist
+from gloo_allreduce import parse_bytes
+
+p = argparse.ArgumentParser()
+p.add_argument("--rank", type=int, required=True)
+p.add_argument("--world", type=int, required=True)
+p.add_argument("--master", required=True)
+p.add_argument("--size", default="64MiB")
+p.add_argument("--iterations", type=int, default=5)
+p.add_argument("--warmup", type=int, default=1)
+args = p.parse_args()
+torch.set_num_threads(1)
+dist.init_process_group("gloo", init_method=args.master, rank=args.rank, world_size=args.world)
+x = torch.ones(parse_bytes(args.size) // 4, dtype=torch.float32)
+seconds = []
+for i in range(args.warmup + args.iterations):
+    dist.barrier()
+    t = time.perf_counter()
+    dist.all_reduce(x)
+    x.div_(args.world)
+    if i >= args.warmup:
+        seconds.append(time.perf_counter() - t)
+dist.destroy_process_group()
+print(json.dumps({"peer": f"torch {torch.__version__} gloo", "seconds": seconds}))
