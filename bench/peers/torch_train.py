@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""The peer figure for `tether bench train`: PyTorch on the CPU, the same models (weight norm through
+torch.nn.utils.parametrizations.weight_norm), Fashion-MNIST batches, Adam, median samples/s over runs.
+
+    python3 bench/peers/torch_train.py --model cnn-wn [--batch 64] [--threads 1]
+"""
+import argparse, gzip, json, statistics, time
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
+
+def load_images(path="/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"):
+    with gzip.open(path) as f:
+        data = f.read()
+    return np.frombuffer(data, np.uint8, offset=16).reshape(-1, 1, 28, 28).astype(np.float32) / 255
+
+def load_labels(path="/usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz"):
+    with gzip.open(path) as f:
+        return np.frombuffer(f.read(), np.uint8, offset=8).astype(np.int64)
+
+def model(name):
+    wn = (lambda m: weight_norm(m)) if name != "mlp" else (lambda m: m)
+    if name in ("mlp", "mlp-wn"):
+        return nn.Sequential(nn.Flatten(), wn(nn.Linear(784, 256)), nn.ReLU(), wn(nn.Linear(256, 256)), nn.ReLU(), wn(nn.Linear(256, 10)))
+    return nn.Sequential(wn(nn.Conv2d(1, 32, 5, padding=2)), nn.ReLU(), nn.MaxPool2d(2),
+                         wn(nn.Conv2d(32, 64, 5, padding=2)), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         wn(nn.Linear(64 * 7 * 7, 256)), nn.ReLU(), wn(nn.Linear(256, 10)))
+
+p = argparse.ArgumentParser()
+p.add_argument("--model", default="mlp-wn", choices=["mlp", "mlp-wn", "cnn-wn"])
+p.add_argument("--batch", type=int, default=64)
+p.add_argument("--threads", type=int, default=1)
+p.add_argument("--repeats", type=int, default=5)
+p.add_argument("--steps", type=int)
+args = p.parse_args()
+torch.set_num_threads(args.threads)
+torch.manual_seed(0)
+x, y = torch.from_numpy(load_images()), torch.from_numpy(load_labels())
+m = model(args.model)
+opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+loss_fn = nn.CrossEntropyLoss()
+steps = args.steps or max(10, 20000 // (args.batch * (20 if args.model.startswith("cnn") else 1)))
+perm = torch.randperm(len(x))
+cursor = 0
+def step():
+    global cursor
+    if (cursor + 1) * args.batch > len(x):
+        cursor = 0
+    idx = perm[cursor * args.batch:(cursor + 1) * args.batch]
+    cursor += 1
+    opt.zero_grad()
+    loss_fn(m(x[idx]), y[idx]).backward()
+    opt.step()
+for _ in range(5):
+    step()
+rates = []
+for _ in range(args.repeats):
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    rates.append(steps * args.batch / (time.perf_counter() - t))
+print(json.dumps({"peer": f"torch {torch.__version__}", "model": args.model, "batch": args.batch, "threads": args.threads,
+                  "samples_per_sec": statistics.median(rates), "runs": rates}))
