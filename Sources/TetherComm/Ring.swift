@@ -77,7 +77,6 @@ public final class Ring {
     public let options: RingOptions
     public var statistics = RingStatistics()
     private let pull: ZeroMQSocket?
-    private let leftConnection: ConnectionMonitor?
     private let push: ZeroMQSocket?
     private var sequence: UInt64 = 0
     private let lent = LentBuffers()
@@ -96,7 +95,7 @@ public final class Ring {
             throw CollectiveError(message: "rank \(rank) is outside a ring of \(addresses.count)")
         }
         (self.rank, self.size, self.addresses, self.options) = (rank, addresses.count, addresses, options)
-        guard addresses.count > 1 else { (pull, push, leftConnection) = (nil, nil, nil); return }
+        guard addresses.count > 1 else { (pull, push) = (nil, nil); return }
         _ = Self.keepChunkMemory
         let pull = try ZeroMQSocket(context, .pull), push = try ZeroMQSocket(context, .push)
         do { try pull.bind(addresses[rank]) } catch {
@@ -105,7 +104,6 @@ public final class Ring {
         try push.connect(addresses[(rank + 1) % size])
         try push.setSendTimeout(options.timeout)
         (self.pull, self.push) = (pull, push)
-        leftConnection = try ConnectionMonitor(context, watching: pull)
         try run(.handshake) {
             try sendChunk(header(.handshake, totalCount: 0), ringStep: 0, index: 0, offset: 0, .copied(UnsafeRawBufferPointer(start: nil, count: 0)))
             _ = try receive(Expected(operation: .handshake, ringStep: 0, chunkIndex: 0, offset: 0, count: 0, totalCount: 0))
@@ -122,7 +120,6 @@ public final class Ring {
 
     deinit {
         scratch.deallocate()
-        leftConnection?.events.close()
         push?.close()
         pull?.close()
     }
@@ -402,7 +399,7 @@ public final class Ring {
         guard let pull else { throw CollectiveError(message: "rank \(rank): receive in a ring of one") }
         let what = "\(e.operation) #\(sequence) ring step \(e.ringStep) chunk \(e.chunkIndex)"
         let t0 = ContinuousClock.now
-        guard let frames = try nextMessage(deadline: t0 + options.timeout, waitingFor: what) else {
+        guard let frames = try pull.receive(deadline: t0 + options.timeout) else {
             throw CollectiveError(message: "rank \(rank): no message from rank \(left) (\(addresses[left])) within \(options.timeout) (waiting for \(what))")
         }
         let t1 = ContinuousClock.now
@@ -458,32 +455,6 @@ public final class Ring {
         }
         statistics.bytesReceived += payload.count
         return (frames[1], h)
-    }
-
-    /// How long a neighbour whose connection dropped has to come back (libzmq reconnects by itself).
-    static let reconnectGrace: Duration = .seconds(1)
-
-    /// The next message from the pull socket, or nil at the deadline. When the left neighbour's
-    /// connection drops (its process died), the wait ends after `reconnectGrace` instead, with an error
-    /// naming it: the other ranks learn the cause from this rank's Abort long before their own deadlines.
-    private func nextMessage(deadline: ContinuousClock.Instant, waitingFor what: String) throws -> [ZeroMQFrame]? {
-        guard let pull else { return nil }
-        guard let monitor = leftConnection else { return try pull.receive(deadline: deadline) }
-        var deadline = deadline, droppedAt: ContinuousClock.Instant?
-        while let ready = try ZeroMQ.poll([pull, monitor.events], deadline: deadline) {
-            if ready[0] { return try pull.receiveReady() }
-            try monitor.drain()
-            if monitor.connected == 0 && monitor.disconnects > 0 && droppedAt == nil {
-                droppedAt = .now
-                deadline = min(deadline, .now + Self.reconnectGrace)
-            } else if monitor.connected > 0 {
-                droppedAt = nil
-            }
-        }
-        if droppedAt != nil {
-            throw CollectiveError(message: "rank \(rank): rank \(left) (\(addresses[left])) disconnected and did not come back within \(Self.reconnectGrace) (waiting for \(what))")
-        }
-        return nil
     }
 
     private func mismatch(_ field: String, _ here: String, _ there: String) -> CollectiveError {

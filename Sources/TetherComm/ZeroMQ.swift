@@ -215,29 +215,3 @@ public final class LentBuffers: @unchecked Sendable {
         return true
     }
 }
-
-/// Counts the peers connected to a bound socket, from libzmq's monitor events (tcp and ipc; inproc
-/// reports none). A ring rank's PULL socket has one legitimate peer, its left neighbour; when the count
-/// falls to zero that neighbour's connection is gone (its process died, or its host went away).
-public final class ConnectionMonitor {
-    public let events: ZeroMQSocket
-    public private(set) var connected = 0
-    public private(set) var disconnects = 0
-
-    public init(_ context: ZeroMQContext, watching socket: ZeroMQSocket) throws {
-        let endpoint = "inproc://tether-monitor-\(UUID().uuidString)"
-        try ZeroMQ.check(zmq_socket_monitor(socket.handle, endpoint, ZMQ_EVENT_ACCEPTED | ZMQ_EVENT_DISCONNECTED),
-                         "zmq_socket_monitor(\(endpoint))")
-        events = try ZeroMQSocket(context, .pair, linger: .zero)
-        try events.connect(endpoint)
-    }
-
-    /// Reads every pending event.
-    public func drain() throws {
-        while let frames = try events.receive(deadline: .now), let first = frames.first, first.count >= 2 {
-            let event = first.bytes.loadUnaligned(as: UInt16.self)
-            if Int32(event) == ZMQ_EVENT_ACCEPTED { connected += 1 }
-            if Int32(event) == ZMQ_EVENT_DISCONNECTED { connected = max(0, connected - 1); disconnects += 1 }
-        }
-    }
-}

@@ -22,9 +22,9 @@ import Testing
         #expect(s.stderr.contains("--rank 3 is outside the 2 addresses given"))
     }
 
-    /// Three ranks run many all-reduces; rank 1 is killed in the middle. Rank 2 (its right neighbour) sees
-    /// the connection drop and names it; rank 0 names it too, through rank 2's relayed cause or its failed
-    /// sends. Nobody hangs.
+    /// Three ranks run many all-reduces; rank 1 is killed in the middle. Rank 2 (its right neighbour) times
+    /// out naming it; rank 0, whose deadline is set later, names it too, through rank 2's relayed cause or
+    /// its own failed sends to rank 1. Nobody hangs.
     @Test func aPeerKilledMidOperationIsNamedAndNobodyHangs() throws {
         let ports = (0..<3).map { _ in Int.random(in: 20000..<60000) }
         let addresses = ports.map { "tcp://127.0.0.1:\($0)" }.joined(separator: ",")
@@ -33,7 +33,7 @@ import Testing
             let p = Process(), err = Pipe()
             p.executableURL = CLI.binary
             p.arguments = ["bench", "allreduce", "--rank", "\(rank)", "--addresses", addresses, "--size", "8MB",
-                           "--iterations", "100000", "--timeout", "2"]
+                           "--iterations", "100000", "--timeout", rank == 0 ? "6" : "2"]
             p.standardOutput = FileHandle.nullDevice
             p.standardError = err
             try p.run()
@@ -53,9 +53,9 @@ import Testing
             #expect(p.terminationStatus == 1, "rank \(rank) should fail, not be killed: \(messages[rank]!)")
         }
         ranks[1].0.waitUntilExit()
-        #expect(Date().timeIntervalSince(killedAt) < 10)
-        #expect(messages[2]!.contains("rank 2: rank 1 (tcp://127.0.0.1:\(ports[1])) disconnected"), "\(messages[2]!)")
-        #expect(messages[0]!.contains("rank 2 gave up on the ring: rank 2: rank 1 (tcp://127.0.0.1:\(ports[1])) disconnected")
+        #expect(Date().timeIntervalSince(killedAt) < 15)
+        #expect(messages[2]!.contains("rank 2: no message from rank 1 (tcp://127.0.0.1:\(ports[1]))"), "\(messages[2]!)")
+        #expect(messages[0]!.contains("rank 2 gave up on the ring: rank 2: no message from rank 1")
                 || messages[0]!.contains("rank 0: cannot send to rank 1"), "\(messages[0]!)")
     }
 }
