@@ -198,7 +198,10 @@ extension Duration {
 public final class LentBuffers: @unchecked Sendable {
     let counter = UnsafeMutablePointer<Int>.allocate(capacity: 1)
     public init() { counter.initialize(to: 0) }
-    deinit { counter.deallocate() }
+    /// libzmq decrements the counter from its own threads, possibly after this object is gone (a failed
+    /// ring closes with messages still queued for a dead peer); freeing the counter then would let it
+    /// write into freed memory. So the 8 bytes are kept while any buffer is still out.
+    deinit { if outstanding == 0 { counter.deallocate() } }
 
     func lend() { tether_pending_add(counter, 1) }
     func returned() { tether_pending_add(counter, -1) }
