@@ -46,16 +46,29 @@ public struct CollectiveError: Error, CustomStringConvertible, Equatable {
 }
 
 /// Where the time of the collectives went, summed since the ring was made.
-public struct RingStatistics: Sendable {
+public struct RingStatistics: Sendable, Codable {
     /// waiting for the left neighbour's next message (transfer, and the neighbour's own work)
     public var waiting: Duration = .zero
-    /// encoding headers and handing frames to libzmq, which copies them
+    /// encoding headers and handing frames to libzmq (zero-copy, except all-gather's own payload)
     public var sending: Duration = .zero
     /// adding received chunks into the buffer, or copying them in (all-gather, broadcast)
     public var reducing: Duration = .zero
     /// XXH3 of payloads, both ways
     public var checksumming: Duration = .zero
-    public var bytesSent = 0, bytesReceived = 0, messagesSent = 0
+    public init() {}
+
+    /// The time spent between two snapshots.
+    public static func - (a: RingStatistics, b: RingStatistics) -> RingStatistics {
+        var d = RingStatistics()
+        (d.waiting, d.sending) = (a.waiting - b.waiting, a.sending - b.sending)
+        (d.reducing, d.checksumming) = (a.reducing - b.reducing, a.checksumming - b.checksumming)
+        return d
+    }
+
+    public static func += (a: inout RingStatistics, b: RingStatistics) {
+        (a.waiting, a.sending) = (a.waiting + b.waiting, a.sending + b.sending)
+        (a.reducing, a.checksumming) = (a.reducing + b.reducing, a.checksumming + b.checksumming)
+    }
 }
 
 /// N ranks in a ring: each binds a PULL socket at its own address and connects a PUSH socket to its right
@@ -84,8 +97,11 @@ public final class Ring {
     private var scratch: UnsafeMutableRawPointer = .allocate(byteCount: 0, alignment: 64)
     private var scratchBytes = 0
 
-    public var left: Int { (rank + size - 1) % size }
-    public var right: Int { (rank + 1) % size }
+    public var left: Int { wrapped(rank - 1) }
+    public var right: Int { wrapped(rank + 1) }
+
+    /// A rank index taken around the ring (any integer, negative too).
+    func wrapped(_ i: Int) -> Int { (i % size + size) % size }
 
     /// Binds this rank's address, connects to the right neighbour's and waits (up to the timeout) for the
     /// left neighbour's handshake. `addresses[i]` is rank i's: tcp://HOST:PORT, ipc://PATH or inproc://NAME
@@ -101,16 +117,16 @@ public final class Ring {
         do { try pull.bind(addresses[rank]) } catch {
             throw CollectiveError(message: "rank \(rank) cannot listen on \(addresses[rank]): \(error)")
         }
-        try push.connect(addresses[(rank + 1) % size])
-        try push.setSendTimeout(options.timeout)
         (self.pull, self.push) = (pull, push)
+        try push.connect(addresses[right])
+        try push.setSendTimeout(options.timeout)
         try run(.handshake) {
             try sendChunk(header(.handshake, totalCount: 0), ringStep: 0, index: 0, offset: 0, .copied(UnsafeRawBufferPointer(start: nil, count: 0)))
             _ = try receive(Expected(operation: .handshake, ringStep: 0, chunkIndex: 0, offset: 0, count: 0, totalCount: 0))
         }
     }
 
-    /// libzmq allocates every message's buffer with malloc, and chunks (512 KB) are above glibc's mmap
+    /// libzmq allocates every message's buffer with malloc, and chunks (1 MB) are above glibc's mmap
     /// threshold: each one would be a fresh mapping, zero-filled page by page by the kernel and unmapped
     /// again (measured: 8% of an all-reduce in page faults). Raising the threshold and the trim limit
     /// lets the heap keep and reuse that memory. Process-wide, once.
@@ -164,8 +180,8 @@ public final class Ring {
             let lastStep = 2 * (size - 1) - 1
             for ringStep in 0...lastStep {
                 let reducing = ringStep < size - 1
-                let s = reducing ? (rank - ringStep - 1) : (rank - (ringStep - (size - 1)))
-                for (i, c) in chunks(segments[(s % size + size) % size], perChunk).enumerated() {
+                let s = wrapped(reducing ? rank - ringStep - 1 : rank - (ringStep - (size - 1)))
+                for (i, c) in chunks(segments[s], perChunk).enumerated() {
                     let (frame, h) = try receive(Expected(operation: .allReduce, step: step, bucket: bucket, ringStep: ringStep, chunkIndex: i,
                                                           dtype: T.dtype, offset: c.lowerBound, count: c.count, totalCount: n))
                     if let base, !c.isEmpty {
@@ -243,7 +259,7 @@ public final class Ring {
         }
         try send(rank, 0)
         for ringStep in 0..<(size - 1) {
-            let origin = ((rank - ringStep - 1) % size + size) % size
+            let origin = wrapped(rank - ringStep - 1)
             // The first chunk tells the payload's length; the rest must agree with it.
             var total: Int?
             var received: [UInt8] = []
@@ -367,8 +383,6 @@ public final class Ring {
         }
         statistics.checksumming += t0.duration(to: t1)
         statistics.sending += t1.duration(to: .now)
-        statistics.bytesSent += count
-        statistics.messagesSent += 1
     }
 
     static func checksum(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
@@ -397,7 +411,8 @@ public final class Ring {
     /// The next message from the left neighbour, checked against `e`: its payload frame and header.
     private func receive(_ e: Expected) throws -> (ZeroMQFrame, ChunkHeader) {
         guard let pull else { throw CollectiveError(message: "rank \(rank): receive in a ring of one") }
-        let what = "\(e.operation) #\(sequence) ring step \(e.ringStep) chunk \(e.chunkIndex)"
+        // built only for an error message, not per chunk
+        var what: String { "\(e.operation) #\(sequence) ring step \(e.ringStep) chunk \(e.chunkIndex)" }
         let t0 = ContinuousClock.now
         guard let frames = try pull.receive(deadline: t0 + options.timeout) else {
             throw CollectiveError(message: "rank \(rank): no message from rank \(left) (\(addresses[left])) within \(options.timeout) (waiting for \(what))")
@@ -453,7 +468,6 @@ public final class Ring {
         guard sum == h.checksum else {
             throw CollectiveError(message: "rank \(rank): corrupt payload from \(from) in \(what): checksum \(String(format: "%016llx", sum)), header says \(String(format: "%016llx", h.checksum))")
         }
-        statistics.bytesReceived += payload.count
         return (frames[1], h)
     }
 

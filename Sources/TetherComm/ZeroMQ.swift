@@ -14,32 +14,17 @@ public enum ZeroMQ {
     }
 
     /// Throws a `ZeroMQError` naming `call` when `rc` is libzmq's -1.
-    /// Waits until one of `sockets` has a message: which ones do, or nil at `deadline`.
-    public static func poll(_ sockets: [ZeroMQSocket], deadline: ContinuousClock.Instant) throws -> [Bool]? {
-        var items = sockets.map { zmq_pollitem_t(socket: $0.handle, fd: 0, events: Int16(ZMQ_POLLIN), revents: 0) }
-        while true {
-            // A deadline already past still looks once (timeout 0).
-            let left = ContinuousClock.now.duration(to: deadline)
-            let rc = zmq_poll(&items, Int32(items.count), left <= .zero ? 0 : max(1, left.milliseconds))
-            if rc == -1 && zmq_errno() == EINTR { continue }
-            try check(rc, "zmq_poll")
-            if rc > 0 { return items.map { $0.revents & Int16(ZMQ_POLLIN) != 0 } }
-            if left <= .zero || ContinuousClock.now >= deadline { return nil }
-        }
-    }
-
     @discardableResult
     static func check(_ rc: Int32, _ call: @autoclosure () -> String) throws -> Int32 {
         guard rc == -1 else { return rc }
-        let code = zmq_errno()
-        throw ZeroMQError(call: call(), code: code, reason: String(cString: zmq_strerror(code)))
+        throw ZeroMQError(call: call(), code: zmq_errno())
     }
 }
 
 public struct ZeroMQError: Error, CustomStringConvertible {
     public let call: String
     public let code: Int32
-    public let reason: String
+    public var reason: String { String(cString: zmq_strerror(code)) }
     public var description: String { "\(call): \(reason)" }
 }
 
@@ -48,7 +33,7 @@ public final class ZeroMQContext: @unchecked Sendable {
     let handle: UnsafeMutableRawPointer
 
     public init(ioThreads: Int = 1) throws {
-        guard let h = zmq_ctx_new() else { throw ZeroMQError(call: "zmq_ctx_new", code: zmq_errno(), reason: "no context") }
+        guard let h = zmq_ctx_new() else { throw ZeroMQError(call: "zmq_ctx_new", code: zmq_errno()) }
         handle = h
         try ZeroMQ.check(zmq_ctx_set(h, ZMQ_IO_THREADS, Int32(ioThreads)), "zmq_ctx_set(ZMQ_IO_THREADS)")
     }
@@ -68,14 +53,8 @@ public final class ZeroMQFrame {
 
 public final class ZeroMQSocket {
     public enum Kind {
-        case push, pull, pair
-        var raw: Int32 {
-            switch self {
-            case .push: ZMQ_PUSH
-            case .pull: ZMQ_PULL
-            case .pair: ZMQ_PAIR
-            }
-        }
+        case push, pull
+        var raw: Int32 { self == .push ? ZMQ_PUSH : ZMQ_PULL }
     }
 
     let handle: UnsafeMutableRawPointer
@@ -86,9 +65,7 @@ public final class ZeroMQSocket {
     /// marks are 0 (no limit): a ring collective never has more than its own buffer in flight, and a
     /// limit would let ranks block on each other's sends.
     public init(_ context: ZeroMQContext, _ kind: Kind, linger: Duration = .seconds(1)) throws {
-        guard let h = zmq_socket(context.handle, kind.raw) else {
-            throw ZeroMQError(call: "zmq_socket", code: zmq_errno(), reason: String(cString: zmq_strerror(zmq_errno())))
-        }
+        guard let h = zmq_socket(context.handle, kind.raw) else { throw ZeroMQError(call: "zmq_socket", code: zmq_errno()) }
         (handle, self.kind) = (h, kind)
         try setOption(ZMQ_LINGER, Int32(linger.milliseconds), "ZMQ_LINGER")
         try setOption(ZMQ_SNDHWM, 0, "ZMQ_SNDHWM")
@@ -140,41 +117,46 @@ public final class ZeroMQSocket {
     /// must not change until `lent` counts it returned.
     public func send(header: UnsafeRawBufferPointer, lending payload: UnsafeRawBufferPointer, _ lent: LentBuffers) throws {
         guard let base = payload.baseAddress, payload.count > 0 else { return try send([header, payload]) }
-        try ZeroMQ.check(zmq_send(handle, header.baseAddress, header.count, ZMQ_SNDMORE), "zmq_send")
         var msg = zmq_msg_t()
         lent.lend()
         guard zmq_msg_init_data(&msg, UnsafeMutableRawPointer(mutating: base), payload.count, tether_pending_release, lent.counter) == 0 else {
             lent.returned()
-            throw ZeroMQError(call: "zmq_msg_init_data", code: zmq_errno(), reason: String(cString: zmq_strerror(zmq_errno())))
+            throw ZeroMQError(call: "zmq_msg_init_data", code: zmq_errno())
         }
-        if zmq_msg_send(&msg, handle, 0) == -1 {
-            let code = zmq_errno()
-            zmq_msg_close(&msg)   // calls the free function: the buffer is back
-            throw ZeroMQError(call: "zmq_msg_send", code: code, reason: String(cString: zmq_strerror(code)))
-        }
+        try send(header: header, then: &msg)
     }
 
     /// Sends a header (copied) and passes on a received frame, sharing its buffer (no copy).
     public func send(header: UnsafeRawBufferPointer, forwarding frame: ZeroMQFrame) throws {
-        try ZeroMQ.check(zmq_send(handle, header.baseAddress, header.count, ZMQ_SNDMORE), "zmq_send")
         var msg = zmq_msg_t()
         zmq_msg_init(&msg)
         try ZeroMQ.check(zmq_msg_copy(&msg, frame.msg), "zmq_msg_copy")
-        if zmq_msg_send(&msg, handle, 0) == -1 {
-            let code = zmq_errno()
+        try send(header: header, then: &msg)
+    }
+
+    /// The header frame, then `msg`, which libzmq takes over; on failure `msg` is closed here (for a lent
+    /// buffer that calls its free function: the buffer is back).
+    private func send(header: UnsafeRawBufferPointer, then msg: inout zmq_msg_t) throws {
+        do {
+            try ZeroMQ.check(zmq_send(handle, header.baseAddress, header.count, ZMQ_SNDMORE), "zmq_send")
+            try ZeroMQ.check(zmq_msg_send(&msg, handle, 0), "zmq_msg_send")
+        } catch {
             zmq_msg_close(&msg)
-            throw ZeroMQError(call: "zmq_msg_send", code: code, reason: String(cString: zmq_strerror(code)))
+            throw error
         }
     }
 
     /// Receives one multipart message, or nil if none arrives before `deadline`.
     public func receive(deadline: ContinuousClock.Instant) throws -> [ZeroMQFrame]? {
-        guard try ZeroMQ.poll([self], deadline: deadline)?[0] == true else { return nil }
-        return try receiveReady()
-    }
-
-    /// Receives a message that `poll` said is there.
-    public func receiveReady() throws -> [ZeroMQFrame] {
+        var item = zmq_pollitem_t(socket: handle, fd: 0, events: Int16(ZMQ_POLLIN), revents: 0)
+        while true {
+            let left = ContinuousClock.now.duration(to: deadline)
+            if left <= .zero { return nil }
+            let rc = zmq_poll(&item, 1, max(1, left.milliseconds))
+            if rc == -1 && zmq_errno() == EINTR { continue }
+            try ZeroMQ.check(rc, "zmq_poll")
+            if rc > 0 { break }
+        }
         var frames: [ZeroMQFrame] = []
         repeat {
             let frame = ZeroMQFrame()

@@ -140,7 +140,7 @@ struct BenchAllReduce: ParsableCommand {
             guard worst <= 1e-6 else { throw CollectiveError(message: "result differs from the Double reference by \(worst) (relative)") }
         }
         let s = reports[0].statistics
-        let perIteration = { (x: Double) in x / Double(iterations) * 1000 }
+        let perIteration = { (x: Duration) in x.seconds / Double(iterations) * 1000 }
         if json {
             var out: [String: Any] = ["ranks": ranks, "bytes": Int(bytes), "transport": transport.rawValue,
                                       "chunk_bytes": options.chunkBytes, "iterations": iterations,
@@ -165,13 +165,10 @@ struct BenchAllReduce: ParsableCommand {
 struct RankReport: Codable {
     var rank: Int
     var seconds: [Double]
-    var statistics: Stats
+    /// summed over the timed all-reduces only (not the barriers between them)
+    var statistics: RingStatistics
     var resultHash: UInt64 = 0
     var maxRelativeError: Double = 0
-
-    struct Stats: Codable {
-        var waiting = 0.0, sending = 0.0, reducing = 0.0, checksumming = 0.0
-    }
 }
 
 struct RankRun {
@@ -182,7 +179,7 @@ struct RankRun {
 
     func run(context: ZeroMQContext) throws -> RankReport {
         let ring = try Ring(context: context, rank: rank, addresses: addresses, options: options)
-        var report = RankReport(rank: rank, seconds: [], statistics: .init())
+        var report = RankReport(rank: rank, seconds: [], statistics: RingStatistics())
         var buffer = [Float](repeating: 1, count: elements)
         if check {
             for i in 0..<elements { buffer[i] = Self.value(i, rank: rank) }
@@ -196,7 +193,6 @@ struct RankRun {
             report.maxRelativeError = worst
             report.resultHash = buffer.withUnsafeBytes { XXH3_64bits($0.baseAddress, $0.count) }
         }
-        var stats = RankReport.Stats()
         for i in 0..<(warmup + iterations) {
             try ring.barrier()
             let before = ring.statistics, start = ContinuousClock.now
@@ -205,13 +201,8 @@ struct RankRun {
             try buffer.withUnsafeMutableBufferPointer { try ring.allReduce($0, average: true) }
             guard i >= warmup else { continue }
             report.seconds.append(start.duration(to: .now).seconds)
-            let after = ring.statistics
-            stats.waiting += (after.waiting - before.waiting).seconds
-            stats.sending += (after.sending - before.sending).seconds
-            stats.reducing += (after.reducing - before.reducing).seconds
-            stats.checksumming += (after.checksumming - before.checksumming).seconds
+            report.statistics += ring.statistics - before
         }
-        report.statistics = stats
         return report
     }
 }

@@ -15,19 +15,24 @@ def parse_bytes(text):
             return int(float(text[: -len(suffix)]) * scale)
     return int(text)
 
-def rank_main(rank, args, port, out):
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=args.ranks)
-    x = torch.ones(parse_bytes(args.size) // 4, dtype=torch.float32)
-    times = []
-    for i in range(args.warmup + args.iterations):
+def timed_all_reduces(size, world, warmup, iterations):
+    """Seconds of each timed all_reduce of `size` bytes of float32, each after a barrier, averaged as
+    tether's --average does (in an initialized process group)."""
+    x = torch.ones(parse_bytes(size) // 4, dtype=torch.float32)
+    seconds = []
+    for i in range(warmup + iterations):
         dist.barrier()
         t = time.perf_counter()
         dist.all_reduce(x)
-        x.div_(args.ranks)  # the same work tether's average does
-        if i >= args.warmup:
-            times.append(time.perf_counter() - t)
-    out[rank] = times
+        x.div_(world)
+        if i >= warmup:
+            seconds.append(time.perf_counter() - t)
+    return seconds
+
+def rank_main(rank, args, port, out):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=args.ranks)
+    out[rank] = timed_all_reduces(args.size, args.ranks, args.warmup, args.iterations)
     dist.destroy_process_group()
 
 if __name__ == "__main__":

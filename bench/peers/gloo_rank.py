@@ -4,10 +4,10 @@ Prints {"seconds": [...]} like `tether bench allreduce --rank`, so bench/netns-a
 
     python3 bench/peers/gloo_rank.py --rank R --world N --master tcp://HOST:PORT --size 64MiB
 """
-import argparse, json, time
+import argparse, json
 import torch
 import torch.distributed as dist
-from gloo_allreduce import parse_bytes
+from gloo_allreduce import timed_all_reduces
 
 p = argparse.ArgumentParser()
 p.add_argument("--rank", type=int, required=True)
@@ -19,14 +19,6 @@ p.add_argument("--warmup", type=int, default=1)
 args = p.parse_args()
 torch.set_num_threads(1)
 dist.init_process_group("gloo", init_method=args.master, rank=args.rank, world_size=args.world)
-x = torch.ones(parse_bytes(args.size) // 4, dtype=torch.float32)
-seconds = []
-for i in range(args.warmup + args.iterations):
-    dist.barrier()
-    t = time.perf_counter()
-    dist.all_reduce(x)
-    x.div_(args.world)
-    if i >= args.warmup:
-        seconds.append(time.perf_counter() - t)
+seconds = timed_all_reduces(args.size, args.world, args.warmup, args.iterations)
 dist.destroy_process_group()
 print(json.dumps({"peer": f"torch {torch.__version__} gloo", "seconds": seconds}))
