@@ -59,6 +59,8 @@ public enum DataError: Error, CustomStringConvertible, Equatable {
     case trailingBytes(file: String, expected: Int, found: Int)
     case mismatch(String)
     case unknownSource(String)
+    /// Input that cannot be used, with a message naming the file, line and column.
+    case invalid(String)
 
     public var description: String {
         switch self {
@@ -72,6 +74,7 @@ public enum DataError: Error, CustomStringConvertible, Equatable {
         case .trailingBytes(let f, let e, let n): return "\(f): \(n - e) unexpected bytes after the \(e) the header describes"
         case .mismatch(let s): return s
         case .unknownSource(let s): return s
+        case .invalid(let s): return s
         }
     }
 }

@@ -25,22 +25,25 @@ public struct BatchStats: Sendable, Equatable {
     public var accuracy: Double { count > 0 ? Double(correct) / Double(count) : .nan }
 }
 
-/// What the training loop needs of a model, whatever its family.
+/// What every model family shares: a kind, its parameters and their checkpointed companions. Each
+/// family adds its own forward/backward entry points for its own kind of batch.
 public protocol Model<T>: AnyObject {
     associatedtype T: Scalar
     /// The CLI name ("mlp-wn"); a checkpoint of another kind is refused.
     var kind: String { get }
     var arena: ParameterArena<T> { get }
     var context: ModelContext<T> { get }
-    /// Forward and backward on one local batch in training mode: **accumulates** `scale` times the
-    /// gradient of the batch's summed loss into the arena. A step over a global batch of G samples split
-    /// across replicas uses scale 1/G on each, so the summed gradients are the exact mean.
-    func accumulateGradients(_ batch: Batch<T>, scale: T) -> BatchStats
-    /// Forward in evaluation mode.
-    func evaluate(_ batch: Batch<T>) -> BatchStats
-    /// Data-dependent initialization from one batch (statistics summed over replicas by `reduce`).
-    func initializeFromData(_ batch: Batch<T>, reduce: StatisticsReducer)
     var bufferOwners: [(prefix: String, owner: any BufferOwner)] { get }
+    /// Tables whose gradients are row-sparse (not in the arena's gradient buffer).
+    var sparseGradients: [SparseRows<T>] { get }
+    /// Parameters to update with FTRL-Proximal rather than the run's optimizer.
+    var ftrlParameters: Set<String> { get }
+}
+
+extension Model {
+    public var bufferOwners: [(prefix: String, owner: any BufferOwner)] { [] }
+    public var sparseGradients: [SparseRows<T>] { [] }
+    public var ftrlParameters: Set<String> { [] }
 }
 
 /// A classifier: a Sequential network ending in K logits, trained with softmax cross-entropy.
@@ -64,8 +67,9 @@ public final class Classifier<T: Scalar>: Model {
         context.training = true
         let logits = network.forward(batch.inputs, context)
         let lossSum = loss.forward(logits: logits, labels: batch.labels)
+        let correct = loss.correctCount()
         network.backward(loss.backward(scale: scale), context)
-        return BatchStats(lossSum: lossSum, correct: loss.correctCount(), count: batch.count)
+        return BatchStats(lossSum: lossSum, correct: correct, count: batch.count)
     }
 
     public func evaluate(_ batch: Batch<T>) -> BatchStats {

@@ -1,3 +1,8 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import TetherTensor
 
 /// How a parameter is initialized, drawn from the run's RNG in registration order.
@@ -24,6 +29,8 @@ public struct ArenaLayout: Sendable, Equatable {
         public let offset: Int
         public let count: Int
         public let initializer: ParameterInit
+        /// Its gradient lives in a `SparseRows`, never in the arena's gradient buffer.
+        public let sparseGradient: Bool
     }
     public private(set) var entries: [Entry] = []
     public private(set) var totalCount = 0
@@ -31,10 +38,10 @@ public struct ArenaLayout: Sendable, Equatable {
     public init() {}
 
     /// Registers a parameter; the name must be new.
-    public mutating func add(_ name: String, shape: [Int], initializer: ParameterInit) -> ParameterSlot {
+    public mutating func add(_ name: String, shape: [Int], initializer: ParameterInit, sparseGradient: Bool = false) -> ParameterSlot {
         precondition(!entries.contains { $0.name == name }, "parameter \(name) registered twice")
         let count = shape.reduce(1, *)
-        entries.append(Entry(name: name, shape: shape, offset: totalCount, count: count, initializer: initializer))
+        entries.append(Entry(name: name, shape: shape, offset: totalCount, count: count, initializer: initializer, sparseGradient: sparseGradient))
         defer { totalCount += count }
         return ParameterSlot(index: entries.count - 1, offset: totalCount, count: count)
     }
@@ -63,20 +70,28 @@ public final class ParameterArena<T: Scalar> {
     public init(layout: ArenaLayout) {
         self.layout = layout
         values = .allocate(capacity: max(layout.totalCount, 1))
-        grads = .allocate(capacity: max(layout.totalCount, 1))
         T.fill(values, 0, count: layout.totalCount)
-        T.fill(grads, 0, count: layout.totalCount)
+        // calloc: the gradient pages of sparse tables are never touched, so never become resident.
+        grads = calloc(max(layout.totalCount, 1), MemoryLayout<T>.stride)!.bindMemory(to: T.self, capacity: max(layout.totalCount, 1))
+        denseRanges = layout.entries.reduce(into: []) { ranges, e in
+            guard !e.sparseGradient else { return }
+            if let last = ranges.last, last.upperBound == e.offset { ranges[ranges.count - 1] = last.lowerBound ..< e.offset + e.count }
+            else { ranges.append(e.offset ..< e.offset + e.count) }
+        }
     }
+
+    /// The parts of the gradient buffer that hold gradients (all but the sparse tables'), merged.
+    public let denseRanges: [Range<Int>]
 
     deinit {
         values.deallocate()
-        grads.deallocate()
+        free(grads)
     }
 
     @inline(__always) public func value(_ s: ParameterSlot) -> UnsafeMutablePointer<T> { values + s.offset }
     @inline(__always) public func grad(_ s: ParameterSlot) -> UnsafeMutablePointer<T> { grads + s.offset }
 
-    public func zeroGrads() { T.fill(grads, 0, count: count) }
+    public func zeroGrads() { for r in denseRanges { T.fill(grads + r.lowerBound, 0, count: r.count) } }
 
     /// Fills every parameter from its initializer, in registration order.
     public func initialize(rng: inout RNG) {

@@ -64,21 +64,83 @@ public final class SoftmaxCrossEntropy<T: Scalar> {
         return losses.withUnsafeBufferPointer { T.sum($0.baseAddress!, count: b) }
     }
 
-    /// d(scale * sum of losses)/dlogits.
+    /// d(scale * sum of losses)/dlogits, computed in place of the probabilities (which it consumes: ask
+    /// `correctCount` before).
     public func backward(scale: T) -> Tensor<T> {
         let (b, k) = (probs.shape[0], probs.shape[1])
-        return Tensor.uninitialized([b, k]) { d in
-            probs.withPointer { p in labels.withUnsafeBufferPointer {
-                T.softmaxCrossEntropyBackward(d, probs: p, labels: $0.baseAddress!, scale: scale, batch: b, classes: k)
-            } }
-        }
+        var d = probs
+        probs = Tensor<T>.zeros([0]) // d is now the buffer's only owner: written in place, not copied
+        d.withMutablePointer { p in labels.withUnsafeBufferPointer {
+            T.softmaxCrossEntropyBackward(p, probs: p, labels: $0.baseAddress!, scale: scale, batch: b, classes: k)
+        } }
+        return d
     }
 
-    /// How many rows of the last forward's logits put the largest probability on their label.
+    /// How many rows of the last forward's logits put the largest probability on their label (before `backward`).
     public func correctCount() -> Int {
+        precondition(probs.shape.count == 2, "correctCount after backward")
         let (b, k) = (probs.shape[0], probs.shape[1])
         var predicted = [Int32](repeating: 0, count: b)
         probs.withPointer { p in predicted.withUnsafeMutableBufferPointer { T.argmaxRows($0.baseAddress!, p, rows: b, columns: k) } }
         return zip(predicted, labels).filter { $0 == $1 }.count
+    }
+}
+
+/// Logistic loss over B logits and labels in {0, 1}: log(1 + e^z) - y z per sample.
+public final class LogisticLoss<T: Scalar> {
+    public private(set) var probabilities: [T] = []
+    private var labels: [Int32] = []
+    public init() {}
+
+    /// The summed loss of the batch; keeps sigmoid(z) in `probabilities`.
+    public func forward(logits: Tensor<T>, labels: [Int32]) -> Double {
+        precondition(logits.count == labels.count && labels.allSatisfy { $0 == 0 || $0 == 1 }, "labels must be 0 or 1, one per logit")
+        self.labels = labels
+        var losses = T.zeros(count: labels.count)
+        probabilities = T.zeros(count: labels.count)
+        logits.withPointer { z in labels.withUnsafeBufferPointer { l in losses.withUnsafeMutableBufferPointer { lp in probabilities.withUnsafeMutableBufferPointer {
+            T.logisticLossForward(probs: $0.baseAddress!, losses: lp.baseAddress!, logits: z, labels: l.baseAddress!, count: labels.count)
+        } } } }
+        return losses.withUnsafeBufferPointer { T.sum($0.baseAddress!, count: $0.count) }
+    }
+
+    /// d(scale * summed loss)/dz, shape (B).
+    public func backward(scale: T) -> Tensor<T> {
+        Tensor.uninitialized([labels.count]) { d in
+            probabilities.withUnsafeBufferPointer { p in labels.withUnsafeBufferPointer {
+                T.logisticLossBackward(d, probs: p.baseAddress!, labels: $0.baseAddress!, scale: scale, count: labels.count)
+            } }
+        }
+    }
+
+    /// Rows whose probability is on the side of their label.
+    public func correctCount() -> Int { zip(probabilities, labels).filter { ($0 >= 0.5) == ($1 == 1) }.count }
+}
+
+/// Reconstruction loss: sigmoid of the logits against targets in [0, 1], mean squared error per value.
+public final class SigmoidSquaredError<T: Scalar> {
+    private var outputs = Tensor<T>.zeros([0])
+    private var targets = Tensor<T>.zeros([0])
+    public init() {}
+
+    /// The loss of each row is the mean over its K values; returns the sum over rows.
+    public func forward(logits: Tensor<T>, targets: Tensor<T>) -> Double {
+        precondition(logits.shape == targets.shape && logits.shape.count == 2)
+        let (b, k) = (logits.shape[0], logits.shape[1])
+        self.targets = targets
+        var losses = T.zeros(count: b)
+        outputs = Tensor.uninitialized(logits.shape) { s in
+            logits.withPointer { z in targets.withPointer { x in losses.withUnsafeMutableBufferPointer {
+                T.sigmoidSquaredErrorForward(s, losses: $0.baseAddress!, logits: z, targets: x, rows: b, columns: k)
+            } } }
+        }
+        return losses.withUnsafeBufferPointer { T.sum($0.baseAddress!, count: b) }
+    }
+
+    public func backward(scale: T) -> Tensor<T> {
+        let (b, k) = (outputs.shape[0], outputs.shape[1])
+        return Tensor.uninitialized(outputs.shape) { d in
+            outputs.withPointer { s in targets.withPointer { T.sigmoidSquaredErrorBackward(d, s: s, targets: $0, scale: scale, rows: b, columns: k) } }
+        }
     }
 }

@@ -13,19 +13,30 @@ final class WeightParameterization<T: Scalar> {
     /// Registers `prefix.weight`, or `prefix.weight_g` and `prefix.weight_v` (PyTorch's weight_norm names;
     /// g has shape (R, 1, ...) as there). Plain weights use PyTorch's default init U(-1/sqrt(K), 1/sqrt(K));
     /// v ~ N(0, 0.05) and g = 1 as in the paper, before data-dependent init.
-    init(_ layout: inout ArenaLayout, prefix: String, shape: [Int], normalized: Bool) {
+    /// `name` is the parameter's name after the prefix ("weight", or "weight_ih_l0" in an LSTM);
+    /// `plainBound` overrides the plain init's bound and `initialG` the normalized g.
+    init(_ layout: inout ArenaLayout, prefix: String, name: String = "weight", shape: [Int], normalized: Bool,
+         plainBound: Double? = nil, initialG: Double = 1) {
         rows = shape[0]
         columns = shape.dropFirst().reduce(1, *)
         let scratch = normalized ? rows * columns : 0
         (w, dw, norms) = (.allocate(capacity: scratch), .allocate(capacity: scratch), .allocate(capacity: normalized ? rows : 0))
         if normalized {
             let gShape = [rows] + Array(repeating: 1, count: shape.count - 1)
-            kind = .normalized(g: layout.add(prefix + "weight_g", shape: gShape, initializer: .constant(1)),
-                               v: layout.add(prefix + "weight_v", shape: shape, initializer: .normal(std: 0.05)))
+            kind = .normalized(g: layout.add(prefix + name + "_g", shape: gShape, initializer: .constant(initialG)),
+                               v: layout.add(prefix + name + "_v", shape: shape, initializer: .normal(std: 0.05)))
         } else {
-            let bound = 1 / Double(columns).squareRoot()
-            kind = .plain(layout.add(prefix + "weight", shape: shape, initializer: .uniform(bound: bound)))
+            let bound = plainBound ?? 1 / Double(columns).squareRoot()
+            kind = .plain(layout.add(prefix + name, shape: shape, initializer: .uniform(bound: bound)))
         }
+    }
+
+    /// A plain weight that is another layer's parameter (tied weights): reads and accumulates into `slot`.
+    init(sharing slot: ParameterSlot, rows: Int, columns: Int) {
+        precondition(slot.count == rows * columns, "a shared weight of \(slot.count) values cannot be (\(rows), \(columns))")
+        (self.rows, self.columns) = (rows, columns)
+        (w, dw, norms) = (.allocate(capacity: 0), .allocate(capacity: 0), .allocate(capacity: 0))
+        kind = .plain(slot)
     }
 
     deinit { w.deallocate(); dw.deallocate(); norms.deallocate() }

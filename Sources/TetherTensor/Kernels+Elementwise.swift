@@ -66,6 +66,14 @@ extension Scalar {
         for i in 0..<count { y[i] = Self(low + (high - low) * rng.nextUnitDouble()) }
     }
 
+    public static func copyColumns(_ y: UnsafeMutablePointer<Self>, ldy: Int, _ x: UnsafePointer<Self>, ldx: Int, rows: Int, columns: Int) {
+        for r in 0..<rows { (y + r * ldy).update(from: x + r * ldx, count: columns) }
+    }
+
+    public static func repeatPerRow(_ y: UnsafeMutablePointer<Self>, _ v: UnsafePointer<Self>, rows n: Int, columns k: Int) {
+        for r in 0..<n { (y + r * k).update(repeating: v[r], count: k) }
+    }
+
     public static func addPerFeature(_ y: UnsafeMutablePointer<Self>, _ v: UnsafePointer<Self>, alpha: Self, rows n: Int, features f: Int) {
         for r in 0..<n {
             let row = y + r * f

@@ -39,5 +39,40 @@ extension Scalar {
             out[i] = Int32(best)
         }
     }
-}
 
+    public static func logisticLossForward(probs: UnsafeMutablePointer<Self>, losses: UnsafeMutablePointer<Self>,
+                                           logits: UnsafePointer<Self>, labels: UnsafePointer<Int32>, count b: Int) {
+        for i in 0..<b {
+            let z = Double(logits[i])
+            // log(1 + e^z) = max(z, 0) + log1p(e^-|z|): no overflow for large |z|
+            let softplus = max(z, 0) + log1p(exp(-abs(z)))
+            losses[i] = Self(softplus - Double(labels[i]) * z)
+            probs[i] = Self(1 / (1 + exp(-z)))
+        }
+    }
+
+    public static func logisticLossBackward(_ dlogits: UnsafeMutablePointer<Self>, probs: UnsafePointer<Self>, labels: UnsafePointer<Int32>,
+                                            scale: Self, count b: Int) {
+        for i in 0..<b { dlogits[i] = scale * (probs[i] - Self(labels[i])) }
+    }
+
+    public static func sigmoidSquaredErrorForward(_ s: UnsafeMutablePointer<Self>, losses: UnsafeMutablePointer<Self>, logits: UnsafePointer<Self>,
+                                                  targets: UnsafePointer<Self>, rows b: Int, columns k: Int) {
+        for r in 0..<b {
+            var total = 0.0
+            for j in 0..<k {
+                let i = r * k + j
+                let v = Self(1 / (1 + exp(-Double(logits[i]))))
+                s[i] = v
+                total += Double((v - targets[i]) * (v - targets[i]))
+            }
+            losses[r] = Self(total / Double(k))
+        }
+    }
+
+    public static func sigmoidSquaredErrorBackward(_ dz: UnsafeMutablePointer<Self>, s: UnsafePointer<Self>, targets: UnsafePointer<Self>,
+                                                   scale: Self, rows b: Int, columns k: Int) {
+        let c = 2 * scale / Self(k)
+        for i in 0..<b * k { dz[i] = c * (s[i] - targets[i]) * s[i] * (1 - s[i]) }
+    }
+}

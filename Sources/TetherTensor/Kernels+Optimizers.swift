@@ -38,7 +38,51 @@ public struct AdamHyper: Sendable {
     }
 }
 
+/// FTRL-Proximal's hyper-parameters (McMahan et al. 2013): alpha (the learning rate), beta, l1, l2.
+public struct FTRLHyper: Sendable, Codable, Equatable {
+    public var alpha, beta, l1, l2: Double
+    public init(alpha: Double, beta: Double = 1, l1: Double = 0, l2: Double = 0) { (self.alpha, self.beta, self.l1, self.l2) = (alpha, beta, l1, l2) }
+}
+
 extension Scalar {
+    public static func adagradStep(_ p: UnsafeMutablePointer<Self>, sum: UnsafeMutablePointer<Self>, grad: UnsafePointer<Self>,
+                                   lr: Self, epsilon: Self, count: Int) {
+        for i in 0..<count {
+            let g = grad[i], s = sum[i] + g * g
+            sum[i] = s
+            p[i] -= lr * g / (s.squareRoot() + epsilon)
+        }
+    }
+
+    public static func sgdRows(_ table: UnsafeMutablePointer<Self>, ids: UnsafePointer<Int32>, grads: UnsafePointer<Self>,
+                               lr: Self, count n: Int, width d: Int) {
+        for i in 0..<n { axpy(table + Int(ids[i]) * d, grads + i * d, alpha: -lr, count: d) }
+    }
+
+    public static func adagradRows(_ table: UnsafeMutablePointer<Self>, sum: UnsafeMutablePointer<Self>, ids: UnsafePointer<Int32>,
+                                   grads: UnsafePointer<Self>, lr: Self, epsilon: Self, count n: Int, width d: Int) {
+        for i in 0..<n {
+            let offset = Int(ids[i]) * d
+            adagradStep(table + offset, sum: sum + offset, grad: grads + i * d, lr: lr, epsilon: epsilon, count: d)
+        }
+    }
+
+    public static func ftrlRows(_ table: UnsafeMutablePointer<Self>, z: UnsafeMutablePointer<Self>, n: UnsafeMutablePointer<Self>,
+                                ids: UnsafePointer<Int32>, grads: UnsafePointer<Self>, _ h: FTRLHyper, count: Int, width d: Int) {
+        let alpha = Self(h.alpha), beta = Self(h.beta), l1 = Self(h.l1), l2 = Self(h.l2)
+        for i in 0..<count {
+            let offset = Int(ids[i]) * d
+            for j in 0..<d {
+                let k = offset + j, g = grads[i * d + j]
+                let nOld = n[k], nNew = nOld + g * g
+                let sigma = (nNew.squareRoot() - nOld.squareRoot()) / alpha
+                let zNew = z[k] + g - sigma * table[k]
+                (z[k], n[k]) = (zNew, nNew)
+                table[k] = abs(zNew) <= l1 ? 0 : -(zNew - (zNew < 0 ? -l1 : l1)) / ((beta + nNew.squareRoot()) / alpha + l2)
+            }
+        }
+    }
+
     public static func sgdStep(_ p: UnsafeMutablePointer<Self>, momentumBuffer: UnsafeMutablePointer<Self>, grad: UnsafePointer<Self>,
                                _ h: SGDHyper, count: Int) {
         let lr = Self(h.lr), mu = Self(h.momentum), damp = Self(1 - h.dampening), wd = Self(h.weightDecay)

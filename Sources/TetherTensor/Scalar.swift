@@ -95,12 +95,60 @@ public protocol Scalar: BinaryFloatingPoint, Sendable, Codable where Self.RawSig
                                             labels: UnsafePointer<Int32>, scale: Self, batch b: Int, classes k: Int)
     /// index of the largest entry of each row of x (B, K)
     static func argmaxRows(_ out: UnsafeMutablePointer<Int32>, _ x: UnsafePointer<Self>, rows b: Int, columns k: Int)
+    /// losses (B) = log(1 + e^z) - y z and probs (B) = sigmoid(z) for logits z (B) and labels y in {0, 1}
+    static func logisticLossForward(probs: UnsafeMutablePointer<Self>, losses: UnsafeMutablePointer<Self>,
+                                    logits: UnsafePointer<Self>, labels: UnsafePointer<Int32>, count b: Int)
+
+    // MARK: recurrent cells and lookups (Kernels+Recurrent.swift)
+    /// One LSTM step's pointwise part, gate order (i, f, g, o): gates (B, 4H) pre-activations in,
+    /// activations out; c = f c_prev + i g, tanhC = tanh(c), h = o tanhC
+    static func lstmCellForward(gates: UnsafeMutablePointer<Self>, c: UnsafeMutablePointer<Self>, tanhC: UnsafeMutablePointer<Self>,
+                                h: UnsafeMutablePointer<Self>, cPrev: UnsafePointer<Self>, batch b: Int, hidden: Int)
+    /// dgates (B, 4H) and dcPrev (B, H) from dh, dc (B, H) reaching this step and its forward's caches
+    static func lstmCellBackward(dgates: UnsafeMutablePointer<Self>, dcPrev: UnsafeMutablePointer<Self>, dh: UnsafePointer<Self>,
+                                 dc: UnsafePointer<Self>, gates: UnsafePointer<Self>, cPrev: UnsafePointer<Self>,
+                                 tanhC: UnsafePointer<Self>, batch b: Int, hidden: Int)
+    /// y (N, D) = table rows ids (N) of table (*, D)
+    static func gatherRows(_ y: UnsafeMutablePointer<Self>, table: UnsafePointer<Self>, ids: UnsafePointer<Int32>, count n: Int, width d: Int)
+    /// accumulates table rows: table[dest[i]] += x[i] for x (N, D)
+    static func scatterAddRows(_ table: UnsafeMutablePointer<Self>, _ x: UnsafePointer<Self>, dest: UnsafePointer<Int32>, count n: Int, width d: Int)
 
     // MARK: optimizers over arena ranges (Kernels+Optimizers.swift)
     static func sgdStep(_ p: UnsafeMutablePointer<Self>, momentumBuffer: UnsafeMutablePointer<Self>, grad: UnsafePointer<Self>,
                         _ h: SGDHyper, count: Int)
     static func adamStep(_ p: UnsafeMutablePointer<Self>, m: UnsafeMutablePointer<Self>, v: UnsafeMutablePointer<Self>,
                          grad: UnsafePointer<Self>, _ h: AdamHyper, count: Int)
+    /// AdaGrad (torch.optim.Adagrad): sum += g^2; p -= lr g / (sqrt(sum) + eps)
+    static func adagradStep(_ p: UnsafeMutablePointer<Self>, sum: UnsafeMutablePointer<Self>, grad: UnsafePointer<Self>,
+                            lr: Self, epsilon: Self, count: Int)
+
+    // MARK: row-sparse updates of a table (R, D) from the rows one step touched (Kernels+Optimizers.swift)
+    /// p[ids[i]] -= lr * grads[i]
+    static func sgdRows(_ table: UnsafeMutablePointer<Self>, ids: UnsafePointer<Int32>, grads: UnsafePointer<Self>,
+                        lr: Self, count n: Int, width d: Int)
+    /// AdaGrad on the rows ids[i] only, with the gradient rows grads (N, D)
+    static func adagradRows(_ table: UnsafeMutablePointer<Self>, sum: UnsafeMutablePointer<Self>, ids: UnsafePointer<Int32>,
+                            grads: UnsafePointer<Self>, lr: Self, epsilon: Self, count n: Int, width d: Int)
+    /// FTRL-Proximal (McMahan et al. 2013, algorithm 1) on the rows ids[i]: per coordinate
+    /// sigma = (sqrt(n + g^2) - sqrt(n)) / alpha; z += g - sigma w; n += g^2;
+    /// w = |z| <= l1 ? 0 : -(z - sign(z) l1) / ((beta + sqrt(n)) / alpha + l2)
+    static func ftrlRows(_ table: UnsafeMutablePointer<Self>, z: UnsafeMutablePointer<Self>, n: UnsafeMutablePointer<Self>,
+                         ids: UnsafePointer<Int32>, grads: UnsafePointer<Self>, _ h: FTRLHyper, count: Int, width d: Int)
+
+    // MARK: tabular models (Kernels+Elementwise.swift)
+    /// y[r, 0..<columns] = x[r, 0..<columns] for r in 0..<rows, with row strides ldy and ldx
+    static func copyColumns(_ y: UnsafeMutablePointer<Self>, ldy: Int, _ x: UnsafePointer<Self>, ldx: Int, rows: Int, columns: Int)
+    /// y (N, K) = v[r] in every column of row r
+    static func repeatPerRow(_ y: UnsafeMutablePointer<Self>, _ v: UnsafePointer<Self>, rows n: Int, columns k: Int)
+    /// dlogits (B) = scale * (probs - labels)
+    static func logisticLossBackward(_ dlogits: UnsafeMutablePointer<Self>, probs: UnsafePointer<Self>, labels: UnsafePointer<Int32>,
+                                     scale: Self, count b: Int)
+    /// s = sigmoid(z) (B, K); losses (B) = mean over the K columns of (s - x)^2
+    static func sigmoidSquaredErrorForward(_ s: UnsafeMutablePointer<Self>, losses: UnsafeMutablePointer<Self>, logits: UnsafePointer<Self>,
+                                           targets: UnsafePointer<Self>, rows b: Int, columns k: Int)
+    /// dz = scale * 2 (s - x) s (1 - s) / K
+    static func sigmoidSquaredErrorBackward(_ dz: UnsafeMutablePointer<Self>, s: UnsafePointer<Self>, targets: UnsafePointer<Self>,
+                                            scale: Self, rows b: Int, columns k: Int)
 }
 
 extension Float: Scalar {
@@ -124,6 +172,24 @@ extension Float: Scalar {
     }
 }
 
+extension Float {
+    public static func sumOfSquares(_ x: UnsafePointer<Float>, count: Int) -> Double { tether_sum_squares_f32(x, count) }
+    // The two exp-heavy loops, in C with a vectorized exp (the generic versions call libm per element).
+    public static func softmaxCrossEntropyForward(probs: UnsafeMutablePointer<Float>, losses: UnsafeMutablePointer<Float>,
+                                                  logits: UnsafePointer<Float>, labels: UnsafePointer<Int32>, batch b: Int, classes k: Int) {
+        tether_softmax_xent_f32(probs, losses, logits, labels, b, k)
+    }
+    public static func lstmCellForward(gates: UnsafeMutablePointer<Float>, c: UnsafeMutablePointer<Float>, tanhC: UnsafeMutablePointer<Float>,
+                                       h: UnsafeMutablePointer<Float>, cPrev: UnsafePointer<Float>, batch b: Int, hidden: Int) {
+        tether_lstm_cell_forward_f32(gates, c, tanhC, h, cPrev, b, hidden)
+    }
+    public static func lstmCellBackward(dgates: UnsafeMutablePointer<Float>, dcPrev: UnsafeMutablePointer<Float>, dh: UnsafePointer<Float>,
+                                        dc: UnsafePointer<Float>, gates: UnsafePointer<Float>, cPrev: UnsafePointer<Float>,
+                                        tanhC: UnsafePointer<Float>, batch b: Int, hidden: Int) {
+        tether_lstm_cell_backward_f32(dgates, dcPrev, dh, dc, gates, cPrev, tanhC, b, hidden)
+    }
+}
+
 extension Double: Scalar {
     public static var safetensorsDType: String { "F64" }
     public static func dot(_ a: UnsafePointer<Double>, _ b: UnsafePointer<Double>, count: Int) -> Double {
@@ -142,6 +208,13 @@ extension Double: Scalar {
         cblas_dgemm(CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
                     blasint(m), blasint(n), blasint(k), alpha, a, blasint(lda), b, blasint(ldb), beta, c, blasint(ldc))
     }
+}
+
+/// The process's allocator: big per-step buffers (logits of a large vocabulary) are freed and
+/// allocated again every step; kept on the heap instead of returned to the kernel, they are not
+/// page-faulted and zero-filled anew each time.
+public enum ProcessMemory {
+    public static func keepFreedBuffers() { tether_keep_heap_memory(64 << 20, 512 << 20) }
 }
 
 /// Thread control for OpenBLAS, the only source of threads in the compute path.

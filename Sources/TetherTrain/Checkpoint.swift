@@ -10,6 +10,9 @@ public struct TrainingState: Codable, Equatable, Sendable {
     public var globalStep = 0
     /// The dropout RNG of the model context.
     public var rng: RNG
+    /// The plateau schedule's factor on the learning rate and the best validation loss so far.
+    public var lrFactor = 1.0
+    public var bestValidationLoss: Double?
     public init(rng: RNG) { self.rng = rng }
 }
 
@@ -21,7 +24,8 @@ public enum Checkpoint {
     public static let fileName = "checkpoint.safetensors"
     static let format = "tether-checkpoint-1"
 
-    public static func file<M: Model>(model: M, optimizer: Optimizer<M.T>?, config: TrainingConfig, state: TrainingState) -> Safetensors.File {
+    public static func file(model: any Model<Float>, optimizer: Optimizer<Float>?, config: TrainingConfig, state: TrainingState,
+                            metadata: [String: String] = [:]) -> Safetensors.File {
         var f = Safetensors.File()
         let values = model.arena.valuesAsFloats()
         for e in model.arena.layout.entries {
@@ -31,16 +35,12 @@ public enum Checkpoint {
             for name in owner.bufferNames { let b = owner.buffer(named: name)!; f.tensors[prefix + name] = .init(floats: b, shape: [b.count]) }
         }
         if let optimizer {
-            for stateName in optimizer.stateNames {
-                let p = optimizer.state(named: stateName)!
-                var all = [Float](repeating: 0, count: model.arena.count)
-                if !all.isEmpty { all.withUnsafeMutableBufferPointer { M.T.convert($0.baseAddress!, toFloats: p, count: model.arena.count) } }
-                for e in model.arena.layout.entries {
-                    f.tensors["optimizer.\(stateName).\(e.name)"] = .init(floats: Array(all[e.offset ..< e.offset + e.count]), shape: e.shape)
-                }
+            for t in optimizer.stateTensors {
+                f.tensors[t.key] = .init(floats: Array(UnsafeBufferPointer(start: t.values, count: t.count)), shape: t.shape)
             }
             f.metadata["tether.optimizer_steps"] = String(optimizer.stepCount)
         }
+        for (k, v) in metadata { f.metadata[k] = v }
         f.metadata["tether.format"] = format
         f.metadata["tether.model"] = model.kind
         f.metadata["tether.config"] = String(data: try! JSONEncoder().encode(config), encoding: .utf8)!
@@ -75,14 +75,14 @@ public enum Checkpoint {
 
         /// Loads parameters and buffers into `model` (and the optimizer state, if given). Refuses a model
         /// of another kind, and any missing or misshapen tensor, naming it.
-        public func restore<M: Model>(into model: M, optimizer: Optimizer<M.T>?) throws {
+        public func restore(into model: any Model<Float>, optimizer: Optimizer<Float>?) throws {
             func fail(_ why: String) -> CheckpointError { CheckpointError(path: path, reason: why) }
             guard self.model == model.kind else { throw fail("it holds a \(self.model) model, not \(model.kind)") }
-            func load(_ name: String, shape: [Int], into p: UnsafeMutablePointer<M.T>) throws {
+            func load(_ name: String, shape: [Int], into p: UnsafeMutablePointer<Float>) throws {
                 guard let t = file.tensors[name] else { throw fail("tensor \(name) is missing") }
                 guard t.shape == shape else { throw fail("tensor \(name) has shape \(t.shape), the model needs \(shape)") }
                 let floats = try t.floats()
-                floats.withUnsafeBufferPointer { if !$0.isEmpty { M.T.convert(p, fromFloats: $0.baseAddress!, count: $0.count) } }
+                floats.withUnsafeBufferPointer { if !$0.isEmpty { p.update(from: $0.baseAddress!, count: $0.count) } }
             }
             for e in model.arena.layout.entries { try load(e.name, shape: e.shape, into: model.arena.values + e.offset) }
             for (prefix, owner) in model.bufferOwners {
@@ -93,11 +93,7 @@ public enum Checkpoint {
                 }
             }
             if let optimizer {
-                for stateName in optimizer.stateNames {
-                    for e in model.arena.layout.entries {
-                        try load("optimizer.\(stateName).\(e.name)", shape: e.shape, into: optimizer.state(named: stateName)! + e.offset)
-                    }
-                }
+                for t in optimizer.stateTensors { try load(t.key, shape: t.shape, into: t.values) }
                 guard let steps = file.metadata["tether.optimizer_steps"].flatMap(Int.init) else { throw fail("metadata tether.optimizer_steps is missing") }
                 optimizer.stepCount = steps
             }

@@ -1,18 +1,65 @@
 import Foundation
 import TetherData
 
-/// The `--data` argument: `fashion-mnist` (Debian's dataset-fashion-mnist) or `idx:DIR` (a folder with
-/// the same four IDX files, gzipped or not).
+/// The `--data` argument, by model family:
+/// - images: `fashion-mnist` (Debian's dataset-fashion-mnist) or `idx:DIR` (the same four IDX files);
+/// - text: `text:PATH`, a UTF-8 file or a folder of them;
+/// - tables: `synthetic-clicks[:ROWS]` or `csv:PATH` with `--schema adult|FILE`.
 public enum DataSource {
-    public static let help = "fashion-mnist (Debian's dataset-fashion-mnist) or idx:DIR (a folder of MNIST-format IDX files)"
+    public static let help = "fashion-mnist, idx:DIR, text:PATH (lm-tied), synthetic-clicks[:ROWS] or csv:PATH with --schema (wide-deep)"
 
     public static func directory(for spec: String) throws -> String {
         if spec == "fashion-mnist" { return FashionMNIST.defaultDirectory }
         if spec.hasPrefix("idx:") && spec.count > 4 { return String(spec.dropFirst(4)) }
-        throw DataError.unknownSource("unknown --data \"\(spec)\": use \(help)")
+        throw unknownOr("is not image data: this model reads fashion-mnist or idx:DIR", spec)
     }
 
-    public static func load(_ spec: String, split: FashionMNIST.Split, limit: Int? = nil) throws -> ImageDataset {
+    public static func images(_ spec: String, split: FashionMNIST.Split, limit: Int? = nil) throws -> ImageDataset {
         try FashionMNIST.load(directory: directory(for: spec), split: split).prefix(limit)
+    }
+
+    public static func text(_ spec: String) throws -> TextCorpus {
+        guard spec.hasPrefix("text:"), spec.count > 5 else {
+            throw unknownOr("is not text: lm-tied reads text:PATH (a UTF-8 file or folder), e.g. text:\(TextCorpusDefaults.fortunes)", spec)
+        }
+        let path = String(spec.dropFirst(5))
+        do { return try TextCorpus(path: path) } catch DataError.missingFile(let f) where f == TextCorpusDefaults.fortunes {
+            throw DataError.invalid("\(f): no such folder (install Debian's fortunes package: apt-get install fortunes)")
+        }
+    }
+
+    /// Train and held-out rows: synthetic-clicks draws both (ROWS training rows, default 200,000, and a
+    /// quarter as many held out); csv: holds out every row whose index is 9 mod 10. Numbers are
+    /// standardized with the training rows' statistics.
+    public static func tabular(_ spec: String, schema: String?, seed: UInt64) throws -> (train: TabularDataset, test: TabularDataset) {
+        let train: TabularDataset, test: TabularDataset
+        if spec == "synthetic-clicks" || spec.hasPrefix("synthetic-clicks:") {
+            var rows = 200_000
+            if spec.hasPrefix("synthetic-clicks:") {
+                guard let n = Int(spec.dropFirst("synthetic-clicks:".count)), n > 0 else {
+                    throw DataError.unknownSource("--data \"\(spec)\": the row count after synthetic-clicks: must be a positive integer")
+                }
+                rows = n
+            }
+            train = SyntheticClicks.generate(rows: rows, seed: seed, heldOut: false)
+            test = SyntheticClicks.generate(rows: max(1, rows / 4), seed: seed, heldOut: true)
+        } else if spec.hasPrefix("csv:"), spec.count > 4 {
+            guard let schema else { throw DataError.unknownSource("--data \(spec) needs --schema adult or --schema FILE (the columns' roles)") }
+            let all = try CSVReader.read(String(spec.dropFirst(4)), schema: TabularSchema.load(schema))
+            guard all.count >= 2 else { throw DataError.invalid("\(spec.dropFirst(4)): \(all.count) row; training and held-out splits need at least 2") }
+            let held = Array(stride(from: 9, to: all.count, by: 10))
+            let heldSet = Set(held)
+            train = all.rows((0..<all.count).filter { !heldSet.contains($0) })
+            test = all.rows(held.isEmpty ? [all.count - 1] : held)
+        } else {
+            throw unknownOr("is not tabular: wide-deep reads synthetic-clicks[:ROWS] or csv:PATH with --schema", spec)
+        }
+        return (train.standardized(like: train), test.standardized(like: train))
+    }
+
+    /// "--data X <why>" for data of another family, "unknown --data X" for anything else.
+    static func unknownOr(_ why: String, _ spec: String) -> DataError {
+        let known = spec == "fashion-mnist" || ["idx:", "text:", "csv:", "synthetic-clicks"].contains { spec.hasPrefix($0) }
+        return .unknownSource(known ? "--data \"\(spec)\" \(why)" : "unknown --data \"\(spec)\": use \(help)")
     }
 }

@@ -6,10 +6,13 @@ public struct MetricsEvent: Codable, Equatable, Sendable {
     public var epoch: Int
     public var step: Int                // global step count after this event
     public var loss: Double?            // mean training loss since the previous line of the same kind
-    public var samples_per_sec: Double?
+    public var samples_per_sec: Double?     // tokens per second for a language model
     public var lr: Double?
     public var test_accuracy: Double?
     public var test_loss: Double?
+    public var test_perplexity: Double?
+    public var test_auc: Double?
+    public var grad_norm: Double?
     public var elapsed_s: Double?
     public var parameters: Int?
     public var model: String?

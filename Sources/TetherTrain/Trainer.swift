@@ -8,25 +8,24 @@ public struct TrainingSummary: Sendable {
     public enum Outcome: Sendable, Equatable { case finished, stoppedEarly, interrupted }
     public var outcome: Outcome
     public var state: TrainingState
-    public var lastTest: BatchStats?
+    public var lastTest: EvaluationReport?
     public var parameterHash: UInt64
 }
 
 /// Single-process training: the loop every Tether run follows, with checkpoints, metrics and progress.
 ///
-/// Per step: the next `batch` samples of the epoch plan -> forward/backward (gradients scaled by 1/B
-/// so they are the batch mean) -> one optimizer step at the schedule's rate. At each epoch end: the
-/// test set is evaluated, a line goes to metrics.jsonl and the checkpoint is rewritten. Resuming reloads
-/// parameters, optimizer state, the data cursor and the dropout RNG, and continues bitwise as if never
-/// stopped.
+/// Per step: the workload's batch for (epoch, step) -> forward/backward (gradients scaled to the batch
+/// mean) -> one optimizer step at the schedule's rate. At each epoch end: the held-out split is
+/// evaluated, a line goes to metrics.jsonl and the checkpoint is rewritten. Resuming reloads
+/// parameters, optimizer state, buffers (a language model's carried state), the data cursor and the
+/// dropout RNG, and continues bitwise as if never stopped.
 public final class Trainer {
     public let config: TrainingConfig
     public let runDirectory: URL
-    public let model: Classifier<Float>
+    public let workload: any Workload
+    public var model: any Model<Float> { workload.model }
     public let optimizer: Optimizer<Float>
     public private(set) var state: TrainingState
-    let train: ImageDataset
-    let test: ImageDataset
     let metrics: MetricsLog
     let progress: ProgressDisplay
     let stepsPerEpoch: Int
@@ -55,14 +54,15 @@ public final class Trainer {
         }
         let config = given
         try config.validate()
-        train = try DataSource.load(config.data, split: .train, limit: config.trainLimit)
-        test = try DataSource.load(config.data, split: .test, limit: config.testLimit)
-        stepsPerEpoch = (train.count + config.batch - 1) / config.batch
+        ProcessMemory.keepFreedBuffers()
+        workload = try Workloads.make(config, metadata: loaded?.file.metadata ?? [:])
+        stepsPerEpoch = workload.stepsPerEpoch
         totalSteps = min(config.epochs * stepsPerEpoch, config.maxSteps ?? .max)
         self.config = config
-
-        model = try ModelFactory.make(config.model, for: train, seed: config.seed)
-        optimizer = Optimizer(config.optimizer, parameterCount: model.arena.count)
+        let model = workload.model
+        do {
+            optimizer = try Optimizer(config.optimizer, layout: model.arena.layout, ftrlParameters: model.ftrlParameters)
+        } catch { throw ConfigError(message: "\(config.model): \(error)") }
         metrics = try MetricsLog(path: runDirectory.appendingPathComponent("metrics.jsonl").path)
         if let loaded {
             try loaded.restore(into: model, optimizer: optimizer)
@@ -71,9 +71,7 @@ public final class Trainer {
         } else {
             state = TrainingState(rng: model.context.rng)
             // Data-dependent init from the first batch the run will train on.
-            let first = EpochPlan(seed: config.seed, epoch: 0, count: train.count, globalBatch: config.batch).samples(step: 0)
-            let (x, y) = train.batch(first, as: Float.self)
-            model.initializeFromData(Batch(inputs: x, labels: y), reduce: { _ in })
+            workload.initializeFromData()
         }
     }
 
@@ -84,21 +82,21 @@ public final class Trainer {
         start.parameters = model.arena.count
         start.model = config.model
         try metrics.write(start)
-        progress.line("\(config.model): \(model.arena.count.formatted()) parameters, \(train.count) training / \(test.count) test samples, "
+        progress.line("\(config.model): \(model.arena.count.formatted()) parameters, \(workload.sizeSummary), "
                       + "\(stepsPerEpoch) steps per epoch, \(totalSteps) steps in all, BLAS threads \(BLAS.threads)")
-        var lastTest: BatchStats?
+        var lastTest: EvaluationReport?
         let runStart = Date()
         var window = (stats: BatchStats(), since: Date(), steps: 0)
         var outcome = TrainingSummary.Outcome.finished
 
         training: while state.globalStep < totalSteps {
-            let plan = EpochPlan(seed: config.seed, epoch: state.epoch, count: train.count, globalBatch: config.batch)
             var epochStats = BatchStats()
             let epochStart = Date()
-            while state.stepInEpoch < plan.steps && state.globalStep < totalSteps {
+            if state.stepInEpoch == 0 { workload.startEpoch(state.epoch) }
+            while state.stepInEpoch < stepsPerEpoch && state.globalStep < totalSteps {
                 if let stop = stopAfterSteps, state.globalStep >= stop { outcome = .stoppedEarly; break training }
                 if StopSignal.requested { outcome = .interrupted; break training }
-                let stats = step(plan.samples(step: state.stepInEpoch))
+                let stats = step()
                 epochStats = epochStats + stats
                 window.stats = window.stats + stats
                 window.steps += 1
@@ -108,30 +106,36 @@ public final class Trainer {
                 let elapsed = Date().timeIntervalSince(window.since)
                 let rate = Double(window.stats.count) / max(elapsed, 1e-9)
                 let remaining = Double(totalSteps - state.globalStep) * elapsed / Double(max(window.steps, 1))
-                progress.update(epoch: state.epoch, epochs: config.epochs, step: state.stepInEpoch, steps: plan.steps,
+                progress.update(epoch: state.epoch, epochs: config.epochs, step: state.stepInEpoch, steps: stepsPerEpoch,
                                 loss: window.stats.meanLoss, samplesPerSec: rate, eta: remaining)
                 if state.globalStep % config.logEvery == 0 {
                     var e = MetricsEvent(event: "step", epoch: state.epoch, step: state.globalStep)
-                    (e.loss, e.samples_per_sec, e.lr) = (window.stats.meanLoss, rate, config.schedule.lr(at: state.globalStep - 1, totalSteps: totalSteps))
+                    (e.loss, e.samples_per_sec, e.lr) = (window.stats.meanLoss, rate, learningRate(at: state.globalStep - 1))
                     try metrics.write(e)
-                    progress.log("epoch \(state.epoch + 1) step \(state.stepInEpoch)/\(plan.steps) loss \(ProgressDisplay.fixed(window.stats.meanLoss, 4)) "
-                                 + "\(ProgressDisplay.grouped(rate)) samples/s ETA \(ProgressDisplay.duration(remaining))")
+                    progress.log("epoch \(state.epoch + 1) step \(state.stepInEpoch)/\(stepsPerEpoch) loss \(ProgressDisplay.fixed(window.stats.meanLoss, 4)) "
+                                 + "\(ProgressDisplay.grouped(rate)) \(workload.unit)/s ETA \(ProgressDisplay.duration(remaining))")
                     window = (BatchStats(), Date(), 0)
                 }
                 if config.checkpointEvery > 0 && state.globalStep % config.checkpointEvery == 0 { try saveCheckpoint() }
             }
-            if state.stepInEpoch == plan.steps {
+            if state.stepInEpoch == stepsPerEpoch {
                 // Epoch complete: evaluate, report, checkpoint at the start of the next epoch.
-                let testStats = evaluate()
-                lastTest = testStats
+                let report = evaluate()
+                lastTest = report
                 let seconds = Date().timeIntervalSince(epochStart)
                 var e = MetricsEvent(event: "epoch", epoch: state.epoch, step: state.globalStep)
-                (e.loss, e.samples_per_sec, e.test_accuracy, e.test_loss, e.elapsed_s) =
-                    (epochStats.meanLoss, Double(epochStats.count) / seconds, testStats.accuracy, testStats.meanLoss, seconds)
+                (e.loss, e.samples_per_sec, e.elapsed_s, e.lr) = (epochStats.meanLoss, Double(epochStats.count) / seconds, seconds, learningRate(at: state.globalStep - 1))
+                report.write(into: &e)
                 try metrics.write(e)
                 progress.line("epoch \(state.epoch + 1)/\(config.epochs): train loss \(ProgressDisplay.fixed(epochStats.meanLoss, 4)), "
-                              + "test accuracy \(ProgressDisplay.fixed(100 * testStats.accuracy, 2))%, test loss \(ProgressDisplay.fixed(testStats.meanLoss, 4)) "
-                              + "(\(ProgressDisplay.fixed(seconds, 1)) s)")
+                              + "\(report.summary) (\(ProgressDisplay.fixed(seconds, 1)) s)")
+                if config.schedule.kind == .plateau {
+                    if let best = state.bestValidationLoss, !(report.loss < best) {
+                        state.lrFactor *= config.schedule.gamma
+                        progress.line("validation loss did not improve on \(ProgressDisplay.fixed(best, 4)): learning rate now \(learningRate(at: state.globalStep))")
+                    }
+                    state.bestValidationLoss = min(state.bestValidationLoss ?? .infinity, report.loss)
+                }
                 state.epoch += 1
                 state.stepInEpoch = 0
                 try saveCheckpoint()
@@ -149,30 +153,25 @@ public final class Trainer {
         return TrainingSummary(outcome: outcome, state: state, lastTest: lastTest, parameterHash: model.arena.valueHash())
     }
 
-    /// One optimizer step on the given samples.
-    func step(_ samples: ArraySlice<Int>) -> BatchStats {
-        let (x, y) = train.batch(samples, as: Float.self)
+    /// The rate of global step `t`: the schedule's, times the plateau factor.
+    func learningRate(at t: Int) -> Double { config.schedule.lr(at: t, totalSteps: totalSteps) * state.lrFactor }
+
+    /// One optimizer step: the workload's batch for the current cursor.
+    func step() -> BatchStats {
         model.arena.zeroGrads()
-        let stats = model.accumulateGradients(Batch(inputs: x, labels: y), scale: 1 / Float(samples.count))
-        optimizer.step(model.arena, lr: config.schedule.lr(at: state.globalStep, totalSteps: totalSteps))
+        let stats = workload.accumulateGradients(epoch: state.epoch, step: state.stepInEpoch)
+        let sparse = model.sparseGradients
+        optimizer.step(model.arena, lr: learningRate(at: state.globalStep), sparse: sparse)
+        sparse.forEach { $0.clear() }
         return stats
     }
 
-    /// Loss and accuracy over the whole test set.
-    public func evaluate() -> BatchStats { Evaluation.run(model, on: test) }
+    /// The held-out evaluation (every sample once).
+    public func evaluate() -> EvaluationReport { workload.evaluate() }
 
     func saveCheckpoint() throws {
         state.rng = model.context.rng
-        try Safetensors.write(Checkpoint.file(model: model, optimizer: optimizer, config: config, state: state), to: checkpointURL)
-    }
-}
-
-public enum Evaluation {
-    /// Evaluates every sample of `data` exactly once, in batches of `batch`.
-    public static func run(_ model: Classifier<Float>, on data: ImageDataset, batch: Int = 1000) -> BatchStats {
-        stride(from: 0, to: data.count, by: batch).reduce(BatchStats()) { total, start in
-            let (x, y) = data.batch(Array(start ..< min(start + batch, data.count))[...], as: Float.self)
-            return total + model.evaluate(Batch(inputs: x, labels: y))
-        }
+        try Safetensors.write(Checkpoint.file(model: model, optimizer: optimizer, config: config, state: state,
+                                              metadata: workload.checkpointMetadata), to: checkpointURL)
     }
 }

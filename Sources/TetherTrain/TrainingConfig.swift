@@ -21,8 +21,41 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     public var checkpointEvery = 0
     /// A `step` line in metrics.jsonl (and the log) every K steps.
     public var logEvery = 50
+    /// For `csv:` data: `adult` or the path of a schema file.
+    public var schema: String?
+    public var language = LanguageOptions()
+    public var wideDeep = WideDeepOptions()
 
     public init() {}
+
+    /// A new run's configuration for `model`: its default data and the optimizer and schedule its
+    /// reference setup uses (PyTorch's word_language_model for lm-tied; Cheng et al. for wide-deep).
+    public static func defaults(for model: String) -> TrainingConfig {
+        var c = TrainingConfig()
+        c.model = model
+        switch model {
+        case "lm-tied":
+            c.data = "text:" + TextCorpusDefaults.fortunes
+            c.batch = 20
+            c.epochs = 6
+            c.optimizer.kind = .sgd
+            c.optimizer.clipNorm = 0.25
+            c.schedule.baseLR = 20
+            c.schedule.kind = .plateau
+            c.schedule.gamma = 0.25
+            c.logEvery = 200
+        case "wide-deep":
+            c.data = "synthetic-clicks"
+            c.batch = 512
+            c.epochs = 3
+            c.optimizer.kind = .adagrad
+            c.schedule.baseLR = 0.05
+            c.logEvery = 100
+        default:
+            break
+        }
+        return c
+    }
 
     /// The fields that may differ between a checkpoint and the run that resumes it.
     static let extendableFields: Set<String> = ["epochs", "maxSteps"]
@@ -30,12 +63,12 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     /// Names of the fields (other than the run's length) in which `self` differs from `other`.
     public func fieldsDiffering(from other: TrainingConfig) -> [String] {
         func flat(_ c: TrainingConfig) -> [String: String] {
-            let json = try! JSONSerialization.jsonObject(with: JSONEncoder().encode(c)) as! [String: Any]
             var out: [String: String] = [:]
-            for (k, v) in json {
-                if let nested = v as? [String: Any] { for (k2, v2) in nested { out["\(k).\(k2)"] = "\(v2)" } }
-                else { out[k] = "\(v)" }
+            func walk(_ v: Any, _ path: String) {
+                if let nested = v as? [String: Any] { for (k, v2) in nested { walk(v2, path.isEmpty ? k : "\(path).\(k)") } }
+                else { out[path] = "\(v)" }
             }
+            walk(try! JSONSerialization.jsonObject(with: JSONEncoder().encode(c)), "")
             return out
         }
         let (a, b) = (flat(self), flat(other))
@@ -56,6 +89,9 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         }
         if let n = trainLimit, n <= 0 { throw fail("--train-limit must be at least 1") }
         if let n = testLimit, n <= 0 { throw fail("--test-limit must be at least 1") }
+        if optimizer.clipNorm < 0 { throw fail("--clip-norm must be 0 (off) or positive") }
+        if model == "lm-tied" { try language.validate() }
+        if model == "wide-deep" { try wideDeep.validate() }
     }
 }
 
@@ -63,4 +99,52 @@ public struct ConfigError: Error, CustomStringConvertible {
     public let message: String
     public init(message: String) { self.message = message }
     public var description: String { message }
+}
+
+public enum TextCorpusDefaults {
+    /// Debian's fortunes package: plain UTF-8 text, a real corpus every Debian machine can install.
+    public static let fortunes = "/usr/share/games/fortunes"
+}
+
+/// lm-tied's shape and truncated-BPTT settings.
+public struct LanguageOptions: Codable, Equatable, Sendable {
+    /// Vocabulary size, including <eos> and <unk>.
+    public var vocabulary = 10_000
+    /// Embedding and hidden size.
+    public var size = 256
+    public var layers = 1
+    /// Steps of backpropagation through time per batch.
+    public var bptt = 35
+    public var dropout = 0.2
+    /// A separate output matrix instead of the tied embedding.
+    public var untied = false
+    /// Weight-normalized LSTM weights.
+    public var weightNorm = true
+    /// Streams of the validation batches (word_language_model: 10).
+    public var evalStreams = 10
+    public init() {}
+
+    func validate() throws {
+        func fail(_ s: String) -> ConfigError { ConfigError(message: s) }
+        guard vocabulary >= 3 else { throw fail("--vocabulary must be at least 3 (<eos>, <unk> and one word)") }
+        guard size > 0, layers > 0, bptt > 0, evalStreams > 0 else { throw fail("--size, --layers, --bptt must be at least 1") }
+        guard (0..<1).contains(dropout) else { throw fail("--dropout must be in [0, 1) (got \(dropout))") }
+    }
+}
+
+/// wide-deep's feature columns and network.
+public struct WideDeepOptions: Codable, Equatable, Sendable {
+    public var buckets = 10_000
+    public var wideBuckets = 1 << 20
+    public var embedding = 16
+    public var hidden = [256, 128, 64]
+    public var parts = WideDeepShape.Parts.both
+    public init() {}
+
+    func validate() throws {
+        func fail(_ s: String) -> ConfigError { ConfigError(message: s) }
+        guard buckets > 0, wideBuckets > 0, embedding > 0 else { throw fail("--buckets, --wide-buckets and --embedding must be at least 1") }
+        guard buckets < Int(Int32.max) / 64, wideBuckets <= Int(Int32.max) else { throw fail("--buckets or --wide-buckets is too large") }
+        guard !hidden.isEmpty, hidden.allSatisfy({ $0 > 0 }) else { throw fail("--hidden needs one or more positive widths, e.g. 256,128,64") }
+    }
 }

@@ -2,18 +2,17 @@ import ArgumentParser
 import Foundation
 import TetherComm
 import TetherTensor
+import TetherTrain
 
 @main
 struct Tether: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Data-parallel training of weight-normalized, tied-weight and Wide & Deep networks.",
-        discussion: "Data: \(DataSourceHelp.text). Run directories hold metrics.jsonl and checkpoint.safetensors.",
+        discussion: "Data: \(DataSource.help). Run directories hold metrics.jsonl and checkpoint.safetensors.",
         version: TetherVersion.string,
         subcommands: [Train.self, Eval.self, Bench.self, Version.self]
     )
 }
-
-enum DataSourceHelp { static let text = "fashion-mnist (Debian's dataset-fashion-mnist) or idx:DIR" }
 
 enum TetherVersion { static let string = "0.1.0" }
 

@@ -30,11 +30,11 @@ struct Train: ParsableCommand {
 }
 
 struct Eval: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Evaluate a checkpoint on a test set.")
+    static let configuration = CommandConfiguration(abstract: "Evaluate a checkpoint on its held-out split.")
 
     @Option(help: "The checkpoint file (a run directory's checkpoint.safetensors).") var checkpoint: String
-    @Option(help: "Data: \(DataSourceHelp.text) (default: the data the run trained on).") var data: String?
-    @Option(help: "Use only the first N test samples.") var testLimit: Int?
+    @Option(help: "Data: \(DataSource.help) (default: the data the run trained on).") var data: String?
+    @Option(help: "Use only the first N held-out samples (tokens for lm-tied).") var testLimit: Int?
     @Flag(help: "Print one JSON object.") var json = false
     @OptionGroup var threads: ThreadOptions
 
@@ -42,17 +42,24 @@ struct Eval: ParsableCommand {
         threads.apply()
         do {
             let loaded = try Checkpoint.Loaded(URL(fileURLWithPath: checkpoint))
-            let test = try DataSource.load(data ?? loaded.config.data, split: .test, limit: testLimit)
-            let model = try ModelFactory.make(loaded.model, for: test, seed: loaded.config.seed)
-            try loaded.restore(into: model, optimizer: nil)
-            let stats = Evaluation.run(model, on: test)
+            var config = loaded.config
+            if let data { config.data = data }
+            config.testLimit = testLimit
+            let workload = try Workloads.make(config, metadata: loaded.file.metadata)
+            try loaded.restore(into: workload.model, optimizer: nil)
+            let report = workload.evaluate()
             if json {
-                let out: [String: Any] = ["model": loaded.model, "samples": stats.count, "test_accuracy": stats.accuracy,
-                                          "test_loss": stats.meanLoss, "epoch": loaded.state.epoch, "step": loaded.state.globalStep]
+                var e = MetricsEvent(event: "eval", epoch: loaded.state.epoch, step: loaded.state.globalStep)
+                e.model = loaded.model
+                report.write(into: &e)
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.sortedKeys]
+                encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+                var out = try JSONSerialization.jsonObject(with: encoder.encode(e)) as! [String: Any]
+                out["samples"] = report.stats.count
                 print(String(data: try JSONSerialization.data(withJSONObject: out, options: [.sortedKeys]), encoding: .utf8)!)
             } else {
-                print("\(loaded.model) at step \(loaded.state.globalStep): test accuracy \(String(format: "%.2f", 100 * stats.accuracy))%, "
-                      + "test loss \(String(format: "%.4f", stats.meanLoss)) on \(stats.count) samples")
+                print("\(loaded.model) at step \(loaded.state.globalStep): \(report.summary) on \(report.stats.count) \(workload.unit)")
             }
         } catch {
             exitWithError(error)

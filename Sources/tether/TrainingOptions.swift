@@ -6,24 +6,27 @@ import TetherTrain
 
 extension OptimizerConfig.Kind: ExpressibleByArgument {}
 extension LRSchedule.Kind: ExpressibleByArgument {}
+extension WideDeepShape.Parts: ExpressibleByArgument {}
 
 /// The flags that define a training run. Every one is optional: unset flags take the defaults of a new
 /// run, or the checkpoint's values when resuming.
 struct TrainingOptions: ParsableArguments {
-    @Option(help: "Model: \(ModelFactory.names.joined(separator: ", ")).") var model: String?
-    @Option(help: "Data: \(DataSourceHelp.text).") var data: String?
+    @Option(help: "Model: \(Workloads.names.joined(separator: ", ")) (default mlp-wn).") var model: String?
+    @Option(help: "Data: \(DataSource.help) (default: the model's).") var data: String?
+    @Option(help: "For csv: data: adult (the UCI Adult census preset) or a schema file.") var schema: String?
     @Option(help: "Epochs to train (default 10).") var epochs: Int?
     @Option(help: "End the run after this many steps.") var maxSteps: Int?
     @Option(help: "Samples per step (per worker; default 64).") var batch: Int?
-    @Option(help: "Optimizer: sgd, adam or adamw (default adam).") var optimizer: OptimizerConfig.Kind?
+    @Option(help: "Optimizer: sgd, adam, adamw or adagrad (default: adam; lm-tied sgd; wide-deep adagrad for the deep part).") var optimizer: OptimizerConfig.Kind?
     @Option(help: "Learning rate (default 1e-3).") var lr: Double?
     @Option(help: "SGD momentum.") var momentum: Double?
     @Flag(help: "Nesterov momentum (SGD).") var nesterov = false
     @Option(help: "Weight decay (coupled for sgd/adam, decoupled for adamw).") var weightDecay: Double?
-    @Option(help: "Learning-rate schedule: constant, step or cosine.") var schedule: LRSchedule.Kind?
+    @Option(help: "Clip the global gradient norm to this (lm-tied default 0.25; 0 is off).") var clipNorm: Double?
+    @Option(help: "Learning-rate schedule: constant, step, cosine or plateau (x gamma when validation loss stalls; lm-tied's default).") var schedule: LRSchedule.Kind?
     @Option(help: "Linear warm-up steps.") var warmupSteps: Int?
     @Option(help: "Step schedule: decay every N steps.") var lrStepSize: Int?
-    @Option(help: "Step schedule: decay factor.") var lrGamma: Double?
+    @Option(help: "Step and plateau schedules: decay factor.") var lrGamma: Double?
     @Option(help: "Cosine schedule: final learning rate.") var minLr: Double?
     @Option(help: "Seed of initialization, shuffling and dropout (default 0).") var seed: UInt64?
     @Option(help: "Use only the first N training samples.") var trainLimit: Int?
@@ -31,11 +34,53 @@ struct TrainingOptions: ParsableArguments {
     @Option(help: "Also checkpoint every N steps (default: at epoch ends only).") var checkpointEvery: Int?
     @Option(help: "A log and metrics line every N steps (default 50).") var logEvery: Int?
 
+    // lm-tied
+    @Option(help: "lm-tied: vocabulary size, with <eos> and <unk> (default 10000).") var vocabulary: Int?
+    @Option(help: "lm-tied: embedding and LSTM size (default 256).") var size: Int?
+    @Option(help: "lm-tied: LSTM layers (default 1).") var layers: Int?
+    @Option(help: "lm-tied: steps of backpropagation through time (default 35).") var bptt: Int?
+    @Option(help: "lm-tied: dropout (default 0.2).") var dropout: Double?
+    @Flag(help: "lm-tied: a separate output matrix instead of the tied embedding.") var untied = false
+    @Flag(inversion: .prefixedNo, help: "lm-tied: weight-normalized LSTM weights (default on).") var weightNorm: Bool?
+
+    // wide-deep
+    @Option(help: "wide-deep: hash buckets per categorical field of the deep embeddings (default 10000).") var buckets: Int?
+    @Option(help: "wide-deep: hash buckets of the wide part (default 1048576).") var wideBuckets: Int?
+    @Option(help: "wide-deep: embedding size per field (default 16).") var embedding: Int?
+    @Option(help: "wide-deep: widths of the deep MLP, e.g. 256,128,64.") var hidden: String?
+    @Option(help: "wide-deep: wide-deep, wide or deep (the paper's comparison).") var parts: WideDeepShape.Parts?
+    @Option(help: "wide-deep: FTRL learning rate alpha of the wide part (default 0.05).") var ftrlAlpha: Double?
+    @Option(help: "wide-deep: FTRL L1 strength.") var ftrlL1: Double?
+    @Option(help: "wide-deep: FTRL L2 strength.") var ftrlL2: Double?
+
+    func validate() throws {
+        if let hidden, hidden.split(separator: ",").contains(where: { Int($0) == nil }) {
+            throw ValidationError("--hidden takes comma-separated widths, e.g. 256,128,64 (got \"\(hidden)\")")
+        }
+    }
+
     /// `base` with every given flag applied.
     func applied(to base: TrainingConfig) -> TrainingConfig {
-        var c = base
-        if let model { c.model = model }
+        // Another model starts from that model's defaults (its data, optimizer and schedule).
+        var c = model.map { $0 == base.model ? base : TrainingConfig.defaults(for: $0) } ?? base
         if let data { c.data = data }
+        if let schema { c.schema = schema }
+        if let clipNorm { c.optimizer.clipNorm = clipNorm }
+        if let vocabulary { c.language.vocabulary = vocabulary }
+        if let size { c.language.size = size }
+        if let layers { c.language.layers = layers }
+        if let bptt { c.language.bptt = bptt }
+        if let dropout { c.language.dropout = dropout }
+        if untied { c.language.untied = true }
+        if let weightNorm { c.language.weightNorm = weightNorm }
+        if let buckets { c.wideDeep.buckets = buckets }
+        if let wideBuckets { c.wideDeep.wideBuckets = wideBuckets }
+        if let embedding { c.wideDeep.embedding = embedding }
+        if let hidden { c.wideDeep.hidden = hidden.split(separator: ",").compactMap { Int($0) } }
+        if let parts { c.wideDeep.parts = parts }
+        if let ftrlAlpha { c.optimizer.ftrl.alpha = ftrlAlpha }
+        if let ftrlL1 { c.optimizer.ftrl.l1 = ftrlL1 }
+        if let ftrlL2 { c.optimizer.ftrl.l2 = ftrlL2 }
         if let epochs { c.epochs = epochs }
         if let maxSteps { c.maxSteps = maxSteps }
         if let batch { c.batch = batch }

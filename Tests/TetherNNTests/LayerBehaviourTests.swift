@@ -83,7 +83,7 @@ import TetherTensor
         _ = layout.add("p", shape: [start.count], initializer: .zeros)
         let arena = ParameterArena<Double>(layout: layout)
         for i in start.indices { arena.values[i] = start[i] }
-        let opt = Optimizer<Double>(config, parameterCount: start.count)
+        let opt = try! Optimizer<Double>(config, layout: layout)
         for g in grads {
             for i in g.indices { arena.grads[i] = g[i] }
             opt.step(arena, lr: lr)

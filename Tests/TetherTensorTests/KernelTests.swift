@@ -106,3 +106,47 @@ import Testing
         #expect(r.permutation(n).sorted() == Array(0..<n))
     }
 }
+
+/// The Float kernels in C (vectorized exp, sigmoid, tanh) against the generic Double reference.
+@Suite struct FloatKernelsAgainstDoubleTests {
+    func random(_ n: Int, scale: Double, seed: UInt64) -> [Double] {
+        var rng = RNG(seed: seed)
+        return (0..<n).map { _ in scale * rng.nextNormal() }
+    }
+    func worst(_ a: [Float], _ b: [Double]) -> Double { zip(a, b).map { abs(Double($0) - $1) / max(1, abs($1)) }.max() ?? 0 }
+
+    @Test func softmaxCrossEntropy() {
+        let (b, k) = (7, 1003) // not a multiple of the vector width
+        let z = random(b * k, scale: 8, seed: 1), labels = (0..<b).map { Int32($0 * 97 % k) }
+        var pd = [Double](repeating: 0, count: b * k), ld = [Double](repeating: 0, count: b)
+        var pf = [Float](repeating: 0, count: b * k), lf = [Float](repeating: 0, count: b)
+        Double.softmaxCrossEntropyForward(probs: &pd, losses: &ld, logits: z, labels: labels, batch: b, classes: k)
+        Float.softmaxCrossEntropyForward(probs: &pf, losses: &lf, logits: z.map(Float.init), labels: labels, batch: b, classes: k)
+        #expect(worst(pf, pd) < 1e-6)
+        #expect(worst(lf, ld) < 1e-5)
+    }
+
+    @Test func lstmCell() {
+        let (b, n) = (3, 37)
+        let gates = random(b * 4 * n, scale: 3, seed: 2), cPrev = random(b * n, scale: 1, seed: 3)
+        let dh = random(b * n, scale: 1, seed: 4), dc = random(b * n, scale: 1, seed: 5)
+        var gd = gates, cd = [Double](repeating: 0, count: b * n), td = cd, hd = cd
+        var gf = gates.map(Float.init), cf = [Float](repeating: 0, count: b * n), tf = cf, hf = cf
+        Double.lstmCellForward(gates: &gd, c: &cd, tanhC: &td, h: &hd, cPrev: cPrev, batch: b, hidden: n)
+        Float.lstmCellForward(gates: &gf, c: &cf, tanhC: &tf, h: &hf, cPrev: cPrev.map(Float.init), batch: b, hidden: n)
+        for (f, d) in [(gf, gd), (cf, cd), (tf, td), (hf, hd)] { #expect(worst(f, d) < 1e-6) }
+        var dgd = [Double](repeating: 0, count: b * 4 * n), dcpd = [Double](repeating: 0, count: b * n)
+        var dgf = [Float](repeating: 0, count: b * 4 * n), dcpf = [Float](repeating: 0, count: b * n)
+        Double.lstmCellBackward(dgates: &dgd, dcPrev: &dcpd, dh: dh, dc: dc, gates: gd, cPrev: cPrev, tanhC: td, batch: b, hidden: n)
+        Float.lstmCellBackward(dgates: &dgf, dcPrev: &dcpf, dh: dh.map(Float.init), dc: dc.map(Float.init), gates: gf,
+                               cPrev: cPrev.map(Float.init), tanhC: tf, batch: b, hidden: n)
+        #expect(worst(dgf, dgd) < 1e-5)
+        #expect(worst(dcpf, dcpd) < 1e-5)
+    }
+
+    @Test func sumOfSquares() {
+        let x = random(1001, scale: 2, seed: 6)
+        let d = Double.sumOfSquares(x, count: x.count), f = Float.sumOfSquares(x.map(Float.init), count: x.count)
+        #expect(abs(f - d) / d < 1e-6)
+    }
+}

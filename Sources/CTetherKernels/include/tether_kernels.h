@@ -44,3 +44,19 @@ void tether_keep_heap_memory(size_t mmap_threshold, size_t trim_threshold);
 void tether_pending_add(long *pending, long n);
 long tether_pending_load(const long *pending);
 void tether_pending_release(void *data, void *hint);
+
+/// Softmax cross-entropy over (B, K) float logits, with a vectorized exp (relative error < 2e-7):
+/// probs (B, K) = softmax(logits); losses (B) = -log probs[label], computed from the logits.
+void tether_softmax_xent_f32(float *probs, float *losses, const float *logits, const int *labels, long b, long k);
+
+/// The pointwise part of one LSTM step for B rows of H units, PyTorch's gate order (i, f, g, o).
+/// Forward: gates (B, 4H) holds the pre-activations on entry and the activations on return;
+/// c = f * c_prev + i * g, tanh_c = tanh(c), h = o * tanh_c (each (B, H)).
+void tether_lstm_cell_forward_f32(float *gates, float *c, float *tanh_c, float *h, const float *c_prev, long b, long hidden);
+/// Backward: from dh and dc (the gradients reaching h and c of this step) writes dgates (B, 4H), the
+/// gradient of the pre-activations, and dc_prev = dc_total * f.
+void tether_lstm_cell_backward_f32(float *dgates, float *dc_prev, const float *dh, const float *dc, const float *gates,
+                                   const float *c_prev, const float *tanh_c, long b, long hidden);
+
+/// The sum of squares of n floats, accumulated in double.
+double tether_sum_squares_f32(const float *x, size_t n);

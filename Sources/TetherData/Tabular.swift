@@ -1,0 +1,192 @@
+import Foundation
+import TetherTensor
+
+/// Rows of categorical and numeric features with a binary label: the input of wide-deep.
+/// Categorical values are kept as 64-bit hashes of their text (the model maps them to buckets);
+/// numeric features are standardized with the training split's mean and deviation.
+public struct TabularDataset: Sendable {
+    public let categoricalNames: [String]
+    public let numericNames: [String]
+    /// Pairs of categorical field indices whose value combinations the wide part sees as features.
+    public let crosses: [[Int]]
+    /// (N, F) value hashes, (N, M) numbers, (N) labels in {0, 1}.
+    public let categorical: [UInt64]
+    public let numeric: [Float]
+    public let labels: [Int32]
+    public var count: Int { labels.count }
+    public var fields: Int { categoricalNames.count }
+
+    public init(categoricalNames: [String], numericNames: [String], crosses: [[Int]], categorical: [UInt64], numeric: [Float], labels: [Int32]) {
+        precondition(categorical.count == labels.count * categoricalNames.count && numeric.count == labels.count * numericNames.count)
+        (self.categoricalNames, self.numericNames, self.crosses) = (categoricalNames, numericNames, crosses)
+        (self.categorical, self.numeric, self.labels) = (categorical, numeric, labels)
+    }
+
+    /// The rows at `indices`, in order.
+    public func rows(_ indices: some Collection<Int>) -> TabularDataset {
+        let f = fields, m = numericNames.count
+        var c: [UInt64] = [], x: [Float] = [], y: [Int32] = []
+        c.reserveCapacity(indices.count * f); x.reserveCapacity(indices.count * m); y.reserveCapacity(indices.count)
+        for i in indices {
+            c += categorical[i * f ..< (i + 1) * f]
+            x += numeric[i * m ..< (i + 1) * m]
+            y.append(labels[i])
+        }
+        return TabularDataset(categoricalNames: categoricalNames, numericNames: numericNames, crosses: crosses, categorical: c, numeric: x, labels: y)
+    }
+
+    public func prefix(_ n: Int?) -> TabularDataset {
+        guard let n, n < count else { return self }
+        return rows(0..<n)
+    }
+
+    /// Standardizes every numeric column with the mean and deviation of `reference` (the training split).
+    public func standardized(like reference: TabularDataset) -> TabularDataset {
+        let m = numericNames.count
+        guard m > 0, reference.count > 0 else { return self }
+        var mean = [Double](repeating: 0, count: m), square = mean
+        for r in 0..<reference.count { for j in 0..<m { let v = Double(reference.numeric[r * m + j]); mean[j] += v; square[j] += v * v } }
+        let n = Double(reference.count)
+        let std = (0..<m).map { j in max((square[j] / n - (mean[j] / n) * (mean[j] / n)).squareRoot(), 1e-6) }
+        var x = numeric
+        for r in 0..<count { for j in 0..<m { x[r * m + j] = Float((Double(x[r * m + j]) - mean[j] / n) / std[j]) } }
+        return TabularDataset(categoricalNames: categoricalNames, numericNames: numericNames, crosses: crosses, categorical: categorical, numeric: x, labels: labels)
+    }
+
+    /// FNV-1a of a value's bytes.
+    public static func hash<S: Sequence>(_ bytes: S) -> UInt64 where S.Element == UInt8 {
+        var h: UInt64 = 0xCBF2_9CE4_8422_2325
+        for b in bytes { h = (h ^ UInt64(b)) &* 0x100_0000_01B3 }
+        return h
+    }
+}
+
+/// Which columns of a CSV file are what. A schema file has one directive per line (# comments):
+///
+///     columns age, workclass, fnlwgt, ...      the file's columns, in order (required)
+///     categorical workclass, education, ...
+///     numeric age, fnlwgt, ...
+///     label income >50K, >50K.                  the label column and the values that mean 1
+///     cross education, occupation               a crossed feature for the wide part (repeatable)
+///     header yes|no                             whether the first line names the columns (default no)
+///     skip-prefix |                             lines starting with this are ignored
+///
+/// Columns not named as categorical, numeric or label are ignored.
+public struct TabularSchema: Equatable, Sendable {
+    public var columns: [String] = []
+    public var categorical: [String] = []
+    public var numeric: [String] = []
+    public var label = ""
+    public var positive: Set<String> = []
+    public var crosses: [[String]] = []
+    public var header = false
+    public var skipPrefix: String?
+
+    public init() {}
+
+    /// The UCI Adult census schema (adult.data / adult.test), with the crosses of TensorFlow's wide &
+    /// deep tutorial.
+    public static let adult: TabularSchema = try! parse("""
+        columns age, workclass, fnlwgt, education, education_num, marital_status, occupation, relationship, race, gender, capital_gain, capital_loss, hours_per_week, native_country, income_bracket
+        categorical workclass, education, marital_status, occupation, relationship, race, gender, native_country
+        numeric age, fnlwgt, education_num, capital_gain, capital_loss, hours_per_week
+        label income_bracket >50K, >50K.
+        cross education, occupation
+        cross native_country, occupation
+        skip-prefix |
+        """, file: "<adult preset>")
+
+    /// `adult` (the preset) or the path of a schema file.
+    public static func load(_ spec: String) throws -> TabularSchema {
+        if spec == "adult" { return adult }
+        guard let data = FileManager.default.contents(atPath: spec) else { throw DataError.missingFile(spec) }
+        guard let text = String(data: data, encoding: .utf8) else { throw DataError.invalid("\(spec): the schema is not UTF-8 text") }
+        return try parse(text, file: spec)
+    }
+
+    public static func parse(_ text: String, file: String) throws -> TabularSchema {
+        var s = TabularSchema()
+        for (n, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let line = raw.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init)?.trimmingCharacters(in: .whitespaces) ?? ""
+            guard !line.isEmpty else { continue }
+            let parts = line.split(separator: " ", maxSplits: 1).map(String.init)
+            let key = parts[0], rest = parts.count > 1 ? parts[1] : ""
+            func list(_ t: String) -> [String] { t.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } }
+            func fail(_ why: String) -> DataError { .invalid("\(file):\(n + 1): \(why)") }
+            switch key {
+            case "columns": s.columns = list(rest)
+            case "categorical": s.categorical += list(rest)
+            case "numeric": s.numeric += list(rest)
+            case "label":
+                let p = rest.split(separator: " ", maxSplits: 1).map(String.init)
+                guard p.count == 2 else { throw fail("label needs a column and the values that mean 1: label income >50K") }
+                s.label = p[0]
+                s.positive = Set(list(p[1]))
+            case "cross":
+                let c = list(rest)
+                guard c.count == 2 else { throw fail("cross needs two categorical columns, got \(c.count)") }
+                s.crosses.append(c)
+            case "header":
+                guard rest == "yes" || rest == "no" else { throw fail("header must be yes or no") }
+                s.header = rest == "yes"
+            case "skip-prefix": s.skipPrefix = rest.isEmpty ? nil : rest
+            default: throw fail("unknown directive \"\(key)\" (known: columns, categorical, numeric, label, cross, header, skip-prefix)")
+            }
+        }
+        try s.check(file: file)
+        return s
+    }
+
+    /// Every named column must be one of `columns`; categorical, numeric and label must not overlap.
+    func check(file: String) throws {
+        func fail(_ why: String) -> DataError { .invalid("\(file): \(why)") }
+        guard !columns.isEmpty else { throw fail("the schema names no columns (a \"columns\" line)") }
+        guard !label.isEmpty else { throw fail("the schema names no label column (a \"label\" line)") }
+        let known = Set(columns)
+        for (role, names) in [("categorical", categorical), ("numeric", numeric), ("label", [label]), ("cross", crosses.flatMap { $0 })] {
+            if let bad = names.first(where: { !known.contains($0) }) {
+                throw fail("\(role) column \"\(bad)\" is not one of the columns (\(columns.joined(separator: ", ")))")
+            }
+        }
+        if let bad = crosses.flatMap({ $0 }).first(where: { !categorical.contains($0) }) { throw fail("cross column \"\(bad)\" is not categorical") }
+        if let both = Set(categorical).intersection(numeric).first ?? (categorical + numeric).first(where: { $0 == label }) {
+            throw fail("column \"\(both)\" has two roles")
+        }
+        guard !categorical.isEmpty || !numeric.isEmpty else { throw fail("the schema has no feature columns") }
+    }
+}
+
+/// Reads a CSV file under a schema. A row with the wrong number of fields or a number that does not
+/// parse is an error naming the file, line and column.
+public enum CSVReader {
+    public static func read(_ path: String, schema: TabularSchema) throws -> TabularDataset {
+        guard let data = FileManager.default.contents(atPath: path) else { throw DataError.missingFile(path) }
+        guard let text = String(data: data, encoding: .utf8) else { throw DataError.invalid("\(path): not UTF-8 text") }
+        let index = Dictionary(uniqueKeysWithValues: schema.columns.enumerated().map { ($1, $0) })
+        let cat = schema.categorical.map { index[$0]! }, num = schema.numeric.map { index[$0]! }, label = index[schema.label]!
+        var categorical: [UInt64] = [], numeric: [Float] = [], labels: [Int32] = []
+        var first = schema.header
+        for (n, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let line = raw.hasSuffix("\r") ? raw.dropLast() : raw
+            if line.allSatisfy(\.isWhitespace) { continue }
+            if let p = schema.skipPrefix, line.hasPrefix(p) { continue }
+            if first { first = false; continue }
+            let cells = line.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
+            guard cells.count == schema.columns.count else {
+                throw DataError.invalid("\(path):\(n + 1): \(cells.count) fields, the schema has \(schema.columns.count) columns")
+            }
+            for c in cat { categorical.append(TabularDataset.hash(cells[c].utf8)) }
+            for c in num {
+                guard let v = Float(cells[c]), v.isFinite else {
+                    throw DataError.invalid("\(path):\(n + 1): column \(c + 1) (\(schema.columns[c])): \"\(cells[c])\" is not a number")
+                }
+                numeric.append(v)
+            }
+            labels.append(schema.positive.contains(cells[label]) ? 1 : 0)
+        }
+        guard !labels.isEmpty else { throw DataError.invalid("\(path): no data rows") }
+        let crosses = schema.crosses.map { pair in pair.map { schema.categorical.firstIndex(of: $0)! } }
+        return TabularDataset(categoricalNames: schema.categorical, numericNames: schema.numeric, crosses: crosses,
+                              categorical: categorical, numeric: numeric, labels: labels)
+    }
+}
