@@ -22,22 +22,31 @@ public struct TabularDataset: Sendable {
         (self.categorical, self.numeric, self.labels) = (categorical, numeric, labels)
     }
 
+    /// The rows at `indices`, in order: (B, F) hashes, (B, M) numbers, (B) labels.
+    public func gather(_ indices: ArraySlice<Int>) -> (categorical: [UInt64], numeric: [Float], labels: [Int32]) {
+        let f = fields, m = numericNames.count, b = indices.count
+        var c = [UInt64](repeating: 0, count: b * f), x = [Float](repeating: 0, count: b * m), y = [Int32](repeating: 0, count: b)
+        c.withUnsafeMutableBufferPointer { cp in x.withUnsafeMutableBufferPointer { xp in
+            categorical.withUnsafeBufferPointer { sc in numeric.withUnsafeBufferPointer { sx in
+                for (r, i) in indices.enumerated() {
+                    (cp.baseAddress! + r * f).update(from: sc.baseAddress! + i * f, count: f)
+                    (xp.baseAddress! + r * m).update(from: sx.baseAddress! + i * m, count: m)
+                    y[r] = labels[i]
+                }
+            } }
+        } }
+        return (c, x, y)
+    }
+
     /// The rows at `indices`, in order.
-    public func rows(_ indices: some Collection<Int>) -> TabularDataset {
-        let f = fields, m = numericNames.count
-        var c: [UInt64] = [], x: [Float] = [], y: [Int32] = []
-        c.reserveCapacity(indices.count * f); x.reserveCapacity(indices.count * m); y.reserveCapacity(indices.count)
-        for i in indices {
-            c += categorical[i * f ..< (i + 1) * f]
-            x += numeric[i * m ..< (i + 1) * m]
-            y.append(labels[i])
-        }
+    public func rows(_ indices: [Int]) -> TabularDataset {
+        let (c, x, y) = gather(indices[...])
         return TabularDataset(categoricalNames: categoricalNames, numericNames: numericNames, crosses: crosses, categorical: c, numeric: x, labels: y)
     }
 
     public func prefix(_ n: Int?) -> TabularDataset {
         guard let n, n < count else { return self }
-        return rows(0..<n)
+        return rows(Array(0..<n))
     }
 
     /// Standardizes every numeric column with the mean and deviation of `reference` (the training split).

@@ -7,47 +7,53 @@ public final class SparseRows<T: Scalar> {
     public let slot: ParameterSlot
     public let width: Int
     public var tableRows: Int { slot.count / width }
-    /// Distinct row ids in first-touch order, and their gradients (ids.count, width).
-    public private(set) var ids: [Int32] = []
-    public private(set) var values: [T] = []
-    /// Per table row: its position in `ids`, or -1. Reset for the touched rows only.
-    private var position: [Int32]
+    /// Distinct rows touched so far, in first-touch order.
+    public private(set) var count = 0
+    private var capacity = 0
+    private var idStorage: UnsafeMutablePointer<Int32> = .allocate(capacity: 0)
+    private var valueStorage: UnsafeMutablePointer<T> = .allocate(capacity: 0)
+    /// Per table row: its position among the touched rows, or -1. Reset for the touched rows only.
+    private let position: UnsafeMutablePointer<Int32>
 
     public init(slot: ParameterSlot, width: Int) {
         precondition(width > 0 && slot.count % width == 0)
         (self.slot, self.width) = (slot, width)
-        position = [Int32](repeating: -1, count: slot.count / width)
+        position = .allocate(capacity: slot.count / width)
+        position.initialize(repeating: -1, count: slot.count / width)
     }
 
-    /// Adds `scale` x the gradient row `grads[i]` to row `rowIDs[i]`, for i in 0..<count.
-    public func accumulate(rowIDs: UnsafePointer<Int32>, grads: UnsafePointer<T>, count: Int) {
-        for i in 0..<count {
-            let r = Int(rowIDs[i])
-            var p = Int(position[r])
-            if p < 0 {
-                p = ids.count
-                position[r] = Int32(p)
-                ids.append(Int32(r))
-                values.append(contentsOf: repeatElement(0, count: width))
-            }
-            values.withUnsafeMutableBufferPointer { T.axpy($0.baseAddress! + p * width, grads + i * width, alpha: 1, count: width) }
+    deinit { idStorage.deallocate(); valueStorage.deallocate(); position.deallocate() }
+
+    /// The touched row ids (count) and their gradient rows (count, width), valid until the next change.
+    public var idPointer: UnsafePointer<Int32> { UnsafePointer(idStorage) }
+    public var valuePointer: UnsafeMutablePointer<T> { valueStorage }
+    public var ids: [Int32] { Array(UnsafeBufferPointer(start: idStorage, count: count)) }
+    public var values: [T] { Array(UnsafeBufferPointer(start: valueStorage, count: count * width)) }
+
+    /// Adds the gradient row `grads[i]` to row `rowIDs[i]`, for i in 0..<n.
+    public func accumulate(rowIDs: UnsafePointer<Int32>, grads: UnsafePointer<T>, count n: Int) {
+        if count + n > capacity {
+            let grown = max(count + n, 2 * capacity)
+            let ids = UnsafeMutablePointer<Int32>.allocate(capacity: grown), values = UnsafeMutablePointer<T>.allocate(capacity: grown * width)
+            ids.update(from: idStorage, count: count)
+            values.update(from: valueStorage, count: count * width)
+            idStorage.deallocate(); valueStorage.deallocate()
+            (idStorage, valueStorage, capacity) = (ids, values, grown)
         }
+        count = T.accumulateRows(valueStorage, touched: idStorage, distinct: count, position: position, ids: rowIDs, grads: grads, count: n, width: width)
     }
 
-    public func scale(by factor: T) {
-        values.withUnsafeMutableBufferPointer { T.scale($0.baseAddress!, by: factor, count: $0.count) }
-    }
+    public func scale(by factor: T) { T.scale(valueStorage, by: factor, count: count * width) }
 
     /// Forgets every touched row (after the optimizer step).
     public func clear() {
-        for r in ids { position[Int(r)] = -1 }
-        ids.removeAll(keepingCapacity: true)
-        values.removeAll(keepingCapacity: true)
+        for i in 0..<count { position[Int(idStorage[i])] = -1 }
+        count = 0
     }
 
     /// The same gradient written densely into `dense` (the table's layout), for tests and the dense exchange.
     public func addDense(into dense: UnsafeMutablePointer<T>) {
-        values.withUnsafeBufferPointer { v in ids.withUnsafeBufferPointer { T.scatterAddRows(dense, v.baseAddress!, dest: $0.baseAddress!, count: ids.count, width: width) } }
+        T.scatterAddRows(dense, valueStorage, dest: idStorage, count: count, width: width)
     }
 }
 

@@ -112,24 +112,22 @@ public final class Optimizer<T: Scalar> {
         }
         for rows in sparse {
             let base = rows.slot.offset, table = arena.values + base
-            rows.ids.withUnsafeBufferPointer { ids in rows.values.withUnsafeBufferPointer { g in
-                let (i, v, n, d) = (ids.baseAddress!, g.baseAddress!, ids.count, rows.width)
-                guard n > 0 else { return }
-                if ftrlEntries.contains(rows.slot.index) {
-                    T.ftrlRows(table, z: state["ftrl_z"]! + base, n: state["ftrl_n"]! + base, ids: i, grads: v, c.ftrl, count: n, width: d)
-                } else if c.kind == .adagrad {
-                    T.adagradRows(table, sum: state["sum"]! + base, ids: i, grads: v, lr: T(lr), epsilon: T(c.adagradEpsilon), count: n, width: d)
-                } else {
-                    T.sgdRows(table, ids: i, grads: v, lr: T(lr), count: n, width: d)
-                }
-            } }
+            let (i, v, n, d) = (rows.idPointer, UnsafePointer(rows.valuePointer), rows.count, rows.width)
+            guard n > 0 else { continue }
+            if ftrlEntries.contains(rows.slot.index) {
+                T.ftrlRows(table, z: state["ftrl_z"]! + base, n: state["ftrl_n"]! + base, ids: i, grads: v, c.ftrl, count: n, width: d)
+            } else if c.kind == .adagrad {
+                T.adagradRows(table, sum: state["sum"]! + base, ids: i, grads: v, lr: T(lr), epsilon: T(c.adagradEpsilon), count: n, width: d)
+            } else {
+                T.sgdRows(table, ids: i, grads: v, lr: T(lr), count: n, width: d)
+            }
         }
     }
 
     /// Scales every gradient, dense and sparse, by min(1, maxNorm / (norm + 1e-6)) (clip_grad_norm_).
     private func clip(_ arena: ParameterArena<T>, sparse: [SparseRows<T>], maxNorm: Double) {
         var total = denseRanges.reduce(0.0) { $0 + T.sumOfSquares(arena.grads + $1.lowerBound, count: $1.count) }
-        for rows in sparse { total += rows.values.withUnsafeBufferPointer { T.sumOfSquares($0.baseAddress!, count: $0.count) } }
+        for rows in sparse { total += T.sumOfSquares(rows.valuePointer, count: rows.count * rows.width) }
         let factor = maxNorm / (total.squareRoot() + 1e-6)
         guard factor < 1 else { return }
         for r in denseRanges { T.scale(arena.grads + r.lowerBound, by: T(factor), count: r.count) }

@@ -51,4 +51,24 @@ extension Scalar {
             for j in 0..<d { row[j] += xr[j] }
         }
     }
+
+    public static func accumulateRows(_ values: UnsafeMutablePointer<Self>, touched: UnsafeMutablePointer<Int32>, distinct: Int,
+                                      position: UnsafeMutablePointer<Int32>, ids: UnsafePointer<Int32>, grads: UnsafePointer<Self>,
+                                      count n: Int, width d: Int) -> Int {
+        var distinct = distinct
+        for i in 0..<n {
+            let id = Int(ids[i])
+            var p = Int(position[id])
+            if p < 0 {
+                p = distinct
+                position[id] = Int32(p)
+                touched[p] = Int32(id)
+                (values + p * d).update(repeating: 0, count: d)
+                distinct += 1
+            }
+            let row = values + p * d, g = grads + i * d
+            for j in 0..<d { row[j] += g[j] }
+        }
+        return distinct
+    }
 }

@@ -110,6 +110,13 @@ public protocol Scalar: BinaryFloatingPoint, Sendable, Codable where Self.RawSig
                                  tanhC: UnsafePointer<Self>, batch b: Int, hidden: Int)
     /// y (N, D) = table rows ids (N) of table (*, D)
     static func gatherRows(_ y: UnsafeMutablePointer<Self>, table: UnsafePointer<Self>, ids: UnsafePointer<Int32>, count n: Int, width d: Int)
+    /// Sums gradient rows by row id into a compact list: for each i, the row for ids[i] += grads[i];
+    /// a first-touched id gets the next position (written to position[id] and touched[]) and a zeroed
+    /// row. `distinct` rows exist on entry; returns the count after. values and touched need room for
+    /// distinct + n rows.
+    static func accumulateRows(_ values: UnsafeMutablePointer<Self>, touched: UnsafeMutablePointer<Int32>, distinct: Int,
+                               position: UnsafeMutablePointer<Int32>, ids: UnsafePointer<Int32>, grads: UnsafePointer<Self>,
+                               count n: Int, width d: Int) -> Int
     /// accumulates table rows: table[dest[i]] += x[i] for x (N, D)
     static func scatterAddRows(_ table: UnsafeMutablePointer<Self>, _ x: UnsafePointer<Self>, dest: UnsafePointer<Int32>, count n: Int, width d: Int)
 

@@ -93,9 +93,9 @@ final class ClickPrediction: Workload {
             + "\(train.crosses.count) crosses, parts: \(config.wideDeep.parts.rawValue)"
     }
 
-    static func batch(_ data: TabularDataset, _ rows: some Collection<Int>) -> TabularBatch<Float> {
-        let d = data.rows(rows)
-        return TabularBatch(categorical: d.categorical, numeric: Tensor(shape: [d.count, d.numericNames.count], scalars: d.numeric), labels: d.labels)
+    static func batch(_ data: TabularDataset, _ rows: ArraySlice<Int>) -> TabularBatch<Float> {
+        let (c, x, y) = data.gather(rows)
+        return TabularBatch(categorical: c, numeric: Tensor(shape: [y.count, data.numericNames.count], scalars: x), labels: y)
     }
 
     func initializeFromData() { wideDeep.initializeFromData(Self.batch(train, steps.samples(epoch: 0, step: 0)), reduce: { _ in }) }
@@ -108,7 +108,7 @@ final class ClickPrediction: Workload {
     func evaluate() -> EvaluationReport {
         var scores: [Float] = []
         let stats = inBatches(test.count, of: 4096) { r in
-            let (s, p) = wideDeep.evaluate(Self.batch(test, r))
+            let (s, p) = wideDeep.evaluate(Self.batch(test, Array(r)[...]))
             scores += p
             return s
         }
