@@ -47,9 +47,10 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         case "wide-deep":
             c.data = "synthetic-clicks"
             c.batch = 512
-            c.epochs = 3
+            c.epochs = 2
             c.optimizer.kind = .adagrad
-            c.schedule.baseLR = 0.05
+            c.schedule.baseLR = 0.01
+            c.optimizer.ftrl.alpha = 0.2
             c.logEvery = 100
         default:
             break

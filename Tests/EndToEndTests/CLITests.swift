@@ -78,6 +78,11 @@ let dataInstalled = FileManager.default.fileExists(atPath: "/usr/share/datasets/
         (["train", "--batch", "0", "--run-dir", "/tmp/tether-e2e-never"], "--batch must be at least 1"),
         (["train", "--data", "idx:/nonexistent/dir", "--run-dir", "/tmp/tether-e2e-never"], "/nonexistent/dir/train-images-idx3-ubyte.gz: no such file"),
         (["train", "--data", "csv", "--run-dir", "/tmp/tether-e2e-never"], "unknown --data \"csv\""),
+        (["train", "--model", "wide-deep", "--data", "csv:/nonexistent.csv", "--run-dir", "/tmp/tether-e2e-never"], "needs --schema adult or --schema FILE"),
+        (["train", "--model", "wide-deep", "--data", "csv:/nonexistent.csv", "--schema", "adult", "--run-dir", "/tmp/tether-e2e-never"], "/nonexistent.csv: no such file"),
+        (["train", "--model", "lm-tied", "--data", "fashion-mnist", "--run-dir", "/tmp/tether-e2e-never"], "is not text: lm-tied reads text:PATH"),
+        (["train", "--model", "lm-tied", "--dropout", "1.5", "--run-dir", "/tmp/tether-e2e-never"], "--dropout must be in [0, 1)"),
+        (["train", "--model", "wide-deep", "--hidden", "256,x", "--run-dir", "/tmp/tether-e2e-never"], "--hidden takes comma-separated widths"),
         (["train", "--frobnicate"], "Unknown option '--frobnicate'"),
         (["eval", "--checkpoint", "/nonexistent/checkpoint.safetensors"], "/nonexistent/checkpoint.safetensors: no such checkpoint file"),
         (["bench", "train", "--threads", "0"], "--threads must be at least 1"),
@@ -104,5 +109,37 @@ let dataInstalled = FileManager.default.fileExists(atPath: "/usr/share/datasets/
         let r = try CLI.run(["version"])
         #expect(r.status == 0)
         #expect(r.stdout.contains("libzmq 4.") && r.stdout.contains("protobuf-c 1.") && r.stdout.contains("OpenBLAS"))
+    }
+
+    /// lm-tied as a user runs it: train on a text file, evaluate the checkpoint (the vocabulary comes with it).
+    @Test func languageModelTrainThenEval() throws {
+        let dir = CLI.tempDir("lm")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let text = (0..<600).map { ["the cat sat on the mat .", "a dog ran in the park .", "we like the sea ."][$0 % 3] }.joined(separator: "\n")
+        let corpus = dir.appendingPathComponent("corpus.txt")
+        try text.write(to: corpus, atomically: true, encoding: .utf8)
+        let run = dir.appendingPathComponent("run").path
+        let r = try CLI.run(["train", "--model", "lm-tied", "--data", "text:" + corpus.path, "--size", "16", "--vocabulary", "30", "--batch", "4",
+                             "--bptt", "8", "--epochs", "1", "--lr", "5", "--run-dir", run])
+        #expect(r.status == 0, "stderr: \(r.stderr)")
+        #expect(r.stdout.contains("tied output, weight-normalized LSTM"))
+        #expect(r.stdout.contains("epoch 1/1: train loss") && r.stdout.contains("validation perplexity"))
+        let e = try CLI.run(["eval", "--checkpoint", run + "/checkpoint.safetensors", "--json"])
+        #expect(e.status == 0, "stderr: \(e.stderr)")
+        let result = try JSONSerialization.jsonObject(with: Data(e.stdout.utf8)) as! [String: Any]
+        #expect((result["test_perplexity"] as? Double).map { $0 > 1 && $0 < 30 } == true, "\(result)")
+    }
+
+    @Test func aBadCSVRowIsNamedByFileAndLine() throws {
+        let dir = CLI.tempDir("csv")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let csv = dir.appendingPathComponent("adult.data")
+        let row = "39, State-gov, 77516, Bachelors, 13, Never-married, Adm-clerical, Not-in-family, White, Male, 2174, 0, 40, United-States, <=50K"
+        try [row, row, "39, State-gov, 77516, Bachelors"].joined(separator: "\n").write(to: csv, atomically: true, encoding: .utf8)
+        let r = try CLI.run(["train", "--model", "wide-deep", "--data", "csv:" + csv.path, "--schema", "adult", "--run-dir", dir.appendingPathComponent("run").path])
+        #expect(r.status == 1)
+        #expect(r.stderr.contains("\(csv.path):3: 4 fields, the schema has 15 columns"), "stderr: \(r.stderr)")
     }
 }
