@@ -43,6 +43,38 @@ struct TiedAndWideDeepGradientTests {
             : ["rnn.weight_ih_l0", "rnn.weight_hh_l0", "rnn.bias_ih_l0", "rnn.bias_hh_l0"]))
     }
 
+    /// The embedding alone, dense and row-sparse: L = sum(y * R) over a batch that repeats a row.
+    @Test(arguments: [false, true])
+    func embedding(sparse: Bool) {
+        var layout = ArenaLayout()
+        let e = Embedding<Double>(&layout, prefix: "", rows: 5, width: 3, sparse: sparse)
+        let arena = ParameterArena<Double>(layout: layout)
+        var rng = RNG(seed: 8)
+        arena.initialize(rng: &rng)
+        let ctx = ModelContext(arena: arena, rng: rng)
+        let ids: [Int32] = [4, 1, 4, 0]
+        let r = Tensor<Double>(shape: [4, 3], scalars: (0..<12).map { _ in rng.nextNormal() })
+        func loss() -> Double { zip(e.forward(ids: ids, ctx).scalars, r.scalars).reduce(0) { $0 + $1.0 * $1.1 } }
+        arena.zeroGrads()
+        _ = e.forward(ids: ids, ctx)
+        e.backward(r, ctx)
+        var analytic = sparse ? [Double](repeating: 0, count: 15) : Array(UnsafeBufferPointer(start: arena.grads, count: 15))
+        if let rows = e.sparseGradient {
+            #expect(rows.ids == [4, 1, 0])
+            analytic.withUnsafeMutableBufferPointer { rows.addDense(into: $0.baseAddress!) }
+        }
+        var worst = 0.0
+        for i in 0..<15 {
+            let old = arena.values[i]
+            arena.values[i] = old + 1e-5; let lp = loss()
+            arena.values[i] = old - 1e-5; let lm = loss()
+            arena.values[i] = old
+            worst = max(worst, abs(analytic[i] - (lp - lm) / 2e-5))
+        }
+        #expect(worst < tolerance)
+        #expect(analytic[6...8].allSatisfy { $0 == 0 } && analytic[9...11].allSatisfy { $0 == 0 }) // rows 2, 3 untouched
+    }
+
     @Test func transposedDense() {
         var layout = ArenaLayout()
         let w = layout.add("w", shape: [4, 6], initializer: .normal(std: 0.5))
