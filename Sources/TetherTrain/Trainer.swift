@@ -71,7 +71,7 @@ public final class Trainer {
         } else {
             state = TrainingState(rng: model.context.rng)
             // Data-dependent init from the first batch the run will train on.
-            workload.initializeFromData()
+            workload.initializeFromData(reduce: { _ in })
         }
     }
 

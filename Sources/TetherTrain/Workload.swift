@@ -8,8 +8,11 @@ public struct EvaluationReport: Sendable {
     public enum Kind: Sendable { case classification, reconstruction, languageModel, clickPrediction }
     public var kind: Kind
     public var stats: BatchStats
-    /// Area under the ROC curve (click prediction).
+    /// Area under the ROC curve (click prediction), from `scores` and `labels`.
     public var auc: Double?
+    /// Click prediction's held-out scores and labels, kept so shards' reports can be merged.
+    public var scores: [Float] = []
+    public var labels: [Int32] = []
     public var loss: Double { stats.meanLoss }
     public var accuracy: Double? { kind == .classification || kind == .clickPrediction ? stats.accuracy : nil }
     public var perplexity: Double? { kind == .languageModel ? exp(stats.meanLoss) : nil }
@@ -23,6 +26,17 @@ public struct EvaluationReport: Sendable {
         case .languageModel: return "validation perplexity \(f(exp(loss), 2)), loss \(f(loss, 4))"
         case .clickPrediction: return "test AUC \(f(auc ?? .nan, 4)), log loss \(f(loss, 4)), accuracy \(f(100 * stats.accuracy, 2))%"
         }
+    }
+
+    /// The report over the union of shards' evaluations (each sample in exactly one).
+    public static func merged(_ reports: [EvaluationReport]) -> EvaluationReport {
+        var r = reports[0]
+        r.stats = reports.dropFirst().reduce(r.stats) { $0 + $1.stats }
+        if r.kind == .clickPrediction {
+            (r.scores, r.labels) = (reports.flatMap(\.scores), reports.flatMap(\.labels))
+            r.auc = areaUnderROC(scores: r.scores, labels: r.labels)
+        }
+        return r
     }
 
     /// The same figures as JSON fields (for metrics.jsonl and `tether eval --json`).
@@ -45,12 +59,15 @@ public protocol Workload: AnyObject {
     var sizeSummary: String { get }
     /// What `BatchStats.count` counts: "samples" or "tokens".
     var unit: String { get }
-    /// Data-dependent initialization from the run's first batch.
-    func initializeFromData()
+    /// Data-dependent initialization from this shard's part of the run's first batch; `reduce` sums
+    /// the statistics over all shards, so every replica initializes alike.
+    func initializeFromData(reduce: StatisticsReducer)
     /// Called before the first step of each epoch (not when resuming mid-epoch).
     func startEpoch(_ epoch: Int)
-    /// Forward and backward of step `step` of epoch `epoch`; accumulates the batch-mean gradient.
+    /// Forward and backward of this shard's part of step `step` of epoch `epoch`; accumulates the
+    /// gradient scaled by 1 / (the global batch's count), so summing over shards gives the exact mean.
     func accumulateGradients(epoch: Int, step: Int) -> BatchStats
+    /// This shard's part of the held-out evaluation (merge the shards' with `EvaluationReport.merged`).
     func evaluate() -> EvaluationReport
     /// Checkpoint metadata the workload needs to be rebuilt (the vocabulary).
     var checkpointMetadata: [String: String] { get }
@@ -68,18 +85,18 @@ public enum Workloads {
     /// Builds the workload `config` names: its data, then its model with parameters from the seed's
     /// "INIT" stream (so every process that builds it gets the same weights). `metadata` is a
     /// checkpoint's, when rebuilding one (it carries the vocabulary).
-    public static func make(_ config: TrainingConfig, metadata: [String: String] = [:]) throws -> any Workload {
+    public static func make(_ config: TrainingConfig, shard: Shard = .whole, metadata: [String: String] = [:]) throws -> any Workload {
         var rng = RNG(seed: config.seed, stream: 0x494E_4954) // "INIT"
         let workload: any Workload
         switch config.model {
         case _ where ImageModels.names.contains(config.model):
-            workload = try ImageClassification(config, rng: &rng)
+            workload = try ImageClassification(config, shard: shard, rng: &rng)
         case "autoencoder-tied":
-            workload = try ImageReconstruction(config, rng: &rng)
+            workload = try ImageReconstruction(config, shard: shard, rng: &rng)
         case "lm-tied":
-            workload = try LanguageModelling(config, metadata: metadata, rng: &rng)
+            workload = try LanguageModelling(config, shard: shard, metadata: metadata, rng: &rng)
         case "wide-deep":
-            workload = try ClickPrediction(config, rng: &rng)
+            workload = try ClickPrediction(config, shard: shard, rng: &rng)
         default:
             throw ConfigError(message: "unknown --model \"\(config.model)\": choose one of \(names.joined(separator: ", "))")
         }
@@ -88,23 +105,49 @@ public enum Workloads {
     }
 }
 
-/// The samples of each step of a shuffled epoch (EpochPlan), keeping the current epoch's plan.
+/// Which part of every global batch a process takes: rank `rank` of `count` data-parallel replicas.
+public struct Shard: Sendable, Equatable, Codable {
+    public var rank: Int, count: Int
+    public init(rank: Int, count: Int) {
+        precondition(count > 0 && (0..<count).contains(rank), "shard \(rank) of \(count)")
+        (self.rank, self.count) = (rank, count)
+    }
+    public static let whole = Shard(rank: 0, count: 1)
+
+    /// Positions rank, rank + count, rank + 2 count, ... of `items`: the shards of a slice are disjoint,
+    /// cover it, and differ in size by at most one.
+    public func dealt<C: RandomAccessCollection>(_ items: C) -> [C.Element] where C.Index == Int {
+        stride(from: items.startIndex + rank, to: items.endIndex, by: count).map { items[$0] }
+    }
+
+    /// The `rank`-th of `count` nearly equal contiguous parts of 0..<n (for token streams).
+    public func part(of n: Int) -> Range<Int> { (rank * n / count) ..< ((rank + 1) * n / count) }
+}
+
+/// The samples of each step of a shuffled epoch (EpochPlan) whose global batch is `batch` per shard,
+/// keeping the current epoch's plan.
 final class ShuffledSteps {
-    let seed: UInt64, count: Int, batch: Int
+    let seed: UInt64, count: Int, globalBatch: Int, shard: Shard
     private var plan: EpochPlan?
-    init(seed: UInt64, count: Int, batch: Int) { (self.seed, self.count, self.batch) = (seed, count, batch) }
+    init(seed: UInt64, count: Int, batch: Int, shard: Shard) {
+        (self.seed, self.count, globalBatch, self.shard) = (seed, count, batch * shard.count, shard)
+    }
 
-    var perEpoch: Int { (count + batch - 1) / batch }
+    var perEpoch: Int { (count + globalBatch - 1) / globalBatch }
 
-    func samples(epoch: Int, step: Int) -> ArraySlice<Int> {
-        if plan?.epoch != epoch { plan = EpochPlan(seed: seed, epoch: epoch, count: count, globalBatch: batch) }
-        return plan!.samples(step: step)
+    /// This shard's samples of the step, and the global step's sample count (the gradient's divisor).
+    func samples(epoch: Int, step: Int) -> (local: ArraySlice<Int>, global: Int) {
+        if plan?.epoch != epoch { plan = EpochPlan(seed: seed, epoch: epoch, count: count, globalBatch: globalBatch) }
+        let all = plan!.samples(step: step)
+        return (shard.dealt(all)[...], all.count)
     }
 }
 
-/// Evaluates `count` items in batches of `batch`, each exactly once, summing the stats.
-func inBatches(_ count: Int, of batch: Int, _ body: (Range<Int>) -> BatchStats) -> BatchStats {
-    stride(from: 0, to: count, by: batch).reduce(BatchStats()) { $0 + body($1 ..< min($1 + batch, count)) }
+/// Evaluates this shard's items of 0..<count (dealt like training batches) in batches of `batch`,
+/// summing the stats: over all shards, every item exactly once.
+func inBatches(_ count: Int, of batch: Int, shard: Shard, _ body: (ArraySlice<Int>) -> BatchStats) -> BatchStats {
+    let mine = shard.dealt(0..<count)
+    return stride(from: 0, to: mine.count, by: batch).reduce(BatchStats()) { $0 + body(mine[$1 ..< min($1 + batch, mine.count)]) }
 }
 
 /// The area under the ROC curve of scores against labels in {0, 1}: the probability that a random

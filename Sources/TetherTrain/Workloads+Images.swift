@@ -16,28 +16,32 @@ final class ImageClassification: Workload {
     let steps: ShuffledSteps
     var model: any Model<Float> { classifier }
 
-    init(_ config: TrainingConfig, rng: inout RNG) throws {
+    let shard: Shard
+
+    init(_ config: TrainingConfig, shard: Shard, rng: inout RNG) throws {
         (train, test) = try imageSplits(config)
-        steps = ShuffledSteps(seed: config.seed, count: train.count, batch: config.batch)
+        self.shard = shard
+        steps = ShuffledSteps(seed: config.seed, count: train.count, batch: config.batch, shard: shard)
         classifier = ImageModels.make(config.model, height: train.height, width: train.width, classes: train.classes, rng: &rng, as: Float.self)!
     }
 
     var stepsPerEpoch: Int { steps.perEpoch }
     var sizeSummary: String { "\(train.count) training / \(test.count) test samples" }
 
-    func initializeFromData() {
-        let (x, y) = train.batch(steps.samples(epoch: 0, step: 0), as: Float.self)
-        classifier.initializeFromData(Batch(inputs: x, labels: y), reduce: { _ in })
+    func initializeFromData(reduce: StatisticsReducer) {
+        let (x, y) = train.batch(steps.samples(epoch: 0, step: 0).local, as: Float.self)
+        classifier.initializeFromData(Batch(inputs: x, labels: y), reduce: reduce)
     }
 
     func accumulateGradients(epoch: Int, step: Int) -> BatchStats {
-        let (x, y) = train.batch(steps.samples(epoch: epoch, step: step), as: Float.self)
-        return classifier.accumulateGradients(Batch(inputs: x, labels: y), scale: 1 / Float(y.count))
+        let (local, global) = steps.samples(epoch: epoch, step: step)
+        let (x, y) = train.batch(local, as: Float.self)
+        return classifier.accumulateGradients(Batch(inputs: x, labels: y), scale: 1 / Float(global))
     }
 
     func evaluate() -> EvaluationReport {
-        let stats = inBatches(test.count, of: 1000) { r in
-            let (x, y) = test.batch(Array(r)[...], as: Float.self)
+        let stats = inBatches(test.count, of: 1000, shard: shard) { r in
+            let (x, y) = test.batch(r, as: Float.self)
             return classifier.evaluate(Batch(inputs: x, labels: y))
         }
         return EvaluationReport(kind: .classification, stats: stats)
@@ -51,24 +55,27 @@ final class ImageReconstruction: Workload {
     let steps: ShuffledSteps
     var model: any Model<Float> { autoencoder }
 
-    init(_ config: TrainingConfig, rng: inout RNG) throws {
+    let shard: Shard
+
+    init(_ config: TrainingConfig, shard: Shard, rng: inout RNG) throws {
         (train, test) = try imageSplits(config)
-        steps = ShuffledSteps(seed: config.seed, count: train.count, batch: config.batch)
+        self.shard = shard
+        steps = ShuffledSteps(seed: config.seed, count: train.count, batch: config.batch, shard: shard)
         autoencoder = TiedAutoencoder(features: train.features, rng: &rng)
     }
 
     var stepsPerEpoch: Int { steps.perEpoch }
     var sizeSummary: String { "\(train.count) training / \(test.count) test images" }
-    func initializeFromData() {}
+    func initializeFromData(reduce: StatisticsReducer) {}
 
     func accumulateGradients(epoch: Int, step: Int) -> BatchStats {
-        let (x, _) = train.batch(steps.samples(epoch: epoch, step: step), as: Float.self)
-        return autoencoder.accumulateGradients(x, scale: 1 / Float(x.shape[0]))
+        let (local, global) = steps.samples(epoch: epoch, step: step)
+        return autoencoder.accumulateGradients(train.batch(local, as: Float.self).inputs, scale: 1 / Float(global))
     }
 
     func evaluate() -> EvaluationReport {
-        EvaluationReport(kind: .reconstruction, stats: inBatches(test.count, of: 1000) { r in
-            autoencoder.evaluate(test.batch(Array(r)[...], as: Float.self).inputs)
+        EvaluationReport(kind: .reconstruction, stats: inBatches(test.count, of: 1000, shard: shard) { r in
+            autoencoder.evaluate(test.batch(r, as: Float.self).inputs)
         })
     }
 }

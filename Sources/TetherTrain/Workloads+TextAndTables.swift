@@ -3,19 +3,21 @@ import TetherData
 import TetherNN
 import TetherTensor
 
-/// lm-tied on a text corpus: the training text as `batch` streams read `bptt` tokens at a time in order
-/// (the state carried between steps, reset at each epoch start), validation on `evalStreams` streams.
+/// lm-tied on a text corpus: the training text as `batch` x shards streams read `bptt` tokens at a time
+/// in order (the state carried between steps, reset at each epoch start), each shard taking `batch`
+/// contiguous streams; validation on `evalStreams` streams, shared out likewise.
 final class LanguageModelling: Workload {
     static let vocabularyKey = "tether.vocabulary"
     let lm: LanguageModel<Float>
     let vocabulary: Vocabulary
     let train: TokenStreams, validation: TokenStreams
     let options: LanguageOptions
+    let trainStreams: Range<Int>, validationStreams: Range<Int>
     var model: any Model<Float> { lm }
     var unit: String { "tokens" }
 
     /// A fresh run counts the vocabulary from the training split; a checkpoint's (in `metadata`) is reused.
-    init(_ config: TrainingConfig, metadata: [String: String], rng: inout RNG) throws {
+    init(_ config: TrainingConfig, shard: Shard, metadata: [String: String], rng: inout RNG) throws {
         options = config.language
         let corpus = try DataSource.text(config.data)
         if let saved = metadata[Self.vocabularyKey] {
@@ -29,11 +31,13 @@ final class LanguageModelling: Workload {
         if let n = config.trainLimit { trainTokens = Array(trainTokens.prefix(n)) }
         var validTokens = vocabulary.encode(corpus.validationLines)
         if let n = config.testLimit { validTokens = Array(validTokens.prefix(n)) }
-        train = TokenStreams(trainTokens, columns: config.batch)
+        train = TokenStreams(trainTokens, columns: config.batch * shard.count)
         validation = TokenStreams(validTokens, columns: min(options.evalStreams, max(1, validTokens.count / 2)))
         guard train.steps(bptt: options.bptt) > 0 else {
-            throw ConfigError(message: "\(config.data): \(trainTokens.count) training tokens are too few for \(config.batch) streams (--batch)")
+            throw ConfigError(message: "\(config.data): \(trainTokens.count) training tokens are too few for \(train.columns) streams (--batch x workers)")
         }
+        trainStreams = shard.part(of: train.columns)
+        validationStreams = shard.part(of: validation.columns)
         let shape = LanguageModelShape(vocabulary: vocabulary.count, size: options.size, layers: options.layers,
                                        dropout: options.dropout, tied: !options.untied, weightNorm: options.weightNorm)
         lm = LanguageModel(shape, trainStreams: config.batch, rng: &rng)
@@ -48,20 +52,20 @@ final class LanguageModelling: Workload {
         [Self.vocabularyKey: String(data: try! JSONEncoder().encode(vocabulary), encoding: .utf8)!]
     }
 
-    func initializeFromData() {}
+    func initializeFromData(reduce: StatisticsReducer) {}
     func startEpoch(_ epoch: Int) { lm.resetState() }
 
     func accumulateGradients(epoch: Int, step: Int) -> BatchStats {
-        let w = train.window(step: step, bptt: options.bptt, streams: 0..<train.columns)
-        return lm.accumulateGradients(inputs: w.inputs, targets: w.targets, steps: w.steps, scale: 1 / Float(w.inputs.count))
+        let w = train.window(step: step, bptt: options.bptt, streams: trainStreams)
+        return lm.accumulateGradients(inputs: w.inputs, targets: w.targets, steps: w.steps, scale: 1 / Float(w.steps * train.columns))
     }
 
     func evaluate() -> EvaluationReport {
         var state: [LSTMLayer<Float>.State]?
         var total = BatchStats()
-        for s in 0..<validation.steps(bptt: options.bptt) {
-            let w = validation.window(step: s, bptt: options.bptt, streams: 0..<validation.columns)
-            let (stats, next) = lm.evaluate(inputs: w.inputs, targets: w.targets, steps: w.steps, streams: validation.columns, state: state)
+        for s in 0..<validation.steps(bptt: options.bptt) where !validationStreams.isEmpty {
+            let w = validation.window(step: s, bptt: options.bptt, streams: validationStreams)
+            let (stats, next) = lm.evaluate(inputs: w.inputs, targets: w.targets, steps: w.steps, streams: validationStreams.count, state: state)
             total = total + stats
             state = next
         }
@@ -77,11 +81,14 @@ final class ClickPrediction: Workload {
     let steps: ShuffledSteps
     var model: any Model<Float> { wideDeep }
 
-    init(_ config: TrainingConfig, rng: inout RNG) throws {
+    let shard: Shard
+
+    init(_ config: TrainingConfig, shard: Shard, rng: inout RNG) throws {
         self.config = config
+        self.shard = shard
         let (train, test) = try DataSource.tabular(config.data, schema: config.schema, seed: config.seed)
         (self.train, self.test) = (train.prefix(config.trainLimit), test.prefix(config.testLimit))
-        steps = ShuffledSteps(seed: config.seed, count: self.train.count, batch: config.batch)
+        steps = ShuffledSteps(seed: config.seed, count: self.train.count, batch: config.batch, shard: shard)
         let o = config.wideDeep
         wideDeep = WideDeep(WideDeepShape(fields: train.fields, numeric: train.numericNames.count, crosses: train.crosses, buckets: o.buckets,
                                           wideBuckets: o.wideBuckets, embedding: o.embedding, hidden: o.hidden, parts: o.parts), rng: &rng)
@@ -98,20 +105,24 @@ final class ClickPrediction: Workload {
         return TabularBatch(categorical: c, numeric: Tensor(shape: [y.count, data.numericNames.count], scalars: x), labels: y)
     }
 
-    func initializeFromData() { wideDeep.initializeFromData(Self.batch(train, steps.samples(epoch: 0, step: 0)), reduce: { _ in }) }
+    func initializeFromData(reduce: StatisticsReducer) {
+        wideDeep.initializeFromData(Self.batch(train, steps.samples(epoch: 0, step: 0).local), reduce: reduce)
+    }
 
     func accumulateGradients(epoch: Int, step: Int) -> BatchStats {
-        let b = Self.batch(train, steps.samples(epoch: epoch, step: step))
-        return wideDeep.accumulateGradients(b, scale: 1 / Float(b.count))
+        let (local, global) = steps.samples(epoch: epoch, step: step)
+        return wideDeep.accumulateGradients(Self.batch(train, local), scale: 1 / Float(global))
     }
 
     func evaluate() -> EvaluationReport {
-        var scores: [Float] = []
-        let stats = inBatches(test.count, of: 4096) { r in
-            let (s, p) = wideDeep.evaluate(Self.batch(test, Array(r)[...]))
+        var scores: [Float] = [], labels: [Int32] = []
+        let stats = inBatches(test.count, of: 4096, shard: shard) { r in
+            let b = Self.batch(test, r)
+            let (s, p) = wideDeep.evaluate(b)
             scores += p
+            labels += b.labels
             return s
         }
-        return EvaluationReport(kind: .clickPrediction, stats: stats, auc: areaUnderROC(scores: scores, labels: test.labels))
+        return EvaluationReport(kind: .clickPrediction, stats: stats, auc: areaUnderROC(scores: scores, labels: labels), scores: scores, labels: labels)
     }
 }
