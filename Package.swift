@@ -5,6 +5,7 @@ import PackageDescription
 //   CBLAS, CTetherKernels -> TetherTensor -> TetherNN ---\
 //   CZlib -> TetherData -----------------> TetherTrain -> tether
 //   CProtobufC -> TetherWire -> TetherComm -/   (TetherComm also: CZeroMQ, CXXHash, CTetherKernels)
+//   TetherTrain + TetherComm -> TetherCluster (coordinator, workers) -> tether
 let package = Package(
     name: "Tether",
     platforms: [.macOS(.v13)],
@@ -31,8 +32,9 @@ let package = Package(
         .target(name: "TetherData", dependencies: ["TetherTensor", "CZlib"]),
         .target(name: "TetherComm", dependencies: ["TetherWire", "CZeroMQ", "CProtobufC", "CXXHash", "CTetherKernels"]),
         .target(name: "TetherTrain", dependencies: ["TetherTensor", "TetherNN", "TetherData"]),
+        .target(name: "TetherCluster", dependencies: ["TetherTrain", "TetherComm", "TetherNN", "TetherTensor", "CXXHash"]),
         .executableTarget(name: "tether", dependencies: [
-            "TetherTrain", "TetherComm", "TetherData", "TetherNN", "TetherTensor", "CXXHash",
+            "TetherCluster", "TetherTrain", "TetherComm", "TetherData", "TetherNN", "TetherTensor", "CXXHash",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
@@ -41,6 +43,7 @@ let package = Package(
         .testTarget(name: "TetherDataTests", dependencies: ["TetherData", "TetherTensor", "CZlib"]),
         .testTarget(name: "TetherCommTests", dependencies: ["TetherComm", "TetherWire", "CZeroMQ"]),
         .testTarget(name: "TetherTrainTests", dependencies: ["TetherTrain", "TetherNN", "TetherData", "TetherTensor"]),
+        .testTarget(name: "TetherClusterTests", dependencies: ["TetherCluster", "TetherComm"]),
         .testTarget(name: "EndToEndTests", dependencies: []),
     ],
     swiftLanguageModes: [.v5]

@@ -17,6 +17,15 @@ public struct Envelope: Equatable, Sendable {
         case hello(Hello)
         case chunk(ChunkHeader)
         case abort(Abort)
+        // cluster control (Control+Wire.swift)
+        case assign(Assign)
+        case ready(Ready)
+        case start
+        case stepReport(StepReport)
+        case evalReport(EvalReport)
+        case checkpoint(CheckpointData)
+        case heartbeat
+        case finish
     }
 
     public struct Hello: Equatable, Sendable {
@@ -107,8 +116,18 @@ extension Envelope {
         }
         return jobID.withCString { job in
             msg.job_id = UnsafeMutablePointer(mutating: job)
+            let arena = PackArena() // the C strings and arrays must outlive the packing
+            let packed = withExtendedLifetime(arena) {
+                body.flatMap { b in
+                    Envelope.packControl(b, &msg, arena) { m in
+                        let size = tether__v1__envelope__get_packed_size(&m)
+                        return [UInt8](unsafeUninitializedCapacity: size) { buf, count in count = tether__v1__envelope__pack(&m, buf.baseAddress) }
+                    }
+                }
+            }
+            if let packed { return packed }
             switch body {
-            case .none:
+            case .none, .assign, .ready, .start, .stepReport, .evalReport, .checkpoint, .heartbeat, .finish:
                 return pack()
             case .hello(let h):
                 var hello = Tether__V1__Hello()
@@ -193,7 +212,7 @@ extension Envelope {
             guard let a = env.abort?.pointee else { break }
             body = .abort(Abort(originRank: a.origin_rank, reason: String(cString: a.reason)))
         default:
-            break
+            body = try Envelope.unpackControl(env)
         }
     }
 

@@ -52,9 +52,18 @@ public final class ZeroMQFrame {
 }
 
 public final class ZeroMQSocket {
+    /// push/pull: the ring's links. router/dealer: cluster control (the coordinator's ROUTER sees each
+    /// worker's DEALER as an identity frame before the message).
     public enum Kind {
-        case push, pull
-        var raw: Int32 { self == .push ? ZMQ_PUSH : ZMQ_PULL }
+        case push, pull, router, dealer
+        var raw: Int32 {
+            switch self {
+            case .push: ZMQ_PUSH
+            case .pull: ZMQ_PULL
+            case .router: ZMQ_ROUTER
+            case .dealer: ZMQ_DEALER
+            }
+        }
     }
 
     let handle: UnsafeMutableRawPointer
@@ -70,6 +79,8 @@ public final class ZeroMQSocket {
         try setOption(ZMQ_LINGER, Int32(linger.milliseconds), "ZMQ_LINGER")
         try setOption(ZMQ_SNDHWM, 0, "ZMQ_SNDHWM")
         try setOption(ZMQ_RCVHWM, 0, "ZMQ_RCVHWM")
+        // A ROUTER fails a send to an identity it does not know (a gone worker) instead of dropping it.
+        if kind == .router { try setOption(ZMQ_ROUTER_MANDATORY, 1, "ZMQ_ROUTER_MANDATORY") }
     }
 
     deinit { close() }

@@ -12,7 +12,12 @@ public struct MetricsEvent: Codable, Equatable, Sendable {
     public var test_loss: Double?
     public var test_perplexity: Double?
     public var test_auc: Double?
-    public var grad_norm: Double?
+    /// Cluster steps: per rank, seconds of compute, of gradient exchange, and of the exchange waiting.
+    public var compute_s: [Double]?
+    public var allreduce_s: [Double]?
+    public var wait_s: [Double]?
+    /// Why a job failed.
+    public var error: String?
     public var elapsed_s: Double?
     public var parameters: Int?
     public var model: String?

@@ -13,6 +13,10 @@ public struct EvaluationReport: Sendable {
     /// Click prediction's held-out scores and labels, kept so shards' reports can be merged.
     public var scores: [Float] = []
     public var labels: [Int32] = []
+
+    public init(kind: Kind, stats: BatchStats, auc: Double? = nil, scores: [Float] = [], labels: [Int32] = []) {
+        (self.kind, self.stats, self.auc, self.scores, self.labels) = (kind, stats, auc, scores, labels)
+    }
     public var loss: Double { stats.meanLoss }
     public var accuracy: Double? { kind == .classification || kind == .clickPrediction ? stats.accuracy : nil }
     public var perplexity: Double? { kind == .languageModel ? exp(stats.meanLoss) : nil }
@@ -81,6 +85,16 @@ extension Workload {
 
 public enum Workloads {
     public static let names = ImageModels.names + ["autoencoder-tied", "lm-tied", "wide-deep"]
+
+    /// What an evaluation of `model` reports.
+    public static func evaluationKind(for model: String) -> EvaluationReport.Kind {
+        switch model {
+        case "autoencoder-tied": .reconstruction
+        case "lm-tied": .languageModel
+        case "wide-deep": .clickPrediction
+        default: .classification
+        }
+    }
 
     /// Builds the workload `config` names: its data, then its model with parameters from the seed's
     /// "INIT" stream (so every process that builds it gets the same weights). `metadata` is a

@@ -52,6 +52,366 @@ void   tether__v1__envelope__free_unpacked
   assert(message->base.descriptor == &tether__v1__envelope__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   tether__v1__assign__init
+                     (Tether__V1__Assign         *message)
+{
+  static const Tether__V1__Assign init_value = TETHER__V1__ASSIGN__INIT;
+  *message = init_value;
+}
+size_t tether__v1__assign__get_packed_size
+                     (const Tether__V1__Assign *message)
+{
+  assert(message->base.descriptor == &tether__v1__assign__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t tether__v1__assign__pack
+                     (const Tether__V1__Assign *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &tether__v1__assign__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t tether__v1__assign__pack_to_buffer
+                     (const Tether__V1__Assign *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &tether__v1__assign__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Tether__V1__Assign *
+       tether__v1__assign__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Tether__V1__Assign *)
+     protobuf_c_message_unpack (&tether__v1__assign__descriptor,
+                                allocator, len, data);
+}
+void   tether__v1__assign__free_unpacked
+                     (Tether__V1__Assign *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &tether__v1__assign__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   tether__v1__ready__init
+                     (Tether__V1__Ready         *message)
+{
+  static const Tether__V1__Ready init_value = TETHER__V1__READY__INIT;
+  *message = init_value;
+}
+size_t tether__v1__ready__get_packed_size
+                     (const Tether__V1__Ready *message)
+{
+  assert(message->base.descriptor == &tether__v1__ready__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t tether__v1__ready__pack
+                     (const Tether__V1__Ready *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &tether__v1__ready__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t tether__v1__ready__pack_to_buffer
+                     (const Tether__V1__Ready *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &tether__v1__ready__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Tether__V1__Ready *
+       tether__v1__ready__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Tether__V1__Ready *)
+     protobuf_c_message_unpack (&tether__v1__ready__descriptor,
+                                allocator, len, data);
+}
+void   tether__v1__ready__free_unpacked
+                     (Tether__V1__Ready *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &tether__v1__ready__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   tether__v1__start__init
+                     (Tether__V1__Start         *message)
+{
+  static const Tether__V1__Start init_value = TETHER__V1__START__INIT;
+  *message = init_value;
+}
+size_t tether__v1__start__get_packed_size
+                     (const Tether__V1__Start *message)
+{
+  assert(message->base.descriptor == &tether__v1__start__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t tether__v1__start__pack
+                     (const Tether__V1__Start *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &tether__v1__start__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t tether__v1__start__pack_to_buffer
+                     (const Tether__V1__Start *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &tether__v1__start__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Tether__V1__Start *
+       tether__v1__start__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Tether__V1__Start *)
+     protobuf_c_message_unpack (&tether__v1__start__descriptor,
+                                allocator, len, data);
+}
+void   tether__v1__start__free_unpacked
+                     (Tether__V1__Start *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &tether__v1__start__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   tether__v1__step_report__init
+                     (Tether__V1__StepReport         *message)
+{
+  static const Tether__V1__StepReport init_value = TETHER__V1__STEP_REPORT__INIT;
+  *message = init_value;
+}
+size_t tether__v1__step_report__get_packed_size
+                     (const Tether__V1__StepReport *message)
+{
+  assert(message->base.descriptor == &tether__v1__step_report__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t tether__v1__step_report__pack
+                     (const Tether__V1__StepReport *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &tether__v1__step_report__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t tether__v1__step_report__pack_to_buffer
+                     (const Tether__V1__StepReport *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &tether__v1__step_report__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Tether__V1__StepReport *
+       tether__v1__step_report__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Tether__V1__StepReport *)
+     protobuf_c_message_unpack (&tether__v1__step_report__descriptor,
+                                allocator, len, data);
+}
+void   tether__v1__step_report__free_unpacked
+                     (Tether__V1__StepReport *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &tether__v1__step_report__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   tether__v1__eval_report__init
+                     (Tether__V1__EvalReport         *message)
+{
+  static const Tether__V1__EvalReport init_value = TETHER__V1__EVAL_REPORT__INIT;
+  *message = init_value;
+}
+size_t tether__v1__eval_report__get_packed_size
+                     (const Tether__V1__EvalReport *message)
+{
+  assert(message->base.descriptor == &tether__v1__eval_report__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t tether__v1__eval_report__pack
+                     (const Tether__V1__EvalReport *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &tether__v1__eval_report__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t tether__v1__eval_report__pack_to_buffer
+                     (const Tether__V1__EvalReport *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &tether__v1__eval_report__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Tether__V1__EvalReport *
+       tether__v1__eval_report__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Tether__V1__EvalReport *)
+     protobuf_c_message_unpack (&tether__v1__eval_report__descriptor,
+                                allocator, len, data);
+}
+void   tether__v1__eval_report__free_unpacked
+                     (Tether__V1__EvalReport *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &tether__v1__eval_report__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   tether__v1__checkpoint_data__init
+                     (Tether__V1__CheckpointData         *message)
+{
+  static const Tether__V1__CheckpointData init_value = TETHER__V1__CHECKPOINT_DATA__INIT;
+  *message = init_value;
+}
+size_t tether__v1__checkpoint_data__get_packed_size
+                     (const Tether__V1__CheckpointData *message)
+{
+  assert(message->base.descriptor == &tether__v1__checkpoint_data__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t tether__v1__checkpoint_data__pack
+                     (const Tether__V1__CheckpointData *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &tether__v1__checkpoint_data__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t tether__v1__checkpoint_data__pack_to_buffer
+                     (const Tether__V1__CheckpointData *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &tether__v1__checkpoint_data__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Tether__V1__CheckpointData *
+       tether__v1__checkpoint_data__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Tether__V1__CheckpointData *)
+     protobuf_c_message_unpack (&tether__v1__checkpoint_data__descriptor,
+                                allocator, len, data);
+}
+void   tether__v1__checkpoint_data__free_unpacked
+                     (Tether__V1__CheckpointData *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &tether__v1__checkpoint_data__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   tether__v1__heartbeat__init
+                     (Tether__V1__Heartbeat         *message)
+{
+  static const Tether__V1__Heartbeat init_value = TETHER__V1__HEARTBEAT__INIT;
+  *message = init_value;
+}
+size_t tether__v1__heartbeat__get_packed_size
+                     (const Tether__V1__Heartbeat *message)
+{
+  assert(message->base.descriptor == &tether__v1__heartbeat__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t tether__v1__heartbeat__pack
+                     (const Tether__V1__Heartbeat *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &tether__v1__heartbeat__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t tether__v1__heartbeat__pack_to_buffer
+                     (const Tether__V1__Heartbeat *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &tether__v1__heartbeat__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Tether__V1__Heartbeat *
+       tether__v1__heartbeat__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Tether__V1__Heartbeat *)
+     protobuf_c_message_unpack (&tether__v1__heartbeat__descriptor,
+                                allocator, len, data);
+}
+void   tether__v1__heartbeat__free_unpacked
+                     (Tether__V1__Heartbeat *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &tether__v1__heartbeat__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   tether__v1__finish__init
+                     (Tether__V1__Finish         *message)
+{
+  static const Tether__V1__Finish init_value = TETHER__V1__FINISH__INIT;
+  *message = init_value;
+}
+size_t tether__v1__finish__get_packed_size
+                     (const Tether__V1__Finish *message)
+{
+  assert(message->base.descriptor == &tether__v1__finish__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t tether__v1__finish__pack
+                     (const Tether__V1__Finish *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &tether__v1__finish__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t tether__v1__finish__pack_to_buffer
+                     (const Tether__V1__Finish *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &tether__v1__finish__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Tether__V1__Finish *
+       tether__v1__finish__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Tether__V1__Finish *)
+     protobuf_c_message_unpack (&tether__v1__finish__descriptor,
+                                allocator, len, data);
+}
+void   tether__v1__finish__free_unpacked
+                     (Tether__V1__Finish *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &tether__v1__finish__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   tether__v1__hello__init
                      (Tether__V1__Hello         *message)
 {
@@ -187,7 +547,7 @@ void   tether__v1__abort__free_unpacked
   assert(message->base.descriptor == &tether__v1__abort__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
-static const ProtobufCFieldDescriptor tether__v1__envelope__field_descriptors[6] =
+static const ProtobufCFieldDescriptor tether__v1__envelope__field_descriptors[14] =
 {
   {
     "protocol_version",
@@ -261,20 +621,124 @@ static const ProtobufCFieldDescriptor tether__v1__envelope__field_descriptors[6]
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "assign",
+    13,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Tether__V1__Envelope, body_case),
+    offsetof(Tether__V1__Envelope, assign),
+    &tether__v1__assign__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "ready",
+    14,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Tether__V1__Envelope, body_case),
+    offsetof(Tether__V1__Envelope, ready),
+    &tether__v1__ready__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "start",
+    15,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Tether__V1__Envelope, body_case),
+    offsetof(Tether__V1__Envelope, start),
+    &tether__v1__start__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "step_report",
+    16,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Tether__V1__Envelope, body_case),
+    offsetof(Tether__V1__Envelope, step_report),
+    &tether__v1__step_report__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "eval_report",
+    17,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Tether__V1__Envelope, body_case),
+    offsetof(Tether__V1__Envelope, eval_report),
+    &tether__v1__eval_report__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "checkpoint",
+    18,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Tether__V1__Envelope, body_case),
+    offsetof(Tether__V1__Envelope, checkpoint),
+    &tether__v1__checkpoint_data__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "heartbeat",
+    19,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Tether__V1__Envelope, body_case),
+    offsetof(Tether__V1__Envelope, heartbeat),
+    &tether__v1__heartbeat__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "finish",
+    20,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Tether__V1__Envelope, body_case),
+    offsetof(Tether__V1__Envelope, finish),
+    &tether__v1__finish__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tether__v1__envelope__field_indices_by_name[] = {
   5,   /* field[5] = abort */
+  6,   /* field[6] = assign */
+  11,   /* field[11] = checkpoint */
   4,   /* field[4] = chunk */
+  10,   /* field[10] = eval_report */
+  13,   /* field[13] = finish */
+  12,   /* field[12] = heartbeat */
   3,   /* field[3] = hello */
   1,   /* field[1] = job_id */
   0,   /* field[0] = protocol_version */
+  7,   /* field[7] = ready */
   2,   /* field[2] = sender_rank */
+  8,   /* field[8] = start */
+  9,   /* field[9] = step_report */
 };
 static const ProtobufCIntRange tether__v1__envelope__number_ranges[2 + 1] =
 {
   { 1, 0 },
   { 10, 3 },
-  { 0, 6 }
+  { 0, 14 }
 };
 const ProtobufCMessageDescriptor tether__v1__envelope__descriptor =
 {
@@ -284,11 +748,541 @@ const ProtobufCMessageDescriptor tether__v1__envelope__descriptor =
   "Tether__V1__Envelope",
   "tether.v1",
   sizeof(Tether__V1__Envelope),
-  6,
+  14,
   tether__v1__envelope__field_descriptors,
   tether__v1__envelope__field_indices_by_name,
   2,  tether__v1__envelope__number_ranges,
   (ProtobufCMessageInit) tether__v1__envelope__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor tether__v1__assign__field_descriptors[7] =
+{
+  {
+    "rank",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__Assign, rank),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "world_size",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__Assign, world_size),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "ring",
+    3,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_STRING,
+    offsetof(Tether__V1__Assign, n_ring),
+    offsetof(Tether__V1__Assign, ring),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "config_json",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__Assign, config_json),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "resume_checkpoint",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__Assign, resume_checkpoint),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "hash_every",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__Assign, hash_every),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "checkpoint_every",
+    7,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__Assign, checkpoint_every),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned tether__v1__assign__field_indices_by_name[] = {
+  6,   /* field[6] = checkpoint_every */
+  3,   /* field[3] = config_json */
+  5,   /* field[5] = hash_every */
+  0,   /* field[0] = rank */
+  4,   /* field[4] = resume_checkpoint */
+  2,   /* field[2] = ring */
+  1,   /* field[1] = world_size */
+};
+static const ProtobufCIntRange tether__v1__assign__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 7 }
+};
+const ProtobufCMessageDescriptor tether__v1__assign__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "tether.v1.Assign",
+  "Assign",
+  "Tether__V1__Assign",
+  "tether.v1",
+  sizeof(Tether__V1__Assign),
+  7,
+  tether__v1__assign__field_descriptors,
+  tether__v1__assign__field_indices_by_name,
+  1,  tether__v1__assign__number_ranges,
+  (ProtobufCMessageInit) tether__v1__assign__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor tether__v1__ready__field_descriptors[2] =
+{
+  {
+    "parameter_hash",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_FIXED64,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__Ready, parameter_hash),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "layout_fingerprint",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_FIXED64,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__Ready, layout_fingerprint),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned tether__v1__ready__field_indices_by_name[] = {
+  1,   /* field[1] = layout_fingerprint */
+  0,   /* field[0] = parameter_hash */
+};
+static const ProtobufCIntRange tether__v1__ready__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor tether__v1__ready__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "tether.v1.Ready",
+  "Ready",
+  "Tether__V1__Ready",
+  "tether.v1",
+  sizeof(Tether__V1__Ready),
+  2,
+  tether__v1__ready__field_descriptors,
+  tether__v1__ready__field_indices_by_name,
+  1,  tether__v1__ready__number_ranges,
+  (ProtobufCMessageInit) tether__v1__ready__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+#define tether__v1__start__field_descriptors NULL
+#define tether__v1__start__field_indices_by_name NULL
+#define tether__v1__start__number_ranges NULL
+const ProtobufCMessageDescriptor tether__v1__start__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "tether.v1.Start",
+  "Start",
+  "Tether__V1__Start",
+  "tether.v1",
+  sizeof(Tether__V1__Start),
+  0,
+  tether__v1__start__field_descriptors,
+  tether__v1__start__field_indices_by_name,
+  0,  tether__v1__start__number_ranges,
+  (ProtobufCMessageInit) tether__v1__start__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor tether__v1__step_report__field_descriptors[10] =
+{
+  {
+    "global_step",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__StepReport, global_step),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "epoch",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__StepReport, epoch),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "loss_sum",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_DOUBLE,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__StepReport, loss_sum),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "count",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__StepReport, count),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "correct",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__StepReport, correct),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "compute_seconds",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_DOUBLE,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__StepReport, compute_seconds),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "allreduce_seconds",
+    7,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_DOUBLE,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__StepReport, allreduce_seconds),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "optimizer_seconds",
+    8,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_DOUBLE,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__StepReport, optimizer_seconds),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "parameter_hash",
+    9,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_FIXED64,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__StepReport, parameter_hash),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "wait_seconds",
+    10,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_DOUBLE,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__StepReport, wait_seconds),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned tether__v1__step_report__field_indices_by_name[] = {
+  6,   /* field[6] = allreduce_seconds */
+  5,   /* field[5] = compute_seconds */
+  4,   /* field[4] = correct */
+  3,   /* field[3] = count */
+  1,   /* field[1] = epoch */
+  0,   /* field[0] = global_step */
+  2,   /* field[2] = loss_sum */
+  7,   /* field[7] = optimizer_seconds */
+  8,   /* field[8] = parameter_hash */
+  9,   /* field[9] = wait_seconds */
+};
+static const ProtobufCIntRange tether__v1__step_report__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 10 }
+};
+const ProtobufCMessageDescriptor tether__v1__step_report__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "tether.v1.StepReport",
+  "StepReport",
+  "Tether__V1__StepReport",
+  "tether.v1",
+  sizeof(Tether__V1__StepReport),
+  10,
+  tether__v1__step_report__field_descriptors,
+  tether__v1__step_report__field_indices_by_name,
+  1,  tether__v1__step_report__number_ranges,
+  (ProtobufCMessageInit) tether__v1__step_report__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor tether__v1__eval_report__field_descriptors[6] =
+{
+  {
+    "epoch",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__EvalReport, epoch),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "loss_sum",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_DOUBLE,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__EvalReport, loss_sum),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "count",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__EvalReport, count),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "correct",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__EvalReport, correct),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "scores",
+    5,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_FLOAT,
+    offsetof(Tether__V1__EvalReport, n_scores),
+    offsetof(Tether__V1__EvalReport, scores),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "labels",
+    6,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_INT32,
+    offsetof(Tether__V1__EvalReport, n_labels),
+    offsetof(Tether__V1__EvalReport, labels),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned tether__v1__eval_report__field_indices_by_name[] = {
+  3,   /* field[3] = correct */
+  2,   /* field[2] = count */
+  0,   /* field[0] = epoch */
+  5,   /* field[5] = labels */
+  1,   /* field[1] = loss_sum */
+  4,   /* field[4] = scores */
+};
+static const ProtobufCIntRange tether__v1__eval_report__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 6 }
+};
+const ProtobufCMessageDescriptor tether__v1__eval_report__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "tether.v1.EvalReport",
+  "EvalReport",
+  "Tether__V1__EvalReport",
+  "tether.v1",
+  sizeof(Tether__V1__EvalReport),
+  6,
+  tether__v1__eval_report__field_descriptors,
+  tether__v1__eval_report__field_indices_by_name,
+  1,  tether__v1__eval_report__number_ranges,
+  (ProtobufCMessageInit) tether__v1__eval_report__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor tether__v1__checkpoint_data__field_descriptors[2] =
+{
+  {
+    "global_step",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__CheckpointData, global_step),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "safetensors",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__CheckpointData, safetensors),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned tether__v1__checkpoint_data__field_indices_by_name[] = {
+  0,   /* field[0] = global_step */
+  1,   /* field[1] = safetensors */
+};
+static const ProtobufCIntRange tether__v1__checkpoint_data__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor tether__v1__checkpoint_data__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "tether.v1.CheckpointData",
+  "CheckpointData",
+  "Tether__V1__CheckpointData",
+  "tether.v1",
+  sizeof(Tether__V1__CheckpointData),
+  2,
+  tether__v1__checkpoint_data__field_descriptors,
+  tether__v1__checkpoint_data__field_indices_by_name,
+  1,  tether__v1__checkpoint_data__number_ranges,
+  (ProtobufCMessageInit) tether__v1__checkpoint_data__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+#define tether__v1__heartbeat__field_descriptors NULL
+#define tether__v1__heartbeat__field_indices_by_name NULL
+#define tether__v1__heartbeat__number_ranges NULL
+const ProtobufCMessageDescriptor tether__v1__heartbeat__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "tether.v1.Heartbeat",
+  "Heartbeat",
+  "Tether__V1__Heartbeat",
+  "tether.v1",
+  sizeof(Tether__V1__Heartbeat),
+  0,
+  tether__v1__heartbeat__field_descriptors,
+  tether__v1__heartbeat__field_indices_by_name,
+  0,  tether__v1__heartbeat__number_ranges,
+  (ProtobufCMessageInit) tether__v1__heartbeat__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+#define tether__v1__finish__field_descriptors NULL
+#define tether__v1__finish__field_indices_by_name NULL
+#define tether__v1__finish__number_ranges NULL
+const ProtobufCMessageDescriptor tether__v1__finish__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "tether.v1.Finish",
+  "Finish",
+  "Tether__V1__Finish",
+  "tether.v1",
+  sizeof(Tether__V1__Finish),
+  0,
+  tether__v1__finish__field_descriptors,
+  tether__v1__finish__field_indices_by_name,
+  0,  tether__v1__finish__number_ranges,
+  (ProtobufCMessageInit) tether__v1__finish__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCFieldDescriptor tether__v1__hello__field_descriptors[3] =

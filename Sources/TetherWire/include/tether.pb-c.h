@@ -16,6 +16,14 @@ PROTOBUF_C__BEGIN_DECLS
 
 
 typedef struct Tether__V1__Envelope Tether__V1__Envelope;
+typedef struct Tether__V1__Assign Tether__V1__Assign;
+typedef struct Tether__V1__Ready Tether__V1__Ready;
+typedef struct Tether__V1__Start Tether__V1__Start;
+typedef struct Tether__V1__StepReport Tether__V1__StepReport;
+typedef struct Tether__V1__EvalReport Tether__V1__EvalReport;
+typedef struct Tether__V1__CheckpointData Tether__V1__CheckpointData;
+typedef struct Tether__V1__Heartbeat Tether__V1__Heartbeat;
+typedef struct Tether__V1__Finish Tether__V1__Finish;
 typedef struct Tether__V1__Hello Tether__V1__Hello;
 typedef struct Tether__V1__ChunkHeader Tether__V1__ChunkHeader;
 typedef struct Tether__V1__Abort Tether__V1__Abort;
@@ -69,7 +77,15 @@ typedef enum {
   TETHER__V1__ENVELOPE__BODY__NOT_SET = 0,
   TETHER__V1__ENVELOPE__BODY_HELLO = 10,
   TETHER__V1__ENVELOPE__BODY_CHUNK = 11,
-  TETHER__V1__ENVELOPE__BODY_ABORT = 12
+  TETHER__V1__ENVELOPE__BODY_ABORT = 12,
+  TETHER__V1__ENVELOPE__BODY_ASSIGN = 13,
+  TETHER__V1__ENVELOPE__BODY_READY = 14,
+  TETHER__V1__ENVELOPE__BODY_START = 15,
+  TETHER__V1__ENVELOPE__BODY_STEP_REPORT = 16,
+  TETHER__V1__ENVELOPE__BODY_EVAL_REPORT = 17,
+  TETHER__V1__ENVELOPE__BODY_CHECKPOINT = 18,
+  TETHER__V1__ENVELOPE__BODY_HEARTBEAT = 19,
+  TETHER__V1__ENVELOPE__BODY_FINISH = 20
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(TETHER__V1__ENVELOPE__BODY__CASE)
 } Tether__V1__Envelope__BodyCase;
 
@@ -96,11 +112,172 @@ struct  Tether__V1__Envelope
     Tether__V1__Hello *hello;
     Tether__V1__ChunkHeader *chunk;
     Tether__V1__Abort *abort;
+    Tether__V1__Assign *assign;
+    Tether__V1__Ready *ready;
+    Tether__V1__Start *start;
+    Tether__V1__StepReport *step_report;
+    Tether__V1__EvalReport *eval_report;
+    Tether__V1__CheckpointData *checkpoint;
+    Tether__V1__Heartbeat *heartbeat;
+    Tether__V1__Finish *finish;
   };
 };
 #define TETHER__V1__ENVELOPE__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tether__v1__envelope__descriptor) \
     , 0, (char *)protobuf_c_empty_string, 0, TETHER__V1__ENVELOPE__BODY__NOT_SET, {0} }
+
+
+/*
+ * The coordinator's answer to Hello: the worker's place in the job.
+ */
+struct  Tether__V1__Assign
+{
+  ProtobufCMessage base;
+  uint32_t rank;
+  uint32_t world_size;
+  /*
+   * every rank's advertised address, by rank
+   */
+  size_t n_ring;
+  char **ring;
+  /*
+   * TetherTrain.TrainingConfig as JSON
+   */
+  ProtobufCBinaryData config_json;
+  /*
+   * a safetensors checkpoint to start from, or empty for a fresh run
+   */
+  ProtobufCBinaryData resume_checkpoint;
+  /*
+   * report the parameter hash every this many steps
+   */
+  uint32_t hash_every;
+  /*
+   * send a checkpoint every this many steps (0: epoch ends only)
+   */
+  uint32_t checkpoint_every;
+};
+#define TETHER__V1__ASSIGN__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&tether__v1__assign__descriptor) \
+    , 0, 0, 0,NULL, {0,NULL}, {0,NULL}, 0, 0 }
+
+
+/*
+ * A worker whose ring has formed and whose parameters are initialized.
+ */
+struct  Tether__V1__Ready
+{
+  ProtobufCMessage base;
+  uint64_t parameter_hash;
+  uint64_t layout_fingerprint;
+};
+#define TETHER__V1__READY__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&tether__v1__ready__descriptor) \
+    , 0, 0 }
+
+
+/*
+ * Every worker may begin training (all Ready hashes agreed).
+ */
+struct  Tether__V1__Start
+{
+  ProtobufCMessage base;
+};
+#define TETHER__V1__START__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&tether__v1__start__descriptor) \
+     }
+
+
+/*
+ * One finished step of one worker (sent without waiting).
+ */
+struct  Tether__V1__StepReport
+{
+  ProtobufCMessage base;
+  uint64_t global_step;
+  uint32_t epoch;
+  double loss_sum;
+  uint64_t count;
+  uint64_t correct;
+  /*
+   * forward and backward
+   */
+  double compute_seconds;
+  /*
+   * gradient exchange
+   */
+  double allreduce_seconds;
+  double optimizer_seconds;
+  /*
+   * set every hash_every steps, else 0
+   */
+  uint64_t parameter_hash;
+  /*
+   * of allreduce_seconds: waiting for a neighbour's data
+   */
+  double wait_seconds;
+};
+#define TETHER__V1__STEP_REPORT__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&tether__v1__step_report__descriptor) \
+    , 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
+
+
+/*
+ * One worker's share of an epoch-end evaluation; the coordinator merges the shares.
+ */
+struct  Tether__V1__EvalReport
+{
+  ProtobufCMessage base;
+  uint32_t epoch;
+  double loss_sum;
+  uint64_t count;
+  uint64_t correct;
+  /*
+   * click prediction: held-out scores and labels, for the merged AUC
+   */
+  size_t n_scores;
+  float *scores;
+  size_t n_labels;
+  int32_t *labels;
+};
+#define TETHER__V1__EVAL_REPORT__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&tether__v1__eval_report__descriptor) \
+    , 0, 0, 0, 0, 0,NULL, 0,NULL }
+
+
+/*
+ * Rank 0's checkpoint file (safetensors bytes) after `global_step` steps; the coordinator writes it.
+ */
+struct  Tether__V1__CheckpointData
+{
+  ProtobufCMessage base;
+  uint64_t global_step;
+  ProtobufCBinaryData safetensors;
+};
+#define TETHER__V1__CHECKPOINT_DATA__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&tether__v1__checkpoint_data__descriptor) \
+    , 0, {0,NULL} }
+
+
+struct  Tether__V1__Heartbeat
+{
+  ProtobufCMessage base;
+};
+#define TETHER__V1__HEARTBEAT__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&tether__v1__heartbeat__descriptor) \
+     }
+
+
+/*
+ * The job is complete and its last checkpoint written: workers may exit.
+ */
+struct  Tether__V1__Finish
+{
+  ProtobufCMessage base;
+};
+#define TETHER__V1__FINISH__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&tether__v1__finish__descriptor) \
+     }
 
 
 /*
@@ -221,6 +398,158 @@ Tether__V1__Envelope *
 void   tether__v1__envelope__free_unpacked
                      (Tether__V1__Envelope *message,
                       ProtobufCAllocator *allocator);
+/* Tether__V1__Assign methods */
+void   tether__v1__assign__init
+                     (Tether__V1__Assign         *message);
+size_t tether__v1__assign__get_packed_size
+                     (const Tether__V1__Assign   *message);
+size_t tether__v1__assign__pack
+                     (const Tether__V1__Assign   *message,
+                      uint8_t             *out);
+size_t tether__v1__assign__pack_to_buffer
+                     (const Tether__V1__Assign   *message,
+                      ProtobufCBuffer     *buffer);
+Tether__V1__Assign *
+       tether__v1__assign__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   tether__v1__assign__free_unpacked
+                     (Tether__V1__Assign *message,
+                      ProtobufCAllocator *allocator);
+/* Tether__V1__Ready methods */
+void   tether__v1__ready__init
+                     (Tether__V1__Ready         *message);
+size_t tether__v1__ready__get_packed_size
+                     (const Tether__V1__Ready   *message);
+size_t tether__v1__ready__pack
+                     (const Tether__V1__Ready   *message,
+                      uint8_t             *out);
+size_t tether__v1__ready__pack_to_buffer
+                     (const Tether__V1__Ready   *message,
+                      ProtobufCBuffer     *buffer);
+Tether__V1__Ready *
+       tether__v1__ready__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   tether__v1__ready__free_unpacked
+                     (Tether__V1__Ready *message,
+                      ProtobufCAllocator *allocator);
+/* Tether__V1__Start methods */
+void   tether__v1__start__init
+                     (Tether__V1__Start         *message);
+size_t tether__v1__start__get_packed_size
+                     (const Tether__V1__Start   *message);
+size_t tether__v1__start__pack
+                     (const Tether__V1__Start   *message,
+                      uint8_t             *out);
+size_t tether__v1__start__pack_to_buffer
+                     (const Tether__V1__Start   *message,
+                      ProtobufCBuffer     *buffer);
+Tether__V1__Start *
+       tether__v1__start__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   tether__v1__start__free_unpacked
+                     (Tether__V1__Start *message,
+                      ProtobufCAllocator *allocator);
+/* Tether__V1__StepReport methods */
+void   tether__v1__step_report__init
+                     (Tether__V1__StepReport         *message);
+size_t tether__v1__step_report__get_packed_size
+                     (const Tether__V1__StepReport   *message);
+size_t tether__v1__step_report__pack
+                     (const Tether__V1__StepReport   *message,
+                      uint8_t             *out);
+size_t tether__v1__step_report__pack_to_buffer
+                     (const Tether__V1__StepReport   *message,
+                      ProtobufCBuffer     *buffer);
+Tether__V1__StepReport *
+       tether__v1__step_report__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   tether__v1__step_report__free_unpacked
+                     (Tether__V1__StepReport *message,
+                      ProtobufCAllocator *allocator);
+/* Tether__V1__EvalReport methods */
+void   tether__v1__eval_report__init
+                     (Tether__V1__EvalReport         *message);
+size_t tether__v1__eval_report__get_packed_size
+                     (const Tether__V1__EvalReport   *message);
+size_t tether__v1__eval_report__pack
+                     (const Tether__V1__EvalReport   *message,
+                      uint8_t             *out);
+size_t tether__v1__eval_report__pack_to_buffer
+                     (const Tether__V1__EvalReport   *message,
+                      ProtobufCBuffer     *buffer);
+Tether__V1__EvalReport *
+       tether__v1__eval_report__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   tether__v1__eval_report__free_unpacked
+                     (Tether__V1__EvalReport *message,
+                      ProtobufCAllocator *allocator);
+/* Tether__V1__CheckpointData methods */
+void   tether__v1__checkpoint_data__init
+                     (Tether__V1__CheckpointData         *message);
+size_t tether__v1__checkpoint_data__get_packed_size
+                     (const Tether__V1__CheckpointData   *message);
+size_t tether__v1__checkpoint_data__pack
+                     (const Tether__V1__CheckpointData   *message,
+                      uint8_t             *out);
+size_t tether__v1__checkpoint_data__pack_to_buffer
+                     (const Tether__V1__CheckpointData   *message,
+                      ProtobufCBuffer     *buffer);
+Tether__V1__CheckpointData *
+       tether__v1__checkpoint_data__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   tether__v1__checkpoint_data__free_unpacked
+                     (Tether__V1__CheckpointData *message,
+                      ProtobufCAllocator *allocator);
+/* Tether__V1__Heartbeat methods */
+void   tether__v1__heartbeat__init
+                     (Tether__V1__Heartbeat         *message);
+size_t tether__v1__heartbeat__get_packed_size
+                     (const Tether__V1__Heartbeat   *message);
+size_t tether__v1__heartbeat__pack
+                     (const Tether__V1__Heartbeat   *message,
+                      uint8_t             *out);
+size_t tether__v1__heartbeat__pack_to_buffer
+                     (const Tether__V1__Heartbeat   *message,
+                      ProtobufCBuffer     *buffer);
+Tether__V1__Heartbeat *
+       tether__v1__heartbeat__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   tether__v1__heartbeat__free_unpacked
+                     (Tether__V1__Heartbeat *message,
+                      ProtobufCAllocator *allocator);
+/* Tether__V1__Finish methods */
+void   tether__v1__finish__init
+                     (Tether__V1__Finish         *message);
+size_t tether__v1__finish__get_packed_size
+                     (const Tether__V1__Finish   *message);
+size_t tether__v1__finish__pack
+                     (const Tether__V1__Finish   *message,
+                      uint8_t             *out);
+size_t tether__v1__finish__pack_to_buffer
+                     (const Tether__V1__Finish   *message,
+                      ProtobufCBuffer     *buffer);
+Tether__V1__Finish *
+       tether__v1__finish__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   tether__v1__finish__free_unpacked
+                     (Tether__V1__Finish *message,
+                      ProtobufCAllocator *allocator);
 /* Tether__V1__Hello methods */
 void   tether__v1__hello__init
                      (Tether__V1__Hello         *message);
@@ -283,6 +612,30 @@ void   tether__v1__abort__free_unpacked
 typedef void (*Tether__V1__Envelope_Closure)
                  (const Tether__V1__Envelope *message,
                   void *closure_data);
+typedef void (*Tether__V1__Assign_Closure)
+                 (const Tether__V1__Assign *message,
+                  void *closure_data);
+typedef void (*Tether__V1__Ready_Closure)
+                 (const Tether__V1__Ready *message,
+                  void *closure_data);
+typedef void (*Tether__V1__Start_Closure)
+                 (const Tether__V1__Start *message,
+                  void *closure_data);
+typedef void (*Tether__V1__StepReport_Closure)
+                 (const Tether__V1__StepReport *message,
+                  void *closure_data);
+typedef void (*Tether__V1__EvalReport_Closure)
+                 (const Tether__V1__EvalReport *message,
+                  void *closure_data);
+typedef void (*Tether__V1__CheckpointData_Closure)
+                 (const Tether__V1__CheckpointData *message,
+                  void *closure_data);
+typedef void (*Tether__V1__Heartbeat_Closure)
+                 (const Tether__V1__Heartbeat *message,
+                  void *closure_data);
+typedef void (*Tether__V1__Finish_Closure)
+                 (const Tether__V1__Finish *message,
+                  void *closure_data);
 typedef void (*Tether__V1__Hello_Closure)
                  (const Tether__V1__Hello *message,
                   void *closure_data);
@@ -302,6 +655,14 @@ extern const ProtobufCEnumDescriptor    tether__v1__protocol_version__descriptor
 extern const ProtobufCEnumDescriptor    tether__v1__operation__descriptor;
 extern const ProtobufCEnumDescriptor    tether__v1__dtype__descriptor;
 extern const ProtobufCMessageDescriptor tether__v1__envelope__descriptor;
+extern const ProtobufCMessageDescriptor tether__v1__assign__descriptor;
+extern const ProtobufCMessageDescriptor tether__v1__ready__descriptor;
+extern const ProtobufCMessageDescriptor tether__v1__start__descriptor;
+extern const ProtobufCMessageDescriptor tether__v1__step_report__descriptor;
+extern const ProtobufCMessageDescriptor tether__v1__eval_report__descriptor;
+extern const ProtobufCMessageDescriptor tether__v1__checkpoint_data__descriptor;
+extern const ProtobufCMessageDescriptor tether__v1__heartbeat__descriptor;
+extern const ProtobufCMessageDescriptor tether__v1__finish__descriptor;
 extern const ProtobufCMessageDescriptor tether__v1__hello__descriptor;
 extern const ProtobufCMessageDescriptor tether__v1__chunk_header__descriptor;
 extern const ProtobufCMessageDescriptor tether__v1__abort__descriptor;

@@ -1,0 +1,195 @@
+import Foundation
+import TetherComm
+import TetherNN
+import TetherTrain
+
+/// The coordinator process: a ROUTER that workers join, the `CoordinatorState` machine, and the shell
+/// that carries out its directives (sockets, heartbeats, the run directory's metrics and checkpoint,
+/// the progress view).
+public final class Coordinator {
+    public struct Options: Sendable {
+        public var listen: String
+        public var workers: Int
+        public var jobID = "tether"
+        public var hashEvery = 50
+        public var heartbeatTimeout = 5.0
+        public var joinTimeout = 60.0
+        public init(listen: String, workers: Int) { (self.listen, self.workers) = (listen, workers) }
+    }
+
+    public let options: Options
+    public let config: TrainingConfig
+    public let runDirectory: URL
+    let router: ControlChannel
+    let context: ZeroMQContext
+    public let boundAddress: String
+    let progress: ProgressDisplay
+    let metrics: MetricsLog
+    private var machine: CoordinatorState
+    private var heartbeatIdentities: [Int: [UInt8]] = [:]
+    private var resumeBytes: [UInt8] = []
+    private var startState: TrainingState?
+    let stepsPerEpoch: Int
+    let evaluationKind: EvaluationReport.Kind
+
+    /// Prepares the job in `runDirectory` (fresh, or with `resume` from its checkpoint) and binds `listen`.
+    public init(options: Options, config given: TrainingConfig, runDirectory: URL, resume: Bool, progress: ProgressDisplay = ProgressDisplay()) throws {
+        self.options = options
+        self.runDirectory = runDirectory
+        self.progress = progress
+        try FileManager.default.createDirectory(at: runDirectory, withIntermediateDirectories: true)
+        let checkpointURL = runDirectory.appendingPathComponent(Checkpoint.fileName)
+        var config = given
+        if resume {
+            let loaded = try Checkpoint.Loaded(checkpointURL)
+            let changed = given.fieldsDiffering(from: loaded.config)
+            guard changed.isEmpty else { throw ConfigError(message: "a resumed run keeps its configuration, but \(changed.joined(separator: ", ")) differ from \(loaded.path)") }
+            if let w = loaded.file.metadata["tether.workers"], Int(w) != options.workers {
+                throw ConfigError(message: "\(loaded.path) was trained by \(w) workers; resume it with --workers \(w) (the global batch is per-worker batch x workers)")
+            }
+            resumeBytes = [UInt8](try Data(contentsOf: checkpointURL))
+            startState = loaded.state
+            config = given
+        } else if FileManager.default.fileExists(atPath: checkpointURL.path) {
+            throw ConfigError(message: "\(checkpointURL.path) exists: pass --resume to continue that run, or choose another --run-dir")
+        }
+        try config.validate()
+        self.config = config
+        // The coordinator builds the workload once, to know the epoch's length and to fail early on bad
+        // data or flags, before any worker is involved.
+        let probe = try Workloads.make(config, shard: Shard(rank: 0, count: options.workers))
+        stepsPerEpoch = probe.stepsPerEpoch
+        evaluationKind = Workloads.evaluationKind(for: config.model)
+        let total = min(config.epochs * stepsPerEpoch, config.maxSteps ?? .max)
+        var settings = CoordinatorState.Settings(workers: options.workers, firstStep: startState?.globalStep ?? 0, totalSteps: total, stepsPerEpoch: stepsPerEpoch)
+        settings.heartbeatTimeout = options.heartbeatTimeout
+        settings.joinTimeout = options.joinTimeout
+        machine = CoordinatorState(settings, now: Clock.now)
+        context = try ZeroMQContext()
+        let socket = try ZeroMQSocket(context, .router)
+        do { boundAddress = try socket.bind(options.listen) } catch {
+            throw ConfigError(message: "the coordinator cannot listen on \(options.listen): \(error)")
+        }
+        router = ControlChannel(socket: socket, jobID: options.jobID)
+        metrics = try MetricsLog(path: runDirectory.appendingPathComponent("metrics.jsonl").path)
+    }
+
+    /// Runs the job to its end; throws (after stopping every worker) on a fault or an interrupt.
+    public func run() throws {
+        let total = machine.settings.totalSteps
+        var start = MetricsEvent(event: "start", epoch: startState?.epoch ?? 0, step: startState?.globalStep ?? 0)
+        start.model = config.model
+        try metrics.write(start)
+        progress.line("coordinator on \(boundAddress): waiting for \(options.workers) workers; \(config.model), batch \(config.batch) per worker "
+                      + "(\(config.batch * options.workers) global), \(stepsPerEpoch) steps per epoch, \(total) steps in all")
+        var lastHeartbeat = 0.0
+        let begun = Date()
+        var window = (stats: BatchStats(), since: Date(), steps: 0, compute: 0.0, exchange: 0.0, waiting: 0.0)
+        var epochStart = Date()
+        while true {
+            if StopSignal.requested { try execute([.abort("interrupted")], window: &window, epochStart: &epochStart); }
+            var events: [CoordinatorState.Event] = [.tick]
+            if let (identity, env) = try? router.receive(deadline: .now + .milliseconds(100)), let identity, let body = env.body {
+                let rank = Int(env.senderRank)
+                switch body {
+                case .hello(let h): events.append(.hello(identity: identity, address: h.advertiseAddress))
+                case .ready(let r): events.append(.ready(rank: rank, r))
+                case .stepReport(let s): events.append(.step(rank: rank, s))
+                case .evalReport(let e): events.append(.evaluation(rank: rank, e))
+                case .checkpoint(let c): events.append(.checkpoint(rank: rank, c))
+                case .heartbeat:
+                    heartbeatIdentities[rank] = identity
+                    events.append(.heartbeat(rank: rank))
+                case .abort(let a): events.append(.abort(rank: rank, reason: a.reason))
+                default: break
+                }
+            }
+            for event in events {
+                if try execute(machine.handle(event, now: Clock.now), window: &window, epochStart: &epochStart) {
+                    var end = MetricsEvent(event: "end", epoch: machine.completedSteps / stepsPerEpoch, step: machine.completedSteps)
+                    end.elapsed_s = Date().timeIntervalSince(begun)
+                    try metrics.write(end)
+                    progress.line("done: \(machine.completedSteps) steps; checkpoint \(runDirectory.appendingPathComponent(Checkpoint.fileName).path)")
+                    return
+                }
+            }
+            if Clock.now - lastHeartbeat > 0.5 {
+                lastHeartbeat = Clock.now
+                for identity in heartbeatIdentities.values { try? router.send(.heartbeat, from: -1, to: identity) }
+            }
+        }
+    }
+
+    /// Carries out directives; true when the job has finished.
+    private func execute(_ directives: [CoordinatorState.Directive],
+                         window: inout (stats: BatchStats, since: Date, steps: Int, compute: Double, exchange: Double, waiting: Double),
+                         epochStart: inout Date) throws -> Bool {
+        for d in directives {
+            switch d {
+            case .assign(let identity, let rank, let ring):
+                let assign = Envelope.Assign(rank: UInt32(rank), worldSize: UInt32(ring.count), ring: ring,
+                                             configJSON: [UInt8](try JSONEncoder().encode(config)), resumeCheckpoint: resumeBytes,
+                                             hashEvery: UInt32(options.hashEvery), checkpointEvery: UInt32(config.checkpointEvery))
+                try router.send(.assign(assign), from: -1, to: identity)
+                progress.line("rank \(rank): \(ring[rank])")
+            case .start:
+                for m in machine.members { try router.send(.start, from: -1, to: m.identity) }
+                progress.line("all \(options.workers) replicas agree on the initial parameters; training")
+                epochStart = Date()
+            case .stepCompleted(let s):
+                window.stats = window.stats + BatchStats(lossSum: s.lossSum, correct: s.correct, count: s.count)
+                window.steps += 1
+                window.compute += s.compute.max() ?? 0
+                window.exchange += s.exchange.max() ?? 0
+                window.waiting += s.waiting.max() ?? 0
+                let elapsed = Date().timeIntervalSince(window.since)
+                let rate = Double(window.stats.count) / max(elapsed, 1e-9)
+                let remaining = Double(machine.settings.totalSteps - s.globalStep) * elapsed / Double(max(window.steps, 1))
+                let stepInEpoch = (s.globalStep - 1) % stepsPerEpoch + 1
+                progress.update(epoch: s.epoch, epochs: config.epochs, step: stepInEpoch, steps: stepsPerEpoch,
+                                loss: window.stats.meanLoss, samplesPerSec: rate, eta: remaining)
+                if s.globalStep % config.logEvery == 0 {
+                    var e = MetricsEvent(event: "step", epoch: s.epoch, step: s.globalStep)
+                    (e.loss, e.samples_per_sec) = (window.stats.meanLoss, rate)
+                    (e.compute_s, e.allreduce_s, e.wait_s) = (s.compute, s.exchange, s.waiting)
+                    try metrics.write(e)
+                    progress.log("epoch \(s.epoch + 1) step \(stepInEpoch)/\(stepsPerEpoch) loss \(ProgressDisplay.fixed(window.stats.meanLoss, 4)) "
+                                 + "\(ProgressDisplay.grouped(rate)) samples/s, per step: compute \(ms(window.compute / Double(window.steps))), "
+                                 + "exchange \(ms(window.exchange / Double(window.steps))) (waiting \(ms(window.waiting / Double(window.steps)))), "
+                                 + "slowest rank \(s.slowestRank), ETA \(ProgressDisplay.duration(remaining))")
+                    window = (BatchStats(), Date(), 0, 0, 0, 0)
+                }
+            case .epochCompleted(let epoch, let reports):
+                let merged = EvaluationReport.merged(reports.map {
+                    EvaluationReport(kind: evaluationKind, stats: BatchStats(lossSum: $0.lossSum, correct: Int($0.correct), count: Int($0.count)),
+                                     auc: nil, scores: $0.scores, labels: $0.labels)
+                })
+                let seconds = Date().timeIntervalSince(epochStart)
+                epochStart = Date()
+                var e = MetricsEvent(event: "epoch", epoch: epoch, step: (epoch + 1) * stepsPerEpoch)
+                e.elapsed_s = seconds
+                merged.write(into: &e)
+                try metrics.write(e)
+                progress.line("epoch \(epoch + 1)/\(config.epochs): \(merged.summary) (\(ProgressDisplay.fixed(seconds, 1)) s)")
+            case .writeCheckpoint(let data):
+                var file = try Safetensors.decode(Data(data.safetensors), source: "rank 0's checkpoint of step \(data.globalStep)")
+                file.metadata["tether.workers"] = String(options.workers)
+                try Safetensors.write(file, to: runDirectory.appendingPathComponent(Checkpoint.fileName))
+            case .abort(let message):
+                for m in machine.members { try? router.send(.abort(.init(originRank: -1, reason: message)), from: -1, to: m.identity) }
+                for identity in heartbeatIdentities.values { try? router.send(.abort(.init(originRank: -1, reason: message)), from: -1, to: identity) }
+                var e = MetricsEvent(event: message == "interrupted" ? "interrupted" : "failed", epoch: machine.completedSteps / max(stepsPerEpoch, 1), step: machine.completedSteps)
+                e.error = message
+                try? metrics.write(e)
+                Thread.sleep(forTimeInterval: 0.3) // let the aborts leave before the process exits
+                throw ClusterError(message == "interrupted" ? "interrupted; the last complete checkpoint is in \(runDirectory.path) (continue with --resume)" : message)
+            case .finish:
+                for m in machine.members { try router.send(.finish, from: -1, to: m.identity) }
+                return true
+            }
+        }
+        return false
+    }
+
+    func ms(_ seconds: Double) -> String { ProgressDisplay.fixed(seconds * 1000, 1) + " ms" }
+}

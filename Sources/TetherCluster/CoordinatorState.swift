@@ -1,0 +1,193 @@
+import TetherComm
+
+/// The coordinator's logic as a pure state machine: events in (a worker said hello, reported a step,
+/// went silent, ...), directives out (assign it a rank, start, log a step, write a checkpoint, abort).
+/// Time is an argument (seconds on a monotonic clock), so every path is testable without sockets.
+///
+/// A job: `workers` hellos -> one Assign each (ranks in arrival order, the ring in rank order) -> every
+/// Ready -> Start when all parameter hashes agree -> per global step, one StepReport from every rank
+/// (merged into one summary; hashes compared when reported) -> at epoch ends, every rank's EvalReport
+/// (merged) and rank 0's checkpoint -> Finish once the last step, its evaluation and its checkpoint are in.
+public struct CoordinatorState {
+    public struct Settings: Sendable {
+        public var workers: Int
+        /// The global step the job starts at (non-zero on resume) and the one it ends at.
+        public var firstStep: Int, totalSteps: Int
+        public var stepsPerEpoch: Int
+        /// A worker not heard from (any message) for this long is declared dead.
+        public var heartbeatTimeout: Double = 5
+        /// Workers that have not all said hello by then fail the job.
+        public var joinTimeout: Double = 60
+        public init(workers: Int, firstStep: Int = 0, totalSteps: Int, stepsPerEpoch: Int) {
+            (self.workers, self.firstStep, self.totalSteps, self.stepsPerEpoch) = (workers, firstStep, totalSteps, stepsPerEpoch)
+        }
+    }
+
+    public enum Phase: Equatable, Sendable { case joining, initializing, training, finished, failed(String) }
+
+    public struct Member: Sendable {
+        public var identity: [UInt8]
+        public var address: String
+        public var lastHeard: Double
+        var ready: Envelope.Ready?
+    }
+
+    /// One global step, merged over the ranks.
+    public struct StepSummary: Equatable, Sendable {
+        public var globalStep: Int, epoch: Int
+        public var lossSum: Double, count: Int, correct: Int
+        /// Per rank: compute (forward and backward), gradient exchange, of it waiting for data, optimizer.
+        public var compute: [Double], exchange: [Double], waiting: [Double], optimizer: [Double]
+        public var meanLoss: Double { count > 0 ? lossSum / Double(count) : .nan }
+        /// The rank whose compute took longest (the others wait for it in the exchange).
+        public var slowestRank: Int { compute.indices.max { compute[$0] < compute[$1] } ?? 0 }
+    }
+
+    public enum Event: Sendable {
+        case hello(identity: [UInt8], address: String)
+        case ready(rank: Int, Envelope.Ready)
+        case step(rank: Int, Envelope.StepReport)
+        case evaluation(rank: Int, Envelope.EvalReport)
+        case checkpoint(rank: Int, Envelope.CheckpointData)
+        case heartbeat(rank: Int)
+        case abort(rank: Int, reason: String)
+        case tick
+    }
+
+    public enum Directive: Equatable, Sendable {
+        case assign(identity: [UInt8], rank: Int, ring: [String])
+        case start
+        case stepCompleted(StepSummary)
+        case epochCompleted(epoch: Int, reports: [Envelope.EvalReport])
+        case writeCheckpoint(Envelope.CheckpointData)
+        /// Stop every worker and fail the job with this message.
+        case abort(String)
+        case finish
+    }
+
+    public let settings: Settings
+    public private(set) var phase: Phase = .joining
+    public private(set) var members: [Member] = []
+    public private(set) var completedSteps: Int
+    private var stepReports: [Int: [Envelope.StepReport?]] = [:]
+    private var evalReports: [Int: [Envelope.EvalReport?]] = [:]
+    private var checkpointedStep = -1
+    private let started: Double
+
+    public init(_ settings: Settings, now: Double) {
+        self.settings = settings
+        completedSteps = settings.firstStep
+        started = now
+    }
+
+    /// The epoch whose last step is `globalStep` (1-based count of steps), if it ends one.
+    func epochEnding(at globalStep: Int) -> Int? { globalStep % settings.stepsPerEpoch == 0 ? globalStep / settings.stepsPerEpoch - 1 : nil }
+
+    public mutating func handle(_ event: Event, now: Double) -> [Directive] {
+        if case .finished = phase { return [] }
+        if case .failed = phase { return [] }
+        if let rank = event.rank {
+            guard members.indices.contains(rank) else { return fail("a message from rank \(rank), but the job has ranks 0..<\(members.count)") }
+            members[rank].lastHeard = now
+        }
+        switch event {
+        case .hello(let identity, let address):
+            guard phase == .joining else { return fail("a worker at \(address) said hello after the job had formed (\(settings.workers) workers)") }
+            if let twin = members.firstIndex(where: { $0.address == address }) {
+                return fail("two workers advertise the same address \(address) (the second would be rank \(members.count), the first is rank \(twin))")
+            }
+            members.append(Member(identity: identity, address: address, lastHeard: now))
+            guard members.count == settings.workers else { return [] }
+            phase = .initializing
+            let ring = members.map(\.address)
+            return members.enumerated().map { .assign(identity: $1.identity, rank: $0, ring: ring) }
+        case .ready(let rank, let ready):
+            members[rank].ready = ready
+            guard members.allSatisfy({ $0.ready != nil }) else { return [] }
+            let reference = members[0].ready!
+            if let bad = members.indices.first(where: { members[$0].ready!.layoutFingerprint != reference.layoutFingerprint }) {
+                return fail("rank \(bad) built another parameter layout than rank 0 (fingerprint \(hex(members[bad].ready!.layoutFingerprint)) vs \(hex(reference.layoutFingerprint)))")
+            }
+            if let bad = members.indices.first(where: { members[$0].ready!.parameterHash != reference.parameterHash }) {
+                return fail("rank \(bad) starts from other parameters than rank 0 (hash \(hex(members[bad].ready!.parameterHash)) vs \(hex(reference.parameterHash)))")
+            }
+            phase = .training
+            return [.start] + (completedSteps >= settings.totalSteps ? finishIfDone() : [])
+        case .step(let rank, let report):
+            let step = Int(report.globalStep)
+            guard phase == .training, step > completedSteps, step <= settings.totalSteps else {
+                return fail("rank \(rank) reported step \(step) while the job is at step \(completedSteps) of \(settings.totalSteps)")
+            }
+            var slots = stepReports[step] ?? Array(repeating: nil, count: members.count)
+            slots[rank] = report
+            stepReports[step] = slots
+            var out: [Directive] = []
+            // Steps complete in order; a fast rank may report a later step before a slow one's earlier.
+            while let next = stepReports[completedSteps + 1], next.allSatisfy({ $0 != nil }) {
+                stepReports[completedSteps + 1] = nil
+                let reports = next.map { $0! }
+                let hashes = reports.map(\.parameterHash)
+                if hashes[0] != 0, let bad = hashes.indices.first(where: { hashes[$0] != hashes[0] }) {
+                    return out + fail("rank \(bad)'s parameters diverged from rank 0's after step \(completedSteps + 1) (hash \(hex(hashes[bad])) vs \(hex(hashes[0])))")
+                }
+                completedSteps += 1
+                out.append(.stepCompleted(StepSummary(
+                    globalStep: completedSteps, epoch: Int(reports[0].epoch),
+                    lossSum: reports.reduce(0) { $0 + $1.lossSum }, count: reports.reduce(0) { $0 + Int($1.count) },
+                    correct: reports.reduce(0) { $0 + Int($1.correct) },
+                    compute: reports.map(\.computeSeconds), exchange: reports.map(\.allreduceSeconds), waiting: reports.map(\.waitSeconds),
+                    optimizer: reports.map(\.optimizerSeconds))))
+            }
+            return out + finishIfDone()
+        case .evaluation(let rank, let report):
+            let epoch = Int(report.epoch)
+            var slots = evalReports[epoch] ?? Array(repeating: nil, count: members.count)
+            slots[rank] = report
+            evalReports[epoch] = slots
+            guard slots.allSatisfy({ $0 != nil }) else { return [] }
+            return [.epochCompleted(epoch: epoch, reports: slots.map { $0! })] + finishIfDone()
+        case .checkpoint(let rank, let data):
+            guard rank == 0 else { return fail("rank \(rank) sent a checkpoint; only rank 0 does") }
+            checkpointedStep = Int(data.globalStep)
+            return [.writeCheckpoint(data)] + finishIfDone()
+        case .heartbeat:
+            return []
+        case .abort(let rank, let reason):
+            return fail("rank \(rank) (\(members[rank].address)) stopped: \(reason)")
+        case .tick:
+            if phase == .joining, now - started > settings.joinTimeout {
+                return fail("only \(members.count) of \(settings.workers) workers joined within \(Int(settings.joinTimeout)) s"
+                            + (members.isEmpty ? "" : " (joined: \(members.map(\.address).joined(separator: ", ")))"))
+            }
+            if phase != .joining, let silent = members.indices.first(where: { now - members[$0].lastHeard > settings.heartbeatTimeout }) {
+                return fail("worker rank \(silent) (\(members[silent].address)) has been silent for \(Int(now - members[silent].lastHeard)) s: it died or lost its connection")
+            }
+            return []
+        }
+    }
+
+    /// Finish once the last step is in, its epoch's evaluation (if it ends one) is merged, and rank 0's
+    /// checkpoint of it has arrived.
+    private mutating func finishIfDone() -> [Directive] {
+        guard phase == .training, completedSteps == settings.totalSteps, checkpointedStep == settings.totalSteps else { return [] }
+        if let epoch = epochEnding(at: settings.totalSteps), evalReports[epoch]?.allSatisfy({ $0 != nil }) != true { return [] }
+        phase = .finished
+        return [.finish]
+    }
+
+    private mutating func fail(_ message: String) -> [Directive] {
+        phase = .failed(message)
+        return [.abort(message)]
+    }
+}
+
+extension CoordinatorState.Event {
+    var rank: Int? {
+        switch self {
+        case .ready(let r, _), .step(let r, _), .evaluation(let r, _), .checkpoint(let r, _), .heartbeat(let r), .abort(let r, _): r
+        case .hello, .tick: nil
+        }
+    }
+}
+
+func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }

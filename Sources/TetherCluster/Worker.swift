@@ -1,0 +1,276 @@
+import CXXHash
+import Foundation
+import TetherComm
+import TetherNN
+import TetherTensor
+import TetherTrain
+
+/// How a worker reaches its coordinator and its ring neighbours.
+public struct WorkerOptions: Sendable {
+    public var coordinator: String
+    /// Where ring neighbours reach this worker: tcp://HOST:PORT (port 0: any free port on HOST).
+    public var advertise: String
+    public var jobID = "tether"
+    /// A gradient exchange that waits longer than this for a neighbour fails, naming it.
+    public var ringTimeout: Duration = .seconds(20)
+    /// The coordinator is declared gone after this long without a heartbeat.
+    public var coordinatorTimeout: Double = 10
+    /// Dense gradients are all-reduced in buckets of this many bytes.
+    public var bucketBytes = 4 << 20
+    public init(coordinator: String, advertise: String) { (self.coordinator, self.advertise) = (coordinator, advertise) }
+}
+
+/// A worker process: joins the coordinator's job, forms the ring, and trains its shard of every step
+/// (forward/backward -> gradients all-reduced (sum of globally scaled gradients: the exact mean) ->
+/// the same optimizer step as every replica), reporting each step and, at epoch ends, its share of the
+/// evaluation; rank 0 also sends checkpoints. Returns when the coordinator says Finish; throws on a fault.
+public final class Worker {
+    let options: WorkerOptions
+    let context: ZeroMQContext
+    let control: ControlChannel
+    private(set) var rank = -1
+    private let log: (String) -> Void
+
+    public init(_ options: WorkerOptions, log: @escaping (String) -> Void = { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }) throws {
+        self.options = options
+        self.log = log
+        context = try ZeroMQContext()
+        let dealer = try ZeroMQSocket(context, .dealer)
+        try dealer.connect(options.coordinator)
+        control = ControlChannel(socket: dealer, jobID: options.jobID)
+    }
+
+    public func run() throws {
+        let advertise = try Self.resolve(options.advertise, context)
+        try control.send(.hello(.init(advertiseAddress: advertise, tetherVersion: "tether", threads: UInt32(BLAS.threads))), from: -1)
+        let assign: Envelope.Assign = try waitFor("an assignment", within: 120) { if case .assign(let a) = $0 { return a }; return nil }
+        rank = Int(assign.rank)
+        let shard = Shard(rank: rank, count: Int(assign.worldSize))
+        let config: TrainingConfig
+        do { config = try JSONDecoder().decode(TrainingConfig.self, from: Data(assign.configJSON)) } catch {
+            throw ClusterError("the coordinator's job configuration does not decode: \(error)")
+        }
+        var resumed: Checkpoint.Loaded?
+        if !assign.resumeCheckpoint.isEmpty {
+            let file = FileManager.default.temporaryDirectory.appendingPathComponent("tether-resume-\(getpid()).safetensors")
+            try Data(assign.resumeCheckpoint).write(to: file)
+            defer { try? FileManager.default.removeItem(at: file) }
+            resumed = try Checkpoint.Loaded(file)
+        }
+        ProcessMemory.keepFreedBuffers()
+        let workload = try Workloads.make(config, shard: shard, metadata: resumed?.file.metadata ?? [:])
+        let model = workload.model
+        // Dropout masks differ per replica (each draws its own samples' masks).
+        model.context.rng = RNG(seed: config.seed, stream: 0x4452_4F50 &+ UInt64(rank))
+        var ringOptions = RingOptions()
+        ringOptions.jobID = options.jobID
+        ringOptions.timeout = options.ringTimeout
+        ringOptions.layoutFingerprint = model.arena.layout.fingerprint
+        let ring: Ring
+        do { ring = try Ring(context: context, rank: rank, addresses: assign.ring, options: ringOptions) } catch {
+            throw ClusterError("rank \(rank) could not form the ring (\(assign.ring.joined(separator: " -> "))): \(error)")
+        }
+        let optimizer = try Optimizer<Float>(config.optimizer, layout: model.arena.layout, ftrlParameters: model.ftrlParameters)
+        var state = TrainingState(rng: model.context.rng)
+        if let resumed {
+            try resumed.restore(into: model, optimizer: optimizer)
+            state = resumed.state
+            model.context.rng = RNG(seed: config.seed &+ UInt64(state.globalStep), stream: 0x4452_4F50 &+ UInt64(rank))
+        } else {
+            var failure: Error?
+            workload.initializeFromData(reduce: { sums in
+                do { try sums.withUnsafeMutableBufferPointer { try ring.allReduce($0) } } catch { failure = failure ?? error }
+            })
+            if let failure { throw failure }
+        }
+        let heartbeat = try Heartbeat(context: context, options: options, rank: rank, log: log)
+        defer { heartbeat.stop() }
+        try control.send(.ready(.init(parameterHash: Self.hash(model.arena), layoutFingerprint: model.arena.layout.fingerprint)), from: rank)
+        try waitFor("the start", within: 120) { if case .start = $0 { return () }; return nil }
+
+        let training = Training(workload: workload, optimizer: optimizer, ring: ring, config: config, bucketBytes: options.bucketBytes)
+        let total = min(config.epochs * workload.stepsPerEpoch, config.maxSteps ?? .max)
+        while state.globalStep < total {
+            if state.stepInEpoch == 0 { workload.startEpoch(state.epoch) }
+            var report = try training.step(&state, totalSteps: total)
+            let epochEnds = state.stepInEpoch == workload.stepsPerEpoch
+            if Int(assign.hashEvery) > 0 && (state.globalStep % Int(assign.hashEvery) == 0 || epochEnds || state.globalStep == total) {
+                report.parameterHash = Self.hash(model.arena)
+            }
+            try control.send(.stepReport(report), from: rank)
+            if epochEnds {
+                let eval = try training.evaluate(epoch: state.epoch, state: &state)
+                try control.send(.evalReport(eval), from: rank)
+                (state.epoch, state.stepInEpoch) = (state.epoch + 1, 0)
+            }
+            let checkpointDue = epochEnds || state.globalStep == total
+                || (assign.checkpointEvery > 0 && state.globalStep % Int(assign.checkpointEvery) == 0)
+            if rank == 0 && checkpointDue {
+                state.rng = model.context.rng
+                let file = Checkpoint.file(model: model, optimizer: optimizer, config: config, state: state, metadata: workload.checkpointMetadata)
+                try control.send(.checkpoint(.init(globalStep: UInt64(state.globalStep), safetensors: [UInt8](Safetensors.encode(file)))), from: rank)
+            }
+            try checkForAbort()
+        }
+        try waitFor("the coordinator's finish", within: 60) { if case .finish = $0 { return () }; return nil }
+    }
+
+    /// Messages from the coordinator until `want` accepts one; an Abort or the deadline is an error.
+    private func waitFor<T>(_ what: String, within seconds: Double, _ want: (Envelope.Body) -> T?) throws -> T {
+        let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+        while let (_, env) = try control.receive(deadline: deadline) {
+            if case .abort(let a) = env.body { throw ClusterError("the coordinator stopped the job: \(a.reason)") }
+            if let body = env.body, let value = want(body) { return value }
+        }
+        throw ClusterError("no \(what) from the coordinator at \(options.coordinator) within \(Int(seconds)) s")
+    }
+
+    private func checkForAbort() throws {
+        while let (_, env) = try control.receive(deadline: .now) {
+            if case .abort(let a) = env.body { throw ClusterError("the coordinator stopped the job: \(a.reason)") }
+        }
+    }
+
+    /// XXH3-64 of the parameter values' bytes.
+    static func hash(_ arena: ParameterArena<Float>) -> UInt64 {
+        XXH3_64bits(arena.values, arena.count * MemoryLayout<Float>.stride)
+    }
+
+    /// tcp://HOST:0 becomes tcp://HOST:PORT with a port free now (bound once and released).
+    static func resolve(_ address: String, _ context: ZeroMQContext) throws -> String {
+        guard address.hasPrefix("tcp://"), address.hasSuffix(":0") else { return address }
+        let probe = try ZeroMQSocket(context, .pull, linger: .zero)
+        defer { probe.close() }
+        let host = address.dropFirst("tcp://".count).dropLast(2)
+        let bound = try probe.bind("tcp://\(host):*")
+        return "tcp://\(host):" + (bound.split(separator: ":").last.map(String.init) ?? "0")
+    }
+}
+
+/// The step a replica runs, shared by every worker: the cluster's half of the training loop.
+final class Training {
+    let workload: any Workload
+    let optimizer: Optimizer<Float>
+    let ring: Ring
+    let config: TrainingConfig
+    let bucketElements: Int
+    let totalSteps: Int
+
+    init(workload: any Workload, optimizer: Optimizer<Float>, ring: Ring, config: TrainingConfig, bucketBytes: Int) {
+        (self.workload, self.optimizer, self.ring, self.config) = (workload, optimizer, ring, config)
+        bucketElements = max(1, bucketBytes / MemoryLayout<Float>.stride)
+        totalSteps = min(config.epochs * workload.stepsPerEpoch, config.maxSteps ?? .max)
+    }
+
+    func step(_ state: inout TrainingState, totalSteps: Int) throws -> Envelope.StepReport {
+        let model = workload.model
+        let t0 = Clock.now
+        model.arena.zeroGrads()
+        let stats = workload.accumulateGradients(epoch: state.epoch, step: state.stepInEpoch)
+        let t1 = Clock.now, waitedBefore = ring.statistics.waiting
+        try exchangeGradients(step: UInt64(state.globalStep))
+        let t2 = Clock.now
+        let lr = config.schedule.lr(at: state.globalStep, totalSteps: totalSteps) * state.lrFactor
+        let sparse = model.sparseGradients
+        optimizer.step(model.arena, lr: lr, sparse: sparse)
+        sparse.forEach { $0.clear() }
+        let t3 = Clock.now
+        state.stepInEpoch += 1
+        state.globalStep += 1
+        let waited = ring.statistics.waiting - waitedBefore
+        return Envelope.StepReport(globalStep: UInt64(state.globalStep), epoch: UInt32(state.epoch), lossSum: stats.lossSum, count: UInt64(stats.count),
+                                   correct: UInt64(stats.correct), computeSeconds: t1 - t0, allreduceSeconds: t2 - t1, optimizerSeconds: t3 - t2,
+                                   parameterHash: 0, waitSeconds: Double(waited.components.seconds) + Double(waited.components.attoseconds) * 1e-18)
+    }
+
+    /// Dense gradients summed over the ring in buckets; each sparse table's rows all-gathered and merged
+    /// in rank order, so every replica holds the same rows in the same order.
+    func exchangeGradients(step: UInt64) throws {
+        let arena = workload.model.arena
+        var bucket: UInt32 = 0
+        for range in arena.denseRanges {
+            for start in stride(from: range.lowerBound, to: range.upperBound, by: bucketElements) {
+                let n = min(bucketElements, range.upperBound - start)
+                try ring.allReduce(UnsafeMutableBufferPointer(start: arena.grads + start, count: n), step: step, bucket: bucket)
+                bucket += 1
+            }
+        }
+        for rows in workload.model.sparseGradients {
+            let n = rows.count, width = rows.width
+            var payload = [UInt8](repeating: 0, count: n * 4 + n * width * 4)
+            payload.withUnsafeMutableBytes { p in
+                p.baseAddress!.copyMemory(from: rows.idPointer, byteCount: n * 4)
+                (p.baseAddress! + n * 4).copyMemory(from: rows.valuePointer, byteCount: n * width * 4)
+            }
+            let all = try ring.allGather(payload, step: step)
+            rows.clear()
+            for (r, bytes) in all.enumerated() {
+                guard bytes.count % (4 + 4 * width) == 0 else {
+                    throw ClusterError("rank \(r)'s sparse gradient for \(arena.layout.entries[rows.slot.index].name) has \(bytes.count) bytes, not whole rows of \(width)")
+                }
+                let m = bytes.count / (4 + 4 * width)
+                try bytes.withUnsafeBytes { p in
+                    let ids = p.baseAddress!.assumingMemoryBound(to: Int32.self)
+                    if let bad = (0..<m).first(where: { ids[$0] < 0 || Int(ids[$0]) >= rows.tableRows }) {
+                        throw ClusterError("rank \(r) sent row \(ids[bad]) of a table with \(rows.tableRows) rows")
+                    }
+                    rows.accumulate(rowIDs: ids, grads: (p.baseAddress! + m * 4).assumingMemoryBound(to: Float.self), count: m)
+                }
+            }
+        }
+    }
+
+    /// This replica's share of the evaluation; the loss is also summed over the ring so every replica
+    /// takes the same plateau-schedule decision.
+    func evaluate(epoch: Int, state: inout TrainingState) throws -> Envelope.EvalReport {
+        let report = workload.evaluate()
+        var sums = [report.stats.lossSum, Double(report.stats.count)]
+        try sums.withUnsafeMutableBufferPointer { try ring.allReduce($0, step: UInt64(state.globalStep), bucket: 1 << 20) }
+        let loss = sums[1] > 0 ? sums[0] / sums[1] : .nan
+        if config.schedule.kind == .plateau {
+            if let best = state.bestValidationLoss, !(loss < best) { state.lrFactor *= config.schedule.gamma }
+            state.bestValidationLoss = min(state.bestValidationLoss ?? .infinity, loss)
+        }
+        return Envelope.EvalReport(epoch: UInt32(epoch), lossSum: report.stats.lossSum, count: UInt64(report.stats.count),
+                                   correct: UInt64(report.stats.correct), scores: report.scores, labels: report.labels)
+    }
+}
+
+/// A thread of its own that sends a heartbeat every half second on a second DEALER and watches the
+/// coordinator's: an Abort from it, or its silence, ends this process (the coordinator holds the last
+/// checkpoint; nothing of the worker's needs saving).
+final class Heartbeat: @unchecked Sendable {
+    private let socket: ControlChannel
+    private let stopped = UnsafeMutablePointer<Int>.allocate(capacity: 1)
+    private var thread: Thread?
+
+    init(context: ZeroMQContext, options: WorkerOptions, rank: Int, log: @escaping (String) -> Void) throws {
+        let dealer = try ZeroMQSocket(context, .dealer, linger: .zero)
+        try dealer.connect(options.coordinator)
+        socket = ControlChannel(socket: dealer, jobID: options.jobID)
+        stopped.initialize(to: 0)
+        let channel = socket, flag = stopped, timeout = options.coordinatorTimeout, coordinator = options.coordinator
+        let t = Thread {
+            var lastHeard = Clock.now
+            while flag.pointee == 0 {
+                try? channel.send(.heartbeat, from: rank)
+                let deadline = ContinuousClock.now + .milliseconds(500)
+                while let message = try? channel.receive(deadline: deadline), let (_, env) = Optional(message) {
+                    lastHeard = Clock.now
+                    if case .abort(let a) = env.body, flag.pointee == 0 {
+                        log("tether worker rank \(rank): the coordinator stopped the job: \(a.reason)")
+                        exit(1)
+                    }
+                }
+                if flag.pointee == 0 && Clock.now - lastHeard > timeout {
+                    log("tether worker rank \(rank): the coordinator at \(coordinator) has been silent for \(Int(timeout)) s; exiting")
+                    exit(1)
+                }
+            }
+        }
+        t.start()
+        thread = t
+    }
+
+    func stop() { stopped.pointee = 1 }
+}

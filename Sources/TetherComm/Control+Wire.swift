@@ -1,0 +1,191 @@
+import CProtobufC
+import Foundation
+import TetherWire
+
+// The cluster's control messages (proto: Assign, Ready, Start, StepReport, EvalReport, CheckpointData,
+// Heartbeat) as Swift values, and their conversion to and from protobuf-c.
+
+extension Envelope {
+    public struct Assign: Equatable, Sendable {
+        public var rank: UInt32
+        public var worldSize: UInt32
+        public var ring: [String]
+        public var configJSON: [UInt8]
+        public var resumeCheckpoint: [UInt8]
+        public var hashEvery: UInt32
+        public var checkpointEvery: UInt32
+        public init(rank: UInt32, worldSize: UInt32, ring: [String], configJSON: [UInt8], resumeCheckpoint: [UInt8] = [],
+                    hashEvery: UInt32, checkpointEvery: UInt32) {
+            (self.rank, self.worldSize, self.ring, self.configJSON) = (rank, worldSize, ring, configJSON)
+            (self.resumeCheckpoint, self.hashEvery, self.checkpointEvery) = (resumeCheckpoint, hashEvery, checkpointEvery)
+        }
+    }
+
+    public struct Ready: Equatable, Sendable {
+        public var parameterHash: UInt64
+        public var layoutFingerprint: UInt64
+        public init(parameterHash: UInt64, layoutFingerprint: UInt64) { (self.parameterHash, self.layoutFingerprint) = (parameterHash, layoutFingerprint) }
+    }
+
+    public struct StepReport: Equatable, Sendable {
+        public var globalStep: UInt64
+        public var epoch: UInt32
+        public var lossSum: Double
+        public var count: UInt64
+        public var correct: UInt64
+        public var computeSeconds: Double
+        public var allreduceSeconds: Double
+        public var optimizerSeconds: Double
+        /// 0 when this step does not report it.
+        public var parameterHash: UInt64
+        /// Of allreduceSeconds: waiting for a neighbour's data.
+        public var waitSeconds: Double
+        public init(globalStep: UInt64, epoch: UInt32, lossSum: Double, count: UInt64, correct: UInt64, computeSeconds: Double,
+                    allreduceSeconds: Double, optimizerSeconds: Double, parameterHash: UInt64, waitSeconds: Double) {
+            (self.globalStep, self.epoch, self.lossSum, self.count, self.correct) = (globalStep, epoch, lossSum, count, correct)
+            (self.computeSeconds, self.allreduceSeconds, self.optimizerSeconds, self.parameterHash) = (computeSeconds, allreduceSeconds, optimizerSeconds, parameterHash)
+            self.waitSeconds = waitSeconds
+        }
+    }
+
+    public struct EvalReport: Equatable, Sendable {
+        public var epoch: UInt32
+        public var lossSum: Double
+        public var count: UInt64
+        public var correct: UInt64
+        public var scores: [Float]
+        public var labels: [Int32]
+        public init(epoch: UInt32, lossSum: Double, count: UInt64, correct: UInt64, scores: [Float], labels: [Int32]) {
+            (self.epoch, self.lossSum, self.count, self.correct, self.scores, self.labels) = (epoch, lossSum, count, correct, scores, labels)
+        }
+    }
+
+    public struct CheckpointData: Equatable, Sendable {
+        public var globalStep: UInt64
+        public var safetensors: [UInt8]
+        public init(globalStep: UInt64, safetensors: [UInt8]) { (self.globalStep, self.safetensors) = (globalStep, safetensors) }
+    }
+}
+
+/// C strings and buffers that live until the message is packed.
+final class PackArena {
+    private var strings: [UnsafeMutablePointer<CChar>] = []
+    private var blocks: [UnsafeMutableRawPointer] = []
+    deinit { strings.forEach { free($0) }; blocks.forEach { $0.deallocate() } }
+
+    func string(_ s: String) -> UnsafeMutablePointer<CChar> { let p = strdup(s)!; strings.append(p); return p }
+    func strings(_ list: [String]) -> UnsafeMutablePointer<UnsafeMutablePointer<CChar>?> {
+        let p = UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>.allocate(capacity: max(list.count, 1))
+        for (i, s) in list.enumerated() { p[i] = string(s) }
+        blocks.append(UnsafeMutableRawPointer(p))
+        return p
+    }
+    func copy<T>(_ values: [T]) -> UnsafeMutablePointer<T> {
+        let p = UnsafeMutablePointer<T>.allocate(capacity: max(values.count, 1))
+        p.initialize(from: values, count: values.count)
+        blocks.append(UnsafeMutableRawPointer(p))
+        return p
+    }
+    func binary(_ bytes: [UInt8]) -> ProtobufCBinaryData { ProtobufCBinaryData(len: bytes.count, data: copy(bytes)) }
+}
+
+extension Envelope {
+    /// Fills the control bodies into `msg` (pointers into `arena` and into the structs `body` passes to
+    /// `pack`); nil for the bodies Envelope+Wire.swift handles.
+    static func packControl(_ body: Body, _ msg: inout Tether__V1__Envelope, _ arena: PackArena, _ pack: (inout Tether__V1__Envelope) -> [UInt8]) -> [UInt8]? {
+        switch body {
+        case .assign(let a):
+            var m = Tether__V1__Assign()
+            tether__v1__assign__init(&m)
+            (m.rank, m.world_size, m.hash_every, m.checkpoint_every) = (a.rank, a.worldSize, a.hashEvery, a.checkpointEvery)
+            (m.n_ring, m.ring) = (a.ring.count, arena.strings(a.ring))
+            m.config_json = arena.binary(a.configJSON)
+            m.resume_checkpoint = arena.binary(a.resumeCheckpoint)
+            return withUnsafeMutablePointer(to: &m) { msg.body_case = TETHER__V1__ENVELOPE__BODY_ASSIGN; msg.assign = $0; return pack(&msg) }
+        case .ready(let r):
+            var m = Tether__V1__Ready()
+            tether__v1__ready__init(&m)
+            (m.parameter_hash, m.layout_fingerprint) = (r.parameterHash, r.layoutFingerprint)
+            return withUnsafeMutablePointer(to: &m) { msg.body_case = TETHER__V1__ENVELOPE__BODY_READY; msg.ready = $0; return pack(&msg) }
+        case .start:
+            var m = Tether__V1__Start()
+            tether__v1__start__init(&m)
+            return withUnsafeMutablePointer(to: &m) { msg.body_case = TETHER__V1__ENVELOPE__BODY_START; msg.start = $0; return pack(&msg) }
+        case .finish:
+            var m = Tether__V1__Finish()
+            tether__v1__finish__init(&m)
+            return withUnsafeMutablePointer(to: &m) { msg.body_case = TETHER__V1__ENVELOPE__BODY_FINISH; msg.finish = $0; return pack(&msg) }
+        case .heartbeat:
+            var m = Tether__V1__Heartbeat()
+            tether__v1__heartbeat__init(&m)
+            return withUnsafeMutablePointer(to: &m) { msg.body_case = TETHER__V1__ENVELOPE__BODY_HEARTBEAT; msg.heartbeat = $0; return pack(&msg) }
+        case .stepReport(let s):
+            var m = Tether__V1__StepReport()
+            tether__v1__step_report__init(&m)
+            (m.global_step, m.epoch, m.loss_sum, m.count, m.correct) = (s.globalStep, s.epoch, s.lossSum, s.count, s.correct)
+            (m.compute_seconds, m.allreduce_seconds, m.optimizer_seconds, m.parameter_hash) = (s.computeSeconds, s.allreduceSeconds, s.optimizerSeconds, s.parameterHash)
+            m.wait_seconds = s.waitSeconds
+            return withUnsafeMutablePointer(to: &m) { msg.body_case = TETHER__V1__ENVELOPE__BODY_STEP_REPORT; msg.step_report = $0; return pack(&msg) }
+        case .evalReport(let e):
+            var m = Tether__V1__EvalReport()
+            tether__v1__eval_report__init(&m)
+            (m.epoch, m.loss_sum, m.count, m.correct) = (e.epoch, e.lossSum, e.count, e.correct)
+            (m.n_scores, m.scores) = (e.scores.count, arena.copy(e.scores))
+            (m.n_labels, m.labels) = (e.labels.count, arena.copy(e.labels))
+            return withUnsafeMutablePointer(to: &m) { msg.body_case = TETHER__V1__ENVELOPE__BODY_EVAL_REPORT; msg.eval_report = $0; return pack(&msg) }
+        case .checkpoint(let c):
+            var m = Tether__V1__CheckpointData()
+            tether__v1__checkpoint_data__init(&m)
+            m.global_step = c.globalStep
+            m.safetensors = arena.binary(c.safetensors)
+            return withUnsafeMutablePointer(to: &m) { msg.body_case = TETHER__V1__ENVELOPE__BODY_CHECKPOINT; msg.checkpoint = $0; return pack(&msg) }
+        case .hello, .chunk, .abort:
+            return nil
+        }
+    }
+
+    /// The control body of an unpacked envelope, validated; nil for the bodies Envelope+Wire.swift handles.
+    static func unpackControl(_ env: Tether__V1__Envelope) throws -> Body? {
+        func bytes(_ b: ProtobufCBinaryData) -> [UInt8] { b.len == 0 ? [] : Array(UnsafeBufferPointer(start: b.data, count: b.len)) }
+        switch env.body_case {
+        case TETHER__V1__ENVELOPE__BODY_ASSIGN:
+            guard let a = env.assign?.pointee else { return nil }
+            guard a.world_size > 0, a.rank < a.world_size, a.n_ring == Int(a.world_size) else {
+                throw WireError(message: "assign from rank \(env.sender_rank): rank \(a.rank) of \(a.world_size) with \(a.n_ring) ring addresses")
+            }
+            let ring = (0..<a.n_ring).map { String(cString: a.ring[$0]!) }
+            return .assign(Assign(rank: a.rank, worldSize: a.world_size, ring: ring, configJSON: bytes(a.config_json),
+                                  resumeCheckpoint: bytes(a.resume_checkpoint), hashEvery: a.hash_every, checkpointEvery: a.checkpoint_every))
+        case TETHER__V1__ENVELOPE__BODY_READY:
+            guard let r = env.ready?.pointee else { return nil }
+            return .ready(Ready(parameterHash: r.parameter_hash, layoutFingerprint: r.layout_fingerprint))
+        case TETHER__V1__ENVELOPE__BODY_START:
+            return .start
+        case TETHER__V1__ENVELOPE__BODY_HEARTBEAT:
+            return .heartbeat
+        case TETHER__V1__ENVELOPE__BODY_FINISH:
+            return .finish
+        case TETHER__V1__ENVELOPE__BODY_STEP_REPORT:
+            guard let s = env.step_report?.pointee else { return nil }
+            guard s.loss_sum.isFinite || s.count == 0 else {
+                throw WireError(message: "step report from rank \(env.sender_rank): loss \(s.loss_sum) at step \(s.global_step)")
+            }
+            return .stepReport(StepReport(globalStep: s.global_step, epoch: s.epoch, lossSum: s.loss_sum, count: s.count, correct: s.correct,
+                                          computeSeconds: s.compute_seconds, allreduceSeconds: s.allreduce_seconds,
+                                          optimizerSeconds: s.optimizer_seconds, parameterHash: s.parameter_hash, waitSeconds: s.wait_seconds))
+        case TETHER__V1__ENVELOPE__BODY_EVAL_REPORT:
+            guard let e = env.eval_report?.pointee else { return nil }
+            guard e.n_scores == e.n_labels else {
+                throw WireError(message: "eval report from rank \(env.sender_rank): \(e.n_scores) scores for \(e.n_labels) labels")
+            }
+            return .evalReport(EvalReport(epoch: e.epoch, lossSum: e.loss_sum, count: e.count, correct: e.correct,
+                                          scores: Array(UnsafeBufferPointer(start: e.scores, count: e.n_scores)),
+                                          labels: Array(UnsafeBufferPointer(start: e.labels, count: e.n_labels))))
+        case TETHER__V1__ENVELOPE__BODY_CHECKPOINT:
+            guard let c = env.checkpoint?.pointee else { return nil }
+            return .checkpoint(CheckpointData(globalStep: c.global_step, safetensors: bytes(c.safetensors)))
+        default:
+            return nil
+        }
+    }
+}

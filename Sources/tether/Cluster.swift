@@ -1,0 +1,121 @@
+import ArgumentParser
+import Foundation
+import TetherCluster
+import TetherComm
+import TetherTensor
+import TetherTrain
+
+/// `tether coordinator`: the job's coordinator, waiting for `--workers` workers.
+struct CoordinatorCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "coordinator", abstract: "Coordinate a data-parallel job of separate worker processes.")
+
+    @Option(help: "Address to listen on for workers, e.g. tcp://0.0.0.0:7070.") var listen = "tcp://0.0.0.0:7070"
+    @Option(help: "Workers in the job.") var workers: Int
+    @Option(help: "Job identifier (workers must give the same).") var jobID = "tether"
+    @OptionGroup var training: TrainingOptions
+    @Option(help: "Run directory for metrics.jsonl and checkpoint.safetensors.") var runDir = "runs/cluster"
+    @Flag(help: "Continue the run in --run-dir from its checkpoint.") var resume = false
+    @Option(help: "Compare the replicas' parameter hashes every N steps.") var hashEvery = 50
+    @Option(help: "Seconds without a message before a worker is declared dead.") var heartbeatTimeout = 5.0
+
+    func validate() throws {
+        guard workers >= 1 else { throw ValidationError("--workers must be at least 1") }
+        guard hashEvery >= 1, heartbeatTimeout > 0 else { throw ValidationError("--hash-every and --heartbeat-timeout must be positive") }
+    }
+
+    func run() throws {
+        StopSignal.install()
+        do {
+            var options = Coordinator.Options(listen: listen, workers: workers)
+            (options.jobID, options.hashEvery, options.heartbeatTimeout) = (jobID, hashEvery, heartbeatTimeout)
+            try ClusterJob.coordinator(options, training: training, runDirectory: runDir, resume: resume).run()
+        } catch {
+            exitWithError(error)
+        }
+    }
+}
+
+/// `tether worker`: one replica, joining a coordinator.
+struct WorkerCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "worker", abstract: "Join a coordinator's job as one data-parallel replica.")
+
+    @Option(help: "The coordinator's address, e.g. tcp://10.0.0.1:7070.") var coordinator: String
+    @Option(help: "Address ring neighbours reach this worker at (tcp://HOST:PORT; port 0: any free port).") var advertise = "tcp://127.0.0.1:0"
+    @Option(help: "Job identifier (as given to the coordinator).") var jobID = "tether"
+    @OptionGroup var threads: ThreadOptions
+
+    func run() throws {
+        threads.apply()
+        do {
+            var options = WorkerOptions(coordinator: coordinator, advertise: advertise)
+            options.jobID = jobID
+            try Worker(options).run()
+        } catch {
+            exitWithError(error)
+        }
+    }
+}
+
+/// `tether simulate`: a coordinator in this process and N worker processes on this machine, over
+/// loopback tcp: the whole cluster with one command.
+struct Simulate: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run a coordinator and N worker processes on this machine.")
+
+    @Option(help: "Worker processes.") var workers = 2
+    @OptionGroup var training: TrainingOptions
+    @Option(help: "Run directory for metrics.jsonl and checkpoint.safetensors.") var runDir = "runs/simulate"
+    @Flag(help: "Continue the run in --run-dir from its checkpoint.") var resume = false
+    @Option(help: "Compute threads per worker (default: the cores divided among the workers).") var threads: Int?
+    @Option(help: "Compare the replicas' parameter hashes every N steps.") var hashEvery = 50
+
+    func validate() throws {
+        guard workers >= 1 else { throw ValidationError("--workers must be at least 1") }
+        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
+    }
+
+    func run() throws {
+        StopSignal.install()
+        let jobID = "simulate-\(getpid())"
+        var children: [Process] = []
+        do {
+            var options = Coordinator.Options(listen: "tcp://127.0.0.1:0", workers: workers)
+            (options.jobID, options.hashEvery) = (jobID, hashEvery)
+            let coordinator = try ClusterJob.coordinator(options, training: training, runDirectory: runDir, resume: resume)
+            let perWorker = threads ?? max(1, ProcessInfo.processInfo.activeProcessorCount / workers)
+            for _ in 0..<workers {
+                let p = Process()
+                p.executableURL = URL(fileURLWithPath: "/proc/self/exe")
+                p.arguments = ["worker", "--coordinator", coordinator.boundAddress, "--advertise", "tcp://127.0.0.1:0", "--job-id", jobID, "--threads", String(perWorker)]
+                var env = ProcessInfo.processInfo.environment
+                env["OPENBLAS_NUM_THREADS"] = String(perWorker)
+                p.environment = env
+                try p.run()
+                children.append(p)
+            }
+            try coordinator.run()
+            ClusterJob.reap(children, within: 10)
+        } catch {
+            ClusterJob.reap(children, within: 2)
+            exitWithError(error)
+        }
+    }
+}
+
+enum ClusterJob {
+    /// The coordinator of a fresh job, or of the run in `runDirectory` resumed.
+    static func coordinator(_ options: Coordinator.Options, training: TrainingOptions, runDirectory: String, resume: Bool) throws -> Coordinator {
+        let dir = URL(fileURLWithPath: runDirectory)
+        var base = TrainingConfig()
+        if resume { base = try Checkpoint.Loaded(dir.appendingPathComponent(Checkpoint.fileName)).config }
+        return try Coordinator(options: options, config: training.applied(to: base), runDirectory: dir, resume: resume)
+    }
+
+    /// Waits for the workers to exit, terminating those still running after `seconds`.
+    static func reap(_ children: [Process], within seconds: Double) {
+        let deadline = Date().addingTimeInterval(seconds)
+        for p in children {
+            while p.isRunning && Date() < deadline { usleep(20_000) }
+            if p.isRunning { p.terminate() }
+        }
+    }
+}

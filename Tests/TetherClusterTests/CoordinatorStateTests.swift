@@ -1,0 +1,108 @@
+import Testing
+@testable import TetherCluster
+import TetherComm
+
+/// The coordinator's state machine, driven by events alone (no sockets).
+@Suite struct CoordinatorStateTests {
+    func settings(workers: Int = 3, total: Int = 4, perEpoch: Int = 2) -> CoordinatorState.Settings {
+        CoordinatorState.Settings(workers: workers, totalSteps: total, stepsPerEpoch: perEpoch)
+    }
+    func report(_ step: Int, epoch: Int = 0, loss: Double = 1, count: UInt64 = 10, hash: UInt64 = 0, compute: Double = 0.01) -> Envelope.StepReport {
+        .init(globalStep: UInt64(step), epoch: UInt32(epoch), lossSum: loss, count: count, correct: 5, computeSeconds: compute,
+              allreduceSeconds: 0.002, optimizerSeconds: 0.001, parameterHash: hash, waitSeconds: 0.001)
+    }
+    func eval(_ epoch: Int) -> Envelope.EvalReport { .init(epoch: UInt32(epoch), lossSum: 2, count: 4, correct: 3, scores: [], labels: []) }
+    func ready(_ hash: UInt64 = 7) -> Envelope.Ready { .init(parameterHash: hash, layoutFingerprint: 42) }
+
+    /// Three hellos -> three assignments with the same ring -> all ready -> start.
+    func started(workers: Int = 3, total: Int = 4, perEpoch: Int = 2) -> CoordinatorState {
+        var s = CoordinatorState(settings(workers: workers, total: total, perEpoch: perEpoch), now: 0)
+        var out: [CoordinatorState.Directive] = []
+        for r in 0..<workers { out += s.handle(.hello(identity: [UInt8(r)], address: "tcp://h\(r):1"), now: 1) }
+        #expect(out == (0..<workers).map { .assign(identity: [UInt8($0)], rank: $0, ring: (0..<workers).map { "tcp://h\($0):1" }) })
+        for r in 0..<workers - 1 { #expect(s.handle(.ready(rank: r, ready()), now: 1).isEmpty) }
+        #expect(s.handle(.ready(rank: workers - 1, ready()), now: 1) == [.start])
+        #expect(s.phase == .training)
+        return s
+    }
+
+    @Test func aJobRunsToItsFinish() {
+        var s = started()
+        var completed: [Int] = []
+        for step in 1...4 {
+            for r in [2, 0, 1] {
+                for d in s.handle(.step(rank: r, report(step, epoch: (step - 1) / 2, hash: step == 2 ? 99 : 0)), now: 2) {
+                    if case .stepCompleted(let summary) = d {
+                        completed.append(summary.globalStep)
+                        #expect(summary.count == 30 && summary.lossSum == 3)
+                    }
+                }
+            }
+            if step % 2 == 0 {
+                for r in 0..<3 {
+                    let out = s.handle(.evaluation(rank: r, eval(step / 2 - 1)), now: 2)
+                    if r == 2 { #expect(out.contains { if case .epochCompleted(let e, let reports) = $0 { return e == step / 2 - 1 && reports.count == 3 }; return false }) }
+                }
+                let out = s.handle(.checkpoint(rank: 0, .init(globalStep: UInt64(step), safetensors: [1])), now: 2)
+                #expect(out.first == .writeCheckpoint(.init(globalStep: UInt64(step), safetensors: [1])))
+                #expect(out.contains(.finish) == (step == 4))
+            }
+        }
+        #expect(completed == [1, 2, 3, 4])
+        #expect(s.phase == .finished)
+    }
+
+    @Test func stepsCompleteInOrderWhenAFastRankRunsAhead() {
+        var s = started()
+        _ = s.handle(.step(rank: 0, report(1)), now: 2)
+        _ = s.handle(.step(rank: 0, report(2)), now: 2)
+        _ = s.handle(.step(rank: 1, report(2)), now: 2)
+        _ = s.handle(.step(rank: 2, report(2)), now: 2)
+        #expect(s.completedSteps == 0)
+        _ = s.handle(.step(rank: 1, report(1)), now: 2)
+        let out = s.handle(.step(rank: 2, report(1)), now: 2)
+        #expect(out.count == 2 && s.completedSteps == 2)
+    }
+
+    @Test func aSilentWorkerIsNamedWithinTheTimeout() {
+        var s = started()
+        for r in [0, 2] { _ = s.handle(.heartbeat(rank: r), now: 5) }
+        #expect(s.handle(.tick, now: 5.5).isEmpty)
+        let out = s.handle(.tick, now: 6.5)
+        #expect(out == [.abort("worker rank 1 (tcp://h1:1) has been silent for 5 s: it died or lost its connection")])
+        #expect(s.handle(.step(rank: 0, report(1)), now: 7).isEmpty) // a failed job takes no more events
+    }
+
+    @Test func divergedParametersStopTheJobNamingTheRank() {
+        var s = started()
+        _ = s.handle(.step(rank: 0, report(1, hash: 5)), now: 2)
+        _ = s.handle(.step(rank: 1, report(1, hash: 5)), now: 2)
+        let out = s.handle(.step(rank: 2, report(1, hash: 6)), now: 2)
+        #expect(out == [.abort("rank 2's parameters diverged from rank 0's after step 1 (hash 0x6 vs 0x5)")])
+    }
+
+    @Test func replicasThatStartApartAreRefused() {
+        var s = CoordinatorState(settings(workers: 2), now: 0)
+        _ = s.handle(.hello(identity: [0], address: "a"), now: 0)
+        _ = s.handle(.hello(identity: [1], address: "b"), now: 0)
+        _ = s.handle(.ready(rank: 0, ready(7)), now: 0)
+        #expect(s.handle(.ready(rank: 1, ready(8)), now: 0) == [.abort("rank 1 starts from other parameters than rank 0 (hash 0x8 vs 0x7)")])
+    }
+
+    @Test func joiningProblems() {
+        var s = CoordinatorState(settings(workers: 2), now: 0)
+        _ = s.handle(.hello(identity: [0], address: "tcp://x:1"), now: 0)
+        #expect(s.handle(.hello(identity: [1], address: "tcp://x:1"), now: 0)
+                == [.abort("two workers advertise the same address tcp://x:1 (the second would be rank 1, the first is rank 0)")])
+        var late = CoordinatorState(settings(workers: 2), now: 0)
+        _ = late.handle(.hello(identity: [0], address: "tcp://x:1"), now: 0)
+        #expect(late.handle(.tick, now: 61) == [.abort("only 1 of 2 workers joined within 60 s (joined: tcp://x:1)")])
+        var strange = started()
+        #expect(strange.handle(.step(rank: 5, report(1)), now: 2) == [.abort("a message from rank 5, but the job has ranks 0..<3")])
+    }
+
+    @Test func aWorkersAbortIsPassedOnWithItsAddress() {
+        var s = started()
+        #expect(s.handle(.abort(rank: 1, reason: "out of memory"), now: 2) == [.abort("rank 1 (tcp://h1:1) stopped: out of memory")])
+    }
+}
