@@ -34,7 +34,7 @@ let package = Package(
         .target(name: "TetherTrain", dependencies: ["TetherTensor", "TetherNN", "TetherData"]),
         .target(name: "TetherCluster", dependencies: ["TetherTrain", "TetherComm", "TetherNN", "TetherTensor", "CXXHash"]),
         .executableTarget(name: "tether", dependencies: [
-            "TetherCluster", "TetherTrain", "TetherComm", "TetherData", "TetherNN", "TetherTensor", "CXXHash",
+            "TetherCluster", "TetherTrain", "TetherComm", "TetherData", "TetherNN", "TetherTensor", "CXXHash", "CTetherKernels",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 

@@ -221,3 +221,11 @@ MULTIVERSION double tether_sum_squares_f32(const float *restrict x, size_t n) {
     for (size_t i = 0; i < n; i++) total += (double)x[i] * (double)x[i];
     return total;
 }
+
+#if defined(__linux__)
+#include <signal.h>
+#include <sys/prctl.h>
+int tether_die_with_parent(void) { return prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0); }
+#else
+int tether_die_with_parent(void) { return -1; }
+#endif

@@ -74,6 +74,9 @@ public final class Coordinator {
         metrics = try MetricsLog(path: runDirectory.appendingPathComponent("metrics.jsonl").path)
     }
 
+    /// Sockets close before their context terminates (zmq_ctx_term waits for them).
+    deinit { router.socket.close() }
+
     /// Runs the job to its end; throws (after stopping every worker) on a fault or an interrupt.
     public func run() throws {
         let total = machine.settings.totalSteps

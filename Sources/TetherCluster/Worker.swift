@@ -40,6 +40,9 @@ public final class Worker {
         control = ControlChannel(socket: dealer, jobID: options.jobID)
     }
 
+    /// Sockets close before their context terminates (zmq_ctx_term waits for them).
+    deinit { control.socket.close() }
+
     public func run() throws {
         let advertise = try Self.resolve(options.advertise, context)
         try control.send(.hello(.init(advertiseAddress: advertise, tetherVersion: "tether", threads: UInt32(BLAS.threads))), from: -1)
@@ -238,26 +241,27 @@ final class Training {
 
 /// A thread of its own that sends a heartbeat every half second on a second DEALER and watches the
 /// coordinator's: an Abort from it, or its silence, ends this process (the coordinator holds the last
-/// checkpoint; nothing of the worker's needs saving).
+/// checkpoint; nothing of the worker's needs saving). `stop` ends the thread and closes its socket, so
+/// the context can terminate (zmq_ctx_term waits for every socket to close).
 final class Heartbeat: @unchecked Sendable {
-    private let socket: ControlChannel
     private let stopped = UnsafeMutablePointer<Int>.allocate(capacity: 1)
-    private var thread: Thread?
+    private let done = DispatchSemaphore(value: 0)
 
     init(context: ZeroMQContext, options: WorkerOptions, rank: Int, log: @escaping (String) -> Void) throws {
         let dealer = try ZeroMQSocket(context, .dealer, linger: .zero)
         try dealer.connect(options.coordinator)
-        socket = ControlChannel(socket: dealer, jobID: options.jobID)
+        let channel = ControlChannel(socket: dealer, jobID: options.jobID)
         stopped.initialize(to: 0)
-        let channel = socket, flag = stopped, timeout = options.coordinatorTimeout, coordinator = options.coordinator
-        let t = Thread {
+        let flag = stopped, finished = done, timeout = options.coordinatorTimeout, coordinator = options.coordinator
+        Thread {
+            defer { channel.socket.close(); finished.signal() }
             var lastHeard = Clock.now
             while flag.pointee == 0 {
                 try? channel.send(.heartbeat, from: rank)
                 let deadline = ContinuousClock.now + .milliseconds(500)
-                while let message = try? channel.receive(deadline: deadline), let (_, env) = Optional(message) {
+                while flag.pointee == 0, let message = try? channel.receive(deadline: deadline), let (_, env) = Optional(message) {
                     lastHeard = Clock.now
-                    if case .abort(let a) = env.body, flag.pointee == 0 {
+                    if case .abort(let a) = env.body {
                         log("tether worker rank \(rank): the coordinator stopped the job: \(a.reason)")
                         exit(1)
                     }
@@ -267,10 +271,12 @@ final class Heartbeat: @unchecked Sendable {
                     exit(1)
                 }
             }
-        }
-        t.start()
-        thread = t
+        }.start()
     }
 
-    func stop() { stopped.pointee = 1 }
+    /// Ends the thread and waits until its socket is closed.
+    func stop() {
+        stopped.pointee = 1
+        done.wait()
+    }
 }

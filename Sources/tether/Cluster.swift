@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import CTetherKernels
 import TetherCluster
 import TetherComm
 import TetherTensor
@@ -46,6 +47,7 @@ struct WorkerCommand: ParsableCommand {
 
     func run() throws {
         threads.apply()
+        ProcessLifetime.forWorker()
         do {
             var options = WorkerOptions(coordinator: coordinator, advertise: advertise)
             options.jobID = jobID
@@ -88,6 +90,7 @@ struct Simulate: ParsableCommand {
                 p.arguments = ["worker", "--coordinator", coordinator.boundAddress, "--advertise", "tcp://127.0.0.1:0", "--job-id", jobID, "--threads", String(perWorker)]
                 var env = ProcessInfo.processInfo.environment
                 env["OPENBLAS_NUM_THREADS"] = String(perWorker)
+                env[ProcessLifetime.parentVariable] = String(getpid())
                 p.environment = env
                 try p.run()
                 children.append(p)
@@ -116,6 +119,25 @@ enum ClusterJob {
         for p in children {
             while p.isRunning && Date() < deadline { usleep(20_000) }
             if p.isRunning { p.terminate() }
+        }
+    }
+}
+
+/// A worker process must never outlive a failed job: it takes SIGINT and SIGTERM (a parent spawning it
+/// from a thread with those signals blocked passes the mask on), and one started by `simulate` asks the
+/// kernel to kill it when that parent dies.
+enum ProcessLifetime {
+    static let parentVariable = "TETHER_SIMULATE_PARENT"
+
+    static func forWorker() {
+        var none = sigset_t()
+        sigemptyset(&none)
+        pthread_sigmask(SIG_SETMASK, &none, nil)
+        signal(SIGINT, SIG_DFL)
+        signal(SIGTERM, SIG_DFL)
+        if let parent = ProcessInfo.processInfo.environment[parentVariable].flatMap(Int32.init) {
+            _ = tether_die_with_parent()
+            if getppid() != parent { exit(1) } // the parent died before the request took effect
         }
     }
 }

@@ -60,3 +60,7 @@ void tether_lstm_cell_backward_f32(float *dgates, float *dc_prev, const float *d
 
 /// The sum of squares of n floats, accumulated in double.
 double tether_sum_squares_f32(const float *x, size_t n);
+
+/// Linux: asks the kernel to SIGKILL this process when its parent dies (prctl is variadic, which Swift
+/// cannot call). Returns 0 on success, -1 elsewhere.
+int tether_die_with_parent(void);

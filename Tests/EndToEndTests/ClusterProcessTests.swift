@@ -1,0 +1,108 @@
+import Foundation
+import Testing
+
+/// The cluster as a user runs it: `tether simulate` starts a coordinator and worker processes that talk
+/// over loopback tcp.
+@Suite(.serialized, .enabled(if: dataInstalled, "needs Debian's dataset-fashion-mnist (scripts/test installs it)"))
+struct ClusterProcessTests {
+    /// Parameters of a checkpoint, by name.
+    func parameters(_ path: String) throws -> [String: [Float]] {
+        let data = try Data(contentsOf: URL(fileURLWithPath: path))
+        let headerLength = data.prefix(8).withUnsafeBytes { Int($0.loadUnaligned(as: UInt64.self)) }
+        let header = try JSONSerialization.jsonObject(with: data.subdata(in: 8 ..< 8 + headerLength)) as! [String: Any]
+        var out: [String: [Float]] = [:]
+        for (name, info) in header where name != "__metadata__" && !name.hasPrefix("optimizer.") {
+            let offsets = (info as! [String: Any])["data_offsets"] as! [Int]
+            let bytes = data.subdata(in: 8 + headerLength + offsets[0] ..< 8 + headerLength + offsets[1])
+            out[name] = bytes.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+        }
+        return out
+    }
+
+    /// The largest, over tensors, of ||a - b|| / ||b||. (Per element, Adam turns the rounding of a
+    /// gradient that is almost exactly 0, such as a weight on an always-black border pixel, into a step
+    /// of either sign; those elements differ by ~1e-5 of the tensor's largest value while the tensor
+    /// agrees to ~5e-7.)
+    func worstRelativeDifference(_ a: [String: [Float]], _ b: [String: [Float]]) -> Double {
+        var worst = 0.0
+        for (name, x) in a {
+            let y = b[name]!
+            let diff = zip(x, y).reduce(0.0) { $0 + Double($1.0 - $1.1) * Double($1.0 - $1.1) }
+            let norm = y.reduce(0.0) { $0 + Double($1) * Double($1) }
+            worst = max(worst, (diff / max(norm, 1e-30)).squareRoot())
+        }
+        return worst
+    }
+
+    /// Equivalence, the cluster's correctness test: 3 workers with batch B reach, after 20 steps, the
+    /// parameters one process reaches with batch 3B; the replicas compare parameter hashes after every
+    /// step (--hash-every 1), so any divergence between them fails the job.
+    @Test(arguments: [
+        ["--model", "mlp-wn", "--train-limit", "2000", "--test-limit", "300"],
+        ["--model", "wide-deep", "--data", "synthetic-clicks:3000", "--buckets", "300", "--wide-buckets", "4096", "--hidden", "32,16"],
+        // dropout 0: masks are drawn per replica, so with dropout the runs differ by design
+        ["--model", "lm-tied", "--data", "text:/usr/share/games/fortunes", "--size", "32", "--vocabulary", "2000", "--bptt", "10", "--dropout", "0"],
+    ])
+    func threeWorkersMatchOneProcessWithThreeTimesTheBatch(flags: [String]) throws {
+        let dir = CLI.tempDir("equivalence")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let common = flags + ["--max-steps", "20", "--seed", "3", "--log-every", "5"]
+        let cluster = try CLI.run(["simulate", "--workers", "3", "--batch", "16", "--hash-every", "1", "--run-dir", dir.appendingPathComponent("cluster").path] + common, timeout: 240)
+        #expect(cluster.status == 0, "stderr: \(cluster.stderr)")
+        #expect(cluster.stdout.contains("all 3 replicas agree on the initial parameters"))
+        let single = try CLI.run(["train", "--batch", "48", "--run-dir", dir.appendingPathComponent("single").path] + common, timeout: 240)
+        #expect(single.status == 0, "stderr: \(single.stderr)")
+        let a = try parameters(dir.appendingPathComponent("cluster/checkpoint.safetensors").path)
+        let b = try parameters(dir.appendingPathComponent("single/checkpoint.safetensors").path)
+        #expect(Set(a.keys) == Set(b.keys) && !a.isEmpty)
+        let worst = worstRelativeDifference(a, b)
+        #expect(worst < 1e-5, "worst relative difference \(worst)")
+    }
+
+    /// A worker killed mid-epoch is named within seconds, the job stops with its last complete
+    /// checkpoint, and no process is left behind.
+    @Test func aKilledWorkerIsNamedAndTheJobStops() throws {
+        let dir = CLI.tempDir("killed")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let p = Process()
+        p.executableURL = CLI.binary
+        p.arguments = ["simulate", "--workers", "3", "--model", "mlp-wn", "--epochs", "50", "--train-limit", "3000", "--test-limit", "200",
+                       "--run-dir", dir.path, "--log-every", "1"]
+        let out = Pipe(), err = Pipe()
+        (p.standardOutput, p.standardError) = (out, err)
+        try p.run()
+        // Wait for the first epoch's checkpoint, then kill one worker (a child of the simulate process).
+        let deadline = Date().addingTimeInterval(60)
+        while !FileManager.default.fileExists(atPath: dir.appendingPathComponent("checkpoint.safetensors").path) && Date() < deadline { usleep(100_000) }
+        let children = (try? String(contentsOfFile: "/proc/\(p.processIdentifier)/task/\(p.processIdentifier)/children", encoding: .utf8))?
+            .split(separator: " ").compactMap { Int32($0) } ?? []
+        #expect(children.count == 3)
+        let killedAt = Date()
+        if let victim = children.last { kill(victim, SIGKILL) }
+        let errData = err.fileHandleForReading.readDataToEndOfFile()
+        _ = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        let stderr = String(decoding: errData, as: UTF8.self)
+        #expect(p.terminationStatus == 1)
+        #expect(Date().timeIntervalSince(killedAt) < 20)
+        #expect(stderr.contains("has been silent for") || stderr.contains("stopped"), "stderr: \(stderr)")
+        #expect(stderr.contains("rank "), "stderr: \(stderr)")
+        for c in children { #expect(kill(c, 0) != 0, "worker \(c) is still running") }
+        #expect(FileManager.default.fileExists(atPath: dir.appendingPathComponent("checkpoint.safetensors").path))
+    }
+
+    /// A job stopped after 20 steps and resumed ends with the parameters of one run straight through.
+    @Test func aResumedClusterJobEqualsAnUninterruptedOne() throws {
+        let dir = CLI.tempDir("resume")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let common = ["--workers", "2", "--model", "mlp-wn", "--epochs", "2", "--train-limit", "1000", "--test-limit", "200", "--batch", "32", "--seed", "5"]
+        let whole = dir.appendingPathComponent("whole").path, split = dir.appendingPathComponent("split").path
+        #expect(try CLI.run(["simulate", "--run-dir", whole] + common, timeout: 240).status == 0)
+        let first = try CLI.run(["simulate", "--run-dir", split, "--max-steps", "20"] + common, timeout: 240)
+        #expect(first.status == 0, "stderr: \(first.stderr)")
+        let resumed = try CLI.run(["simulate", "--run-dir", split, "--resume", "--max-steps", "100000"] + common, timeout: 240)
+        #expect(resumed.status == 0, "stderr: \(resumed.stderr)")
+        let a = try parameters(whole + "/checkpoint.safetensors"), b = try parameters(split + "/checkpoint.safetensors")
+        #expect(a == b)
+    }
+}
