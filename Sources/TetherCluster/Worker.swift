@@ -48,6 +48,9 @@ public final class Worker {
         try control.send(.hello(.init(advertiseAddress: advertise, tetherVersion: "tether", threads: UInt32(BLAS.threads))), from: -1)
         let assign: Envelope.Assign = try waitFor("an assignment", within: 120) { if case .assign(let a) = $0 { return a }; return nil }
         rank = Int(assign.rank)
+        // Heartbeats flow from here on: loading the data and building the model can take seconds.
+        let heartbeat = try Heartbeat(context: context, options: options, rank: rank, log: log)
+        defer { heartbeat.stop() }
         let shard = Shard(rank: rank, count: Int(assign.worldSize))
         let config: TrainingConfig
         do { config = try JSONDecoder().decode(TrainingConfig.self, from: Data(assign.configJSON)) } catch {
@@ -86,8 +89,6 @@ public final class Worker {
             })
             if let failure { throw failure }
         }
-        let heartbeat = try Heartbeat(context: context, options: options, rank: rank, log: log)
-        defer { heartbeat.stop() }
         try control.send(.ready(.init(parameterHash: Self.hash(model.arena), layoutFingerprint: model.arena.layout.fingerprint)), from: rank)
         try waitFor("the start", within: 120) { if case .start = $0 { return () }; return nil }
 
