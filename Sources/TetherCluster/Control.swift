@@ -26,9 +26,13 @@ struct ControlChannel {
         guard frames.count == (router ? 2 : 1) else {
             throw ClusterError("a control message of \(frames.count) frames (expected \(router ? 2 : 1)): not from a Tether \(router ? "worker" : "coordinator")")
         }
-        let env = try Envelope(decoding: frames.last!.bytes)
-        guard env.jobID == jobID else { throw ClusterError("a message for job \"\(env.jobID)\" from rank \(env.senderRank); this is job \"\(jobID)\"") }
-        return (router ? Array(frames[0].bytes) : nil, env)
+        // The frames own the bytes: they must live until the copies are made (an optimized build would
+        // otherwise free them right after the last mention, before Array copies out of the buffer).
+        return try withExtendedLifetime(frames) {
+            let env = try Envelope(decoding: frames.last!.bytes)
+            guard env.jobID == jobID else { throw ClusterError("a message for job \"\(env.jobID)\" from rank \(env.senderRank); this is job \"\(jobID)\"") }
+            return (router ? Array(frames[0].bytes) : nil, env)
+        }
     }
 }
 

@@ -30,6 +30,7 @@ public final class Coordinator {
     private var resumeBytes: [UInt8] = []
     private var startState: TrainingState?
     let stepsPerEpoch: Int
+    private var epochSamples = 0
     let evaluationKind: EvaluationReport.Kind
 
     /// Prepares the job in `runDirectory` (fresh, or with `resume` from its checkpoint) and binds `listen`.
@@ -89,6 +90,7 @@ public final class Coordinator {
         let begun = Date()
         var window = (stats: BatchStats(), since: Date(), steps: 0, compute: 0.0, exchange: 0.0, waiting: 0.0)
         var epochStart = Date()
+        epochSamples = 0
         while true {
             if StopSignal.requested { try execute([.abort("interrupted")], window: &window, epochStart: &epochStart); }
             var events: [CoordinatorState.Event] = [.tick]
@@ -140,6 +142,7 @@ public final class Coordinator {
                 progress.line("all \(options.workers) replicas agree on the initial parameters; training")
                 epochStart = Date()
             case .stepCompleted(let s):
+                epochSamples += s.count
                 window.stats = window.stats + BatchStats(lossSum: s.lossSum, correct: s.correct, count: s.count)
                 window.steps += 1
                 window.compute += s.compute.max() ?? 0
@@ -170,10 +173,12 @@ public final class Coordinator {
                 let seconds = Date().timeIntervalSince(epochStart)
                 epochStart = Date()
                 var e = MetricsEvent(event: "epoch", epoch: epoch, step: (epoch + 1) * stepsPerEpoch)
-                e.elapsed_s = seconds
+                (e.elapsed_s, e.samples_per_sec) = (seconds, Double(epochSamples) / seconds)
+                epochSamples = 0
                 merged.write(into: &e)
                 try metrics.write(e)
-                progress.line("epoch \(epoch + 1)/\(config.epochs): \(merged.summary) (\(ProgressDisplay.fixed(seconds, 1)) s)")
+                progress.line("epoch \(epoch + 1)/\(config.epochs): \(merged.summary) (\(ProgressDisplay.fixed(seconds, 1)) s, "
+                              + "\(ProgressDisplay.grouped(e.samples_per_sec!)) samples/s)")
             case .writeCheckpoint(let data):
                 var file = try Safetensors.decode(Data(data.safetensors), source: "rank 0's checkpoint of step \(data.globalStep)")
                 file.metadata["tether.workers"] = String(options.workers)

@@ -117,6 +117,10 @@ public final class Worker {
             try checkForAbort()
         }
         try waitFor("the coordinator's finish", within: 60) { if case .finish = $0 { return () }; return nil }
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        log("worker rank \(rank): done, peak RSS \(usage.ru_maxrss / 1024) MB (\(model.arena.count) parameters, "
+            + "optimizer state \(optimizer.stateTensors.reduce(0) { $0 + $1.count }) values)")
     }
 
     /// Messages from the coordinator until `want` accepts one; an Abort or the deadline is an error.

@@ -186,12 +186,15 @@ public final class Ring {
                                                           dtype: T.dtype, offset: c.lowerBound, count: c.count, totalCount: n))
                     if let base, !c.isEmpty {
                         let start = ContinuousClock.now
-                        let x = aligned(frame.bytes, as: T.self), y = base + c.lowerBound
-                        if reducing {
-                            T.add(y, x, count: c.count)
-                            if average && ringStep == size - 2 { T.divide(y, by: T(size), count: c.count) }
-                        } else {
-                            y.update(from: x, count: c.count)
+                        // The frame owns the bytes x points into: keep it alive until they are read.
+                        withExtendedLifetime(frame) {
+                            let x = aligned(frame.bytes, as: T.self), y = base + c.lowerBound
+                            if reducing {
+                                T.add(y, x, count: c.count)
+                                if average && ringStep == size - 2 { T.divide(y, by: T(size), count: c.count) }
+                            } else {
+                                y.update(from: x, count: c.count)
+                            }
                         }
                         statistics.reducing += start.duration(to: .now)
                     }
@@ -222,7 +225,7 @@ public final class Ring {
                                                       offset: c.lowerBound, count: c.count, totalCount: n, origin: root))
                 if let base, !c.isEmpty {
                     let start = ContinuousClock.now
-                    (base + c.lowerBound).update(from: aligned(frame.bytes, as: T.self), count: c.count)
+                    withExtendedLifetime(frame) { (base + c.lowerBound).update(from: aligned(frame.bytes, as: T.self), count: c.count) }
                     statistics.reducing += start.duration(to: .now)
                 }
                 if right != root { try sendChunk(head, ringStep: 0, index: i, offset: c.lowerBound, .forwarded(frame, checksum: h.checksum)) }
@@ -276,7 +279,7 @@ public final class Ring {
                     }
                     received.reserveCapacity(total!)
                 }
-                received.append(contentsOf: frame.bytes)
+                withExtendedLifetime(frame) { received.append(contentsOf: frame.bytes) }
                 index += 1
             } while received.count < total!
             out[origin] = received

@@ -10,22 +10,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-def load_images(path="/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"):
-    with gzip.open(path) as f:
-        data = f.read()
-    return np.frombuffer(data, np.uint8, offset=16).reshape(-1, 1, 28, 28).astype(np.float32) / 255
-
-def load_labels(path="/usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz"):
-    with gzip.open(path) as f:
-        return np.frombuffer(f.read(), np.uint8, offset=8).astype(np.int64)
-
-def model(name):
-    wn = (lambda m: weight_norm(m)) if name != "mlp" else (lambda m: m)
-    if name in ("mlp", "mlp-wn"):
-        return nn.Sequential(nn.Flatten(), wn(nn.Linear(784, 256)), nn.ReLU(), wn(nn.Linear(256, 256)), nn.ReLU(), wn(nn.Linear(256, 10)))
-    return nn.Sequential(wn(nn.Conv2d(1, 32, 5, padding=2)), nn.ReLU(), nn.MaxPool2d(2),
-                         wn(nn.Conv2d(32, 64, 5, padding=2)), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                         wn(nn.Linear(64 * 7 * 7, 256)), nn.ReLU(), wn(nn.Linear(256, 10)))
+from torch_models import load_images, load_labels, model
 
 p = argparse.ArgumentParser()
 p.add_argument("--model", default="mlp-wn", choices=["mlp", "mlp-wn", "cnn-wn"])
