@@ -192,7 +192,8 @@ final class Training {
     }
 
     /// Dense gradients summed over the ring in buckets; each sparse table's rows all-gathered and merged
-    /// in rank order, so every replica holds the same rows in the same order.
+    /// in rank order (or, when that would move more bytes, all-reduced densely), so every replica holds
+    /// the same rows in the same order.
     func exchangeGradients(step: UInt64) throws {
         let arena = workload.model.arena
         var bucket: UInt32 = 0
@@ -203,8 +204,16 @@ final class Training {
                 bucket += 1
             }
         }
-        for rows in workload.model.sparseGradients {
+        for (table, rows) in workload.model.sparseGradients.enumerated() {
             let n = rows.count, width = rows.width
+            // All-gather moves every rank's rows to every rank; a dense all-reduce of the whole table
+            // moves 2(N-1)/N of it. The ranks agree on the choice from the total row count.
+            var total = [Double(n)]
+            try total.withUnsafeMutableBufferPointer { try ring.allReduce($0, step: step, bucket: UInt32(1 << 20 + table)) }
+            if 2 * Double(rows.tableRows * width) < total[0] * Double(1 + width) {
+                try exchangeDensely(rows, step: step, bucket: UInt32(1 << 21 + table))
+                continue
+            }
             var payload = [UInt8](repeating: 0, count: n * 4 + n * width * 4)
             payload.withUnsafeMutableBytes { p in
                 p.baseAddress!.copyMemory(from: rows.idPointer, byteCount: n * 4)
@@ -225,6 +234,27 @@ final class Training {
                     rows.accumulate(rowIDs: ids, grads: (p.baseAddress! + m * 4).assumingMemoryBound(to: Float.self), count: m)
                 }
             }
+        }
+    }
+
+    /// A sparse table's gradient summed as a dense all-reduce; the rows that end up non-zero become its
+    /// rows again (a row whose summed gradient is exactly zero is a no-op for AdaGrad, FTRL and SGD).
+    func exchangeDensely(_ rows: SparseRows<Float>, step: UInt64, bucket: UInt32) throws {
+        let width = rows.width, tableRows = rows.tableRows
+        var dense = [Float](repeating: 0, count: tableRows * width)
+        try dense.withUnsafeMutableBufferPointer { d in
+            rows.addDense(into: d.baseAddress!)
+            try ring.allReduce(d, step: step, bucket: bucket)
+            rows.clear()
+            var ids: [Int32] = [], values: [Float] = []
+            for r in 0..<tableRows {
+                let row = d.baseAddress! + r * width
+                if (0..<width).contains(where: { row[$0] != 0 }) {
+                    ids.append(Int32(r))
+                    values.append(contentsOf: UnsafeBufferPointer(start: row, count: width))
+                }
+            }
+            rows.accumulate(rowIDs: ids, grads: values, count: ids.count)
         }
     }
 
