@@ -276,7 +276,8 @@ final class Training {
 
 /// A thread of its own that sends a heartbeat every half second on a second DEALER and watches the
 /// coordinator's: an Abort from it, or its silence, ends this process (the coordinator holds the last
-/// checkpoint; nothing of the worker's needs saving). `stop` ends the thread and closes its socket, so
+/// checkpoint; nothing of the worker's needs saving) with _exit: exit's atexit handlers would tear down
+/// OpenBLAS under the main thread's running GEMM (a crash, seen). `stop` ends the thread and closes its socket, so
 /// the context can terminate (zmq_ctx_term waits for every socket to close).
 final class Heartbeat: @unchecked Sendable {
     private let stopped = UnsafeMutablePointer<Int>.allocate(capacity: 1)
@@ -298,12 +299,12 @@ final class Heartbeat: @unchecked Sendable {
                     lastHeard = Clock.now
                     if case .abort(let a) = env.body {
                         log("tether worker rank \(rank): the coordinator stopped the job: \(a.reason)")
-                        exit(1)
+                        _exit(1)
                     }
                 }
                 if flag.pointee == 0 && Clock.now - lastHeard > timeout {
                     log("tether worker rank \(rank): the coordinator at \(coordinator) has been silent for \(Int(timeout)) s; exiting")
-                    exit(1)
+                    _exit(1)
                 }
             }
         }.start()

@@ -31,6 +31,10 @@ struct CoordinatorCommand: ParsableCommand {
             (options.jobID, options.hashEvery, options.heartbeatTimeout) = (jobID, hashEvery, heartbeatTimeout)
             try ClusterJob.coordinator(options, training: training, runDirectory: runDir, resume: resume).run()
         } catch {
+            if StopSignal.requested {
+                FileHandle.standardError.write(Data("tether: \(error)\n".utf8))
+                throw ExitCode(130)
+            }
             exitWithError(error)
         }
     }
@@ -99,6 +103,10 @@ struct Simulate: ParsableCommand {
             ClusterJob.reap(children, within: 10)
         } catch {
             ClusterJob.reap(children, within: 2)
+            if StopSignal.requested {
+                FileHandle.standardError.write(Data("tether: \(error)\n".utf8))
+                throw ExitCode(130)
+            }
             exitWithError(error)
         }
     }
