@@ -94,29 +94,37 @@ public final class Worker {
 
         let training = Training(workload: workload, optimizer: optimizer, ring: ring, config: config, bucketBytes: options.bucketBytes)
         let total = min(config.epochs * workload.stepsPerEpoch, config.maxSteps ?? .max)
-        while state.globalStep < total {
-            if state.stepInEpoch == 0 { workload.startEpoch(state.epoch) }
-            var report = try training.step(&state, totalSteps: total)
-            let epochEnds = state.stepInEpoch == workload.stepsPerEpoch
-            if Int(assign.hashEvery) > 0 && (state.globalStep % Int(assign.hashEvery) == 0 || epochEnds || state.globalStep == total) {
-                report.parameterHash = Self.hash(model.arena)
-            }
-            try control.send(.stepReport(report), from: rank)
-            if epochEnds {
-                let eval = try training.evaluate(epoch: state.epoch, state: &state)
-                try control.send(.evalReport(eval), from: rank)
-                (state.epoch, state.stepInEpoch) = (state.epoch + 1, 0)
-            }
-            let checkpointDue = epochEnds || state.globalStep == total
-                || (assign.checkpointEvery > 0 && state.globalStep % Int(assign.checkpointEvery) == 0)
-            if rank == 0 && checkpointDue {
+        var machine = WorkerState(.init(rank: rank, stepsPerEpoch: workload.stepsPerEpoch, totalSteps: total,
+                                        hashEvery: Int(assign.hashEvery), checkpointEvery: Int(assign.checkpointEvery)), globalStep: state.globalStep)
+        var directives = machine.handle(.started)
+        var report: Envelope.StepReport?
+        while !directives.isEmpty {
+            let d = directives.removeFirst()
+            switch d {
+            case .trainNextStep:
+                try checkForAbort()
+                if state.stepInEpoch == 0 { workload.startEpoch(state.epoch) }
+                report = try training.step(&state, totalSteps: total)
+                directives += machine.handle(.stepFinished(globalStep: state.globalStep))
+            case .reportStep(let withHash):
+                if withHash { report?.parameterHash = Self.hash(model.arena) }
+                try control.send(.stepReport(report!), from: rank)
+            case .evaluate(let epoch):
+                try control.send(.evalReport(try training.evaluate(epoch: epoch, state: &state)), from: rank)
+                (state.epoch, state.stepInEpoch) = (epoch + 1, 0)
+            case .sendCheckpoint:
                 state.rng = model.context.rng
                 let file = Checkpoint.file(model: model, optimizer: optimizer, config: config, state: state, metadata: workload.checkpointMetadata)
                 try control.send(.checkpoint(.init(globalStep: UInt64(state.globalStep), safetensors: [UInt8](Safetensors.encode(file)))), from: rank)
+            case .awaitFinish:
+                let body: Envelope.Body = try waitFor("the coordinator's finish", within: 60) { $0 == .finish ? $0 : nil }
+                directives += machine.handle(.coordinator(body))
+            case .exit:
+                break
+            case .fail(let message):
+                throw ClusterError("worker rank \(rank): \(message)")
             }
-            try checkForAbort()
         }
-        try waitFor("the coordinator's finish", within: 60) { if case .finish = $0 { return () }; return nil }
         var usage = rusage()
         getrusage(RUSAGE_SELF.rawValue, &usage)
         log("worker rank \(rank): done, peak RSS \(usage.ru_maxrss / 1024) MB (\(model.arena.count) parameters, "
@@ -291,19 +299,19 @@ final class Heartbeat: @unchecked Sendable {
         let flag = stopped, finished = done, timeout = options.coordinatorTimeout, coordinator = options.coordinator
         Thread {
             defer { channel.socket.close(); finished.signal() }
-            var lastHeard = Clock.now
+            var watch = LivenessWatch(timeout: timeout, now: Clock.now)
             while flag.pointee == 0 {
                 try? channel.send(.heartbeat, from: rank)
                 let deadline = ContinuousClock.now + .milliseconds(500)
                 while flag.pointee == 0, let message = try? channel.receive(deadline: deadline), let (_, env) = Optional(message) {
-                    lastHeard = Clock.now
+                    watch.heard(at: Clock.now)
                     if case .abort(let a) = env.body {
                         log("tether worker rank \(rank): the coordinator stopped the job: \(a.reason)")
                         _exit(1)
                     }
                 }
-                if flag.pointee == 0 && Clock.now - lastHeard > timeout {
-                    log("tether worker rank \(rank): the coordinator at \(coordinator) has been silent for \(Int(timeout)) s; exiting")
+                if flag.pointee == 0, let silent = watch.silence(at: Clock.now) {
+                    log("tether worker rank \(rank): the coordinator at \(coordinator) has been silent for \(Int(silent)) s; exiting")
                     _exit(1)
                 }
             }

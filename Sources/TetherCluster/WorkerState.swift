@@ -1,0 +1,95 @@
+import TetherComm
+
+/// The worker's decisions as a pure state machine: after each step, what to report and send (the
+/// parameter hash, an evaluation at an epoch end, rank 0's checkpoint), and whether to train on or wait
+/// for the coordinator's finish; what a message from the coordinator means. The shell (`Worker`) does
+/// the computing, the sockets and the files; this is unit-tested without them.
+public struct WorkerState: Sendable {
+    public struct Plan: Sendable {
+        public var rank: Int
+        public var stepsPerEpoch: Int, totalSteps: Int
+        /// Report the parameter hash every this many steps (0: never), and at epoch ends and the end.
+        public var hashEvery: Int
+        /// Rank 0 also sends a checkpoint every this many steps (0: epoch ends and the end only).
+        public var checkpointEvery: Int
+        public init(rank: Int, stepsPerEpoch: Int, totalSteps: Int, hashEvery: Int, checkpointEvery: Int) {
+            (self.rank, self.stepsPerEpoch, self.totalSteps, self.hashEvery, self.checkpointEvery) = (rank, stepsPerEpoch, totalSteps, hashEvery, checkpointEvery)
+        }
+    }
+
+    public enum Phase: Equatable, Sendable { case waitingForStart, training, waitingForFinish, finished, failed(String) }
+
+    public enum Event: Sendable {
+        case started
+        /// The step that brought the run to `globalStep` steps is done.
+        case stepFinished(globalStep: Int)
+        case coordinator(Envelope.Body)
+    }
+
+    public enum Directive: Equatable, Sendable {
+        case reportStep(withHash: Bool)
+        case evaluate(epoch: Int)
+        case sendCheckpoint
+        case trainNextStep
+        case awaitFinish
+        case exit
+        case fail(String)
+    }
+
+    public let plan: Plan
+    public private(set) var phase: Phase = .waitingForStart
+    public private(set) var globalStep: Int
+
+    public init(_ plan: Plan, globalStep: Int = 0) {
+        self.plan = plan
+        self.globalStep = globalStep
+    }
+
+    public mutating func handle(_ event: Event) -> [Directive] {
+        switch (phase, event) {
+        case (.failed, _), (.finished, _):
+            return []
+        case (_, .coordinator(.abort(let a))):
+            return fail("the coordinator stopped the job: \(a.reason)")
+        case (.waitingForStart, .started):
+            phase = globalStep < plan.totalSteps ? .training : .waitingForFinish
+            return [phase == .training ? .trainNextStep : .awaitFinish]
+        case (.training, .stepFinished(let step)):
+            guard step == globalStep + 1, step <= plan.totalSteps else {
+                return fail("step \(step) finished after step \(globalStep) of \(plan.totalSteps)")
+            }
+            globalStep = step
+            let epochEnds = step % plan.stepsPerEpoch == 0, last = step == plan.totalSteps
+            var out: [Directive] = [.reportStep(withHash: plan.hashEvery > 0 && (step % plan.hashEvery == 0 || epochEnds || last))]
+            if epochEnds { out.append(.evaluate(epoch: step / plan.stepsPerEpoch - 1)) }
+            if plan.rank == 0 && (epochEnds || last || (plan.checkpointEvery > 0 && step % plan.checkpointEvery == 0)) {
+                out.append(.sendCheckpoint)
+            }
+            if last { phase = .waitingForFinish }
+            return out + [last ? .awaitFinish : .trainNextStep]
+        case (.waitingForFinish, .coordinator(.finish)):
+            phase = .finished
+            return [.exit]
+        case (_, .coordinator(.heartbeat)), (_, .coordinator(.start)):
+            return []
+        case (_, let e):
+            return fail("unexpected \(e) while \(phase)")
+        }
+    }
+
+    private mutating func fail(_ message: String) -> [Directive] {
+        phase = .failed(message)
+        return [.fail(message)]
+    }
+}
+
+/// Whether a peer that should be heard from regularly has gone silent (the worker's view of its
+/// coordinator). Pure: time is an argument.
+public struct LivenessWatch: Sendable {
+    public let timeout: Double
+    public private(set) var lastHeard: Double
+    public init(timeout: Double, now: Double) { (self.timeout, lastHeard) = (timeout, now) }
+    public mutating func heard(at now: Double) { lastHeard = max(lastHeard, now) }
+    /// Seconds of silence, once they exceed the timeout.
+    public func silence(at now: Double) -> Double? { now - lastHeard > timeout ? now - lastHeard : nil }
+}

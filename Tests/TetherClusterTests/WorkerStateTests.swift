@@ -1,0 +1,58 @@
+import Testing
+@testable import TetherCluster
+import TetherComm
+
+@Suite struct WorkerStateTests {
+    func plan(rank: Int = 0, perEpoch: Int = 3, total: Int = 7, hashEvery: Int = 2, checkpointEvery: Int = 0) -> WorkerState.Plan {
+        .init(rank: rank, stepsPerEpoch: perEpoch, totalSteps: total, hashEvery: hashEvery, checkpointEvery: checkpointEvery)
+    }
+
+    /// Rank 0 over 7 steps of 3 per epoch: hashes every 2 steps and at epoch ends and the end,
+    /// evaluations after steps 3 and 6, checkpoints then and at the end; then it waits for Finish.
+    @Test func rankZeroThroughARun() {
+        var s = WorkerState(plan())
+        #expect(s.handle(.started) == [.trainNextStep])
+        var log: [[WorkerState.Directive]] = []
+        for step in 1...7 { log.append(s.handle(.stepFinished(globalStep: step))) }
+        #expect(log[0] == [.reportStep(withHash: false), .trainNextStep])
+        #expect(log[1] == [.reportStep(withHash: true), .trainNextStep])
+        #expect(log[2] == [.reportStep(withHash: true), .evaluate(epoch: 0), .sendCheckpoint, .trainNextStep])
+        #expect(log[5] == [.reportStep(withHash: true), .evaluate(epoch: 1), .sendCheckpoint, .trainNextStep])
+        #expect(log[6] == [.reportStep(withHash: true), .sendCheckpoint, .awaitFinish])
+        #expect(s.phase == .waitingForFinish)
+        #expect(s.handle(.coordinator(.heartbeat)).isEmpty)
+        #expect(s.handle(.coordinator(.finish)) == [.exit])
+        #expect(s.phase == .finished)
+    }
+
+    @Test func otherRanksSendNoCheckpointsAndPeriodicCheckpointsFollowThePlan() {
+        var other = WorkerState(plan(rank: 1))
+        _ = other.handle(.started)
+        let all = (1...7).flatMap { other.handle(.stepFinished(globalStep: $0)) }
+        #expect(!all.contains(.sendCheckpoint))
+        var periodic = WorkerState(plan(perEpoch: 100, total: 10, hashEvery: 0, checkpointEvery: 4))
+        _ = periodic.handle(.started)
+        let sent = (1...10).filter { periodic.handle(.stepFinished(globalStep: $0)).contains(.sendCheckpoint) }
+        #expect(sent == [4, 8, 10])
+    }
+
+    @Test func aResumedRunAtItsEndOnlyWaitsAndAnAbortFails() {
+        var done = WorkerState(plan(), globalStep: 7)
+        #expect(done.handle(.started) == [.awaitFinish])
+        var s = WorkerState(plan())
+        _ = s.handle(.started)
+        #expect(s.handle(.coordinator(.abort(.init(originRank: -1, reason: "rank 2 died")))) == [.fail("the coordinator stopped the job: rank 2 died")])
+        #expect(s.handle(.stepFinished(globalStep: 1)).isEmpty)
+        var skipped = WorkerState(plan())
+        _ = skipped.handle(.started)
+        #expect(skipped.handle(.stepFinished(globalStep: 2)) == [.fail("step 2 finished after step 0 of 7")])
+    }
+
+    @Test func livenessWatchNamesTheSilence() {
+        var w = LivenessWatch(timeout: 10, now: 100)
+        #expect(w.silence(at: 109) == nil)
+        w.heard(at: 105)
+        #expect(w.silence(at: 114) == nil)
+        #expect(w.silence(at: 116) == 11)
+    }
+}
