@@ -79,9 +79,9 @@ public final class Worker {
         let optimizer = try Optimizer<Float>(config.optimizer, layout: model.arena.layout, ftrlParameters: model.ftrlParameters)
         var state = TrainingState(rng: model.context.rng)
         if let resumed {
-            try resumed.restore(into: model, optimizer: optimizer)
+            try resumed.restore(into: model, optimizer: optimizer, shard: shard)
             state = resumed.state
-            model.context.rng = RNG(seed: config.seed &+ UInt64(state.globalStep), stream: 0x4452_4F50 &+ UInt64(rank))
+            model.context.rng = resumed.replicaRNG(shard) ?? RNG(seed: config.seed &+ UInt64(state.globalStep), stream: 0x4452_4F50 &+ UInt64(rank))
         } else {
             var failure: Error?
             workload.initializeFromData(reduce: { sums in
@@ -98,6 +98,7 @@ public final class Worker {
                                         hashEvery: Int(assign.hashEvery), checkpointEvery: Int(assign.checkpointEvery)), globalStep: state.globalStep)
         var directives = machine.handle(.started)
         var report: Envelope.StepReport?
+        var replicas: [(buffers: [Float], rng: RNG)] = []
         while !directives.isEmpty {
             let d = directives.removeFirst()
             switch d {
@@ -112,9 +113,12 @@ public final class Worker {
             case .evaluate(let epoch):
                 try control.send(.evalReport(try training.evaluate(epoch: epoch, state: &state)), from: rank)
                 (state.epoch, state.stepInEpoch) = (epoch + 1, 0)
+            case .shareReplicaState:
+                replicas = try training.gatherReplicaState(step: UInt64(state.globalStep))
             case .sendCheckpoint:
                 state.rng = model.context.rng
-                let file = Checkpoint.file(model: model, optimizer: optimizer, config: config, state: state, metadata: workload.checkpointMetadata)
+                let file = Checkpoint.file(model: model, optimizer: optimizer, config: config, state: state, metadata: workload.checkpointMetadata,
+                                           replicaBuffers: replicas.map(\.buffers), replicaRNGs: replicas.map(\.rng))
                 try control.send(.checkpoint(.init(globalStep: UInt64(state.globalStep), safetensors: [UInt8](Safetensors.encode(file)))), from: rank)
             case .awaitFinish:
                 let body: Envelope.Body = try waitFor("the coordinator's finish", within: 60) { $0 == .finish ? $0 : nil }
@@ -242,6 +246,25 @@ final class Training {
                     rows.accumulate(rowIDs: ids, grads: (p.baseAddress! + m * 4).assumingMemoryBound(to: Float.self), count: m)
                 }
             }
+        }
+    }
+
+    /// Every replica's buffers (a language model's carried state) and dropout RNG, in rank order.
+    func gatherReplicaState(step: UInt64) throws -> [(buffers: [Float], rng: RNG)] {
+        let model = workload.model
+        let mine = Checkpoint.buffers(of: model)
+        var payload = [UInt8](try JSONEncoder().encode(model.context.rng))
+        payload.insert(contentsOf: withUnsafeBytes(of: UInt32(payload.count).littleEndian, Array.init), at: 0)
+        mine.withUnsafeBytes { payload += $0 }
+        return try ring.allGather(payload, step: step).enumerated().map { r, bytes in
+            guard bytes.count >= 4 else { throw ClusterError("rank \(r)'s replica state is \(bytes.count) bytes") }
+            let n = Int(bytes[0..<4].withUnsafeBytes { $0.loadUnaligned(as: UInt32.self).littleEndian })
+            guard bytes.count >= 4 + n, (bytes.count - 4 - n) == mine.count * 4 else {
+                throw ClusterError("rank \(r)'s replica state does not hold \(mine.count) buffer values")
+            }
+            let rng = try JSONDecoder().decode(RNG.self, from: Data(bytes[4 ..< 4 + n]))
+            let buffers = bytes[(4 + n)...].withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+            return (buffers, rng)
         }
     }
 

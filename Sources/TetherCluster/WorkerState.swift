@@ -29,6 +29,8 @@ public struct WorkerState: Sendable {
     public enum Directive: Equatable, Sendable {
         case reportStep(withHash: Bool)
         case evaluate(epoch: Int)
+        /// All-gather every replica's buffers and RNG (a collective: every rank takes part).
+        case shareReplicaState
         case sendCheckpoint
         case trainNextStep
         case awaitFinish
@@ -62,8 +64,10 @@ public struct WorkerState: Sendable {
             let epochEnds = step % plan.stepsPerEpoch == 0, last = step == plan.totalSteps
             var out: [Directive] = [.reportStep(withHash: plan.hashEvery > 0 && (step % plan.hashEvery == 0 || epochEnds || last))]
             if epochEnds { out.append(.evaluate(epoch: step / plan.stepsPerEpoch - 1)) }
-            if plan.rank == 0 && (epochEnds || last || (plan.checkpointEvery > 0 && step % plan.checkpointEvery == 0)) {
-                out.append(.sendCheckpoint)
+            if epochEnds || last || (plan.checkpointEvery > 0 && step % plan.checkpointEvery == 0) {
+                // Every rank contributes its buffers and RNG; rank 0 writes them into its checkpoint.
+                out.append(.shareReplicaState)
+                if plan.rank == 0 { out.append(.sendCheckpoint) }
             }
             if last { phase = .waitingForFinish }
             return out + [last ? .awaitFinish : .trainNextStep]

@@ -22,18 +22,36 @@ public struct TrainingState: Codable, Equatable, Sendable {
 /// "tether.config" and "tether.state" (JSON), "tether.optimizer_steps".
 public enum Checkpoint {
     public static let fileName = "checkpoint.safetensors"
+    static let replicaRNGKey = "tether.replica_rngs"
     static let format = "tether-checkpoint-1"
 
+    /// The buffers of a model in checkpoint order, flattened: what replicas exchange so that rank 0's
+    /// checkpoint holds every replica's (`replicaBuffers`).
+    public static func buffers(of model: any Model<Float>) -> [Float] {
+        model.bufferOwners.flatMap { prefix, owner in owner.bufferNames.flatMap { owner.buffer(named: $0)! } }
+    }
+
+    /// `replicaBuffers`, when given, holds every replica's `buffers(of:)` in rank order: each buffer is
+    /// then stored as the concatenation over ranks (for a language model, exactly the carried state of
+    /// one process running every rank's streams), and `replicaRNGs` (each rank's dropout RNG) goes into
+    /// the metadata, so a cluster resumes exactly.
     public static func file(model: any Model<Float>, optimizer: Optimizer<Float>?, config: TrainingConfig, state: TrainingState,
-                            metadata: [String: String] = [:]) -> Safetensors.File {
+                            metadata: [String: String] = [:], replicaBuffers: [[Float]]? = nil, replicaRNGs: [RNG]? = nil) -> Safetensors.File {
         var f = Safetensors.File()
         let values = model.arena.valuesAsFloats()
         for e in model.arena.layout.entries {
             f.tensors[e.name] = .init(floats: Array(values[e.offset ..< e.offset + e.count]), shape: e.shape)
         }
+        var offset = 0
         for (prefix, owner) in model.bufferOwners {
-            for name in owner.bufferNames { let b = owner.buffer(named: name)!; f.tensors[prefix + name] = .init(floats: b, shape: [b.count]) }
+            for name in owner.bufferNames {
+                let b = owner.buffer(named: name)!
+                let all = replicaBuffers.map { replicas in replicas.flatMap { $0[offset ..< offset + b.count] } } ?? b
+                f.tensors[prefix + name] = .init(floats: all, shape: [all.count])
+                offset += b.count
+            }
         }
+        if let replicaRNGs { f.metadata[replicaRNGKey] = String(data: try! JSONEncoder().encode(replicaRNGs), encoding: .utf8)! }
         if let optimizer {
             for t in optimizer.stateTensors {
                 f.tensors[t.key] = .init(floats: Array(UnsafeBufferPointer(start: t.values, count: t.count)), shape: t.shape)
@@ -75,7 +93,15 @@ public enum Checkpoint {
 
         /// Loads parameters and buffers into `model` (and the optimizer state, if given). Refuses a model
         /// of another kind, and any missing or misshapen tensor, naming it.
-        public func restore(into model: any Model<Float>, optimizer: Optimizer<Float>?) throws {
+        /// Rank `shard.rank`'s dropout RNG, when the checkpoint came from a cluster.
+        public func replicaRNG(_ shard: Shard) -> RNG? {
+            guard let json = file.metadata[Checkpoint.replicaRNGKey],
+                  let all = try? JSONDecoder().decode([RNG].self, from: Data(json.utf8)), all.count == shard.count else { return nil }
+            return all[shard.rank]
+        }
+
+        /// A buffer stored for every replica (count x the model's own) is sliced to this shard's part.
+        public func restore(into model: any Model<Float>, optimizer: Optimizer<Float>?, shard: Shard = .whole) throws {
             func fail(_ why: String) -> CheckpointError { CheckpointError(path: path, reason: why) }
             guard self.model == model.kind else { throw fail("it holds a \(self.model) model, not \(model.kind)") }
             func load(_ name: String, shape: [Int], into p: UnsafeMutablePointer<Float>) throws {
@@ -87,8 +113,12 @@ public enum Checkpoint {
             for e in model.arena.layout.entries { try load(e.name, shape: e.shape, into: model.arena.values + e.offset) }
             for (prefix, owner) in model.bufferOwners {
                 for name in owner.bufferNames {
-                    guard let t = file.tensors[prefix + name], owner.loadBuffer(named: name, try t.floats()) else {
-                        throw fail("buffer \(prefix + name) is missing or misshapen")
+                    guard let t = file.tensors[prefix + name] else { throw fail("buffer \(prefix + name) is missing") }
+                    var floats = try t.floats()
+                    let own = owner.buffer(named: name)!.count
+                    if floats.count == own * shard.count && shard.count > 1 { floats = Array(floats[shard.rank * own ..< (shard.rank + 1) * own]) }
+                    guard owner.loadBuffer(named: name, floats) else {
+                        throw fail("buffer \(prefix + name) holds \(floats.count) values, the model needs \(own) (per replica)")
                     }
                 }
             }

@@ -92,11 +92,18 @@ struct ClusterProcessTests {
         #expect(FileManager.default.fileExists(atPath: dir.appendingPathComponent("checkpoint.safetensors").path))
     }
 
-    /// A job stopped after 20 steps and resumed ends with the parameters of one run straight through.
-    @Test func aResumedClusterJobEqualsAnUninterruptedOne() throws {
+    /// A job stopped after 20 steps and resumed ends with the parameters of one run straight through;
+    /// for lm-tied (with dropout) that needs every replica's carried LSTM state and dropout RNG in the
+    /// checkpoint.
+    @Test(arguments: [
+        ["--model", "mlp-wn", "--train-limit", "1000", "--test-limit", "200", "--batch", "32"],
+        ["--model", "lm-tied", "--data", "text:/usr/share/games/fortunes", "--train-limit", "6000", "--test-limit", "1000",
+         "--size", "16", "--vocabulary", "500", "--bptt", "8", "--batch", "4"],
+    ])
+    func aResumedClusterJobEqualsAnUninterruptedOne(flags: [String]) throws {
         let dir = CLI.tempDir("resume")
         defer { try? FileManager.default.removeItem(at: dir) }
-        let common = ["--workers", "2", "--model", "mlp-wn", "--epochs", "2", "--train-limit", "1000", "--test-limit", "200", "--batch", "32", "--seed", "5"]
+        let common = ["--workers", "2", "--epochs", "2", "--seed", "5"] + flags
         let whole = dir.appendingPathComponent("whole").path, split = dir.appendingPathComponent("split").path
         #expect(try CLI.run(["simulate", "--run-dir", whole] + common, timeout: 240).status == 0)
         let first = try CLI.run(["simulate", "--run-dir", split, "--max-steps", "20"] + common, timeout: 240)
@@ -109,6 +116,6 @@ struct ClusterProcessTests {
         let epochs = try String(contentsOfFile: whole + "/metrics.jsonl", encoding: .utf8).split(separator: "\n")
             .compactMap { try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }.filter { $0["event"] as? String == "epoch" }
         #expect(epochs.count == 2)
-        #expect((epochs.last?["test_accuracy"] as? Double).map { $0 > 0.6 } == true, "\(epochs)")
+        if flags[1] == "mlp-wn" { #expect((epochs.last?["test_accuracy"] as? Double).map { $0 > 0.6 } == true, "\(epochs)") }
     }
 }

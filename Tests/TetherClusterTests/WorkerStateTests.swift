@@ -16,9 +16,9 @@ import TetherComm
         for step in 1...7 { log.append(s.handle(.stepFinished(globalStep: step))) }
         #expect(log[0] == [.reportStep(withHash: false), .trainNextStep])
         #expect(log[1] == [.reportStep(withHash: true), .trainNextStep])
-        #expect(log[2] == [.reportStep(withHash: true), .evaluate(epoch: 0), .sendCheckpoint, .trainNextStep])
-        #expect(log[5] == [.reportStep(withHash: true), .evaluate(epoch: 1), .sendCheckpoint, .trainNextStep])
-        #expect(log[6] == [.reportStep(withHash: true), .sendCheckpoint, .awaitFinish])
+        #expect(log[2] == [.reportStep(withHash: true), .evaluate(epoch: 0), .shareReplicaState, .sendCheckpoint, .trainNextStep])
+        #expect(log[5] == [.reportStep(withHash: true), .evaluate(epoch: 1), .shareReplicaState, .sendCheckpoint, .trainNextStep])
+        #expect(log[6] == [.reportStep(withHash: true), .shareReplicaState, .sendCheckpoint, .awaitFinish])
         #expect(s.phase == .waitingForFinish)
         #expect(s.handle(.coordinator(.heartbeat)).isEmpty)
         #expect(s.handle(.coordinator(.finish)) == [.exit])
@@ -30,6 +30,7 @@ import TetherComm
         _ = other.handle(.started)
         let all = (1...7).flatMap { other.handle(.stepFinished(globalStep: $0)) }
         #expect(!all.contains(.sendCheckpoint))
+        #expect(all.filter { $0 == .shareReplicaState }.count == 3) // it still takes part in the gathering
         var periodic = WorkerState(plan(perEpoch: 100, total: 10, hashEvery: 0, checkpointEvery: 4))
         _ = periodic.handle(.started)
         let sent = (1...10).filter { periodic.handle(.stepFinished(globalStep: $0)).contains(.sendCheckpoint) }
