@@ -1,3 +1,4 @@
+import CTetherKernels
 import CXXHash
 import Foundation
 import TetherComm
@@ -311,29 +312,28 @@ final class Training {
 /// OpenBLAS under the main thread's running GEMM (a crash, seen). `stop` ends the thread and closes its socket, so
 /// the context can terminate (zmq_ctx_term waits for every socket to close).
 final class Heartbeat: @unchecked Sendable {
-    private let stopped = UnsafeMutablePointer<Int>.allocate(capacity: 1)
+    private let stopped = StopFlag()
     private let done = DispatchSemaphore(value: 0)
 
     init(context: ZeroMQContext, options: WorkerOptions, rank: Int, log: @escaping (String) -> Void) throws {
         let dealer = try ZeroMQSocket(context, .dealer, linger: .zero)
         try dealer.connect(options.coordinator)
         let channel = ControlChannel(socket: dealer, jobID: options.jobID)
-        stopped.initialize(to: 0)
         let flag = stopped, finished = done, timeout = options.coordinatorTimeout, coordinator = options.coordinator
         Thread {
             defer { channel.socket.close(); finished.signal() }
             var watch = LivenessWatch(timeout: timeout, now: Clock.now)
-            while flag.pointee == 0 {
+            while !flag.isSet {
                 try? channel.send(.heartbeat, from: rank)
                 let deadline = ContinuousClock.now + .milliseconds(500)
-                while flag.pointee == 0, let message = try? channel.receive(deadline: deadline), let (_, env) = Optional(message) {
+                while !flag.isSet, let message = try? channel.receive(deadline: deadline), let (_, env) = Optional(message) {
                     watch.heard(at: Clock.now)
                     if case .abort(let a) = env.body {
                         log("tether worker rank \(rank): the coordinator stopped the job: \(a.reason)")
                         _exit(1)
                     }
                 }
-                if flag.pointee == 0, let silent = watch.silence(at: Clock.now) {
+                if !flag.isSet, let silent = watch.silence(at: Clock.now) {
                     log("tether worker rank \(rank): the coordinator at \(coordinator) has been silent for \(Int(silent)) s; exiting")
                     _exit(1)
                 }
@@ -343,7 +343,16 @@ final class Heartbeat: @unchecked Sendable {
 
     /// Ends the thread and waits until its socket is closed.
     func stop() {
-        stopped.pointee = 1
+        stopped.set()
         done.wait()
     }
+}
+
+/// A flag one thread sets and another polls (atomic loads and stores through CTetherKernels).
+final class StopFlag: @unchecked Sendable {
+    private let value = UnsafeMutablePointer<Int>.allocate(capacity: 1)
+    init() { value.initialize(to: 0) }
+    deinit { value.deallocate() }
+    var isSet: Bool { tether_pending_load(value) != 0 }
+    func set() { tether_pending_add(value, 1) }
 }
