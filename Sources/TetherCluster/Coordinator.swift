@@ -40,7 +40,7 @@ public final class Coordinator {
         self.progress = progress
         try FileManager.default.createDirectory(at: runDirectory, withIntermediateDirectories: true)
         let checkpointURL = runDirectory.appendingPathComponent(Checkpoint.fileName)
-        var config = given
+        let config = given
         if resume {
             let loaded = try Checkpoint.Loaded(checkpointURL)
             let changed = given.fieldsDiffering(from: loaded.config)
@@ -50,7 +50,6 @@ public final class Coordinator {
             }
             resumeBytes = [UInt8](try Data(contentsOf: checkpointURL))
             startState = loaded.state
-            config = given
         } else if FileManager.default.fileExists(atPath: checkpointURL.path) {
             throw ConfigError(message: "\(checkpointURL.path) exists: pass --resume to continue that run, or choose another --run-dir")
         }
@@ -61,7 +60,7 @@ public final class Coordinator {
         let probe = try Workloads.make(config, shard: Shard(rank: 0, count: options.workers))
         stepsPerEpoch = probe.stepsPerEpoch
         evaluationKind = Workloads.evaluationKind(for: config.model)
-        let total = min(config.epochs * stepsPerEpoch, config.maxSteps ?? .max)
+        let total = config.totalSteps(stepsPerEpoch: stepsPerEpoch)
         var settings = CoordinatorState.Settings(workers: options.workers, firstStep: startState?.globalStep ?? 0, totalSteps: total, stepsPerEpoch: stepsPerEpoch)
         settings.heartbeatTimeout = options.heartbeatTimeout
         settings.joinTimeout = options.joinTimeout

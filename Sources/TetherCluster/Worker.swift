@@ -94,8 +94,7 @@ public final class Worker {
         try waitFor("the start", within: 120) { if case .start = $0 { return () }; return nil }
 
         let training = Training(workload: workload, optimizer: optimizer, ring: ring, config: config, bucketBytes: options.bucketBytes)
-        let total = min(config.epochs * workload.stepsPerEpoch, config.maxSteps ?? .max)
-        var machine = WorkerState(.init(rank: rank, stepsPerEpoch: workload.stepsPerEpoch, totalSteps: total,
+        var machine = WorkerState(.init(rank: rank, stepsPerEpoch: workload.stepsPerEpoch, totalSteps: training.totalSteps,
                                         hashEvery: Int(assign.hashEvery), checkpointEvery: Int(assign.checkpointEvery)), globalStep: state.globalStep)
         var directives = machine.handle(.started)
         var report: Envelope.StepReport?
@@ -106,7 +105,7 @@ public final class Worker {
             case .trainNextStep:
                 try checkForAbort()
                 if state.stepInEpoch == 0 { workload.startEpoch(state.epoch) }
-                report = try training.step(&state, totalSteps: total)
+                report = try training.step(&state)
                 directives += machine.handle(.stepFinished(globalStep: state.globalStep))
             case .reportStep(let withHash):
                 if withHash { report?.parameterHash = Self.hash(model.arena) }
@@ -180,28 +179,23 @@ final class Training {
     init(workload: any Workload, optimizer: Optimizer<Float>, ring: Ring, config: TrainingConfig, bucketBytes: Int) {
         (self.workload, self.optimizer, self.ring, self.config) = (workload, optimizer, ring, config)
         bucketElements = max(1, bucketBytes / MemoryLayout<Float>.stride)
-        totalSteps = min(config.epochs * workload.stepsPerEpoch, config.maxSteps ?? .max)
+        totalSteps = config.totalSteps(stepsPerEpoch: workload.stepsPerEpoch)
     }
 
-    func step(_ state: inout TrainingState, totalSteps: Int) throws -> Envelope.StepReport {
-        let model = workload.model
-        let t0 = Clock.now
-        model.arena.zeroGrads()
-        let stats = workload.accumulateGradients(epoch: state.epoch, step: state.stepInEpoch)
-        let t1 = Clock.now, waitedBefore = ring.statistics.waiting
-        try exchangeGradients(step: UInt64(state.globalStep))
-        let t2 = Clock.now
-        let lr = config.schedule.lr(at: state.globalStep, totalSteps: totalSteps) * state.lrFactor
-        let sparse = model.sparseGradients
-        optimizer.step(model.arena, lr: lr, sparse: sparse)
-        sparse.forEach { $0.clear() }
-        let t3 = Clock.now
+    func step(_ state: inout TrainingState) throws -> Envelope.StepReport {
+        let waitedBefore = ring.statistics.waiting
+        let step = UInt64(state.globalStep)
+        let (stats, times) = try workload.train(epoch: state.epoch, step: state.stepInEpoch, optimizer: optimizer,
+                                                lr: state.learningRate(config.schedule, at: state.globalStep, totalSteps: totalSteps)) {
+            try exchangeGradients(step: step)
+        }
         state.stepInEpoch += 1
         state.globalStep += 1
-        let waited = ring.statistics.waiting - waitedBefore
+        let waited = (ring.statistics.waiting - waitedBefore).components
         return Envelope.StepReport(globalStep: UInt64(state.globalStep), epoch: UInt32(state.epoch), lossSum: stats.lossSum, count: UInt64(stats.count),
-                                   correct: UInt64(stats.correct), computeSeconds: t1 - t0, allreduceSeconds: t2 - t1, optimizerSeconds: t3 - t2,
-                                   parameterHash: 0, waitSeconds: Double(waited.components.seconds) + Double(waited.components.attoseconds) * 1e-18)
+                                   correct: UInt64(stats.correct), computeSeconds: times.compute, allreduceSeconds: times.exchange,
+                                   optimizerSeconds: times.optimizer, parameterHash: 0,
+                                   waitSeconds: Double(waited.seconds) + Double(waited.attoseconds) * 1e-18)
     }
 
     /// Dense gradients summed over the ring in buckets; each sparse table's rows all-gathered and merged
@@ -296,11 +290,7 @@ final class Training {
         let report = workload.evaluate()
         var sums = [report.stats.lossSum, Double(report.stats.count)]
         try sums.withUnsafeMutableBufferPointer { try ring.allReduce($0, step: UInt64(state.globalStep), bucket: 1 << 20) }
-        let loss = sums[1] > 0 ? sums[0] / sums[1] : .nan
-        if config.schedule.kind == .plateau {
-            if let best = state.bestValidationLoss, !(loss < best) { state.lrFactor *= config.schedule.gamma }
-            state.bestValidationLoss = min(state.bestValidationLoss ?? .infinity, loss)
-        }
+        _ = state.recordValidation(loss: sums[1] > 0 ? sums[0] / sums[1] : .nan, schedule: config.schedule)
         return Envelope.EvalReport(epoch: UInt32(epoch), lossSum: report.stats.lossSum, count: UInt64(report.stats.count),
                                    correct: UInt64(report.stats.correct), scores: report.scores, labels: report.labels)
     }

@@ -14,6 +14,21 @@ public struct TrainingState: Codable, Equatable, Sendable {
     public var lrFactor = 1.0
     public var bestValidationLoss: Double?
     public init(rng: RNG) { self.rng = rng }
+
+    /// The rate of global step `t`: the schedule's, times the plateau factor.
+    public func learningRate(_ schedule: LRSchedule, at t: Int, totalSteps: Int) -> Double {
+        schedule.lr(at: t, totalSteps: totalSteps) * lrFactor
+    }
+
+    /// After an epoch's validation loss: under the plateau schedule, the rate is multiplied by gamma when
+    /// the loss did not improve on the best so far. Returns the best it failed to beat, if it was cut.
+    public mutating func recordValidation(loss: Double, schedule: LRSchedule) -> Double? {
+        guard schedule.kind == .plateau else { return nil }
+        defer { bestValidationLoss = min(bestValidationLoss ?? .infinity, loss) }
+        guard let best = bestValidationLoss, !(loss < best) else { return nil }
+        lrFactor *= schedule.gamma
+        return best
+    }
 }
 
 /// A training checkpoint: one safetensors file that PyTorch can load. Tensors: every parameter under its

@@ -57,7 +57,7 @@ public final class Trainer {
         ProcessMemory.keepFreedBuffers()
         workload = try Workloads.make(config, metadata: loaded?.file.metadata ?? [:])
         stepsPerEpoch = workload.stepsPerEpoch
-        totalSteps = min(config.epochs * stepsPerEpoch, config.maxSteps ?? .max)
+        totalSteps = config.totalSteps(stepsPerEpoch: stepsPerEpoch)
         self.config = config
         let model = workload.model
         do {
@@ -96,7 +96,7 @@ public final class Trainer {
             while state.stepInEpoch < stepsPerEpoch && state.globalStep < totalSteps {
                 if let stop = stopAfterSteps, state.globalStep >= stop { outcome = .stoppedEarly; break training }
                 if StopSignal.requested { outcome = .interrupted; break training }
-                let stats = step()
+                let stats = try step()
                 epochStats = epochStats + stats
                 window.stats = window.stats + stats
                 window.steps += 1
@@ -129,12 +129,8 @@ public final class Trainer {
                 try metrics.write(e)
                 progress.line("epoch \(state.epoch + 1)/\(config.epochs): train loss \(ProgressDisplay.fixed(epochStats.meanLoss, 4)), "
                               + "\(report.summary) (\(ProgressDisplay.fixed(seconds, 1)) s)")
-                if config.schedule.kind == .plateau {
-                    if let best = state.bestValidationLoss, !(report.loss < best) {
-                        state.lrFactor *= config.schedule.gamma
-                        progress.line("validation loss did not improve on \(ProgressDisplay.fixed(best, 4)): learning rate now \(learningRate(at: state.globalStep))")
-                    }
-                    state.bestValidationLoss = min(state.bestValidationLoss ?? .infinity, report.loss)
+                if let best = state.recordValidation(loss: report.loss, schedule: config.schedule) {
+                    progress.line("validation loss did not improve on \(ProgressDisplay.fixed(best, 4)): learning rate now \(learningRate(at: state.globalStep))")
                 }
                 state.epoch += 1
                 state.stepInEpoch = 0
@@ -154,16 +150,11 @@ public final class Trainer {
     }
 
     /// The rate of global step `t`: the schedule's, times the plateau factor.
-    func learningRate(at t: Int) -> Double { config.schedule.lr(at: t, totalSteps: totalSteps) * state.lrFactor }
+    func learningRate(at t: Int) -> Double { state.learningRate(config.schedule, at: t, totalSteps: totalSteps) }
 
     /// One optimizer step: the workload's batch for the current cursor.
-    func step() -> BatchStats {
-        model.arena.zeroGrads()
-        let stats = workload.accumulateGradients(epoch: state.epoch, step: state.stepInEpoch)
-        let sparse = model.sparseGradients
-        optimizer.step(model.arena, lr: learningRate(at: state.globalStep), sparse: sparse)
-        sparse.forEach { $0.clear() }
-        return stats
+    func step() throws -> BatchStats {
+        try workload.train(epoch: state.epoch, step: state.stepInEpoch, optimizer: optimizer, lr: learningRate(at: state.globalStep)).stats
     }
 
     /// The held-out evaluation (every sample once).

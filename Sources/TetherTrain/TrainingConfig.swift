@@ -58,6 +58,9 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         return c
     }
 
+    /// Steps in the whole run: `epochs` of `stepsPerEpoch`, or `maxSteps` if fewer.
+    public func totalSteps(stepsPerEpoch: Int) -> Int { min(epochs * stepsPerEpoch, maxSteps ?? .max) }
+
     /// The fields that may differ between a checkpoint and the run that resumes it.
     static let extendableFields: Set<String> = ["epochs", "maxSteps"]
 

@@ -77,7 +77,35 @@ public protocol Workload: AnyObject {
     var checkpointMetadata: [String: String] { get }
 }
 
+/// Seconds one optimizer step spent in its parts.
+public struct StepTimes: Sendable {
+    public var compute = 0.0, exchange = 0.0, optimizer = 0.0
+}
+
 extension Workload {
+    /// One optimizer step, the same in one process and on every replica: this shard's gradients for step
+    /// `step` of epoch `epoch`, then `exchange` (a cluster's all-reduce; nothing in one process), then the
+    /// update at `lr`, dense and row-sparse.
+    public func train(epoch: Int, step: Int, optimizer: Optimizer<Float>, lr: Double,
+                      exchange: () throws -> Void = {}) throws -> (stats: BatchStats, times: StepTimes) {
+        func seconds(since t: ContinuousClock.Instant) -> Double {
+            let d = t.duration(to: .now).components
+            return Double(d.seconds) + Double(d.attoseconds) * 1e-18
+        }
+        var times = StepTimes()
+        var t = ContinuousClock.now
+        model.arena.zeroGrads()
+        let stats = accumulateGradients(epoch: epoch, step: step)
+        (times.compute, t) = (seconds(since: t), .now)
+        try exchange()
+        (times.exchange, t) = (seconds(since: t), .now)
+        let sparse = model.sparseGradients
+        optimizer.step(model.arena, lr: lr, sparse: sparse)
+        sparse.forEach { $0.clear() }
+        times.optimizer = seconds(since: t)
+        return (stats, times)
+    }
+
     public var unit: String { "samples" }
     public func startEpoch(_ epoch: Int) {}
     public var checkpointMetadata: [String: String] { [:] }

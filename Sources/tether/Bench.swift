@@ -40,22 +40,17 @@ struct BenchTrain: ParsableCommand {
             let stepsPerRun = steps ?? max(10, 20_000 / (perStep * (config.model.hasPrefix("cnn") ? 20 : 1)))
             var (epoch, cursor) = (0, 0)
             workload.startEpoch(0)
-            func step() -> Int {
+            func step() throws -> Int {
                 if cursor == workload.stepsPerEpoch { (epoch, cursor) = (epoch + 1, 0); workload.startEpoch(epoch) }
-                model.arena.zeroGrads()
-                let stats = workload.accumulateGradients(epoch: epoch, step: cursor)
-                cursor += 1
-                let sparse = model.sparseGradients
-                optimizer.step(model.arena, lr: config.schedule.baseLR, sparse: sparse)
-                sparse.forEach { $0.clear() }
-                return stats.count
+                defer { cursor += 1 }
+                return try workload.train(epoch: epoch, step: cursor, optimizer: optimizer, lr: config.schedule.baseLR).stats.count
             }
-            for _ in 0..<warmup { _ = step() }
+            for _ in 0..<warmup { _ = try step() }
             var rates: [Double] = []
             for _ in 0..<repeats {
                 let start = DispatchTime.now().uptimeNanoseconds
                 var items = 0
-                for _ in 0..<stepsPerRun { items += step() }
+                for _ in 0..<stepsPerRun { items += try step() }
                 rates.append(Double(items) / (Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9))
             }
             let median = rates.sorted()[rates.count / 2]

@@ -7,10 +7,11 @@ hidden state carried and detached, SGD with gradient clipping, median tokens/s o
 
 Tokens are drawn from the fortunes corpus when present (the speed does not depend on which words).
 """
-import argparse, json, os, statistics, time
+import argparse, json
 import torch
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
+from torch_models import median_rate
 
 p = argparse.ArgumentParser()
 p.add_argument("--vocabulary", type=int, default=10000)
@@ -70,14 +71,7 @@ def step(i):
     return x.numel()
 
 model.train()
-for i in range(3):
-    step(i)
-rates = []
-for r in range(args.repeats):
-    start, n = time.perf_counter(), 0
-    for i in range(args.steps):
-        n += step(i)
-    rates.append(n / (time.perf_counter() - start))
+rate, rates = median_rate(step, args.steps, args.repeats)
 print(json.dumps({"peer": f"torch {torch.__version__}", "model": "lm-tied", "weight_norm": args.weight_norm, "untied": args.untied,
-                  "tokens_per_sec": statistics.median(rates), "runs": rates,
+                  "tokens_per_sec": rate, "runs": rates,
                   "parameters": sum(p_.numel() for p_ in model.parameters())}))

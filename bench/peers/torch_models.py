@@ -1,6 +1,6 @@
 """The Fashion-MNIST models of Tether's image families in PyTorch (weight norm through
 torch.nn.utils.parametrizations.weight_norm), shared by the peer scripts."""
-import gzip
+import gzip, statistics, time
 import numpy as np
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
@@ -22,3 +22,17 @@ def model(name):
                          wn(nn.Conv2d(32, 64, 5, padding=2)), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
                          wn(nn.Linear(64 * 7 * 7, 256)), nn.ReLU(), wn(nn.Linear(256, 10)))
 
+
+
+def median_rate(step, steps, repeats, warmup=3):
+    """`warmup` untimed calls, then `repeats` timed runs of `steps` calls of step(i), which returns the
+    items (samples, tokens) it processed; returns (median items/s, every run's items/s)."""
+    for i in range(warmup):
+        step(i)
+    rates = []
+    for _ in range(repeats):
+        start, n = time.perf_counter(), 0
+        for i in range(steps):
+            n += step(i)
+        rates.append(n / (time.perf_counter() - start))
+    return statistics.median(rates), rates

@@ -4,13 +4,11 @@ torch.nn.utils.parametrizations.weight_norm), Fashion-MNIST batches, Adam, media
 
     python3 bench/peers/torch_train.py --model cnn-wn [--batch 64] [--threads 1]
 """
-import argparse, gzip, json, statistics, time
-import numpy as np
+import argparse, json
 import torch
 from torch import nn
-from torch.nn.utils.parametrizations import weight_norm
 
-from torch_models import load_images, load_labels, model
+from torch_models import load_images, load_labels, median_rate, model
 
 p = argparse.ArgumentParser()
 p.add_argument("--model", default="mlp-wn", choices=["mlp", "mlp-wn", "cnn-wn"])
@@ -28,7 +26,7 @@ loss_fn = nn.CrossEntropyLoss()
 steps = args.steps or max(10, 20000 // (args.batch * (20 if args.model.startswith("cnn") else 1)))
 perm = torch.randperm(len(x))
 cursor = 0
-def step():
+def step(_):
     global cursor
     if (cursor + 1) * args.batch > len(x):
         cursor = 0
@@ -37,13 +35,7 @@ def step():
     opt.zero_grad()
     loss_fn(m(x[idx]), y[idx]).backward()
     opt.step()
-for _ in range(5):
-    step()
-rates = []
-for _ in range(args.repeats):
-    t = time.perf_counter()
-    for _ in range(steps):
-        step()
-    rates.append(steps * args.batch / (time.perf_counter() - t))
+    return args.batch
+rate, rates = median_rate(step, steps, args.repeats, warmup=5)
 print(json.dumps({"peer": f"torch {torch.__version__}", "model": args.model, "batch": args.batch, "threads": args.threads,
-                  "samples_per_sec": statistics.median(rates), "runs": rates}))
+                  "samples_per_sec": rate, "runs": rates}))

@@ -10,11 +10,12 @@ a weight-normalized MLP 429-256-128-64-1; logit = wide + deep + b; BCE-with-logi
 Rows are random Criteo-shaped ids (Zipf-like), hashed once up front: the timed loop is the step alone,
 which favours the peer (Tether hashes each batch inside its step).
 """
-import argparse, json, statistics, time
+import argparse, json
 import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
+from torch_models import median_rate
 
 p = argparse.ArgumentParser()
 p.add_argument("--fields", type=int, default=26)
@@ -68,13 +69,6 @@ def step(i):
     opt.step()
     return args.batch
 
-for i in range(3):
-    step(i)
-rates = []
-for r in range(args.repeats):
-    start, n = time.perf_counter(), 0
-    for i in range(args.steps):
-        n += step(i)
-    rates.append(n / (time.perf_counter() - start))
-print(json.dumps({"peer": f"torch {torch.__version__}", "model": "wide-deep", "examples_per_sec": statistics.median(rates), "runs": rates,
+rate, rates = median_rate(step, args.steps, args.repeats)
+print(json.dumps({"peer": f"torch {torch.__version__}", "model": "wide-deep", "examples_per_sec": rate, "runs": rates,
                   "parameters": sum(p_.numel() for p_ in model.parameters())}))
