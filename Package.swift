@@ -14,6 +14,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
     ],
     targets: [
         // C libraries, each behind a small system-library target (apt names in `providers`).
@@ -36,6 +37,7 @@ let package = Package(
         .executableTarget(name: "tether", dependencies: [
             "TetherCluster", "TetherTrain", "TetherComm", "TetherData", "TetherNN", "TetherTensor", "CXXHash", "CTetherKernels",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Yams", package: "Yams"),
         ]),
 
         .testTarget(name: "TetherTensorTests", dependencies: ["TetherTensor"]),

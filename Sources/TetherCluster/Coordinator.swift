@@ -13,6 +13,9 @@ public final class Coordinator {
         public var jobID = "tether"
         public var hashEvery = 50
         public var heartbeatTimeout = 5.0
+        /// Dense gradients are all-reduced in buckets of at most this many bytes, started during backward
+        /// once this many are final (PyTorch DDP's bucket_cap_mb: 25 MB, its first bucket 1 MB).
+        public var bucketBytes = 1 << 20
         public var joinTimeout = 60.0
         public init(listen: String, workers: Int) { (self.listen, self.workers) = (listen, workers) }
     }
@@ -133,7 +136,8 @@ public final class Coordinator {
             case .assign(let identity, let rank, let ring):
                 let assign = Envelope.Assign(rank: UInt32(rank), worldSize: UInt32(ring.count), ring: ring,
                                              configJSON: [UInt8](try JSONEncoder().encode(config)), resumeCheckpoint: resumeBytes,
-                                             hashEvery: UInt32(options.hashEvery), checkpointEvery: UInt32(config.checkpointEvery))
+                                             hashEvery: UInt32(options.hashEvery), checkpointEvery: UInt32(config.checkpointEvery),
+                                             bucketBytes: UInt32(options.bucketBytes))
                 try router.send(.assign(assign), from: -1, to: identity)
                 progress.line("rank \(rank): \(ring[rank])")
             case .start:

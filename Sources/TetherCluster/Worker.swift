@@ -16,8 +16,6 @@ public struct WorkerOptions: Sendable {
     public var ringTimeout: Duration = .seconds(20)
     /// The coordinator is declared gone after this long without a heartbeat.
     public var coordinatorTimeout: Double = 10
-    /// Dense gradients are all-reduced in buckets of this many bytes.
-    public var bucketBytes = 4 << 20
     public init(coordinator: String, advertise: String) { (self.coordinator, self.advertise) = (coordinator, advertise) }
 }
 
@@ -45,7 +43,7 @@ public final class Worker {
     deinit { control.socket.close() }
 
     public func run() throws {
-        let advertise = try Self.resolve(options.advertise, context)
+        let advertise = try Advertise.resolve(options.advertise, context)
         try control.send(.hello(.init(advertiseAddress: advertise, tetherVersion: "tether", threads: UInt32(BLAS.threads))), from: -1)
         let assign: Envelope.Assign = try waitFor("an assignment", within: 120) { if case .assign(let a) = $0 { return a }; return nil }
         rank = Int(assign.rank)
@@ -77,6 +75,16 @@ public final class Worker {
         do { ring = try Ring(context: context, rank: rank, addresses: assign.ring, options: ringOptions) } catch {
             throw ClusterError("rank \(rank) could not form the ring (\(assign.ring.joined(separator: " -> "))): \(error)")
         }
+        // A neighbour that cannot be reached (a wrong --advertise interface, a firewall) is named here,
+        // not discovered as a silent exchange later.
+        let right = (rank + 1) % assign.ring.count
+        switch Advertise.reach(assign.ring[right], within: 15) {
+        case .success(let seconds):
+            log("worker rank \(rank): ring address \(assign.ring[rank]); right neighbour rank \(right) at \(assign.ring[right]) reachable (\(String(format: "%.1f", seconds * 1000)) ms)")
+        case .failure(let why):
+            throw ClusterError("rank \(rank) cannot reach its right neighbour rank \(right) at \(why). Check the address that worker advertises "
+                               + "(--advertise INTERFACE or tcp://HOST:PORT) and that the port is open between the hosts")
+        }
         let optimizer = try Optimizer<Float>(config.optimizer, layout: model.arena.layout, ftrlParameters: model.ftrlParameters)
         var state = TrainingState(rng: model.context.rng)
         if let resumed {
@@ -93,7 +101,7 @@ public final class Worker {
         try control.send(.ready(.init(parameterHash: Self.hash(model.arena), layoutFingerprint: model.arena.layout.fingerprint)), from: rank)
         try waitFor("the start", within: 120) { if case .start = $0 { return () }; return nil }
 
-        let training = Training(workload: workload, optimizer: optimizer, ring: ring, config: config, bucketBytes: options.bucketBytes)
+        let training = Training(workload: workload, optimizer: optimizer, ring: ring, config: config, bucketBytes: max(4, Int(assign.bucketBytes)))
         var machine = WorkerState(.init(rank: rank, stepsPerEpoch: workload.stepsPerEpoch, totalSteps: training.totalSteps,
                                         hashEvery: Int(assign.hashEvery), checkpointEvery: Int(assign.checkpointEvery)), globalStep: state.globalStep)
         var directives = machine.handle(.started)
@@ -155,16 +163,6 @@ public final class Worker {
     static func hash(_ arena: ParameterArena<Float>) -> UInt64 {
         XXH3_64bits(arena.values, arena.count * MemoryLayout<Float>.stride)
     }
-
-    /// tcp://HOST:0 becomes tcp://HOST:PORT with a port free now (bound once and released).
-    static func resolve(_ address: String, _ context: ZeroMQContext) throws -> String {
-        guard address.hasPrefix("tcp://"), address.hasSuffix(":0") else { return address }
-        let probe = try ZeroMQSocket(context, .pull, linger: .zero)
-        defer { probe.close() }
-        let host = address.dropFirst("tcp://".count).dropLast(2)
-        let bound = try probe.bind("tcp://\(host):*")
-        return "tcp://\(host):" + (bound.split(separator: ":").last.map(String.init) ?? "0")
-    }
 }
 
 /// The step a replica runs, shared by every worker: the cluster's half of the training loop.
@@ -173,21 +171,21 @@ final class Training {
     let optimizer: Optimizer<Float>
     let ring: Ring
     let config: TrainingConfig
-    let bucketElements: Int
+    let exchange: GradientExchange
     let totalSteps: Int
 
     init(workload: any Workload, optimizer: Optimizer<Float>, ring: Ring, config: TrainingConfig, bucketBytes: Int) {
         (self.workload, self.optimizer, self.ring, self.config) = (workload, optimizer, ring, config)
-        bucketElements = max(1, bucketBytes / MemoryLayout<Float>.stride)
+        exchange = GradientExchange(ring: ring, model: workload.model, bucketBytes: bucketBytes)
         totalSteps = config.totalSteps(stepsPerEpoch: workload.stepsPerEpoch)
     }
 
     func step(_ state: inout TrainingState) throws -> Envelope.StepReport {
         let waitedBefore = ring.statistics.waiting
-        let step = UInt64(state.globalStep)
+        exchange.begin(step: UInt64(state.globalStep))
         let (stats, times) = try workload.train(epoch: state.epoch, step: state.stepInEpoch, optimizer: optimizer,
                                                 lr: state.learningRate(config.schedule, at: state.globalStep, totalSteps: totalSteps)) {
-            try exchangeGradients(step: step)
+            try exchange.finish()
         }
         state.stepInEpoch += 1
         state.globalStep += 1
@@ -196,52 +194,6 @@ final class Training {
                                    correct: UInt64(stats.correct), computeSeconds: times.compute, allreduceSeconds: times.exchange,
                                    optimizerSeconds: times.optimizer, parameterHash: 0,
                                    waitSeconds: Double(waited.seconds) + Double(waited.attoseconds) * 1e-18)
-    }
-
-    /// Dense gradients summed over the ring in buckets; each sparse table's rows all-gathered and merged
-    /// in rank order (or, when that would move more bytes, all-reduced densely), so every replica holds
-    /// the same rows in the same order.
-    func exchangeGradients(step: UInt64) throws {
-        let arena = workload.model.arena
-        var bucket: UInt32 = 0
-        for range in arena.denseRanges {
-            for start in stride(from: range.lowerBound, to: range.upperBound, by: bucketElements) {
-                let n = min(bucketElements, range.upperBound - start)
-                try ring.allReduce(UnsafeMutableBufferPointer(start: arena.grads + start, count: n), step: step, bucket: bucket)
-                bucket += 1
-            }
-        }
-        for (table, rows) in workload.model.sparseGradients.enumerated() {
-            let n = rows.count, width = rows.width
-            // All-gather moves every rank's rows to every rank; a dense all-reduce of the whole table
-            // moves 2(N-1)/N of it. The ranks agree on the choice from the total row count.
-            var total = [Double(n)]
-            try total.withUnsafeMutableBufferPointer { try ring.allReduce($0, step: step, bucket: UInt32(1 << 20 + table)) }
-            if 2 * Double(rows.tableRows * width) < total[0] * Double(1 + width) {
-                try exchangeDensely(rows, step: step, bucket: UInt32(1 << 21 + table))
-                continue
-            }
-            var payload = [UInt8](repeating: 0, count: n * 4 + n * width * 4)
-            payload.withUnsafeMutableBytes { p in
-                p.baseAddress!.copyMemory(from: rows.idPointer, byteCount: n * 4)
-                (p.baseAddress! + n * 4).copyMemory(from: rows.valuePointer, byteCount: n * width * 4)
-            }
-            let all = try ring.allGather(payload, step: step)
-            rows.clear()
-            for (r, bytes) in all.enumerated() {
-                guard bytes.count % (4 + 4 * width) == 0 else {
-                    throw ClusterError("rank \(r)'s sparse gradient for \(arena.layout.entries[rows.slot.index].name) has \(bytes.count) bytes, not whole rows of \(width)")
-                }
-                let m = bytes.count / (4 + 4 * width)
-                try bytes.withUnsafeBytes { p in
-                    let ids = p.baseAddress!.assumingMemoryBound(to: Int32.self)
-                    if let bad = (0..<m).first(where: { ids[$0] < 0 || Int(ids[$0]) >= rows.tableRows }) {
-                        throw ClusterError("rank \(r) sent row \(ids[bad]) of a table with \(rows.tableRows) rows")
-                    }
-                    rows.accumulate(rowIDs: ids, grads: (p.baseAddress! + m * 4).assumingMemoryBound(to: Float.self), count: m)
-                }
-            }
-        }
     }
 
     /// Every replica's buffers (a language model's carried state) and dropout RNG, in rank order.
@@ -260,27 +212,6 @@ final class Training {
             let rng = try JSONDecoder().decode(RNG.self, from: Data(bytes[4 ..< 4 + n]))
             let buffers = bytes[(4 + n)...].withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
             return (buffers, rng)
-        }
-    }
-
-    /// A sparse table's gradient summed as a dense all-reduce; the rows that end up non-zero become its
-    /// rows again (a row whose summed gradient is exactly zero is a no-op for AdaGrad, FTRL and SGD).
-    func exchangeDensely(_ rows: SparseRows<Float>, step: UInt64, bucket: UInt32) throws {
-        let width = rows.width, tableRows = rows.tableRows
-        var dense = [Float](repeating: 0, count: tableRows * width)
-        try dense.withUnsafeMutableBufferPointer { d in
-            rows.addDense(into: d.baseAddress!)
-            try ring.allReduce(d, step: step, bucket: bucket)
-            rows.clear()
-            var ids: [Int32] = [], values: [Float] = []
-            for r in 0..<tableRows {
-                let row = d.baseAddress! + r * width
-                if (0..<width).contains(where: { row[$0] != 0 }) {
-                    ids.append(Int32(r))
-                    values.append(contentsOf: UnsafeBufferPointer(start: row, count: width))
-                }
-            }
-            rows.accumulate(rowIDs: ids, grads: values, count: ids.count)
         }
     }
 

@@ -14,10 +14,11 @@ extension Envelope {
         public var resumeCheckpoint: [UInt8]
         public var hashEvery: UInt32
         public var checkpointEvery: UInt32
+        public var bucketBytes: UInt32
         public init(rank: UInt32, worldSize: UInt32, ring: [String], configJSON: [UInt8], resumeCheckpoint: [UInt8] = [],
-                    hashEvery: UInt32, checkpointEvery: UInt32) {
+                    hashEvery: UInt32, checkpointEvery: UInt32, bucketBytes: UInt32) {
             (self.rank, self.worldSize, self.ring, self.configJSON) = (rank, worldSize, ring, configJSON)
-            (self.resumeCheckpoint, self.hashEvery, self.checkpointEvery) = (resumeCheckpoint, hashEvery, checkpointEvery)
+            (self.resumeCheckpoint, self.hashEvery, self.checkpointEvery, self.bucketBytes) = (resumeCheckpoint, hashEvery, checkpointEvery, bucketBytes)
         }
     }
 
@@ -97,7 +98,7 @@ extension Envelope {
         case .assign(let a):
             var m = Tether__V1__Assign()
             tether__v1__assign__init(&m)
-            (m.rank, m.world_size, m.hash_every, m.checkpoint_every) = (a.rank, a.worldSize, a.hashEvery, a.checkpointEvery)
+            (m.rank, m.world_size, m.hash_every, m.checkpoint_every, m.bucket_bytes) = (a.rank, a.worldSize, a.hashEvery, a.checkpointEvery, a.bucketBytes)
             (m.n_ring, m.ring) = (a.ring.count, arena.strings(a.ring))
             m.config_json = arena.binary(a.configJSON)
             m.resume_checkpoint = arena.binary(a.resumeCheckpoint)
@@ -155,7 +156,8 @@ extension Envelope {
             }
             let ring = (0..<a.n_ring).map { String(cString: a.ring[$0]!) }
             return .assign(Assign(rank: a.rank, worldSize: a.world_size, ring: ring, configJSON: bytes(a.config_json),
-                                  resumeCheckpoint: bytes(a.resume_checkpoint), hashEvery: a.hash_every, checkpointEvery: a.checkpoint_every))
+                                  resumeCheckpoint: bytes(a.resume_checkpoint), hashEvery: a.hash_every, checkpointEvery: a.checkpoint_every,
+                                  bucketBytes: a.bucket_bytes))
         case TETHER__V1__ENVELOPE__BODY_READY:
             guard let r = env.ready?.pointee else { return nil }
             return .ready(Ready(parameterHash: r.parameter_hash, layoutFingerprint: r.layout_fingerprint))

@@ -10,7 +10,7 @@ import TetherTensor
 public final class Conv2d<T: Scalar>: DataDependentInit {
     public let inChannels: Int, outChannels: Int, kernel: Int, stride: Int, padding: Int
     let weight: WeightParameterization<T>
-    public var hasParameters: Bool { true }
+    public var parameterSlots: [ParameterSlot] { weight.slots + (bias.map { [$0] } ?? []) }
     let bias: ParameterSlot?
     private let col = Scratch<T>()          // im2col of one chunk; in backward also its dcol
     private var input: Tensor<T>?

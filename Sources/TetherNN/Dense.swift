@@ -4,8 +4,8 @@ import TetherTensor
 public final class Dense<T: Scalar>: DataDependentInit {
     public let inFeatures: Int, outFeatures: Int
     let weight: WeightParameterization<T>
-    public var hasParameters: Bool { true }
     let bias: ParameterSlot?
+    public var parameterSlots: [ParameterSlot] { weight.slots + (bias.map { [$0] } ?? []) }
     /// The plain weight's slot (nil when weight-normalized), for layers that tie to it.
     public var weightSlot: ParameterSlot? { if case .plain(let s) = weight.kind { return s } else { return nil } }
     private var input = Tensor<T>.zeros([0])       // cache: x (B, I)
@@ -80,7 +80,7 @@ public final class TransposedDense<T: Scalar>: Layer {
     public let weight: ParameterSlot
     public let inFeatures: Int, outFeatures: Int   // of this layer: O in, I out
     let bias: ParameterSlot
-    public var hasParameters: Bool { true }
+    public var parameterSlots: [ParameterSlot] { [weight, bias] }
     private var input = Tensor<T>.zeros([0])
 
     /// `weight` is the (encoderOut, encoderIn) parameter of the layer being mirrored.

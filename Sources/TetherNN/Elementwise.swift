@@ -83,7 +83,7 @@ public final class MeanOnlyBatchNorm<T: Scalar>: Layer, BufferOwner {
     public let channelsFirst: Bool
     public let momentum: Double
     let bias: ParameterSlot
-    public var hasParameters: Bool { true }
+    public var parameterSlots: [ParameterSlot] { [bias] }
     private(set) var runningMean: [T]
     private var sums: [T]
 

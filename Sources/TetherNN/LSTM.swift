@@ -9,7 +9,7 @@ public final class LSTMLayer<T: Scalar>: Layer {
     public let inputSize: Int, hiddenSize: Int
     let weightIH: WeightParameterization<T>, weightHH: WeightParameterization<T>
     let biasIH: ParameterSlot, biasHH: ParameterSlot
-    public var hasParameters: Bool { true }
+    public var parameterSlots: [ParameterSlot] { weightIH.slots + weightHH.slots + [biasIH, biasHH] }
 
     /// (h, c), each (B, H).
     public struct State { public var h: [T]; public var c: [T] }

@@ -7,6 +7,9 @@ public final class ModelContext<T: Scalar> {
     public var training = true
     /// Drives dropout masks; part of the checkpointed training state.
     public var rng: RNG
+    /// Told during backward that the gradients at arena offsets >= its argument are final, by models
+    /// that know (a cluster worker starts all-reducing them while backward goes on).
+    public var gradientsReady: ((Int) -> Void)?
 
     public init(arena: ParameterArena<T>, rng: RNG) {
         self.arena = arena
@@ -19,14 +22,16 @@ public final class ModelContext<T: Scalar> {
 /// and returns dL/dx, or nil when the caller said it does not need it (the first layer).
 public protocol Layer<T>: AnyObject {
     associatedtype T: Scalar
-    /// Whether the layer owns parameters (so the layers before it must pass gradients back).
-    var hasParameters: Bool { get }
+    /// The arena entries the layer's backward accumulates gradients into (its own and any it shares).
+    var parameterSlots: [ParameterSlot] { get }
     func forward(_ x: Tensor<T>, _ ctx: ModelContext<T>) -> Tensor<T>
     func backward(_ dy: Tensor<T>, _ ctx: ModelContext<T>, needsInputGradient: Bool) -> Tensor<T>?
 }
 
 extension Layer {
-    public var hasParameters: Bool { false }
+    public var parameterSlots: [ParameterSlot] { [] }
+    /// Whether the layer learns anything (so the layers before it must pass gradients back).
+    public var hasParameters: Bool { !parameterSlots.isEmpty }
 }
 
 /// Sums statistics over all replicas (identity in one process, an all-reduce in a cluster), so that

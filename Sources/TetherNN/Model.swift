@@ -68,7 +68,7 @@ public final class Classifier<T: Scalar>: Model {
         let logits = network.forward(batch.inputs, context)
         let lossSum = loss.forward(logits: logits, labels: batch.labels)
         let correct = loss.correctCount()
-        network.backward(loss.backward(scale: scale), context)
+        network.backward(loss.backward(scale: scale), context, gradientsReady: context.gradientsReady)
         return BatchStats(lossSum: lossSum, correct: correct, count: batch.count)
     }
 

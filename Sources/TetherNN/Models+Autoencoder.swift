@@ -34,7 +34,7 @@ public final class TiedAutoencoder<T: Scalar>: Model {
     public func accumulateGradients(_ images: Tensor<T>, scale: T) -> BatchStats {
         context.training = true
         let lossSum = loss.forward(logits: network.forward(images, context), targets: images)
-        network.backward(loss.backward(scale: scale), context)
+        network.backward(loss.backward(scale: scale), context, gradientsReady: context.gradientsReady)
         return BatchStats(lossSum: lossSum, count: images.shape[0])
     }
 

@@ -6,10 +6,16 @@ public final class Sequential<T: Scalar> {
     public let layers: [any Layer<T>]
     /// Layers up to and including this one need not return an input gradient (nothing before them learns).
     private let firstWithParameters: Int
+    /// readyFrom[i]: once backward has passed through layers i..., no gradient at arena offsets >=
+    /// readyFrom[i] changes any more (the end of the highest entry that layers 0..<i still write,
+    /// shared weights included).
+    private let readyFrom: [Int]
 
     public init(_ layers: [any Layer<T>]) {
         self.layers = layers
         firstWithParameters = layers.firstIndex { $0.hasParameters } ?? layers.count
+        let ends = layers.map { $0.parameterSlots.map { $0.offset + $0.count }.max() ?? 0 }
+        readyFrom = layers.indices.map { ends[..<$0].max() ?? 0 }
     }
 
     public func forward(_ x: Tensor<T>, _ ctx: ModelContext<T>) -> Tensor<T> {
@@ -17,12 +23,16 @@ public final class Sequential<T: Scalar> {
     }
 
     /// Backward through every layer; the input gradient of the first layer is computed only when asked for.
+    /// `gradientsReady(offset)` after each layer tells that the gradients at arena offsets >= offset are
+    /// final (valid when this network is the model's whole arena): a cluster starts exchanging them.
     @discardableResult
-    public func backward(_ dy: Tensor<T>, _ ctx: ModelContext<T>, needsInputGradient: Bool = false) -> Tensor<T>? {
+    public func backward(_ dy: Tensor<T>, _ ctx: ModelContext<T>, needsInputGradient: Bool = false,
+                         gradientsReady: ((Int) -> Void)? = nil) -> Tensor<T>? {
         var g: Tensor<T>? = dy
         for (i, layer) in layers.enumerated().reversed() {
             guard let current = g else { break }
             g = layer.backward(current, ctx, needsInputGradient: i > firstWithParameters || needsInputGradient)
+            if layer.hasParameters { gradientsReady?(readyFrom[i]) }
         }
         return g
     }

@@ -5,6 +5,9 @@ import TetherTensor
 final class WeightParameterization<T: Scalar> {
     enum Kind { case plain(ParameterSlot), normalized(g: ParameterSlot, v: ParameterSlot) }
     let kind: Kind
+    var slots: [ParameterSlot] {
+        switch kind { case .plain(let s): [s]; case .normalized(let g, let v): [g, v] }
+    }
     let rows: Int, columns: Int
     /// Scratch owned by this layer, used only when normalized: w (R, K), dL/dw (R, K), norms (R).
     private let w, dw, norms: UnsafeMutablePointer<T>

@@ -755,7 +755,7 @@ const ProtobufCMessageDescriptor tether__v1__envelope__descriptor =
   (ProtobufCMessageInit) tether__v1__envelope__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tether__v1__assign__field_descriptors[7] =
+static const ProtobufCFieldDescriptor tether__v1__assign__field_descriptors[8] =
 {
   {
     "rank",
@@ -841,8 +841,21 @@ static const ProtobufCFieldDescriptor tether__v1__assign__field_descriptors[7] =
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "bucket_bytes",
+    8,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__Assign, bucket_bytes),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tether__v1__assign__field_indices_by_name[] = {
+  7,   /* field[7] = bucket_bytes */
   6,   /* field[6] = checkpoint_every */
   3,   /* field[3] = config_json */
   5,   /* field[5] = hash_every */
@@ -854,7 +867,7 @@ static const unsigned tether__v1__assign__field_indices_by_name[] = {
 static const ProtobufCIntRange tether__v1__assign__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 7 }
+  { 0, 8 }
 };
 const ProtobufCMessageDescriptor tether__v1__assign__descriptor =
 {
@@ -864,7 +877,7 @@ const ProtobufCMessageDescriptor tether__v1__assign__descriptor =
   "Tether__V1__Assign",
   "tether.v1",
   sizeof(Tether__V1__Assign),
-  7,
+  8,
   tether__v1__assign__field_descriptors,
   tether__v1__assign__field_indices_by_name,
   1,  tether__v1__assign__number_ranges,

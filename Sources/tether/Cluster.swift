@@ -18,6 +18,8 @@ struct CoordinatorCommand: ParsableCommand {
     @Flag(help: "Continue the run in --run-dir from its checkpoint.") var resume = false
     @Option(help: "Compare the replicas' parameter hashes every N steps.") var hashEvery = 50
     @Option(help: "Seconds without a message before a worker is declared dead.") var heartbeatTimeout = 5.0
+    @OptionGroup var buckets: BucketOptions
+    @OptionGroup var jobFile: JobFileOption
 
     func validate() throws {
         guard workers >= 1 else { throw ValidationError("--workers must be at least 1") }
@@ -28,7 +30,7 @@ struct CoordinatorCommand: ParsableCommand {
         StopSignal.install()
         do {
             var options = Coordinator.Options(listen: listen, workers: workers)
-            (options.jobID, options.hashEvery, options.heartbeatTimeout) = (jobID, hashEvery, heartbeatTimeout)
+            (options.jobID, options.hashEvery, options.heartbeatTimeout, options.bucketBytes) = (jobID, hashEvery, heartbeatTimeout, buckets.bytes)
             try ClusterJob.coordinator(options, training: training, runDirectory: runDir, resume: resume).run()
         } catch {
             if StopSignal.requested {
@@ -45,9 +47,10 @@ struct WorkerCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "worker", abstract: "Join a coordinator's job as one data-parallel replica.")
 
     @Option(help: "The coordinator's address, e.g. tcp://10.0.0.1:7070.") var coordinator: String
-    @Option(help: "Address ring neighbours reach this worker at (tcp://HOST:PORT; port 0: any free port).") var advertise = "tcp://127.0.0.1:0"
+    @Option(help: "Address ring neighbours reach this worker at: tcp://HOST:PORT (port 0: any free port) or an interface name with an optional :PORT (eth0, eth0:7071).") var advertise = "tcp://127.0.0.1:0"
     @Option(help: "Job identifier (as given to the coordinator).") var jobID = "tether"
     @OptionGroup var threads: ThreadOptions
+    @OptionGroup var jobFile: JobFileOption
 
     func run() throws {
         threads.apply()
@@ -73,6 +76,8 @@ struct Simulate: ParsableCommand {
     @Flag(help: "Continue the run in --run-dir from its checkpoint.") var resume = false
     @Option(help: "Compute threads per worker (default: the cores divided among the workers).") var threads: Int?
     @Option(help: "Compare the replicas' parameter hashes every N steps.") var hashEvery = 50
+    @OptionGroup var buckets: BucketOptions
+    @OptionGroup var jobFile: JobFileOption
 
     func validate() throws {
         guard workers >= 1 else { throw ValidationError("--workers must be at least 1") }
@@ -85,7 +90,7 @@ struct Simulate: ParsableCommand {
         var children: [Process] = []
         do {
             var options = Coordinator.Options(listen: "tcp://127.0.0.1:0", workers: workers)
-            (options.jobID, options.hashEvery) = (jobID, hashEvery)
+            (options.jobID, options.hashEvery, options.bucketBytes) = (jobID, hashEvery, buckets.bytes)
             let coordinator = try ClusterJob.coordinator(options, training: training, runDirectory: runDir, resume: resume)
             let perWorker = threads ?? max(1, ProcessInfo.processInfo.activeProcessorCount / workers)
             for _ in 0..<workers {
@@ -110,6 +115,17 @@ struct Simulate: ParsableCommand {
             exitWithError(error)
         }
     }
+}
+
+/// The size of the gradient buckets a job's workers all-reduce (the same on every worker).
+struct BucketOptions: ParsableArguments {
+    @Option(help: "Gradient bucket size in MB: buckets start all-reducing during backward once this much is final.")
+    var bucketMb = 1.0
+
+    func validate() throws {
+        guard bucketMb > 0, bucketMb <= 1024 else { throw ValidationError("--bucket-mb must be in (0, 1024], got \(bucketMb)") }
+    }
+    var bytes: Int { max(4, Int(bucketMb * 1_048_576)) }
 }
 
 enum ClusterJob {

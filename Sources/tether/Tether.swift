@@ -12,6 +12,15 @@ struct Tether: ParsableCommand {
         version: TetherVersion.string,
         subcommands: [Train.self, Simulate.self, CoordinatorCommand.self, WorkerCommand.self, Eval.self, Bench.self, Version.self]
     )
+
+    /// Parses the command line after adding the job file's and the environment's settings (JobSettings).
+    static func main() {
+        let arguments: [String]
+        do { arguments = try JobSettings.expand(Array(CommandLine.arguments.dropFirst()), environment: ProcessInfo.processInfo.environment) } catch {
+            exit(withError: error)
+        }
+        main(arguments)
+    }
 }
 
 enum TetherVersion { static let string = "0.1.0" }

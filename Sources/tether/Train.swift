@@ -7,6 +7,7 @@ struct Train: ParsableCommand {
 
     @OptionGroup var training: TrainingOptions
     @OptionGroup var threads: ThreadOptions
+    @OptionGroup var jobFile: JobFileOption
     @Option(help: "Run directory for metrics.jsonl and checkpoint.safetensors.") var runDir = "runs/train"
     @Flag(help: "Continue the run in --run-dir from its checkpoint.") var resume = false
     @Option(help: "Stop this invocation after N global steps, leaving a checkpoint to --resume.") var stopAfterSteps: Int?
@@ -37,6 +38,7 @@ struct Eval: ParsableCommand {
     @Option(help: "Use only the first N held-out samples (tokens for lm-tied).") var testLimit: Int?
     @Flag(help: "Print one JSON object.") var json = false
     @OptionGroup var threads: ThreadOptions
+    @OptionGroup var jobFile: JobFileOption
 
     func run() throws {
         threads.apply()

@@ -36,7 +36,8 @@ struct ClusterProcessTests {
 
     /// Equivalence, the cluster's correctness test: 3 workers with batch B reach, after 20 steps, the
     /// parameters one process reaches with batch 3B; the replicas compare parameter hashes after every
-    /// step (--hash-every 1), so any divergence between them fails the job.
+    /// step (--hash-every 1), so any divergence between them fails the job. Buckets of 0.1 MB: mlp-wn's
+    /// last two layers' gradients are all-reduced while backward runs through the first.
     @Test(arguments: [
         ["--model", "mlp-wn", "--train-limit", "2000", "--test-limit", "300"],
         // 1,024 wide buckets: that table is exchanged densely (fewer bytes), the embeddings by all-gather
@@ -48,7 +49,7 @@ struct ClusterProcessTests {
         let dir = CLI.tempDir("equivalence")
         defer { try? FileManager.default.removeItem(at: dir) }
         let common = flags + ["--max-steps", "20", "--seed", "3", "--log-every", "5"]
-        let cluster = try CLI.run(["simulate", "--workers", "3", "--batch", "16", "--hash-every", "1", "--run-dir", dir.appendingPathComponent("cluster").path] + common, timeout: 240)
+        let cluster = try CLI.run(["simulate", "--workers", "3", "--batch", "16", "--hash-every", "1", "--bucket-mb", "0.1", "--run-dir", dir.appendingPathComponent("cluster").path] + common, timeout: 240)
         #expect(cluster.status == 0, "stderr: \(cluster.stderr)")
         #expect(cluster.stdout.contains("all 3 replicas agree on the initial parameters"))
         let single = try CLI.run(["train", "--batch", "48", "--run-dir", dir.appendingPathComponent("single").path] + common, timeout: 240)

@@ -134,3 +134,42 @@ import TetherTensor
         #expect(abs(s.lr(at: 100, totalSteps: 14) - 0.1) < 1e-12)
     }
 }
+
+/// A cluster worker all-reduces the gradients a model reports final while backward goes on, so a report
+/// must never come before the last write to the gradients it covers.
+@Suite struct GradientsReadyTests {
+    /// Runs `backward`, snapshotting the reported final gradients at each report; checks they did not change
+    /// afterwards and that the last report covers the whole arena.
+    func checkReports(arena: ParameterArena<Double>, context: ModelContext<Double>, _ backward: () -> Void) {
+        var snapshots: [(offset: Int, values: [Double])] = []
+        context.gradientsReady = { offset in
+            snapshots.append((offset, Array(UnsafeBufferPointer(start: arena.grads + offset, count: arena.count - offset))))
+        }
+        arena.zeroGrads()
+        backward()
+        context.gradientsReady = nil
+        #expect(snapshots.count >= 2)
+        #expect(snapshots.last?.offset == 0)
+        #expect(zip(snapshots, snapshots.dropFirst()).allSatisfy { $0.offset >= $1.offset }, "reports go down the arena")
+        for s in snapshots {
+            let changed = s.values.indices.filter { arena.grads[s.offset + $0] != s.values[$0] }.count
+            #expect(changed == 0, "\(changed) gradients at offsets >= \(s.offset) changed after they were reported final")
+        }
+    }
+
+    @Test(arguments: ["mlp-wn", "cnn-wn"])
+    func aClassifierReportsOnlyFinalGradients(name: String) {
+        var rng = RNG(seed: 4)
+        let model = ImageModels.make(name, height: 12, width: 12, classes: 10, rng: &rng, as: Double.self)!
+        let batch = Batch(inputs: Tensor(shape: [8, 144], scalars: (0..<8 * 144).map { _ in rng.nextUnitDouble() }), labels: (0..<8).map { Int32($0) })
+        checkReports(arena: model.arena, context: model.context) { _ = model.accumulateGradients(batch, scale: 1) }
+    }
+
+    /// The decoder writes into the encoder's weights: those must not be reported before the encoder is done.
+    @Test func theTiedAutoencoderReportsSharedWeightsLast() {
+        var rng = RNG(seed: 5)
+        let model = TiedAutoencoder<Double>(features: 20, hidden: [8, 4], rng: &rng)
+        let images = Tensor(shape: [6, 20], scalars: (0..<120).map { _ in rng.nextUnitDouble() })
+        checkReports(arena: model.arena, context: model.context) { _ = model.accumulateGradients(images, scale: 1) }
+    }
+}

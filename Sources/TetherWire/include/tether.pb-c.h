@@ -156,10 +156,14 @@ struct  Tether__V1__Assign
    * send a checkpoint every this many steps (0: epoch ends only)
    */
   uint32_t checkpoint_every;
+  /*
+   * dense gradients are all-reduced in buckets of at most this many bytes
+   */
+  uint32_t bucket_bytes;
 };
 #define TETHER__V1__ASSIGN__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tether__v1__assign__descriptor) \
-    , 0, 0, 0,NULL, {0,NULL}, {0,NULL}, 0, 0 }
+    , 0, 0, 0,NULL, {0,NULL}, {0,NULL}, 0, 0, 0 }
 
 
 /*

@@ -1,0 +1,80 @@
+import Foundation
+import TetherComm
+
+/// The address a worker's ring neighbours reach it at, and the check that they can.
+///
+/// `--advertise` takes tcp://HOST:PORT, tcp://HOST:0 (a port free now), or the name of a network
+/// interface with an optional port (`eth0`, `eth0:7071`): its IPv4 address. The interface form is what
+/// containers and multi-homed hosts want; a wrong name is an error that lists the interfaces there are.
+public enum Advertise {
+    /// This host's interfaces with an IPv4 address, in the system's order.
+    public static func interfaces() -> [(name: String, address: String)] {
+        var list: UnsafeMutablePointer<ifaddrs>?
+        guard getifaddrs(&list) == 0, let first = list else { return [] }
+        defer { freeifaddrs(list) }
+        var out: [(String, String)] = []
+        for entry in sequence(first: first, next: { $0.pointee.ifa_next }) {
+            guard let sa = entry.pointee.ifa_addr, sa.pointee.sa_family == UInt16(AF_INET) else { continue }
+            var host = [CChar](repeating: 0, count: Int(NI_MAXHOST))
+            guard getnameinfo(sa, socklen_t(MemoryLayout<sockaddr_in>.size), &host, socklen_t(host.count), nil, 0, NI_NUMERICHOST) == 0 else { continue }
+            out.append((String(cString: entry.pointee.ifa_name), String(cString: host)))
+        }
+        return out
+    }
+
+    /// The tcp:// address `spec` names, with a concrete port.
+    public static func resolve(_ spec: String, _ context: ZeroMQContext) throws -> String {
+        var address = spec
+        if !spec.contains("://") {
+            let parts = spec.split(separator: ":", maxSplits: 1).map(String.init)
+            let port = parts.count > 1 ? parts[1] : "0"
+            guard let name = parts.first, UInt16(port) != nil else {
+                throw ClusterError("--advertise \(spec): give tcp://HOST:PORT or an interface name with an optional :PORT, e.g. eth0:7071")
+            }
+            let all = interfaces()
+            guard let match = all.first(where: { $0.name == name }) else {
+                let known = all.map { "\($0.name) \($0.address)" }.joined(separator: ", ")
+                throw ClusterError("--advertise \(spec): no interface \(name) with an IPv4 address here; this host has \(known.isEmpty ? "none" : known)")
+            }
+            address = "tcp://\(match.address):\(port)"
+        }
+        guard address.hasPrefix("tcp://"), address.hasSuffix(":0") else { return address }
+        let probe = try ZeroMQSocket(context, .pull, linger: .zero)
+        defer { probe.close() }
+        let host = address.dropFirst("tcp://".count).dropLast(2)
+        let bound = try probe.bind("tcp://\(host):*")
+        return "tcp://\(host):" + (bound.split(separator: ":").last.map(String.init) ?? "0")
+    }
+
+    /// Connects to a tcp://HOST:PORT address again and again until it answers or `seconds` pass (the
+    /// neighbour may still be starting): the time the successful connection took, or why none did.
+    public static func reach(_ address: String, within seconds: Double) -> Result<Double, ClusterError> {
+        guard address.hasPrefix("tcp://"), let colon = address.lastIndex(of: ":"),
+              let port = UInt16(address[address.index(after: colon)...]) else { return .success(0) } // not tcp: nothing to check
+        let host = String(address[address.index(address.startIndex, offsetBy: 6) ..< colon])
+        var target = sockaddr_in()
+        target.sin_family = sa_family_t(AF_INET)
+        target.sin_port = port.bigEndian
+        guard inet_pton(AF_INET, host, &target.sin_addr) == 1 else {
+            return .failure(ClusterError("\(address) is not an IPv4 address and port"))
+        }
+        let deadline = Date().addingTimeInterval(seconds)
+        var lastError = "no answer"
+        repeat {
+            let started = Date()
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            guard fd >= 0 else { return .failure(ClusterError("socket(): \(String(cString: strerror(errno)))")) }
+            var tv = timeval(tv_sec: 1, tv_usec: 0)
+            setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            let rc = withUnsafePointer(to: &target) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            let code = errno
+            close(fd)
+            if rc == 0 { return .success(Date().timeIntervalSince(started)) }
+            lastError = code == EINPROGRESS || code == EAGAIN ? "timed out" : String(cString: strerror(code))
+            usleep(100_000)
+        } while Date() < deadline
+        return .failure(ClusterError("\(address): \(lastError) (for \(Int(seconds)) s)"))
+    }
+}

@@ -1,0 +1,127 @@
+import Foundation
+import TetherComm
+import TetherNN
+import TetherTensor
+
+/// One step's gradient exchange: dense gradients summed over the ring in buckets, the first ones while
+/// backward is still running; then each sparse table's rows all-gathered and merged in rank order (or,
+/// when that would move more bytes, all-reduced densely), so every replica holds the same rows in the
+/// same order.
+///
+/// Overlap: a model that knows tells `ready(from:)` during backward that the gradients at arena offsets
+/// >= `from` are final (a Sequential classifier, after each layer). Once at least a bucket's worth of
+/// them is waiting, they go to the exchange thread as buckets of at most `bucketElements`, from the end
+/// of the arena down, while backward goes on. `finish` sends the rest and waits. Buckets form from the
+/// same layers in the same order on every replica, so their numbers and bounds agree.
+final class GradientExchange: @unchecked Sendable { // the exchange thread runs only between send and wait
+    let ring: Ring
+    let model: any Model<Float>
+    let bucketElements: Int
+    private let thread = DispatchQueue(label: "tether.gradient-exchange")
+    private let pending = DispatchGroup()
+    private var step: UInt64 = 0
+    private var nextBucket: UInt32 = 0
+    /// Gradients at offsets >= sentFrom are handed to the exchange thread.
+    private var sentFrom = 0
+    /// Written on the exchange thread, read after `pending.wait()`.
+    private var failure: Error?
+
+    init(ring: Ring, model: any Model<Float>, bucketBytes: Int) {
+        (self.ring, self.model) = (ring, model)
+        bucketElements = max(1, bucketBytes / MemoryLayout<Float>.stride)
+    }
+
+    /// Arms the exchange for `step`: from here the model's backward reports its progress to it.
+    func begin(step: UInt64) {
+        (self.step, nextBucket, sentFrom, failure) = (step, 0, model.arena.count, nil)
+        model.context.gradientsReady = { [unowned self] offset in
+            if sentFrom - offset >= bucketElements { send(from: offset) }
+        }
+    }
+
+    /// Exchanges what backward has not already sent, waits for every bucket, then the sparse tables.
+    func finish() throws {
+        model.context.gradientsReady = nil
+        send(from: 0)
+        pending.wait()
+        if let failure { throw failure }
+        try exchangeSparse()
+    }
+
+    /// Hands the dense gradients in offset..<sentFrom to the exchange thread, highest bucket first.
+    private func send(from offset: Int) {
+        let arena = model.arena
+        for range in arena.denseRanges.reversed() {
+            let lower = max(range.lowerBound, offset), upper = min(range.upperBound, sentFrom)
+            var end = upper
+            while end > lower {
+                let start = max(lower, end - bucketElements)
+                let (step, bucket, count) = (step, nextBucket, end - start)
+                thread.async(group: pending) { [self] in
+                    guard failure == nil else { return }
+                    let buffer = UnsafeMutableBufferPointer(start: model.arena.grads + start, count: count)
+                    do { try ring.allReduce(buffer, step: step, bucket: bucket) } catch { failure = error }
+                }
+                nextBucket += 1
+                end = start
+            }
+        }
+        sentFrom = min(sentFrom, offset)
+    }
+
+    private func exchangeSparse() throws {
+        let arena = model.arena
+        for (table, rows) in model.sparseGradients.enumerated() {
+            let n = rows.count, width = rows.width
+            // All-gather moves every rank's rows to every rank; a dense all-reduce of the whole table
+            // moves 2(N-1)/N of it. The ranks agree on the choice from the total row count.
+            var total = [Double(n)]
+            try total.withUnsafeMutableBufferPointer { try ring.allReduce($0, step: step, bucket: UInt32(1 << 20 + table)) }
+            if 2 * Double(rows.tableRows * width) < total[0] * Double(1 + width) {
+                try exchangeDensely(rows, bucket: UInt32(1 << 21 + table))
+                continue
+            }
+            var payload = [UInt8](repeating: 0, count: n * 4 + n * width * 4)
+            payload.withUnsafeMutableBytes { p in
+                p.baseAddress!.copyMemory(from: rows.idPointer, byteCount: n * 4)
+                (p.baseAddress! + n * 4).copyMemory(from: rows.valuePointer, byteCount: n * width * 4)
+            }
+            let all = try ring.allGather(payload, step: step)
+            rows.clear()
+            for (r, bytes) in all.enumerated() {
+                guard bytes.count % (4 + 4 * width) == 0 else {
+                    throw ClusterError("rank \(r)'s sparse gradient for \(arena.layout.entries[rows.slot.index].name) has \(bytes.count) bytes, not whole rows of \(width)")
+                }
+                let m = bytes.count / (4 + 4 * width)
+                try bytes.withUnsafeBytes { p in
+                    let ids = p.baseAddress!.assumingMemoryBound(to: Int32.self)
+                    if let bad = (0..<m).first(where: { ids[$0] < 0 || Int(ids[$0]) >= rows.tableRows }) {
+                        throw ClusterError("rank \(r) sent row \(ids[bad]) of a table with \(rows.tableRows) rows")
+                    }
+                    rows.accumulate(rowIDs: ids, grads: (p.baseAddress! + m * 4).assumingMemoryBound(to: Float.self), count: m)
+                }
+            }
+        }
+    }
+
+    /// A sparse table's gradient summed as a dense all-reduce; the rows that end up non-zero become its
+    /// rows again (a row whose summed gradient is exactly zero is a no-op for AdaGrad, FTRL and SGD).
+    private func exchangeDensely(_ rows: SparseRows<Float>, bucket: UInt32) throws {
+        let width = rows.width, tableRows = rows.tableRows
+        var dense = [Float](repeating: 0, count: tableRows * width)
+        try dense.withUnsafeMutableBufferPointer { d in
+            rows.addDense(into: d.baseAddress!)
+            try ring.allReduce(d, step: step, bucket: bucket)
+            rows.clear()
+            var ids: [Int32] = [], values: [Float] = []
+            for r in 0..<tableRows {
+                let row = d.baseAddress! + r * width
+                if (0..<width).contains(where: { row[$0] != 0 }) {
+                    ids.append(Int32(r))
+                    values.append(contentsOf: UnsafeBufferPointer(start: row, count: width))
+                }
+            }
+            rows.accumulate(rowIDs: ids, grads: values, count: ids.count)
+        }
+    }
+}

@@ -1,0 +1,144 @@
+import ArgumentParser
+import Foundation
+import Yams
+
+/// Settings from a job file and the environment, turned into command-line arguments placed ahead of
+/// the command line's own (the parser keeps the last value of an option). Precedence, highest first:
+/// the command line, `TETHER_*` environment variables, the job file, the command's defaults.
+///
+/// - A job file (`--config FILE`, or `TETHER_CONFIG=FILE`) is YAML: option names as on the command line
+///   without the dashes (`learning-rate` or `learning_rate`) mapped to values. `true` turns a flag on,
+///   `false` turns an invertible one off (`weight-norm: false`), a list is joined with commas
+///   (`hidden: [256, 128, 64]`). Keys may be grouped under a command's name (`coordinator:`,
+///   `simulate:`, ...): a group for another command is skipped, so one file can serve several.
+/// - `TETHER_LEARNING_RATE=0.01` is `--learning-rate 0.01`; `TETHER_RESUME=true` is `--resume`.
+/// - A key or variable that names no option of the command is an error naming the file or variable.
+enum JobSettings {
+    static let commands: [String: ParsableCommand.Type] = [
+        "train": Train.self, "simulate": Simulate.self, "coordinator": CoordinatorCommand.self,
+        "worker": WorkerCommand.self, "eval": Eval.self,
+    ]
+    static let fileVariable = "TETHER_CONFIG"
+    /// Variables Tether sets for itself.
+    static let ownVariables: Set<String> = [fileVariable, ProcessLifetime.parentVariable]
+
+    /// `arguments` (without the program name) with the job file's and the environment's settings
+    /// inserted after the command's name.
+    static func expand(_ arguments: [String], environment: [String: String]) throws -> [String] {
+        guard let command = arguments.first, let type = commands[command] else { return arguments }
+        let given = Array(arguments.dropFirst())
+        if given.contains("--help") || given.contains("-h") { return arguments }
+        let known = KnownOptions(help: Tether.helpMessage(for: type, columns: 10_000))
+        var fromFile: [String] = []
+        if let path = configPath(given) ?? environment[fileVariable] {
+            fromFile = try settings(inFile: path, command: command).flatMap { key, value in
+                try known.arguments(key, value, source: "\(path): key \"\(key)\"", command: command)
+            }
+        }
+        var fromEnvironment: [String] = []
+        for (name, value) in environment.sorted(by: { $0.key < $1.key }) where name.hasPrefix("TETHER_") && !ownVariables.contains(name) {
+            let key = name.dropFirst("TETHER_".count).lowercased().replacingOccurrences(of: "_", with: "-")
+            fromEnvironment += try known.arguments(key, value, source: "environment variable \(name)", command: command)
+        }
+        return [command] + fromFile + fromEnvironment + given
+    }
+
+    /// The value of `--config FILE` or `--config=FILE`.
+    static func configPath(_ arguments: [String]) -> String? {
+        for (i, a) in arguments.enumerated() {
+            if a == "--config", i + 1 < arguments.count { return arguments[i + 1] }
+            if a.hasPrefix("--config=") { return String(a.dropFirst("--config=".count)) }
+        }
+        return nil
+    }
+
+    /// The file's top-level settings and those of `command`'s group, in file order.
+    static func settings(inFile path: String, command: String) throws -> [(String, Any)] {
+        let text: String
+        do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
+            throw ValidationError("job file \(path): cannot read it (\(error.localizedDescription))")
+        }
+        let root: Node?
+        do { root = try Yams.compose(yaml: text) } catch { throw ValidationError("job file \(path): not valid YAML: \(error)") }
+        guard let root else { return [] }
+        guard let mapping = root.mapping else { throw ValidationError("job file \(path): expected a mapping of option names to values") }
+        var out: [(String, Any)] = []
+        for (k, v) in mapping {
+            guard let key = k.string else { throw ValidationError("job file \(path): a key is not a string") }
+            if commands[key] != nil {
+                guard key == command else { continue }
+                guard let group = v.mapping else { throw ValidationError("job file \(path): \"\(key)\" must be a mapping of option names to values") }
+                for (gk, gv) in group {
+                    guard let name = gk.string else { throw ValidationError("job file \(path): a key under \(key) is not a string") }
+                    out.append((name, try value(gv, path: path, key: name)))
+                }
+            } else {
+                out.append((key, try value(v, path: path, key: key)))
+            }
+        }
+        return out
+    }
+
+    /// A scalar as its text (booleans as Bool), a list of scalars joined with commas.
+    static func value(_ node: Node, path: String, key: String) throws -> Any {
+        if let s = node.scalar {
+            if s.style == .plain, let b = Bool.construct(from: s) { return b }
+            return s.string
+        }
+        if let list = node.sequence {
+            let items = list.compactMap(\.scalar?.string)
+            guard items.count == list.count else { throw ValidationError("job file \(path): key \"\(key)\": a list may only hold plain values") }
+            return items.joined(separator: ",")
+        }
+        throw ValidationError("job file \(path): key \"\(key)\" holds a mapping; give it a value or a list")
+    }
+
+    /// The options and flags a command's help lists.
+    struct KnownOptions {
+        var options: Set<String> = [], flags: Set<String> = [], invertible: Set<String> = []
+
+        init(help: String) {
+            let pattern = try! NSRegularExpression(pattern: #"--(\[no-\])?([a-z0-9][a-z0-9-]*)( <[^>]+>)?"#)
+            let ns = help as NSString
+            for m in pattern.matches(in: help, range: NSRange(location: 0, length: ns.length)) {
+                let name = ns.substring(with: m.range(at: 2))
+                if m.range(at: 1).location != NSNotFound { invertible.insert(name); flags.insert(name) }
+                else if m.range(at: 3).location != NSNotFound { options.insert(name) }
+                else { flags.insert(name) }
+            }
+            flags.subtract(["help", "version"])
+            options.remove("config")
+        }
+
+        /// `--key value`, `--key` or `--no-key` for one setting; an error for a name the command lacks.
+        func arguments(_ rawKey: String, _ value: Any, source: String, command: String) throws -> [String] {
+            let key = rawKey.replacingOccurrences(of: "_", with: "-")
+            let text = value as? String
+            if options.contains(key) {
+                if let b = value as? Bool { return ["--\(key)", String(b)] }
+                return ["--\(key)", text ?? "\(value)"]
+            }
+            if flags.contains(key) {
+                let on: Bool
+                switch value {
+                case let b as Bool: on = b
+                case let s as String where ["true", "yes", "1", "on"].contains(s.lowercased()): on = true
+                case let s as String where ["false", "no", "0", "off", ""].contains(s.lowercased()): on = false
+                default: throw ValidationError("\(source): --\(key) is a flag; give true or false, not \"\(value)\"")
+                }
+                if on { return ["--\(key)"] }
+                return invertible.contains(key) ? ["--no-\(key)"] : []
+            }
+            let all = (options.union(flags)).sorted()
+            let near = all.filter { $0.hasPrefix(String(key.prefix(3))) || key.hasPrefix(String($0.prefix(3))) }
+            throw ValidationError("\(source): tether \(command) has no option --\(key)"
+                                  + (near.isEmpty ? "" : " (did you mean \(near.map { "--" + $0 }.joined(separator: ", "))?)"))
+        }
+    }
+}
+
+/// `--config FILE` on the commands that read job files (JobSettings reads it before parsing).
+struct JobFileOption: ParsableArguments {
+    @Option(help: "A YAML job file of option settings (also TETHER_CONFIG); the command line and TETHER_* variables override it.")
+    var config: String?
+}
