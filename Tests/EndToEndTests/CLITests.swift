@@ -12,13 +12,17 @@ enum CLI {
 
     struct Result { var status: Int32; var stdout: String; var stderr: String }
 
-    /// Runs `tether args...` to completion, killing it after `timeout` seconds.
-    static func run(_ args: [String], timeout: TimeInterval = 120) throws -> Result {
+    /// The repository's root (for its scripts and files).
+    static let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    /// Runs `tether args...` (or another program) to completion, killing it after `timeout` seconds.
+    static func run(_ args: [String], timeout: TimeInterval = 120, environment: [String: String] = [:], executable: URL = binary) throws -> Result {
         let p = Process()
-        p.executableURL = binary
+        p.executableURL = executable
         p.arguments = args
         var env = ProcessInfo.processInfo.environment
         env["OPENBLAS_NUM_THREADS"] = "1"
+        env.merge(environment) { $1 }
         p.environment = env
         let out = Pipe(), err = Pipe()
         p.standardOutput = out

@@ -1,0 +1,191 @@
+import Foundation
+import Testing
+
+func which(_ program: String) -> URL? {
+    (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin").split(separator: ":")
+        .map { URL(fileURLWithPath: String($0)).appendingPathComponent(program) }
+        .first { FileManager.default.isExecutableFile(atPath: $0.path) }
+}
+
+/// Why network namespaces cannot be made here, or nil when they can.
+let netnsUnavailable: String? = {
+    guard getuid() == 0 else { return "not root: network namespaces need root" }
+    guard let ip = which("ip"), which("tc") != nil else { return "iproute2 (ip, tc) is not installed" }
+    let name = "tether-probe-\(getpid())"
+    guard let add = try? CLI.run(["netns", "add", name], timeout: 10, executable: ip), add.status == 0 else {
+        return "ip netns add failed: namespaces are not available here"
+    }
+    _ = try? CLI.run(["netns", "del", name], timeout: 10, executable: ip)
+    return nil
+}()
+
+/// The deployment as shipped: job files and settings precedence, the compose file, the scripts, the
+/// Kubernetes manifests, and a cluster of emulated hosts.
+@Suite(.serialized) struct DeploymentTests {
+    let bash = URL(fileURLWithPath: "/bin/bash")
+
+    func file(_ path: String) -> URL { CLI.repository.appendingPathComponent(path) }
+
+    /// Flags a quick training run needs, beside those under test.
+    let quick = ["--model", "mlp", "--train-limit", "256", "--test-limit", "64", "--batch", "32", "--log-every", "1"]
+
+    @Test(.enabled(if: dataInstalled, "needs Debian's dataset-fashion-mnist"))
+    func theCommandLineOverridesTheEnvironmentWhichOverridesTheJobFile() throws {
+        let dir = CLI.tempDir("settings")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let job = dir.appendingPathComponent("job.yaml")
+        try "max_steps: 2\nseed: 5\ntrain:\n  log-every: 1\nsimulate:\n  workers: 9\n".write(to: job, atomically: true, encoding: .utf8)
+        let run = dir.appendingPathComponent("run").path
+        // job file alone: 2 steps (the simulate group is skipped)
+        let fromFile = try CLI.run(["train", "--config", job.path, "--run-dir", run + "1"] + quick)
+        #expect(fromFile.status == 0, "\(fromFile.stderr)")
+        #expect(fromFile.stdout.contains("done: 2 steps"), "\(fromFile.stdout)")
+        // the environment over the file: 3 steps
+        let fromEnvironment = try CLI.run(["train", "--run-dir", run + "2"] + quick, environment: ["TETHER_CONFIG": job.path, "TETHER_MAX_STEPS": "3"])
+        #expect(fromEnvironment.stdout.contains("done: 3 steps"), "\(fromEnvironment.stdout) \(fromEnvironment.stderr)")
+        // the command line over both: 4 steps
+        let fromFlags = try CLI.run(["train", "--config", job.path, "--max-steps", "4", "--run-dir", run + "3"] + quick, environment: ["TETHER_MAX_STEPS": "3"])
+        #expect(fromFlags.stdout.contains("done: 4 steps"), "\(fromFlags.stdout) \(fromFlags.stderr)")
+    }
+
+    @Test func unknownSettingsAreErrorsThatNameTheirSource() throws {
+        let dir = CLI.tempDir("bad-settings")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let job = dir.appendingPathComponent("job.yaml")
+        try "epochs: 1\nlerning-rate: 0.1\n".write(to: job, atomically: true, encoding: .utf8)
+        let badKey = try CLI.run(["train", "--config", job.path])
+        #expect(badKey.status != 0)
+        #expect(badKey.stderr.contains("\(job.path): key \"lerning-rate\": tether train has no option --lerning-rate"), "\(badKey.stderr)")
+        let badVariable = try CLI.run(["worker", "--coordinator", "tcp://127.0.0.1:1"], environment: ["TETHER_MODEL": "mlp"])
+        #expect(badVariable.status != 0)
+        #expect(badVariable.stderr.contains("environment variable TETHER_MODEL: tether worker has no option --model"), "\(badVariable.stderr)")
+        try "epochs: [1\n".write(to: job, atomically: true, encoding: .utf8)
+        let badYAML = try CLI.run(["train", "--config", job.path])
+        #expect(badYAML.status != 0 && badYAML.stderr.contains("\(job.path): not valid YAML"), "\(badYAML.stderr)")
+        let missing = try CLI.run(["train", "--config", dir.appendingPathComponent("absent.yaml").path])
+        #expect(missing.status != 0 && missing.stderr.contains("absent.yaml: cannot read it"), "\(missing.stderr)")
+    }
+
+    @Test func aWrongInterfaceIsNamedWithTheOnesThereAre() throws {
+        let r = try CLI.run(["worker", "--coordinator", "tcp://127.0.0.1:1", "--advertise", "nosuchif0"], timeout: 30)
+        #expect(r.status != 0)
+        #expect(r.stderr.contains("no interface nosuchif0 with an IPv4 address here; this host has lo 127.0.0.1"), "\(r.stderr)")
+    }
+
+    /// The example job files hold only options the coordinator knows, and train.
+    @Test(.enabled(if: dataInstalled, "needs Debian's dataset-fashion-mnist"))
+    func theShippedJobFilesRun() throws {
+        let dir = CLI.tempDir("jobs")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let r = try CLI.run(["train", "--config", file("cluster/jobs/fashion-mnist.yaml").path, "--max-steps", "3", "--train-limit", "256",
+                             "--test-limit", "64", "--run-dir", dir.path])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout.contains("mlp-wn") && r.stdout.contains("done: 3 steps"), "\(r.stdout)")
+    }
+
+    @Test(.enabled(if: which("docker-compose") != nil, "needs Debian's docker-compose (scripts/install-deps installs it)"))
+    func theComposeFileIsValid() throws {
+        let r = try CLI.run(["-f", file("docker-compose.yml").path, "config"], timeout: 60,
+                            environment: ["TETHER_WORKERS": "4"], executable: which("docker-compose")!)
+        #expect(r.status == 0, "\(r.stderr)")
+        for needle in ["coordinator:", "worker:", "dockerfile: cluster/Dockerfile", "TETHER_WORKERS: '4'", "TETHER_ADVERTISE: eth0:7071",
+                       "TETHER_COORDINATOR: tcp://coordinator:7070", "condition: service_healthy", "restart: on-failure"] {
+            #expect(r.stdout.contains(needle), "docker-compose config lacks \(needle):\n\(r.stdout)")
+        }
+        // The Dockerfile copies what exists.
+        let dockerfile = try String(contentsOf: file("cluster/Dockerfile"), encoding: .utf8)
+        for line in dockerfile.split(separator: "\n") where line.hasPrefix("COPY ") && !line.contains("--from") {
+            let source = line.split(separator: " ")[1]
+            #expect(FileManager.default.fileExists(atPath: file(String(source)).path), "the Dockerfile copies \(source), which is missing")
+        }
+    }
+
+    @Test(.enabled(if: which("shellcheck") != nil, "needs shellcheck (scripts/install-deps installs it)"))
+    func theShellScriptsPassShellcheck() throws {
+        let scripts = ["cluster/netns-cluster", "cluster/netns.sh", "cluster/launch-hosts", "cluster/entrypoint", "cluster/slurm/tether.sbatch",
+                       "scripts/test", "scripts/demo", "scripts/install-deps", "scripts/generate-proto", "bench/netns-allreduce",
+                       "bench/simulate-vs-ddp", "bench/tied-wide-deep", "bench/paper-directions", ".ci/run"]
+        let r = try CLI.run(["-x"] + scripts.map { file($0).path }, timeout: 120, executable: which("shellcheck")!)
+        #expect(r.status == 0, "\(r.stdout)\(r.stderr)")
+    }
+
+    /// The manifests parse, and their pieces agree: the workers reach the Service, the coordinator waits
+    /// for as many workers as the Job runs, and the ConfigMap's job trains.
+    @Test(.enabled(if: dataInstalled, "needs Debian's dataset-fashion-mnist"))
+    func theKubernetesManifestsParseAndAgree() throws {
+        let dir = CLI.tempDir("k8s")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let check = """
+        import sys, yaml
+        docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+        for d in docs:
+            assert d.get("apiVersion") and d.get("kind") and d["metadata"].get("name"), d
+        by = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+        service = by[("Service", "tether-coordinator")]
+        coordinator = by[("Job", "tether-coordinator")]["spec"]["template"]
+        workers = by[("Job", "tether-workers")]["spec"]
+        env = lambda t: {e["name"]: e.get("value") for e in t["spec"]["containers"][0]["env"]}
+        assert service["spec"]["selector"].items() <= coordinator["metadata"]["labels"].items(), "the Service selects the coordinator"
+        port = service["spec"]["ports"][0]["port"]
+        assert env(workers["template"])["TETHER_COORDINATOR"] == f"tcp://tether-coordinator:{port}"
+        assert env(coordinator)["TETHER_LISTEN"].endswith(f":{port}")
+        assert int(env(coordinator)["TETHER_WORKERS"]) == workers["parallelism"] == workers["completions"]
+        assert workers["completionMode"] == "Indexed"
+        open(sys.argv[2], "w").write(by[("ConfigMap", "tether-job")]["data"]["job.yaml"])
+        print(len(docs), "documents")
+        """
+        let job = dir.appendingPathComponent("job.yaml")
+        let parsed = try CLI.run(["-c", check, file("cluster/k8s/tether.yaml").path, job.path], timeout: 60, executable: which("python3")!)
+        #expect(parsed.status == 0, "\(parsed.stdout)\(parsed.stderr)")
+        let r = try CLI.run(["train", "--config", job.path, "--max-steps", "2", "--train-limit", "256", "--test-limit", "64",
+                             "--run-dir", dir.appendingPathComponent("run").path])
+        #expect(r.status == 0 && r.stdout.contains("done: 2 steps"), "\(r.stdout)\(r.stderr)")
+    }
+
+    /// The ssh launcher, with an "ssh" that runs the command here: two hosts' worth of workers on loopback.
+    @Test(.enabled(if: dataInstalled, "needs Debian's dataset-fashion-mnist"))
+    func theHostfileLauncherRunsAJob() throws {
+        let dir = CLI.tempDir("hosts")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let ssh = dir.appendingPathComponent("local-ssh")
+        try "#!/bin/bash\n# local-ssh HOST COMMAND: runs COMMAND here\nshift\nexec bash -c \"$1\"\n".write(to: ssh, atomically: true, encoding: .utf8)
+        chmod(ssh.path, 0o755)
+        let hosts = dir.appendingPathComponent("hosts")
+        try "# test hosts\n127.0.0.1 slots=2 iface=lo\n127.0.0.1 iface=lo\n".write(to: hosts, atomically: true, encoding: .utf8)
+        let port = 20_000 + Int(getpid() % 20_000)
+        let r = try CLI.run([file("cluster/launch-hosts").path, hosts.path, "--tether", CLI.binary.path, "--ssh", ssh.path, "--port", String(port),
+                             "--", "--listen", "tcp://127.0.0.1:\(port)", "--run-dir", dir.appendingPathComponent("run").path, "--max-steps", "4"] + quick,
+                            timeout: 180, executable: bash)
+        #expect(r.status == 0, "\(r.stdout)\(r.stderr)")
+        #expect(r.stdout.contains("3 workers on 127.0.0.1 127.0.0.1"), "\(r.stdout)")
+        #expect(r.stdout.contains("done: 4 steps"), "\(r.stdout)")
+        #expect(r.stderr.components(separatedBy: "reachable").count - 1 == 3, "each worker checks its neighbour: \(r.stderr)")
+    }
+
+    /// Four emulated hosts (network namespaces on a bridge, 1 Gbit/s links): each worker on its own
+    /// address, found from its interface; the job trains and improves.
+    @Test(.enabled(if: dataInstalled && netnsUnavailable == nil, "needs root, network namespaces and Fashion-MNIST: \(netnsUnavailable ?? "")"))
+    func aJobTrainsOnFourEmulatedHosts() throws {
+        let dir = CLI.tempDir("netns")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let r = try CLI.run([file("cluster/netns-cluster").path, "--workers", "4", "--rate", "1gbit", "--timeout", "240",
+                             "--tether", CLI.binary.path, "--run-dir", dir.path, "--",
+                             "--model", "mlp-wn", "--train-limit", "4000", "--test-limit", "1000", "--batch", "32", "--epochs", "1", "--log-every", "10"],
+                            timeout: 300, executable: bash)
+        #expect(r.status == 0, "\(r.stdout)\(r.stderr)")
+        let accuracy = r.stdout.components(separatedBy: "test accuracy ").dropFirst().first.flatMap { Double($0.prefix(while: { $0 != "%" })) }
+        #expect((accuracy ?? 0) > 60, "accuracy after one epoch on 4 emulated hosts: \(r.stdout)")
+        var addresses: Set<String> = []
+        for rank in 0..<4 {
+            let log = (try? String(contentsOf: dir.appendingPathComponent("worker-\(rank).log"), encoding: .utf8)) ?? ""
+            let address = log.components(separatedBy: "ring address tcp://").dropFirst().first.map { String($0.prefix(while: { $0 != ":" })) }
+            #expect(address?.hasPrefix("10.78.") == true && log.contains("reachable"), "worker \(rank): \(log)")
+            if let address { addresses.insert(address) }
+        }
+        #expect(addresses.count == 4, "each worker on its own host: \(addresses)")
+    }
+}
