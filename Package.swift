@@ -33,7 +33,7 @@ let package = Package(
         .target(name: "TetherData", dependencies: ["TetherTensor", "CZlib"]),
         .target(name: "TetherComm", dependencies: ["TetherWire", "CZeroMQ", "CProtobufC", "CXXHash", "CTetherKernels"]),
         .target(name: "TetherTrain", dependencies: ["TetherTensor", "TetherNN", "TetherData"]),
-        .target(name: "TetherCluster", dependencies: ["TetherTrain", "TetherComm", "TetherNN", "TetherTensor", "CXXHash", "CTetherKernels"]),
+        .target(name: "TetherCluster", dependencies: ["TetherTrain", "TetherComm", "TetherNN", "TetherData", "TetherTensor", "CXXHash", "CTetherKernels"]),
         .executableTarget(name: "tether", dependencies: [
             "TetherCluster", "TetherTrain", "TetherComm", "TetherData", "TetherNN", "TetherTensor", "CXXHash", "CTetherKernels",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -45,7 +45,7 @@ let package = Package(
         .testTarget(name: "TetherDataTests", dependencies: ["TetherData", "TetherTensor", "CZlib"]),
         .testTarget(name: "TetherCommTests", dependencies: ["TetherComm", "TetherWire", "CZeroMQ"]),
         .testTarget(name: "TetherTrainTests", dependencies: ["TetherTrain", "TetherNN", "TetherData", "TetherTensor"]),
-        .testTarget(name: "TetherClusterTests", dependencies: ["TetherCluster", "TetherComm"]),
+        .testTarget(name: "TetherClusterTests", dependencies: ["TetherCluster", "TetherComm", "TetherData", "TetherTrain"]),
         .testTarget(name: "EndToEndTests", dependencies: []),
     ],
     swiftLanguageModes: [.v5]

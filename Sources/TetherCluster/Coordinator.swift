@@ -1,5 +1,6 @@
 import Foundation
 import TetherComm
+import TetherData
 import TetherNN
 import TetherTrain
 
@@ -16,6 +17,8 @@ public final class Coordinator {
         /// Dense gradients are all-reduced in buckets of at most this many bytes, started during backward
         /// once this many are final (PyTorch DDP's bucket_cap_mb: 25 MB, its first bucket 1 MB).
         public var bucketBytes = 1 << 20
+        /// Serve the image samples to the workers (DataRequest) instead of each reading --data.
+        public var serveData = false
         public var joinTimeout = 60.0
         public init(listen: String, workers: Int) { (self.listen, self.workers) = (listen, workers) }
     }
@@ -35,12 +38,17 @@ public final class Coordinator {
     let stepsPerEpoch: Int
     private var epochSamples = 0
     let evaluationKind: EvaluationReport.Kind
+    /// The splits served to workers (`serveData`).
+    private var served: (train: ImageDataset, test: ImageDataset)?
+    /// When the job was set up: start-up time is measured from here to the Start.
+    private let created: Date
 
     /// Prepares the job in `runDirectory` (fresh, or with `resume` from its checkpoint) and binds `listen`.
     public init(options: Options, config given: TrainingConfig, runDirectory: URL, resume: Bool, progress: ProgressDisplay = ProgressDisplay()) throws {
         self.options = options
         self.runDirectory = runDirectory
         self.progress = progress
+        created = Date()
         try FileManager.default.createDirectory(at: runDirectory, withIntermediateDirectories: true)
         let checkpointURL = runDirectory.appendingPathComponent(Checkpoint.fileName)
         let config = given
@@ -62,6 +70,14 @@ public final class Coordinator {
         // data or flags, before any worker is involved.
         let probe = try Workloads.make(config, shard: Shard(rank: 0, count: options.workers))
         stepsPerEpoch = probe.stepsPerEpoch
+        if options.serveData {
+            guard Workloads.evaluationKind(for: config.model) == .classification || config.model == "autoencoder-tied" else {
+                throw ConfigError(message: "--serve-data serves image data (fashion-mnist, idx:DIR); \(config.model) reads \(config.data), "
+                                  + "which every worker reads from a shared path (synthetic-clicks is generated on each worker)")
+            }
+            served = (try DataSource.images(config.data, split: .train, limit: config.trainLimit),
+                      try DataSource.images(config.data, split: .test, limit: config.testLimit))
+        }
         evaluationKind = Workloads.evaluationKind(for: config.model)
         let total = config.totalSteps(stepsPerEpoch: stepsPerEpoch)
         var settings = CoordinatorState.Settings(workers: options.workers, firstStep: startState?.globalStep ?? 0, totalSteps: total, stepsPerEpoch: stepsPerEpoch)
@@ -108,6 +124,10 @@ public final class Coordinator {
                     heartbeatIdentities[rank] = identity
                     events.append(.heartbeat(rank: rank))
                 case .abort(let a): events.append(.abort(rank: rank, reason: a.reason))
+                case .dataRequest(let request):
+                    let rows = served.map { DataServing.answer(request, train: $0.train, test: $0.test) }
+                        ?? Envelope.DataRows(split: request.split, error: "this coordinator does not serve data (start it with --serve-data)")
+                    try router.send(.dataRows(rows), from: -1, to: identity)
                 default: break
                 }
             }
@@ -134,16 +154,21 @@ public final class Coordinator {
         for d in directives {
             switch d {
             case .assign(let identity, let rank, let ring):
-                let assign = Envelope.Assign(rank: UInt32(rank), worldSize: UInt32(ring.count), ring: ring,
+                var assign = Envelope.Assign(rank: UInt32(rank), worldSize: UInt32(ring.count), ring: ring,
                                              configJSON: [UInt8](try JSONEncoder().encode(config)), resumeCheckpoint: resumeBytes,
                                              hashEvery: UInt32(options.hashEvery), checkpointEvery: UInt32(config.checkpointEvery),
                                              bucketBytes: UInt32(options.bucketBytes))
+                assign.dataServed = served != nil
                 try router.send(.assign(assign), from: -1, to: identity)
                 progress.line("rank \(rank): \(ring[rank])")
             case .start:
                 for m in machine.members { try router.send(.start, from: -1, to: m.identity) }
-                progress.line("all \(options.workers) replicas agree on the initial parameters; training")
                 epochStart = Date()
+                let startup = epochStart.timeIntervalSince(created)
+                progress.line("all \(options.workers) replicas agree on the initial parameters; training (\(ProgressDisplay.fixed(startup, 2)) s after start-up)")
+                var started = MetricsEvent(event: "training", epoch: machine.completedSteps / stepsPerEpoch, step: machine.completedSteps)
+                started.elapsed_s = startup
+                try metrics.write(started)
             case .stepCompleted(let s):
                 epochSamples += s.count
                 window.stats = window.stats + BatchStats(lossSum: s.lossSum, correct: s.correct, count: s.count)

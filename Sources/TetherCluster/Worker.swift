@@ -42,7 +42,19 @@ public final class Worker {
     /// Sockets close before their context terminates (zmq_ctx_term waits for them).
     deinit { control.socket.close() }
 
+    /// Trains until the coordinator says Finish. A failure is also sent to the coordinator (once this
+    /// worker has a rank), so the job stops with this worker's reason instead of waiting for its silence.
     public func run() throws {
+        do { try train() } catch {
+            if rank >= 0 {
+                try? control.send(.abort(.init(originRank: Int32(rank), reason: "\(error)")), from: rank)
+                Thread.sleep(forTimeInterval: 0.2) // let it leave before the socket closes
+            }
+            throw error
+        }
+    }
+
+    private func train() throws {
         let advertise = try Advertise.resolve(options.advertise, context)
         try control.send(.hello(.init(advertiseAddress: advertise, tetherVersion: "tether", threads: UInt32(BLAS.threads))), from: -1)
         let assign: Envelope.Assign = try waitFor("an assignment", within: 120) { if case .assign(let a) = $0 { return a }; return nil }
@@ -63,7 +75,11 @@ public final class Worker {
             resumed = try Checkpoint.Loaded(file)
         }
         ProcessMemory.keepFreedBuffers()
-        let workload = try Workloads.make(config, shard: shard, metadata: resumed?.file.metadata ?? [:])
+        let served = !assign.dataServed ? nil : ServedImages { [unowned self] request in
+            try control.send(.dataRequest(request), from: rank)
+            return try waitFor("the requested samples", within: 120) { if case .dataRows(let r) = $0 { return r }; return nil }
+        }
+        let workload = try Workloads.make(config, shard: shard, metadata: resumed?.file.metadata ?? [:], images: served)
         let model = workload.model
         // Dropout masks differ per replica (each draws its own samples' masks).
         model.context.rng = RNG(seed: config.seed, stream: 0x4452_4F50 &+ UInt64(rank))
@@ -71,19 +87,19 @@ public final class Worker {
         ringOptions.jobID = options.jobID
         ringOptions.timeout = options.ringTimeout
         ringOptions.layoutFingerprint = model.arena.layout.fingerprint
+        // The ring forms with a handshake from each rank to its right neighbour. When it does not, a
+        // neighbour this rank cannot connect to (a wrong --advertise interface, a firewall) is named.
         let ring: Ring
+        let right = (rank + 1) % assign.ring.count
         do { ring = try Ring(context: context, rank: rank, addresses: assign.ring, options: ringOptions) } catch {
+            if right != rank, case .failure(let why) = Advertise.reach(assign.ring[right], within: 2) {
+                throw ClusterError("rank \(rank) cannot reach its right neighbour rank \(right) at \(why). Check the address that worker "
+                                   + "advertises (--advertise INTERFACE or tcp://HOST:PORT) and that the port is open between the hosts")
+            }
             throw ClusterError("rank \(rank) could not form the ring (\(assign.ring.joined(separator: " -> "))): \(error)")
         }
-        // A neighbour that cannot be reached (a wrong --advertise interface, a firewall) is named here,
-        // not discovered as a silent exchange later.
-        let right = (rank + 1) % assign.ring.count
-        switch Advertise.reach(assign.ring[right], within: 15) {
-        case .success(let seconds):
+        if case .success(let seconds) = right == rank ? .success(0) : Advertise.reach(assign.ring[right], within: 2) {
             log("worker rank \(rank): ring address \(assign.ring[rank]); right neighbour rank \(right) at \(assign.ring[right]) reachable (\(String(format: "%.1f", seconds * 1000)) ms)")
-        case .failure(let why):
-            throw ClusterError("rank \(rank) cannot reach its right neighbour rank \(right) at \(why). Check the address that worker advertises "
-                               + "(--advertise INTERFACE or tcp://HOST:PORT) and that the port is open between the hosts")
         }
         let optimizer = try Optimizer<Float>(config.optimizer, layout: model.arena.layout, ftrlParameters: model.ftrlParameters)
         var state = TrainingState(rng: model.context.rng)
@@ -92,6 +108,7 @@ public final class Worker {
             state = resumed.state
             model.context.rng = resumed.replicaRNG(shard) ?? RNG(seed: config.seed &+ UInt64(state.globalStep), stream: 0x4452_4F50 &+ UInt64(rank))
         } else {
+            try workload.fetch(epoch: 0)
             var failure: Error?
             workload.initializeFromData(reduce: { sums in
                 do { try sums.withUnsafeMutableBufferPointer { try ring.allReduce($0) } } catch { failure = failure ?? error }
@@ -137,9 +154,7 @@ public final class Worker {
                 throw ClusterError("worker rank \(rank): \(message)")
             }
         }
-        var usage = rusage()
-        getrusage(RUSAGE_SELF.rawValue, &usage)
-        log("worker rank \(rank): done, peak RSS \(usage.ru_maxrss / 1024) MB (\(model.arena.count) parameters, "
+        log("worker rank \(rank): done, peak RSS \(Self.peakResidentMegabytes()) MB (\(model.arena.count) parameters, "
             + "optimizer state \(optimizer.stateTensors.reduce(0) { $0 + $1.count }) values)")
     }
 
@@ -157,6 +172,14 @@ public final class Worker {
         while let (_, env) = try control.receive(deadline: .now) {
             if case .abort(let a) = env.body { throw ClusterError("the coordinator stopped the job: \(a.reason)") }
         }
+    }
+
+    /// This process's peak resident set since it started (VmHWM). Not getrusage's ru_maxrss: Linux
+    /// carries that over from the process that forked this one (`simulate`'s coordinator, with its data).
+    static func peakResidentMegabytes() -> Int {
+        let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
+        let line = status.split(separator: "\n").first { $0.hasPrefix("VmHWM:") } ?? ""
+        return (Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0) / 1024
     }
 
     /// XXH3-64 of the parameter values' bytes.
@@ -182,6 +205,7 @@ final class Training {
 
     func step(_ state: inout TrainingState) throws -> Envelope.StepReport {
         let waitedBefore = ring.statistics.waiting
+        try workload.fetch(epoch: state.epoch)
         exchange.begin(step: UInt64(state.globalStep))
         let (stats, times) = try workload.train(epoch: state.epoch, step: state.stepInEpoch, optimizer: optimizer,
                                                 lr: state.learningRate(config.schedule, at: state.globalStep, totalSteps: totalSteps)) {
@@ -218,6 +242,7 @@ final class Training {
     /// This replica's share of the evaluation; the loss is also summed over the ring so every replica
     /// takes the same plateau-schedule decision.
     func evaluate(epoch: Int, state: inout TrainingState) throws -> Envelope.EvalReport {
+        try workload.fetch(epoch: nil)
         let report = workload.evaluate()
         var sums = [report.stats.lossSum, Double(report.stats.count)]
         try sums.withUnsafeMutableBufferPointer { try ring.allReduce($0, step: UInt64(state.globalStep), bucket: 1 << 20) }

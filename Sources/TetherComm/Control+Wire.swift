@@ -15,6 +15,7 @@ extension Envelope {
         public var hashEvery: UInt32
         public var checkpointEvery: UInt32
         public var bucketBytes: UInt32
+        public var dataServed = false
         public init(rank: UInt32, worldSize: UInt32, ring: [String], configJSON: [UInt8], resumeCheckpoint: [UInt8] = [],
                     hashEvery: UInt32, checkpointEvery: UInt32, bucketBytes: UInt32) {
             (self.rank, self.worldSize, self.ring, self.configJSON) = (rank, worldSize, ring, configJSON)
@@ -61,6 +62,25 @@ extension Envelope {
         }
     }
 
+    /// Split 0 is training, 1 test.
+    public struct DataRequest: Equatable, Sendable {
+        public var split: UInt32
+        public var indices: [UInt32]
+        public init(split: UInt32, indices: [UInt32]) { (self.split, self.indices) = (split, indices) }
+    }
+
+    /// The requested samples of a split (images and labels in request order), with the split's size and shape.
+    public struct DataRows: Equatable, Sendable {
+        public var split: UInt32, count: UInt32, height: UInt32, width: UInt32, classes: UInt32
+        public var pixels: [UInt8], labels: [UInt8]
+        public var error: String
+        public init(split: UInt32, count: UInt32 = 0, height: UInt32 = 0, width: UInt32 = 0, classes: UInt32 = 0,
+                    pixels: [UInt8] = [], labels: [UInt8] = [], error: String = "") {
+            (self.split, self.count, self.height, self.width, self.classes) = (split, count, height, width, classes)
+            (self.pixels, self.labels, self.error) = (pixels, labels, error)
+        }
+    }
+
     public struct CheckpointData: Equatable, Sendable {
         public var globalStep: UInt64
         public var safetensors: [UInt8]
@@ -102,6 +122,7 @@ extension Envelope {
             (m.n_ring, m.ring) = (a.ring.count, arena.strings(a.ring))
             m.config_json = arena.binary(a.configJSON)
             m.resume_checkpoint = arena.binary(a.resumeCheckpoint)
+            m.data_served = a.dataServed ? 1 : 0
             return withUnsafeMutablePointer(to: &m) { msg.body_case = TETHER__V1__ENVELOPE__BODY_ASSIGN; msg.assign = $0; return pack(&msg) }
         case .ready(let r):
             var m = Tether__V1__Ready()
@@ -140,6 +161,18 @@ extension Envelope {
             m.global_step = c.globalStep
             m.safetensors = arena.binary(c.safetensors)
             return withUnsafeMutablePointer(to: &m) { msg.body_case = TETHER__V1__ENVELOPE__BODY_CHECKPOINT; msg.checkpoint = $0; return pack(&msg) }
+        case .dataRequest(let d):
+            var m = Tether__V1__DataRequest()
+            tether__v1__data_request__init(&m)
+            m.split = d.split
+            (m.n_indices, m.indices) = (d.indices.count, arena.copy(d.indices))
+            return withUnsafeMutablePointer(to: &m) { msg.body_case = TETHER__V1__ENVELOPE__BODY_DATA_REQUEST; msg.data_request = $0; return pack(&msg) }
+        case .dataRows(let d):
+            var m = Tether__V1__DataRows()
+            tether__v1__data_rows__init(&m)
+            (m.split, m.count, m.height, m.width, m.classes) = (d.split, d.count, d.height, d.width, d.classes)
+            (m.pixels, m.labels, m.error) = (arena.binary(d.pixels), arena.binary(d.labels), arena.string(d.error))
+            return withUnsafeMutablePointer(to: &m) { msg.body_case = TETHER__V1__ENVELOPE__BODY_DATA_ROWS; msg.data_rows = $0; return pack(&msg) }
         case .hello, .chunk, .abort:
             return nil
         }
@@ -155,9 +188,26 @@ extension Envelope {
                 throw WireError(message: "assign from rank \(env.sender_rank): rank \(a.rank) of \(a.world_size) with \(a.n_ring) ring addresses")
             }
             let ring = (0..<a.n_ring).map { String(cString: a.ring[$0]!) }
-            return .assign(Assign(rank: a.rank, worldSize: a.world_size, ring: ring, configJSON: bytes(a.config_json),
-                                  resumeCheckpoint: bytes(a.resume_checkpoint), hashEvery: a.hash_every, checkpointEvery: a.checkpoint_every,
-                                  bucketBytes: a.bucket_bytes))
+            var assign = Assign(rank: a.rank, worldSize: a.world_size, ring: ring, configJSON: bytes(a.config_json),
+                                resumeCheckpoint: bytes(a.resume_checkpoint), hashEvery: a.hash_every, checkpointEvery: a.checkpoint_every,
+                                bucketBytes: a.bucket_bytes)
+            assign.dataServed = a.data_served != 0
+            return .assign(assign)
+        case TETHER__V1__ENVELOPE__BODY_DATA_REQUEST:
+            guard let d = env.data_request?.pointee else { return nil }
+            guard d.split <= 1 else { throw WireError(message: "data request from rank \(env.sender_rank): split \(d.split) (0 training, 1 test)") }
+            return .dataRequest(DataRequest(split: d.split, indices: Array(UnsafeBufferPointer(start: d.indices, count: d.n_indices))))
+        case TETHER__V1__ENVELOPE__BODY_DATA_ROWS:
+            guard let d = env.data_rows?.pointee else { return nil }
+            let error = d.error.map { String(cString: $0) } ?? ""
+            let rows = DataRows(split: d.split, count: d.count, height: d.height, width: d.width, classes: d.classes,
+                                pixels: bytes(d.pixels), labels: bytes(d.labels), error: error)
+            guard error.isEmpty else { return .dataRows(rows) }
+            guard rows.pixels.count == rows.labels.count * Int(d.height) * Int(d.width), rows.labels.allSatisfy({ UInt32($0) < d.classes }) else {
+                throw WireError(message: "data rows from the coordinator: \(rows.pixels.count) pixel bytes for \(rows.labels.count) "
+                                + "\(d.height)x\(d.width) images, labels below \(d.classes) expected")
+            }
+            return .dataRows(rows)
         case TETHER__V1__ENVELOPE__BODY_READY:
             guard let r = env.ready?.pointee else { return nil }
             return .ready(Ready(parameterHash: r.parameter_hash, layoutFingerprint: r.layout_fingerprint))

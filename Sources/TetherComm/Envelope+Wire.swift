@@ -26,6 +26,8 @@ public struct Envelope: Equatable, Sendable {
         case checkpoint(CheckpointData)
         case heartbeat
         case finish
+        case dataRequest(DataRequest)
+        case dataRows(DataRows)
     }
 
     public struct Hello: Equatable, Sendable {
@@ -127,7 +129,7 @@ extension Envelope {
             }
             if let packed { return packed }
             switch body {
-            case .none, .assign, .ready, .start, .stepReport, .evalReport, .checkpoint, .heartbeat, .finish:
+            case .none, .assign, .ready, .start, .stepReport, .evalReport, .checkpoint, .heartbeat, .finish, .dataRequest, .dataRows:
                 return pack()
             case .hello(let h):
                 var hello = Tether__V1__Hello()

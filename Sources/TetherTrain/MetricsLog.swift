@@ -2,7 +2,7 @@ import Foundation
 
 /// One line of metrics.jsonl. Always `event`, `epoch`, `step`; the rest where it applies.
 public struct MetricsEvent: Codable, Equatable, Sendable {
-    public var event: String            // start, step, epoch, end, interrupted
+    public var event: String            // start, training (cluster: all replicas ready), step, epoch, end, interrupted
     public var epoch: Int
     public var step: Int                // global step count after this event
     public var loss: Double?            // mean training loss since the previous line of the same kind

@@ -73,6 +73,9 @@ public protocol Workload: AnyObject {
     func accumulateGradients(epoch: Int, step: Int) -> BatchStats
     /// This shard's part of the held-out evaluation (merge the shards' with `EvaluationReport.merged`).
     func evaluate() -> EvaluationReport
+    /// Makes the samples of `epoch` (nil: the evaluation's) available before its steps run, when they
+    /// come from a served source; reading files needs nothing.
+    func fetch(epoch: Int?) throws
     /// Checkpoint metadata the workload needs to be rebuilt (the vocabulary).
     var checkpointMetadata: [String: String] { get }
 }
@@ -108,6 +111,7 @@ extension Workload {
 
     public var unit: String { "samples" }
     public func startEpoch(_ epoch: Int) {}
+    public func fetch(epoch: Int?) throws {}
     public var checkpointMetadata: [String: String] { [:] }
 }
 
@@ -127,14 +131,16 @@ public enum Workloads {
     /// Builds the workload `config` names: its data, then its model with parameters from the seed's
     /// "INIT" stream (so every process that builds it gets the same weights). `metadata` is a
     /// checkpoint's, when rebuilding one (it carries the vocabulary).
-    public static func make(_ config: TrainingConfig, shard: Shard = .whole, metadata: [String: String] = [:]) throws -> any Workload {
+    /// `images`: where an image workload's samples come from instead of files (a cluster worker's coordinator).
+    public static func make(_ config: TrainingConfig, shard: Shard = .whole, metadata: [String: String] = [:],
+                            images: ImageSource? = nil) throws -> any Workload {
         var rng = RNG(seed: config.seed, stream: 0x494E_4954) // "INIT"
         let workload: any Workload
         switch config.model {
         case _ where ImageModels.names.contains(config.model):
-            workload = try ImageClassification(config, shard: shard, rng: &rng)
+            workload = try ImageClassification(config, shard: shard, source: images, rng: &rng)
         case "autoencoder-tied":
-            workload = try ImageReconstruction(config, shard: shard, rng: &rng)
+            workload = try ImageReconstruction(config, shard: shard, source: images, rng: &rng)
         case "lm-tied":
             workload = try LanguageModelling(config, shard: shard, metadata: metadata, rng: &rng)
         case "wide-deep":
@@ -176,6 +182,9 @@ final class ShuffledSteps {
     }
 
     var perEpoch: Int { (count + globalBatch - 1) / globalBatch }
+
+    /// This shard's samples of every step of `epoch`, in step order.
+    func localSamples(epoch: Int) -> [Int] { (0..<perEpoch).flatMap { samples(epoch: epoch, step: $0).local } }
 
     /// This shard's samples of the step, and the global step's sample count (the gradient's divisor).
     func samples(epoch: Int, step: Int) -> (local: ArraySlice<Int>, global: Int) {

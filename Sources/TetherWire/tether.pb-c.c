@@ -97,6 +97,96 @@ void   tether__v1__assign__free_unpacked
   assert(message->base.descriptor == &tether__v1__assign__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   tether__v1__data_request__init
+                     (Tether__V1__DataRequest         *message)
+{
+  static const Tether__V1__DataRequest init_value = TETHER__V1__DATA_REQUEST__INIT;
+  *message = init_value;
+}
+size_t tether__v1__data_request__get_packed_size
+                     (const Tether__V1__DataRequest *message)
+{
+  assert(message->base.descriptor == &tether__v1__data_request__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t tether__v1__data_request__pack
+                     (const Tether__V1__DataRequest *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &tether__v1__data_request__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t tether__v1__data_request__pack_to_buffer
+                     (const Tether__V1__DataRequest *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &tether__v1__data_request__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Tether__V1__DataRequest *
+       tether__v1__data_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Tether__V1__DataRequest *)
+     protobuf_c_message_unpack (&tether__v1__data_request__descriptor,
+                                allocator, len, data);
+}
+void   tether__v1__data_request__free_unpacked
+                     (Tether__V1__DataRequest *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &tether__v1__data_request__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
+void   tether__v1__data_rows__init
+                     (Tether__V1__DataRows         *message)
+{
+  static const Tether__V1__DataRows init_value = TETHER__V1__DATA_ROWS__INIT;
+  *message = init_value;
+}
+size_t tether__v1__data_rows__get_packed_size
+                     (const Tether__V1__DataRows *message)
+{
+  assert(message->base.descriptor == &tether__v1__data_rows__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t tether__v1__data_rows__pack
+                     (const Tether__V1__DataRows *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &tether__v1__data_rows__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t tether__v1__data_rows__pack_to_buffer
+                     (const Tether__V1__DataRows *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &tether__v1__data_rows__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Tether__V1__DataRows *
+       tether__v1__data_rows__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Tether__V1__DataRows *)
+     protobuf_c_message_unpack (&tether__v1__data_rows__descriptor,
+                                allocator, len, data);
+}
+void   tether__v1__data_rows__free_unpacked
+                     (Tether__V1__DataRows *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &tether__v1__data_rows__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   tether__v1__ready__init
                      (Tether__V1__Ready         *message)
 {
@@ -547,7 +637,7 @@ void   tether__v1__abort__free_unpacked
   assert(message->base.descriptor == &tether__v1__abort__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
-static const ProtobufCFieldDescriptor tether__v1__envelope__field_descriptors[14] =
+static const ProtobufCFieldDescriptor tether__v1__envelope__field_descriptors[16] =
 {
   {
     "protocol_version",
@@ -717,12 +807,38 @@ static const ProtobufCFieldDescriptor tether__v1__envelope__field_descriptors[14
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "data_request",
+    21,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Tether__V1__Envelope, body_case),
+    offsetof(Tether__V1__Envelope, data_request),
+    &tether__v1__data_request__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "data_rows",
+    22,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Tether__V1__Envelope, body_case),
+    offsetof(Tether__V1__Envelope, data_rows),
+    &tether__v1__data_rows__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tether__v1__envelope__field_indices_by_name[] = {
   5,   /* field[5] = abort */
   6,   /* field[6] = assign */
   11,   /* field[11] = checkpoint */
   4,   /* field[4] = chunk */
+  14,   /* field[14] = data_request */
+  15,   /* field[15] = data_rows */
   10,   /* field[10] = eval_report */
   13,   /* field[13] = finish */
   12,   /* field[12] = heartbeat */
@@ -738,7 +854,7 @@ static const ProtobufCIntRange tether__v1__envelope__number_ranges[2 + 1] =
 {
   { 1, 0 },
   { 10, 3 },
-  { 0, 14 }
+  { 0, 16 }
 };
 const ProtobufCMessageDescriptor tether__v1__envelope__descriptor =
 {
@@ -748,14 +864,14 @@ const ProtobufCMessageDescriptor tether__v1__envelope__descriptor =
   "Tether__V1__Envelope",
   "tether.v1",
   sizeof(Tether__V1__Envelope),
-  14,
+  16,
   tether__v1__envelope__field_descriptors,
   tether__v1__envelope__field_indices_by_name,
   2,  tether__v1__envelope__number_ranges,
   (ProtobufCMessageInit) tether__v1__envelope__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tether__v1__assign__field_descriptors[8] =
+static const ProtobufCFieldDescriptor tether__v1__assign__field_descriptors[9] =
 {
   {
     "rank",
@@ -853,11 +969,24 @@ static const ProtobufCFieldDescriptor tether__v1__assign__field_descriptors[8] =
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "data_served",
+    9,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__Assign, data_served),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tether__v1__assign__field_indices_by_name[] = {
   7,   /* field[7] = bucket_bytes */
   6,   /* field[6] = checkpoint_every */
   3,   /* field[3] = config_json */
+  8,   /* field[8] = data_served */
   5,   /* field[5] = hash_every */
   0,   /* field[0] = rank */
   4,   /* field[4] = resume_checkpoint */
@@ -867,7 +996,7 @@ static const unsigned tether__v1__assign__field_indices_by_name[] = {
 static const ProtobufCIntRange tether__v1__assign__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 8 }
+  { 0, 9 }
 };
 const ProtobufCMessageDescriptor tether__v1__assign__descriptor =
 {
@@ -877,11 +1006,191 @@ const ProtobufCMessageDescriptor tether__v1__assign__descriptor =
   "Tether__V1__Assign",
   "tether.v1",
   sizeof(Tether__V1__Assign),
-  8,
+  9,
   tether__v1__assign__field_descriptors,
   tether__v1__assign__field_indices_by_name,
   1,  tether__v1__assign__number_ranges,
   (ProtobufCMessageInit) tether__v1__assign__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor tether__v1__data_request__field_descriptors[2] =
+{
+  {
+    "split",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__DataRequest, split),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "indices",
+    2,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_UINT32,
+    offsetof(Tether__V1__DataRequest, n_indices),
+    offsetof(Tether__V1__DataRequest, indices),
+    NULL,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned tether__v1__data_request__field_indices_by_name[] = {
+  1,   /* field[1] = indices */
+  0,   /* field[0] = split */
+};
+static const ProtobufCIntRange tether__v1__data_request__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor tether__v1__data_request__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "tether.v1.DataRequest",
+  "DataRequest",
+  "Tether__V1__DataRequest",
+  "tether.v1",
+  sizeof(Tether__V1__DataRequest),
+  2,
+  tether__v1__data_request__field_descriptors,
+  tether__v1__data_request__field_indices_by_name,
+  1,  tether__v1__data_request__number_ranges,
+  (ProtobufCMessageInit) tether__v1__data_request__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor tether__v1__data_rows__field_descriptors[8] =
+{
+  {
+    "split",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__DataRows, split),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "count",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__DataRows, count),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "height",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__DataRows, height),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "width",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__DataRows, width),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "classes",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__DataRows, classes),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "pixels",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__DataRows, pixels),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "labels",
+    7,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__DataRows, labels),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "error",
+    8,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__DataRows, error),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned tether__v1__data_rows__field_indices_by_name[] = {
+  4,   /* field[4] = classes */
+  1,   /* field[1] = count */
+  7,   /* field[7] = error */
+  2,   /* field[2] = height */
+  6,   /* field[6] = labels */
+  5,   /* field[5] = pixels */
+  0,   /* field[0] = split */
+  3,   /* field[3] = width */
+};
+static const ProtobufCIntRange tether__v1__data_rows__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 8 }
+};
+const ProtobufCMessageDescriptor tether__v1__data_rows__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "tether.v1.DataRows",
+  "DataRows",
+  "Tether__V1__DataRows",
+  "tether.v1",
+  sizeof(Tether__V1__DataRows),
+  8,
+  tether__v1__data_rows__field_descriptors,
+  tether__v1__data_rows__field_indices_by_name,
+  1,  tether__v1__data_rows__number_ranges,
+  (ProtobufCMessageInit) tether__v1__data_rows__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCFieldDescriptor tether__v1__ready__field_descriptors[2] =

@@ -19,6 +19,8 @@ struct CoordinatorCommand: ParsableCommand {
     @Option(help: "Compare the replicas' parameter hashes every N steps.") var hashEvery = 50
     @Option(help: "Seconds without a message before a worker is declared dead.") var heartbeatTimeout = 5.0
     @OptionGroup var buckets: BucketOptions
+    @Flag(help: "Serve the image samples to the workers over ZeroMQ (each worker holds only its shard) instead of each reading --data.")
+    var serveData = false
     @OptionGroup var jobFile: JobFileOption
 
     func validate() throws {
@@ -31,6 +33,7 @@ struct CoordinatorCommand: ParsableCommand {
         do {
             var options = Coordinator.Options(listen: listen, workers: workers)
             (options.jobID, options.hashEvery, options.heartbeatTimeout, options.bucketBytes) = (jobID, hashEvery, heartbeatTimeout, buckets.bytes)
+            options.serveData = serveData
             try ClusterJob.coordinator(options, training: training, runDirectory: runDir, resume: resume).run()
         } catch {
             if StopSignal.requested {
@@ -77,6 +80,8 @@ struct Simulate: ParsableCommand {
     @Option(help: "Compute threads per worker (default: the cores divided among the workers).") var threads: Int?
     @Option(help: "Compare the replicas' parameter hashes every N steps.") var hashEvery = 50
     @OptionGroup var buckets: BucketOptions
+    @Flag(help: "Serve the image samples to the workers over ZeroMQ (each worker holds only its shard) instead of each reading --data.")
+    var serveData = false
     @OptionGroup var jobFile: JobFileOption
 
     func validate() throws {
@@ -90,7 +95,7 @@ struct Simulate: ParsableCommand {
         var children: [Process] = []
         do {
             var options = Coordinator.Options(listen: "tcp://127.0.0.1:0", workers: workers)
-            (options.jobID, options.hashEvery, options.bucketBytes) = (jobID, hashEvery, buckets.bytes)
+            (options.jobID, options.hashEvery, options.bucketBytes, options.serveData) = (jobID, hashEvery, buckets.bytes, serveData)
             let coordinator = try ClusterJob.coordinator(options, training: training, runDirectory: runDir, resume: resume)
             let perWorker = threads ?? max(1, ProcessInfo.processInfo.activeProcessorCount / workers)
             for _ in 0..<workers {

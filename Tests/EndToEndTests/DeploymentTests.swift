@@ -188,4 +188,17 @@ let netnsUnavailable: String? = {
         }
         #expect(addresses.count == 4, "each worker on its own host: \(addresses)")
     }
+
+    /// Workers that advertise the wrong interface (lo: each host's own loopback) cannot reach each other:
+    /// the job stops within the ring's time-out, naming the unreachable neighbour and what to check.
+    @Test(.enabled(if: dataInstalled && netnsUnavailable == nil, "needs root, network namespaces and Fashion-MNIST: \(netnsUnavailable ?? "")"))
+    func aWrongInterfaceOnEmulatedHostsIsNamed() throws {
+        let dir = CLI.tempDir("netns-wrong")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let r = try CLI.run([file("cluster/netns-cluster").path, "--workers", "2", "--rate", "none", "--advertise", "lo", "--timeout", "90",
+                             "--tether", CLI.binary.path, "--run-dir", dir.path, "--", "--model", "mlp", "--train-limit", "256", "--max-steps", "2"],
+                            timeout: 120, executable: bash)
+        #expect(r.status == 1, "\(r.stdout)\(r.stderr)")
+        #expect(r.stderr.contains("cannot reach its right neighbour rank") && r.stderr.contains("Check the address that worker advertises"), "\(r.stderr)")
+    }
 }

@@ -17,6 +17,8 @@ PROTOBUF_C__BEGIN_DECLS
 
 typedef struct Tether__V1__Envelope Tether__V1__Envelope;
 typedef struct Tether__V1__Assign Tether__V1__Assign;
+typedef struct Tether__V1__DataRequest Tether__V1__DataRequest;
+typedef struct Tether__V1__DataRows Tether__V1__DataRows;
 typedef struct Tether__V1__Ready Tether__V1__Ready;
 typedef struct Tether__V1__Start Tether__V1__Start;
 typedef struct Tether__V1__StepReport Tether__V1__StepReport;
@@ -85,7 +87,9 @@ typedef enum {
   TETHER__V1__ENVELOPE__BODY_EVAL_REPORT = 17,
   TETHER__V1__ENVELOPE__BODY_CHECKPOINT = 18,
   TETHER__V1__ENVELOPE__BODY_HEARTBEAT = 19,
-  TETHER__V1__ENVELOPE__BODY_FINISH = 20
+  TETHER__V1__ENVELOPE__BODY_FINISH = 20,
+  TETHER__V1__ENVELOPE__BODY_DATA_REQUEST = 21,
+  TETHER__V1__ENVELOPE__BODY_DATA_ROWS = 22
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(TETHER__V1__ENVELOPE__BODY__CASE)
 } Tether__V1__Envelope__BodyCase;
 
@@ -120,6 +124,8 @@ struct  Tether__V1__Envelope
     Tether__V1__CheckpointData *checkpoint;
     Tether__V1__Heartbeat *heartbeat;
     Tether__V1__Finish *finish;
+    Tether__V1__DataRequest *data_request;
+    Tether__V1__DataRows *data_rows;
   };
 };
 #define TETHER__V1__ENVELOPE__INIT \
@@ -160,10 +166,65 @@ struct  Tether__V1__Assign
    * dense gradients are all-reduced in buckets of at most this many bytes
    */
   uint32_t bucket_bytes;
+  /*
+   * ask the coordinator for samples (DataRequest) instead of reading --data
+   */
+  protobuf_c_boolean data_served;
 };
 #define TETHER__V1__ASSIGN__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tether__v1__assign__descriptor) \
-    , 0, 0, 0,NULL, {0,NULL}, {0,NULL}, 0, 0, 0 }
+    , 0, 0, 0,NULL, {0,NULL}, {0,NULL}, 0, 0, 0, 0 }
+
+
+/*
+ * Served data (coordinator --serve-data): a worker asks for the samples it needs, by index; the
+ * coordinator answers with those rows, so workers need no copy of the dataset.
+ */
+struct  Tether__V1__DataRequest
+{
+  ProtobufCMessage base;
+  /*
+   * 0 training, 1 test
+   */
+  uint32_t split;
+  /*
+   * the samples wanted, in order; none: only the split's size and shape
+   */
+  size_t n_indices;
+  uint32_t *indices;
+};
+#define TETHER__V1__DATA_REQUEST__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&tether__v1__data_request__descriptor) \
+    , 0, 0,NULL }
+
+
+struct  Tether__V1__DataRows
+{
+  ProtobufCMessage base;
+  uint32_t split;
+  /*
+   * samples in the whole split
+   */
+  uint32_t count;
+  uint32_t height;
+  uint32_t width;
+  uint32_t classes;
+  /*
+   * the requested samples' images, (n, height, width) bytes in request order
+   */
+  ProtobufCBinaryData pixels;
+  /*
+   * one byte per requested sample
+   */
+  ProtobufCBinaryData labels;
+  /*
+   * why the request cannot be served (nothing else is set)
+   */
+  char *error;
+};
+#define TETHER__V1__DATA_ROWS__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&tether__v1__data_rows__descriptor) \
+    , 0, 0, 0, 0, 0, {0,NULL}, {0,NULL}, (char *)protobuf_c_empty_string }
 
 
 /*
@@ -421,6 +482,44 @@ Tether__V1__Assign *
 void   tether__v1__assign__free_unpacked
                      (Tether__V1__Assign *message,
                       ProtobufCAllocator *allocator);
+/* Tether__V1__DataRequest methods */
+void   tether__v1__data_request__init
+                     (Tether__V1__DataRequest         *message);
+size_t tether__v1__data_request__get_packed_size
+                     (const Tether__V1__DataRequest   *message);
+size_t tether__v1__data_request__pack
+                     (const Tether__V1__DataRequest   *message,
+                      uint8_t             *out);
+size_t tether__v1__data_request__pack_to_buffer
+                     (const Tether__V1__DataRequest   *message,
+                      ProtobufCBuffer     *buffer);
+Tether__V1__DataRequest *
+       tether__v1__data_request__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   tether__v1__data_request__free_unpacked
+                     (Tether__V1__DataRequest *message,
+                      ProtobufCAllocator *allocator);
+/* Tether__V1__DataRows methods */
+void   tether__v1__data_rows__init
+                     (Tether__V1__DataRows         *message);
+size_t tether__v1__data_rows__get_packed_size
+                     (const Tether__V1__DataRows   *message);
+size_t tether__v1__data_rows__pack
+                     (const Tether__V1__DataRows   *message,
+                      uint8_t             *out);
+size_t tether__v1__data_rows__pack_to_buffer
+                     (const Tether__V1__DataRows   *message,
+                      ProtobufCBuffer     *buffer);
+Tether__V1__DataRows *
+       tether__v1__data_rows__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   tether__v1__data_rows__free_unpacked
+                     (Tether__V1__DataRows *message,
+                      ProtobufCAllocator *allocator);
 /* Tether__V1__Ready methods */
 void   tether__v1__ready__init
                      (Tether__V1__Ready         *message);
@@ -619,6 +718,12 @@ typedef void (*Tether__V1__Envelope_Closure)
 typedef void (*Tether__V1__Assign_Closure)
                  (const Tether__V1__Assign *message,
                   void *closure_data);
+typedef void (*Tether__V1__DataRequest_Closure)
+                 (const Tether__V1__DataRequest *message,
+                  void *closure_data);
+typedef void (*Tether__V1__DataRows_Closure)
+                 (const Tether__V1__DataRows *message,
+                  void *closure_data);
 typedef void (*Tether__V1__Ready_Closure)
                  (const Tether__V1__Ready *message,
                   void *closure_data);
@@ -660,6 +765,8 @@ extern const ProtobufCEnumDescriptor    tether__v1__operation__descriptor;
 extern const ProtobufCEnumDescriptor    tether__v1__dtype__descriptor;
 extern const ProtobufCMessageDescriptor tether__v1__envelope__descriptor;
 extern const ProtobufCMessageDescriptor tether__v1__assign__descriptor;
+extern const ProtobufCMessageDescriptor tether__v1__data_request__descriptor;
+extern const ProtobufCMessageDescriptor tether__v1__data_rows__descriptor;
 extern const ProtobufCMessageDescriptor tether__v1__ready__descriptor;
 extern const ProtobufCMessageDescriptor tether__v1__start__descriptor;
 extern const ProtobufCMessageDescriptor tether__v1__step_report__descriptor;
