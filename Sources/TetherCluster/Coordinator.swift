@@ -40,6 +40,8 @@ public final class Coordinator {
     let evaluationKind: EvaluationReport.Kind
     /// The splits served to workers (`serveData`).
     private var served: (train: ImageDataset, test: ImageDataset)?
+    /// Asked every loop: a reason to stop the job now (simulate: a worker process that exited early).
+    public var failure: () -> String? = { nil }
     /// When the job was set up: start-up time is measured from here to the Start.
     private let created: Date
 
@@ -111,6 +113,7 @@ public final class Coordinator {
         epochSamples = 0
         while true {
             if StopSignal.requested { try execute([.abort("interrupted")], window: &window, epochStart: &epochStart); }
+            if let reason = failure() { try execute([.abort(reason)], window: &window, epochStart: &epochStart) }
             var events: [CoordinatorState.Event] = [.tick]
             if let (identity, env) = try? router.receive(deadline: .now + .milliseconds(100)), let identity, let body = env.body {
                 let rank = Int(env.senderRank)

@@ -102,12 +102,20 @@ struct Simulate: ParsableCommand {
                 let p = Process()
                 p.executableURL = URL(fileURLWithPath: "/proc/self/exe")
                 p.arguments = ["worker", "--coordinator", coordinator.boundAddress, "--advertise", "tcp://127.0.0.1:0", "--job-id", jobID, "--threads", String(perWorker)]
-                var env = ProcessInfo.processInfo.environment
+                // TETHER_* settings are the coordinator's (JobSettings); a worker would refuse them.
+                var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("TETHER_") }
                 env["OPENBLAS_NUM_THREADS"] = String(perWorker)
                 env[ProcessLifetime.parentVariable] = String(getpid())
                 p.environment = env
                 try p.run()
                 children.append(p)
+            }
+            // A worker that exits with an error before it could tell the coordinator (a bad setting) stops
+            // the job now; one killed by a signal is named by rank when its heartbeats stop.
+            coordinator.failure = {
+                children.first { !$0.isRunning && $0.terminationReason == .exit && $0.terminationStatus != 0 }.map {
+                    "worker process \($0.processIdentifier) exited with status \($0.terminationStatus) (its error is above)"
+                }
             }
             try coordinator.run()
             ClusterJob.reap(children, within: 10)

@@ -49,6 +49,17 @@ let netnsUnavailable: String? = {
         #expect(fromFlags.stdout.contains("done: 4 steps"), "\(fromFlags.stdout) \(fromFlags.stderr)")
     }
 
+    /// TETHER_* variables configure simulate's coordinator; its worker processes (which have no such
+    /// options) must not inherit them.
+    @Test(.enabled(if: dataInstalled, "needs Debian's dataset-fashion-mnist"))
+    func simulateKeepsItsSettingsFromItsWorkers() throws {
+        let dir = CLI.tempDir("simulate-settings")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let r = try CLI.run(["simulate", "--workers", "2", "--run-dir", dir.path] + quick, timeout: 120,
+                            environment: ["TETHER_MAX_STEPS": "3", "TETHER_SEED": "2"])
+        #expect(r.status == 0 && r.stdout.contains("done: 3 steps"), "\(r.stdout)\(r.stderr)")
+    }
+
     @Test func unknownSettingsAreErrorsThatNameTheirSource() throws {
         let dir = CLI.tempDir("bad-settings")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
