@@ -39,7 +39,7 @@ public final class Coordinator {
     private var epochSamples = 0
     let evaluationKind: EvaluationReport.Kind
     /// The splits served to workers (`serveData`).
-    private var served: (train: ImageDataset, test: ImageDataset)?
+    private var served: (train: any ServableDataset, test: any ServableDataset)?
     /// Asked every loop: a reason to stop the job now (simulate: a worker process that exited early).
     public var failure: () -> String? = { nil }
     /// When the job was set up: start-up time is measured from here to the Start.
@@ -54,6 +54,7 @@ public final class Coordinator {
         try FileManager.default.createDirectory(at: runDirectory, withIntermediateDirectories: true)
         let checkpointURL = runDirectory.appendingPathComponent(Checkpoint.fileName)
         let config = given
+        var resumeMetadata: [String: String] = [:]
         if resume {
             let loaded = try Checkpoint.Loaded(checkpointURL)
             let changed = given.fieldsDiffering(from: loaded.config)
@@ -63,6 +64,7 @@ public final class Coordinator {
             }
             resumeBytes = [UInt8](try Data(contentsOf: checkpointURL))
             startState = loaded.state
+            resumeMetadata = loaded.file.metadata
         } else if FileManager.default.fileExists(atPath: checkpointURL.path) {
             throw ConfigError(message: "\(checkpointURL.path) exists: pass --resume to continue that run, or choose another --run-dir")
         }
@@ -70,18 +72,15 @@ public final class Coordinator {
         self.config = config
         // The coordinator builds the workload once, to know the epoch's length and to fail early on bad
         // data or flags, before any worker is involved.
-        let probe = try Workloads.make(config, shard: Shard(rank: 0, count: options.workers))
+        // Its data is also what the coordinator serves (`serveData`); a resumed run's vocabulary is the checkpoint's.
+        let probe = try Workloads.make(config, shard: Shard(rank: 0, count: options.workers), metadata: resumeMetadata)
         stepsPerEpoch = probe.stepsPerEpoch
-        if options.serveData {
-            guard Workloads.evaluationKind(for: config.model) == .classification || config.model == "autoencoder-tied" else {
-                throw ConfigError(message: "--serve-data serves image data (fashion-mnist, idx:DIR); \(config.model) reads \(config.data), "
-                                  + "which every worker reads from a shared path (synthetic-clicks is generated on each worker)")
-            }
-            served = (try DataSource.images(config.data, split: .train, limit: config.trainLimit),
-                      try DataSource.images(config.data, split: .test, limit: config.testLimit))
-        }
+        if options.serveData { served = probe.servedSplits }
         evaluationKind = Workloads.evaluationKind(for: config.model)
         let total = config.totalSteps(stepsPerEpoch: stepsPerEpoch)
+        if let done = startState?.globalStep, done >= total {
+            throw ConfigError(message: "the run in \(runDirectory.path) has finished its \(done) steps; continue it with more --epochs or --max-steps")
+        }
         var settings = CoordinatorState.Settings(workers: options.workers, firstStep: startState?.globalStep ?? 0, totalSteps: total, stepsPerEpoch: stepsPerEpoch)
         settings.heartbeatTimeout = options.heartbeatTimeout
         settings.joinTimeout = options.joinTimeout

@@ -3,67 +3,56 @@ import TetherComm
 import TetherData
 import TetherTrain
 
-/// Served data (`--serve-data`): the coordinator holds the image dataset and answers each worker's
-/// DataRequest with the rows it names; a worker asks for its shard's samples one epoch at a time (and
-/// its share of the test set), so it needs no copy of the dataset and holds only 1/N of it.
+/// Served data (`--serve-data`): the coordinator holds the datasets (as its own workload read them) and
+/// answers each worker's DataRequest with the rows it names; a worker asks for what its shard reads
+/// (an epoch's samples at a time, its share of the test set, a language model's streams once), so it
+/// needs no copy of the dataset and holds only its part.
 enum DataServing {
-    /// Requests of at most this many samples (a Fashion-MNIST reply of 3.2 MB: the copies a reply passes
-    /// through on its way into the shard stay small beside the shard itself).
-    static let samplesPerRequest = 4096
+    /// Requests of at most this many rows (3.2 MB of Fashion-MNIST): the copies a reply passes through
+    /// on its way into the shard stay small beside the shard itself.
+    static let rowsPerRequest = 4096
 
-    static func split(_ number: UInt32) -> FashionMNIST.Split { number == 0 ? .train : .test }
     static func number(_ split: FashionMNIST.Split) -> UInt32 { split == .train ? 0 : 1 }
 
     /// The coordinator's answer to `request` from the splits it serves.
-    static func answer(_ request: Envelope.DataRequest, train: ImageDataset, test: ImageDataset) -> Envelope.DataRows {
+    static func answer(_ request: Envelope.DataRequest, train: any ServableDataset, test: any ServableDataset) -> Envelope.DataRows {
         let data = request.split == 0 ? train : test
-        var rows = Envelope.DataRows(split: request.split, count: UInt32(data.count), height: UInt32(data.height), width: UInt32(data.width),
-                                     classes: UInt32(data.classes))
         if let bad = request.indices.first(where: { Int($0) >= data.count }) {
-            return Envelope.DataRows(split: request.split, error: "sample \(bad) requested of a \(split(request.split)) split of \(data.count)")
+            return Envelope.DataRows(split: request.split, error: "row \(bad) requested of a \(request.split == 0 ? "training" : "held-out") split of \(data.count)")
         }
-        let f = data.features
-        rows.pixels.reserveCapacity(request.indices.count * f)
-        data.pixels.withUnsafeBufferPointer { px in
-            for i in request.indices { rows.pixels.append(contentsOf: px[Int(i) * f ..< (Int(i) + 1) * f]) }
-        }
-        rows.labels = request.indices.map { UInt8(data.labels[Int($0)]) }
-        return rows
+        return Envelope.DataRows(split: request.split, count: UInt32(data.count), shape: data.encodedShape(),
+                                 rows: data.encodedRows(request.indices.map { Int($0) }))
     }
 }
 
-/// A worker's image source: rows asked of the coordinator over its control channel.
-final class ServedImages: ImageSource {
+/// A worker's sample source: rows asked of the coordinator over its control channel.
+final class ServedData: SampleSource {
     private let ask: (Envelope.DataRequest) throws -> Envelope.DataRows
 
     /// `ask` sends a request and returns the coordinator's answer.
     init(ask: @escaping (Envelope.DataRequest) throws -> Envelope.DataRows) { self.ask = ask }
 
-    private func request(_ split: FashionMNIST.Split, _ indices: [UInt32]) throws -> Envelope.DataRows {
-        let rows = try ask(Envelope.DataRequest(split: DataServing.number(split), indices: indices))
-        guard rows.error.isEmpty else { throw ClusterError("the coordinator cannot serve the \(split) samples: \(rows.error)") }
-        guard rows.split == DataServing.number(split), rows.labels.count == indices.count else {
-            throw ClusterError("the coordinator answered a request for \(indices.count) \(split) samples with \(rows.labels.count) of split \(rows.split)")
+    private func request(_ split: FashionMNIST.Split, _ indices: ArraySlice<Int>) throws -> Envelope.DataRows {
+        let answer = try ask(Envelope.DataRequest(split: DataServing.number(split), indices: indices.map { UInt32($0) }))
+        guard answer.error.isEmpty else { throw ClusterError("the coordinator cannot serve the \(split) split: \(answer.error)") }
+        guard answer.split == DataServing.number(split) else {
+            throw ClusterError("the coordinator answered a request for the \(split) split with split \(answer.split)")
+        }
+        return answer
+    }
+
+    func describe(_ split: FashionMNIST.Split) throws -> (count: Int, shape: [UInt8]) {
+        let answer = try request(split, [])
+        return (Int(answer.count), answer.shape)
+    }
+
+    func rows(_ split: FashionMNIST.Split, _ indices: [Int]) throws -> [UInt8] {
+        var rows: [UInt8] = []
+        for start in stride(from: 0, to: indices.count, by: DataServing.rowsPerRequest) {
+            let answer = try request(split, indices[start ..< min(start + DataServing.rowsPerRequest, indices.count)])
+            if start == 0 { rows.reserveCapacity(answer.rows.count * (indices.count + DataServing.rowsPerRequest - 1) / DataServing.rowsPerRequest) }
+            rows += answer.rows
         }
         return rows
-    }
-
-    func shape(_ split: FashionMNIST.Split) throws -> ImageShape {
-        let r = try request(split, [])
-        return ImageShape(count: Int(r.count), height: Int(r.height), width: Int(r.width), classes: Int(r.classes))
-    }
-
-    func rows(_ split: FashionMNIST.Split, _ indices: [Int]) throws -> ImageDataset {
-        var pixels: [UInt8] = [], labels: [Int32] = []
-        var shape = (height: 0, width: 0, classes: 0)
-        for start in stride(from: 0, to: max(indices.count, 1), by: DataServing.samplesPerRequest) {
-            let part = indices[start ..< min(start + DataServing.samplesPerRequest, indices.count)].map { UInt32($0) }
-            let r = try request(split, part)
-            if start == 0 { pixels.reserveCapacity(indices.count * r.pixels.count / max(part.count, 1)) }
-            pixels += r.pixels
-            labels += r.labels.map { Int32($0) }
-            shape = (Int(r.height), Int(r.width), Int(r.classes))
-        }
-        return ImageDataset(pixels: pixels, labels: labels, height: shape.height, width: shape.width, classes: shape.classes)
     }
 }

@@ -75,11 +75,11 @@ public final class Worker {
             resumed = try Checkpoint.Loaded(file)
         }
         ProcessMemory.keepFreedBuffers()
-        let served = !assign.dataServed ? nil : ServedImages { [unowned self] request in
+        let served = !assign.dataServed ? nil : ServedData { [unowned self] request in
             try control.send(.dataRequest(request), from: rank)
             return try waitFor("the requested samples", within: 120) { if case .dataRows(let r) = $0 { return r }; return nil }
         }
-        let workload = try Workloads.make(config, shard: shard, metadata: resumed?.file.metadata ?? [:], images: served)
+        let workload = try Workloads.make(config, shard: shard, metadata: resumed?.file.metadata ?? [:], source: served)
         let model = workload.model
         // Dropout masks differ per replica (each draws its own samples' masks).
         model.context.rng = RNG(seed: config.seed, stream: 0x4452_4F50 &+ UInt64(rank))

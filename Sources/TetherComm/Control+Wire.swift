@@ -69,15 +69,14 @@ extension Envelope {
         public init(split: UInt32, indices: [UInt32]) { (self.split, self.indices) = (split, indices) }
     }
 
-    /// The requested samples of a split (images and labels in request order), with the split's size and shape.
+    /// The requested rows of a split (encoded by the dataset's type, in request order), with the
+    /// split's size and encoded shape; or why they cannot be served.
     public struct DataRows: Equatable, Sendable {
-        public var split: UInt32, count: UInt32, height: UInt32, width: UInt32, classes: UInt32
-        public var pixels: [UInt8], labels: [UInt8]
+        public var split: UInt32, count: UInt32
+        public var shape: [UInt8], rows: [UInt8]
         public var error: String
-        public init(split: UInt32, count: UInt32 = 0, height: UInt32 = 0, width: UInt32 = 0, classes: UInt32 = 0,
-                    pixels: [UInt8] = [], labels: [UInt8] = [], error: String = "") {
-            (self.split, self.count, self.height, self.width, self.classes) = (split, count, height, width, classes)
-            (self.pixels, self.labels, self.error) = (pixels, labels, error)
+        public init(split: UInt32, count: UInt32 = 0, shape: [UInt8] = [], rows: [UInt8] = [], error: String = "") {
+            (self.split, self.count, self.shape, self.rows, self.error) = (split, count, shape, rows, error)
         }
     }
 
@@ -170,8 +169,8 @@ extension Envelope {
         case .dataRows(let d):
             var m = Tether__V1__DataRows()
             tether__v1__data_rows__init(&m)
-            (m.split, m.count, m.height, m.width, m.classes) = (d.split, d.count, d.height, d.width, d.classes)
-            (m.pixels, m.labels, m.error) = (arena.binary(d.pixels), arena.binary(d.labels), arena.string(d.error))
+            (m.split, m.count) = (d.split, d.count)
+            (m.shape, m.rows, m.error) = (arena.binary(d.shape), arena.binary(d.rows), arena.string(d.error))
             return withUnsafeMutablePointer(to: &m) { msg.body_case = TETHER__V1__ENVELOPE__BODY_DATA_ROWS; msg.data_rows = $0; return pack(&msg) }
         case .hello, .chunk, .abort:
             return nil
@@ -199,15 +198,9 @@ extension Envelope {
             return .dataRequest(DataRequest(split: d.split, indices: Array(UnsafeBufferPointer(start: d.indices, count: d.n_indices))))
         case TETHER__V1__ENVELOPE__BODY_DATA_ROWS:
             guard let d = env.data_rows?.pointee else { return nil }
-            let error = d.error.map { String(cString: $0) } ?? ""
-            let rows = DataRows(split: d.split, count: d.count, height: d.height, width: d.width, classes: d.classes,
-                                pixels: bytes(d.pixels), labels: bytes(d.labels), error: error)
-            guard error.isEmpty else { return .dataRows(rows) }
-            guard rows.pixels.count == rows.labels.count * Int(d.height) * Int(d.width), rows.labels.allSatisfy({ UInt32($0) < d.classes }) else {
-                throw WireError(message: "data rows from the coordinator: \(rows.pixels.count) pixel bytes for \(rows.labels.count) "
-                                + "\(d.height)x\(d.width) images, labels below \(d.classes) expected")
-            }
-            return .dataRows(rows)
+            // The rows are checked against their shape where they are decoded (ServableDataset).
+            return .dataRows(DataRows(split: d.split, count: d.count, shape: bytes(d.shape), rows: bytes(d.rows),
+                                      error: d.error.map { String(cString: $0) } ?? ""))
         case TETHER__V1__ENVELOPE__BODY_READY:
             guard let r = env.ready?.pointee else { return nil }
             return .ready(Ready(parameterHash: r.parameter_hash, layoutFingerprint: r.layout_fingerprint))

@@ -76,6 +76,8 @@ public protocol Workload: AnyObject {
     /// Makes the samples of `epoch` (nil: the evaluation's) available before its steps run, when they
     /// come from a served source; reading files needs nothing.
     func fetch(epoch: Int?) throws
+    /// The training and held-out datasets, as a coordinator serves them (read from files).
+    var servedSplits: (train: any ServableDataset, test: any ServableDataset) { get }
     /// Checkpoint metadata the workload needs to be rebuilt (the vocabulary).
     var checkpointMetadata: [String: String] { get }
 }
@@ -131,20 +133,20 @@ public enum Workloads {
     /// Builds the workload `config` names: its data, then its model with parameters from the seed's
     /// "INIT" stream (so every process that builds it gets the same weights). `metadata` is a
     /// checkpoint's, when rebuilding one (it carries the vocabulary).
-    /// `images`: where an image workload's samples come from instead of files (a cluster worker's coordinator).
+    /// `source`: where the samples come from instead of files (a cluster worker's coordinator).
     public static func make(_ config: TrainingConfig, shard: Shard = .whole, metadata: [String: String] = [:],
-                            images: ImageSource? = nil) throws -> any Workload {
+                            source: SampleSource? = nil) throws -> any Workload {
         var rng = RNG(seed: config.seed, stream: 0x494E_4954) // "INIT"
         let workload: any Workload
         switch config.model {
         case _ where ImageModels.names.contains(config.model):
-            workload = try ImageClassification(config, shard: shard, source: images, rng: &rng)
+            workload = try ImageClassification(config, shard: shard, source: source, rng: &rng)
         case "autoencoder-tied":
-            workload = try ImageReconstruction(config, shard: shard, source: images, rng: &rng)
+            workload = try ImageReconstruction(config, shard: shard, source: source, rng: &rng)
         case "lm-tied":
-            workload = try LanguageModelling(config, shard: shard, metadata: metadata, rng: &rng)
+            workload = try LanguageModelling(config, shard: shard, metadata: metadata, source: source, rng: &rng)
         case "wide-deep":
-            workload = try ClickPrediction(config, shard: shard, rng: &rng)
+            workload = try ClickPrediction(config, shard: shard, source: source, rng: &rng)
         default:
             throw ConfigError(message: "unknown --model \"\(config.model)\": choose one of \(names.joined(separator: ", "))")
         }

@@ -5,10 +5,17 @@ import TetherTensor
 
 /// The training and test images a config names: read from its files, or (cluster workers of a coordinator
 /// that serves data) from `source`.
-private func imageSplits(_ config: TrainingConfig, source: ImageSource?) throws -> (train: ImageSamples, test: ImageSamples) {
+private func imageSplits(_ config: TrainingConfig, source: SampleSource?) throws -> (train: ImageSamples, test: ImageSamples) {
     if let source { return (try ImageSamples(source: source, split: .train), try ImageSamples(source: source, split: .test)) }
     return (ImageSamples(files: try DataSource.images(config.data, split: .train, limit: config.trainLimit), split: .train),
             ImageSamples(files: try DataSource.images(config.data, split: .test, limit: config.testLimit), split: .test))
+}
+
+typealias ImageSamples = SplitSamples<ImageDataset>
+
+extension SplitSamples<ImageDataset> {
+    /// The split's samples `indices` as a batch of (B, H*W) values in [0, 1].
+    func batch(_ indices: ArraySlice<Int>) -> (inputs: Tensor<Float>, labels: [Int32]) { dataset.batch(rows(indices), as: Float.self) }
 }
 
 /// Fashion-MNIST (or any IDX images) classified by mlp, mlp-wn or cnn-wn.
@@ -20,15 +27,16 @@ final class ImageClassification: Workload {
 
     let shard: Shard
 
-    init(_ config: TrainingConfig, shard: Shard, source: ImageSource?, rng: inout RNG) throws {
+    init(_ config: TrainingConfig, shard: Shard, source: SampleSource?, rng: inout RNG) throws {
         (train, test) = try imageSplits(config, source: source)
         self.shard = shard
         steps = ShuffledSteps(seed: config.seed, count: train.count, batch: config.batch, shard: shard)
-        classifier = ImageModels.make(config.model, height: train.shape.height, width: train.shape.width, classes: train.shape.classes, rng: &rng, as: Float.self)!
+        classifier = ImageModels.make(config.model, height: train.dataset.height, width: train.dataset.width, classes: train.dataset.classes, rng: &rng, as: Float.self)!
     }
 
     var stepsPerEpoch: Int { steps.perEpoch }
-    func fetch(epoch: Int?) throws { try fetchImages(train: train, test: test, steps: steps, shard: shard, epoch: epoch) }
+    func fetch(epoch: Int?) throws { try fetchShuffled(train: train, test: test, steps: steps, shard: shard, epoch: epoch) }
+    var servedSplits: (train: any ServableDataset, test: any ServableDataset) { (train.dataset, test.dataset) }
     var sizeSummary: String { "\(train.count) training / \(test.count) test samples" }
 
     func initializeFromData(reduce: StatisticsReducer) {
@@ -60,15 +68,16 @@ final class ImageReconstruction: Workload {
 
     let shard: Shard
 
-    init(_ config: TrainingConfig, shard: Shard, source: ImageSource?, rng: inout RNG) throws {
+    init(_ config: TrainingConfig, shard: Shard, source: SampleSource?, rng: inout RNG) throws {
         (train, test) = try imageSplits(config, source: source)
         self.shard = shard
         steps = ShuffledSteps(seed: config.seed, count: train.count, batch: config.batch, shard: shard)
-        autoencoder = TiedAutoencoder(features: train.shape.height * train.shape.width, rng: &rng)
+        autoencoder = TiedAutoencoder(features: train.dataset.features, rng: &rng)
     }
 
     var stepsPerEpoch: Int { steps.perEpoch }
-    func fetch(epoch: Int?) throws { try fetchImages(train: train, test: test, steps: steps, shard: shard, epoch: epoch) }
+    func fetch(epoch: Int?) throws { try fetchShuffled(train: train, test: test, steps: steps, shard: shard, epoch: epoch) }
+    var servedSplits: (train: any ServableDataset, test: any ServableDataset) { (train.dataset, test.dataset) }
     var sizeSummary: String { "\(train.count) training / \(test.count) test images" }
     func initializeFromData(reduce: StatisticsReducer) {}
 
@@ -84,8 +93,3 @@ final class ImageReconstruction: Workload {
     }
 }
 
-/// Served images: the epoch's samples of this shard in step order, or its share of the test set.
-private func fetchImages(train: ImageSamples, test: ImageSamples, steps: ShuffledSteps, shard: Shard, epoch: Int?) throws {
-    if let epoch { try train.fetch(epoch) { steps.localSamples(epoch: epoch) } }
-    else { try test.fetch(-1) { shard.dealt(0..<test.count) } }
-}

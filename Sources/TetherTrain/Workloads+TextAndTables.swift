@@ -13,31 +13,53 @@ final class LanguageModelling: Workload {
     let train: TokenStreams, validation: TokenStreams
     let options: LanguageOptions
     let trainStreams: Range<Int>, validationStreams: Range<Int>
+    /// Streams of all shards together (the gradient's divisor counts every shard's tokens).
+    let globalColumns: Int
     var model: any Model<Float> { lm }
     var unit: String { "tokens" }
 
     /// A fresh run counts the vocabulary from the training split; a checkpoint's (in `metadata`) is reused.
-    init(_ config: TrainingConfig, shard: Shard, metadata: [String: String], rng: inout RNG) throws {
+    /// Served (`source`): the coordinator's vocabulary and, of each split, only this shard's streams
+    /// (a contiguous run of tokens), fetched once.
+    init(_ config: TrainingConfig, shard: Shard, metadata: [String: String], source: SampleSource?, rng: inout RNG) throws {
         options = config.language
-        let corpus = try DataSource.text(config.data)
-        if let saved = metadata[Self.vocabularyKey] {
-            do { vocabulary = try JSONDecoder().decode(Vocabulary.self, from: Data(saved.utf8)) } catch {
-                throw ConfigError(message: "checkpoint metadata \(Self.vocabularyKey) is not a vocabulary: \(error)")
+        globalColumns = config.batch * shard.count
+        let evalColumns = { (tokens: Int) in min(config.language.evalStreams, max(1, tokens / 2)) }
+        if let source {
+            func streams(_ split: FashionMNIST.Split, columns: (Int) -> Int) throws -> (TokenSequence, Range<Int>, Int) {
+                let (count, shape) = try source.describe(split)
+                let all = columns(count), length = count / all, part = shard.part(of: all)
+                let rows = try source.rows(split, Array(part.lowerBound * length ..< part.upperBound * length))
+                return (try TokenSequence(shape: shape, rows: rows), part, length)
             }
+            let (t, tPart, tLength) = try streams(.train) { _ in config.batch * shard.count }
+            let (v, vPart, _) = try streams(.test, columns: evalColumns)
+            vocabulary = t.vocabulary
+            guard tLength > 1 else { throw ConfigError(message: "\(config.data): too few training tokens for \(globalColumns) streams (--batch x workers)") }
+            train = TokenStreams(t.tokens, columns: tPart.count)
+            validation = TokenStreams(v.tokens, columns: max(vPart.count, 1))
+            (trainStreams, validationStreams) = (0..<tPart.count, 0..<vPart.count)
         } else {
-            vocabulary = Vocabulary(counting: corpus.trainLines, size: options.vocabulary)
+            let corpus = try DataSource.text(config.data)
+            if let saved = metadata[Self.vocabularyKey] {
+                do { vocabulary = try JSONDecoder().decode(Vocabulary.self, from: Data(saved.utf8)) } catch {
+                    throw ConfigError(message: "checkpoint metadata \(Self.vocabularyKey) is not a vocabulary: \(error)")
+                }
+            } else {
+                vocabulary = Vocabulary(counting: corpus.trainLines, size: options.vocabulary)
+            }
+            var trainTokens = vocabulary.encode(corpus.trainLines)
+            if let n = config.trainLimit { trainTokens = Array(trainTokens.prefix(n)) }
+            var validTokens = vocabulary.encode(corpus.validationLines)
+            if let n = config.testLimit { validTokens = Array(validTokens.prefix(n)) }
+            train = TokenStreams(trainTokens, columns: globalColumns)
+            validation = TokenStreams(validTokens, columns: evalColumns(validTokens.count))
+            guard train.steps(bptt: options.bptt) > 0 else {
+                throw ConfigError(message: "\(config.data): \(trainTokens.count) training tokens are too few for \(train.columns) streams (--batch x workers)")
+            }
+            trainStreams = shard.part(of: train.columns)
+            validationStreams = shard.part(of: validation.columns)
         }
-        var trainTokens = vocabulary.encode(corpus.trainLines)
-        if let n = config.trainLimit { trainTokens = Array(trainTokens.prefix(n)) }
-        var validTokens = vocabulary.encode(corpus.validationLines)
-        if let n = config.testLimit { validTokens = Array(validTokens.prefix(n)) }
-        train = TokenStreams(trainTokens, columns: config.batch * shard.count)
-        validation = TokenStreams(validTokens, columns: min(options.evalStreams, max(1, validTokens.count / 2)))
-        guard train.steps(bptt: options.bptt) > 0 else {
-            throw ConfigError(message: "\(config.data): \(trainTokens.count) training tokens are too few for \(train.columns) streams (--batch x workers)")
-        }
-        trainStreams = shard.part(of: train.columns)
-        validationStreams = shard.part(of: validation.columns)
         let shape = LanguageModelShape(vocabulary: vocabulary.count, size: options.size, layers: options.layers,
                                        dropout: options.dropout, tied: !options.untied, weightNorm: options.weightNorm)
         lm = LanguageModel(shape, trainStreams: config.batch, rng: &rng)
@@ -54,10 +76,13 @@ final class LanguageModelling: Workload {
 
     func initializeFromData(reduce: StatisticsReducer) {}
     func startEpoch(_ epoch: Int) { lm.resetState() }
+    var servedSplits: (train: any ServableDataset, test: any ServableDataset) {
+        (TokenSequence(vocabulary: vocabulary, tokens: train.tokens), TokenSequence(vocabulary: vocabulary, tokens: validation.tokens))
+    }
 
     func accumulateGradients(epoch: Int, step: Int) -> BatchStats {
         let w = train.window(step: step, bptt: options.bptt, streams: trainStreams)
-        return lm.accumulateGradients(inputs: w.inputs, targets: w.targets, steps: w.steps, scale: 1 / Float(w.steps * train.columns))
+        return lm.accumulateGradients(inputs: w.inputs, targets: w.targets, steps: w.steps, scale: 1 / Float(w.steps * globalColumns))
     }
 
     func evaluate() -> EvaluationReport {
@@ -76,19 +101,25 @@ final class LanguageModelling: Workload {
 /// wide-deep on tabular rows (synthetic-clicks, or csv: with a schema), shuffled each epoch.
 final class ClickPrediction: Workload {
     let wideDeep: WideDeep<Float>
-    let train: TabularDataset, test: TabularDataset
+    let train: SplitSamples<TabularDataset>, test: SplitSamples<TabularDataset>
     let config: TrainingConfig
     let steps: ShuffledSteps
     var model: any Model<Float> { wideDeep }
 
     let shard: Shard
 
-    init(_ config: TrainingConfig, shard: Shard, rng: inout RNG) throws {
+    init(_ config: TrainingConfig, shard: Shard, source: SampleSource?, rng: inout RNG) throws {
         self.config = config
         self.shard = shard
-        let (train, test) = try DataSource.tabular(config.data, schema: config.schema, seed: config.seed)
-        (self.train, self.test) = (train.prefix(config.trainLimit), test.prefix(config.testLimit))
+        if let source {
+            (train, test) = (try SplitSamples(source: source, split: .train), try SplitSamples(source: source, split: .test))
+        } else {
+            let (train, test) = try DataSource.tabular(config.data, schema: config.schema, seed: config.seed)
+            (self.train, self.test) = (SplitSamples(files: train.prefix(config.trainLimit), split: .train),
+                                       SplitSamples(files: test.prefix(config.testLimit), split: .test))
+        }
         steps = ShuffledSteps(seed: config.seed, count: self.train.count, batch: config.batch, shard: shard)
+        let train = self.train.dataset
         let o = config.wideDeep
         wideDeep = WideDeep(WideDeepShape(fields: train.fields, numeric: train.numericNames.count, crosses: train.crosses, buckets: o.buckets,
                                           wideBuckets: o.wideBuckets, embedding: o.embedding, hidden: o.hidden, parts: o.parts), rng: &rng)
@@ -96,12 +127,16 @@ final class ClickPrediction: Workload {
 
     var stepsPerEpoch: Int { steps.perEpoch }
     var sizeSummary: String {
-        "\(train.count) training / \(test.count) test rows, \(train.fields) categorical + \(train.numericNames.count) numeric features, "
-            + "\(train.crosses.count) crosses, parts: \(config.wideDeep.parts.rawValue)"
+        let d = train.dataset
+        return "\(train.count) training / \(test.count) test rows, \(d.fields) categorical + \(d.numericNames.count) numeric features, "
+            + "\(d.crosses.count) crosses, parts: \(config.wideDeep.parts.rawValue)"
     }
+    func fetch(epoch: Int?) throws { try fetchShuffled(train: train, test: test, steps: steps, shard: shard, epoch: epoch) }
+    var servedSplits: (train: any ServableDataset, test: any ServableDataset) { (train.dataset, test.dataset) }
 
-    static func batch(_ data: TabularDataset, _ rows: ArraySlice<Int>) -> TabularBatch<Float> {
-        let (c, x, y) = data.gather(rows)
+    static func batch(_ samples: SplitSamples<TabularDataset>, _ indices: ArraySlice<Int>) -> TabularBatch<Float> {
+        let data = samples.dataset
+        let (c, x, y) = data.gather(samples.rows(indices))
         return TabularBatch(categorical: c, numeric: Tensor(shape: [y.count, data.numericNames.count], scalars: x), labels: y)
     }
 

@@ -1064,7 +1064,7 @@ const ProtobufCMessageDescriptor tether__v1__data_request__descriptor =
   (ProtobufCMessageInit) tether__v1__data_request__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tether__v1__data_rows__field_descriptors[8] =
+static const ProtobufCFieldDescriptor tether__v1__data_rows__field_descriptors[5] =
 {
   {
     "split",
@@ -1091,66 +1091,6 @@ static const ProtobufCFieldDescriptor tether__v1__data_rows__field_descriptors[8
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
   {
-    "height",
-    3,
-    PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_UINT32,
-    0,   /* quantifier_offset */
-    offsetof(Tether__V1__DataRows, height),
-    NULL,
-    NULL,
-    0,             /* flags */
-    0,NULL,NULL    /* reserved1,reserved2, etc */
-  },
-  {
-    "width",
-    4,
-    PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_UINT32,
-    0,   /* quantifier_offset */
-    offsetof(Tether__V1__DataRows, width),
-    NULL,
-    NULL,
-    0,             /* flags */
-    0,NULL,NULL    /* reserved1,reserved2, etc */
-  },
-  {
-    "classes",
-    5,
-    PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_UINT32,
-    0,   /* quantifier_offset */
-    offsetof(Tether__V1__DataRows, classes),
-    NULL,
-    NULL,
-    0,             /* flags */
-    0,NULL,NULL    /* reserved1,reserved2, etc */
-  },
-  {
-    "pixels",
-    6,
-    PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_BYTES,
-    0,   /* quantifier_offset */
-    offsetof(Tether__V1__DataRows, pixels),
-    NULL,
-    NULL,
-    0,             /* flags */
-    0,NULL,NULL    /* reserved1,reserved2, etc */
-  },
-  {
-    "labels",
-    7,
-    PROTOBUF_C_LABEL_NONE,
-    PROTOBUF_C_TYPE_BYTES,
-    0,   /* quantifier_offset */
-    offsetof(Tether__V1__DataRows, labels),
-    NULL,
-    NULL,
-    0,             /* flags */
-    0,NULL,NULL    /* reserved1,reserved2, etc */
-  },
-  {
     "error",
     8,
     PROTOBUF_C_LABEL_NONE,
@@ -1162,21 +1102,43 @@ static const ProtobufCFieldDescriptor tether__v1__data_rows__field_descriptors[8
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "shape",
+    9,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__DataRows, shape),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "rows",
+    10,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__DataRows, rows),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tether__v1__data_rows__field_indices_by_name[] = {
-  4,   /* field[4] = classes */
   1,   /* field[1] = count */
-  7,   /* field[7] = error */
-  2,   /* field[2] = height */
-  6,   /* field[6] = labels */
-  5,   /* field[5] = pixels */
+  2,   /* field[2] = error */
+  4,   /* field[4] = rows */
+  3,   /* field[3] = shape */
   0,   /* field[0] = split */
-  3,   /* field[3] = width */
 };
-static const ProtobufCIntRange tether__v1__data_rows__number_ranges[1 + 1] =
+static const ProtobufCIntRange tether__v1__data_rows__number_ranges[2 + 1] =
 {
   { 1, 0 },
-  { 0, 8 }
+  { 8, 2 },
+  { 0, 5 }
 };
 const ProtobufCMessageDescriptor tether__v1__data_rows__descriptor =
 {
@@ -1186,10 +1148,10 @@ const ProtobufCMessageDescriptor tether__v1__data_rows__descriptor =
   "Tether__V1__DataRows",
   "tether.v1",
   sizeof(Tether__V1__DataRows),
-  8,
+  5,
   tether__v1__data_rows__field_descriptors,
   tether__v1__data_rows__field_indices_by_name,
-  1,  tether__v1__data_rows__number_ranges,
+  2,  tether__v1__data_rows__number_ranges,
   (ProtobufCMessageInit) tether__v1__data_rows__init,
   NULL,NULL,NULL    /* reserved[123] */
 };

@@ -5,35 +5,48 @@ import TetherData
 import TetherTrain
 
 @Suite struct DataServingTests {
-    let train = ImageDataset(pixels: (0..<5 * 4).map { UInt8($0) }, labels: [0, 1, 2, 1, 0], height: 2, width: 2, classes: 3)
+    /// 5,000 one-pixel images: more than one request's worth of rows.
+    let train = ImageDataset(pixels: (0..<5000).map { UInt8($0 % 251) }, labels: (0..<5000).map { Int32($0 % 3) }, height: 1, width: 1, classes: 3)
     let test = ImageDataset(pixels: [9, 9, 9, 9], labels: [2], height: 2, width: 2, classes: 3)
 
-    @Test func theAnswerHoldsTheRequestedRowsInOrder() throws {
-        let rows = DataServing.answer(.init(split: 0, indices: [3, 0, 3]), train: train, test: test)
-        #expect(rows.error.isEmpty && rows.count == 5 && rows.height == 2 && rows.classes == 3)
-        #expect(rows.pixels == [12, 13, 14, 15, 0, 1, 2, 3, 12, 13, 14, 15] && rows.labels == [1, 0, 1])
-        // through the wire and back, then through the worker's source
-        let source = ServedImages { request in
+    /// A worker's source whose requests go through the wire format to `DataServing.answer` and back.
+    func source(train: any ServableDataset, test: any ServableDataset) -> ServedData {
+        ServedData { request in
             let env = try Envelope(decoding: Envelope(jobID: "j", senderRank: -1, body: .dataRows(DataServing.answer(request, train: train, test: test))).encoded())
             guard case .dataRows(let r) = env.body else { throw ClusterError("not rows") }
             return r
         }
-        #expect(try source.shape(.test) == ImageShape(count: 1, height: 2, width: 2, classes: 3))
-        let fetched = try source.rows(.train, [4, 1])
-        #expect(fetched.pixels == [16, 17, 18, 19, 4, 5, 6, 7] && fetched.labels == [0, 1])
     }
 
-    @Test func aSampleOutsideTheSplitIsRefusedByName() {
-        let rows = DataServing.answer(.init(split: 1, indices: [0, 1]), train: train, test: test)
-        #expect(rows.error == "sample 1 requested of a test split of 1")
-        let source = ServedImages { _ in rows }
-        #expect(throws: ClusterError.self) { try source.rows(.test, [0, 1]) }
+    @Test func rowsArriveInRequestOrderAcrossRequests() throws {
+        let served = source(train: train, test: test)
+        let wanted = Array((0..<5000).reversed().prefix(4500)) + [7, 7]
+        let rows = try ImageDataset(shape: served.describe(.train).shape, rows: served.rows(.train, wanted))
+        #expect(rows.pixels == wanted.map { UInt8($0 % 251) } && rows.labels == wanted.map { Int32($0 % 3) })
+        let (count, shape) = try served.describe(.test)
+        let empty = try ImageDataset(shape: shape, rows: [])
+        #expect(count == 1 && empty.height == 2 && empty.count == 0)
     }
 
-    @Test func rowsThatDoNotMatchTheirShapeAreAWireError() throws {
-        var bad = DataServing.answer(.init(split: 0, indices: [1]), train: train, test: test)
-        bad.pixels.removeLast()
-        let bytes = Envelope(jobID: "j", senderRank: -1, body: .dataRows(bad)).encoded()
-        #expect(throws: WireError.self) { try Envelope(decoding: bytes) }
+    @Test func tablesAndTokensSurviveTheirEncoding() throws {
+        let table = TabularDataset(categoricalNames: ["a", "b"], numericNames: ["x"], crosses: [[0, 1]],
+                                   categorical: [1, 2, 3, 4, .max, 6], numeric: [0.5, -1, .pi], labels: [1, 0, 1])
+        let back = try TabularDataset(shape: table.encodedShape(), rows: table.encodedRows([2, 0]))
+        #expect(back.categorical == [.max, 6, 1, 2] && back.numeric == [.pi, 0.5] && back.labels == [1, 1] && back.crosses == [[0, 1]])
+        let text = TokenSequence(vocabulary: Vocabulary(words: ["<eos>", "<unk>", "a"]), tokens: [2, 0, 1, 2])
+        let tokens = try TokenSequence(shape: text.encodedShape(), rows: text.encodedRows([3, 1]))
+        #expect(tokens.tokens == [2, 0] && tokens.vocabulary == text.vocabulary)
+    }
+
+    @Test func badRequestsAndBadRowsAreNamed() throws {
+        let answer = DataServing.answer(.init(split: 1, indices: [0, 1]), train: train, test: test)
+        #expect(answer.error == "row 1 requested of a held-out split of 1")
+        #expect(throws: ClusterError.self) { try source(train: train, test: test).rows(.test, [0, 1]) }
+        // rows cut short, a label out of range, a token outside the vocabulary
+        let rows = test.encodedRows([0])
+        #expect(throws: DataError.self) { try ImageDataset(shape: test.encodedShape(), rows: Array(rows.dropLast())) }
+        #expect(throws: DataError.self) { try ImageDataset(shape: test.encodedShape(), rows: Array(rows.dropLast()) + [7]) }
+        let text = TokenSequence(vocabulary: Vocabulary(words: ["<eos>"]), tokens: [])
+        #expect(throws: DataError.self) { try TokenSequence(shape: text.encodedShape(), rows: [5, 0, 0, 0]) }
     }
 }

@@ -203,28 +203,25 @@ struct  Tether__V1__DataRows
   ProtobufCMessage base;
   uint32_t split;
   /*
-   * samples in the whole split
+   * samples (rows) in the whole split
    */
   uint32_t count;
-  uint32_t height;
-  uint32_t width;
-  uint32_t classes;
-  /*
-   * the requested samples' images, (n, height, width) bytes in request order
-   */
-  ProtobufCBinaryData pixels;
-  /*
-   * one byte per requested sample
-   */
-  ProtobufCBinaryData labels;
   /*
    * why the request cannot be served (nothing else is set)
    */
   char *error;
+  /*
+   * the dataset's shape: image size, table columns or vocabulary (TetherData.ServableDataset)
+   */
+  ProtobufCBinaryData shape;
+  /*
+   * the requested rows in request order, encoded by the dataset's type
+   */
+  ProtobufCBinaryData rows;
 };
 #define TETHER__V1__DATA_ROWS__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tether__v1__data_rows__descriptor) \
-    , 0, 0, 0, 0, 0, {0,NULL}, {0,NULL}, (char *)protobuf_c_empty_string }
+    , 0, 0, (char *)protobuf_c_empty_string, {0,NULL}, {0,NULL} }
 
 
 /*
