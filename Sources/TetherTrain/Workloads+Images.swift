@@ -20,6 +20,9 @@ extension SplitSamples<ImageDataset> {
 
 /// Fashion-MNIST (or any IDX images) classified by mlp, mlp-wn or cnn-wn.
 final class ImageClassification: Workload {
+    /// Test samples per evaluation batch: cnn-wn's activations for 256 images are ~50 MB (for 1,000
+    /// they were 190 MB, most of a worker's peak memory).
+    static let evaluationBatch = 256
     let classifier: Classifier<Float>
     let train: ImageSamples, test: ImageSamples
     let steps: ShuffledSteps
@@ -51,7 +54,7 @@ final class ImageClassification: Workload {
     }
 
     func evaluate() -> EvaluationReport {
-        let stats = inBatches(test.count, of: 1000, shard: shard) { r in
+        let stats = inBatches(test.count, of: Self.evaluationBatch, shard: shard) { r in
             let (x, y) = test.batch(r)
             return classifier.evaluate(Batch(inputs: x, labels: y))
         }
@@ -61,6 +64,7 @@ final class ImageClassification: Workload {
 
 /// Fashion-MNIST reconstructed by the tied autoencoder.
 final class ImageReconstruction: Workload {
+    static let evaluationBatch = ImageClassification.evaluationBatch
     let autoencoder: TiedAutoencoder<Float>
     let train: ImageSamples, test: ImageSamples
     let steps: ShuffledSteps
@@ -87,7 +91,7 @@ final class ImageReconstruction: Workload {
     }
 
     func evaluate() -> EvaluationReport {
-        EvaluationReport(kind: .reconstruction, stats: inBatches(test.count, of: 1000, shard: shard) { r in
+        EvaluationReport(kind: .reconstruction, stats: inBatches(test.count, of: Self.evaluationBatch, shard: shard) { r in
             autoencoder.evaluate(test.batch(r).inputs)
         })
     }
