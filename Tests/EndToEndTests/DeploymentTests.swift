@@ -177,6 +177,38 @@ let netnsUnavailable: String? = {
         #expect(r.stderr.components(separatedBy: "reachable").count - 1 == 3, "each worker checks its neighbour: \(r.stderr)")
     }
 
+    /// The Slurm batch script, with an `srun` that starts its tasks here and a `scontrol` that names this
+    /// host: the coordinator and two worker tasks on loopback.
+    @Test(.enabled(if: dataInstalled, "needs Debian's dataset-fashion-mnist"))
+    func theSlurmScriptRunsAJob() throws {
+        let dir = CLI.tempDir("slurm")
+        let bin = dir.appendingPathComponent("bin")
+        try FileManager.default.createDirectory(at: bin, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let srun = """
+        #!/bin/bash
+        # srun [--opt[=value]]... COMMAND...: COMMAND once per task (--ntasks), here
+        tasks=1
+        while [[ "$1" == --* ]]; do [[ "$1" == --ntasks=* ]] && tasks=${1#--ntasks=}; shift; done
+        for ((t = 0; t < tasks; t++)); do SLURM_PROCID=$t "$@" & done
+        wait
+        """
+        try srun.write(to: bin.appendingPathComponent("srun"), atomically: true, encoding: .utf8)
+        try "#!/bin/bash\necho 127.0.0.1\n".write(to: bin.appendingPathComponent("scontrol"), atomically: true, encoding: .utf8)
+        for tool in ["srun", "scontrol"] { chmod(bin.appendingPathComponent(tool).path, 0o755) }
+        let port = 20_000 + Int((getpid() + 7) % 20_000)
+        let run = dir.appendingPathComponent("run").path
+        let r = try CLI.run([file("cluster/slurm/tether.sbatch").path, "--tether", CLI.binary.path, "--iface", "lo", "--port", String(port),
+                             "--run-dir", run, "--", "--listen", "tcp://127.0.0.1:\(port)", "--max-steps", "4"] + quick,
+                            timeout: 180, environment: ["PATH": bin.path + ":" + (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"),
+                                                        "SLURM_JOB_NODELIST": "node1", "SLURM_JOB_ID": "42", "SLURM_NTASKS": "2",
+                                                        "SLURM_CPUS_PER_TASK": "1"],
+                            executable: bash)
+        #expect(r.status == 0, "\(r.stdout)\(r.stderr)")
+        #expect(r.stdout.contains("job slurm-42, coordinator tcp://127.0.0.1:\(port), 2 workers"), "\(r.stdout)")
+        #expect(r.stdout.contains("done: 4 steps") && FileManager.default.fileExists(atPath: run + "/checkpoint.safetensors"), "\(r.stdout)")
+    }
+
     /// Four emulated hosts (network namespaces on a bridge, 1 Gbit/s links): each worker on its own
     /// address, found from its interface; the job trains and improves.
     @Test(.enabled(if: dataInstalled && netnsUnavailable == nil, "needs root, network namespaces and Fashion-MNIST: \(netnsUnavailable ?? "")"))
