@@ -17,7 +17,7 @@ public final class Coordinator {
         /// Dense gradients are all-reduced in buckets of at most this many bytes, started during backward
         /// once this many are final (PyTorch DDP's bucket_cap_mb: 25 MB, its first bucket 1 MB).
         public var bucketBytes = 1 << 20
-        /// Serve the image samples to the workers (DataRequest) instead of each reading --data.
+        /// Serve the samples to the workers (DataRequest) instead of each reading --data.
         public var serveData = false
         public var joinTimeout = 60.0
         public init(listen: String, workers: Int) { (self.listen, self.workers) = (listen, workers) }
@@ -111,8 +111,9 @@ public final class Coordinator {
         var epochStart = Date()
         epochSamples = 0
         while true {
-            if StopSignal.requested { try execute([.abort("interrupted")], window: &window, epochStart: &epochStart); }
-            if let reason = failure() { try execute([.abort(reason)], window: &window, epochStart: &epochStart) }
+            if let reason = StopSignal.requested ? "interrupted" : failure() {
+                _ = try execute([.abort(reason)], window: &window, epochStart: &epochStart) // an abort always throws
+            }
             var events: [CoordinatorState.Event] = [.tick]
             if let (identity, env) = try? router.receive(deadline: .now + .milliseconds(100)), let identity, let body = env.body {
                 let rank = Int(env.senderRank)

@@ -49,8 +49,9 @@ final class ServedData: SampleSource {
     func rows(_ split: FashionMNIST.Split, _ indices: [Int]) throws -> [UInt8] {
         var rows: [UInt8] = []
         for start in stride(from: 0, to: indices.count, by: DataServing.rowsPerRequest) {
-            let answer = try request(split, indices[start ..< min(start + DataServing.rowsPerRequest, indices.count)])
-            if start == 0 { rows.reserveCapacity(answer.rows.count * (indices.count + DataServing.rowsPerRequest - 1) / DataServing.rowsPerRequest) }
+            let part = indices[start ..< min(start + DataServing.rowsPerRequest, indices.count)]
+            let answer = try request(split, part)
+            if start == 0 { rows.reserveCapacity(answer.rows.count / part.count * indices.count) }
             rows += answer.rows
         }
         return rows

@@ -1,4 +1,5 @@
 import TetherData
+import TetherNN
 import TetherTensor
 
 /// Where a workload gets its samples when it does not read files: a cluster worker whose coordinator
@@ -58,9 +59,38 @@ final class SplitSamples<Dataset: ServableDataset> {
     }
 }
 
-/// Served samples of a workload whose epochs are shuffled sample orders: the epoch's samples of this
-/// shard in step order, or the shard's share of the held-out split.
-func fetchShuffled<D>(train: SplitSamples<D>, test: SplitSamples<D>, steps: ShuffledSteps, shard: Shard, epoch: Int?) throws {
-    if let epoch { try train.fetch(epoch) { steps.localSamples(epoch: epoch) } }
-    else { try test.fetch(-1) { shard.dealt(0..<test.count) } }
+/// The training and held-out splits of a workload whose epochs are shuffled sample orders, with this
+/// shard's plan of them: what the image and table workloads share.
+final class ShuffledSplits<Dataset: ServableDataset> {
+    let train: SplitSamples<Dataset>, test: SplitSamples<Dataset>
+    let steps: ShuffledSteps
+    let shard: Shard
+
+    init(train: SplitSamples<Dataset>, test: SplitSamples<Dataset>, config: TrainingConfig, shard: Shard) {
+        (self.train, self.test, self.shard) = (train, test, shard)
+        steps = ShuffledSteps(seed: config.seed, count: train.count, batch: config.batch, shard: shard)
+    }
+
+    /// Served: the epoch's samples of this shard in step order, or the shard's share of the held-out split.
+    func fetch(epoch: Int?) throws {
+        if let epoch { try train.fetch(epoch) { steps.localSamples(epoch: epoch) } }
+        else { try test.fetch(-1) { shard.dealt(0..<test.count) } }
+    }
+
+    /// This shard's held-out samples in batches of `batch`, their stats summed.
+    func evaluate(inBatchesOf batch: Int, _ body: (ArraySlice<Int>) -> BatchStats) -> BatchStats {
+        inBatches(test.count, of: batch, shard: shard, body)
+    }
+}
+
+/// A workload over `ShuffledSplits`: its epoch length, fetching and served splits come from them.
+protocol ShuffledWorkload: Workload {
+    associatedtype Dataset: ServableDataset
+    var splits: ShuffledSplits<Dataset> { get }
+}
+
+extension ShuffledWorkload {
+    var stepsPerEpoch: Int { splits.steps.perEpoch }
+    func fetch(epoch: Int?) throws { try splits.fetch(epoch: epoch) }
+    var servedSplits: (train: any ServableDataset, test: any ServableDataset) { (splits.train.dataset, splits.test.dataset) }
 }

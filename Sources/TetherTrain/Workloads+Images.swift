@@ -3,14 +3,6 @@ import TetherData
 import TetherNN
 import TetherTensor
 
-/// The training and test images a config names: read from its files, or (cluster workers of a coordinator
-/// that serves data) from `source`.
-private func imageSplits(_ config: TrainingConfig, source: SampleSource?) throws -> (train: ImageSamples, test: ImageSamples) {
-    if let source { return (try ImageSamples(source: source, split: .train), try ImageSamples(source: source, split: .test)) }
-    return (ImageSamples(files: try DataSource.images(config.data, split: .train, limit: config.trainLimit), split: .train),
-            ImageSamples(files: try DataSource.images(config.data, split: .test, limit: config.testLimit), split: .test))
-}
-
 typealias ImageSamples = SplitSamples<ImageDataset>
 
 extension SplitSamples<ImageDataset> {
@@ -18,44 +10,52 @@ extension SplitSamples<ImageDataset> {
     func batch(_ indices: ArraySlice<Int>) -> (inputs: Tensor<Float>, labels: [Int32]) { dataset.batch(rows(indices), as: Float.self) }
 }
 
-/// Fashion-MNIST (or any IDX images) classified by mlp, mlp-wn or cnn-wn.
-final class ImageClassification: Workload {
+extension ShuffledSplits<ImageDataset> {
     /// Test samples per evaluation batch: cnn-wn's activations for 256 images are ~50 MB (for 1,000
     /// they were 190 MB, most of a worker's peak memory).
-    static let evaluationBatch = 256
+    static var evaluationBatch: Int { 256 }
+
+    /// The training and test images a config names: read from its files, or (cluster workers of a
+    /// coordinator that serves data) from `source`.
+    static func images(_ config: TrainingConfig, shard: Shard, source: SampleSource?) throws -> ShuffledSplits<ImageDataset> {
+        if let source {
+            return ShuffledSplits(train: try ImageSamples(source: source, split: .train), test: try ImageSamples(source: source, split: .test),
+                                  config: config, shard: shard)
+        }
+        return ShuffledSplits(train: ImageSamples(files: try DataSource.images(config.data, split: .train, limit: config.trainLimit), split: .train),
+                              test: ImageSamples(files: try DataSource.images(config.data, split: .test, limit: config.testLimit), split: .test),
+                              config: config, shard: shard)
+    }
+}
+
+/// Fashion-MNIST (or any IDX images) classified by mlp, mlp-wn or cnn-wn.
+final class ImageClassification: ShuffledWorkload {
     let classifier: Classifier<Float>
-    let train: ImageSamples, test: ImageSamples
-    let steps: ShuffledSteps
+    let splits: ShuffledSplits<ImageDataset>
     var model: any Model<Float> { classifier }
 
-    let shard: Shard
-
     init(_ config: TrainingConfig, shard: Shard, source: SampleSource?, rng: inout RNG) throws {
-        (train, test) = try imageSplits(config, source: source)
-        self.shard = shard
-        steps = ShuffledSteps(seed: config.seed, count: train.count, batch: config.batch, shard: shard)
-        classifier = ImageModels.make(config.model, height: train.dataset.height, width: train.dataset.width, classes: train.dataset.classes, rng: &rng, as: Float.self)!
+        splits = try .images(config, shard: shard, source: source)
+        let d = splits.train.dataset
+        classifier = ImageModels.make(config.model, height: d.height, width: d.width, classes: d.classes, rng: &rng, as: Float.self)!
     }
 
-    var stepsPerEpoch: Int { steps.perEpoch }
-    func fetch(epoch: Int?) throws { try fetchShuffled(train: train, test: test, steps: steps, shard: shard, epoch: epoch) }
-    var servedSplits: (train: any ServableDataset, test: any ServableDataset) { (train.dataset, test.dataset) }
-    var sizeSummary: String { "\(train.count) training / \(test.count) test samples" }
+    var sizeSummary: String { "\(splits.train.count) training / \(splits.test.count) test samples" }
 
     func initializeFromData(reduce: StatisticsReducer) {
-        let (x, y) = train.batch(steps.samples(epoch: 0, step: 0).local)
+        let (x, y) = splits.train.batch(splits.steps.samples(epoch: 0, step: 0).local)
         classifier.initializeFromData(Batch(inputs: x, labels: y), reduce: reduce)
     }
 
     func accumulateGradients(epoch: Int, step: Int) -> BatchStats {
-        let (local, global) = steps.samples(epoch: epoch, step: step)
-        let (x, y) = train.batch(local)
+        let (local, global) = splits.steps.samples(epoch: epoch, step: step)
+        let (x, y) = splits.train.batch(local)
         return classifier.accumulateGradients(Batch(inputs: x, labels: y), scale: 1 / Float(global))
     }
 
     func evaluate() -> EvaluationReport {
-        let stats = inBatches(test.count, of: Self.evaluationBatch, shard: shard) { r in
-            let (x, y) = test.batch(r)
+        let stats = splits.evaluate(inBatchesOf: ShuffledSplits.evaluationBatch) { r in
+            let (x, y) = splits.test.batch(r)
             return classifier.evaluate(Batch(inputs: x, labels: y))
         }
         return EvaluationReport(kind: .classification, stats: stats)
@@ -63,37 +63,27 @@ final class ImageClassification: Workload {
 }
 
 /// Fashion-MNIST reconstructed by the tied autoencoder.
-final class ImageReconstruction: Workload {
-    static let evaluationBatch = ImageClassification.evaluationBatch
+final class ImageReconstruction: ShuffledWorkload {
     let autoencoder: TiedAutoencoder<Float>
-    let train: ImageSamples, test: ImageSamples
-    let steps: ShuffledSteps
+    let splits: ShuffledSplits<ImageDataset>
     var model: any Model<Float> { autoencoder }
 
-    let shard: Shard
-
     init(_ config: TrainingConfig, shard: Shard, source: SampleSource?, rng: inout RNG) throws {
-        (train, test) = try imageSplits(config, source: source)
-        self.shard = shard
-        steps = ShuffledSteps(seed: config.seed, count: train.count, batch: config.batch, shard: shard)
-        autoencoder = TiedAutoencoder(features: train.dataset.features, rng: &rng)
+        splits = try .images(config, shard: shard, source: source)
+        autoencoder = TiedAutoencoder(features: splits.train.dataset.features, rng: &rng)
     }
 
-    var stepsPerEpoch: Int { steps.perEpoch }
-    func fetch(epoch: Int?) throws { try fetchShuffled(train: train, test: test, steps: steps, shard: shard, epoch: epoch) }
-    var servedSplits: (train: any ServableDataset, test: any ServableDataset) { (train.dataset, test.dataset) }
-    var sizeSummary: String { "\(train.count) training / \(test.count) test images" }
+    var sizeSummary: String { "\(splits.train.count) training / \(splits.test.count) test images" }
     func initializeFromData(reduce: StatisticsReducer) {}
 
     func accumulateGradients(epoch: Int, step: Int) -> BatchStats {
-        let (local, global) = steps.samples(epoch: epoch, step: step)
-        return autoencoder.accumulateGradients(train.batch(local).inputs, scale: 1 / Float(global))
+        let (local, global) = splits.steps.samples(epoch: epoch, step: step)
+        return autoencoder.accumulateGradients(splits.train.batch(local).inputs, scale: 1 / Float(global))
     }
 
     func evaluate() -> EvaluationReport {
-        EvaluationReport(kind: .reconstruction, stats: inBatches(test.count, of: Self.evaluationBatch, shard: shard) { r in
-            autoencoder.evaluate(test.batch(r).inputs)
+        EvaluationReport(kind: .reconstruction, stats: splits.evaluate(inBatchesOf: ShuffledSplits.evaluationBatch) { r in
+            autoencoder.evaluate(splits.test.batch(r).inputs)
         })
     }
 }
-

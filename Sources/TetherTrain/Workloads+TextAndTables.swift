@@ -99,40 +99,32 @@ final class LanguageModelling: Workload {
 }
 
 /// wide-deep on tabular rows (synthetic-clicks, or csv: with a schema), shuffled each epoch.
-final class ClickPrediction: Workload {
+final class ClickPrediction: ShuffledWorkload {
     let wideDeep: WideDeep<Float>
-    let train: SplitSamples<TabularDataset>, test: SplitSamples<TabularDataset>
+    let splits: ShuffledSplits<TabularDataset>
     let config: TrainingConfig
-    let steps: ShuffledSteps
     var model: any Model<Float> { wideDeep }
-
-    let shard: Shard
 
     init(_ config: TrainingConfig, shard: Shard, source: SampleSource?, rng: inout RNG) throws {
         self.config = config
-        self.shard = shard
         if let source {
-            (train, test) = (try SplitSamples(source: source, split: .train), try SplitSamples(source: source, split: .test))
+            splits = ShuffledSplits(train: try SplitSamples(source: source, split: .train), test: try SplitSamples(source: source, split: .test),
+                                    config: config, shard: shard)
         } else {
             let (train, test) = try DataSource.tabular(config.data, schema: config.schema, seed: config.seed)
-            (self.train, self.test) = (SplitSamples(files: train.prefix(config.trainLimit), split: .train),
-                                       SplitSamples(files: test.prefix(config.testLimit), split: .test))
+            splits = ShuffledSplits(train: SplitSamples(files: train.prefix(config.trainLimit), split: .train),
+                                    test: SplitSamples(files: test.prefix(config.testLimit), split: .test), config: config, shard: shard)
         }
-        steps = ShuffledSteps(seed: config.seed, count: self.train.count, batch: config.batch, shard: shard)
-        let train = self.train.dataset
-        let o = config.wideDeep
+        let train = splits.train.dataset, o = config.wideDeep
         wideDeep = WideDeep(WideDeepShape(fields: train.fields, numeric: train.numericNames.count, crosses: train.crosses, buckets: o.buckets,
                                           wideBuckets: o.wideBuckets, embedding: o.embedding, hidden: o.hidden, parts: o.parts), rng: &rng)
     }
 
-    var stepsPerEpoch: Int { steps.perEpoch }
     var sizeSummary: String {
-        let d = train.dataset
-        return "\(train.count) training / \(test.count) test rows, \(d.fields) categorical + \(d.numericNames.count) numeric features, "
+        let d = splits.train.dataset
+        return "\(splits.train.count) training / \(splits.test.count) test rows, \(d.fields) categorical + \(d.numericNames.count) numeric features, "
             + "\(d.crosses.count) crosses, parts: \(config.wideDeep.parts.rawValue)"
     }
-    func fetch(epoch: Int?) throws { try fetchShuffled(train: train, test: test, steps: steps, shard: shard, epoch: epoch) }
-    var servedSplits: (train: any ServableDataset, test: any ServableDataset) { (train.dataset, test.dataset) }
 
     static func batch(_ samples: SplitSamples<TabularDataset>, _ indices: ArraySlice<Int>) -> TabularBatch<Float> {
         let data = samples.dataset
@@ -141,18 +133,18 @@ final class ClickPrediction: Workload {
     }
 
     func initializeFromData(reduce: StatisticsReducer) {
-        wideDeep.initializeFromData(Self.batch(train, steps.samples(epoch: 0, step: 0).local), reduce: reduce)
+        wideDeep.initializeFromData(Self.batch(splits.train, splits.steps.samples(epoch: 0, step: 0).local), reduce: reduce)
     }
 
     func accumulateGradients(epoch: Int, step: Int) -> BatchStats {
-        let (local, global) = steps.samples(epoch: epoch, step: step)
-        return wideDeep.accumulateGradients(Self.batch(train, local), scale: 1 / Float(global))
+        let (local, global) = splits.steps.samples(epoch: epoch, step: step)
+        return wideDeep.accumulateGradients(Self.batch(splits.train, local), scale: 1 / Float(global))
     }
 
     func evaluate() -> EvaluationReport {
         var scores: [Float] = [], labels: [Int32] = []
-        let stats = inBatches(test.count, of: 4096, shard: shard) { r in
-            let b = Self.batch(test, r)
+        let stats = splits.evaluate(inBatchesOf: 4096) { r in
+            let b = Self.batch(splits.test, r)
             let (s, p) = wideDeep.evaluate(b)
             scores += p
             labels += b.labels

@@ -13,34 +13,23 @@ struct CoordinatorCommand: ParsableCommand {
     @Option(help: "Address to listen on for workers, e.g. tcp://0.0.0.0:7070.") var listen = "tcp://0.0.0.0:7070"
     @Option(help: "Workers in the job.") var workers: Int
     @Option(help: "Job identifier (workers must give the same).") var jobID = "tether"
-    @OptionGroup var training: TrainingOptions
     @Option(help: "Run directory for metrics.jsonl and checkpoint.safetensors.") var runDir = "runs/cluster"
-    @Flag(help: "Continue the run in --run-dir from its checkpoint.") var resume = false
-    @Option(help: "Compare the replicas' parameter hashes every N steps.") var hashEvery = 50
     @Option(help: "Seconds without a message before a worker is declared dead.") var heartbeatTimeout = 5.0
-    @OptionGroup var buckets: BucketOptions
-    @Flag(help: "Serve the image samples to the workers over ZeroMQ (each worker holds only its shard) instead of each reading --data.")
-    var serveData = false
-    @OptionGroup var jobFile: JobFileOption
+    @OptionGroup var job: ClusterJob
 
     func validate() throws {
         guard workers >= 1 else { throw ValidationError("--workers must be at least 1") }
-        guard hashEvery >= 1, heartbeatTimeout > 0 else { throw ValidationError("--hash-every and --heartbeat-timeout must be positive") }
+        guard heartbeatTimeout > 0 else { throw ValidationError("--heartbeat-timeout must be positive") }
     }
 
     func run() throws {
         StopSignal.install()
         do {
             var options = Coordinator.Options(listen: listen, workers: workers)
-            (options.jobID, options.hashEvery, options.heartbeatTimeout, options.bucketBytes) = (jobID, hashEvery, heartbeatTimeout, buckets.bytes)
-            options.serveData = serveData
-            try ClusterJob.coordinator(options, training: training, runDirectory: runDir, resume: resume).run()
+            (options.jobID, options.heartbeatTimeout) = (jobID, heartbeatTimeout)
+            try job.coordinator(options, runDirectory: runDir).run()
         } catch {
-            if StopSignal.requested {
-                FileHandle.standardError.write(Data("tether: \(error)\n".utf8))
-                throw ExitCode(130)
-            }
-            exitWithError(error)
+            try ClusterJob.stop(error)
         }
     }
 }
@@ -74,15 +63,9 @@ struct Simulate: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Run a coordinator and N worker processes on this machine.")
 
     @Option(help: "Worker processes.") var workers = 2
-    @OptionGroup var training: TrainingOptions
     @Option(help: "Run directory for metrics.jsonl and checkpoint.safetensors.") var runDir = "runs/simulate"
-    @Flag(help: "Continue the run in --run-dir from its checkpoint.") var resume = false
     @Option(help: "Compute threads per worker (default: the cores divided among the workers).") var threads: Int?
-    @Option(help: "Compare the replicas' parameter hashes every N steps.") var hashEvery = 50
-    @OptionGroup var buckets: BucketOptions
-    @Flag(help: "Serve the image samples to the workers over ZeroMQ (each worker holds only its shard) instead of each reading --data.")
-    var serveData = false
-    @OptionGroup var jobFile: JobFileOption
+    @OptionGroup var job: ClusterJob
 
     func validate() throws {
         guard workers >= 1 else { throw ValidationError("--workers must be at least 1") }
@@ -95,8 +78,8 @@ struct Simulate: ParsableCommand {
         var children: [Process] = []
         do {
             var options = Coordinator.Options(listen: "tcp://127.0.0.1:0", workers: workers)
-            (options.jobID, options.hashEvery, options.bucketBytes, options.serveData) = (jobID, hashEvery, buckets.bytes, serveData)
-            let coordinator = try ClusterJob.coordinator(options, training: training, runDirectory: runDir, resume: resume)
+            options.jobID = jobID
+            let coordinator = try job.coordinator(options, runDirectory: runDir)
             let perWorker = threads ?? max(1, ProcessInfo.processInfo.activeProcessorCount / workers)
             for _ in 0..<workers {
                 let p = Process()
@@ -121,33 +104,44 @@ struct Simulate: ParsableCommand {
             ClusterJob.reap(children, within: 10)
         } catch {
             ClusterJob.reap(children, within: 2)
-            if StopSignal.requested {
-                FileHandle.standardError.write(Data("tether: \(error)\n".utf8))
-                throw ExitCode(130)
-            }
-            exitWithError(error)
+            try ClusterJob.stop(error)
         }
     }
 }
 
-/// The size of the gradient buckets a job's workers all-reduce (the same on every worker).
-struct BucketOptions: ParsableArguments {
-    @Option(help: "Gradient bucket size in MB: buckets start all-reducing during backward once this much is final.")
+/// What `coordinator` and `simulate` share: the training flags and how the job runs them.
+struct ClusterJob: ParsableArguments {
+    @OptionGroup var training: TrainingOptions
+    @Flag(help: "Continue the run in --run-dir from its checkpoint.") var resume = false
+    @Option(help: "Compare the replicas' parameter hashes every N steps.") var hashEvery = 50
+    @Option(help: "Gradient bucket size in MB: buckets start all-reducing during backward once this much is final (the same on every worker).")
     var bucketMb = 1.0
+    @Flag(help: "Serve the samples to the workers over ZeroMQ (each holds only what its shard reads) instead of each reading --data.")
+    var serveData = false
+    @OptionGroup var jobFile: JobFileOption
 
     func validate() throws {
+        guard hashEvery >= 1 else { throw ValidationError("--hash-every must be positive") }
         guard bucketMb > 0, bucketMb <= 1024 else { throw ValidationError("--bucket-mb must be in (0, 1024], got \(bucketMb)") }
     }
-    var bytes: Int { max(4, Int(bucketMb * 1_048_576)) }
-}
 
-enum ClusterJob {
     /// The coordinator of a fresh job, or of the run in `runDirectory` resumed.
-    static func coordinator(_ options: Coordinator.Options, training: TrainingOptions, runDirectory: String, resume: Bool) throws -> Coordinator {
+    func coordinator(_ given: Coordinator.Options, runDirectory: String) throws -> Coordinator {
+        var options = given
+        (options.hashEvery, options.bucketBytes, options.serveData) = (hashEvery, max(4, Int(bucketMb * 1_048_576)), serveData)
         let dir = URL(fileURLWithPath: runDirectory)
         var base = TrainingConfig()
         if resume { base = try Checkpoint.Loaded(dir.appendingPathComponent(Checkpoint.fileName)).config }
         return try Coordinator(options: options, config: training.applied(to: base), runDirectory: dir, resume: resume)
+    }
+
+    /// Ends a failed job: exit status 130 after an interrupt, else the error on one line.
+    static func stop(_ error: Error) throws -> Never {
+        if StopSignal.requested {
+            FileHandle.standardError.write(Data("tether: \(error)\n".utf8))
+            throw ExitCode(130)
+        }
+        exitWithError(error)
     }
 
     /// Waits for the workers to exit, terminating those still running after `seconds`.

@@ -19,6 +19,24 @@ struct ClusterProcessTests {
         return out
     }
 
+    /// Runs `simulate` with `common` straight through into DIR/whole, and with `splitFlags` stopped after
+    /// `stopAfter` steps then resumed into DIR/split; every run must succeed. Returns the two run directories.
+    func runWholeAndResumed(_ common: [String], in dir: URL, stopAfter: Int, splitFlags: [String] = []) throws -> (whole: String, split: String) {
+        let whole = dir.appendingPathComponent("whole").path, split = dir.appendingPathComponent("split").path
+        for args in [["--run-dir", whole], splitFlags + ["--run-dir", split, "--max-steps", String(stopAfter)],
+                     splitFlags + ["--run-dir", split, "--resume", "--max-steps", "100000"]] {
+            let r = try CLI.run(["simulate"] + args + common, timeout: 240)
+            #expect(r.status == 0, "simulate \(args.joined(separator: " ")): \(r.stderr)")
+        }
+        return (whole, split)
+    }
+
+    /// The lines of a run's metrics.jsonl.
+    func metrics(_ runDirectory: String) throws -> [[String: Any]] {
+        try String(contentsOfFile: runDirectory + "/metrics.jsonl", encoding: .utf8).split(separator: "\n")
+            .compactMap { try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+    }
+
     /// The largest, over tensors, of ||a - b|| / ||b||. (Per element, Adam turns the rounding of a
     /// gradient that is almost exactly 0, such as a weight on an always-black border pixel, into a step
     /// of either sign; those elements differ by ~1e-5 of the tensor's largest value while the tensor
@@ -105,17 +123,11 @@ struct ClusterProcessTests {
         let dir = CLI.tempDir("resume")
         defer { try? FileManager.default.removeItem(at: dir) }
         let common = ["--workers", "2", "--epochs", "2", "--seed", "5"] + flags
-        let whole = dir.appendingPathComponent("whole").path, split = dir.appendingPathComponent("split").path
-        #expect(try CLI.run(["simulate", "--run-dir", whole] + common, timeout: 240).status == 0)
-        let first = try CLI.run(["simulate", "--run-dir", split, "--max-steps", "20"] + common, timeout: 240)
-        #expect(first.status == 0, "stderr: \(first.stderr)")
-        let resumed = try CLI.run(["simulate", "--run-dir", split, "--resume", "--max-steps", "100000"] + common, timeout: 240)
-        #expect(resumed.status == 0, "stderr: \(resumed.stderr)")
+        let (whole, split) = try runWholeAndResumed(common, in: dir, stopAfter: 20)
         let a = try parameters(whole + "/checkpoint.safetensors"), b = try parameters(split + "/checkpoint.safetensors")
         #expect(a == b)
         // The job learned: two epochs on 1,000 images take the held-out accuracy far above chance (10%).
-        let epochs = try String(contentsOfFile: whole + "/metrics.jsonl", encoding: .utf8).split(separator: "\n")
-            .compactMap { try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }.filter { $0["event"] as? String == "epoch" }
+        let epochs = try metrics(whole).filter { $0["event"] as? String == "epoch" }
         #expect(epochs.count == 2)
         if flags[1] == "mlp-wn" { #expect((epochs.last?["test_accuracy"] as? Double).map { $0 > 0.6 } == true, "\(epochs)") }
     }
@@ -132,17 +144,10 @@ struct ClusterProcessTests {
         let dir = CLI.tempDir("served")
         defer { try? FileManager.default.removeItem(at: dir) }
         let common = ["--workers", "2", "--epochs", "3", "--seed", "8"] + flags
-        let files = dir.appendingPathComponent("files").path, served = dir.appendingPathComponent("served").path
-        let whole = try CLI.run(["simulate", "--run-dir", files] + common, timeout: 240)
-        #expect(whole.status == 0, "stderr: \(whole.stderr)")
-        let first = try CLI.run(["simulate", "--serve-data", "--run-dir", served, "--max-steps", "4"] + common, timeout: 240)
-        #expect(first.status == 0, "stderr: \(first.stderr)")
-        let resumed = try CLI.run(["simulate", "--serve-data", "--run-dir", served, "--resume", "--max-steps", "100000"] + common, timeout: 240)
-        #expect(resumed.status == 0, "stderr: \(resumed.stderr)")
+        let (files, served) = try runWholeAndResumed(common, in: dir, stopAfter: 4, splitFlags: ["--serve-data"])
         let a = try parameters(files + "/checkpoint.safetensors"), b = try parameters(served + "/checkpoint.safetensors")
         #expect(!a.isEmpty && a == b)
-        let loss = { (dir: String) in try String(contentsOfFile: dir + "/metrics.jsonl", encoding: .utf8).split(separator: "\n")
-            .compactMap { try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }.compactMap { $0["test_loss"] as? Double }.last }
+        let loss = { (dir: String) in try metrics(dir).compactMap { $0["test_loss"] as? Double }.last }
         #expect(try loss(files) != nil && loss(files) == loss(served), "the sharded evaluation over served held-out samples")
         let again = try CLI.run(["simulate", "--serve-data", "--run-dir", served, "--resume"] + common, timeout: 60)
         #expect(again.status != 0 && again.stderr.contains("has finished its"), "resuming a finished run: \(again.stderr)")
