@@ -317,7 +317,7 @@ public final class Ring {
         do {
             let result = try body()
             guard lent.waitForAll(deadline: .now + options.timeout) else {
-                throw CollectiveError(message: "rank \(rank): rank \(right) (\(addresses[right])) did not take this rank's last \(lent.outstanding) messages within \(options.timeout)")
+                throw CollectiveError(message: "rank \(rank): cannot send to rank \(right) (\(addresses[right])) within \(options.timeout): it did not take this rank's last \(lent.outstanding) messages")
             }
             return result
         } catch let error as CollectiveError {
