@@ -51,9 +51,11 @@ public struct RingStatistics: Sendable, Codable {
     public var waiting: Duration = .zero
     /// encoding headers and handing frames to libzmq (zero-copy, except all-gather's own payload)
     public var sending: Duration = .zero
-    /// adding received chunks into the buffer, or copying them in (all-gather, broadcast)
+    /// adding received chunks into the buffer, or copying them in (all-gather, broadcast), with their
+    /// checksums and the reduced chunk's (taken in the same pass)
     public var reducing: Duration = .zero
-    /// XXH3 of payloads, both ways
+    /// XXH3 of payloads sent as they are (a rank's own first chunks) and received as bytes (all-gather
+    /// of payloads, barrier)
     public var checksumming: Duration = .zero
     public init() {}
 
@@ -96,6 +98,8 @@ public final class Ring {
     private var failure: CollectiveError?
     private var scratch: UnsafeMutableRawPointer = .allocate(byteCount: 0, alignment: 64)
     private var scratchBytes = 0
+    /// XXH3 of a received payload and of the chunk made from it, taken block by block as they are used
+    private let inputHash = StreamingChecksum(), outputHash = StreamingChecksum()
 
     public var left: Int { wrapped(rank - 1) }
     public var right: Int { wrapped(rank + 1) }
@@ -173,8 +177,8 @@ public final class Ring {
             // Chunks leave straight from the buffer (libzmq reads them in place); a chunk's memory is not
             // written again before the right neighbour has received it, because everything this rank
             // receives later depends on it, and `run` waits for the last ones before returning.
-            func lend(_ c: Range<Int>) -> Outgoing {
-                .lent(UnsafeRawBufferPointer(start: base.map { $0 + c.lowerBound }, count: c.count * MemoryLayout<T>.stride))
+            func lend(_ c: Range<Int>, checksum: UInt64? = nil) -> Outgoing {
+                .lent(UnsafeRawBufferPointer(start: base.map { $0 + c.lowerBound }, count: c.count * MemoryLayout<T>.stride), checksum: checksum)
             }
             for (i, c) in chunks(segments[rank], perChunk).enumerated() { try sendChunk(head, ringStep: 0, index: i, offset: c.lowerBound, lend(c)) }
             let lastStep = 2 * (size - 1) - 1
@@ -182,26 +186,15 @@ public final class Ring {
                 let reducing = ringStep < size - 1
                 let s = wrapped(reducing ? rank - ringStep - 1 : rank - (ringStep - (size - 1)))
                 for (i, c) in chunks(segments[s], perChunk).enumerated() {
-                    let (frame, h) = try receive(Expected(operation: .allReduce, step: step, bucket: bucket, ringStep: ringStep, chunkIndex: i,
-                                                          dtype: T.dtype, offset: c.lowerBound, count: c.count, totalCount: n))
-                    if let base, !c.isEmpty {
-                        let start = ContinuousClock.now
-                        // The frame owns the bytes x points into: keep it alive until they are read.
-                        withExtendedLifetime(frame) {
-                            let x = aligned(frame.bytes, as: T.self), y = base + c.lowerBound
-                            if reducing {
-                                T.add(y, x, count: c.count)
-                                if average && ringStep == size - 2 { T.divide(y, by: T(size), count: c.count) }
-                            } else {
-                                y.update(from: x, count: c.count)
-                            }
-                        }
-                        statistics.reducing += start.duration(to: .now)
-                    }
+                    let e = Expected(operation: .allReduce, step: step, bucket: bucket, ringStep: ringStep, chunkIndex: i,
+                                     dtype: T.dtype, offset: c.lowerBound, count: c.count, totalCount: n)
+                    let (frame, h) = try receive(e, verifying: false)
+                    let y = UnsafeMutableBufferPointer(start: base.map { $0 + c.lowerBound }, count: c.count)
+                    let made = try consume(frame, h, e, into: y, reducing ? .add(divideBy: average && ringStep == size - 2 ? T(size) : nil) : .copy)
                     guard ringStep < lastStep else { continue }
                     // Reduced chunks go on from the buffer; all-gather passes the received frame itself on.
                     try sendChunk(head, ringStep: ringStep + 1, index: i, offset: c.lowerBound,
-                                  reducing ? lend(c) : .forwarded(frame, checksum: h.checksum))
+                                  reducing ? lend(c, checksum: made) : .forwarded(frame, checksum: h.checksum))
                 }
             }
         }
@@ -218,16 +211,13 @@ public final class Ring {
             for (i, c) in pieces.enumerated() {
                 if rank == root {
                     try sendChunk(head, ringStep: 0, index: i, offset: c.lowerBound,
-                                  .lent(UnsafeRawBufferPointer(start: base.map { $0 + c.lowerBound }, count: c.count * MemoryLayout<T>.stride)))
+                                  .lent(UnsafeRawBufferPointer(start: base.map { $0 + c.lowerBound }, count: c.count * MemoryLayout<T>.stride), checksum: nil))
                     continue
                 }
-                let (frame, h) = try receive(Expected(operation: .broadcast, step: step, ringStep: 0, chunkIndex: i, dtype: T.dtype,
-                                                      offset: c.lowerBound, count: c.count, totalCount: n, origin: root))
-                if let base, !c.isEmpty {
-                    let start = ContinuousClock.now
-                    withExtendedLifetime(frame) { (base + c.lowerBound).update(from: aligned(frame.bytes, as: T.self), count: c.count) }
-                    statistics.reducing += start.duration(to: .now)
-                }
+                let e = Expected(operation: .broadcast, step: step, ringStep: 0, chunkIndex: i, dtype: T.dtype,
+                                 offset: c.lowerBound, count: c.count, totalCount: n, origin: root)
+                let (frame, h) = try receive(e, verifying: false)
+                _ = try consume(frame, h, e, into: UnsafeMutableBufferPointer(start: base.map { $0 + c.lowerBound }, count: c.count), .copy)
                 if right != root { try sendChunk(head, ringStep: 0, index: i, offset: c.lowerBound, .forwarded(frame, checksum: h.checksum)) }
             }
         }
@@ -350,8 +340,9 @@ public final class Ring {
     enum Outgoing {
         /// libzmq copies it at once
         case copied(UnsafeRawBufferPointer)
-        /// libzmq reads it in place, later; counted in `lent`
-        case lent(UnsafeRawBufferPointer)
+        /// libzmq reads it in place, later; counted in `lent`. The checksum, if already taken while
+        /// the chunk was made.
+        case lent(UnsafeRawBufferPointer, checksum: UInt64?)
         /// a received frame passed on as it is, with the checksum it came with (already verified)
         case forwarded(ZeroMQFrame, checksum: UInt64)
     }
@@ -363,9 +354,12 @@ public final class Ring {
         (h.ringStep, h.chunkIndex, h.offset) = (UInt32(ringStep), UInt32(index), UInt64(offset))
         let count: Int
         switch payload {
-        case .copied(let bytes), .lent(let bytes):
+        case .copied(let bytes), .lent(let bytes, nil):
             count = bytes.count
             h.checksum = Self.checksum(bytes)
+        case .lent(let bytes, let checksum?):
+            count = bytes.count
+            h.checksum = checksum
         case .forwarded(let frame, let checksum):
             count = frame.count
             h.checksum = checksum
@@ -377,7 +371,7 @@ public final class Ring {
             try envelope.withUnsafeBytes { head in
                 switch payload {
                 case .copied(let bytes): try push.send([head, bytes])
-                case .lent(let bytes): try push.send(header: head, lending: bytes, lent)
+                case .lent(let bytes, _): try push.send(header: head, lending: bytes, lent)
                 case .forwarded(let frame, _): try push.send(header: head, forwarding: frame)
                 }
             }
@@ -412,7 +406,8 @@ public final class Ring {
     }
 
     /// The next message from the left neighbour, checked against `e`: its payload frame and header.
-    private func receive(_ e: Expected) throws -> (ZeroMQFrame, ChunkHeader) {
+    /// `verifying: false` leaves the payload's checksum to `consume`, which takes it as it reads.
+    private func receive(_ e: Expected, verifying: Bool = true) throws -> (ZeroMQFrame, ChunkHeader) {
         guard let pull else { throw CollectiveError(message: "rank \(rank): receive in a ring of one") }
         // built only for an error message, not per chunk
         var what: String { "\(e.operation) #\(sequence) ring step \(e.ringStep) chunk \(e.chunkIndex)" }
@@ -465,13 +460,67 @@ public final class Ring {
         guard h.elementCount <= UInt64(Int.max / 8), payload.count == Int(h.elementCount) * h.dtype.size else {
             throw CollectiveError(message: "rank \(rank): truncated payload from \(from) in \(what): the header says \(h.elementCount) \(h.dtype) elements, the frame has \(payload.count) bytes")
         }
-        let t2 = ContinuousClock.now
-        let sum = Self.checksum(payload)
-        statistics.checksumming += t2.duration(to: .now)
-        guard sum == h.checksum else {
-            throw CollectiveError(message: "rank \(rank): corrupt payload from \(from) in \(what): checksum \(String(format: "%016llx", sum)), header says \(String(format: "%016llx", h.checksum))")
+        if verifying {
+            let t2 = ContinuousClock.now
+            let sum = Self.checksum(payload)
+            statistics.checksumming += t2.duration(to: .now)
+            try check(sum, h, e)
         }
         return (frames[1], h)
+    }
+
+    private func check(_ sum: UInt64, _ h: ChunkHeader, _ e: Expected) throws {
+        guard sum != h.checksum else { return }
+        throw CollectiveError(message: "rank \(rank): corrupt payload from rank \(left) in \(e.operation) #\(sequence) ring step \(e.ringStep) chunk \(e.chunkIndex): checksum \(String(format: "%016llx", sum)), header says \(String(format: "%016llx", h.checksum))")
+    }
+
+    enum Consumption<T> {
+        /// y += x, then y /= d if a divisor is given
+        case add(divideBy: T?)
+        /// y = x
+        case copy
+    }
+
+    /// Block size of `consume`: the received block, the buffer's block and (when adding) the result's
+    /// hash all stay in L1 between the passes.
+    static let consumeBlockBytes = 16 << 10
+
+    /// Adds or copies a received payload (already checked by `receive(_:verifying: false)` but for its
+    /// checksum) into `y`, verifying the checksum on the way, block by block: each block is hashed just
+    /// before it is used, so it is read from memory once. Adding also hashes the result, which it returns
+    /// for the chunk's next send; copying returns nil. On a bad checksum `y` holds garbage and the
+    /// collective fails.
+    private func consume<T: RingElement>(_ frame: ZeroMQFrame, _ h: ChunkHeader, _ e: Expected,
+                                         into y: UnsafeMutableBufferPointer<T>, _ how: Consumption<T>) throws -> UInt64? {
+        guard let yBase = y.baseAddress, !y.isEmpty else {
+            try check(Self.checksum(frame.bytes), h, e)
+            return nil
+        }
+        let start = ContinuousClock.now
+        // The frame owns the bytes x points into: keep it alive until they are read.
+        let made: UInt64? = withExtendedLifetime(frame) {
+            let x = aligned(frame.bytes, as: T.self)
+            let per = Self.consumeBlockBytes / MemoryLayout<T>.stride
+            inputHash.reset()
+            if case .add = how { outputHash.reset() }
+            for lower in stride(from: 0, to: y.count, by: per) {
+                let n = min(per, y.count - lower), bytes = n * MemoryLayout<T>.stride
+                inputHash.update(x + lower, bytes)
+                switch how {
+                case .add(let divisor):
+                    T.add(yBase + lower, x + lower, count: n)
+                    if let divisor { T.divide(yBase + lower, by: divisor, count: n) }
+                    outputHash.update(yBase + lower, bytes)
+                case .copy:
+                    (yBase + lower).update(from: x + lower, count: n)
+                }
+            }
+            if case .add = how { return outputHash.digest() }
+            return nil
+        }
+        statistics.reducing += start.duration(to: .now)
+        try check(inputHash.digest(), h, e)
+        return made
     }
 
     private func mismatch(_ field: String, _ here: String, _ there: String) -> CollectiveError {
@@ -491,4 +540,28 @@ public final class Ring {
         scratch.copyMemory(from: p, byteCount: payload.count)
         return UnsafePointer(scratch.assumingMemoryBound(to: T.self))
     }
+}
+
+/// XXH3-64 taken piece by piece; the same value as `Ring.checksum` of the pieces joined.
+final class StreamingChecksum {
+    private let state: OpaquePointer
+
+    init() {
+        guard let state = XXH3_createState() else { fatalError("XXH3_createState: out of memory") }
+        self.state = state
+    }
+
+    deinit { XXH3_freeState(state) }
+
+    func reset() { XXH3_64bits_reset(state) }
+
+    func update(_ p: UnsafeRawPointer, _ count: Int) {
+        #if arch(x86_64)
+        XXH3_64bits_update_dispatch(state, p, count)
+        #else
+        XXH3_64bits_update(state, p, count)
+        #endif
+    }
+
+    func digest() -> UInt64 { XXH3_64bits_digest(state) }
 }

@@ -263,6 +263,35 @@ func input(rank: Int, count: Int) -> [Float] {
         #expect(e.contains("corrupt payload from rank 1"))
     }
 
+    /// The all-gather half copies chunks in while it checks them: a bad one still fails the collective.
+    @Test func aCorruptPayloadInTheAllGatherIsAnError() throws {
+        let ring = try TestRing(2, .tcp)
+        let e = try rank0AllReduce(ring) { fake in
+            try fake.send(fake.header(.allReduce, sequence: 1, total: 8, offset: 4, count: 4), payload: [UInt8](repeating: 0, count: 16))
+            var h = fake.header(.allReduce, sequence: 1, total: 8, offset: 0, count: 4)
+            (h.ringStep, h.checksum) = (1, 12345)
+            try fake.send(h, payload: [UInt8](repeating: 0, count: 16))
+        }
+        #expect(e.contains("corrupt payload from rank 1 in all-reduce #1 ring step 1 chunk 0"), "\(e)")
+    }
+
+    /// The checksum taken block by block while reducing is the one-shot XXH3 of the whole payload, for
+    /// lengths around XXH3's internal boundaries and the reduce's block size, split at any block size.
+    @Test(arguments: [0, 1, 16, 128, 129, 240, 241, 1024, 1025, 16383, 16384, 16385, 100_003])
+    func aChecksumTakenInPiecesIsTheWholeOnes(count: Int) {
+        var g = SystemRandomNumberGenerator()
+        let bytes = (0..<count).map { _ in UInt8.random(in: 0...255, using: &g) }
+        let whole = bytes.withUnsafeBytes { Ring.checksum($0) }
+        let streaming = StreamingChecksum()
+        for piece in [1, 7, 64, 16384] {
+            streaming.reset()
+            bytes.withUnsafeBytes { b in
+                for lower in stride(from: 0, to: count, by: piece) { streaming.update(b.baseAddress! + lower, min(piece, count - lower)) }
+            }
+            #expect(streaming.digest() == whole, "\(count) bytes in pieces of \(piece)")
+        }
+    }
+
     @Test func garbageFromAStrangerIsAnError() throws {
         let ring = try TestRing(2, .tcp)
         let e = try rank0AllReduce(ring) { fake in
