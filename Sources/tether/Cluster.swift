@@ -65,21 +65,48 @@ struct Simulate: ParsableCommand {
     @Option(help: "Worker processes.") var workers = 2
     @Option(help: "Run directory for metrics.jsonl and checkpoint.safetensors.") var runDir = "runs/simulate"
     @Option(help: "Compute threads per worker (default: the cores divided among the workers).") var threads: Int?
+    @Option(help: "After a failure while training (a worker died, went silent or diverged), restart the job from its last checkpoint with new worker processes, up to N times.")
+    var maxRestarts = 0
     @OptionGroup var job: ClusterJob
 
     func validate() throws {
         guard workers >= 1 else { throw ValidationError("--workers must be at least 1") }
         if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
+        guard maxRestarts >= 0 else { throw ValidationError("--max-restarts must be at least 0") }
     }
 
     func run() throws {
         StopSignal.install()
+        var resume = job.resume
+        for restart in 0... {
+            do {
+                try runJob(resume: resume)
+                return
+            } catch let failure as TrainingFailure where restart < maxRestarts && !StopSignal.requested {
+                // Resume from the last checkpoint; a job that failed before its first starts over.
+                resume = resume || FileManager.default.fileExists(atPath: URL(fileURLWithPath: runDir).appendingPathComponent(Checkpoint.fileName).path)
+                FileHandle.standardError.write(Data("tether: \(failure.error)\ntether: restart \(restart + 1) of \(maxRestarts): \(resume ? "resuming \(runDir) from its last checkpoint" : "starting over (no checkpoint yet)") with \(workers) new workers\n".utf8))
+            } catch let failure as TrainingFailure {
+                try ClusterJob.stop(failure.error)
+            } catch {
+                try ClusterJob.stop(error)
+            }
+        }
+    }
+
+    /// A job that was set up and then failed while training: the failure a restart may recover from.
+    struct TrainingFailure: Error { let error: Error }
+
+    /// One attempt: a coordinator and fresh worker processes. Set-up errors (flags, data, the run
+    /// directory) are thrown as they are; failures of the running job as `TrainingFailure`, after the
+    /// workers have been reaped.
+    private func runJob(resume: Bool) throws {
         let jobID = "simulate-\(getpid())"
         var children: [Process] = []
+        var options = Coordinator.Options(listen: "tcp://127.0.0.1:0", workers: workers)
+        options.jobID = jobID
+        let coordinator = try job.coordinator(options, runDirectory: runDir, resume: resume)
         do {
-            var options = Coordinator.Options(listen: "tcp://127.0.0.1:0", workers: workers)
-            options.jobID = jobID
-            let coordinator = try job.coordinator(options, runDirectory: runDir)
             let perWorker = threads ?? max(1, ProcessInfo.processInfo.activeProcessorCount / workers)
             for _ in 0..<workers {
                 let p = Process()
@@ -104,7 +131,7 @@ struct Simulate: ParsableCommand {
             ClusterJob.reap(children, within: 10)
         } catch {
             ClusterJob.reap(children, within: 2)
-            try ClusterJob.stop(error)
+            throw TrainingFailure(error: error)
         }
     }
 }
@@ -125,8 +152,9 @@ struct ClusterJob: ParsableArguments {
         guard bucketMb > 0, bucketMb <= 1024 else { throw ValidationError("--bucket-mb must be in (0, 1024], got \(bucketMb)") }
     }
 
-    /// The coordinator of a fresh job, or of the run in `runDirectory` resumed.
-    func coordinator(_ given: Coordinator.Options, runDirectory: String) throws -> Coordinator {
+    /// The coordinator of a fresh job, or of the run in `runDirectory` resumed (`--resume`, or a restart).
+    func coordinator(_ given: Coordinator.Options, runDirectory: String, resume: Bool? = nil) throws -> Coordinator {
+        let resume = resume ?? self.resume
         var options = given
         (options.hashEvery, options.bucketBytes, options.serveData) = (hashEvery, max(4, Int(bucketMb * 1_048_576)), serveData)
         let dir = URL(fileURLWithPath: runDirectory)

@@ -79,36 +79,67 @@ struct ClusterProcessTests {
         #expect(worst < 1e-5, "worst relative difference \(worst)")
     }
 
-    /// A worker killed mid-epoch is named within seconds, the job stops with its last complete
-    /// checkpoint, and no process is left behind.
-    @Test func aKilledWorkerIsNamedAndTheJobStops() throws {
-        let dir = CLI.tempDir("killed")
-        defer { try? FileManager.default.removeItem(at: dir) }
+    /// Runs `tether simulate ARGS` and SIGKILLs one of its worker processes once the run's first
+    /// checkpoint exists; returns when simulate has exited.
+    func simulateKillingAWorker(_ args: [String], runDirectory dir: URL) throws -> (status: Int32, stderr: String, workers: [Int32], killedAt: Date) {
         let p = Process()
         p.executableURL = CLI.binary
-        p.arguments = ["simulate", "--workers", "3", "--model", "mlp-wn", "--epochs", "50", "--train-limit", "3000", "--test-limit", "200",
-                       "--run-dir", dir.path, "--log-every", "1"]
+        p.arguments = ["simulate", "--run-dir", dir.path] + args
         let out = Pipe(), err = Pipe()
         (p.standardOutput, p.standardError) = (out, err)
         try p.run()
-        // Wait for the first epoch's checkpoint, then kill one worker (a child of the simulate process).
+        // Wait for the first checkpoint, then kill one worker (a child of the simulate process).
         let deadline = Date().addingTimeInterval(60)
         while !FileManager.default.fileExists(atPath: dir.appendingPathComponent("checkpoint.safetensors").path) && Date() < deadline { usleep(100_000) }
         let children = (try? String(contentsOfFile: "/proc/\(p.processIdentifier)/task/\(p.processIdentifier)/children", encoding: .utf8))?
             .split(separator: " ").compactMap { Int32($0) } ?? []
-        #expect(children.count == 3)
         let killedAt = Date()
         if let victim = children.last { kill(victim, SIGKILL) }
         let errData = err.fileHandleForReading.readDataToEndOfFile()
         _ = out.fileHandleForReading.readDataToEndOfFile()
         p.waitUntilExit()
-        let stderr = String(decoding: errData, as: UTF8.self)
-        #expect(p.terminationStatus == 1)
-        #expect(Date().timeIntervalSince(killedAt) < 20)
-        #expect(stderr.contains("has been silent for") || stderr.contains("stopped"), "stderr: \(stderr)")
-        #expect(stderr.contains("rank "), "stderr: \(stderr)")
-        for c in children { #expect(kill(c, 0) != 0, "worker \(c) is still running") }
+        return (p.terminationStatus, String(decoding: errData, as: UTF8.self), children, killedAt)
+    }
+
+    /// A worker killed mid-epoch is named within seconds, the job stops with its last complete
+    /// checkpoint, and no process is left behind.
+    @Test func aKilledWorkerIsNamedAndTheJobStops() throws {
+        let dir = CLI.tempDir("killed")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let r = try simulateKillingAWorker(["--workers", "3", "--model", "mlp-wn", "--epochs", "50", "--train-limit", "3000", "--test-limit", "200",
+                                            "--log-every", "1"], runDirectory: dir)
+        #expect(r.workers.count == 3)
+        #expect(r.status == 1)
+        #expect(Date().timeIntervalSince(r.killedAt) < 20)
+        #expect(r.stderr.contains("has been silent for") || r.stderr.contains("stopped"), "stderr: \(r.stderr)")
+        #expect(r.stderr.contains("rank "), "stderr: \(r.stderr)")
+        for c in r.workers { #expect(kill(c, 0) != 0, "worker \(c) is still running") }
         #expect(FileManager.default.fileExists(atPath: dir.appendingPathComponent("checkpoint.safetensors").path))
+    }
+
+    /// `simulate --max-restarts 1`: after a worker is killed the job restarts from its last checkpoint
+    /// with new worker processes and ends with the parameters of a run that was never interrupted.
+    @Test func aRestartedJobEqualsAnUninterruptedOne() throws {
+        let dir = CLI.tempDir("restart")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let common = ["--workers", "3", "--model", "mlp-wn", "--epochs", "8", "--train-limit", "3000", "--test-limit", "200", "--seed", "7"]
+        let restarted = dir.appendingPathComponent("restarted"), whole = dir.appendingPathComponent("whole")
+        let r = try simulateKillingAWorker(common + ["--max-restarts", "1"], runDirectory: restarted)
+        #expect(r.workers.count == 3)
+        #expect(r.status == 0, "stderr: \(r.stderr)")
+        #expect(r.stderr.contains("restart 1 of 1: resuming \(restarted.path) from its last checkpoint with 3 new workers"), "stderr: \(r.stderr)")
+        for c in r.workers { #expect(kill(c, 0) != 0, "worker \(c) is still running") }
+        let u = try CLI.run(["simulate", "--run-dir", whole.path] + common, timeout: 240)
+        #expect(u.status == 0, "stderr: \(u.stderr)")
+        let a = try parameters(restarted.appendingPathComponent("checkpoint.safetensors").path)
+        let b = try parameters(whole.appendingPathComponent("checkpoint.safetensors").path)
+        #expect(!a.isEmpty && a == b)
+        // It resumed (a restart from scratch would end the same): the second start is past step 0.
+        let events = try metrics(restarted.path)
+        let starts = events.filter { $0["event"] as? String == "start" }.compactMap { $0["step"] as? Int }
+        #expect(starts.count == 2 && starts[0] == 0 && starts[1] > 0, "starts at steps \(starts)")
+        let ends = events.filter { $0["event"] as? String == "end" }
+        #expect(ends.count == 1 && ends[0]["step"] as? Int == 8 * 16, "\(ends)")
     }
 
     /// A job stopped after 20 steps and resumed ends with the parameters of one run straight through;
