@@ -53,14 +53,23 @@ public final class Coordinator {
         created = Date()
         try FileManager.default.createDirectory(at: runDirectory, withIntermediateDirectories: true)
         let checkpointURL = runDirectory.appendingPathComponent(Checkpoint.fileName)
-        let config = given
+        var config = given
         var resumeMetadata: [String: String] = [:]
         if resume {
             let loaded = try Checkpoint.Loaded(checkpointURL)
             let changed = given.fieldsDiffering(from: loaded.config)
             guard changed.isEmpty else { throw ConfigError(message: "a resumed run keeps its configuration, but \(changed.joined(separator: ", ")) differ from \(loaded.path)") }
-            if let w = loaded.file.metadata["tether.workers"], Int(w) != options.workers {
-                throw ConfigError(message: "\(loaded.path) was trained by \(w) workers; resume it with --workers \(w) (the global batch is per-worker batch x workers)")
+            if let w = loaded.file.metadata["tether.workers"].flatMap(Int.init), w != options.workers {
+                // Another number of workers: the run keeps its global batch, dealt over the workers it
+                // has now, so its steps, epochs, schedule and data cursor carry on unchanged.
+                guard config.model != "lm-tied" else {
+                    throw ConfigError(message: "\(loaded.path) was trained by \(w) workers; resume it with --workers \(w): lm-tied's streams and their carried state belong to its workers")
+                }
+                config.globalBatch = config.globalBatch(workers: w)
+                guard config.globalBatch! >= options.workers else {
+                    throw ConfigError(message: "\(loaded.path): its global batch of \(config.globalBatch!) samples cannot be dealt over \(options.workers) workers; resume it with at most \(config.globalBatch!)")
+                }
+                progress.line("resuming a run of \(w) workers with \(options.workers): the global batch stays \(config.globalBatch!) samples a step")
             }
             resumeBytes = [UInt8](try Data(contentsOf: checkpointURL))
             startState = loaded.state
@@ -103,8 +112,10 @@ public final class Coordinator {
         var start = MetricsEvent(event: "start", epoch: startState?.epoch ?? 0, step: startState?.globalStep ?? 0)
         start.model = config.model
         try metrics.write(start)
-        progress.line("coordinator on \(boundAddress): waiting for \(options.workers) workers; \(config.model), batch \(config.batch) per worker "
-                      + "(\(config.batch * options.workers) global), \(stepsPerEpoch) steps per epoch, \(total) steps in all")
+        let batch = config.globalBatch == nil ? "batch \(config.batch) per worker (\(config.globalBatch(workers: options.workers)) global)"
+            : "global batch \(config.globalBatch(workers: options.workers)) dealt over the workers"
+        progress.line("coordinator on \(boundAddress): waiting for \(options.workers) workers; \(config.model), \(batch), "
+                      + "\(stepsPerEpoch) steps per epoch, \(total) steps in all")
         var lastHeartbeat = 0.0
         let begun = Date()
         var window = (stats: BatchStats(), since: Date(), steps: 0, compute: 0.0, exchange: 0.0, waiting: 0.0)

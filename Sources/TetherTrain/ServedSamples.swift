@@ -68,7 +68,7 @@ final class ShuffledSplits<Dataset: ServableDataset> {
 
     init(train: SplitSamples<Dataset>, test: SplitSamples<Dataset>, config: TrainingConfig, shard: Shard) {
         (self.train, self.test, self.shard) = (train, test, shard)
-        steps = ShuffledSteps(seed: config.seed, count: train.count, batch: config.batch, shard: shard)
+        steps = ShuffledSteps(seed: config.seed, count: train.count, globalBatch: config.globalBatch(workers: shard.count), shard: shard)
     }
 
     /// Served: the epoch's samples of this shard in step order, or the shard's share of the held-out split.

@@ -11,6 +11,10 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     public var maxSteps: Int?
     /// Samples per step (per worker, in a cluster).
     public var batch = 64
+    /// Samples per step over all workers, when a cluster run was resumed with another number of
+    /// workers than it started with: it keeps the global batch it had, dealt over the workers it has.
+    /// nil: `batch` x workers.
+    public var globalBatch: Int?
     public var optimizer = OptimizerConfig()
     public var schedule = LRSchedule()
     public var seed: UInt64 = 0
@@ -57,6 +61,9 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         }
         return c
     }
+
+    /// Samples per step over `workers` workers.
+    public func globalBatch(workers: Int) -> Int { globalBatch ?? batch * workers }
 
     /// Steps in the whole run: `epochs` of `stepsPerEpoch`, or `maxSteps` if fewer.
     public func totalSteps(stepsPerEpoch: Int) -> Int { min(epochs * stepsPerEpoch, maxSteps ?? .max) }

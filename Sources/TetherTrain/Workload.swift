@@ -174,13 +174,13 @@ public struct Shard: Sendable, Equatable, Codable {
     public func part(of n: Int) -> Range<Int> { (rank * n / count) ..< ((rank + 1) * n / count) }
 }
 
-/// The samples of each step of a shuffled epoch (EpochPlan) whose global batch is `batch` per shard,
-/// keeping the current epoch's plan.
+/// The samples of each step of a shuffled epoch (EpochPlan) of `globalBatch` samples a step, dealt
+/// over the shards; keeps the current epoch's plan.
 final class ShuffledSteps {
     let seed: UInt64, count: Int, globalBatch: Int, shard: Shard
     private var plan: EpochPlan?
-    init(seed: UInt64, count: Int, batch: Int, shard: Shard) {
-        (self.seed, self.count, globalBatch, self.shard) = (seed, count, batch * shard.count, shard)
+    init(seed: UInt64, count: Int, globalBatch: Int, shard: Shard) {
+        (self.seed, self.count, self.globalBatch, self.shard) = (seed, count, globalBatch, shard)
     }
 
     var perEpoch: Int { (count + globalBatch - 1) / globalBatch }

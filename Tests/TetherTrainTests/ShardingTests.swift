@@ -10,7 +10,7 @@ import TetherNN
     @Test(arguments: [1, 2, 3, 5], [1, 7, 64, 100, 101])
     func everySampleExactlyOncePerEpoch(workers: Int, count: Int) {
         for batch in [1, 3, 16] {
-            let shards = (0..<workers).map { ShuffledSteps(seed: 11, count: count, batch: batch, shard: Shard(rank: $0, count: workers)) }
+            let shards = (0..<workers).map { ShuffledSteps(seed: 11, count: count, globalBatch: batch * workers, shard: Shard(rank: $0, count: workers)) }
             for epoch in 0..<2 {
                 var seen: [Int] = []
                 for step in 0..<shards[0].perEpoch {
@@ -22,12 +22,28 @@ import TetherNN
                 }
                 #expect(seen.sorted() == Array(0..<count), "workers \(workers), count \(count), batch \(batch)")
                 // The same seed gives the same plan; a fresh object (a resumed run) agrees mid-epoch.
-                let again = ShuffledSteps(seed: 11, count: count, batch: batch, shard: Shard(rank: workers - 1, count: workers))
+                let again = ShuffledSteps(seed: 11, count: count, globalBatch: batch * workers, shard: Shard(rank: workers - 1, count: workers))
                 let mid = shards[0].perEpoch / 2
                 #expect(Array(again.samples(epoch: epoch, step: mid).local) == Array(shards[workers - 1].samples(epoch: epoch, step: mid).local))
             }
-            let otherSeed = ShuffledSteps(seed: 12, count: count, batch: batch, shard: .whole)
-            if count > 3 { #expect(Array(otherSeed.samples(epoch: 0, step: 0).local) != Array(ShuffledSteps(seed: 11, count: count, batch: batch, shard: .whole).samples(epoch: 0, step: 0).local)) }
+            let otherSeed = ShuffledSteps(seed: 12, count: count, globalBatch: batch, shard: .whole)
+            if count > 3 { #expect(Array(otherSeed.samples(epoch: 0, step: 0).local) != Array(ShuffledSteps(seed: 11, count: count, globalBatch: batch, shard: .whole).samples(epoch: 0, step: 0).local)) }
+        }
+    }
+
+    /// A run resumed with another number of workers keeps its global batch: dealt over any number of
+    /// shards (more or fewer than the batch, dividing it or not), every step takes the same samples.
+    @Test(arguments: [1, 2, 3, 5, 8], [7, 100, 101])
+    func aGlobalBatchDealtOverAnyWorkerCountTakesTheSameSamples(workers: Int, count: Int) {
+        let whole = ShuffledSteps(seed: 4, count: count, globalBatch: 6, shard: .whole)
+        let shards = (0..<workers).map { ShuffledSteps(seed: 4, count: count, globalBatch: 6, shard: Shard(rank: $0, count: workers)) }
+        #expect(shards[0].perEpoch == whole.perEpoch)
+        for epoch in 0..<2 {
+            for step in 0..<whole.perEpoch {
+                let parts = shards.map { $0.samples(epoch: epoch, step: step) }
+                #expect(parts.allSatisfy { $0.global == whole.samples(epoch: epoch, step: step).global })
+                #expect(parts.flatMap(\.local).sorted() == whole.samples(epoch: epoch, step: step).local.sorted(), "workers \(workers), step \(step)")
+            }
         }
     }
 
