@@ -20,7 +20,12 @@ public final class Coordinator {
         /// Serve the samples to the workers (DataRequest) instead of each reading --data.
         public var serveData = false
         public var joinTimeout = 60.0
-        public init(listen: String, workers: Int) { (self.listen, self.workers) = (listen, workers) }
+        /// Elastic: the job may start with this many of `workers` (those that joined, once no other has
+        /// for `lastCall` seconds), keeping the global batch of `workers`.
+        public var minWorkers: Int
+        public var lastCall = 10.0
+        public init(listen: String, workers: Int) { (self.listen, self.workers, minWorkers) = (listen, workers, workers) }
+        var elastic: Bool { minWorkers < workers }
     }
 
     public let options: Options
@@ -59,23 +64,29 @@ public final class Coordinator {
             let loaded = try Checkpoint.Loaded(checkpointURL)
             let changed = given.fieldsDiffering(from: loaded.config)
             guard changed.isEmpty else { throw ConfigError(message: "a resumed run keeps its configuration, but \(changed.joined(separator: ", ")) differ from \(loaded.path)") }
-            if let w = loaded.file.metadata["tether.workers"].flatMap(Int.init), w != options.workers {
+            if let w = loaded.file.metadata["tether.workers"].flatMap(Int.init), w != options.workers || options.elastic {
                 // Another number of workers: the run keeps its global batch, dealt over the workers it
                 // has now, so its steps, epochs, schedule and data cursor carry on unchanged.
                 guard config.model != "lm-tied" else {
-                    throw ConfigError(message: "\(loaded.path) was trained by \(w) workers; resume it with --workers \(w): lm-tied's streams and their carried state belong to its workers")
+                    throw ConfigError(message: "\(loaded.path) was trained by \(w) workers; resume it with --workers \(w) (and no --min-workers): lm-tied's streams and their carried state belong to its workers")
                 }
                 config.globalBatch = config.globalBatch(workers: w)
-                guard config.globalBatch! >= options.workers else {
-                    throw ConfigError(message: "\(loaded.path): its global batch of \(config.globalBatch!) samples cannot be dealt over \(options.workers) workers; resume it with at most \(config.globalBatch!)")
+                if w != options.workers {
+                    progress.line("resuming a run of \(w) workers with \(options.workers): the global batch stays \(config.globalBatch!) samples a step")
                 }
-                progress.line("resuming a run of \(w) workers with \(options.workers): the global batch stays \(config.globalBatch!) samples a step")
             }
             resumeBytes = [UInt8](try Data(contentsOf: checkpointURL))
             startState = loaded.state
             resumeMetadata = loaded.file.metadata
         } else if FileManager.default.fileExists(atPath: checkpointURL.path) {
             throw ConfigError(message: "\(checkpointURL.path) exists: pass --resume to continue that run, or choose another --run-dir")
+        }
+        if options.elastic {
+            guard config.model != "lm-tied" else { throw ConfigError(message: "--min-workers: lm-tied cannot run on fewer workers than it has streams for") }
+            config.globalBatch = config.globalBatch(workers: options.workers)
+        }
+        if let g = config.globalBatch, g < options.minWorkers {
+            throw ConfigError(message: "a global batch of \(g) samples cannot be dealt over \(options.minWorkers) workers")
         }
         try config.validate()
         self.config = config
@@ -93,6 +104,7 @@ public final class Coordinator {
         var settings = CoordinatorState.Settings(workers: options.workers, firstStep: startState?.globalStep ?? 0, totalSteps: total, stepsPerEpoch: stepsPerEpoch)
         settings.heartbeatTimeout = options.heartbeatTimeout
         settings.joinTimeout = options.joinTimeout
+        (settings.minWorkers, settings.lastCall) = (options.minWorkers, options.lastCall)
         machine = CoordinatorState(settings, now: Clock.now)
         context = try ZeroMQContext()
         let socket = try ZeroMQSocket(context, .router)
@@ -114,7 +126,8 @@ public final class Coordinator {
         try metrics.write(start)
         let batch = config.globalBatch == nil ? "batch \(config.batch) per worker (\(config.globalBatch(workers: options.workers)) global)"
             : "global batch \(config.globalBatch(workers: options.workers)) dealt over the workers"
-        progress.line("coordinator on \(boundAddress): waiting for \(options.workers) workers; \(config.model), \(batch), "
+        let waiting = options.elastic ? "\(options.workers) workers (at least \(options.minWorkers))" : "\(options.workers) workers"
+        progress.line("coordinator on \(boundAddress): waiting for \(waiting); \(config.model), \(batch), "
                       + "\(stepsPerEpoch) steps per epoch, \(total) steps in all")
         var lastHeartbeat = 0.0
         let begun = Date()
@@ -175,11 +188,14 @@ public final class Coordinator {
                 assign.dataServed = served != nil
                 try router.send(.assign(assign), from: -1, to: identity)
                 progress.line("rank \(rank): \(ring[rank])")
+            case .turnAway(let identity, let reason):
+                try router.send(.abort(.init(originRank: -1, reason: reason)), from: -1, to: identity)
+                progress.line("turned away a worker: \(reason)")
             case .start:
                 for m in machine.members { try router.send(.start, from: -1, to: m.identity) }
                 epochStart = Date()
                 let startup = epochStart.timeIntervalSince(created)
-                progress.line("all \(options.workers) replicas agree on the initial parameters; training (\(ProgressDisplay.fixed(startup, 2)) s after start-up)")
+                progress.line("all \(machine.members.count) replicas agree on the initial parameters; training (\(ProgressDisplay.fixed(startup, 2)) s after start-up)")
                 var started = MetricsEvent(event: "training", epoch: machine.completedSteps / stepsPerEpoch, step: machine.completedSteps)
                 started.elapsed_s = startup
                 try metrics.write(started)
@@ -223,7 +239,7 @@ public final class Coordinator {
                               + "\(ProgressDisplay.grouped(e.samples_per_sec!)) samples/s)")
             case .writeCheckpoint(let data):
                 var file = try Safetensors.decode(Data(data.safetensors), source: "rank 0's checkpoint of step \(data.globalStep)")
-                file.metadata["tether.workers"] = String(options.workers)
+                file.metadata["tether.workers"] = String(machine.members.count)
                 try Safetensors.write(file, to: runDirectory.appendingPathComponent(Checkpoint.fileName))
             case .abort(let message):
                 for m in machine.members { try? router.send(.abort(.init(originRank: -1, reason: message)), from: -1, to: m.identity) }

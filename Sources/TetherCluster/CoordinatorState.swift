@@ -4,7 +4,8 @@ import TetherComm
 /// went silent, ...), directives out (assign it a rank, start, log a step, write a checkpoint, abort).
 /// Time is an argument (seconds on a monotonic clock), so every path is testable without sockets.
 ///
-/// A job: `workers` hellos -> one Assign each (ranks in arrival order, the ring in rank order) -> every
+/// A job: `workers` hellos (or, elastic, at least `minWorkers` and no more for `lastCall` seconds)
+/// -> one Assign each (ranks in arrival order, the ring in rank order) -> every
 /// Ready -> Start when all parameter hashes agree -> per global step, one StepReport from every rank
 /// (merged into one summary; hashes compared when reported) -> at epoch ends, every rank's EvalReport
 /// (merged) and rank 0's checkpoint -> Finish once the last step, its evaluation and its checkpoint are in.
@@ -18,9 +19,15 @@ public struct CoordinatorState {
         public var heartbeatTimeout: Double = 5
         /// Workers that have not all said hello by then fail the job.
         public var joinTimeout: Double = 60
+        /// Elastic: the job may form with this many workers (at most `workers`) once no other has
+        /// joined for `lastCall` seconds. Workers who say hello after it formed are turned away.
+        public var minWorkers: Int
+        public var lastCall: Double = 10
         public init(workers: Int, firstStep: Int = 0, totalSteps: Int, stepsPerEpoch: Int) {
             (self.workers, self.firstStep, self.totalSteps, self.stepsPerEpoch) = (workers, firstStep, totalSteps, stepsPerEpoch)
+            minWorkers = workers
         }
+        var elastic: Bool { minWorkers < workers }
     }
 
     public enum Phase: Equatable, Sendable { case joining, initializing, training, finished, failed(String) }
@@ -56,6 +63,8 @@ public struct CoordinatorState {
 
     public enum Directive: Equatable, Sendable {
         case assign(identity: [UInt8], rank: Int, ring: [String])
+        /// Tell a worker that is not part of the job (it came after an elastic job formed) to leave.
+        case turnAway(identity: [UInt8], reason: String)
         case start
         case stepCompleted(StepSummary)
         case epochCompleted(epoch: Int, reports: [Envelope.EvalReport])
@@ -73,11 +82,12 @@ public struct CoordinatorState {
     private var evalReports: [Int: [Envelope.EvalReport?]] = [:]
     private var checkpointedStep = -1
     private let started: Double
+    private var lastJoined: Double
 
     public init(_ settings: Settings, now: Double) {
         self.settings = settings
         completedSteps = settings.firstStep
-        started = now
+        (started, lastJoined) = (now, now)
     }
 
     /// The epoch whose last step is `globalStep` (1-based count of steps), if it ends one.
@@ -92,15 +102,21 @@ public struct CoordinatorState {
         }
         switch event {
         case .hello(let identity, let address):
-            guard phase == .joining else { return fail("a worker at \(address) said hello after the job had formed (\(settings.workers) workers)") }
+            // A worker repeats its Hello until assigned (one to a restarting coordinator may be lost).
+            if let known = members.firstIndex(where: { $0.identity == identity }) {
+                members[known].lastHeard = now
+                return []
+            }
+            guard phase == .joining else {
+                let formed = "the job formed with \(members.count) workers before a worker at \(address) said hello"
+                return settings.elastic ? [.turnAway(identity: identity, reason: formed)] : fail(formed)
+            }
             if let twin = members.firstIndex(where: { $0.address == address }) {
                 return fail("two workers advertise the same address \(address) (the second would be rank \(members.count), the first is rank \(twin))")
             }
             members.append(Member(identity: identity, address: address, lastHeard: now))
-            guard members.count == settings.workers else { return [] }
-            phase = .initializing
-            let ring = members.map(\.address)
-            return members.enumerated().map { .assign(identity: $1.identity, rank: $0, ring: ring) }
+            lastJoined = now
+            return members.count == settings.workers ? form(now: now) : []
         case .ready(let rank, let ready):
             members[rank].ready = ready
             guard members.allSatisfy({ $0.ready != nil }) else { return [] }
@@ -155,8 +171,11 @@ public struct CoordinatorState {
         case .abort(let rank, let reason):
             return fail("rank \(rank) (\(members[rank].address)) stopped: \(reason)")
         case .tick:
+            if phase == .joining, settings.elastic, members.count >= settings.minWorkers, now - lastJoined > settings.lastCall {
+                return form(now: now)
+            }
             if phase == .joining, now - started > settings.joinTimeout {
-                return fail("only \(members.count) of \(settings.workers) workers joined within \(Int(settings.joinTimeout)) s"
+                return fail("only \(members.count) of \(settings.workers) workers\(settings.elastic ? " (at least \(settings.minWorkers) needed)" : "") joined within \(Int(settings.joinTimeout)) s"
                             + (members.isEmpty ? "" : " (joined: \(members.map(\.address).joined(separator: ", ")))"))
             }
             if phase != .joining, let silent = members.indices.first(where: { now - members[$0].lastHeard > settings.heartbeatTimeout }) {
@@ -164,6 +183,15 @@ public struct CoordinatorState {
             }
             return []
         }
+    }
+
+    /// The ring of the workers that joined, in arrival order. Their silence is counted from here: an
+    /// elastic job may have waited longer than the heartbeat time-out for the last of them.
+    private mutating func form(now: Double) -> [Directive] {
+        phase = .initializing
+        for i in members.indices { members[i].lastHeard = now }
+        let ring = members.map(\.address)
+        return members.enumerated().map { .assign(identity: $1.identity, rank: $0, ring: ring) }
     }
 
     /// Finish once the last step is in, its epoch's evaluation (if it ends one) is merged, and rank 0's

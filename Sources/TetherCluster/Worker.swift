@@ -16,6 +16,11 @@ public struct WorkerOptions: Sendable {
     public var ringTimeout: Duration = .seconds(20)
     /// The coordinator is declared gone after this long without a heartbeat.
     public var coordinatorTimeout: Double = 10
+    /// Ends the process when the coordinator stops the job or goes silent, called on the heartbeat
+    /// thread with the reason (already logged) while the main thread may be inside a GEMM or a
+    /// collective: `_exit(1)` by default (exit's atexit handlers would tear down OpenBLAS under it);
+    /// `tether worker --max-restarts` executes itself anew to join again.
+    public var endProcess: @Sendable (String) -> Never = { _ in _exit(1) }
     public init(coordinator: String, advertise: String) { (self.coordinator, self.advertise) = (coordinator, advertise) }
 }
 
@@ -35,6 +40,9 @@ public final class Worker {
         self.log = log
         context = try ZeroMQContext()
         let dealer = try ZeroMQSocket(context, .dealer)
+        // One identity for this worker however often the connection is made again, so a repeated
+        // Hello (below) is known for what it is.
+        try dealer.setRoutingID([0x57] + (0..<15).map { _ in UInt8.random(in: 0...255) })
         try dealer.connect(options.coordinator)
         control = ControlChannel(socket: dealer, jobID: options.jobID)
     }
@@ -56,8 +64,16 @@ public final class Worker {
 
     private func train() throws {
         let advertise = try Advertise.resolve(options.advertise, context)
-        try control.send(.hello(.init(advertiseAddress: advertise, tetherVersion: "tether", threads: UInt32(BLAS.threads))), from: -1)
-        let assign: Envelope.Assign = try waitFor("an assignment", within: 120) { if case .assign(let a) = $0 { return a }; return nil }
+        // Hello again every second until assigned: a Hello that reached a coordinator on its way out
+        // (a restarting one) is lost with it.
+        let deadline = ContinuousClock.now + .seconds(120)
+        var assigned: Envelope.Assign?
+        while assigned == nil {
+            guard ContinuousClock.now < deadline else { throw ClusterError("no assignment from the coordinator at \(options.coordinator) within 120 s") }
+            try control.send(.hello(.init(advertiseAddress: advertise, tetherVersion: "tether", threads: UInt32(BLAS.threads))), from: -1)
+            assigned = try receive(until: min(deadline, .now + .seconds(1))) { if case .assign(let a) = $0 { return a }; return nil }
+        }
+        let assign = assigned!
         rank = Int(assign.rank)
         // Heartbeats flow from here on: loading the data and building the model can take seconds.
         let heartbeat = try Heartbeat(context: context, options: options, rank: rank, log: log)
@@ -160,12 +176,19 @@ public final class Worker {
 
     /// Messages from the coordinator until `want` accepts one; an Abort or the deadline is an error.
     private func waitFor<T>(_ what: String, within seconds: Double, _ want: (Envelope.Body) -> T?) throws -> T {
-        let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+        guard let value = try receive(until: .now + .milliseconds(Int(seconds * 1000)), want) else {
+            throw ClusterError("no \(what) from the coordinator at \(options.coordinator) within \(Int(seconds)) s")
+        }
+        return value
+    }
+
+    /// Messages from the coordinator until `want` accepts one (nil at the deadline); an Abort is an error.
+    private func receive<T>(until deadline: ContinuousClock.Instant, _ want: (Envelope.Body) -> T?) throws -> T? {
         while let (_, env) = try control.receive(deadline: deadline) {
             if case .abort(let a) = env.body { throw ClusterError("the coordinator stopped the job: \(a.reason)") }
             if let body = env.body, let value = want(body) { return value }
         }
-        throw ClusterError("no \(what) from the coordinator at \(options.coordinator) within \(Int(seconds)) s")
+        return nil
     }
 
     private func checkForAbort() throws {
@@ -254,8 +277,8 @@ final class Training {
 
 /// A thread of its own that sends a heartbeat every half second on a second DEALER and watches the
 /// coordinator's: an Abort from it, or its silence, ends this process (the coordinator holds the last
-/// checkpoint; nothing of the worker's needs saving) with _exit: exit's atexit handlers would tear down
-/// OpenBLAS under the main thread's running GEMM (a crash, seen). `stop` ends the thread and closes its socket, so
+/// checkpoint; nothing of the worker's needs saving) through `WorkerOptions.endProcess`, never exit:
+/// exit's atexit handlers would tear down OpenBLAS under the main thread's running GEMM (a crash, seen). `stop` ends the thread and closes its socket, so
 /// the context can terminate (zmq_ctx_term waits for every socket to close).
 final class Heartbeat: @unchecked Sendable {
     private let stopped = StopFlag()
@@ -265,7 +288,7 @@ final class Heartbeat: @unchecked Sendable {
         let dealer = try ZeroMQSocket(context, .dealer, linger: .zero)
         try dealer.connect(options.coordinator)
         let channel = ControlChannel(socket: dealer, jobID: options.jobID)
-        let flag = stopped, finished = done, timeout = options.coordinatorTimeout, coordinator = options.coordinator
+        let flag = stopped, finished = done, timeout = options.coordinatorTimeout, coordinator = options.coordinator, end = options.endProcess
         Thread {
             defer { channel.socket.close(); finished.signal() }
             var watch = LivenessWatch(timeout: timeout, now: Clock.now)
@@ -275,13 +298,15 @@ final class Heartbeat: @unchecked Sendable {
                 while !flag.isSet, let message = try? channel.receive(deadline: deadline), let (_, env) = Optional(message) {
                     watch.heard(at: Clock.now)
                     if case .abort(let a) = env.body {
-                        log("tether worker rank \(rank): the coordinator stopped the job: \(a.reason)")
-                        _exit(1)
+                        let reason = "the coordinator stopped the job: \(a.reason)"
+                        log("tether worker rank \(rank): \(reason)")
+                        end(reason)
                     }
                 }
                 if !flag.isSet, let silent = watch.silence(at: Clock.now) {
-                    log("tether worker rank \(rank): the coordinator at \(coordinator) has been silent for \(Int(silent)) s; exiting")
-                    _exit(1)
+                    let reason = "the coordinator at \(coordinator) has been silent for \(Int(silent)) s"
+                    log("tether worker rank \(rank): \(reason); exiting")
+                    end(reason)
                 }
             }
         }.start()

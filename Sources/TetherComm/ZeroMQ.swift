@@ -91,6 +91,13 @@ public final class ZeroMQSocket {
         zmq_close(handle)
     }
 
+    /// ZMQ_ROUTING_ID: the identity a ROUTER peer sees for this socket, kept across reconnections (by
+    /// default a ROUTER names each connection anew). Must not start with a zero byte.
+    public func setRoutingID(_ id: [UInt8]) throws {
+        precondition(!id.isEmpty && id[0] != 0, "a routing id is non-empty and does not start with 0")
+        try ZeroMQ.check(id.withUnsafeBytes { zmq_setsockopt(handle, ZMQ_ROUTING_ID, $0.baseAddress, id.count) }, "zmq_setsockopt(ZMQ_ROUTING_ID)")
+    }
+
     func setOption(_ option: Int32, _ value: Int32, _ name: String) throws {
         var v = value
         try ZeroMQ.check(zmq_setsockopt(handle, option, &v, MemoryLayout<Int32>.size), "zmq_setsockopt(\(name))")

@@ -15,21 +15,29 @@ struct CoordinatorCommand: ParsableCommand {
     @Option(help: "Job identifier (workers must give the same).") var jobID = "tether"
     @Option(help: "Run directory for metrics.jsonl and checkpoint.safetensors.") var runDir = "runs/cluster"
     @Option(help: "Seconds without a message before a worker is declared dead.") var heartbeatTimeout = 5.0
+    @Option(help: "Elastic: start (or restart) with as few as this many workers once no other has joined for --last-call seconds; the global batch stays --batch x --workers.")
+    var minWorkers: Int?
+    @Option(help: "Seconds an elastic job waits for more workers after the last one joined.") var lastCall = 10.0
+    @Option(help: "After a failure while training, wait for workers again (those started with --max-restarts rejoin) and resume from the last checkpoint, up to N times.")
+    var maxRestarts = 0
     @OptionGroup var job: ClusterJob
 
     func validate() throws {
         guard workers >= 1 else { throw ValidationError("--workers must be at least 1") }
         guard heartbeatTimeout > 0 else { throw ValidationError("--heartbeat-timeout must be positive") }
+        if let minWorkers, !(1...workers).contains(minWorkers) { throw ValidationError("--min-workers must be in 1...\(workers) (--workers)") }
+        guard lastCall > 0 else { throw ValidationError("--last-call must be positive") }
+        guard maxRestarts >= 0 else { throw ValidationError("--max-restarts must be at least 0") }
     }
 
     func run() throws {
         StopSignal.install()
-        do {
+        try ClusterJob.restarting(maxRestarts, resume: job.resume, runDirectory: runDir, what: "waiting for workers again") { resume in
             var options = Coordinator.Options(listen: listen, workers: workers)
             (options.jobID, options.heartbeatTimeout) = (jobID, heartbeatTimeout)
-            try job.coordinator(options, runDirectory: runDir).run()
-        } catch {
-            try ClusterJob.stop(error)
+            (options.minWorkers, options.lastCall) = (minWorkers ?? workers, lastCall)
+            let coordinator = try job.coordinator(options, runDirectory: runDir, resume: resume)
+            do { try coordinator.run() } catch { throw ClusterJob.TrainingFailure(error: error) }
         }
     }
 }
@@ -41,19 +49,41 @@ struct WorkerCommand: ParsableCommand {
     @Option(help: "The coordinator's address, e.g. tcp://10.0.0.1:7070.") var coordinator: String
     @Option(help: "Address ring neighbours reach this worker at: tcp://HOST:PORT (port 0: any free port) or an interface name with an optional :PORT (eth0, eth0:7071).") var advertise = "tcp://127.0.0.1:0"
     @Option(help: "Job identifier (as given to the coordinator).") var jobID = "tether"
+    @Option(help: "After the job stops with a failure, join the coordinator again (a coordinator with --max-restarts resumes the job), up to N times.")
+    var maxRestarts = 0
     @OptionGroup var threads: ThreadOptions
     @OptionGroup var jobFile: JobFileOption
+
+    func validate() throws {
+        guard maxRestarts >= 0 else { throw ValidationError("--max-restarts must be at least 0") }
+    }
 
     func run() throws {
         threads.apply()
         ProcessLifetime.forWorker()
-        do {
-            var options = WorkerOptions(coordinator: coordinator, advertise: advertise)
-            options.jobID = jobID
-            try Worker(options).run()
-        } catch {
-            exitWithError(error)
+        var options = WorkerOptions(coordinator: coordinator, advertise: advertise)
+        options.jobID = jobID
+        if maxRestarts > 0 {
+            let (restarts, coordinator) = (maxRestarts, coordinator)
+            options.endProcess = { _ in Self.joinAgain(coordinator, restartsLeft: restarts - 1) }
         }
+        do { try Worker(options).run() } catch {
+            guard maxRestarts > 0 else { exitWithError(error) }
+            FileHandle.standardError.write(Data("tether worker: \(error)\n".utf8))
+            Self.joinAgain(coordinator, restartsLeft: maxRestarts - 1)
+        }
+    }
+
+    /// Executes this program anew with one restart fewer: a clean process (no thread of the failed job
+    /// is left, whatever it was blocked in) that joins the coordinator again. The last --max-restarts
+    /// given wins, over a job file's or a TETHER_ variable's.
+    static func joinAgain(_ coordinator: String, restartsLeft: Int) -> Never {
+        FileHandle.standardError.write(Data("tether worker: joining \(coordinator) again (\(restartsLeft) restarts left)\n".utf8))
+        let arguments = CommandLine.arguments + ["--max-restarts", String(restartsLeft)]
+        var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
+        execv("/proc/self/exe", &argv)
+        FileHandle.standardError.write(Data("tether worker: cannot execute itself again: \(String(cString: strerror(errno)))\n".utf8))
+        _exit(1)
     }
 }
 
@@ -77,25 +107,8 @@ struct Simulate: ParsableCommand {
 
     func run() throws {
         StopSignal.install()
-        var resume = job.resume
-        for restart in 0... {
-            do {
-                try runJob(resume: resume)
-                return
-            } catch let failure as TrainingFailure where restart < maxRestarts && !StopSignal.requested {
-                // Resume from the last checkpoint; a job that failed before its first starts over.
-                resume = resume || FileManager.default.fileExists(atPath: URL(fileURLWithPath: runDir).appendingPathComponent(Checkpoint.fileName).path)
-                FileHandle.standardError.write(Data("tether: \(failure.error)\ntether: restart \(restart + 1) of \(maxRestarts): \(resume ? "resuming \(runDir) from its last checkpoint" : "starting over (no checkpoint yet)") with \(workers) new workers\n".utf8))
-            } catch let failure as TrainingFailure {
-                try ClusterJob.stop(failure.error)
-            } catch {
-                try ClusterJob.stop(error)
-            }
-        }
+        try ClusterJob.restarting(maxRestarts, resume: job.resume, runDirectory: runDir, what: "with \(workers) new workers") { try runJob(resume: $0) }
     }
-
-    /// A job that was set up and then failed while training: the failure a restart may recover from.
-    struct TrainingFailure: Error { let error: Error }
 
     /// One attempt: a coordinator and fresh worker processes. Set-up errors (flags, data, the run
     /// directory) are thrown as they are; failures of the running job as `TrainingFailure`, after the
@@ -131,7 +144,7 @@ struct Simulate: ParsableCommand {
             ClusterJob.reap(children, within: 10)
         } catch {
             ClusterJob.reap(children, within: 2)
-            throw TrainingFailure(error: error)
+            throw ClusterJob.TrainingFailure(error: error)
         }
     }
 }
@@ -161,6 +174,30 @@ struct ClusterJob: ParsableArguments {
         var base = TrainingConfig()
         if resume { base = try Checkpoint.Loaded(dir.appendingPathComponent(Checkpoint.fileName)).config }
         return try Coordinator(options: options, config: training.applied(to: base), runDirectory: dir, resume: resume)
+    }
+
+    /// A job that was set up and then failed while training: the failure a restart may recover from.
+    struct TrainingFailure: Error { let error: Error }
+
+    /// Runs `attempt` (resuming or not), and again after each `TrainingFailure` up to `maxRestarts`
+    /// times: from the run's last checkpoint, or from the start if it failed before its first. Set-up
+    /// errors and interrupts end the job at once.
+    static func restarting(_ maxRestarts: Int, resume: Bool, runDirectory: String, what: String, _ attempt: (_ resume: Bool) throws -> Void) throws {
+        var resume = resume
+        for restart in 0... {
+            do {
+                try attempt(resume)
+                return
+            } catch let failure as TrainingFailure where restart < maxRestarts && !StopSignal.requested {
+                resume = resume || FileManager.default.fileExists(atPath: URL(fileURLWithPath: runDirectory).appendingPathComponent(Checkpoint.fileName).path)
+                let how = resume ? "resuming \(runDirectory) from its last checkpoint" : "starting over (no checkpoint yet)"
+                FileHandle.standardError.write(Data("tether: \(failure.error)\ntether: restart \(restart + 1) of \(maxRestarts): \(how) \(what)\n".utf8))
+            } catch let failure as TrainingFailure {
+                try stop(failure.error)
+            } catch {
+                try stop(error)
+            }
+        }
     }
 
     /// Ends a failed job: exit status 130 after an interrupt, else the error on one line.

@@ -119,6 +119,54 @@ struct ClusterProcessTests {
         #expect(again.stderr.contains("was trained by 2 workers; resume it with --workers 2: lm-tied's streams"), "\(again.stderr)")
     }
 
+    /// Elastic, as separate processes: `coordinator --workers 3 --min-workers 2 --max-restarts 1` and
+    /// three `worker --max-restarts 1`; one worker is killed after the first checkpoint. The coordinator
+    /// restarts, the two survivors rejoin, the job resumes on two workers with its global batch and ends
+    /// where a job that kept three workers ends.
+    @Test func anElasticJobGoesOnWithTheWorkersItHasLeft() throws {
+        let dir = CLI.tempDir("elastic-restart")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let training = ["--model", "mlp-wn", "--epochs", "4", "--train-limit", "3000", "--test-limit", "200", "--seed", "7"]
+        let port = Int.random(in: 20000..<60000), jobID = "elastic-\(getpid())"
+        let address = "tcp://127.0.0.1:\(port)", run = dir.appendingPathComponent("elastic")
+        func start(_ args: [String]) throws -> (Process, Pipe, Pipe) {
+            let p = Process(), out = Pipe(), err = Pipe()
+            (p.executableURL, p.arguments, p.standardOutput, p.standardError) = (CLI.binary, args, out, err)
+            try p.run()
+            // a hard bound, should anything hang
+            DispatchQueue.global().asyncAfter(deadline: .now() + 150) { if p.isRunning { p.terminate() } }
+            return (p, out, err)
+        }
+        let coordinator = try start(["coordinator", "--listen", address, "--workers", "3", "--min-workers", "2", "--last-call", "3",
+                                     "--max-restarts", "1", "--heartbeat-timeout", "3", "--job-id", jobID, "--run-dir", run.path] + training)
+        let workers = try (0..<3).map { _ in try start(["worker", "--coordinator", address, "--job-id", jobID, "--max-restarts", "1", "--threads", "1"]) }
+        let deadline = Date().addingTimeInterval(60)
+        while !FileManager.default.fileExists(atPath: run.appendingPathComponent("checkpoint.safetensors").path) && Date() < deadline { usleep(100_000) }
+        kill(workers[2].0.processIdentifier, SIGKILL)
+        func finish(_ p: (Process, Pipe, Pipe)) -> (status: Int32, out: String, err: String) {
+            let err = p.2.fileHandleForReading.readDataToEndOfFile(), out = p.1.fileHandleForReading.readDataToEndOfFile()
+            p.0.waitUntilExit()
+            return (p.0.terminationStatus, String(decoding: out, as: UTF8.self), String(decoding: err, as: UTF8.self))
+        }
+        let c = finish(coordinator)
+        #expect(c.status == 0, "coordinator: \(c.err)")
+        #expect(c.err.contains("restart 1 of 1: resuming \(run.path) from its last checkpoint waiting for workers again"), "\(c.err)")
+        #expect(c.out.contains("all 2 replicas agree"), "\(c.out)")
+        for w in workers[0..<2] {
+            let r = finish(w)
+            #expect(r.status == 0, "worker: \(r.err)")
+            #expect(r.err.contains("joining \(address) again (0 restarts left)"), "\(r.err)")
+        }
+        _ = finish(workers[2])
+        let whole = dir.appendingPathComponent("whole").path
+        let u = try CLI.run(["simulate", "--workers", "3", "--run-dir", whole] + training, timeout: 240)
+        #expect(u.status == 0, "stderr: \(u.stderr)")
+        let a = try parameters(run.appendingPathComponent("checkpoint.safetensors").path), b = try parameters(whole + "/checkpoint.safetensors")
+        #expect(Set(a.keys) == Set(b.keys) && !a.isEmpty)
+        let worst = worstRelativeDifference(a, b)
+        #expect(worst < 1e-5, "worst relative difference \(worst)")
+    }
+
     /// Runs `tether simulate ARGS` and SIGKILLs one of its worker processes once the run's first
     /// checkpoint exists; returns when simulate has exited.
     func simulateKillingAWorker(_ args: [String], runDirectory dir: URL) throws -> (status: Int32, stderr: String, workers: [Int32], killedAt: Date) {

@@ -26,6 +26,41 @@ import TetherComm
         return s
     }
 
+    /// Elastic (3 workers, at least 2): two hellos, then none for the last call -> the job forms with
+    /// two; a third worker is turned away without failing it; a worker's repeated Hello is no new worker;
+    /// silence is counted from the forming, not from the hellos.
+    @Test func anElasticJobFormsWithTheWorkersThatCame() {
+        var settings = settings(workers: 3)
+        (settings.minWorkers, settings.lastCall, settings.heartbeatTimeout) = (2, 10, 5)
+        var s = CoordinatorState(settings, now: 0)
+        #expect(s.handle(.hello(identity: [1], address: "tcp://a:1"), now: 1).isEmpty)
+        #expect(s.handle(.hello(identity: [2], address: "tcp://b:1"), now: 2).isEmpty)
+        #expect(s.handle(.hello(identity: [1], address: "tcp://a:1"), now: 3).isEmpty)   // repeated
+        #expect(s.members.count == 2)
+        #expect(s.handle(.tick, now: 11.9).isEmpty)                                         // the last call is still open
+        let ring = ["tcp://a:1", "tcp://b:1"]
+        #expect(s.handle(.tick, now: 12.1) == [.assign(identity: [1], rank: 0, ring: ring), .assign(identity: [2], rank: 1, ring: ring)])
+        #expect(s.handle(.hello(identity: [2], address: "tcp://b:1"), now: 12.2).isEmpty)   // a member's late repeat
+        #expect(s.handle(.hello(identity: [3], address: "tcp://c:1"), now: 12.5)
+                == [.turnAway(identity: [3], reason: "the job formed with 2 workers before a worker at tcp://c:1 said hello")])
+        #expect(s.handle(.tick, now: 16).isEmpty)                                           // heard at 12.1, not at 1
+        _ = s.handle(.ready(rank: 0, ready()), now: 16)
+        #expect(s.handle(.ready(rank: 1, ready()), now: 16) == [.start])
+    }
+
+    /// Elastic, but fewer than the minimum came: the join time-out fails the job, naming the minimum.
+    /// Not elastic: a late hello still fails the job.
+    @Test func tooFewWorkersOrALateOneFailAJob() {
+        var elastic = settings(workers: 3)
+        (elastic.minWorkers, elastic.joinTimeout) = (2, 30)
+        var s = CoordinatorState(elastic, now: 0)
+        _ = s.handle(.hello(identity: [1], address: "tcp://a:1"), now: 1)
+        #expect(s.handle(.tick, now: 20).isEmpty)
+        #expect(s.handle(.tick, now: 31) == [.abort("only 1 of 3 workers (at least 2 needed) joined within 30 s (joined: tcp://a:1)")])
+        var t = started(workers: 2)
+        #expect(t.handle(.hello(identity: [9], address: "tcp://z:1"), now: 2) == [.abort("the job formed with 2 workers before a worker at tcp://z:1 said hello")])
+    }
+
     @Test func aJobRunsToItsFinish() {
         var s = started()
         var completed: [Int] = []
