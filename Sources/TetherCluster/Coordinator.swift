@@ -67,11 +67,12 @@ public final class Coordinator {
             if let w = loaded.file.metadata["tether.workers"].flatMap(Int.init), w != options.workers || options.elastic {
                 // Another number of workers: the run keeps its global batch, dealt over the workers it
                 // has now, so its steps, epochs, schedule and data cursor carry on unchanged.
-                guard config.model != "lm-tied" else {
-                    throw ConfigError(message: "\(loaded.path) was trained by \(w) workers; resume it with --workers \(w) (and no --min-workers): lm-tied's streams and their carried state belong to its workers")
+                // (lm-tied with --min-workers is refused below)
+                guard config.model != "lm-tied" || w == options.workers else {
+                    throw ConfigError(message: "\(loaded.path) was trained by \(w) workers; resume it with --workers \(w): lm-tied's streams and their carried state belong to its workers")
                 }
                 config.globalBatch = config.globalBatch(workers: w)
-                if w != options.workers {
+                if w != options.workers && !options.elastic {
                     progress.line("resuming a run of \(w) workers with \(options.workers): the global batch stays \(config.globalBatch!) samples a step")
                 }
             }

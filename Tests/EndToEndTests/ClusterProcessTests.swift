@@ -117,6 +117,9 @@ struct ClusterProcessTests {
         let again = try CLI.run(["simulate", "--workers", "3", "--resume", "--max-steps", "10"] + common, timeout: 240)
         #expect(again.status != 0)
         #expect(again.stderr.contains("was trained by 2 workers; resume it with --workers 2: lm-tied's streams"), "\(again.stderr)")
+        let elastic = try CLI.run(["coordinator", "--listen", "tcp://127.0.0.1:0", "--workers", "2", "--min-workers", "1", "--resume"] + common, timeout: 60)
+        #expect(elastic.status != 0)
+        #expect(elastic.stderr.contains("--min-workers: lm-tied cannot run on fewer workers than it has streams for"), "\(elastic.stderr)")
     }
 
     /// Elastic, as separate processes: `coordinator --workers 3 --min-workers 2 --max-restarts 1` and
