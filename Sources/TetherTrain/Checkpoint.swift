@@ -115,8 +115,7 @@ public enum Checkpoint {
             return all[shard.rank]
         }
 
-        /// A buffer stored for every replica (k x the model's own) is sliced to this shard's part; with
-        /// another number of shards than replicas, to replica rank mod k's (a running statistic).
+        /// A buffer stored for every replica (count x the model's own) is sliced to this shard's part.
         public func restore(into model: any Model<Float>, optimizer: Optimizer<Float>?, shard: Shard = .whole) throws {
             func fail(_ why: String) -> CheckpointError { CheckpointError(path: path, reason: why) }
             guard self.model == model.kind else { throw fail("it holds a \(self.model) model, not \(model.kind)") }
@@ -132,11 +131,7 @@ public enum Checkpoint {
                     guard let t = file.tensors[prefix + name] else { throw fail("buffer \(prefix + name) is missing") }
                     var floats = try t.floats()
                     let own = owner.buffer(named: name)!.count
-                    // k replicas' copies: this rank's, or (resumed by another number of ranks) one of them
-                    if own > 0, floats.count != own, floats.count % own == 0 {
-                        let r = shard.rank % (floats.count / own)
-                        floats = Array(floats[r * own ..< (r + 1) * own])
-                    }
+                    if floats.count == own * shard.count && shard.count > 1 { floats = Array(floats[shard.rank * own ..< (shard.rank + 1) * own]) }
                     guard owner.loadBuffer(named: name, floats) else {
                         throw fail("buffer \(prefix + name) holds \(floats.count) values, the model needs \(own) (per replica)")
                     }
