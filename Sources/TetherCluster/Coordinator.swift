@@ -24,6 +24,9 @@ public final class Coordinator {
         /// for `lastCall` seconds), keeping the global batch of `workers`.
         public var minWorkers: Int
         public var lastCall = 10.0
+        /// Resuming a run that has already finished is not an error: the workers that join are told so
+        /// (Finish) and the coordinator ends without error (for restart policies that resume on start).
+        public var finishedIsDone = false
         public init(listen: String, workers: Int) { (self.listen, self.workers, minWorkers) = (listen, workers, workers) }
         var elastic: Bool { minWorkers < workers }
     }
@@ -49,6 +52,8 @@ public final class Coordinator {
     public var failure: () -> String? = { nil }
     /// When the job was set up: start-up time is measured from here to the Start.
     private let created: Date
+    /// Set when a resumed run had already finished (`finishedIsDone`): its step count.
+    private var finishedSteps: Int?
 
     /// Prepares the job in `runDirectory` (fresh, or with `resume` from its checkpoint) and binds `listen`.
     public init(options: Options, config given: TrainingConfig, runDirectory: URL, resume: Bool, progress: ProgressDisplay = ProgressDisplay()) throws {
@@ -100,7 +105,10 @@ public final class Coordinator {
         evaluationKind = Workloads.evaluationKind(for: config.model)
         let total = config.totalSteps(stepsPerEpoch: stepsPerEpoch)
         if let done = startState?.globalStep, done >= total {
-            throw ConfigError(message: "the run in \(runDirectory.path) has finished its \(done) steps; continue it with more --epochs or --max-steps")
+            guard options.finishedIsDone else {
+                throw ConfigError(message: "the run in \(runDirectory.path) has finished its \(done) steps; continue it with more --epochs or --max-steps")
+            }
+            finishedSteps = done
         }
         var settings = CoordinatorState.Settings(workers: options.workers, firstStep: startState?.globalStep ?? 0, totalSteps: total, stepsPerEpoch: stepsPerEpoch)
         settings.heartbeatTimeout = options.heartbeatTimeout
@@ -121,6 +129,7 @@ public final class Coordinator {
 
     /// Runs the job to its end; throws (after stopping every worker) on a fault or an interrupt.
     public func run() throws {
+        if let finishedSteps { return dismissWorkers(finishedSteps) }
         let total = machine.settings.totalSteps
         var start = MetricsEvent(event: "start", epoch: startState?.epoch ?? 0, step: startState?.globalStep ?? 0)
         start.model = config.model
@@ -256,6 +265,20 @@ public final class Coordinator {
             }
         }
         return false
+    }
+
+    /// A run that had finished: each worker that says hello is told Finish, until all `workers` have
+    /// been or the join time-out passes (so that restart policies leave finished workers down too).
+    private func dismissWorkers(_ steps: Int) {
+        progress.line("the run in \(runDirectory.path) has already finished its \(steps) steps; telling the workers that join, then exiting")
+        var told = Set<[UInt8]>()
+        let deadline = Date().addingTimeInterval(options.joinTimeout)
+        while told.count < options.workers, Date() < deadline, !StopSignal.requested {
+            guard let (identity, env) = try? router.receive(deadline: .now + .milliseconds(100)), let identity, case .hello = env.body else { continue }
+            if (try? router.send(.finish, from: -1, to: identity)) != nil { told.insert(identity) }
+        }
+        progress.line("told \(told.count) of \(options.workers) workers that the run has finished")
+        Thread.sleep(forTimeInterval: 0.3) // let the last Finish leave before the socket closes
     }
 
     func ms(_ seconds: Double) -> String { ProgressDisplay.fixed(seconds * 1000, 1) + " ms" }

@@ -71,7 +71,15 @@ public final class Worker {
         while assigned == nil {
             guard ContinuousClock.now < deadline else { throw ClusterError("no assignment from the coordinator at \(options.coordinator) within 120 s") }
             try control.send(.hello(.init(advertiseAddress: advertise, tetherVersion: "tether", threads: UInt32(BLAS.threads))), from: -1)
-            assigned = try receive(until: min(deadline, .now + .seconds(1))) { if case .assign(let a) = $0 { return a }; return nil }
+            let answer: Envelope.Body? = try receive(until: min(deadline, .now + .seconds(1))) {
+                if case .assign = $0 { return $0 }
+                return $0 == .finish ? $0 : nil
+            }
+            if answer == .finish {
+                log("worker: the run has already finished (the coordinator says so); nothing to do")
+                return
+            }
+            if case .assign(let a)? = answer { assigned = a }
         }
         let assign = assigned!
         rank = Int(assign.rank)

@@ -20,6 +20,8 @@ struct CoordinatorCommand: ParsableCommand {
     @Option(help: "Seconds an elastic job waits for more workers after the last one joined.") var lastCall = 10.0
     @Option(help: "After a failure while training, wait for workers again (those started with --max-restarts rejoin) and resume from the last checkpoint, up to N times.")
     var maxRestarts = 0
+    @Flag(help: "With --resume: a run that has already finished is not an error; the workers that join are told so and everything exits 0 (the container entrypoint sets it, so a restart policy does not loop).")
+    var finishedOk = false
     @OptionGroup var job: ClusterJob
 
     func validate() throws {
@@ -35,7 +37,7 @@ struct CoordinatorCommand: ParsableCommand {
         try ClusterJob.restarting(maxRestarts, resume: job.resume, runDirectory: runDir, what: "waiting for workers again") { resume in
             var options = Coordinator.Options(listen: listen, workers: workers)
             (options.jobID, options.heartbeatTimeout) = (jobID, heartbeatTimeout)
-            (options.minWorkers, options.lastCall) = (minWorkers ?? workers, lastCall)
+            (options.minWorkers, options.lastCall, options.finishedIsDone) = (minWorkers ?? workers, lastCall, finishedOk)
             let coordinator = try job.coordinator(options, runDirectory: runDir, resume: resume)
             do { try coordinator.run() } catch { throw ClusterJob.TrainingFailure(error: error) }
         }

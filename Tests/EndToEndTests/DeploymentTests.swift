@@ -96,6 +96,42 @@ let netnsUnavailable: String? = {
         #expect(r.stdout.contains("mlp-wn") && r.stdout.contains("done: 3 steps"), "\(r.stdout)")
     }
 
+    /// The image's entrypoint, as compose runs it (settings in TETHER_* variables), twice on one run
+    /// directory: the first `up` trains and finishes; the second (the run has finished) tells its
+    /// workers so and everything exits 0, so `restart: on-failure` does not bring them back forever.
+    @Test(.enabled(if: dataInstalled, "needs Debian's dataset-fashion-mnist"))
+    func aSecondUpOfAFinishedJobEndsCleanly() throws {
+        let dir = CLI.tempDir("second-up")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let address = "tcp://127.0.0.1:\(Int.random(in: 20000..<60000))", jobID = "up-\(getpid())"
+        let settings = ["TETHER_LISTEN": address, "TETHER_WORKERS": "2", "TETHER_JOB_ID": jobID, "TETHER_RUN_DIR": dir.path,
+                        "TETHER_MODEL": "mlp-wn", "TETHER_MAX_STEPS": "3", "TETHER_TRAIN_LIMIT": "300", "TETHER_TEST_LIMIT": "100",
+                        "PATH": CLI.binary.deletingLastPathComponent().path + ":" + (ProcessInfo.processInfo.environment["PATH"] ?? "")]
+        for up in 1...2 {
+            let workers = try (0..<2).map { _ in
+                let p = Process(), err = Pipe()
+                (p.executableURL, p.arguments) = (CLI.binary, ["worker", "--coordinator", address, "--job-id", jobID])
+                (p.standardOutput, p.standardError) = (FileHandle.nullDevice, err)
+                try p.run()
+                DispatchQueue.global().asyncAfter(deadline: .now() + 120) { if p.isRunning { p.terminate() } }
+                return (p, err)
+            }
+            let c = try CLI.run([file("cluster/entrypoint").path, "coordinator"], timeout: 120, environment: settings,
+                                executable: URL(fileURLWithPath: "/bin/bash"))
+            #expect(c.status == 0, "up \(up), coordinator: \(c.stderr)")
+            for (p, err) in workers {
+                let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+                p.waitUntilExit()
+                #expect(p.terminationStatus == 0, "up \(up), worker: \(text)")
+                if up == 2 { #expect(text.contains("the run has already finished (the coordinator says so)"), "\(text)") }
+            }
+            if up == 2 {
+                #expect(c.stderr.contains("tether-entrypoint: resuming the run in \(dir.path)"), "\(c.stderr)")
+                #expect(c.stdout.contains("has already finished its 3 steps") && c.stdout.contains("told 2 of 2 workers"), "\(c.stdout)")
+            }
+        }
+    }
+
     @Test(.enabled(if: which("docker-compose") != nil, "needs Debian's docker-compose (scripts/install-deps installs it)"))
     func theComposeFileIsValid() throws {
         let r = try CLI.run(["-f", file("docker-compose.yml").path, "config"], timeout: 60,
