@@ -141,7 +141,7 @@ struct ClusterProcessTests {
             return (p, out, err)
         }
         let coordinator = try start(["coordinator", "--listen", address, "--workers", "3", "--min-workers", "2", "--last-call", "3",
-                                     "--max-restarts", "1", "--heartbeat-timeout", "3", "--job-id", jobID, "--run-dir", run.path] + training)
+                                     "--max-restarts", "1", "--job-id", jobID, "--run-dir", run.path] + training)
         let workers = try (0..<3).map { _ in try start(["worker", "--coordinator", address, "--job-id", jobID, "--max-restarts", "1", "--threads", "1"]) }
         let deadline = Date().addingTimeInterval(60)
         while !FileManager.default.fileExists(atPath: run.appendingPathComponent("checkpoint.safetensors").path) && Date() < deadline { usleep(100_000) }
