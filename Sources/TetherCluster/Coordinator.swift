@@ -72,10 +72,6 @@ public final class Coordinator {
             if let w = loaded.file.metadata["tether.workers"].flatMap(Int.init), w != options.workers || options.elastic {
                 // Another number of workers: the run keeps its global batch, dealt over the workers it
                 // has now, so its steps, epochs, schedule and data cursor carry on unchanged.
-                // (lm-tied with --min-workers is refused below)
-                guard config.model != "lm-tied" || w == options.workers else {
-                    throw ConfigError(message: "\(loaded.path) was trained by \(w) workers; resume it with --workers \(w): lm-tied's streams and their carried state belong to its workers")
-                }
                 config.globalBatch = config.globalBatch(workers: w)
                 if w != options.workers && !options.elastic {
                     progress.line("resuming a run of \(w) workers with \(options.workers): the global batch stays \(config.globalBatch!) samples a step")
@@ -88,11 +84,10 @@ public final class Coordinator {
             throw ConfigError(message: "\(checkpointURL.path) exists: pass --resume to continue that run, or choose another --run-dir")
         }
         if options.elastic {
-            guard config.model != "lm-tied" else { throw ConfigError(message: "--min-workers: lm-tied cannot run on fewer workers than it has streams for") }
             config.globalBatch = config.globalBatch(workers: options.workers)
         }
         if let g = config.globalBatch, g < options.minWorkers {
-            throw ConfigError(message: "a global batch of \(g) samples cannot be dealt over \(options.minWorkers) workers")
+            throw ConfigError(message: "a global batch of \(g) samples (lm-tied: streams) cannot be dealt over \(options.minWorkers) workers")
         }
         try config.validate()
         self.config = config

@@ -261,7 +261,10 @@ final class Training {
         return try ring.allGather(payload, step: step).enumerated().map { r, bytes in
             guard bytes.count >= 4 else { throw ClusterError("rank \(r)'s replica state is \(bytes.count) bytes") }
             let n = Int(bytes[0..<4].withUnsafeBytes { $0.loadUnaligned(as: UInt32.self).littleEndian })
-            guard bytes.count >= 4 + n, (bytes.count - 4 - n) == mine.count * 4 else {
+            // as many values as this replica's, or (buffers of a row per stream) whole rows of its own
+            let rowValues = Checkpoint.bufferRowValues(of: model)
+            guard bytes.count >= 4 + n, (bytes.count - 4 - n) % 4 == 0,
+                  (bytes.count - 4 - n) / 4 == mine.count || (rowValues > 0 && (bytes.count - 4 - n) / 4 % rowValues == 0) else {
                 throw ClusterError("rank \(r)'s replica state does not hold \(mine.count) buffer values")
             }
             let rng = try JSONDecoder().decode(RNG.self, from: Data(bytes[4 ..< 4 + n]))

@@ -49,4 +49,12 @@ public protocol BufferOwner: AnyObject {
     var bufferNames: [String] { get }
     func buffer(named: String) -> [Float]?
     func loadBuffer(named: String, _ values: [Float]) -> Bool
+    /// For a buffer of one row per stream (a language model's carried state): the values in a row, so
+    /// that the rows of all replicas can be dealt anew over another number of them. nil: the buffer is
+    /// whole in every replica.
+    func bufferRowLength(named: String) -> Int?
+}
+
+extension BufferOwner {
+    public func bufferRowLength(named: String) -> Int? { nil }
 }

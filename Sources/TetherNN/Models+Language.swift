@@ -106,6 +106,8 @@ public final class LanguageModel<T: Scalar>: Model, BufferOwner {
         guard let (l, isH) = parseBuffer(name) else { return nil }
         return (isH ? carried[l].h : carried[l].c).map { Float($0) }
     }
+    /// The carried state is [streams x size], a row per stream.
+    public func bufferRowLength(named name: String) -> Int? { parseBuffer(name) == nil ? nil : shape.size }
     public func loadBuffer(named name: String, _ values: [Float]) -> Bool {
         guard let (l, isH) = parseBuffer(name), values.count == trainStreams * shape.size else { return false }
         if isH { carried[l].h = values.map { T($0) } } else { carried[l].c = values.map { T($0) } }

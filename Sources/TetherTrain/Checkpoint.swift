@@ -46,10 +46,23 @@ public enum Checkpoint {
         model.bufferOwners.flatMap { prefix, owner in owner.bufferNames.flatMap { owner.buffer(named: $0)! } }
     }
 
+    /// The values of one stream's row in every buffer together, when all of the model's buffers have a
+    /// row per stream (0 otherwise): a replica with k streams holds k times this many.
+    public static func bufferRowValues(of model: any Model<Float>) -> Int {
+        var total = 0
+        for (_, owner) in model.bufferOwners {
+            for name in owner.bufferNames {
+                guard let perRow = owner.bufferRowLength(named: name) else { return 0 }
+                total += perRow
+            }
+        }
+        return total
+    }
+
     /// `replicaBuffers`, when given, holds every replica's `buffers(of:)` in rank order: each buffer is
     /// then stored as the concatenation over ranks (for a language model, exactly the carried state of
-    /// one process running every rank's streams), and `replicaRNGs` (each rank's dropout RNG) goes into
-    /// the metadata, so a cluster resumes exactly.
+    /// one process running every rank's streams, however they were dealt), and `replicaRNGs` (each
+    /// rank's dropout RNG) goes into the metadata, so a cluster resumes exactly.
     public static func file(model: any Model<Float>, optimizer: Optimizer<Float>?, config: TrainingConfig, state: TrainingState,
                             metadata: [String: String] = [:], replicaBuffers: [[Float]]? = nil, replicaRNGs: [RNG]? = nil) -> Safetensors.File {
         var f = Safetensors.File()
@@ -57,13 +70,23 @@ public enum Checkpoint {
         for e in model.arena.layout.entries {
             f.tensors[e.name] = .init(floats: Array(values[e.offset ..< e.offset + e.count]), shape: e.shape)
         }
-        var offset = 0
+        // Where each replica's next buffer starts; a replica's buffer is as long as this one's, scaled by
+        // the replicas' totals (replicas with more streams hold longer rows-per-stream buffers).
+        let ownTotal = buffers(of: model).count
+        var offsets = [Int](repeating: 0, count: replicaBuffers?.count ?? 0)
         for (prefix, owner) in model.bufferOwners {
             for name in owner.bufferNames {
                 let b = owner.buffer(named: name)!
-                let all = replicaBuffers.map { replicas in replicas.flatMap { $0[offset ..< offset + b.count] } } ?? b
+                var all = b
+                if let replicas = replicaBuffers {
+                    all = []
+                    for (r, replica) in replicas.enumerated() {
+                        let n = ownTotal == 0 ? 0 : b.count * replica.count / ownTotal
+                        all += replica[offsets[r] ..< offsets[r] + n]
+                        offsets[r] += n
+                    }
+                }
                 f.tensors[prefix + name] = .init(floats: all, shape: [all.count])
-                offset += b.count
             }
         }
         if let replicaRNGs { f.metadata[replicaRNGKey] = String(data: try! JSONEncoder().encode(replicaRNGs), encoding: .utf8)! }
@@ -115,7 +138,8 @@ public enum Checkpoint {
             return all[shard.rank]
         }
 
-        /// A buffer stored for every replica (count x the model's own) is sliced to this shard's part.
+        /// A buffer stored for every replica (count x the model's own) is sliced to this shard's part; one
+        /// of a row per stream, to the rows of this shard's streams (`Shard.part`), whatever the count.
         public func restore(into model: any Model<Float>, optimizer: Optimizer<Float>?, shard: Shard = .whole) throws {
             func fail(_ why: String) -> CheckpointError { CheckpointError(path: path, reason: why) }
             guard self.model == model.kind else { throw fail("it holds a \(self.model) model, not \(model.kind)") }
@@ -131,7 +155,13 @@ public enum Checkpoint {
                     guard let t = file.tensors[prefix + name] else { throw fail("buffer \(prefix + name) is missing") }
                     var floats = try t.floats()
                     let own = owner.buffer(named: name)!.count
-                    if floats.count == own * shard.count && shard.count > 1 { floats = Array(floats[shard.rank * own ..< (shard.rank + 1) * own]) }
+                    if let perRow = owner.bufferRowLength(named: name), floats.count != own, perRow > 0, floats.count % perRow == 0 {
+                        // a row per stream over all replicas (however many): this shard's part of the streams
+                        let rows = shard.part(of: floats.count / perRow)
+                        floats = Array(floats[rows.lowerBound * perRow ..< rows.upperBound * perRow])
+                    } else if floats.count == own * shard.count && shard.count > 1 {
+                        floats = Array(floats[shard.rank * own ..< (shard.rank + 1) * own])
+                    }
                     guard owner.loadBuffer(named: name, floats) else {
                         throw fail("buffer \(prefix + name) holds \(floats.count) values, the model needs \(own) (per replica)")
                     }

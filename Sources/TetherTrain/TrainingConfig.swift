@@ -11,9 +11,9 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     public var maxSteps: Int?
     /// Samples per step (per worker, in a cluster).
     public var batch = 64
-    /// Samples per step over all workers, when a cluster run was resumed with another number of
-    /// workers than it started with: it keeps the global batch it had, dealt over the workers it has.
-    /// nil: `batch` x workers.
+    /// Samples (lm-tied: streams) per step over all workers, when a cluster run was resumed with
+    /// another number of workers than it started with, or is elastic: it keeps the global batch it
+    /// had, dealt over the workers it has. nil: `batch` x workers.
     public var globalBatch: Int?
     public var optimizer = OptimizerConfig()
     public var schedule = LRSchedule()

@@ -23,7 +23,7 @@ final class LanguageModelling: Workload {
     /// (a contiguous run of tokens), fetched once.
     init(_ config: TrainingConfig, shard: Shard, metadata: [String: String], source: SampleSource?, rng: inout RNG) throws {
         options = config.language
-        globalColumns = config.batch * shard.count
+        globalColumns = config.globalBatch(workers: shard.count)
         let evalColumns = { (tokens: Int) in min(config.language.evalStreams, max(1, tokens / 2)) }
         if let source {
             func streams(_ split: FashionMNIST.Split, columns: (Int) -> Int) throws -> (TokenSequence, Range<Int>, Int) {
@@ -32,7 +32,7 @@ final class LanguageModelling: Workload {
                 let rows = try source.rows(split, Array(part.lowerBound * length ..< part.upperBound * length))
                 return (try TokenSequence(shape: shape, rows: rows), part, length)
             }
-            let (t, tPart, tLength) = try streams(.train) { _ in config.batch * shard.count }
+            let (t, tPart, tLength) = try streams(.train) { [globalColumns] _ in globalColumns }
             let (v, vPart, _) = try streams(.test, columns: evalColumns)
             vocabulary = t.vocabulary
             guard tLength > 1 else { throw ConfigError(message: "\(config.data): too few training tokens for \(globalColumns) streams (--batch x workers)") }
@@ -62,7 +62,7 @@ final class LanguageModelling: Workload {
         }
         let shape = LanguageModelShape(vocabulary: vocabulary.count, size: options.size, layers: options.layers,
                                        dropout: options.dropout, tied: !options.untied, weightNorm: options.weightNorm)
-        lm = LanguageModel(shape, trainStreams: config.batch, rng: &rng)
+        lm = LanguageModel(shape, trainStreams: trainStreams.count, rng: &rng)
     }
 
     var stepsPerEpoch: Int { train.steps(bptt: options.bptt) }
