@@ -204,8 +204,9 @@ let netnsUnavailable: String? = {
         let hosts = dir.appendingPathComponent("hosts")
         try "# test hosts\n127.0.0.1 slots=2 iface=lo\n127.0.0.1 iface=lo\n".write(to: hosts, atomically: true, encoding: .utf8)
         let port = 20_000 + Int(getpid() % 20_000)
+        // workers that may rejoin (--worker-restarts) finish a job that does not fail like any other
         let r = try CLI.run([file("cluster/launch-hosts").path, hosts.path, "--tether", CLI.binary.path, "--ssh", ssh.path, "--port", String(port),
-                             "--", "--listen", "tcp://127.0.0.1:\(port)", "--run-dir", dir.appendingPathComponent("run").path, "--max-steps", "4"] + quick,
+                             "--worker-restarts", "1", "--", "--listen", "tcp://127.0.0.1:\(port)", "--run-dir", dir.appendingPathComponent("run").path, "--max-steps", "4"] + quick,
                             timeout: 180, executable: bash)
         #expect(r.status == 0, "\(r.stdout)\(r.stderr)")
         #expect(r.stdout.contains("3 workers on 127.0.0.1 127.0.0.1"), "\(r.stdout)")
@@ -235,7 +236,7 @@ let netnsUnavailable: String? = {
         let port = 20_000 + Int((getpid() + 7) % 20_000)
         let run = dir.appendingPathComponent("run").path
         let r = try CLI.run([file("cluster/slurm/tether.sbatch").path, "--tether", CLI.binary.path, "--iface", "lo", "--port", String(port),
-                             "--run-dir", run, "--", "--listen", "tcp://127.0.0.1:\(port)", "--max-steps", "4"] + quick,
+                             "--run-dir", run, "--worker-restarts", "1", "--", "--listen", "tcp://127.0.0.1:\(port)", "--max-steps", "4"] + quick,
                             timeout: 180, environment: ["PATH": bin.path + ":" + (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"),
                                                         "SLURM_JOB_NODELIST": "node1", "SLURM_JOB_ID": "42", "SLURM_NTASKS": "2",
                                                         "SLURM_CPUS_PER_TASK": "1"],
