@@ -193,7 +193,7 @@ struct ClusterJob: ParsableArguments {
             } catch let failure as TrainingFailure where restart < maxRestarts && !StopSignal.requested {
                 resume = resume || FileManager.default.fileExists(atPath: URL(fileURLWithPath: runDirectory).appendingPathComponent(Checkpoint.fileName).path)
                 let how = resume ? "resuming \(runDirectory) from its last checkpoint" : "starting over (no checkpoint yet)"
-                FileHandle.standardError.write(Data("tether: \(failure.error)\ntether: restart \(restart + 1) of \(maxRestarts): \(how) \(what)\n".utf8))
+                FileHandle.standardError.write(Data("tether: \(failure.error)\ntether: restart \(restart + 1) of \(maxRestarts): \(how), \(what)\n".utf8))
             } catch let failure as TrainingFailure {
                 try stop(failure.error)
             } catch {

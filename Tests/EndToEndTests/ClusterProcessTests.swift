@@ -144,7 +144,7 @@ struct ClusterProcessTests {
         }
         let c = finish(coordinator)
         #expect(c.status == 0, "coordinator: \(c.err)")
-        #expect(c.err.contains("restart 1 of 1: resuming \(run.path) from its last checkpoint waiting for workers again"), "\(c.err)")
+        #expect(c.err.contains("restart 1 of 1: resuming \(run.path) from its last checkpoint, waiting for workers again"), "\(c.err)")
         #expect(c.out.contains("all 2 replicas agree"), "\(c.out)")
         for w in workers[0..<2] {
             let r = finish(w)
@@ -209,7 +209,7 @@ struct ClusterProcessTests {
         let r = try simulateKillingAWorker(common + ["--max-restarts", "1"], runDirectory: restarted)
         #expect(r.workers.count == 3)
         #expect(r.status == 0, "stderr: \(r.stderr)")
-        #expect(r.stderr.contains("restart 1 of 1: resuming \(restarted.path) from its last checkpoint with 3 new workers"), "stderr: \(r.stderr)")
+        #expect(r.stderr.contains("restart 1 of 1: resuming \(restarted.path) from its last checkpoint, with 3 new workers"), "stderr: \(r.stderr)")
         for c in r.workers { #expect(kill(c, 0) != 0, "worker \(c) is still running") }
         let u = try CLI.run(["simulate", "--run-dir", whole.path] + common, timeout: 240)
         #expect(u.status == 0, "stderr: \(u.stderr)")
