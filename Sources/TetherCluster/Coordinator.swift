@@ -65,26 +65,26 @@ public final class Coordinator {
         let checkpointURL = runDirectory.appendingPathComponent(Checkpoint.fileName)
         var config = given
         var resumeMetadata: [String: String] = [:]
+        // The workers whose --batch x count is the global batch: the checkpoint's, or this job's.
+        var batchWorkers = options.workers
         if resume {
             let loaded = try Checkpoint.Loaded(checkpointURL)
             let changed = given.fieldsDiffering(from: loaded.config)
             guard changed.isEmpty else { throw ConfigError(message: "a resumed run keeps its configuration, but \(changed.joined(separator: ", ")) differ from \(loaded.path)") }
-            if let w = loaded.file.metadata["tether.workers"].flatMap(Int.init), w != options.workers || options.elastic {
-                // Another number of workers: the run keeps its global batch, dealt over the workers it
-                // has now, so its steps, epochs, schedule and data cursor carry on unchanged.
-                config.globalBatch = config.globalBatch(workers: w)
-                if w != options.workers && !options.elastic {
-                    progress.line("resuming a run of \(w) workers with \(options.workers): the global batch stays \(config.globalBatch!) samples a step")
-                }
-            }
+            batchWorkers = loaded.file.metadata["tether.workers"].flatMap(Int.init) ?? options.workers
             resumeBytes = [UInt8](try Data(contentsOf: checkpointURL))
             startState = loaded.state
             resumeMetadata = loaded.file.metadata
         } else if FileManager.default.fileExists(atPath: checkpointURL.path) {
             throw ConfigError(message: "\(checkpointURL.path) exists: pass --resume to continue that run, or choose another --run-dir")
         }
-        if options.elastic {
-            config.globalBatch = config.globalBatch(workers: options.workers)
+        // On another number of workers (a resume, or elastic) the run keeps its global batch, dealt over
+        // the workers it has, so its steps, epochs, schedule and data cursor carry on unchanged.
+        if batchWorkers != options.workers || options.elastic {
+            config.globalBatch = config.globalBatch(workers: batchWorkers)
+            if batchWorkers != options.workers && !options.elastic {
+                progress.line("resuming a run of \(batchWorkers) workers with \(options.workers): the global batch stays \(config.globalBatch!) samples a step")
+            }
         }
         if let g = config.globalBatch, g < options.minWorkers {
             throw ConfigError(message: "a global batch of \(g) samples (lm-tied: streams) cannot be dealt over \(options.minWorkers) workers")

@@ -22,7 +22,8 @@ final class GradientExchange: @unchecked Sendable { // the exchange thread runs 
     private let pending = DispatchGroup()
     private var step: UInt64 = 0
     private var nextBucket: UInt32 = 0
-    /// Gradients at offsets >= sentFrom are handed to the exchange thread.
+    /// Gradients at offsets >= sentFrom are handed to the exchange thread (0 between steps: nothing
+    /// more to send, so the model's reports do nothing).
     private var sentFrom = 0
     /// Written on the exchange thread, read after `pending.wait()`.
     private var failure: Error?
@@ -30,19 +31,20 @@ final class GradientExchange: @unchecked Sendable { // the exchange thread runs 
     init(ring: Ring, model: any Model<Float>, bucketBytes: Int) {
         (self.ring, self.model) = (ring, model)
         bucketElements = max(1, bucketBytes / MemoryLayout<Float>.stride)
+        // Installed once; `begin` arms it for a step and `finish` (sentFrom = 0) disarms it.
+        model.context.gradientsReady = { [weak self] offset in
+            guard let self, sentFrom - offset >= bucketElements else { return }
+            send(from: offset)
+        }
     }
 
     /// Arms the exchange for `step`: from here the model's backward reports its progress to it.
     func begin(step: UInt64) {
         (self.step, nextBucket, sentFrom, failure) = (step, 0, model.arena.count, nil)
-        model.context.gradientsReady = { [unowned self] offset in
-            if sentFrom - offset >= bucketElements { send(from: offset) }
-        }
     }
 
     /// Exchanges what backward has not already sent, waits for every bucket, then the sparse tables.
     func finish() throws {
-        model.context.gradientsReady = nil
         send(from: 0)
         pending.wait()
         if let failure { throw failure }

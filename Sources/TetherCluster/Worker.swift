@@ -63,25 +63,10 @@ public final class Worker {
     }
 
     private func train() throws {
-        let advertise = try Advertise.resolve(options.advertise, context)
-        // Hello again every second until assigned: a Hello that reached a coordinator on its way out
-        // (a restarting one) is lost with it.
-        let deadline = ContinuousClock.now + .seconds(120)
-        var assigned: Envelope.Assign?
-        while assigned == nil {
-            guard ContinuousClock.now < deadline else { throw ClusterError("no assignment from the coordinator at \(options.coordinator) within 120 s") }
-            try control.send(.hello(.init(advertiseAddress: advertise, tetherVersion: "tether", threads: UInt32(BLAS.threads))), from: -1)
-            let answer: Envelope.Body? = try receive(until: min(deadline, .now + .seconds(1))) {
-                if case .assign = $0 { return $0 }
-                return $0 == .finish ? $0 : nil
-            }
-            if answer == .finish {
-                log("worker: the run has already finished (the coordinator says so); nothing to do")
-                return
-            }
-            if case .assign(let a)? = answer { assigned = a }
+        guard let assign = try join() else {
+            log("worker: the run has already finished (the coordinator says so); nothing to do")
+            return
         }
-        let assign = assigned!
         rank = Int(assign.rank)
         // Heartbeats flow from here on: loading the data and building the model can take seconds.
         let heartbeat = try Heartbeat(context: context, options: options, rank: rank, log: log)
@@ -106,7 +91,7 @@ public final class Worker {
         let workload = try Workloads.make(config, shard: shard, metadata: resumed?.file.metadata ?? [:], source: served)
         let model = workload.model
         // Dropout masks differ per replica (each draws its own samples' masks).
-        model.context.rng = RNG(seed: config.seed, stream: 0x4452_4F50 &+ UInt64(rank))
+        model.context.rng = .dropoutMasks(seed: config.seed, replica: rank)
         var ringOptions = RingOptions()
         ringOptions.jobID = options.jobID
         ringOptions.timeout = options.ringTimeout
@@ -130,7 +115,7 @@ public final class Worker {
         if let resumed {
             try resumed.restore(into: model, optimizer: optimizer, shard: shard)
             state = resumed.state
-            model.context.rng = resumed.replicaRNG(shard) ?? RNG(seed: config.seed &+ UInt64(state.globalStep), stream: 0x4452_4F50 &+ UInt64(rank))
+            model.context.rng = resumed.replicaRNG(shard) ?? .dropoutMasks(seed: config.seed &+ UInt64(state.globalStep), replica: rank)
         } else {
             try workload.fetch(epoch: 0)
             var failure: Error?
@@ -180,6 +165,30 @@ public final class Worker {
         }
         log("worker rank \(rank): done, peak RSS \(Self.peakResidentMegabytes()) MB (\(model.arena.count) parameters, "
             + "optimizer state \(optimizer.stateTensors.reduce(0) { $0 + $1.count }) values)")
+    }
+
+    /// Says Hello until the coordinator assigns this worker a rank, or (nil) says the run has finished.
+    /// Hello is repeated every second: one that reached a coordinator on its way out (a restarting one)
+    /// is lost with it.
+    private func join() throws -> Envelope.Assign? {
+        let hello = Envelope.Hello(advertiseAddress: try Advertise.resolve(options.advertise, context), tetherVersion: "tether",
+                                   threads: UInt32(BLAS.threads))
+        let deadline = ContinuousClock.now + .seconds(120)
+        while ContinuousClock.now < deadline {
+            try control.send(.hello(hello), from: -1)
+            let answer = try receive(until: min(deadline, .now + .seconds(1))) { body -> Envelope.Body? in
+                switch body {
+                case .assign, .finish: body
+                default: nil
+                }
+            }
+            switch answer {
+            case .assign(let assign)?: return assign
+            case .finish?: return nil
+            default: continue
+            }
+        }
+        throw ClusterError("no assignment from the coordinator at \(options.coordinator) within 120 s")
     }
 
     /// Messages from the coordinator until `want` accepts one; an Abort or the deadline is an error.
@@ -254,7 +263,7 @@ final class Training {
     /// Every replica's buffers (a language model's carried state) and dropout RNG, in rank order.
     func gatherReplicaState(step: UInt64) throws -> [(buffers: [Float], rng: RNG)] {
         let model = workload.model
-        let mine = Checkpoint.buffers(of: model)
+        let mine = Checkpoint.buffers(of: model), rowValues = Checkpoint.bufferRowValues(of: model)
         var payload = [UInt8](try JSONEncoder().encode(model.context.rng))
         payload.insert(contentsOf: withUnsafeBytes(of: UInt32(payload.count).littleEndian, Array.init), at: 0)
         mine.withUnsafeBytes { payload += $0 }
@@ -262,9 +271,8 @@ final class Training {
             guard bytes.count >= 4 else { throw ClusterError("rank \(r)'s replica state is \(bytes.count) bytes") }
             let n = Int(bytes[0..<4].withUnsafeBytes { $0.loadUnaligned(as: UInt32.self).littleEndian })
             // as many values as this replica's, or (buffers of a row per stream) whole rows of its own
-            let rowValues = Checkpoint.bufferRowValues(of: model)
-            guard bytes.count >= 4 + n, (bytes.count - 4 - n) % 4 == 0,
-                  (bytes.count - 4 - n) / 4 == mine.count || (rowValues > 0 && (bytes.count - 4 - n) / 4 % rowValues == 0) else {
+            let values = (bytes.count - 4 - n) / 4
+            guard bytes.count >= 4 + n, (bytes.count - 4 - n) % 4 == 0, values == mine.count || (rowValues > 0 && values % rowValues == 0) else {
                 throw ClusterError("rank \(r)'s replica state does not hold \(mine.count) buffer values")
             }
             let rng = try JSONDecoder().decode(RNG.self, from: Data(bytes[4 ..< 4 + n]))

@@ -6,16 +6,16 @@ public final class Sequential<T: Scalar> {
     public let layers: [any Layer<T>]
     /// Layers up to and including this one need not return an input gradient (nothing before them learns).
     private let firstWithParameters: Int
-    /// readyFrom[i]: once backward has passed through layers i..., no gradient at arena offsets >=
-    /// readyFrom[i] changes any more (the end of the highest entry that layers 0..<i still write,
-    /// shared weights included).
-    private let readyFrom: [Int]
+    /// readyFrom[i], for a layer that learns: once backward has passed through layers i..., no gradient
+    /// at arena offsets >= readyFrom[i] changes any more (the end of the highest entry that layers 0..<i
+    /// still write, shared weights included). nil for layers without parameters (nothing to report).
+    private let readyFrom: [Int?]
 
     public init(_ layers: [any Layer<T>]) {
         self.layers = layers
         firstWithParameters = layers.firstIndex { $0.hasParameters } ?? layers.count
         let ends = layers.map { $0.parameterSlots.map { $0.offset + $0.count }.max() ?? 0 }
-        readyFrom = layers.indices.map { ends[..<$0].max() ?? 0 }
+        readyFrom = layers.indices.map { layers[$0].hasParameters ? ends[..<$0].max() ?? 0 : nil }
     }
 
     public func forward(_ x: Tensor<T>, _ ctx: ModelContext<T>) -> Tensor<T> {
@@ -32,7 +32,7 @@ public final class Sequential<T: Scalar> {
         for (i, layer) in layers.enumerated().reversed() {
             guard let current = g else { break }
             g = layer.backward(current, ctx, needsInputGradient: i > firstWithParameters || needsInputGradient)
-            if layer.hasParameters { gradientsReady?(readyFrom[i]) }
+            if let from = readyFrom[i] { gradientsReady?(from) }
         }
         return g
     }

@@ -150,8 +150,16 @@ public enum Workloads {
         default:
             throw ConfigError(message: "unknown --model \"\(config.model)\": choose one of \(names.joined(separator: ", "))")
         }
-        workload.model.context.rng = RNG(seed: config.seed, stream: 0x4452_4F50) // "DROP": dropout masks
+        workload.model.context.rng = .dropoutMasks(seed: config.seed)
         return workload
+    }
+}
+
+extension RNG {
+    /// The stream a replica draws its dropout masks from ("DROP" + its rank): replicas draw different
+    /// masks for their different samples.
+    public static func dropoutMasks(seed: UInt64, replica: Int = 0) -> RNG {
+        RNG(seed: seed, stream: 0x4452_4F50 &+ UInt64(replica))
     }
 }
 

@@ -18,8 +18,6 @@ struct CoordinatorCommand: ParsableCommand {
     @Option(help: "Elastic: start (or restart) with as few as this many workers once no other has joined for --last-call seconds; the global batch stays --batch x --workers.")
     var minWorkers: Int?
     @Option(help: "Seconds an elastic job waits for more workers after the last one joined.") var lastCall = 10.0
-    @Option(help: "After a failure while training, wait for workers again (those started with --max-restarts rejoin) and resume from the last checkpoint, up to N times.")
-    var maxRestarts = 0
     @Flag(help: "With --resume: a run that has already finished is not an error; the workers that join are told so and everything exits 0 (the container entrypoint sets it, so a restart policy does not loop).")
     var finishedOk = false
     @OptionGroup var job: ClusterJob
@@ -29,12 +27,11 @@ struct CoordinatorCommand: ParsableCommand {
         guard heartbeatTimeout > 0 else { throw ValidationError("--heartbeat-timeout must be positive") }
         if let minWorkers, !(1...workers).contains(minWorkers) { throw ValidationError("--min-workers must be in 1...\(workers) (--workers)") }
         guard lastCall > 0 else { throw ValidationError("--last-call must be positive") }
-        guard maxRestarts >= 0 else { throw ValidationError("--max-restarts must be at least 0") }
     }
 
     func run() throws {
         StopSignal.install()
-        try ClusterJob.restarting(maxRestarts, resume: job.resume, runDirectory: runDir, what: "waiting for workers again") { resume in
+        try job.restarting(runDirectory: runDir, what: "waiting for workers again") { resume in
             var options = Coordinator.Options(listen: listen, workers: workers)
             (options.jobID, options.heartbeatTimeout) = (jobID, heartbeatTimeout)
             (options.minWorkers, options.lastCall, options.finishedIsDone) = (minWorkers ?? workers, lastCall, finishedOk)
@@ -97,19 +94,16 @@ struct Simulate: ParsableCommand {
     @Option(help: "Worker processes.") var workers = 2
     @Option(help: "Run directory for metrics.jsonl and checkpoint.safetensors.") var runDir = "runs/simulate"
     @Option(help: "Compute threads per worker (default: the cores divided among the workers).") var threads: Int?
-    @Option(help: "After a failure while training (a worker died, went silent or diverged), restart the job from its last checkpoint with new worker processes, up to N times.")
-    var maxRestarts = 0
     @OptionGroup var job: ClusterJob
 
     func validate() throws {
         guard workers >= 1 else { throw ValidationError("--workers must be at least 1") }
         if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
-        guard maxRestarts >= 0 else { throw ValidationError("--max-restarts must be at least 0") }
     }
 
     func run() throws {
         StopSignal.install()
-        try ClusterJob.restarting(maxRestarts, resume: job.resume, runDirectory: runDir, what: "with \(workers) new workers") { try runJob(resume: $0) }
+        try job.restarting(runDirectory: runDir, what: "with \(workers) new workers") { try runJob(resume: $0) }
     }
 
     /// One attempt: a coordinator and fresh worker processes. Set-up errors (flags, data, the run
@@ -160,10 +154,13 @@ struct ClusterJob: ParsableArguments {
     var bucketMb = 1.0
     @Flag(help: "Serve the samples to the workers over ZeroMQ (each holds only what its shard reads) instead of each reading --data.")
     var serveData = false
+    @Option(help: "After a failure while training (a worker died, went silent or diverged), resume the job from its last checkpoint, up to N times: simulate with new worker processes, coordinator with the workers that join again.")
+    var maxRestarts = 0
     @OptionGroup var jobFile: JobFileOption
 
     func validate() throws {
         guard hashEvery >= 1 else { throw ValidationError("--hash-every must be positive") }
+        guard maxRestarts >= 0 else { throw ValidationError("--max-restarts must be at least 0") }
         guard bucketMb > 0, bucketMb <= 1024 else { throw ValidationError("--bucket-mb must be in (0, 1024], got \(bucketMb)") }
     }
 
@@ -181,11 +178,11 @@ struct ClusterJob: ParsableArguments {
     /// A job that was set up and then failed while training: the failure a restart may recover from.
     struct TrainingFailure: Error { let error: Error }
 
-    /// Runs `attempt` (resuming or not), and again after each `TrainingFailure` up to `maxRestarts`
-    /// times: from the run's last checkpoint, or from the start if it failed before its first. Set-up
-    /// errors and interrupts end the job at once.
-    static func restarting(_ maxRestarts: Int, resume: Bool, runDirectory: String, what: String, _ attempt: (_ resume: Bool) throws -> Void) throws {
-        var resume = resume
+    /// Runs `attempt` (resuming if --resume), and again after each `TrainingFailure` up to
+    /// --max-restarts times: from the run's last checkpoint, or from the start if it failed before its
+    /// first. Set-up errors and interrupts end the job at once.
+    func restarting(runDirectory: String, what: String, _ attempt: (_ resume: Bool) throws -> Void) throws {
+        var resume = self.resume
         for restart in 0... {
             do {
                 try attempt(resume)
@@ -195,9 +192,9 @@ struct ClusterJob: ParsableArguments {
                 let how = resume ? "resuming \(runDirectory) from its last checkpoint" : "starting over (no checkpoint yet)"
                 FileHandle.standardError.write(Data("tether: \(failure.error)\ntether: restart \(restart + 1) of \(maxRestarts): \(how), \(what)\n".utf8))
             } catch let failure as TrainingFailure {
-                try stop(failure.error)
+                try Self.stop(failure.error)
             } catch {
-                try stop(error)
+                try Self.stop(error)
             }
         }
     }

@@ -17,22 +17,34 @@ enum CLI {
 
     /// Runs `tether args...` (or another program) to completion, killing it after `timeout` seconds.
     static func run(_ args: [String], timeout: TimeInterval = 120, environment: [String: String] = [:], executable: URL = binary) throws -> Result {
-        let p = Process()
-        p.executableURL = executable
-        p.arguments = args
+        try start(args, bound: timeout, environment: environment, executable: executable).finish()
+    }
+
+    /// A program running in the background (`start`); `finish` waits for it and returns what it printed.
+    struct Background {
+        let process: Process
+        let out: Pipe, err: Pipe
+        var pid: Int32 { process.processIdentifier }
+
+        func finish() -> Result {
+            let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
+            process.waitUntilExit()
+            return Result(status: process.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+        }
+    }
+
+    /// Starts `tether args...` (or another program) with OPENBLAS_NUM_THREADS=1 and `environment`;
+    /// it is terminated after `bound` seconds, should it hang.
+    static func start(_ args: [String], bound: TimeInterval = 120, environment: [String: String] = [:], executable: URL = binary) throws -> Background {
+        let p = Process(), out = Pipe(), err = Pipe()
+        (p.executableURL, p.arguments, p.standardOutput, p.standardError) = (executable, args, out, err)
         var env = ProcessInfo.processInfo.environment
         env["OPENBLAS_NUM_THREADS"] = "1"
         env.merge(environment) { $1 }
         p.environment = env
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
         try p.run()
-        let deadline = DispatchTime.now() + timeout
-        DispatchQueue.global().asyncAfter(deadline: deadline) { if p.isRunning { p.terminate() } }
-        let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return Result(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+        DispatchQueue.global().asyncAfter(deadline: .now() + bound) { if p.isRunning { p.terminate() } }
+        return Background(process: p, out: out, err: err)
     }
 
     static func tempDir(_ name: String) -> URL {

@@ -37,19 +37,23 @@ struct ClusterProcessTests {
             .compactMap { try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
     }
 
-    /// The largest, over tensors, of ||a - b|| / ||b||. (Per element, Adam turns the rounding of a
+    /// The checkpoints at `a` and `b` hold the same tensors, each within 1e-5 of the other as a whole:
+    /// the largest, over tensors, of ||a - b|| / ||b||. (Per element, Adam turns the rounding of a
     /// gradient that is almost exactly 0, such as a weight on an always-black border pixel, into a step
     /// of either sign; those elements differ by ~1e-5 of the tensor's largest value while the tensor
     /// agrees to ~5e-7.)
-    func worstRelativeDifference(_ a: [String: [Float]], _ b: [String: [Float]]) -> Double {
+    func expectParametersAgree(_ a: String, _ b: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let (x, y) = (try parameters(a), try parameters(b))
+        #expect(Set(x.keys) == Set(y.keys) && !x.isEmpty, sourceLocation: sourceLocation)
+        guard Set(x.keys) == Set(y.keys) else { return }
         var worst = 0.0
-        for (name, x) in a {
-            let y = b[name]!
-            let diff = zip(x, y).reduce(0.0) { $0 + Double($1.0 - $1.1) * Double($1.0 - $1.1) }
-            let norm = y.reduce(0.0) { $0 + Double($1) * Double($1) }
+        for (name, u) in x {
+            let v = y[name]!
+            let diff = zip(u, v).reduce(0.0) { $0 + Double($1.0 - $1.1) * Double($1.0 - $1.1) }
+            let norm = v.reduce(0.0) { $0 + Double($1) * Double($1) }
             worst = max(worst, (diff / max(norm, 1e-30)).squareRoot())
         }
-        return worst
+        #expect(worst < 1e-5, "worst relative difference \(worst)", sourceLocation: sourceLocation)
     }
 
     /// Equivalence, the cluster's correctness test: 3 workers with batch B reach, after 20 steps, the
@@ -72,11 +76,8 @@ struct ClusterProcessTests {
         #expect(cluster.stdout.contains("all 3 replicas agree on the initial parameters"))
         let single = try CLI.run(["train", "--batch", "48", "--run-dir", dir.appendingPathComponent("single").path] + common, timeout: 240)
         #expect(single.status == 0, "stderr: \(single.stderr)")
-        let a = try parameters(dir.appendingPathComponent("cluster/checkpoint.safetensors").path)
-        let b = try parameters(dir.appendingPathComponent("single/checkpoint.safetensors").path)
-        #expect(Set(a.keys) == Set(b.keys) && !a.isEmpty)
-        let worst = worstRelativeDifference(a, b)
-        #expect(worst < 1e-5, "worst relative difference \(worst)")
+        try expectParametersAgree(dir.appendingPathComponent("cluster/checkpoint.safetensors").path,
+                                  dir.appendingPathComponent("single/checkpoint.safetensors").path)
     }
 
     /// A run resumed by another number of workers keeps its global batch (lm-tied: its streams, with
@@ -104,10 +105,7 @@ struct ClusterProcessTests {
                 #expect(r.stdout.contains("resuming a run of \(before) workers with \(after): the global batch stays"), "\(r.stdout)")
             }
         }
-        let a = try parameters(split + "/checkpoint.safetensors"), b = try parameters(whole + "/checkpoint.safetensors")
-        #expect(Set(a.keys) == Set(b.keys) && !a.isEmpty)
-        let worst = worstRelativeDifference(a, b)
-        #expect(worst < 1e-5, "worst relative difference \(worst)")
+        try expectParametersAgree(split + "/checkpoint.safetensors", whole + "/checkpoint.safetensors")
         // the same number of steps in all (the split run also ended once at step 10)
         let ends = try [whole, split].map { try metrics($0).filter { $0["event"] as? String == "end" }.compactMap { $0["step"] as? Int } }
         #expect(ends[0].count == 1 && ends[1] == [10, ends[0][0]], "end steps \(ends)")
@@ -123,64 +121,47 @@ struct ClusterProcessTests {
         let training = ["--model", "mlp-wn", "--epochs", "4", "--train-limit", "3000", "--test-limit", "200", "--seed", "7"]
         let port = Int.random(in: 20000..<60000), jobID = "elastic-\(getpid())"
         let address = "tcp://127.0.0.1:\(port)", run = dir.appendingPathComponent("elastic")
-        func start(_ args: [String]) throws -> (Process, Pipe, Pipe) {
-            let p = Process(), out = Pipe(), err = Pipe()
-            (p.executableURL, p.arguments, p.standardOutput, p.standardError) = (CLI.binary, args, out, err)
-            try p.run()
-            // a hard bound, should anything hang
-            DispatchQueue.global().asyncAfter(deadline: .now() + 150) { if p.isRunning { p.terminate() } }
-            return (p, out, err)
+        let coordinator = try CLI.start(["coordinator", "--listen", address, "--workers", "3", "--min-workers", "2", "--last-call", "3",
+                                         "--max-restarts", "1", "--job-id", jobID, "--run-dir", run.path] + training, bound: 150)
+        let workers = try (0..<3).map { _ in
+            try CLI.start(["worker", "--coordinator", address, "--job-id", jobID, "--max-restarts", "1", "--threads", "1"], bound: 150)
         }
-        let coordinator = try start(["coordinator", "--listen", address, "--workers", "3", "--min-workers", "2", "--last-call", "3",
-                                     "--max-restarts", "1", "--job-id", jobID, "--run-dir", run.path] + training)
-        let workers = try (0..<3).map { _ in try start(["worker", "--coordinator", address, "--job-id", jobID, "--max-restarts", "1", "--threads", "1"]) }
-        let deadline = Date().addingTimeInterval(60)
-        while !FileManager.default.fileExists(atPath: run.appendingPathComponent("checkpoint.safetensors").path) && Date() < deadline { usleep(100_000) }
-        kill(workers[2].0.processIdentifier, SIGKILL)
-        func finish(_ p: (Process, Pipe, Pipe)) -> (status: Int32, out: String, err: String) {
-            let err = p.2.fileHandleForReading.readDataToEndOfFile(), out = p.1.fileHandleForReading.readDataToEndOfFile()
-            p.0.waitUntilExit()
-            return (p.0.terminationStatus, String(decoding: out, as: UTF8.self), String(decoding: err, as: UTF8.self))
-        }
-        let c = finish(coordinator)
-        #expect(c.status == 0, "coordinator: \(c.err)")
-        #expect(c.err.contains("restart 1 of 1: resuming \(run.path) from its last checkpoint, waiting for workers again"), "\(c.err)")
-        #expect(c.out.contains("all 2 replicas agree"), "\(c.out)")
+        waitForACheckpoint(in: run)
+        kill(workers[2].pid, SIGKILL)
+        let c = coordinator.finish()
+        #expect(c.status == 0, "coordinator: \(c.stderr)")
+        #expect(c.stderr.contains("restart 1 of 1: resuming \(run.path) from its last checkpoint, waiting for workers again"), "\(c.stderr)")
+        #expect(c.stdout.contains("all 2 replicas agree"), "\(c.stdout)")
         for w in workers[0..<2] {
-            let r = finish(w)
-            #expect(r.status == 0, "worker: \(r.err)")
-            #expect(r.err.contains("joining \(address) again (0 restarts left)"), "\(r.err)")
+            let r = w.finish()
+            #expect(r.status == 0, "worker: \(r.stderr)")
+            #expect(r.stderr.contains("joining \(address) again (0 restarts left)"), "\(r.stderr)")
         }
-        _ = finish(workers[2])
+        _ = workers[2].finish()
         let whole = dir.appendingPathComponent("whole").path
         let u = try CLI.run(["simulate", "--workers", "3", "--run-dir", whole] + training, timeout: 240)
         #expect(u.status == 0, "stderr: \(u.stderr)")
-        let a = try parameters(run.appendingPathComponent("checkpoint.safetensors").path), b = try parameters(whole + "/checkpoint.safetensors")
-        #expect(Set(a.keys) == Set(b.keys) && !a.isEmpty)
-        let worst = worstRelativeDifference(a, b)
-        #expect(worst < 1e-5, "worst relative difference \(worst)")
+        try expectParametersAgree(run.appendingPathComponent("checkpoint.safetensors").path, whole + "/checkpoint.safetensors")
+    }
+
+    /// Waits (up to a minute) until the run in `dir` has written its first checkpoint.
+    func waitForACheckpoint(in dir: URL) {
+        let deadline = Date().addingTimeInterval(60)
+        while !FileManager.default.fileExists(atPath: dir.appendingPathComponent("checkpoint.safetensors").path) && Date() < deadline { usleep(100_000) }
     }
 
     /// Runs `tether simulate ARGS` and SIGKILLs one of its worker processes once the run's first
     /// checkpoint exists; returns when simulate has exited.
     func simulateKillingAWorker(_ args: [String], runDirectory dir: URL) throws -> (status: Int32, stderr: String, workers: [Int32], killedAt: Date) {
-        let p = Process()
-        p.executableURL = CLI.binary
-        p.arguments = ["simulate", "--run-dir", dir.path] + args
-        let out = Pipe(), err = Pipe()
-        (p.standardOutput, p.standardError) = (out, err)
-        try p.run()
-        // Wait for the first checkpoint, then kill one worker (a child of the simulate process).
-        let deadline = Date().addingTimeInterval(60)
-        while !FileManager.default.fileExists(atPath: dir.appendingPathComponent("checkpoint.safetensors").path) && Date() < deadline { usleep(100_000) }
-        let children = (try? String(contentsOfFile: "/proc/\(p.processIdentifier)/task/\(p.processIdentifier)/children", encoding: .utf8))?
+        let simulate = try CLI.start(["simulate", "--run-dir", dir.path] + args, bound: 240)
+        waitForACheckpoint(in: dir)
+        // the workers are the simulate process's children
+        let children = (try? String(contentsOfFile: "/proc/\(simulate.pid)/task/\(simulate.pid)/children", encoding: .utf8))?
             .split(separator: " ").compactMap { Int32($0) } ?? []
         let killedAt = Date()
         if let victim = children.last { kill(victim, SIGKILL) }
-        let errData = err.fileHandleForReading.readDataToEndOfFile()
-        _ = out.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: errData, as: UTF8.self), children, killedAt)
+        let r = simulate.finish()
+        return (r.status, r.stderr, children, killedAt)
     }
 
     /// A worker killed mid-epoch is named within seconds, the job stops with its last complete

@@ -108,22 +108,14 @@ let netnsUnavailable: String? = {
                         "TETHER_MODEL": "mlp-wn", "TETHER_MAX_STEPS": "3", "TETHER_TRAIN_LIMIT": "300", "TETHER_TEST_LIMIT": "100",
                         "PATH": CLI.binary.deletingLastPathComponent().path + ":" + (ProcessInfo.processInfo.environment["PATH"] ?? "")]
         for up in 1...2 {
-            let workers = try (0..<2).map { _ in
-                let p = Process(), err = Pipe()
-                (p.executableURL, p.arguments) = (CLI.binary, ["worker", "--coordinator", address, "--job-id", jobID])
-                (p.standardOutput, p.standardError) = (FileHandle.nullDevice, err)
-                try p.run()
-                DispatchQueue.global().asyncAfter(deadline: .now() + 120) { if p.isRunning { p.terminate() } }
-                return (p, err)
-            }
+            let workers = try (0..<2).map { _ in try CLI.start(["worker", "--coordinator", address, "--job-id", jobID]) }
             let c = try CLI.run([file("cluster/entrypoint").path, "coordinator"], timeout: 120, environment: settings,
                                 executable: URL(fileURLWithPath: "/bin/bash"))
             #expect(c.status == 0, "up \(up), coordinator: \(c.stderr)")
-            for (p, err) in workers {
-                let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-                p.waitUntilExit()
-                #expect(p.terminationStatus == 0, "up \(up), worker: \(text)")
-                if up == 2 { #expect(text.contains("the run has already finished (the coordinator says so)"), "\(text)") }
+            for w in workers {
+                let r = w.finish()
+                #expect(r.status == 0, "up \(up), worker: \(r.stderr)")
+                if up == 2 { #expect(r.stderr.contains("the run has already finished (the coordinator says so)"), "\(r.stderr)") }
             }
             if up == 2 {
                 #expect(c.stderr.contains("tether-entrypoint: resuming the run in \(dir.path)"), "\(c.stderr)")
