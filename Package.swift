@@ -32,7 +32,7 @@ let package = Package(
         .target(name: "TetherNN", dependencies: ["TetherTensor"]),
         .target(name: "TetherData", dependencies: ["TetherTensor", "CZlib"]),
         .target(name: "TetherComm", dependencies: ["TetherWire", "CZeroMQ", "CProtobufC", "CXXHash", "CTetherKernels"]),
-        .target(name: "TetherTrain", dependencies: ["TetherTensor", "TetherNN", "TetherData"]),
+        .target(name: "TetherTrain", dependencies: ["TetherTensor", "TetherNN", "TetherData", "CXXHash"]),
         .target(name: "TetherCluster", dependencies: ["TetherTrain", "TetherComm", "TetherNN", "TetherData", "TetherTensor", "CXXHash", "CTetherKernels"]),
         .executableTarget(name: "tether", dependencies: [
             "TetherCluster", "TetherTrain", "TetherComm", "TetherData", "TetherNN", "TetherTensor", "CXXHash", "CTetherKernels",

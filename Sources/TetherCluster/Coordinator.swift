@@ -27,6 +27,8 @@ public final class Coordinator {
         /// Resuming a run that has already finished is not an error: the workers that join are told so
         /// (Finish) and the coordinator ends without error (for restart policies that resume on start).
         public var finishedIsDone = false
+        /// CURVE with the cluster key, or --insecure.
+        public var security: ClusterSecurity = .insecure
         public init(listen: String, workers: Int) { (self.listen, self.workers, minWorkers) = (listen, workers, workers) }
         var elastic: Bool { minWorkers < workers }
     }
@@ -41,6 +43,13 @@ public final class Coordinator {
     let metrics: MetricsLog
     private var machine: CoordinatorState
     private var heartbeatIdentities: [Int: [UInt8]] = [:]
+    /// Ranks by the control identity they were assigned to: the only source of a message's rank.
+    private var ranks: [[UInt8]: Int] = [:]
+    private let authenticator: Authenticator?
+    private let monitor: ZeroMQMonitor
+    private var dropped = RateLimiter(perSecond: 2)
+    /// The most rows one DataRequest may ask for (what a worker asks at a time).
+    static let maxRowsPerRequest = 4096
     private var resumeBytes: [UInt8] = []
     private var startState: TrainingState?
     let stepsPerEpoch: Int
@@ -111,7 +120,24 @@ public final class Coordinator {
         (settings.minWorkers, settings.lastCall) = (options.minWorkers, options.lastCall)
         machine = CoordinatorState(settings, now: Clock.now)
         context = try ZeroMQContext()
+        ControlLimits.raiseOpenFilesLimit()
         let socket = try ZeroMQSocket(context, .router)
+        // The largest message a member sends is rank 0's checkpoint: parameters, up to two optimizer
+        // states each, buffers for every replica, and metadata.
+        let bufferValues = Checkpoint.buffers(of: probe.model).count
+        try socket.setMaxMessageSize((64 << 20) + 16 * probe.model.arena.count + 8 * bufferValues * options.workers)
+        try socket.setHandshakeInterval(ControlLimits.handshakeInterval)
+        if let keys = options.security.keys {
+            let log = progress.line
+            let auth = try Authenticator(context: context, log: { log("coordinator: " + $0) })
+            auth.allow([keys.publicKey], domain: ClusterSecurity.controlDomain)
+            try socket.secure(.server(keys, domain: ClusterSecurity.controlDomain, auth))
+            authenticator = auth
+        } else {
+            authenticator = nil
+            progress.line("coordinator: " + ClusterSecurity.insecureWarning)
+        }
+        monitor = try socket.monitor(ZMQEvents.handshakeFailures)
         do { boundAddress = try socket.bind(options.listen) } catch {
             throw ConfigError(message: "the coordinator cannot listen on \(options.listen): \(error)")
         }
@@ -120,7 +146,7 @@ public final class Coordinator {
     }
 
     /// Sockets close before their context terminates (zmq_ctx_term waits for them).
-    deinit { router.socket.close() }
+    deinit { monitor.close(); router.socket.close(); authenticator?.stop() }
 
     /// Runs the job to its end; throws (after stopping every worker) on a fault or an interrupt.
     public func run() throws {
@@ -144,25 +170,8 @@ public final class Coordinator {
                 _ = try execute([.abort(reason)], window: &window, epochStart: &epochStart) // an abort always throws
             }
             var events: [CoordinatorState.Event] = [.tick]
-            if let (identity, env) = try? router.receive(deadline: .now + .milliseconds(100)), let identity, let body = env.body {
-                let rank = Int(env.senderRank)
-                switch body {
-                case .hello(let h): events.append(.hello(identity: identity, address: h.advertiseAddress))
-                case .ready(let r): events.append(.ready(rank: rank, r))
-                case .stepReport(let s): events.append(.step(rank: rank, s))
-                case .evalReport(let e): events.append(.evaluation(rank: rank, e))
-                case .checkpoint(let c): events.append(.checkpoint(rank: rank, c))
-                case .heartbeat:
-                    heartbeatIdentities[rank] = identity
-                    events.append(.heartbeat(rank: rank))
-                case .abort(let a): events.append(.abort(rank: rank, reason: a.reason))
-                case .dataRequest(let request):
-                    let rows = served.map { DataServing.answer(request, train: $0.train, test: $0.test) }
-                        ?? Envelope.DataRows(split: request.split, error: "this coordinator does not serve data (start it with --serve-data)")
-                    try router.send(.dataRows(rows), from: -1, to: identity)
-                default: break
-                }
-            }
+            if let event = try receiveEvent() { events.append(event) }
+            while let e = monitor.next(deadline: .now) { note(handshakeFailure: e) }
             for event in events {
                 if try execute(machine.handle(event, now: Clock.now), window: &window, epochStart: &epochStart) {
                     var end = MetricsEvent(event: "end", epoch: machine.completedSteps / stepsPerEpoch, step: machine.completedSteps)
@@ -174,10 +183,13 @@ public final class Coordinator {
             }
             if Clock.now - lastHeartbeat > 0.5 {
                 lastHeartbeat = Clock.now
-                for identity in heartbeatIdentities.values { try? router.send(.heartbeat, from: -1, to: identity) }
+                for identity in heartbeatIdentities.values { send(.heartbeat, to: identity) }
             }
         }
     }
+
+    /// Fresh ring keys for each forming of the ring (CURVE only), one pair per rank.
+    private var ringKeys: [CurveKeyPair]?
 
     /// Carries out directives; true when the job has finished.
     private func execute(_ directives: [CoordinatorState.Directive],
@@ -186,18 +198,24 @@ public final class Coordinator {
         for d in directives {
             switch d {
             case .assign(let identity, let rank, let ring):
+                if rank == 0, options.security.keys != nil { ringKeys = try ring.map { _ in try CurveKeyPair.generate() } }
                 var assign = Envelope.Assign(rank: UInt32(rank), worldSize: UInt32(ring.count), ring: ring,
                                              configJSON: [UInt8](try JSONEncoder().encode(config)), resumeCheckpoint: resumeBytes,
                                              hashEvery: UInt32(options.hashEvery), checkpointEvery: UInt32(config.checkpointEvery),
                                              bucketBytes: UInt32(options.bucketBytes))
                 assign.dataServed = served != nil
-                try router.send(.assign(assign), from: -1, to: identity)
+                if let keys = ringKeys { (assign.ringSecretKey, assign.ringPublicKeys) = (keys[rank].secretKey, keys.map(\.publicKey)) }
+                ranks[identity] = rank
+                heartbeatIdentities[rank] = ControlIdentity.heartbeat(of: identity)
+                send(.assign(assign), to: identity)
                 progress.line("rank \(rank): \(ring[rank])")
             case .turnAway(let identity, let reason):
-                try router.send(.abort(.init(originRank: -1, reason: reason)), from: -1, to: identity)
+                send(.abort(.init(originRank: -1, reason: reason)), to: identity)
                 progress.line("turned away a worker: \(reason)")
+            case .dropped(let why):
+                drop("dropped " + why)
             case .start:
-                for m in machine.members { try router.send(.start, from: -1, to: m.identity) }
+                for m in machine.members { send(.start, to: m.identity) }
                 epochStart = Date()
                 let startup = epochStart.timeIntervalSince(created)
                 progress.line("all \(machine.members.count) replicas agree on the initial parameters; training (\(ProgressDisplay.fixed(startup, 2)) s after start-up)")
@@ -243,19 +261,24 @@ public final class Coordinator {
                 progress.line("epoch \(epoch + 1)/\(config.epochs): \(merged.summary) (\(ProgressDisplay.fixed(seconds, 1)) s, "
                               + "\(ProgressDisplay.grouped(e.samples_per_sec!)) samples/s)")
             case .writeCheckpoint(let data):
-                var file = try Safetensors.decode(Data(data.safetensors), source: "rank 0's checkpoint of step \(data.globalStep)")
+                // Checked like any checkpoint file (fields, shapes, checksums) before it replaces the last one.
+                let loaded = try Checkpoint.Loaded(bytes: Data(data.safetensors), source: "rank 0's checkpoint of step \(data.globalStep)")
+                guard loaded.model == config.model, loaded.state.globalStep == Int(data.globalStep) else {
+                    throw ClusterError("rank 0 sent a checkpoint of a \(loaded.model.prefix(40)) model at step \(loaded.state.globalStep) for step \(data.globalStep) of this \(config.model) job")
+                }
+                var file = loaded.file
                 file.metadata["tether.workers"] = String(machine.members.count)
                 try Safetensors.write(file, to: runDirectory.appendingPathComponent(Checkpoint.fileName))
             case .abort(let message):
-                for m in machine.members { try? router.send(.abort(.init(originRank: -1, reason: message)), from: -1, to: m.identity) }
-                for identity in heartbeatIdentities.values { try? router.send(.abort(.init(originRank: -1, reason: message)), from: -1, to: identity) }
+                for m in machine.members { send(.abort(.init(originRank: -1, reason: message)), to: m.identity) }
+                for identity in heartbeatIdentities.values { send(.abort(.init(originRank: -1, reason: message)), to: identity) }
                 var e = MetricsEvent(event: message == "interrupted" ? "interrupted" : "failed", epoch: machine.completedSteps / max(stepsPerEpoch, 1), step: machine.completedSteps)
                 e.error = message
                 try? metrics.write(e)
                 Thread.sleep(forTimeInterval: 0.3) // let the aborts leave before the process exits
                 throw ClusterError(message == "interrupted" ? "interrupted; the last complete checkpoint is in \(runDirectory.path) (continue with --resume)" : message)
             case .finish:
-                for m in machine.members { try router.send(.finish, from: -1, to: m.identity) }
+                for m in machine.members { send(.finish, to: m.identity) }
                 return true
             }
         }
@@ -274,6 +297,74 @@ public final class Coordinator {
         }
         progress.line("told \(told.count) of \(options.workers) workers that the run has finished")
         Thread.sleep(forTimeInterval: 0.3) // let the last Finish leave before the socket closes
+    }
+
+    /// The next message as an event of the state machine, with the rank of the connection it came on.
+    /// Dropped (and logged, a few a second at most): what does not decode, a message for another job
+    /// (a Hello for one is answered, so that worker knows why), and anything but Hello or a
+    /// heartbeat from a connection that holds no rank. Data requests are answered here, to members only.
+    private func receiveEvent() throws -> CoordinatorState.Event? {
+        let received: (identity: [UInt8]?, envelope: Envelope)?
+        do { received = try router.receive(deadline: .now + .milliseconds(100), anyJob: true) } catch {
+            drop("dropped a message: \(error)")
+            return nil
+        }
+        guard let received, let identity = received.identity, let body = received.envelope.body else { return nil }
+        let env = received.envelope
+        guard env.jobID == options.jobID else {
+            if case .hello(let h) = body {
+                let why = "this coordinator runs job \"\(options.jobID)\", the worker asked for job \"\(env.jobID.prefix(64))\""
+                try? router.send(.abort(.init(originRank: -1, reason: "refused: \(why) (--job-id)")), from: -1, to: identity, job: env.jobID)
+                drop("refused a worker at \(h.advertiseAddress.prefix(100)): \(why)")
+            } else {
+                drop("dropped a message for job \"\(env.jobID.prefix(64))\" (this is job \"\(options.jobID)\")")
+            }
+            return nil
+        }
+        if case .hello(let h) = body { return .hello(identity: identity, address: h.advertiseAddress) }
+        guard let rank = ranks[ControlIdentity.member(of: identity)] else {
+            drop("dropped a \(body.name) from a connection that holds no rank")
+            return nil
+        }
+        switch body {
+        case .ready(let r): return .ready(rank: rank, r)
+        case .stepReport(let s): return .step(rank: rank, s)
+        case .evalReport(let e): return .evaluation(rank: rank, e)
+        case .checkpoint(let c): return .checkpoint(rank: rank, c)
+        case .heartbeat: return .heartbeat(rank: rank)
+        case .abort(let a): return .abort(rank: rank, reason: a.reason)
+        case .dataRequest(let request):
+            let rows: Envelope.DataRows
+            if request.indices.count > Self.maxRowsPerRequest {
+                rows = Envelope.DataRows(split: request.split, error: "a request for \(request.indices.count) rows; at most \(Self.maxRowsPerRequest) at a time")
+            } else {
+                rows = served.map { DataServing.answer(request, train: $0.train, test: $0.test) }
+                    ?? Envelope.DataRows(split: request.split, error: "this coordinator does not serve data (start it with --serve-data)")
+            }
+            send(.dataRows(rows), to: identity)
+            return .heartbeat(rank: rank)
+        default:
+            drop("dropped a \(body.name) from rank \(rank), which only the coordinator sends")
+            return nil
+        }
+    }
+
+    /// Sends to one peer. A peer that is gone (or never was) fails only its own send, which is logged:
+    /// the job notices a gone member by its silence.
+    private func send(_ body: Envelope.Body, to identity: [UInt8]) {
+        do { try router.send(body, from: -1, to: identity) } catch {
+            drop("could not send \(body.name) to \(ranks[identity].map { "rank \($0)" } ?? "a worker without a rank"): \(error)")
+        }
+    }
+
+    private func drop(_ why: String) {
+        if let line = dropped.admit("coordinator: " + why, now: .now) { progress.line(line) }
+    }
+
+    private func note(handshakeFailure e: ZeroMQMonitor.Event) {
+        let what = e.authenticationRefused ? "its key is not this job's (ZAP status \(e.value))"
+            : options.security.keys != nil ? "it holds another cluster key, or runs --insecure" : "it runs with CURVE and this coordinator --insecure"
+        if let line = dropped.admit("coordinator: a connection to \(e.address) failed the handshake: \(what)", now: .now) { progress.line(line) }
     }
 
     func ms(_ seconds: Double) -> String { ProgressDisplay.fixed(seconds * 1000, 1) + " ms" }

@@ -71,6 +71,8 @@ public struct CoordinatorState {
         case writeCheckpoint(Envelope.CheckpointData)
         /// Stop every worker and fail the job with this message.
         case abort(String)
+        /// A message that does not fit the job's state was dropped: log it (rate-limited); the job goes on.
+        case dropped(String)
         case finish
     }
 
@@ -83,11 +85,19 @@ public struct CoordinatorState {
     private var checkpointedStep = -1
     private let started: Double
     private var lastJoined: Double
+    /// The last step each rank reported: bounds which evaluations and checkpoints it may send.
+    private var reportedStep: [Int] = []
+    /// Epochs before this one have been merged.
+    private var nextEvaluation: Int
+    private var mergedEpochs: Set<Int> = []
+    /// More samples than any step or evaluation of one rank can hold.
+    static let maxSamplesPerReport: UInt64 = 1 << 40
 
     public init(_ settings: Settings, now: Double) {
         self.settings = settings
         completedSteps = settings.firstStep
         (started, lastJoined) = (now, now)
+        nextEvaluation = settings.firstStep / max(settings.stepsPerEpoch, 1)
     }
 
     /// The epoch whose last step is `globalStep` (1-based count of steps), if it ends one.
@@ -97,7 +107,9 @@ public struct CoordinatorState {
         if case .finished = phase { return [] }
         if case .failed = phase { return [] }
         if let rank = event.rank {
-            guard members.indices.contains(rank) else { return fail("a message from rank \(rank), but the job has ranks 0..<\(members.count)") }
+            // Ranks come from the connection a message arrived on (the shell's identity map), never
+            // from what it claims; before the ring forms nobody holds one.
+            guard phase != .joining, members.indices.contains(rank) else { return [.dropped("a message for rank \(rank) before the job formed")] }
             members[rank].lastHeard = now
         }
         switch event {
@@ -107,17 +119,18 @@ public struct CoordinatorState {
                 members[known].lastHeard = now
                 return []
             }
+            // A late worker is turned away, never fatal: a stray or hostile Hello must not stop a job.
             guard phase == .joining else {
-                let formed = "the job formed with \(members.count) workers before a worker at \(address) said hello"
-                return settings.elastic ? [.turnAway(identity: identity, reason: formed)] : fail(formed)
+                return [.turnAway(identity: identity, reason: "the job formed with \(members.count) workers before a worker at \(address) said hello")]
             }
-            if let twin = members.firstIndex(where: { $0.address == address }) {
-                return fail("two workers advertise the same address \(address) (the second would be rank \(members.count), the first is rank \(twin))")
+            if members.contains(where: { $0.address == address }) {
+                return [.turnAway(identity: identity, reason: "another worker of this job already advertises \(address); give each worker its own --advertise address")]
             }
             members.append(Member(identity: identity, address: address, lastHeard: now))
             lastJoined = now
             return members.count == settings.workers ? form(now: now) : []
         case .ready(let rank, let ready):
+            guard phase == .initializing, members[rank].ready == nil else { return [.dropped("rank \(rank) sent Ready while the job is \(phase)")] }
             members[rank].ready = ready
             guard members.allSatisfy({ $0.ready != nil }) else { return [] }
             let reference = members[0].ready!
@@ -130,10 +143,15 @@ public struct CoordinatorState {
             phase = .training
             return [.start] + (completedSteps >= settings.totalSteps ? finishIfDone() : [])
         case .step(let rank, let report):
-            let step = Int(report.globalStep)
-            guard phase == .training, step > completedSteps, step <= settings.totalSteps else {
-                return fail("rank \(rank) reported step \(step) while the job is at step \(completedSteps) of \(settings.totalSteps)")
+            guard phase == .training else { return [.dropped("rank \(rank) reported a step while the job is \(phase)")] }
+            guard let step = Int(exactly: report.globalStep), step > completedSteps, step <= settings.totalSteps else {
+                return fail("rank \(rank) reported step \(report.globalStep) while the job is at step \(completedSteps) of \(settings.totalSteps)")
             }
+            guard report.count <= Self.maxSamplesPerReport, report.correct <= report.count, stepReports[step]?[rank] == nil else {
+                return fail("rank \(rank) sent an impossible step report for step \(step): count \(report.count), correct \(report.correct)"
+                            + (stepReports[step]?[rank] != nil ? ", its second for that step" : ""))
+            }
+            reportedStep[rank] = max(reportedStep[rank], step)
             var slots = stepReports[step] ?? Array(repeating: nil, count: members.count)
             slots[rank] = report
             stepReports[step] = slots
@@ -157,14 +175,29 @@ public struct CoordinatorState {
             return out + finishIfDone()
         case .evaluation(let rank, let report):
             let epoch = Int(report.epoch)
+            // Only an epoch this rank has finished and that is not merged yet: what is kept is bounded
+            // by the job's own epochs, whatever a message says.
+            guard phase == .training, epoch >= nextEvaluation, (epoch + 1) * settings.stepsPerEpoch <= reportedStep[rank],
+                  evalReports[epoch]?[rank] == nil else {
+                return fail("rank \(rank) sent an evaluation of epoch \(epoch + 1), which it has not just finished")
+            }
+            guard report.count <= Self.maxSamplesPerReport, report.correct <= report.count else {
+                return fail("rank \(rank) sent an impossible evaluation of epoch \(epoch + 1): count \(report.count), correct \(report.correct)")
+            }
             var slots = evalReports[epoch] ?? Array(repeating: nil, count: members.count)
             slots[rank] = report
             evalReports[epoch] = slots
             guard slots.allSatisfy({ $0 != nil }) else { return [] }
+            evalReports[epoch] = nil
+            nextEvaluation = epoch + 1
+            mergedEpochs.insert(epoch)
             return [.epochCompleted(epoch: epoch, reports: slots.map { $0! })] + finishIfDone()
         case .checkpoint(let rank, let data):
             guard rank == 0 else { return fail("rank \(rank) sent a checkpoint; only rank 0 does") }
-            checkpointedStep = Int(data.globalStep)
+            guard phase == .training, let step = Int(exactly: data.globalStep), step > checkpointedStep, step <= reportedStep[0] else {
+                return fail("rank 0 sent a checkpoint of step \(data.globalStep), which it has not just reported")
+            }
+            checkpointedStep = step
             return [.writeCheckpoint(data)] + finishIfDone()
         case .heartbeat:
             return []
@@ -189,6 +222,7 @@ public struct CoordinatorState {
     /// elastic job may have waited longer than the heartbeat time-out for the last of them.
     private mutating func form(now: Double) -> [Directive] {
         phase = .initializing
+        reportedStep = Array(repeating: completedSteps, count: members.count)
         for i in members.indices { members[i].lastHeard = now }
         let ring = members.map(\.address)
         return members.enumerated().map { .assign(identity: $1.identity, rank: $0, ring: ring) }
@@ -198,7 +232,7 @@ public struct CoordinatorState {
     /// checkpoint of it has arrived.
     private mutating func finishIfDone() -> [Directive] {
         guard phase == .training, completedSteps == settings.totalSteps, checkpointedStep == settings.totalSteps else { return [] }
-        if let epoch = epochEnding(at: settings.totalSteps), evalReports[epoch]?.allSatisfy({ $0 != nil }) != true { return [] }
+        if let epoch = epochEnding(at: settings.totalSteps), !mergedEpochs.contains(epoch) { return [] }
         phase = .finished
         return [.finish]
     }

@@ -21,6 +21,10 @@ public struct WorkerOptions: Sendable {
     /// collective: `_exit(1)` by default (exit's atexit handlers would tear down OpenBLAS under it);
     /// `tether worker --max-restarts` executes itself anew to join again.
     public var endProcess: @Sendable (String) -> Never = { _ in _exit(1) }
+    /// CURVE with the cluster key, or --insecure.
+    public var security: ClusterSecurity = .insecure
+    /// Folders the job's data may be read from (AssignCheck).
+    public var dataRoots = AssignCheck.defaultDataRoots
     public init(coordinator: String, advertise: String) { (self.coordinator, self.advertise) = (coordinator, advertise) }
 }
 
@@ -34,6 +38,13 @@ public final class Worker {
     let control: ControlChannel
     private(set) var rank = -1
     private let log: (String) -> Void
+    /// This worker's control identity; its heartbeat socket's is the same with another first byte, so
+    /// the coordinator knows both for one member's.
+    let identity: [UInt8]
+    /// Admits the left neighbour's ring key (CURVE only).
+    let authenticator: Authenticator?
+    /// The control socket's connection events, watched while joining (attached before it connects).
+    private let monitor: ZeroMQMonitor
 
     public init(_ options: WorkerOptions, log: @escaping (String) -> Void = { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }) throws {
         self.options = options
@@ -42,13 +53,24 @@ public final class Worker {
         let dealer = try ZeroMQSocket(context, .dealer)
         // One identity for this worker however often the connection is made again, so a repeated
         // Hello (below) is known for what it is.
-        try dealer.setRoutingID([0x57] + (0..<15).map { _ in UInt8.random(in: 0...255) })
-        try dealer.connect(options.coordinator)
+        identity = ControlIdentity.control + (0..<15).map { _ in UInt8.random(in: 0...255) }
+        try dealer.setRoutingID(identity)
+        try dealer.setMaxMessageSize(ControlLimits.workerMessageBytes)
+        if let keys = options.security.keys {
+            try dealer.secure(.client(keys, serverKey: keys.publicKey))
+            authenticator = try Authenticator(context: context, log: { log("tether worker: " + $0) })
+        } else {
+            authenticator = nil
+        }
+        monitor = try dealer.monitor()
+        do { try dealer.connect(options.coordinator) } catch {
+            throw ClusterError("cannot connect to the coordinator at \(options.coordinator): \(error) (an address looks like tcp://HOST:PORT)")
+        }
         control = ControlChannel(socket: dealer, jobID: options.jobID)
     }
 
     /// Sockets close before their context terminates (zmq_ctx_term waits for them).
-    deinit { control.socket.close() }
+    deinit { monitor.close(); control.socket.close(); authenticator?.stop() }
 
     /// Trains until the coordinator says Finish. A failure is also sent to the coordinator (once this
     /// worker has a rank), so the job stops with this worker's reason instead of waiting for its silence.
@@ -63,26 +85,21 @@ public final class Worker {
     }
 
     private func train() throws {
-        guard let assign = try join() else {
+        let joined = try join()
+        control.socket.stopMonitor()
+        guard let assign = joined else {
             log("worker: the run has already finished (the coordinator says so); nothing to do")
             return
         }
+        let config = try AssignCheck(dataRoots: options.dataRoots, secure: options.security.keys != nil).validate(assign)
         rank = Int(assign.rank)
         // Heartbeats flow from here on: loading the data and building the model can take seconds.
-        let heartbeat = try Heartbeat(context: context, options: options, rank: rank, log: log)
+        let heartbeat = try Heartbeat(context: context, options: options, identity: ControlIdentity.heartbeat(of: identity), rank: rank, log: log)
         defer { heartbeat.stop() }
         let shard = Shard(rank: rank, count: Int(assign.worldSize))
-        let config: TrainingConfig
-        do { config = try JSONDecoder().decode(TrainingConfig.self, from: Data(assign.configJSON)) } catch {
-            throw ClusterError("the coordinator's job configuration does not decode: \(error)")
-        }
-        var resumed: Checkpoint.Loaded?
-        if !assign.resumeCheckpoint.isEmpty {
-            let file = FileManager.default.temporaryDirectory.appendingPathComponent("tether-resume-\(getpid()).safetensors")
-            try Data(assign.resumeCheckpoint).write(to: file)
-            defer { try? FileManager.default.removeItem(at: file) }
-            resumed = try Checkpoint.Loaded(file)
-        }
+        // Read from memory: no file is written for it.
+        let resumed = assign.resumeCheckpoint.isEmpty ? nil
+            : try Checkpoint.Loaded(bytes: Data(assign.resumeCheckpoint), source: "the coordinator's resume checkpoint")
         ProcessMemory.keepFreedBuffers()
         let served = !assign.dataServed ? nil : ServedData { [unowned self] request in
             try control.send(.dataRequest(request), from: rank)
@@ -96,6 +113,12 @@ public final class Worker {
         ringOptions.jobID = options.jobID
         ringOptions.timeout = options.ringTimeout
         ringOptions.layoutFingerprint = model.arena.layout.fingerprint
+        ringOptions.log = { [log] in log("tether worker: " + $0) }
+        if let authenticator, !assign.ringPublicKeys.isEmpty {
+            let keys = try CurveKeyPair(secretKey: assign.ringSecretKey), n = assign.ring.count
+            ringOptions.curve = RingCurve(keys: keys, leftPublicKey: assign.ringPublicKeys[(rank + n - 1) % n],
+                                          rightPublicKey: assign.ringPublicKeys[(rank + 1) % n], authenticator: authenticator)
+        }
         // The ring forms with a handshake from each rank to its right neighbour. When it does not, a
         // neighbour this rank cannot connect to (a wrong --advertise interface, a firewall) is named.
         let ring: Ring
@@ -169,14 +192,22 @@ public final class Worker {
 
     /// Says Hello until the coordinator assigns this worker a rank, or (nil) says the run has finished.
     /// Hello is repeated every second: one that reached a coordinator on its way out (a restarting one)
-    /// is lost with it.
+    /// is lost with it. While it waits it says what it sees: nothing answering, or a handshake the
+    /// coordinator refused (another cluster key, or one side --insecure), which ends the wait at once.
     private func join() throws -> Envelope.Assign? {
         let hello = Envelope.Hello(advertiseAddress: try Advertise.resolve(options.advertise, context), tetherVersion: "tether",
                                    threads: UInt32(BLAS.threads))
-        let deadline = ContinuousClock.now + .seconds(120)
+        var diagnosis = JoinDiagnosis(coordinator: options.coordinator, secure: options.security.keys != nil)
+        log("tether worker: waiting for the coordinator at \(options.coordinator)")
+        let started = ContinuousClock.now, deadline = started + .seconds(120)
+        var nextHello = started
         while ContinuousClock.now < deadline {
-            try control.send(.hello(hello), from: -1)
-            let answer = try receive(until: min(deadline, .now + .seconds(1))) { body -> Envelope.Body? in
+            // No connection yet (nothing answers, or no handshake) leaves nothing to send on: try again.
+            if ContinuousClock.now >= nextHello {
+                nextHello = .now + .seconds(1)
+                do { try control.send(.hello(hello), from: -1) } catch let e as ZeroMQError where e.code == EAGAIN {}
+            }
+            let answer = try receive(until: min(deadline, .now + .milliseconds(200))) { body -> Envelope.Body? in
                 switch body {
                 case .assign, .finish: body
                 default: nil
@@ -185,10 +216,16 @@ public final class Worker {
             switch answer {
             case .assign(let assign)?: return assign
             case .finish?: return nil
-            default: continue
+            default: break
+            }
+            while let event = monitor.next(deadline: .now) { diagnosis.record(event) }
+            switch diagnosis.verdict(waited: Double((ContinuousClock.now - started).components.seconds)) {
+            case .refused(let why)?: throw ClusterError(why)
+            case .say(let line)?: log("tether worker: " + line)
+            case nil: break
             }
         }
-        throw ClusterError("no assignment from the coordinator at \(options.coordinator) within 120 s")
+        throw ClusterError("no assignment from the coordinator at \(options.coordinator) within 120 s" + (diagnosis.summary.map { ": \($0)" } ?? ""))
     }
 
     /// Messages from the coordinator until `want` accepts one; an Abort or the deadline is an error.
@@ -303,8 +340,11 @@ final class Heartbeat: @unchecked Sendable {
     private let stopped = StopFlag()
     private let done = DispatchSemaphore(value: 0)
 
-    init(context: ZeroMQContext, options: WorkerOptions, rank: Int, log: @escaping (String) -> Void) throws {
+    init(context: ZeroMQContext, options: WorkerOptions, identity: [UInt8], rank: Int, log: @escaping (String) -> Void) throws {
         let dealer = try ZeroMQSocket(context, .dealer, linger: .zero)
+        try dealer.setRoutingID(identity)
+        try dealer.setMaxMessageSize(ControlLimits.heartbeatMessageBytes)
+        if let keys = options.security.keys { try dealer.secure(.client(keys, serverKey: keys.publicKey)) }
         try dealer.connect(options.coordinator)
         let channel = ControlChannel(socket: dealer, jobID: options.jobID)
         let flag = stopped, finished = done, timeout = options.coordinatorTimeout, coordinator = options.coordinator, end = options.endProcess

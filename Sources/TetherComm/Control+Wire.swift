@@ -16,6 +16,10 @@ extension Envelope {
         public var checkpointEvery: UInt32
         public var bucketBytes: UInt32
         public var dataServed = false
+        /// The ring links' CURVE keys (Z85): this rank's secret key and every rank's public key; empty
+        /// when the job runs --insecure.
+        public var ringSecretKey = ""
+        public var ringPublicKeys: [String] = []
         public init(rank: UInt32, worldSize: UInt32, ring: [String], configJSON: [UInt8], resumeCheckpoint: [UInt8] = [],
                     hashEvery: UInt32, checkpointEvery: UInt32, bucketBytes: UInt32) {
             (self.rank, self.worldSize, self.ring, self.configJSON) = (rank, worldSize, ring, configJSON)
@@ -122,6 +126,8 @@ extension Envelope {
             m.config_json = arena.binary(a.configJSON)
             m.resume_checkpoint = arena.binary(a.resumeCheckpoint)
             m.data_served = a.dataServed ? 1 : 0
+            m.ring_secret_key = arena.string(a.ringSecretKey)
+            (m.n_ring_public_keys, m.ring_public_keys) = (a.ringPublicKeys.count, arena.strings(a.ringPublicKeys))
             return withUnsafeMutablePointer(to: &m) { msg.body_case = TETHER__V1__ENVELOPE__BODY_ASSIGN; msg.assign = $0; return pack(&msg) }
         case .ready(let r):
             var m = Tether__V1__Ready()
@@ -191,6 +197,11 @@ extension Envelope {
                                 resumeCheckpoint: bytes(a.resume_checkpoint), hashEvery: a.hash_every, checkpointEvery: a.checkpoint_every,
                                 bucketBytes: a.bucket_bytes)
             assign.dataServed = a.data_served != 0
+            assign.ringSecretKey = a.ring_secret_key.map { String(cString: $0) } ?? ""
+            guard a.n_ring_public_keys == 0 || a.n_ring_public_keys == a.n_ring else {
+                throw WireError(message: "assign: \(a.n_ring_public_keys) ring keys for \(a.n_ring) ranks")
+            }
+            assign.ringPublicKeys = (0..<a.n_ring_public_keys).map { String(cString: a.ring_public_keys[$0]!) }
             return .assign(assign)
         case TETHER__V1__ENVELOPE__BODY_DATA_REQUEST:
             guard let d = env.data_request?.pointee else { return nil }

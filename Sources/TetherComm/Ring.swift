@@ -34,7 +34,25 @@ public struct RingOptions: Sendable {
     public var chunkBytes = 1 << 20
     /// Hash of the parameter layout; ranks that disagree fail at the first message.
     public var layoutFingerprint: UInt64 = 0
+    /// CURVE on the links (nil: plaintext, any peer may connect).
+    public var curve: RingCurve?
+    /// The largest payload an all-gather accepts from one rank (sparse gradient rows, replica state).
+    public var maxGatherBytes = 1 << 30
+    /// Where messages that were dropped (malformed, foreign, from a rank other than the left
+    /// neighbour) are reported, a few a second at most.
+    public var log: @Sendable (String) -> Void = { FileHandle.standardError.write(Data(("tether: " + $0 + "\n").utf8)) }
     public init() {}
+}
+
+/// A rank's ring keys: its own pair (its link's server key and its client key towards the right
+/// neighbour) and its neighbours' public keys. Its link admits only the left neighbour's key.
+public struct RingCurve: Sendable {
+    public var keys: CurveKeyPair
+    public var leftPublicKey: String, rightPublicKey: String
+    public var authenticator: Authenticator
+    public init(keys: CurveKeyPair, leftPublicKey: String, rightPublicKey: String, authenticator: Authenticator) {
+        (self.keys, self.leftPublicKey, self.rightPublicKey, self.authenticator) = (keys, leftPublicKey, rightPublicKey, authenticator)
+    }
 }
 
 public struct CollectiveError: Error, CustomStringConvertible, Equatable {
@@ -98,6 +116,7 @@ public final class Ring {
     private var failure: CollectiveError?
     private var scratch: UnsafeMutableRawPointer = .allocate(byteCount: 0, alignment: 64)
     private var scratchBytes = 0
+    private var dropped = RateLimiter(perSecond: 2)
     /// XXH3 of a received payload and of the chunk made from it, taken block by block as they are used
     private let inputHash = StreamingChecksum(), outputHash = StreamingChecksum()
 
@@ -118,6 +137,13 @@ public final class Ring {
         guard addresses.count > 1 else { (pull, push) = (nil, nil); return }
         _ = Self.keepChunkMemory
         let pull = try ZeroMQSocket(context, .pull), push = try ZeroMQSocket(context, .push)
+        // Every message on a link is one chunk header and at most one chunk.
+        try pull.setMaxMessageSize(options.chunkBytes + 64 << 10)
+        if let curve = options.curve {
+            curve.authenticator.allow([curve.leftPublicKey], domain: "ring")
+            try pull.secure(.server(curve.keys, domain: "ring", curve.authenticator))
+            try push.secure(.client(curve.keys, serverKey: curve.rightPublicKey))
+        }
         do { try pull.bind(addresses[rank]) } catch {
             throw CollectiveError(message: "rank \(rank) cannot listen on \(addresses[rank]): \(error)")
         }
@@ -263,11 +289,15 @@ public final class Ring {
                 let (frame, header) = try receive(Expected(operation: operation, step: step, ringStep: ringStep, chunkIndex: index,
                                                                        dtype: .bytes, offset: offset, count: count, totalCount: total, origin: origin))
                 if total == nil {
+                    guard header.totalCount <= UInt64(options.maxGatherBytes) else {
+                        throw mismatch("payload length of rank \(origin)", "at most \(options.maxGatherBytes) bytes", "\(header.totalCount)")
+                    }
                     total = Int(header.totalCount)
                     guard header.elementCount == min(UInt64(perChunk), header.totalCount) else {
                         throw mismatch("chunk 0 of rank \(origin)'s payload", "\(min(UInt64(perChunk), header.totalCount)) bytes", "\(header.elementCount)")
                     }
-                    received.reserveCapacity(total!)
+                    // grows with what arrives, not with what the header claims
+                    received.reserveCapacity(min(total!, 4 * perChunk))
                 }
                 withExtendedLifetime(frame) { received.append(contentsOf: frame.bytes) }
                 index += 1
@@ -318,6 +348,10 @@ public final class Ring {
             fail(e)
             throw e
         }
+    }
+
+    private func drop(_ message: String, _ waitingFor: String) {
+        if let line = dropped.admit("rank \(rank): dropped \(message) on its ring link while waiting for \(waitingFor)", now: .now) { options.log(line) }
     }
 
     private func fail(_ error: CollectiveError) {
@@ -412,23 +446,34 @@ public final class Ring {
         // built only for an error message, not per chunk
         var what: String { "\(e.operation) #\(sequence) ring step \(e.ringStep) chunk \(e.chunkIndex)" }
         let t0 = ContinuousClock.now
-        guard let frames = try pull.receive(deadline: t0 + options.timeout) else {
-            throw CollectiveError(message: "rank \(rank): no message from rank \(left) (\(addresses[left])) within \(options.timeout) (waiting for \(what))")
+        let deadline = t0 + options.timeout
+        var frames: [ZeroMQFrame] = [], envelope: Envelope
+        // Only the left neighbour may speak. What cannot be its message (it does not decode, it is for
+        // another job or claims another sender) is dropped and reported, and the wait goes on: on an
+        // --insecure ring anyone may connect, and a stranger's bytes must not stop the job.
+        while true {
+            guard let next = try pull.receive(deadline: deadline) else {
+                throw CollectiveError(message: "rank \(rank): no message from rank \(left) (\(addresses[left])) within \(options.timeout) (waiting for \(what))")
+            }
+            frames = next
+            do { envelope = try withExtendedLifetime(frames) { try Envelope(decoding: frames[0].bytes) } } catch {
+                drop("a malformed message (\(error))", what)
+                continue
+            }
+            guard envelope.jobID == options.jobID else {
+                drop("a message for job \"\(envelope.jobID.prefix(64))\" (this ring runs job \"\(options.jobID)\")", what)
+                continue
+            }
+            guard envelope.senderRank == Int32(left) else {
+                drop("a message claiming to be from rank \(envelope.senderRank) (only rank \(left) sends here)", what)
+                continue
+            }
+            break
         }
         let t1 = ContinuousClock.now
         statistics.waiting += t0.duration(to: t1)
-        let envelope: Envelope
-        do { envelope = try Envelope(decoding: frames[0].bytes) } catch {
-            throw CollectiveError(message: "rank \(rank): malformed message on the ring (waiting for \(what) from rank \(left)): \(error)")
-        }
         if case .abort(let a) = envelope.body {
             throw CollectiveError(message: "rank \(rank): rank \(a.originRank) gave up on the ring: \(a.reason)", abortOrigin: a.originRank)
-        }
-        guard envelope.jobID == options.jobID else {
-            throw CollectiveError(message: "rank \(rank): foreign message from job \"\(envelope.jobID)\" (rank \(envelope.senderRank)); this ring runs job \"\(options.jobID)\"")
-        }
-        guard envelope.senderRank == Int32(left) else {
-            throw CollectiveError(message: "rank \(rank): message from rank \(envelope.senderRank), but only rank \(left) sends to it")
         }
         guard case .chunk(let h) = envelope.body else {
             throw CollectiveError(message: "rank \(rank): rank \(left) sent a message that is not a collective chunk (waiting for \(what))")

@@ -55,9 +55,11 @@ public final class ZeroMQSocket {
     /// push/pull: the ring's links. router/dealer: cluster control (the coordinator's ROUTER sees each
     /// worker's DEALER as an identity frame before the message).
     public enum Kind {
-        case push, pull, router, dealer
+        case push, pull, router, dealer, rep, pair
         var raw: Int32 {
             switch self {
+            case .rep: ZMQ_REP
+            case .pair: ZMQ_PAIR
             case .push: ZMQ_PUSH
             case .pull: ZMQ_PULL
             case .router: ZMQ_ROUTER
@@ -68,6 +70,8 @@ public final class ZeroMQSocket {
 
     let handle: UnsafeMutableRawPointer
     public let kind: Kind
+    /// Held so that the context outlives its sockets (zmq_ctx_term waits for every socket to close).
+    let context: ZeroMQContext
     private var closed = false
 
     /// Linger is bounded (pending messages are dropped after `linger` on close), and both high-water
@@ -75,7 +79,7 @@ public final class ZeroMQSocket {
     /// limit would let ranks block on each other's sends.
     public init(_ context: ZeroMQContext, _ kind: Kind, linger: Duration = .seconds(1)) throws {
         guard let h = zmq_socket(context.handle, kind.raw) else { throw ZeroMQError(call: "zmq_socket", code: zmq_errno()) }
-        (handle, self.kind) = (h, kind)
+        (handle, self.kind, self.context) = (h, kind, context)
         try setOption(ZMQ_LINGER, Int32(linger.milliseconds), "ZMQ_LINGER")
         try setOption(ZMQ_SNDHWM, 0, "ZMQ_SNDHWM")
         try setOption(ZMQ_RCVHWM, 0, "ZMQ_RCVHWM")
@@ -101,6 +105,42 @@ public final class ZeroMQSocket {
     func setOption(_ option: Int32, _ value: Int32, _ name: String) throws {
         var v = value
         try ZeroMQ.check(zmq_setsockopt(handle, option, &v, MemoryLayout<Int32>.size), "zmq_setsockopt(\(name))")
+    }
+
+    func setOption(_ option: Int32, _ value: String, _ name: String) throws {
+        try ZeroMQ.check(zmq_setsockopt(handle, option, value, value.utf8.count), "zmq_setsockopt(\(name))")
+    }
+
+    /// ZMQ_MAXMSGSIZE: a peer that sends a larger message is disconnected before it is read into memory.
+    public func setMaxMessageSize(_ bytes: Int) throws {
+        var v = Int64(bytes)
+        try ZeroMQ.check(zmq_setsockopt(handle, ZMQ_MAXMSGSIZE, &v, MemoryLayout<Int64>.size), "zmq_setsockopt(ZMQ_MAXMSGSIZE)")
+    }
+
+    /// ZMQ_HANDSHAKE_IVL: a connection that has not completed its (CURVE) handshake by then is dropped,
+    /// so idle connections cannot pile up.
+    public func setHandshakeInterval(_ interval: Duration) throws {
+        try setOption(ZMQ_HANDSHAKE_IVL, Int32(interval.milliseconds), "ZMQ_HANDSHAKE_IVL")
+    }
+
+    /// Events about this socket's connections (handshakes above all) on a PAIR socket of their own.
+    public func monitor(_ events: Int32 = ZMQ_EVENT_ALL) throws -> ZeroMQMonitor {
+        let endpoint = "inproc://tether-monitor-\(UUID().uuidString)"
+        try ZeroMQ.check(zmq_socket_monitor(handle, endpoint, events), "zmq_socket_monitor")
+        let pair = try ZeroMQSocket(context, .pair, linger: .zero)
+        try pair.connect(endpoint)
+        return ZeroMQMonitor(socket: pair)
+    }
+
+    /// Stops the monitor `monitor` started (its events would otherwise queue for as long as the socket lives).
+    public func stopMonitor() { zmq_socket_monitor(handle, nil, 0) }
+
+    /// Sends one multipart message of byte arrays (copied).
+    public func send(_ frames: [[UInt8]], wait: Bool = true) throws {
+        for (i, frame) in frames.enumerated() {
+            let flags = (i + 1 < frames.count ? ZMQ_SNDMORE : 0) | (wait ? 0 : ZMQ_DONTWAIT)
+            try frame.withUnsafeBytes { try ZeroMQ.check(zmq_send(handle, $0.baseAddress, $0.count, flags), "zmq_send") }
+        }
     }
 
     /// Binds and returns the endpoint actually bound (a tcp port of * resolved).
@@ -168,9 +208,10 @@ public final class ZeroMQSocket {
     public func receive(deadline: ContinuousClock.Instant) throws -> [ZeroMQFrame]? {
         var item = zmq_pollitem_t(socket: handle, fd: 0, events: Int16(ZMQ_POLLIN), revents: 0)
         while true {
+            // A deadline already passed still polls once without waiting.
             let left = ContinuousClock.now.duration(to: deadline)
-            if left <= .zero { return nil }
-            let rc = zmq_poll(&item, 1, max(1, left.milliseconds))
+            let rc = zmq_poll(&item, 1, left <= .zero ? 0 : max(1, left.milliseconds))
+            if rc == 0 && left <= .zero { return nil }
             if rc == -1 && zmq_errno() == EINTR { continue }
             try ZeroMQ.check(rc, "zmq_poll")
             if rc > 0 { break }
@@ -182,6 +223,42 @@ public final class ZeroMQSocket {
             frames.append(frame)
         } while zmq_msg_more(frames.last!.msg) != 0
         return frames
+    }
+}
+
+/// One socket's connection events, read from its monitor socket.
+public final class ZeroMQMonitor {
+    public struct Event: Sendable {
+        public let event: Int32
+        /// The event's value: an errno, a ZAP status code or a ZMQ_PROTOCOL_ERROR_* code.
+        public let value: UInt32
+        public let address: String
+        public var handshakeSucceeded: Bool { event == ZMQ_EVENT_HANDSHAKE_SUCCEEDED }
+        public var handshakeFailed: Bool {
+            [ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL, ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL, ZMQ_EVENT_HANDSHAKE_FAILED_AUTH].contains(event)
+        }
+        public var authenticationRefused: Bool { event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH }
+        public var connected: Bool { event == ZMQ_EVENT_CONNECTED }
+        public var disconnected: Bool { event == ZMQ_EVENT_DISCONNECTED }
+        public var connectRetried: Bool { event == ZMQ_EVENT_CONNECT_RETRIED }
+        public var accepted: Bool { event == ZMQ_EVENT_ACCEPTED }
+    }
+
+    let socket: ZeroMQSocket
+    init(socket: ZeroMQSocket) { self.socket = socket }
+    deinit { socket.close() }
+    public func close() { socket.close() }
+
+    /// The next event before `deadline`, or nil.
+    public func next(deadline: ContinuousClock.Instant) -> Event? {
+        guard let frames = try? socket.receive(deadline: deadline), frames.count == 2 else { return nil }
+        return withExtendedLifetime(frames) {
+            let head = frames[0].bytes
+            guard head.count == 6 else { return nil }
+            let event = Int32(head.loadUnaligned(fromByteOffset: 0, as: UInt16.self))
+            let value = head.loadUnaligned(fromByteOffset: 2, as: UInt32.self)
+            return Event(event: event, value: value, address: String(decoding: frames[1].bytes, as: UTF8.self))
+        }
     }
 }
 

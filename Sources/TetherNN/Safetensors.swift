@@ -29,6 +29,9 @@ public enum Safetensors {
         public init(tensors: [String: Tensor] = [:], metadata: [String: String] = [:]) { (self.tensors, self.metadata) = (tensors, metadata) }
     }
 
+    /// Bounds on what `decode` accepts.
+    public static let maxHeaderBytes = 8 << 20, maxTensors = 100_000
+
     static let elementSizes = ["F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1]
 
     /// Serializes; tensors are laid out in name order so the same content gives the same bytes.
@@ -57,12 +60,16 @@ public enum Safetensors {
         func fail(_ why: String) -> SafetensorsError { .corrupt(file: source, reason: why) }
         guard bytes.count >= 8 else { throw fail("\(bytes.count) bytes is shorter than the 8-byte header length") }
         let n = bytes.prefix(8).enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) }
-        guard n <= UInt64(bytes.count - 8), n <= 100_000_000 else { throw fail("header length \(n) runs past the end of the file (\(bytes.count) bytes)") }
+        guard n <= UInt64(bytes.count - 8) else { throw fail("header length \(n) runs past the end of the file (\(bytes.count) bytes)") }
+        // A JSON header costs about 50 times its size once parsed: bound it (a language model's
+        // vocabulary of 10,000 words is about 100 KB).
+        guard n <= UInt64(maxHeaderBytes) else { throw fail("header length \(n) is above the \(maxHeaderBytes) bytes this reader accepts") }
         let headerData = bytes.subdata(in: bytes.startIndex + 8 ..< bytes.startIndex + 8 + Int(n))
         guard let header = (try? JSONSerialization.jsonObject(with: headerData)) as? [String: Any] else {
             throw fail("the header is not a JSON object")
         }
         let dataStart = 8 + Int(n), dataCount = bytes.count - dataStart
+        guard header.count <= maxTensors + 1 else { throw fail("\(header.count) tensors; this reader accepts at most \(maxTensors)") }
         var file = File()
         var covered: [(Int, Int)] = []
         for (name, value) in header {
@@ -81,7 +88,9 @@ public enum Safetensors {
             guard begin >= 0, begin <= end, end <= dataCount else {
                 throw fail("tensor \(name): data_offsets [\(begin), \(end)] outside the \(dataCount) data bytes (truncated?)")
             }
-            guard end - begin == shape.reduce(1, *) * size else {
+            // shape products from the file are checked for overflow, never trusted
+            let elements = shape.reduce(Optional(1)) { p, d in p.flatMap { let (m, o) = $0.multipliedReportingOverflow(by: d); return o ? nil : m } }
+            guard let elements, !elements.multipliedReportingOverflow(by: size).overflow, end - begin == elements * size else {
                 throw fail("tensor \(name): \(end - begin) bytes do not hold shape \(shape) of \(dtype)")
             }
             if end > begin { covered.append((begin, end)) } // empty tensors take no bytes

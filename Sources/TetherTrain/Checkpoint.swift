@@ -1,3 +1,4 @@
+import CXXHash
 import Foundation
 import TetherNN
 import TetherTensor
@@ -101,7 +102,15 @@ public enum Checkpoint {
         f.metadata["tether.model"] = model.kind
         f.metadata["tether.config"] = String(data: try! JSONEncoder().encode(config), encoding: .utf8)!
         f.metadata["tether.state"] = String(data: try! JSONEncoder().encode(state), encoding: .utf8)!
+        f.metadata[checksumsKey] = String(data: try! JSONEncoder().encode(checksums(of: f)), encoding: .utf8)!
         return f
+    }
+
+    /// XXH3-64 of each tensor's data, as hex, stored under `checksumsKey`: a flipped bit in a stored
+    /// checkpoint is refused on load, naming the tensor (a checksum against corruption, not a signature).
+    static let checksumsKey = "tether.checksums"
+    static func checksums(of file: Safetensors.File) -> [String: String] {
+        file.tensors.mapValues { t in String(t.data.withUnsafeBytes { XXH3_64bits($0.baseAddress, $0.count) }, radix: 16) }
     }
 
     /// A checkpoint file read and checked for the fields every checkpoint has.
@@ -113,11 +122,30 @@ public enum Checkpoint {
         public let state: TrainingState
 
         public init(_ url: URL) throws {
-            path = url.path
-            file = try Safetensors.read(url)
-            func fail(_ why: String) -> CheckpointError { CheckpointError(path: url.path, reason: why) }
+            try self.init(try Safetensors.read(url), path: url.path)
+        }
+
+        /// A checkpoint received as bytes (a worker's resume checkpoint); `source` names it in errors.
+        public init(bytes: Data, source: String) throws {
+            try self.init(try Safetensors.decode(bytes, source: source), path: source)
+        }
+
+        init(_ file: Safetensors.File, path: String) throws {
+            (self.file, self.path) = (file, path)
+            func fail(_ why: String) -> CheckpointError { CheckpointError(path: path, reason: why) }
             guard file.metadata["tether.format"] == format else {
                 throw fail("not a Tether checkpoint (metadata tether.format is \(file.metadata["tether.format"].map { "\"\($0)\"" } ?? "missing"), expected \"\(format)\")")
+            }
+            if let json = file.metadata[Checkpoint.checksumsKey] {
+                guard let stored = try? JSONDecoder().decode([String: String].self, from: Data(json.utf8)) else {
+                    throw fail("metadata \(Checkpoint.checksumsKey) is not a map of tensor names to checksums")
+                }
+                let actual = Checkpoint.checksums(of: file)
+                if let bad = actual.keys.sorted().first(where: { stored[$0] != actual[$0] }) {
+                    throw fail("tensor \(bad) is corrupt: its data does not match the checksum stored with it"
+                               + (stored[bad] == nil ? " (none is stored)" : ""))
+                }
+                if let gone = stored.keys.sorted().first(where: { actual[$0] == nil }) { throw fail("tensor \(gone) is missing") }
             }
             guard let model = file.metadata["tether.model"] else { throw fail("metadata tether.model is missing") }
             self.model = model

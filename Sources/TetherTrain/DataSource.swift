@@ -57,6 +57,15 @@ public enum DataSource {
         return (train.standardized(like: train), test.standardized(like: train))
     }
 
+    /// The files and folders a `--data` spec (and a schema file) makes this process read.
+    public static func localPaths(data spec: String, schema: String?) -> [String] {
+        var paths: [String] = []
+        if spec == "fashion-mnist" { paths.append(FashionMNIST.defaultDirectory) }
+        for prefix in ["idx:", "text:", "csv:"] where spec.hasPrefix(prefix) { paths.append(String(spec.dropFirst(prefix.count))) }
+        if let schema, schema != "adult" { paths.append(schema) }
+        return paths
+    }
+
     /// "--data X <why>" for data of another family, "unknown --data X" for anything else.
     static func unknownOr(_ why: String, _ spec: String) -> DataError {
         let known = spec == "fashion-mnist" || ["idx:", "text:", "csv:", "synthetic-clicks"].contains { spec.hasPrefix($0) }

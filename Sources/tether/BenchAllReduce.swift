@@ -27,6 +27,9 @@ struct BenchAllReduce: ParsableCommand {
     @Option(help: "Every rank's address, comma-separated, in rank order (with --rank).") var addresses: String?
     @Flag(help: "Also check one all-reduce against a Double reference sum and compare the result across ranks.") var check = false
     @Flag(help: "Print one JSON object.") var json = false
+    @Flag(help: "Plaintext ring links, no authentication (by default the ranks use CURVE with a key of their own, or --key-file's with --rank).")
+    var insecure = false
+    @Option(help: "With --rank: the cluster key file every rank uses (also TETHER_KEY_FILE, or the key in TETHER_KEY).") var keyFile: String?
 
     func validate() throws {
         guard ranks >= 1 else { throw ValidationError("--ranks must be at least 1") }
@@ -60,12 +63,26 @@ struct BenchAllReduce: ParsableCommand {
         return o
     }
 
+    /// Every rank's ring keys: one pair all ranks share (left, right and own key alike).
+    func secured(_ options: RingOptions, _ keys: CurveKeyPair?, _ context: ZeroMQContext) throws -> RingOptions {
+        guard let keys else { return options }
+        var o = options
+        let auth = try Authenticator(context: context, log: { FileHandle.standardError.write(Data(("tether bench: " + $0 + "\n").utf8)) })
+        o.curve = RingCurve(keys: keys, leftPublicKey: keys.publicKey, rightPublicKey: keys.publicKey, authenticator: auth)
+        return o
+    }
+
     func run() throws {
         do {
             let elements = try Self.parseBytes(size) / 4
             if let rank, let addresses {
+                var security = SecurityOptions()
+                (security.keyFile, security.insecure) = (keyFile, insecure)
+                let context = try ZeroMQContext()
+                let options = try secured(options, try security.security().keys, context)
+                defer { options.curve?.authenticator.stop() }
                 let report = try RankRun(rank: rank, addresses: addresses.split(separator: ",").map(String.init), elements: elements,
-                                         options: options, iterations: iterations, warmup: warmup, check: check).run(context: ZeroMQContext())
+                                         options: options, iterations: iterations, warmup: warmup, check: check).run(context: context)
                 print(String(data: try JSONEncoder().encode(report), encoding: .utf8)!)
                 return
             }
@@ -80,6 +97,8 @@ struct BenchAllReduce: ParsableCommand {
     func inThreads(_ elements: Int) throws -> [RankReport] {
         let addresses = try transport.localAddresses(ranks)
         let context = try ZeroMQContext()
+        let options = try secured(options, insecure ? nil : try CurveKeyPair.generate(), context)
+        defer { options.curve?.authenticator.stop() }
         let group = DispatchGroup(), lock = NSLock()
         nonisolated(unsafe) var results = [Result<RankReport, Error>?](repeating: nil, count: ranks)
         for r in 0..<ranks {
@@ -99,6 +118,12 @@ struct BenchAllReduce: ParsableCommand {
     func inProcesses() throws -> [RankReport] {
         let addresses = try transport.localAddresses(ranks).joined(separator: ",")
         let me = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+        let keyFolder = try PrivateFolder(prefix: "tether-bench")
+        var security = ["--insecure"]
+        if !insecure {
+            security = ["--key-file", keyFolder.path + "/cluster.key"]
+            try KeyFile.write(try CurveKeyPair.generate(), to: security[1])
+        }
         var children: [(Process, Pipe, Pipe)] = []
         for r in 0..<ranks {
             let p = Process(), out = Pipe(), err = Pipe()
@@ -107,7 +132,7 @@ struct BenchAllReduce: ParsableCommand {
                         "--iterations", "\(iterations)", "--warmup", "\(warmup)", "--timeout", "\(timeout)"]
             if let chunk { args += ["--chunk", "\(chunk)"] }
             if check { args.append("--check") }
-            p.arguments = args
+            p.arguments = args + security
             (p.standardOutput, p.standardError) = (out, err)
             try p.run()
             children.append((p, out, err))

@@ -20,6 +20,7 @@ struct CoordinatorCommand: ParsableCommand {
     @Option(help: "Seconds an elastic job waits for more workers after the last one joined.") var lastCall = 10.0
     @Flag(help: "With --resume: a run that has already finished is not an error; the workers that join are told so and everything exits 0 (the container entrypoint sets it, so a restart policy does not loop).")
     var finishedOk = false
+    @OptionGroup var security: SecurityOptions
     @OptionGroup var job: ClusterJob
 
     func validate() throws {
@@ -35,6 +36,7 @@ struct CoordinatorCommand: ParsableCommand {
             var options = Coordinator.Options(listen: listen, workers: workers)
             (options.jobID, options.heartbeatTimeout) = (jobID, heartbeatTimeout)
             (options.minWorkers, options.lastCall, options.finishedIsDone) = (minWorkers ?? workers, lastCall, finishedOk)
+            options.security = try security.security()
             let coordinator = try job.coordinator(options, runDirectory: runDir, resume: resume)
             do { try coordinator.run() } catch { throw ClusterJob.TrainingFailure(error: error) }
         }
@@ -50,6 +52,9 @@ struct WorkerCommand: ParsableCommand {
     @Option(help: "Job identifier (as given to the coordinator).") var jobID = "tether"
     @Option(help: "After the job stops with a failure, join the coordinator again (a coordinator with --max-restarts resumes the job), up to N times.")
     var maxRestarts = 0
+    @Option(help: "A folder the job's data may be read from (repeatable); a job naming data outside them is refused. Default: /usr/share/datasets, /usr/share/games/fortunes and the current folder.")
+    var dataRoot: [String] = []
+    @OptionGroup var security: SecurityOptions
     @OptionGroup var threads: ThreadOptions
     @OptionGroup var jobFile: JobFileOption
 
@@ -62,6 +67,9 @@ struct WorkerCommand: ParsableCommand {
         ProcessLifetime.forWorker()
         var options = WorkerOptions(coordinator: coordinator, advertise: advertise)
         options.jobID = jobID
+        do { options.security = try security.security() } catch { exitWithError(error) }
+        if security.insecure { FileHandle.standardError.write(Data("tether worker: warning: \(ClusterSecurity.insecureWarning)\n".utf8)) }
+        if !dataRoot.isEmpty { options.dataRoots = dataRoot }
         if maxRestarts > 0 {
             let (restarts, coordinator) = (maxRestarts, coordinator)
             options.endProcess = { _ in Self.joinAgain(coordinator, restartsLeft: restarts - 1) }
@@ -94,6 +102,8 @@ struct Simulate: ParsableCommand {
     @Option(help: "Worker processes.") var workers = 2
     @Option(help: "Run directory for metrics.jsonl and checkpoint.safetensors.") var runDir = "runs/simulate"
     @Option(help: "Compute threads per worker (default: the cores divided among the workers).") var threads: Int?
+    @Flag(help: "No encryption and no authentication on the loopback sockets (by default simulate makes a cluster key of its own for each run).")
+    var insecure = false
     @OptionGroup var job: ClusterJob
 
     func validate() throws {
@@ -114,6 +124,15 @@ struct Simulate: ParsableCommand {
         var children: [Process] = []
         var options = Coordinator.Options(listen: "tcp://127.0.0.1:0", workers: workers)
         options.jobID = jobID
+        // An ephemeral cluster key, handed to the workers in a file only this user can read.
+        let keyFolder = try PrivateFolder(prefix: "tether-simulate")
+        var security = ["--insecure"]
+        if !insecure {
+            let keys = try CurveKeyPair.generate()
+            let path = keyFolder.path + "/cluster.key"
+            try KeyFile.write(keys, to: path)
+            (options.security, security) = (.curve(keys), ["--key-file", path])
+        }
         let coordinator = try job.coordinator(options, runDirectory: runDir, resume: resume)
         do {
             let perWorker = threads ?? max(1, ProcessInfo.processInfo.activeProcessorCount / workers)
@@ -121,6 +140,7 @@ struct Simulate: ParsableCommand {
                 let p = Process()
                 p.executableURL = URL(fileURLWithPath: "/proc/self/exe")
                 p.arguments = ["worker", "--coordinator", coordinator.boundAddress, "--advertise", "tcp://127.0.0.1:0", "--job-id", jobID, "--threads", String(perWorker)]
+                    + security + ["--data-root", "/"] // the workers read what this user's coordinator reads
                 // TETHER_* settings are the coordinator's (JobSettings); a worker would refuse them.
                 var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("TETHER_") }
                 env["OPENBLAS_NUM_THREADS"] = String(perWorker)

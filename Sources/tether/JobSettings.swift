@@ -20,7 +20,7 @@ enum JobSettings {
     ]
     static let fileVariable = "TETHER_CONFIG"
     /// Variables Tether sets for itself.
-    static let ownVariables: Set<String> = [fileVariable, ProcessLifetime.parentVariable]
+    static let ownVariables: Set<String> = [fileVariable, ProcessLifetime.parentVariable, SecurityOptions.keyVariable]
 
     /// `arguments` (without the program name) with the job file's and the environment's settings
     /// inserted after the command's name.

@@ -47,6 +47,16 @@ enum CLI {
         return Background(process: p, out: out, err: err)
     }
 
+    /// A cluster key made once for this test process (`tether keygen`), for the tests that start
+    /// coordinators and workers themselves.
+    static let keyFile: String = {
+        let path = tempDir("key").path
+        let r = try! run(["keygen", path])
+        precondition(r.status == 0, "tether keygen: \(r.stderr)")
+        return path
+    }()
+    static var key: [String] { ["--key-file", keyFile] }
+
     static func tempDir(_ name: String) -> URL {
         FileManager.default.temporaryDirectory.appendingPathComponent("tether-e2e-\(name)-\(UUID())")
     }

@@ -122,9 +122,9 @@ struct ClusterProcessTests {
         let port = Int.random(in: 20000..<60000), jobID = "elastic-\(getpid())"
         let address = "tcp://127.0.0.1:\(port)", run = dir.appendingPathComponent("elastic")
         let coordinator = try CLI.start(["coordinator", "--listen", address, "--workers", "3", "--min-workers", "2", "--last-call", "3",
-                                         "--max-restarts", "1", "--job-id", jobID, "--run-dir", run.path] + training, bound: 150)
+                                         "--max-restarts", "1", "--job-id", jobID, "--run-dir", run.path] + training + CLI.key, bound: 150)
         let workers = try (0..<3).map { _ in
-            try CLI.start(["worker", "--coordinator", address, "--job-id", jobID, "--max-restarts", "1", "--threads", "1"], bound: 150)
+            try CLI.start(["worker", "--coordinator", address, "--job-id", jobID, "--max-restarts", "1", "--threads", "1"] + CLI.key, bound: 150)
         }
         waitForACheckpoint(in: run)
         kill(workers[2].pid, SIGKILL)

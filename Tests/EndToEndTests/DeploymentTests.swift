@@ -80,7 +80,7 @@ let netnsUnavailable: String? = {
     }
 
     @Test func aWrongInterfaceIsNamedWithTheOnesThereAre() throws {
-        let r = try CLI.run(["worker", "--coordinator", "tcp://127.0.0.1:1", "--advertise", "nosuchif0"], timeout: 30)
+        let r = try CLI.run(["worker", "--coordinator", "tcp://127.0.0.1:1", "--advertise", "nosuchif0"] + CLI.key, timeout: 30)
         #expect(r.status != 0)
         #expect(r.stderr.contains("no interface nosuchif0 with an IPv4 address here; this host has lo 127.0.0.1"), "\(r.stderr)")
     }
@@ -105,10 +105,10 @@ let netnsUnavailable: String? = {
         defer { try? FileManager.default.removeItem(at: dir) }
         let address = "tcp://127.0.0.1:\(Int.random(in: 20000..<60000))", jobID = "up-\(getpid())"
         let settings = ["TETHER_LISTEN": address, "TETHER_WORKERS": "2", "TETHER_JOB_ID": jobID, "TETHER_RUN_DIR": dir.path,
-                        "TETHER_MODEL": "mlp-wn", "TETHER_MAX_STEPS": "3", "TETHER_TRAIN_LIMIT": "300", "TETHER_TEST_LIMIT": "100",
+                        "TETHER_KEY_FILE": CLI.keyFile, "TETHER_MODEL": "mlp-wn", "TETHER_MAX_STEPS": "3", "TETHER_TRAIN_LIMIT": "300", "TETHER_TEST_LIMIT": "100",
                         "PATH": CLI.binary.deletingLastPathComponent().path + ":" + (ProcessInfo.processInfo.environment["PATH"] ?? "")]
         for up in 1...2 {
-            let workers = try (0..<2).map { _ in try CLI.start(["worker", "--coordinator", address, "--job-id", jobID]) }
+            let workers = try (0..<2).map { _ in try CLI.start(["worker", "--coordinator", address, "--job-id", jobID] + CLI.key) }
             let c = try CLI.run([file("cluster/entrypoint").path, "coordinator"], timeout: 120, environment: settings,
                                 executable: URL(fileURLWithPath: "/bin/bash"))
             #expect(c.status == 0, "up \(up), coordinator: \(c.stderr)")
@@ -198,7 +198,7 @@ let netnsUnavailable: String? = {
         let port = 20_000 + Int(getpid() % 20_000)
         // workers that may rejoin (--worker-restarts) finish a job that does not fail like any other
         let r = try CLI.run([file("cluster/launch-hosts").path, hosts.path, "--tether", CLI.binary.path, "--ssh", ssh.path, "--port", String(port),
-                             "--worker-restarts", "1", "--", "--listen", "tcp://127.0.0.1:\(port)", "--run-dir", dir.appendingPathComponent("run").path, "--max-steps", "4"] + quick,
+                             "--worker-restarts", "1", "--key-file", dir.appendingPathComponent("cluster.key").path, "--", "--listen", "tcp://127.0.0.1:\(port)", "--run-dir", dir.appendingPathComponent("run").path, "--max-steps", "4"] + quick,
                             timeout: 180, executable: bash)
         #expect(r.status == 0, "\(r.stdout)\(r.stderr)")
         #expect(r.stdout.contains("3 workers on 127.0.0.1 127.0.0.1"), "\(r.stdout)")

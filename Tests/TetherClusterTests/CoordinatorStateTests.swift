@@ -49,8 +49,8 @@ import TetherComm
     }
 
     /// Elastic, but fewer than the minimum came: the join time-out fails the job, naming the minimum.
-    /// Not elastic: a late hello still fails the job.
-    @Test func tooFewWorkersOrALateOneFailAJob() {
+    /// A late hello is turned away, elastic or not: a stray or hostile Hello never stops a job.
+    @Test func tooFewWorkersFailAJobALateOneIsTurnedAway() {
         var elastic = settings(workers: 3)
         (elastic.minWorkers, elastic.joinTimeout) = (2, 30)
         var s = CoordinatorState(elastic, now: 0)
@@ -58,7 +58,8 @@ import TetherComm
         #expect(s.handle(.tick, now: 20).isEmpty)
         #expect(s.handle(.tick, now: 31) == [.abort("only 1 of 3 workers (at least 2 needed) joined within 30 s (joined: tcp://a:1)")])
         var t = started(workers: 2)
-        #expect(t.handle(.hello(identity: [9], address: "tcp://z:1"), now: 2) == [.abort("the job formed with 2 workers before a worker at tcp://z:1 said hello")])
+        #expect(t.handle(.hello(identity: [9], address: "tcp://z:1"), now: 2) == [.turnAway(identity: [9], reason: "the job formed with 2 workers before a worker at tcp://z:1 said hello")])
+        #expect(t.phase == .training)
     }
 
     @Test func aJobRunsToItsFinish() {
@@ -128,12 +129,40 @@ import TetherComm
         var s = CoordinatorState(settings(workers: 2), now: 0)
         _ = s.handle(.hello(identity: [0], address: "tcp://x:1"), now: 0)
         #expect(s.handle(.hello(identity: [1], address: "tcp://x:1"), now: 0)
-                == [.abort("two workers advertise the same address tcp://x:1 (the second would be rank 1, the first is rank 0)")])
+                == [.turnAway(identity: [1], reason: "another worker of this job already advertises tcp://x:1; give each worker its own --advertise address")])
+        #expect(s.phase == .joining && s.members.count == 1)
         var late = CoordinatorState(settings(workers: 2), now: 0)
         _ = late.handle(.hello(identity: [0], address: "tcp://x:1"), now: 0)
         #expect(late.handle(.tick, now: 61) == [.abort("only 1 of 2 workers joined within 60 s (joined: tcp://x:1)")])
         var strange = started()
-        #expect(strange.handle(.step(rank: 5, report(1)), now: 2) == [.abort("a message from rank 5, but the job has ranks 0..<3")])
+        #expect(strange.handle(.step(rank: 5, report(1)), now: 2) == [.dropped("a message for rank 5 before the job formed")])
+        #expect(strange.phase == .training)
+    }
+
+    /// What a member may send depends on the job's state; out of place it is dropped (before the job
+    /// formed, a second Ready) or, when a member claims the impossible, the job fails naming it.
+    @Test func messagesThatDoNotFitTheStateAreDroppedOrNamed() {
+        var joining = CoordinatorState(settings(workers: 2), now: 0)
+        _ = joining.handle(.hello(identity: [0], address: "tcp://x:1"), now: 0)
+        #expect(joining.handle(.ready(rank: 0, .init(parameterHash: 1, layoutFingerprint: 1)), now: 0) == [.dropped("a message for rank 0 before the job formed")])
+        #expect(joining.handle(.heartbeat(rank: 0), now: 0) == [.dropped("a message for rank 0 before the job formed")])
+        #expect(joining.phase == .joining)
+
+        var s = started()
+        #expect(s.handle(.ready(rank: 1, .init(parameterHash: 1, layoutFingerprint: 1)), now: 2) == [.dropped("rank 1 sent Ready while the job is training")])
+        var huge = report(1)
+        huge.globalStep = .max
+        #expect(s.handle(.step(rank: 0, huge), now: 2) == [.abort("rank 0 reported step 18446744073709551615 while the job is at step 0 of 4")])
+        var t = started()
+        var liar = report(1)
+        (liar.count, liar.correct) = (10, .max)
+        #expect(t.handle(.step(rank: 1, liar), now: 2) == [.abort("rank 1 sent an impossible step report for step 1: count 10, correct 18446744073709551615")])
+        var u = started()
+        #expect(u.handle(.evaluation(rank: 0, .init(epoch: 4_000_000_000, lossSum: 0, count: 1, correct: 0, scores: [], labels: [])), now: 2)
+                == [.abort("rank 0 sent an evaluation of epoch 4000000001, which it has not just finished")])
+        var v = started()
+        #expect(v.handle(.checkpoint(rank: 0, .init(globalStep: 7, safetensors: [])), now: 2)
+                == [.abort("rank 0 sent a checkpoint of step 7, which it has not just reported")])
     }
 
     @Test func aWorkersAbortIsPassedOnWithItsAddress() {

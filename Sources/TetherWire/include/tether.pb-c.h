@@ -170,10 +170,18 @@ struct  Tether__V1__Assign
    * ask the coordinator for samples (DataRequest) instead of reading --data
    */
   protobuf_c_boolean data_served;
+  /*
+   * CURVE keys of the ring links, made anew for each forming of the ring (empty with --insecure):
+   * this rank's secret key (its link's server key, and its client key towards its right neighbour)
+   * and every rank's public key, by rank; a rank admits only its left neighbour's key. Z85 text.
+   */
+  char *ring_secret_key;
+  size_t n_ring_public_keys;
+  char **ring_public_keys;
 };
 #define TETHER__V1__ASSIGN__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tether__v1__assign__descriptor) \
-    , 0, 0, 0,NULL, {0,NULL}, {0,NULL}, 0, 0, 0, 0 }
+    , 0, 0, 0,NULL, {0,NULL}, {0,NULL}, 0, 0, 0, 0, (char *)protobuf_c_empty_string, 0,NULL }
 
 
 /*

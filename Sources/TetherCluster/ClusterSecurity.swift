@@ -1,0 +1,47 @@
+import Foundation
+import TetherComm
+
+/// How a job's processes authenticate and encrypt: CURVE with the cluster key (the default), or
+/// nothing at all (`--insecure`, which says what it exposes).
+///
+/// - The coordinator's control socket is a CURVE server with the cluster key; its authenticator admits
+///   only clients presenting the cluster key, so a process without the key file learns nothing and
+///   can send nothing (it never gets past the handshake).
+/// - Workers are CURVE clients with the same key, pinning the coordinator's public key: a coordinator
+///   without the key cannot complete the handshake either.
+/// - Ring links use keys made anew for each forming of the ring and handed out in Assign, over the
+///   encrypted control channel: rank r's link is a CURVE server with rank r's key and admits only rank
+///   r-1's public key.
+public enum ClusterSecurity: Sendable {
+    case insecure
+    case curve(CurveKeyPair)
+
+    /// The ZAP domains of the two kinds of server socket.
+    static let controlDomain = "control", ringDomain = "ring"
+
+    /// What running without security exposes, for the warning `--insecure` logs.
+    public static let insecureWarning = "running --insecure: no encryption and no authentication. Anyone who can reach these ports can "
+        + "read the job's configuration, parameters and data, join it, send it messages and stop it. Use it only on a network you trust entirely."
+
+    public var keys: CurveKeyPair? { if case .curve(let k) = self { return k }; return nil }
+}
+
+/// Connection limits for the control plane.
+public enum ControlLimits {
+    /// A worker's heartbeat socket receives only small messages.
+    static let heartbeatMessageBytes = 64 << 10
+    /// The largest message a worker takes on its control socket: Assign (with the resume checkpoint)
+    /// and served rows. The coordinator is authenticated; this bounds what a misbehaving one can cost.
+    public static var workerMessageBytes = 2 << 30
+    /// A connection that has not finished its handshake after this long is dropped.
+    static let handshakeInterval: Duration = .seconds(5)
+
+    /// Raises the soft open-files limit to the hard one: every connection is a descriptor, and the
+    /// usual soft limit of 1,024 lets idle connections lock real workers out.
+    public static func raiseOpenFilesLimit() {
+        var limit = rlimit()
+        guard getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur < limit.rlim_max else { return }
+        limit.rlim_cur = limit.rlim_max
+        _ = setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit)
+    }
+}
