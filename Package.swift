@@ -11,6 +11,7 @@ let package = Package(
     platforms: [.macOS(.v13)],
     products: [
         .executable(name: "tether", targets: ["tether"]),
+        .library(name: "TetherFuzz", targets: ["TetherFuzz"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -34,10 +35,12 @@ let package = Package(
         .target(name: "TetherComm", dependencies: ["TetherWire", "CZeroMQ", "CProtobufC", "CXXHash", "CTetherKernels"]),
         .target(name: "TetherTrain", dependencies: ["TetherTensor", "TetherNN", "TetherData", "CXXHash"]),
         .target(name: "TetherCluster", dependencies: ["TetherTrain", "TetherComm", "TetherNN", "TetherData", "TetherTensor", "CXXHash", "CTetherKernels"]),
+        .target(name: "TetherJobFile", dependencies: [.product(name: "Yams", package: "Yams")]),
+        // The fuzz targets (bench/fuzz runs them under libFuzzer; the tests run each briefly).
+        .target(name: "TetherFuzz", dependencies: ["TetherComm", "TetherData", "TetherNN", "TetherTrain", "TetherCluster", "TetherJobFile"]),
         .executableTarget(name: "tether", dependencies: [
-            "TetherCluster", "TetherTrain", "TetherComm", "TetherData", "TetherNN", "TetherTensor", "CXXHash", "CTetherKernels",
+            "TetherCluster", "TetherJobFile", "TetherTrain", "TetherComm", "TetherData", "TetherNN", "TetherTensor", "CXXHash", "CTetherKernels",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            .product(name: "Yams", package: "Yams"),
         ]),
 
         .testTarget(name: "TetherTensorTests", dependencies: ["TetherTensor"]),
@@ -45,8 +48,9 @@ let package = Package(
         .testTarget(name: "TetherDataTests", dependencies: ["TetherData", "TetherTensor", "CZlib"]),
         .testTarget(name: "TetherCommTests", dependencies: ["TetherComm", "TetherWire", "CZeroMQ"]),
         .testTarget(name: "TetherTrainTests", dependencies: ["TetherTrain", "TetherNN", "TetherData", "TetherTensor"]),
-        .testTarget(name: "TetherClusterTests", dependencies: ["TetherCluster", "TetherComm", "TetherData", "TetherTrain"]),
-        .testTarget(name: "EndToEndTests", dependencies: []),
+        .testTarget(name: "TetherClusterTests", dependencies: ["TetherCluster", "TetherComm", "TetherData", "TetherTrain", "TetherNN", "TetherTensor"]),
+        .testTarget(name: "TetherFuzzTests", dependencies: ["TetherFuzz", "TetherComm", "TetherTrain"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["TetherComm", "TetherTrain"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -48,8 +48,6 @@ public final class Coordinator {
     private let authenticator: Authenticator?
     private let monitor: ZeroMQMonitor
     private var dropped = RateLimiter(perSecond: 2)
-    /// The most rows one DataRequest may ask for (what a worker asks at a time).
-    static let maxRowsPerRequest = 4096
     private var resumeBytes: [UInt8] = []
     private var startState: TrainingState?
     let stepsPerEpoch: Int
@@ -335,8 +333,8 @@ public final class Coordinator {
         case .abort(let a): return .abort(rank: rank, reason: a.reason)
         case .dataRequest(let request):
             let rows: Envelope.DataRows
-            if request.indices.count > Self.maxRowsPerRequest {
-                rows = Envelope.DataRows(split: request.split, error: "a request for \(request.indices.count) rows; at most \(Self.maxRowsPerRequest) at a time")
+            if request.indices.count > DataServing.rowsPerRequest {
+                rows = Envelope.DataRows(split: request.split, error: "a request for \(request.indices.count) rows; at most \(DataServing.rowsPerRequest) at a time")
             } else {
                 rows = served.map { DataServing.answer(request, train: $0.train, test: $0.test) }
                     ?? Envelope.DataRows(split: request.split, error: "this coordinator does not serve data (start it with --serve-data)")

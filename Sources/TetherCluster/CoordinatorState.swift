@@ -23,6 +23,9 @@ public struct CoordinatorState {
         /// joined for `lastCall` seconds. Workers who say hello after it formed are turned away.
         public var minWorkers: Int
         public var lastCall: Double = 10
+        /// A joining worker repeats its Hello every second until assigned; one not heard for this long
+        /// has gone (or was never a worker: a Hello and a disconnect) and is not counted.
+        public var joinerTimeout: Double = 3
         public init(workers: Int, firstStep: Int = 0, totalSteps: Int, stepsPerEpoch: Int) {
             (self.workers, self.firstStep, self.totalSteps, self.stepsPerEpoch) = (workers, firstStep, totalSteps, stepsPerEpoch)
             minWorkers = workers
@@ -204,6 +207,10 @@ public struct CoordinatorState {
         case .abort(let rank, let reason):
             return fail("rank \(rank) (\(members[rank].address)) stopped: \(reason)")
         case .tick:
+            if phase == .joining, let gone = members.firstIndex(where: { now - $0.lastHeard > settings.joinerTimeout }) {
+                let address = members.remove(at: gone).address
+                return [.dropped("the worker at \(address), which stopped saying hello before the job formed")]
+            }
             if phase == .joining, settings.elastic, members.count >= settings.minWorkers, now - lastJoined > settings.lastCall {
                 return form(now: now)
             }

@@ -7,15 +7,15 @@ import TetherTrain
 /// answers each worker's DataRequest with the rows it names; a worker asks for what its shard reads
 /// (an epoch's samples at a time, its share of the test set, a language model's streams once), so it
 /// needs no copy of the dataset and holds only its part.
-enum DataServing {
+public enum DataServing {
     /// Requests of at most this many rows (3.2 MB of Fashion-MNIST): the copies a reply passes through
     /// on its way into the shard stay small beside the shard itself.
-    static let rowsPerRequest = 4096
+    public static let rowsPerRequest = 4096
 
     static func number(_ split: FashionMNIST.Split) -> UInt32 { split == .train ? 0 : 1 }
 
     /// The coordinator's answer to `request` from the splits it serves.
-    static func answer(_ request: Envelope.DataRequest, train: any ServableDataset, test: any ServableDataset) -> Envelope.DataRows {
+    public static func answer(_ request: Envelope.DataRequest, train: any ServableDataset, test: any ServableDataset) -> Envelope.DataRows {
         let data = request.split == 0 ? train : test
         if let bad = request.indices.first(where: { Int($0) >= data.count }) {
             return Envelope.DataRows(split: request.split, error: "row \(bad) requested of a \(request.split == 0 ? "training" : "held-out") split of \(data.count)")

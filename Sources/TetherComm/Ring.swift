@@ -426,18 +426,7 @@ public final class Ring {
     }
 
     /// What the next message from the left neighbour must be; nil fields are learned from it.
-    struct Expected {
-        var operation: ChunkHeader.Operation
-        var step: UInt64 = 0
-        var bucket: UInt32 = 0
-        var ringStep: Int
-        var chunkIndex: Int
-        var dtype: ChunkHeader.DType = .bytes
-        var offset: Int
-        var count: Int?
-        var totalCount: Int?
-        var origin: Int = -1
-    }
+    typealias Expected = ExpectedChunk
 
     /// The next message from the left neighbour, checked against `e`: its payload frame and header.
     /// `verifying: false` leaves the payload's checksum to `consume`, which takes it as it reads.
@@ -479,31 +468,15 @@ public final class Ring {
             throw CollectiveError(message: "rank \(rank): rank \(left) sent a message that is not a collective chunk (waiting for \(what))")
         }
         let from = "rank \(left)"
-        guard h.layoutFingerprint == options.layoutFingerprint else {
-            throw mismatch("parameter layout fingerprint", String(format: "%016llx", options.layoutFingerprint), String(format: "%016llx", h.layoutFingerprint))
-        }
-        guard h.operation == e.operation, h.sequence == sequence else {
-            throw mismatch("collective", "\(e.operation) #\(sequence)", "\(h.operation) #\(h.sequence)")
-        }
-        guard h.step == e.step, h.bucket == e.bucket else {
-            throw mismatch("step and bucket", "step \(e.step) bucket \(e.bucket)", "step \(h.step) bucket \(h.bucket)")
-        }
-        guard h.dtype == e.dtype else { throw mismatch("dtype", "\(e.dtype)", "\(h.dtype)") }
-        if let total = e.totalCount, h.totalCount != UInt64(total) {
-            throw mismatch("element count", "\(total)", "\(h.totalCount)")
-        }
-        guard h.originRank == Int32(e.origin) else { throw mismatch("origin rank", "\(e.origin)", "\(h.originRank)") }
-        guard h.ringStep == UInt32(e.ringStep), h.chunkIndex == UInt32(e.chunkIndex), h.offset == UInt64(e.offset) else {
-            throw mismatch("position", "ring step \(e.ringStep) chunk \(e.chunkIndex) offset \(e.offset)",
-                           "ring step \(h.ringStep) chunk \(h.chunkIndex) offset \(h.offset)")
-        }
-        if let count = e.count, h.elementCount != UInt64(count) { throw mismatch("chunk length", "\(count)", "\(h.elementCount)") }
         guard frames.count == 2 else {
             throw CollectiveError(message: "rank \(rank): \(what) from \(from) has \(frames.count) frames, expected a header and a payload")
         }
         let payload = frames[1].bytes
-        guard h.elementCount <= UInt64(Int.max / 8), payload.count == Int(h.elementCount) * h.dtype.size else {
-            throw CollectiveError(message: "rank \(rank): truncated payload from \(from) in \(what): the header says \(h.elementCount) \(h.dtype) elements, the frame has \(payload.count) bytes")
+        if let m = e.mismatch(h, sequence: sequence, layoutFingerprint: options.layoutFingerprint, payloadBytes: payload.count) {
+            if m.field == "payload length" {
+                throw CollectiveError(message: "rank \(rank): truncated payload from \(from) in \(what): the header says \(h.elementCount) \(h.dtype) elements, the frame has \(payload.count) bytes")
+            }
+            throw mismatch(m.field, m.expected, m.found)
         }
         if verifying {
             let t2 = ContinuousClock.now

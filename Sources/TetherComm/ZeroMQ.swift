@@ -233,6 +233,7 @@ public final class ZeroMQMonitor {
         /// The event's value: an errno, a ZAP status code or a ZMQ_PROTOCOL_ERROR_* code.
         public let value: UInt32
         public let address: String
+        public init(event: Int32, value: UInt32, address: String) { (self.event, self.value, self.address) = (event, value, address) }
         public var handshakeSucceeded: Bool { event == ZMQ_EVENT_HANDSHAKE_SUCCEEDED }
         public var handshakeFailed: Bool {
             [ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL, ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL, ZMQ_EVENT_HANDSHAKE_FAILED_AUTH].contains(event)

@@ -13,7 +13,11 @@ public enum IDX {
     /// Reads an unsigned-byte IDX file, gzipped or not, checking magic, dimensions and length.
     public static func read(_ path: String) throws -> IDXArray {
         guard FileManager.default.fileExists(atPath: path) else { throw DataError.missingFile(path) }
-        let contents = try gunzip(path)
+        return try parse(try gunzip(path), path: path)
+    }
+
+    /// An IDX file's decompressed bytes, checked; `path` names it in errors.
+    public static func parse(_ contents: [UInt8], path: String) throws -> IDXArray {
         guard contents.count >= 4 else { throw DataError.truncated(file: path, expected: 4, found: contents.count) }
         let magic = bigEndianUInt32(contents, at: 0)
         let type = (magic >> 8) & 0xFF, rank = Int(magic & 0xFF)
@@ -21,11 +25,19 @@ public enum IDX {
         let headerBytes = 4 + 4 * rank
         guard contents.count >= headerBytes else { throw DataError.truncated(file: path, expected: headerBytes, found: contents.count) }
         let dims = (0..<rank).map { Int(bigEndianUInt32(contents, at: 4 + 4 * $0)) }
-        let expected = headerBytes + dims.reduce(1, *)
+        // The product of the file's sizes is checked, never trusted: four sizes of 2^32 overflow.
+        let elements = dims.reduce(Optional(1)) { p, d in p.flatMap { let (m, o) = $0.multipliedReportingOverflow(by: d); return o ? nil : m } }
+        guard let elements, elements <= Int.max - headerBytes else {
+            throw DataError.invalid("\(path): the header's sizes \(dims.map(String.init).joined(separator: " x ")) are too large for any file")
+        }
+        let expected = headerBytes + elements
         guard contents.count >= expected else { throw DataError.truncated(file: path, expected: expected, found: contents.count) }
         guard contents.count == expected else { throw DataError.trailingBytes(file: path, expected: expected, found: contents.count) }
         return IDXArray(dimensions: dims, bytes: Array(contents[headerBytes...]))
     }
+
+    /// Decompressed files larger than this are refused (a gzip stream can expand a thousandfold).
+    public static let maxBytes = 4 << 30
 
     static func bigEndianUInt32(_ b: [UInt8], at i: Int) -> UInt32 {
         UInt32(b[i]) << 24 | UInt32(b[i + 1]) << 16 | UInt32(b[i + 2]) << 8 | UInt32(b[i + 3])
@@ -45,6 +57,7 @@ public enum IDX {
                 throw DataError.unreadable(file: path, reason: "gzip: \(message)")
             }
             if n == 0 { break }
+            guard out.count + Int(n) <= maxBytes else { throw DataError.invalid("\(path): more than \(maxBytes >> 30) GiB once decompressed; not an IDX file this reader takes") }
             out.append(contentsOf: chunk[0..<Int(n)])
         }
         return out

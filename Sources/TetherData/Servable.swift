@@ -64,7 +64,11 @@ extension ImageDataset: ServableDataset {
         let dims = try s.read(UInt32.self, count: 3)
         try s.end()
         let (h, w, k) = (Int(dims[0]), Int(dims[1]), Int(dims[2]))
-        guard h > 0, w > 0, k > 0, k <= 256, rows.count % (h * w + 1) == 0 else {
+        // each side at most 65,536 and an image at most 2^24 pixels: the products below cannot overflow
+        guard (1...65_536).contains(h), (1...65_536).contains(w), h * w <= 1 << 24 else {
+            throw DataError.mismatch("served images: a shape of \(dims[0])x\(dims[1]) pixels (each side 1...65536, at most 2^24 pixels)")
+        }
+        guard k > 0, k <= 256, rows.count % (h * w + 1) == 0 else {
             throw DataError.mismatch("served images: \(rows.count) bytes are not whole rows of \(h)x\(w) pixels and a label")
         }
         let f = h * w, n = rows.count / (f + 1)

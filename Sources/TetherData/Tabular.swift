@@ -152,6 +152,12 @@ public struct TabularSchema: Equatable, Sendable {
         guard !columns.isEmpty else { throw fail("the schema names no columns (a \"columns\" line)") }
         guard !label.isEmpty else { throw fail("the schema names no label column (a \"label\" line)") }
         let known = Set(columns)
+        if known.count < columns.count, let twice = columns.first(where: { c in columns.filter { $0 == c }.count > 1 }) {
+            throw fail("column \"\(twice)\" is named twice in \"columns\"")
+        }
+        for (role, names) in [("categorical", categorical), ("numeric", numeric)] where Set(names).count < names.count {
+            throw fail("a \(role) column is named twice")
+        }
         for (role, names) in [("categorical", categorical), ("numeric", numeric), ("label", [label]), ("cross", crosses.flatMap { $0 })] {
             if let bad = names.first(where: { !known.contains($0) }) {
                 throw fail("\(role) column \"\(bad)\" is not one of the columns (\(columns.joined(separator: ", ")))")
@@ -171,6 +177,11 @@ public enum CSVReader {
     public static func read(_ path: String, schema: TabularSchema) throws -> TabularDataset {
         guard let data = FileManager.default.contents(atPath: path) else { throw DataError.missingFile(path) }
         guard let text = String(data: data, encoding: .utf8) else { throw DataError.invalid("\(path): not UTF-8 text") }
+        return try parse(text, path: path, schema: schema)
+    }
+
+    /// The rows of a CSV file's text; `path` names it in errors.
+    public static func parse(_ text: String, path: String, schema: TabularSchema) throws -> TabularDataset {
         let index = Dictionary(uniqueKeysWithValues: schema.columns.enumerated().map { ($1, $0) })
         let cat = schema.categorical.map { index[$0]! }, num = schema.numeric.map { index[$0]! }, label = index[schema.label]!
         var categorical: [UInt64] = [], numeric: [Float] = [], labels: [Int32] = []

@@ -1,6 +1,6 @@
 import ArgumentParser
 import Foundation
-import Yams
+import TetherJobFile
 
 /// Settings from a job file and the environment, turned into command-line arguments placed ahead of
 /// the command line's own (the parser keeps the last value of an option). Precedence, highest first:
@@ -52,45 +52,15 @@ enum JobSettings {
         return nil
     }
 
-    /// The file's top-level settings and those of `command`'s group, in file order.
+    /// The file's top-level settings and those of `command`'s group, in file order (TetherJobFile).
     static func settings(inFile path: String, command: String) throws -> [(String, Any)] {
         let text: String
         do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
             throw ValidationError("job file \(path): cannot read it (\(error.localizedDescription))")
         }
-        let root: Node?
-        do { root = try Yams.compose(yaml: text) } catch { throw ValidationError("job file \(path): not valid YAML: \(error)") }
-        guard let root else { return [] }
-        guard let mapping = root.mapping else { throw ValidationError("job file \(path): expected a mapping of option names to values") }
-        var out: [(String, Any)] = []
-        for (k, v) in mapping {
-            guard let key = k.string else { throw ValidationError("job file \(path): a key is not a string") }
-            if commands[key] != nil {
-                guard key == command else { continue }
-                guard let group = v.mapping else { throw ValidationError("job file \(path): \"\(key)\" must be a mapping of option names to values") }
-                for (gk, gv) in group {
-                    guard let name = gk.string else { throw ValidationError("job file \(path): a key under \(key) is not a string") }
-                    out.append((name, try value(gv, path: path, key: name)))
-                }
-            } else {
-                out.append((key, try value(v, path: path, key: key)))
-            }
+        do { return try JobFile.settings(text: text, path: path, command: command, commands: Set(commands.keys)) } catch {
+            throw ValidationError("\(error)")
         }
-        return out
-    }
-
-    /// A scalar as its text (booleans as Bool), a list of scalars joined with commas.
-    static func value(_ node: Node, path: String, key: String) throws -> Any {
-        if let s = node.scalar {
-            if s.style == .plain, let b = Bool.construct(from: s) { return b }
-            return s.string
-        }
-        if let list = node.sequence {
-            let items = list.compactMap(\.scalar?.string)
-            guard items.count == list.count else { throw ValidationError("job file \(path): key \"\(key)\": a list may only hold plain values") }
-            return items.joined(separator: ",")
-        }
-        throw ValidationError("job file \(path): key \"\(key)\" holds a mapping; give it a value or a list")
     }
 
     /// The options and flags a command's help lists.

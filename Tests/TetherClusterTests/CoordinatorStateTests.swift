@@ -4,8 +4,12 @@ import TetherComm
 
 /// The coordinator's state machine, driven by events alone (no sockets).
 @Suite struct CoordinatorStateTests {
+    /// Joiners in these tests say hello once and are taken as live (real ones repeat it every second;
+    /// `aJoinerThatFallsSilentIsNotCounted` tests the time-out).
     func settings(workers: Int = 3, total: Int = 4, perEpoch: Int = 2) -> CoordinatorState.Settings {
-        CoordinatorState.Settings(workers: workers, totalSteps: total, stepsPerEpoch: perEpoch)
+        var s = CoordinatorState.Settings(workers: workers, totalSteps: total, stepsPerEpoch: perEpoch)
+        s.joinerTimeout = .infinity
+        return s
     }
     func report(_ step: Int, epoch: Int = 0, loss: Double = 1, count: UInt64 = 10, hash: UInt64 = 0, compute: Double = 0.01) -> Envelope.StepReport {
         .init(globalStep: UInt64(step), epoch: UInt32(epoch), lossSum: loss, count: count, correct: 5, computeSeconds: compute,
@@ -137,6 +141,20 @@ import TetherComm
         var strange = started()
         #expect(strange.handle(.step(rank: 5, report(1)), now: 2) == [.dropped("a message for rank 5 before the job formed")])
         #expect(strange.phase == .training)
+    }
+
+    /// A Hello and then silence (a worker gone before the job formed, or a stray Hello) holds no place
+    /// in the job: joiners repeat their Hello every second, and one not heard for 3 s is not counted.
+    @Test func aJoinerThatFallsSilentIsNotCounted() {
+        var live = settings(workers: 2)
+        live.joinerTimeout = 3
+        var s = CoordinatorState(live, now: 0)
+        _ = s.handle(.hello(identity: [7], address: "tcp://gone:1"), now: 0)
+        #expect(s.handle(.tick, now: 2).isEmpty)
+        #expect(s.handle(.tick, now: 3.5) == [.dropped("the worker at tcp://gone:1, which stopped saying hello before the job formed")])
+        #expect(s.members.isEmpty)
+        _ = s.handle(.hello(identity: [1], address: "tcp://a:1"), now: 4)
+        #expect(s.handle(.hello(identity: [2], address: "tcp://b:1"), now: 4.5).count == 2) // formed with the two live ones
     }
 
     /// What a member may send depends on the job's state; out of place it is dropped (before the job

@@ -1,0 +1,101 @@
+import Foundation
+import TetherComm
+import TetherData
+import TetherNN
+import TetherTensor
+import TetherTrain
+
+extension FuzzTarget {
+    /// Real messages and files to start from: what the code under test writes and reads when it works.
+    public var seeds: [[UInt8]] {
+        switch self {
+        case .envelope: Self.envelopes
+        case .chunk:
+            Self.chunkHeaders.map { header, payload in [UInt8(header.count & 0xFF), UInt8(header.count >> 8)] + header + payload }
+        case .dataRows:
+            Self.servedRows.map { shape, rows in [UInt8(shape.count & 0xFF), UInt8(shape.count >> 8)] + shape + rows }
+        case .safetensors: [Self.checkpoint, [UInt8](Safetensors.encode(.init(tensors: ["w": .init(floats: [1, 2, 3, 4], shape: [2, 2])])))]
+        case .idx:
+            [[0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 2] + [UInt8](0..<8), [0, 0, 8, 1, 0, 0, 0, 3, 1, 2, 3]]
+                + Self.fileHead("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte", bytes: 64)
+        case .csvSchema:
+            [Array(Self.adultSchemaText.utf8), Array("columns a, b, c, y\ncategorical a, b\nnumeric c\nlabel y 1\ncross a, b\nheader yes\n".utf8)]
+        case .csvRows:
+            [Array(("39, State-gov, 77516, Bachelors, 13, Never-married, Adm-clerical, Not-in-family, White, Male, 2174, 0, 40, United-States, <=50K\n"
+                    + "50, Self-emp-not-inc, 83311, Bachelors, 13, Married-civ-spouse, Exec-managerial, Husband, White, Male, 0, 0, 13, United-States, >50K\n").utf8),
+             Array("a,b,c,y\nx,y,1.5,1\nz,w,-2,0\n".utf8)]
+        case .jobFile:
+            [Array("# a job file\nmodel: mlp-wn\ndata: fashion-mnist\nepochs: 10\nbatch: 64\nhidden: [256, 128]\nweight-norm: true\nworker:\n  threads: 2\ncoordinator:\n  workers: 4\n".utf8)]
+        }
+    }
+
+    static let adultSchemaText = """
+        columns age, workclass, fnlwgt, education, education_num, marital_status, occupation, relationship, race, gender, capital_gain, capital_loss, hours_per_week, native_country, income_bracket
+        categorical workclass, education, marital_status, occupation, relationship, race, gender, native_country
+        numeric age, fnlwgt, education_num, capital_gain, capital_loss, hours_per_week
+        label income_bracket >50K, >50K.
+        cross education, occupation
+        skip-prefix |
+        """
+
+    static func fileHead(_ path: String, bytes: Int) -> [[UInt8]] {
+        guard let h = FileHandle(forReadingAtPath: path) else { return [] }
+        defer { try? h.close() }
+        return [[UInt8](h.readData(ofLength: bytes))]
+    }
+
+    /// A small real checkpoint: a 2x2-pixel mlp's file as `train` writes it (parameters, optimizer
+    /// state, metadata, checksums).
+    static let checkpoint: [UInt8] = {
+        let config = TrainingConfig.defaults(for: "mlp")
+        var rng = RNG(seed: 1)
+        let model = ImageModels.make("mlp", height: 2, width: 2, classes: 3, rng: &rng, as: Float.self)!
+        let optimizer = try! Optimizer<Float>(config.optimizer, layout: model.arena.layout, ftrlParameters: model.ftrlParameters)
+        let file = Checkpoint.file(model: model, optimizer: optimizer, config: config, state: TrainingState(rng: model.context.rng))
+        return [UInt8](Safetensors.encode(file))
+    }()
+
+    static var envelopes: [[UInt8]] {
+        let config = [UInt8](try! JSONEncoder().encode(TrainingConfig.defaults(for: "mlp-wn")))
+        var assign = Envelope.Assign(rank: 1, worldSize: 2, ring: ["tcp://10.0.0.1:7071", "tcp://10.0.0.2:7071"], configJSON: config,
+                                     hashEvery: 50, checkpointEvery: 0, bucketBytes: 1 << 20)
+        let keys = (0..<2).map { _ in try! CurveKeyPair.generate() }
+        (assign.ringSecretKey, assign.ringPublicKeys) = (keys[1].secretKey, keys.map(\.publicKey))
+        let bodies: [Envelope.Body] = [
+            .hello(.init(advertiseAddress: "tcp://10.0.0.2:7071", tetherVersion: "tether", threads: 2)),
+            .assign(assign),
+            .ready(.init(parameterHash: 0x1234_5678_9abc_def0, layoutFingerprint: 42)),
+            .start,
+            .stepReport(.init(globalStep: 1, epoch: 0, lossSum: 147.2, count: 64, correct: 40, computeSeconds: 0.01, allreduceSeconds: 0.002,
+                              optimizerSeconds: 0.001, parameterHash: 0, waitSeconds: 0.001)),
+            .evalReport(.init(epoch: 0, lossSum: 30, count: 100, correct: 80, scores: [0.1, 0.9], labels: [0, 1])),
+            .checkpoint(.init(globalStep: 5, safetensors: Array(checkpoint.prefix(4096)))),
+            .heartbeat, .finish,
+            .abort(.init(originRank: 1, reason: "out of memory")),
+            .dataRequest(.init(split: 0, indices: [0, 2, 1])),
+            .dataRows(.init(split: 0, count: 3, shape: images.encodedShape(), rows: images.encodedRows([0, 1]), error: "")),
+            .chunk(header(.allReduce)),
+        ]
+        return bodies.map { Envelope(jobID: "tether", senderRank: 1, body: $0).encoded() }
+    }
+
+    static func header(_ op: ChunkHeader.Operation) -> ChunkHeader {
+        ChunkHeader(operation: op, sequence: 0, step: 0, bucket: 0, ringStep: 1, chunkIndex: 0, dtype: .f32, totalCount: 8, offset: 0,
+                    elementCount: 4, checksum: 0, layoutFingerprint: 0, originRank: -1)
+    }
+
+    static var chunkHeaders: [(header: [UInt8], payload: [UInt8])] {
+        var gather = header(.allGather)
+        (gather.ringStep, gather.dtype, gather.totalCount, gather.elementCount, gather.originRank) = (0, .bytes, 5, 5, 1)
+        return [(Envelope(jobID: "tether", senderRank: 0, body: .chunk(header(.allReduce))).encoded(), [UInt8](repeating: 1, count: 16)),
+                (Envelope(jobID: "tether", senderRank: 0, body: .chunk(gather)).encoded(), [1, 2, 3, 4, 5])]
+    }
+
+    static var servedRows: [(shape: [UInt8], rows: [UInt8])] {
+        let table = TabularDataset(categoricalNames: ["a", "b"], numericNames: ["c"], crosses: [[0, 1]], categorical: [1, 2, 3, 4], numeric: [0.5, -1],
+                                   labels: [0, 1])
+        let tokens = TokenSequence(vocabulary: Vocabulary(words: ["<eos>", "<unk>", "the"]), tokens: [0, 2, 1, 2])
+        return [(images.encodedShape(), images.encodedRows([0, 1, 2])), (table.encodedShape(), table.encodedRows([0, 1])),
+                (tokens.encodedShape(), tokens.encodedRows([0, 1, 2, 3]))]
+    }
+}
