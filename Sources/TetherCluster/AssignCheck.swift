@@ -19,7 +19,7 @@ public struct AssignCheck: Sendable {
     }
 
     public static var defaultRuntimeDirectory: String {
-        (ProcessInfo.processInfo.environment["XDG_RUNTIME_DIR"] ?? NSTemporaryDirectory()) + "/tether"
+        URL(fileURLWithPath: ProcessInfo.processInfo.environment["XDG_RUNTIME_DIR"] ?? NSTemporaryDirectory()).appendingPathComponent("tether").path
     }
 
     /// The data roots a worker has when none are given: Debian's datasets and fortunes, and the folder

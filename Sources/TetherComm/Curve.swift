@@ -146,7 +146,7 @@ public struct RateLimiter: Sendable {
         guard inWindow < perSecond else { dropped += 1; return nil }
         inWindow += 1
         defer { dropped = 0 }
-        return dropped == 0 ? line : "\(line) (and \(dropped) more like it not shown)"
+        return dropped == 0 ? line : "\(line) (\(dropped) more lines not shown)"
     }
 }
 

@@ -139,7 +139,7 @@ public final class ZeroMQSocket {
     public func send(_ frames: [[UInt8]], wait: Bool = true) throws {
         for (i, frame) in frames.enumerated() {
             let flags = (i + 1 < frames.count ? ZMQ_SNDMORE : 0) | (wait ? 0 : ZMQ_DONTWAIT)
-            try frame.withUnsafeBytes { try ZeroMQ.check(zmq_send(handle, $0.baseAddress, $0.count, flags), "zmq_send") }
+            _ = try frame.withUnsafeBytes { try ZeroMQ.check(zmq_send(handle, $0.baseAddress, $0.count, flags), "zmq_send") }
         }
     }
 

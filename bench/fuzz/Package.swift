@@ -8,7 +8,8 @@ let package = Package(
     name: "TetherFuzzHarness",
     dependencies: [.package(name: "Tether", path: "../..")],
     targets: [
-        .executableTarget(name: "tether-fuzz", dependencies: [.product(name: "TetherFuzz", package: "Tether")],
+        .target(name: "CFuzzer"),
+        .executableTarget(name: "tether-fuzz", dependencies: ["CFuzzer", .product(name: "TetherFuzz", package: "Tether")],
                           swiftSettings: [.unsafeFlags(["-parse-as-library"])],
                           linkerSettings: [.unsafeFlags(["-sanitize=fuzzer"])]),
     ],

@@ -1,3 +1,4 @@
+import CFuzzer
 import Foundation
 import TetherFuzz
 
@@ -25,4 +26,14 @@ public func initialize(_ argc: UnsafeMutablePointer<Int32>, _ argv: UnsafeMutabl
 public func testOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
     target.run(size == 0 ? [] : Array(UnsafeBufferPointer(start: data, count: size)))
     return 0
+}
+
+/// SwiftPM gives an executable an entry point of its own, so libFuzzer's main is not linked in:
+/// this one hands the command line to libFuzzer's driver.
+@main struct Harness {
+    static func main() {
+        var argc = CommandLine.argc
+        var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = CommandLine.unsafeArgv
+        exit(LLVMFuzzerRunDriver(&argc, &argv) { data, size in testOneInput(data, size) })
+    }
 }

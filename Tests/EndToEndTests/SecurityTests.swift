@@ -1,0 +1,232 @@
+import Foundation
+import Testing
+import TetherComm
+import TetherTrain
+
+/// The attacks of the security report, replayed against the real binaries over loopback: a process
+/// on the same network, without the cluster key (or, with --insecure, without a place in the job),
+/// speaking ZeroMQ and protobuf by hand. The job must go on and end exactly as an unattacked one,
+/// and the attacker must learn nothing.
+@Suite(.serialized) struct SecurityTests {
+    let training = ["--model", "mlp-wn", "--max-steps", "30", "--train-limit", "1920", "--test-limit", "200", "--batch", "32",
+                    "--seed", "5", "--checkpoint-every", "10"]
+
+    /// A hand-made client of the coordinator's control socket.
+    final class Attacker {
+        let context = try! ZeroMQContext()
+        var sockets: [ZeroMQSocket] = []
+
+        func dealer(_ address: String, keys: CurveKeyPair? = nil, identity: [UInt8]? = nil) throws -> ZeroMQSocket {
+            let s = try ZeroMQSocket(context, .dealer, linger: .zero)
+            if let identity { try s.setRoutingID(identity) }
+            if let keys { try s.secure(.client(keys, serverKey: keys.publicKey)) }
+            try s.connect(address)
+            sockets.append(s)
+            return s
+        }
+
+        func send(_ s: ZeroMQSocket, _ body: Envelope.Body, job: String, rank: Int32 = 0) {
+            try? s.send([Envelope(jobID: job, senderRank: rank, body: body).encoded()], wait: false)
+        }
+
+        /// Every message the socket receives within `seconds`.
+        func drain(_ s: ZeroMQSocket, seconds: Double) -> [Envelope.Body] {
+            var out: [Envelope.Body] = []
+            let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+            while let frames = try? s.receive(deadline: deadline) {
+                if let env = try? withExtendedLifetime(frames, { try Envelope(decoding: frames.last!.bytes) }), let b = env.body { out.append(b) }
+            }
+            return out
+        }
+
+        deinit { sockets.forEach { $0.close() } }
+    }
+
+    /// A safetensors file whose one tensor claims shape [2^62, 4].
+    static let overflowingCheckpoint: [UInt8] = {
+        let header = #"{"w":{"dtype":"F32","shape":[4611686018427387904,4],"data_offsets":[0,16]}}"#
+        var bytes: [UInt8] = []
+        withUnsafeBytes(of: UInt64(header.utf8.count).littleEndian) { bytes += $0 }
+        return bytes + Array(header.utf8) + [UInt8](repeating: 0, count: 16)
+    }()
+
+    /// Everything the report sent a coordinator, from a connection that holds no rank.
+    func forge(_ a: Attacker, _ s: ZeroMQSocket, job: String) {
+        a.send(s, .heartbeat, job: job, rank: 0)
+        a.send(s, .ready(.init(parameterHash: 1, layoutFingerprint: 2)), job: job)
+        a.send(s, .stepReport(.init(globalStep: .max, epoch: 0, lossSum: 1, count: 1, correct: .max, computeSeconds: 0, allreduceSeconds: 0,
+                                    optimizerSeconds: 0, parameterHash: 0, waitSeconds: 0)), job: job)
+        a.send(s, .evalReport(.init(epoch: 0, lossSum: 1, count: 1, correct: .max, scores: [Float](repeating: 0.5, count: 100_000),
+                                    labels: [Int32](repeating: 1, count: 100_000))), job: job)
+        a.send(s, .checkpoint(.init(globalStep: 30, safetensors: Self.overflowingCheckpoint)), job: job)
+        a.send(s, .dataRequest(.init(split: 0, indices: [UInt32](0..<1_000_000))), job: job)
+        a.send(s, .abort(.init(originRank: 0, reason: "forged")), job: job)
+        a.send(s, .abort(.init(originRank: 0, reason: "foreign")), job: "another-job")
+        try? s.send([[UInt8]((0..<100).map { _ in UInt8.random(in: 0...255) })], wait: false)
+        try? s.send([[UInt8](repeating: 0x41, count: 200 << 20)], wait: false) // above the coordinator's message limit
+    }
+
+    /// The coordinator and two workers, attacked before and while they train; returns the test
+    /// accuracy line of the final checkpoint's evaluation.
+    func attackedJob(secure: Bool, attack: Bool) throws -> (eval: String, coordinatorLog: String, attackerLearned: [Envelope.Body]) {
+        let dir = CLI.tempDir("attacked")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let port = Int.random(in: 20000..<60000), job = "attacked-\(getpid())"
+        let address = "tcp://127.0.0.1:\(port)"
+        let security = secure ? CLI.key : ["--insecure"]
+        let coordinator = try CLI.start(["coordinator", "--listen", address, "--workers", "2", "--job-id", job,
+                                         "--run-dir", dir.path] + training + security, bound: 150)
+        let attacker = Attacker()
+        var learned: [Envelope.Body] = []
+        usleep(1_500_000)
+        if attack {
+            // before anyone joined: forged reports, then a Hello that disconnects (it must not hold a place)
+            let early = try attacker.dealer(address)
+            forge(attacker, early, job: job)
+            let ghost = try attacker.dealer(address)
+            attacker.send(ghost, .hello(.init(advertiseAddress: "tcp://127.0.0.1:1", tetherVersion: "x", threads: 1)), job: job, rank: -1)
+            learned += attacker.drain(early, seconds: 1) + attacker.drain(ghost, seconds: 0.5)
+            ghost.close()
+            usleep(3_500_000)
+        }
+        let ringPorts = [Int.random(in: 20000..<40000), Int.random(in: 40000..<60000)]
+        let workers = try ringPorts.map {
+            try CLI.start(["worker", "--coordinator", address, "--job-id", job, "--advertise", "tcp://127.0.0.1:\($0)"] + security, bound: 150)
+        }
+        if attack {
+            waitForFile(dir.appendingPathComponent("checkpoint.safetensors"))
+            // while training: the same forgeries, a late Hello, and bytes at each worker's ring port
+            let late = try attacker.dealer(address)
+            forge(attacker, late, job: job)
+            attacker.send(late, .hello(.init(advertiseAddress: "tcp://127.0.0.1:2", tetherVersion: "x", threads: 1)), job: job, rank: -1)
+            for p in ringPorts {
+                let push = try ZeroMQSocket(attacker.context, .push, linger: .zero)
+                try push.connect("tcp://127.0.0.1:\(p)")
+                try? push.send([[UInt8]((0..<100).map { _ in UInt8.random(in: 0...255) })], wait: false)
+                try? push.send([Envelope(jobID: "another-job", senderRank: 1, body: .abort(.init(originRank: 1, reason: "foreign"))).encoded()], wait: false)
+                try? push.send([Envelope(jobID: job, senderRank: 7, body: .abort(.init(originRank: 7, reason: "not a neighbour"))).encoded()], wait: false)
+                usleep(200_000)
+                push.close()
+            }
+            learned += attacker.drain(late, seconds: 1)
+        }
+        let c = coordinator.finish()
+        for w in workers { let r = w.finish(); #expect(r.status == 0, "worker: \(r.stderr)") }
+        #expect(c.status == 0, "coordinator: \(c.stdout)\(c.stderr)")
+        #expect(c.stdout.contains("done: 30 steps"), "\(c.stdout)")
+        let eval = try CLI.run(["eval", "--checkpoint", dir.appendingPathComponent("checkpoint.safetensors").path, "--test-limit", "200"])
+        #expect(eval.status == 0, "\(eval.stderr)")
+        return (eval.stdout, c.stdout + c.stderr, learned)
+    }
+
+    func waitForFile(_ url: URL) {
+        let deadline = Date().addingTimeInterval(60)
+        while !FileManager.default.fileExists(atPath: url.path) && Date() < deadline { usleep(100_000) }
+    }
+
+    /// With --insecure nothing is secret, but nobody outside the job can crash, stop or steer it: the
+    /// attacked job ends bitwise where an unattacked one does (the same evaluation), and a connection
+    /// that holds no rank is told nothing but that it was turned away.
+    @Test(.enabled(if: dataInstalled, "needs Debian's dataset-fashion-mnist"))
+    func forgedMessagesNeitherCrashNorSteerAnInsecureJob() throws {
+        let quiet = try attackedJob(secure: false, attack: false)
+        let attacked = try attackedJob(secure: false, attack: true)
+        #expect(attacked.eval == quiet.eval, "attacked: \(attacked.eval) unattacked: \(quiet.eval)")
+        #expect(attacked.coordinatorLog.contains("dropped a Heartbeat from a connection that holds no rank"), "\(attacked.coordinatorLog)")
+        #expect(attacked.coordinatorLog.contains("the worker at tcp://127.0.0.1:1, which stopped saying hello before the job formed"), "\(attacked.coordinatorLog)")
+        for body in attacked.attackerLearned {
+            guard case .abort(let a) = body else { Issue.record("the attacker received \(body)"); continue }
+            #expect(a.reason.contains("the job formed with 2 workers before a worker at tcp://127.0.0.1:2 said hello"), "\(a.reason)")
+        }
+    }
+
+    /// With CURVE (the default) the attacker, holding no key, gets no further than the handshake: the
+    /// job ends as an unattacked one, and the attacker receives nothing at all.
+    @Test(.enabled(if: dataInstalled, "needs Debian's dataset-fashion-mnist"))
+    func anAttackerWithoutTheKeyLearnsNothing() throws {
+        let quiet = try attackedJob(secure: true, attack: false)
+        let attacked = try attackedJob(secure: true, attack: true)
+        #expect(attacked.eval == quiet.eval, "attacked: \(attacked.eval) unattacked: \(quiet.eval)")
+        #expect(attacked.attackerLearned.isEmpty, "\(attacked.attackerLearned)")
+        #expect(attacked.coordinatorLog.contains("failed the handshake"), "\(attacked.coordinatorLog)")
+        #expect(!attacked.coordinatorLog.contains("dropped a Heartbeat"), "a message got past the handshake: \(attacked.coordinatorLog)")
+    }
+
+    /// A worker with another key, or --insecure against a secure coordinator (and the reverse), is
+    /// refused within seconds, and both sides say why.
+    @Test func aWorkerWithTheWrongKeyIsRefusedAndBothSidesSayWhy() throws {
+        let dir = CLI.tempDir("wrong-key")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let other = dir.appendingPathComponent("other.key").path
+        #expect(try CLI.run(["keygen", other]).status == 0)
+        let address = "tcp://127.0.0.1:\(Int.random(in: 20000..<60000))"
+        let coordinator = try CLI.start(["coordinator", "--listen", address, "--workers", "1", "--model", "mlp", "--train-limit", "100",
+                                         "--run-dir", dir.appendingPathComponent("run").path] + CLI.key, bound: 60)
+        usleep(1_000_000)
+        for (flags, reason) in [(["--key-file", other], "it holds another cluster key, or runs --insecure (this worker runs with CURVE)"),
+                                (["--insecure"], "it runs with CURVE and this worker runs --insecure")] {
+            let start = Date()
+            let w = try CLI.run(["worker", "--coordinator", address] + flags, timeout: 30)
+            #expect(w.status != 0)
+            #expect(w.stderr.contains("the handshake with the coordinator at \(address) failed: \(reason)"), "\(w.stderr)")
+            #expect(Date().timeIntervalSince(start) < 5)
+        }
+        kill(coordinator.pid, SIGTERM)
+        let c = coordinator.finish()
+        #expect(c.stdout.contains("failed the handshake: it holds another cluster key, or runs --insecure"), "\(c.stdout)")
+    }
+
+    /// A fake coordinator (reachable only when a worker runs --insecure) cannot make the worker bind a
+    /// socket file where it likes, train on an invalid configuration, or read a file outside its data
+    /// roots: the worker refuses the Assign naming what it refused, and touches nothing.
+    @Test func aWorkerRefusesAHostileAssignment() throws {
+        let context = try ZeroMQContext()
+        let router = try ZeroMQSocket(context, .router, linger: .zero)
+        let address = try router.bind("tcp://127.0.0.1:0")
+        defer { router.close() }
+        let planted = FileManager.default.temporaryDirectory.appendingPathComponent("tether-planted-\(UUID())").path
+        var zeroBatch = TrainingConfig.defaults(for: "mlp")
+        zeroBatch.batch = 0
+        var passwd = TrainingConfig.defaults(for: "lm-tied")
+        passwd.data = "text:/etc/passwd"
+        let cases: [(ring: String, config: TrainingConfig, reason: String)] = [
+            ("ipc://\(planted)", .defaults(for: "mlp"), "an ipc socket must lie in this job's runtime folder"),
+            ("tcp://127.0.0.1:5", zeroBatch, "the job configuration is not valid"),
+            ("tcp://127.0.0.1:5", passwd, "the job reads /etc/passwd, which is outside this worker's data roots"),
+        ]
+        for c in cases {
+            let worker = try CLI.start(["worker", "--coordinator", address, "--insecure"], bound: 30)
+            guard let frames = try router.receive(deadline: .now + .seconds(10)) else { Issue.record("no Hello"); continue }
+            let identity = withExtendedLifetime(frames) { Array(frames[0].bytes) }
+            let config = [UInt8](try JSONEncoder().encode(c.config))
+            let assign = Envelope.Assign(rank: 0, worldSize: 1, ring: [c.ring], configJSON: config, hashEvery: 1, checkpointEvery: 0, bucketBytes: 1 << 20)
+            try router.send([identity, Envelope(jobID: "tether", senderRank: -1, body: .assign(assign)).encoded()])
+            let r = worker.finish()
+            #expect(r.status != 0)
+            #expect(r.stderr.contains("refusing the coordinator's assignment") && r.stderr.contains(c.reason), "\(r.stderr)")
+            #expect(!FileManager.default.fileExists(atPath: planted))
+        }
+    }
+
+    /// Tensor data flipped in a checkpoint is refused naming the tensor; a shape whose size overflows
+    /// is refused, not a crash.
+    @Test func aDamagedCheckpointIsRefusedNamingTheTensor() throws {
+        let dir = CLI.tempDir("damaged")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let overflow = dir.appendingPathComponent("overflow.safetensors")
+        try Data(Self.overflowingCheckpoint).write(to: overflow)
+        let r = try CLI.run(["eval", "--checkpoint", overflow.path])
+        #expect(r.status == 1 && r.stderr.contains("do not hold shape"), "\(r.status) \(r.stderr)")
+        guard dataInstalled else { return }
+        let run = dir.appendingPathComponent("run")
+        #expect(try CLI.run(["train", "--model", "mlp", "--max-steps", "2", "--train-limit", "128", "--test-limit", "64", "--run-dir", run.path]).status == 0)
+        let file = run.appendingPathComponent("checkpoint.safetensors")
+        var bytes = try Data(contentsOf: file)
+        bytes[bytes.count - 3] ^= 0x01 // in the last tensor's data (tensors are laid out in name order)
+        try bytes.write(to: file)
+        let e = try CLI.run(["eval", "--checkpoint", file.path])
+        #expect(e.status == 1 && e.stderr.contains("is corrupt: its data does not match the checksum stored with it"), "\(e.stderr)")
+    }
+}
