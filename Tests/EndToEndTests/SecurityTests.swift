@@ -230,3 +230,39 @@ import TetherTrain
         #expect(e.status == 1 && e.stderr.contains("is corrupt: its data does not match the checksum stored with it"), "\(e.stderr)")
     }
 }
+
+/// What a `tether simulate` run sends over loopback, captured with tcpdump: with CURVE (the default)
+/// neither the job's configuration nor a parameter name appears in it; with --insecure both do (which
+/// shows the capture sees the traffic).
+@Suite(.serialized) struct CapturedTrafficTests {
+    static let tcpdump = ["/usr/bin/tcpdump", "/usr/sbin/tcpdump"].first { FileManager.default.isExecutableFile(atPath: $0) }
+    static let canCapture = tcpdump != nil && getuid() == 0 && dataInstalled
+
+    /// Everything tcpdump saw on lo while `simulate` ran with `flags`, as raw bytes.
+    func capture(_ flags: [String]) throws -> Data {
+        let dir = CLI.tempDir("capture")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let pcap = dir.appendingPathComponent("lo.pcap")
+        let dump = try CLI.start(["-i", "lo", "-Z", "root", "-U", "-s", "0", "-w", pcap.path, "tcp"], bound: 120, executable: URL(fileURLWithPath: Self.tcpdump!))
+        usleep(1_000_000) // tcpdump's capture starts
+        let sim = try CLI.run(["simulate", "--workers", "2", "--model", "mlp-wn", "--max-steps", "5", "--train-limit", "640", "--test-limit", "64",
+                               "--run-dir", dir.appendingPathComponent("run").path] + flags, timeout: 120)
+        #expect(sim.status == 0, "\(sim.stderr)")
+        usleep(500_000)
+        kill(dump.pid, SIGKILL) // a test runner may start children with SIGINT and SIGTERM blocked; -U wrote every packet already
+        _ = dump.finish()
+        return try Data(contentsOf: pcap)
+    }
+
+    @Test(.enabled(if: canCapture, "needs root, tcpdump and Debian's dataset-fashion-mnist"))
+    func theTrafficOfASimulateRunIsEncrypted() throws {
+        // strings that occur in every Assign (the job configuration as JSON) and in every checkpoint
+        let secrets = [Data("\"optimizer\"".utf8), Data("layers.0.weight_v".utf8)]
+        let plain = try capture(["--insecure"])
+        for s in secrets { #expect(plain.range(of: s) != nil, "the --insecure capture should hold \(String(decoding: s, as: UTF8.self))") }
+        let secure = try capture([])
+        #expect(secure.count > 100_000, "the capture holds \(secure.count) bytes")
+        for s in secrets { #expect(secure.range(of: s) == nil, "\(String(decoding: s, as: UTF8.self)) is readable in the traffic of a secure run") }
+    }
+}
