@@ -109,6 +109,8 @@ import TetherTrain
                 push.close()
             }
             learned += attacker.drain(late, seconds: 1)
+            // the 200 MB frames were refused before they were read (ZMQ_MAXMSGSIZE)
+            #expect(peakResidentMegabytes(coordinator.pid) < 400, "coordinator peak RSS \(peakResidentMegabytes(coordinator.pid)) MB")
         }
         let c = coordinator.finish()
         for w in workers { let r = w.finish(); #expect(r.status == 0, "worker: \(r.stderr)") }
@@ -117,6 +119,39 @@ import TetherTrain
         let eval = try CLI.run(["eval", "--checkpoint", dir.appendingPathComponent("checkpoint.safetensors").path, "--test-limit", "200"])
         #expect(eval.status == 0, "\(eval.stderr)")
         return (eval.stdout, c.stdout + c.stderr, learned)
+    }
+
+    /// A process's peak resident set (VmHWM), in MB.
+    func peakResidentMegabytes(_ pid: Int32) -> Int {
+        let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+        let line = status.split(separator: "\n").first { $0.hasPrefix("VmHWM:") } ?? ""
+        return (Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0) / 1024
+    }
+
+    /// 1,100 idle ZeroMQ connections (handshake done: an --insecure coordinator cannot tell them from
+    /// workers that have not said hello yet) to a coordinator started under a soft open-files limit of
+    /// 1,024, the usual default, used to lock the real worker out. The coordinator raises the soft
+    /// limit to the hard one.
+    @Test(.enabled(if: dataInstalled, "needs Debian's dataset-fashion-mnist"))
+    func idleConnectionsDoNotLockWorkersOut() throws {
+        var hard = rlimit()
+        getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &hard)
+        guard hard.rlim_max > 2_400 else { return } // nothing to raise to: the test would show nothing
+        let dir = CLI.tempDir("idle")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let address = "tcp://127.0.0.1:\(Int.random(in: 20000..<60000))"
+        let coordinator = try CLI.start(["-c", "ulimit -Sn 1024 && exec \"$0\" \"$@\"", CLI.binary.path, "coordinator", "--listen", address, "--workers", "1",
+                                         "--run-dir", dir.path, "--model", "mlp", "--max-steps", "3", "--train-limit", "256", "--test-limit", "64", "--insecure"],
+                                        bound: 120, executable: URL(fileURLWithPath: "/bin/bash"))
+        usleep(1_500_000)
+        // libzmq allows 1,023 sockets a context by default: three attackers of 400
+        let attackers = (0..<3).map { _ in Attacker() }
+        for a in attackers { for _ in 0..<400 { _ = try a.dealer(address) } }
+        usleep(3_000_000) // every connection made and its handshake done
+        let worker = try CLI.run(["worker", "--coordinator", address, "--insecure"], timeout: 60)
+        #expect(worker.status == 0, "\(worker.stderr)")
+        let c = coordinator.finish()
+        #expect(c.status == 0 && c.stdout.contains("done: 3 steps"), "\(c.stdout)\(c.stderr)")
     }
 
     func waitForFile(_ url: URL) {
