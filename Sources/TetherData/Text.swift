@@ -36,7 +36,15 @@ public struct Vocabulary: Codable, Equatable, Sendable {
     }
 
     enum CodingKeys: String, CodingKey { case words }
-    public init(from decoder: Decoder) throws { self.init(words: try decoder.container(keyedBy: CodingKeys.self).decode([String].self, forKey: .words)) }
+    /// A vocabulary from a checkpoint or the wire: `<eos>` and `<unk>` first, each word once.
+    public init(from decoder: Decoder) throws {
+        let words = try decoder.container(keyedBy: CodingKeys.self).decode([String].self, forKey: .words)
+        guard words.count >= 2, words.count <= Int(Int32.max), words[0] == Self.endOfSentence, words[1] == Self.unknown else {
+            throw DataError.invalid("a vocabulary of \(words.count) words must start with \(Self.endOfSentence) and \(Self.unknown)")
+        }
+        self.init(words: words)
+        guard ids.count == words.count else { throw DataError.invalid("a vocabulary holds a word twice") }
+    }
     public func encode(to encoder: Encoder) throws { var c = encoder.container(keyedBy: CodingKeys.self); try c.encode(words, forKey: .words) }
 }
 

@@ -33,7 +33,7 @@ import Testing
             let p = Process(), err = Pipe()
             p.executableURL = CLI.binary
             p.arguments = ["bench", "allreduce", "--rank", "\(rank)", "--addresses", addresses, "--size", "8MB",
-                           "--iterations", "100000", "--timeout", rank == 0 ? "6" : "2"]
+                           "--iterations", "100000", "--timeout", rank == 0 ? "6" : "2"] + CLI.key
             p.standardOutput = FileHandle.nullDevice
             p.standardError = err
             try p.run()

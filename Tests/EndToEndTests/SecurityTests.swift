@@ -207,8 +207,14 @@ import TetherTrain
             #expect(w.stderr.contains("the handshake with the coordinator at \(address) failed: \(reason)"), "\(w.stderr)")
             #expect(Date().timeIntervalSince(start) < 5)
         }
+        usleep(1_100_000) // a new second of the coordinator's log rate limit
+        let start = Date()
+        let w = try CLI.run(["worker", "--coordinator", address, "--job-id", "another"] + CLI.key, timeout: 30)
+        #expect(w.status != 0 && w.stderr.contains("refused: this coordinator runs job \"tether\", the worker asked for job \"another\""), "\(w.stderr)")
+        #expect(Date().timeIntervalSince(start) < 5)
         kill(coordinator.pid, SIGTERM)
         let c = coordinator.finish()
+        #expect(c.stdout.contains("refused a worker at") && c.stdout.contains("the worker asked for job \"another\""), "\(c.stdout)")
         #expect(c.stdout.contains("failed the handshake: it holds another cluster key, or runs --insecure"), "\(c.stdout)")
     }
 
@@ -268,8 +274,9 @@ import TetherTrain
 
 /// What a `tether simulate` run sends over loopback, captured with tcpdump: with CURVE (the default)
 /// neither the job's configuration nor a parameter name appears in it; with --insecure both do (which
-/// shows the capture sees the traffic).
-@Suite(.serialized) struct CapturedTrafficTests {
+/// shows the capture sees the traffic). In SecurityTests' serialized suite: the other --insecure runs
+/// of the test run are that suite's, so none runs beside the capture.
+extension SecurityTests {
     static let tcpdump = ["/usr/bin/tcpdump", "/usr/sbin/tcpdump"].first { FileManager.default.isExecutableFile(atPath: $0) }
     static let canCapture = tcpdump != nil && getuid() == 0 && dataInstalled
 
