@@ -70,7 +70,14 @@ public final class Worker {
     }
 
     /// Sockets close before their context terminates (zmq_ctx_term waits for them).
-    deinit { monitor.close(); control.socket.close(); authenticator?.stop() }
+    /// A worker that never joined drops its unsent Hellos at once (with the 1 s linger, a refused worker
+    /// took a second longer to exit).
+    deinit {
+        monitor.close()
+        if rank < 0 { try? control.socket.setLinger(.zero) }
+        control.socket.close()
+        authenticator?.stop()
+    }
 
     /// Trains until the coordinator says Finish. A failure is also sent to the coordinator (once this
     /// worker has a rank), so the job stops with this worker's reason instead of waiting for its silence.

@@ -95,6 +95,9 @@ public final class ZeroMQSocket {
         zmq_close(handle)
     }
 
+    /// How long a close waits to send what is still queued.
+    public func setLinger(_ linger: Duration) throws { try setOption(ZMQ_LINGER, Int32(linger.milliseconds), "ZMQ_LINGER") }
+
     /// ZMQ_ROUTING_ID: the identity a ROUTER peer sees for this socket, kept across reconnections (by
     /// default a ROUTER names each connection anew). Must not start with a zero byte.
     public func setRoutingID(_ id: [UInt8]) throws {
