@@ -78,7 +78,7 @@ import TetherTrain
                                          "--run-dir", dir.path] + training + security, bound: 150)
         let attacker = Attacker()
         var learned: [Envelope.Body] = []
-        usleep(1_500_000)
+        waitUntilListening(address)
         if attack {
             // before anyone joined: forged reports, then a Hello that disconnects (it must not hold a place)
             let early = try attacker.dealer(address)
@@ -121,6 +121,22 @@ import TetherTrain
         return (eval.stdout, c.stdout + c.stderr, learned)
     }
 
+    /// Returns once a TCP connection to `address` (tcp://127.0.0.1:PORT) is accepted: the coordinator has
+    /// loaded its data and bound its port (a slow machine may take seconds).
+    func waitUntilListening(_ address: String) {
+        let port = UInt16(address.split(separator: ":").last!)!
+        let deadline = Date().addingTimeInterval(60)
+        while Date() < deadline {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var addr = sockaddr_in()
+            (addr.sin_family, addr.sin_port, addr.sin_addr.s_addr) = (sa_family_t(AF_INET), in_port_t(port.bigEndian), inet_addr("127.0.0.1"))
+            let ok = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 } }
+            close(fd)
+            if ok { return }
+            usleep(100_000)
+        }
+    }
+
     /// A process's peak resident set (VmHWM), in MB.
     func peakResidentMegabytes(_ pid: Int32) -> Int {
         let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
@@ -143,7 +159,7 @@ import TetherTrain
         let coordinator = try CLI.start(["-c", "ulimit -Sn 1024 && exec \"$0\" \"$@\"", CLI.binary.path, "coordinator", "--listen", address, "--workers", "1",
                                          "--run-dir", dir.path, "--model", "mlp", "--max-steps", "3", "--train-limit", "256", "--test-limit", "64", "--insecure"],
                                         bound: 120, executable: URL(fileURLWithPath: "/bin/bash"))
-        usleep(1_500_000)
+        waitUntilListening(address)
         // libzmq allows 1,023 sockets a context by default: three attackers of 400
         let attackers = (0..<3).map { _ in Attacker() }
         for a in attackers { for _ in 0..<400 { _ = try a.dealer(address) } }
@@ -198,7 +214,7 @@ import TetherTrain
         let address = "tcp://127.0.0.1:\(Int.random(in: 20000..<60000))"
         let coordinator = try CLI.start(["coordinator", "--listen", address, "--workers", "1", "--model", "mlp", "--train-limit", "100",
                                          "--run-dir", dir.appendingPathComponent("run").path] + CLI.key, bound: 60)
-        usleep(1_000_000)
+        waitUntilListening(address)
         for (flags, reason) in [(["--key-file", other], "it holds another cluster key, or runs --insecure (this worker runs with CURVE)"),
                                 (["--insecure"], "it runs with CURVE and this worker runs --insecure")] {
             let start = Date()
