@@ -7,12 +7,15 @@ import TetherJobFile
 /// the command line, `TETHER_*` environment variables, the job file, the command's defaults.
 ///
 /// - A job file (`--config FILE`, or `TETHER_CONFIG=FILE`) is YAML: option names as on the command line
-///   without the dashes (`learning-rate` or `learning_rate`) mapped to values. `true` turns a flag on,
+///   without the dashes (`train-limit` or `train_limit`) mapped to values. `true` turns a flag on,
 ///   `false` turns an invertible one off (`weight-norm: false`), a list is joined with commas
 ///   (`hidden: [256, 128, 64]`). Keys may be grouped under a command's name (`coordinator:`,
 ///   `simulate:`, ...): a group for another command is skipped, so one file can serve several.
-/// - `TETHER_LEARNING_RATE=0.01` is `--learning-rate 0.01`; `TETHER_RESUME=true` is `--resume`.
-/// - A key or variable that names no option of the command is an error naming the file or variable.
+/// - `TETHER_LR=0.01` is `--lr 0.01`; `TETHER_RESUME=true` is `--resume`.
+/// - A key or variable that names an option of another command is ignored by a command that lacks it
+///   (one job file, one environment, serves the coordinator and the workers). A job file key that names
+///   an option of no command is an error naming the file (a typo); such a variable only draws a warning
+///   (the environment is shared with other programs).
 enum JobSettings {
     static let commands: [String: ParsableCommand.Type] = [
         "train": Train.self, "simulate": Simulate.self, "coordinator": CoordinatorCommand.self,
@@ -29,16 +32,30 @@ enum JobSettings {
         let given = Array(arguments.dropFirst())
         if given.contains("--help") || given.contains("-h") { return arguments }
         let known = KnownOptions(help: Tether.helpMessage(for: type, columns: 10_000))
+        let others = commands.filter { $0.key != command }.values.map { KnownOptions(help: Tether.helpMessage(for: $0, columns: 10_000)) }
+        let anyCommand = others.reduce(known.options.union(known.flags)) { $0.union($1.options).union($1.flags) }
+        /// A setting this command lacks: ignored when another command has it, else an error (a job
+        /// file's typo) or a warning (a variable).
+        func lacking(_ key: String, source: String, fatal: Bool) throws -> [String] {
+            let name = key.replacingOccurrences(of: "_", with: "-")
+            if known.options.contains(name) || known.flags.contains(name) || anyCommand.contains(name) { return [] }
+            let message = known.unknown(name, source: source, command: command)
+            if fatal { throw ValidationError(message) }
+            FileHandle.standardError.write(Data("tether: ignoring \(message)\n".utf8))
+            return []
+        }
         var fromFile: [String] = []
         if let path = configPath(given) ?? environment[fileVariable] {
             fromFile = try settings(inFile: path, command: command).flatMap { key, value in
                 try known.arguments(key, value, source: "\(path): key \"\(key)\"", command: command)
+                    ?? lacking(key, source: "\(path): key \"\(key)\"", fatal: true)
             }
         }
         var fromEnvironment: [String] = []
         for (name, value) in environment.sorted(by: { $0.key < $1.key }) where name.hasPrefix("TETHER_") && !ownVariables.contains(name) {
             let key = name.dropFirst("TETHER_".count).lowercased().replacingOccurrences(of: "_", with: "-")
             fromEnvironment += try known.arguments(key, value, source: "environment variable \(name)", command: command)
+                ?? lacking(key, source: "environment variable \(name)", fatal: false)
         }
         return [command] + fromFile + fromEnvironment + given
     }
@@ -80,8 +97,8 @@ enum JobSettings {
             options.remove("config")
         }
 
-        /// `--key value`, `--key` or `--no-key` for one setting; an error for a name the command lacks.
-        func arguments(_ rawKey: String, _ value: Any, source: String, command: String) throws -> [String] {
+        /// `--key value`, `--key` or `--no-key` for one setting; nil for a name the command lacks.
+        func arguments(_ rawKey: String, _ value: Any, source: String, command: String) throws -> [String]? {
             let key = rawKey.replacingOccurrences(of: "_", with: "-")
             let text = value as? String
             if options.contains(key) {
@@ -99,10 +116,14 @@ enum JobSettings {
                 if on { return ["--\(key)"] }
                 return invertible.contains(key) ? ["--no-\(key)"] : []
             }
+            return nil
+        }
+
+        /// "SOURCE: tether COMMAND has no option --KEY (did you mean ...?)".
+        func unknown(_ key: String, source: String, command: String) -> String {
             let all = (options.union(flags)).sorted()
             let near = all.filter { $0.hasPrefix(String(key.prefix(3))) || key.hasPrefix(String($0.prefix(3))) }
-            throw ValidationError("\(source): tether \(command) has no option --\(key)"
-                                  + (near.isEmpty ? "" : " (did you mean \(near.map { "--" + $0 }.joined(separator: ", "))?)"))
+            return "\(source): tether \(command) has no option --\(key)" + (near.isEmpty ? "" : " (did you mean \(near.map { "--" + $0 }.joined(separator: ", "))?)")
         }
     }
 }

@@ -69,14 +69,25 @@ let netnsUnavailable: String? = {
         let badKey = try CLI.run(["train", "--config", job.path])
         #expect(badKey.status != 0)
         #expect(badKey.stderr.contains("\(job.path): key \"lerning-rate\": tether train has no option --lerning-rate"), "\(badKey.stderr)")
-        let badVariable = try CLI.run(["worker", "--coordinator", "tcp://127.0.0.1:1"], environment: ["TETHER_MODEL": "mlp"])
-        #expect(badVariable.status != 0)
-        #expect(badVariable.stderr.contains("environment variable TETHER_MODEL: tether worker has no option --model"), "\(badVariable.stderr)")
+        // a variable of no command is ignored with a warning (the environment is shared with other programs)
+        let strayVariable = try CLI.run(["eval", "--checkpoint", "/nonexistent/c.safetensors"], environment: ["TETHER_HOME": "/x"])
+        #expect(strayVariable.stderr.contains("tether: ignoring environment variable TETHER_HOME: tether eval has no option --home"), "\(strayVariable.stderr)")
+        #expect(strayVariable.stderr.contains("/nonexistent/c.safetensors: no such checkpoint file"), "\(strayVariable.stderr)")
         try "epochs: [1\n".write(to: job, atomically: true, encoding: .utf8)
         let badYAML = try CLI.run(["train", "--config", job.path])
         #expect(badYAML.status != 0 && badYAML.stderr.contains("\(job.path): not valid YAML"), "\(badYAML.stderr)")
         let missing = try CLI.run(["train", "--config", dir.appendingPathComponent("absent.yaml").path])
         #expect(missing.status != 0 && missing.stderr.contains("absent.yaml: cannot read it"), "\(missing.stderr)")
+    }
+
+    /// One job file and one environment serve every command: a setting of another command (the
+    /// coordinator's --model for a worker, train's --epochs for eval) is ignored by a command without it.
+    @Test func settingsOfAnotherCommandAreIgnored() throws {
+        let eval = try CLI.run(["eval", "--checkpoint", "/nonexistent/c.safetensors"], environment: ["TETHER_EPOCHS": "1"])
+        #expect(eval.stderr.contains("/nonexistent/c.safetensors: no such checkpoint file") && !eval.stderr.contains("TETHER_EPOCHS"), "\(eval.stderr)")
+        let worker = try CLI.run(["worker", "--config", file("cluster/jobs/fashion-mnist.yaml").path, "--coordinator", "tcp://127.0.0.1:1", "--insecure"],
+                                 timeout: 4, environment: ["TETHER_MODEL": "mlp"])
+        #expect(worker.stderr.contains("waiting for the coordinator at tcp://127.0.0.1:1") && !worker.stderr.contains("has no option"), "\(worker.stderr)")
     }
 
     @Test func aWrongInterfaceIsNamedWithTheOnesThereAre() throws {
