@@ -155,7 +155,8 @@ public final class Coordinator {
         try metrics.write(start)
         let batch = config.globalBatch == nil ? "batch \(config.batch) per worker (\(config.globalBatch(workers: options.workers)) global)"
             : "global batch \(config.globalBatch(workers: options.workers)) dealt over the workers"
-        let waiting = options.elastic ? "\(options.workers) workers (at least \(options.minWorkers))" : "\(options.workers) workers"
+        let workers = options.workers == 1 ? "1 worker" : "\(options.workers) workers"
+        let waiting = options.elastic ? "\(workers) (at least \(options.minWorkers))" : workers
         progress.line("coordinator on \(boundAddress): waiting for \(waiting); \(config.model), \(batch), "
                       + "\(stepsPerEpoch) steps per epoch, \(total) steps in all")
         var lastHeartbeat = 0.0

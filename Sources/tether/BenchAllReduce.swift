@@ -32,7 +32,7 @@ struct BenchAllReduce: ParsableCommand {
     @Option(help: "With --rank: the cluster key file every rank uses (also TETHER_KEY_FILE, or the key in TETHER_KEY).") var keyFile: String?
 
     func validate() throws {
-        guard ranks >= 1 else { throw ValidationError("--ranks must be at least 1") }
+        guard ranks >= 2 || rank != nil else { throw ValidationError("--ranks must be at least 2: an all-reduce over one rank moves nothing to measure") }
         guard iterations >= 1, warmup >= 0 else { throw ValidationError("--iterations must be at least 1, --warmup not negative") }
         guard timeout > 0 else { throw ValidationError("--timeout must be positive") }
         _ = try Self.parseBytes(size)
@@ -46,8 +46,8 @@ struct BenchAllReduce: ParsableCommand {
     }
 
     static func parseBytes(_ text: String) throws -> Int {
-        let units: [(String, Double)] = [("KiB", 1024), ("MiB", 1_048_576), ("GiB", 1_073_741_824), ("KB", 1e3), ("MB", 1e6), ("GB", 1e9), ("B", 1)]
-        let t = text.trimmingCharacters(in: .whitespaces)
+        let units: [(String, Double)] = [("kib", 1024), ("mib", 1_048_576), ("gib", 1_073_741_824), ("kb", 1e3), ("mb", 1e6), ("gb", 1e9), ("b", 1)]
+        let t = text.trimmingCharacters(in: .whitespaces).lowercased()
         for (suffix, scale) in units where t.hasSuffix(suffix) {
             if let v = Double(t.dropLast(suffix.count).trimmingCharacters(in: .whitespaces)), v >= 0 { return Int(v * scale) }
         }

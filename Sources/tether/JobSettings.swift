@@ -57,7 +57,26 @@ enum JobSettings {
             fromEnvironment += try known.arguments(key, value, source: "environment variable \(name)", command: command)
                 ?? lacking(key, source: "environment variable \(name)", fatal: false)
         }
-        return [command] + fromFile + fromEnvironment + given
+        return [command] + fromFile + fromEnvironment + Self.attachNegativeValues(given, options: known.options)
+    }
+
+    /// `--lr -1` as `--lr=-1`: the parser would take `-1` for a flag and report a missing value, where
+    /// the user gave a value that its own check should refuse (or accept).
+    static func attachNegativeValues(_ arguments: [String], options: Set<String>) -> [String] {
+        var out: [String] = []
+        var i = 0
+        while i < arguments.count {
+            let a = arguments[i]
+            if a.hasPrefix("--"), options.contains(String(a.dropFirst(2))), i + 1 < arguments.count,
+               arguments[i + 1].hasPrefix("-"), Double(arguments[i + 1]) != nil {
+                out.append(a + "=" + arguments[i + 1])
+                i += 2
+            } else {
+                out.append(a)
+                i += 1
+            }
+        }
+        return out
     }
 
     /// The value of `--config FILE` or `--config=FILE`.

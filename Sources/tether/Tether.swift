@@ -15,12 +15,48 @@ struct Tether: ParsableCommand {
 
     /// Parses the command line after adding the job file's and the environment's settings (JobSettings).
     static func main() {
+        // A misspelt command is named as such, not as an unknown option of the top level.
+        let names = commandNames
+        if let first = CommandLine.arguments.dropFirst().first, !first.hasPrefix("-"), !names.contains(first), first != "help" {
+            let near = names.filter { editDistance($0, first) <= 2 }
+            FileHandle.standardError.write(Data(("tether: error: unknown command \"\(first)\"" + (near.isEmpty ? "" : " (did you mean \(near.joined(separator: " or "))?)")
+                                                 + "; the commands are \(names.joined(separator: ", "))\n").utf8))
+            Foundation.exit(64)
+        }
         let arguments: [String]
         do { arguments = try JobSettings.expand(Array(CommandLine.arguments.dropFirst()), environment: ProcessInfo.processInfo.environment) } catch {
             exit(withError: error)
         }
         main(arguments)
     }
+}
+
+extension Tether {
+    /// The subcommands' names, as the parser knows them.
+    static var commandNames: [String] {
+        var names: [String] = []
+        for type in configuration.subcommands {
+            let command: ParsableCommand.Type = type
+            names.append(command._commandName)
+        }
+        return names
+    }
+}
+
+/// Levenshtein distance (for "did you mean").
+func editDistance(_ a: String, _ b: String) -> Int {
+    let x = Array(a), y = Array(b)
+    var row = Array(0...y.count)
+    for i in 1...max(x.count, 1) where !x.isEmpty {
+        var previous = row[0]
+        row[0] = i
+        for j in stride(from: 1, through: y.count, by: 1) {
+            let kept = row[j]
+            row[j] = min(row[j] + 1, row[j - 1] + 1, previous + (x[i - 1] == y[j - 1] ? 0 : 1))
+            previous = kept
+        }
+    }
+    return x.isEmpty ? y.count : row[y.count]
 }
 
 enum TetherVersion { static let string = "0.1.0" }
@@ -31,7 +67,8 @@ struct Version: ParsableCommand {
         print("tether \(TetherVersion.string)")
         print("libzmq \(ZeroMQ.version)")
         print("protobuf-c \(WireFormat.libraryVersion)")
-        print("OpenBLAS \(BLAS.configuration)")
+        let blas = BLAS.configuration
+        print(blas.hasPrefix("OpenBLAS") ? blas : "OpenBLAS \(blas)")
     }
 }
 

@@ -112,6 +112,10 @@ let dataInstalled = FileManager.default.fileExists(atPath: "/usr/share/datasets/
         (["train", "--frobnicate"], "Unknown option '--frobnicate'"),
         (["eval", "--checkpoint", "/nonexistent/checkpoint.safetensors"], "/nonexistent/checkpoint.safetensors: no such checkpoint file"),
         (["bench", "train", "--threads", "0"], "--threads must be at least 1"),
+        (["trian", "--model", "mlp"], "unknown command \"trian\" (did you mean train?)"),
+        (["train", "--lr", "-1", "--run-dir", "/tmp/tether-e2e-never"], "--lr must be a positive number (got -1.0)"),
+        (["bench", "allreduce", "--ranks", "1"], "--ranks must be at least 2: an all-reduce over one rank moves nothing to measure"),
+        (["bench", "allreduce", "--size", "1tb"], "--size 1tb: expected a byte count"),
     ])
     func badInputGivesAClearError(args: [String], message: String) throws {
         defer { try? FileManager.default.removeItem(atPath: "/tmp/tether-e2e-never") }
