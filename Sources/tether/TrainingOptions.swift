@@ -81,7 +81,9 @@ struct TrainingOptions: ParsableArguments {
         if let ftrlAlpha { c.optimizer.ftrl.alpha = ftrlAlpha }
         if let ftrlL1 { c.optimizer.ftrl.l1 = ftrlL1 }
         if let ftrlL2 { c.optimizer.ftrl.l2 = ftrlL2 }
-        if let epochs { c.epochs = epochs }
+        // The run's length is what this command says: --epochs alone ends a --max-steps given before
+        // (a smoke test with --max-steps, then --resume --epochs N, trains on).
+        if let epochs { (c.epochs, c.maxSteps) = (epochs, maxSteps) }
         if let maxSteps { c.maxSteps = maxSteps }
         if let batch { c.batch = batch }
         if let optimizer { c.optimizer.kind = optimizer }

@@ -124,6 +124,19 @@ let dataInstalled = FileManager.default.fileExists(atPath: "/usr/share/datasets/
         #expect(r.stderr.contains(message), "stderr: \(r.stderr)")
     }
 
+    /// The usual smoke test, then the real run: a --max-steps given once does not stay in the run when
+    /// the resuming command gives --epochs.
+    @Test(.enabled(if: dataInstalled, "needs Debian's dataset-fashion-mnist"))
+    func aResumeWithEpochsEndsAnEarlierMaxSteps() throws {
+        let dir = CLI.tempDir("max-steps")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let data = ["--model", "mlp", "--train-limit", "256", "--test-limit", "64", "--batch", "64", "--run-dir", dir.path]
+        let smoke = try CLI.run(["train", "--max-steps", "2"] + data)
+        #expect(smoke.status == 0 && smoke.stdout.contains("done: 2 steps"), "\(smoke.stdout)\(smoke.stderr)")
+        let real = try CLI.run(["train", "--resume", "--epochs", "2", "--run-dir", dir.path])
+        #expect(real.status == 0 && real.stdout.contains("done: 8 steps"), "\(real.stdout)\(real.stderr)")
+    }
+
     @Test func corruptCheckpointIsRefused() throws {
         let dir = CLI.tempDir("corrupt")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
