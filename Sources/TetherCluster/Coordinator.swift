@@ -68,7 +68,7 @@ public final class Coordinator {
         self.runDirectory = runDirectory
         self.progress = progress
         created = Date()
-        try FileManager.default.createDirectory(at: runDirectory, withIntermediateDirectories: true)
+        try MetricsLog.prepare(runDirectory: runDirectory)
         let checkpointURL = runDirectory.appendingPathComponent(Checkpoint.fileName)
         var config = given
         var resumeMetadata: [String: String] = [:]

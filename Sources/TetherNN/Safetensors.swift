@@ -108,8 +108,16 @@ public enum Safetensors {
     }
 
     public static func read(_ url: URL) throws -> File {
-        guard FileManager.default.fileExists(atPath: url.path) else { throw SafetensorsError.missing(file: url.path) }
-        return try decode(try Data(contentsOf: url), source: url.path)
+        var isFolder: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: url.path, isDirectory: &isFolder) else { throw SafetensorsError.missing(file: url.path) }
+        if isFolder.boolValue {
+            throw SafetensorsError.corrupt(file: url.path, reason: "is a folder; give the checkpoint file (e.g. \(url.appendingPathComponent("checkpoint.safetensors").path))")
+        }
+        let bytes: Data
+        do { bytes = try Data(contentsOf: url) } catch {
+            throw SafetensorsError.corrupt(file: url.path, reason: "cannot read it: \((error as NSError).localizedFailureReason ?? error.localizedDescription)")
+        }
+        return try decode(bytes, source: url.path)
     }
 
     /// Writes atomically: a temporary file beside the target, fsync, rename, fsync of the folder. A crash

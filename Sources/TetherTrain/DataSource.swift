@@ -54,6 +54,12 @@ public enum DataSource {
         } else {
             throw unknownOr("is not tabular: wide-deep reads synthetic-clicks[:ROWS] or csv:PATH with --schema", spec)
         }
+        // A split with one class trains to nothing and scores an AUC of nan: usually a label line whose
+        // values match no row (or every row).
+        for (name, split) in [("training", train), ("held-out", test)] where Set(split.labels).count < 2 {
+            throw DataError.invalid("--data \(spec): every \(name) row has label \(split.labels.first ?? 0); a click model needs both classes "
+                                    + "(check the positive values of the schema's label line)")
+        }
         return (train.standardized(like: train), test.standardized(like: train))
     }
 

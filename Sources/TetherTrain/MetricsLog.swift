@@ -33,9 +33,25 @@ public final class MetricsLog {
     private let encoder: JSONEncoder = {
         let e = JSONEncoder()
         e.outputFormatting = [.sortedKeys]
-        e.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+        // JSON has no NaN or infinity: such a value is written as null (via a marker no real string holds)
+        e.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: MetricsLog.notANumber, negativeInfinity: MetricsLog.notANumber,
+                                                                nan: MetricsLog.notANumber)
         return e
     }()
+    static let notANumber = "\u{1}not-a-number\u{1}"
+    static let notANumberJSON = Data("\"\\u0001not-a-number\\u0001\"".utf8)
+
+    /// Creates `directory` if needed; a file in its place is an error naming the flag.
+    public static func prepare(runDirectory directory: URL) throws {
+        var isFolder: ObjCBool = false
+        if FileManager.default.fileExists(atPath: directory.path, isDirectory: &isFolder) {
+            guard isFolder.boolValue else { throw ConfigError(message: "--run-dir \(directory.path) is a file; give a folder (it is created if missing)") }
+            return
+        }
+        do { try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true) } catch {
+            throw ConfigError(message: "--run-dir \(directory.path): cannot create it (\((error as NSError).localizedFailureReason ?? "\(error)"))")
+        }
+    }
 
     public init(path: String) throws {
         self.path = path
@@ -51,6 +67,7 @@ public final class MetricsLog {
 
     public func write(_ e: MetricsEvent) throws {
         var line = try encoder.encode(e)
+        while let r = line.range(of: Self.notANumberJSON) { line.replaceSubrange(r, with: Data("null".utf8)) }
         line.append(0x0A)
         do { try handle.write(contentsOf: line) } catch {
             throw ConfigError(message: "\(path): cannot write metrics: \(error.localizedDescription)")

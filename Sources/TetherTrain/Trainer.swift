@@ -39,7 +39,7 @@ public final class Trainer {
     public init(config given: TrainingConfig, runDirectory: URL, resume: Bool, progress: ProgressDisplay = ProgressDisplay()) throws {
         self.runDirectory = runDirectory
         self.progress = progress
-        try FileManager.default.createDirectory(at: runDirectory, withIntermediateDirectories: true)
+        try MetricsLog.prepare(runDirectory: runDirectory)
         let checkpointPath = runDirectory.appendingPathComponent(Checkpoint.fileName)
         var loaded: Checkpoint.Loaded?
         if resume {
