@@ -187,6 +187,20 @@ public final class Coordinator {
         }
     }
 
+    /// The step of the last checkpoint this coordinator wrote.
+    private var writtenCheckpointStep: Int?
+
+    /// What an interrupt leaves, truthfully: the checkpoint there is, or that there is none.
+    private func interruptedLine() -> String {
+        let at = "interrupted at step \(machine.completedSteps)"
+        if let step = writtenCheckpointStep ?? startState?.globalStep {
+            let lost = machine.completedSteps - step
+            return "\(at); the last checkpoint, of step \(step), is in \(runDirectory.path) (continue with --resume"
+                + (lost > 0 ? "; the \(lost) steps since it are lost)" : ")")
+        }
+        return "\(at), before any checkpoint was written: nothing of this run is kept (--checkpoint-every N writes one every N steps)"
+    }
+
     /// Fresh ring keys for each forming of the ring (CURVE only), one pair per rank.
     private var ringKeys: [CurveKeyPair]?
 
@@ -268,6 +282,7 @@ public final class Coordinator {
                 var file = loaded.file
                 file.metadata["tether.workers"] = String(machine.members.count)
                 try Safetensors.write(file, to: runDirectory.appendingPathComponent(Checkpoint.fileName))
+                writtenCheckpointStep = Int(data.globalStep)
             case .abort(let message):
                 for m in machine.members { send(.abort(.init(originRank: -1, reason: message)), to: m.identity) }
                 for identity in heartbeatIdentities.values { send(.abort(.init(originRank: -1, reason: message)), to: identity) }
@@ -275,7 +290,7 @@ public final class Coordinator {
                 e.error = message
                 try? metrics.write(e)
                 Thread.sleep(forTimeInterval: 0.3) // let the aborts leave before the process exits
-                throw ClusterError(message == "interrupted" ? "interrupted; the last complete checkpoint is in \(runDirectory.path) (continue with --resume)" : message)
+                throw ClusterError(message == "interrupted" ? interruptedLine() : message)
             case .finish:
                 for m in machine.members { send(.finish, to: m.identity) }
                 return true
