@@ -51,6 +51,8 @@ public final class Coordinator {
     private var resumeBytes: [UInt8] = []
     private var startState: TrainingState?
     let stepsPerEpoch: Int
+    /// What the throughput counts: samples, or tokens for a language model.
+    let unit: String
     private var epochSamples = 0
     let evaluationKind: EvaluationReport.Kind
     /// The splits served to workers (`serveData`).
@@ -103,6 +105,7 @@ public final class Coordinator {
         // Its data is also what the coordinator serves (`serveData`); a resumed run's vocabulary is the checkpoint's.
         let probe = try Workloads.make(config, shard: Shard(rank: 0, count: options.workers), metadata: resumeMetadata)
         stepsPerEpoch = probe.stepsPerEpoch
+        unit = probe.unit
         if options.serveData { served = probe.servedSplits }
         evaluationKind = Workloads.evaluationKind(for: config.model)
         let total = config.totalSteps(stepsPerEpoch: stepsPerEpoch)
@@ -247,14 +250,14 @@ public final class Coordinator {
                 let remaining = Double(machine.settings.totalSteps - s.globalStep) * elapsed / Double(max(window.steps, 1))
                 let stepInEpoch = (s.globalStep - 1) % stepsPerEpoch + 1
                 progress.update(epoch: s.epoch, epochs: config.epochs, step: stepInEpoch, steps: stepsPerEpoch,
-                                loss: window.stats.meanLoss, samplesPerSec: rate, eta: remaining)
+                                loss: window.stats.meanLoss, rate: rate, unit: unit, eta: remaining)
                 if s.globalStep % config.logEvery == 0 {
                     var e = MetricsEvent(event: "step", epoch: s.epoch, step: s.globalStep)
                     (e.loss, e.samples_per_sec) = (window.stats.meanLoss, rate)
                     (e.compute_s, e.allreduce_s, e.wait_s) = (s.compute, s.exchange, s.waiting)
                     try metrics.write(e)
                     progress.log("epoch \(s.epoch + 1) step \(stepInEpoch)/\(stepsPerEpoch) loss \(ProgressDisplay.fixed(window.stats.meanLoss, 4)) "
-                                 + "\(ProgressDisplay.grouped(rate)) samples/s, per step: compute \(ms(window.compute / Double(window.steps))), "
+                                 + "\(ProgressDisplay.grouped(rate)) \(unit)/s, per step: compute \(ms(window.compute / Double(window.steps))), "
                                  + "exchange \(ms(window.exchange / Double(window.steps))) (waiting \(ms(window.waiting / Double(window.steps)))), "
                                  + "slowest rank \(s.slowestRank), ETA \(ProgressDisplay.duration(remaining))")
                     window = (BatchStats(), Date(), 0, 0, 0, 0)
@@ -272,7 +275,7 @@ public final class Coordinator {
                 merged.write(into: &e)
                 try metrics.write(e)
                 progress.line("epoch \(epoch + 1)/\(config.epochs): \(merged.summary) (\(ProgressDisplay.fixed(seconds, 1)) s, "
-                              + "\(ProgressDisplay.grouped(e.samples_per_sec!)) samples/s)")
+                              + "\(ProgressDisplay.grouped(e.samples_per_sec!)) \(unit)/s)")
             case .writeCheckpoint(let data):
                 // Checked like any checkpoint file (fields, shapes, checksums) before it replaces the last one.
                 let loaded = try Checkpoint.Loaded(bytes: Data(data.safetensors), source: "rank 0's checkpoint of step \(data.globalStep)")

@@ -9,14 +9,15 @@ public final class ProgressDisplay {
     public init(interactive: Bool = isatty(STDOUT_FILENO) == 1) { self.interactive = interactive }
 
     /// A progress update for step `step` of `steps` in epoch `epoch`; drawn at most 10 times a second.
-    public func update(epoch: Int, epochs: Int, step: Int, steps: Int, loss: Double, samplesPerSec: Double, eta: Double) {
+    /// `unit` is what the rate counts (a workload's: samples, or tokens for a language model).
+    public func update(epoch: Int, epochs: Int, step: Int, steps: Int, loss: Double, rate: Double, unit: String, eta: Double) {
         guard interactive else { return }
         let now = Date()
         guard now.timeIntervalSince(lastDraw) > 0.1 || step == steps else { return }
         lastDraw = now
         let width = 24, filled = steps > 0 ? width * step / steps : width
         let bar = String(repeating: "█", count: filled) + String(repeating: "·", count: width - filled)
-        let text = "epoch \(epoch + 1)/\(epochs) \(bar) \(step)/\(steps)  loss \(Self.fixed(loss, 4))  \(Self.grouped(samplesPerSec)) samples/s  ETA \(Self.duration(eta))"
+        let text = "epoch \(epoch + 1)/\(epochs) \(bar) \(step)/\(steps)  loss \(Self.fixed(loss, 4))  \(Self.grouped(rate)) \(unit)/s  ETA \(Self.duration(eta))"
         FileHandle.standardOutput.write(Data(("\r\u{1B}[2K" + text).utf8))
         barShown = true
     }

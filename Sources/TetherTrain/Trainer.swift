@@ -107,7 +107,7 @@ public final class Trainer {
                 let rate = Double(window.stats.count) / max(elapsed, 1e-9)
                 let remaining = Double(totalSteps - state.globalStep) * elapsed / Double(max(window.steps, 1))
                 progress.update(epoch: state.epoch, epochs: config.epochs, step: state.stepInEpoch, steps: stepsPerEpoch,
-                                loss: window.stats.meanLoss, samplesPerSec: rate, eta: remaining)
+                                loss: window.stats.meanLoss, rate: rate, unit: workload.unit, eta: remaining)
                 if state.globalStep % config.logEvery == 0 {
                     var e = MetricsEvent(event: "step", epoch: state.epoch, step: state.globalStep)
                     (e.loss, e.samples_per_sec, e.lr) = (window.stats.meanLoss, rate, learningRate(at: state.globalStep - 1))

@@ -145,6 +145,16 @@ struct ClusterProcessTests {
     }
 
     /// Waits (up to a minute) until the run in `dir` has written its first checkpoint.
+    /// A language model's throughput is counted in tokens, and said so.
+    @Test(.enabled(if: FileManager.default.fileExists(atPath: "/usr/share/games/fortunes"), "needs Debian's fortunes"))
+    func aLanguageModelsRateIsInTokens() throws {
+        let dir = CLI.tempDir("lm-rate")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let r = try CLI.run(["simulate", "--workers", "2", "--model", "lm-tied", "--max-steps", "2", "--train-limit", "20000", "--log-every", "1",
+                             "--size", "32", "--vocabulary", "500", "--run-dir", dir.path], timeout: 120)
+        #expect(r.status == 0 && r.stdout.contains("tokens/s") && !r.stdout.contains("samples/s"), "\(r.stdout)\(r.stderr)")
+    }
+
     /// Ctrl-C says truthfully what is kept: the last checkpoint and the steps lost since it, or that
     /// nothing is when none was written yet. (Writing a checkpoint on the interrupt is not built yet.)
     @Test(.enabled(if: dataInstalled, "needs Debian's dataset-fashion-mnist"))
