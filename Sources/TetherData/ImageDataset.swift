@@ -67,6 +67,16 @@ public enum FashionMNIST {
             let plain = "\(directory)/\(stem)-\(kind)"
             return FileManager.default.fileExists(atPath: plain) ? plain : plain + ".gz"
         }
-        return try ImageDataset(imagesFile: path("images-idx3-ubyte"), labelsFile: path("labels-idx1-ubyte"))
+        let files = [path("images-idx3-ubyte"), path("labels-idx1-ubyte")]
+        // Outside Debian's folder (whose error says which package to install), a missing file names the
+        // four an IDX folder holds and the files this one has.
+        if directory != defaultDirectory, let missing = files.first(where: { !FileManager.default.fileExists(atPath: $0) }) {
+            let names = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+            let present = ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).sorted()
+            throw DataError.invalid("\(missing): no such file. An IDX folder holds \(names.joined(separator: ", ")) (each may end in .gz); "
+                                    + (present.isEmpty ? "\(directory) holds no files" : "\(directory) holds \(present.prefix(10).joined(separator: ", "))"
+                                       + (present.count > 10 ? " and \(present.count - 10) more" : "")))
+        }
+        return try ImageDataset(imagesFile: files[0], labelsFile: files[1])
     }
 }

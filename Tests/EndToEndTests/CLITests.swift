@@ -102,7 +102,8 @@ let dataInstalled = FileManager.default.fileExists(atPath: "/usr/share/datasets/
     @Test(arguments: [
         (["train", "--model", "resnet"], "unknown --model \"resnet\""),
         (["train", "--batch", "0", "--run-dir", "/tmp/tether-e2e-never"], "--batch must be at least 1"),
-        (["train", "--data", "idx:/nonexistent/dir", "--run-dir", "/tmp/tether-e2e-never"], "/nonexistent/dir/train-images-idx3-ubyte.gz: no such file"),
+        (["train", "--data", "idx:/nonexistent/dir", "--run-dir", "/tmp/tether-e2e-never"], "/nonexistent/dir/train-images-idx3-ubyte.gz: no such file. An IDX folder holds train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (each may end in .gz); /nonexistent/dir holds no files"),
+        (["train", "--data", "idx:/usr/share/games", "--run-dir", "/tmp/tether-e2e-never"], "/usr/share/games holds fortunes"),
         (["train", "--data", "csv", "--run-dir", "/tmp/tether-e2e-never"], "unknown --data \"csv\""),
         (["train", "--model", "wide-deep", "--data", "csv:/nonexistent.csv", "--run-dir", "/tmp/tether-e2e-never"], "needs --schema adult or --schema FILE"),
         (["train", "--model", "wide-deep", "--data", "csv:/nonexistent.csv", "--schema", "adult", "--run-dir", "/tmp/tether-e2e-never"], "/nonexistent.csv: no such file"),
