@@ -301,6 +301,16 @@ func input(rank: Int, count: Int) -> [Float] {
         try fake.handshake()
         let logged = LockedLines()
         let r = try ring.ring(0) { $0.timeout = .seconds(5); $0.log = { logged.append($0) } }
+        // Rank 0 waits in its all-reduce; the stranger's messages arrive first (each is read and
+        // dropped as it comes, the only data there is), then the neighbour's real chunks.
+        let result = LockedLines()
+        let done = DispatchSemaphore(value: 0)
+        Thread {
+            var x = [Float](repeating: 1, count: 8)
+            do { try x.withUnsafeMutableBufferPointer { try r.allReduce($0) }; result.append("\(x)") } catch { result.append("\(error)") }
+            done.signal()
+        }.start()
+        Thread.sleep(forTimeInterval: 0.3)
         let stranger = try ZeroMQSocket(ring.contexts[1], .push)
         defer { stranger.close() }
         try stranger.connect(ring.addresses[0])
@@ -309,15 +319,14 @@ func input(rank: Int, count: Int) -> [Float] {
         try abort.withUnsafeBytes { try stranger.send([$0]) }
         let impostor = Envelope(jobID: "tether", senderRank: 5, body: .abort(.init(originRank: 5, reason: "not a neighbour"))).encoded()
         try impostor.withUnsafeBytes { try stranger.send([$0]) }
-        Thread.sleep(forTimeInterval: 0.2)
+        Thread.sleep(forTimeInterval: 0.5)
         let ones = [Float](repeating: 1, count: 4).withUnsafeBytes { Array($0) }
         try fake.send(fake.header(.allReduce, sequence: 1, total: 8, offset: 4, count: 4), payload: ones)
         var reduced = fake.header(.allReduce, sequence: 1, total: 8, offset: 0, count: 4)
         reduced.ringStep = 1
         try fake.send(reduced, payload: [Float](repeating: 2, count: 4).withUnsafeBytes { Array($0) })
-        var x = [Float](repeating: 1, count: 8)
-        try x.withUnsafeMutableBufferPointer { try r.allReduce($0) }
-        #expect(x == [2, 2, 2, 2, 2, 2, 2, 2])
+        done.wait()
+        #expect(result.lines == ["\([Float](repeating: 2, count: 8))"])
         let lines = logged.lines.joined(separator: "\n")
         #expect(lines.contains("rank 0: dropped a malformed message"), "\(lines)")
         #expect(lines.contains("dropped a message for job \"other\""), "\(lines)")
