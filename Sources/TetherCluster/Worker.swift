@@ -384,12 +384,3 @@ final class Heartbeat: @unchecked Sendable {
         done.wait()
     }
 }
-
-/// A flag one thread sets and another polls (atomic loads and stores through CTetherKernels).
-final class StopFlag: @unchecked Sendable {
-    private let value = UnsafeMutablePointer<Int>.allocate(capacity: 1)
-    init() { value.initialize(to: 0) }
-    deinit { value.deallocate() }
-    var isSet: Bool { tether_pending_load(value) != 0 }
-    func set() { tether_pending_add(value, 1) }
-}

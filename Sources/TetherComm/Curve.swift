@@ -1,3 +1,4 @@
+import CTetherKernels
 import CZeroMQ
 import Foundation
 
@@ -79,7 +80,7 @@ public final class Authenticator: @unchecked Sendable {
     private var allowed: [String: Set<String>] = [:]
     private let socket: ZeroMQSocket
     let context: ZeroMQContext
-    private let stopped = AtomicFlag()
+    private let stopped = StopFlag()
     private let done = DispatchSemaphore(value: 0)
 
     /// Binds the context's ZAP endpoint (one authenticator per context) and starts answering.
@@ -150,12 +151,13 @@ public struct RateLimiter: Sendable {
     }
 }
 
-/// A flag one thread sets and others poll.
-final class AtomicFlag: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value = false
-    var isSet: Bool { lock.lock(); defer { lock.unlock() }; return value }
-    func set() { lock.lock(); value = true; lock.unlock() }
+/// A flag one thread sets and another polls (atomic loads and stores through CTetherKernels).
+public final class StopFlag: @unchecked Sendable {
+    private let value = UnsafeMutablePointer<Int>.allocate(capacity: 1)
+    public init() { value.initialize(to: 0) }
+    deinit { value.deallocate() }
+    public var isSet: Bool { tether_pending_load(value) != 0 }
+    public func set() { tether_pending_add(value, 1) }
 }
 
 /// A cluster key file: the secret key (and, for a reader's convenience, the public key) as Z85 lines.
