@@ -59,8 +59,16 @@ extension Envelope.Body {
         case .finish: "Finish"
         case .dataRequest: "DataRequest"
         case .dataRows: "DataRows"
+        case .stop: "Stop"
         }
     }
+}
+
+/// A job stopped gracefully before its end (a signal): its checkpoint is written; the process exits
+/// with `status` (128 + the signal).
+public struct JobInterrupted: Error, CustomStringConvertible {
+    public let description: String
+    public let status: Int32
 }
 
 public struct ClusterError: Error, CustomStringConvertible {

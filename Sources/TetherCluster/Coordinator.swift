@@ -167,8 +167,16 @@ public final class Coordinator {
         var window = (stats: BatchStats(), since: Date(), steps: 0, compute: 0.0, exchange: 0.0, waiting: 0.0)
         var epochStart = Date()
         epochSamples = 0
+        StopSignal.lossNote(startState.map { "the checkpoint of step \($0.globalStep) in \(runDirectory.path) is kept; the steps since are lost" }
+                            ?? "nothing of this run is kept (no checkpoint was written yet)")
         while true {
-            if let reason = StopSignal.requested ? "interrupted" : failure() {
+            // An interrupt while training stops gracefully (every rank finishes its step, rank 0's
+            // checkpoint of it is written); before training there is nothing to keep.
+            if let signal = StopSignal.signal, stopSignal == nil {
+                stopSignal = signal
+                if machine.phase == .training { askToStop(signal) }
+            }
+            if let reason = stopSignal != nil && machine.phase != .training && machine.stoppedAt == nil ? "interrupted" : failure() {
                 _ = try execute([.abort(reason)], window: &window, epochStart: &epochStart) // an abort always throws
             }
             var events: [CoordinatorState.Event] = [.tick]
@@ -176,11 +184,18 @@ public final class Coordinator {
             while let e = monitor.next(deadline: .now) { note(handshakeFailure: e) }
             for event in events {
                 if try execute(machine.handle(event, now: Clock.now), window: &window, epochStart: &epochStart) {
-                    var end = MetricsEvent(event: "end", epoch: machine.completedSteps / stepsPerEpoch, step: machine.completedSteps)
+                    let stopped = machine.completedSteps < total
+                    var end = MetricsEvent(event: stopped ? "interrupted" : "end", epoch: machine.completedSteps / stepsPerEpoch, step: machine.completedSteps)
                     end.elapsed_s = Date().timeIntervalSince(begun)
                     try metrics.write(end)
-                    progress.line("done: \(machine.completedSteps) steps; checkpoint \(runDirectory.appendingPathComponent(Checkpoint.fileName).path)")
-                    return
+                    guard stopped else {
+                        progress.line("done: \(machine.completedSteps) steps; checkpoint \(runDirectory.appendingPathComponent(Checkpoint.fileName).path)")
+                        return
+                    }
+                    Thread.sleep(forTimeInterval: 0.3) // let the Finish leave before the socket closes
+                    throw JobInterrupted(description: "stopped by \(StopSignal.name(stopSignal ?? SIGINT)) after step \(machine.completedSteps) of \(total); "
+                                         + "its checkpoint is in \(runDirectory.path): continue with --resume --run-dir \(runDirectory.path)",
+                                         status: 128 + (stopSignal ?? SIGINT))
                 }
             }
             if Clock.now - lastHeartbeat > 0.5 {
@@ -192,6 +207,16 @@ public final class Coordinator {
 
     /// The step of the last checkpoint this coordinator wrote.
     private var writtenCheckpointStep: Int?
+    /// The signal that stopped the job: this process's, or the one a worker said it received.
+    private var stopSignal: Int32?
+
+    /// Tells every member to stop after the step in progress; they agree on the step in its exchange.
+    private func askToStop(_ signal: Int32) {
+        for m in machine.members { send(.stop(.init(signal: signal, reason: "the coordinator received \(StopSignal.name(signal))")), to: m.identity) }
+        let kept = (writtenCheckpointStep ?? startState?.globalStep).map { "losing the steps since the checkpoint of step \($0)" } ?? "keeping nothing of this run"
+        progress.line("\(StopSignal.name(signal)): stopping after the step in progress; rank 0's checkpoint of it will be written "
+                      + "(interrupt again to exit at once, \(kept))")
+    }
 
     /// What an interrupt leaves, truthfully: the checkpoint there is, or that there is none.
     private func interruptedLine() -> String {
@@ -286,6 +311,7 @@ public final class Coordinator {
                 file.metadata["tether.workers"] = String(machine.members.count)
                 try Safetensors.write(file, to: runDirectory.appendingPathComponent(Checkpoint.fileName))
                 writtenCheckpointStep = Int(data.globalStep)
+                StopSignal.lossNote("the checkpoint of step \(data.globalStep) in \(runDirectory.path) is kept; the steps since are lost")
             case .abort(let message):
                 for m in machine.members { send(.abort(.init(originRank: -1, reason: message)), to: m.identity) }
                 for identity in heartbeatIdentities.values { send(.abort(.init(originRank: -1, reason: message)), to: identity) }
@@ -350,6 +376,14 @@ public final class Coordinator {
         case .checkpoint(let c): return .checkpoint(rank: rank, c)
         case .heartbeat: return .heartbeat(rank: rank)
         case .abort(let a): return .abort(rank: rank, reason: a.reason)
+        case .stop(let stop):
+            // A worker received a signal: it votes to stop in its next step's exchange.
+            let signal = [SIGINT, SIGTERM].contains(stop.signal) ? stop.signal : SIGTERM
+            if stopSignal == nil {
+                stopSignal = signal
+                progress.line("rank \(rank) received \(StopSignal.name(signal)): the job stops after the step in progress, with a checkpoint")
+            }
+            return .heartbeat(rank: rank)
         case .dataRequest(let request):
             let rows: Envelope.DataRows
             if request.indices.count > DataServing.rowsPerRequest {

@@ -9,6 +9,7 @@ import TetherComm
 /// Ready -> Start when all parameter hashes agree -> per global step, one StepReport from every rank
 /// (merged into one summary; hashes compared when reported) -> at epoch ends, every rank's EvalReport
 /// (merged) and rank 0's checkpoint -> Finish once the last step, its evaluation and its checkpoint are in.
+/// A graceful stop ends the job the same way after the step whose reports say `stopping`.
 public struct CoordinatorState {
     public struct Settings: Sendable {
         public var workers: Int
@@ -83,6 +84,11 @@ public struct CoordinatorState {
     public private(set) var phase: Phase = .joining
     public private(set) var members: [Member] = []
     public private(set) var completedSteps: Int
+    /// Set when the ranks agreed to stop early (a graceful stop, StepReport.stopping): the job ends
+    /// after this step, with its checkpoint, instead of after `totalSteps`.
+    public private(set) var stoppedAt: Int?
+    /// The step the job ends at: the run's last, or the one it stops after.
+    public var endStep: Int { stoppedAt ?? settings.totalSteps }
     private var stepReports: [Int: [Envelope.StepReport?]] = [:]
     private var evalReports: [Int: [Envelope.EvalReport?]] = [:]
     private var checkpointedStep = -1
@@ -147,8 +153,8 @@ public struct CoordinatorState {
             return [.start] + (completedSteps >= settings.totalSteps ? finishIfDone() : [])
         case .step(let rank, let report):
             guard phase == .training else { return [.dropped("rank \(rank) reported a step while the job is \(phase)")] }
-            guard let step = Int(exactly: report.globalStep), step > completedSteps, step <= settings.totalSteps else {
-                return fail("rank \(rank) reported step \(report.globalStep) while the job is at step \(completedSteps) of \(settings.totalSteps)")
+            guard let step = Int(exactly: report.globalStep), step > completedSteps, step <= endStep else {
+                return fail("rank \(rank) reported step \(report.globalStep) while the job is at step \(completedSteps) of \(endStep)")
             }
             guard report.count <= Self.maxSamplesPerReport, report.correct <= report.count, stepReports[step]?[rank] == nil else {
                 return fail("rank \(rank) sent an impossible step report for step \(step): count \(report.count), correct \(report.correct)"
@@ -166,6 +172,13 @@ public struct CoordinatorState {
                 let hashes = reports.map(\.parameterHash)
                 if hashes[0] != 0, let bad = hashes.indices.first(where: { hashes[$0] != hashes[0] }) {
                     return out + fail("rank \(bad)'s parameters diverged from rank 0's after step \(completedSteps + 1) (hash \(hex(hashes[bad])) vs \(hex(hashes[0])))")
+                }
+                // The stop vote is agreed in the step's exchange: every rank says the same, or one lies.
+                if reports.contains(where: \.stopping) {
+                    guard reports.allSatisfy(\.stopping), !stepReports.keys.contains(where: { $0 > completedSteps + 1 }) else {
+                        return out + fail("the ranks disagree whether the job stops after step \(completedSteps + 1)")
+                    }
+                    stoppedAt = completedSteps + 1
                 }
                 completedSteps += 1
                 out.append(.stepCompleted(StepSummary(
@@ -238,8 +251,8 @@ public struct CoordinatorState {
     /// Finish once the last step is in, its epoch's evaluation (if it ends one) is merged, and rank 0's
     /// checkpoint of it has arrived.
     private mutating func finishIfDone() -> [Directive] {
-        guard phase == .training, completedSteps == settings.totalSteps, checkpointedStep == settings.totalSteps else { return [] }
-        if let epoch = epochEnding(at: settings.totalSteps), !mergedEpochs.contains(epoch) { return [] }
+        guard phase == .training, completedSteps == endStep, checkpointedStep == endStep else { return [] }
+        if let epoch = epochEnding(at: endStep), !mergedEpochs.contains(epoch) { return [] }
         phase = .finished
         return [.finish]
     }

@@ -79,8 +79,15 @@ public final class Worker {
         authenticator?.stop()
     }
 
+    /// Set once the coordinator said Stop or this process received SIGINT/SIGTERM (`StopSignal`): this
+    /// rank votes to stop in each step's exchange from then on.
+    private var stopRequested = false
+    private var toldCoordinatorOfSignal = false
+
     /// Trains until the coordinator says Finish. A failure is also sent to the coordinator (once this
     /// worker has a rank), so the job stops with this worker's reason instead of waiting for its silence.
+    /// A signal before training ends the worker at once (`JobInterrupted`); while training, the job
+    /// stops gracefully after the step in progress.
     public func run() throws {
         do { try train() } catch {
             if rank >= 0 {
@@ -150,12 +157,13 @@ public final class Worker {
             try workload.fetch(epoch: 0)
             var failure: Error?
             workload.initializeFromData(reduce: { sums in
-                do { try sums.withUnsafeMutableBufferPointer { try ring.allReduce($0) } } catch { failure = failure ?? error }
+                do { _ = try sums.withUnsafeMutableBufferPointer { try ring.allReduce($0) } } catch { failure = failure ?? error }
             })
             if let failure { throw failure }
         }
         try control.send(.ready(.init(parameterHash: Self.hash(model.arena), layoutFingerprint: model.arena.layout.fingerprint)), from: rank)
         try waitFor("the start", within: 120) { if case .start = $0 { return () }; return nil }
+        trainingStarted = true
 
         let training = Training(workload: workload, optimizer: optimizer, ring: ring, config: config, bucketBytes: max(4, Int(assign.bucketBytes)))
         var machine = WorkerState(.init(rank: rank, stepsPerEpoch: workload.stepsPerEpoch, totalSteps: training.totalSteps,
@@ -167,10 +175,12 @@ public final class Worker {
             let d = directives.removeFirst()
             switch d {
             case .trainNextStep:
-                try checkForAbort()
+                try checkControl()
                 if state.stepInEpoch == 0 { workload.startEpoch(state.epoch) }
+                training.exchange.vote = stopRequested
                 report = try training.step(&state)
-                directives += machine.handle(.stepFinished(globalStep: state.globalStep))
+                report?.stopping = training.exchange.stopAgreed
+                directives += machine.handle(.stepFinished(globalStep: state.globalStep, stopping: training.exchange.stopAgreed))
             case .reportStep(let withHash):
                 if withHash { report?.parameterHash = Self.hash(model.arena) }
                 try control.send(.stepReport(report!), from: rank)
@@ -192,6 +202,9 @@ public final class Worker {
             case .fail(let message):
                 throw ClusterError("worker rank \(rank): \(message)")
             }
+        }
+        if let step = report, step.stopping, machine.globalStep < training.totalSteps {
+            log("worker rank \(rank): stopped after step \(machine.globalStep) of \(training.totalSteps); the coordinator holds its checkpoint")
         }
         log("worker rank \(rank): done, peak RSS \(Self.peakResidentMegabytes()) MB (\(model.arena.count) parameters, "
             + "optimizer state \(optimizer.stateTensors.reduce(0) { $0 + $1.count }) values)")
@@ -244,19 +257,55 @@ public final class Worker {
     }
 
     /// Messages from the coordinator until `want` accepts one (nil at the deadline); an Abort is an error.
+    /// A signal before this worker trains ends the wait (`JobInterrupted`); while it trains, a signal
+    /// or a Stop is noted (the next step's vote).
     private func receive<T>(until deadline: ContinuousClock.Instant, _ want: (Envelope.Body) -> T?) throws -> T? {
-        while let (_, env) = try control.receive(deadline: deadline) {
-            if case .abort(let a) = env.body { throw ClusterError("the coordinator stopped the job: \(a.reason)") }
+        while ContinuousClock.now < deadline {
+            try noteSignal()
+            guard let (_, env) = try control.receive(deadline: min(deadline, .now + .milliseconds(200))) else { continue }
+            if let body = env.body, try note(body) { continue }
             if let body = env.body, let value = want(body) { return value }
         }
         return nil
     }
 
-    private func checkForAbort() throws {
+    /// Reads what the coordinator sent while this worker computed: an Abort ends it, a Stop is noted.
+    private func checkControl() throws {
+        try noteSignal()
         while let (_, env) = try control.receive(deadline: .now) {
-            if case .abort(let a) = env.body { throw ClusterError("the coordinator stopped the job: \(a.reason)") }
+            if let body = env.body { _ = try note(body) }
         }
     }
+
+    /// True when `body` was an order this worker has now taken: Stop. An Abort throws.
+    private func note(_ body: Envelope.Body) throws -> Bool {
+        switch body {
+        case .abort(let a): throw ClusterError("the coordinator stopped the job: \(a.reason)")
+        case .stop(let s):
+            if !stopRequested { log("worker rank \(rank): \(s.reason.prefix(200)); stopping after the step in progress") }
+            stopRequested = true
+            return true
+        default: return false
+        }
+    }
+
+    /// A signal to this process: before it trains, the worker ends now; while it trains, it votes to
+    /// stop and tells the coordinator which signal (for its exit status and its log).
+    private func noteSignal() throws {
+        guard let signal = StopSignal.signal else { return }
+        guard trainingStarted else {
+            throw JobInterrupted(description: "worker: \(StopSignal.name(signal)) before training started; exiting", status: StopSignal.exitStatus)
+        }
+        stopRequested = true
+        if !toldCoordinatorOfSignal {
+            toldCoordinatorOfSignal = true
+            log("worker rank \(rank): \(StopSignal.name(signal)): the job stops after the step in progress (interrupt again to exit at once)")
+            try? control.send(.stop(.init(signal: signal, reason: "rank \(rank) received \(StopSignal.name(signal))")), from: rank)
+        }
+    }
+
+    /// Set once the coordinator said Start.
+    private var trainingStarted = false
 
     /// This process's peak resident set since it started (VmHWM). Not getrusage's ru_maxrss: Linux
     /// carries that over from the process that forked this one (`simulate`'s coordinator, with its data).
@@ -331,7 +380,7 @@ final class Training {
         try workload.fetch(epoch: nil)
         let report = workload.evaluate()
         var sums = [report.stats.lossSum, Double(report.stats.count)]
-        try sums.withUnsafeMutableBufferPointer { try ring.allReduce($0, step: UInt64(state.globalStep), bucket: 1 << 20) }
+        _ = try sums.withUnsafeMutableBufferPointer { try ring.allReduce($0, step: UInt64(state.globalStep), bucket: 1 << 20) }
         _ = state.recordValidation(loss: sums[1] > 0 ? sums[0] / sums[1] : .nan, schedule: config.schedule)
         return Envelope.EvalReport(epoch: UInt32(epoch), lossSum: report.stats.lossSum, count: UInt64(report.stats.count),
                                    correct: UInt64(report.stats.correct), scores: report.scores, labels: report.labels)

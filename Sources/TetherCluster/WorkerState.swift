@@ -21,8 +21,9 @@ public struct WorkerState: Sendable {
 
     public enum Event: Sendable {
         case started
-        /// The step that brought the run to `globalStep` steps is done.
-        case stepFinished(globalStep: Int)
+        /// The step that brought the run to `globalStep` steps is done; `stopping`: the ranks agreed in
+        /// its exchange to stop after it (a graceful stop: it ends like the run's last step).
+        case stepFinished(globalStep: Int, stopping: Bool = false)
         case coordinator(Envelope.Body)
     }
 
@@ -56,12 +57,12 @@ public struct WorkerState: Sendable {
         case (.waitingForStart, .started):
             phase = globalStep < plan.totalSteps ? .training : .waitingForFinish
             return [phase == .training ? .trainNextStep : .awaitFinish]
-        case (.training, .stepFinished(let step)):
+        case (.training, .stepFinished(let step, let stopping)):
             guard step == globalStep + 1, step <= plan.totalSteps else {
                 return fail("step \(step) finished after step \(globalStep) of \(plan.totalSteps)")
             }
             globalStep = step
-            let epochEnds = step % plan.stepsPerEpoch == 0, last = step == plan.totalSteps
+            let epochEnds = step % plan.stepsPerEpoch == 0, last = step == plan.totalSteps || stopping
             var out: [Directive] = [.reportStep(withHash: plan.hashEvery > 0 && (step % plan.hashEvery == 0 || epochEnds || last))]
             if epochEnds { out.append(.evaluate(epoch: step / plan.stepsPerEpoch - 1)) }
             if epochEnds || last || (plan.checkpointEvery > 0 && step % plan.checkpointEvery == 0) {

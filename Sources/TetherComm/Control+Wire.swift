@@ -3,7 +3,7 @@ import Foundation
 import TetherWire
 
 // The cluster's control messages (proto: Assign, Ready, Start, StepReport, EvalReport, CheckpointData,
-// Heartbeat) as Swift values, and their conversion to and from protobuf-c.
+// Heartbeat, Stop) as Swift values, and their conversion to and from protobuf-c.
 
 extension Envelope {
     public struct Assign: Equatable, Sendable {
@@ -46,6 +46,8 @@ extension Envelope {
         public var parameterHash: UInt64
         /// Of allreduceSeconds: waiting for a neighbour's data.
         public var waitSeconds: Double
+        /// The ranks agreed to stop after this step (Stop): the job ends here, with a checkpoint.
+        public var stopping = false
         public init(globalStep: UInt64, epoch: UInt32, lossSum: Double, count: UInt64, correct: UInt64, computeSeconds: Double,
                     allreduceSeconds: Double, optimizerSeconds: Double, parameterHash: UInt64, waitSeconds: Double) {
             (self.globalStep, self.epoch, self.lossSum, self.count, self.correct) = (globalStep, epoch, lossSum, count, correct)
@@ -82,6 +84,14 @@ extension Envelope {
         public init(split: UInt32, count: UInt32 = 0, shape: [UInt8] = [], rows: [UInt8] = [], error: String = "") {
             (self.split, self.count, self.shape, self.rows, self.error) = (split, count, shape, rows, error)
         }
+    }
+
+    /// A graceful stop: coordinator -> worker "stop after the step in progress"; worker -> coordinator
+    /// "this worker received `signal` and votes to stop".
+    public struct Stop: Equatable, Sendable {
+        public var signal: Int32
+        public var reason: String
+        public init(signal: Int32, reason: String) { (self.signal, self.reason) = (signal, reason) }
     }
 
     public struct CheckpointData: Equatable, Sendable {
@@ -152,6 +162,7 @@ extension Envelope {
             (m.global_step, m.epoch, m.loss_sum, m.count, m.correct) = (s.globalStep, s.epoch, s.lossSum, s.count, s.correct)
             (m.compute_seconds, m.allreduce_seconds, m.optimizer_seconds, m.parameter_hash) = (s.computeSeconds, s.allreduceSeconds, s.optimizerSeconds, s.parameterHash)
             m.wait_seconds = s.waitSeconds
+            m.stopping = s.stopping ? 1 : 0
             return withUnsafeMutablePointer(to: &m) { msg.body_case = TETHER__V1__ENVELOPE__BODY_STEP_REPORT; msg.step_report = $0; return pack(&msg) }
         case .evalReport(let e):
             var m = Tether__V1__EvalReport()
@@ -178,6 +189,11 @@ extension Envelope {
             (m.split, m.count) = (d.split, d.count)
             (m.shape, m.rows, m.error) = (arena.binary(d.shape), arena.binary(d.rows), arena.string(d.error))
             return withUnsafeMutablePointer(to: &m) { msg.body_case = TETHER__V1__ENVELOPE__BODY_DATA_ROWS; msg.data_rows = $0; return pack(&msg) }
+        case .stop(let s):
+            var m = Tether__V1__Stop()
+            tether__v1__stop__init(&m)
+            (m.signal, m.reason) = (s.signal, arena.string(s.reason))
+            return withUnsafeMutablePointer(to: &m) { msg.body_case = TETHER__V1__ENVELOPE__BODY_STOP; msg.stop = $0; return pack(&msg) }
         case .hello, .chunk, .abort:
             return nil
         }
@@ -226,9 +242,14 @@ extension Envelope {
             guard s.loss_sum.isFinite || s.count == 0 else {
                 throw WireError(message: "step report from rank \(env.sender_rank): loss \(s.loss_sum) at step \(s.global_step)")
             }
-            return .stepReport(StepReport(globalStep: s.global_step, epoch: s.epoch, lossSum: s.loss_sum, count: s.count, correct: s.correct,
-                                          computeSeconds: s.compute_seconds, allreduceSeconds: s.allreduce_seconds,
-                                          optimizerSeconds: s.optimizer_seconds, parameterHash: s.parameter_hash, waitSeconds: s.wait_seconds))
+            var report = StepReport(globalStep: s.global_step, epoch: s.epoch, lossSum: s.loss_sum, count: s.count, correct: s.correct,
+                                    computeSeconds: s.compute_seconds, allreduceSeconds: s.allreduce_seconds,
+                                    optimizerSeconds: s.optimizer_seconds, parameterHash: s.parameter_hash, waitSeconds: s.wait_seconds)
+            report.stopping = s.stopping != 0
+            return .stepReport(report)
+        case TETHER__V1__ENVELOPE__BODY_STOP:
+            guard let s = env.stop?.pointee else { return nil }
+            return .stop(Stop(signal: s.signal, reason: s.reason.map { String(cString: $0) } ?? ""))
         case TETHER__V1__ENVELOPE__BODY_EVAL_REPORT:
             guard let e = env.eval_report?.pointee else { return nil }
             guard e.n_scores == e.n_labels else {

@@ -28,6 +28,7 @@ public struct Envelope: Equatable, Sendable {
         case finish
         case dataRequest(DataRequest)
         case dataRows(DataRows)
+        case stop(Stop)
     }
 
     public struct Hello: Equatable, Sendable {
@@ -83,6 +84,8 @@ public struct ChunkHeader: Equatable, Sendable {
     public var checksum: UInt64
     public var layoutFingerprint: UInt64
     public var originRank: Int32
+    /// All-reduce: a rank this chunk passed through asks to stop after this step.
+    public var stopVote = false
 
     public init(operation: Operation, sequence: UInt64, step: UInt64, bucket: UInt32, ringStep: UInt32, chunkIndex: UInt32,
                 dtype: DType, totalCount: UInt64, offset: UInt64, elementCount: UInt64, checksum: UInt64,
@@ -129,7 +132,7 @@ extension Envelope {
             }
             if let packed { return packed }
             switch body {
-            case .none, .assign, .ready, .start, .stepReport, .evalReport, .checkpoint, .heartbeat, .finish, .dataRequest, .dataRows:
+            case .none, .assign, .ready, .start, .stepReport, .evalReport, .checkpoint, .heartbeat, .finish, .dataRequest, .dataRows, .stop:
                 return pack()
             case .hello(let h):
                 var hello = Tether__V1__Hello()
@@ -160,6 +163,7 @@ extension Envelope {
                 chunk.checksum = c.checksum
                 chunk.layout_fingerprint = c.layoutFingerprint
                 chunk.origin_rank = c.originRank
+                chunk.stop_vote = c.stopVote ? 1 : 0
                 return withUnsafeMutablePointer(to: &chunk) { cp in
                     msg.body_case = TETHER__V1__ENVELOPE__BODY_CHUNK
                     msg.chunk = cp
@@ -206,10 +210,12 @@ extension Envelope {
             guard let dtype = ChunkHeader.DType(rawValue: c.dtype.rawValue) else {
                 throw WireError(message: "chunk from rank \(env.sender_rank) has unknown dtype \(c.dtype.rawValue)")
             }
-            body = .chunk(ChunkHeader(operation: operation, sequence: c.sequence, step: c.step, bucket: c.bucket,
-                                      ringStep: c.ring_step, chunkIndex: c.chunk_index, dtype: dtype, totalCount: c.total_count,
-                                      offset: c.offset, elementCount: c.element_count, checksum: c.checksum,
-                                      layoutFingerprint: c.layout_fingerprint, originRank: c.origin_rank))
+            var header = ChunkHeader(operation: operation, sequence: c.sequence, step: c.step, bucket: c.bucket,
+                                     ringStep: c.ring_step, chunkIndex: c.chunk_index, dtype: dtype, totalCount: c.total_count,
+                                     offset: c.offset, elementCount: c.element_count, checksum: c.checksum,
+                                     layoutFingerprint: c.layout_fingerprint, originRank: c.origin_rank)
+            header.stopVote = c.stop_vote != 0
+            body = .chunk(header)
         case TETHER__V1__ENVELOPE__BODY_ABORT:
             guard let a = env.abort?.pointee else { break }
             body = .abort(Abort(originRank: a.origin_rank, reason: String(cString: a.reason)))

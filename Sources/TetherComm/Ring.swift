@@ -174,12 +174,18 @@ public final class Ring {
 
     /// Sums `buffer` over all ranks in place (or averages it: the sum divided by N). Every rank ends with
     /// bitwise the same values: each segment is reduced on one rank and then copied to the others.
-    public func allReduce(_ buffer: UnsafeMutableBufferPointer<Float>, average: Bool = false, step: UInt64 = 0, bucket: UInt32 = 0) throws {
-        try allReduceElements(buffer, average: average, step: step, bucket: bucket)
+    ///
+    /// `vote` rides along in the chunk headers (a stop request, ORed on the way): the result is whether
+    /// any rank voted, the same on every rank. Each segment's final vote is fixed where the segment is
+    /// completed and every rank sees every segment's, so all ranks agree without another message.
+    @discardableResult
+    public func allReduce(_ buffer: UnsafeMutableBufferPointer<Float>, average: Bool = false, step: UInt64 = 0, bucket: UInt32 = 0, vote: Bool = false) throws -> Bool {
+        try allReduceElements(buffer, average: average, step: step, bucket: bucket, vote: vote)
     }
 
-    public func allReduce(_ buffer: UnsafeMutableBufferPointer<Double>, average: Bool = false, step: UInt64 = 0, bucket: UInt32 = 0) throws {
-        try allReduceElements(buffer, average: average, step: step, bucket: bucket)
+    @discardableResult
+    public func allReduce(_ buffer: UnsafeMutableBufferPointer<Double>, average: Bool = false, step: UInt64 = 0, bucket: UInt32 = 0, vote: Bool = false) throws -> Bool {
+        try allReduceElements(buffer, average: average, step: step, bucket: bucket, vote: vote)
     }
 
     /// Copies `root`'s buffer into every rank's, pipelined along the ring from the root.
@@ -193,11 +199,13 @@ public final class Ring {
 
     // The generic bodies are internal so that the compiler specializes them for Float and Double here;
     // a public generic called from another module would run unspecialized.
-    func allReduceElements<T: RingElement>(_ buffer: UnsafeMutableBufferPointer<T>, average: Bool, step: UInt64, bucket: UInt32) throws {
+    func allReduceElements<T: RingElement>(_ buffer: UnsafeMutableBufferPointer<T>, average: Bool, step: UInt64, bucket: UInt32, vote: Bool) throws -> Bool {
         try run(.allReduce) {
-            guard size > 1 else { return }
+            guard size > 1 else { return vote }
             let n = buffer.count, base = buffer.baseAddress
-            let head = header(.allReduce, step: step, bucket: bucket, dtype: T.dtype, totalCount: n)
+            var head = header(.allReduce, step: step, bucket: bucket, dtype: T.dtype, totalCount: n)
+            head.stopVote = vote
+            var anyVote = vote
             let segments = (0..<size).map { segment($0, of: n) }
             let perChunk = max(1, options.chunkBytes / MemoryLayout<T>.stride)
             // Chunks leave straight from the buffer (libzmq reads them in place); a chunk's memory is not
@@ -217,12 +225,17 @@ public final class Ring {
                     let (frame, h) = try receive(e, verifying: false)
                     let y = UnsafeMutableBufferPointer(start: base.map { $0 + c.lowerBound }, count: c.count)
                     let made = try consume(frame, h, e, into: y, reducing ? .add(divideBy: average && ringStep == size - 2 ? T(size) : nil) : .copy)
+                    // Reducing adds this rank's vote to the chunk's; gathering passes a final vote on as it came.
+                    var next = head
+                    next.stopVote = h.stopVote || (reducing && vote)
+                    anyVote = anyVote || next.stopVote
                     guard ringStep < lastStep else { continue }
                     // Reduced chunks go on from the buffer; all-gather passes the received frame itself on.
-                    try sendChunk(head, ringStep: ringStep + 1, index: i, offset: c.lowerBound,
+                    try sendChunk(next, ringStep: ringStep + 1, index: i, offset: c.lowerBound,
                                   reducing ? lend(c, checksum: made) : .forwarded(frame, checksum: h.checksum))
                 }
             }
+            return anyVote
         }
     }
 

@@ -80,7 +80,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         case .chunk(let h):
             _ = ExpectedChunk(operation: .allReduce, ringStep: 0, chunkIndex: 0, dtype: .f32, offset: 0, count: 4, totalCount: 8)
                 .mismatch(h, sequence: 0, layoutFingerprint: 0, payloadBytes: 16)
-        case .start, .heartbeat, .finish:
+        case .start, .heartbeat, .finish, .stop:
             break
         }
     }

@@ -88,6 +88,8 @@ public final class Trainer {
         let runStart = Date()
         var window = (stats: BatchStats(), since: Date(), steps: 0)
         var outcome = TrainingSummary.Outcome.finished
+        StopSignal.lossNote(state.globalStep > 0 ? "the checkpoint of step \(state.globalStep) in \(runDirectory.path) is kept; the steps since are lost"
+                                                 : "nothing of this run is kept (no checkpoint was written yet)")
 
         training: while state.globalStep < totalSteps {
             var epochStats = BatchStats()
@@ -95,7 +97,11 @@ public final class Trainer {
             if state.stepInEpoch == 0 { workload.startEpoch(state.epoch) }
             while state.stepInEpoch < stepsPerEpoch && state.globalStep < totalSteps {
                 if let stop = stopAfterSteps, state.globalStep >= stop { outcome = .stoppedEarly; break training }
-                if StopSignal.requested { outcome = .interrupted; break training }
+                if StopSignal.requested {
+                    outcome = .interrupted
+                    progress.line("\(StopSignal.name(StopSignal.signal!)): writing the checkpoint of step \(state.globalStep) (interrupt again to exit at once)")
+                    break training
+                }
                 let stats = try step()
                 epochStats = epochStats + stats
                 window.stats = window.stats + stats
@@ -164,5 +170,6 @@ public final class Trainer {
         state.rng = model.context.rng
         try Safetensors.write(Checkpoint.file(model: model, optimizer: optimizer, config: config, state: state,
                                               metadata: workload.checkpointMetadata), to: checkpointURL)
+        StopSignal.lossNote("the checkpoint of step \(state.globalStep) in \(runDirectory.path) is kept; the steps since are lost")
     }
 }

@@ -457,6 +457,51 @@ void   tether__v1__heartbeat__free_unpacked
   assert(message->base.descriptor == &tether__v1__heartbeat__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   tether__v1__stop__init
+                     (Tether__V1__Stop         *message)
+{
+  static const Tether__V1__Stop init_value = TETHER__V1__STOP__INIT;
+  *message = init_value;
+}
+size_t tether__v1__stop__get_packed_size
+                     (const Tether__V1__Stop *message)
+{
+  assert(message->base.descriptor == &tether__v1__stop__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t tether__v1__stop__pack
+                     (const Tether__V1__Stop *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &tether__v1__stop__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t tether__v1__stop__pack_to_buffer
+                     (const Tether__V1__Stop *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &tether__v1__stop__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Tether__V1__Stop *
+       tether__v1__stop__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Tether__V1__Stop *)
+     protobuf_c_message_unpack (&tether__v1__stop__descriptor,
+                                allocator, len, data);
+}
+void   tether__v1__stop__free_unpacked
+                     (Tether__V1__Stop *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &tether__v1__stop__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   tether__v1__finish__init
                      (Tether__V1__Finish         *message)
 {
@@ -637,7 +682,7 @@ void   tether__v1__abort__free_unpacked
   assert(message->base.descriptor == &tether__v1__abort__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
-static const ProtobufCFieldDescriptor tether__v1__envelope__field_descriptors[16] =
+static const ProtobufCFieldDescriptor tether__v1__envelope__field_descriptors[17] =
 {
   {
     "protocol_version",
@@ -831,6 +876,18 @@ static const ProtobufCFieldDescriptor tether__v1__envelope__field_descriptors[16
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "stop",
+    23,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Tether__V1__Envelope, body_case),
+    offsetof(Tether__V1__Envelope, stop),
+    &tether__v1__stop__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tether__v1__envelope__field_indices_by_name[] = {
   5,   /* field[5] = abort */
@@ -849,12 +906,13 @@ static const unsigned tether__v1__envelope__field_indices_by_name[] = {
   2,   /* field[2] = sender_rank */
   8,   /* field[8] = start */
   9,   /* field[9] = step_report */
+  16,   /* field[16] = stop */
 };
 static const ProtobufCIntRange tether__v1__envelope__number_ranges[2 + 1] =
 {
   { 1, 0 },
   { 10, 3 },
-  { 0, 16 }
+  { 0, 17 }
 };
 const ProtobufCMessageDescriptor tether__v1__envelope__descriptor =
 {
@@ -864,7 +922,7 @@ const ProtobufCMessageDescriptor tether__v1__envelope__descriptor =
   "Tether__V1__Envelope",
   "tether.v1",
   sizeof(Tether__V1__Envelope),
-  16,
+  17,
   tether__v1__envelope__field_descriptors,
   tether__v1__envelope__field_indices_by_name,
   2,  tether__v1__envelope__number_ranges,
@@ -1250,7 +1308,7 @@ const ProtobufCMessageDescriptor tether__v1__start__descriptor =
   (ProtobufCMessageInit) tether__v1__start__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tether__v1__step_report__field_descriptors[10] =
+static const ProtobufCFieldDescriptor tether__v1__step_report__field_descriptors[11] =
 {
   {
     "global_step",
@@ -1372,6 +1430,18 @@ static const ProtobufCFieldDescriptor tether__v1__step_report__field_descriptors
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "stopping",
+    11,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__StepReport, stopping),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tether__v1__step_report__field_indices_by_name[] = {
   6,   /* field[6] = allreduce_seconds */
@@ -1383,12 +1453,13 @@ static const unsigned tether__v1__step_report__field_indices_by_name[] = {
   2,   /* field[2] = loss_sum */
   7,   /* field[7] = optimizer_seconds */
   8,   /* field[8] = parameter_hash */
+  10,   /* field[10] = stopping */
   9,   /* field[9] = wait_seconds */
 };
 static const ProtobufCIntRange tether__v1__step_report__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 10 }
+  { 0, 11 }
 };
 const ProtobufCMessageDescriptor tether__v1__step_report__descriptor =
 {
@@ -1398,7 +1469,7 @@ const ProtobufCMessageDescriptor tether__v1__step_report__descriptor =
   "Tether__V1__StepReport",
   "tether.v1",
   sizeof(Tether__V1__StepReport),
-  10,
+  11,
   tether__v1__step_report__field_descriptors,
   tether__v1__step_report__field_indices_by_name,
   1,  tether__v1__step_report__number_ranges,
@@ -1577,6 +1648,57 @@ const ProtobufCMessageDescriptor tether__v1__heartbeat__descriptor =
   (ProtobufCMessageInit) tether__v1__heartbeat__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
+static const ProtobufCFieldDescriptor tether__v1__stop__field_descriptors[2] =
+{
+  {
+    "signal",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_INT32,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__Stop, signal),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "reason",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__Stop, reason),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned tether__v1__stop__field_indices_by_name[] = {
+  1,   /* field[1] = reason */
+  0,   /* field[0] = signal */
+};
+static const ProtobufCIntRange tether__v1__stop__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 2 }
+};
+const ProtobufCMessageDescriptor tether__v1__stop__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "tether.v1.Stop",
+  "Stop",
+  "Tether__V1__Stop",
+  "tether.v1",
+  sizeof(Tether__V1__Stop),
+  2,
+  tether__v1__stop__field_descriptors,
+  tether__v1__stop__field_indices_by_name,
+  1,  tether__v1__stop__number_ranges,
+  (ProtobufCMessageInit) tether__v1__stop__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
 #define tether__v1__finish__field_descriptors NULL
 #define tether__v1__finish__field_indices_by_name NULL
 #define tether__v1__finish__number_ranges NULL
@@ -1659,7 +1781,7 @@ const ProtobufCMessageDescriptor tether__v1__hello__descriptor =
   (ProtobufCMessageInit) tether__v1__hello__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tether__v1__chunk_header__field_descriptors[13] =
+static const ProtobufCFieldDescriptor tether__v1__chunk_header__field_descriptors[14] =
 {
   {
     "operation",
@@ -1817,6 +1939,18 @@ static const ProtobufCFieldDescriptor tether__v1__chunk_header__field_descriptor
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "stop_vote",
+    14,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__ChunkHeader, stop_vote),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tether__v1__chunk_header__field_indices_by_name[] = {
   3,   /* field[3] = bucket */
@@ -1831,12 +1965,13 @@ static const unsigned tether__v1__chunk_header__field_indices_by_name[] = {
   4,   /* field[4] = ring_step */
   1,   /* field[1] = sequence */
   2,   /* field[2] = step */
+  13,   /* field[13] = stop_vote */
   7,   /* field[7] = total_count */
 };
 static const ProtobufCIntRange tether__v1__chunk_header__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 13 }
+  { 0, 14 }
 };
 const ProtobufCMessageDescriptor tether__v1__chunk_header__descriptor =
 {
@@ -1846,7 +1981,7 @@ const ProtobufCMessageDescriptor tether__v1__chunk_header__descriptor =
   "Tether__V1__ChunkHeader",
   "tether.v1",
   sizeof(Tether__V1__ChunkHeader),
-  13,
+  14,
   tether__v1__chunk_header__field_descriptors,
   tether__v1__chunk_header__field_indices_by_name,
   1,  tether__v1__chunk_header__number_ranges,

@@ -208,7 +208,7 @@ struct RankRun {
         var buffer = [Float](repeating: 1, count: elements)
         if check {
             for i in 0..<elements { buffer[i] = Self.value(i, rank: rank) }
-            try buffer.withUnsafeMutableBufferPointer { try ring.allReduce($0) }
+            _ = try buffer.withUnsafeMutableBufferPointer { try ring.allReduce($0) }
             var worst = 0.0
             for i in 0..<elements {
                 let exact = (0..<addresses.count).reduce(0.0) { $0 + Double(Self.value(i, rank: $1)) }
@@ -223,7 +223,7 @@ struct RankRun {
             let before = ring.statistics, start = ContinuousClock.now
             // Average keeps the values bounded over many iterations; it costs one division per element
             // of the rank's own segment.
-            try buffer.withUnsafeMutableBufferPointer { try ring.allReduce($0, average: true) }
+            _ = try buffer.withUnsafeMutableBufferPointer { try ring.allReduce($0, average: true) }
             guard i >= warmup else { continue }
             report.seconds.append(start.duration(to: .now).seconds)
             report.statistics += ring.statistics - before

@@ -74,7 +74,16 @@ struct WorkerCommand: ParsableCommand {
             let (restarts, coordinator) = (maxRestarts, coordinator)
             options.endProcess = { _ in Self.joinAgain(coordinator, restartsLeft: restarts - 1) }
         }
-        do { try Worker(options).run() } catch {
+        do {
+            try Worker(options).run()
+            // stopped gracefully by a signal to this process: its status says so
+            if StopSignal.requested { throw ExitCode(StopSignal.exitStatus) }
+        } catch let e as ExitCode {
+            throw e
+        } catch let interrupted as JobInterrupted {
+            FileHandle.standardError.write(Data("tether \(interrupted)\n".utf8))
+            throw ExitCode(interrupted.status)
+        } catch {
             guard maxRestarts > 0 else { exitWithError(error) }
             FileHandle.standardError.write(Data("tether worker: \(error)\n".utf8))
             Self.joinAgain(coordinator, restartsLeft: maxRestarts - 1)
@@ -158,6 +167,9 @@ struct Simulate: ParsableCommand {
             }
             try coordinator.run()
             ClusterJob.reap(children, within: 10)
+        } catch let stopped as JobInterrupted {
+            ClusterJob.reap(children, within: 10) // told Finish, they exit
+            throw stopped
         } catch {
             ClusterJob.reap(children, within: 2)
             throw ClusterJob.TrainingFailure(error: error)
@@ -219,11 +231,16 @@ struct ClusterJob: ParsableArguments {
         }
     }
 
-    /// Ends a failed job: exit status 130 after an interrupt, else the error on one line.
+    /// Ends a stopped or failed job: after a signal (here or to a worker) with 128 + the signal (130 for
+    /// Ctrl-C, 143 for SIGTERM), else the error on one line.
     static func stop(_ error: Error) throws -> Never {
+        if let stopped = error as? JobInterrupted {
+            FileHandle.standardError.write(Data("tether: \(stopped)\n".utf8))
+            throw ExitCode(stopped.status)
+        }
         if StopSignal.requested {
             FileHandle.standardError.write(Data("tether: \(error)\n".utf8))
-            throw ExitCode(130)
+            throw ExitCode(StopSignal.exitStatus)
         }
         exitWithError(error)
     }
@@ -239,8 +256,8 @@ struct ClusterJob: ParsableArguments {
 }
 
 /// A worker process must never outlive a failed job: it takes SIGINT and SIGTERM (a parent spawning it
-/// from a thread with those signals blocked passes the mask on), and one started by `simulate` asks the
-/// kernel to kill it when that parent dies.
+/// from a thread with those signals blocked passes the mask on) as a graceful stop, a second one ends it
+/// at once; one started by `simulate` asks the kernel to kill it when that parent dies.
 enum ProcessLifetime {
     static let parentVariable = "TETHER_SIMULATE_PARENT"
 
@@ -248,8 +265,8 @@ enum ProcessLifetime {
         var none = sigset_t()
         sigemptyset(&none)
         pthread_sigmask(SIG_SETMASK, &none, nil)
-        signal(SIGINT, SIG_DFL)
-        signal(SIGTERM, SIG_DFL)
+        StopSignal.install()
+        StopSignal.lossNote("this worker's step in progress is lost; the job's last checkpoint is the one its coordinator wrote")
         if let parent = ProcessInfo.processInfo.environment[parentVariable].flatMap(Int32.init) {
             _ = tether_die_with_parent()
             if getppid() != parent { exit(1) } // the parent died before the request took effect

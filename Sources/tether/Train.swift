@@ -21,7 +21,7 @@ struct Train: ParsableCommand {
             if resume { base = try Checkpoint.Loaded(dir.appendingPathComponent(Checkpoint.fileName)).config }
             let trainer = try Trainer(config: training.applied(to: base), runDirectory: dir, resume: resume)
             let summary = try trainer.run(stopAfterSteps: stopAfterSteps)
-            if summary.outcome == .interrupted { throw ExitCode(130) }
+            if summary.outcome == .interrupted { throw ExitCode(StopSignal.exitStatus) }
         } catch let e as ExitCode {
             throw e
         } catch {

@@ -30,6 +30,29 @@ import TetherComm
         return s
     }
 
+    /// A graceful stop: the reports of step 1 say `stopping` -> the job ends after it once rank 0's
+    /// checkpoint of step 1 is in (no evaluation: step 1 ends no epoch), and a report of a later step is
+    /// refused. Ranks that disagree about stopping fail the job.
+    @Test func aGracefulStopEndsTheJobAfterTheAgreedStep() {
+        var s = started(workers: 2, total: 4, perEpoch: 2)
+        var stopping = report(1)
+        stopping.stopping = true
+        #expect(s.handle(.step(rank: 0, stopping), now: 2).isEmpty)
+        guard case .stepCompleted? = s.handle(.step(rank: 1, stopping), now: 2).first else { Issue.record("step 1 did not complete"); return }
+        #expect(s.stoppedAt == 1 && s.endStep == 1)
+        #expect(s.handle(.checkpoint(rank: 0, .init(globalStep: 1, safetensors: [])), now: 2) == [.writeCheckpoint(.init(globalStep: 1, safetensors: [])), .finish])
+        #expect(s.phase == .finished)
+
+        var late = started(workers: 2, total: 4, perEpoch: 2)
+        _ = late.handle(.step(rank: 0, stopping), now: 2)
+        _ = late.handle(.step(rank: 1, stopping), now: 2)
+        #expect(late.handle(.step(rank: 0, report(2)), now: 2) == [.abort("rank 0 reported step 2 while the job is at step 1 of 1")])
+
+        var split = started(workers: 2, total: 4, perEpoch: 2)
+        _ = split.handle(.step(rank: 0, stopping), now: 2)
+        #expect(split.handle(.step(rank: 1, report(1)), now: 2) == [.abort("the ranks disagree whether the job stops after step 1")])
+    }
+
     /// Elastic (3 workers, at least 2): two hellos, then none for the last call -> the job forms with
     /// two; a third worker is turned away without failing it; a worker's repeated Hello is no new worker;
     /// silence is counted from the forming, not from the hellos.

@@ -25,6 +25,21 @@ import TetherComm
         #expect(s.phase == .finished)
     }
 
+    /// A step whose exchange agreed to stop ends the run there: reported with the hash, rank 0's
+    /// checkpoint of it (every rank shares its state for it), then Finish; at an epoch end, evaluated first.
+    @Test func aGracefulStopEndsTheRunAfterTheAgreedStep() {
+        for (rank, stopAt) in [(0, 2), (1, 2), (0, 3)] {
+            var s = WorkerState(plan(rank: rank, hashEvery: 5))
+            _ = s.handle(.started)
+            for step in 1..<stopAt { _ = s.handle(.stepFinished(globalStep: step)) }
+            let expected: [WorkerState.Directive] = [.reportStep(withHash: true)] + (stopAt == 3 ? [.evaluate(epoch: 0)] : [])
+                + [.shareReplicaState] + (rank == 0 ? [.sendCheckpoint] : []) + [.awaitFinish]
+            #expect(s.handle(.stepFinished(globalStep: stopAt, stopping: true)) == expected, "rank \(rank), stop at \(stopAt)")
+            #expect(s.phase == .waitingForFinish)
+            #expect(s.handle(.coordinator(.finish)) == [.exit])
+        }
+    }
+
     @Test func otherRanksSendNoCheckpointsAndPeriodicCheckpointsFollowThePlan() {
         var other = WorkerState(plan(rank: 1))
         _ = other.handle(.started)

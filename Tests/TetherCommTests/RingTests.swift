@@ -80,7 +80,7 @@ func input(rank: Int, count: Int) -> [Float] {
         let results = onRanks(c.ranks) { rank -> [Float] in
             let r = try ring.ring(rank) { $0.chunkBytes = chunkBytes }
             var x = input(rank: rank, count: c.count)
-            try x.withUnsafeMutableBufferPointer { try r.allReduce($0) }
+            _ = try x.withUnsafeMutableBufferPointer { try r.allReduce($0) }
             return x
         }
         let outputs = try results.map { try $0.get() }
@@ -101,7 +101,7 @@ func input(rank: Int, count: Int) -> [Float] {
         let results = onRanks(ranks) { rank -> [Double] in
             let r = try ring.ring(rank) { $0.chunkBytes = 16 }
             var x = (0..<11).map { Double($0 * (rank + 1)) }
-            try x.withUnsafeMutableBufferPointer { try r.allReduce($0, average: true) }
+            _ = try x.withUnsafeMutableBufferPointer { try r.allReduce($0, average: true) }
             return x
         }
         let mean = Double((1...ranks).reduce(0, +)) / Double(ranks)
@@ -116,13 +116,36 @@ func input(rank: Int, count: Int) -> [Float] {
             var last: [Float] = []
             for step in 0..<4 {
                 var x = [Float](repeating: Float(rank + step), count: 7)
-                try x.withUnsafeMutableBufferPointer { try r.allReduce($0, step: UInt64(step), bucket: UInt32(step % 2)) }
+                _ = try x.withUnsafeMutableBufferPointer { try r.allReduce($0, step: UInt64(step), bucket: UInt32(step % 2)) }
                 try r.barrier()
                 last = x
             }
             return last
         }
         for r in results { #expect(try r.get() == [Float](repeating: 0 + 1 + 2 + 3 * 3, count: 7)) }
+    }
+
+    /// A stop vote rides in the all-reduce's headers: with one voter (each rank in turn) every rank
+    /// learns it in the same collective, with none nobody does; the sums are untouched. Several chunks
+    /// per segment and an empty segment (fewer elements than ranks) included.
+    @Test(arguments: [1, 2, 3, 5])
+    func everyRankLearnsAStopVoteInTheSameAllReduce(ranks: Int) throws {
+        for count in [3, 40] {
+            for voter in [nil] + Array(0..<ranks) {
+                let ring = try TestRing(ranks, .inproc)
+                let results = onRanks(ranks) { rank -> (Bool, [Float]) in
+                    let r = try ring.ring(rank) { $0.chunkBytes = 8 }
+                    var x = [Float](repeating: Float(rank + 1), count: count)
+                    let agreed = try x.withUnsafeMutableBufferPointer { try r.allReduce($0, vote: rank == voter) }
+                    return (agreed, x)
+                }
+                for (rank, result) in results.enumerated() {
+                    let (agreed, sums) = try result.get()
+                    #expect(agreed == (voter != nil), "rank \(rank) of \(ranks), voter \(voter.map(String.init) ?? "none"), \(count) elements")
+                    #expect(sums == [Float](repeating: Float(ranks * (ranks + 1) / 2), count: count))
+                }
+            }
+        }
     }
 
     @Test(arguments: [(1, 5), (2, 0), (3, 1), (5, 1003)])
@@ -195,7 +218,7 @@ func input(rank: Int, count: Int) -> [Float] {
         let e = errors(onRanks(2) { rank in
             let r = try ring.ring(rank)
             var x = [Float](repeating: 1, count: rank == 0 ? 10 : 12)
-            try x.withUnsafeMutableBufferPointer { try r.allReduce($0) }
+            _ = try x.withUnsafeMutableBufferPointer { try r.allReduce($0) }
         })
         #expect(e[0].contains("rank 0 and rank 1 disagree on the element count: 10 on rank 0, 12 from rank 1"))
         #expect(e[1].contains("rank 1 and rank 0 disagree on the element count: 12 on rank 1, 10 from rank 0"))
@@ -206,7 +229,7 @@ func input(rank: Int, count: Int) -> [Float] {
         let e = errors(onRanks(2) { rank in
             let r = try ring.ring(rank)
             var x = [Float](repeating: 1, count: 4)
-            try x.withUnsafeMutableBufferPointer { try r.allReduce($0, step: UInt64(7 + rank)) }
+            _ = try x.withUnsafeMutableBufferPointer { try r.allReduce($0, step: UInt64(7 + rank)) }
         })
         #expect(e[0].contains("disagree on the step and bucket: step 7 bucket 0 on rank 0, step 8 bucket 0 from rank 1"))
     }
@@ -241,7 +264,7 @@ func input(rank: Int, count: Int) -> [Float] {
         let r = try ring.ring(0) { $0.timeout = .seconds(2) }
         try feed(fake)
         var x = [Float](repeating: 1, count: 8)
-        do { try x.withUnsafeMutableBufferPointer { try r.allReduce($0) } } catch { return "\(error)" }
+        do { _ = try x.withUnsafeMutableBufferPointer { try r.allReduce($0) } } catch { return "\(error)" }
         return ""
     }
 
@@ -307,7 +330,7 @@ func input(rank: Int, count: Int) -> [Float] {
         let done = DispatchSemaphore(value: 0)
         Thread {
             var x = [Float](repeating: 1, count: 8)
-            do { try x.withUnsafeMutableBufferPointer { try r.allReduce($0) }; result.append("\(x)") } catch { result.append("\(error)") }
+            do { _ = try x.withUnsafeMutableBufferPointer { try r.allReduce($0) }; result.append("\(x)") } catch { result.append("\(error)") }
             done.signal()
         }.start()
         Thread.sleep(forTimeInterval: 0.3)
@@ -356,9 +379,9 @@ func input(rank: Int, count: Int) -> [Float] {
         let e = errors(onRanks(3) { rank in
             let r = try ring.ring(rank) { $0.timeout = .milliseconds(rank == 0 ? 3000 : 500); $0.chunkBytes = 8 }
             var x = [Float](repeating: 1, count: 30)
-            try x.withUnsafeMutableBufferPointer { try r.allReduce($0) }
+            _ = try x.withUnsafeMutableBufferPointer { try r.allReduce($0) }
             if rank == 1 { return }   // rank 1 leaves before the second collective
-            try x.withUnsafeMutableBufferPointer { try r.allReduce($0) }
+            _ = try x.withUnsafeMutableBufferPointer { try r.allReduce($0) }
         })
         #expect(e[1] == "")
         #expect(e[2].contains("rank 2: no message from rank 1"))

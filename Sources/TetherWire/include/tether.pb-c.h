@@ -25,6 +25,7 @@ typedef struct Tether__V1__StepReport Tether__V1__StepReport;
 typedef struct Tether__V1__EvalReport Tether__V1__EvalReport;
 typedef struct Tether__V1__CheckpointData Tether__V1__CheckpointData;
 typedef struct Tether__V1__Heartbeat Tether__V1__Heartbeat;
+typedef struct Tether__V1__Stop Tether__V1__Stop;
 typedef struct Tether__V1__Finish Tether__V1__Finish;
 typedef struct Tether__V1__Hello Tether__V1__Hello;
 typedef struct Tether__V1__ChunkHeader Tether__V1__ChunkHeader;
@@ -89,7 +90,8 @@ typedef enum {
   TETHER__V1__ENVELOPE__BODY_HEARTBEAT = 19,
   TETHER__V1__ENVELOPE__BODY_FINISH = 20,
   TETHER__V1__ENVELOPE__BODY_DATA_REQUEST = 21,
-  TETHER__V1__ENVELOPE__BODY_DATA_ROWS = 22
+  TETHER__V1__ENVELOPE__BODY_DATA_ROWS = 22,
+  TETHER__V1__ENVELOPE__BODY_STOP = 23
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(TETHER__V1__ENVELOPE__BODY__CASE)
 } Tether__V1__Envelope__BodyCase;
 
@@ -126,6 +128,7 @@ struct  Tether__V1__Envelope
     Tether__V1__Finish *finish;
     Tether__V1__DataRequest *data_request;
     Tether__V1__DataRows *data_rows;
+    Tether__V1__Stop *stop;
   };
 };
 #define TETHER__V1__ENVELOPE__INIT \
@@ -286,10 +289,14 @@ struct  Tether__V1__StepReport
    * of allreduce_seconds: waiting for a neighbour's data
    */
   double wait_seconds;
+  /*
+   * the ranks agreed in this step's exchange to stop after it (a Stop or a signal)
+   */
+  protobuf_c_boolean stopping;
 };
 #define TETHER__V1__STEP_REPORT__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tether__v1__step_report__descriptor) \
-    , 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
+    , 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
 
 
 /*
@@ -336,6 +343,25 @@ struct  Tether__V1__Heartbeat
 #define TETHER__V1__HEARTBEAT__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tether__v1__heartbeat__descriptor) \
      }
+
+
+/*
+ * A graceful stop (Ctrl-C, SIGTERM). Coordinator -> worker: stop after the step in progress, leaving a
+ * checkpoint of it. Worker -> coordinator: this worker received `signal` and will vote to stop.
+ * The ranks agree on the step through the stop vote of the step's all-reduce (ChunkHeader.stop_vote).
+ */
+struct  Tether__V1__Stop
+{
+  ProtobufCMessage base;
+  /*
+   * the signal that asked for it (2 SIGINT, 15 SIGTERM)
+   */
+  int32_t signal;
+  char *reason;
+};
+#define TETHER__V1__STOP__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&tether__v1__stop__descriptor) \
+    , 0, (char *)protobuf_c_empty_string }
 
 
 /*
@@ -425,10 +451,15 @@ struct  Tether__V1__ChunkHeader
    * all-gather and broadcast: the rank whose data this is
    */
   int32_t origin_rank;
+  /*
+   * All-reduce: some rank asks to stop after this step (OR of the votes the chunk has passed through;
+   * every rank ends a collective with the OR of all ranks' votes, so all stop after the same step).
+   */
+  protobuf_c_boolean stop_vote;
 };
 #define TETHER__V1__CHUNK_HEADER__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tether__v1__chunk_header__descriptor) \
-    , TETHER__V1__OPERATION__OPERATION_UNSPECIFIED, 0, 0, 0, 0, 0, TETHER__V1__DTYPE__DTYPE_UNSPECIFIED, 0, 0, 0, 0, 0, 0 }
+    , TETHER__V1__OPERATION__OPERATION_UNSPECIFIED, 0, 0, 0, 0, 0, TETHER__V1__DTYPE__DTYPE_UNSPECIFIED, 0, 0, 0, 0, 0, 0, 0 }
 
 
 /*
@@ -639,6 +670,25 @@ Tether__V1__Heartbeat *
 void   tether__v1__heartbeat__free_unpacked
                      (Tether__V1__Heartbeat *message,
                       ProtobufCAllocator *allocator);
+/* Tether__V1__Stop methods */
+void   tether__v1__stop__init
+                     (Tether__V1__Stop         *message);
+size_t tether__v1__stop__get_packed_size
+                     (const Tether__V1__Stop   *message);
+size_t tether__v1__stop__pack
+                     (const Tether__V1__Stop   *message,
+                      uint8_t             *out);
+size_t tether__v1__stop__pack_to_buffer
+                     (const Tether__V1__Stop   *message,
+                      ProtobufCBuffer     *buffer);
+Tether__V1__Stop *
+       tether__v1__stop__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   tether__v1__stop__free_unpacked
+                     (Tether__V1__Stop *message,
+                      ProtobufCAllocator *allocator);
 /* Tether__V1__Finish methods */
 void   tether__v1__finish__init
                      (Tether__V1__Finish         *message);
@@ -747,6 +797,9 @@ typedef void (*Tether__V1__CheckpointData_Closure)
 typedef void (*Tether__V1__Heartbeat_Closure)
                  (const Tether__V1__Heartbeat *message,
                   void *closure_data);
+typedef void (*Tether__V1__Stop_Closure)
+                 (const Tether__V1__Stop *message,
+                  void *closure_data);
 typedef void (*Tether__V1__Finish_Closure)
                  (const Tether__V1__Finish *message,
                   void *closure_data);
@@ -778,6 +831,7 @@ extern const ProtobufCMessageDescriptor tether__v1__step_report__descriptor;
 extern const ProtobufCMessageDescriptor tether__v1__eval_report__descriptor;
 extern const ProtobufCMessageDescriptor tether__v1__checkpoint_data__descriptor;
 extern const ProtobufCMessageDescriptor tether__v1__heartbeat__descriptor;
+extern const ProtobufCMessageDescriptor tether__v1__stop__descriptor;
 extern const ProtobufCMessageDescriptor tether__v1__finish__descriptor;
 extern const ProtobufCMessageDescriptor tether__v1__hello__descriptor;
 extern const ProtobufCMessageDescriptor tether__v1__chunk_header__descriptor;
