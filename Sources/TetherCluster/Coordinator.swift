@@ -74,16 +74,19 @@ public final class Coordinator {
         let checkpointURL = runDirectory.appendingPathComponent(Checkpoint.fileName)
         var config = given
         var resumeMetadata: [String: String] = [:]
+        var resumedConfig: TrainingConfig?
         // The workers whose --batch x count is the global batch: the checkpoint's, or this job's.
         var batchWorkers = options.workers
         if resume {
             let loaded = try Checkpoint.Loaded(checkpointURL)
             let changed = given.fieldsDiffering(from: loaded.config)
             guard changed.isEmpty else { throw ConfigError(message: "a resumed run keeps its configuration, but \(changed.joined(separator: ", ")) differ from \(loaded.path)") }
-            batchWorkers = loaded.file.metadata["tether.workers"].flatMap(Int.init) ?? options.workers
+            // a checkpoint without it was written by `train`: one process
+            batchWorkers = loaded.file.metadata["tether.workers"].flatMap(Int.init) ?? 1
             resumeBytes = [UInt8](try Data(contentsOf: checkpointURL))
             startState = loaded.state
             resumeMetadata = loaded.file.metadata
+            resumedConfig = loaded.config
         } else if FileManager.default.fileExists(atPath: checkpointURL.path) {
             throw ConfigError(message: "\(checkpointURL.path) exists: pass --resume to continue that run, or choose another --run-dir")
         }
@@ -92,7 +95,7 @@ public final class Coordinator {
         if batchWorkers != options.workers || options.elastic {
             config.globalBatch = config.globalBatch(workers: batchWorkers)
             if batchWorkers != options.workers && !options.elastic {
-                progress.line("resuming a run of \(batchWorkers) workers with \(options.workers): the global batch stays \(config.globalBatch!) samples a step")
+                progress.line("resuming a run of \(batchWorkers == 1 ? "1 process" : "\(batchWorkers) workers") with \(options.workers): the global batch stays \(config.globalBatch!) samples a step")
             }
         }
         if let g = config.globalBatch, g < options.minWorkers {
@@ -109,11 +112,12 @@ public final class Coordinator {
         if options.serveData { served = probe.servedSplits }
         evaluationKind = Workloads.evaluationKind(for: config.model)
         let total = config.totalSteps(stepsPerEpoch: stepsPerEpoch)
-        if let done = startState?.globalStep, done >= total {
-            guard options.finishedIsDone else {
-                throw ConfigError(message: "the run in \(runDirectory.path) has finished its \(done) steps; continue it with more --epochs or --max-steps")
+        if let done = startState?.globalStep, let stored = resumedConfig {
+            do {
+                if let line = try config.resumeLine(from: stored, at: done, stepsPerEpoch: stepsPerEpoch, runDirectory: runDirectory.path) { progress.line(line) }
+            } catch where options.finishedIsDone {
+                finishedSteps = done
             }
-            finishedSteps = done
         }
         var settings = CoordinatorState.Settings(workers: options.workers, firstStep: startState?.globalStep ?? 0, totalSteps: total, stepsPerEpoch: stepsPerEpoch)
         settings.heartbeatTimeout = options.heartbeatTimeout
@@ -274,7 +278,7 @@ public final class Coordinator {
                 let rate = Double(window.stats.count) / max(elapsed, 1e-9)
                 let remaining = Double(machine.settings.totalSteps - s.globalStep) * elapsed / Double(max(window.steps, 1))
                 let stepInEpoch = (s.globalStep - 1) % stepsPerEpoch + 1
-                progress.update(epoch: s.epoch, epochs: config.epochs, step: stepInEpoch, steps: stepsPerEpoch,
+                progress.update(epoch: s.epoch, epochs: config.epochsSpanned(stepsPerEpoch: stepsPerEpoch), step: stepInEpoch, steps: stepsPerEpoch,
                                 loss: window.stats.meanLoss, rate: rate, unit: unit, eta: remaining)
                 if s.globalStep % config.logEvery == 0 {
                     var e = MetricsEvent(event: "step", epoch: s.epoch, step: s.globalStep)
@@ -299,7 +303,7 @@ public final class Coordinator {
                 epochSamples = 0
                 merged.write(into: &e)
                 try metrics.write(e)
-                progress.line("epoch \(epoch + 1)/\(config.epochs): \(merged.summary) (\(ProgressDisplay.fixed(seconds, 1)) s, "
+                progress.line("epoch \(epoch + 1)/\(config.epochsSpanned(stepsPerEpoch: stepsPerEpoch)): \(merged.summary) (\(ProgressDisplay.fixed(seconds, 1)) s, "
                               + "\(ProgressDisplay.grouped(e.samples_per_sec!)) \(unit)/s)")
             case .writeCheckpoint(let data):
                 // Checked like any checkpoint file (fields, shapes, checksums) before it replaces the last one.

@@ -65,6 +65,9 @@ public final class Trainer {
         } catch { throw ConfigError(message: "\(config.model): \(error)") }
         metrics = try MetricsLog(path: runDirectory.appendingPathComponent("metrics.jsonl").path)
         if let loaded {
+            if let line = try config.resumeLine(from: loaded.config, at: loaded.state.globalStep, stepsPerEpoch: stepsPerEpoch, runDirectory: runDirectory.path) {
+                progress.line(line)
+            }
             try loaded.restore(into: model, optimizer: optimizer)
             state = loaded.state
             model.context.rng = state.rng
@@ -112,7 +115,7 @@ public final class Trainer {
                 let elapsed = Date().timeIntervalSince(window.since)
                 let rate = Double(window.stats.count) / max(elapsed, 1e-9)
                 let remaining = Double(totalSteps - state.globalStep) * elapsed / Double(max(window.steps, 1))
-                progress.update(epoch: state.epoch, epochs: config.epochs, step: state.stepInEpoch, steps: stepsPerEpoch,
+                progress.update(epoch: state.epoch, epochs: config.epochsSpanned(stepsPerEpoch: stepsPerEpoch), step: state.stepInEpoch, steps: stepsPerEpoch,
                                 loss: window.stats.meanLoss, rate: rate, unit: workload.unit, eta: remaining)
                 if state.globalStep % config.logEvery == 0 {
                     var e = MetricsEvent(event: "step", epoch: state.epoch, step: state.globalStep)
@@ -133,7 +136,7 @@ public final class Trainer {
                 (e.loss, e.samples_per_sec, e.elapsed_s, e.lr) = (epochStats.meanLoss, Double(epochStats.count) / seconds, seconds, learningRate(at: state.globalStep - 1))
                 report.write(into: &e)
                 try metrics.write(e)
-                progress.line("epoch \(state.epoch + 1)/\(config.epochs): train loss \(ProgressDisplay.fixed(epochStats.meanLoss, 4)), "
+                progress.line("epoch \(state.epoch + 1)/\(config.epochsSpanned(stepsPerEpoch: stepsPerEpoch)): train loss \(ProgressDisplay.fixed(epochStats.meanLoss, 4)), "
                               + "\(report.summary) (\(ProgressDisplay.fixed(seconds, 1)) s)")
                 if let best = state.recordValidation(loss: report.loss, schedule: config.schedule) {
                     progress.line("validation loss did not improve on \(ProgressDisplay.fixed(best, 4)): learning rate now \(learningRate(at: state.globalStep))")

@@ -7,7 +7,7 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     public var model = "mlp-wn"
     public var data = "fashion-mnist"
     public var epochs = 10
-    /// Ends the run after this many steps, if fewer than `epochs` would take.
+    /// The run's length in steps; overrides `epochs` (as Hugging Face's max_steps does num_train_epochs).
     public var maxSteps: Int?
     /// Samples per step (per worker, in a cluster).
     public var batch = 64
@@ -65,8 +65,34 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     /// Samples per step over `workers` workers.
     public func globalBatch(workers: Int) -> Int { globalBatch ?? batch * workers }
 
-    /// Steps in the whole run: `epochs` of `stepsPerEpoch`, or `maxSteps` if fewer.
-    public func totalSteps(stepsPerEpoch: Int) -> Int { min(epochs * stepsPerEpoch, maxSteps ?? .max) }
+    /// Steps in the whole run: `maxSteps` if set, else `epochs` of `stepsPerEpoch`.
+    public func totalSteps(stepsPerEpoch: Int) -> Int { maxSteps ?? epochs * stepsPerEpoch }
+
+    /// The epochs the run's steps touch (the last may be partial): what progress lines count to.
+    public func epochsSpanned(stepsPerEpoch: Int) -> Int {
+        let total = totalSteps(stepsPerEpoch: stepsPerEpoch), per = max(stepsPerEpoch, 1)
+        return max(1, (total + per - 1) / per)
+    }
+
+    /// "120 steps (2.5 epochs)": the run's length as a person reads it.
+    public func lengthDescription(stepsPerEpoch: Int) -> String {
+        let total = totalSteps(stepsPerEpoch: stepsPerEpoch)
+        let epochs = Double(total) / Double(max(stepsPerEpoch, 1))
+        let e = epochs == epochs.rounded() ? String(Int(epochs)) : String(format: "%.2f", epochs)
+        return "\(total) steps (\(e) epoch\(epochs == 1 ? "" : "s"))"
+    }
+
+    /// What a resume says of the run's length: nothing if unchanged; the new total and the old.
+    /// Throws when the run has already finished (nothing to resume), saying how to extend it.
+    public func resumeLine(from stored: TrainingConfig, at step: Int, stepsPerEpoch: Int, runDirectory: String) throws -> String? {
+        let total = totalSteps(stepsPerEpoch: stepsPerEpoch), was = stored.totalSteps(stepsPerEpoch: stepsPerEpoch)
+        if step >= total {
+            let nextEpochs = step / max(stepsPerEpoch, 1) + 1
+            throw ConfigError(message: "the run in \(runDirectory) has finished: \(step) of \(lengthDescription(stepsPerEpoch: stepsPerEpoch)); "
+                              + "extend it with --resume --epochs \(nextEpochs) (or --max-steps N above \(step))")
+        }
+        return total == was ? nil : "resuming at step \(step): the run is now \(lengthDescription(stepsPerEpoch: stepsPerEpoch)) long (it was \(was) steps)"
+    }
 
     /// The fields that may differ between a checkpoint and the run that resumes it.
     static let extendableFields: Set<String> = ["epochs", "maxSteps"]

@@ -14,8 +14,8 @@ struct TrainingOptions: ParsableArguments {
     @Option(help: "Model: \(Workloads.names.joined(separator: ", ")) (default mlp-wn).") var model: String?
     @Option(help: "Data: \(DataSource.help) (default: the model's).") var data: String?
     @Option(help: "For csv: data: adult (the UCI Adult census preset) or a schema file.") var schema: String?
-    @Option(help: "Epochs to train (default 10).") var epochs: Int?
-    @Option(help: "End the run after this many steps.") var maxSteps: Int?
+    @Option(help: "Epochs to train (default 10). On --resume: the run's new length (a --max-steps of before no longer applies).") var epochs: Int?
+    @Option(help: "The run's length in steps, whatever --epochs says (the last epoch may be partial).") var maxSteps: Int?
     @Option(help: "Samples per step (per worker; default 64).") var batch: Int?
     @Option(help: "Optimizer: sgd, adam, adamw or adagrad (default: adam; lm-tied sgd; wide-deep adagrad for the deep part).") var optimizer: OptimizerConfig.Kind?
     @Option(help: "Learning rate (default 1e-3).") var lr: Double?

@@ -136,6 +136,17 @@ let dataInstalled = FileManager.default.fileExists(atPath: "/usr/share/datasets/
         #expect(smoke.status == 0 && smoke.stdout.contains("done: 2 steps"), "\(smoke.stdout)\(smoke.stderr)")
         let real = try CLI.run(["train", "--resume", "--epochs", "2", "--run-dir", dir.path])
         #expect(real.status == 0 && real.stdout.contains("done: 8 steps"), "\(real.stdout)\(real.stderr)")
+        #expect(real.stdout.contains("resuming at step 2: the run is now 8 steps (2 epochs) long (it was 2 steps)"), "\(real.stdout)")
+        // finished: train and simulate say so alike, with how to extend it
+        let finished = "the run in \(dir.path) has finished: 8 of 8 steps (2 epochs); extend it with --resume --epochs 3 (or --max-steps N above 8)"
+        for command in ["train", "simulate"] {
+            let again = try CLI.run([command, "--resume", "--run-dir", dir.path])
+            #expect(again.status == 1 && again.stderr.contains(finished), "\(command): \(again.stderr)")
+        }
+        // --max-steps past the epochs' end: the steps win; the last epoch is partial
+        let more = try CLI.run(["train", "--resume", "--max-steps", "10", "--run-dir", dir.path])
+        #expect(more.status == 0 && more.stdout.contains("the run is now 10 steps (2.50 epochs) long (it was 8 steps)")
+                && more.stdout.contains("done: 10 steps"), "\(more.stdout)\(more.stderr)")
     }
 
     @Test func corruptCheckpointIsRefused() throws {
