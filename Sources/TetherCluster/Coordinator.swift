@@ -79,8 +79,7 @@ public final class Coordinator {
         var batchWorkers = options.workers
         if resume {
             let loaded = try Checkpoint.Loaded(checkpointURL)
-            let changed = given.fieldsDiffering(from: loaded.config)
-            guard changed.isEmpty else { throw ConfigError(message: "a resumed run keeps its configuration, but \(changed.joined(separator: ", ")) differ from \(loaded.path)") }
+            if let line = try given.checkResume(from: loaded.config, path: loaded.path) { progress.line(line) }
             // a checkpoint without it was written by `train`: one process
             batchWorkers = loaded.file.metadata["tether.workers"].flatMap(Int.init) ?? 1
             resumeBytes = [UInt8](try Data(contentsOf: checkpointURL))

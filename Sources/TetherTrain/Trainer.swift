@@ -44,10 +44,7 @@ public final class Trainer {
         var loaded: Checkpoint.Loaded?
         if resume {
             let l = try Checkpoint.Loaded(checkpointPath)
-            let changed = given.fieldsDiffering(from: l.config)
-            guard changed.isEmpty else {
-                throw ConfigError(message: "a resumed run keeps its configuration, but \(changed.joined(separator: ", ")) differ from \(l.path) (only --epochs and --max-steps may change)")
-            }
+            if let line = try given.checkResume(from: l.config, path: l.path) { progress.line(line) }
             loaded = l
         } else if FileManager.default.fileExists(atPath: checkpointPath.path) {
             throw ConfigError(message: "\(checkpointPath.path) exists: pass --resume to continue that run, or choose another --run-dir")

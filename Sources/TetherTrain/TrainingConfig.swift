@@ -1,8 +1,8 @@
 import Foundation
 import TetherNN
 
-/// Everything that defines a training run. Stored in every checkpoint; a resumed run keeps it (only
-/// its length, `epochs` and `maxSteps`, may be extended).
+/// Everything that defines a training run. Stored in every checkpoint; a resumed run keeps it, except
+/// its length (`epochs`, `maxSteps`) and what only observes or paces it (`logEvery`, `checkpointEvery`).
 public struct TrainingConfig: Codable, Equatable, Sendable {
     public var model = "mlp-wn"
     public var data = "fashion-mnist"
@@ -94,22 +94,63 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         return total == was ? nil : "resuming at step \(step): the run is now \(lengthDescription(stepsPerEpoch: stepsPerEpoch)) long (it was \(was) steps)"
     }
 
-    /// The fields that may differ between a checkpoint and the run that resumes it.
-    static let extendableFields: Set<String> = ["epochs", "maxSteps"]
+    /// A setting a resume changes: the flag that sets it, and its value in the checkpoint and now.
+    public struct Change: Equatable, Sendable, CustomStringConvertible {
+        public var flag: String, stored: String, given: String
+        public var description: String { "\(flag) \(given) (the run has \(stored))" }
+    }
 
-    /// Names of the fields (other than the run's length) in which `self` differs from `other`.
-    public func fieldsDiffering(from other: TrainingConfig) -> [String] {
+    /// Settings that only observe or pace a run (what is logged, how often a checkpoint is written): a
+    /// resume may change them. The run's length (epochs, maxSteps) may change too, and is said apart.
+    static let observingFields = ["logEvery", "checkpointEvery"]
+    static let lengthFields = ["epochs", "maxSteps"]
+    /// The flag of each field whose name does not follow from it (`--` + the field in kebab case).
+    static let flagOfField = ["schedule.baseLR": "--lr", "schedule.kind": "--schedule", "schedule.stepSize": "--lr-step-size",
+                              "schedule.gamma": "--lr-gamma", "schedule.minLR": "--min-lr", "optimizer.kind": "--optimizer",
+                              "optimizer.ftrl.alpha": "--ftrl-alpha", "optimizer.ftrl.l1": "--ftrl-l1", "optimizer.ftrl.l2": "--ftrl-l2",
+                              "language.weightNorm": "--weight-norm"]
+
+    /// How `self`, a resuming command's settings, differs from the checkpoint's `stored`: the settings
+    /// that define the run (which a resume must keep) and those that only observe or pace it. Another
+    /// --model is one change, not the defaults it brings.
+    public func changes(from stored: TrainingConfig) -> (defining: [Change], observing: [Change]) {
         func flat(_ c: TrainingConfig) -> [String: String] {
             var out: [String: String] = [:]
             func walk(_ v: Any, _ path: String) {
                 if let nested = v as? [String: Any] { for (k, v2) in nested { walk(v2, path.isEmpty ? k : "\(path).\(k)") } }
+                else if let list = v as? [Any] { out[path] = list.map { "\($0)" }.joined(separator: ",") }
                 else { out[path] = "\(v)" }
             }
             walk(try! JSONSerialization.jsonObject(with: JSONEncoder().encode(c)), "")
             return out
         }
-        let (a, b) = (flat(self), flat(other))
-        return Set(a.keys).union(b.keys).filter { a[$0] != b[$0] && !Self.extendableFields.contains($0) }.sorted()
+        func flag(_ field: String) -> String {
+            Self.flagOfField[field] ?? "--" + (field.split(separator: ".").last.map(String.init) ?? field).reduce(into: "") { out, ch in
+                if ch.isUppercase { out += "-" + ch.lowercased() } else { out.append(ch) }
+            }
+        }
+        if model != stored.model { return ([Change(flag: "--model", stored: stored.model, given: model)], []) }
+        let (a, b) = (flat(self), flat(stored))
+        var defining: [Change] = [], observing: [Change] = []
+        for field in Set(a.keys).union(b.keys).sorted() where a[field] != b[field] && !Self.lengthFields.contains(field) {
+            let change = Change(flag: flag(field), stored: b[field] ?? "none", given: a[field] ?? "none")
+            if Self.observingFields.contains(field) { observing.append(change) } else { defining.append(change) }
+        }
+        return (defining, observing)
+    }
+
+    /// Checks a resuming command's settings against the checkpoint's (at `path`): a change to what
+    /// defines the run is refused, naming each flag with both values; changes that only observe or pace
+    /// it are allowed and returned as a line to say.
+    public func checkResume(from stored: TrainingConfig, path: String) throws -> String? {
+        let (defining, observing) = changes(from: stored)
+        if !defining.isEmpty {
+            throw ConfigError(message: "a resumed run keeps the settings that define it, but this command gives "
+                              + defining.map(\.description).joined(separator: ", ") + " (\(path)). Leave "
+                              + (defining.count == 1 ? "it" : "them") + " out to resume, or start a new run in another --run-dir; "
+                              + "a resume may change only --epochs, --max-steps, --log-every and --checkpoint-every")
+        }
+        return observing.isEmpty ? nil : "resuming with " + observing.map(\.description).joined(separator: ", ")
     }
 
     /// Cross-field checks, with a message that says what to do.

@@ -134,8 +134,16 @@ let dataInstalled = FileManager.default.fileExists(atPath: "/usr/share/datasets/
         let data = ["--model", "mlp", "--train-limit", "256", "--test-limit", "64", "--batch", "64", "--run-dir", dir.path]
         let smoke = try CLI.run(["train", "--max-steps", "2"] + data)
         #expect(smoke.status == 0 && smoke.stdout.contains("done: 2 steps"), "\(smoke.stdout)\(smoke.stderr)")
-        let real = try CLI.run(["train", "--resume", "--epochs", "2", "--run-dir", dir.path])
+        // what defines the run is kept, named by its flag with both values; another model is one change
+        let lr = try CLI.run(["train", "--resume", "--epochs", "2", "--lr", "0.01", "--seed", "3", "--run-dir", dir.path])
+        #expect(lr.status == 1 && lr.stderr.contains("this command gives --lr 0.01 (the run has 0.001), --seed 3 (the run has 0)"), "\(lr.stderr)")
+        let model = try CLI.run(["train", "--resume", "--model", "cnn-wn", "--run-dir", dir.path])
+        #expect(model.status == 1 && model.stderr.contains("this command gives --model cnn-wn (the run has mlp) (")
+                && !model.stderr.contains("limit"), "\(model.stderr)")
+        // what only observes or paces it may change, and is said
+        let real = try CLI.run(["train", "--resume", "--epochs", "2", "--log-every", "1", "--checkpoint-every", "3", "--run-dir", dir.path])
         #expect(real.status == 0 && real.stdout.contains("done: 8 steps"), "\(real.stdout)\(real.stderr)")
+        #expect(real.stdout.contains("resuming with --checkpoint-every 3 (the run has 0), --log-every 1 (the run has 50)"), "\(real.stdout)")
         #expect(real.stdout.contains("resuming at step 2: the run is now 8 steps (2 epochs) long (it was 2 steps)"), "\(real.stdout)")
         // finished: train and simulate say so alike, with how to extend it
         let finished = "the run in \(dir.path) has finished: 8 of 8 steps (2 epochs); extend it with --resume --epochs 3 (or --max-steps N above 8)"

@@ -80,10 +80,12 @@ struct TrainerTests {
         changed.batch = 16
         changed.schedule.baseLR = 0.1
         #expect { try Trainer(config: changed, runDirectory: dir, resume: true, progress: quiet) } throws: {
-            "\($0)".contains("but batch, schedule.baseLR differ")
+            "\($0)".contains("this command gives --batch 16 (the run has 32), --lr 0.1 (the run has 0.001)")
         }
         var longer = smallConfig()
-        longer.epochs = 5 // the run's length may change
+        longer.epochs = 5 // the run's length may change, and what only observes or paces it
+        (longer.logEvery, longer.checkpointEvery) = (1, 2)
+        #expect(try longer.checkResume(from: smallConfig(), path: "p") == "resuming with --checkpoint-every 2 (the run has 0), --log-every 1 (the run has 5)")
         _ = try Trainer(config: longer, runDirectory: dir, resume: true, progress: quiet)
         // Starting afresh over an existing run is refused rather than overwriting it.
         #expect { try Trainer(config: smallConfig(), runDirectory: dir, resume: false, progress: quiet) } throws: { "\($0)".contains("--resume") }
