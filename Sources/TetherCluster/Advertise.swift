@@ -22,7 +22,9 @@ public enum Advertise {
         return out
     }
 
-    /// The tcp:// address `spec` names, with a concrete port.
+    /// The tcp:// address `spec` names, with a concrete port. A host name is resolved to its IPv4
+    /// address (libzmq binds only addresses and interfaces); a fixed port is tried, so a port another
+    /// program holds is named now rather than when the ring forms.
     public static func resolve(_ spec: String, _ context: ZeroMQContext) throws -> String {
         var address = spec
         if !spec.contains("://") {
@@ -38,12 +40,43 @@ public enum Advertise {
             }
             address = "tcp://\(match.address):\(port)"
         }
-        guard address.hasPrefix("tcp://"), address.hasSuffix(":0") else { return address }
+        guard address.hasPrefix("tcp://") else { return address } // ipc:// and the like are used as given
+        guard let colon = address.lastIndex(of: ":"), let port = UInt16(address[address.index(after: colon)...]),
+              case let host = String(address[address.index(address.startIndex, offsetBy: 6) ..< colon]), !host.isEmpty else {
+            throw ClusterError("--advertise \(spec): give tcp://HOST:PORT (port 0: any free port), e.g. tcp://10.0.0.2:7071")
+        }
+        let ip = try ipv4(of: host, for: spec)
         let probe = try ZeroMQSocket(context, .pull, linger: .zero)
         defer { probe.close() }
-        let host = address.dropFirst("tcp://".count).dropLast(2)
-        let bound = try probe.bind("tcp://\(host):*")
-        return "tcp://\(host):" + (bound.split(separator: ":").last.map(String.init) ?? "0")
+        do {
+            let bound = try probe.bind("tcp://\(ip):" + (port == 0 ? "*" : String(port)))
+            return "tcp://\(ip):" + (bound.split(separator: ":").last.map(String.init) ?? String(port))
+        } catch let e as ZeroMQError where e.code == EADDRINUSE {
+            throw ClusterError("--advertise \(spec): port \(port) is taken on this host (another worker or program listens there); give another port, or :0 for any free one")
+        } catch let e as ZeroMQError where e.code == EADDRNOTAVAIL || e.code == ENODEV {
+            throw ClusterError("--advertise \(spec): \(ip) is not an address of this host; give one of its own: "
+                               + interfaces().map { "\($0.name) \($0.address)" }.joined(separator: ", "))
+        }
+    }
+
+    /// An IPv4 literal as it is; a host name resolved (the first IPv4 address).
+    static func ipv4(of host: String, for spec: String) throws -> String {
+        var probe = in_addr()
+        if host == "*" || inet_pton(AF_INET, host, &probe) == 1 { return host }
+        var hints = addrinfo()
+        hints.ai_family = AF_INET
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var found: UnsafeMutablePointer<addrinfo>?
+        let rc = getaddrinfo(host, nil, &hints, &found)
+        defer { if let found { freeaddrinfo(found) } }
+        guard rc == 0, let sa = found?.pointee.ai_addr else {
+            throw ClusterError("--advertise \(spec): cannot resolve \(host) (\(String(cString: gai_strerror(rc)))); give an IPv4 address or an interface name such as eth0")
+        }
+        var text = [CChar](repeating: 0, count: Int(NI_MAXHOST))
+        guard getnameinfo(sa, socklen_t(MemoryLayout<sockaddr_in>.size), &text, socklen_t(text.count), nil, 0, NI_NUMERICHOST) == 0 else {
+            throw ClusterError("--advertise \(spec): cannot resolve \(host)")
+        }
+        return String(cString: text)
     }
 
     /// Connects to a tcp://HOST:PORT address again and again until it answers or `seconds` pass (the

@@ -280,7 +280,8 @@ public final class Worker {
     /// True when `body` was an order this worker has now taken: Stop. An Abort throws.
     private func note(_ body: Envelope.Body) throws -> Bool {
         switch body {
-        case .abort(let a): throw ClusterError("the coordinator stopped the job: \(a.reason)")
+        case .abort(let a):
+            throw ClusterError(rank < 0 ? "the coordinator at \(options.coordinator) refused this worker: \(a.reason)" : "the coordinator stopped the job: \(a.reason)")
         case .stop(let s):
             if !stopRequested { log("worker rank \(rank): \(s.reason.prefix(200)); stopping after the step in progress") }
             stopRequested = true

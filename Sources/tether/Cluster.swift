@@ -28,6 +28,7 @@ struct CoordinatorCommand: ParsableCommand {
         guard heartbeatTimeout > 0 else { throw ValidationError("--heartbeat-timeout must be positive") }
         if let minWorkers, !(1...workers).contains(minWorkers) { throw ValidationError("--min-workers must be in 1...\(workers) (--workers)") }
         guard lastCall > 0 else { throw ValidationError("--last-call must be positive") }
+        try validateAddress(listen, flag: "--listen")
     }
 
     func run() throws {
@@ -60,6 +61,7 @@ struct WorkerCommand: ParsableCommand {
 
     func validate() throws {
         guard maxRestarts >= 0 else { throw ValidationError("--max-restarts must be at least 0") }
+        try validateAddress(coordinator, flag: "--coordinator")
     }
 
     func run() throws {
@@ -174,6 +176,13 @@ struct Simulate: ParsableCommand {
             ClusterJob.reap(children, within: 2)
             throw ClusterJob.TrainingFailure(error: error)
         }
+    }
+}
+
+/// A ZeroMQ endpoint as a flag takes it: tcp://HOST:PORT (or ipc://PATH), never a bare HOST:PORT.
+func validateAddress(_ address: String, flag: String) throws {
+    guard address.hasPrefix("tcp://") || address.hasPrefix("ipc://") else {
+        throw ValidationError("\(flag) takes tcp://HOST:PORT, got \(address)" + (address.contains("://") ? "" : " (did you mean tcp://\(address)?)"))
     }
 }
 

@@ -117,12 +117,52 @@ let dataInstalled = FileManager.default.fileExists(atPath: "/usr/share/datasets/
         (["train", "--lr", "-1", "--run-dir", "/tmp/tether-e2e-never"], "--lr must be a positive number (got -1.0)"),
         (["bench", "allreduce", "--ranks", "1"], "--ranks must be at least 2: an all-reduce over one rank moves nothing to measure"),
         (["bench", "allreduce", "--size", "1tb"], "--size 1tb: expected a byte count"),
+        (["worker", "--coordinator", "127.0.0.1:7070"], "--coordinator takes tcp://HOST:PORT, got 127.0.0.1:7070 (did you mean tcp://127.0.0.1:7070?)"),
+        (["coordinator", "--workers", "2", "--listen", "0.0.0.0:7070"], "--listen takes tcp://HOST:PORT, got 0.0.0.0:7070 (did you mean tcp://0.0.0.0:7070?)"),
+        (["worker", "--coordinator", "tcp://127.0.0.1:1", "--advertise", "tcp://nosuchhost.invalid:0", "--insecure"], "--advertise tcp://nosuchhost.invalid:0: cannot resolve nosuchhost.invalid"),
+        (["worker", "--coordinator", "tcp://127.0.0.1:1", "--advertise", "tcp://192.0.2.254:0", "--insecure"], "192.0.2.254 is not an address of this host; give one of its own: lo 127.0.0.1"),
     ])
     func badInputGivesAClearError(args: [String], message: String) throws {
         defer { try? FileManager.default.removeItem(atPath: "/tmp/tether-e2e-never") }
         let r = try CLI.run(args)
         #expect(r.status != 0)
         #expect(r.stderr.contains(message), "stderr: \(r.stderr)")
+    }
+
+    /// A worker told to advertise a port another program holds says so at once, before it joins.
+    @Test func aTakenAdvertisedPortIsNamed() throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && listen(fd, 1) == 0 && getsockname(fd, $0, &length) == 0 }
+        }
+        #expect(bound)
+        let port = UInt16(bigEndian: address.sin_port)
+        let r = try CLI.run(["worker", "--coordinator", "tcp://127.0.0.1:1", "--advertise", "tcp://127.0.0.1:\(port)", "--insecure"], timeout: 30)
+        #expect(r.status == 1 && r.stderr.contains("--advertise tcp://127.0.0.1:\(port): port \(port) is taken on this host"), "\(r.stderr)")
+    }
+
+    /// A second worker advertising the address a first one of the job advertises is refused by the
+    /// coordinator, and says so at once (the coordinator logs it too).
+    @Test func aSecondWorkerOnATakenAddressIsRefused() throws {
+        let dir = CLI.tempDir("taken")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let address = "tcp://127.0.0.1:\(Int.random(in: 20000..<40000))", advertised = "tcp://127.0.0.1:\(Int.random(in: 40000..<60000))"
+        let coordinator = try CLI.start(["coordinator", "--listen", address, "--workers", "3", "--model", "mlp", "--train-limit", "100",
+                                         "--run-dir", dir.path] + CLI.key, bound: 60)
+        let first = try CLI.start(["worker", "--coordinator", address, "--advertise", advertised] + CLI.key, bound: 60)
+        usleep(1_500_000)
+        let second = try CLI.run(["worker", "--coordinator", address, "--advertise", advertised] + CLI.key, timeout: 30)
+        #expect(second.status == 1 && second.stderr.contains("the coordinator at \(address) refused this worker: another worker of this job already advertises \(advertised)"),
+                "\(second.stderr)")
+        kill(coordinator.pid, SIGTERM)
+        let c = coordinator.finish()
+        _ = first.finish()
+        #expect(c.stdout.contains("turned away a worker: another worker of this job already advertises \(advertised)"), "\(c.stdout)")
     }
 
     /// The usual smoke test, then the real run: a --max-steps given once does not stay in the run when

@@ -208,7 +208,10 @@ struct ClusterProcessTests {
             let run = dir.appendingPathComponent("sigterm-\(victim)")
             let address = "tcp://127.0.0.1:\(Int.random(in: 20000..<60000))", jobID = "sigterm-\(getpid())"
             let coordinator = try CLI.start(["coordinator", "--listen", address, "--workers", "2", "--job-id", jobID, "--run-dir", run.path] + training + CLI.key, bound: 120)
-            let workers = try (0..<2).map { _ in try CLI.start(["worker", "--coordinator", address, "--job-id", jobID, "--threads", "1"] + CLI.key, bound: 120) }
+            // a host name to advertise is resolved (libzmq binds addresses only)
+            let workers = try (0..<2).map { _ in
+                try CLI.start(["worker", "--coordinator", address, "--advertise", "tcp://localhost:0", "--job-id", jobID, "--threads", "1"] + CLI.key, bound: 120)
+            }
             waitUntilTraining(run)
             kill(victim == "coordinator" ? coordinator.pid : workers[1].pid, SIGTERM)
             let c = coordinator.finish(), w = workers.map { $0.finish() }
