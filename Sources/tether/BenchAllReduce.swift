@@ -30,6 +30,8 @@ struct BenchAllReduce: ParsableCommand {
     @Flag(help: "Plaintext ring links, no authentication (by default the ranks use CURVE with a key of their own, or --key-file's with --rank).")
     var insecure = false
     @Option(help: "With --rank: the cluster key file every rank uses (also TETHER_KEY_FILE, or the key in TETHER_KEY).") var keyFile: String?
+    /// Set by the parent of local rank processes: print this rank's raw measurements for it to combine.
+    @Flag(help: .hidden) var rankReport = false
 
     func validate() throws {
         guard ranks >= 2 || rank != nil else { throw ValidationError("--ranks must be at least 2: an all-reduce over one rank moves nothing to measure") }
@@ -81,13 +83,19 @@ struct BenchAllReduce: ParsableCommand {
                 let context = try ZeroMQContext()
                 let options = try secured(options, try security.security().keys, context)
                 defer { options.curve?.authenticator.stop() }
-                let report = try RankRun(rank: rank, addresses: addresses.split(separator: ",").map(String.init), elements: elements,
-                                         options: options, iterations: iterations, warmup: warmup, check: check).run(context: context)
-                print(String(data: try JSONEncoder().encode(report), encoding: .utf8)!)
+                let run = RankRun(rank: rank, addresses: addresses.split(separator: ",").map(String.init), elements: elements,
+                                  options: options, iterations: iterations, warmup: warmup, check: check)
+                if rankReport {
+                    print(String(data: try JSONEncoder().encode(try run.run(context: context).mine), encoding: .utf8)!)
+                } else {
+                    // one rank of a ring across hosts: every rank prints the same summary
+                    let all = try run.run(context: context, gather: true).all
+                    try summarize(all, elements: elements, ranks: run.addresses.count, where: "rank \(rank) of a ring across \(run.addresses.count) addresses")
+                }
                 return
             }
             let reports = transport == .inproc ? try inThreads(elements) : try inProcesses()
-            try summarize(reports, elements: elements)
+            try summarize(reports, elements: elements, ranks: ranks, where: "\(transport)")
         } catch {
             exitWithError(error)
         }
@@ -105,7 +113,7 @@ struct BenchAllReduce: ParsableCommand {
             group.enter()
             let run = RankRun(rank: r, addresses: addresses, elements: elements, options: options, iterations: iterations, warmup: warmup, check: check)
             Thread {
-                let result = Result { try run.run(context: context) }
+                let result = Result { try run.run(context: context).mine }
                 lock.lock(); results[r] = result; lock.unlock()
                 group.leave()
             }.start()
@@ -128,7 +136,7 @@ struct BenchAllReduce: ParsableCommand {
         for r in 0..<ranks {
             let p = Process(), out = Pipe(), err = Pipe()
             p.executableURL = me
-            var args = ["bench", "allreduce", "--rank", "\(r)", "--addresses", addresses, "--size", size,
+            var args = ["bench", "allreduce", "--rank-report", "--rank", "\(r)", "--addresses", addresses, "--size", size,
                         "--iterations", "\(iterations)", "--warmup", "\(warmup)", "--timeout", "\(timeout)"]
             if let chunk { args += ["--chunk", "\(chunk)"] }
             if check { args.append("--check") }
@@ -152,7 +160,9 @@ struct BenchAllReduce: ParsableCommand {
         return reports
     }
 
-    func summarize(_ reports: [RankReport], elements: Int) throws {
+    /// Prints the median time and bandwidths of `reports` (every rank's, by rank), and rank 0's (or,
+    /// across hosts, this rank's) breakdown.
+    func summarize(_ reports: [RankReport], elements: Int, ranks: Int, where place: String) throws {
         let bytes = Double(elements * 4), n = Double(ranks)
         // An iteration ends when its slowest rank does.
         let times = (0..<iterations).map { i in reports.map { $0.seconds[i] }.max()! }
@@ -164,22 +174,23 @@ struct BenchAllReduce: ParsableCommand {
             let worst = reports.map(\.maxRelativeError).max()!
             guard worst <= 1e-6 else { throw CollectiveError(message: "result differs from the Double reference by \(worst) (relative)") }
         }
-        let s = reports[0].statistics
+        let mine = reports.first { $0.rank == (rank ?? 0) } ?? reports[0]
+        let s = mine.statistics
         let perIteration = { (x: Duration) in x.seconds / Double(iterations) * 1000 }
         if json {
-            var out: [String: Any] = ["ranks": ranks, "bytes": Int(bytes), "transport": transport.rawValue,
+            var out: [String: Any] = ["ranks": ranks, "bytes": Int(bytes), "transport": rank == nil ? transport.rawValue : "tcp", "reporting_rank": mine.rank,
                                       "chunk_bytes": options.chunkBytes, "iterations": iterations,
                                       "median_ms": median * 1000, "times_ms": times.map { $0 * 1000 },
                                       "algbw_gbps": algbw, "busbw_gbps": busbw,
-                                      "rank0_ms_per_iteration": ["waiting": perIteration(s.waiting), "sending": perIteration(s.sending),
+                                      "ms_per_iteration": ["waiting": perIteration(s.waiting), "sending": perIteration(s.sending),
                                                                  "reducing": perIteration(s.reducing), "checksumming": perIteration(s.checksumming)]]
             if check { out["check"] = "ok: bitwise identical on every rank, within 1e-6 of the Double reference" }
             print(String(data: try JSONSerialization.data(withJSONObject: out, options: [.sortedKeys]), encoding: .utf8)!)
         } else {
-            print("all-reduce of \(size) (\(elements) float32) over \(ranks) ranks, \(transport), chunk \(options.chunkBytes) bytes")
+            print("all-reduce of \(size) (\(elements) float32) over \(ranks) ranks, \(place), chunk \(options.chunkBytes) bytes")
             print("times (ms): \(times.map { String(format: "%.1f", $0 * 1000) }.joined(separator: " "))")
             print(String(format: "median %.2f ms  algbw %.3f GB/s  busbw %.3f GB/s", median * 1000, algbw, busbw))
-            print(String(format: "rank 0 per iteration (ms): waiting %.2f, sending %.2f, reducing %.2f, checksumming %.2f",
+            print(String(format: "rank \(mine.rank) per iteration (ms): waiting %.2f, sending %.2f, reducing %.2f, checksumming %.2f",
                          perIteration(s.waiting), perIteration(s.sending), perIteration(s.reducing), perIteration(s.checksumming)))
             if check { print("check: bitwise identical on every rank, within 1e-6 of the Double reference") }
         }
@@ -202,8 +213,22 @@ struct RankRun {
     /// Rank r's check values; the reference sum over ranks is computed in Double from the same formula.
     static func value(_ i: Int, rank: Int) -> Float { Float((i % 1009) - 504) * 0.001 + Float(rank) * 0.5 }
 
-    func run(context: ZeroMQContext) throws -> RankReport {
+    /// This rank's measurements and, with `gather`, every rank's (all-gathered after the timed runs).
+    func run(context: ZeroMQContext, gather: Bool = false) throws -> (mine: RankReport, all: [RankReport]) {
         let ring = try Ring(context: context, rank: rank, addresses: addresses, options: options)
+        let mine = try measure(ring)
+        guard gather else { return (mine, [mine]) }
+        let all = try ring.allGather([UInt8](try JSONEncoder().encode(mine)))
+        return (mine, try all.enumerated().map { r, bytes in
+            do {
+                let report = try JSONDecoder().decode(RankReport.self, from: Data(bytes))
+                guard report.rank == r, report.seconds.count == mine.seconds.count else { throw CollectiveError(message: "rank \(r) measured something else") }
+                return report
+            } catch { throw CollectiveError(message: "rank \(r)'s measurements do not decode: \(error)") }
+        })
+    }
+
+    private func measure(_ ring: Ring) throws -> RankReport {
         var report = RankReport(rank: rank, seconds: [], statistics: RingStatistics())
         var buffer = [Float](repeating: 1, count: elements)
         if check {

@@ -22,6 +22,23 @@ import Testing
         #expect(s.stderr.contains("--rank 3 is outside the 2 addresses given"))
     }
 
+    /// The multi-host form, one rank per process: every rank prints the same summary of all ranks
+    /// (median, algbw, busbw), as text or with --json.
+    @Test func eachRankOfARingAcrossHostsPrintsTheSummary() throws {
+        let addresses = (0..<2).map { _ in "tcp://127.0.0.1:\(Int.random(in: 20000..<60000))" }.joined(separator: ",")
+        let ranks = try (0..<2).map { rank in
+            try CLI.start(["bench", "allreduce", "--rank", "\(rank)", "--addresses", addresses, "--size", "4MB", "--iterations", "3"]
+                          + (rank == 1 ? ["--json"] : []) + CLI.key, bound: 60)
+        }
+        let (text, json) = (ranks[0].finish(), ranks[1].finish())
+        #expect(text.status == 0 && json.status == 0, "\(text.stderr)\(json.stderr)")
+        #expect(text.stdout.contains("over 2 ranks, rank 0 of a ring across 2 addresses") && text.stdout.contains("algbw") && text.stdout.contains("busbw"), "\(text.stdout)")
+        let summary = try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any]
+        let median = summary?["median_ms"] as? Double ?? 0
+        #expect(median > 0 && summary?["busbw_gbps"] is Double && summary?["reporting_rank"] as? Int == 1, "\(json.stdout)")
+        #expect(text.stdout.contains(String(format: "median %.2f ms", median)), "both ranks report the same median: \(text.stdout) \(json.stdout)")
+    }
+
     /// Three ranks run many all-reduces; rank 1 is killed in the middle. Rank 2 (its right neighbour) times
     /// out naming it; rank 0, whose deadline is set later, names it too, through rank 2's relayed cause or
     /// its own failed sends to rank 1. Nobody hangs.

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """One rank of PyTorch's gloo all_reduce, for runs where each rank lives on its own (emulated) host.
-Prints {"seconds": [...]} like `tether bench allreduce --rank`, so bench/netns-allreduce aggregates both.
+Prints {"seconds": [...]} (this rank's times); bench/netns-allreduce takes the slowest rank per iteration.
 
     python3 bench/peers/gloo_rank.py --rank R --world N --master tcp://HOST:PORT --size 64MiB
 """
