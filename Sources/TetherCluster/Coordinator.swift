@@ -29,6 +29,8 @@ public final class Coordinator {
         public var finishedIsDone = false
         /// CURVE with the cluster key, or --insecure.
         public var security: ClusterSecurity = .insecure
+        /// A fresh run deletes the checkpoint and metrics of a run in its directory (--force).
+        public var force = false
         public init(listen: String, workers: Int) { (self.listen, self.workers, minWorkers) = (listen, workers, workers) }
         var elastic: Bool { minWorkers < workers }
     }
@@ -53,7 +55,11 @@ public final class Coordinator {
     let stepsPerEpoch: Int
     /// What the throughput counts: samples, or tokens for a language model.
     let unit: String
-    private var epochSamples = 0
+    /// Training loss and samples of each epoch not yet evaluated (an epoch's evaluation may be merged
+    /// after the next epoch's first steps), and the rate of the last step.
+    private var epochTraining: [Int: BatchStats] = [:]
+    private var lastRate = 0.0
+    private let parameterCount: Int
     let evaluationKind: EvaluationReport.Kind
     /// The splits served to workers (`serveData`).
     private var served: (train: any ServableDataset, test: any ServableDataset)?
@@ -70,7 +76,7 @@ public final class Coordinator {
         self.runDirectory = runDirectory
         self.progress = progress
         created = Date()
-        try MetricsLog.prepare(runDirectory: runDirectory)
+        try RunDirectory.prepare(runDirectory, resume: resume, force: options.force)
         let checkpointURL = runDirectory.appendingPathComponent(Checkpoint.fileName)
         var config = given
         var resumeMetadata: [String: String] = [:]
@@ -86,8 +92,6 @@ public final class Coordinator {
             startState = loaded.state
             resumeMetadata = loaded.file.metadata
             resumedConfig = loaded.config
-        } else if FileManager.default.fileExists(atPath: checkpointURL.path) {
-            throw ConfigError(message: "\(checkpointURL.path) exists: pass --resume to continue that run, or choose another --run-dir")
         }
         // On another number of workers (a resume, or elastic) the run keeps its global batch, dealt over
         // the workers it has, so its steps, epochs, schedule and data cursor carry on unchanged.
@@ -107,6 +111,7 @@ public final class Coordinator {
         // Its data is also what the coordinator serves (`serveData`); a resumed run's vocabulary is the checkpoint's.
         let probe = try Workloads.make(config, shard: Shard(rank: 0, count: options.workers), metadata: resumeMetadata)
         stepsPerEpoch = probe.stepsPerEpoch
+        parameterCount = probe.model.arena.count
         unit = probe.unit
         if options.serveData { served = probe.servedSplits }
         evaluationKind = Workloads.evaluationKind(for: config.model)
@@ -146,7 +151,7 @@ public final class Coordinator {
             throw ConfigError(message: "the coordinator cannot listen on \(options.listen): \(error)")
         }
         router = ControlChannel(socket: socket, jobID: options.jobID)
-        metrics = try MetricsLog(path: runDirectory.appendingPathComponent("metrics.jsonl").path)
+        metrics = try MetricsLog(path: runDirectory.appendingPathComponent(RunDirectory.metricsFileName).path)
     }
 
     /// Sockets close before their context terminates (zmq_ctx_term waits for them).
@@ -156,8 +161,8 @@ public final class Coordinator {
     public func run() throws {
         if let finishedSteps { return dismissWorkers(finishedSteps) }
         let total = machine.settings.totalSteps
-        var start = MetricsEvent(event: "start", epoch: startState?.epoch ?? 0, step: startState?.globalStep ?? 0)
-        start.model = config.model
+        var start = event("start", at: startState?.globalStep ?? 0)
+        (start.model, start.parameters, start.workers) = (config.model, parameterCount, options.workers)
         try metrics.write(start)
         let batch = config.globalBatch == nil ? "batch \(config.batch) per worker (\(config.globalBatch(workers: options.workers)) global)"
             : "global batch \(config.globalBatch(workers: options.workers)) dealt over the workers"
@@ -169,7 +174,6 @@ public final class Coordinator {
         let begun = Date()
         var window = (stats: BatchStats(), since: Date(), steps: 0, compute: 0.0, exchange: 0.0, waiting: 0.0)
         var epochStart = Date()
-        epochSamples = 0
         StopSignal.lossNote(startState.map { "the checkpoint of step \($0.globalStep) in \(runDirectory.path) is kept; the steps since are lost" }
                             ?? "nothing of this run is kept (no checkpoint was written yet)")
         while true {
@@ -185,10 +189,10 @@ public final class Coordinator {
             var events: [CoordinatorState.Event] = [.tick]
             if let event = try receiveEvent() { events.append(event) }
             while let e = monitor.next(deadline: .now) { note(handshakeFailure: e) }
-            for event in events {
-                if try execute(machine.handle(event, now: Clock.now), window: &window, epochStart: &epochStart) {
+            for next in events {
+                if try execute(machine.handle(next, now: Clock.now), window: &window, epochStart: &epochStart) {
                     let stopped = machine.completedSteps < total
-                    var end = MetricsEvent(event: stopped ? "interrupted" : "end", epoch: machine.completedSteps / stepsPerEpoch, step: machine.completedSteps)
+                    var end = event(stopped ? "interrupted" : "end")
                     end.elapsed_s = Date().timeIntervalSince(begun)
                     try metrics.write(end)
                     guard stopped else {
@@ -261,13 +265,15 @@ public final class Coordinator {
             case .start:
                 for m in machine.members { send(.start, to: m.identity) }
                 epochStart = Date()
+                window = (BatchStats(), epochStart, 0, 0, 0, 0) // rates count from here, not from start-up
                 let startup = epochStart.timeIntervalSince(created)
                 progress.line("all \(machine.members.count) replicas agree on the initial parameters; training (\(ProgressDisplay.fixed(startup, 2)) s after start-up)")
-                var started = MetricsEvent(event: "training", epoch: machine.completedSteps / stepsPerEpoch, step: machine.completedSteps)
+                var started = event("training")
                 started.elapsed_s = startup
                 try metrics.write(started)
             case .stepCompleted(let s):
-                epochSamples += s.count
+                epochTraining[s.epoch, default: BatchStats()] = epochTraining[s.epoch, default: BatchStats()] + BatchStats(lossSum: s.lossSum, correct: s.correct, count: s.count)
+                lastRate = s.learningRate
                 window.stats = window.stats + BatchStats(lossSum: s.lossSum, correct: s.correct, count: s.count)
                 window.steps += 1
                 window.compute += s.compute.max() ?? 0
@@ -280,8 +286,8 @@ public final class Coordinator {
                 progress.update(epoch: s.epoch, epochs: config.epochsSpanned(stepsPerEpoch: stepsPerEpoch), step: stepInEpoch, steps: stepsPerEpoch,
                                 loss: window.stats.meanLoss, rate: rate, unit: unit, eta: remaining)
                 if s.globalStep % config.logEvery == 0 {
-                    var e = MetricsEvent(event: "step", epoch: s.epoch, step: s.globalStep)
-                    (e.loss, e.samples_per_sec) = (window.stats.meanLoss, rate)
+                    var e = event("step", at: s.globalStep)
+                    (e.loss, e.samples_per_sec, e.lr) = (window.stats.meanLoss, rate, s.learningRate)
                     (e.compute_s, e.allreduce_s, e.wait_s) = (s.compute, s.exchange, s.waiting)
                     try metrics.write(e)
                     progress.log("epoch \(s.epoch + 1) step \(stepInEpoch)/\(stepsPerEpoch) loss \(ProgressDisplay.fixed(window.stats.meanLoss, 4)) "
@@ -297,12 +303,16 @@ public final class Coordinator {
                 })
                 let seconds = Date().timeIntervalSince(epochStart)
                 epochStart = Date()
-                var e = MetricsEvent(event: "epoch", epoch: epoch, step: (epoch + 1) * stepsPerEpoch)
-                (e.elapsed_s, e.samples_per_sec) = (seconds, Double(epochSamples) / seconds)
-                epochSamples = 0
+                // the run's end within an epoch (--max-steps) is evaluated like an epoch's end
+                let ends = epoch != machine.partialFinalEpoch, step = ends ? (epoch + 1) * stepsPerEpoch : machine.settings.totalSteps
+                let trained = epochTraining.removeValue(forKey: epoch) ?? BatchStats()
+                var e = event(ends ? "epoch" : "eval", at: step)
+                (e.loss, e.lr, e.elapsed_s, e.samples_per_sec) = (trained.meanLoss, lastRate, seconds, Double(trained.count) / seconds)
                 merged.write(into: &e)
                 try metrics.write(e)
-                progress.line("epoch \(epoch + 1)/\(config.epochsSpanned(stepsPerEpoch: stepsPerEpoch)): \(merged.summary) (\(ProgressDisplay.fixed(seconds, 1)) s, "
+                let which = ends ? "epoch \(epoch + 1)/\(config.epochsSpanned(stepsPerEpoch: stepsPerEpoch))"
+                    : "step \(step) (\(step - epoch * stepsPerEpoch) of epoch \(epoch + 1)'s \(stepsPerEpoch) steps)"
+                progress.line("\(which): train loss \(ProgressDisplay.fixed(trained.meanLoss, 4)), \(merged.summary) (\(ProgressDisplay.fixed(seconds, 1)) s, "
                               + "\(ProgressDisplay.grouped(e.samples_per_sec!)) \(unit)/s)")
             case .writeCheckpoint(let data):
                 // Checked like any checkpoint file (fields, shapes, checksums) before it replaces the last one.
@@ -318,7 +328,7 @@ public final class Coordinator {
             case .abort(let message):
                 for m in machine.members { send(.abort(.init(originRank: -1, reason: message)), to: m.identity) }
                 for identity in heartbeatIdentities.values { send(.abort(.init(originRank: -1, reason: message)), to: identity) }
-                var e = MetricsEvent(event: message == "interrupted" ? "interrupted" : "failed", epoch: machine.completedSteps / max(stepsPerEpoch, 1), step: machine.completedSteps)
+                var e = event(message == "interrupted" ? "interrupted" : "failed")
                 e.error = message
                 try? metrics.write(e)
                 Thread.sleep(forTimeInterval: 0.3) // let the aborts leave before the process exits
@@ -419,6 +429,11 @@ public final class Coordinator {
         let what = e.authenticationRefused ? "its key is not this job's (ZAP status \(e.value))"
             : options.security.keys != nil ? "it holds another cluster key, or runs --insecure" : "it runs with CURVE and this coordinator --insecure"
         if let line = dropped.admit("coordinator: a connection to \(e.address) failed the handshake: \(what)", now: .now) { progress.line(line) }
+    }
+
+    /// A metrics line after `step` steps (by default the steps completed).
+    private func event(_ name: String, at step: Int? = nil) -> MetricsEvent {
+        MetricsEvent(event: name, step: step ?? machine.completedSteps, stepsPerEpoch: stepsPerEpoch)
     }
 
     func ms(_ seconds: Double) -> String { ProgressDisplay.fixed(seconds * 1000, 1) + " ms" }

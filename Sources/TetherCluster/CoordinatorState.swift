@@ -49,6 +49,8 @@ public struct CoordinatorState {
         public var lossSum: Double, count: Int, correct: Int
         /// Per rank: compute (forward and backward), gradient exchange, of it waiting for data, optimizer.
         public var compute: [Double], exchange: [Double], waiting: [Double], optimizer: [Double]
+        /// The rate the step's update used (rank 0's; every replica uses the same).
+        public var learningRate = 0.0
         public var meanLoss: Double { count > 0 ? lossSum / Double(count) : .nan }
         /// The rank whose compute took longest (the others wait for it in the exchange).
         public var slowestRank: Int { compute.indices.max { compute[$0] < compute[$1] } ?? 0 }
@@ -111,6 +113,14 @@ public struct CoordinatorState {
 
     /// The epoch whose last step is `globalStep` (1-based count of steps), if it ends one.
     func epochEnding(at globalStep: Int) -> Int? { globalStep % settings.stepsPerEpoch == 0 ? globalStep / settings.stepsPerEpoch - 1 : nil }
+
+    /// The epoch the run ends within (--max-steps), evaluated at that end like a whole one; nil when the
+    /// run ends at an epoch's end.
+    public var partialFinalEpoch: Int? { epochEnding(at: settings.totalSteps) == nil ? settings.totalSteps / settings.stepsPerEpoch : nil }
+
+    /// The epoch whose evaluation the job waits for before it ends: the last one's, or the partial
+    /// final epoch's; none after a graceful stop within an epoch.
+    private var finalEvaluation: Int? { epochEnding(at: endStep) ?? (stoppedAt == nil ? partialFinalEpoch : nil) }
 
     public mutating func handle(_ event: Event, now: Double) -> [Directive] {
         if case .finished = phase { return [] }
@@ -186,15 +196,15 @@ public struct CoordinatorState {
                     lossSum: reports.reduce(0) { $0 + $1.lossSum }, count: reports.reduce(0) { $0 + Int($1.count) },
                     correct: reports.reduce(0) { $0 + Int($1.correct) },
                     compute: reports.map(\.computeSeconds), exchange: reports.map(\.allreduceSeconds), waiting: reports.map(\.waitSeconds),
-                    optimizer: reports.map(\.optimizerSeconds))))
+                    optimizer: reports.map(\.optimizerSeconds), learningRate: reports[0].learningRate)))
             }
             return out + finishIfDone()
         case .evaluation(let rank, let report):
             let epoch = Int(report.epoch)
             // Only an epoch this rank has finished and that is not merged yet: what is kept is bounded
             // by the job's own epochs, whatever a message says.
-            guard phase == .training, epoch >= nextEvaluation, (epoch + 1) * settings.stepsPerEpoch <= reportedStep[rank],
-                  evalReports[epoch]?[rank] == nil else {
+            let finished = (epoch + 1) * settings.stepsPerEpoch <= reportedStep[rank] || (epoch == partialFinalEpoch && reportedStep[rank] == settings.totalSteps)
+            guard phase == .training, epoch >= nextEvaluation, finished, evalReports[epoch]?[rank] == nil else {
                 return fail("rank \(rank) sent an evaluation of epoch \(epoch + 1), which it has not just finished")
             }
             guard report.count <= Self.maxSamplesPerReport, report.correct <= report.count else {
@@ -252,7 +262,7 @@ public struct CoordinatorState {
     /// checkpoint of it has arrived.
     private mutating func finishIfDone() -> [Directive] {
         guard phase == .training, completedSteps == endStep, checkpointedStep == endStep else { return [] }
-        if let epoch = epochEnding(at: endStep), !mergedEpochs.contains(epoch) { return [] }
+        if let epoch = finalEvaluation, !mergedEpochs.contains(epoch) { return [] }
         phase = .finished
         return [.finish]
     }

@@ -184,9 +184,9 @@ public final class Worker {
             case .reportStep(let withHash):
                 if withHash { report?.parameterHash = Self.hash(model.arena) }
                 try control.send(.stepReport(report!), from: rank)
-            case .evaluate(let epoch):
-                try control.send(.evalReport(try training.evaluate(epoch: epoch, state: &state)), from: rank)
-                (state.epoch, state.stepInEpoch) = (epoch + 1, 0)
+            case .evaluate(let epoch, let ends):
+                try control.send(.evalReport(try training.evaluate(epoch: epoch, state: &state, epochEnds: ends)), from: rank)
+                if ends { (state.epoch, state.stepInEpoch) = (epoch + 1, 0) }
             case .shareReplicaState:
                 replicas = try training.gatherReplicaState(step: UInt64(state.globalStep))
             case .sendCheckpoint:
@@ -341,17 +341,19 @@ final class Training {
         let waitedBefore = ring.statistics.waiting
         try workload.fetch(epoch: state.epoch)
         exchange.begin(step: UInt64(state.globalStep))
-        let (stats, times) = try workload.train(epoch: state.epoch, step: state.stepInEpoch, optimizer: optimizer,
-                                                lr: state.learningRate(config.schedule, at: state.globalStep, totalSteps: totalSteps)) {
+        let lr = state.learningRate(config.schedule, at: state.globalStep, totalSteps: totalSteps)
+        let (stats, times) = try workload.train(epoch: state.epoch, step: state.stepInEpoch, optimizer: optimizer, lr: lr) {
             try exchange.finish()
         }
         state.stepInEpoch += 1
         state.globalStep += 1
         let waited = (ring.statistics.waiting - waitedBefore).components
-        return Envelope.StepReport(globalStep: UInt64(state.globalStep), epoch: UInt32(state.epoch), lossSum: stats.lossSum, count: UInt64(stats.count),
-                                   correct: UInt64(stats.correct), computeSeconds: times.compute, allreduceSeconds: times.exchange,
-                                   optimizerSeconds: times.optimizer, parameterHash: 0,
-                                   waitSeconds: Double(waited.seconds) + Double(waited.attoseconds) * 1e-18)
+        var report = Envelope.StepReport(globalStep: UInt64(state.globalStep), epoch: UInt32(state.epoch), lossSum: stats.lossSum, count: UInt64(stats.count),
+                                         correct: UInt64(stats.correct), computeSeconds: times.compute, allreduceSeconds: times.exchange,
+                                         optimizerSeconds: times.optimizer, parameterHash: 0,
+                                         waitSeconds: Double(waited.seconds) + Double(waited.attoseconds) * 1e-18)
+        report.learningRate = lr
+        return report
     }
 
     /// Every replica's buffers (a language model's carried state) and dropout RNG, in rank order.
@@ -375,14 +377,16 @@ final class Training {
         }
     }
 
-    /// This replica's share of the evaluation; the loss is also summed over the ring so every replica
-    /// takes the same plateau-schedule decision.
-    func evaluate(epoch: Int, state: inout TrainingState) throws -> Envelope.EvalReport {
+    /// This replica's share of the evaluation; at an epoch's end the loss is also summed over the ring
+    /// so every replica takes the same plateau-schedule decision (a run's final partial epoch takes none).
+    func evaluate(epoch: Int, state: inout TrainingState, epochEnds: Bool) throws -> Envelope.EvalReport {
         try workload.fetch(epoch: nil)
         let report = workload.evaluate()
-        var sums = [report.stats.lossSum, Double(report.stats.count)]
-        _ = try sums.withUnsafeMutableBufferPointer { try ring.allReduce($0, step: UInt64(state.globalStep), bucket: 1 << 20) }
-        _ = state.recordValidation(loss: sums[1] > 0 ? sums[0] / sums[1] : .nan, schedule: config.schedule)
+        if epochEnds {
+            var sums = [report.stats.lossSum, Double(report.stats.count)]
+            _ = try sums.withUnsafeMutableBufferPointer { try ring.allReduce($0, step: UInt64(state.globalStep), bucket: 1 << 20) }
+            _ = state.recordValidation(loss: sums[1] > 0 ? sums[0] / sums[1] : .nan, schedule: config.schedule)
+        }
         return Envelope.EvalReport(epoch: UInt32(epoch), lossSum: report.stats.lossSum, count: UInt64(report.stats.count),
                                    correct: UInt64(report.stats.correct), scores: report.scores, labels: report.labels)
     }

@@ -29,7 +29,9 @@ public struct WorkerState: Sendable {
 
     public enum Directive: Equatable, Sendable {
         case reportStep(withHash: Bool)
-        case evaluate(epoch: Int)
+        /// Evaluate on this rank's share of the held-out split: at the end of `epoch` (`epochEnds`), or
+        /// where the run ends within it (its final evaluation; the training state does not move on).
+        case evaluate(epoch: Int, epochEnds: Bool = true)
         /// All-gather every replica's buffers and RNG (a collective: every rank takes part).
         case shareReplicaState
         case sendCheckpoint
@@ -65,6 +67,7 @@ public struct WorkerState: Sendable {
             let epochEnds = step % plan.stepsPerEpoch == 0, last = step == plan.totalSteps || stopping
             var out: [Directive] = [.reportStep(withHash: plan.hashEvery > 0 && (step % plan.hashEvery == 0 || epochEnds || last))]
             if epochEnds { out.append(.evaluate(epoch: step / plan.stepsPerEpoch - 1)) }
+            else if step == plan.totalSteps { out.append(.evaluate(epoch: step / plan.stepsPerEpoch, epochEnds: false)) }
             if epochEnds || last || (plan.checkpointEvery > 0 && step % plan.checkpointEvery == 0) {
                 // Every rank contributes its buffers and RNG; rank 0 writes them into its checkpoint.
                 out.append(.shareReplicaState)

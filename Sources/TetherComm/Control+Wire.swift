@@ -48,6 +48,8 @@ extension Envelope {
         public var waitSeconds: Double
         /// The ranks agreed to stop after this step (Stop): the job ends here, with a checkpoint.
         public var stopping = false
+        /// The rate this step's optimizer update used.
+        public var learningRate = 0.0
         public init(globalStep: UInt64, epoch: UInt32, lossSum: Double, count: UInt64, correct: UInt64, computeSeconds: Double,
                     allreduceSeconds: Double, optimizerSeconds: Double, parameterHash: UInt64, waitSeconds: Double) {
             (self.globalStep, self.epoch, self.lossSum, self.count, self.correct) = (globalStep, epoch, lossSum, count, correct)
@@ -163,6 +165,7 @@ extension Envelope {
             (m.compute_seconds, m.allreduce_seconds, m.optimizer_seconds, m.parameter_hash) = (s.computeSeconds, s.allreduceSeconds, s.optimizerSeconds, s.parameterHash)
             m.wait_seconds = s.waitSeconds
             m.stopping = s.stopping ? 1 : 0
+            m.learning_rate = s.learningRate
             return withUnsafeMutablePointer(to: &m) { msg.body_case = TETHER__V1__ENVELOPE__BODY_STEP_REPORT; msg.step_report = $0; return pack(&msg) }
         case .evalReport(let e):
             var m = Tether__V1__EvalReport()
@@ -246,6 +249,7 @@ extension Envelope {
                                     computeSeconds: s.compute_seconds, allreduceSeconds: s.allreduce_seconds,
                                     optimizerSeconds: s.optimizer_seconds, parameterHash: s.parameter_hash, waitSeconds: s.wait_seconds)
             report.stopping = s.stopping != 0
+            report.learningRate = s.learning_rate
             return .stepReport(report)
         case TETHER__V1__ENVELOPE__BODY_STOP:
             guard let s = env.stop?.pointee else { return nil }

@@ -1,13 +1,24 @@
 import Foundation
 
-/// One line of metrics.jsonl. Always `event`, `epoch`, `step`; the rest where it applies.
+/// One line of a run directory's metrics.jsonl: the one schema `train` and the cluster (`simulate`,
+/// `coordinator`) write, documented in the README. Always `event`, `epoch`, `step`; the rest where it
+/// applies. Numbers are JSON numbers or null (a NaN or infinite value), never strings.
+///
+/// Events: `start` (model, parameters; cluster: workers), `training` (cluster: every replica ready;
+/// elapsed_s since start-up), `step` every --log-every steps (loss, samples_per_sec, lr; cluster: per
+/// rank compute_s, allreduce_s, wait_s), `epoch` at each epoch's end (loss over the epoch, lr,
+/// samples_per_sec, elapsed_s and the held-out metrics), `eval` when a run ends mid-epoch (--max-steps)
+/// and from `tether eval --json` (loss over the partial epoch, the held-out metrics), `end`,
+/// `interrupted` (a signal: the checkpoint is of `step`), `failed` (error).
 public struct MetricsEvent: Codable, Equatable, Sendable {
-    public var event: String            // start, training (cluster: all replicas ready), step, epoch, end, interrupted
+    public var event: String
+    /// 1-based: the epoch of the last step counted in `step` (1 before the first step), as the console
+    /// counts them ("epoch 2/10").
     public var epoch: Int
-    public var step: Int                // global step count after this event
+    public var step: Int                // global steps done when the line was written
     public var loss: Double?            // mean training loss since the previous line of the same kind
     public var samples_per_sec: Double?     // tokens per second for a language model
-    public var lr: Double?
+    public var lr: Double?              // the learning rate of the last step counted
     public var test_accuracy: Double?
     public var test_loss: Double?
     public var test_perplexity: Double?
@@ -21,8 +32,15 @@ public struct MetricsEvent: Codable, Equatable, Sendable {
     public var elapsed_s: Double?
     public var parameters: Int?
     public var model: String?
+    public var workers: Int?
+    /// `tether eval`: the held-out samples (tokens for a language model) evaluated.
+    public var samples: Int?
 
-    public init(event: String, epoch: Int, step: Int) { (self.event, self.epoch, self.step) = (event, epoch, step) }
+    /// An event after `step` global steps of a run with `stepsPerEpoch` steps an epoch.
+    public init(event: String, step: Int, stepsPerEpoch: Int) {
+        (self.event, self.step) = (event, step)
+        epoch = (max(step, 1) - 1) / max(stepsPerEpoch, 1) + 1
+    }
 }
 
 /// Appends one JSON object per line, flushed as written, so a crash loses at most the line in flight
@@ -30,7 +48,7 @@ public struct MetricsEvent: Codable, Equatable, Sendable {
 public final class MetricsLog {
     private let handle: FileHandle
     public let path: String
-    private let encoder: JSONEncoder = {
+    private static let encoder: JSONEncoder = {
         let e = JSONEncoder()
         e.outputFormatting = [.sortedKeys]
         // JSON has no NaN or infinity: such a value is written as null (via a marker no real string holds)
@@ -40,18 +58,6 @@ public final class MetricsLog {
     }()
     static let notANumber = "\u{1}not-a-number\u{1}"
     static let notANumberJSON = Data("\"\\u0001not-a-number\\u0001\"".utf8)
-
-    /// Creates `directory` if needed; a file in its place is an error naming the flag.
-    public static func prepare(runDirectory directory: URL) throws {
-        var isFolder: ObjCBool = false
-        if FileManager.default.fileExists(atPath: directory.path, isDirectory: &isFolder) {
-            guard isFolder.boolValue else { throw ConfigError(message: "--run-dir \(directory.path) is a file; give a folder (it is created if missing)") }
-            return
-        }
-        do { try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true) } catch {
-            throw ConfigError(message: "--run-dir \(directory.path): cannot create it (\((error as NSError).localizedFailureReason ?? "\(error)"))")
-        }
-    }
 
     public init(path: String) throws {
         self.path = path
@@ -65,9 +71,15 @@ public final class MetricsLog {
         handle.seekToEndOfFile()
     }
 
-    public func write(_ e: MetricsEvent) throws {
+    /// One event as a JSON object (keys sorted; NaN and infinities as null), without the newline.
+    public static func encode(_ e: MetricsEvent) throws -> Data {
         var line = try encoder.encode(e)
         while let r = line.range(of: Self.notANumberJSON) { line.replaceSubrange(r, with: Data("null".utf8)) }
+        return line
+    }
+
+    public func write(_ e: MetricsEvent) throws {
+        var line = try Self.encode(e)
         line.append(0x0A)
         do { try handle.write(contentsOf: line) } catch {
             throw ConfigError(message: "\(path): cannot write metrics: \(error.localizedDescription)")

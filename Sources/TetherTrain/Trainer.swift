@@ -36,18 +36,16 @@ public final class Trainer {
     /// Prepares a run in `runDirectory`: a fresh one (which must not already hold a checkpoint), or with
     /// `resume`, the continuation of the checkpoint there. `overrides` are the flags given on the
     /// command line; on resume only the run's length may change.
-    public init(config given: TrainingConfig, runDirectory: URL, resume: Bool, progress: ProgressDisplay = ProgressDisplay()) throws {
+    public init(config given: TrainingConfig, runDirectory: URL, resume: Bool, force: Bool = false, progress: ProgressDisplay = ProgressDisplay()) throws {
         self.runDirectory = runDirectory
         self.progress = progress
-        try MetricsLog.prepare(runDirectory: runDirectory)
+        try RunDirectory.prepare(runDirectory, resume: resume, force: force)
         let checkpointPath = runDirectory.appendingPathComponent(Checkpoint.fileName)
         var loaded: Checkpoint.Loaded?
         if resume {
             let l = try Checkpoint.Loaded(checkpointPath)
             if let line = try given.checkResume(from: l.config, path: l.path) { progress.line(line) }
             loaded = l
-        } else if FileManager.default.fileExists(atPath: checkpointPath.path) {
-            throw ConfigError(message: "\(checkpointPath.path) exists: pass --resume to continue that run, or choose another --run-dir")
         }
         let config = given
         try config.validate()
@@ -60,7 +58,7 @@ public final class Trainer {
         do {
             optimizer = try Optimizer(config.optimizer, layout: model.arena.layout, ftrlParameters: model.ftrlParameters)
         } catch { throw ConfigError(message: "\(config.model): \(error)") }
-        metrics = try MetricsLog(path: runDirectory.appendingPathComponent("metrics.jsonl").path)
+        metrics = try MetricsLog(path: runDirectory.appendingPathComponent(RunDirectory.metricsFileName).path)
         if let loaded {
             if let line = try config.resumeLine(from: loaded.config, at: loaded.state.globalStep, stepsPerEpoch: stepsPerEpoch, runDirectory: runDirectory.path) {
                 progress.line(line)
@@ -78,7 +76,8 @@ public final class Trainer {
     /// Trains until the run's end, `stopAfterSteps` global steps, or a stop signal; always leaves a
     /// checkpoint of the last complete step.
     public func run(stopAfterSteps: Int? = nil) throws -> TrainingSummary {
-        var start = MetricsEvent(event: "start", epoch: state.epoch, step: state.globalStep)
+        func event(_ name: String) -> MetricsEvent { MetricsEvent(event: name, step: state.globalStep, stepsPerEpoch: stepsPerEpoch) }
+        var start = event("start")
         start.parameters = model.arena.count
         start.model = config.model
         try metrics.write(start)
@@ -90,10 +89,11 @@ public final class Trainer {
         var outcome = TrainingSummary.Outcome.finished
         StopSignal.lossNote(state.globalStep > 0 ? "the checkpoint of step \(state.globalStep) in \(runDirectory.path) is kept; the steps since are lost"
                                                  : "nothing of this run is kept (no checkpoint was written yet)")
+        let epochs = config.epochsSpanned(stepsPerEpoch: stepsPerEpoch)
+        // this invocation's training loss and time in the current epoch (a resumed epoch counts from the resume)
+        var epochStats = BatchStats(), epochStart = Date()
 
         training: while state.globalStep < totalSteps {
-            var epochStats = BatchStats()
-            let epochStart = Date()
             if state.stepInEpoch == 0 { workload.startEpoch(state.epoch) }
             while state.stepInEpoch < stepsPerEpoch && state.globalStep < totalSteps {
                 if let stop = stopAfterSteps, state.globalStep >= stop { outcome = .stoppedEarly; break training }
@@ -112,10 +112,10 @@ public final class Trainer {
                 let elapsed = Date().timeIntervalSince(window.since)
                 let rate = Double(window.stats.count) / max(elapsed, 1e-9)
                 let remaining = Double(totalSteps - state.globalStep) * elapsed / Double(max(window.steps, 1))
-                progress.update(epoch: state.epoch, epochs: config.epochsSpanned(stepsPerEpoch: stepsPerEpoch), step: state.stepInEpoch, steps: stepsPerEpoch,
+                progress.update(epoch: state.epoch, epochs: epochs, step: state.stepInEpoch, steps: stepsPerEpoch,
                                 loss: window.stats.meanLoss, rate: rate, unit: workload.unit, eta: remaining)
                 if state.globalStep % config.logEvery == 0 {
-                    var e = MetricsEvent(event: "step", epoch: state.epoch, step: state.globalStep)
+                    var e = event("step")
                     (e.loss, e.samples_per_sec, e.lr) = (window.stats.meanLoss, rate, learningRate(at: state.globalStep - 1))
                     try metrics.write(e)
                     progress.log("epoch \(state.epoch + 1) step \(state.stepInEpoch)/\(stepsPerEpoch) loss \(ProgressDisplay.fixed(window.stats.meanLoss, 4)) "
@@ -124,27 +124,28 @@ public final class Trainer {
                 }
                 if config.checkpointEvery > 0 && state.globalStep % config.checkpointEvery == 0 { try saveCheckpoint() }
             }
-            if state.stepInEpoch == stepsPerEpoch {
-                // Epoch complete: evaluate, report, checkpoint at the start of the next epoch.
-                let report = evaluate()
-                lastTest = report
-                let seconds = Date().timeIntervalSince(epochStart)
-                var e = MetricsEvent(event: "epoch", epoch: state.epoch, step: state.globalStep)
-                (e.loss, e.samples_per_sec, e.elapsed_s, e.lr) = (epochStats.meanLoss, Double(epochStats.count) / seconds, seconds, learningRate(at: state.globalStep - 1))
-                report.write(into: &e)
-                try metrics.write(e)
-                progress.line("epoch \(state.epoch + 1)/\(config.epochsSpanned(stepsPerEpoch: stepsPerEpoch)): train loss \(ProgressDisplay.fixed(epochStats.meanLoss, 4)), "
-                              + "\(report.summary) (\(ProgressDisplay.fixed(seconds, 1)) s)")
-                if let best = state.recordValidation(loss: report.loss, schedule: config.schedule) {
-                    progress.line("validation loss did not improve on \(ProgressDisplay.fixed(best, 4)): learning rate now \(learningRate(at: state.globalStep))")
-                }
-                state.epoch += 1
-                state.stepInEpoch = 0
-                try saveCheckpoint()
+            // An epoch's end, or the run's end within an epoch (--max-steps): evaluate and report.
+            let epochEnds = state.stepInEpoch == stepsPerEpoch
+            let report = evaluate()
+            lastTest = report
+            let seconds = Date().timeIntervalSince(epochStart)
+            var e = event(epochEnds ? "epoch" : "eval")
+            (e.loss, e.samples_per_sec, e.elapsed_s, e.lr) = (epochStats.meanLoss, Double(epochStats.count) / seconds, seconds, learningRate(at: state.globalStep - 1))
+            report.write(into: &e)
+            try metrics.write(e)
+            let which = epochEnds ? "epoch \(state.epoch + 1)/\(epochs)" : "step \(state.globalStep) (\(state.stepInEpoch) of epoch \(state.epoch + 1)'s \(stepsPerEpoch) steps)"
+            progress.line("\(which): train loss \(ProgressDisplay.fixed(epochStats.meanLoss, 4)), \(report.summary) (\(ProgressDisplay.fixed(seconds, 1)) s)")
+            (epochStats, epochStart) = (BatchStats(), Date())
+            guard epochEnds else { break } // a partial epoch's evaluation leaves the schedule alone
+            if let best = state.recordValidation(loss: report.loss, schedule: config.schedule) {
+                progress.line("validation loss did not improve on \(ProgressDisplay.fixed(best, 4)): learning rate now \(learningRate(at: state.globalStep))")
             }
+            state.epoch += 1
+            state.stepInEpoch = 0
+            try saveCheckpoint()
         }
         try saveCheckpoint()
-        var end = MetricsEvent(event: outcome == .interrupted ? "interrupted" : "end", epoch: state.epoch, step: state.globalStep)
+        var end = event(outcome == .interrupted ? "interrupted" : "end")
         end.elapsed_s = Date().timeIntervalSince(runStart)
         try metrics.write(end)
         switch outcome {

@@ -1308,7 +1308,7 @@ const ProtobufCMessageDescriptor tether__v1__start__descriptor =
   (ProtobufCMessageInit) tether__v1__start__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tether__v1__step_report__field_descriptors[11] =
+static const ProtobufCFieldDescriptor tether__v1__step_report__field_descriptors[12] =
 {
   {
     "global_step",
@@ -1442,6 +1442,18 @@ static const ProtobufCFieldDescriptor tether__v1__step_report__field_descriptors
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "learning_rate",
+    12,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_DOUBLE,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__StepReport, learning_rate),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tether__v1__step_report__field_indices_by_name[] = {
   6,   /* field[6] = allreduce_seconds */
@@ -1450,6 +1462,7 @@ static const unsigned tether__v1__step_report__field_indices_by_name[] = {
   3,   /* field[3] = count */
   1,   /* field[1] = epoch */
   0,   /* field[0] = global_step */
+  11,   /* field[11] = learning_rate */
   2,   /* field[2] = loss_sum */
   7,   /* field[7] = optimizer_seconds */
   8,   /* field[8] = parameter_hash */
@@ -1459,7 +1472,7 @@ static const unsigned tether__v1__step_report__field_indices_by_name[] = {
 static const ProtobufCIntRange tether__v1__step_report__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 11 }
+  { 0, 12 }
 };
 const ProtobufCMessageDescriptor tether__v1__step_report__descriptor =
 {
@@ -1469,7 +1482,7 @@ const ProtobufCMessageDescriptor tether__v1__step_report__descriptor =
   "Tether__V1__StepReport",
   "tether.v1",
   sizeof(Tether__V1__StepReport),
-  11,
+  12,
   tether__v1__step_report__field_descriptors,
   tether__v1__step_report__field_indices_by_name,
   1,  tether__v1__step_report__number_ranges,

@@ -33,8 +33,9 @@ struct CoordinatorCommand: ParsableCommand {
 
     func run() throws {
         StopSignal.install()
-        try job.restarting(runDirectory: runDir, what: "waiting for workers again") { resume in
+        try job.restarting(runDirectory: runDir, what: "waiting for workers again") { resume, force in
             var options = Coordinator.Options(listen: listen, workers: workers)
+            options.force = force
             (options.jobID, options.heartbeatTimeout) = (jobID, heartbeatTimeout)
             (options.minWorkers, options.lastCall, options.finishedIsDone) = (minWorkers ?? workers, lastCall, finishedOk)
             options.security = try security.security()
@@ -124,17 +125,17 @@ struct Simulate: ParsableCommand {
 
     func run() throws {
         StopSignal.install()
-        try job.restarting(runDirectory: runDir, what: "with \(workers) new workers") { try runJob(resume: $0) }
+        try job.restarting(runDirectory: runDir, what: "with \(workers) new workers") { try runJob(resume: $0, force: $1) }
     }
 
     /// One attempt: a coordinator and fresh worker processes. Set-up errors (flags, data, the run
     /// directory) are thrown as they are; failures of the running job as `TrainingFailure`, after the
     /// workers have been reaped.
-    private func runJob(resume: Bool) throws {
+    private func runJob(resume: Bool, force: Bool) throws {
         let jobID = "simulate-\(getpid())"
         var children: [Process] = []
         var options = Coordinator.Options(listen: "tcp://127.0.0.1:0", workers: workers)
-        options.jobID = jobID
+        (options.jobID, options.force) = (jobID, force)
         // An ephemeral cluster key, handed to the workers in a file only this user can read.
         let keyFolder = try PrivateFolder(prefix: "tether-simulate")
         var security = ["--insecure"]
@@ -190,6 +191,7 @@ func validateAddress(_ address: String, flag: String) throws {
 struct ClusterJob: ParsableArguments {
     @OptionGroup var training: TrainingOptions
     @Flag(help: "Continue the run in --run-dir from its checkpoint.") var resume = false
+    @Flag(help: "Start a new run in a --run-dir that holds one, deleting its checkpoint and metrics.") var force = false
     @Option(help: "Compare the replicas' parameter hashes every N steps.") var hashEvery = 50
     @Option(help: "Gradient bucket size in MB: buckets start all-reducing during backward once this much is final (the same on every worker).")
     var bucketMb = 1.0
@@ -221,15 +223,16 @@ struct ClusterJob: ParsableArguments {
 
     /// Runs `attempt` (resuming if --resume), and again after each `TrainingFailure` up to
     /// --max-restarts times: from the run's last checkpoint, or from the start if it failed before its
-    /// first. Set-up errors and interrupts end the job at once.
-    func restarting(runDirectory: String, what: String, _ attempt: (_ resume: Bool) throws -> Void) throws {
-        var resume = self.resume
+    /// first (deleting the failed attempt's metrics). Set-up errors and interrupts end the job at once.
+    func restarting(runDirectory: String, what: String, _ attempt: (_ resume: Bool, _ force: Bool) throws -> Void) throws {
+        var (resume, force) = (self.resume, self.force)
         for restart in 0... {
             do {
-                try attempt(resume)
+                try attempt(resume, force)
                 return
             } catch let failure as TrainingFailure where restart < maxRestarts && !StopSignal.requested {
                 resume = resume || FileManager.default.fileExists(atPath: URL(fileURLWithPath: runDirectory).appendingPathComponent(Checkpoint.fileName).path)
+                force = !resume
                 let how = resume ? "resuming \(runDirectory) from its last checkpoint" : "starting over (no checkpoint yet)"
                 FileHandle.standardError.write(Data("tether: \(failure.error)\ntether: restart \(restart + 1) of \(maxRestarts): \(how), \(what)\n".utf8))
             } catch let failure as TrainingFailure {

@@ -10,6 +10,7 @@ struct Train: ParsableCommand {
     @OptionGroup var jobFile: JobFileOption
     @Option(help: "Run directory for metrics.jsonl and checkpoint.safetensors.") var runDir = "runs/train"
     @Flag(help: "Continue the run in --run-dir from its checkpoint.") var resume = false
+    @Flag(help: "Start a new run in a --run-dir that holds one, deleting its checkpoint and metrics.") var force = false
     @Option(help: "Stop this invocation after N global steps, leaving a checkpoint to --resume.") var stopAfterSteps: Int?
 
     func run() throws {
@@ -19,7 +20,7 @@ struct Train: ParsableCommand {
             let dir = URL(fileURLWithPath: runDir)
             var base = TrainingConfig()
             if resume { base = try Checkpoint.Loaded(dir.appendingPathComponent(Checkpoint.fileName)).config }
-            let trainer = try Trainer(config: training.applied(to: base), runDirectory: dir, resume: resume)
+            let trainer = try Trainer(config: training.applied(to: base), runDirectory: dir, resume: resume, force: force)
             let summary = try trainer.run(stopAfterSteps: stopAfterSteps)
             if summary.outcome == .interrupted { throw ExitCode(StopSignal.exitStatus) }
         } catch let e as ExitCode {
@@ -51,15 +52,10 @@ struct Eval: ParsableCommand {
             try loaded.restore(into: workload.model, optimizer: nil)
             let report = workload.evaluate()
             if json {
-                var e = MetricsEvent(event: "eval", epoch: loaded.state.epoch, step: loaded.state.globalStep)
-                e.model = loaded.model
+                var e = MetricsEvent(event: "eval", step: loaded.state.globalStep, stepsPerEpoch: workload.stepsPerEpoch)
+                (e.model, e.samples) = (loaded.model, report.stats.count)
                 report.write(into: &e)
-                let encoder = JSONEncoder()
-                encoder.outputFormatting = [.sortedKeys]
-                encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
-                var out = try JSONSerialization.jsonObject(with: encoder.encode(e)) as! [String: Any]
-                out["samples"] = report.stats.count
-                print(String(data: try JSONSerialization.data(withJSONObject: out, options: [.sortedKeys]), encoding: .utf8)!)
+                print(String(decoding: try MetricsLog.encode(e), as: UTF8.self))
             } else {
                 print("\(loaded.model) at step \(loaded.state.globalStep): \(report.summary) on \(report.stats.count) \(workload.unit)")
             }

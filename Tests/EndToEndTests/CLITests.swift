@@ -165,6 +165,55 @@ let dataInstalled = FileManager.default.fileExists(atPath: "/usr/share/datasets/
         #expect(c.stdout.contains("turned away a worker: another worker of this job already advertises \(advertised)"), "\(c.stdout)")
     }
 
+    /// metrics.jsonl has one schema for `train` and the cluster: the same events with the same keys
+    /// (the cluster adds its own: workers, per-rank times, the `training` event), epochs counted from 1
+    /// as the console counts them, and a run that ends within an epoch (--max-steps) evaluates there.
+    @Test(.enabled(if: dataInstalled, "needs Debian's dataset-fashion-mnist"))
+    func metricsHaveOneSchemaForTrainAndTheCluster() throws {
+        let dir = CLI.tempDir("schema")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let common = ["--model", "mlp", "--train-limit", "256", "--test-limit", "64", "--max-steps", "10", "--log-every", "4"]
+        let train = try CLI.run(["train", "--batch", "64", "--run-dir", dir.path + "/train"] + common)
+        let cluster = try CLI.run(["simulate", "--workers", "2", "--batch", "32", "--run-dir", dir.path + "/cluster"] + common, timeout: 120)
+        for r in [train, cluster] {
+            #expect(r.status == 0 && r.stdout.contains("epoch 2/3: train loss ") && r.stdout.contains("step 10 (2 of epoch 3's 4 steps): train loss ")
+                    && r.stdout.contains("test accuracy"), "\(r.stdout)\(r.stderr)")
+        }
+        func lines(_ run: String) throws -> [[String: Any]] {
+            try String(contentsOfFile: dir.path + "/\(run)/metrics.jsonl", encoding: .utf8).split(separator: "\n")
+                .map { try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
+        }
+        let (t, c) = (try lines("train"), try lines("cluster"))
+        let clusterOnly: Set<String> = ["workers", "compute_s", "allreduce_s", "wait_s"]
+        let events = { (l: [[String: Any]]) in l.map { $0["event"] as! String }.filter { $0 != "training" } }
+        #expect(events(t) == ["start", "step", "epoch", "step", "epoch", "eval", "end"] && events(c) == events(t), "\(events(t)) \(events(c))")
+        for (a, b) in zip(t, c.filter { $0["event"] as? String != "training" }) {
+            #expect(Set(a.keys) == Set(b.keys).subtracting(clusterOnly), "\(a.keys.sorted()) vs \(b.keys.sorted())")
+            #expect(a["epoch"] as? Int == b["epoch"] as? Int && a["step"] as? Int == b["step"] as? Int)
+        }
+        #expect(t.map { $0["epoch"] as! Int } == [1, 1, 1, 2, 2, 3, 3])
+        #expect(t.filter { ["step", "epoch", "eval"].contains($0["event"] as! String) }.allSatisfy { $0["lr"] is Double && $0["loss"] is Double })
+    }
+
+    /// A fresh run where a run is refuses with the ways on; --force starts over (metrics included). A
+    /// metrics file left by a run that wrote no checkpoint is not appended to.
+    @Test(.enabled(if: dataInstalled, "needs Debian's dataset-fashion-mnist"))
+    func aUsedRunDirectoryNeedsResumeOrForce() throws {
+        let dir = CLI.tempDir("used")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let args = ["train", "--model", "mlp", "--train-limit", "128", "--test-limit", "64", "--max-steps", "2", "--run-dir", dir.path]
+        #expect(try CLI.run(args).status == 0)
+        let again = try CLI.run(args)
+        #expect(again.status == 1 && again.stderr.contains("\(dir.path) holds a run: pass --resume to continue it, --force to start over (deletes checkpoint.safetensors and metrics.jsonl)"), "\(again.stderr)")
+        let forced = try CLI.run(args + ["--force"])
+        #expect(forced.status == 0, "\(forced.stderr)")
+        let metrics = try String(contentsOfFile: dir.path + "/metrics.jsonl", encoding: .utf8)
+        #expect(metrics.components(separatedBy: "\"event\":\"start\"").count == 2, "one run's metrics: \(metrics)")
+        try FileManager.default.removeItem(atPath: dir.path + "/checkpoint.safetensors")
+        let stale = try CLI.run(args)
+        #expect(stale.status == 1 && stale.stderr.contains("holds the metrics of a run that left no checkpoint: pass --force to start over (deletes metrics.jsonl)"), "\(stale.stderr)")
+    }
+
     /// The usual smoke test, then the real run: a --max-steps given once does not stay in the run when
     /// the resuming command gives --epochs.
     @Test(.enabled(if: dataInstalled, "needs Debian's dataset-fashion-mnist"))

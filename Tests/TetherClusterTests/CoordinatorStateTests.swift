@@ -30,6 +30,21 @@ import TetherComm
         return s
     }
 
+    /// A run that ends within an epoch (3 steps of 2 per epoch) waits for the evaluation of that partial
+    /// epoch too, and takes it only from ranks that reached the end.
+    @Test func aRunEndingWithinAnEpochIsEvaluatedThere() {
+        var s = started(workers: 2, total: 3, perEpoch: 2)
+        #expect(s.partialFinalEpoch == 1)
+        for step in 1...3 { for r in 0..<2 { _ = s.handle(.step(rank: r, report(step, epoch: (step - 1) / 2)), now: 2) } }
+        for r in 0..<2 { _ = s.handle(.evaluation(rank: r, eval(0)), now: 2) }
+        #expect(s.handle(.checkpoint(rank: 0, .init(globalStep: 3, safetensors: [])), now: 2) == [.writeCheckpoint(.init(globalStep: 3, safetensors: []))])
+        #expect(s.handle(.evaluation(rank: 0, eval(1)), now: 2).isEmpty)
+        #expect(s.handle(.evaluation(rank: 1, eval(1)), now: 2) == [.epochCompleted(epoch: 1, reports: [eval(1), eval(1)]), .finish])
+        var early = started(workers: 2, total: 3, perEpoch: 2)
+        for r in 0..<2 { _ = early.handle(.step(rank: r, report(1)), now: 2) }
+        #expect(early.handle(.evaluation(rank: 0, eval(1)), now: 2) == [.abort("rank 0 sent an evaluation of epoch 2, which it has not just finished")])
+    }
+
     /// A graceful stop: the reports of step 1 say `stopping` -> the job ends after it once rank 0's
     /// checkpoint of step 1 is in (no evaluation: step 1 ends no epoch), and a report of a later step is
     /// refused. Ranks that disagree about stopping fail the job.

@@ -18,7 +18,8 @@ import TetherComm
         #expect(log[1] == [.reportStep(withHash: true), .trainNextStep])
         #expect(log[2] == [.reportStep(withHash: true), .evaluate(epoch: 0), .shareReplicaState, .sendCheckpoint, .trainNextStep])
         #expect(log[5] == [.reportStep(withHash: true), .evaluate(epoch: 1), .shareReplicaState, .sendCheckpoint, .trainNextStep])
-        #expect(log[6] == [.reportStep(withHash: true), .shareReplicaState, .sendCheckpoint, .awaitFinish])
+        // the run ends within epoch 3 (step 7 of 9): evaluated there, the training state left as it is
+        #expect(log[6] == [.reportStep(withHash: true), .evaluate(epoch: 2, epochEnds: false), .shareReplicaState, .sendCheckpoint, .awaitFinish])
         #expect(s.phase == .waitingForFinish)
         #expect(s.handle(.coordinator(.heartbeat)).isEmpty)
         #expect(s.handle(.coordinator(.finish)) == [.exit])

@@ -9,7 +9,7 @@ import TetherData
     @Test func notANumberIsWrittenAsNull() throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("tether-metrics-\(UUID()).jsonl").path
         defer { try? FileManager.default.removeItem(atPath: path) }
-        var e = MetricsEvent(event: "epoch", epoch: 0, step: 1)
+        var e = MetricsEvent(event: "epoch", step: 1, stepsPerEpoch: 1)
         (e.loss, e.samples_per_sec) = (.nan, .infinity)
         try MetricsLog(path: path).write(e)
         let line = try String(contentsOfFile: path, encoding: .utf8)

@@ -42,7 +42,7 @@ struct TrainerTests {
         let events = try lines.map { try JSONDecoder().decode(MetricsEvent.self, from: Data($0.utf8)) }
         #expect(events.first?.event == "start" && events.last?.event == "end")
         let epochs = events.filter { $0.event == "epoch" }
-        #expect(epochs.map(\.epoch) == [0, 1, 2])
+        #expect(epochs.map(\.epoch) == [1, 2, 3])
         #expect(epochs.allSatisfy { $0.test_accuracy != nil && $0.loss != nil && $0.samples_per_sec != nil })
         #expect(events.filter { $0.event == "step" }.map(\.step) == [5, 10, 15, 20, 25, 30])
     }

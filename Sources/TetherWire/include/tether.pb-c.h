@@ -293,14 +293,19 @@ struct  Tether__V1__StepReport
    * the ranks agreed in this step's exchange to stop after it (a Stop or a signal)
    */
   protobuf_c_boolean stopping;
+  /*
+   * the rate this step's optimizer update used
+   */
+  double learning_rate;
 };
 #define TETHER__V1__STEP_REPORT__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tether__v1__step_report__descriptor) \
-    , 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
+    , 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
 
 
 /*
- * One worker's share of an epoch-end evaluation; the coordinator merges the shares.
+ * One worker's share of an epoch-end evaluation (or, when the run ends within an epoch, of the final
+ * one); the coordinator merges the shares.
  */
 struct  Tether__V1__EvalReport
 {
