@@ -1,36 +1,70 @@
 import Foundation
 
-/// Progress on the terminal: a redrawn bar when stdout is a terminal, plain log lines otherwise.
+/// Progress on the terminal: a redrawn bar when stdout is a terminal, plain log lines otherwise. The
+/// bar fits the terminal's width (narrower, then without its less useful parts); on a terminal too
+/// narrow for any of it, periodic log lines are printed instead.
 public final class ProgressDisplay {
     public let interactive: Bool
+    /// Print nothing but errors (--quiet).
+    public var quiet = false
     private var lastDraw = Date.distantPast
     private var barShown = false
+    /// The last draw found no bar that fits: log lines stand in for it.
+    private var tooNarrow = false
 
     public init(interactive: Bool = isatty(STDOUT_FILENO) == 1) { self.interactive = interactive }
 
     /// A progress update for step `step` of `steps` in epoch `epoch`; drawn at most 10 times a second.
     /// `unit` is what the rate counts (a workload's: samples, or tokens for a language model).
     public func update(epoch: Int, epochs: Int, step: Int, steps: Int, loss: Double, rate: Double, unit: String, eta: Double) {
-        guard interactive else { return }
+        guard interactive, !quiet else { return }
         let now = Date()
         guard now.timeIntervalSince(lastDraw) > 0.1 || step == steps else { return }
         lastDraw = now
-        let width = 24, filled = steps > 0 ? width * step / steps : width
-        let bar = String(repeating: "█", count: filled) + String(repeating: "·", count: width - filled)
-        let text = "epoch \(epoch + 1)/\(epochs) \(bar) \(step)/\(steps)  loss \(Self.fixed(loss, 4))  \(Self.grouped(rate)) \(unit)/s  ETA \(Self.duration(eta))"
+        guard let text = Self.bar(epoch: epoch, epochs: epochs, step: step, steps: steps, loss: loss, rate: rate, unit: unit, eta: eta,
+                                  width: Self.terminalColumns()) else {
+            if barShown { FileHandle.standardOutput.write(Data("\r\u{1B}[2K".utf8)); barShown = false }
+            tooNarrow = true
+            return
+        }
+        tooNarrow = false
         FileHandle.standardOutput.write(Data(("\r\u{1B}[2K" + text).utf8))
         barShown = true
     }
 
+    /// The bar's text in fewer than `width` columns (the last column stays free, so no terminal wraps
+    /// it): the whole, then a shorter bar, then without the bar, the rate and the ETA; nil when not even
+    /// the epoch, step and loss fit.
+    public static func bar(epoch: Int, epochs: Int, step: Int, steps: Int, loss: Double, rate: Double, unit: String, eta: Double, width: Int) -> String? {
+        let head = "epoch \(epoch + 1)/\(epochs)", count = "\(step)/\(steps)", lossText = "loss \(fixed(loss, 4))"
+        let rateText = "\(grouped(rate)) \(unit)/s", etaText = "ETA \(duration(eta))"
+        func drawn(_ cells: Int) -> String {
+            let filled = steps > 0 ? cells * min(step, steps) / steps : cells
+            return String(repeating: "█", count: filled) + String(repeating: "·", count: cells - filled)
+        }
+        var candidates = [24, 16, 10].map { "\(head) \(drawn($0)) \(count)  \(lossText)  \(rateText)  \(etaText)" }
+        candidates += ["\(head) \(count)  \(lossText)  \(rateText)  \(etaText)", "\(head) \(count)  \(lossText)  \(etaText)",
+                       "\(head) \(count)  \(lossText)"]
+        return candidates.first { $0.count < width }
+    }
+
+    /// The terminal's columns (TIOCGWINSZ on stdout), else $COLUMNS, else 80.
+    static func terminalColumns() -> Int {
+        var size = winsize()
+        if ioctl(STDOUT_FILENO, UInt(TIOCGWINSZ), &size) == 0, size.ws_col > 0 { return Int(size.ws_col) }
+        return ProcessInfo.processInfo.environment["COLUMNS"].flatMap(Int.init) ?? 80
+    }
+
     /// A line that stays: log output, or an epoch summary under the bar.
     public func line(_ text: String) {
+        guard !quiet else { return }
         if barShown { FileHandle.standardOutput.write(Data("\r\u{1B}[2K".utf8)); barShown = false }
         print(text)
         fflush(stdout)
     }
 
     /// A periodic log line, shown only when not drawing a bar.
-    public func log(_ text: String) { if !interactive { line(text) } }
+    public func log(_ text: String) { if !interactive || tooNarrow { line(text) } }
 
     public static func fixed(_ x: Double, _ digits: Int) -> String { String(format: "%.\(digits)f", x) }
     public static func grouped(_ x: Double) -> String {

@@ -214,6 +214,29 @@ let dataInstalled = FileManager.default.fileExists(atPath: "/usr/share/datasets/
         #expect(stale.status == 1 && stale.stderr.contains("holds the metrics of a run that left no checkpoint: pass --force to start over (deletes metrics.jsonl)"), "\(stale.stderr)")
     }
 
+    /// On a terminal (a pty from util-linux's `script`) the redrawn progress bar fits the width: on 70
+    /// or 50 columns every redraw is shorter than that (a line as long as the terminal wraps); on 25, where no
+    /// bar fits, periodic log lines stand in for it.
+    @Test(.enabled(if: dataInstalled && FileManager.default.isExecutableFile(atPath: "/usr/bin/script"), "needs the dataset and util-linux's script"))
+    func theProgressBarFitsTheTerminal() throws {
+        for columns in [70, 50, 25] {
+            let dir = CLI.tempDir("tty")
+            defer { try? FileManager.default.removeItem(at: dir) }
+            let command = "stty cols \(columns) rows 24; \(CLI.binary.path) train --model mlp --train-limit 3000 --test-limit 64 --epochs 1 --batch 32 "
+                + "--log-every 30 --run-dir \(dir.path)"
+            let r = try CLI.run(["-qec", command, "/dev/null"], timeout: 120, executable: URL(fileURLWithPath: "/usr/bin/script"))
+            #expect(r.status == 0, "\(r.stdout)")
+            // what follows each clearing of the line up to the next: a redraw, unless a line that stays (ends in a newline)
+            let redraws = r.stdout.components(separatedBy: "\r\u{1B}[2K").dropFirst().filter { !$0.isEmpty && !$0.contains("\n") }
+            if columns == 25 {
+                #expect(!redraws.contains { $0.contains("loss") } && r.stdout.contains("epoch 1 step 30/94 loss"), "\(r.stdout)")
+            } else {
+                #expect(redraws.count >= 2 && redraws.allSatisfy { $0.count < columns }, "\(columns) columns: \(redraws.map(\.count).max() ?? 0): \(redraws.first ?? "")")
+                #expect(!r.stdout.contains("epoch 1 step 30/94 loss"), "a bar, not log lines: \(r.stdout)")
+            }
+        }
+    }
+
     /// The usual smoke test, then the real run: a --max-steps given once does not stay in the run when
     /// the resuming command gives --epochs.
     @Test(.enabled(if: dataInstalled, "needs Debian's dataset-fashion-mnist"))
