@@ -65,6 +65,9 @@ public final class Coordinator {
     private var served: (train: any ServableDataset, test: any ServableDataset)?
     /// Asked every loop: a reason to stop the job now (simulate: a worker process that exited early).
     public var failure: () -> String? = { nil }
+    /// The metrics line of the last merged evaluation, and the line the job ended with (end or interrupted).
+    public private(set) var lastEvaluation: MetricsEvent?
+    public private(set) var endEvent: MetricsEvent?
     /// When the job was set up: start-up time is measured from here to the Start.
     private let created: Date
     /// Set when a resumed run had already finished (`finishedIsDone`): its step count.
@@ -195,6 +198,8 @@ public final class Coordinator {
                     var end = event(stopped ? "interrupted" : "end")
                     end.elapsed_s = Date().timeIntervalSince(begun)
                     try metrics.write(end)
+                    end.model = config.model
+                    endEvent = end
                     guard stopped else {
                         progress.line("done: \(machine.completedSteps) steps; checkpoint \(runDirectory.appendingPathComponent(Checkpoint.fileName).path)")
                         return
@@ -310,6 +315,7 @@ public final class Coordinator {
                 (e.loss, e.lr, e.elapsed_s, e.samples_per_sec) = (trained.meanLoss, lastRate, seconds, Double(trained.count) / seconds)
                 merged.write(into: &e)
                 try metrics.write(e)
+                lastEvaluation = e
                 let which = ends ? "epoch \(epoch + 1)/\(config.epochsSpanned(stepsPerEpoch: stepsPerEpoch))"
                     : "step \(step) (\(step - epoch * stepsPerEpoch) of epoch \(epoch + 1)'s \(stepsPerEpoch) steps)"
                 progress.line("\(which): train loss \(ProgressDisplay.fixed(trained.meanLoss, 4)), \(merged.summary) (\(ProgressDisplay.fixed(seconds, 1)) s, "

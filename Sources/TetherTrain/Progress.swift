@@ -5,14 +5,21 @@ import Foundation
 /// narrow for any of it, periodic log lines are printed instead.
 public final class ProgressDisplay {
     public let interactive: Bool
-    /// Print nothing but errors (--quiet).
-    public var quiet = false
+    /// Print nothing (--quiet: errors and warnings go to stderr elsewhere).
+    public let quiet: Bool
+    /// Standard output, or standard error when standard output carries a result (--json).
+    private let output: FileHandle
     private var lastDraw = Date.distantPast
     private var barShown = false
     /// The last draw found no bar that fits: log lines stand in for it.
     private var tooNarrow = false
 
-    public init(interactive: Bool = isatty(STDOUT_FILENO) == 1) { self.interactive = interactive }
+    /// `interactive` defaults to whether the output is a terminal.
+    public init(interactive: Bool? = nil, toStandardError: Bool = false, quiet: Bool = false) {
+        output = toStandardError ? .standardError : .standardOutput
+        self.interactive = interactive ?? (isatty(toStandardError ? STDERR_FILENO : STDOUT_FILENO) == 1)
+        self.quiet = quiet
+    }
 
     /// A progress update for step `step` of `steps` in epoch `epoch`; drawn at most 10 times a second.
     /// `unit` is what the rate counts (a workload's: samples, or tokens for a language model).
@@ -23,12 +30,12 @@ public final class ProgressDisplay {
         lastDraw = now
         guard let text = Self.bar(epoch: epoch, epochs: epochs, step: step, steps: steps, loss: loss, rate: rate, unit: unit, eta: eta,
                                   width: Self.terminalColumns()) else {
-            if barShown { FileHandle.standardOutput.write(Data("\r\u{1B}[2K".utf8)); barShown = false }
+            if barShown { output.write(Data("\r\u{1B}[2K".utf8)); barShown = false }
             tooNarrow = true
             return
         }
         tooNarrow = false
-        FileHandle.standardOutput.write(Data(("\r\u{1B}[2K" + text).utf8))
+        output.write(Data(("\r\u{1B}[2K" + text).utf8))
         barShown = true
     }
 
@@ -51,16 +58,15 @@ public final class ProgressDisplay {
     /// The terminal's columns (TIOCGWINSZ on stdout), else $COLUMNS, else 80.
     static func terminalColumns() -> Int {
         var size = winsize()
-        if ioctl(STDOUT_FILENO, UInt(TIOCGWINSZ), &size) == 0, size.ws_col > 0 { return Int(size.ws_col) }
+        if ioctl(STDOUT_FILENO, UInt(TIOCGWINSZ), &size) == 0 || ioctl(STDERR_FILENO, UInt(TIOCGWINSZ), &size) == 0, size.ws_col > 0 { return Int(size.ws_col) }
         return ProcessInfo.processInfo.environment["COLUMNS"].flatMap(Int.init) ?? 80
     }
 
     /// A line that stays: log output, or an epoch summary under the bar.
     public func line(_ text: String) {
         guard !quiet else { return }
-        if barShown { FileHandle.standardOutput.write(Data("\r\u{1B}[2K".utf8)); barShown = false }
-        print(text)
-        fflush(stdout)
+        if barShown { output.write(Data("\r\u{1B}[2K".utf8)); barShown = false }
+        output.write(Data((text + "\n").utf8))
     }
 
     /// A periodic log line, shown only when not drawing a bar.

@@ -32,6 +32,8 @@ public final class Trainer {
     public let totalSteps: Int
 
     public var checkpointURL: URL { runDirectory.appendingPathComponent(Checkpoint.fileName) }
+    /// The metrics line of the last evaluation this run made (an epoch's end, or the run's end within one).
+    public private(set) var lastEvaluation: MetricsEvent?
 
     /// Prepares a run in `runDirectory`: a fresh one (which must not already hold a checkpoint), or with
     /// `resume`, the continuation of the checkpoint there. `overrides` are the flags given on the
@@ -133,6 +135,7 @@ public final class Trainer {
             (e.loss, e.samples_per_sec, e.elapsed_s, e.lr) = (epochStats.meanLoss, Double(epochStats.count) / seconds, seconds, learningRate(at: state.globalStep - 1))
             report.write(into: &e)
             try metrics.write(e)
+            lastEvaluation = e
             let which = epochEnds ? "epoch \(state.epoch + 1)/\(epochs)" : "step \(state.globalStep) (\(state.stepInEpoch) of epoch \(state.epoch + 1)'s \(stepsPerEpoch) steps)"
             progress.line("\(which): train loss \(ProgressDisplay.fixed(epochStats.meanLoss, 4)), \(report.summary) (\(ProgressDisplay.fixed(seconds, 1)) s)")
             (epochStats, epochStart) = (BatchStats(), Date())

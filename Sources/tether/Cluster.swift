@@ -22,6 +22,7 @@ struct CoordinatorCommand: ParsableCommand {
     var finishedOk = false
     @OptionGroup var security: SecurityOptions
     @OptionGroup var job: ClusterJob
+    @OptionGroup var output: OutputOptions
 
     func validate() throws {
         guard workers >= 1 else { throw ValidationError("--workers must be at least 1") }
@@ -32,6 +33,7 @@ struct CoordinatorCommand: ParsableCommand {
     }
 
     func run() throws {
+        if try output.printedConfig("coordinator", job.config(runDirectory: runDir), ["run_dir": runDir, "resume": job.resume, "workers": workers, "listen": listen]) { return }
         StopSignal.install()
         try job.restarting(runDirectory: runDir, what: "waiting for workers again") { resume, force in
             var options = Coordinator.Options(listen: listen, workers: workers)
@@ -39,8 +41,12 @@ struct CoordinatorCommand: ParsableCommand {
             (options.jobID, options.heartbeatTimeout) = (jobID, heartbeatTimeout)
             (options.minWorkers, options.lastCall, options.finishedIsDone) = (minWorkers ?? workers, lastCall, finishedOk)
             options.security = try security.security()
-            let coordinator = try job.coordinator(options, runDirectory: runDir, resume: resume)
-            do { try coordinator.run() } catch { throw ClusterJob.TrainingFailure(error: error) }
+            let coordinator = try job.coordinator(options, runDirectory: runDir, resume: resume, progress: output.progress)
+            do { try coordinator.run() } catch let stopped as JobInterrupted {
+                try output.printSummary(coordinator)
+                throw stopped
+            } catch { throw ClusterJob.TrainingFailure(error: error) }
+            try output.printSummary(coordinator)
         }
     }
 }
@@ -59,6 +65,7 @@ struct WorkerCommand: ParsableCommand {
     @OptionGroup var security: SecurityOptions
     @OptionGroup var threads: ThreadOptions
     @OptionGroup var jobFile: JobFileOption
+    @Flag(help: "Print nothing but errors.") var quiet = false
 
     func validate() throws {
         guard maxRestarts >= 0 else { throw ValidationError("--max-restarts must be at least 0") }
@@ -78,7 +85,7 @@ struct WorkerCommand: ParsableCommand {
             options.endProcess = { _ in Self.joinAgain(coordinator, restartsLeft: restarts - 1) }
         }
         do {
-            try Worker(options).run()
+            try (quiet ? Worker(options, log: { _ in }) : Worker(options)).run()
             // stopped gracefully by a signal to this process: its status says so
             if StopSignal.requested { throw ExitCode(StopSignal.exitStatus) }
         } catch let e as ExitCode {
@@ -117,6 +124,7 @@ struct Simulate: ParsableCommand {
     @Flag(help: "No encryption and no authentication on the loopback sockets (by default simulate makes a cluster key of its own for each run).")
     var insecure = false
     @OptionGroup var job: ClusterJob
+    @OptionGroup var output: OutputOptions
 
     func validate() throws {
         guard workers >= 1 else { throw ValidationError("--workers must be at least 1") }
@@ -124,6 +132,7 @@ struct Simulate: ParsableCommand {
     }
 
     func run() throws {
+        if try output.printedConfig("simulate", job.config(runDirectory: runDir), ["run_dir": runDir, "resume": job.resume, "workers": workers]) { return }
         StopSignal.install()
         try job.restarting(runDirectory: runDir, what: "with \(workers) new workers") { try runJob(resume: $0, force: $1) }
     }
@@ -145,7 +154,7 @@ struct Simulate: ParsableCommand {
             try KeyFile.write(keys, to: path)
             (options.security, security) = (.curve(keys), ["--key-file", path])
         }
-        let coordinator = try job.coordinator(options, runDirectory: runDir, resume: resume)
+        let coordinator = try job.coordinator(options, runDirectory: runDir, resume: resume, progress: output.progress)
         do {
             let perWorker = threads ?? max(1, ProcessInfo.processInfo.activeProcessorCount / workers)
             for _ in 0..<workers {
@@ -153,6 +162,7 @@ struct Simulate: ParsableCommand {
                 p.executableURL = URL(fileURLWithPath: "/proc/self/exe")
                 p.arguments = ["worker", "--coordinator", coordinator.boundAddress, "--advertise", "tcp://127.0.0.1:0", "--job-id", jobID, "--threads", String(perWorker)]
                     + security + ["--data-root", "/"] // the workers read what this user's coordinator reads
+                    + (output.quiet ? ["--quiet"] : [])
                 // TETHER_* settings are the coordinator's (JobSettings); a worker would refuse them.
                 var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("TETHER_") }
                 env["OPENBLAS_NUM_THREADS"] = String(perWorker)
@@ -170,8 +180,10 @@ struct Simulate: ParsableCommand {
             }
             try coordinator.run()
             ClusterJob.reap(children, within: 10)
+            try output.printSummary(coordinator)
         } catch let stopped as JobInterrupted {
             ClusterJob.reap(children, within: 10) // told Finish, they exit
+            try output.printSummary(coordinator)
             throw stopped
         } catch {
             ClusterJob.reap(children, within: 2)
@@ -208,14 +220,18 @@ struct ClusterJob: ParsableArguments {
     }
 
     /// The coordinator of a fresh job, or of the run in `runDirectory` resumed (`--resume`, or a restart).
-    func coordinator(_ given: Coordinator.Options, runDirectory: String, resume: Bool? = nil) throws -> Coordinator {
-        let resume = resume ?? self.resume
+    func coordinator(_ given: Coordinator.Options, runDirectory: String, resume: Bool, progress: ProgressDisplay) throws -> Coordinator {
         var options = given
         (options.hashEvery, options.bucketBytes, options.serveData) = (hashEvery, max(4, Int(bucketMb * 1_048_576)), serveData)
-        let dir = URL(fileURLWithPath: runDirectory)
+        return try Coordinator(options: options, config: config(runDirectory: runDirectory, resume: resume), runDirectory: URL(fileURLWithPath: runDirectory),
+                               resume: resume, progress: progress)
+    }
+
+    /// The job's training settings: the flags over a new run's defaults, or (resuming) over the checkpoint's.
+    func config(runDirectory: String, resume: Bool? = nil) throws -> TrainingConfig {
         var base = TrainingConfig()
-        if resume { base = try Checkpoint.Loaded(dir.appendingPathComponent(Checkpoint.fileName)).config }
-        return try Coordinator(options: options, config: training.applied(to: base), runDirectory: dir, resume: resume)
+        if resume ?? self.resume { base = try Checkpoint.Loaded(URL(fileURLWithPath: runDirectory).appendingPathComponent(Checkpoint.fileName)).config }
+        return training.applied(to: base)
     }
 
     /// A job that was set up and then failed while training: the failure a restart may recover from.

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import TetherTensor
 import TetherTrain
 
 struct Train: ParsableCommand {
@@ -12,6 +13,7 @@ struct Train: ParsableCommand {
     @Flag(help: "Continue the run in --run-dir from its checkpoint.") var resume = false
     @Flag(help: "Start a new run in a --run-dir that holds one, deleting its checkpoint and metrics.") var force = false
     @Option(help: "Stop this invocation after N global steps, leaving a checkpoint to --resume.") var stopAfterSteps: Int?
+    @OptionGroup var output: OutputOptions
 
     func run() throws {
         threads.apply()
@@ -20,8 +22,15 @@ struct Train: ParsableCommand {
             let dir = URL(fileURLWithPath: runDir)
             var base = TrainingConfig()
             if resume { base = try Checkpoint.Loaded(dir.appendingPathComponent(Checkpoint.fileName)).config }
-            let trainer = try Trainer(config: training.applied(to: base), runDirectory: dir, resume: resume, force: force)
+            let config = training.applied(to: base)
+            if try output.printedConfig("train", config, ["run_dir": runDir, "resume": resume, "threads": BLAS.threads]) { return }
+            let started = Date()
+            let trainer = try Trainer(config: config, runDirectory: dir, resume: resume, force: force, progress: output.progress)
             let summary = try trainer.run(stopAfterSteps: stopAfterSteps)
+            var end = MetricsEvent(event: summary.outcome == .finished ? "end" : summary.outcome == .interrupted ? "interrupted" : "stopped",
+                                   step: summary.state.globalStep, stepsPerEpoch: trainer.workload.stepsPerEpoch)
+            (end.model, end.elapsed_s) = (config.model, Date().timeIntervalSince(started))
+            try output.printSummary(end, lastEvaluation: trainer.lastEvaluation, runDirectory: runDir)
             if summary.outcome == .interrupted { throw ExitCode(StopSignal.exitStatus) }
         } catch let e as ExitCode {
             throw e

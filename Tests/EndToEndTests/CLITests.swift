@@ -237,6 +237,35 @@ let dataInstalled = FileManager.default.fileExists(atPath: "/usr/share/datasets/
         }
     }
 
+    /// What torchrun and Horovod users expect: `tether models`; --print-config (the settings after the
+    /// job file, variables and flags, then exit, touching nothing); --json (one object on stdout) on
+    /// train and simulate alike; --quiet (nothing printed by a run that goes well).
+    @Test(.enabled(if: dataInstalled, "needs Debian's dataset-fashion-mnist"))
+    func modelsPrintConfigJSONAndQuiet() throws {
+        let models = try CLI.run(["models", "--json"])
+        let listed = ((try JSONSerialization.jsonObject(with: Data(models.stdout.utf8)) as? [String: Any])?["models"] as? [[String: Any]])?.compactMap { $0["model"] as? String }
+        #expect(listed == ["mlp", "mlp-wn", "cnn-wn", "autoencoder-tied", "lm-tied", "wide-deep"], "\(models.stdout)")
+        #expect(try CLI.run(["models"]).stdout.contains("Wide & Deep click prediction"))
+
+        let dir = CLI.tempDir("output")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let printed = try CLI.run(["simulate", "--model", "lm-tied", "--lr", "5", "--print-config", "--run-dir", dir.path], environment: ["TETHER_LR": "7", "TETHER_EPOCHS": "2"])
+        let config = (try JSONSerialization.jsonObject(with: Data(printed.stdout.utf8)) as? [String: Any])?["config"] as? [String: Any]
+        #expect(printed.status == 0 && (config?["schedule"] as? [String: Any])?["baseLR"] as? Double == 5 && config?["epochs"] as? Int == 2
+                && config?["batch"] as? Int == 20, "flag over variable over the model's defaults: \(printed.stdout)")
+        #expect(!FileManager.default.fileExists(atPath: dir.path), "--print-config touches nothing")
+
+        let common = ["--model", "mlp", "--train-limit", "256", "--test-limit", "64", "--max-steps", "5"]
+        for command in ["train", "simulate"] {
+            let r = try CLI.run([command, "--json", "--run-dir", dir.path + "/" + command] + common, timeout: 120)
+            let summary = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any]
+            #expect(r.status == 0 && summary?["event"] as? String == "end" && summary?["step"] as? Int == 5 && summary?["test_accuracy"] is Double
+                    && summary?["checkpoint"] as? String == dir.path + "/\(command)/checkpoint.safetensors", "\(command) --json: \(r.stdout)")
+            let quiet = try CLI.run([command, "--quiet", "--run-dir", dir.path + "/quiet-" + command] + common, timeout: 120)
+            #expect(quiet.status == 0 && quiet.stdout.isEmpty && quiet.stderr.isEmpty, "\(command) --quiet: \(quiet.stdout)\(quiet.stderr)")
+        }
+    }
+
     /// The usual smoke test, then the real run: a --max-steps given once does not stay in the run when
     /// the resuming command gives --epochs.
     @Test(.enabled(if: dataInstalled, "needs Debian's dataset-fashion-mnist"))
