@@ -273,12 +273,13 @@ struct ClusterJob: ParsableArguments {
         exitWithError(error)
     }
 
-    /// Waits for the workers to exit, terminating those still running after `seconds`.
+    /// Waits for the workers to exit, killing those still running after `seconds` (SIGKILL: a worker
+    /// takes SIGTERM as a graceful stop, which a job that is over cannot complete).
     static func reap(_ children: [Process], within seconds: Double) {
         let deadline = Date().addingTimeInterval(seconds)
         for p in children {
             while p.isRunning && Date() < deadline { usleep(20_000) }
-            if p.isRunning { p.terminate() }
+            if p.isRunning { kill(p.processIdentifier, SIGKILL) }
         }
     }
 }
