@@ -117,6 +117,8 @@ let dataInstalled = FileManager.default.fileExists(atPath: "/usr/share/datasets/
         (["train", "--lr", "-1", "--run-dir", "/tmp/tether-e2e-never"], "--lr must be a positive number (got -1.0)"),
         (["bench", "allreduce", "--ranks", "1"], "--ranks must be at least 2: an all-reduce over one rank moves nothing to measure"),
         (["bench", "allreduce", "--size", "1tb"], "--size 1tb: expected a byte count"),
+        (["eval", "--checkpoint", "/tmp"], "/tmp: not a valid safetensors file: is a folder; give the checkpoint file (e.g. /tmp/checkpoint.safetensors)"),
+        (["train", "--run-dir", "/etc/hostname"], "--run-dir /etc/hostname is a file; give a folder (it is created if missing)"),
         (["worker", "--coordinator", "127.0.0.1:7070"], "--coordinator takes tcp://HOST:PORT, got 127.0.0.1:7070 (did you mean tcp://127.0.0.1:7070?)"),
         (["coordinator", "--workers", "2", "--listen", "0.0.0.0:7070"], "--listen takes tcp://HOST:PORT, got 0.0.0.0:7070 (did you mean tcp://0.0.0.0:7070?)"),
         (["worker", "--coordinator", "tcp://127.0.0.1:1", "--advertise", "tcp://nosuchhost.invalid:0", "--insecure"], "--advertise tcp://nosuchhost.invalid:0: cannot resolve nosuchhost.invalid"),
@@ -312,7 +314,28 @@ let dataInstalled = FileManager.default.fileExists(atPath: "/usr/share/datasets/
     @Test func versionNamesTheCLibraries() throws {
         let r = try CLI.run(["version"])
         #expect(r.status == 0)
-        #expect(r.stdout.contains("libzmq 4.") && r.stdout.contains("protobuf-c 1.") && r.stdout.contains("OpenBLAS"))
+        #expect(r.stdout.contains("libzmq 4.") && r.stdout.contains("protobuf-c 1.") && r.stdout.contains("OpenBLAS") && !r.stdout.contains("OpenBLAS OpenBLAS"))
+    }
+
+    /// Numbers and words as a person reads them: sizes in any case, one worker not "1 workers", a table
+    /// of one class refused through the binary (not trained to "AUC nan, accuracy 100%").
+    @Test func plainWordsForSmallThings() throws {
+        let bench = try CLI.run(["bench", "allreduce", "--ranks", "2", "--size", "1mb", "--iterations", "1", "--warmup", "0", "--insecure"], timeout: 60)
+        #expect(bench.status == 0 && bench.stdout.contains("all-reduce of 1mb (250000 float32)"), "\(bench.stdout)\(bench.stderr)")
+        let dir = CLI.tempDir("plain")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let address = "tcp://127.0.0.1:\(Int.random(in: 20000..<60000))"
+        let coordinator = try CLI.start(["coordinator", "--listen", address, "--workers", "1", "--model", "mlp", "--run-dir", dir.path + "/c"] + CLI.key, bound: 30)
+        usleep(1_500_000)
+        kill(coordinator.pid, SIGTERM)
+        let c = coordinator.finish()
+        #expect(c.stdout.contains("waiting for 1 worker; mlp, batch 64 per worker (64 global)"), "\(c.stdout)")
+        let csv = dir.appendingPathComponent("t.csv"), schema = dir.appendingPathComponent("t.schema")
+        try (0..<40).map { "a\($0 % 3),\($0),no" }.joined(separator: "\n").write(to: csv, atomically: true, encoding: .utf8)
+        try "columns a, b, y\ncategorical a\nnumeric b\nlabel y yes\n".write(to: schema, atomically: true, encoding: .utf8)
+        let one = try CLI.run(["train", "--model", "wide-deep", "--data", "csv:" + csv.path, "--schema", schema.path, "--run-dir", dir.path + "/run"])
+        #expect(one.status == 1 && one.stderr.contains("every training row has label 0; a click model needs both classes"), "\(one.stderr)")
     }
 
     /// lm-tied as a user runs it: train on a text file, evaluate the checkpoint (the vocabulary comes with it).

@@ -223,6 +223,33 @@ struct ClusterProcessTests {
         }
     }
 
+    /// A second Ctrl-C does not wait for the step in progress (seconds of cnn-wn at batch 512): simulate
+    /// exits at once, 130, saying what is lost, and takes its workers with it.
+    @Test func aSecondInterruptExitsAtOnceSayingWhatIsLost() throws {
+        let dir = CLI.tempDir("second-interrupt")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let sim = try CLI.start(["simulate", "--workers", "2", "--model", "cnn-wn", "--batch", "512", "--train-limit", "8192", "--test-limit", "100",
+                                 "--run-dir", dir.path], bound: 120)
+        waitUntilTraining(dir, settle: 0.2)
+        let children = (try? String(contentsOfFile: "/proc/\(sim.pid)/task/\(sim.pid)/children", encoding: .utf8))?.split(separator: " ").compactMap { Int32($0) } ?? []
+        kill(sim.pid, SIGINT)
+        usleep(300_000)
+        let second = Date()
+        kill(sim.pid, SIGINT)
+        let r = sim.finish()
+        #expect(Date().timeIntervalSince(second) < 3, "exited \(Date().timeIntervalSince(second)) s after the second interrupt")
+        #expect(r.status == 130 && r.stderr.contains("tether: interrupted again: exiting at once; nothing of this run is kept (no checkpoint was written yet)"),
+                "\(r.stdout)\(r.stderr)")
+        #expect(children.count == 2)
+        usleep(500_000)
+        // gone, or a zombie its new parent has not reaped yet (kill(pid, 0) succeeds on those)
+        func running(_ pid: Int32) -> Bool {
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else { return false }
+            return !stat[close...].hasPrefix(") Z")
+        }
+        for c in children { #expect(!running(c), "worker \(c) is still running") }
+    }
+
     /// A signal before training has nothing to save and says so: the coordinator exits at once.
     @Test func anInterruptBeforeTrainingSaysNothingIsKept() throws {
         let empty = CLI.tempDir("interrupt-empty")
