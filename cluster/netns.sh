@@ -4,12 +4,18 @@
 # one bridge; links optionally shaped with tc tbf in both directions (the host's egress inside its
 # namespace, its ingress on the bridge port). Needs root. Call netns_down on every exit (trap).
 #
-#   netns_up HOSTS [RATE|none] [MTU]   sets NETNS_PREFIX, NETNS_BRIDGE, NETNS_ADDRESSES (one per host)
+# The bridge lives in a namespace of its own (the "switch"), not in the host's: nothing of the host's
+# firewall applies to it. With Docker installed the host's FORWARD policy is DROP and bridged frames go
+# through iptables (bridge-nf-call-iptables), which silently dropped all traffic between the hosts.
+#
+#   netns_up HOSTS [RATE|none] [MTU]   sets NETNS_PREFIX, NETNS_SWITCH, NETNS_ADDRESSES (one per host)
 #   netns_exec HOST COMMAND...         runs COMMAND in host HOST's namespace
-#   netns_down                         deletes the namespaces and the bridge
+#   netns_link HOST up|down            cuts or restores host HOST's link (its bridge port)
+#   netns_shape HOST RATE              changes host HOST's link rate (both directions)
+#   netns_down                         deletes the namespaces (the bridge with its switch)
 
 NETNS_PREFIX="tns$$"
-NETNS_BRIDGE="tbr$$"
+NETNS_SWITCH="$NETNS_PREFIX-switch"
 NETNS_HOSTS=0
 NETNS_ADDRESSES=()
 
@@ -25,25 +31,34 @@ netns_up() {
   local hosts=$1 rate=${2:-none} mtu=${3:-1500} net=$(( $$ % 200 + 20 ))
   NETNS_HOSTS=$hosts
   NETNS_ADDRESSES=()
-  ip link add "$NETNS_BRIDGE" type bridge
-  ip link set "$NETNS_BRIDGE" up
-  local h ns port
+  ip netns add "$NETNS_SWITCH"
+  ip -n "$NETNS_SWITCH" link add br0 type bridge
+  ip -n "$NETNS_SWITCH" link set br0 up
+  local h ns
   for ((h = 0; h < hosts; h++)); do
-    ns="$NETNS_PREFIX-$h" port="${NETNS_PREFIX}b$h"
+    ns="$NETNS_PREFIX-$h"
     ip netns add "$ns"
-    ip link add "${NETNS_PREFIX}v$h" mtu "$mtu" type veth peer name "$port" mtu "$mtu"
-    ip link set "${NETNS_PREFIX}v$h" netns "$ns"
-    ip -n "$ns" link set "${NETNS_PREFIX}v$h" name eth0
-    ip link set "$port" master "$NETNS_BRIDGE" up
+    # the pair is made in the switch; one end moves to the host's namespace and becomes its eth0
+    ip -n "$NETNS_SWITCH" link add "port$h" mtu "$mtu" type veth peer name "host$h" mtu "$mtu"
+    ip -n "$NETNS_SWITCH" link set "host$h" netns "$ns"
+    ip -n "$ns" link set "host$h" name eth0
+    ip -n "$NETNS_SWITCH" link set "port$h" master br0 up
     ip -n "$ns" addr add "10.78.$net.$((h + 1))/24" dev eth0
     ip -n "$ns" link set eth0 up
     ip -n "$ns" link set lo up
-    if [ "$rate" != none ]; then
-      ip netns exec "$ns" tc qdisc add dev eth0 root tbf rate "$rate" burst 256kb latency 100ms
-      tc qdisc add dev "$port" root tbf rate "$rate" burst 256kb latency 100ms
-    fi
+    if [ "$rate" != none ]; then netns_shape "$h" "$rate"; fi
     NETNS_ADDRESSES+=("10.78.$net.$((h + 1))")
   done
+}
+
+netns_shape() {
+  local host=$1 rate=$2
+  ip netns exec "$NETNS_PREFIX-$host" tc qdisc replace dev eth0 root tbf rate "$rate" burst 256kb latency 100ms
+  ip netns exec "$NETNS_SWITCH" tc qdisc replace dev "port$host" root tbf rate "$rate" burst 256kb latency 100ms
+}
+
+netns_link() {
+  ip -n "$NETNS_SWITCH" link set "port$1" "$2"
 }
 
 netns_exec() {
@@ -53,7 +68,11 @@ netns_exec() {
 }
 
 netns_down() {
-  local h
-  for ((h = 0; h < NETNS_HOSTS; h++)); do ip netns del "$NETNS_PREFIX-$h" 2>/dev/null || true; done
-  ip link del "$NETNS_BRIDGE" 2>/dev/null || true
+  local h pid
+  for ((h = 0; h < NETNS_HOSTS; h++)); do
+    # nothing of a host outlives it (a process stopped by a drill would take no signal but this)
+    for pid in $(ip netns pids "$NETNS_PREFIX-$h" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
+    ip netns del "$NETNS_PREFIX-$h" 2>/dev/null || true
+  done
+  ip netns del "$NETNS_SWITCH" 2>/dev/null || true
 }

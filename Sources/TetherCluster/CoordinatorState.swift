@@ -241,8 +241,17 @@ public struct CoordinatorState {
                 return fail("only \(members.count) of \(settings.workers) workers\(settings.elastic ? " (at least \(settings.minWorkers) needed)" : "") joined within \(Int(settings.joinTimeout)) s"
                             + (members.isEmpty ? "" : " (joined: \(members.map(\.address).joined(separator: ", ")))"))
             }
-            if phase != .joining, let silent = members.indices.first(where: { now - members[$0].lastHeard > settings.heartbeatTimeout }) {
-                return fail("worker rank \(silent) (\(members[silent].address)) has been silent for \(Int(now - members[silent].lastHeard)) s: it died or lost its connection")
+            if phase != .joining, members.contains(where: { now - $0.lastHeard > settings.heartbeatTimeout }) {
+                // Named with the first: every other rank silent for half the time-out (a partition or a
+                // switch takes several at once, and their time-outs fall a moment apart).
+                let silent = members.indices.filter { now - members[$0].lastHeard > settings.heartbeatTimeout / 2 }
+                let heard = members.map(\.lastHeard)
+                let seconds = { (r: Int) in Int(now - heard[r]) }
+                if silent.count == 1, let r = silent.first {
+                    return fail("worker rank \(r) (\(members[r].address)) has been silent for \(seconds(r)) s: it died, lost its connection, or cannot get a heartbeat through")
+                }
+                return fail("workers " + silent.map { "rank \($0) (\(members[$0].address), \(seconds($0)) s)" }.joined(separator: ", ")
+                            + " have been silent: they died, lost their connections, or cannot get a heartbeat through (a network partition?)")
             }
             return []
         }

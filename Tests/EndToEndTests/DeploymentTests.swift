@@ -284,4 +284,62 @@ let netnsUnavailable: String? = {
         #expect(r.status == 1, "\(r.stdout)\(r.stderr)")
         #expect(r.stderr.contains("cannot reach its right neighbour rank") && r.stderr.contains("Check the address that worker advertises"), "\(r.stderr)")
     }
+
+    /// Runs cluster/netns-cluster with drills on 3 (or 2) emulated hosts training mlp-wn; returns the
+    /// result and the drills' summary lines (JSON objects).
+    func drill(_ drills: [String], workers: Int = 3, restarts: Int = 0, training: [String] = []) throws -> (CLI.Result, [[String: Any]], URL) {
+        let dir = CLI.tempDir("drill")
+        let r = try CLI.run([file("cluster/netns-cluster").path, "--workers", "\(workers)", "--rate", "1gbit", "--timeout", "150", "--worker-restarts", "\(restarts)",
+                             "--tether", CLI.binary.path, "--run-dir", dir.path] + drills.flatMap { ["--drill", $0] }
+                            + ["--", "--model", "mlp-wn", "--train-limit", "6000", "--test-limit", "500", "--batch", "32", "--epochs", "6",
+                               "--checkpoint-every", "20", "--log-every", "50"] + training,
+                            timeout: 200, executable: bash)
+        let summaries = r.stdout.split(separator: "\n").filter { $0.hasPrefix("{\"drill\"") }
+            .compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        return (r, summaries, dir)
+    }
+
+    /// Drills on emulated hosts: a worker's link cut for 12 s is named within the heartbeat time-out
+    /// and an elastic job goes on with the other two from its last checkpoint, to the accuracy of an
+    /// undisturbed run; the host comes back and is turned away, and nothing is left running.
+    @Test(.enabled(if: dataInstalled && netnsUnavailable == nil, "needs root, network namespaces and Fashion-MNIST: \(netnsUnavailable ?? "")"))
+    func aCutLinkIsNamedAndAnElasticJobGoesOn() throws {
+        let (r, drills, dir) = try drill(["cut:2:3:12"], restarts: 1, training: ["--min-workers", "2", "--max-restarts", "1", "--last-call", "3"])
+        defer { try? FileManager.default.removeItem(at: dir) }
+        #expect(r.status == 0 && r.stdout.contains("has been silent for") && r.stdout.contains("all 2 replicas agree"), "\(r.stdout)\(r.stderr)")
+        let named = drills.first?["named_after_ms"] as? Int, lost = (drills.first?["steps_lost"] as? [Int])?.first
+        #expect(named.map { $0 < 8000 } ?? false && lost.map { $0 <= 20 } ?? false, "\(drills)")
+        let accuracy = r.stdout.components(separatedBy: "test accuracy ").last.flatMap { Double($0.prefix(while: { $0 != "%" })) } ?? 0
+        #expect(accuracy > 80, "\(r.stdout)")
+    }
+
+    /// A host frozen with SIGSTOP and a link that drops to 100 kbit/s (heartbeats cannot get through
+    /// the gradients) are named within the heartbeat time-out; the job stops with its last checkpoint and
+    /// nothing hangs or is left running.
+    @Test(.enabled(if: dataInstalled && netnsUnavailable == nil, "needs root, network namespaces and Fashion-MNIST: \(netnsUnavailable ?? "")"))
+    func aFrozenHostAndASlowLinkAreNamed() throws {
+        for spec in ["freeze:1:3:15", "slow:1:3:100kbit"] {
+            let started = Date()
+            let (r, drills, dir) = try drill([spec])
+            defer { try? FileManager.default.removeItem(at: dir) }
+            #expect(r.status == 1 && r.stderr.contains("has been silent for") && FileManager.default.fileExists(atPath: dir.path + "/checkpoint.safetensors"),
+                    "\(spec): \(r.stdout)\(r.stderr)")
+            #expect((drills.first?["named_after_ms"] as? Int).map { $0 < 8000 } ?? false, "\(spec): \(drills)")
+            #expect(Date().timeIntervalSince(started) < 60, "\(spec) took \(Date().timeIntervalSince(started)) s")
+        }
+        #expect(try CLI.run(["-f", "tether worker --coordinator tcp://10.78."], executable: URL(fileURLWithPath: "/usr/bin/pgrep")).stdout.isEmpty)
+    }
+
+    /// The coordinator cut off from every worker: it names them all, and every worker exits saying the
+    /// coordinator fell silent.
+    @Test(.enabled(if: dataInstalled && netnsUnavailable == nil, "needs root, network namespaces and Fashion-MNIST: \(netnsUnavailable ?? "")"))
+    func aPartitionedCoordinatorNamesTheWorkersAndTheyExit() throws {
+        let (r, _, dir) = try drill(["partition:3:20"], workers: 2)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        #expect(r.status == 1 && r.stderr.contains("workers rank 0 (") && r.stderr.contains("have been silent"), "\(r.stdout)\(r.stderr)")
+        for w in 0..<2 {
+            let log = (try? String(contentsOf: dir.appendingPathComponent("worker-\(w).log"), encoding: .utf8)) ?? ""
+            #expect(log.contains("has been silent for 10 s; exiting"), "worker \(w): \(log)")
+        }
+    }
 }

@@ -147,8 +147,17 @@ import TetherComm
         for r in [0, 2] { _ = s.handle(.heartbeat(rank: r), now: 5) }
         #expect(s.handle(.tick, now: 5.5).isEmpty)
         let out = s.handle(.tick, now: 6.5)
-        #expect(out == [.abort("worker rank 1 (tcp://h1:1) has been silent for 5 s: it died or lost its connection")])
+        #expect(out == [.abort("worker rank 1 (tcp://h1:1) has been silent for 5 s: it died, lost its connection, or cannot get a heartbeat through")])
         #expect(s.handle(.step(rank: 0, report(1)), now: 7).isEmpty) // a failed job takes no more events
+    }
+
+    /// A partition silences several workers a moment apart: all are named at the first time-out.
+    @Test func workersSilentTogetherAreNamedTogether() {
+        var s = started()
+        _ = s.handle(.heartbeat(rank: 0), now: 5)
+        _ = s.handle(.heartbeat(rank: 2), now: 2)
+        #expect(s.handle(.tick, now: 6.5) == [.abort("workers rank 1 (tcp://h1:1, 5 s), rank 2 (tcp://h2:1, 4 s) have been silent: they died, "
+                                                      + "lost their connections, or cannot get a heartbeat through (a network partition?)")])
     }
 
     @Test func divergedParametersStopTheJobNamingTheRank() {
