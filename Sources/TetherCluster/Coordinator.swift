@@ -423,7 +423,7 @@ public final class Coordinator {
     /// the job notices a gone member by its silence.
     private func send(_ body: Envelope.Body, to identity: [UInt8]) {
         do { try router.send(body, from: -1, to: identity) } catch {
-            drop("could not send \(body.name) to \(ranks[identity].map { "rank \($0)" } ?? "a worker without a rank"): \(error)")
+            drop("could not send \(body.name) to \(ranks[ControlIdentity.member(of: identity)].map { "rank \($0)" } ?? "a worker without a rank"): \(error)")
         }
     }
 

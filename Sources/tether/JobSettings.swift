@@ -11,7 +11,7 @@ import TetherJobFile
 ///   `false` turns an invertible one off (`weight-norm: false`), a list is joined with commas
 ///   (`hidden: [256, 128, 64]`). Keys may be grouped under a command's name (`coordinator:`,
 ///   `simulate:`, ...): a group for another command is skipped, so one file can serve several.
-/// - `TETHER_LR=0.01` is `--lr 0.01`; `TETHER_RESUME=true` is `--resume`.
+/// - `TETHER_LR=0.01` is `--lr 0.01`; `TETHER_RESUME=true` is `--resume`; an empty variable is unset.
 /// - A key or variable that names an option of another command is ignored by a command that lacks it
 ///   (one job file, one environment, serves the coordinator and the workers). A job file key that names
 ///   an option of no command is an error naming the file (a typo); such a variable only draws a warning
@@ -52,7 +52,8 @@ enum JobSettings {
             }
         }
         var fromEnvironment: [String] = []
-        for (name, value) in environment.sorted(by: { $0.key < $1.key }) where name.hasPrefix("TETHER_") && !ownVariables.contains(name) {
+        // An empty variable is unset (compose passes `${TETHER_X:-}` of an unset X as empty).
+        for (name, value) in environment.sorted(by: { $0.key < $1.key }) where name.hasPrefix("TETHER_") && !ownVariables.contains(name) && !value.isEmpty {
             let key = name.dropFirst("TETHER_".count).lowercased().replacingOccurrences(of: "_", with: "-")
             fromEnvironment += try known.arguments(key, value, source: "environment variable \(name)", command: command)
                 ?? lacking(key, source: "environment variable \(name)", fatal: false)

@@ -1,0 +1,165 @@
+import Foundation
+import Testing
+
+/// A Docker engine for a test: the one that answers, or `dockerd` started here (root) and stopped by
+/// `stop`. Nil, with the reason, when there is none to have.
+final class DockerEngine {
+    private var started: Process?
+    static let docker = which("docker"), compose = which("docker-compose")
+
+    /// Why no engine can be had here, or nil.
+    static var unavailable: String? {
+        guard docker != nil, compose != nil else { return "needs docker.io and docker-compose (scripts/install-deps --test installs them)" }
+        guard which("debootstrap") != nil else { return "needs debootstrap to make base images offline (scripts/install-deps --test)" }
+        guard getuid() == 0 || answers() else { return "no Docker engine answers and only root may start one" }
+        guard answers() || which("dockerd") != nil else { return "no Docker engine answers and dockerd is not installed" }
+        return nil
+    }
+
+    static func answers() -> Bool { (try? CLI.run(["info"], timeout: 20, executable: docker!))?.status == 0 }
+
+    init() throws {
+        guard !Self.answers() else { return }
+        let p = Process()
+        p.executableURL = which("dockerd")
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle(forWritingAtPath: "/dev/null")
+        try p.run()
+        started = p
+        let deadline = Date().addingTimeInterval(60)
+        while !Self.answers() {
+            guard Date() < deadline, p.isRunning else { stop(); throw CollectiveFailure("dockerd did not answer within 60 s") }
+            usleep(500_000)
+        }
+    }
+
+    /// Stops the engine if this started it (containers of this test are gone by then).
+    func stop() {
+        guard let p = started else { return }
+        kill(p.processIdentifier, SIGTERM)
+        let deadline = Date().addingTimeInterval(30)
+        while p.isRunning && Date() < deadline { usleep(200_000) }
+        if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+        started = nil
+    }
+
+    deinit { stop() }
+}
+
+struct CollectiveFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ d: String) { description = d }
+}
+
+/// Why no Docker engine can be had here, or nil (read once).
+let dockerUnavailable: String? = DockerEngine.unavailable
+
+/// docker-compose on a real engine, as the README says to run it: base images made offline
+/// (cluster/test-images: debootstrap and this machine's Swift toolchain), `docker-compose build`, then
+/// `up` with 4 workers to the job's accuracy; then drills: a killed worker container, a killed
+/// coordinator container, and a second `up` of a finished job. Uses Debian's docker-compose 1.29 (the
+/// `docker-compose` spelling; `docker compose` v2 is not in Debian's docker.io).
+@Suite(.serialized, .enabled(if: dockerUnavailable == nil && dataInstalled, "\(dockerUnavailable ?? "needs Debian's dataset-fashion-mnist")"))
+struct ComposeTests {
+    let project = "tethertest\(getpid())"
+    var image: String { "tether-test/tether:\(project)" }
+
+    /// `docker-compose -p PROJECT ARGS` in the repository with `environment`.
+    func compose(_ args: [String], timeout: TimeInterval, environment: [String: String] = [:]) throws -> CLI.Result {
+        try CLI.run(["-p", project] + args, timeout: timeout,
+                    environment: ["COMPOSE_FILE": CLI.repository.appendingPathComponent("docker-compose.yml").path, "TETHER_IMAGE": image] + environment,
+                    executable: DockerEngine.compose!)
+    }
+
+    func docker(_ args: [String], timeout: TimeInterval = 60) throws -> CLI.Result { try CLI.run(args, timeout: timeout, executable: DockerEngine.docker!) }
+
+    /// A file of the run directory on the `runs` volume.
+    func runFile(_ path: String) throws -> String {
+        try docker(["run", "--rm", "--entrypoint", "cat", "-v", "\(project)_runs:/runs", image, "/runs/" + path]).stdout
+    }
+
+    /// The lines of a run's metrics.jsonl.
+    func metrics(_ job: String) throws -> [[String: Any]] {
+        try runFile("\(job)/metrics.jsonl").split(separator: "\n").compactMap { try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+    }
+
+    /// Waits until `job`'s metrics say training went `beyond` steps (or 120 s pass).
+    func waitForStep(_ job: String, beyond step: Int) {
+        let deadline = Date().addingTimeInterval(120)
+        while Date() < deadline {
+            if let last = (try? metrics(job))?.compactMap({ $0["event"] as? String == "step" ? $0["step"] as? Int : nil }).last, last > step { return }
+            usleep(500_000)
+        }
+    }
+
+    @Test func composeBuildsTrainsAndRecoversFromKilledContainers() throws {
+        let engine = try DockerEngine()
+        defer { _ = try? compose(["down", "-v", "--remove-orphans"], timeout: 120); _ = try? docker(["image", "rm", image]); engine.stop() }
+        let images = try CLI.run([CLI.repository.appendingPathComponent("cluster/test-images").path], timeout: 1200, executable: URL(fileURLWithPath: "/bin/bash"))
+        #expect(images.status == 0, "\(images.stderr)")
+        guard images.status == 0 else { return }
+        var built = Date()
+        let build = try compose(["build"] + images.stdout.split(separator: " ").map(String.init).filter { !$0.isEmpty }.map { $0.trimmingCharacters(in: .newlines) }, timeout: 1500)
+        #expect(build.status == 0, "\(build.stdout.suffix(3000))\(build.stderr.suffix(3000))")
+        guard build.status == 0 else { return }
+        print("compose test: docker-compose build took \(Int(Date().timeIntervalSince(built))) s")
+        let key = try CLI.run(["keygen"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+
+        // The README's commands: a job with 4 workers, to its accuracy.
+        let job = "fashion-mnist-quick", env = ["TETHER_KEY": key, "TETHER_WORKERS": "4", "TETHER_JOB": job]
+        built = Date()
+        let up = try compose(["up", "--scale", "worker=4"], timeout: 600, environment: env)
+        #expect(up.status == 0 && up.stdout.contains("all 4 replicas agree") && up.stdout.contains("done: 470 steps"), "\(up.stdout.suffix(4000))\(up.stderr.suffix(2000))")
+        let accuracy = up.stdout.components(separatedBy: "test accuracy ").last.flatMap { Double($0.prefix(while: { $0 != "%" })) } ?? 0
+        #expect(accuracy > 84, "\(up.stdout.suffix(2000))")
+        #expect(!up.stdout.contains("failed the handshake"), "a health check must not look like a stranger")
+        let startup = up.stdout.components(separatedBy: "training (").dropFirst().first.map { String($0.prefix { $0 != " " }) } ?? "?"
+        let rates = up.stdout.components(separatedBy: " samples/s)").dropLast().compactMap { Double($0.split(separator: " ").last?.replacingOccurrences(of: ",", with: "") ?? "") }
+        print("compose test: up to the end \(Int(Date().timeIntervalSince(built))) s (first step \(startup) s after the coordinator started), "
+              + "accuracy \(accuracy)%, epochs at \(rates.map { Int($0) }) samples/s")
+
+        // A second up of the finished job ends at once, everything with status 0.
+        let again = try compose(["up", "--scale", "worker=4"], timeout: 180, environment: env)
+        #expect(again.status == 0 && again.stdout.contains("has already finished its 470 steps"), "\(again.stdout.suffix(3000))")
+
+        // Drills on a fresh run of the same job. `docker kill` of a worker: Docker does not restart a
+        // container stopped by hand, so the job goes on elastically with the three left
+        // (TETHER_MIN_WORKERS). A crash of the coordinator (its process killed; `docker kill` would count
+        // as a stop by hand too): the restart policy brings it back and it resumes from the checkpoint.
+        _ = try compose(["down", "-v"], timeout: 120)
+        #expect(try compose(["up", "-d", "--scale", "worker=4"], timeout: 180, environment: env + ["TETHER_MIN_WORKERS": "3"]).status == 0)
+        for (victim, after, trainings) in [("\(project)_worker_2", 60, 2), ("\(project)_coordinator_1", 240, 3)] {
+            waitForStep(job, beyond: after)
+            let reached = (try? metrics(job))?.compactMap { $0["event"] as? String == "step" ? $0["step"] as? Int : nil }.last ?? 0
+            let killed = Date()
+            if victim.contains("worker") {
+                #expect(try docker(["kill", victim]).status == 0)
+            } else {
+                // the container's tether process, by its pid on this host (PID 1 in it is tini)
+                let top = try docker(["top", victim, "-o", "pid,comm"]).stdout.split(separator: "\n").first { $0.hasSuffix("tether") }
+                let pid = top.flatMap { Int32($0.split(separator: " ").first ?? "") }
+                #expect(pid.map { kill($0, SIGKILL) == 0 } ?? false, "no tether process in \(victim)")
+            }
+            // back to training: one more `training` event, at the step of the last checkpoint
+            let deadline = Date().addingTimeInterval(150)
+            var resumedAt: Int?
+            while Date() < deadline, resumedAt == nil {
+                usleep(500_000)
+                let starts = (try? metrics(job))?.filter { $0["event"] as? String == "training" }.compactMap { $0["step"] as? Int } ?? []
+                if starts.count >= trainings { resumedAt = starts.last }
+            }
+            #expect(resumedAt != nil, "\(victim): the job did not train again within 150 s")
+            // steps lost: at least those from the checkpoint to the last logged step (a line every 50)
+            print("compose test: \(victim) killed at about step \(reached)+: training again after \(Int(Date().timeIntervalSince(killed))) s, "
+                  + "from the checkpoint of step \(resumedAt ?? -1) (a checkpoint every 50 steps)")
+        }
+        let coordinator = try docker(["wait", "\(project)_coordinator_1"], timeout: 300)
+        #expect(coordinator.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "0", "\(coordinator.stdout)")
+        let end = try metrics(job).last { $0["event"] as? String == "end" }
+        #expect(end?["step"] as? Int == 470, "the drilled run ends where the undisturbed one does: \(String(describing: end))")
+    }
+}
+
+extension Dictionary where Key == String, Value == String {
+    static func + (a: Self, b: Self) -> Self { a.merging(b) { $1 } }
+}
