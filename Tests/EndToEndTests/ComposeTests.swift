@@ -122,6 +122,18 @@ struct ComposeTests {
         let again = try compose(["up", "--scale", "worker=4"], timeout: 180, environment: env)
         #expect(again.status == 0 && again.stdout.contains("has already finished its 470 steps"), "\(again.stdout.suffix(3000))")
 
+        // The key as a compose secret (cluster/compose-secrets.yml) instead of TETHER_KEY.
+        _ = try compose(["down", "-v"], timeout: 120)
+        let secretDir = CLI.tempDir("compose-secret")
+        try FileManager.default.createDirectory(at: secretDir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: secretDir) }
+        #expect(try CLI.run(["keygen", secretDir.path + "/cluster.key"]).status == 0)
+        let files = ["-f", CLI.repository.appendingPathComponent("docker-compose.yml").path, "-f", CLI.repository.appendingPathComponent("cluster/compose-secrets.yml").path]
+        let secret = try compose(files + ["up", "--scale", "worker=2"], timeout: 600,
+                                 environment: ["TETHER_WORKERS": "2", "TETHER_JOB": job, "TETHER_KEY_SECRET": secretDir.path + "/cluster.key", "TETHER_KEY": ""])
+        #expect(secret.status == 0 && secret.stdout.contains("all 2 replicas agree") && secret.stdout.contains("done: 938 steps"),
+                "with the key as a secret: \(secret.stdout.suffix(3000))\(secret.stderr.suffix(2000))")
+
         // Drills on a fresh run of the same job. `docker kill` of a worker: Docker does not restart a
         // container stopped by hand, so the job goes on elastically with the three left
         // (TETHER_MIN_WORKERS). A crash of the coordinator (its process killed; `docker kill` would count

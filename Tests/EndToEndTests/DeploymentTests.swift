@@ -306,7 +306,7 @@ let netnsUnavailable: String? = {
     func aCutLinkIsNamedAndAnElasticJobGoesOn() throws {
         let (r, drills, dir) = try drill(["cut:2:3:12"], restarts: 1, training: ["--min-workers", "2", "--max-restarts", "1", "--last-call", "3"])
         defer { try? FileManager.default.removeItem(at: dir) }
-        #expect(r.status == 0 && r.stdout.contains("has been silent for") && r.stdout.contains("all 2 replicas agree"), "\(r.stdout)\(r.stderr)")
+        #expect(r.status == 0 && r.stderr.contains("has been silent for") && r.stdout.contains("all 2 replicas agree"), "\(r.stdout)\(r.stderr)")
         let named = drills.first?["named_after_ms"] as? Int, lost = (drills.first?["steps_lost"] as? [Int])?.first
         #expect(named.map { $0 < 8000 } ?? false && lost.map { $0 <= 20 } ?? false, "\(drills)")
         let accuracy = r.stdout.components(separatedBy: "test accuracy ").last.flatMap { Double($0.prefix(while: { $0 != "%" })) } ?? 0
