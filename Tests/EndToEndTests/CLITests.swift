@@ -327,7 +327,10 @@ let dataInstalled = FileManager.default.fileExists(atPath: "/usr/share/datasets/
         defer { try? FileManager.default.removeItem(at: dir) }
         let address = "tcp://127.0.0.1:\(Int.random(in: 20000..<60000))"
         let coordinator = try CLI.start(["coordinator", "--listen", address, "--workers", "1", "--model", "mlp", "--run-dir", dir.path + "/c"] + CLI.key, bound: 30)
-        usleep(1_500_000)
+        // the start event is written just before the line under test (loading the data takes a while under load)
+        let deadline = Date().addingTimeInterval(20)
+        while !FileManager.default.fileExists(atPath: dir.path + "/c/metrics.jsonl") && Date() < deadline { usleep(100_000) }
+        usleep(500_000)
         kill(coordinator.pid, SIGTERM)
         let c = coordinator.finish()
         #expect(c.stdout.contains("waiting for 1 worker; mlp, batch 64 per worker (64 global)"), "\(c.stdout)")
