@@ -177,8 +177,7 @@ public final class Coordinator {
         let begun = Date()
         var window = (stats: BatchStats(), since: Date(), steps: 0, compute: 0.0, exchange: 0.0, waiting: 0.0)
         var epochStart = Date()
-        StopSignal.lossNote(startState.map { "the checkpoint of step \($0.globalStep) in \(runDirectory.path) is kept; the steps since are lost" }
-                            ?? "nothing of this run is kept (no checkpoint was written yet)")
+        StopSignal.lossNote(checkpointStep: startState?.globalStep, runDirectory: runDirectory.path)
         while true {
             // An interrupt while training stops gracefully (every rank finishes its step, rank 0's
             // checkpoint of it is written); before training there is nothing to keep.
@@ -316,8 +315,7 @@ public final class Coordinator {
                 merged.write(into: &e)
                 try metrics.write(e)
                 lastEvaluation = e
-                let which = ends ? "epoch \(epoch + 1)/\(config.epochsSpanned(stepsPerEpoch: stepsPerEpoch))"
-                    : "step \(step) (\(step - epoch * stepsPerEpoch) of epoch \(epoch + 1)'s \(stepsPerEpoch) steps)"
+                let which = ProgressDisplay.evaluated(step: step, stepsPerEpoch: stepsPerEpoch, epochs: config.epochsSpanned(stepsPerEpoch: stepsPerEpoch))
                 progress.line("\(which): train loss \(ProgressDisplay.fixed(trained.meanLoss, 4)), \(merged.summary) (\(ProgressDisplay.fixed(seconds, 1)) s, "
                               + "\(ProgressDisplay.grouped(e.samples_per_sec!)) \(unit)/s)")
             case .writeCheckpoint(let data):
@@ -330,7 +328,7 @@ public final class Coordinator {
                 file.metadata["tether.workers"] = String(machine.members.count)
                 try Safetensors.write(file, to: runDirectory.appendingPathComponent(Checkpoint.fileName))
                 writtenCheckpointStep = Int(data.globalStep)
-                StopSignal.lossNote("the checkpoint of step \(data.globalStep) in \(runDirectory.path) is kept; the steps since are lost")
+                StopSignal.lossNote(checkpointStep: Int(data.globalStep), runDirectory: runDirectory.path)
             case .abort(let message):
                 for m in machine.members { send(.abort(.init(originRank: -1, reason: message)), to: m.identity) }
                 for identity in heartbeatIdentities.values { send(.abort(.init(originRank: -1, reason: message)), to: identity) }

@@ -62,6 +62,13 @@ public final class ProgressDisplay {
         return ProcessInfo.processInfo.environment["COLUMNS"].flatMap(Int.init) ?? 80
     }
 
+    /// What an evaluation line names: "epoch 2/10" at an epoch's end, or where a run ends within one,
+    /// "step 10 (2 of epoch 3's 4 steps)". `step` is the global step count.
+    public static func evaluated(step: Int, stepsPerEpoch: Int, epochs: Int) -> String {
+        let epoch = (max(step, 1) - 1) / max(stepsPerEpoch, 1) + 1, inEpoch = step - (epoch - 1) * stepsPerEpoch
+        return inEpoch == stepsPerEpoch ? "epoch \(epoch)/\(epochs)" : "step \(step) (\(inEpoch) of epoch \(epoch)'s \(stepsPerEpoch) steps)"
+    }
+
     /// A line that stays: log output, or an epoch summary under the bar.
     public func line(_ text: String) {
         guard !quiet else { return }

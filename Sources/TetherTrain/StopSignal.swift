@@ -52,6 +52,12 @@ public enum StopSignal {
         }
     }
 
+    /// The loss note of a run whose last checkpoint (in `runDirectory`) is of `step`, or that has none.
+    public static func lossNote(checkpointStep step: Int?, runDirectory: String) {
+        lossNote(step.map { "the checkpoint of step \($0) in \(runDirectory) is kept; the steps since are lost" }
+                 ?? "nothing of this run is kept (no checkpoint was written yet)")
+    }
+
     /// What a second signal prints before the process exits: what is lost by not waiting. Kept up to
     /// date by the loop (it changes when a checkpoint is written).
     public static func lossNote(_ text: String) {

@@ -89,8 +89,7 @@ public final class Trainer {
         let runStart = Date()
         var window = (stats: BatchStats(), since: Date(), steps: 0)
         var outcome = TrainingSummary.Outcome.finished
-        StopSignal.lossNote(state.globalStep > 0 ? "the checkpoint of step \(state.globalStep) in \(runDirectory.path) is kept; the steps since are lost"
-                                                 : "nothing of this run is kept (no checkpoint was written yet)")
+        StopSignal.lossNote(checkpointStep: state.globalStep > 0 ? state.globalStep : nil, runDirectory: runDirectory.path)
         let epochs = config.epochsSpanned(stepsPerEpoch: stepsPerEpoch)
         // this invocation's training loss and time in the current epoch (a resumed epoch counts from the resume)
         var epochStats = BatchStats(), epochStart = Date()
@@ -136,7 +135,7 @@ public final class Trainer {
             report.write(into: &e)
             try metrics.write(e)
             lastEvaluation = e
-            let which = epochEnds ? "epoch \(state.epoch + 1)/\(epochs)" : "step \(state.globalStep) (\(state.stepInEpoch) of epoch \(state.epoch + 1)'s \(stepsPerEpoch) steps)"
+            let which = ProgressDisplay.evaluated(step: state.globalStep, stepsPerEpoch: stepsPerEpoch, epochs: epochs)
             progress.line("\(which): train loss \(ProgressDisplay.fixed(epochStats.meanLoss, 4)), \(report.summary) (\(ProgressDisplay.fixed(seconds, 1)) s)")
             (epochStats, epochStart) = (BatchStats(), Date())
             guard epochEnds else { break } // a partial epoch's evaluation leaves the schedule alone
@@ -174,6 +173,6 @@ public final class Trainer {
         state.rng = model.context.rng
         try Safetensors.write(Checkpoint.file(model: model, optimizer: optimizer, config: config, state: state,
                                               metadata: workload.checkpointMetadata), to: checkpointURL)
-        StopSignal.lossNote("the checkpoint of step \(state.globalStep) in \(runDirectory.path) is kept; the steps since are lost")
+        StopSignal.lossNote(checkpointStep: state.globalStep, runDirectory: runDirectory.path)
     }
 }
