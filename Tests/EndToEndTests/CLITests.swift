@@ -63,6 +63,8 @@ enum CLI {
 }
 
 let dataInstalled = FileManager.default.fileExists(atPath: "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+/// Debian's python3-kubernetes for /usr/bin/python3 (the API's types, for cluster/k8s/validate).
+let kubernetesTypesInstalled = (try? CLI.run(["-c", "import kubernetes, yaml"], timeout: 60, executable: URL(fileURLWithPath: "/usr/bin/python3")))?.status == 0
 
 @Suite(.serialized) struct CLITests {
     @Test func theBinaryIsBuilt() {

@@ -58,7 +58,8 @@ let dockerUnavailable: String? = DockerEngine.unavailable
 /// (cluster/test-images: debootstrap and this machine's Swift toolchain), `docker-compose build`, then
 /// `up` with 4 workers to the job's accuracy; then drills: a killed worker container, a killed
 /// coordinator container, and a second `up` of a finished job. Uses Debian's docker-compose 1.29 (the
-/// `docker-compose` spelling; `docker compose` v2 is not in Debian's docker.io).
+/// `docker-compose` spelling, the legacy builder); then the same with `docker compose` v2 (Debian's
+/// package of the next release, cluster/test-compose-v2), whose build uses BuildKit.
 @Suite(.serialized, .enabled(if: dockerUnavailable == nil && dataInstalled, "\(dockerUnavailable ?? "needs Debian's dataset-fashion-mnist")"))
 struct ComposeTests {
     let project = "tethertest\(getpid())"
@@ -72,6 +73,13 @@ struct ComposeTests {
     }
 
     func docker(_ args: [String], timeout: TimeInterval = 60) throws -> CLI.Result { try CLI.run(args, timeout: timeout, executable: DockerEngine.docker!) }
+
+    /// The build args of cluster/test-images (base images made offline), failing the test if it fails.
+    func baseImageArgs() throws -> [String] {
+        let images = try CLI.run([CLI.repository.appendingPathComponent("cluster/test-images").path], timeout: 1200, executable: URL(fileURLWithPath: "/bin/bash"))
+        try #require(images.status == 0, "\(images.stderr)")
+        return images.stdout.split(whereSeparator: \.isWhitespace).map(String.init)
+    }
 
     /// A file of the run directory on the `runs` volume.
     func runFile(_ path: String) throws -> String {
@@ -95,14 +103,12 @@ struct ComposeTests {
     @Test func composeBuildsTrainsAndRecoversFromKilledContainers() throws {
         let engine = try DockerEngine()
         defer { _ = try? compose(["down", "-v", "--remove-orphans"], timeout: 120); _ = try? docker(["image", "rm", image]); engine.stop() }
-        let images = try CLI.run([CLI.repository.appendingPathComponent("cluster/test-images").path], timeout: 1200, executable: URL(fileURLWithPath: "/bin/bash"))
-        #expect(images.status == 0, "\(images.stderr)")
-        guard images.status == 0 else { return }
+        let args = try baseImageArgs()
         var built = Date()
-        let build = try compose(["build"] + images.stdout.split(separator: " ").map(String.init).filter { !$0.isEmpty }.map { $0.trimmingCharacters(in: .newlines) }, timeout: 1500)
+        let build = try compose(["build"] + args, timeout: 1500, environment: ["DOCKER_BUILDKIT": "0"])
         #expect(build.status == 0, "\(build.stdout.suffix(3000))\(build.stderr.suffix(3000))")
         guard build.status == 0 else { return }
-        print("compose test: docker-compose build took \(Int(Date().timeIntervalSince(built))) s")
+        print("compose test: docker-compose build (legacy builder) took \(Int(Date().timeIntervalSince(built))) s")
         let key = try CLI.run(["keygen"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
 
         // The README's commands: a job with 4 workers, to its accuracy.
@@ -169,6 +175,34 @@ struct ComposeTests {
         #expect(coordinator.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "0", "\(coordinator.stdout)")
         let end = try metrics(job).last { $0["event"] as? String == "end" }
         #expect(end?["step"] as? Int == 470, "the drilled run ends where the undisturbed one does: \(String(describing: end))")
+    }
+
+    /// The README's commands in the `docker compose` v2 spelling: its build goes through BuildKit (the
+    /// Dockerfile must need nothing from a registry there either), then the quick job with 2 workers.
+    @Test func composeV2BuildsWithBuildKitAndTrains() throws {
+        let plugin = try CLI.run([CLI.repository.appendingPathComponent("cluster/test-compose-v2").path], timeout: 600, executable: URL(fileURLWithPath: "/bin/bash"))
+        if plugin.status == 2 || plugin.status == 3 { try Test.cancel("no compose v2 to be had here: \(plugin.stderr)") }
+        try #require(plugin.status == 0, "\(plugin.stderr)")
+        let engine = try DockerEngine()
+        let v2 = ["DOCKER_CONFIG": plugin.stdout.trimmingCharacters(in: .whitespacesAndNewlines), "COMPOSE_PROJECT_NAME": project,
+                  "COMPOSE_FILE": CLI.repository.appendingPathComponent("docker-compose.yml").path, "TETHER_IMAGE": image]
+        func compose(_ args: [String], timeout: TimeInterval, environment: [String: String] = [:]) throws -> CLI.Result {
+            try CLI.run(["compose"] + args, timeout: timeout, environment: v2 + environment, executable: DockerEngine.docker!)
+        }
+        defer { _ = try? compose(["down", "-v", "--remove-orphans"], timeout: 120); _ = try? docker(["image", "rm", image]); engine.stop() }
+        let version = try compose(["version"], timeout: 30)
+        try #require(version.status == 0 && version.stdout.contains("version 2."), "\(version.stdout)\(version.stderr)")
+        let args = try baseImageArgs()
+        let started = Date()
+        let build = try compose(["build", "--progress", "plain"] + args, timeout: 1500)
+        #expect(build.status == 0, "\(build.stdout.suffix(3000))\(build.stderr.suffix(3000))")
+        // BuildKit prints its steps as `#N [service stage i/n] FROM ...` (the legacy builder: `Step i/n : FROM ...`)
+        #expect((build.stdout + build.stderr).contains("] FROM "), "not BuildKit: \(build.stderr.prefix(2000))")
+        guard build.status == 0 else { return }
+        print("compose test: `docker compose build` (\(version.stdout.trimmingCharacters(in: .whitespacesAndNewlines)), BuildKit) took \(Int(Date().timeIntervalSince(started))) s")
+        let key = try CLI.run(["keygen"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let up = try compose(["up", "--scale", "worker=2"], timeout: 600, environment: ["TETHER_KEY": key, "TETHER_WORKERS": "2", "TETHER_JOB": "fashion-mnist-quick"])
+        #expect(up.status == 0 && up.stdout.contains("all 2 replicas agree") && up.stdout.contains("done: 938 steps"), "\(up.stdout.suffix(4000))\(up.stderr.suffix(2000))")
     }
 }
 

@@ -154,7 +154,8 @@ let netnsUnavailable: String? = {
 
     @Test(.enabled(if: which("shellcheck") != nil, "needs shellcheck (scripts/install-deps installs it)"))
     func theShellScriptsPassShellcheck() throws {
-        let scripts = ["cluster/netns-cluster", "cluster/netns.sh", "cluster/launch-hosts", "cluster/entrypoint", "cluster/slurm/tether.sbatch",
+        let scripts = ["cluster/netns-cluster", "cluster/netns.sh", "cluster/launch-hosts", "cluster/entrypoint", "cluster/slurm/tether.sbatch", "cluster/slurm/test-cluster",
+                       "cluster/test-images", "cluster/test-compose-v2",
                        "scripts/test", "scripts/demo", "scripts/install-deps", "scripts/generate-proto", "bench/netns-allreduce",
                        "bench/simulate-vs-ddp", "bench/tied-wide-deep", "bench/paper-directions", ".ci/run"]
         let r = try CLI.run(["-x"] + scripts.map { file($0).path }, timeout: 120, executable: which("shellcheck")!)
@@ -193,6 +194,29 @@ let netnsUnavailable: String? = {
         let r = try CLI.run(["train", "--config", job.path, "--max-steps", "2", "--train-limit", "256", "--test-limit", "64",
                              "--run-dir", dir.appendingPathComponent("run").path])
         #expect(r.status == 0 && r.stdout.contains("done: 2 steps"), "\(r.stdout)\(r.stderr)")
+    }
+
+    /// The manifests against the Kubernetes API's types, field by field (cluster/k8s/validate: kubectl's
+    /// own validation needs an API server for the schema); a copy with a misspelt field, a string for a
+    /// number and a container without a name must be refused, each named.
+    @Test(.enabled(if: kubernetesTypesInstalled, "needs Debian's python3-kubernetes (scripts/install-deps --test)"))
+    func theKubernetesManifestsMatchTheAPITypes() throws {
+        let validate = file("cluster/k8s/validate").path
+        let r = try CLI.run([validate, file("cluster/k8s/tether.yaml").path], timeout: 60, executable: URL(fileURLWithPath: "/usr/bin/python3"))
+        #expect(r.status == 0 && r.stdout.contains("5 objects valid"), "\(r.stdout)\(r.stderr)")
+        let broken = CLI.tempDir("k8s-broken.yaml")
+        defer { try? FileManager.default.removeItem(at: broken) }
+        let manifest = try String(contentsOf: file("cluster/k8s/tether.yaml"), encoding: .utf8)
+            .replacingOccurrences(of: "parallelism: 4", with: "parallelizm: 4")
+            .replacingOccurrences(of: "backoffLimit: 3", with: "backoffLimit: \"3\"")
+            .replacingOccurrences(of: "- name: worker\n", with: "- nam: worker\n")
+        try manifest.write(to: broken, atomically: true, encoding: .utf8)
+        let refused = try CLI.run([validate, broken.path], timeout: 60, executable: URL(fileURLWithPath: "/usr/bin/python3"))
+        #expect(refused.status == 1, "\(refused.stdout)\(refused.stderr)")
+        for problem in ["Job.spec.parallelizm: V1JobSpec has no field 'parallelizm'", "Job.spec.backoffLimit: int expected, got str '3'",
+                        "containers[0]: Invalid value for `name`, must not be `None`"] {
+            #expect(refused.stdout.contains(problem), "\(problem) not in \(refused.stdout)")
+        }
     }
 
     /// The ssh launcher, with an "ssh" that runs the command here: two hosts' worth of workers on loopback.
