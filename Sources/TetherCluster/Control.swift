@@ -60,6 +60,7 @@ extension Envelope.Body {
         case .dataRequest: "DataRequest"
         case .dataRows: "DataRows"
         case .stop: "Stop"
+        case .reform: "Reform"
         }
     }
 }

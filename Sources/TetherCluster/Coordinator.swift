@@ -130,6 +130,10 @@ public final class Coordinator {
         settings.heartbeatTimeout = options.heartbeatTimeout
         settings.joinTimeout = options.joinTimeout
         (settings.minWorkers, settings.lastCall) = (options.minWorkers, options.lastCall)
+        // In place needs every replica's state in one survivor: a model with per-replica buffers (a
+        // language model's carried state) would lose the lost members' part, so it restarts instead.
+        reformInPlace = options.elastic && Checkpoint.buffers(of: probe.model).isEmpty
+        settings.reformInPlace = reformInPlace
         machine = CoordinatorState(settings, now: Clock.now)
         context = try ZeroMQContext()
         ControlLimits.raiseOpenFilesLimit()
@@ -240,8 +244,13 @@ public final class Coordinator {
         return "\(at), before any checkpoint was written: nothing of this run is kept (--checkpoint-every N writes one every N steps)"
     }
 
-    /// Fresh ring keys for each forming of the ring (CURVE only), one pair per rank.
+    /// Fresh ring keys for each forming of the ring (CURVE only), one pair per rank; a re-formed ring
+    /// keeps the survivors' pairs.
     private var ringKeys: [CurveKeyPair]?
+    /// Elastic in place (`CoordinatorState.Settings.reformInPlace`).
+    private let reformInPlace: Bool
+    /// When the last member was lost: the time to train again is measured from here.
+    private var lostAt: Date?
 
     /// Carries out directives; true when the job has finished.
     private func execute(_ directives: [CoordinatorState.Directive],
@@ -256,16 +265,53 @@ public final class Coordinator {
                                              hashEvery: UInt32(options.hashEvery), checkpointEvery: UInt32(config.checkpointEvery),
                                              bucketBytes: UInt32(options.bucketBytes))
                 assign.dataServed = served != nil
+                assign.reformInPlace = reformInPlace
                 if let keys = ringKeys { (assign.ringSecretKey, assign.ringPublicKeys) = (keys[rank].secretKey, keys.map(\.publicKey)) }
                 ranks[identity] = rank
                 heartbeatIdentities[rank] = ControlIdentity.heartbeat(of: identity)
                 send(.assign(assign), to: identity)
                 progress.line("rank \(rank): \(ring[rank])")
+            case .reform(let epoch, let survivors, let reason):
+                let before = ranks
+                (ranks, heartbeatIdentities) = ([:], [:])
+                ringKeys = ringKeys.map { keys in survivors.map { keys[$0] } }
+                let ring = machine.members.map(\.address)
+                for (rank, m) in machine.members.enumerated() {
+                    ranks[m.identity] = rank
+                    heartbeatIdentities[rank] = ControlIdentity.heartbeat(of: m.identity)
+                    let reform = Envelope.Reform(ringEpoch: epoch, rank: UInt32(rank), ring: ring, ringPublicKeys: ringKeys?.map(\.publicKey) ?? [], reason: reason)
+                    // on both sockets: the heartbeat thread abandons the ring while the main thread waits in it
+                    send(.reform(reform), to: m.identity)
+                    send(.reform(reform), to: heartbeatIdentities[rank]!)
+                }
+                // A lost member that is alive after all (frozen, cut off) is told it is out of the job.
+                for identity in before.keys where ranks[identity] == nil {
+                    let out = Envelope.Body.abort(.init(originRank: -1, reason: "this worker was dropped from the job: \(reason)"))
+                    send(out, to: identity)
+                    send(out, to: ControlIdentity.heartbeat(of: identity))
+                }
+                lostAt = Date()
+                progress.line("\(reason); re-forming the ring of the \(ring.count) workers left (ring epoch \(epoch)), keeping their state")
+                var e = event("lost")
+                (e.error, e.workers) = (reason, ring.count)
+                try metrics.write(e)
+            case .connectRing:
+                for m in machine.members { send(.start, to: m.identity) }
             case .turnAway(let identity, let reason):
                 send(.abort(.init(originRank: -1, reason: reason)), to: identity)
                 progress.line("turned away a worker: \(reason)")
             case .dropped(let why):
                 drop("dropped " + why)
+            case .start where machine.ringEpoch > 0:
+                for m in machine.members { send(.start, to: m.identity) }
+                let recovered = lostAt.map { Date().timeIntervalSince($0) } ?? 0
+                let step = machine.redoStep ?? machine.completedSteps
+                progress.line("ring epoch \(machine.ringEpoch): all \(machine.members.count) replicas agree at step \(step); training again "
+                              + "(\(ProgressDisplay.fixed(recovered, 2)) s after the loss; the step in flight is redone)")
+                var e = event("reformed", at: step)
+                (e.elapsed_s, e.workers) = (recovered, machine.members.count)
+                try metrics.write(e)
+                window = (BatchStats(), Date(), 0, 0, 0, 0)
             case .start:
                 for m in machine.members { send(.start, to: m.identity) }
                 epochStart = Date()
@@ -393,6 +439,7 @@ public final class Coordinator {
         case .checkpoint(let c): return .checkpoint(rank: rank, c)
         case .heartbeat: return .heartbeat(rank: rank)
         case .abort(let a): return .abort(rank: rank, reason: a.reason)
+        case .reform(let r): return .listening(rank: rank, epoch: r.ringEpoch)
         case .stop(let stop):
             // A worker received a signal: it votes to stop in its next step's exchange.
             let signal = [SIGINT, SIGTERM].contains(stop.signal) ? stop.signal : SIGTERM

@@ -10,6 +10,12 @@ import TetherComm
 /// (merged into one summary; hashes compared when reported) -> at epoch ends, every rank's EvalReport
 /// (merged) and rank 0's checkpoint -> Finish once the last step, its evaluation and its checkpoint are in.
 /// A graceful stop ends the job the same way after the step whose reports say `stopping`.
+///
+/// Elastic in place (`reformInPlace`): a member lost while training (silent, or its Abort) does not
+/// stop the job while `minWorkers` remain: the survivors are re-formed into a ring of a new epoch
+/// (new ranks in their old order) -> every survivor's Ready, at one agreed step -> Start. The
+/// survivors redo the end-of-step work of that step (report, evaluation, checkpoint); what of it had
+/// already arrived is not taken twice.
 public struct CoordinatorState {
     public struct Settings: Sendable {
         public var workers: Int
@@ -27,6 +33,8 @@ public struct CoordinatorState {
         /// A joining worker repeats its Hello every second until assigned; one not heard for this long
         /// has gone (or was never a worker: a Hello and a disconnect) and is not counted.
         public var joinerTimeout: Double = 3
+        /// Elastic in place: a lost member re-forms the ring of the survivors instead of failing the job.
+        public var reformInPlace = false
         public init(workers: Int, firstStep: Int = 0, totalSteps: Int, stepsPerEpoch: Int) {
             (self.workers, self.firstStep, self.totalSteps, self.stepsPerEpoch) = (workers, firstStep, totalSteps, stepsPerEpoch)
             minWorkers = workers
@@ -64,11 +72,19 @@ public struct CoordinatorState {
         case checkpoint(rank: Int, Envelope.CheckpointData)
         case heartbeat(rank: Int)
         case abort(rank: Int, reason: String)
+        /// A survivor of a re-formation has left the old ring and listens on the new one of `epoch`.
+        case listening(rank: Int, epoch: UInt32)
         case tick
     }
 
     public enum Directive: Equatable, Sendable {
         case assign(identity: [UInt8], rank: Int, ring: [String])
+        /// Re-form the ring of the survivors (elastic in place): `survivors` are their old ranks, in the
+        /// order of their new ones (the members are already renumbered); the ring's new `epoch`.
+        case reform(epoch: UInt32, survivors: [Int], reason: String)
+        /// Every survivor listens on the re-formed ring: they may connect (no message can reach an
+        /// abandoned socket at a neighbour's address any more).
+        case connectRing
         /// Tell a worker that is not part of the job (it came after an elastic job formed) to leave.
         case turnAway(identity: [UInt8], reason: String)
         case start
@@ -91,9 +107,16 @@ public struct CoordinatorState {
     public private(set) var stoppedAt: Int?
     /// The step the job ends at: the run's last, or the one it stops after.
     public var endStep: Int { stoppedAt ?? settings.totalSteps }
+    /// The ring's forming: 0 at first, one more at each re-formation.
+    public private(set) var ringEpoch: UInt32 = 0
+    /// The step the survivors of the last re-formation agreed on: its end-of-step work is redone, and
+    /// what of it had already arrived is dropped without a word.
+    public private(set) var redoStep: Int?
     private var stepReports: [Int: [Envelope.StepReport?]] = [:]
     private var evalReports: [Int: [Envelope.EvalReport?]] = [:]
     private var checkpointedStep = -1
+    /// The survivors of the current re-formation that listen on the new ring.
+    private var listening: Set<Int> = []
     private let started: Double
     private var lastJoined: Double
     /// The last step each rank reported: bounds which evaluations and checkpoints it may send.
@@ -131,6 +154,14 @@ public struct CoordinatorState {
             guard phase != .joining, members.indices.contains(rank) else { return [.dropped("a message for rank \(rank) before the job formed")] }
             members[rank].lastHeard = now
         }
+        // While the ring re-forms, reports of the abandoned ring's work still arrive: the survivors redo
+        // that work on the new ring, so these are stale, not faults.
+        if phase == .initializing, ringEpoch > 0 {
+            switch event {
+            case .step, .evaluation, .checkpoint: return []
+            default: break
+            }
+        }
         switch event {
         case .hello(let identity, let address):
             // A worker repeats its Hello until assigned (one to a restarting coordinator may be lost).
@@ -159,10 +190,20 @@ public struct CoordinatorState {
             if let bad = members.indices.first(where: { members[$0].ready!.parameterHash != reference.parameterHash }) {
                 return fail("rank \(bad) starts from other parameters than rank 0 (hash \(hex(members[bad].ready!.parameterHash)) vs \(hex(reference.parameterHash)))")
             }
+            if ringEpoch > 0 {
+                // After a re-formation every survivor holds the step of the one furthest along: the last
+                // step merged here, or the one after it (whose reports will come again).
+                let steps = Set(members.map { $0.ready!.globalStep })
+                guard steps.count == 1, let step = Int(exactly: steps.first!), step == completedSteps || step == completedSteps + 1 else {
+                    return fail("the re-formed ring's ranks hold steps \(steps.sorted()) after step \(completedSteps)")
+                }
+                redoStep = step
+            }
             phase = .training
             return [.start] + (completedSteps >= settings.totalSteps ? finishIfDone() : [])
         case .step(let rank, let report):
             guard phase == .training else { return [.dropped("rank \(rank) reported a step while the job is \(phase)")] }
+            if redoStep != nil, report.globalStep == UInt64(completedSteps), Int(report.globalStep) == redoStep { return [] }
             guard let step = Int(exactly: report.globalStep), step > completedSteps, step <= endStep else {
                 return fail("rank \(rank) reported step \(report.globalStep) while the job is at step \(completedSteps) of \(endStep)")
             }
@@ -201,6 +242,9 @@ public struct CoordinatorState {
             return out + finishIfDone()
         case .evaluation(let rank, let report):
             let epoch = Int(report.epoch)
+            if let redo = redoStep, mergedEpochs.contains(epoch), epochEnding(at: redo) == epoch || (epoch == partialFinalEpoch && redo == settings.totalSteps) {
+                return []
+            }
             // Only an epoch this rank has finished and that is not merged yet: what is kept is bounded
             // by the job's own epochs, whatever a message says.
             let finished = (epoch + 1) * settings.stepsPerEpoch <= reportedStep[rank] || (epoch == partialFinalEpoch && reportedStep[rank] == settings.totalSteps)
@@ -220,6 +264,7 @@ public struct CoordinatorState {
             return [.epochCompleted(epoch: epoch, reports: slots.map { $0! })] + finishIfDone()
         case .checkpoint(let rank, let data):
             guard rank == 0 else { return fail("rank \(rank) sent a checkpoint; only rank 0 does") }
+            if let redo = redoStep, Int(exactly: data.globalStep) == redo, redo == checkpointedStep { return [] }
             guard phase == .training, let step = Int(exactly: data.globalStep), step > checkpointedStep, step <= reportedStep[0] else {
                 return fail("rank 0 sent a checkpoint of step \(data.globalStep), which it has not just reported")
             }
@@ -227,8 +272,12 @@ public struct CoordinatorState {
             return [.writeCheckpoint(data)] + finishIfDone()
         case .heartbeat:
             return []
+        case .listening(let rank, let epoch):
+            guard phase == .initializing, epoch == ringEpoch, ringEpoch > 0 else { return [.dropped("rank \(rank) listens on ring epoch \(epoch) while the job is \(phase) on epoch \(ringEpoch)")] }
+            listening.insert(rank)
+            return listening.count == members.count ? [.connectRing] : []
         case .abort(let rank, let reason):
-            return fail("rank \(rank) (\(members[rank].address)) stopped: \(reason)")
+            return lose([rank], "rank \(rank) (\(members[rank].address)) stopped: \(reason)", now: now)
         case .tick:
             if phase == .joining, let gone = members.firstIndex(where: { now - $0.lastHeard > settings.joinerTimeout }) {
                 let address = members.remove(at: gone).address
@@ -248,10 +297,10 @@ public struct CoordinatorState {
                 let heard = members.map(\.lastHeard)
                 let seconds = { (r: Int) in Int(now - heard[r]) }
                 if silent.count == 1, let r = silent.first {
-                    return fail("worker rank \(r) (\(members[r].address)) has been silent for \(seconds(r)) s: it died, lost its connection, or cannot get a heartbeat through")
+                    return lose([r], "worker rank \(r) (\(members[r].address)) has been silent for \(seconds(r)) s: it died, lost its connection, or cannot get a heartbeat through", now: now)
                 }
-                return fail("workers " + silent.map { "rank \($0) (\(members[$0].address), \(seconds($0)) s)" }.joined(separator: ", ")
-                            + " have been silent: they died, lost their connections, or cannot get a heartbeat through (a network partition?)")
+                return lose(silent, "workers " + silent.map { "rank \($0) (\(members[$0].address), \(seconds($0)) s)" }.joined(separator: ", ")
+                            + " have been silent: they died, lost their connections, or cannot get a heartbeat through (a network partition?)", now: now)
             }
             return []
         }
@@ -265,6 +314,20 @@ public struct CoordinatorState {
         for i in members.indices { members[i].lastHeard = now }
         let ring = members.map(\.address)
         return members.enumerated().map { .assign(identity: $1.identity, rank: $0, ring: ring) }
+    }
+
+    /// Members lost (`lost`, by rank): the job fails with `why`, or (elastic in place, while training
+    /// or re-forming, enough left, no stop under way) the survivors re-form the ring.
+    private mutating func lose(_ lost: [Int], _ why: String, now: Double) -> [Directive] {
+        let survivors = members.indices.filter { !lost.contains($0) }
+        guard settings.reformInPlace, stoppedAt == nil, survivors.count >= max(settings.minWorkers, 1),
+              phase == .training || (phase == .initializing && ringEpoch > 0) else { return fail(why) }
+        ringEpoch += 1
+        members = survivors.map { var m = members[$0]; (m.ready, m.lastHeard) = (nil, now); return m }
+        phase = .initializing
+        (stepReports, evalReports, redoStep, listening) = ([:], [:], nil, [])
+        reportedStep = Array(repeating: completedSteps, count: members.count)
+        return [.reform(epoch: ringEpoch, survivors: survivors, reason: why)]
     }
 
     /// Finish once the last step is in, its epoch's evaluation (if it ends one) is merged, and rank 0's
@@ -285,7 +348,7 @@ public struct CoordinatorState {
 extension CoordinatorState.Event {
     var rank: Int? {
         switch self {
-        case .ready(let r, _), .step(let r, _), .evaluation(let r, _), .checkpoint(let r, _), .heartbeat(let r), .abort(let r, _): r
+        case .ready(let r, _), .step(let r, _), .evaluation(let r, _), .checkpoint(let r, _), .heartbeat(let r), .abort(let r, _), .listening(let r, _): r
         case .hello, .tick: nil
         }
     }

@@ -108,51 +108,30 @@ public final class Worker {
         let config = try AssignCheck(dataRoots: options.dataRoots, secure: options.security.keys != nil).validate(assign)
         rank = Int(assign.rank)
         // Heartbeats flow from here on: loading the data and building the model can take seconds.
-        let heartbeat = try Heartbeat(context: context, options: options, identity: ControlIdentity.heartbeat(of: identity), rank: rank, log: log)
+        let heartbeat = try Heartbeat(context: context, options: options, identity: ControlIdentity.heartbeat(of: identity), rank: rank,
+                                      reforms: reforms, log: log)
         defer { heartbeat.stop() }
-        let shard = Shard(rank: rank, count: Int(assign.worldSize))
         // Read from memory: no file is written for it.
         let resumed = assign.resumeCheckpoint.isEmpty ? nil
             : try Checkpoint.Loaded(bytes: Data(assign.resumeCheckpoint), source: "the coordinator's resume checkpoint")
         ProcessMemory.keepFreedBuffers()
-        let served = !assign.dataServed ? nil : ServedData { [unowned self] request in
+        served = !assign.dataServed ? nil : ServedData { [unowned self] request in
             try control.send(.dataRequest(request), from: rank)
             return try waitFor("the requested samples", within: 120) { if case .dataRows(let r) = $0 { return r }; return nil }
         }
-        let workload = try Workloads.make(config, shard: shard, metadata: resumed?.file.metadata ?? [:], source: served)
+        var membership = Membership(epoch: 0, rank: rank, ring: assign.ring, publicKeys: assign.ringPublicKeys, secretKey: assign.ringSecretKey)
+        let bucketBytes = max(4, Int(assign.bucketBytes))
+        let workload = try Workloads.make(config, shard: membership.shard, metadata: resumed?.file.metadata ?? [:], source: served)
         let model = workload.model
         // Dropout masks differ per replica (each draws its own samples' masks).
         model.context.rng = .dropoutMasks(seed: config.seed, replica: rank)
-        var ringOptions = RingOptions()
-        ringOptions.jobID = options.jobID
-        ringOptions.timeout = options.ringTimeout
-        ringOptions.layoutFingerprint = model.arena.layout.fingerprint
-        ringOptions.log = { [log] in log("tether worker: " + $0) }
-        if let authenticator, !assign.ringPublicKeys.isEmpty {
-            let keys = try CurveKeyPair(secretKey: assign.ringSecretKey), n = assign.ring.count
-            ringOptions.curve = RingCurve(keys: keys, leftPublicKey: assign.ringPublicKeys[(rank + n - 1) % n],
-                                          rightPublicKey: assign.ringPublicKeys[(rank + 1) % n], authenticator: authenticator)
-        }
-        // The ring forms with a handshake from each rank to its right neighbour. When it does not, a
-        // neighbour this rank cannot connect to (a wrong --advertise interface, a firewall) is named.
-        let ring: Ring
-        let right = (rank + 1) % assign.ring.count
-        do { ring = try Ring(context: context, rank: rank, addresses: assign.ring, options: ringOptions) } catch {
-            if right != rank, case .failure(let why) = Advertise.reach(assign.ring[right], within: 2) {
-                throw ClusterError("rank \(rank) cannot reach its right neighbour rank \(right) at \(why). Check the address that worker "
-                                   + "advertises (--advertise INTERFACE or tcp://HOST:PORT) and that the port is open between the hosts")
-            }
-            throw ClusterError("rank \(rank) could not form the ring (\(assign.ring.joined(separator: " -> "))): \(error)")
-        }
-        if case .success(let seconds) = right == rank ? .success(0) : Advertise.reach(assign.ring[right], within: 2) {
-            log("worker rank \(rank): ring address \(assign.ring[rank]); right neighbour rank \(right) at \(assign.ring[right]) reachable (\(String(format: "%.1f", seconds * 1000)) ms)")
-        }
+        let ring = try formRing(membership, layoutFingerprint: model.arena.layout.fingerprint)
         let optimizer = try Optimizer<Float>(config.optimizer, layout: model.arena.layout, ftrlParameters: model.ftrlParameters)
         var state = TrainingState(rng: model.context.rng)
         if let resumed {
-            try resumed.restore(into: model, optimizer: optimizer, shard: shard)
+            try resumed.restore(into: model, optimizer: optimizer, shard: membership.shard)
             state = resumed.state
-            model.context.rng = resumed.replicaRNG(shard) ?? .dropoutMasks(seed: config.seed &+ UInt64(state.globalStep), replica: rank)
+            model.context.rng = resumed.replicaRNG(membership.shard) ?? .dropoutMasks(seed: config.seed &+ UInt64(state.globalStep), replica: rank)
         } else {
             try workload.fetch(epoch: 0)
             var failure: Error?
@@ -161,38 +140,75 @@ public final class Worker {
             })
             if let failure { throw failure }
         }
-        try control.send(.ready(.init(parameterHash: Self.hash(model.arena), layoutFingerprint: model.arena.layout.fingerprint)), from: rank)
-        try waitFor("the start", within: 120) { if case .start = $0 { return () }; return nil }
+        var replica = Replica(training: Training(workload: workload, optimizer: optimizer, ring: ring, config: config, bucketBytes: bucketBytes), state: state)
+        try sendReadyAndAwaitStart(replica)
         trainingStarted = true
 
-        let training = Training(workload: workload, optimizer: optimizer, ring: ring, config: config, bucketBytes: max(4, Int(assign.bucketBytes)))
-        var machine = WorkerState(.init(rank: rank, stepsPerEpoch: workload.stepsPerEpoch, totalSteps: training.totalSteps,
+        var machine = WorkerState(.init(rank: rank, stepsPerEpoch: workload.stepsPerEpoch, totalSteps: replica.training.totalSteps,
                                         hashEvery: Int(assign.hashEvery), checkpointEvery: Int(assign.checkpointEvery)), globalStep: state.globalStep)
         var directives = machine.handle(.started)
-        var report: Envelope.StepReport?
-        var replicas: [(buffers: [Float], rng: RNG)] = []
+        // Elastic in place: a failure while training waits for the coordinator's Reform; the replica is
+        // made anew on the re-formed ring from the state of the survivor furthest along, and goes on.
+        var reform: Envelope.Reform?
+        while true {
+            do {
+                if let next = reform {
+                    reform = nil
+                    replica = try reformed(replica, next, &membership, config: config, bucketBytes: bucketBytes)
+                    try sendReadyAndAwaitStart(replica)
+                    directives = machine.handle(.reformed(globalStep: replica.state.globalStep, rank: rank))
+                }
+                try run(&directives, &machine, replica, config: config)
+                break
+            } catch {
+                guard assign.reformInPlace, let next = try awaitReform(after: error, epoch: membership.epoch) else { throw error }
+                reform = next
+            }
+        }
+        if let step = replica.report, step.stopping, machine.globalStep < replica.training.totalSteps {
+            log("worker rank \(rank): stopped after step \(machine.globalStep) of \(replica.training.totalSteps); the coordinator holds its checkpoint")
+        }
+        log("worker rank \(rank): done, peak RSS \(Self.peakResidentMegabytes()) MB (\(replica.training.workload.model.arena.count) parameters, "
+            + "optimizer state \(replica.training.optimizer.stateTensors.reduce(0) { $0 + $1.count }) values)")
+    }
+
+    /// The samples the coordinator serves (`Assign.data_served`), or nil: each worker reads --data.
+    private var served: ServedData?
+    /// The re-formations the coordinator announced (on either socket: the heartbeat thread notes one
+    /// while the main thread waits in the ring, which then gives up).
+    let reforms = ReformNotice()
+
+    /// Carries out the worker state machine's directives until it says exit (or fails).
+    private func run(_ directives: inout [WorkerState.Directive], _ machine: inout WorkerState, _ replica: Replica, config: TrainingConfig) throws {
+        let training = replica.training, model = training.workload.model
         while !directives.isEmpty {
             let d = directives.removeFirst()
             switch d {
             case .trainNextStep:
                 try checkControl()
-                if state.stepInEpoch == 0 { workload.startEpoch(state.epoch) }
+                if replica.state.stepInEpoch == 0 { training.workload.startEpoch(replica.state.epoch) }
                 training.exchange.vote = stopRequested
-                report = try training.step(&state)
-                report?.stopping = training.exchange.stopAgreed
-                directives += machine.handle(.stepFinished(globalStep: state.globalStep, stopping: training.exchange.stopAgreed))
+                replica.report = try training.step(&replica.state)
+                replica.report?.stopping = training.exchange.stopAgreed
+                replica.boundary = replica.state
+                directives += machine.handle(.stepFinished(globalStep: replica.state.globalStep, stopping: training.exchange.stopAgreed))
             case .reportStep(let withHash):
-                if withHash { report?.parameterHash = Self.hash(model.arena) }
-                try control.send(.stepReport(report!), from: rank)
+                // after a re-formation, a survivor that did not finish the step itself reports no samples
+                var report = replica.report?.globalStep == UInt64(machine.globalStep) ? replica.report!
+                    : Envelope.StepReport(globalStep: UInt64(machine.globalStep), epoch: UInt32(replica.state.epoch), lossSum: 0, count: 0, correct: 0,
+                                          computeSeconds: 0, allreduceSeconds: 0, optimizerSeconds: 0, parameterHash: 0, waitSeconds: 0)
+                if withHash { report.parameterHash = Self.hash(model.arena) }
+                try control.send(.stepReport(report), from: rank)
             case .evaluate(let epoch, let ends):
-                try control.send(.evalReport(try training.evaluate(epoch: epoch, state: &state, epochEnds: ends)), from: rank)
-                if ends { (state.epoch, state.stepInEpoch) = (epoch + 1, 0) }
+                try control.send(.evalReport(try training.evaluate(epoch: epoch, state: &replica.state, epochEnds: ends)), from: rank)
+                if ends { (replica.state.epoch, replica.state.stepInEpoch) = (epoch + 1, 0) }
             case .shareReplicaState:
-                replicas = try training.gatherReplicaState(step: UInt64(state.globalStep))
+                replica.replicas = try training.gatherReplicaState(step: UInt64(replica.state.globalStep))
             case .sendCheckpoint:
+                var state = replica.state
                 state.rng = model.context.rng
-                let file = Checkpoint.file(model: model, optimizer: optimizer, config: config, state: state, metadata: workload.checkpointMetadata,
-                                           replicaBuffers: replicas.map(\.buffers), replicaRNGs: replicas.map(\.rng))
+                let file = Checkpoint.file(model: model, optimizer: training.optimizer, config: config, state: state, metadata: training.workload.checkpointMetadata,
+                                           replicaBuffers: replica.replicas.map(\.buffers), replicaRNGs: replica.replicas.map(\.rng))
                 try control.send(.checkpoint(.init(globalStep: UInt64(state.globalStep), safetensors: [UInt8](Safetensors.encode(file)))), from: rank)
             case .awaitFinish:
                 let body: Envelope.Body = try waitFor("the coordinator's finish", within: 60) { $0 == .finish ? $0 : nil }
@@ -203,11 +219,105 @@ public final class Worker {
                 throw ClusterError("worker rank \(rank): \(message)")
             }
         }
-        if let step = report, step.stopping, machine.globalStep < training.totalSteps {
-            log("worker rank \(rank): stopped after step \(machine.globalStep) of \(training.totalSteps); the coordinator holds its checkpoint")
+    }
+
+    /// Parameters hash and step to the coordinator, then its Start (once every replica agrees).
+    private func sendReadyAndAwaitStart(_ replica: Replica) throws {
+        let model = replica.training.workload.model
+        try control.send(.ready(.init(parameterHash: Self.hash(model.arena), layoutFingerprint: model.arena.layout.fingerprint,
+                                      globalStep: UInt64(replica.state.globalStep))), from: rank)
+        try waitFor("the start", within: 120) { if case .start = $0 { return () }; return nil }
+    }
+
+    /// The ring of `membership`, formed with a handshake from each rank to its right neighbour. When it
+    /// does not form, a neighbour this rank cannot connect to (a wrong --advertise interface, a
+    /// firewall) is named.
+    private func formRing(_ membership: Membership, layoutFingerprint: UInt64, listening: () throws -> Void = {}) throws -> Ring {
+        var ringOptions = RingOptions()
+        ringOptions.jobID = options.jobID
+        ringOptions.timeout = options.ringTimeout
+        ringOptions.layoutFingerprint = layoutFingerprint
+        ringOptions.epoch = membership.epoch
+        ringOptions.abandon = { [reforms, epoch = membership.epoch] in reforms.latest > epoch }
+        ringOptions.log = { [log] in log("tether worker: " + $0) }
+        let (rank, addresses) = (membership.rank, membership.ring)
+        if let authenticator, !membership.publicKeys.isEmpty {
+            let keys = try CurveKeyPair(secretKey: membership.secretKey), n = addresses.count
+            ringOptions.curve = RingCurve(keys: keys, leftPublicKey: membership.publicKeys[(rank + n - 1) % n],
+                                          rightPublicKey: membership.publicKeys[(rank + 1) % n], authenticator: authenticator)
         }
-        log("worker rank \(rank): done, peak RSS \(Self.peakResidentMegabytes()) MB (\(model.arena.count) parameters, "
-            + "optimizer state \(optimizer.stateTensors.reduce(0) { $0 + $1.count }) values)")
+        let ring: Ring
+        let right = (rank + 1) % addresses.count
+        do { ring = try Ring(context: context, rank: rank, addresses: addresses, options: ringOptions, listening: listening) } catch {
+            if let e = error as? CollectiveError, e.abandoned { throw e }
+            if right != rank, case .failure(let why) = Advertise.reach(addresses[right], within: 2) {
+                throw ClusterError("rank \(rank) cannot reach its right neighbour rank \(right) at \(why). Check the address that worker "
+                                   + "advertises (--advertise INTERFACE or tcp://HOST:PORT) and that the port is open between the hosts")
+            }
+            throw ClusterError("rank \(rank) could not form the ring (\(addresses.joined(separator: " -> "))): \(error)")
+        }
+        if case .success(let seconds) = right == rank ? .success(0) : Advertise.reach(addresses[right], within: 2) {
+            log("worker rank \(rank): ring address \(addresses[rank]); right neighbour rank \(right) at \(addresses[right]) reachable (\(String(format: "%.1f", seconds * 1000)) ms)")
+        }
+        return ring
+    }
+
+    /// After a failure while training in an elastic-in-place job: the coordinator's Reform of a newer
+    /// ring epoch, or nil when none comes within the coordinator's time-out and some (the failure
+    /// stands). A failure of this worker's own (its data, its disk) is not waited on; an Abort throws.
+    private func awaitReform(after error: Error, epoch: UInt32) throws -> Envelope.Reform? {
+        if let reform = reforms.pending(after: epoch) { return reform }
+        guard error is CollectiveError else { return nil }
+        log("worker rank \(rank): \(error); waiting for the coordinator to re-form the ring")
+        let deadline = ContinuousClock.now + .seconds(options.coordinatorTimeout + 20)
+        while ContinuousClock.now < deadline {
+            if let reform = reforms.pending(after: epoch) { return reform }
+            do { _ = try receive(until: min(deadline, .now + .milliseconds(100))) { _ in Optional<Void>.none } } catch let e as CollectiveError where e.abandoned {}
+        }
+        return reforms.pending(after: epoch)
+    }
+
+    /// The replica on the re-formed ring: the old ring closed, the new one formed, the state of the
+    /// survivor furthest along (the lowest new rank among them) gathered by all, and the workload,
+    /// model and optimizer made anew from it for this rank's new shard (the resume path, from memory).
+    private func reformed(_ old: Replica, _ reform: Envelope.Reform, _ membership: inout Membership, config: TrainingConfig, bucketBytes: Int) throws -> Replica {
+        let oldModel = old.training.workload.model
+        // what this survivor carries: the last state a step left, before that step's end-of-step work
+        let carried = old.carried ?? {
+            var state = old.boundary
+            state.rng = oldModel.context.rng
+            return (step: state.globalStep, bytes: [UInt8](Safetensors.encode(Checkpoint.file(
+                model: oldModel, optimizer: old.training.optimizer, config: config, state: state, metadata: old.training.workload.checkpointMetadata))))
+        }()
+        old.carried = carried
+        old.training.ring.close()
+        membership = Membership(epoch: reform.ringEpoch, rank: Int(reform.rank), ring: reform.ring,
+                                publicKeys: reform.ringPublicKeys, secretKey: membership.secretKey)
+        ringEpoch = reform.ringEpoch
+        rank = membership.rank
+        log("worker rank \(rank): \(reform.reason.prefix(300)); the ring re-forms as \(reform.ring.count) (epoch \(reform.ringEpoch)), this worker is rank \(rank) now")
+        // The old ring is closed and the new address bound: say so, and connect once every survivor has
+        // (the coordinator's Start), so nothing goes to a neighbour's abandoned socket.
+        let ring = try formRing(membership, layoutFingerprint: oldModel.arena.layout.fingerprint) { [self] in
+            try control.send(.reform(reform), from: rank)
+            try waitFor("the re-formed ring's start", within: 60) { if case .start = $0 { return () }; return nil }
+        }
+        let steps = try ring.allGather(withUnsafeBytes(of: UInt64(carried.step).littleEndian, Array.init)).map { bytes -> Int in
+            guard bytes.count == 8 else { throw ClusterError("a survivor sent \(bytes.count) bytes for its step") }
+            return Int(clamping: bytes.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self).littleEndian })
+        }
+        let source = steps.indices.first { steps[$0] == steps.max()! }!
+        let states = try ring.allGather(rank == source ? carried.bytes : [])
+        let loaded = try Checkpoint.Loaded(bytes: Data(states[source]), source: "rank \(source)'s state at step \(steps[source])")
+        let workload = try Workloads.make(config, shard: membership.shard, metadata: loaded.file.metadata, source: served)
+        let model = workload.model
+        let optimizer = try Optimizer<Float>(config.optimizer, layout: model.arena.layout, ftrlParameters: model.ftrlParameters)
+        try loaded.restore(into: model, optimizer: optimizer, shard: membership.shard)
+        model.context.rng = .dropoutMasks(seed: config.seed &+ UInt64(loaded.state.globalStep), replica: rank)
+        let replica = Replica(training: Training(workload: workload, optimizer: optimizer, ring: ring, config: config, bucketBytes: bucketBytes),
+                              state: loaded.state)
+        replica.report = old.report
+        return replica
     }
 
     /// Says Hello until the coordinator assigns this worker a rank, or (nil) says the run has finished.
@@ -277,9 +387,14 @@ public final class Worker {
         }
     }
 
-    /// True when `body` was an order this worker has now taken: Stop. An Abort throws.
+    /// True when `body` was an order this worker has now taken: Stop. An Abort throws, and so does a
+    /// Reform of a ring newer than this worker's (the step or wait in progress is abandoned).
     private func note(_ body: Envelope.Body) throws -> Bool {
         switch body {
+        case .reform(let r):
+            reforms.note(r)
+            if r.ringEpoch > ringEpoch { throw CollectiveError(message: "the coordinator re-forms the ring: \(r.reason)", abandoned: true) }
+            return true
         case .abort(let a):
             throw ClusterError(rank < 0 ? "the coordinator at \(options.coordinator) refused this worker: \(a.reason)" : "the coordinator stopped the job: \(a.reason)")
         case .stop(let s):
@@ -307,6 +422,8 @@ public final class Worker {
 
     /// Set once the coordinator said Start.
     private var trainingStarted = false
+    /// The epoch of the ring this worker is on, or forming.
+    private var ringEpoch: UInt32 = 0
 
     /// This process's peak resident set since it started (VmHWM). Not getrusage's ru_maxrss: Linux
     /// carries that over from the process that forked this one (`simulate`'s coordinator, with its data).
@@ -395,13 +512,14 @@ final class Training {
 /// A thread of its own that sends a heartbeat every half second on a second DEALER and watches the
 /// coordinator's: an Abort from it, or its silence, ends this process (the coordinator holds the last
 /// checkpoint; nothing of the worker's needs saving) through `WorkerOptions.endProcess`, never exit:
-/// exit's atexit handlers would tear down OpenBLAS under the main thread's running GEMM (a crash, seen). `stop` ends the thread and closes its socket, so
+/// exit's atexit handlers would tear down OpenBLAS under the main thread's running GEMM (a crash, seen). A Reform
+/// from it is noted (the ring the main thread waits in gives up). `stop` ends the thread and closes its socket, so
 /// the context can terminate (zmq_ctx_term waits for every socket to close).
 final class Heartbeat: @unchecked Sendable {
     private let stopped = StopFlag()
     private let done = DispatchSemaphore(value: 0)
 
-    init(context: ZeroMQContext, options: WorkerOptions, identity: [UInt8], rank: Int, log: @escaping (String) -> Void) throws {
+    init(context: ZeroMQContext, options: WorkerOptions, identity: [UInt8], rank: Int, reforms: ReformNotice, log: @escaping (String) -> Void) throws {
         let dealer = try ZeroMQSocket(context, .dealer, linger: .zero)
         try dealer.setRoutingID(identity)
         try dealer.setMaxMessageSize(ControlLimits.heartbeatMessageBytes)
@@ -417,6 +535,7 @@ final class Heartbeat: @unchecked Sendable {
                 let deadline = ContinuousClock.now + .milliseconds(500)
                 while !flag.isSet, let message = try? channel.receive(deadline: deadline), let (_, env) = Optional(message) {
                     watch.heard(at: Clock.now)
+                    if case .reform(let r) = env.body { reforms.note(r) }
                     if case .abort(let a) = env.body {
                         let reason = "the coordinator stopped the job: \(a.reason)"
                         log("tether worker rank \(rank): \(reason)")
@@ -436,5 +555,54 @@ final class Heartbeat: @unchecked Sendable {
     func stop() {
         stopped.set()
         done.wait()
+    }
+}
+
+/// A worker's place in the ring: its forming (epoch), its rank, every rank's address and ring key.
+struct Membership {
+    var epoch: UInt32
+    var rank: Int
+    var ring: [String]
+    /// The ring's public keys by rank (CURVE), or empty; this worker's secret key stays its own.
+    var publicKeys: [String]
+    var secretKey: String
+    /// This rank's share of every global batch.
+    var shard: Shard { Shard(rank: rank, count: ring.count) }
+}
+
+/// One replica on one ring: its step function (workload, optimizer, ring, exchange) and its state.
+final class Replica {
+    let training: Training
+    var state: TrainingState
+    /// The state the last step left, before that step's end-of-step work (evaluation moves `state` on):
+    /// what a re-formed ring continues from, redoing that work.
+    var boundary: TrainingState
+    /// The last step's report, and every replica's state gathered for a checkpoint.
+    var report: Envelope.StepReport?
+    var replicas: [(buffers: [Float], rng: RNG)] = []
+    /// The state carried into a re-formation (its step and checkpoint bytes), once encoded: a second
+    /// re-formation before this one ends starts from the same.
+    var carried: (step: Int, bytes: [UInt8])?
+
+    init(training: Training, state: TrainingState) {
+        (self.training, self.state, boundary) = (training, state, state)
+    }
+}
+
+/// The re-formations the coordinator announced (elastic in place), noted by either thread.
+final class ReformNotice: @unchecked Sendable {
+    private let lock = NSLock()
+    private var newest: Envelope.Reform?
+
+    func note(_ reform: Envelope.Reform) {
+        lock.withLock { if reform.ringEpoch > (newest?.ringEpoch ?? 0) { newest = reform } }
+    }
+
+    /// The newest ring epoch announced (0: none).
+    var latest: UInt32 { lock.withLock { newest?.ringEpoch ?? 0 } }
+
+    /// The newest Reform, if it is of a later epoch than `epoch`.
+    func pending(after epoch: UInt32) -> Envelope.Reform? {
+        lock.withLock { newest.flatMap { $0.ringEpoch > epoch ? $0 : nil } }
     }
 }

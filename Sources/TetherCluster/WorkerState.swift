@@ -25,6 +25,10 @@ public struct WorkerState: Sendable {
         /// its exchange to stop after it (a graceful stop: it ends like the run's last step).
         case stepFinished(globalStep: Int, stopping: Bool = false)
         case coordinator(Envelope.Body)
+        /// The ring was re-formed (elastic in place) and this replica holds `globalStep` steps, now as
+        /// `rank`: the end-of-step work of that step is done again (the coordinator drops what of it
+        /// it already has), then training goes on; if no step of this run was done, it just goes on.
+        case reformed(globalStep: Int, rank: Int)
     }
 
     public enum Directive: Equatable, Sendable {
@@ -41,13 +45,15 @@ public struct WorkerState: Sendable {
         case fail(String)
     }
 
-    public let plan: Plan
+    public private(set) var plan: Plan
     public private(set) var phase: Phase = .waitingForStart
     public private(set) var globalStep: Int
+    /// The step this run started at (a resumed run's checkpoint).
+    public let firstStep: Int
 
     public init(_ plan: Plan, globalStep: Int = 0) {
         self.plan = plan
-        self.globalStep = globalStep
+        (self.globalStep, firstStep) = (globalStep, globalStep)
     }
 
     public mutating func handle(_ event: Event) -> [Directive] {
@@ -64,17 +70,17 @@ public struct WorkerState: Sendable {
                 return fail("step \(step) finished after step \(globalStep) of \(plan.totalSteps)")
             }
             globalStep = step
-            let epochEnds = step % plan.stepsPerEpoch == 0, last = step == plan.totalSteps || stopping
-            var out: [Directive] = [.reportStep(withHash: plan.hashEvery > 0 && (step % plan.hashEvery == 0 || epochEnds || last))]
-            if epochEnds { out.append(.evaluate(epoch: step / plan.stepsPerEpoch - 1)) }
-            else if step == plan.totalSteps { out.append(.evaluate(epoch: step / plan.stepsPerEpoch, epochEnds: false)) }
-            if epochEnds || last || (plan.checkpointEvery > 0 && step % plan.checkpointEvery == 0) {
-                // Every rank contributes its buffers and RNG; rank 0 writes them into its checkpoint.
-                out.append(.shareReplicaState)
-                if plan.rank == 0 { out.append(.sendCheckpoint) }
+            return stepEnds(step, stopping: stopping)
+        case (_, .reformed(let step, let rank)):
+            guard (firstStep...plan.totalSteps).contains(step) else {
+                return fail("the re-formed ring holds step \(step), outside this run's \(firstStep)...\(plan.totalSteps)")
             }
-            if last { phase = .waitingForFinish }
-            return out + [last ? .awaitFinish : .trainNextStep]
+            (globalStep, plan.rank, phase) = (step, rank, .training)
+            guard step > firstStep else {
+                if step == plan.totalSteps { phase = .waitingForFinish }
+                return [phase == .training ? .trainNextStep : .awaitFinish]
+            }
+            return stepEnds(step, stopping: false)
         case (.waitingForFinish, .coordinator(.finish)):
             phase = .finished
             return [.exit]
@@ -83,6 +89,23 @@ public struct WorkerState: Sendable {
         case (_, let e):
             return fail("unexpected \(e) while \(phase)")
         }
+    }
+
+    /// What follows the step that brought the run to `step` steps: its report, an evaluation where an
+    /// epoch (or the run) ends, replica state and rank 0's checkpoint where one is due, then the next
+    /// step or the wait for Finish.
+    private mutating func stepEnds(_ step: Int, stopping: Bool) -> [Directive] {
+        let epochEnds = step % plan.stepsPerEpoch == 0, last = step == plan.totalSteps || stopping
+        var out: [Directive] = [.reportStep(withHash: plan.hashEvery > 0 && (step % plan.hashEvery == 0 || epochEnds || last))]
+        if epochEnds { out.append(.evaluate(epoch: step / plan.stepsPerEpoch - 1)) }
+        else if step == plan.totalSteps { out.append(.evaluate(epoch: step / plan.stepsPerEpoch, epochEnds: false)) }
+        if epochEnds || last || (plan.checkpointEvery > 0 && step % plan.checkpointEvery == 0) {
+            // Every rank contributes its buffers and RNG; rank 0 writes them into its checkpoint.
+            out.append(.shareReplicaState)
+            if plan.rank == 0 { out.append(.sendCheckpoint) }
+        }
+        if last { phase = .waitingForFinish }
+        return out + [last ? .awaitFinish : .trainNextStep]
     }
 
     private mutating func fail(_ message: String) -> [Directive] {

@@ -3,7 +3,7 @@ import Foundation
 import TetherWire
 
 // The cluster's control messages (proto: Assign, Ready, Start, StepReport, EvalReport, CheckpointData,
-// Heartbeat, Stop) as Swift values, and their conversion to and from protobuf-c.
+// Heartbeat, Stop, Reform) as Swift values, and their conversion to and from protobuf-c.
 
 extension Envelope {
     public struct Assign: Equatable, Sendable {
@@ -20,6 +20,8 @@ extension Envelope {
         /// when the job runs --insecure.
         public var ringSecretKey = ""
         public var ringPublicKeys: [String] = []
+        /// Elastic in place: a lost member re-forms the ring of the survivors (Reform).
+        public var reformInPlace = false
         public init(rank: UInt32, worldSize: UInt32, ring: [String], configJSON: [UInt8], resumeCheckpoint: [UInt8] = [],
                     hashEvery: UInt32, checkpointEvery: UInt32, bucketBytes: UInt32) {
             (self.rank, self.worldSize, self.ring, self.configJSON) = (rank, worldSize, ring, configJSON)
@@ -30,7 +32,24 @@ extension Envelope {
     public struct Ready: Equatable, Sendable {
         public var parameterHash: UInt64
         public var layoutFingerprint: UInt64
-        public init(parameterHash: UInt64, layoutFingerprint: UInt64) { (self.parameterHash, self.layoutFingerprint) = (parameterHash, layoutFingerprint) }
+        /// The steps the replica's parameters hold.
+        public var globalStep: UInt64
+        public init(parameterHash: UInt64, layoutFingerprint: UInt64, globalStep: UInt64 = 0) {
+            (self.parameterHash, self.layoutFingerprint, self.globalStep) = (parameterHash, layoutFingerprint, globalStep)
+        }
+    }
+
+    /// Elastic in place: the ring re-formed without lost members; this survivor's new rank in it.
+    public struct Reform: Equatable, Sendable {
+        public var ringEpoch: UInt32
+        public var rank: UInt32
+        public var ring: [String]
+        /// The new ring's public keys by new rank (CURVE), or empty.
+        public var ringPublicKeys: [String]
+        public var reason: String
+        public init(ringEpoch: UInt32, rank: UInt32, ring: [String], ringPublicKeys: [String] = [], reason: String) {
+            (self.ringEpoch, self.rank, self.ring, self.ringPublicKeys, self.reason) = (ringEpoch, rank, ring, ringPublicKeys, reason)
+        }
     }
 
     public struct StepReport: Equatable, Sendable {
@@ -140,11 +159,12 @@ extension Envelope {
             m.data_served = a.dataServed ? 1 : 0
             m.ring_secret_key = arena.string(a.ringSecretKey)
             (m.n_ring_public_keys, m.ring_public_keys) = (a.ringPublicKeys.count, arena.strings(a.ringPublicKeys))
+            m.reform_in_place = a.reformInPlace ? 1 : 0
             return withUnsafeMutablePointer(to: &m) { msg.body_case = TETHER__V1__ENVELOPE__BODY_ASSIGN; msg.assign = $0; return pack(&msg) }
         case .ready(let r):
             var m = Tether__V1__Ready()
             tether__v1__ready__init(&m)
-            (m.parameter_hash, m.layout_fingerprint) = (r.parameterHash, r.layoutFingerprint)
+            (m.parameter_hash, m.layout_fingerprint, m.global_step) = (r.parameterHash, r.layoutFingerprint, r.globalStep)
             return withUnsafeMutablePointer(to: &m) { msg.body_case = TETHER__V1__ENVELOPE__BODY_READY; msg.ready = $0; return pack(&msg) }
         case .start:
             var m = Tether__V1__Start()
@@ -197,6 +217,13 @@ extension Envelope {
             tether__v1__stop__init(&m)
             (m.signal, m.reason) = (s.signal, arena.string(s.reason))
             return withUnsafeMutablePointer(to: &m) { msg.body_case = TETHER__V1__ENVELOPE__BODY_STOP; msg.stop = $0; return pack(&msg) }
+        case .reform(let r):
+            var m = Tether__V1__Reform()
+            tether__v1__reform__init(&m)
+            (m.ring_epoch, m.rank, m.reason) = (r.ringEpoch, r.rank, arena.string(r.reason))
+            (m.n_ring, m.ring) = (r.ring.count, arena.strings(r.ring))
+            (m.n_ring_public_keys, m.ring_public_keys) = (r.ringPublicKeys.count, arena.strings(r.ringPublicKeys))
+            return withUnsafeMutablePointer(to: &m) { msg.body_case = TETHER__V1__ENVELOPE__BODY_REFORM; msg.reform = $0; return pack(&msg) }
         case .hello, .chunk, .abort:
             return nil
         }
@@ -221,7 +248,16 @@ extension Envelope {
                 throw WireError(message: "assign: \(a.n_ring_public_keys) ring keys for \(a.n_ring) ranks")
             }
             assign.ringPublicKeys = (0..<a.n_ring_public_keys).map { String(cString: a.ring_public_keys[$0]!) }
+            assign.reformInPlace = a.reform_in_place != 0
             return .assign(assign)
+        case TETHER__V1__ENVELOPE__BODY_REFORM:
+            guard let r = env.reform?.pointee else { return nil }
+            guard r.n_ring > 0, Int(r.rank) < r.n_ring, r.n_ring_public_keys == 0 || r.n_ring_public_keys == r.n_ring else {
+                throw WireError(message: "reform from rank \(env.sender_rank): rank \(r.rank) of \(r.n_ring) ring addresses and \(r.n_ring_public_keys) keys")
+            }
+            return .reform(Reform(ringEpoch: r.ring_epoch, rank: r.rank, ring: (0..<r.n_ring).map { String(cString: r.ring[$0]!) },
+                                  ringPublicKeys: (0..<r.n_ring_public_keys).map { String(cString: r.ring_public_keys[$0]!) },
+                                  reason: r.reason.map { String(cString: $0) } ?? ""))
         case TETHER__V1__ENVELOPE__BODY_DATA_REQUEST:
             guard let d = env.data_request?.pointee else { return nil }
             guard d.split <= 1 else { throw WireError(message: "data request from rank \(env.sender_rank): split \(d.split) (0 training, 1 test)") }
@@ -233,7 +269,7 @@ extension Envelope {
                                       error: d.error.map { String(cString: $0) } ?? ""))
         case TETHER__V1__ENVELOPE__BODY_READY:
             guard let r = env.ready?.pointee else { return nil }
-            return .ready(Ready(parameterHash: r.parameter_hash, layoutFingerprint: r.layout_fingerprint))
+            return .ready(Ready(parameterHash: r.parameter_hash, layoutFingerprint: r.layout_fingerprint, globalStep: r.global_step))
         case TETHER__V1__ENVELOPE__BODY_START:
             return .start
         case TETHER__V1__ENVELOPE__BODY_HEARTBEAT:

@@ -29,6 +29,7 @@ public struct Envelope: Equatable, Sendable {
         case dataRequest(DataRequest)
         case dataRows(DataRows)
         case stop(Stop)
+        case reform(Reform)
     }
 
     public struct Hello: Equatable, Sendable {
@@ -86,14 +87,16 @@ public struct ChunkHeader: Equatable, Sendable {
     public var originRank: Int32
     /// All-reduce: a rank this chunk passed through asks to stop after this step.
     public var stopVote = false
+    /// The forming of the ring this chunk belongs to (elastic in place): an earlier ring's is dropped.
+    public var ringEpoch: UInt32 = 0
 
     public init(operation: Operation, sequence: UInt64, step: UInt64, bucket: UInt32, ringStep: UInt32, chunkIndex: UInt32,
                 dtype: DType, totalCount: UInt64, offset: UInt64, elementCount: UInt64, checksum: UInt64,
-                layoutFingerprint: UInt64, originRank: Int32) {
+                layoutFingerprint: UInt64, originRank: Int32, ringEpoch: UInt32 = 0) {
         (self.operation, self.sequence, self.step, self.bucket) = (operation, sequence, step, bucket)
         (self.ringStep, self.chunkIndex, self.dtype, self.totalCount) = (ringStep, chunkIndex, dtype, totalCount)
         (self.offset, self.elementCount, self.checksum) = (offset, elementCount, checksum)
-        (self.layoutFingerprint, self.originRank) = (layoutFingerprint, originRank)
+        (self.layoutFingerprint, self.originRank, self.ringEpoch) = (layoutFingerprint, originRank, ringEpoch)
     }
 }
 
@@ -132,7 +135,7 @@ extension Envelope {
             }
             if let packed { return packed }
             switch body {
-            case .none, .assign, .ready, .start, .stepReport, .evalReport, .checkpoint, .heartbeat, .finish, .dataRequest, .dataRows, .stop:
+            case .none, .assign, .ready, .start, .stepReport, .evalReport, .checkpoint, .heartbeat, .finish, .dataRequest, .dataRows, .stop, .reform:
                 return pack()
             case .hello(let h):
                 var hello = Tether__V1__Hello()
@@ -164,6 +167,7 @@ extension Envelope {
                 chunk.layout_fingerprint = c.layoutFingerprint
                 chunk.origin_rank = c.originRank
                 chunk.stop_vote = c.stopVote ? 1 : 0
+                chunk.ring_epoch = c.ringEpoch
                 return withUnsafeMutablePointer(to: &chunk) { cp in
                     msg.body_case = TETHER__V1__ENVELOPE__BODY_CHUNK
                     msg.chunk = cp
@@ -215,6 +219,7 @@ extension Envelope {
                                      offset: c.offset, elementCount: c.element_count, checksum: c.checksum,
                                      layoutFingerprint: c.layout_fingerprint, originRank: c.origin_rank)
             header.stopVote = c.stop_vote != 0
+            header.ringEpoch = c.ring_epoch
             body = .chunk(header)
         case TETHER__V1__ENVELOPE__BODY_ABORT:
             guard let a = env.abort?.pointee else { break }

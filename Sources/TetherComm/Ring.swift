@@ -38,6 +38,12 @@ public struct RingOptions: Sendable {
     public var curve: RingCurve?
     /// The largest payload an all-gather accepts from one rank (sparse gradient rows, replica state).
     public var maxGatherBytes = 1 << 30
+    /// The forming of the ring (elastic in place: 1, 2, ... after each re-formation): in every header;
+    /// a message of another epoch (a late one of an earlier ring) is dropped, never summed.
+    public var epoch: UInt32 = 0
+    /// Asked while a collective waits (every `abandonPoll`): true when the ring is to be given up (the
+    /// coordinator re-forms it); the collective then fails with an `abandoned` error.
+    public var abandon: (@Sendable () -> Bool)?
     /// Where messages that were dropped (malformed, foreign, from a rank other than the left
     /// neighbour) are reported, a few a second at most.
     public var log: @Sendable (String) -> Void = { FileHandle.standardError.write(Data(("tether: " + $0 + "\n").utf8)) }
@@ -59,7 +65,11 @@ public struct CollectiveError: Error, CustomStringConvertible, Equatable {
     public let message: String
     /// When this error relays another rank's Abort: the rank that gave up first.
     public let abortOrigin: Int32?
-    public init(message: String, abortOrigin: Int32? = nil) { (self.message, self.abortOrigin) = (message, abortOrigin) }
+    /// The ring was given up on purpose (`RingOptions.abandon`), not for a fault of its own.
+    public var abandoned = false
+    public init(message: String, abortOrigin: Int32? = nil, abandoned: Bool = false) {
+        (self.message, self.abortOrigin, self.abandoned) = (message, abortOrigin, abandoned)
+    }
     public var description: String { message }
 }
 
@@ -128,8 +138,12 @@ public final class Ring {
 
     /// Binds this rank's address, connects to the right neighbour's and waits (up to the timeout) for the
     /// left neighbour's handshake. `addresses[i]` is rank i's: tcp://HOST:PORT, ipc://PATH or inproc://NAME
-    /// (inproc only between ranks sharing `context`).
-    public init(context: ZeroMQContext, rank: Int, addresses: [String], options: RingOptions = RingOptions()) throws {
+    /// (inproc only between ranks sharing `context`). `listening` runs once this rank's address is
+    /// bound, before it connects: a re-formed ring waits there until every member listens, because a
+    /// connection made earlier could reach a neighbour's abandoned socket at the same address and its
+    /// messages would be lost.
+    public init(context: ZeroMQContext, rank: Int, addresses: [String], options: RingOptions = RingOptions(),
+                listening: () throws -> Void = {}) throws {
         guard !addresses.isEmpty, (0..<addresses.count).contains(rank) else {
             throw CollectiveError(message: "rank \(rank) is outside a ring of \(addresses.count)")
         }
@@ -144,10 +158,18 @@ public final class Ring {
             try pull.secure(.server(curve.keys, domain: "ring", curve.authenticator))
             try push.secure(.client(curve.keys, serverKey: curve.rightPublicKey))
         }
-        do { try pull.bind(addresses[rank]) } catch {
-            throw CollectiveError(message: "rank \(rank) cannot listen on \(addresses[rank]): \(error)")
+        // A re-formed ring binds the address the abandoned one just closed, which libzmq releases a
+        // moment later: a taken address is tried again for a second.
+        let bindDeadline = ContinuousClock.now + .seconds(1)
+        while true {
+            do { try pull.bind(addresses[rank]); break } catch let e as ZeroMQError where e.code == EADDRINUSE && ContinuousClock.now < bindDeadline {
+                usleep(20_000)
+            } catch {
+                throw CollectiveError(message: "rank \(rank) cannot listen on \(addresses[rank]): \(error)")
+            }
         }
         (self.pull, self.push) = (pull, push)
+        try listening()
         try push.connect(addresses[right])
         try push.setSendTimeout(options.timeout)
         try run(.handshake) {
@@ -164,11 +186,24 @@ public final class Ring {
         tether_keep_heap_memory(32 << 20, 256 << 20)
     }()
 
+    /// Messages still queued are delivered for a moment (the sockets' linger): a rank that ends its
+    /// last collective first must not take its neighbour's last chunks with it.
     deinit {
         scratch.deallocate()
         push?.close()
         pull?.close()
     }
+
+    /// Abandons the links at once (nothing queued is delivered): a re-formed ring binds the same address.
+    public func close() {
+        try? push?.setLinger(.zero)
+        try? pull?.setLinger(.zero)
+        push?.close()
+        pull?.close()
+    }
+
+    /// How often a waiting collective asks `RingOptions.abandon`.
+    static let abandonPoll: Duration = .milliseconds(50)
 
     // MARK: collectives
 
@@ -339,7 +374,7 @@ public final class Ring {
                         dtype: ChunkHeader.DType = .bytes, totalCount: Int) -> ChunkHeader {
         ChunkHeader(operation: operation, sequence: sequence, step: step, bucket: bucket, ringStep: 0, chunkIndex: 0, dtype: dtype,
                     totalCount: UInt64(totalCount), offset: 0, elementCount: 0, checksum: 0,
-                    layoutFingerprint: options.layoutFingerprint, originRank: -1)
+                    layoutFingerprint: options.layoutFingerprint, originRank: -1, ringEpoch: options.epoch)
     }
 
     /// Runs one collective: refuses to start on a failed ring, counts it, and on failure tells the right
@@ -369,7 +404,9 @@ public final class Ring {
 
     private func fail(_ error: CollectiveError) {
         failure = error
-        guard let push else { return }
+        // An abandoned ring tells nobody: every member is abandoning it, and an Abort could reach the
+        // re-formed ring bound at the same address.
+        guard let push, !error.abandoned else { return }
         // Best effort: the neighbour may be the one that is gone.
         let origin = error.abortOrigin ?? Int32(rank)
         guard origin != Int32(right) else { return }
@@ -454,7 +491,12 @@ public final class Ring {
         // another job or claims another sender) is dropped and reported, and the wait goes on: on an
         // --insecure ring anyone may connect, and a stranger's bytes must not stop the job.
         while true {
-            guard let next = try pull.receive(deadline: deadline) else {
+            if let abandon = options.abandon, abandon() {
+                throw CollectiveError(message: "rank \(rank): the ring was abandoned (waiting for \(what))", abandoned: true)
+            }
+            let slice = options.abandon == nil ? deadline : min(deadline, .now + Self.abandonPoll)
+            guard let next = try pull.receive(deadline: slice) else {
+                if ContinuousClock.now < deadline { continue }
                 throw CollectiveError(message: "rank \(rank): no message from rank \(left) (\(addresses[left])) within \(options.timeout) (waiting for \(what))")
             }
             frames = next
@@ -468,6 +510,10 @@ public final class Ring {
             }
             guard envelope.senderRank == Int32(left) else {
                 drop("a message claiming to be from rank \(envelope.senderRank) (only rank \(left) sends here)", what)
+                continue
+            }
+            if case .chunk(let h) = envelope.body, h.ringEpoch != options.epoch {
+                drop("a message of ring epoch \(h.ringEpoch) (this ring is epoch \(options.epoch))", what)
                 continue
             }
             break

@@ -80,6 +80,10 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         case .chunk(let h):
             _ = ExpectedChunk(operation: .allReduce, ringStep: 0, chunkIndex: 0, dtype: .f32, offset: 0, count: 4, totalCount: 8)
                 .mismatch(h, sequence: 0, layoutFingerprint: 0, payloadBytes: 16)
+        case .reform(let r):
+            var s = WorkerState(.init(rank: 0, stepsPerEpoch: 5, totalSteps: 10, hashEvery: 1, checkpointEvery: 0))
+            _ = s.handle(.started)
+            _ = s.handle(.reformed(globalStep: Int(r.ringEpoch), rank: Int(r.rank)))
         case .start, .heartbeat, .finish, .stop:
             break
         }

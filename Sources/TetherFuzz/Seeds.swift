@@ -75,6 +75,8 @@ extension FuzzTarget {
             .dataRequest(.init(split: 0, indices: [0, 2, 1])),
             .dataRows(.init(split: 0, count: 3, shape: images.encodedShape(), rows: images.encodedRows([0, 1]), error: "")),
             .chunk(header(.allReduce)),
+            .stop(.init(signal: 15, reason: "rank 1 received SIGTERM")),
+            .reform(.init(ringEpoch: 1, rank: 0, ring: ["tcp://10.0.0.2:7071"], ringPublicKeys: [keys[1].publicKey], reason: "worker rank 0 has been silent")),
         ]
         return bodies.map { Envelope(jobID: "tether", senderRank: 1, body: $0).encoded() }
     }

@@ -97,6 +97,51 @@ void   tether__v1__assign__free_unpacked
   assert(message->base.descriptor == &tether__v1__assign__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   tether__v1__reform__init
+                     (Tether__V1__Reform         *message)
+{
+  static const Tether__V1__Reform init_value = TETHER__V1__REFORM__INIT;
+  *message = init_value;
+}
+size_t tether__v1__reform__get_packed_size
+                     (const Tether__V1__Reform *message)
+{
+  assert(message->base.descriptor == &tether__v1__reform__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t tether__v1__reform__pack
+                     (const Tether__V1__Reform *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &tether__v1__reform__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t tether__v1__reform__pack_to_buffer
+                     (const Tether__V1__Reform *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &tether__v1__reform__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Tether__V1__Reform *
+       tether__v1__reform__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Tether__V1__Reform *)
+     protobuf_c_message_unpack (&tether__v1__reform__descriptor,
+                                allocator, len, data);
+}
+void   tether__v1__reform__free_unpacked
+                     (Tether__V1__Reform *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &tether__v1__reform__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   tether__v1__data_request__init
                      (Tether__V1__DataRequest         *message)
 {
@@ -682,7 +727,7 @@ void   tether__v1__abort__free_unpacked
   assert(message->base.descriptor == &tether__v1__abort__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
-static const ProtobufCFieldDescriptor tether__v1__envelope__field_descriptors[17] =
+static const ProtobufCFieldDescriptor tether__v1__envelope__field_descriptors[18] =
 {
   {
     "protocol_version",
@@ -888,6 +933,18 @@ static const ProtobufCFieldDescriptor tether__v1__envelope__field_descriptors[17
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "reform",
+    24,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Tether__V1__Envelope, body_case),
+    offsetof(Tether__V1__Envelope, reform),
+    &tether__v1__reform__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tether__v1__envelope__field_indices_by_name[] = {
   5,   /* field[5] = abort */
@@ -903,6 +960,7 @@ static const unsigned tether__v1__envelope__field_indices_by_name[] = {
   1,   /* field[1] = job_id */
   0,   /* field[0] = protocol_version */
   7,   /* field[7] = ready */
+  17,   /* field[17] = reform */
   2,   /* field[2] = sender_rank */
   8,   /* field[8] = start */
   9,   /* field[9] = step_report */
@@ -912,7 +970,7 @@ static const ProtobufCIntRange tether__v1__envelope__number_ranges[2 + 1] =
 {
   { 1, 0 },
   { 10, 3 },
-  { 0, 17 }
+  { 0, 18 }
 };
 const ProtobufCMessageDescriptor tether__v1__envelope__descriptor =
 {
@@ -922,14 +980,14 @@ const ProtobufCMessageDescriptor tether__v1__envelope__descriptor =
   "Tether__V1__Envelope",
   "tether.v1",
   sizeof(Tether__V1__Envelope),
-  17,
+  18,
   tether__v1__envelope__field_descriptors,
   tether__v1__envelope__field_indices_by_name,
   2,  tether__v1__envelope__number_ranges,
   (ProtobufCMessageInit) tether__v1__envelope__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tether__v1__assign__field_descriptors[11] =
+static const ProtobufCFieldDescriptor tether__v1__assign__field_descriptors[12] =
 {
   {
     "rank",
@@ -1063,6 +1121,18 @@ static const ProtobufCFieldDescriptor tether__v1__assign__field_descriptors[11] 
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "reform_in_place",
+    12,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__Assign, reform_in_place),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tether__v1__assign__field_indices_by_name[] = {
   7,   /* field[7] = bucket_bytes */
@@ -1071,6 +1141,7 @@ static const unsigned tether__v1__assign__field_indices_by_name[] = {
   8,   /* field[8] = data_served */
   5,   /* field[5] = hash_every */
   0,   /* field[0] = rank */
+  11,   /* field[11] = reform_in_place */
   4,   /* field[4] = resume_checkpoint */
   2,   /* field[2] = ring */
   10,   /* field[10] = ring_public_keys */
@@ -1080,7 +1151,7 @@ static const unsigned tether__v1__assign__field_indices_by_name[] = {
 static const ProtobufCIntRange tether__v1__assign__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 11 }
+  { 0, 12 }
 };
 const ProtobufCMessageDescriptor tether__v1__assign__descriptor =
 {
@@ -1090,11 +1161,101 @@ const ProtobufCMessageDescriptor tether__v1__assign__descriptor =
   "Tether__V1__Assign",
   "tether.v1",
   sizeof(Tether__V1__Assign),
-  11,
+  12,
   tether__v1__assign__field_descriptors,
   tether__v1__assign__field_indices_by_name,
   1,  tether__v1__assign__number_ranges,
   (ProtobufCMessageInit) tether__v1__assign__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor tether__v1__reform__field_descriptors[5] =
+{
+  {
+    "ring_epoch",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__Reform, ring_epoch),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "rank",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__Reform, rank),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "ring",
+    3,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_STRING,
+    offsetof(Tether__V1__Reform, n_ring),
+    offsetof(Tether__V1__Reform, ring),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "ring_public_keys",
+    4,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_STRING,
+    offsetof(Tether__V1__Reform, n_ring_public_keys),
+    offsetof(Tether__V1__Reform, ring_public_keys),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "reason",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__Reform, reason),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned tether__v1__reform__field_indices_by_name[] = {
+  1,   /* field[1] = rank */
+  4,   /* field[4] = reason */
+  2,   /* field[2] = ring */
+  0,   /* field[0] = ring_epoch */
+  3,   /* field[3] = ring_public_keys */
+};
+static const ProtobufCIntRange tether__v1__reform__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 5 }
+};
+const ProtobufCMessageDescriptor tether__v1__reform__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "tether.v1.Reform",
+  "Reform",
+  "Tether__V1__Reform",
+  "tether.v1",
+  sizeof(Tether__V1__Reform),
+  5,
+  tether__v1__reform__field_descriptors,
+  tether__v1__reform__field_indices_by_name,
+  1,  tether__v1__reform__number_ranges,
+  (ProtobufCMessageInit) tether__v1__reform__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCFieldDescriptor tether__v1__data_request__field_descriptors[2] =
@@ -1239,7 +1400,7 @@ const ProtobufCMessageDescriptor tether__v1__data_rows__descriptor =
   (ProtobufCMessageInit) tether__v1__data_rows__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tether__v1__ready__field_descriptors[2] =
+static const ProtobufCFieldDescriptor tether__v1__ready__field_descriptors[3] =
 {
   {
     "parameter_hash",
@@ -1265,15 +1426,28 @@ static const ProtobufCFieldDescriptor tether__v1__ready__field_descriptors[2] =
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "global_step",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__Ready, global_step),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tether__v1__ready__field_indices_by_name[] = {
+  2,   /* field[2] = global_step */
   1,   /* field[1] = layout_fingerprint */
   0,   /* field[0] = parameter_hash */
 };
 static const ProtobufCIntRange tether__v1__ready__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 2 }
+  { 0, 3 }
 };
 const ProtobufCMessageDescriptor tether__v1__ready__descriptor =
 {
@@ -1283,7 +1457,7 @@ const ProtobufCMessageDescriptor tether__v1__ready__descriptor =
   "Tether__V1__Ready",
   "tether.v1",
   sizeof(Tether__V1__Ready),
-  2,
+  3,
   tether__v1__ready__field_descriptors,
   tether__v1__ready__field_indices_by_name,
   1,  tether__v1__ready__number_ranges,
@@ -1794,7 +1968,7 @@ const ProtobufCMessageDescriptor tether__v1__hello__descriptor =
   (ProtobufCMessageInit) tether__v1__hello__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tether__v1__chunk_header__field_descriptors[14] =
+static const ProtobufCFieldDescriptor tether__v1__chunk_header__field_descriptors[15] =
 {
   {
     "operation",
@@ -1964,6 +2138,18 @@ static const ProtobufCFieldDescriptor tether__v1__chunk_header__field_descriptor
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "ring_epoch",
+    15,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__ChunkHeader, ring_epoch),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tether__v1__chunk_header__field_indices_by_name[] = {
   3,   /* field[3] = bucket */
@@ -1975,6 +2161,7 @@ static const unsigned tether__v1__chunk_header__field_indices_by_name[] = {
   8,   /* field[8] = offset */
   0,   /* field[0] = operation */
   12,   /* field[12] = origin_rank */
+  14,   /* field[14] = ring_epoch */
   4,   /* field[4] = ring_step */
   1,   /* field[1] = sequence */
   2,   /* field[2] = step */
@@ -1984,7 +2171,7 @@ static const unsigned tether__v1__chunk_header__field_indices_by_name[] = {
 static const ProtobufCIntRange tether__v1__chunk_header__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 14 }
+  { 0, 15 }
 };
 const ProtobufCMessageDescriptor tether__v1__chunk_header__descriptor =
 {
@@ -1994,7 +2181,7 @@ const ProtobufCMessageDescriptor tether__v1__chunk_header__descriptor =
   "Tether__V1__ChunkHeader",
   "tether.v1",
   sizeof(Tether__V1__ChunkHeader),
-  14,
+  15,
   tether__v1__chunk_header__field_descriptors,
   tether__v1__chunk_header__field_indices_by_name,
   1,  tether__v1__chunk_header__number_ranges,

@@ -14,10 +14,6 @@ struct CoordinatorCommand: ParsableCommand {
     @Option(help: "Workers in the job.") var workers: Int
     @Option(help: "Job identifier (workers must give the same).") var jobID = "tether"
     @Option(help: "Run directory for metrics.jsonl and checkpoint.safetensors.") var runDir = "runs/cluster"
-    @Option(help: "Seconds without a message before a worker is declared dead.") var heartbeatTimeout = 5.0
-    @Option(help: "Elastic: start (or restart) with as few as this many workers once no other has joined for --last-call seconds; the global batch stays --batch x --workers.")
-    var minWorkers: Int?
-    @Option(help: "Seconds an elastic job waits for more workers after the last one joined.") var lastCall = 10.0
     @Flag(help: "With --resume: a run that has already finished is not an error; the workers that join are told so and everything exits 0 (the container entrypoint sets it, so a restart policy does not loop).")
     var finishedOk = false
     @OptionGroup var security: SecurityOptions
@@ -26,9 +22,7 @@ struct CoordinatorCommand: ParsableCommand {
 
     func validate() throws {
         guard workers >= 1 else { throw ValidationError("--workers must be at least 1") }
-        guard heartbeatTimeout > 0 else { throw ValidationError("--heartbeat-timeout must be positive") }
-        if let minWorkers, !(1...workers).contains(minWorkers) { throw ValidationError("--min-workers must be in 1...\(workers) (--workers)") }
-        guard lastCall > 0 else { throw ValidationError("--last-call must be positive") }
+        try job.validate(workers: workers)
         try validateAddress(listen, flag: "--listen")
     }
 
@@ -38,8 +32,7 @@ struct CoordinatorCommand: ParsableCommand {
         try job.restarting(runDirectory: runDir, what: "waiting for workers again") { resume, force in
             var options = Coordinator.Options(listen: listen, workers: workers)
             options.force = force
-            (options.jobID, options.heartbeatTimeout) = (jobID, heartbeatTimeout)
-            (options.minWorkers, options.lastCall, options.finishedIsDone) = (minWorkers ?? workers, lastCall, finishedOk)
+            (options.jobID, options.finishedIsDone) = (jobID, finishedOk)
             options.security = try security.security()
             let coordinator = try job.coordinator(options, runDirectory: runDir, resume: resume, progress: output.progress)
             do { try coordinator.run() } catch let stopped as JobInterrupted {
@@ -129,6 +122,7 @@ struct Simulate: ParsableCommand {
     func validate() throws {
         guard workers >= 1 else { throw ValidationError("--workers must be at least 1") }
         if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
+        try job.validate(workers: workers)
     }
 
     func run() throws {
@@ -211,18 +205,30 @@ struct ClusterJob: ParsableArguments {
     var serveData = false
     @Option(help: "After a failure while training (a worker died, went silent or diverged), resume the job from its last checkpoint, up to N times: simulate with new worker processes, coordinator with the workers that join again.")
     var maxRestarts = 0
+    @Option(help: "Seconds without a message before a worker is declared dead.") var heartbeatTimeout = 5.0
+    @Option(help: "Elastic: start (or restart) with as few as this many workers once no other has joined for --last-call seconds, and when a worker is lost while training, carry on in place with the rest while this many remain (no process restarts; the step in flight is redone); the global batch stays --batch x --workers.")
+    var minWorkers: Int?
+    @Option(help: "Seconds an elastic job waits for more workers after the last one joined.") var lastCall = 10.0
     @OptionGroup var jobFile: JobFileOption
 
     func validate() throws {
         guard hashEvery >= 1 else { throw ValidationError("--hash-every must be positive") }
         guard maxRestarts >= 0 else { throw ValidationError("--max-restarts must be at least 0") }
         guard bucketMb > 0, bucketMb <= 1024 else { throw ValidationError("--bucket-mb must be in (0, 1024], got \(bucketMb)") }
+        guard heartbeatTimeout > 0 else { throw ValidationError("--heartbeat-timeout must be positive") }
+        guard lastCall > 0 else { throw ValidationError("--last-call must be positive") }
+    }
+
+    /// What needs the job's worker count.
+    func validate(workers: Int) throws {
+        if let minWorkers, !(1...workers).contains(minWorkers) { throw ValidationError("--min-workers must be in 1...\(workers) (--workers)") }
     }
 
     /// The coordinator of a fresh job, or of the run in `runDirectory` resumed (`--resume`, or a restart).
     func coordinator(_ given: Coordinator.Options, runDirectory: String, resume: Bool, progress: ProgressDisplay) throws -> Coordinator {
         var options = given
         (options.hashEvery, options.bucketBytes, options.serveData) = (hashEvery, max(4, Int(bucketMb * 1_048_576)), serveData)
+        (options.heartbeatTimeout, options.minWorkers, options.lastCall) = (heartbeatTimeout, minWorkers ?? options.workers, lastCall)
         return try Coordinator(options: options, config: config(runDirectory: runDirectory, resume: resume), runDirectory: URL(fileURLWithPath: runDirectory),
                                resume: resume, progress: progress)
     }

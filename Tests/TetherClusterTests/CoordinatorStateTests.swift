@@ -151,6 +151,67 @@ import TetherComm
         #expect(s.handle(.step(rank: 0, report(1)), now: 7).isEmpty) // a failed job takes no more events
     }
 
+    /// Elastic in place (4 workers, at least 2): rank 1 falls silent during step 3 -> the survivors are
+    /// renumbered 0, 1, 2 in a ring of epoch 1 and become ready at one agreed step -> Start. The
+    /// redone end-of-step work of a merged step is dropped; of an unmerged one, merged. A failure
+    /// during the re-formation re-forms again; below --min-workers, or without in-place, the job fails.
+    @Test func aLostMemberReformsTheRingOfTheSurvivors() {
+        func elastic(inPlace: Bool = true) -> CoordinatorState {
+            var settings = settings(workers: 4, total: 8, perEpoch: 4)
+            (settings.minWorkers, settings.reformInPlace) = (2, inPlace)
+            var s = CoordinatorState(settings, now: 0)
+            for r in 0..<4 { _ = s.handle(.hello(identity: [UInt8(r)], address: "tcp://h\(r):1"), now: 1) }
+            for r in 0..<4 { _ = s.handle(.ready(rank: r, ready()), now: 1) }
+            for step in 1...2 { for r in 0..<4 { _ = s.handle(.step(rank: r, report(step)), now: 2) } }
+            #expect(s.completedSteps == 2 && s.phase == .training)
+            return s
+        }
+        var s = elastic()
+        _ = s.handle(.step(rank: 0, report(3)), now: 3) // step 3 is in flight: one report of four
+        for r in [0, 2, 3] { _ = s.handle(.heartbeat(rank: r), now: 7) }
+        let why = "worker rank 1 (tcp://h1:1) has been silent for 5 s: it died, lost its connection, or cannot get a heartbeat through"
+        #expect(s.handle(.tick, now: 7.5) == [.reform(epoch: 1, survivors: [0, 2, 3], reason: why)])
+        #expect(s.phase == .initializing && s.ringEpoch == 1 && s.members.map(\.address) == ["tcp://h0:1", "tcp://h2:1", "tcp://h3:1"])
+        // they connect once all three listen on the new ring (none may reach an abandoned socket)
+        #expect(s.handle(.listening(rank: 0, epoch: 0), now: 8) == [.dropped("rank 0 listens on ring epoch 0 while the job is initializing on epoch 1")])
+        for r in 0..<2 { #expect(s.handle(.listening(rank: r, epoch: 1), now: 8).isEmpty) }
+        #expect(s.handle(.listening(rank: 2, epoch: 1), now: 8) == [.connectRing])
+        // survivors that disagree on the step they hold are refused
+        var apart = s
+        for r in 0..<2 { _ = apart.handle(.ready(rank: r, .init(parameterHash: 7, layoutFingerprint: 42, globalStep: 2)), now: 8) }
+        #expect(apart.handle(.ready(rank: 2, .init(parameterHash: 7, layoutFingerprint: 42, globalStep: 3)), now: 8)
+                == [.abort("the re-formed ring's ranks hold steps [2, 3] after step 2")])
+        // they hold step 3 (one survivor finished it): its reports come again, from all three, and merge
+        for r in 0..<2 { #expect(s.handle(.ready(rank: r, .init(parameterHash: 7, layoutFingerprint: 42, globalStep: 3)), now: 8).isEmpty) }
+        #expect(s.handle(.ready(rank: 2, .init(parameterHash: 7, layoutFingerprint: 42, globalStep: 3)), now: 8) == [.start])
+        #expect(s.redoStep == 3)
+        for r in 0..<2 { #expect(s.handle(.step(rank: r, report(3)), now: 8).isEmpty) }
+        guard case .stepCompleted(let summary)? = s.handle(.step(rank: 2, report(3)), now: 8).first else { Issue.record("step 3 did not complete"); return }
+        #expect(summary.compute.count == 3 && s.completedSteps == 3)
+        // step 4 ends epoch 1: evaluated and checkpointed; then a loss during step 5 and a redo of step 4's work
+        for r in 0..<3 { _ = s.handle(.step(rank: r, report(4)), now: 9) }
+        for r in 0..<3 { _ = s.handle(.evaluation(rank: r, eval(0)), now: 9) }
+        #expect(s.handle(.checkpoint(rank: 0, .init(globalStep: 4, safetensors: [])), now: 9) == [.writeCheckpoint(.init(globalStep: 4, safetensors: []))])
+        #expect(s.handle(.abort(rank: 2, reason: "killed"), now: 10) == [.reform(epoch: 2, survivors: [0, 1], reason: "rank 2 (tcp://h3:1) stopped: killed")])
+        for r in 0..<2 { _ = s.handle(.ready(rank: r, .init(parameterHash: 7, layoutFingerprint: 42, globalStep: 4)), now: 11) }
+        #expect(s.phase == .training && s.redoStep == 4)
+        for r in 0..<2 {
+            #expect(s.handle(.step(rank: r, report(4)), now: 11).isEmpty, "a merged step's report again is dropped without a word")
+            #expect(s.handle(.evaluation(rank: r, eval(0)), now: 11).isEmpty, "a merged evaluation again too")
+        }
+        #expect(s.handle(.checkpoint(rank: 0, .init(globalStep: 4, safetensors: [])), now: 11).isEmpty)
+        // a loss while re-forming re-forms again; one below --min-workers fails the job
+        _ = s.handle(.abort(rank: 1, reason: "gone"), now: 12)
+        #expect(s.phase == .failed("rank 1 (tcp://h2:1) stopped: gone"), "2 workers at least: one left is too few")
+
+        var notInPlace = elastic(inPlace: false)
+        #expect(notInPlace.handle(.abort(rank: 3, reason: "x"), now: 3) == [.abort("rank 3 (tcp://h3:1) stopped: x")])
+        var twice = elastic()
+        _ = twice.handle(.abort(rank: 3, reason: "x"), now: 3)
+        #expect(twice.handle(.abort(rank: 0, reason: "y"), now: 3) == [.reform(epoch: 2, survivors: [1, 2], reason: "rank 0 (tcp://h0:1) stopped: y")])
+        #expect(twice.members.map(\.address) == ["tcp://h1:1", "tcp://h2:1"])
+    }
+
     /// A partition silences several workers a moment apart: all are named at the first time-out.
     @Test func workersSilentTogetherAreNamedTogether() {
         var s = started()

@@ -26,6 +26,27 @@ import TetherComm
         #expect(s.phase == .finished)
     }
 
+    /// After a re-formation the replica holds the agreed step, maybe with a new rank: the end-of-step
+    /// work of that step is done again (rank 0 of the new ring checkpoints), then training goes on; at
+    /// the run's first step there is nothing to redo; a step outside the run fails.
+    @Test func aReformedRingRedoesTheEndOfItsStep() {
+        var s = WorkerState(plan(rank: 2, hashEvery: 5))
+        _ = s.handle(.started)
+        for step in 1...2 { _ = s.handle(.stepFinished(globalStep: step)) }
+        // rank 2 becomes rank 0 holding step 3 (an epoch's end): report, evaluation, checkpoint, next step
+        #expect(s.handle(.reformed(globalStep: 3, rank: 0)) == [.reportStep(withHash: true), .evaluate(epoch: 0), .shareReplicaState, .sendCheckpoint, .trainNextStep])
+        #expect(s.globalStep == 3 && s.plan.rank == 0 && s.phase == .training)
+        #expect(s.handle(.stepFinished(globalStep: 4)) == [.reportStep(withHash: false), .trainNextStep])
+        // as rank 1 at step 7, the run's last: its final evaluation, no checkpoint of its own, then Finish
+        #expect(s.handle(.reformed(globalStep: 7, rank: 1)) == [.reportStep(withHash: true), .evaluate(epoch: 2, epochEnds: false), .shareReplicaState, .awaitFinish])
+        #expect(s.phase == .waitingForFinish)
+
+        var resumed = WorkerState(plan(), globalStep: 3)
+        _ = resumed.handle(.started)
+        #expect(resumed.handle(.reformed(globalStep: 3, rank: 1)) == [.trainNextStep], "nothing of this run to redo")
+        #expect(resumed.handle(.reformed(globalStep: 2, rank: 1)) == [.fail("the re-formed ring holds step 2, outside this run's 3...7")])
+    }
+
     /// A step whose exchange agreed to stop ends the run there: reported with the hash, rank 0's
     /// checkpoint of it (every rank shares its state for it), then Finish; at an epoch end, evaluated first.
     @Test func aGracefulStopEndsTheRunAfterTheAgreedStep() {

@@ -355,6 +355,53 @@ func input(rank: Int, count: Int) -> [Float] {
         #expect(lines.contains("dropped a message for job \"other\""), "\(lines)")
     }
 
+    /// Elastic in place: a chunk of an earlier ring (another epoch) that reaches the re-formed ring is
+    /// dropped, never summed, and the collective completes with the current ring's chunks.
+    @Test func aChunkOfAnEarlierRingIsDroppedNeverSummed() throws {
+        let ring = try TestRing(2, .tcp)
+        let fake = try FakeNeighbour(ring)
+        var hello = fake.header(.handshake, sequence: 0, total: 0, offset: 0, count: 0)
+        hello.ringEpoch = 2
+        try fake.send(hello, payload: [])
+        let logged = LockedLines()
+        let r = try ring.ring(0) { $0.timeout = .seconds(5); $0.epoch = 2; $0.log = { logged.append($0) } }
+        let ones = [Float](repeating: 1, count: 4).withUnsafeBytes { Array($0) }
+        var stale = fake.header(.allReduce, sequence: 1, total: 8, offset: 4, count: 4)
+        stale.ringEpoch = 1
+        try fake.send(stale, payload: [Float](repeating: 100, count: 4).withUnsafeBytes { Array($0) })
+        var current = fake.header(.allReduce, sequence: 1, total: 8, offset: 4, count: 4)
+        current.ringEpoch = 2
+        try fake.send(current, payload: ones)
+        var reduced = fake.header(.allReduce, sequence: 1, total: 8, offset: 0, count: 4)
+        (reduced.ringStep, reduced.ringEpoch) = (1, 2)
+        try fake.send(reduced, payload: [Float](repeating: 2, count: 4).withUnsafeBytes { Array($0) })
+        var x = [Float](repeating: 1, count: 8)
+        _ = try x.withUnsafeMutableBufferPointer { try r.allReduce($0) }
+        #expect(x == [Float](repeating: 2, count: 8))
+        #expect(logged.lines.contains { $0.contains("dropped a message of ring epoch 1 (this ring is epoch 2)") }, "\(logged.lines)")
+    }
+
+    /// A ring asked to abandon (the coordinator re-forms it) ends a waiting collective within a moment,
+    /// with an `abandoned` error, long before its time-out; it sends no Abort on (everyone is leaving).
+    @Test func anAbandonedRingEndsTheWaitingCollectiveAtOnce() throws {
+        let ring = try TestRing(2, .tcp)
+        let fake = try FakeNeighbour(ring)
+        try fake.handshake()
+        let flag = StopFlag()
+        let r = try ring.ring(0) { $0.timeout = .seconds(20); $0.abandon = { flag.isSet } }
+        DispatchQueue.global().asyncAfter(deadline: .now() + 0.3) { flag.set() }
+        let start = ContinuousClock.now
+        var x = [Float](repeating: 1, count: 8)
+        #expect { _ = try x.withUnsafeMutableBufferPointer { try r.allReduce($0) } } throws: { ($0 as? CollectiveError)?.abandoned == true }
+        #expect(start.duration(to: .now) < .seconds(2))
+        // the neighbour got rank 0's own chunk of the all-reduce, and no Abort after it
+        var bodies: [String] = []
+        while let frames = try fake.pull.receive(deadline: .now + .milliseconds(300)) {
+            bodies.append(withExtendedLifetime(frames) { (try? Envelope(decoding: frames[0].bytes))?.body.map { "\($0)".prefix(5) }.map(String.init) ?? "?" })
+        }
+        #expect(!bodies.contains { $0.hasPrefix("abort") }, "\(bodies)")
+    }
+
     /// An all-gather payload whose announced length is absurd is refused before anything is reserved.
     @Test func anAllGatherOfAnAbsurdLengthIsRefused() throws {
         let ring = try TestRing(2, .tcp)

@@ -17,6 +17,7 @@ PROTOBUF_C__BEGIN_DECLS
 
 typedef struct Tether__V1__Envelope Tether__V1__Envelope;
 typedef struct Tether__V1__Assign Tether__V1__Assign;
+typedef struct Tether__V1__Reform Tether__V1__Reform;
 typedef struct Tether__V1__DataRequest Tether__V1__DataRequest;
 typedef struct Tether__V1__DataRows Tether__V1__DataRows;
 typedef struct Tether__V1__Ready Tether__V1__Ready;
@@ -91,7 +92,8 @@ typedef enum {
   TETHER__V1__ENVELOPE__BODY_FINISH = 20,
   TETHER__V1__ENVELOPE__BODY_DATA_REQUEST = 21,
   TETHER__V1__ENVELOPE__BODY_DATA_ROWS = 22,
-  TETHER__V1__ENVELOPE__BODY_STOP = 23
+  TETHER__V1__ENVELOPE__BODY_STOP = 23,
+  TETHER__V1__ENVELOPE__BODY_REFORM = 24
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(TETHER__V1__ENVELOPE__BODY__CASE)
 } Tether__V1__Envelope__BodyCase;
 
@@ -129,6 +131,7 @@ struct  Tether__V1__Envelope
     Tether__V1__DataRequest *data_request;
     Tether__V1__DataRows *data_rows;
     Tether__V1__Stop *stop;
+    Tether__V1__Reform *reform;
   };
 };
 #define TETHER__V1__ENVELOPE__INIT \
@@ -181,10 +184,51 @@ struct  Tether__V1__Assign
   char *ring_secret_key;
   size_t n_ring_public_keys;
   char **ring_public_keys;
+  /*
+   * Elastic in place: when a member is lost, the survivors keep their processes and state and the
+   * coordinator re-forms the ring of them (Reform) instead of stopping the job.
+   */
+  protobuf_c_boolean reform_in_place;
 };
 #define TETHER__V1__ASSIGN__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tether__v1__assign__descriptor) \
-    , 0, 0, 0,NULL, {0,NULL}, {0,NULL}, 0, 0, 0, 0, (char *)protobuf_c_empty_string, 0,NULL }
+    , 0, 0, 0,NULL, {0,NULL}, {0,NULL}, 0, 0, 0, 0, (char *)protobuf_c_empty_string, 0,NULL, 0 }
+
+
+/*
+ * Elastic in place, coordinator -> survivor: the ring is re-formed without the lost members. The
+ * survivor abandons the step in flight, forms the new ring (this epoch in every chunk header), takes
+ * the training state of the survivor furthest along, re-deals the global batch and sends Ready again.
+ */
+struct  Tether__V1__Reform
+{
+  ProtobufCMessage base;
+  /*
+   * 1, 2, ... for the re-formations of this job (0: the first ring)
+   */
+  uint32_t ring_epoch;
+  /*
+   * this survivor's new rank
+   */
+  uint32_t rank;
+  /*
+   * the new ring's addresses, by new rank
+   */
+  size_t n_ring;
+  char **ring;
+  /*
+   * their ring keys (CURVE; empty with --insecure): each keeps its secret key
+   */
+  size_t n_ring_public_keys;
+  char **ring_public_keys;
+  /*
+   * which members were lost, and why
+   */
+  char *reason;
+};
+#define TETHER__V1__REFORM__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&tether__v1__reform__descriptor) \
+    , 0, 0, 0,NULL, 0,NULL, (char *)protobuf_c_empty_string }
 
 
 /*
@@ -243,10 +287,14 @@ struct  Tether__V1__Ready
   ProtobufCMessage base;
   uint64_t parameter_hash;
   uint64_t layout_fingerprint;
+  /*
+   * the steps the replica's parameters hold
+   */
+  uint64_t global_step;
 };
 #define TETHER__V1__READY__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tether__v1__ready__descriptor) \
-    , 0, 0 }
+    , 0, 0, 0 }
 
 
 /*
@@ -461,10 +509,15 @@ struct  Tether__V1__ChunkHeader
    * every rank ends a collective with the OR of all ranks' votes, so all stop after the same step).
    */
   protobuf_c_boolean stop_vote;
+  /*
+   * The forming of the ring this chunk belongs to (Reform.ring_epoch): a late message of an earlier
+   * ring is dropped, never summed.
+   */
+  uint32_t ring_epoch;
 };
 #define TETHER__V1__CHUNK_HEADER__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tether__v1__chunk_header__descriptor) \
-    , TETHER__V1__OPERATION__OPERATION_UNSPECIFIED, 0, 0, 0, 0, 0, TETHER__V1__DTYPE__DTYPE_UNSPECIFIED, 0, 0, 0, 0, 0, 0, 0 }
+    , TETHER__V1__OPERATION__OPERATION_UNSPECIFIED, 0, 0, 0, 0, 0, TETHER__V1__DTYPE__DTYPE_UNSPECIFIED, 0, 0, 0, 0, 0, 0, 0, 0 }
 
 
 /*
@@ -522,6 +575,25 @@ Tether__V1__Assign *
                       const uint8_t       *data);
 void   tether__v1__assign__free_unpacked
                      (Tether__V1__Assign *message,
+                      ProtobufCAllocator *allocator);
+/* Tether__V1__Reform methods */
+void   tether__v1__reform__init
+                     (Tether__V1__Reform         *message);
+size_t tether__v1__reform__get_packed_size
+                     (const Tether__V1__Reform   *message);
+size_t tether__v1__reform__pack
+                     (const Tether__V1__Reform   *message,
+                      uint8_t             *out);
+size_t tether__v1__reform__pack_to_buffer
+                     (const Tether__V1__Reform   *message,
+                      ProtobufCBuffer     *buffer);
+Tether__V1__Reform *
+       tether__v1__reform__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   tether__v1__reform__free_unpacked
+                     (Tether__V1__Reform *message,
                       ProtobufCAllocator *allocator);
 /* Tether__V1__DataRequest methods */
 void   tether__v1__data_request__init
@@ -778,6 +850,9 @@ typedef void (*Tether__V1__Envelope_Closure)
 typedef void (*Tether__V1__Assign_Closure)
                  (const Tether__V1__Assign *message,
                   void *closure_data);
+typedef void (*Tether__V1__Reform_Closure)
+                 (const Tether__V1__Reform *message,
+                  void *closure_data);
 typedef void (*Tether__V1__DataRequest_Closure)
                  (const Tether__V1__DataRequest *message,
                   void *closure_data);
@@ -828,6 +903,7 @@ extern const ProtobufCEnumDescriptor    tether__v1__operation__descriptor;
 extern const ProtobufCEnumDescriptor    tether__v1__dtype__descriptor;
 extern const ProtobufCMessageDescriptor tether__v1__envelope__descriptor;
 extern const ProtobufCMessageDescriptor tether__v1__assign__descriptor;
+extern const ProtobufCMessageDescriptor tether__v1__reform__descriptor;
 extern const ProtobufCMessageDescriptor tether__v1__data_request__descriptor;
 extern const ProtobufCMessageDescriptor tether__v1__data_rows__descriptor;
 extern const ProtobufCMessageDescriptor tether__v1__ready__descriptor;
