@@ -63,7 +63,9 @@ public final class Coordinator {
     let evaluationKind: EvaluationReport.Kind
     /// The splits served to workers (`serveData`).
     private var served: (train: any ServableDataset, test: any ServableDataset)?
-    /// Asked every loop: a reason to stop the job now (simulate: a worker process that exited early).
+    /// Asked every loop while workers join: a reason to stop the job now (simulate: a worker process
+    /// that exited before it could say why). Once the job has formed, members say why themselves
+    /// (Abort) or are named by their silence, and a member dropped by a re-formation may exit.
     public var failure: () -> String? = { nil }
     /// The metrics line of the last merged evaluation, and the line the job ended with (end or interrupted).
     public private(set) var lastEvaluation: MetricsEvent?
@@ -189,7 +191,8 @@ public final class Coordinator {
                 stopSignal = signal
                 if machine.phase == .training { askToStop(signal) }
             }
-            if let reason = stopSignal != nil && machine.phase != .training && machine.stoppedAt == nil ? "interrupted" : failure() {
+            if let reason = stopSignal != nil && machine.phase != .training && machine.stoppedAt == nil ? "interrupted"
+                : machine.phase == .joining ? failure() : nil {
                 _ = try execute([.abort(reason)], window: &window, epochStart: &epochStart) // an abort always throws
             }
             var events: [CoordinatorState.Event] = [.tick]
@@ -260,23 +263,14 @@ public final class Coordinator {
             switch d {
             case .assign(let identity, let rank, let ring):
                 if rank == 0, options.security.keys != nil { ringKeys = try ring.map { _ in try CurveKeyPair.generate() } }
-                var assign = Envelope.Assign(rank: UInt32(rank), worldSize: UInt32(ring.count), ring: ring,
-                                             configJSON: [UInt8](try JSONEncoder().encode(config)), resumeCheckpoint: resumeBytes,
-                                             hashEvery: UInt32(options.hashEvery), checkpointEvery: UInt32(config.checkpointEvery),
-                                             bucketBytes: UInt32(options.bucketBytes))
-                assign.dataServed = served != nil
-                assign.reformInPlace = reformInPlace
-                if let keys = ringKeys { (assign.ringSecretKey, assign.ringPublicKeys) = (keys[rank].secretKey, keys.map(\.publicKey)) }
-                ranks[identity] = rank
-                heartbeatIdentities[rank] = ControlIdentity.heartbeat(of: identity)
-                send(.assign(assign), to: identity)
-                progress.line("rank \(rank): \(ring[rank])")
-            case .reform(let epoch, let survivors, let reason):
+                try assign(identity, rank: rank, ring: ring, epoch: 0)
+            case .reform(let epoch, let survivors, let joiner, let reason):
                 let before = ranks
                 (ranks, heartbeatIdentities) = ([:], [:])
-                ringKeys = ringKeys.map { keys in survivors.map { keys[$0] } }
+                ringKeys = try ringKeys.map { keys in try survivors.map { keys[$0] } + (joiner == nil ? [] : [CurveKeyPair.generate()]) }
                 let ring = machine.members.map(\.address)
-                for (rank, m) in machine.members.enumerated() {
+                if let joiner { try assign(joiner, rank: ring.count - 1, ring: ring, epoch: epoch) }
+                for (rank, m) in machine.members.enumerated() where m.identity != joiner {
                     ranks[m.identity] = rank
                     heartbeatIdentities[rank] = ControlIdentity.heartbeat(of: m.identity)
                     let reform = Envelope.Reform(ringEpoch: epoch, rank: UInt32(rank), ring: ring, ringPublicKeys: ringKeys?.map(\.publicKey) ?? [], reason: reason)
@@ -291,8 +285,8 @@ public final class Coordinator {
                     send(out, to: ControlIdentity.heartbeat(of: identity))
                 }
                 lostAt = Date()
-                progress.line("\(reason); re-forming the ring of the \(ring.count) workers left (ring epoch \(epoch)), keeping their state")
-                var e = event("lost")
+                progress.line("\(reason); re-forming the ring of the \(ring.count) workers \(joiner == nil ? "left" : "with it") (ring epoch \(epoch)), keeping their state")
+                var e = event(joiner == nil ? "lost" : "joined")
                 (e.error, e.workers) = (reason, ring.count)
                 try metrics.write(e)
             case .connectRing:
@@ -389,6 +383,22 @@ public final class Coordinator {
             }
         }
         return false
+    }
+
+    /// Assigns a worker its rank in `ring` (of ring epoch `epoch`: > 0 when it joins a running job and
+    /// takes its state from the members) with the job's settings and its ring key.
+    private func assign(_ identity: [UInt8], rank: Int, ring: [String], epoch: UInt32) throws {
+        var assign = Envelope.Assign(rank: UInt32(rank), worldSize: UInt32(ring.count), ring: ring,
+                                     configJSON: [UInt8](try JSONEncoder().encode(config)), resumeCheckpoint: epoch > 0 ? [] : resumeBytes,
+                                     hashEvery: UInt32(options.hashEvery), checkpointEvery: UInt32(config.checkpointEvery),
+                                     bucketBytes: UInt32(options.bucketBytes))
+        assign.dataServed = served != nil
+        (assign.reformInPlace, assign.ringEpoch) = (reformInPlace, epoch)
+        if let keys = ringKeys { (assign.ringSecretKey, assign.ringPublicKeys) = (keys[rank].secretKey, keys.map(\.publicKey)) }
+        ranks[identity] = rank
+        heartbeatIdentities[rank] = ControlIdentity.heartbeat(of: identity)
+        send(.assign(assign), to: identity)
+        progress.line("rank \(rank): \(ring[rank])" + (epoch > 0 ? " (joins the running job)" : ""))
     }
 
     /// A run that had finished: each worker that says hello is told Finish, until all `workers` have

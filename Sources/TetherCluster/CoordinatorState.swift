@@ -79,9 +79,10 @@ public struct CoordinatorState {
 
     public enum Directive: Equatable, Sendable {
         case assign(identity: [UInt8], rank: Int, ring: [String])
-        /// Re-form the ring of the survivors (elastic in place): `survivors` are their old ranks, in the
-        /// order of their new ones (the members are already renumbered); the ring's new `epoch`.
-        case reform(epoch: UInt32, survivors: [Int], reason: String)
+        /// Re-form the ring (elastic in place): `survivors` are the continuing members' old ranks, in the
+        /// order of their new ones (the members are already renumbered); `joiner`, the identity of a
+        /// worker that joins the running job as the last rank (it gets an Assign); the ring's new `epoch`.
+        case reform(epoch: UInt32, survivors: [Int], joiner: [UInt8]? = nil, reason: String)
         /// Every survivor listens on the re-formed ring: they may connect (no message can reach an
         /// abandoned socket at a neighbour's address any more).
         case connectRing
@@ -168,6 +169,12 @@ public struct CoordinatorState {
             if let known = members.firstIndex(where: { $0.identity == identity }) {
                 members[known].lastHeard = now
                 return []
+            }
+            // Elastic in place: a worker arriving while the job trains (a replacement, or capacity up
+            // to `workers`) joins it: the ring re-forms with it as the last rank.
+            if settings.reformInPlace, phase == .training, stoppedAt == nil, members.count < settings.workers,
+               !members.contains(where: { $0.address == address }) {
+                return admit(identity: identity, address: address, now: now)
             }
             // A late worker is turned away, never fatal: a stray or hostile Hello must not stop a job.
             guard phase == .joining else {
@@ -322,12 +329,25 @@ public struct CoordinatorState {
         let survivors = members.indices.filter { !lost.contains($0) }
         guard settings.reformInPlace, stoppedAt == nil, survivors.count >= max(settings.minWorkers, 1),
               phase == .training || (phase == .initializing && ringEpoch > 0) else { return fail(why) }
+        members = survivors.map { members[$0] }
+        return reform(survivors, joiner: nil, reason: why, now: now)
+    }
+
+    /// The ring of `members` (already renumbered: the continuing ones, then a joiner) in a new epoch.
+    private mutating func reform(_ continuing: [Int], joiner: [UInt8]?, reason: String, now: Double) -> [Directive] {
         ringEpoch += 1
-        members = survivors.map { var m = members[$0]; (m.ready, m.lastHeard) = (nil, now); return m }
+        for i in members.indices { (members[i].ready, members[i].lastHeard) = (nil, now) }
         phase = .initializing
         (stepReports, evalReports, redoStep, listening) = ([:], [:], nil, [])
         reportedStep = Array(repeating: completedSteps, count: members.count)
-        return [.reform(epoch: ringEpoch, survivors: survivors, reason: why)]
+        return [.reform(epoch: ringEpoch, survivors: continuing, joiner: joiner, reason: reason)]
+    }
+
+    /// A worker joins the running job: every member and it form the ring of a new epoch.
+    private mutating func admit(identity: [UInt8], address: String, now: Double) -> [Directive] {
+        let continuing = Array(members.indices)
+        members.append(Member(identity: identity, address: address, lastHeard: now))
+        return reform(continuing, joiner: identity, reason: "a worker at \(address) joins the job", now: now)
     }
 
     /// Finish once the last step is in, its epoch's evaluation (if it ends one) is merged, and rank 0's

@@ -119,16 +119,26 @@ public final class Worker {
             try control.send(.dataRequest(request), from: rank)
             return try waitFor("the requested samples", within: 120) { if case .dataRows(let r) = $0 { return r }; return nil }
         }
-        var membership = Membership(epoch: 0, rank: rank, ring: assign.ring, publicKeys: assign.ringPublicKeys, secretKey: assign.ringSecretKey)
+        var membership = Membership(epoch: assign.ringEpoch, rank: rank, ring: assign.ring, publicKeys: assign.ringPublicKeys, secretKey: assign.ringSecretKey)
+        ringEpoch = assign.ringEpoch
+        // Joining a running job (elastic in place): the members' state comes over the re-formed ring.
+        let joining = assign.ringEpoch > 0
         let bucketBytes = max(4, Int(assign.bucketBytes))
         let workload = try Workloads.make(config, shard: membership.shard, metadata: resumed?.file.metadata ?? [:], source: served)
         let model = workload.model
         // Dropout masks differ per replica (each draws its own samples' masks).
         model.context.rng = .dropoutMasks(seed: config.seed, replica: rank)
-        let ring = try formRing(membership, layoutFingerprint: model.arena.layout.fingerprint)
+        let ring = joining ? try formReformedRing(membership, layoutFingerprint: model.arena.layout.fingerprint)
+            : try formRing(membership, layoutFingerprint: model.arena.layout.fingerprint)
         let optimizer = try Optimizer<Float>(config.optimizer, layout: model.arena.layout, ftrlParameters: model.ftrlParameters)
         var state = TrainingState(rng: model.context.rng)
-        if let resumed {
+        if joining {
+            let loaded = try syncState(ring, carried: nil)
+            try loaded.restore(into: model, optimizer: optimizer, shard: membership.shard)
+            state = loaded.state
+            model.context.rng = .dropoutMasks(seed: config.seed &+ UInt64(state.globalStep), replica: rank)
+            log("worker rank \(rank): joined the running job at step \(state.globalStep) (ring epoch \(membership.epoch))")
+        } else if let resumed {
             try resumed.restore(into: model, optimizer: optimizer, shard: membership.shard)
             state = resumed.state
             model.context.rng = resumed.replicaRNG(membership.shard) ?? .dropoutMasks(seed: config.seed &+ UInt64(state.globalStep), replica: rank)
@@ -144,9 +154,12 @@ public final class Worker {
         try sendReadyAndAwaitStart(replica)
         trainingStarted = true
 
+        // A joiner takes part in the end-of-step work the members redo for the step it joined at (its
+        // share of an evaluation, its report), as a survivor of the re-formation would.
         var machine = WorkerState(.init(rank: rank, stepsPerEpoch: workload.stepsPerEpoch, totalSteps: replica.training.totalSteps,
-                                        hashEvery: Int(assign.hashEvery), checkpointEvery: Int(assign.checkpointEvery)), globalStep: state.globalStep)
-        var directives = machine.handle(.started)
+                                        hashEvery: Int(assign.hashEvery), checkpointEvery: Int(assign.checkpointEvery)),
+                                  globalStep: joining ? max(state.globalStep - 1, 0) : state.globalStep)
+        var directives = joining ? machine.handle(.reformed(globalStep: state.globalStep, rank: rank)) : machine.handle(.started)
         // Elastic in place: a failure while training waits for the coordinator's Reform; the replica is
         // made anew on the re-formed ring from the state of the survivor furthest along, and goes on.
         var reform: Envelope.Reform?
@@ -262,6 +275,31 @@ public final class Worker {
         return ring
     }
 
+    /// The ring of a re-formation: the old ring is closed (a survivor) or never was (a joiner) and the
+    /// new address bound; say so, and connect once every member has (the coordinator's Start), so
+    /// nothing goes to a neighbour's abandoned socket at the same address.
+    private func formReformedRing(_ membership: Membership, layoutFingerprint: UInt64) throws -> Ring {
+        let listening = Envelope.Reform(ringEpoch: membership.epoch, rank: UInt32(membership.rank), ring: membership.ring, reason: "listening")
+        return try formRing(membership, layoutFingerprint: layoutFingerprint) { [self] in
+            try control.send(.reform(listening), from: rank)
+            try waitFor("the re-formed ring's start", within: 60) { if case .start = $0 { return () }; return nil }
+        }
+    }
+
+    /// The training state every member of a re-formed ring continues from: each says the step it
+    /// carries (a joiner none), and the lowest rank among those furthest along sends its state to all.
+    private func syncState(_ ring: Ring, carried: (step: Int, bytes: [UInt8])?) throws -> Checkpoint.Loaded {
+        let steps = try ring.allGather(withUnsafeBytes(of: Int64(carried?.step ?? -1).littleEndian, Array.init)).map { bytes -> Int64 in
+            guard bytes.count == 8 else { throw ClusterError("a member sent \(bytes.count) bytes for its step") }
+            return bytes.withUnsafeBytes { $0.loadUnaligned(as: Int64.self).littleEndian }
+        }
+        guard let furthest = steps.max(), furthest >= 0, let source = steps.firstIndex(of: furthest) else {
+            throw ClusterError("no member of the re-formed ring carries a training state")
+        }
+        let states = try ring.allGather(rank == source ? carried?.bytes ?? [] : [])
+        return try Checkpoint.Loaded(bytes: Data(states[source]), source: "rank \(source)'s state at step \(furthest)")
+    }
+
     /// After a failure while training in an elastic-in-place job: the coordinator's Reform of a newer
     /// ring epoch, or nil when none comes within the coordinator's time-out and some (the failure
     /// stands). A failure of this worker's own (its data, its disk) is not waited on; an Abort throws.
@@ -296,19 +334,8 @@ public final class Worker {
         ringEpoch = reform.ringEpoch
         rank = membership.rank
         log("worker rank \(rank): \(reform.reason.prefix(300)); the ring re-forms as \(reform.ring.count) (epoch \(reform.ringEpoch)), this worker is rank \(rank) now")
-        // The old ring is closed and the new address bound: say so, and connect once every survivor has
-        // (the coordinator's Start), so nothing goes to a neighbour's abandoned socket.
-        let ring = try formRing(membership, layoutFingerprint: oldModel.arena.layout.fingerprint) { [self] in
-            try control.send(.reform(reform), from: rank)
-            try waitFor("the re-formed ring's start", within: 60) { if case .start = $0 { return () }; return nil }
-        }
-        let steps = try ring.allGather(withUnsafeBytes(of: UInt64(carried.step).littleEndian, Array.init)).map { bytes -> Int in
-            guard bytes.count == 8 else { throw ClusterError("a survivor sent \(bytes.count) bytes for its step") }
-            return Int(clamping: bytes.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self).littleEndian })
-        }
-        let source = steps.indices.first { steps[$0] == steps.max()! }!
-        let states = try ring.allGather(rank == source ? carried.bytes : [])
-        let loaded = try Checkpoint.Loaded(bytes: Data(states[source]), source: "rank \(source)'s state at step \(steps[source])")
+        let ring = try formReformedRing(membership, layoutFingerprint: oldModel.arena.layout.fingerprint)
+        let loaded = try syncState(ring, carried: carried)
         let workload = try Workloads.make(config, shard: membership.shard, metadata: loaded.file.metadata, source: served)
         let model = workload.model
         let optimizer = try Optimizer<Float>(config.optimizer, layout: model.arena.layout, ftrlParameters: model.ftrlParameters)

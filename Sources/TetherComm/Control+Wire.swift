@@ -22,6 +22,8 @@ extension Envelope {
         public var ringPublicKeys: [String] = []
         /// Elastic in place: a lost member re-forms the ring of the survivors (Reform).
         public var reformInPlace = false
+        /// Joining a running job: the re-formed ring's epoch (0: the job's first ring).
+        public var ringEpoch: UInt32 = 0
         public init(rank: UInt32, worldSize: UInt32, ring: [String], configJSON: [UInt8], resumeCheckpoint: [UInt8] = [],
                     hashEvery: UInt32, checkpointEvery: UInt32, bucketBytes: UInt32) {
             (self.rank, self.worldSize, self.ring, self.configJSON) = (rank, worldSize, ring, configJSON)
@@ -160,6 +162,7 @@ extension Envelope {
             m.ring_secret_key = arena.string(a.ringSecretKey)
             (m.n_ring_public_keys, m.ring_public_keys) = (a.ringPublicKeys.count, arena.strings(a.ringPublicKeys))
             m.reform_in_place = a.reformInPlace ? 1 : 0
+            m.ring_epoch = a.ringEpoch
             return withUnsafeMutablePointer(to: &m) { msg.body_case = TETHER__V1__ENVELOPE__BODY_ASSIGN; msg.assign = $0; return pack(&msg) }
         case .ready(let r):
             var m = Tether__V1__Ready()
@@ -249,6 +252,7 @@ extension Envelope {
             }
             assign.ringPublicKeys = (0..<a.n_ring_public_keys).map { String(cString: a.ring_public_keys[$0]!) }
             assign.reformInPlace = a.reform_in_place != 0
+            assign.ringEpoch = a.ring_epoch
             return .assign(assign)
         case TETHER__V1__ENVELOPE__BODY_REFORM:
             guard let r = env.reform?.pointee else { return nil }

@@ -987,7 +987,7 @@ const ProtobufCMessageDescriptor tether__v1__envelope__descriptor =
   (ProtobufCMessageInit) tether__v1__envelope__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tether__v1__assign__field_descriptors[12] =
+static const ProtobufCFieldDescriptor tether__v1__assign__field_descriptors[13] =
 {
   {
     "rank",
@@ -1133,6 +1133,18 @@ static const ProtobufCFieldDescriptor tether__v1__assign__field_descriptors[12] 
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "ring_epoch",
+    13,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT32,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__Assign, ring_epoch),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tether__v1__assign__field_indices_by_name[] = {
   7,   /* field[7] = bucket_bytes */
@@ -1144,6 +1156,7 @@ static const unsigned tether__v1__assign__field_indices_by_name[] = {
   11,   /* field[11] = reform_in_place */
   4,   /* field[4] = resume_checkpoint */
   2,   /* field[2] = ring */
+  12,   /* field[12] = ring_epoch */
   10,   /* field[10] = ring_public_keys */
   9,   /* field[9] = ring_secret_key */
   1,   /* field[1] = world_size */
@@ -1151,7 +1164,7 @@ static const unsigned tether__v1__assign__field_indices_by_name[] = {
 static const ProtobufCIntRange tether__v1__assign__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 12 }
+  { 0, 13 }
 };
 const ProtobufCMessageDescriptor tether__v1__assign__descriptor =
 {
@@ -1161,7 +1174,7 @@ const ProtobufCMessageDescriptor tether__v1__assign__descriptor =
   "Tether__V1__Assign",
   "tether.v1",
   sizeof(Tether__V1__Assign),
-  12,
+  13,
   tether__v1__assign__field_descriptors,
   tether__v1__assign__field_indices_by_name,
   1,  tether__v1__assign__number_ranges,

@@ -212,6 +212,29 @@ import TetherComm
         #expect(twice.members.map(\.address) == ["tcp://h1:1", "tcp://h2:1"])
     }
 
+    /// Elastic in place, joining: a worker that says hello while the job trains (fewer members than
+    /// --workers) joins as the last rank of a re-formed ring; the members keep their order; a worker
+    /// with a member's address is still turned away, and so is one when the job is full.
+    @Test func aWorkerArrivingWhileTheJobTrainsJoinsIt() {
+        var settings = settings(workers: 3, total: 8, perEpoch: 4)
+        (settings.minWorkers, settings.lastCall, settings.reformInPlace) = (2, 1, true)
+        var s = CoordinatorState(settings, now: 0)
+        for r in 0..<2 { _ = s.handle(.hello(identity: [UInt8(r)], address: "tcp://h\(r):1"), now: 1) }
+        _ = s.handle(.tick, now: 2.5)
+        for r in 0..<2 { _ = s.handle(.ready(rank: r, ready()), now: 3) }
+        for r in 0..<2 { _ = s.handle(.step(rank: r, report(1)), now: 3) }
+        #expect(s.handle(.hello(identity: [9], address: "tcp://h0:1"), now: 4)
+                == [.turnAway(identity: [9], reason: "the job formed with 2 workers before a worker at tcp://h0:1 said hello")])
+        #expect(s.handle(.hello(identity: [7], address: "tcp://h7:1"), now: 4)
+                == [.reform(epoch: 1, survivors: [0, 1], joiner: [7], reason: "a worker at tcp://h7:1 joins the job")])
+        #expect(s.members.map(\.address) == ["tcp://h0:1", "tcp://h1:1", "tcp://h7:1"] && s.phase == .initializing)
+        for r in 0..<3 { _ = s.handle(.listening(rank: r, epoch: 1), now: 5) }
+        for r in 0..<3 { _ = s.handle(.ready(rank: r, .init(parameterHash: 7, layoutFingerprint: 42, globalStep: 1)), now: 5) }
+        #expect(s.phase == .training && s.redoStep == 1)
+        #expect(s.handle(.hello(identity: [8], address: "tcp://h8:1"), now: 6).first.map { if case .turnAway = $0 { true } else { false } } == true,
+                "the job is full")
+    }
+
     /// A partition silences several workers a moment apart: all are named at the first time-out.
     @Test func workersSilentTogetherAreNamedTogether() {
         var s = started()

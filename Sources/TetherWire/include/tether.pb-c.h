@@ -189,10 +189,15 @@ struct  Tether__V1__Assign
    * coordinator re-forms the ring of them (Reform) instead of stopping the job.
    */
   protobuf_c_boolean reform_in_place;
+  /*
+   * Joining a running job (elastic in place): the epoch of the re-formed ring this worker joins (0:
+   * the job's first ring). It takes its state from the members over that ring.
+   */
+  uint32_t ring_epoch;
 };
 #define TETHER__V1__ASSIGN__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tether__v1__assign__descriptor) \
-    , 0, 0, 0,NULL, {0,NULL}, {0,NULL}, 0, 0, 0, 0, (char *)protobuf_c_empty_string, 0,NULL, 0 }
+    , 0, 0, 0,NULL, {0,NULL}, {0,NULL}, 0, 0, 0, 0, (char *)protobuf_c_empty_string, 0,NULL, 0, 0 }
 
 
 /*
