@@ -172,7 +172,7 @@ public struct CoordinatorState {
             }
             // Elastic in place: a worker arriving while the job trains (a replacement, or capacity up
             // to `workers`) joins it: the ring re-forms with it as the last rank.
-            if settings.reformInPlace, phase == .training, stoppedAt == nil, members.count < settings.workers,
+            if settings.reformInPlace, phase == .training || (phase == .initializing && ringEpoch > 0), stoppedAt == nil, members.count < settings.workers,
                !members.contains(where: { $0.address == address }) {
                 return admit(identity: identity, address: address, now: now)
             }

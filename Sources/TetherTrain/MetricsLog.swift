@@ -10,7 +10,8 @@ import Foundation
 /// samples_per_sec, elapsed_s and the held-out metrics), `eval` when a run ends mid-epoch (--max-steps)
 /// and from `tether eval --json` (loss over the partial epoch, the held-out metrics), `end`,
 /// `interrupted` (a signal: the checkpoint is of `step`), `failed` (error); elastic in place: `lost`
-/// (error: who and why; workers left) and `reformed` (training again from `step`; elapsed_s since the loss).
+/// (error: who and why; workers left), `joined` (a worker joined the running job) and `reformed`
+/// (training again from `step`; elapsed_s since the loss or the join).
 public struct MetricsEvent: Codable, Equatable, Sendable {
     public var event: String
     /// 1-based: the epoch of the last step counted in `step` (1 before the first step), as the console

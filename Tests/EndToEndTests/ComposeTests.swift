@@ -144,14 +144,17 @@ struct ComposeTests {
         // container stopped by hand, so the job goes on in place with the three left
         // (TETHER_MIN_WORKERS: the survivors re-form the ring, a `reformed` event). A crash of the
         // coordinator (its process killed; `docker kill` would count as a stop by hand too): the restart
-        // policy brings it back and it resumes from the checkpoint (a second `training` event).
+        // policy brings it back and it resumes from the checkpoint (a second `training` event). Between
+        // them, `up --scale worker=4` again starts a fourth worker, which joins the running job.
         _ = try compose(["down", "-v"], timeout: 120)
         #expect(try compose(["up", "-d", "--scale", "worker=4"], timeout: 180, environment: env + ["TETHER_MIN_WORKERS": "3"]).status == 0)
-        for (victim, after, sign, count) in [("\(project)_worker_2", 60, "reformed", 1), ("\(project)_coordinator_1", 240, "training", 2)] {
+        for (victim, after, sign, count) in [("\(project)_worker_2", 60, "reformed", 1), ("scale", 150, "reformed", 2), ("\(project)_coordinator_1", 300, "training", 2)] {
             waitForStep(job, beyond: after)
             let reached = (try? metrics(job))?.compactMap { $0["event"] as? String == "step" ? $0["step"] as? Int : nil }.last ?? 0
             let killed = Date()
-            if victim.contains("worker") {
+            if victim == "scale" {
+                #expect(try compose(["up", "-d", "--no-recreate", "--scale", "worker=4"], timeout: 120, environment: env + ["TETHER_MIN_WORKERS": "3"]).status == 0)
+            } else if victim.contains("worker") {
                 #expect(try docker(["kill", victim]).status == 0)
             } else {
                 // the container's tether process, by its pid on this host (PID 1 in it is tini)
@@ -170,11 +173,12 @@ struct ComposeTests {
             #expect(resumedAt != nil, "\(victim): the job did not train again within 150 s")
             // in place, the survivors go on from the step in flight; a resume, from the last checkpoint
             // (a checkpoint every 50 steps; the step reached is known to the log's granularity of 50)
-            print("compose test: \(victim) killed at about step \(reached)+: training again after \(Int(Date().timeIntervalSince(killed))) s, "
-                  + (sign == "reformed" ? "in place at step \(resumedAt ?? -1)" : "from the checkpoint of step \(resumedAt ?? -1)"))
+            print("compose test: \(victim == "scale" ? "a fourth worker started" : "\(victim) killed") at about step \(reached)+: training again after "
+                  + "\(Int(Date().timeIntervalSince(killed))) s, " + (sign == "reformed" ? "in place at step \(resumedAt ?? -1)" : "from the checkpoint of step \(resumedAt ?? -1)"))
         }
         let coordinator = try docker(["wait", "\(project)_coordinator_1"], timeout: 300)
         #expect(coordinator.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "0", "\(coordinator.stdout)")
+        #expect(try metrics(job).filter { $0["event"] as? String == "joined" }.count == 1, "the fourth worker joined the running job")
         let end = try metrics(job).last { $0["event"] as? String == "end" }
         #expect(end?["step"] as? Int == 470, "the drilled run ends where the undisturbed one does: \(String(describing: end))")
     }

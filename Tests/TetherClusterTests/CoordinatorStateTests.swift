@@ -235,6 +235,31 @@ import TetherComm
                 "the job is full")
     }
 
+    /// Losses at the awkward moments: during an epoch's evaluation (two of three reports in) the
+    /// survivors' redone evaluation is merged instead; during rank 0's checkpoint transfer the one
+    /// that arrives while re-forming is stale, and the redone one is written; a replacement that says
+    /// hello while the ring re-forms joins that re-formation (a new epoch).
+    @Test func lossesDuringAnEvaluationACheckpointOrAReformation() {
+        var settings = settings(workers: 3, total: 8, perEpoch: 2)
+        (settings.minWorkers, settings.reformInPlace) = (2, true)
+        var s = CoordinatorState(settings, now: 0)
+        for r in 0..<3 { _ = s.handle(.hello(identity: [UInt8(r)], address: "tcp://h\(r):1"), now: 1) }
+        for r in 0..<3 { _ = s.handle(.ready(rank: r, ready()), now: 1) }
+        for step in 1...2 { for r in 0..<3 { _ = s.handle(.step(rank: r, report(step, epoch: (step - 1) / 2)), now: 2) } }
+        for r in 0..<2 { #expect(s.handle(.evaluation(rank: r, eval(0)), now: 2).isEmpty) }
+        #expect(s.handle(.abort(rank: 2, reason: "gone"), now: 3).first.map { if case .reform = $0 { true } else { false } } == true)
+        #expect(s.handle(.checkpoint(rank: 0, .init(globalStep: 2, safetensors: [])), now: 3).isEmpty, "stale while re-forming")
+        // a replacement arrives while the two re-form: it joins, as the last rank of epoch 2
+        #expect(s.handle(.hello(identity: [9], address: "tcp://h9:1"), now: 3)
+                == [.reform(epoch: 2, survivors: [0, 1], joiner: [9], reason: "a worker at tcp://h9:1 joins the job")])
+        for r in 0..<3 { _ = s.handle(.ready(rank: r, .init(parameterHash: 7, layoutFingerprint: 42, globalStep: 2)), now: 4) }
+        #expect(s.phase == .training && s.redoStep == 2)
+        for r in 0..<3 { #expect(s.handle(.step(rank: r, report(2)), now: 4).isEmpty) }
+        for r in 0..<2 { #expect(s.handle(.evaluation(rank: r, eval(0)), now: 4).isEmpty) }
+        #expect(s.handle(.evaluation(rank: 2, eval(0)), now: 4) == [.epochCompleted(epoch: 0, reports: [eval(0), eval(0), eval(0)])])
+        #expect(s.handle(.checkpoint(rank: 0, .init(globalStep: 2, safetensors: [])), now: 4) == [.writeCheckpoint(.init(globalStep: 2, safetensors: []))])
+    }
+
     /// A partition silences several workers a moment apart: all are named at the first time-out.
     @Test func workersSilentTogetherAreNamedTogether() {
         var s = started()
