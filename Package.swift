@@ -46,7 +46,7 @@ let package = Package(
         .testTarget(name: "TetherTensorTests", dependencies: ["TetherTensor"]),
         .testTarget(name: "TetherNNTests", dependencies: ["TetherNN", "TetherTensor"]),
         .testTarget(name: "TetherDataTests", dependencies: ["TetherData", "TetherTensor", "CZlib"]),
-        .testTarget(name: "TetherCommTests", dependencies: ["TetherComm", "TetherWire", "CZeroMQ"]),
+        .testTarget(name: "TetherCommTests", dependencies: ["TetherComm", "TetherWire", "CZeroMQ", "CTetherKernels"]),
         .testTarget(name: "TetherTrainTests", dependencies: ["TetherTrain", "TetherNN", "TetherData", "TetherTensor"]),
         .testTarget(name: "TetherClusterTests", dependencies: ["TetherCluster", "TetherComm", "TetherData", "TetherTrain", "TetherNN", "TetherTensor"]),
         .testTarget(name: "TetherFuzzTests", dependencies: ["TetherFuzz", "TetherComm", "TetherTrain"]),

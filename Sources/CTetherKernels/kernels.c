@@ -111,6 +111,66 @@ COL2IM(tether_col2im_f64, double)
 ADD(tether_add_f32, float)
 ADD(tether_add_f64, double)
 
+// Wire dtypes. Half precision through the compiler's _Float16 (IEEE conversions, round to nearest
+// even; vcvtps2ph/vcvtph2ps with F16C and AVX-512, a library routine otherwise).
+static inline uint32_t f32_bits(float x) { uint32_t b; __builtin_memcpy(&b, &x, 4); return b; }
+static inline float bits_f32(uint32_t b) { float x; __builtin_memcpy(&x, &b, 4); return x; }
+static inline uint16_t f16_bits(_Float16 h) { uint16_t b; __builtin_memcpy(&b, &h, 2); return b; }
+static inline _Float16 bits_f16(uint16_t b) { _Float16 h; __builtin_memcpy(&h, &b, 2); return h; }
+
+MULTIVERSION void tether_f32_to_f16(uint16_t *restrict y, const float *restrict x, size_t n) {
+    for (size_t i = 0; i < n; i++) y[i] = f16_bits((_Float16)x[i]);
+}
+MULTIVERSION void tether_f16_to_f32(float *restrict y, const uint16_t *restrict x, size_t n) {
+    for (size_t i = 0; i < n; i++) y[i] = (float)bits_f16(x[i]);
+}
+MULTIVERSION void tether_add_f16_to_f32(float *restrict y, const uint16_t *restrict x, size_t n) {
+    for (size_t i = 0; i < n; i++) y[i] += (float)bits_f16(x[i]);
+}
+
+// bfloat16: the upper half of the f32 bits, rounded to nearest even on the dropped half; a NaN keeps
+// its sign and becomes quiet (rounding could carry a NaN's payload into infinity).
+static inline uint16_t bf16_from_bits(uint32_t b) {
+    if ((b & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((b >> 16) | 0x0040u);
+    return (uint16_t)((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
+}
+MULTIVERSION void tether_f32_to_bf16(uint16_t *restrict y, const float *restrict x, size_t n) {
+    for (size_t i = 0; i < n; i++) y[i] = bf16_from_bits(f32_bits(x[i]));
+}
+MULTIVERSION void tether_bf16_to_f32(float *restrict y, const uint16_t *restrict x, size_t n) {
+    for (size_t i = 0; i < n; i++) y[i] = bits_f32((uint32_t)x[i] << 16);
+}
+MULTIVERSION void tether_add_bf16_to_f32(float *restrict y, const uint16_t *restrict x, size_t n) {
+    for (size_t i = 0; i < n; i++) y[i] += bits_f32((uint32_t)x[i] << 16);
+}
+
+// The reference for half: bit arithmetic only, no compiler conversion, so the tests hold the
+// multiversioned kernels (and the compiler's lowering) to an independent implementation.
+uint16_t tether_f32_to_f16_scalar(float x) {
+    uint32_t b = f32_bits(x), sign = (b >> 16) & 0x8000u, abs = b & 0x7fffffffu;
+    if (abs > 0x7f800000u) return (uint16_t)(sign | 0x7e00u | ((abs >> 13) & 0x3ffu));   // NaN, quiet
+    if (abs >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);                            // >= 65520: infinity
+    if (abs < 0x38800000u) {                                                              // below 2^-14: subnormal or zero
+        if (abs < 0x33000000u) return (uint16_t)sign;                                     // below 2^-25: rounds to zero
+        uint32_t e = abs >> 23, m = (abs & 0x7fffffu) | 0x800000u, shift = 126 - e;       // value = m * 2^(e-150)
+        uint32_t q = m >> shift, rest = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rest > half || (rest == half && (q & 1u))) q++;
+        return (uint16_t)(sign | q);
+    }
+    uint32_t q = (abs - 0x38000000u) >> 13, rest = abs & 0x1fffu;                         // rebias 127 -> 15
+    if (rest > 0x1000u || (rest == 0x1000u && (q & 1u))) q++;                              // may carry into the exponent
+    return (uint16_t)(sign | q);
+}
+
+float tether_f16_to_f32_scalar(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    if (e == 0x1f) return bits_f32(sign | 0x7f800000u | (m << 13) | (m ? 0x00400000u : 0));   // a NaN comes out quiet
+    if (e != 0) return bits_f32(sign | ((e + 112) << 23) | (m << 13));
+    if (m == 0) return bits_f32(sign);
+    while (!(m & 0x400u)) { m <<= 1; e++; }                                                  // normalize a subnormal
+    return bits_f32(sign | ((113 - e) << 23) | ((m & 0x3ffu) << 13));
+}
+
 #if defined(__GLIBC__)
 #include <malloc.h>
 void tether_keep_heap_memory(size_t mmap_threshold, size_t trim_threshold) {

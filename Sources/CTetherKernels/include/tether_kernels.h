@@ -4,6 +4,7 @@
 // picks the best one for the CPU it runs on, so one binary stays portable.
 #pragma once
 #include <stddef.h>
+#include <stdint.h>
 
 /// One Adam/AdamW step over n parameters (PyTorch's torch.optim.Adam/AdamW arithmetic):
 ///   g' = g + coupled_wd * p;  m = b1 m + (1-b1) g';  v = b2 v + (1-b2) g'^2
@@ -34,6 +35,20 @@ void tether_col2im_f64(double *dx, const double *dcol, const tether_conv_shape *
 /// y[i] += x[i]: the reduction of the ring all-reduce.
 void tether_add_f32(float *y, const float *x, size_t n);
 void tether_add_f64(double *y, const double *x, size_t n);
+
+/// Wire dtypes (the compression issue): IEEE half and bfloat16, narrowed from f32 with round to
+/// nearest, ties to even (overflow to infinity, NaN kept a quiet NaN of the same sign), widened exactly
+/// (a NaN widens to a quiet NaN with its payload, as the hardware's conversion does).
+/// Multiversioned (F16C / AVX-512 where the CPU has them); the `_scalar` forms are the bit-exact
+/// references the tests hold the others to. y[i] += widen(x[i]) reduces a received chunk in f32.
+void tether_f32_to_f16(uint16_t *y, const float *x, size_t n);
+void tether_f16_to_f32(float *y, const uint16_t *x, size_t n);
+void tether_add_f16_to_f32(float *y, const uint16_t *x, size_t n);
+void tether_f32_to_bf16(uint16_t *y, const float *x, size_t n);
+void tether_bf16_to_f32(float *y, const uint16_t *x, size_t n);
+void tether_add_bf16_to_f32(float *y, const uint16_t *x, size_t n);
+uint16_t tether_f32_to_f16_scalar(float x);
+float tether_f16_to_f32_scalar(uint16_t h);
 
 /// Raises glibc's mmap threshold and trim limit so that repeated large allocations (libzmq's
 /// per-message buffers) reuse heap memory instead of fresh zero-filled mappings. Process-wide.
