@@ -136,6 +136,7 @@ public final class Coordinator {
         // language model's carried state) would lose the lost members' part, so it restarts instead.
         reformInPlace = options.elastic && Checkpoint.buffers(of: probe.model).isEmpty
         settings.reformInPlace = reformInPlace
+        settings.takesCarriedState = resume
         machine = CoordinatorState(settings, now: Clock.now)
         context = try ZeroMQContext()
         ControlLimits.raiseOpenFilesLimit()
@@ -311,7 +312,8 @@ public final class Coordinator {
                 epochStart = Date()
                 window = (BatchStats(), epochStart, 0, 0, 0, 0) // rates count from here, not from start-up
                 let startup = epochStart.timeIntervalSince(created)
-                progress.line("all \(machine.members.count) replicas agree on the initial parameters; training (\(ProgressDisplay.fixed(startup, 2)) s after start-up)")
+                progress.line("all \(machine.members.count) replicas agree on the initial parameters; training (\(ProgressDisplay.fixed(startup, 2)) s after start-up)"
+                              + (machine.carriedStep.map { ", from the state the workers kept at step \($0) (the checkpoint is of step \(machine.settings.firstStep)): nothing lost" } ?? ""))
                 var started = event("training")
                 started.elapsed_s = startup
                 try metrics.write(started)
@@ -389,11 +391,13 @@ public final class Coordinator {
     /// takes its state from the members) with the job's settings and its ring key.
     private func assign(_ identity: [UInt8], rank: Int, ring: [String], epoch: UInt32) throws {
         var assign = Envelope.Assign(rank: UInt32(rank), worldSize: UInt32(ring.count), ring: ring,
-                                     configJSON: [UInt8](try JSONEncoder().encode(config)), resumeCheckpoint: epoch > 0 ? [] : resumeBytes,
+                                     configJSON: [UInt8](try JSONEncoder().encode(config)),
+                                     resumeCheckpoint: epoch > 0 || machine.carriedStep != nil ? [] : resumeBytes,
                                      hashEvery: UInt32(options.hashEvery), checkpointEvery: UInt32(config.checkpointEvery),
                                      bucketBytes: UInt32(options.bucketBytes))
         assign.dataServed = served != nil
         (assign.reformInPlace, assign.ringEpoch) = (reformInPlace, epoch)
+        assign.useCarriedState = epoch == 0 && machine.carriedStep != nil
         if let keys = ringKeys { (assign.ringSecretKey, assign.ringPublicKeys) = (keys[rank].secretKey, keys.map(\.publicKey)) }
         ranks[identity] = rank
         heartbeatIdentities[rank] = ControlIdentity.heartbeat(of: identity)
@@ -437,7 +441,10 @@ public final class Coordinator {
             }
             return nil
         }
-        if case .hello(let h) = body { return .hello(identity: identity, address: h.advertiseAddress) }
+        if case .hello(let h) = body {
+            let carried = h.carriedHash == 0 ? nil : Int(exactly: h.carriedStep).map { CoordinatorState.Carried(step: $0, hash: h.carriedHash) }
+            return .hello(identity: identity, address: h.advertiseAddress, carried: carried)
+        }
         guard let rank = ranks[ControlIdentity.member(of: identity)] else {
             drop("dropped a \(body.name) from a connection that holds no rank")
             return nil

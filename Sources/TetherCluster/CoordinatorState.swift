@@ -35,6 +35,9 @@ public struct CoordinatorState {
         public var joinerTimeout: Double = 3
         /// Elastic in place: a lost member re-forms the ring of the survivors instead of failing the job.
         public var reformInPlace = false
+        /// A resumed run takes the state its workers kept through a lost coordinator when they all
+        /// carry the same, at or past the checkpoint's step (a fresh run starts over whatever they carry).
+        public var takesCarriedState = false
         public init(workers: Int, firstStep: Int = 0, totalSteps: Int, stepsPerEpoch: Int) {
             (self.workers, self.firstStep, self.totalSteps, self.stepsPerEpoch) = (workers, firstStep, totalSteps, stepsPerEpoch)
             minWorkers = workers
@@ -49,6 +52,14 @@ public struct CoordinatorState {
         public var address: String
         public var lastHeard: Double
         var ready: Envelope.Ready?
+        /// The state it kept through a lost coordinator, if any.
+        var carried: Carried?
+    }
+
+    /// A worker's state kept through a lost coordinator: the steps it holds and its parameters' hash.
+    public struct Carried: Equatable, Sendable {
+        public var step: Int, hash: UInt64
+        public init(step: Int, hash: UInt64) { (self.step, self.hash) = (step, hash) }
     }
 
     /// One global step, merged over the ranks.
@@ -65,7 +76,7 @@ public struct CoordinatorState {
     }
 
     public enum Event: Sendable {
-        case hello(identity: [UInt8], address: String)
+        case hello(identity: [UInt8], address: String, carried: Carried? = nil)
         case ready(rank: Int, Envelope.Ready)
         case step(rank: Int, Envelope.StepReport)
         case evaluation(rank: Int, Envelope.EvalReport)
@@ -108,6 +119,9 @@ public struct CoordinatorState {
     public private(set) var stoppedAt: Int?
     /// The step the job ends at: the run's last, or the one it stops after.
     public var endStep: Int { stoppedAt ?? settings.totalSteps }
+    /// Set when the job formed with workers that all kept the same state through a lost coordinator,
+    /// newer than (or as new as) the checkpoint: the job continues from that step, nothing lost.
+    public private(set) var carriedStep: Int?
     /// The ring's forming: 0 at first, one more at each re-formation.
     public private(set) var ringEpoch: UInt32 = 0
     /// The step the survivors of the last re-formation agreed on: its end-of-step work is redone, and
@@ -164,7 +178,7 @@ public struct CoordinatorState {
             }
         }
         switch event {
-        case .hello(let identity, let address):
+        case .hello(let identity, let address, let carried):
             // A worker repeats its Hello until assigned (one to a restarting coordinator may be lost).
             if let known = members.firstIndex(where: { $0.identity == identity }) {
                 members[known].lastHeard = now
@@ -183,7 +197,7 @@ public struct CoordinatorState {
             if members.contains(where: { $0.address == address }) {
                 return [.turnAway(identity: identity, reason: "another worker of this job already advertises \(address); give each worker its own --advertise address")]
             }
-            members.append(Member(identity: identity, address: address, lastHeard: now))
+            members.append(Member(identity: identity, address: address, lastHeard: now, carried: carried))
             lastJoined = now
             return members.count == settings.workers ? form(now: now) : []
         case .ready(let rank, let ready):
@@ -196,6 +210,16 @@ public struct CoordinatorState {
             }
             if let bad = members.indices.first(where: { members[$0].ready!.parameterHash != reference.parameterHash }) {
                 return fail("rank \(bad) starts from other parameters than rank 0 (hash \(hex(members[bad].ready!.parameterHash)) vs \(hex(reference.parameterHash)))")
+            }
+            if let step = carriedStep, ringEpoch == 0 {
+                // The workers' own state, kept through a lost coordinator: the job goes on from it and
+                // they redo that step's end-of-step work (its evaluation, its checkpoint).
+                guard members.allSatisfy({ $0.ready!.globalStep == UInt64(step) }) else {
+                    return fail("the workers said they carry step \(step) and hold steps \(Set(members.map { $0.ready!.globalStep }).sorted())")
+                }
+                (completedSteps, redoStep) = (step, step)
+                reportedStep = Array(repeating: step, count: members.count)
+                nextEvaluation = epochEnding(at: step) ?? step / max(settings.stepsPerEpoch, 1)
             }
             if ringEpoch > 0 {
                 // After a re-formation every survivor holds the step of the one furthest along: the last
@@ -317,6 +341,15 @@ public struct CoordinatorState {
     /// elastic job may have waited longer than the heartbeat time-out for the last of them.
     private mutating func form(now: Double) -> [Directive] {
         phase = .initializing
+        // Every worker kept a state through the lost coordinator: the ring's sync gives all of them the
+        // furthest (a lost coordinator can leave ranks one step apart, as a lost member can); those at
+        // one step must hold the same parameters.
+        let carried = members.compactMap(\.carried)
+        if settings.takesCarriedState, carried.count == members.count, let furthest = carried.map(\.step).max(),
+           carried.allSatisfy({ furthest - $0.step <= 1 }), (settings.firstStep...settings.totalSteps).contains(furthest),
+           Dictionary(grouping: carried, by: \.step).values.allSatisfy({ Set($0.map(\.hash)).count == 1 }) {
+            carriedStep = furthest
+        }
         reportedStep = Array(repeating: completedSteps, count: members.count)
         for i in members.indices { members[i].lastHeard = now }
         let ring = members.map(\.address)

@@ -16,6 +16,9 @@ public struct WorkerOptions: Sendable {
     public var ringTimeout: Duration = .seconds(20)
     /// The coordinator is declared gone after this long without a heartbeat.
     public var coordinatorTimeout: Double = 10
+    /// Once training: when the coordinator goes silent, keep the replica's state and wait this long for
+    /// a coordinator to come back at the same address (0: end the process, as before).
+    public var coordinatorWait: Double = 0
     /// Ends the process when the coordinator stops the job or goes silent, called on the heartbeat
     /// thread with the reason (already logged) while the main thread may be inside a GEMM or a
     /// collective: `_exit(1)` by default (exit's atexit handlers would tear down OpenBLAS under it);
@@ -99,30 +102,96 @@ public final class Worker {
     }
 
     private func train() throws {
-        let joined = try join()
-        control.socket.stopMonitor()
-        guard let assign = joined else {
+        guard var assign = try join(carrying: nil) else {
             log("worker: the run has already finished (the coordinator says so); nothing to do")
             return
         }
-        let config = try AssignCheck(dataRoots: options.dataRoots, secure: options.security.keys != nil).validate(assign)
+        control.socket.stopMonitor()
         rank = Int(assign.rank)
         // Heartbeats flow from here on: loading the data and building the model can take seconds.
         let heartbeat = try Heartbeat(context: context, options: options, identity: ControlIdentity.heartbeat(of: identity), rank: rank,
                                       reforms: reforms, log: log)
         defer { heartbeat.stop() }
+        ProcessMemory.keepFreedBuffers()
+        // One pass per coordinator: the first, and (--coordinator-wait) one that comes back after it was
+        // lost, which the workers join again carrying the state their last step left.
+        var carried: (step: Int, bytes: [UInt8])?
+        while true {
+            var job = try setUp(assign, carried: assign.useCarriedState ? carried : nil)
+            // Elastic in place: a failure while training waits for the coordinator's Reform; the replica
+            // is made anew on the re-formed ring from the state of the survivor furthest along, and goes on.
+            var reform: Envelope.Reform?
+            do {
+                while true {
+                    do {
+                        if let next = reform {
+                            reform = nil
+                            job.replica = try reformed(job.replica, next, &job.membership, config: job.config, bucketBytes: job.bucketBytes)
+                            try sendReadyAndAwaitStart(job.replica)
+                            job.directives = job.machine.handle(.reformed(globalStep: job.replica.state.globalStep, rank: rank))
+                        }
+                        try run(&job.directives, &job.machine, job.replica, config: job.config)
+                        break
+                    } catch where !reforms.coordinatorLost {
+                        guard assign.reformInPlace, let next = try awaitReform(after: error, epoch: job.membership.epoch) else { throw error }
+                        reform = next
+                    }
+                }
+            } catch where reforms.coordinatorLost {
+                // The coordinator was lost (the heartbeat thread said so and the ring gave up): keep
+                // this replica's state and say hello to whichever coordinator comes back.
+                let state = job.replica.carried ?? job.replica.encodedBoundary(config: job.config)
+                carried = state
+                job.replica.training.ring.close()
+                let hash = Self.hash(job.replica.training.workload.model.arena)
+                log("worker rank \(rank): \(error); keeping the state of step \(state.step) and waiting up to \(Int(options.coordinatorWait)) s for a coordinator at \(options.coordinator)")
+                rejoining = true
+                defer { rejoining = false }
+                guard let next = try join(carrying: (state.step, hash), within: options.coordinatorWait) else {
+                    log("worker: the coordinator that came back says the run has finished")
+                    return
+                }
+                (assign, rank) = (next, Int(next.rank))
+                reforms.reset()
+                continue
+            }
+            if let step = job.replica.report, step.stopping, job.machine.globalStep < job.replica.training.totalSteps {
+                log("worker rank \(rank): stopped after step \(job.machine.globalStep) of \(job.replica.training.totalSteps); the coordinator holds its checkpoint")
+            }
+            log("worker rank \(rank): done, peak RSS \(Self.peakResidentMegabytes()) MB (\(job.replica.training.workload.model.arena.count) parameters, "
+                + "optimizer state \(job.replica.training.optimizer.stateTensors.reduce(0) { $0 + $1.count }) values)")
+            return
+        }
+    }
+
+    /// What a worker holds of the job one coordinator runs: its settings, its place in the ring, its
+    /// replica and the state machine with the directives to carry out.
+    struct Job {
+        let config: TrainingConfig
+        let bucketBytes: Int
+        var membership: Membership
+        var replica: Replica
+        var machine: WorkerState
+        var directives: [WorkerState.Directive]
+    }
+
+    /// The replica an Assign describes, on its ring, with parameters from (in that order): the workers'
+    /// `carried` state (a coordinator that came back), the members' state over a re-formed ring (a
+    /// worker joining a running job), the coordinator's resume checkpoint, or a fresh initialization
+    /// from the data; then Ready and the coordinator's Start.
+    private func setUp(_ assign: Envelope.Assign, carried: (step: Int, bytes: [UInt8])?) throws -> Job {
+        let config = try AssignCheck(dataRoots: options.dataRoots, secure: options.security.keys != nil).validate(assign)
         // Read from memory: no file is written for it.
         let resumed = assign.resumeCheckpoint.isEmpty ? nil
             : try Checkpoint.Loaded(bytes: Data(assign.resumeCheckpoint), source: "the coordinator's resume checkpoint")
-        ProcessMemory.keepFreedBuffers()
         served = !assign.dataServed ? nil : ServedData { [unowned self] request in
             try control.send(.dataRequest(request), from: rank)
             return try waitFor("the requested samples", within: 120) { if case .dataRows(let r) = $0 { return r }; return nil }
         }
-        var membership = Membership(epoch: assign.ringEpoch, rank: rank, ring: assign.ring, publicKeys: assign.ringPublicKeys, secretKey: assign.ringSecretKey)
+        let membership = Membership(epoch: assign.ringEpoch, rank: rank, ring: assign.ring, publicKeys: assign.ringPublicKeys, secretKey: assign.ringSecretKey)
         ringEpoch = assign.ringEpoch
         // Joining a running job (elastic in place): the members' state comes over the re-formed ring.
-        let joining = assign.ringEpoch > 0
+        let joining = assign.ringEpoch > 0, overRing = joining || carried != nil
         let bucketBytes = max(4, Int(assign.bucketBytes))
         let workload = try Workloads.make(config, shard: membership.shard, metadata: resumed?.file.metadata ?? [:], source: served)
         let model = workload.model
@@ -132,12 +201,13 @@ public final class Worker {
             : try formRing(membership, layoutFingerprint: model.arena.layout.fingerprint)
         let optimizer = try Optimizer<Float>(config.optimizer, layout: model.arena.layout, ftrlParameters: model.ftrlParameters)
         var state = TrainingState(rng: model.context.rng)
-        if joining {
-            let loaded = try syncState(ring, carried: nil)
+        if overRing {
+            let loaded = try syncState(ring, carried: carried)
             try loaded.restore(into: model, optimizer: optimizer, shard: membership.shard)
             state = loaded.state
             model.context.rng = .dropoutMasks(seed: config.seed &+ UInt64(state.globalStep), replica: rank)
-            log("worker rank \(rank): joined the running job at step \(state.globalStep) (ring epoch \(membership.epoch))")
+            log("worker rank \(rank): " + (joining ? "joined the running job at step \(state.globalStep) (ring epoch \(membership.epoch))"
+                                                  : "goes on from the state the workers kept, step \(state.globalStep)"))
         } else if let resumed {
             try resumed.restore(into: model, optimizer: optimizer, shard: membership.shard)
             state = resumed.state
@@ -150,39 +220,17 @@ public final class Worker {
             })
             if let failure { throw failure }
         }
-        var replica = Replica(training: Training(workload: workload, optimizer: optimizer, ring: ring, config: config, bucketBytes: bucketBytes), state: state)
+        let replica = Replica(training: Training(workload: workload, optimizer: optimizer, ring: ring, config: config, bucketBytes: bucketBytes), state: state)
         try sendReadyAndAwaitStart(replica)
         trainingStarted = true
-
-        // A joiner takes part in the end-of-step work the members redo for the step it joined at (its
-        // share of an evaluation, its report), as a survivor of the re-formation would.
+        reforms.mayOutliveCoordinator = options.coordinatorWait > 0 && Checkpoint.buffers(of: model).isEmpty
+        // A replica whose state came over the ring takes part in the end-of-step work redone for that
+        // step (its share of an evaluation, its report), as a survivor of a re-formation would.
         var machine = WorkerState(.init(rank: rank, stepsPerEpoch: workload.stepsPerEpoch, totalSteps: replica.training.totalSteps,
                                         hashEvery: Int(assign.hashEvery), checkpointEvery: Int(assign.checkpointEvery)),
-                                  globalStep: joining ? max(state.globalStep - 1, 0) : state.globalStep)
-        var directives = joining ? machine.handle(.reformed(globalStep: state.globalStep, rank: rank)) : machine.handle(.started)
-        // Elastic in place: a failure while training waits for the coordinator's Reform; the replica is
-        // made anew on the re-formed ring from the state of the survivor furthest along, and goes on.
-        var reform: Envelope.Reform?
-        while true {
-            do {
-                if let next = reform {
-                    reform = nil
-                    replica = try reformed(replica, next, &membership, config: config, bucketBytes: bucketBytes)
-                    try sendReadyAndAwaitStart(replica)
-                    directives = machine.handle(.reformed(globalStep: replica.state.globalStep, rank: rank))
-                }
-                try run(&directives, &machine, replica, config: config)
-                break
-            } catch {
-                guard assign.reformInPlace, let next = try awaitReform(after: error, epoch: membership.epoch) else { throw error }
-                reform = next
-            }
-        }
-        if let step = replica.report, step.stopping, machine.globalStep < replica.training.totalSteps {
-            log("worker rank \(rank): stopped after step \(machine.globalStep) of \(replica.training.totalSteps); the coordinator holds its checkpoint")
-        }
-        log("worker rank \(rank): done, peak RSS \(Self.peakResidentMegabytes()) MB (\(replica.training.workload.model.arena.count) parameters, "
-            + "optimizer state \(replica.training.optimizer.stateTensors.reduce(0) { $0 + $1.count }) values)")
+                                  globalStep: overRing ? max(state.globalStep - 1, 0) : state.globalStep)
+        let directives = overRing ? machine.handle(.reformed(globalStep: state.globalStep, rank: rank)) : machine.handle(.started)
+        return Job(config: config, bucketBytes: bucketBytes, membership: membership, replica: replica, machine: machine, directives: directives)
     }
 
     /// The samples the coordinator serves (`Assign.data_served`), or nil: each worker reads --data.
@@ -251,7 +299,7 @@ public final class Worker {
         ringOptions.timeout = options.ringTimeout
         ringOptions.layoutFingerprint = layoutFingerprint
         ringOptions.epoch = membership.epoch
-        ringOptions.abandon = { [reforms, epoch = membership.epoch] in reforms.latest > epoch }
+        ringOptions.abandon = { [reforms, epoch = membership.epoch] in reforms.latest > epoch || reforms.coordinatorLost }
         ringOptions.log = { [log] in log("tether worker: " + $0) }
         let (rank, addresses) = (membership.rank, membership.ring)
         if let authenticator, !membership.publicKeys.isEmpty {
@@ -321,12 +369,7 @@ public final class Worker {
     private func reformed(_ old: Replica, _ reform: Envelope.Reform, _ membership: inout Membership, config: TrainingConfig, bucketBytes: Int) throws -> Replica {
         let oldModel = old.training.workload.model
         // what this survivor carries: the last state a step left, before that step's end-of-step work
-        let carried = old.carried ?? {
-            var state = old.boundary
-            state.rng = oldModel.context.rng
-            return (step: state.globalStep, bytes: [UInt8](Safetensors.encode(Checkpoint.file(
-                model: oldModel, optimizer: old.training.optimizer, config: config, state: state, metadata: old.training.workload.checkpointMetadata))))
-        }()
+        let carried = old.carried ?? old.encodedBoundary(config: config)
         old.carried = carried
         old.training.ring.close()
         membership = Membership(epoch: reform.ringEpoch, rank: Int(reform.rank), ring: reform.ring,
@@ -351,12 +394,14 @@ public final class Worker {
     /// Hello is repeated every second: one that reached a coordinator on its way out (a restarting one)
     /// is lost with it. While it waits it says what it sees: nothing answering, or a handshake the
     /// coordinator refused (another cluster key, or one side --insecure), which ends the wait at once.
-    private func join() throws -> Envelope.Assign? {
-        let hello = Envelope.Hello(advertiseAddress: try Advertise.resolve(options.advertise, context), tetherVersion: "tether",
+    /// A worker that outlived its coordinator says which state it `carries` (steps, parameter hash).
+    private func join(carrying carried: (step: Int, hash: UInt64)?, within seconds: Double = 120) throws -> Envelope.Assign? {
+        var hello = Envelope.Hello(advertiseAddress: try Advertise.resolve(options.advertise, context), tetherVersion: "tether",
                                    threads: UInt32(BLAS.threads))
+        if let carried { (hello.carriedStep, hello.carriedHash) = (UInt64(carried.step), max(carried.hash, 1)) }
         var diagnosis = JoinDiagnosis(coordinator: options.coordinator, secure: options.security.keys != nil)
         log("tether worker: waiting for the coordinator at \(options.coordinator)")
-        let started = ContinuousClock.now, deadline = started + .seconds(120)
+        let started = ContinuousClock.now, deadline = started + .milliseconds(Int(seconds * 1000))
         var nextHello = started
         while ContinuousClock.now < deadline {
             // No connection yet (nothing answers, or no handshake) leaves nothing to send on: try again.
@@ -382,7 +427,7 @@ public final class Worker {
             case nil: break
             }
         }
-        throw ClusterError("no assignment from the coordinator at \(options.coordinator) within 120 s" + (diagnosis.summary.map { ": \($0)" } ?? ""))
+        throw ClusterError("no assignment from the coordinator at \(options.coordinator) within \(Int(seconds)) s" + (diagnosis.summary.map { ": \($0)" } ?? ""))
     }
 
     /// Messages from the coordinator until `want` accepts one; an Abort or the deadline is an error.
@@ -398,6 +443,9 @@ public final class Worker {
     /// or a Stop is noted (the next step's vote).
     private func receive<T>(until deadline: ContinuousClock.Instant, _ want: (Envelope.Body) -> T?) throws -> T? {
         while ContinuousClock.now < deadline {
+            if reforms.coordinatorLost, !rejoining {
+                throw CollectiveError(message: "the coordinator at \(options.coordinator) was lost", abandoned: true)
+            }
             try noteSignal()
             guard let (_, env) = try control.receive(deadline: min(deadline, .now + .milliseconds(200))) else { continue }
             if let body = env.body, try note(body) { continue }
@@ -451,6 +499,8 @@ public final class Worker {
     private var trainingStarted = false
     /// The epoch of the ring this worker is on, or forming.
     private var ringEpoch: UInt32 = 0
+    /// Set while this worker, having outlived its coordinator, says hello to the next one.
+    private var rejoining = false
 
     /// This process's peak resident set since it started (VmHWM). Not getrusage's ru_maxrss: Linux
     /// carries that over from the process that forked this one (`simulate`'s coordinator, with its data).
@@ -557,8 +607,10 @@ final class Heartbeat: @unchecked Sendable {
         Thread {
             defer { channel.socket.close(); finished.signal() }
             var watch = LivenessWatch(timeout: timeout, now: Clock.now)
+            var coordinators = reforms.coordinators
             while !flag.isSet {
-                try? channel.send(.heartbeat, from: rank)
+                if reforms.coordinators != coordinators { (coordinators, watch) = (reforms.coordinators, LivenessWatch(timeout: timeout, now: Clock.now)) }
+                if !reforms.coordinatorLost { try? channel.send(.heartbeat, from: rank) }
                 let deadline = ContinuousClock.now + .milliseconds(500)
                 while !flag.isSet, let message = try? channel.receive(deadline: deadline), let (_, env) = Optional(message) {
                     watch.heard(at: Clock.now)
@@ -571,8 +623,14 @@ final class Heartbeat: @unchecked Sendable {
                 }
                 if !flag.isSet, let silent = watch.silence(at: Clock.now) {
                     let reason = "the coordinator at \(coordinator) has been silent for \(Int(silent)) s"
-                    log("tether worker rank \(rank): \(reason); exiting")
-                    end(reason)
+                    guard reforms.mayOutliveCoordinator else {
+                        log("tether worker rank \(rank): \(reason); exiting")
+                        end(reason)
+                    }
+                    // --coordinator-wait: the main thread keeps the replica and says hello to the next one
+                    if !reforms.coordinatorLost { log("tether worker: \(reason)") }
+                    reforms.noteCoordinatorLost()
+                    watch = LivenessWatch(timeout: timeout, now: Clock.now)
                 }
             }
         }.start()
@@ -614,12 +672,40 @@ final class Replica {
     init(training: Training, state: TrainingState) {
         (self.training, self.state, boundary) = (training, state, state)
     }
+
+    /// The state the last step left, as checkpoint bytes (parameters and optimizer state do not move
+    /// until a step's exchange has finished, so they are that step's).
+    func encodedBoundary(config: TrainingConfig) -> (step: Int, bytes: [UInt8]) {
+        let model = training.workload.model
+        var state = boundary
+        state.rng = model.context.rng
+        let file = Checkpoint.file(model: model, optimizer: training.optimizer, config: config, state: state, metadata: training.workload.checkpointMetadata)
+        return (state.globalStep, [UInt8](Safetensors.encode(file)))
+    }
 }
 
-/// The re-formations the coordinator announced (elastic in place), noted by either thread.
+/// The re-formations the coordinator announced (elastic in place), noted by either thread, and
+/// whether the coordinator itself was lost (--coordinator-wait).
 final class ReformNotice: @unchecked Sendable {
     private let lock = NSLock()
     private var newest: Envelope.Reform?
+    private var lost = false, outlives = false
+
+    /// Set by the main thread once this worker trains with a state worth keeping through a lost coordinator.
+    var mayOutliveCoordinator: Bool {
+        get { lock.withLock { outlives } }
+        set { lock.withLock { outlives = newValue } }
+    }
+    /// Set by the heartbeat thread when the coordinator went silent and this worker waits for another.
+    var coordinatorLost: Bool { lock.withLock { lost } }
+    func noteCoordinatorLost() { lock.withLock { lost = true } }
+
+    /// A new coordinator assigned this worker: its ring epochs count from 0 again, and its silence is
+    /// counted from now (the heartbeat thread watches `coordinators` change).
+    func reset() { lock.withLock { (newest, lost, generation) = (nil, false, generation + 1) } }
+    private var generation = 0
+    /// How many coordinators this worker has had since the first.
+    var coordinators: Int { lock.withLock { generation } }
 
     func note(_ reform: Envelope.Reform) {
         lock.withLock { if reform.ringEpoch > (newest?.ringEpoch ?? 0) { newest = reform } }

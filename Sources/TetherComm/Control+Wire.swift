@@ -24,6 +24,8 @@ extension Envelope {
         public var reformInPlace = false
         /// Joining a running job: the re-formed ring's epoch (0: the job's first ring).
         public var ringEpoch: UInt32 = 0
+        /// Continue from the state the workers carried through a lost coordinator, not the checkpoint.
+        public var useCarriedState = false
         public init(rank: UInt32, worldSize: UInt32, ring: [String], configJSON: [UInt8], resumeCheckpoint: [UInt8] = [],
                     hashEvery: UInt32, checkpointEvery: UInt32, bucketBytes: UInt32) {
             (self.rank, self.worldSize, self.ring, self.configJSON) = (rank, worldSize, ring, configJSON)
@@ -163,6 +165,7 @@ extension Envelope {
             (m.n_ring_public_keys, m.ring_public_keys) = (a.ringPublicKeys.count, arena.strings(a.ringPublicKeys))
             m.reform_in_place = a.reformInPlace ? 1 : 0
             m.ring_epoch = a.ringEpoch
+            m.use_carried_state = a.useCarriedState ? 1 : 0
             return withUnsafeMutablePointer(to: &m) { msg.body_case = TETHER__V1__ENVELOPE__BODY_ASSIGN; msg.assign = $0; return pack(&msg) }
         case .ready(let r):
             var m = Tether__V1__Ready()
@@ -253,6 +256,7 @@ extension Envelope {
             assign.ringPublicKeys = (0..<a.n_ring_public_keys).map { String(cString: a.ring_public_keys[$0]!) }
             assign.reformInPlace = a.reform_in_place != 0
             assign.ringEpoch = a.ring_epoch
+            assign.useCarriedState = a.use_carried_state != 0
             return .assign(assign)
         case TETHER__V1__ENVELOPE__BODY_REFORM:
             guard let r = env.reform?.pointee else { return nil }

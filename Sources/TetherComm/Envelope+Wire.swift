@@ -36,6 +36,9 @@ public struct Envelope: Equatable, Sendable {
         public var advertiseAddress: String
         public var tetherVersion: String
         public var threads: UInt32
+        /// The state of a worker that outlived its coordinator: its steps and parameter hash (hash 0: none).
+        public var carriedStep: UInt64 = 0
+        public var carriedHash: UInt64 = 0
         public init(advertiseAddress: String, tetherVersion: String, threads: UInt32) {
             (self.advertiseAddress, self.tetherVersion, self.threads) = (advertiseAddress, tetherVersion, threads)
         }
@@ -144,6 +147,7 @@ extension Envelope {
                     hello.advertise_address = UnsafeMutablePointer(mutating: addr)
                     hello.tether_version = UnsafeMutablePointer(mutating: ver)
                     hello.threads = h.threads
+                    (hello.carried_step, hello.carried_hash) = (h.carriedStep, h.carriedHash)
                     return withUnsafeMutablePointer(to: &hello) { hp in
                         msg.body_case = TETHER__V1__ENVELOPE__BODY_HELLO
                         msg.hello = hp
@@ -204,8 +208,10 @@ extension Envelope {
         switch env.body_case {
         case TETHER__V1__ENVELOPE__BODY_HELLO:
             guard let h = env.hello?.pointee else { break }
-            body = .hello(Hello(advertiseAddress: String(cString: h.advertise_address),
-                                tetherVersion: String(cString: h.tether_version), threads: h.threads))
+            var hello = Hello(advertiseAddress: String(cString: h.advertise_address),
+                              tetherVersion: String(cString: h.tether_version), threads: h.threads)
+            (hello.carriedStep, hello.carriedHash) = (h.carried_step, h.carried_hash)
+            body = .hello(hello)
         case TETHER__V1__ENVELOPE__BODY_CHUNK:
             guard let c = env.chunk?.pointee else { break }
             guard let operation = ChunkHeader.Operation(rawValue: c.operation.rawValue) else {

@@ -987,7 +987,7 @@ const ProtobufCMessageDescriptor tether__v1__envelope__descriptor =
   (ProtobufCMessageInit) tether__v1__envelope__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tether__v1__assign__field_descriptors[13] =
+static const ProtobufCFieldDescriptor tether__v1__assign__field_descriptors[14] =
 {
   {
     "rank",
@@ -1145,6 +1145,18 @@ static const ProtobufCFieldDescriptor tether__v1__assign__field_descriptors[13] 
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "use_carried_state",
+    14,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__Assign, use_carried_state),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tether__v1__assign__field_indices_by_name[] = {
   7,   /* field[7] = bucket_bytes */
@@ -1159,12 +1171,13 @@ static const unsigned tether__v1__assign__field_indices_by_name[] = {
   12,   /* field[12] = ring_epoch */
   10,   /* field[10] = ring_public_keys */
   9,   /* field[9] = ring_secret_key */
+  13,   /* field[13] = use_carried_state */
   1,   /* field[1] = world_size */
 };
 static const ProtobufCIntRange tether__v1__assign__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 13 }
+  { 0, 14 }
 };
 const ProtobufCMessageDescriptor tether__v1__assign__descriptor =
 {
@@ -1174,7 +1187,7 @@ const ProtobufCMessageDescriptor tether__v1__assign__descriptor =
   "Tether__V1__Assign",
   "tether.v1",
   sizeof(Tether__V1__Assign),
-  13,
+  14,
   tether__v1__assign__field_descriptors,
   tether__v1__assign__field_indices_by_name,
   1,  tether__v1__assign__number_ranges,
@@ -1917,7 +1930,7 @@ const ProtobufCMessageDescriptor tether__v1__finish__descriptor =
   (ProtobufCMessageInit) tether__v1__finish__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tether__v1__hello__field_descriptors[3] =
+static const ProtobufCFieldDescriptor tether__v1__hello__field_descriptors[5] =
 {
   {
     "advertise_address",
@@ -1955,16 +1968,42 @@ static const ProtobufCFieldDescriptor tether__v1__hello__field_descriptors[3] =
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "carried_step",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__Hello, carried_step),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "carried_hash",
+    5,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_FIXED64,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__Hello, carried_hash),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tether__v1__hello__field_indices_by_name[] = {
   0,   /* field[0] = advertise_address */
+  4,   /* field[4] = carried_hash */
+  3,   /* field[3] = carried_step */
   1,   /* field[1] = tether_version */
   2,   /* field[2] = threads */
 };
 static const ProtobufCIntRange tether__v1__hello__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 3 }
+  { 0, 5 }
 };
 const ProtobufCMessageDescriptor tether__v1__hello__descriptor =
 {
@@ -1974,7 +2013,7 @@ const ProtobufCMessageDescriptor tether__v1__hello__descriptor =
   "Tether__V1__Hello",
   "tether.v1",
   sizeof(Tether__V1__Hello),
-  3,
+  5,
   tether__v1__hello__field_descriptors,
   tether__v1__hello__field_indices_by_name,
   1,  tether__v1__hello__number_ranges,

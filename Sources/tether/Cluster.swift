@@ -53,6 +53,9 @@ struct WorkerCommand: ParsableCommand {
     @Option(help: "Job identifier (as given to the coordinator).") var jobID = "tether"
     @Option(help: "After the job stops with a failure, join the coordinator again (a coordinator with --max-restarts resumes the job), up to N times.")
     var maxRestarts = 0
+    @Option(help: "When the coordinator falls silent while this worker trains, keep the replica's state and wait this many seconds for a coordinator to come back at the same address (restarted with --resume, it goes on from the workers' state: nothing lost); 0 exits at once.")
+    var coordinatorWait = 0.0
+    @Option(help: "Seconds without a message from the coordinator before it is taken for gone.") var coordinatorTimeout = 10.0
     @Option(help: "A folder the job's data may be read from (repeatable); a job naming data outside them is refused. Default: /usr/share/datasets, /usr/share/games/fortunes and the current folder.")
     var dataRoot: [String] = []
     @OptionGroup var security: SecurityOptions
@@ -62,6 +65,8 @@ struct WorkerCommand: ParsableCommand {
 
     func validate() throws {
         guard maxRestarts >= 0 else { throw ValidationError("--max-restarts must be at least 0") }
+        guard coordinatorWait >= 0 else { throw ValidationError("--coordinator-wait must be at least 0") }
+        guard coordinatorTimeout > 0 else { throw ValidationError("--coordinator-timeout must be positive") }
         try validateAddress(coordinator, flag: "--coordinator")
     }
 
@@ -69,7 +74,7 @@ struct WorkerCommand: ParsableCommand {
         threads.apply()
         ProcessLifetime.forWorker()
         var options = WorkerOptions(coordinator: coordinator, advertise: advertise)
-        options.jobID = jobID
+        (options.jobID, options.coordinatorWait, options.coordinatorTimeout) = (jobID, coordinatorWait, coordinatorTimeout)
         do { options.security = try security.security() } catch { exitWithError(error) }
         if security.insecure { FileHandle.standardError.write(Data("tether worker: warning: \(ClusterSecurity.insecureWarning)\n".utf8)) }
         if !dataRoot.isEmpty { options.dataRoots = dataRoot }

@@ -148,6 +148,13 @@ struct ClusterProcessTests {
         try expectParametersAgree(run.appendingPathComponent("checkpoint.safetensors").path, whole + "/checkpoint.safetensors")
     }
 
+    /// mlp-wn under plain SGD (no momentum, no clipping: a wrong gradient scale shows at once) at lr
+    /// 0.01 on 1,600 samples (25 steps an epoch with 4 workers), for `steps` steps, every step logged.
+    func plainSGD(steps: Int) -> [String] {
+        ["--model", "mlp-wn", "--optimizer", "sgd", "--lr", "0.01", "--momentum", "0", "--clip-norm", "0", "--batch", "16",
+         "--train-limit", "1600", "--test-limit", "200", "--seed", "5", "--max-steps", String(steps), "--log-every", "1"]
+    }
+
     /// Elastic in place: `simulate --workers 4 --min-workers 3`, one worker SIGKILLed (or SIGSTOPped
     /// past the deadline, and let go once the others train again: it is told it was dropped) mid-epoch.
     /// No process restarts: the three survivors re-form the ring, take the state of the one furthest
@@ -160,9 +167,7 @@ struct ClusterProcessTests {
         // lr 0.01 and 40 steps: the grouping of the sums differs (1e-7), and a difference that flips a
         // ReLU near zero grows (at lr 0.05 the loss jumps to 10 at step 3; at 0.01, 2 workers then 3
         // part from 3 throughout by 1e-4 at step 60 and 7e-3 at 150, resumed or joined alike)
-        let common = ["--workers", "4", "--model", "mlp-wn", "--optimizer", "sgd", "--lr", "0.01", "--momentum", "0", "--clip-norm", "0",
-                      "--batch", "16", "--train-limit", "1600", "--test-limit", "200", "--seed", "5", "--max-steps", "40", "--hash-every", "1",
-                      "--log-every", "1", "--threads", "1"]
+        let common = ["--workers", "4"] + plainSGD(steps: 40) + ["--hash-every", "1", "--threads", "1"]
         let disturbed = dir.appendingPathComponent("disturbed"), whole = dir.appendingPathComponent("whole")
         let simulate = try CLI.start(["simulate", "--run-dir", disturbed.path, "--min-workers", "3", "--heartbeat-timeout", "2"] + common, bound: 240)
         // mid-epoch (25 steps an epoch), well before the end
@@ -216,8 +221,7 @@ struct ClusterProcessTests {
     @Test func aWorkerJoinsARunningJob() throws {
         let dir = CLI.tempDir("join")
         defer { try? FileManager.default.removeItem(at: dir) }
-        let training = ["--model", "mlp-wn", "--optimizer", "sgd", "--lr", "0.01", "--momentum", "0", "--clip-norm", "0", "--batch", "16",
-                        "--train-limit", "1600", "--test-limit", "200", "--seed", "5", "--max-steps", "40", "--log-every", "1", "--hash-every", "1"]
+        let training = plainSGD(steps: 40) + ["--hash-every", "1"]
         let port = Int.random(in: 20000..<60000), jobID = "join-\(getpid())"
         let address = "tcp://127.0.0.1:\(port)", run = dir.appendingPathComponent("joined")
         let coordinator = try CLI.start(["coordinator", "--listen", address, "--workers", "3", "--min-workers", "2", "--last-call", "1",
@@ -236,6 +240,49 @@ struct ClusterProcessTests {
         for w in first + [third] { let r = w.finish(); #expect(r.status == 0, "worker: \(r.stderr)") }
         let events = try metrics(run.path)
         #expect(events.filter { $0["event"] as? String == "joined" }.count == 1 && events.filter { $0["event"] as? String == "start" }.count == 1)
+        let whole = dir.appendingPathComponent("whole").path
+        let u = try CLI.run(["simulate", "--workers", "3", "--run-dir", whole] + training, timeout: 240)
+        #expect(u.status == 0, "stderr: \(u.stderr)")
+        try expectParametersAgree(run.appendingPathComponent("checkpoint.safetensors").path, whole + "/checkpoint.safetensors")
+    }
+
+    /// The coordinator lost: workers started with --coordinator-wait keep their replicas when it falls
+    /// silent (SIGKILL); the coordinator restarted with --resume at the same address takes their state,
+    /// newer than its checkpoint, so nothing is lost, and the job ends equal to an undisturbed run
+    /// (bitwise in fact: the same three workers; 300 steps, so the loss is noticed mid-run).
+    @Test func aRestartedCoordinatorTakesTheStateItsWorkersKept() throws {
+        let dir = CLI.tempDir("coordinator-lost")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let training = plainSGD(steps: 300) + ["--checkpoint-every", "10"]
+        let port = Int.random(in: 20000..<60000), jobID = "lost-\(getpid())"
+        let address = "tcp://127.0.0.1:\(port)", run = dir.appendingPathComponent("run")
+        let coordinator = ["coordinator", "--listen", address, "--workers", "3", "--job-id", jobID, "--run-dir", run.path] + training + CLI.key
+        let first = try CLI.start(coordinator, bound: 150)
+        let workers = try (0..<3).map { _ in
+            try CLI.start(["worker", "--coordinator", address, "--job-id", jobID, "--threads", "1", "--coordinator-wait", "60",
+                           "--coordinator-timeout", "2"] + CLI.key, bound: 150)
+        }
+        let deadline = Date().addingTimeInterval(60)
+        var reached = 0
+        while reached < 15, Date() < deadline {
+            usleep(5_000)
+            reached = (try? metrics(run.path))?.compactMap { $0["event"] as? String == "step" ? $0["step"] as? Int : nil }.last ?? 0
+        }
+        kill(first.pid, SIGKILL)
+        _ = first.finish()
+        let restarted = Date()
+        let second = try CLI.start(coordinator + ["--resume"], bound: 150)
+        let c = second.finish()
+        #expect(c.status == 0, "coordinator: \(c.stderr)")
+        #expect(c.stdout.contains("from the state the workers kept at step"), "\(c.stdout)")
+        for w in workers { let r = w.finish(); #expect(r.status == 0, "worker: \(r.stderr)") }
+        let trainings = try metrics(run.path).filter { $0["event"] as? String == "training" }.compactMap { $0["step"] as? Int }
+        // the workers train on without it until they notice (2 s), then wait with their state mid-run
+        #expect(trainings.count == 2 && trainings[1] >= reached && trainings[1] < 300,
+                "the second coordinator trains from step \(trainings.last ?? -1), the workers had \(reached)")
+        let checkpointed = try metrics(run.path).filter { $0["event"] as? String == "start" }.compactMap { $0["step"] as? Int }.last ?? -1
+        print("coordinator lost after step \(reached): the restarted one resumed its checkpoint of step \(checkpointed) and trained from the workers' "
+              + "step \(trainings.last ?? -1); the job ended \(Int(Date().timeIntervalSince(restarted))) s after the restart")
         let whole = dir.appendingPathComponent("whole").path
         let u = try CLI.run(["simulate", "--workers", "3", "--run-dir", whole] + training, timeout: 240)
         #expect(u.status == 0, "stderr: \(u.stderr)")

@@ -260,6 +260,31 @@ import TetherComm
         #expect(s.handle(.checkpoint(rank: 0, .init(globalStep: 2, safetensors: [])), now: 4) == [.writeCheckpoint(.init(globalStep: 2, safetensors: []))])
     }
 
+    /// A coordinator restarted with --resume (checkpoint of step 4) takes the state its workers kept
+    /// through its loss when every one carries one, at most a step apart, the same parameters at the
+    /// same step: it goes on from the furthest (step 7), nothing lost. Otherwise, or in a fresh run,
+    /// it starts from its checkpoint as before.
+    @Test func aResumedCoordinatorTakesTheStateItsWorkersKept() {
+        func formed(_ carried: [CoordinatorState.Carried?], resume: Bool = true) -> CoordinatorState {
+            var settings = CoordinatorState.Settings(workers: carried.count, firstStep: 4, totalSteps: 12, stepsPerEpoch: 4)
+            (settings.joinerTimeout, settings.takesCarriedState) = (.infinity, resume)
+            var s = CoordinatorState(settings, now: 0)
+            for (r, c) in carried.enumerated() { _ = s.handle(.hello(identity: [UInt8(r)], address: "tcp://h\(r):1", carried: c), now: 1) }
+            return s
+        }
+        var s = formed([.init(step: 7, hash: 5), .init(step: 6, hash: 4), .init(step: 7, hash: 5)])
+        #expect(s.carriedStep == 7)
+        for r in 0..<2 { _ = s.handle(.ready(rank: r, .init(parameterHash: 9, layoutFingerprint: 42, globalStep: 7)), now: 2) }
+        #expect(s.handle(.ready(rank: 2, .init(parameterHash: 9, layoutFingerprint: 42, globalStep: 7)), now: 2) == [.start])
+        #expect(s.completedSteps == 7 && s.redoStep == 7)
+        for r in 0..<3 { #expect(s.handle(.step(rank: r, report(8, epoch: 1)), now: 2).count == (r == 2 ? 1 : 0)) }
+        #expect(formed([.init(step: 7, hash: 5), nil, .init(step: 7, hash: 5)]).carriedStep == nil, "one worker carries nothing")
+        #expect(formed([.init(step: 7, hash: 5), .init(step: 7, hash: 6)]).carriedStep == nil, "the same step, other parameters")
+        #expect(formed([.init(step: 7, hash: 5), .init(step: 5, hash: 6)]).carriedStep == nil, "two steps apart")
+        #expect(formed([.init(step: 3, hash: 5), .init(step: 3, hash: 5)]).carriedStep == nil, "older than the checkpoint")
+        #expect(formed([.init(step: 7, hash: 5), .init(step: 7, hash: 5)], resume: false).carriedStep == nil, "a fresh run starts over")
+    }
+
     /// A partition silences several workers a moment apart: all are named at the first time-out.
     @Test func workersSilentTogetherAreNamedTogether() {
         var s = started()

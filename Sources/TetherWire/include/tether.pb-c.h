@@ -194,10 +194,15 @@ struct  Tether__V1__Assign
    * the job's first ring). It takes its state from the members over that ring.
    */
   uint32_t ring_epoch;
+  /*
+   * Every worker of the forming job carries the same state, newer than the checkpoint (a coordinator
+   * came back after it was lost): they continue from it, and resume_checkpoint is not used.
+   */
+  protobuf_c_boolean use_carried_state;
 };
 #define TETHER__V1__ASSIGN__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tether__v1__assign__descriptor) \
-    , 0, 0, 0,NULL, {0,NULL}, {0,NULL}, 0, 0, 0, 0, (char *)protobuf_c_empty_string, 0,NULL, 0, 0 }
+    , 0, 0, 0,NULL, {0,NULL}, {0,NULL}, 0, 0, 0, 0, (char *)protobuf_c_empty_string, 0,NULL, 0, 0, 0 }
 
 
 /*
@@ -449,10 +454,16 @@ struct  Tether__V1__Hello
    * compute threads this worker will use
    */
   uint32_t threads;
+  /*
+   * A worker whose coordinator was lost while it trained (--coordinator-wait) and that kept its
+   * replica: the steps its state holds and the XXH3 of its parameters (0: it carries none).
+   */
+  uint64_t carried_step;
+  uint64_t carried_hash;
 };
 #define TETHER__V1__HELLO__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tether__v1__hello__descriptor) \
-    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0 }
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0, 0 }
 
 
 /*
