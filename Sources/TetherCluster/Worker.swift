@@ -107,6 +107,9 @@ public final class Worker {
             return
         }
         control.socket.stopMonitor()
+        // A hostile or invalid assignment is refused before this worker does anything (setUp checks
+        // each assignment again, a later coordinator's too).
+        _ = try AssignCheck(dataRoots: options.dataRoots, secure: options.security.keys != nil).validate(assign)
         rank = Int(assign.rank)
         // Heartbeats flow from here on: loading the data and building the model can take seconds.
         let heartbeat = try Heartbeat(context: context, options: options, identity: ControlIdentity.heartbeat(of: identity), rank: rank,

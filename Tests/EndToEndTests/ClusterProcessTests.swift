@@ -124,7 +124,8 @@ struct ClusterProcessTests {
         let dir = CLI.tempDir("elastic-restart")
         defer { try? FileManager.default.removeItem(at: dir) }
         let training = ["--model", "mlp-wn", "--epochs", "4", "--train-limit", "3000", "--test-limit", "200", "--seed", "7"]
-        let port = Int.random(in: 20000..<60000), jobID = "elastic-\(getpid())"
+        // below Linux's ephemeral ports (32768-60999), which the other tests' tcp://...:0 sockets take
+        let port = Int.random(in: 20000..<32000), jobID = "elastic-\(getpid())"
         let address = "tcp://127.0.0.1:\(port)", run = dir.appendingPathComponent("elastic")
         let coordinator = try CLI.start(["coordinator", "--listen", address, "--workers", "3", "--min-workers", "2", "--last-call", "3",
                                          "--job-id", jobID, "--run-dir", run.path] + training + CLI.key, bound: 150)
@@ -222,7 +223,7 @@ struct ClusterProcessTests {
         let dir = CLI.tempDir("join")
         defer { try? FileManager.default.removeItem(at: dir) }
         let training = plainSGD(steps: 40) + ["--hash-every", "1"]
-        let port = Int.random(in: 20000..<60000), jobID = "join-\(getpid())"
+        let port = Int.random(in: 20000..<32000), jobID = "join-\(getpid())"
         let address = "tcp://127.0.0.1:\(port)", run = dir.appendingPathComponent("joined")
         let coordinator = try CLI.start(["coordinator", "--listen", address, "--workers", "3", "--min-workers", "2", "--last-call", "1",
                                          "--job-id", jobID, "--run-dir", run.path] + training + CLI.key, bound: 150)
@@ -254,7 +255,7 @@ struct ClusterProcessTests {
         let dir = CLI.tempDir("coordinator-lost")
         defer { try? FileManager.default.removeItem(at: dir) }
         let training = plainSGD(steps: 300) + ["--checkpoint-every", "10"]
-        let port = Int.random(in: 20000..<60000), jobID = "lost-\(getpid())"
+        let port = Int.random(in: 20000..<32000), jobID = "lost-\(getpid())"
         let address = "tcp://127.0.0.1:\(port)", run = dir.appendingPathComponent("run")
         let coordinator = ["coordinator", "--listen", address, "--workers", "3", "--job-id", jobID, "--run-dir", run.path] + training + CLI.key
         let first = try CLI.start(coordinator, bound: 150)
