@@ -302,7 +302,7 @@ public final class Worker {
         ringOptions.timeout = options.ringTimeout
         ringOptions.layoutFingerprint = layoutFingerprint
         ringOptions.epoch = membership.epoch
-        ringOptions.abandon = { [reforms, epoch = membership.epoch] in reforms.latest > epoch || reforms.coordinatorLost }
+        ringOptions.abandon = { [reforms, epoch = membership.epoch] in reforms.abandons(ringEpoch: epoch) }
         ringOptions.log = { [log] in log("tether worker: " + $0) }
         let (rank, addresses) = (membership.rank, membership.ring)
         if let authenticator, !membership.publicKeys.isEmpty {
@@ -714,8 +714,9 @@ final class ReformNotice: @unchecked Sendable {
         lock.withLock { if reform.ringEpoch > (newest?.ringEpoch ?? 0) { newest = reform } }
     }
 
-    /// The newest ring epoch announced (0: none).
-    var latest: UInt32 { lock.withLock { newest?.ringEpoch ?? 0 } }
+    /// Whether the ring of `ringEpoch` is to be given up: a newer one was announced, or the coordinator
+    /// was lost. Asked by a waiting collective every 50 ms: one lock.
+    func abandons(ringEpoch: UInt32) -> Bool { lock.withLock { lost || (newest?.ringEpoch ?? 0) > ringEpoch } }
 
     /// The newest Reform, if it is of a later epoch than `epoch`.
     func pending(after epoch: UInt32) -> Envelope.Reform? {
