@@ -248,13 +248,13 @@ public final class Coordinator {
         return "\(at), before any checkpoint was written: nothing of this run is kept (--checkpoint-every N writes one every N steps)"
     }
 
-    /// Fresh ring keys for each forming of the ring (CURVE only), one pair per rank; a re-formed ring
-    /// keeps the survivors' pairs.
-    private var ringKeys: [CurveKeyPair]?
+    /// Fresh ring keys for each forming of the ring (CURVE only), one pair per member, by identity; a
+    /// re-formed ring keeps the survivors' pairs.
+    private var ringKeys: [[UInt8]: CurveKeyPair]?
     /// Elastic in place (`CoordinatorState.Settings.reformInPlace`).
     private let reformInPlace: Bool
-    /// When the last member was lost: the time to train again is measured from here.
-    private var lostAt: Date?
+    /// When the last member was lost, or a worker joined: the time to train again is measured from here.
+    private var lostAt: Date?, joinedAt: Date?
 
     /// Carries out directives; true when the job has finished.
     private func execute(_ directives: [CoordinatorState.Directive],
@@ -263,18 +263,24 @@ public final class Coordinator {
         for d in directives {
             switch d {
             case .assign(let identity, let rank, let ring):
-                if rank == 0, options.security.keys != nil { ringKeys = try ring.map { _ in try CurveKeyPair.generate() } }
+                if rank == 0, options.security.keys != nil { ringKeys = [:] }
                 try assign(identity, rank: rank, ring: ring, epoch: 0)
-            case .reform(let epoch, let survivors, let joiner, let reason):
+            case .reform(let epoch, let joiner, let reason, let atBoundary):
                 let before = ranks
+                let ring = machine.nextRing
+                let addresses = ring.map(\.address)
                 (ranks, heartbeatIdentities) = ([:], [:])
-                ringKeys = try ringKeys.map { keys in try survivors.map { keys[$0] } + (joiner == nil ? [] : [CurveKeyPair.generate()]) }
-                let ring = machine.members.map(\.address)
-                if let joiner { try assign(joiner, rank: ring.count - 1, ring: ring, epoch: epoch) }
-                for (rank, m) in machine.members.enumerated() where m.identity != joiner {
+                // ring keys stay with their members; a joiner's pair is new
+                if ringKeys != nil {
+                    for m in ring where ringKeys![m.identity] == nil { ringKeys![m.identity] = try CurveKeyPair.generate() }
+                }
+                let publicKeys = ringKeys.map { keys in ring.map { keys[$0.identity]!.publicKey } } ?? []
+                for (rank, m) in ring.enumerated() {
+                    if m.identity == joiner { try assign(m.identity, rank: rank, ring: addresses, epoch: epoch); continue }
                     ranks[m.identity] = rank
                     heartbeatIdentities[rank] = ControlIdentity.heartbeat(of: m.identity)
-                    let reform = Envelope.Reform(ringEpoch: epoch, rank: UInt32(rank), ring: ring, ringPublicKeys: ringKeys?.map(\.publicKey) ?? [], reason: reason)
+                    let reform = Envelope.Reform(ringEpoch: epoch, rank: UInt32(rank), ring: addresses, ringPublicKeys: publicKeys, reason: reason,
+                                                 atBoundary: atBoundary)
                     // on both sockets: the heartbeat thread abandons the ring while the main thread waits in it
                     send(.reform(reform), to: m.identity)
                     send(.reform(reform), to: heartbeatIdentities[rank]!)
@@ -285,9 +291,14 @@ public final class Coordinator {
                     send(out, to: identity)
                     send(out, to: ControlIdentity.heartbeat(of: identity))
                 }
-                lostAt = Date()
-                progress.line("\(reason); re-forming the ring of the \(ring.count) workers \(joiner == nil ? "left" : "with it") (ring epoch \(epoch)), keeping their state")
-                var e = event(joiner == nil ? "lost" : "joined")
+                if atBoundary {
+                    joinedAt = Date()
+                    progress.line("\(reason); it joins the ring of \(ring.count) at the next step boundary (ring epoch \(epoch))")
+                } else {
+                    lostAt = Date()
+                    progress.line("\(reason); re-forming the ring of the \(ring.count) workers left (ring epoch \(epoch)), keeping their state")
+                }
+                var e = event(atBoundary ? "joined" : "lost")
                 (e.error, e.workers) = (reason, ring.count)
                 try metrics.write(e)
             case .connectRing:
@@ -299,12 +310,15 @@ public final class Coordinator {
                 drop("dropped " + why)
             case .start where machine.ringEpoch > 0:
                 for m in machine.members { send(.start, to: m.identity) }
-                let recovered = lostAt.map { Date().timeIntervalSince($0) } ?? 0
-                let step = machine.redoStep ?? machine.completedSteps
+                let since = lostAt ?? joinedAt ?? Date()
+                let recovered = Date().timeIntervalSince(since)
+                let step = machine.redoStep ?? machine.completedSteps, redone = machine.stepsRedone
                 progress.line("ring epoch \(machine.ringEpoch): all \(machine.members.count) replicas agree at step \(step); training again "
-                              + "(\(ProgressDisplay.fixed(recovered, 2)) s after the loss; the step in flight is redone)")
+                              + "(\(ProgressDisplay.fixed(recovered, 2)) s after the \(lostAt != nil ? "loss" : "join"); "
+                              + "\(redone == 1 ? "the step in flight is redone" : "no step redone"))")
+                (lostAt, joinedAt) = (nil, nil)
                 var e = event("reformed", at: step)
-                (e.elapsed_s, e.workers) = (recovered, machine.members.count)
+                (e.elapsed_s, e.workers, e.steps_redone) = (recovered, machine.members.count, redone)
                 try metrics.write(e)
                 window = (BatchStats(), Date(), 0, 0, 0, 0)
             case .start:
@@ -380,7 +394,7 @@ public final class Coordinator {
                 Thread.sleep(forTimeInterval: 0.3) // let the aborts leave before the process exits
                 throw ClusterError(message == "interrupted" ? interruptedLine() : message)
             case .finish:
-                for m in machine.members { send(.finish, to: m.identity) }
+                for m in machine.nextRing { send(.finish, to: m.identity) }
                 return true
             }
         }
@@ -398,7 +412,12 @@ public final class Coordinator {
         assign.dataServed = served != nil
         (assign.reformInPlace, assign.ringEpoch) = (reformInPlace, epoch)
         assign.useCarriedState = epoch == 0 && machine.carriedStep != nil
-        if let keys = ringKeys { (assign.ringSecretKey, assign.ringPublicKeys) = (keys[rank].secretKey, keys.map(\.publicKey)) }
+        if ringKeys != nil {
+            // the ring being formed: the job's first, or the one a worker joins
+            let ring = machine.nextRing
+            for m in ring where ringKeys![m.identity] == nil { ringKeys![m.identity] = try CurveKeyPair.generate() }
+            (assign.ringSecretKey, assign.ringPublicKeys) = (ringKeys![identity]!.secretKey, ring.map { ringKeys![$0.identity]!.publicKey })
+        }
         ranks[identity] = rank
         heartbeatIdentities[rank] = ControlIdentity.heartbeat(of: identity)
         send(.assign(assign), to: identity)

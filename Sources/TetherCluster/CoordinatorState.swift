@@ -13,9 +13,14 @@ import TetherComm
 ///
 /// Elastic in place (`reformInPlace`): a member lost while training (silent, or its Abort) does not
 /// stop the job while `minWorkers` remain: the survivors are re-formed into a ring of a new epoch
-/// (new ranks in their old order) -> every survivor's Ready, at one agreed step -> Start. The
-/// survivors redo the end-of-step work of that step (report, evaluation, checkpoint); what of it had
-/// already arrived is not taken twice.
+/// (new ranks in their old order) -> every survivor listens on it -> they connect -> every Ready, at
+/// one agreed step -> Start. The survivors redo the end-of-step work of that step (report,
+/// evaluation, checkpoint); what of it had already arrived is not taken twice. A worker that says
+/// hello while the job trains (up to `workers`) joins at a step boundary: it is assigned the last rank
+/// of the next epoch's ring at once, the members are told to re-form `atBoundary` and go on training
+/// until a step's exchange agrees to switch; they finish that step and its end-of-step work on the old
+/// ring (reported as usual), then listen on the new one with the joiner. Nothing is redone. A Hello
+/// while the ring re-forms after a loss waits (unanswered, repeated) for the job to train again.
 public struct CoordinatorState {
     public struct Settings: Sendable {
         public var workers: Int
@@ -90,10 +95,11 @@ public struct CoordinatorState {
 
     public enum Directive: Equatable, Sendable {
         case assign(identity: [UInt8], rank: Int, ring: [String])
-        /// Re-form the ring (elastic in place): `survivors` are the continuing members' old ranks, in the
-        /// order of their new ones (the members are already renumbered); `joiner`, the identity of a
-        /// worker that joins the running job as the last rank (it gets an Assign); the ring's new `epoch`.
-        case reform(epoch: UInt32, survivors: [Int], joiner: [UInt8]? = nil, reason: String)
+        /// Re-form the ring (elastic in place) as `nextRing`, the ring of `epoch`: its members in their new
+        /// rank order (the continuing ones in their old order, then a joiner). `assign`: a worker that
+        /// joins the running job (it gets an Assign; every other member a Reform). `atBoundary`: a join,
+        /// taken at a step's end (nothing redone); else after a loss, at once.
+        case reform(epoch: UInt32, assign: [UInt8]? = nil, reason: String, atBoundary: Bool = false)
         /// Every survivor listens on the re-formed ring: they may connect (no message can reach an
         /// abandoned socket at a neighbour's address any more).
         case connectRing
@@ -124,6 +130,13 @@ public struct CoordinatorState {
     public private(set) var carriedStep: Int?
     /// The ring's forming: 0 at first, one more at each re-formation.
     public private(set) var ringEpoch: UInt32 = 0
+    /// A worker assigned to join at a step boundary, before the members have switched to its ring
+    /// (of epoch ringEpoch + 1); it holds rank members.count there.
+    public private(set) var joiner: Member?
+    /// The members of the ring being formed (or formed): the members and a joiner.
+    public var nextRing: [Member] { members + (joiner.map { [$0] } ?? []) }
+    /// At the last re-formation: how many steps the ranks computed and gave up (0 or 1; 0 at a join).
+    public private(set) var stepsRedone = 0
     /// The step the survivors of the last re-formation agreed on: its end-of-step work is redone, and
     /// what of it had already arrived is dropped without a word.
     public private(set) var redoStep: Int?
@@ -166,8 +179,14 @@ public struct CoordinatorState {
         if let rank = event.rank {
             // Ranks come from the connection a message arrived on (the shell's identity map), never
             // from what it claims; before the ring forms nobody holds one.
-            guard phase != .joining, members.indices.contains(rank) else { return [.dropped("a message for rank \(rank) before the job formed")] }
-            members[rank].lastHeard = now
+            if rank == members.count, joiner != nil {
+                // the joiner, before the members switch: it listens on the new ring, else only heartbeats
+                joiner!.lastHeard = now
+                guard case .listening(_, let epoch) = event, epoch == ringEpoch + 1 else { return [] }
+            } else {
+                guard phase != .joining, members.indices.contains(rank) else { return [.dropped("a message for rank \(rank) before the job formed")] }
+                members[rank].lastHeard = now
+            }
         }
         // While the ring re-forms, reports of the abandoned ring's work still arrive: the survivors redo
         // that work on the new ring, so these are stale, not faults.
@@ -184,10 +203,13 @@ public struct CoordinatorState {
                 members[known].lastHeard = now
                 return []
             }
+            if joiner?.identity == identity { return [] }
             // Elastic in place: a worker arriving while the job trains (a replacement, or capacity up
-            // to `workers`) joins it: the ring re-forms with it as the last rank.
+            // to `workers`) joins it at a step boundary, as the last rank; while the ring re-forms, or
+            // another joins, it waits (its Hello is repeated).
             if settings.reformInPlace, phase == .training || (phase == .initializing && ringEpoch > 0), stoppedAt == nil, members.count < settings.workers,
-               !members.contains(where: { $0.address == address }) {
+               !nextRing.contains(where: { $0.address == address }) {
+                guard phase == .training, joiner == nil else { return [] }
                 return admit(identity: identity, address: address, now: now)
             }
             // A late worker is turned away, never fatal: a stray or hostile Hello must not stop a job.
@@ -229,6 +251,9 @@ public struct CoordinatorState {
                     return fail("the re-formed ring's ranks hold steps \(steps.sorted()) after step \(completedSteps)")
                 }
                 redoStep = step
+                // a rank computing a step past the one agreed on gave that step up (bounded: the checks above)
+                let abandoned = members.map { Int(clamping: $0.ready!.abandonedStep) }.max() ?? 0
+                stepsRedone = abandoned > step ? min(abandoned - step, 1) : 0
             }
             phase = .training
             return [.start] + (completedSteps >= settings.totalSteps ? finishIfDone() : [])
@@ -304,6 +329,20 @@ public struct CoordinatorState {
         case .heartbeat:
             return []
         case .listening(let rank, let epoch):
+            if joiner != nil, phase == .training, epoch == ringEpoch + 1 {
+                // A join: each member listens once it has finished the agreed step and its end-of-step
+                // work (sent before, on the same connection); the ring switches when all do.
+                listening.insert(rank)
+                guard listening.count == members.count + 1 else { return [] }
+                guard stepReports.isEmpty, reportedStep.allSatisfy({ $0 == completedSteps }) else {
+                    return fail("the ranks left the ring of epoch \(ringEpoch) at different steps (reported: \(reportedStep))")
+                }
+                members.append(joiner!)
+                (joiner, ringEpoch, phase, stepsRedone) = (nil, ringEpoch + 1, .initializing, 0)
+                for i in members.indices { members[i].ready = nil }
+                reportedStep = Array(repeating: completedSteps, count: members.count)
+                return [.connectRing]
+            }
             guard phase == .initializing, epoch == ringEpoch, ringEpoch > 0 else { return [.dropped("rank \(rank) listens on ring epoch \(epoch) while the job is \(phase) on epoch \(ringEpoch)")] }
             listening.insert(rank)
             return listening.count == members.count ? [.connectRing] : []
@@ -320,6 +359,12 @@ public struct CoordinatorState {
             if phase == .joining, now - started > settings.joinTimeout {
                 return fail("only \(members.count) of \(settings.workers) workers\(settings.elastic ? " (at least \(settings.minWorkers) needed)" : "") joined within \(Int(settings.joinTimeout)) s"
                             + (members.isEmpty ? "" : " (joined: \(members.map(\.address).joined(separator: ", ")))"))
+            }
+            if let j = joiner, now - j.lastHeard > settings.heartbeatTimeout {
+                // The members hold a Reform that includes it: a new one without it, at once.
+                joiner = nil
+                ringEpoch += 1
+                return reform(assign: nil, reason: "the worker at \(j.address) that was joining has been silent for \(Int(now - j.lastHeard)) s", now: now)
             }
             if phase != .joining, members.contains(where: { now - $0.lastHeard > settings.heartbeatTimeout }) {
                 // Named with the first: every other rank silent for half the time-out (a partition or a
@@ -360,27 +405,32 @@ public struct CoordinatorState {
     /// or re-forming, enough left, no stop under way) the survivors re-form the ring.
     private mutating func lose(_ lost: [Int], _ why: String, now: Double) -> [Directive] {
         let survivors = members.indices.filter { !lost.contains($0) }
-        guard settings.reformInPlace, stoppedAt == nil, survivors.count >= max(settings.minWorkers, 1),
+        // a joiner already assigned counts; at least one member must be left to hand on the state
+        guard settings.reformInPlace, stoppedAt == nil, !survivors.isEmpty, survivors.count + (joiner == nil ? 0 : 1) >= settings.minWorkers,
               phase == .training || (phase == .initializing && ringEpoch > 0) else { return fail(why) }
-        members = survivors.map { members[$0] }
-        return reform(survivors, joiner: nil, reason: why, now: now)
+        // A joiner already assigned (a join under way) stays, as the last rank: it is told by Reform.
+        members = survivors.map { members[$0] } + (joiner.map { [$0] } ?? [])
+        if joiner != nil { (joiner, ringEpoch) = (nil, ringEpoch + 1) } // its boundary epoch is passed over
+        return reform(assign: nil, reason: why, now: now)
     }
 
-    /// The ring of `members` (already renumbered: the continuing ones, then a joiner) in a new epoch.
-    private mutating func reform(_ continuing: [Int], joiner: [UInt8]?, reason: String, now: Double) -> [Directive] {
+    /// The ring of `members` (already renumbered: the continuing ones, then any joiner) in a new epoch,
+    /// at once: the step in flight is abandoned.
+    private mutating func reform(assign: [UInt8]?, reason: String, now: Double) -> [Directive] {
         ringEpoch += 1
         for i in members.indices { (members[i].ready, members[i].lastHeard) = (nil, now) }
         phase = .initializing
         (stepReports, evalReports, redoStep, listening) = ([:], [:], nil, [])
         reportedStep = Array(repeating: completedSteps, count: members.count)
-        return [.reform(epoch: ringEpoch, survivors: continuing, joiner: joiner, reason: reason)]
+        return [.reform(epoch: ringEpoch, assign: assign, reason: reason)]
     }
 
-    /// A worker joins the running job: every member and it form the ring of a new epoch.
+    /// A worker joins the running job at a step boundary: it is assigned the last rank of the next
+    /// epoch's ring; the members train on until they agree to switch (see `.listening`).
     private mutating func admit(identity: [UInt8], address: String, now: Double) -> [Directive] {
-        let continuing = Array(members.indices)
-        members.append(Member(identity: identity, address: address, lastHeard: now))
-        return reform(continuing, joiner: identity, reason: "a worker at \(address) joins the job", now: now)
+        joiner = Member(identity: identity, address: address, lastHeard: now)
+        listening = []
+        return [.reform(epoch: ringEpoch + 1, assign: identity, reason: "a worker at \(address) joins the job", atBoundary: true)]
     }
 
     /// Finish once the last step is in, its epoch's evaluation (if it ends one) is merged, and rank 0's

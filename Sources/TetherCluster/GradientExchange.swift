@@ -27,11 +27,11 @@ final class GradientExchange: @unchecked Sendable { // the exchange thread runs 
     private var sentFrom = 0
     /// Written on the exchange thread, read after `pending.wait()`.
     private var failure: Error?
-    /// This rank's stop vote for the step (set before `begin`), carried by every all-reduce of the step;
-    /// `stopAgreed`, after `finish`, is whether any rank voted: the same on every rank.
-    var vote = false
-    private var votes = false
-    private(set) var stopAgreed = false
+    /// This rank's votes for the step (set before `begin`), carried by every all-reduce of the step;
+    /// `agreed`, after `finish`, is what any rank voted: the same on every rank.
+    var vote: RingVotes = []
+    private var votes: RingVotes = []
+    private(set) var agreed: RingVotes = []
 
     init(ring: Ring, model: any Model<Float>, bucketBytes: Int) {
         (self.ring, self.model) = (ring, model)
@@ -46,7 +46,7 @@ final class GradientExchange: @unchecked Sendable { // the exchange thread runs 
     /// Arms the exchange for `step`: from here the model's backward reports its progress to it.
     func begin(step: UInt64) {
         (self.step, nextBucket, sentFrom, failure) = (step, 0, model.arena.count, nil)
-        (votes, stopAgreed) = (vote, false)
+        (votes, agreed) = (vote, [])
     }
 
     /// Exchanges what backward has not already sent, waits for every bucket, then the sparse tables.
@@ -55,7 +55,7 @@ final class GradientExchange: @unchecked Sendable { // the exchange thread runs 
         pending.wait()
         if let failure { throw failure }
         try exchangeSparse()
-        stopAgreed = votes
+        agreed = votes
     }
 
     /// Hands the dense gradients in offset..<sentFrom to the exchange thread: one bucket per dense range
@@ -68,7 +68,7 @@ final class GradientExchange: @unchecked Sendable { // the exchange thread runs 
             thread.async(group: pending) { [self] in
                 guard failure == nil else { return }
                 let buffer = UnsafeMutableBufferPointer(start: model.arena.grads + start, count: end - start)
-                do { if try ring.allReduce(buffer, step: step, bucket: bucket, vote: votes) { votes = true } } catch { failure = error }
+                do { votes.formUnion(try ring.allReduce(buffer, step: step, bucket: bucket, vote: votes)) } catch { failure = error }
             }
             nextBucket += 1
         }
@@ -82,7 +82,7 @@ final class GradientExchange: @unchecked Sendable { // the exchange thread runs 
             // All-gather moves every rank's rows to every rank; a dense all-reduce of the whole table
             // moves 2(N-1)/N of it. The ranks agree on the choice from the total row count.
             var total = [Double(n)]
-            if try total.withUnsafeMutableBufferPointer({ try ring.allReduce($0, step: step, bucket: UInt32(1 << 20 + table), vote: votes) }) { votes = true }
+            votes.formUnion(try total.withUnsafeMutableBufferPointer { try ring.allReduce($0, step: step, bucket: UInt32(1 << 20 + table), vote: votes) })
             if 2 * Double(rows.tableRows * width) < total[0] * Double(1 + width) {
                 try exchangeDensely(rows, bucket: UInt32(1 << 21 + table))
                 continue

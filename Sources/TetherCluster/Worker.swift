@@ -31,6 +31,19 @@ public struct WorkerOptions: Sendable {
     public init(coordinator: String, advertise: String) { (self.coordinator, self.advertise) = (coordinator, advertise) }
 }
 
+/// An order from the coordinator that ends what a worker was doing: its Abort (also a refusal before
+/// this worker has a rank) or its Finish (a run that ended while a joiner set up).
+enum CoordinatorOrder: Error, CustomStringConvertible {
+    case abort(Envelope.Abort)
+    case finish
+    var description: String {
+        switch self {
+        case .abort(let a): "the coordinator stopped the job: \(a.reason)"
+        case .finish: "the coordinator says the run has finished"
+        }
+    }
+}
+
 /// A worker process: joins the coordinator's job, forms the ring, and trains its shard of every step
 /// (forward/backward -> gradients all-reduced (sum of globally scaled gradients: the exact mean) ->
 /// the same optimizer step as every replica), reporting each step and, at epoch ends, its share of the
@@ -82,17 +95,12 @@ public final class Worker {
         authenticator?.stop()
     }
 
-    /// Set once the coordinator said Stop or this process received SIGINT/SIGTERM (`StopSignal`): this
-    /// rank votes to stop in each step's exchange from then on.
-    private var stopRequested = false
-    private var toldCoordinatorOfSignal = false
-
     /// Trains until the coordinator says Finish. A failure is also sent to the coordinator (once this
     /// worker has a rank), so the job stops with this worker's reason instead of waiting for its silence.
     /// A signal before training ends the worker at once (`JobInterrupted`); while training, the job
     /// stops gracefully after the step in progress.
     public func run() throws {
-        do { try train() } catch {
+        do { try live() } catch {
             if rank >= 0 {
                 try? control.send(.abort(.init(originRank: Int32(rank), reason: "\(error)")), from: rank)
                 Thread.sleep(forTimeInterval: 0.2) // let it leave before the socket closes
@@ -101,87 +109,196 @@ public final class Worker {
         }
     }
 
-    private func train() throws {
-        guard var assign = try join(carrying: nil) else {
-            log("worker: the run has already finished (the coordinator says so); nothing to do")
-            return
+    /// The worker's life: its state machine's directives carried out one by one, each ending in the
+    /// machine's next event (what the coordinator said, what a step did) or, when it throws, in the
+    /// event its error means (`event(for:)`). Ends when the machine has finished; throws when it fails.
+    private func live() throws {
+        var machine = WorkerState()
+        defer { heartbeat?.stop() }
+        var directives = machine.handle(.launched)
+        while !directives.isEmpty {
+            let directive = directives.removeFirst()
+            if case .fail(let message) = directive { throw failureToReport(message) }
+            var event: WorkerState.Event?
+            do { event = try carryOut(directive, &machine) } catch let interrupted as JobInterrupted { throw interrupted } catch {
+                // what was still to do followed from the state before the error: the machine decides anew
+                let computing = if case .trainNextStep = directive { true } else { false }
+                (failure, event, directives) = (error, self.event(for: error, computing: computing), [])
+            }
+            for noticed in noticed { directives += machine.handle(noticed) }
+            noticed = []
+            if let event { directives += machine.handle(event) }
+            if case .failed = machine.phase {} else { failure = nil }
         }
-        control.socket.stopMonitor()
-        // A hostile or invalid assignment is refused before this worker does anything (setUp checks
-        // each assignment again, a later coordinator's too).
-        _ = try AssignCheck(dataRoots: options.dataRoots, secure: options.security.keys != nil).validate(assign)
-        rank = Int(assign.rank)
-        // Heartbeats flow from here on: loading the data and building the model can take seconds.
-        let heartbeat = try Heartbeat(context: context, options: options, identity: ControlIdentity.heartbeat(of: identity), rank: rank,
-                                      reforms: reforms, log: log)
-        defer { heartbeat.stop() }
-        ProcessMemory.keepFreedBuffers()
-        // One pass per coordinator: the first, and (--coordinator-wait) one that comes back after it was
-        // lost, which the workers join again carrying the state their last step left.
-        var carried: (step: Int, bytes: [UInt8])?
-        while true {
-            var job = try setUp(assign, carried: assign.useCarriedState ? carried : nil)
-            // Elastic in place: a failure while training waits for the coordinator's Reform; the replica
-            // is made anew on the re-formed ring from the state of the survivor furthest along, and goes on.
-            var reform: Envelope.Reform?
-            do {
-                while true {
-                    do {
-                        if let next = reform {
-                            reform = nil
-                            job.replica = try reformed(job.replica, next, &job.membership, config: job.config, bucketBytes: job.bucketBytes)
-                            try sendReadyAndAwaitStart(job.replica)
-                            job.directives = job.machine.handle(.reformed(globalStep: job.replica.state.globalStep, rank: rank))
-                        }
-                        try run(&job.directives, &job.machine, job.replica, config: job.config)
-                        break
-                    } catch where !reforms.coordinatorLost {
-                        guard assign.reformInPlace, let next = try awaitReform(after: error, epoch: job.membership.epoch) else { throw error }
-                        reform = next
-                    }
-                }
-            } catch where reforms.coordinatorLost {
-                // The coordinator was lost (the heartbeat thread said so and the ring gave up): keep
-                // this replica's state and say hello to whichever coordinator comes back.
-                let state = job.replica.carried ?? job.replica.encodedBoundary(config: job.config)
-                carried = state
-                job.replica.training.ring.close()
-                let hash = Self.hash(job.replica.training.workload.model.arena)
-                log("worker rank \(rank): \(error); keeping the state of step \(state.step) and waiting up to \(Int(options.coordinatorWait)) s for a coordinator at \(options.coordinator)")
-                rejoining = true
-                defer { rejoining = false }
-                guard let next = try join(carrying: (state.step, hash), within: options.coordinatorWait) else {
-                    log("worker: the coordinator that came back says the run has finished")
-                    return
-                }
-                (assign, rank) = (next, Int(next.rank))
+        guard machine.phase == .finished else { throw ClusterError("worker rank \(rank): its state machine stopped while \(machine.phase)") }
+    }
+
+    // What the shell holds between directives.
+    private var heartbeat: Heartbeat?
+    /// The last assignment (a joiner's membership replaced by each Reform it gets while setting up).
+    private var assignment: Envelope.Assign?
+    private var job: Job?
+    /// The state kept through a lost coordinator: its step, checkpoint bytes and parameter hash.
+    private var kept: (step: Int, bytes: [UInt8], hash: UInt64)?
+    /// The error the last directive ended in (thrown when the machine fails on it), and a ring's failure
+    /// (logged when this worker waits for the ring to be re-formed).
+    private var failure: Error?, ringFailure: String?
+    /// Orders read from the coordinator while a directive ran (a Stop, a join's Reform), for the machine.
+    private var noticed: [WorkerState.Event] = []
+
+    /// Carries out one directive; returns the event it ended in, if any.
+    private func carryOut(_ directive: WorkerState.Directive, _ machine: inout WorkerState) throws -> WorkerState.Event? {
+        switch directive {
+        case .join(let carrying):
+            if carrying, let kept {
+                log("worker: keeping the state of step \(kept.step); waiting up to \(Int(options.coordinatorWait)) s for a coordinator at \(options.coordinator)")
+            }
+            rejoining = carrying
+            defer { rejoining = false }
+            guard let assign = try join(carrying: carrying ? kept.map { ($0.step, $0.hash) } : nil, within: carrying ? options.coordinatorWait : 120) else {
+                log("worker: the coordinator says the run has finished; nothing to do")
+                return .runFinished
+            }
+            // A hostile or invalid assignment is refused before this worker does anything (set-up checks
+            // each assignment again, a later coordinator's too).
+            _ = try AssignCheck(dataRoots: options.dataRoots, secure: options.security.keys != nil).validate(assign)
+            (assignment, rank) = (assign, Int(assign.rank))
+            if heartbeat == nil {
+                control.socket.stopMonitor()
+                // Heartbeats flow from here on: loading the data and building the model can take seconds.
+                heartbeat = try Heartbeat(context: context, options: options, identity: ControlIdentity.heartbeat(of: identity), rank: rank,
+                                          reforms: reforms, log: log)
+                ProcessMemory.keepFreedBuffers()
+            } else {
                 reforms.reset()
-                continue
             }
-            if let step = job.replica.report, step.stopping, job.machine.globalStep < job.replica.training.totalSteps {
-                log("worker rank \(rank): stopped after step \(job.machine.globalStep) of \(job.replica.training.totalSteps); the coordinator holds its checkpoint")
+            return .assigned(rank: rank, ringEpoch: assign.ringEpoch, reformInPlace: assign.reformInPlace)
+        case .setUp:
+            let carried = assignment!.useCarriedState ? kept.map { ($0.step, $0.bytes) } : nil
+            let made = try setUp(assignment!, carried: carried)
+            job = made
+            return .replicaReady(made.plan, globalStep: made.replica.state.globalStep, redoEndOfStep: carried != nil, keepsState: made.keepsState)
+        case .sendReady:
+            try sendReadyAndAwaitStart(job!.replica, abandonedStep: machine.abandonedStep)
+            trainingStarted = true
+            return .coordinator(.start)
+        case .trainNextStep(let votes):
+            try checkControl()
+            for e in noticed { _ = machine.handle(e) } // a Stop, a join: this step's votes
+            noticed = []
+            let replica = job!.replica, training = replica.training
+            if replica.state.stepInEpoch == 0 { training.workload.startEpoch(replica.state.epoch) }
+            training.exchange.vote = votes.union(machine.votes)
+            replica.report = try training.step(&replica.state)
+            replica.report?.stopping = training.exchange.agreed.contains(.stop)
+            replica.boundary = replica.state
+            replica.carried = nil
+            return .stepFinished(globalStep: replica.state.globalStep, agreed: training.exchange.agreed)
+        case .reportStep(let withHash):
+            let replica = job!.replica
+            // after a re-formation, a survivor that did not finish the step itself reports no samples
+            var report = replica.report?.globalStep == UInt64(machine.globalStep) ? replica.report!
+                : Envelope.StepReport(globalStep: UInt64(machine.globalStep), epoch: UInt32(replica.state.epoch), lossSum: 0, count: 0, correct: 0,
+                                      computeSeconds: 0, allreduceSeconds: 0, optimizerSeconds: 0, parameterHash: 0, waitSeconds: 0)
+            if withHash { report.parameterHash = Self.hash(replica.training.workload.model.arena) }
+            try control.send(.stepReport(report), from: rank)
+        case .evaluate(let epoch, let ends):
+            let replica = job!.replica
+            try control.send(.evalReport(try replica.training.evaluate(epoch: epoch, state: &replica.state, epochEnds: ends)), from: rank)
+            if ends { (replica.state.epoch, replica.state.stepInEpoch) = (epoch + 1, 0) }
+        case .shareReplicaState:
+            let replica = job!.replica
+            replica.replicas = try replica.training.gatherReplicaState(step: UInt64(replica.state.globalStep))
+        case .sendCheckpoint:
+            let replica = job!.replica, training = replica.training, model = training.workload.model
+            var state = replica.state
+            state.rng = model.context.rng
+            let file = Checkpoint.file(model: model, optimizer: training.optimizer, config: training.config, state: state, metadata: training.workload.checkpointMetadata,
+                                       replicaBuffers: replica.replicas.map(\.buffers), replicaRNGs: replica.replicas.map(\.rng))
+            try control.send(.checkpoint(.init(globalStep: UInt64(state.globalStep), safetensors: [UInt8](Safetensors.encode(file)))), from: rank)
+        case .awaitFinish:
+            return .coordinator(try waitFor("the coordinator's finish", within: 60) { $0 == .finish ? $0 : nil })
+        case .awaitReform(let urgent):
+            return try awaitReform(after: machine.ringEpoch, urgent: urgent).map { .reformReceived($0) } ?? .noReform
+        case .reform(let reform):
+            rank = Int(reform.rank)
+            if let old = job {
+                let made = try reformed(old, reform)
+                job = made
+                return .replicaReady(made.plan, globalStep: made.replica.state.globalStep, redoEndOfStep: !reform.atBoundary, keepsState: made.keepsState)
             }
-            log("worker rank \(rank): done, peak RSS \(Self.peakResidentMegabytes()) MB (\(job.replica.training.workload.model.arena.count) parameters, "
-                + "optimizer state \(job.replica.training.optimizer.stateTensors.reduce(0) { $0 + $1.count }) values)")
-            return
+            // a joiner whose ring was re-formed before it formed: set up again on the new one
+            assignment!.rank = reform.rank
+            (assignment!.ring, assignment!.ringPublicKeys, assignment!.ringEpoch) = (reform.ring, reform.ringPublicKeys, reform.ringEpoch)
+            let made = try setUp(assignment!, carried: nil)
+            job = made
+            return .replicaReady(made.plan, globalStep: made.replica.state.globalStep, redoEndOfStep: !reform.atBoundary, keepsState: made.keepsState)
+        case .keepState:
+            guard let replica = job?.replica else { return nil }
+            let state = replica.carried ?? replica.encoded(replica.boundary)
+            kept = (state.step, state.bytes, Self.hash(replica.training.workload.model.arena))
+            replica.training.ring.close()
+            job = nil
+            log("worker rank \(rank): the coordinator at \(options.coordinator) was lost; this worker keeps its replica at step \(state.step)")
+        case .exit:
+            if let job {
+                let replica = job.replica, training = replica.training
+                if let step = replica.report, step.stopping, replica.state.globalStep < training.totalSteps {
+                    log("worker rank \(rank): stopped after step \(replica.state.globalStep) of \(training.totalSteps); the coordinator holds its checkpoint")
+                }
+                log("worker rank \(rank): done, peak RSS \(Self.peakResidentMegabytes()) MB (\(training.workload.model.arena.count) parameters, "
+                    + "optimizer state \(training.optimizer.stateTensors.reduce(0) { $0 + $1.count }) values)")
+            }
+        case .fail(let message):
+            throw failureToReport(message)
         }
+        return nil
+    }
+
+    /// What a failed worker throws: the error itself where it is this worker's or the ring's; the
+    /// coordinator's order as the machine words it (a refusal naming the coordinator).
+    private func failureToReport(_ message: String) -> Error {
+        if let failure, !(failure is CoordinatorOrder) { return failure }
+        if case .abort(let a)? = failure as? CoordinatorOrder, rank < 0 {
+            return ClusterError("the coordinator at \(options.coordinator) refused this worker: \(a.reason)")
+        }
+        return ClusterError(failure != nil ? message : "worker rank \(rank): \(message)")
+    }
+
+    /// What an error a directive ended in means for the machine: the coordinator's Abort (on either
+    /// socket) or its Finish, its silence, a ring that gave up, or a fault of this worker's own.
+    private func event(for error: Error, computing: Bool) -> WorkerState.Event {
+        if let reason = reforms.abortReason { return .coordinator(.abort(.init(originRank: -1, reason: reason))) }
+        if let order = error as? CoordinatorOrder {
+            switch order {
+            case .abort(let a): return .coordinator(.abort(a))
+            case .finish: return .coordinator(.finish)
+            }
+        }
+        if reforms.coordinatorLost { return .coordinatorSilent("the coordinator at \(options.coordinator) fell silent (\(error))") }
+        if error is CollectiveError {
+            ringFailure = "\(error)"
+            return .ringFailed("\(error)", computing: computing)
+        }
+        return .failedLocally("\(error)")
     }
 
     /// What a worker holds of the job one coordinator runs: its settings, its place in the ring, its
-    /// replica and the state machine with the directives to carry out.
+    /// replica and that replica's plan for the state machine.
     struct Job {
         let config: TrainingConfig
         let bucketBytes: Int
         var membership: Membership
         var replica: Replica
-        var machine: WorkerState
-        var directives: [WorkerState.Directive]
+        var plan: WorkerState.Plan
+        /// The replica's state may outlive the coordinator (--coordinator-wait; nothing per replica).
+        var keepsState: Bool
     }
 
     /// The replica an Assign describes, on its ring, with parameters from (in that order): the workers'
     /// `carried` state (a coordinator that came back), the members' state over a re-formed ring (a
     /// worker joining a running job), the coordinator's resume checkpoint, or a fresh initialization
-    /// from the data; then Ready and the coordinator's Start.
+    /// from the data.
     private func setUp(_ assign: Envelope.Assign, carried: (step: Int, bytes: [UInt8])?) throws -> Job {
         let config = try AssignCheck(dataRoots: options.dataRoots, secure: options.security.keys != nil).validate(assign)
         // Read from memory: no file is written for it.
@@ -191,7 +308,7 @@ public final class Worker {
             try control.send(.dataRequest(request), from: rank)
             return try waitFor("the requested samples", within: 120) { if case .dataRows(let r) = $0 { return r }; return nil }
         }
-        let membership = Membership(epoch: assign.ringEpoch, rank: rank, ring: assign.ring, publicKeys: assign.ringPublicKeys, secretKey: assign.ringSecretKey)
+        let membership = Membership(epoch: assign.ringEpoch, rank: Int(assign.rank), ring: assign.ring, publicKeys: assign.ringPublicKeys, secretKey: assign.ringSecretKey)
         ringEpoch = assign.ringEpoch
         // Joining a running job (elastic in place): the members' state comes over the re-formed ring.
         let joining = assign.ringEpoch > 0, overRing = joining || carried != nil
@@ -224,16 +341,17 @@ public final class Worker {
             if let failure { throw failure }
         }
         let replica = Replica(training: Training(workload: workload, optimizer: optimizer, ring: ring, config: config, bucketBytes: bucketBytes), state: state)
-        try sendReadyAndAwaitStart(replica)
-        trainingStarted = true
-        reforms.mayOutliveCoordinator = options.coordinatorWait > 0 && Checkpoint.buffers(of: model).isEmpty
-        // A replica whose state came over the ring takes part in the end-of-step work redone for that
-        // step (its share of an evaluation, its report), as a survivor of a re-formation would.
-        var machine = WorkerState(.init(rank: rank, stepsPerEpoch: workload.stepsPerEpoch, totalSteps: replica.training.totalSteps,
-                                        hashEvery: Int(assign.hashEvery), checkpointEvery: Int(assign.checkpointEvery)),
-                                  globalStep: overRing ? max(state.globalStep - 1, 0) : state.globalStep)
-        let directives = overRing ? machine.handle(.reformed(globalStep: state.globalStep, rank: rank)) : machine.handle(.started)
-        return Job(config: config, bucketBytes: bucketBytes, membership: membership, replica: replica, machine: machine, directives: directives)
+        return job(config: config, bucketBytes: bucketBytes, membership: membership, replica: replica, assign: assign)
+    }
+
+    /// A replica's job: its plan for the state machine, and whether its state may outlive the coordinator.
+    private func job(config: TrainingConfig, bucketBytes: Int, membership: Membership, replica: Replica, assign: Envelope.Assign) -> Job {
+        let model = replica.training.workload.model
+        let keeps = options.coordinatorWait > 0 && Checkpoint.buffers(of: model).isEmpty
+        reforms.mayOutliveCoordinator = keeps
+        let plan = WorkerState.Plan(rank: membership.rank, stepsPerEpoch: replica.training.workload.stepsPerEpoch, totalSteps: replica.training.totalSteps,
+                                    hashEvery: Int(assign.hashEvery), checkpointEvery: Int(assign.checkpointEvery))
+        return Job(config: config, bucketBytes: bucketBytes, membership: membership, replica: replica, plan: plan, keepsState: keeps)
     }
 
     /// The samples the coordinator serves (`Assign.data_served`), or nil: each worker reads --data.
@@ -242,54 +360,12 @@ public final class Worker {
     /// while the main thread waits in the ring, which then gives up).
     let reforms = ReformNotice()
 
-    /// Carries out the worker state machine's directives until it says exit (or fails).
-    private func run(_ directives: inout [WorkerState.Directive], _ machine: inout WorkerState, _ replica: Replica, config: TrainingConfig) throws {
-        let training = replica.training, model = training.workload.model
-        while !directives.isEmpty {
-            let d = directives.removeFirst()
-            switch d {
-            case .trainNextStep:
-                try checkControl()
-                if replica.state.stepInEpoch == 0 { training.workload.startEpoch(replica.state.epoch) }
-                training.exchange.vote = stopRequested
-                replica.report = try training.step(&replica.state)
-                replica.report?.stopping = training.exchange.stopAgreed
-                replica.boundary = replica.state
-                directives += machine.handle(.stepFinished(globalStep: replica.state.globalStep, stopping: training.exchange.stopAgreed))
-            case .reportStep(let withHash):
-                // after a re-formation, a survivor that did not finish the step itself reports no samples
-                var report = replica.report?.globalStep == UInt64(machine.globalStep) ? replica.report!
-                    : Envelope.StepReport(globalStep: UInt64(machine.globalStep), epoch: UInt32(replica.state.epoch), lossSum: 0, count: 0, correct: 0,
-                                          computeSeconds: 0, allreduceSeconds: 0, optimizerSeconds: 0, parameterHash: 0, waitSeconds: 0)
-                if withHash { report.parameterHash = Self.hash(model.arena) }
-                try control.send(.stepReport(report), from: rank)
-            case .evaluate(let epoch, let ends):
-                try control.send(.evalReport(try training.evaluate(epoch: epoch, state: &replica.state, epochEnds: ends)), from: rank)
-                if ends { (replica.state.epoch, replica.state.stepInEpoch) = (epoch + 1, 0) }
-            case .shareReplicaState:
-                replica.replicas = try training.gatherReplicaState(step: UInt64(replica.state.globalStep))
-            case .sendCheckpoint:
-                var state = replica.state
-                state.rng = model.context.rng
-                let file = Checkpoint.file(model: model, optimizer: training.optimizer, config: config, state: state, metadata: training.workload.checkpointMetadata,
-                                           replicaBuffers: replica.replicas.map(\.buffers), replicaRNGs: replica.replicas.map(\.rng))
-                try control.send(.checkpoint(.init(globalStep: UInt64(state.globalStep), safetensors: [UInt8](Safetensors.encode(file)))), from: rank)
-            case .awaitFinish:
-                let body: Envelope.Body = try waitFor("the coordinator's finish", within: 60) { $0 == .finish ? $0 : nil }
-                directives += machine.handle(.coordinator(body))
-            case .exit:
-                break
-            case .fail(let message):
-                throw ClusterError("worker rank \(rank): \(message)")
-            }
-        }
-    }
-
-    /// Parameters hash and step to the coordinator, then its Start (once every replica agrees).
-    private func sendReadyAndAwaitStart(_ replica: Replica) throws {
+    /// Parameters hash and step (and the step abandoned, after a re-formation) to the coordinator, then
+    /// its Start (once every replica agrees).
+    private func sendReadyAndAwaitStart(_ replica: Replica, abandonedStep: Int) throws {
         let model = replica.training.workload.model
         try control.send(.ready(.init(parameterHash: Self.hash(model.arena), layoutFingerprint: model.arena.layout.fingerprint,
-                                      globalStep: UInt64(replica.state.globalStep))), from: rank)
+                                      globalStep: UInt64(replica.state.globalStep), abandonedStep: UInt64(abandonedStep))), from: rank)
         try waitFor("the start", within: 120) { if case .start = $0 { return () }; return nil }
     }
 
@@ -351,46 +427,47 @@ public final class Worker {
         return try Checkpoint.Loaded(bytes: Data(states[source]), source: "rank \(source)'s state at step \(furthest)")
     }
 
-    /// After a failure while training in an elastic-in-place job: the coordinator's Reform of a newer
-    /// ring epoch, or nil when none comes within the coordinator's time-out and some (the failure
-    /// stands). A failure of this worker's own (its data, its disk) is not waited on; an Abort throws.
-    private func awaitReform(after error: Error, epoch: UInt32) throws -> Envelope.Reform? {
-        if let reform = reforms.pending(after: epoch) { return reform }
-        guard error is CollectiveError else { return nil }
-        log("worker rank \(rank): \(error); waiting for the coordinator to re-form the ring")
+    /// The coordinator's Reform of a ring newer than `epoch` (`urgent`: not one at a step boundary,
+    /// which was sent before a failure), or nil when none comes within the coordinator's time-out and
+    /// some. An Abort throws.
+    private func awaitReform(after epoch: UInt32, urgent: Bool) throws -> Envelope.Reform? {
+        if let reform = reforms.pending(after: epoch, urgent: urgent) { return reform }
+        if urgent, let why = ringFailure { log("worker rank \(rank): \(why); waiting for the coordinator to re-form the ring") }
+        ringFailure = nil
         let deadline = ContinuousClock.now + .seconds(options.coordinatorTimeout + 20)
         while ContinuousClock.now < deadline {
-            if let reform = reforms.pending(after: epoch) { return reform }
+            if let reform = reforms.pending(after: epoch, urgent: urgent) { return reform }
             do { _ = try receive(until: min(deadline, .now + .milliseconds(100))) { _ in Optional<Void>.none } } catch let e as CollectiveError where e.abandoned {}
         }
-        return reforms.pending(after: epoch)
+        return reforms.pending(after: epoch, urgent: urgent)
     }
 
     /// The replica on the re-formed ring: the old ring closed, the new one formed, the state of the
-    /// survivor furthest along (the lowest new rank among them) gathered by all, and the workload,
+    /// member furthest along (the lowest new rank among them) gathered by all, and the workload,
     /// model and optimizer made anew from it for this rank's new shard (the resume path, from memory).
-    private func reformed(_ old: Replica, _ reform: Envelope.Reform, _ membership: inout Membership, config: TrainingConfig, bucketBytes: Int) throws -> Replica {
-        let oldModel = old.training.workload.model
-        // what this survivor carries: the last state a step left, before that step's end-of-step work
-        let carried = old.carried ?? old.encodedBoundary(config: config)
-        old.carried = carried
-        old.training.ring.close()
-        membership = Membership(epoch: reform.ringEpoch, rank: Int(reform.rank), ring: reform.ring,
-                                publicKeys: reform.ringPublicKeys, secretKey: membership.secretKey)
-        ringEpoch = reform.ringEpoch
-        rank = membership.rank
-        log("worker rank \(rank): \(reform.reason.prefix(300)); the ring re-forms as \(reform.ring.count) (epoch \(reform.ringEpoch)), this worker is rank \(rank) now")
-        let ring = try formReformedRing(membership, layoutFingerprint: oldModel.arena.layout.fingerprint)
+    /// What a member carries in: after a failure, the state its last step left, before that step's
+    /// end-of-step work (which is redone); at a step boundary (a join), its state as it is.
+    private func reformed(_ old: Job, _ reform: Envelope.Reform) throws -> Job {
+        let replica = old.replica, config = old.config
+        let carried = replica.carried ?? (reform.atBoundary ? replica.encoded(replica.state) : replica.encoded(replica.boundary))
+        replica.carried = carried
+        replica.training.ring.close()
+        let membership = Membership(epoch: reform.ringEpoch, rank: Int(reform.rank), ring: reform.ring,
+                                    publicKeys: reform.ringPublicKeys, secretKey: old.membership.secretKey)
+        (ringEpoch, rank) = (reform.ringEpoch, membership.rank)
+        log("worker rank \(rank): \(reform.reason.prefix(300)); the ring re-forms as \(reform.ring.count) (epoch \(reform.ringEpoch))"
+            + (reform.atBoundary ? " after step \(replica.state.globalStep)" : "") + ", this worker is rank \(rank) now")
+        let ring = try formReformedRing(membership, layoutFingerprint: replica.training.workload.model.arena.layout.fingerprint)
         let loaded = try syncState(ring, carried: carried)
         let workload = try Workloads.make(config, shard: membership.shard, metadata: loaded.file.metadata, source: served)
         let model = workload.model
         let optimizer = try Optimizer<Float>(config.optimizer, layout: model.arena.layout, ftrlParameters: model.ftrlParameters)
         try loaded.restore(into: model, optimizer: optimizer, shard: membership.shard)
         model.context.rng = .dropoutMasks(seed: config.seed &+ UInt64(loaded.state.globalStep), replica: rank)
-        let replica = Replica(training: Training(workload: workload, optimizer: optimizer, ring: ring, config: config, bucketBytes: bucketBytes),
-                              state: loaded.state)
-        replica.report = old.report
-        return replica
+        let next = Replica(training: Training(workload: workload, optimizer: optimizer, ring: ring, config: config, bucketBytes: old.bucketBytes),
+                           state: loaded.state)
+        next.report = replica.report
+        return job(config: config, bucketBytes: old.bucketBytes, membership: membership, replica: next, assign: assignment!)
     }
 
     /// Says Hello until the coordinator assigns this worker a rank, or (nil) says the run has finished.
@@ -446,58 +523,60 @@ public final class Worker {
     /// or a Stop is noted (the next step's vote).
     private func receive<T>(until deadline: ContinuousClock.Instant, _ want: (Envelope.Body) -> T?) throws -> T? {
         while ContinuousClock.now < deadline {
+            if let reason = reforms.abortReason { throw CoordinatorOrder.abort(.init(originRank: -1, reason: reason)) }
             if reforms.coordinatorLost, !rejoining {
                 throw CollectiveError(message: "the coordinator at \(options.coordinator) was lost", abandoned: true)
             }
             try noteSignal()
             guard let (_, env) = try control.receive(deadline: min(deadline, .now + .milliseconds(200))) else { continue }
-            if let body = env.body, try note(body) { continue }
-            if let body = env.body, let value = want(body) { return value }
+            guard let body = env.body else { continue }
+            if let value = want(body) { return value }
+            if body == .finish { throw CoordinatorOrder.finish }
+            try note(body)
         }
         return nil
     }
 
-    /// Reads what the coordinator sent while this worker computed: an Abort ends it, a Stop is noted.
+    /// Reads what the coordinator sent while this worker computed.
     private func checkControl() throws {
         try noteSignal()
         while let (_, env) = try control.receive(deadline: .now) {
-            if let body = env.body { _ = try note(body) }
+            if let body = env.body { try note(body) }
         }
     }
 
-    /// True when `body` was an order this worker has now taken: Stop. An Abort throws, and so does a
-    /// Reform of a ring newer than this worker's (the step or wait in progress is abandoned).
-    private func note(_ body: Envelope.Body) throws -> Bool {
+    /// Takes an order the coordinator sent while this worker did something else: a Stop or a join's
+    /// Reform is kept for the state machine; an Abort, and a Reform after a loss (of a ring newer than
+    /// this worker's: the step or wait in progress is abandoned), throw.
+    private func note(_ body: Envelope.Body) throws {
         switch body {
         case .reform(let r):
             reforms.note(r)
-            if r.ringEpoch > ringEpoch { throw CollectiveError(message: "the coordinator re-forms the ring: \(r.reason)", abandoned: true) }
-            return true
+            if r.atBoundary { noticed.append(.coordinator(body)) }
+            else if r.ringEpoch > ringEpoch { throw CollectiveError(message: "the coordinator re-forms the ring: \(r.reason)", abandoned: true) }
         case .abort(let a):
-            throw ClusterError(rank < 0 ? "the coordinator at \(options.coordinator) refused this worker: \(a.reason)" : "the coordinator stopped the job: \(a.reason)")
+            throw CoordinatorOrder.abort(a)
         case .stop(let s):
-            if !stopRequested { log("worker rank \(rank): \(s.reason.prefix(200)); stopping after the step in progress") }
-            stopRequested = true
-            return true
-        default: return false
+            log("worker rank \(rank): \(s.reason.prefix(200)); stopping after the step in progress")
+            noticed.append(.coordinator(body))
+        default: break
         }
     }
 
     /// A signal to this process: before it trains, the worker ends now; while it trains, it votes to
     /// stop and tells the coordinator which signal (for its exit status and its log).
     private func noteSignal() throws {
-        guard let signal = StopSignal.signal else { return }
+        guard let signal = StopSignal.signal, !toldCoordinatorOfSignal else { return }
         guard trainingStarted else {
             throw JobInterrupted(description: "worker: \(StopSignal.name(signal)) before training started; exiting", status: StopSignal.exitStatus)
         }
-        stopRequested = true
-        if !toldCoordinatorOfSignal {
-            toldCoordinatorOfSignal = true
-            log("worker rank \(rank): \(StopSignal.name(signal)): the job stops after the step in progress (interrupt again to exit at once)")
-            try? control.send(.stop(.init(signal: signal, reason: "rank \(rank) received \(StopSignal.name(signal))")), from: rank)
-        }
+        toldCoordinatorOfSignal = true
+        log("worker rank \(rank): \(StopSignal.name(signal)): the job stops after the step in progress (interrupt again to exit at once)")
+        try? control.send(.stop(.init(signal: signal, reason: "rank \(rank) received \(StopSignal.name(signal))")), from: rank)
+        noticed.append(.coordinator(.stop(.init(signal: signal, reason: "this worker received \(StopSignal.name(signal))"))))
     }
 
+    private var toldCoordinatorOfSignal = false
     /// Set once the coordinator said Start.
     private var trainingStarted = false
     /// The epoch of the ring this worker is on, or forming.
@@ -541,6 +620,9 @@ final class Training {
         let lr = state.learningRate(config.schedule, at: state.globalStep, totalSteps: totalSteps)
         let (stats, times) = try workload.train(epoch: state.epoch, step: state.stepInEpoch, optimizer: optimizer, lr: lr) {
             try exchange.finish()
+        }
+        if let audit = SampleAudit.shared, let samples = workload.trainingSamples(epoch: state.epoch, step: state.stepInEpoch) {
+            audit.record(globalStep: state.globalStep + 1, epoch: state.epoch, samples: samples)
         }
         state.stepInEpoch += 1
         state.globalStep += 1
@@ -590,10 +672,11 @@ final class Training {
 }
 
 /// A thread of its own that sends a heartbeat every half second on a second DEALER and watches the
-/// coordinator's: an Abort from it, or its silence, ends this process (the coordinator holds the last
-/// checkpoint; nothing of the worker's needs saving) through `WorkerOptions.endProcess`, never exit:
-/// exit's atexit handlers would tear down OpenBLAS under the main thread's running GEMM (a crash, seen). A Reform
-/// from it is noted (the ring the main thread waits in gives up). `stop` ends the thread and closes its socket, so
+/// coordinator's: a Reform or an Abort from it, or its silence, is noted for the main thread (the ring
+/// it waits in gives up; its state machine decides). A main thread that has not ended the process
+/// `grace` seconds after an Abort, or a silence it may not outlive, is not waited for: the process ends
+/// through `WorkerOptions.endProcess`, never exit: exit's atexit handlers would tear down OpenBLAS under
+/// the main thread's running GEMM (a crash, seen). `stop` ends the thread and closes its socket, so
 /// the context can terminate (zmq_ctx_term waits for every socket to close).
 final class Heartbeat: @unchecked Sendable {
     private let stopped = StopFlag()
@@ -611,6 +694,9 @@ final class Heartbeat: @unchecked Sendable {
             defer { channel.socket.close(); finished.signal() }
             var watch = LivenessWatch(timeout: timeout, now: Clock.now)
             var coordinators = reforms.coordinators
+            // Set when the main thread was told to end (an Abort, or silence it cannot outlive): if it has
+            // not ended by then (blocked in something that does not look), the process ends here.
+            var endBy: (at: Double, reason: String)?
             while !flag.isSet {
                 if reforms.coordinators != coordinators { (coordinators, watch) = (reforms.coordinators, LivenessWatch(timeout: timeout, now: Clock.now)) }
                 if !reforms.coordinatorLost { try? channel.send(.heartbeat, from: rank) }
@@ -618,26 +704,31 @@ final class Heartbeat: @unchecked Sendable {
                 while !flag.isSet, let message = try? channel.receive(deadline: deadline), let (_, env) = Optional(message) {
                     watch.heard(at: Clock.now)
                     if case .reform(let r) = env.body { reforms.note(r) }
-                    if case .abort(let a) = env.body {
-                        let reason = "the coordinator stopped the job: \(a.reason)"
-                        log("tether worker rank \(rank): \(reason)")
-                        end(reason)
+                    if case .abort(let a) = env.body, endBy == nil {
+                        log("tether worker rank \(rank): the coordinator stopped the job: \(a.reason)")
+                        reforms.noteAbort(a.reason)
+                        endBy = (Clock.now + Heartbeat.grace, "the coordinator stopped the job: \(a.reason)")
                     }
                 }
                 if !flag.isSet, let silent = watch.silence(at: Clock.now) {
                     let reason = "the coordinator at \(coordinator) has been silent for \(Int(silent)) s"
-                    guard reforms.mayOutliveCoordinator else {
-                        log("tether worker rank \(rank): \(reason); exiting")
-                        end(reason)
+                    if !reforms.mayOutliveCoordinator {
+                        if endBy == nil { log("tether worker rank \(rank): \(reason); exiting") }
+                        endBy = endBy ?? (Clock.now + Heartbeat.grace, reason)
+                    } else if !reforms.coordinatorLost {
+                        // --coordinator-wait: the main thread keeps the replica and says hello to the next one
+                        log("tether worker: \(reason)")
                     }
-                    // --coordinator-wait: the main thread keeps the replica and says hello to the next one
-                    if !reforms.coordinatorLost { log("tether worker: \(reason)") }
                     reforms.noteCoordinatorLost()
                     watch = LivenessWatch(timeout: timeout, now: Clock.now)
                 }
+                if !flag.isSet, let e = endBy, Clock.now > e.at { end(e.reason) }
             }
         }.start()
     }
+
+    /// How long the main thread has to end the process itself once told to.
+    static let grace = 5.0
 
     /// Ends the thread and waits until its socket is closed.
     func stop() {
@@ -676,50 +767,60 @@ final class Replica {
         (self.training, self.state, boundary) = (training, state, state)
     }
 
-    /// The state the last step left, as checkpoint bytes (parameters and optimizer state do not move
-    /// until a step's exchange has finished, so they are that step's).
-    func encodedBoundary(config: TrainingConfig) -> (step: Int, bytes: [UInt8]) {
+    /// `state` (the last step's boundary, or the state now) as checkpoint bytes, with the model's RNG
+    /// (parameters and optimizer state do not move until a step's exchange has finished).
+    func encoded(_ state: TrainingState) -> (step: Int, bytes: [UInt8]) {
         let model = training.workload.model
-        var state = boundary
+        var state = state
         state.rng = model.context.rng
-        let file = Checkpoint.file(model: model, optimizer: training.optimizer, config: config, state: state, metadata: training.workload.checkpointMetadata)
+        let file = Checkpoint.file(model: model, optimizer: training.optimizer, config: training.config, state: state, metadata: training.workload.checkpointMetadata)
         return (state.globalStep, [UInt8](Safetensors.encode(file)))
     }
 }
 
-/// The re-formations the coordinator announced (elastic in place), noted by either thread, and
-/// whether the coordinator itself was lost (--coordinator-wait).
+/// What the coordinator announced on either socket, for the main thread to act on: its re-formations
+/// (elastic in place), its Abort, and whether it was lost. The heartbeat thread notes them while the
+/// main thread may wait in the ring, which asks `abandons` and gives up.
 final class ReformNotice: @unchecked Sendable {
     private let lock = NSLock()
-    private var newest: Envelope.Reform?
-    private var lost = false, outlives = false
+    /// The newest Reform after a loss, and the newest of any kind (a join's is at a step boundary).
+    private var newestUrgent: Envelope.Reform?, newest: Envelope.Reform?
+    private var lost = false, outlives = false, abort: String?
 
     /// Set by the main thread once this worker trains with a state worth keeping through a lost coordinator.
     var mayOutliveCoordinator: Bool {
         get { lock.withLock { outlives } }
         set { lock.withLock { outlives = newValue } }
     }
-    /// Set by the heartbeat thread when the coordinator went silent and this worker waits for another.
+    /// Set by the heartbeat thread when the coordinator went silent.
     var coordinatorLost: Bool { lock.withLock { lost } }
     func noteCoordinatorLost() { lock.withLock { lost = true } }
+    /// The coordinator's Abort, heard on the heartbeat socket.
+    var abortReason: String? { lock.withLock { abort } }
+    func noteAbort(_ reason: String) { lock.withLock { abort = abort ?? reason } }
 
     /// A new coordinator assigned this worker: its ring epochs count from 0 again, and its silence is
     /// counted from now (the heartbeat thread watches `coordinators` change).
-    func reset() { lock.withLock { (newest, lost, generation) = (nil, false, generation + 1) } }
+    func reset() { lock.withLock { (newest, newestUrgent, lost, generation) = (nil, nil, false, generation + 1) } }
     private var generation = 0
     /// How many coordinators this worker has had since the first.
     var coordinators: Int { lock.withLock { generation } }
 
     func note(_ reform: Envelope.Reform) {
-        lock.withLock { if reform.ringEpoch > (newest?.ringEpoch ?? 0) { newest = reform } }
+        lock.withLock {
+            if reform.ringEpoch > (newest?.ringEpoch ?? 0) { newest = reform }
+            if !reform.atBoundary, reform.ringEpoch > (newestUrgent?.ringEpoch ?? 0) { newestUrgent = reform }
+        }
     }
 
-    /// Whether the ring of `ringEpoch` is to be given up: a newer one was announced, or the coordinator
-    /// was lost. Asked by a waiting collective every 50 ms: one lock.
-    func abandons(ringEpoch: UInt32) -> Bool { lock.withLock { lost || (newest?.ringEpoch ?? 0) > ringEpoch } }
+    /// Whether the ring of `ringEpoch` is to be given up: a newer one was announced after a loss, the
+    /// coordinator stopped the job, or it was lost. Asked by a waiting collective every 50 ms: one lock.
+    func abandons(ringEpoch: UInt32) -> Bool {
+        lock.withLock { lost || abort != nil || (newestUrgent?.ringEpoch ?? 0) > ringEpoch }
+    }
 
-    /// The newest Reform, if it is of a later epoch than `epoch`.
-    func pending(after epoch: UInt32) -> Envelope.Reform? {
-        lock.withLock { newest.flatMap { $0.ringEpoch > epoch ? $0 : nil } }
+    /// The newest Reform of a later epoch than `epoch` (`urgent`: the newest after a loss), if any.
+    func pending(after epoch: UInt32, urgent: Bool) -> Envelope.Reform? {
+        lock.withLock { (urgent ? newestUrgent : newest).flatMap { $0.ringEpoch > epoch ? $0 : nil } }
     }
 }

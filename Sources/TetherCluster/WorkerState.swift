@@ -1,11 +1,22 @@
 import TetherComm
 
-/// The worker's decisions as a pure state machine: after each step, what to report and send (the
-/// parameter hash, an evaluation at an epoch end, rank 0's checkpoint), and whether to train on or wait
-/// for the coordinator's finish; what a message from the coordinator means. The shell (`Worker`) does
-/// the computing, the sockets and the files; this is unit-tested without them.
+/// A worker's whole life as a pure state machine: joining, set-up, training, re-forming the ring,
+/// joining a running job, outliving a lost coordinator, stopping. Events in (what the coordinator said,
+/// what a step or the ring did), directives out (join, make the replica, train a step, report, form
+/// the re-formed ring, ...). The shell (`Worker`) carries the directives out with the sockets, the
+/// model and the files, and turns what each one ends in (a message, a step, an error) into the next
+/// event; this is unit-tested without them. An event that reports a failure (the ring's, the
+/// coordinator's Abort or silence, this worker's own) cancels the directives not yet carried out.
+///
+///     joining --assigned--> settingUp --replicaReady--> waitingForStart --start--> training
+///     training --stepFinished--> (report, evaluate, checkpoint) --> training | waitingForFinish
+///     training | settingUp (a joiner) | waitingForStart (re-formed) --ringFailed--> reforming
+///     training --stepFinished(agreed: reform)--> reforming (a worker joins: at the step's boundary)
+///     reforming --Reform--> (re-form) --replicaReady--> waitingForStart
+///     (any, once trained, keepsState) --coordinatorSilent--> joining (carrying its state)
+///     waitingForFinish --finish--> finished;  (any) --abort | failedLocally--> failed
 public struct WorkerState: Sendable {
-    public struct Plan: Sendable {
+    public struct Plan: Equatable, Sendable {
         public var rank: Int
         public var stepsPerEpoch: Int, totalSteps: Int
         /// Report the parameter hash every this many steps (0: never), and at epoch ends and the end.
@@ -17,21 +28,59 @@ public struct WorkerState: Sendable {
         }
     }
 
-    public enum Phase: Equatable, Sendable { case waitingForStart, training, waitingForFinish, finished, failed(String) }
+    public enum Phase: Equatable, Sendable {
+        /// Saying Hello until a coordinator assigns this worker: the first, or (carrying this replica's
+        /// state) the next one after the coordinator was lost.
+        case joining
+        /// Assigned: the replica is being made (data, model, ring, its state), then Ready.
+        case settingUp
+        case waitingForStart
+        case training
+        /// The ring gave up (a member lost, silent, or cut off), or a worker joins at this step's
+        /// boundary: waiting for the coordinator's Reform, then forming that ring.
+        case reforming
+        case waitingForFinish
+        case finished
+        case failed(String)
+    }
 
     public enum Event: Sendable {
-        case started
-        /// The step that brought the run to `globalStep` steps is done; `stopping`: the ranks agreed in
-        /// its exchange to stop after it (a graceful stop: it ends like the run's last step).
-        case stepFinished(globalStep: Int, stopping: Bool = false)
+        case launched
+        /// The coordinator assigned this worker `rank` on the ring of `ringEpoch` (> 0: a running job's).
+        case assigned(rank: Int, ringEpoch: UInt32, reformInPlace: Bool)
+        /// The coordinator answered Hello with Finish: the run has ended.
+        case runFinished
+        /// The replica is made on its ring and holds `globalStep` steps. `redoEndOfStep`: its state came
+        /// from the ring after a failure (or from what the workers kept through a lost coordinator), so
+        /// that step's end-of-step work is done again after Start. `keepsState`: its state may outlive
+        /// the coordinator (--coordinator-wait, and nothing per replica that the ring cannot carry).
+        case replicaReady(Plan, globalStep: Int, redoEndOfStep: Bool, keepsState: Bool)
         case coordinator(Envelope.Body)
-        /// The ring was re-formed (elastic in place) and this replica holds `globalStep` steps, now as
-        /// `rank`: the end-of-step work of that step is done again (the coordinator drops what of it
-        /// it already has), then training goes on; if no step of this run was done, it just goes on.
-        case reformed(globalStep: Int, rank: Int)
+        /// The step that brought the run to `globalStep` steps is done; `agreed`: what the ranks voted in
+        /// its exchange (stop after it; re-form after it).
+        case stepFinished(globalStep: Int, agreed: RingVotes = [])
+        /// A collective or the forming of a ring gave up: a neighbour gone or past its deadline, or the
+        /// ring abandoned for the coordinator's Reform. `computing`: in a step's exchange (the step is given up).
+        case ringFailed(String, computing: Bool = false)
+        /// This worker's own fault (its data, its disk, an invalid assignment): never waited out.
+        case failedLocally(String)
+        /// The coordinator has been silent past --coordinator-timeout.
+        case coordinatorSilent(String)
+        /// The answer to `awaitReform`: the coordinator's Reform (`reform`, if one came within the wait).
+        /// (A Reform read while doing something else comes as `.coordinator(.reform)`: a join's is noted
+        /// for the next vote; any other is left for the wait, which finds it.)
+        case reformReceived(Envelope.Reform)
+        case noReform
     }
 
     public enum Directive: Equatable, Sendable {
+        /// Say Hello until assigned; `carrying`: with the step and hash of the state this worker kept.
+        case join(carrying: Bool)
+        /// Make the replica the assignment describes (from the resume checkpoint, the state the workers
+        /// kept, the members over a running job's ring, or fresh).
+        case setUp
+        /// Ready (hash, step, the step abandoned) to the coordinator; the answer is its Start.
+        case sendReady
         case reportStep(withHash: Bool)
         /// Evaluate on this rank's share of the held-out split: at the end of `epoch` (`epochEnds`), or
         /// where the run ends within it (its final evaluation; the training state does not move on).
@@ -39,53 +88,127 @@ public struct WorkerState: Sendable {
         /// All-gather every replica's buffers and RNG (a collective: every rank takes part).
         case shareReplicaState
         case sendCheckpoint
-        case trainNextStep
+        /// Train the next step, voting `votes` in its exchange.
+        case trainNextStep(votes: RingVotes)
         case awaitFinish
+        /// Wait (bounded) for the coordinator's Reform of a ring newer than `ringEpoch` (`urgent`: after a
+        /// failure, one at a step boundary, sent before it, does not do); the answer is `reformReceived`
+        /// or `noReform`.
+        case awaitReform(urgent: Bool)
+        /// Leave the current ring (if any) and form `reform`'s; every member takes the state of the one
+        /// furthest along; the answer is `replicaReady`.
+        case reform(Envelope.Reform)
+        /// The coordinator was lost: close the ring, keep the state the last step left.
+        case keepState
         case exit
         case fail(String)
     }
 
-    public private(set) var plan: Plan
-    public private(set) var phase: Phase = .waitingForStart
-    public private(set) var globalStep: Int
-    /// The step this run started at (a resumed run's checkpoint).
-    public let firstStep: Int
+    public private(set) var phase: Phase = .joining
+    /// The replica's plan: set once it is made (its rank changes with each re-formation).
+    public private(set) var plan: Plan?
+    public private(set) var globalStep = 0
+    /// The step the first replica of this job started at (a resumed run's checkpoint): re-formed
+    /// rings hold a step in firstStep...totalSteps, and at firstStep there is no end-of-step work to redo.
+    public private(set) var firstStep: Int?
+    public private(set) var rank = -1
+    public private(set) var ringEpoch: UInt32 = 0
+    /// Set by a Stop (or a signal): this rank votes to stop in every exchange from then on.
+    public private(set) var stopRequested = false
+    /// A Reform at a step boundary (a worker joins), held until a step's exchange agrees on it.
+    public private(set) var boundaryReform: Envelope.Reform?
+    /// The step this worker was computing when its ring gave up (0: none), for the next Ready.
+    public private(set) var abandonedStep = 0
+    private var reformInPlace = false
+    private var keepsState = false, trained = false
+    private var redoAfterStart = false
+    private var lastFailure: String?
 
-    public init(_ plan: Plan, globalStep: Int = 0) {
-        self.plan = plan
-        (self.globalStep, firstStep) = (globalStep, globalStep)
-    }
+    public init() {}
+
+    /// This rank's votes for its next step's exchange.
+    public var votes: RingVotes { RingVotes().union(stopRequested ? .stop : []).union(boundaryReform != nil ? .reform : []) }
 
     public mutating func handle(_ event: Event) -> [Directive] {
         switch (phase, event) {
         case (.failed, _), (.finished, _):
             return []
         case (_, .coordinator(.abort(let a))):
-            return fail("the coordinator stopped the job: \(a.reason)")
-        case (.waitingForStart, .started):
-            phase = globalStep < plan.totalSteps ? .training : .waitingForFinish
-            return [phase == .training ? .trainNextStep : .awaitFinish]
-        case (.training, .stepFinished(let step, let stopping)):
-            guard step == globalStep + 1, step <= plan.totalSteps else {
-                return fail("step \(step) finished after step \(globalStep) of \(plan.totalSteps)")
-            }
-            globalStep = step
-            return stepEnds(step, stopping: stopping)
-        case (_, .reformed(let step, let rank)):
-            guard (firstStep...plan.totalSteps).contains(step) else {
-                return fail("the re-formed ring holds step \(step), outside this run's \(firstStep)...\(plan.totalSteps)")
-            }
-            (globalStep, plan.rank, phase) = (step, rank, .training)
-            guard step > firstStep else {
-                if step == plan.totalSteps { phase = .waitingForFinish }
-                return [phase == .training ? .trainNextStep : .awaitFinish]
-            }
-            return stepEnds(step, stopping: false)
-        case (.waitingForFinish, .coordinator(.finish)):
+            return fail(rank < 0 && !trained ? "the coordinator refused this worker: \(a.reason)" : "the coordinator stopped the job: \(a.reason)")
+        case (_, .failedLocally(let message)):
+            return fail(message)
+        case (_, .coordinator(.heartbeat)):
+            return []
+        case (_, .coordinator(.stop)):
+            stopRequested = true
+            return []
+
+        case (.joining, .launched):
+            return [.join(carrying: false)]
+        case (.joining, .runFinished):
             phase = .finished
             return [.exit]
-        case (_, .coordinator(.heartbeat)), (_, .coordinator(.start)):
+        case (.joining, .assigned(let rank, let epoch, let inPlace)):
+            (self.rank, ringEpoch, reformInPlace, phase, boundaryReform) = (rank, epoch, inPlace, .settingUp, nil)
+            return [.setUp]
+
+        case (.settingUp, .replicaReady(let plan, let step, let redo, let keeps)), (.reforming, .replicaReady(let plan, let step, let redo, let keeps)):
+            // A replica that came over the ring (a joiner, a kept state) redoes with the others from step 1 on.
+            let first = firstStep ?? (redo || ringEpoch > 0 ? 0 : step)
+            guard (first...plan.totalSteps).contains(step) else {
+                return fail("the replica holds step \(step), outside this run's \(first)...\(plan.totalSteps)")
+            }
+            (self.plan, globalStep, firstStep, keepsState, redoAfterStart) = (plan, step, first, keeps, redo && step > first)
+            lastFailure = nil
+            (rank, phase) = (plan.rank, .waitingForStart)
+            return [.sendReady]
+        case (.waitingForStart, .coordinator(.start)):
+            guard let plan else { return fail("Start before the replica was made") }
+            (phase, trained, abandonedStep) = (.training, true, 0)
+            if redoAfterStart {
+                redoAfterStart = false
+                return stepEnds(globalStep, plan: plan, agreed: [])
+            }
+            if globalStep >= plan.totalSteps { phase = .waitingForFinish }
+            return [phase == .training ? .trainNextStep(votes: votes) : .awaitFinish]
+        case (.training, .stepFinished(let step, let agreed)):
+            guard let plan, step == globalStep + 1, step <= plan.totalSteps else {
+                return fail("step \(step) finished after step \(globalStep) of \(plan?.totalSteps ?? 0)")
+            }
+            globalStep = step
+            return stepEnds(step, plan: plan, agreed: agreed)
+
+        // A worker joins: a Reform at a step boundary is voted on in the next exchange.
+        case (.training, .coordinator(.reform(let r))) where r.atBoundary:
+            if r.ringEpoch > max(ringEpoch, boundaryReform?.ringEpoch ?? 0) { boundaryReform = r }
             return []
+        // Elastic in place: a failed ring waits for the coordinator to re-form it (a fresh ring that does
+        // not form, or a job that is not elastic in place, fails).
+        case (.training, .ringFailed(let why, let computing)), (.reforming, .ringFailed(let why, let computing)),
+             (.waitingForStart, .ringFailed(let why, let computing)), (.settingUp, .ringFailed(let why, let computing)):
+            guard reformInPlace, phase != .settingUp || ringEpoch > 0 else { return fail(why) }
+            if phase == .training, computing { abandonedStep = globalStep + 1 }
+            (phase, lastFailure, boundaryReform) = (.reforming, why, nil)
+            return [.awaitReform(urgent: true)]
+        case (.reforming, .reformReceived(let r)):
+            // After a failure only a Reform sent for it will do (a join's, sent before, holds the lost member).
+            guard r.ringEpoch > ringEpoch, lastFailure == nil || !r.atBoundary else { return [.awaitReform(urgent: lastFailure != nil)] }
+            (ringEpoch, rank, boundaryReform) = (r.ringEpoch, Int(r.rank), nil)
+            return [.reform(r)]
+        case (.reforming, .noReform):
+            return fail((lastFailure ?? "the ring failed") + "; the coordinator did not re-form the ring")
+
+        case (_, .coordinatorSilent(let why)):
+            guard keepsState, trained, [.training, .reforming, .waitingForStart, .waitingForFinish].contains(phase) else { return fail(why) }
+            (phase, rank, ringEpoch, boundaryReform, abandonedStep) = (.joining, -1, 0, nil, 0)
+            return [.keepState, .join(carrying: true)]
+
+        case (.waitingForFinish, .coordinator(.finish)), (.settingUp, .coordinator(.finish)), (.waitingForStart, .coordinator(.finish)):
+            // (a joiner's set-up: the run ended before the members reached a step boundary)
+            phase = .finished
+            return [.exit]
+        case (_, .coordinator(.start)), (_, .coordinator(.reform(_))):
+            return [] // a repeated Start, a Reform of a ring already left: nothing to do
         case (_, let e):
             return fail("unexpected \(e) while \(phase)")
         }
@@ -93,9 +216,9 @@ public struct WorkerState: Sendable {
 
     /// What follows the step that brought the run to `step` steps: its report, an evaluation where an
     /// epoch (or the run) ends, replica state and rank 0's checkpoint where one is due, then the next
-    /// step or the wait for Finish.
-    private mutating func stepEnds(_ step: Int, stopping: Bool) -> [Directive] {
-        let epochEnds = step % plan.stepsPerEpoch == 0, last = step == plan.totalSteps || stopping
+    /// step, the re-formation the ranks agreed on, or the wait for Finish.
+    private mutating func stepEnds(_ step: Int, plan: Plan, agreed: RingVotes) -> [Directive] {
+        let epochEnds = step % plan.stepsPerEpoch == 0, last = step == plan.totalSteps || agreed.contains(.stop)
         var out: [Directive] = [.reportStep(withHash: plan.hashEvery > 0 && (step % plan.hashEvery == 0 || epochEnds || last))]
         if epochEnds { out.append(.evaluate(epoch: step / plan.stepsPerEpoch - 1)) }
         else if step == plan.totalSteps { out.append(.evaluate(epoch: step / plan.stepsPerEpoch, epochEnds: false)) }
@@ -104,8 +227,16 @@ public struct WorkerState: Sendable {
             out.append(.shareReplicaState)
             if plan.rank == 0 { out.append(.sendCheckpoint) }
         }
-        if last { phase = .waitingForFinish }
-        return out + [last ? .awaitFinish : .trainNextStep]
+        if last {
+            phase = .waitingForFinish
+            return out + [.awaitFinish]
+        }
+        if agreed.contains(.reform) {
+            // The ranks agreed to re-form after this step (a worker joins): nothing is abandoned.
+            phase = .reforming
+            return out + [.awaitReform(urgent: false)]
+        }
+        return out + [.trainNextStep(votes: votes)]
     }
 
     private mutating func fail(_ message: String) -> [Directive] {

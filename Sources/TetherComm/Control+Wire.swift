@@ -38,8 +38,10 @@ extension Envelope {
         public var layoutFingerprint: UInt64
         /// The steps the replica's parameters hold.
         public var globalStep: UInt64
-        public init(parameterHash: UInt64, layoutFingerprint: UInt64, globalStep: UInt64 = 0) {
-            (self.parameterHash, self.layoutFingerprint, self.globalStep) = (parameterHash, layoutFingerprint, globalStep)
+        /// After a re-formation: the step this worker was computing when its ring gave up (0: none).
+        public var abandonedStep: UInt64 = 0
+        public init(parameterHash: UInt64, layoutFingerprint: UInt64, globalStep: UInt64 = 0, abandonedStep: UInt64 = 0) {
+            (self.parameterHash, self.layoutFingerprint, self.globalStep, self.abandonedStep) = (parameterHash, layoutFingerprint, globalStep, abandonedStep)
         }
     }
 
@@ -51,8 +53,11 @@ extension Envelope {
         /// The new ring's public keys by new rank (CURVE), or empty.
         public var ringPublicKeys: [String]
         public var reason: String
-        public init(ringEpoch: UInt32, rank: UInt32, ring: [String], ringPublicKeys: [String] = [], reason: String) {
+        /// A worker joins: re-form after a step agreed in its exchange, redoing nothing (else at once).
+        public var atBoundary = false
+        public init(ringEpoch: UInt32, rank: UInt32, ring: [String], ringPublicKeys: [String] = [], reason: String, atBoundary: Bool = false) {
             (self.ringEpoch, self.rank, self.ring, self.ringPublicKeys, self.reason) = (ringEpoch, rank, ring, ringPublicKeys, reason)
+            self.atBoundary = atBoundary
         }
     }
 
@@ -170,7 +175,7 @@ extension Envelope {
         case .ready(let r):
             var m = Tether__V1__Ready()
             tether__v1__ready__init(&m)
-            (m.parameter_hash, m.layout_fingerprint, m.global_step) = (r.parameterHash, r.layoutFingerprint, r.globalStep)
+            (m.parameter_hash, m.layout_fingerprint, m.global_step, m.abandoned_step) = (r.parameterHash, r.layoutFingerprint, r.globalStep, r.abandonedStep)
             return withUnsafeMutablePointer(to: &m) { msg.body_case = TETHER__V1__ENVELOPE__BODY_READY; msg.ready = $0; return pack(&msg) }
         case .start:
             var m = Tether__V1__Start()
@@ -226,7 +231,7 @@ extension Envelope {
         case .reform(let r):
             var m = Tether__V1__Reform()
             tether__v1__reform__init(&m)
-            (m.ring_epoch, m.rank, m.reason) = (r.ringEpoch, r.rank, arena.string(r.reason))
+            (m.ring_epoch, m.rank, m.reason, m.at_boundary) = (r.ringEpoch, r.rank, arena.string(r.reason), r.atBoundary ? 1 : 0)
             (m.n_ring, m.ring) = (r.ring.count, arena.strings(r.ring))
             (m.n_ring_public_keys, m.ring_public_keys) = (r.ringPublicKeys.count, arena.strings(r.ringPublicKeys))
             return withUnsafeMutablePointer(to: &m) { msg.body_case = TETHER__V1__ENVELOPE__BODY_REFORM; msg.reform = $0; return pack(&msg) }
@@ -265,7 +270,7 @@ extension Envelope {
             }
             return .reform(Reform(ringEpoch: r.ring_epoch, rank: r.rank, ring: (0..<r.n_ring).map { String(cString: r.ring[$0]!) },
                                   ringPublicKeys: (0..<r.n_ring_public_keys).map { String(cString: r.ring_public_keys[$0]!) },
-                                  reason: r.reason.map { String(cString: $0) } ?? ""))
+                                  reason: r.reason.map { String(cString: $0) } ?? "", atBoundary: r.at_boundary != 0))
         case TETHER__V1__ENVELOPE__BODY_DATA_REQUEST:
             guard let d = env.data_request?.pointee else { return nil }
             guard d.split <= 1 else { throw WireError(message: "data request from rank \(env.sender_rank): split \(d.split) (0 training, 1 test)") }
@@ -277,7 +282,8 @@ extension Envelope {
                                       error: d.error.map { String(cString: $0) } ?? ""))
         case TETHER__V1__ENVELOPE__BODY_READY:
             guard let r = env.ready?.pointee else { return nil }
-            return .ready(Ready(parameterHash: r.parameter_hash, layoutFingerprint: r.layout_fingerprint, globalStep: r.global_step))
+            return .ready(Ready(parameterHash: r.parameter_hash, layoutFingerprint: r.layout_fingerprint, globalStep: r.global_step,
+                                abandonedStep: r.abandoned_step))
         case TETHER__V1__ENVELOPE__BODY_START:
             return .start
         case TETHER__V1__ENVELOPE__BODY_HEARTBEAT:

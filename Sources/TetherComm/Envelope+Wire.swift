@@ -56,6 +56,16 @@ public struct Envelope: Equatable, Sendable {
 }
 
 /// The header of one collective chunk (proto: tether.v1.ChunkHeader); its payload is the next frame.
+/// What a rank may ask of all in a step's all-reduce, agreed without another message (ChunkHeader).
+public struct RingVotes: OptionSet, Sendable, Equatable {
+    public let rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+    /// Stop after this step (a Stop or a signal).
+    public static let stop = RingVotes(rawValue: 1)
+    /// Re-form the ring after this step (a worker joins; Reform.at_boundary).
+    public static let reform = RingVotes(rawValue: 2)
+}
+
 public struct ChunkHeader: Equatable, Sendable {
     public enum Operation: UInt32, Sendable, CustomStringConvertible {
         case allReduce = 1, broadcast, allGather, barrier, handshake
@@ -90,6 +100,13 @@ public struct ChunkHeader: Equatable, Sendable {
     public var originRank: Int32
     /// All-reduce: a rank this chunk passed through asks to stop after this step.
     public var stopVote = false
+    /// All-reduce: a rank this chunk passed through holds a Reform at a step boundary (a worker joins).
+    public var reformVote = false
+    /// Both votes as one value.
+    public var votes: RingVotes {
+        get { RingVotes().union(stopVote ? .stop : []).union(reformVote ? .reform : []) }
+        set { (stopVote, reformVote) = (newValue.contains(.stop), newValue.contains(.reform)) }
+    }
     /// The forming of the ring this chunk belongs to (elastic in place): an earlier ring's is dropped.
     public var ringEpoch: UInt32 = 0
 
@@ -171,6 +188,7 @@ extension Envelope {
                 chunk.layout_fingerprint = c.layoutFingerprint
                 chunk.origin_rank = c.originRank
                 chunk.stop_vote = c.stopVote ? 1 : 0
+                chunk.reform_vote = c.reformVote ? 1 : 0
                 chunk.ring_epoch = c.ringEpoch
                 return withUnsafeMutablePointer(to: &chunk) { cp in
                     msg.body_case = TETHER__V1__ENVELOPE__BODY_CHUNK
@@ -225,6 +243,7 @@ extension Envelope {
                                      offset: c.offset, elementCount: c.element_count, checksum: c.checksum,
                                      layoutFingerprint: c.layout_fingerprint, originRank: c.origin_rank)
             header.stopVote = c.stop_vote != 0
+            header.reformVote = c.reform_vote != 0
             header.ringEpoch = c.ring_epoch
             body = .chunk(header)
         case TETHER__V1__ENVELOPE__BODY_ABORT:

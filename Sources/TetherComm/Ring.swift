@@ -210,16 +210,16 @@ public final class Ring {
     /// Sums `buffer` over all ranks in place (or averages it: the sum divided by N). Every rank ends with
     /// bitwise the same values: each segment is reduced on one rank and then copied to the others.
     ///
-    /// `vote` rides along in the chunk headers (a stop request, ORed on the way): the result is whether
-    /// any rank voted, the same on every rank. Each segment's final vote is fixed where the segment is
+    /// `vote` rides along in the chunk headers (a stop request, a re-formation at this step's end; ORed
+    /// on the way): the result is what any rank voted, the same on every rank. Each segment's final vote is fixed where the segment is
     /// completed and every rank sees every segment's, so all ranks agree without another message.
     @discardableResult
-    public func allReduce(_ buffer: UnsafeMutableBufferPointer<Float>, average: Bool = false, step: UInt64 = 0, bucket: UInt32 = 0, vote: Bool = false) throws -> Bool {
+    public func allReduce(_ buffer: UnsafeMutableBufferPointer<Float>, average: Bool = false, step: UInt64 = 0, bucket: UInt32 = 0, vote: RingVotes = []) throws -> RingVotes {
         try allReduceElements(buffer, average: average, step: step, bucket: bucket, vote: vote)
     }
 
     @discardableResult
-    public func allReduce(_ buffer: UnsafeMutableBufferPointer<Double>, average: Bool = false, step: UInt64 = 0, bucket: UInt32 = 0, vote: Bool = false) throws -> Bool {
+    public func allReduce(_ buffer: UnsafeMutableBufferPointer<Double>, average: Bool = false, step: UInt64 = 0, bucket: UInt32 = 0, vote: RingVotes = []) throws -> RingVotes {
         try allReduceElements(buffer, average: average, step: step, bucket: bucket, vote: vote)
     }
 
@@ -234,12 +234,12 @@ public final class Ring {
 
     // The generic bodies are internal so that the compiler specializes them for Float and Double here;
     // a public generic called from another module would run unspecialized.
-    func allReduceElements<T: RingElement>(_ buffer: UnsafeMutableBufferPointer<T>, average: Bool, step: UInt64, bucket: UInt32, vote: Bool) throws -> Bool {
+    func allReduceElements<T: RingElement>(_ buffer: UnsafeMutableBufferPointer<T>, average: Bool, step: UInt64, bucket: UInt32, vote: RingVotes) throws -> RingVotes {
         try run(.allReduce) {
             guard size > 1 else { return vote }
             let n = buffer.count, base = buffer.baseAddress
             var head = header(.allReduce, step: step, bucket: bucket, dtype: T.dtype, totalCount: n)
-            head.stopVote = vote
+            head.votes = vote
             var anyVote = vote
             let segments = (0..<size).map { segment($0, of: n) }
             let perChunk = max(1, options.chunkBytes / MemoryLayout<T>.stride)
@@ -262,8 +262,8 @@ public final class Ring {
                     let made = try consume(frame, h, e, into: y, reducing ? .add(divideBy: average && ringStep == size - 2 ? T(size) : nil) : .copy)
                     // Reducing adds this rank's vote to the chunk's; gathering passes a final vote on as it came.
                     var next = head
-                    next.stopVote = h.stopVote || (reducing && vote)
-                    anyVote = anyVote || next.stopVote
+                    next.votes = reducing ? h.votes.union(vote) : h.votes
+                    anyVote.formUnion(next.votes)
                     guard ringStep < lastStep else { continue }
                     // Reduced chunks go on from the buffer; all-gather passes the received frame itself on.
                     try sendChunk(next, ringStep: ringStep + 1, index: i, offset: c.lowerBound,

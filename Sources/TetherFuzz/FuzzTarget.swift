@@ -81,9 +81,16 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
             _ = ExpectedChunk(operation: .allReduce, ringStep: 0, chunkIndex: 0, dtype: .f32, offset: 0, count: 4, totalCount: 8)
                 .mismatch(h, sequence: 0, layoutFingerprint: 0, payloadBytes: 16)
         case .reform(let r):
-            var s = WorkerState(.init(rank: 0, stepsPerEpoch: 5, totalSteps: 10, hashEvery: 1, checkpointEvery: 0))
-            _ = s.handle(.started)
-            _ = s.handle(.reformed(globalStep: Int(r.ringEpoch), rank: Int(r.rank)))
+            // a training worker: a join's Reform, then one after a failure
+            var s = WorkerState()
+            _ = s.handle(.launched)
+            _ = s.handle(.assigned(rank: 0, ringEpoch: 0, reformInPlace: true))
+            _ = s.handle(.replicaReady(.init(rank: 0, stepsPerEpoch: 5, totalSteps: 10, hashEvery: 1, checkpointEvery: 0), globalStep: 0,
+                                       redoEndOfStep: false, keepsState: true))
+            _ = s.handle(.coordinator(.start))
+            _ = s.handle(.coordinator(.reform(r)))
+            _ = s.handle(.ringFailed("fuzz"))
+            _ = s.handle(.reformReceived(r))
         case .start, .heartbeat, .finish, .stop:
             break
         }

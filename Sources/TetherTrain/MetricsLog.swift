@@ -10,8 +10,9 @@ import Foundation
 /// samples_per_sec, elapsed_s and the held-out metrics), `eval` when a run ends mid-epoch (--max-steps)
 /// and from `tether eval --json` (loss over the partial epoch, the held-out metrics), `end`,
 /// `interrupted` (a signal: the checkpoint is of `step`), `failed` (error); elastic in place: `lost`
-/// (error: who and why; workers left), `joined` (a worker joined the running job) and `reformed`
-/// (training again from `step`; elapsed_s since the loss or the join).
+/// (error: who and why; workers left), `joined` (a worker joins the running job at a step boundary)
+/// and `reformed` (training again from `step`; elapsed_s since the loss or the join; steps_redone: the
+/// steps computed and given up, 0 or 1).
 public struct MetricsEvent: Codable, Equatable, Sendable {
     public var event: String
     /// 1-based: the epoch of the last step counted in `step` (1 before the first step), as the console
@@ -37,6 +38,8 @@ public struct MetricsEvent: Codable, Equatable, Sendable {
     public var workers: Int?
     /// `tether eval`: the held-out samples (tokens for a language model) evaluated.
     public var samples: Int?
+    /// `reformed`: the steps the ranks computed and gave up at the re-formation.
+    public var steps_redone: Int?
 
     /// An event after `step` global steps of a run with `stepsPerEpoch` steps an epoch.
     public init(event: String, step: Int, stepsPerEpoch: Int) {

@@ -93,4 +93,5 @@ extension ShuffledWorkload {
     var stepsPerEpoch: Int { splits.steps.perEpoch }
     func fetch(epoch: Int?) throws { try splits.fetch(epoch: epoch) }
     var servedSplits: (train: any ServableDataset, test: any ServableDataset) { (splits.train.dataset, splits.test.dataset) }
+    func trainingSamples(epoch: Int, step: Int) -> [Int]? { Array(splits.steps.samples(epoch: epoch, step: step).local) }
 }

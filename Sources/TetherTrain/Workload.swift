@@ -80,6 +80,13 @@ public protocol Workload: AnyObject {
     var servedSplits: (train: any ServableDataset, test: any ServableDataset) { get }
     /// Checkpoint metadata the workload needs to be rebuilt (the vocabulary).
     var checkpointMetadata: [String: String] { get }
+    /// This shard's sample indices of step `step` of `epoch` (nil: the workload does not deal samples,
+    /// a language model's token streams). For `SampleAudit`.
+    func trainingSamples(epoch: Int, step: Int) -> [Int]?
+}
+
+extension Workload {
+    public func trainingSamples(epoch: Int, step: Int) -> [Int]? { nil }
 }
 
 /// Seconds one optimizer step spent in its parts.

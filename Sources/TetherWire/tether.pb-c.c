@@ -1194,7 +1194,7 @@ const ProtobufCMessageDescriptor tether__v1__assign__descriptor =
   (ProtobufCMessageInit) tether__v1__assign__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tether__v1__reform__field_descriptors[5] =
+static const ProtobufCFieldDescriptor tether__v1__reform__field_descriptors[6] =
 {
   {
     "ring_epoch",
@@ -1256,8 +1256,21 @@ static const ProtobufCFieldDescriptor tether__v1__reform__field_descriptors[5] =
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "at_boundary",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__Reform, at_boundary),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tether__v1__reform__field_indices_by_name[] = {
+  5,   /* field[5] = at_boundary */
   1,   /* field[1] = rank */
   4,   /* field[4] = reason */
   2,   /* field[2] = ring */
@@ -1267,7 +1280,7 @@ static const unsigned tether__v1__reform__field_indices_by_name[] = {
 static const ProtobufCIntRange tether__v1__reform__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 5 }
+  { 0, 6 }
 };
 const ProtobufCMessageDescriptor tether__v1__reform__descriptor =
 {
@@ -1277,7 +1290,7 @@ const ProtobufCMessageDescriptor tether__v1__reform__descriptor =
   "Tether__V1__Reform",
   "tether.v1",
   sizeof(Tether__V1__Reform),
-  5,
+  6,
   tether__v1__reform__field_descriptors,
   tether__v1__reform__field_indices_by_name,
   1,  tether__v1__reform__number_ranges,
@@ -1426,7 +1439,7 @@ const ProtobufCMessageDescriptor tether__v1__data_rows__descriptor =
   (ProtobufCMessageInit) tether__v1__data_rows__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tether__v1__ready__field_descriptors[3] =
+static const ProtobufCFieldDescriptor tether__v1__ready__field_descriptors[4] =
 {
   {
     "parameter_hash",
@@ -1464,8 +1477,21 @@ static const ProtobufCFieldDescriptor tether__v1__ready__field_descriptors[3] =
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "abandoned_step",
+    4,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__Ready, abandoned_step),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tether__v1__ready__field_indices_by_name[] = {
+  3,   /* field[3] = abandoned_step */
   2,   /* field[2] = global_step */
   1,   /* field[1] = layout_fingerprint */
   0,   /* field[0] = parameter_hash */
@@ -1473,7 +1499,7 @@ static const unsigned tether__v1__ready__field_indices_by_name[] = {
 static const ProtobufCIntRange tether__v1__ready__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 3 }
+  { 0, 4 }
 };
 const ProtobufCMessageDescriptor tether__v1__ready__descriptor =
 {
@@ -1483,7 +1509,7 @@ const ProtobufCMessageDescriptor tether__v1__ready__descriptor =
   "Tether__V1__Ready",
   "tether.v1",
   sizeof(Tether__V1__Ready),
-  3,
+  4,
   tether__v1__ready__field_descriptors,
   tether__v1__ready__field_indices_by_name,
   1,  tether__v1__ready__number_ranges,
@@ -2020,7 +2046,7 @@ const ProtobufCMessageDescriptor tether__v1__hello__descriptor =
   (ProtobufCMessageInit) tether__v1__hello__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tether__v1__chunk_header__field_descriptors[15] =
+static const ProtobufCFieldDescriptor tether__v1__chunk_header__field_descriptors[16] =
 {
   {
     "operation",
@@ -2202,6 +2228,18 @@ static const ProtobufCFieldDescriptor tether__v1__chunk_header__field_descriptor
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "reform_vote",
+    16,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__ChunkHeader, reform_vote),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tether__v1__chunk_header__field_indices_by_name[] = {
   3,   /* field[3] = bucket */
@@ -2213,6 +2251,7 @@ static const unsigned tether__v1__chunk_header__field_indices_by_name[] = {
   8,   /* field[8] = offset */
   0,   /* field[0] = operation */
   12,   /* field[12] = origin_rank */
+  15,   /* field[15] = reform_vote */
   14,   /* field[14] = ring_epoch */
   4,   /* field[4] = ring_step */
   1,   /* field[1] = sequence */
@@ -2223,7 +2262,7 @@ static const unsigned tether__v1__chunk_header__field_indices_by_name[] = {
 static const ProtobufCIntRange tether__v1__chunk_header__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 15 }
+  { 0, 16 }
 };
 const ProtobufCMessageDescriptor tether__v1__chunk_header__descriptor =
 {
@@ -2233,7 +2272,7 @@ const ProtobufCMessageDescriptor tether__v1__chunk_header__descriptor =
   "Tether__V1__ChunkHeader",
   "tether.v1",
   sizeof(Tether__V1__ChunkHeader),
-  15,
+  16,
   tether__v1__chunk_header__field_descriptors,
   tether__v1__chunk_header__field_indices_by_name,
   1,  tether__v1__chunk_header__number_ranges,

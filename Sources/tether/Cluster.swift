@@ -163,7 +163,7 @@ struct Simulate: ParsableCommand {
                     + security + ["--data-root", "/"] // the workers read what this user's coordinator reads
                     + (output.quiet ? ["--quiet"] : [])
                 // TETHER_* settings are the coordinator's (JobSettings); a worker would refuse them.
-                var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("TETHER_") }
+                var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("TETHER_") || $0.key == SampleAudit.variable }
                 env["OPENBLAS_NUM_THREADS"] = String(perWorker)
                 env[ProcessLifetime.parentVariable] = String(getpid())
                 p.environment = env

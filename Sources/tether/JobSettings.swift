@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import TetherJobFile
+import TetherTrain
 
 /// Settings from a job file and the environment, turned into command-line arguments placed ahead of
 /// the command line's own (the parser keeps the last value of an option). Precedence, highest first:
@@ -23,7 +24,7 @@ enum JobSettings {
     ]
     static let fileVariable = "TETHER_CONFIG"
     /// Variables Tether sets for itself.
-    static let ownVariables: Set<String> = [fileVariable, ProcessLifetime.parentVariable, SecurityOptions.keyVariable]
+    static let ownVariables: Set<String> = [fileVariable, ProcessLifetime.parentVariable, SecurityOptions.keyVariable, SampleAudit.variable]
 
     /// `arguments` (without the program name) with the job file's and the environment's settings
     /// inserted after the command's name.

@@ -156,6 +156,37 @@ struct ClusterProcessTests {
          "--train-limit", "1600", "--test-limit", "200", "--seed", "5", "--max-steps", String(steps), "--log-every", "1"]
     }
 
+    /// The samples each global step used, over every process of a run (`SampleAudit`: the lines of
+    /// DIR/samples-*.log), sorted per step.
+    func samplesByStep(_ dir: URL) throws -> [Int: (epoch: Int, samples: [Int])] {
+        var steps: [Int: (epoch: Int, samples: [Int])] = [:]
+        for file in try FileManager.default.contentsOfDirectory(atPath: dir.path) where file.hasPrefix("samples-") {
+            for line in try String(contentsOf: dir.appendingPathComponent(file), encoding: .utf8).split(separator: "\n") {
+                let fields = line.split(separator: " ", omittingEmptySubsequences: false)
+                guard fields.count == 3, let step = Int(fields[0]), let epoch = Int(fields[1]) else { Issue.record("a bad line: \(line)"); continue }
+                steps[step, default: (epoch, [])].samples += fields[2].split(separator: ",").compactMap { Int($0) }
+            }
+        }
+        return steps.mapValues { ($0.epoch, $0.samples.sorted()) }
+    }
+
+    /// Every step of `disturbed` used the samples the same step of `undisturbed` used, each once
+    /// (nothing lost, nothing twice, dealt over however many workers there were), and within each
+    /// whole epoch every sample was used exactly once.
+    func expectEverySampleOnce(_ disturbed: URL, like undisturbed: URL, steps: Int, wholeEpochs: Int, count: Int,
+                               sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let a = try samplesByStep(disturbed), b = try samplesByStep(undisturbed)
+        #expect(Set(a.keys) == Set(1...steps), "steps logged: \(a.keys.sorted())", sourceLocation: sourceLocation)
+        #expect(Set(b.keys) == Set(1...steps), "steps logged undisturbed: \(b.keys.sorted())", sourceLocation: sourceLocation)
+        let differing = (1...steps).filter { a[$0]?.samples != b[$0]?.samples }
+        #expect(differing.isEmpty, "steps whose samples differ from the undisturbed run's: \(differing)", sourceLocation: sourceLocation)
+        for epoch in 0..<wholeEpochs {
+            let used = (1...steps).filter { a[$0]?.epoch == epoch }.flatMap { a[$0]!.samples }.sorted()
+            #expect(used.count == count && Set(used) == Set(0..<count), "epoch \(epoch): \(used.count) samples used, \(Set(used).count) distinct of \(count)",
+                    sourceLocation: sourceLocation)
+        }
+    }
+
     /// Elastic in place: `simulate --workers 4 --min-workers 3`, one worker SIGKILLed (or SIGSTOPped
     /// past the deadline, and let go once the others train again: it is told it was dropped) mid-epoch.
     /// No process restarts: the three survivors re-form the ring, take the state of the one furthest
@@ -170,7 +201,10 @@ struct ClusterProcessTests {
         // part from 3 throughout by 1e-4 at step 60 and 7e-3 at 150, resumed or joined alike)
         let common = ["--workers", "4"] + plainSGD(steps: 40) + ["--hash-every", "1", "--threads", "1"]
         let disturbed = dir.appendingPathComponent("disturbed"), whole = dir.appendingPathComponent("whole")
-        let simulate = try CLI.start(["simulate", "--run-dir", disturbed.path, "--min-workers", "3", "--heartbeat-timeout", "2"] + common, bound: 240)
+        let audits = (dir.appendingPathComponent("samples-disturbed"), dir.appendingPathComponent("samples-whole"))
+        for d in [audits.0, audits.1] { try FileManager.default.createDirectory(at: d, withIntermediateDirectories: true) }
+        let simulate = try CLI.start(["simulate", "--run-dir", disturbed.path, "--min-workers", "3", "--heartbeat-timeout", "2"] + common, bound: 240,
+                                     environment: ["TETHER_TEST_SAMPLE_LOG": audits.0.path])
         // mid-epoch (25 steps an epoch), well before the end
         let deadline = Date().addingTimeInterval(60)
         var reached = 0
@@ -205,14 +239,17 @@ struct ClusterProcessTests {
         // no completed step is lost: the survivors go on from the last merged step or the one after it
         #expect(agreed == lastBefore || agreed == lastBefore + 1, "lost after step \(lastBefore), re-formed at \(agreed)")
         let recovered = reformed?["elapsed_s"] as? Double ?? 99
+        // the victim was killed (or frozen) mid-step: that one step is computed again, no other
+        #expect(reformed?["steps_redone"] as? Int == 1, "\(reformed ?? [:])")
         print("in place (signal \(signal)): lost after step \(reached); re-formed at step \(agreed) (last merged \(lastBefore)), training again \(recovered) s "
-              + "after the loss was named (\(Date().timeIntervalSince(killedAt)) s from the kill to the job's end)")
+              + "after the loss was named, \(reformed?["steps_redone"] ?? "?") step redone (\(Date().timeIntervalSince(killedAt)) s from the kill to the job's end)")
         #expect(recovered < 3, "recovery took \(recovered) s")
         #expect(events.last { $0["event"] as? String == "end" }?["step"] as? Int == 40)
         for c in children { #expect(kill(c, 0) != 0, "worker \(c) is still running") }
-        let u = try CLI.run(["simulate", "--run-dir", whole.path] + common, timeout: 240)
+        let u = try CLI.run(["simulate", "--run-dir", whole.path] + common, timeout: 240, environment: ["TETHER_TEST_SAMPLE_LOG": audits.1.path])
         #expect(u.status == 0, "stderr: \(u.stderr)")
         try expectParametersAgree(disturbed.appendingPathComponent("checkpoint.safetensors").path, whole.appendingPathComponent("checkpoint.safetensors").path)
+        try expectEverySampleOnce(audits.0, like: audits.1, steps: 40, wholeEpochs: 1, count: 1600)
     }
 
     /// Elastic in place, joining: `coordinator --workers 3 --min-workers 2` starts with two workers; a
@@ -225,26 +262,32 @@ struct ClusterProcessTests {
         let training = plainSGD(steps: 40) + ["--hash-every", "1"]
         let port = Int.random(in: 20000..<32000), jobID = "join-\(getpid())"
         let address = "tcp://127.0.0.1:\(port)", run = dir.appendingPathComponent("joined")
+        let audits = (dir.appendingPathComponent("samples-joined"), dir.appendingPathComponent("samples-whole"))
+        for d in [audits.0, audits.1] { try FileManager.default.createDirectory(at: d, withIntermediateDirectories: true) }
         let coordinator = try CLI.start(["coordinator", "--listen", address, "--workers", "3", "--min-workers", "2", "--last-call", "1",
                                          "--job-id", jobID, "--run-dir", run.path] + training + CLI.key, bound: 150)
         let worker = ["worker", "--coordinator", address, "--job-id", jobID, "--threads", "1"] + CLI.key
-        let first = try (0..<2).map { _ in try CLI.start(worker, bound: 150) }
+        let audited = ["TETHER_TEST_SAMPLE_LOG": audits.0.path]
+        let first = try (0..<2).map { _ in try CLI.start(worker, bound: 150, environment: audited) }
         let deadline = Date().addingTimeInterval(60)
         while Date() < deadline, ((try? metrics(run.path))?.compactMap { $0["event"] as? String == "step" ? $0["step"] as? Int : nil }.last ?? 0) < 15 {
             usleep(5_000)
         }
-        let third = try CLI.start(worker, bound: 150)
+        let third = try CLI.start(worker, bound: 150, environment: audited)
         let c = coordinator.finish()
         #expect(c.status == 0, "coordinator: \(c.stderr)")
-        #expect(c.stdout.contains("joins the job; re-forming the ring of the 3 workers with it (ring epoch 1)")
-                && c.stdout.contains("ring epoch 1: all 3 replicas agree"), "\(c.stdout)")
+        #expect(c.stdout.contains("joins the job; it joins the ring of 3 at the next step boundary (ring epoch 1)")
+                && c.stdout.contains("ring epoch 1: all 3 replicas agree") && c.stdout.contains("no step redone"), "\(c.stdout)")
         for w in first + [third] { let r = w.finish(); #expect(r.status == 0, "worker: \(r.stderr)") }
         let events = try metrics(run.path)
         #expect(events.filter { $0["event"] as? String == "joined" }.count == 1 && events.filter { $0["event"] as? String == "start" }.count == 1)
+        let reformed = events.first { $0["event"] as? String == "reformed" }
+        #expect(reformed?["steps_redone"] as? Int == 0, "a join redoes nothing: \(reformed ?? [:])")
         let whole = dir.appendingPathComponent("whole").path
-        let u = try CLI.run(["simulate", "--workers", "3", "--run-dir", whole] + training, timeout: 240)
+        let u = try CLI.run(["simulate", "--workers", "3", "--run-dir", whole] + training, timeout: 240, environment: ["TETHER_TEST_SAMPLE_LOG": audits.1.path])
         #expect(u.status == 0, "stderr: \(u.stderr)")
         try expectParametersAgree(run.appendingPathComponent("checkpoint.safetensors").path, whole + "/checkpoint.safetensors")
+        try expectEverySampleOnce(audits.0, like: audits.1, steps: 40, wholeEpochs: 1, count: 1600)
     }
 
     /// The coordinator lost: workers started with --coordinator-wait keep their replicas when it falls

@@ -170,7 +170,7 @@ import TetherComm
         _ = s.handle(.step(rank: 0, report(3)), now: 3) // step 3 is in flight: one report of four
         for r in [0, 2, 3] { _ = s.handle(.heartbeat(rank: r), now: 7) }
         let why = "worker rank 1 (tcp://h1:1) has been silent for 5 s: it died, lost its connection, or cannot get a heartbeat through"
-        #expect(s.handle(.tick, now: 7.5) == [.reform(epoch: 1, survivors: [0, 2, 3], reason: why)])
+        #expect(s.handle(.tick, now: 7.5) == [.reform(epoch: 1, reason: why)])
         #expect(s.phase == .initializing && s.ringEpoch == 1 && s.members.map(\.address) == ["tcp://h0:1", "tcp://h2:1", "tcp://h3:1"])
         // they connect once all three listen on the new ring (none may reach an abandoned socket)
         #expect(s.handle(.listening(rank: 0, epoch: 0), now: 8) == [.dropped("rank 0 listens on ring epoch 0 while the job is initializing on epoch 1")])
@@ -192,7 +192,7 @@ import TetherComm
         for r in 0..<3 { _ = s.handle(.step(rank: r, report(4)), now: 9) }
         for r in 0..<3 { _ = s.handle(.evaluation(rank: r, eval(0)), now: 9) }
         #expect(s.handle(.checkpoint(rank: 0, .init(globalStep: 4, safetensors: [])), now: 9) == [.writeCheckpoint(.init(globalStep: 4, safetensors: []))])
-        #expect(s.handle(.abort(rank: 2, reason: "killed"), now: 10) == [.reform(epoch: 2, survivors: [0, 1], reason: "rank 2 (tcp://h3:1) stopped: killed")])
+        #expect(s.handle(.abort(rank: 2, reason: "killed"), now: 10) == [.reform(epoch: 2, reason: "rank 2 (tcp://h3:1) stopped: killed")])
         for r in 0..<2 { _ = s.handle(.ready(rank: r, .init(parameterHash: 7, layoutFingerprint: 42, globalStep: 4)), now: 11) }
         #expect(s.phase == .training && s.redoStep == 4)
         for r in 0..<2 {
@@ -208,15 +208,18 @@ import TetherComm
         #expect(notInPlace.handle(.abort(rank: 3, reason: "x"), now: 3) == [.abort("rank 3 (tcp://h3:1) stopped: x")])
         var twice = elastic()
         _ = twice.handle(.abort(rank: 3, reason: "x"), now: 3)
-        #expect(twice.handle(.abort(rank: 0, reason: "y"), now: 3) == [.reform(epoch: 2, survivors: [1, 2], reason: "rank 0 (tcp://h0:1) stopped: y")])
+        #expect(twice.handle(.abort(rank: 0, reason: "y"), now: 3) == [.reform(epoch: 2, reason: "rank 0 (tcp://h0:1) stopped: y")])
         #expect(twice.members.map(\.address) == ["tcp://h1:1", "tcp://h2:1"])
     }
 
     /// Elastic in place, joining: a worker that says hello while the job trains (fewer members than
-    /// --workers) joins as the last rank of a re-formed ring; the members keep their order; a worker
-    /// with a member's address is still turned away, and so is one when the job is full.
-    @Test func aWorkerArrivingWhileTheJobTrainsJoinsIt() {
-        var settings = settings(workers: 3, total: 8, perEpoch: 4)
+    /// --workers) is assigned the last rank of the next epoch's ring at once; the members are told to
+    /// re-form at a step boundary and go on: their reports still merge. They listen on the new ring
+    /// after the agreed step and its end-of-step work; when all have (and the joiner), the ring
+    /// switches, nothing redone. A second joiner waits; one with a member's address is turned away,
+    /// and so is one when the job is full; ranks that leave at different steps fail the job.
+    @Test func aWorkerArrivingWhileTheJobTrainsJoinsItAtAStepBoundary() {
+        var settings = settings(workers: 4, total: 8, perEpoch: 4)
         (settings.minWorkers, settings.lastCall, settings.reformInPlace) = (2, 1, true)
         var s = CoordinatorState(settings, now: 0)
         for r in 0..<2 { _ = s.handle(.hello(identity: [UInt8(r)], address: "tcp://h\(r):1"), now: 1) }
@@ -226,20 +229,37 @@ import TetherComm
         #expect(s.handle(.hello(identity: [9], address: "tcp://h0:1"), now: 4)
                 == [.turnAway(identity: [9], reason: "the job formed with 2 workers before a worker at tcp://h0:1 said hello")])
         #expect(s.handle(.hello(identity: [7], address: "tcp://h7:1"), now: 4)
-                == [.reform(epoch: 1, survivors: [0, 1], joiner: [7], reason: "a worker at tcp://h7:1 joins the job")])
-        #expect(s.members.map(\.address) == ["tcp://h0:1", "tcp://h1:1", "tcp://h7:1"] && s.phase == .initializing)
-        for r in 0..<3 { _ = s.handle(.listening(rank: r, epoch: 1), now: 5) }
-        for r in 0..<3 { _ = s.handle(.ready(rank: r, .init(parameterHash: 7, layoutFingerprint: 42, globalStep: 1)), now: 5) }
-        #expect(s.phase == .training && s.redoStep == 1)
-        #expect(s.handle(.hello(identity: [8], address: "tcp://h8:1"), now: 6).first.map { if case .turnAway = $0 { true } else { false } } == true,
-                "the job is full")
+                == [.reform(epoch: 1, assign: [7], reason: "a worker at tcp://h7:1 joins the job", atBoundary: true)])
+        #expect(s.phase == .training && s.ringEpoch == 0 && s.members.count == 2 && s.nextRing.map(\.address) == ["tcp://h0:1", "tcp://h1:1", "tcp://h7:1"])
+        #expect(s.handle(.hello(identity: [7], address: "tcp://h7:1"), now: 4).isEmpty, "its Hello again")
+        #expect(s.handle(.hello(identity: [8], address: "tcp://h8:1"), now: 4).isEmpty, "another joiner waits for this join")
+        // the members train on: step 2 merges from two reports; the joiner's heartbeats keep it alive
+        _ = s.handle(.step(rank: 0, report(2)), now: 4)
+        #expect(s.handle(.step(rank: 1, report(2)), now: 4).first.map { if case .stepCompleted = $0 { true } else { false } } == true)
+        #expect(s.handle(.heartbeat(rank: 2), now: 4).isEmpty)
+        #expect(s.handle(.listening(rank: 2, epoch: 1), now: 5).isEmpty, "the joiner listens first")
+        _ = s.handle(.step(rank: 0, report(3)), now: 5)
+        #expect(s.handle(.listening(rank: 0, epoch: 1), now: 5).isEmpty)
+        var apart = s
+        #expect(apart.handle(.listening(rank: 1, epoch: 1), now: 5) == [.abort("the ranks left the ring of epoch 0 at different steps (reported: [3, 2])")])
+        _ = s.handle(.step(rank: 1, report(3)), now: 5)
+        #expect(s.handle(.listening(rank: 1, epoch: 1), now: 5) == [.connectRing])
+        #expect(s.phase == .initializing && s.ringEpoch == 1 && s.members.count == 3 && s.joiner == nil)
+        for r in 0..<3 { _ = s.handle(.ready(rank: r, .init(parameterHash: 7, layoutFingerprint: 42, globalStep: 3)), now: 5) }
+        #expect(s.phase == .training && s.stepsRedone == 0 && s.completedSteps == 3)
+        for r in 0..<3 { _ = s.handle(.step(rank: r, report(4)), now: 6) }
+        #expect(s.completedSteps == 4)
+        // now the waiting joiner is taken (at the next boundary); a fifth when full is turned away
+        #expect(s.handle(.hello(identity: [8], address: "tcp://h8:1"), now: 6).first.map { if case .reform(2, [8], _, true) = $0 { true } else { false } } == true)
     }
 
     /// Losses at the awkward moments: during an epoch's evaluation (two of three reports in) the
     /// survivors' redone evaluation is merged instead; during rank 0's checkpoint transfer the one
-    /// that arrives while re-forming is stale, and the redone one is written; a replacement that says
-    /// hello while the ring re-forms joins that re-formation (a new epoch).
-    @Test func lossesDuringAnEvaluationACheckpointOrAReformation() {
+    /// that arrives while re-forming is stale, and the redone one is written. A replacement that says
+    /// hello while the ring re-forms waits until the job trains again. A member lost while a joiner is
+    /// assigned (a join during a failure): the joiner stays, told by Reform, as the last rank of a new
+    /// epoch; a joiner that falls silent is dropped, and the members re-form without it.
+    @Test func lossesDuringAnEvaluationACheckpointOrAJoin() {
         var settings = settings(workers: 3, total: 8, perEpoch: 2)
         (settings.minWorkers, settings.reformInPlace) = (2, true)
         var s = CoordinatorState(settings, now: 0)
@@ -249,15 +269,26 @@ import TetherComm
         for r in 0..<2 { #expect(s.handle(.evaluation(rank: r, eval(0)), now: 2).isEmpty) }
         #expect(s.handle(.abort(rank: 2, reason: "gone"), now: 3).first.map { if case .reform = $0 { true } else { false } } == true)
         #expect(s.handle(.checkpoint(rank: 0, .init(globalStep: 2, safetensors: [])), now: 3).isEmpty, "stale while re-forming")
-        // a replacement arrives while the two re-form: it joins, as the last rank of epoch 2
-        #expect(s.handle(.hello(identity: [9], address: "tcp://h9:1"), now: 3)
-                == [.reform(epoch: 2, survivors: [0, 1], joiner: [9], reason: "a worker at tcp://h9:1 joins the job")])
-        for r in 0..<3 { _ = s.handle(.ready(rank: r, .init(parameterHash: 7, layoutFingerprint: 42, globalStep: 2)), now: 4) }
-        #expect(s.phase == .training && s.redoStep == 2)
-        for r in 0..<3 { #expect(s.handle(.step(rank: r, report(2)), now: 4).isEmpty) }
-        for r in 0..<2 { #expect(s.handle(.evaluation(rank: r, eval(0)), now: 4).isEmpty) }
-        #expect(s.handle(.evaluation(rank: 2, eval(0)), now: 4) == [.epochCompleted(epoch: 0, reports: [eval(0), eval(0), eval(0)])])
+        #expect(s.handle(.hello(identity: [9], address: "tcp://h9:1"), now: 3).isEmpty, "a replacement waits while the ring re-forms")
+        for r in 0..<2 { _ = s.handle(.ready(rank: r, .init(parameterHash: 7, layoutFingerprint: 42, globalStep: 2, abandonedStep: 3)), now: 4) }
+        #expect(s.phase == .training && s.redoStep == 2 && s.stepsRedone == 1)
+        for r in 0..<2 { #expect(s.handle(.step(rank: r, report(2)), now: 4).isEmpty) }
+        #expect(s.handle(.evaluation(rank: 0, eval(0)), now: 4).isEmpty)
+        #expect(s.handle(.evaluation(rank: 1, eval(0)), now: 4) == [.epochCompleted(epoch: 0, reports: [eval(0), eval(0)])])
         #expect(s.handle(.checkpoint(rank: 0, .init(globalStep: 2, safetensors: [])), now: 4) == [.writeCheckpoint(.init(globalStep: 2, safetensors: []))])
+        // the replacement, saying hello again, joins; rank 1 is lost before the switch
+        #expect(s.handle(.hello(identity: [9], address: "tcp://h9:1"), now: 5) == [.reform(epoch: 2, assign: [9], reason: "a worker at tcp://h9:1 joins the job", atBoundary: true)])
+        #expect(s.handle(.abort(rank: 1, reason: "killed"), now: 5) == [.reform(epoch: 3, reason: "rank 1 (tcp://h1:1) stopped: killed")])
+        #expect(s.members.map(\.address) == ["tcp://h0:1", "tcp://h9:1"] && s.joiner == nil && s.ringEpoch == 3)
+        for r in 0..<2 { _ = s.handle(.listening(rank: r, epoch: 3), now: 6) }
+        for r in 0..<2 { _ = s.handle(.ready(rank: r, .init(parameterHash: 7, layoutFingerprint: 42, globalStep: 2)), now: 6) }
+        #expect(s.phase == .training && s.stepsRedone == 0)
+        // a joiner that falls silent before the switch: the members re-form without it, at once
+        for r in 0..<2 { _ = s.handle(.step(rank: r, report(3, epoch: 1)), now: 7) }
+        _ = s.handle(.hello(identity: [5], address: "tcp://h5:1"), now: 7)
+        for r in 0..<2 { _ = s.handle(.heartbeat(rank: r), now: 12.5) }
+        #expect(s.handle(.tick, now: 12.5) == [.reform(epoch: 5, reason: "the worker at tcp://h5:1 that was joining has been silent for 5 s")])
+        #expect(s.members.count == 2 && s.nextRing.count == 2)
     }
 
     /// A coordinator restarted with --resume (checkpoint of step 4) takes the state its workers kept

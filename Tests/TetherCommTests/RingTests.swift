@@ -125,23 +125,25 @@ func input(rank: Int, count: Int) -> [Float] {
         for r in results { #expect(try r.get() == [Float](repeating: 0 + 1 + 2 + 3 * 3, count: 7)) }
     }
 
-    /// A stop vote rides in the all-reduce's headers: with one voter (each rank in turn) every rank
-    /// learns it in the same collective, with none nobody does; the sums are untouched. Several chunks
-    /// per segment and an empty segment (fewer elements than ranks) included.
+    /// Votes ride in the all-reduce's headers: with one rank voting stop and the next voting to re-form
+    /// (each rank in turn) every rank learns both in the same collective, with none nobody does; the
+    /// sums are untouched. Several chunks per segment and an empty segment (fewer elements than ranks) included.
     @Test(arguments: [1, 2, 3, 5])
-    func everyRankLearnsAStopVoteInTheSameAllReduce(ranks: Int) throws {
+    func everyRankLearnsTheVotesInTheSameAllReduce(ranks: Int) throws {
         for count in [3, 40] {
             for voter in [nil] + Array(0..<ranks) {
                 let ring = try TestRing(ranks, .inproc)
-                let results = onRanks(ranks) { rank -> (Bool, [Float]) in
+                let results = onRanks(ranks) { rank -> (RingVotes, [Float]) in
                     let r = try ring.ring(rank) { $0.chunkBytes = 8 }
                     var x = [Float](repeating: Float(rank + 1), count: count)
-                    let agreed = try x.withUnsafeMutableBufferPointer { try r.allReduce($0, vote: rank == voter) }
+                    let vote: RingVotes = voter == nil ? [] : rank == voter ? .stop : rank == (voter! + 1) % ranks ? .reform : []
+                    let agreed = try x.withUnsafeMutableBufferPointer { try r.allReduce($0, vote: vote) }
                     return (agreed, x)
                 }
                 for (rank, result) in results.enumerated() {
                     let (agreed, sums) = try result.get()
-                    #expect(agreed == (voter != nil), "rank \(rank) of \(ranks), voter \(voter.map(String.init) ?? "none"), \(count) elements")
+                    let expected: RingVotes = voter == nil ? [] : ranks == 1 ? .stop : [.stop, .reform]
+                    #expect(agreed == expected, "rank \(rank) of \(ranks), voter \(voter.map(String.init) ?? "none"), \(count) elements")
                     #expect(sums == [Float](repeating: Float(ranks * (ranks + 1) / 2), count: count))
                 }
             }

@@ -235,10 +235,16 @@ struct  Tether__V1__Reform
    * which members were lost, and why
    */
   char *reason;
+  /*
+   * A worker joins (nothing was lost): the members finish the step in flight and its end-of-step work
+   * on the old ring, agree in a step's exchange (ChunkHeader.reform_vote) to switch after it, and re-form
+   * there, redoing nothing. Unset: a member was lost, and the step in flight is abandoned at once.
+   */
+  protobuf_c_boolean at_boundary;
 };
 #define TETHER__V1__REFORM__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tether__v1__reform__descriptor) \
-    , 0, 0, 0,NULL, 0,NULL, (char *)protobuf_c_empty_string }
+    , 0, 0, 0,NULL, 0,NULL, (char *)protobuf_c_empty_string, 0 }
 
 
 /*
@@ -301,10 +307,15 @@ struct  Tether__V1__Ready
    * the steps the replica's parameters hold
    */
   uint64_t global_step;
+  /*
+   * After a re-formation: the step this worker was computing when its ring gave up (0: none, it was at a
+   * step boundary); the coordinator counts the steps redone from it.
+   */
+  uint64_t abandoned_step;
 };
 #define TETHER__V1__READY__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tether__v1__ready__descriptor) \
-    , 0, 0, 0 }
+    , 0, 0, 0, 0 }
 
 
 /*
@@ -530,10 +541,15 @@ struct  Tether__V1__ChunkHeader
    * ring is dropped, never summed.
    */
   uint32_t ring_epoch;
+  /*
+   * All-reduce: some rank holds a Reform at_boundary (a worker joins): every rank re-forms after this
+   * step (ORed like stop_vote).
+   */
+  protobuf_c_boolean reform_vote;
 };
 #define TETHER__V1__CHUNK_HEADER__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tether__v1__chunk_header__descriptor) \
-    , TETHER__V1__OPERATION__OPERATION_UNSPECIFIED, 0, 0, 0, 0, 0, TETHER__V1__DTYPE__DTYPE_UNSPECIFIED, 0, 0, 0, 0, 0, 0, 0, 0 }
+    , TETHER__V1__OPERATION__OPERATION_UNSPECIFIED, 0, 0, 0, 0, 0, TETHER__V1__DTYPE__DTYPE_UNSPECIFIED, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
 
 
 /*
