@@ -24,6 +24,8 @@ public final class Coordinator {
         /// for `lastCall` seconds), keeping the global batch of `workers`.
         public var minWorkers: Int
         public var lastCall = 10.0
+        /// Elastic: a lost worker costs the step in flight (in place), or a restart from the checkpoint.
+        public var onLoss = OnLoss.inPlace
         /// Resuming a run that has already finished is not an error: the workers that join are told so
         /// (Finish) and the coordinator ends without error (for restart policies that resume on start).
         public var finishedIsDone = false
@@ -33,6 +35,10 @@ public final class Coordinator {
         public var force = false
         public init(listen: String, workers: Int) { (self.listen, self.workers, minWorkers) = (listen, workers, workers) }
         var elastic: Bool { minWorkers < workers }
+    }
+
+    public enum OnLoss: String, CaseIterable, Sendable {
+        case inPlace = "in-place", restart
     }
 
     public let options: Options
@@ -134,7 +140,7 @@ public final class Coordinator {
         (settings.minWorkers, settings.lastCall) = (options.minWorkers, options.lastCall)
         // In place needs every replica's state in one survivor: a model with per-replica buffers (a
         // language model's carried state) would lose the lost members' part, so it restarts instead.
-        reformInPlace = options.elastic && Checkpoint.buffers(of: probe.model).isEmpty
+        reformInPlace = options.elastic && options.onLoss == .inPlace && Checkpoint.buffers(of: probe.model).isEmpty
         settings.reformInPlace = reformInPlace
         settings.takesCarriedState = resume
         machine = CoordinatorState(settings, now: Clock.now)

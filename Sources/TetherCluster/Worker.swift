@@ -201,10 +201,10 @@ public final class Worker {
                 : Envelope.StepReport(globalStep: UInt64(machine.globalStep), epoch: UInt32(replica.state.epoch), lossSum: 0, count: 0, correct: 0,
                                       computeSeconds: 0, allreduceSeconds: 0, optimizerSeconds: 0, parameterHash: 0, waitSeconds: 0)
             if withHash { report.parameterHash = Self.hash(replica.training.workload.model.arena) }
-            try control.send(.stepReport(report), from: rank)
+            try tell(.stepReport(report))
         case .evaluate(let epoch, let ends):
             let replica = job!.replica
-            try control.send(.evalReport(try replica.training.evaluate(epoch: epoch, state: &replica.state, epochEnds: ends)), from: rank)
+            try tell(.evalReport(try replica.training.evaluate(epoch: epoch, state: &replica.state, epochEnds: ends)))
             if ends { (replica.state.epoch, replica.state.stepInEpoch) = (epoch + 1, 0) }
         case .shareReplicaState:
             let replica = job!.replica
@@ -215,7 +215,7 @@ public final class Worker {
             state.rng = model.context.rng
             let file = Checkpoint.file(model: model, optimizer: training.optimizer, config: training.config, state: state, metadata: training.workload.checkpointMetadata,
                                        replicaBuffers: replica.replicas.map(\.buffers), replicaRNGs: replica.replicas.map(\.rng))
-            try control.send(.checkpoint(.init(globalStep: UInt64(state.globalStep), safetensors: [UInt8](Safetensors.encode(file)))), from: rank)
+            try tell(.checkpoint(.init(globalStep: UInt64(state.globalStep), safetensors: [UInt8](Safetensors.encode(file)))))
         case .awaitFinish:
             return .coordinator(try waitFor("the coordinator's finish", within: 60) { $0 == .finish ? $0 : nil })
         case .awaitReform(let urgent):
@@ -305,7 +305,7 @@ public final class Worker {
         let resumed = assign.resumeCheckpoint.isEmpty ? nil
             : try Checkpoint.Loaded(bytes: Data(assign.resumeCheckpoint), source: "the coordinator's resume checkpoint")
         served = !assign.dataServed ? nil : ServedData { [unowned self] request in
-            try control.send(.dataRequest(request), from: rank)
+            try tell(.dataRequest(request))
             return try waitFor("the requested samples", within: 120) { if case .dataRows(let r) = $0 { return r }; return nil }
         }
         let membership = Membership(epoch: assign.ringEpoch, rank: Int(assign.rank), ring: assign.ring, publicKeys: assign.ringPublicKeys, secretKey: assign.ringSecretKey)
@@ -364,8 +364,8 @@ public final class Worker {
     /// its Start (once every replica agrees).
     private func sendReadyAndAwaitStart(_ replica: Replica, abandonedStep: Int) throws {
         let model = replica.training.workload.model
-        try control.send(.ready(.init(parameterHash: Self.hash(model.arena), layoutFingerprint: model.arena.layout.fingerprint,
-                                      globalStep: UInt64(replica.state.globalStep), abandonedStep: UInt64(abandonedStep))), from: rank)
+        try tell(.ready(.init(parameterHash: Self.hash(model.arena), layoutFingerprint: model.arena.layout.fingerprint,
+                                      globalStep: UInt64(replica.state.globalStep), abandonedStep: UInt64(abandonedStep))))
         try waitFor("the start", within: 120) { if case .start = $0 { return () }; return nil }
     }
 
@@ -408,7 +408,7 @@ public final class Worker {
     private func formReformedRing(_ membership: Membership, layoutFingerprint: UInt64) throws -> Ring {
         let listening = Envelope.Reform(ringEpoch: membership.epoch, rank: UInt32(membership.rank), ring: membership.ring, reason: "listening")
         return try formRing(membership, layoutFingerprint: layoutFingerprint) { [self] in
-            try control.send(.reform(listening), from: rank)
+            try tell(.reform(listening))
             try waitFor("the re-formed ring's start", within: 60) { if case .start = $0 { return () }; return nil }
         }
     }
@@ -508,6 +508,21 @@ public final class Worker {
             }
         }
         throw ClusterError("no assignment from the coordinator at \(options.coordinator) within \(Int(seconds)) s" + (diagnosis.summary.map { ": \($0)" } ?? ""))
+    }
+
+    /// Sends to the coordinator. A full queue (libzmq's high-water mark: the coordinator has not read
+    /// for a while, or is gone and its connection not yet given up) waits until it drains, the
+    /// heartbeat thread says the coordinator was lost or stopped the job (which then ends this send as
+    /// any wait), or twice the coordinator's time-out has passed.
+    private func tell(_ body: Envelope.Body) throws {
+        let deadline = ContinuousClock.now + .seconds(2 * options.coordinatorTimeout)
+        while true {
+            do { return try control.send(body, from: rank) } catch let e as ZeroMQError where e.code == EAGAIN && ContinuousClock.now < deadline {
+                if let reason = reforms.abortReason { throw CoordinatorOrder.abort(.init(originRank: -1, reason: reason)) }
+                if reforms.coordinatorLost { throw CollectiveError(message: "the coordinator at \(options.coordinator) was lost", abandoned: true) }
+                Thread.sleep(forTimeInterval: 0.01)
+            }
+        }
     }
 
     /// Messages from the coordinator until `want` accepts one; an Abort or the deadline is an error.

@@ -214,6 +214,8 @@ struct ClusterJob: ParsableArguments {
     @Option(help: "Elastic: start (or restart) with as few as this many workers once no other has joined for --last-call seconds, and when a worker is lost while training, carry on in place with the rest while this many remain (no process restarts; the step in flight is redone); the global batch stays --batch x --workers.")
     var minWorkers: Int?
     @Option(help: "Seconds an elastic job waits for more workers after the last one joined.") var lastCall = 10.0
+    @Option(help: "What an elastic job does when a worker is lost: in-place (the survivors go on, the step in flight redone) or restart (the job stops and resumes from its last checkpoint with the workers there are, --max-restarts; what torchrun does).")
+    var onLoss: Coordinator.OnLoss = .inPlace
     @OptionGroup var jobFile: JobFileOption
 
     func validate() throws {
@@ -233,7 +235,7 @@ struct ClusterJob: ParsableArguments {
     func coordinator(_ given: Coordinator.Options, runDirectory: String, resume: Bool, progress: ProgressDisplay) throws -> Coordinator {
         var options = given
         (options.hashEvery, options.bucketBytes, options.serveData) = (hashEvery, max(4, Int(bucketMb * 1_048_576)), serveData)
-        (options.heartbeatTimeout, options.minWorkers, options.lastCall) = (heartbeatTimeout, minWorkers ?? options.workers, lastCall)
+        (options.heartbeatTimeout, options.minWorkers, options.lastCall, options.onLoss) = (heartbeatTimeout, minWorkers ?? options.workers, lastCall, onLoss)
         return try Coordinator(options: options, config: config(runDirectory: runDirectory, resume: resume), runDirectory: URL(fileURLWithPath: runDirectory),
                                resume: resume, progress: progress)
     }
@@ -313,3 +315,5 @@ enum ProcessLifetime {
         }
     }
 }
+
+extension Coordinator.OnLoss: ExpressibleByArgument {}

@@ -1,12 +1,11 @@
 import Foundation
 import Testing
 
-/// The cluster as a user runs it: `tether simulate` starts a coordinator and worker processes that talk
-/// over loopback tcp.
-@Suite(.serialized, .enabled(if: dataInstalled, "needs Debian's dataset-fashion-mnist (scripts/test installs it)"))
-struct ClusterProcessTests {
+/// What the cluster's equivalence tests compare: checkpoints' parameters, and the run that shows a
+/// wrong gradient scale at once.
+enum RunCheck {
     /// Parameters of a checkpoint, by name.
-    func parameters(_ path: String) throws -> [String: [Float]] {
+    static func parameters(_ path: String) throws -> [String: [Float]] {
         let data = try Data(contentsOf: URL(fileURLWithPath: path))
         let headerLength = data.prefix(8).withUnsafeBytes { Int($0.loadUnaligned(as: UInt64.self)) }
         let header = try JSONSerialization.jsonObject(with: data.subdata(in: 8 ..< 8 + headerLength)) as! [String: Any]
@@ -19,6 +18,68 @@ struct ClusterProcessTests {
         return out
     }
 
+    /// The checkpoints at `a` and `b` hold the same tensors, each within 1e-5 of the other as a whole:
+    /// the largest, over tensors, of ||a - b|| / ||b||. (Per element, Adam turns the rounding of a
+    /// gradient that is almost exactly 0, such as a weight on an always-black border pixel, into a step
+    /// of either sign; those elements differ by ~1e-5 of the tensor's largest value while the tensor
+    /// agrees to ~5e-7.)
+    static func expectParametersAgree(_ a: String, _ b: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let (x, y) = (try RunCheck.parameters(a), try RunCheck.parameters(b))
+        #expect(Set(x.keys) == Set(y.keys) && !x.isEmpty, sourceLocation: sourceLocation)
+        guard Set(x.keys) == Set(y.keys) else { return }
+        var worst = 0.0
+        for (name, u) in x {
+            let v = y[name]!
+            let diff = zip(u, v).reduce(0.0) { $0 + Double($1.0 - $1.1) * Double($1.0 - $1.1) }
+            let norm = v.reduce(0.0) { $0 + Double($1) * Double($1) }
+            worst = max(worst, (diff / max(norm, 1e-30)).squareRoot())
+        }
+        #expect(worst < 1e-5, "worst relative difference \(worst)", sourceLocation: sourceLocation)
+    }
+
+    /// mlp-wn under plain SGD (no momentum, no clipping: a wrong gradient scale shows at once) at lr
+    /// 0.01 on 1,600 samples (25 steps an epoch with 4 workers), for `steps` steps, every step logged.
+    static func plainSGD(steps: Int) -> [String] {
+        ["--model", "mlp-wn", "--optimizer", "sgd", "--lr", "0.01", "--momentum", "0", "--clip-norm", "0", "--batch", "16",
+         "--train-limit", "1600", "--test-limit", "200", "--seed", "5", "--max-steps", String(steps), "--log-every", "1"]
+    }
+
+    /// The samples each global step used, over every process of a run (`SampleAudit`: the lines of
+    /// DIR/samples-*.log), sorted per step.
+    static func samplesByStep(_ dir: URL) throws -> [Int: (epoch: Int, samples: [Int])] {
+        var steps: [Int: (epoch: Int, samples: [Int])] = [:]
+        for file in try FileManager.default.contentsOfDirectory(atPath: dir.path) where file.hasPrefix("samples-") {
+            for line in try String(contentsOf: dir.appendingPathComponent(file), encoding: .utf8).split(separator: "\n") {
+                let fields = line.split(separator: " ", omittingEmptySubsequences: false)
+                guard fields.count == 3, let step = Int(fields[0]), let epoch = Int(fields[1]) else { Issue.record("a bad line: \(line)"); continue }
+                steps[step, default: (epoch, [])].samples += fields[2].split(separator: ",").compactMap { Int($0) }
+            }
+        }
+        return steps.mapValues { ($0.epoch, $0.samples.sorted()) }
+    }
+
+    /// Every step of `disturbed` used the samples the same step of `undisturbed` used, each once
+    /// (nothing lost, nothing twice, dealt over however many workers there were), and within each
+    /// whole epoch every sample was used exactly once.
+    static func expectEverySampleOnce(_ disturbed: URL, like undisturbed: URL, steps: Int, wholeEpochs: Int, count: Int,
+                               sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let a = try samplesByStep(disturbed), b = try samplesByStep(undisturbed)
+        #expect(Set(a.keys) == Set(1...steps), "steps logged: \(a.keys.sorted())", sourceLocation: sourceLocation)
+        #expect(Set(b.keys) == Set(1...steps), "steps logged undisturbed: \(b.keys.sorted())", sourceLocation: sourceLocation)
+        let differing = (1...steps).filter { a[$0]?.samples != b[$0]?.samples }
+        #expect(differing.isEmpty, "steps whose samples differ from the undisturbed run's: \(differing)", sourceLocation: sourceLocation)
+        for epoch in 0..<wholeEpochs {
+            let used = (1...steps).filter { a[$0]?.epoch == epoch }.flatMap { a[$0]!.samples }.sorted()
+            #expect(used.count == count && Set(used) == Set(0..<count), "epoch \(epoch): \(used.count) samples used, \(Set(used).count) distinct of \(count)",
+                    sourceLocation: sourceLocation)
+        }
+    }
+}
+
+/// The cluster as a user runs it: `tether simulate` starts a coordinator and worker processes that talk
+/// over loopback tcp.
+@Suite(.serialized, .enabled(if: dataInstalled, "needs Debian's dataset-fashion-mnist (scripts/test installs it)"))
+struct ClusterProcessTests {
     /// Runs `simulate` with `common` straight through into DIR/whole, and with `splitFlags` stopped after
     /// `stopAfter` steps then resumed into DIR/split; every run must succeed. Returns the two run directories.
     func runWholeAndResumed(_ common: [String], in dir: URL, stopAfter: Int, splitFlags: [String] = []) throws -> (whole: String, split: String) {
@@ -35,25 +96,6 @@ struct ClusterProcessTests {
     func metrics(_ runDirectory: String) throws -> [[String: Any]] {
         try String(contentsOfFile: runDirectory + "/metrics.jsonl", encoding: .utf8).split(separator: "\n")
             .compactMap { try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
-    }
-
-    /// The checkpoints at `a` and `b` hold the same tensors, each within 1e-5 of the other as a whole:
-    /// the largest, over tensors, of ||a - b|| / ||b||. (Per element, Adam turns the rounding of a
-    /// gradient that is almost exactly 0, such as a weight on an always-black border pixel, into a step
-    /// of either sign; those elements differ by ~1e-5 of the tensor's largest value while the tensor
-    /// agrees to ~5e-7.)
-    func expectParametersAgree(_ a: String, _ b: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
-        let (x, y) = (try parameters(a), try parameters(b))
-        #expect(Set(x.keys) == Set(y.keys) && !x.isEmpty, sourceLocation: sourceLocation)
-        guard Set(x.keys) == Set(y.keys) else { return }
-        var worst = 0.0
-        for (name, u) in x {
-            let v = y[name]!
-            let diff = zip(u, v).reduce(0.0) { $0 + Double($1.0 - $1.1) * Double($1.0 - $1.1) }
-            let norm = v.reduce(0.0) { $0 + Double($1) * Double($1) }
-            worst = max(worst, (diff / max(norm, 1e-30)).squareRoot())
-        }
-        #expect(worst < 1e-5, "worst relative difference \(worst)", sourceLocation: sourceLocation)
     }
 
     /// Equivalence, the cluster's correctness test: 3 workers with batch B reach, after 20 steps, the
@@ -81,7 +123,7 @@ struct ClusterProcessTests {
         #expect(cluster.stdout.contains("all 3 replicas agree on the initial parameters"))
         let single = try CLI.run(["train", "--batch", "48", "--run-dir", dir.appendingPathComponent("single").path] + common, timeout: 240)
         #expect(single.status == 0, "stderr: \(single.stderr)")
-        try expectParametersAgree(dir.appendingPathComponent("cluster/checkpoint.safetensors").path,
+        try RunCheck.expectParametersAgree(dir.appendingPathComponent("cluster/checkpoint.safetensors").path,
                                   dir.appendingPathComponent("single/checkpoint.safetensors").path)
     }
 
@@ -110,7 +152,7 @@ struct ClusterProcessTests {
                 #expect(r.stdout.contains("resuming a run of \(before) workers with \(after): the global batch stays"), "\(r.stdout)")
             }
         }
-        try expectParametersAgree(split + "/checkpoint.safetensors", whole + "/checkpoint.safetensors")
+        try RunCheck.expectParametersAgree(split + "/checkpoint.safetensors", whole + "/checkpoint.safetensors")
         // the same number of steps in all (the split run also ended once at step 10)
         let ends = try [whole, split].map { try metrics($0).filter { $0["event"] as? String == "end" }.compactMap { $0["step"] as? Int } }
         #expect(ends[0].count == 1 && ends[1] == [10, ends[0][0]], "end steps \(ends)")
@@ -146,45 +188,7 @@ struct ClusterProcessTests {
         let whole = dir.appendingPathComponent("whole").path
         let u = try CLI.run(["simulate", "--workers", "3", "--run-dir", whole] + training, timeout: 240)
         #expect(u.status == 0, "stderr: \(u.stderr)")
-        try expectParametersAgree(run.appendingPathComponent("checkpoint.safetensors").path, whole + "/checkpoint.safetensors")
-    }
-
-    /// mlp-wn under plain SGD (no momentum, no clipping: a wrong gradient scale shows at once) at lr
-    /// 0.01 on 1,600 samples (25 steps an epoch with 4 workers), for `steps` steps, every step logged.
-    func plainSGD(steps: Int) -> [String] {
-        ["--model", "mlp-wn", "--optimizer", "sgd", "--lr", "0.01", "--momentum", "0", "--clip-norm", "0", "--batch", "16",
-         "--train-limit", "1600", "--test-limit", "200", "--seed", "5", "--max-steps", String(steps), "--log-every", "1"]
-    }
-
-    /// The samples each global step used, over every process of a run (`SampleAudit`: the lines of
-    /// DIR/samples-*.log), sorted per step.
-    func samplesByStep(_ dir: URL) throws -> [Int: (epoch: Int, samples: [Int])] {
-        var steps: [Int: (epoch: Int, samples: [Int])] = [:]
-        for file in try FileManager.default.contentsOfDirectory(atPath: dir.path) where file.hasPrefix("samples-") {
-            for line in try String(contentsOf: dir.appendingPathComponent(file), encoding: .utf8).split(separator: "\n") {
-                let fields = line.split(separator: " ", omittingEmptySubsequences: false)
-                guard fields.count == 3, let step = Int(fields[0]), let epoch = Int(fields[1]) else { Issue.record("a bad line: \(line)"); continue }
-                steps[step, default: (epoch, [])].samples += fields[2].split(separator: ",").compactMap { Int($0) }
-            }
-        }
-        return steps.mapValues { ($0.epoch, $0.samples.sorted()) }
-    }
-
-    /// Every step of `disturbed` used the samples the same step of `undisturbed` used, each once
-    /// (nothing lost, nothing twice, dealt over however many workers there were), and within each
-    /// whole epoch every sample was used exactly once.
-    func expectEverySampleOnce(_ disturbed: URL, like undisturbed: URL, steps: Int, wholeEpochs: Int, count: Int,
-                               sourceLocation: SourceLocation = #_sourceLocation) throws {
-        let a = try samplesByStep(disturbed), b = try samplesByStep(undisturbed)
-        #expect(Set(a.keys) == Set(1...steps), "steps logged: \(a.keys.sorted())", sourceLocation: sourceLocation)
-        #expect(Set(b.keys) == Set(1...steps), "steps logged undisturbed: \(b.keys.sorted())", sourceLocation: sourceLocation)
-        let differing = (1...steps).filter { a[$0]?.samples != b[$0]?.samples }
-        #expect(differing.isEmpty, "steps whose samples differ from the undisturbed run's: \(differing)", sourceLocation: sourceLocation)
-        for epoch in 0..<wholeEpochs {
-            let used = (1...steps).filter { a[$0]?.epoch == epoch }.flatMap { a[$0]!.samples }.sorted()
-            #expect(used.count == count && Set(used) == Set(0..<count), "epoch \(epoch): \(used.count) samples used, \(Set(used).count) distinct of \(count)",
-                    sourceLocation: sourceLocation)
-        }
+        try RunCheck.expectParametersAgree(run.appendingPathComponent("checkpoint.safetensors").path, whole + "/checkpoint.safetensors")
     }
 
     /// Elastic in place: `simulate --workers 4 --min-workers 3`, one worker SIGKILLed (or SIGSTOPped
@@ -199,7 +203,7 @@ struct ClusterProcessTests {
         // lr 0.01 and 40 steps: the grouping of the sums differs (1e-7), and a difference that flips a
         // ReLU near zero grows (at lr 0.05 the loss jumps to 10 at step 3; at 0.01, 2 workers then 3
         // part from 3 throughout by 1e-4 at step 60 and 7e-3 at 150, resumed or joined alike)
-        let common = ["--workers", "4"] + plainSGD(steps: 40) + ["--hash-every", "1", "--threads", "1"]
+        let common = ["--workers", "4"] + RunCheck.plainSGD(steps: 40) + ["--hash-every", "1", "--threads", "1"]
         let disturbed = dir.appendingPathComponent("disturbed"), whole = dir.appendingPathComponent("whole")
         let audits = (dir.appendingPathComponent("samples-disturbed"), dir.appendingPathComponent("samples-whole"))
         for d in [audits.0, audits.1] { try FileManager.default.createDirectory(at: d, withIntermediateDirectories: true) }
@@ -248,8 +252,8 @@ struct ClusterProcessTests {
         for c in children { #expect(kill(c, 0) != 0, "worker \(c) is still running") }
         let u = try CLI.run(["simulate", "--run-dir", whole.path] + common, timeout: 240, environment: ["TETHER_TEST_SAMPLE_LOG": audits.1.path])
         #expect(u.status == 0, "stderr: \(u.stderr)")
-        try expectParametersAgree(disturbed.appendingPathComponent("checkpoint.safetensors").path, whole.appendingPathComponent("checkpoint.safetensors").path)
-        try expectEverySampleOnce(audits.0, like: audits.1, steps: 40, wholeEpochs: 1, count: 1600)
+        try RunCheck.expectParametersAgree(disturbed.appendingPathComponent("checkpoint.safetensors").path, whole.appendingPathComponent("checkpoint.safetensors").path)
+        try RunCheck.expectEverySampleOnce(audits.0, like: audits.1, steps: 40, wholeEpochs: 1, count: 1600)
     }
 
     /// Elastic in place, joining: `coordinator --workers 3 --min-workers 2` starts with two workers; a
@@ -259,7 +263,7 @@ struct ClusterProcessTests {
     @Test func aWorkerJoinsARunningJob() throws {
         let dir = CLI.tempDir("join")
         defer { try? FileManager.default.removeItem(at: dir) }
-        let training = plainSGD(steps: 40) + ["--hash-every", "1"]
+        let training = RunCheck.plainSGD(steps: 40) + ["--hash-every", "1"]
         let port = Int.random(in: 20000..<32000), jobID = "join-\(getpid())"
         let address = "tcp://127.0.0.1:\(port)", run = dir.appendingPathComponent("joined")
         let audits = (dir.appendingPathComponent("samples-joined"), dir.appendingPathComponent("samples-whole"))
@@ -286,8 +290,8 @@ struct ClusterProcessTests {
         let whole = dir.appendingPathComponent("whole").path
         let u = try CLI.run(["simulate", "--workers", "3", "--run-dir", whole] + training, timeout: 240, environment: ["TETHER_TEST_SAMPLE_LOG": audits.1.path])
         #expect(u.status == 0, "stderr: \(u.stderr)")
-        try expectParametersAgree(run.appendingPathComponent("checkpoint.safetensors").path, whole + "/checkpoint.safetensors")
-        try expectEverySampleOnce(audits.0, like: audits.1, steps: 40, wholeEpochs: 1, count: 1600)
+        try RunCheck.expectParametersAgree(run.appendingPathComponent("checkpoint.safetensors").path, whole + "/checkpoint.safetensors")
+        try RunCheck.expectEverySampleOnce(audits.0, like: audits.1, steps: 40, wholeEpochs: 1, count: 1600)
     }
 
     /// The coordinator lost: workers started with --coordinator-wait keep their replicas when it falls
@@ -297,7 +301,7 @@ struct ClusterProcessTests {
     @Test func aRestartedCoordinatorTakesTheStateItsWorkersKept() throws {
         let dir = CLI.tempDir("coordinator-lost")
         defer { try? FileManager.default.removeItem(at: dir) }
-        let training = plainSGD(steps: 300) + ["--checkpoint-every", "10"]
+        let training = RunCheck.plainSGD(steps: 300) + ["--checkpoint-every", "10"]
         let port = Int.random(in: 20000..<32000), jobID = "lost-\(getpid())"
         let address = "tcp://127.0.0.1:\(port)", run = dir.appendingPathComponent("run")
         let coordinator = ["coordinator", "--listen", address, "--workers", "3", "--job-id", jobID, "--run-dir", run.path] + training + CLI.key
@@ -330,7 +334,7 @@ struct ClusterProcessTests {
         let whole = dir.appendingPathComponent("whole").path
         let u = try CLI.run(["simulate", "--workers", "3", "--run-dir", whole] + training, timeout: 240)
         #expect(u.status == 0, "stderr: \(u.stderr)")
-        try expectParametersAgree(run.appendingPathComponent("checkpoint.safetensors").path, whole + "/checkpoint.safetensors")
+        try RunCheck.expectParametersAgree(run.appendingPathComponent("checkpoint.safetensors").path, whole + "/checkpoint.safetensors")
     }
 
     /// Waits (up to a minute) until the run in `dir` has written its first checkpoint.
@@ -377,8 +381,8 @@ struct ClusterProcessTests {
             #expect(stopped.map { $0 > 0 && $0 < total } ?? false, "\(what): stopped at step \(stopped.map(String.init) ?? "none") of \(total)")
             let r = try CLI.run(["simulate", "--workers", "2", "--resume", "--run-dir", run.path] + training, timeout: 240)
             #expect(r.status == 0, "\(what), resumed: \(r.stderr)")
-            let a = try parameters(run.appendingPathComponent("checkpoint.safetensors").path)
-            let b = try parameters(whole.appendingPathComponent("checkpoint.safetensors").path)
+            let a = try RunCheck.parameters(run.appendingPathComponent("checkpoint.safetensors").path)
+            let b = try RunCheck.parameters(whole.appendingPathComponent("checkpoint.safetensors").path)
             #expect(!a.isEmpty && a == b, "\(what)")
         }
 
@@ -504,8 +508,8 @@ struct ClusterProcessTests {
         for c in r.workers { #expect(kill(c, 0) != 0, "worker \(c) is still running") }
         let u = try CLI.run(["simulate", "--run-dir", whole.path] + common, timeout: 240)
         #expect(u.status == 0, "stderr: \(u.stderr)")
-        let a = try parameters(restarted.appendingPathComponent("checkpoint.safetensors").path)
-        let b = try parameters(whole.appendingPathComponent("checkpoint.safetensors").path)
+        let a = try RunCheck.parameters(restarted.appendingPathComponent("checkpoint.safetensors").path)
+        let b = try RunCheck.parameters(whole.appendingPathComponent("checkpoint.safetensors").path)
         #expect(!a.isEmpty && a == b)
         // It resumed (a restart from scratch would end the same): the second start is past step 0.
         let events = try metrics(restarted.path)
@@ -528,7 +532,7 @@ struct ClusterProcessTests {
         defer { try? FileManager.default.removeItem(at: dir) }
         let common = ["--workers", "2", "--epochs", "2", "--seed", "5"] + flags
         let (whole, split) = try runWholeAndResumed(common, in: dir, stopAfter: 20)
-        let a = try parameters(whole + "/checkpoint.safetensors"), b = try parameters(split + "/checkpoint.safetensors")
+        let a = try RunCheck.parameters(whole + "/checkpoint.safetensors"), b = try RunCheck.parameters(split + "/checkpoint.safetensors")
         #expect(a == b)
         // The job learned: two epochs on 1,000 images take the held-out accuracy far above chance (10%).
         let epochs = try metrics(whole).filter { $0["event"] as? String == "epoch" }
@@ -549,7 +553,7 @@ struct ClusterProcessTests {
         defer { try? FileManager.default.removeItem(at: dir) }
         let common = ["--workers", "2", "--epochs", "3", "--seed", "8"] + flags
         let (files, served) = try runWholeAndResumed(common, in: dir, stopAfter: 4, splitFlags: ["--serve-data"])
-        let a = try parameters(files + "/checkpoint.safetensors"), b = try parameters(served + "/checkpoint.safetensors")
+        let a = try RunCheck.parameters(files + "/checkpoint.safetensors"), b = try RunCheck.parameters(served + "/checkpoint.safetensors")
         #expect(!a.isEmpty && a == b)
         let loss = { (dir: String) in try metrics(dir).compactMap { $0["test_loss"] as? Double }.last }
         #expect(try loss(files) != nil && loss(files) == loss(served), "the sharded evaluation over served held-out samples")

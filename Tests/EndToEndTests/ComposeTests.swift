@@ -144,8 +144,10 @@ struct ComposeTests {
         // container stopped by hand, so the job goes on in place with the three left
         // (TETHER_MIN_WORKERS: the survivors re-form the ring, a `reformed` event). A crash of the
         // coordinator (its process killed; `docker kill` would count as a stop by hand too): the restart
-        // policy brings it back and it resumes from the checkpoint (a second `training` event). Between
-        // them, `up --scale worker=4` again starts a fourth worker, which joins the running job.
+        // policy brings it back, it resumes, and the workers, which kept their replicas
+        // (TETHER_COORDINATOR_WAIT), hand it their state: it trains on from their step, not from its
+        // checkpoint's (a second `training` event). Between them, `up --scale worker=4` again starts a
+        // fourth worker, which joins the running job at a step boundary.
         _ = try compose(["down", "-v"], timeout: 120)
         #expect(try compose(["up", "-d", "--scale", "worker=4"], timeout: 180, environment: env + ["TETHER_MIN_WORKERS": "3"]).status == 0)
         for (victim, after, sign, count) in [("\(project)_worker_2", 60, "reformed", 1), ("scale", 150, "reformed", 2), ("\(project)_coordinator_1", 300, "training", 2)] {
@@ -171,10 +173,17 @@ struct ComposeTests {
                 if starts.count >= count { resumedAt = starts.last }
             }
             #expect(resumedAt != nil, "\(victim): the job did not train again within 150 s")
+            if sign == "training" {
+                let logs = try docker(["logs", victim])
+                let workerLogs = try (1...5).map { w -> String in let l = try docker(["logs", "\(project)_worker_\(w)"]); return "worker \(w): " + String((l.stdout + l.stderr).suffix(1500)) }
+                let worker = (stdout: workerLogs.joined(separator: "\n"), stderr: "")
+                #expect((resumedAt ?? 0) >= reached && (logs.stdout + logs.stderr).contains("from the state the workers kept at step"),
+                        "the restarted coordinator went on from step \(resumedAt ?? -1), the workers had \(reached): \((logs.stdout + logs.stderr).suffix(3000))\n\(worker.stdout)")
+            }
             // in place, the survivors go on from the step in flight; a resume, from the last checkpoint
             // (a checkpoint every 50 steps; the step reached is known to the log's granularity of 50)
             print("compose test: \(victim == "scale" ? "a fourth worker started" : "\(victim) killed") at about step \(reached)+: training again after "
-                  + "\(Int(Date().timeIntervalSince(killed))) s, " + (sign == "reformed" ? "in place at step \(resumedAt ?? -1)" : "from the checkpoint of step \(resumedAt ?? -1)"))
+                  + "\(Int(Date().timeIntervalSince(killed))) s, " + (sign == "reformed" ? "in place at step \(resumedAt ?? -1)" : "from the workers' state at step \(resumedAt ?? -1)"))
         }
         let coordinator = try docker(["wait", "\(project)_coordinator_1"], timeout: 300)
         #expect(coordinator.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "0", "\(coordinator.stdout)")
