@@ -184,8 +184,9 @@ public final class Coordinator {
             : "global batch \(config.globalBatch(workers: options.workers)) dealt over the workers"
         let workers = options.workers == 1 ? "1 worker" : "\(options.workers) workers"
         let waiting = options.elastic ? "\(workers) (at least \(options.minWorkers))" : workers
+        let wire = config.compression.map { $0 == .none ? "" : ", gradients as \($0 == .fp16 ? "f16" : "bf16") on the wire (error feedback)" } ?? ""
         progress.line("coordinator on \(boundAddress): waiting for \(waiting); \(config.model), \(batch), "
-                      + "\(stepsPerEpoch) steps per epoch, \(total) steps in all")
+                      + "\(stepsPerEpoch) steps per epoch, \(total) steps in all\(wire)")
         var lastHeartbeat = 0.0
         let begun = Date()
         var window = (stats: BatchStats(), since: Date(), steps: 0, compute: 0.0, exchange: 0.0, waiting: 0.0)

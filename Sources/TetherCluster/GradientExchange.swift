@@ -33,8 +33,17 @@ final class GradientExchange: @unchecked Sendable { // the exchange thread runs 
     private var votes: RingVotes = []
     private(set) var agreed: RingVotes = []
 
-    init(ring: Ring, model: any Model<Float>, bucketBytes: Int) {
-        (self.ring, self.model) = (ring, model)
+    /// The dense gradients' type on the wire (f32, or f16/bf16 with error feedback: `carry` holds what
+    /// this rank's rounding took from each gradient element, added to it the next step).
+    let wire: ChunkHeader.DType
+    private let codec: WireCodec?
+    private let carry: UnsafeMutablePointer<Float>?
+
+    init(ring: Ring, model: any Model<Float>, bucketBytes: Int, wire: ChunkHeader.DType = .f32) {
+        (self.ring, self.model, self.wire) = (ring, model, wire)
+        codec = WireCodec(wire)
+        carry = codec == nil ? nil : .allocate(capacity: model.arena.count)
+        carry?.initialize(repeating: 0, count: model.arena.count)
         bucketElements = max(1, bucketBytes / MemoryLayout<Float>.stride)
         // Installed once; `begin` arms it for a step and `finish` (sentFrom = 0) disarms it.
         model.context.gradientsReady = { [weak self] offset in
@@ -42,6 +51,8 @@ final class GradientExchange: @unchecked Sendable { // the exchange thread runs 
             send(from: offset)
         }
     }
+
+    deinit { carry?.deallocate() }
 
     /// Arms the exchange for `step`: from here the model's backward reports its progress to it.
     func begin(step: UInt64) {
@@ -68,7 +79,10 @@ final class GradientExchange: @unchecked Sendable { // the exchange thread runs 
             thread.async(group: pending) { [self] in
                 guard failure == nil else { return }
                 let buffer = UnsafeMutableBufferPointer(start: model.arena.grads + start, count: end - start)
-                do { votes.formUnion(try ring.allReduce(buffer, step: step, bucket: bucket, vote: votes)) } catch { failure = error }
+                // error feedback: this rank's contribution is rounded here, carrying what it loses into
+                // the next step, so the ring's first narrowing of it is exact
+                if let codec, let carry { codec.round(buffer.baseAddress!, count: buffer.count, carry: carry + start) }
+                do { votes.formUnion(try ring.allReduce(buffer, wire: wire, step: step, bucket: bucket, vote: votes)) } catch { failure = error }
             }
             nextBucket += 1
         }

@@ -156,7 +156,7 @@ public final class Worker {
             rejoining = carrying
             defer { rejoining = false }
             guard let assign = try join(carrying: carrying ? kept.map { ($0.step, $0.hash) } : nil, within: carrying ? options.coordinatorWait : 120) else {
-                log("worker: the coordinator says the run has finished; nothing to do")
+                log(carrying ? "worker: the coordinator that came back says the run has finished" : "worker: the run has already finished (the coordinator says so); nothing to do")
                 return .runFinished
             }
             // A hostile or invalid assignment is refused before this worker does anything (set-up checks
@@ -624,7 +624,12 @@ final class Training {
 
     init(workload: any Workload, optimizer: Optimizer<Float>, ring: Ring, config: TrainingConfig, bucketBytes: Int) {
         (self.workload, self.optimizer, self.ring, self.config) = (workload, optimizer, ring, config)
-        exchange = GradientExchange(ring: ring, model: workload.model, bucketBytes: bucketBytes)
+        let wire: ChunkHeader.DType = switch config.compression ?? .none {
+        case .none: .f32
+        case .fp16: .f16
+        case .bf16: .bf16
+        }
+        exchange = GradientExchange(ring: ring, model: workload.model, bucketBytes: bucketBytes, wire: wire)
         totalSteps = config.totalSteps(stepsPerEpoch: workload.stepsPerEpoch)
     }
 

@@ -79,10 +79,27 @@ public struct ChunkHeader: Equatable, Sendable {
             }
         }
     }
-    public enum DType: UInt32, Sendable, CustomStringConvertible {
-        case f32 = 1, f64, bytes
-        public var size: Int { self == .f32 ? 4 : self == .f64 ? 8 : 1 }
-        public var description: String { self == .f32 ? "f32" : self == .f64 ? "f64" : "bytes" }
+    /// The payload's element type on the wire. f16 and bf16 carry f32 values narrowed for the wire
+    /// (reduced in f32 on arrival).
+    public enum DType: UInt32, Sendable, CustomStringConvertible, CaseIterable {
+        case f32 = 1, f64, bytes, f16, bf16
+        public var size: Int {
+            switch self {
+            case .f32: 4
+            case .f64: 8
+            case .bytes: 1
+            case .f16, .bf16: 2
+            }
+        }
+        public var description: String {
+            switch self {
+            case .f32: "f32"
+            case .f64: "f64"
+            case .bytes: "bytes"
+            case .f16: "f16"
+            case .bf16: "bf16"
+            }
+        }
     }
 
     public var operation: Operation

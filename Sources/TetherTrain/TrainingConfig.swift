@@ -29,6 +29,14 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     public var schema: String?
     public var language = LanguageOptions()
     public var wideDeep = WideDeepOptions()
+    /// A cluster's gradients on the wire (nil: f32, as they are).
+    public var compression: Compression?
+
+    /// How a cluster's gradients travel between workers: as they are (f32), or narrowed to IEEE half
+    /// or bfloat16 (half the bytes), summed in f32, with error feedback.
+    public enum Compression: String, Codable, CaseIterable, Sendable {
+        case none, fp16, bf16
+    }
 
     public init() {}
 

@@ -2394,19 +2394,23 @@ const ProtobufCEnumDescriptor tether__v1__operation__descriptor =
   tether__v1__operation__value_ranges,
   NULL,NULL,NULL,NULL   /* reserved[1234] */
 };
-static const ProtobufCEnumValue tether__v1__dtype__enum_values_by_number[4] =
+static const ProtobufCEnumValue tether__v1__dtype__enum_values_by_number[6] =
 {
   { "DTYPE_UNSPECIFIED", "TETHER__V1__DTYPE__DTYPE_UNSPECIFIED", 0 },
   { "DTYPE_F32", "TETHER__V1__DTYPE__DTYPE_F32", 1 },
   { "DTYPE_F64", "TETHER__V1__DTYPE__DTYPE_F64", 2 },
   { "DTYPE_BYTES", "TETHER__V1__DTYPE__DTYPE_BYTES", 3 },
+  { "DTYPE_F16", "TETHER__V1__DTYPE__DTYPE_F16", 4 },
+  { "DTYPE_BF16", "TETHER__V1__DTYPE__DTYPE_BF16", 5 },
 };
 static const ProtobufCIntRange tether__v1__dtype__value_ranges[] = {
-{0, 0},{0, 4}
+{0, 0},{0, 6}
 };
-static const ProtobufCEnumValueIndex tether__v1__dtype__enum_values_by_name[4] =
+static const ProtobufCEnumValueIndex tether__v1__dtype__enum_values_by_name[6] =
 {
+  { "DTYPE_BF16", 5 },
   { "DTYPE_BYTES", 3 },
+  { "DTYPE_F16", 4 },
   { "DTYPE_F32", 1 },
   { "DTYPE_F64", 2 },
   { "DTYPE_UNSPECIFIED", 0 },
@@ -2418,9 +2422,9 @@ const ProtobufCEnumDescriptor tether__v1__dtype__descriptor =
   "DType",
   "Tether__V1__DType",
   "tether.v1",
-  4,
+  6,
   tether__v1__dtype__enum_values_by_number,
-  4,
+  6,
   tether__v1__dtype__enum_values_by_name,
   1,
   tether__v1__dtype__value_ranges,

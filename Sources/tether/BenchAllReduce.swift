@@ -20,6 +20,8 @@ struct BenchAllReduce: ParsableCommand {
     @Option(help: "Bytes to all-reduce (float32 elements), e.g. 100MB.") var size = "100MB"
     @Option(help: "tcp (loopback), ipc or inproc.") var transport: Transport = .tcp
     @Option(help: "Chunk size in bytes (default \(RingOptions().chunkBytes)).") var chunk: Int?
+    @Option(help: "The values on the wire: f32, or f16/bf16 (narrowed as sent, summed in f32; --size is still of the float32 buffer).")
+    var dtype: ChunkHeader.DType = .f32
     @Option(help: "Timed iterations.") var iterations = 10
     @Option(help: "Untimed warm-up iterations.") var warmup = 2
     @Option(help: "Seconds any receive may wait before the ring fails.") var timeout = 30.0
@@ -84,7 +86,7 @@ struct BenchAllReduce: ParsableCommand {
                 let options = try secured(options, try security.security().keys, context)
                 defer { options.curve?.authenticator.stop() }
                 let run = RankRun(rank: rank, addresses: addresses.split(separator: ",").map(String.init), elements: elements,
-                                  options: options, iterations: iterations, warmup: warmup, check: check)
+                                  options: options, iterations: iterations, warmup: warmup, check: check, dtype: dtype)
                 if rankReport {
                     print(String(data: try JSONEncoder().encode(try run.run(context: context).mine), encoding: .utf8)!)
                 } else {
@@ -111,7 +113,8 @@ struct BenchAllReduce: ParsableCommand {
         nonisolated(unsafe) var results = [Result<RankReport, Error>?](repeating: nil, count: ranks)
         for r in 0..<ranks {
             group.enter()
-            let run = RankRun(rank: r, addresses: addresses, elements: elements, options: options, iterations: iterations, warmup: warmup, check: check)
+            let run = RankRun(rank: r, addresses: addresses, elements: elements, options: options, iterations: iterations, warmup: warmup, check: check,
+                              dtype: dtype)
             Thread {
                 let result = Result { try run.run(context: context).mine }
                 lock.lock(); results[r] = result; lock.unlock()
@@ -140,6 +143,7 @@ struct BenchAllReduce: ParsableCommand {
                         "--iterations", "\(iterations)", "--warmup", "\(warmup)", "--timeout", "\(timeout)"]
             if let chunk { args += ["--chunk", "\(chunk)"] }
             if check { args.append("--check") }
+            args += ["--dtype", dtype.description]
             p.arguments = args + security
             (p.standardOutput, p.standardError) = (out, err)
             try p.run()
@@ -160,6 +164,9 @@ struct BenchAllReduce: ParsableCommand {
         return reports
     }
 
+    /// What --check holds the result to.
+    var checkedBound: String { dtype == .f32 ? "within 1e-6" : "within \(dtype)'s bound (N + 1 roundings)" }
+
     /// Prints the median time and bandwidths of `reports` (every rank's, by rank), and rank 0's (or,
     /// across hosts, this rank's) breakdown.
     func summarize(_ reports: [RankReport], elements: Int, ranks: Int, where place: String) throws {
@@ -172,27 +179,29 @@ struct BenchAllReduce: ParsableCommand {
             let hashes = Set(reports.map(\.resultHash))
             guard hashes.count == 1 else { throw CollectiveError(message: "ranks ended with different results: hashes \(reports.map(\.resultHash))") }
             let worst = reports.map(\.maxRelativeError).max()!
-            guard worst <= 1e-6 else { throw CollectiveError(message: "result differs from the Double reference by \(worst) (relative)") }
+            // f32: float rounding; 16 bits: the inputs, each hop's partial sum and the result rounded once each
+            let bound = WireCodec(dtype).map { Double(ranks + 1) * $0.unitRoundoff + 1e-6 } ?? 1e-6
+            guard worst <= bound else { throw CollectiveError(message: "result differs from the Double reference by \(worst) (relative; bound \(bound))") }
         }
         let mine = reports.first { $0.rank == (rank ?? 0) } ?? reports[0]
         let s = mine.statistics
         let perIteration = { (x: Duration) in x.seconds / Double(iterations) * 1000 }
         if json {
-            var out: [String: Any] = ["ranks": ranks, "bytes": Int(bytes), "transport": rank == nil ? transport.rawValue : "tcp", "reporting_rank": mine.rank,
+            var out: [String: Any] = ["ranks": ranks, "bytes": Int(bytes), "dtype": dtype.description, "transport": rank == nil ? transport.rawValue : "tcp", "reporting_rank": mine.rank,
                                       "chunk_bytes": options.chunkBytes, "iterations": iterations,
                                       "median_ms": median * 1000, "times_ms": times.map { $0 * 1000 },
                                       "algbw_gbps": algbw, "busbw_gbps": busbw,
                                       "ms_per_iteration": ["waiting": perIteration(s.waiting), "sending": perIteration(s.sending),
                                                                  "reducing": perIteration(s.reducing), "checksumming": perIteration(s.checksumming)]]
-            if check { out["check"] = "ok: bitwise identical on every rank, within 1e-6 of the Double reference" }
+            if check { out["check"] = "ok: bitwise identical on every rank, \(checkedBound) of the Double reference" }
             print(String(data: try JSONSerialization.data(withJSONObject: out, options: [.sortedKeys]), encoding: .utf8)!)
         } else {
-            print("all-reduce of \(size) (\(elements) float32) over \(ranks) ranks, \(place), chunk \(options.chunkBytes) bytes")
+            print("all-reduce of \(size) (\(elements) float32\(dtype == .f32 ? "" : ", as \(dtype) on the wire")) over \(ranks) ranks, \(place), chunk \(options.chunkBytes) bytes")
             print("times (ms): \(times.map { String(format: "%.1f", $0 * 1000) }.joined(separator: " "))")
             print(String(format: "median %.2f ms  algbw %.3f GB/s  busbw %.3f GB/s", median * 1000, algbw, busbw))
             print(String(format: "rank \(mine.rank) per iteration (ms): waiting %.2f, sending %.2f, reducing %.2f, checksumming %.2f",
                          perIteration(s.waiting), perIteration(s.sending), perIteration(s.reducing), perIteration(s.checksumming)))
-            if check { print("check: bitwise identical on every rank, within 1e-6 of the Double reference") }
+            if check { print("check: bitwise identical on every rank, \(checkedBound) of the Double reference") }
         }
     }
 }
@@ -209,6 +218,8 @@ struct RankReport: Codable {
 
 struct RankRun {
     var rank: Int, addresses: [String], elements: Int, options: RingOptions, iterations: Int, warmup: Int, check: Bool
+    /// The values on the wire.
+    var dtype: ChunkHeader.DType
 
     /// Rank r's check values; the reference sum over ranks is computed in Double from the same formula.
     static func value(_ i: Int, rank: Int) -> Float { Float((i % 1009) - 504) * 0.001 + Float(rank) * 0.5 }
@@ -233,7 +244,7 @@ struct RankRun {
         var buffer = [Float](repeating: 1, count: elements)
         if check {
             for i in 0..<elements { buffer[i] = Self.value(i, rank: rank) }
-            _ = try buffer.withUnsafeMutableBufferPointer { try ring.allReduce($0) }
+            _ = try buffer.withUnsafeMutableBufferPointer { try ring.allReduce($0, wire: dtype) }
             var worst = 0.0
             for i in 0..<elements {
                 let exact = (0..<addresses.count).reduce(0.0) { $0 + Double(Self.value(i, rank: $1)) }
@@ -248,7 +259,7 @@ struct RankRun {
             let before = ring.statistics, start = ContinuousClock.now
             // Average keeps the values bounded over many iterations; it costs one division per element
             // of the rank's own segment.
-            _ = try buffer.withUnsafeMutableBufferPointer { try ring.allReduce($0, average: true) }
+            _ = try buffer.withUnsafeMutableBufferPointer { try ring.allReduce($0, wire: dtype, average: true) }
             guard i >= warmup else { continue }
             report.seconds.append(start.duration(to: .now).seconds)
             report.statistics += ring.statistics - before
@@ -259,4 +270,12 @@ struct RankRun {
 
 extension Duration {
     var seconds: Double { Double(components.seconds) + Double(components.attoseconds) * 1e-18 }
+}
+
+extension ChunkHeader.DType: ExpressibleByArgument {
+    public init?(argument: String) {
+        guard let d = Self.allCases.first(where: { $0.description == argument }), [.f32, .f16, .bf16].contains(d) else { return nil }
+        self = d
+    }
+    public static var allValueStrings: [String] { ["f32", "f16", "bf16"] }
 }

@@ -214,6 +214,8 @@ struct ClusterJob: ParsableArguments {
     @Option(help: "Elastic: start (or restart) with as few as this many workers once no other has joined for --last-call seconds, and when a worker is lost while training, carry on in place with the rest while this many remain (no process restarts; the step in flight is redone); the global batch stays --batch x --workers.")
     var minWorkers: Int?
     @Option(help: "Seconds an elastic job waits for more workers after the last one joined.") var lastCall = 10.0
+    @Option(help: "The gradients on the wire: none (f32), fp16 (IEEE half) or bf16 (bfloat16): half the bytes, summed in f32 on arrival, with error feedback (each worker adds what its rounding lost to its next step's gradient).")
+    var compression: TrainingConfig.Compression?
     @Option(help: "What an elastic job does when a worker is lost: in-place (the survivors go on, the step in flight redone) or restart (the job stops and resumes from its last checkpoint with the workers there are, --max-restarts; what torchrun does).")
     var onLoss: Coordinator.OnLoss = .inPlace
     @OptionGroup var jobFile: JobFileOption
@@ -244,7 +246,9 @@ struct ClusterJob: ParsableArguments {
     func config(runDirectory: String, resume: Bool? = nil) throws -> TrainingConfig {
         var base = TrainingConfig()
         if resume ?? self.resume { base = try Checkpoint.Loaded(URL(fileURLWithPath: runDirectory).appendingPathComponent(Checkpoint.fileName)).config }
-        return training.applied(to: base)
+        var config = training.applied(to: base)
+        if let compression { config.compression = compression == TrainingConfig.Compression.none ? nil : compression }
+        return config
     }
 
     /// A job that was set up and then failed while training: the failure a restart may recover from.
@@ -317,3 +321,4 @@ enum ProcessLifetime {
 }
 
 extension Coordinator.OnLoss: ExpressibleByArgument {}
+extension TrainingConfig.Compression: ExpressibleByArgument {}

@@ -155,7 +155,7 @@ let kubernetesTypesInstalled = (try? CLI.run(["-c", "import kubernetes, yaml"], 
     @Test func aSecondWorkerOnATakenAddressIsRefused() throws {
         let dir = CLI.tempDir("taken")
         defer { try? FileManager.default.removeItem(at: dir) }
-        let address = "tcp://127.0.0.1:\(Int.random(in: 20000..<40000))", advertised = "tcp://127.0.0.1:\(Int.random(in: 40000..<60000))"
+        let address = "tcp://127.0.0.1:\(Int.random(in: 20000..<26000))", advertised = "tcp://127.0.0.1:\(Int.random(in: 26000..<32000))"
         let coordinator = try CLI.start(["coordinator", "--listen", address, "--workers", "3", "--model", "mlp", "--train-limit", "100",
                                          "--run-dir", dir.path] + CLI.key, bound: 60)
         let first = try CLI.start(["worker", "--coordinator", address, "--advertise", advertised] + CLI.key, bound: 60)
@@ -327,7 +327,7 @@ let kubernetesTypesInstalled = (try? CLI.run(["-c", "import kubernetes, yaml"], 
         let dir = CLI.tempDir("plain")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
-        let address = "tcp://127.0.0.1:\(Int.random(in: 20000..<60000))"
+        let address = "tcp://127.0.0.1:\(Int.random(in: 20000..<32000))"
         let coordinator = try CLI.start(["coordinator", "--listen", address, "--workers", "1", "--model", "mlp", "--run-dir", dir.path + "/c"] + CLI.key, bound: 30)
         // the start event is written just before the line under test (loading the data takes a while under load)
         let deadline = Date().addingTimeInterval(20)

@@ -71,7 +71,7 @@ import TetherTrain
     func attackedJob(secure: Bool, attack: Bool) throws -> (eval: String, coordinatorLog: String, attackerLearned: [Envelope.Body]) {
         let dir = CLI.tempDir("attacked")
         defer { try? FileManager.default.removeItem(at: dir) }
-        let port = Int.random(in: 20000..<60000), job = "attacked-\(getpid())"
+        let port = Int.random(in: 20000..<32000), job = "attacked-\(getpid())"
         let address = "tcp://127.0.0.1:\(port)"
         let security = secure ? CLI.key : ["--insecure"]
         let coordinator = try CLI.start(["coordinator", "--listen", address, "--workers", "2", "--job-id", job,
@@ -89,7 +89,7 @@ import TetherTrain
             ghost.close()
             usleep(3_500_000)
         }
-        let ringPorts = [Int.random(in: 20000..<40000), Int.random(in: 40000..<60000)]
+        let ringPorts = [Int.random(in: 20000..<26000), Int.random(in: 26000..<32000)]
         let workers = try ringPorts.map {
             try CLI.start(["worker", "--coordinator", address, "--job-id", job, "--advertise", "tcp://127.0.0.1:\($0)"] + security, bound: 150)
         }
@@ -180,7 +180,7 @@ import TetherTrain
         guard hard.rlim_max > 2_400 else { return } // nothing to raise to: the test would show nothing
         let dir = CLI.tempDir("idle")
         defer { try? FileManager.default.removeItem(at: dir) }
-        let address = "tcp://127.0.0.1:\(Int.random(in: 20000..<60000))"
+        let address = "tcp://127.0.0.1:\(Int.random(in: 20000..<32000))"
         let coordinator = try CLI.start(["-c", "ulimit -Sn 1024 && exec \"$0\" \"$@\"", CLI.binary.path, "coordinator", "--listen", address, "--workers", "1",
                                          "--run-dir", dir.path, "--model", "mlp", "--max-steps", "3", "--train-limit", "256", "--test-limit", "64", "--insecure"],
                                         bound: 120, executable: URL(fileURLWithPath: "/bin/bash"))
@@ -237,7 +237,7 @@ import TetherTrain
         defer { try? FileManager.default.removeItem(at: dir) }
         let other = dir.appendingPathComponent("other.key").path
         #expect(try CLI.run(["keygen", other]).status == 0)
-        let address = "tcp://127.0.0.1:\(Int.random(in: 20000..<60000))"
+        let address = "tcp://127.0.0.1:\(Int.random(in: 20000..<32000))"
         let coordinator = try CLI.start(["coordinator", "--listen", address, "--workers", "1", "--model", "mlp", "--train-limit", "100",
                                          "--run-dir", dir.appendingPathComponent("run").path] + CLI.key, bound: 60)
         waitUntilListening(address)

@@ -84,7 +84,7 @@ func input(rank: Int, count: Int) -> [Float] {
             return x
         }
         let outputs = try results.map { try $0.get() }
-        for o in outputs.dropFirst() { #expect(o == outputs[0], "ranks disagree") }
+        for o in outputs.dropFirst() { #expect(zip(o, outputs[0]).allSatisfy { $0.bitPattern == $1.bitPattern }, "ranks disagree") }
         let inputs = (0..<c.ranks).map { input(rank: $0, count: c.count) }
         var worst = 0.0
         for i in 0..<c.count {
@@ -93,6 +93,74 @@ func input(rank: Int, count: Int) -> [Float] {
             worst = max(worst, abs(Double(outputs[0][i]) - exact) / max(scale, 1e-30))
         }
         #expect(worst <= 1e-6)
+    }
+
+    struct WireCase: Sendable, CustomTestStringConvertible {
+        var ranks: Int, count: Int, transport: Transport, wire: ChunkHeader.DType
+        var testDescription: String { "\(ranks) ranks, \(count) elements, \(transport), \(wire)" }
+    }
+
+    static let wireGrid: [WireCase] = [1, 2, 3, 5].flatMap { n in
+        Set([0, 1, max(n - 1, 0), 10 * n + 1, 70_003]).sorted().flatMap { count in
+            Transport.allCases.flatMap { t in [ChunkHeader.DType.f16, .bf16].map { WireCase(ranks: n, count: count, transport: t, wire: $0) } }
+        }
+    }
+
+    /// On a 16-bit wire (compression): every rank ends bitwise equal, and each sum is within the
+    /// format's bound of a Double reference: the inputs rounded once, each partial sum once per hop,
+    /// the result once (N + 1 roundings of at most the sum of magnitudes), sums taken in f32. The
+    /// average divides before the one final rounding.
+    @Test(arguments: wireGrid)
+    func allReduceOnA16BitWireIsEqualEverywhereAndWithinTheFormatsBound(_ c: WireCase) throws {
+        let chunkBytes = c.count > 10_000 ? 4096 : 6
+        for average in [false, true] where !average || c.count == 10 * c.ranks + 1 {
+            let ring = try TestRing(c.ranks, c.transport) // a ring of its own (addresses are not reused at once)
+            let results = onRanks(c.ranks) { rank -> [Float] in
+                let r = try ring.ring(rank) { $0.chunkBytes = chunkBytes }
+                var x = input(rank: rank, count: c.count)
+                _ = try x.withUnsafeMutableBufferPointer { try r.allReduce($0, wire: c.wire, average: average) }
+                return x
+            }
+            let outputs = try results.map { try $0.get() }
+            // counted, not compared as arrays: a failing == on 70,000 elements makes the test library diff them for hours
+            for (rank, o) in outputs.enumerated().dropFirst() {
+                let differing = zip(o, outputs[0]).filter { $0.bitPattern != $1.bitPattern }.count
+                #expect(differing == 0, "rank \(rank) disagrees with rank 0 in \(differing) of \(c.count) values")
+            }
+            let inputs = (0..<c.ranks).map { input(rank: $0, count: c.count) }
+            let bound = Double(c.ranks + 1) * WireCodec(c.wire)!.unitRoundoff + 1e-6
+            var worst = 0.0
+            for i in 0..<c.count {
+                let divisor = average ? Double(c.ranks) : 1
+                let exact = inputs.reduce(0.0) { $0 + Double($1[i]) } / divisor
+                let scale = inputs.reduce(0.0) { $0 + abs(Double($1[i])) } / divisor
+                worst = max(worst, abs(Double(outputs[0][i]) - exact) / max(scale, 1e-30))
+            }
+            #expect(worst <= bound, "worst relative error \(worst), bound \(bound)\(average ? " (average)" : "")")
+            // and the values are the wire's: narrowing them again changes nothing
+            var again = outputs[0]
+            again.withUnsafeMutableBufferPointer { WireCodec(c.wire)!.round($0.baseAddress!, count: $0.count) }
+            #expect(zip(again, outputs[0]).allSatisfy { $0.bitPattern == $1.bitPattern }, "the results are not all \(c.wire) values")
+        }
+    }
+
+    /// Error feedback: a value the wire cannot hold (1 + 2^-13 is between two f16 values, and rounds
+    /// down every time) sent K times: without feedback the sum loses K x 2^-13; with it, what was sent
+    /// sums to the true total within one rounding. bf16 likewise with 1 + 2^-10.
+    @Test func errorFeedbackLosesNothingOverSteps() {
+        for (wire, tiny) in [(ChunkHeader.DType.f16, Float(0x1p-13)), (.bf16, Float(0x1p-10))] {
+            let codec = WireCodec(wire)!, steps = 1000
+            var carry: [Float] = [0], sentWith = 0.0, sentWithout = 0.0
+            for _ in 0..<steps {
+                var g: [Float] = [1 + tiny], h: [Float] = [1 + tiny]
+                g.withUnsafeMutableBufferPointer { x in carry.withUnsafeMutableBufferPointer { codec.round(x.baseAddress!, count: 1, carry: $0.baseAddress!) } }
+                h.withUnsafeMutableBufferPointer { codec.round($0.baseAddress!, count: 1) }
+                (sentWith, sentWithout) = (sentWith + Double(g[0]), sentWithout + Double(h[0]))
+            }
+            let truth = Double(steps) * Double(1 + tiny)
+            #expect(abs(sentWith - truth) <= codec.unitRoundoff * 2, "\(wire) with feedback: \(sentWith) vs \(truth)")
+            #expect(abs(sentWithout - truth) >= Double(steps) * Double(tiny) * 0.99, "\(wire) without feedback loses every rounding")
+        }
     }
 
     @Test(arguments: [2, 3])
@@ -247,7 +315,7 @@ func input(rank: Int, count: Int) -> [Float] {
         }
         func send(_ h: ChunkHeader, payload: [UInt8], jobID: String = "tether") throws {
             var h = h
-            if h.checksum == 0 { h.checksum = payload.withUnsafeBytes { Ring.checksum($0) } }
+            if h.checksum == 0 { h.checksum = payload.withUnsafeBytes { RingLink.checksum($0) } }
             let env = Envelope(jobID: jobID, senderRank: 1, body: .chunk(h)).encoded()
             try env.withUnsafeBytes { e in try payload.withUnsafeBytes { p in try push.send([e, p]) } }
         }
@@ -306,7 +374,7 @@ func input(rank: Int, count: Int) -> [Float] {
     func aChecksumTakenInPiecesIsTheWholeOnes(count: Int) {
         var g = SystemRandomNumberGenerator()
         let bytes = (0..<count).map { _ in UInt8.random(in: 0...255, using: &g) }
-        let whole = bytes.withUnsafeBytes { Ring.checksum($0) }
+        let whole = bytes.withUnsafeBytes { RingLink.checksum($0) }
         let streaming = StreamingChecksum()
         for piece in [1, 7, 64, 16384] {
             streaming.reset()

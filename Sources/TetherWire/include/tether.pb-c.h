@@ -71,7 +71,15 @@ typedef enum _Tether__V1__DType {
   TETHER__V1__DTYPE__DTYPE_UNSPECIFIED = 0,
   TETHER__V1__DTYPE__DTYPE_F32 = 1,
   TETHER__V1__DTYPE__DTYPE_F64 = 2,
-  TETHER__V1__DTYPE__DTYPE_BYTES = 3
+  TETHER__V1__DTYPE__DTYPE_BYTES = 3,
+  /*
+   * IEEE half: f32 values on the wire (--compression fp16), added in f32
+   */
+  TETHER__V1__DTYPE__DTYPE_F16 = 4,
+  /*
+   * bfloat16, likewise (--compression bf16)
+   */
+  TETHER__V1__DTYPE__DTYPE_BF16 = 5
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(TETHER__V1__DTYPE)
 } Tether__V1__DType;
 

@@ -1,0 +1,347 @@
+import CTetherKernels
+import CXXHash
+import CZeroMQ
+import Foundation
+
+/// One rank's two links in a ring, as gloo separates a pair from the algorithm: a PULL socket bound at
+/// its own address that only the left neighbour may speak to, and a PUSH socket connected to the right
+/// neighbour's. It sends a chunk (header and payload: copied, lent to libzmq in place, or a received
+/// frame passed on) and receives one, checking every header field against what the schedule expects
+/// (`ExpectedChunk.mismatch`) and the payload's checksum; it adds or copies a payload into a buffer
+/// (`consume`), timing each part. It knows nothing of the schedule's order.
+final class RingLink {
+    let rank: Int, left: Int, right: Int
+    let leftAddress: String, rightAddress: String
+    let options: RingOptions
+    var statistics = RingStatistics()
+    private let pull: ZeroMQSocket, push: ZeroMQSocket
+    private let lent = LentBuffers()
+    private var scratch: UnsafeMutableRawPointer = .allocate(byteCount: 0, alignment: 64)
+    private var scratchBytes = 0
+    private var dropped = RateLimiter(perSecond: 2)
+    /// XXH3 of a received payload and of the chunk made from it, taken block by block as they are used
+    private let inputHash = StreamingChecksum(), outputHash = StreamingChecksum()
+
+    /// How often a waiting receive asks `RingOptions.abandon`.
+    static let abandonPoll: Duration = .milliseconds(50)
+
+    /// Binds this rank's address (`addresses[rank]`), runs `listening`, then connects to the right
+    /// neighbour's. A re-formed ring binds the address the abandoned one just closed, which libzmq
+    /// releases a moment later: a taken address is tried again for a second.
+    init(context: ZeroMQContext, rank: Int, addresses: [String], options: RingOptions, listening: () throws -> Void) throws {
+        let n = addresses.count
+        (self.rank, left, right, self.options) = (rank, (rank + n - 1) % n, (rank + 1) % n, options)
+        (leftAddress, rightAddress) = (addresses[left], addresses[right])
+        _ = Self.keepChunkMemory
+        pull = try ZeroMQSocket(context, .pull)
+        push = try ZeroMQSocket(context, .push)
+        // Every message on a link is one chunk header and at most one chunk.
+        try pull.setMaxMessageSize(options.chunkBytes + 64 << 10)
+        if let curve = options.curve {
+            curve.authenticator.allow([curve.leftPublicKey], domain: "ring")
+            try pull.secure(.server(curve.keys, domain: "ring", curve.authenticator))
+            try push.secure(.client(curve.keys, serverKey: curve.rightPublicKey))
+        }
+        let bindDeadline = ContinuousClock.now + .seconds(1)
+        while true {
+            do { try pull.bind(addresses[rank]); break } catch let e as ZeroMQError where e.code == EADDRINUSE && ContinuousClock.now < bindDeadline {
+                usleep(20_000)
+            } catch {
+                throw CollectiveError(message: "rank \(rank) cannot listen on \(addresses[rank]): \(error)")
+            }
+        }
+        try listening()
+        try push.connect(rightAddress)
+        try push.setSendTimeout(options.timeout)
+    }
+
+    /// libzmq allocates every message's buffer with malloc, and chunks (1 MB) are above glibc's mmap
+    /// threshold: each one would be a fresh mapping, zero-filled page by page by the kernel and unmapped
+    /// again (measured: 8% of an all-reduce in page faults). Raising the threshold and the trim limit
+    /// lets the heap keep and reuse that memory. Process-wide, once.
+    static let keepChunkMemory: Void = {
+        tether_keep_heap_memory(32 << 20, 256 << 20)
+    }()
+
+    /// Messages still queued are delivered for a moment (the sockets' linger): a rank that ends its
+    /// last collective first must not take its neighbour's last chunks with it.
+    deinit {
+        scratch.deallocate()
+        push.close()
+        pull.close()
+    }
+
+    /// Abandons the links at once (nothing queued is delivered): a re-formed ring binds the same address.
+    func close() {
+        try? push.setLinger(.zero)
+        try? pull.setLinger(.zero)
+        push.close()
+        pull.close()
+    }
+
+    /// Waits until libzmq has let go of every buffer lent to it (the collective's last sends).
+    func finishSends() throws {
+        guard lent.waitForAll(deadline: .now + options.timeout) else {
+            throw CollectiveError(message: "rank \(rank): cannot send to rank \(right) (\(rightAddress)) within \(options.timeout): it did not take this rank's last \(lent.outstanding) messages")
+        }
+    }
+
+    /// After a failure: tells the right neighbour why (an Abort it passes on, so every rank reports the
+    /// first cause), unless the ring was abandoned on purpose (every member is leaving it, and an Abort
+    /// could reach the re-formed ring bound at the same address) or the neighbour is the origin.
+    func giveUp(_ error: CollectiveError) {
+        guard !error.abandoned else { return }
+        // Best effort: the neighbour may be the one that is gone.
+        let origin = error.abortOrigin ?? Int32(rank)
+        guard origin != Int32(right) else { return }
+        let abort = Envelope(jobID: options.jobID, senderRank: Int32(rank), body: .abort(.init(originRank: origin, reason: error.message)))
+        let bytes = abort.encoded()
+        try? bytes.withUnsafeBytes { try push.send([$0], wait: false) }
+        // Buffers lent to libzmq belong to the caller, who may free them once this throws: close the
+        // socket (queued messages are dropped after a short linger) and wait until libzmq lets go.
+        try? push.setOption(ZMQ_LINGER, 200, "ZMQ_LINGER")
+        push.close()
+        _ = lent.waitForAll(deadline: .now + .seconds(2))
+    }
+
+    // MARK: sending
+
+    /// A chunk's payload on its way out.
+    enum Outgoing {
+        /// libzmq copies it at once
+        case copied(UnsafeRawBufferPointer)
+        /// libzmq reads it in place, later; counted in `lent`. The checksum, if already taken while
+        /// the chunk was made.
+        case lent(UnsafeRawBufferPointer, checksum: UInt64?)
+        /// a received frame passed on as it is, with the checksum it came with (already verified)
+        case forwarded(ZeroMQFrame, checksum: UInt64)
+    }
+
+    /// Sends `base` at (ring step, chunk index, offset) with `payload`, its element count and checksum filled in.
+    func send(_ base: ChunkHeader, ringStep: Int, index: Int, offset: Int, _ payload: Outgoing) throws {
+        let t0 = ContinuousClock.now
+        var h = base
+        (h.ringStep, h.chunkIndex, h.offset) = (UInt32(ringStep), UInt32(index), UInt64(offset))
+        let count: Int
+        switch payload {
+        case .copied(let bytes), .lent(let bytes, nil):
+            count = bytes.count
+            h.checksum = Self.checksum(bytes)
+        case .lent(let bytes, let checksum?):
+            count = bytes.count
+            h.checksum = checksum
+        case .forwarded(let frame, let checksum):
+            count = frame.count
+            h.checksum = checksum
+        }
+        h.elementCount = UInt64(count / h.dtype.size)
+        let t1 = ContinuousClock.now
+        let envelope = Envelope(jobID: options.jobID, senderRank: Int32(rank), body: .chunk(h)).encoded()
+        do {
+            try envelope.withUnsafeBytes { head in
+                switch payload {
+                case .copied(let bytes): try push.send([head, bytes])
+                case .lent(let bytes, _): try push.send(header: head, lending: bytes, lent)
+                case .forwarded(let frame, _): try push.send(header: head, forwarding: frame)
+                }
+            }
+        } catch let e as ZeroMQError where e.code == EAGAIN {
+            throw CollectiveError(message: "rank \(rank): cannot send to rank \(right) (\(rightAddress)) within \(options.timeout): it takes no messages")
+        }
+        statistics.checksumming += t0.duration(to: t1)
+        statistics.sending += t1.duration(to: .now)
+    }
+
+    static func checksum(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
+        guard let p = bytes.baseAddress, bytes.count > 0 else { return XXH3_64bits(nil, 0) }
+        #if arch(x86_64)
+        return XXH3_64bits_dispatch(p, bytes.count)
+        #else
+        return XXH3_64bits(p, bytes.count)
+        #endif
+    }
+
+    // MARK: receiving
+
+    /// The next message from the left neighbour, checked against `e` in collective #`sequence`: its
+    /// payload frame and header. `verifying: false` leaves the payload's checksum to `consume`, which
+    /// takes it as it reads.
+    func receive(_ e: ExpectedChunk, sequence: UInt64, verifying: Bool = true) throws -> (ZeroMQFrame, ChunkHeader) {
+        // built only for an error message, not per chunk
+        var what: String { "\(e.operation) #\(sequence) ring step \(e.ringStep) chunk \(e.chunkIndex)" }
+        let t0 = ContinuousClock.now
+        let deadline = t0 + options.timeout
+        var frames: [ZeroMQFrame] = [], envelope: Envelope
+        // Only the left neighbour may speak. What cannot be its message (it does not decode, it is for
+        // another job or claims another sender) is dropped and reported, and the wait goes on: on an
+        // --insecure ring anyone may connect, and a stranger's bytes must not stop the job.
+        while true {
+            if let abandon = options.abandon, abandon() {
+                throw CollectiveError(message: "rank \(rank): the ring was abandoned (waiting for \(what))", abandoned: true)
+            }
+            let slice = options.abandon == nil ? deadline : min(deadline, .now + Self.abandonPoll)
+            guard let next = try pull.receive(deadline: slice) else {
+                if ContinuousClock.now < deadline { continue }
+                throw CollectiveError(message: "rank \(rank): no message from rank \(left) (\(leftAddress)) within \(options.timeout) (waiting for \(what))")
+            }
+            frames = next
+            do { envelope = try withExtendedLifetime(frames) { try Envelope(decoding: frames[0].bytes) } } catch {
+                drop("a malformed message (\(error))", what)
+                continue
+            }
+            guard envelope.jobID == options.jobID else {
+                drop("a message for job \"\(envelope.jobID.prefix(64))\" (this ring runs job \"\(options.jobID)\")", what)
+                continue
+            }
+            guard envelope.senderRank == Int32(left) else {
+                drop("a message claiming to be from rank \(envelope.senderRank) (only rank \(left) sends here)", what)
+                continue
+            }
+            if case .chunk(let h) = envelope.body, h.ringEpoch != options.epoch {
+                drop("a message of ring epoch \(h.ringEpoch) (this ring is epoch \(options.epoch))", what)
+                continue
+            }
+            break
+        }
+        let t1 = ContinuousClock.now
+        statistics.waiting += t0.duration(to: t1)
+        if case .abort(let a) = envelope.body {
+            throw CollectiveError(message: "rank \(rank): rank \(a.originRank) gave up on the ring: \(a.reason)", abortOrigin: a.originRank)
+        }
+        guard case .chunk(let h) = envelope.body else {
+            throw CollectiveError(message: "rank \(rank): rank \(left) sent a message that is not a collective chunk (waiting for \(what))")
+        }
+        guard frames.count == 2 else {
+            throw CollectiveError(message: "rank \(rank): \(what) from rank \(left) has \(frames.count) frames, expected a header and a payload")
+        }
+        let payload = frames[1].bytes
+        if let m = e.mismatch(h, sequence: sequence, layoutFingerprint: options.layoutFingerprint, payloadBytes: payload.count) {
+            if m.field == "payload length" {
+                throw CollectiveError(message: "rank \(rank): truncated payload from rank \(left) in \(what): the header says \(h.elementCount) \(h.dtype) elements, the frame has \(payload.count) bytes")
+            }
+            throw mismatch(m.field, m.expected, m.found)
+        }
+        if verifying {
+            let t2 = ContinuousClock.now
+            let sum = Self.checksum(payload)
+            statistics.checksumming += t2.duration(to: .now)
+            try check(sum, h, e, sequence: sequence)
+        }
+        return (frames[1], h)
+    }
+
+    private func check(_ sum: UInt64, _ h: ChunkHeader, _ e: ExpectedChunk, sequence: UInt64) throws {
+        guard sum != h.checksum else { return }
+        throw CollectiveError(message: "rank \(rank): corrupt payload from rank \(left) in \(e.operation) #\(sequence) ring step \(e.ringStep) chunk \(e.chunkIndex): checksum \(String(format: "%016llx", sum)), header says \(String(format: "%016llx", h.checksum))")
+    }
+
+    /// The error for a field the left neighbour disagrees on.
+    func mismatch(_ field: String, _ here: String, _ there: String) -> CollectiveError {
+        CollectiveError(message: "rank \(rank) and rank \(left) disagree on the \(field): \(here) on rank \(rank), \(there) from rank \(left)")
+    }
+
+    private func drop(_ message: String, _ waitingFor: String) {
+        if let line = dropped.admit("rank \(rank): dropped \(message) on its ring link while waiting for \(waitingFor)", now: .now) { options.log(line) }
+    }
+
+    // MARK: consuming
+
+    enum Consumption<T> {
+        /// y += x, then y /= d if a divisor is given
+        case add(divideBy: T?)
+        /// y = x
+        case copy
+    }
+
+    /// Block size of `consume`: the received block, the buffer's block and (when adding) the result's
+    /// hash all stay in L1 between the passes.
+    static let consumeBlockBytes = 16 << 10
+
+    /// Adds or copies a received payload (already checked by `receive(_:verifying: false)` but for its
+    /// checksum) into `y`, verifying the checksum on the way, block by block: each block is hashed just
+    /// before it is used, so it is read from memory once. Adding also hashes the result, which it returns
+    /// for the chunk's next send; copying returns nil. On a bad checksum `y` holds garbage and the
+    /// collective fails.
+    func consume<T: RingElement>(_ frame: ZeroMQFrame, _ h: ChunkHeader, _ e: ExpectedChunk, sequence: UInt64,
+                                 into y: UnsafeMutableBufferPointer<T>, _ how: Consumption<T>) throws -> UInt64? {
+        guard let yBase = y.baseAddress, !y.isEmpty else {
+            try check(Self.checksum(frame.bytes), h, e, sequence: sequence)
+            return nil
+        }
+        let start = ContinuousClock.now
+        // The frame owns the bytes x points into: keep it alive until they are read.
+        let made: UInt64? = withExtendedLifetime(frame) {
+            let x = aligned(frame.bytes, as: T.self)
+            let per = Self.consumeBlockBytes / MemoryLayout<T>.stride
+            inputHash.reset()
+            if case .add = how { outputHash.reset() }
+            for lower in stride(from: 0, to: y.count, by: per) {
+                let n = min(per, y.count - lower), bytes = n * MemoryLayout<T>.stride
+                inputHash.update(x + lower, bytes)
+                switch how {
+                case .add(let divisor):
+                    T.add(yBase + lower, x + lower, count: n)
+                    if let divisor { T.divide(yBase + lower, by: divisor, count: n) }
+                    outputHash.update(yBase + lower, bytes)
+                case .copy:
+                    (yBase + lower).update(from: x + lower, count: n)
+                }
+            }
+            if case .add = how { return outputHash.digest() }
+            return nil
+        }
+        statistics.reducing += start.duration(to: .now)
+        try check(inputHash.digest(), h, e, sequence: sequence)
+        return made
+    }
+
+    /// `consume` for f32 values that travel as 16-bit wire elements (`codec`): the payload is widened
+    /// into `y` (added, or copied), the checksum taken over the wire bytes as they are read. Where the
+    /// chunk goes on (`narrowInto`), `y` is narrowed there block by block and the returned checksum is
+    /// of those wire bytes; `keepNarrowed` then also sets `y` to the narrowed values widened (the rank
+    /// that finishes a segment holds what every other rank will).
+    func consume(_ frame: ZeroMQFrame, _ h: ChunkHeader, _ e: ExpectedChunk, sequence: UInt64, into y: UnsafeMutableBufferPointer<Float>,
+                 wire codec: WireCodec, adding: Bool, divideBy divisor: Float?, narrowInto out: UnsafeMutablePointer<UInt16>?,
+                 keepNarrowed: Bool) throws -> UInt64? {
+        guard let yBase = y.baseAddress, !y.isEmpty else {
+            try check(Self.checksum(frame.bytes), h, e, sequence: sequence)
+            return nil
+        }
+        let start = ContinuousClock.now
+        let made: UInt64? = withExtendedLifetime(frame) {
+            let x = aligned(frame.bytes, as: UInt16.self)
+            let per = Self.consumeBlockBytes / MemoryLayout<Float>.stride
+            inputHash.reset()
+            if out != nil { outputHash.reset() }
+            for lower in stride(from: 0, to: y.count, by: per) {
+                let n = min(per, y.count - lower), ys = yBase + lower
+                inputHash.update(x + lower, n * 2)
+                if adding { codec.add(ys, x + lower, count: n) } else { codec.widen(ys, x + lower, count: n) }
+                if let divisor { Float.divide(ys, by: divisor, count: n) }
+                if let out {
+                    codec.narrow(out + lower, ys, count: n)
+                    outputHash.update(out + lower, n * 2)
+                    if keepNarrowed { codec.widen(ys, out + lower, count: n) }
+                }
+            }
+            return out == nil ? nil : outputHash.digest()
+        }
+        statistics.reducing += start.duration(to: .now)
+        try check(inputHash.digest(), h, e, sequence: sequence)
+        return made
+    }
+
+    /// The payload as T elements: libzmq's buffers are malloc'd (aligned), except very small messages,
+    /// which live inside the message struct and are copied out first.
+    private func aligned<T>(_ payload: UnsafeRawBufferPointer, as: T.Type) -> UnsafePointer<T> {
+        let p = payload.baseAddress!
+        if Int(bitPattern: p) % MemoryLayout<T>.alignment == 0 { return p.assumingMemoryBound(to: T.self) }
+        if scratchBytes < payload.count {
+            scratch.deallocate()
+            scratch = .allocate(byteCount: payload.count, alignment: 64)
+            scratchBytes = payload.count
+        }
+        scratch.copyMemory(from: p, byteCount: payload.count)
+        return UnsafePointer(scratch.assumingMemoryBound(to: T.self))
+    }
+}

@@ -1,0 +1,37 @@
+import Foundation
+
+public struct RingOptions: Sendable {
+    /// Messages for another job are foreign and refused.
+    public var jobID = "tether"
+    /// The longest any receive waits before the ring fails naming the silent neighbour.
+    public var timeout: Duration = .seconds(30)
+    /// Bytes per chunk: the unit of pipelining (measured: docs/ARCHITECTURE.md).
+    public var chunkBytes = 1 << 20
+    /// Hash of the parameter layout; ranks that disagree fail at the first message.
+    public var layoutFingerprint: UInt64 = 0
+    /// CURVE on the links (nil: plaintext, any peer may connect).
+    public var curve: RingCurve?
+    /// The largest payload an all-gather accepts from one rank (sparse gradient rows, replica state).
+    public var maxGatherBytes = 1 << 30
+    /// The forming of the ring (elastic in place: 1, 2, ... after each re-formation): in every header;
+    /// a message of another epoch (a late one of an earlier ring) is dropped, never summed.
+    public var epoch: UInt32 = 0
+    /// Asked while a collective waits (every `abandonPoll`): true when the ring is to be given up (the
+    /// coordinator re-forms it); the collective then fails with an `abandoned` error.
+    public var abandon: (@Sendable () -> Bool)?
+    /// Where messages that were dropped (malformed, foreign, from a rank other than the left
+    /// neighbour) are reported, a few a second at most.
+    public var log: @Sendable (String) -> Void = { FileHandle.standardError.write(Data(("tether: " + $0 + "\n").utf8)) }
+    public init() {}
+}
+
+/// A rank's ring keys: its own pair (its link's server key and its client key towards the right
+/// neighbour) and its neighbours' public keys. Its link admits only the left neighbour's key.
+public struct RingCurve: Sendable {
+    public var keys: CurveKeyPair
+    public var leftPublicKey: String, rightPublicKey: String
+    public var authenticator: Authenticator
+    public init(keys: CurveKeyPair, leftPublicKey: String, rightPublicKey: String, authenticator: Authenticator) {
+        (self.keys, self.leftPublicKey, self.rightPublicKey, self.authenticator) = (keys, leftPublicKey, rightPublicKey, authenticator)
+    }
+}
