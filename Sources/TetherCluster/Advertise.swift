@@ -25,7 +25,9 @@ public enum Advertise {
     /// The tcp:// address `spec` names, with a concrete port. A host name is resolved to its IPv4
     /// address (libzmq binds only addresses and interfaces); a fixed port is tried, so a port another
     /// program holds is named now rather than when the ring forms.
-    public static func resolve(_ spec: String, _ context: ZeroMQContext) throws -> String {
+    /// `portWait`: seconds a taken port is tried again (a worker that just closed its own ring at it:
+    /// libzmq releases the address a moment after the close).
+    public static func resolve(_ spec: String, _ context: ZeroMQContext, portWait: Double = 0) throws -> String {
         var address = spec
         if !spec.contains("://") {
             let parts = spec.split(separator: ":", maxSplits: 1).map(String.init)
@@ -48,9 +50,16 @@ public enum Advertise {
         let ip = try ipv4(of: host, for: spec)
         let probe = try ZeroMQSocket(context, .pull, linger: .zero)
         defer { probe.close() }
+        let deadline = ContinuousClock.now + .milliseconds(Int(portWait * 1000))
         do {
-            let bound = try probe.bind("tcp://\(ip):" + (port == 0 ? "*" : String(port)))
-            return "tcp://\(ip):" + (bound.split(separator: ":").last.map(String.init) ?? String(port))
+            while true {
+                do {
+                    let bound = try probe.bind("tcp://\(ip):" + (port == 0 ? "*" : String(port)))
+                    return "tcp://\(ip):" + (bound.split(separator: ":").last.map(String.init) ?? String(port))
+                } catch let e as ZeroMQError where e.code == EADDRINUSE && ContinuousClock.now < deadline {
+                    usleep(50_000)
+                }
+            }
         } catch let e as ZeroMQError where e.code == EADDRINUSE {
             throw ClusterError("--advertise \(spec): port \(port) is taken on this host (another worker or program listens there); give another port, or :0 for any free one")
         } catch let e as ZeroMQError where e.code == EADDRNOTAVAIL || e.code == ENODEV {

@@ -476,7 +476,8 @@ public final class Worker {
     /// coordinator refused (another cluster key, or one side --insecure), which ends the wait at once.
     /// A worker that outlived its coordinator says which state it `carries` (steps, parameter hash).
     private func join(carrying carried: (step: Int, hash: UInt64)?, within seconds: Double = 120) throws -> Envelope.Assign? {
-        var hello = Envelope.Hello(advertiseAddress: try Advertise.resolve(options.advertise, context), tetherVersion: "tether",
+        // a worker that kept its state has just closed its ring at the address it advertises
+        var hello = Envelope.Hello(advertiseAddress: try Advertise.resolve(options.advertise, context, portWait: carried == nil ? 0 : 5), tetherVersion: "tether",
                                    threads: UInt32(BLAS.threads))
         if let carried { (hello.carriedStep, hello.carriedHash) = (UInt64(carried.step), max(carried.hash, 1)) }
         var diagnosis = JoinDiagnosis(coordinator: options.coordinator, secure: options.security.keys != nil)
