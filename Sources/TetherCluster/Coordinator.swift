@@ -184,7 +184,8 @@ public final class Coordinator {
             : "global batch \(config.globalBatch(workers: options.workers)) dealt over the workers"
         let workers = options.workers == 1 ? "1 worker" : "\(options.workers) workers"
         let waiting = options.elastic ? "\(workers) (at least \(options.minWorkers))" : workers
-        let wire = config.compression.map { $0 == .none ? "" : ", gradients as \($0 == .fp16 ? "f16" : "bf16") on the wire (error feedback)" } ?? ""
+        let wireType = (config.compression ?? .none).wire
+        let wire = wireType == .f32 ? "" : ", gradients as \(wireType) on the wire (error feedback)"
         progress.line("coordinator on \(boundAddress): waiting for \(waiting); \(config.model), \(batch), "
                       + "\(stepsPerEpoch) steps per epoch, \(total) steps in all\(wire)")
         var lastHeartbeat = 0.0
@@ -258,6 +259,13 @@ public final class Coordinator {
     /// Fresh ring keys for each forming of the ring (CURVE only), one pair per member, by identity; a
     /// re-formed ring keeps the survivors' pairs.
     private var ringKeys: [[UInt8]: CurveKeyPair]?
+
+    /// The key pairs of `ring`'s members in rank order, a new one for a member without (nil: --insecure).
+    private func ringKeyPairs(_ ring: [CoordinatorState.Member]) throws -> [CurveKeyPair]? {
+        guard ringKeys != nil else { return nil }
+        for m in ring where ringKeys![m.identity] == nil { ringKeys![m.identity] = try CurveKeyPair.generate() }
+        return ring.map { ringKeys![$0.identity]! }
+    }
     /// Elastic in place (`CoordinatorState.Settings.reformInPlace`).
     private let reformInPlace: Bool
     /// When the last member was lost, or a worker joined: the time to train again is measured from here.
@@ -277,11 +285,7 @@ public final class Coordinator {
                 let ring = machine.nextRing
                 let addresses = ring.map(\.address)
                 (ranks, heartbeatIdentities) = ([:], [:])
-                // ring keys stay with their members; a joiner's pair is new
-                if ringKeys != nil {
-                    for m in ring where ringKeys![m.identity] == nil { ringKeys![m.identity] = try CurveKeyPair.generate() }
-                }
-                let publicKeys = ringKeys.map { keys in ring.map { keys[$0.identity]!.publicKey } } ?? []
+                let publicKeys = try ringKeyPairs(ring)?.map(\.publicKey) ?? []
                 for (rank, m) in ring.enumerated() {
                     if m.identity == joiner { try assign(m.identity, rank: rank, ring: addresses, epoch: epoch); continue }
                     ranks[m.identity] = rank
@@ -419,11 +423,9 @@ public final class Coordinator {
         assign.dataServed = served != nil
         (assign.reformInPlace, assign.ringEpoch) = (reformInPlace, epoch)
         assign.useCarriedState = epoch == 0 && machine.carriedStep != nil
-        if ringKeys != nil {
-            // the ring being formed: the job's first, or the one a worker joins
-            let ring = machine.nextRing
-            for m in ring where ringKeys![m.identity] == nil { ringKeys![m.identity] = try CurveKeyPair.generate() }
-            (assign.ringSecretKey, assign.ringPublicKeys) = (ringKeys![identity]!.secretKey, ring.map { ringKeys![$0.identity]!.publicKey })
+        // the ring being formed: the job's first, or the one a worker joins
+        if let pairs = try ringKeyPairs(machine.nextRing) {
+            (assign.ringSecretKey, assign.ringPublicKeys) = (ringKeys![identity]!.secretKey, pairs.map(\.publicKey))
         }
         ranks[identity] = rank
         heartbeatIdentities[rank] = ControlIdentity.heartbeat(of: identity)

@@ -31,6 +31,17 @@ public struct WorkerOptions: Sendable {
     public init(coordinator: String, advertise: String) { (self.coordinator, self.advertise) = (coordinator, advertise) }
 }
 
+extension TrainingConfig.Compression {
+    /// The gradients' type on the wire.
+    var wire: ChunkHeader.DType {
+        switch self {
+        case .none: .f32
+        case .fp16: .f16
+        case .bf16: .bf16
+        }
+    }
+}
+
 /// An order from the coordinator that ends what a worker was doing: its Abort (also a refusal before
 /// this worker has a rank) or its Finish (a run that ended while a joiner set up).
 enum CoordinatorOrder: Error, CustomStringConvertible {
@@ -175,9 +186,7 @@ public final class Worker {
             return .assigned(rank: rank, ringEpoch: assign.ringEpoch, reformInPlace: assign.reformInPlace)
         case .setUp:
             let carried = assignment!.useCarriedState ? kept.map { ($0.step, $0.bytes) } : nil
-            let made = try setUp(assignment!, carried: carried)
-            job = made
-            return .replicaReady(made.plan, globalStep: made.replica.state.globalStep, redoEndOfStep: carried != nil, keepsState: made.keepsState)
+            return ready(try setUp(assignment!, carried: carried), redoEndOfStep: carried != nil)
         case .sendReady:
             try sendReadyAndAwaitStart(job!.replica, abandonedStep: machine.abandonedStep)
             trainingStarted = true
@@ -222,17 +231,11 @@ public final class Worker {
             return try awaitReform(after: machine.ringEpoch, urgent: urgent).map { .reformReceived($0) } ?? .noReform
         case .reform(let reform):
             rank = Int(reform.rank)
-            if let old = job {
-                let made = try reformed(old, reform)
-                job = made
-                return .replicaReady(made.plan, globalStep: made.replica.state.globalStep, redoEndOfStep: !reform.atBoundary, keepsState: made.keepsState)
-            }
+            if let old = job { return ready(try reformed(old, reform), redoEndOfStep: !reform.atBoundary) }
             // a joiner whose ring was re-formed before it formed: set up again on the new one
             assignment!.rank = reform.rank
             (assignment!.ring, assignment!.ringPublicKeys, assignment!.ringEpoch) = (reform.ring, reform.ringPublicKeys, reform.ringEpoch)
-            let made = try setUp(assignment!, carried: nil)
-            job = made
-            return .replicaReady(made.plan, globalStep: made.replica.state.globalStep, redoEndOfStep: !reform.atBoundary, keepsState: made.keepsState)
+            return ready(try setUp(assignment!, carried: nil), redoEndOfStep: !reform.atBoundary)
         case .keepState:
             guard let replica = job?.replica else { return nil }
             let state = replica.carried ?? replica.encoded(replica.boundary)
@@ -249,10 +252,16 @@ public final class Worker {
                 log("worker rank \(rank): done, peak RSS \(Self.peakResidentMegabytes()) MB (\(training.workload.model.arena.count) parameters, "
                     + "optimizer state \(training.optimizer.stateTensors.reduce(0) { $0 + $1.count }) values)")
             }
-        case .fail(let message):
-            throw failureToReport(message)
+        case .fail:
+            preconditionFailure("live() ends on .fail before carrying a directive out")
         }
         return nil
+    }
+
+    /// The replica `made` is this worker's job now; the machine's event for it.
+    private func ready(_ made: Job, redoEndOfStep: Bool) -> WorkerState.Event {
+        job = made
+        return .replicaReady(made.plan, globalStep: made.replica.state.globalStep, redoEndOfStep: redoEndOfStep, keepsState: made.keepsState)
     }
 
     /// What a failed worker throws: the error itself where it is this worker's or the ring's; the
@@ -288,11 +297,11 @@ public final class Worker {
     struct Job {
         let config: TrainingConfig
         let bucketBytes: Int
-        var membership: Membership
-        var replica: Replica
-        var plan: WorkerState.Plan
+        let membership: Membership
+        let replica: Replica
+        let plan: WorkerState.Plan
         /// The replica's state may outlive the coordinator (--coordinator-wait; nothing per replica).
-        var keepsState: Bool
+        let keepsState: Bool
     }
 
     /// The replica an Assign describes, on its ring, with parameters from (in that order): the workers'
@@ -519,8 +528,7 @@ public final class Worker {
         let deadline = ContinuousClock.now + .seconds(2 * options.coordinatorTimeout)
         while true {
             do { return try control.send(body, from: rank) } catch let e as ZeroMQError where e.code == EAGAIN && ContinuousClock.now < deadline {
-                if let reason = reforms.abortReason { throw CoordinatorOrder.abort(.init(originRank: -1, reason: reason)) }
-                if reforms.coordinatorLost { throw CollectiveError(message: "the coordinator at \(options.coordinator) was lost", abandoned: true) }
+                try throwIfCoordinatorGone()
                 Thread.sleep(forTimeInterval: 0.01)
             }
         }
@@ -539,10 +547,7 @@ public final class Worker {
     /// or a Stop is noted (the next step's vote).
     private func receive<T>(until deadline: ContinuousClock.Instant, _ want: (Envelope.Body) -> T?) throws -> T? {
         while ContinuousClock.now < deadline {
-            if let reason = reforms.abortReason { throw CoordinatorOrder.abort(.init(originRank: -1, reason: reason)) }
-            if reforms.coordinatorLost, !rejoining {
-                throw CollectiveError(message: "the coordinator at \(options.coordinator) was lost", abandoned: true)
-            }
+            try throwIfCoordinatorGone()
             try noteSignal()
             guard let (_, env) = try control.receive(deadline: min(deadline, .now + .milliseconds(200))) else { continue }
             guard let body = env.body else { continue }
@@ -551,6 +556,15 @@ public final class Worker {
             try note(body)
         }
         return nil
+    }
+
+    /// What the heartbeat thread heard ends any wait for the coordinator: its Abort, or its silence
+    /// (unless this worker, having outlived it, is saying hello to the next one).
+    private func throwIfCoordinatorGone() throws {
+        if let reason = reforms.abortReason { throw CoordinatorOrder.abort(.init(originRank: -1, reason: reason)) }
+        if reforms.coordinatorLost, !rejoining {
+            throw CollectiveError(message: "the coordinator at \(options.coordinator) was lost", abandoned: true)
+        }
     }
 
     /// Reads what the coordinator sent while this worker computed.
@@ -625,12 +639,7 @@ final class Training {
 
     init(workload: any Workload, optimizer: Optimizer<Float>, ring: Ring, config: TrainingConfig, bucketBytes: Int) {
         (self.workload, self.optimizer, self.ring, self.config) = (workload, optimizer, ring, config)
-        let wire: ChunkHeader.DType = switch config.compression ?? .none {
-        case .none: .f32
-        case .fp16: .f16
-        case .bf16: .bf16
-        }
-        exchange = GradientExchange(ring: ring, model: workload.model, bucketBytes: bucketBytes, wire: wire)
+        exchange = GradientExchange(ring: ring, model: workload.model, bucketBytes: bucketBytes, wire: (config.compression ?? .none).wire)
         totalSteps = config.totalSteps(stepsPerEpoch: workload.stepsPerEpoch)
     }
 

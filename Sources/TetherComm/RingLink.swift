@@ -264,35 +264,20 @@ final class RingLink {
     /// collective fails.
     func consume<T: RingElement>(_ frame: ZeroMQFrame, _ h: ChunkHeader, _ e: ExpectedChunk, sequence: UInt64,
                                  into y: UnsafeMutableBufferPointer<T>, _ how: Consumption<T>) throws -> UInt64? {
-        guard let yBase = y.baseAddress, !y.isEmpty else {
-            try check(Self.checksum(frame.bytes), h, e, sequence: sequence)
-            return nil
-        }
-        let start = ContinuousClock.now
-        // The frame owns the bytes x points into: keep it alive until they are read.
-        let made: UInt64? = withExtendedLifetime(frame) {
-            let x = aligned(frame.bytes, as: T.self)
-            let per = Self.consumeBlockBytes / MemoryLayout<T>.stride
-            inputHash.reset()
-            if case .add = how { outputHash.reset() }
-            for lower in stride(from: 0, to: y.count, by: per) {
-                let n = min(per, y.count - lower), bytes = n * MemoryLayout<T>.stride
-                inputHash.update(x + lower, bytes)
-                switch how {
-                case .add(let divisor):
-                    T.add(yBase + lower, x + lower, count: n)
-                    if let divisor { T.divide(yBase + lower, by: divisor, count: n) }
-                    outputHash.update(yBase + lower, bytes)
-                case .copy:
-                    (yBase + lower).update(from: x + lower, count: n)
-                }
+        let adding = if case .add = how { true } else { false }
+        return try inBlocks(frame, h, e, sequence: sequence, count: y.count, of: T.self, per: Self.consumeBlockBytes / MemoryLayout<T>.stride,
+                            hashingOutput: adding) { x, lower, n in
+            let ys = y.baseAddress! + lower
+            switch how {
+            case .add(let divisor):
+                T.add(ys, x + lower, count: n)
+                if let divisor { T.divide(ys, by: divisor, count: n) }
+                return UnsafeRawBufferPointer(start: ys, count: n * MemoryLayout<T>.stride)
+            case .copy:
+                ys.update(from: x + lower, count: n)
+                return nil
             }
-            if case .add = how { return outputHash.digest() }
-            return nil
         }
-        statistics.reducing += start.duration(to: .now)
-        try check(inputHash.digest(), h, e, sequence: sequence)
-        return made
     }
 
     /// `consume` for f32 values that travel as 16-bit wire elements (`codec`): the payload is widened
@@ -303,28 +288,40 @@ final class RingLink {
     func consume(_ frame: ZeroMQFrame, _ h: ChunkHeader, _ e: ExpectedChunk, sequence: UInt64, into y: UnsafeMutableBufferPointer<Float>,
                  wire codec: WireCodec, adding: Bool, divideBy divisor: Float?, narrowInto out: UnsafeMutablePointer<UInt16>?,
                  keepNarrowed: Bool) throws -> UInt64? {
-        guard let yBase = y.baseAddress, !y.isEmpty else {
+        try inBlocks(frame, h, e, sequence: sequence, count: y.count, of: UInt16.self, per: Self.consumeBlockBytes / MemoryLayout<Float>.stride,
+                     hashingOutput: out != nil) { x, lower, n in
+            let ys = y.baseAddress! + lower
+            if adding { codec.add(ys, x + lower, count: n) } else { codec.widen(ys, x + lower, count: n) }
+            if let divisor { Float.divide(ys, by: divisor, count: n) }
+            guard let out else { return nil }
+            codec.narrow(out + lower, ys, count: n)
+            if keepNarrowed { codec.widen(ys, out + lower, count: n) }
+            return UnsafeRawBufferPointer(start: out + lower, count: n * 2)
+        }
+    }
+
+    /// The pass both `consume`s make over `count` elements of a payload of `X`s, `per` elements at a
+    /// time (`consumeBlockBytes` of the buffer's elements): each block of the payload is hashed,
+    /// then `block(x, lower, n)` uses it and returns the bytes it made for the next send (hashed too,
+    /// when `hashingOutput`). Returns that hash, or nil; the payload's checksum is verified at the end.
+    private func inBlocks<X>(_ frame: ZeroMQFrame, _ h: ChunkHeader, _ e: ExpectedChunk, sequence: UInt64, count: Int, of: X.Type, per: Int,
+                             hashingOutput: Bool, _ block: (UnsafePointer<X>, Int, Int) -> UnsafeRawBufferPointer?) throws -> UInt64? {
+        guard count > 0 else {
             try check(Self.checksum(frame.bytes), h, e, sequence: sequence)
             return nil
         }
         let start = ContinuousClock.now
+        // The frame owns the bytes x points into: keep it alive until they are read.
         let made: UInt64? = withExtendedLifetime(frame) {
-            let x = aligned(frame.bytes, as: UInt16.self)
-            let per = Self.consumeBlockBytes / MemoryLayout<Float>.stride
+            let x = aligned(frame.bytes, as: X.self)
             inputHash.reset()
-            if out != nil { outputHash.reset() }
-            for lower in stride(from: 0, to: y.count, by: per) {
-                let n = min(per, y.count - lower), ys = yBase + lower
-                inputHash.update(x + lower, n * 2)
-                if adding { codec.add(ys, x + lower, count: n) } else { codec.widen(ys, x + lower, count: n) }
-                if let divisor { Float.divide(ys, by: divisor, count: n) }
-                if let out {
-                    codec.narrow(out + lower, ys, count: n)
-                    outputHash.update(out + lower, n * 2)
-                    if keepNarrowed { codec.widen(ys, out + lower, count: n) }
-                }
+            if hashingOutput { outputHash.reset() }
+            for lower in stride(from: 0, to: count, by: per) {
+                let n = min(per, count - lower)
+                inputHash.update(x + lower, n * MemoryLayout<X>.stride)
+                if let made = block(x, lower, n), hashingOutput, let p = made.baseAddress { outputHash.update(p, made.count) }
             }
-            return out == nil ? nil : outputHash.digest()
+            return hashingOutput ? outputHash.digest() : nil
         }
         statistics.reducing += start.duration(to: .now)
         try check(inputHash.digest(), h, e, sequence: sequence)

@@ -44,6 +44,13 @@ enum RunCheck {
          "--train-limit", "1600", "--test-limit", "200", "--seed", "5", "--max-steps", String(steps), "--log-every", "1"]
     }
 
+    /// Two empty folders for `SampleAudit` logs under `dir`: the disturbed run's and the undisturbed one's.
+    static func sampleLogFolders(in dir: URL) throws -> (URL, URL) {
+        let folders = (dir.appendingPathComponent("samples-disturbed"), dir.appendingPathComponent("samples-whole"))
+        for d in [folders.0, folders.1] { try FileManager.default.createDirectory(at: d, withIntermediateDirectories: true) }
+        return folders
+    }
+
     /// The samples each global step used, over every process of a run (`SampleAudit`: the lines of
     /// DIR/samples-*.log), sorted per step.
     static func samplesByStep(_ dir: URL) throws -> [Int: (epoch: Int, samples: [Int])] {
@@ -90,6 +97,18 @@ struct ClusterProcessTests {
             #expect(r.status == 0, "simulate \(args.joined(separator: " ")): \(r.stderr)")
         }
         return (whole, split)
+    }
+
+    /// Waits (up to a minute) until the run in `runDirectory` has logged step `step`; the last step logged.
+    @discardableResult
+    func waitForStep(_ step: Int, in runDirectory: String) -> Int {
+        let deadline = Date().addingTimeInterval(60)
+        var reached = 0
+        while reached < step, Date() < deadline {
+            usleep(5_000)
+            reached = (try? metrics(runDirectory))?.compactMap { $0["event"] as? String == "step" ? $0["step"] as? Int : nil }.last ?? 0
+        }
+        return reached
     }
 
     /// The lines of a run's metrics.jsonl.
@@ -236,17 +255,12 @@ struct ClusterProcessTests {
         // part from 3 throughout by 1e-4 at step 60 and 7e-3 at 150, resumed or joined alike)
         let common = ["--workers", "4"] + RunCheck.plainSGD(steps: 40) + ["--hash-every", "1", "--threads", "1"]
         let disturbed = dir.appendingPathComponent("disturbed"), whole = dir.appendingPathComponent("whole")
-        let audits = (dir.appendingPathComponent("samples-disturbed"), dir.appendingPathComponent("samples-whole"))
-        for d in [audits.0, audits.1] { try FileManager.default.createDirectory(at: d, withIntermediateDirectories: true) }
+        let audits = try RunCheck.sampleLogFolders(in: dir)
         let simulate = try CLI.start(["simulate", "--run-dir", disturbed.path, "--min-workers", "3", "--heartbeat-timeout", "2"] + common, bound: 240,
                                      environment: ["TETHER_TEST_SAMPLE_LOG": audits.0.path])
         // mid-epoch (25 steps an epoch), well before the end
         let deadline = Date().addingTimeInterval(60)
-        var reached = 0
-        while reached < 20, Date() < deadline {
-            usleep(5_000)
-            reached = (try? metrics(disturbed.path))?.compactMap { $0["event"] as? String == "step" ? $0["step"] as? Int : nil }.last ?? 0
-        }
+        let reached = waitForStep(20, in: disturbed.path)
         let children = (try? String(contentsOfFile: "/proc/\(simulate.pid)/task/\(simulate.pid)/children", encoding: .utf8))?
             .split(separator: " ").compactMap { Int32($0) } ?? []
         #expect(children.count == 4)
@@ -297,17 +311,13 @@ struct ClusterProcessTests {
         let training = RunCheck.plainSGD(steps: 40) + ["--hash-every", "1"]
         let port = Int.random(in: 20000..<32000), jobID = "join-\(getpid())"
         let address = "tcp://127.0.0.1:\(port)", run = dir.appendingPathComponent("joined")
-        let audits = (dir.appendingPathComponent("samples-joined"), dir.appendingPathComponent("samples-whole"))
-        for d in [audits.0, audits.1] { try FileManager.default.createDirectory(at: d, withIntermediateDirectories: true) }
+        let audits = try RunCheck.sampleLogFolders(in: dir)
         let coordinator = try CLI.start(["coordinator", "--listen", address, "--workers", "3", "--min-workers", "2", "--last-call", "1",
                                          "--job-id", jobID, "--run-dir", run.path] + training + CLI.key, bound: 150)
         let worker = ["worker", "--coordinator", address, "--job-id", jobID, "--threads", "1"] + CLI.key
         let audited = ["TETHER_TEST_SAMPLE_LOG": audits.0.path]
         let first = try (0..<2).map { _ in try CLI.start(worker, bound: 150, environment: audited) }
-        let deadline = Date().addingTimeInterval(60)
-        while Date() < deadline, ((try? metrics(run.path))?.compactMap { $0["event"] as? String == "step" ? $0["step"] as? Int : nil }.last ?? 0) < 15 {
-            usleep(5_000)
-        }
+        waitForStep(15, in: run.path)
         let third = try CLI.start(worker, bound: 150, environment: audited)
         let c = coordinator.finish()
         #expect(c.status == 0, "coordinator: \(c.stderr)")
@@ -341,12 +351,7 @@ struct ClusterProcessTests {
             try CLI.start(["worker", "--coordinator", address, "--job-id", jobID, "--threads", "1", "--coordinator-wait", "60",
                            "--coordinator-timeout", "2"] + CLI.key, bound: 150)
         }
-        let deadline = Date().addingTimeInterval(60)
-        var reached = 0
-        while reached < 15, Date() < deadline {
-            usleep(5_000)
-            reached = (try? metrics(run.path))?.compactMap { $0["event"] as? String == "step" ? $0["step"] as? Int : nil }.last ?? 0
-        }
+        let reached = waitForStep(15, in: run.path)
         kill(first.pid, SIGKILL)
         _ = first.finish()
         let restarted = Date()
