@@ -208,7 +208,12 @@ public final class Coordinator {
             if let event = try receiveEvent() { events.append(event) }
             while let e = monitor.next(deadline: .now) { note(handshakeFailure: e) }
             for next in events {
-                if try execute(machine.handle(next, now: Clock.now), window: &window, epochStart: &epochStart) {
+                let (forming, before) = (machine.phase == .joining, machine.members.count)
+                let directives = machine.handle(next, now: Clock.now)
+                if forming, machine.members.count > before, let newcomer = machine.members.last {
+                    progress.line("a worker at \(newcomer.address) said hello: \(machine.members.count) of \(options.workers)")
+                }
+                if try execute(directives, window: &window, epochStart: &epochStart) {
                     let stopped = machine.completedSteps < total
                     var end = event(stopped ? "interrupted" : "end")
                     end.elapsed_s = Date().timeIntervalSince(begun)

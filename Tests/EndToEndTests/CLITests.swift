@@ -20,16 +20,42 @@ enum CLI {
         try start(args, bound: timeout, environment: environment, executable: executable).finish()
     }
 
-    /// A program running in the background (`start`); `finish` waits for it and returns what it printed.
-    struct Background {
+    /// A program running in the background (`start`): what it prints is collected as it comes, so a
+    /// test can wait for a line (`waitFor`); `finish` waits for it and returns all it printed.
+    final class Background: @unchecked Sendable {
         let process: Process
-        let out: Pipe, err: Pipe
         var pid: Int32 { process.processIdentifier }
+        private let lock = NSLock(), closed = DispatchGroup()
+        private var printed = (out: Data(), err: Data())
+
+        init(process: Process, out: Pipe, err: Pipe) {
+            self.process = process
+            for (pipe, isOut) in [(out, true), (err, false)] {
+                closed.enter()
+                pipe.fileHandleForReading.readabilityHandler = { [self] handle in
+                    let data = handle.availableData
+                    if data.isEmpty { handle.readabilityHandler = nil; closed.leave(); return }
+                    lock.withLock { if isOut { printed.out.append(data) } else { printed.err.append(data) } }
+                }
+            }
+        }
+
+        /// Waits up to `timeout` seconds for `text` on its standard output; false if it never came.
+        func waitFor(_ text: String, timeout: TimeInterval) -> Bool {
+            let end = Date().addingTimeInterval(timeout)
+            while Date() < end {
+                if lock.withLock({ String(decoding: printed.out, as: UTF8.self).contains(text) }) { return true }
+                usleep(50_000)
+            }
+            return false
+        }
 
         func finish() -> Result {
-            let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
             process.waitUntilExit()
-            return Result(status: process.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+            closed.wait()
+            return lock.withLock {
+                Result(status: process.terminationStatus, stdout: String(decoding: printed.out, as: UTF8.self), stderr: String(decoding: printed.err, as: UTF8.self))
+            }
         }
     }
 
@@ -159,7 +185,7 @@ let kubernetesTypesInstalled = (try? CLI.run(["-c", "import kubernetes, yaml"], 
         let coordinator = try CLI.start(["coordinator", "--listen", address, "--workers", "3", "--model", "mlp", "--train-limit", "100",
                                          "--run-dir", dir.path] + CLI.key, bound: 60)
         let first = try CLI.start(["worker", "--coordinator", address, "--advertise", advertised] + CLI.key, bound: 60)
-        usleep(1_500_000)
+        #expect(coordinator.waitFor("a worker at \(advertised) said hello: 1 of 3", timeout: 40))
         let second = try CLI.run(["worker", "--coordinator", address, "--advertise", advertised] + CLI.key, timeout: 30)
         #expect(second.status == 1 && second.stderr.contains("the coordinator at \(address) refused this worker: another worker of this job already advertises \(advertised)"),
                 "\(second.stderr)")
