@@ -30,13 +30,16 @@ enum CLI {
 
         init(process: Process, out: Pipe, err: Pipe) {
             self.process = process
+            // a reader thread per pipe, to its end (Foundation's readabilityHandler missed the end of a
+            // `docker info`'s output on Linux and finish waited forever)
             for (pipe, isOut) in [(out, true), (err, false)] {
                 closed.enter()
-                pipe.fileHandleForReading.readabilityHandler = { [self] handle in
-                    let data = handle.availableData
-                    if data.isEmpty { handle.readabilityHandler = nil; closed.leave(); return }
-                    lock.withLock { if isOut { printed.out.append(data) } else { printed.err.append(data) } }
-                }
+                Thread { [self] in
+                    while case let data = pipe.fileHandleForReading.availableData, !data.isEmpty {
+                        lock.withLock { if isOut { printed.out.append(data) } else { printed.err.append(data) } }
+                    }
+                    closed.leave()
+                }.start()
             }
         }
 
