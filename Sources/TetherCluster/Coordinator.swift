@@ -184,8 +184,13 @@ public final class Coordinator {
             : "global batch \(config.globalBatch(workers: options.workers)) dealt over the workers"
         let workers = options.workers == 1 ? "1 worker" : "\(options.workers) workers"
         let waiting = options.elastic ? "\(workers) (at least \(options.minWorkers))" : workers
-        let wireType = (config.compression ?? .none).wire
-        let wire = wireType == .f32 ? "" : ", gradients as \(wireType) on the wire (error feedback)"
+        let feedback = config.errorFeedback == false ? "no error feedback" : "error feedback"
+        let wire = switch config.compression ?? .none {
+        case .none: ""
+        case .fp16, .bf16: ", gradients as \((config.compression ?? .none).wire) on the wire (\(feedback))"
+        case .powersgd: ", gradients as PowerSGD factors of rank \(config.powerSGDRank ?? TrainingConfig.defaultPowerSGDRank) from step "
+            + "\(config.powerSGDStartStep ?? TrainingConfig.defaultPowerSGDStartStep) (\(feedback))"
+        }
         progress.line("coordinator on \(boundAddress): waiting for \(waiting); \(config.model), \(batch), "
                       + "\(stepsPerEpoch) steps per epoch, \(total) steps in all\(wire)")
         var lastHeartbeat = 0.0

@@ -33,17 +33,23 @@ final class GradientExchange: @unchecked Sendable { // the exchange thread runs 
     private var votes: RingVotes = []
     private(set) var agreed: RingVotes = []
 
-    /// The dense gradients' type on the wire (f32, or f16/bf16 with error feedback: `carry` holds what
-    /// this rank's rounding took from each gradient element, added to it the next step).
+    /// How the dense gradients travel: as f32; narrowed to f16/bf16 (`codec`); or as PowerSGD factors.
     let wire: ChunkHeader.DType
     private let codec: WireCodec?
-    private let carry: UnsafeMutablePointer<Float>?
+    let powerSGD: PowerSGD?
+    /// Error feedback (nil: off): what this rank's compression took from each gradient element, added
+    /// to it the next step. A step's exchanges read `errors` and write `nextErrors`; the two swap when
+    /// the exchange finishes, so an abandoned step leaves the last completed step's.
+    private var errors: UnsafeMutablePointer<Float>?, nextErrors: UnsafeMutablePointer<Float>?
 
-    init(ring: Ring, model: any Model<Float>, bucketBytes: Int, wire: ChunkHeader.DType = .f32) {
-        (self.ring, self.model, self.wire) = (ring, model, wire)
+    init(ring: Ring, model: any Model<Float>, bucketBytes: Int, wire: ChunkHeader.DType = .f32, powerSGD: PowerSGD? = nil, errorFeedback: Bool = true) {
+        (self.ring, self.model, self.wire, self.powerSGD) = (ring, model, wire, powerSGD)
         codec = WireCodec(wire)
-        carry = codec == nil ? nil : .allocate(capacity: model.arena.count)
-        carry?.initialize(repeating: 0, count: model.arena.count)
+        if errorFeedback, codec != nil || powerSGD != nil {
+            (errors, nextErrors) = (.allocate(capacity: model.arena.count), .allocate(capacity: model.arena.count))
+            errors!.initialize(repeating: 0, count: model.arena.count)
+            nextErrors!.initialize(repeating: 0, count: model.arena.count)
+        }
         bucketElements = max(1, bucketBytes / MemoryLayout<Float>.stride)
         // Installed once; `begin` arms it for a step and `finish` (sentFrom = 0) disarms it.
         model.context.gradientsReady = { [weak self] offset in
@@ -52,12 +58,24 @@ final class GradientExchange: @unchecked Sendable { // the exchange thread runs 
         }
     }
 
-    deinit { carry?.deallocate() }
+    deinit { errors?.deallocate(); nextErrors?.deallocate() }
+
+    /// This rank's error feedback after the last completed step (arena order), or nil when off.
+    var errorFeedback: [Float]? { errors.map { Array(UnsafeBufferPointer(start: $0, count: model.arena.count)) } }
+
+    /// Replaces this rank's error feedback (a checkpoint's, or what it carried through a re-formation);
+    /// false when its length is not the arena's.
+    func restore(errorFeedback values: [Float]) -> Bool {
+        guard let errors, values.count == model.arena.count else { return false }
+        values.withUnsafeBufferPointer { errors.update(from: $0.baseAddress!, count: $0.count) }
+        return true
+    }
 
     /// Arms the exchange for `step`: from here the model's backward reports its progress to it.
     func begin(step: UInt64) {
         (self.step, nextBucket, sentFrom, failure) = (step, 0, model.arena.count, nil)
         (votes, agreed) = (vote, [])
+        powerSGD?.discard() // what an abandoned step computed
     }
 
     /// Exchanges what backward has not already sent, waits for every bucket, then the sparse tables.
@@ -67,6 +85,8 @@ final class GradientExchange: @unchecked Sendable { // the exchange thread runs 
         if let failure { throw failure }
         try exchangeSparse()
         agreed = votes
+        swap(&errors, &nextErrors)
+        powerSGD?.commit()
     }
 
     /// Hands the dense gradients in offset..<sentFrom to the exchange thread: one bucket per dense range
@@ -78,11 +98,27 @@ final class GradientExchange: @unchecked Sendable { // the exchange thread runs 
             let (step, bucket) = (step, nextBucket)
             thread.async(group: pending) { [self] in
                 guard failure == nil else { return }
-                let buffer = UnsafeMutableBufferPointer(start: model.arena.grads + start, count: end - start)
-                // error feedback: this rank's contribution is rounded here, carrying what it loses into
-                // the next step, so the ring's first narrowing of it is exact
-                if let codec, let carry { codec.round(buffer.baseAddress!, count: buffer.count, carry: carry + start) }
-                do { votes.formUnion(try ring.allReduce(buffer, wire: wire, step: step, bucket: bucket, vote: votes)) } catch { failure = error }
+                let grads = model.arena.grads, buffer = UnsafeMutableBufferPointer(start: grads + start, count: end - start)
+                do {
+                    if let powerSGD, step >= powerSGD.startStep {
+                        let feedback = errors.map { (read: UnsafePointer($0), written: nextErrors!) }
+                        votes.formUnion(try powerSGD.allReduce(grads, range: start ..< end, errors: feedback, ring: ring, step: step, bucket: bucket, vote: votes))
+                        return
+                    }
+                    if let errors, let nextErrors {
+                        if let codec {
+                            // this rank's contribution is rounded here, carrying what it loses into the
+                            // next step, so the ring's first narrowing of it is exact
+                            (nextErrors + start).update(from: errors + start, count: end - start)
+                            codec.round(buffer.baseAddress!, count: buffer.count, carry: nextErrors + start)
+                        } else {
+                            // PowerSGD before its start step: exact, so what is carried goes in whole
+                            for k in start ..< end { grads[k] += errors[k] }
+                            (nextErrors + start).update(repeating: 0, count: end - start)
+                        }
+                    }
+                    votes.formUnion(try ring.allReduce(buffer, wire: wire, step: step, bucket: bucket, vote: votes))
+                } catch { failure = error }
             }
             nextBucket += 1
         }

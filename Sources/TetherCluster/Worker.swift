@@ -38,6 +38,7 @@ extension TrainingConfig.Compression {
         case .none: .f32
         case .fp16: .f16
         case .bf16: .bf16
+        case .powersgd: .f32
         }
     }
 }
@@ -218,12 +219,14 @@ public final class Worker {
         case .shareReplicaState:
             let replica = job!.replica
             replica.replicas = try replica.training.gatherReplicaState(step: UInt64(replica.state.globalStep))
+            replica.replicaErrors = try replica.training.gatherErrorFeedback(step: UInt64(replica.state.globalStep))
         case .sendCheckpoint:
             let replica = job!.replica, training = replica.training, model = training.workload.model
             var state = replica.state
             state.rng = model.context.rng
             let file = Checkpoint.file(model: model, optimizer: training.optimizer, config: training.config, state: state, metadata: training.workload.checkpointMetadata,
-                                       replicaBuffers: replica.replicas.map(\.buffers), replicaRNGs: replica.replicas.map(\.rng))
+                                       replicaBuffers: replica.replicas.map(\.buffers), replicaRNGs: replica.replicas.map(\.rng),
+                                       compression: .init(factors: training.exchange.powerSGD?.factors, errors: replica.replicaErrors))
             try tell(.checkpoint(.init(globalStep: UInt64(state.globalStep), safetensors: [UInt8](Safetensors.encode(file)))))
         case .awaitFinish:
             return .coordinator(try waitFor("the coordinator's finish", within: 60) { $0 == .finish ? $0 : nil })
@@ -240,6 +243,7 @@ public final class Worker {
             guard let replica = job?.replica else { return nil }
             let state = replica.carried ?? replica.encoded(replica.boundary)
             kept = (state.step, state.bytes, Self.hash(replica.training.workload.model.arena))
+            keptErrorFeedback = replica.training.exchange.errorFeedback
             replica.training.ring.close()
             job = nil
             log("worker rank \(rank): the coordinator at \(options.coordinator) was lost; this worker keeps its replica at step \(state.step)")
@@ -330,8 +334,10 @@ public final class Worker {
             : try formRing(membership, layoutFingerprint: model.arena.layout.fingerprint)
         let optimizer = try Optimizer<Float>(config.optimizer, layout: model.arena.layout, ftrlParameters: model.ftrlParameters)
         var state = TrainingState(rng: model.context.rng)
+        var loadedOverRing: Checkpoint.Loaded?
         if overRing {
             let loaded = try syncState(ring, carried: carried)
+            loadedOverRing = loaded
             try loaded.restore(into: model, optimizer: optimizer, shard: membership.shard)
             state = loaded.state
             model.context.rng = .dropoutMasks(seed: config.seed &+ UInt64(state.globalStep), replica: rank)
@@ -349,7 +355,11 @@ public final class Worker {
             })
             if let failure { throw failure }
         }
-        let replica = Replica(training: Training(workload: workload, optimizer: optimizer, ring: ring, config: config, bucketBytes: bucketBytes), state: state)
+        let training = Training(workload: workload, optimizer: optimizer, ring: ring, config: config, bucketBytes: bucketBytes)
+        if let from = overRing ? loadedOverRing : resumed {
+            try training.restoreCompression(from: from, shard: membership.shard, ownErrors: carried != nil ? keptErrorFeedback : nil)
+        }
+        let replica = Replica(training: training, state: state)
         return job(config: config, bucketBytes: bucketBytes, membership: membership, replica: replica, assign: assign)
     }
 
@@ -473,8 +483,10 @@ public final class Worker {
         let optimizer = try Optimizer<Float>(config.optimizer, layout: model.arena.layout, ftrlParameters: model.ftrlParameters)
         try loaded.restore(into: model, optimizer: optimizer, shard: membership.shard)
         model.context.rng = .dropoutMasks(seed: config.seed &+ UInt64(loaded.state.globalStep), replica: rank)
-        let next = Replica(training: Training(workload: workload, optimizer: optimizer, ring: ring, config: config, bucketBytes: old.bucketBytes),
-                           state: loaded.state)
+        let training = Training(workload: workload, optimizer: optimizer, ring: ring, config: config, bucketBytes: old.bucketBytes)
+        // its own error feedback, as its last completed step left it (a lost member's is lost with it)
+        try training.restoreCompression(from: loaded, shard: membership.shard, ownErrors: replica.training.exchange.errorFeedback)
+        let next = Replica(training: training, state: loaded.state)
         next.report = replica.report
         return job(config: config, bucketBytes: old.bucketBytes, membership: membership, replica: next, assign: assignment!)
     }
@@ -613,6 +625,8 @@ public final class Worker {
     private var ringEpoch: UInt32 = 0
     /// Set while this worker, having outlived its coordinator, says hello to the next one.
     private var rejoining = false
+    /// Its error feedback, kept with its replica through a lost coordinator.
+    private var keptErrorFeedback: [Float]?
 
     /// This process's peak resident set since it started (VmHWM). Not getrusage's ru_maxrss: Linux
     /// carries that over from the process that forked this one (`simulate`'s coordinator, with its data).
@@ -639,7 +653,12 @@ final class Training {
 
     init(workload: any Workload, optimizer: Optimizer<Float>, ring: Ring, config: TrainingConfig, bucketBytes: Int) {
         (self.workload, self.optimizer, self.ring, self.config) = (workload, optimizer, ring, config)
-        exchange = GradientExchange(ring: ring, model: workload.model, bucketBytes: bucketBytes, wire: (config.compression ?? .none).wire)
+        let compression = config.compression ?? .none
+        let powerSGD = compression != .powersgd ? nil
+            : PowerSGD(layout: workload.model.arena.layout, rank: config.powerSGDRank ?? TrainingConfig.defaultPowerSGDRank,
+                       startStep: config.powerSGDStartStep ?? TrainingConfig.defaultPowerSGDStartStep, seed: config.seed)
+        exchange = GradientExchange(ring: ring, model: workload.model, bucketBytes: bucketBytes, wire: compression.wire, powerSGD: powerSGD,
+                                    errorFeedback: config.errorFeedback ?? true)
         totalSteps = config.totalSteps(stepsPerEpoch: workload.stepsPerEpoch)
     }
 
@@ -684,6 +703,24 @@ final class Training {
             let buffers = bytes[(4 + n)...].withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
             return (buffers, rng)
         }
+    }
+
+    /// Every replica's error feedback in rank order, for rank 0's checkpoint (nil: none kept).
+    func gatherErrorFeedback(step: UInt64) throws -> [[Float]]? {
+        guard let mine = exchange.errorFeedback else { return nil }
+        return try ring.allGather(mine.withUnsafeBytes { Array($0) }, step: step).enumerated().map { r, bytes in
+            guard bytes.count == mine.count * 4 else { throw ClusterError("rank \(r)'s error feedback is \(bytes.count) bytes, not \(mine.count) values") }
+            return bytes.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+        }
+    }
+
+    /// PowerSGD's factors from `loaded` (a checkpoint, or the state a re-formed ring shares), and the
+    /// error feedback: `ownErrors` (what this worker carried through) or else this shard's in `loaded`.
+    func restoreCompression(from loaded: Checkpoint.Loaded, shard: Shard, ownErrors: [Float]?) throws {
+        if let powerSGD = exchange.powerSGD, let factors = try loaded.powerSGDFactors(), !powerSGD.restore(factors: factors) {
+            throw ClusterError("\(loaded.path): it holds \(factors.count) PowerSGD factor values, this model's rank-\(powerSGD.rank) factors are \(powerSGD.factors.count)")
+        }
+        if let errors = try ownErrors ?? loaded.errorFeedback(shard, count: workload.model.arena.count) { _ = exchange.restore(errorFeedback: errors) }
     }
 
     /// This replica's share of the evaluation; at an epoch's end the loss is also summed over the ring
@@ -789,6 +826,7 @@ final class Replica {
     /// The last step's report, and every replica's state gathered for a checkpoint.
     var report: Envelope.StepReport?
     var replicas: [(buffers: [Float], rng: RNG)] = []
+    var replicaErrors: [[Float]]?
     /// The state carried into a re-formation (its step and checkpoint bytes), once encoded: a second
     /// re-formation before this one ends starts from the same.
     var carried: (step: Int, bytes: [UInt8])?
@@ -803,7 +841,8 @@ final class Replica {
         let model = training.workload.model
         var state = state
         state.rng = model.context.rng
-        let file = Checkpoint.file(model: model, optimizer: training.optimizer, config: training.config, state: state, metadata: training.workload.checkpointMetadata)
+        let file = Checkpoint.file(model: model, optimizer: training.optimizer, config: training.config, state: state, metadata: training.workload.checkpointMetadata,
+                                   compression: .init(factors: training.exchange.powerSGD?.factors, errors: nil))
         return (state.globalStep, [UInt8](Safetensors.encode(file)))
     }
 }

@@ -64,9 +64,23 @@ public enum Checkpoint {
     /// then stored as the concatenation over ranks (for a language model, exactly the carried state of
     /// one process running every rank's streams, however they were dealt), and `replicaRNGs` (each
     /// rank's dropout RNG) goes into the metadata, so a cluster resumes exactly.
+    /// What a compressed gradient exchange carries from step to step (`--compression`): PowerSGD's Q
+    /// factors (the same on every replica) and each replica's error feedback, in rank order.
+    public struct CompressionState {
+        public var factors: [Float]?
+        public var errors: [[Float]]?
+        public init(factors: [Float]?, errors: [[Float]]?) { (self.factors, self.errors) = (factors, errors) }
+    }
+    static let factorsKey = "compression.powersgd_factors", errorsKey = "compression.error_feedback"
+
     public static func file(model: any Model<Float>, optimizer: Optimizer<Float>?, config: TrainingConfig, state: TrainingState,
-                            metadata: [String: String] = [:], replicaBuffers: [[Float]]? = nil, replicaRNGs: [RNG]? = nil) -> Safetensors.File {
+                            metadata: [String: String] = [:], replicaBuffers: [[Float]]? = nil, replicaRNGs: [RNG]? = nil,
+                            compression: CompressionState? = nil) -> Safetensors.File {
         var f = Safetensors.File()
+        if let factors = compression?.factors { f.tensors[factorsKey] = .init(floats: factors, shape: [factors.count]) }
+        if let errors = compression?.errors, let first = errors.first {
+            f.tensors[errorsKey] = .init(floats: errors.flatMap { $0 }, shape: [errors.count, first.count])
+        }
         let values = model.arena.valuesAsFloats()
         for e in model.arena.layout.entries {
             f.tensors[e.name] = .init(floats: Array(values[e.offset ..< e.offset + e.count]), shape: e.shape)
@@ -164,6 +178,23 @@ public enum Checkpoint {
             guard let json = file.metadata[Checkpoint.replicaRNGKey],
                   let all = try? JSONDecoder().decode([RNG].self, from: Data(json.utf8)), all.count == shard.count else { return nil }
             return all[shard.rank]
+        }
+
+        /// PowerSGD's Q factors, when the run compressed with it.
+        public func powerSGDFactors() throws -> [Float]? { try file.tensors[Checkpoint.factorsKey]?.floats() }
+
+        /// Rank `shard.rank`'s error feedback (`count` values): its own, when the checkpoint holds one
+        /// per replica of as many replicas; otherwise rank 0 carries their sum (nothing lost) and the
+        /// others start from none. nil when the checkpoint holds none.
+        public func errorFeedback(_ shard: Shard, count: Int) throws -> [Float]? {
+            guard let t = file.tensors[Checkpoint.errorsKey] else { return nil }
+            guard t.shape.count == 2, t.shape[1] == count else {
+                throw CheckpointError(path: path, reason: "tensor \(Checkpoint.errorsKey) has shape \(t.shape), the model needs [replicas, \(count)]")
+            }
+            let all = try t.floats(), replicas = t.shape[0]
+            if replicas == shard.count { return Array(all[shard.rank * count ..< (shard.rank + 1) * count]) }
+            guard shard.rank == 0 else { return [Float](repeating: 0, count: count) }
+            return (0..<count).map { i in Float((0..<replicas).reduce(0.0) { $0 + Double(all[$1 * count + i]) }) }
         }
 
         /// A buffer stored for every replica (count x the model's own) is sliced to this shard's part; one

@@ -31,12 +31,19 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     public var wideDeep = WideDeepOptions()
     /// A cluster's gradients on the wire (nil: f32, as they are).
     public var compression: Compression?
+    /// PowerSGD's rank (nil: 4) and the step it starts at (nil: 1000; plain all-reduces before it, as
+    /// DDP's start_powerSGD_iter).
+    public var powerSGDRank: Int?
+    public var powerSGDStartStep: Int?
+    /// Error feedback with compression (nil: on).
+    public var errorFeedback: Bool?
 
-    /// How a cluster's gradients travel between workers: as they are (f32), or narrowed to IEEE half
-    /// or bfloat16 (half the bytes), summed in f32, with error feedback.
+    /// How a cluster's gradients travel between workers: as they are (f32), narrowed to IEEE half or
+    /// bfloat16 (half the bytes, summed in f32), or as PowerSGD's low-rank factors.
     public enum Compression: String, Codable, CaseIterable, Sendable {
-        case none, fp16, bf16
+        case none, fp16, bf16, powersgd
     }
+    public static let defaultPowerSGDRank = 4, defaultPowerSGDStartStep = 1000
 
     public init() {}
 
@@ -178,6 +185,11 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         if optimizer.clipNorm < 0 { throw fail("--clip-norm must be 0 (off) or positive") }
         if model == "lm-tied" { try language.validate() }
         if model == "wide-deep" { try wideDeep.validate() }
+        if let r = powerSGDRank, !(1...1024).contains(r) { throw fail("--powersgd-rank must be in 1...1024 (got \(r))") }
+        if let s = powerSGDStartStep, s < 0 { throw fail("--powersgd-start-step must be 0 or more (got \(s))") }
+        if compression != .powersgd, powerSGDRank != nil || powerSGDStartStep != nil {
+            throw fail("--powersgd-rank and --powersgd-start-step need --compression powersgd")
+        }
     }
 }
 

@@ -214,8 +214,14 @@ struct ClusterJob: ParsableArguments {
     @Option(help: "Elastic: start (or restart) with as few as this many workers once no other has joined for --last-call seconds, and when a worker is lost while training, carry on in place with the rest while this many remain (no process restarts; the step in flight is redone); the global batch stays --batch x --workers.")
     var minWorkers: Int?
     @Option(help: "Seconds an elastic job waits for more workers after the last one joined.") var lastCall = 10.0
-    @Option(help: "The gradients on the wire: none (f32), fp16 (IEEE half) or bf16 (bfloat16): half the bytes, summed in f32 on arrival, with error feedback (each worker adds what its rounding lost to its next step's gradient).")
+    @Option(help: "The gradients on the wire: none (f32); fp16 (IEEE half) or bf16 (bfloat16): half the bytes, summed in f32 on arrival; powersgd: each weight matrix as two rank-R factors (PowerSGD, as DDP's powerSGD_hook). With error feedback: each worker adds what its compression lost to its next step's gradient.")
     var compression: TrainingConfig.Compression?
+    @Option(help: "PowerSGD's rank R (default \(TrainingConfig.defaultPowerSGDRank)): a rows x cols gradient travels as (rows + cols) x R values; higher keeps more.")
+    var powersgdRank: Int?
+    @Option(help: "Plain all-reduces before this step, PowerSGD from it (default \(TrainingConfig.defaultPowerSGDStartStep), as DDP's start_powerSGD_iter: early gradients change fast).")
+    var powersgdStartStep: Int?
+    @Flag(inversion: .prefixedNo, help: "With --compression: carry what each worker's compression lost into its next step (error feedback; on by default).")
+    var errorFeedback: Bool?
     @Option(help: "What an elastic job does when a worker is lost: in-place (the survivors go on, the step in flight redone) or restart (the job stops and resumes from its last checkpoint with the workers there are, --max-restarts; what torchrun does).")
     var onLoss: Coordinator.OnLoss = .inPlace
     @OptionGroup var jobFile: JobFileOption
@@ -248,6 +254,9 @@ struct ClusterJob: ParsableArguments {
         if resume ?? self.resume { base = try Checkpoint.Loaded(URL(fileURLWithPath: runDirectory).appendingPathComponent(Checkpoint.fileName)).config }
         var config = training.applied(to: base)
         if let compression { config.compression = compression == TrainingConfig.Compression.none ? nil : compression }
+        if let powersgdRank { config.powerSGDRank = powersgdRank }
+        if let powersgdStartStep { config.powerSGDStartStep = powersgdStartStep }
+        if let errorFeedback { config.errorFeedback = errorFeedback ? nil : false }
         return config
     }
 
