@@ -34,8 +34,13 @@ public struct AssignCheck: Sendable {
         guard assign.hashEvery >= 1, assign.bucketBytes >= 4 else {
             throw refuse("hash_every \(assign.hashEvery) and bucket_bytes \(assign.bucketBytes) must be at least 1 and 4")
         }
+        guard assign.rank < assign.ring.count else { throw refuse("rank \(assign.rank) of a ring of \(assign.ring.count)") }
+        // this worker binds its own address and connects to its right neighbour's; a unix socket among
+        // the others is another host's business, but must still be a plain path
+        let mine = Int(assign.rank), right = (mine + 1) % assign.ring.count
         for (rank, address) in assign.ring.enumerated() {
-            if let why = Self.ringAddressProblem(address, runtimeDirectory: runtimeDirectory) { throw refuse("ring address of rank \(rank) \"\(address.prefix(200))\": \(why)") }
+            let folder = rank == mine || rank == right ? runtimeDirectory : nil
+            if let why = Self.ringAddressProblem(address, runtimeDirectory: folder) { throw refuse("ring address of rank \(rank) \"\(address.prefix(200))\": \(why)") }
         }
         if secure {
             guard assign.ringPublicKeys.count == assign.ring.count, assign.ringPublicKeys.allSatisfy(CurveKeyPair.isZ85Key),
@@ -70,8 +75,9 @@ public struct AssignCheck: Sendable {
         URL(fileURLWithPath: path).standardizedFileURL.resolvingSymlinksInPath().path
     }
 
-    /// Why a ring address is refused: only tcp://HOST:PORT, or ipc:// inside the job's runtime folder.
-    static func ringAddressProblem(_ address: String, runtimeDirectory: String) -> String? {
+    /// Why a ring address is refused: only tcp://HOST:PORT, or ipc:// inside the job's runtime folder
+    /// (nil: a path in any folder, for a link this worker does not use).
+    static func ringAddressProblem(_ address: String, runtimeDirectory: String?) -> String? {
         if address.hasPrefix("tcp://") {
             let rest = address.dropFirst(6)
             guard let colon = rest.lastIndex(of: ":"), let port = Int(rest[rest.index(after: colon)...]), (1...65535).contains(port),
@@ -80,8 +86,8 @@ public struct AssignCheck: Sendable {
         }
         if address.hasPrefix("ipc://") {
             let path = String(address.dropFirst(6))
-            guard !path.contains("/../"), path.hasPrefix(runtimeDirectory + "/") else {
-                return "an ipc socket must lie in this job's runtime folder \(runtimeDirectory)"
+            guard !path.contains("/../"), path.hasPrefix((runtimeDirectory ?? "") + "/"), !path.contains("\0") else {
+                return "an ipc socket must lie in this job's runtime folder \(runtimeDirectory ?? "(an absolute path)")"
             }
             return nil
         }

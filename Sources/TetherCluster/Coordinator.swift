@@ -276,6 +276,16 @@ public final class Coordinator {
         for m in ring where ringKeys![m.identity] == nil { ringKeys![m.identity] = try CurveKeyPair.generate() }
         return ring.map { ringKeys![$0.identity]! }
     }
+    /// What each worker said of its host in its Hello, by advertised address (`SameHostLinks`).
+    private var hosts: [String: (key: String, folder: String)] = [:]
+    /// Names this coordinator's ipc ring sockets apart from any other's.
+    private let linkToken = String(UInt32.random(in: .min ... .max), radix: 16)
+
+    /// The ring addresses sent for a ring of `advertised` addresses: unix sockets between same-host neighbours.
+    private func ringAddresses(_ advertised: [String], epoch: UInt32) -> [String] {
+        SameHostLinks.ringAddresses(advertised, hosts: advertised.map { hosts[$0] }, token: linkToken, epoch: epoch)
+    }
+
     /// Elastic in place (`CoordinatorState.Settings.reformInPlace`).
     private let reformInPlace: Bool
     /// When the last member was lost, or a worker joined: the time to train again is measured from here.
@@ -289,11 +299,11 @@ public final class Coordinator {
             switch d {
             case .assign(let identity, let rank, let ring):
                 if rank == 0, options.security.keys != nil { ringKeys = [:] }
-                try assign(identity, rank: rank, ring: ring, epoch: 0)
+                try assign(identity, rank: rank, ring: ringAddresses(ring, epoch: 0), epoch: 0)
             case .reform(let epoch, let joiner, let reason, let atBoundary):
                 let before = ranks
                 let ring = machine.nextRing
-                let addresses = ring.map(\.address)
+                let addresses = ringAddresses(ring.map(\.address), epoch: epoch)
                 (ranks, heartbeatIdentities) = ([:], [:])
                 let publicKeys = try ringKeyPairs(ring)?.map(\.publicKey) ?? []
                 for (rank, m) in ring.enumerated() {
@@ -440,7 +450,8 @@ public final class Coordinator {
         ranks[identity] = rank
         heartbeatIdentities[rank] = ControlIdentity.heartbeat(of: identity)
         send(.assign(assign), to: identity)
-        progress.line("rank \(rank): \(ring[rank])" + (epoch > 0 ? " (joins the running job)" : ""))
+        progress.line("rank \(rank): \(ring[rank])" + (ring[rank].hasPrefix("ipc://") ? " (the same host as rank \((rank + ring.count - 1) % ring.count))" : "")
+                      + (epoch > 0 ? " (joins the running job)" : ""))
     }
 
     /// A run that had finished: each worker that says hello is told Finish, until all `workers` have
@@ -480,6 +491,7 @@ public final class Coordinator {
             return nil
         }
         if case .hello(let h) = body {
+            if h.hostKey.utf8.count <= 256, SameHostLinks.isUsable(h.ipcFolder) { hosts[h.advertiseAddress] = (h.hostKey, h.ipcFolder) }
             let carried = h.carriedHash == 0 ? nil : Int(exactly: h.carriedStep).map { CoordinatorState.Carried(step: $0, hash: h.carriedHash) }
             return .hello(identity: identity, address: h.advertiseAddress, carried: carried)
         }

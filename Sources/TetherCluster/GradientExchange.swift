@@ -137,24 +137,36 @@ final class GradientExchange: @unchecked Sendable { // the exchange thread runs 
                 try exchangeDensely(rows, bucket: UInt32(1 << 21 + table))
                 continue
             }
-            var payload = [UInt8](repeating: 0, count: n * 4 + n * width * 4)
+            // row ids as they are; values as f32, or narrowed to the wire's 16-bit type (no error
+            // feedback: the rows differ from step to step)
+            let valueBytes = codec == nil ? 4 : 2
+            var payload = [UInt8](repeating: 0, count: n * 4 + n * width * valueBytes)
             payload.withUnsafeMutableBytes { p in
                 p.baseAddress!.copyMemory(from: rows.idPointer, byteCount: n * 4)
-                (p.baseAddress! + n * 4).copyMemory(from: rows.valuePointer, byteCount: n * width * 4)
+                let values = p.baseAddress! + n * 4
+                if let codec { codec.narrow(values.assumingMemoryBound(to: UInt16.self), rows.valuePointer, count: n * width) }
+                else { values.copyMemory(from: rows.valuePointer, byteCount: n * width * 4) }
             }
             let all = try ring.allGather(payload, step: step)
             rows.clear()
+            var widened: [Float] = []
             for (r, bytes) in all.enumerated() {
-                guard bytes.count % (4 + 4 * width) == 0 else {
+                guard bytes.count % (4 + valueBytes * width) == 0 else {
                     throw ClusterError("rank \(r)'s sparse gradient for \(arena.layout.entries[rows.slot.index].name) has \(bytes.count) bytes, not whole rows of \(width)")
                 }
-                let m = bytes.count / (4 + 4 * width)
+                let m = bytes.count / (4 + valueBytes * width)
                 try bytes.withUnsafeBytes { p in
                     let ids = p.baseAddress!.assumingMemoryBound(to: Int32.self)
                     if let bad = (0..<m).first(where: { ids[$0] < 0 || Int(ids[$0]) >= rows.tableRows }) {
                         throw ClusterError("rank \(r) sent row \(ids[bad]) of a table with \(rows.tableRows) rows")
                     }
-                    rows.accumulate(rowIDs: ids, grads: (p.baseAddress! + m * 4).assumingMemoryBound(to: Float.self), count: m)
+                    guard let codec else {
+                        rows.accumulate(rowIDs: ids, grads: (p.baseAddress! + m * 4).assumingMemoryBound(to: Float.self), count: m)
+                        return
+                    }
+                    widened = [Float](repeating: 0, count: m * width)
+                    widened.withUnsafeMutableBufferPointer { codec.widen($0.baseAddress!, (p.baseAddress! + m * 4).assumingMemoryBound(to: UInt16.self), count: m * width) }
+                    rows.accumulate(rowIDs: ids, grads: widened, count: m)
                 }
             }
         }
@@ -167,7 +179,7 @@ final class GradientExchange: @unchecked Sendable { // the exchange thread runs 
         var dense = [Float](repeating: 0, count: tableRows * width)
         try dense.withUnsafeMutableBufferPointer { d in
             rows.addDense(into: d.baseAddress!)
-            try ring.allReduce(d, step: step, bucket: bucket)
+            try ring.allReduce(d, wire: wire, step: step, bucket: bucket)
             rows.clear()
             var ids: [Int32] = [], values: [Float] = []
             for r in 0..<tableRows {

@@ -501,6 +501,7 @@ public final class Worker {
         var hello = Envelope.Hello(advertiseAddress: try Advertise.resolve(options.advertise, context, portWait: carried == nil ? 0 : 5), tetherVersion: "tether",
                                    threads: UInt32(BLAS.threads))
         if let carried { (hello.carriedStep, hello.carriedHash) = (UInt64(carried.step), max(carried.hash, 1)) }
+        if let folder = SameHostLinks.folder() { (hello.hostKey, hello.ipcFolder) = (SameHostLinks.key, folder) }
         var diagnosis = JoinDiagnosis(coordinator: options.coordinator, secure: options.security.keys != nil)
         log("tether worker: waiting for the coordinator at \(options.coordinator)")
         let started = ContinuousClock.now, deadline = started + .milliseconds(Int(seconds * 1000))

@@ -39,6 +39,8 @@ public struct Envelope: Equatable, Sendable {
         /// The state of a worker that outlived its coordinator: its steps and parameter hash (hash 0: none).
         public var carriedStep: UInt64 = 0
         public var carriedHash: UInt64 = 0
+        /// Same-host ring links (Hello.host_key, ipc_folder); empty: TCP only.
+        public var hostKey = "", ipcFolder = ""
         public init(advertiseAddress: String, tetherVersion: String, threads: UInt32) {
             (self.advertiseAddress, self.tetherVersion, self.threads) = (advertiseAddress, tetherVersion, threads)
         }
@@ -177,9 +179,10 @@ extension Envelope {
             case .hello(let h):
                 var hello = Tether__V1__Hello()
                 tether__v1__hello__init(&hello)
-                return h.advertiseAddress.withCString { addr in h.tetherVersion.withCString { ver in
+                return h.advertiseAddress.withCString { addr in h.tetherVersion.withCString { ver in h.hostKey.withCString { key in h.ipcFolder.withCString { folder in
                     hello.advertise_address = UnsafeMutablePointer(mutating: addr)
                     hello.tether_version = UnsafeMutablePointer(mutating: ver)
+                    (hello.host_key, hello.ipc_folder) = (UnsafeMutablePointer(mutating: key), UnsafeMutablePointer(mutating: folder))
                     hello.threads = h.threads
                     (hello.carried_step, hello.carried_hash) = (h.carriedStep, h.carriedHash)
                     return withUnsafeMutablePointer(to: &hello) { hp in
@@ -187,7 +190,7 @@ extension Envelope {
                         msg.hello = hp
                         return pack()
                     }
-                } }
+                } } } }
             case .chunk(let c):
                 var chunk = Tether__V1__ChunkHeader()
                 tether__v1__chunk_header__init(&chunk)
@@ -246,6 +249,7 @@ extension Envelope {
             var hello = Hello(advertiseAddress: String(cString: h.advertise_address),
                               tetherVersion: String(cString: h.tether_version), threads: h.threads)
             (hello.carriedStep, hello.carriedHash) = (h.carried_step, h.carried_hash)
+            (hello.hostKey, hello.ipcFolder) = (String(cString: h.host_key), String(cString: h.ipc_folder))
             body = .hello(hello)
         case TETHER__V1__ENVELOPE__BODY_CHUNK:
             guard let c = env.chunk?.pointee else { break }

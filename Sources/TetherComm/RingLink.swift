@@ -50,6 +50,7 @@ final class RingLink {
                 throw CollectiveError(message: "rank \(rank) cannot listen on \(addresses[rank]): \(error)")
             }
         }
+        if addresses[rank].hasPrefix("ipc://") { socketFile = String(addresses[rank].dropFirst(6)) }
         try listening()
         try push.connect(rightAddress)
         try push.setSendTimeout(options.timeout)
@@ -69,6 +70,14 @@ final class RingLink {
         scratch.deallocate()
         push.close()
         pull.close()
+        removeSocketFile()
+    }
+
+    /// The unix socket this rank listens on (an ipc:// address), removed when the link closes.
+    private var socketFile: String?
+    private func removeSocketFile() {
+        if let socketFile { unlink(socketFile) }
+        socketFile = nil
     }
 
     /// Abandons the links at once (nothing queued is delivered): a re-formed ring binds the same address.
@@ -77,6 +86,7 @@ final class RingLink {
         try? pull.setLinger(.zero)
         push.close()
         pull.close()
+        removeSocketFile()
     }
 
     /// Waits until libzmq has let go of every buffer lent to it (the collective's last sends).

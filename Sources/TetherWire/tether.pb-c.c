@@ -1956,7 +1956,7 @@ const ProtobufCMessageDescriptor tether__v1__finish__descriptor =
   (ProtobufCMessageInit) tether__v1__finish__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tether__v1__hello__field_descriptors[5] =
+static const ProtobufCFieldDescriptor tether__v1__hello__field_descriptors[7] =
 {
   {
     "advertise_address",
@@ -2018,18 +2018,44 @@ static const ProtobufCFieldDescriptor tether__v1__hello__field_descriptors[5] =
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "host_key",
+    6,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__Hello, host_key),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "ipc_folder",
+    7,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__Hello, ipc_folder),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tether__v1__hello__field_indices_by_name[] = {
   0,   /* field[0] = advertise_address */
   4,   /* field[4] = carried_hash */
   3,   /* field[3] = carried_step */
+  5,   /* field[5] = host_key */
+  6,   /* field[6] = ipc_folder */
   1,   /* field[1] = tether_version */
   2,   /* field[2] = threads */
 };
 static const ProtobufCIntRange tether__v1__hello__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 5 }
+  { 0, 7 }
 };
 const ProtobufCMessageDescriptor tether__v1__hello__descriptor =
 {
@@ -2039,7 +2065,7 @@ const ProtobufCMessageDescriptor tether__v1__hello__descriptor =
   "Tether__V1__Hello",
   "tether.v1",
   sizeof(Tether__V1__Hello),
-  5,
+  7,
   tether__v1__hello__field_descriptors,
   tether__v1__hello__field_indices_by_name,
   1,  tether__v1__hello__number_ranges,

@@ -18,7 +18,7 @@ struct BenchAllReduce: ParsableCommand {
 
     @Option(help: "Ranks, each a separate process (inproc: a thread).") var ranks = 2
     @Option(help: "Bytes to all-reduce (float32 elements), e.g. 100MB.") var size = "100MB"
-    @Option(help: "tcp (loopback), ipc or inproc.") var transport: Transport = .tcp
+    @Option(help: "ipc (unix sockets: what a cluster's same-host ring links use), tcp (loopback) or inproc.") var transport: Transport = .ipc
     @Option(help: "Chunk size in bytes (default \(RingOptions().chunkBytes)).") var chunk: Int?
     @Option(help: "The values on the wire: f32, or f16/bf16 (narrowed as sent, summed in f32; --size is still of the float32 buffer).")
     var dtype: ChunkHeader.DType = .f32

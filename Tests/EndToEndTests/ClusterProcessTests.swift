@@ -242,6 +242,23 @@ struct ClusterProcessTests {
         }
     }
 
+    /// wide-deep's sparse tables under --compression fp16: the rows' values travel as f16 in the
+    /// all-gather (ids as they are), every replica merges the same rows (--hash-every 1 fails the job
+    /// otherwise), and the tables differ from an f32 run's (the values were narrowed).
+    @Test func sparseRowsTravelAsF16AndTheReplicasAgree() throws {
+        let dir = CLI.tempDir("sparse-f16")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let common = ["--workers", "2", "--model", "wide-deep", "--data", "synthetic-clicks:3000", "--buckets", "300", "--wide-buckets", "1024",
+                      "--hidden", "32,16", "--max-steps", "12", "--hash-every", "1", "--threads", "1"]
+        let f32 = dir.appendingPathComponent("f32").path, f16 = dir.appendingPathComponent("f16").path
+        #expect(try CLI.run(["simulate", "--run-dir", f32] + common, timeout: 240).status == 0)
+        let r = try CLI.run(["simulate", "--run-dir", f16, "--compression", "fp16"] + common, timeout: 240)
+        #expect(r.status == 0, "\(r.stdout)\(r.stderr)")
+        let (a, b) = (try RunCheck.parameters(f16 + "/checkpoint.safetensors"), try RunCheck.parameters(f32 + "/checkpoint.safetensors"))
+        let tables = a.keys.filter { $0.contains("embedding") || $0.contains("wide") }.sorted()
+        #expect(!tables.isEmpty && tables.allSatisfy { a[$0] != b[$0] }, "tables equal to the f32 run's: \(tables.filter { a[$0] == b[$0] })")
+    }
+
     /// Elastic in place: `simulate --workers 4 --min-workers 3`, one worker SIGKILLed (or SIGSTOPped
     /// past the deadline, and let go once the others train again: it is told it was dropped) mid-epoch.
     /// No process restarts: the three survivors re-form the ring, take the state of the one furthest

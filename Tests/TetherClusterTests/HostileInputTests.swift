@@ -41,6 +41,33 @@ import TetherTrain
         #expect { try check.validate(assign(ring: ["tcp://10.0.0.1:7071", address])) } throws: { "\($0)".contains("ring address of rank 1") && "\($0)".contains(reason) }
     }
 
+    /// A worker binds its own ring address and connects to its right neighbour's: only those two must
+    /// lie in its runtime folder; a unix socket between two ranks on another host is theirs.
+    @Test func onlyTheLinksAWorkerUsesMustLieInItsRuntimeFolder() throws {
+        let elsewhere = "ipc:///run/user/1000/tether/ring-ab-e0-r2"
+        var three = assign(ring: ["tcp://10.0.0.1:7071", "tcp://10.0.0.2:7071", elsewhere])
+        #expect(try check.validate(three).model == "mlp-wn")
+        three.ring[2] = "ipc://relative/ring"
+        #expect { try check.validate(three) } throws: { "\($0)".contains("ring address of rank 2") }
+        three.ring[2] = elsewhere
+        three.ring[1] = elsewhere.replacingOccurrences(of: "r2", with: "r1") // the right neighbour's, outside this worker's folder
+        #expect { try check.validate(three) } throws: { "\($0)".contains("ring address of rank 1") && "\($0)".contains("/run/user/0/tether") }
+    }
+
+    /// The coordinator pairs same-host neighbours: rank r's address is a unix socket exactly when its
+    /// left neighbour (the one that connects to it) said the same host key and folder.
+    @Test func sameHostNeighboursAreLinkedOverUnixSockets() {
+        let tcp = (0..<4).map { "tcp://10.0.0.\($0):7071" }
+        let a = (key: "boot-a/mnt:[1]/0", folder: "/run/user/0/tether"), b = (key: "boot-b/mnt:[1]/0", folder: "/run/user/0/tether")
+        let links = SameHostLinks.ringAddresses(tcp, hosts: [a, a, b, b], token: "t", epoch: 3)
+        #expect(links == [tcp[0], "ipc:///run/user/0/tether/ring-t-e3-r1", tcp[2], "ipc:///run/user/0/tether/ring-t-e3-r3"])
+        #expect(SameHostLinks.ringAddresses(tcp, hosts: [a, nil, a, a], token: "t", epoch: 0)[1] == tcp[1])
+        #expect(SameHostLinks.ringAddresses(tcp, hosts: [a, (a.key, "/tmp/other"), a, a], token: "t", epoch: 0)[1] == tcp[1])
+        #expect(SameHostLinks.ringAddresses(tcp, hosts: [("", a.folder), ("", a.folder), a, a], token: "t", epoch: 0)[1] == tcp[1])
+        #expect(SameHostLinks.ringAddresses([tcp[0]], hosts: [a], token: "t", epoch: 0) == [tcp[0]])
+        #expect(SameHostLinks.ringAddresses(tcp, hosts: [a, (a.key, "/tmp/../etc"), a, a], token: "t", epoch: 0)[1] == tcp[1])
+    }
+
     @Test func anInvalidConfigurationOrDataOutsideTheRootsIsRefused() throws {
         var bad = TrainingConfig.defaults(for: "mlp-wn")
         bad.batch = 0

@@ -479,10 +479,17 @@ struct  Tether__V1__Hello
    */
   uint64_t carried_step;
   uint64_t carried_hash;
+  /*
+   * Workers with the same host key see the same files (one kernel boot, one mount namespace, one
+   * user): the ring link between two such neighbours is a unix socket in ipc_folder (the worker's
+   * private runtime folder), not TCP. Empty: TCP only.
+   */
+  char *host_key;
+  char *ipc_folder;
 };
 #define TETHER__V1__HELLO__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tether__v1__hello__descriptor) \
-    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0, 0 }
+    , (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string, 0, 0, 0, (char *)protobuf_c_empty_string, (char *)protobuf_c_empty_string }
 
 
 /*
