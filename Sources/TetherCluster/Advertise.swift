@@ -27,7 +27,10 @@ public enum Advertise {
     /// program holds is named now rather than when the ring forms.
     /// `portWait`: seconds a taken port is tried again (a worker that just closed its own ring at it:
     /// libzmq releases the address a moment after the close).
-    public static func resolve(_ spec: String, _ context: ZeroMQContext, portWait: Double = 0) throws -> String {
+    /// The port stays bound by the returned `holder` until the caller closes it: two workers started
+    /// at once with port 0 cannot be handed the same port, and a worker whose ring links are unix
+    /// sockets keeps the port it advertises as its own.
+    public static func reserve(_ spec: String, portWait: Double = 0) throws -> (address: String, holder: PortHold?) {
         var address = spec
         if !spec.contains("://") {
             let parts = spec.split(separator: ":", maxSplits: 1).map(String.init)
@@ -42,29 +45,27 @@ public enum Advertise {
             }
             address = "tcp://\(match.address):\(port)"
         }
-        guard address.hasPrefix("tcp://") else { return address } // ipc:// and the like are used as given
+        guard address.hasPrefix("tcp://") else { return (address, nil) } // ipc:// and the like are used as given
         guard let colon = address.lastIndex(of: ":"), let port = UInt16(address[address.index(after: colon)...]),
               case let host = String(address[address.index(address.startIndex, offsetBy: 6) ..< colon]), !host.isEmpty else {
             throw ClusterError("--advertise \(spec): give tcp://HOST:PORT (port 0: any free port), e.g. tcp://10.0.0.2:7071")
         }
         let ip = try ipv4(of: host, for: spec)
-        let probe = try ZeroMQSocket(context, .pull, linger: .zero)
-        defer { probe.close() }
         let deadline = ContinuousClock.now + .milliseconds(Int(portWait * 1000))
-        do {
-            while true {
-                do {
-                    let bound = try probe.bind("tcp://\(ip):" + (port == 0 ? "*" : String(port)))
-                    return "tcp://\(ip):" + (bound.split(separator: ":").last.map(String.init) ?? String(port))
-                } catch let e as ZeroMQError where e.code == EADDRINUSE && ContinuousClock.now < deadline {
-                    usleep(50_000)
-                }
+        while true {
+            switch PortHold.bind(ip: ip, port: port) {
+            case .success(let hold):
+                return ("tcp://\(ip):\(hold.port)", hold)
+            case .failure(let f) where f.code == EADDRINUSE && ContinuousClock.now < deadline:
+                usleep(50_000)
+            case .failure(let f) where f.code == EADDRINUSE:
+                throw ClusterError("--advertise \(spec): port \(port) is taken on this host (another worker or program listens there); give another port, or :0 for any free one")
+            case .failure(let f) where f.code == EADDRNOTAVAIL || f.code == ENODEV:
+                throw ClusterError("--advertise \(spec): \(ip) is not an address of this host; give one of its own: "
+                                   + interfaces().map { "\($0.name) \($0.address)" }.joined(separator: ", "))
+            case .failure(let f):
+                throw ClusterError("--advertise \(spec): cannot bind \(ip):\(port): \(String(cString: strerror(f.code)))")
             }
-        } catch let e as ZeroMQError where e.code == EADDRINUSE {
-            throw ClusterError("--advertise \(spec): port \(port) is taken on this host (another worker or program listens there); give another port, or :0 for any free one")
-        } catch let e as ZeroMQError where e.code == EADDRNOTAVAIL || e.code == ENODEV {
-            throw ClusterError("--advertise \(spec): \(ip) is not an address of this host; give one of its own: "
-                               + interfaces().map { "\($0.name) \($0.address)" }.joined(separator: ", "))
         }
     }
 
@@ -118,5 +119,52 @@ public enum Advertise {
             usleep(100_000)
         } while Date() < deadline
         return .failure(ClusterError("\(address): \(lastError) (for \(Int(seconds)) s)"))
+    }
+}
+
+/// A tcp port held by a bound socket that never listens: no ring neighbour can connect to it (a
+/// listening holder would take their first messages and lose them on close) and no other socket can
+/// listen on it, until `close`, which is immediate (a ZeroMQ socket's close is not).
+public final class PortHold {
+    public let port: UInt16
+    private var fd: Int32
+
+    /// The errno of a bind that failed.
+    struct Failure: Error { let code: Int32 }
+
+    private init(fd: Int32, port: UInt16) { (self.fd, self.port) = (fd, port) }
+    deinit { close() }
+
+    public func close() {
+        if fd >= 0 { Glibc.close(fd) }
+        fd = -1
+    }
+
+    /// Binds `ip` ("*": every address) at `port`; port 0 asks the kernel for a free one, without
+    /// SO_REUSEADDR, so two workers started at once are never given the same. A fixed port takes
+    /// SO_REUSEADDR (a ring that just closed there leaves connections in TIME_WAIT) and still fails
+    /// when something listens on it.
+    static func bind(ip: String, port: UInt16) -> Result<PortHold, Failure> {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return .failure(Failure(code: errno)) }
+        var one: Int32 = 1
+        if port != 0 { setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size)) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = port.bigEndian
+        if ip == "*" { address.sin_addr.s_addr = INADDR_ANY } else if inet_pton(AF_INET, ip, &address.sin_addr) != 1 {
+            Glibc.close(fd)
+            return .failure(Failure(code: EADDRNOTAVAIL))
+        }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+        }
+        guard bound else {
+            let code = errno
+            Glibc.close(fd)
+            return .failure(Failure(code: code))
+        }
+        return .success(PortHold(fd: fd, port: UInt16(bigEndian: address.sin_port)))
     }
 }

@@ -104,6 +104,7 @@ public final class Worker {
         monitor.close()
         if rank < 0 { try? control.socket.setLinger(.zero) }
         control.socket.close()
+        advertisedPort?.close()
         authenticator?.stop()
     }
 
@@ -407,6 +408,7 @@ public final class Worker {
         }
         let ring: Ring
         let right = (rank + 1) % addresses.count
+        if addresses[rank].hasPrefix("tcp://") { releaseAdvertisedPort() } // the ring binds it (retrying while libzmq lets go)
         do { ring = try Ring(context: context, rank: rank, addresses: addresses, options: ringOptions, listening: listening) } catch {
             if let e = error as? CollectiveError, e.abandoned { throw e }
             if right != rank, case .failure(let why) = Advertise.reach(addresses[right], within: 2) {
@@ -498,8 +500,10 @@ public final class Worker {
     /// A worker that outlived its coordinator says which state it `carries` (steps, parameter hash).
     private func join(carrying carried: (step: Int, hash: UInt64)?, within seconds: Double = 120) throws -> Envelope.Assign? {
         // a worker that kept its state has just closed its ring at the address it advertises
-        var hello = Envelope.Hello(advertiseAddress: try Advertise.resolve(options.advertise, context, portWait: carried == nil ? 0 : 5), tetherVersion: "tether",
-                                   threads: UInt32(BLAS.threads))
+        releaseAdvertisedPort()
+        let advertised = try Advertise.reserve(options.advertise, portWait: carried == nil ? 0 : 5)
+        advertisedPort = advertised.holder
+        var hello = Envelope.Hello(advertiseAddress: advertised.address, tetherVersion: "tether", threads: UInt32(BLAS.threads))
         if let carried { (hello.carriedStep, hello.carriedHash) = (UInt64(carried.step), max(carried.hash, 1)) }
         if let folder = SameHostLinks.folder() { (hello.hostKey, hello.ipcFolder) = (SameHostLinks.key, folder) }
         var diagnosis = JoinDiagnosis(coordinator: options.coordinator, secure: options.security.keys != nil)
@@ -628,6 +632,13 @@ public final class Worker {
     private var rejoining = false
     /// Its error feedback, kept with its replica through a lost coordinator.
     private var keptErrorFeedback: [Float]?
+    /// The socket holding the tcp port this worker advertises, until its ring binds that port itself
+    /// (kept while its ring links are unix sockets).
+    private var advertisedPort: PortHold?
+    private func releaseAdvertisedPort() {
+        advertisedPort?.close()
+        advertisedPort = nil
+    }
 
     /// This process's peak resident set since it started (VmHWM). Not getrusage's ru_maxrss: Linux
     /// carries that over from the process that forked this one (`simulate`'s coordinator, with its data).
