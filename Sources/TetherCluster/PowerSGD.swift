@@ -68,39 +68,25 @@ public final class PowerSGD {
 
     /// Sums the gradients `grads[range]` over the ring: the compressed matrices that lie wholly in
     /// `range` as their factors, the rest as they are. `errors` (this rank's error feedback, arena
-    /// order, or nil) is read from `errors.read` and written to `errors.written`. Collectives use
-    /// `bucket` and `bucket + k << 24` (k = 1, 2): the same on every rank, since the split into
-    /// matrices and rest depends only on the layout and the range.
+    /// order, or nil) is read from `errors.read` and written to `errors.written`. Two collectives: the
+    /// P factors with the rest behind them (`bucket`), then the Q factors (`bucket + 1 << 24`); the
+    /// same on every rank, since the split into matrices and rest depends only on the layout and range.
     func allReduce(_ grads: UnsafeMutablePointer<Float>, range: Range<Int>,
                    errors: (read: UnsafePointer<Float>, written: UnsafeMutablePointer<Float>)?,
                    ring: Ring, step: UInt64, bucket: UInt32, vote: RingVotes) throws -> RingVotes {
         let chosen = matrices.indices.filter { range.contains(matrices[$0].offset) && matrices[$0].offset + matrices[$0].count <= range.upperBound }
-        var votes: RingVotes = []
-        // The rest, gathered into one buffer.
         var rest: [Range<Int>] = [], start = range.lowerBound
         for i in chosen {
             if start < matrices[i].offset { rest.append(start ..< matrices[i].offset) }
             start = matrices[i].offset + matrices[i].count
         }
         if start < range.upperBound { rest.append(start ..< range.upperBound) }
-        if !rest.isEmpty {
-            // summed exactly: what the error feedback carries into them (from another compression) goes in whole
-            if let errors { for r in rest { for k in r { grads[k] += errors.read[k]; errors.written[k] = 0 } } }
-            var staged = [Float](); staged.reserveCapacity(rest.reduce(0) { $0 + $1.count })
-            for r in rest { staged += UnsafeBufferPointer(start: grads + r.lowerBound, count: r.count) }
-            votes.formUnion(try staged.withUnsafeMutableBufferPointer { try ring.allReduce($0, step: step, bucket: bucket, vote: vote) })
-            var at = 0
-            for r in rest {
-                staged.withUnsafeBufferPointer { (grads + r.lowerBound).update(from: $0.baseAddress! + at, count: r.count) }
-                at += r.count
-            }
-        }
-        guard !chosen.isEmpty else { return votes }
 
-        // P = M Q for each matrix (M with this rank's error feedback added), summed.
+        // [P = M Q of each matrix (M with this rank's error feedback added) | the rest], summed.
         var pOffsets: [Int] = [], pTotal = 0
         for i in chosen { pOffsets.append(pTotal); pTotal += matrices[i].rows * matrices[i].rank }
-        var p = [Float](repeating: 0, count: pTotal), q = [Float](repeating: 0, count: chosen.reduce(0) { $0 + matrices[$1].cols * matrices[$1].rank })
+        var p = [Float](repeating: 0, count: pTotal + rest.reduce(0) { $0 + $1.count })
+        var q = [Float](repeating: 0, count: chosen.reduce(0) { $0 + matrices[$1].cols * matrices[$1].rank })
         for (j, i) in chosen.enumerated() {
             let m = matrices[i], a = grads + m.offset
             if let errors { for k in 0..<m.count { a[k] += errors.read[m.offset + k] } }
@@ -111,7 +97,18 @@ public final class PowerSGD {
                 }
             }
         }
-        votes.formUnion(try p.withUnsafeMutableBufferPointer { try ring.allReduce($0, step: step, bucket: bucket &+ 1 << 24, vote: vote) })
+        // the rest is summed exactly: what the error feedback carries into it (from another compression) goes in whole
+        if let errors { for r in rest { for k in r { grads[k] += errors.read[k]; errors.written[k] = 0 } } }
+        p.withUnsafeMutableBufferPointer { ps in
+            var at = pTotal
+            for r in rest { (ps.baseAddress! + at).update(from: grads + r.lowerBound, count: r.count); at += r.count }
+        }
+        var votes = try p.withUnsafeMutableBufferPointer { try ring.allReduce($0, step: step, bucket: bucket, vote: vote) }
+        p.withUnsafeBufferPointer { ps in
+            var at = pTotal
+            for r in rest { (grads + r.lowerBound).update(from: ps.baseAddress! + at, count: r.count); at += r.count }
+        }
+        guard !chosen.isEmpty else { return votes }
 
         // P̂, then this rank's Q = Mᵀ P̂ and what its own matrix loses; Q summed; M = P̂ Qᵀ.
         var qOffsets: [Int] = [], qTotal = 0
@@ -123,13 +120,14 @@ public final class PowerSGD {
                     Self.orthonormalizeColumns(pHat, rows: m.rows, cols: m.rank)
                     Float.gemm(transposeA: true, transposeB: false, m: m.cols, n: m.rank, k: m.rows, alpha: 1, a: a, lda: m.cols,
                                b: pHat, ldb: m.rank, beta: 0, c: own, ldc: m.rank)
-                    if let errors {
+                    if let errors { // this rank's own: BLAS may do it
                         let e = errors.written + m.offset
-                        Self.product(pHat, own, rows: m.rows, cols: m.cols, rank: m.rank, into: e)
-                        for k in 0..<m.count { e[k] = a[k] - e[k] }
+                        e.update(from: a, count: m.count)
+                        Float.gemm(transposeA: false, transposeB: true, m: m.rows, n: m.cols, k: m.rank, alpha: -1, a: pHat, lda: m.rank,
+                                   b: own, ldb: m.rank, beta: 1, c: e, ldc: m.cols)
                     }
                 }
-                votes.formUnion(try ring.allReduce(qs, step: step, bucket: bucket &+ 2 << 24, vote: vote))
+                votes.formUnion(try ring.allReduce(qs, step: step, bucket: bucket &+ 1 << 24, vote: vote))
                 for (j, i) in chosen.enumerated() {
                     let m = matrices[i]
                     Self.product(ps.baseAddress! + pOffsets[j], qs.baseAddress! + qOffsets[j], rows: m.rows, cols: m.cols, rank: m.rank, into: grads + m.offset)

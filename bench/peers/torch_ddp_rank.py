@@ -9,7 +9,7 @@ and the held-out accuracy at the end.
     python3 bench/peers/torch_ddp_rank.py --rank R --world N --master tcp://HOST:PORT --model mlp-wn \
         --hook powersgd --powersgd-rank 4 --steps 234
 """
-import argparse, json, statistics, time
+import argparse, json, os, statistics, time
 import torch, torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset, DistributedSampler
@@ -36,7 +36,11 @@ if args.train_limit:
     images, labels = images[:args.train_limit], labels[:args.train_limit]
 data = TensorDataset(images, labels)
 sampler = DistributedSampler(data, num_replicas=args.world, rank=args.rank, shuffle=True, seed=0)
-m = nn.parallel.DistributedDataParallel(model(args.model))
+# PowerSGD's hook issues its P all-reduce from the callback of the bucket's first one; with gloo and
+# more than one bucket those callbacks run on different threads and the ranks issue them in different
+# orders (a hang, or "Received data size doesn't match expected size"). One bucket avoids it: DDP's
+# buckets are rebuilt by bucket_cap_mb after the first step, so PowerSGD starts at step 2 or later.
+m = nn.parallel.DistributedDataParallel(model(args.model), bucket_cap_mb=256 if args.hook == "powersgd" else 25)
 if args.hook == "fp16":
     m.register_comm_hook(None, default_hooks.fp16_compress_hook)
 elif args.hook == "powersgd":
@@ -60,6 +64,7 @@ while step < args.steps:
             break
     epoch += 1
 rates = [10 * args.batch * args.world / (b - a) for a, b in zip(marks[1:], marks[2:])]
+dist.barrier()
 if args.rank == 0:
     test_x = torch.from_numpy(load_images("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"))
     test_y = torch.from_numpy(load_labels("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz"))
@@ -67,5 +72,8 @@ if args.rank == 0:
         accuracy = (m.module(test_x).argmax(1) == test_y).float().mean().item()
     print(json.dumps({"who": f"torch {torch.__version__} DDP gloo", "model": args.model, "hook": args.hook,
                       "powersgd_rank": args.powersgd_rank if args.hook == "powersgd" else None, "workers": args.world, "steps": step,
-                      "samples_per_sec": round(statistics.median(rates), 1) if rates else None, "test_accuracy": round(accuracy, 4)}))
-dist.destroy_process_group()
+                      "samples_per_sec": round(statistics.median(rates), 1) if rates else None, "test_accuracy": round(accuracy, 4)}), flush=True)
+dist.barrier()
+# PowerSGD's hook leaves gloo callback threads behind; tearing the process group down then aborts
+# ("terminate called without an active exception"): leave without it, every rank past the barrier
+os._exit(0)
