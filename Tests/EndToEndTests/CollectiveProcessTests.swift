@@ -1,16 +1,19 @@
 import Foundation
 import Testing
 
-/// The ring between real processes over loopback tcp: the `tether bench allreduce` binary, as a user runs it.
+/// The ring between real processes over loopback tcp and unix sockets: the `tether bench allreduce`
+/// binary, as a user runs it.
 @Suite(.serialized) struct CollectiveProcessTests {
     /// Three processes; every rank checks its result against the Double reference and the parent compares
-    /// the result's hash across ranks.
-    @Test func threeProcessesOverTCPAgreeWithTheReference() throws {
+    /// the result's hash across ranks. Over tcp, and over unix sockets (the default: what a cluster's
+    /// same-host neighbours use).
+    @Test(arguments: [(["--transport", "tcp"], "tcp"), ([], "ipc")])
+    func threeProcessesAgreeWithTheReference(transport: [String], named: String) throws {
         let r = try CLI.run(["bench", "allreduce", "--ranks", "3", "--size", "3000003B", "--chunk", "65536",
-                             "--iterations", "2", "--warmup", "0", "--check", "--timeout", "20"], timeout: 120)
+                             "--iterations", "2", "--warmup", "0", "--check", "--timeout", "20"] + transport, timeout: 120)
         #expect(r.status == 0, "\(r.stderr)")
         #expect(r.stdout.contains("check: bitwise identical on every rank, within 1e-6 of the Double reference"), "\(r.stdout)")
-        #expect(r.stdout.contains("over 3 ranks, tcp"))
+        #expect(r.stdout.contains("over 3 ranks, \(named)"), "\(r.stdout)")
     }
 
     @Test func badFlagsAreRefused() throws {
