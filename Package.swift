@@ -3,7 +3,7 @@ import PackageDescription
 
 // Module graph (one way only):
 //   CBLAS, CTetherKernels -> TetherTensor -> TetherNN ---\
-//   CZlib -> TetherData -----------------> TetherTrain -> tether
+//   CZlib -> TetherData -----------------> TetherTrain -> tether    (TetherTrain also: TetherWire, for TensorBoard files)
 //   CProtobufC -> TetherWire -> TetherComm -/   (TetherComm also: CZeroMQ, CXXHash, CTetherKernels)
 //   TetherTrain + TetherComm -> TetherCluster (coordinator, workers) -> tether
 let package = Package(
@@ -33,7 +33,7 @@ let package = Package(
         .target(name: "TetherNN", dependencies: ["TetherTensor"]),
         .target(name: "TetherData", dependencies: ["TetherTensor", "CZlib"]),
         .target(name: "TetherComm", dependencies: ["TetherWire", "CZeroMQ", "CProtobufC", "CXXHash", "CTetherKernels"]),
-        .target(name: "TetherTrain", dependencies: ["TetherTensor", "TetherNN", "TetherData", "CXXHash"]),
+        .target(name: "TetherTrain", dependencies: ["TetherTensor", "TetherNN", "TetherData", "TetherWire", "CXXHash"]),
         .target(name: "TetherCluster", dependencies: ["TetherTrain", "TetherComm", "TetherNN", "TetherData", "TetherTensor", "CXXHash", "CTetherKernels"]),
         .target(name: "TetherJobFile", dependencies: [.product(name: "Yams", package: "Yams")]),
         // The fuzz targets (bench/fuzz runs them under libFuzzer; the tests run each briefly).

@@ -33,6 +33,8 @@ public final class Coordinator {
         public var security: ClusterSecurity = .insecure
         /// A fresh run deletes the checkpoint and metrics of a run in its directory (--force).
         public var force = false
+        /// Write a Chrome trace of every rank's steps here (--timeline).
+        public var timeline: String?
         public init(listen: String, workers: Int) { (self.listen, self.workers, minWorkers) = (listen, workers, workers) }
         var elastic: Bool { minWorkers < workers }
     }
@@ -43,12 +45,15 @@ public final class Coordinator {
 
     public let options: Options
     public let config: TrainingConfig
-    public let runDirectory: URL
+    public let directory: RunDirectory
+    public var runDirectory: URL { directory.url }
     let router: ControlChannel
     let context: ZeroMQContext
     public let boundAddress: String
-    let progress: ProgressDisplay
-    let metrics: MetricsLog
+    var progress: ProgressDisplay { reporter.progress }
+    /// metrics.jsonl and any other sink, the throughput window and the progress view
+    let reporter: StepReporter
+    private let timeline: Timeline?
     private var machine: CoordinatorState
     private var heartbeatIdentities: [Int: [UInt8]] = [:]
     /// Ranks by the control identity they were assigned to: the only source of a message's rank.
@@ -59,8 +64,6 @@ public final class Coordinator {
     private var resumeBytes: [UInt8] = []
     private var startState: TrainingState?
     let stepsPerEpoch: Int
-    /// What the throughput counts: samples, or tokens for a language model.
-    let unit: String
     /// Training loss and samples of each epoch not yet evaluated (an epoch's evaluation may be merged
     /// after the next epoch's first steps), and the rate of the last step.
     private var epochTraining: [Int: BatchStats] = [:]
@@ -82,24 +85,21 @@ public final class Coordinator {
     private var finishedSteps: Int?
 
     /// Prepares the job in `runDirectory` (fresh, or with `resume` from its checkpoint) and binds `listen`.
-    public init(options: Options, config given: TrainingConfig, runDirectory: URL, resume: Bool, progress: ProgressDisplay = ProgressDisplay()) throws {
+    /// Events go to metrics.jsonl, then `sinks`.
+    public init(options: Options, config given: TrainingConfig, runDirectory: URL, resume: Bool, progress: ProgressDisplay = ProgressDisplay(),
+                sinks: [any MetricsSink] = []) throws {
         self.options = options
-        self.runDirectory = runDirectory
-        self.progress = progress
         created = Date()
-        try RunDirectory.prepare(runDirectory, resume: resume, force: options.force)
-        let checkpointURL = runDirectory.appendingPathComponent(Checkpoint.fileName)
+        directory = try RunDirectory(runDirectory, config: given, resume: resume, force: options.force, progress: progress)
         var config = given
         var resumeMetadata: [String: String] = [:]
         var resumedConfig: TrainingConfig?
         // The workers whose --batch x count is the global batch: the checkpoint's, or this job's.
         var batchWorkers = options.workers
-        if resume {
-            let loaded = try Checkpoint.Loaded(checkpointURL)
-            if let line = try given.checkResume(from: loaded.config, path: loaded.path) { progress.line(line) }
+        if let loaded = directory.resumed {
             // a checkpoint without it was written by `train`: one process
             batchWorkers = loaded.file.metadata["tether.workers"].flatMap(Int.init) ?? 1
-            resumeBytes = [UInt8](try Data(contentsOf: checkpointURL))
+            resumeBytes = [UInt8](try Data(contentsOf: directory.checkpointURL))
             startState = loaded.state
             resumeMetadata = loaded.file.metadata
             resumedConfig = loaded.config
@@ -123,10 +123,11 @@ public final class Coordinator {
         let probe = try Workloads.make(config, shard: Shard(rank: 0, count: options.workers), metadata: resumeMetadata)
         stepsPerEpoch = probe.stepsPerEpoch
         parameterCount = probe.model.arena.count
-        unit = probe.unit
         if options.serveData { served = probe.servedSplits }
         evaluationKind = Workloads.evaluationKind(for: config.model)
         let total = config.totalSteps(stepsPerEpoch: stepsPerEpoch)
+        reporter = StepReporter(progress: progress, sinks: sinks, stepsPerEpoch: stepsPerEpoch, totalSteps: total,
+                                epochs: config.epochsSpanned(stepsPerEpoch: stepsPerEpoch), logEvery: config.logEvery, unit: probe.unit)
         if let done = startState?.globalStep, let stored = resumedConfig {
             do {
                 if let line = try config.resumeLine(from: stored, at: done, stepsPerEpoch: stepsPerEpoch, runDirectory: runDirectory.path) { progress.line(line) }
@@ -167,11 +168,12 @@ public final class Coordinator {
             throw ConfigError(message: "the coordinator cannot listen on \(options.listen): \(error)")
         }
         router = ControlChannel(socket: socket, jobID: options.jobID)
-        metrics = try MetricsLog(path: runDirectory.appendingPathComponent(RunDirectory.metricsFileName).path)
+        reporter.add(try directory.openMetrics())
+        timeline = try options.timeline.map(Timeline.init(path:))
     }
 
     /// Sockets close before their context terminates (zmq_ctx_term waits for them).
-    deinit { monitor.close(); router.socket.close(); authenticator?.stop() }
+    deinit { timeline?.close(); monitor.close(); router.socket.close(); authenticator?.stop() }
 
     /// Runs the job to its end; throws (after stopping every worker) on a fault or an interrupt.
     public func run() throws {
@@ -179,7 +181,7 @@ public final class Coordinator {
         let total = machine.settings.totalSteps
         var start = event("start", at: startState?.globalStep ?? 0)
         (start.model, start.parameters, start.workers) = (config.model, parameterCount, options.workers)
-        try metrics.write(start)
+        try reporter.record(start)
         let batch = config.globalBatch == nil ? "batch \(config.batch) per worker (\(config.globalBatch(workers: options.workers)) global)"
             : "global batch \(config.globalBatch(workers: options.workers)) dealt over the workers"
         let workers = options.workers == 1 ? "1 worker" : "\(options.workers) workers"
@@ -195,7 +197,6 @@ public final class Coordinator {
                       + "\(stepsPerEpoch) steps per epoch, \(total) steps in all\(wire)")
         var lastHeartbeat = 0.0
         let begun = Date()
-        var window = (stats: BatchStats(), since: Date(), steps: 0, compute: 0.0, exchange: 0.0, waiting: 0.0)
         var epochStart = Date()
         StopSignal.lossNote(checkpointStep: startState?.globalStep, runDirectory: runDirectory.path)
         while true {
@@ -207,7 +208,7 @@ public final class Coordinator {
             }
             if let reason = stopSignal != nil && machine.phase != .training && machine.stoppedAt == nil ? "interrupted"
                 : machine.phase == .joining ? failure() : nil {
-                _ = try execute([.abort(reason)], window: &window, epochStart: &epochStart) // an abort always throws
+                _ = try execute([.abort(reason)], epochStart: &epochStart) // an abort always throws
             }
             var events: [CoordinatorState.Event] = [.tick]
             if let event = try receiveEvent() { events.append(event) }
@@ -218,11 +219,11 @@ public final class Coordinator {
                 if forming, machine.members.count > before, let newcomer = machine.members.last {
                     progress.line("a worker at \(newcomer.address) said hello: \(machine.members.count) of \(options.workers)")
                 }
-                if try execute(directives, window: &window, epochStart: &epochStart) {
+                if try execute(directives, epochStart: &epochStart) {
                     let stopped = machine.completedSteps < total
                     var end = event(stopped ? "interrupted" : "end")
                     end.elapsed_s = Date().timeIntervalSince(begun)
-                    try metrics.write(end)
+                    try reporter.record(end)
                     end.model = config.model
                     endEvent = end
                     guard stopped else {
@@ -238,6 +239,7 @@ public final class Coordinator {
             if Clock.now - lastHeartbeat > 0.5 {
                 lastHeartbeat = Clock.now
                 for identity in heartbeatIdentities.values { send(.heartbeat, to: identity) }
+                reporter.observe(JobStatus(workersAlive: machine.members.count, heartbeatAge: machine.members.map { max(0, Clock.now - $0.lastHeard) }))
             }
         }
     }
@@ -293,7 +295,6 @@ public final class Coordinator {
 
     /// Carries out directives; true when the job has finished.
     private func execute(_ directives: [CoordinatorState.Directive],
-                         window: inout (stats: BatchStats, since: Date, steps: Int, compute: Double, exchange: Double, waiting: Double),
                          epochStart: inout Date) throws -> Bool {
         for d in directives {
             switch d {
@@ -329,9 +330,10 @@ public final class Coordinator {
                     lostAt = Date()
                     progress.line("\(reason); re-forming the ring of the \(ring.count) workers left (ring epoch \(epoch)), keeping their state")
                 }
+                try timeline?.mark(atBoundary ? "a worker joins" : "worker lost", step: machine.completedSteps)
                 var e = event(atBoundary ? "joined" : "lost")
                 (e.error, e.workers) = (reason, ring.count)
-                try metrics.write(e)
+                try reporter.record(e)
             case .connectRing:
                 for m in machine.members { send(.start, to: m.identity) }
             case .turnAway(let identity, let reason):
@@ -348,48 +350,32 @@ public final class Coordinator {
                               + "(\(ProgressDisplay.fixed(recovered, 2)) s after the \(lostAt != nil ? "loss" : "join"); "
                               + "\(redone == 1 ? "the step in flight is redone" : "no step redone"))")
                 (lostAt, joinedAt) = (nil, nil)
+                try timeline?.mark("re-formed: training again", step: step)
                 var e = event("reformed", at: step)
                 (e.elapsed_s, e.workers, e.steps_redone) = (recovered, machine.members.count, redone)
-                try metrics.write(e)
-                window = (BatchStats(), Date(), 0, 0, 0, 0)
+                e.ranks = machine.members.map(\.address)
+                try reporter.record(e)
+                reporter.restartWindow()
             case .start:
                 for m in machine.members { send(.start, to: m.identity) }
                 epochStart = Date()
-                window = (BatchStats(), epochStart, 0, 0, 0, 0) // rates count from here, not from start-up
+                reporter.restartWindow() // rates count from here, not from start-up
                 let startup = epochStart.timeIntervalSince(created)
                 progress.line("all \(machine.members.count) replicas agree on the initial parameters; training (\(ProgressDisplay.fixed(startup, 2)) s after start-up)"
                               + (machine.carriedStep.map { ", from the state the workers kept at step \($0) (the checkpoint is of step \(machine.settings.firstStep)): nothing lost" } ?? ""))
                 var started = event("training")
                 started.elapsed_s = startup
-                try metrics.write(started)
+                started.ranks = machine.members.map(\.address)
+                try reporter.record(started)
             case .stepCompleted(let s):
                 epochTraining[s.epoch, default: BatchStats()] = epochTraining[s.epoch, default: BatchStats()] + BatchStats(lossSum: s.lossSum, correct: s.correct, count: s.count)
                 lastRate = s.learningRate
-                window.stats = window.stats + BatchStats(lossSum: s.lossSum, correct: s.correct, count: s.count)
-                window.steps += 1
-                window.compute += s.compute.max() ?? 0
-                window.exchange += s.exchange.max() ?? 0
-                window.waiting += s.waiting.max() ?? 0
-                let elapsed = Date().timeIntervalSince(window.since)
-                let rate = Double(window.stats.count) / max(elapsed, 1e-9)
-                let remaining = Double(machine.settings.totalSteps - s.globalStep) * elapsed / Double(max(window.steps, 1))
-                let stepInEpoch = (s.globalStep - 1) % stepsPerEpoch + 1
-                progress.update(epoch: s.epoch, epochs: config.epochsSpanned(stepsPerEpoch: stepsPerEpoch), step: stepInEpoch, steps: stepsPerEpoch,
-                                loss: window.stats.meanLoss, rate: rate, unit: unit, eta: remaining)
-                if s.globalStep % config.logEvery == 0 {
-                    var e = event("step", at: s.globalStep)
-                    (e.loss, e.samples_per_sec, e.lr) = (window.stats.meanLoss, rate, s.learningRate)
-                    (e.compute_s, e.allreduce_s, e.wait_s) = (s.compute, s.exchange, s.waiting)
-                    try metrics.write(e)
-                    progress.log("epoch \(s.epoch + 1) step \(stepInEpoch)/\(stepsPerEpoch) loss \(ProgressDisplay.fixed(window.stats.meanLoss, 4)) "
-                                 + "\(ProgressDisplay.grouped(rate)) \(unit)/s, per step: compute \(ms(window.compute / Double(window.steps))), "
-                                 + "exchange \(ms(window.exchange / Double(window.steps))) (waiting \(ms(window.waiting / Double(window.steps)))), "
-                                 + "slowest rank \(s.slowestRank), ETA \(ProgressDisplay.duration(remaining))")
-                    window = (BatchStats(), Date(), 0, 0, 0, 0)
-                }
+                try reporter.stepCompleted(globalStep: s.globalStep, epoch: s.epoch, stats: BatchStats(lossSum: s.lossSum, correct: s.correct, count: s.count),
+                                           lr: s.learningRate, ranks: s.figures)
+                try timeline?.add(s)
             case .epochCompleted(let epoch, let reports):
                 let merged = EvaluationReport.merged(reports.map {
-                    EvaluationReport(kind: evaluationKind, stats: BatchStats(lossSum: $0.lossSum, correct: Int($0.correct), count: Int($0.count)),
+                    EvaluationReport(kind: evaluationKind, stats: BatchStats(lossSum: $0.lossSum, correct: Int(clamping: $0.correct), count: Int(clamping: $0.count)),
                                      auc: nil, scores: $0.scores, labels: $0.labels)
                 })
                 let seconds = Date().timeIntervalSince(epochStart)
@@ -400,11 +386,11 @@ public final class Coordinator {
                 var e = event(ends ? "epoch" : "eval", at: step)
                 (e.loss, e.lr, e.elapsed_s, e.samples_per_sec) = (trained.meanLoss, lastRate, seconds, Double(trained.count) / seconds)
                 merged.write(into: &e)
-                try metrics.write(e)
+                try reporter.record(e)
                 lastEvaluation = e
                 let which = ProgressDisplay.evaluated(step: step, stepsPerEpoch: stepsPerEpoch, epochs: config.epochsSpanned(stepsPerEpoch: stepsPerEpoch))
                 progress.line("\(which): train loss \(ProgressDisplay.fixed(trained.meanLoss, 4)), \(merged.summary) (\(ProgressDisplay.fixed(seconds, 1)) s, "
-                              + "\(ProgressDisplay.grouped(e.samples_per_sec!)) \(unit)/s)")
+                              + "\(ProgressDisplay.grouped(e.samples_per_sec!)) \(reporter.unit)/s)")
             case .writeCheckpoint(let data):
                 // Checked like any checkpoint file (fields, shapes, checksums) before it replaces the last one.
                 let loaded = try Checkpoint.Loaded(bytes: Data(data.safetensors), source: "rank 0's checkpoint of step \(data.globalStep)")
@@ -415,13 +401,14 @@ public final class Coordinator {
                 file.metadata["tether.workers"] = String(machine.members.count)
                 try Safetensors.write(file, to: runDirectory.appendingPathComponent(Checkpoint.fileName))
                 writtenCheckpointStep = Int(data.globalStep)
+                try timeline?.mark("checkpoint written", step: writtenCheckpointStep!)
                 StopSignal.lossNote(checkpointStep: Int(data.globalStep), runDirectory: runDirectory.path)
             case .abort(let message):
                 for m in machine.members { send(.abort(.init(originRank: -1, reason: message)), to: m.identity) }
                 for identity in heartbeatIdentities.values { send(.abort(.init(originRank: -1, reason: message)), to: identity) }
                 var e = event(message == "interrupted" ? "interrupted" : "failed")
                 e.error = message
-                try? metrics.write(e)
+                try? reporter.record(e)
                 Thread.sleep(forTimeInterval: 0.3) // let the aborts leave before the process exits
                 throw ClusterError(message == "interrupted" ? interruptedLine() : message)
             case .finish:
@@ -443,6 +430,7 @@ public final class Coordinator {
         assign.dataServed = served != nil
         (assign.reformInPlace, assign.ringEpoch) = (reformInPlace, epoch)
         assign.useCarriedState = epoch == 0 && machine.carriedStep != nil
+        assign.timeline = timeline != nil
         // the ring being formed: the job's first, or the one a worker joins
         if let pairs = try ringKeyPairs(machine.nextRing) {
             (assign.ringSecretKey, assign.ringPublicKeys) = (ringKeys![identity]!.secretKey, pairs.map(\.publicKey))
@@ -554,5 +542,4 @@ public final class Coordinator {
         MetricsEvent(event: name, step: step ?? machine.completedSteps, stepsPerEpoch: stepsPerEpoch)
     }
 
-    func ms(_ seconds: Double) -> String { ProgressDisplay.fixed(seconds * 1000, 1) + " ms" }
 }

@@ -1,4 +1,5 @@
 import TetherComm
+import TetherTrain
 
 /// The coordinator's logic as a pure state machine: events in (a worker said hello, reported a step,
 /// went silent, ...), directives out (assign it a rank, start, log a step, write a checkpoint, abort).
@@ -75,9 +76,13 @@ public struct CoordinatorState {
         public var compute: [Double], exchange: [Double], waiting: [Double], optimizer: [Double]
         /// The rate the step's update used (rank 0's; every replica uses the same).
         public var learningRate = 0.0
+        /// Per rank: payload bytes sent, dense and sparse; the step's trace spans (--timeline).
+        public var denseBytes: [Double] = [], sparseBytes: [Double] = []
+        public var spans: [[Envelope.TraceSpan]] = []
         public var meanLoss: Double { count > 0 ? lossSum / Double(count) : .nan }
-        /// The rank whose compute took longest (the others wait for it in the exchange).
-        public var slowestRank: Int { compute.indices.max { compute[$0] < compute[$1] } ?? 0 }
+        public var figures: RankFigures {
+            RankFigures(compute: compute, exchange: exchange, waiting: waiting, denseBytes: denseBytes, sparseBytes: sparseBytes)
+        }
     }
 
     public enum Event: Sendable {
@@ -290,10 +295,12 @@ public struct CoordinatorState {
                 completedSteps += 1
                 out.append(.stepCompleted(StepSummary(
                     globalStep: completedSteps, epoch: Int(reports[0].epoch),
-                    lossSum: reports.reduce(0) { $0 + $1.lossSum }, count: reports.reduce(0) { $0 + Int($1.count) },
-                    correct: reports.reduce(0) { $0 + Int($1.correct) },
+                    lossSum: reports.reduce(0) { $0 + $1.lossSum }, count: reports.reduce(0) { $0 &+ Int(clamping: $1.count) },
+                    correct: reports.reduce(0) { $0 &+ Int(clamping: $1.correct) },
                     compute: reports.map(\.computeSeconds), exchange: reports.map(\.allreduceSeconds), waiting: reports.map(\.waitSeconds),
-                    optimizer: reports.map(\.optimizerSeconds), learningRate: reports[0].learningRate)))
+                    optimizer: reports.map(\.optimizerSeconds), learningRate: reports[0].learningRate,
+                    denseBytes: reports.map { Double($0.denseBytesSent) }, sparseBytes: reports.map { Double($0.sparseBytesSent) },
+                    spans: reports.map(\.spans))))
             }
             return out + finishIfDone()
         case .evaluation(let rank, let report):

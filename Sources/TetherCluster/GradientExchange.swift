@@ -74,16 +74,32 @@ final class GradientExchange: @unchecked Sendable { // the exchange thread runs 
     /// Arms the exchange for `step`: from here the model's backward reports its progress to it.
     func begin(step: UInt64) {
         (self.step, nextBucket, sentFrom, failure) = (step, 0, model.arena.count, nil)
+        bytesAtBegin = ring.statistics.bytesSent
+        spans.removeAll(keepingCapacity: true)
         (votes, agreed) = (vote, [])
         powerSGD?.discard() // what an abandoned step computed
     }
+
+    /// The payload bytes this rank sent in the last finished step: dense buckets (as the wire carries
+    /// them: narrowed or PowerSGD factors under compression), and sparse tables.
+    private(set) var sent = (dense: 0, sparse: 0)
+    private var bytesAtBegin = 0
+    /// With --timeline: each collective of the last finished step (name, start, end: microseconds since
+    /// the Unix epoch), appended by the exchange thread, read after `finish`.
+    var tracing = false
+    private(set) var spans: [(name: String, start: UInt64, end: UInt64)] = []
+    static func microsecondsNow() -> UInt64 { UInt64(max(0, Date().timeIntervalSince1970 * 1e6)) }
 
     /// Exchanges what backward has not already sent, waits for every bucket, then the sparse tables.
     func finish() throws {
         send(from: 0)
         pending.wait()
         if let failure { throw failure }
+        let afterDense = ring.statistics.bytesSent
+        let sparseBegan = tracing && !model.sparseGradients.isEmpty ? Self.microsecondsNow() : 0
         try exchangeSparse()
+        if sparseBegan > 0 { spans.append(("sparse tables", sparseBegan, Self.microsecondsNow())) }
+        sent = (afterDense - bytesAtBegin, ring.statistics.bytesSent - afterDense)
         agreed = votes
         swap(&errors, &nextErrors)
         powerSGD?.commit()
@@ -99,6 +115,8 @@ final class GradientExchange: @unchecked Sendable { // the exchange thread runs 
             thread.async(group: pending) { [self] in
                 guard failure == nil else { return }
                 let grads = model.arena.grads, buffer = UnsafeMutableBufferPointer(start: grads + start, count: end - start)
+                let began = tracing ? Self.microsecondsNow() : 0
+                defer { if tracing { spans.append(("all-reduce bucket \(bucket) (\(end - start) values)", began, Self.microsecondsNow())) } }
                 do {
                     if let powerSGD, step >= powerSGD.startStep {
                         let feedback = errors.map { (read: UnsafePointer($0), written: nextErrors!) }

@@ -357,6 +357,7 @@ public final class Worker {
             if let failure { throw failure }
         }
         let training = Training(workload: workload, optimizer: optimizer, ring: ring, config: config, bucketBytes: bucketBytes)
+        training.exchange.tracing = assign.timeline
         if let from = overRing ? loadedOverRing : resumed {
             try training.restoreCompression(from: from, shard: membership.shard, ownErrors: carried != nil ? keptErrorFeedback : nil)
         }
@@ -486,6 +487,7 @@ public final class Worker {
         try loaded.restore(into: model, optimizer: optimizer, shard: membership.shard)
         model.context.rng = .dropoutMasks(seed: config.seed &+ UInt64(loaded.state.globalStep), replica: rank)
         let training = Training(workload: workload, optimizer: optimizer, ring: ring, config: config, bucketBytes: old.bucketBytes)
+        training.exchange.tracing = replica.training.exchange.tracing
         // its own error feedback, as its last completed step left it (a lost member's is lost with it)
         try training.restoreCompression(from: loaded, shard: membership.shard, ownErrors: replica.training.exchange.errorFeedback)
         let next = Replica(training: training, state: loaded.state)
@@ -676,6 +678,7 @@ final class Training {
 
     func step(_ state: inout TrainingState) throws -> Envelope.StepReport {
         let waitedBefore = ring.statistics.waiting
+        let began = exchange.tracing ? GradientExchange.microsecondsNow() : 0
         try workload.fetch(epoch: state.epoch)
         exchange.begin(step: UInt64(state.globalStep))
         let lr = state.learningRate(config.schedule, at: state.globalStep, totalSteps: totalSteps)
@@ -693,7 +696,25 @@ final class Training {
                                          optimizerSeconds: times.optimizer, parameterHash: 0,
                                          waitSeconds: Double(waited.seconds) + Double(waited.attoseconds) * 1e-18)
         report.learningRate = lr
+        (report.denseBytesSent, report.sparseBytesSent) = (UInt64(exchange.sent.dense), UInt64(exchange.sent.sparse))
+        if exchange.tracing { report.spans = Self.spans(began: began, times: times, collectives: exchange.spans) }
         return report
+    }
+
+    /// The step's spans for the timeline: forward and backward, the exchange left after it, the optimizer, in order from `began`; and each collective as it ran.
+    static func spans(began: UInt64, times: StepTimes, collectives: [(name: String, start: UInt64, end: UInt64)]) -> [Envelope.TraceSpan] {
+        func us(_ seconds: Double) -> UInt64 { UInt64(max(0, seconds * 1e6)) }
+        var spans: [Envelope.TraceSpan] = []
+        var at = began
+        for (name, seconds) in [("forward and backward", times.compute), ("exchange left after backward", times.exchange), ("optimizer", times.optimizer)] {
+            spans.append(Envelope.TraceSpan(name: String(name.prefix(Envelope.TraceSpan.nameLimit)), startMicroseconds: at, durationMicroseconds: us(seconds)))
+            at += us(seconds)
+        }
+        for c in collectives.prefix(Envelope.TraceSpan.limit - spans.count) {
+            spans.append(Envelope.TraceSpan(name: String(c.name.prefix(Envelope.TraceSpan.nameLimit)), startMicroseconds: c.start,
+                                            durationMicroseconds: c.end >= c.start ? c.end - c.start : 0))
+        }
+        return spans
     }
 
     /// Every replica's buffers (a language model's carried state) and dropout RNG, in rank order.

@@ -26,6 +26,8 @@ extension Envelope {
         public var ringEpoch: UInt32 = 0
         /// Continue from the state the workers carried through a lost coordinator, not the checkpoint.
         public var useCarriedState = false
+        /// Report each step's spans (StepReport.spans) for the job's Chrome trace.
+        public var timeline = false
         public init(rank: UInt32, worldSize: UInt32, ring: [String], configJSON: [UInt8], resumeCheckpoint: [UInt8] = [],
                     hashEvery: UInt32, checkpointEvery: UInt32, bucketBytes: UInt32) {
             (self.rank, self.worldSize, self.ring, self.configJSON) = (rank, worldSize, ring, configJSON)
@@ -78,11 +80,27 @@ extension Envelope {
         public var stopping = false
         /// The rate this step's optimizer update used.
         public var learningRate = 0.0
+        /// Payload bytes this rank sent in the step: dense buckets (as the wire carried them), sparse tables.
+        public var denseBytesSent: UInt64 = 0, sparseBytesSent: UInt64 = 0
+        /// With Assign.timeline: what the rank did in the step, when (at most `TraceSpan.limit`).
+        public var spans: [TraceSpan] = []
         public init(globalStep: UInt64, epoch: UInt32, lossSum: Double, count: UInt64, correct: UInt64, computeSeconds: Double,
                     allreduceSeconds: Double, optimizerSeconds: Double, parameterHash: UInt64, waitSeconds: Double) {
             (self.globalStep, self.epoch, self.lossSum, self.count, self.correct) = (globalStep, epoch, lossSum, count, correct)
             (self.computeSeconds, self.allreduceSeconds, self.optimizerSeconds, self.parameterHash) = (computeSeconds, allreduceSeconds, optimizerSeconds, parameterHash)
             self.waitSeconds = waitSeconds
+        }
+    }
+
+    /// A span of a rank's step: microseconds since the Unix epoch by the worker's clock.
+    public struct TraceSpan: Equatable, Sendable {
+        public var name: String
+        public var startMicroseconds: UInt64
+        public var durationMicroseconds: UInt64
+        /// Spans a step report may carry, and the longest name: what a decoder accepts.
+        public static let limit = 4096, nameLimit = 64
+        public init(name: String, startMicroseconds: UInt64, durationMicroseconds: UInt64) {
+            (self.name, self.startMicroseconds, self.durationMicroseconds) = (name, startMicroseconds, durationMicroseconds)
         }
     }
 
@@ -171,6 +189,7 @@ extension Envelope {
             m.reform_in_place = a.reformInPlace ? 1 : 0
             m.ring_epoch = a.ringEpoch
             m.use_carried_state = a.useCarriedState ? 1 : 0
+            m.timeline = a.timeline ? 1 : 0
             return withUnsafeMutablePointer(to: &m) { msg.body_case = TETHER__V1__ENVELOPE__BODY_ASSIGN; msg.assign = $0; return pack(&msg) }
         case .ready(let r):
             var m = Tether__V1__Ready()
@@ -197,6 +216,15 @@ extension Envelope {
             m.wait_seconds = s.waitSeconds
             m.stopping = s.stopping ? 1 : 0
             m.learning_rate = s.learningRate
+            (m.dense_bytes_sent, m.sparse_bytes_sent) = (s.denseBytesSent, s.sparseBytesSent)
+            let spans: [Tether__V1__TraceSpan] = s.spans.map { span in
+                var t = Tether__V1__TraceSpan()
+                tether__v1__trace_span__init(&t)
+                (t.name, t.start_us, t.duration_us) = (arena.string(span.name), span.startMicroseconds, span.durationMicroseconds)
+                return t
+            }
+            let spanStructs = arena.copy(spans)
+            (m.n_spans, m.spans) = (spans.count, arena.copy((0..<spans.count).map { Optional(spanStructs + $0) }))
             return withUnsafeMutablePointer(to: &m) { msg.body_case = TETHER__V1__ENVELOPE__BODY_STEP_REPORT; msg.step_report = $0; return pack(&msg) }
         case .evalReport(let e):
             var m = Tether__V1__EvalReport()
@@ -262,6 +290,7 @@ extension Envelope {
             assign.reformInPlace = a.reform_in_place != 0
             assign.ringEpoch = a.ring_epoch
             assign.useCarriedState = a.use_carried_state != 0
+            assign.timeline = a.timeline != 0
             return .assign(assign)
         case TETHER__V1__ENVELOPE__BODY_REFORM:
             guard let r = env.reform?.pointee else { return nil }
@@ -300,6 +329,18 @@ extension Envelope {
                                     optimizerSeconds: s.optimizer_seconds, parameterHash: s.parameter_hash, waitSeconds: s.wait_seconds)
             report.stopping = s.stopping != 0
             report.learningRate = s.learning_rate
+            (report.denseBytesSent, report.sparseBytesSent) = (s.dense_bytes_sent, s.sparse_bytes_sent)
+            guard s.n_spans <= TraceSpan.limit else {
+                throw WireError(message: "step report from rank \(env.sender_rank): \(s.n_spans) trace spans, at most \(TraceSpan.limit)")
+            }
+            report.spans = try (0..<s.n_spans).map { i in
+                guard let t = s.spans[i]?.pointee else { throw WireError(message: "step report from rank \(env.sender_rank): trace span \(i) missing") }
+                let name = t.name.map { String(cString: $0) } ?? ""
+                guard name.utf8.count <= TraceSpan.nameLimit, t.duration_us <= UInt64(Int64.max), t.start_us <= UInt64(Int64.max) else {
+                    throw WireError(message: "step report from rank \(env.sender_rank): trace span \(i) (\(name.prefix(TraceSpan.nameLimit))) out of range")
+                }
+                return TraceSpan(name: name, startMicroseconds: t.start_us, durationMicroseconds: t.duration_us)
+            }
             return .stepReport(report)
         case TETHER__V1__ENVELOPE__BODY_STOP:
             guard let s = env.stop?.pointee else { return nil }

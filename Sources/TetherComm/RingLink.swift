@@ -160,6 +160,7 @@ final class RingLink {
         }
         statistics.checksumming += t0.duration(to: t1)
         statistics.sending += t1.duration(to: .now)
+        statistics.bytesSent += count
     }
 
     static func checksum(_ bytes: UnsafeRawBufferPointer) -> UInt64 {

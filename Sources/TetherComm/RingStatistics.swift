@@ -22,6 +22,8 @@ public struct RingStatistics: Sendable, Codable {
     /// XXH3 of payloads sent as they are (a rank's own first chunks) and received as bytes (all-gather
     /// of payloads, barrier)
     public var checksumming: Duration = .zero
+    /// payload bytes handed to the right neighbour (headers not counted)
+    public var bytesSent = 0
     public init() {}
 
     /// The time spent between two snapshots.
@@ -29,11 +31,13 @@ public struct RingStatistics: Sendable, Codable {
         var d = RingStatistics()
         (d.waiting, d.sending) = (a.waiting - b.waiting, a.sending - b.sending)
         (d.reducing, d.checksumming) = (a.reducing - b.reducing, a.checksumming - b.checksumming)
+        d.bytesSent = a.bytesSent - b.bytesSent
         return d
     }
 
     public static func += (a: inout RingStatistics, b: RingStatistics) {
         (a.waiting, a.sending) = (a.waiting + b.waiting, a.sending + b.sending)
         (a.reducing, a.checksumming) = (a.reducing + b.reducing, a.checksumming + b.checksumming)
+        a.bytesSent += b.bytesSent
     }
 }

@@ -2,12 +2,38 @@ import Foundation
 
 /// A run directory: `checkpoint.safetensors` and `metrics.jsonl` of one run. A fresh run starts in a
 /// directory that holds neither (or, with --force, deletes them first); --resume continues the run there.
-public enum RunDirectory {
+/// `train` and the coordinator open theirs here: the one place a run is started fresh or resumed.
+public final class RunDirectory {
     public static let metricsFileName = "metrics.jsonl"
+    public let url: URL
+    /// The checkpoint being resumed (--resume), checked against the command's settings.
+    public let resumed: Checkpoint.Loaded?
+    public var checkpointURL: URL { url.appendingPathComponent(Checkpoint.fileName) }
+    public var metricsURL: URL { url.appendingPathComponent(Self.metricsFileName) }
+    public var path: String { url.path }
+
+    /// Opens `url` for a fresh run (refused where a run's files are, unless `force`, which deletes
+    /// them) or, with `resume`, for the continuation of its checkpoint, whose settings `given` may
+    /// change only where a resume allows (a note of what changes goes to `progress`).
+    public init(_ url: URL, config given: TrainingConfig, resume: Bool, force: Bool = false, progress: ProgressDisplay) throws {
+        self.url = url
+        try Self.prepare(url, resume: resume, force: force)
+        if resume {
+            let loaded = try Checkpoint.Loaded(url.appendingPathComponent(Checkpoint.fileName))
+            if let line = try given.checkResume(from: loaded.config, path: loaded.path) { progress.line(line) }
+            resumed = loaded
+        } else {
+            resumed = nil
+        }
+    }
+
+    /// The metrics file, appended to (opened once the run's settings are known good, so that a refused
+    /// start leaves no file behind that would make the next start a resume).
+    public func openMetrics() throws -> MetricsLog { try MetricsLog(path: metricsURL.path) }
 
     /// Creates `directory` if needed (a file in its place is an error naming the flag). A fresh run
     /// (`resume` false) is refused where a run's files are, unless `force`, which deletes them.
-    public static func prepare(_ directory: URL, resume: Bool, force: Bool = false) throws {
+    static func prepare(_ directory: URL, resume: Bool, force: Bool) throws {
         var isFolder: ObjCBool = false
         if FileManager.default.fileExists(atPath: directory.path, isDirectory: &isFolder) {
             guard isFolder.boolValue else { throw ConfigError(message: "--run-dir \(directory.path) is a file; give a folder (it is created if missing)") }

@@ -21,34 +21,29 @@ public struct TrainingSummary: Sendable {
 /// dropout RNG, and continues bitwise as if never stopped.
 public final class Trainer {
     public let config: TrainingConfig
-    public let runDirectory: URL
+    public let directory: RunDirectory
+    public var runDirectory: URL { directory.url }
     public let workload: any Workload
     public var model: any Model<Float> { workload.model }
     public let optimizer: Optimizer<Float>
     public private(set) var state: TrainingState
-    let metrics: MetricsLog
-    let progress: ProgressDisplay
+    /// metrics.jsonl and any other sink, the throughput window and the progress view
+    public let reporter: StepReporter
+    var progress: ProgressDisplay { reporter.progress }
     let stepsPerEpoch: Int
     public let totalSteps: Int
 
-    public var checkpointURL: URL { runDirectory.appendingPathComponent(Checkpoint.fileName) }
+    public var checkpointURL: URL { directory.checkpointURL }
     /// The metrics line of the last evaluation this run made (an epoch's end, or the run's end within one).
     public private(set) var lastEvaluation: MetricsEvent?
 
     /// Prepares a run in `runDirectory`: a fresh one (which must not already hold a checkpoint), or with
     /// `resume`, the continuation of the checkpoint there. `overrides` are the flags given on the
-    /// command line; on resume only the run's length may change.
-    public init(config given: TrainingConfig, runDirectory: URL, resume: Bool, force: Bool = false, progress: ProgressDisplay = ProgressDisplay()) throws {
-        self.runDirectory = runDirectory
-        self.progress = progress
-        try RunDirectory.prepare(runDirectory, resume: resume, force: force)
-        let checkpointPath = runDirectory.appendingPathComponent(Checkpoint.fileName)
-        var loaded: Checkpoint.Loaded?
-        if resume {
-            let l = try Checkpoint.Loaded(checkpointPath)
-            if let line = try given.checkResume(from: l.config, path: l.path) { progress.line(line) }
-            loaded = l
-        }
+    /// command line; on resume only the run's length may change. Events go to metrics.jsonl, then `sinks`.
+    public init(config given: TrainingConfig, runDirectory: URL, resume: Bool, force: Bool = false, progress: ProgressDisplay = ProgressDisplay(),
+                sinks: [any MetricsSink] = []) throws {
+        directory = try RunDirectory(runDirectory, config: given, resume: resume, force: force, progress: progress)
+        let loaded = directory.resumed
         let config = given
         try config.validate()
         ProcessMemory.keepFreedBuffers()
@@ -60,7 +55,8 @@ public final class Trainer {
         do {
             optimizer = try Optimizer(config.optimizer, layout: model.arena.layout, ftrlParameters: model.ftrlParameters)
         } catch { throw ConfigError(message: "\(config.model): \(error)") }
-        metrics = try MetricsLog(path: runDirectory.appendingPathComponent(RunDirectory.metricsFileName).path)
+        reporter = StepReporter(progress: progress, sinks: [try directory.openMetrics()] + sinks, stepsPerEpoch: stepsPerEpoch, totalSteps: totalSteps,
+                                epochs: config.epochsSpanned(stepsPerEpoch: stepsPerEpoch), logEvery: config.logEvery, unit: workload.unit)
         if let loaded {
             if let line = try config.resumeLine(from: loaded.config, at: loaded.state.globalStep, stepsPerEpoch: stepsPerEpoch, runDirectory: runDirectory.path) {
                 progress.line(line)
@@ -82,12 +78,11 @@ public final class Trainer {
         var start = event("start")
         start.parameters = model.arena.count
         start.model = config.model
-        try metrics.write(start)
+        try reporter.record(start)
         progress.line("\(config.model): \(model.arena.count.formatted()) parameters, \(workload.sizeSummary), "
                       + "\(stepsPerEpoch) steps per epoch, \(totalSteps) steps in all, BLAS threads \(BLAS.threads)")
         var lastTest: EvaluationReport?
         let runStart = Date()
-        var window = (stats: BatchStats(), since: Date(), steps: 0)
         var outcome = TrainingSummary.Outcome.finished
         StopSignal.lossNote(checkpointStep: state.globalStep > 0 ? state.globalStep : nil, runDirectory: runDirectory.path)
         let epochs = config.epochsSpanned(stepsPerEpoch: stepsPerEpoch)
@@ -105,24 +100,9 @@ public final class Trainer {
                 }
                 let stats = try step()
                 epochStats = epochStats + stats
-                window.stats = window.stats + stats
-                window.steps += 1
                 state.stepInEpoch += 1
                 state.globalStep += 1
-
-                let elapsed = Date().timeIntervalSince(window.since)
-                let rate = Double(window.stats.count) / max(elapsed, 1e-9)
-                let remaining = Double(totalSteps - state.globalStep) * elapsed / Double(max(window.steps, 1))
-                progress.update(epoch: state.epoch, epochs: epochs, step: state.stepInEpoch, steps: stepsPerEpoch,
-                                loss: window.stats.meanLoss, rate: rate, unit: workload.unit, eta: remaining)
-                if state.globalStep % config.logEvery == 0 {
-                    var e = event("step")
-                    (e.loss, e.samples_per_sec, e.lr) = (window.stats.meanLoss, rate, learningRate(at: state.globalStep - 1))
-                    try metrics.write(e)
-                    progress.log("epoch \(state.epoch + 1) step \(state.stepInEpoch)/\(stepsPerEpoch) loss \(ProgressDisplay.fixed(window.stats.meanLoss, 4)) "
-                                 + "\(ProgressDisplay.grouped(rate)) \(workload.unit)/s ETA \(ProgressDisplay.duration(remaining))")
-                    window = (BatchStats(), Date(), 0)
-                }
+                try reporter.stepCompleted(globalStep: state.globalStep, epoch: state.epoch, stats: stats, lr: learningRate(at: state.globalStep - 1))
                 if config.checkpointEvery > 0 && state.globalStep % config.checkpointEvery == 0 { try saveCheckpoint() }
             }
             // An epoch's end, or the run's end within an epoch (--max-steps): evaluate and report.
@@ -133,7 +113,7 @@ public final class Trainer {
             var e = event(epochEnds ? "epoch" : "eval")
             (e.loss, e.samples_per_sec, e.elapsed_s, e.lr) = (epochStats.meanLoss, Double(epochStats.count) / seconds, seconds, learningRate(at: state.globalStep - 1))
             report.write(into: &e)
-            try metrics.write(e)
+            try reporter.record(e)
             lastEvaluation = e
             let which = ProgressDisplay.evaluated(step: state.globalStep, stepsPerEpoch: stepsPerEpoch, epochs: epochs)
             progress.line("\(which): train loss \(ProgressDisplay.fixed(epochStats.meanLoss, 4)), \(report.summary) (\(ProgressDisplay.fixed(seconds, 1)) s)")
@@ -149,7 +129,7 @@ public final class Trainer {
         try saveCheckpoint()
         var end = event(outcome == .interrupted ? "interrupted" : "end")
         end.elapsed_s = Date().timeIntervalSince(runStart)
-        try metrics.write(end)
+        try reporter.record(end)
         switch outcome {
         case .finished: progress.line("done: \(state.globalStep) steps; checkpoint \(checkpointURL.path)")
         case .stoppedEarly, .interrupted:

@@ -367,6 +367,51 @@ void   tether__v1__step_report__free_unpacked
   assert(message->base.descriptor == &tether__v1__step_report__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   tether__v1__trace_span__init
+                     (Tether__V1__TraceSpan         *message)
+{
+  static const Tether__V1__TraceSpan init_value = TETHER__V1__TRACE_SPAN__INIT;
+  *message = init_value;
+}
+size_t tether__v1__trace_span__get_packed_size
+                     (const Tether__V1__TraceSpan *message)
+{
+  assert(message->base.descriptor == &tether__v1__trace_span__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t tether__v1__trace_span__pack
+                     (const Tether__V1__TraceSpan *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &tether__v1__trace_span__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t tether__v1__trace_span__pack_to_buffer
+                     (const Tether__V1__TraceSpan *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &tether__v1__trace_span__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Tether__V1__TraceSpan *
+       tether__v1__trace_span__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Tether__V1__TraceSpan *)
+     protobuf_c_message_unpack (&tether__v1__trace_span__descriptor,
+                                allocator, len, data);
+}
+void   tether__v1__trace_span__free_unpacked
+                     (Tether__V1__TraceSpan *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &tether__v1__trace_span__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   tether__v1__eval_report__init
                      (Tether__V1__EvalReport         *message)
 {
@@ -987,7 +1032,7 @@ const ProtobufCMessageDescriptor tether__v1__envelope__descriptor =
   (ProtobufCMessageInit) tether__v1__envelope__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tether__v1__assign__field_descriptors[14] =
+static const ProtobufCFieldDescriptor tether__v1__assign__field_descriptors[15] =
 {
   {
     "rank",
@@ -1157,6 +1202,18 @@ static const ProtobufCFieldDescriptor tether__v1__assign__field_descriptors[14] 
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "timeline",
+    15,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BOOL,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__Assign, timeline),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tether__v1__assign__field_indices_by_name[] = {
   7,   /* field[7] = bucket_bytes */
@@ -1171,13 +1228,14 @@ static const unsigned tether__v1__assign__field_indices_by_name[] = {
   12,   /* field[12] = ring_epoch */
   10,   /* field[10] = ring_public_keys */
   9,   /* field[9] = ring_secret_key */
+  14,   /* field[14] = timeline */
   13,   /* field[13] = use_carried_state */
   1,   /* field[1] = world_size */
 };
 static const ProtobufCIntRange tether__v1__assign__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 14 }
+  { 0, 15 }
 };
 const ProtobufCMessageDescriptor tether__v1__assign__descriptor =
 {
@@ -1187,7 +1245,7 @@ const ProtobufCMessageDescriptor tether__v1__assign__descriptor =
   "Tether__V1__Assign",
   "tether.v1",
   sizeof(Tether__V1__Assign),
-  14,
+  15,
   tether__v1__assign__field_descriptors,
   tether__v1__assign__field_indices_by_name,
   1,  tether__v1__assign__number_ranges,
@@ -1534,7 +1592,7 @@ const ProtobufCMessageDescriptor tether__v1__start__descriptor =
   (ProtobufCMessageInit) tether__v1__start__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tether__v1__step_report__field_descriptors[12] =
+static const ProtobufCFieldDescriptor tether__v1__step_report__field_descriptors[15] =
 {
   {
     "global_step",
@@ -1680,25 +1738,64 @@ static const ProtobufCFieldDescriptor tether__v1__step_report__field_descriptors
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "dense_bytes_sent",
+    13,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__StepReport, dense_bytes_sent),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "sparse_bytes_sent",
+    14,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__StepReport, sparse_bytes_sent),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "spans",
+    15,
+    PROTOBUF_C_LABEL_REPEATED,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Tether__V1__StepReport, n_spans),
+    offsetof(Tether__V1__StepReport, spans),
+    &tether__v1__trace_span__descriptor,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tether__v1__step_report__field_indices_by_name[] = {
   6,   /* field[6] = allreduce_seconds */
   5,   /* field[5] = compute_seconds */
   4,   /* field[4] = correct */
   3,   /* field[3] = count */
+  12,   /* field[12] = dense_bytes_sent */
   1,   /* field[1] = epoch */
   0,   /* field[0] = global_step */
   11,   /* field[11] = learning_rate */
   2,   /* field[2] = loss_sum */
   7,   /* field[7] = optimizer_seconds */
   8,   /* field[8] = parameter_hash */
+  14,   /* field[14] = spans */
+  13,   /* field[13] = sparse_bytes_sent */
   10,   /* field[10] = stopping */
   9,   /* field[9] = wait_seconds */
 };
 static const ProtobufCIntRange tether__v1__step_report__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 12 }
+  { 0, 15 }
 };
 const ProtobufCMessageDescriptor tether__v1__step_report__descriptor =
 {
@@ -1708,11 +1805,75 @@ const ProtobufCMessageDescriptor tether__v1__step_report__descriptor =
   "Tether__V1__StepReport",
   "tether.v1",
   sizeof(Tether__V1__StepReport),
-  12,
+  15,
   tether__v1__step_report__field_descriptors,
   tether__v1__step_report__field_indices_by_name,
   1,  tether__v1__step_report__number_ranges,
   (ProtobufCMessageInit) tether__v1__step_report__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+static const ProtobufCFieldDescriptor tether__v1__trace_span__field_descriptors[3] =
+{
+  {
+    "name",
+    1,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_STRING,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__TraceSpan, name),
+    NULL,
+    &protobuf_c_empty_string,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "start_us",
+    2,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__TraceSpan, start_us),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "duration_us",
+    3,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__TraceSpan, duration_us),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+};
+static const unsigned tether__v1__trace_span__field_indices_by_name[] = {
+  2,   /* field[2] = duration_us */
+  0,   /* field[0] = name */
+  1,   /* field[1] = start_us */
+};
+static const ProtobufCIntRange tether__v1__trace_span__number_ranges[1 + 1] =
+{
+  { 1, 0 },
+  { 0, 3 }
+};
+const ProtobufCMessageDescriptor tether__v1__trace_span__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "tether.v1.TraceSpan",
+  "TraceSpan",
+  "Tether__V1__TraceSpan",
+  "tether.v1",
+  sizeof(Tether__V1__TraceSpan),
+  3,
+  tether__v1__trace_span__field_descriptors,
+  tether__v1__trace_span__field_indices_by_name,
+  1,  tether__v1__trace_span__number_ranges,
+  (ProtobufCMessageInit) tether__v1__trace_span__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCFieldDescriptor tether__v1__eval_report__field_descriptors[6] =

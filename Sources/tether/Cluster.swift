@@ -19,6 +19,7 @@ struct CoordinatorCommand: ParsableCommand {
     @OptionGroup var security: SecurityOptions
     @OptionGroup var job: ClusterJob
     @OptionGroup var output: OutputOptions
+    @OptionGroup var observability: ObservabilityOptions
 
     func validate() throws {
         guard workers >= 1 else { throw ValidationError("--workers must be at least 1") }
@@ -29,12 +30,14 @@ struct CoordinatorCommand: ParsableCommand {
     func run() throws {
         if try output.printedConfig("coordinator", job.config(runDirectory: runDir), ["run_dir": runDir, "resume": job.resume, "workers": workers, "listen": listen]) { return }
         StopSignal.install()
+        let sinks: [any MetricsSink]
+        do { sinks = try observability.sinks(progress: output.progress) } catch { exitWithError(error) }
         try job.restarting(runDirectory: runDir, what: "waiting for workers again") { resume, force in
             var options = Coordinator.Options(listen: listen, workers: workers)
             options.force = force
             (options.jobID, options.finishedIsDone) = (jobID, finishedOk)
             options.security = try security.security()
-            let coordinator = try job.coordinator(options, runDirectory: runDir, resume: resume, progress: output.progress)
+            let coordinator = try job.coordinator(options, runDirectory: runDir, resume: resume, progress: output.progress, sinks: sinks)
             do { try coordinator.run() } catch let stopped as JobInterrupted {
                 try output.printSummary(coordinator)
                 throw stopped
@@ -123,6 +126,7 @@ struct Simulate: ParsableCommand {
     var insecure = false
     @OptionGroup var job: ClusterJob
     @OptionGroup var output: OutputOptions
+    @OptionGroup var observability: ObservabilityOptions
 
     func validate() throws {
         guard workers >= 1 else { throw ValidationError("--workers must be at least 1") }
@@ -133,13 +137,15 @@ struct Simulate: ParsableCommand {
     func run() throws {
         if try output.printedConfig("simulate", job.config(runDirectory: runDir), ["run_dir": runDir, "resume": job.resume, "workers": workers]) { return }
         StopSignal.install()
-        try job.restarting(runDirectory: runDir, what: "with \(workers) new workers") { try runJob(resume: $0, force: $1) }
+        let sinks: [any MetricsSink]
+        do { sinks = try observability.sinks(progress: output.progress) } catch { exitWithError(error) }
+        try job.restarting(runDirectory: runDir, what: "with \(workers) new workers") { try runJob(resume: $0, force: $1, sinks: sinks) }
     }
 
     /// One attempt: a coordinator and fresh worker processes. Set-up errors (flags, data, the run
     /// directory) are thrown as they are; failures of the running job as `TrainingFailure`, after the
     /// workers have been reaped.
-    private func runJob(resume: Bool, force: Bool) throws {
+    private func runJob(resume: Bool, force: Bool, sinks: [any MetricsSink]) throws {
         let jobID = "simulate-\(getpid())"
         var children: [Process] = []
         var options = Coordinator.Options(listen: "tcp://127.0.0.1:0", workers: workers)
@@ -153,7 +159,7 @@ struct Simulate: ParsableCommand {
             try KeyFile.write(keys, to: path)
             (options.security, security) = (.curve(keys), ["--key-file", path])
         }
-        let coordinator = try job.coordinator(options, runDirectory: runDir, resume: resume, progress: output.progress)
+        let coordinator = try job.coordinator(options, runDirectory: runDir, resume: resume, progress: output.progress, sinks: sinks)
         do {
             let perWorker = threads ?? max(1, ProcessInfo.processInfo.activeProcessorCount / workers)
             for _ in 0..<workers {
@@ -222,6 +228,8 @@ struct ClusterJob: ParsableArguments {
     var powersgdStartStep: Int?
     @Flag(inversion: .prefixedNo, help: "With --compression: carry what each worker's compression lost into its next step (error feedback; on by default).")
     var errorFeedback: Bool?
+    @Option(help: "Write a Chrome trace of every rank's steps (forward and backward, each bucket's all-reduce, the exchange left after backward, the optimizer) and the job's events to FILE: open it in Perfetto (ui.perfetto.dev) or chrome://tracing.")
+    var timeline: String?
     @Option(help: "What an elastic job does when a worker is lost: in-place (the survivors go on, the step in flight redone) or restart (the job stops and resumes from its last checkpoint with the workers there are, --max-restarts; what torchrun does).")
     var onLoss: Coordinator.OnLoss = .inPlace
     @OptionGroup var jobFile: JobFileOption
@@ -240,12 +248,13 @@ struct ClusterJob: ParsableArguments {
     }
 
     /// The coordinator of a fresh job, or of the run in `runDirectory` resumed (`--resume`, or a restart).
-    func coordinator(_ given: Coordinator.Options, runDirectory: String, resume: Bool, progress: ProgressDisplay) throws -> Coordinator {
+    func coordinator(_ given: Coordinator.Options, runDirectory: String, resume: Bool, progress: ProgressDisplay, sinks: [any MetricsSink]) throws -> Coordinator {
         var options = given
+        options.timeline = timeline
         (options.hashEvery, options.bucketBytes, options.serveData) = (hashEvery, max(4, Int(bucketMb * 1_048_576)), serveData)
         (options.heartbeatTimeout, options.minWorkers, options.lastCall, options.onLoss) = (heartbeatTimeout, minWorkers ?? options.workers, lastCall, onLoss)
         return try Coordinator(options: options, config: config(runDirectory: runDirectory, resume: resume), runDirectory: URL(fileURLWithPath: runDirectory),
-                               resume: resume, progress: progress)
+                               resume: resume, progress: progress, sinks: sinks)
     }
 
     /// The job's training settings: the flags over a new run's defaults, or (resuming) over the checkpoint's.

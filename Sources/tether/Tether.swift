@@ -10,7 +10,7 @@ struct Tether: ParsableCommand {
         abstract: "Data-parallel training of weight-normalized, tied-weight and Wide & Deep networks.",
         discussion: "Data: \(DataSource.help). Run directories hold metrics.jsonl and checkpoint.safetensors.",
         version: TetherVersion.string,
-        subcommands: [Train.self, Simulate.self, CoordinatorCommand.self, WorkerCommand.self, Eval.self, Models.self, Bench.self, Keygen.self, Version.self]
+        subcommands: [Train.self, Simulate.self, CoordinatorCommand.self, WorkerCommand.self, Eval.self, Report.self, Models.self, Bench.self, Keygen.self, Version.self]
     )
 
     /// Parses the command line after adding the job file's and the environment's settings (JobSettings).

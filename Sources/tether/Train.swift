@@ -14,6 +14,7 @@ struct Train: ParsableCommand {
     @Flag(help: "Start a new run in a --run-dir that holds one, deleting its checkpoint and metrics.") var force = false
     @Option(help: "Stop this invocation after N global steps, leaving a checkpoint to --resume.") var stopAfterSteps: Int?
     @OptionGroup var output: OutputOptions
+    @OptionGroup var observability: ObservabilityOptions
 
     func run() throws {
         threads.apply()
@@ -25,7 +26,9 @@ struct Train: ParsableCommand {
             let config = training.applied(to: base)
             if try output.printedConfig("train", config, ["run_dir": runDir, "resume": resume, "threads": BLAS.threads]) { return }
             let started = Date()
-            let trainer = try Trainer(config: config, runDirectory: dir, resume: resume, force: force, progress: output.progress)
+            let progress = output.progress
+            let trainer = try Trainer(config: config, runDirectory: dir, resume: resume, force: force, progress: progress,
+                                      sinks: try observability.sinks(progress: progress))
             let summary = try trainer.run(stopAfterSteps: stopAfterSteps)
             var end = MetricsEvent(event: summary.outcome == .finished ? "end" : summary.outcome == .interrupted ? "interrupted" : "stopped",
                                    step: summary.state.globalStep, stepsPerEpoch: trainer.workload.stepsPerEpoch)

@@ -217,7 +217,7 @@ let kubernetesTypesInstalled = (try? CLI.run(["-c", "import kubernetes, yaml"], 
                 .map { try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
         }
         let (t, c) = (try lines("train"), try lines("cluster"))
-        let clusterOnly: Set<String> = ["workers", "compute_s", "allreduce_s", "wait_s"]
+        let clusterOnly: Set<String> = ["workers", "compute_s", "allreduce_s", "wait_s", "dense_bytes", "sparse_bytes"]
         let events = { (l: [[String: Any]]) in l.map { $0["event"] as! String }.filter { $0 != "training" } }
         #expect(events(t) == ["start", "step", "epoch", "step", "epoch", "eval", "end"] && events(c) == events(t), "\(events(t)) \(events(c))")
         for (a, b) in zip(t, c.filter { $0["event"] as? String != "training" }) {

@@ -25,6 +25,23 @@ import TetherWire
         #expect { try Envelope(decoding: e.encoded()) } throws: { "\($0)".contains("protocol version 99 from rank 5") }
     }
 
+    @Test func stepReportsCarryTheirBytesAndSpansWithinLimits() throws {
+        var report = Envelope.StepReport(globalStep: 7, epoch: 1, lossSum: 2.5, count: 32, correct: 20, computeSeconds: 0.03,
+                                         allreduceSeconds: 0.01, optimizerSeconds: 0.001, parameterHash: 0, waitSeconds: 0.005)
+        (report.denseBytesSent, report.sparseBytesSent) = (1 << 20, 4096)
+        report.spans = [.init(name: "forward and backward", startMicroseconds: 1_796_000_000_000_000, durationMicroseconds: 30_000),
+                        .init(name: "all-reduce bucket 0 (262144 values)", startMicroseconds: 1_796_000_000_010_000, durationMicroseconds: 9_000)]
+        let e = Envelope(jobID: "j", senderRank: 1, body: .stepReport(report))
+        #expect(try Envelope(decoding: e.encoded()) == e)
+        // a report with more spans than any step makes, or a name past the limit, is refused by rank
+        report.spans = Array(repeating: report.spans[0], count: Envelope.TraceSpan.limit + 1)
+        #expect { try Envelope(decoding: Envelope(jobID: "j", senderRank: 1, body: .stepReport(report)).encoded()) } throws: {
+            "\($0)".contains("from rank 1: \(Envelope.TraceSpan.limit + 1) trace spans")
+        }
+        report.spans = [.init(name: String(repeating: "x", count: Envelope.TraceSpan.nameLimit + 1), startMicroseconds: 0, durationMicroseconds: 0)]
+        #expect { try Envelope(decoding: Envelope(jobID: "j", senderRank: 1, body: .stepReport(report)).encoded()) } throws: { "\($0)".contains("out of range") }
+    }
+
     @Test func linksTheRealLibraries() {
         #expect(ZeroMQ.version.hasPrefix("4."))
         #expect(!WireFormat.libraryVersion.isEmpty)

@@ -23,6 +23,7 @@ typedef struct Tether__V1__DataRows Tether__V1__DataRows;
 typedef struct Tether__V1__Ready Tether__V1__Ready;
 typedef struct Tether__V1__Start Tether__V1__Start;
 typedef struct Tether__V1__StepReport Tether__V1__StepReport;
+typedef struct Tether__V1__TraceSpan Tether__V1__TraceSpan;
 typedef struct Tether__V1__EvalReport Tether__V1__EvalReport;
 typedef struct Tether__V1__CheckpointData Tether__V1__CheckpointData;
 typedef struct Tether__V1__Heartbeat Tether__V1__Heartbeat;
@@ -207,10 +208,14 @@ struct  Tether__V1__Assign
    * came back after it was lost): they continue from it, and resume_checkpoint is not used.
    */
   protobuf_c_boolean use_carried_state;
+  /*
+   * report each step's spans (StepReport.spans) for the job's --timeline
+   */
+  protobuf_c_boolean timeline;
 };
 #define TETHER__V1__ASSIGN__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tether__v1__assign__descriptor) \
-    , 0, 0, 0,NULL, {0,NULL}, {0,NULL}, 0, 0, 0, 0, (char *)protobuf_c_empty_string, 0,NULL, 0, 0, 0 }
+    , 0, 0, 0,NULL, {0,NULL}, {0,NULL}, 0, 0, 0, 0, (char *)protobuf_c_empty_string, 0,NULL, 0, 0, 0, 0 }
 
 
 /*
@@ -374,10 +379,42 @@ struct  Tether__V1__StepReport
    * the rate this step's optimizer update used
    */
   double learning_rate;
+  /*
+   * payload bytes this rank sent for dense buckets (as the wire carried them)
+   */
+  uint64_t dense_bytes_sent;
+  /*
+   * and for sparse tables
+   */
+  uint64_t sparse_bytes_sent;
+  /*
+   * with Assign.timeline: what this rank did in the step, when
+   */
+  size_t n_spans;
+  Tether__V1__TraceSpan **spans;
 };
 #define TETHER__V1__STEP_REPORT__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tether__v1__step_report__descriptor) \
-    , 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
+    , 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,NULL }
+
+
+/*
+ * One span of a rank's step for the Chrome trace (--timeline): microseconds since the Unix epoch by
+ * the worker's clock.
+ */
+struct  Tether__V1__TraceSpan
+{
+  ProtobufCMessage base;
+  /*
+   * forward, backward, allreduce, wait, optimizer, ...
+   */
+  char *name;
+  uint64_t start_us;
+  uint64_t duration_us;
+};
+#define TETHER__V1__TRACE_SPAN__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&tether__v1__trace_span__descriptor) \
+    , (char *)protobuf_c_empty_string, 0, 0 }
 
 
 /*
@@ -737,6 +774,25 @@ Tether__V1__StepReport *
 void   tether__v1__step_report__free_unpacked
                      (Tether__V1__StepReport *message,
                       ProtobufCAllocator *allocator);
+/* Tether__V1__TraceSpan methods */
+void   tether__v1__trace_span__init
+                     (Tether__V1__TraceSpan         *message);
+size_t tether__v1__trace_span__get_packed_size
+                     (const Tether__V1__TraceSpan   *message);
+size_t tether__v1__trace_span__pack
+                     (const Tether__V1__TraceSpan   *message,
+                      uint8_t             *out);
+size_t tether__v1__trace_span__pack_to_buffer
+                     (const Tether__V1__TraceSpan   *message,
+                      ProtobufCBuffer     *buffer);
+Tether__V1__TraceSpan *
+       tether__v1__trace_span__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   tether__v1__trace_span__free_unpacked
+                     (Tether__V1__TraceSpan *message,
+                      ProtobufCAllocator *allocator);
 /* Tether__V1__EvalReport methods */
 void   tether__v1__eval_report__init
                      (Tether__V1__EvalReport         *message);
@@ -915,6 +971,9 @@ typedef void (*Tether__V1__Start_Closure)
 typedef void (*Tether__V1__StepReport_Closure)
                  (const Tether__V1__StepReport *message,
                   void *closure_data);
+typedef void (*Tether__V1__TraceSpan_Closure)
+                 (const Tether__V1__TraceSpan *message,
+                  void *closure_data);
 typedef void (*Tether__V1__EvalReport_Closure)
                  (const Tether__V1__EvalReport *message,
                   void *closure_data);
@@ -956,6 +1015,7 @@ extern const ProtobufCMessageDescriptor tether__v1__data_rows__descriptor;
 extern const ProtobufCMessageDescriptor tether__v1__ready__descriptor;
 extern const ProtobufCMessageDescriptor tether__v1__start__descriptor;
 extern const ProtobufCMessageDescriptor tether__v1__step_report__descriptor;
+extern const ProtobufCMessageDescriptor tether__v1__trace_span__descriptor;
 extern const ProtobufCMessageDescriptor tether__v1__eval_report__descriptor;
 extern const ProtobufCMessageDescriptor tether__v1__checkpoint_data__descriptor;
 extern const ProtobufCMessageDescriptor tether__v1__heartbeat__descriptor;

@@ -1,0 +1,67 @@
+import Foundation
+import Testing
+@testable import TetherTrain
+
+/// The sinks' own parts: TFRecord's checksum, the Prometheus page and its server's manners.
+@Suite struct SinkTests {
+    @Test func crc32cMatchesItsCheckValue() {
+        // the CRC-32C check value (RFC 3720's test vector "123456789")
+        #expect(CRC32C.checksum(Array("123456789".utf8)) == 0xE306_9283)
+        #expect(CRC32C.checksum([]) == 0)
+        // 32 zero bytes, RFC 3720 B.4
+        #expect(CRC32C.checksum(Array(repeating: 0, count: 32)) == 0x8A91_36AA)
+    }
+
+    @Test func metricsListenTakesAPortOrAnAddress() throws {
+        #expect(try PrometheusExporter.split("9400") == ("127.0.0.1", 9400))
+        #expect(try PrometheusExporter.split("0.0.0.0:9400") == ("0.0.0.0", 9400))
+        #expect(try PrometheusExporter.split("[::1]:9400") == ("::1", 9400))
+        #expect { try PrometheusExporter.split("localhost:http") } throws: { "\($0)".contains("takes HOST:PORT") }
+        #expect { try PrometheusExporter.split("1:99999") } throws: { "\($0)".contains("takes HOST:PORT") }
+    }
+
+    /// Sends `request` to the exporter and returns its answer's status line and body.
+    static func ask(_ port: UInt16, _ request: [UInt8]) throws -> (status: String, body: String) {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        (address.sin_family, address.sin_port, address.sin_addr.s_addr) = (sa_family_t(AF_INET), port.bigEndian, inet_addr("127.0.0.1"))
+        let connected = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        guard connected == 0 else { throw CocoaError(.fileReadUnknown) }
+        _ = request.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        var answer = [UInt8](), buffer = [UInt8](repeating: 0, count: 4096)
+        while case let n = buffer.withUnsafeMutableBytes({ recv(fd, $0.baseAddress, $0.count, 0) }), n > 0 { answer += buffer[0..<n] }
+        let text = String(decoding: answer, as: UTF8.self)
+        let parts = text.components(separatedBy: "\r\n\r\n")
+        return (String(parts[0].split(separator: "\r\n").first ?? ""), parts.dropFirst().joined(separator: "\r\n\r\n"))
+    }
+
+    @Test func thePrometheusPageHoldsTheRunAndTheServerRefusesWhatIsNotAScrape() throws {
+        let exporter = try PrometheusExporter(listen: "127.0.0.1:0")
+        defer { exporter.stop() }
+        let port = UInt16(exporter.boundAddress.split(separator: ":").last!)!
+        var start = MetricsEvent(event: "start", step: 0, stepsPerEpoch: 10)
+        start.model = "mlp-\"wn\"\n"
+        try exporter.record(start)
+        exporter.stepCompleted(globalStep: 1, ranks: RankFigures(compute: [0.5, 0.25], exchange: [0.1, 0.2], waiting: [0, 0.1], denseBytes: [100, 100], sparseBytes: [0, 0]))
+        exporter.stepCompleted(globalStep: 2, ranks: RankFigures(compute: [0.5, 0.25], exchange: [0.1, 0.2], waiting: [0, 0.1], denseBytes: [100, 100], sparseBytes: [0, 0]))
+        var step = MetricsEvent(event: "step", step: 2, stepsPerEpoch: 10)
+        (step.loss, step.samples_per_sec) = (.nan, 1234.5)
+        try exporter.record(step)
+        exporter.observe(JobStatus(workersAlive: 2, heartbeatAge: [0.25, 1.5]))
+
+        let page = try Self.ask(port, Array("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+        #expect(page.status == "HTTP/1.0 200 OK")
+        for line in ["tether_steps_total 2", "tether_rank_compute_seconds_total{rank=\"0\"} 1", "tether_rank_compute_seconds_total{rank=\"1\"} 0.5",
+                     "tether_rank_dense_sent_bytes_total{rank=\"1\"} 200", "tether_workers_alive 2", "tether_heartbeat_age_seconds{rank=\"1\"} 1.5",
+                     "tether_loss NaN", "tether_samples_per_second 1234.5", "tether_info{model=\"mlp-\\\"wn\\\"\\n\"} 1", "# TYPE tether_steps_total counter"] {
+            #expect(page.body.split(separator: "\n").contains { $0 == line }, "missing: \(line)")
+        }
+        #expect(try Self.ask(port, Array("POST /metrics HTTP/1.1\r\n\r\n".utf8)).status == "HTTP/1.0 405 Method Not Allowed")
+        #expect(try Self.ask(port, Array("GET / HTTP/1.1\r\n\r\n".utf8)).status == "HTTP/1.0 404 Not Found")
+        #expect(try Self.ask(port, Array(repeating: UInt8(ascii: "A"), count: PrometheusExporter.requestLimit)).status == "HTTP/1.0 400 Bad Request")
+        #expect(try Self.ask(port, [0, 0xFF, 0x0A, 0x0A]).status == "HTTP/1.0 400 Bad Request")
+        // and it still answers a scrape after all that
+        #expect(try Self.ask(port, Array("GET /metrics HTTP/1.0\r\n\r\n".utf8)).status == "HTTP/1.0 200 OK")
+    }
+}
