@@ -124,7 +124,7 @@ public final class Coordinator {
         stepsPerEpoch = probe.stepsPerEpoch
         parameterCount = probe.model.arena.count
         if options.serveData { served = probe.servedSplits }
-        evaluationKind = Workloads.evaluationKind(for: config.model)
+        evaluationKind = try ModelFamily.named(config.model).evaluation
         let total = config.totalSteps(stepsPerEpoch: stepsPerEpoch)
         reporter = StepReporter(progress: progress, sinks: sinks, stepsPerEpoch: stepsPerEpoch, totalSteps: total,
                                 epochs: config.epochsSpanned(stepsPerEpoch: stepsPerEpoch), logEvery: config.logEvery, unit: probe.unit)

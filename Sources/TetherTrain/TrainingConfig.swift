@@ -52,28 +52,7 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     public static func defaults(for model: String) -> TrainingConfig {
         var c = TrainingConfig()
         c.model = model
-        switch model {
-        case "lm-tied":
-            c.data = "text:" + TextCorpusDefaults.fortunes
-            c.batch = 20
-            c.epochs = 6
-            c.optimizer.kind = .sgd
-            c.optimizer.clipNorm = 0.25
-            c.schedule.baseLR = 20
-            c.schedule.kind = .plateau
-            c.schedule.gamma = 0.25
-            c.logEvery = 200
-        case "wide-deep":
-            c.data = "synthetic-clicks"
-            c.batch = 512
-            c.epochs = 2
-            c.optimizer.kind = .adagrad
-            c.schedule.baseLR = 0.01
-            c.optimizer.ftrl.alpha = 0.2
-            c.logEvery = 100
-        default:
-            break
-        }
+        (try? ModelFamily.named(model))?.defaults(&c)
         return c
     }
 
@@ -183,8 +162,7 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         if let n = trainLimit, n <= 0 { throw fail("--train-limit must be at least 1") }
         if let n = testLimit, n <= 0 { throw fail("--test-limit must be at least 1") }
         if optimizer.clipNorm < 0 { throw fail("--clip-norm must be 0 (off) or positive") }
-        if model == "lm-tied" { try language.validate() }
-        if model == "wide-deep" { try wideDeep.validate() }
+        try ModelFamily.named(model).validate(self)
         if let r = powerSGDRank, !(1...1024).contains(r) { throw fail("--powersgd-rank must be in 1...1024 (got \(r))") }
         if let s = powerSGDStartStep, s < 0 { throw fail("--powersgd-start-step must be 0 or more (got \(s))") }
         if compression != .powersgd, powerSGDRank != nil || powerSGDStartStep != nil {

@@ -125,38 +125,14 @@ extension Workload {
 }
 
 public enum Workloads {
-    public static let names = ImageModels.names + ["autoencoder-tied", "lm-tied", "wide-deep"]
-
-    /// What an evaluation of `model` reports.
-    public static func evaluationKind(for model: String) -> EvaluationReport.Kind {
-        switch model {
-        case "autoencoder-tied": .reconstruction
-        case "lm-tied": .languageModel
-        case "wide-deep": .clickPrediction
-        default: .classification
-        }
-    }
-
-    /// Builds the workload `config` names: its data, then its model with parameters from the seed's
-    /// "INIT" stream (so every process that builds it gets the same weights). `metadata` is a
-    /// checkpoint's, when rebuilding one (it carries the vocabulary).
+    /// Builds the workload `config` names (its `ModelFamily`): its data, then its model with parameters
+    /// from the seed's "INIT" stream (so every process that builds it gets the same weights).
+    /// `metadata` is a checkpoint's, when rebuilding one (it carries the vocabulary).
     /// `source`: where the samples come from instead of files (a cluster worker's coordinator).
     public static func make(_ config: TrainingConfig, shard: Shard = .whole, metadata: [String: String] = [:],
                             source: SampleSource? = nil) throws -> any Workload {
         var rng = RNG(seed: config.seed, stream: 0x494E_4954) // "INIT"
-        let workload: any Workload
-        switch config.model {
-        case _ where ImageModels.names.contains(config.model):
-            workload = try ImageClassification(config, shard: shard, source: source, rng: &rng)
-        case "autoencoder-tied":
-            workload = try ImageReconstruction(config, shard: shard, source: source, rng: &rng)
-        case "lm-tied":
-            workload = try LanguageModelling(config, shard: shard, metadata: metadata, source: source, rng: &rng)
-        case "wide-deep":
-            workload = try ClickPrediction(config, shard: shard, source: source, rng: &rng)
-        default:
-            throw ConfigError(message: "unknown --model \"\(config.model)\": choose one of \(names.joined(separator: ", "))")
-        }
+        let workload = try ModelFamily.named(config.model).make(config, shard, metadata, source, &rng)
         workload.model.context.rng = .dropoutMasks(seed: config.seed)
         return workload
     }

@@ -36,7 +36,7 @@ struct BenchTrain: ParsableCommand {
             let model = workload.model
             let optimizer = try Optimizer<Float>(config.optimizer, layout: model.arena.layout, ftrlParameters: model.ftrlParameters)
             workload.initializeFromData(reduce: { _ in })
-            let perStep = config.model == "lm-tied" ? config.batch * config.language.bptt : config.batch
+            let perStep = try ModelFamily.named(config.model).itemsPerStep(config)
             let stepsPerRun = steps ?? max(10, 20_000 / (perStep * (config.model.hasPrefix("cnn") ? 20 : 1)))
             var (epoch, cursor) = (0, 0)
             workload.startEpoch(0)

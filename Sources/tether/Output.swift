@@ -54,20 +54,10 @@ struct Models: ParsableCommand {
 
     @Flag(help: "Print one JSON object.") var json = false
 
-    /// What each family is, in a line (a test checks every model has one).
-    static let descriptions: [String: String] = [
-        "mlp": "a 784-256-256-10 ReLU MLP on images (the baseline)",
-        "mlp-wn": "the MLP with weight normalization (Salimans & Kingma 2016)",
-        "cnn-wn": "a weight-normalized ConvNet on images: two 5x5 conv + pool stages, dense 256",
-        "autoencoder-tied": "an autoencoder whose decoder is the encoder's transpose (tied weights)",
-        "lm-tied": "an LSTM language model with tied input/output embeddings (Press & Wolf 2016)",
-        "wide-deep": "Wide & Deep click prediction (Cheng et al. 2016): FTRL wide part, AdaGrad deep part",
-    ]
-
     func run() throws {
-        let rows = Workloads.names.map { name -> [String: Any] in
-            let c = TrainingConfig.defaults(for: name)
-            return ["model": name, "description": Self.descriptions[name] ?? "", "data": c.data, "batch": c.batch, "epochs": c.epochs,
+        let rows = ModelFamily.all.map { family -> [String: Any] in
+            let c = TrainingConfig.defaults(for: family.name)
+            return ["model": family.name, "description": family.summary, "data": c.data, "batch": c.batch, "epochs": c.epochs,
                     "optimizer": c.optimizer.kind.rawValue, "lr": c.schedule.baseLR, "schedule": c.schedule.kind.rawValue]
         }
         if json {

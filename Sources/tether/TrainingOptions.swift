@@ -11,45 +11,45 @@ extension WideDeepShape.Parts: ExpressibleByArgument {}
 /// The flags that define a training run. Every one is optional: unset flags take the defaults of a new
 /// run, or the checkpoint's values when resuming.
 struct TrainingOptions: ParsableArguments {
-    @Option(help: "Model: \(Workloads.names.joined(separator: ", ")) (default mlp-wn).") var model: String?
+    @Option(help: "Model: \(ModelFamily.names.joined(separator: ", ")) (default \(TrainingConfig().model); tether models lists what each is).") var model: String?
     @Option(help: "Data: \(DataSource.help) (default: the model's).") var data: String?
     @Option(help: "For csv: data: adult (the UCI Adult census preset) or a schema file.") var schema: String?
-    @Option(help: "Epochs to train (default 10). On --resume: the run's new length (a --max-steps of before no longer applies).") var epochs: Int?
+    @Option(help: "Epochs to train (default \(TrainingConfig().epochs)). On --resume: the run's new length (a --max-steps of before no longer applies).") var epochs: Int?
     @Option(help: "The run's length in steps, whatever --epochs says (the last epoch may be partial).") var maxSteps: Int?
-    @Option(help: "Samples per step (per worker; default 64).") var batch: Int?
+    @Option(help: "Samples per step (per worker; default \(TrainingConfig().batch)).") var batch: Int?
     @Option(help: "Optimizer: sgd, adam, adamw or adagrad (default: adam; lm-tied sgd; wide-deep adagrad for the deep part).") var optimizer: OptimizerConfig.Kind?
-    @Option(help: "Learning rate (default 1e-3).") var lr: Double?
+    @Option(help: "Learning rate (default \(TrainingConfig().schedule.baseLR); lm-tied \(TrainingConfig.defaults(for: "lm-tied").schedule.baseLR), wide-deep \(TrainingConfig.defaults(for: "wide-deep").schedule.baseLR)).") var lr: Double?
     @Option(help: "SGD momentum.") var momentum: Double?
     @Flag(help: "Nesterov momentum (SGD).") var nesterov = false
     @Option(help: "Weight decay (coupled for sgd/adam, decoupled for adamw).") var weightDecay: Double?
-    @Option(help: "Clip the global gradient norm to this (lm-tied default 0.25; 0 is off).") var clipNorm: Double?
+    @Option(help: "Clip the global gradient norm to this (lm-tied default \(TrainingConfig.defaults(for: "lm-tied").optimizer.clipNorm); 0 is off).") var clipNorm: Double?
     @Option(help: "Learning-rate schedule: constant, step, cosine or plateau (x gamma when validation loss stalls; lm-tied's default).") var schedule: LRSchedule.Kind?
     @Option(help: "Linear warm-up steps.") var warmupSteps: Int?
     @Option(help: "Step schedule: decay every N steps.") var lrStepSize: Int?
     @Option(help: "Step and plateau schedules: decay factor.") var lrGamma: Double?
     @Option(help: "Cosine schedule: final learning rate.") var minLr: Double?
-    @Option(help: "Seed of initialization, shuffling and dropout (default 0).") var seed: UInt64?
+    @Option(help: "Seed of initialization, shuffling and dropout (default \(TrainingConfig().seed)).") var seed: UInt64?
     @Option(help: "Use only the first N training samples.") var trainLimit: Int?
     @Option(help: "Use only the first N test samples.") var testLimit: Int?
     @Option(help: "Also checkpoint every N steps (default: at epoch ends only).") var checkpointEvery: Int?
-    @Option(help: "A log and metrics line every N steps (default 50).") var logEvery: Int?
+    @Option(help: "A log and metrics line every N steps (default \(TrainingConfig().logEvery); lm-tied \(TrainingConfig.defaults(for: "lm-tied").logEvery), wide-deep \(TrainingConfig.defaults(for: "wide-deep").logEvery)).") var logEvery: Int?
 
     // lm-tied
-    @Option(help: "lm-tied: vocabulary size, with <eos> and <unk> (default 10000).") var vocabulary: Int?
-    @Option(help: "lm-tied: embedding and LSTM size (default 256).") var size: Int?
-    @Option(help: "lm-tied: LSTM layers (default 1).") var layers: Int?
-    @Option(help: "lm-tied: steps of backpropagation through time (default 35).") var bptt: Int?
-    @Option(help: "lm-tied: dropout (default 0.2).") var dropout: Double?
+    @Option(help: "lm-tied: vocabulary size, with <eos> and <unk> (default \(LanguageOptions().vocabulary)).") var vocabulary: Int?
+    @Option(help: "lm-tied: embedding and LSTM size (default \(LanguageOptions().size)).") var size: Int?
+    @Option(help: "lm-tied: LSTM layers (default \(LanguageOptions().layers)).") var layers: Int?
+    @Option(help: "lm-tied: steps of backpropagation through time (default \(LanguageOptions().bptt)).") var bptt: Int?
+    @Option(help: "lm-tied: dropout (default \(LanguageOptions().dropout)).") var dropout: Double?
     @Flag(help: "lm-tied: a separate output matrix instead of the tied embedding.") var untied = false
     @Flag(inversion: .prefixedNo, help: "lm-tied: weight-normalized LSTM weights (default on).") var weightNorm: Bool?
 
     // wide-deep
-    @Option(help: "wide-deep: hash buckets per categorical field of the deep embeddings (default 10000).") var buckets: Int?
-    @Option(help: "wide-deep: hash buckets of the wide part (default 1048576).") var wideBuckets: Int?
-    @Option(help: "wide-deep: embedding size per field (default 16).") var embedding: Int?
+    @Option(help: "wide-deep: hash buckets per categorical field of the deep embeddings (default \(WideDeepOptions().buckets)).") var buckets: Int?
+    @Option(help: "wide-deep: hash buckets of the wide part (default \(WideDeepOptions().wideBuckets)).") var wideBuckets: Int?
+    @Option(help: "wide-deep: embedding size per field (default \(WideDeepOptions().embedding)).") var embedding: Int?
     @Option(help: "wide-deep: widths of the deep MLP, e.g. 256,128,64.") var hidden: String?
     @Option(help: "wide-deep: wide-deep, wide or deep (the paper's comparison).") var parts: WideDeepShape.Parts?
-    @Option(help: "wide-deep: FTRL learning rate alpha of the wide part (default 0.05).") var ftrlAlpha: Double?
+    @Option(help: "wide-deep: FTRL learning rate alpha of the wide part (default \(TrainingConfig.defaults(for: "wide-deep").optimizer.ftrl.alpha)).") var ftrlAlpha: Double?
     @Option(help: "wide-deep: FTRL L1 strength.") var ftrlL1: Double?
     @Option(help: "wide-deep: FTRL L2 strength.") var ftrlL2: Double?
 

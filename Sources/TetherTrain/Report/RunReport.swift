@@ -79,7 +79,7 @@ public enum RunReport {
         }
         // throughput
         let rate = runs.enumerated().map { i, r in
-            SVGChart.Series(name: name(i, r.config?.model == "lm-tied" ? "tokens/s" : "samples/s"),
+            SVGChart.Series(name: name(i, "\((r.config.flatMap { try? ModelFamily.named($0.model) })?.unit ?? "samples")/s"),
                             points: steps(r).compactMap { e in e.samples_per_sec.map { (Double(e.step), $0) } }, color: color(i, 0))
         }
         body += section("Throughput", SVGChart(title: "Throughput over the last --log-every steps", xLabel: "global step", yLabel: "samples (tokens) per second",
