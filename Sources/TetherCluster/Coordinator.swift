@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import TetherComm
 import TetherData
 import TetherNN
@@ -154,8 +155,7 @@ public final class Coordinator {
         try socket.setMaxMessageSize((64 << 20) + 16 * probe.model.arena.count + 8 * bufferValues * options.workers)
         try socket.setHandshakeInterval(ControlLimits.handshakeInterval)
         if let keys = options.security.keys {
-            let log = progress.line
-            let auth = try Authenticator(context: context, log: { log("coordinator: " + $0) })
+            let auth = try Authenticator(context: context, logger: Logger(label: "coordinator"))
             auth.allow([keys.publicKey], domain: ClusterSecurity.controlDomain)
             try socket.secure(.server(keys, domain: ClusterSecurity.controlDomain, auth))
             authenticator = auth

@@ -1,6 +1,7 @@
 import CTetherKernels
 import CXXHash
 import Foundation
+import Logging
 import TetherComm
 import TetherNN
 import TetherTensor
@@ -64,8 +65,10 @@ public final class Worker {
     let options: WorkerOptions
     let context: ZeroMQContext
     let control: ControlChannel
-    private(set) var rank = -1
-    private let log: (String) -> Void
+    private(set) var rank = -1 { didSet { logger[metadataKey: "rank"] = "\(rank)" } }
+    /// This worker's log ("worker"; the level and format are the process's: --log-level, --log-format).
+    private(set) var logger: Logger
+    private func log(_ message: String, _ level: Logger.Level = .info) { logger.log(level: level, "\(message)") }
     /// This worker's control identity; its heartbeat socket's is the same with another first byte, so
     /// the coordinator knows both for one member's.
     let identity: [UInt8]
@@ -74,9 +77,9 @@ public final class Worker {
     /// The control socket's connection events, watched while joining (attached before it connects).
     private let monitor: ZeroMQMonitor
 
-    public init(_ options: WorkerOptions, log: @escaping (String) -> Void = { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }) throws {
+    public init(_ options: WorkerOptions, logger: Logger = Logger(label: "worker")) throws {
         self.options = options
-        self.log = log
+        self.logger = logger
         context = try ZeroMQContext()
         let dealer = try ZeroMQSocket(context, .dealer)
         // One identity for this worker however often the connection is made again, so a repeated
@@ -86,7 +89,7 @@ public final class Worker {
         try dealer.setMaxMessageSize(ControlLimits.workerMessageBytes)
         if let keys = options.security.keys {
             try dealer.secure(.client(keys, serverKey: keys.publicKey))
-            authenticator = try Authenticator(context: context, log: { log("tether worker: " + $0) })
+            authenticator = try Authenticator(context: context, logger: logger)
         } else {
             authenticator = nil
         }
@@ -164,12 +167,12 @@ public final class Worker {
         switch directive {
         case .join(let carrying):
             if carrying, let kept {
-                log("worker: keeping the state of step \(kept.step); waiting up to \(Int(options.coordinatorWait)) s for a coordinator at \(options.coordinator)")
+                log("keeping the state of step \(kept.step); waiting up to \(Int(options.coordinatorWait)) s for a coordinator at \(options.coordinator)")
             }
             rejoining = carrying
             defer { rejoining = false }
             guard let assign = try join(carrying: carrying ? kept.map { ($0.step, $0.hash) } : nil, within: carrying ? options.coordinatorWait : 120) else {
-                log(carrying ? "worker: the coordinator that came back says the run has finished" : "worker: the run has already finished (the coordinator says so); nothing to do")
+                log(carrying ? "the coordinator that came back says the run has finished" : "the run has already finished (the coordinator says so); nothing to do")
                 return .runFinished
             }
             // A hostile or invalid assignment is refused before this worker does anything (set-up checks
@@ -180,7 +183,7 @@ public final class Worker {
                 control.socket.stopMonitor()
                 // Heartbeats flow from here on: loading the data and building the model can take seconds.
                 heartbeat = try Heartbeat(context: context, options: options, identity: ControlIdentity.heartbeat(of: identity), rank: rank,
-                                          reforms: reforms, log: log)
+                                          reforms: reforms, logger: logger)
                 ProcessMemory.keepFreedBuffers()
             } else {
                 reforms.reset()
@@ -247,14 +250,14 @@ public final class Worker {
             keptErrorFeedback = replica.training.exchange.errorFeedback
             replica.training.ring.close()
             job = nil
-            log("worker rank \(rank): the coordinator at \(options.coordinator) was lost; this worker keeps its replica at step \(state.step)")
+            log("the coordinator at \(options.coordinator) was lost; this worker keeps its replica at step \(state.step)")
         case .exit:
             if let job {
                 let replica = job.replica, training = replica.training
                 if let step = replica.report, step.stopping, replica.state.globalStep < training.totalSteps {
-                    log("worker rank \(rank): stopped after step \(replica.state.globalStep) of \(training.totalSteps); the coordinator holds its checkpoint")
+                    log("stopped after step \(replica.state.globalStep) of \(training.totalSteps); the coordinator holds its checkpoint")
                 }
-                log("worker rank \(rank): done, peak RSS \(Self.peakResidentMegabytes()) MB (\(training.workload.model.arena.count) parameters, "
+                log("done, peak RSS \(Self.peakResidentMegabytes()) MB (\(training.workload.model.arena.count) parameters, "
                     + "optimizer state \(training.optimizer.stateTensors.reduce(0) { $0 + $1.count }) values)")
             }
         case .fail:
@@ -342,7 +345,7 @@ public final class Worker {
             try loaded.restore(into: model, optimizer: optimizer, shard: membership.shard)
             state = loaded.state
             model.context.rng = .dropoutMasks(seed: config.seed &+ UInt64(state.globalStep), replica: rank)
-            log("worker rank \(rank): " + (joining ? "joined the running job at step \(state.globalStep) (ring epoch \(membership.epoch))"
+            log("" + (joining ? "joined the running job at step \(state.globalStep) (ring epoch \(membership.epoch))"
                                                   : "goes on from the state the workers kept, step \(state.globalStep)"))
         } else if let resumed {
             try resumed.restore(into: model, optimizer: optimizer, shard: membership.shard)
@@ -400,7 +403,8 @@ public final class Worker {
         ringOptions.layoutFingerprint = layoutFingerprint
         ringOptions.epoch = membership.epoch
         ringOptions.abandon = { [reforms, epoch = membership.epoch] in reforms.abandons(ringEpoch: epoch) }
-        ringOptions.log = { [log] in log("tether worker: " + $0) }
+        ringOptions.logger = Logger(label: "ring")
+        ringOptions.logger[metadataKey: "rank"] = "\(rank)"
         let (rank, addresses) = (membership.rank, membership.ring)
         if let authenticator, !membership.publicKeys.isEmpty {
             let keys = try CurveKeyPair(secretKey: membership.secretKey), n = addresses.count
@@ -419,7 +423,7 @@ public final class Worker {
             throw ClusterError("rank \(rank) could not form the ring (\(addresses.joined(separator: " -> "))): \(error)")
         }
         if case .success(let seconds) = right == rank ? .success(0) : Advertise.reach(addresses[right], within: 2) {
-            log("worker rank \(rank): ring address \(addresses[rank]); right neighbour rank \(right) at \(addresses[right]) reachable (\(String(format: "%.1f", seconds * 1000)) ms)")
+            log("ring address \(addresses[rank]); right neighbour rank \(right) at \(addresses[right]) reachable (\(String(format: "%.1f", seconds * 1000)) ms)")
         }
         return ring
     }
@@ -454,7 +458,7 @@ public final class Worker {
     /// some. An Abort throws.
     private func awaitReform(after epoch: UInt32, urgent: Bool) throws -> Envelope.Reform? {
         if let reform = reforms.pending(after: epoch, urgent: urgent) { return reform }
-        if urgent, let why = ringFailure { log("worker rank \(rank): \(why); waiting for the coordinator to re-form the ring") }
+        if urgent, let why = ringFailure { log("\(why); waiting for the coordinator to re-form the ring", .warning) }
         ringFailure = nil
         let deadline = ContinuousClock.now + .seconds(options.coordinatorTimeout + 20)
         while ContinuousClock.now < deadline {
@@ -477,7 +481,7 @@ public final class Worker {
         let membership = Membership(epoch: reform.ringEpoch, rank: Int(reform.rank), ring: reform.ring,
                                     publicKeys: reform.ringPublicKeys, secretKey: old.membership.secretKey)
         (ringEpoch, rank) = (reform.ringEpoch, membership.rank)
-        log("worker rank \(rank): \(reform.reason.prefix(300)); the ring re-forms as \(reform.ring.count) (epoch \(reform.ringEpoch))"
+        log("\(reform.reason.prefix(300)); the ring re-forms as \(reform.ring.count) (epoch \(reform.ringEpoch))"
             + (reform.atBoundary ? " after step \(replica.state.globalStep)" : "") + ", this worker is rank \(rank) now")
         let ring = try formReformedRing(membership, layoutFingerprint: replica.training.workload.model.arena.layout.fingerprint)
         let loaded = try syncState(ring, carried: carried)
@@ -509,7 +513,7 @@ public final class Worker {
         if let carried { (hello.carriedStep, hello.carriedHash) = (UInt64(carried.step), max(carried.hash, 1)) }
         if let folder = SameHostLinks.folder() { (hello.hostKey, hello.ipcFolder) = (SameHostLinks.key, folder) }
         var diagnosis = JoinDiagnosis(coordinator: options.coordinator, secure: options.security.keys != nil)
-        log("tether worker: waiting for the coordinator at \(options.coordinator)")
+        log("waiting for the coordinator at \(options.coordinator)")
         let started = ContinuousClock.now, deadline = started + .milliseconds(Int(seconds * 1000))
         var nextHello = started
         while ContinuousClock.now < deadline {
@@ -532,7 +536,7 @@ public final class Worker {
             while let event = monitor.next(deadline: .now) { diagnosis.record(event) }
             switch diagnosis.verdict(waited: Double((ContinuousClock.now - started).components.seconds)) {
             case .refused(let why)?: throw ClusterError(why)
-            case .say(let line)?: log("tether worker: " + line)
+            case .say(let line)?: log("" + line)
             case nil: break
             }
         }
@@ -606,7 +610,7 @@ public final class Worker {
         case .abort(let a):
             throw CoordinatorOrder.abort(a)
         case .stop(let s):
-            log("worker rank \(rank): \(s.reason.prefix(200)); stopping after the step in progress")
+            log("\(s.reason.prefix(200)); stopping after the step in progress")
             noticed.append(.coordinator(body))
         default: break
         }
@@ -620,7 +624,7 @@ public final class Worker {
             throw JobInterrupted(description: "worker: \(StopSignal.name(signal)) before training started; exiting", status: StopSignal.exitStatus)
         }
         toldCoordinatorOfSignal = true
-        log("worker rank \(rank): \(StopSignal.name(signal)): the job stops after the step in progress (interrupt again to exit at once)")
+        log("\(StopSignal.name(signal)): the job stops after the step in progress (interrupt again to exit at once)")
         try? control.send(.stop(.init(signal: signal, reason: "rank \(rank) received \(StopSignal.name(signal))")), from: rank)
         noticed.append(.coordinator(.stop(.init(signal: signal, reason: "this worker received \(StopSignal.name(signal))"))))
     }
@@ -782,7 +786,8 @@ final class Heartbeat: @unchecked Sendable {
     private let stopped = StopFlag()
     private let done = DispatchSemaphore(value: 0)
 
-    init(context: ZeroMQContext, options: WorkerOptions, identity: [UInt8], rank: Int, reforms: ReformNotice, log: @escaping (String) -> Void) throws {
+    init(context: ZeroMQContext, options: WorkerOptions, identity: [UInt8], rank: Int, reforms: ReformNotice, logger: Logger) throws {
+        let log: (String) -> Void = { logger.warning("\($0)") }
         let dealer = try ZeroMQSocket(context, .dealer, linger: .zero)
         try dealer.setRoutingID(identity)
         try dealer.setMaxMessageSize(ControlLimits.heartbeatMessageBytes)
@@ -805,7 +810,7 @@ final class Heartbeat: @unchecked Sendable {
                     watch.heard(at: Clock.now)
                     if case .reform(let r) = env.body { reforms.note(r) }
                     if case .abort(let a) = env.body, endBy == nil {
-                        log("tether worker rank \(rank): the coordinator stopped the job: \(a.reason)")
+                        log("the coordinator stopped the job: \(a.reason)")
                         reforms.noteAbort(a.reason)
                         endBy = (Clock.now + Heartbeat.grace, "the coordinator stopped the job: \(a.reason)")
                     }
@@ -813,11 +818,11 @@ final class Heartbeat: @unchecked Sendable {
                 if !flag.isSet, let silent = watch.silence(at: Clock.now) {
                     let reason = "the coordinator at \(coordinator) has been silent for \(Int(silent)) s"
                     if !reforms.mayOutliveCoordinator {
-                        if endBy == nil { log("tether worker rank \(rank): \(reason); exiting") }
+                        if endBy == nil { log("\(reason); exiting") }
                         endBy = endBy ?? (Clock.now + Heartbeat.grace, reason)
                     } else if !reforms.coordinatorLost {
                         // --coordinator-wait: the main thread keeps the replica and says hello to the next one
-                        log("tether worker: \(reason)")
+                        log("\(reason)")
                     }
                     reforms.noteCoordinatorLost()
                     watch = LivenessWatch(timeout: timeout, now: Clock.now)

@@ -1,6 +1,7 @@
 import CTetherKernels
 import CZeroMQ
 import Foundation
+import Logging
 
 /// A CURVE key pair (Curve25519, as libzmq's CURVE mechanism uses it), both keys as Z85 text of 40
 /// characters. One pair, the **cluster key**, admits a process to a job: the coordinator is the CURVE
@@ -84,7 +85,8 @@ public final class Authenticator: @unchecked Sendable {
     private let done = DispatchSemaphore(value: 0)
 
     /// Binds the context's ZAP endpoint (one authenticator per context) and starts answering.
-    public init(context: ZeroMQContext, log: @escaping @Sendable (String) -> Void) throws {
+    /// Refusals are logged (warnings) to `logger`, a few a second at most.
+    public init(context: ZeroMQContext, logger: Logger) throws {
         self.context = context
         socket = try ZeroMQSocket(context, .rep, linger: .zero)
         try socket.bind("inproc://zeromq.zap.01")
@@ -96,7 +98,7 @@ public final class Authenticator: @unchecked Sendable {
                 guard let frames = try? socket.receive(deadline: .now + .milliseconds(100)) else { continue }
                 let (reply, refusal) = withExtendedLifetime(frames) { self.answer(frames) }
                 try? socket.send(reply.map { Array($0.utf8) })
-                if let refusal, let line = limiter.admit(refusal, now: ContinuousClock.now) { log(line) }
+                if let refusal, let line = limiter.admit(refusal, now: ContinuousClock.now) { logger.warning("\(line)") }
             }
         }.start()
     }

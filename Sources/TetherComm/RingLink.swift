@@ -252,7 +252,7 @@ final class RingLink {
     }
 
     private func drop(_ message: String, _ waitingFor: String) {
-        if let line = dropped.admit("rank \(rank): dropped \(message) on its ring link while waiting for \(waitingFor)", now: .now) { options.log(line) }
+        if let line = dropped.admit("rank \(rank): dropped \(message) on its ring link while waiting for \(waitingFor)", now: .now) { options.logger.warning("\(line)") }
     }
 
     // MARK: consuming

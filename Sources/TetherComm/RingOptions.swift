@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 
 public struct RingOptions: Sendable {
     /// Messages for another job are foreign and refused.
@@ -20,8 +21,8 @@ public struct RingOptions: Sendable {
     /// coordinator re-forms it); the collective then fails with an `abandoned` error.
     public var abandon: (@Sendable () -> Bool)?
     /// Where messages that were dropped (malformed, foreign, from a rank other than the left
-    /// neighbour) are reported, a few a second at most.
-    public var log: @Sendable (String) -> Void = { FileHandle.standardError.write(Data(("tether: " + $0 + "\n").utf8)) }
+    /// neighbour) are reported (as warnings), a few a second at most.
+    public var logger = Logger(label: "ring")
     public init() {}
 }
 

@@ -1,6 +1,7 @@
 import ArgumentParser
 import CXXHash
 import Foundation
+import Logging
 import TetherComm
 
 extension Transport: ExpressibleByArgument {}
@@ -71,7 +72,7 @@ struct BenchAllReduce: ParsableCommand {
     func secured(_ options: RingOptions, _ keys: CurveKeyPair?, _ context: ZeroMQContext) throws -> RingOptions {
         guard let keys else { return options }
         var o = options
-        let auth = try Authenticator(context: context, log: { FileHandle.standardError.write(Data(("tether bench: " + $0 + "\n").utf8)) })
+        let auth = try Authenticator(context: context, logger: Logger(label: "bench"))
         o.curve = RingCurve(keys: keys, leftPublicKey: keys.publicKey, rightPublicKey: keys.publicKey, authenticator: auth)
         return o
     }

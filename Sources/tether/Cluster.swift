@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Logging
 import CTetherKernels
 import TetherCluster
 import TetherComm
@@ -20,6 +21,7 @@ struct CoordinatorCommand: ParsableCommand {
     @OptionGroup var job: ClusterJob
     @OptionGroup var output: OutputOptions
     @OptionGroup var observability: ObservabilityOptions
+    @OptionGroup var logs: LogOptions
 
     func validate() throws {
         guard workers >= 1 else { throw ValidationError("--workers must be at least 1") }
@@ -30,6 +32,7 @@ struct CoordinatorCommand: ParsableCommand {
     func run() throws {
         if try output.printedConfig("coordinator", job.config(runDirectory: runDir), ["run_dir": runDir, "resume": job.resume, "workers": workers, "listen": listen]) { return }
         StopSignal.install()
+        logs.bootstrap(quiet: output.quiet)
         let sinks: [any MetricsSink]
         do { sinks = try observability.sinks(progress: output.progress) } catch { exitWithError(error) }
         try job.restarting(runDirectory: runDir, what: "waiting for workers again") { resume, force in
@@ -65,6 +68,7 @@ struct WorkerCommand: ParsableCommand {
     @OptionGroup var threads: ThreadOptions
     @OptionGroup var jobFile: JobFileOption
     @Flag(help: "Print nothing but errors.") var quiet = false
+    @OptionGroup var logs: LogOptions
 
     func validate() throws {
         guard maxRestarts >= 0 else { throw ValidationError("--max-restarts must be at least 0") }
@@ -75,18 +79,20 @@ struct WorkerCommand: ParsableCommand {
 
     func run() throws {
         threads.apply()
+        logs.bootstrap(quiet: quiet)
+        let logger = Logger(label: "worker")
         ProcessLifetime.forWorker()
         var options = WorkerOptions(coordinator: coordinator, advertise: advertise)
         (options.jobID, options.coordinatorWait, options.coordinatorTimeout) = (jobID, coordinatorWait, coordinatorTimeout)
         do { options.security = try security.security() } catch { exitWithError(error) }
-        if security.insecure { FileHandle.standardError.write(Data("tether worker: warning: \(ClusterSecurity.insecureWarning)\n".utf8)) }
+        if security.insecure { logger.warning("\(ClusterSecurity.insecureWarning)") }
         if !dataRoot.isEmpty { options.dataRoots = dataRoot }
         if maxRestarts > 0 {
             let (restarts, coordinator) = (maxRestarts, coordinator)
             options.endProcess = { _ in Self.joinAgain(coordinator, restartsLeft: restarts - 1) }
         }
         do {
-            try (quiet ? Worker(options, log: { _ in }) : Worker(options)).run()
+            try Worker(options, logger: logger).run()
             // stopped gracefully by a signal to this process: its status says so
             if StopSignal.requested { throw ExitCode(StopSignal.exitStatus) }
         } catch let e as ExitCode {
@@ -127,6 +133,7 @@ struct Simulate: ParsableCommand {
     @OptionGroup var job: ClusterJob
     @OptionGroup var output: OutputOptions
     @OptionGroup var observability: ObservabilityOptions
+    @OptionGroup var logs: LogOptions
 
     func validate() throws {
         guard workers >= 1 else { throw ValidationError("--workers must be at least 1") }
@@ -137,6 +144,7 @@ struct Simulate: ParsableCommand {
     func run() throws {
         if try output.printedConfig("simulate", job.config(runDirectory: runDir), ["run_dir": runDir, "resume": job.resume, "workers": workers]) { return }
         StopSignal.install()
+        logs.bootstrap(quiet: output.quiet)
         let sinks: [any MetricsSink]
         do { sinks = try observability.sinks(progress: output.progress) } catch { exitWithError(error) }
         try job.restarting(runDirectory: runDir, what: "with \(workers) new workers") { try runJob(resume: $0, force: $1, sinks: sinks) }
@@ -167,7 +175,7 @@ struct Simulate: ParsableCommand {
                 p.executableURL = URL(fileURLWithPath: "/proc/self/exe")
                 p.arguments = ["worker", "--coordinator", coordinator.boundAddress, "--advertise", "tcp://127.0.0.1:0", "--job-id", jobID, "--threads", String(perWorker)]
                     + security + ["--data-root", "/"] // the workers read what this user's coordinator reads
-                    + (output.quiet ? ["--quiet"] : [])
+                    + (output.quiet ? ["--quiet"] : []) + logs.passedOn
                 // TETHER_* settings are the coordinator's (JobSettings); a worker would refuse them.
                 var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("TETHER_") || $0.key == SampleAudit.variable }
                 env["OPENBLAS_NUM_THREADS"] = String(perWorker)

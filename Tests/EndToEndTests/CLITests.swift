@@ -403,4 +403,21 @@ let kubernetesTypesInstalled = (try? CLI.run(["-c", "import kubernetes, yaml"], 
         #expect(r.status == 1)
         #expect(r.stderr.contains("\(csv.path):3: 4 fields, the schema has 15 columns"), "stderr: \(r.stderr)")
     }
+
+    /// Workers log through swift-log: JSON lines name the component and rank; --log-level drops what is below it.
+    @Test(.enabled(if: dataInstalled, "needs Debian's dataset-fashion-mnist"))
+    func logsHaveLevelsAndAJSONForm() throws {
+        let dir = CLI.tempDir("logs")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let common = ["simulate", "--workers", "2", "--model", "mlp", "--train-limit", "256", "--test-limit", "64", "--max-steps", "4", "--insecure"]
+        let json = try CLI.run(common + ["--run-dir", dir.path + "/json", "--log-format", "json"])
+        #expect(json.status == 0, "\(json.stderr)")
+        let objects = json.stderr.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        #expect(objects.contains { $0["component"] as? String == "worker" && $0["rank"] as? String == "1" && ($0["message"] as? String)?.contains("ring address") == true },
+                "\(json.stderr.prefix(1500))")
+        #expect(objects.contains { $0["component"] as? String == "worker" && $0["level"] as? String == "warning" && ($0["message"] as? String)?.contains("insecure") == true })
+        #expect(json.stderr.split(separator: "\n").filter { $0.contains("worker") }.allSatisfy { $0.hasPrefix("{") }, "a worker line that is not JSON")
+        let quiet = try CLI.run(common + ["--run-dir", dir.path + "/quiet", "--log-level", "warning"])
+        #expect(quiet.status == 0 && !quiet.stderr.contains("ring address") && quiet.stderr.contains("worker: warning: "), "\(quiet.stderr.prefix(1500))")
+    }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import Testing
 @testable import TetherComm
 import CZeroMQ
@@ -393,7 +394,7 @@ func input(rank: Int, count: Int) -> [Float] {
         let fake = try FakeNeighbour(ring)
         try fake.handshake()
         let logged = LockedLines()
-        let r = try ring.ring(0) { $0.timeout = .seconds(5); $0.log = { logged.append($0) } }
+        let r = try ring.ring(0) { $0.timeout = .seconds(5); $0.logger = logged.logger }
         // Rank 0 waits in its all-reduce; the stranger's messages arrive first (each is read and
         // dropped as it comes, the only data there is), then the neighbour's real chunks.
         let result = LockedLines()
@@ -434,7 +435,7 @@ func input(rank: Int, count: Int) -> [Float] {
         hello.ringEpoch = 2
         try fake.send(hello, payload: [])
         let logged = LockedLines()
-        let r = try ring.ring(0) { $0.timeout = .seconds(5); $0.epoch = 2; $0.log = { logged.append($0) } }
+        let r = try ring.ring(0) { $0.timeout = .seconds(5); $0.epoch = 2; $0.logger = logged.logger }
         let ones = [Float](repeating: 1, count: 4).withUnsafeBytes { Array($0) }
         var stale = fake.header(.allReduce, sequence: 1, total: 8, offset: 4, count: 4)
         stale.ringEpoch = 1
@@ -516,4 +517,16 @@ final class LockedLines: @unchecked Sendable {
     private var stored: [String] = []
     func append(_ line: String) { lock.lock(); stored.append(line); lock.unlock() }
     var lines: [String] { lock.lock(); defer { lock.unlock() }; return stored }
+    /// A logger whose every message lands here.
+    var logger: Logger { Logger(label: "test") { _ in Capture(lines: self) } }
+
+    struct Capture: LogHandler {
+        let lines: LockedLines
+        var logLevel: Logger.Level = .trace
+        var metadata: Logger.Metadata = [:]
+        subscript(metadataKey key: String) -> Logger.Metadata.Value? { get { metadata[key] } set { metadata[key] = newValue } }
+        func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String, file: String, function: String, line: UInt) {
+            lines.append(message.description)
+        }
+    }
 }
