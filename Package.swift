@@ -11,12 +11,12 @@ let package = Package(
     platforms: [.macOS(.v13)],
     products: [
         .executable(name: "tether", targets: ["tether"]),
-        .library(name: "TetherFuzz", targets: ["TetherFuzz"]),
+        .library(name: "TetherFuzz", targets: ["TetherFuzz"])
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
-        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2")
     ],
     targets: [
         // C libraries, each behind a small system-library target (apt names in `providers`).
@@ -33,26 +33,42 @@ let package = Package(
         .target(name: "TetherTensor", dependencies: ["CBLAS", "CTetherKernels"]),
         .target(name: "TetherNN", dependencies: ["TetherTensor"]),
         .target(name: "TetherData", dependencies: ["TetherTensor", "CZlib"]),
-        .target(name: "TetherComm", dependencies: ["TetherWire", "CZeroMQ", "CProtobufC", "CXXHash", "CTetherKernels", .product(name: "Logging", package: "swift-log")]),
+        .target(
+            name: "TetherComm",
+            dependencies: [
+                "TetherWire", "CZeroMQ", "CProtobufC", "CXXHash", "CTetherKernels", .product(name: "Logging", package: "swift-log")
+            ]),
         .target(name: "TetherTrain", dependencies: ["TetherTensor", "TetherNN", "TetherData", "TetherWire", "CXXHash"]),
-        .target(name: "TetherCluster", dependencies: ["TetherTrain", "TetherComm", "TetherNN", "TetherData", "TetherTensor", "CXXHash", "CTetherKernels",
-                                               .product(name: "Logging", package: "swift-log")]),
+        .target(
+            name: "TetherCluster",
+            dependencies: [
+                "TetherTrain", "TetherComm", "TetherNN", "TetherData", "TetherTensor", "CXXHash", "CTetherKernels",
+                .product(name: "Logging", package: "swift-log")
+            ]),
         .target(name: "TetherJobFile", dependencies: [.product(name: "Yams", package: "Yams")]),
         // The fuzz targets (bench/fuzz runs them under libFuzzer; the tests run each briefly).
-        .target(name: "TetherFuzz", dependencies: ["TetherComm", "TetherData", "TetherNN", "TetherTrain", "TetherCluster", "TetherJobFile"]),
-        .executableTarget(name: "tether", dependencies: [
-            "TetherCluster", "TetherJobFile", "TetherTrain", "TetherComm", "TetherData", "TetherNN", "TetherTensor", "CXXHash", "CTetherKernels",
-            .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "Logging", package: "swift-log"),
-        ]),
+        .target(
+            name: "TetherFuzz", dependencies: ["TetherComm", "TetherData", "TetherNN", "TetherTrain", "TetherCluster", "TetherJobFile"]),
+        .executableTarget(
+            name: "tether",
+            dependencies: [
+                "TetherCluster", "TetherJobFile", "TetherTrain", "TetherComm", "TetherData", "TetherNN", "TetherTensor", "CXXHash",
+                "CTetherKernels",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "Logging", package: "swift-log")
+            ]),
 
         .testTarget(name: "TetherTensorTests", dependencies: ["TetherTensor"]),
         .testTarget(name: "TetherNNTests", dependencies: ["TetherNN", "TetherTensor"]),
         .testTarget(name: "TetherDataTests", dependencies: ["TetherData", "TetherTensor", "CZlib"]),
-        .testTarget(name: "TetherCommTests", dependencies: ["TetherComm", "TetherWire", "CZeroMQ", "CTetherKernels", .product(name: "Logging", package: "swift-log")]),
+        .testTarget(
+            name: "TetherCommTests",
+            dependencies: ["TetherComm", "TetherWire", "CZeroMQ", "CTetherKernels", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "TetherTrainTests", dependencies: ["TetherTrain", "TetherNN", "TetherData", "TetherTensor"]),
-        .testTarget(name: "TetherClusterTests", dependencies: ["TetherCluster", "TetherComm", "TetherData", "TetherTrain", "TetherNN", "TetherTensor"]),
+        .testTarget(
+            name: "TetherClusterTests",
+            dependencies: ["TetherCluster", "TetherComm", "TetherData", "TetherTrain", "TetherNN", "TetherTensor"]),
         .testTarget(name: "TetherFuzzTests", dependencies: ["TetherFuzz", "TetherComm", "TetherTrain"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["TetherComm", "TetherTrain"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["TetherComm", "TetherTrain"])
     ],
     swiftLanguageModes: [.v5]
 )

@@ -16,7 +16,8 @@ public enum Advertise {
         for entry in sequence(first: first, next: { $0.pointee.ifa_next }) {
             guard let sa = entry.pointee.ifa_addr, sa.pointee.sa_family == UInt16(AF_INET) else { continue }
             var host = [CChar](repeating: 0, count: Int(NI_MAXHOST))
-            guard getnameinfo(sa, socklen_t(MemoryLayout<sockaddr_in>.size), &host, socklen_t(host.count), nil, 0, NI_NUMERICHOST) == 0 else { continue }
+            guard getnameinfo(sa, socklen_t(MemoryLayout<sockaddr_in>.size), &host, socklen_t(host.count), nil, 0, NI_NUMERICHOST) == 0
+            else { continue }
             out.append((String(cString: entry.pointee.ifa_name), String(cString: host)))
         }
         return out
@@ -41,13 +42,15 @@ public enum Advertise {
             let all = interfaces()
             guard let match = all.first(where: { $0.name == name }) else {
                 let known = all.map { "\($0.name) \($0.address)" }.joined(separator: ", ")
-                throw ClusterError("--advertise \(spec): no interface \(name) with an IPv4 address here; this host has \(known.isEmpty ? "none" : known)")
+                throw ClusterError(
+                    "--advertise \(spec): no interface \(name) with an IPv4 address here; this host has \(known.isEmpty ? "none" : known)")
             }
             address = "tcp://\(match.address):\(port)"
         }
-        guard address.hasPrefix("tcp://") else { return (address, nil) } // ipc:// and the like are used as given
+        guard address.hasPrefix("tcp://") else { return (address, nil) }  // ipc:// and the like are used as given
         guard let colon = address.lastIndex(of: ":"), let port = UInt16(address[address.index(after: colon)...]),
-              case let host = String(address[address.index(address.startIndex, offsetBy: 6) ..< colon]), !host.isEmpty else {
+            case let host = String(address[address.index(address.startIndex, offsetBy: 6)..<colon]), !host.isEmpty
+        else {
             throw ClusterError("--advertise \(spec): give tcp://HOST:PORT (port 0: any free port), e.g. tcp://10.0.0.2:7071")
         }
         let ip = try ipv4(of: host, for: spec)
@@ -59,10 +62,13 @@ public enum Advertise {
             case .failure(let f) where f.code == EADDRINUSE && ContinuousClock.now < deadline:
                 usleep(50_000)
             case .failure(let f) where f.code == EADDRINUSE:
-                throw ClusterError("--advertise \(spec): port \(port) is taken on this host (another worker or program listens there); give another port, or :0 for any free one")
+                throw ClusterError(
+                    "--advertise \(spec): port \(port) is taken on this host (another worker or program listens there); give another port, or :0 for any free one"
+                )
             case .failure(let f) where f.code == EADDRNOTAVAIL || f.code == ENODEV:
-                throw ClusterError("--advertise \(spec): \(ip) is not an address of this host; give one of its own: "
-                                   + interfaces().map { "\($0.name) \($0.address)" }.joined(separator: ", "))
+                throw ClusterError(
+                    "--advertise \(spec): \(ip) is not an address of this host; give one of its own: "
+                        + interfaces().map { "\($0.name) \($0.address)" }.joined(separator: ", "))
             case .failure(let f):
                 throw ClusterError("--advertise \(spec): cannot bind \(ip):\(port): \(String(cString: strerror(f.code)))")
             }
@@ -80,7 +86,9 @@ public enum Advertise {
         let rc = getaddrinfo(host, nil, &hints, &found)
         defer { if let found { freeaddrinfo(found) } }
         guard rc == 0, let sa = found?.pointee.ai_addr else {
-            throw ClusterError("--advertise \(spec): cannot resolve \(host) (\(String(cString: gai_strerror(rc)))); give an IPv4 address or an interface name such as eth0")
+            throw ClusterError(
+                "--advertise \(spec): cannot resolve \(host) (\(String(cString: gai_strerror(rc)))); give an IPv4 address or an interface name such as eth0"
+            )
         }
         var text = [CChar](repeating: 0, count: Int(NI_MAXHOST))
         guard getnameinfo(sa, socklen_t(MemoryLayout<sockaddr_in>.size), &text, socklen_t(text.count), nil, 0, NI_NUMERICHOST) == 0 else {
@@ -93,8 +101,9 @@ public enum Advertise {
     /// neighbour may still be starting): the time the successful connection took, or why none did.
     public static func reach(_ address: String, within seconds: Double) -> Result<Double, ClusterError> {
         guard address.hasPrefix("tcp://"), let colon = address.lastIndex(of: ":"),
-              let port = UInt16(address[address.index(after: colon)...]) else { return .success(0) } // not tcp: nothing to check
-        let host = String(address[address.index(address.startIndex, offsetBy: 6) ..< colon])
+            let port = UInt16(address[address.index(after: colon)...])
+        else { return .success(0) }  // not tcp: nothing to check
+        let host = String(address[address.index(address.startIndex, offsetBy: 6)..<colon])
         var target = sockaddr_in()
         target.sin_family = sa_family_t(AF_INET)
         target.sin_port = port.bigEndian
@@ -152,7 +161,9 @@ public final class PortHold {
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_port = port.bigEndian
-        if ip == "*" { address.sin_addr.s_addr = INADDR_ANY } else if inet_pton(AF_INET, ip, &address.sin_addr) != 1 {
+        if ip == "*" {
+            address.sin_addr.s_addr = INADDR_ANY
+        } else if inet_pton(AF_INET, ip, &address.sin_addr) != 1 {
             Glibc.close(fd)
             return .failure(Failure(code: EADDRNOTAVAIL))
         }

@@ -19,7 +19,9 @@ public struct AssignCheck: Sendable {
     }
 
     public static var defaultRuntimeDirectory: String {
-        URL(fileURLWithPath: ProcessInfo.processInfo.environment["XDG_RUNTIME_DIR"] ?? NSTemporaryDirectory()).appendingPathComponent("tether").path
+        URL(fileURLWithPath: ProcessInfo.processInfo.environment["XDG_RUNTIME_DIR"] ?? NSTemporaryDirectory()).appendingPathComponent(
+            "tether"
+        ).path
     }
 
     /// The data roots a worker has when none are given: Debian's datasets and fortunes, and the folder
@@ -40,12 +42,16 @@ public struct AssignCheck: Sendable {
         let mine = Int(assign.rank), right = (mine + 1) % assign.ring.count
         for (rank, address) in assign.ring.enumerated() {
             let folder = rank == mine || rank == right ? runtimeDirectory : nil
-            if let why = Self.ringAddressProblem(address, runtimeDirectory: folder) { throw refuse("ring address of rank \(rank) \"\(address.prefix(200))\": \(why)") }
+            if let why = Self.ringAddressProblem(address, runtimeDirectory: folder) {
+                throw refuse("ring address of rank \(rank) \"\(address.prefix(200))\": \(why)")
+            }
         }
         if secure {
             guard assign.ringPublicKeys.count == assign.ring.count, assign.ringPublicKeys.allSatisfy(CurveKeyPair.isZ85Key),
-                  (try? CurveKeyPair(secretKey: assign.ringSecretKey))?.publicKey == assign.ringPublicKeys[Int(assign.rank)] else {
-                throw refuse("it carries no valid ring keys, and this worker does not run its ring in plaintext (the coordinator runs --insecure?)")
+                (try? CurveKeyPair(secretKey: assign.ringSecretKey))?.publicKey == assign.ringPublicKeys[Int(assign.rank)]
+            else {
+                throw refuse(
+                    "it carries no valid ring keys, and this worker does not run its ring in plaintext (the coordinator runs --insecure?)")
             }
         }
         let config: TrainingConfig
@@ -55,8 +61,9 @@ public struct AssignCheck: Sendable {
         do { try config.validate() } catch { throw refuse("the job configuration is not valid: \(error)") }
         if !assign.dataServed {
             for path in DataSource.localPaths(data: config.data, schema: config.schema) where !within(path) {
-                throw refuse("the job reads \(path), which is outside this worker's data roots (\(dataRoots.joined(separator: ", "))); "
-                             + "start the worker with --data-root FOLDER, or serve the data (coordinator --serve-data)")
+                throw refuse(
+                    "the job reads \(path), which is outside this worker's data roots (\(dataRoots.joined(separator: ", "))); "
+                        + "start the worker with --data-root FOLDER, or serve the data (coordinator --serve-data)")
             }
         }
         return config
@@ -81,7 +88,8 @@ public struct AssignCheck: Sendable {
         if address.hasPrefix("tcp://") {
             let rest = address.dropFirst(6)
             guard let colon = rest.lastIndex(of: ":"), let port = Int(rest[rest.index(after: colon)...]), (1...65535).contains(port),
-                  !rest[..<colon].isEmpty, !rest.contains("/"), !rest.contains(";") else { return "expected tcp://HOST:PORT" }
+                !rest[..<colon].isEmpty, !rest.contains("/"), !rest.contains(";")
+            else { return "expected tcp://HOST:PORT" }
             return nil
         }
         if address.hasPrefix("ipc://") {

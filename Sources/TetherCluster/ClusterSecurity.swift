@@ -20,7 +20,8 @@ public enum ClusterSecurity: Sendable {
     static let controlDomain = "control", ringDomain = "ring"
 
     /// What running without security exposes, for the warning `--insecure` logs.
-    public static let insecureWarning = "running --insecure: no encryption and no authentication. Anyone who can reach these ports can "
+    public static let insecureWarning =
+        "running --insecure: no encryption and no authentication. Anyone who can reach these ports can "
         + "read the job's configuration, parameters and data, join it, send it messages and stop it. Use it only on a network you trust entirely."
 
     public var keys: CurveKeyPair? { if case .curve(let k) = self { return k }; return nil }

@@ -25,13 +25,17 @@ struct ControlChannel {
         guard let frames = try socket.receive(deadline: deadline) else { return nil }
         let router = socket.kind == .router
         guard frames.count == (router ? 2 : 1) else {
-            throw ClusterError("a control message of \(frames.count) frames (expected \(router ? 2 : 1)): not from a Tether \(router ? "worker" : "coordinator")")
+            throw ClusterError(
+                "a control message of \(frames.count) frames (expected \(router ? 2 : 1)): not from a Tether \(router ? "worker" : "coordinator")"
+            )
         }
         // The frames own the bytes: they must live until the copies are made (an optimized build would
         // otherwise free them right after the last mention, before Array copies out of the buffer).
         return try withExtendedLifetime(frames) {
             let env = try Envelope(decoding: frames.last!.bytes)
-            guard anyJob || env.jobID == jobID else { throw ClusterError("a message for job \"\(env.jobID)\" from rank \(env.senderRank); this is job \"\(jobID)\"") }
+            guard anyJob || env.jobID == jobID else {
+                throw ClusterError("a message for job \"\(env.jobID)\" from rank \(env.senderRank); this is job \"\(jobID)\"")
+            }
             return (router ? Array(frames[0].bytes) : nil, env)
         }
     }
@@ -39,7 +43,7 @@ struct ControlChannel {
 
 /// The monitor events a server logs: handshakes that failed.
 enum ZMQEvents {
-    static let handshakeFailures: Int32 = 0x0800 | 0x2000 | 0x4000 // ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL, _PROTOCOL, _AUTH
+    static let handshakeFailures: Int32 = 0x0800 | 0x2000 | 0x4000  // ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL, _PROTOCOL, _AUTH
 }
 
 extension Envelope.Body {
@@ -80,7 +84,9 @@ public struct ClusterError: Error, CustomStringConvertible {
 /// Seconds on the monotonic clock since the process started (the state machines' time).
 enum Clock {
     static let origin = ContinuousClock.now
-    static var now: Double { let d = ContinuousClock.now - origin; return Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18 }
+    static var now: Double {
+        let d = ContinuousClock.now - origin; return Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
+    }
 }
 
 /// The routing identities of a worker's two DEALERs: the control socket's and, with the same 15 random
@@ -113,12 +119,15 @@ struct JoinDiagnosis {
         if e.connectRetried { retries += 1 }
         if e.handshakeSucceeded { handshaken = true; failure = nil }
         if e.authenticationRefused {
-            failure = "the coordinator at \(coordinator) refused this worker's key (status \(e.value)): it runs with another cluster key; "
+            failure =
+                "the coordinator at \(coordinator) refused this worker's key (status \(e.value)): it runs with another cluster key; "
                 + "give this worker the job's key file (--key-file)"
         } else if e.handshakeFailed || (e.disconnected && connected && !handshaken) {
-            failure = "the handshake with the coordinator at \(coordinator) failed: "
-                + (secure ? "it holds another cluster key, or runs --insecure (this worker runs with CURVE)"
-                          : "it runs with CURVE and this worker runs --insecure; give this worker the job's key file (--key-file)")
+            failure =
+                "the handshake with the coordinator at \(coordinator) failed: "
+                + (secure
+                    ? "it holds another cluster key, or runs --insecure (this worker runs with CURVE)"
+                    : "it runs with CURVE and this worker runs --insecure; give this worker the job's key file (--key-file)")
         }
     }
 
@@ -129,7 +138,9 @@ struct JoinDiagnosis {
             return .say("nothing answers at \(coordinator) yet (is the coordinator running, and is this its address?); still trying")
         }
         if handshaken, seconds >= 5, said.insert("quiet").inserted {
-            return .say("connected to the coordinator at \(coordinator), no assignment yet (the job may be forming, or have formed without this worker)")
+            return .say(
+                "connected to the coordinator at \(coordinator), no assignment yet (the job may be forming, or have formed without this worker)"
+            )
         }
         return nil
     }

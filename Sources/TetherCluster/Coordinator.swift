@@ -87,8 +87,10 @@ public final class Coordinator {
 
     /// Prepares the job in `runDirectory` (fresh, or with `resume` from its checkpoint) and binds `listen`.
     /// Events go to metrics.jsonl, then `sinks`.
-    public init(options: Options, config given: TrainingConfig, runDirectory: URL, resume: Bool, progress: ProgressDisplay = ProgressDisplay(),
-                sinks: [any MetricsSink] = []) throws {
+    public init(
+        options: Options, config given: TrainingConfig, runDirectory: URL, resume: Bool, progress: ProgressDisplay = ProgressDisplay(),
+        sinks: [any MetricsSink] = []
+    ) throws {
         self.options = options
         created = Date()
         directory = try RunDirectory(runDirectory, config: given, resume: resume, force: options.force, progress: progress)
@@ -110,11 +112,14 @@ public final class Coordinator {
         if batchWorkers != options.workers || options.elastic {
             config.globalBatch = config.globalBatch(workers: batchWorkers)
             if batchWorkers != options.workers && !options.elastic {
-                progress.line("resuming a run of \(batchWorkers == 1 ? "1 process" : "\(batchWorkers) workers") with \(options.workers): the global batch stays \(config.globalBatch!) samples a step")
+                progress.line(
+                    "resuming a run of \(batchWorkers == 1 ? "1 process" : "\(batchWorkers) workers") with \(options.workers): the global batch stays \(config.globalBatch!) samples a step"
+                )
             }
         }
         if let g = config.globalBatch, g < options.minWorkers {
-            throw ConfigError(message: "a global batch of \(g) samples (lm-tied: streams) cannot be dealt over \(options.minWorkers) workers")
+            throw ConfigError(
+                message: "a global batch of \(g) samples (lm-tied: streams) cannot be dealt over \(options.minWorkers) workers")
         }
         try config.validate()
         self.config = config
@@ -127,16 +132,20 @@ public final class Coordinator {
         if options.serveData { served = probe.servedSplits }
         evaluationKind = try ModelFamily.named(config.model).evaluation
         let total = config.totalSteps(stepsPerEpoch: stepsPerEpoch)
-        reporter = StepReporter(progress: progress, sinks: sinks, stepsPerEpoch: stepsPerEpoch, totalSteps: total,
-                                epochs: config.epochsSpanned(stepsPerEpoch: stepsPerEpoch), logEvery: config.logEvery, unit: probe.unit)
+        reporter = StepReporter(
+            progress: progress, sinks: sinks, stepsPerEpoch: stepsPerEpoch, totalSteps: total,
+            epochs: config.epochsSpanned(stepsPerEpoch: stepsPerEpoch), logEvery: config.logEvery, unit: probe.unit)
         if let done = startState?.globalStep, let stored = resumedConfig {
             do {
-                if let line = try config.resumeLine(from: stored, at: done, stepsPerEpoch: stepsPerEpoch, runDirectory: runDirectory.path) { progress.line(line) }
-            } catch where options.finishedIsDone {
+                if let line = try config.resumeLine(from: stored, at: done, stepsPerEpoch: stepsPerEpoch, runDirectory: runDirectory.path) {
+                    progress.line(line)
+                }
+            } catch  where options.finishedIsDone {
                 finishedSteps = done
             }
         }
-        var settings = CoordinatorState.Settings(workers: options.workers, firstStep: startState?.globalStep ?? 0, totalSteps: total, stepsPerEpoch: stepsPerEpoch)
+        var settings = CoordinatorState.Settings(
+            workers: options.workers, firstStep: startState?.globalStep ?? 0, totalSteps: total, stepsPerEpoch: stepsPerEpoch)
         settings.heartbeatTimeout = options.heartbeatTimeout
         settings.joinTimeout = options.joinTimeout
         (settings.minWorkers, settings.lastCall) = (options.minWorkers, options.lastCall)
@@ -182,19 +191,24 @@ public final class Coordinator {
         var start = event("start", at: startState?.globalStep ?? 0)
         (start.model, start.parameters, start.workers) = (config.model, parameterCount, options.workers)
         try reporter.record(start)
-        let batch = config.globalBatch == nil ? "batch \(config.batch) per worker (\(config.globalBatch(workers: options.workers)) global)"
+        let batch =
+            config.globalBatch == nil
+            ? "batch \(config.batch) per worker (\(config.globalBatch(workers: options.workers)) global)"
             : "global batch \(config.globalBatch(workers: options.workers)) dealt over the workers"
         let workers = options.workers == 1 ? "1 worker" : "\(options.workers) workers"
         let waiting = options.elastic ? "\(workers) (at least \(options.minWorkers))" : workers
         let feedback = config.errorFeedback == false ? "no error feedback" : "error feedback"
-        let wire = switch config.compression ?? .none {
-        case .none: ""
-        case .fp16, .bf16: ", gradients as \((config.compression ?? .none).wire) on the wire (\(feedback))"
-        case .powersgd: ", gradients as PowerSGD factors of rank \(config.powerSGDRank ?? TrainingConfig.defaultPowerSGDRank) from step "
-            + "\(config.powerSGDStartStep ?? TrainingConfig.defaultPowerSGDStartStep) (\(feedback))"
-        }
-        progress.line("coordinator on \(boundAddress): waiting for \(waiting); \(config.model), \(batch), "
-                      + "\(stepsPerEpoch) steps per epoch, \(total) steps in all\(wire)")
+        let wire =
+            switch config.compression ?? .none {
+            case .none: ""
+            case .fp16, .bf16: ", gradients as \((config.compression ?? .none).wire) on the wire (\(feedback))"
+            case .powersgd:
+                ", gradients as PowerSGD factors of rank \(config.powerSGDRank ?? TrainingConfig.defaultPowerSGDRank) from step "
+                    + "\(config.powerSGDStartStep ?? TrainingConfig.defaultPowerSGDStartStep) (\(feedback))"
+            }
+        progress.line(
+            "coordinator on \(boundAddress): waiting for \(waiting); \(config.model), \(batch), "
+                + "\(stepsPerEpoch) steps per epoch, \(total) steps in all\(wire)")
         var lastHeartbeat = 0.0
         let begun = Date()
         var epochStart = Date()
@@ -206,9 +220,11 @@ public final class Coordinator {
                 stopSignal = signal
                 if machine.phase == .training { askToStop(signal) }
             }
-            if let reason = stopSignal != nil && machine.phase != .training && machine.stoppedAt == nil ? "interrupted"
-                : machine.phase == .joining ? failure() : nil {
-                _ = try execute([.abort(reason)], epochStart: &epochStart) // an abort always throws
+            if let reason = stopSignal != nil && machine.phase != .training && machine.stoppedAt == nil
+                ? "interrupted"
+                : machine.phase == .joining ? failure() : nil
+            {
+                _ = try execute([.abort(reason)], epochStart: &epochStart)  // an abort always throws
             }
             var events: [CoordinatorState.Event] = [.tick]
             if let event = try receiveEvent() { events.append(event) }
@@ -227,19 +243,24 @@ public final class Coordinator {
                     end.model = config.model
                     endEvent = end
                     guard stopped else {
-                        progress.line("done: \(machine.completedSteps) steps; checkpoint \(runDirectory.appendingPathComponent(Checkpoint.fileName).path)")
+                        progress.line(
+                            "done: \(machine.completedSteps) steps; checkpoint \(runDirectory.appendingPathComponent(Checkpoint.fileName).path)"
+                        )
                         return
                     }
-                    Thread.sleep(forTimeInterval: 0.3) // let the Finish leave before the socket closes
-                    throw JobInterrupted(description: "stopped by \(StopSignal.name(stopSignal ?? SIGINT)) after step \(machine.completedSteps) of \(total); "
-                                         + "its checkpoint is in \(runDirectory.path): continue with --resume --run-dir \(runDirectory.path)",
-                                         status: 128 + (stopSignal ?? SIGINT))
+                    Thread.sleep(forTimeInterval: 0.3)  // let the Finish leave before the socket closes
+                    throw JobInterrupted(
+                        description:
+                            "stopped by \(StopSignal.name(stopSignal ?? SIGINT)) after step \(machine.completedSteps) of \(total); "
+                            + "its checkpoint is in \(runDirectory.path): continue with --resume --run-dir \(runDirectory.path)",
+                        status: 128 + (stopSignal ?? SIGINT))
                 }
             }
             if Clock.now - lastHeartbeat > 0.5 {
                 lastHeartbeat = Clock.now
                 for identity in heartbeatIdentities.values { send(.heartbeat, to: identity) }
-                reporter.observe(JobStatus(workersAlive: machine.members.count, heartbeatAge: machine.members.map { max(0, Clock.now - $0.lastHeard) }))
+                reporter.observe(
+                    JobStatus(workersAlive: machine.members.count, heartbeatAge: machine.members.map { max(0, Clock.now - $0.lastHeard) }))
             }
         }
     }
@@ -251,10 +272,15 @@ public final class Coordinator {
 
     /// Tells every member to stop after the step in progress; they agree on the step in its exchange.
     private func askToStop(_ signal: Int32) {
-        for m in machine.members { send(.stop(.init(signal: signal, reason: "the coordinator received \(StopSignal.name(signal))")), to: m.identity) }
-        let kept = (writtenCheckpointStep ?? startState?.globalStep).map { "losing the steps since the checkpoint of step \($0)" } ?? "keeping nothing of this run"
-        progress.line("\(StopSignal.name(signal)): stopping after the step in progress; rank 0's checkpoint of it will be written "
-                      + "(interrupt again to exit at once, \(kept))")
+        for m in machine.members {
+            send(.stop(.init(signal: signal, reason: "the coordinator received \(StopSignal.name(signal))")), to: m.identity)
+        }
+        let kept =
+            (writtenCheckpointStep ?? startState?.globalStep).map { "losing the steps since the checkpoint of step \($0)" }
+            ?? "keeping nothing of this run"
+        progress.line(
+            "\(StopSignal.name(signal)): stopping after the step in progress; rank 0's checkpoint of it will be written "
+                + "(interrupt again to exit at once, \(kept))")
     }
 
     /// What an interrupt leaves, truthfully: the checkpoint there is, or that there is none.
@@ -294,8 +320,10 @@ public final class Coordinator {
     private var lostAt: Date?, joinedAt: Date?
 
     /// Carries out directives; true when the job has finished.
-    private func execute(_ directives: [CoordinatorState.Directive],
-                         epochStart: inout Date) throws -> Bool {
+    private func execute(
+        _ directives: [CoordinatorState.Directive],
+        epochStart: inout Date
+    ) throws -> Bool {
         for d in directives {
             switch d {
             case .assign(let identity, let rank, let ring):
@@ -311,8 +339,9 @@ public final class Coordinator {
                     if m.identity == joiner { try assign(m.identity, rank: rank, ring: addresses, epoch: epoch); continue }
                     ranks[m.identity] = rank
                     heartbeatIdentities[rank] = ControlIdentity.heartbeat(of: m.identity)
-                    let reform = Envelope.Reform(ringEpoch: epoch, rank: UInt32(rank), ring: addresses, ringPublicKeys: publicKeys, reason: reason,
-                                                 atBoundary: atBoundary)
+                    let reform = Envelope.Reform(
+                        ringEpoch: epoch, rank: UInt32(rank), ring: addresses, ringPublicKeys: publicKeys, reason: reason,
+                        atBoundary: atBoundary)
                     // on both sockets: the heartbeat thread abandons the ring while the main thread waits in it
                     send(.reform(reform), to: m.identity)
                     send(.reform(reform), to: heartbeatIdentities[rank]!)
@@ -328,7 +357,8 @@ public final class Coordinator {
                     progress.line("\(reason); it joins the ring of \(ring.count) at the next step boundary (ring epoch \(epoch))")
                 } else {
                     lostAt = Date()
-                    progress.line("\(reason); re-forming the ring of the \(ring.count) workers left (ring epoch \(epoch)), keeping their state")
+                    progress.line(
+                        "\(reason); re-forming the ring of the \(ring.count) workers left (ring epoch \(epoch)), keeping their state")
                 }
                 try timeline?.mark(atBoundary ? "a worker joins" : "worker lost", step: machine.completedSteps)
                 var e = event(atBoundary ? "joined" : "lost")
@@ -346,9 +376,10 @@ public final class Coordinator {
                 let since = lostAt ?? joinedAt ?? Date()
                 let recovered = Date().timeIntervalSince(since)
                 let step = machine.redoStep ?? machine.completedSteps, redone = machine.stepsRedone
-                progress.line("ring epoch \(machine.ringEpoch): all \(machine.members.count) replicas agree at step \(step); training again "
-                              + "(\(ProgressDisplay.fixed(recovered, 2)) s after the \(lostAt != nil ? "loss" : "join"); "
-                              + "\(redone == 1 ? "the step in flight is redone" : "no step redone"))")
+                progress.line(
+                    "ring epoch \(machine.ringEpoch): all \(machine.members.count) replicas agree at step \(step); training again "
+                        + "(\(ProgressDisplay.fixed(recovered, 2)) s after the \(lostAt != nil ? "loss" : "join"); "
+                        + "\(redone == 1 ? "the step in flight is redone" : "no step redone"))")
                 (lostAt, joinedAt) = (nil, nil)
                 try timeline?.mark("re-formed: training again", step: step)
                 var e = event("reformed", at: step)
@@ -359,25 +390,33 @@ public final class Coordinator {
             case .start:
                 for m in machine.members { send(.start, to: m.identity) }
                 epochStart = Date()
-                reporter.restartWindow() // rates count from here, not from start-up
+                reporter.restartWindow()  // rates count from here, not from start-up
                 let startup = epochStart.timeIntervalSince(created)
-                progress.line("all \(machine.members.count) replicas agree on the initial parameters; training (\(ProgressDisplay.fixed(startup, 2)) s after start-up)"
-                              + (machine.carriedStep.map { ", from the state the workers kept at step \($0) (the checkpoint is of step \(machine.settings.firstStep)): nothing lost" } ?? ""))
+                progress.line(
+                    "all \(machine.members.count) replicas agree on the initial parameters; training (\(ProgressDisplay.fixed(startup, 2)) s after start-up)"
+                        + (machine.carriedStep.map {
+                            ", from the state the workers kept at step \($0) (the checkpoint is of step \(machine.settings.firstStep)): nothing lost"
+                        } ?? ""))
                 var started = event("training")
                 started.elapsed_s = startup
                 started.ranks = machine.members.map(\.address)
                 try reporter.record(started)
             case .stepCompleted(let s):
-                epochTraining[s.epoch, default: BatchStats()] = epochTraining[s.epoch, default: BatchStats()] + BatchStats(lossSum: s.lossSum, correct: s.correct, count: s.count)
+                epochTraining[s.epoch, default: BatchStats()] =
+                    epochTraining[s.epoch, default: BatchStats()] + BatchStats(lossSum: s.lossSum, correct: s.correct, count: s.count)
                 lastRate = s.learningRate
-                try reporter.stepCompleted(globalStep: s.globalStep, epoch: s.epoch, stats: BatchStats(lossSum: s.lossSum, correct: s.correct, count: s.count),
-                                           lr: s.learningRate, ranks: s.figures)
+                try reporter.stepCompleted(
+                    globalStep: s.globalStep, epoch: s.epoch, stats: BatchStats(lossSum: s.lossSum, correct: s.correct, count: s.count),
+                    lr: s.learningRate, ranks: s.figures)
                 try timeline?.add(s)
             case .epochCompleted(let epoch, let reports):
-                let merged = EvaluationReport.merged(reports.map {
-                    EvaluationReport(kind: evaluationKind, stats: BatchStats(lossSum: $0.lossSum, correct: Int(clamping: $0.correct), count: Int(clamping: $0.count)),
-                                     auc: nil, scores: $0.scores, labels: $0.labels)
-                })
+                let merged = EvaluationReport.merged(
+                    reports.map {
+                        EvaluationReport(
+                            kind: evaluationKind,
+                            stats: BatchStats(lossSum: $0.lossSum, correct: Int(clamping: $0.correct), count: Int(clamping: $0.count)),
+                            auc: nil, scores: $0.scores, labels: $0.labels)
+                    })
                 let seconds = Date().timeIntervalSince(epochStart)
                 epochStart = Date()
                 // the run's end within an epoch (--max-steps) is evaluated like an epoch's end
@@ -388,14 +427,18 @@ public final class Coordinator {
                 merged.write(into: &e)
                 try reporter.record(e)
                 lastEvaluation = e
-                let which = ProgressDisplay.evaluated(step: step, stepsPerEpoch: stepsPerEpoch, epochs: config.epochsSpanned(stepsPerEpoch: stepsPerEpoch))
-                progress.line("\(which): train loss \(ProgressDisplay.fixed(trained.meanLoss, 4)), \(merged.summary) (\(ProgressDisplay.fixed(seconds, 1)) s, "
-                              + "\(ProgressDisplay.grouped(e.samples_per_sec!)) \(reporter.unit)/s)")
+                let which = ProgressDisplay.evaluated(
+                    step: step, stepsPerEpoch: stepsPerEpoch, epochs: config.epochsSpanned(stepsPerEpoch: stepsPerEpoch))
+                progress.line(
+                    "\(which): train loss \(ProgressDisplay.fixed(trained.meanLoss, 4)), \(merged.summary) (\(ProgressDisplay.fixed(seconds, 1)) s, "
+                        + "\(ProgressDisplay.grouped(e.samples_per_sec!)) \(reporter.unit)/s)")
             case .writeCheckpoint(let data):
                 // Checked like any checkpoint file (fields, shapes, checksums) before it replaces the last one.
                 let loaded = try Checkpoint.Loaded(bytes: Data(data.safetensors), source: "rank 0's checkpoint of step \(data.globalStep)")
                 guard loaded.model == config.model, loaded.state.globalStep == Int(data.globalStep) else {
-                    throw ClusterError("rank 0 sent a checkpoint of a \(loaded.model.prefix(40)) model at step \(loaded.state.globalStep) for step \(data.globalStep) of this \(config.model) job")
+                    throw ClusterError(
+                        "rank 0 sent a checkpoint of a \(loaded.model.prefix(40)) model at step \(loaded.state.globalStep) for step \(data.globalStep) of this \(config.model) job"
+                    )
                 }
                 var file = loaded.file
                 file.metadata["tether.workers"] = String(machine.members.count)
@@ -409,7 +452,7 @@ public final class Coordinator {
                 var e = event(message == "interrupted" ? "interrupted" : "failed")
                 e.error = message
                 try? reporter.record(e)
-                Thread.sleep(forTimeInterval: 0.3) // let the aborts leave before the process exits
+                Thread.sleep(forTimeInterval: 0.3)  // let the aborts leave before the process exits
                 throw ClusterError(message == "interrupted" ? interruptedLine() : message)
             case .finish:
                 for m in machine.nextRing { send(.finish, to: m.identity) }
@@ -422,11 +465,12 @@ public final class Coordinator {
     /// Assigns a worker its rank in `ring` (of ring epoch `epoch`: > 0 when it joins a running job and
     /// takes its state from the members) with the job's settings and its ring key.
     private func assign(_ identity: [UInt8], rank: Int, ring: [String], epoch: UInt32) throws {
-        var assign = Envelope.Assign(rank: UInt32(rank), worldSize: UInt32(ring.count), ring: ring,
-                                     configJSON: [UInt8](try JSONEncoder().encode(config)),
-                                     resumeCheckpoint: epoch > 0 || machine.carriedStep != nil ? [] : resumeBytes,
-                                     hashEvery: UInt32(options.hashEvery), checkpointEvery: UInt32(config.checkpointEvery),
-                                     bucketBytes: UInt32(options.bucketBytes))
+        var assign = Envelope.Assign(
+            rank: UInt32(rank), worldSize: UInt32(ring.count), ring: ring,
+            configJSON: [UInt8](try JSONEncoder().encode(config)),
+            resumeCheckpoint: epoch > 0 || machine.carriedStep != nil ? [] : resumeBytes,
+            hashEvery: UInt32(options.hashEvery), checkpointEvery: UInt32(config.checkpointEvery),
+            bucketBytes: UInt32(options.bucketBytes))
         assign.dataServed = served != nil
         (assign.reformInPlace, assign.ringEpoch) = (reformInPlace, epoch)
         assign.useCarriedState = epoch == 0 && machine.carriedStep != nil
@@ -438,22 +482,26 @@ public final class Coordinator {
         ranks[identity] = rank
         heartbeatIdentities[rank] = ControlIdentity.heartbeat(of: identity)
         send(.assign(assign), to: identity)
-        progress.line("rank \(rank): \(ring[rank])" + (ring[rank].hasPrefix("ipc://") ? " (the same host as rank \((rank + ring.count - 1) % ring.count))" : "")
-                      + (epoch > 0 ? " (joins the running job)" : ""))
+        progress.line(
+            "rank \(rank): \(ring[rank])"
+                + (ring[rank].hasPrefix("ipc://") ? " (the same host as rank \((rank + ring.count - 1) % ring.count))" : "")
+                + (epoch > 0 ? " (joins the running job)" : ""))
     }
 
     /// A run that had finished: each worker that says hello is told Finish, until all `workers` have
     /// been or the join time-out passes (so that restart policies leave finished workers down too).
     private func dismissWorkers(_ steps: Int) {
-        progress.line("the run in \(runDirectory.path) has already finished its \(steps) steps; telling the workers that join, then exiting")
+        progress.line(
+            "the run in \(runDirectory.path) has already finished its \(steps) steps; telling the workers that join, then exiting")
         var told = Set<[UInt8]>()
         let deadline = Date().addingTimeInterval(options.joinTimeout)
         while told.count < options.workers, Date() < deadline, !StopSignal.requested {
-            guard let (identity, env) = try? router.receive(deadline: .now + .milliseconds(100)), let identity, case .hello = env.body else { continue }
+            guard let (identity, env) = try? router.receive(deadline: .now + .milliseconds(100)), let identity, case .hello = env.body
+            else { continue }
             if (try? router.send(.finish, from: -1, to: identity)) != nil { told.insert(identity) }
         }
         progress.line("told \(told.count) of \(options.workers) workers that the run has finished")
-        Thread.sleep(forTimeInterval: 0.3) // let the last Finish leave before the socket closes
+        Thread.sleep(forTimeInterval: 0.3)  // let the last Finish leave before the socket closes
     }
 
     /// The next message as an event of the state machine, with the rank of the connection it came on.
@@ -471,7 +519,8 @@ public final class Coordinator {
         guard env.jobID == options.jobID else {
             if case .hello(let h) = body {
                 let why = "this coordinator runs job \"\(options.jobID)\", the worker asked for job \"\(env.jobID.prefix(64))\""
-                try? router.send(.abort(.init(originRank: -1, reason: "refused: \(why) (--job-id)")), from: -1, to: identity, job: env.jobID)
+                try? router.send(
+                    .abort(.init(originRank: -1, reason: "refused: \(why) (--job-id)")), from: -1, to: identity, job: env.jobID)
                 drop("refused a worker at \(h.advertiseAddress.prefix(100)): \(why)")
             } else {
                 drop("dropped a message for job \"\(env.jobID.prefix(64))\" (this is job \"\(options.jobID)\")")
@@ -480,7 +529,8 @@ public final class Coordinator {
         }
         if case .hello(let h) = body {
             if h.hostKey.utf8.count <= 256, SameHostLinks.isUsable(h.ipcFolder) { hosts[h.advertiseAddress] = (h.hostKey, h.ipcFolder) }
-            let carried = h.carriedHash == 0 ? nil : Int(exactly: h.carriedStep).map { CoordinatorState.Carried(step: $0, hash: h.carriedHash) }
+            let carried =
+                h.carriedHash == 0 ? nil : Int(exactly: h.carriedStep).map { CoordinatorState.Carried(step: $0, hash: h.carriedHash) }
             return .hello(identity: identity, address: h.advertiseAddress, carried: carried)
         }
         guard let rank = ranks[ControlIdentity.member(of: identity)] else {
@@ -500,15 +550,19 @@ public final class Coordinator {
             let signal = [SIGINT, SIGTERM].contains(stop.signal) ? stop.signal : SIGTERM
             if stopSignal == nil {
                 stopSignal = signal
-                progress.line("rank \(rank) received \(StopSignal.name(signal)): the job stops after the step in progress, with a checkpoint")
+                progress.line(
+                    "rank \(rank) received \(StopSignal.name(signal)): the job stops after the step in progress, with a checkpoint")
             }
             return .heartbeat(rank: rank)
         case .dataRequest(let request):
             let rows: Envelope.DataRows
             if request.indices.count > DataServing.rowsPerRequest {
-                rows = Envelope.DataRows(split: request.split, error: "a request for \(request.indices.count) rows; at most \(DataServing.rowsPerRequest) at a time")
+                rows = Envelope.DataRows(
+                    split: request.split,
+                    error: "a request for \(request.indices.count) rows; at most \(DataServing.rowsPerRequest) at a time")
             } else {
-                rows = served.map { DataServing.answer(request, train: $0.train, test: $0.test) }
+                rows =
+                    served.map { DataServing.answer(request, train: $0.train, test: $0.test) }
                     ?? Envelope.DataRows(split: request.split, error: "this coordinator does not serve data (start it with --serve-data)")
             }
             send(.dataRows(rows), to: identity)
@@ -523,7 +577,9 @@ public final class Coordinator {
     /// the job notices a gone member by its silence.
     private func send(_ body: Envelope.Body, to identity: [UInt8]) {
         do { try router.send(body, from: -1, to: identity) } catch {
-            drop("could not send \(body.name) to \(ranks[ControlIdentity.member(of: identity)].map { "rank \($0)" } ?? "a worker without a rank"): \(error)")
+            drop(
+                "could not send \(body.name) to \(ranks[ControlIdentity.member(of: identity)].map { "rank \($0)" } ?? "a worker without a rank"): \(error)"
+            )
         }
     }
 
@@ -532,9 +588,14 @@ public final class Coordinator {
     }
 
     private func note(handshakeFailure e: ZeroMQMonitor.Event) {
-        let what = e.authenticationRefused ? "its key is not this job's (ZAP status \(e.value))"
-            : options.security.keys != nil ? "it holds another cluster key, or runs --insecure" : "it runs with CURVE and this coordinator --insecure"
-        if let line = dropped.admit("coordinator: a connection to \(e.address) failed the handshake: \(what)", now: .now) { progress.line(line) }
+        let what =
+            e.authenticationRefused
+            ? "its key is not this job's (ZAP status \(e.value))"
+            : options.security.keys != nil
+                ? "it holds another cluster key, or runs --insecure" : "it runs with CURVE and this coordinator --insecure"
+        if let line = dropped.admit("coordinator: a connection to \(e.address) failed the handshake: \(what)", now: .now) {
+            progress.line(line)
+        }
     }
 
     /// A metrics line after `step` steps (by default the steps completed).

@@ -168,7 +168,9 @@ public struct CoordinatorState {
     }
 
     /// The epoch whose last step is `globalStep` (1-based count of steps), if it ends one.
-    func epochEnding(at globalStep: Int) -> Int? { globalStep % settings.stepsPerEpoch == 0 ? globalStep / settings.stepsPerEpoch - 1 : nil }
+    func epochEnding(at globalStep: Int) -> Int? {
+        globalStep % settings.stepsPerEpoch == 0 ? globalStep / settings.stepsPerEpoch - 1 : nil
+    }
 
     /// The epoch the run ends within (--max-steps), evaluated at that end like a whole one; nil when the
     /// run ends at an epoch's end.
@@ -189,7 +191,9 @@ public struct CoordinatorState {
                 joiner!.lastHeard = now
                 guard case .listening(_, let epoch) = event, epoch == ringEpoch + 1 else { return [] }
             } else {
-                guard phase != .joining, members.indices.contains(rank) else { return [.dropped("a message for rank \(rank) before the job formed")] }
+                guard phase != .joining, members.indices.contains(rank) else {
+                    return [.dropped("a message for rank \(rank) before the job formed")]
+                }
                 members[rank].lastHeard = now
             }
         }
@@ -212,37 +216,53 @@ public struct CoordinatorState {
             // Elastic in place: a worker arriving while the job trains (a replacement, or capacity up
             // to `workers`) joins it at a step boundary, as the last rank; while the ring re-forms, or
             // another joins, it waits (its Hello is repeated).
-            if settings.reformInPlace, phase == .training || (phase == .initializing && ringEpoch > 0), stoppedAt == nil, members.count < settings.workers,
-               !nextRing.contains(where: { $0.address == address }) {
+            if settings.reformInPlace, phase == .training || (phase == .initializing && ringEpoch > 0), stoppedAt == nil,
+                members.count < settings.workers,
+                !nextRing.contains(where: { $0.address == address })
+            {
                 guard phase == .training, joiner == nil else { return [] }
                 return admit(identity: identity, address: address, now: now)
             }
             // A late worker is turned away, never fatal: a stray or hostile Hello must not stop a job.
             guard phase == .joining else {
-                return [.turnAway(identity: identity, reason: "the job formed with \(members.count) workers before a worker at \(address) said hello")]
+                return [
+                    .turnAway(
+                        identity: identity, reason: "the job formed with \(members.count) workers before a worker at \(address) said hello")
+                ]
             }
             if members.contains(where: { $0.address == address }) {
-                return [.turnAway(identity: identity, reason: "another worker of this job already advertises \(address); give each worker its own --advertise address")]
+                return [
+                    .turnAway(
+                        identity: identity,
+                        reason: "another worker of this job already advertises \(address); give each worker its own --advertise address")
+                ]
             }
             members.append(Member(identity: identity, address: address, lastHeard: now, carried: carried))
             lastJoined = now
             return members.count == settings.workers ? form(now: now) : []
         case .ready(let rank, let ready):
-            guard phase == .initializing, members[rank].ready == nil else { return [.dropped("rank \(rank) sent Ready while the job is \(phase)")] }
+            guard phase == .initializing, members[rank].ready == nil else {
+                return [.dropped("rank \(rank) sent Ready while the job is \(phase)")]
+            }
             members[rank].ready = ready
             guard members.allSatisfy({ $0.ready != nil }) else { return [] }
             let reference = members[0].ready!
             if let bad = members.indices.first(where: { members[$0].ready!.layoutFingerprint != reference.layoutFingerprint }) {
-                return fail("rank \(bad) built another parameter layout than rank 0 (fingerprint \(hex(members[bad].ready!.layoutFingerprint)) vs \(hex(reference.layoutFingerprint)))")
+                return fail(
+                    "rank \(bad) built another parameter layout than rank 0 (fingerprint \(hex(members[bad].ready!.layoutFingerprint)) vs \(hex(reference.layoutFingerprint)))"
+                )
             }
             if let bad = members.indices.first(where: { members[$0].ready!.parameterHash != reference.parameterHash }) {
-                return fail("rank \(bad) starts from other parameters than rank 0 (hash \(hex(members[bad].ready!.parameterHash)) vs \(hex(reference.parameterHash)))")
+                return fail(
+                    "rank \(bad) starts from other parameters than rank 0 (hash \(hex(members[bad].ready!.parameterHash)) vs \(hex(reference.parameterHash)))"
+                )
             }
             if let step = carriedStep, ringEpoch == 0 {
                 // The workers' own state, kept through a lost coordinator: the job goes on from it and
                 // they redo that step's end-of-step work (its evaluation, its checkpoint).
                 guard members.allSatisfy({ $0.ready!.globalStep == UInt64(step) }) else {
-                    return fail("the workers said they carry step \(step) and hold steps \(Set(members.map { $0.ready!.globalStep }).sorted())")
+                    return fail(
+                        "the workers said they carry step \(step) and hold steps \(Set(members.map { $0.ready!.globalStep }).sorted())")
                 }
                 (completedSteps, redoStep) = (step, step)
                 reportedStep = Array(repeating: step, count: members.count)
@@ -269,8 +289,9 @@ public struct CoordinatorState {
                 return fail("rank \(rank) reported step \(report.globalStep) while the job is at step \(completedSteps) of \(endStep)")
             }
             guard report.count <= Self.maxSamplesPerReport, report.correct <= report.count, stepReports[step]?[rank] == nil else {
-                return fail("rank \(rank) sent an impossible step report for step \(step): count \(report.count), correct \(report.correct)"
-                            + (stepReports[step]?[rank] != nil ? ", its second for that step" : ""))
+                return fail(
+                    "rank \(rank) sent an impossible step report for step \(step): count \(report.count), correct \(report.correct)"
+                        + (stepReports[step]?[rank] != nil ? ", its second for that step" : ""))
             }
             reportedStep[rank] = max(reportedStep[rank], step)
             var slots = stepReports[step] ?? Array(repeating: nil, count: members.count)
@@ -283,7 +304,10 @@ public struct CoordinatorState {
                 let reports = next.map { $0! }
                 let hashes = reports.map(\.parameterHash)
                 if hashes[0] != 0, let bad = hashes.indices.first(where: { hashes[$0] != hashes[0] }) {
-                    return out + fail("rank \(bad)'s parameters diverged from rank 0's after step \(completedSteps + 1) (hash \(hex(hashes[bad])) vs \(hex(hashes[0])))")
+                    return out
+                        + fail(
+                            "rank \(bad)'s parameters diverged from rank 0's after step \(completedSteps + 1) (hash \(hex(hashes[bad])) vs \(hex(hashes[0])))"
+                        )
                 }
                 // The stop vote is agreed in the step's exchange: every rank says the same, or one lies.
                 if reports.contains(where: \.stopping) {
@@ -293,29 +317,37 @@ public struct CoordinatorState {
                     stoppedAt = completedSteps + 1
                 }
                 completedSteps += 1
-                out.append(.stepCompleted(StepSummary(
-                    globalStep: completedSteps, epoch: Int(reports[0].epoch),
-                    lossSum: reports.reduce(0) { $0 + $1.lossSum }, count: reports.reduce(0) { $0 &+ Int(clamping: $1.count) },
-                    correct: reports.reduce(0) { $0 &+ Int(clamping: $1.correct) },
-                    compute: reports.map(\.computeSeconds), exchange: reports.map(\.allreduceSeconds), waiting: reports.map(\.waitSeconds),
-                    optimizer: reports.map(\.optimizerSeconds), learningRate: reports[0].learningRate,
-                    denseBytes: reports.map { Double($0.denseBytesSent) }, sparseBytes: reports.map { Double($0.sparseBytesSent) },
-                    spans: reports.map(\.spans))))
+                out.append(
+                    .stepCompleted(
+                        StepSummary(
+                            globalStep: completedSteps, epoch: Int(reports[0].epoch),
+                            lossSum: reports.reduce(0) { $0 + $1.lossSum }, count: reports.reduce(0) { $0 &+ Int(clamping: $1.count) },
+                            correct: reports.reduce(0) { $0 &+ Int(clamping: $1.correct) },
+                            compute: reports.map(\.computeSeconds), exchange: reports.map(\.allreduceSeconds),
+                            waiting: reports.map(\.waitSeconds),
+                            optimizer: reports.map(\.optimizerSeconds), learningRate: reports[0].learningRate,
+                            denseBytes: reports.map { Double($0.denseBytesSent) }, sparseBytes: reports.map { Double($0.sparseBytesSent) },
+                            spans: reports.map(\.spans))))
             }
             return out + finishIfDone()
         case .evaluation(let rank, let report):
             let epoch = Int(report.epoch)
-            if let redo = redoStep, mergedEpochs.contains(epoch), epochEnding(at: redo) == epoch || (epoch == partialFinalEpoch && redo == settings.totalSteps) {
+            if let redo = redoStep, mergedEpochs.contains(epoch),
+                epochEnding(at: redo) == epoch || (epoch == partialFinalEpoch && redo == settings.totalSteps)
+            {
                 return []
             }
             // Only an epoch this rank has finished and that is not merged yet: what is kept is bounded
             // by the job's own epochs, whatever a message says.
-            let finished = (epoch + 1) * settings.stepsPerEpoch <= reportedStep[rank] || (epoch == partialFinalEpoch && reportedStep[rank] == settings.totalSteps)
+            let finished =
+                (epoch + 1) * settings.stepsPerEpoch <= reportedStep[rank]
+                || (epoch == partialFinalEpoch && reportedStep[rank] == settings.totalSteps)
             guard phase == .training, epoch >= nextEvaluation, finished, evalReports[epoch]?[rank] == nil else {
                 return fail("rank \(rank) sent an evaluation of epoch \(epoch + 1), which it has not just finished")
             }
             guard report.count <= Self.maxSamplesPerReport, report.correct <= report.count else {
-                return fail("rank \(rank) sent an impossible evaluation of epoch \(epoch + 1): count \(report.count), correct \(report.correct)")
+                return fail(
+                    "rank \(rank) sent an impossible evaluation of epoch \(epoch + 1): count \(report.count), correct \(report.correct)")
             }
             var slots = evalReports[epoch] ?? Array(repeating: nil, count: members.count)
             slots[rank] = report
@@ -350,7 +382,9 @@ public struct CoordinatorState {
                 reportedStep = Array(repeating: completedSteps, count: members.count)
                 return [.connectRing]
             }
-            guard phase == .initializing, epoch == ringEpoch, ringEpoch > 0 else { return [.dropped("rank \(rank) listens on ring epoch \(epoch) while the job is \(phase) on epoch \(ringEpoch)")] }
+            guard phase == .initializing, epoch == ringEpoch, ringEpoch > 0 else {
+                return [.dropped("rank \(rank) listens on ring epoch \(epoch) while the job is \(phase) on epoch \(ringEpoch)")]
+            }
             listening.insert(rank)
             return listening.count == members.count ? [.connectRing] : []
         case .abort(let rank, let reason):
@@ -364,14 +398,17 @@ public struct CoordinatorState {
                 return form(now: now)
             }
             if phase == .joining, now - started > settings.joinTimeout {
-                return fail("only \(members.count) of \(settings.workers) workers\(settings.elastic ? " (at least \(settings.minWorkers) needed)" : "") joined within \(Int(settings.joinTimeout)) s"
-                            + (members.isEmpty ? "" : " (joined: \(members.map(\.address).joined(separator: ", ")))"))
+                return fail(
+                    "only \(members.count) of \(settings.workers) workers\(settings.elastic ? " (at least \(settings.minWorkers) needed)" : "") joined within \(Int(settings.joinTimeout)) s"
+                        + (members.isEmpty ? "" : " (joined: \(members.map(\.address).joined(separator: ", ")))"))
             }
             if let j = joiner, now - j.lastHeard > settings.heartbeatTimeout {
                 // The members hold a Reform that includes it: a new one without it, at once.
                 joiner = nil
                 ringEpoch += 1
-                return reform(assign: nil, reason: "the worker at \(j.address) that was joining has been silent for \(Int(now - j.lastHeard)) s", now: now)
+                return reform(
+                    assign: nil, reason: "the worker at \(j.address) that was joining has been silent for \(Int(now - j.lastHeard)) s",
+                    now: now)
             }
             if phase != .joining, members.contains(where: { now - $0.lastHeard > settings.heartbeatTimeout }) {
                 // Named with the first: every other rank silent for half the time-out (a partition or a
@@ -380,10 +417,16 @@ public struct CoordinatorState {
                 let heard = members.map(\.lastHeard)
                 let seconds = { (r: Int) in Int(now - heard[r]) }
                 if silent.count == 1, let r = silent.first {
-                    return lose([r], "worker rank \(r) (\(members[r].address)) has been silent for \(seconds(r)) s: it died, lost its connection, or cannot get a heartbeat through", now: now)
+                    return lose(
+                        [r],
+                        "worker rank \(r) (\(members[r].address)) has been silent for \(seconds(r)) s: it died, lost its connection, or cannot get a heartbeat through",
+                        now: now)
                 }
-                return lose(silent, "workers " + silent.map { "rank \($0) (\(members[$0].address), \(seconds($0)) s)" }.joined(separator: ", ")
-                            + " have been silent: they died, lost their connections, or cannot get a heartbeat through (a network partition?)", now: now)
+                return lose(
+                    silent,
+                    "workers " + silent.map { "rank \($0) (\(members[$0].address), \(seconds($0)) s)" }.joined(separator: ", ")
+                        + " have been silent: they died, lost their connections, or cannot get a heartbeat through (a network partition?)",
+                    now: now)
             }
             return []
         }
@@ -398,8 +441,9 @@ public struct CoordinatorState {
         // one step must hold the same parameters.
         let carried = members.compactMap(\.carried)
         if settings.takesCarriedState, carried.count == members.count, let furthest = carried.map(\.step).max(),
-           carried.allSatisfy({ furthest - $0.step <= 1 }), (settings.firstStep...settings.totalSteps).contains(furthest),
-           Dictionary(grouping: carried, by: \.step).values.allSatisfy({ Set($0.map(\.hash)).count == 1 }) {
+            carried.allSatisfy({ furthest - $0.step <= 1 }), (settings.firstStep...settings.totalSteps).contains(furthest),
+            Dictionary(grouping: carried, by: \.step).values.allSatisfy({ Set($0.map(\.hash)).count == 1 })
+        {
             carriedStep = furthest
         }
         reportedStep = Array(repeating: completedSteps, count: members.count)
@@ -413,11 +457,13 @@ public struct CoordinatorState {
     private mutating func lose(_ lost: [Int], _ why: String, now: Double) -> [Directive] {
         let survivors = members.indices.filter { !lost.contains($0) }
         // a joiner already assigned counts; at least one member must be left to hand on the state
-        guard settings.reformInPlace, stoppedAt == nil, !survivors.isEmpty, survivors.count + (joiner == nil ? 0 : 1) >= settings.minWorkers,
-              phase == .training || (phase == .initializing && ringEpoch > 0) else { return fail(why) }
+        guard settings.reformInPlace, stoppedAt == nil, !survivors.isEmpty,
+            survivors.count + (joiner == nil ? 0 : 1) >= settings.minWorkers,
+            phase == .training || (phase == .initializing && ringEpoch > 0)
+        else { return fail(why) }
         // A joiner already assigned (a join under way) stays, as the last rank: it is told by Reform.
         members = survivors.map { members[$0] } + (joiner.map { [$0] } ?? [])
-        if joiner != nil { (joiner, ringEpoch) = (nil, ringEpoch + 1) } // its boundary epoch is passed over
+        if joiner != nil { (joiner, ringEpoch) = (nil, ringEpoch + 1) }  // its boundary epoch is passed over
         return reform(assign: nil, reason: why, now: now)
     }
 
@@ -458,7 +504,9 @@ public struct CoordinatorState {
 extension CoordinatorState.Event {
     var rank: Int? {
         switch self {
-        case .ready(let r, _), .step(let r, _), .evaluation(let r, _), .checkpoint(let r, _), .heartbeat(let r), .abort(let r, _), .listening(let r, _): r
+        case .ready(let r, _), .step(let r, _), .evaluation(let r, _), .checkpoint(let r, _), .heartbeat(let r), .abort(let r, _),
+            .listening(let r, _):
+            r
         case .hello, .tick: nil
         }
     }

@@ -18,10 +18,13 @@ public enum DataServing {
     public static func answer(_ request: Envelope.DataRequest, train: any ServableDataset, test: any ServableDataset) -> Envelope.DataRows {
         let data = request.split == 0 ? train : test
         if let bad = request.indices.first(where: { Int($0) >= data.count }) {
-            return Envelope.DataRows(split: request.split, error: "row \(bad) requested of a \(request.split == 0 ? "training" : "held-out") split of \(data.count)")
+            return Envelope.DataRows(
+                split: request.split,
+                error: "row \(bad) requested of a \(request.split == 0 ? "training" : "held-out") split of \(data.count)")
         }
-        return Envelope.DataRows(split: request.split, count: UInt32(data.count), shape: data.encodedShape(),
-                                 rows: data.encodedRows(request.indices.map { Int($0) }))
+        return Envelope.DataRows(
+            split: request.split, count: UInt32(data.count), shape: data.encodedShape(),
+            rows: data.encodedRows(request.indices.map { Int($0) }))
     }
 }
 
@@ -49,7 +52,7 @@ final class ServedData: SampleSource {
     func rows(_ split: FashionMNIST.Split, _ indices: [Int]) throws -> [UInt8] {
         var rows: [UInt8] = []
         for start in stride(from: 0, to: indices.count, by: DataServing.rowsPerRequest) {
-            let part = indices[start ..< min(start + DataServing.rowsPerRequest, indices.count)]
+            let part = indices[start..<min(start + DataServing.rowsPerRequest, indices.count)]
             let answer = try request(split, part)
             if start == 0 { rows.reserveCapacity(answer.rows.count / part.count * indices.count) }
             rows += answer.rows

@@ -14,7 +14,7 @@ import TetherTensor
 /// from the end of the arena down, while backward goes on. `finish` sends the rest as one more bucket
 /// (nothing is left to overlap with; two all-reduces cost mlp-wn 5-10% over one) and waits. Buckets
 /// form from the same layers in the same order on every replica, so their numbers and bounds agree.
-final class GradientExchange: @unchecked Sendable { // the exchange thread runs only between send and wait
+final class GradientExchange: @unchecked Sendable {  // the exchange thread runs only between send and wait
     let ring: Ring
     let model: any Model<Float>
     let bucketElements: Int
@@ -42,7 +42,10 @@ final class GradientExchange: @unchecked Sendable { // the exchange thread runs 
     /// the exchange finishes, so an abandoned step leaves the last completed step's.
     private var errors: UnsafeMutablePointer<Float>?, nextErrors: UnsafeMutablePointer<Float>?
 
-    init(ring: Ring, model: any Model<Float>, bucketBytes: Int, wire: ChunkHeader.DType = .f32, powerSGD: PowerSGD? = nil, errorFeedback: Bool = true) {
+    init(
+        ring: Ring, model: any Model<Float>, bucketBytes: Int, wire: ChunkHeader.DType = .f32, powerSGD: PowerSGD? = nil,
+        errorFeedback: Bool = true
+    ) {
         (self.ring, self.model, self.wire, self.powerSGD) = (ring, model, wire, powerSGD)
         codec = WireCodec(wire)
         if errorFeedback, codec != nil || powerSGD != nil {
@@ -77,7 +80,7 @@ final class GradientExchange: @unchecked Sendable { // the exchange thread runs 
         bytesAtBegin = ring.statistics.bytesSent
         spans.removeAll(keepingCapacity: true)
         (votes, agreed) = (vote, [])
-        powerSGD?.discard() // what an abandoned step computed
+        powerSGD?.discard()  // what an abandoned step computed
     }
 
     /// The payload bytes this rank sent in the last finished step: dense buckets (as the wire carries
@@ -116,11 +119,15 @@ final class GradientExchange: @unchecked Sendable { // the exchange thread runs 
                 guard failure == nil else { return }
                 let grads = model.arena.grads, buffer = UnsafeMutableBufferPointer(start: grads + start, count: end - start)
                 let began = tracing ? Self.microsecondsNow() : 0
-                defer { if tracing { spans.append(("all-reduce bucket \(bucket) (\(end - start) values)", began, Self.microsecondsNow())) } }
+                defer {
+                    if tracing { spans.append(("all-reduce bucket \(bucket) (\(end - start) values)", began, Self.microsecondsNow())) }
+                }
                 do {
                     if let powerSGD, step >= powerSGD.startStep {
                         let feedback = errors.map { (read: UnsafePointer($0), written: nextErrors!) }
-                        votes.formUnion(try powerSGD.allReduce(grads, range: start ..< end, errors: feedback, ring: ring, step: step, bucket: bucket, vote: votes))
+                        votes.formUnion(
+                            try powerSGD.allReduce(
+                                grads, range: start..<end, errors: feedback, ring: ring, step: step, bucket: bucket, vote: votes))
                         return
                     }
                     if let errors, let nextErrors {
@@ -131,7 +138,7 @@ final class GradientExchange: @unchecked Sendable { // the exchange thread runs 
                             codec.round(buffer.baseAddress!, count: buffer.count, carry: nextErrors + start)
                         } else {
                             // PowerSGD before its start step: exact, so what is carried goes in whole
-                            for k in start ..< end { grads[k] += errors[k] }
+                            for k in start..<end { grads[k] += errors[k] }
                             (nextErrors + start).update(repeating: 0, count: end - start)
                         }
                     }
@@ -150,7 +157,10 @@ final class GradientExchange: @unchecked Sendable { // the exchange thread runs 
             // All-gather moves every rank's rows to every rank; a dense all-reduce of the whole table
             // moves 2(N-1)/N of it. The ranks agree on the choice from the total row count.
             var total = [Double(n)]
-            votes.formUnion(try total.withUnsafeMutableBufferPointer { try ring.allReduce($0, step: step, bucket: UInt32(1 << 20 + table), vote: votes) })
+            votes.formUnion(
+                try total.withUnsafeMutableBufferPointer {
+                    try ring.allReduce($0, step: step, bucket: UInt32(1 << 20 + table), vote: votes)
+                })
             if 2 * Double(rows.tableRows * width) < total[0] * Double(1 + width) {
                 try exchangeDensely(rows, bucket: UInt32(1 << 21 + table))
                 continue
@@ -162,15 +172,20 @@ final class GradientExchange: @unchecked Sendable { // the exchange thread runs 
             payload.withUnsafeMutableBytes { p in
                 p.baseAddress!.copyMemory(from: rows.idPointer, byteCount: n * 4)
                 let values = p.baseAddress! + n * 4
-                if let codec { codec.narrow(values.assumingMemoryBound(to: UInt16.self), rows.valuePointer, count: n * width) }
-                else { values.copyMemory(from: rows.valuePointer, byteCount: n * width * 4) }
+                if let codec {
+                    codec.narrow(values.assumingMemoryBound(to: UInt16.self), rows.valuePointer, count: n * width)
+                } else {
+                    values.copyMemory(from: rows.valuePointer, byteCount: n * width * 4)
+                }
             }
             let all = try ring.allGather(payload, step: step)
             rows.clear()
             var widened: [Float] = []
             for (r, bytes) in all.enumerated() {
                 guard bytes.count % (4 + valueBytes * width) == 0 else {
-                    throw ClusterError("rank \(r)'s sparse gradient for \(arena.layout.entries[rows.slot.index].name) has \(bytes.count) bytes, not whole rows of \(width)")
+                    throw ClusterError(
+                        "rank \(r)'s sparse gradient for \(arena.layout.entries[rows.slot.index].name) has \(bytes.count) bytes, not whole rows of \(width)"
+                    )
                 }
                 let m = bytes.count / (4 + valueBytes * width)
                 try bytes.withUnsafeBytes { p in
@@ -183,7 +198,9 @@ final class GradientExchange: @unchecked Sendable { // the exchange thread runs 
                         return
                     }
                     widened = [Float](repeating: 0, count: m * width)
-                    widened.withUnsafeMutableBufferPointer { codec.widen($0.baseAddress!, (p.baseAddress! + m * 4).assumingMemoryBound(to: UInt16.self), count: m * width) }
+                    widened.withUnsafeMutableBufferPointer {
+                        codec.widen($0.baseAddress!, (p.baseAddress! + m * 4).assumingMemoryBound(to: UInt16.self), count: m * width)
+                    }
                     rows.accumulate(rowIDs: ids, grads: widened, count: m)
                 }
             }

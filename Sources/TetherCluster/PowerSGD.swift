@@ -71,16 +71,20 @@ public final class PowerSGD {
     /// order, or nil) is read from `errors.read` and written to `errors.written`. Two collectives: the
     /// P factors with the rest behind them (`bucket`), then the Q factors (`bucket + 1 << 24`); the
     /// same on every rank, since the split into matrices and rest depends only on the layout and range.
-    func allReduce(_ grads: UnsafeMutablePointer<Float>, range: Range<Int>,
-                   errors: (read: UnsafePointer<Float>, written: UnsafeMutablePointer<Float>)?,
-                   ring: Ring, step: UInt64, bucket: UInt32, vote: RingVotes) throws -> RingVotes {
-        let chosen = matrices.indices.filter { range.contains(matrices[$0].offset) && matrices[$0].offset + matrices[$0].count <= range.upperBound }
+    func allReduce(
+        _ grads: UnsafeMutablePointer<Float>, range: Range<Int>,
+        errors: (read: UnsafePointer<Float>, written: UnsafeMutablePointer<Float>)?,
+        ring: Ring, step: UInt64, bucket: UInt32, vote: RingVotes
+    ) throws -> RingVotes {
+        let chosen = matrices.indices.filter {
+            range.contains(matrices[$0].offset) && matrices[$0].offset + matrices[$0].count <= range.upperBound
+        }
         var rest: [Range<Int>] = [], start = range.lowerBound
         for i in chosen {
-            if start < matrices[i].offset { rest.append(start ..< matrices[i].offset) }
+            if start < matrices[i].offset { rest.append(start..<matrices[i].offset) }
             start = matrices[i].offset + matrices[i].count
         }
-        if start < range.upperBound { rest.append(start ..< range.upperBound) }
+        if start < range.upperBound { rest.append(start..<range.upperBound) }
 
         // [P = M Q of each matrix (M with this rank's error feedback added) | the rest], summed.
         var pOffsets: [Int] = [], pTotal = 0
@@ -92,8 +96,9 @@ public final class PowerSGD {
             if let errors { for k in 0..<m.count { a[k] += errors.read[m.offset + k] } }
             factors.withUnsafeBufferPointer { qs in
                 p.withUnsafeMutableBufferPointer { ps in
-                    Float.gemm(transposeA: false, transposeB: false, m: m.rows, n: m.rank, k: m.cols, alpha: 1, a: a, lda: m.cols,
-                               b: qs.baseAddress! + factorOffsets[i], ldb: m.rank, beta: 0, c: ps.baseAddress! + pOffsets[j], ldc: m.rank)
+                    Float.gemm(
+                        transposeA: false, transposeB: false, m: m.rows, n: m.rank, k: m.cols, alpha: 1, a: a, lda: m.cols,
+                        b: qs.baseAddress! + factorOffsets[i], ldb: m.rank, beta: 0, c: ps.baseAddress! + pOffsets[j], ldc: m.rank)
                 }
             }
         }
@@ -118,20 +123,26 @@ public final class PowerSGD {
                 for (j, i) in chosen.enumerated() {
                     let m = matrices[i], a = grads + m.offset, pHat = ps.baseAddress! + pOffsets[j], own = qs.baseAddress! + qOffsets[j]
                     Self.orthonormalizeColumns(pHat, rows: m.rows, cols: m.rank)
-                    Float.gemm(transposeA: true, transposeB: false, m: m.cols, n: m.rank, k: m.rows, alpha: 1, a: a, lda: m.cols,
-                               b: pHat, ldb: m.rank, beta: 0, c: own, ldc: m.rank)
-                    if let errors { // this rank's own: BLAS may do it
+                    Float.gemm(
+                        transposeA: true, transposeB: false, m: m.cols, n: m.rank, k: m.rows, alpha: 1, a: a, lda: m.cols,
+                        b: pHat, ldb: m.rank, beta: 0, c: own, ldc: m.rank)
+                    if let errors {  // this rank's own: BLAS may do it
                         let e = errors.written + m.offset
                         e.update(from: a, count: m.count)
-                        Float.gemm(transposeA: false, transposeB: true, m: m.rows, n: m.cols, k: m.rank, alpha: -1, a: pHat, lda: m.rank,
-                                   b: own, ldb: m.rank, beta: 1, c: e, ldc: m.cols)
+                        Float.gemm(
+                            transposeA: false, transposeB: true, m: m.rows, n: m.cols, k: m.rank, alpha: -1, a: pHat, lda: m.rank,
+                            b: own, ldb: m.rank, beta: 1, c: e, ldc: m.cols)
                     }
                 }
                 votes.formUnion(try ring.allReduce(qs, step: step, bucket: bucket &+ 1 << 24, vote: vote))
                 for (j, i) in chosen.enumerated() {
                     let m = matrices[i]
-                    Self.product(ps.baseAddress! + pOffsets[j], qs.baseAddress! + qOffsets[j], rows: m.rows, cols: m.cols, rank: m.rank, into: grads + m.offset)
-                    nextFactors.withUnsafeMutableBufferPointer { $0.baseAddress!.advanced(by: factorOffsets[i]).update(from: qs.baseAddress! + qOffsets[j], count: m.cols * m.rank) }
+                    Self.product(
+                        ps.baseAddress! + pOffsets[j], qs.baseAddress! + qOffsets[j], rows: m.rows, cols: m.cols, rank: m.rank,
+                        into: grads + m.offset)
+                    nextFactors.withUnsafeMutableBufferPointer {
+                        $0.baseAddress!.advanced(by: factorOffsets[i]).update(from: qs.baseAddress! + qOffsets[j], count: m.cols * m.rank)
+                    }
                 }
             }
         }
@@ -157,7 +168,9 @@ public final class PowerSGD {
     }
 
     /// out (rows x cols) = p (rows x rank) times qᵀ (q: cols x rank), summing over the rank in order.
-    static func product(_ p: UnsafePointer<Float>, _ q: UnsafePointer<Float>, rows: Int, cols: Int, rank: Int, into out: UnsafeMutablePointer<Float>) {
+    static func product(
+        _ p: UnsafePointer<Float>, _ q: UnsafePointer<Float>, rows: Int, cols: Int, rank: Int, into out: UnsafeMutablePointer<Float>
+    ) {
         for i in 0..<rows {
             let pi = p + i * rank, o = out + i * cols
             for j in 0..<cols {

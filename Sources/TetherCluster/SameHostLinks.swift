@@ -11,7 +11,8 @@ public enum SameHostLinks {
     /// This process's host key: boot id, mount namespace and user id ("" when unreadable).
     public static var key: String {
         guard let boot = try? String(contentsOfFile: "/proc/sys/kernel/random/boot_id", encoding: .utf8),
-              let mounts = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/mnt") else { return "" }
+            let mounts = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/mnt")
+        else { return "" }
         return "\(boot.trimmingCharacters(in: .whitespacesAndNewlines))/\(mounts)/\(getuid())"
     }
 
@@ -21,7 +22,8 @@ public enum SameHostLinks {
         try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         var info = stat()
         guard lstat(path, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR, info.st_uid == getuid(), info.st_mode & 0o077 == 0,
-              isUsable(path) else { return nil }
+            isUsable(path)
+        else { return nil }
         return path
     }
 
@@ -35,11 +37,14 @@ public enum SameHostLinks {
     /// binds and its left neighbour connects to) is `ipc://FOLDER/ring-TOKEN-eEPOCH-rR` when it and its
     /// left neighbour have the same non-empty host key and folder, else the address it advertised.
     /// `hosts[i]`: what rank i said in its Hello (nil: nothing).
-    public static func ringAddresses(_ advertised: [String], hosts: [(key: String, folder: String)?], token: String, epoch: UInt32) -> [String] {
+    public static func ringAddresses(
+        _ advertised: [String], hosts: [(key: String, folder: String)?], token: String, epoch: UInt32
+    ) -> [String] {
         let n = advertised.count
         return advertised.indices.map { r in
             guard n > 1, let mine = hosts[r], let left = hosts[(r + n - 1) % n], !mine.key.isEmpty, mine.key == left.key,
-                  mine.folder == left.folder, isUsable(mine.folder) else { return advertised[r] }
+                mine.folder == left.folder, isUsable(mine.folder)
+            else { return advertised[r] }
             return "ipc://\(mine.folder)/ring-\(token)-e\(epoch)-r\(r)"
         }
     }

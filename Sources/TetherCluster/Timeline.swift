@@ -31,15 +31,20 @@ final class Timeline {
         }
         for (rank, spans) in step.spans.enumerated() {
             for s in spans {
-                try append(["name": s.name, "cat": Self.category(s.name), "ph": "X", "pid": 1, "tid": rank,
-                            "ts": s.startMicroseconds, "dur": s.durationMicroseconds, "args": ["step": step.globalStep]])
+                try append([
+                    "name": s.name, "cat": Self.category(s.name), "ph": "X", "pid": 1, "tid": rank,
+                    "ts": s.startMicroseconds, "dur": s.durationMicroseconds, "args": ["step": step.globalStep]
+                ])
             }
         }
     }
 
     /// A job event (lost, reformed, checkpoint) at now, across every track.
     func mark(_ name: String, step: Int) throws {
-        try append(["name": name, "ph": "i", "s": "g", "pid": 1, "tid": 0, "ts": UInt64(max(0, Date().timeIntervalSince1970 * 1e6)), "args": ["step": step]])
+        try append([
+            "name": name, "ph": "i", "s": "g", "pid": 1, "tid": 0, "ts": UInt64(max(0, Date().timeIntervalSince1970 * 1e6)),
+            "args": ["step": step]
+        ])
     }
 
     /// Ends the JSON (a trace cut short by a crash still opens in Perfetto, which tolerates the missing end).

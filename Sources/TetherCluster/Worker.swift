@@ -95,7 +95,8 @@ public final class Worker {
         }
         monitor = try dealer.monitor()
         do { try dealer.connect(options.coordinator) } catch {
-            throw ClusterError("cannot connect to the coordinator at \(options.coordinator): \(error) (an address looks like tcp://HOST:PORT)")
+            throw ClusterError(
+                "cannot connect to the coordinator at \(options.coordinator): \(error) (an address looks like tcp://HOST:PORT)")
         }
         control = ControlChannel(socket: dealer, jobID: options.jobID)
     }
@@ -119,7 +120,7 @@ public final class Worker {
         do { try live() } catch {
             if rank >= 0 {
                 try? control.send(.abort(.init(originRank: Int32(rank), reason: "\(error)")), from: rank)
-                Thread.sleep(forTimeInterval: 0.2) // let it leave before the socket closes
+                Thread.sleep(forTimeInterval: 0.2)  // let it leave before the socket closes
             }
             throw error
         }
@@ -146,7 +147,9 @@ public final class Worker {
             if let event { directives += machine.handle(event) }
             if case .failed = machine.phase {} else { failure = nil }
         }
-        guard machine.phase == .finished else { throw ClusterError("worker rank \(rank): its state machine stopped while \(machine.phase)") }
+        guard machine.phase == .finished else {
+            throw ClusterError("worker rank \(rank): its state machine stopped while \(machine.phase)")
+        }
     }
 
     // What the shell holds between directives.
@@ -167,12 +170,20 @@ public final class Worker {
         switch directive {
         case .join(let carrying):
             if carrying, let kept {
-                log("keeping the state of step \(kept.step); waiting up to \(Int(options.coordinatorWait)) s for a coordinator at \(options.coordinator)")
+                log(
+                    "keeping the state of step \(kept.step); waiting up to \(Int(options.coordinatorWait)) s for a coordinator at \(options.coordinator)"
+                )
             }
             rejoining = carrying
             defer { rejoining = false }
-            guard let assign = try join(carrying: carrying ? kept.map { ($0.step, $0.hash) } : nil, within: carrying ? options.coordinatorWait : 120) else {
-                log(carrying ? "the coordinator that came back says the run has finished" : "the run has already finished (the coordinator says so); nothing to do")
+            guard
+                let assign = try join(
+                    carrying: carrying ? kept.map { ($0.step, $0.hash) } : nil, within: carrying ? options.coordinatorWait : 120)
+            else {
+                log(
+                    carrying
+                        ? "the coordinator that came back says the run has finished"
+                        : "the run has already finished (the coordinator says so); nothing to do")
                 return .runFinished
             }
             // A hostile or invalid assignment is refused before this worker does anything (set-up checks
@@ -182,8 +193,9 @@ public final class Worker {
             if heartbeat == nil {
                 control.socket.stopMonitor()
                 // Heartbeats flow from here on: loading the data and building the model can take seconds.
-                heartbeat = try Heartbeat(context: context, options: options, identity: ControlIdentity.heartbeat(of: identity), rank: rank,
-                                          reforms: reforms, logger: logger)
+                heartbeat = try Heartbeat(
+                    context: context, options: options, identity: ControlIdentity.heartbeat(of: identity), rank: rank,
+                    reforms: reforms, logger: logger)
                 ProcessMemory.keepFreedBuffers()
             } else {
                 reforms.reset()
@@ -198,7 +210,7 @@ public final class Worker {
             return .coordinator(.start)
         case .trainNextStep(let votes):
             try checkControl()
-            for e in noticed { _ = machine.handle(e) } // a Stop, a join: this step's votes
+            for e in noticed { _ = machine.handle(e) }  // a Stop, a join: this step's votes
             noticed = []
             let replica = job!.replica, training = replica.training
             if replica.state.stepInEpoch == 0 { training.workload.startEpoch(replica.state.epoch) }
@@ -211,9 +223,12 @@ public final class Worker {
         case .reportStep(let withHash):
             let replica = job!.replica
             // after a re-formation, a survivor that did not finish the step itself reports no samples
-            var report = replica.report?.globalStep == UInt64(machine.globalStep) ? replica.report!
-                : Envelope.StepReport(globalStep: UInt64(machine.globalStep), epoch: UInt32(replica.state.epoch), lossSum: 0, count: 0, correct: 0,
-                                      computeSeconds: 0, allreduceSeconds: 0, optimizerSeconds: 0, parameterHash: 0, waitSeconds: 0)
+            var report =
+                replica.report?.globalStep == UInt64(machine.globalStep)
+                ? replica.report!
+                : Envelope.StepReport(
+                    globalStep: UInt64(machine.globalStep), epoch: UInt32(replica.state.epoch), lossSum: 0, count: 0, correct: 0,
+                    computeSeconds: 0, allreduceSeconds: 0, optimizerSeconds: 0, parameterHash: 0, waitSeconds: 0)
             if withHash { report.parameterHash = Self.hash(replica.training.workload.model.arena) }
             try tell(.stepReport(report))
         case .evaluate(let epoch, let ends):
@@ -228,9 +243,11 @@ public final class Worker {
             let replica = job!.replica, training = replica.training, model = training.workload.model
             var state = replica.state
             state.rng = model.context.rng
-            let file = Checkpoint.file(model: model, optimizer: training.optimizer, config: training.config, state: state, metadata: training.workload.checkpointMetadata,
-                                       replicaBuffers: replica.replicas.map(\.buffers), replicaRNGs: replica.replicas.map(\.rng),
-                                       compression: .init(factors: training.exchange.powerSGD?.factors, errors: replica.replicaErrors))
+            let file = Checkpoint.file(
+                model: model, optimizer: training.optimizer, config: training.config, state: state,
+                metadata: training.workload.checkpointMetadata,
+                replicaBuffers: replica.replicas.map(\.buffers), replicaRNGs: replica.replicas.map(\.rng),
+                compression: .init(factors: training.exchange.powerSGD?.factors, errors: replica.replicaErrors))
             try tell(.checkpoint(.init(globalStep: UInt64(state.globalStep), safetensors: [UInt8](Safetensors.encode(file)))))
         case .awaitFinish:
             return .coordinator(try waitFor("the coordinator's finish", within: 60) { $0 == .finish ? $0 : nil })
@@ -257,8 +274,9 @@ public final class Worker {
                 if let step = replica.report, step.stopping, replica.state.globalStep < training.totalSteps {
                     log("stopped after step \(replica.state.globalStep) of \(training.totalSteps); the coordinator holds its checkpoint")
                 }
-                log("done, peak RSS \(Self.peakResidentMegabytes()) MB (\(training.workload.model.arena.count) parameters, "
-                    + "optimizer state \(training.optimizer.stateTensors.reduce(0) { $0 + $1.count }) values)")
+                log(
+                    "done, peak RSS \(Self.peakResidentMegabytes()) MB (\(training.workload.model.arena.count) parameters, "
+                        + "optimizer state \(training.optimizer.stateTensors.reduce(0) { $0 + $1.count }) values)")
             }
         case .fail:
             preconditionFailure("live() ends on .fail before carrying a directive out")
@@ -269,7 +287,8 @@ public final class Worker {
     /// The replica `made` is this worker's job now; the machine's event for it.
     private func ready(_ made: Job, redoEndOfStep: Bool) -> WorkerState.Event {
         job = made
-        return .replicaReady(made.plan, globalStep: made.replica.state.globalStep, redoEndOfStep: redoEndOfStep, keepsState: made.keepsState)
+        return .replicaReady(
+            made.plan, globalStep: made.replica.state.globalStep, redoEndOfStep: redoEndOfStep, keepsState: made.keepsState)
     }
 
     /// What a failed worker throws: the error itself where it is this worker's or the ring's; the
@@ -319,13 +338,22 @@ public final class Worker {
     private func setUp(_ assign: Envelope.Assign, carried: (step: Int, bytes: [UInt8])?) throws -> Job {
         let config = try AssignCheck(dataRoots: options.dataRoots, secure: options.security.keys != nil).validate(assign)
         // Read from memory: no file is written for it.
-        let resumed = assign.resumeCheckpoint.isEmpty ? nil
+        let resumed =
+            assign.resumeCheckpoint.isEmpty
+            ? nil
             : try Checkpoint.Loaded(bytes: Data(assign.resumeCheckpoint), source: "the coordinator's resume checkpoint")
-        served = !assign.dataServed ? nil : ServedData { [unowned self] request in
-            try tell(.dataRequest(request))
-            return try waitFor("the requested samples", within: 120) { if case .dataRows(let r) = $0 { return r }; return nil }
-        }
-        let membership = Membership(epoch: assign.ringEpoch, rank: Int(assign.rank), ring: assign.ring, publicKeys: assign.ringPublicKeys, secretKey: assign.ringSecretKey)
+        served =
+            !assign.dataServed
+            ? nil
+            : ServedData { [unowned self] request in
+                try tell(.dataRequest(request))
+                return try waitFor("the requested samples", within: 120) {
+                    if case .dataRows(let r) = $0 { return r }; return nil
+                }
+            }
+        let membership = Membership(
+            epoch: assign.ringEpoch, rank: Int(assign.rank), ring: assign.ring, publicKeys: assign.ringPublicKeys,
+            secretKey: assign.ringSecretKey)
         ringEpoch = assign.ringEpoch
         // Joining a running job (elastic in place): the members' state comes over the re-formed ring.
         let joining = assign.ringEpoch > 0, overRing = joining || carried != nil
@@ -334,7 +362,9 @@ public final class Worker {
         let model = workload.model
         // Dropout masks differ per replica (each draws its own samples' masks).
         model.context.rng = .dropoutMasks(seed: config.seed, replica: rank)
-        let ring = joining ? try formReformedRing(membership, layoutFingerprint: model.arena.layout.fingerprint)
+        let ring =
+            joining
+            ? try formReformedRing(membership, layoutFingerprint: model.arena.layout.fingerprint)
             : try formRing(membership, layoutFingerprint: model.arena.layout.fingerprint)
         let optimizer = try Optimizer<Float>(config.optimizer, layout: model.arena.layout, ftrlParameters: model.ftrlParameters)
         var state = TrainingState(rng: model.context.rng)
@@ -345,12 +375,16 @@ public final class Worker {
             try loaded.restore(into: model, optimizer: optimizer, shard: membership.shard)
             state = loaded.state
             model.context.rng = .dropoutMasks(seed: config.seed &+ UInt64(state.globalStep), replica: rank)
-            log("" + (joining ? "joined the running job at step \(state.globalStep) (ring epoch \(membership.epoch))"
-                                                  : "goes on from the state the workers kept, step \(state.globalStep)"))
+            log(
+                ""
+                    + (joining
+                        ? "joined the running job at step \(state.globalStep) (ring epoch \(membership.epoch))"
+                        : "goes on from the state the workers kept, step \(state.globalStep)"))
         } else if let resumed {
             try resumed.restore(into: model, optimizer: optimizer, shard: membership.shard)
             state = resumed.state
-            model.context.rng = resumed.replicaRNG(membership.shard) ?? .dropoutMasks(seed: config.seed &+ UInt64(state.globalStep), replica: rank)
+            model.context.rng =
+                resumed.replicaRNG(membership.shard) ?? .dropoutMasks(seed: config.seed &+ UInt64(state.globalStep), replica: rank)
         } else {
             try workload.fetch(epoch: 0)
             var failure: Error?
@@ -373,8 +407,9 @@ public final class Worker {
         let model = replica.training.workload.model
         let keeps = options.coordinatorWait > 0 && Checkpoint.buffers(of: model).isEmpty
         reforms.mayOutliveCoordinator = keeps
-        let plan = WorkerState.Plan(rank: membership.rank, stepsPerEpoch: replica.training.workload.stepsPerEpoch, totalSteps: replica.training.totalSteps,
-                                    hashEvery: Int(assign.hashEvery), checkpointEvery: Int(assign.checkpointEvery))
+        let plan = WorkerState.Plan(
+            rank: membership.rank, stepsPerEpoch: replica.training.workload.stepsPerEpoch, totalSteps: replica.training.totalSteps,
+            hashEvery: Int(assign.hashEvery), checkpointEvery: Int(assign.checkpointEvery))
         return Job(config: config, bucketBytes: bucketBytes, membership: membership, replica: replica, plan: plan, keepsState: keeps)
     }
 
@@ -388,9 +423,14 @@ public final class Worker {
     /// its Start (once every replica agrees).
     private func sendReadyAndAwaitStart(_ replica: Replica, abandonedStep: Int) throws {
         let model = replica.training.workload.model
-        try tell(.ready(.init(parameterHash: Self.hash(model.arena), layoutFingerprint: model.arena.layout.fingerprint,
-                                      globalStep: UInt64(replica.state.globalStep), abandonedStep: UInt64(abandonedStep))))
-        try waitFor("the start", within: 120) { if case .start = $0 { return () }; return nil }
+        try tell(
+            .ready(
+                .init(
+                    parameterHash: Self.hash(model.arena), layoutFingerprint: model.arena.layout.fingerprint,
+                    globalStep: UInt64(replica.state.globalStep), abandonedStep: UInt64(abandonedStep))))
+        try waitFor("the start", within: 120) {
+            if case .start = $0 { return () }; return nil
+        }
     }
 
     /// The ring of `membership`, formed with a handshake from each rank to its right neighbour. When it
@@ -408,22 +448,26 @@ public final class Worker {
         let (rank, addresses) = (membership.rank, membership.ring)
         if let authenticator, !membership.publicKeys.isEmpty {
             let keys = try CurveKeyPair(secretKey: membership.secretKey), n = addresses.count
-            ringOptions.curve = RingCurve(keys: keys, leftPublicKey: membership.publicKeys[(rank + n - 1) % n],
-                                          rightPublicKey: membership.publicKeys[(rank + 1) % n], authenticator: authenticator)
+            ringOptions.curve = RingCurve(
+                keys: keys, leftPublicKey: membership.publicKeys[(rank + n - 1) % n],
+                rightPublicKey: membership.publicKeys[(rank + 1) % n], authenticator: authenticator)
         }
         let ring: Ring
         let right = (rank + 1) % addresses.count
-        if addresses[rank].hasPrefix("tcp://") { releaseAdvertisedPort() } // the ring binds it (retrying while libzmq lets go)
+        if addresses[rank].hasPrefix("tcp://") { releaseAdvertisedPort() }  // the ring binds it (retrying while libzmq lets go)
         do { ring = try Ring(context: context, rank: rank, addresses: addresses, options: ringOptions, listening: listening) } catch {
             if let e = error as? CollectiveError, e.abandoned { throw e }
             if right != rank, case .failure(let why) = Advertise.reach(addresses[right], within: 2) {
-                throw ClusterError("rank \(rank) cannot reach its right neighbour rank \(right) at \(why). Check the address that worker "
-                                   + "advertises (--advertise INTERFACE or tcp://HOST:PORT) and that the port is open between the hosts")
+                throw ClusterError(
+                    "rank \(rank) cannot reach its right neighbour rank \(right) at \(why). Check the address that worker "
+                        + "advertises (--advertise INTERFACE or tcp://HOST:PORT) and that the port is open between the hosts")
             }
             throw ClusterError("rank \(rank) could not form the ring (\(addresses.joined(separator: " -> "))): \(error)")
         }
         if case .success(let seconds) = right == rank ? .success(0) : Advertise.reach(addresses[right], within: 2) {
-            log("ring address \(addresses[rank]); right neighbour rank \(right) at \(addresses[right]) reachable (\(String(format: "%.1f", seconds * 1000)) ms)")
+            log(
+                "ring address \(addresses[rank]); right neighbour rank \(right) at \(addresses[right]) reachable (\(String(format: "%.1f", seconds * 1000)) ms)"
+            )
         }
         return ring
     }
@@ -432,10 +476,13 @@ public final class Worker {
     /// new address bound; say so, and connect once every member has (the coordinator's Start), so
     /// nothing goes to a neighbour's abandoned socket at the same address.
     private func formReformedRing(_ membership: Membership, layoutFingerprint: UInt64) throws -> Ring {
-        let listening = Envelope.Reform(ringEpoch: membership.epoch, rank: UInt32(membership.rank), ring: membership.ring, reason: "listening")
+        let listening = Envelope.Reform(
+            ringEpoch: membership.epoch, rank: UInt32(membership.rank), ring: membership.ring, reason: "listening")
         return try formRing(membership, layoutFingerprint: layoutFingerprint) { [self] in
             try tell(.reform(listening))
-            try waitFor("the re-formed ring's start", within: 60) { if case .start = $0 { return () }; return nil }
+            try waitFor("the re-formed ring's start", within: 60) {
+                if case .start = $0 { return () }; return nil
+            }
         }
     }
 
@@ -463,7 +510,9 @@ public final class Worker {
         let deadline = ContinuousClock.now + .seconds(options.coordinatorTimeout + 20)
         while ContinuousClock.now < deadline {
             if let reform = reforms.pending(after: epoch, urgent: urgent) { return reform }
-            do { _ = try receive(until: min(deadline, .now + .milliseconds(100))) { _ in Optional<Void>.none } } catch let e as CollectiveError where e.abandoned {}
+            do { _ = try receive(until: min(deadline, .now + .milliseconds(100))) { _ in Optional<Void>.none } } catch let e
+                as CollectiveError where e.abandoned
+            {}
         }
         return reforms.pending(after: epoch, urgent: urgent)
     }
@@ -478,11 +527,13 @@ public final class Worker {
         let carried = replica.carried ?? (reform.atBoundary ? replica.encoded(replica.state) : replica.encoded(replica.boundary))
         replica.carried = carried
         replica.training.ring.close()
-        let membership = Membership(epoch: reform.ringEpoch, rank: Int(reform.rank), ring: reform.ring,
-                                    publicKeys: reform.ringPublicKeys, secretKey: old.membership.secretKey)
+        let membership = Membership(
+            epoch: reform.ringEpoch, rank: Int(reform.rank), ring: reform.ring,
+            publicKeys: reform.ringPublicKeys, secretKey: old.membership.secretKey)
         (ringEpoch, rank) = (reform.ringEpoch, membership.rank)
-        log("\(reform.reason.prefix(300)); the ring re-forms as \(reform.ring.count) (epoch \(reform.ringEpoch))"
-            + (reform.atBoundary ? " after step \(replica.state.globalStep)" : "") + ", this worker is rank \(rank) now")
+        log(
+            "\(reform.reason.prefix(300)); the ring re-forms as \(reform.ring.count) (epoch \(reform.ringEpoch))"
+                + (reform.atBoundary ? " after step \(replica.state.globalStep)" : "") + ", this worker is rank \(rank) now")
         let ring = try formReformedRing(membership, layoutFingerprint: replica.training.workload.model.arena.layout.fingerprint)
         let loaded = try syncState(ring, carried: carried)
         let workload = try Workloads.make(config, shard: membership.shard, metadata: loaded.file.metadata, source: served)
@@ -540,7 +591,9 @@ public final class Worker {
             case nil: break
             }
         }
-        throw ClusterError("no assignment from the coordinator at \(options.coordinator) within \(Int(seconds)) s" + (diagnosis.summary.map { ": \($0)" } ?? ""))
+        throw ClusterError(
+            "no assignment from the coordinator at \(options.coordinator) within \(Int(seconds)) s"
+                + (diagnosis.summary.map { ": \($0)" } ?? ""))
     }
 
     /// Sends to the coordinator. A full queue (libzmq's high-water mark: the coordinator has not read
@@ -550,7 +603,9 @@ public final class Worker {
     private func tell(_ body: Envelope.Body) throws {
         let deadline = ContinuousClock.now + .seconds(2 * options.coordinatorTimeout)
         while true {
-            do { return try control.send(body, from: rank) } catch let e as ZeroMQError where e.code == EAGAIN && ContinuousClock.now < deadline {
+            do { return try control.send(body, from: rank) } catch let e as ZeroMQError
+                where e.code == EAGAIN && ContinuousClock.now < deadline
+            {
                 try throwIfCoordinatorGone()
                 Thread.sleep(forTimeInterval: 0.01)
             }
@@ -605,8 +660,11 @@ public final class Worker {
         switch body {
         case .reform(let r):
             reforms.note(r)
-            if r.atBoundary { noticed.append(.coordinator(body)) }
-            else if r.ringEpoch > ringEpoch { throw CollectiveError(message: "the coordinator re-forms the ring: \(r.reason)", abandoned: true) }
+            if r.atBoundary {
+                noticed.append(.coordinator(body))
+            } else if r.ringEpoch > ringEpoch {
+                throw CollectiveError(message: "the coordinator re-forms the ring: \(r.reason)", abandoned: true)
+            }
         case .abort(let a):
             throw CoordinatorOrder.abort(a)
         case .stop(let s):
@@ -621,7 +679,8 @@ public final class Worker {
     private func noteSignal() throws {
         guard let signal = StopSignal.signal, !toldCoordinatorOfSignal else { return }
         guard trainingStarted else {
-            throw JobInterrupted(description: "worker: \(StopSignal.name(signal)) before training started; exiting", status: StopSignal.exitStatus)
+            throw JobInterrupted(
+                description: "worker: \(StopSignal.name(signal)) before training started; exiting", status: StopSignal.exitStatus)
         }
         toldCoordinatorOfSignal = true
         log("\(StopSignal.name(signal)): the job stops after the step in progress (interrupt again to exit at once)")
@@ -672,11 +731,15 @@ final class Training {
     init(workload: any Workload, optimizer: Optimizer<Float>, ring: Ring, config: TrainingConfig, bucketBytes: Int) {
         (self.workload, self.optimizer, self.ring, self.config) = (workload, optimizer, ring, config)
         let compression = config.compression ?? .none
-        let powerSGD = compression != .powersgd ? nil
-            : PowerSGD(layout: workload.model.arena.layout, rank: config.powerSGDRank ?? TrainingConfig.defaultPowerSGDRank,
-                       startStep: config.powerSGDStartStep ?? TrainingConfig.defaultPowerSGDStartStep, seed: config.seed)
-        exchange = GradientExchange(ring: ring, model: workload.model, bucketBytes: bucketBytes, wire: compression.wire, powerSGD: powerSGD,
-                                    errorFeedback: config.errorFeedback ?? true)
+        let powerSGD =
+            compression != .powersgd
+            ? nil
+            : PowerSGD(
+                layout: workload.model.arena.layout, rank: config.powerSGDRank ?? TrainingConfig.defaultPowerSGDRank,
+                startStep: config.powerSGDStartStep ?? TrainingConfig.defaultPowerSGDStartStep, seed: config.seed)
+        exchange = GradientExchange(
+            ring: ring, model: workload.model, bucketBytes: bucketBytes, wire: compression.wire, powerSGD: powerSGD,
+            errorFeedback: config.errorFeedback ?? true)
         totalSteps = config.totalSteps(stepsPerEpoch: workload.stepsPerEpoch)
     }
 
@@ -695,10 +758,11 @@ final class Training {
         state.stepInEpoch += 1
         state.globalStep += 1
         let waited = (ring.statistics.waiting - waitedBefore).components
-        var report = Envelope.StepReport(globalStep: UInt64(state.globalStep), epoch: UInt32(state.epoch), lossSum: stats.lossSum, count: UInt64(stats.count),
-                                         correct: UInt64(stats.correct), computeSeconds: times.compute, allreduceSeconds: times.exchange,
-                                         optimizerSeconds: times.optimizer, parameterHash: 0,
-                                         waitSeconds: Double(waited.seconds) + Double(waited.attoseconds) * 1e-18)
+        var report = Envelope.StepReport(
+            globalStep: UInt64(state.globalStep), epoch: UInt32(state.epoch), lossSum: stats.lossSum, count: UInt64(stats.count),
+            correct: UInt64(stats.correct), computeSeconds: times.compute, allreduceSeconds: times.exchange,
+            optimizerSeconds: times.optimizer, parameterHash: 0,
+            waitSeconds: Double(waited.seconds) + Double(waited.attoseconds) * 1e-18)
         report.learningRate = lr
         (report.denseBytesSent, report.sparseBytesSent) = (UInt64(exchange.sent.dense), UInt64(exchange.sent.sparse))
         if exchange.tracing { report.spans = Self.spans(began: began, times: times, collectives: exchange.spans) }
@@ -710,13 +774,19 @@ final class Training {
         func us(_ seconds: Double) -> UInt64 { UInt64(max(0, seconds * 1e6)) }
         var spans: [Envelope.TraceSpan] = []
         var at = began
-        for (name, seconds) in [("forward and backward", times.compute), ("exchange left after backward", times.exchange), ("optimizer", times.optimizer)] {
-            spans.append(Envelope.TraceSpan(name: String(name.prefix(Envelope.TraceSpan.nameLimit)), startMicroseconds: at, durationMicroseconds: us(seconds)))
+        for (name, seconds) in [
+            ("forward and backward", times.compute), ("exchange left after backward", times.exchange), ("optimizer", times.optimizer)
+        ] {
+            spans.append(
+                Envelope.TraceSpan(
+                    name: String(name.prefix(Envelope.TraceSpan.nameLimit)), startMicroseconds: at, durationMicroseconds: us(seconds)))
             at += us(seconds)
         }
         for c in collectives.prefix(Envelope.TraceSpan.limit - spans.count) {
-            spans.append(Envelope.TraceSpan(name: String(c.name.prefix(Envelope.TraceSpan.nameLimit)), startMicroseconds: c.start,
-                                            durationMicroseconds: c.end >= c.start ? c.end - c.start : 0))
+            spans.append(
+                Envelope.TraceSpan(
+                    name: String(c.name.prefix(Envelope.TraceSpan.nameLimit)), startMicroseconds: c.start,
+                    durationMicroseconds: c.end >= c.start ? c.end - c.start : 0))
         }
         return spans
     }
@@ -733,10 +803,11 @@ final class Training {
             let n = Int(bytes[0..<4].withUnsafeBytes { $0.loadUnaligned(as: UInt32.self).littleEndian })
             // as many values as this replica's, or (buffers of a row per stream) whole rows of its own
             let values = (bytes.count - 4 - n) / 4
-            guard bytes.count >= 4 + n, (bytes.count - 4 - n) % 4 == 0, values == mine.count || (rowValues > 0 && values % rowValues == 0) else {
+            guard bytes.count >= 4 + n, (bytes.count - 4 - n) % 4 == 0, values == mine.count || (rowValues > 0 && values % rowValues == 0)
+            else {
                 throw ClusterError("rank \(r)'s replica state does not hold \(mine.count) buffer values")
             }
-            let rng = try JSONDecoder().decode(RNG.self, from: Data(bytes[4 ..< 4 + n]))
+            let rng = try JSONDecoder().decode(RNG.self, from: Data(bytes[4..<4 + n]))
             let buffers = bytes[(4 + n)...].withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
             return (buffers, rng)
         }
@@ -746,7 +817,9 @@ final class Training {
     func gatherErrorFeedback(step: UInt64) throws -> [[Float]]? {
         guard let mine = exchange.errorFeedback else { return nil }
         return try ring.allGather(mine.withUnsafeBytes { Array($0) }, step: step).enumerated().map { r, bytes in
-            guard bytes.count == mine.count * 4 else { throw ClusterError("rank \(r)'s error feedback is \(bytes.count) bytes, not \(mine.count) values") }
+            guard bytes.count == mine.count * 4 else {
+                throw ClusterError("rank \(r)'s error feedback is \(bytes.count) bytes, not \(mine.count) values")
+            }
             return bytes.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
         }
     }
@@ -755,9 +828,13 @@ final class Training {
     /// error feedback: `ownErrors` (what this worker carried through) or else this shard's in `loaded`.
     func restoreCompression(from loaded: Checkpoint.Loaded, shard: Shard, ownErrors: [Float]?) throws {
         if let powerSGD = exchange.powerSGD, let factors = try loaded.powerSGDFactors(), !powerSGD.restore(factors: factors) {
-            throw ClusterError("\(loaded.path): it holds \(factors.count) PowerSGD factor values, this model's rank-\(powerSGD.rank) factors are \(powerSGD.factors.count)")
+            throw ClusterError(
+                "\(loaded.path): it holds \(factors.count) PowerSGD factor values, this model's rank-\(powerSGD.rank) factors are \(powerSGD.factors.count)"
+            )
         }
-        if let errors = try ownErrors ?? loaded.errorFeedback(shard, count: workload.model.arena.count) { _ = exchange.restore(errorFeedback: errors) }
+        if let errors = try ownErrors ?? loaded.errorFeedback(shard, count: workload.model.arena.count) {
+            _ = exchange.restore(errorFeedback: errors)
+        }
     }
 
     /// This replica's share of the evaluation; at an epoch's end the loss is also summed over the ring
@@ -770,8 +847,9 @@ final class Training {
             _ = try sums.withUnsafeMutableBufferPointer { try ring.allReduce($0, step: UInt64(state.globalStep), bucket: 1 << 20) }
             _ = state.recordValidation(loss: sums[1] > 0 ? sums[0] / sums[1] : .nan, schedule: config.schedule)
         }
-        return Envelope.EvalReport(epoch: UInt32(epoch), lossSum: report.stats.lossSum, count: UInt64(report.stats.count),
-                                   correct: UInt64(report.stats.correct), scores: report.scores, labels: report.labels)
+        return Envelope.EvalReport(
+            epoch: UInt32(epoch), lossSum: report.stats.lossSum, count: UInt64(report.stats.count),
+            correct: UInt64(report.stats.correct), scores: report.scores, labels: report.labels)
     }
 }
 
@@ -794,7 +872,8 @@ final class Heartbeat: @unchecked Sendable {
         if let keys = options.security.keys { try dealer.secure(.client(keys, serverKey: keys.publicKey)) }
         try dealer.connect(options.coordinator)
         let channel = ControlChannel(socket: dealer, jobID: options.jobID)
-        let flag = stopped, finished = done, timeout = options.coordinatorTimeout, coordinator = options.coordinator, end = options.endProcess
+        let flag = stopped, finished = done, timeout = options.coordinatorTimeout, coordinator = options.coordinator,
+            end = options.endProcess
         Thread {
             defer { channel.socket.close(); finished.signal() }
             var watch = LivenessWatch(timeout: timeout, now: Clock.now)
@@ -803,7 +882,9 @@ final class Heartbeat: @unchecked Sendable {
             // not ended by then (blocked in something that does not look), the process ends here.
             var endBy: (at: Double, reason: String)?
             while !flag.isSet {
-                if reforms.coordinators != coordinators { (coordinators, watch) = (reforms.coordinators, LivenessWatch(timeout: timeout, now: Clock.now)) }
+                if reforms.coordinators != coordinators {
+                    (coordinators, watch) = (reforms.coordinators, LivenessWatch(timeout: timeout, now: Clock.now))
+                }
                 if !reforms.coordinatorLost { try? channel.send(.heartbeat, from: rank) }
                 let deadline = ContinuousClock.now + .milliseconds(500)
                 while !flag.isSet, let message = try? channel.receive(deadline: deadline), let (_, env) = Optional(message) {
@@ -879,8 +960,10 @@ final class Replica {
         let model = training.workload.model
         var state = state
         state.rng = model.context.rng
-        let file = Checkpoint.file(model: model, optimizer: training.optimizer, config: training.config, state: state, metadata: training.workload.checkpointMetadata,
-                                   compression: .init(factors: training.exchange.powerSGD?.factors, errors: nil))
+        let file = Checkpoint.file(
+            model: model, optimizer: training.optimizer, config: training.config, state: state,
+            metadata: training.workload.checkpointMetadata,
+            compression: .init(factors: training.exchange.powerSGD?.factors, errors: nil))
         return (state.globalStep, [UInt8](Safetensors.encode(file)))
     }
 }

@@ -24,7 +24,9 @@ public struct WorkerState: Sendable {
         /// Rank 0 also sends a checkpoint every this many steps (0: epoch ends and the end only).
         public var checkpointEvery: Int
         public init(rank: Int, stepsPerEpoch: Int, totalSteps: Int, hashEvery: Int, checkpointEvery: Int) {
-            (self.rank, self.stepsPerEpoch, self.totalSteps, self.hashEvery, self.checkpointEvery) = (rank, stepsPerEpoch, totalSteps, hashEvery, checkpointEvery)
+            (self.rank, self.stepsPerEpoch, self.totalSteps, self.hashEvery, self.checkpointEvery) = (
+                rank, stepsPerEpoch, totalSteps, hashEvery, checkpointEvery
+            )
         }
     }
 
@@ -134,7 +136,8 @@ public struct WorkerState: Sendable {
         case (.failed, _), (.finished, _):
             return []
         case (_, .coordinator(.abort(let a))):
-            return fail(rank < 0 && !trained ? "the coordinator refused this worker: \(a.reason)" : "the coordinator stopped the job: \(a.reason)")
+            return fail(
+                rank < 0 && !trained ? "the coordinator refused this worker: \(a.reason)" : "the coordinator stopped the job: \(a.reason)")
         case (_, .failedLocally(let message)):
             return fail(message)
         case (_, .coordinator(.heartbeat)):
@@ -152,7 +155,8 @@ public struct WorkerState: Sendable {
             (self.rank, ringEpoch, reformInPlace, phase, boundaryReform) = (rank, epoch, inPlace, .settingUp, nil)
             return [.setUp]
 
-        case (.settingUp, .replicaReady(let plan, let step, let redo, let keeps)), (.reforming, .replicaReady(let plan, let step, let redo, let keeps)):
+        case (.settingUp, .replicaReady(let plan, let step, let redo, let keeps)),
+            (.reforming, .replicaReady(let plan, let step, let redo, let keeps)):
             // A replica that came over the ring (a joiner, a kept state) redoes with the others from step 1 on.
             let first = firstStep ?? (redo || ringEpoch > 0 ? 0 : step)
             guard (first...plan.totalSteps).contains(step) else {
@@ -185,7 +189,7 @@ public struct WorkerState: Sendable {
         // Elastic in place: a failed ring waits for the coordinator to re-form it (a fresh ring that does
         // not form, or a job that is not elastic in place, fails).
         case (.training, .ringFailed(let why, let computing)), (.reforming, .ringFailed(let why, let computing)),
-             (.waitingForStart, .ringFailed(let why, let computing)), (.settingUp, .ringFailed(let why, let computing)):
+            (.waitingForStart, .ringFailed(let why, let computing)), (.settingUp, .ringFailed(let why, let computing)):
             guard reformInPlace, phase != .settingUp || ringEpoch > 0 else { return fail(why) }
             if phase == .training, computing { abandonedStep = globalStep + 1 }
             (phase, lastFailure, boundaryReform) = (.reforming, why, nil)
@@ -199,7 +203,9 @@ public struct WorkerState: Sendable {
             return fail((lastFailure ?? "the ring failed") + "; the coordinator did not re-form the ring")
 
         case (_, .coordinatorSilent(let why)):
-            guard keepsState, trained, [.training, .reforming, .waitingForStart, .waitingForFinish].contains(phase) else { return fail(why) }
+            guard keepsState, trained, [.training, .reforming, .waitingForStart, .waitingForFinish].contains(phase) else {
+                return fail(why)
+            }
             (phase, rank, ringEpoch, boundaryReform, abandonedStep) = (.joining, -1, 0, nil, 0)
             return [.keepState, .join(carrying: true)]
 
@@ -208,7 +214,7 @@ public struct WorkerState: Sendable {
             phase = .finished
             return [.exit]
         case (_, .coordinator(.start)), (_, .coordinator(.reform(_))):
-            return [] // a repeated Start, a Reform of a ring already left: nothing to do
+            return []  // a repeated Start, a Reform of a ring already left: nothing to do
         case (_, let e):
             return fail("unexpected \(e) while \(phase)")
         }
@@ -220,8 +226,11 @@ public struct WorkerState: Sendable {
     private mutating func stepEnds(_ step: Int, plan: Plan, agreed: RingVotes) -> [Directive] {
         let epochEnds = step % plan.stepsPerEpoch == 0, last = step == plan.totalSteps || agreed.contains(.stop)
         var out: [Directive] = [.reportStep(withHash: plan.hashEvery > 0 && (step % plan.hashEvery == 0 || epochEnds || last))]
-        if epochEnds { out.append(.evaluate(epoch: step / plan.stepsPerEpoch - 1)) }
-        else if step == plan.totalSteps { out.append(.evaluate(epoch: step / plan.stepsPerEpoch, epochEnds: false)) }
+        if epochEnds {
+            out.append(.evaluate(epoch: step / plan.stepsPerEpoch - 1))
+        } else if step == plan.totalSteps {
+            out.append(.evaluate(epoch: step / plan.stepsPerEpoch, epochEnds: false))
+        }
         if epochEnds || last || (plan.checkpointEvery > 0 && step % plan.checkpointEvery == 0) {
             // Every rank contributes its buffers and RNG; rank 0 writes them into its checkpoint.
             out.append(.shareReplicaState)

@@ -17,26 +17,40 @@ public struct ExpectedChunk: Sendable {
     public var totalCount: Int?
     public var origin: Int = -1
 
-    public init(operation: ChunkHeader.Operation, step: UInt64 = 0, bucket: UInt32 = 0, ringStep: Int, chunkIndex: Int,
-                dtype: ChunkHeader.DType = .bytes, offset: Int, count: Int? = nil, totalCount: Int? = nil, origin: Int = -1) {
+    public init(
+        operation: ChunkHeader.Operation, step: UInt64 = 0, bucket: UInt32 = 0, ringStep: Int, chunkIndex: Int,
+        dtype: ChunkHeader.DType = .bytes, offset: Int, count: Int? = nil, totalCount: Int? = nil, origin: Int = -1
+    ) {
         (self.operation, self.step, self.bucket, self.ringStep, self.chunkIndex) = (operation, step, bucket, ringStep, chunkIndex)
         (self.dtype, self.offset, self.count, self.totalCount, self.origin) = (dtype, offset, count, totalCount, origin)
     }
 
     /// The first field of `h` that is not what this rank expects (its name, the expected value, the
     /// value found), or nil. `payloadBytes` is the payload frame's length.
-    public func mismatch(_ h: ChunkHeader, sequence: UInt64, layoutFingerprint: UInt64, payloadBytes: Int)
-        -> (field: String, expected: String, found: String)? {
+    public func mismatch(
+        _ h: ChunkHeader, sequence: UInt64, layoutFingerprint: UInt64, payloadBytes: Int
+    )
+        -> (field: String, expected: String, found: String)?
+    {
         if h.layoutFingerprint != layoutFingerprint {
-            return ("parameter layout fingerprint", String(format: "%016llx", layoutFingerprint), String(format: "%016llx", h.layoutFingerprint))
+            return (
+                "parameter layout fingerprint", String(format: "%016llx", layoutFingerprint), String(format: "%016llx", h.layoutFingerprint)
+            )
         }
-        if h.operation != operation || h.sequence != sequence { return ("collective", "\(operation) #\(sequence)", "\(h.operation) #\(h.sequence)") }
-        if h.step != step || h.bucket != bucket { return ("step and bucket", "step \(step) bucket \(bucket)", "step \(h.step) bucket \(h.bucket)") }
+        if h.operation != operation || h.sequence != sequence {
+            return ("collective", "\(operation) #\(sequence)", "\(h.operation) #\(h.sequence)")
+        }
+        if h.step != step || h.bucket != bucket {
+            return ("step and bucket", "step \(step) bucket \(bucket)", "step \(h.step) bucket \(h.bucket)")
+        }
         if h.dtype != dtype { return ("dtype", "\(dtype)", "\(h.dtype)") }
         if let totalCount, h.totalCount != UInt64(totalCount) { return ("element count", "\(totalCount)", "\(h.totalCount)") }
         if h.originRank != Int32(origin) { return ("origin rank", "\(origin)", "\(h.originRank)") }
         if h.ringStep != UInt32(ringStep) || h.chunkIndex != UInt32(chunkIndex) || h.offset != UInt64(offset) {
-            return ("position", "ring step \(ringStep) chunk \(chunkIndex) offset \(offset)", "ring step \(h.ringStep) chunk \(h.chunkIndex) offset \(h.offset)")
+            return (
+                "position", "ring step \(ringStep) chunk \(chunkIndex) offset \(offset)",
+                "ring step \(h.ringStep) chunk \(h.chunkIndex) offset \(h.offset)"
+            )
         }
         if let count, h.elementCount != UInt64(count) { return ("chunk length", "\(count)", "\(h.elementCount)") }
         // the element count is from the wire: its byte length is computed only once it is known small

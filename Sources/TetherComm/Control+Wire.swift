@@ -28,10 +28,14 @@ extension Envelope {
         public var useCarriedState = false
         /// Report each step's spans (StepReport.spans) for the job's Chrome trace.
         public var timeline = false
-        public init(rank: UInt32, worldSize: UInt32, ring: [String], configJSON: [UInt8], resumeCheckpoint: [UInt8] = [],
-                    hashEvery: UInt32, checkpointEvery: UInt32, bucketBytes: UInt32) {
+        public init(
+            rank: UInt32, worldSize: UInt32, ring: [String], configJSON: [UInt8], resumeCheckpoint: [UInt8] = [],
+            hashEvery: UInt32, checkpointEvery: UInt32, bucketBytes: UInt32
+        ) {
             (self.rank, self.worldSize, self.ring, self.configJSON) = (rank, worldSize, ring, configJSON)
-            (self.resumeCheckpoint, self.hashEvery, self.checkpointEvery, self.bucketBytes) = (resumeCheckpoint, hashEvery, checkpointEvery, bucketBytes)
+            (self.resumeCheckpoint, self.hashEvery, self.checkpointEvery, self.bucketBytes) = (
+                resumeCheckpoint, hashEvery, checkpointEvery, bucketBytes
+            )
         }
     }
 
@@ -43,7 +47,9 @@ extension Envelope {
         /// After a re-formation: the step this worker was computing when its ring gave up (0: none).
         public var abandonedStep: UInt64 = 0
         public init(parameterHash: UInt64, layoutFingerprint: UInt64, globalStep: UInt64 = 0, abandonedStep: UInt64 = 0) {
-            (self.parameterHash, self.layoutFingerprint, self.globalStep, self.abandonedStep) = (parameterHash, layoutFingerprint, globalStep, abandonedStep)
+            (self.parameterHash, self.layoutFingerprint, self.globalStep, self.abandonedStep) = (
+                parameterHash, layoutFingerprint, globalStep, abandonedStep
+            )
         }
     }
 
@@ -57,7 +63,9 @@ extension Envelope {
         public var reason: String
         /// A worker joins: re-form after a step agreed in its exchange, redoing nothing (else at once).
         public var atBoundary = false
-        public init(ringEpoch: UInt32, rank: UInt32, ring: [String], ringPublicKeys: [String] = [], reason: String, atBoundary: Bool = false) {
+        public init(
+            ringEpoch: UInt32, rank: UInt32, ring: [String], ringPublicKeys: [String] = [], reason: String, atBoundary: Bool = false
+        ) {
             (self.ringEpoch, self.rank, self.ring, self.ringPublicKeys, self.reason) = (ringEpoch, rank, ring, ringPublicKeys, reason)
             self.atBoundary = atBoundary
         }
@@ -84,10 +92,14 @@ extension Envelope {
         public var denseBytesSent: UInt64 = 0, sparseBytesSent: UInt64 = 0
         /// With Assign.timeline: what the rank did in the step, when (at most `TraceSpan.limit`).
         public var spans: [TraceSpan] = []
-        public init(globalStep: UInt64, epoch: UInt32, lossSum: Double, count: UInt64, correct: UInt64, computeSeconds: Double,
-                    allreduceSeconds: Double, optimizerSeconds: Double, parameterHash: UInt64, waitSeconds: Double) {
+        public init(
+            globalStep: UInt64, epoch: UInt32, lossSum: Double, count: UInt64, correct: UInt64, computeSeconds: Double,
+            allreduceSeconds: Double, optimizerSeconds: Double, parameterHash: UInt64, waitSeconds: Double
+        ) {
             (self.globalStep, self.epoch, self.lossSum, self.count, self.correct) = (globalStep, epoch, lossSum, count, correct)
-            (self.computeSeconds, self.allreduceSeconds, self.optimizerSeconds, self.parameterHash) = (computeSeconds, allreduceSeconds, optimizerSeconds, parameterHash)
+            (self.computeSeconds, self.allreduceSeconds, self.optimizerSeconds, self.parameterHash) = (
+                computeSeconds, allreduceSeconds, optimizerSeconds, parameterHash
+            )
             self.waitSeconds = waitSeconds
         }
     }
@@ -112,7 +124,9 @@ extension Envelope {
         public var scores: [Float]
         public var labels: [Int32]
         public init(epoch: UInt32, lossSum: Double, count: UInt64, correct: UInt64, scores: [Float], labels: [Int32]) {
-            (self.epoch, self.lossSum, self.count, self.correct, self.scores, self.labels) = (epoch, lossSum, count, correct, scores, labels)
+            (self.epoch, self.lossSum, self.count, self.correct, self.scores, self.labels) = (
+                epoch, lossSum, count, correct, scores, labels
+            )
         }
     }
 
@@ -174,12 +188,16 @@ final class PackArena {
 extension Envelope {
     /// Fills the control bodies into `msg` (pointers into `arena` and into the structs `body` passes to
     /// `pack`); nil for the bodies Envelope+Wire.swift handles.
-    static func packControl(_ body: Body, _ msg: inout Tether__V1__Envelope, _ arena: PackArena, _ pack: (inout Tether__V1__Envelope) -> [UInt8]) -> [UInt8]? {
+    static func packControl(
+        _ body: Body, _ msg: inout Tether__V1__Envelope, _ arena: PackArena, _ pack: (inout Tether__V1__Envelope) -> [UInt8]
+    ) -> [UInt8]? {
         switch body {
         case .assign(let a):
             var m = Tether__V1__Assign()
             tether__v1__assign__init(&m)
-            (m.rank, m.world_size, m.hash_every, m.checkpoint_every, m.bucket_bytes) = (a.rank, a.worldSize, a.hashEvery, a.checkpointEvery, a.bucketBytes)
+            (m.rank, m.world_size, m.hash_every, m.checkpoint_every, m.bucket_bytes) = (
+                a.rank, a.worldSize, a.hashEvery, a.checkpointEvery, a.bucketBytes
+            )
             (m.n_ring, m.ring) = (a.ring.count, arena.strings(a.ring))
             m.config_json = arena.binary(a.configJSON)
             m.resume_checkpoint = arena.binary(a.resumeCheckpoint)
@@ -190,29 +208,43 @@ extension Envelope {
             m.ring_epoch = a.ringEpoch
             m.use_carried_state = a.useCarriedState ? 1 : 0
             m.timeline = a.timeline ? 1 : 0
-            return withUnsafeMutablePointer(to: &m) { msg.body_case = TETHER__V1__ENVELOPE__BODY_ASSIGN; msg.assign = $0; return pack(&msg) }
+            return withUnsafeMutablePointer(to: &m) {
+                msg.body_case = TETHER__V1__ENVELOPE__BODY_ASSIGN; msg.assign = $0; return pack(&msg)
+            }
         case .ready(let r):
             var m = Tether__V1__Ready()
             tether__v1__ready__init(&m)
-            (m.parameter_hash, m.layout_fingerprint, m.global_step, m.abandoned_step) = (r.parameterHash, r.layoutFingerprint, r.globalStep, r.abandonedStep)
-            return withUnsafeMutablePointer(to: &m) { msg.body_case = TETHER__V1__ENVELOPE__BODY_READY; msg.ready = $0; return pack(&msg) }
+            (m.parameter_hash, m.layout_fingerprint, m.global_step, m.abandoned_step) = (
+                r.parameterHash, r.layoutFingerprint, r.globalStep, r.abandonedStep
+            )
+            return withUnsafeMutablePointer(to: &m) {
+                msg.body_case = TETHER__V1__ENVELOPE__BODY_READY; msg.ready = $0; return pack(&msg)
+            }
         case .start:
             var m = Tether__V1__Start()
             tether__v1__start__init(&m)
-            return withUnsafeMutablePointer(to: &m) { msg.body_case = TETHER__V1__ENVELOPE__BODY_START; msg.start = $0; return pack(&msg) }
+            return withUnsafeMutablePointer(to: &m) {
+                msg.body_case = TETHER__V1__ENVELOPE__BODY_START; msg.start = $0; return pack(&msg)
+            }
         case .finish:
             var m = Tether__V1__Finish()
             tether__v1__finish__init(&m)
-            return withUnsafeMutablePointer(to: &m) { msg.body_case = TETHER__V1__ENVELOPE__BODY_FINISH; msg.finish = $0; return pack(&msg) }
+            return withUnsafeMutablePointer(to: &m) {
+                msg.body_case = TETHER__V1__ENVELOPE__BODY_FINISH; msg.finish = $0; return pack(&msg)
+            }
         case .heartbeat:
             var m = Tether__V1__Heartbeat()
             tether__v1__heartbeat__init(&m)
-            return withUnsafeMutablePointer(to: &m) { msg.body_case = TETHER__V1__ENVELOPE__BODY_HEARTBEAT; msg.heartbeat = $0; return pack(&msg) }
+            return withUnsafeMutablePointer(to: &m) {
+                msg.body_case = TETHER__V1__ENVELOPE__BODY_HEARTBEAT; msg.heartbeat = $0; return pack(&msg)
+            }
         case .stepReport(let s):
             var m = Tether__V1__StepReport()
             tether__v1__step_report__init(&m)
             (m.global_step, m.epoch, m.loss_sum, m.count, m.correct) = (s.globalStep, s.epoch, s.lossSum, s.count, s.correct)
-            (m.compute_seconds, m.allreduce_seconds, m.optimizer_seconds, m.parameter_hash) = (s.computeSeconds, s.allreduceSeconds, s.optimizerSeconds, s.parameterHash)
+            (m.compute_seconds, m.allreduce_seconds, m.optimizer_seconds, m.parameter_hash) = (
+                s.computeSeconds, s.allreduceSeconds, s.optimizerSeconds, s.parameterHash
+            )
             m.wait_seconds = s.waitSeconds
             m.stopping = s.stopping ? 1 : 0
             m.learning_rate = s.learningRate
@@ -225,44 +257,58 @@ extension Envelope {
             }
             let spanStructs = arena.copy(spans)
             (m.n_spans, m.spans) = (spans.count, arena.copy((0..<spans.count).map { Optional(spanStructs + $0) }))
-            return withUnsafeMutablePointer(to: &m) { msg.body_case = TETHER__V1__ENVELOPE__BODY_STEP_REPORT; msg.step_report = $0; return pack(&msg) }
+            return withUnsafeMutablePointer(to: &m) {
+                msg.body_case = TETHER__V1__ENVELOPE__BODY_STEP_REPORT; msg.step_report = $0; return pack(&msg)
+            }
         case .evalReport(let e):
             var m = Tether__V1__EvalReport()
             tether__v1__eval_report__init(&m)
             (m.epoch, m.loss_sum, m.count, m.correct) = (e.epoch, e.lossSum, e.count, e.correct)
             (m.n_scores, m.scores) = (e.scores.count, arena.copy(e.scores))
             (m.n_labels, m.labels) = (e.labels.count, arena.copy(e.labels))
-            return withUnsafeMutablePointer(to: &m) { msg.body_case = TETHER__V1__ENVELOPE__BODY_EVAL_REPORT; msg.eval_report = $0; return pack(&msg) }
+            return withUnsafeMutablePointer(to: &m) {
+                msg.body_case = TETHER__V1__ENVELOPE__BODY_EVAL_REPORT; msg.eval_report = $0; return pack(&msg)
+            }
         case .checkpoint(let c):
             var m = Tether__V1__CheckpointData()
             tether__v1__checkpoint_data__init(&m)
             m.global_step = c.globalStep
             m.safetensors = arena.binary(c.safetensors)
-            return withUnsafeMutablePointer(to: &m) { msg.body_case = TETHER__V1__ENVELOPE__BODY_CHECKPOINT; msg.checkpoint = $0; return pack(&msg) }
+            return withUnsafeMutablePointer(to: &m) {
+                msg.body_case = TETHER__V1__ENVELOPE__BODY_CHECKPOINT; msg.checkpoint = $0; return pack(&msg)
+            }
         case .dataRequest(let d):
             var m = Tether__V1__DataRequest()
             tether__v1__data_request__init(&m)
             m.split = d.split
             (m.n_indices, m.indices) = (d.indices.count, arena.copy(d.indices))
-            return withUnsafeMutablePointer(to: &m) { msg.body_case = TETHER__V1__ENVELOPE__BODY_DATA_REQUEST; msg.data_request = $0; return pack(&msg) }
+            return withUnsafeMutablePointer(to: &m) {
+                msg.body_case = TETHER__V1__ENVELOPE__BODY_DATA_REQUEST; msg.data_request = $0; return pack(&msg)
+            }
         case .dataRows(let d):
             var m = Tether__V1__DataRows()
             tether__v1__data_rows__init(&m)
             (m.split, m.count) = (d.split, d.count)
             (m.shape, m.rows, m.error) = (arena.binary(d.shape), arena.binary(d.rows), arena.string(d.error))
-            return withUnsafeMutablePointer(to: &m) { msg.body_case = TETHER__V1__ENVELOPE__BODY_DATA_ROWS; msg.data_rows = $0; return pack(&msg) }
+            return withUnsafeMutablePointer(to: &m) {
+                msg.body_case = TETHER__V1__ENVELOPE__BODY_DATA_ROWS; msg.data_rows = $0; return pack(&msg)
+            }
         case .stop(let s):
             var m = Tether__V1__Stop()
             tether__v1__stop__init(&m)
             (m.signal, m.reason) = (s.signal, arena.string(s.reason))
-            return withUnsafeMutablePointer(to: &m) { msg.body_case = TETHER__V1__ENVELOPE__BODY_STOP; msg.stop = $0; return pack(&msg) }
+            return withUnsafeMutablePointer(to: &m) {
+                msg.body_case = TETHER__V1__ENVELOPE__BODY_STOP; msg.stop = $0; return pack(&msg)
+            }
         case .reform(let r):
             var m = Tether__V1__Reform()
             tether__v1__reform__init(&m)
             (m.ring_epoch, m.rank, m.reason, m.at_boundary) = (r.ringEpoch, r.rank, arena.string(r.reason), r.atBoundary ? 1 : 0)
             (m.n_ring, m.ring) = (r.ring.count, arena.strings(r.ring))
             (m.n_ring_public_keys, m.ring_public_keys) = (r.ringPublicKeys.count, arena.strings(r.ringPublicKeys))
-            return withUnsafeMutablePointer(to: &m) { msg.body_case = TETHER__V1__ENVELOPE__BODY_REFORM; msg.reform = $0; return pack(&msg) }
+            return withUnsafeMutablePointer(to: &m) {
+                msg.body_case = TETHER__V1__ENVELOPE__BODY_REFORM; msg.reform = $0; return pack(&msg)
+            }
         case .hello, .chunk, .abort:
             return nil
         }
@@ -275,12 +321,14 @@ extension Envelope {
         case TETHER__V1__ENVELOPE__BODY_ASSIGN:
             guard let a = env.assign?.pointee else { return nil }
             guard a.world_size > 0, a.rank < a.world_size, a.n_ring == Int(a.world_size) else {
-                throw WireError(message: "assign from rank \(env.sender_rank): rank \(a.rank) of \(a.world_size) with \(a.n_ring) ring addresses")
+                throw WireError(
+                    message: "assign from rank \(env.sender_rank): rank \(a.rank) of \(a.world_size) with \(a.n_ring) ring addresses")
             }
             let ring = (0..<a.n_ring).map { String(cString: a.ring[$0]!) }
-            var assign = Assign(rank: a.rank, worldSize: a.world_size, ring: ring, configJSON: bytes(a.config_json),
-                                resumeCheckpoint: bytes(a.resume_checkpoint), hashEvery: a.hash_every, checkpointEvery: a.checkpoint_every,
-                                bucketBytes: a.bucket_bytes)
+            var assign = Assign(
+                rank: a.rank, worldSize: a.world_size, ring: ring, configJSON: bytes(a.config_json),
+                resumeCheckpoint: bytes(a.resume_checkpoint), hashEvery: a.hash_every, checkpointEvery: a.checkpoint_every,
+                bucketBytes: a.bucket_bytes)
             assign.dataServed = a.data_served != 0
             assign.ringSecretKey = a.ring_secret_key.map { String(cString: $0) } ?? ""
             guard a.n_ring_public_keys == 0 || a.n_ring_public_keys == a.n_ring else {
@@ -295,24 +343,35 @@ extension Envelope {
         case TETHER__V1__ENVELOPE__BODY_REFORM:
             guard let r = env.reform?.pointee else { return nil }
             guard r.n_ring > 0, Int(r.rank) < r.n_ring, r.n_ring_public_keys == 0 || r.n_ring_public_keys == r.n_ring else {
-                throw WireError(message: "reform from rank \(env.sender_rank): rank \(r.rank) of \(r.n_ring) ring addresses and \(r.n_ring_public_keys) keys")
+                throw WireError(
+                    message:
+                        "reform from rank \(env.sender_rank): rank \(r.rank) of \(r.n_ring) ring addresses and \(r.n_ring_public_keys) keys"
+                )
             }
-            return .reform(Reform(ringEpoch: r.ring_epoch, rank: r.rank, ring: (0..<r.n_ring).map { String(cString: r.ring[$0]!) },
-                                  ringPublicKeys: (0..<r.n_ring_public_keys).map { String(cString: r.ring_public_keys[$0]!) },
-                                  reason: r.reason.map { String(cString: $0) } ?? "", atBoundary: r.at_boundary != 0))
+            return .reform(
+                Reform(
+                    ringEpoch: r.ring_epoch, rank: r.rank, ring: (0..<r.n_ring).map { String(cString: r.ring[$0]!) },
+                    ringPublicKeys: (0..<r.n_ring_public_keys).map { String(cString: r.ring_public_keys[$0]!) },
+                    reason: r.reason.map { String(cString: $0) } ?? "", atBoundary: r.at_boundary != 0))
         case TETHER__V1__ENVELOPE__BODY_DATA_REQUEST:
             guard let d = env.data_request?.pointee else { return nil }
-            guard d.split <= 1 else { throw WireError(message: "data request from rank \(env.sender_rank): split \(d.split) (0 training, 1 test)") }
+            guard d.split <= 1 else {
+                throw WireError(message: "data request from rank \(env.sender_rank): split \(d.split) (0 training, 1 test)")
+            }
             return .dataRequest(DataRequest(split: d.split, indices: Array(UnsafeBufferPointer(start: d.indices, count: d.n_indices))))
         case TETHER__V1__ENVELOPE__BODY_DATA_ROWS:
             guard let d = env.data_rows?.pointee else { return nil }
             // The rows are checked against their shape where they are decoded (ServableDataset).
-            return .dataRows(DataRows(split: d.split, count: d.count, shape: bytes(d.shape), rows: bytes(d.rows),
-                                      error: d.error.map { String(cString: $0) } ?? ""))
+            return .dataRows(
+                DataRows(
+                    split: d.split, count: d.count, shape: bytes(d.shape), rows: bytes(d.rows),
+                    error: d.error.map { String(cString: $0) } ?? ""))
         case TETHER__V1__ENVELOPE__BODY_READY:
             guard let r = env.ready?.pointee else { return nil }
-            return .ready(Ready(parameterHash: r.parameter_hash, layoutFingerprint: r.layout_fingerprint, globalStep: r.global_step,
-                                abandonedStep: r.abandoned_step))
+            return .ready(
+                Ready(
+                    parameterHash: r.parameter_hash, layoutFingerprint: r.layout_fingerprint, globalStep: r.global_step,
+                    abandonedStep: r.abandoned_step))
         case TETHER__V1__ENVELOPE__BODY_START:
             return .start
         case TETHER__V1__ENVELOPE__BODY_HEARTBEAT:
@@ -324,9 +383,10 @@ extension Envelope {
             guard s.loss_sum.isFinite || s.count == 0 else {
                 throw WireError(message: "step report from rank \(env.sender_rank): loss \(s.loss_sum) at step \(s.global_step)")
             }
-            var report = StepReport(globalStep: s.global_step, epoch: s.epoch, lossSum: s.loss_sum, count: s.count, correct: s.correct,
-                                    computeSeconds: s.compute_seconds, allreduceSeconds: s.allreduce_seconds,
-                                    optimizerSeconds: s.optimizer_seconds, parameterHash: s.parameter_hash, waitSeconds: s.wait_seconds)
+            var report = StepReport(
+                globalStep: s.global_step, epoch: s.epoch, lossSum: s.loss_sum, count: s.count, correct: s.correct,
+                computeSeconds: s.compute_seconds, allreduceSeconds: s.allreduce_seconds,
+                optimizerSeconds: s.optimizer_seconds, parameterHash: s.parameter_hash, waitSeconds: s.wait_seconds)
             report.stopping = s.stopping != 0
             report.learningRate = s.learning_rate
             (report.denseBytesSent, report.sparseBytesSent) = (s.dense_bytes_sent, s.sparse_bytes_sent)
@@ -334,10 +394,14 @@ extension Envelope {
                 throw WireError(message: "step report from rank \(env.sender_rank): \(s.n_spans) trace spans, at most \(TraceSpan.limit)")
             }
             report.spans = try (0..<s.n_spans).map { i in
-                guard let t = s.spans[i]?.pointee else { throw WireError(message: "step report from rank \(env.sender_rank): trace span \(i) missing") }
+                guard let t = s.spans[i]?.pointee else {
+                    throw WireError(message: "step report from rank \(env.sender_rank): trace span \(i) missing")
+                }
                 let name = t.name.map { String(cString: $0) } ?? ""
                 guard name.utf8.count <= TraceSpan.nameLimit, t.duration_us <= UInt64(Int64.max), t.start_us <= UInt64(Int64.max) else {
-                    throw WireError(message: "step report from rank \(env.sender_rank): trace span \(i) (\(name.prefix(TraceSpan.nameLimit))) out of range")
+                    throw WireError(
+                        message:
+                            "step report from rank \(env.sender_rank): trace span \(i) (\(name.prefix(TraceSpan.nameLimit))) out of range")
                 }
                 return TraceSpan(name: name, startMicroseconds: t.start_us, durationMicroseconds: t.duration_us)
             }
@@ -350,9 +414,11 @@ extension Envelope {
             guard e.n_scores == e.n_labels else {
                 throw WireError(message: "eval report from rank \(env.sender_rank): \(e.n_scores) scores for \(e.n_labels) labels")
             }
-            return .evalReport(EvalReport(epoch: e.epoch, lossSum: e.loss_sum, count: e.count, correct: e.correct,
-                                          scores: Array(UnsafeBufferPointer(start: e.scores, count: e.n_scores)),
-                                          labels: Array(UnsafeBufferPointer(start: e.labels, count: e.n_labels))))
+            return .evalReport(
+                EvalReport(
+                    epoch: e.epoch, lossSum: e.loss_sum, count: e.count, correct: e.correct,
+                    scores: Array(UnsafeBufferPointer(start: e.scores, count: e.n_scores)),
+                    labels: Array(UnsafeBufferPointer(start: e.labels, count: e.n_labels))))
         case TETHER__V1__ENVELOPE__BODY_CHECKPOINT:
             guard let c = env.checkpoint?.pointee else { return nil }
             return .checkpoint(CheckpointData(globalStep: c.global_step, safetensors: bytes(c.safetensors)))

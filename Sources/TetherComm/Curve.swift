@@ -22,7 +22,9 @@ public struct CurveKeyPair: Sendable, Equatable {
 
     /// The pair of a secret key; the public key is derived from it. Throws for anything but 40 Z85 characters.
     public init(secretKey: String) throws {
-        guard Self.isZ85Key(secretKey) else { throw CurveError("a CURVE secret key is 40 Z85 characters, got \(secretKey.count) characters") }
+        guard Self.isZ85Key(secretKey) else {
+            throw CurveError("a CURVE secret key is 40 Z85 characters, got \(secretKey.count) characters")
+        }
         var pub = [CChar](repeating: 0, count: 41)
         try ZeroMQ.check(zmq_curve_public(&pub, secretKey), "zmq_curve_public")
         (publicKey, self.secretKey) = (String(cString: pub), secretKey)
@@ -131,9 +133,11 @@ public final class Authenticator: @unchecked Sendable {
         lock.unlock()
         if ok { return (["1.0", requestID, "200", "OK", key, ""], nil) }
         let what = domain == "ring" ? "a ring link" : "the job"
-        return (["1.0", requestID, "400", "this key is not admitted to \(what)", "", ""],
-                "refused a connection from \(address.isEmpty ? "an unknown address" : address) to \(what): its CURVE key \(key.prefix(8))... is not admitted "
-                + "(another cluster key, or not a member)")
+        return (
+            ["1.0", requestID, "400", "this key is not admitted to \(what)", "", ""],
+            "refused a connection from \(address.isEmpty ? "an unknown address" : address) to \(what): its CURVE key \(key.prefix(8))... is not admitted "
+                + "(another cluster key, or not a member)"
+        )
     }
 }
 
@@ -176,7 +180,9 @@ public enum KeyFile {
         defer { close(fd) }
         let text = text(keys)
         let written = text.utf8CString.withUnsafeBufferPointer { Foundation.write(fd, $0.baseAddress, $0.count - 1) }
-        guard written == text.utf8.count, fsync(fd) == 0 else { throw CurveError("cannot write key file \(path): \(String(cString: strerror(errno)))") }
+        guard written == text.utf8.count, fsync(fd) == 0 else {
+            throw CurveError("cannot write key file \(path): \(String(cString: strerror(errno)))")
+        }
     }
 
     /// A key file's text.
@@ -188,10 +194,13 @@ public enum KeyFile {
     /// The key pair in `path`, after checking who may read it.
     public static func read(_ path: String) throws -> CurveKeyPair {
         var st = stat()
-        guard stat(path, &st) == 0 else { throw CurveError("key file \(path): \(String(cString: strerror(errno))) (tether keygen FILE writes one)") }
+        guard stat(path, &st) == 0 else {
+            throw CurveError("key file \(path): \(String(cString: strerror(errno))) (tether keygen FILE writes one)")
+        }
         guard st.st_mode & S_IFMT == S_IFREG else { throw CurveError("key file \(path) is not a regular file") }
         guard st.st_mode & 0o027 == 0 else {
-            throw CurveError("key file \(path) has mode \(String(st.st_mode & 0o777, radix: 8)): other users may read or change it; chmod 600 \(path)")
+            throw CurveError(
+                "key file \(path) has mode \(String(st.st_mode & 0o777, radix: 8)): other users may read or change it; chmod 600 \(path)")
         }
         guard st.st_size <= 4096, let text = try? String(contentsOfFile: path, encoding: .utf8) else {
             throw CurveError("key file \(path) is not a Tether key file (written by tether keygen)")
@@ -205,10 +214,15 @@ public enum KeyFile {
         for raw in text.split(whereSeparator: \.isNewline) {
             let line = raw.trimmingCharacters(in: .whitespaces)
             if line.isEmpty || line.hasPrefix("#") { continue }
-            if line.hasPrefix("secret-key:") { secret = line.dropFirst("secret-key:".count).trimmingCharacters(in: .whitespaces) }
-            else if line.hasPrefix("public-key:") { publicKey = line.dropFirst("public-key:".count).trimmingCharacters(in: .whitespaces) }
-            else if CurveKeyPair.isZ85Key(line) { secret = line }
-            else { throw CurveError("\(source): unexpected line (expected \"secret-key: KEY\" and \"public-key: KEY\")") }
+            if line.hasPrefix("secret-key:") {
+                secret = line.dropFirst("secret-key:".count).trimmingCharacters(in: .whitespaces)
+            } else if line.hasPrefix("public-key:") {
+                publicKey = line.dropFirst("public-key:".count).trimmingCharacters(in: .whitespaces)
+            } else if CurveKeyPair.isZ85Key(line) {
+                secret = line
+            } else {
+                throw CurveError("\(source): unexpected line (expected \"secret-key: KEY\" and \"public-key: KEY\")")
+            }
         }
         guard let secret else { throw CurveError("\(source) holds no secret-key line") }
         let keys: CurveKeyPair

@@ -129,9 +129,11 @@ public struct ChunkHeader: Equatable, Sendable {
     /// The forming of the ring this chunk belongs to (elastic in place): an earlier ring's is dropped.
     public var ringEpoch: UInt32 = 0
 
-    public init(operation: Operation, sequence: UInt64, step: UInt64, bucket: UInt32, ringStep: UInt32, chunkIndex: UInt32,
-                dtype: DType, totalCount: UInt64, offset: UInt64, elementCount: UInt64, checksum: UInt64,
-                layoutFingerprint: UInt64, originRank: Int32, ringEpoch: UInt32 = 0) {
+    public init(
+        operation: Operation, sequence: UInt64, step: UInt64, bucket: UInt32, ringStep: UInt32, chunkIndex: UInt32,
+        dtype: DType, totalCount: UInt64, offset: UInt64, elementCount: UInt64, checksum: UInt64,
+        layoutFingerprint: UInt64, originRank: Int32, ringEpoch: UInt32 = 0
+    ) {
         (self.operation, self.sequence, self.step, self.bucket) = (operation, sequence, step, bucket)
         (self.ringStep, self.chunkIndex, self.dtype, self.totalCount) = (ringStep, chunkIndex, dtype, totalCount)
         (self.offset, self.elementCount, self.checksum) = (offset, elementCount, checksum)
@@ -163,34 +165,45 @@ extension Envelope {
         }
         return jobID.withCString { job in
             msg.job_id = UnsafeMutablePointer(mutating: job)
-            let arena = PackArena() // the C strings and arrays must outlive the packing
+            let arena = PackArena()  // the C strings and arrays must outlive the packing
             let packed = withExtendedLifetime(arena) {
                 body.flatMap { b in
                     Envelope.packControl(b, &msg, arena) { m in
                         let size = tether__v1__envelope__get_packed_size(&m)
-                        return [UInt8](unsafeUninitializedCapacity: size) { buf, count in count = tether__v1__envelope__pack(&m, buf.baseAddress) }
+                        return [UInt8](unsafeUninitializedCapacity: size) { buf, count in
+                            count = tether__v1__envelope__pack(&m, buf.baseAddress)
+                        }
                     }
                 }
             }
             if let packed { return packed }
             switch body {
-            case .none, .assign, .ready, .start, .stepReport, .evalReport, .checkpoint, .heartbeat, .finish, .dataRequest, .dataRows, .stop, .reform:
+            case .none, .assign, .ready, .start, .stepReport, .evalReport, .checkpoint, .heartbeat, .finish, .dataRequest, .dataRows, .stop,
+                .reform:
                 return pack()
             case .hello(let h):
                 var hello = Tether__V1__Hello()
                 tether__v1__hello__init(&hello)
-                return h.advertiseAddress.withCString { addr in h.tetherVersion.withCString { ver in h.hostKey.withCString { key in h.ipcFolder.withCString { folder in
-                    hello.advertise_address = UnsafeMutablePointer(mutating: addr)
-                    hello.tether_version = UnsafeMutablePointer(mutating: ver)
-                    (hello.host_key, hello.ipc_folder) = (UnsafeMutablePointer(mutating: key), UnsafeMutablePointer(mutating: folder))
-                    hello.threads = h.threads
-                    (hello.carried_step, hello.carried_hash) = (h.carriedStep, h.carriedHash)
-                    return withUnsafeMutablePointer(to: &hello) { hp in
-                        msg.body_case = TETHER__V1__ENVELOPE__BODY_HELLO
-                        msg.hello = hp
-                        return pack()
+                return h.advertiseAddress.withCString { addr in
+                    h.tetherVersion.withCString { ver in
+                        h.hostKey.withCString { key in
+                            h.ipcFolder.withCString { folder in
+                                hello.advertise_address = UnsafeMutablePointer(mutating: addr)
+                                hello.tether_version = UnsafeMutablePointer(mutating: ver)
+                                (hello.host_key, hello.ipc_folder) = (
+                                    UnsafeMutablePointer(mutating: key), UnsafeMutablePointer(mutating: folder)
+                                )
+                                hello.threads = h.threads
+                                (hello.carried_step, hello.carried_hash) = (h.carriedStep, h.carriedHash)
+                                return withUnsafeMutablePointer(to: &hello) { hp in
+                                    msg.body_case = TETHER__V1__ENVELOPE__BODY_HELLO
+                                    msg.hello = hp
+                                    return pack()
+                                }
+                            }
+                        }
                     }
-                } } } }
+                }
             case .chunk(let c):
                 var chunk = Tether__V1__ChunkHeader()
                 tether__v1__chunk_header__init(&chunk)
@@ -240,14 +253,18 @@ extension Envelope {
         defer { tether__v1__envelope__free_unpacked(m, nil) }
         let env = m.pointee
         guard env.protocol_version == Envelope.currentProtocolVersion else {
-            throw WireError(message: "protocol version \(env.protocol_version) from rank \(env.sender_rank), this build speaks \(Envelope.currentProtocolVersion)")
+            throw WireError(
+                message:
+                    "protocol version \(env.protocol_version) from rank \(env.sender_rank), this build speaks \(Envelope.currentProtocolVersion)"
+            )
         }
         self.init(jobID: String(cString: env.job_id), senderRank: env.sender_rank, body: nil)
         switch env.body_case {
         case TETHER__V1__ENVELOPE__BODY_HELLO:
             guard let h = env.hello?.pointee else { break }
-            var hello = Hello(advertiseAddress: String(cString: h.advertise_address),
-                              tetherVersion: String(cString: h.tether_version), threads: h.threads)
+            var hello = Hello(
+                advertiseAddress: String(cString: h.advertise_address),
+                tetherVersion: String(cString: h.tether_version), threads: h.threads)
             (hello.carriedStep, hello.carriedHash) = (h.carried_step, h.carried_hash)
             (hello.hostKey, hello.ipcFolder) = (String(cString: h.host_key), String(cString: h.ipc_folder))
             body = .hello(hello)
@@ -259,10 +276,11 @@ extension Envelope {
             guard let dtype = ChunkHeader.DType(rawValue: c.dtype.rawValue) else {
                 throw WireError(message: "chunk from rank \(env.sender_rank) has unknown dtype \(c.dtype.rawValue)")
             }
-            var header = ChunkHeader(operation: operation, sequence: c.sequence, step: c.step, bucket: c.bucket,
-                                     ringStep: c.ring_step, chunkIndex: c.chunk_index, dtype: dtype, totalCount: c.total_count,
-                                     offset: c.offset, elementCount: c.element_count, checksum: c.checksum,
-                                     layoutFingerprint: c.layout_fingerprint, originRank: c.origin_rank)
+            var header = ChunkHeader(
+                operation: operation, sequence: c.sequence, step: c.step, bucket: c.bucket,
+                ringStep: c.ring_step, chunkIndex: c.chunk_index, dtype: dtype, totalCount: c.total_count,
+                offset: c.offset, elementCount: c.element_count, checksum: c.checksum,
+                layoutFingerprint: c.layout_fingerprint, originRank: c.origin_rank)
             header.stopVote = c.stop_vote != 0
             header.reformVote = c.reform_vote != 0
             header.ringEpoch = c.ring_epoch

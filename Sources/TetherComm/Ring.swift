@@ -38,8 +38,10 @@ public final class Ring {
     /// bound, before it connects: a re-formed ring waits there until every member listens, because a
     /// connection made earlier could reach a neighbour's abandoned socket at the same address and its
     /// messages would be lost.
-    public init(context: ZeroMQContext, rank: Int, addresses: [String], options: RingOptions = RingOptions(),
-                listening: () throws -> Void = {}) throws {
+    public init(
+        context: ZeroMQContext, rank: Int, addresses: [String], options: RingOptions = RingOptions(),
+        listening: () throws -> Void = {}
+    ) throws {
         guard !addresses.isEmpty, (0..<addresses.count).contains(rank) else {
             throw CollectiveError(message: "rank \(rank) is outside a ring of \(addresses.count)")
         }
@@ -47,7 +49,8 @@ public final class Ring {
         guard addresses.count > 1 else { link = nil; return }
         link = try RingLink(context: context, rank: rank, addresses: addresses, options: options, listening: listening)
         try run(.handshake) {
-            try send(header(.handshake, totalCount: 0), ringStep: 0, index: 0, offset: 0, .copied(UnsafeRawBufferPointer(start: nil, count: 0)))
+            try send(
+                header(.handshake, totalCount: 0), ringStep: 0, index: 0, offset: 0, .copied(UnsafeRawBufferPointer(start: nil, count: 0)))
             _ = try receive(ExpectedChunk(operation: .handshake, ringStep: 0, chunkIndex: 0, offset: 0, count: 0, totalCount: 0))
         }
     }
@@ -66,12 +69,16 @@ public final class Ring {
     /// on the way): the result is what any rank voted, the same on every rank. Each segment's final vote is fixed where the segment is
     /// completed and every rank sees every segment's, so all ranks agree without another message.
     @discardableResult
-    public func allReduce(_ buffer: UnsafeMutableBufferPointer<Float>, average: Bool = false, step: UInt64 = 0, bucket: UInt32 = 0, vote: RingVotes = []) throws -> RingVotes {
+    public func allReduce(
+        _ buffer: UnsafeMutableBufferPointer<Float>, average: Bool = false, step: UInt64 = 0, bucket: UInt32 = 0, vote: RingVotes = []
+    ) throws -> RingVotes {
         try allReduceElements(buffer, average: average, step: step, bucket: bucket, vote: vote)
     }
 
     @discardableResult
-    public func allReduce(_ buffer: UnsafeMutableBufferPointer<Double>, average: Bool = false, step: UInt64 = 0, bucket: UInt32 = 0, vote: RingVotes = []) throws -> RingVotes {
+    public func allReduce(
+        _ buffer: UnsafeMutableBufferPointer<Double>, average: Bool = false, step: UInt64 = 0, bucket: UInt32 = 0, vote: RingVotes = []
+    ) throws -> RingVotes {
         try allReduceElements(buffer, average: average, step: step, bucket: bucket, vote: vote)
     }
 
@@ -80,10 +87,14 @@ public final class Ring {
     /// taken in f32; the rank that finishes a segment narrows it once, and every rank, that one too,
     /// ends with those values widened: bitwise equal on all ranks. Checksums are of the wire bytes.
     @discardableResult
-    public func allReduce(_ buffer: UnsafeMutableBufferPointer<Float>, wire: ChunkHeader.DType, average: Bool = false, step: UInt64 = 0,
-                          bucket: UInt32 = 0, vote: RingVotes = []) throws -> RingVotes {
+    public func allReduce(
+        _ buffer: UnsafeMutableBufferPointer<Float>, wire: ChunkHeader.DType, average: Bool = false, step: UInt64 = 0,
+        bucket: UInt32 = 0, vote: RingVotes = []
+    ) throws -> RingVotes {
         guard wire != .f32 else { return try allReduceElements(buffer, average: average, step: step, bucket: bucket, vote: vote) }
-        guard let codec = WireCodec(wire) else { throw CollectiveError(message: "rank \(rank): an f32 all-reduce cannot travel as \(wire)") }
+        guard let codec = WireCodec(wire) else {
+            throw CollectiveError(message: "rank \(rank): an f32 all-reduce cannot travel as \(wire)")
+        }
         let n = buffer.count
         if wireStagingCount < n {
             wireStaging.deallocate()
@@ -102,15 +113,17 @@ public final class Ring {
             func lend(_ c: Range<Int>, checksum: UInt64?) -> RingLink.Outgoing {
                 .lent(UnsafeRawBufferPointer(start: staging + c.lowerBound, count: c.count * 2), checksum: checksum)
             }
-            return try reduceScatterAllGather(count: n, dtype: wire, step: step, bucket: bucket, vote: vote, perChunk: max(1, options.chunkBytes / 2),
+            return try reduceScatterAllGather(
+                count: n, dtype: wire, step: step, bucket: bucket, vote: vote, perChunk: max(1, options.chunkBytes / 2),
                 own: { c in
                     if !c.isEmpty { codec.narrow(staging + c.lowerBound, base + c.lowerBound, count: c.count) }
                     return lend(c, checksum: nil)
                 },
                 take: { frame, h, e, c, reducing, finishing in
-                    try self.link!.consume(frame, h, e, sequence: self.sequence, into: UnsafeMutableBufferPointer(start: base + c.lowerBound, count: c.count),
-                                           wire: codec, adding: reducing, divideBy: average && finishing ? Float(self.size) : nil,
-                                           narrowInto: reducing ? staging + c.lowerBound : nil, keepNarrowed: finishing)
+                    try self.link!.consume(
+                        frame, h, e, sequence: self.sequence, into: UnsafeMutableBufferPointer(start: base + c.lowerBound, count: c.count),
+                        wire: codec, adding: reducing, divideBy: average && finishing ? Float(self.size) : nil,
+                        narrowInto: reducing ? staging + c.lowerBound : nil, keepNarrowed: finishing)
                 },
                 onward: lend)
         }
@@ -127,7 +140,9 @@ public final class Ring {
 
     // The generic bodies are internal so that the compiler specializes them for Float and Double here;
     // a public generic called from another module would run unspecialized.
-    func allReduceElements<T: RingElement>(_ buffer: UnsafeMutableBufferPointer<T>, average: Bool, step: UInt64, bucket: UInt32, vote: RingVotes) throws -> RingVotes {
+    func allReduceElements<T: RingElement>(
+        _ buffer: UnsafeMutableBufferPointer<T>, average: Bool, step: UInt64, bucket: UInt32, vote: RingVotes
+    ) throws -> RingVotes {
         try run(.allReduce) {
             guard size > 1 else { return vote }
             let base = buffer.baseAddress
@@ -135,14 +150,18 @@ public final class Ring {
             // written again before the right neighbour has received it, because everything this rank
             // receives later depends on it, and `run` waits for the last ones before returning.
             func lend(_ c: Range<Int>, checksum: UInt64?) -> RingLink.Outgoing {
-                .lent(UnsafeRawBufferPointer(start: base.map { $0 + c.lowerBound }, count: c.count * MemoryLayout<T>.stride), checksum: checksum)
+                .lent(
+                    UnsafeRawBufferPointer(start: base.map { $0 + c.lowerBound }, count: c.count * MemoryLayout<T>.stride),
+                    checksum: checksum)
             }
-            return try reduceScatterAllGather(count: buffer.count, dtype: T.dtype, step: step, bucket: bucket, vote: vote,
-                                              perChunk: max(1, options.chunkBytes / MemoryLayout<T>.stride),
+            return try reduceScatterAllGather(
+                count: buffer.count, dtype: T.dtype, step: step, bucket: bucket, vote: vote,
+                perChunk: max(1, options.chunkBytes / MemoryLayout<T>.stride),
                 own: { lend($0, checksum: nil) },
                 take: { frame, h, e, c, reducing, finishing in
-                    try self.consume(frame, h, e, into: UnsafeMutableBufferPointer(start: base.map { $0 + c.lowerBound }, count: c.count),
-                                     reducing ? .add(divideBy: average && finishing ? T(self.size) : nil) : .copy)
+                    try self.consume(
+                        frame, h, e, into: UnsafeMutableBufferPointer(start: base.map { $0 + c.lowerBound }, count: c.count),
+                        reducing ? .add(divideBy: average && finishing ? T(self.size) : nil) : .copy)
                 },
                 onward: lend)
         }
@@ -155,29 +174,36 @@ public final class Ring {
     /// on; `onward(c, checksum)` is a reduced chunk as it goes on. In the all-gather the received frame
     /// itself is passed on. Votes: reducing adds this rank's to the chunk's; gathering passes a final
     /// vote on as it came.
-    private func reduceScatterAllGather(count n: Int, dtype: ChunkHeader.DType, step: UInt64, bucket: UInt32, vote: RingVotes, perChunk: Int,
-                                        own: (Range<Int>) throws -> RingLink.Outgoing,
-                                        take: (ZeroMQFrame, ChunkHeader, ExpectedChunk, Range<Int>, _ reducing: Bool, _ finishing: Bool) throws -> UInt64?,
-                                        onward: (Range<Int>, UInt64?) -> RingLink.Outgoing) throws -> RingVotes {
+    private func reduceScatterAllGather(
+        count n: Int, dtype: ChunkHeader.DType, step: UInt64, bucket: UInt32, vote: RingVotes, perChunk: Int,
+        own: (Range<Int>) throws -> RingLink.Outgoing,
+        take: (ZeroMQFrame, ChunkHeader, ExpectedChunk, Range<Int>, _ reducing: Bool, _ finishing: Bool) throws -> UInt64?,
+        onward: (Range<Int>, UInt64?) -> RingLink.Outgoing
+    ) throws -> RingVotes {
         var head = header(.allReduce, step: step, bucket: bucket, dtype: dtype, totalCount: n)
         head.votes = vote
         var anyVote = vote
         let segments = (0..<size).map { segment($0, of: n) }
-        for (i, c) in chunks(segments[rank], perChunk).enumerated() { try send(head, ringStep: 0, index: i, offset: c.lowerBound, try own(c)) }
+        for (i, c) in chunks(segments[rank], perChunk).enumerated() {
+            try send(head, ringStep: 0, index: i, offset: c.lowerBound, try own(c))
+        }
         let lastStep = 2 * (size - 1) - 1
         for ringStep in 0...lastStep {
             let reducing = ringStep < size - 1
             let s = wrapped(reducing ? rank - ringStep - 1 : rank - (ringStep - (size - 1)))
             for (i, c) in chunks(segments[s], perChunk).enumerated() {
-                let e = ExpectedChunk(operation: .allReduce, step: step, bucket: bucket, ringStep: ringStep, chunkIndex: i,
-                                      dtype: dtype, offset: c.lowerBound, count: c.count, totalCount: n)
+                let e = ExpectedChunk(
+                    operation: .allReduce, step: step, bucket: bucket, ringStep: ringStep, chunkIndex: i,
+                    dtype: dtype, offset: c.lowerBound, count: c.count, totalCount: n)
                 let (frame, h) = try receive(e, verifying: false)
                 let made = try take(frame, h, e, c, reducing, ringStep == size - 2)
                 var next = head
                 next.votes = reducing ? h.votes.union(vote) : h.votes
                 anyVote.formUnion(next.votes)
                 guard ringStep < lastStep else { continue }
-                try send(next, ringStep: ringStep + 1, index: i, offset: c.lowerBound, reducing ? onward(c, made) : .forwarded(frame, checksum: h.checksum))
+                try send(
+                    next, ringStep: ringStep + 1, index: i, offset: c.lowerBound,
+                    reducing ? onward(c, made) : .forwarded(frame, checksum: h.checksum))
             }
         }
         return anyVote
@@ -193,12 +219,16 @@ public final class Ring {
             let pieces = chunks(0..<n, max(1, options.chunkBytes / MemoryLayout<T>.stride))
             for (i, c) in pieces.enumerated() {
                 if rank == root {
-                    try send(head, ringStep: 0, index: i, offset: c.lowerBound,
-                                  .lent(UnsafeRawBufferPointer(start: base.map { $0 + c.lowerBound }, count: c.count * MemoryLayout<T>.stride), checksum: nil))
+                    try send(
+                        head, ringStep: 0, index: i, offset: c.lowerBound,
+                        .lent(
+                            UnsafeRawBufferPointer(start: base.map { $0 + c.lowerBound }, count: c.count * MemoryLayout<T>.stride),
+                            checksum: nil))
                     continue
                 }
-                let e = ExpectedChunk(operation: .broadcast, step: step, ringStep: 0, chunkIndex: i, dtype: T.dtype,
-                                 offset: c.lowerBound, count: c.count, totalCount: n, origin: root)
+                let e = ExpectedChunk(
+                    operation: .broadcast, step: step, ringStep: 0, chunkIndex: i, dtype: T.dtype,
+                    offset: c.lowerBound, count: c.count, totalCount: n, origin: root)
                 let (frame, h) = try receive(e, verifying: false)
                 _ = try consume(frame, h, e, into: UnsafeMutableBufferPointer(start: base.map { $0 + c.lowerBound }, count: c.count), .copy)
                 if right != root { try send(head, ringStep: 0, index: i, offset: c.lowerBound, .forwarded(frame, checksum: h.checksum)) }
@@ -243,15 +273,20 @@ public final class Ring {
             repeat {
                 let offset = index * perChunk
                 let count = total.map { min(perChunk, $0 - offset) }
-                let (frame, header) = try receive(ExpectedChunk(operation: operation, step: step, ringStep: ringStep, chunkIndex: index,
-                                                                       dtype: .bytes, offset: offset, count: count, totalCount: total, origin: origin))
+                let (frame, header) = try receive(
+                    ExpectedChunk(
+                        operation: operation, step: step, ringStep: ringStep, chunkIndex: index,
+                        dtype: .bytes, offset: offset, count: count, totalCount: total, origin: origin))
                 if total == nil {
                     guard header.totalCount <= UInt64(options.maxGatherBytes) else {
-                        throw mismatch("payload length of rank \(origin)", "at most \(options.maxGatherBytes) bytes", "\(header.totalCount)")
+                        throw mismatch(
+                            "payload length of rank \(origin)", "at most \(options.maxGatherBytes) bytes", "\(header.totalCount)")
                     }
                     total = Int(header.totalCount)
                     guard header.elementCount == min(UInt64(perChunk), header.totalCount) else {
-                        throw mismatch("chunk 0 of rank \(origin)'s payload", "\(min(UInt64(perChunk), header.totalCount)) bytes", "\(header.elementCount)")
+                        throw mismatch(
+                            "chunk 0 of rank \(origin)'s payload", "\(min(UInt64(perChunk), header.totalCount)) bytes",
+                            "\(header.elementCount)")
                     }
                     // grows with what arrives, not with what the header claims
                     received.reserveCapacity(min(total!, 4 * perChunk))
@@ -269,21 +304,24 @@ public final class Ring {
     func segment(_ i: Int, of n: Int) -> Range<Int> {
         let q = n / size, r = n % size
         let start = i * q + min(i, r)
-        return start ..< start + q + (i < r ? 1 : 0)
+        return start..<start + q + (i < r ? 1 : 0)
     }
 
     /// A range cut into chunks of at most `per`; an empty range is one empty chunk, so every ring step
     /// sends at least one header and a disagreement about sizes shows at once.
     func chunks(_ range: Range<Int>, _ per: Int) -> [Range<Int>] {
         guard !range.isEmpty else { return [range] }
-        return stride(from: range.lowerBound, to: range.upperBound, by: per).map { $0 ..< min($0 + per, range.upperBound) }
+        return stride(from: range.lowerBound, to: range.upperBound, by: per).map { $0..<min($0 + per, range.upperBound) }
     }
 
-    private func header(_ operation: ChunkHeader.Operation, step: UInt64 = 0, bucket: UInt32 = 0,
-                        dtype: ChunkHeader.DType = .bytes, totalCount: Int) -> ChunkHeader {
-        ChunkHeader(operation: operation, sequence: sequence, step: step, bucket: bucket, ringStep: 0, chunkIndex: 0, dtype: dtype,
-                    totalCount: UInt64(totalCount), offset: 0, elementCount: 0, checksum: 0,
-                    layoutFingerprint: options.layoutFingerprint, originRank: -1, ringEpoch: options.epoch)
+    private func header(
+        _ operation: ChunkHeader.Operation, step: UInt64 = 0, bucket: UInt32 = 0,
+        dtype: ChunkHeader.DType = .bytes, totalCount: Int
+    ) -> ChunkHeader {
+        ChunkHeader(
+            operation: operation, sequence: sequence, step: step, bucket: bucket, ringStep: 0, chunkIndex: 0, dtype: dtype,
+            totalCount: UInt64(totalCount), offset: 0, elementCount: 0, checksum: 0,
+            layoutFingerprint: options.layoutFingerprint, originRank: -1, ringEpoch: options.epoch)
     }
 
     /// Runs one collective: refuses to start on a failed ring, counts it, waits for its last sends, and
@@ -320,8 +358,10 @@ public final class Ring {
         return try link.receive(e, sequence: sequence, verifying: verifying)
     }
 
-    private func consume<T: RingElement>(_ frame: ZeroMQFrame, _ h: ChunkHeader, _ e: ExpectedChunk,
-                                         into y: UnsafeMutableBufferPointer<T>, _ how: RingLink.Consumption<T>) throws -> UInt64? {
+    private func consume<T: RingElement>(
+        _ frame: ZeroMQFrame, _ h: ChunkHeader, _ e: ExpectedChunk,
+        into y: UnsafeMutableBufferPointer<T>, _ how: RingLink.Consumption<T>
+    ) throws -> UInt64? {
         try link!.consume(frame, h, e, sequence: sequence, into: y, how)
     }
 

@@ -44,7 +44,9 @@ final class RingLink {
         }
         let bindDeadline = ContinuousClock.now + .seconds(1)
         while true {
-            do { try pull.bind(addresses[rank]); break } catch let e as ZeroMQError where e.code == EADDRINUSE && ContinuousClock.now < bindDeadline {
+            do { try pull.bind(addresses[rank]); break } catch let e as ZeroMQError
+                where e.code == EADDRINUSE && ContinuousClock.now < bindDeadline
+            {
                 usleep(20_000)
             } catch {
                 throw CollectiveError(message: "rank \(rank) cannot listen on \(addresses[rank]): \(error)")
@@ -92,7 +94,10 @@ final class RingLink {
     /// Waits until libzmq has let go of every buffer lent to it (the collective's last sends).
     func finishSends() throws {
         guard lent.waitForAll(deadline: .now + options.timeout) else {
-            throw CollectiveError(message: "rank \(rank): cannot send to rank \(right) (\(rightAddress)) within \(options.timeout): it did not take this rank's last \(lent.outstanding) messages")
+            throw CollectiveError(
+                message:
+                    "rank \(rank): cannot send to rank \(right) (\(rightAddress)) within \(options.timeout): it did not take this rank's last \(lent.outstanding) messages"
+            )
         }
     }
 
@@ -156,7 +161,8 @@ final class RingLink {
                 }
             }
         } catch let e as ZeroMQError where e.code == EAGAIN {
-            throw CollectiveError(message: "rank \(rank): cannot send to rank \(right) (\(rightAddress)) within \(options.timeout): it takes no messages")
+            throw CollectiveError(
+                message: "rank \(rank): cannot send to rank \(right) (\(rightAddress)) within \(options.timeout): it takes no messages")
         }
         statistics.checksumming += t0.duration(to: t1)
         statistics.sending += t1.duration(to: .now)
@@ -166,9 +172,9 @@ final class RingLink {
     static func checksum(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
         guard let p = bytes.baseAddress, bytes.count > 0 else { return XXH3_64bits(nil, 0) }
         #if arch(x86_64)
-        return XXH3_64bits_dispatch(p, bytes.count)
+            return XXH3_64bits_dispatch(p, bytes.count)
         #else
-        return XXH3_64bits(p, bytes.count)
+            return XXH3_64bits(p, bytes.count)
         #endif
     }
 
@@ -193,7 +199,8 @@ final class RingLink {
             let slice = options.abandon == nil ? deadline : min(deadline, .now + Self.abandonPoll)
             guard let next = try pull.receive(deadline: slice) else {
                 if ContinuousClock.now < deadline { continue }
-                throw CollectiveError(message: "rank \(rank): no message from rank \(left) (\(leftAddress)) within \(options.timeout) (waiting for \(what))")
+                throw CollectiveError(
+                    message: "rank \(rank): no message from rank \(left) (\(leftAddress)) within \(options.timeout) (waiting for \(what))")
             }
             frames = next
             do { envelope = try withExtendedLifetime(frames) { try Envelope(decoding: frames[0].bytes) } } catch {
@@ -223,12 +230,16 @@ final class RingLink {
             throw CollectiveError(message: "rank \(rank): rank \(left) sent a message that is not a collective chunk (waiting for \(what))")
         }
         guard frames.count == 2 else {
-            throw CollectiveError(message: "rank \(rank): \(what) from rank \(left) has \(frames.count) frames, expected a header and a payload")
+            throw CollectiveError(
+                message: "rank \(rank): \(what) from rank \(left) has \(frames.count) frames, expected a header and a payload")
         }
         let payload = frames[1].bytes
         if let m = e.mismatch(h, sequence: sequence, layoutFingerprint: options.layoutFingerprint, payloadBytes: payload.count) {
             if m.field == "payload length" {
-                throw CollectiveError(message: "rank \(rank): truncated payload from rank \(left) in \(what): the header says \(h.elementCount) \(h.dtype) elements, the frame has \(payload.count) bytes")
+                throw CollectiveError(
+                    message:
+                        "rank \(rank): truncated payload from rank \(left) in \(what): the header says \(h.elementCount) \(h.dtype) elements, the frame has \(payload.count) bytes"
+                )
             }
             throw mismatch(m.field, m.expected, m.found)
         }
@@ -243,16 +254,22 @@ final class RingLink {
 
     private func check(_ sum: UInt64, _ h: ChunkHeader, _ e: ExpectedChunk, sequence: UInt64) throws {
         guard sum != h.checksum else { return }
-        throw CollectiveError(message: "rank \(rank): corrupt payload from rank \(left) in \(e.operation) #\(sequence) ring step \(e.ringStep) chunk \(e.chunkIndex): checksum \(String(format: "%016llx", sum)), header says \(String(format: "%016llx", h.checksum))")
+        throw CollectiveError(
+            message:
+                "rank \(rank): corrupt payload from rank \(left) in \(e.operation) #\(sequence) ring step \(e.ringStep) chunk \(e.chunkIndex): checksum \(String(format: "%016llx", sum)), header says \(String(format: "%016llx", h.checksum))"
+        )
     }
 
     /// The error for a field the left neighbour disagrees on.
     func mismatch(_ field: String, _ here: String, _ there: String) -> CollectiveError {
-        CollectiveError(message: "rank \(rank) and rank \(left) disagree on the \(field): \(here) on rank \(rank), \(there) from rank \(left)")
+        CollectiveError(
+            message: "rank \(rank) and rank \(left) disagree on the \(field): \(here) on rank \(rank), \(there) from rank \(left)")
     }
 
     private func drop(_ message: String, _ waitingFor: String) {
-        if let line = dropped.admit("rank \(rank): dropped \(message) on its ring link while waiting for \(waitingFor)", now: .now) { options.logger.warning("\(line)") }
+        if let line = dropped.admit("rank \(rank): dropped \(message) on its ring link while waiting for \(waitingFor)", now: .now) {
+            options.logger.warning("\(line)")
+        }
     }
 
     // MARK: consuming
@@ -273,11 +290,15 @@ final class RingLink {
     /// before it is used, so it is read from memory once. Adding also hashes the result, which it returns
     /// for the chunk's next send; copying returns nil. On a bad checksum `y` holds garbage and the
     /// collective fails.
-    func consume<T: RingElement>(_ frame: ZeroMQFrame, _ h: ChunkHeader, _ e: ExpectedChunk, sequence: UInt64,
-                                 into y: UnsafeMutableBufferPointer<T>, _ how: Consumption<T>) throws -> UInt64? {
+    func consume<T: RingElement>(
+        _ frame: ZeroMQFrame, _ h: ChunkHeader, _ e: ExpectedChunk, sequence: UInt64,
+        into y: UnsafeMutableBufferPointer<T>, _ how: Consumption<T>
+    ) throws -> UInt64? {
         let adding = if case .add = how { true } else { false }
-        return try inBlocks(frame, h, e, sequence: sequence, count: y.count, of: T.self, per: Self.consumeBlockBytes / MemoryLayout<T>.stride,
-                            hashingOutput: adding) { x, lower, n in
+        return try inBlocks(
+            frame, h, e, sequence: sequence, count: y.count, of: T.self, per: Self.consumeBlockBytes / MemoryLayout<T>.stride,
+            hashingOutput: adding
+        ) { x, lower, n in
             let ys = y.baseAddress! + lower
             switch how {
             case .add(let divisor):
@@ -296,11 +317,15 @@ final class RingLink {
     /// chunk goes on (`narrowInto`), `y` is narrowed there block by block and the returned checksum is
     /// of those wire bytes; `keepNarrowed` then also sets `y` to the narrowed values widened (the rank
     /// that finishes a segment holds what every other rank will).
-    func consume(_ frame: ZeroMQFrame, _ h: ChunkHeader, _ e: ExpectedChunk, sequence: UInt64, into y: UnsafeMutableBufferPointer<Float>,
-                 wire codec: WireCodec, adding: Bool, divideBy divisor: Float?, narrowInto out: UnsafeMutablePointer<UInt16>?,
-                 keepNarrowed: Bool) throws -> UInt64? {
-        try inBlocks(frame, h, e, sequence: sequence, count: y.count, of: UInt16.self, per: Self.consumeBlockBytes / MemoryLayout<Float>.stride,
-                     hashingOutput: out != nil) { x, lower, n in
+    func consume(
+        _ frame: ZeroMQFrame, _ h: ChunkHeader, _ e: ExpectedChunk, sequence: UInt64, into y: UnsafeMutableBufferPointer<Float>,
+        wire codec: WireCodec, adding: Bool, divideBy divisor: Float?, narrowInto out: UnsafeMutablePointer<UInt16>?,
+        keepNarrowed: Bool
+    ) throws -> UInt64? {
+        try inBlocks(
+            frame, h, e, sequence: sequence, count: y.count, of: UInt16.self, per: Self.consumeBlockBytes / MemoryLayout<Float>.stride,
+            hashingOutput: out != nil
+        ) { x, lower, n in
             let ys = y.baseAddress! + lower
             if adding { codec.add(ys, x + lower, count: n) } else { codec.widen(ys, x + lower, count: n) }
             if let divisor { Float.divide(ys, by: divisor, count: n) }
@@ -315,8 +340,10 @@ final class RingLink {
     /// time (`consumeBlockBytes` of the buffer's elements): each block of the payload is hashed,
     /// then `block(x, lower, n)` uses it and returns the bytes it made for the next send (hashed too,
     /// when `hashingOutput`). Returns that hash, or nil; the payload's checksum is verified at the end.
-    private func inBlocks<X>(_ frame: ZeroMQFrame, _ h: ChunkHeader, _ e: ExpectedChunk, sequence: UInt64, count: Int, of: X.Type, per: Int,
-                             hashingOutput: Bool, _ block: (UnsafePointer<X>, Int, Int) -> UnsafeRawBufferPointer?) throws -> UInt64? {
+    private func inBlocks<X>(
+        _ frame: ZeroMQFrame, _ h: ChunkHeader, _ e: ExpectedChunk, sequence: UInt64, count: Int, of: X.Type, per: Int,
+        hashingOutput: Bool, _ block: (UnsafePointer<X>, Int, Int) -> UnsafeRawBufferPointer?
+    ) throws -> UInt64? {
         guard count > 0 else {
             try check(Self.checksum(frame.bytes), h, e, sequence: sequence)
             return nil

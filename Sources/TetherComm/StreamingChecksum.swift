@@ -15,9 +15,9 @@ final class StreamingChecksum {
 
     func update(_ p: UnsafeRawPointer, _ count: Int) {
         #if arch(x86_64)
-        XXH3_64bits_update_dispatch(state, p, count)
+            XXH3_64bits_update_dispatch(state, p, count)
         #else
-        XXH3_64bits_update(state, p, count)
+            XXH3_64bits_update(state, p, count)
         #endif
     }
 

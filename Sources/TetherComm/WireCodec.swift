@@ -13,8 +13,14 @@ public struct WireCodec: Sendable {
     public init?(_ dtype: ChunkHeader.DType) {
         self.dtype = dtype
         switch dtype {
-        case .f16: (narrowing, widening, adding) = ({ tether_f32_to_f16($0, $1, $2) }, { tether_f16_to_f32($0, $1, $2) }, { tether_add_f16_to_f32($0, $1, $2) })
-        case .bf16: (narrowing, widening, adding) = ({ tether_f32_to_bf16($0, $1, $2) }, { tether_bf16_to_f32($0, $1, $2) }, { tether_add_bf16_to_f32($0, $1, $2) })
+        case .f16:
+            (narrowing, widening, adding) = (
+                { tether_f32_to_f16($0, $1, $2) }, { tether_f16_to_f32($0, $1, $2) }, { tether_add_f16_to_f32($0, $1, $2) }
+            )
+        case .bf16:
+            (narrowing, widening, adding) = (
+                { tether_f32_to_bf16($0, $1, $2) }, { tether_bf16_to_f32($0, $1, $2) }, { tether_add_bf16_to_f32($0, $1, $2) }
+            )
         default: return nil
         }
     }

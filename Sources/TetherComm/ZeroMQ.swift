@@ -102,7 +102,8 @@ public final class ZeroMQSocket {
     /// default a ROUTER names each connection anew). Must not start with a zero byte.
     public func setRoutingID(_ id: [UInt8]) throws {
         precondition(!id.isEmpty && id[0] != 0, "a routing id is non-empty and does not start with 0")
-        try ZeroMQ.check(id.withUnsafeBytes { zmq_setsockopt(handle, ZMQ_ROUTING_ID, $0.baseAddress, id.count) }, "zmq_setsockopt(ZMQ_ROUTING_ID)")
+        try ZeroMQ.check(
+            id.withUnsafeBytes { zmq_setsockopt(handle, ZMQ_ROUTING_ID, $0.baseAddress, id.count) }, "zmq_setsockopt(ZMQ_ROUTING_ID)")
     }
 
     func setOption(_ option: Int32, _ value: Int32, _ name: String) throws {
@@ -180,7 +181,8 @@ public final class ZeroMQSocket {
         guard let base = payload.baseAddress, payload.count > 0 else { return try send([header, payload]) }
         var msg = zmq_msg_t()
         lent.lend()
-        guard zmq_msg_init_data(&msg, UnsafeMutableRawPointer(mutating: base), payload.count, tether_pending_release, lent.counter) == 0 else {
+        guard zmq_msg_init_data(&msg, UnsafeMutableRawPointer(mutating: base), payload.count, tether_pending_release, lent.counter) == 0
+        else {
             lent.returned()
             throw ZeroMQError(call: "zmq_msg_init_data", code: zmq_errno())
         }

@@ -13,7 +13,7 @@ public struct EpochPlan: Sendable, Equatable {
         precondition(globalBatch > 0)
         self.epoch = epoch
         self.globalBatch = globalBatch
-        var rng = RNG(seed: seed, stream: 0x5348_5546 &+ UInt64(epoch)) // "SHUF" + epoch
+        var rng = RNG(seed: seed, stream: 0x5348_5546 &+ UInt64(epoch))  // "SHUF" + epoch
         order = shuffle ? rng.permutation(count) : Array(0..<count)
     }
 
@@ -22,6 +22,6 @@ public struct EpochPlan: Sendable, Equatable {
     /// The sample indices of step `s` (0-based within the epoch).
     public func samples(step s: Int) -> ArraySlice<Int> {
         let start = s * globalBatch
-        return order[start ..< min(start + globalBatch, order.count)]
+        return order[start..<min(start + globalBatch, order.count)]
     }
 }

@@ -26,9 +26,14 @@ public enum IDX {
         guard contents.count >= headerBytes else { throw DataError.truncated(file: path, expected: headerBytes, found: contents.count) }
         let dims = (0..<rank).map { Int(bigEndianUInt32(contents, at: 4 + 4 * $0)) }
         // The product of the file's sizes is checked, never trusted: four sizes of 2^32 overflow.
-        let elements = dims.reduce(Optional(1)) { p, d in p.flatMap { let (m, o) = $0.multipliedReportingOverflow(by: d); return o ? nil : m } }
+        let elements = dims.reduce(Optional(1)) { p, d in
+            p.flatMap {
+                let (m, o) = $0.multipliedReportingOverflow(by: d); return o ? nil : m
+            }
+        }
         guard let elements, elements <= Int.max - headerBytes else {
-            throw DataError.invalid("\(path): the header's sizes \(dims.map(String.init).joined(separator: " x ")) are too large for any file")
+            throw DataError.invalid(
+                "\(path): the header's sizes \(dims.map(String.init).joined(separator: " x ")) are too large for any file")
         }
         let expected = headerBytes + elements
         guard contents.count >= expected else { throw DataError.truncated(file: path, expected: expected, found: contents.count) }
@@ -57,7 +62,9 @@ public enum IDX {
                 throw DataError.unreadable(file: path, reason: "gzip: \(message)")
             }
             if n == 0 { break }
-            guard out.count + Int(n) <= maxBytes else { throw DataError.invalid("\(path): more than \(maxBytes >> 30) GiB once decompressed; not an IDX file this reader takes") }
+            guard out.count + Int(n) <= maxBytes else {
+                throw DataError.invalid("\(path): more than \(maxBytes >> 30) GiB once decompressed; not an IDX file this reader takes")
+            }
             out.append(contentsOf: chunk[0..<Int(n)])
         }
         return out
@@ -79,10 +86,13 @@ public enum DataError: Error, CustomStringConvertible, Equatable {
         switch self {
         case .missingFile(let f):
             var s = "\(f): no such file"
-            if f.hasPrefix(FashionMNIST.defaultDirectory) { s += " (install Debian's dataset-fashion-mnist: apt-get install dataset-fashion-mnist)" }
+            if f.hasPrefix(FashionMNIST.defaultDirectory) {
+                s += " (install Debian's dataset-fashion-mnist: apt-get install dataset-fashion-mnist)"
+            }
             return s
         case .unreadable(let f, let r): return "\(f): cannot read: \(r)"
-        case .badMagic(let f, let m): return String(format: "%@: not an unsigned-byte IDX file (magic 0x%08X, expected 0x000008DD with 1 to 4 dimensions)", f, m)
+        case .badMagic(let f, let m):
+            return String(format: "%@: not an unsigned-byte IDX file (magic 0x%08X, expected 0x000008DD with 1 to 4 dimensions)", f, m)
         case .truncated(let f, let e, let n): return "\(f): truncated: the header promises \(e) bytes, the file holds \(n)"
         case .trailingBytes(let f, let e, let n): return "\(f): \(n - e) unexpected bytes after the \(e) the header describes"
         case .mismatch(let s): return s

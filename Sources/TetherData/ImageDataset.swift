@@ -25,19 +25,22 @@ public struct ImageDataset: Sendable {
             throw DataError.mismatch("\(labelsFile): labels must have 1 dimension (N), found \(labels.dimensions)")
         }
         guard images.dimensions[0] == labels.dimensions[0] else {
-            throw DataError.mismatch("\(imagesFile) holds \(images.dimensions[0]) images but \(labelsFile) holds \(labels.dimensions[0]) labels")
+            throw DataError.mismatch(
+                "\(imagesFile) holds \(images.dimensions[0]) images but \(labelsFile) holds \(labels.dimensions[0]) labels")
         }
         if let i = labels.bytes.firstIndex(where: { Int($0) >= classes }) {
             throw DataError.mismatch("\(labelsFile): label \(labels.bytes[i]) of sample \(i) is not in 0..<\(classes)")
         }
-        self.init(pixels: images.bytes, labels: labels.bytes.map { Int32($0) },
-                  height: images.dimensions[1], width: images.dimensions[2], classes: classes)
+        self.init(
+            pixels: images.bytes, labels: labels.bytes.map { Int32($0) },
+            height: images.dimensions[1], width: images.dimensions[2], classes: classes)
     }
 
     /// The first `n` samples (all when nil or larger).
     public func prefix(_ n: Int?) -> ImageDataset {
         guard let n, n < count else { return self }
-        return ImageDataset(pixels: Array(pixels[0..<n * features]), labels: Array(labels[0..<n]), height: height, width: width, classes: classes)
+        return ImageDataset(
+            pixels: Array(pixels[0..<n * features]), labels: Array(labels[0..<n]), height: height, width: width, classes: classes)
     }
 
     /// The samples at `indices`, as a batch of (B, H*W) values in [0, 1].
@@ -73,9 +76,12 @@ public enum FashionMNIST {
         if directory != defaultDirectory, let missing = files.first(where: { !FileManager.default.fileExists(atPath: $0) }) {
             let names = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
             let present = ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).sorted()
-            throw DataError.invalid("\(missing): no such file. An IDX folder holds \(names.joined(separator: ", ")) (each may end in .gz); "
-                                    + (present.isEmpty ? "\(directory) holds no files" : "\(directory) holds \(present.prefix(10).joined(separator: ", "))"
-                                       + (present.count > 10 ? " and \(present.count - 10) more" : "")))
+            throw DataError.invalid(
+                "\(missing): no such file. An IDX folder holds \(names.joined(separator: ", ")) (each may end in .gz); "
+                    + (present.isEmpty
+                        ? "\(directory) holds no files"
+                        : "\(directory) holds \(present.prefix(10).joined(separator: ", "))"
+                            + (present.count > 10 ? " and \(present.count - 10) more" : "")))
         }
         return try ImageDataset(imagesFile: files[0], labelsFile: files[1])
     }

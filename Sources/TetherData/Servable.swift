@@ -23,14 +23,19 @@ struct ByteReader {
     mutating func read<T: FixedWidthInteger>(_: T.Type, count: Int) throws -> [T] {
         let size = count * MemoryLayout<T>.size
         guard count >= 0, position + size <= bytes.count else {
-            throw DataError.mismatch("served \(what): \(bytes.count - position) bytes left where \(count) values of \(MemoryLayout<T>.size) bytes were expected")
+            throw DataError.mismatch(
+                "served \(what): \(bytes.count - position) bytes left where \(count) values of \(MemoryLayout<T>.size) bytes were expected")
         }
         defer { position += size }
-        return bytes[position ..< position + size].withUnsafeBytes { raw in (0..<count).map { T(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * MemoryLayout<T>.size, as: T.self)) } }
+        return bytes[position..<position + size].withUnsafeBytes { raw in
+            (0..<count).map { T(littleEndian: raw.loadUnaligned(fromByteOffset: $0 * MemoryLayout<T>.size, as: T.self)) }
+        }
     }
 
     func end() throws {
-        guard position == bytes.count else { throw DataError.mismatch("served \(what): \(bytes.count - position) bytes more than its rows hold") }
+        guard position == bytes.count else {
+            throw DataError.mismatch("served \(what): \(bytes.count - position) bytes more than its rows hold")
+        }
     }
 }
 
@@ -52,7 +57,7 @@ extension ImageDataset: ServableDataset {
         out.reserveCapacity(indices.count * (features + 1))
         pixels.withUnsafeBufferPointer { px in
             for i in indices {
-                out += px[i * features ..< (i + 1) * features]
+                out += px[i * features..<(i + 1) * features]
                 out.append(UInt8(labels[i]))
             }
         }
@@ -76,7 +81,7 @@ extension ImageDataset: ServableDataset {
         pixels.reserveCapacity(n * f)
         labels.reserveCapacity(n)
         for r in 0..<n {
-            pixels += rows[r * (f + 1) ..< r * (f + 1) + f]
+            pixels += rows[r * (f + 1)..<r * (f + 1) + f]
             labels.append(Int32(rows[r * (f + 1) + f]))
         }
         if let bad = labels.first(where: { $0 >= k }) { throw DataError.mismatch("served images: label \(bad) is not in 0..<\(k)") }
@@ -98,8 +103,8 @@ extension TabularDataset: ServableDataset {
         var out: [UInt8] = []
         out.reserveCapacity(indices.count * (8 * f + 4 * m + 4))
         for i in indices {
-            append(categorical[i * f ..< (i + 1) * f], to: &out)
-            append(numeric[i * m ..< (i + 1) * m].map(\.bitPattern), to: &out)
+            append(categorical[i * f..<(i + 1) * f], to: &out)
+            append(numeric[i * m..<(i + 1) * m].map(\.bitPattern), to: &out)
             append([labels[i]], to: &out)
         }
         return out
@@ -107,10 +112,13 @@ extension TabularDataset: ServableDataset {
 
     public init(shape: [UInt8], rows: [UInt8]) throws {
         let s: Shape
-        do { s = try JSONDecoder().decode(Shape.self, from: Data(shape)) } catch { throw DataError.mismatch("served table shape: \(error)") }
+        do { s = try JSONDecoder().decode(Shape.self, from: Data(shape)) } catch {
+            throw DataError.mismatch("served table shape: \(error)")
+        }
         let f = s.categoricalNames.count, m = s.numericNames.count, perRow = 8 * f + 4 * m + 4
         guard rows.count % perRow == 0, s.crosses.allSatisfy({ $0.allSatisfy { (0..<f).contains($0) } }) else {
-            throw DataError.mismatch("served table: \(rows.count) bytes are not whole rows of \(f) categorical and \(m) numeric values and a label")
+            throw DataError.mismatch(
+                "served table: \(rows.count) bytes are not whole rows of \(f) categorical and \(m) numeric values and a label")
         }
         let n = rows.count / perRow
         var r = ByteReader(rows, "table rows")
@@ -122,7 +130,8 @@ extension TabularDataset: ServableDataset {
         }
         try r.end()
         guard y.allSatisfy({ $0 == 0 || $0 == 1 }) else { throw DataError.mismatch("served table: labels must be 0 or 1") }
-        self.init(categoricalNames: s.categoricalNames, numericNames: s.numericNames, crosses: s.crosses, categorical: c, numeric: x, labels: y)
+        self.init(
+            categoricalNames: s.categoricalNames, numericNames: s.numericNames, crosses: s.crosses, categorical: c, numeric: x, labels: y)
     }
 }
 
@@ -145,11 +154,15 @@ public struct TokenSequence: ServableDataset {
     }
 
     public init(shape: [UInt8], rows: [UInt8]) throws {
-        do { vocabulary = try JSONDecoder().decode(Vocabulary.self, from: Data(shape)) } catch { throw DataError.mismatch("served vocabulary: \(error)") }
+        do { vocabulary = try JSONDecoder().decode(Vocabulary.self, from: Data(shape)) } catch {
+            throw DataError.mismatch("served vocabulary: \(error)")
+        }
         guard rows.count % 4 == 0 else { throw DataError.mismatch("served tokens: \(rows.count) bytes are not whole 4-byte ids") }
         var r = ByteReader(rows, "tokens")
         tokens = try r.read(Int32.self, count: rows.count / 4)
         let size = vocabulary.count
-        if let bad = tokens.first(where: { $0 < 0 || Int($0) >= size }) { throw DataError.mismatch("served tokens: id \(bad) is not in a vocabulary of \(size)") }
+        if let bad = tokens.first(where: { $0 < 0 || Int($0) >= size }) {
+            throw DataError.mismatch("served tokens: id \(bad) is not in a vocabulary of \(size)")
+        }
     }
 }

@@ -28,7 +28,7 @@ public enum SyntheticClicks {
     /// `rows` rows of the split (`heldOut` draws a disjoint sample of the same model).
     public static func generate(rows: Int, seed: UInt64, heldOut: Bool) -> TabularDataset {
         let model = PlantedModel(seed: seed)
-        var rng = RNG(seed: seed, stream: heldOut ? 0x4845_4C44 : 0x5452_4149) // "HELD" / "TRAI"
+        var rng = RNG(seed: seed, stream: heldOut ? 0x4845_4C44 : 0x5452_4149)  // "HELD" / "TRAI"
         var categorical = [UInt64](repeating: 0, count: rows * fields)
         var numeric = [Float](repeating: 0, count: rows * numericFeatures)
         var labels = [Int32](repeating: 0, count: rows)
@@ -42,8 +42,9 @@ public enum SyntheticClicks {
             let p = 1 / (1 + exp(-model.logit(values: values, numeric: x)))
             labels[r] = rng.nextUnitDouble() < p ? 1 : 0
         }
-        return TabularDataset(categoricalNames: (1...fields).map { "C\($0)" }, numericNames: (1...numericFeatures).map { "I\($0)" },
-                              crosses: crosses, categorical: categorical, numeric: numeric, labels: labels)
+        return TabularDataset(
+            categoricalNames: (1...fields).map { "C\($0)" }, numericNames: (1...numericFeatures).map { "I\($0)" },
+            crosses: crosses, categorical: categorical, numeric: numeric, labels: labels)
     }
 
     static func mix(_ x: UInt64) -> UInt64 {
@@ -54,22 +55,25 @@ public enum SyntheticClicks {
     }
 
     struct PlantedModel {
-        let cumulative: [[Double]]     // per field: Zipf CDF over its values
-        let firstOrder: [[Double]]     // per field, per value
-        let latents: [[Double]]        // per field: (cardinality, latent)
+        let cumulative: [[Double]]  // per field: Zipf CDF over its values
+        let firstOrder: [[Double]]  // per field, per value
+        let latents: [[Double]]  // per field: (cardinality, latent)
         let seed: UInt64
         let generalizationScale: Double
 
         init(seed: UInt64) {
             self.seed = seed
-            var rng = RNG(seed: seed, stream: 0x504C_414E) // "PLAN"
+            var rng = RNG(seed: seed, stream: 0x504C_414E)  // "PLAN"
             let centres = (0..<clusters).map { _ in (0..<latent).map { _ in rng.nextNormal() } }
             var cdf: [[Double]] = [], first: [[Double]] = [], lat: [[Double]] = []
             for f in 0..<fields {
                 let n = cardinality(f)
                 var total = 0.0
                 let weights = (0..<n).map { 1 / pow(Double($0 + 1), 1.05) }
-                cdf.append(weights.map { total += $0; return total }.map { $0 / total })
+                cdf.append(
+                    weights.map {
+                        total += $0; return total
+                    }.map { $0 / total })
                 first.append((0..<n).map { _ in 0.3 * rng.nextNormal() })
                 if generalizationFields.contains(f) {
                     var l = [Double](repeating: 0, count: n * latent)

@@ -16,7 +16,9 @@ public struct TabularDataset: Sendable {
     public var count: Int { labels.count }
     public var fields: Int { categoricalNames.count }
 
-    public init(categoricalNames: [String], numericNames: [String], crosses: [[Int]], categorical: [UInt64], numeric: [Float], labels: [Int32]) {
+    public init(
+        categoricalNames: [String], numericNames: [String], crosses: [[Int]], categorical: [UInt64], numeric: [Float], labels: [Int32]
+    ) {
         precondition(categorical.count == labels.count * categoricalNames.count && numeric.count == labels.count * numericNames.count)
         (self.categoricalNames, self.numericNames, self.crosses) = (categoricalNames, numericNames, crosses)
         (self.categorical, self.numeric, self.labels) = (categorical, numeric, labels)
@@ -26,22 +28,27 @@ public struct TabularDataset: Sendable {
     public func gather(_ indices: ArraySlice<Int>) -> (categorical: [UInt64], numeric: [Float], labels: [Int32]) {
         let f = fields, m = numericNames.count, b = indices.count
         var c = [UInt64](repeating: 0, count: b * f), x = [Float](repeating: 0, count: b * m), y = [Int32](repeating: 0, count: b)
-        c.withUnsafeMutableBufferPointer { cp in x.withUnsafeMutableBufferPointer { xp in
-            categorical.withUnsafeBufferPointer { sc in numeric.withUnsafeBufferPointer { sx in
-                for (r, i) in indices.enumerated() {
-                    (cp.baseAddress! + r * f).update(from: sc.baseAddress! + i * f, count: f)
-                    (xp.baseAddress! + r * m).update(from: sx.baseAddress! + i * m, count: m)
-                    y[r] = labels[i]
+        c.withUnsafeMutableBufferPointer { cp in
+            x.withUnsafeMutableBufferPointer { xp in
+                categorical.withUnsafeBufferPointer { sc in
+                    numeric.withUnsafeBufferPointer { sx in
+                        for (r, i) in indices.enumerated() {
+                            (cp.baseAddress! + r * f).update(from: sc.baseAddress! + i * f, count: f)
+                            (xp.baseAddress! + r * m).update(from: sx.baseAddress! + i * m, count: m)
+                            y[r] = labels[i]
+                        }
+                    }
                 }
-            } }
-        } }
+            }
+        }
         return (c, x, y)
     }
 
     /// The rows at `indices`, in order.
     public func rows(_ indices: [Int]) -> TabularDataset {
         let (c, x, y) = gather(indices[...])
-        return TabularDataset(categoricalNames: categoricalNames, numericNames: numericNames, crosses: crosses, categorical: c, numeric: x, labels: y)
+        return TabularDataset(
+            categoricalNames: categoricalNames, numericNames: numericNames, crosses: crosses, categorical: c, numeric: x, labels: y)
     }
 
     public func prefix(_ n: Int?) -> TabularDataset {
@@ -59,7 +66,9 @@ public struct TabularDataset: Sendable {
         let std = (0..<m).map { j in max((square[j] / n - (mean[j] / n) * (mean[j] / n)).squareRoot(), 1e-6) }
         var x = numeric
         for r in 0..<count { for j in 0..<m { x[r * m + j] = Float((Double(x[r * m + j]) - mean[j] / n) / std[j]) } }
-        return TabularDataset(categoricalNames: categoricalNames, numericNames: numericNames, crosses: crosses, categorical: categorical, numeric: x, labels: labels)
+        return TabularDataset(
+            categoricalNames: categoricalNames, numericNames: numericNames, crosses: crosses, categorical: categorical, numeric: x,
+            labels: labels)
     }
 
     /// FNV-1a of a value's bytes.
@@ -95,7 +104,8 @@ public struct TabularSchema: Equatable, Sendable {
 
     /// The UCI Adult census schema (adult.data / adult.test), with the crosses of TensorFlow's wide &
     /// deep tutorial.
-    public static let adult: TabularSchema = try! parse("""
+    public static let adult: TabularSchema = try! parse(
+        """
         columns age, workclass, fnlwgt, education, education_num, marital_status, occupation, relationship, race, gender, capital_gain, capital_loss, hours_per_week, native_country, income_bracket
         categorical workclass, education, marital_status, occupation, relationship, race, gender, native_country
         numeric age, fnlwgt, education_num, capital_gain, capital_loss, hours_per_week
@@ -116,11 +126,15 @@ public struct TabularSchema: Equatable, Sendable {
     public static func parse(_ text: String, file: String) throws -> TabularSchema {
         var s = TabularSchema()
         for (n, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
-            let line = raw.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init)?.trimmingCharacters(in: .whitespaces) ?? ""
+            let line =
+                raw.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init)?.trimmingCharacters(
+                    in: .whitespaces) ?? ""
             guard !line.isEmpty else { continue }
             let parts = line.split(separator: " ", maxSplits: 1).map(String.init)
             let key = parts[0], rest = parts.count > 1 ? parts[1] : ""
-            func list(_ t: String) -> [String] { t.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } }
+            func list(_ t: String) -> [String] {
+                t.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+            }
             func fail(_ why: String) -> DataError { .invalid("\(file):\(n + 1): \(why)") }
             switch key {
             case "columns": s.columns = list(rest)
@@ -163,7 +177,9 @@ public struct TabularSchema: Equatable, Sendable {
                 throw fail("\(role) column \"\(bad)\" is not one of the columns (\(columns.joined(separator: ", ")))")
             }
         }
-        if let bad = crosses.flatMap({ $0 }).first(where: { !categorical.contains($0) }) { throw fail("cross column \"\(bad)\" is not categorical") }
+        if let bad = crosses.flatMap({ $0 }).first(where: { !categorical.contains($0) }) {
+            throw fail("cross column \"\(bad)\" is not categorical")
+        }
         if let both = Set(categorical).intersection(numeric).first ?? (categorical + numeric).first(where: { $0 == label }) {
             throw fail("column \"\(both)\" has two roles")
         }
@@ -206,7 +222,8 @@ public enum CSVReader {
         }
         guard !labels.isEmpty else { throw DataError.invalid("\(path): no data rows") }
         let crosses = schema.crosses.map { pair in pair.map { schema.categorical.firstIndex(of: $0)! } }
-        return TabularDataset(categoricalNames: schema.categorical, numericNames: schema.numeric, crosses: crosses,
-                              categorical: categorical, numeric: numeric, labels: labels)
+        return TabularDataset(
+            categoricalNames: schema.categorical, numericNames: schema.numeric, crosses: crosses,
+            categorical: categorical, numeric: numeric, labels: labels)
     }
 }

@@ -45,7 +45,9 @@ public struct Vocabulary: Codable, Equatable, Sendable {
         self.init(words: words)
         guard ids.count == words.count else { throw DataError.invalid("a vocabulary holds a word twice") }
     }
-    public func encode(to encoder: Encoder) throws { var c = encoder.container(keyedBy: CodingKeys.self); try c.encode(words, forKey: .words) }
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self); try c.encode(words, forKey: .words)
+    }
 }
 
 /// Plain UTF-8 text for language modelling: one file, or every UTF-8 file under a folder (in path
@@ -63,7 +65,9 @@ public struct TextCorpus: Sendable {
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else { throw DataError.missingFile(path) }
         var candidates: [String] = []
         if isDirectory.boolValue {
-            guard let walker = FileManager.default.enumerator(atPath: path) else { throw DataError.unreadable(file: path, reason: "cannot list the folder") }
+            guard let walker = FileManager.default.enumerator(atPath: path) else {
+                throw DataError.unreadable(file: path, reason: "cannot list the folder")
+            }
             candidates = walker.compactMap { $0 as? String }.sorted().map { path + "/" + $0 }
         } else {
             candidates = [path]
@@ -72,8 +76,12 @@ public struct TextCorpus: Sendable {
         for file in candidates {
             let real = URL(fileURLWithPath: file).resolvingSymlinksInPath().path
             var dir: ObjCBool = false
-            guard FileManager.default.fileExists(atPath: real, isDirectory: &dir), !dir.boolValue, seen.insert(real).inserted else { continue }
-            guard let data = FileManager.default.contents(atPath: real) else { throw DataError.unreadable(file: file, reason: "permission denied or unreadable") }
+            guard FileManager.default.fileExists(atPath: real, isDirectory: &dir), !dir.boolValue, seen.insert(real).inserted else {
+                continue
+            }
+            guard let data = FileManager.default.contents(atPath: real) else {
+                throw DataError.unreadable(file: file, reason: "permission denied or unreadable")
+            }
             // Binary files (a NUL byte, or not UTF-8) are skipped in a folder and refused when named alone.
             guard !data.contains(0), let text = String(data: data, encoding: .utf8) else {
                 if isDirectory.boolValue { continue }
@@ -83,16 +91,24 @@ public struct TextCorpus: Sendable {
             lines += text.split(separator: "\n", omittingEmptySubsequences: true).filter { !$0.allSatisfy(\.isWhitespace) }
         }
         guard !lines.isEmpty else {
-            throw DataError.invalid("\(path): the corpus is empty (no UTF-8 text with a non-blank line\(isDirectory.boolValue ? " in any file of the folder" : ""))")
+            throw DataError.invalid(
+                "\(path): the corpus is empty (no UTF-8 text with a non-blank line\(isDirectory.boolValue ? " in any file of the folder" : ""))"
+            )
         }
         files = used
         var train: [Substring] = [], validation: [Substring] = []
         for (i, line) in lines.enumerated() {
-            if (i / Self.blockLines) % Self.validationEvery == Self.validationEvery - 1 { validation.append(line) } else { train.append(line) }
+            if (i / Self.blockLines) % Self.validationEvery == Self.validationEvery - 1 {
+                validation.append(line)
+            } else {
+                train.append(line)
+            }
         }
         // A corpus too small for a held-out block keeps its last line for validation.
         if validation.isEmpty { validation = [train.removeLast()] }
-        guard !train.isEmpty else { throw DataError.invalid("\(path): the corpus has a single line; a language model needs training and validation text") }
+        guard !train.isEmpty else {
+            throw DataError.invalid("\(path): the corpus has a single line; a language model needs training and validation text")
+        }
         (trainLines, validationLines) = (train, validation)
     }
 }

@@ -40,12 +40,14 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
             _ = try? CSVReader.parse(text, path: "fuzz", schema: .adult)
             _ = try? CSVReader.parse(text, path: "fuzz", schema: Self.smallSchema)
         case .jobFile:
-            _ = try? JobFile.settings(text: String(decoding: input, as: UTF8.self), path: "fuzz", command: "worker",
-                                      commands: ["train", "simulate", "coordinator", "worker", "eval"])
+            _ = try? JobFile.settings(
+                text: String(decoding: input, as: UTF8.self), path: "fuzz", command: "worker",
+                commands: ["train", "simulate", "coordinator", "worker", "eval"])
         }
     }
 
-    static let smallSchema = try! TabularSchema.parse("columns a, b, c, y\ncategorical a, b\nnumeric c\nlabel y 1\ncross a, b\nheader yes\n", file: "fuzz")
+    static let smallSchema = try! TabularSchema.parse(
+        "columns a, b, c, y\ncategorical a, b\nnumeric c\nlabel y 1\ncross a, b\nheader yes\n", file: "fuzz")
 
     static func envelope(_ input: [UInt8]) {
         guard let env = try? Envelope(decoding: input), let body = env.body else { return }
@@ -85,8 +87,10 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
             var s = WorkerState()
             _ = s.handle(.launched)
             _ = s.handle(.assigned(rank: 0, ringEpoch: 0, reformInPlace: true))
-            _ = s.handle(.replicaReady(.init(rank: 0, stepsPerEpoch: 5, totalSteps: 10, hashEvery: 1, checkpointEvery: 0), globalStep: 0,
-                                       redoEndOfStep: false, keepsState: true))
+            _ = s.handle(
+                .replicaReady(
+                    .init(rank: 0, stepsPerEpoch: 5, totalSteps: 10, hashEvery: 1, checkpointEvery: 0), globalStep: 0,
+                    redoEndOfStep: false, keepsState: true))
             _ = s.handle(.coordinator(.start))
             _ = s.handle(.coordinator(.reform(r)))
             _ = s.handle(.ringFailed("fuzz"))
@@ -111,10 +115,12 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     static func chunk(_ input: [UInt8]) {
         guard input.count >= 2 else { return }
         let n = min(Int(input[0]) | Int(input[1]) << 8, input.count - 2)
-        guard let env = try? Envelope(decoding: Array(input[2 ..< 2 + n])), case .chunk(let h)? = env.body else { return }
+        guard let env = try? Envelope(decoding: Array(input[2..<2 + n])), case .chunk(let h)? = env.body else { return }
         let payload = input.count - 2 - n
-        for e in [ExpectedChunk(operation: .allReduce, ringStep: 1, chunkIndex: 0, dtype: .f32, offset: 0, count: 4, totalCount: 8),
-                  ExpectedChunk(operation: .allGather, ringStep: 0, chunkIndex: 0, offset: 0, origin: 1)] {
+        for e in [
+            ExpectedChunk(operation: .allReduce, ringStep: 1, chunkIndex: 0, dtype: .f32, offset: 0, count: 4, totalCount: 8),
+            ExpectedChunk(operation: .allGather, ringStep: 0, chunkIndex: 0, offset: 0, origin: 1)
+        ] {
             _ = e.mismatch(h, sequence: 0, layoutFingerprint: 0, payloadBytes: payload)
         }
     }
@@ -123,7 +129,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     static func dataRows(_ input: [UInt8]) {
         guard input.count >= 2 else { return }
         let n = min(Int(input[0]) | Int(input[1]) << 8, input.count - 2)
-        dataRows(shape: Array(input[2 ..< 2 + n]), rows: Array(input[(2 + n)...]))
+        dataRows(shape: Array(input[2..<2 + n]), rows: Array(input[(2 + n)...]))
     }
 
     static func dataRows(shape: [UInt8], rows: [UInt8]) {

@@ -32,26 +32,28 @@ public struct MutationDriver {
     }
     mutating func below(_ n: Int) -> Int { n <= 1 ? 0 : Int(next() % UInt64(n)) }
 
-    static let boundaries: [UInt64] = [0, 1, 0x7F, 0x80, 0xFF, 0x7FFF, 0xFFFF, 0x7FFF_FFFF, 0x8000_0000, 0xFFFF_FFFF,
-                                       1 << 32, 1 << 62, 0x7FFF_FFFF_FFFF_FFFF, 0x8000_0000_0000_0000, .max]
+    static let boundaries: [UInt64] = [
+        0, 1, 0x7F, 0x80, 0xFF, 0x7FFF, 0xFFFF, 0x7FFF_FFFF, 0x8000_0000, 0xFFFF_FFFF,
+        1 << 32, 1 << 62, 0x7FFF_FFFF_FFFF_FFFF, 0x8000_0000_0000_0000, .max
+    ]
 
     /// One mutated input.
     public mutating func mutate() -> [UInt8] {
         var b = seeds[below(seeds.count)]
-        for _ in 0 ... below(4) {
+        for _ in 0...below(4) {
             switch below(8) {
             case 0 where !b.isEmpty: b[below(b.count)] ^= UInt8(1 << below(8))
             case 1 where !b.isEmpty:
                 let width = [1, 2, 4, 8][below(4)], at = below(b.count)
                 let v = Self.boundaries[below(Self.boundaries.count)]
                 for i in 0..<width where at + i < b.count { b[at + i] = UInt8(truncatingIfNeeded: v >> (8 * UInt64(i))) }
-            case 2: b.insert(contentsOf: (0 ... below(16)).map { _ in UInt8(truncatingIfNeeded: next()) }, at: below(b.count + 1))
+            case 2: b.insert(contentsOf: (0...below(16)).map { _ in UInt8(truncatingIfNeeded: next()) }, at: below(b.count + 1))
             case 3 where !b.isEmpty:
                 let at = below(b.count)
-                b.removeSubrange(at ..< min(b.count, at + 1 + below(16)))
+                b.removeSubrange(at..<min(b.count, at + 1 + below(16)))
             case 4 where !b.isEmpty:
                 let at = below(b.count), n = 1 + below(min(64, b.count - at))
-                b.insert(contentsOf: b[at ..< at + n], at: below(b.count + 1))
+                b.insert(contentsOf: b[at..<at + n], at: below(b.count + 1))
             case 5 where !b.isEmpty: b.removeLast(below(b.count))
             case 6:
                 let other = seeds[below(seeds.count)]
@@ -67,7 +69,7 @@ public struct MutationDriver {
     /// Runs the seeds, then `inputs` mutated inputs.
     public mutating func run(inputs: Int) -> Report {
         var report = Report()
-        for i in 0 ..< seeds.count + inputs {
+        for i in 0..<seeds.count + inputs {
             let input = i < seeds.count ? seeds[i] : mutate()
             let t0 = ContinuousClock.now
             target.run(input)

@@ -19,13 +19,24 @@ extension FuzzTarget {
             [[0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 2] + [UInt8](0..<8), [0, 0, 8, 1, 0, 0, 0, 3, 1, 2, 3]]
                 + Self.fileHead("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte", bytes: 64)
         case .csvSchema:
-            [Array(Self.adultSchemaText.utf8), Array("columns a, b, c, y\ncategorical a, b\nnumeric c\nlabel y 1\ncross a, b\nheader yes\n".utf8)]
+            [
+                Array(Self.adultSchemaText.utf8),
+                Array("columns a, b, c, y\ncategorical a, b\nnumeric c\nlabel y 1\ncross a, b\nheader yes\n".utf8)
+            ]
         case .csvRows:
-            [Array(("39, State-gov, 77516, Bachelors, 13, Never-married, Adm-clerical, Not-in-family, White, Male, 2174, 0, 40, United-States, <=50K\n"
-                    + "50, Self-emp-not-inc, 83311, Bachelors, 13, Married-civ-spouse, Exec-managerial, Husband, White, Male, 0, 0, 13, United-States, >50K\n").utf8),
-             Array("a,b,c,y\nx,y,1.5,1\nz,w,-2,0\n".utf8)]
+            [
+                Array(
+                    ("39, State-gov, 77516, Bachelors, 13, Never-married, Adm-clerical, Not-in-family, White, Male, 2174, 0, 40, United-States, <=50K\n"
+                        + "50, Self-emp-not-inc, 83311, Bachelors, 13, Married-civ-spouse, Exec-managerial, Husband, White, Male, 0, 0, 13, United-States, >50K\n")
+                        .utf8),
+                Array("a,b,c,y\nx,y,1.5,1\nz,w,-2,0\n".utf8)
+            ]
         case .jobFile:
-            [Array("# a job file\nmodel: mlp-wn\ndata: fashion-mnist\nepochs: 10\nbatch: 64\nhidden: [256, 128]\nweight-norm: true\nworker:\n  threads: 2\ncoordinator:\n  workers: 4\n".utf8)]
+            [
+                Array(
+                    "# a job file\nmodel: mlp-wn\ndata: fashion-mnist\nepochs: 10\nbatch: 64\nhidden: [256, 128]\nweight-norm: true\nworker:\n  threads: 2\ncoordinator:\n  workers: 4\n"
+                        .utf8)
+            ]
         }
     }
 
@@ -57,8 +68,9 @@ extension FuzzTarget {
 
     static var envelopes: [[UInt8]] {
         let config = [UInt8](try! JSONEncoder().encode(TrainingConfig.defaults(for: "mlp-wn")))
-        var assign = Envelope.Assign(rank: 1, worldSize: 2, ring: ["tcp://10.0.0.1:7071", "tcp://10.0.0.2:7071"], configJSON: config,
-                                     hashEvery: 50, checkpointEvery: 0, bucketBytes: 1 << 20)
+        var assign = Envelope.Assign(
+            rank: 1, worldSize: 2, ring: ["tcp://10.0.0.1:7071", "tcp://10.0.0.2:7071"], configJSON: config,
+            hashEvery: 50, checkpointEvery: 0, bucketBytes: 1 << 20)
         let keys = (0..<2).map { _ in try! CurveKeyPair.generate() }
         (assign.ringSecretKey, assign.ringPublicKeys) = (keys[1].secretKey, keys.map(\.publicKey))
         let bodies: [Envelope.Body] = [
@@ -66,8 +78,10 @@ extension FuzzTarget {
             .assign(assign),
             .ready(.init(parameterHash: 0x1234_5678_9abc_def0, layoutFingerprint: 42)),
             .start,
-            .stepReport(.init(globalStep: 1, epoch: 0, lossSum: 147.2, count: 64, correct: 40, computeSeconds: 0.01, allreduceSeconds: 0.002,
-                              optimizerSeconds: 0.001, parameterHash: 0, waitSeconds: 0.001)),
+            .stepReport(
+                .init(
+                    globalStep: 1, epoch: 0, lossSum: 147.2, count: 64, correct: 40, computeSeconds: 0.01, allreduceSeconds: 0.002,
+                    optimizerSeconds: 0.001, parameterHash: 0, waitSeconds: 0.001)),
             .evalReport(.init(epoch: 0, lossSum: 30, count: 100, correct: 80, scores: [0.1, 0.9], labels: [0, 1])),
             .checkpoint(.init(globalStep: 5, safetensors: Array(checkpoint.prefix(4096)))),
             .heartbeat, .finish,
@@ -76,28 +90,37 @@ extension FuzzTarget {
             .dataRows(.init(split: 0, count: 3, shape: images.encodedShape(), rows: images.encodedRows([0, 1]), error: "")),
             .chunk(header(.allReduce)),
             .stop(.init(signal: 15, reason: "rank 1 received SIGTERM")),
-            .reform(.init(ringEpoch: 1, rank: 0, ring: ["tcp://10.0.0.2:7071"], ringPublicKeys: [keys[1].publicKey], reason: "worker rank 0 has been silent")),
+            .reform(
+                .init(
+                    ringEpoch: 1, rank: 0, ring: ["tcp://10.0.0.2:7071"], ringPublicKeys: [keys[1].publicKey],
+                    reason: "worker rank 0 has been silent"))
         ]
         return bodies.map { Envelope(jobID: "tether", senderRank: 1, body: $0).encoded() }
     }
 
     static func header(_ op: ChunkHeader.Operation) -> ChunkHeader {
-        ChunkHeader(operation: op, sequence: 0, step: 0, bucket: 0, ringStep: 1, chunkIndex: 0, dtype: .f32, totalCount: 8, offset: 0,
-                    elementCount: 4, checksum: 0, layoutFingerprint: 0, originRank: -1)
+        ChunkHeader(
+            operation: op, sequence: 0, step: 0, bucket: 0, ringStep: 1, chunkIndex: 0, dtype: .f32, totalCount: 8, offset: 0,
+            elementCount: 4, checksum: 0, layoutFingerprint: 0, originRank: -1)
     }
 
     static var chunkHeaders: [(header: [UInt8], payload: [UInt8])] {
         var gather = header(.allGather)
         (gather.ringStep, gather.dtype, gather.totalCount, gather.elementCount, gather.originRank) = (0, .bytes, 5, 5, 1)
-        return [(Envelope(jobID: "tether", senderRank: 0, body: .chunk(header(.allReduce))).encoded(), [UInt8](repeating: 1, count: 16)),
-                (Envelope(jobID: "tether", senderRank: 0, body: .chunk(gather)).encoded(), [1, 2, 3, 4, 5])]
+        return [
+            (Envelope(jobID: "tether", senderRank: 0, body: .chunk(header(.allReduce))).encoded(), [UInt8](repeating: 1, count: 16)),
+            (Envelope(jobID: "tether", senderRank: 0, body: .chunk(gather)).encoded(), [1, 2, 3, 4, 5])
+        ]
     }
 
     static var servedRows: [(shape: [UInt8], rows: [UInt8])] {
-        let table = TabularDataset(categoricalNames: ["a", "b"], numericNames: ["c"], crosses: [[0, 1]], categorical: [1, 2, 3, 4], numeric: [0.5, -1],
-                                   labels: [0, 1])
+        let table = TabularDataset(
+            categoricalNames: ["a", "b"], numericNames: ["c"], crosses: [[0, 1]], categorical: [1, 2, 3, 4], numeric: [0.5, -1],
+            labels: [0, 1])
         let tokens = TokenSequence(vocabulary: Vocabulary(words: ["<eos>", "<unk>", "the"]), tokens: [0, 2, 1, 2])
-        return [(images.encodedShape(), images.encodedRows([0, 1, 2])), (table.encodedShape(), table.encodedRows([0, 1])),
-                (tokens.encodedShape(), tokens.encodedRows([0, 1, 2, 3]))]
+        return [
+            (images.encodedShape(), images.encodedRows([0, 1, 2])), (table.encodedShape(), table.encodedRows([0, 1])),
+            (tokens.encodedShape(), tokens.encodedRows([0, 1, 2, 3]))
+        ]
     }
 }

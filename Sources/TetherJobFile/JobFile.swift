@@ -17,7 +17,9 @@ public enum JobFile {
             guard let key = k.string else { throw JobFileError("job file \(path): a key is not a string") }
             if commands.contains(key) {
                 guard key == command else { continue }
-                guard let group = v.mapping else { throw JobFileError("job file \(path): \"\(key)\" must be a mapping of option names to values") }
+                guard let group = v.mapping else {
+                    throw JobFileError("job file \(path): \"\(key)\" must be a mapping of option names to values")
+                }
                 for (gk, gv) in group {
                     guard let name = gk.string else { throw JobFileError("job file \(path): a key under \(key) is not a string") }
                     out.append((name, try value(gv, path: path, key: name)))
@@ -37,7 +39,9 @@ public enum JobFile {
         }
         if let list = node.sequence {
             let items = list.compactMap(\.scalar?.string)
-            guard items.count == list.count else { throw JobFileError("job file \(path): key \"\(key)\": a list may only hold plain values") }
+            guard items.count == list.count else {
+                throw JobFileError("job file \(path): key \"\(key)\": a list may only hold plain values")
+            }
             return items.joined(separator: ",")
         }
         throw JobFileError("job file \(path): key \"\(key)\" holds a mapping; give it a value or a list")

@@ -12,33 +12,37 @@ public final class Conv2d<T: Scalar>: DataDependentInit {
     let weight: WeightParameterization<T>
     public var parameterSlots: [ParameterSlot] { weight.slots + (bias.map { [$0] } ?? []) }
     let bias: ParameterSlot?
-    private let col = Scratch<T>()          // im2col of one chunk; in backward also its dcol
+    private let col = Scratch<T>()  // im2col of one chunk; in backward also its dcol
     private var input: Tensor<T>?
-    private var colHolds: Range<Int>?       // the samples whose im2col `col` still holds
+    private var colHolds: Range<Int>?  // the samples whose im2col `col` still holds
     private var geometry: ConvGeometry?
     private var w: UnsafePointer<T>?
     /// Elements of col per chunk (measured: docs/ARCHITECTURE.md); at least one sample per chunk.
     var chunkElements = 1 << 18
 
-    public init(_ layout: inout ArenaLayout, prefix: String, inChannels: Int, outChannels: Int, kernel: Int,
-                stride: Int = 1, padding: Int = 0, bias: Bool = true, weightNorm: Bool = false) {
+    public init(
+        _ layout: inout ArenaLayout, prefix: String, inChannels: Int, outChannels: Int, kernel: Int,
+        stride: Int = 1, padding: Int = 0, bias: Bool = true, weightNorm: Bool = false
+    ) {
         (self.inChannels, self.outChannels, self.kernel, self.stride, self.padding) = (inChannels, outChannels, kernel, stride, padding)
         weight = WeightParameterization(&layout, prefix: prefix, shape: [outChannels, inChannels, kernel, kernel], normalized: weightNorm)
         let bound = 1 / Double(inChannels * kernel * kernel).squareRoot()
-        self.bias = bias ? layout.add(prefix + "bias", shape: [outChannels], initializer: weightNorm ? .zeros : .uniform(bound: bound)) : nil
+        self.bias =
+            bias ? layout.add(prefix + "bias", shape: [outChannels], initializer: weightNorm ? .zeros : .uniform(bound: bound)) : nil
     }
 
     /// The batch split into chunks of whole samples.
     private func chunks(_ g: ConvGeometry) -> [Range<Int>] {
         let perSample = max(1, g.patchSize * g.outHeight * g.outWidth)
         let size = max(1, chunkElements / perSample)
-        return Swift.stride(from: 0, to: g.batch, by: size).map { $0 ..< min($0 + size, g.batch) }
+        return Swift.stride(from: 0, to: g.batch, by: size).map { $0..<min($0 + size, g.batch) }
     }
 
     public func forward(_ x: Tensor<T>, _ ctx: ModelContext<T>) -> Tensor<T> {
         precondition(x.shape.count == 4 && x.shape[0] == inChannels, "Conv2d expects (\(inChannels), B, H, W), got \(x.shape)")
-        let g = ConvGeometry(channels: inChannels, batch: x.shape[1], height: x.shape[2], width: x.shape[3],
-                             kernelHeight: kernel, kernelWidth: kernel, stride: stride, padding: padding)
+        let g = ConvGeometry(
+            channels: inChannels, batch: x.shape[1], height: x.shape[2], width: x.shape[3],
+            kernelHeight: kernel, kernelWidth: kernel, stride: stride, padding: padding)
         let plane = g.outHeight * g.outWidth, chunks = chunks(g)
         let colp = col.reserve(g.patchSize * chunks[0].count * plane)
         let w = weight.weight(ctx.arena)
@@ -47,9 +51,10 @@ public final class Conv2d<T: Scalar>: DataDependentInit {
             x.withPointer { xp in
                 for samples in chunks {
                     T.im2col(colp, xp, g, samples: samples)
-                    T.gemm(transposeA: false, transposeB: false, m: outChannels, n: samples.count * plane, k: g.patchSize, alpha: 1,
-                           a: w, lda: g.patchSize, b: colp, ldb: samples.count * plane, beta: 0,
-                           c: y + samples.lowerBound * plane, ldc: g.columns)
+                    T.gemm(
+                        transposeA: false, transposeB: false, m: outChannels, n: samples.count * plane, k: g.patchSize, alpha: 1,
+                        a: w, lda: g.patchSize, b: colp, ldb: samples.count * plane, beta: 0,
+                        c: y + samples.lowerBound * plane, ldc: g.columns)
                 }
             }
             if let bias { T.addPerChannel(y, ctx.arena.value(bias), alpha: 1, channels: outChannels, columns: g.columns) }
@@ -69,12 +74,14 @@ public final class Conv2d<T: Scalar>: DataDependentInit {
                     if samples != colHolds { x.withPointer { T.im2col(colp, $0, g, samples: samples) } }
                     colHolds = nil
                     // dw (OC, K) += dy (OC, n) col^T (n, K)
-                    T.gemm(transposeA: false, transposeB: true, m: outChannels, n: g.patchSize, k: n, alpha: 1,
-                           a: dys, lda: g.columns, b: colp, ldb: n, beta: index == 0 ? beta : 1, c: dw, ldc: g.patchSize)
+                    T.gemm(
+                        transposeA: false, transposeB: true, m: outChannels, n: g.patchSize, k: n, alpha: 1,
+                        a: dys, lda: g.columns, b: colp, ldb: n, beta: index == 0 ? beta : 1, c: dw, ldc: g.patchSize)
                     // dcol (K, n) = w^T (K, OC) dy (OC, n), into the same buffer; dx += col2im(dcol)
                     guard dx != nil else { continue }
-                    T.gemm(transposeA: true, transposeB: false, m: g.patchSize, n: n, k: outChannels, alpha: 1,
-                           a: w, lda: g.patchSize, b: dys, ldb: g.columns, beta: 0, c: colp, ldc: n)
+                    T.gemm(
+                        transposeA: true, transposeB: false, m: g.patchSize, n: n, k: outChannels, alpha: 1,
+                        a: w, lda: g.patchSize, b: dys, ldb: g.columns, beta: 0, c: colp, ldc: n)
                     dx!.withMutablePointer { T.col2im($0, colp, g, samples: samples) }
                 }
             }

@@ -8,14 +8,16 @@ public final class Dense<T: Scalar>: DataDependentInit {
     public var parameterSlots: [ParameterSlot] { weight.slots + (bias.map { [$0] } ?? []) }
     /// The plain weight's slot (nil when weight-normalized), for layers that tie to it.
     public var weightSlot: ParameterSlot? { if case .plain(let s) = weight.kind { return s } else { return nil } }
-    private var input = Tensor<T>.zeros([0])       // cache: x (B, I)
-    private var w: UnsafePointer<T>?               // the effective weight used by the last forward
+    private var input = Tensor<T>.zeros([0])  // cache: x (B, I)
+    private var w: UnsafePointer<T>?  // the effective weight used by the last forward
 
-    public init(_ layout: inout ArenaLayout, prefix: String, inFeatures: Int, outFeatures: Int, bias: Bool = true, weightNorm: Bool = false) {
+    public init(_ layout: inout ArenaLayout, prefix: String, inFeatures: Int, outFeatures: Int, bias: Bool = true, weightNorm: Bool = false)
+    {
         (self.inFeatures, self.outFeatures) = (inFeatures, outFeatures)
         weight = WeightParameterization(&layout, prefix: prefix, shape: [outFeatures, inFeatures], normalized: weightNorm)
         let bound = 1 / Double(inFeatures).squareRoot()
-        self.bias = bias ? layout.add(prefix + "bias", shape: [outFeatures], initializer: weightNorm ? .zeros : .uniform(bound: bound)) : nil
+        self.bias =
+            bias ? layout.add(prefix + "bias", shape: [outFeatures], initializer: weightNorm ? .zeros : .uniform(bound: bound)) : nil
     }
 
     /// A layer whose weight (O, I) is an existing parameter, e.g. an embedding table (V, d) used as the
@@ -35,11 +37,15 @@ public final class Dense<T: Scalar>: DataDependentInit {
         return Tensor.uninitialized([b, outFeatures]) { y in
             // y starts as the bias in every row and the GEMM adds to it: one pass fewer over y than
             // zeroing (which GEMM does for beta 0) and adding the bias after.
-            if let bias { T.copyColumns(y, ldy: outFeatures, arena.value(bias), ldx: 0, rows: b, columns: outFeatures) }
-            else { T.fill(y, 0, count: b * outFeatures) }
+            if let bias {
+                T.copyColumns(y, ldy: outFeatures, arena.value(bias), ldx: 0, rows: b, columns: outFeatures)
+            } else {
+                T.fill(y, 0, count: b * outFeatures)
+            }
             x.withPointer { xp in
-                T.gemm(transposeA: false, transposeB: true, m: b, n: outFeatures, k: inFeatures, alpha: 1,
-                       a: xp, lda: inFeatures, b: w, ldb: inFeatures, beta: 1, c: y, ldc: outFeatures)
+                T.gemm(
+                    transposeA: false, transposeB: true, m: b, n: outFeatures, k: inFeatures, alpha: 1,
+                    a: xp, lda: inFeatures, b: w, ldb: inFeatures, beta: 1, c: y, ldc: outFeatures)
             }
         }
     }
@@ -50,8 +56,9 @@ public final class Dense<T: Scalar>: DataDependentInit {
             input.withPointer { xp in
                 // dw (O, I) = dy^T (O, B) x (B, I)
                 weight.accumulateWeightGradient(arena) { dw, beta in
-                    T.gemm(transposeA: true, transposeB: false, m: outFeatures, n: inFeatures, k: b, alpha: 1,
-                           a: dyp, lda: outFeatures, b: xp, ldb: inFeatures, beta: beta, c: dw, ldc: inFeatures)
+                    T.gemm(
+                        transposeA: true, transposeB: false, m: outFeatures, n: inFeatures, k: b, alpha: 1,
+                        a: dyp, lda: outFeatures, b: xp, ldb: inFeatures, beta: beta, c: dw, ldc: inFeatures)
                 }
             }
             if let bias { T.sumPerFeature(arena.grad(bias), dyp, rows: b, features: outFeatures) }
@@ -60,8 +67,9 @@ public final class Dense<T: Scalar>: DataDependentInit {
         // dx (B, I) = dy (B, O) w (O, I)
         return Tensor.uninitialized([b, inFeatures]) { dx in
             dy.withPointer { dyp in
-                T.gemm(transposeA: false, transposeB: false, m: b, n: inFeatures, k: outFeatures, alpha: 1,
-                       a: dyp, lda: outFeatures, b: w, ldb: inFeatures, beta: 0, c: dx, ldc: inFeatures)
+                T.gemm(
+                    transposeA: false, transposeB: false, m: b, n: inFeatures, k: outFeatures, alpha: 1,
+                    a: dyp, lda: outFeatures, b: w, ldb: inFeatures, beta: 0, c: dx, ldc: inFeatures)
             }
         }
     }
@@ -78,7 +86,7 @@ public final class Dense<T: Scalar>: DataDependentInit {
 /// y (B, I) = x (B, O) W + b for the encoder's W (O, I); its own bias b (I).
 public final class TransposedDense<T: Scalar>: Layer {
     public let weight: ParameterSlot
-    public let inFeatures: Int, outFeatures: Int   // of this layer: O in, I out
+    public let inFeatures: Int, outFeatures: Int  // of this layer: O in, I out
     let bias: ParameterSlot
     public var parameterSlots: [ParameterSlot] { [weight, bias] }
     private var input = Tensor<T>.zeros([0])
@@ -95,8 +103,11 @@ public final class TransposedDense<T: Scalar>: Layer {
         let b = x.shape[0], arena = ctx.arena
         input = x
         return Tensor.uninitialized([b, outFeatures]) { y in
-            x.withPointer { T.gemm(transposeA: false, transposeB: false, m: b, n: outFeatures, k: inFeatures, alpha: 1,
-                                   a: $0, lda: inFeatures, b: arena.value(weight), ldb: outFeatures, beta: 0, c: y, ldc: outFeatures) }
+            x.withPointer {
+                T.gemm(
+                    transposeA: false, transposeB: false, m: b, n: outFeatures, k: inFeatures, alpha: 1,
+                    a: $0, lda: inFeatures, b: arena.value(weight), ldb: outFeatures, beta: 0, c: y, ldc: outFeatures)
+            }
             T.addPerFeature(y, arena.value(bias), alpha: 1, rows: b, features: outFeatures)
         }
     }
@@ -105,15 +116,21 @@ public final class TransposedDense<T: Scalar>: Layer {
         let b = dy.shape[0], arena = ctx.arena
         dy.withPointer { dyp in
             // dW (O, I) += x^T (O, B) dy (B, I)
-            input.withPointer { T.gemm(transposeA: true, transposeB: false, m: inFeatures, n: outFeatures, k: b, alpha: 1,
-                                       a: $0, lda: inFeatures, b: dyp, ldb: outFeatures, beta: 1, c: arena.grad(weight), ldc: outFeatures) }
+            input.withPointer {
+                T.gemm(
+                    transposeA: true, transposeB: false, m: inFeatures, n: outFeatures, k: b, alpha: 1,
+                    a: $0, lda: inFeatures, b: dyp, ldb: outFeatures, beta: 1, c: arena.grad(weight), ldc: outFeatures)
+            }
             T.sumPerFeature(arena.grad(bias), dyp, rows: b, features: outFeatures)
         }
         guard needsInputGradient else { return nil }
         // dx (B, O) = dy (B, I) W^T
         return Tensor.uninitialized([b, inFeatures]) { dx in
-            dy.withPointer { T.gemm(transposeA: false, transposeB: true, m: b, n: inFeatures, k: outFeatures, alpha: 1,
-                                    a: $0, lda: outFeatures, b: arena.value(weight), ldb: outFeatures, beta: 0, c: dx, ldc: inFeatures) }
+            dy.withPointer {
+                T.gemm(
+                    transposeA: false, transposeB: true, m: b, n: inFeatures, k: outFeatures, alpha: 1,
+                    a: $0, lda: outFeatures, b: arena.value(weight), ldb: outFeatures, beta: 0, c: dx, ldc: inFeatures)
+            }
         }
     }
 }

@@ -99,16 +99,22 @@ public final class MeanOnlyBatchNorm<T: Scalar>: Layer, BufferOwner {
         let n = count / features
         sums.withUnsafeMutableBufferPointer { s in
             T.fill(s.baseAddress!, 0, count: features)
-            if channelsFirst { T.sumPerChannel(s.baseAddress!, x, channels: features, columns: n) }
-            else { T.sumPerFeature(s.baseAddress!, x, rows: n, features: features) }
+            if channelsFirst {
+                T.sumPerChannel(s.baseAddress!, x, channels: features, columns: n)
+            } else {
+                T.sumPerFeature(s.baseAddress!, x, rows: n, features: features)
+            }
         }
         return n
     }
 
     /// y += alpha * v, broadcast per feature
     private func add(_ y: UnsafeMutablePointer<T>, _ v: UnsafePointer<T>, alpha: T, count: Int) {
-        if channelsFirst { T.addPerChannel(y, v, alpha: alpha, channels: features, columns: count / features) }
-        else { T.addPerFeature(y, v, alpha: alpha, rows: count / features, features: features) }
+        if channelsFirst {
+            T.addPerChannel(y, v, alpha: alpha, channels: features, columns: count / features)
+        } else {
+            T.addPerFeature(y, v, alpha: alpha, rows: count / features, features: features)
+        }
     }
 
     public func forward(_ x: Tensor<T>, _ ctx: ModelContext<T>) -> Tensor<T> {

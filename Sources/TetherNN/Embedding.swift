@@ -34,13 +34,15 @@ public final class SparseRows<T: Scalar> {
     public func accumulate(rowIDs: UnsafePointer<Int32>, grads: UnsafePointer<T>, count n: Int) {
         if count + n > capacity {
             let grown = max(count + n, 2 * capacity)
-            let ids = UnsafeMutablePointer<Int32>.allocate(capacity: grown), values = UnsafeMutablePointer<T>.allocate(capacity: grown * width)
+            let ids = UnsafeMutablePointer<Int32>.allocate(capacity: grown),
+                values = UnsafeMutablePointer<T>.allocate(capacity: grown * width)
             ids.update(from: idStorage, count: count)
             values.update(from: valueStorage, count: count * width)
             idStorage.deallocate(); valueStorage.deallocate()
             (idStorage, valueStorage, capacity) = (ids, values, grown)
         }
-        count = T.accumulateRows(valueStorage, touched: idStorage, distinct: count, position: position, ids: rowIDs, grads: grads, count: n, width: width)
+        count = T.accumulateRows(
+            valueStorage, touched: idStorage, distinct: count, position: position, ids: rowIDs, grads: grads, count: n, width: width)
     }
 
     public func scale(by factor: T) { T.scale(valueStorage, by: factor, count: count * width) }
@@ -67,7 +69,10 @@ public final class Embedding<T: Scalar> {
     private var ids: [Int32] = []
 
     /// Registers `prefix + "weight"` (R, D), initialized N(0, std) (PyTorch's nn.Embedding: std 1).
-    public init(_ layout: inout ArenaLayout, prefix: String, rows: Int, width: Int, initializer: ParameterInit = .normal(std: 1), sparse: Bool = false) {
+    public init(
+        _ layout: inout ArenaLayout, prefix: String, rows: Int, width: Int, initializer: ParameterInit = .normal(std: 1),
+        sparse: Bool = false
+    ) {
         (self.rows, self.width) = (rows, width)
         slot = layout.add(prefix + "weight", shape: [rows, width], initializer: initializer, sparseGradient: sparse)
         sparseGradient = sparse ? SparseRows(slot: slot, width: width) : nil
@@ -77,16 +82,23 @@ public final class Embedding<T: Scalar> {
         precondition(ids.allSatisfy { $0 >= 0 && Int($0) < rows }, "embedding ids must be in 0..<\(rows)")
         self.ids = ids
         return Tensor.uninitialized([ids.count, width]) { y in
-            ids.withUnsafeBufferPointer { T.gatherRows(y, table: ctx.arena.value(slot), ids: $0.baseAddress!, count: ids.count, width: width) }
+            ids.withUnsafeBufferPointer {
+                T.gatherRows(y, table: ctx.arena.value(slot), ids: $0.baseAddress!, count: ids.count, width: width)
+            }
         }
     }
 
     /// Accumulates the gradient of the last forward's rows.
     public func backward(_ dy: Tensor<T>, _ ctx: ModelContext<T>) {
         precondition(dy.shape == [ids.count, width])
-        dy.withPointer { d in ids.withUnsafeBufferPointer { i in
-            if let sparseGradient { sparseGradient.accumulate(rowIDs: i.baseAddress!, grads: d, count: ids.count) }
-            else { T.scatterAddRows(ctx.arena.grad(slot), d, dest: i.baseAddress!, count: ids.count, width: width) }
-        } }
+        dy.withPointer { d in
+            ids.withUnsafeBufferPointer { i in
+                if let sparseGradient {
+                    sparseGradient.accumulate(rowIDs: i.baseAddress!, grads: d, count: ids.count)
+                } else {
+                    T.scatterAddRows(ctx.arena.grad(slot), d, dest: i.baseAddress!, count: ids.count, width: width)
+                }
+            }
+        }
     }
 }

@@ -19,10 +19,10 @@ public final class LSTMLayer<T: Scalar>: Layer {
     // Caches of the last forward, for backward.
     private var input = Tensor<T>.zeros([0])
     private var steps = 0, batch = 0
-    private var gates: [T] = []        // (T, B, 4H) activations
-    private var hs: [T] = []           // (T+1, B, H): h_0 ... h_T
-    private var cs: [T] = []           // (T+1, B, H)
-    private var tanhCs: [T] = []       // (T, B, H)
+    private var gates: [T] = []  // (T, B, 4H) activations
+    private var hs: [T] = []  // (T+1, B, H): h_0 ... h_T
+    private var cs: [T] = []  // (T+1, B, H)
+    private var tanhCs: [T] = []  // (T, B, H)
     private var wih: UnsafePointer<T>?, whh: UnsafePointer<T>?
 
     /// Registers `weight_ih_l<index>` etc. (with `_g`/`_v` when normalized), PyTorch's names and init
@@ -31,10 +31,12 @@ public final class LSTMLayer<T: Scalar>: Layer {
         (self.inputSize, self.hiddenSize) = (inputSize, hiddenSize)
         let bound = 1 / Double(hiddenSize).squareRoot()
         func g(_ columns: Int) -> Double { bound * (Double(columns) / 3).squareRoot() }
-        weightIH = WeightParameterization(&layout, prefix: prefix, name: "weight_ih_l\(index)", shape: [4 * hiddenSize, inputSize],
-                                          normalized: weightNorm, plainBound: bound, initialG: g(inputSize))
-        weightHH = WeightParameterization(&layout, prefix: prefix, name: "weight_hh_l\(index)", shape: [4 * hiddenSize, hiddenSize],
-                                          normalized: weightNorm, plainBound: bound, initialG: g(hiddenSize))
+        weightIH = WeightParameterization(
+            &layout, prefix: prefix, name: "weight_ih_l\(index)", shape: [4 * hiddenSize, inputSize],
+            normalized: weightNorm, plainBound: bound, initialG: g(inputSize))
+        weightHH = WeightParameterization(
+            &layout, prefix: prefix, name: "weight_hh_l\(index)", shape: [4 * hiddenSize, hiddenSize],
+            normalized: weightNorm, plainBound: bound, initialG: g(hiddenSize))
         biasIH = layout.add(prefix + "bias_ih_l\(index)", shape: [4 * hiddenSize], initializer: .uniform(bound: bound))
         biasHH = layout.add(prefix + "bias_hh_l\(index)", shape: [4 * hiddenSize], initializer: .uniform(bound: bound))
     }
@@ -56,25 +58,34 @@ public final class LSTMLayer<T: Scalar>: Layer {
             hs.withUnsafeMutableBufferPointer { T.fill($0.baseAddress!, 0, count: b * n) }
             cs.withUnsafeMutableBufferPointer { T.fill($0.baseAddress!, 0, count: b * n) }
         }
-        gates.withUnsafeMutableBufferPointer { gp in hs.withUnsafeMutableBufferPointer { hp in cs.withUnsafeMutableBufferPointer { cp in
-            tanhCs.withUnsafeMutableBufferPointer { tp in
-                let g = gp.baseAddress!, h = hp.baseAddress!, c = cp.baseAddress!, tc = tp.baseAddress!
-                // All input projections at once: G (T*B, 4H) = X W_ih^T + b_ih + b_hh.
-                x.withPointer { T.gemm(transposeA: false, transposeB: true, m: rows, n: width, k: inputSize, alpha: 1,
-                                       a: $0, lda: inputSize, b: wih, ldb: inputSize, beta: 0, c: g, ldc: width) }
-                T.addPerFeature(g, arena.value(biasIH), alpha: 1, rows: rows, features: width)
-                T.addPerFeature(g, arena.value(biasHH), alpha: 1, rows: rows, features: width)
-                for s in 0..<t {
-                    let gs = g + s * b * width
-                    T.gemm(transposeA: false, transposeB: true, m: b, n: width, k: n, alpha: 1,
-                           a: h + s * b * n, lda: n, b: whh, ldb: n, beta: 1, c: gs, ldc: width)
-                    T.lstmCellForward(gates: gs, c: c + (s + 1) * b * n, tanhC: tc + s * b * n, h: h + (s + 1) * b * n,
-                                      cPrev: c + s * b * n, batch: b, hidden: n)
+        gates.withUnsafeMutableBufferPointer { gp in
+            hs.withUnsafeMutableBufferPointer { hp in
+                cs.withUnsafeMutableBufferPointer { cp in
+                    tanhCs.withUnsafeMutableBufferPointer { tp in
+                        let g = gp.baseAddress!, h = hp.baseAddress!, c = cp.baseAddress!, tc = tp.baseAddress!
+                        // All input projections at once: G (T*B, 4H) = X W_ih^T + b_ih + b_hh.
+                        x.withPointer {
+                            T.gemm(
+                                transposeA: false, transposeB: true, m: rows, n: width, k: inputSize, alpha: 1,
+                                a: $0, lda: inputSize, b: wih, ldb: inputSize, beta: 0, c: g, ldc: width)
+                        }
+                        T.addPerFeature(g, arena.value(biasIH), alpha: 1, rows: rows, features: width)
+                        T.addPerFeature(g, arena.value(biasHH), alpha: 1, rows: rows, features: width)
+                        for s in 0..<t {
+                            let gs = g + s * b * width
+                            T.gemm(
+                                transposeA: false, transposeB: true, m: b, n: width, k: n, alpha: 1,
+                                a: h + s * b * n, lda: n, b: whh, ldb: n, beta: 1, c: gs, ldc: width)
+                            T.lstmCellForward(
+                                gates: gs, c: c + (s + 1) * b * n, tanhC: tc + s * b * n, h: h + (s + 1) * b * n,
+                                cPrev: c + s * b * n, batch: b, hidden: n)
+                        }
+                    }
                 }
             }
-        } } }
-        finalState = State(h: Array(hs[t * b * n ..< (t + 1) * b * n]), c: Array(cs[t * b * n ..< (t + 1) * b * n]))
-        return Tensor(shape: [t, b, n], scalars: Array(hs[(b * n) ..< hs.count]))
+        }
+        finalState = State(h: Array(hs[t * b * n..<(t + 1) * b * n]), c: Array(cs[t * b * n..<(t + 1) * b * n]))
+        return Tensor(shape: [t, b, n], scalars: Array(hs[(b * n)..<hs.count]))
     }
 
     /// Backpropagation through the T steps of the last forward; the gradient reaching the initial state
@@ -87,35 +98,47 @@ public final class LSTMLayer<T: Scalar>: Layer {
         var dh = T.zeros(count: b * n), dc = T.zeros(count: b * n), dcPrev = T.zeros(count: b * n)
         dgates.withUnsafeMutableBufferPointer { dgp in
             let dg = dgp.baseAddress!
-            gates.withUnsafeBufferPointer { g in cs.withUnsafeBufferPointer { c in tanhCs.withUnsafeBufferPointer { tc in
-                dy.withPointer { dyp in
-                    dh.withUnsafeMutableBufferPointer { dhp in dc.withUnsafeMutableBufferPointer { dcp in dcPrev.withUnsafeMutableBufferPointer { dcpp in
-                        let dhv = dhp.baseAddress!
-                        // dh holds dL/dh_t from later steps; add the output's own gradient.
-                        for s in stride(from: t - 1, through: 0, by: -1) {
-                            T.axpy(dhv, dyp + s * b * n, alpha: 1, count: b * n)
-                            T.lstmCellBackward(dgates: dg + s * b * width, dcPrev: dcpp.baseAddress!, dh: dhv, dc: dcp.baseAddress!,
-                                               gates: g.baseAddress! + s * b * width, cPrev: c.baseAddress! + s * b * n,
-                                               tanhC: tc.baseAddress! + s * b * n, batch: b, hidden: n)
-                            dcp.baseAddress!.update(from: dcpp.baseAddress!, count: b * n)
-                            // dL/dh_{t-1} = dG_t W_hh
-                            T.gemm(transposeA: false, transposeB: false, m: b, n: n, k: width, alpha: 1,
-                                   a: dg + s * b * width, lda: width, b: whh!, ldb: n, beta: 0, c: dhv, ldc: n)
+            gates.withUnsafeBufferPointer { g in
+                cs.withUnsafeBufferPointer { c in
+                    tanhCs.withUnsafeBufferPointer { tc in
+                        dy.withPointer { dyp in
+                            dh.withUnsafeMutableBufferPointer { dhp in
+                                dc.withUnsafeMutableBufferPointer { dcp in
+                                    dcPrev.withUnsafeMutableBufferPointer { dcpp in
+                                        let dhv = dhp.baseAddress!
+                                        // dh holds dL/dh_t from later steps; add the output's own gradient.
+                                        for s in stride(from: t - 1, through: 0, by: -1) {
+                                            T.axpy(dhv, dyp + s * b * n, alpha: 1, count: b * n)
+                                            T.lstmCellBackward(
+                                                dgates: dg + s * b * width, dcPrev: dcpp.baseAddress!, dh: dhv, dc: dcp.baseAddress!,
+                                                gates: g.baseAddress! + s * b * width, cPrev: c.baseAddress! + s * b * n,
+                                                tanhC: tc.baseAddress! + s * b * n, batch: b, hidden: n)
+                                            dcp.baseAddress!.update(from: dcpp.baseAddress!, count: b * n)
+                                            // dL/dh_{t-1} = dG_t W_hh
+                                            T.gemm(
+                                                transposeA: false, transposeB: false, m: b, n: n, k: width, alpha: 1,
+                                                a: dg + s * b * width, lda: width, b: whh!, ldb: n, beta: 0, c: dhv, ldc: n)
+                                        }
+                                    }
+                                }
+                            }
                         }
-                    } } }
+                    }
                 }
-            } } }
+            }
             // Weight gradients over all steps at once: dW_hh = dG^T H_{0..T-1}, dW_ih = dG^T X.
             hs.withUnsafeBufferPointer { h in
                 weightHH.accumulateWeightGradient(arena) { dw, beta in
-                    T.gemm(transposeA: true, transposeB: false, m: width, n: n, k: rows, alpha: 1,
-                           a: dg, lda: width, b: h.baseAddress!, ldb: n, beta: beta, c: dw, ldc: n)
+                    T.gemm(
+                        transposeA: true, transposeB: false, m: width, n: n, k: rows, alpha: 1,
+                        a: dg, lda: width, b: h.baseAddress!, ldb: n, beta: beta, c: dw, ldc: n)
                 }
             }
             input.withPointer { xp in
                 weightIH.accumulateWeightGradient(arena) { dw, beta in
-                    T.gemm(transposeA: true, transposeB: false, m: width, n: inputSize, k: rows, alpha: 1,
-                           a: dg, lda: width, b: xp, ldb: inputSize, beta: beta, c: dw, ldc: inputSize)
+                    T.gemm(
+                        transposeA: true, transposeB: false, m: width, n: inputSize, k: rows, alpha: 1,
+                        a: dg, lda: width, b: xp, ldb: inputSize, beta: beta, c: dw, ldc: inputSize)
                 }
             }
             T.sumPerFeature(arena.grad(biasIH), dg, rows: rows, features: width)
@@ -123,8 +146,11 @@ public final class LSTMLayer<T: Scalar>: Layer {
         }
         guard needsInputGradient else { return nil }
         return Tensor.uninitialized([t, b, inputSize]) { dx in
-            dgates.withUnsafeBufferPointer { T.gemm(transposeA: false, transposeB: false, m: rows, n: inputSize, k: width, alpha: 1,
-                                                    a: $0.baseAddress!, lda: width, b: wih!, ldb: inputSize, beta: 0, c: dx, ldc: inputSize) }
+            dgates.withUnsafeBufferPointer {
+                T.gemm(
+                    transposeA: false, transposeB: false, m: rows, n: inputSize, k: width, alpha: 1,
+                    a: $0.baseAddress!, lda: width, b: wih!, ldb: inputSize, beta: 0, c: dx, ldc: inputSize)
+            }
         }
     }
 }

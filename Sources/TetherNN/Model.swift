@@ -17,7 +17,9 @@ public struct BatchStats: Sendable, Equatable {
     public var lossSum: Double = 0
     public var correct = 0
     public var count = 0
-    public init(lossSum: Double = 0, correct: Int = 0, count: Int = 0) { (self.lossSum, self.correct, self.count) = (lossSum, correct, count) }
+    public init(lossSum: Double = 0, correct: Int = 0, count: Int = 0) {
+        (self.lossSum, self.correct, self.count) = (lossSum, correct, count)
+    }
     public static func + (a: BatchStats, b: BatchStats) -> BatchStats {
         BatchStats(lossSum: a.lossSum + b.lossSum, correct: a.correct + b.correct, count: a.count + b.count)
     }

@@ -21,7 +21,9 @@ public final class TiedAutoencoder<T: Scalar>: Model {
             width = h
         }
         for (i, d) in encoder.reversed().enumerated() {
-            layers.append(TransposedDense<T>(&layout, prefix: "decoder.\(2 * i).", transposing: d.weightSlot!, encoderIn: d.inFeatures, encoderOut: d.outFeatures))
+            layers.append(
+                TransposedDense<T>(
+                    &layout, prefix: "decoder.\(2 * i).", transposing: d.weightSlot!, encoderIn: d.inFeatures, encoderOut: d.outFeatures))
             if i < encoder.count - 1 { layers.append(Activation<T>.relu()) }
         }
         network = Sequential(layers)

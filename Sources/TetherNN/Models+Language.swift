@@ -12,7 +12,9 @@ public struct LanguageModelShape: Codable, Sendable, Equatable {
     /// Weight-normalized W_ih and W_hh, one g per gate row.
     public var weightNorm: Bool
     public init(vocabulary: Int, size: Int, layers: Int = 1, dropout: Double = 0.2, tied: Bool = true, weightNorm: Bool = true) {
-        (self.vocabulary, self.size, self.layers, self.dropout, self.tied, self.weightNorm) = (vocabulary, size, layers, dropout, tied, weightNorm)
+        (self.vocabulary, self.size, self.layers, self.dropout, self.tied, self.weightNorm) = (
+            vocabulary, size, layers, dropout, tied, weightNorm
+        )
     }
 }
 
@@ -30,7 +32,7 @@ public final class LanguageModel<T: Scalar>: Model, BufferOwner {
     public let context: ModelContext<T>
     let encoder: Embedding<T>
     let rnn: [LSTMLayer<T>]
-    let dropouts: [Dropout<T>]   // before layer 0, between layers, after the last
+    let dropouts: [Dropout<T>]  // before layer 0, between layers, after the last
     let decoder: Dense<T>
     let loss = SoftmaxCrossEntropy<T>()
     /// Streams of a training batch: the size of the carried state.
@@ -43,8 +45,11 @@ public final class LanguageModel<T: Scalar>: Model, BufferOwner {
         var layout = ArenaLayout()
         let (v, d) = (shape.vocabulary, shape.size)
         encoder = Embedding(&layout, prefix: "encoder.", rows: v, width: d, initializer: .uniform(bound: 0.1))
-        rnn = (0..<shape.layers).map { LSTMLayer(&layout, prefix: "rnn.", index: $0, inputSize: d, hiddenSize: d, weightNorm: shape.weightNorm) }
-        decoder = shape.tied
+        rnn = (0..<shape.layers).map {
+            LSTMLayer(&layout, prefix: "rnn.", index: $0, inputSize: d, hiddenSize: d, weightNorm: shape.weightNorm)
+        }
+        decoder =
+            shape.tied
             ? Dense(&layout, prefix: "decoder.", sharedWeight: encoder.slot, inFeatures: d, outFeatures: v)
             : Dense(&layout, prefix: "decoder.", inFeatures: d, outFeatures: v)
         dropouts = (0...shape.layers).map { _ in Dropout(probability: shape.dropout) }
@@ -87,15 +92,18 @@ public final class LanguageModel<T: Scalar>: Model, BufferOwner {
         }
         encoder.backward(dropouts[0].backward(g, context, needsInputGradient: true)!.reshaped([t * b, shape.size]), context)
         carried = final
-        return BatchStats(lossSum: lossSum, count: t * b) // (next-token accuracy is not reported: it costs a pass over the logits)
+        return BatchStats(lossSum: lossSum, count: t * b)  // (next-token accuracy is not reported: it costs a pass over the logits)
     }
 
     /// Evaluation of T steps of B streams from `state` (nil: zeros); returns the stats and the next state.
-    public func evaluate(inputs: [Int32], targets: [Int32], steps t: Int, streams b: Int,
-                         state: [LSTMLayer<T>.State]?) -> (BatchStats, [LSTMLayer<T>.State]) {
+    public func evaluate(
+        inputs: [Int32], targets: [Int32], steps t: Int, streams b: Int,
+        state: [LSTMLayer<T>.State]?
+    ) -> (BatchStats, [LSTMLayer<T>.State]) {
         context.training = false
         defer { context.training = true }
-        let (z, final) = logits(inputs, steps: t, streams: b, state: state ?? Self.zeroState(layers: shape.layers, streams: b, size: shape.size))
+        let (z, final) = logits(
+            inputs, steps: t, streams: b, state: state ?? Self.zeroState(layers: shape.layers, streams: b, size: shape.size))
         let lossSum = loss.forward(logits: z, labels: targets)
         return (BatchStats(lossSum: lossSum, correct: loss.correctCount(), count: t * b), final)
     }

@@ -2,11 +2,13 @@ import TetherTensor
 
 /// One batch of tabular rows: F categorical value hashes and M numbers per row, a label in {0, 1}.
 public struct TabularBatch<T: Scalar> {
-    public var categorical: [UInt64]   // (B, F)
-    public var numeric: Tensor<T>      // (B, M)
+    public var categorical: [UInt64]  // (B, F)
+    public var numeric: Tensor<T>  // (B, M)
     public var labels: [Int32]
     public var count: Int { labels.count }
-    public init(categorical: [UInt64], numeric: Tensor<T>, labels: [Int32]) { (self.categorical, self.numeric, self.labels) = (categorical, numeric, labels) }
+    public init(categorical: [UInt64], numeric: Tensor<T>, labels: [Int32]) {
+        (self.categorical, self.numeric, self.labels) = (categorical, numeric, labels)
+    }
 }
 
 /// The features and sizes of a wide & deep model.
@@ -23,8 +25,10 @@ public struct WideDeepShape: Codable, Sendable, Equatable {
     public var embedding: Int
     public var hidden: [Int]
     public var parts: Parts
-    public init(fields: Int, numeric: Int, crosses: [[Int]], buckets: Int = 100_000, wideBuckets: Int = 1 << 20,
-                embedding: Int = 16, hidden: [Int] = [256, 128, 64], parts: Parts = .both) {
+    public init(
+        fields: Int, numeric: Int, crosses: [[Int]], buckets: Int = 100_000, wideBuckets: Int = 1 << 20,
+        embedding: Int = 16, hidden: [Int] = [256, 128, 64], parts: Parts = .both
+    ) {
         (self.fields, self.numeric, self.crosses, self.buckets, self.wideBuckets) = (fields, numeric, crosses, buckets, wideBuckets)
         (self.embedding, self.hidden, self.parts) = (embedding, hidden, parts)
     }
@@ -55,14 +59,21 @@ public final class WideDeep<T: Scalar>: Model {
         let useWide = shape.parts != .deep, useDeep = shape.parts != .wide
         wide = useWide ? Embedding(&layout, prefix: "wide.", rows: shape.wideBuckets, width: 1, initializer: .zeros, sparse: true) : nil
         if useDeep {
-            embeddings = Embedding(&layout, prefix: "deep.embedding.", rows: shape.fields * shape.buckets, width: shape.embedding,
-                                   initializer: .normal(std: 1 / Double(shape.embedding).squareRoot()), sparse: true)
+            embeddings = Embedding(
+                &layout, prefix: "deep.embedding.", rows: shape.fields * shape.buckets, width: shape.embedding,
+                initializer: .normal(std: 1 / Double(shape.embedding).squareRoot()), sparse: true)
             var layers: [any Layer<T>] = [], width = shape.deepInputs
             for (i, h) in shape.hidden.enumerated() {
-                layers += [Dense<T>(&layout, prefix: "deep.layers.\(2 * i).", inFeatures: width, outFeatures: h, weightNorm: true), Activation<T>.relu()]
+                layers += [
+                    Dense<T>(&layout, prefix: "deep.layers.\(2 * i).", inFeatures: width, outFeatures: h, weightNorm: true),
+                    Activation<T>.relu()
+                ]
                 width = h
             }
-            layers.append(Dense<T>(&layout, prefix: "deep.layers.\(2 * shape.hidden.count).", inFeatures: width, outFeatures: 1, bias: false, weightNorm: true))
+            layers.append(
+                Dense<T>(
+                    &layout, prefix: "deep.layers.\(2 * shape.hidden.count).", inFeatures: width, outFeatures: 1, bias: false,
+                    weightNorm: true))
             mlp = Sequential(layers)
         } else {
             (embeddings, mlp) = (nil, nil)
@@ -92,7 +103,8 @@ public final class WideDeep<T: Scalar>: Model {
             let row = r * f
             for j in 0..<f { ids[r * k + j] = Int32(Self.mix(categorical[row + j] ^ (UInt64(j + 1) &* 0x51_7CC1_B727_220A)) % w) }
             for (c, pair) in shape.crosses.enumerated() {
-                let h = Self.mix(categorical[row + pair[0]] &* 0x2545_F491_4F6C_DD1D ^ Self.mix(categorical[row + pair[1]]) ^ UInt64(1000 + c))
+                let h = Self.mix(
+                    categorical[row + pair[0]] &* 0x2545_F491_4F6C_DD1D ^ Self.mix(categorical[row + pair[1]]) ^ UInt64(1000 + c))
                 ids[r * k + f + c] = Int32(h % w)
             }
         }
@@ -116,13 +128,16 @@ public final class WideDeep<T: Scalar>: Model {
     }
 
     private func logits(_ batch: TabularBatch<T>) -> Tensor<T> {
-        precondition(batch.categorical.count == batch.count * shape.fields && batch.numeric.shape == [batch.count, shape.numeric],
-                     "a batch of \(batch.count) rows needs \(shape.fields) categorical and \(shape.numeric) numeric features per row")
+        precondition(
+            batch.categorical.count == batch.count * shape.fields && batch.numeric.shape == [batch.count, shape.numeric],
+            "a batch of \(batch.count) rows needs \(shape.fields) categorical and \(shape.numeric) numeric features per row")
         let b = batch.count, k = shape.fields + shape.crosses.count
         var z = Tensor<T>(shape: [b], scalars: [T](repeating: arena.value(bias)[0], count: b))
         z.withMutablePointer { zp in
             if let wide {
-                wide.forward(ids: wideIDs(batch.categorical, rows: b), context).withPointer { T.sumPerChannel(zp, $0, channels: b, columns: k) }
+                wide.forward(ids: wideIDs(batch.categorical, rows: b), context).withPointer {
+                    T.sumPerChannel(zp, $0, channels: b, columns: k)
+                }
             }
             if let mlp { mlp.forward(deepInput(batch), context).withPointer { T.axpy(zp, $0, alpha: 1, count: b) } }
         }
@@ -142,9 +157,10 @@ public final class WideDeep<T: Scalar>: Model {
         if let mlp, let embeddings {
             let dx = mlp.backward(dz.reshaped([b, 1]), context, needsInputGradient: true)!
             let fe = shape.fields * shape.embedding, width = shape.deepInputs
-            embeddings.backward(Tensor.uninitialized([b * shape.fields, shape.embedding]) { d in
-                dx.withPointer { T.copyColumns(d, ldy: fe, $0, ldx: width, rows: b, columns: fe) }
-            }, context)
+            embeddings.backward(
+                Tensor.uninitialized([b * shape.fields, shape.embedding]) { d in
+                    dx.withPointer { T.copyColumns(d, ldy: fe, $0, ldx: width, rows: b, columns: fe) }
+                }, context)
         }
         return BatchStats(lossSum: lossSum, correct: loss.correctCount(), count: b)
     }

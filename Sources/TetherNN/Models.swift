@@ -5,8 +5,10 @@ public enum ImageModels {
     public static let names = ["mlp", "mlp-wn", "cnn-wn"]
 
     /// Builds `name` with its parameters drawn from `rng` (nil for an unknown name).
-    public static func make<T: Scalar>(_ name: String, height: Int = 28, width: Int = 28, classes: Int = 10,
-                                       rng: inout RNG, as: T.Type = T.self) -> Classifier<T>? {
+    public static func make<T: Scalar>(
+        _ name: String, height: Int = 28, width: Int = 28, classes: Int = 10,
+        rng: inout RNG, as: T.Type = T.self
+    ) -> Classifier<T>? {
         var layout = ArenaLayout()
         let pixels = height * width
         let layers: [any Layer<T>]
@@ -19,7 +21,7 @@ public enum ImageModels {
                 Activation<T>.relu(),
                 Dense<T>(&layout, prefix: "layers.2.", inFeatures: 256, outFeatures: 256, weightNorm: wn),
                 Activation<T>.relu(),
-                Dense<T>(&layout, prefix: "layers.4.", inFeatures: 256, outFeatures: classes, weightNorm: wn),
+                Dense<T>(&layout, prefix: "layers.4.", inFeatures: 256, outFeatures: classes, weightNorm: wn)
             ]
         case "cnn-wn":
             // conv5x5 32 -> pool -> conv5x5 64 -> pool -> dense 256 -> 10, padding 2, all weight-normalized
@@ -35,7 +37,7 @@ public enum ImageModels {
                 LayoutSwap<T>(toConv: false, channels: 64, height: h4, width: w4),
                 Dense<T>(&layout, prefix: "layers.8.", inFeatures: 64 * h4 * w4, outFeatures: 256, weightNorm: true),
                 Activation<T>.relu(),
-                Dense<T>(&layout, prefix: "layers.10.", inFeatures: 256, outFeatures: classes, weightNorm: true),
+                Dense<T>(&layout, prefix: "layers.10.", inFeatures: 256, outFeatures: classes, weightNorm: true)
             ]
         default:
             return nil

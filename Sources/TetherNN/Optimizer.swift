@@ -1,7 +1,7 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 import TetherTensor
 
@@ -57,7 +57,9 @@ public final class Optimizer<T: Scalar> {
         if let i = sparse.first {
             let ok = config.kind == .adagrad || (config.kind == .sgd && config.momentum == 0 && config.weightDecay == 0)
             guard ok else {
-                throw OptimizerError("\(layout.entries[i].name) has a row-sparse gradient: use --optimizer adagrad, or sgd without momentum and weight decay")
+                throw OptimizerError(
+                    "\(layout.entries[i].name) has a row-sparse gradient: use --optimizer adagrad, or sgd without momentum and weight decay"
+                )
             }
         }
         switch config.kind {
@@ -67,8 +69,11 @@ public final class Optimizer<T: Scalar> {
         }
         var ranges: [Range<Int>] = []
         for e in layout.entries where !e.sparseGradient {
-            if let last = ranges.last, last.upperBound == e.offset { ranges[ranges.count - 1] = last.lowerBound ..< e.offset + e.count }
-            else { ranges.append(e.offset ..< e.offset + e.count) }
+            if let last = ranges.last, last.upperBound == e.offset {
+                ranges[ranges.count - 1] = last.lowerBound..<e.offset + e.count
+            } else {
+                ranges.append(e.offset..<e.offset + e.count)
+            }
         }
         denseRanges = ranges
         let n = max(layout.totalCount, 1)
@@ -99,12 +104,14 @@ public final class Optimizer<T: Scalar> {
             let p = arena.values + r.lowerBound, g = arena.grads + r.lowerBound
             switch c.kind {
             case .sgd:
-                let h = SGDHyper(lr: lr, momentum: c.momentum, dampening: c.dampening, weightDecay: c.weightDecay,
-                                 nesterov: c.nesterov, firstStep: stepCount == 1)
+                let h = SGDHyper(
+                    lr: lr, momentum: c.momentum, dampening: c.dampening, weightDecay: c.weightDecay,
+                    nesterov: c.nesterov, firstStep: stepCount == 1)
                 T.sgdStep(p, momentumBuffer: (state["momentum_buffer"] ?? arena.grads) + r.lowerBound, grad: g, h, count: r.count)
             case .adam, .adamw:
-                let h = AdamHyper(lr: lr, beta1: c.beta1, beta2: c.beta2, epsilon: c.epsilon, weightDecay: c.weightDecay,
-                                  decoupled: c.kind == .adamw, step: stepCount)
+                let h = AdamHyper(
+                    lr: lr, beta1: c.beta1, beta2: c.beta2, epsilon: c.epsilon, weightDecay: c.weightDecay,
+                    decoupled: c.kind == .adamw, step: stepCount)
                 T.adamStep(p, m: state["exp_avg"]! + r.lowerBound, v: state["exp_avg_sq"]! + r.lowerBound, grad: g, h, count: r.count)
             case .adagrad:
                 T.adagradStep(p, sum: state["sum"]! + r.lowerBound, grad: g, lr: T(lr), epsilon: T(c.adagradEpsilon), count: r.count)
@@ -117,7 +124,8 @@ public final class Optimizer<T: Scalar> {
             if ftrlEntries.contains(rows.slot.index) {
                 T.ftrlRows(table, z: state["ftrl_z"]! + base, n: state["ftrl_n"]! + base, ids: i, grads: v, c.ftrl, count: n, width: d)
             } else if c.kind == .adagrad {
-                T.adagradRows(table, sum: state["sum"]! + base, ids: i, grads: v, lr: T(lr), epsilon: T(c.adagradEpsilon), count: n, width: d)
+                T.adagradRows(
+                    table, sum: state["sum"]! + base, ids: i, grads: v, lr: T(lr), epsilon: T(c.adagradEpsilon), count: n, width: d)
             } else {
                 T.sgdRows(table, ids: i, grads: v, lr: T(lr), count: n, width: d)
             }
@@ -170,4 +178,3 @@ public struct LRSchedule: Codable, Sendable, Equatable {
         }
     }
 }
-

@@ -1,7 +1,7 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 import TetherTensor
 
@@ -24,7 +24,7 @@ public struct ParameterSlot: Hashable, Sendable {
 /// The names, shapes and offsets of every parameter of a model, in registration order.
 public struct ArenaLayout: Sendable, Equatable {
     public struct Entry: Sendable, Equatable {
-        public let name: String   // PyTorch-style: "layers.0.weight_v"
+        public let name: String  // PyTorch-style: "layers.0.weight_v"
         public let shape: [Int]
         public let offset: Int
         public let count: Int
@@ -41,7 +41,8 @@ public struct ArenaLayout: Sendable, Equatable {
     public mutating func add(_ name: String, shape: [Int], initializer: ParameterInit, sparseGradient: Bool = false) -> ParameterSlot {
         precondition(!entries.contains { $0.name == name }, "parameter \(name) registered twice")
         let count = shape.reduce(1, *)
-        entries.append(Entry(name: name, shape: shape, offset: totalCount, count: count, initializer: initializer, sparseGradient: sparseGradient))
+        entries.append(
+            Entry(name: name, shape: shape, offset: totalCount, count: count, initializer: initializer, sparseGradient: sparseGradient))
         defer { totalCount += count }
         return ParameterSlot(index: entries.count - 1, offset: totalCount, count: count)
     }
@@ -52,7 +53,7 @@ public struct ArenaLayout: Sendable, Equatable {
 
     /// A hash of names, shapes and order: two replicas with different layouts never agree on it.
     public var fingerprint: UInt64 {
-        var h: UInt64 = 0xCBF2_9CE4_8422_2325 // FNV-1a
+        var h: UInt64 = 0xCBF2_9CE4_8422_2325  // FNV-1a
         func mix(_ s: String) { for b in s.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01B3 } }
         for e in entries { mix(e.name); mix(e.shape.map(String.init).joined(separator: "x")); mix(";") }
         return h
@@ -75,8 +76,11 @@ public final class ParameterArena<T: Scalar> {
         grads = calloc(max(layout.totalCount, 1), MemoryLayout<T>.stride)!.bindMemory(to: T.self, capacity: max(layout.totalCount, 1))
         denseRanges = layout.entries.reduce(into: []) { ranges, e in
             guard !e.sparseGradient else { return }
-            if let last = ranges.last, last.upperBound == e.offset { ranges[ranges.count - 1] = last.lowerBound ..< e.offset + e.count }
-            else { ranges.append(e.offset ..< e.offset + e.count) }
+            if let last = ranges.last, last.upperBound == e.offset {
+                ranges[ranges.count - 1] = last.lowerBound..<e.offset + e.count
+            } else {
+                ranges.append(e.offset..<e.offset + e.count)
+            }
         }
     }
 

@@ -26,7 +26,9 @@ public enum Safetensors {
     public struct File: Equatable, Sendable {
         public var tensors: [String: Tensor]
         public var metadata: [String: String]
-        public init(tensors: [String: Tensor] = [:], metadata: [String: String] = [:]) { (self.tensors, self.metadata) = (tensors, metadata) }
+        public init(tensors: [String: Tensor] = [:], metadata: [String: String] = [:]) {
+            (self.tensors, self.metadata) = (tensors, metadata)
+        }
     }
 
     /// Bounds on what `decode` accepts.
@@ -64,7 +66,7 @@ public enum Safetensors {
         // A JSON header costs about 50 times its size once parsed: bound it (a language model's
         // vocabulary of 10,000 words is about 100 KB).
         guard n <= UInt64(maxHeaderBytes) else { throw fail("header length \(n) is above the \(maxHeaderBytes) bytes this reader accepts") }
-        let headerData = bytes.subdata(in: bytes.startIndex + 8 ..< bytes.startIndex + 8 + Int(n))
+        let headerData = bytes.subdata(in: bytes.startIndex + 8..<bytes.startIndex + 8 + Int(n))
         guard let header = (try? JSONSerialization.jsonObject(with: headerData)) as? [String: Any] else {
             throw fail("the header is not a JSON object")
         }
@@ -79,7 +81,8 @@ public enum Safetensors {
                 continue
             }
             guard let entry = value as? [String: Any], let dtype = entry["dtype"] as? String,
-                  let shape = entry["shape"] as? [Int], let offsets = entry["data_offsets"] as? [Int], offsets.count == 2 else {
+                let shape = entry["shape"] as? [Int], let offsets = entry["data_offsets"] as? [Int], offsets.count == 2
+            else {
                 throw fail("tensor \(name): needs dtype, shape and data_offsets [begin, end]")
             }
             guard let size = elementSizes[dtype] else { throw fail("tensor \(name): unknown dtype \(dtype)") }
@@ -89,13 +92,17 @@ public enum Safetensors {
                 throw fail("tensor \(name): data_offsets [\(begin), \(end)] outside the \(dataCount) data bytes (truncated?)")
             }
             // shape products from the file are checked for overflow, never trusted
-            let elements = shape.reduce(Optional(1)) { p, d in p.flatMap { let (m, o) = $0.multipliedReportingOverflow(by: d); return o ? nil : m } }
+            let elements = shape.reduce(Optional(1)) { p, d in
+                p.flatMap {
+                    let (m, o) = $0.multipliedReportingOverflow(by: d); return o ? nil : m
+                }
+            }
             guard let elements, !elements.multipliedReportingOverflow(by: size).overflow, end - begin == elements * size else {
                 throw fail("tensor \(name): \(end - begin) bytes do not hold shape \(shape) of \(dtype)")
             }
-            if end > begin { covered.append((begin, end)) } // empty tensors take no bytes
+            if end > begin { covered.append((begin, end)) }  // empty tensors take no bytes
             let start = bytes.startIndex + dataStart
-            file.tensors[name] = Tensor(dtype: dtype, shape: shape, data: bytes.subdata(in: start + begin ..< start + end))
+            file.tensors[name] = Tensor(dtype: dtype, shape: shape, data: bytes.subdata(in: start + begin..<start + end))
         }
         // The format requires the data to be covered exactly, without holes or overlaps.
         var expected = 0
@@ -109,13 +116,18 @@ public enum Safetensors {
 
     public static func read(_ url: URL) throws -> File {
         var isFolder: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: url.path, isDirectory: &isFolder) else { throw SafetensorsError.missing(file: url.path) }
+        guard FileManager.default.fileExists(atPath: url.path, isDirectory: &isFolder) else {
+            throw SafetensorsError.missing(file: url.path)
+        }
         if isFolder.boolValue {
-            throw SafetensorsError.corrupt(file: url.path, reason: "is a folder; give the checkpoint file (e.g. \(url.appendingPathComponent("checkpoint.safetensors").path))")
+            throw SafetensorsError.corrupt(
+                file: url.path,
+                reason: "is a folder; give the checkpoint file (e.g. \(url.appendingPathComponent("checkpoint.safetensors").path))")
         }
         let bytes: Data
         do { bytes = try Data(contentsOf: url) } catch {
-            throw SafetensorsError.corrupt(file: url.path, reason: "cannot read it: \((error as NSError).localizedFailureReason ?? error.localizedDescription)")
+            throw SafetensorsError.corrupt(
+                file: url.path, reason: "cannot read it: \((error as NSError).localizedFailureReason ?? error.localizedDescription)")
         }
         return try decode(bytes, source: url.path)
     }

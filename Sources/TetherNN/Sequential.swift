@@ -26,8 +26,10 @@ public final class Sequential<T: Scalar> {
     /// `gradientsReady(offset)` after each layer tells that the gradients at arena offsets >= offset are
     /// final (valid when this network is the model's whole arena): a cluster starts exchanging them.
     @discardableResult
-    public func backward(_ dy: Tensor<T>, _ ctx: ModelContext<T>, needsInputGradient: Bool = false,
-                         gradientsReady: ((Int) -> Void)? = nil) -> Tensor<T>? {
+    public func backward(
+        _ dy: Tensor<T>, _ ctx: ModelContext<T>, needsInputGradient: Bool = false,
+        gradientsReady: ((Int) -> Void)? = nil
+    ) -> Tensor<T>? {
         var g: Tensor<T>? = dy
         for (i, layer) in layers.enumerated().reversed() {
             guard let current = g else { break }
@@ -67,9 +69,14 @@ public final class SoftmaxCrossEntropy<T: Scalar> {
         self.labels = labels
         losses = T.zeros(count: b)
         probs = Tensor.uninitialized([b, k]) { p in
-            logits.withPointer { z in labels.withUnsafeBufferPointer { l in losses.withUnsafeMutableBufferPointer {
-                T.softmaxCrossEntropyForward(probs: p, losses: $0.baseAddress!, logits: z, labels: l.baseAddress!, batch: b, classes: k)
-            } } }
+            logits.withPointer { z in
+                labels.withUnsafeBufferPointer { l in
+                    losses.withUnsafeMutableBufferPointer {
+                        T.softmaxCrossEntropyForward(
+                            probs: p, losses: $0.baseAddress!, logits: z, labels: l.baseAddress!, batch: b, classes: k)
+                    }
+                }
+            }
         }
         return losses.withUnsafeBufferPointer { T.sum($0.baseAddress!, count: b) }
     }
@@ -79,10 +86,12 @@ public final class SoftmaxCrossEntropy<T: Scalar> {
     public func backward(scale: T) -> Tensor<T> {
         let (b, k) = (probs.shape[0], probs.shape[1])
         var d = probs
-        probs = Tensor<T>.zeros([0]) // d is now the buffer's only owner: written in place, not copied
-        d.withMutablePointer { p in labels.withUnsafeBufferPointer {
-            T.softmaxCrossEntropyBackward(p, probs: p, labels: $0.baseAddress!, scale: scale, batch: b, classes: k)
-        } }
+        probs = Tensor<T>.zeros([0])  // d is now the buffer's only owner: written in place, not copied
+        d.withMutablePointer { p in
+            labels.withUnsafeBufferPointer {
+                T.softmaxCrossEntropyBackward(p, probs: p, labels: $0.baseAddress!, scale: scale, batch: b, classes: k)
+            }
+        }
         return d
     }
 
@@ -108,18 +117,27 @@ public final class LogisticLoss<T: Scalar> {
         self.labels = labels
         var losses = T.zeros(count: labels.count)
         probabilities = T.zeros(count: labels.count)
-        logits.withPointer { z in labels.withUnsafeBufferPointer { l in losses.withUnsafeMutableBufferPointer { lp in probabilities.withUnsafeMutableBufferPointer {
-            T.logisticLossForward(probs: $0.baseAddress!, losses: lp.baseAddress!, logits: z, labels: l.baseAddress!, count: labels.count)
-        } } } }
+        logits.withPointer { z in
+            labels.withUnsafeBufferPointer { l in
+                losses.withUnsafeMutableBufferPointer { lp in
+                    probabilities.withUnsafeMutableBufferPointer {
+                        T.logisticLossForward(
+                            probs: $0.baseAddress!, losses: lp.baseAddress!, logits: z, labels: l.baseAddress!, count: labels.count)
+                    }
+                }
+            }
+        }
         return losses.withUnsafeBufferPointer { T.sum($0.baseAddress!, count: $0.count) }
     }
 
     /// d(scale * summed loss)/dz, shape (B).
     public func backward(scale: T) -> Tensor<T> {
         Tensor.uninitialized([labels.count]) { d in
-            probabilities.withUnsafeBufferPointer { p in labels.withUnsafeBufferPointer {
-                T.logisticLossBackward(d, probs: p.baseAddress!, labels: $0.baseAddress!, scale: scale, count: labels.count)
-            } }
+            probabilities.withUnsafeBufferPointer { p in
+                labels.withUnsafeBufferPointer {
+                    T.logisticLossBackward(d, probs: p.baseAddress!, labels: $0.baseAddress!, scale: scale, count: labels.count)
+                }
+            }
         }
     }
 
@@ -140,9 +158,13 @@ public final class SigmoidSquaredError<T: Scalar> {
         self.targets = targets
         var losses = T.zeros(count: b)
         outputs = Tensor.uninitialized(logits.shape) { s in
-            logits.withPointer { z in targets.withPointer { x in losses.withUnsafeMutableBufferPointer {
-                T.sigmoidSquaredErrorForward(s, losses: $0.baseAddress!, logits: z, targets: x, rows: b, columns: k)
-            } } }
+            logits.withPointer { z in
+                targets.withPointer { x in
+                    losses.withUnsafeMutableBufferPointer {
+                        T.sigmoidSquaredErrorForward(s, losses: $0.baseAddress!, logits: z, targets: x, rows: b, columns: k)
+                    }
+                }
+            }
         }
         return losses.withUnsafeBufferPointer { T.sum($0.baseAddress!, count: b) }
     }
@@ -150,7 +172,9 @@ public final class SigmoidSquaredError<T: Scalar> {
     public func backward(scale: T) -> Tensor<T> {
         let (b, k) = (outputs.shape[0], outputs.shape[1])
         return Tensor.uninitialized(outputs.shape) { d in
-            outputs.withPointer { s in targets.withPointer { T.sigmoidSquaredErrorBackward(d, s: s, targets: $0, scale: scale, rows: b, columns: k) } }
+            outputs.withPointer { s in
+                targets.withPointer { T.sigmoidSquaredErrorBackward(d, s: s, targets: $0, scale: scale, rows: b, columns: k) }
+            }
         }
     }
 }

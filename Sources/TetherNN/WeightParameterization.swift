@@ -6,7 +6,10 @@ final class WeightParameterization<T: Scalar> {
     enum Kind { case plain(ParameterSlot), normalized(g: ParameterSlot, v: ParameterSlot) }
     let kind: Kind
     var slots: [ParameterSlot] {
-        switch kind { case .plain(let s): [s]; case .normalized(let g, let v): [g, v] }
+        switch kind {
+        case .plain(let s): [s];
+        case .normalized(let g, let v): [g, v]
+        }
     }
     let rows: Int, columns: Int
     /// Scratch owned by this layer, used only when normalized: w (R, K), dL/dw (R, K), norms (R).
@@ -18,16 +21,19 @@ final class WeightParameterization<T: Scalar> {
     /// v ~ N(0, 0.05) and g = 1 as in the paper, before data-dependent init.
     /// `name` is the parameter's name after the prefix ("weight", or "weight_ih_l0" in an LSTM);
     /// `plainBound` overrides the plain init's bound and `initialG` the normalized g.
-    init(_ layout: inout ArenaLayout, prefix: String, name: String = "weight", shape: [Int], normalized: Bool,
-         plainBound: Double? = nil, initialG: Double = 1) {
+    init(
+        _ layout: inout ArenaLayout, prefix: String, name: String = "weight", shape: [Int], normalized: Bool,
+        plainBound: Double? = nil, initialG: Double = 1
+    ) {
         rows = shape[0]
         columns = shape.dropFirst().reduce(1, *)
         let scratch = normalized ? rows * columns : 0
         (w, dw, norms) = (.allocate(capacity: scratch), .allocate(capacity: scratch), .allocate(capacity: normalized ? rows : 0))
         if normalized {
             let gShape = [rows] + Array(repeating: 1, count: shape.count - 1)
-            kind = .normalized(g: layout.add(prefix + name + "_g", shape: gShape, initializer: .constant(initialG)),
-                               v: layout.add(prefix + name + "_v", shape: shape, initializer: .normal(std: 0.05)))
+            kind = .normalized(
+                g: layout.add(prefix + name + "_g", shape: gShape, initializer: .constant(initialG)),
+                v: layout.add(prefix + name + "_v", shape: shape, initializer: .normal(std: 0.05)))
         } else {
             let bound = plainBound ?? 1 / Double(columns).squareRoot()
             kind = .plain(layout.add(prefix + name, shape: shape, initializer: .uniform(bound: bound)))
@@ -64,8 +70,9 @@ final class WeightParameterization<T: Scalar> {
             body(arena.grad(s), 1)
         case .normalized(let g, let v):
             body(dw, 0)
-            T.weightNormBackward(arena.grad(g), arena.grad(v), dw, g: arena.value(g), v: arena.value(v),
-                                 norms: norms, rows: rows, columns: columns)
+            T.weightNormBackward(
+                arena.grad(g), arena.grad(v), dw, g: arena.value(g), v: arena.value(v),
+                norms: norms, rows: rows, columns: columns)
         }
     }
 
@@ -74,8 +81,10 @@ final class WeightParameterization<T: Scalar> {
     /// g <- 1/std(t) and b <- -mean(t)/std(t), then return the output under the new parameters, whose
     /// rows have mean 0 and std 1. `moments` adds (sum, sum of squares) per row of the output into its
     /// argument and returns how many values each row saw. A plain weight just runs `forward`.
-    func initializeFromData(_ arena: ParameterArena<T>, bias: ParameterSlot?, reduce: StatisticsReducer,
-                            forward: () -> Tensor<T>, moments: (Tensor<T>, UnsafeMutablePointer<Double>) -> Int) -> Tensor<T> {
+    func initializeFromData(
+        _ arena: ParameterArena<T>, bias: ParameterSlot?, reduce: StatisticsReducer,
+        forward: () -> Tensor<T>, moments: (Tensor<T>, UnsafeMutablePointer<Double>) -> Int
+    ) -> Tensor<T> {
         guard case .normalized(let g, _) = kind, let bias else { return forward() }
         T.fill(arena.value(g), 1, count: rows)
         T.fill(arena.value(bias), 0, count: rows)
@@ -84,7 +93,7 @@ final class WeightParameterization<T: Scalar> {
         sums[2 * rows] = Double(sums.withUnsafeMutableBufferPointer { moments(t, $0.baseAddress!) })
         reduce(&sums)
         let count = sums[2 * rows], gp = arena.value(g), bp = arena.value(bias)
-        for r in 0..<rows where count > 0 { // once per run, R values: not a hot loop
+        for r in 0..<rows where count > 0 {  // once per run, R values: not a hot loop
             let mean = sums[2 * r] / count
             let std = (max(sums[2 * r + 1] / count - mean * mean, 0) + 1e-10).squareRoot()
             gp[r] = T(1 / std)

@@ -21,8 +21,9 @@ public struct ConvGeometry: Sendable, Equatable {
 
     /// The same shape for the C kernels (im2col, col2im).
     var cShape: tether_conv_shape {
-        tether_conv_shape(channels: channels, batch: batch, height: height, width: width, kernel_h: kernelHeight,
-                          kernel_w: kernelWidth, stride: stride, padding: padding, out_h: outHeight, out_w: outWidth)
+        tether_conv_shape(
+            channels: channels, batch: batch, height: height, width: width, kernel_h: kernelHeight,
+            kernel_w: kernelWidth, stride: stride, padding: padding, out_h: outHeight, out_w: outWidth)
     }
 }
 
@@ -37,8 +38,10 @@ public struct PoolGeometry: Sendable, Equatable {
 }
 
 extension Scalar {
-    public static func maxPoolForward(_ y: UnsafeMutablePointer<Self>, argmax: UnsafeMutablePointer<Int32>,
-                                      _ x: UnsafePointer<Self>, _ g: PoolGeometry) {
+    public static func maxPoolForward(
+        _ y: UnsafeMutablePointer<Self>, argmax: UnsafeMutablePointer<Int32>,
+        _ x: UnsafePointer<Self>, _ g: PoolGeometry
+    ) {
         let (oh, ow, hw) = (g.outHeight, g.outWidth, g.height * g.width)
         if g.kernel == 2 && g.stride == 2 { return maxPool2x2Forward(y, argmax: argmax, x, g) }
         for p in 0..<g.planes {
@@ -60,8 +63,10 @@ extension Scalar {
     }
 
     /// The common 2x2, stride 2 window, unrolled; the same tie rule.
-    static func maxPool2x2Forward(_ y: UnsafeMutablePointer<Self>, argmax: UnsafeMutablePointer<Int32>,
-                                  _ x: UnsafePointer<Self>, _ g: PoolGeometry) {
+    static func maxPool2x2Forward(
+        _ y: UnsafeMutablePointer<Self>, argmax: UnsafeMutablePointer<Int32>,
+        _ x: UnsafePointer<Self>, _ g: PoolGeometry
+    ) {
         let (oh, ow, w, hw) = (g.outHeight, g.outWidth, g.width, g.height * g.width)
         var o = 0
         for p in 0..<g.planes {
@@ -80,8 +85,10 @@ extension Scalar {
         }
     }
 
-    public static func maxPoolBackward(_ dx: UnsafeMutablePointer<Self>, _ dy: UnsafePointer<Self>,
-                                       argmax: UnsafePointer<Int32>, _ g: PoolGeometry) {
+    public static func maxPoolBackward(
+        _ dx: UnsafeMutablePointer<Self>, _ dy: UnsafePointer<Self>,
+        argmax: UnsafePointer<Int32>, _ g: PoolGeometry
+    ) {
         let (outPlane, hw) = (g.outHeight * g.outWidth, g.height * g.width)
         for p in 0..<g.planes {
             let plane = dx + p * hw

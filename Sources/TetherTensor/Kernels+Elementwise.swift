@@ -44,8 +44,10 @@ extension Scalar {
         for i in 0..<count { let v = x[i]; y[i] = v > 0 ? v : slope * v }
     }
 
-    public static func leakyReLUBackward(_ dx: UnsafeMutablePointer<Self>, _ dy: UnsafePointer<Self>, _ x: UnsafePointer<Self>,
-                                         slope: Self, count: Int) {
+    public static func leakyReLUBackward(
+        _ dx: UnsafeMutablePointer<Self>, _ dy: UnsafePointer<Self>, _ x: UnsafePointer<Self>,
+        slope: Self, count: Int
+    ) {
         for i in 0..<count { dx[i] = x[i] > 0 ? dy[i] : slope * dy[i] }
     }
 
@@ -88,7 +90,9 @@ extension Scalar {
         }
     }
 
-    public static func addPerChannel(_ y: UnsafeMutablePointer<Self>, _ v: UnsafePointer<Self>, alpha: Self, channels c: Int, columns n: Int) {
+    public static func addPerChannel(
+        _ y: UnsafeMutablePointer<Self>, _ v: UnsafePointer<Self>, alpha: Self, channels c: Int, columns n: Int
+    ) {
         for ch in 0..<c {
             let row = y + ch * n, add = alpha * v[ch]
             for j in 0..<n { row[j] += add }
@@ -132,7 +136,8 @@ extension Scalar {
         return s
     }
 
-    public static func swapLeadingAxes(_ y: UnsafeMutablePointer<Self>, _ x: UnsafePointer<Self>, outer a: Int, inner b: Int, plane p: Int) {
+    public static func swapLeadingAxes(_ y: UnsafeMutablePointer<Self>, _ x: UnsafePointer<Self>, outer a: Int, inner b: Int, plane p: Int)
+    {
         // x (A, B, P) -> y (B, A, P)
         for i in 0..<a {
             for j in 0..<b {

@@ -1,14 +1,16 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 // Softmax cross-entropy over (B, K) logits.
 
 extension Scalar {
-    public static func softmaxCrossEntropyForward(probs: UnsafeMutablePointer<Self>, losses: UnsafeMutablePointer<Self>,
-                                                  logits: UnsafePointer<Self>, labels: UnsafePointer<Int32>, batch b: Int, classes k: Int) {
+    public static func softmaxCrossEntropyForward(
+        probs: UnsafeMutablePointer<Self>, losses: UnsafeMutablePointer<Self>,
+        logits: UnsafePointer<Self>, labels: UnsafePointer<Int32>, batch b: Int, classes k: Int
+    ) {
         for i in 0..<b {
             let z = logits + i * k, p = probs + i * k
             var maxZ = -Self.infinity
@@ -22,8 +24,10 @@ extension Scalar {
         }
     }
 
-    public static func softmaxCrossEntropyBackward(_ dlogits: UnsafeMutablePointer<Self>, probs: UnsafePointer<Self>,
-                                                   labels: UnsafePointer<Int32>, scale: Self, batch b: Int, classes k: Int) {
+    public static func softmaxCrossEntropyBackward(
+        _ dlogits: UnsafeMutablePointer<Self>, probs: UnsafePointer<Self>,
+        labels: UnsafePointer<Int32>, scale: Self, batch b: Int, classes k: Int
+    ) {
         for i in 0..<b {
             let d = dlogits + i * k, p = probs + i * k
             for j in 0..<k { d[j] = scale * p[j] }
@@ -40,8 +44,10 @@ extension Scalar {
         }
     }
 
-    public static func logisticLossForward(probs: UnsafeMutablePointer<Self>, losses: UnsafeMutablePointer<Self>,
-                                           logits: UnsafePointer<Self>, labels: UnsafePointer<Int32>, count b: Int) {
+    public static func logisticLossForward(
+        probs: UnsafeMutablePointer<Self>, losses: UnsafeMutablePointer<Self>,
+        logits: UnsafePointer<Self>, labels: UnsafePointer<Int32>, count b: Int
+    ) {
         for i in 0..<b {
             let z = Double(logits[i])
             // log(1 + e^z) = max(z, 0) + log1p(e^-|z|): no overflow for large |z|
@@ -51,13 +57,17 @@ extension Scalar {
         }
     }
 
-    public static func logisticLossBackward(_ dlogits: UnsafeMutablePointer<Self>, probs: UnsafePointer<Self>, labels: UnsafePointer<Int32>,
-                                            scale: Self, count b: Int) {
+    public static func logisticLossBackward(
+        _ dlogits: UnsafeMutablePointer<Self>, probs: UnsafePointer<Self>, labels: UnsafePointer<Int32>,
+        scale: Self, count b: Int
+    ) {
         for i in 0..<b { dlogits[i] = scale * (probs[i] - Self(labels[i])) }
     }
 
-    public static func sigmoidSquaredErrorForward(_ s: UnsafeMutablePointer<Self>, losses: UnsafeMutablePointer<Self>, logits: UnsafePointer<Self>,
-                                                  targets: UnsafePointer<Self>, rows b: Int, columns k: Int) {
+    public static func sigmoidSquaredErrorForward(
+        _ s: UnsafeMutablePointer<Self>, losses: UnsafeMutablePointer<Self>, logits: UnsafePointer<Self>,
+        targets: UnsafePointer<Self>, rows b: Int, columns k: Int
+    ) {
         for r in 0..<b {
             var total = 0.0
             for j in 0..<k {
@@ -70,8 +80,10 @@ extension Scalar {
         }
     }
 
-    public static func sigmoidSquaredErrorBackward(_ dz: UnsafeMutablePointer<Self>, s: UnsafePointer<Self>, targets: UnsafePointer<Self>,
-                                                   scale: Self, rows b: Int, columns k: Int) {
+    public static func sigmoidSquaredErrorBackward(
+        _ dz: UnsafeMutablePointer<Self>, s: UnsafePointer<Self>, targets: UnsafePointer<Self>,
+        scale: Self, rows b: Int, columns k: Int
+    ) {
         let c = 2 * scale / Self(k)
         for i in 0..<b * k { dz[i] = c * (s[i] - targets[i]) * s[i] * (1 - s[i]) }
     }

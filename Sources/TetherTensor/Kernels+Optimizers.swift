@@ -1,7 +1,7 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 // Optimizer updates over a contiguous range of the parameter arena.
@@ -33,20 +33,26 @@ public struct AdamHyper: Sendable {
     /// The per-step constants of the update (the kernel is in CTetherKernels: tether_adam_*).
     public var coefficients: (stepSize: Double, rootBiasCorrection2: Double, decay: Double, coupledWeightDecay: Double) {
         let t = Double(step)
-        return (lr / (1 - pow(beta1, t)), (1 - pow(beta2, t)).squareRoot(),
-                decoupled ? 1 - lr * weightDecay : 1, decoupled ? 0 : weightDecay)
+        return (
+            lr / (1 - pow(beta1, t)), (1 - pow(beta2, t)).squareRoot(),
+            decoupled ? 1 - lr * weightDecay : 1, decoupled ? 0 : weightDecay
+        )
     }
 }
 
 /// FTRL-Proximal's hyper-parameters (McMahan et al. 2013): alpha (the learning rate), beta, l1, l2.
 public struct FTRLHyper: Sendable, Codable, Equatable {
     public var alpha, beta, l1, l2: Double
-    public init(alpha: Double, beta: Double = 1, l1: Double = 0, l2: Double = 0) { (self.alpha, self.beta, self.l1, self.l2) = (alpha, beta, l1, l2) }
+    public init(alpha: Double, beta: Double = 1, l1: Double = 0, l2: Double = 0) {
+        (self.alpha, self.beta, self.l1, self.l2) = (alpha, beta, l1, l2)
+    }
 }
 
 extension Scalar {
-    public static func adagradStep(_ p: UnsafeMutablePointer<Self>, sum: UnsafeMutablePointer<Self>, grad: UnsafePointer<Self>,
-                                   lr: Self, epsilon: Self, count: Int) {
+    public static func adagradStep(
+        _ p: UnsafeMutablePointer<Self>, sum: UnsafeMutablePointer<Self>, grad: UnsafePointer<Self>,
+        lr: Self, epsilon: Self, count: Int
+    ) {
         for i in 0..<count {
             let g = grad[i], s = sum[i] + g * g
             sum[i] = s
@@ -54,21 +60,27 @@ extension Scalar {
         }
     }
 
-    public static func sgdRows(_ table: UnsafeMutablePointer<Self>, ids: UnsafePointer<Int32>, grads: UnsafePointer<Self>,
-                               lr: Self, count n: Int, width d: Int) {
+    public static func sgdRows(
+        _ table: UnsafeMutablePointer<Self>, ids: UnsafePointer<Int32>, grads: UnsafePointer<Self>,
+        lr: Self, count n: Int, width d: Int
+    ) {
         for i in 0..<n { axpy(table + Int(ids[i]) * d, grads + i * d, alpha: -lr, count: d) }
     }
 
-    public static func adagradRows(_ table: UnsafeMutablePointer<Self>, sum: UnsafeMutablePointer<Self>, ids: UnsafePointer<Int32>,
-                                   grads: UnsafePointer<Self>, lr: Self, epsilon: Self, count n: Int, width d: Int) {
+    public static func adagradRows(
+        _ table: UnsafeMutablePointer<Self>, sum: UnsafeMutablePointer<Self>, ids: UnsafePointer<Int32>,
+        grads: UnsafePointer<Self>, lr: Self, epsilon: Self, count n: Int, width d: Int
+    ) {
         for i in 0..<n {
             let offset = Int(ids[i]) * d
             adagradStep(table + offset, sum: sum + offset, grad: grads + i * d, lr: lr, epsilon: epsilon, count: d)
         }
     }
 
-    public static func ftrlRows(_ table: UnsafeMutablePointer<Self>, z: UnsafeMutablePointer<Self>, n: UnsafeMutablePointer<Self>,
-                                ids: UnsafePointer<Int32>, grads: UnsafePointer<Self>, _ h: FTRLHyper, count: Int, width d: Int) {
+    public static func ftrlRows(
+        _ table: UnsafeMutablePointer<Self>, z: UnsafeMutablePointer<Self>, n: UnsafeMutablePointer<Self>,
+        ids: UnsafePointer<Int32>, grads: UnsafePointer<Self>, _ h: FTRLHyper, count: Int, width d: Int
+    ) {
         let alpha = Self(h.alpha), beta = Self(h.beta), l1 = Self(h.l1), l2 = Self(h.l2)
         for i in 0..<count {
             let offset = Int(ids[i]) * d
@@ -83,8 +95,10 @@ extension Scalar {
         }
     }
 
-    public static func sgdStep(_ p: UnsafeMutablePointer<Self>, momentumBuffer: UnsafeMutablePointer<Self>, grad: UnsafePointer<Self>,
-                               _ h: SGDHyper, count: Int) {
+    public static func sgdStep(
+        _ p: UnsafeMutablePointer<Self>, momentumBuffer: UnsafeMutablePointer<Self>, grad: UnsafePointer<Self>,
+        _ h: SGDHyper, count: Int
+    ) {
         let lr = Self(h.lr), mu = Self(h.momentum), damp = Self(1 - h.dampening), wd = Self(h.weightDecay)
         if h.momentum == 0 {
             for i in 0..<count { p[i] -= lr * (grad[i] + wd * p[i]) }

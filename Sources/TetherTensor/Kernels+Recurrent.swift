@@ -1,7 +1,7 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 // The LSTM cell's pointwise arithmetic and row lookups. Float overrides the two cell kernels with C
@@ -10,8 +10,10 @@ import Darwin
 extension Scalar {
     @inline(__always) static func sigmoid(_ x: Self) -> Self { Self(1 / (1 + exp(-Double(x)))) }
 
-    public static func lstmCellForward(gates: UnsafeMutablePointer<Self>, c: UnsafeMutablePointer<Self>, tanhC: UnsafeMutablePointer<Self>,
-                                       h: UnsafeMutablePointer<Self>, cPrev: UnsafePointer<Self>, batch b: Int, hidden n: Int) {
+    public static func lstmCellForward(
+        gates: UnsafeMutablePointer<Self>, c: UnsafeMutablePointer<Self>, tanhC: UnsafeMutablePointer<Self>,
+        h: UnsafeMutablePointer<Self>, cPrev: UnsafePointer<Self>, batch b: Int, hidden n: Int
+    ) {
         for r in 0..<b {
             let gi = gates + r * 4 * n, gf = gi + n, gg = gf + n, go = gg + n
             for j in 0..<n {
@@ -23,9 +25,11 @@ extension Scalar {
         }
     }
 
-    public static func lstmCellBackward(dgates: UnsafeMutablePointer<Self>, dcPrev: UnsafeMutablePointer<Self>, dh: UnsafePointer<Self>,
-                                        dc: UnsafePointer<Self>, gates: UnsafePointer<Self>, cPrev: UnsafePointer<Self>,
-                                        tanhC: UnsafePointer<Self>, batch b: Int, hidden n: Int) {
+    public static func lstmCellBackward(
+        dgates: UnsafeMutablePointer<Self>, dcPrev: UnsafeMutablePointer<Self>, dh: UnsafePointer<Self>,
+        dc: UnsafePointer<Self>, gates: UnsafePointer<Self>, cPrev: UnsafePointer<Self>,
+        tanhC: UnsafePointer<Self>, batch b: Int, hidden n: Int
+    ) {
         for r in 0..<b {
             let g4 = gates + r * 4 * n, d4 = dgates + r * 4 * n
             for j in 0..<n {
@@ -41,20 +45,26 @@ extension Scalar {
         }
     }
 
-    public static func gatherRows(_ y: UnsafeMutablePointer<Self>, table: UnsafePointer<Self>, ids: UnsafePointer<Int32>, count n: Int, width d: Int) {
+    public static func gatherRows(
+        _ y: UnsafeMutablePointer<Self>, table: UnsafePointer<Self>, ids: UnsafePointer<Int32>, count n: Int, width d: Int
+    ) {
         for i in 0..<n { (y + i * d).update(from: table + Int(ids[i]) * d, count: d) }
     }
 
-    public static func scatterAddRows(_ table: UnsafeMutablePointer<Self>, _ x: UnsafePointer<Self>, dest: UnsafePointer<Int32>, count n: Int, width d: Int) {
+    public static func scatterAddRows(
+        _ table: UnsafeMutablePointer<Self>, _ x: UnsafePointer<Self>, dest: UnsafePointer<Int32>, count n: Int, width d: Int
+    ) {
         for i in 0..<n {
             let row = table + Int(dest[i]) * d, xr = x + i * d
             for j in 0..<d { row[j] += xr[j] }
         }
     }
 
-    public static func accumulateRows(_ values: UnsafeMutablePointer<Self>, touched: UnsafeMutablePointer<Int32>, distinct: Int,
-                                      position: UnsafeMutablePointer<Int32>, ids: UnsafePointer<Int32>, grads: UnsafePointer<Self>,
-                                      count n: Int, width d: Int) -> Int {
+    public static func accumulateRows(
+        _ values: UnsafeMutablePointer<Self>, touched: UnsafeMutablePointer<Int32>, distinct: Int,
+        position: UnsafeMutablePointer<Int32>, ids: UnsafePointer<Int32>, grads: UnsafePointer<Self>,
+        count n: Int, width d: Int
+    ) -> Int {
         var distinct = distinct
         for i in 0..<n {
             let id = Int(ids[i])

@@ -64,7 +64,7 @@ public struct RNG: RandomNumberGenerator, Sendable, Equatable, Codable {
 }
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif

@@ -15,9 +15,10 @@ import CTetherKernels
 /// A kernel whose doc says "accumulates" adds into its output; all others overwrite it.
 public protocol Scalar: BinaryFloatingPoint, Sendable, Codable where Self.RawSignificand: FixedWidthInteger {
     /// Row-major GEMM: C (M, N) = alpha * op(A) (M, K) * op(B) (K, N) + beta * C.
-    static func gemm(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Self,
-                     a: UnsafePointer<Self>, lda: Int, b: UnsafePointer<Self>, ldb: Int,
-                     beta: Self, c: UnsafeMutablePointer<Self>, ldc: Int)
+    static func gemm(
+        transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Self,
+        a: UnsafePointer<Self>, lda: Int, b: UnsafePointer<Self>, ldb: Int,
+        beta: Self, c: UnsafeMutablePointer<Self>, ldc: Int)
     /// The safetensors dtype name ("F32", "F64").
     static var safetensorsDType: String { get }
 
@@ -39,7 +40,8 @@ public protocol Scalar: BinaryFloatingPoint, Sendable, Codable where Self.RawSig
     /// y = x > 0 ? x : slope * x (slope 0: ReLU)
     static func leakyReLUForward(_ y: UnsafeMutablePointer<Self>, _ x: UnsafePointer<Self>, slope: Self, count: Int)
     /// dx = dy * (x > 0 ? 1 : slope)
-    static func leakyReLUBackward(_ dx: UnsafeMutablePointer<Self>, _ dy: UnsafePointer<Self>, _ x: UnsafePointer<Self>, slope: Self, count: Int)
+    static func leakyReLUBackward(
+        _ dx: UnsafeMutablePointer<Self>, _ dy: UnsafePointer<Self>, _ x: UnsafePointer<Self>, slope: Self, count: Int)
     /// y = x * mask
     static func multiply(_ y: UnsafeMutablePointer<Self>, _ x: UnsafePointer<Self>, _ mask: UnsafePointer<Self>, count: Int)
     /// mask[i] = u_i < p ? 0 : 1/(1-p), u_i uniform from rng (inverted dropout)
@@ -65,13 +67,15 @@ public protocol Scalar: BinaryFloatingPoint, Sendable, Codable where Self.RawSig
 
     // MARK: weight normalization (Kernels+WeightNorm.swift)
     /// norms (R) = sqrt(|v_r|^2 + eps); w (R, K) = g_r * v_r / norms_r
-    static func weightNormForward(_ w: UnsafeMutablePointer<Self>, norms: UnsafeMutablePointer<Self>,
-                                  g: UnsafePointer<Self>, v: UnsafePointer<Self>, epsilon: Self, rows r: Int, columns k: Int)
+    static func weightNormForward(
+        _ w: UnsafeMutablePointer<Self>, norms: UnsafeMutablePointer<Self>,
+        g: UnsafePointer<Self>, v: UnsafePointer<Self>, epsilon: Self, rows r: Int, columns k: Int)
     /// Given G = dL/dw (R, K): accumulates dg (R) += (G_r . v_r) / n_r and
     /// dv (R, K) += (g_r / n_r) (G_r - ((G_r . v_r) / n_r) v_r / n_r).
-    static func weightNormBackward(_ dg: UnsafeMutablePointer<Self>, _ dv: UnsafeMutablePointer<Self>,
-                                   _ dw: UnsafePointer<Self>, g: UnsafePointer<Self>, v: UnsafePointer<Self>,
-                                   norms: UnsafePointer<Self>, rows r: Int, columns k: Int)
+    static func weightNormBackward(
+        _ dg: UnsafeMutablePointer<Self>, _ dv: UnsafeMutablePointer<Self>,
+        _ dw: UnsafePointer<Self>, g: UnsafePointer<Self>, v: UnsafePointer<Self>,
+        norms: UnsafePointer<Self>, rows r: Int, columns k: Int)
 
     // MARK: convolution and pooling on the (C, B, H, W) layout (Kernels+Conv.swift)
     /// col (C*KH*KW, |samples|*OH*OW) = im2col of the batch entries in `samples` of x (C, B, H, W)
@@ -80,67 +84,84 @@ public protocol Scalar: BinaryFloatingPoint, Sendable, Codable where Self.RawSig
     /// dcol (C*KH*KW, |samples|*OH*OW) holds
     static func col2im(_ dx: UnsafeMutablePointer<Self>, _ dcol: UnsafePointer<Self>, _ g: ConvGeometry, samples: Range<Int>)
     /// y (P, OH, OW) = max over each window of x (P, H, W); argmax holds the winner's index in its plane
-    static func maxPoolForward(_ y: UnsafeMutablePointer<Self>, argmax: UnsafeMutablePointer<Int32>,
-                               _ x: UnsafePointer<Self>, _ g: PoolGeometry)
+    static func maxPoolForward(
+        _ y: UnsafeMutablePointer<Self>, argmax: UnsafeMutablePointer<Int32>,
+        _ x: UnsafePointer<Self>, _ g: PoolGeometry)
     /// accumulates dx[argmax] += dy
-    static func maxPoolBackward(_ dx: UnsafeMutablePointer<Self>, _ dy: UnsafePointer<Self>,
-                                argmax: UnsafePointer<Int32>, _ g: PoolGeometry)
+    static func maxPoolBackward(
+        _ dx: UnsafeMutablePointer<Self>, _ dy: UnsafePointer<Self>,
+        argmax: UnsafePointer<Int32>, _ g: PoolGeometry)
 
     // MARK: losses (Kernels+Loss.swift)
     /// probs (B, K) = softmax(logits); losses (B) = -log probs[label]
-    static func softmaxCrossEntropyForward(probs: UnsafeMutablePointer<Self>, losses: UnsafeMutablePointer<Self>,
-                                           logits: UnsafePointer<Self>, labels: UnsafePointer<Int32>, batch b: Int, classes k: Int)
+    static func softmaxCrossEntropyForward(
+        probs: UnsafeMutablePointer<Self>, losses: UnsafeMutablePointer<Self>,
+        logits: UnsafePointer<Self>, labels: UnsafePointer<Int32>, batch b: Int, classes k: Int)
     /// dlogits (B, K) = scale * (probs - onehot(labels))
-    static func softmaxCrossEntropyBackward(_ dlogits: UnsafeMutablePointer<Self>, probs: UnsafePointer<Self>,
-                                            labels: UnsafePointer<Int32>, scale: Self, batch b: Int, classes k: Int)
+    static func softmaxCrossEntropyBackward(
+        _ dlogits: UnsafeMutablePointer<Self>, probs: UnsafePointer<Self>,
+        labels: UnsafePointer<Int32>, scale: Self, batch b: Int, classes k: Int)
     /// index of the largest entry of each row of x (B, K)
     static func argmaxRows(_ out: UnsafeMutablePointer<Int32>, _ x: UnsafePointer<Self>, rows b: Int, columns k: Int)
     /// losses (B) = log(1 + e^z) - y z and probs (B) = sigmoid(z) for logits z (B) and labels y in {0, 1}
-    static func logisticLossForward(probs: UnsafeMutablePointer<Self>, losses: UnsafeMutablePointer<Self>,
-                                    logits: UnsafePointer<Self>, labels: UnsafePointer<Int32>, count b: Int)
+    static func logisticLossForward(
+        probs: UnsafeMutablePointer<Self>, losses: UnsafeMutablePointer<Self>,
+        logits: UnsafePointer<Self>, labels: UnsafePointer<Int32>, count b: Int)
 
     // MARK: recurrent cells and lookups (Kernels+Recurrent.swift)
     /// One LSTM step's pointwise part, gate order (i, f, g, o): gates (B, 4H) pre-activations in,
     /// activations out; c = f c_prev + i g, tanhC = tanh(c), h = o tanhC
-    static func lstmCellForward(gates: UnsafeMutablePointer<Self>, c: UnsafeMutablePointer<Self>, tanhC: UnsafeMutablePointer<Self>,
-                                h: UnsafeMutablePointer<Self>, cPrev: UnsafePointer<Self>, batch b: Int, hidden: Int)
+    static func lstmCellForward(
+        gates: UnsafeMutablePointer<Self>, c: UnsafeMutablePointer<Self>, tanhC: UnsafeMutablePointer<Self>,
+        h: UnsafeMutablePointer<Self>, cPrev: UnsafePointer<Self>, batch b: Int, hidden: Int)
     /// dgates (B, 4H) and dcPrev (B, H) from dh, dc (B, H) reaching this step and its forward's caches
-    static func lstmCellBackward(dgates: UnsafeMutablePointer<Self>, dcPrev: UnsafeMutablePointer<Self>, dh: UnsafePointer<Self>,
-                                 dc: UnsafePointer<Self>, gates: UnsafePointer<Self>, cPrev: UnsafePointer<Self>,
-                                 tanhC: UnsafePointer<Self>, batch b: Int, hidden: Int)
+    static func lstmCellBackward(
+        dgates: UnsafeMutablePointer<Self>, dcPrev: UnsafeMutablePointer<Self>, dh: UnsafePointer<Self>,
+        dc: UnsafePointer<Self>, gates: UnsafePointer<Self>, cPrev: UnsafePointer<Self>,
+        tanhC: UnsafePointer<Self>, batch b: Int, hidden: Int)
     /// y (N, D) = table rows ids (N) of table (*, D)
-    static func gatherRows(_ y: UnsafeMutablePointer<Self>, table: UnsafePointer<Self>, ids: UnsafePointer<Int32>, count n: Int, width d: Int)
+    static func gatherRows(
+        _ y: UnsafeMutablePointer<Self>, table: UnsafePointer<Self>, ids: UnsafePointer<Int32>, count n: Int, width d: Int)
     /// Sums gradient rows by row id into a compact list: for each i, the row for ids[i] += grads[i];
     /// a first-touched id gets the next position (written to position[id] and touched[]) and a zeroed
     /// row. `distinct` rows exist on entry; returns the count after. values and touched need room for
     /// distinct + n rows.
-    static func accumulateRows(_ values: UnsafeMutablePointer<Self>, touched: UnsafeMutablePointer<Int32>, distinct: Int,
-                               position: UnsafeMutablePointer<Int32>, ids: UnsafePointer<Int32>, grads: UnsafePointer<Self>,
-                               count n: Int, width d: Int) -> Int
+    static func accumulateRows(
+        _ values: UnsafeMutablePointer<Self>, touched: UnsafeMutablePointer<Int32>, distinct: Int,
+        position: UnsafeMutablePointer<Int32>, ids: UnsafePointer<Int32>, grads: UnsafePointer<Self>,
+        count n: Int, width d: Int
+    ) -> Int
     /// accumulates table rows: table[dest[i]] += x[i] for x (N, D)
-    static func scatterAddRows(_ table: UnsafeMutablePointer<Self>, _ x: UnsafePointer<Self>, dest: UnsafePointer<Int32>, count n: Int, width d: Int)
+    static func scatterAddRows(
+        _ table: UnsafeMutablePointer<Self>, _ x: UnsafePointer<Self>, dest: UnsafePointer<Int32>, count n: Int, width d: Int)
 
     // MARK: optimizers over arena ranges (Kernels+Optimizers.swift)
-    static func sgdStep(_ p: UnsafeMutablePointer<Self>, momentumBuffer: UnsafeMutablePointer<Self>, grad: UnsafePointer<Self>,
-                        _ h: SGDHyper, count: Int)
-    static func adamStep(_ p: UnsafeMutablePointer<Self>, m: UnsafeMutablePointer<Self>, v: UnsafeMutablePointer<Self>,
-                         grad: UnsafePointer<Self>, _ h: AdamHyper, count: Int)
+    static func sgdStep(
+        _ p: UnsafeMutablePointer<Self>, momentumBuffer: UnsafeMutablePointer<Self>, grad: UnsafePointer<Self>,
+        _ h: SGDHyper, count: Int)
+    static func adamStep(
+        _ p: UnsafeMutablePointer<Self>, m: UnsafeMutablePointer<Self>, v: UnsafeMutablePointer<Self>,
+        grad: UnsafePointer<Self>, _ h: AdamHyper, count: Int)
     /// AdaGrad (torch.optim.Adagrad): sum += g^2; p -= lr g / (sqrt(sum) + eps)
-    static func adagradStep(_ p: UnsafeMutablePointer<Self>, sum: UnsafeMutablePointer<Self>, grad: UnsafePointer<Self>,
-                            lr: Self, epsilon: Self, count: Int)
+    static func adagradStep(
+        _ p: UnsafeMutablePointer<Self>, sum: UnsafeMutablePointer<Self>, grad: UnsafePointer<Self>,
+        lr: Self, epsilon: Self, count: Int)
 
     // MARK: row-sparse updates of a table (R, D) from the rows one step touched (Kernels+Optimizers.swift)
     /// p[ids[i]] -= lr * grads[i]
-    static func sgdRows(_ table: UnsafeMutablePointer<Self>, ids: UnsafePointer<Int32>, grads: UnsafePointer<Self>,
-                        lr: Self, count n: Int, width d: Int)
+    static func sgdRows(
+        _ table: UnsafeMutablePointer<Self>, ids: UnsafePointer<Int32>, grads: UnsafePointer<Self>,
+        lr: Self, count n: Int, width d: Int)
     /// AdaGrad on the rows ids[i] only, with the gradient rows grads (N, D)
-    static func adagradRows(_ table: UnsafeMutablePointer<Self>, sum: UnsafeMutablePointer<Self>, ids: UnsafePointer<Int32>,
-                            grads: UnsafePointer<Self>, lr: Self, epsilon: Self, count n: Int, width d: Int)
+    static func adagradRows(
+        _ table: UnsafeMutablePointer<Self>, sum: UnsafeMutablePointer<Self>, ids: UnsafePointer<Int32>,
+        grads: UnsafePointer<Self>, lr: Self, epsilon: Self, count n: Int, width d: Int)
     /// FTRL-Proximal (McMahan et al. 2013, algorithm 1) on the rows ids[i]: per coordinate
     /// sigma = (sqrt(n + g^2) - sqrt(n)) / alpha; z += g - sigma w; n += g^2;
     /// w = |z| <= l1 ? 0 : -(z - sign(z) l1) / ((beta + sqrt(n)) / alpha + l2)
-    static func ftrlRows(_ table: UnsafeMutablePointer<Self>, z: UnsafeMutablePointer<Self>, n: UnsafeMutablePointer<Self>,
-                         ids: UnsafePointer<Int32>, grads: UnsafePointer<Self>, _ h: FTRLHyper, count: Int, width d: Int)
+    static func ftrlRows(
+        _ table: UnsafeMutablePointer<Self>, z: UnsafeMutablePointer<Self>, n: UnsafeMutablePointer<Self>,
+        ids: UnsafePointer<Int32>, grads: UnsafePointer<Self>, _ h: FTRLHyper, count: Int, width d: Int)
 
     // MARK: tabular models (Kernels+Elementwise.swift)
     /// y[r, 0..<columns] = x[r, 0..<columns] for r in 0..<rows, with row strides ldy and ldx
@@ -148,14 +169,17 @@ public protocol Scalar: BinaryFloatingPoint, Sendable, Codable where Self.RawSig
     /// y (N, K) = v[r] in every column of row r
     static func repeatPerRow(_ y: UnsafeMutablePointer<Self>, _ v: UnsafePointer<Self>, rows n: Int, columns k: Int)
     /// dlogits (B) = scale * (probs - labels)
-    static func logisticLossBackward(_ dlogits: UnsafeMutablePointer<Self>, probs: UnsafePointer<Self>, labels: UnsafePointer<Int32>,
-                                     scale: Self, count b: Int)
+    static func logisticLossBackward(
+        _ dlogits: UnsafeMutablePointer<Self>, probs: UnsafePointer<Self>, labels: UnsafePointer<Int32>,
+        scale: Self, count b: Int)
     /// s = sigmoid(z) (B, K); losses (B) = mean over the K columns of (s - x)^2
-    static func sigmoidSquaredErrorForward(_ s: UnsafeMutablePointer<Self>, losses: UnsafeMutablePointer<Self>, logits: UnsafePointer<Self>,
-                                           targets: UnsafePointer<Self>, rows b: Int, columns k: Int)
+    static func sigmoidSquaredErrorForward(
+        _ s: UnsafeMutablePointer<Self>, losses: UnsafeMutablePointer<Self>, logits: UnsafePointer<Self>,
+        targets: UnsafePointer<Self>, rows b: Int, columns k: Int)
     /// dz = scale * 2 (s - x) s (1 - s) / K
-    static func sigmoidSquaredErrorBackward(_ dz: UnsafeMutablePointer<Self>, s: UnsafePointer<Self>, targets: UnsafePointer<Self>,
-                                            scale: Self, rows b: Int, columns k: Int)
+    static func sigmoidSquaredErrorBackward(
+        _ dz: UnsafeMutablePointer<Self>, s: UnsafePointer<Self>, targets: UnsafePointer<Self>,
+        scale: Self, rows b: Int, columns k: Int)
 }
 
 extension Float: Scalar {
@@ -163,36 +187,48 @@ extension Float: Scalar {
     public static func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, count: Int) -> Float {
         cblas_sdot(blasint(count), a, 1, b, 1)
     }
-    public static func adamStep(_ p: UnsafeMutablePointer<Float>, m: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>,
-                                grad: UnsafePointer<Float>, _ h: AdamHyper, count: Int) {
+    public static func adamStep(
+        _ p: UnsafeMutablePointer<Float>, m: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>,
+        grad: UnsafePointer<Float>, _ h: AdamHyper, count: Int
+    ) {
         let c = h.coefficients
-        tether_adam_f32(p, m, v, grad, count, Float(h.beta1), Float(h.beta2), Float(h.epsilon), Float(c.stepSize),
-                        Float(c.rootBiasCorrection2), Float(c.decay), Float(c.coupledWeightDecay))
+        tether_adam_f32(
+            p, m, v, grad, count, Float(h.beta1), Float(h.beta2), Float(h.epsilon), Float(c.stepSize),
+            Float(c.rootBiasCorrection2), Float(c.decay), Float(c.coupledWeightDecay))
     }
     @inline(__always)
-    public static func gemm(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float,
-                            a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
-                            beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+    public static func gemm(
+        transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float,
+        a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+        beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int
+    ) {
         guard m > 0, n > 0 else { return }
-        cblas_sgemm(CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
-                    blasint(m), blasint(n), blasint(k), alpha, a, blasint(lda), b, blasint(ldb), beta, c, blasint(ldc))
+        cblas_sgemm(
+            CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
+            blasint(m), blasint(n), blasint(k), alpha, a, blasint(lda), b, blasint(ldb), beta, c, blasint(ldc))
     }
 }
 
 extension Float {
     public static func sumOfSquares(_ x: UnsafePointer<Float>, count: Int) -> Double { tether_sum_squares_f32(x, count) }
     // The two exp-heavy loops, in C with a vectorized exp (the generic versions call libm per element).
-    public static func softmaxCrossEntropyForward(probs: UnsafeMutablePointer<Float>, losses: UnsafeMutablePointer<Float>,
-                                                  logits: UnsafePointer<Float>, labels: UnsafePointer<Int32>, batch b: Int, classes k: Int) {
+    public static func softmaxCrossEntropyForward(
+        probs: UnsafeMutablePointer<Float>, losses: UnsafeMutablePointer<Float>,
+        logits: UnsafePointer<Float>, labels: UnsafePointer<Int32>, batch b: Int, classes k: Int
+    ) {
         tether_softmax_xent_f32(probs, losses, logits, labels, b, k)
     }
-    public static func lstmCellForward(gates: UnsafeMutablePointer<Float>, c: UnsafeMutablePointer<Float>, tanhC: UnsafeMutablePointer<Float>,
-                                       h: UnsafeMutablePointer<Float>, cPrev: UnsafePointer<Float>, batch b: Int, hidden: Int) {
+    public static func lstmCellForward(
+        gates: UnsafeMutablePointer<Float>, c: UnsafeMutablePointer<Float>, tanhC: UnsafeMutablePointer<Float>,
+        h: UnsafeMutablePointer<Float>, cPrev: UnsafePointer<Float>, batch b: Int, hidden: Int
+    ) {
         tether_lstm_cell_forward_f32(gates, c, tanhC, h, cPrev, b, hidden)
     }
-    public static func lstmCellBackward(dgates: UnsafeMutablePointer<Float>, dcPrev: UnsafeMutablePointer<Float>, dh: UnsafePointer<Float>,
-                                        dc: UnsafePointer<Float>, gates: UnsafePointer<Float>, cPrev: UnsafePointer<Float>,
-                                        tanhC: UnsafePointer<Float>, batch b: Int, hidden: Int) {
+    public static func lstmCellBackward(
+        dgates: UnsafeMutablePointer<Float>, dcPrev: UnsafeMutablePointer<Float>, dh: UnsafePointer<Float>,
+        dc: UnsafePointer<Float>, gates: UnsafePointer<Float>, cPrev: UnsafePointer<Float>,
+        tanhC: UnsafePointer<Float>, batch b: Int, hidden: Int
+    ) {
         tether_lstm_cell_backward_f32(dgates, dcPrev, dh, dc, gates, cPrev, tanhC, b, hidden)
     }
 }
@@ -202,18 +238,23 @@ extension Double: Scalar {
     public static func dot(_ a: UnsafePointer<Double>, _ b: UnsafePointer<Double>, count: Int) -> Double {
         cblas_ddot(blasint(count), a, 1, b, 1)
     }
-    public static func adamStep(_ p: UnsafeMutablePointer<Double>, m: UnsafeMutablePointer<Double>, v: UnsafeMutablePointer<Double>,
-                                grad: UnsafePointer<Double>, _ h: AdamHyper, count: Int) {
+    public static func adamStep(
+        _ p: UnsafeMutablePointer<Double>, m: UnsafeMutablePointer<Double>, v: UnsafeMutablePointer<Double>,
+        grad: UnsafePointer<Double>, _ h: AdamHyper, count: Int
+    ) {
         let c = h.coefficients
         tether_adam_f64(p, m, v, grad, count, h.beta1, h.beta2, h.epsilon, c.stepSize, c.rootBiasCorrection2, c.decay, c.coupledWeightDecay)
     }
     @inline(__always)
-    public static func gemm(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Double,
-                            a: UnsafePointer<Double>, lda: Int, b: UnsafePointer<Double>, ldb: Int,
-                            beta: Double, c: UnsafeMutablePointer<Double>, ldc: Int) {
+    public static func gemm(
+        transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Double,
+        a: UnsafePointer<Double>, lda: Int, b: UnsafePointer<Double>, ldb: Int,
+        beta: Double, c: UnsafeMutablePointer<Double>, ldc: Int
+    ) {
         guard m > 0, n > 0 else { return }
-        cblas_dgemm(CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
-                    blasint(m), blasint(n), blasint(k), alpha, a, blasint(lda), b, blasint(ldb), beta, c, blasint(ldc))
+        cblas_dgemm(
+            CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
+            blasint(m), blasint(n), blasint(k), alpha, a, blasint(lda), b, blasint(ldb), beta, c, blasint(ldc))
     }
 }
 

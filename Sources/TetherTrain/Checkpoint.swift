@@ -73,9 +73,11 @@ public enum Checkpoint {
     }
     static let factorsKey = "compression.powersgd_factors", errorsKey = "compression.error_feedback"
 
-    public static func file(model: any Model<Float>, optimizer: Optimizer<Float>?, config: TrainingConfig, state: TrainingState,
-                            metadata: [String: String] = [:], replicaBuffers: [[Float]]? = nil, replicaRNGs: [RNG]? = nil,
-                            compression: CompressionState? = nil) -> Safetensors.File {
+    public static func file(
+        model: any Model<Float>, optimizer: Optimizer<Float>?, config: TrainingConfig, state: TrainingState,
+        metadata: [String: String] = [:], replicaBuffers: [[Float]]? = nil, replicaRNGs: [RNG]? = nil,
+        compression: CompressionState? = nil
+    ) -> Safetensors.File {
         var f = Safetensors.File()
         if let factors = compression?.factors { f.tensors[factorsKey] = .init(floats: factors, shape: [factors.count]) }
         if let errors = compression?.errors, let first = errors.first {
@@ -83,7 +85,7 @@ public enum Checkpoint {
         }
         let values = model.arena.valuesAsFloats()
         for e in model.arena.layout.entries {
-            f.tensors[e.name] = .init(floats: Array(values[e.offset ..< e.offset + e.count]), shape: e.shape)
+            f.tensors[e.name] = .init(floats: Array(values[e.offset..<e.offset + e.count]), shape: e.shape)
         }
         // Where each replica's next buffer starts; a replica's buffer is as long as this one's, scaled by
         // the replicas' totals (replicas with more streams hold longer rows-per-stream buffers).
@@ -97,7 +99,7 @@ public enum Checkpoint {
                     all = []
                     for (r, replica) in replicas.enumerated() {
                         let n = ownTotal == 0 ? 0 : b.count * replica.count / ownTotal
-                        all += replica[offsets[r] ..< offsets[r] + n]
+                        all += replica[offsets[r]..<offsets[r] + n]
                         offsets[r] += n
                     }
                 }
@@ -148,7 +150,9 @@ public enum Checkpoint {
             (self.file, self.path) = (file, path)
             func fail(_ why: String) -> CheckpointError { CheckpointError(path: path, reason: why) }
             guard file.metadata["tether.format"] == format else {
-                throw fail("not a Tether checkpoint (metadata tether.format is \(file.metadata["tether.format"].map { "\"\($0)\"" } ?? "missing"), expected \"\(format)\")")
+                throw fail(
+                    "not a Tether checkpoint (metadata tether.format is \(file.metadata["tether.format"].map { "\"\($0)\"" } ?? "missing"), expected \"\(format)\")"
+                )
             }
             if let json = file.metadata[Checkpoint.checksumsKey] {
                 guard let stored = try? JSONDecoder().decode([String: String].self, from: Data(json.utf8)) else {
@@ -156,8 +160,9 @@ public enum Checkpoint {
                 }
                 let actual = Checkpoint.checksums(of: file)
                 if let bad = actual.keys.sorted().first(where: { stored[$0] != actual[$0] }) {
-                    throw fail("tensor \(bad) is corrupt: its data does not match the checksum stored with it"
-                               + (stored[bad] == nil ? " (none is stored)" : ""))
+                    throw fail(
+                        "tensor \(bad) is corrupt: its data does not match the checksum stored with it"
+                            + (stored[bad] == nil ? " (none is stored)" : ""))
                 }
                 if let gone = stored.keys.sorted().first(where: { actual[$0] == nil }) { throw fail("tensor \(gone) is missing") }
             }
@@ -176,7 +181,8 @@ public enum Checkpoint {
         /// Rank `shard.rank`'s dropout RNG, when the checkpoint came from a cluster.
         public func replicaRNG(_ shard: Shard) -> RNG? {
             guard let json = file.metadata[Checkpoint.replicaRNGKey],
-                  let all = try? JSONDecoder().decode([RNG].self, from: Data(json.utf8)), all.count == shard.count else { return nil }
+                let all = try? JSONDecoder().decode([RNG].self, from: Data(json.utf8)), all.count == shard.count
+            else { return nil }
             return all[shard.rank]
         }
 
@@ -189,10 +195,11 @@ public enum Checkpoint {
         public func errorFeedback(_ shard: Shard, count: Int) throws -> [Float]? {
             guard let t = file.tensors[Checkpoint.errorsKey] else { return nil }
             guard t.shape.count == 2, t.shape[1] == count else {
-                throw CheckpointError(path: path, reason: "tensor \(Checkpoint.errorsKey) has shape \(t.shape), the model needs [replicas, \(count)]")
+                throw CheckpointError(
+                    path: path, reason: "tensor \(Checkpoint.errorsKey) has shape \(t.shape), the model needs [replicas, \(count)]")
             }
             let all = try t.floats(), replicas = t.shape[0]
-            if replicas == shard.count { return Array(all[shard.rank * count ..< (shard.rank + 1) * count]) }
+            if replicas == shard.count { return Array(all[shard.rank * count..<(shard.rank + 1) * count]) }
             guard shard.rank == 0 else { return [Float](repeating: 0, count: count) }
             return (0..<count).map { i in Float((0..<replicas).reduce(0.0) { $0 + Double(all[$1 * count + i]) }) }
         }
@@ -217,9 +224,9 @@ public enum Checkpoint {
                     if let perRow = owner.bufferRowLength(named: name), floats.count != own, perRow > 0, floats.count % perRow == 0 {
                         // a row per stream over all replicas (however many): this shard's part of the streams
                         let rows = shard.part(of: floats.count / perRow)
-                        floats = Array(floats[rows.lowerBound * perRow ..< rows.upperBound * perRow])
+                        floats = Array(floats[rows.lowerBound * perRow..<rows.upperBound * perRow])
                     } else if floats.count == own * shard.count && shard.count > 1 {
-                        floats = Array(floats[shard.rank * own ..< (shard.rank + 1) * own])
+                        floats = Array(floats[shard.rank * own..<(shard.rank + 1) * own])
                     }
                     guard owner.loadBuffer(named: name, floats) else {
                         throw fail("buffer \(prefix + name) holds \(floats.count) values, the model needs \(own) (per replica)")
@@ -228,7 +235,9 @@ public enum Checkpoint {
             }
             if let optimizer {
                 for t in optimizer.stateTensors { try load(t.key, shape: t.shape, into: t.values) }
-                guard let steps = file.metadata["tether.optimizer_steps"].flatMap(Int.init) else { throw fail("metadata tether.optimizer_steps is missing") }
+                guard let steps = file.metadata["tether.optimizer_steps"].flatMap(Int.init) else {
+                    throw fail("metadata tether.optimizer_steps is missing")
+                }
                 optimizer.stepCount = steps
             }
         }

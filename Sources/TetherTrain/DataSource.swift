@@ -44,9 +44,13 @@ public enum DataSource {
             train = SyntheticClicks.generate(rows: rows, seed: seed, heldOut: false)
             test = SyntheticClicks.generate(rows: max(1, rows / 4), seed: seed, heldOut: true)
         } else if spec.hasPrefix("csv:"), spec.count > 4 {
-            guard let schema else { throw DataError.unknownSource("--data \(spec) needs --schema adult or --schema FILE (the columns' roles)") }
+            guard let schema else {
+                throw DataError.unknownSource("--data \(spec) needs --schema adult or --schema FILE (the columns' roles)")
+            }
             let all = try CSVReader.read(String(spec.dropFirst(4)), schema: TabularSchema.load(schema))
-            guard all.count >= 2 else { throw DataError.invalid("\(spec.dropFirst(4)): \(all.count) row; training and held-out splits need at least 2") }
+            guard all.count >= 2 else {
+                throw DataError.invalid("\(spec.dropFirst(4)): \(all.count) row; training and held-out splits need at least 2")
+            }
             let held = Array(stride(from: 9, to: all.count, by: 10))
             let heldSet = Set(held)
             train = all.rows((0..<all.count).filter { !heldSet.contains($0) })
@@ -57,8 +61,9 @@ public enum DataSource {
         // A split with one class trains to nothing and scores an AUC of nan: usually a label line whose
         // values match no row (or every row).
         for (name, split) in [("training", train), ("held-out", test)] where Set(split.labels).count < 2 {
-            throw DataError.invalid("--data \(spec): every \(name) row has label \(split.labels.first ?? 0); a click model needs both classes "
-                                    + "(check the positive values of the schema's label line)")
+            throw DataError.invalid(
+                "--data \(spec): every \(name) row has label \(split.labels.first ?? 0); a click model needs both classes "
+                    + "(check the positive values of the schema's label line)")
         }
         return (train.standardized(like: train), test.standardized(like: train))
     }

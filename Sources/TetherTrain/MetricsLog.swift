@@ -18,10 +18,10 @@ public struct MetricsEvent: Codable, Equatable, Sendable {
     /// 1-based: the epoch of the last step counted in `step` (1 before the first step), as the console
     /// counts them ("epoch 2/10").
     public var epoch: Int
-    public var step: Int                // global steps done when the line was written
-    public var loss: Double?            // mean training loss since the previous line of the same kind
-    public var samples_per_sec: Double?     // tokens per second for a language model
-    public var lr: Double?              // the learning rate of the last step counted
+    public var step: Int  // global steps done when the line was written
+    public var loss: Double?  // mean training loss since the previous line of the same kind
+    public var samples_per_sec: Double?  // tokens per second for a language model
+    public var lr: Double?  // the learning rate of the last step counted
     public var test_accuracy: Double?
     public var test_loss: Double?
     public var test_perplexity: Double?
@@ -63,8 +63,9 @@ public final class MetricsLog {
         let e = JSONEncoder()
         e.outputFormatting = [.sortedKeys]
         // JSON has no NaN or infinity: such a value is written as null (via a marker no real string holds)
-        e.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: MetricsLog.notANumber, negativeInfinity: MetricsLog.notANumber,
-                                                                nan: MetricsLog.notANumber)
+        e.nonConformingFloatEncodingStrategy = .convertToString(
+            positiveInfinity: MetricsLog.notANumber, negativeInfinity: MetricsLog.notANumber,
+            nan: MetricsLog.notANumber)
         return e
     }()
     static let notANumber = "\u{1}not-a-number\u{1}"

@@ -17,46 +17,55 @@ public struct ModelFamily: Sendable {
     let defaults: @Sendable (inout TrainingConfig) -> Void
     /// The family's own settings, checked.
     let validate: @Sendable (TrainingConfig) throws -> Void
-    let make: @Sendable (_ config: TrainingConfig, _ shard: Shard, _ metadata: [String: String], _ source: SampleSource?, _ rng: inout RNG) throws -> any Workload
+    let make:
+        @Sendable (_ config: TrainingConfig, _ shard: Shard, _ metadata: [String: String], _ source: SampleSource?, _ rng: inout RNG) throws
+            -> any Workload
 
     /// The items one process's step trains on (samples; tokens for a language model).
     public func itemsPerStep(_ config: TrainingConfig) -> Int { unit == "tokens" ? config.batch * config.language.bptt : config.batch }
 
-    public static let all: [ModelFamily] = images + [
-        ModelFamily(name: "autoencoder-tied", summary: "an autoencoder whose decoder is the encoder's transpose (tied weights)",
-                    evaluation: .reconstruction, unit: "samples", defaults: { _ in }, validate: { _ in },
-                    make: { c, shard, _, source, rng in try ImageReconstruction(c, shard: shard, source: source, rng: &rng) }),
-        // PyTorch's word_language_model
-        ModelFamily(name: "lm-tied", summary: "an LSTM language model with tied input/output embeddings (Press & Wolf 2016)",
-                    evaluation: .languageModel, unit: "tokens",
-                    defaults: { c in
-                        c.data = "text:" + TextCorpusDefaults.fortunes
-                        (c.batch, c.epochs, c.logEvery) = (20, 6, 200)
-                        (c.optimizer.kind, c.optimizer.clipNorm) = (.sgd, 0.25)
-                        (c.schedule.baseLR, c.schedule.kind, c.schedule.gamma) = (20, .plateau, 0.25)
-                    },
-                    validate: { try $0.language.validate() },
-                    make: { c, shard, metadata, source, rng in try LanguageModelling(c, shard: shard, metadata: metadata, source: source, rng: &rng) }),
-        // Cheng et al. 2016
-        ModelFamily(name: "wide-deep", summary: "Wide & Deep click prediction (Cheng et al. 2016): FTRL wide part, AdaGrad deep part",
-                    evaluation: .clickPrediction, unit: "samples",
-                    defaults: { c in
-                        c.data = "synthetic-clicks"
-                        (c.batch, c.epochs, c.logEvery) = (512, 2, 100)
-                        (c.optimizer.kind, c.schedule.baseLR, c.optimizer.ftrl.alpha) = (.adagrad, 0.01, 0.2)
-                    },
-                    validate: { try $0.wideDeep.validate() },
-                    make: { c, shard, _, source, rng in try ClickPrediction(c, shard: shard, source: source, rng: &rng) }),
-    ]
+    public static let all: [ModelFamily] =
+        images + [
+            ModelFamily(
+                name: "autoencoder-tied", summary: "an autoencoder whose decoder is the encoder's transpose (tied weights)",
+                evaluation: .reconstruction, unit: "samples", defaults: { _ in }, validate: { _ in },
+                make: { c, shard, _, source, rng in try ImageReconstruction(c, shard: shard, source: source, rng: &rng) }),
+            // PyTorch's word_language_model
+            ModelFamily(
+                name: "lm-tied", summary: "an LSTM language model with tied input/output embeddings (Press & Wolf 2016)",
+                evaluation: .languageModel, unit: "tokens",
+                defaults: { c in
+                    c.data = "text:" + TextCorpusDefaults.fortunes
+                    (c.batch, c.epochs, c.logEvery) = (20, 6, 200)
+                    (c.optimizer.kind, c.optimizer.clipNorm) = (.sgd, 0.25)
+                    (c.schedule.baseLR, c.schedule.kind, c.schedule.gamma) = (20, .plateau, 0.25)
+                },
+                validate: { try $0.language.validate() },
+                make: { c, shard, metadata, source, rng in
+                    try LanguageModelling(c, shard: shard, metadata: metadata, source: source, rng: &rng)
+                }),
+            // Cheng et al. 2016
+            ModelFamily(
+                name: "wide-deep", summary: "Wide & Deep click prediction (Cheng et al. 2016): FTRL wide part, AdaGrad deep part",
+                evaluation: .clickPrediction, unit: "samples",
+                defaults: { c in
+                    c.data = "synthetic-clicks"
+                    (c.batch, c.epochs, c.logEvery) = (512, 2, 100)
+                    (c.optimizer.kind, c.schedule.baseLR, c.optimizer.ftrl.alpha) = (.adagrad, 0.01, 0.2)
+                },
+                validate: { try $0.wideDeep.validate() },
+                make: { c, shard, _, source, rng in try ClickPrediction(c, shard: shard, source: source, rng: &rng) })
+        ]
 
     static let images: [ModelFamily] = [
         ("mlp", "a 784-256-256-10 ReLU MLP on images (the baseline)"),
         ("mlp-wn", "the MLP with weight normalization (Salimans & Kingma 2016)"),
-        ("cnn-wn", "a weight-normalized ConvNet on images: two 5x5 conv + pool stages, dense 256"),
+        ("cnn-wn", "a weight-normalized ConvNet on images: two 5x5 conv + pool stages, dense 256")
     ].map { name, summary in
         precondition(ImageModels.names.contains(name))
-        return ModelFamily(name: name, summary: summary, evaluation: .classification, unit: "samples", defaults: { _ in }, validate: { _ in },
-                           make: { c, shard, _, source, rng in try ImageClassification(c, shard: shard, source: source, rng: &rng) })
+        return ModelFamily(
+            name: name, summary: summary, evaluation: .classification, unit: "samples", defaults: { _ in }, validate: { _ in },
+            make: { c, shard, _, source, rng in try ImageClassification(c, shard: shard, source: source, rng: &rng) })
     }
 
     public static var names: [String] { all.map(\.name) }

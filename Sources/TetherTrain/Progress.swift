@@ -28,8 +28,11 @@ public final class ProgressDisplay {
         let now = Date()
         guard now.timeIntervalSince(lastDraw) > 0.1 || step == steps else { return }
         lastDraw = now
-        guard let text = Self.bar(epoch: epoch, epochs: epochs, step: step, steps: steps, loss: loss, rate: rate, unit: unit, eta: eta,
-                                  width: Self.terminalColumns()) else {
+        guard
+            let text = Self.bar(
+                epoch: epoch, epochs: epochs, step: step, steps: steps, loss: loss, rate: rate, unit: unit, eta: eta,
+                width: Self.terminalColumns())
+        else {
             if barShown { output.write(Data("\r\u{1B}[2K".utf8)); barShown = false }
             tooNarrow = true
             return
@@ -42,7 +45,9 @@ public final class ProgressDisplay {
     /// The bar's text in fewer than `width` columns (the last column stays free, so no terminal wraps
     /// it): the whole, then a shorter bar, then without the bar, the rate and the ETA; nil when not even
     /// the epoch, step and loss fit.
-    public static func bar(epoch: Int, epochs: Int, step: Int, steps: Int, loss: Double, rate: Double, unit: String, eta: Double, width: Int) -> String? {
+    public static func bar(
+        epoch: Int, epochs: Int, step: Int, steps: Int, loss: Double, rate: Double, unit: String, eta: Double, width: Int
+    ) -> String? {
         let head = "epoch \(epoch + 1)/\(epochs)", count = "\(step)/\(steps)", lossText = "loss \(fixed(loss, 4))"
         let rateText = "\(grouped(rate)) \(unit)/s", etaText = "ETA \(duration(eta))"
         func drawn(_ cells: Int) -> String {
@@ -50,15 +55,19 @@ public final class ProgressDisplay {
             return String(repeating: "█", count: filled) + String(repeating: "·", count: cells - filled)
         }
         var candidates = [24, 16, 10].map { "\(head) \(drawn($0)) \(count)  \(lossText)  \(rateText)  \(etaText)" }
-        candidates += ["\(head) \(count)  \(lossText)  \(rateText)  \(etaText)", "\(head) \(count)  \(lossText)  \(etaText)",
-                       "\(head) \(count)  \(lossText)"]
+        candidates += [
+            "\(head) \(count)  \(lossText)  \(rateText)  \(etaText)", "\(head) \(count)  \(lossText)  \(etaText)",
+            "\(head) \(count)  \(lossText)"
+        ]
         return candidates.first { $0.count < width }
     }
 
     /// The terminal's columns (TIOCGWINSZ on stdout), else $COLUMNS, else 80.
     static func terminalColumns() -> Int {
         var size = winsize()
-        if ioctl(STDOUT_FILENO, UInt(TIOCGWINSZ), &size) == 0 || ioctl(STDERR_FILENO, UInt(TIOCGWINSZ), &size) == 0, size.ws_col > 0 { return Int(size.ws_col) }
+        if ioctl(STDOUT_FILENO, UInt(TIOCGWINSZ), &size) == 0 || ioctl(STDERR_FILENO, UInt(TIOCGWINSZ), &size) == 0, size.ws_col > 0 {
+            return Int(size.ws_col)
+        }
         return ProcessInfo.processInfo.environment["COLUMNS"].flatMap(Int.init) ?? 80
     }
 
@@ -66,7 +75,8 @@ public final class ProgressDisplay {
     /// "step 10 (2 of epoch 3's 4 steps)". `step` is the global step count.
     public static func evaluated(step: Int, stepsPerEpoch: Int, epochs: Int) -> String {
         let epoch = (max(step, 1) - 1) / max(stepsPerEpoch, 1) + 1, inEpoch = step - (epoch - 1) * stepsPerEpoch
-        return inEpoch == stepsPerEpoch ? "epoch \(epoch)/\(epochs)" : "step \(step) (\(inEpoch) of epoch \(epoch)'s \(stepsPerEpoch) steps)"
+        return inEpoch == stepsPerEpoch
+            ? "epoch \(epoch)/\(epochs)" : "step \(step) (\(inEpoch) of epoch \(epoch)'s \(stepsPerEpoch) steps)"
     }
 
     /// A line that stays: log output, or an epoch summary under the bar.
@@ -89,6 +99,7 @@ public final class ProgressDisplay {
     public static func duration(_ s: Double) -> String {
         guard s.isFinite, s >= 0 else { return "--" }
         let t = Int(s.rounded())
-        return t >= 3600 ? "\(t / 3600)h\(String(format: "%02d", t / 60 % 60))m" : t >= 60 ? "\(t / 60)m\(String(format: "%02d", t % 60))s" : "\(t)s"
+        return t >= 3600
+            ? "\(t / 3600)h\(String(format: "%02d", t / 60 % 60))m" : t >= 60 ? "\(t / 60)m\(String(format: "%02d", t % 60))s" : "\(t)s"
     }
 }

@@ -21,7 +21,7 @@ public final class PrometheusExporter: MetricsSink {
     struct Figures {
         var model = "", steps = 0, epoch = 0, starts = 0
         var gauges: [String: Double] = [:]
-        var perRank: [String: [Double]] = [:]     // counters summed over every step, by rank
+        var perRank: [String: [Double]] = [:]  // counters summed over every step, by rank
         var heartbeatAge: [Double] = []
         var workersAlive: Double?
         var events: [String: Int] = [:]
@@ -39,7 +39,9 @@ public final class PrometheusExporter: MetricsSink {
         }
         defer { freeaddrinfo(found) }
         let fd = socket(info.pointee.ai_family, info.pointee.ai_socktype, info.pointee.ai_protocol)
-        guard fd >= 0 else { throw ConfigError(message: "--metrics-listen \(address): cannot make a socket: \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else {
+            throw ConfigError(message: "--metrics-listen \(address): cannot make a socket: \(String(cString: strerror(errno)))")
+        }
         var yes: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, socklen_t(MemoryLayout<Int32>.size))
         guard bind(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0, listen(fd, 16) == 0 else {
@@ -49,9 +51,14 @@ public final class PrometheusExporter: MetricsSink {
         }
         var bound = sockaddr_storage(), length = socklen_t(MemoryLayout<sockaddr_storage>.size)
         _ = withUnsafeMutablePointer(to: &bound) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
-        let boundPort = bound.ss_family == sa_family_t(AF_INET6)
-            ? withUnsafePointer(to: &bound) { $0.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { UInt16(bigEndian: $0.pointee.sin6_port) } }
-            : withUnsafePointer(to: &bound) { $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { UInt16(bigEndian: $0.pointee.sin_port) } }
+        let boundPort =
+            bound.ss_family == sa_family_t(AF_INET6)
+            ? withUnsafePointer(to: &bound) {
+                $0.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { UInt16(bigEndian: $0.pointee.sin6_port) }
+            }
+            : withUnsafePointer(to: &bound) {
+                $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { UInt16(bigEndian: $0.pointee.sin_port) }
+            }
         listener = fd
         boundAddress = (host.contains(":") ? "[\(host)]" : host) + ":\(boundPort)"
         let thread = Thread { [weak self] in self?.serve() }
@@ -81,7 +88,8 @@ public final class PrometheusExporter: MetricsSink {
             portText = String(address[address.index(after: colon)...])
         }
         guard !host.isEmpty, let port = UInt16(portText) else {
-            throw ConfigError(message: "--metrics-listen takes HOST:PORT (e.g. 127.0.0.1:9400, or a port alone for loopback), got \(address)")
+            throw ConfigError(
+                message: "--metrics-listen takes HOST:PORT (e.g. 127.0.0.1:9400, or a port alone for loopback), got \(address)")
         }
         return (host, port)
     }
@@ -93,13 +101,16 @@ public final class PrometheusExporter: MetricsSink {
         if let model = e.model { figures.model = model }
         (figures.steps, figures.epoch) = (max(figures.steps, e.step), e.epoch)
         if e.event == "start" { figures.starts += 1; figures.steps = e.step }
-        if ["lost", "joined", "reformed", "failed", "interrupted", "end", "epoch"].contains(e.event) { figures.events[e.event, default: 0] += 1 }
+        if ["lost", "joined", "reformed", "failed", "interrupted", "end", "epoch"].contains(e.event) {
+            figures.events[e.event, default: 0] += 1
+        }
         func set(_ name: String, _ value: Double?) { if let value { figures.gauges[name] = value } }
         switch e.event {
         case "step":
             set("loss", e.loss); set("samples_per_second", e.samples_per_sec); set("learning_rate", e.lr)
         case "epoch", "eval":
-            set("test_loss", e.test_loss); set("test_accuracy", e.test_accuracy); set("test_perplexity", e.test_perplexity); set("test_auc", e.test_auc)
+            set("test_loss", e.test_loss); set("test_accuracy", e.test_accuracy); set("test_perplexity", e.test_perplexity);
+            set("test_auc", e.test_auc)
             set("epoch_loss", e.loss)
         case "lost", "reformed", "joined":
             if let w = e.workers { figures.workersAlive = Double(w) }
@@ -111,8 +122,10 @@ public final class PrometheusExporter: MetricsSink {
         lock.lock(); defer { lock.unlock() }
         figures.steps = globalStep
         guard let ranks else { return }
-        for (name, values) in [("compute_seconds", ranks.compute), ("exchange_seconds", ranks.exchange), ("wait_seconds", ranks.waiting),
-                               ("dense_sent_bytes", ranks.denseBytes), ("sparse_sent_bytes", ranks.sparseBytes)] {
+        for (name, values) in [
+            ("compute_seconds", ranks.compute), ("exchange_seconds", ranks.exchange), ("wait_seconds", ranks.waiting),
+            ("dense_sent_bytes", ranks.denseBytes), ("sparse_sent_bytes", ranks.sparseBytes)
+        ] {
             var sums = figures.perRank[name] ?? []
             if sums.count < values.count { sums += Array(repeating: 0, count: values.count - sums.count) }
             for (r, v) in values.enumerated() where v.isFinite && v >= 0 { sums[r] += v }
@@ -136,26 +149,36 @@ public final class PrometheusExporter: MetricsSink {
             out += "# HELP tether_\(name) \(help)\n# TYPE tether_\(name) \(type)\n"
             for s in samples { out += "tether_\(name)\(s.labels) \(Self.number(s.value))\n" }
         }
-        func byRank(_ values: [Double]) -> [(labels: String, value: Double)] { values.enumerated().map { ("{rank=\"\($0.offset)\"}", $0.element) } }
+        func byRank(_ values: [Double]) -> [(labels: String, value: Double)] {
+            values.enumerated().map { ("{rank=\"\($0.offset)\"}", $0.element) }
+        }
         family("info", "gauge", "The run's model (always 1).", [("{model=\"\(Self.escaped(f.model))\"}", 1)])
         family("steps_total", "counter", "Global steps completed.", [("", Double(f.steps))])
         family("epoch", "gauge", "The epoch in progress (1-based).", [("", Double(f.epoch))])
-        family("restarts_total", "counter", "Restarts of the job from its checkpoint in this process (--max-restarts).", [("", Double(max(0, f.starts - 1)))])
-        let gaugeHelp = ["loss": "Mean training loss over the last --log-every steps.", "samples_per_second": "Training throughput over the last --log-every steps (tokens for a language model).",
-                         "learning_rate": "The learning rate of the last step.", "epoch_loss": "Mean training loss of the last epoch.",
-                         "test_loss": "Held-out loss at the last evaluation.", "test_accuracy": "Held-out accuracy at the last evaluation.",
-                         "test_perplexity": "Held-out perplexity at the last evaluation.", "test_auc": "Held-out AUC at the last evaluation."]
+        family(
+            "restarts_total", "counter", "Restarts of the job from its checkpoint in this process (--max-restarts).",
+            [("", Double(max(0, f.starts - 1)))])
+        let gaugeHelp = [
+            "loss": "Mean training loss over the last --log-every steps.",
+            "samples_per_second": "Training throughput over the last --log-every steps (tokens for a language model).",
+            "learning_rate": "The learning rate of the last step.", "epoch_loss": "Mean training loss of the last epoch.",
+            "test_loss": "Held-out loss at the last evaluation.", "test_accuracy": "Held-out accuracy at the last evaluation.",
+            "test_perplexity": "Held-out perplexity at the last evaluation.", "test_auc": "Held-out AUC at the last evaluation."
+        ]
         for name in f.gauges.keys.sorted() { family(name, "gauge", gaugeHelp[name] ?? name, [("", f.gauges[name]!)]) }
-        let rankHelp = ["compute_seconds": "Seconds of forward and backward, summed over steps, by rank.",
-                        "exchange_seconds": "Seconds of gradient exchange left after backward, summed over steps, by rank.",
-                        "wait_seconds": "Of the exchange, seconds waiting for a neighbour's data, summed over steps, by rank.",
-                        "dense_sent_bytes": "Payload bytes sent for dense gradients (as the wire carried them), by rank.",
-                        "sparse_sent_bytes": "Payload bytes sent for sparse embedding rows, by rank."]
+        let rankHelp = [
+            "compute_seconds": "Seconds of forward and backward, summed over steps, by rank.",
+            "exchange_seconds": "Seconds of gradient exchange left after backward, summed over steps, by rank.",
+            "wait_seconds": "Of the exchange, seconds waiting for a neighbour's data, summed over steps, by rank.",
+            "dense_sent_bytes": "Payload bytes sent for dense gradients (as the wire carried them), by rank.",
+            "sparse_sent_bytes": "Payload bytes sent for sparse embedding rows, by rank."
+        ]
         for name in f.perRank.keys.sorted() { family("rank_\(name)_total", "counter", rankHelp[name] ?? name, byRank(f.perRank[name]!)) }
         if let alive = f.workersAlive { family("workers_alive", "gauge", "Workers in the ring.", [("", alive)]) }
         family("heartbeat_age_seconds", "gauge", "Seconds since the coordinator last heard from each rank.", byRank(f.heartbeatAge))
-        family("events_total", "counter", "Job events: epochs, workers lost and joined, re-formations, the end.",
-               f.events.keys.sorted().map { ("{event=\"\($0)\"}", Double(f.events[$0]!)) })
+        family(
+            "events_total", "counter", "Job events: epochs, workers lost and joined, re-formations, the end.",
+            f.events.keys.sorted().map { ("{event=\"\($0)\"}", Double(f.events[$0]!)) })
         return out
     }
 
@@ -164,7 +187,8 @@ public final class PrometheusExporter: MetricsSink {
     }
 
     static func escaped(_ s: String) -> String {
-        s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"").replacingOccurrences(of: "\n", with: "\\n")
+        s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"").replacingOccurrences(
+            of: "\n", with: "\\n")
     }
 
     // MARK: the server
@@ -174,7 +198,7 @@ public final class PrometheusExporter: MetricsSink {
             let client = accept(listener, nil, nil)
             if client < 0 {
                 if errno == EINTR || errno == ECONNABORTED { continue }
-                return // closed by stop()
+                return  // closed by stop()
             }
             answer(client)
             close(client)
@@ -205,7 +229,8 @@ public final class PrometheusExporter: MetricsSink {
             (status, type, body) = ("404 Not Found", "text/plain", "tether serves its metrics at /metrics\n")
         }
         let payload = Array(body.utf8)
-        var reply = Array("HTTP/1.0 \(status)\r\nContent-Type: \(type)\r\nContent-Length: \(payload.count)\r\nConnection: close\r\n\r\n".utf8)
+        var reply = Array(
+            "HTTP/1.0 \(status)\r\nContent-Type: \(type)\r\nContent-Length: \(payload.count)\r\nConnection: close\r\n\r\n".utf8)
         if line.first != "HEAD" { reply += payload }
         var sent = 0
         while sent < reply.count {

@@ -36,24 +36,33 @@ public final class RunDirectory {
     static func prepare(_ directory: URL, resume: Bool, force: Bool) throws {
         var isFolder: ObjCBool = false
         if FileManager.default.fileExists(atPath: directory.path, isDirectory: &isFolder) {
-            guard isFolder.boolValue else { throw ConfigError(message: "--run-dir \(directory.path) is a file; give a folder (it is created if missing)") }
+            guard isFolder.boolValue else {
+                throw ConfigError(message: "--run-dir \(directory.path) is a file; give a folder (it is created if missing)")
+            }
         } else {
             do { try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true) } catch {
-                throw ConfigError(message: "--run-dir \(directory.path): cannot create it (\((error as NSError).localizedFailureReason ?? "\(error)"))")
+                throw ConfigError(
+                    message: "--run-dir \(directory.path): cannot create it (\((error as NSError).localizedFailureReason ?? "\(error)"))")
             }
         }
         guard !resume else { return }
-        let files = [Checkpoint.fileName, metricsFileName].filter { FileManager.default.fileExists(atPath: directory.appendingPathComponent($0).path) }
+        let files = [Checkpoint.fileName, metricsFileName].filter {
+            FileManager.default.fileExists(atPath: directory.appendingPathComponent($0).path)
+        }
         guard !files.isEmpty else { return }
         guard force else {
             let deletes = "--force to start over (deletes \(files.joined(separator: " and ")))"
-            throw ConfigError(message: files.contains(Checkpoint.fileName)
-                ? "\(directory.path) holds a run: pass --resume to continue it, \(deletes), or choose another --run-dir"
-                : "\(directory.path) holds the metrics of a run that left no checkpoint: pass \(deletes), or choose another --run-dir")
+            throw ConfigError(
+                message: files.contains(Checkpoint.fileName)
+                    ? "\(directory.path) holds a run: pass --resume to continue it, \(deletes), or choose another --run-dir"
+                    : "\(directory.path) holds the metrics of a run that left no checkpoint: pass \(deletes), or choose another --run-dir")
         }
         for f in files {
             do { try FileManager.default.removeItem(at: directory.appendingPathComponent(f)) } catch {
-                throw ConfigError(message: "--force: cannot delete \(directory.appendingPathComponent(f).path): \((error as NSError).localizedFailureReason ?? "\(error)")")
+                throw ConfigError(
+                    message:
+                        "--force: cannot delete \(directory.appendingPathComponent(f).path): \((error as NSError).localizedFailureReason ?? "\(error)")"
+                )
             }
         }
     }

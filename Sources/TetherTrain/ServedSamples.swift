@@ -52,10 +52,11 @@ final class SplitSamples<Dataset: ServableDataset> {
     /// The rows of `dataset` that hold the split's samples `indices`.
     func rows(_ indices: ArraySlice<Int>) -> ArraySlice<Int> {
         guard source != nil else { return indices }
-        return ArraySlice(indices.map { i in
-            guard let r = row[i] else { preconditionFailure("\(split) sample \(i) was not fetched (fetch the epoch before its steps)") }
-            return r
-        })
+        return ArraySlice(
+            indices.map { i in
+                guard let r = row[i] else { preconditionFailure("\(split) sample \(i) was not fetched (fetch the epoch before its steps)") }
+                return r
+            })
     }
 }
 
@@ -73,8 +74,11 @@ final class ShuffledSplits<Dataset: ServableDataset> {
 
     /// Served: the epoch's samples of this shard in step order, or the shard's share of the held-out split.
     func fetch(epoch: Int?) throws {
-        if let epoch { try train.fetch(epoch) { steps.localSamples(epoch: epoch) } }
-        else { try test.fetch(-1) { shard.dealt(0..<test.count) } }
+        if let epoch {
+            try train.fetch(epoch) { steps.localSamples(epoch: epoch) }
+        } else {
+            try test.fetch(-1) { shard.dealt(0..<test.count) }
+        }
     }
 
     /// This shard's held-out samples in batches of `batch`, their stats summed.

@@ -30,7 +30,9 @@ public struct RankFigures: Sendable, Equatable {
     public var compute: [Double], exchange: [Double], waiting: [Double]
     public var denseBytes: [Double], sparseBytes: [Double]
     public init(compute: [Double], exchange: [Double], waiting: [Double], denseBytes: [Double], sparseBytes: [Double]) {
-        (self.compute, self.exchange, self.waiting, self.denseBytes, self.sparseBytes) = (compute, exchange, waiting, denseBytes, sparseBytes)
+        (self.compute, self.exchange, self.waiting, self.denseBytes, self.sparseBytes) = (
+            compute, exchange, waiting, denseBytes, sparseBytes
+        )
     }
     /// The rank whose compute took longest (the others wait for it in the exchange).
     public var slowestRank: Int { compute.indices.max { compute[$0] < compute[$1] } ?? 0 }
@@ -51,7 +53,9 @@ public final class StepReporter {
         var compute = 0.0, exchange = 0.0, waiting = 0.0
     }
 
-    public init(progress: ProgressDisplay, sinks: [any MetricsSink], stepsPerEpoch: Int, totalSteps: Int, epochs: Int, logEvery: Int, unit: String) {
+    public init(
+        progress: ProgressDisplay, sinks: [any MetricsSink], stepsPerEpoch: Int, totalSteps: Int, epochs: Int, logEvery: Int, unit: String
+    ) {
         (self.progress, self.sinks, self.stepsPerEpoch, self.totalSteps) = (progress, sinks, stepsPerEpoch, totalSteps)
         (self.epochs, self.logEvery, self.unit) = (epochs, logEvery, unit)
     }
@@ -81,17 +85,21 @@ public final class StepReporter {
         let rate = Double(window.stats.count) / max(elapsed, 1e-9)
         let remaining = Double(totalSteps - globalStep) * elapsed / Double(max(window.steps, 1))
         let stepInEpoch = (globalStep - 1) % stepsPerEpoch + 1
-        progress.update(epoch: epoch, epochs: epochs, step: stepInEpoch, steps: stepsPerEpoch, loss: window.stats.meanLoss, rate: rate, unit: unit, eta: remaining)
+        progress.update(
+            epoch: epoch, epochs: epochs, step: stepInEpoch, steps: stepsPerEpoch, loss: window.stats.meanLoss, rate: rate, unit: unit,
+            eta: remaining)
         guard globalStep % logEvery == 0 else { return }
         var e = MetricsEvent(event: "step", step: globalStep, stepsPerEpoch: stepsPerEpoch)
         (e.loss, e.samples_per_sec, e.lr) = (window.stats.meanLoss, rate, lr)
-        var line = "epoch \(epoch + 1) step \(stepInEpoch)/\(stepsPerEpoch) loss \(ProgressDisplay.fixed(window.stats.meanLoss, 4)) "
+        var line =
+            "epoch \(epoch + 1) step \(stepInEpoch)/\(stepsPerEpoch) loss \(ProgressDisplay.fixed(window.stats.meanLoss, 4)) "
             + "\(ProgressDisplay.grouped(rate)) \(unit)/s"
         if let ranks {
             (e.compute_s, e.allreduce_s, e.wait_s) = (ranks.compute, ranks.exchange, ranks.waiting)
             (e.dense_bytes, e.sparse_bytes) = (ranks.denseBytes, ranks.sparseBytes)
             let per = Double(max(window.steps, 1))
-            line += ", per step: compute \(Self.ms(window.compute / per)), exchange \(Self.ms(window.exchange / per)) "
+            line +=
+                ", per step: compute \(Self.ms(window.compute / per)), exchange \(Self.ms(window.exchange / per)) "
                 + "(waiting \(Self.ms(window.waiting / per))), slowest rank \(ranks.slowestRank)"
         }
         try record(e)

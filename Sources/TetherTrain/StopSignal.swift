@@ -8,7 +8,8 @@ public enum StopSignal {
     nonisolated(unsafe) private static var first: Int32 = 0
     /// Two message buffers: the handler writes the active one; `lossNote` fills the other, then flips.
     nonisolated(unsafe) private static var notes: (UnsafeMutablePointer<CChar>, UnsafeMutablePointer<CChar>) = {
-        let a = UnsafeMutablePointer<CChar>.allocate(capacity: noteCapacity), b = UnsafeMutablePointer<CChar>.allocate(capacity: noteCapacity)
+        let a = UnsafeMutablePointer<CChar>.allocate(capacity: noteCapacity),
+            b = UnsafeMutablePointer<CChar>.allocate(capacity: noteCapacity)
         (a[0], b[0]) = (0, 0)
         return (a, b)
     }()
@@ -16,7 +17,7 @@ public enum StopSignal {
     private static let noteCapacity = 1024
 
     public static func install() {
-        _ = notes // allocated here, never in the handler
+        _ = notes  // allocated here, never in the handler
         // A parent that started this process from a thread with these signals blocked (a test runner,
         // a supervisor) passes the mask on: unblock them, or SIGTERM would never arrive.
         var set = sigset_t()
@@ -54,8 +55,9 @@ public enum StopSignal {
 
     /// The loss note of a run whose last checkpoint (in `runDirectory`) is of `step`, or that has none.
     public static func lossNote(checkpointStep step: Int?, runDirectory: String) {
-        lossNote(step.map { "the checkpoint of step \($0) in \(runDirectory) is kept; the steps since are lost" }
-                 ?? "nothing of this run is kept (no checkpoint was written yet)")
+        lossNote(
+            step.map { "the checkpoint of step \($0) in \(runDirectory) is kept; the steps since are lost" }
+                ?? "nothing of this run is kept (no checkpoint was written yet)")
     }
 
     /// What a second signal prints before the process exits: what is lost by not waiting. Kept up to
@@ -63,7 +65,9 @@ public enum StopSignal {
     public static func lossNote(_ text: String) {
         let target = active == 0 ? notes.1 : notes.0
         let line = Array(("\ntether: interrupted again: exiting at once; " + text + "\n").utf8.prefix(noteCapacity - 1))
-        line.withUnsafeBufferPointer { p in p.baseAddress!.withMemoryRebound(to: CChar.self, capacity: line.count) { target.update(from: $0, count: line.count) } }
+        line.withUnsafeBufferPointer { p in
+            p.baseAddress!.withMemoryRebound(to: CChar.self, capacity: line.count) { target.update(from: $0, count: line.count) }
+        }
         target[line.count] = 0
         active = active == 0 ? 1 : 0
     }

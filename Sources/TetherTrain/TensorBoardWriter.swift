@@ -12,7 +12,9 @@ public final class TensorBoardWriter: MetricsSink {
 
     public init(directory: String) throws {
         do { try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) } catch {
-            throw ConfigError(message: "--tensorboard \(directory): cannot create the folder (\((error as NSError).localizedFailureReason ?? "\(error)"))")
+            throw ConfigError(
+                message: "--tensorboard \(directory): cannot create the folder (\((error as NSError).localizedFailureReason ?? "\(error)"))"
+            )
         }
         let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "localhost"
         let now = Date().timeIntervalSince1970
@@ -33,13 +35,16 @@ public final class TensorBoardWriter: MetricsSink {
         switch e.event {
         case "step":
             add("train/loss", e.loss); add("train/samples_per_sec", e.samples_per_sec); add("train/lr", e.lr)
-            for (name, values) in [("compute_s", e.compute_s), ("allreduce_s", e.allreduce_s), ("wait_s", e.wait_s),
-                                   ("dense_bytes", e.dense_bytes), ("sparse_bytes", e.sparse_bytes)] {
+            for (name, values) in [
+                ("compute_s", e.compute_s), ("allreduce_s", e.allreduce_s), ("wait_s", e.wait_s),
+                ("dense_bytes", e.dense_bytes), ("sparse_bytes", e.sparse_bytes)
+            ] {
                 for (rank, v) in (values ?? []).enumerated() { add("rank\(rank)/\(name)", v) }
             }
         case "epoch", "eval":
             add("epoch/loss", e.loss); add("epoch/samples_per_sec", e.samples_per_sec)
-            add("test/loss", e.test_loss); add("test/accuracy", e.test_accuracy); add("test/perplexity", e.test_perplexity); add("test/auc", e.test_auc)
+            add("test/loss", e.test_loss); add("test/accuracy", e.test_accuracy); add("test/perplexity", e.test_perplexity);
+            add("test/auc", e.test_auc)
         case "lost", "joined", "reformed":
             add("cluster/workers", e.workers.map(Double.init))
         default: break
@@ -71,7 +76,9 @@ public final class TensorBoardWriter: MetricsSink {
         var summary = Tensorboard__Summary()
         tensorboard__summary__init(&summary)
         return values.withUnsafeMutableBufferPointer { valueStructs in
-            var pointers: [UnsafeMutablePointer<Tensorboard__Summary__Value>?] = (0..<valueStructs.count).map { valueStructs.baseAddress! + $0 }
+            var pointers: [UnsafeMutablePointer<Tensorboard__Summary__Value>?] = (0..<valueStructs.count).map {
+                valueStructs.baseAddress! + $0
+            }
             return pointers.withUnsafeMutableBufferPointer { p in
                 (summary.n_value, summary.value) = (p.count, p.baseAddress)
                 return withUnsafeMutablePointer(to: &summary) { summaryPointer in
@@ -81,7 +88,9 @@ public final class TensorBoardWriter: MetricsSink {
                         (event.what_case, event.summary) = (TENSORBOARD__EVENT__WHAT_SUMMARY, summaryPointer)
                     }
                     let size = tensorboard__event__get_packed_size(&event)
-                    return [UInt8](unsafeUninitializedCapacity: size) { buf, count in count = tensorboard__event__pack(&event, buf.baseAddress) }
+                    return [UInt8](unsafeUninitializedCapacity: size) { buf, count in
+                        count = tensorboard__event__pack(&event, buf.baseAddress)
+                    }
                 }
             }
         }

@@ -40,8 +40,10 @@ public final class Trainer {
     /// Prepares a run in `runDirectory`: a fresh one (which must not already hold a checkpoint), or with
     /// `resume`, the continuation of the checkpoint there. `overrides` are the flags given on the
     /// command line; on resume only the run's length may change. Events go to metrics.jsonl, then `sinks`.
-    public init(config given: TrainingConfig, runDirectory: URL, resume: Bool, force: Bool = false, progress: ProgressDisplay = ProgressDisplay(),
-                sinks: [any MetricsSink] = []) throws {
+    public init(
+        config given: TrainingConfig, runDirectory: URL, resume: Bool, force: Bool = false, progress: ProgressDisplay = ProgressDisplay(),
+        sinks: [any MetricsSink] = []
+    ) throws {
         directory = try RunDirectory(runDirectory, config: given, resume: resume, force: force, progress: progress)
         let loaded = directory.resumed
         let config = given
@@ -55,10 +57,13 @@ public final class Trainer {
         do {
             optimizer = try Optimizer(config.optimizer, layout: model.arena.layout, ftrlParameters: model.ftrlParameters)
         } catch { throw ConfigError(message: "\(config.model): \(error)") }
-        reporter = StepReporter(progress: progress, sinks: [try directory.openMetrics()] + sinks, stepsPerEpoch: stepsPerEpoch, totalSteps: totalSteps,
-                                epochs: config.epochsSpanned(stepsPerEpoch: stepsPerEpoch), logEvery: config.logEvery, unit: workload.unit)
+        reporter = StepReporter(
+            progress: progress, sinks: [try directory.openMetrics()] + sinks, stepsPerEpoch: stepsPerEpoch, totalSteps: totalSteps,
+            epochs: config.epochsSpanned(stepsPerEpoch: stepsPerEpoch), logEvery: config.logEvery, unit: workload.unit)
         if let loaded {
-            if let line = try config.resumeLine(from: loaded.config, at: loaded.state.globalStep, stepsPerEpoch: stepsPerEpoch, runDirectory: runDirectory.path) {
+            if let line = try config.resumeLine(
+                from: loaded.config, at: loaded.state.globalStep, stepsPerEpoch: stepsPerEpoch, runDirectory: runDirectory.path)
+            {
                 progress.line(line)
             }
             try loaded.restore(into: model, optimizer: optimizer)
@@ -79,8 +84,9 @@ public final class Trainer {
         start.parameters = model.arena.count
         start.model = config.model
         try reporter.record(start)
-        progress.line("\(config.model): \(model.arena.count.formatted()) parameters, \(workload.sizeSummary), "
-                      + "\(stepsPerEpoch) steps per epoch, \(totalSteps) steps in all, BLAS threads \(BLAS.threads)")
+        progress.line(
+            "\(config.model): \(model.arena.count.formatted()) parameters, \(workload.sizeSummary), "
+                + "\(stepsPerEpoch) steps per epoch, \(totalSteps) steps in all, BLAS threads \(BLAS.threads)")
         var lastTest: EvaluationReport?
         let runStart = Date()
         var outcome = TrainingSummary.Outcome.finished
@@ -95,14 +101,17 @@ public final class Trainer {
                 if let stop = stopAfterSteps, state.globalStep >= stop { outcome = .stoppedEarly; break training }
                 if StopSignal.requested {
                     outcome = .interrupted
-                    progress.line("\(StopSignal.name(StopSignal.signal!)): writing the checkpoint of step \(state.globalStep) (interrupt again to exit at once)")
+                    progress.line(
+                        "\(StopSignal.name(StopSignal.signal!)): writing the checkpoint of step \(state.globalStep) (interrupt again to exit at once)"
+                    )
                     break training
                 }
                 let stats = try step()
                 epochStats = epochStats + stats
                 state.stepInEpoch += 1
                 state.globalStep += 1
-                try reporter.stepCompleted(globalStep: state.globalStep, epoch: state.epoch, stats: stats, lr: learningRate(at: state.globalStep - 1))
+                try reporter.stepCompleted(
+                    globalStep: state.globalStep, epoch: state.epoch, stats: stats, lr: learningRate(at: state.globalStep - 1))
                 if config.checkpointEvery > 0 && state.globalStep % config.checkpointEvery == 0 { try saveCheckpoint() }
             }
             // An epoch's end, or the run's end within an epoch (--max-steps): evaluate and report.
@@ -111,16 +120,22 @@ public final class Trainer {
             lastTest = report
             let seconds = Date().timeIntervalSince(epochStart)
             var e = event(epochEnds ? "epoch" : "eval")
-            (e.loss, e.samples_per_sec, e.elapsed_s, e.lr) = (epochStats.meanLoss, Double(epochStats.count) / seconds, seconds, learningRate(at: state.globalStep - 1))
+            (e.loss, e.samples_per_sec, e.elapsed_s, e.lr) = (
+                epochStats.meanLoss, Double(epochStats.count) / seconds, seconds, learningRate(at: state.globalStep - 1)
+            )
             report.write(into: &e)
             try reporter.record(e)
             lastEvaluation = e
             let which = ProgressDisplay.evaluated(step: state.globalStep, stepsPerEpoch: stepsPerEpoch, epochs: epochs)
-            progress.line("\(which): train loss \(ProgressDisplay.fixed(epochStats.meanLoss, 4)), \(report.summary) (\(ProgressDisplay.fixed(seconds, 1)) s)")
+            progress.line(
+                "\(which): train loss \(ProgressDisplay.fixed(epochStats.meanLoss, 4)), \(report.summary) (\(ProgressDisplay.fixed(seconds, 1)) s)"
+            )
             (epochStats, epochStart) = (BatchStats(), Date())
-            guard epochEnds else { break } // a partial epoch's evaluation leaves the schedule alone
+            guard epochEnds else { break }  // a partial epoch's evaluation leaves the schedule alone
             if let best = state.recordValidation(loss: report.loss, schedule: config.schedule) {
-                progress.line("validation loss did not improve on \(ProgressDisplay.fixed(best, 4)): learning rate now \(learningRate(at: state.globalStep))")
+                progress.line(
+                    "validation loss did not improve on \(ProgressDisplay.fixed(best, 4)): learning rate now \(learningRate(at: state.globalStep))"
+                )
             }
             state.epoch += 1
             state.stepInEpoch = 0
@@ -151,8 +166,10 @@ public final class Trainer {
 
     func saveCheckpoint() throws {
         state.rng = model.context.rng
-        try Safetensors.write(Checkpoint.file(model: model, optimizer: optimizer, config: config, state: state,
-                                              metadata: workload.checkpointMetadata), to: checkpointURL)
+        try Safetensors.write(
+            Checkpoint.file(
+                model: model, optimizer: optimizer, config: config, state: state,
+                metadata: workload.checkpointMetadata), to: checkpointURL)
         StopSignal.lossNote(checkpointStep: state.globalStep, runDirectory: runDirectory.path)
     }
 }

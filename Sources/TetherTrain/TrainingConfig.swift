@@ -82,10 +82,12 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         let total = totalSteps(stepsPerEpoch: stepsPerEpoch), was = stored.totalSteps(stepsPerEpoch: stepsPerEpoch)
         if step >= total {
             let nextEpochs = step / max(stepsPerEpoch, 1) + 1
-            throw ConfigError(message: "the run in \(runDirectory) has finished: \(step) of \(lengthDescription(stepsPerEpoch: stepsPerEpoch)); "
-                              + "extend it with --resume --epochs \(nextEpochs) (or --max-steps N above \(step))")
+            throw ConfigError(
+                message: "the run in \(runDirectory) has finished: \(step) of \(lengthDescription(stepsPerEpoch: stepsPerEpoch)); "
+                    + "extend it with --resume --epochs \(nextEpochs) (or --max-steps N above \(step))")
         }
-        return total == was ? nil : "resuming at step \(step): the run is now \(lengthDescription(stepsPerEpoch: stepsPerEpoch)) long (it was \(was) steps)"
+        return total == was
+            ? nil : "resuming at step \(step): the run is now \(lengthDescription(stepsPerEpoch: stepsPerEpoch)) long (it was \(was) steps)"
     }
 
     /// A setting a resume changes: the flag that sets it, and its value in the checkpoint and now.
@@ -99,10 +101,12 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     static let observingFields = ["logEvery", "checkpointEvery"]
     static let lengthFields = ["epochs", "maxSteps"]
     /// The flag of each field whose name does not follow from it (`--` + the field in kebab case).
-    static let flagOfField = ["schedule.baseLR": "--lr", "schedule.kind": "--schedule", "schedule.stepSize": "--lr-step-size",
-                              "schedule.gamma": "--lr-gamma", "schedule.minLR": "--min-lr", "optimizer.kind": "--optimizer",
-                              "optimizer.ftrl.alpha": "--ftrl-alpha", "optimizer.ftrl.l1": "--ftrl-l1", "optimizer.ftrl.l2": "--ftrl-l2",
-                              "language.weightNorm": "--weight-norm"]
+    static let flagOfField = [
+        "schedule.baseLR": "--lr", "schedule.kind": "--schedule", "schedule.stepSize": "--lr-step-size",
+        "schedule.gamma": "--lr-gamma", "schedule.minLR": "--min-lr", "optimizer.kind": "--optimizer",
+        "optimizer.ftrl.alpha": "--ftrl-alpha", "optimizer.ftrl.l1": "--ftrl-l1", "optimizer.ftrl.l2": "--ftrl-l2",
+        "language.weightNorm": "--weight-norm"
+    ]
 
     /// How `self`, a resuming command's settings, differs from the checkpoint's `stored`: the settings
     /// that define the run (which a resume must keep) and those that only observe or pace it. Another
@@ -111,17 +115,22 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         func flat(_ c: TrainingConfig) -> [String: String] {
             var out: [String: String] = [:]
             func walk(_ v: Any, _ path: String) {
-                if let nested = v as? [String: Any] { for (k, v2) in nested { walk(v2, path.isEmpty ? k : "\(path).\(k)") } }
-                else if let list = v as? [Any] { out[path] = list.map { "\($0)" }.joined(separator: ",") }
-                else { out[path] = "\(v)" }
+                if let nested = v as? [String: Any] {
+                    for (k, v2) in nested { walk(v2, path.isEmpty ? k : "\(path).\(k)") }
+                } else if let list = v as? [Any] {
+                    out[path] = list.map { "\($0)" }.joined(separator: ",")
+                } else {
+                    out[path] = "\(v)"
+                }
             }
             walk(try! JSONSerialization.jsonObject(with: JSONEncoder().encode(c)), "")
             return out
         }
         func flag(_ field: String) -> String {
-            Self.flagOfField[field] ?? "--" + (field.split(separator: ".").last.map(String.init) ?? field).reduce(into: "") { out, ch in
-                if ch.isUppercase { out += "-" + ch.lowercased() } else { out.append(ch) }
-            }
+            Self.flagOfField[field] ?? "--"
+                + (field.split(separator: ".").last.map(String.init) ?? field).reduce(into: "") { out, ch in
+                    if ch.isUppercase { out += "-" + ch.lowercased() } else { out.append(ch) }
+                }
         }
         if model != stored.model { return ([Change(flag: "--model", stored: stored.model, given: model)], []) }
         let (a, b) = (flat(self), flat(stored))
@@ -139,10 +148,11 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     public func checkResume(from stored: TrainingConfig, path: String) throws -> String? {
         let (defining, observing) = changes(from: stored)
         if !defining.isEmpty {
-            throw ConfigError(message: "a resumed run keeps the settings that define it, but this command gives "
-                              + defining.map(\.description).joined(separator: ", ") + " (\(path)). Leave "
-                              + (defining.count == 1 ? "it" : "them") + " out to resume, or start a new run in another --run-dir; "
-                              + "a resume may change only --epochs, --max-steps, --log-every and --checkpoint-every")
+            throw ConfigError(
+                message: "a resumed run keeps the settings that define it, but this command gives "
+                    + defining.map(\.description).joined(separator: ", ") + " (\(path)). Leave "
+                    + (defining.count == 1 ? "it" : "them") + " out to resume, or start a new run in another --run-dir; "
+                    + "a resume may change only --epochs, --max-steps, --log-every and --checkpoint-every")
         }
         return observing.isEmpty ? nil : "resuming with " + observing.map(\.description).joined(separator: ", ")
     }
@@ -219,8 +229,12 @@ public struct WideDeepOptions: Codable, Equatable, Sendable {
 
     func validate() throws {
         func fail(_ s: String) -> ConfigError { ConfigError(message: s) }
-        guard buckets > 0, wideBuckets > 0, embedding > 0 else { throw fail("--buckets, --wide-buckets and --embedding must be at least 1") }
+        guard buckets > 0, wideBuckets > 0, embedding > 0 else {
+            throw fail("--buckets, --wide-buckets and --embedding must be at least 1")
+        }
         guard buckets < Int(Int32.max) / 64, wideBuckets <= Int(Int32.max) else { throw fail("--buckets or --wide-buckets is too large") }
-        guard !hidden.isEmpty, hidden.allSatisfy({ $0 > 0 }) else { throw fail("--hidden needs one or more positive widths, e.g. 256,128,64") }
+        guard !hidden.isEmpty, hidden.allSatisfy({ $0 > 0 }) else {
+            throw fail("--hidden needs one or more positive widths, e.g. 256,128,64")
+        }
     }
 }

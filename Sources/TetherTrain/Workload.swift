@@ -98,8 +98,10 @@ extension Workload {
     /// One optimizer step, the same in one process and on every replica: this shard's gradients for step
     /// `step` of epoch `epoch`, then `exchange` (a cluster's all-reduce; nothing in one process), then the
     /// update at `lr`, dense and row-sparse.
-    public func train(epoch: Int, step: Int, optimizer: Optimizer<Float>, lr: Double,
-                      exchange: () throws -> Void = {}) throws -> (stats: BatchStats, times: StepTimes) {
+    public func train(
+        epoch: Int, step: Int, optimizer: Optimizer<Float>, lr: Double,
+        exchange: () throws -> Void = {}
+    ) throws -> (stats: BatchStats, times: StepTimes) {
         func seconds(since t: ContinuousClock.Instant) -> Double {
             let d = t.duration(to: .now).components
             return Double(d.seconds) + Double(d.attoseconds) * 1e-18
@@ -129,9 +131,11 @@ public enum Workloads {
     /// from the seed's "INIT" stream (so every process that builds it gets the same weights).
     /// `metadata` is a checkpoint's, when rebuilding one (it carries the vocabulary).
     /// `source`: where the samples come from instead of files (a cluster worker's coordinator).
-    public static func make(_ config: TrainingConfig, shard: Shard = .whole, metadata: [String: String] = [:],
-                            source: SampleSource? = nil) throws -> any Workload {
-        var rng = RNG(seed: config.seed, stream: 0x494E_4954) // "INIT"
+    public static func make(
+        _ config: TrainingConfig, shard: Shard = .whole, metadata: [String: String] = [:],
+        source: SampleSource? = nil
+    ) throws -> any Workload {
+        var rng = RNG(seed: config.seed, stream: 0x494E_4954)  // "INIT"
         let workload = try ModelFamily.named(config.model).make(config, shard, metadata, source, &rng)
         workload.model.context.rng = .dropoutMasks(seed: config.seed)
         return workload
@@ -162,7 +166,7 @@ public struct Shard: Sendable, Equatable, Codable {
     }
 
     /// The `rank`-th of `count` nearly equal contiguous parts of 0..<n (for token streams).
-    public func part(of n: Int) -> Range<Int> { (rank * n / count) ..< ((rank + 1) * n / count) }
+    public func part(of n: Int) -> Range<Int> { (rank * n / count)..<((rank + 1) * n / count) }
 }
 
 /// The samples of each step of a shuffled epoch (EpochPlan) of `globalBatch` samples a step, dealt
@@ -191,7 +195,7 @@ final class ShuffledSteps {
 /// summing the stats: over all shards, every item exactly once.
 func inBatches(_ count: Int, of batch: Int, shard: Shard, _ body: (ArraySlice<Int>) -> BatchStats) -> BatchStats {
     let mine = shard.dealt(0..<count)
-    return stride(from: 0, to: mine.count, by: batch).reduce(BatchStats()) { $0 + body(mine[$1 ..< min($1 + batch, mine.count)]) }
+    return stride(from: 0, to: mine.count, by: batch).reduce(BatchStats()) { $0 + body(mine[$1..<min($1 + batch, mine.count)]) }
 }
 
 /// The area under the ROC curve of scores against labels in {0, 1}: the probability that a random
@@ -203,7 +207,7 @@ public func areaUnderROC(scores: [Float], labels: [Int32]) -> Double {
     while i < order.count {
         var j = i
         while j + 1 < order.count && scores[order[j + 1]] == scores[order[i]] { j += 1 }
-        let rank = Double(i + j) / 2 + 1 // average rank of the tied run, 1-based
+        let rank = Double(i + j) / 2 + 1  // average rank of the tied run, 1-based
         for k in i...j where labels[order[k]] == 1 { rankSum += rank; positives += 1 }
         i = j + 1
     }

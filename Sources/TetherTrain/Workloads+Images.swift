@@ -19,12 +19,14 @@ extension ShuffledSplits<ImageDataset> {
     /// coordinator that serves data) from `source`.
     static func images(_ config: TrainingConfig, shard: Shard, source: SampleSource?) throws -> ShuffledSplits<ImageDataset> {
         if let source {
-            return ShuffledSplits(train: try ImageSamples(source: source, split: .train), test: try ImageSamples(source: source, split: .test),
-                                  config: config, shard: shard)
+            return ShuffledSplits(
+                train: try ImageSamples(source: source, split: .train), test: try ImageSamples(source: source, split: .test),
+                config: config, shard: shard)
         }
-        return ShuffledSplits(train: ImageSamples(files: try DataSource.images(config.data, split: .train, limit: config.trainLimit), split: .train),
-                              test: ImageSamples(files: try DataSource.images(config.data, split: .test, limit: config.testLimit), split: .test),
-                              config: config, shard: shard)
+        return ShuffledSplits(
+            train: ImageSamples(files: try DataSource.images(config.data, split: .train, limit: config.trainLimit), split: .train),
+            test: ImageSamples(files: try DataSource.images(config.data, split: .test, limit: config.testLimit), split: .test),
+            config: config, shard: shard)
     }
 }
 
@@ -82,8 +84,10 @@ final class ImageReconstruction: ShuffledWorkload {
     }
 
     func evaluate() -> EvaluationReport {
-        EvaluationReport(kind: .reconstruction, stats: splits.evaluate(inBatchesOf: ShuffledSplits.evaluationBatch) { r in
-            autoencoder.evaluate(splits.test.batch(r).inputs)
-        })
+        EvaluationReport(
+            kind: .reconstruction,
+            stats: splits.evaluate(inBatchesOf: ShuffledSplits.evaluationBatch) { r in
+                autoencoder.evaluate(splits.test.batch(r).inputs)
+            })
     }
 }

@@ -29,13 +29,15 @@ final class LanguageModelling: Workload {
             func streams(_ split: FashionMNIST.Split, columns: (Int) -> Int) throws -> (TokenSequence, Range<Int>, Int) {
                 let (count, shape) = try source.describe(split)
                 let all = columns(count), length = count / all, part = shard.part(of: all)
-                let rows = try source.rows(split, Array(part.lowerBound * length ..< part.upperBound * length))
+                let rows = try source.rows(split, Array(part.lowerBound * length..<part.upperBound * length))
                 return (try TokenSequence(shape: shape, rows: rows), part, length)
             }
             let (t, tPart, tLength) = try streams(.train) { [globalColumns] _ in globalColumns }
             let (v, vPart, _) = try streams(.test, columns: evalColumns)
             vocabulary = t.vocabulary
-            guard tLength > 1 else { throw ConfigError(message: "\(config.data): too few training tokens for \(globalColumns) streams (--batch x workers)") }
+            guard tLength > 1 else {
+                throw ConfigError(message: "\(config.data): too few training tokens for \(globalColumns) streams (--batch x workers)")
+            }
             train = TokenStreams(t.tokens, columns: tPart.count)
             validation = TokenStreams(v.tokens, columns: max(vPart.count, 1))
             (trainStreams, validationStreams) = (0..<tPart.count, 0..<vPart.count)
@@ -55,13 +57,16 @@ final class LanguageModelling: Workload {
             train = TokenStreams(trainTokens, columns: globalColumns)
             validation = TokenStreams(validTokens, columns: evalColumns(validTokens.count))
             guard train.steps(bptt: options.bptt) > 0 else {
-                throw ConfigError(message: "\(config.data): \(trainTokens.count) training tokens are too few for \(train.columns) streams (--batch x workers)")
+                throw ConfigError(
+                    message:
+                        "\(config.data): \(trainTokens.count) training tokens are too few for \(train.columns) streams (--batch x workers)")
             }
             trainStreams = shard.part(of: train.columns)
             validationStreams = shard.part(of: validation.columns)
         }
-        let shape = LanguageModelShape(vocabulary: vocabulary.count, size: options.size, layers: options.layers,
-                                       dropout: options.dropout, tied: !options.untied, weightNorm: options.weightNorm)
+        let shape = LanguageModelShape(
+            vocabulary: vocabulary.count, size: options.size, layers: options.layers,
+            dropout: options.dropout, tied: !options.untied, weightNorm: options.weightNorm)
         lm = LanguageModel(shape, trainStreams: trainStreams.count, rng: &rng)
     }
 
@@ -90,7 +95,8 @@ final class LanguageModelling: Workload {
         var total = BatchStats()
         for s in 0..<validation.steps(bptt: options.bptt) where !validationStreams.isEmpty {
             let w = validation.window(step: s, bptt: options.bptt, streams: validationStreams)
-            let (stats, next) = lm.evaluate(inputs: w.inputs, targets: w.targets, steps: w.steps, streams: validationStreams.count, state: state)
+            let (stats, next) = lm.evaluate(
+                inputs: w.inputs, targets: w.targets, steps: w.steps, streams: validationStreams.count, state: state)
             total = total + stats
             state = next
         }
@@ -108,21 +114,26 @@ final class ClickPrediction: ShuffledWorkload {
     init(_ config: TrainingConfig, shard: Shard, source: SampleSource?, rng: inout RNG) throws {
         self.config = config
         if let source {
-            splits = ShuffledSplits(train: try SplitSamples(source: source, split: .train), test: try SplitSamples(source: source, split: .test),
-                                    config: config, shard: shard)
+            splits = ShuffledSplits(
+                train: try SplitSamples(source: source, split: .train), test: try SplitSamples(source: source, split: .test),
+                config: config, shard: shard)
         } else {
             let (train, test) = try DataSource.tabular(config.data, schema: config.schema, seed: config.seed)
-            splits = ShuffledSplits(train: SplitSamples(files: train.prefix(config.trainLimit), split: .train),
-                                    test: SplitSamples(files: test.prefix(config.testLimit), split: .test), config: config, shard: shard)
+            splits = ShuffledSplits(
+                train: SplitSamples(files: train.prefix(config.trainLimit), split: .train),
+                test: SplitSamples(files: test.prefix(config.testLimit), split: .test), config: config, shard: shard)
         }
         let train = splits.train.dataset, o = config.wideDeep
-        wideDeep = WideDeep(WideDeepShape(fields: train.fields, numeric: train.numericNames.count, crosses: train.crosses, buckets: o.buckets,
-                                          wideBuckets: o.wideBuckets, embedding: o.embedding, hidden: o.hidden, parts: o.parts), rng: &rng)
+        wideDeep = WideDeep(
+            WideDeepShape(
+                fields: train.fields, numeric: train.numericNames.count, crosses: train.crosses, buckets: o.buckets,
+                wideBuckets: o.wideBuckets, embedding: o.embedding, hidden: o.hidden, parts: o.parts), rng: &rng)
     }
 
     var sizeSummary: String {
         let d = splits.train.dataset
-        return "\(splits.train.count) training / \(splits.test.count) test rows, \(d.fields) categorical + \(d.numericNames.count) numeric features, "
+        return
+            "\(splits.train.count) training / \(splits.test.count) test rows, \(d.fields) categorical + \(d.numericNames.count) numeric features, "
             + "\(d.crosses.count) crosses, parts: \(config.wideDeep.parts.rawValue)"
     }
 
@@ -150,6 +161,7 @@ final class ClickPrediction: ShuffledWorkload {
             labels += b.labels
             return s
         }
-        return EvaluationReport(kind: .clickPrediction, stats: stats, auc: areaUnderROC(scores: scores, labels: labels), scores: scores, labels: labels)
+        return EvaluationReport(
+            kind: .clickPrediction, stats: stats, auc: areaUnderROC(scores: scores, labels: labels), scores: scores, labels: labels)
     }
 }

@@ -56,13 +56,17 @@ struct BenchTrain: ParsableCommand {
             let median = rates.sorted()[rates.count / 2]
             if json {
                 // DESIGN.md's contract: samples_per_sec always (for lm-tied a sample is a predicted token), tokens_per_sec for lm-tied.
-                var out: [String: Any] = ["model": config.model, "batch": config.batch, "threads": BLAS.threads, "samples_per_sec": median,
-                                          "runs": rates, "steps_per_run": stepsPerRun, "parameters": model.arena.count, "data": config.data,
-                                          "optimizer": config.optimizer.kind.rawValue]
+                var out: [String: Any] = [
+                    "model": config.model, "batch": config.batch, "threads": BLAS.threads, "samples_per_sec": median,
+                    "runs": rates, "steps_per_run": stepsPerRun, "parameters": model.arena.count, "data": config.data,
+                    "optimizer": config.optimizer.kind.rawValue
+                ]
                 if workload.unit == "tokens" { out["tokens_per_sec"] = median }
                 print(String(data: try JSONSerialization.data(withJSONObject: out, options: [.sortedKeys]), encoding: .utf8)!)
             } else {
-                print("\(config.model) batch \(config.batch), \(BLAS.threads) thread(s), \(model.arena.count) parameters, \(workload.sizeSummary)")
+                print(
+                    "\(config.model) batch \(config.batch), \(BLAS.threads) thread(s), \(model.arena.count) parameters, \(workload.sizeSummary)"
+                )
                 print("\(workload.unit)/s per run: \(rates.map { String(format: "%.0f", $0) }.joined(separator: " "))")
                 print(String(format: "median: %.0f \(workload.unit)/s", median))
             }

@@ -19,7 +19,8 @@ struct BenchAllReduce: ParsableCommand {
 
     @Option(help: "Ranks, each a separate process (inproc: a thread).") var ranks = 2
     @Option(help: "Bytes to all-reduce (float32 elements), e.g. 100MB.") var size = "100MB"
-    @Option(help: "ipc (unix sockets: what a cluster's same-host ring links use), tcp (loopback) or inproc.") var transport: Transport = .ipc
+    @Option(help: "ipc (unix sockets: what a cluster's same-host ring links use), tcp (loopback) or inproc.") var transport: Transport =
+        .ipc
     @Option(help: "Chunk size in bytes (default \(RingOptions().chunkBytes)).") var chunk: Int?
     @Option(help: "The values on the wire: f32, or f16/bf16 (narrowed as sent, summed in f32; --size is still of the float32 buffer).")
     var dtype: ChunkHeader.DType = .f32
@@ -30,14 +31,20 @@ struct BenchAllReduce: ParsableCommand {
     @Option(help: "Every rank's address, comma-separated, in rank order (with --rank).") var addresses: String?
     @Flag(help: "Also check one all-reduce against a Double reference sum and compare the result across ranks.") var check = false
     @Flag(help: "Print one JSON object.") var json = false
-    @Flag(help: "Plaintext ring links, no authentication (by default the ranks use CURVE with a key of their own, or --key-file's with --rank).")
+    @Flag(
+        help:
+            "Plaintext ring links, no authentication (by default the ranks use CURVE with a key of their own, or --key-file's with --rank)."
+    )
     var insecure = false
-    @Option(help: "With --rank: the cluster key file every rank uses (also TETHER_KEY_FILE, or the key in TETHER_KEY).") var keyFile: String?
+    @Option(help: "With --rank: the cluster key file every rank uses (also TETHER_KEY_FILE, or the key in TETHER_KEY).") var keyFile:
+        String?
     /// Set by the parent of local rank processes: print this rank's raw measurements for it to combine.
     @Flag(help: .hidden) var rankReport = false
 
     func validate() throws {
-        guard ranks >= 2 || rank != nil else { throw ValidationError("--ranks must be at least 2: an all-reduce over one rank moves nothing to measure") }
+        guard ranks >= 2 || rank != nil else {
+            throw ValidationError("--ranks must be at least 2: an all-reduce over one rank moves nothing to measure")
+        }
         guard iterations >= 1, warmup >= 0 else { throw ValidationError("--iterations must be at least 1, --warmup not negative") }
         guard timeout > 0 else { throw ValidationError("--timeout must be positive") }
         _ = try Self.parseBytes(size)
@@ -51,7 +58,9 @@ struct BenchAllReduce: ParsableCommand {
     }
 
     static func parseBytes(_ text: String) throws -> Int {
-        let units: [(String, Double)] = [("kib", 1024), ("mib", 1_048_576), ("gib", 1_073_741_824), ("kb", 1e3), ("mb", 1e6), ("gb", 1e9), ("b", 1)]
+        let units: [(String, Double)] = [
+            ("kib", 1024), ("mib", 1_048_576), ("gib", 1_073_741_824), ("kb", 1e3), ("mb", 1e6), ("gb", 1e9), ("b", 1)
+        ]
         let t = text.trimmingCharacters(in: .whitespaces).lowercased()
         for (suffix, scale) in units where t.hasSuffix(suffix) {
             if let v = Double(t.dropLast(suffix.count).trimmingCharacters(in: .whitespaces)), v >= 0 { return Int(v * scale) }
@@ -86,14 +95,17 @@ struct BenchAllReduce: ParsableCommand {
                 let context = try ZeroMQContext()
                 let options = try secured(options, try security.security().keys, context)
                 defer { options.curve?.authenticator.stop() }
-                let run = RankRun(rank: rank, addresses: addresses.split(separator: ",").map(String.init), elements: elements,
-                                  options: options, iterations: iterations, warmup: warmup, check: check, dtype: dtype)
+                let run = RankRun(
+                    rank: rank, addresses: addresses.split(separator: ",").map(String.init), elements: elements,
+                    options: options, iterations: iterations, warmup: warmup, check: check, dtype: dtype)
                 if rankReport {
                     print(String(data: try JSONEncoder().encode(try run.run(context: context).mine), encoding: .utf8)!)
                 } else {
                     // one rank of a ring across hosts: every rank prints the same summary
                     let all = try run.run(context: context, gather: true).all
-                    try summarize(all, elements: elements, ranks: run.addresses.count, where: "rank \(rank) of a ring across \(run.addresses.count) addresses")
+                    try summarize(
+                        all, elements: elements, ranks: run.addresses.count,
+                        where: "rank \(rank) of a ring across \(run.addresses.count) addresses")
                 }
                 return
             }
@@ -114,8 +126,9 @@ struct BenchAllReduce: ParsableCommand {
         nonisolated(unsafe) var results = [Result<RankReport, Error>?](repeating: nil, count: ranks)
         for r in 0..<ranks {
             group.enter()
-            let run = RankRun(rank: r, addresses: addresses, elements: elements, options: options, iterations: iterations, warmup: warmup, check: check,
-                              dtype: dtype)
+            let run = RankRun(
+                rank: r, addresses: addresses, elements: elements, options: options, iterations: iterations, warmup: warmup, check: check,
+                dtype: dtype)
             Thread {
                 let result = Result { try run.run(context: context).mine }
                 lock.lock(); results[r] = result; lock.unlock()
@@ -140,8 +153,10 @@ struct BenchAllReduce: ParsableCommand {
         for r in 0..<ranks {
             let p = Process(), out = Pipe(), err = Pipe()
             p.executableURL = me
-            var args = ["bench", "allreduce", "--rank-report", "--rank", "\(r)", "--addresses", addresses, "--size", size,
-                        "--iterations", "\(iterations)", "--warmup", "\(warmup)", "--timeout", "\(timeout)"]
+            var args = [
+                "bench", "allreduce", "--rank-report", "--rank", "\(r)", "--addresses", addresses, "--size", size,
+                "--iterations", "\(iterations)", "--warmup", "\(warmup)", "--timeout", "\(timeout)"
+            ]
             if let chunk { args += ["--chunk", "\(chunk)"] }
             if check { args.append("--check") }
             args += ["--dtype", dtype.description]
@@ -178,30 +193,43 @@ struct BenchAllReduce: ParsableCommand {
         let algbw = bytes / median / 1e9, busbw = algbw * 2 * (n - 1) / max(n, 1)
         if check {
             let hashes = Set(reports.map(\.resultHash))
-            guard hashes.count == 1 else { throw CollectiveError(message: "ranks ended with different results: hashes \(reports.map(\.resultHash))") }
+            guard hashes.count == 1 else {
+                throw CollectiveError(message: "ranks ended with different results: hashes \(reports.map(\.resultHash))")
+            }
             let worst = reports.map(\.maxRelativeError).max()!
             // f32: float rounding; 16 bits: the inputs, each hop's partial sum and the result rounded once each
             let bound = WireCodec(dtype).map { Double(ranks + 1) * $0.unitRoundoff + 1e-6 } ?? 1e-6
-            guard worst <= bound else { throw CollectiveError(message: "result differs from the Double reference by \(worst) (relative; bound \(bound))") }
+            guard worst <= bound else {
+                throw CollectiveError(message: "result differs from the Double reference by \(worst) (relative; bound \(bound))")
+            }
         }
         let mine = reports.first { $0.rank == (rank ?? 0) } ?? reports[0]
         let s = mine.statistics
         let perIteration = { (x: Duration) in x.seconds / Double(iterations) * 1000 }
         if json {
-            var out: [String: Any] = ["ranks": ranks, "bytes": Int(bytes), "dtype": dtype.description, "transport": rank == nil ? transport.rawValue : "tcp", "reporting_rank": mine.rank,
-                                      "chunk_bytes": options.chunkBytes, "iterations": iterations,
-                                      "median_ms": median * 1000, "times_ms": times.map { $0 * 1000 },
-                                      "algbw_gbps": algbw, "busbw_gbps": busbw,
-                                      "ms_per_iteration": ["waiting": perIteration(s.waiting), "sending": perIteration(s.sending),
-                                                                 "reducing": perIteration(s.reducing), "checksumming": perIteration(s.checksumming)]]
+            var out: [String: Any] = [
+                "ranks": ranks, "bytes": Int(bytes), "dtype": dtype.description, "transport": rank == nil ? transport.rawValue : "tcp",
+                "reporting_rank": mine.rank,
+                "chunk_bytes": options.chunkBytes, "iterations": iterations,
+                "median_ms": median * 1000, "times_ms": times.map { $0 * 1000 },
+                "algbw_gbps": algbw, "busbw_gbps": busbw,
+                "ms_per_iteration": [
+                    "waiting": perIteration(s.waiting), "sending": perIteration(s.sending),
+                    "reducing": perIteration(s.reducing), "checksumming": perIteration(s.checksumming)
+                ]
+            ]
             if check { out["check"] = "ok: bitwise identical on every rank, \(checkedBound) of the Double reference" }
             print(String(data: try JSONSerialization.data(withJSONObject: out, options: [.sortedKeys]), encoding: .utf8)!)
         } else {
-            print("all-reduce of \(size) (\(elements) float32\(dtype == .f32 ? "" : ", as \(dtype) on the wire")) over \(ranks) ranks, \(place), chunk \(options.chunkBytes) bytes")
+            print(
+                "all-reduce of \(size) (\(elements) float32\(dtype == .f32 ? "" : ", as \(dtype) on the wire")) over \(ranks) ranks, \(place), chunk \(options.chunkBytes) bytes"
+            )
             print("times (ms): \(times.map { String(format: "%.1f", $0 * 1000) }.joined(separator: " "))")
             print(String(format: "median %.2f ms  algbw %.3f GB/s  busbw %.3f GB/s", median * 1000, algbw, busbw))
-            print(String(format: "rank \(mine.rank) per iteration (ms): waiting %.2f, sending %.2f, reducing %.2f, checksumming %.2f",
-                         perIteration(s.waiting), perIteration(s.sending), perIteration(s.reducing), perIteration(s.checksumming)))
+            print(
+                String(
+                    format: "rank \(mine.rank) per iteration (ms): waiting %.2f, sending %.2f, reducing %.2f, checksumming %.2f",
+                    perIteration(s.waiting), perIteration(s.sending), perIteration(s.reducing), perIteration(s.checksumming)))
             if check { print("check: bitwise identical on every rank, \(checkedBound) of the Double reference") }
         }
     }
@@ -231,13 +259,18 @@ struct RankRun {
         let mine = try measure(ring)
         guard gather else { return (mine, [mine]) }
         let all = try ring.allGather([UInt8](try JSONEncoder().encode(mine)))
-        return (mine, try all.enumerated().map { r, bytes in
-            do {
-                let report = try JSONDecoder().decode(RankReport.self, from: Data(bytes))
-                guard report.rank == r, report.seconds.count == mine.seconds.count else { throw CollectiveError(message: "rank \(r) measured something else") }
-                return report
-            } catch { throw CollectiveError(message: "rank \(r)'s measurements do not decode: \(error)") }
-        })
+        return (
+            mine,
+            try all.enumerated().map { r, bytes in
+                do {
+                    let report = try JSONDecoder().decode(RankReport.self, from: Data(bytes))
+                    guard report.rank == r, report.seconds.count == mine.seconds.count else {
+                        throw CollectiveError(message: "rank \(r) measured something else")
+                    }
+                    return report
+                } catch { throw CollectiveError(message: "rank \(r)'s measurements do not decode: \(error)") }
+            }
+        )
     }
 
     private func measure(_ ring: Ring) throws -> RankReport {

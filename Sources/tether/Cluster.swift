@@ -9,13 +9,17 @@ import TetherTrain
 
 /// `tether coordinator`: the job's coordinator, waiting for `--workers` workers.
 struct CoordinatorCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "coordinator", abstract: "Coordinate a data-parallel job of separate worker processes.")
+    static let configuration = CommandConfiguration(
+        commandName: "coordinator", abstract: "Coordinate a data-parallel job of separate worker processes.")
 
     @Option(help: "Address to listen on for workers, e.g. tcp://0.0.0.0:7070.") var listen = "tcp://0.0.0.0:7070"
     @Option(help: "Workers in the job.") var workers: Int
     @Option(help: "Job identifier (workers must give the same).") var jobID = "tether"
     @Option(help: "Run directory for metrics.jsonl and checkpoint.safetensors.") var runDir = "runs/cluster"
-    @Flag(help: "With --resume: a run that has already finished is not an error; the workers that join are told so and everything exits 0 (the container entrypoint sets it, so a restart policy does not loop).")
+    @Flag(
+        help:
+            "With --resume: a run that has already finished is not an error; the workers that join are told so and everything exits 0 (the container entrypoint sets it, so a restart policy does not loop)."
+    )
     var finishedOk = false
     @OptionGroup var security: SecurityOptions
     @OptionGroup var job: ClusterJob
@@ -30,7 +34,11 @@ struct CoordinatorCommand: ParsableCommand {
     }
 
     func run() throws {
-        if try output.printedConfig("coordinator", job.config(runDirectory: runDir), ["run_dir": runDir, "resume": job.resume, "workers": workers, "listen": listen]) { return }
+        if try output.printedConfig(
+            "coordinator", job.config(runDirectory: runDir), ["run_dir": runDir, "resume": job.resume, "workers": workers, "listen": listen]
+        ) {
+            return
+        }
         StopSignal.install()
         logs.bootstrap(quiet: output.quiet)
         let sinks: [any MetricsSink]
@@ -52,17 +60,30 @@ struct CoordinatorCommand: ParsableCommand {
 
 /// `tether worker`: one replica, joining a coordinator.
 struct WorkerCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "worker", abstract: "Join a coordinator's job as one data-parallel replica.")
+    static let configuration = CommandConfiguration(
+        commandName: "worker", abstract: "Join a coordinator's job as one data-parallel replica.")
 
     @Option(help: "The coordinator's address, e.g. tcp://10.0.0.1:7070.") var coordinator: String
-    @Option(help: "Address ring neighbours reach this worker at: tcp://HOST:PORT (port 0: any free port) or an interface name with an optional :PORT (eth0, eth0:7071).") var advertise = "tcp://127.0.0.1:0"
+    @Option(
+        help:
+            "Address ring neighbours reach this worker at: tcp://HOST:PORT (port 0: any free port) or an interface name with an optional :PORT (eth0, eth0:7071)."
+    ) var advertise = "tcp://127.0.0.1:0"
     @Option(help: "Job identifier (as given to the coordinator).") var jobID = "tether"
-    @Option(help: "After the job stops with a failure, join the coordinator again (a coordinator with --max-restarts resumes the job), up to N times.")
+    @Option(
+        help:
+            "After the job stops with a failure, join the coordinator again (a coordinator with --max-restarts resumes the job), up to N times."
+    )
     var maxRestarts = 0
-    @Option(help: "When the coordinator falls silent while this worker trains, keep the replica's state and wait this many seconds for a coordinator to come back at the same address (restarted with --resume, it goes on from the workers' state: nothing lost); 0 exits at once.")
+    @Option(
+        help:
+            "When the coordinator falls silent while this worker trains, keep the replica's state and wait this many seconds for a coordinator to come back at the same address (restarted with --resume, it goes on from the workers' state: nothing lost); 0 exits at once."
+    )
     var coordinatorWait = 0.0
     @Option(help: "Seconds without a message from the coordinator before it is taken for gone.") var coordinatorTimeout = 10.0
-    @Option(help: "A folder the job's data may be read from (repeatable); a job naming data outside them is refused. Default: /usr/share/datasets, /usr/share/games/fortunes and the current folder.")
+    @Option(
+        help:
+            "A folder the job's data may be read from (repeatable); a job naming data outside them is refused. Default: /usr/share/datasets, /usr/share/games/fortunes and the current folder."
+    )
     var dataRoot: [String] = []
     @OptionGroup var security: SecurityOptions
     @OptionGroup var threads: ThreadOptions
@@ -128,7 +149,10 @@ struct Simulate: ParsableCommand {
     @Option(help: "Worker processes.") var workers = 2
     @Option(help: "Run directory for metrics.jsonl and checkpoint.safetensors.") var runDir = "runs/simulate"
     @Option(help: "Compute threads per worker (default: the cores divided among the workers).") var threads: Int?
-    @Flag(help: "No encryption and no authentication on the loopback sockets (by default simulate makes a cluster key of its own for each run).")
+    @Flag(
+        help:
+            "No encryption and no authentication on the loopback sockets (by default simulate makes a cluster key of its own for each run)."
+    )
     var insecure = false
     @OptionGroup var job: ClusterJob
     @OptionGroup var output: OutputOptions
@@ -142,7 +166,11 @@ struct Simulate: ParsableCommand {
     }
 
     func run() throws {
-        if try output.printedConfig("simulate", job.config(runDirectory: runDir), ["run_dir": runDir, "resume": job.resume, "workers": workers]) { return }
+        if try output.printedConfig(
+            "simulate", job.config(runDirectory: runDir), ["run_dir": runDir, "resume": job.resume, "workers": workers])
+        {
+            return
+        }
         StopSignal.install()
         logs.bootstrap(quiet: output.quiet)
         let sinks: [any MetricsSink]
@@ -173,8 +201,12 @@ struct Simulate: ParsableCommand {
             for _ in 0..<workers {
                 let p = Process()
                 p.executableURL = URL(fileURLWithPath: "/proc/self/exe")
-                p.arguments = ["worker", "--coordinator", coordinator.boundAddress, "--advertise", "tcp://127.0.0.1:0", "--job-id", jobID, "--threads", String(perWorker)]
-                    + security + ["--data-root", "/"] // the workers read what this user's coordinator reads
+                p.arguments =
+                    [
+                        "worker", "--coordinator", coordinator.boundAddress, "--advertise", "tcp://127.0.0.1:0", "--job-id", jobID,
+                        "--threads", String(perWorker)
+                    ]
+                    + security + ["--data-root", "/"]  // the workers read what this user's coordinator reads
                     + (output.quiet ? ["--quiet"] : []) + logs.passedOn
                 // TETHER_* settings are the coordinator's (JobSettings); a worker would refuse them.
                 var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("TETHER_") || $0.key == SampleAudit.variable }
@@ -195,7 +227,7 @@ struct Simulate: ParsableCommand {
             ClusterJob.reap(children, within: 10)
             try output.printSummary(coordinator)
         } catch let stopped as JobInterrupted {
-            ClusterJob.reap(children, within: 10) // told Finish, they exit
+            ClusterJob.reap(children, within: 10)  // told Finish, they exit
             try output.printSummary(coordinator)
             throw stopped
         } catch {
@@ -208,7 +240,8 @@ struct Simulate: ParsableCommand {
 /// A ZeroMQ endpoint as a flag takes it: tcp://HOST:PORT (or ipc://PATH), never a bare HOST:PORT.
 func validateAddress(_ address: String, flag: String) throws {
     guard address.hasPrefix("tcp://") || address.hasPrefix("ipc://") else {
-        throw ValidationError("\(flag) takes tcp://HOST:PORT, got \(address)" + (address.contains("://") ? "" : " (did you mean tcp://\(address)?)"))
+        throw ValidationError(
+            "\(flag) takes tcp://HOST:PORT, got \(address)" + (address.contains("://") ? "" : " (did you mean tcp://\(address)?)"))
     }
 }
 
@@ -218,27 +251,51 @@ struct ClusterJob: ParsableArguments {
     @Flag(help: "Continue the run in --run-dir from its checkpoint.") var resume = false
     @Flag(help: "Start a new run in a --run-dir that holds one, deleting its checkpoint and metrics.") var force = false
     @Option(help: "Compare the replicas' parameter hashes every N steps.") var hashEvery = 50
-    @Option(help: "Gradient bucket size in MB: buckets start all-reducing during backward once this much is final (the same on every worker).")
+    @Option(
+        help: "Gradient bucket size in MB: buckets start all-reducing during backward once this much is final (the same on every worker).")
     var bucketMb = 1.0
     @Flag(help: "Serve the samples to the workers over ZeroMQ (each holds only what its shard reads) instead of each reading --data.")
     var serveData = false
-    @Option(help: "After a failure while training (a worker died, went silent or diverged), resume the job from its last checkpoint, up to N times: simulate with new worker processes, coordinator with the workers that join again.")
+    @Option(
+        help:
+            "After a failure while training (a worker died, went silent or diverged), resume the job from its last checkpoint, up to N times: simulate with new worker processes, coordinator with the workers that join again."
+    )
     var maxRestarts = 0
     @Option(help: "Seconds without a message before a worker is declared dead.") var heartbeatTimeout = 5.0
-    @Option(help: "Elastic: start (or restart) with as few as this many workers once no other has joined for --last-call seconds, and when a worker is lost while training, carry on in place with the rest while this many remain (no process restarts; the step in flight is redone); the global batch stays --batch x --workers.")
+    @Option(
+        help:
+            "Elastic: start (or restart) with as few as this many workers once no other has joined for --last-call seconds, and when a worker is lost while training, carry on in place with the rest while this many remain (no process restarts; the step in flight is redone); the global batch stays --batch x --workers."
+    )
     var minWorkers: Int?
     @Option(help: "Seconds an elastic job waits for more workers after the last one joined.") var lastCall = 10.0
-    @Option(help: "The gradients on the wire: none (f32); fp16 (IEEE half) or bf16 (bfloat16): half the bytes, summed in f32 on arrival; powersgd: each weight matrix as two rank-R factors (PowerSGD, as DDP's powerSGD_hook). With error feedback: each worker adds what its compression lost to its next step's gradient.")
+    @Option(
+        help:
+            "The gradients on the wire: none (f32); fp16 (IEEE half) or bf16 (bfloat16): half the bytes, summed in f32 on arrival; powersgd: each weight matrix as two rank-R factors (PowerSGD, as DDP's powerSGD_hook). With error feedback: each worker adds what its compression lost to its next step's gradient."
+    )
     var compression: TrainingConfig.Compression?
-    @Option(help: "PowerSGD's rank R (default \(TrainingConfig.defaultPowerSGDRank)): a rows x cols gradient travels as (rows + cols) x R values; higher keeps more.")
+    @Option(
+        help:
+            "PowerSGD's rank R (default \(TrainingConfig.defaultPowerSGDRank)): a rows x cols gradient travels as (rows + cols) x R values; higher keeps more."
+    )
     var powersgdRank: Int?
-    @Option(help: "Plain all-reduces before this step, PowerSGD from it (default \(TrainingConfig.defaultPowerSGDStartStep), as DDP's start_powerSGD_iter: early gradients change fast).")
+    @Option(
+        help:
+            "Plain all-reduces before this step, PowerSGD from it (default \(TrainingConfig.defaultPowerSGDStartStep), as DDP's start_powerSGD_iter: early gradients change fast)."
+    )
     var powersgdStartStep: Int?
-    @Flag(inversion: .prefixedNo, help: "With --compression: carry what each worker's compression lost into its next step (error feedback; on by default).")
+    @Flag(
+        inversion: .prefixedNo,
+        help: "With --compression: carry what each worker's compression lost into its next step (error feedback; on by default).")
     var errorFeedback: Bool?
-    @Option(help: "Write a Chrome trace of every rank's steps (forward and backward, each bucket's all-reduce, the exchange left after backward, the optimizer) and the job's events to FILE: open it in Perfetto (ui.perfetto.dev) or chrome://tracing.")
+    @Option(
+        help:
+            "Write a Chrome trace of every rank's steps (forward and backward, each bucket's all-reduce, the exchange left after backward, the optimizer) and the job's events to FILE: open it in Perfetto (ui.perfetto.dev) or chrome://tracing."
+    )
     var timeline: String?
-    @Option(help: "What an elastic job does when a worker is lost: in-place (the survivors go on, the step in flight redone) or restart (the job stops and resumes from its last checkpoint with the workers there are, --max-restarts; what torchrun does).")
+    @Option(
+        help:
+            "What an elastic job does when a worker is lost: in-place (the survivors go on, the step in flight redone) or restart (the job stops and resumes from its last checkpoint with the workers there are, --max-restarts; what torchrun does)."
+    )
     var onLoss: Coordinator.OnLoss = .inPlace
     @OptionGroup var jobFile: JobFileOption
 
@@ -252,23 +309,32 @@ struct ClusterJob: ParsableArguments {
 
     /// What needs the job's worker count.
     func validate(workers: Int) throws {
-        if let minWorkers, !(1...workers).contains(minWorkers) { throw ValidationError("--min-workers must be in 1...\(workers) (--workers)") }
+        if let minWorkers, !(1...workers).contains(minWorkers) {
+            throw ValidationError("--min-workers must be in 1...\(workers) (--workers)")
+        }
     }
 
     /// The coordinator of a fresh job, or of the run in `runDirectory` resumed (`--resume`, or a restart).
-    func coordinator(_ given: Coordinator.Options, runDirectory: String, resume: Bool, progress: ProgressDisplay, sinks: [any MetricsSink]) throws -> Coordinator {
+    func coordinator(
+        _ given: Coordinator.Options, runDirectory: String, resume: Bool, progress: ProgressDisplay, sinks: [any MetricsSink]
+    ) throws -> Coordinator {
         var options = given
         options.timeline = timeline
         (options.hashEvery, options.bucketBytes, options.serveData) = (hashEvery, max(4, Int(bucketMb * 1_048_576)), serveData)
-        (options.heartbeatTimeout, options.minWorkers, options.lastCall, options.onLoss) = (heartbeatTimeout, minWorkers ?? options.workers, lastCall, onLoss)
-        return try Coordinator(options: options, config: config(runDirectory: runDirectory, resume: resume), runDirectory: URL(fileURLWithPath: runDirectory),
-                               resume: resume, progress: progress, sinks: sinks)
+        (options.heartbeatTimeout, options.minWorkers, options.lastCall, options.onLoss) = (
+            heartbeatTimeout, minWorkers ?? options.workers, lastCall, onLoss
+        )
+        return try Coordinator(
+            options: options, config: config(runDirectory: runDirectory, resume: resume), runDirectory: URL(fileURLWithPath: runDirectory),
+            resume: resume, progress: progress, sinks: sinks)
     }
 
     /// The job's training settings: the flags over a new run's defaults, or (resuming) over the checkpoint's.
     func config(runDirectory: String, resume: Bool? = nil) throws -> TrainingConfig {
         var base = TrainingConfig()
-        if resume ?? self.resume { base = try Checkpoint.Loaded(URL(fileURLWithPath: runDirectory).appendingPathComponent(Checkpoint.fileName)).config }
+        if resume ?? self.resume {
+            base = try Checkpoint.Loaded(URL(fileURLWithPath: runDirectory).appendingPathComponent(Checkpoint.fileName)).config
+        }
         var config = training.applied(to: base)
         if let compression { config.compression = compression == TrainingConfig.Compression.none ? nil : compression }
         if let powersgdRank { config.powerSGDRank = powersgdRank }
@@ -290,10 +356,14 @@ struct ClusterJob: ParsableArguments {
                 try attempt(resume, force)
                 return
             } catch let failure as TrainingFailure where restart < maxRestarts && !StopSignal.requested {
-                resume = resume || FileManager.default.fileExists(atPath: URL(fileURLWithPath: runDirectory).appendingPathComponent(Checkpoint.fileName).path)
+                resume =
+                    resume
+                    || FileManager.default.fileExists(
+                        atPath: URL(fileURLWithPath: runDirectory).appendingPathComponent(Checkpoint.fileName).path)
                 force = !resume
                 let how = resume ? "resuming \(runDirectory) from its last checkpoint" : "starting over (no checkpoint yet)"
-                FileHandle.standardError.write(Data("tether: \(failure.error)\ntether: restart \(restart + 1) of \(maxRestarts): \(how), \(what)\n".utf8))
+                FileHandle.standardError.write(
+                    Data("tether: \(failure.error)\ntether: restart \(restart + 1) of \(maxRestarts): \(how), \(what)\n".utf8))
             } catch let failure as TrainingFailure {
                 try Self.stop(failure.error)
             } catch {
@@ -341,7 +411,7 @@ enum ProcessLifetime {
         StopSignal.lossNote("this worker's step in progress is lost; the job's last checkpoint is the one its coordinator wrote")
         if let parent = ProcessInfo.processInfo.environment[parentVariable].flatMap(Int32.init) {
             _ = tether_die_with_parent()
-            if getppid() != parent { exit(1) } // the parent died before the request took effect
+            if getppid() != parent { exit(1) }  // the parent died before the request took effect
         }
     }
 }

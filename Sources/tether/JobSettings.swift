@@ -20,7 +20,7 @@ import TetherTrain
 enum JobSettings {
     static let commands: [String: ParsableCommand.Type] = [
         "train": Train.self, "simulate": Simulate.self, "coordinator": CoordinatorCommand.self,
-        "worker": WorkerCommand.self, "eval": Eval.self,
+        "worker": WorkerCommand.self, "eval": Eval.self
     ]
     static let fileVariable = "TETHER_CONFIG"
     /// Variables Tether sets for itself.
@@ -54,9 +54,11 @@ enum JobSettings {
         }
         var fromEnvironment: [String] = []
         // An empty variable is unset (compose passes `${TETHER_X:-}` of an unset X as empty).
-        for (name, value) in environment.sorted(by: { $0.key < $1.key }) where name.hasPrefix("TETHER_") && !ownVariables.contains(name) && !value.isEmpty {
+        for (name, value) in environment.sorted(by: { $0.key < $1.key })
+        where name.hasPrefix("TETHER_") && !ownVariables.contains(name) && !value.isEmpty {
             let key = name.dropFirst("TETHER_".count).lowercased().replacingOccurrences(of: "_", with: "-")
-            fromEnvironment += try known.arguments(key, value, source: "environment variable \(name)", command: command)
+            fromEnvironment +=
+                try known.arguments(key, value, source: "environment variable \(name)", command: command)
                 ?? lacking(key, source: "environment variable \(name)", fatal: false)
         }
         return [command] + fromFile + fromEnvironment + Self.attachNegativeValues(given, options: known.options)
@@ -70,7 +72,8 @@ enum JobSettings {
         while i < arguments.count {
             let a = arguments[i]
             if a.hasPrefix("--"), options.contains(String(a.dropFirst(2))), i + 1 < arguments.count,
-               arguments[i + 1].hasPrefix("-"), Double(arguments[i + 1]) != nil {
+                arguments[i + 1].hasPrefix("-"), Double(arguments[i + 1]) != nil
+            {
                 out.append(a + "=" + arguments[i + 1])
                 i += 2
             } else {
@@ -110,9 +113,13 @@ enum JobSettings {
             let ns = help as NSString
             for m in pattern.matches(in: help, range: NSRange(location: 0, length: ns.length)) {
                 let name = ns.substring(with: m.range(at: 2))
-                if m.range(at: 1).location != NSNotFound { invertible.insert(name); flags.insert(name) }
-                else if m.range(at: 3).location != NSNotFound { options.insert(name) }
-                else { flags.insert(name) }
+                if m.range(at: 1).location != NSNotFound {
+                    invertible.insert(name); flags.insert(name)
+                } else if m.range(at: 3).location != NSNotFound {
+                    options.insert(name)
+                } else {
+                    flags.insert(name)
+                }
             }
             flags.subtract(["help", "version"])
             options.remove("config")
@@ -144,7 +151,8 @@ enum JobSettings {
         func unknown(_ key: String, source: String, command: String) -> String {
             let all = (options.union(flags)).sorted()
             let near = all.filter { $0.hasPrefix(String(key.prefix(3))) || key.hasPrefix(String($0.prefix(3))) }
-            return "\(source): tether \(command) has no option --\(key)" + (near.isEmpty ? "" : " (did you mean \(near.map { "--" + $0 }.joined(separator: ", "))?)")
+            return "\(source): tether \(command) has no option --\(key)"
+                + (near.isEmpty ? "" : " (did you mean \(near.map { "--" + $0 }.joined(separator: ", "))?)")
         }
     }
 }

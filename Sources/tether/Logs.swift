@@ -43,7 +43,10 @@ struct LineLogHandler: LogHandler {
 
     private static let lock = NSLock()
 
-    func log(level: Logger.Level, message: Logger.Message, metadata extra: Logger.Metadata?, source: String, file: String, function: String, line: UInt) {
+    func log(
+        level: Logger.Level, message: Logger.Message, metadata extra: Logger.Metadata?, source: String, file: String, function: String,
+        line: UInt
+    ) {
         let all = metadata.merging(extra ?? [:]) { $1 }
         let text: String
         switch format {
@@ -51,10 +54,16 @@ struct LineLogHandler: LogHandler {
             let who = label + (all["rank"].map { " rank \($0)" } ?? "")
             text = "\(who): " + (level >= .warning ? "\(level): " : "") + message.description
         case .json:
-            var object: [String: Any] = ["time": ISO8601DateFormatter.string(from: Date(), timeZone: .gmt, formatOptions: [.withInternetDateTime, .withFractionalSeconds]),
-                                         "level": level.rawValue, "component": label, "message": message.description]
+            var object: [String: Any] = [
+                "time": ISO8601DateFormatter.string(
+                    from: Date(), timeZone: .gmt, formatOptions: [.withInternetDateTime, .withFractionalSeconds]),
+                "level": level.rawValue, "component": label, "message": message.description
+            ]
             for (k, v) in all where object[k] == nil { object[k] = "\(v)" }
-            text = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])).map { String(decoding: $0, as: UTF8.self) } ?? message.description
+            text =
+                (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])).map {
+                    String(decoding: $0, as: UTF8.self)
+                } ?? message.description
         }
         Self.lock.withLock { FileHandle.standardError.write(Data((text + "\n").utf8)) }
     }

@@ -10,7 +10,10 @@ struct OutputOptions: ParsableArguments {
     @Flag(help: "Print nothing but errors and warnings.") var quiet = false
     @Flag(help: "Print one JSON object on stdout when the run ends (the end event with the last evaluation); progress goes to stderr.")
     var json = false
-    @Flag(help: "Print the settings this command would run with (after the job file, TETHER_ variables and flags; on --resume, the checkpoint's) as JSON, and exit.")
+    @Flag(
+        help:
+            "Print the settings this command would run with (after the job file, TETHER_ variables and flags; on --resume, the checkpoint's) as JSON, and exit."
+    )
     var printConfig = false
 
     var progress: ProgressDisplay { ProgressDisplay(toStandardError: json, quiet: quiet) }
@@ -23,7 +26,10 @@ struct OutputOptions: ParsableArguments {
         var object = settings
         object["command"] = command
         object["config"] = try JSONSerialization.jsonObject(with: encoder.encode(config))
-        print(String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]), as: UTF8.self))
+        print(
+            String(
+                decoding: try JSONSerialization.data(
+                    withJSONObject: object, options: [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]), as: UTF8.self))
         return true
     }
 
@@ -38,13 +44,18 @@ struct OutputOptions: ParsableArguments {
         guard json else { return }
         var summary = end
         if let e = lastEvaluation {
-            (summary.test_accuracy, summary.test_loss, summary.test_perplexity, summary.test_auc) = (e.test_accuracy, e.test_loss, e.test_perplexity, e.test_auc)
+            (summary.test_accuracy, summary.test_loss, summary.test_perplexity, summary.test_auc) = (
+                e.test_accuracy, e.test_loss, e.test_perplexity, e.test_auc
+            )
             summary.loss = e.loss
         }
         var object = try JSONSerialization.jsonObject(with: MetricsLog.encode(summary)) as! [String: Any]
         object["run_dir"] = runDirectory
         object["checkpoint"] = URL(fileURLWithPath: runDirectory).appendingPathComponent(Checkpoint.fileName).path
-        print(String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]), as: UTF8.self))
+        print(
+            String(
+                decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]), as: UTF8.self
+            ))
     }
 }
 
@@ -57,16 +68,22 @@ struct Models: ParsableCommand {
     func run() throws {
         let rows = ModelFamily.all.map { family -> [String: Any] in
             let c = TrainingConfig.defaults(for: family.name)
-            return ["model": family.name, "description": family.summary, "data": c.data, "batch": c.batch, "epochs": c.epochs,
-                    "optimizer": c.optimizer.kind.rawValue, "lr": c.schedule.baseLR, "schedule": c.schedule.kind.rawValue]
+            return [
+                "model": family.name, "description": family.summary, "data": c.data, "batch": c.batch, "epochs": c.epochs,
+                "optimizer": c.optimizer.kind.rawValue, "lr": c.schedule.baseLR, "schedule": c.schedule.kind.rawValue
+            ]
         }
         if json {
-            print(String(decoding: try JSONSerialization.data(withJSONObject: ["models": rows], options: [.sortedKeys, .withoutEscapingSlashes]), as: UTF8.self))
+            print(
+                String(
+                    decoding: try JSONSerialization.data(withJSONObject: ["models": rows], options: [.sortedKeys, .withoutEscapingSlashes]),
+                    as: UTF8.self))
             return
         }
         for row in rows {
-            print("\(row["model"]!)\n  \(row["description"]!)\n  data \(row["data"]!), batch \(row["batch"]!), epochs \(row["epochs"]!), "
-                  + "\(row["optimizer"]!) lr \(row["lr"]!) (\(row["schedule"]!) schedule)")
+            print(
+                "\(row["model"]!)\n  \(row["description"]!)\n  data \(row["data"]!), batch \(row["batch"]!), epochs \(row["epochs"]!), "
+                    + "\(row["optimizer"]!) lr \(row["lr"]!) (\(row["schedule"]!) schedule)")
         }
         print("\nData: \(DataSource.help). Any default can be changed by its flag (tether train --help).")
     }

@@ -6,7 +6,9 @@ import TetherTrain
 struct Report: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Write an HTML page of one or more runs: loss, held-out metric, throughput, per-rank time, stragglers, bytes, events.",
-        discussion: "The page is one file with inline SVG (nothing is fetched from the network): open it in any browser. Several run directories overlay their curves, one colour per run.")
+        discussion:
+            "The page is one file with inline SVG (nothing is fetched from the network): open it in any browser. Several run directories overlay their curves, one colour per run."
+    )
 
     @Argument(help: "Run directories (each holds metrics.jsonl).") var runDirectories: [String]
     @Option(help: "The HTML file to write (default: report.html in the first run directory).") var output: String?

@@ -5,9 +5,13 @@ import TetherComm
 
 /// `--key-file` and `--insecure`, on every command that opens a cluster socket.
 struct SecurityOptions: ParsableArguments {
-    @Option(help: "The cluster key file (tether keygen writes one; mode 600). Also TETHER_KEY_FILE, or the secret key itself in TETHER_KEY.")
+    @Option(
+        help: "The cluster key file (tether keygen writes one; mode 600). Also TETHER_KEY_FILE, or the secret key itself in TETHER_KEY.")
     var keyFile: String?
-    @Flag(help: "No encryption and no authentication: anyone who can reach the ports can read the job's data and parameters, join it and stop it.")
+    @Flag(
+        help:
+            "No encryption and no authentication: anyone who can reach the ports can read the job's data and parameters, join it and stop it."
+    )
     var insecure = false
 
     /// The environment variable that may hold the secret key itself (never turned into an argument,
@@ -25,8 +29,9 @@ struct SecurityOptions: ParsableArguments {
         if let text = ProcessInfo.processInfo.environment[Self.keyVariable], !text.isEmpty {
             return .curve(try KeyFile.parse(text, source: "environment variable \(Self.keyVariable)"))
         }
-        throw ValidationError("no cluster key: give --key-file FILE (tether keygen FILE writes one; every process of the job needs the same) "
-                              + "or the key in TETHER_KEY; or run without security with --insecure")
+        throw ValidationError(
+            "no cluster key: give --key-file FILE (tether keygen FILE writes one; every process of the job needs the same) "
+                + "or the key in TETHER_KEY; or run without security with --insecure")
     }
 }
 
@@ -52,7 +57,9 @@ final class PrivateFolder {
     let path: String
     init(prefix: String) throws {
         var template = Array((NSTemporaryDirectory() + "/\(prefix)-XXXXXX").utf8CString)
-        guard let made = mkdtemp(&template) else { throw CurveError("cannot create a private temporary folder: \(String(cString: strerror(errno)))") }
+        guard let made = mkdtemp(&template) else {
+            throw CurveError("cannot create a private temporary folder: \(String(cString: strerror(errno)))")
+        }
         path = String(cString: made)
     }
     deinit { try? FileManager.default.removeItem(atPath: path) }

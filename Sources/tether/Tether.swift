@@ -10,7 +10,10 @@ struct Tether: ParsableCommand {
         abstract: "Data-parallel training of weight-normalized, tied-weight and Wide & Deep networks.",
         discussion: "Data: \(DataSource.help). Run directories hold metrics.jsonl and checkpoint.safetensors.",
         version: TetherVersion.string,
-        subcommands: [Train.self, Simulate.self, CoordinatorCommand.self, WorkerCommand.self, Eval.self, Report.self, Models.self, Bench.self, Keygen.self, Version.self]
+        subcommands: [
+            Train.self, Simulate.self, CoordinatorCommand.self, WorkerCommand.self, Eval.self, Report.self, Models.self, Bench.self,
+            Keygen.self, Version.self
+        ]
     )
 
     /// Parses the command line after adding the job file's and the environment's settings (JobSettings).
@@ -19,12 +22,17 @@ struct Tether: ParsableCommand {
         let names = commandNames
         if let first = CommandLine.arguments.dropFirst().first, !first.hasPrefix("-"), !names.contains(first), first != "help" {
             let near = names.filter { editDistance($0, first) <= 2 }
-            FileHandle.standardError.write(Data(("tether: error: unknown command \"\(first)\"" + (near.isEmpty ? "" : " (did you mean \(near.joined(separator: " or "))?)")
-                                                 + "; the commands are \(names.joined(separator: ", "))\n").utf8))
+            FileHandle.standardError.write(
+                Data(
+                    ("tether: error: unknown command \"\(first)\""
+                        + (near.isEmpty ? "" : " (did you mean \(near.joined(separator: " or "))?)")
+                        + "; the commands are \(names.joined(separator: ", "))\n").utf8))
             Foundation.exit(64)
         }
         let arguments: [String]
-        do { arguments = try JobSettings.expand(Array(CommandLine.arguments.dropFirst()), environment: ProcessInfo.processInfo.environment) } catch {
+        do {
+            arguments = try JobSettings.expand(Array(CommandLine.arguments.dropFirst()), environment: ProcessInfo.processInfo.environment)
+        } catch {
             exit(withError: error)
         }
         main(arguments)

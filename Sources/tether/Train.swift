@@ -27,11 +27,13 @@ struct Train: ParsableCommand {
             if try output.printedConfig("train", config, ["run_dir": runDir, "resume": resume, "threads": BLAS.threads]) { return }
             let started = Date()
             let progress = output.progress
-            let trainer = try Trainer(config: config, runDirectory: dir, resume: resume, force: force, progress: progress,
-                                      sinks: try observability.sinks(progress: progress))
+            let trainer = try Trainer(
+                config: config, runDirectory: dir, resume: resume, force: force, progress: progress,
+                sinks: try observability.sinks(progress: progress))
             let summary = try trainer.run(stopAfterSteps: stopAfterSteps)
-            var end = MetricsEvent(event: summary.outcome == .finished ? "end" : summary.outcome == .interrupted ? "interrupted" : "stopped",
-                                   step: summary.state.globalStep, stepsPerEpoch: trainer.workload.stepsPerEpoch)
+            var end = MetricsEvent(
+                event: summary.outcome == .finished ? "end" : summary.outcome == .interrupted ? "interrupted" : "stopped",
+                step: summary.state.globalStep, stepsPerEpoch: trainer.workload.stepsPerEpoch)
             (end.model, end.elapsed_s) = (config.model, Date().timeIntervalSince(started))
             try output.printSummary(end, lastEvaluation: trainer.lastEvaluation, runDirectory: runDir)
             if summary.outcome == .interrupted { throw ExitCode(StopSignal.exitStatus) }

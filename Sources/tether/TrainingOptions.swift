@@ -11,19 +11,32 @@ extension WideDeepShape.Parts: ExpressibleByArgument {}
 /// The flags that define a training run. Every one is optional: unset flags take the defaults of a new
 /// run, or the checkpoint's values when resuming.
 struct TrainingOptions: ParsableArguments {
-    @Option(help: "Model: \(ModelFamily.names.joined(separator: ", ")) (default \(TrainingConfig().model); tether models lists what each is).") var model: String?
+    @Option(
+        help: "Model: \(ModelFamily.names.joined(separator: ", ")) (default \(TrainingConfig().model); tether models lists what each is).")
+    var model: String?
     @Option(help: "Data: \(DataSource.help) (default: the model's).") var data: String?
     @Option(help: "For csv: data: adult (the UCI Adult census preset) or a schema file.") var schema: String?
-    @Option(help: "Epochs to train (default \(TrainingConfig().epochs)). On --resume: the run's new length (a --max-steps of before no longer applies).") var epochs: Int?
+    @Option(
+        help:
+            "Epochs to train (default \(TrainingConfig().epochs)). On --resume: the run's new length (a --max-steps of before no longer applies)."
+    ) var epochs: Int?
     @Option(help: "The run's length in steps, whatever --epochs says (the last epoch may be partial).") var maxSteps: Int?
     @Option(help: "Samples per step (per worker; default \(TrainingConfig().batch)).") var batch: Int?
-    @Option(help: "Optimizer: sgd, adam, adamw or adagrad (default: adam; lm-tied sgd; wide-deep adagrad for the deep part).") var optimizer: OptimizerConfig.Kind?
-    @Option(help: "Learning rate (default \(TrainingConfig().schedule.baseLR); lm-tied \(TrainingConfig.defaults(for: "lm-tied").schedule.baseLR), wide-deep \(TrainingConfig.defaults(for: "wide-deep").schedule.baseLR)).") var lr: Double?
+    @Option(help: "Optimizer: sgd, adam, adamw or adagrad (default: adam; lm-tied sgd; wide-deep adagrad for the deep part).")
+    var optimizer: OptimizerConfig.Kind?
+    @Option(
+        help:
+            "Learning rate (default \(TrainingConfig().schedule.baseLR); lm-tied \(TrainingConfig.defaults(for: "lm-tied").schedule.baseLR), wide-deep \(TrainingConfig.defaults(for: "wide-deep").schedule.baseLR))."
+    ) var lr: Double?
     @Option(help: "SGD momentum.") var momentum: Double?
     @Flag(help: "Nesterov momentum (SGD).") var nesterov = false
     @Option(help: "Weight decay (coupled for sgd/adam, decoupled for adamw).") var weightDecay: Double?
-    @Option(help: "Clip the global gradient norm to this (lm-tied default \(TrainingConfig.defaults(for: "lm-tied").optimizer.clipNorm); 0 is off).") var clipNorm: Double?
-    @Option(help: "Learning-rate schedule: constant, step, cosine or plateau (x gamma when validation loss stalls; lm-tied's default).") var schedule: LRSchedule.Kind?
+    @Option(
+        help:
+            "Clip the global gradient norm to this (lm-tied default \(TrainingConfig.defaults(for: "lm-tied").optimizer.clipNorm); 0 is off)."
+    ) var clipNorm: Double?
+    @Option(help: "Learning-rate schedule: constant, step, cosine or plateau (x gamma when validation loss stalls; lm-tied's default).")
+    var schedule: LRSchedule.Kind?
     @Option(help: "Linear warm-up steps.") var warmupSteps: Int?
     @Option(help: "Step schedule: decay every N steps.") var lrStepSize: Int?
     @Option(help: "Step and plateau schedules: decay factor.") var lrGamma: Double?
@@ -32,7 +45,10 @@ struct TrainingOptions: ParsableArguments {
     @Option(help: "Use only the first N training samples.") var trainLimit: Int?
     @Option(help: "Use only the first N test samples.") var testLimit: Int?
     @Option(help: "Also checkpoint every N steps (default: at epoch ends only).") var checkpointEvery: Int?
-    @Option(help: "A log and metrics line every N steps (default \(TrainingConfig().logEvery); lm-tied \(TrainingConfig.defaults(for: "lm-tied").logEvery), wide-deep \(TrainingConfig.defaults(for: "wide-deep").logEvery)).") var logEvery: Int?
+    @Option(
+        help:
+            "A log and metrics line every N steps (default \(TrainingConfig().logEvery); lm-tied \(TrainingConfig.defaults(for: "lm-tied").logEvery), wide-deep \(TrainingConfig.defaults(for: "wide-deep").logEvery))."
+    ) var logEvery: Int?
 
     // lm-tied
     @Option(help: "lm-tied: vocabulary size, with <eos> and <unk> (default \(LanguageOptions().vocabulary)).") var vocabulary: Int?
@@ -44,12 +60,16 @@ struct TrainingOptions: ParsableArguments {
     @Flag(inversion: .prefixedNo, help: "lm-tied: weight-normalized LSTM weights (default on).") var weightNorm: Bool?
 
     // wide-deep
-    @Option(help: "wide-deep: hash buckets per categorical field of the deep embeddings (default \(WideDeepOptions().buckets)).") var buckets: Int?
+    @Option(help: "wide-deep: hash buckets per categorical field of the deep embeddings (default \(WideDeepOptions().buckets)).")
+    var buckets: Int?
     @Option(help: "wide-deep: hash buckets of the wide part (default \(WideDeepOptions().wideBuckets)).") var wideBuckets: Int?
     @Option(help: "wide-deep: embedding size per field (default \(WideDeepOptions().embedding)).") var embedding: Int?
     @Option(help: "wide-deep: widths of the deep MLP, e.g. 256,128,64.") var hidden: String?
     @Option(help: "wide-deep: wide-deep, wide or deep (the paper's comparison).") var parts: WideDeepShape.Parts?
-    @Option(help: "wide-deep: FTRL learning rate alpha of the wide part (default \(TrainingConfig.defaults(for: "wide-deep").optimizer.ftrl.alpha)).") var ftrlAlpha: Double?
+    @Option(
+        help:
+            "wide-deep: FTRL learning rate alpha of the wide part (default \(TrainingConfig.defaults(for: "wide-deep").optimizer.ftrl.alpha))."
+    ) var ftrlAlpha: Double?
     @Option(help: "wide-deep: FTRL L1 strength.") var ftrlL1: Double?
     @Option(help: "wide-deep: FTRL L2 strength.") var ftrlL2: Double?
 

@@ -6,17 +6,22 @@ import Foundation
 enum CLI {
     static let binary: URL = {
         var dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-        if dir.lastPathComponent == "MacOS" { dir = dir.deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent() }
+        if dir.lastPathComponent == "MacOS" {
+            dir = dir.deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        }
         return dir.appendingPathComponent("tether")
     }()
 
     struct Result { var status: Int32; var stdout: String; var stderr: String }
 
     /// The repository's root (for its scripts and files).
-    static let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    static let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent()
 
     /// Runs `tether args...` (or another program) to completion, killing it after `timeout` seconds.
-    static func run(_ args: [String], timeout: TimeInterval = 120, environment: [String: String] = [:], executable: URL = binary) throws -> Result {
+    static func run(
+        _ args: [String], timeout: TimeInterval = 120, environment: [String: String] = [:], executable: URL = binary
+    ) throws -> Result {
         try start(args, bound: timeout, environment: environment, executable: executable).finish()
     }
 
@@ -57,14 +62,18 @@ enum CLI {
             process.waitUntilExit()
             closed.wait()
             return lock.withLock {
-                Result(status: process.terminationStatus, stdout: String(decoding: printed.out, as: UTF8.self), stderr: String(decoding: printed.err, as: UTF8.self))
+                Result(
+                    status: process.terminationStatus, stdout: String(decoding: printed.out, as: UTF8.self),
+                    stderr: String(decoding: printed.err, as: UTF8.self))
             }
         }
     }
 
     /// Starts `tether args...` (or another program) with OPENBLAS_NUM_THREADS=1 and `environment`;
     /// it is terminated after `bound` seconds, should it hang.
-    static func start(_ args: [String], bound: TimeInterval = 120, environment: [String: String] = [:], executable: URL = binary) throws -> Background {
+    static func start(
+        _ args: [String], bound: TimeInterval = 120, environment: [String: String] = [:], executable: URL = binary
+    ) throws -> Background {
         let p = Process(), out = Pipe(), err = Pipe()
         (p.executableURL, p.arguments, p.standardOutput, p.standardError) = (executable, args, out, err)
         var env = ProcessInfo.processInfo.environment
@@ -93,7 +102,8 @@ enum CLI {
 
 let dataInstalled = FileManager.default.fileExists(atPath: "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 /// Debian's python3-kubernetes for /usr/bin/python3 (the API's types, for cluster/k8s/validate).
-let kubernetesTypesInstalled = (try? CLI.run(["-c", "import kubernetes, yaml"], timeout: 60, executable: URL(fileURLWithPath: "/usr/bin/python3")))?.status == 0
+let kubernetesTypesInstalled =
+    (try? CLI.run(["-c", "import kubernetes, yaml"], timeout: 60, executable: URL(fileURLWithPath: "/usr/bin/python3")))?.status == 0
 
 @Suite(.serialized) struct CLITests {
     @Test func theBinaryIsBuilt() {
@@ -104,7 +114,9 @@ let kubernetesTypesInstalled = (try? CLI.run(["-c", "import kubernetes, yaml"], 
     func trainThenEvalThenResume() throws {
         let dir = CLI.tempDir("train")
         defer { try? FileManager.default.removeItem(at: dir) }
-        let common = ["--model", "mlp-wn", "--train-limit", "512", "--test-limit", "500", "--batch", "32", "--log-every", "4", "--run-dir", dir.path]
+        let common = [
+            "--model", "mlp-wn", "--train-limit", "512", "--test-limit", "500", "--batch", "32", "--log-every", "4", "--run-dir", dir.path
+        ]
         let first = try CLI.run(["train", "--epochs", "2", "--stop-after-steps", "20"] + common)
         #expect(first.status == 0, "\(first.stderr)")
         #expect(first.stdout.contains("epoch 1/2: train loss"))
@@ -120,9 +132,14 @@ let kubernetesTypesInstalled = (try? CLI.run(["-c", "import kubernetes, yaml"], 
         let metrics = try String(contentsOf: dir.appendingPathComponent("metrics.jsonl"), encoding: .utf8).split(separator: "\n")
         let objects = try metrics.map { try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
         #expect(objects.allSatisfy { $0["event"] != nil && $0["epoch"] != nil && $0["step"] != nil })
-        #expect(objects.filter { $0["event"] as? String == "epoch" }.allSatisfy { $0["test_accuracy"] is Double && $0["samples_per_sec"] is Double })
+        #expect(
+            objects.filter { $0["event"] as? String == "epoch" }.allSatisfy {
+                $0["test_accuracy"] is Double && $0["samples_per_sec"] is Double
+            })
 
-        let eval = try CLI.run(["eval", "--checkpoint", dir.appendingPathComponent("checkpoint.safetensors").path, "--test-limit", "500", "--json"])
+        let eval = try CLI.run([
+            "eval", "--checkpoint", dir.appendingPathComponent("checkpoint.safetensors").path, "--test-limit", "500", "--json"
+        ])
         #expect(eval.status == 0, "\(eval.stderr)")
         let result = try JSONSerialization.jsonObject(with: Data(eval.stdout.utf8)) as! [String: Any]
         #expect(result["samples"] as? Int == 500)
@@ -133,14 +150,29 @@ let kubernetesTypesInstalled = (try? CLI.run(["-c", "import kubernetes, yaml"], 
     @Test(arguments: [
         (["train", "--model", "resnet"], "unknown --model \"resnet\""),
         (["train", "--batch", "0", "--run-dir", "/tmp/tether-e2e-never"], "--batch must be at least 1"),
-        (["train", "--data", "idx:/nonexistent/dir", "--run-dir", "/tmp/tether-e2e-never"], "/nonexistent/dir/train-images-idx3-ubyte.gz: no such file. An IDX folder holds train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (each may end in .gz); /nonexistent/dir holds no files"),
+        (
+            ["train", "--data", "idx:/nonexistent/dir", "--run-dir", "/tmp/tether-e2e-never"],
+            "/nonexistent/dir/train-images-idx3-ubyte.gz: no such file. An IDX folder holds train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (each may end in .gz); /nonexistent/dir holds no files"
+        ),
         (["train", "--data", "idx:/usr/share/games", "--run-dir", "/tmp/tether-e2e-never"], "/usr/share/games holds fortunes"),
         (["train", "--data", "csv", "--run-dir", "/tmp/tether-e2e-never"], "unknown --data \"csv\""),
-        (["train", "--model", "wide-deep", "--data", "csv:/nonexistent.csv", "--run-dir", "/tmp/tether-e2e-never"], "needs --schema adult or --schema FILE"),
-        (["train", "--model", "wide-deep", "--data", "csv:/nonexistent.csv", "--schema", "adult", "--run-dir", "/tmp/tether-e2e-never"], "/nonexistent.csv: no such file"),
-        (["train", "--model", "lm-tied", "--data", "fashion-mnist", "--run-dir", "/tmp/tether-e2e-never"], "is not text: lm-tied reads text:PATH"),
+        (
+            ["train", "--model", "wide-deep", "--data", "csv:/nonexistent.csv", "--run-dir", "/tmp/tether-e2e-never"],
+            "needs --schema adult or --schema FILE"
+        ),
+        (
+            ["train", "--model", "wide-deep", "--data", "csv:/nonexistent.csv", "--schema", "adult", "--run-dir", "/tmp/tether-e2e-never"],
+            "/nonexistent.csv: no such file"
+        ),
+        (
+            ["train", "--model", "lm-tied", "--data", "fashion-mnist", "--run-dir", "/tmp/tether-e2e-never"],
+            "is not text: lm-tied reads text:PATH"
+        ),
         (["train", "--model", "lm-tied", "--dropout", "1.5", "--run-dir", "/tmp/tether-e2e-never"], "--dropout must be in [0, 1)"),
-        (["train", "--model", "wide-deep", "--hidden", "256,x", "--run-dir", "/tmp/tether-e2e-never"], "--hidden takes comma-separated widths"),
+        (
+            ["train", "--model", "wide-deep", "--hidden", "256,x", "--run-dir", "/tmp/tether-e2e-never"],
+            "--hidden takes comma-separated widths"
+        ),
         (["train", "--frobnicate"], "Unknown option '--frobnicate'"),
         (["eval", "--checkpoint", "/nonexistent/checkpoint.safetensors"], "/nonexistent/checkpoint.safetensors: no such checkpoint file"),
         (["bench", "train", "--threads", "0"], "--threads must be at least 1"),
@@ -148,12 +180,27 @@ let kubernetesTypesInstalled = (try? CLI.run(["-c", "import kubernetes, yaml"], 
         (["train", "--lr", "-1", "--run-dir", "/tmp/tether-e2e-never"], "--lr must be a positive number (got -1.0)"),
         (["bench", "allreduce", "--ranks", "1"], "--ranks must be at least 2: an all-reduce over one rank moves nothing to measure"),
         (["bench", "allreduce", "--size", "1tb"], "--size 1tb: expected a byte count"),
-        (["eval", "--checkpoint", "/tmp"], "/tmp: not a valid safetensors file: is a folder; give the checkpoint file (e.g. /tmp/checkpoint.safetensors)"),
+        (
+            ["eval", "--checkpoint", "/tmp"],
+            "/tmp: not a valid safetensors file: is a folder; give the checkpoint file (e.g. /tmp/checkpoint.safetensors)"
+        ),
         (["train", "--run-dir", "/etc/hostname"], "--run-dir /etc/hostname is a file; give a folder (it is created if missing)"),
-        (["worker", "--coordinator", "127.0.0.1:7070"], "--coordinator takes tcp://HOST:PORT, got 127.0.0.1:7070 (did you mean tcp://127.0.0.1:7070?)"),
-        (["coordinator", "--workers", "2", "--listen", "0.0.0.0:7070"], "--listen takes tcp://HOST:PORT, got 0.0.0.0:7070 (did you mean tcp://0.0.0.0:7070?)"),
-        (["worker", "--coordinator", "tcp://127.0.0.1:1", "--advertise", "tcp://nosuchhost.invalid:0", "--insecure"], "--advertise tcp://nosuchhost.invalid:0: cannot resolve nosuchhost.invalid"),
-        (["worker", "--coordinator", "tcp://127.0.0.1:1", "--advertise", "tcp://192.0.2.254:0", "--insecure"], "192.0.2.254 is not an address of this host; give one of its own: lo 127.0.0.1"),
+        (
+            ["worker", "--coordinator", "127.0.0.1:7070"],
+            "--coordinator takes tcp://HOST:PORT, got 127.0.0.1:7070 (did you mean tcp://127.0.0.1:7070?)"
+        ),
+        (
+            ["coordinator", "--workers", "2", "--listen", "0.0.0.0:7070"],
+            "--listen takes tcp://HOST:PORT, got 0.0.0.0:7070 (did you mean tcp://0.0.0.0:7070?)"
+        ),
+        (
+            ["worker", "--coordinator", "tcp://127.0.0.1:1", "--advertise", "tcp://nosuchhost.invalid:0", "--insecure"],
+            "--advertise tcp://nosuchhost.invalid:0: cannot resolve nosuchhost.invalid"
+        ),
+        (
+            ["worker", "--coordinator", "tcp://127.0.0.1:1", "--advertise", "tcp://192.0.2.254:0", "--insecure"],
+            "192.0.2.254 is not an address of this host; give one of its own: lo 127.0.0.1"
+        )
     ])
     func badInputGivesAClearError(args: [String], message: String) throws {
         defer { try? FileManager.default.removeItem(atPath: "/tmp/tether-e2e-never") }
@@ -171,12 +218,16 @@ let kubernetesTypesInstalled = (try? CLI.run(["-c", "import kubernetes, yaml"], 
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
         let bound = withUnsafeMutablePointer(to: &address) { p in
-            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && listen(fd, 1) == 0 && getsockname(fd, $0, &length) == 0 }
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, length) == 0 && listen(fd, 1) == 0 && getsockname(fd, $0, &length) == 0
+            }
         }
         #expect(bound)
         let port = UInt16(bigEndian: address.sin_port)
-        let r = try CLI.run(["worker", "--coordinator", "tcp://127.0.0.1:1", "--advertise", "tcp://127.0.0.1:\(port)", "--insecure"], timeout: 30)
-        #expect(r.status == 1 && r.stderr.contains("--advertise tcp://127.0.0.1:\(port): port \(port) is taken on this host"), "\(r.stderr)")
+        let r = try CLI.run(
+            ["worker", "--coordinator", "tcp://127.0.0.1:1", "--advertise", "tcp://127.0.0.1:\(port)", "--insecure"], timeout: 30)
+        #expect(
+            r.status == 1 && r.stderr.contains("--advertise tcp://127.0.0.1:\(port): port \(port) is taken on this host"), "\(r.stderr)")
     }
 
     /// A second worker advertising the address a first one of the job advertises is refused by the
@@ -185,13 +236,19 @@ let kubernetesTypesInstalled = (try? CLI.run(["-c", "import kubernetes, yaml"], 
         let dir = CLI.tempDir("taken")
         defer { try? FileManager.default.removeItem(at: dir) }
         let address = "tcp://127.0.0.1:\(Int.random(in: 20000..<26000))", advertised = "tcp://127.0.0.1:\(Int.random(in: 26000..<32000))"
-        let coordinator = try CLI.start(["coordinator", "--listen", address, "--workers", "3", "--model", "mlp", "--train-limit", "100",
-                                         "--run-dir", dir.path] + CLI.key, bound: 60)
+        let coordinator = try CLI.start(
+            [
+                "coordinator", "--listen", address, "--workers", "3", "--model", "mlp", "--train-limit", "100",
+                "--run-dir", dir.path
+            ] + CLI.key, bound: 60)
         let first = try CLI.start(["worker", "--coordinator", address, "--advertise", advertised] + CLI.key, bound: 60)
         #expect(coordinator.waitFor("a worker at \(advertised) said hello: 1 of 3", timeout: 40))
         let second = try CLI.run(["worker", "--coordinator", address, "--advertise", advertised] + CLI.key, timeout: 30)
-        #expect(second.status == 1 && second.stderr.contains("the coordinator at \(address) refused this worker: another worker of this job already advertises \(advertised)"),
-                "\(second.stderr)")
+        #expect(
+            second.status == 1
+                && second.stderr.contains(
+                    "the coordinator at \(address) refused this worker: another worker of this job already advertises \(advertised)"),
+            "\(second.stderr)")
         kill(coordinator.pid, SIGTERM)
         let c = coordinator.finish()
         _ = first.finish()
@@ -207,9 +264,12 @@ let kubernetesTypesInstalled = (try? CLI.run(["-c", "import kubernetes, yaml"], 
         defer { try? FileManager.default.removeItem(at: dir) }
         let common = ["--model", "mlp", "--train-limit", "256", "--test-limit", "64", "--max-steps", "10", "--log-every", "4"]
         let train = try CLI.run(["train", "--batch", "64", "--run-dir", dir.path + "/train"] + common)
-        let cluster = try CLI.run(["simulate", "--workers", "2", "--batch", "32", "--run-dir", dir.path + "/cluster"] + common, timeout: 120)
+        let cluster = try CLI.run(
+            ["simulate", "--workers", "2", "--batch", "32", "--run-dir", dir.path + "/cluster"] + common, timeout: 120)
         for r in [train, cluster] {
-            #expect(r.status == 0 && r.stdout.contains("epoch 2/3: train loss ") && r.stdout.contains("step 10 (2 of epoch 3's 4 steps): train loss ")
+            #expect(
+                r.status == 0 && r.stdout.contains("epoch 2/3: train loss ")
+                    && r.stdout.contains("step 10 (2 of epoch 3's 4 steps): train loss ")
                     && r.stdout.contains("test accuracy"), "\(r.stdout)\(r.stderr)")
         }
         func lines(_ run: String) throws -> [[String: Any]] {
@@ -219,13 +279,17 @@ let kubernetesTypesInstalled = (try? CLI.run(["-c", "import kubernetes, yaml"], 
         let (t, c) = (try lines("train"), try lines("cluster"))
         let clusterOnly: Set<String> = ["workers", "compute_s", "allreduce_s", "wait_s", "dense_bytes", "sparse_bytes"]
         let events = { (l: [[String: Any]]) in l.map { $0["event"] as! String }.filter { $0 != "training" } }
-        #expect(events(t) == ["start", "step", "epoch", "step", "epoch", "eval", "end"] && events(c) == events(t), "\(events(t)) \(events(c))")
+        #expect(
+            events(t) == ["start", "step", "epoch", "step", "epoch", "eval", "end"] && events(c) == events(t), "\(events(t)) \(events(c))")
         for (a, b) in zip(t, c.filter { $0["event"] as? String != "training" }) {
             #expect(Set(a.keys) == Set(b.keys).subtracting(clusterOnly), "\(a.keys.sorted()) vs \(b.keys.sorted())")
             #expect(a["epoch"] as? Int == b["epoch"] as? Int && a["step"] as? Int == b["step"] as? Int)
         }
         #expect(t.map { $0["epoch"] as! Int } == [1, 1, 1, 2, 2, 3, 3])
-        #expect(t.filter { ["step", "epoch", "eval"].contains($0["event"] as! String) }.allSatisfy { $0["lr"] is Double && $0["loss"] is Double })
+        #expect(
+            t.filter { ["step", "epoch", "eval"].contains($0["event"] as! String) }.allSatisfy {
+                $0["lr"] is Double && $0["loss"] is Double
+            })
     }
 
     /// A fresh run where a run is refuses with the ways on; --force starts over (metrics included). A
@@ -237,25 +301,37 @@ let kubernetesTypesInstalled = (try? CLI.run(["-c", "import kubernetes, yaml"], 
         let args = ["train", "--model", "mlp", "--train-limit", "128", "--test-limit", "64", "--max-steps", "2", "--run-dir", dir.path]
         #expect(try CLI.run(args).status == 0)
         let again = try CLI.run(args)
-        #expect(again.status == 1 && again.stderr.contains("\(dir.path) holds a run: pass --resume to continue it, --force to start over (deletes checkpoint.safetensors and metrics.jsonl)"), "\(again.stderr)")
+        #expect(
+            again.status == 1
+                && again.stderr.contains(
+                    "\(dir.path) holds a run: pass --resume to continue it, --force to start over (deletes checkpoint.safetensors and metrics.jsonl)"
+                ), "\(again.stderr)")
         let forced = try CLI.run(args + ["--force"])
         #expect(forced.status == 0, "\(forced.stderr)")
         let metrics = try String(contentsOfFile: dir.path + "/metrics.jsonl", encoding: .utf8)
         #expect(metrics.components(separatedBy: "\"event\":\"start\"").count == 2, "one run's metrics: \(metrics)")
         try FileManager.default.removeItem(atPath: dir.path + "/checkpoint.safetensors")
         let stale = try CLI.run(args)
-        #expect(stale.status == 1 && stale.stderr.contains("holds the metrics of a run that left no checkpoint: pass --force to start over (deletes metrics.jsonl)"), "\(stale.stderr)")
+        #expect(
+            stale.status == 1
+                && stale.stderr.contains(
+                    "holds the metrics of a run that left no checkpoint: pass --force to start over (deletes metrics.jsonl)"),
+            "\(stale.stderr)")
     }
 
     /// On a terminal (a pty from util-linux's `script`) the redrawn progress bar fits the width: on 70
     /// or 50 columns every redraw is shorter than that (a line as long as the terminal wraps); on 25, where no
     /// bar fits, periodic log lines stand in for it.
-    @Test(.enabled(if: dataInstalled && FileManager.default.isExecutableFile(atPath: "/usr/bin/script"), "needs the dataset and util-linux's script"))
+    @Test(
+        .enabled(
+            if: dataInstalled && FileManager.default.isExecutableFile(atPath: "/usr/bin/script"),
+            "needs the dataset and util-linux's script"))
     func theProgressBarFitsTheTerminal() throws {
         for columns in [70, 50, 25] {
             let dir = CLI.tempDir("tty")
             defer { try? FileManager.default.removeItem(at: dir) }
-            let command = "stty cols \(columns) rows 24; \(CLI.binary.path) train --model mlp --train-limit 3000 --test-limit 64 --epochs 1 --batch 32 "
+            let command =
+                "stty cols \(columns) rows 24; \(CLI.binary.path) train --model mlp --train-limit 3000 --test-limit 64 --epochs 1 --batch 32 "
                 + "--log-every 30 --run-dir \(dir.path)"
             let r = try CLI.run(["-qec", command, "/dev/null"], timeout: 120, executable: URL(fileURLWithPath: "/usr/bin/script"))
             #expect(r.status == 0, "\(r.stdout)")
@@ -264,7 +340,9 @@ let kubernetesTypesInstalled = (try? CLI.run(["-c", "import kubernetes, yaml"], 
             if columns == 25 {
                 #expect(!redraws.contains { $0.contains("loss") } && r.stdout.contains("epoch 1 step 30/94 loss"), "\(r.stdout)")
             } else {
-                #expect(redraws.count >= 2 && redraws.allSatisfy { $0.count < columns }, "\(columns) columns: \(redraws.map(\.count).max() ?? 0): \(redraws.first ?? "")")
+                #expect(
+                    redraws.count >= 2 && redraws.allSatisfy { $0.count < columns },
+                    "\(columns) columns: \(redraws.map(\.count).max() ?? 0): \(redraws.first ?? "")")
                 #expect(!r.stdout.contains("epoch 1 step 30/94 loss"), "a bar, not log lines: \(r.stdout)")
             }
         }
@@ -276,15 +354,19 @@ let kubernetesTypesInstalled = (try? CLI.run(["-c", "import kubernetes, yaml"], 
     @Test(.enabled(if: dataInstalled, "needs Debian's dataset-fashion-mnist"))
     func modelsPrintConfigJSONAndQuiet() throws {
         let models = try CLI.run(["models", "--json"])
-        let listed = ((try JSONSerialization.jsonObject(with: Data(models.stdout.utf8)) as? [String: Any])?["models"] as? [[String: Any]])?.compactMap { $0["model"] as? String }
+        let listed = ((try JSONSerialization.jsonObject(with: Data(models.stdout.utf8)) as? [String: Any])?["models"] as? [[String: Any]])?
+            .compactMap { $0["model"] as? String }
         #expect(listed == ["mlp", "mlp-wn", "cnn-wn", "autoencoder-tied", "lm-tied", "wide-deep"], "\(models.stdout)")
         #expect(try CLI.run(["models"]).stdout.contains("Wide & Deep click prediction"))
 
         let dir = CLI.tempDir("output")
         defer { try? FileManager.default.removeItem(at: dir) }
-        let printed = try CLI.run(["simulate", "--model", "lm-tied", "--lr", "5", "--print-config", "--run-dir", dir.path], environment: ["TETHER_LR": "7", "TETHER_EPOCHS": "2"])
+        let printed = try CLI.run(
+            ["simulate", "--model", "lm-tied", "--lr", "5", "--print-config", "--run-dir", dir.path],
+            environment: ["TETHER_LR": "7", "TETHER_EPOCHS": "2"])
         let config = (try JSONSerialization.jsonObject(with: Data(printed.stdout.utf8)) as? [String: Any])?["config"] as? [String: Any]
-        #expect(printed.status == 0 && (config?["schedule"] as? [String: Any])?["baseLR"] as? Double == 5 && config?["epochs"] as? Int == 2
+        #expect(
+            printed.status == 0 && (config?["schedule"] as? [String: Any])?["baseLR"] as? Double == 5 && config?["epochs"] as? Int == 2
                 && config?["batch"] as? Int == 20, "flag over variable over the model's defaults: \(printed.stdout)")
         #expect(!FileManager.default.fileExists(atPath: dir.path), "--print-config touches nothing")
 
@@ -292,8 +374,11 @@ let kubernetesTypesInstalled = (try? CLI.run(["-c", "import kubernetes, yaml"], 
         for command in ["train", "simulate"] {
             let r = try CLI.run([command, "--json", "--run-dir", dir.path + "/" + command] + common, timeout: 120)
             let summary = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any]
-            #expect(r.status == 0 && summary?["event"] as? String == "end" && summary?["step"] as? Int == 5 && summary?["test_accuracy"] is Double
-                    && summary?["checkpoint"] as? String == dir.path + "/\(command)/checkpoint.safetensors", "\(command) --json: \(r.stdout)")
+            #expect(
+                r.status == 0 && summary?["event"] as? String == "end" && summary?["step"] as? Int == 5
+                    && summary?["test_accuracy"] is Double
+                    && summary?["checkpoint"] as? String == dir.path + "/\(command)/checkpoint.safetensors",
+                "\(command) --json: \(r.stdout)")
             let quiet = try CLI.run([command, "--quiet", "--run-dir", dir.path + "/quiet-" + command] + common, timeout: 120)
             #expect(quiet.status == 0 && quiet.stdout.isEmpty && quiet.stderr.isEmpty, "\(command) --quiet: \(quiet.stdout)\(quiet.stderr)")
         }
@@ -310,24 +395,30 @@ let kubernetesTypesInstalled = (try? CLI.run(["-c", "import kubernetes, yaml"], 
         #expect(smoke.status == 0 && smoke.stdout.contains("done: 2 steps"), "\(smoke.stdout)\(smoke.stderr)")
         // what defines the run is kept, named by its flag with both values; another model is one change
         let lr = try CLI.run(["train", "--resume", "--epochs", "2", "--lr", "0.01", "--seed", "3", "--run-dir", dir.path])
-        #expect(lr.status == 1 && lr.stderr.contains("this command gives --lr 0.01 (the run has 0.001), --seed 3 (the run has 0)"), "\(lr.stderr)")
+        #expect(
+            lr.status == 1 && lr.stderr.contains("this command gives --lr 0.01 (the run has 0.001), --seed 3 (the run has 0)"),
+            "\(lr.stderr)")
         let model = try CLI.run(["train", "--resume", "--model", "cnn-wn", "--run-dir", dir.path])
-        #expect(model.status == 1 && model.stderr.contains("this command gives --model cnn-wn (the run has mlp) (")
+        #expect(
+            model.status == 1 && model.stderr.contains("this command gives --model cnn-wn (the run has mlp) (")
                 && !model.stderr.contains("limit"), "\(model.stderr)")
         // what only observes or paces it may change, and is said
         let real = try CLI.run(["train", "--resume", "--epochs", "2", "--log-every", "1", "--checkpoint-every", "3", "--run-dir", dir.path])
         #expect(real.status == 0 && real.stdout.contains("done: 8 steps"), "\(real.stdout)\(real.stderr)")
-        #expect(real.stdout.contains("resuming with --checkpoint-every 3 (the run has 0), --log-every 1 (the run has 50)"), "\(real.stdout)")
+        #expect(
+            real.stdout.contains("resuming with --checkpoint-every 3 (the run has 0), --log-every 1 (the run has 50)"), "\(real.stdout)")
         #expect(real.stdout.contains("resuming at step 2: the run is now 8 steps (2 epochs) long (it was 2 steps)"), "\(real.stdout)")
         // finished: train and simulate say so alike, with how to extend it
-        let finished = "the run in \(dir.path) has finished: 8 of 8 steps (2 epochs); extend it with --resume --epochs 3 (or --max-steps N above 8)"
+        let finished =
+            "the run in \(dir.path) has finished: 8 of 8 steps (2 epochs); extend it with --resume --epochs 3 (or --max-steps N above 8)"
         for command in ["train", "simulate"] {
             let again = try CLI.run([command, "--resume", "--run-dir", dir.path])
             #expect(again.status == 1 && again.stderr.contains(finished), "\(command): \(again.stderr)")
         }
         // --max-steps past the epochs' end: the steps win; the last epoch is partial
         let more = try CLI.run(["train", "--resume", "--max-steps", "10", "--run-dir", dir.path])
-        #expect(more.status == 0 && more.stdout.contains("the run is now 10 steps (2.50 epochs) long (it was 8 steps)")
+        #expect(
+            more.status == 0 && more.stdout.contains("the run is now 10 steps (2.50 epochs) long (it was 8 steps)")
                 && more.stdout.contains("done: 10 steps"), "\(more.stdout)\(more.stderr)")
     }
 
@@ -345,19 +436,23 @@ let kubernetesTypesInstalled = (try? CLI.run(["-c", "import kubernetes, yaml"], 
     @Test func versionNamesTheCLibraries() throws {
         let r = try CLI.run(["version"])
         #expect(r.status == 0)
-        #expect(r.stdout.contains("libzmq 4.") && r.stdout.contains("protobuf-c 1.") && r.stdout.contains("OpenBLAS") && !r.stdout.contains("OpenBLAS OpenBLAS"))
+        #expect(
+            r.stdout.contains("libzmq 4.") && r.stdout.contains("protobuf-c 1.") && r.stdout.contains("OpenBLAS")
+                && !r.stdout.contains("OpenBLAS OpenBLAS"))
     }
 
     /// Numbers and words as a person reads them: sizes in any case, one worker not "1 workers", a table
     /// of one class refused through the binary (not trained to "AUC nan, accuracy 100%").
     @Test func plainWordsForSmallThings() throws {
-        let bench = try CLI.run(["bench", "allreduce", "--ranks", "2", "--size", "1mb", "--iterations", "1", "--warmup", "0", "--insecure"], timeout: 60)
+        let bench = try CLI.run(
+            ["bench", "allreduce", "--ranks", "2", "--size", "1mb", "--iterations", "1", "--warmup", "0", "--insecure"], timeout: 60)
         #expect(bench.status == 0 && bench.stdout.contains("all-reduce of 1mb (250000 float32)"), "\(bench.stdout)\(bench.stderr)")
         let dir = CLI.tempDir("plain")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
         let address = "tcp://127.0.0.1:\(Int.random(in: 20000..<32000))"
-        let coordinator = try CLI.start(["coordinator", "--listen", address, "--workers", "1", "--model", "mlp", "--run-dir", dir.path + "/c"] + CLI.key, bound: 30)
+        let coordinator = try CLI.start(
+            ["coordinator", "--listen", address, "--workers", "1", "--model", "mlp", "--run-dir", dir.path + "/c"] + CLI.key, bound: 30)
         // the start event is written just before the line under test (loading the data takes a while under load)
         let deadline = Date().addingTimeInterval(20)
         while !FileManager.default.fileExists(atPath: dir.path + "/c/metrics.jsonl") && Date() < deadline { usleep(100_000) }
@@ -368,7 +463,9 @@ let kubernetesTypesInstalled = (try? CLI.run(["-c", "import kubernetes, yaml"], 
         let csv = dir.appendingPathComponent("t.csv"), schema = dir.appendingPathComponent("t.schema")
         try (0..<40).map { "a\($0 % 3),\($0),no" }.joined(separator: "\n").write(to: csv, atomically: true, encoding: .utf8)
         try "columns a, b, y\ncategorical a\nnumeric b\nlabel y yes\n".write(to: schema, atomically: true, encoding: .utf8)
-        let one = try CLI.run(["train", "--model", "wide-deep", "--data", "csv:" + csv.path, "--schema", schema.path, "--run-dir", dir.path + "/run"])
+        let one = try CLI.run([
+            "train", "--model", "wide-deep", "--data", "csv:" + csv.path, "--schema", schema.path, "--run-dir", dir.path + "/run"
+        ])
         #expect(one.status == 1 && one.stderr.contains("every training row has label 0; a click model needs both classes"), "\(one.stderr)")
     }
 
@@ -377,12 +474,15 @@ let kubernetesTypesInstalled = (try? CLI.run(["-c", "import kubernetes, yaml"], 
         let dir = CLI.tempDir("lm")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
-        let text = (0..<600).map { ["the cat sat on the mat .", "a dog ran in the park .", "we like the sea ."][$0 % 3] }.joined(separator: "\n")
+        let text = (0..<600).map { ["the cat sat on the mat .", "a dog ran in the park .", "we like the sea ."][$0 % 3] }.joined(
+            separator: "\n")
         let corpus = dir.appendingPathComponent("corpus.txt")
         try text.write(to: corpus, atomically: true, encoding: .utf8)
         let run = dir.appendingPathComponent("run").path
-        let r = try CLI.run(["train", "--model", "lm-tied", "--data", "text:" + corpus.path, "--size", "16", "--vocabulary", "30", "--batch", "4",
-                             "--bptt", "8", "--epochs", "1", "--lr", "5", "--run-dir", run])
+        let r = try CLI.run([
+            "train", "--model", "lm-tied", "--data", "text:" + corpus.path, "--size", "16", "--vocabulary", "30", "--batch", "4",
+            "--bptt", "8", "--epochs", "1", "--lr", "5", "--run-dir", run
+        ])
         #expect(r.status == 0, "stderr: \(r.stderr)")
         #expect(r.stdout.contains("tied output, weight-normalized LSTM"))
         #expect(r.stdout.contains("epoch 1/1: train loss") && r.stdout.contains("validation perplexity"))
@@ -397,9 +497,13 @@ let kubernetesTypesInstalled = (try? CLI.run(["-c", "import kubernetes, yaml"], 
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
         let csv = dir.appendingPathComponent("adult.data")
-        let row = "39, State-gov, 77516, Bachelors, 13, Never-married, Adm-clerical, Not-in-family, White, Male, 2174, 0, 40, United-States, <=50K"
+        let row =
+            "39, State-gov, 77516, Bachelors, 13, Never-married, Adm-clerical, Not-in-family, White, Male, 2174, 0, 40, United-States, <=50K"
         try [row, row, "39, State-gov, 77516, Bachelors"].joined(separator: "\n").write(to: csv, atomically: true, encoding: .utf8)
-        let r = try CLI.run(["train", "--model", "wide-deep", "--data", "csv:" + csv.path, "--schema", "adult", "--run-dir", dir.appendingPathComponent("run").path])
+        let r = try CLI.run([
+            "train", "--model", "wide-deep", "--data", "csv:" + csv.path, "--schema", "adult", "--run-dir",
+            dir.appendingPathComponent("run").path
+        ])
         #expect(r.status == 1)
         #expect(r.stderr.contains("\(csv.path):3: 4 fields, the schema has 15 columns"), "stderr: \(r.stderr)")
     }
@@ -409,15 +513,31 @@ let kubernetesTypesInstalled = (try? CLI.run(["-c", "import kubernetes, yaml"], 
     func logsHaveLevelsAndAJSONForm() throws {
         let dir = CLI.tempDir("logs")
         defer { try? FileManager.default.removeItem(at: dir) }
-        let common = ["simulate", "--workers", "2", "--model", "mlp", "--train-limit", "256", "--test-limit", "64", "--max-steps", "4", "--insecure"]
+        let common = [
+            "simulate", "--workers", "2", "--model", "mlp", "--train-limit", "256", "--test-limit", "64", "--max-steps", "4", "--insecure"
+        ]
         let json = try CLI.run(common + ["--run-dir", dir.path + "/json", "--log-format", "json"])
         #expect(json.status == 0, "\(json.stderr)")
-        let objects = json.stderr.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
-        #expect(objects.contains { $0["component"] as? String == "worker" && $0["rank"] as? String == "1" && ($0["message"] as? String)?.contains("ring address") == true },
-                "\(json.stderr.prefix(1500))")
-        #expect(objects.contains { $0["component"] as? String == "worker" && $0["level"] as? String == "warning" && ($0["message"] as? String)?.contains("insecure") == true })
-        #expect(json.stderr.split(separator: "\n").filter { $0.contains("worker") }.allSatisfy { $0.hasPrefix("{") }, "a worker line that is not JSON")
+        let objects = json.stderr.split(separator: "\n").compactMap {
+            try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+        }
+        #expect(
+            objects.contains {
+                $0["component"] as? String == "worker" && $0["rank"] as? String == "1"
+                    && ($0["message"] as? String)?.contains("ring address") == true
+            },
+            "\(json.stderr.prefix(1500))")
+        #expect(
+            objects.contains {
+                $0["component"] as? String == "worker" && $0["level"] as? String == "warning"
+                    && ($0["message"] as? String)?.contains("insecure") == true
+            })
+        #expect(
+            json.stderr.split(separator: "\n").filter { $0.contains("worker") }.allSatisfy { $0.hasPrefix("{") },
+            "a worker line that is not JSON")
         let quiet = try CLI.run(common + ["--run-dir", dir.path + "/quiet", "--log-level", "warning"])
-        #expect(quiet.status == 0 && !quiet.stderr.contains("ring address") && quiet.stderr.contains("worker: warning: "), "\(quiet.stderr.prefix(1500))")
+        #expect(
+            quiet.status == 0 && !quiet.stderr.contains("ring address") && quiet.stderr.contains("worker: warning: "),
+            "\(quiet.stderr.prefix(1500))")
     }
 }

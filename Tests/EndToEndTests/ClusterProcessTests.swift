@@ -8,11 +8,11 @@ enum RunCheck {
     static func parameters(_ path: String) throws -> [String: [Float]] {
         let data = try Data(contentsOf: URL(fileURLWithPath: path))
         let headerLength = data.prefix(8).withUnsafeBytes { Int($0.loadUnaligned(as: UInt64.self)) }
-        let header = try JSONSerialization.jsonObject(with: data.subdata(in: 8 ..< 8 + headerLength)) as! [String: Any]
+        let header = try JSONSerialization.jsonObject(with: data.subdata(in: 8..<8 + headerLength)) as! [String: Any]
         var out: [String: [Float]] = [:]
         for (name, info) in header where name != "__metadata__" && !name.hasPrefix("optimizer.") {
             let offsets = (info as! [String: Any])["data_offsets"] as! [Int]
-            let bytes = data.subdata(in: 8 + headerLength + offsets[0] ..< 8 + headerLength + offsets[1])
+            let bytes = data.subdata(in: 8 + headerLength + offsets[0]..<8 + headerLength + offsets[1])
             out[name] = bytes.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
         }
         return out
@@ -40,8 +40,10 @@ enum RunCheck {
     /// mlp-wn under plain SGD (no momentum, no clipping: a wrong gradient scale shows at once) at lr
     /// 0.01 on 1,600 samples (25 steps an epoch with 4 workers), for `steps` steps, every step logged.
     static func plainSGD(steps: Int) -> [String] {
-        ["--model", "mlp-wn", "--optimizer", "sgd", "--lr", "0.01", "--momentum", "0", "--clip-norm", "0", "--batch", "16",
-         "--train-limit", "1600", "--test-limit", "200", "--seed", "5", "--max-steps", String(steps), "--log-every", "1"]
+        [
+            "--model", "mlp-wn", "--optimizer", "sgd", "--lr", "0.01", "--momentum", "0", "--clip-norm", "0", "--batch", "16",
+            "--train-limit", "1600", "--test-limit", "200", "--seed", "5", "--max-steps", String(steps), "--log-every", "1"
+        ]
     }
 
     /// Two empty folders for `SampleAudit` logs under `dir`: the disturbed run's and the undisturbed one's.
@@ -58,7 +60,9 @@ enum RunCheck {
         for file in try FileManager.default.contentsOfDirectory(atPath: dir.path) where file.hasPrefix("samples-") {
             for line in try String(contentsOf: dir.appendingPathComponent(file), encoding: .utf8).split(separator: "\n") {
                 let fields = line.split(separator: " ", omittingEmptySubsequences: false)
-                guard fields.count == 3, let step = Int(fields[0]), let epoch = Int(fields[1]) else { Issue.record("a bad line: \(line)"); continue }
+                guard fields.count == 3, let step = Int(fields[0]), let epoch = Int(fields[1]) else {
+                    Issue.record("a bad line: \(line)"); continue
+                }
                 steps[step, default: (epoch, [])].samples += fields[2].split(separator: ",").compactMap { Int($0) }
             }
         }
@@ -68,8 +72,10 @@ enum RunCheck {
     /// Every step of `disturbed` used the samples the same step of `undisturbed` used, each once
     /// (nothing lost, nothing twice, dealt over however many workers there were), and within each
     /// whole epoch every sample was used exactly once.
-    static func expectEverySampleOnce(_ disturbed: URL, like undisturbed: URL, steps: Int, wholeEpochs: Int, count: Int,
-                               sourceLocation: SourceLocation = #_sourceLocation) throws {
+    static func expectEverySampleOnce(
+        _ disturbed: URL, like undisturbed: URL, steps: Int, wholeEpochs: Int, count: Int,
+        sourceLocation: SourceLocation = #_sourceLocation
+    ) throws {
         let a = try samplesByStep(disturbed), b = try samplesByStep(undisturbed)
         #expect(Set(a.keys) == Set(1...steps), "steps logged: \(a.keys.sorted())", sourceLocation: sourceLocation)
         #expect(Set(b.keys) == Set(1...steps), "steps logged undisturbed: \(b.keys.sorted())", sourceLocation: sourceLocation)
@@ -77,8 +83,10 @@ enum RunCheck {
         #expect(differing.isEmpty, "steps whose samples differ from the undisturbed run's: \(differing)", sourceLocation: sourceLocation)
         for epoch in 0..<wholeEpochs {
             let used = (1...steps).filter { a[$0]?.epoch == epoch }.flatMap { a[$0]!.samples }.sorted()
-            #expect(used.count == count && Set(used) == Set(0..<count), "epoch \(epoch): \(used.count) samples used, \(Set(used).count) distinct of \(count)",
-                    sourceLocation: sourceLocation)
+            #expect(
+                used.count == count && Set(used) == Set(0..<count),
+                "epoch \(epoch): \(used.count) samples used, \(Set(used).count) distinct of \(count)",
+                sourceLocation: sourceLocation)
         }
     }
 }
@@ -89,10 +97,14 @@ enum RunCheck {
 struct ClusterProcessTests {
     /// Runs `simulate` with `common` straight through into DIR/whole, and with `splitFlags` stopped after
     /// `stopAfter` steps then resumed into DIR/split; every run must succeed. Returns the two run directories.
-    func runWholeAndResumed(_ common: [String], in dir: URL, stopAfter: Int, splitFlags: [String] = []) throws -> (whole: String, split: String) {
+    func runWholeAndResumed(
+        _ common: [String], in dir: URL, stopAfter: Int, splitFlags: [String] = []
+    ) throws -> (whole: String, split: String) {
         let whole = dir.appendingPathComponent("whole").path, split = dir.appendingPathComponent("split").path
-        for args in [["--run-dir", whole], splitFlags + ["--run-dir", split, "--max-steps", String(stopAfter)],
-                     splitFlags + ["--run-dir", split, "--resume"]] {
+        for args in [
+            ["--run-dir", whole], splitFlags + ["--run-dir", split, "--max-steps", String(stopAfter)],
+            splitFlags + ["--run-dir", split, "--resume"]
+        ] {
             let r = try CLI.run(["simulate"] + args + common, timeout: 240)
             #expect(r.status == 0, "simulate \(args.joined(separator: " ")): \(r.stderr)")
         }
@@ -126,24 +138,35 @@ struct ClusterProcessTests {
         // plain SGD without momentum or clipping: Adam's normalization would mute a wrong gradient scale
         // (3 workers summing a gradient 3x too large differ by 1e-3 under Adam, by 10 under SGD); 3
         // steps, before the summation order's rounding grows (~1e-4 after 20 steps at this rate)
-        ["--model", "mlp-wn", "--train-limit", "2000", "--test-limit", "300", "--optimizer", "sgd", "--lr", "0.05", "--momentum", "0", "--clip-norm", "0",
-         "--max-steps", "3"],
+        [
+            "--model", "mlp-wn", "--train-limit", "2000", "--test-limit", "300", "--optimizer", "sgd", "--lr", "0.05", "--momentum", "0",
+            "--clip-norm", "0",
+            "--max-steps", "3"
+        ],
         // 1,024 wide buckets: that table is exchanged densely (fewer bytes), the embeddings by all-gather
         ["--model", "wide-deep", "--data", "synthetic-clicks:3000", "--buckets", "300", "--wide-buckets", "1024", "--hidden", "32,16"],
         // dropout 0: masks are drawn per replica, so with dropout the runs differ by design
-        ["--model", "lm-tied", "--data", "text:/usr/share/games/fortunes", "--size", "32", "--vocabulary", "2000", "--bptt", "10", "--dropout", "0"],
+        [
+            "--model", "lm-tied", "--data", "text:/usr/share/games/fortunes", "--size", "32", "--vocabulary", "2000", "--bptt", "10",
+            "--dropout", "0"
+        ]
     ])
     func threeWorkersMatchOneProcessWithThreeTimesTheBatch(flags: [String]) throws {
         let dir = CLI.tempDir("equivalence")
         defer { try? FileManager.default.removeItem(at: dir) }
-        let common = ["--max-steps", "20", "--seed", "3", "--log-every", "5"] + flags // a flag given twice: the last counts
-        let cluster = try CLI.run(["simulate", "--workers", "3", "--batch", "16", "--hash-every", "1", "--bucket-mb", "0.1", "--run-dir", dir.appendingPathComponent("cluster").path] + common, timeout: 240)
+        let common = ["--max-steps", "20", "--seed", "3", "--log-every", "5"] + flags  // a flag given twice: the last counts
+        let cluster = try CLI.run(
+            [
+                "simulate", "--workers", "3", "--batch", "16", "--hash-every", "1", "--bucket-mb", "0.1", "--run-dir",
+                dir.appendingPathComponent("cluster").path
+            ] + common, timeout: 240)
         #expect(cluster.status == 0, "stderr: \(cluster.stderr)")
         #expect(cluster.stdout.contains("all 3 replicas agree on the initial parameters"))
         let single = try CLI.run(["train", "--batch", "48", "--run-dir", dir.appendingPathComponent("single").path] + common, timeout: 240)
         #expect(single.status == 0, "stderr: \(single.stderr)")
-        try RunCheck.expectParametersAgree(dir.appendingPathComponent("cluster/checkpoint.safetensors").path,
-                                  dir.appendingPathComponent("single/checkpoint.safetensors").path)
+        try RunCheck.expectParametersAgree(
+            dir.appendingPathComponent("cluster/checkpoint.safetensors").path,
+            dir.appendingPathComponent("single/checkpoint.safetensors").path)
     }
 
     /// A run resumed by another number of workers keeps its global batch (lm-tied: its streams, with
@@ -151,10 +174,20 @@ struct ClusterProcessTests {
     /// ends (the sums are only grouped differently).
     @Test(arguments: [
         (["--model", "mlp-wn", "--train-limit", "1000", "--test-limit", "200", "--batch", "32"], 3, 2),
-        (["--model", "wide-deep", "--data", "synthetic-clicks:3000", "--buckets", "300", "--wide-buckets", "1024", "--hidden", "32,16", "--batch", "100"], 2, 3),
+        (
+            [
+                "--model", "wide-deep", "--data", "synthetic-clicks:3000", "--buckets", "300", "--wide-buckets", "1024", "--hidden",
+                "32,16", "--batch", "100"
+            ], 2, 3
+        ),
         // 8 streams (4 per worker) dealt 3, 3, 2 over three, with their carried state; dropout 0: masks are per replica
-        (["--model", "lm-tied", "--data", "text:/usr/share/games/fortunes", "--train-limit", "6000", "--test-limit", "1000", "--size", "16",
-          "--vocabulary", "500", "--bptt", "8", "--batch", "4", "--dropout", "0"], 2, 3),
+        (
+            [
+                "--model", "lm-tied", "--data", "text:/usr/share/games/fortunes", "--train-limit", "6000", "--test-limit", "1000", "--size",
+                "16",
+                "--vocabulary", "500", "--bptt", "8", "--batch", "4", "--dropout", "0"
+            ], 2, 3
+        )
     ])
     func aRunResumedByAnotherNumberOfWorkersKeepsItsGlobalBatch(flags: [String], before: Int, after: Int) throws {
         let dir = CLI.tempDir("elastic")
@@ -163,8 +196,11 @@ struct ClusterProcessTests {
         let common = ["--epochs", "2", "--seed", "9"] + flags
         // 22 steps: lm-tied's SGD at rate 20 turns the regrouped sums' rounding (1e-6 after 20 steps)
         // into 5e-4 over two epochs
-        for args in [["--workers", "\(before)", "--run-dir", whole, "--max-steps", "22"], ["--workers", "\(before)", "--run-dir", split, "--max-steps", "10"],
-                     ["--workers", "\(after)", "--run-dir", split, "--resume", "--max-steps", "22"]] {
+        for args in [
+            ["--workers", "\(before)", "--run-dir", whole, "--max-steps", "22"],
+            ["--workers", "\(before)", "--run-dir", split, "--max-steps", "10"],
+            ["--workers", "\(after)", "--run-dir", split, "--resume", "--max-steps", "22"]
+        ] {
             let r = try CLI.run(["simulate"] + args + common, timeout: 240)
             #expect(r.status == 0, "simulate \(args.joined(separator: " ")): \(r.stderr)")
             if args.contains("--resume") {
@@ -188,8 +224,11 @@ struct ClusterProcessTests {
         // below Linux's ephemeral ports (32768-60999), which the other tests' tcp://...:0 sockets take
         let port = Int.random(in: 20000..<32000), jobID = "elastic-\(getpid())"
         let address = "tcp://127.0.0.1:\(port)", run = dir.appendingPathComponent("elastic")
-        let coordinator = try CLI.start(["coordinator", "--listen", address, "--workers", "3", "--min-workers", "2", "--last-call", "3",
-                                         "--job-id", jobID, "--run-dir", run.path] + training + CLI.key, bound: 150)
+        let coordinator = try CLI.start(
+            [
+                "coordinator", "--listen", address, "--workers", "3", "--min-workers", "2", "--last-call", "3",
+                "--job-id", jobID, "--run-dir", run.path
+            ] + training + CLI.key, bound: 150)
         let workers = try (0..<3).map { _ in
             try CLI.start(["worker", "--coordinator", address, "--job-id", jobID, "--threads", "1"] + CLI.key, bound: 150)
         }
@@ -197,7 +236,9 @@ struct ClusterProcessTests {
         kill(workers[2].pid, SIGKILL)
         let c = coordinator.finish()
         #expect(c.status == 0, "coordinator: \(c.stderr)")
-        #expect(c.stdout.contains("re-forming the ring of the 2 workers left") && c.stdout.contains("ring epoch 1: all 2 replicas agree"), "\(c.stdout)")
+        #expect(
+            c.stdout.contains("re-forming the ring of the 2 workers left") && c.stdout.contains("ring epoch 1: all 2 replicas agree"),
+            "\(c.stdout)")
         for w in workers[0..<2] {
             let r = w.finish()
             #expect(r.status == 0, "worker: \(r.stderr)")
@@ -224,21 +265,29 @@ struct ClusterProcessTests {
             let lines = try String(contentsOfFile: run + "/metrics.jsonl", encoding: .utf8).split(separator: "\n")
                 .compactMap { try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
             let losses = lines.filter { $0["event"] as? String == "step" }.compactMap { $0["loss"] as? Double }.suffix(10)
-            return (losses.reduce(0, +) / Double(max(losses.count, 1)), lines.last { $0["test_accuracy"] != nil }?["test_accuracy"] as? Double ?? -1)
+            return (
+                losses.reduce(0, +) / Double(max(losses.count, 1)),
+                lines.last { $0["test_accuracy"] != nil }?["test_accuracy"] as? Double ?? -1
+            )
         }
         let f32 = dir.appendingPathComponent("f32").path
         #expect(try CLI.run(["simulate", "--run-dir", f32] + common, timeout: 240).status == 0)
         let reference = try outcome(f32)
-        for (flag, more, says) in [("fp16", [], "gradients as f16 on the wire"), ("bf16", [], "gradients as bf16 on the wire"),
-                                   ("powersgd", ["--powersgd-rank", "4", "--powersgd-start-step", "10"], "gradients as PowerSGD factors of rank 4 from step 10")] {
+        for (flag, more, says) in [
+            ("fp16", [], "gradients as f16 on the wire"), ("bf16", [], "gradients as bf16 on the wire"),
+            ("powersgd", ["--powersgd-rank", "4", "--powersgd-start-step", "10"], "gradients as PowerSGD factors of rank 4 from step 10")
+        ] {
             let run = dir.appendingPathComponent(flag).path
             let r = try CLI.run(["simulate", "--run-dir", run, "--compression", flag] + more + common, timeout: 240)
             #expect(r.status == 0 && r.stdout.contains(says), "\(r.stdout)\(r.stderr)")
-            let (a, b) = (try RunCheck.parameters(run + "/checkpoint.safetensors"), try RunCheck.parameters(f32 + "/checkpoint.safetensors"))
+            let (a, b) = (
+                try RunCheck.parameters(run + "/checkpoint.safetensors"), try RunCheck.parameters(f32 + "/checkpoint.safetensors")
+            )
             #expect(a.contains { name, u in u != b[name] }, "\(flag): the parameters equal the f32 run's: nothing was compressed")
             let got = try outcome(run)
-            #expect(abs(got.loss - reference.loss) / reference.loss < 0.05 && abs(got.accuracy - reference.accuracy) <= 0.025,
-                    "\(flag): loss \(got.loss) and accuracy \(got.accuracy) against f32's \(reference.loss) and \(reference.accuracy)")
+            #expect(
+                abs(got.loss - reference.loss) / reference.loss < 0.05 && abs(got.accuracy - reference.accuracy) <= 0.025,
+                "\(flag): loss \(got.loss) and accuracy \(got.accuracy) against f32's \(reference.loss) and \(reference.accuracy)")
         }
     }
 
@@ -248,15 +297,18 @@ struct ClusterProcessTests {
     @Test func sparseRowsTravelAsF16AndTheReplicasAgree() throws {
         let dir = CLI.tempDir("sparse-f16")
         defer { try? FileManager.default.removeItem(at: dir) }
-        let common = ["--workers", "2", "--model", "wide-deep", "--data", "synthetic-clicks:3000", "--buckets", "300", "--wide-buckets", "1024",
-                      "--hidden", "32,16", "--max-steps", "12", "--hash-every", "1", "--threads", "1"]
+        let common = [
+            "--workers", "2", "--model", "wide-deep", "--data", "synthetic-clicks:3000", "--buckets", "300", "--wide-buckets", "1024",
+            "--hidden", "32,16", "--max-steps", "12", "--hash-every", "1", "--threads", "1"
+        ]
         let f32 = dir.appendingPathComponent("f32").path, f16 = dir.appendingPathComponent("f16").path
         #expect(try CLI.run(["simulate", "--run-dir", f32] + common, timeout: 240).status == 0)
         let r = try CLI.run(["simulate", "--run-dir", f16, "--compression", "fp16"] + common, timeout: 240)
         #expect(r.status == 0, "\(r.stdout)\(r.stderr)")
         let (a, b) = (try RunCheck.parameters(f16 + "/checkpoint.safetensors"), try RunCheck.parameters(f32 + "/checkpoint.safetensors"))
         let tables = a.keys.filter { $0.contains("embedding") || $0.contains("wide") }.sorted()
-        #expect(!tables.isEmpty && tables.allSatisfy { a[$0] != b[$0] }, "tables equal to the f32 run's: \(tables.filter { a[$0] == b[$0] })")
+        #expect(
+            !tables.isEmpty && tables.allSatisfy { a[$0] != b[$0] }, "tables equal to the f32 run's: \(tables.filter { a[$0] == b[$0] })")
     }
 
     /// Elastic in place: `simulate --workers 4 --min-workers 3`, one worker SIGKILLed (or SIGSTOPped
@@ -274,19 +326,23 @@ struct ClusterProcessTests {
         let common = ["--workers", "4"] + RunCheck.plainSGD(steps: 40) + ["--hash-every", "1", "--threads", "1"]
         let disturbed = dir.appendingPathComponent("disturbed"), whole = dir.appendingPathComponent("whole")
         let audits = try RunCheck.sampleLogFolders(in: dir)
-        let simulate = try CLI.start(["simulate", "--run-dir", disturbed.path, "--min-workers", "3", "--heartbeat-timeout", "2"] + common, bound: 240,
-                                     environment: ["TETHER_TEST_SAMPLE_LOG": audits.0.path])
+        let simulate = try CLI.start(
+            ["simulate", "--run-dir", disturbed.path, "--min-workers", "3", "--heartbeat-timeout", "2"] + common, bound: 240,
+            environment: ["TETHER_TEST_SAMPLE_LOG": audits.0.path])
         // mid-epoch (25 steps an epoch), well before the end
         let deadline = Date().addingTimeInterval(60)
         let reached = waitForStep(20, in: disturbed.path)
-        let children = (try? String(contentsOfFile: "/proc/\(simulate.pid)/task/\(simulate.pid)/children", encoding: .utf8))?
+        let children =
+            (try? String(contentsOfFile: "/proc/\(simulate.pid)/task/\(simulate.pid)/children", encoding: .utf8))?
             .split(separator: " ").compactMap { Int32($0) } ?? []
         #expect(children.count == 4)
         let killedAt = Date()
         let victim = children.dropFirst().first ?? -1
         kill(victim, signal)
         if signal == SIGSTOP {
-            while Date() < deadline, !((try? metrics(disturbed.path))?.contains { $0["event"] as? String == "reformed" } ?? false) { usleep(50_000) }
+            while Date() < deadline, !((try? metrics(disturbed.path))?.contains { $0["event"] as? String == "reformed" } ?? false) {
+                usleep(50_000)
+            }
             kill(victim, SIGCONT)
         }
         let r = simulate.finish()
@@ -297,8 +353,11 @@ struct ClusterProcessTests {
         if signal == SIGSTOP { #expect(r.stderr.contains("this worker was dropped from the job"), "\(r.stderr)") }
         let events = try metrics(disturbed.path)
         let names = events.compactMap { $0["event"] as? String }
-        #expect(names.filter { $0 == "start" }.count == 1 && names.filter { $0 == "training" }.count == 1, "no restart: \(names.filter { $0 != "step" })")
-        #expect(names.filter { $0 == "lost" }.count == 1 && names.filter { $0 == "reformed" }.count == 1, "\(names.filter { $0 != "step" })")
+        #expect(
+            names.filter { $0 == "start" }.count == 1 && names.filter { $0 == "training" }.count == 1,
+            "no restart: \(names.filter { $0 != "step" })")
+        #expect(
+            names.filter { $0 == "lost" }.count == 1 && names.filter { $0 == "reformed" }.count == 1, "\(names.filter { $0 != "step" })")
         let lost = events.firstIndex { $0["event"] as? String == "lost" } ?? 0
         let lastBefore = events[..<lost].compactMap { $0["event"] as? String == "step" ? $0["step"] as? Int : nil }.last ?? -1
         let reformed = events.first { $0["event"] as? String == "reformed" }
@@ -308,14 +367,18 @@ struct ClusterProcessTests {
         let recovered = reformed?["elapsed_s"] as? Double ?? 99
         // the victim was killed (or frozen) mid-step: that one step is computed again, no other
         #expect(reformed?["steps_redone"] as? Int == 1, "\(reformed ?? [:])")
-        print("in place (signal \(signal)): lost after step \(reached); re-formed at step \(agreed) (last merged \(lastBefore)), training again \(recovered) s "
-              + "after the loss was named, \(reformed?["steps_redone"] ?? "?") step redone (\(Date().timeIntervalSince(killedAt)) s from the kill to the job's end)")
+        print(
+            "in place (signal \(signal)): lost after step \(reached); re-formed at step \(agreed) (last merged \(lastBefore)), training again \(recovered) s "
+                + "after the loss was named, \(reformed?["steps_redone"] ?? "?") step redone (\(Date().timeIntervalSince(killedAt)) s from the kill to the job's end)"
+        )
         #expect(recovered < 3, "recovery took \(recovered) s")
         #expect(events.last { $0["event"] as? String == "end" }?["step"] as? Int == 40)
         for c in children { #expect(kill(c, 0) != 0, "worker \(c) is still running") }
-        let u = try CLI.run(["simulate", "--run-dir", whole.path] + common, timeout: 240, environment: ["TETHER_TEST_SAMPLE_LOG": audits.1.path])
+        let u = try CLI.run(
+            ["simulate", "--run-dir", whole.path] + common, timeout: 240, environment: ["TETHER_TEST_SAMPLE_LOG": audits.1.path])
         #expect(u.status == 0, "stderr: \(u.stderr)")
-        try RunCheck.expectParametersAgree(disturbed.appendingPathComponent("checkpoint.safetensors").path, whole.appendingPathComponent("checkpoint.safetensors").path)
+        try RunCheck.expectParametersAgree(
+            disturbed.appendingPathComponent("checkpoint.safetensors").path, whole.appendingPathComponent("checkpoint.safetensors").path)
         try RunCheck.expectEverySampleOnce(audits.0, like: audits.1, steps: 40, wholeEpochs: 1, count: 1600)
     }
 
@@ -330,8 +393,11 @@ struct ClusterProcessTests {
         let port = Int.random(in: 20000..<32000), jobID = "join-\(getpid())"
         let address = "tcp://127.0.0.1:\(port)", run = dir.appendingPathComponent("joined")
         let audits = try RunCheck.sampleLogFolders(in: dir)
-        let coordinator = try CLI.start(["coordinator", "--listen", address, "--workers", "3", "--min-workers", "2", "--last-call", "1",
-                                         "--job-id", jobID, "--run-dir", run.path] + training + CLI.key, bound: 150)
+        let coordinator = try CLI.start(
+            [
+                "coordinator", "--listen", address, "--workers", "3", "--min-workers", "2", "--last-call", "1",
+                "--job-id", jobID, "--run-dir", run.path
+            ] + training + CLI.key, bound: 150)
         let worker = ["worker", "--coordinator", address, "--job-id", jobID, "--threads", "1"] + CLI.key
         let audited = ["TETHER_TEST_SAMPLE_LOG": audits.0.path]
         let first = try (0..<2).map { _ in try CLI.start(worker, bound: 150, environment: audited) }
@@ -339,15 +405,20 @@ struct ClusterProcessTests {
         let third = try CLI.start(worker, bound: 150, environment: audited)
         let c = coordinator.finish()
         #expect(c.status == 0, "coordinator: \(c.stderr)")
-        #expect(c.stdout.contains("joins the job; it joins the ring of 3 at the next step boundary (ring epoch 1)")
+        #expect(
+            c.stdout.contains("joins the job; it joins the ring of 3 at the next step boundary (ring epoch 1)")
                 && c.stdout.contains("ring epoch 1: all 3 replicas agree") && c.stdout.contains("no step redone"), "\(c.stdout)")
         for w in first + [third] { let r = w.finish(); #expect(r.status == 0, "worker: \(r.stderr)") }
         let events = try metrics(run.path)
-        #expect(events.filter { $0["event"] as? String == "joined" }.count == 1 && events.filter { $0["event"] as? String == "start" }.count == 1)
+        #expect(
+            events.filter { $0["event"] as? String == "joined" }.count == 1
+                && events.filter { $0["event"] as? String == "start" }.count == 1)
         let reformed = events.first { $0["event"] as? String == "reformed" }
         #expect(reformed?["steps_redone"] as? Int == 0, "a join redoes nothing: \(reformed ?? [:])")
         let whole = dir.appendingPathComponent("whole").path
-        let u = try CLI.run(["simulate", "--workers", "3", "--run-dir", whole] + training, timeout: 240, environment: ["TETHER_TEST_SAMPLE_LOG": audits.1.path])
+        let u = try CLI.run(
+            ["simulate", "--workers", "3", "--run-dir", whole] + training, timeout: 240,
+            environment: ["TETHER_TEST_SAMPLE_LOG": audits.1.path])
         #expect(u.status == 0, "stderr: \(u.stderr)")
         try RunCheck.expectParametersAgree(run.appendingPathComponent("checkpoint.safetensors").path, whole + "/checkpoint.safetensors")
         try RunCheck.expectEverySampleOnce(audits.0, like: audits.1, steps: 40, wholeEpochs: 1, count: 1600)
@@ -363,11 +434,15 @@ struct ClusterProcessTests {
         let training = RunCheck.plainSGD(steps: 300) + ["--checkpoint-every", "10"]
         let port = Int.random(in: 20000..<32000), jobID = "lost-\(getpid())"
         let address = "tcp://127.0.0.1:\(port)", run = dir.appendingPathComponent("run")
-        let coordinator = ["coordinator", "--listen", address, "--workers", "3", "--job-id", jobID, "--run-dir", run.path] + training + CLI.key
+        let coordinator =
+            ["coordinator", "--listen", address, "--workers", "3", "--job-id", jobID, "--run-dir", run.path] + training + CLI.key
         let first = try CLI.start(coordinator, bound: 150)
         let workers = try (0..<3).map { _ in
-            try CLI.start(["worker", "--coordinator", address, "--job-id", jobID, "--threads", "1", "--coordinator-wait", "60",
-                           "--coordinator-timeout", "2"] + CLI.key, bound: 150)
+            try CLI.start(
+                [
+                    "worker", "--coordinator", address, "--job-id", jobID, "--threads", "1", "--coordinator-wait", "60",
+                    "--coordinator-timeout", "2"
+                ] + CLI.key, bound: 150)
         }
         let reached = waitForStep(15, in: run.path)
         kill(first.pid, SIGKILL)
@@ -380,11 +455,13 @@ struct ClusterProcessTests {
         for w in workers { let r = w.finish(); #expect(r.status == 0, "worker: \(r.stderr)") }
         let trainings = try metrics(run.path).filter { $0["event"] as? String == "training" }.compactMap { $0["step"] as? Int }
         // the workers train on without it until they notice (2 s), then wait with their state mid-run
-        #expect(trainings.count == 2 && trainings[1] >= reached && trainings[1] < 300,
-                "the second coordinator trains from step \(trainings.last ?? -1), the workers had \(reached)")
+        #expect(
+            trainings.count == 2 && trainings[1] >= reached && trainings[1] < 300,
+            "the second coordinator trains from step \(trainings.last ?? -1), the workers had \(reached)")
         let checkpointed = try metrics(run.path).filter { $0["event"] as? String == "start" }.compactMap { $0["step"] as? Int }.last ?? -1
-        print("coordinator lost after step \(reached): the restarted one resumed its checkpoint of step \(checkpointed) and trained from the workers' "
-              + "step \(trainings.last ?? -1); the job ended \(Int(Date().timeIntervalSince(restarted))) s after the restart")
+        print(
+            "coordinator lost after step \(reached): the restarted one resumed its checkpoint of step \(checkpointed) and trained from the workers' "
+                + "step \(trainings.last ?? -1); the job ended \(Int(Date().timeIntervalSince(restarted))) s after the restart")
         let whole = dir.appendingPathComponent("whole").path
         let u = try CLI.run(["simulate", "--workers", "3", "--run-dir", whole] + training, timeout: 240)
         #expect(u.status == 0, "stderr: \(u.stderr)")
@@ -397,15 +474,20 @@ struct ClusterProcessTests {
     func aLanguageModelsRateIsInTokens() throws {
         let dir = CLI.tempDir("lm-rate")
         defer { try? FileManager.default.removeItem(at: dir) }
-        let r = try CLI.run(["simulate", "--workers", "2", "--model", "lm-tied", "--max-steps", "2", "--train-limit", "20000", "--log-every", "1",
-                             "--size", "32", "--vocabulary", "500", "--run-dir", dir.path], timeout: 120)
+        let r = try CLI.run(
+            [
+                "simulate", "--workers", "2", "--model", "lm-tied", "--max-steps", "2", "--train-limit", "20000", "--log-every", "1",
+                "--size", "32", "--vocabulary", "500", "--run-dir", dir.path
+            ], timeout: 120)
         #expect(r.status == 0 && r.stdout.contains("tokens/s") && !r.stdout.contains("samples/s"), "\(r.stdout)\(r.stderr)")
     }
 
     /// Waits (up to a minute) until the run in `dir` is training (its metrics say so), then `settle` more.
     func waitUntilTraining(_ dir: URL, settle: Double = 0.5) {
         let deadline = Date().addingTimeInterval(60)
-        while !((try? String(contentsOfFile: dir.path + "/metrics.jsonl", encoding: .utf8))?.contains("\"event\":\"training\"") ?? false) && Date() < deadline {
+        while !((try? String(contentsOfFile: dir.path + "/metrics.jsonl", encoding: .utf8))?.contains("\"event\":\"training\"") ?? false)
+            && Date() < deadline
+        {
             usleep(50_000)
         }
         usleep(useconds_t(settle * 1e6))
@@ -428,11 +510,12 @@ struct ClusterProcessTests {
         let whole = dir.appendingPathComponent("whole")
         let u = try CLI.run(["simulate", "--workers", "2", "--run-dir", whole.path] + training, timeout: 240)
         #expect(u.status == 0, "\(u.stderr)")
-        let total = 4 * 47 // 3,000 samples in batches of 64
+        let total = 4 * 47  // 3,000 samples in batches of 64
 
         func resumeAndCompare(_ run: URL, _ what: String) throws {
             let stopped = try interruptedStep(run)
-            #expect(stopped.map { $0 > 0 && $0 < total } ?? false, "\(what): stopped at step \(stopped.map(String.init) ?? "none") of \(total)")
+            #expect(
+                stopped.map { $0 > 0 && $0 < total } ?? false, "\(what): stopped at step \(stopped.map(String.init) ?? "none") of \(total)")
             let r = try CLI.run(["simulate", "--workers", "2", "--resume", "--run-dir", run.path] + training, timeout: 240)
             #expect(r.status == 0, "\(what), resumed: \(r.stderr)")
             let a = try RunCheck.parameters(run.appendingPathComponent("checkpoint.safetensors").path)
@@ -447,24 +530,34 @@ struct ClusterProcessTests {
         kill(sim.pid, SIGINT)
         let r = sim.finish()
         #expect(r.status == 130, "\(r.stderr)")
-        #expect(r.stderr.contains("stopped by SIGINT (Ctrl-C) after step ") && r.stderr.contains("continue with --resume --run-dir \(interrupted.path)"), "\(r.stderr)")
+        #expect(
+            r.stderr.contains("stopped by SIGINT (Ctrl-C) after step ")
+                && r.stderr.contains("continue with --resume --run-dir \(interrupted.path)"), "\(r.stderr)")
         try resumeAndCompare(interrupted, "SIGINT to simulate")
 
         // SIGTERM to a coordinator, then to one worker of another
         for victim in ["coordinator", "worker"] {
             let run = dir.appendingPathComponent("sigterm-\(victim)")
             let address = "tcp://127.0.0.1:\(Int.random(in: 20000..<32000))", jobID = "sigterm-\(getpid())"
-            let coordinator = try CLI.start(["coordinator", "--listen", address, "--workers", "2", "--job-id", jobID, "--run-dir", run.path] + training + CLI.key, bound: 120)
+            let coordinator = try CLI.start(
+                ["coordinator", "--listen", address, "--workers", "2", "--job-id", jobID, "--run-dir", run.path] + training + CLI.key,
+                bound: 120)
             // a host name to advertise is resolved (libzmq binds addresses only)
             let workers = try (0..<2).map { _ in
-                try CLI.start(["worker", "--coordinator", address, "--advertise", "tcp://localhost:0", "--job-id", jobID, "--threads", "1"] + CLI.key, bound: 120)
+                try CLI.start(
+                    ["worker", "--coordinator", address, "--advertise", "tcp://localhost:0", "--job-id", jobID, "--threads", "1"] + CLI.key,
+                    bound: 120)
             }
             waitUntilTraining(run)
             kill(victim == "coordinator" ? coordinator.pid : workers[1].pid, SIGTERM)
             let c = coordinator.finish(), w = workers.map { $0.finish() }
-            #expect(c.status == 143 && c.stderr.contains("stopped by SIGTERM after step "), "SIGTERM to the \(victim): coordinator: \(c.stderr)")
+            #expect(
+                c.status == 143 && c.stderr.contains("stopped by SIGTERM after step "), "SIGTERM to the \(victim): coordinator: \(c.stderr)"
+            )
             // ranks go by joining order: the signalled worker is rank 0 or 1
-            if victim == "worker" { #expect(c.stdout.contains(" received SIGTERM: the job stops after the step in progress"), "\(c.stdout)") }
+            if victim == "worker" {
+                #expect(c.stdout.contains(" received SIGTERM: the job stops after the step in progress"), "\(c.stdout)")
+            }
             // a worker exits 143 if the signal was its own, else 0: it did what the job asked
             #expect(w.map(\.status) == (victim == "worker" ? [0, 143] : [0, 0]), "SIGTERM to the \(victim): workers: \(w.map(\.stderr))")
             try resumeAndCompare(run, "SIGTERM to the \(victim)")
@@ -476,23 +569,34 @@ struct ClusterProcessTests {
     @Test func aSecondInterruptExitsAtOnceSayingWhatIsLost() throws {
         let dir = CLI.tempDir("second-interrupt")
         defer { try? FileManager.default.removeItem(at: dir) }
-        let sim = try CLI.start(["simulate", "--workers", "2", "--model", "cnn-wn", "--batch", "512", "--train-limit", "8192", "--test-limit", "100",
-                                 "--run-dir", dir.path], bound: 120)
+        let sim = try CLI.start(
+            [
+                "simulate", "--workers", "2", "--model", "cnn-wn", "--batch", "512", "--train-limit", "8192", "--test-limit", "100",
+                "--run-dir", dir.path
+            ], bound: 120)
         waitUntilTraining(dir, settle: 0.2)
-        let children = (try? String(contentsOfFile: "/proc/\(sim.pid)/task/\(sim.pid)/children", encoding: .utf8))?.split(separator: " ").compactMap { Int32($0) } ?? []
+        let children =
+            (try? String(contentsOfFile: "/proc/\(sim.pid)/task/\(sim.pid)/children", encoding: .utf8))?.split(separator: " ").compactMap {
+                Int32($0)
+            } ?? []
         kill(sim.pid, SIGINT)
         usleep(300_000)
         let second = Date()
         kill(sim.pid, SIGINT)
         let r = sim.finish()
         #expect(Date().timeIntervalSince(second) < 3, "exited \(Date().timeIntervalSince(second)) s after the second interrupt")
-        #expect(r.status == 130 && r.stderr.contains("tether: interrupted again: exiting at once; nothing of this run is kept (no checkpoint was written yet)"),
-                "\(r.stdout)\(r.stderr)")
+        #expect(
+            r.status == 130
+                && r.stderr.contains(
+                    "tether: interrupted again: exiting at once; nothing of this run is kept (no checkpoint was written yet)"),
+            "\(r.stdout)\(r.stderr)")
         #expect(children.count == 2)
         usleep(500_000)
         // gone, or a zombie its new parent has not reaped yet (kill(pid, 0) succeeds on those)
         func running(_ pid: Int32) -> Bool {
-            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else { return false }
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else {
+                return false
+            }
             return !stat[close...].hasPrefix(") Z")
         }
         for c in children { #expect(!running(c), "worker \(c) is still running") }
@@ -503,28 +607,40 @@ struct ClusterProcessTests {
         let empty = CLI.tempDir("interrupt-empty")
         defer { try? FileManager.default.removeItem(at: empty) }
         let address = "tcp://127.0.0.1:\(Int.random(in: 20000..<32000))"
-        let coordinator = try CLI.start(["coordinator", "--listen", address, "--workers", "2", "--model", "mlp", "--train-limit", "100",
-                                         "--run-dir", empty.path] + CLI.key, bound: 60)
+        let coordinator = try CLI.start(
+            [
+                "coordinator", "--listen", address, "--workers", "2", "--model", "mlp", "--train-limit", "100",
+                "--run-dir", empty.path
+            ] + CLI.key, bound: 60)
         let deadline = Date().addingTimeInterval(30)
-        while !FileManager.default.fileExists(atPath: empty.appendingPathComponent("metrics.jsonl").path) && Date() < deadline { usleep(100_000) }
+        while !FileManager.default.fileExists(atPath: empty.appendingPathComponent("metrics.jsonl").path) && Date() < deadline {
+            usleep(100_000)
+        }
         usleep(300_000)
         kill(coordinator.pid, SIGTERM)
         let c = coordinator.finish()
-        #expect(c.status == 143 && c.stderr.contains("interrupted at step 0, before any checkpoint was written: nothing of this run is kept"), "\(c.stderr)")
+        #expect(
+            c.status == 143 && c.stderr.contains("interrupted at step 0, before any checkpoint was written: nothing of this run is kept"),
+            "\(c.stderr)")
     }
 
     func waitForACheckpoint(in dir: URL) {
         let deadline = Date().addingTimeInterval(60)
-        while !FileManager.default.fileExists(atPath: dir.appendingPathComponent("checkpoint.safetensors").path) && Date() < deadline { usleep(100_000) }
+        while !FileManager.default.fileExists(atPath: dir.appendingPathComponent("checkpoint.safetensors").path) && Date() < deadline {
+            usleep(100_000)
+        }
     }
 
     /// Runs `tether simulate ARGS` and SIGKILLs one of its worker processes once the run's first
     /// checkpoint exists; returns when simulate has exited.
-    func simulateKillingAWorker(_ args: [String], runDirectory dir: URL) throws -> (status: Int32, stderr: String, workers: [Int32], killedAt: Date) {
+    func simulateKillingAWorker(
+        _ args: [String], runDirectory dir: URL
+    ) throws -> (status: Int32, stderr: String, workers: [Int32], killedAt: Date) {
         let simulate = try CLI.start(["simulate", "--run-dir", dir.path] + args, bound: 240)
         waitForACheckpoint(in: dir)
         // the workers are the simulate process's children
-        let children = (try? String(contentsOfFile: "/proc/\(simulate.pid)/task/\(simulate.pid)/children", encoding: .utf8))?
+        let children =
+            (try? String(contentsOfFile: "/proc/\(simulate.pid)/task/\(simulate.pid)/children", encoding: .utf8))?
             .split(separator: " ").compactMap { Int32($0) } ?? []
         let killedAt = Date()
         if let victim = children.last { kill(victim, SIGKILL) }
@@ -537,8 +653,11 @@ struct ClusterProcessTests {
     @Test func aKilledWorkerIsNamedAndTheJobStops() throws {
         let dir = CLI.tempDir("killed")
         defer { try? FileManager.default.removeItem(at: dir) }
-        let r = try simulateKillingAWorker(["--workers", "3", "--model", "mlp-wn", "--epochs", "50", "--train-limit", "3000", "--test-limit", "200",
-                                            "--log-every", "1"], runDirectory: dir)
+        let r = try simulateKillingAWorker(
+            [
+                "--workers", "3", "--model", "mlp-wn", "--epochs", "50", "--train-limit", "3000", "--test-limit", "200",
+                "--log-every", "1"
+            ], runDirectory: dir)
         #expect(r.workers.count == 3)
         #expect(r.status == 1)
         #expect(Date().timeIntervalSince(r.killedAt) < 20)
@@ -558,7 +677,9 @@ struct ClusterProcessTests {
         let r = try simulateKillingAWorker(common + ["--max-restarts", "1"], runDirectory: restarted)
         #expect(r.workers.count == 3)
         #expect(r.status == 0, "stderr: \(r.stderr)")
-        #expect(r.stderr.contains("restart 1 of 1: resuming \(restarted.path) from its last checkpoint, with 3 new workers"), "stderr: \(r.stderr)")
+        #expect(
+            r.stderr.contains("restart 1 of 1: resuming \(restarted.path) from its last checkpoint, with 3 new workers"),
+            "stderr: \(r.stderr)")
         for c in r.workers { #expect(kill(c, 0) != 0, "worker \(c) is still running") }
         let u = try CLI.run(["simulate", "--run-dir", whole.path] + common, timeout: 240)
         #expect(u.status == 0, "stderr: \(u.stderr)")
@@ -578,10 +699,15 @@ struct ClusterProcessTests {
     /// checkpoint, for PowerSGD its factors and every replica's error feedback.
     @Test(arguments: [
         ["--model", "mlp-wn", "--train-limit", "1000", "--test-limit", "200", "--batch", "32"],
-        ["--model", "mlp-wn", "--train-limit", "1000", "--test-limit", "200", "--batch", "32", "--compression", "powersgd", "--powersgd-rank", "2",
-         "--powersgd-start-step", "5"],
-        ["--model", "lm-tied", "--data", "text:/usr/share/games/fortunes", "--train-limit", "6000", "--test-limit", "1000",
-         "--size", "16", "--vocabulary", "500", "--bptt", "8", "--batch", "4"],
+        [
+            "--model", "mlp-wn", "--train-limit", "1000", "--test-limit", "200", "--batch", "32", "--compression", "powersgd",
+            "--powersgd-rank", "2",
+            "--powersgd-start-step", "5"
+        ],
+        [
+            "--model", "lm-tied", "--data", "text:/usr/share/games/fortunes", "--train-limit", "6000", "--test-limit", "1000",
+            "--size", "16", "--vocabulary", "500", "--bptt", "8", "--batch", "4"
+        ]
     ])
     func aResumedClusterJobEqualsAnUninterruptedOne(flags: [String]) throws {
         let dir = CLI.tempDir("resume")
@@ -603,8 +729,10 @@ struct ClusterProcessTests {
     @Test(arguments: [
         ["--model", "mlp-wn", "--train-limit", "700", "--test-limit", "150", "--batch", "32"],
         ["--model", "wide-deep", "--data", "synthetic-clicks:3000", "--buckets", "300", "--wide-buckets", "1024", "--hidden", "32,16"],
-        ["--model", "lm-tied", "--data", "text:/usr/share/games/fortunes", "--train-limit", "6000", "--test-limit", "1000",
-         "--size", "16", "--vocabulary", "500", "--bptt", "8", "--batch", "4"],
+        [
+            "--model", "lm-tied", "--data", "text:/usr/share/games/fortunes", "--train-limit", "6000", "--test-limit", "1000",
+            "--size", "16", "--vocabulary", "500", "--bptt", "8", "--batch", "4"
+        ]
     ])
     func aServedDataJobEqualsOneReadingTheFiles(flags: [String]) throws {
         let dir = CLI.tempDir("served")

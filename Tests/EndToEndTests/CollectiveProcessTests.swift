@@ -9,8 +9,11 @@ import Testing
     /// same-host neighbours use).
     @Test(arguments: [(["--transport", "tcp"], "tcp"), ([], "ipc")])
     func threeProcessesAgreeWithTheReference(transport: [String], named: String) throws {
-        let r = try CLI.run(["bench", "allreduce", "--ranks", "3", "--size", "3000003B", "--chunk", "65536",
-                             "--iterations", "2", "--warmup", "0", "--check", "--timeout", "20"] + transport, timeout: 120)
+        let r = try CLI.run(
+            [
+                "bench", "allreduce", "--ranks", "3", "--size", "3000003B", "--chunk", "65536",
+                "--iterations", "2", "--warmup", "0", "--check", "--timeout", "20"
+            ] + transport, timeout: 120)
         #expect(r.status == 0, "\(r.stderr)")
         #expect(r.stdout.contains("check: bitwise identical on every rank, within 1e-6 of the Double reference"), "\(r.stdout)")
         #expect(r.stdout.contains("over 3 ranks, \(named)"), "\(r.stdout)")
@@ -30,16 +33,21 @@ import Testing
     @Test func eachRankOfARingAcrossHostsPrintsTheSummary() throws {
         let addresses = (0..<2).map { _ in "tcp://127.0.0.1:\(Int.random(in: 20000..<32000))" }.joined(separator: ",")
         let ranks = try (0..<2).map { rank in
-            try CLI.start(["bench", "allreduce", "--rank", "\(rank)", "--addresses", addresses, "--size", "4MB", "--iterations", "3"]
-                          + (rank == 1 ? ["--json"] : []) + CLI.key, bound: 60)
+            try CLI.start(
+                ["bench", "allreduce", "--rank", "\(rank)", "--addresses", addresses, "--size", "4MB", "--iterations", "3"]
+                    + (rank == 1 ? ["--json"] : []) + CLI.key, bound: 60)
         }
         let (text, json) = (ranks[0].finish(), ranks[1].finish())
         #expect(text.status == 0 && json.status == 0, "\(text.stderr)\(json.stderr)")
-        #expect(text.stdout.contains("over 2 ranks, rank 0 of a ring across 2 addresses") && text.stdout.contains("algbw") && text.stdout.contains("busbw"), "\(text.stdout)")
+        #expect(
+            text.stdout.contains("over 2 ranks, rank 0 of a ring across 2 addresses") && text.stdout.contains("algbw")
+                && text.stdout.contains("busbw"), "\(text.stdout)")
         let summary = try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any]
         let median = summary?["median_ms"] as? Double ?? 0
         #expect(median > 0 && summary?["busbw_gbps"] is Double && summary?["reporting_rank"] as? Int == 1, "\(json.stdout)")
-        #expect(text.stdout.contains(String(format: "median %.2f ms", median)), "both ranks report the same median: \(text.stdout) \(json.stdout)")
+        #expect(
+            text.stdout.contains(String(format: "median %.2f ms", median)),
+            "both ranks report the same median: \(text.stdout) \(json.stdout)")
     }
 
     /// Three ranks run many all-reduces; rank 1 is killed in the middle. Rank 2 (its right neighbour) times
@@ -52,8 +60,11 @@ import Testing
         for rank in 0..<3 {
             let p = Process(), err = Pipe()
             p.executableURL = CLI.binary
-            p.arguments = ["bench", "allreduce", "--rank", "\(rank)", "--addresses", addresses, "--size", "8MB",
-                           "--iterations", "100000", "--timeout", rank == 0 ? "6" : "2"] + CLI.key
+            p.arguments =
+                [
+                    "bench", "allreduce", "--rank", "\(rank)", "--addresses", addresses, "--size", "8MB",
+                    "--iterations", "100000", "--timeout", rank == 0 ? "6" : "2"
+                ] + CLI.key
             p.standardOutput = FileHandle.nullDevice
             p.standardError = err
             try p.run()
@@ -75,7 +86,8 @@ import Testing
         ranks[1].0.waitUntilExit()
         #expect(Date().timeIntervalSince(killedAt) < 15)
         #expect(messages[2]!.contains("rank 2: no message from rank 1 (tcp://127.0.0.1:\(ports[1]))"), "\(messages[2]!)")
-        #expect(messages[0]!.contains("rank 2 gave up on the ring: rank 2: no message from rank 1")
+        #expect(
+            messages[0]!.contains("rank 2 gave up on the ring: rank 2: no message from rank 1")
                 || messages[0]!.contains("rank 0: cannot send to rank 1"), "\(messages[0]!)")
     }
 }

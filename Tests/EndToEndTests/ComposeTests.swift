@@ -60,23 +60,30 @@ let dockerUnavailable: String? = DockerEngine.unavailable
 /// coordinator container, and a second `up` of a finished job. Uses Debian's docker-compose 1.29 (the
 /// `docker-compose` spelling, the legacy builder); then the same with `docker compose` v2 (Debian's
 /// package of the next release, cluster/test-compose-v2), whose build uses BuildKit.
-@Suite(.serialized, .enabled(if: dockerUnavailable == nil && dataInstalled, "\(dockerUnavailable ?? "needs Debian's dataset-fashion-mnist")"))
+@Suite(
+    .serialized, .enabled(if: dockerUnavailable == nil && dataInstalled, "\(dockerUnavailable ?? "needs Debian's dataset-fashion-mnist")"))
 struct ComposeTests {
     let project = "tethertest\(getpid())"
     var image: String { "tether-test/tether:\(project)" }
 
     /// `docker-compose -p PROJECT ARGS` in the repository with `environment`.
     func compose(_ args: [String], timeout: TimeInterval, environment: [String: String] = [:]) throws -> CLI.Result {
-        try CLI.run(["-p", project] + args, timeout: timeout,
-                    environment: ["COMPOSE_FILE": CLI.repository.appendingPathComponent("docker-compose.yml").path, "TETHER_IMAGE": image] + environment,
-                    executable: DockerEngine.compose!)
+        try CLI.run(
+            ["-p", project] + args, timeout: timeout,
+            environment: ["COMPOSE_FILE": CLI.repository.appendingPathComponent("docker-compose.yml").path, "TETHER_IMAGE": image]
+                + environment,
+            executable: DockerEngine.compose!)
     }
 
-    func docker(_ args: [String], timeout: TimeInterval = 60) throws -> CLI.Result { try CLI.run(args, timeout: timeout, executable: DockerEngine.docker!) }
+    func docker(_ args: [String], timeout: TimeInterval = 60) throws -> CLI.Result {
+        try CLI.run(args, timeout: timeout, executable: DockerEngine.docker!)
+    }
 
     /// The build args of cluster/test-images (base images made offline), failing the test if it fails.
     func baseImageArgs() throws -> [String] {
-        let images = try CLI.run([CLI.repository.appendingPathComponent("cluster/test-images").path], timeout: 1200, executable: URL(fileURLWithPath: "/bin/bash"))
+        let images = try CLI.run(
+            [CLI.repository.appendingPathComponent("cluster/test-images").path], timeout: 1200,
+            executable: URL(fileURLWithPath: "/bin/bash"))
         try #require(images.status == 0, "\(images.stderr)")
         return images.stdout.split(whereSeparator: \.isWhitespace).map(String.init)
     }
@@ -88,14 +95,19 @@ struct ComposeTests {
 
     /// The lines of a run's metrics.jsonl.
     func metrics(_ job: String) throws -> [[String: Any]] {
-        try runFile("\(job)/metrics.jsonl").split(separator: "\n").compactMap { try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        try runFile("\(job)/metrics.jsonl").split(separator: "\n").compactMap {
+            try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+        }
     }
 
     /// Waits until `job`'s metrics say training went `beyond` steps (or 120 s pass).
     func waitForStep(_ job: String, beyond step: Int) {
         let deadline = Date().addingTimeInterval(120)
         while Date() < deadline {
-            if let last = (try? metrics(job))?.compactMap({ $0["event"] as? String == "step" ? $0["step"] as? Int : nil }).last, last > step { return }
+            if let last = (try? metrics(job))?.compactMap({ $0["event"] as? String == "step" ? $0["step"] as? Int : nil }).last, last > step
+            {
+                return
+            }
             usleep(500_000)
         }
     }
@@ -115,14 +127,19 @@ struct ComposeTests {
         let job = "fashion-mnist-quick", env = ["TETHER_KEY": key, "TETHER_WORKERS": "4", "TETHER_JOB": job]
         built = Date()
         let up = try compose(["up", "--scale", "worker=4"], timeout: 600, environment: env)
-        #expect(up.status == 0 && up.stdout.contains("all 4 replicas agree") && up.stdout.contains("done: 470 steps"), "\(up.stdout.suffix(4000))\(up.stderr.suffix(2000))")
+        #expect(
+            up.status == 0 && up.stdout.contains("all 4 replicas agree") && up.stdout.contains("done: 470 steps"),
+            "\(up.stdout.suffix(4000))\(up.stderr.suffix(2000))")
         let accuracy = up.stdout.components(separatedBy: "test accuracy ").last.flatMap { Double($0.prefix(while: { $0 != "%" })) } ?? 0
         #expect(accuracy > 84, "\(up.stdout.suffix(2000))")
         #expect(!up.stdout.contains("failed the handshake"), "a health check must not look like a stranger")
         let startup = up.stdout.components(separatedBy: "training (").dropFirst().first.map { String($0.prefix { $0 != " " }) } ?? "?"
-        let rates = up.stdout.components(separatedBy: " samples/s)").dropLast().compactMap { Double($0.split(separator: " ").last?.replacingOccurrences(of: ",", with: "") ?? "") }
-        print("compose test: up to the end \(Int(Date().timeIntervalSince(built))) s (first step \(startup) s after the coordinator started), "
-              + "accuracy \(accuracy)%, epochs at \(rates.map { Int($0) }) samples/s")
+        let rates = up.stdout.components(separatedBy: " samples/s)").dropLast().compactMap {
+            Double($0.split(separator: " ").last?.replacingOccurrences(of: ",", with: "") ?? "")
+        }
+        print(
+            "compose test: up to the end \(Int(Date().timeIntervalSince(built))) s (first step \(startup) s after the coordinator started), "
+                + "accuracy \(accuracy)%, epochs at \(rates.map { Int($0) }) samples/s")
 
         // A second up of the finished job ends at once, everything with status 0.
         let again = try compose(["up", "--scale", "worker=4"], timeout: 180, environment: env)
@@ -134,11 +151,16 @@ struct ComposeTests {
         try FileManager.default.createDirectory(at: secretDir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: secretDir) }
         #expect(try CLI.run(["keygen", secretDir.path + "/cluster.key"]).status == 0)
-        let files = ["-f", CLI.repository.appendingPathComponent("docker-compose.yml").path, "-f", CLI.repository.appendingPathComponent("cluster/compose-secrets.yml").path]
-        let secret = try compose(files + ["up", "--scale", "worker=2"], timeout: 600,
-                                 environment: ["TETHER_WORKERS": "2", "TETHER_JOB": job, "TETHER_KEY_SECRET": secretDir.path + "/cluster.key", "TETHER_KEY": ""])
-        #expect(secret.status == 0 && secret.stdout.contains("all 2 replicas agree") && secret.stdout.contains("done: 938 steps"),
-                "with the key as a secret: \(secret.stdout.suffix(3000))\(secret.stderr.suffix(2000))")
+        let files = [
+            "-f", CLI.repository.appendingPathComponent("docker-compose.yml").path, "-f",
+            CLI.repository.appendingPathComponent("cluster/compose-secrets.yml").path
+        ]
+        let secret = try compose(
+            files + ["up", "--scale", "worker=2"], timeout: 600,
+            environment: ["TETHER_WORKERS": "2", "TETHER_JOB": job, "TETHER_KEY_SECRET": secretDir.path + "/cluster.key", "TETHER_KEY": ""])
+        #expect(
+            secret.status == 0 && secret.stdout.contains("all 2 replicas agree") && secret.stdout.contains("done: 938 steps"),
+            "with the key as a secret: \(secret.stdout.suffix(3000))\(secret.stderr.suffix(2000))")
 
         // Drills on a fresh run of the same job. `docker kill` of a worker: Docker does not restart a
         // container stopped by hand, so the job goes on in place with the three left
@@ -150,12 +172,17 @@ struct ComposeTests {
         // fourth worker, which joins the running job at a step boundary.
         _ = try compose(["down", "-v"], timeout: 120)
         #expect(try compose(["up", "-d", "--scale", "worker=4"], timeout: 180, environment: env + ["TETHER_MIN_WORKERS": "3"]).status == 0)
-        for (victim, after, sign, count) in [("\(project)_worker_2", 60, "reformed", 1), ("scale", 150, "reformed", 2), ("\(project)_coordinator_1", 300, "training", 2)] {
+        for (victim, after, sign, count) in [
+            ("\(project)_worker_2", 60, "reformed", 1), ("scale", 150, "reformed", 2), ("\(project)_coordinator_1", 300, "training", 2)
+        ] {
             waitForStep(job, beyond: after)
             let reached = (try? metrics(job))?.compactMap { $0["event"] as? String == "step" ? $0["step"] as? Int : nil }.last ?? 0
             let killed = Date()
             if victim == "scale" {
-                #expect(try compose(["up", "-d", "--no-recreate", "--scale", "worker=4"], timeout: 120, environment: env + ["TETHER_MIN_WORKERS": "3"]).status == 0)
+                #expect(
+                    try compose(
+                        ["up", "-d", "--no-recreate", "--scale", "worker=4"], timeout: 120, environment: env + ["TETHER_MIN_WORKERS": "3"]
+                    ).status == 0)
             } else if victim.contains("worker") {
                 #expect(try docker(["kill", victim]).status == 0)
             } else {
@@ -177,16 +204,24 @@ struct ComposeTests {
                 let logs = try docker(["logs", victim]), log = logs.stdout + logs.stderr
                 let kept = (resumedAt ?? 0) >= reached && log.contains("from the state the workers kept at step")
                 // the workers' logs only when it failed: they say why a worker did not keep its state
-                let workers = kept ? "" : try (1...5).map { w in
-                    let l = try docker(["logs", "\(project)_worker_\(w)"])
-                    return "worker \(w): " + String((l.stdout + l.stderr).suffix(1500))
-                }.joined(separator: "\n")
-                #expect(kept, "the restarted coordinator went on from step \(resumedAt ?? -1), the workers had \(reached): \(log.suffix(3000))\n\(workers)")
+                let workers =
+                    kept
+                    ? ""
+                    : try (1...5).map { w in
+                        let l = try docker(["logs", "\(project)_worker_\(w)"])
+                        return "worker \(w): " + String((l.stdout + l.stderr).suffix(1500))
+                    }.joined(separator: "\n")
+                #expect(
+                    kept,
+                    "the restarted coordinator went on from step \(resumedAt ?? -1), the workers had \(reached): \(log.suffix(3000))\n\(workers)"
+                )
             }
             // in place, the survivors go on from the step in flight; a resume, from the last checkpoint
             // (a checkpoint every 50 steps; the step reached is known to the log's granularity of 50)
-            print("compose test: \(victim == "scale" ? "a fourth worker started" : "\(victim) killed") at about step \(reached)+: training again after "
-                  + "\(Int(Date().timeIntervalSince(killed))) s, " + (sign == "reformed" ? "in place at step \(resumedAt ?? -1)" : "from the workers' state at step \(resumedAt ?? -1)"))
+            print(
+                "compose test: \(victim == "scale" ? "a fourth worker started" : "\(victim) killed") at about step \(reached)+: training again after "
+                    + "\(Int(Date().timeIntervalSince(killed))) s, "
+                    + (sign == "reformed" ? "in place at step \(resumedAt ?? -1)" : "from the workers' state at step \(resumedAt ?? -1)"))
         }
         let coordinator = try docker(["wait", "\(project)_coordinator_1"], timeout: 300)
         #expect(coordinator.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "0", "\(coordinator.stdout)")
@@ -198,12 +233,16 @@ struct ComposeTests {
     /// The README's commands in the `docker compose` v2 spelling: its build goes through BuildKit (the
     /// Dockerfile must need nothing from a registry there either), then the quick job with 2 workers.
     @Test func composeV2BuildsWithBuildKitAndTrains() throws {
-        let plugin = try CLI.run([CLI.repository.appendingPathComponent("cluster/test-compose-v2").path], timeout: 600, executable: URL(fileURLWithPath: "/bin/bash"))
+        let plugin = try CLI.run(
+            [CLI.repository.appendingPathComponent("cluster/test-compose-v2").path], timeout: 600,
+            executable: URL(fileURLWithPath: "/bin/bash"))
         if plugin.status == 2 || plugin.status == 3 { try Test.cancel("no compose v2 to be had here: \(plugin.stderr)") }
         try #require(plugin.status == 0, "\(plugin.stderr)")
         let engine = try DockerEngine()
-        let v2 = ["DOCKER_CONFIG": plugin.stdout.trimmingCharacters(in: .whitespacesAndNewlines), "COMPOSE_PROJECT_NAME": project,
-                  "COMPOSE_FILE": CLI.repository.appendingPathComponent("docker-compose.yml").path, "TETHER_IMAGE": image]
+        let v2 = [
+            "DOCKER_CONFIG": plugin.stdout.trimmingCharacters(in: .whitespacesAndNewlines), "COMPOSE_PROJECT_NAME": project,
+            "COMPOSE_FILE": CLI.repository.appendingPathComponent("docker-compose.yml").path, "TETHER_IMAGE": image
+        ]
         func compose(_ args: [String], timeout: TimeInterval, environment: [String: String] = [:]) throws -> CLI.Result {
             try CLI.run(["compose"] + args, timeout: timeout, environment: v2 + environment, executable: DockerEngine.docker!)
         }
@@ -217,10 +256,16 @@ struct ComposeTests {
         // BuildKit prints its steps as `#N [service stage i/n] FROM ...` (the legacy builder: `Step i/n : FROM ...`)
         #expect((build.stdout + build.stderr).contains("] FROM "), "not BuildKit: \(build.stderr.prefix(2000))")
         guard build.status == 0 else { return }
-        print("compose test: `docker compose build` (\(version.stdout.trimmingCharacters(in: .whitespacesAndNewlines)), BuildKit) took \(Int(Date().timeIntervalSince(started))) s")
+        print(
+            "compose test: `docker compose build` (\(version.stdout.trimmingCharacters(in: .whitespacesAndNewlines)), BuildKit) took \(Int(Date().timeIntervalSince(started))) s"
+        )
         let key = try CLI.run(["keygen"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
-        let up = try compose(["up", "--scale", "worker=2"], timeout: 600, environment: ["TETHER_KEY": key, "TETHER_WORKERS": "2", "TETHER_JOB": "fashion-mnist-quick"])
-        #expect(up.status == 0 && up.stdout.contains("all 2 replicas agree") && up.stdout.contains("done: 938 steps"), "\(up.stdout.suffix(4000))\(up.stderr.suffix(2000))")
+        let up = try compose(
+            ["up", "--scale", "worker=2"], timeout: 600,
+            environment: ["TETHER_KEY": key, "TETHER_WORKERS": "2", "TETHER_JOB": "fashion-mnist-quick"])
+        #expect(
+            up.status == 0 && up.stdout.contains("all 2 replicas agree") && up.stdout.contains("done: 938 steps"),
+            "\(up.stdout.suffix(4000))\(up.stderr.suffix(2000))")
     }
 }
 

@@ -8,8 +8,10 @@ import TetherTrain
 /// speaking ZeroMQ and protobuf by hand. The job must go on and end exactly as an unattacked one,
 /// and the attacker must learn nothing.
 @Suite(.serialized) struct SecurityTests {
-    let training = ["--model", "mlp-wn", "--max-steps", "30", "--train-limit", "1920", "--test-limit", "200", "--batch", "32",
-                    "--seed", "5", "--checkpoint-every", "10"]
+    let training = [
+        "--model", "mlp-wn", "--max-steps", "30", "--train-limit", "1920", "--test-limit", "200", "--batch", "32",
+        "--seed", "5", "--checkpoint-every", "10"
+    ]
 
     /// A hand-made client of the coordinator's control socket.
     final class Attacker {
@@ -34,7 +36,9 @@ import TetherTrain
             var out: [Envelope.Body] = []
             let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
             while let frames = try? s.receive(deadline: deadline) {
-                if let env = try? withExtendedLifetime(frames, { try Envelope(decoding: frames.last!.bytes) }), let b = env.body { out.append(b) }
+                if let env = try? withExtendedLifetime(frames, { try Envelope(decoding: frames.last!.bytes) }), let b = env.body {
+                    out.append(b)
+                }
             }
             return out
         }
@@ -54,16 +58,24 @@ import TetherTrain
     func forge(_ a: Attacker, _ s: ZeroMQSocket, job: String) {
         a.send(s, .heartbeat, job: job, rank: 0)
         a.send(s, .ready(.init(parameterHash: 1, layoutFingerprint: 2)), job: job)
-        a.send(s, .stepReport(.init(globalStep: .max, epoch: 0, lossSum: 1, count: 1, correct: .max, computeSeconds: 0, allreduceSeconds: 0,
-                                    optimizerSeconds: 0, parameterHash: 0, waitSeconds: 0)), job: job)
-        a.send(s, .evalReport(.init(epoch: 0, lossSum: 1, count: 1, correct: .max, scores: [Float](repeating: 0.5, count: 100_000),
-                                    labels: [Int32](repeating: 1, count: 100_000))), job: job)
+        a.send(
+            s,
+            .stepReport(
+                .init(
+                    globalStep: .max, epoch: 0, lossSum: 1, count: 1, correct: .max, computeSeconds: 0, allreduceSeconds: 0,
+                    optimizerSeconds: 0, parameterHash: 0, waitSeconds: 0)), job: job)
+        a.send(
+            s,
+            .evalReport(
+                .init(
+                    epoch: 0, lossSum: 1, count: 1, correct: .max, scores: [Float](repeating: 0.5, count: 100_000),
+                    labels: [Int32](repeating: 1, count: 100_000))), job: job)
         a.send(s, .checkpoint(.init(globalStep: 30, safetensors: Self.overflowingCheckpoint)), job: job)
         a.send(s, .dataRequest(.init(split: 0, indices: [UInt32](0..<1_000_000))), job: job)
         a.send(s, .abort(.init(originRank: 0, reason: "forged")), job: job)
         a.send(s, .abort(.init(originRank: 0, reason: "foreign")), job: "another-job")
         try? s.send([[UInt8]((0..<100).map { _ in UInt8.random(in: 0...255) })], wait: false)
-        try? s.send([[UInt8](repeating: 0x41, count: 200 << 20)], wait: false) // above the coordinator's message limit
+        try? s.send([[UInt8](repeating: 0x41, count: 200 << 20)], wait: false)  // above the coordinator's message limit
     }
 
     /// The coordinator and two workers, attacked before and while they train; returns the test
@@ -74,8 +86,11 @@ import TetherTrain
         let port = Int.random(in: 20000..<32000), job = "attacked-\(getpid())"
         let address = "tcp://127.0.0.1:\(port)"
         let security = secure ? CLI.key : ["--insecure"]
-        let coordinator = try CLI.start(["coordinator", "--listen", address, "--workers", "2", "--job-id", job,
-                                         "--run-dir", dir.path] + training + security, bound: 150)
+        let coordinator = try CLI.start(
+            [
+                "coordinator", "--listen", address, "--workers", "2", "--job-id", job,
+                "--run-dir", dir.path
+            ] + training + security, bound: 150)
         let attacker = Attacker()
         var learned: [Envelope.Body] = []
         waitUntilListening(address)
@@ -91,7 +106,8 @@ import TetherTrain
         }
         let ringPorts = [Int.random(in: 20000..<26000), Int.random(in: 26000..<32000)]
         let workers = try ringPorts.map {
-            try CLI.start(["worker", "--coordinator", address, "--job-id", job, "--advertise", "tcp://127.0.0.1:\($0)"] + security, bound: 150)
+            try CLI.start(
+                ["worker", "--coordinator", address, "--job-id", job, "--advertise", "tcp://127.0.0.1:\($0)"] + security, bound: 150)
         }
         if attack {
             waitForFile(dir.appendingPathComponent("checkpoint.safetensors"))
@@ -103,8 +119,12 @@ import TetherTrain
                 let push = try ZeroMQSocket(attacker.context, .push, linger: .zero)
                 try push.connect("tcp://127.0.0.1:\(p)")
                 try? push.send([[UInt8]((0..<100).map { _ in UInt8.random(in: 0...255) })], wait: false)
-                try? push.send([Envelope(jobID: "another-job", senderRank: 1, body: .abort(.init(originRank: 1, reason: "foreign"))).encoded()], wait: false)
-                try? push.send([Envelope(jobID: job, senderRank: 7, body: .abort(.init(originRank: 7, reason: "not a neighbour"))).encoded()], wait: false)
+                try? push.send(
+                    [Envelope(jobID: "another-job", senderRank: 1, body: .abort(.init(originRank: 1, reason: "foreign"))).encoded()],
+                    wait: false)
+                try? push.send(
+                    [Envelope(jobID: job, senderRank: 7, body: .abort(.init(originRank: 7, reason: "not a neighbour"))).encoded()],
+                    wait: false)
                 usleep(200_000)
                 push.close()
             }
@@ -129,8 +149,12 @@ import TetherTrain
         while Date() < deadline {
             let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
             var addr = sockaddr_in()
-            (addr.sin_family, addr.sin_port, addr.sin_addr.s_addr) = (sa_family_t(AF_INET), in_port_t(port.bigEndian), inet_addr("127.0.0.1"))
-            let ok = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 } }
+            (addr.sin_family, addr.sin_port, addr.sin_addr.s_addr) = (
+                sa_family_t(AF_INET), in_port_t(port.bigEndian), inet_addr("127.0.0.1")
+            )
+            let ok = withUnsafePointer(to: &addr) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+            }
             close(fd)
             if ok { return }
             usleep(100_000)
@@ -177,18 +201,21 @@ import TetherTrain
     func idleConnectionsDoNotLockWorkersOut() throws {
         var hard = rlimit()
         getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &hard)
-        guard hard.rlim_max > 2_400 else { return } // nothing to raise to: the test would show nothing
+        guard hard.rlim_max > 2_400 else { return }  // nothing to raise to: the test would show nothing
         let dir = CLI.tempDir("idle")
         defer { try? FileManager.default.removeItem(at: dir) }
         let address = "tcp://127.0.0.1:\(Int.random(in: 20000..<32000))"
-        let coordinator = try CLI.start(["-c", "ulimit -Sn 1024 && exec \"$0\" \"$@\"", CLI.binary.path, "coordinator", "--listen", address, "--workers", "1",
-                                         "--run-dir", dir.path, "--model", "mlp", "--max-steps", "3", "--train-limit", "256", "--test-limit", "64", "--insecure"],
-                                        bound: 120, executable: URL(fileURLWithPath: "/bin/bash"))
+        let coordinator = try CLI.start(
+            [
+                "-c", "ulimit -Sn 1024 && exec \"$0\" \"$@\"", CLI.binary.path, "coordinator", "--listen", address, "--workers", "1",
+                "--run-dir", dir.path, "--model", "mlp", "--max-steps", "3", "--train-limit", "256", "--test-limit", "64", "--insecure"
+            ],
+            bound: 120, executable: URL(fileURLWithPath: "/bin/bash"))
         waitUntilListening(address)
         // libzmq allows 1,023 sockets a context by default: three attackers of 400
         let attackers = (0..<3).map { _ in Attacker() }
         for a in attackers { for _ in 0..<400 { _ = try a.dealer(address) } }
-        usleep(3_000_000) // every connection made and its handshake done
+        usleep(3_000_000)  // every connection made and its handshake done
         // Foundation's Process crashes in a process with this many descriptors open: posix_spawn instead.
         let worker = spawnAndWait([CLI.binary.path, "worker", "--coordinator", address, "--insecure"], timeout: 60)
         #expect(worker.status == 0, "\(worker.output)")
@@ -210,7 +237,9 @@ import TetherTrain
         let attacked = try attackedJob(secure: false, attack: true)
         #expect(attacked.eval == quiet.eval, "attacked: \(attacked.eval) unattacked: \(quiet.eval)")
         #expect(attacked.coordinatorLog.contains("dropped a Heartbeat from a connection that holds no rank"), "\(attacked.coordinatorLog)")
-        #expect(attacked.coordinatorLog.contains("the worker at tcp://127.0.0.1:1, which stopped saying hello before the job formed"), "\(attacked.coordinatorLog)")
+        #expect(
+            attacked.coordinatorLog.contains("the worker at tcp://127.0.0.1:1, which stopped saying hello before the job formed"),
+            "\(attacked.coordinatorLog)")
         for body in attacked.attackerLearned {
             guard case .abort(let a) = body else { Issue.record("the attacker received \(body)"); continue }
             #expect(a.reason.contains("the job formed with 2 workers before a worker at tcp://127.0.0.1:2 said hello"), "\(a.reason)")
@@ -238,21 +267,28 @@ import TetherTrain
         let other = dir.appendingPathComponent("other.key").path
         #expect(try CLI.run(["keygen", other]).status == 0)
         let address = "tcp://127.0.0.1:\(Int.random(in: 20000..<32000))"
-        let coordinator = try CLI.start(["coordinator", "--listen", address, "--workers", "1", "--model", "mlp", "--train-limit", "100",
-                                         "--run-dir", dir.appendingPathComponent("run").path] + CLI.key, bound: 60)
+        let coordinator = try CLI.start(
+            [
+                "coordinator", "--listen", address, "--workers", "1", "--model", "mlp", "--train-limit", "100",
+                "--run-dir", dir.appendingPathComponent("run").path
+            ] + CLI.key, bound: 60)
         waitUntilListening(address)
-        for (flags, reason) in [(["--key-file", other], "it holds another cluster key, or runs --insecure (this worker runs with CURVE)"),
-                                (["--insecure"], "it runs with CURVE and this worker runs --insecure")] {
+        for (flags, reason) in [
+            (["--key-file", other], "it holds another cluster key, or runs --insecure (this worker runs with CURVE)"),
+            (["--insecure"], "it runs with CURVE and this worker runs --insecure")
+        ] {
             let start = Date()
             let w = try CLI.run(["worker", "--coordinator", address] + flags, timeout: 30)
             #expect(w.status != 0)
             #expect(w.stderr.contains("the handshake with the coordinator at \(address) failed: \(reason)"), "\(w.stderr)")
             #expect(Date().timeIntervalSince(start) < 3)
         }
-        usleep(1_100_000) // a new second of the coordinator's log rate limit
+        usleep(1_100_000)  // a new second of the coordinator's log rate limit
         let start = Date()
         let w = try CLI.run(["worker", "--coordinator", address, "--job-id", "another"] + CLI.key, timeout: 30)
-        #expect(w.status != 0 && w.stderr.contains("refused: this coordinator runs job \"tether\", the worker asked for job \"another\""), "\(w.stderr)")
+        #expect(
+            w.status != 0 && w.stderr.contains("refused: this coordinator runs job \"tether\", the worker asked for job \"another\""),
+            "\(w.stderr)")
         #expect(Date().timeIntervalSince(start) < 3)
         kill(coordinator.pid, SIGTERM)
         let c = coordinator.finish()
@@ -276,14 +312,15 @@ import TetherTrain
         let cases: [(ring: String, config: TrainingConfig, reason: String)] = [
             ("ipc://\(planted)", .defaults(for: "mlp"), "an ipc socket must lie in this job's runtime folder"),
             ("tcp://127.0.0.1:5", zeroBatch, "the job configuration is not valid"),
-            ("tcp://127.0.0.1:5", passwd, "the job reads /etc/passwd, which is outside this worker's data roots"),
+            ("tcp://127.0.0.1:5", passwd, "the job reads /etc/passwd, which is outside this worker's data roots")
         ]
         for c in cases {
             let worker = try CLI.start(["worker", "--coordinator", address, "--insecure"], bound: 30)
             guard let frames = try router.receive(deadline: .now + .seconds(10)) else { Issue.record("no Hello"); continue }
             let identity = withExtendedLifetime(frames) { Array(frames[0].bytes) }
             let config = [UInt8](try JSONEncoder().encode(c.config))
-            let assign = Envelope.Assign(rank: 0, worldSize: 1, ring: [c.ring], configJSON: config, hashEvery: 1, checkpointEvery: 0, bucketBytes: 1 << 20)
+            let assign = Envelope.Assign(
+                rank: 0, worldSize: 1, ring: [c.ring], configJSON: config, hashEvery: 1, checkpointEvery: 0, bucketBytes: 1 << 20)
             try router.send([identity, Envelope(jobID: "tether", senderRank: -1, body: .assign(assign)).encoded()])
             let r = worker.finish()
             #expect(r.status != 0)
@@ -304,10 +341,12 @@ import TetherTrain
         #expect(r.status == 1 && r.stderr.contains("do not hold shape"), "\(r.status) \(r.stderr)")
         guard dataInstalled else { return }
         let run = dir.appendingPathComponent("run")
-        #expect(try CLI.run(["train", "--model", "mlp", "--max-steps", "2", "--train-limit", "128", "--test-limit", "64", "--run-dir", run.path]).status == 0)
+        #expect(
+            try CLI.run(["train", "--model", "mlp", "--max-steps", "2", "--train-limit", "128", "--test-limit", "64", "--run-dir", run.path]
+            ).status == 0)
         let file = run.appendingPathComponent("checkpoint.safetensors")
         var bytes = try Data(contentsOf: file)
-        bytes[bytes.count - 3] ^= 0x01 // in the last tensor's data (tensors are laid out in name order)
+        bytes[bytes.count - 3] ^= 0x01  // in the last tensor's data (tensors are laid out in name order)
         try bytes.write(to: file)
         let e = try CLI.run(["eval", "--checkpoint", file.path])
         #expect(e.status == 1 && e.stderr.contains("is corrupt: its data does not match the checksum stored with it"), "\(e.stderr)")
@@ -328,13 +367,18 @@ extension SecurityTests {
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
         let pcap = dir.appendingPathComponent("lo.pcap")
-        let dump = try CLI.start(["-i", "lo", "-Z", "root", "-U", "-s", "0", "-w", pcap.path, "tcp"], bound: 120, executable: URL(fileURLWithPath: Self.tcpdump!))
-        usleep(1_000_000) // tcpdump's capture starts
-        let sim = try CLI.run(["simulate", "--workers", "2", "--model", "mlp-wn", "--max-steps", "5", "--train-limit", "640", "--test-limit", "64",
-                               "--run-dir", dir.appendingPathComponent("run").path] + flags, timeout: 120)
+        let dump = try CLI.start(
+            ["-i", "lo", "-Z", "root", "-U", "-s", "0", "-w", pcap.path, "tcp"], bound: 120, executable: URL(fileURLWithPath: Self.tcpdump!)
+        )
+        usleep(1_000_000)  // tcpdump's capture starts
+        let sim = try CLI.run(
+            [
+                "simulate", "--workers", "2", "--model", "mlp-wn", "--max-steps", "5", "--train-limit", "640", "--test-limit", "64",
+                "--run-dir", dir.appendingPathComponent("run").path
+            ] + flags, timeout: 120)
         #expect(sim.status == 0, "\(sim.stderr)")
         usleep(500_000)
-        kill(dump.pid, SIGKILL) // a test runner may start children with SIGINT and SIGTERM blocked; -U wrote every packet already
+        kill(dump.pid, SIGKILL)  // a test runner may start children with SIGINT and SIGTERM blocked; -U wrote every packet already
         _ = dump.finish()
         return try Data(contentsOf: pcap)
     }
@@ -347,6 +391,8 @@ extension SecurityTests {
         for s in secrets { #expect(plain.range(of: s) != nil, "the --insecure capture should hold \(String(decoding: s, as: UTF8.self))") }
         let secure = try capture([])
         #expect(secure.count > 100_000, "the capture holds \(secure.count) bytes")
-        for s in secrets { #expect(secure.range(of: s) == nil, "\(String(decoding: s, as: UTF8.self)) is readable in the traffic of a secure run") }
+        for s in secrets {
+            #expect(secure.range(of: s) == nil, "\(String(decoding: s, as: UTF8.self)) is readable in the traffic of a secure run")
+        }
     }
 }

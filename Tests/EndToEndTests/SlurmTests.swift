@@ -21,9 +21,12 @@ struct SlurmTests {
 
     /// Submits the batch script (1 node, 3 tasks of 1 CPU) with `flags` in `dir`; returns the job id.
     func submit(_ flags: [String], in dir: URL, conf: String) throws -> String {
-        let r = try CLI.run(["--parsable", "--nodes", "1", "--ntasks", "3", "--ntasks-per-node", "3", "--cpus-per-task", "1", "--time", "10",
-                             "--chdir", dir.path, script, "--tether", CLI.binary.path, "--iface", "lo"] + flags,
-                            timeout: 30, environment: ["SLURM_CONF": conf], executable: which("sbatch")!)
+        let r = try CLI.run(
+            [
+                "--parsable", "--nodes", "1", "--ntasks", "3", "--ntasks-per-node", "3", "--cpus-per-task", "1", "--time", "10",
+                "--chdir", dir.path, script, "--tether", CLI.binary.path, "--iface", "lo"
+            ] + flags,
+            timeout: 30, environment: ["SLURM_CONF": conf], executable: which("sbatch")!)
         #expect(r.status == 0, "\(r.stderr)")
         return r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
     }
@@ -33,7 +36,8 @@ struct SlurmTests {
         let deadline = Date().addingTimeInterval(seconds)
         var state = ""
         while Date() < deadline {
-            let show = try CLI.run(["show", "job", job], timeout: 10, environment: ["SLURM_CONF": conf], executable: which("scontrol")!).stdout
+            let show = try CLI.run(["show", "job", job], timeout: 10, environment: ["SLURM_CONF": conf], executable: which("scontrol")!)
+                .stdout
             state = show.components(separatedBy: "JobState=").dropFirst().first.map { String($0.prefix { $0.isLetter }) } ?? ""
             if ["COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"].contains(state) { return state }
             usleep(500_000)
@@ -44,7 +48,9 @@ struct SlurmTests {
     /// Waits (up to 90 s) until the run has written its first checkpoint.
     func waitForACheckpoint(_ run: URL) {
         let deadline = Date().addingTimeInterval(90)
-        while !FileManager.default.fileExists(atPath: run.appendingPathComponent("checkpoint.safetensors").path), Date() < deadline { usleep(200_000) }
+        while !FileManager.default.fileExists(atPath: run.appendingPathComponent("checkpoint.safetensors").path), Date() < deadline {
+            usleep(200_000)
+        }
     }
 
     @Test func sbatchTrainsThroughTheRealSrunAndKilledTasksAreHandled() throws {
@@ -84,8 +90,9 @@ struct SlurmTests {
 
         // One task killed with --worker-restarts 1 and an elastic coordinator: the other two go on.
         let elastic = dir.appendingPathComponent("elastic")
-        let third = try submit(["--run-dir", elastic.path, "--worker-restarts", "1", "--"] + training
-                               + ["--epochs", "8", "--min-workers", "2", "--max-restarts", "1", "--last-call", "3"], in: dir, conf: conf)
+        let third = try submit(
+            ["--run-dir", elastic.path, "--worker-restarts", "1", "--"] + training
+                + ["--epochs", "8", "--min-workers", "2", "--max-restarts", "1", "--last-call", "3"], in: dir, conf: conf)
         waitForACheckpoint(elastic)
         let victim = try CLI.run(["-f", "tether worker .*slurm-\(third)"], executable: URL(fileURLWithPath: "/usr/bin/pgrep")).stdout
             .split(separator: "\n").compactMap { Int32($0) }.last

@@ -11,9 +11,12 @@ import TetherComm
         s.joinerTimeout = .infinity
         return s
     }
-    func report(_ step: Int, epoch: Int = 0, loss: Double = 1, count: UInt64 = 10, hash: UInt64 = 0, compute: Double = 0.01) -> Envelope.StepReport {
-        .init(globalStep: UInt64(step), epoch: UInt32(epoch), lossSum: loss, count: count, correct: 5, computeSeconds: compute,
-              allreduceSeconds: 0.002, optimizerSeconds: 0.001, parameterHash: hash, waitSeconds: 0.001)
+    func report(
+        _ step: Int, epoch: Int = 0, loss: Double = 1, count: UInt64 = 10, hash: UInt64 = 0, compute: Double = 0.01
+    ) -> Envelope.StepReport {
+        .init(
+            globalStep: UInt64(step), epoch: UInt32(epoch), lossSum: loss, count: count, correct: 5, computeSeconds: compute,
+            allreduceSeconds: 0.002, optimizerSeconds: 0.001, parameterHash: hash, waitSeconds: 0.001)
     }
     func eval(_ epoch: Int) -> Envelope.EvalReport { .init(epoch: UInt32(epoch), lossSum: 2, count: 4, correct: 3, scores: [], labels: []) }
     func ready(_ hash: UInt64 = 7) -> Envelope.Ready { .init(parameterHash: hash, layoutFingerprint: 42) }
@@ -37,12 +40,18 @@ import TetherComm
         #expect(s.partialFinalEpoch == 1)
         for step in 1...3 { for r in 0..<2 { _ = s.handle(.step(rank: r, report(step, epoch: (step - 1) / 2)), now: 2) } }
         for r in 0..<2 { _ = s.handle(.evaluation(rank: r, eval(0)), now: 2) }
-        #expect(s.handle(.checkpoint(rank: 0, .init(globalStep: 3, safetensors: [])), now: 2) == [.writeCheckpoint(.init(globalStep: 3, safetensors: []))])
+        #expect(
+            s.handle(.checkpoint(rank: 0, .init(globalStep: 3, safetensors: [])), now: 2) == [
+                .writeCheckpoint(.init(globalStep: 3, safetensors: []))
+            ])
         #expect(s.handle(.evaluation(rank: 0, eval(1)), now: 2).isEmpty)
         #expect(s.handle(.evaluation(rank: 1, eval(1)), now: 2) == [.epochCompleted(epoch: 1, reports: [eval(1), eval(1)]), .finish])
         var early = started(workers: 2, total: 3, perEpoch: 2)
         for r in 0..<2 { _ = early.handle(.step(rank: r, report(1)), now: 2) }
-        #expect(early.handle(.evaluation(rank: 0, eval(1)), now: 2) == [.abort("rank 0 sent an evaluation of epoch 2, which it has not just finished")])
+        #expect(
+            early.handle(.evaluation(rank: 0, eval(1)), now: 2) == [
+                .abort("rank 0 sent an evaluation of epoch 2, which it has not just finished")
+            ])
     }
 
     /// A graceful stop: the reports of step 1 say `stopping` -> the job ends after it once rank 0's
@@ -53,9 +62,14 @@ import TetherComm
         var stopping = report(1)
         stopping.stopping = true
         #expect(s.handle(.step(rank: 0, stopping), now: 2).isEmpty)
-        guard case .stepCompleted? = s.handle(.step(rank: 1, stopping), now: 2).first else { Issue.record("step 1 did not complete"); return }
+        guard case .stepCompleted? = s.handle(.step(rank: 1, stopping), now: 2).first else {
+            Issue.record("step 1 did not complete"); return
+        }
         #expect(s.stoppedAt == 1 && s.endStep == 1)
-        #expect(s.handle(.checkpoint(rank: 0, .init(globalStep: 1, safetensors: [])), now: 2) == [.writeCheckpoint(.init(globalStep: 1, safetensors: [])), .finish])
+        #expect(
+            s.handle(.checkpoint(rank: 0, .init(globalStep: 1, safetensors: [])), now: 2) == [
+                .writeCheckpoint(.init(globalStep: 1, safetensors: [])), .finish
+            ])
         #expect(s.phase == .finished)
 
         var late = started(workers: 2, total: 4, perEpoch: 2)
@@ -77,15 +91,16 @@ import TetherComm
         var s = CoordinatorState(settings, now: 0)
         #expect(s.handle(.hello(identity: [1], address: "tcp://a:1"), now: 1).isEmpty)
         #expect(s.handle(.hello(identity: [2], address: "tcp://b:1"), now: 2).isEmpty)
-        #expect(s.handle(.hello(identity: [1], address: "tcp://a:1"), now: 3).isEmpty)   // repeated
+        #expect(s.handle(.hello(identity: [1], address: "tcp://a:1"), now: 3).isEmpty)  // repeated
         #expect(s.members.count == 2)
-        #expect(s.handle(.tick, now: 11.9).isEmpty)                                         // the last call is still open
+        #expect(s.handle(.tick, now: 11.9).isEmpty)  // the last call is still open
         let ring = ["tcp://a:1", "tcp://b:1"]
         #expect(s.handle(.tick, now: 12.1) == [.assign(identity: [1], rank: 0, ring: ring), .assign(identity: [2], rank: 1, ring: ring)])
-        #expect(s.handle(.hello(identity: [2], address: "tcp://b:1"), now: 12.2).isEmpty)   // a member's late repeat
-        #expect(s.handle(.hello(identity: [3], address: "tcp://c:1"), now: 12.5)
+        #expect(s.handle(.hello(identity: [2], address: "tcp://b:1"), now: 12.2).isEmpty)  // a member's late repeat
+        #expect(
+            s.handle(.hello(identity: [3], address: "tcp://c:1"), now: 12.5)
                 == [.turnAway(identity: [3], reason: "the job formed with 2 workers before a worker at tcp://c:1 said hello")])
-        #expect(s.handle(.tick, now: 16).isEmpty)                                           // heard at 12.1, not at 1
+        #expect(s.handle(.tick, now: 16).isEmpty)  // heard at 12.1, not at 1
         _ = s.handle(.ready(rank: 0, ready()), now: 16)
         #expect(s.handle(.ready(rank: 1, ready()), now: 16) == [.start])
     }
@@ -100,7 +115,10 @@ import TetherComm
         #expect(s.handle(.tick, now: 20).isEmpty)
         #expect(s.handle(.tick, now: 31) == [.abort("only 1 of 3 workers (at least 2 needed) joined within 30 s (joined: tcp://a:1)")])
         var t = started(workers: 2)
-        #expect(t.handle(.hello(identity: [9], address: "tcp://z:1"), now: 2) == [.turnAway(identity: [9], reason: "the job formed with 2 workers before a worker at tcp://z:1 said hello")])
+        #expect(
+            t.handle(.hello(identity: [9], address: "tcp://z:1"), now: 2) == [
+                .turnAway(identity: [9], reason: "the job formed with 2 workers before a worker at tcp://z:1 said hello")
+            ])
         #expect(t.phase == .training)
     }
 
@@ -119,7 +137,13 @@ import TetherComm
             if step % 2 == 0 {
                 for r in 0..<3 {
                     let out = s.handle(.evaluation(rank: r, eval(step / 2 - 1)), now: 2)
-                    if r == 2 { #expect(out.contains { if case .epochCompleted(let e, let reports) = $0 { return e == step / 2 - 1 && reports.count == 3 }; return false }) }
+                    if r == 2 {
+                        #expect(
+                            out.contains {
+                                if case .epochCompleted(let e, let reports) = $0 { return e == step / 2 - 1 && reports.count == 3 };
+                                return false
+                            })
+                    }
                 }
                 let out = s.handle(.checkpoint(rank: 0, .init(globalStep: UInt64(step), safetensors: [1])), now: 2)
                 #expect(out.first == .writeCheckpoint(.init(globalStep: UInt64(step), safetensors: [1])))
@@ -147,8 +171,12 @@ import TetherComm
         for r in [0, 2] { _ = s.handle(.heartbeat(rank: r), now: 5) }
         #expect(s.handle(.tick, now: 5.5).isEmpty)
         let out = s.handle(.tick, now: 6.5)
-        #expect(out == [.abort("worker rank 1 (tcp://h1:1) has been silent for 5 s: it died, lost its connection, or cannot get a heartbeat through")])
-        #expect(s.handle(.step(rank: 0, report(1)), now: 7).isEmpty) // a failed job takes no more events
+        #expect(
+            out == [
+                .abort(
+                    "worker rank 1 (tcp://h1:1) has been silent for 5 s: it died, lost its connection, or cannot get a heartbeat through")
+            ])
+        #expect(s.handle(.step(rank: 0, report(1)), now: 7).isEmpty)  // a failed job takes no more events
     }
 
     /// Elastic in place (4 workers, at least 2): rank 1 falls silent during step 3 -> the survivors are
@@ -167,31 +195,40 @@ import TetherComm
             return s
         }
         var s = elastic()
-        _ = s.handle(.step(rank: 0, report(3)), now: 3) // step 3 is in flight: one report of four
+        _ = s.handle(.step(rank: 0, report(3)), now: 3)  // step 3 is in flight: one report of four
         for r in [0, 2, 3] { _ = s.handle(.heartbeat(rank: r), now: 7) }
         let why = "worker rank 1 (tcp://h1:1) has been silent for 5 s: it died, lost its connection, or cannot get a heartbeat through"
         #expect(s.handle(.tick, now: 7.5) == [.reform(epoch: 1, reason: why)])
         #expect(s.phase == .initializing && s.ringEpoch == 1 && s.members.map(\.address) == ["tcp://h0:1", "tcp://h2:1", "tcp://h3:1"])
         // they connect once all three listen on the new ring (none may reach an abandoned socket)
-        #expect(s.handle(.listening(rank: 0, epoch: 0), now: 8) == [.dropped("rank 0 listens on ring epoch 0 while the job is initializing on epoch 1")])
+        #expect(
+            s.handle(.listening(rank: 0, epoch: 0), now: 8) == [
+                .dropped("rank 0 listens on ring epoch 0 while the job is initializing on epoch 1")
+            ])
         for r in 0..<2 { #expect(s.handle(.listening(rank: r, epoch: 1), now: 8).isEmpty) }
         #expect(s.handle(.listening(rank: 2, epoch: 1), now: 8) == [.connectRing])
         // survivors that disagree on the step they hold are refused
         var apart = s
         for r in 0..<2 { _ = apart.handle(.ready(rank: r, .init(parameterHash: 7, layoutFingerprint: 42, globalStep: 2)), now: 8) }
-        #expect(apart.handle(.ready(rank: 2, .init(parameterHash: 7, layoutFingerprint: 42, globalStep: 3)), now: 8)
+        #expect(
+            apart.handle(.ready(rank: 2, .init(parameterHash: 7, layoutFingerprint: 42, globalStep: 3)), now: 8)
                 == [.abort("the re-formed ring's ranks hold steps [2, 3] after step 2")])
         // they hold step 3 (one survivor finished it): its reports come again, from all three, and merge
         for r in 0..<2 { #expect(s.handle(.ready(rank: r, .init(parameterHash: 7, layoutFingerprint: 42, globalStep: 3)), now: 8).isEmpty) }
         #expect(s.handle(.ready(rank: 2, .init(parameterHash: 7, layoutFingerprint: 42, globalStep: 3)), now: 8) == [.start])
         #expect(s.redoStep == 3)
         for r in 0..<2 { #expect(s.handle(.step(rank: r, report(3)), now: 8).isEmpty) }
-        guard case .stepCompleted(let summary)? = s.handle(.step(rank: 2, report(3)), now: 8).first else { Issue.record("step 3 did not complete"); return }
+        guard case .stepCompleted(let summary)? = s.handle(.step(rank: 2, report(3)), now: 8).first else {
+            Issue.record("step 3 did not complete"); return
+        }
         #expect(summary.compute.count == 3 && s.completedSteps == 3)
         // step 4 ends epoch 1: evaluated and checkpointed; then a loss during step 5 and a redo of step 4's work
         for r in 0..<3 { _ = s.handle(.step(rank: r, report(4)), now: 9) }
         for r in 0..<3 { _ = s.handle(.evaluation(rank: r, eval(0)), now: 9) }
-        #expect(s.handle(.checkpoint(rank: 0, .init(globalStep: 4, safetensors: [])), now: 9) == [.writeCheckpoint(.init(globalStep: 4, safetensors: []))])
+        #expect(
+            s.handle(.checkpoint(rank: 0, .init(globalStep: 4, safetensors: [])), now: 9) == [
+                .writeCheckpoint(.init(globalStep: 4, safetensors: []))
+            ])
         #expect(s.handle(.abort(rank: 2, reason: "killed"), now: 10) == [.reform(epoch: 2, reason: "rank 2 (tcp://h3:1) stopped: killed")])
         for r in 0..<2 { _ = s.handle(.ready(rank: r, .init(parameterHash: 7, layoutFingerprint: 42, globalStep: 4)), now: 11) }
         #expect(s.phase == .training && s.redoStep == 4)
@@ -226,11 +263,15 @@ import TetherComm
         _ = s.handle(.tick, now: 2.5)
         for r in 0..<2 { _ = s.handle(.ready(rank: r, ready()), now: 3) }
         for r in 0..<2 { _ = s.handle(.step(rank: r, report(1)), now: 3) }
-        #expect(s.handle(.hello(identity: [9], address: "tcp://h0:1"), now: 4)
+        #expect(
+            s.handle(.hello(identity: [9], address: "tcp://h0:1"), now: 4)
                 == [.turnAway(identity: [9], reason: "the job formed with 2 workers before a worker at tcp://h0:1 said hello")])
-        #expect(s.handle(.hello(identity: [7], address: "tcp://h7:1"), now: 4)
+        #expect(
+            s.handle(.hello(identity: [7], address: "tcp://h7:1"), now: 4)
                 == [.reform(epoch: 1, assign: [7], reason: "a worker at tcp://h7:1 joins the job", atBoundary: true)])
-        #expect(s.phase == .training && s.ringEpoch == 0 && s.members.count == 2 && s.nextRing.map(\.address) == ["tcp://h0:1", "tcp://h1:1", "tcp://h7:1"])
+        #expect(
+            s.phase == .training && s.ringEpoch == 0 && s.members.count == 2
+                && s.nextRing.map(\.address) == ["tcp://h0:1", "tcp://h1:1", "tcp://h7:1"])
         #expect(s.handle(.hello(identity: [7], address: "tcp://h7:1"), now: 4).isEmpty, "its Hello again")
         #expect(s.handle(.hello(identity: [8], address: "tcp://h8:1"), now: 4).isEmpty, "another joiner waits for this join")
         // the members train on: step 2 merges from two reports; the joiner's heartbeats keep it alive
@@ -241,7 +282,10 @@ import TetherComm
         _ = s.handle(.step(rank: 0, report(3)), now: 5)
         #expect(s.handle(.listening(rank: 0, epoch: 1), now: 5).isEmpty)
         var apart = s
-        #expect(apart.handle(.listening(rank: 1, epoch: 1), now: 5) == [.abort("the ranks left the ring of epoch 0 at different steps (reported: [3, 2])")])
+        #expect(
+            apart.handle(.listening(rank: 1, epoch: 1), now: 5) == [
+                .abort("the ranks left the ring of epoch 0 at different steps (reported: [3, 2])")
+            ])
         _ = s.handle(.step(rank: 1, report(3)), now: 5)
         #expect(s.handle(.listening(rank: 1, epoch: 1), now: 5) == [.connectRing])
         #expect(s.phase == .initializing && s.ringEpoch == 1 && s.members.count == 3 && s.joiner == nil)
@@ -250,7 +294,10 @@ import TetherComm
         for r in 0..<3 { _ = s.handle(.step(rank: r, report(4)), now: 6) }
         #expect(s.completedSteps == 4)
         // now the waiting joiner is taken (at the next boundary); a fifth when full is turned away
-        #expect(s.handle(.hello(identity: [8], address: "tcp://h8:1"), now: 6).first.map { if case .reform(2, [8], _, true) = $0 { true } else { false } } == true)
+        #expect(
+            s.handle(.hello(identity: [8], address: "tcp://h8:1"), now: 6).first.map {
+                if case .reform(2, [8], _, true) = $0 { true } else { false }
+            } == true)
     }
 
     /// Losses at the awkward moments: during an epoch's evaluation (two of three reports in) the
@@ -270,14 +317,22 @@ import TetherComm
         #expect(s.handle(.abort(rank: 2, reason: "gone"), now: 3).first.map { if case .reform = $0 { true } else { false } } == true)
         #expect(s.handle(.checkpoint(rank: 0, .init(globalStep: 2, safetensors: [])), now: 3).isEmpty, "stale while re-forming")
         #expect(s.handle(.hello(identity: [9], address: "tcp://h9:1"), now: 3).isEmpty, "a replacement waits while the ring re-forms")
-        for r in 0..<2 { _ = s.handle(.ready(rank: r, .init(parameterHash: 7, layoutFingerprint: 42, globalStep: 2, abandonedStep: 3)), now: 4) }
+        for r in 0..<2 {
+            _ = s.handle(.ready(rank: r, .init(parameterHash: 7, layoutFingerprint: 42, globalStep: 2, abandonedStep: 3)), now: 4)
+        }
         #expect(s.phase == .training && s.redoStep == 2 && s.stepsRedone == 1)
         for r in 0..<2 { #expect(s.handle(.step(rank: r, report(2)), now: 4).isEmpty) }
         #expect(s.handle(.evaluation(rank: 0, eval(0)), now: 4).isEmpty)
         #expect(s.handle(.evaluation(rank: 1, eval(0)), now: 4) == [.epochCompleted(epoch: 0, reports: [eval(0), eval(0)])])
-        #expect(s.handle(.checkpoint(rank: 0, .init(globalStep: 2, safetensors: [])), now: 4) == [.writeCheckpoint(.init(globalStep: 2, safetensors: []))])
+        #expect(
+            s.handle(.checkpoint(rank: 0, .init(globalStep: 2, safetensors: [])), now: 4) == [
+                .writeCheckpoint(.init(globalStep: 2, safetensors: []))
+            ])
         // the replacement, saying hello again, joins; rank 1 is lost before the switch
-        #expect(s.handle(.hello(identity: [9], address: "tcp://h9:1"), now: 5) == [.reform(epoch: 2, assign: [9], reason: "a worker at tcp://h9:1 joins the job", atBoundary: true)])
+        #expect(
+            s.handle(.hello(identity: [9], address: "tcp://h9:1"), now: 5) == [
+                .reform(epoch: 2, assign: [9], reason: "a worker at tcp://h9:1 joins the job", atBoundary: true)
+            ])
         #expect(s.handle(.abort(rank: 1, reason: "killed"), now: 5) == [.reform(epoch: 3, reason: "rank 1 (tcp://h1:1) stopped: killed")])
         #expect(s.members.map(\.address) == ["tcp://h0:1", "tcp://h9:1"] && s.joiner == nil && s.ringEpoch == 3)
         for r in 0..<2 { _ = s.handle(.listening(rank: r, epoch: 3), now: 6) }
@@ -287,7 +342,8 @@ import TetherComm
         for r in 0..<2 { _ = s.handle(.step(rank: r, report(3, epoch: 1)), now: 7) }
         _ = s.handle(.hello(identity: [5], address: "tcp://h5:1"), now: 7)
         for r in 0..<2 { _ = s.handle(.heartbeat(rank: r), now: 12.5) }
-        #expect(s.handle(.tick, now: 12.5) == [.reform(epoch: 5, reason: "the worker at tcp://h5:1 that was joining has been silent for 5 s")])
+        #expect(
+            s.handle(.tick, now: 12.5) == [.reform(epoch: 5, reason: "the worker at tcp://h5:1 that was joining has been silent for 5 s")])
         #expect(s.members.count == 2 && s.nextRing.count == 2)
     }
 
@@ -321,8 +377,12 @@ import TetherComm
         var s = started()
         _ = s.handle(.heartbeat(rank: 0), now: 5)
         _ = s.handle(.heartbeat(rank: 2), now: 2)
-        #expect(s.handle(.tick, now: 6.5) == [.abort("workers rank 1 (tcp://h1:1, 5 s), rank 2 (tcp://h2:1, 4 s) have been silent: they died, "
-                                                      + "lost their connections, or cannot get a heartbeat through (a network partition?)")])
+        #expect(
+            s.handle(.tick, now: 6.5) == [
+                .abort(
+                    "workers rank 1 (tcp://h1:1, 5 s), rank 2 (tcp://h2:1, 4 s) have been silent: they died, "
+                        + "lost their connections, or cannot get a heartbeat through (a network partition?)")
+            ])
     }
 
     @Test func divergedParametersStopTheJobNamingTheRank() {
@@ -338,14 +398,20 @@ import TetherComm
         _ = s.handle(.hello(identity: [0], address: "a"), now: 0)
         _ = s.handle(.hello(identity: [1], address: "b"), now: 0)
         _ = s.handle(.ready(rank: 0, ready(7)), now: 0)
-        #expect(s.handle(.ready(rank: 1, ready(8)), now: 0) == [.abort("rank 1 starts from other parameters than rank 0 (hash 0x8 vs 0x7)")])
+        #expect(
+            s.handle(.ready(rank: 1, ready(8)), now: 0) == [.abort("rank 1 starts from other parameters than rank 0 (hash 0x8 vs 0x7)")])
     }
 
     @Test func joiningProblems() {
         var s = CoordinatorState(settings(workers: 2), now: 0)
         _ = s.handle(.hello(identity: [0], address: "tcp://x:1"), now: 0)
-        #expect(s.handle(.hello(identity: [1], address: "tcp://x:1"), now: 0)
-                == [.turnAway(identity: [1], reason: "another worker of this job already advertises tcp://x:1; give each worker its own --advertise address")])
+        #expect(
+            s.handle(.hello(identity: [1], address: "tcp://x:1"), now: 0)
+                == [
+                    .turnAway(
+                        identity: [1],
+                        reason: "another worker of this job already advertises tcp://x:1; give each worker its own --advertise address")
+                ])
         #expect(s.phase == .joining && s.members.count == 1)
         var late = CoordinatorState(settings(workers: 2), now: 0)
         _ = late.handle(.hello(identity: [0], address: "tcp://x:1"), now: 0)
@@ -366,7 +432,7 @@ import TetherComm
         #expect(s.handle(.tick, now: 3.5) == [.dropped("the worker at tcp://gone:1, which stopped saying hello before the job formed")])
         #expect(s.members.isEmpty)
         _ = s.handle(.hello(identity: [1], address: "tcp://a:1"), now: 4)
-        #expect(s.handle(.hello(identity: [2], address: "tcp://b:1"), now: 4.5).count == 2) // formed with the two live ones
+        #expect(s.handle(.hello(identity: [2], address: "tcp://b:1"), now: 4.5).count == 2)  // formed with the two live ones
     }
 
     /// What a member may send depends on the job's state; out of place it is dropped (before the job
@@ -374,24 +440,36 @@ import TetherComm
     @Test func messagesThatDoNotFitTheStateAreDroppedOrNamed() {
         var joining = CoordinatorState(settings(workers: 2), now: 0)
         _ = joining.handle(.hello(identity: [0], address: "tcp://x:1"), now: 0)
-        #expect(joining.handle(.ready(rank: 0, .init(parameterHash: 1, layoutFingerprint: 1)), now: 0) == [.dropped("a message for rank 0 before the job formed")])
+        #expect(
+            joining.handle(.ready(rank: 0, .init(parameterHash: 1, layoutFingerprint: 1)), now: 0) == [
+                .dropped("a message for rank 0 before the job formed")
+            ])
         #expect(joining.handle(.heartbeat(rank: 0), now: 0) == [.dropped("a message for rank 0 before the job formed")])
         #expect(joining.phase == .joining)
 
         var s = started()
-        #expect(s.handle(.ready(rank: 1, .init(parameterHash: 1, layoutFingerprint: 1)), now: 2) == [.dropped("rank 1 sent Ready while the job is training")])
+        #expect(
+            s.handle(.ready(rank: 1, .init(parameterHash: 1, layoutFingerprint: 1)), now: 2) == [
+                .dropped("rank 1 sent Ready while the job is training")
+            ])
         var huge = report(1)
         huge.globalStep = .max
-        #expect(s.handle(.step(rank: 0, huge), now: 2) == [.abort("rank 0 reported step 18446744073709551615 while the job is at step 0 of 4")])
+        #expect(
+            s.handle(.step(rank: 0, huge), now: 2) == [.abort("rank 0 reported step 18446744073709551615 while the job is at step 0 of 4")])
         var t = started()
         var liar = report(1)
         (liar.count, liar.correct) = (10, .max)
-        #expect(t.handle(.step(rank: 1, liar), now: 2) == [.abort("rank 1 sent an impossible step report for step 1: count 10, correct 18446744073709551615")])
+        #expect(
+            t.handle(.step(rank: 1, liar), now: 2) == [
+                .abort("rank 1 sent an impossible step report for step 1: count 10, correct 18446744073709551615")
+            ])
         var u = started()
-        #expect(u.handle(.evaluation(rank: 0, .init(epoch: 4_000_000_000, lossSum: 0, count: 1, correct: 0, scores: [], labels: [])), now: 2)
+        #expect(
+            u.handle(.evaluation(rank: 0, .init(epoch: 4_000_000_000, lossSum: 0, count: 1, correct: 0, scores: [], labels: [])), now: 2)
                 == [.abort("rank 0 sent an evaluation of epoch 4000000001, which it has not just finished")])
         var v = started()
-        #expect(v.handle(.checkpoint(rank: 0, .init(globalStep: 7, safetensors: [])), now: 2)
+        #expect(
+            v.handle(.checkpoint(rank: 0, .init(globalStep: 7, safetensors: [])), now: 2)
                 == [.abort("rank 0 sent a checkpoint of step 7, which it has not just reported")])
     }
 

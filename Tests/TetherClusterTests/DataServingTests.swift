@@ -6,13 +6,16 @@ import TetherTrain
 
 @Suite struct DataServingTests {
     /// 5,000 one-pixel images: more than one request's worth of rows.
-    let train = ImageDataset(pixels: (0..<5000).map { UInt8($0 % 251) }, labels: (0..<5000).map { Int32($0 % 3) }, height: 1, width: 1, classes: 3)
+    let train = ImageDataset(
+        pixels: (0..<5000).map { UInt8($0 % 251) }, labels: (0..<5000).map { Int32($0 % 3) }, height: 1, width: 1, classes: 3)
     let test = ImageDataset(pixels: [9, 9, 9, 9], labels: [2], height: 2, width: 2, classes: 3)
 
     /// A worker's source whose requests go through the wire format to `DataServing.answer` and back.
     func source(train: any ServableDataset, test: any ServableDataset) -> ServedData {
         ServedData { request in
-            let env = try Envelope(decoding: Envelope(jobID: "j", senderRank: -1, body: .dataRows(DataServing.answer(request, train: train, test: test))).encoded())
+            let env = try Envelope(
+                decoding: Envelope(jobID: "j", senderRank: -1, body: .dataRows(DataServing.answer(request, train: train, test: test)))
+                    .encoded())
             guard case .dataRows(let r) = env.body else { throw ClusterError("not rows") }
             return r
         }
@@ -29,8 +32,9 @@ import TetherTrain
     }
 
     @Test func tablesAndTokensSurviveTheirEncoding() throws {
-        let table = TabularDataset(categoricalNames: ["a", "b"], numericNames: ["x"], crosses: [[0, 1]],
-                                   categorical: [1, 2, 3, 4, .max, 6], numeric: [0.5, -1, .pi], labels: [1, 0, 1])
+        let table = TabularDataset(
+            categoricalNames: ["a", "b"], numericNames: ["x"], crosses: [[0, 1]],
+            categorical: [1, 2, 3, 4, .max, 6], numeric: [0.5, -1, .pi], labels: [1, 0, 1])
         let back = try TabularDataset(shape: table.encodedShape(), rows: table.encodedRows([2, 0]))
         #expect(back.categorical == [.max, 6, 1, 2] && back.numeric == [.pi, 0.5] && back.labels == [1, 1] && back.crosses == [[0, 1]])
         let text = TokenSequence(vocabulary: Vocabulary(words: ["<eos>", "<unk>", "a"]), tokens: [2, 0, 1, 2])

@@ -11,9 +11,12 @@ import TetherTrain
 /// to allocate what they claimed: each is now an error naming what is wrong.
 @Suite struct HostileInputTests {
     func config() -> [UInt8] { [UInt8](try! JSONEncoder().encode(TrainingConfig.defaults(for: "mlp-wn"))) }
-    func assign(ring: [String] = ["tcp://10.0.0.1:7071", "tcp://10.0.0.2:7071"], config: [UInt8]? = nil, keys: Bool = true) -> Envelope.Assign {
-        var a = Envelope.Assign(rank: 0, worldSize: UInt32(ring.count), ring: ring, configJSON: config ?? self.config(), hashEvery: 50,
-                                checkpointEvery: 0, bucketBytes: 1 << 20)
+    func assign(
+        ring: [String] = ["tcp://10.0.0.1:7071", "tcp://10.0.0.2:7071"], config: [UInt8]? = nil, keys: Bool = true
+    ) -> Envelope.Assign {
+        var a = Envelope.Assign(
+            rank: 0, worldSize: UInt32(ring.count), ring: ring, configJSON: config ?? self.config(), hashEvery: 50,
+            checkpointEvery: 0, bucketBytes: 1 << 20)
         if keys {
             let pairs = ring.map { _ in try! CurveKeyPair.generate() }
             (a.ringSecretKey, a.ringPublicKeys) = (pairs[0].secretKey, pairs.map(\.publicKey))
@@ -35,10 +38,12 @@ import TetherTrain
         ("tcp://10.0.0.1", "expected tcp://HOST:PORT"),
         ("tcp://10.0.0.1:99999", "expected tcp://HOST:PORT"),
         ("inproc://x", "only tcp:// (or ipc:// in the job's runtime folder) ring addresses are accepted"),
-        ("pgm://eth0;239.1.1.1:5555", "only tcp://"),
+        ("pgm://eth0;239.1.1.1:5555", "only tcp://")
     ])
     func aRingAddressOutsideTheRulesIsRefused(address: String, reason: String) {
-        #expect { try check.validate(assign(ring: ["tcp://10.0.0.1:7071", address])) } throws: { "\($0)".contains("ring address of rank 1") && "\($0)".contains(reason) }
+        #expect { try check.validate(assign(ring: ["tcp://10.0.0.1:7071", address])) } throws: {
+            "\($0)".contains("ring address of rank 1") && "\($0)".contains(reason)
+        }
     }
 
     /// A worker binds its own ring address and connects to its right neighbour's: only those two must
@@ -50,8 +55,10 @@ import TetherTrain
         three.ring[2] = "ipc://relative/ring"
         #expect { try check.validate(three) } throws: { "\($0)".contains("ring address of rank 2") }
         three.ring[2] = elsewhere
-        three.ring[1] = elsewhere.replacingOccurrences(of: "r2", with: "r1") // the right neighbour's, outside this worker's folder
-        #expect { try check.validate(three) } throws: { "\($0)".contains("ring address of rank 1") && "\($0)".contains("/run/user/0/tether") }
+        three.ring[1] = elsewhere.replacingOccurrences(of: "r2", with: "r1")  // the right neighbour's, outside this worker's folder
+        #expect { try check.validate(three) } throws: {
+            "\($0)".contains("ring address of rank 1") && "\($0)".contains("/run/user/0/tether")
+        }
     }
 
     /// The coordinator pairs same-host neighbours: rank r's address is a unix socket exactly when its
@@ -71,14 +78,16 @@ import TetherTrain
     @Test func anInvalidConfigurationOrDataOutsideTheRootsIsRefused() throws {
         var bad = TrainingConfig.defaults(for: "mlp-wn")
         bad.batch = 0
-        #expect { try check.validate(assign(config: [UInt8](try JSONEncoder().encode(bad)))) } throws: { "\($0)".contains("the job configuration is not valid") }
+        #expect { try check.validate(assign(config: [UInt8](try JSONEncoder().encode(bad)))) } throws: {
+            "\($0)".contains("the job configuration is not valid")
+        }
         var text = TrainingConfig.defaults(for: "lm-tied")
         text.data = "text:/etc/passwd"
         #expect { try check.validate(assign(config: [UInt8](try JSONEncoder().encode(text)))) } throws: {
             "\($0)".contains("the job reads /etc/passwd, which is outside this worker's data roots")
         }
         var served = assign(config: [UInt8](try JSONEncoder().encode(text)))
-        served.dataServed = true // served data is not read from the worker's disk
+        served.dataServed = true  // served data is not read from the worker's disk
         #expect(try check.validate(served).data == "text:/etc/passwd")
         #expect { try check.validate(assign(config: Array("{\"model\": 7}".utf8))) } throws: { "\($0)".contains("does not decode") }
     }
@@ -87,7 +96,7 @@ import TetherTrain
         #expect { try check.validate(assign(keys: false)) } throws: { "\($0)".contains("carries no valid ring keys") }
         #expect(throws: Never.self) { try AssignCheck(dataRoots: ["/usr/share/datasets"], secure: false).validate(assign(keys: false)) }
         var mismatched = assign()
-        mismatched.ringSecretKey = try! CurveKeyPair.generate().secretKey // not rank 0's public key
+        mismatched.ringSecretKey = try! CurveKeyPair.generate().secretKey  // not rank 0's public key
         #expect { try check.validate(mismatched) } throws: { "\($0)".contains("carries no valid ring keys") }
     }
 
@@ -140,7 +149,7 @@ import TetherTrain
         let keys = try CurveKeyPair.generate()
         try KeyFile.write(keys, to: path)
         #expect(try KeyFile.read(path) == keys)
-        #expect(throws: CurveError.self) { try KeyFile.write(keys, to: path) } // never overwritten
+        #expect(throws: CurveError.self) { try KeyFile.write(keys, to: path) }  // never overwritten
         chmod(path, 0o644)
         #expect { try KeyFile.read(path) } throws: { "\($0)".contains("has mode 644: other users may read or change it") }
         #expect(try KeyFile.parse(keys.secretKey, source: "TETHER_KEY") == keys)
@@ -155,14 +164,24 @@ import TetherTrain
     @Test func aJoiningWorkerNamesWhatItSees() {
         var nothing = JoinDiagnosis(coordinator: "tcp://c:1", secure: true)
         #expect(nothing.verdict(waited: 0) == nil)
-        #expect(nothing.verdict(waited: 2) == .say("nothing answers at tcp://c:1 yet (is the coordinator running, and is this its address?); still trying"))
-        #expect(nothing.verdict(waited: 3) == nil) // said once
+        #expect(
+            nothing.verdict(waited: 2)
+                == .say("nothing answers at tcp://c:1 yet (is the coordinator running, and is this its address?); still trying"))
+        #expect(nothing.verdict(waited: 3) == nil)  // said once
         var wrongKey = JoinDiagnosis(coordinator: "tcp://c:1", secure: true)
-        wrongKey.record(.init(event: 0x0001, value: 0, address: "tcp://c:1"))    // connected
-        wrongKey.record(.init(event: 0x0200, value: 0, address: "tcp://c:1"))    // disconnected before a handshake
-        #expect(wrongKey.verdict(waited: 1) == .refused("the handshake with the coordinator at tcp://c:1 failed: it holds another cluster key, or runs --insecure (this worker runs with CURVE)"))
+        wrongKey.record(.init(event: 0x0001, value: 0, address: "tcp://c:1"))  // connected
+        wrongKey.record(.init(event: 0x0200, value: 0, address: "tcp://c:1"))  // disconnected before a handshake
+        #expect(
+            wrongKey.verdict(waited: 1)
+                == .refused(
+                    "the handshake with the coordinator at tcp://c:1 failed: it holds another cluster key, or runs --insecure (this worker runs with CURVE)"
+                ))
         var refused = JoinDiagnosis(coordinator: "tcp://c:1", secure: true)
         refused.record(.init(event: 0x4000, value: 400, address: "tcp://c:1"))
-        #expect(refused.verdict(waited: 0) == .refused("the coordinator at tcp://c:1 refused this worker's key (status 400): it runs with another cluster key; give this worker the job's key file (--key-file)"))
+        #expect(
+            refused.verdict(waited: 0)
+                == .refused(
+                    "the coordinator at tcp://c:1 refused this worker's key (status 400): it runs with another cluster key; give this worker the job's key file (--key-file)"
+                ))
     }
 }

@@ -7,7 +7,9 @@ import TetherTensor
 import TetherTrain
 
 /// What each rank's thread returned.
-private final class Slots<R>: @unchecked Sendable { var results: [Result<R, Error>?]; init(_ n: Int) { results = Array(repeating: nil, count: n) } }
+private final class Slots<R>: @unchecked Sendable {
+    var results: [Result<R, Error>?]; init(_ n: Int) { results = Array(repeating: nil, count: n) }
+}
 
 /// PowerSGD over real rings (inproc and tcp loopback), one thread per rank.
 @Suite struct PowerSGDTests {
@@ -58,16 +60,22 @@ private final class Slots<R>: @unchecked Sendable { var results: [Result<R, Erro
             let p = PowerSGD(layout: Self.layout, rank: 64, startStep: 0, seed: 1, minCompressionRate: 0)
             #expect(p.matrices.map(\.name) == ["a.weight", "b.weight", "conv.weight"] && p.matrices.map(\.rank) == [7, 5, 6])
             var g = Self.gradient(rank: rank, step: 0)
-            _ = try g.withUnsafeMutableBufferPointer { try p.allReduce($0.baseAddress!, range: 0 ..< $0.count, errors: nil, ring: ring, step: 0, bucket: 0, vote: []) }
+            _ = try g.withUnsafeMutableBufferPointer {
+                try p.allReduce($0.baseAddress!, range: 0..<$0.count, errors: nil, ring: ring, step: 0, bucket: 0, vote: [])
+            }
             return g
         }
         let exact = (0..<Self.layout.totalCount).map { i in (0..<ranks).reduce(0.0) { $0 + Double(Self.gradient(rank: $1, step: 0)[i]) } }
         let worst = zip(results[0], exact).map { abs(Double($0) - $1) }.max()!
         #expect(worst < 1e-4, "largest difference from the exact sum: \(worst)")
-        for r in 1..<ranks { #expect(zip(results[r], results[0]).filter { $0.bitPattern != $1.bitPattern }.count == 0, "rank \(r) differs from rank 0") }
+        for r in 1..<ranks {
+            #expect(zip(results[r], results[0]).filter { $0.bitPattern != $1.bitPattern }.count == 0, "rank \(r) differs from rank 0")
+        }
         // the 1-D parameters travel as they are: exactly the ring's f32 sum, which is within a rounding of the exact one
         for e in Self.layout.entries where e.shape.count == 1 {
-            #expect((e.offset ..< e.offset + e.count).allSatisfy { abs(Double(results[0][$0]) - exact[$0]) <= 1e-5 * max(1, abs(exact[$0])) }, "\(e.name)")
+            #expect(
+                (e.offset..<e.offset + e.count).allSatisfy { abs(Double(results[0][$0]) - exact[$0]) <= 1e-5 * max(1, abs(exact[$0])) },
+                "\(e.name)")
         }
     }
 
@@ -76,8 +84,10 @@ private final class Slots<R>: @unchecked Sendable { var results: [Result<R, Erro
     /// rounding), while without feedback the shortfall is of the gradients' own size (checked).
     @Test func lowRankKeepsReplicasEqualAndErrorFeedbackLosesNothing() throws {
         let ranks = 3, steps = 40, n = Self.layout.totalCount
-        let outcome = try Self.onRing(ranks, .inproc) { rank, ring -> (applied: [Double], carried: [Float], plainApplied: [Double], sums: [UInt64]) in
-            let withFeedback = PowerSGD(layout: Self.layout, rank: 1, startStep: 0, seed: 7), without = PowerSGD(layout: Self.layout, rank: 1, startStep: 0, seed: 7)
+        let outcome = try Self.onRing(ranks, .inproc) {
+            rank, ring -> (applied: [Double], carried: [Float], plainApplied: [Double], sums: [UInt64]) in
+            let withFeedback = PowerSGD(layout: Self.layout, rank: 1, startStep: 0, seed: 7),
+                without = PowerSGD(layout: Self.layout, rank: 1, startStep: 0, seed: 7)
             var errors = [Float](repeating: 0, count: n), next = errors
             var applied = [Double](repeating: 0, count: n), plainApplied = applied, sums: [UInt64] = []
             for step in 0..<steps {
@@ -85,23 +95,35 @@ private final class Slots<R>: @unchecked Sendable { var results: [Result<R, Erro
                 _ = try g.withUnsafeMutableBufferPointer { gs in
                     try errors.withUnsafeBufferPointer { e in
                         try next.withUnsafeMutableBufferPointer { w in
-                            try withFeedback.allReduce(gs.baseAddress!, range: 0 ..< n, errors: (e.baseAddress!, w.baseAddress!), ring: ring, step: UInt64(step), bucket: 0, vote: [])
+                            try withFeedback.allReduce(
+                                gs.baseAddress!, range: 0..<n, errors: (e.baseAddress!, w.baseAddress!), ring: ring, step: UInt64(step),
+                                bucket: 0, vote: [])
                         }
                     }
                 }
                 swap(&errors, &next)
                 withFeedback.commit()
-                _ = try h.withUnsafeMutableBufferPointer { try without.allReduce($0.baseAddress!, range: 0 ..< n, errors: nil, ring: ring, step: UInt64(step), bucket: 1, vote: []) }
+                _ = try h.withUnsafeMutableBufferPointer {
+                    try without.allReduce($0.baseAddress!, range: 0..<n, errors: nil, ring: ring, step: UInt64(step), bucket: 1, vote: [])
+                }
                 without.commit()
                 for i in 0..<n { applied[i] += Double(g[i]); plainApplied[i] += Double(h[i]) }
                 sums.append(g.withUnsafeBytes { b in b.reduce(UInt64(0xCBF2_9CE4_8422_2325)) { ($0 ^ UInt64($1)) &* 0x100_0000_01B3 } })
             }
             return (applied, errors, plainApplied, sums)
         }
-        for r in 1..<ranks { #expect(outcome[r].sums == outcome[0].sums, "rank \(r)'s applied gradients differ from rank 0's in some step") }
-        let truth = (0..<n).map { i in (0..<steps).reduce(0.0) { s, step in s + (0..<ranks).reduce(0.0) { $0 + Double(Self.gradient(rank: $1, step: step)[i]) } } }
-        let matrixElements = PowerSGD(layout: Self.layout, rank: 1, startStep: 0, seed: 7).matrices.flatMap { $0.offset ..< $0.offset + $0.rows * $0.cols }
-        let kept = matrixElements.map { i in abs(outcome[0].applied[i] + (0..<ranks).reduce(0.0) { $0 + Double(outcome[$1].carried[i]) } - truth[i]) }.max()!
+        for r in 1..<ranks {
+            #expect(outcome[r].sums == outcome[0].sums, "rank \(r)'s applied gradients differ from rank 0's in some step")
+        }
+        let truth = (0..<n).map { i in
+            (0..<steps).reduce(0.0) { s, step in s + (0..<ranks).reduce(0.0) { $0 + Double(Self.gradient(rank: $1, step: step)[i]) } }
+        }
+        let matrixElements = PowerSGD(layout: Self.layout, rank: 1, startStep: 0, seed: 7).matrices.flatMap {
+            $0.offset..<$0.offset + $0.rows * $0.cols
+        }
+        let kept = matrixElements.map { i in
+            abs(outcome[0].applied[i] + (0..<ranks).reduce(0.0) { $0 + Double(outcome[$1].carried[i]) } - truth[i])
+        }.max()!
         let lost = matrixElements.map { i in abs(outcome[0].plainApplied[i] - truth[i]) }.max()!
         #expect(kept < 1e-3, "with error feedback, applied + carried differs from the true sum by \(kept)")
         #expect(lost > 1, "without error feedback the approximation should lose gradient mass (lost \(lost))")
@@ -109,7 +131,7 @@ private final class Slots<R>: @unchecked Sendable { var results: [Result<R, Erro
 
     /// P̂ has orthonormal columns; a vanishing column becomes zero, not NaN.
     @Test func orthonormalizedColumnsAreOrthonormal() {
-        var a: [Float] = [3, 1, 0, 4, 2, 0, 0, 5, 0, 1, 1, 0] // 4 x 3, the last column zero
+        var a: [Float] = [3, 1, 0, 4, 2, 0, 0, 5, 0, 1, 1, 0]  // 4 x 3, the last column zero
         a.withUnsafeMutableBufferPointer { PowerSGD.orthonormalizeColumns($0.baseAddress!, rows: 4, cols: 3) }
         func dot(_ i: Int, _ j: Int) -> Float { (0..<4).reduce(0) { $0 + a[$1 * 3 + i] * a[$1 * 3 + j] } }
         #expect(abs(dot(0, 0) - 1) < 1e-6 && abs(dot(1, 1) - 1) < 1e-6 && abs(dot(0, 1)) < 1e-6)
@@ -121,7 +143,8 @@ private final class Slots<R>: @unchecked Sendable { var results: [Result<R, Erro
         let p = PowerSGD(layout: Self.layout, rank: 4, startStep: 0, seed: 0)
         // a: 84 vs 2 x 19 x 4 = 152 no; b: 80 vs 168 no; conv: 108 vs 2 x 24 x 4 = 192 no
         #expect(p.matrices.isEmpty)
-        #expect(PowerSGD(layout: Self.layout, rank: 1, startStep: 0, seed: 0).matrices.map(\.name) == ["a.weight", "b.weight", "conv.weight"])
+        #expect(
+            PowerSGD(layout: Self.layout, rank: 1, startStep: 0, seed: 0).matrices.map(\.name) == ["a.weight", "b.weight", "conv.weight"])
     }
 
     /// A checkpoint's error feedback: each rank its own row when resumed on as many ranks; on another
@@ -129,8 +152,11 @@ private final class Slots<R>: @unchecked Sendable { var results: [Result<R, Erro
     @Test func errorFeedbackResumesPerRankOrFolded() throws {
         var file = Safetensors.File()
         file.tensors["compression.error_feedback"] = .init(floats: [1, 2, 3, 10, 20, 30], shape: [2, 3])
-        file.metadata = ["tether.format": "tether-checkpoint-1", "tether.model": "mlp", "tether.config": String(decoding: try JSONEncoder().encode(TrainingConfig()), as: UTF8.self),
-                         "tether.state": String(decoding: try JSONEncoder().encode(TrainingState(rng: RNG(seed: 0))), as: UTF8.self)]
+        file.metadata = [
+            "tether.format": "tether-checkpoint-1", "tether.model": "mlp",
+            "tether.config": String(decoding: try JSONEncoder().encode(TrainingConfig()), as: UTF8.self),
+            "tether.state": String(decoding: try JSONEncoder().encode(TrainingState(rng: RNG(seed: 0))), as: UTF8.self)
+        ]
         let loaded = try Checkpoint.Loaded(bytes: Safetensors.encode(file), source: "test")
         #expect(try loaded.errorFeedback(Shard(rank: 1, count: 2), count: 3) == [10, 20, 30])
         #expect(try loaded.errorFeedback(Shard(rank: 0, count: 3), count: 3) == [11, 22, 33])

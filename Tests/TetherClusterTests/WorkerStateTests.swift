@@ -35,7 +35,10 @@ import TetherComm
         #expect(log[2] == [.reportStep(withHash: true), .evaluate(epoch: 0), .shareReplicaState, .sendCheckpoint, next])
         #expect(log[5] == [.reportStep(withHash: true), .evaluate(epoch: 1), .shareReplicaState, .sendCheckpoint, next])
         // the run ends within epoch 3 (step 7 of 9): evaluated there, the training state left as it is
-        #expect(log[6] == [.reportStep(withHash: true), .evaluate(epoch: 2, epochEnds: false), .shareReplicaState, .sendCheckpoint, .awaitFinish])
+        #expect(
+            log[6] == [
+                .reportStep(withHash: true), .evaluate(epoch: 2, epochEnds: false), .shareReplicaState, .sendCheckpoint, .awaitFinish
+            ])
         #expect(s.phase == .waitingForFinish)
         #expect(s.handle(.coordinator(.heartbeat)).isEmpty)
         #expect(s.handle(.coordinator(.finish)) == [.exit])
@@ -51,14 +54,18 @@ import TetherComm
         for step in 1...2 { _ = s.handle(.stepFinished(globalStep: step)) }
         #expect(s.handle(.ringFailed("rank 1 is gone", computing: true)) == [.awaitReform(urgent: true)])
         #expect(s.phase == .reforming && s.abandonedStep == 3)
-        #expect(s.handle(.reformReceived(reform(1, rank: 0, atBoundary: true))) == [.awaitReform(urgent: true)],
-                "a join's Reform holds the lost member")
+        #expect(
+            s.handle(.reformReceived(reform(1, rank: 0, atBoundary: true))) == [.awaitReform(urgent: true)],
+            "a join's Reform holds the lost member")
         #expect(s.handle(.reformReceived(reform(2, rank: 0))) == [.reform(reform(2, rank: 0))])
         #expect(s.ringEpoch == 2 && s.rank == 0)
         // one survivor had finished step 3: all take its state
         #expect(s.handle(.replicaReady(plan(rank: 0, hashEvery: 5), globalStep: 3, redoEndOfStep: true, keepsState: false)) == [.sendReady])
         #expect(s.abandonedStep == 3, "Ready says which step was given up")
-        #expect(s.handle(.coordinator(.start)) == [.reportStep(withHash: true), .evaluate(epoch: 0), .shareReplicaState, .sendCheckpoint, .trainNextStep(votes: [])])
+        #expect(
+            s.handle(.coordinator(.start)) == [
+                .reportStep(withHash: true), .evaluate(epoch: 0), .shareReplicaState, .sendCheckpoint, .trainNextStep(votes: [])
+            ])
         #expect(s.abandonedStep == 0 && s.globalStep == 3 && s.phase == .training)
         #expect(s.handle(.stepFinished(globalStep: 4)) == [.reportStep(withHash: false), .trainNextStep(votes: [])])
 
@@ -69,7 +76,8 @@ import TetherComm
         #expect(resumed.handle(.coordinator(.start)) == [.trainNextStep(votes: [])], "nothing of this run to redo")
         _ = resumed.handle(.ringFailed("x"))
         _ = resumed.handle(.reformReceived(reform(2, rank: 1)))
-        #expect(resumed.handle(.replicaReady(plan(rank: 1), globalStep: 2, redoEndOfStep: true, keepsState: false))
+        #expect(
+            resumed.handle(.replicaReady(plan(rank: 1), globalStep: 2, redoEndOfStep: true, keepsState: false))
                 == [.fail("the replica holds step 2, outside this run's 3...7")])
     }
 
@@ -81,8 +89,11 @@ import TetherComm
         for failsAt in ["evaluation", "checkpoint"] {
             var s = training(plan(rank: 0, hashEvery: 0))
             for step in 1...2 { _ = s.handle(.stepFinished(globalStep: step)) }
-            #expect(s.handle(.stepFinished(globalStep: 3)) == [.reportStep(withHash: false), .evaluate(epoch: 0), .shareReplicaState, .sendCheckpoint,
-                                                               .trainNextStep(votes: [])])
+            #expect(
+                s.handle(.stepFinished(globalStep: 3)) == [
+                    .reportStep(withHash: false), .evaluate(epoch: 0), .shareReplicaState, .sendCheckpoint,
+                    .trainNextStep(votes: [])
+                ])
             #expect(s.handle(.ringFailed("\(failsAt) gave up")) == [.awaitReform(urgent: true)], "\(failsAt)")
             #expect(s.abandonedStep == 0, "no step was being computed: \(failsAt)")
             _ = s.handle(.reformReceived(reform(1, rank: 0)))
@@ -95,8 +106,11 @@ import TetherComm
             #expect(s.handle(.ringFailed("abandoned for epoch 3")) == [.awaitReform(urgent: true)])
             #expect(s.handle(.reformReceived(reform(3, rank: 1))) == [.reform(reform(3, rank: 1))])
             _ = s.handle(.replicaReady(plan(rank: 1, hashEvery: 0), globalStep: 3, redoEndOfStep: true, keepsState: false))
-            #expect(s.handle(.coordinator(.start)) == [.reportStep(withHash: false), .evaluate(epoch: 0), .shareReplicaState, .trainNextStep(votes: [])],
-                    "as rank 1 now: no checkpoint of its own")
+            #expect(
+                s.handle(.coordinator(.start)) == [
+                    .reportStep(withHash: false), .evaluate(epoch: 0), .shareReplicaState, .trainNextStep(votes: [])
+                ],
+                "as rank 1 now: no checkpoint of its own")
         }
         var waited = training()
         _ = waited.handle(.ringFailed("rank 1 is gone"))
@@ -117,10 +131,16 @@ import TetherComm
         #expect(own.handle(.stepFinished(globalStep: 1)).isEmpty, "a failed worker takes no more events")
         var joining = WorkerState()
         _ = joining.handle(.launched)
-        #expect(joining.handle(.coordinator(.abort(.init(originRank: -1, reason: "full")))) == [.fail("the coordinator refused this worker: full")])
+        #expect(
+            joining.handle(.coordinator(.abort(.init(originRank: -1, reason: "full")))) == [
+                .fail("the coordinator refused this worker: full")
+            ])
         var stopped = training()
         _ = stopped.handle(.ringFailed("x"))
-        #expect(stopped.handle(.coordinator(.abort(.init(originRank: -1, reason: "too few")))) == [.fail("the coordinator stopped the job: too few")])
+        #expect(
+            stopped.handle(.coordinator(.abort(.init(originRank: -1, reason: "too few")))) == [
+                .fail("the coordinator stopped the job: too few")
+            ])
         var skipped = training()
         #expect(skipped.handle(.stepFinished(globalStep: 2)) == [.fail("step 2 finished after step 0 of 7")])
     }
@@ -133,13 +153,17 @@ import TetherComm
     @Test func aJoinAtAStepBoundaryAndAJoinDuringAFailure() {
         var member = training(plan(rank: 1, hashEvery: 0))
         #expect(member.handle(.coordinator(.reform(reform(1, rank: 1, atBoundary: true)))).isEmpty)
-        #expect(member.handle(.coordinator(.reform(reform(2, rank: 1)))).isEmpty, "a Reform after a loss is found by the wait that follows the ring's failure")
+        #expect(
+            member.handle(.coordinator(.reform(reform(2, rank: 1)))).isEmpty,
+            "a Reform after a loss is found by the wait that follows the ring's failure")
         #expect(member.votes == .reform && member.boundaryReform?.ringEpoch == 1)
-        #expect(member.handle(.stepFinished(globalStep: 1)) == [.reportStep(withHash: false), .trainNextStep(votes: .reform)],
-                "this step's exchange ran before the Reform came: the vote is in the next")
+        #expect(
+            member.handle(.stepFinished(globalStep: 1)) == [.reportStep(withHash: false), .trainNextStep(votes: .reform)],
+            "this step's exchange ran before the Reform came: the vote is in the next")
         // step 3 ends epoch 0: evaluated, checkpointed, then the switch
         _ = member.handle(.stepFinished(globalStep: 2))
-        #expect(member.handle(.stepFinished(globalStep: 3, agreed: .reform))
+        #expect(
+            member.handle(.stepFinished(globalStep: 3, agreed: .reform))
                 == [.reportStep(withHash: false), .evaluate(epoch: 0), .shareReplicaState, .awaitReform(urgent: false)])
         #expect(member.abandonedStep == 0, "nothing given up")
         #expect(member.handle(.reformReceived(reform(1, rank: 1, atBoundary: true))) == [.reform(reform(1, rank: 1, atBoundary: true))])
@@ -153,7 +177,9 @@ import TetherComm
         #expect(joiner.handle(.ringFailed("the coordinator re-forms the ring")) == [.awaitReform(urgent: true)])
         #expect(joiner.handle(.reformReceived(reform(3, rank: 1))) == [.reform(reform(3, rank: 1))])
         #expect(joiner.handle(.replicaReady(plan(rank: 1), globalStep: 5, redoEndOfStep: true, keepsState: false)) == [.sendReady])
-        #expect(joiner.handle(.coordinator(.start)) == [.reportStep(withHash: false), .trainNextStep(votes: [])], "it redoes step 5's work with the others")
+        #expect(
+            joiner.handle(.coordinator(.start)) == [.reportStep(withHash: false), .trainNextStep(votes: [])],
+            "it redoes step 5's work with the others")
 
         var late = WorkerState()
         _ = late.handle(.launched)
@@ -168,7 +194,8 @@ import TetherComm
             var s = training(plan(rank: rank, hashEvery: 5))
             for step in 1..<stopAt { _ = s.handle(.stepFinished(globalStep: step)) }
             #expect(s.handle(.coordinator(.stop(.init(signal: 2, reason: "x")))).isEmpty && s.votes == .stop)
-            let expected: [WorkerState.Directive] = [.reportStep(withHash: true)] + (stopAt == 3 ? [.evaluate(epoch: 0)] : [])
+            let expected: [WorkerState.Directive] =
+                [.reportStep(withHash: true)] + (stopAt == 3 ? [.evaluate(epoch: 0)] : [])
                 + [.shareReplicaState] + (rank == 0 ? [.sendCheckpoint] : []) + [.awaitFinish]
             #expect(s.handle(.stepFinished(globalStep: stopAt, agreed: .stop)) == expected, "rank \(rank), stop at \(stopAt)")
             #expect(s.phase == .waitingForFinish)

@@ -4,8 +4,9 @@ import TetherWire
 
 @Suite struct EnvelopeTests {
     @Test func roundTripThroughProtobufC() throws {
-        let hello = Envelope(jobID: "job-42", senderRank: -1,
-                             body: .hello(.init(advertiseAddress: "tcp://10.0.0.2:7071", tetherVersion: "0.1.0", threads: 2)))
+        let hello = Envelope(
+            jobID: "job-42", senderRank: -1,
+            body: .hello(.init(advertiseAddress: "tcp://10.0.0.2:7071", tetherVersion: "0.1.0", threads: 2)))
         let bytes = hello.encoded()
         #expect(try Envelope(decoding: bytes) == hello)
         let empty = Envelope(jobID: "", senderRank: 3, body: nil)
@@ -26,11 +27,14 @@ import TetherWire
     }
 
     @Test func stepReportsCarryTheirBytesAndSpansWithinLimits() throws {
-        var report = Envelope.StepReport(globalStep: 7, epoch: 1, lossSum: 2.5, count: 32, correct: 20, computeSeconds: 0.03,
-                                         allreduceSeconds: 0.01, optimizerSeconds: 0.001, parameterHash: 0, waitSeconds: 0.005)
+        var report = Envelope.StepReport(
+            globalStep: 7, epoch: 1, lossSum: 2.5, count: 32, correct: 20, computeSeconds: 0.03,
+            allreduceSeconds: 0.01, optimizerSeconds: 0.001, parameterHash: 0, waitSeconds: 0.005)
         (report.denseBytesSent, report.sparseBytesSent) = (1 << 20, 4096)
-        report.spans = [.init(name: "forward and backward", startMicroseconds: 1_796_000_000_000_000, durationMicroseconds: 30_000),
-                        .init(name: "all-reduce bucket 0 (262144 values)", startMicroseconds: 1_796_000_000_010_000, durationMicroseconds: 9_000)]
+        report.spans = [
+            .init(name: "forward and backward", startMicroseconds: 1_796_000_000_000_000, durationMicroseconds: 30_000),
+            .init(name: "all-reduce bucket 0 (262144 values)", startMicroseconds: 1_796_000_000_010_000, durationMicroseconds: 9_000)
+        ]
         let e = Envelope(jobID: "j", senderRank: 1, body: .stepReport(report))
         #expect(try Envelope(decoding: e.encoded()) == e)
         // a report with more spans than any step makes, or a name past the limit, is refused by rank
@@ -38,8 +42,12 @@ import TetherWire
         #expect { try Envelope(decoding: Envelope(jobID: "j", senderRank: 1, body: .stepReport(report)).encoded()) } throws: {
             "\($0)".contains("from rank 1: \(Envelope.TraceSpan.limit + 1) trace spans")
         }
-        report.spans = [.init(name: String(repeating: "x", count: Envelope.TraceSpan.nameLimit + 1), startMicroseconds: 0, durationMicroseconds: 0)]
-        #expect { try Envelope(decoding: Envelope(jobID: "j", senderRank: 1, body: .stepReport(report)).encoded()) } throws: { "\($0)".contains("out of range") }
+        report.spans = [
+            .init(name: String(repeating: "x", count: Envelope.TraceSpan.nameLimit + 1), startMicroseconds: 0, durationMicroseconds: 0)
+        ]
+        #expect { try Envelope(decoding: Envelope(jobID: "j", senderRank: 1, body: .stepReport(report)).encoded()) } throws: {
+            "\($0)".contains("out of range")
+        }
     }
 
     @Test func linksTheRealLibraries() {

@@ -103,7 +103,9 @@ func input(rank: Int, count: Int) -> [Float] {
 
     static let wireGrid: [WireCase] = [1, 2, 3, 5].flatMap { n in
         Set([0, 1, max(n - 1, 0), 10 * n + 1, 70_003]).sorted().flatMap { count in
-            Transport.allCases.flatMap { t in [ChunkHeader.DType.f16, .bf16].map { WireCase(ranks: n, count: count, transport: t, wire: $0) } }
+            Transport.allCases.flatMap { t in
+                [ChunkHeader.DType.f16, .bf16].map { WireCase(ranks: n, count: count, transport: t, wire: $0) }
+            }
         }
     }
 
@@ -115,7 +117,7 @@ func input(rank: Int, count: Int) -> [Float] {
     func allReduceOnA16BitWireIsEqualEverywhereAndWithinTheFormatsBound(_ c: WireCase) throws {
         let chunkBytes = c.count > 10_000 ? 4096 : 6
         for average in [false, true] where !average || c.count == 10 * c.ranks + 1 {
-            let ring = try TestRing(c.ranks, c.transport) // a ring of its own (addresses are not reused at once)
+            let ring = try TestRing(c.ranks, c.transport)  // a ring of its own (addresses are not reused at once)
             let results = onRanks(c.ranks) { rank -> [Float] in
                 let r = try ring.ring(rank) { $0.chunkBytes = chunkBytes }
                 var x = input(rank: rank, count: c.count)
@@ -154,7 +156,9 @@ func input(rank: Int, count: Int) -> [Float] {
             var carry: [Float] = [0], sentWith = 0.0, sentWithout = 0.0
             for _ in 0..<steps {
                 var g: [Float] = [1 + tiny], h: [Float] = [1 + tiny]
-                g.withUnsafeMutableBufferPointer { x in carry.withUnsafeMutableBufferPointer { codec.round(x.baseAddress!, count: 1, carry: $0.baseAddress!) } }
+                g.withUnsafeMutableBufferPointer { x in
+                    carry.withUnsafeMutableBufferPointer { codec.round(x.baseAddress!, count: 1, carry: $0.baseAddress!) }
+                }
                 h.withUnsafeMutableBufferPointer { codec.round($0.baseAddress!, count: 1) }
                 (sentWith, sentWithout) = (sentWith + Double(g[0]), sentWithout + Double(h[0]))
             }
@@ -278,30 +282,39 @@ func input(rank: Int, count: Int) -> [Float] {
     @Test func aLayoutFingerprintMismatchFailsAtOnceNamingBothRanks() throws {
         let ring = try TestRing(2, .ipc)
         let start = ContinuousClock.now
-        let e = errors(onRanks(2) { rank in _ = try ring.ring(rank) { $0.layoutFingerprint = UInt64(rank + 1); $0.timeout = .seconds(20) } })
-        #expect(e[0].contains("rank 0 and rank 1 disagree on the parameter layout fingerprint: 0000000000000001 on rank 0, 0000000000000002 from rank 1"))
+        let e = errors(
+            onRanks(2) { rank in
+                _ = try ring.ring(rank) {
+                    $0.layoutFingerprint = UInt64(rank + 1); $0.timeout = .seconds(20)
+                }
+            })
+        #expect(
+            e[0].contains(
+                "rank 0 and rank 1 disagree on the parameter layout fingerprint: 0000000000000001 on rank 0, 0000000000000002 from rank 1"))
         #expect(e[1].contains("rank 1 and rank 0 disagree on the parameter layout fingerprint"))
         #expect(start.duration(to: .now) < .seconds(5))
     }
 
     @Test func aSizeMismatchFailsNamingBothRanks() throws {
         let ring = try TestRing(2, .inproc)
-        let e = errors(onRanks(2) { rank in
-            let r = try ring.ring(rank)
-            var x = [Float](repeating: 1, count: rank == 0 ? 10 : 12)
-            _ = try x.withUnsafeMutableBufferPointer { try r.allReduce($0) }
-        })
+        let e = errors(
+            onRanks(2) { rank in
+                let r = try ring.ring(rank)
+                var x = [Float](repeating: 1, count: rank == 0 ? 10 : 12)
+                _ = try x.withUnsafeMutableBufferPointer { try r.allReduce($0) }
+            })
         #expect(e[0].contains("rank 0 and rank 1 disagree on the element count: 10 on rank 0, 12 from rank 1"))
         #expect(e[1].contains("rank 1 and rank 0 disagree on the element count: 12 on rank 1, 10 from rank 0"))
     }
 
     @Test func aStepMismatchFails() throws {
         let ring = try TestRing(2, .inproc)
-        let e = errors(onRanks(2) { rank in
-            let r = try ring.ring(rank)
-            var x = [Float](repeating: 1, count: 4)
-            _ = try x.withUnsafeMutableBufferPointer { try r.allReduce($0, step: UInt64(7 + rank)) }
-        })
+        let e = errors(
+            onRanks(2) { rank in
+                let r = try ring.ring(rank)
+                var x = [Float](repeating: 1, count: 4)
+                _ = try x.withUnsafeMutableBufferPointer { try r.allReduce($0, step: UInt64(7 + rank)) }
+            })
         #expect(e[0].contains("disagree on the step and bucket: step 7 bucket 0 on rank 0, step 8 bucket 0 from rank 1"))
     }
 
@@ -321,9 +334,10 @@ func input(rank: Int, count: Int) -> [Float] {
             try env.withUnsafeBytes { e in try payload.withUnsafeBytes { p in try push.send([e, p]) } }
         }
         func header(_ op: ChunkHeader.Operation, sequence: UInt64, total: Int, offset: Int, count: Int) -> ChunkHeader {
-            ChunkHeader(operation: op, sequence: sequence, step: 0, bucket: 0, ringStep: 0, chunkIndex: 0, dtype: op == .handshake ? .bytes : .f32,
-                        totalCount: UInt64(total), offset: UInt64(offset), elementCount: UInt64(count), checksum: 0,
-                        layoutFingerprint: 0, originRank: -1)
+            ChunkHeader(
+                operation: op, sequence: sequence, step: 0, bucket: 0, ringStep: 0, chunkIndex: 0, dtype: op == .handshake ? .bytes : .f32,
+                totalCount: UInt64(total), offset: UInt64(offset), elementCount: UInt64(count), checksum: 0,
+                layoutFingerprint: 0, originRank: -1)
         }
         func handshake() throws { try send(header(.handshake, sequence: 0, total: 0, offset: 0, count: 0), payload: []) }
     }
@@ -344,7 +358,10 @@ func input(rank: Int, count: Int) -> [Float] {
         let e = try rank0AllReduce(ring) { fake in
             try fake.send(fake.header(.allReduce, sequence: 1, total: 8, offset: 4, count: 4), payload: [UInt8](repeating: 0, count: 10))
         }
-        #expect(e.contains("truncated payload from rank 1 in all-reduce #1 ring step 0 chunk 0: the header says 4 f32 elements, the frame has 10 bytes"))
+        #expect(
+            e.contains(
+                "truncated payload from rank 1 in all-reduce #1 ring step 0 chunk 0: the header says 4 f32 elements, the frame has 10 bytes"
+            ))
     }
 
     @Test func aCorruptPayloadIsAnError() throws {
@@ -394,14 +411,18 @@ func input(rank: Int, count: Int) -> [Float] {
         let fake = try FakeNeighbour(ring)
         try fake.handshake()
         let logged = LockedLines()
-        let r = try ring.ring(0) { $0.timeout = .seconds(5); $0.logger = logged.logger }
+        let r = try ring.ring(0) {
+            $0.timeout = .seconds(5); $0.logger = logged.logger
+        }
         // Rank 0 waits in its all-reduce; the stranger's messages arrive first (each is read and
         // dropped as it comes, the only data there is), then the neighbour's real chunks.
         let result = LockedLines()
         let done = DispatchSemaphore(value: 0)
         Thread {
             var x = [Float](repeating: 1, count: 8)
-            do { _ = try x.withUnsafeMutableBufferPointer { try r.allReduce($0) }; result.append("\(x)") } catch { result.append("\(error)") }
+            do { _ = try x.withUnsafeMutableBufferPointer { try r.allReduce($0) }; result.append("\(x)") } catch {
+                result.append("\(error)")
+            }
             done.signal()
         }.start()
         Thread.sleep(forTimeInterval: 0.3)
@@ -435,7 +456,9 @@ func input(rank: Int, count: Int) -> [Float] {
         hello.ringEpoch = 2
         try fake.send(hello, payload: [])
         let logged = LockedLines()
-        let r = try ring.ring(0) { $0.timeout = .seconds(5); $0.epoch = 2; $0.logger = logged.logger }
+        let r = try ring.ring(0) {
+            $0.timeout = .seconds(5); $0.epoch = 2; $0.logger = logged.logger
+        }
         let ones = [Float](repeating: 1, count: 4).withUnsafeBytes { Array($0) }
         var stale = fake.header(.allReduce, sequence: 1, total: 8, offset: 4, count: 4)
         stale.ringEpoch = 1
@@ -459,7 +482,9 @@ func input(rank: Int, count: Int) -> [Float] {
         let fake = try FakeNeighbour(ring)
         try fake.handshake()
         let flag = StopFlag()
-        let r = try ring.ring(0) { $0.timeout = .seconds(20); $0.abandon = { flag.isSet } }
+        let r = try ring.ring(0) {
+            $0.timeout = .seconds(20); $0.abandon = { flag.isSet }
+        }
         DispatchQueue.global().asyncAfter(deadline: .now() + 0.3) { flag.set() }
         let start = ContinuousClock.now
         var x = [Float](repeating: 1, count: 8)
@@ -468,7 +493,10 @@ func input(rank: Int, count: Int) -> [Float] {
         // the neighbour got rank 0's own chunk of the all-reduce, and no Abort after it
         var bodies: [String] = []
         while let frames = try fake.pull.receive(deadline: .now + .milliseconds(300)) {
-            bodies.append(withExtendedLifetime(frames) { (try? Envelope(decoding: frames[0].bytes))?.body.map { "\($0)".prefix(5) }.map(String.init) ?? "?" })
+            bodies.append(
+                withExtendedLifetime(frames) {
+                    (try? Envelope(decoding: frames[0].bytes))?.body.map { "\($0)".prefix(5) }.map(String.init) ?? "?"
+                })
         }
         #expect(!bodies.contains { $0.hasPrefix("abort") }, "\(bodies)")
     }
@@ -483,7 +511,9 @@ func input(rank: Int, count: Int) -> [Float] {
         (h.dtype, h.originRank) = (.bytes, 1)
         try fake.send(h, payload: [1, 2, 3, 4])
         #expect { try r.allGather([9]) } throws: {
-            "\($0)".contains("disagree on the payload length of rank 1: at most \(RingOptions().maxGatherBytes) bytes on rank 0, 4611686018427387904 from rank 1")
+            "\($0)".contains(
+                "disagree on the payload length of rank 1: at most \(RingOptions().maxGatherBytes) bytes on rank 0, 4611686018427387904 from rank 1"
+            )
         }
     }
 
@@ -494,18 +524,22 @@ func input(rank: Int, count: Int) -> [Float] {
     @Test func aSilentPeerIsNamedByEveryRank() throws {
         let ring = try TestRing(3, .inproc)
         let start = ContinuousClock.now
-        let e = errors(onRanks(3) { rank in
-            let r = try ring.ring(rank) { $0.timeout = .milliseconds(rank == 0 ? 3000 : 500); $0.chunkBytes = 8 }
-            var x = [Float](repeating: 1, count: 30)
-            _ = try x.withUnsafeMutableBufferPointer { try r.allReduce($0) }
-            if rank == 1 { return }   // rank 1 leaves before the second collective
-            _ = try x.withUnsafeMutableBufferPointer { try r.allReduce($0) }
-        })
+        let e = errors(
+            onRanks(3) { rank in
+                let r = try ring.ring(rank) {
+                    $0.timeout = .milliseconds(rank == 0 ? 3000 : 500); $0.chunkBytes = 8
+                }
+                var x = [Float](repeating: 1, count: 30)
+                _ = try x.withUnsafeMutableBufferPointer { try r.allReduce($0) }
+                if rank == 1 { return }  // rank 1 leaves before the second collective
+                _ = try x.withUnsafeMutableBufferPointer { try r.allReduce($0) }
+            })
         #expect(e[1] == "")
         #expect(e[2].contains("rank 2: no message from rank 1"))
         // rank 0 names rank 1 too: through rank 2's relayed cause, or because its own send to rank 1
         // (whose socket is gone) found no taker
-        #expect(e[0].contains("rank 0: rank 2 gave up on the ring: rank 2: no message from rank 1")
+        #expect(
+            e[0].contains("rank 0: rank 2 gave up on the ring: rank 2: no message from rank 1")
                 || e[0].contains("rank 0: cannot send to rank 1"), "\(e[0])")
         #expect(start.duration(to: .now) < .seconds(5))
     }
@@ -524,8 +558,14 @@ final class LockedLines: @unchecked Sendable {
         let lines: LockedLines
         var logLevel: Logger.Level = .trace
         var metadata: Logger.Metadata = [:]
-        subscript(metadataKey key: String) -> Logger.Metadata.Value? { get { metadata[key] } set { metadata[key] = newValue } }
-        func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String, file: String, function: String, line: UInt) {
+        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+            get { metadata[key] }
+            set { metadata[key] = newValue }
+        }
+        func log(
+            level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String, file: String, function: String,
+            line: UInt
+        ) {
             lines.append(message.description)
         }
     }

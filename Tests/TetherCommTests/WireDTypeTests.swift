@@ -8,9 +8,11 @@ import Testing
 @Suite struct WireDTypeTests {
     /// f32 bit patterns of every class, and a million random ones.
     static let patterns: [UInt32] = {
-        var p: [UInt32] = [0, 0x8000_0000, 0x7f80_0000, 0xff80_0000, 0x7fc0_0000, 0xffc0_0001, 0x7f80_0001, 0x7fbf_ffff, 0x0000_0001, 0x007f_ffff,
-                           0x477f_e000, 0x477f_efff, 0x477f_f000, 0x477f_f001, 0x4780_0000, 0x7f7f_ffff, 0x3300_0000, 0x3300_0001, 0x337f_ffff,
-                           0x3880_0000, 0x387f_ffff, 0x3f80_0000, 0xbf80_0000]
+        var p: [UInt32] = [
+            0, 0x8000_0000, 0x7f80_0000, 0xff80_0000, 0x7fc0_0000, 0xffc0_0001, 0x7f80_0001, 0x7fbf_ffff, 0x0000_0001, 0x007f_ffff,
+            0x477f_e000, 0x477f_efff, 0x477f_f000, 0x477f_f001, 0x4780_0000, 0x7f7f_ffff, 0x3300_0000, 0x3300_0001, 0x337f_ffff,
+            0x3880_0000, 0x387f_ffff, 0x3f80_0000, 0xbf80_0000
+        ]
         // ties and their neighbours for every f16 exponent, normal and subnormal, both parities
         for e in UInt32(102)...142 {
             for m in [UInt32(0x1000), 0x3000, 0x0fff, 0x1001, 0x2fff, 0x3001, 0x7f_f000, 0x7f_e000, 0x40_1000, 0x40_3000] {
@@ -50,10 +52,16 @@ import Testing
             let reference = tether_f32_to_f16_scalar(x)
             let swift = Float16(x).bitPattern
             // a NaN stays a NaN of the same sign (payloads are the hardware's business), else equal bits
-            let agree = x.isNaN ? (Float16(bitPattern: kernel[i]).isNaN && Float16(bitPattern: reference).isNaN && Float16(bitPattern: swift).isNaN
-                                   && kernel[i] & 0x8000 == reference & 0x8000 && kernel[i] == reference)
-                                : kernel[i] == reference && reference == swift
-            if !agree, bad.count < 5 { bad.append("f32 \(String(Self.patterns[i], radix: 16)): kernel \(String(kernel[i], radix: 16)), reference \(String(reference, radix: 16)), Swift \(String(swift, radix: 16))") }
+            let agree =
+                x.isNaN
+                ? (Float16(bitPattern: kernel[i]).isNaN && Float16(bitPattern: reference).isNaN && Float16(bitPattern: swift).isNaN
+                    && kernel[i] & 0x8000 == reference & 0x8000 && kernel[i] == reference)
+                : kernel[i] == reference && reference == swift
+            if !agree, bad.count < 5 {
+                bad.append(
+                    "f32 \(String(Self.patterns[i], radix: 16)): kernel \(String(kernel[i], radix: 16)), reference \(String(reference, radix: 16)), Swift \(String(swift, radix: 16))"
+                )
+            }
         }
         #expect(bad.isEmpty, "\(bad)")
         // the boundaries by value: 65504 is the largest half, 65520 rounds to infinity, 2^-25 to zero
@@ -67,8 +75,11 @@ import Testing
         tether_f16_to_f32(&wide, all, all.count)
         for h in all {
             let (k, r, s) = (wide[Int(h)], tether_f16_to_f32_scalar(h), Float(Float16(bitPattern: h)))
-            if s.isNaN { #expect(k.isNaN && r.isNaN && k.bitPattern == r.bitPattern, "half \(String(h, radix: 16))") }
-            else { #expect(k.bitPattern == r.bitPattern && r.bitPattern == s.bitPattern, "half \(String(h, radix: 16))") }
+            if s.isNaN {
+                #expect(k.isNaN && r.isNaN && k.bitPattern == r.bitPattern, "half \(String(h, radix: 16))")
+            } else {
+                #expect(k.bitPattern == r.bitPattern && r.bitPattern == s.bitPattern, "half \(String(h, radix: 16))")
+            }
             // narrowing what was widened gives the half back
             if !s.isNaN { #expect(tether_f32_to_f16_scalar(r) == h) }
         }
@@ -84,7 +95,9 @@ import Testing
         tether_f32_to_bf16(&narrow, xs, xs.count)
         var bad: [String] = []
         for (i, bits) in Self.patterns.enumerated() where narrow[i] != Self.bf16Reference(bits) && bad.count < 5 {
-            bad.append("f32 \(String(bits, radix: 16)): kernel \(String(narrow[i], radix: 16)), reference \(String(Self.bf16Reference(bits), radix: 16))")
+            bad.append(
+                "f32 \(String(bits, radix: 16)): kernel \(String(narrow[i], radix: 16)), reference \(String(Self.bf16Reference(bits), radix: 16))"
+            )
         }
         #expect(bad.isEmpty, "\(bad)")
         #expect(Self.bf16Reference(0x7f7f_ffff) == 0x7f80, "the largest f32 rounds to infinity")

@@ -56,7 +56,7 @@ final class IDXFolder {
 
     @Test func wrongMagic() {
         let dir = IDXFolder()
-        let path = dir.write("x", IDXFolder.idx(dims: [2, 2], magic: 0x0000_0D02)) // 0x0D: float32 elements
+        let path = dir.write("x", IDXFolder.idx(dims: [2, 2], magic: 0x0000_0D02))  // 0x0D: float32 elements
         #expect { try IDX.read(path) } throws: { "\($0)".contains(path) && "\($0)".contains("magic 0x00000D02") }
     }
 
@@ -103,8 +103,10 @@ final class IDXFolder {
         #expect { try ImageDataset(imagesFile: images, labelsFile: labels) } throws: { "\($0)".contains("label 12 of sample 1") }
     }
 
-    @Test(.enabled(if: FileManager.default.fileExists(atPath: FashionMNIST.defaultDirectory),
-                   "needs Debian's dataset-fashion-mnist (scripts/test installs it)"))
+    @Test(
+        .enabled(
+            if: FileManager.default.fileExists(atPath: FashionMNIST.defaultDirectory),
+            "needs Debian's dataset-fashion-mnist (scripts/test installs it)"))
     func realFashionMNIST() throws {
         let train = try FashionMNIST.load(split: .train), test = try FashionMNIST.load(split: .test)
         #expect(train.count == 60_000 && test.count == 10_000)

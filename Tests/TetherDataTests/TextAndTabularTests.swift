@@ -41,9 +41,9 @@ func scratchDirectory(_ name: String) throws -> URL {
     }
 
     @Test func tokenStreamsFollowWordLanguageModelBatchify() {
-        let s = TokenStreams((0..<23).map(Int32.init), columns: 2) // 11 per stream, 1 dropped
+        let s = TokenStreams((0..<23).map(Int32.init), columns: 2)  // 11 per stream, 1 dropped
         #expect(s.length == 11 && s.steps(bptt: 4) == 3)
-        let w = s.window(step: 2, bptt: 4, streams: 0..<2) // positions 8, 9 (the last has no target)
+        let w = s.window(step: 2, bptt: 4, streams: 0..<2)  // positions 8, 9 (the last has no target)
         #expect(w.steps == 2)
         #expect(w.inputs == [8, 19, 9, 20])
         #expect(w.targets == [9, 20, 10, 21])
@@ -60,7 +60,8 @@ func scratchDirectory(_ name: String) throws -> URL {
     @Test func theAdultPresetReadsBothFilesFormats() throws {
         let dir = try scratchDirectory("adult")
         defer { try? FileManager.default.removeItem(at: dir) }
-        let path = try write("""
+        let path = try write(
+            """
             |1x3 Cross validator
             39, State-gov, 77516, Bachelors, 13, Never-married, Adm-clerical, Not-in-family, White, Male, 2174, 0, 40, United-States, <=50K
             52, Self-emp-inc, 287927, HS-grad, 9, Married-civ-spouse, Exec-managerial, Wife, White, Female, 15024, 0, 40, United-States, >50K.
@@ -89,7 +90,7 @@ func scratchDirectory(_ name: String) throws -> URL {
         ("columns a, y\ncategorical a\nlabel z 1", "s: label column \"z\" is not one of the columns (a, y)"),
         ("columns a, b, y\ncategorical a\nnumeric b\nlabel y 1\ncross a, b", "s: cross column \"b\" is not categorical"),
         ("columns a, y\ncategorical a\nlabel y 1\nweights 3", "s:4: unknown directive \"weights\""),
-        ("categorical a\nlabel y 1", "s: the schema names no columns"),
+        ("categorical a\nlabel y 1", "s: the schema names no columns")
     ])
     func schemaErrorsNameTheProblem(text: String, message: String) {
         #expect { try TabularSchema.parse(text, file: "s") } throws: { "\($0)".hasPrefix(message) }

@@ -14,7 +14,10 @@ struct GradientCheck {
     var input: Tensor<Double>
     let h = 1e-5
 
-    init(layout: ArenaLayout, layer: any Layer<Double>, inputShape: [Int], seed: UInt64 = 1, perturbParameters: (ParameterArena<Double>, inout RNG) -> Void = { _, _ in }) {
+    init(
+        layout: ArenaLayout, layer: any Layer<Double>, inputShape: [Int], seed: UInt64 = 1,
+        perturbParameters: (ParameterArena<Double>, inout RNG) -> Void = { _, _ in }
+    ) {
         var rng = RNG(seed: seed)
         arena = ParameterArena(layout: layout)
         arena.initialize(rng: &rng)
@@ -106,12 +109,13 @@ struct LayerGradientTests {
         ConvCase(c: 3, oc: 2, h: 8, w: 7, k: 3, stride: 2, padding: 0, weightNorm: true),
         // im2col and the GEMMs a sample at a time, backward recomputing col for all but the last chunk
         ConvCase(c: 2, oc: 4, h: 6, w: 6, k: 5, stride: 1, padding: 2, weightNorm: true, oneSamplePerChunk: true),
-        ConvCase(c: 2, oc: 3, h: 7, w: 5, k: 3, stride: 2, padding: 1, weightNorm: false, oneSamplePerChunk: true),
+        ConvCase(c: 2, oc: 3, h: 7, w: 5, k: 3, stride: 2, padding: 1, weightNorm: false, oneSamplePerChunk: true)
     ])
     func conv2d(_ c: ConvCase) {
         var layout = ArenaLayout()
-        let l = Conv2d<Double>(&layout, prefix: "", inChannels: c.c, outChannels: c.oc, kernel: c.k,
-                               stride: c.stride, padding: c.padding, weightNorm: c.weightNorm)
+        let l = Conv2d<Double>(
+            &layout, prefix: "", inChannels: c.c, outChannels: c.oc, kernel: c.k,
+            stride: c.stride, padding: c.padding, weightNorm: c.weightNorm)
         if c.oneSamplePerChunk { l.chunkElements = 1 }
         var check = GradientCheck(layout: layout, layer: l, inputShape: [c.c, 3, c.h, c.w])
         #expect(check.maxError() < tolerance)

@@ -6,23 +6,26 @@ import TetherTensor
 @Suite struct PoolingTieTests {
     @Test func tiesSendTheGradientToTheFirstMaximumInScanOrder() {
         // One 4x4 plane; every 2x2 window holds a tie of its maximum.
-        let x = Tensor<Double>(shape: [1, 1, 4, 4], scalars: [
-            1, 1, 0, 2,
-            0, 0, 2, 2,
-            3, 0, 5, 4,
-            0, 3, 5, 5,
-        ])
+        let x = Tensor<Double>(
+            shape: [1, 1, 4, 4],
+            scalars: [
+                1, 1, 0, 2,
+                0, 0, 2, 2,
+                3, 0, 5, 4,
+                0, 3, 5, 5
+            ])
         let pool = MaxPool2d<Double>(kernel: 2)
         let ctx = ModelContext(arena: ParameterArena<Double>(layout: ArenaLayout()), rng: RNG(seed: 0))
         let y = pool.forward(x, ctx)
         #expect(y.scalars == [1, 2, 3, 5])
         let dx = pool.backward(Tensor(shape: [1, 1, 2, 2], scalars: [10, 20, 30, 40]), ctx, needsInputGradient: true)!
-        #expect(dx.scalars == [
-            10, 0, 0, 20,
-            0, 0, 0, 0,
-            30, 0, 40, 0,
-            0, 0, 0, 0,
-        ])
+        #expect(
+            dx.scalars == [
+                10, 0, 0, 20,
+                0, 0, 0, 0,
+                30, 0, 40, 0,
+                0, 0, 0, 0
+            ])
     }
 }
 
@@ -45,8 +48,10 @@ import TetherTensor
                 perUnit = (0..<f).map { j in (0..<b).map { x.scalars[$0 * f + j] } }
             } else if layer is Conv2d<Double> {
                 let n = x.count / x.shape[0]
-                perUnit = (0..<x.shape[0]).map { Array(x.scalars[$0 * n ..< ($0 + 1) * n]) }
-            } else { continue }
+                perUnit = (0..<x.shape[0]).map { Array(x.scalars[$0 * n..<($0 + 1) * n]) }
+            } else {
+                continue
+            }
             for values in perUnit {
                 let mean = values.reduce(0, +) / Double(values.count)
                 let std = (values.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(values.count)).squareRoot()
@@ -105,7 +110,7 @@ import TetherTensor
         var c = OptimizerConfig(); c.kind = .adamw; c.weightDecay = 0.5
         let p = run(c, lr: 0.1, grads: [[0.5]], start: [2])
         #expect(abs(p[0] - (2 * (1 - 0.05) - 0.1)) < 1e-7)
-        c.kind = .adam // coupled: the decay enters the gradient, then Adam normalizes it away on step 1
+        c.kind = .adam  // coupled: the decay enters the gradient, then Adam normalizes it away on step 1
         #expect(abs(run(c, lr: 0.1, grads: [[0.5]], start: [2])[0] - 1.9) < 1e-7)
     }
 
@@ -161,7 +166,8 @@ import TetherTensor
     func aClassifierReportsOnlyFinalGradients(name: String) {
         var rng = RNG(seed: 4)
         let model = ImageModels.make(name, height: 12, width: 12, classes: 10, rng: &rng, as: Double.self)!
-        let batch = Batch(inputs: Tensor(shape: [8, 144], scalars: (0..<8 * 144).map { _ in rng.nextUnitDouble() }), labels: (0..<8).map { Int32($0) })
+        let batch = Batch(
+            inputs: Tensor(shape: [8, 144], scalars: (0..<8 * 144).map { _ in rng.nextUnitDouble() }), labels: (0..<8).map { Int32($0) })
         checkReports(arena: model.arena, context: model.context) { _ = model.accumulateGradients(batch, scale: 1) }
     }
 

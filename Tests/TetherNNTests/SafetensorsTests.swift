@@ -18,7 +18,8 @@ import Foundation
 
     /// A file assembled byte by byte from the format specification, not by our writer.
     @Test func readsAFileBuiltFromTheSpecification() throws {
-        let header = #"{"__metadata__":{"format":"pt"},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#
+        let header =
+            #"{"__metadata__":{"format":"pt"},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#
         var bytes = Data()
         var n = UInt64(header.utf8.count).littleEndian
         bytes.append(Data(bytes: &n, count: 8))
@@ -38,7 +39,7 @@ import Foundation
         ("notJSON", "not a JSON object"),
         ("badDType", "unknown dtype"),
         ("wrongSize", "do not hold shape"),
-        ("hole", "hole or an overlap"),
+        ("hole", "hole or an overlap")
     ])
     func corruptFilesAreRefusedWithTheReason(kind: String, reason: String) throws {
         func file(_ header: String, data: Int) -> Data {
@@ -48,14 +49,15 @@ import Foundation
             return d
         }
         let good = file(#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#, data: 8)
-        let bytes: Data = switch kind {
-        case "truncated": good.prefix(20)
-        case "short": good.prefix(5)
-        case "notJSON": file("[1, 2]", data: 0)
-        case "badDType": file(#"{"a":{"dtype":"Q7","shape":[2],"data_offsets":[0,8]}}"#, data: 8)
-        case "wrongSize": file(#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#, data: 8)
-        default: file(#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#, data: 8)
-        }
+        let bytes: Data =
+            switch kind {
+            case "truncated": good.prefix(20)
+            case "short": good.prefix(5)
+            case "notJSON": file("[1, 2]", data: 0)
+            case "badDType": file(#"{"a":{"dtype":"Q7","shape":[2],"data_offsets":[0,8]}}"#, data: 8)
+            case "wrongSize": file(#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#, data: 8)
+            default: file(#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#, data: 8)
+            }
         #expect {
             try Safetensors.decode(bytes, source: "/runs/x/checkpoint.safetensors")
         } throws: { error in

@@ -73,10 +73,10 @@ import TetherTensor
         let rows = SparseRows<Double>(slot: slot, width: 1)
         // step 1: g = (0.6, 3): n = g^2, sigma = |g| / alpha, z = g (w was 0)
         rows.accumulate(rowIDs: [0, 1], grads: [0.6, 3], count: 2)
-        opt.step(arena, lr: 123, sparse: [rows]) // lr is not FTRL's: alpha is
+        opt.step(arena, lr: 123, sparse: [rows])  // lr is not FTRL's: alpha is
         rows.clear()
-        #expect(arena.values[0] == 0)                                    // |z| = 0.6 <= l1
-        let w1: Double = -2.0 / (4.0 / 0.5 + 0.1)                        // -(z - l1) / ((beta + sqrt(n)) / alpha + l2)
+        #expect(arena.values[0] == 0)  // |z| = 0.6 <= l1
+        let w1: Double = -2.0 / (4.0 / 0.5 + 0.1)  // -(z - l1) / ((beta + sqrt(n)) / alpha + l2)
         #expect(abs(arena.values[1] - w1) < 1e-12)
         // step 2 on coordinate 1 only: g = -1
         rows.accumulate(rowIDs: [1], grads: [-1], count: 1)
@@ -98,10 +98,10 @@ import TetherTensor
         let arena = ParameterArena<Double>(layout: layout)
         var c = OptimizerConfig(); c.kind = .sgd; c.clipNorm = 1
         let opt = try! Optimizer<Double>(c, layout: layout)
-        arena.grads[0] = 3; arena.grads[1] = 4 // norm 5 -> scaled by 1/5
+        arena.grads[0] = 3; arena.grads[1] = 4  // norm 5 -> scaled by 1/5
         opt.step(arena, lr: 1)
         #expect(abs(arena.values[0] + 0.6) < 1e-6 && abs(arena.values[1] + 0.8) < 1e-6)
-        arena.grads[0] = 0.3; arena.grads[1] = 0.4 // under the limit: untouched
+        arena.grads[0] = 0.3; arena.grads[1] = 0.4  // under the limit: untouched
         opt.step(arena, lr: 1)
         #expect(abs(arena.values[0] + 0.9) < 1e-6)
     }

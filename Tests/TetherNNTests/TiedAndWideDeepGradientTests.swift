@@ -5,13 +5,14 @@ import TetherTensor
 
 /// Central finite differences of `loss` against the gradient `accumulate` leaves in the arena (dense
 /// entries) and in the sparse tables (scattered densely), over `indices` of the arena.
-func worstModelGradientError<T: Model>(_ model: T, indices: [Int]? = nil, loss: () -> Double, accumulate: () -> Void) -> Double where T.T == Double {
+func worstModelGradientError<T: Model>(_ model: T, indices: [Int]? = nil, loss: () -> Double, accumulate: () -> Void) -> Double
+where T.T == Double {
     let arena = model.arena
     arena.zeroGrads()
     for s in model.sparseGradients { s.clear() }
     accumulate()
     var analytic = Array(UnsafeBufferPointer(start: arena.grads, count: arena.count))
-    for e in arena.layout.entries where e.sparseGradient { for i in e.offset ..< e.offset + e.count { analytic[i] = 0 } }
+    for e in arena.layout.entries where e.sparseGradient { for i in e.offset..<e.offset + e.count { analytic[i] = 0 } }
     analytic.withUnsafeMutableBufferPointer { a in for s in model.sparseGradients { s.addDense(into: a.baseAddress! + s.slot.offset) } }
     let h = 1e-5
     var worst = 0.0
@@ -38,9 +39,14 @@ struct TiedAndWideDeepGradientTests {
         var check = GradientCheck(layout: layout, layer: l, inputShape: [5, 2, 3])
         #expect(check.maxError() < tolerance)
         let names = layout.entries.map(\.name)
-        #expect(names == (weightNorm
-            ? ["rnn.weight_ih_l0_g", "rnn.weight_ih_l0_v", "rnn.weight_hh_l0_g", "rnn.weight_hh_l0_v", "rnn.bias_ih_l0", "rnn.bias_hh_l0"]
-            : ["rnn.weight_ih_l0", "rnn.weight_hh_l0", "rnn.bias_ih_l0", "rnn.bias_hh_l0"]))
+        #expect(
+            names
+                == (weightNorm
+                    ? [
+                        "rnn.weight_ih_l0_g", "rnn.weight_ih_l0_v", "rnn.weight_hh_l0_g", "rnn.weight_hh_l0_v", "rnn.bias_ih_l0",
+                        "rnn.bias_hh_l0"
+                    ]
+                    : ["rnn.weight_ih_l0", "rnn.weight_hh_l0", "rnn.bias_ih_l0", "rnn.bias_hh_l0"]))
     }
 
     /// The embedding alone, dense and row-sparse: L = sum(y * R) over a batch that repeats a row.
@@ -72,7 +78,7 @@ struct TiedAndWideDeepGradientTests {
             worst = max(worst, abs(analytic[i] - (lp - lm) / 2e-5))
         }
         #expect(worst < tolerance)
-        #expect(analytic[6...8].allSatisfy { $0 == 0 } && analytic[9...11].allSatisfy { $0 == 0 }) // rows 2, 3 untouched
+        #expect(analytic[6...8].allSatisfy { $0 == 0 } && analytic[9...11].allSatisfy { $0 == 0 })  // rows 2, 3 untouched
     }
 
     @Test func transposedDense() {
@@ -91,19 +97,22 @@ struct TiedAndWideDeepGradientTests {
         return m
     }
 
-    static let tokens: (inputs: [Int32], targets: [Int32]) = ([1, 2, 3, 0, 6, 5, 2, 2], [2, 3, 0, 6, 5, 4, 2, 1]) // T=4, B=2
+    static let tokens: (inputs: [Int32], targets: [Int32]) = ([1, 2, 3, 0, 6, 5, 2, 2], [2, 3, 0, 6, 5, 4, 2, 1])  // T=4, B=2
 
     /// Embedding, LSTM(s) and the (tied or untied) output projection through the softmax loss.
     @Test(arguments: [(true, true, 1), (true, false, 1), (false, true, 1), (true, true, 2)])
     func languageModelThroughLoss(tied: Bool, weightNorm: Bool, layers: Int) {
         let m = Self.smallLanguageModel(tied: tied, weightNorm: weightNorm, layers: layers)
         let (x, y) = Self.tokens
-        let worst = worstModelGradientError(m, loss: {
-            m.evaluate(inputs: x, targets: y, steps: 4, streams: 2, state: nil).0.lossSum
-        }, accumulate: {
-            m.resetState()
-            _ = m.accumulateGradients(inputs: x, targets: y, steps: 4, scale: 1)
-        })
+        let worst = worstModelGradientError(
+            m,
+            loss: {
+                m.evaluate(inputs: x, targets: y, steps: 4, streams: 2, state: nil).0.lossSum
+            },
+            accumulate: {
+                m.resetState()
+                _ = m.accumulateGradients(inputs: x, targets: y, steps: 4, scale: 1)
+            })
         #expect(worst < tolerance, "worst relative error \(worst)")
     }
 
@@ -112,7 +121,8 @@ struct TiedAndWideDeepGradientTests {
     @Test func tiedGradientIsTheSumOfBothUses() {
         let tied = Self.smallLanguageModel(tied: true, weightNorm: false)
         let untied = Self.smallLanguageModel(tied: false, weightNorm: false)
-        #expect(tied.arena.layout.entries.filter { $0.name.hasSuffix("weight") && !$0.name.hasPrefix("rnn") }.map(\.name) == ["encoder.weight"])
+        #expect(
+            tied.arena.layout.entries.filter { $0.name.hasSuffix("weight") && !$0.name.hasPrefix("rnn") }.map(\.name) == ["encoder.weight"])
         // Copy every tied value into the untied model; its decoder.weight gets the embedding too.
         for e in tied.arena.layout.entries {
             let u = untied.arena.layout.slot(named: e.name)!
@@ -128,13 +138,16 @@ struct TiedAndWideDeepGradientTests {
         var worst = 0.0, decoderShare = 0.0
         for i in 0..<enc.count { worst = max(worst, abs(te[i] - (ue[i] + ud[i]))); decoderShare = max(decoderShare, abs(ud[i])) }
         #expect(worst < 1e-12)
-        #expect(decoderShare > 1e-3) // both uses contribute
+        #expect(decoderShare > 1e-3)  // both uses contribute
     }
 
     @Test func tiedAutoencoderThroughLoss() {
         var rng = RNG(seed: 4)
         let m = TiedAutoencoder<Double>(features: 6, hidden: [4, 3], rng: &rng)
-        #expect(m.arena.layout.entries.map(\.name) == ["encoder.0.weight", "encoder.0.bias", "encoder.2.weight", "encoder.2.bias", "decoder.0.bias", "decoder.2.bias"])
+        #expect(
+            m.arena.layout.entries.map(\.name) == [
+                "encoder.0.weight", "encoder.0.bias", "encoder.2.weight", "encoder.2.bias", "decoder.0.bias", "decoder.2.bias"
+            ])
         for i in 0..<m.arena.count { m.arena.values[i] += 0.3 * rng.nextNormal() }
         let x = Tensor<Double>(shape: [3, 6], scalars: (0..<18).map { _ in rng.nextUnitDouble() })
         let worst = worstModelGradientError(m, loss: { m.evaluate(x).lossSum }, accumulate: { _ = m.accumulateGradients(x, scale: 1) })
@@ -143,19 +156,22 @@ struct TiedAndWideDeepGradientTests {
 
     static func smallWideDeep(_ parts: WideDeepShape.Parts) -> (WideDeep<Double>, TabularBatch<Double>) {
         var rng = RNG(seed: 6)
-        let shape = WideDeepShape(fields: 3, numeric: 2, crosses: [[0, 1], [1, 2]], buckets: 5, wideBuckets: 11, embedding: 2, hidden: [4, 3], parts: parts)
+        let shape = WideDeepShape(
+            fields: 3, numeric: 2, crosses: [[0, 1], [1, 2]], buckets: 5, wideBuckets: 11, embedding: 2, hidden: [4, 3], parts: parts)
         let m = WideDeep<Double>(shape, rng: &rng)
         for i in 0..<m.arena.count { m.arena.values[i] += 0.3 * rng.nextNormal() }
         // Four rows; rows 0 and 2 share values, so sparse rows are touched more than once.
         let values: [UInt64] = [1, 2, 3, 4, 5, 6, 1, 2, 9, 7, 8, 3]
-        let batch = TabularBatch(categorical: values, numeric: Tensor(shape: [4, 2], scalars: (0..<8).map { _ in rng.nextNormal() }), labels: [1, 0, 0, 1])
+        let batch = TabularBatch(
+            categorical: values, numeric: Tensor(shape: [4, 2], scalars: (0..<8).map { _ in rng.nextNormal() }), labels: [1, 0, 0, 1])
         return (m, batch)
     }
 
     @Test(arguments: WideDeepShape.Parts.allCases)
     func wideAndDeepThroughLogisticLoss(parts: WideDeepShape.Parts) {
         let (m, batch) = Self.smallWideDeep(parts)
-        let worst = worstModelGradientError(m, loss: { m.evaluate(batch).0.lossSum }, accumulate: { _ = m.accumulateGradients(batch, scale: 1) })
+        let worst = worstModelGradientError(
+            m, loss: { m.evaluate(batch).0.lossSum }, accumulate: { _ = m.accumulateGradients(batch, scale: 1) })
         #expect(worst < tolerance, "worst relative error \(worst)")
         #expect(m.sparseGradients.count == (parts == .both ? 2 : 1))
     }

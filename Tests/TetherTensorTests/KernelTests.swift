@@ -12,12 +12,15 @@ import Testing
         // stored shapes: A is (M, K) or, transposed, (K, M); likewise B
         func A(_ i: Int, _ p: Int) -> Double { transposeA ? a[p * m + i] : a[i * k + p] }
         func B(_ p: Int, _ j: Int) -> Double { transposeB ? b[j * k + p] : b[p * n + j] }
-        Double.gemm(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: 2, a: a, lda: transposeA ? m : k,
-                    b: b, ldb: transposeB ? k : n, beta: 0.5, c: &c, ldc: n)
-        for i in 0..<m { for j in 0..<n {
-            let expected = 2 * (0..<k).reduce(0.0) { $0 + A(i, $1) * B($1, j) } + 0.5 * c0[i * n + j]
-            #expect(abs(c[i * n + j] - expected) < 1e-12)
-        } }
+        Double.gemm(
+            transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: 2, a: a, lda: transposeA ? m : k,
+            b: b, ldb: transposeB ? k : n, beta: 0.5, c: &c, ldc: n)
+        for i in 0..<m {
+            for j in 0..<n {
+                let expected = 2 * (0..<k).reduce(0.0) { $0 + A(i, $1) * B($1, j) } + 0.5 * c0[i * n + j]
+                #expect(abs(c[i * n + j] - expected) < 1e-12)
+            }
+        }
     }
 }
 
@@ -26,25 +29,34 @@ import Testing
     /// general path differ.
     @Test(arguments: [(5, 1, 2), (3, 1, 0), (3, 2, 1), (2, 3, 2), (5, 1, 4)])
     func im2colMatchesTheDefinition(kernel: Int, stride: Int, padding: Int) {
-        let g = ConvGeometry(channels: 2, batch: 3, height: 7, width: 6, kernelHeight: kernel, kernelWidth: kernel, stride: stride, padding: padding)
+        let g = ConvGeometry(
+            channels: 2, batch: 3, height: 7, width: 6, kernelHeight: kernel, kernelWidth: kernel, stride: stride, padding: padding)
         let x = (0..<2 * 3 * 7 * 6).map { Double($0 + 1) }
         var col = [Double](repeating: .nan, count: g.patchSize * g.columns)
         col.withUnsafeMutableBufferPointer { Double.im2col($0.baseAddress!, x, g, samples: 0..<3) }
-        for c in 0..<2 { for ki in 0..<kernel { for kj in 0..<kernel { for b in 0..<3 {
-            for i in 0..<g.outHeight { for j in 0..<g.outWidth {
-                let (ih, iw) = (i * stride - padding + ki, j * stride - padding + kj)
-                let inside = ih >= 0 && ih < 7 && iw >= 0 && iw < 6
-                let expected = inside ? x[((c * 3 + b) * 7 + ih) * 6 + iw] : 0
-                let row = (c * kernel + ki) * kernel + kj, column = (b * g.outHeight + i) * g.outWidth + j
-                #expect(col[row * g.columns + column] == expected)
-            } }
-        } } } }
+        for c in 0..<2 {
+            for ki in 0..<kernel {
+                for kj in 0..<kernel {
+                    for b in 0..<3 {
+                        for i in 0..<g.outHeight {
+                            for j in 0..<g.outWidth {
+                                let (ih, iw) = (i * stride - padding + ki, j * stride - padding + kj)
+                                let inside = ih >= 0 && ih < 7 && iw >= 0 && iw < 6
+                                let expected = inside ? x[((c * 3 + b) * 7 + ih) * 6 + iw] : 0
+                                let row = (c * kernel + ki) * kernel + kj, column = (b * g.outHeight + i) * g.outWidth + j
+                                #expect(col[row * g.columns + column] == expected)
+                            }
+                        }
+                    }
+                }
+            }
+        }
         // a chunk of samples is the same columns of the whole batch's col
         let plane = g.outHeight * g.outWidth
         var chunk = [Double](repeating: .nan, count: g.patchSize * 2 * plane)
         chunk.withUnsafeMutableBufferPointer { Double.im2col($0.baseAddress!, x, g, samples: 1..<3) }
         for row in 0..<g.patchSize {
-            #expect(Array(chunk[row * 2 * plane ..< (row + 1) * 2 * plane]) == Array(col[row * g.columns + plane ..< (row + 1) * g.columns]))
+            #expect(Array(chunk[row * 2 * plane..<(row + 1) * 2 * plane]) == Array(col[row * g.columns + plane..<(row + 1) * g.columns]))
         }
         // col2im is its adjoint: <im2col(x), y> == <x, col2im(y)>
         var rng = RNG(seed: 2)
@@ -64,13 +76,17 @@ import Testing
         var (a1, a2) = ([Int32](repeating: 0, count: 36), [Int32](repeating: 0, count: 36))
         Float.maxPool2x2Forward(&y1, argmax: &a1, x, g)
         // the definition, written out: the first maximum of each window in scan order
-        for p in 0..<3 { for i in 0..<4 { for j in 0..<3 {
-            var at = p * 48 + 2 * i * 6 + 2 * j, best = x[at]
-            for (di, dj) in [(0, 1), (1, 0), (1, 1)] where x[p * 48 + (2 * i + di) * 6 + 2 * j + dj] > best {
-                at = p * 48 + (2 * i + di) * 6 + 2 * j + dj; best = x[at]
+        for p in 0..<3 {
+            for i in 0..<4 {
+                for j in 0..<3 {
+                    var at = p * 48 + 2 * i * 6 + 2 * j, best = x[at]
+                    for (di, dj) in [(0, 1), (1, 0), (1, 1)] where x[p * 48 + (2 * i + di) * 6 + 2 * j + dj] > best {
+                        at = p * 48 + (2 * i + di) * 6 + 2 * j + dj; best = x[at]
+                    }
+                    y2[(p * 4 + i) * 3 + j] = best; a2[(p * 4 + i) * 3 + j] = Int32(at - p * 48)
+                }
             }
-            y2[(p * 4 + i) * 3 + j] = best; a2[(p * 4 + i) * 3 + j] = Int32(at - p * 48)
-        } } }
+        }
         #expect(y1 == y2)
         #expect(a1 == a2)
     }
@@ -116,7 +132,7 @@ import Testing
     func worst(_ a: [Float], _ b: [Double]) -> Double { zip(a, b).map { abs(Double($0) - $1) / max(1, abs($1)) }.max() ?? 0 }
 
     @Test func softmaxCrossEntropy() {
-        let (b, k) = (7, 1003) // not a multiple of the vector width
+        let (b, k) = (7, 1003)  // not a multiple of the vector width
         let z = random(b * k, scale: 8, seed: 1), labels = (0..<b).map { Int32($0 * 97 % k) }
         var pd = [Double](repeating: 0, count: b * k), ld = [Double](repeating: 0, count: b)
         var pf = [Float](repeating: 0, count: b * k), lf = [Float](repeating: 0, count: b)
@@ -138,8 +154,9 @@ import Testing
         var dgd = [Double](repeating: 0, count: b * 4 * n), dcpd = [Double](repeating: 0, count: b * n)
         var dgf = [Float](repeating: 0, count: b * 4 * n), dcpf = [Float](repeating: 0, count: b * n)
         Double.lstmCellBackward(dgates: &dgd, dcPrev: &dcpd, dh: dh, dc: dc, gates: gd, cPrev: cPrev, tanhC: td, batch: b, hidden: n)
-        Float.lstmCellBackward(dgates: &dgf, dcPrev: &dcpf, dh: dh.map(Float.init), dc: dc.map(Float.init), gates: gf,
-                               cPrev: cPrev.map(Float.init), tanhC: tf, batch: b, hidden: n)
+        Float.lstmCellBackward(
+            dgates: &dgf, dcPrev: &dcpf, dh: dh.map(Float.init), dc: dc.map(Float.init), gates: gf,
+            cPrev: cPrev.map(Float.init), tanhC: tf, batch: b, hidden: n)
         #expect(worst(dgf, dgd) < 1e-5)
         #expect(worst(dcpf, dcpd) < 1e-5)
     }

@@ -11,7 +11,9 @@ import Testing
             try c.validate()
             #expect(!family.summary.isEmpty)
         }
-        #expect(TrainingConfig.defaults(for: "lm-tied").optimizer.kind == .sgd && TrainingConfig.defaults(for: "wide-deep").optimizer.ftrl.alpha == 0.2)
+        #expect(
+            TrainingConfig.defaults(for: "lm-tied").optimizer.kind == .sgd
+                && TrainingConfig.defaults(for: "wide-deep").optimizer.ftrl.alpha == 0.2)
         #expect(ModelFamily.all.first { $0.name == "lm-tied" }?.itemsPerStep(TrainingConfig.defaults(for: "lm-tied")) == 20 * 35)
         #expect { try ModelFamily.named("mlp-wm") } throws: { "\($0)".contains("choose one of mlp, mlp-wn") }
     }

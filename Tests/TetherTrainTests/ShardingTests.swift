@@ -10,7 +10,9 @@ import TetherNN
     @Test(arguments: [1, 2, 3, 5], [1, 7, 64, 100, 101])
     func everySampleExactlyOncePerEpoch(workers: Int, count: Int) {
         for batch in [1, 3, 16] {
-            let shards = (0..<workers).map { ShuffledSteps(seed: 11, count: count, globalBatch: batch * workers, shard: Shard(rank: $0, count: workers)) }
+            let shards = (0..<workers).map {
+                ShuffledSteps(seed: 11, count: count, globalBatch: batch * workers, shard: Shard(rank: $0, count: workers))
+            }
             for epoch in 0..<2 {
                 var seen: [Int] = []
                 for step in 0..<shards[0].perEpoch {
@@ -22,12 +24,19 @@ import TetherNN
                 }
                 #expect(seen.sorted() == Array(0..<count), "workers \(workers), count \(count), batch \(batch)")
                 // The same seed gives the same plan; a fresh object (a resumed run) agrees mid-epoch.
-                let again = ShuffledSteps(seed: 11, count: count, globalBatch: batch * workers, shard: Shard(rank: workers - 1, count: workers))
+                let again = ShuffledSteps(
+                    seed: 11, count: count, globalBatch: batch * workers, shard: Shard(rank: workers - 1, count: workers))
                 let mid = shards[0].perEpoch / 2
-                #expect(Array(again.samples(epoch: epoch, step: mid).local) == Array(shards[workers - 1].samples(epoch: epoch, step: mid).local))
+                #expect(
+                    Array(again.samples(epoch: epoch, step: mid).local) == Array(shards[workers - 1].samples(epoch: epoch, step: mid).local)
+                )
             }
             let otherSeed = ShuffledSteps(seed: 12, count: count, globalBatch: batch, shard: .whole)
-            if count > 3 { #expect(Array(otherSeed.samples(epoch: 0, step: 0).local) != Array(ShuffledSteps(seed: 11, count: count, globalBatch: batch, shard: .whole).samples(epoch: 0, step: 0).local)) }
+            if count > 3 {
+                #expect(
+                    Array(otherSeed.samples(epoch: 0, step: 0).local)
+                        != Array(ShuffledSteps(seed: 11, count: count, globalBatch: batch, shard: .whole).samples(epoch: 0, step: 0).local))
+            }
         }
     }
 
@@ -42,7 +51,9 @@ import TetherNN
             for step in 0..<whole.perEpoch {
                 let parts = shards.map { $0.samples(epoch: epoch, step: step) }
                 #expect(parts.allSatisfy { $0.global == whole.samples(epoch: epoch, step: step).global })
-                #expect(parts.flatMap(\.local).sorted() == whole.samples(epoch: epoch, step: step).local.sorted(), "workers \(workers), step \(step)")
+                #expect(
+                    parts.flatMap(\.local).sorted() == whole.samples(epoch: epoch, step: step).local.sorted(),
+                    "workers \(workers), step \(step)")
             }
         }
     }
@@ -51,7 +62,9 @@ import TetherNN
         for workers in [1, 3, 4] {
             var all: [Int] = []
             for r in 0..<workers {
-                _ = inBatches(10, of: 3, shard: Shard(rank: r, count: workers)) { all += $0; return BatchStats() }
+                _ = inBatches(10, of: 3, shard: Shard(rank: r, count: workers)) {
+                    all += $0; return BatchStats()
+                }
             }
             #expect(all.sorted() == Array(0..<10))
         }
@@ -64,13 +77,16 @@ import TetherNN
         let corpus = try writeToyCorpus()
         defer { try? FileManager.default.removeItem(at: corpus) }
         var c = model == "lm-tied" ? languageConfig(corpus: corpus) : TrainingConfig.defaults(for: "wide-deep")
-        c.language.dropout = 0 // dropout masks are drawn per process; the cluster's equivalence test covers them
+        c.language.dropout = 0  // dropout masks are drawn per process; the cluster's equivalence test covers them
         if model == "wide-deep" {
             c.data = "synthetic-clicks:600"
             c.wideDeep.buckets = 100; c.wideDeep.wideBuckets = 1 << 10; c.wideDeep.hidden = [8]
             c.batch = 17
         }
-        let whole = try Workloads.make({ var w = c; w.batch = 3 * c.batch; return w }())
+        let whole = try Workloads.make(
+            {
+                var w = c; w.batch = 3 * c.batch; return w
+            }())
         let parts = try (0..<3).map { try Workloads.make(c, shard: Shard(rank: $0, count: 3)) }
         func gradient(_ w: any Workload, step: Int) -> [Float] {
             let m = w.model
@@ -78,7 +94,9 @@ import TetherNN
             w.startEpoch(0)
             _ = w.accumulateGradients(epoch: 0, step: step)
             var g = Array(UnsafeBufferPointer(start: m.arena.grads, count: m.arena.count))
-            g.withUnsafeMutableBufferPointer { p in for s in m.sparseGradients { s.addDense(into: p.baseAddress! + s.slot.offset); s.clear() } }
+            g.withUnsafeMutableBufferPointer { p in
+                for s in m.sparseGradients { s.addDense(into: p.baseAddress! + s.slot.offset); s.clear() }
+            }
             return g
         }
         let reference = gradient(whole, step: 1)

@@ -26,7 +26,9 @@ import Testing
         defer { close(fd) }
         var address = sockaddr_in()
         (address.sin_family, address.sin_port, address.sin_addr.s_addr) = (sa_family_t(AF_INET), port.bigEndian, inet_addr("127.0.0.1"))
-        let connected = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
         guard connected == 0 else { throw CocoaError(.fileReadUnknown) }
         _ = request.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
         var answer = [UInt8](), buffer = [UInt8](repeating: 0, count: 4096)
@@ -43,8 +45,12 @@ import Testing
         var start = MetricsEvent(event: "start", step: 0, stepsPerEpoch: 10)
         start.model = "mlp-\"wn\"\n"
         try exporter.record(start)
-        exporter.stepCompleted(globalStep: 1, ranks: RankFigures(compute: [0.5, 0.25], exchange: [0.1, 0.2], waiting: [0, 0.1], denseBytes: [100, 100], sparseBytes: [0, 0]))
-        exporter.stepCompleted(globalStep: 2, ranks: RankFigures(compute: [0.5, 0.25], exchange: [0.1, 0.2], waiting: [0, 0.1], denseBytes: [100, 100], sparseBytes: [0, 0]))
+        exporter.stepCompleted(
+            globalStep: 1,
+            ranks: RankFigures(compute: [0.5, 0.25], exchange: [0.1, 0.2], waiting: [0, 0.1], denseBytes: [100, 100], sparseBytes: [0, 0]))
+        exporter.stepCompleted(
+            globalStep: 2,
+            ranks: RankFigures(compute: [0.5, 0.25], exchange: [0.1, 0.2], waiting: [0, 0.1], denseBytes: [100, 100], sparseBytes: [0, 0]))
         var step = MetricsEvent(event: "step", step: 2, stepsPerEpoch: 10)
         (step.loss, step.samples_per_sec) = (.nan, 1234.5)
         try exporter.record(step)
@@ -52,14 +58,19 @@ import Testing
 
         let page = try Self.ask(port, Array("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
         #expect(page.status == "HTTP/1.0 200 OK")
-        for line in ["tether_steps_total 2", "tether_rank_compute_seconds_total{rank=\"0\"} 1", "tether_rank_compute_seconds_total{rank=\"1\"} 0.5",
-                     "tether_rank_dense_sent_bytes_total{rank=\"1\"} 200", "tether_workers_alive 2", "tether_heartbeat_age_seconds{rank=\"1\"} 1.5",
-                     "tether_loss NaN", "tether_samples_per_second 1234.5", "tether_info{model=\"mlp-\\\"wn\\\"\\n\"} 1", "# TYPE tether_steps_total counter"] {
+        for line in [
+            "tether_steps_total 2", "tether_rank_compute_seconds_total{rank=\"0\"} 1", "tether_rank_compute_seconds_total{rank=\"1\"} 0.5",
+            "tether_rank_dense_sent_bytes_total{rank=\"1\"} 200", "tether_workers_alive 2", "tether_heartbeat_age_seconds{rank=\"1\"} 1.5",
+            "tether_loss NaN", "tether_samples_per_second 1234.5", "tether_info{model=\"mlp-\\\"wn\\\"\\n\"} 1",
+            "# TYPE tether_steps_total counter"
+        ] {
             #expect(page.body.split(separator: "\n").contains { $0 == line }, "missing: \(line)")
         }
         #expect(try Self.ask(port, Array("POST /metrics HTTP/1.1\r\n\r\n".utf8)).status == "HTTP/1.0 405 Method Not Allowed")
         #expect(try Self.ask(port, Array("GET / HTTP/1.1\r\n\r\n".utf8)).status == "HTTP/1.0 404 Not Found")
-        #expect(try Self.ask(port, Array(repeating: UInt8(ascii: "A"), count: PrometheusExporter.requestLimit)).status == "HTTP/1.0 400 Bad Request")
+        #expect(
+            try Self.ask(port, Array(repeating: UInt8(ascii: "A"), count: PrometheusExporter.requestLimit)).status
+                == "HTTP/1.0 400 Bad Request")
         #expect(try Self.ask(port, [0, 0xFF, 0x0A, 0x0A]).status == "HTTP/1.0 400 Bad Request")
         // and it still answers a scrape after all that
         #expect(try Self.ask(port, Array("GET /metrics HTTP/1.0\r\n\r\n".utf8)).status == "HTTP/1.0 200 OK")

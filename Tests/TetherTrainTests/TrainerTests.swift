@@ -83,18 +83,23 @@ struct TrainerTests {
             "\($0)".contains("this command gives --batch 16 (the run has 32), --lr 0.1 (the run has 0.001)")
         }
         var longer = smallConfig()
-        longer.epochs = 5 // the run's length may change, and what only observes or paces it
+        longer.epochs = 5  // the run's length may change, and what only observes or paces it
         (longer.logEvery, longer.checkpointEvery) = (1, 2)
-        #expect(try longer.checkResume(from: smallConfig(), path: "p") == "resuming with --checkpoint-every 2 (the run has 0), --log-every 1 (the run has 5)")
+        #expect(
+            try longer.checkResume(from: smallConfig(), path: "p")
+                == "resuming with --checkpoint-every 2 (the run has 0), --log-every 1 (the run has 5)")
         _ = try Trainer(config: longer, runDirectory: dir, resume: true, progress: quiet)
         // Starting afresh over an existing run is refused rather than overwriting it.
-        #expect { try Trainer(config: smallConfig(), runDirectory: dir, resume: false, progress: quiet) } throws: { "\($0)".contains("--resume") }
+        #expect { try Trainer(config: smallConfig(), runDirectory: dir, resume: false, progress: quiet) } throws: {
+            "\($0)".contains("--resume")
+        }
     }
 
     @Test func aCheckpointOfAnotherModelIsRefused() throws {
         let dir = freshRunDirectory("other")
         defer { try? FileManager.default.removeItem(at: dir) }
-        _ = try Trainer(config: smallConfig(model: "mlp"), runDirectory: dir, resume: false, progress: ProgressDisplay(interactive: false)).run(stopAfterSteps: 1)
+        _ = try Trainer(config: smallConfig(model: "mlp"), runDirectory: dir, resume: false, progress: ProgressDisplay(interactive: false))
+            .run(stopAfterSteps: 1)
         let loaded = try Checkpoint.Loaded(dir.appendingPathComponent(Checkpoint.fileName))
         var config = smallConfig(model: "mlp-wn")
         config.testLimit = 10

@@ -8,7 +8,8 @@ import TetherNN
 func writeToyCorpus() throws -> URL {
     let dir = freshRunDirectory("corpus")
     try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-    let subjects = ["the cat", "a dog", "the bird", "my friend"], verbs = ["sees", "likes", "follows"], objects = ["the ball", "a tree", "the house", "the sea"]
+    let subjects = ["the cat", "a dog", "the bird", "my friend"], verbs = ["sees", "likes", "follows"],
+        objects = ["the ball", "a tree", "the house", "the sea"]
     var lines: [String] = []
     for i in 0..<1200 { lines.append("\(subjects[i % 4]) \(verbs[i % 3]) \(objects[(i / 3) % 4]) .") }
     try lines.joined(separator: "\n").write(to: dir.appendingPathComponent("toy.txt"), atomically: true, encoding: .utf8)

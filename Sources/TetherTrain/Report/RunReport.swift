@@ -28,7 +28,8 @@ public enum RunReport {
         for (i, line) in lines.enumerated() where !line.isEmpty {
             do { run.events.append(try JSONDecoder().decode(MetricsEvent.self, from: Data(line))) } catch {
                 guard i == lines.count - 1 else {
-                    throw ConfigError(message: "\(file.path), line \(i + 1): not a metrics event (\(String(decoding: line.prefix(80), as: UTF8.self)))")
+                    throw ConfigError(
+                        message: "\(file.path), line \(i + 1): not a metrics event (\(String(decoding: line.prefix(80), as: UTF8.self)))")
                 }
                 run.notes.append("the last line of metrics.jsonl was cut short (the run stopped while writing it) and is left out")
             }
@@ -52,9 +53,14 @@ public enum RunReport {
         // loss
         var loss: [SVGChart.Series] = []
         for (i, r) in runs.enumerated() {
-            loss.append(.init(name: name(i, "training loss"), points: steps(r).compactMap { e in e.loss.map { (Double(e.step), $0) } }, color: color(i, 0)))
-            loss.append(.init(name: name(i, "held-out loss"), points: evaluations(r).compactMap { e in e.test_loss.map { (Double(e.step), $0) } },
-                              color: color(i, 1), dashed: true, dots: true))
+            loss.append(
+                .init(
+                    name: name(i, "training loss"), points: steps(r).compactMap { e in e.loss.map { (Double(e.step), $0) } },
+                    color: color(i, 0)))
+            loss.append(
+                .init(
+                    name: name(i, "held-out loss"), points: evaluations(r).compactMap { e in e.test_loss.map { (Double(e.step), $0) } },
+                    color: color(i, 1), dashed: true, dots: true))
         }
         body += section("Loss", SVGChart(title: "Loss", xLabel: "global step", yLabel: "mean loss", series: loss, markers: markers).svg)
         // the model's metric
@@ -62,51 +68,85 @@ public enum RunReport {
         for (i, r) in runs.enumerated() {
             let evals = evaluations(r)
             if evals.contains(where: { $0.test_accuracy != nil }) {
-                metric.append(.init(name: name(i, "held-out accuracy"), points: evals.compactMap { e in e.test_accuracy.map { (Double(e.step), $0 * 100) } },
-                                    color: color(i, 2), dots: true))
+                metric.append(
+                    .init(
+                        name: name(i, "held-out accuracy"),
+                        points: evals.compactMap { e in e.test_accuracy.map { (Double(e.step), $0 * 100) } },
+                        color: color(i, 2), dots: true))
             } else if evals.contains(where: { $0.test_auc != nil }) {
                 metricName = "AUC"
-                metric.append(.init(name: name(i, "held-out AUC"), points: evals.compactMap { e in e.test_auc.map { (Double(e.step), $0) } }, color: color(i, 2), dots: true))
+                metric.append(
+                    .init(
+                        name: name(i, "held-out AUC"), points: evals.compactMap { e in e.test_auc.map { (Double(e.step), $0) } },
+                        color: color(i, 2), dots: true))
             } else if evals.contains(where: { $0.test_perplexity != nil }) {
                 metricName = "perplexity"
-                metric.append(.init(name: name(i, "held-out perplexity"), points: evals.compactMap { e in e.test_perplexity.map { (Double(e.step), $0) } },
-                                    color: color(i, 2), dots: true))
+                metric.append(
+                    .init(
+                        name: name(i, "held-out perplexity"),
+                        points: evals.compactMap { e in e.test_perplexity.map { (Double(e.step), $0) } },
+                        color: color(i, 2), dots: true))
             }
         }
         if !metric.isEmpty {
-            body += section("Held-out \(metricName)", SVGChart(title: "Held-out \(metricName) after each epoch", xLabel: "global step", yLabel: metricName,
-                                                                series: metric, markers: markers, fromZero: false).svg)
+            body += section(
+                "Held-out \(metricName)",
+                SVGChart(
+                    title: "Held-out \(metricName) after each epoch", xLabel: "global step", yLabel: metricName,
+                    series: metric, markers: markers, fromZero: false
+                ).svg)
         }
         // throughput
         let rate = runs.enumerated().map { i, r in
-            SVGChart.Series(name: name(i, "\((r.config.flatMap { try? ModelFamily.named($0.model) })?.unit ?? "samples")/s"),
-                            points: steps(r).compactMap { e in e.samples_per_sec.map { (Double(e.step), $0) } }, color: color(i, 0))
+            SVGChart.Series(
+                name: name(i, "\((r.config.flatMap { try? ModelFamily.named($0.model) })?.unit ?? "samples")/s"),
+                points: steps(r).compactMap { e in e.samples_per_sec.map { (Double(e.step), $0) } }, color: color(i, 0))
         }
-        body += section("Throughput", SVGChart(title: "Throughput over the last --log-every steps", xLabel: "global step", yLabel: "samples (tokens) per second",
-                                               series: rate, markers: markers).svg)
+        body += section(
+            "Throughput",
+            SVGChart(
+                title: "Throughput over the last --log-every steps", xLabel: "global step", yLabel: "samples (tokens) per second",
+                series: rate, markers: markers
+            ).svg)
         // per rank: where a step's time goes; the stragglers; bytes
         for (i, r) in runs.enumerated() where steps(r).contains(where: { $0.compute_s != nil }) {
             let s = steps(r), ranks = s.map { $0.compute_s?.count ?? 0 }.max() ?? 0
             var charts = ""
             for rank in 0..<ranks {
-                func part(_ f: (MetricsEvent) -> Double?) -> [(x: Double, y: Double)] { s.compactMap { e in f(e).map { (Double(e.step), $0 * 1000) } } }
+                func part(_ f: (MetricsEvent) -> Double?) -> [(x: Double, y: Double)] {
+                    s.compactMap { e in f(e).map { (Double(e.step), $0 * 1000) } }
+                }
                 let compute = part { $0.compute_s?[safe: rank] }
                 let exchanging = part { e in e.allreduce_s?[safe: rank].map { $0 - (e.wait_s?[safe: rank] ?? 0) } }
                 let waiting = part { $0.wait_s?[safe: rank] }
-                charts += SVGChart(title: (overlay ? "\(r.name), " : "") + "rank \(rank): a step's time", xLabel: "global step", yLabel: "milliseconds",
-                                   series: [.init(name: "compute (forward, backward)", points: compute, color: "#4c72b0"),
-                                            .init(name: "exchange after backward", points: exchanging, color: "#dd8452"),
-                                            .init(name: "waiting for a neighbour", points: waiting, color: "#c44e52")],
-                                   markers: Self.markers(r, color: nil), stacked: true, width: 620, height: 230).svg
+                charts +=
+                    SVGChart(
+                        title: (overlay ? "\(r.name), " : "") + "rank \(rank): a step's time", xLabel: "global step",
+                        yLabel: "milliseconds",
+                        series: [
+                            .init(name: "compute (forward, backward)", points: compute, color: "#4c72b0"),
+                            .init(name: "exchange after backward", points: exchanging, color: "#dd8452"),
+                            .init(name: "waiting for a neighbour", points: waiting, color: "#c44e52")
+                        ],
+                        markers: Self.markers(r, color: nil), stacked: true, width: 620, height: 230
+                    ).svg
             }
             body += section((overlay ? "\(r.name): " : "") + "Where each rank's step goes", charts + stragglers(s), wide: true)
             let bytes: [SVGChart.Series] = [
-                .init(name: "dense" + compressionNote(r.config), points: s.compactMap { e in e.dense_bytes.map { (Double(e.step), $0.reduce(0, +) / 1e6) } }, color: color(i, 0)),
-                .init(name: "sparse rows", points: s.compactMap { e in e.sparse_bytes.map { (Double(e.step), $0.reduce(0, +) / 1e6) } }, color: color(i, 3)),
+                .init(
+                    name: "dense" + compressionNote(r.config),
+                    points: s.compactMap { e in e.dense_bytes.map { (Double(e.step), $0.reduce(0, +) / 1e6) } }, color: color(i, 0)),
+                .init(
+                    name: "sparse rows", points: s.compactMap { e in e.sparse_bytes.map { (Double(e.step), $0.reduce(0, +) / 1e6) } },
+                    color: color(i, 3))
             ].filter { $0.points.contains { $0.y > 0 } }
             if !bytes.isEmpty {
-                body += section((overlay ? "\(r.name): " : "") + "Bytes moved",
-                                SVGChart(title: "Payload bytes sent per step, all ranks", xLabel: "global step", yLabel: "MB", series: bytes, markers: Self.markers(r, color: nil)).svg)
+                body += section(
+                    (overlay ? "\(r.name): " : "") + "Bytes moved",
+                    SVGChart(
+                        title: "Payload bytes sent per step, all ranks", xLabel: "global step", yLabel: "MB", series: bytes,
+                        markers: Self.markers(r, color: nil)
+                    ).svg)
             }
         }
         body += section("Events", eventsTable(runs), wide: true)
@@ -114,29 +154,29 @@ public enum RunReport {
         let notes = runs.flatMap { r in r.notes.map { "\(r.name): \($0)" } }
         let title = "Tether report: " + runs.map(\.name).joined(separator: ", ")
         return """
-        <!DOCTYPE html>
-        <html lang="en"><head><meta charset="utf-8"><title>\(SVGChart.escaped(title))</title>
-        <style>
-        body { font: 14px/1.4 -apple-system, "Segoe UI", "DejaVu Sans", sans-serif; margin: 24px; color: #222; max-width: 1400px; }
-        h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 28px 0 8px; border-bottom: 1px solid #ddd; }
-        .sub { color: #666; margin-bottom: 16px; }
-        section { display: inline-block; vertical-align: top; margin-right: 24px; } section.wide, section.table { display: block; }
-        section.wide svg { margin-right: 8px; }
-        svg.chart { font-size: 11px; background: #fff; }
-        svg .title { font-size: 13px; font-weight: 600; } svg .plot { fill: #fafafa; stroke: #bbb; }
-        svg .grid { stroke: #e4e4e4; } svg .axis { stroke: #888; } svg .tick { fill: #555; } svg .axis-label { fill: #333; font-size: 12px; }
-        svg .legend-ground { fill: #fff; fill-opacity: 0.85; stroke: #ddd; } svg .event-label { font-size: 10px; }
-        table { border-collapse: collapse; margin: 6px 0 12px; } td, th { border: 1px solid #ddd; padding: 3px 8px; text-align: left; }
-        th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
-        .note { color: #a33; }
-        </style></head><body>
-        <h1>\(SVGChart.escaped(title))</h1>
-        <div class="sub">\(runs.count == 1 ? "1 run" : "\(runs.count) runs overlaid, one colour each"); made \(ISO8601DateFormatter().string(from: generated))</div>
-        \(notes.map { "<p class=\"note\">\(SVGChart.escaped($0))</p>" }.joined())
-        \(body)
-        </body></html>
+            <!DOCTYPE html>
+            <html lang="en"><head><meta charset="utf-8"><title>\(SVGChart.escaped(title))</title>
+            <style>
+            body { font: 14px/1.4 -apple-system, "Segoe UI", "DejaVu Sans", sans-serif; margin: 24px; color: #222; max-width: 1400px; }
+            h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 28px 0 8px; border-bottom: 1px solid #ddd; }
+            .sub { color: #666; margin-bottom: 16px; }
+            section { display: inline-block; vertical-align: top; margin-right: 24px; } section.wide, section.table { display: block; }
+            section.wide svg { margin-right: 8px; }
+            svg.chart { font-size: 11px; background: #fff; }
+            svg .title { font-size: 13px; font-weight: 600; } svg .plot { fill: #fafafa; stroke: #bbb; }
+            svg .grid { stroke: #e4e4e4; } svg .axis { stroke: #888; } svg .tick { fill: #555; } svg .axis-label { fill: #333; font-size: 12px; }
+            svg .legend-ground { fill: #fff; fill-opacity: 0.85; stroke: #ddd; } svg .event-label { font-size: 10px; }
+            table { border-collapse: collapse; margin: 6px 0 12px; } td, th { border: 1px solid #ddd; padding: 3px 8px; text-align: left; }
+            th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+            .note { color: #a33; }
+            </style></head><body>
+            <h1>\(SVGChart.escaped(title))</h1>
+            <div class="sub">\(runs.count == 1 ? "1 run" : "\(runs.count) runs overlaid, one colour each"); made \(ISO8601DateFormatter().string(from: generated))</div>
+            \(notes.map { "<p class=\"note\">\(SVGChart.escaped($0))</p>" }.joined())
+            \(body)
+            </body></html>
 
-        """
+            """
     }
 
     static func section(_ title: String, _ content: String, wide: Bool = false) -> String {
@@ -164,7 +204,9 @@ public enum RunReport {
             case "reformed": kind = "re-formed"
             case "failed": kind = "failed"
             case "interrupted": kind = "interrupted"
-            case "start": kind = started ? (run.events.last { $0.step <= e.step && $0.event == "failed" } != nil ? "restarted" : "resumed") : nil; started = true
+            case "start":
+                kind = started ? (run.events.last { $0.step <= e.step && $0.event == "failed" } != nil ? "restarted" : "resumed") : nil;
+                started = true
             default: kind = nil
             }
             guard let kind else { continue }
@@ -180,7 +222,8 @@ public enum RunReport {
         // the steps with more than one rank (after losses, a lone survivor is nobody's straggler)
         let computes = steps.compactMap(\.compute_s).filter { $0.count > 1 }
         guard let ranks = computes.map(\.count).max(), ranks > 1 else { return "" }
-        var slowest = Array(repeating: 0, count: ranks), behind = Array(repeating: 0.0, count: ranks), mean = Array(repeating: 0.0, count: ranks)
+        var slowest = Array(repeating: 0, count: ranks), behind = Array(repeating: 0.0, count: ranks),
+            mean = Array(repeating: 0.0, count: ranks)
         var counted = Array(repeating: 0, count: ranks)
         for c in computes {
             guard let top = c.indices.max(by: { c[$0] < c[$1] }), let fastest = c.min() else { continue }
@@ -192,7 +235,8 @@ public enum RunReport {
         for r in 0..<ranks {
             let m = counted[r] > 0 ? mean[r] / Double(counted[r]) * 1000 : 0
             let by = slowest[r] > 0 ? behind[r] / Double(slowest[r]) * 1000 : 0
-            rows += "<tr><td>rank \(r)</td><td class=\"num\">\(slowest[r]) of \(computes.count) (\(Int((Double(slowest[r]) / Double(computes.count) * 100).rounded()))%)</td>"
+            rows +=
+                "<tr><td>rank \(r)</td><td class=\"num\">\(slowest[r]) of \(computes.count) (\(Int((Double(slowest[r]) / Double(computes.count) * 100).rounded()))%)</td>"
                 + "<td class=\"num\">\(SVGChart.trimmed(m)) ms</td><td class=\"num\">\(slowest[r] > 0 ? "+" + SVGChart.trimmed(by) + " ms" : "")</td></tr>\n"
         }
         return "<table class=\"stragglers\"><caption>The straggler view: which rank computed longest in the logged steps</caption>"
@@ -207,7 +251,8 @@ public enum RunReport {
                 if let w = e.workers { what += (what.isEmpty ? "" : "; ") + "\(w) workers" }
                 if let s = e.elapsed_s { what += (what.isEmpty ? "" : "; ") + "\(SVGChart.trimmed(s)) s" }
                 if let redone = e.steps_redone { what += "; \(redone) step\(redone == 1 ? "" : "s") redone" }
-                rows += "<tr class=\"event-row\" data-event=\"\(SVGChart.escaped(e.event))\"><td>\(SVGChart.escaped(r.name))</td><td>\(SVGChart.escaped(e.event))</td>"
+                rows +=
+                    "<tr class=\"event-row\" data-event=\"\(SVGChart.escaped(e.event))\"><td>\(SVGChart.escaped(r.name))</td><td>\(SVGChart.escaped(e.event))</td>"
                     + "<td class=\"num\">\(e.step)</td><td class=\"num\">\(e.epoch)</td><td>\(SVGChart.escaped(String(what.prefix(300))))</td></tr>\n"
             }
         }
@@ -224,26 +269,35 @@ public enum RunReport {
             rows.append(("processes", start?.workers.map { "\($0) workers" } ?? "1 (tether train)"))
             if let c = r.config {
                 rows.append(("batch", c.globalBatch.map { "\($0) global" } ?? "\(c.batch) per process"))
-                rows.append(("optimizer", "\(c.optimizer.kind.rawValue), learning rate \(c.schedule.baseLR) (\(c.schedule.kind.rawValue) schedule)"))
+                rows.append(
+                    ("optimizer", "\(c.optimizer.kind.rawValue), learning rate \(c.schedule.baseLR) (\(c.schedule.kind.rawValue) schedule)")
+                )
                 rows.append(("epochs", "\(c.epochs)" + (c.maxSteps.map { ", at most \($0) steps" } ?? "")))
                 rows.append(("data", c.data + (c.trainLimit.map { ", first \($0) training samples" } ?? "")))
                 rows.append(("gradients on the wire", c.compression.map { "\($0.rawValue)" + compressionNote(c) } ?? "f32"))
                 rows.append(("seed", "\(c.seed)"))
             }
             if let e = lastEval {
-                let metric = e.test_accuracy.map { String(format: "%.2f%% accuracy", $0 * 100) } ?? e.test_auc.map { String(format: "AUC %.4f", $0) }
+                let metric =
+                    e.test_accuracy.map { String(format: "%.2f%% accuracy", $0 * 100) } ?? e.test_auc.map { String(format: "AUC %.4f", $0) }
                     ?? e.test_perplexity.map { String(format: "perplexity %.2f", $0) } ?? ""
-                rows.append(("last evaluation", "step \(e.step): \(metric)" + (e.test_loss.map { String(format: ", loss %.4f", $0) } ?? "")))
+                rows.append(
+                    ("last evaluation", "step \(e.step): \(metric)" + (e.test_loss.map { String(format: ", loss %.4f", $0) } ?? "")))
             }
             if let end = r.events.last(where: { ["end", "failed", "interrupted"].contains($0.event) }) {
-                rows.append(("ended", "\(end.event) at step \(end.step)" + (end.elapsed_s.map { " after \(SVGChart.trimmed($0)) s" } ?? "")))
+                rows.append(
+                    ("ended", "\(end.event) at step \(end.step)" + (end.elapsed_s.map { " after \(SVGChart.trimmed($0)) s" } ?? "")))
             }
-            out += "<table class=\"settings\"><caption>\(SVGChart.escaped(r.name))</caption>"
-                + rows.map { "<tr><th>\(SVGChart.escaped($0.0))</th><td>\(SVGChart.escaped($0.1))</td></tr>" }.joined(separator: "\n") + "</table>\n"
+            out +=
+                "<table class=\"settings\"><caption>\(SVGChart.escaped(r.name))</caption>"
+                + rows.map { "<tr><th>\(SVGChart.escaped($0.0))</th><td>\(SVGChart.escaped($0.1))</td></tr>" }.joined(separator: "\n")
+                + "</table>\n"
             let hosts = r.events.filter { $0.ranks != nil }
             if let last = hosts.last?.ranks {
-                out += "<table class=\"ranks\"><caption>\(SVGChart.escaped(r.name)): the ranks at step \(hosts.last!.step)</caption><tr><th>rank</th><th>ring address</th></tr>"
-                    + last.enumerated().map { "<tr><td>\($0.offset)</td><td>\(SVGChart.escaped($0.element))</td></tr>" }.joined(separator: "\n") + "</table>\n"
+                out +=
+                    "<table class=\"ranks\"><caption>\(SVGChart.escaped(r.name)): the ranks at step \(hosts.last!.step)</caption><tr><th>rank</th><th>ring address</th></tr>"
+                    + last.enumerated().map { "<tr><td>\($0.offset)</td><td>\(SVGChart.escaped($0.element))</td></tr>" }.joined(
+                        separator: "\n") + "</table>\n"
             }
         }
         return out
