@@ -24,18 +24,21 @@ final class Timeline {
 
     /// A completed step: each rank's spans on its track.
     func add(_ step: CoordinatorState.StepSummary) throws {
-        while ranksNamed < step.spans.count {
+        for (rank, spans) in step.spans.enumerated() { try add(rank: rank, globalStep: step.globalStep, spans: spans) }
+    }
+
+    /// One rank's spans of step `globalStep` on its track (a worker's own --timeline: its rank only).
+    func add(rank: Int, globalStep: Int, spans: [Envelope.TraceSpan]) throws {
+        while ranksNamed <= rank {
             try append(["name": "thread_name", "ph": "M", "pid": 1, "tid": ranksNamed, "args": ["name": "rank \(ranksNamed)"]])
             try append(["name": "thread_sort_index", "ph": "M", "pid": 1, "tid": ranksNamed, "args": ["sort_index": ranksNamed]])
             ranksNamed += 1
         }
-        for (rank, spans) in step.spans.enumerated() {
-            for s in spans {
-                try append([
-                    "name": s.name, "cat": Self.category(s.name), "ph": "X", "pid": 1, "tid": rank,
-                    "ts": s.startMicroseconds, "dur": s.durationMicroseconds, "args": ["step": step.globalStep]
-                ])
-            }
+        for s in spans {
+            try append([
+                "name": s.name, "cat": Self.category(s.name), "ph": "X", "pid": 1, "tid": rank,
+                "ts": s.startMicroseconds, "dur": s.durationMicroseconds, "args": ["step": globalStep]
+            ])
         }
     }
 

@@ -29,6 +29,9 @@ public struct WorkerOptions: Sendable {
     public var security: ClusterSecurity = .insecure
     /// Folders the job's data may be read from (AssignCheck).
     public var dataRoots = AssignCheck.defaultDataRoots
+    /// Write this worker's own Chrome trace of its steps here (the coordinator's --timeline merges
+    /// every rank's; this one needs no coordinator flag and stays on the worker's host).
+    public var timeline: String?
     public init(coordinator: String, advertise: String) { (self.coordinator, self.advertise) = (coordinator, advertise) }
 }
 
@@ -68,6 +71,8 @@ public final class Worker {
     private(set) var rank = -1 { didSet { logger[metadataKey: "rank"] = "\(rank)" } }
     /// This worker's log ("worker"; the level and format are the process's: --log-level, --log-format).
     private(set) var logger: Logger
+    /// --timeline on the worker: its own trace.
+    private let ownTimeline: Timeline?
     private func log(_ message: String, _ level: Logger.Level = .info) { logger.log(level: level, "\(message)") }
     /// This worker's control identity; its heartbeat socket's is the same with another first byte, so
     /// the coordinator knows both for one member's.
@@ -80,6 +85,7 @@ public final class Worker {
     public init(_ options: WorkerOptions, logger: Logger = Logger(label: "worker")) throws {
         self.options = options
         self.logger = logger
+        ownTimeline = try options.timeline.map(Timeline.init(path:))
         context = try ZeroMQContext()
         let dealer = try ZeroMQSocket(context, .dealer)
         // One identity for this worker however often the connection is made again, so a repeated
@@ -105,6 +111,7 @@ public final class Worker {
     /// A worker that never joined drops its unsent Hellos at once (with the 1 s linger, a refused worker
     /// took a second longer to exit).
     deinit {
+        ownTimeline?.close()
         monitor.close()
         if rank < 0 { try? control.socket.setLinger(.zero) }
         control.socket.close()
@@ -216,6 +223,10 @@ public final class Worker {
             if replica.state.stepInEpoch == 0 { training.workload.startEpoch(replica.state.epoch) }
             training.exchange.vote = votes.union(machine.votes)
             replica.report = try training.step(&replica.state)
+            if let timeline = ownTimeline, let spans = replica.report?.spans {
+                try timeline.add(rank: rank, globalStep: replica.state.globalStep, spans: spans)
+                if assignment?.timeline != true { replica.report?.spans = [] }  // the coordinator did not ask
+            }
             replica.report?.stopping = training.exchange.agreed.contains(.stop)
             replica.boundary = replica.state
             replica.carried = nil
@@ -394,7 +405,7 @@ public final class Worker {
             if let failure { throw failure }
         }
         let training = Training(workload: workload, optimizer: optimizer, ring: ring, config: config, bucketBytes: bucketBytes)
-        training.exchange.tracing = assign.timeline
+        training.exchange.tracing = assign.timeline || ownTimeline != nil
         if let from = overRing ? loadedOverRing : resumed {
             try training.restoreCompression(from: from, shard: membership.shard, ownErrors: carried != nil ? keptErrorFeedback : nil)
         }

@@ -88,6 +88,8 @@ struct WorkerCommand: ParsableCommand {
     @OptionGroup var security: SecurityOptions
     @OptionGroup var threads: ThreadOptions
     @OptionGroup var jobFile: JobFileOption
+    @Option(help: "Write this worker's own Chrome trace of its steps to FILE (the coordinator's --timeline merges every rank's).")
+    var timeline: String?
     @Flag(help: "Print nothing but errors.") var quiet = false
     @OptionGroup var logs: LogOptions
 
@@ -105,6 +107,7 @@ struct WorkerCommand: ParsableCommand {
         ProcessLifetime.forWorker()
         var options = WorkerOptions(coordinator: coordinator, advertise: advertise)
         (options.jobID, options.coordinatorWait, options.coordinatorTimeout) = (jobID, coordinatorWait, coordinatorTimeout)
+        options.timeline = timeline
         do { options.security = try security.security() } catch { exitWithError(error) }
         if security.insecure { logger.warning("\(ClusterSecurity.insecureWarning)") }
         if !dataRoot.isEmpty { options.dataRoots = dataRoot }

@@ -129,6 +129,35 @@ struct ObservabilityTests {
     }
 }
 
+/// A worker's own --timeline: its rank's track alone, every step, from a coordinator that asked for none.
+@Suite(.enabled(if: dataInstalled, "needs Debian's dataset-fashion-mnist"))
+struct WorkerTimelineTests {
+    @Test func aWorkerWritesItsOwnTrace() throws {
+        let dir = CLI.tempDir("worker-trace")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let address = "tcp://127.0.0.1:\(Int.random(in: 20000..<32000))"
+        let coordinator = try CLI.start(
+            [
+                "coordinator", "--listen", address, "--workers", "2", "--insecure", "--model", "mlp", "--train-limit", "512",
+                "--test-limit", "64", "--epochs", "1", "--batch", "32", "--run-dir", dir.appendingPathComponent("run").path
+            ], bound: 120)
+        let trace = dir.appendingPathComponent("worker.json").path
+        let traced = try CLI.start(["worker", "--coordinator", address, "--insecure", "--timeline", trace], bound: 120)
+        let plain = try CLI.start(["worker", "--coordinator", address, "--insecure"], bound: 120)
+        let (c, t, p) = (coordinator.finish(), traced.finish(), plain.finish())
+        #expect(c.status == 0 && t.status == 0 && p.status == 0, "\(c.stdout.suffix(500)) \(t.stderr.suffix(500)) \(p.stderr.suffix(500))")
+        let events =
+            (try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: trace))) as? [String: Any])?["traceEvents"]
+            as? [[String: Any]] ?? []
+        let spans = events.filter { $0["ph"] as? String == "X" }
+        let tracks = Set(spans.compactMap { $0["tid"] as? Int })
+        #expect(tracks.count == 1, "one rank's track: \(tracks)")
+        // 512 samples over 2 workers of 32: 8 steps
+        #expect(spans.filter { $0["name"] as? String == "optimizer" }.count == 8, "\(spans.count) spans")
+    }
+}
+
 let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].first { FileManager.default.isExecutableFile(atPath: $0) }
 
 /// `tether report` of a real run in which a worker was killed, checked in its SVG and in a browser.
