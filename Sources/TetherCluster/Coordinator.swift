@@ -445,6 +445,7 @@ public final class Coordinator {
                 try Safetensors.write(file, to: runDirectory.appendingPathComponent(Checkpoint.fileName))
                 writtenCheckpointStep = Int(data.globalStep)
                 try timeline?.mark("checkpoint written", step: writtenCheckpointStep!)
+                try reporter.record(event("checkpoint", at: writtenCheckpointStep!))
                 StopSignal.lossNote(checkpointStep: Int(data.globalStep), runDirectory: runDirectory.path)
             case .abort(let message):
                 for m in machine.members { send(.abort(.init(originRank: -1, reason: message)), to: m.identity) }

@@ -9,7 +9,7 @@ import Foundation
 /// rank compute_s, allreduce_s, wait_s, dense_bytes, sparse_bytes), `epoch` at each epoch's end (loss over the epoch, lr,
 /// samples_per_sec, elapsed_s and the held-out metrics), `eval` when a run ends mid-epoch (--max-steps)
 /// and from `tether eval --json` (loss over the partial epoch, the held-out metrics), `end`,
-/// `interrupted` (a signal: the checkpoint is of `step`), `failed` (error); elastic in place: `lost`
+/// `interrupted` (a signal: the checkpoint is of `step`), `checkpoint` (one was written, of `step`), `failed` (error); elastic in place: `lost`
 /// (error: who and why; workers left), `joined` (a worker joins the running job at a step boundary)
 /// and `reformed` (training again from `step`; elapsed_s since the loss or the join; steps_redone: the
 /// steps computed and given up, 0 or 1).

@@ -101,7 +101,7 @@ public final class PrometheusExporter: MetricsSink {
         if let model = e.model { figures.model = model }
         (figures.steps, figures.epoch) = (max(figures.steps, e.step), e.epoch)
         if e.event == "start" { figures.starts += 1; figures.steps = e.step }
-        if ["lost", "joined", "reformed", "failed", "interrupted", "end", "epoch"].contains(e.event) {
+        if ["lost", "joined", "reformed", "failed", "interrupted", "end", "epoch", "checkpoint"].contains(e.event) {
             figures.events[e.event, default: 0] += 1
         }
         func set(_ name: String, _ value: Double?) { if let value { figures.gauges[name] = value } }
@@ -177,7 +177,7 @@ public final class PrometheusExporter: MetricsSink {
         if let alive = f.workersAlive { family("workers_alive", "gauge", "Workers in the ring.", [("", alive)]) }
         family("heartbeat_age_seconds", "gauge", "Seconds since the coordinator last heard from each rank.", byRank(f.heartbeatAge))
         family(
-            "events_total", "counter", "Job events: epochs, workers lost and joined, re-formations, the end.",
+            "events_total", "counter", "Job events: epochs, checkpoints, workers lost and joined, re-formations, the end.",
             f.events.keys.sorted().map { ("{event=\"\($0)\"}", Double(f.events[$0]!)) })
         return out
     }

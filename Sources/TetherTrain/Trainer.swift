@@ -171,5 +171,11 @@ public final class Trainer {
                 model: model, optimizer: optimizer, config: config, state: state,
                 metadata: workload.checkpointMetadata), to: checkpointURL)
         StopSignal.lossNote(checkpointStep: state.globalStep, runDirectory: runDirectory.path)
+        if recordedCheckpoint != state.globalStep {
+            try reporter.record(MetricsEvent(event: "checkpoint", step: state.globalStep, stepsPerEpoch: stepsPerEpoch))
+            recordedCheckpoint = state.globalStep
+        }
     }
+    /// The step of the last checkpoint event written (an epoch's end and the run's may be one step).
+    private var recordedCheckpoint: Int?
 }

@@ -276,7 +276,11 @@ let kubernetesTypesInstalled =
             try String(contentsOfFile: dir.path + "/\(run)/metrics.jsonl", encoding: .utf8).split(separator: "\n")
                 .map { try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
         }
-        let (t, c) = (try lines("train"), try lines("cluster"))
+        let (allT, allC) = (try lines("train"), try lines("cluster"))
+        // checkpoints: the same steps in both (where they fall among the other lines may differ)
+        let checkpoints = { (l: [[String: Any]]) in l.filter { $0["event"] as? String == "checkpoint" }.map { $0["step"] as! Int } }
+        #expect(checkpoints(allT) == [4, 8, 10] && checkpoints(allC) == checkpoints(allT), "\(checkpoints(allT)) \(checkpoints(allC))")
+        let (t, c) = (allT.filter { $0["event"] as? String != "checkpoint" }, allC.filter { $0["event"] as? String != "checkpoint" })
         let clusterOnly: Set<String> = ["workers", "compute_s", "allreduce_s", "wait_s", "dense_bytes", "sparse_bytes"]
         let events = { (l: [[String: Any]]) in l.map { $0["event"] as! String }.filter { $0 != "training" } }
         #expect(

@@ -204,6 +204,7 @@ public enum RunReport {
             case "reformed": kind = "re-formed"
             case "failed": kind = "failed"
             case "interrupted": kind = "interrupted"
+            case "checkpoint": kind = "checkpoint"
             case "start":
                 kind = started ? (run.events.last { $0.step <= e.step && $0.event == "failed" } != nil ? "restarted" : "resumed") : nil;
                 started = true
@@ -246,7 +247,7 @@ public enum RunReport {
     static func eventsTable(_ runs: [Run]) -> String {
         var rows = ""
         for r in runs {
-            for e in r.events where !["step", "epoch", "eval"].contains(e.event) {
+            for e in r.events where !["step", "epoch", "eval", "checkpoint"].contains(e.event) {
                 var what = e.error ?? ""
                 if let w = e.workers { what += (what.isEmpty ? "" : "; ") + "\(w) workers" }
                 if let s = e.elapsed_s { what += (what.isEmpty ? "" : "; ") + "\(SVGChart.trimmed(s)) s" }
@@ -284,6 +285,10 @@ public enum RunReport {
                 rows.append(
                     ("last evaluation", "step \(e.step): \(metric)" + (e.test_loss.map { String(format: ", loss %.4f", $0) } ?? "")))
             }
+            let checkpoints = r.events.filter { $0.event == "checkpoint" }
+            if let last = checkpoints.last {
+                rows.append(("checkpoints", "\(checkpoints.count) written (▲ on the step axes), the last of step \(last.step)"))
+            }
             if let end = r.events.last(where: { ["end", "failed", "interrupted"].contains($0.event) }) {
                 rows.append(
                     ("ended", "\(end.event) at step \(end.step)" + (end.elapsed_s.map { " after \(SVGChart.trimmed($0)) s" } ?? "")))
@@ -295,7 +300,7 @@ public enum RunReport {
             let hosts = r.events.filter { $0.ranks != nil }
             if let last = hosts.last?.ranks {
                 out +=
-                    "<table class=\"ranks\"><caption>\(SVGChart.escaped(r.name)): the ranks at step \(hosts.last!.step)</caption><tr><th>rank</th><th>ring address</th></tr>"
+                    "<table class=\"ranks\"><caption>\(SVGChart.escaped(r.name)): the ranks at step \(hosts.last!.step)</caption><tr><th>rank</th><th>advertised address</th></tr>"
                     + last.enumerated().map { "<tr><td>\($0.offset)</td><td>\(SVGChart.escaped($0.element))</td></tr>" }.joined(
                         separator: "\n") + "</table>\n"
             }

@@ -132,6 +132,14 @@ struct SVGChart {
                 out += "</g>\n"
             }
         }
+        // checkpoints: a small mark under the axis (there may be one an epoch, or every few steps)
+        for m in markers where m.kind == "checkpoint" {
+            let x = px(m.x), y = top + plotH
+            out +=
+                "<g class=\"event\" data-event=\"checkpoint\" data-step=\"\(Self.trimmed(m.x))\"><title>checkpoint of step \(Self.trimmed(m.x))</title>"
+                + "<polygon points=\"\(f(x)),\(f(y - 6)) \(f(x - 4)),\(f(y)) \(f(x + 4)),\(f(y))\" fill=\"#777\"/></g>\n"
+        }
+        let markers = markers.filter { $0.kind != "checkpoint" }
         for (i, m) in markers.enumerated() {
             // labels of nearby events step down, so that they do not overprint
             let row = Double(markers[..<i].filter { abs(px($0.x) - px(m.x)) < 70 }.count % 4)
