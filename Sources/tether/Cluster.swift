@@ -126,7 +126,7 @@ struct WorkerCommand: ParsableCommand {
             throw ExitCode(interrupted.status)
         } catch {
             guard maxRestarts > 0 else { exitWithError(error) }
-            FileHandle.standardError.write(Data("tether worker: \(error)\n".utf8))
+            logger.error("\(error)")
             Self.joinAgain(coordinator, restartsLeft: maxRestarts - 1)
         }
     }
@@ -135,11 +135,12 @@ struct WorkerCommand: ParsableCommand {
     /// is left, whatever it was blocked in) that joins the coordinator again. The last --max-restarts
     /// given wins, over a job file's or a TETHER_ variable's.
     static func joinAgain(_ coordinator: String, restartsLeft: Int) -> Never {
-        FileHandle.standardError.write(Data("tether worker: joining \(coordinator) again (\(restartsLeft) restarts left)\n".utf8))
+        let logger = Logger(label: "worker")
+        logger.notice("joining \(coordinator) again (\(restartsLeft) restarts left)")
         let arguments = CommandLine.arguments + ["--max-restarts", String(restartsLeft)]
         var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
         execv("/proc/self/exe", &argv)
-        FileHandle.standardError.write(Data("tether worker: cannot execute itself again: \(String(cString: strerror(errno)))\n".utf8))
+        logger.critical("cannot execute itself again: \(String(cString: strerror(errno)))")
         _exit(1)
     }
 }
@@ -365,8 +366,9 @@ struct ClusterJob: ParsableArguments {
                         atPath: URL(fileURLWithPath: runDirectory).appendingPathComponent(Checkpoint.fileName).path)
                 force = !resume
                 let how = resume ? "resuming \(runDirectory) from its last checkpoint" : "starting over (no checkpoint yet)"
-                FileHandle.standardError.write(
-                    Data("tether: \(failure.error)\ntether: restart \(restart + 1) of \(maxRestarts): \(how), \(what)\n".utf8))
+                let logger = Logger(label: "job")
+                logger.error("\(failure.error)")
+                logger.notice("restart \(restart + 1) of \(maxRestarts): \(how), \(what)")
             } catch let failure as TrainingFailure {
                 try Self.stop(failure.error)
             } catch {
