@@ -304,6 +304,8 @@ public final class Coordinator {
         for m in ring where ringKeys![m.identity] == nil { ringKeys![m.identity] = try CurveKeyPair.generate() }
         return ring.map { ringKeys![$0.identity]! }
     }
+    /// The compute threads each worker said it uses, by advertised address (for the report's ranks table).
+    private var threads: [String: Int] = [:]
     /// What each worker said of its host in its Hello, by advertised address (`SameHostLinks`).
     private var hosts: [String: (key: String, folder: String)] = [:]
     /// Names this coordinator's ipc ring sockets apart from any other's.
@@ -384,7 +386,7 @@ public final class Coordinator {
                 try timeline?.mark("re-formed: training again", step: step)
                 var e = event("reformed", at: step)
                 (e.elapsed_s, e.workers, e.steps_redone) = (recovered, machine.members.count, redone)
-                e.ranks = machine.members.map(\.address)
+                (e.ranks, e.rank_threads) = (machine.members.map(\.address), machine.members.map { threads[$0.address] ?? 0 })
                 try reporter.record(e)
                 reporter.restartWindow()
             case .start:
@@ -399,7 +401,7 @@ public final class Coordinator {
                         } ?? ""))
                 var started = event("training")
                 started.elapsed_s = startup
-                started.ranks = machine.members.map(\.address)
+                (started.ranks, started.rank_threads) = (machine.members.map(\.address), machine.members.map { threads[$0.address] ?? 0 })
                 try reporter.record(started)
             case .stepCompleted(let s):
                 epochTraining[s.epoch, default: BatchStats()] =
@@ -530,6 +532,7 @@ public final class Coordinator {
         }
         if case .hello(let h) = body {
             if h.hostKey.utf8.count <= 256, SameHostLinks.isUsable(h.ipcFolder) { hosts[h.advertiseAddress] = (h.hostKey, h.ipcFolder) }
+            if hosts.count + threads.count < 4096 { threads[h.advertiseAddress] = Int(h.threads) }
             let carried =
                 h.carriedHash == 0 ? nil : Int(exactly: h.carriedStep).map { CoordinatorState.Carried(step: $0, hash: h.carriedHash) }
             return .hello(identity: identity, address: h.advertiseAddress, carried: carried)

@@ -44,8 +44,9 @@ public struct MetricsEvent: Codable, Equatable, Sendable {
     public var samples: Int?
     /// `reformed`: the steps the ranks computed and gave up at the re-formation.
     public var steps_redone: Int?
-    /// `training`, `reformed`: each rank's ring address, by rank.
+    /// `training`, `reformed`: each rank's advertised address and compute threads, by rank.
     public var ranks: [String]?
+    public var rank_threads: [Int]?
 
     /// An event after `step` global steps of a run with `stepsPerEpoch` steps an epoch.
     public init(event: String, step: Int, stepsPerEpoch: Int) {

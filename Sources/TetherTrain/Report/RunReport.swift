@@ -300,8 +300,11 @@ public enum RunReport {
             let hosts = r.events.filter { $0.ranks != nil }
             if let last = hosts.last?.ranks {
                 out +=
-                    "<table class=\"ranks\"><caption>\(SVGChart.escaped(r.name)): the ranks at step \(hosts.last!.step)</caption><tr><th>rank</th><th>advertised address</th></tr>"
-                    + last.enumerated().map { "<tr><td>\($0.offset)</td><td>\(SVGChart.escaped($0.element))</td></tr>" }.joined(
+                    "<table class=\"ranks\"><caption>\(SVGChart.escaped(r.name)): the ranks at step \(hosts.last!.step)</caption><tr><th>rank</th><th>advertised address (its host)</th><th>compute threads</th></tr>"
+                    + last.enumerated().map { rank, address in
+                        let threads = hosts.last!.rank_threads?[safe: rank].map { $0 > 0 ? "\($0)" : "all cores" } ?? "?"
+                        return "<tr><td>\(rank)</td><td>\(SVGChart.escaped(address))</td><td class=\"num\">\(threads)</td></tr>"
+                    }.joined(
                         separator: "\n") + "</table>\n"
             }
         }
