@@ -6,13 +6,13 @@ import TetherTrain
 /// open, one track per rank, written as steps complete (the ranks' spans come in their step reports),
 /// with the job's events (a worker lost, a re-formation) as instants across every track. Times are
 /// the workers' clocks, in microseconds since the Unix epoch; hosts' clocks may differ by their skew.
-final class Timeline {
+public final class Timeline {
     let path: String
     private let handle: FileHandle
     private var ranksNamed = 0
     private var first = true
 
-    init(path: String) throws {
+    public init(path: String) throws {
         self.path = path
         guard FileManager.default.createFile(atPath: path, contents: nil), let h = FileHandle(forWritingAtPath: path) else {
             throw ConfigError(message: "--timeline \(path): cannot create the file (does its folder exist and is it writable?)")
@@ -28,18 +28,37 @@ final class Timeline {
     }
 
     /// One rank's spans of step `globalStep` on its track (a worker's own --timeline: its rank only).
-    func add(rank: Int, globalStep: Int, spans: [Envelope.TraceSpan]) throws {
+    public func add(rank: Int, globalStep: Int, spans: [Envelope.TraceSpan]) throws {
         while ranksNamed <= rank {
             try append(["name": "thread_name", "ph": "M", "pid": 1, "tid": ranksNamed, "args": ["name": "rank \(ranksNamed)"]])
             try append(["name": "thread_sort_index", "ph": "M", "pid": 1, "tid": ranksNamed, "args": ["sort_index": ranksNamed]])
             ranksNamed += 1
         }
-        for s in spans {
-            try append([
-                "name": s.name, "cat": Self.category(s.name), "ph": "X", "pid": 1, "tid": rank,
-                "ts": s.startMicroseconds, "dur": s.durationMicroseconds, "args": ["step": globalStep]
-            ])
+        for s in spans { try appendSpan(s, rank: rank, globalStep: globalStep) }
+    }
+
+    /// The step's spans for the timeline: forward and backward, the exchange left after it, the optimizer, in order from `began`; and each collective as it ran.
+    public static func stepSpans(
+        began: UInt64, times: StepTimes, collectives: [(name: String, start: UInt64, end: UInt64)]
+    ) -> [Envelope.TraceSpan] {
+        func us(_ seconds: Double) -> UInt64 { UInt64(max(0, seconds * 1e6)) }
+        var spans: [Envelope.TraceSpan] = []
+        var at = began
+        for (name, seconds) in [
+            ("forward and backward", times.compute), ("exchange left after backward", times.exchange), ("optimizer", times.optimizer)
+        ] {
+            spans.append(
+                Envelope.TraceSpan(
+                    name: String(name.prefix(Envelope.TraceSpan.nameLimit)), startMicroseconds: at, durationMicroseconds: us(seconds)))
+            at += us(seconds)
         }
+        for c in collectives.prefix(Envelope.TraceSpan.limit - spans.count) {
+            spans.append(
+                Envelope.TraceSpan(
+                    name: String(c.name.prefix(Envelope.TraceSpan.nameLimit)), startMicroseconds: c.start,
+                    durationMicroseconds: c.end >= c.start ? c.end - c.start : 0))
+        }
+        return spans
     }
 
     /// A job event (lost, reformed, checkpoint) at now, across every track.
@@ -51,7 +70,7 @@ final class Timeline {
     }
 
     /// Ends the JSON (a trace cut short by a crash still opens in Perfetto, which tolerates the missing end).
-    func close() {
+    public func close() {
         try? write("\n]}\n")
         try? handle.close()
     }
@@ -66,9 +85,39 @@ final class Timeline {
         first = false
     }
 
-    private func write(_ text: String) throws {
-        do { try handle.write(contentsOf: Data(text.utf8)) } catch {
+    /// A span, formatted by hand: a step brings a few per rank, and JSONSerialization for each cost a
+    /// measurable share of a 2-core machine.
+    private func appendSpan(_ s: Envelope.TraceSpan, rank: Int, globalStep: Int) throws {
+        try write(
+            (first ? "" : ",\n")
+                + "{\"args\":{\"step\":\(globalStep)},\"cat\":\"\(Self.category(s.name))\",\"dur\":\(s.durationMicroseconds),"
+                + "\"name\":\(Self.quoted(s.name)),\"ph\":\"X\",\"pid\":1,\"tid\":\(rank),\"ts\":\(s.startMicroseconds)}", flush: false)
+        first = false
+    }
+
+    /// A JSON string (span names come from workers: escape what JSON requires).
+    static func quoted(_ s: String) -> String {
+        var out = "\""
+        for u in s.unicodeScalars {
+            switch u {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case _ where u.value < 0x20: out += String(format: "\\u%04x", u.value)
+            default: out.unicodeScalars.append(u)
+            }
+        }
+        return out + "\""
+    }
+
+    /// Written in blocks (a span is a few dozen bytes; a write each would be a system call each):
+    /// at 64 KiB, at every job event and at the end.
+    private var pending = Data()
+    private func write(_ text: String, flush: Bool = true) throws {
+        pending.append(contentsOf: text.utf8)
+        guard flush || pending.count >= 1 << 16 else { return }
+        do { try handle.write(contentsOf: pending) } catch {
             throw ConfigError(message: "--timeline \(path): cannot write: \(error.localizedDescription)")
         }
+        pending.removeAll(keepingCapacity: true)
     }
 }

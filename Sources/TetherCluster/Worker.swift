@@ -776,30 +776,8 @@ final class Training {
             waitSeconds: Double(waited.seconds) + Double(waited.attoseconds) * 1e-18)
         report.learningRate = lr
         (report.denseBytesSent, report.sparseBytesSent) = (UInt64(exchange.sent.dense), UInt64(exchange.sent.sparse))
-        if exchange.tracing { report.spans = Self.spans(began: began, times: times, collectives: exchange.spans) }
+        if exchange.tracing { report.spans = Timeline.stepSpans(began: began, times: times, collectives: exchange.spans) }
         return report
-    }
-
-    /// The step's spans for the timeline: forward and backward, the exchange left after it, the optimizer, in order from `began`; and each collective as it ran.
-    static func spans(began: UInt64, times: StepTimes, collectives: [(name: String, start: UInt64, end: UInt64)]) -> [Envelope.TraceSpan] {
-        func us(_ seconds: Double) -> UInt64 { UInt64(max(0, seconds * 1e6)) }
-        var spans: [Envelope.TraceSpan] = []
-        var at = began
-        for (name, seconds) in [
-            ("forward and backward", times.compute), ("exchange left after backward", times.exchange), ("optimizer", times.optimizer)
-        ] {
-            spans.append(
-                Envelope.TraceSpan(
-                    name: String(name.prefix(Envelope.TraceSpan.nameLimit)), startMicroseconds: at, durationMicroseconds: us(seconds)))
-            at += us(seconds)
-        }
-        for c in collectives.prefix(Envelope.TraceSpan.limit - spans.count) {
-            spans.append(
-                Envelope.TraceSpan(
-                    name: String(c.name.prefix(Envelope.TraceSpan.nameLimit)), startMicroseconds: c.start,
-                    durationMicroseconds: c.end >= c.start ? c.end - c.start : 0))
-        }
-        return spans
     }
 
     /// Every replica's buffers (a language model's carried state) and dropout RNG, in rank order.

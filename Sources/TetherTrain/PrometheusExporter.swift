@@ -139,7 +139,7 @@ public final class PrometheusExporter: MetricsSink {
     }
 
     /// The page a scrape gets.
-    func exposition() -> String {
+    public func exposition() -> String {
         lock.lock()
         let f = figures
         lock.unlock()

@@ -92,6 +92,7 @@ extension Workload {
 /// Seconds one optimizer step spent in its parts.
 public struct StepTimes: Sendable {
     public var compute = 0.0, exchange = 0.0, optimizer = 0.0
+    public init() {}
 }
 
 extension Workload {

@@ -5,7 +5,8 @@ import TetherTensor
 import TetherTrain
 
 struct Bench: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Benchmarks.", subcommands: [BenchTrain.self, BenchAllReduce.self])
+    static let configuration = CommandConfiguration(
+        abstract: "Benchmarks.", subcommands: [BenchTrain.self, BenchAllReduce.self, BenchSinks.self])
 }
 
 /// Training throughput of the full step (batch assembly, forward, backward, optimizer) of any model,
