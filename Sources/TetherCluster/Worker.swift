@@ -885,7 +885,7 @@ final class Heartbeat: @unchecked Sendable {
                         endBy = (Clock.now + Heartbeat.grace, "the coordinator stopped the job: \(a.reason)")
                     }
                 }
-                if !flag.isSet, let silent = watch.silence(at: Clock.now) {
+                if !flag.isSet, reforms.coordinators == coordinators, let silent = watch.silence(at: Clock.now) {
                     let reason = "the coordinator at \(coordinator) has been silent for \(Int(silent)) s"
                     if !reforms.mayOutliveCoordinator {
                         if endBy == nil { log("\(reason); exiting") }
@@ -894,7 +894,7 @@ final class Heartbeat: @unchecked Sendable {
                         // --coordinator-wait: the main thread keeps the replica and says hello to the next one
                         log("\(reason)")
                     }
-                    reforms.noteCoordinatorLost()
+                    reforms.noteCoordinatorLost(generation: coordinators)
                     watch = LivenessWatch(timeout: timeout, now: Clock.now)
                 }
                 if !flag.isSet, let e = endBy, Clock.now > e.at { end(e.reason) }
@@ -973,7 +973,9 @@ final class ReformNotice: @unchecked Sendable {
     }
     /// Set by the heartbeat thread when the coordinator went silent.
     var coordinatorLost: Bool { lock.withLock { lost } }
-    func noteCoordinatorLost() { lock.withLock { lost = true } }
+    /// Notes the silence of the coordinator of `generation`; of an earlier one (a new coordinator
+    /// assigned this worker while the heartbeat thread counted the old one's silence), nothing.
+    func noteCoordinatorLost(generation observed: Int) { lock.withLock { if observed == generation { lost = true } } }
     /// The coordinator's Abort, heard on the heartbeat socket.
     var abortReason: String? { lock.withLock { abort } }
     func noteAbort(_ reason: String) { lock.withLock { abort = abort ?? reason } }
