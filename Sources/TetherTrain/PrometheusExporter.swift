@@ -13,6 +13,8 @@ public final class PrometheusExporter: MetricsSink {
     public let boundAddress: String
     static let requestLimit = 8192
     static let requestTimeout = 2.0
+    /// Where a request head ends (and the same with bare newlines, which some clients send).
+    static let headEnd = Array("\r\n\r\n".utf8), bareHeadEnd = Array("\n\n".utf8)
     private let listener: Int32
     private let lock = NSLock()
     private var figures = Figures()
@@ -126,11 +128,14 @@ public final class PrometheusExporter: MetricsSink {
             ("compute_seconds", ranks.compute), ("exchange_seconds", ranks.exchange), ("wait_seconds", ranks.waiting),
             ("dense_sent_bytes", ranks.denseBytes), ("sparse_sent_bytes", ranks.sparseBytes)
         ] {
-            var sums = figures.perRank[name] ?? []
-            if sums.count < values.count { sums += Array(repeating: 0, count: values.count - sums.count) }
-            for (r, v) in values.enumerated() where v.isFinite && v >= 0 { sums[r] += v }
-            figures.perRank[name] = sums
+            Self.add(values, to: &figures.perRank[name, default: []])  // in place: no copy of the totals a step
         }
+    }
+
+    /// Adds one step's per-rank values to the running totals (a re-formation may bring more ranks).
+    static func add(_ values: [Double], to sums: inout [Double]) {
+        if sums.count < values.count { sums += repeatElement(0, count: values.count - sums.count) }
+        for (r, v) in values.enumerated() where v.isFinite && v >= 0 { sums[r] += v }
     }
 
     public func observe(_ status: JobStatus) {
@@ -212,7 +217,7 @@ public final class PrometheusExporter: MetricsSink {
         setsockopt(client, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         var request = [UInt8]()
         var buffer = [UInt8](repeating: 0, count: 1024)
-        while request.count < Self.requestLimit, !request.ends(with: Array("\r\n\r\n".utf8)), !request.ends(with: Array("\n\n".utf8)) {
+        while request.count < Self.requestLimit, !request.ends(with: Self.headEnd), !request.ends(with: Self.bareHeadEnd) {
             let n = buffer.withUnsafeMutableBytes { recv(client, $0.baseAddress, $0.count, 0) }
             guard n > 0 else { break }
             request += buffer[0..<n]
@@ -242,5 +247,5 @@ public final class PrometheusExporter: MetricsSink {
 }
 
 private extension Array where Element == UInt8 {
-    func ends(with suffix: [UInt8]) -> Bool { count >= suffix.count && Array(self[(count - suffix.count)...]) == suffix }
+    func ends(with end: [UInt8]) -> Bool { count >= end.count && suffix(end.count).elementsEqual(end) }
 }
