@@ -111,6 +111,24 @@ COL2IM(tether_col2im_f64, double)
 ADD(tether_add_f32, float)
 ADD(tether_add_f64, double)
 
+MULTIVERSION void tether_low_rank_product_f32(float *restrict out, const float *restrict p, const float *restrict qt, long rows,
+                                              long cols, long rank) {
+#pragma clang fp contract(off)
+    for (long i = 0; i < rows; i++) {
+        float *restrict o = out + i * cols;
+        const float *pi = p + i * rank;
+        if (rank == 0) {
+            for (long j = 0; j < cols; j++) o[j] = 0;
+            continue;
+        }
+        for (long j = 0; j < cols; j++) o[j] = pi[0] * qt[j];
+        for (long k = 1; k < rank; k++) {
+            const float a = pi[k], *restrict row = qt + k * cols;
+            for (long j = 0; j < cols; j++) o[j] = o[j] + a * row[j];
+        }
+    }
+}
+
 // Wire dtypes. Half precision through the compiler's _Float16 (IEEE conversions, round to nearest
 // even; vcvtps2ph/vcvtph2ps with F16C and AVX-512, a library routine otherwise).
 static inline uint32_t f32_bits(float x) { uint32_t b; __builtin_memcpy(&b, &x, 4); return b; }
@@ -289,3 +307,15 @@ int tether_die_with_parent(void) { return prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0,
 #else
 int tether_die_with_parent(void) { return -1; }
 #endif
+
+int tether_cpu_vector_level(void) {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    // __builtin_cpu_supports also asks the OS (XCR0) whether it saves the registers
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+        return 2;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
+#endif
+    return 0;
+}

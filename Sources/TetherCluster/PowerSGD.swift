@@ -1,3 +1,4 @@
+import CTetherKernels
 import TetherComm
 import TetherNN
 import TetherTensor
@@ -93,7 +94,7 @@ public final class PowerSGD {
         var q = [Float](repeating: 0, count: chosen.reduce(0) { $0 + matrices[$1].cols * matrices[$1].rank })
         for (j, i) in chosen.enumerated() {
             let m = matrices[i], a = grads + m.offset
-            if let errors { for k in 0..<m.count { a[k] += errors.read[m.offset + k] } }
+            if let errors { Float.add(a, errors.read + m.offset, count: m.count) }
             factors.withUnsafeBufferPointer { qs in
                 p.withUnsafeMutableBufferPointer { ps in
                     Float.gemm(
@@ -167,18 +168,15 @@ public final class PowerSGD {
         }
     }
 
-    /// out (rows x cols) = p (rows x rank) times qᵀ (q: cols x rank), summing over the rank in order.
+    /// out (rows x cols) = p (rows x rank) times qᵀ (q: cols x rank), summing over the rank in order
+    /// (tether_low_rank_product_f32: the same bits on every CPU).
     static func product(
         _ p: UnsafePointer<Float>, _ q: UnsafePointer<Float>, rows: Int, cols: Int, rank: Int, into out: UnsafeMutablePointer<Float>
     ) {
-        for i in 0..<rows {
-            let pi = p + i * rank, o = out + i * cols
-            for j in 0..<cols {
-                let qj = q + j * rank
-                var s: Float = 0
-                for k in 0..<rank { s += pi[k] * qj[k] }
-                o[j] = s
-            }
+        // qᵀ (rank x cols): the kernel runs along a row of it, so along the output's row
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: rank * cols) { qt in
+            for j in 0..<cols { for k in 0..<rank { qt[k * cols + j] = q[j * rank + k] } }
+            tether_low_rank_product_f32(out, p, qt.baseAddress!, rows, cols, rank)
         }
     }
 }

@@ -60,13 +60,13 @@ struct BenchTrain: ParsableCommand {
                 var out: [String: Any] = [
                     "model": config.model, "batch": config.batch, "threads": BLAS.threads, "samples_per_sec": median,
                     "runs": rates, "steps_per_run": stepsPerRun, "parameters": model.arena.count, "data": config.data,
-                    "optimizer": config.optimizer.kind.rawValue
+                    "optimizer": config.optimizer.kind.rawValue, "blas_core": BLASCore.name
                 ]
                 if workload.unit == "tokens" { out["tokens_per_sec"] = median }
                 print(String(data: try JSONSerialization.data(withJSONObject: out, options: [.sortedKeys]), encoding: .utf8)!)
             } else {
                 print(
-                    "\(config.model) batch \(config.batch), \(BLAS.threads) thread(s), \(model.arena.count) parameters, \(workload.sizeSummary)"
+                    "\(config.model) batch \(config.batch), \(BLAS.threads) thread(s) (OpenBLAS \(BLASCore.name)), \(model.arena.count) parameters, \(workload.sizeSummary)"
                 )
                 print("\(workload.unit)/s per run: \(rates.map { String(format: "%.0f", $0) }.joined(separator: " "))")
                 print(String(format: "median: %.0f \(workload.unit)/s", median))

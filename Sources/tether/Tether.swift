@@ -18,6 +18,7 @@ struct Tether: ParsableCommand {
 
     /// Parses the command line after adding the job file's and the environment's settings (JobSettings).
     static func main() {
+        BLASCore.chooseAgainIfMisdetected(environment: ProcessInfo.processInfo.environment)
         // A misspelt command is named as such, not as an unknown option of the top level.
         let names = commandNames
         if let first = CommandLine.arguments.dropFirst().first, !first.hasPrefix("-"), !names.contains(first), first != "help" {
@@ -77,6 +78,11 @@ struct Version: ParsableCommand {
         print("protobuf-c \(WireFormat.libraryVersion)")
         let blas = BLAS.configuration
         print(blas.hasPrefix("OpenBLAS") ? blas : "OpenBLAS \(blas)")
+        if let detected = ProcessInfo.processInfo.environment[BLASCore.detectedVariable] {
+            print("OpenBLAS core \(BLASCore.name): set by tether (OpenBLAS took this CPU for \(detected); OPENBLAS_CORETYPE overrides)")
+        } else {
+            print("OpenBLAS core \(BLASCore.name)")
+        }
     }
 }
 

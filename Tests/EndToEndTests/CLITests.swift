@@ -1,5 +1,6 @@
 import Testing
 import Foundation
+import TetherTensor
 
 /// Runs the built `tether` binary as a user would. It sits beside the test bundle in the build folder
 /// (`swift build` builds it; scripts/test does that first).
@@ -443,6 +444,27 @@ let kubernetesTypesInstalled =
         #expect(
             r.stdout.contains("libzmq 4.") && r.stdout.contains("protobuf-c 1.") && r.stdout.contains("OpenBLAS")
                 && !r.stdout.contains("OpenBLAS OpenBLAS"))
+    }
+
+    /// OpenBLAS older than the CPU takes it for a pre-AVX2 core (Debian 12's 0.3.21: a Sapphire Rapids
+    /// for a Prescott); tether starts again on the kernels the CPU has. This test process loaded the
+    /// same library, which chose as it did before tether's correction; a core the user names is kept.
+    @Test func tetherRunsOnTheKernelsTheCPUHas() throws {
+        let environment = ProcessInfo.processInfo.environment
+        let replacement = BLASCore.replacement(chosen: BLASCore.name, vectorLevel: BLASCore.cpuVectorLevel, environment: environment)
+        let r = try CLI.run(["version"])
+        #expect(r.status == 0)
+        if let replacement {
+            #expect(
+                r.stdout.contains("OpenBLAS core \(replacement): set by tether (OpenBLAS took this CPU for \(BLASCore.name)"),
+                "stdout: \(r.stdout)")
+        } else {
+            #expect(r.stdout.contains("OpenBLAS core \(BLASCore.name)\n"), "stdout: \(r.stdout)")
+        }
+        #if arch(x86_64)
+            let named = try CLI.run(["version"], environment: ["OPENBLAS_CORETYPE": "Prescott"])
+            #expect(named.stdout.contains("OpenBLAS core Prescott\n"), "stdout: \(named.stdout)")
+        #endif
     }
 
     /// Numbers and words as a person reads them: sizes in any case, one worker not "1 workers", a table

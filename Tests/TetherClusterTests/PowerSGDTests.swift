@@ -138,6 +138,36 @@ private final class Slots<R>: @unchecked Sendable {
         #expect((0..<4).allSatisfy { a[$0 * 3 + 2] == 0 })
     }
 
+    /// P̂ Qᵀ is the same bits as the ordered scalar sum, each product rounded before it is added (no
+    /// fused multiply-add, whichever clone of the kernel this CPU runs): what keeps replicas on
+    /// different CPUs equal.
+    @Test(arguments: [1, 4, 5])
+    func theLowRankProductIsTheOrderedScalarSum(rank: Int) {
+        let (rows, cols) = (19, 37)
+        var rng = RNG(seed: UInt64(rank), stream: 7)
+        let p = (0..<rows * rank).map { _ in Float(rng.nextNormal()) }, q = (0..<cols * rank).map { _ in Float(rng.nextNormal()) }
+        var out = [Float](repeating: .nan, count: rows * cols)
+        p.withUnsafeBufferPointer { ps in
+            q.withUnsafeBufferPointer { qs in
+                out.withUnsafeMutableBufferPointer {
+                    PowerSGD.product(ps.baseAddress!, qs.baseAddress!, rows: rows, cols: cols, rank: rank, into: $0.baseAddress!)
+                }
+            }
+        }
+        var differing: [Int] = []
+        for i in 0..<rows {
+            for j in 0..<cols {
+                var sum = p[i * rank] * q[j * rank]
+                for k in 1..<max(rank, 1) {
+                    let product = p[i * rank + k] * q[j * rank + k]
+                    sum = sum + product
+                }
+                if sum.bitPattern != out[i * cols + j].bitPattern { differing.append(i * cols + j) }
+            }
+        }
+        #expect(differing.count == 0, "\(differing.count) of \(rows * cols) elements differ, first \(differing.prefix(5))")
+    }
+
     /// DDP's rule: a matrix is compressed only when its factors are at least twice smaller.
     @Test func smallMatricesTravelAsTheyAre() {
         let p = PowerSGD(layout: Self.layout, rank: 4, startStep: 0, seed: 0)

@@ -36,6 +36,11 @@ void tether_col2im_f64(double *dx, const double *dcol, const tether_conv_shape *
 void tether_add_f32(float *y, const float *x, size_t n);
 void tether_add_f64(double *y, const double *x, size_t n);
 
+/// PowerSGD's low-rank product: out (rows x cols) = p (rows x rank) times qt (rank x cols), each
+/// element summed over the rank in order, p[i,0] qt[0,j] first; never fused into FMAs (contraction is
+/// off), so every CPU and every clone computes the same bits and the replicas stay equal.
+void tether_low_rank_product_f32(float *out, const float *p, const float *qt, long rows, long cols, long rank);
+
 /// Wire dtypes (the compression issue): IEEE half and bfloat16, narrowed from f32 with round to
 /// nearest, ties to even (overflow to infinity, NaN kept a quiet NaN of the same sign), widened exactly
 /// (a NaN widens to a quiet NaN with its payload, as the hardware's conversion does).
@@ -49,6 +54,10 @@ void tether_bf16_to_f32(float *y, const uint16_t *x, size_t n);
 void tether_add_bf16_to_f32(float *y, const uint16_t *x, size_t n);
 uint16_t tether_f32_to_f16_scalar(float x);
 float tether_f16_to_f32_scalar(uint16_t h);
+
+/// The widest vector instructions this CPU and its OS run: 2 for AVX-512 (F, CD, BW, DQ, VL: what
+/// OpenBLAS's SkylakeX kernels use), 1 for AVX2 with FMA (its Haswell kernels), 0 otherwise.
+int tether_cpu_vector_level(void);
 
 /// Raises glibc's mmap threshold and trim limit so that repeated large allocations (libzmq's
 /// per-message buffers) reuse heap memory instead of fresh zero-filled mappings. Process-wide.
