@@ -111,20 +111,24 @@ COL2IM(tether_col2im_f64, double)
 ADD(tether_add_f32, float)
 ADD(tether_add_f64, double)
 
-MULTIVERSION void tether_low_rank_product_f32(float *restrict out, const float *restrict p, const float *restrict qt, long rows,
-                                              long cols, long rank) {
+MULTIVERSION void tether_low_rank_product_f32(float *restrict out, const float *restrict from, const float *restrict p,
+                                              const float *restrict qt, long rows, long cols, long rank) {
 #pragma clang fp contract(off)
     for (long i = 0; i < rows; i++) {
         float *restrict o = out + i * cols;
         const float *pi = p + i * rank;
         if (rank == 0) {
             for (long j = 0; j < cols; j++) o[j] = 0;
-            continue;
+        } else {
+            for (long j = 0; j < cols; j++) o[j] = pi[0] * qt[j];
+            for (long k = 1; k < rank; k++) {
+                const float a = pi[k], *restrict row = qt + k * cols;
+                for (long j = 0; j < cols; j++) o[j] = o[j] + a * row[j];
+            }
         }
-        for (long j = 0; j < cols; j++) o[j] = pi[0] * qt[j];
-        for (long k = 1; k < rank; k++) {
-            const float a = pi[k], *restrict row = qt + k * cols;
-            for (long j = 0; j < cols; j++) o[j] = o[j] + a * row[j];
+        if (from) {
+            const float *restrict f = from + i * cols;
+            for (long j = 0; j < cols; j++) o[j] = f[j] - o[j];
         }
     }
 }

@@ -13,8 +13,8 @@ import TetherTensor
 /// The rest of a bucket (biases, weight_g, matrices whose factors would not be at least
 /// `minCompressionRate` times smaller, as DDP decides) is summed as it is, in one more all-reduce.
 ///
-/// Replicas stay bitwise equal: P̂ and P̂ Qᵀ are computed from the summed factors by the same scalar
-/// loops on every rank (never BLAS, whose kernels differ from CPU to CPU).
+/// Replicas stay bitwise equal: P̂ and P̂ Qᵀ are computed from the summed factors by the same loops
+/// on every rank, without fused multiply-adds (never BLAS, whose kernels differ from CPU to CPU).
 ///
 /// Q and the error feedback change only when a step's exchange has finished (`commit`): a step
 /// abandoned part-way (a lost worker) leaves them as the last completed step left them.
@@ -127,12 +127,9 @@ public final class PowerSGD {
                     Float.gemm(
                         transposeA: true, transposeB: false, m: m.cols, n: m.rank, k: m.rows, alpha: 1, a: a, lda: m.cols,
                         b: pHat, ldb: m.rank, beta: 0, c: own, ldc: m.rank)
-                    if let errors {  // this rank's own: BLAS may do it
-                        let e = errors.written + m.offset
-                        e.update(from: a, count: m.count)
-                        Float.gemm(
-                            transposeA: false, transposeB: true, m: m.rows, n: m.cols, k: m.rank, alpha: -1, a: pHat, lda: m.rank,
-                            b: own, ldb: m.rank, beta: 1, c: e, ldc: m.cols)
+                    if let errors {  // what this rank's own matrix loses: M - P̂ Q_ownᵀ
+                        Self.product(
+                            pHat, own, rows: m.rows, cols: m.cols, rank: m.rank, into: errors.written + m.offset, subtractedFrom: a)
                     }
                 }
                 votes.formUnion(try ring.allReduce(qs, step: step, bucket: bucket &+ 1 << 24, vote: vote))
@@ -168,15 +165,16 @@ public final class PowerSGD {
         }
     }
 
-    /// out (rows x cols) = p (rows x rank) times qᵀ (q: cols x rank), summing over the rank in order
-    /// (tether_low_rank_product_f32: the same bits on every CPU).
+    /// out (rows x cols) = p (rows x rank) times qᵀ (q: cols x rank), summing over the rank in order,
+    /// or `subtractedFrom` (rows x cols) minus that (tether_low_rank_product_f32: the same bits on every CPU).
     static func product(
-        _ p: UnsafePointer<Float>, _ q: UnsafePointer<Float>, rows: Int, cols: Int, rank: Int, into out: UnsafeMutablePointer<Float>
+        _ p: UnsafePointer<Float>, _ q: UnsafePointer<Float>, rows: Int, cols: Int, rank: Int, into out: UnsafeMutablePointer<Float>,
+        subtractedFrom from: UnsafePointer<Float>? = nil
     ) {
         // qᵀ (rank x cols): the kernel runs along a row of it, so along the output's row
         withUnsafeTemporaryAllocation(of: Float.self, capacity: rank * cols) { qt in
             for j in 0..<cols { for k in 0..<rank { qt[k * cols + j] = q[j * rank + k] } }
-            tether_low_rank_product_f32(out, p, qt.baseAddress!, rows, cols, rank)
+            tether_low_rank_product_f32(out, from, p, qt.baseAddress!, rows, cols, rank)
         }
     }
 }

@@ -138,34 +138,43 @@ private final class Slots<R>: @unchecked Sendable {
         #expect((0..<4).allSatisfy { a[$0 * 3 + 2] == 0 })
     }
 
-    /// P̂ Qᵀ is the same bits as the ordered scalar sum, each product rounded before it is added (no
-    /// fused multiply-add, whichever clone of the kernel this CPU runs): what keeps replicas on
-    /// different CPUs equal.
+    /// P̂ Qᵀ (and M - P̂ Qᵀ, the error feedback) is the same bits as the ordered scalar sum, each
+    /// product rounded before it is added (no fused multiply-add, whichever clone of the kernel this
+    /// CPU runs): what keeps replicas on different CPUs equal.
     @Test(arguments: [1, 4, 5])
     func theLowRankProductIsTheOrderedScalarSum(rank: Int) {
         let (rows, cols) = (19, 37)
         var rng = RNG(seed: UInt64(rank), stream: 7)
         let p = (0..<rows * rank).map { _ in Float(rng.nextNormal()) }, q = (0..<cols * rank).map { _ in Float(rng.nextNormal()) }
-        var out = [Float](repeating: .nan, count: rows * cols)
+        let m = (0..<rows * cols).map { _ in Float(rng.nextNormal()) }
+        var product = [Float](repeating: .nan, count: rows * cols), residual = product
         p.withUnsafeBufferPointer { ps in
             q.withUnsafeBufferPointer { qs in
-                out.withUnsafeMutableBufferPointer {
+                product.withUnsafeMutableBufferPointer {
                     PowerSGD.product(ps.baseAddress!, qs.baseAddress!, rows: rows, cols: cols, rank: rank, into: $0.baseAddress!)
+                }
+                m.withUnsafeBufferPointer { ms in
+                    residual.withUnsafeMutableBufferPointer {
+                        PowerSGD.product(
+                            ps.baseAddress!, qs.baseAddress!, rows: rows, cols: cols, rank: rank, into: $0.baseAddress!,
+                            subtractedFrom: ms.baseAddress!)
+                    }
                 }
             }
         }
-        var differing: [Int] = []
+        var differing = (product: 0, residual: 0)
         for i in 0..<rows {
             for j in 0..<cols {
                 var sum = p[i * rank] * q[j * rank]
                 for k in 1..<max(rank, 1) {
-                    let product = p[i * rank + k] * q[j * rank + k]
-                    sum = sum + product
+                    let term = p[i * rank + k] * q[j * rank + k]
+                    sum = sum + term
                 }
-                if sum.bitPattern != out[i * cols + j].bitPattern { differing.append(i * cols + j) }
+                if sum.bitPattern != product[i * cols + j].bitPattern { differing.product += 1 }
+                if (m[i * cols + j] - sum).bitPattern != residual[i * cols + j].bitPattern { differing.residual += 1 }
             }
         }
-        #expect(differing.count == 0, "\(differing.count) of \(rows * cols) elements differ, first \(differing.prefix(5))")
+        #expect(differing.product == 0 && differing.residual == 0, "of \(rows * cols) elements, \(differing) differ")
     }
 
     /// DDP's rule: a matrix is compressed only when its factors are at least twice smaller.

@@ -37,9 +37,10 @@ void tether_add_f32(float *y, const float *x, size_t n);
 void tether_add_f64(double *y, const double *x, size_t n);
 
 /// PowerSGD's low-rank product: out (rows x cols) = p (rows x rank) times qt (rank x cols), each
-/// element summed over the rank in order, p[i,0] qt[0,j] first; never fused into FMAs (contraction is
-/// off), so every CPU and every clone computes the same bits and the replicas stay equal.
-void tether_low_rank_product_f32(float *out, const float *p, const float *qt, long rows, long cols, long rank);
+/// element summed over the rank in order, p[i,0] qt[0,j] first; or, with `from` (rows x cols), out =
+/// from - that product (the error feedback). Never fused into FMAs (contraction is off), so every CPU
+/// and every clone computes the same bits and the replicas stay equal.
+void tether_low_rank_product_f32(float *out, const float *from, const float *p, const float *qt, long rows, long cols, long rank);
 
 /// Wire dtypes (the compression issue): IEEE half and bfloat16, narrowed from f32 with round to
 /// nearest, ties to even (overflow to infinity, NaN kept a quiet NaN of the same sign), widened exactly
