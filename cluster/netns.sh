@@ -8,7 +8,9 @@
 # firewall applies to it. With Docker installed the host's FORWARD policy is DROP and bridged frames go
 # through iptables (bridge-nf-call-iptables), which silently dropped all traffic between the hosts.
 #
-#   netns_up HOSTS [RATE|none] [MTU]   sets NETNS_PREFIX, NETNS_SWITCH, NETNS_ADDRESSES (one per host)
+#   netns_up HOSTS [RATE|none] [MTU]   sets NETNS_PREFIX, NETNS_SWITCH, NETNS_ADDRESSES (one per host);
+#                                      NETNS_TCP_TIMESTAMPS=0 turns TCP timestamps off in the hosts
+#                                      (12 more payload bytes a segment; Linux's default is on)
 #   netns_exec HOST COMMAND...         runs COMMAND in host HOST's namespace
 #   netns_link HOST up|down            cuts or restores host HOST's link (its bridge port)
 #   netns_shape HOST RATE              changes host HOST's link rate (both directions)
@@ -46,6 +48,7 @@ netns_up() {
     ip -n "$ns" addr add "10.78.$net.$((h + 1))/24" dev eth0
     ip -n "$ns" link set eth0 up
     ip -n "$ns" link set lo up
+    if [ -n "${NETNS_TCP_TIMESTAMPS:-}" ]; then ip netns exec "$ns" sysctl -qw net.ipv4.tcp_timestamps="$NETNS_TCP_TIMESTAMPS"; fi
     if [ "$rate" != none ]; then netns_shape "$h" "$rate"; fi
     NETNS_ADDRESSES+=("10.78.$net.$((h + 1))")
   done
