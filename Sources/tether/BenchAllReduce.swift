@@ -22,8 +22,11 @@ struct BenchAllReduce: ParsableCommand {
     @Option(help: "ipc (unix sockets: what a cluster's same-host ring links use), tcp (loopback) or inproc.") var transport: Transport =
         .ipc
     @Option(help: "Chunk size in bytes (default \(RingOptions().chunkBytes)).") var chunk: Int?
-    @Option(help: "The values on the wire: f32, or f16/bf16 (narrowed as sent, summed in f32; --size is still of the float32 buffer).")
-    var dtype: ChunkHeader.DType = .f32
+    @Option(
+        name: .customLong("dtype"),
+        help: "The values on the wire: f32, or f16/bf16 (narrowed as sent, summed in f32; --size is still of the float32 buffer).")
+    var wire: WireType = .f32
+    var dtype: ChunkHeader.DType { wire.dtype }
     @Option(help: "Timed iterations.") var iterations = 10
     @Option(help: "Untimed warm-up iterations.") var warmup = 2
     @Option(help: "Seconds any receive may wait before the ring fails.") var timeout = 30.0
@@ -306,10 +309,15 @@ extension Duration {
     var seconds: Double { Double(components.seconds) + Double(components.attoseconds) * 1e-18 }
 }
 
-extension ChunkHeader.DType: ExpressibleByArgument {
-    public init?(argument: String) {
-        guard let d = Self.allCases.first(where: { $0.description == argument }), [.f32, .f16, .bf16].contains(d) else { return nil }
-        self = d
+/// `--dtype`'s values by name (help would show a raw-valued enum's number, and DType's raw value is
+/// the wire's).
+enum WireType: String, CaseIterable, ExpressibleByArgument {
+    case f32, f16, bf16
+    var dtype: ChunkHeader.DType {
+        switch self {
+        case .f32: .f32
+        case .f16: .f16
+        case .bf16: .bf16
+        }
     }
-    public static var allValueStrings: [String] { ["f32", "f16", "bf16"] }
 }

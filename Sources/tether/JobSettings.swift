@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import TetherJobFile
+import TetherTensor
 import TetherTrain
 
 /// Settings from a job file and the environment, turned into command-line arguments placed ahead of
@@ -24,7 +25,9 @@ enum JobSettings {
     ]
     static let fileVariable = "TETHER_CONFIG"
     /// Variables Tether sets for itself.
-    static let ownVariables: Set<String> = [fileVariable, ProcessLifetime.parentVariable, SecurityOptions.keyVariable, SampleAudit.variable]
+    static let ownVariables: Set<String> = [
+        fileVariable, ProcessLifetime.parentVariable, SecurityOptions.keyVariable, SampleAudit.variable, BLASCore.detectedVariable
+    ]
 
     /// `arguments` (without the program name) with the job file's and the environment's settings
     /// inserted after the command's name.

@@ -464,6 +464,12 @@ let kubernetesTypesInstalled =
         #if arch(x86_64)
             let named = try CLI.run(["version"], environment: ["OPENBLAS_CORETYPE": "Prescott"])
             #expect(named.stdout.contains("OpenBLAS core Prescott\n"), "stdout: \(named.stdout)")
+            // what a started-again tether carries is not a setting of any command
+            let restarted = try CLI.run(
+                ["eval", "--checkpoint", "/nonexistent/c.safetensors"],
+                environment: ["OPENBLAS_CORETYPE": "Prescott", BLASCore.detectedVariable: "Prescott"])
+            #expect(
+                restarted.stderr.contains("no such checkpoint file") && !restarted.stderr.contains("ignoring"), "\(restarted.stderr)")
         #endif
     }
 
