@@ -50,7 +50,11 @@ public enum BLASCore {
             }
             setenv("OPENBLAS_CORETYPE", core, 1)
             setenv(detectedVariable, chosen, 1)
-            execv("/proc/self/exe", CommandLine.unsafeArgv)
+            // by the file's own path: the process's name (`ps`, `pkill tether`, `docker top`) is the
+            // executed file's name, and /proc/self/exe's would be "exe"
+            var path = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+            if readlink("/proc/self/exe", &path, Int(PATH_MAX)) > 0 { execv(path, CommandLine.unsafeArgv) }
+            execv("/proc/self/exe", CommandLine.unsafeArgv)  // the file is gone or renamed (rebuilt while running)
             // still here: no /proc (a sandbox); run on what OpenBLAS chose, and so do our children
             unsetenv("OPENBLAS_CORETYPE")
             unsetenv(detectedVariable)

@@ -464,6 +464,13 @@ let kubernetesTypesInstalled =
         #if arch(x86_64)
             let named = try CLI.run(["version"], environment: ["OPENBLAS_CORETYPE": "Prescott"])
             #expect(named.stdout.contains("OpenBLAS core Prescott\n"), "stdout: \(named.stdout)")
+            // started again, it keeps its name (`pkill tether`, `docker top`)
+            let waiting = try CLI.start(["worker", "--coordinator", "tcp://127.0.0.1:1", "--insecure"], bound: 20)
+            usleep(1_500_000)
+            let name = try? String(contentsOfFile: "/proc/\(waiting.pid)/comm", encoding: .utf8)
+            kill(waiting.pid, SIGTERM)
+            _ = waiting.finish()
+            #expect(name == "tether\n", "the process is named \(name ?? "nothing")")
             // what a started-again tether carries is not a setting of any command
             let restarted = try CLI.run(
                 ["eval", "--checkpoint", "/nonexistent/c.safetensors"],
