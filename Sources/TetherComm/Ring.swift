@@ -145,6 +145,9 @@ public final class Ring {
     ) throws -> RingVotes {
         try run(.allReduce) {
             guard size > 1 else { return vote }
+            if buffer.count * MemoryLayout<T>.stride <= min(options.gatherSumBytes, options.chunkBytes) {
+                return try gatherSum(buffer, average: average, step: step, bucket: bucket, vote: vote)
+            }
             let base = buffer.baseAddress
             // Chunks leave straight from the buffer (libzmq reads them in place); a chunk's memory is not
             // written again before the right neighbour has received it, because everything this rank
@@ -206,6 +209,47 @@ public final class Ring {
                     reducing ? onward(c, made) : .forwarded(frame, checksum: h.checksum))
             }
         }
+        return anyVote
+    }
+
+    /// The all-reduce of a buffer small enough that the ring's hops, not its bytes, bound it (PowerSGD's
+    /// factors, a model's biases): each rank's whole buffer goes round the ring in one chunk, N-1 steps
+    /// instead of the ring schedule's 2(N-1), and every rank adds the N buffers in rank order: the same
+    /// additions, so the same bits, on every rank. Each rank sends (N-1) x n elements instead of
+    /// 2(N-1)/N x n, which is why it is kept to buffers under `RingOptions.gatherSumBytes`.
+    /// Votes: each origin's buffer carries its rank's; every rank unites all N.
+    private func gatherSum<T: RingElement>(
+        _ buffer: UnsafeMutableBufferPointer<T>, average: Bool, step: UInt64, bucket: UInt32, vote: RingVotes
+    ) throws -> RingVotes {
+        let n = buffer.count
+        var head = header(.allReduce, step: step, bucket: bucket, dtype: T.dtype, totalCount: n)
+        (head.votes, head.originRank) = (vote, Int32(rank))
+        var anyVote = vote
+        // rank r's buffer at r * n, this rank's too (`buffer` is overwritten by the sum)
+        let slots = UnsafeMutableBufferPointer<T>.allocate(capacity: max(n * size, 1))
+        defer { slots.deallocate() }
+        let slot = { (r: Int) in UnsafeMutableBufferPointer(rebasing: slots[r * n..<(r + 1) * n]) }
+        if let base = buffer.baseAddress { slot(rank).baseAddress!.initialize(from: base, count: n) }
+        // copied into the message, not lent: the slots are freed when this returns, and the frame goes
+        // on round the ring (read in place over inproc) after that
+        try send(head, ringStep: 0, index: 0, offset: 0, .copied(UnsafeRawBufferPointer(slot(rank))))
+        for ringStep in 0..<(size - 1) {
+            let origin = wrapped(rank - ringStep - 1)
+            let e = ExpectedChunk(
+                operation: .allReduce, step: step, bucket: bucket, ringStep: ringStep, chunkIndex: 0, dtype: T.dtype,
+                offset: 0, count: n, totalCount: n, origin: origin)
+            let (frame, h) = try receive(e, verifying: false)
+            _ = try consume(frame, h, e, into: slot(origin), .copy)
+            anyVote.formUnion(h.votes)
+            guard ringStep < size - 2 else { continue }
+            var next = head
+            (next.votes, next.originRank) = (h.votes, Int32(origin))
+            try send(next, ringStep: ringStep + 1, index: 0, offset: 0, .forwarded(frame, checksum: h.checksum))
+        }
+        guard let base = buffer.baseAddress else { return anyVote }
+        base.update(from: slot(0).baseAddress!, count: n)
+        for r in 1..<size { T.add(base, slot(r).baseAddress!, count: n) }
+        if average { T.divide(base, by: T(size), count: n) }
         return anyVote
     }
 

@@ -8,6 +8,10 @@ public struct RingOptions: Sendable {
     public var timeout: Duration = .seconds(30)
     /// Bytes per chunk: the unit of pipelining (measured: docs/ARCHITECTURE.md).
     public var chunkBytes = 1 << 20
+    /// An all-reduce of at most this many bytes (and at most one chunk) gathers every rank's whole
+    /// buffer and sums it on each rank (`Ring.gatherSum`): N-1 hops instead of 2(N-1), for buffers
+    /// whose time is the hops' (measured: docs/ARCHITECTURE.md). 0: always the ring schedule.
+    public var gatherSumBytes = 32 << 10
     /// Hash of the parameter layout; ranks that disagree fail at the first message.
     public var layoutFingerprint: UInt64 = 0
     /// CURVE on the links (nil: plaintext, any peer may connect).

@@ -168,6 +168,34 @@ func input(rank: Int, count: Int) -> [Float] {
         }
     }
 
+    /// A buffer under `RingOptions.gatherSumBytes` travels whole and every rank adds the N buffers in
+    /// rank order: bitwise the Float sum ((x0 + x1) + x2) + ..., then one division for the average (the
+    /// ring schedule adds in another order, so this fails if the small path is not taken).
+    @Test(arguments: [2, 3, 5])
+    func smallAllReducesSumInRankOrderOnEveryRank(ranks: Int) throws {
+        for transport in Transport.allCases {
+            for (count, average) in [(0, false), (1, false), (1000, false), (1000, true)] {
+                let ring = try TestRing(ranks, transport)
+                let results = onRanks(ranks) { rank -> [Float] in
+                    var x = input(rank: rank, count: count)
+                    _ = try x.withUnsafeMutableBufferPointer { try ring.ring(rank).allReduce($0, average: average) }
+                    return x
+                }
+                let inputs = (0..<ranks).map { input(rank: $0, count: count) }
+                var expected = inputs[0]
+                for r in 1..<ranks { for i in 0..<count { expected[i] += inputs[r][i] } }
+                if average { for i in 0..<count { expected[i] /= Float(ranks) } }
+                for (rank, result) in results.enumerated() {
+                    let o = try result.get()
+                    let differing = zip(o, expected).filter { $0.bitPattern != $1.bitPattern }.count
+                    #expect(
+                        o.count == count && differing == 0,
+                        "rank \(rank) of \(ranks), \(transport), \(count) elements\(average ? " averaged" : ""): \(differing) differ")
+                }
+            }
+        }
+    }
+
     @Test(arguments: [2, 3])
     func allReduceAveragesInDouble(ranks: Int) throws {
         let ring = try TestRing(ranks, .inproc)
@@ -203,11 +231,12 @@ func input(rank: Int, count: Int) -> [Float] {
     /// sums are untouched. Several chunks per segment and an empty segment (fewer elements than ranks) included.
     @Test(arguments: [1, 2, 3, 5])
     func everyRankLearnsTheVotesInTheSameAllReduce(ranks: Int) throws {
-        for count in [3, 40] {
+        // (40, 1 MiB): one chunk, so the small path (whole buffers gathered)
+        for (count, chunkBytes) in [(3, 8), (40, 8), (40, 1 << 20)] {
             for voter in [nil] + Array(0..<ranks) {
                 let ring = try TestRing(ranks, .inproc)
                 let results = onRanks(ranks) { rank -> (RingVotes, [Float]) in
-                    let r = try ring.ring(rank) { $0.chunkBytes = 8 }
+                    let r = try ring.ring(rank) { $0.chunkBytes = chunkBytes }
                     var x = [Float](repeating: Float(rank + 1), count: count)
                     let vote: RingVotes = voter == nil ? [] : rank == voter ? .stop : rank == (voter! + 1) % ranks ? .reform : []
                     let agreed = try x.withUnsafeMutableBufferPointer { try r.allReduce($0, vote: vote) }
@@ -342,11 +371,17 @@ func input(rank: Int, count: Int) -> [Float] {
         func handshake() throws { try send(header(.handshake, sequence: 0, total: 0, offset: 0, count: 0), payload: []) }
     }
 
-    /// Rank 0 of a 2-ring, all-reducing 8 floats, first receives segment 1 (offset 4, 4 elements).
-    func rank0AllReduce(_ ring: TestRing, after feed: @escaping @Sendable (FakeNeighbour) throws -> Void) throws -> String {
+    /// Rank 0 of a 2-ring, all-reducing 8 floats, first receives segment 1 (offset 4, 4 elements); with
+    /// `gathered`, rank 1's whole buffer (offset 0, 8 elements, origin 1).
+    func rank0AllReduce(
+        _ ring: TestRing, gathered: Bool = false, after feed: @escaping @Sendable (FakeNeighbour) throws -> Void
+    ) throws -> String {
         let fake = try FakeNeighbour(ring)
         try fake.handshake()
-        let r = try ring.ring(0) { $0.timeout = .seconds(2) }
+        let r = try ring.ring(0) {
+            $0.timeout = .seconds(2)
+            if !gathered { $0.gatherSumBytes = 0 }
+        }
         try feed(fake)
         var x = [Float](repeating: 1, count: 8)
         do { _ = try x.withUnsafeMutableBufferPointer { try r.allReduce($0) } } catch { return "\(error)" }
@@ -372,6 +407,23 @@ func input(rank: Int, count: Int) -> [Float] {
             try fake.send(h, payload: [UInt8](repeating: 0, count: 16))
         }
         #expect(e.contains("corrupt payload from rank 1"))
+    }
+
+    /// A small all-reduce gathers whole buffers, each naming its origin: a chunk of the ring schedule
+    /// (no origin), one claiming another origin, or a corrupt one is refused before it is summed.
+    @Test func aGatheredBufferFromTheWrongOriginOrCorruptIsRefused() throws {
+        for (origin, checksum, refusal): (Int32, UInt64, String) in [
+            (-1, 0, "origin rank: 1 on rank 0, -1 from rank 1"), (0, 0, "origin rank: 1 on rank 0, 0 from rank 1"),
+            (1, 12345, "corrupt payload from rank 1 in all-reduce #1 ring step 0 chunk 0")
+        ] {
+            let ring = try TestRing(2, .tcp)
+            let e = try rank0AllReduce(ring, gathered: true) { fake in
+                var h = fake.header(.allReduce, sequence: 1, total: 8, offset: 0, count: 8)
+                (h.originRank, h.checksum) = (origin, checksum)
+                try fake.send(h, payload: [UInt8](repeating: 0, count: 32))
+            }
+            #expect(e.contains(refusal), "\(e)")
+        }
     }
 
     /// The all-gather half copies chunks in while it checks them: a bad one still fails the collective.
@@ -413,6 +465,7 @@ func input(rank: Int, count: Int) -> [Float] {
         let logged = LockedLines()
         let r = try ring.ring(0) {
             $0.timeout = .seconds(5); $0.logger = logged.logger
+            $0.gatherSumBytes = 0  // the ring schedule's chunks
         }
         // Rank 0 waits in its all-reduce; the stranger's messages arrive first (each is read and
         // dropped as it comes, the only data there is), then the neighbour's real chunks.
@@ -458,6 +511,7 @@ func input(rank: Int, count: Int) -> [Float] {
         let logged = LockedLines()
         let r = try ring.ring(0) {
             $0.timeout = .seconds(5); $0.epoch = 2; $0.logger = logged.logger
+            $0.gatherSumBytes = 0  // the ring schedule's chunks
         }
         let ones = [Float](repeating: 1, count: 4).withUnsafeBytes { Array($0) }
         var stale = fake.header(.allReduce, sequence: 1, total: 8, offset: 4, count: 4)
