@@ -20,6 +20,21 @@ public enum Transport: String, CaseIterable, Sendable {
         }
     }
 
+    /// Removes what `localAddresses` made on disk: an ipc ring's folder (only one it named); tcp and
+    /// inproc leave nothing.
+    public static func removeLocalAddresses(_ addresses: [String]) {
+        let temporary = FileManager.default.temporaryDirectory.standardizedFileURL.path
+        let folders = Set(
+            addresses.compactMap { address -> URL? in
+                guard address.hasPrefix("ipc://") else { return nil }
+                return URL(fileURLWithPath: String(address.dropFirst("ipc://".count))).deletingLastPathComponent().standardizedFileURL
+            })
+        for folder in folders
+        where folder.lastPathComponent.hasPrefix("tether-ipc-") && folder.deletingLastPathComponent().path == temporary {
+            try? FileManager.default.removeItem(at: folder)
+        }
+    }
+
     /// Ports held open together, so they are distinct, then released for the ranks to bind.
     static func freeLoopbackPorts(_ n: Int) throws -> [Int] {
         var fds: [Int32] = []

@@ -122,6 +122,7 @@ struct BenchAllReduce: ParsableCommand {
     /// Ranks as threads of this process, sharing one context (what inproc requires).
     func inThreads(_ elements: Int) throws -> [RankReport] {
         let addresses = try transport.localAddresses(ranks)
+        defer { Transport.removeLocalAddresses(addresses) }
         let context = try ZeroMQContext()
         let options = try secured(options, insecure ? nil : try CurveKeyPair.generate(), context)
         defer { options.curve?.authenticator.stop() }
@@ -144,7 +145,8 @@ struct BenchAllReduce: ParsableCommand {
 
     /// Ranks as child processes of this binary; a child that fails fails the run with its own message.
     func inProcesses() throws -> [RankReport] {
-        let addresses = try transport.localAddresses(ranks).joined(separator: ",")
+        let made = try transport.localAddresses(ranks), addresses = made.joined(separator: ",")
+        defer { Transport.removeLocalAddresses(made) }
         let me = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
         let keyFolder = try PrivateFolder(prefix: "tether-bench")
         var security = ["--insecure"]

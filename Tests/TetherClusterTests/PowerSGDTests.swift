@@ -28,6 +28,7 @@ private final class Slots<R>: @unchecked Sendable {
     /// Runs `body(rank, ring)` on `n` ranks of a ring at once and returns what each returned.
     static func onRing<R>(_ n: Int, _ transport: Transport, _ body: @escaping @Sendable (Int, Ring) throws -> R) throws -> [R] {
         let addresses = try transport.localAddresses(n)
+        defer { Transport.removeLocalAddresses(addresses) }
         let shared = try ZeroMQContext()
         let contexts = try (0..<n).map { _ in transport == .inproc ? shared : try ZeroMQContext() }
         let slots = Slots<R>(n), lock = NSLock(), done = DispatchGroup()

@@ -30,7 +30,7 @@ func onRanks<R>(_ n: Int, _ body: @escaping @Sendable (Int) throws -> R) -> [Res
 
 /// A ring of n ranks on `transport`: inproc ranks share one context, the others get one each, as
 /// separate processes would.
-struct TestRing {
+final class TestRing: Sendable {
     let addresses: [String]
     let contexts: [ZeroMQContext]
     let transport: Transport
@@ -45,6 +45,8 @@ struct TestRing {
             contexts = try (0..<n).map { _ in try ZeroMQContext() }
         }
     }
+
+    deinit { Transport.removeLocalAddresses(addresses) }
 
     func ring(_ rank: Int, _ configure: (inout RingOptions) -> Void = { _ in }) throws -> Ring {
         var options = RingOptions()
