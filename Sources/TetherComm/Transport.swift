@@ -11,7 +11,7 @@ public enum Transport: String, CaseIterable, Sendable {
         case .tcp:
             return try Self.freeLoopbackPorts(n).map { "tcp://127.0.0.1:\($0)" }
         case .ipc:
-            let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tether-ipc-\(UUID().uuidString.prefix(8))")
+            let dir = FileManager.default.temporaryDirectory.appendingPathComponent(Self.ipcFolderPrefix + UUID().uuidString.prefix(8))
             try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
             return (0..<n).map { "ipc://\(dir.path)/rank\($0)" }
         case .inproc:
@@ -20,19 +20,13 @@ public enum Transport: String, CaseIterable, Sendable {
         }
     }
 
-    /// Removes what `localAddresses` made on disk: an ipc ring's folder (only one it named); tcp and
-    /// inproc leave nothing.
+    static let ipcFolderPrefix = "tether-ipc-"
+
+    /// Removes what `localAddresses` made on disk: an ipc ring's folder; tcp and inproc leave nothing.
     public static func removeLocalAddresses(_ addresses: [String]) {
-        let temporary = FileManager.default.temporaryDirectory.standardizedFileURL.path
-        let folders = Set(
-            addresses.compactMap { address -> URL? in
-                guard address.hasPrefix("ipc://") else { return nil }
-                return URL(fileURLWithPath: String(address.dropFirst("ipc://".count))).deletingLastPathComponent().standardizedFileURL
-            })
-        for folder in folders
-        where folder.lastPathComponent.hasPrefix("tether-ipc-") && folder.deletingLastPathComponent().path == temporary {
-            try? FileManager.default.removeItem(at: folder)
-        }
+        guard let first = addresses.first, first.hasPrefix("ipc://") else { return }
+        let folder = URL(fileURLWithPath: String(first.dropFirst("ipc://".count))).deletingLastPathComponent()
+        if folder.lastPathComponent.hasPrefix(ipcFolderPrefix) { try? FileManager.default.removeItem(at: folder) }
     }
 
     /// Ports held open together, so they are distinct, then released for the ranks to bind.

@@ -218,6 +218,8 @@ struct BenchAllReduce: ParsableCommand {
                 "chunk_bytes": options.chunkBytes, "iterations": iterations,
                 "median_ms": median * 1000, "times_ms": times.map { $0 * 1000 },
                 "algbw_gbps": algbw, "busbw_gbps": busbw,
+                // what this rank handed its right neighbour (payload, no headers): the schedule's bytes
+                "payload_bytes_per_iteration": s.bytesSent / max(iterations, 1),
                 "ms_per_iteration": [
                     "waiting": perIteration(s.waiting), "sending": perIteration(s.sending),
                     "reducing": perIteration(s.reducing), "checksumming": perIteration(s.checksumming)
