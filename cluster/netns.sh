@@ -10,7 +10,12 @@
 #
 #   netns_up HOSTS [RATE|none] [MTU]   sets NETNS_PREFIX, NETNS_SWITCH, NETNS_ADDRESSES (one per host);
 #                                      NETNS_TCP_TIMESTAMPS=0 turns TCP timestamps off in the hosts
-#                                      (12 more payload bytes a segment; Linux's default is on)
+#                                      (12 more payload bytes a segment; Linux's default is on);
+#                                      NETNS_TCP_CONGESTION=cubic|bbr|reno sets the hosts' congestion
+#                                      control (a new namespace takes the machine's; a cloud image may
+#                                      default to bbr where Debian's is cubic). A namespace may only
+#                                      choose one the machine allows, so the machine's allowed list is
+#                                      widened for the run and put back by netns_down
 #   netns_exec HOST COMMAND...         runs COMMAND in host HOST's namespace
 #   netns_link HOST up|down            cuts or restores host HOST's link (its bridge port)
 #   netns_shape HOST RATE              changes host HOST's link rate (both directions)
@@ -20,6 +25,7 @@ NETNS_PREFIX="tns$$"
 NETNS_SWITCH="$NETNS_PREFIX-switch"
 NETNS_HOSTS=0
 NETNS_ADDRESSES=()
+NETNS_ALLOWED_CONGESTION=""
 
 netns_check() {
   if [ "$(id -u)" -ne 0 ]; then echo "needs root to create network namespaces (ip netns, tc)"; return 1; fi
@@ -33,6 +39,14 @@ netns_up() {
   local hosts=$1 rate=${2:-none} mtu=${3:-1500} net=$(( $$ % 200 + 20 ))
   NETNS_HOSTS=$hosts
   NETNS_ADDRESSES=()
+  if [ -n "${NETNS_TCP_CONGESTION:-}" ]; then
+    local allowed
+    allowed=$(sysctl -n net.ipv4.tcp_allowed_congestion_control)
+    if [[ " $allowed " != *" $NETNS_TCP_CONGESTION "* ]]; then
+      NETNS_ALLOWED_CONGESTION=$allowed
+      sysctl -qw net.ipv4.tcp_allowed_congestion_control="$allowed $NETNS_TCP_CONGESTION"
+    fi
+  fi
   ip netns add "$NETNS_SWITCH"
   ip -n "$NETNS_SWITCH" link add br0 type bridge
   ip -n "$NETNS_SWITCH" link set br0 up
@@ -49,6 +63,7 @@ netns_up() {
     ip -n "$ns" link set eth0 up
     ip -n "$ns" link set lo up
     if [ -n "${NETNS_TCP_TIMESTAMPS:-}" ]; then ip netns exec "$ns" sysctl -qw net.ipv4.tcp_timestamps="$NETNS_TCP_TIMESTAMPS"; fi
+    if [ -n "${NETNS_TCP_CONGESTION:-}" ]; then ip netns exec "$ns" sysctl -qw net.ipv4.tcp_congestion_control="$NETNS_TCP_CONGESTION"; fi
     if [ "$rate" != none ]; then netns_shape "$h" "$rate"; fi
     NETNS_ADDRESSES+=("10.78.$net.$((h + 1))")
   done
@@ -78,4 +93,8 @@ netns_down() {
     ip netns del "$NETNS_PREFIX-$h" 2>/dev/null || true
   done
   ip netns del "$NETNS_SWITCH" 2>/dev/null || true
+  if [ -n "$NETNS_ALLOWED_CONGESTION" ]; then
+    sysctl -qw net.ipv4.tcp_allowed_congestion_control="$NETNS_ALLOWED_CONGESTION" || true
+    NETNS_ALLOWED_CONGESTION=""
+  fi
 }
