@@ -203,6 +203,9 @@ void tether_keep_heap_memory(size_t mmap_threshold, size_t trim_threshold) {
 void tether_keep_heap_memory(size_t mmap_threshold, size_t trim_threshold) { (void)mmap_threshold; (void)trim_threshold; }
 #endif
 
+uint64_t tether_shared_load(const uint64_t *counter) { return __atomic_load_n(counter, __ATOMIC_ACQUIRE); }
+void tether_shared_store(uint64_t *counter, uint64_t value) { __atomic_store_n(counter, value, __ATOMIC_RELEASE); }
+
 void tether_pending_add(long *pending, long n) { __atomic_fetch_add(pending, n, __ATOMIC_SEQ_CST); }
 long tether_pending_load(const long *pending) { return __atomic_load_n(pending, __ATOMIC_ACQUIRE); }
 void tether_pending_release(void *data, void *hint) {

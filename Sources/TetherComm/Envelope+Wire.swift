@@ -128,6 +128,9 @@ public struct ChunkHeader: Equatable, Sendable {
     }
     /// The forming of the ring this chunk belongs to (elastic in place): an earlier ring's is dropped.
     public var ringEpoch: UInt32 = 0
+    /// Same-host links: the payload is in slot number `laneSlot` (from 1) of the sender's shared-memory
+    /// lane and the payload frame is empty; 0: the payload is the frame.
+    public var laneSlot: UInt64 = 0
 
     public init(
         operation: Operation, sequence: UInt64, step: UInt64, bucket: UInt32, ringStep: UInt32, chunkIndex: UInt32,
@@ -223,6 +226,7 @@ extension Envelope {
                 chunk.stop_vote = c.stopVote ? 1 : 0
                 chunk.reform_vote = c.reformVote ? 1 : 0
                 chunk.ring_epoch = c.ringEpoch
+                chunk.lane_slot = c.laneSlot
                 return withUnsafeMutablePointer(to: &chunk) { cp in
                     msg.body_case = TETHER__V1__ENVELOPE__BODY_CHUNK
                     msg.chunk = cp
@@ -284,6 +288,7 @@ extension Envelope {
             header.stopVote = c.stop_vote != 0
             header.reformVote = c.reform_vote != 0
             header.ringEpoch = c.ring_epoch
+            header.laneSlot = c.lane_slot
             body = .chunk(header)
         case TETHER__V1__ENVELOPE__BODY_ABORT:
             guard let a = env.abort?.pointee else { break }

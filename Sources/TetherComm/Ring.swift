@@ -119,9 +119,10 @@ public final class Ring {
                     if !c.isEmpty { codec.narrow(staging + c.lowerBound, base + c.lowerBound, count: c.count) }
                     return lend(c, checksum: nil)
                 },
-                take: { frame, h, e, c, reducing, finishing in
+                take: { payload, h, e, c, reducing, finishing in
                     try self.link!.consume(
-                        frame, h, e, sequence: self.sequence, into: UnsafeMutableBufferPointer(start: base + c.lowerBound, count: c.count),
+                        payload, h, e, sequence: self.sequence,
+                        into: UnsafeMutableBufferPointer(start: base + c.lowerBound, count: c.count),
                         wire: codec, adding: reducing, divideBy: average && finishing ? Float(self.size) : nil,
                         narrowInto: reducing ? staging + c.lowerBound : nil, keepNarrowed: finishing)
                 },
@@ -161,9 +162,9 @@ public final class Ring {
                 count: buffer.count, dtype: T.dtype, step: step, bucket: bucket, vote: vote,
                 perChunk: max(1, options.chunkBytes / MemoryLayout<T>.stride),
                 own: { lend($0, checksum: nil) },
-                take: { frame, h, e, c, reducing, finishing in
+                take: { payload, h, e, c, reducing, finishing in
                     try self.consume(
-                        frame, h, e, into: UnsafeMutableBufferPointer(start: base.map { $0 + c.lowerBound }, count: c.count),
+                        payload, h, e, into: UnsafeMutableBufferPointer(start: base.map { $0 + c.lowerBound }, count: c.count),
                         reducing ? .add(divideBy: average && finishing ? T(self.size) : nil) : .copy)
                 },
                 onward: lend)
@@ -174,13 +175,13 @@ public final class Ring {
     /// all-gather, each segment in chunks passed on as soon as they are ready. `own(c)` is this rank's
     /// chunk c as it first leaves; `take` consumes a received chunk into the buffer (adding while
     /// `reducing`; `finishing`: this rank completes the segment) and returns the checksum of what goes
-    /// on; `onward(c, checksum)` is a reduced chunk as it goes on. In the all-gather the received frame
+    /// on; `onward(c, checksum)` is a reduced chunk as it goes on. In the all-gather the received payload
     /// itself is passed on. Votes: reducing adds this rank's to the chunk's; gathering passes a final
     /// vote on as it came.
     private func reduceScatterAllGather(
         count n: Int, dtype: ChunkHeader.DType, step: UInt64, bucket: UInt32, vote: RingVotes, perChunk: Int,
         own: (Range<Int>) throws -> RingLink.Outgoing,
-        take: (ZeroMQFrame, ChunkHeader, ExpectedChunk, Range<Int>, _ reducing: Bool, _ finishing: Bool) throws -> UInt64?,
+        take: (RingLink.Payload, ChunkHeader, ExpectedChunk, Range<Int>, _ reducing: Bool, _ finishing: Bool) throws -> UInt64?,
         onward: (Range<Int>, UInt64?) -> RingLink.Outgoing
     ) throws -> RingVotes {
         var head = header(.allReduce, step: step, bucket: bucket, dtype: dtype, totalCount: n)
@@ -198,15 +199,15 @@ public final class Ring {
                 let e = ExpectedChunk(
                     operation: .allReduce, step: step, bucket: bucket, ringStep: ringStep, chunkIndex: i,
                     dtype: dtype, offset: c.lowerBound, count: c.count, totalCount: n)
-                let (frame, h) = try receive(e, verifying: false)
-                let made = try take(frame, h, e, c, reducing, ringStep == size - 2)
+                let (payload, h) = try receive(e, verifying: false)
+                let made = try take(payload, h, e, c, reducing, ringStep == size - 2)
                 var next = head
                 next.votes = reducing ? h.votes.union(vote) : h.votes
                 anyVote.formUnion(next.votes)
                 guard ringStep < lastStep else { continue }
                 try send(
                     next, ringStep: ringStep + 1, index: i, offset: c.lowerBound,
-                    reducing ? onward(c, made) : .forwarded(frame, checksum: h.checksum))
+                    reducing ? onward(c, made) : .forwarded(payload, checksum: h.checksum))
             }
         }
         return anyVote
@@ -238,13 +239,13 @@ public final class Ring {
             let e = ExpectedChunk(
                 operation: .allReduce, step: step, bucket: bucket, ringStep: ringStep, chunkIndex: 0, dtype: T.dtype,
                 offset: 0, count: n, totalCount: n, origin: origin)
-            let (frame, h) = try receive(e, verifying: false)
-            _ = try consume(frame, h, e, into: slot(origin), .copy)
+            let (payload, h) = try receive(e, verifying: false)
+            _ = try consume(payload, h, e, into: slot(origin), .copy)
             anyVote.formUnion(h.votes)
             guard ringStep < size - 2 else { continue }
             var next = head
             (next.votes, next.originRank) = (h.votes, Int32(origin))
-            try send(next, ringStep: ringStep + 1, index: 0, offset: 0, .forwarded(frame, checksum: h.checksum))
+            try send(next, ringStep: ringStep + 1, index: 0, offset: 0, .forwarded(payload, checksum: h.checksum))
         }
         guard let base = buffer.baseAddress else { return anyVote }
         base.update(from: slot(0).baseAddress!, count: n)
@@ -273,9 +274,10 @@ public final class Ring {
                 let e = ExpectedChunk(
                     operation: .broadcast, step: step, ringStep: 0, chunkIndex: i, dtype: T.dtype,
                     offset: c.lowerBound, count: c.count, totalCount: n, origin: root)
-                let (frame, h) = try receive(e, verifying: false)
-                _ = try consume(frame, h, e, into: UnsafeMutableBufferPointer(start: base.map { $0 + c.lowerBound }, count: c.count), .copy)
-                if right != root { try send(head, ringStep: 0, index: i, offset: c.lowerBound, .forwarded(frame, checksum: h.checksum)) }
+                let (payload, h) = try receive(e, verifying: false)
+                _ = try consume(
+                    payload, h, e, into: UnsafeMutableBufferPointer(start: base.map { $0 + c.lowerBound }, count: c.count), .copy)
+                if right != root { try send(head, ringStep: 0, index: i, offset: c.lowerBound, .forwarded(payload, checksum: h.checksum)) }
             }
         }
     }
@@ -317,7 +319,7 @@ public final class Ring {
             repeat {
                 let offset = index * perChunk
                 let count = total.map { min(perChunk, $0 - offset) }
-                let (frame, header) = try receive(
+                let (payload, header) = try receive(
                     ExpectedChunk(
                         operation: operation, step: step, ringStep: ringStep, chunkIndex: index,
                         dtype: .bytes, offset: offset, count: count, totalCount: total, origin: origin))
@@ -335,7 +337,7 @@ public final class Ring {
                     // grows with what arrives, not with what the header claims
                     received.reserveCapacity(min(total!, 4 * perChunk))
                 }
-                withExtendedLifetime(frame) { received.append(contentsOf: frame.bytes) }
+                withExtendedLifetime(payload) { received.append(contentsOf: payload.bytes) }
                 index += 1
             } while received.count < total!
             out[origin] = received
@@ -397,16 +399,16 @@ public final class Ring {
         try link?.send(base, ringStep: ringStep, index: index, offset: offset, payload)
     }
 
-    private func receive(_ e: ExpectedChunk, verifying: Bool = true) throws -> (ZeroMQFrame, ChunkHeader) {
+    private func receive(_ e: ExpectedChunk, verifying: Bool = true) throws -> (RingLink.Payload, ChunkHeader) {
         guard let link else { throw CollectiveError(message: "rank \(rank): receive in a ring of one") }
         return try link.receive(e, sequence: sequence, verifying: verifying)
     }
 
     private func consume<T: RingElement>(
-        _ frame: ZeroMQFrame, _ h: ChunkHeader, _ e: ExpectedChunk,
+        _ payload: RingLink.Payload, _ h: ChunkHeader, _ e: ExpectedChunk,
         into y: UnsafeMutableBufferPointer<T>, _ how: RingLink.Consumption<T>
     ) throws -> UInt64? {
-        try link!.consume(frame, h, e, sequence: sequence, into: y, how)
+        try link!.consume(payload, h, e, sequence: sequence, into: y, how)
     }
 
     private func mismatch(_ field: String, _ here: String, _ there: String) -> CollectiveError {

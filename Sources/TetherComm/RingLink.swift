@@ -6,9 +6,11 @@ import Foundation
 /// One rank's two links in a ring, as gloo separates a pair from the algorithm: a PULL socket bound at
 /// its own address that only the left neighbour may speak to, and a PUSH socket connected to the right
 /// neighbour's. It sends a chunk (header and payload: copied, lent to libzmq in place, or a received
-/// frame passed on) and receives one, checking every header field against what the schedule expects
+/// payload passed on) and receives one, checking every header field against what the schedule expects
 /// (`ExpectedChunk.mismatch`) and the payload's checksum; it adds or copies a payload into a buffer
-/// (`consume`), timing each part. It knows nothing of the schedule's order.
+/// (`consume`), timing each part. It knows nothing of the schedule's order. Towards a right neighbour
+/// listening on a unix socket, payloads go through a shared-memory lane while it has a free slot
+/// (`SharedLane`), the headers through the socket.
 final class RingLink {
     let rank: Int, left: Int, right: Int
     let leftAddress: String, rightAddress: String
@@ -21,6 +23,13 @@ final class RingLink {
     private var dropped = RateLimiter(perSecond: 2)
     /// XXH3 of a received payload and of the chunk made from it, taken block by block as they are used
     private let inputHash = StreamingChecksum(), outputHash = StreamingChecksum()
+    /// The lane this rank sends into (made at init when the right neighbour's address is ipc://) and
+    /// the one it receives from (opened at the first chunk that comes through it); slots used on each,
+    /// and how many of the received ones the left neighbour has been told it may reuse.
+    private var outLane: SharedLane?, inLane: SharedLane?
+    private var outLaneUsed: UInt64 = 0, inLaneUsed: UInt64 = 0, inLaneReleased: UInt64 = 0
+    /// a collective failed or the ring was abandoned: no chunk that names the outgoing lane will be read
+    private var broken = false
 
     /// How often a waiting receive asks `RingOptions.abandon`.
     static let abandonPoll: Duration = .milliseconds(50)
@@ -56,6 +65,10 @@ final class RingLink {
         try listening()
         try push.connect(rightAddress)
         try push.setSendTimeout(options.timeout)
+        if options.laneSlots > 0, rightAddress.hasPrefix("ipc://") {
+            outLane = SharedLane.create(
+                forSocket: String(rightAddress.dropFirst(6)), slots: options.laneSlots, slotBytes: options.chunkBytes)
+        }
     }
 
     /// libzmq allocates every message's buffer with malloc, and chunks (1 MB) are above glibc's mmap
@@ -73,6 +86,7 @@ final class RingLink {
         push.close()
         pull.close()
         removeSocketFile()
+        removeLaneName()
     }
 
     /// The unix socket this rank listens on (an ipc:// address), removed when the link closes.
@@ -82,17 +96,28 @@ final class RingLink {
         socketFile = nil
     }
 
+    /// Removes this rank's outgoing lane's name from /dev/shm, unless a chunk that names the lane may
+    /// still be on its way and the receiver has not opened it yet (it unlinks the name when it does).
+    private func removeLaneName() {
+        guard let outLane, outLaneUsed == 0 || outLane.consumed > 0 || broken else { return }
+        outLane.unlinkName()
+    }
+
     /// Abandons the links at once (nothing queued is delivered): a re-formed ring binds the same address.
     func close() {
+        broken = true
         try? push.setLinger(.zero)
         try? pull.setLinger(.zero)
         push.close()
         pull.close()
         removeSocketFile()
+        removeLaneName()
     }
 
-    /// Waits until libzmq has let go of every buffer lent to it (the collective's last sends).
+    /// Waits until libzmq has let go of every buffer lent to it (the collective's last sends), and
+    /// gives the left neighbour back the lane slots of the chunks this collective received.
     func finishSends() throws {
+        releaseLane()
         guard lent.waitForAll(deadline: .now + options.timeout) else {
             throw CollectiveError(
                 message:
@@ -105,6 +130,7 @@ final class RingLink {
     /// first cause), unless the ring was abandoned on purpose (every member is leaving it, and an Abort
     /// could reach the re-formed ring bound at the same address) or the neighbour is the origin.
     func giveUp(_ error: CollectiveError) {
+        broken = true
         guard !error.abandoned else { return }
         // Best effort: the neighbour may be the one that is gone.
         let origin = error.abortOrigin ?? Int32(rank)
@@ -128,8 +154,17 @@ final class RingLink {
         /// libzmq reads it in place, later; counted in `lent`. The checksum, if already taken while
         /// the chunk was made.
         case lent(UnsafeRawBufferPointer, checksum: UInt64?)
-        /// a received frame passed on as it is, with the checksum it came with (already verified)
-        case forwarded(ZeroMQFrame, checksum: UInt64)
+        /// a received payload passed on as it is, with the checksum it came with (already verified)
+        case forwarded(Payload, checksum: UInt64)
+    }
+
+    /// A received chunk's payload: a libzmq frame, or a slot of the lane from the left neighbour (valid
+    /// until the next receive, which gives the slot back).
+    struct Payload {
+        let bytes: UnsafeRawBufferPointer
+        /// owns `bytes` when they are a frame's
+        fileprivate let frame: ZeroMQFrame?
+        var count: Int { bytes.count }
     }
 
     /// Sends `base` at (ring step, chunk index, offset) with `payload`, its element count and checksum filled in.
@@ -137,27 +172,31 @@ final class RingLink {
         let t0 = ContinuousClock.now
         var h = base
         (h.ringStep, h.chunkIndex, h.offset) = (UInt32(ringStep), UInt32(index), UInt64(offset))
-        let count: Int
+        let bytes: UnsafeRawBufferPointer
         switch payload {
-        case .copied(let bytes), .lent(let bytes, nil):
-            count = bytes.count
-            h.checksum = Self.checksum(bytes)
-        case .lent(let bytes, let checksum?):
-            count = bytes.count
+        case .copied(let b), .lent(let b, nil):
+            bytes = b
+            h.checksum = Self.checksum(b)
+        case .lent(let b, let checksum?):
+            bytes = b
             h.checksum = checksum
-        case .forwarded(let frame, let checksum):
-            count = frame.count
+        case .forwarded(let p, let checksum):
+            bytes = p.bytes
             h.checksum = checksum
         }
+        let count = bytes.count
         h.elementCount = UInt64(count / h.dtype.size)
         let t1 = ContinuousClock.now
+        h.laneSlot = intoLane(bytes)
         let envelope = Envelope(jobID: options.jobID, senderRank: Int32(rank), body: .chunk(h)).encoded()
         do {
             try envelope.withUnsafeBytes { head in
                 switch payload {
+                case _ where h.laneSlot != 0: try push.send([head, UnsafeRawBufferPointer(start: nil, count: 0)])
                 case .copied(let bytes): try push.send([head, bytes])
                 case .lent(let bytes, _): try push.send(header: head, lending: bytes, lent)
-                case .forwarded(let frame, _): try push.send(header: head, forwarding: frame)
+                case .forwarded(let p, _):
+                    if let frame = p.frame { try push.send(header: head, forwarding: frame) } else { try push.send([head, p.bytes]) }
                 }
             }
         } catch let e as ZeroMQError where e.code == EAGAIN {
@@ -167,6 +206,64 @@ final class RingLink {
         statistics.checksumming += t0.duration(to: t1)
         statistics.sending += t1.duration(to: .now)
         statistics.bytesSent += count
+        if h.laneSlot != 0 { statistics.laneBytesSent += count }
+    }
+
+    /// Copies `bytes` into the lane's next slot if one is free and returns that slot's number (from 1);
+    /// 0: they go over the socket.
+    private func intoLane(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
+        guard let lane = outLane, let p = bytes.baseAddress, bytes.count <= lane.slotBytes else { return 0 }
+        let done = lane.consumed
+        // the count is the receiver's to write: one ahead of what was sent ends the lane
+        guard done <= outLaneUsed else {
+            outLane = nil
+            return 0
+        }
+        guard outLaneUsed - done < UInt64(lane.slots) else { return 0 }
+        lane.slot(outLaneUsed).copyMemory(from: p, byteCount: bytes.count)
+        outLaneUsed += 1
+        return outLaneUsed
+    }
+
+    /// Maps the lane the left neighbour made into this rank's unix socket, if there is one (when its
+    /// handshake arrives, which it sends after making the lane; `required`: a chunk names it).
+    private func openLane(required: Bool) throws -> SharedLane? {
+        guard let socketFile, options.laneSlots > 0 else { return nil }
+        do {
+            inLane = try SharedLane.open(forSocket: socketFile, slots: options.laneSlots, slotBytes: options.chunkBytes)
+        } catch {
+            if error.missing && !required { return nil }
+            throw CollectiveError(message: "rank \(rank): cannot read rank \(left)'s shared-memory lane: \(error.reason)")
+        }
+        return inLane
+    }
+
+    /// Lets the left neighbour reuse the lane slots of every payload received so far.
+    private func releaseLane() {
+        guard let inLane, inLaneReleased != inLaneUsed else { return }
+        inLane.consumed = inLaneUsed
+        inLaneReleased = inLaneUsed
+    }
+
+    /// The payload of `h`, a chunk that came through the lane (`frame`, its payload frame, must be empty).
+    private func fromLane(_ h: ChunkHeader, _ frame: ZeroMQFrame, _ what: String) throws -> Payload {
+        guard h.laneSlot == inLaneUsed + 1 else { throw mismatch("shared-memory lane slot", "\(inLaneUsed + 1)", "\(h.laneSlot)") }
+        guard frame.count == 0 else {
+            throw CollectiveError(
+                message:
+                    "rank \(rank): \(what) from rank \(left) names lane slot \(h.laneSlot) and has a \(frame.count)-byte payload frame too")
+        }
+        guard let lane = try inLane ?? openLane(required: true) else {
+            throw CollectiveError(
+                message: "rank \(rank): rank \(left) sent \(what) through a shared-memory lane; this rank's link (\(leftAddress)) has none")
+        }
+        // the length is from the wire: multiplied only once it is known to fit the slot
+        guard h.elementCount <= UInt64(lane.slotBytes / h.dtype.size) else {
+            throw mismatch("payload length", "at most \(lane.slotBytes) bytes in a lane slot", "\(h.elementCount) \(h.dtype) elements")
+        }
+        let slot = lane.slot(inLaneUsed)
+        inLaneUsed += 1
+        return Payload(bytes: UnsafeRawBufferPointer(start: slot, count: Int(h.elementCount) * h.dtype.size), frame: nil)
     }
 
     static func checksum(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
@@ -181,9 +278,10 @@ final class RingLink {
     // MARK: receiving
 
     /// The next message from the left neighbour, checked against `e` in collective #`sequence`: its
-    /// payload frame and header. `verifying: false` leaves the payload's checksum to `consume`, which
-    /// takes it as it reads.
-    func receive(_ e: ExpectedChunk, sequence: UInt64, verifying: Bool = true) throws -> (ZeroMQFrame, ChunkHeader) {
+    /// payload and header. `verifying: false` leaves the payload's checksum to `consume`, which takes it
+    /// as it reads. The payload received before is given up (its lane slot may be reused).
+    func receive(_ e: ExpectedChunk, sequence: UInt64, verifying: Bool = true) throws -> (Payload, ChunkHeader) {
+        releaseLane()
         // built only for an error message, not per chunk
         var what: String { "\(e.operation) #\(sequence) ring step \(e.ringStep) chunk \(e.chunkIndex)" }
         let t0 = ContinuousClock.now
@@ -229,11 +327,12 @@ final class RingLink {
         guard case .chunk(let h) = envelope.body else {
             throw CollectiveError(message: "rank \(rank): rank \(left) sent a message that is not a collective chunk (waiting for \(what))")
         }
+        if h.operation == .handshake, inLane == nil { _ = try openLane(required: false) }
         guard frames.count == 2 else {
             throw CollectiveError(
                 message: "rank \(rank): \(what) from rank \(left) has \(frames.count) frames, expected a header and a payload")
         }
-        let payload = frames[1].bytes
+        let payload = h.laneSlot == 0 ? Payload(bytes: frames[1].bytes, frame: frames[1]) : try fromLane(h, frames[1], what)
         if let m = e.mismatch(h, sequence: sequence, layoutFingerprint: options.layoutFingerprint, payloadBytes: payload.count) {
             if m.field == "payload length" {
                 throw CollectiveError(
@@ -245,11 +344,11 @@ final class RingLink {
         }
         if verifying {
             let t2 = ContinuousClock.now
-            let sum = Self.checksum(payload)
+            let sum = Self.checksum(payload.bytes)
             statistics.checksumming += t2.duration(to: .now)
             try check(sum, h, e, sequence: sequence)
         }
-        return (frames[1], h)
+        return (payload, h)
     }
 
     private func check(_ sum: UInt64, _ h: ChunkHeader, _ e: ExpectedChunk, sequence: UInt64) throws {
@@ -291,12 +390,12 @@ final class RingLink {
     /// for the chunk's next send; copying returns nil. On a bad checksum `y` holds garbage and the
     /// collective fails.
     func consume<T: RingElement>(
-        _ frame: ZeroMQFrame, _ h: ChunkHeader, _ e: ExpectedChunk, sequence: UInt64,
+        _ payload: Payload, _ h: ChunkHeader, _ e: ExpectedChunk, sequence: UInt64,
         into y: UnsafeMutableBufferPointer<T>, _ how: Consumption<T>
     ) throws -> UInt64? {
         let adding = if case .add = how { true } else { false }
         return try inBlocks(
-            frame, h, e, sequence: sequence, count: y.count, of: T.self, per: Self.consumeBlockBytes / MemoryLayout<T>.stride,
+            payload, h, e, sequence: sequence, count: y.count, of: T.self, per: Self.consumeBlockBytes / MemoryLayout<T>.stride,
             hashingOutput: adding
         ) { x, lower, n in
             let ys = y.baseAddress! + lower
@@ -318,12 +417,12 @@ final class RingLink {
     /// of those wire bytes; `keepNarrowed` then also sets `y` to the narrowed values widened (the rank
     /// that finishes a segment holds what every other rank will).
     func consume(
-        _ frame: ZeroMQFrame, _ h: ChunkHeader, _ e: ExpectedChunk, sequence: UInt64, into y: UnsafeMutableBufferPointer<Float>,
+        _ payload: Payload, _ h: ChunkHeader, _ e: ExpectedChunk, sequence: UInt64, into y: UnsafeMutableBufferPointer<Float>,
         wire codec: WireCodec, adding: Bool, divideBy divisor: Float?, narrowInto out: UnsafeMutablePointer<UInt16>?,
         keepNarrowed: Bool
     ) throws -> UInt64? {
         try inBlocks(
-            frame, h, e, sequence: sequence, count: y.count, of: UInt16.self, per: Self.consumeBlockBytes / MemoryLayout<Float>.stride,
+            payload, h, e, sequence: sequence, count: y.count, of: UInt16.self, per: Self.consumeBlockBytes / MemoryLayout<Float>.stride,
             hashingOutput: out != nil
         ) { x, lower, n in
             let ys = y.baseAddress! + lower
@@ -341,17 +440,17 @@ final class RingLink {
     /// then `block(x, lower, n)` uses it and returns the bytes it made for the next send (hashed too,
     /// when `hashingOutput`). Returns that hash, or nil; the payload's checksum is verified at the end.
     private func inBlocks<X>(
-        _ frame: ZeroMQFrame, _ h: ChunkHeader, _ e: ExpectedChunk, sequence: UInt64, count: Int, of: X.Type, per: Int,
+        _ payload: Payload, _ h: ChunkHeader, _ e: ExpectedChunk, sequence: UInt64, count: Int, of: X.Type, per: Int,
         hashingOutput: Bool, _ block: (UnsafePointer<X>, Int, Int) -> UnsafeRawBufferPointer?
     ) throws -> UInt64? {
         guard count > 0 else {
-            try check(Self.checksum(frame.bytes), h, e, sequence: sequence)
+            try check(Self.checksum(payload.bytes), h, e, sequence: sequence)
             return nil
         }
         let start = ContinuousClock.now
-        // The frame owns the bytes x points into: keep it alive until they are read.
-        let made: UInt64? = withExtendedLifetime(frame) {
-            let x = aligned(frame.bytes, as: X.self)
+        // A frame owns the bytes x points into: keep it alive until they are read.
+        let made: UInt64? = withExtendedLifetime(payload) {
+            let x = aligned(payload.bytes, as: X.self)
             inputHash.reset()
             if hashingOutput { outputHash.reset() }
             for lower in stride(from: 0, to: count, by: per) {

@@ -12,6 +12,10 @@ public struct RingOptions: Sendable {
     /// buffer and sums it on each rank (`Ring.gatherSum`): N-1 hops instead of 2(N-1), for buffers
     /// whose time is the hops' (measured: docs/ARCHITECTURE.md). 0: always the ring schedule.
     public var gatherSumBytes = 32 << 10
+    /// Slots (of `chunkBytes` each) of the shared-memory lane a rank sends into when its right
+    /// neighbour listens on an ipc:// address (`SharedLane`): chunks skip the socket's two copies while
+    /// a slot is free. 0: no lanes. Neighbours must agree on it and on `chunkBytes`.
+    public var laneSlots = 8
     /// Hash of the parameter layout; ranks that disagree fail at the first message.
     public var layoutFingerprint: UInt64 = 0
     /// CURVE on the links (nil: plaintext, any peer may connect).

@@ -24,6 +24,8 @@ public struct RingStatistics: Sendable, Codable {
     public var checksumming: Duration = .zero
     /// payload bytes handed to the right neighbour (headers not counted)
     public var bytesSent = 0
+    /// of those, the bytes that went through a shared-memory lane (same-host links)
+    public var laneBytesSent = 0
     public init() {}
 
     /// The time spent between two snapshots.
@@ -31,13 +33,13 @@ public struct RingStatistics: Sendable, Codable {
         var d = RingStatistics()
         (d.waiting, d.sending) = (a.waiting - b.waiting, a.sending - b.sending)
         (d.reducing, d.checksumming) = (a.reducing - b.reducing, a.checksumming - b.checksumming)
-        d.bytesSent = a.bytesSent - b.bytesSent
+        (d.bytesSent, d.laneBytesSent) = (a.bytesSent - b.bytesSent, a.laneBytesSent - b.laneBytesSent)
         return d
     }
 
     public static func += (a: inout RingStatistics, b: RingStatistics) {
         (a.waiting, a.sending) = (a.waiting + b.waiting, a.sending + b.sending)
         (a.reducing, a.checksumming) = (a.reducing + b.reducing, a.checksumming + b.checksumming)
-        a.bytesSent += b.bytesSent
+        (a.bytesSent, a.laneBytesSent) = (a.bytesSent + b.bytesSent, a.laneBytesSent + b.laneBytesSent)
     }
 }

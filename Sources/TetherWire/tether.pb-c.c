@@ -2233,7 +2233,7 @@ const ProtobufCMessageDescriptor tether__v1__hello__descriptor =
   (ProtobufCMessageInit) tether__v1__hello__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tether__v1__chunk_header__field_descriptors[16] =
+static const ProtobufCFieldDescriptor tether__v1__chunk_header__field_descriptors[17] =
 {
   {
     "operation",
@@ -2427,6 +2427,18 @@ static const ProtobufCFieldDescriptor tether__v1__chunk_header__field_descriptor
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "lane_slot",
+    17,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_UINT64,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__ChunkHeader, lane_slot),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tether__v1__chunk_header__field_indices_by_name[] = {
   3,   /* field[3] = bucket */
@@ -2434,6 +2446,7 @@ static const unsigned tether__v1__chunk_header__field_indices_by_name[] = {
   5,   /* field[5] = chunk_index */
   6,   /* field[6] = dtype */
   9,   /* field[9] = element_count */
+  16,   /* field[16] = lane_slot */
   11,   /* field[11] = layout_fingerprint */
   8,   /* field[8] = offset */
   0,   /* field[0] = operation */
@@ -2449,7 +2462,7 @@ static const unsigned tether__v1__chunk_header__field_indices_by_name[] = {
 static const ProtobufCIntRange tether__v1__chunk_header__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 16 }
+  { 0, 17 }
 };
 const ProtobufCMessageDescriptor tether__v1__chunk_header__descriptor =
 {
@@ -2459,7 +2472,7 @@ const ProtobufCMessageDescriptor tether__v1__chunk_header__descriptor =
   "Tether__V1__ChunkHeader",
   "tether.v1",
   sizeof(Tether__V1__ChunkHeader),
-  16,
+  17,
   tether__v1__chunk_header__field_descriptors,
   tether__v1__chunk_header__field_indices_by_name,
   1,  tether__v1__chunk_header__number_ranges,

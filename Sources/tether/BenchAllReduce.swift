@@ -23,6 +23,11 @@ struct BenchAllReduce: ParsableCommand {
         .ipc
     @Option(help: "Chunk size in bytes (default \(RingOptions().chunkBytes)).") var chunk: Int?
     @Option(
+        help:
+            "Slots of the shared-memory lane beside each ipc link (default \(RingOptions().laneSlots), each a chunk; 0: payloads through the unix socket)."
+    )
+    var laneSlots: Int?
+    @Option(
         name: .customLong("dtype"),
         help: "The values on the wire: f32, or f16/bf16 (narrowed as sent, summed in f32; --size is still of the float32 buffer).")
     var wire: WireType = .f32
@@ -52,6 +57,7 @@ struct BenchAllReduce: ParsableCommand {
         guard timeout > 0 else { throw ValidationError("--timeout must be positive") }
         _ = try Self.parseBytes(size)
         if let chunk, chunk < 4 { throw ValidationError("--chunk must be at least 4 bytes") }
+        if let laneSlots, !(0...1024).contains(laneSlots) { throw ValidationError("--lane-slots must be in 0...1024 (got \(laneSlots))") }
         if (rank == nil) != (addresses == nil) { throw ValidationError("--rank and --addresses go together") }
         if let rank, let addresses {
             let n = addresses.split(separator: ",").count
@@ -76,6 +82,7 @@ struct BenchAllReduce: ParsableCommand {
         var o = RingOptions()
         o.timeout = .milliseconds(Int(timeout * 1000))
         if let chunk { o.chunkBytes = chunk }
+        if let laneSlots { o.laneSlots = laneSlots }
         o.jobID = "bench-allreduce"
         return o
     }
@@ -163,6 +170,7 @@ struct BenchAllReduce: ParsableCommand {
                 "--iterations", "\(iterations)", "--warmup", "\(warmup)", "--timeout", "\(timeout)"
             ]
             if let chunk { args += ["--chunk", "\(chunk)"] }
+            if let laneSlots { args += ["--lane-slots", "\(laneSlots)"] }
             if check { args.append("--check") }
             args += ["--dtype", dtype.description]
             p.arguments = args + security
@@ -220,6 +228,7 @@ struct BenchAllReduce: ParsableCommand {
                 "algbw_gbps": algbw, "busbw_gbps": busbw,
                 // what this rank handed its right neighbour (payload, no headers): the schedule's bytes
                 "payload_bytes_per_iteration": s.bytesSent / max(iterations, 1),
+                "lane_bytes_per_iteration": s.laneBytesSent / max(iterations, 1),
                 "ms_per_iteration": [
                     "waiting": perIteration(s.waiting), "sending": perIteration(s.sending),
                     "reducing": perIteration(s.reducing), "checksumming": perIteration(s.checksumming)

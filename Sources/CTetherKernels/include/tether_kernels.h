@@ -64,6 +64,11 @@ int tether_cpu_vector_level(void);
 /// per-message buffers) reuse heap memory instead of fresh zero-filled mappings. Process-wide.
 void tether_keep_heap_memory(size_t mmap_threshold, size_t trim_threshold);
 
+/// A counter in memory shared between processes (a shared-memory lane's slots taken): read with
+/// acquire, written with release ordering.
+uint64_t tether_shared_load(const uint64_t *counter);
+void tether_shared_store(uint64_t *counter, uint64_t value);
+
 /// A count of buffers lent to another thread (libzmq's zero-copy sends): add before lending; the
 /// borrower calls tether_pending_release (a zmq_free_fn) with the counter as its hint when done.
 void tether_pending_add(long *pending, long n);

@@ -598,10 +598,15 @@ struct  Tether__V1__ChunkHeader
    * step (ORed like stop_vote).
    */
   protobuf_c_boolean reform_vote;
+  /*
+   * Same-host links: the payload is in the sender's shared-memory lane, in its lane_slot-th slot
+   * (counted from 1; the payload frame is then empty); 0: the payload is the frame.
+   */
+  uint64_t lane_slot;
 };
 #define TETHER__V1__CHUNK_HEADER__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tether__v1__chunk_header__descriptor) \
-    , TETHER__V1__OPERATION__OPERATION_UNSPECIFIED, 0, 0, 0, 0, 0, TETHER__V1__DTYPE__DTYPE_UNSPECIFIED, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
+    , TETHER__V1__OPERATION__OPERATION_UNSPECIFIED, 0, 0, 0, 0, 0, TETHER__V1__DTYPE__DTYPE_UNSPECIFIED, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
 
 
 /*

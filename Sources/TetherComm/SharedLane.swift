@@ -1,0 +1,126 @@
+import CTetherKernels
+import CXXHash
+import Foundation
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// A one-way shared-memory lane from a rank to its right neighbour on the same host, beside their unix
+/// socket (NCCL's SHM transport does the like): the sender copies a chunk's payload into the lane's next
+/// free slot and sends only the header over the socket (`ChunkHeader.laneSlot`, the payload frame
+/// empty); the receiver reads the payload where it lies. A unix socket copies every byte twice (into
+/// the kernel, out of it into libzmq's buffer); the lane copies it once. When no slot is free the
+/// chunk goes over the socket as before, so a full lane never blocks and never deadlocks the ring.
+///
+/// The file is in /dev/shm (memory, not disk), named from the receiver's socket path and the user.
+/// The sender makes it before its handshake (mode 0600, `O_EXCL`: a name another user holds means no
+/// lane) with its pages reserved up front (a full /dev/shm, 64 MB in a container by default, means no
+/// lane, not a SIGBUS later); the receiver maps it when that handshake arrives, only after checking
+/// that it is this user's own, private and of this ring's shape, and unlinks it at once, so nothing
+/// of it outlives the two processes. A sender whose lane was never opened unlinks it when it closes.
+///
+/// Layout: a control page (magic, slots, slot size; at byte 64 the count of slots the receiver is
+/// done with, written by the receiver alone), then `slots` slots of `slotBytes` (page-aligned).
+/// Trust: only this user can open the file, and this user could as well ptrace either process; the
+/// receiver still range-checks everything it reads from the header, and checks the payload's XXH3.
+final class SharedLane {
+    let path: String
+    let slots: Int, slotBytes: Int
+    private let base: UnsafeMutableRawPointer, length: Int
+
+    private static let magic: UInt64 = 0x454e_414c_5254_4554  // "TETRLANE", little-endian
+    private static let page = 4096
+    private static let consumedOffset = 64
+
+    /// The lane into the rank listening on `socketPath` (an ipc:// address's path).
+    static func path(forSocket socketPath: String) -> String {
+        let hash = socketPath.withCString { XXH3_64bits($0, strlen($0)) }
+        return "/dev/shm/tether-lane-\(getuid())-" + String(hash, radix: 16)
+    }
+
+    private static func slotStride(_ slotBytes: Int) -> Int { (slotBytes + page - 1) / page * page }
+    /// The file's length; nil when it does not fit an Int (the chunk size is the user's to set).
+    private static func length(slots: Int, slotBytes: Int) -> Int? {
+        guard slotBytes <= Int.max - page else { return nil }
+        let (all, overflow) = slots.multipliedReportingOverflow(by: slotStride(slotBytes))
+        return overflow || all > Int.max - page ? nil : page + all
+    }
+
+    private init(path: String, slots: Int, slotBytes: Int, base: UnsafeMutableRawPointer, length: Int) {
+        (self.path, self.slots, self.slotBytes, self.base, self.length) = (path, slots, slotBytes, base, length)
+    }
+
+    deinit { munmap(base, length) }
+
+    /// The sender's side: a new lane into the rank listening on `socketPath`, or nil where none can be
+    /// made (no /dev/shm, the name held by another user, no memory left there).
+    static func create(forSocket socketPath: String, slots: Int, slotBytes: Int) -> SharedLane? {
+        guard slots > 0, slotBytes > 0, let length = length(slots: slots, slotBytes: slotBytes) else { return nil }
+        let path = path(forSocket: socketPath)
+        // a lane an earlier ring of this user's left at this name (another user's stays: /dev/shm is sticky)
+        unlink(path)
+        let fd = Glibc.open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        guard posix_fallocate(fd, 0, off_t(length)) == 0, let p = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0),
+            p != MAP_FAILED
+        else {
+            unlink(path)
+            return nil
+        }
+        let control = p.assumingMemoryBound(to: UInt64.self)
+        (control[0], control[1], control[2]) = (magic, UInt64(slots), UInt64(slotBytes))
+        return SharedLane(path: path, slots: slots, slotBytes: slotBytes, base: p, length: length)
+    }
+
+    /// Why a lane was refused, for the receiver's error.
+    struct Refusal: Error {
+        let reason: String
+        /// there is no lane by that name (the sender made none)
+        var missing = false
+    }
+
+    /// The receiver's side: maps the lane the left neighbour made into the socket at `socketPath`, if it
+    /// is this user's own and private and has the `slots` x `slotBytes` this rank expects; then unlinks it.
+    static func open(forSocket socketPath: String, slots: Int, slotBytes: Int) throws(Refusal) -> SharedLane {
+        let path = path(forSocket: socketPath)
+        let fd = Glibc.open(path, O_RDWR | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else { throw Refusal(reason: "\(path): \(String(cString: strerror(errno)))", missing: errno == ENOENT) }
+        defer { close(fd) }
+        guard let length = length(slots: slots, slotBytes: slotBytes) else {
+            throw Refusal(reason: "\(slots) slots of \(slotBytes) bytes do not fit in memory")
+        }
+        var info = stat()
+        guard fstat(fd, &info) == 0, info.st_mode & S_IFMT == S_IFREG, info.st_uid == getuid(), info.st_mode & 0o077 == 0 else {
+            throw Refusal(reason: "\(path) is not a private file of this user's")
+        }
+        guard info.st_size == off_t(length) else {
+            throw Refusal(reason: "\(path) has \(info.st_size) bytes, this rank expects \(length) (\(slots) slots of \(slotBytes) bytes)")
+        }
+        guard let p = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED else {
+            throw Refusal(reason: "\(path) cannot be mapped: \(String(cString: strerror(errno)))")
+        }
+        let control = p.assumingMemoryBound(to: UInt64.self)
+        guard control[0] == magic, control[1] == UInt64(slots), control[2] == UInt64(slotBytes) else {
+            munmap(p, length)
+            throw Refusal(reason: "\(path) is not a lane of \(slots) slots of \(slotBytes) bytes")
+        }
+        unlink(path)
+        return SharedLane(path: path, slots: slots, slotBytes: slotBytes, base: p, length: length)
+    }
+
+    /// The `number`-th slot used on this lane (from 0), `slotBytes` long.
+    func slot(_ number: UInt64) -> UnsafeMutableRawPointer {
+        base + Self.page + Int(number % UInt64(slots)) * Self.slotStride(slotBytes)
+    }
+
+    /// How many slots the receiver is done with (it may reuse none of them before; the sender none after).
+    var consumed: UInt64 {
+        get { tether_shared_load((base + Self.consumedOffset).assumingMemoryBound(to: UInt64.self)) }
+        set { tether_shared_store((base + Self.consumedOffset).assumingMemoryBound(to: UInt64.self), newValue) }
+    }
+
+    /// Removes the name (the sender's, when the receiver never opened it); the mapping stays.
+    func unlinkName() { unlink(path) }
+}
