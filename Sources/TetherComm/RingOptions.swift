@@ -14,8 +14,10 @@ public struct RingOptions: Sendable {
     public var gatherSumBytes = 32 << 10
     /// Slots (of `chunkBytes` each) of the shared-memory lane a rank sends into when its right
     /// neighbour listens on an ipc:// address (`SharedLane`): chunks skip the socket's two copies while
-    /// a slot is free. 0: no lanes. Neighbours must agree on it and on `chunkBytes`.
-    public var laneSlots = 8
+    /// a slot is free. A rank's own first chunks of an all-reduce (its whole segment) leave at once, so
+    /// fewer slots than a segment has chunks send the rest over the socket (measured:
+    /// docs/ARCHITECTURE.md). 0: no lanes. Neighbours must agree on it and on `chunkBytes`.
+    public var laneSlots = 32
     /// Hash of the parameter layout; ranks that disagree fail at the first message.
     public var layoutFingerprint: UInt64 = 0
     /// CURVE on the links (nil: plaintext, any peer may connect).

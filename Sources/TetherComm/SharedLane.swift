@@ -15,8 +15,8 @@ import Foundation
 ///
 /// The file is in /dev/shm (memory, not disk), named from the receiver's socket path and the user.
 /// The sender makes it before its handshake (mode 0600, `O_EXCL`: a name another user holds means no
-/// lane) with its pages reserved up front (a full /dev/shm, 64 MB in a container by default, means no
-/// lane, not a SIGBUS later); the receiver maps it when that handshake arrives, only after checking
+/// lane) with its pages reserved up front, and only where it takes at most half of what /dev/shm has
+/// free (a full /dev/shm, 64 MB in a container by default, means no lane, not a SIGBUS later); the receiver maps it when that handshake arrives, only after checking
 /// that it is this user's own, private and of this ring's shape, and unlinks it at once, so nothing
 /// of it outlives the two processes. A sender whose lane was never opened unlinks it when it closes.
 ///
@@ -57,6 +57,10 @@ final class SharedLane {
     /// made (no /dev/shm, the name held by another user, no memory left there).
     static func create(forSocket socketPath: String, slots: Int, slotBytes: Int) -> SharedLane? {
         guard slots > 0, slotBytes > 0, let length = length(slots: slots, slotBytes: slotBytes) else { return nil }
+        // a lane takes at most half of what /dev/shm has free: other programs use it too (a
+        // container's is 64 MB unless `--shm-size` says otherwise)
+        var fs = statvfs()
+        guard statvfs("/dev/shm", &fs) == 0, UInt64(length) <= UInt64(fs.f_bavail) * UInt64(fs.f_frsize) / 2 else { return nil }
         let path = path(forSocket: socketPath)
         // a lane an earlier ring of this user's left at this name (another user's stays: /dev/shm is sticky)
         unlink(path)

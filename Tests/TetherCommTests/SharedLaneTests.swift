@@ -58,7 +58,7 @@ import Testing
         let lane = { (socket: String, slots: Int) in
             _ = try #require(SharedLane.create(forSocket: socket, slots: slots, slotBytes: chunk))
         }
-        func header(_ fake: RingFaultTests.FakeNeighbour, slot: UInt64, count: Int = 4) -> ChunkHeader {
+        @Sendable func header(_ fake: RingFaultTests.FakeNeighbour, slot: UInt64, count: Int = 4) -> ChunkHeader {
             var h = fake.header(.allReduce, sequence: 1, total: 8, offset: 4, count: count)
             (h.laneSlot, h.checksum) = (slot, 1)
             return h
