@@ -188,9 +188,28 @@ public final class Ring {
         head.votes = vote
         var anyVote = vote
         let segments = (0..<size).map { segment($0, of: n) }
-        for (i, c) in chunks(segments[rank], perChunk).enumerated() {
-            try send(head, ringStep: 0, index: i, offset: c.lowerBound, try own(c))
+        // This rank's own chunks (ring step 0) leave while the link's lane has room (all at once where
+        // there is none): a burst past its slots would go over the socket. The rest go out after each
+        // chunk received in ring step 0, and all before any of step 1, which waits for them; reduced
+        // chunks made meanwhile are held (their memory is not written again before the right
+        // neighbour has them) and follow in order. Waiting for room cannot deadlock: the right
+        // neighbour is still receiving this rank's step-0 chunks, so it frees slots.
+        let mine = chunks(segments[rank], perChunk)
+        var ownSent = 0
+        var held: [(header: ChunkHeader, index: Int, range: Range<Int>, made: UInt64?)] = []
+        func sendOwn(waiting: Bool) throws {
+            while ownSent < mine.count {
+                if link?.laneHasRoom == false {
+                    guard waiting else { return }
+                    try link?.waitForLaneRoom()
+                }
+                try send(head, ringStep: 0, index: ownSent, offset: mine[ownSent].lowerBound, try own(mine[ownSent]))
+                ownSent += 1
+            }
+            for h in held { try send(h.header, ringStep: 1, index: h.index, offset: h.range.lowerBound, onward(h.range, h.made)) }
+            held.removeAll()
         }
+        try sendOwn(waiting: false)
         let lastStep = 2 * (size - 1) - 1
         for ringStep in 0...lastStep {
             let reducing = ringStep < size - 1
@@ -205,10 +224,16 @@ public final class Ring {
                 next.votes = reducing ? h.votes.union(vote) : h.votes
                 anyVote.formUnion(next.votes)
                 guard ringStep < lastStep else { continue }
+                if ownSent < mine.count {  // ring step 0 only: a reduced chunk, its memory this rank's
+                    held.append((next, i, c, made))
+                    try sendOwn(waiting: false)
+                    continue
+                }
                 try send(
                     next, ringStep: ringStep + 1, index: i, offset: c.lowerBound,
                     reducing ? onward(c, made) : .forwarded(payload, checksum: h.checksum))
             }
+            if ringStep == 0 { try sendOwn(waiting: true) }
         }
         return anyVote
     }

@@ -46,10 +46,15 @@ final class RingLink {
         push = try ZeroMQSocket(context, .push)
         // Every message on a link is one chunk header and at most one chunk.
         try pull.setMaxMessageSize(options.chunkBytes + 64 << 10)
+        // CURVE on TCP links. A unix socket is reachable only by this user (it lies in a private
+        // folder: the job's runtime folder, checked by `AssignCheck`), who can read the cluster key
+        // anyway; its payloads mostly go through the shared-memory lane, which no cipher covers.
         if let curve = options.curve {
-            curve.authenticator.allow([curve.leftPublicKey], domain: "ring")
-            try pull.secure(.server(curve.keys, domain: "ring", curve.authenticator))
-            try push.secure(.client(curve.keys, serverKey: curve.rightPublicKey))
+            if !addresses[rank].hasPrefix("ipc://") {
+                curve.authenticator.allow([curve.leftPublicKey], domain: "ring")
+                try pull.secure(.server(curve.keys, domain: "ring", curve.authenticator))
+            }
+            if !rightAddress.hasPrefix("ipc://") { try push.secure(.client(curve.keys, serverKey: curve.rightPublicKey)) }
         }
         let bindDeadline = ContinuousClock.now + .seconds(1)
         while true {
@@ -212,7 +217,7 @@ final class RingLink {
     /// Copies `bytes` into the lane's next slot if one is free and returns that slot's number (from 1);
     /// 0: they go over the socket.
     private func intoLane(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
-        guard let lane = outLane, let p = bytes.baseAddress, bytes.count <= lane.slotBytes else { return 0 }
+        guard let lane = outLane, let p = bytes.baseAddress, bytes.count > 0, bytes.count <= lane.slotBytes else { return 0 }
         let done = lane.consumed
         // the count is the receiver's to write: one ahead of what was sent ends the lane
         guard done <= outLaneUsed else {
@@ -236,6 +241,33 @@ final class RingLink {
             throw CollectiveError(message: "rank \(rank): cannot read rank \(left)'s shared-memory lane: \(error.reason)")
         }
         return inLane
+    }
+
+    /// Whether the next chunk would find a free lane slot (nil: this link has no lane).
+    var laneHasRoom: Bool? {
+        guard let outLane else { return nil }
+        let done = outLane.consumed
+        return done > outLaneUsed || outLaneUsed - done < UInt64(outLane.slots)
+    }
+
+    /// Waits until the lane has a free slot: the right neighbour frees them as it receives, so only a
+    /// caller that knows it is still receiving may wait (`Ring`'s first ring step).
+    func waitForLaneRoom() throws {
+        let deadline = ContinuousClock.now + options.timeout
+        var polls = 0
+        while laneHasRoom == false {
+            if let abandon = options.abandon, abandon() {
+                throw CollectiveError(message: "rank \(rank): the ring was abandoned (waiting for a free lane slot)", abandoned: true)
+            }
+            guard ContinuousClock.now < deadline else {
+                throw CollectiveError(
+                    message:
+                        "rank \(rank): rank \(right) (\(rightAddress)) took none of this rank's chunks from their shared-memory lane within \(options.timeout)"
+                )
+            }
+            polls += 1
+            if polls < 64 { sched_yield() } else { usleep(20) }
+        }
     }
 
     /// Lets the left neighbour reuse the lane slots of every payload received so far.

@@ -12,7 +12,8 @@ public enum Transport: String, CaseIterable, Sendable {
             return try Self.freeLoopbackPorts(n).map { "tcp://127.0.0.1:\($0)" }
         case .ipc:
             let dir = FileManager.default.temporaryDirectory.appendingPathComponent(Self.ipcFolderPrefix + UUID().uuidString.prefix(8))
-            try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+            // private, as a job's runtime folder is: only this user may reach the sockets
+            try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
             return (0..<n).map { "ipc://\(dir.path)/rank\($0)" }
         case .inproc:
             let id = UUID().uuidString.prefix(8)
