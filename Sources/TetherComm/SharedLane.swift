@@ -53,14 +53,17 @@ final class SharedLane {
 
     deinit { munmap(base, length) }
 
-    /// The sender's side: a new lane into the rank listening on `socketPath`, or nil where none can be
-    /// made (no /dev/shm, the name held by another user, no memory left there).
-    static func create(forSocket socketPath: String, slots: Int, slotBytes: Int) -> SharedLane? {
-        guard slots > 0, slotBytes > 0, let length = length(slots: slots, slotBytes: slotBytes) else { return nil }
-        // a lane takes at most half of what /dev/shm has free: other programs use it too (a
-        // container's is 64 MB unless `--shm-size` says otherwise)
+    /// The sender's side: a new lane into the rank listening on `socketPath`, of at most `slots` slots,
+    /// or nil where none can be made (no /dev/shm, the name held by another user, no memory left there).
+    /// A lane takes at most half of what /dev/shm has free (other programs use it too; a container's
+    /// is 64 MB unless `--shm-size` says otherwise): fewer slots where that is less, none under two.
+    static func create(forSocket socketPath: String, slots most: Int, slotBytes: Int) -> SharedLane? {
         var fs = statvfs()
-        guard statvfs("/dev/shm", &fs) == 0, UInt64(length) <= UInt64(fs.f_bavail) * UInt64(fs.f_frsize) / 2 else { return nil }
+        guard most > 0, slotBytes > 0, slotBytes <= Int.max - page, statvfs("/dev/shm", &fs) == 0 else { return nil }
+        let (free, overflow) = Int(clamping: fs.f_bavail).multipliedReportingOverflow(by: Int(clamping: fs.f_frsize))
+        let fitting = ((overflow ? Int.max : free) / 2 - page) / slotStride(slotBytes)
+        let slots = min(most, fitting)
+        guard slots >= 2, let length = length(slots: slots, slotBytes: slotBytes) else { return nil }
         let path = path(forSocket: socketPath)
         // a lane an earlier ring of this user's left at this name (another user's stays: /dev/shm is sticky)
         unlink(path)
@@ -86,29 +89,30 @@ final class SharedLane {
     }
 
     /// The receiver's side: maps the lane the left neighbour made into the socket at `socketPath`, if it
-    /// is this user's own and private and has the `slots` x `slotBytes` this rank expects; then unlinks it.
-    static func open(forSocket socketPath: String, slots: Int, slotBytes: Int) throws(Refusal) -> SharedLane {
+    /// is this user's own and private, of slots of `slotBytes`, at most `most` of them (the sender may
+    /// have made fewer), and as long as they say; then unlinks it.
+    static func open(forSocket socketPath: String, slots most: Int, slotBytes: Int) throws(Refusal) -> SharedLane {
         let path = path(forSocket: socketPath)
         let fd = Glibc.open(path, O_RDWR | O_NOFOLLOW | O_CLOEXEC)
         guard fd >= 0 else { throw Refusal(reason: "\(path): \(String(cString: strerror(errno)))", missing: errno == ENOENT) }
         defer { close(fd) }
-        guard let length = length(slots: slots, slotBytes: slotBytes) else {
-            throw Refusal(reason: "\(slots) slots of \(slotBytes) bytes do not fit in memory")
-        }
         var info = stat()
         guard fstat(fd, &info) == 0, info.st_mode & S_IFMT == S_IFREG, info.st_uid == getuid(), info.st_mode & 0o077 == 0 else {
             throw Refusal(reason: "\(path) is not a private file of this user's")
         }
-        guard info.st_size == off_t(length) else {
-            throw Refusal(reason: "\(path) has \(info.st_size) bytes, this rank expects \(length) (\(slots) slots of \(slotBytes) bytes)")
+        // the control page's first words: magic, slots, slot size (the sender's: checked before use)
+        var control = [UInt64](repeating: 0, count: 3)
+        guard control.withUnsafeMutableBytes({ pread(fd, $0.baseAddress, $0.count, 0) }) == 24, control[0] == magic,
+            control[2] == UInt64(slotBytes), control[1] >= 2, control[1] <= UInt64(max(most, 0))
+        else {
+            throw Refusal(reason: "\(path) is not a lane of at most \(most) slots of \(slotBytes) bytes")
+        }
+        let slots = Int(control[1])
+        guard let length = length(slots: slots, slotBytes: slotBytes), info.st_size == off_t(length) else {
+            throw Refusal(reason: "\(path) has \(info.st_size) bytes, not the \(slots) slots of \(slotBytes) bytes it says")
         }
         guard let p = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED else {
             throw Refusal(reason: "\(path) cannot be mapped: \(String(cString: strerror(errno)))")
-        }
-        let control = p.assumingMemoryBound(to: UInt64.self)
-        guard control[0] == magic, control[1] == UInt64(slots), control[2] == UInt64(slotBytes) else {
-            munmap(p, length)
-            throw Refusal(reason: "\(path) is not a lane of \(slots) slots of \(slotBytes) bytes")
         }
         unlink(path)
         return SharedLane(path: path, slots: slots, slotBytes: slotBytes, base: p, length: length)

@@ -84,13 +84,40 @@ import Testing
             try lane(socket, slots + 1)
             try fake.send(header(fake, slot: 1), payload: [])
         }
-        #expect(e.contains("this rank expects"), "\(e)")
+        #expect(e.contains("is not a lane of at most \(slots) slots of \(chunk) bytes"), "\(e)")
+        e = try refusal { fake, socket in
+            try lane(socket, 4)
+            truncate(SharedLane.path(forSocket: socket), 4096)
+            try fake.send(header(fake, slot: 1), payload: [])
+        }
+        #expect(e.contains("has 4096 bytes, not the 4 slots of \(chunk) bytes it says"), "\(e)")
         e = try refusal { fake, socket in
             try lane(socket, slots)
             chmod(SharedLane.path(forSocket: socket), 0o644)
             try fake.send(header(fake, slot: 1), payload: [])
         }
         #expect(e.contains("is not a private file of this user's"), "\(e)")
+    }
+
+    /// A sender short of /dev/shm makes fewer slots than the receiver's options allow: the receiver
+    /// takes the lane as it is, and the payload in its first slot is summed.
+    @Test func aLaneOfFewerSlotsIsTaken() throws {
+        let ring = try TestRing(2, .ipc)
+        let socket = String(ring.addresses[0].dropFirst("ipc://".count))
+        // rank 0's own lane into the hand-driven rank too: it never opens it
+        defer { for a in ring.addresses { unlink(SharedLane.path(forSocket: String(a.dropFirst("ipc://".count)))) } }
+        let result = try RingFaultTests().rank0AllReduce(ring) { fake in
+            let lane = try #require(SharedLane.create(forSocket: socket, slots: 2, slotBytes: RingOptions().chunkBytes))
+            let ones = Self.bytes(1, 4)
+            ones.withUnsafeBytes { lane.slot(0).copyMemory(from: $0.baseAddress!, byteCount: 16) }
+            var h = fake.header(.allReduce, sequence: 1, total: 8, offset: 4, count: 4)
+            (h.laneSlot, h.checksum) = (1, ones.withUnsafeBytes { RingLink.checksum($0) })
+            try fake.send(h, payload: [])
+            var reduced = fake.header(.allReduce, sequence: 1, total: 8, offset: 0, count: 4)
+            reduced.ringStep = 1
+            try fake.send(reduced, payload: Self.bytes(2, 4))
+        }
+        #expect(result == "", "\(result)")
     }
 
     /// The receiver's count of slots it is done with is its own to write: a sender that finds it ahead
