@@ -11,14 +11,16 @@ import Foundation
 /// free slot and sends only the header over the socket (`ChunkHeader.laneSlot`, the payload frame
 /// empty); the receiver reads the payload where it lies. A unix socket copies every byte twice (into
 /// the kernel, out of it into libzmq's buffer); the lane copies it once. When no slot is free the
-/// chunk goes over the socket as before, so a full lane never blocks and never deadlocks the ring.
+/// chunk goes over the socket as before (only `Ring`'s first ring step waits for a slot, where that
+/// cannot deadlock).
 ///
 /// The file is in /dev/shm (memory, not disk), named from the receiver's socket path and the user.
 /// The sender makes it before its handshake (mode 0600, `O_EXCL`: a name another user holds means no
-/// lane) with its pages reserved up front, and only where it takes at most half of what /dev/shm has
-/// free (a full /dev/shm, 64 MB in a container by default, means no lane, not a SIGBUS later); the receiver maps it when that handshake arrives, only after checking
-/// that it is this user's own, private and of this ring's shape, and unlinks it at once, so nothing
-/// of it outlives the two processes. A sender whose lane was never opened unlinks it when it closes.
+/// lane) with its pages reserved up front, sized to at most half of what /dev/shm has free (a full
+/// /dev/shm, 64 MB in a container by default, means no lane, not a SIGBUS later). The receiver maps
+/// it when that handshake arrives, only after checking that it is this user's own, private and of
+/// its slot size, and unlinks it at once, so nothing of it outlives the two processes. A sender whose
+/// lane was never opened unlinks it when it closes.
 ///
 /// Layout: a control page (magic, slots, slot size; at byte 64 the count of slots the receiver is
 /// done with, written by the receiver alone), then `slots` slots of `slotBytes` (page-aligned).
