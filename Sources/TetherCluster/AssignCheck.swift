@@ -92,8 +92,7 @@ public struct AssignCheck: Sendable {
             else { return "expected tcp://HOST:PORT" }
             return nil
         }
-        if address.hasPrefix("ipc://") {
-            let path = String(address.dropFirst(6))
+        if let path = Transport.ipcPath(address) {
             guard !path.contains("/../"), path.hasPrefix((runtimeDirectory ?? "") + "/"), !path.contains("\0") else {
                 return "an ipc socket must lie in this job's runtime folder \(runtimeDirectory ?? "(an absolute path)")"
             }

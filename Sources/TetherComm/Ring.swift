@@ -199,7 +199,7 @@ public final class Ring {
         var held: [(header: ChunkHeader, index: Int, range: Range<Int>, made: UInt64?)] = []
         func sendOwn(waiting: Bool) throws {
             while ownSent < mine.count {
-                if link?.laneHasRoom == false {
+                if link?.laneHasRoom() == false {
                     guard waiting else { return }
                     try link?.waitForLaneRoom()
                 }

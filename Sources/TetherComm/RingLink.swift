@@ -49,12 +49,13 @@ final class RingLink {
         // CURVE on TCP links. A unix socket is reachable only by this user (it lies in a private
         // folder: the job's runtime folder, checked by `AssignCheck`), who can read the cluster key
         // anyway; its payloads mostly go through the shared-memory lane, which no cipher covers.
+        let ownSocket = Transport.ipcPath(addresses[rank]), rightSocket = Transport.ipcPath(rightAddress)
         if let curve = options.curve {
-            if !addresses[rank].hasPrefix("ipc://") {
+            if ownSocket == nil {
                 curve.authenticator.allow([curve.leftPublicKey], domain: "ring")
                 try pull.secure(.server(curve.keys, domain: "ring", curve.authenticator))
             }
-            if !rightAddress.hasPrefix("ipc://") { try push.secure(.client(curve.keys, serverKey: curve.rightPublicKey)) }
+            if rightSocket == nil { try push.secure(.client(curve.keys, serverKey: curve.rightPublicKey)) }
         }
         let bindDeadline = ContinuousClock.now + .seconds(1)
         while true {
@@ -66,13 +67,12 @@ final class RingLink {
                 throw CollectiveError(message: "rank \(rank) cannot listen on \(addresses[rank]): \(error)")
             }
         }
-        if addresses[rank].hasPrefix("ipc://") { socketFile = String(addresses[rank].dropFirst(6)) }
+        socketFile = ownSocket
         try listening()
         try push.connect(rightAddress)
         try push.setSendTimeout(options.timeout)
-        if options.laneSlots > 0, rightAddress.hasPrefix("ipc://") {
-            outLane = SharedLane.create(
-                forSocket: String(rightAddress.dropFirst(6)), slots: options.laneSlots, slotBytes: options.chunkBytes)
+        if options.laneSlots > 0, let rightSocket {
+            outLane = SharedLane.create(forSocket: rightSocket, slots: options.laneSlots, slotBytes: options.chunkBytes)
         }
     }
 
@@ -217,14 +217,8 @@ final class RingLink {
     /// Copies `bytes` into the lane's next slot if one is free and returns that slot's number (from 1);
     /// 0: they go over the socket.
     private func intoLane(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
-        guard let lane = outLane, let p = bytes.baseAddress, bytes.count > 0, bytes.count <= lane.slotBytes else { return 0 }
-        let done = lane.consumed
-        // the count is the receiver's to write: one ahead of what was sent ends the lane
-        guard done <= outLaneUsed else {
-            outLane = nil
-            return 0
-        }
-        guard outLaneUsed - done < UInt64(lane.slots) else { return 0 }
+        guard let lane = outLane, let p = bytes.baseAddress, bytes.count > 0, bytes.count <= lane.slotBytes, laneHasRoom() == true
+        else { return 0 }
         lane.slot(outLaneUsed).copyMemory(from: p, byteCount: bytes.count)
         outLaneUsed += 1
         return outLaneUsed
@@ -243,11 +237,16 @@ final class RingLink {
         return inLane
     }
 
-    /// Whether the next chunk would find a free lane slot (nil: this link has no lane).
-    var laneHasRoom: Bool? {
+    /// Whether the next chunk would find a free lane slot (nil: this link has no lane). The count of
+    /// slots the receiver is done with is its own to write: one ahead of what was sent ends the lane.
+    func laneHasRoom() -> Bool? {
         guard let outLane else { return nil }
         let done = outLane.consumed
-        return done > outLaneUsed || outLaneUsed - done < UInt64(outLane.slots)
+        guard done <= outLaneUsed else {
+            self.outLane = nil
+            return nil
+        }
+        return outLaneUsed - done < UInt64(outLane.slots)
     }
 
     /// Waits until the lane has a free slot: the right neighbour frees them as it receives, so only a
@@ -255,7 +254,7 @@ final class RingLink {
     func waitForLaneRoom() throws {
         let deadline = ContinuousClock.now + options.timeout
         var polls = 0
-        while laneHasRoom == false {
+        while laneHasRoom() == false {
             if let abandon = options.abandon, abandon() {
                 throw CollectiveError(message: "rank \(rank): the ring was abandoned (waiting for a free lane slot)", abandoned: true)
             }

@@ -23,10 +23,15 @@ public enum Transport: String, CaseIterable, Sendable {
 
     static let ipcFolderPrefix = "tether-ipc-"
 
+    /// The socket file of an ipc:// address; nil for any other.
+    public static func ipcPath(_ address: String) -> String? {
+        address.hasPrefix("ipc://") ? String(address.dropFirst("ipc://".count)) : nil
+    }
+
     /// Removes what `localAddresses` made on disk: an ipc ring's folder; tcp and inproc leave nothing.
     public static func removeLocalAddresses(_ addresses: [String]) {
-        guard let first = addresses.first, first.hasPrefix("ipc://") else { return }
-        let folder = URL(fileURLWithPath: String(first.dropFirst("ipc://".count))).deletingLastPathComponent()
+        guard let first = addresses.first.flatMap(ipcPath) else { return }
+        let folder = URL(fileURLWithPath: first).deletingLastPathComponent()
         if folder.lastPathComponent.hasPrefix(ipcFolderPrefix) { try? FileManager.default.removeItem(at: folder) }
     }
 

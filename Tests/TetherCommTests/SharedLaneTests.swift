@@ -37,7 +37,7 @@ import Testing
             #expect(sockets.laneBytes[r] == 0)
         }
         for address in lanes.addresses {
-            let lane = SharedLane.path(forSocket: String(address.dropFirst("ipc://".count)))
+            let lane = SharedLane.path(forSocket: Transport.ipcPath(address)!)
             #expect(!FileManager.default.fileExists(atPath: lane), "\(lane) was left behind")
         }
     }
@@ -45,7 +45,7 @@ import Testing
     /// Rank 0 of a 2-ring over ipc whose left neighbour is hand-driven: the lane headers it may send.
     func refusal(_ feed: @escaping @Sendable (RingFaultTests.FakeNeighbour, String) throws -> Void) throws -> String {
         let ring = try TestRing(2, .ipc)
-        let socket = String(ring.addresses[0].dropFirst("ipc://".count))
+        let socket = Transport.ipcPath(ring.addresses[0])!
         defer { unlink(SharedLane.path(forSocket: socket)) }
         return try RingFaultTests().rank0AllReduce(ring) { fake in try feed(fake, socket) }
     }
@@ -103,9 +103,9 @@ import Testing
     /// takes the lane as it is, and the payload in its first slot is summed.
     @Test func aLaneOfFewerSlotsIsTaken() throws {
         let ring = try TestRing(2, .ipc)
-        let socket = String(ring.addresses[0].dropFirst("ipc://".count))
+        let socket = Transport.ipcPath(ring.addresses[0])!
         // rank 0's own lane into the hand-driven rank too: it never opens it
-        defer { for a in ring.addresses { unlink(SharedLane.path(forSocket: String(a.dropFirst("ipc://".count)))) } }
+        defer { for a in ring.addresses { unlink(SharedLane.path(forSocket: Transport.ipcPath(a)!)) } }
         let result = try RingFaultTests().rank0AllReduce(ring) { fake in
             let lane = try #require(SharedLane.create(forSocket: socket, slots: 2, slotBytes: RingOptions().chunkBytes))
             let ones = Self.bytes(1, 4)
@@ -129,7 +129,7 @@ import Testing
         let r = try ring.ring(0) { ($0.timeout, $0.gatherSumBytes) = (.seconds(5), 0) }
         let options = RingOptions()
         let lane = try SharedLane.open(
-            forSocket: String(ring.addresses[1].dropFirst("ipc://".count)), slots: options.laneSlots, slotBytes: options.chunkBytes)
+            forSocket: Transport.ipcPath(ring.addresses[1])!, slots: options.laneSlots, slotBytes: options.chunkBytes)
         lane.consumed = 5
         // rank 1's part of rank 0's all-reduce of 8 ones: its segment 1, then the reduced segment 0
         try fake.send(fake.header(.allReduce, sequence: 1, total: 8, offset: 4, count: 4), payload: Self.bytes(1, 4))
