@@ -7,7 +7,7 @@ import Foundation
 /// its own address that only the left neighbour may speak to, and a PUSH socket connected to the right
 /// neighbour's. It sends a chunk (header and payload: copied, lent to libzmq in place, or a received
 /// payload passed on) and receives one, checking every header field against what the schedule expects
-/// (`ExpectedChunk.mismatch`) and the payload's checksum; it adds or copies a payload into a buffer
+/// (`ExpectedChunk.mismatch`) and, on a link that needs one, the payload's checksum; it adds or copies a payload into a buffer
 /// (`consume`), timing each part. It knows nothing of the schedule's order. Towards a right neighbour
 /// listening on a unix socket, payloads go through a shared-memory lane while it has a free slot
 /// (`SharedLane`), the headers through the socket.
@@ -23,6 +23,9 @@ final class RingLink {
     private var dropped = RateLimiter(perSecond: 2)
     /// XXH3 of a received payload and of the chunk made from it, taken block by block as they are used
     private let inputHash = StreamingChecksum(), outputHash = StreamingChecksum()
+    /// Whether payloads from the left neighbour carry an XXH3 checksum to verify, and payloads to the
+    /// right one need one (`checksummed`): the two links may differ, a ring mixing unix sockets and tcp.
+    let verifiesChecksums: Bool, sendsChecksums: Bool
     /// The lane this rank sends into (made at init when the right neighbour's address is ipc://) and
     /// the one it receives from (opened at the first chunk that comes through it); slots used on each,
     /// and how many of the received ones the left neighbour has been told it may reuse.
@@ -41,6 +44,7 @@ final class RingLink {
         let n = addresses.count
         (self.rank, left, right, self.options) = (rank, (rank + n - 1) % n, (rank + 1) % n, options)
         (leftAddress, rightAddress) = (addresses[left], addresses[right])
+        (verifiesChecksums, sendsChecksums) = (Self.checksummed(addresses[rank], options), Self.checksummed(rightAddress, options))
         _ = Self.keepChunkMemory
         pull = try ZeroMQSocket(context, .pull)
         push = try ZeroMQSocket(context, .push)
@@ -74,6 +78,14 @@ final class RingLink {
         if options.laneSlots > 0, let rightSocket {
             outLane = SharedLane.create(forSocket: rightSocket, slots: options.laneSlots, slotBytes: options.chunkBytes)
         }
+    }
+
+    /// Whether the link into `address` carries checksums: only plaintext tcp, whose own 16-bit checksum
+    /// lets corruption through. CURVE authenticates every message (a changed byte fails its MAC and
+    /// libzmq drops the connection), and a unix socket or a shared-memory lane is memory this user's
+    /// processes alone can touch: no wire to corrupt a byte on either (inproc, in tests, likewise).
+    static func checksummed(_ address: String, _ options: RingOptions) -> Bool {
+        options.curve == nil && Transport.ipcPath(address) == nil && !address.hasPrefix("inproc://")
     }
 
     /// libzmq allocates every message's buffer with malloc, and chunks (1 MB) are above glibc's mmap
@@ -159,7 +171,8 @@ final class RingLink {
         /// libzmq reads it in place, later; counted in `lent`. The checksum, if already taken while
         /// the chunk was made.
         case lent(UnsafeRawBufferPointer, checksum: UInt64?)
-        /// a received payload passed on as it is, with the checksum it came with (already verified)
+        /// a received payload passed on as it is, with the checksum it came with (verified, where the
+        /// link it came over carries them; taken here otherwise, if the next one does)
         case forwarded(Payload, checksum: UInt64)
     }
 
@@ -172,23 +185,19 @@ final class RingLink {
         var count: Int { bytes.count }
     }
 
-    /// Sends `base` at (ring step, chunk index, offset) with `payload`, its element count and checksum filled in.
+    /// Sends `base` at (ring step, chunk index, offset) with `payload`, its element count and checksum
+    /// (0 on a link that carries none) filled in.
     func send(_ base: ChunkHeader, ringStep: Int, index: Int, offset: Int, _ payload: Outgoing) throws {
         let t0 = ContinuousClock.now
         var h = base
         (h.ringStep, h.chunkIndex, h.offset) = (UInt32(ringStep), UInt32(index), UInt64(offset))
-        let bytes: UnsafeRawBufferPointer
+        let bytes: UnsafeRawBufferPointer, known: UInt64?
         switch payload {
-        case .copied(let b), .lent(let b, nil):
-            bytes = b
-            h.checksum = Self.checksum(b)
-        case .lent(let b, let checksum?):
-            bytes = b
-            h.checksum = checksum
-        case .forwarded(let p, let checksum):
-            bytes = p.bytes
-            h.checksum = checksum
+        case .copied(let b): (bytes, known) = (b, nil)
+        case .lent(let b, let checksum): (bytes, known) = (b, checksum)
+        case .forwarded(let p, let checksum): (bytes, known) = (p.bytes, verifiesChecksums ? checksum : nil)
         }
+        h.checksum = sendsChecksums ? known ?? Self.checksum(bytes) : 0
         let count = bytes.count
         h.elementCount = UInt64(count / h.dtype.size)
         let t1 = ContinuousClock.now
@@ -309,8 +318,9 @@ final class RingLink {
     // MARK: receiving
 
     /// The next message from the left neighbour, checked against `e` in collective #`sequence`: its
-    /// payload and header. `verifying: false` leaves the payload's checksum to `consume`, which takes it
-    /// as it reads. The payload received before is given up (its lane slot may be reused).
+    /// header, and its payload's checksum where the link carries them. `verifying: false` leaves that
+    /// to `consume`, which takes it as it reads. The payload received before is given up (its lane slot
+    /// may be reused).
     func receive(_ e: ExpectedChunk, sequence: UInt64, verifying: Bool = true) throws -> (Payload, ChunkHeader) {
         releaseLane()
         // built only for an error message, not per chunk
@@ -373,7 +383,7 @@ final class RingLink {
             }
             throw mismatch(m.field, m.expected, m.found)
         }
-        if verifying {
+        if verifying && verifiesChecksums {
             let t2 = ContinuousClock.now
             let sum = Self.checksum(payload.bytes)
             statistics.checksumming += t2.duration(to: .now)
@@ -416,10 +426,10 @@ final class RingLink {
     static let consumeBlockBytes = 16 << 10
 
     /// Adds or copies a received payload (already checked by `receive(_:verifying: false)` but for its
-    /// checksum) into `y`, verifying the checksum on the way, block by block: each block is hashed just
-    /// before it is used, so it is read from memory once. Adding also hashes the result, which it returns
-    /// for the chunk's next send; copying returns nil. On a bad checksum `y` holds garbage and the
-    /// collective fails.
+    /// checksum) into `y`, verifying the checksum on the way (where the link carries them), block by
+    /// block: each block is hashed just before it is used, so it is read from memory once. Adding also
+    /// hashes the result (where the next link carries checksums), which it returns for the chunk's next
+    /// send; copying returns nil. On a bad checksum `y` holds garbage and the collective fails.
     func consume<T: RingElement>(
         _ payload: Payload, _ h: ChunkHeader, _ e: ExpectedChunk, sequence: UInt64,
         into y: UnsafeMutableBufferPointer<T>, _ how: Consumption<T>
@@ -467,32 +477,34 @@ final class RingLink {
     }
 
     /// The pass both `consume`s make over `count` elements of a payload of `X`s, `per` elements at a
-    /// time (`consumeBlockBytes` of the buffer's elements): each block of the payload is hashed,
-    /// then `block(x, lower, n)` uses it and returns the bytes it made for the next send (hashed too,
-    /// when `hashingOutput`). Returns that hash, or nil; the payload's checksum is verified at the end.
+    /// time (`consumeBlockBytes` of the buffer's elements): each block of the payload is hashed (where
+    /// the left link carries checksums), then `block(x, lower, n)` uses it and returns the bytes it made
+    /// for the next send (hashed too, when `hashingOutput` and the right link carries checksums).
+    /// Returns that hash, or nil; the payload's checksum is verified at the end.
     private func inBlocks<X>(
         _ payload: Payload, _ h: ChunkHeader, _ e: ExpectedChunk, sequence: UInt64, count: Int, of: X.Type, per: Int,
         hashingOutput: Bool, _ block: (UnsafePointer<X>, Int, Int) -> UnsafeRawBufferPointer?
     ) throws -> UInt64? {
+        let (hashingInput, hashingOutput) = (verifiesChecksums, hashingOutput && sendsChecksums)
         guard count > 0 else {
-            try check(Self.checksum(payload.bytes), h, e, sequence: sequence)
+            if hashingInput { try check(Self.checksum(payload.bytes), h, e, sequence: sequence) }
             return nil
         }
         let start = ContinuousClock.now
         // A frame owns the bytes x points into: keep it alive until they are read.
         let made: UInt64? = withExtendedLifetime(payload) {
             let x = aligned(payload.bytes, as: X.self)
-            inputHash.reset()
+            if hashingInput { inputHash.reset() }
             if hashingOutput { outputHash.reset() }
             for lower in stride(from: 0, to: count, by: per) {
                 let n = min(per, count - lower)
-                inputHash.update(x + lower, n * MemoryLayout<X>.stride)
+                if hashingInput { inputHash.update(x + lower, n * MemoryLayout<X>.stride) }
                 if let made = block(x, lower, n), hashingOutput, let p = made.baseAddress { outputHash.update(p, made.count) }
             }
             return hashingOutput ? outputHash.digest() : nil
         }
         statistics.reducing += start.duration(to: .now)
-        try check(inputHash.digest(), h, e, sequence: sequence)
+        if hashingInput { try check(inputHash.digest(), h, e, sequence: sequence) }
         return made
     }
 

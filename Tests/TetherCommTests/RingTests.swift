@@ -46,6 +46,15 @@ final class TestRing: Sendable {
         }
     }
 
+    /// A ring whose links alternate: even ranks listen on unix sockets, odd ones on loopback tcp (as two
+    /// workers a host ring), so every chunk goes from a link without checksums to one with them and back.
+    init(mixed n: Int) throws {
+        transport = .ipc
+        let (ipc, tcp) = (try Transport.ipc.localAddresses(n), try Transport.tcp.localAddresses(n))
+        addresses = (0..<n).map { $0 % 2 == 0 ? ipc[$0] : tcp[$0] }
+        contexts = try (0..<n).map { _ in try ZeroMQContext() }
+    }
+
     deinit { Transport.removeLocalAddresses(addresses) }
 
     func ring(_ rank: Int, _ configure: (inout RingOptions) -> Void = { _ in }) throws -> Ring {
@@ -96,6 +105,50 @@ func input(rank: Int, count: Int) -> [Float] {
             worst = max(worst, abs(Double(outputs[0][i]) - exact) / max(scale, 1e-30))
         }
         #expect(worst <= 1e-6)
+    }
+
+    /// Only plaintext tcp links carry checksums (`RingLink.checksummed`); in a ring that mixes them with
+    /// unix sockets and lanes, a chunk that came without one goes on to a tcp link with one taken on the
+    /// way, or its receiver refuses it as corrupt: every collective, both schedules and a 16-bit wire
+    /// end right and bitwise equal on every rank.
+    @Test func aRingMixingUnixSocketsAndTcpLinksChecksumsWhatCrossesTcp() throws {
+        let ranks = 4, plain = RingOptions()
+        var curve = plain
+        let keys = try CurveKeyPair.generate(), context = try ZeroMQContext()
+        let authenticator = try Authenticator(context: context, logger: Logger(label: "test"))
+        defer { authenticator.stop() }
+        curve.curve = RingCurve(keys: keys, leftPublicKey: keys.publicKey, rightPublicKey: keys.publicKey, authenticator: authenticator)
+        #expect(RingLink.checksummed("tcp://10.0.0.1:7071", plain) && !RingLink.checksummed("tcp://10.0.0.1:7071", curve))
+        #expect(!RingLink.checksummed("ipc:///run/tether/rank0", plain) && !RingLink.checksummed("inproc://tether-rank0", plain))
+        for (count, wire) in [(70_003, ChunkHeader.DType.f32), (70_003, .f16), (1000, .f32)] {
+            let ring = try TestRing(mixed: ranks)
+            let results = onRanks(ranks) { rank -> ([Float], [[UInt8]], [Float], UInt64) in
+                let r = try ring.ring(rank) { $0.chunkBytes = 4096 }
+                var x = input(rank: rank, count: count)
+                _ = try x.withUnsafeMutableBufferPointer { try r.allReduce($0, wire: wire) }
+                let gathered = try r.allGather([UInt8](repeating: UInt8(rank), count: 5000 + rank))
+                var b = input(rank: rank, count: 9000)
+                try b.withUnsafeMutableBufferPointer { try r.broadcast($0, root: 1) }
+                return (x, gathered, b, UInt64(r.statistics.laneBytesSent))
+            }
+            let outputs = try results.map { try $0.get() }
+            let inputs = (0..<ranks).map { input(rank: $0, count: count) }
+            for (rank, o) in outputs.enumerated() {
+                let differing = zip(o.0, outputs[0].0).filter { $0.bitPattern != $1.bitPattern }.count
+                #expect(differing == 0, "\(wire), \(count): rank \(rank) disagrees with rank 0 in \(differing) values")
+                #expect(o.1 == (0..<ranks).map { [UInt8](repeating: UInt8($0), count: 5000 + $0) }, "rank \(rank)'s all-gather")
+                #expect(o.2 == input(rank: 1, count: 9000), "rank \(rank)'s broadcast")
+            }
+            let bound = Double(ranks + 1) * (WireCodec(wire)?.unitRoundoff ?? 1e-7) + 1e-6
+            var worst = 0.0
+            for i in 0..<count {
+                let exact = inputs.reduce(0.0) { $0 + Double($1[i]) }, scale = inputs.reduce(0.0) { $0 + abs(Double($1[i])) }
+                worst = max(worst, abs(Double(outputs[0].0[i]) - exact) / max(scale, 1e-30))
+            }
+            #expect(worst <= bound, "\(wire), \(count): worst relative error \(worst)")
+            // the unix sockets' chunks went through lanes (the path without checksums)
+            #expect(count < 10_000 || outputs[1].3 > 0, "rank 1 (into rank 2's unix socket) sent nothing through a lane")
+        }
     }
 
     struct WireCase: Sendable, CustomTestStringConvertible {

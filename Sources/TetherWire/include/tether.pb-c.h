@@ -572,7 +572,7 @@ struct  Tether__V1__ChunkHeader
    */
   uint64_t element_count;
   /*
-   * XXH3-64 of the payload frame's bytes
+   * XXH3-64 of the payload frame's bytes on a plaintext tcp link; 0 on CURVE, unix sockets and lanes
    */
   uint64_t checksum;
   /*
