@@ -20,7 +20,10 @@ import Foundation
 /// /dev/shm, 64 MB in a container by default, means no lane, not a SIGBUS later). The receiver maps
 /// it when that handshake arrives, only after checking that it is this user's own, private and of
 /// its slot size, and unlinks it at once, so nothing of it outlives the two processes. A sender whose
-/// lane was never opened unlinks it when it closes.
+/// lane was never opened unlinks it when it closes; one killed before that holds no lock on it any
+/// more (the sender keeps a shared `flock` on its lane while it lives), and the next lane made on this
+/// host by this user removes it (`removeAbandoned`). A lane is made under a temporary name, locked,
+/// then renamed into place, so no sweep can take a lane whose maker is alive.
 ///
 /// Layout: a control page (magic, slots, slot size; at byte 64 the count of slots the receiver is
 /// done with, written by the receiver alone), then `slots` slots of `slotBytes` (page-aligned).
@@ -30,6 +33,8 @@ final class SharedLane {
     let path: String
     let slots: Int, slotBytes: Int
     private let base: UnsafeMutableRawPointer, length: Int
+    /// the sender's open file, holding its shared lock for as long as the lane lives (-1: the receiver's)
+    private let lockFD: Int32
 
     private static let magic: UInt64 = 0x454e_414c_5254_4554  // "TETRLANE", little-endian
     private static let page = 4096
@@ -38,7 +43,7 @@ final class SharedLane {
     /// The lane into the rank listening on `socketPath` (an ipc:// address's path).
     static func path(forSocket socketPath: String) -> String {
         let hash = socketPath.withCString { XXH3_64bits($0, strlen($0)) }
-        return "/dev/shm/tether-lane-\(getuid())-" + String(hash, radix: 16)
+        return "/dev/shm/" + namePrefix + String(hash, radix: 16)
     }
 
     private static func slotStride(_ slotBytes: Int) -> Int { (slotBytes + page - 1) / page * page }
@@ -49,11 +54,16 @@ final class SharedLane {
         return overflow || all > Int.max - page ? nil : page + all
     }
 
-    private init(path: String, slots: Int, slotBytes: Int, base: UnsafeMutableRawPointer, length: Int) {
-        (self.path, self.slots, self.slotBytes, self.base, self.length) = (path, slots, slotBytes, base, length)
+    private init(path: String, slots: Int, slotBytes: Int, base: UnsafeMutableRawPointer, length: Int, lockFD: Int32 = -1) {
+        (self.path, self.slots, self.slotBytes, self.base, self.length, self.lockFD) = (path, slots, slotBytes, base, length, lockFD)
     }
 
-    deinit { munmap(base, length) }
+    deinit {
+        munmap(base, length)
+        if lockFD >= 0 { close(lockFD) }
+    }
+
+    private static var namePrefix: String { "tether-lane-\(getuid())-" }
 
     /// The sender's side: a new lane into the rank listening on `socketPath`, of at most `slots` slots,
     /// or nil where none can be made (no /dev/shm, the name held by another user, no memory left there).
@@ -66,21 +76,48 @@ final class SharedLane {
         let fitting = ((overflow ? Int.max : free) / 2 - page) / slotStride(slotBytes)
         let slots = min(most, fitting)
         guard slots >= 2, let length = length(slots: slots, slotBytes: slotBytes) else { return nil }
-        let path = path(forSocket: socketPath)
-        // a lane an earlier ring of this user's left at this name (another user's stays: /dev/shm is sticky)
-        unlink(path)
-        let fd = Glibc.open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        removeAbandoned()
+        let path = path(forSocket: socketPath), made = path + ".new-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        let fd = Glibc.open(made, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
         guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        guard posix_fallocate(fd, 0, off_t(length)) == 0, let p = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0),
-            p != MAP_FAILED
+        // Locked before it has a size, renamed into place after: a sweep that finds it unlocked and
+        // removes it makes the rename fail, and this sender does without a lane.
+        guard flock(fd, LOCK_SH) == 0, posix_fallocate(fd, 0, off_t(length)) == 0,
+            let p = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED
         else {
-            unlink(path)
+            unlink(made)
+            close(fd)
             return nil
         }
         let control = p.assumingMemoryBound(to: UInt64.self)
         (control[0], control[1], control[2]) = (magic, UInt64(slots), UInt64(slotBytes))
-        return SharedLane(path: path, slots: slots, slotBytes: slotBytes, base: p, length: length)
+        // replaces a lane an earlier ring of this user's left at this name (another user's stays: the
+        // rename fails, /dev/shm is sticky)
+        guard rename(made, path) == 0 else {
+            unlink(made)
+            munmap(p, length)
+            close(fd)
+            return nil
+        }
+        return SharedLane(path: path, slots: slots, slotBytes: slotBytes, base: p, length: length, lockFD: fd)
+    }
+
+    /// Removes this user's lanes in /dev/shm whose makers are gone: a living maker holds a shared lock
+    /// on its lane, which the kernel drops when the process dies, however it dies. A lane the receiver
+    /// opened has no name left, so only lanes never opened are found (the 32 MB a killed rank left).
+    static func removeAbandoned() {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: "/dev/shm") else { return }
+        for name in names where name.hasPrefix(namePrefix) {
+            let path = "/dev/shm/" + name
+            let fd = Glibc.open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
+            guard fd >= 0 else { continue }
+            defer { close(fd) }
+            var info = stat(), now = stat()
+            guard fstat(fd, &info) == 0, info.st_mode & S_IFMT == S_IFREG, info.st_uid == getuid(), flock(fd, LOCK_EX | LOCK_NB) == 0,
+                stat(path, &now) == 0, now.st_ino == info.st_ino, now.st_dev == info.st_dev
+            else { continue }
+            unlink(path)
+        }
     }
 
     /// Why a lane was refused, for the receiver's error.

@@ -4,6 +4,13 @@ import Testing
 
 /// Same-host links: payloads through a shared-memory lane beside the unix socket (`SharedLane`).
 @Suite(.serialized) struct SharedLaneTests {
+    /// Lanes a test made, kept alive until it ends.
+    final class Made: @unchecked Sendable {
+        private let lock = NSLock()
+        private var lanes: [SharedLane] = []
+        func add(_ lane: SharedLane) { lock.withLock { lanes.append(lane) } }
+    }
+
     /// What a 3-rank ring over ipc ends with after an all-reduce (ring schedule and gathered), a
     /// 16-bit all-reduce, a broadcast and an all-gather, and what each rank sent through its lane.
     func collectives(laneSlots: Int) throws -> (results: [[Float]], laneBytes: [Int], sent: [Int], addresses: [String]) {
@@ -55,8 +62,10 @@ import Testing
     /// not private, it fails the collective with the reason.
     @Test func aLaneChunkThatCannotBeRightIsRefused() throws {
         let chunk = RingOptions().chunkBytes, slots = RingOptions().laneSlots
+        // each lane stays alive (and locked) to the end: a maker's lane is swept once it is gone
+        let made = Made()
         let lane = { (socket: String, slots: Int) in
-            _ = try #require(SharedLane.create(forSocket: socket, slots: slots, slotBytes: chunk))
+            made.add(try #require(SharedLane.create(forSocket: socket, slots: slots, slotBytes: chunk)))
         }
         @Sendable func header(_ fake: RingFaultTests.FakeNeighbour, slot: UInt64, count: Int = 4) -> ChunkHeader {
             var h = fake.header(.allReduce, sequence: 1, total: 8, offset: 4, count: count)
@@ -106,8 +115,10 @@ import Testing
         let socket = Transport.ipcPath(ring.addresses[0])!
         // rank 0's own lane into the hand-driven rank too: it never opens it
         defer { for a in ring.addresses { unlink(SharedLane.path(forSocket: Transport.ipcPath(a)!)) } }
+        let made = Made()
         let result = try RingFaultTests().rank0AllReduce(ring) { fake in
             let lane = try #require(SharedLane.create(forSocket: socket, slots: 2, slotBytes: RingOptions().chunkBytes))
+            made.add(lane)
             let ones = Self.bytes(1, 4)
             ones.withUnsafeBytes { lane.slot(0).copyMemory(from: $0.baseAddress!, byteCount: 16) }
             var h = fake.header(.allReduce, sequence: 1, total: 8, offset: 4, count: 4)
@@ -118,6 +129,34 @@ import Testing
             try fake.send(reduced, payload: Self.bytes(2, 4))
         }
         #expect(result == "", "\(result)")
+    }
+
+    /// A lane whose maker died before its neighbour opened it is removed by the next lane made: a living
+    /// maker holds a lock on its lane, which the kernel drops with the process. Another process (flock(1))
+    /// holds one lane's lock and is killed; a lane of this process's is dropped without its name removed;
+    /// a third stays alive. Making a fourth removes the first two and keeps the third.
+    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/flock"), "needs flock(1) (util-linux)"))
+    func aLaneWhoseMakerIsGoneIsRemovedByTheNextOne() throws {
+        let sockets = (0..<4).map { "/run/tether-test-\(UUID().uuidString)/rank\($0)" }, lanes = sockets.map(SharedLane.path(forSocket:))
+        defer { for lane in lanes { unlink(lane) } }
+        let killed = try #require(SharedLane.create(forSocket: sockets[0], slots: 2, slotBytes: 4096))
+        let holder = Process()
+        holder.executableURL = URL(fileURLWithPath: "/usr/bin/flock")
+        holder.arguments = ["--shared", "--no-fork", lanes[0], "sleep", "60"]  // the process killed holds the lock itself
+        try holder.run()
+        defer { if holder.isRunning { kill(holder.processIdentifier, SIGKILL) } }
+        _ = consume killed  // this process's lock on it goes; the other process's stays
+        _ = SharedLane.create(forSocket: sockets[1], slots: 2, slotBytes: 4096)  // dropped at once: its maker "died"
+        let living = try #require(SharedLane.create(forSocket: sockets[2], slots: 2, slotBytes: 4096))
+        usleep(200_000)  // flock(1) has its lock
+        #expect(FileManager.default.fileExists(atPath: lanes[0]), "a lane whose maker lives was removed")
+        #expect(!FileManager.default.fileExists(atPath: lanes[1]), "the dropped lane was kept")
+        kill(holder.processIdentifier, SIGKILL)
+        holder.waitUntilExit()
+        let fourth = try #require(SharedLane.create(forSocket: sockets[3], slots: 2, slotBytes: 4096))
+        #expect(!FileManager.default.fileExists(atPath: lanes[0]), "the killed maker's lane was kept")
+        #expect(FileManager.default.fileExists(atPath: lanes[2]) && FileManager.default.fileExists(atPath: lanes[3]))
+        withExtendedLifetime((living, fourth)) {}
     }
 
     /// The receiver's count of slots it is done with is its own to write: a sender that finds it ahead
