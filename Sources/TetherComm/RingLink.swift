@@ -7,8 +7,9 @@ import Foundation
 /// its own address that only the left neighbour may speak to, and a PUSH socket connected to the right
 /// neighbour's. It sends a chunk (header and payload: copied, lent to libzmq in place, or a received
 /// payload passed on) and receives one, checking every header field against what the schedule expects
-/// (`ExpectedChunk.mismatch`) and, on a link that needs one, the payload's checksum; it adds or copies a payload into a buffer
-/// (`consume`), timing each part. It knows nothing of the schedule's order. Towards a right neighbour
+/// (`ExpectedChunk.mismatch`) and, on a link that carries them, the payload's checksum; it adds or
+/// copies a payload into a buffer (`consume`), timing each part. It knows nothing of the schedule's
+/// order. Towards a right neighbour
 /// listening on a unix socket, payloads go through a shared-memory lane while it has a free slot
 /// (`SharedLane`), the headers through the socket.
 final class RingLink {
