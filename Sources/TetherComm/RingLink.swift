@@ -9,9 +9,8 @@ import Foundation
 /// payload passed on) and receives one, checking every header field against what the schedule expects
 /// (`ExpectedChunk.mismatch`) and, on a link that carries them, the payload's checksum; it adds or
 /// copies a payload into a buffer (`consume`), timing each part. It knows nothing of the schedule's
-/// order. Towards a right neighbour
-/// listening on a unix socket, payloads go through a shared-memory lane while it has a free slot
-/// (`SharedLane`), the headers through the socket.
+/// order. Towards a right neighbour listening on a unix socket, payloads go through a shared-memory
+/// lane while it has a free slot (`SharedLane`), the headers through the socket.
 final class RingLink {
     let rank: Int, left: Int, right: Int
     let leftAddress: String, rightAddress: String
