@@ -69,7 +69,7 @@ import Testing
         }
         @Sendable func header(_ fake: RingFaultTests.FakeNeighbour, slot: UInt64, count: Int = 4) -> ChunkHeader {
             var h = fake.header(.allReduce, sequence: 1, total: 8, offset: 4, count: count)
-            (h.laneSlot, h.checksum) = (slot, 1)
+            h.laneSlot = slot
             return h
         }
         var e = try refusal { fake, socket in
@@ -122,7 +122,7 @@ import Testing
             let ones = Self.bytes(1, 4)
             ones.withUnsafeBytes { lane.slot(0).copyMemory(from: $0.baseAddress!, byteCount: 16) }
             var h = fake.header(.allReduce, sequence: 1, total: 8, offset: 4, count: 4)
-            (h.laneSlot, h.checksum) = (1, ones.withUnsafeBytes { RingLink.checksum($0) })
+            h.laneSlot = 1  // no checksum: a unix socket's link carries none
             try fake.send(h, payload: [])
             var reduced = fake.header(.allReduce, sequence: 1, total: 8, offset: 0, count: 4)
             reduced.ringStep = 1
@@ -146,9 +146,16 @@ import Testing
         try holder.run()
         defer { if holder.isRunning { kill(holder.processIdentifier, SIGKILL) } }
         _ = consume killed  // this process's lock on it goes; the other process's stays
+        // no lane is made (no sweep runs) before flock(1) holds its lock: until then this one is free
+        let probe = open(lanes[0], O_RDONLY | O_CLOEXEC)
+        defer { close(probe) }
+        let deadline = Date().addingTimeInterval(10)
+        while flock(probe, LOCK_EX | LOCK_NB) == 0, Date() < deadline {
+            flock(probe, LOCK_UN)
+            usleep(10_000)
+        }
         _ = SharedLane.create(forSocket: sockets[1], slots: 2, slotBytes: 4096)  // dropped at once: its maker "died"
         let living = try #require(SharedLane.create(forSocket: sockets[2], slots: 2, slotBytes: 4096))
-        usleep(200_000)  // flock(1) has its lock
         #expect(FileManager.default.fileExists(atPath: lanes[0]), "a lane whose maker lives was removed")
         #expect(!FileManager.default.fileExists(atPath: lanes[1]), "the dropped lane was kept")
         kill(holder.processIdentifier, SIGKILL)
