@@ -20,10 +20,11 @@ import Foundation
 /// /dev/shm, 64 MB in a container by default, means no lane, not a SIGBUS later). The receiver maps
 /// it when that handshake arrives, only after checking that it is this user's own, private and of
 /// its slot size, and unlinks it at once, so nothing of it outlives the two processes. A sender whose
-/// lane was never opened unlinks it when it closes; one killed before that holds no lock on it any
-/// more (the sender keeps a shared `flock` on its lane while it lives), and the next lane made on this
-/// host by this user removes it (`removeAbandoned`). A lane is made under a temporary name, locked,
-/// then renamed into place, so no sweep can take a lane whose maker is alive.
+/// lane was never opened unlinks it when it closes (unless a chunk naming it may still be on its way);
+/// one killed before that holds no lock on it any more (the sender keeps a shared `flock` on its lane
+/// while it lives), and the first lane made on this host by this user an hour later removes it
+/// (`removeAbandoned`). A lane is made under a temporary name, locked, then renamed into place, so no
+/// sweep can take a lane whose maker is alive.
 ///
 /// Layout: a control page (magic, slots, slot size; at byte 64 the count of slots the receiver is
 /// done with, written by the receiver alone), then `slots` slots of `slotBytes` (page-aligned).
@@ -60,8 +61,18 @@ final class SharedLane {
 
     deinit {
         munmap(base, length)
-        if lockFD >= 0 { close(lockFD) }
+        guard lockFD >= 0 else { return }
+        // The name may stay for the receiver (a chunk naming the lane still on its way): its grace
+        // before a sweep counts from now, set before the lock goes.
+        futimens(lockFD, nil)
+        close(lockFD)
     }
+
+    /// How long a lane must lie unlocked and untouched before a sweep removes it. A lane's lock goes
+    /// while its name may still be wanted: a sender whose ring closed (or whose process ended) before
+    /// the receiver took the handshake leaves its last chunks in it. The receiver takes them within its
+    /// ring's timeout (30 s by default); an hour is far past any that a job sets.
+    static let abandonedAfter: time_t = 3600
 
     private static var namePrefix: String { "tether-lane-\(getuid())-" }
 
@@ -80,8 +91,7 @@ final class SharedLane {
         let path = path(forSocket: socketPath), made = path + ".new-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         let fd = Glibc.open(made, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
         guard fd >= 0 else { return nil }
-        // Locked before it has a size, renamed into place after: a sweep that finds it unlocked and
-        // removes it makes the rename fail, and this sender does without a lane.
+        // Locked before it has a size, renamed into place after: a sweep finds it new or locked.
         guard flock(fd, LOCK_SH) == 0, posix_fallocate(fd, 0, off_t(length)) == 0,
             let p = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED
         else {
@@ -103,18 +113,22 @@ final class SharedLane {
     }
 
     /// Removes this user's lanes in /dev/shm whose makers are gone: a living maker holds a shared lock
-    /// on its lane, which the kernel drops when the process dies, however it dies. A lane the receiver
-    /// opened has no name left, so only lanes never opened are found (the 32 MB a killed rank left).
+    /// on its lane, which the kernel drops when the process dies, however it dies; one unlocked and
+    /// untouched for `abandonedAfter` is wanted by no receiver either. A lane the receiver opened has no
+    /// name left, so only lanes never opened are found (the 32 MB a killed rank left).
     static func removeAbandoned() {
         guard let names = try? FileManager.default.contentsOfDirectory(atPath: "/dev/shm") else { return }
+        let oldest = time(nil) - abandonedAfter
         for name in names where name.hasPrefix(namePrefix) {
             let path = "/dev/shm/" + name
             let fd = Glibc.open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
             guard fd >= 0 else { continue }
             defer { close(fd) }
-            var info = stat(), now = stat()
-            guard fstat(fd, &info) == 0, info.st_mode & S_IFMT == S_IFREG, info.st_uid == getuid(), flock(fd, LOCK_EX | LOCK_NB) == 0,
-                stat(path, &now) == 0, now.st_ino == info.st_ino, now.st_dev == info.st_dev
+            // the time is read once the lock is had: a maker sets it before its lock goes
+            var info = stat(), named = stat()
+            guard flock(fd, LOCK_EX | LOCK_NB) == 0, fstat(fd, &info) == 0, info.st_mode & S_IFMT == S_IFREG,
+                info.st_uid == getuid(), info.st_mtim.tv_sec < oldest,
+                stat(path, &named) == 0, named.st_ino == info.st_ino, named.st_dev == info.st_dev
             else { continue }
             unlink(path)
         }

@@ -131,14 +131,21 @@ import Testing
         #expect(result == "", "\(result)")
     }
 
-    /// A lane whose maker died before its neighbour opened it is removed by the next lane made: a living
-    /// maker holds a lock on its lane, which the kernel drops with the process. Another process (flock(1))
-    /// holds one lane's lock and is killed; a lane of this process's is dropped without its name removed;
-    /// a third stays alive. Making a fourth removes the first two and keeps the third.
+    /// A lane whose maker died before its neighbour opened it is removed by a lane made later: a living
+    /// maker holds a lock on its lane, which the kernel drops with the process, and one unlocked for an
+    /// hour is wanted by no receiver. Another process (flock(1)) holds an hour-old lane's lock and is
+    /// killed; a lane made an hour ago is dropped by this process just now (a chunk may still be on its
+    /// way in it); a third stays alive. Making a fourth removes only the killed maker's; with the other
+    /// two aged an hour, a fifth removes the dropped one and keeps the living one.
     @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/flock"), "needs flock(1) (util-linux)"))
-    func aLaneWhoseMakerIsGoneIsRemovedByTheNextOne() throws {
-        let sockets = (0..<4).map { "/run/tether-test-\(UUID().uuidString)/rank\($0)" }, lanes = sockets.map(SharedLane.path(forSocket:))
+    func aLaneWhoseMakerIsGoneIsRemovedByALaterOne() throws {
+        let sockets = (0..<5).map { "/run/tether-test-\(UUID().uuidString)/rank\($0)" }, lanes = sockets.map(SharedLane.path(forSocket:))
         defer { for lane in lanes { unlink(lane) } }
+        /// sets a lane's time back by more than the sweep's grace
+        func age(_ path: String) throws {
+            let past = timespec(tv_sec: time(nil) - SharedLane.abandonedAfter - 60, tv_nsec: 0)
+            try #require(utimensat(AT_FDCWD, path, [past, past], 0) == 0, "cannot age \(path)")
+        }
         let killed = try #require(SharedLane.create(forSocket: sockets[0], slots: 2, slotBytes: 4096))
         let holder = Process()
         holder.executableURL = URL(fileURLWithPath: "/usr/bin/flock")
@@ -154,16 +161,25 @@ import Testing
             flock(probe, LOCK_UN)
             usleep(10_000)
         }
-        _ = SharedLane.create(forSocket: sockets[1], slots: 2, slotBytes: 4096)  // dropped at once: its maker "died"
+        try age(lanes[0])
+        var dropped = SharedLane.create(forSocket: sockets[1], slots: 2, slotBytes: 4096)
+        try #require(dropped != nil)
+        try age(lanes[1])
+        dropped = nil  // its maker is done with it, its receiver may not be yet
         let living = try #require(SharedLane.create(forSocket: sockets[2], slots: 2, slotBytes: 4096))
         #expect(FileManager.default.fileExists(atPath: lanes[0]), "a lane whose maker lives was removed")
-        #expect(!FileManager.default.fileExists(atPath: lanes[1]), "the dropped lane was kept")
+        #expect(FileManager.default.fileExists(atPath: lanes[1]), "a lane dropped just now was removed")
         kill(holder.processIdentifier, SIGKILL)
         holder.waitUntilExit()
         let fourth = try #require(SharedLane.create(forSocket: sockets[3], slots: 2, slotBytes: 4096))
         #expect(!FileManager.default.fileExists(atPath: lanes[0]), "the killed maker's lane was kept")
-        #expect(FileManager.default.fileExists(atPath: lanes[2]) && FileManager.default.fileExists(atPath: lanes[3]))
-        withExtendedLifetime((living, fourth)) {}
+        #expect(FileManager.default.fileExists(atPath: lanes[1]), "a lane dropped just now was removed")
+        try age(lanes[1])
+        try age(lanes[2])
+        let fifth = try #require(SharedLane.create(forSocket: sockets[4], slots: 2, slotBytes: 4096))
+        #expect(!FileManager.default.fileExists(atPath: lanes[1]), "the lane dropped an hour ago was kept")
+        #expect(lanes[2...].allSatisfy { FileManager.default.fileExists(atPath: $0) }, "a living maker's lane was removed")
+        withExtendedLifetime((living, fourth, fifth)) {}
     }
 
     /// The receiver's count of slots it is done with is its own to write: a sender that finds it ahead
