@@ -40,6 +40,20 @@ static inline void valid_columns(const tether_conv_shape *s, long kj, long *lo, 
     *hi = end > s->out_w ? s->out_w : (end < *lo ? *lo : end);
 }
 
+// A "same" convolution (stride 1, out_w == width: cnn-wn's both) needs no row-by-row copy: output
+// element d = i*width + j of a (c, ki, kj) row reads input element d + shift, shift = (ki - padding) *
+// width + kj - padding, so the valid rows i0..i1-1 are one run from i0*width + lo to (i1-1)*width + hi,
+// whose every read lies in the plane; the elements of that run past a row's hi or before its lo (the
+// padding, which the run reads from the neighbouring row) form one gap between consecutive rows.
+static inline int same_width(const tether_conv_shape *s) { return s->stride == 1 && s->out_w == s->width; }
+// The output rows whose input row lies in the image, as valid_columns.
+static inline void valid_rows(const tether_conv_shape *s, long ki, long *i0, long *i1) {
+    long first = (s->padding - ki + s->stride - 1) / s->stride;               // first i with ih >= 0
+    long end = (s->height + s->padding - ki + s->stride - 1) / s->stride;     // first i with ih >= height
+    *i0 = first < 0 ? 0 : (first > s->out_h ? s->out_h : first);
+    *i1 = end > s->out_h ? s->out_h : (end < *i0 ? *i0 : end);
+}
+
 #define IM2COL(NAME, T)                                                                                        \
     MULTIVERSION NO_LIBC_CALLS void NAME(T *restrict col, const T *restrict x, const tether_conv_shape *s, long first,       \
                            long count) {                                                                       \
@@ -48,14 +62,30 @@ static inline void valid_columns(const tether_conv_shape *s, long kj, long *lo, 
             for (long ki = 0; ki < s->kernel_h; ki++)                                                          \
                 for (long kj = 0; kj < s->kernel_w; kj++) {                                                    \
                     T *row = col + ((c * s->kernel_h + ki) * s->kernel_w + kj) * ncol;                         \
-                    long lo, hi;                                                                               \
+                    long lo, hi, i0, i1;                                                                       \
                     valid_columns(s, kj, &lo, &hi);                                                            \
+                    valid_rows(s, ki, &i0, &i1);                                                               \
+                    if (same_width(s)) {                                                                       \
+                        const long shift = (ki - s->padding) * ow + kj - s->padding;                           \
+                        const long start = i1 > i0 && hi > lo ? i0 * ow + lo : oh * ow;                        \
+                        const long end = i1 > i0 && hi > lo ? (i1 - 1) * ow + hi : oh * ow;                    \
+                        for (long b = 0; b < count; b++) {                                                     \
+                            T *dst = row + b * oh * ow;                                                        \
+                            const T *plane = x + (c * s->batch + first + b) * hw;                              \
+                            for (long d = 0; d < start; d++) dst[d] = 0;                                       \
+                            for (long d = start; d < end; d++) dst[d] = plane[d + shift];                      \
+                            for (long d = end; d < oh * ow; d++) dst[d] = 0;                                   \
+                            for (long i = i0; i + 1 < i1; i++)                                                 \
+                                for (long d = i * ow + hi; d < (i + 1) * ow + lo; d++) dst[d] = 0;             \
+                        }                                                                                      \
+                        continue;                                                                              \
+                    }                                                                                          \
                     for (long b = 0; b < count; b++) {                                                         \
                         const T *plane = x + (c * s->batch + first + b) * hw;                                  \
                         for (long i = 0; i < oh; i++) {                                                        \
                             T *dst = row + (b * oh + i) * ow;                                                  \
                             const long ih = i * s->stride - s->padding + ki;                                   \
-                            if (ih < 0 || ih >= s->height) {                                                   \
+                            if (i < i0 || i >= i1) {                                                           \
                                 for (long j = 0; j < ow; j++) dst[j] = 0;                                      \
                                 continue;                                                                      \
                             }                                                                                  \
@@ -72,21 +102,36 @@ static inline void valid_columns(const tether_conv_shape *s, long kj, long *lo, 
                 }                                                                                              \
     }
 
+// col2im's same-width run adds dcol's gaps too, so it zeroes them first: adding +0 leaves every
+// element as it was (a -0 becomes +0, which no gradient tells apart).
 #define COL2IM(NAME, T)                                                                                        \
-    MULTIVERSION void NAME(T *restrict dx, const T *restrict dcol, const tether_conv_shape *s, long first,     \
+    MULTIVERSION NO_LIBC_CALLS void NAME(T *restrict dx, T *restrict dcol, const tether_conv_shape *s, long first,           \
                            long count) {                                                                       \
         const long oh = s->out_h, ow = s->out_w, hw = s->height * s->width, ncol = count * oh * ow;           \
         for (long c = 0; c < s->channels; c++)                                                                 \
             for (long ki = 0; ki < s->kernel_h; ki++)                                                          \
                 for (long kj = 0; kj < s->kernel_w; kj++) {                                                    \
-                    const T *row = dcol + ((c * s->kernel_h + ki) * s->kernel_w + kj) * ncol;                  \
-                    long lo, hi;                                                                               \
+                    T *row = dcol + ((c * s->kernel_h + ki) * s->kernel_w + kj) * ncol;                        \
+                    long lo, hi, i0, i1;                                                                       \
                     valid_columns(s, kj, &lo, &hi);                                                            \
+                    valid_rows(s, ki, &i0, &i1);                                                               \
+                    if (same_width(s)) {                                                                       \
+                        if (i1 <= i0 || hi <= lo) continue;                                                    \
+                        const long shift = (ki - s->padding) * ow + kj - s->padding;                           \
+                        const long start = i0 * ow + lo, end = (i1 - 1) * ow + hi;                             \
+                        for (long b = 0; b < count; b++) {                                                     \
+                            T *src = row + b * oh * ow;                                                        \
+                            T *plane = dx + (c * s->batch + first + b) * hw;                                   \
+                            for (long i = i0; i + 1 < i1; i++)                                                 \
+                                for (long d = i * ow + hi; d < (i + 1) * ow + lo; d++) src[d] = 0;             \
+                            for (long d = start; d < end; d++) plane[d + shift] += src[d];                     \
+                        }                                                                                      \
+                        continue;                                                                              \
+                    }                                                                                          \
                     for (long b = 0; b < count; b++) {                                                         \
                         T *plane = dx + (c * s->batch + first + b) * hw;                                       \
-                        for (long i = 0; i < oh; i++) {                                                        \
+                        for (long i = i0; i < i1; i++) {                                                       \
                             const long ih = i * s->stride - s->padding + ki;                                   \
-                            if (ih < 0 || ih >= s->height) continue;                                           \
                             const T *src = row + (b * oh + i) * ow;                                            \
                             T *dst = plane + ih * s->width;                                                    \
                             const long shift = kj - s->padding;                                                \
@@ -103,6 +148,54 @@ IM2COL(tether_im2col_f32, float)
 IM2COL(tether_im2col_f64, double)
 COL2IM(tether_col2im_f32, float)
 COL2IM(tether_col2im_f64, double)
+
+// 2x2 max pooling, stride 2, over planes of h x w (an odd last row or column is in no window). Ties
+// go to the first maximum in scan order (strict >), as in PyTorch; branch-free, so clang vectorizes
+// the window loop. Backward writes all of dx, a pair of rows at a time while they are in cache:
+// zeros, then each window's dy at its winner.
+#define MAXPOOL2X2(NAME, BACKWARD, T)                                                                          \
+    MULTIVERSION void NAME(T *restrict y, int32_t *restrict argmax, const T *restrict x, long planes, long h,   \
+                           long w) {                                                                           \
+        const long oh = h / 2, ow = w / 2;                                                                     \
+        for (long p = 0; p < planes; p++)                                                                      \
+            for (long i = 0; i < oh; i++) {                                                                    \
+                const T *r0 = x + (p * h + 2 * i) * w, *r1 = r0 + w;                                           \
+                T *yo = y + (p * oh + i) * ow;                                                                 \
+                int32_t *ao = argmax + (p * oh + i) * ow;                                                      \
+                const int32_t top = (int32_t)(2 * i * w);                                                      \
+                for (long j = 0; j < ow; j++) {                                                                \
+                    const int32_t q = top + (int32_t)(2 * j);                                                  \
+                    T best = r0[2 * j];                                                                        \
+                    int32_t at = q;                                                                            \
+                    at = r0[2 * j + 1] > best ? q + 1 : at;                                                    \
+                    best = r0[2 * j + 1] > best ? r0[2 * j + 1] : best;                                        \
+                    at = r1[2 * j] > best ? q + (int32_t)w : at;                                               \
+                    best = r1[2 * j] > best ? r1[2 * j] : best;                                                \
+                    at = r1[2 * j + 1] > best ? q + (int32_t)w + 1 : at;                                       \
+                    best = r1[2 * j + 1] > best ? r1[2 * j + 1] : best;                                        \
+                    yo[j] = best;                                                                              \
+                    ao[j] = at;                                                                                \
+                }                                                                                              \
+            }                                                                                                  \
+    }                                                                                                          \
+    MULTIVERSION NO_LIBC_CALLS void BACKWARD(T *restrict dx, const T *restrict dy, const int32_t *restrict argmax, long planes, \
+                               long h, long w) {                                                               \
+        const long oh = h / 2, ow = w / 2;                                                                     \
+        for (long p = 0; p < planes; p++) {                                                                    \
+            T *plane = dx + p * h * w;                                                                         \
+            for (long i = 0; i < oh; i++) {                                                                    \
+                T *r0 = plane + 2 * i * w;                                                                     \
+                const T *g = dy + (p * oh + i) * ow;                                                           \
+                const int32_t *a = argmax + (p * oh + i) * ow;                                                 \
+                for (long j = 0; j < 2 * w; j++) r0[j] = 0;                                                    \
+                for (long j = 0; j < ow; j++) plane[a[j]] = g[j];                                              \
+            }                                                                                                  \
+            if (h % 2)                                                                                         \
+                for (long j = 0; j < w; j++) plane[(h - 1) * w + j] = 0;                                       \
+        }                                                                                                      \
+    }
+MAXPOOL2X2(tether_maxpool2x2_f32, tether_maxpool2x2_backward_f32, float)
+MAXPOOL2X2(tether_maxpool2x2_f64, tether_maxpool2x2_backward_f64, double)
 
 #define ADD(NAME, T)                                                                                           \
     MULTIVERSION void NAME(T *restrict y, const T *restrict x, size_t n) {                                     \

@@ -112,7 +112,7 @@ public final class MaxPool2d<T: Scalar>: Layer {
     }
 
     public func forward(_ x: Tensor<T>, _ ctx: ModelContext<T>) -> Tensor<T> {
-        precondition(x.shape.count == 4, "MaxPool2d expects (C, B, H, W), got \(x.shape)")
+        precondition(x.shape.count == 4 && x.shape[2] * x.shape[3] <= Int(Int32.max), "MaxPool2d expects (C, B, H, W), got \(x.shape)")
         let g = PoolGeometry(planes: x.shape[0] * x.shape[1], height: x.shape[2], width: x.shape[3], kernel: kernel, stride: stride)
         (geometry, inputShape) = (g, x.shape)
         let outCount = g.planes * g.outHeight * g.outWidth
@@ -124,10 +124,8 @@ public final class MaxPool2d<T: Scalar>: Layer {
 
     public func backward(_ dy: Tensor<T>, _ ctx: ModelContext<T>, needsInputGradient: Bool) -> Tensor<T>? {
         guard needsInputGradient, let g = geometry else { return nil }
-        var dx = Tensor<T>.zeros(inputShape)
-        dx.withMutablePointer { dxp in
+        return Tensor.uninitialized(inputShape) { dxp in
             dy.withPointer { dyp in argmax.withUnsafeBufferPointer { T.maxPoolBackward(dxp, dyp, argmax: $0.baseAddress!, g) } }
         }
-        return dx
     }
 }

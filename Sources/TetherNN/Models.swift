@@ -24,16 +24,19 @@ public enum ImageModels {
                 Dense<T>(&layout, prefix: "layers.4.", inFeatures: 256, outFeatures: classes, weightNorm: wn)
             ]
         case "cnn-wn":
-            // conv5x5 32 -> pool -> conv5x5 64 -> pool -> dense 256 -> 10, padding 2, all weight-normalized
+            // conv5x5 32 -> ReLU -> pool -> conv5x5 64 -> ReLU -> pool -> dense 256 -> 10, padding 2, all
+            // weight-normalized (PyTorch's layer numbers). ReLU runs after the pool, on a quarter of the
+            // values: max and ReLU commute, and so do their gradients (a window whose max is not positive
+            // passes none either way).
             let (h4, w4) = (height / 4, width / 4)
             layers = [
                 LayoutSwap<T>(toConv: true, channels: 1, height: height, width: width),
                 Conv2d<T>(&layout, prefix: "layers.1.", inChannels: 1, outChannels: 32, kernel: 5, padding: 2, weightNorm: true),
-                Activation<T>.relu(),
                 MaxPool2d<T>(kernel: 2),
+                Activation<T>.relu(),
                 Conv2d<T>(&layout, prefix: "layers.4.", inChannels: 32, outChannels: 64, kernel: 5, padding: 2, weightNorm: true),
-                Activation<T>.relu(),
                 MaxPool2d<T>(kernel: 2),
+                Activation<T>.relu(),
                 LayoutSwap<T>(toConv: false, channels: 64, height: h4, width: w4),
                 Dense<T>(&layout, prefix: "layers.8.", inFeatures: 64 * h4 * w4, outFeatures: 256, weightNorm: true),
                 Activation<T>.relu(),

@@ -62,34 +62,15 @@ extension Scalar {
         }
     }
 
-    /// The common 2x2, stride 2 window, unrolled; the same tie rule.
-    static func maxPool2x2Forward(
-        _ y: UnsafeMutablePointer<Self>, argmax: UnsafeMutablePointer<Int32>,
-        _ x: UnsafePointer<Self>, _ g: PoolGeometry
-    ) {
-        let (oh, ow, w, hw) = (g.outHeight, g.outWidth, g.width, g.height * g.width)
-        var o = 0
-        for p in 0..<g.planes {
-            let plane = x + p * hw
-            for i in 0..<oh {
-                for j in 0..<ow {
-                    let q0 = 2 * i * w + 2 * j, q1 = q0 + 1, q2 = q0 + w, q3 = q2 + 1
-                    var best = plane[q0], at = q0
-                    if plane[q1] > best { best = plane[q1]; at = q1 }
-                    if plane[q2] > best { best = plane[q2]; at = q2 }
-                    if plane[q3] > best { best = plane[q3]; at = q3 }
-                    y[o] = best; argmax[o] = Int32(at)
-                    o += 1
-                }
-            }
-        }
-    }
-
+    /// Sets all of dx (P, H, W): each window's dy at its argmax (summed where windows overlap), 0
+    /// elsewhere.
     public static func maxPoolBackward(
         _ dx: UnsafeMutablePointer<Self>, _ dy: UnsafePointer<Self>,
         argmax: UnsafePointer<Int32>, _ g: PoolGeometry
     ) {
+        if g.kernel == 2 && g.stride == 2 { return maxPool2x2Backward(dx, dy, argmax: argmax, g) }
         let (outPlane, hw) = (g.outHeight * g.outWidth, g.height * g.width)
+        dx.update(repeating: 0, count: g.planes * hw)
         for p in 0..<g.planes {
             let plane = dx + p * hw
             for o in 0..<outPlane { plane[Int(argmax[p * outPlane + o])] += dy[p * outPlane + o] }
@@ -104,7 +85,9 @@ extension Float {
         var s = g.cShape
         tether_im2col_f32(col, x, &s, samples.lowerBound, samples.count)
     }
-    public static func col2im(_ dx: UnsafeMutablePointer<Float>, _ dcol: UnsafePointer<Float>, _ g: ConvGeometry, samples: Range<Int>) {
+    public static func col2im(
+        _ dx: UnsafeMutablePointer<Float>, _ dcol: UnsafeMutablePointer<Float>, _ g: ConvGeometry, samples: Range<Int>
+    ) {
         var s = g.cShape
         tether_col2im_f32(dx, dcol, &s, samples.lowerBound, samples.count)
     }
@@ -115,8 +98,38 @@ extension Double {
         var s = g.cShape
         tether_im2col_f64(col, x, &s, samples.lowerBound, samples.count)
     }
-    public static func col2im(_ dx: UnsafeMutablePointer<Double>, _ dcol: UnsafePointer<Double>, _ g: ConvGeometry, samples: Range<Int>) {
+    public static func col2im(
+        _ dx: UnsafeMutablePointer<Double>, _ dcol: UnsafeMutablePointer<Double>, _ g: ConvGeometry, samples: Range<Int>
+    ) {
         var s = g.cShape
         tether_col2im_f64(dx, dcol, &s, samples.lowerBound, samples.count)
+    }
+}
+
+// The common 2x2, stride 2 pooling is C too: branch-free selects over each window, which clang
+// vectorizes and Swift's optimizer did not.
+extension Float {
+    public static func maxPool2x2Forward(
+        _ y: UnsafeMutablePointer<Float>, argmax: UnsafeMutablePointer<Int32>, _ x: UnsafePointer<Float>, _ g: PoolGeometry
+    ) {
+        tether_maxpool2x2_f32(y, argmax, x, g.planes, g.height, g.width)
+    }
+    public static func maxPool2x2Backward(
+        _ dx: UnsafeMutablePointer<Float>, _ dy: UnsafePointer<Float>, argmax: UnsafePointer<Int32>, _ g: PoolGeometry
+    ) {
+        tether_maxpool2x2_backward_f32(dx, dy, argmax, g.planes, g.height, g.width)
+    }
+}
+
+extension Double {
+    public static func maxPool2x2Forward(
+        _ y: UnsafeMutablePointer<Double>, argmax: UnsafeMutablePointer<Int32>, _ x: UnsafePointer<Double>, _ g: PoolGeometry
+    ) {
+        tether_maxpool2x2_f64(y, argmax, x, g.planes, g.height, g.width)
+    }
+    public static func maxPool2x2Backward(
+        _ dx: UnsafeMutablePointer<Double>, _ dy: UnsafePointer<Double>, argmax: UnsafePointer<Int32>, _ g: PoolGeometry
+    ) {
+        tether_maxpool2x2_backward_f64(dx, dy, argmax, g.planes, g.height, g.width)
     }
 }

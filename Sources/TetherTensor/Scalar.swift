@@ -81,16 +81,21 @@ public protocol Scalar: BinaryFloatingPoint, Sendable, Codable where Self.RawSig
     /// col (C*KH*KW, |samples|*OH*OW) = im2col of the batch entries in `samples` of x (C, B, H, W)
     static func im2col(_ col: UnsafeMutablePointer<Self>, _ x: UnsafePointer<Self>, _ g: ConvGeometry, samples: Range<Int>)
     /// accumulates dx (C, B, H, W) += col2im(dcol) for the batch entries in `samples`, whose columns
-    /// dcol (C*KH*KW, |samples|*OH*OW) holds
-    static func col2im(_ dx: UnsafeMutablePointer<Self>, _ dcol: UnsafePointer<Self>, _ g: ConvGeometry, samples: Range<Int>)
+    /// dcol (C*KH*KW, |samples|*OH*OW) holds; dcol's elements outside the image become 0
+    static func col2im(_ dx: UnsafeMutablePointer<Self>, _ dcol: UnsafeMutablePointer<Self>, _ g: ConvGeometry, samples: Range<Int>)
     /// y (P, OH, OW) = max over each window of x (P, H, W); argmax holds the winner's index in its plane
     static func maxPoolForward(
         _ y: UnsafeMutablePointer<Self>, argmax: UnsafeMutablePointer<Int32>,
         _ x: UnsafePointer<Self>, _ g: PoolGeometry)
-    /// accumulates dx[argmax] += dy
+    /// sets dx (P, H, W): dy at argmax (summed where windows overlap), 0 elsewhere
     static func maxPoolBackward(
         _ dx: UnsafeMutablePointer<Self>, _ dy: UnsafePointer<Self>,
         argmax: UnsafePointer<Int32>, _ g: PoolGeometry)
+    /// maxPoolForward and maxPoolBackward for the 2x2, stride 2 window (C kernels)
+    static func maxPool2x2Forward(
+        _ y: UnsafeMutablePointer<Self>, argmax: UnsafeMutablePointer<Int32>, _ x: UnsafePointer<Self>, _ g: PoolGeometry)
+    static func maxPool2x2Backward(
+        _ dx: UnsafeMutablePointer<Self>, _ dy: UnsafePointer<Self>, argmax: UnsafePointer<Int32>, _ g: PoolGeometry)
 
     // MARK: losses (Kernels+Loss.swift)
     /// probs (B, K) = softmax(logits); losses (B) = -log probs[label]

@@ -27,7 +27,8 @@ import Testing
 @Suite struct ConvKernelTests {
     /// im2col against the definition, over strides, paddings and shapes where the fast paths and the
     /// general path differ.
-    @Test(arguments: [(5, 1, 2), (3, 1, 0), (3, 2, 1), (2, 3, 2), (5, 1, 4)])
+    /// (5, 1, 2), (3, 1, 1) and (1, 1, 0) keep the width: the kernels' whole-plane path.
+    @Test(arguments: [(5, 1, 2), (3, 1, 1), (1, 1, 0), (3, 1, 0), (3, 2, 1), (2, 3, 2), (5, 1, 4)])
     func im2colMatchesTheDefinition(kernel: Int, stride: Int, padding: Int) {
         let g = ConvGeometry(
             channels: 2, batch: 3, height: 7, width: 6, kernelHeight: kernel, kernelWidth: kernel, stride: stride, padding: padding)
@@ -60,35 +61,44 @@ import Testing
         }
         // col2im is its adjoint: <im2col(x), y> == <x, col2im(y)>
         var rng = RNG(seed: 2)
-        let y = (0..<col.count).map { _ in rng.nextNormal() }
+        var y = (0..<col.count).map { _ in rng.nextNormal() }  // nonzero outside the image too
+        let lhs = zip(col, y).reduce(0) { $0 + $1.0 * $1.1 }
         var back = [Double](repeating: 0, count: x.count)
-        back.withUnsafeMutableBufferPointer { Double.col2im($0.baseAddress!, y, g, samples: 0..<3) }
-        let lhs = zip(col, y).reduce(0) { $0 + $1.0 * $1.1 }, rhs = zip(x, back).reduce(0) { $0 + $1.0 * $1.1 }
+        back.withUnsafeMutableBufferPointer { Double.col2im($0.baseAddress!, &y, g, samples: 0..<3) }
+        let rhs = zip(x, back).reduce(0) { $0 + $1.0 * $1.1 }
         #expect(abs(lhs - rhs) < 1e-9 * abs(lhs))
     }
 
-    @Test func twoByTwoPoolingFastPathMatchesTheDefinition() {
+    /// The 2x2 kernels against the definition, written out: forward takes the first maximum of each
+    /// window in scan order; backward sets every element of dx (an odd last row or column, in no
+    /// window, to 0), dy at each winner.
+    @Test(arguments: [(8, 6), (7, 5)])
+    func twoByTwoPoolingMatchesTheDefinition(height h: Int, width w: Int) {
         var rng = RNG(seed: 4)
-        // small integers: plenty of ties
-        let x = (0..<3 * 8 * 6).map { _ in Float(rng.nextInt(below: 4)) }
-        let g = PoolGeometry(planes: 3, height: 8, width: 6, kernel: 2, stride: 2)
-        var (y1, y2) = ([Float](repeating: 0, count: 36), [Float](repeating: 0, count: 36))
-        var (a1, a2) = ([Int32](repeating: 0, count: 36), [Int32](repeating: 0, count: 36))
+        let planes = 3, (oh, ow) = (h / 2, w / 2), outCount = planes * oh * ow
+        let x = (0..<planes * h * w).map { _ in Float(rng.nextInt(below: 4)) }  // small integers: plenty of ties
+        let g = PoolGeometry(planes: planes, height: h, width: w, kernel: 2, stride: 2)
+        var (y1, y2) = ([Float](repeating: 0, count: outCount), [Float](repeating: 0, count: outCount))
+        var (a1, a2) = ([Int32](repeating: 0, count: outCount), [Int32](repeating: 0, count: outCount))
         Float.maxPool2x2Forward(&y1, argmax: &a1, x, g)
-        // the definition, written out: the first maximum of each window in scan order
-        for p in 0..<3 {
-            for i in 0..<4 {
-                for j in 0..<3 {
-                    var at = p * 48 + 2 * i * 6 + 2 * j, best = x[at]
-                    for (di, dj) in [(0, 1), (1, 0), (1, 1)] where x[p * 48 + (2 * i + di) * 6 + 2 * j + dj] > best {
-                        at = p * 48 + (2 * i + di) * 6 + 2 * j + dj; best = x[at]
+        for p in 0..<planes {
+            for i in 0..<oh {
+                for j in 0..<ow {
+                    var at = (2 * i) * w + 2 * j, best = x[p * h * w + at]
+                    for (di, dj) in [(0, 1), (1, 0), (1, 1)] where x[p * h * w + (2 * i + di) * w + 2 * j + dj] > best {
+                        at = (2 * i + di) * w + 2 * j + dj; best = x[p * h * w + at]
                     }
-                    y2[(p * 4 + i) * 3 + j] = best; a2[(p * 4 + i) * 3 + j] = Int32(at - p * 48)
+                    y2[(p * oh + i) * ow + j] = best; a2[(p * oh + i) * ow + j] = Int32(at)
                 }
             }
         }
         #expect(y1 == y2)
         #expect(a1 == a2)
+        let dy = (0..<outCount).map { _ in Float(rng.nextNormal()) }
+        var (dx1, dx2) = ([Float](repeating: .nan, count: x.count), [Float](repeating: 0, count: x.count))
+        Float.maxPool2x2Backward(&dx1, dy, argmax: a1, g)
+        for o in 0..<outCount { dx2[o / (oh * ow) * h * w + Int(a2[o])] += dy[o] }
+        #expect(dx1 == dx2)
     }
 }
 

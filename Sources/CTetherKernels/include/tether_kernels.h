@@ -28,9 +28,18 @@ typedef struct {
 /// 0 outside the image.
 void tether_im2col_f32(float *col, const float *x, const tether_conv_shape *s, long first, long count);
 void tether_im2col_f64(double *col, const double *x, const tether_conv_shape *s, long first, long count);
-/// The adjoint: accumulates dx (C, B, H, W) += col2im(dcol) for the same samples.
-void tether_col2im_f32(float *dx, const float *dcol, const tether_conv_shape *s, long first, long count);
-void tether_col2im_f64(double *dx, const double *dcol, const tether_conv_shape *s, long first, long count);
+/// The adjoint: accumulates dx (C, B, H, W) += col2im(dcol) for the same samples. Clobbers dcol's
+/// elements that fall outside the image (sets them to 0).
+void tether_col2im_f32(float *dx, float *dcol, const tether_conv_shape *s, long first, long count);
+void tether_col2im_f64(double *dx, double *dcol, const tether_conv_shape *s, long first, long count);
+
+/// 2x2, stride 2 max pooling of `planes` planes of h x w: y (planes, h/2, w/2) and argmax (the winner's
+/// index in its plane; the first maximum in scan order on ties). Backward sets all of dx (planes, h, w):
+/// dy at each window's winner, 0 elsewhere. Indices fit int32 (h * w does: the caller checks).
+void tether_maxpool2x2_f32(float *y, int32_t *argmax, const float *x, long planes, long h, long w);
+void tether_maxpool2x2_f64(double *y, int32_t *argmax, const double *x, long planes, long h, long w);
+void tether_maxpool2x2_backward_f32(float *dx, const float *dy, const int32_t *argmax, long planes, long h, long w);
+void tether_maxpool2x2_backward_f64(double *dx, const double *dy, const int32_t *argmax, long planes, long h, long w);
 
 /// y[i] += x[i]: the reduction of the ring all-reduce.
 void tether_add_f32(float *y, const float *x, size_t n);
