@@ -184,10 +184,10 @@ COL2IM(tether_col2im_f64, double)
         for (long p = 0; p < planes; p++) {                                                                    \
             T *plane = dx + p * h * w;                                                                         \
             for (long i = 0; i < oh; i++) {                                                                    \
-                T *r0 = plane + 2 * i * w;                                                                     \
+                T *pair = plane + 2 * i * w;                                                                   \
                 const T *g = dy + (p * oh + i) * ow;                                                           \
                 const int32_t *a = argmax + (p * oh + i) * ow;                                                 \
-                for (long j = 0; j < 2 * w; j++) r0[j] = 0;                                                    \
+                for (long j = 0; j < 2 * w; j++) pair[j] = 0;                                                  \
                 for (long j = 0; j < ow; j++) plane[a[j]] = g[j];                                              \
             }                                                                                                  \
             if (h % 2)                                                                                         \

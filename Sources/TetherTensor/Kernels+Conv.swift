@@ -79,7 +79,8 @@ extension Scalar {
 }
 
 // im2col and col2im are C (CTetherKernels): short contiguous runs with zero fill, which Swift's
-// optimizer does not vectorize without restrict (measured: docs/ARCHITECTURE.md).
+// optimizer does not vectorize without restrict (measured: docs/ARCHITECTURE.md). So is 2x2 pooling:
+// branch-free selects over each window, which clang vectorizes and Swift's optimizer did not.
 extension Float {
     public static func im2col(_ col: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ g: ConvGeometry, samples: Range<Int>) {
         var s = g.cShape
@@ -90,6 +91,16 @@ extension Float {
     ) {
         var s = g.cShape
         tether_col2im_f32(dx, dcol, &s, samples.lowerBound, samples.count)
+    }
+    public static func maxPool2x2Forward(
+        _ y: UnsafeMutablePointer<Float>, argmax: UnsafeMutablePointer<Int32>, _ x: UnsafePointer<Float>, _ g: PoolGeometry
+    ) {
+        tether_maxpool2x2_f32(y, argmax, x, g.planes, g.height, g.width)
+    }
+    public static func maxPool2x2Backward(
+        _ dx: UnsafeMutablePointer<Float>, _ dy: UnsafePointer<Float>, argmax: UnsafePointer<Int32>, _ g: PoolGeometry
+    ) {
+        tether_maxpool2x2_backward_f32(dx, dy, argmax, g.planes, g.height, g.width)
     }
 }
 
@@ -104,24 +115,6 @@ extension Double {
         var s = g.cShape
         tether_col2im_f64(dx, dcol, &s, samples.lowerBound, samples.count)
     }
-}
-
-// The common 2x2, stride 2 pooling is C too: branch-free selects over each window, which clang
-// vectorizes and Swift's optimizer did not.
-extension Float {
-    public static func maxPool2x2Forward(
-        _ y: UnsafeMutablePointer<Float>, argmax: UnsafeMutablePointer<Int32>, _ x: UnsafePointer<Float>, _ g: PoolGeometry
-    ) {
-        tether_maxpool2x2_f32(y, argmax, x, g.planes, g.height, g.width)
-    }
-    public static func maxPool2x2Backward(
-        _ dx: UnsafeMutablePointer<Float>, _ dy: UnsafePointer<Float>, argmax: UnsafePointer<Int32>, _ g: PoolGeometry
-    ) {
-        tether_maxpool2x2_backward_f32(dx, dy, argmax, g.planes, g.height, g.width)
-    }
-}
-
-extension Double {
     public static func maxPool2x2Forward(
         _ y: UnsafeMutablePointer<Double>, argmax: UnsafeMutablePointer<Int32>, _ x: UnsafePointer<Double>, _ g: PoolGeometry
     ) {
