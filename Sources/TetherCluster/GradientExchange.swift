@@ -127,7 +127,8 @@ final class GradientExchange: @unchecked Sendable {  // the exchange thread runs
                         let feedback = errors.map { (read: UnsafePointer($0), written: nextErrors!) }
                         votes.formUnion(
                             try powerSGD.allReduce(
-                                grads, range: start..<end, errors: feedback, ring: ring, step: step, bucket: bucket, vote: votes))
+                                grads, range: start..<end, errors: feedback, ring: ring, step: step, bucket: bucket, vote: votes,
+                                trace: tracing ? { [self] in spans.append(($0, $1, Self.microsecondsNow())) } : nil))
                         return
                     }
                     if let errors, let nextErrors {

@@ -75,8 +75,15 @@ public final class PowerSGD {
     func allReduce(
         _ grads: UnsafeMutablePointer<Float>, range: Range<Int>,
         errors: (read: UnsafePointer<Float>, written: UnsafeMutablePointer<Float>)?,
-        ring: Ring, step: UInt64, bucket: UInt32, vote: RingVotes
+        ring: Ring, step: UInt64, bucket: UInt32, vote: RingVotes, trace: ((_ phase: String, _ began: UInt64) -> Void)? = nil
     ) throws -> RingVotes {
+        // --timeline: each phase as it ends, with when it began (microseconds since the Unix epoch)
+        var began = trace != nil ? GradientExchange.microsecondsNow() : 0
+        func phase(_ name: String) {
+            guard let trace else { return }
+            trace(name, began)
+            began = GradientExchange.microsecondsNow()
+        }
         let chosen = matrices.indices.filter {
             range.contains(matrices[$0].offset) && matrices[$0].offset + matrices[$0].count <= range.upperBound
         }
@@ -109,7 +116,9 @@ public final class PowerSGD {
             var at = pTotal
             for r in rest { (ps.baseAddress! + at).update(from: grads + r.lowerBound, count: r.count); at += r.count }
         }
+        phase("PowerSGD: P = M Q")
         var votes = try p.withUnsafeMutableBufferPointer { try ring.allReduce($0, step: step, bucket: bucket, vote: vote) }
+        phase("PowerSGD: P and the rest summed")
         p.withUnsafeBufferPointer { ps in
             var at = pTotal
             for r in rest { (grads + r.lowerBound).update(from: ps.baseAddress! + at, count: r.count); at += r.count }
@@ -132,7 +141,9 @@ public final class PowerSGD {
                             pHat, own, rows: m.rows, cols: m.cols, rank: m.rank, into: errors.written + m.offset, subtractedFrom: a)
                     }
                 }
+                phase("PowerSGD: Q = M^T P, error")
                 votes.formUnion(try ring.allReduce(qs, step: step, bucket: bucket &+ 1 << 24, vote: vote))
+                phase("PowerSGD: Q summed")
                 for (j, i) in chosen.enumerated() {
                     let m = matrices[i]
                     Self.product(
@@ -144,6 +155,7 @@ public final class PowerSGD {
                 }
             }
         }
+        phase("PowerSGD: M = P Q^T")
         return votes
     }
 

@@ -293,7 +293,7 @@ struct ClusterJob: ParsableArguments {
     var errorFeedback: Bool?
     @Option(
         help:
-            "Write a Chrome trace of every rank's steps (forward and backward, each bucket's all-reduce, the exchange left after backward, the optimizer) and the job's events to FILE: open it in Perfetto (ui.perfetto.dev) or chrome://tracing."
+            "Write a Chrome trace of every rank's steps (forward and backward, each bucket's all-reduce and PowerSGD's phases, the exchange left after backward, the optimizer) and the job's events to FILE: open it in Perfetto (ui.perfetto.dev) or chrome://tracing."
     )
     var timeline: String?
     @Option(

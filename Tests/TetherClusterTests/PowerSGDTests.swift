@@ -130,6 +130,29 @@ private final class Slots<R>: @unchecked Sendable {
         #expect(lost > 1, "without error feedback the approximation should lose gradient mass (lost \(lost))")
     }
 
+    /// --timeline's view of a step: every phase of the exchange, in order, each beginning where the one
+    /// before it ended.
+    @Test func theTimelineSeesEachPhase() throws {
+        let traces = try Self.onRing(2, .inproc) { rank, ring -> [(String, UInt64, UInt64)] in
+            let p = PowerSGD(layout: Self.layout, rank: 2, startStep: 0, seed: 1)
+            var g = Self.gradient(rank: rank, step: 0), phases: [(String, UInt64, UInt64)] = []
+            _ = try g.withUnsafeMutableBufferPointer {
+                try p.allReduce(
+                    $0.baseAddress!, range: 0..<$0.count, errors: nil, ring: ring, step: 0, bucket: 0, vote: [],
+                    trace: { phases.append(($0, $1, GradientExchange.microsecondsNow())) })
+            }
+            return phases
+        }
+        for phases in traces {
+            #expect(
+                phases.map(\.0) == [
+                    "PowerSGD: P = M Q", "PowerSGD: P and the rest summed", "PowerSGD: Q = M^T P, error", "PowerSGD: Q summed",
+                    "PowerSGD: M = P Q^T"
+                ])
+            #expect(phases.allSatisfy { $0.1 <= $0.2 } && zip(phases, phases.dropFirst()).allSatisfy { $0.2 <= $1.1 })
+        }
+    }
+
     /// P̂ has orthonormal columns; a vanishing column becomes zero, not NaN.
     @Test func orthonormalizedColumnsAreOrthonormal() {
         var a: [Float] = [3, 1, 0, 4, 2, 0, 0, 5, 0, 1, 1, 0]  // 4 x 3, the last column zero
