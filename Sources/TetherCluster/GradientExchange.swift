@@ -160,10 +160,10 @@ final class GradientExchange: @unchecked Sendable {  // the exchange thread runs
             var total = [Double(n)]
             votes.formUnion(
                 try total.withUnsafeMutableBufferPointer {
-                    try ring.allReduce($0, step: step, bucket: UInt32(1 << 20 + table), vote: votes)
+                    try ring.allReduce($0, step: step, bucket: BucketID.sparseRowCount(table: table), vote: votes)
                 })
             if 2 * Double(rows.tableRows * width) < total[0] * Double(1 + width) {
-                try exchangeDensely(rows, bucket: UInt32(1 << 21 + table))
+                try exchangeDensely(rows, bucket: BucketID.sparseDense(table: table))
                 continue
             }
             // row ids as they are; values as f32, or narrowed to the wire's 16-bit type (no error

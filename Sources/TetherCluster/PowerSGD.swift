@@ -70,7 +70,7 @@ public final class PowerSGD {
     /// Sums the gradients `grads[range]` over the ring: the compressed matrices that lie wholly in
     /// `range` as their factors, the rest as they are. `errors` (this rank's error feedback, arena
     /// order, or nil) is read from `errors.read` and written to `errors.written`. Two collectives: the
-    /// P factors with the rest behind them (`bucket`), then the Q factors (`bucket + 1 << 24`); the
+    /// P factors with the rest behind them (`bucket`), then the Q factors (`BucketID.powerSGDQ(bucket)`); the
     /// same on every rank, since the split into matrices and rest depends only on the layout and range.
     func allReduce(
         _ grads: UnsafeMutablePointer<Float>, range: Range<Int>,
@@ -142,7 +142,7 @@ public final class PowerSGD {
                     }
                 }
                 phase("PowerSGD: Q = M^T P, error")
-                votes.formUnion(try ring.allReduce(qs, step: step, bucket: bucket &+ 1 << 24, vote: vote))
+                votes.formUnion(try ring.allReduce(qs, step: step, bucket: BucketID.powerSGDQ(bucket), vote: vote))
                 phase("PowerSGD: Q summed")
                 for (j, i) in chosen.enumerated() {
                     let m = matrices[i]

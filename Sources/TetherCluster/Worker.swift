@@ -833,7 +833,9 @@ final class Training {
         let report = workload.evaluate()
         if epochEnds {
             var sums = [report.stats.lossSum, Double(report.stats.count)]
-            _ = try sums.withUnsafeMutableBufferPointer { try ring.allReduce($0, step: UInt64(state.globalStep), bucket: 1 << 20) }
+            _ = try sums.withUnsafeMutableBufferPointer {
+                try ring.allReduce($0, step: UInt64(state.globalStep), bucket: BucketID.evaluationLoss)
+            }
             _ = state.recordValidation(loss: sums[1] > 0 ? sums[0] / sums[1] : .nan, schedule: config.schedule)
         }
         return Envelope.EvalReport(
