@@ -178,6 +178,9 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         if compression != .powersgd, powerSGDRank != nil || powerSGDStartStep != nil {
             throw fail("--powersgd-rank and --powersgd-start-step need --compression powersgd")
         }
+        if errorFeedback == false, (compression ?? Compression.none) == Compression.none {
+            throw fail("--no-error-feedback needs --compression fp16, bf16 or powersgd (uncompressed gradients lose nothing to feed back)")
+        }
     }
 }
 

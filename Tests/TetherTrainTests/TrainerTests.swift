@@ -125,5 +125,12 @@ struct TrainerTests {
         c = TrainingConfig()
         c.optimizer.nesterov = true
         #expect { try c.validate() } throws: { "\($0)".contains("--nesterov needs --optimizer sgd") }
+        c = TrainingConfig()
+        c.errorFeedback = false
+        #expect { try c.validate() } throws: { "\($0)".contains("--no-error-feedback needs --compression") }
+        c.compression = TrainingConfig.Compression.none
+        #expect { try c.validate() } throws: { "\($0)".contains("--no-error-feedback needs --compression") }
+        c.compression = .fp16
+        #expect(throws: Never.self) { try c.validate() }
     }
 }
