@@ -197,15 +197,7 @@ public final class Coordinator {
             : "global batch \(config.globalBatch(workers: options.workers)) dealt over the workers"
         let workers = options.workers == 1 ? "1 worker" : "\(options.workers) workers"
         let waiting = options.elastic ? "\(workers) (at least \(options.minWorkers))" : workers
-        let feedback = config.errorFeedback == false ? "no error feedback" : "error feedback"
-        let wire =
-            switch config.compression ?? .none {
-            case .none: ""
-            case .fp16, .bf16: ", gradients as \((config.compression ?? .none).wire) on the wire (\(feedback))"
-            case .powersgd:
-                ", gradients as PowerSGD factors of rank \(config.powerSGDRank ?? TrainingConfig.defaultPowerSGDRank) from step "
-                    + "\(config.powerSGDStartStep ?? TrainingConfig.defaultPowerSGDStartStep) (\(feedback))"
-            }
+        let wire = config.compressionSummary(totalSteps: total).map { ", " + $0 } ?? ""
         progress.line(
             "coordinator on \(boundAddress): waiting for \(waiting); \(config.model), \(batch), "
                 + "\(stepsPerEpoch) steps per epoch, \(total) steps in all\(wire)")
@@ -607,4 +599,21 @@ public final class Coordinator {
         MetricsEvent(event: name, step: step ?? machine.completedSteps, stepsPerEpoch: stepsPerEpoch)
     }
 
+}
+
+extension TrainingConfig {
+    /// How the gradients travel, for a run's first line (nil: as they are). A PowerSGD start at or
+    /// after the run's last step is called out: nothing would be compressed.
+    func compressionSummary(totalSteps: Int) -> String? {
+        let kind = compression ?? Compression.none, feedback = errorFeedback == false ? "no error feedback" : "error feedback"
+        switch kind {
+        case .none: return nil
+        case .fp16, .bf16: return "gradients as \(kind.wire) on the wire (\(feedback))"
+        case .powersgd:
+            let start = powerSGDStartStep ?? TrainingConfig.defaultPowerSGDStartStep
+            let never = start >= totalSteps ? "; the run ends first, so every step is a plain all-reduce (--powersgd-start-step)" : ""
+            return
+                "gradients as PowerSGD factors of rank \(powerSGDRank ?? TrainingConfig.defaultPowerSGDRank) from step \(start) (\(feedback))\(never)"
+        }
+    }
 }
