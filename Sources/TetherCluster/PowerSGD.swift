@@ -70,14 +70,15 @@ public final class PowerSGD {
     /// Sums the gradients `grads[range]` over the ring: the compressed matrices that lie wholly in
     /// `range` as their factors, the rest as they are. `errors` (this rank's error feedback, arena
     /// order, or nil) is read from `errors.read` and written to `errors.written`. Two collectives: the
-    /// P factors with the rest behind them (`bucket`), then the Q factors (`BucketID.powerSGDQ(bucket)`); the
-    /// same on every rank, since the split into matrices and rest depends only on the layout and range.
+    /// P factors with the rest behind them (`bucket`), then the Q factors (`BucketID.powerSGDQ(bucket)`);
+    /// the same on every rank, since the split into matrices and rest depends only on the layout and
+    /// range. `trace` (--timeline) is told of each of the five phases as it ends.
     func allReduce(
         _ grads: UnsafeMutablePointer<Float>, range: Range<Int>,
         errors: (read: UnsafePointer<Float>, written: UnsafeMutablePointer<Float>)?,
         ring: Ring, step: UInt64, bucket: UInt32, vote: RingVotes, trace: ((_ phase: String, _ began: UInt64) -> Void)? = nil
     ) throws -> RingVotes {
-        // --timeline: each phase as it ends, with when it began (microseconds since the Unix epoch)
+        // each phase's name and when it began (microseconds since the Unix epoch), as it ends
         var began = trace != nil ? GradientExchange.microsecondsNow() : 0
         func phase(_ name: String) {
             guard let trace else { return }
