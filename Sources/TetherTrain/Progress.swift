@@ -96,6 +96,12 @@ public final class ProgressDisplay {
         f.maximumFractionDigits = 0
         return f.string(from: NSNumber(value: x.isFinite ? x : 0)) ?? "\(Int(x))"
     }
+    /// Bytes in decimal units, three significant digits: "812 B", "1.08 MB", "57.3 kB".
+    public static func bytes(_ n: Double) -> String {
+        guard n.isFinite, n >= 0 else { return "--" }
+        let (value, unit) = n >= 1e9 ? (n / 1e9, "GB") : n >= 1e6 ? (n / 1e6, "MB") : n >= 1e3 ? (n / 1e3, "kB") : (n, "B")
+        return unit == "B" ? "\(Int(n.rounded())) B" : fixed(value, value >= 100 ? 0 : value >= 10 ? 1 : 2) + " " + unit
+    }
     public static func duration(_ s: Double) -> String {
         guard s.isFinite, s >= 0 else { return "--" }
         let t = Int(s.rounded())

@@ -46,11 +46,11 @@ public final class StepReporter {
     let stepsPerEpoch: Int, totalSteps: Int, epochs: Int, logEvery: Int
     /// What the rate counts: samples, or tokens for a language model.
     public let unit: String
-    private var window = Window()
+    private(set) var window = Window()
 
     struct Window {
         var stats = BatchStats(), since = Date(), steps = 0
-        var compute = 0.0, exchange = 0.0, waiting = 0.0
+        var compute = 0.0, exchange = 0.0, waiting = 0.0, bytesSent = 0.0
     }
 
     public init(
@@ -80,6 +80,7 @@ public final class StepReporter {
             window.compute += ranks.compute.max() ?? 0
             window.exchange += ranks.exchange.max() ?? 0
             window.waiting += ranks.waiting.max() ?? 0
+            window.bytesSent += zip(ranks.denseBytes, ranks.sparseBytes).map(+).max() ?? 0
         }
         let elapsed = Date().timeIntervalSince(window.since)
         let rate = Double(window.stats.count) / max(elapsed, 1e-9)
@@ -97,14 +98,19 @@ public final class StepReporter {
         if let ranks {
             (e.compute_s, e.allreduce_s, e.wait_s) = (ranks.compute, ranks.exchange, ranks.waiting)
             (e.dense_bytes, e.sparse_bytes) = (ranks.denseBytes, ranks.sparseBytes)
-            let per = Double(max(window.steps, 1))
-            line +=
-                ", per step: compute \(Self.ms(window.compute / per)), exchange \(Self.ms(window.exchange / per)) "
-                + "(waiting \(Self.ms(window.waiting / per))), slowest rank \(ranks.slowestRank)"
+            line += ", " + Self.perStep(window, slowestRank: ranks.slowestRank)
         }
         try record(e)
         progress.log(line + ", ETA \(ProgressDisplay.duration(remaining))")
         window = Window()
+    }
+
+    /// The step line's cluster part: the window's means per step, each the largest rank's (the busiest
+    /// sender's bytes: what --compression changes).
+    static func perStep(_ w: Window, slowestRank: Int) -> String {
+        let per = Double(max(w.steps, 1))
+        return "per step: compute \(ms(w.compute / per)), exchange \(ms(w.exchange / per)) (waiting \(ms(w.waiting / per))), "
+            + "\(ProgressDisplay.bytes(w.bytesSent / per)) sent, slowest rank \(slowestRank)"
     }
 
     static func ms(_ seconds: Double) -> String { ProgressDisplay.fixed(seconds * 1000, 1) + " ms" }

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TetherNN
 @testable import TetherTrain
 
 /// The sinks' own parts: TFRecord's checksum, the Prometheus page and its server's manners.
@@ -10,6 +11,25 @@ import Testing
         #expect(CRC32C.checksum([]) == 0)
         // 32 zero bytes, RFC 3720 B.4
         #expect(CRC32C.checksum(Array(repeating: 0, count: 32)) == 0x8A91_36AA)
+    }
+
+    /// The step line's cluster figures are means per step of the largest rank's, bytes included (dense
+    /// and sparse of one rank together), in units a reader takes in at a glance.
+    @Test func theStepLineSaysWhatTheBusiestRankSent() {
+        #expect(
+            [0, 812, 999, 57_340, 1_079_376, 12_345_678, 4.2e9].map(ProgressDisplay.bytes)
+                == ["0 B", "812 B", "999 B", "57.3 kB", "1.08 MB", "12.3 MB", "4.20 GB"])
+        let reporter = StepReporter(
+            progress: ProgressDisplay(interactive: false, quiet: true), sinks: [], stepsPerEpoch: 10, totalSteps: 10, epochs: 1,
+            logEvery: 100, unit: "samples")
+        for dense in [[1_000_000.0, 600_000], [1_200_000, 600_000]] {
+            let ranks = RankFigures(
+                compute: [0.002, 0.003], exchange: [0.001, 0.001], waiting: [0, 0.0005], denseBytes: dense, sparseBytes: [0, 500_000])
+            try? reporter.stepCompleted(globalStep: 1, epoch: 0, stats: BatchStats(), lr: 0.1, ranks: ranks)
+        }
+        #expect(
+            StepReporter.perStep(reporter.window, slowestRank: 1)
+                == "per step: compute 3.0 ms, exchange 1.0 ms (waiting 0.5 ms), 1.15 MB sent, slowest rank 1")
     }
 
     @Test func metricsListenTakesAPortOrAnAddress() throws {
