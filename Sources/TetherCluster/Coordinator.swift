@@ -605,15 +605,14 @@ extension TrainingConfig {
     /// How the gradients travel, for a run's first line (nil: as they are). A PowerSGD start at or
     /// after the run's last step is called out: nothing would be compressed.
     func compressionSummary(totalSteps: Int) -> String? {
-        let kind = compression ?? Compression.none, feedback = errorFeedback == false ? "no error feedback" : "error feedback"
+        let kind = resolvedCompression, feedback = errorFeedback == false ? "no error feedback" : "error feedback"
         switch kind {
         case .none: return nil
         case .fp16, .bf16: return "gradients as \(kind.wire) on the wire (\(feedback))"
         case .powersgd:
-            let start = powerSGDStartStep ?? TrainingConfig.defaultPowerSGDStartStep
+            let start = resolvedPowerSGDStartStep
             let never = start >= totalSteps ? "; the run ends first, so every step is a plain all-reduce (--powersgd-start-step)" : ""
-            return
-                "gradients as PowerSGD factors of rank \(powerSGDRank ?? TrainingConfig.defaultPowerSGDRank) from step \(start) (\(feedback))\(never)"
+            return "gradients as PowerSGD factors of rank \(resolvedPowerSGDRank) from step \(start) (\(feedback))\(never)"
         }
     }
 }

@@ -741,13 +741,13 @@ final class Training {
 
     init(workload: any Workload, optimizer: Optimizer<Float>, ring: Ring, config: TrainingConfig, bucketBytes: Int) {
         (self.workload, self.optimizer, self.ring, self.config) = (workload, optimizer, ring, config)
-        let compression = config.compression ?? .none
+        let compression = config.resolvedCompression
         let powerSGD =
             compression != .powersgd
             ? nil
             : PowerSGD(
-                layout: workload.model.arena.layout, rank: config.powerSGDRank ?? TrainingConfig.defaultPowerSGDRank,
-                startStep: config.powerSGDStartStep ?? TrainingConfig.defaultPowerSGDStartStep, seed: config.seed)
+                layout: workload.model.arena.layout, rank: config.resolvedPowerSGDRank,
+                startStep: config.resolvedPowerSGDStartStep, seed: config.seed)
         exchange = GradientExchange(
             ring: ring, model: workload.model, bucketBytes: bucketBytes, wire: compression.wire, powerSGD: powerSGD,
             errorFeedback: config.errorFeedback ?? true)

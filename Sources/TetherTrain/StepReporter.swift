@@ -80,7 +80,7 @@ public final class StepReporter {
             window.compute += ranks.compute.max() ?? 0
             window.exchange += ranks.exchange.max() ?? 0
             window.waiting += ranks.waiting.max() ?? 0
-            window.bytesSent += zip(ranks.denseBytes, ranks.sparseBytes).map(+).max() ?? 0
+            window.bytesSent += zip(ranks.denseBytes, ranks.sparseBytes).lazy.map(+).max() ?? 0
         }
         let elapsed = Date().timeIntervalSince(window.since)
         let rate = Double(window.stats.count) / max(elapsed, 1e-9)

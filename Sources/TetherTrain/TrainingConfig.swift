@@ -44,6 +44,10 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         case none, fp16, bf16, powersgd
     }
     public static let defaultPowerSGDRank = 4, defaultPowerSGDStartStep = 1000
+    /// The compression settings as they apply: an unset one is its default.
+    public var resolvedCompression: Compression { compression ?? Compression.none }
+    public var resolvedPowerSGDRank: Int { powerSGDRank ?? Self.defaultPowerSGDRank }
+    public var resolvedPowerSGDStartStep: Int { powerSGDStartStep ?? Self.defaultPowerSGDStartStep }
 
     public init() {}
 
@@ -178,7 +182,7 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         if compression != .powersgd, powerSGDRank != nil || powerSGDStartStep != nil {
             throw fail("--powersgd-rank and --powersgd-start-step need --compression powersgd")
         }
-        if errorFeedback == false, (compression ?? Compression.none) == Compression.none {
+        if errorFeedback == false, resolvedCompression == .none {
             throw fail("--no-error-feedback needs --compression fp16, bf16 or powersgd (uncompressed gradients lose nothing to feed back)")
         }
     }

@@ -15,7 +15,7 @@ import TetherNN
 
     /// The step line's cluster figures are means per step of the largest rank's, bytes included (dense
     /// and sparse of one rank together), in units a reader takes in at a glance.
-    @Test func theStepLineSaysWhatTheBusiestRankSent() {
+    @Test func theStepLineSaysWhatTheBusiestRankSent() throws {
         #expect(
             [0, 812, 999, 57_340, 1_079_376, 12_345_678, 4.2e9].map(ProgressDisplay.bytes)
                 == ["0 B", "812 B", "999 B", "57.3 kB", "1.08 MB", "12.3 MB", "4.20 GB"])
@@ -25,7 +25,7 @@ import TetherNN
         for dense in [[1_000_000.0, 600_000], [1_200_000, 600_000]] {
             let ranks = RankFigures(
                 compute: [0.002, 0.003], exchange: [0.001, 0.001], waiting: [0, 0.0005], denseBytes: dense, sparseBytes: [0, 500_000])
-            try? reporter.stepCompleted(globalStep: 1, epoch: 0, stats: BatchStats(), lr: 0.1, ranks: ranks)
+            try reporter.stepCompleted(globalStep: 1, epoch: 0, stats: BatchStats(), lr: 0.1, ranks: ranks)
         }
         #expect(
             StepReporter.perStep(reporter.window, slowestRank: 1)

@@ -184,10 +184,11 @@ public enum RunReport {
     }
 
     static func compressionNote(_ config: TrainingConfig?) -> String {
-        switch config?.compression {
-        case nil, .some(.none): return ""
-        case .some(.powersgd): return " (PowerSGD rank \(config?.powerSGDRank ?? TrainingConfig.defaultPowerSGDRank))"
-        case .some(let c): return " (\(c.rawValue))"
+        guard let config else { return "" }
+        switch config.resolvedCompression {
+        case .none: return ""
+        case .powersgd: return " (PowerSGD rank \(config.resolvedPowerSGDRank))"
+        case let c: return " (\(c.rawValue))"
         }
     }
 
