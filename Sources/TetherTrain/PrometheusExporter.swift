@@ -4,15 +4,16 @@ import Foundation
 /// http://ADDRESS/metrics (--metrics-listen): counters of steps, per-rank seconds and bytes, gauges of
 /// the loss, throughput, learning rate, held-out metrics, workers alive and heartbeat ages.
 ///
-/// The server is deliberately small: one thread, one connection at a time, a request of at most
-/// `requestLimit` bytes read within `requestTimeout`, GET only, the connection closed after each
-/// answer. It listens on loopback unless given another address: the figures are read-only, but they
+/// The server is deliberately small: one thread polling at most `connectionLimit` connections, a
+/// request of at most `requestLimit` bytes read within `requestTimeout` of the connection's accept,
+/// GET only, the connection closed after each answer. It listens on loopback unless given another address: the figures are read-only, but they
 /// are the job's, and a scraper elsewhere is the operator's explicit choice.
 public final class PrometheusExporter: MetricsSink {
     /// The address bound, HOST:PORT (the port chosen by the kernel when 0 was asked).
     public let boundAddress: String
     static let requestLimit = 8192
     static let requestTimeout = 2.0
+    static let connectionLimit = 16
     /// Where a request head ends (and the same with bare newlines, which some clients send).
     static let headEnd = Array("\r\n\r\n".utf8), bareHeadEnd = Array("\n\n".utf8)
     private let listener: Int32
@@ -70,13 +71,13 @@ public final class PrometheusExporter: MetricsSink {
 
     deinit { stop() }
 
-    /// Stops serving (the thread ends at its next accept).
+    /// Stops serving (the thread ends within a second).
     public func stop() {
         lock.lock()
         let wasStopped = stopped
         stopped = true
         lock.unlock()
-        if !wasStopped { shutdown(listener, Int32(SHUT_RDWR)); close(listener) }
+        if !wasStopped { shutdown(listener, Int32(SHUT_RDWR)) }  // wakes the server's poll; it closes the listener
     }
 
     /// HOST:PORT, [V6]:PORT or PORT, the host loopback when not given.
@@ -198,30 +199,81 @@ public final class PrometheusExporter: MetricsSink {
 
     // MARK: the server
 
+    /// One thread serves every connection through poll(2): each connection's request head is read as it
+    /// arrives, within `requestTimeout` of its accept for the whole request (a client sending a byte a
+    /// second is cut off, not waited for), and at most `connectionLimit` are open at once; when full, the
+    /// oldest is closed to make room. A slow client costs a slot, never the others' answers.
     private func serve() {
+        var open: [Connection] = []
+        defer {
+            for c in open { close(c.fd) }
+            close(listener)
+        }
         while true {
-            let client = accept(listener, nil, nil)
-            if client < 0 {
-                if errno == EINTR || errno == ECONNABORTED { continue }
-                return  // closed by stop()
+            var fds = [pollfd(fd: listener, events: Int16(POLLIN), revents: 0)]
+            fds += open.map { pollfd(fd: $0.fd, events: Int16($0.reply == nil ? POLLIN : POLLOUT), revents: 0) }
+            let now = Clock.seconds
+            let nearest = open.map(\.deadline).min().map { max(0, $0 - now) } ?? 1
+            let ready = poll(&fds, nfds_t(fds.count), Int32(min(nearest, 1) * 1000) + 1)
+            if ready < 0 && errno != EINTR { return }
+            lock.lock()
+            let isStopped = stopped
+            lock.unlock()
+            if isStopped { return }
+            // the connections first: a new one may close the oldest
+            var kept: [Connection] = []
+            for (i, var c) in open.enumerated() {
+                let events = Int32(fds[i + 1].revents)
+                let done = events != 0 ? progress(&c, events: events) : false
+                if done || Clock.seconds > c.deadline { close(c.fd) } else { kept.append(c) }
             }
-            answer(client)
-            close(client)
+            open = kept
+            if fds[0].revents & Int16(POLLIN) != 0 {
+                let client = accept(listener, nil, nil)
+                if client >= 0 {
+                    _ = fcntl(client, F_SETFL, fcntl(client, F_GETFL) | O_NONBLOCK)
+                    if open.count >= Self.connectionLimit { close(open.removeFirst().fd) }
+                    open.append(Connection(fd: client, deadline: Clock.seconds + Self.requestTimeout))
+                } else if errno != EINTR && errno != EAGAIN && errno != ECONNABORTED && errno != EMFILE && errno != ENFILE {
+                    return  // closed by stop()
+                }
+            }
         }
     }
 
-    /// Reads one request head (bounded in bytes and time) and answers it.
-    private func answer(_ client: Int32) {
-        var timeout = timeval(tv_sec: Int(Self.requestTimeout), tv_usec: 0)
-        setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(client, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        var request = [UInt8]()
-        var buffer = [UInt8](repeating: 0, count: 1024)
-        while request.count < Self.requestLimit, !request.ends(with: Self.headEnd), !request.ends(with: Self.bareHeadEnd) {
-            let n = buffer.withUnsafeMutableBytes { recv(client, $0.baseAddress, $0.count, 0) }
-            guard n > 0 else { break }
-            request += buffer[0..<n]
+    /// A client's connection: its request head as read so far, then the reply still to send.
+    struct Connection {
+        let fd: Int32
+        let deadline: Double
+        var request: [UInt8] = []
+        var reply: [UInt8]?
+        var sent = 0
+    }
+
+    /// Reads or writes what the socket allows; true when the connection is finished with.
+    private func progress(_ c: inout Connection, events: Int32) -> Bool {
+        if c.reply == nil {
+            guard events & Int32(POLLIN) != 0 else { return true }  // hung up or failed before a request
+            var buffer = [UInt8](repeating: 0, count: 1024)
+            let n = buffer.withUnsafeMutableBytes { recv(c.fd, $0.baseAddress, $0.count, 0) }
+            if n < 0 && (errno == EAGAIN || errno == EINTR) { return false }
+            if n > 0 { c.request += buffer[0..<n] }
+            let complete = c.request.ends(with: Self.headEnd) || c.request.ends(with: Self.bareHeadEnd)
+            guard n <= 0 || complete || c.request.count >= Self.requestLimit else { return false }
+            c.reply = reply(to: c.request)
         }
+        guard let reply = c.reply else { return true }
+        while c.sent < reply.count {
+            let n = reply[c.sent...].withUnsafeBytes { send(c.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            if n < 0 && (errno == EAGAIN || errno == EINTR) { return false }
+            guard n > 0 else { return true }
+            c.sent += n
+        }
+        return true
+    }
+
+    /// The HTTP answer to a request head (whole, or cut off at the limit or by the client's close).
+    func reply(to request: [UInt8]) -> [UInt8] {
         let line = String(decoding: request.prefix { $0 != 0x0A && $0 != 0x0D }, as: UTF8.self).split(separator: " ")
         let (status, type, body): (String, String, String)
         if line.count < 2 || request.count >= Self.requestLimit {
@@ -237,15 +289,18 @@ public final class PrometheusExporter: MetricsSink {
         var reply = Array(
             "HTTP/1.0 \(status)\r\nContent-Type: \(type)\r\nContent-Length: \(payload.count)\r\nConnection: close\r\n\r\n".utf8)
         if line.first != "HEAD" { reply += payload }
-        var sent = 0
-        while sent < reply.count {
-            let n = reply[sent...].withUnsafeBytes { send(client, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            guard n > 0 else { return }
-            sent += n
-        }
+        return reply
     }
 }
 
 private extension Array where Element == UInt8 {
     func ends(with end: [UInt8]) -> Bool { count >= end.count && suffix(end.count).elementsEqual(end) }
+}
+
+private enum Clock {
+    static var seconds: Double {
+        var t = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &t)
+        return Double(t.tv_sec) + Double(t.tv_nsec) * 1e-9
+    }
 }

@@ -40,22 +40,51 @@ import TetherNN
         #expect { try PrometheusExporter.split("1:99999") } throws: { "\($0)".contains("takes HOST:PORT") }
     }
 
-    /// Sends `request` to the exporter and returns its answer's status line and body.
-    static func ask(_ port: UInt16, _ request: [UInt8]) throws -> (status: String, body: String) {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    /// Sends `request` to the exporter and returns its answer's status line and body (an empty status
+    /// when no answer came within `seconds`).
+    static func ask(_ port: UInt16, _ request: [UInt8], within seconds: Int = 10) throws -> (status: String, body: String) {
+        let fd = try connected(port)
         defer { close(fd) }
-        var address = sockaddr_in()
-        (address.sin_family, address.sin_port, address.sin_addr.s_addr) = (sa_family_t(AF_INET), port.bigEndian, inet_addr("127.0.0.1"))
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard connected == 0 else { throw CocoaError(.fileReadUnknown) }
+        var timeout = timeval(tv_sec: seconds, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         _ = request.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
         var answer = [UInt8](), buffer = [UInt8](repeating: 0, count: 4096)
         while case let n = buffer.withUnsafeMutableBytes({ recv(fd, $0.baseAddress, $0.count, 0) }), n > 0 { answer += buffer[0..<n] }
         let text = String(decoding: answer, as: UTF8.self)
         let parts = text.components(separatedBy: "\r\n\r\n")
         return (String(parts[0].split(separator: "\r\n").first ?? ""), parts.dropFirst().joined(separator: "\r\n\r\n"))
+    }
+
+    /// A TCP connection to the exporter on loopback.
+    static func connected(_ port: UInt16) throws -> Int32 {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        (address.sin_family, address.sin_port, address.sin_addr.s_addr) = (sa_family_t(AF_INET), port.bigEndian, inet_addr("127.0.0.1"))
+        let status = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard status == 0 else {
+            close(fd)
+            throw CocoaError(.fileReadUnknown)
+        }
+        return fd
+    }
+
+    /// Clients that send a byte a second, and more idle connections than the server keeps, do not hold
+    /// up a scrape: each of three is answered within a second while they hang on.
+    @Test func slowClientsDoNotHoldUpAScrape() throws {
+        let exporter = try PrometheusExporter(listen: "127.0.0.1:0")
+        defer { exporter.stop() }
+        let port = UInt16(exporter.boundAddress.split(separator: ":").last!)!
+        let idle = try (0..<(PrometheusExporter.connectionLimit + 4)).map { _ in try Self.connected(port) }
+        let slow = try (0..<3).map { _ in try Self.connected(port) }
+        defer { (slow + idle).forEach { close($0) } }
+        let request = Array("GET /metrics HTTP/1.1\r\n\r\n".utf8)
+        for second in 0..<3 {
+            for fd in slow { _ = send(fd, [request[second]], 1, Int32(MSG_NOSIGNAL)) }
+            #expect(try Self.ask(port, request, within: 1).status == "HTTP/1.0 200 OK", "scrape \(second + 1)")
+            Thread.sleep(forTimeInterval: 1)  // the slow clients' pace: a byte a second
+        }
     }
 
     @Test func thePrometheusPageHoldsTheRunAndTheServerRefusesWhatIsNotAScrape() throws {
