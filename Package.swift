@@ -68,7 +68,8 @@ let package = Package(
             name: "TetherClusterTests",
             dependencies: ["TetherCluster", "TetherComm", "TetherData", "TetherTrain", "TetherNN", "TetherTensor"]),
         .testTarget(name: "TetherFuzzTests", dependencies: ["TetherFuzz", "TetherComm", "TetherTrain"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["TetherComm", "TetherTrain"])
+        .testTarget(
+            name: "EndToEndTests", dependencies: ["TetherComm", "TetherTrain", .product(name: "Logging", package: "swift-log")])
     ],
     swiftLanguageModes: [.v5]
 )

@@ -194,9 +194,10 @@ public final class Worker {
                 return .runFinished
             }
             // A hostile or invalid assignment is refused before this worker does anything (set-up checks
-            // each assignment again, a later coordinator's too).
+            // each assignment again, a later coordinator's too); the rank it names is told why (run()).
+            rank = Int(assign.rank)
             _ = try AssignCheck(dataRoots: options.dataRoots, secure: options.security.keys != nil).validate(assign)
-            (assignment, rank) = (assign, Int(assign.rank))
+            assignment = assign
             if heartbeat == nil {
                 control.socket.stopMonitor()
                 // Heartbeats flow from here on: loading the data and building the model can take seconds.

@@ -99,7 +99,10 @@ public final class ProgressDisplay {
     /// Bytes in decimal units, three significant digits: "812 B", "1.08 MB", "57.3 kB".
     public static func bytes(_ n: Double) -> String {
         guard n.isFinite, n >= 0 else { return "--" }
-        let (value, unit) = n >= 1e9 ? (n / 1e9, "GB") : n >= 1e6 ? (n / 1e6, "MB") : n >= 1e3 ? (n / 1e3, "kB") : (n, "B")
+        let (value, unit) =
+            n >= 1e15
+            ? (n / 1e15, "PB")
+            : n >= 1e12 ? (n / 1e12, "TB") : n >= 1e9 ? (n / 1e9, "GB") : n >= 1e6 ? (n / 1e6, "MB") : n >= 1e3 ? (n / 1e3, "kB") : (n, "B")
         return unit == "B" ? "\(Int(n.rounded())) B" : fixed(value, value >= 100 ? 0 : value >= 10 ? 1 : 2) + " " + unit
     }
     public static func duration(_ s: Double) -> String {

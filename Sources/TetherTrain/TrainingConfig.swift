@@ -161,9 +161,27 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         return observing.isEmpty ? nil : "resuming with " + observing.map(\.description).joined(separator: ", ")
     }
 
+    /// The largest value each size-giving setting may take, whatever the host: a configuration
+    /// arrives from a job file or from the coordinator, and a number within these keeps every product
+    /// the engine forms of them (steps x batch, rows x width) far from overflow. What they multiply to is
+    /// checked against the memory a process may use (`MemoryEstimate`).
+    public static let bounds: [(flag: String, value: KeyPath<TrainingConfig, Int>, max: Int)] = [
+        ("--batch", \.batch, 1 << 20), ("--epochs", \.epochs, 1_000_000), ("--max-steps", \.maxStepsOrZero, 1 << 40),
+        ("the global batch", \.globalBatchOrZero, 1 << 24), ("--checkpoint-every", \.checkpointEvery, 1 << 40),
+        ("--log-every", \.logEvery, 1 << 40), ("--vocabulary", \.language.vocabulary, 1 << 31),
+        ("--size", \.language.size, 1 << 20), ("--layers", \.language.layers, 64), ("--bptt", \.language.bptt, 1 << 16),
+        ("--eval-streams", \.language.evalStreams, 1 << 16), ("--embedding", \.wideDeep.embedding, 1 << 16),
+        ("--hidden (each width)", \.wideDeep.widestHidden, 1 << 20), ("--hidden (layers)", \.wideDeep.hidden.count, 64)
+    ]
+    var maxStepsOrZero: Int { maxSteps ?? 0 }
+    var globalBatchOrZero: Int { globalBatch ?? 0 }
+
     /// Cross-field checks, with a message that says what to do.
     public func validate() throws {
         func fail(_ s: String) -> ConfigError { ConfigError(message: s) }
+        for (flag, value, bound) in Self.bounds where self[keyPath: value] > bound {
+            throw fail("\(flag) \(self[keyPath: value]) is above its bound of \(bound)")
+        }
         guard batch > 0 else { throw fail("--batch must be at least 1 (got \(batch))") }
         guard epochs > 0 else { throw fail("--epochs must be at least 1 (got \(epochs))") }
         if let m = maxSteps, m <= 0 { throw fail("--max-steps must be at least 1 (got \(m))") }
@@ -185,6 +203,7 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         if errorFeedback == false, resolvedCompression == .none {
             throw fail("--no-error-feedback needs --compression fp16, bf16 or powersgd (uncompressed gradients lose nothing to feed back)")
         }
+        try MemoryEstimate(self).check(limit: MemoryLimit.bytes, who: MemoryLimit.holder)
     }
 }
 
@@ -233,6 +252,7 @@ public struct WideDeepOptions: Codable, Equatable, Sendable {
     public var hidden = [256, 128, 64]
     public var parts = WideDeepShape.Parts.both
     public init() {}
+    var widestHidden: Int { hidden.max() ?? 0 }
 
     func validate() throws {
         func fail(_ s: String) -> ConfigError { ConfigError(message: s) }

@@ -20,7 +20,7 @@ struct BenchTrain: ParsableCommand {
     @Option(help: "Timed runs; the median is reported.") var repeats = 5
     @Option(help: "Untimed warm-up steps.") var warmup = 5
     @Flag(help: "Print one JSON object.") var json = false
-    @OptionGroup var threads: ThreadOptions
+    @OptionGroup var threads: ResourceOptions
 
     func validate() throws {
         guard repeats > 0, warmup >= 0 else { throw ValidationError("--repeats must be positive, --warmup not negative") }
@@ -28,7 +28,7 @@ struct BenchTrain: ParsableCommand {
     }
 
     func run() throws {
-        threads.apply()
+        threads.apply(holder: "this process")
         do {
             let config = training.applied(to: TrainingConfig())
             try config.validate()

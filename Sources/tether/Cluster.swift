@@ -34,6 +34,7 @@ struct CoordinatorCommand: ParsableCommand {
     }
 
     func run() throws {
+        MemoryLimit.set(nil, holder: "this coordinator")
         if try output.printedConfig(
             "coordinator", job.config(runDirectory: runDir), ["run_dir": runDir, "resume": job.resume, "workers": workers, "listen": listen]
         ) {
@@ -86,7 +87,7 @@ struct WorkerCommand: ParsableCommand {
     )
     var dataRoot: [String] = []
     @OptionGroup var security: SecurityOptions
-    @OptionGroup var threads: ThreadOptions
+    @OptionGroup var threads: ResourceOptions
     @OptionGroup var jobFile: JobFileOption
     @Option(help: "Write this worker's own Chrome trace of its steps to FILE (the coordinator's --timeline merges every rank's).")
     var timeline: String?
@@ -101,7 +102,7 @@ struct WorkerCommand: ParsableCommand {
     }
 
     func run() throws {
-        threads.apply()
+        threads.apply(holder: "this worker")
         logs.bootstrap(quiet: quiet)
         let logger = Logger(label: "worker")
         ProcessLifetime.forWorker()

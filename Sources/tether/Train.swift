@@ -7,7 +7,7 @@ struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Train a model in this process.")
 
     @OptionGroup var training: TrainingOptions
-    @OptionGroup var threads: ThreadOptions
+    @OptionGroup var threads: ResourceOptions
     @OptionGroup var jobFile: JobFileOption
     @Option(help: "Run directory for metrics.jsonl and checkpoint.safetensors.") var runDir = "runs/train"
     @Flag(help: "Continue the run in --run-dir from its checkpoint.") var resume = false
@@ -17,7 +17,7 @@ struct Train: ParsableCommand {
     @OptionGroup var observability: ObservabilityOptions
 
     func run() throws {
-        threads.apply()
+        threads.apply(holder: "this process")
         StopSignal.install()
         do {
             let dir = URL(fileURLWithPath: runDir)
@@ -52,11 +52,11 @@ struct Eval: ParsableCommand {
     @Option(help: "Data: \(DataSource.help) (default: the data the run trained on).") var data: String?
     @Option(help: "Use only the first N held-out samples (tokens for lm-tied).") var testLimit: Int?
     @Flag(help: "Print one JSON object.") var json = false
-    @OptionGroup var threads: ThreadOptions
+    @OptionGroup var threads: ResourceOptions
     @OptionGroup var jobFile: JobFileOption
 
     func run() throws {
-        threads.apply()
+        threads.apply(holder: "this process")
         do {
             let loaded = try Checkpoint.Loaded(URL(fileURLWithPath: checkpoint))
             var config = loaded.config

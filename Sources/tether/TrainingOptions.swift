@@ -125,13 +125,24 @@ struct TrainingOptions: ParsableArguments {
     }
 }
 
-/// `--threads`: bounds every compute thread (OpenBLAS's; Tether's own compute is single-threaded).
-struct ThreadOptions: ParsableArguments {
+/// What a process may use: `--threads` bounds every compute thread (OpenBLAS's; Tether's own compute is
+/// single-threaded), `--max-memory` what a job's configuration may ask of this process's memory.
+struct ResourceOptions: ParsableArguments {
     @Option(help: "Compute threads (default: OPENBLAS_NUM_THREADS, else all cores).") var threads: Int?
+    @Option(
+        help:
+            "The memory a job may ask of this process, e.g. 12G or 512M; a configuration that needs more is refused before anything is allocated (default: three quarters of the host's or its cgroup's memory)."
+    )
+    var maxMemory: String?
 
     func validate() throws {
         if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
+        if let maxMemory { _ = try MemoryLimit.parse(maxMemory) }
     }
 
-    func apply() { if let threads { BLAS.setThreads(threads) } }
+    /// Applies both limits to this process; `holder` names it in a refusal ("this worker").
+    func apply(holder: String) {
+        if let threads { BLAS.setThreads(threads) }
+        MemoryLimit.set(maxMemory.flatMap { try? MemoryLimit.parse($0) }, holder: holder)
+    }
 }

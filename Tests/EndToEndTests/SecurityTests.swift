@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import Testing
 import TetherComm
 import TetherTrain
@@ -296,6 +297,20 @@ import TetherTrain
         #expect(c.stdout.contains("failed the handshake: it holds another cluster key, or runs --insecure"), "\(c.stdout)")
     }
 
+    /// The identity of the next worker that says Hello to a test's ROUTER (what else arrives, such as
+    /// a refused worker's Abort, is passed over).
+    func helloIdentity(_ router: ZeroMQSocket) throws -> [UInt8]? {
+        let deadline = ContinuousClock.now + .seconds(10)
+        while let frames = try router.receive(deadline: deadline) {
+            let hello = try withExtendedLifetime(frames) { () -> [UInt8]? in
+                guard case .hello = try Envelope(decoding: frames.last!.bytes).body else { return nil }
+                return Array(frames[0].bytes)
+            }
+            if let hello { return hello }
+        }
+        return nil
+    }
+
     /// A fake coordinator (reachable only when a worker runs --insecure) cannot make the worker bind a
     /// socket file where it likes, train on an invalid configuration, or read a file outside its data
     /// roots: the worker refuses the Assign naming what it refused, and touches nothing.
@@ -316,8 +331,7 @@ import TetherTrain
         ]
         for c in cases {
             let worker = try CLI.start(["worker", "--coordinator", address, "--insecure"], bound: 30)
-            guard let frames = try router.receive(deadline: .now + .seconds(10)) else { Issue.record("no Hello"); continue }
-            let identity = withExtendedLifetime(frames) { Array(frames[0].bytes) }
+            guard let identity = try helloIdentity(router) else { Issue.record("no Hello"); continue }
             let config = [UInt8](try JSONEncoder().encode(c.config))
             let assign = Envelope.Assign(
                 rank: 0, worldSize: 1, ring: [c.ring], configJSON: config, hashEvery: 1, checkpointEvery: 0, bucketBytes: 1 << 20)
@@ -326,6 +340,76 @@ import TetherTrain
             #expect(r.status != 0)
             #expect(r.stderr.contains("refusing the coordinator's assignment") && r.stderr.contains(c.reason), "\(r.stderr)")
             #expect(!FileManager.default.fileExists(atPath: planted))
+        }
+    }
+
+    /// A coordinator's Assign whose numbers are each well-formed but more than a host can hold (batch
+    /// or epochs of 2^62, a vocabulary of 2^40 x size 2^20, 2^62 wide buckets, a hidden layer of 2^20
+    /// squared) is refused before anything is allocated: the worker exits 1 naming the setting and its
+    /// bound, or what the job would need and what it may use; the coordinator is told why (Abort).
+    /// Over --insecure and with the key (a member holding the key may stop a job, not crash a host).
+    @Test(arguments: [false, true]) func aWorkerRefusesAnAssignItCannotHold(secure: Bool) throws {
+        let context = try ZeroMQContext()
+        let router = try ZeroMQSocket(context, .router, linger: .zero)
+        var authenticator: Authenticator?
+        if secure {
+            let keys = try KeyFile.read(CLI.keyFile)
+            let auth = try Authenticator(context: context, logger: Logger(label: "test"))
+            auth.allow([keys.publicKey], domain: "control")
+            try router.secure(.server(keys, domain: "control", auth))
+            authenticator = auth
+        }
+        defer { authenticator?.stop() }
+        let address = try router.bind("tcp://127.0.0.1:0")
+        defer { router.close() }
+        func config(_ model: String, _ change: (inout TrainingConfig) -> Void) -> TrainingConfig {
+            var c = TrainingConfig.defaults(for: model)
+            change(&c)
+            return c
+        }
+        let cases: [(config: TrainingConfig, reason: String)] = [
+            (config("mlp") { $0.batch = 1 << 62 }, "--batch 4611686018427387904 is above its bound of 1048576"),
+            (config("mlp") { $0.epochs = 1 << 62 }, "--epochs 4611686018427387904 is above its bound of 1000000"),
+            (config("mlp") { ($0.batch, $0.epochs) = (1 << 62, 1 << 62) }, "is above its bound"),
+            (
+                config("lm-tied") { ($0.language.vocabulary, $0.language.size) = (1 << 40, 1 << 20) },
+                "--vocabulary 1099511627776 is above its bound"
+            ),
+            (
+                config("lm-tied") { ($0.language.vocabulary, $0.language.size) = (1 << 30, 1 << 16) },
+                "this job needs about 569 TB (vocabulary embeddings: vocabulary 1073741824 x size 65536 x copies 2 x 4 bytes); this worker may use 1.07 GB (--max-memory)"
+            ),
+            (config("wide-deep") { $0.wideDeep.wideBuckets = 1 << 62 }, "--buckets or --wide-buckets is too large"),
+            (
+                config("wide-deep") { $0.wideDeep.hidden = [1 << 20, 1 << 20] },
+                "(hidden layer 2: inputs 1048576 x width 1048576 x copies 3 x 4 bytes); this worker may use 1.07 GB"
+            )
+        ]
+        for c in cases {
+            let worker = try CLI.start(
+                ["worker", "--coordinator", address, "--max-memory", "1G"] + (secure ? CLI.key : ["--insecure"]), bound: 30)
+            guard let identity = try helloIdentity(router) else {
+                Issue.record("no Hello")
+                continue
+            }
+            var assign = Envelope.Assign(
+                rank: 0, worldSize: 1, ring: ["tcp://127.0.0.1:5"], configJSON: [UInt8](try JSONEncoder().encode(c.config)),
+                hashEvery: 1, checkpointEvery: 0, bucketBytes: 1 << 20)
+            if secure {
+                let ring = try CurveKeyPair.generate()
+                (assign.ringPublicKeys, assign.ringSecretKey) = ([ring.publicKey], ring.secretKey)
+            }
+            try router.send([identity, Envelope(jobID: "tether", senderRank: -1, body: .assign(assign)).encoded()])
+            var told: String?
+            let deadline = ContinuousClock.now + .seconds(10)
+            while told == nil, let frames = try router.receive(deadline: deadline) {
+                let env = try withExtendedLifetime(frames) { try Envelope(decoding: frames.last!.bytes) }
+                if case .abort(let a) = env.body { told = a.reason }
+            }
+            let r = worker.finish()
+            #expect(r.status == 1, "\(r.stderr)")
+            #expect(r.stderr.contains("refusing the coordinator's assignment") && r.stderr.contains(c.reason), "\(r.stderr)")
+            #expect(told?.contains(c.reason) == true, "the coordinator was told: \(told ?? "nothing")")
         }
     }
 
