@@ -34,6 +34,42 @@ public enum ControlLimits {
     /// The largest message a worker takes on its control socket: Assign (with the resume checkpoint)
     /// and served rows. The coordinator is authenticated; this bounds what a misbehaving one can cost.
     public static var workerMessageBytes = 2 << 30
+    /// Messages queued at the coordinator for one connection that does not read them: past this, what
+    /// it is sent is dropped (ZMQ_SNDHWM; served rows are at most a few MB a message).
+    static let queuedMessages: Int32 = 16
+    /// A member whose queue stays full this long is lost as a dead one is.
+    static let unreadTimeout = 10.0
+    /// Messages received and not yet read, per connection (ZMQ_RCVHWM): past this, libzmq stops reading
+    /// from that connection (TCP pushes back on the sender; the others are unaffected).
+    static let receivedMessages: Int32 = 1024
+    /// The largest encoded body of each kind the coordinator takes, checked before it is decoded (a
+    /// Hello's strings, a DataRequest's rows): what a peer sends cannot size an allocation beyond these.
+    /// CheckpointData is bounded by the socket's message size alone (it carries the model).
+    static func bodyBytes(_ field: Envelope.BodyField) -> Int {
+        switch field {
+        case .checkpoint: Int.max
+        case .dataRequest: 64 + 10 * DataServing.rowsPerRequest
+        case .hello: 4096
+        default: 64 << 10
+        }
+    }
+    /// Refuses an encoded envelope with a field larger than its bound, before it is decoded: the job
+    /// id and any field of another number (unknown to this build) at 1 KiB and 64 KiB.
+    static func checkSizes(_ bytes: UnsafeRawBufferPointer) throws {
+        guard let sizes = Envelope.fieldSizes(bytes) else {
+            throw ClusterError("malformed envelope: \(bytes.count) bytes whose protobuf framing does not parse")
+        }
+        for (field, size) in sizes {
+            let body = Envelope.BodyField(rawValue: field)
+            let bound = body.map(bodyBytes) ?? (field == 2 ? 1024 : 64 << 10)
+            guard size <= bound else {
+                throw ClusterError(
+                    "a message whose \(body.map { "\($0)" } ?? "field \(field)") takes \(size) bytes; at most \(bound) are taken")
+            }
+        }
+    }
+    /// Hosts and thread counts the coordinator keeps of workers' Hellos (by address).
+    static let helloRecords = 4096
     /// A connection that has not finished its handshake after this long is dropped.
     static let handshakeInterval: Duration = .seconds(5)
 

@@ -32,6 +32,7 @@ struct ControlChannel {
         // The frames own the bytes: they must live until the copies are made (an optimized build would
         // otherwise free them right after the last mention, before Array copies out of the buffer).
         return try withExtendedLifetime(frames) {
+            if router { try ControlLimits.checkSizes(frames.last!.bytes) }
             let env = try Envelope(decoding: frames.last!.bytes)
             guard anyJob || env.jobID == jobID else {
                 throw ClusterError("a message for job \"\(env.jobID)\" from rank \(env.senderRank); this is job \"\(jobID)\"")

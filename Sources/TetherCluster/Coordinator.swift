@@ -163,6 +163,7 @@ public final class Coordinator {
         let bufferValues = Checkpoint.buffers(of: probe.model).count
         try socket.setMaxMessageSize((64 << 20) + 16 * probe.model.arena.count + 8 * bufferValues * options.workers)
         try socket.setHandshakeInterval(ControlLimits.handshakeInterval)
+        try socket.setHighWaterMarks(send: ControlLimits.queuedMessages, receive: ControlLimits.receivedMessages)
         if let keys = options.security.keys {
             let auth = try Authenticator(context: context, logger: Logger(label: "coordinator"))
             auth.allow([keys.publicKey], domain: ClusterSecurity.controlDomain)
@@ -218,7 +219,7 @@ public final class Coordinator {
             {
                 _ = try execute([.abort(reason)], epochStart: &epochStart)  // an abort always throws
             }
-            var events: [CoordinatorState.Event] = [.tick]
+            var events: [CoordinatorState.Event] = [.tick] + unreadMembers()
             if let event = try receiveEvent() { events.append(event) }
             while let e = monitor.next(deadline: .now) { note(handshakeFailure: e) }
             for next in events {
@@ -362,7 +363,7 @@ public final class Coordinator {
                 for m in machine.members { send(.start, to: m.identity) }
             case .turnAway(let identity, let reason):
                 send(.abort(.init(originRank: -1, reason: reason)), to: identity)
-                progress.line("turned away a worker: \(reason)")
+                drop("turned away a worker: \(reason)")
             case .dropped(let why):
                 drop("dropped " + why)
             case .start where machine.ringEpoch > 0:
@@ -523,8 +524,13 @@ public final class Coordinator {
             return nil
         }
         if case .hello(let h) = body {
-            if h.hostKey.utf8.count <= 256, SameHostLinks.isUsable(h.ipcFolder) { hosts[h.advertiseAddress] = (h.hostKey, h.ipcFolder) }
-            if hosts.count + threads.count < 4096 { threads[h.advertiseAddress] = Int(h.threads) }
+            // kept by address, a bounded number (a Hello's strings are bounded by its size: ControlLimits)
+            if hosts.count < ControlLimits.helloRecords || hosts[h.advertiseAddress] != nil, h.hostKey.utf8.count <= 256,
+                SameHostLinks.isUsable(h.ipcFolder)
+            {
+                hosts[h.advertiseAddress] = (h.hostKey, h.ipcFolder)
+            }
+            if threads.count < ControlLimits.helloRecords { threads[h.advertiseAddress] = Int(h.threads) }
             let carried =
                 h.carriedHash == 0 ? nil : Int(exactly: h.carriedStep).map { CoordinatorState.Carried(step: $0, hash: h.carriedHash) }
             return .hello(identity: identity, address: h.advertiseAddress, carried: carried)
@@ -571,11 +577,34 @@ public final class Coordinator {
 
     /// Sends to one peer. A peer that is gone (or never was) fails only its own send, which is logged:
     /// the job notices a gone member by its silence.
+    /// A peer that does not read its messages fills its queue (ZMQ_SNDHWM): what it is sent then is
+    /// dropped, and a member whose queue stays full past `ControlLimits.unreadTimeout` is lost
+    /// (`unreadMembers`).
     private func send(_ body: Envelope.Body, to identity: [UInt8]) {
-        do { try router.send(body, from: -1, to: identity) } catch {
+        do {
+            try router.send(body, from: -1, to: identity)
+            fullSince[ControlIdentity.member(of: identity)] = nil
+        } catch let e as ZeroMQError where e.code == EAGAIN {
+            let member = ControlIdentity.member(of: identity)
+            if fullSince[member] == nil, fullSince.count < ControlLimits.helloRecords { fullSince[member] = Clock.now }
+            drop("\(ranks[member].map { "rank \($0)" } ?? "a worker without a rank") does not read its messages: dropped a \(body.name)")
+        } catch {
             drop(
                 "could not send \(body.name) to \(ranks[ControlIdentity.member(of: identity)].map { "rank \($0)" } ?? "a worker without a rank"): \(error)"
             )
+        }
+    }
+
+    /// When each connection's queue was first found full (by control identity), until a send succeeds.
+    private var fullSince: [[UInt8]: Double] = [:]
+
+    /// Members whose queues have stayed full past the time-out: the machine loses them.
+    private func unreadMembers() -> [CoordinatorState.Event] {
+        let now = Clock.now
+        return fullSince.compactMap { identity, since in
+            guard now - since > ControlLimits.unreadTimeout, let rank = ranks[identity] else { return nil }
+            fullSince[identity] = nil
+            return .unread(rank: rank, seconds: now - since)
         }
     }
 

@@ -95,6 +95,9 @@ public struct CoordinatorState {
         case abort(rank: Int, reason: String)
         /// A survivor of a re-formation has left the old ring and listens on the new one of `epoch`.
         case listening(rank: Int, epoch: UInt32)
+        /// A member has not taken its messages for `seconds` (its queue at the coordinator stays full):
+        /// it is lost as a dead one is, whatever else it sends.
+        case unread(rank: Int, seconds: Double)
         case tick
     }
 
@@ -389,6 +392,9 @@ public struct CoordinatorState {
             return listening.count == members.count ? [.connectRing] : []
         case .abort(let rank, let reason):
             return lose([rank], "rank \(rank) (\(members[rank].address)) stopped: \(reason)", now: now)
+        case .unread(let rank, let seconds):
+            return lose(
+                [rank], "rank \(rank) (\(members[rank].address)) has not read its messages for \(Int(seconds)) s: dropping it", now: now)
         case .tick:
             if phase == .joining, let gone = members.firstIndex(where: { now - $0.lastHeard > settings.joinerTimeout }) {
                 let address = members.remove(at: gone).address
@@ -505,7 +511,7 @@ extension CoordinatorState.Event {
     var rank: Int? {
         switch self {
         case .ready(let r, _), .step(let r, _), .evaluation(let r, _), .checkpoint(let r, _), .heartbeat(let r), .abort(let r, _),
-            .listening(let r, _):
+            .listening(let r, _), .unread(let r, _):
             r
         case .hello, .tick: nil
         }

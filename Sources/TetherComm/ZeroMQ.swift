@@ -115,6 +115,14 @@ public final class ZeroMQSocket {
         try ZeroMQ.check(zmq_setsockopt(handle, option, value, value.utf8.count), "zmq_setsockopt(\(name))")
     }
 
+    /// ZMQ_SNDHWM and ZMQ_RCVHWM, per connection: past `send` queued messages a send fails with EAGAIN
+    /// (a ROUTER with ZMQ_ROUTER_MANDATORY) instead of queueing without end; past `receive` unread
+    /// ones libzmq stops reading from that connection.
+    public func setHighWaterMarks(send: Int32, receive: Int32) throws {
+        try setOption(ZMQ_SNDHWM, send, "ZMQ_SNDHWM")
+        try setOption(ZMQ_RCVHWM, receive, "ZMQ_RCVHWM")
+    }
+
     /// ZMQ_MAXMSGSIZE: a peer that sends a larger message is disconnected before it is read into memory.
     public func setMaxMessageSize(_ bytes: Int) throws {
         var v = Int64(bytes)

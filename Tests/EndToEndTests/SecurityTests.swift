@@ -19,8 +19,11 @@ import TetherTrain
         let context = try! ZeroMQContext()
         var sockets: [ZeroMQSocket] = []
 
-        func dealer(_ address: String, keys: CurveKeyPair? = nil, identity: [UInt8]? = nil) throws -> ZeroMQSocket {
+        /// `reads` false: libzmq takes in one message and then stops reading for this socket, as a peer
+        /// that never reads would (set before connecting: a high-water mark applies to new pipes only).
+        func dealer(_ address: String, keys: CurveKeyPair? = nil, identity: [UInt8]? = nil, reads: Bool = true) throws -> ZeroMQSocket {
             let s = try ZeroMQSocket(context, .dealer, linger: .zero)
+            if !reads { try s.setHighWaterMarks(send: 0, receive: 100) }
             if let identity { try s.setRoutingID(identity) }
             if let keys { try s.secure(.client(keys, serverKey: keys.publicKey)) }
             try s.connect(address)
@@ -411,6 +414,90 @@ import TetherTrain
             #expect(r.stderr.contains("refusing the coordinator's assignment") && r.stderr.contains(c.reason), "\(r.stderr)")
             #expect(told?.contains(c.reason) == true, "the coordinator was told: \(told ?? "nothing")")
         }
+    }
+
+    /// Polls a process's peak resident set until it exits; the last figure seen (VmHWM only grows).
+    func peakUntilExit(_ pid: Int32) -> Int {
+        var peak = 0
+        while kill(pid, 0) == 0, case let now = peakResidentMegabytes(pid), now > 0 || peak == 0 {
+            peak = max(peak, now)
+            usleep(100_000)
+        }
+        return peak
+    }
+
+    /// An --insecure coordinator with --serve-data for `workers`, listening; its address and run directory.
+    func servingCoordinator(workers: Int) throws -> (CLI.Background, String, URL) {
+        let dir = CLI.tempDir("serving")
+        let address = "tcp://127.0.0.1:\(Int.random(in: 20000..<32000))"
+        let coordinator = try CLI.start(
+            ["coordinator", "--listen", address, "--workers", "\(workers)", "--serve-data", "--insecure", "--run-dir", dir.path]
+                + training, bound: 150)
+        waitUntilListening(address)
+        return (coordinator, address, dir)
+    }
+
+    /// A stranger on an --insecure job with --serve-data sends what is well-formed and in range one
+    /// number at a time but more than a host should hold: twelve Hellos with 50 MB addresses and a
+    /// thousand of 1 MB on one connection, four DataRequests of 60M indices. Each is refused before it is
+    /// decoded; the coordinator's peak RSS stays under 500 MB and the real worker's job finishes.
+    @Test(.enabled(if: dataInstalled, "needs Debian's dataset-fashion-mnist"))
+    func hugeHellosAndRequestsCostTheCoordinatorNothing() throws {
+        let (coordinator, address, dir) = try servingCoordinator(workers: 1)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let attacker = Attacker()
+        let s = try attacker.dealer(address)
+        func hello(_ bytes: Int) -> [UInt8] {
+            Envelope(
+                jobID: "tether", senderRank: -1,
+                body: .hello(.init(advertiseAddress: String(repeating: "a", count: bytes), tetherVersion: "x", threads: 1))
+            ).encoded()
+        }
+        let big = hello(50 << 20), medium = hello(1 << 20)
+        for _ in 0..<12 { try s.send([big]) }
+        for _ in 0..<1000 { try s.send([medium]) }
+        let request = Envelope(
+            jobID: "tether", senderRank: 0, body: .dataRequest(.init(split: 0, indices: [UInt32](repeating: 0, count: 60_000_000)))
+        ).encoded()
+        for _ in 0..<4 { try s.send([request]) }
+        let worker = try CLI.start(["worker", "--coordinator", address, "--insecure"], bound: 150)
+        let peak = peakUntilExit(coordinator.pid)
+        let c = coordinator.finish(), w = worker.finish()
+        #expect(peak > 0 && peak < 500, "coordinator peak RSS \(peak) MB")
+        #expect(c.status == 0 && c.stdout.contains("done: 30 steps"), "\(c.stdout)\(c.stderr)")
+        #expect(w.status == 0, "\(w.stderr)")
+        #expect(c.stdout.contains("takes 52428") && c.stdout.contains("at most 4096 are taken"), "\(c.stdout)")
+    }
+
+    /// A stranger joins an --insecure job with --serve-data as both its workers, then asks for rows
+    /// without end and never reads the answers. The coordinator's queues to it stay bounded (peak RSS
+    /// under 500 MB) and, its queues full for 10 s, it is lost as a dead member is: the job ends,
+    /// naming why, instead of growing until the host runs out.
+    @Test(.enabled(if: dataInstalled, "needs Debian's dataset-fashion-mnist"))
+    func aMemberThatNeverReadsIsDropped() throws {
+        let (coordinator, address, dir) = try servingCoordinator(workers: 2)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let attacker = Attacker()
+        let members = try (1...2).map { i in
+            let s = try attacker.dealer(address, identity: [0x57] + (0..<15).map { _ in UInt8.random(in: 0...255) }, reads: false)
+            attacker.send(
+                s, .hello(.init(advertiseAddress: "tcp://127.0.0.1:\(i)", tetherVersion: "x", threads: 1)), job: "tether", rank: -1)
+            return s
+        }
+        let request = Envelope(
+            jobID: "tether", senderRank: 0, body: .dataRequest(.init(split: 0, indices: (0..<4096).map { UInt32($0 % 1920) }))
+        ).encoded()  // rows of the --train-limit
+        let deadline = Date().addingTimeInterval(60)
+        var peak = 0
+        while kill(coordinator.pid, 0) == 0, Date() < deadline {
+            for s in members { try? s.send([request], wait: false) }
+            peak = max(peak, peakResidentMegabytes(coordinator.pid))
+            usleep(2_000)
+        }
+        let c = coordinator.finish()
+        #expect(peak > 0 && peak < 500, "coordinator peak RSS \(peak) MB")
+        #expect(c.status != 0)
+        #expect((c.stdout + c.stderr).contains("has not read its messages for"), "\(c.stdout)\(c.stderr)")
     }
 
     /// Tensor data flipped in a checkpoint is refused naming the tensor; a shape whose size overflows

@@ -20,6 +20,25 @@ import TetherWire
         #expect(throws: WireError.self) { try Envelope(decoding: Array(bytes.dropLast(3))) }
     }
 
+    /// The framing scan sizes each top-level field as the encoder wrote it (what follows its key, the
+    /// length prefix included), sums a repeated field, and gives nil for framing cut short or a group.
+    @Test func fieldSizesReadTheFramingAlone() throws {
+        let address = String(repeating: "a", count: 300)
+        let hello = Envelope(
+            jobID: "job-42", senderRank: -1, body: .hello(.init(advertiseAddress: address, tetherVersion: "x", threads: 2))
+        ).encoded()
+        let sizes = try #require(hello.withUnsafeBytes(Envelope.fieldSizes))
+        let body = try #require(sizes[Envelope.BodyField.hello.rawValue])
+        #expect(sizes[2] == 1 + 6)  // the job id: its length, then 6 bytes
+        #expect(body > 300 && body < 320)
+        #expect(sizes.values.reduce(0, +) + sizes.count == hello.count)  // a one-byte key each
+        // the same body twice (protobuf-c would unpack both): summed
+        #expect(try #require((hello + hello).withUnsafeBytes(Envelope.fieldSizes))[Envelope.BodyField.hello.rawValue] == 2 * body)
+        #expect(Array(hello.dropLast()).withUnsafeBytes(Envelope.fieldSizes) == nil)
+        #expect([UInt8]([0x53]).withUnsafeBytes(Envelope.fieldSizes) == nil)  // field 10, start group
+        #expect([UInt8]([0x52, 0xFF, 0xFF, 0xFF, 0xFF, 0x0F]).withUnsafeBytes(Envelope.fieldSizes) == nil)  // a length past the end
+    }
+
     @Test func anotherProtocolVersionIsRefusedNamingTheSender() throws {
         var e = Envelope(jobID: "j", senderRank: 5, body: nil)
         e.protocolVersion = 99
