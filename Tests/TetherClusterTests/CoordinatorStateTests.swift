@@ -477,4 +477,12 @@ import TetherComm
         var s = started()
         #expect(s.handle(.abort(rank: 1, reason: "out of memory"), now: 2) == [.abort("rank 1 (tcp://h1:1) stopped: out of memory")])
     }
+
+    /// A member that does not read its messages is lost as a dead one is, named with how long.
+    @Test func aMemberThatDoesNotReadIsLost() {
+        var s = started()
+        #expect(
+            s.handle(.unread(rank: 2, seconds: 10.4), now: 2)
+                == [.abort("rank 2 (tcp://h2:1) has not read its messages for 10 s: dropping it")])
+    }
 }
