@@ -55,7 +55,7 @@ public enum ControlLimits {
     }
     /// Refuses an encoded envelope with a field larger than its bound, before it is decoded: the job
     /// id and any field of another number (unknown to this build) at 1 KiB and 64 KiB.
-    static func checkSizes(_ bytes: UnsafeRawBufferPointer) throws {
+    public static func checkSizes(_ bytes: UnsafeRawBufferPointer) throws {
         guard let sizes = Envelope.fieldSizes(bytes) else {
             throw ClusterError("malformed envelope: \(bytes.count) bytes whose protobuf framing does not parse")
         }

@@ -4,6 +4,7 @@ import TetherComm
 import TetherData
 import TetherJobFile
 import TetherNN
+import TetherTensor
 import TetherTrain
 
 /// The decoders that read bytes from a socket or a file, each as one fuzz target: `run` takes any bytes
@@ -14,6 +15,11 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     /// An envelope and whichever control body it holds, then what the receiver does with it: the
     /// worker's Assign check, the coordinator's state machine, data serving, a checkpoint's loading.
     case envelope
+    /// A job configuration (JSON, as an Assign carries it) checked as a worker checks an Assign, under a
+    /// 256 MB --max-memory; one it accepts then has its model and optimizer built. Run under
+    /// libFuzzer's -malloc_limit_mb, an accepted configuration that allocates beyond the bound is a
+    /// finding.
+    case assign
     /// A collective chunk: the header frame (an envelope) and its payload, checked as a ring rank checks them.
     case chunk
     /// Served rows with their shape, decoded as images, tables and token sequences.
@@ -27,6 +33,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     public func run(_ input: [UInt8]) {
         switch self {
         case .envelope: Self.envelope(input)
+        case .assign: Self.assign(input)
         case .chunk: Self.chunk(input)
         case .dataRows: Self.dataRows(input)
         case .safetensors:
@@ -50,6 +57,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         "columns a, b, c, y\ncategorical a, b\nnumeric c\nlabel y 1\ncross a, b\nheader yes\n", file: "fuzz")
 
     static func envelope(_ input: [UInt8]) {
+        _ = input.withUnsafeBytes { try? ControlLimits.checkSizes($0) }
         guard let env = try? Envelope(decoding: input), let body = env.body else { return }
         switch body {
         case .assign(let a):
@@ -98,6 +106,37 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         case .start, .heartbeat, .finish, .stop:
             break
         }
+    }
+
+    /// The memory a configuration may ask of the fuzzing process.
+    static let assignMemory = 256 << 20
+
+    static func assign(_ input: [UInt8]) {
+        MemoryLimit.set(assignMemory, holder: "the fuzz target")
+        let assign = Envelope.Assign(
+            rank: 0, worldSize: 1, ring: ["tcp://127.0.0.1:5"], configJSON: input, hashEvery: 1, checkpointEvery: 0, bucketBytes: 1 << 20)
+        guard let config = try? AssignCheck(dataRoots: ["/nonexistent-fuzz-root"], secure: false).validate(assign) else { return }
+        var rng = RNG(seed: 1)
+        let arena: ParameterArena<Float>, ftrl: Set<String>
+        switch config.model {
+        case "lm-tied":
+            let l = config.language
+            let lm = LanguageModel<Float>(
+                LanguageModelShape(
+                    vocabulary: l.vocabulary, size: l.size, layers: l.layers, dropout: l.dropout, tied: !l.untied, weightNorm: l.weightNorm),
+                trainStreams: config.batch, rng: &rng)
+            (arena, ftrl) = (lm.arena, lm.ftrlParameters)
+        case "wide-deep":
+            let w = config.wideDeep
+            let model = WideDeep<Float>(
+                WideDeepShape(
+                    fields: 1, numeric: 1, crosses: [], buckets: w.buckets, wideBuckets: w.wideBuckets, embedding: w.embedding,
+                    hidden: w.hidden, parts: w.parts), rng: &rng)
+            (arena, ftrl) = (model.arena, model.ftrlParameters)
+        default:
+            return  // the image families' shapes are fixed
+        }
+        _ = try? Optimizer<Float>(config.optimizer, layout: arena.layout, ftrlParameters: ftrl)
     }
 
     /// A coordinator of two ranks in training at step 0 of 10.

@@ -9,7 +9,8 @@ extension FuzzTarget {
     /// Real messages and files to start from: what the code under test writes and reads when it works.
     public var seeds: [[UInt8]] {
         switch self {
-        case .envelope: Self.envelopes
+        case .envelope: Self.envelopes + Self.envelopesAtTheBounds
+        case .assign: Self.configsAtTheBounds
         case .chunk:
             Self.chunkHeaders.map { header, payload in [UInt8(header.count & 0xFF), UInt8(header.count >> 8)] + header + payload }
         case .dataRows:
@@ -122,5 +123,55 @@ extension FuzzTarget {
             (images.encodedShape(), images.encodedRows([0, 1, 2])), (table.encodedShape(), table.encodedRows([0, 1])),
             (tokens.encodedShape(), tokens.encodedRows([0, 1, 2, 3]))
         ]
+    }
+
+    /// Each family's default configuration, then the same with one numeric setting at a time set to
+    /// 2^31, 2^62 and 2^63-1: what a hostile coordinator would try first.
+    static var configsAtTheBounds: [[UInt8]] {
+        var seeds: [[UInt8]] = []
+        for family in ["mlp-wn", "cnn-wn", "autoencoder-tied", "lm-tied", "wide-deep"] {
+            let json = try! JSONSerialization.jsonObject(with: JSONEncoder().encode(TrainingConfig.defaults(for: family)))
+            seeds.append(try! JSONSerialization.data(withJSONObject: json, options: [.sortedKeys]).map { $0 })
+            for path in numericPaths(json) {
+                for value in [Int64(1) << 31, Int64(1) << 62, Int64.max] {
+                    let changed = replacing(json, at: path, with: NSNumber(value: value))
+                    seeds.append(try! JSONSerialization.data(withJSONObject: changed, options: [.sortedKeys]).map { $0 })
+                }
+            }
+        }
+        return seeds
+    }
+
+    /// Assigns carrying a sample of those configurations, and DataRequests at the bounds of their
+    /// fields (indices of 2^31 and 2^32-1, one row more than a request may ask for; a split other than
+    /// 0 and 1 the decoder refuses, so the fuzzer starts from those it takes).
+    static var envelopesAtTheBounds: [[UInt8]] {
+        let assigns = configsAtTheBounds.enumerated().filter { $0.offset % 7 == 0 }.map { _, config in
+            Envelope.Assign(
+                rank: 0, worldSize: 1, ring: ["tcp://10.0.0.1:7071"], configJSON: config, hashEvery: 1, checkpointEvery: 0,
+                bucketBytes: 1 << 20)
+        }
+        let requests: [Envelope.DataRequest] = [
+            .init(split: 1, indices: [.max, 1 << 31]),
+            .init(split: 0, indices: [UInt32](repeating: .max, count: 4097))
+        ]
+        return (assigns.map { Envelope.Body.assign($0) } + requests.map { .dataRequest($0) }).map {
+            Envelope(jobID: "tether", senderRank: 1, body: $0).encoded()
+        }
+    }
+
+    /// The key paths of a JSON object's numbers (not its booleans).
+    static func numericPaths(_ json: Any, _ prefix: [String] = []) -> [[String]] {
+        if let object = json as? [String: Any] {
+            return object.keys.sorted().flatMap { numericPaths(object[$0]!, prefix + [$0]) }
+        }
+        if let n = json as? NSNumber, String(cString: n.objCType) != "c" { return [prefix] }  // "c": a boolean
+        return []
+    }
+
+    static func replacing(_ json: Any, at path: [String], with value: Any) -> Any {
+        guard let key = path.first, var object = json as? [String: Any] else { return value }
+        object[key] = replacing(object[key]!, at: Array(path.dropFirst()), with: value)
+        return object
     }
 }

@@ -21,6 +21,10 @@ import TetherTrain
     @Test func theSeedsAreRealMessagesAndFiles() throws {
         for target in FuzzTarget.allCases { #expect(!target.seeds.isEmpty, "\(target)") }
         for seed in FuzzTarget.envelope.seeds { #expect(try Envelope(decoding: seed).body != nil) }
+        // every family's defaults, then each numeric setting at 2^31, 2^62 and 2^63-1
+        let configs = FuzzTarget.assign.seeds
+        #expect(configs.count > 5 * 3 * 20)
+        #expect(configs.filter { (try? JSONDecoder().decode(TrainingConfig.self, from: Data($0))) != nil }.count > 5 * 3 * 10)
         _ = try Checkpoint.Loaded(bytes: Data(FuzzTarget.safetensors.seeds[0]), source: "the checkpoint seed")
     }
 }
