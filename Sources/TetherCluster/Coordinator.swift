@@ -36,6 +36,10 @@ public final class Coordinator {
         public var force = false
         /// Write a Chrome trace of every rank's steps here (--timeline).
         public var timeline: String?
+        /// The flags a worker of this job needs besides --coordinator (its key, job id): a coordinator
+        /// waiting for workers says every 10 s how many it has and the command that starts one. nil: the
+        /// workers are started for it (simulate), it only counts.
+        public var workerFlags: [String]?
         public init(listen: String, workers: Int) { (self.listen, self.workers, minWorkers) = (listen, workers, workers) }
         var elastic: Bool { minWorkers < workers }
     }
@@ -185,9 +189,17 @@ public final class Coordinator {
     /// Sockets close before their context terminates (zmq_ctx_term waits for them).
     deinit { timeline?.close(); monitor.close(); router.socket.close(); authenticator?.stop() }
 
-    /// Runs the job to its end; throws (after stopping every worker) on a fault or an interrupt.
+    /// Runs the job to its end; throws (after stopping every worker) on a fault or an interrupt. A fresh
+    /// run that ends before its first step leaves its directory as it found it.
     public func run() throws {
         if let finishedSteps { return dismissWorkers(finishedSteps) }
+        do { try runJob() } catch {
+            if startState == nil, machine.completedSteps == 0, writtenCheckpointStep == nil { directory.removeUnstarted() }
+            throw error
+        }
+    }
+
+    private func runJob() throws {
         let total = machine.settings.totalSteps
         var start = event("start", at: startState?.globalStep ?? 0)
         (start.model, start.parameters, start.workers) = (config.model, parameterCount, options.workers)
@@ -203,6 +215,7 @@ public final class Coordinator {
             "coordinator on \(boundAddress): waiting for \(waiting); \(config.model), \(batch), "
                 + "\(stepsPerEpoch) steps per epoch, \(total) steps in all\(wire)")
         var lastHeartbeat = 0.0
+        lastWaitingLine = Clock.now
         let begun = Date()
         var epochStart = Date()
         StopSignal.lossNote(checkpointStep: startState?.globalStep, runDirectory: runDirectory.path)
@@ -218,6 +231,10 @@ public final class Coordinator {
                 : machine.phase == .joining ? failure() : nil
             {
                 _ = try execute([.abort(reason)], epochStart: &epochStart)  // an abort always throws
+            }
+            if machine.phase == .joining, Clock.now - lastWaitingLine >= 10 {
+                progress.line(waitingLine())
+                lastWaitingLine = Clock.now
             }
             var events: [CoordinatorState.Event] = [.tick] + unreadMembers()
             if let event = try receiveEvent() { events.append(event) }
@@ -256,6 +273,18 @@ public final class Coordinator {
                     JobStatus(workersAlive: machine.members.count, heartbeatAge: machine.members.map { max(0, Clock.now - $0.lastHeard) }))
             }
         }
+    }
+
+    private var lastWaitingLine = 0.0
+
+    /// "waiting for workers: 1 of 4 joined; start one with: tether worker --coordinator tcp://h:7070 ..."
+    private func waitingLine() -> String {
+        let have = "waiting for workers: \(machine.members.count) of \(options.workers) joined"
+        guard let flags = options.workerFlags else { return have }
+        // a wildcard listen address is reached at this host's name
+        let reach = boundAddress.replacingOccurrences(of: "://0.0.0.0:", with: "://\(ProcessInfo.processInfo.hostName):")
+            .replacingOccurrences(of: "://*:", with: "://\(ProcessInfo.processInfo.hostName):")
+        return "\(have); start one with: tether worker --coordinator \(reach)" + flags.map { " " + $0 }.joined()
     }
 
     /// The step of the last checkpoint this coordinator wrote.

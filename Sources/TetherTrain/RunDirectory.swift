@@ -1,7 +1,8 @@
 import Foundation
 
-/// A run directory: `checkpoint.safetensors` and `metrics.jsonl` of one run. A fresh run starts in a
-/// directory that holds neither (or, with --force, deletes them first); --resume continues the run there.
+/// A run directory: `checkpoint.safetensors` and `metrics.jsonl` of one run, and `run.lock`, which the
+/// process writing them holds (`RunLock`). A fresh run starts in a directory that holds neither (or,
+/// with --force, deletes them first); --resume continues the run there.
 /// `train` and the coordinator open theirs here: the one place a run is started fresh or resumed.
 public final class RunDirectory {
     public static let metricsFileName = "metrics.jsonl"
@@ -17,6 +18,8 @@ public final class RunDirectory {
     /// change only where a resume allows (a note of what changes goes to `progress`).
     public init(_ url: URL, config given: TrainingConfig, resume: Bool, force: Bool = false, progress: ProgressDisplay) throws {
         self.url = url
+        created = try Self.create(url)
+        if let line = try RunLock.acquire(url) { progress.line(line) }
         try Self.prepare(url, resume: resume, force: force)
         if resume {
             let loaded = try Checkpoint.Loaded(url.appendingPathComponent(Checkpoint.fileName))
@@ -31,20 +34,40 @@ public final class RunDirectory {
     /// start leaves no file behind that would make the next start a resume).
     public func openMetrics() throws -> MetricsLog { try MetricsLog(path: metricsURL.path) }
 
-    /// Creates `directory` if needed (a file in its place is an error naming the flag). A fresh run
-    /// (`resume` false) is refused where a run's files are, unless `force`, which deletes them.
-    static func prepare(_ directory: URL, resume: Bool, force: Bool) throws {
+    /// Whether this run created the directory (a run that never started removes what it made).
+    let created: Bool
+
+    /// Creates `directory` if needed (a file in its place is an error naming the flag); whether it did.
+    static func create(_ directory: URL) throws -> Bool {
         var isFolder: ObjCBool = false
         if FileManager.default.fileExists(atPath: directory.path, isDirectory: &isFolder) {
             guard isFolder.boolValue else {
                 throw ConfigError(message: "--run-dir \(directory.path) is a file; give a folder (it is created if missing)")
             }
-        } else {
-            do { try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true) } catch {
-                throw ConfigError(
-                    message: "--run-dir \(directory.path): cannot create it (\((error as NSError).localizedFailureReason ?? "\(error)"))")
-            }
+            return false
         }
+        do { try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true) } catch {
+            throw ConfigError(
+                message: "--run-dir \(directory.path): cannot create it (\((error as NSError).localizedFailureReason ?? "\(error)"))")
+        }
+        return true
+    }
+
+    /// Leaves the directory as this run found it, for a run stopped before its first step: its metrics
+    /// file and lock go, and the directory too when this run made it and nothing else is in it.
+    public func removeUnstarted() {
+        guard resumed == nil, !FileManager.default.fileExists(atPath: checkpointURL.path) else { return }
+        try? FileManager.default.removeItem(at: metricsURL)
+        RunLock.release(url)
+        try? FileManager.default.removeItem(at: url.appendingPathComponent(RunLock.fileName))
+        if created, (try? FileManager.default.contentsOfDirectory(atPath: url.path))?.isEmpty == true {
+            try? FileManager.default.removeItem(at: url)
+        }
+    }
+
+    /// A fresh run (`resume` false) is refused where a run's files are, unless `force`, which deletes
+    /// them (this process holds the directory's lock: no other run is writing them).
+    static func prepare(_ directory: URL, resume: Bool, force: Bool) throws {
         guard !resume else { return }
         let files = [Checkpoint.fileName, metricsFileName].filter {
             FileManager.default.fileExists(atPath: directory.appendingPathComponent($0).path)

@@ -49,6 +49,9 @@ struct CoordinatorCommand: ParsableCommand {
             options.force = force
             (options.jobID, options.finishedIsDone) = (jobID, finishedOk)
             options.security = try security.security()
+            options.workerFlags =
+                (jobID == "tether" ? [] : ["--job-id", jobID])
+                + (security.insecure ? ["--insecure"] : security.keyFile.map { ["--key-file", $0] } ?? [])
             let coordinator = try job.coordinator(options, runDirectory: runDir, resume: resume, progress: output.progress, sinks: sinks)
             do { try coordinator.run() } catch let stopped as JobInterrupted {
                 try output.printSummary(coordinator)

@@ -427,6 +427,42 @@ let kubernetesTypesInstalled =
                 && more.stdout.contains("done: 10 steps"), "\(more.stdout)\(more.stderr)")
     }
 
+    /// A run directory has one writer: a second run, --force included, is refused naming the holder
+    /// and deletes nothing; the lock of a SIGKILLed run is taken over, saying so. A coordinator stopped
+    /// while it waits for workers leaves no trace (the next fresh run there is not refused).
+    @Test(.enabled(if: dataInstalled, "needs Debian's dataset-fashion-mnist"))
+    func aRunDirectoryHasOneWriter() throws {
+        let dir = CLI.tempDir("one-writer")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let lock = dir.appendingPathComponent("run.lock"), metrics = dir.appendingPathComponent("metrics.jsonl")
+        let first = try CLI.start(["train", "--model", "cnn-wn", "--max-steps", "100000", "--run-dir", dir.path], bound: 120)
+        let deadline = Date().addingTimeInterval(60)
+        while Date() < deadline, (try? String(contentsOf: metrics, encoding: .utf8))?.isEmpty ?? true { usleep(100_000) }
+        let holder = "pid \(first.pid) on host"
+        #expect(try String(contentsOf: lock, encoding: .utf8).hasPrefix(holder))
+        let before = try Data(contentsOf: metrics)
+        for extra in [[], ["--force"]] {
+            let second = try CLI.run(["train", "--model", "mlp", "--max-steps", "2", "--run-dir", dir.path] + extra)
+            #expect(second.status == 1 && second.stderr.contains("is in use by another run (\(holder)"), "\(extra): \(second.stderr)")
+        }
+        #expect(try Data(contentsOf: metrics).starts(with: before), "the running job's metrics are untouched")
+        kill(first.pid, SIGKILL)
+        _ = first.finish()
+        let third = try CLI.run(["train", "--model", "mlp", "--max-steps", "2", "--train-limit", "256", "--force", "--run-dir", dir.path])
+        #expect(third.status == 0 && third.stdout.contains("took over \(dir.path) from \(holder)"), "\(third.stdout)\(third.stderr)")
+        #expect(try String(contentsOf: lock, encoding: .utf8).isEmpty, "a run that ended gave its lock up")
+
+        let waiting = dir.appendingPathComponent("waiting")
+        let coordinator = try CLI.start(
+            ["coordinator", "--listen", "tcp://127.0.0.1:0", "--workers", "2", "--insecure", "--run-dir", waiting.path], bound: 60)
+        while Date() < deadline, !FileManager.default.fileExists(atPath: waiting.appendingPathComponent("metrics.jsonl").path) {
+            usleep(100_000)
+        }
+        kill(coordinator.pid, SIGINT)
+        #expect(coordinator.finish().status == 130)
+        #expect(!FileManager.default.fileExists(atPath: waiting.path), "a run stopped before its first step leaves nothing")
+    }
+
     @Test func corruptCheckpointIsRefused() throws {
         let dir = CLI.tempDir("corrupt")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
