@@ -97,8 +97,8 @@ public final class Coordinator {
     ) throws {
         self.options = options
         created = Date()
-        directory = try RunDirectory(runDirectory, config: given, resume: resume, force: options.force, progress: progress)
-        var config = given
+        var config = try given.withFilesResolved()
+        directory = try RunDirectory(runDirectory, config: config, resume: resume, force: options.force, progress: progress)
         var resumeMetadata: [String: String] = [:]
         var resumedConfig: TrainingConfig?
         // The workers whose --batch x count is the global batch: the checkpoint's, or this job's.

@@ -31,7 +31,8 @@ public enum DataSource {
     /// Train and held-out rows: synthetic-clicks draws both (ROWS training rows, default 200,000, and a
     /// quarter as many held out); csv: holds out every row whose index is 9 mod 10. Numbers are
     /// standardized with the training rows' statistics.
-    public static func tabular(_ spec: String, schema: String?, seed: UInt64) throws -> (train: TabularDataset, test: TabularDataset) {
+    public static func tabular(_ spec: String, schema: TabularSchema?, seed: UInt64) throws -> (train: TabularDataset, test: TabularDataset)
+    {
         let train: TabularDataset, test: TabularDataset
         if spec == "synthetic-clicks" || spec.hasPrefix("synthetic-clicks:") {
             var rows = 200_000
@@ -47,7 +48,7 @@ public enum DataSource {
             guard let schema else {
                 throw DataError.unknownSource("--data \(spec) needs --schema adult or --schema FILE (the columns' roles)")
             }
-            let all = try CSVReader.read(String(spec.dropFirst(4)), schema: TabularSchema.load(schema))
+            let all = try CSVReader.read(String(spec.dropFirst(4)), schema: schema)
             guard all.count >= 2 else {
                 throw DataError.invalid("\(spec.dropFirst(4)): \(all.count) row; training and held-out splits need at least 2")
             }
@@ -68,6 +69,12 @@ public enum DataSource {
         return (train.standardized(like: train), test.standardized(like: train))
     }
 
+    /// The schema of `csv:` data: the content a run carries, else the file (or `adult`).
+    static func schema(_ config: TrainingConfig) throws -> TabularSchema? {
+        if let text = config.schemaText { return try TabularSchema.parse(text, file: config.schema ?? "the run's schema") }
+        return try config.schema.map(TabularSchema.load)
+    }
+
     /// The files and folders a `--data` spec (and a schema file) makes this process read.
     public static func localPaths(data spec: String, schema: String?) -> [String] {
         var paths: [String] = []
@@ -81,5 +88,32 @@ public enum DataSource {
     static func unknownOr(_ why: String, _ spec: String) -> DataError {
         let known = spec == "fashion-mnist" || ["idx:", "text:", "csv:", "synthetic-clicks"].contains { spec.hasPrefix($0) }
         return .unknownSource(known ? "--data \"\(spec)\" \(why)" : "unknown --data \"\(spec)\": use \(help)")
+    }
+}
+
+extension TrainingConfig {
+    /// The largest schema file a run carries.
+    static let schemaBytes = 1 << 20
+
+    /// The run's files made independent of where the command runs: data paths absolute, and a schema
+    /// file's content read into `schemaText` (kept when already there: a resumed run's).
+    public func withFilesResolved() throws -> TrainingConfig {
+        var c = self
+        let here = URL(fileURLWithPath: FileManager.default.currentDirectoryPath)
+        func absolute(_ path: String) -> String { URL(fileURLWithPath: path, relativeTo: here).standardizedFileURL.path }
+        for prefix in ["idx:", "text:", "csv:"] where c.data.hasPrefix(prefix) && c.data.count > prefix.count {
+            c.data = prefix + absolute(String(c.data.dropFirst(prefix.count)))
+        }
+        if let schema = c.schema, schema != "adult" {
+            c.schema = absolute(schema)
+            if c.schemaText == nil {
+                guard let data = FileManager.default.contents(atPath: c.schema!) else { throw DataError.missingFile(c.schema!) }
+                guard data.count <= Self.schemaBytes, let text = String(data: data, encoding: .utf8) else {
+                    throw DataError.invalid("\(c.schema!): a schema is UTF-8 text of at most \(Self.schemaBytes) bytes")
+                }
+                c.schemaText = text
+            }
+        }
+        return c
     }
 }

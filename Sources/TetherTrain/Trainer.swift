@@ -44,9 +44,9 @@ public final class Trainer {
         config given: TrainingConfig, runDirectory: URL, resume: Bool, force: Bool = false, progress: ProgressDisplay = ProgressDisplay(),
         sinks: [any MetricsSink] = []
     ) throws {
-        directory = try RunDirectory(runDirectory, config: given, resume: resume, force: force, progress: progress)
+        let config = try given.withFilesResolved()
+        directory = try RunDirectory(runDirectory, config: config, resume: resume, force: force, progress: progress)
         let loaded = directory.resumed
-        let config = given
         try config.validate()
         ProcessMemory.keepFreedBuffers()
         workload = try Workloads.make(config, metadata: loaded?.file.metadata ?? [:])

@@ -27,6 +27,9 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     public var logEvery = 50
     /// For `csv:` data: `adult` or the path of a schema file.
     public var schema: String?
+    /// The schema file's content, read when the run starts (`withFilesResolved`): a checkpoint carries
+    /// it, so evaluating or resuming needs no schema file, and every worker reads the same schema.
+    public var schemaText: String?
     public var language = LanguageOptions()
     public var wideDeep = WideDeepOptions()
     /// A cluster's gradients on the wire (nil: f32, as they are).

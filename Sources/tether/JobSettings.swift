@@ -107,16 +107,20 @@ enum JobSettings {
         }
     }
 
-    /// The options and flags a command's help lists.
+    /// The options and flags a command defines, read from the option lines of its help (one line each
+    /// at 10,000 columns, each starting with its own name): a name in another option's text is prose,
+    /// not a definition (eval's --data help mentions --schema).
     struct KnownOptions {
         var options: Set<String> = [], flags: Set<String> = [], invertible: Set<String> = []
 
         init(help: String) {
-            let pattern = try! NSRegularExpression(pattern: #"--(\[no-\])?([a-z0-9][a-z0-9-]*)( <[^>]+>)?"#)
+            let pattern = try! NSRegularExpression(
+                pattern: #"^\s+(?:-[A-Za-z], )?--([a-z0-9][a-z0-9-]*)(/--no-[a-z0-9-]+)?( <[^>]+>)?(?:\s|$)"#, options: [.anchorsMatchLines]
+            )
             let ns = help as NSString
             for m in pattern.matches(in: help, range: NSRange(location: 0, length: ns.length)) {
-                let name = ns.substring(with: m.range(at: 2))
-                if m.range(at: 1).location != NSNotFound {
+                let name = ns.substring(with: m.range(at: 1))
+                if m.range(at: 2).location != NSNotFound {
                     invertible.insert(name); flags.insert(name)
                 } else if m.range(at: 3).location != NSNotFound {
                     options.insert(name)

@@ -50,6 +50,9 @@ struct Eval: ParsableCommand {
 
     @Option(help: "The checkpoint file (a run directory's checkpoint.safetensors).") var checkpoint: String
     @Option(help: "Data: \(DataSource.help) (default: the data the run trained on).") var data: String?
+    @Option(
+        help: "For csv: data, the schema: adult or a schema file (default: the one the run trained with, which the checkpoint carries).")
+    var schema: String?
     @Option(help: "Use only the first N held-out samples (tokens for lm-tied).") var testLimit: Int?
     @Flag(help: "Print one JSON object.") var json = false
     @OptionGroup var threads: ResourceOptions
@@ -61,7 +64,9 @@ struct Eval: ParsableCommand {
             let loaded = try Checkpoint.Loaded(URL(fileURLWithPath: checkpoint))
             var config = loaded.config
             if let data { config.data = data }
+            if let schema { (config.schema, config.schemaText) = (schema, nil) }
             config.testLimit = testLimit
+            config = try config.withFilesResolved()
             let workload = try Workloads.make(config, metadata: loaded.file.metadata)
             try loaded.restore(into: workload.model, optimizer: nil)
             let report = workload.evaluate()

@@ -84,7 +84,7 @@ struct TrainingOptions: ParsableArguments {
         // Another model starts from that model's defaults (its data, optimizer and schedule).
         var c = model.map { $0 == base.model ? base : TrainingConfig.defaults(for: $0) } ?? base
         if let data { c.data = data }
-        if let schema { c.schema = schema }
+        if let schema { (c.schema, c.schemaText) = (schema, nil) }  // read anew from the file given
         if let clipNorm { c.optimizer.clipNorm = clipNorm }
         if let vocabulary { c.language.vocabulary = vocabulary }
         if let size { c.language.size = size }

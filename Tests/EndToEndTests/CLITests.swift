@@ -21,9 +21,10 @@ enum CLI {
 
     /// Runs `tether args...` (or another program) to completion, killing it after `timeout` seconds.
     static func run(
-        _ args: [String], timeout: TimeInterval = 120, environment: [String: String] = [:], executable: URL = binary
+        _ args: [String], timeout: TimeInterval = 120, environment: [String: String] = [:], executable: URL = binary,
+        in folder: URL? = nil
     ) throws -> Result {
-        try start(args, bound: timeout, environment: environment, executable: executable).finish()
+        try start(args, bound: timeout, environment: environment, executable: executable, in: folder).finish()
     }
 
     /// A program running in the background (`start`): what it prints is collected as it comes, so a
@@ -73,9 +74,11 @@ enum CLI {
     /// Starts `tether args...` (or another program) with OPENBLAS_NUM_THREADS=1 and `environment`;
     /// it is terminated after `bound` seconds, should it hang.
     static func start(
-        _ args: [String], bound: TimeInterval = 120, environment: [String: String] = [:], executable: URL = binary
+        _ args: [String], bound: TimeInterval = 120, environment: [String: String] = [:], executable: URL = binary,
+        in folder: URL? = nil
     ) throws -> Background {
         let p = Process(), out = Pipe(), err = Pipe()
+        p.currentDirectoryURL = folder
         (p.executableURL, p.arguments, p.standardOutput, p.standardError) = (executable, args, out, err)
         var env = ProcessInfo.processInfo.environment
         env["OPENBLAS_NUM_THREADS"] = "1"
@@ -542,6 +545,43 @@ let kubernetesTypesInstalled =
             "train", "--model", "wide-deep", "--data", "csv:" + csv.path, "--schema", schema.path, "--run-dir", dir.path + "/run"
         ])
         #expect(one.status == 1 && one.stderr.contains("every training row has label 0; a click model needs both classes"), "\(one.stderr)")
+    }
+
+    /// A CSV model's checkpoint carries its schema and absolute data paths: trained with relative paths
+    /// in one folder, it is evaluated from another after the schema file is gone; eval takes another
+    /// schema by --schema, TETHER_SCHEMA or a job file's schema:.
+    @Test func aCSVModelIsEvaluatedFromAnywhere() throws {
+        let dir = CLI.tempDir("csv-anywhere")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let rows = (0..<200).map { "a\($0 % 3),\($0 % 17),\($0 % 3 == 0 ? "yes" : "no")" }.joined(separator: "\n")
+        try rows.write(to: dir.appendingPathComponent("t.csv"), atomically: true, encoding: .utf8)
+        let schemaText = "columns a, b, y\ncategorical a\nnumeric b\nlabel y yes\n"
+        try schemaText.write(to: dir.appendingPathComponent("t.schema"), atomically: true, encoding: .utf8)
+        let trained = try CLI.run(
+            [
+                "train", "--model", "wide-deep", "--data", "csv:t.csv", "--schema", "t.schema", "--max-steps", "3", "--batch", "16",
+                "--run-dir", "run"
+            ], in: dir)
+        #expect(trained.status == 0, "\(trained.stderr)")
+        try FileManager.default.removeItem(at: dir.appendingPathComponent("t.schema"))
+        let checkpoint = dir.appendingPathComponent("run/checkpoint.safetensors").path
+        let elsewhere = FileManager.default.temporaryDirectory
+        let eval = try CLI.run(["eval", "--checkpoint", checkpoint], in: elsewhere)
+        #expect(eval.status == 0 && eval.stdout.contains("wide-deep at step 3"), "\(eval.stdout)\(eval.stderr)")
+        // another schema for eval, three ways
+        let other = dir.appendingPathComponent("other.schema")
+        try schemaText.replacingOccurrences(of: "label y yes", with: "label y no").write(to: other, atomically: true, encoding: .utf8)
+        let job = dir.appendingPathComponent("eval.yaml")
+        try "schema: \(other.path)\n".write(to: job, atomically: true, encoding: .utf8)
+        for (flags, environment) in [
+            (["--schema", other.path], [String: String]()), ([], ["TETHER_SCHEMA": other.path]), (["--config", job.path], [:])
+        ] {
+            let r = try CLI.run(["eval", "--checkpoint", checkpoint] + flags, environment: environment, in: elsewhere)
+            #expect(r.status == 0 && r.stdout.contains("wide-deep at step 3"), "\(flags) \(environment): \(r.stdout)\(r.stderr)")
+        }
+        let missing = try CLI.run(["eval", "--checkpoint", checkpoint, "--schema", "nothere.schema"], in: elsewhere)
+        #expect(missing.status == 1 && missing.stderr.contains("nothere.schema"), "\(missing.stderr)")
     }
 
     /// lm-tied as a user runs it: train on a text file, evaluate the checkpoint (the vocabulary comes with it).

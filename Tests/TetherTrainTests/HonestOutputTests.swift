@@ -24,7 +24,7 @@ import TetherData
         let csv = dir.appendingPathComponent("t.csv"), schema = dir.appendingPathComponent("t.schema")
         try (0..<40).map { "a\($0 % 3),\($0),no" }.joined(separator: "\n").write(to: csv, atomically: true, encoding: .utf8)
         try "columns a, b, y\ncategorical a\nnumeric b\nlabel y yes\n".write(to: schema, atomically: true, encoding: .utf8)
-        #expect { try DataSource.tabular("csv:\(csv.path)", schema: schema.path, seed: 1) } throws: {
+        #expect { try DataSource.tabular("csv:\(csv.path)", schema: TabularSchema.load(schema.path), seed: 1) } throws: {
             "\($0)".contains("every training row has label 0; a click model needs both classes")
         }
     }
