@@ -613,16 +613,27 @@ public final class Coordinator {
         do {
             try router.send(body, from: -1, to: identity)
             fullSince[ControlIdentity.member(of: identity)] = nil
+            unreachable.remove(ControlIdentity.member(of: identity))
         } catch let e as ZeroMQError where e.code == EAGAIN {
             let member = ControlIdentity.member(of: identity)
             if fullSince[member] == nil, fullSince.count < ControlLimits.helloRecords { fullSince[member] = Clock.now }
             drop("\(ranks[member].map { "rank \($0)" } ?? "a worker without a rank") does not read its messages: dropped a \(body.name)")
         } catch {
-            drop(
-                "could not send \(body.name) to \(ranks[ControlIdentity.member(of: identity)].map { "rank \($0)" } ?? "a worker without a rank"): \(error)"
-            )
+            // A gone peer's connection (a worker that died, before the job notices its silence): said
+            // once, in our words; the job decides what the silence means.
+            let member = ControlIdentity.member(of: identity), who = ranks[member].map { "rank \($0)" } ?? "a worker without a rank"
+            if let e = error as? ZeroMQError, e.code == EHOSTUNREACH {
+                if unreachable.count < ControlLimits.helloRecords, unreachable.insert(member).inserted {
+                    drop("\(who) is unreachable (its connection is gone); not sending it messages until it is back")
+                }
+            } else {
+                drop("could not send a \(body.name) to \(who) (\((error as? ZeroMQError)?.reason ?? "\(error)"))")
+            }
         }
     }
+
+    /// Peers found unreachable (by control identity), said once until a send to them succeeds.
+    private var unreachable: Set<[UInt8]> = []
 
     /// When each connection's queue was first found full (by control identity), until a send succeeds.
     private var fullSince: [[UInt8]: Double] = [:]

@@ -129,8 +129,12 @@ struct WorkerCommand: ParsableCommand {
             FileHandle.standardError.write(Data("tether \(interrupted)\n".utf8))
             throw ExitCode(interrupted.status)
         } catch {
+            if ProcessInfo.processInfo.environment[ProcessLifetime.restartsVariable] != nil {
+                logger.notice("stopped: \(error); the job restarts from its last checkpoint (simulate --max-restarts)")
+                throw ExitCode(1)
+            }
             guard maxRestarts > 0 else { exitWithError(error) }
-            logger.error("\(error)")
+            logger.notice("stopped: \(error)")
             Self.joinAgain(coordinator, restartsLeft: maxRestarts - 1)
         }
     }
@@ -220,6 +224,7 @@ struct Simulate: ParsableCommand {
                 var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("TETHER_") || $0.key == SampleAudit.variable }
                 env["OPENBLAS_NUM_THREADS"] = String(perWorker)
                 env[ProcessLifetime.parentVariable] = String(getpid())
+                if job.maxRestarts > 0 { env[ProcessLifetime.restartsVariable] = "1" }
                 p.environment = env
                 try p.run()
                 children.append(p)
@@ -411,6 +416,9 @@ struct ClusterJob: ParsableArguments {
 /// at once; one started by `simulate` asks the kernel to kill it when that parent dies.
 enum ProcessLifetime {
     static let parentVariable = "TETHER_SIMULATE_PARENT"
+    /// Set by `simulate --max-restarts` for its workers: a worker's failure is then one step of a job
+    /// that restarts, said as such (the coordinator says `error:` if the job itself ends in one).
+    static let restartsVariable = "TETHER_SIMULATE_RESTARTS"
 
     static func forWorker() {
         var none = sigset_t()
