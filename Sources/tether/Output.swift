@@ -12,15 +12,20 @@ struct OutputOptions: ParsableArguments {
     var json = false
     @Flag(
         help:
-            "Print the settings this command would run with (after the job file, TETHER_ variables and flags; on --resume, the checkpoint's) as JSON, and exit."
+            "Print the settings this command would run with (after the job file, TETHER_ variables and flags; on --resume, the checkpoint's) as a job file for --config (as JSON with --json), and exit."
     )
     var printConfig = false
 
     var progress: ProgressDisplay { ProgressDisplay(toStandardError: json, quiet: quiet) }
 
-    /// With --print-config: the settings, as one JSON object, and true (the command then exits).
+    /// With --print-config: the settings as a job file (or, with --json, one JSON object), and true
+    /// (the command then exits).
     func printedConfig(_ command: String, _ config: TrainingConfig, _ settings: [String: Any]) throws -> Bool {
         guard printConfig else { return false }
+        guard json else {
+            print(JobFileText.make(command: command, config: config, settings: settings), terminator: "")
+            return true
+        }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         var object = settings
@@ -86,5 +91,83 @@ struct Models: ParsableCommand {
                     + "\(row["optimizer"]!) lr \(row["lr"]!) (\(row["schedule"]!) schedule)")
         }
         print("\nData: \(DataSource.help). Any default can be changed by its flag (tether train --help).")
+    }
+}
+
+/// A command's settings as a job file (`--print-config`): kebab-case keys, the options that set them,
+/// only what applies to the model (lm-tied's language settings, wide-deep's columns and FTRL), so that
+/// fed back with `--config` it gives the same settings.
+enum JobFileText {
+    static func make(command: String, config c: TrainingConfig, settings: [String: Any]) -> String {
+        var lines = ["# tether \(command) --print-config: run it again with tether \(command) --config FILE"]
+        func put(_ key: String, _ value: Any?) {
+            guard let value else { return }
+            let text: String
+            switch value {
+            case let list as [Int]: text = "[" + list.map(String.init).joined(separator: ", ") + "]"
+            case let s as String: text = quoted(s)
+            default: text = "\(value)"
+            }
+            lines.append("\(key): \(text)")
+        }
+        put("model", c.model)
+        put("data", c.data)
+        put("schema", c.schema)
+        put("epochs", c.epochs)
+        put("max-steps", c.maxSteps)
+        put("batch", c.batch)
+        put("seed", c.seed)
+        put("train-limit", c.trainLimit)
+        put("test-limit", c.testLimit)
+        put("checkpoint-every", c.checkpointEvery)
+        put("log-every", c.logEvery)
+        put("optimizer", c.optimizer.kind.rawValue)
+        put("lr", c.schedule.baseLR)
+        if c.optimizer.kind == .sgd {
+            put("momentum", c.optimizer.momentum)
+            put("nesterov", c.optimizer.nesterov)
+        }
+        put("weight-decay", c.optimizer.weightDecay)
+        put("clip-norm", c.optimizer.clipNorm)
+        put("schedule", c.schedule.kind.rawValue)
+        put("warmup-steps", c.schedule.warmupSteps)
+        switch c.schedule.kind {
+        case .step: (put("lr-step-size", c.schedule.stepSize), put("lr-gamma", c.schedule.gamma))
+        case .plateau: put("lr-gamma", c.schedule.gamma)
+        case .cosine: put("min-lr", c.schedule.minLR)
+        case .constant: break
+        }
+        if c.model == "lm-tied" {
+            let l = c.language
+            for (k, v) in [("vocabulary", l.vocabulary), ("size", l.size), ("layers", l.layers), ("bptt", l.bptt)] { put(k, v) }
+            put("dropout", l.dropout)
+            put("untied", l.untied)
+            put("weight-norm", l.weightNorm)
+        }
+        if c.model == "wide-deep" {
+            let w = c.wideDeep
+            for (k, v) in [("buckets", w.buckets), ("wide-buckets", w.wideBuckets), ("embedding", w.embedding)] { put(k, v) }
+            put("hidden", w.hidden)
+            put("parts", w.parts.rawValue)
+            put("ftrl-alpha", c.optimizer.ftrl.alpha)
+            put("ftrl-l1", c.optimizer.ftrl.l1)
+            put("ftrl-l2", c.optimizer.ftrl.l2)
+        }
+        if command != "train" {
+            put("compression", c.compression?.rawValue)
+            put("powersgd-rank", c.powerSGDRank)
+            put("powersgd-start-step", c.powerSGDStartStep)
+            if c.errorFeedback == false { put("error-feedback", false) }
+        }
+        for key in settings.keys.sorted() { put(key.replacingOccurrences(of: "_", with: "-"), settings[key]) }
+        return lines.joined(separator: "\n") + "\n"
+    }
+
+    /// A string as YAML reads it back: plain when that is unambiguous, else double-quoted.
+    static func quoted(_ s: String) -> String {
+        let plain =
+            !s.isEmpty && s.allSatisfy { $0.isLetter || $0.isNumber || "-_./:+@".contains($0) } && !s.hasPrefix("-")
+            && Double(s) == nil && !["true", "false", "yes", "no", "on", "off", "null"].contains(s.lowercased())
+        return plain ? s : "\"" + s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
     }
 }

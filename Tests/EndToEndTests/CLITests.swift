@@ -370,7 +370,7 @@ let kubernetesTypesInstalled =
         let dir = CLI.tempDir("output")
         defer { try? FileManager.default.removeItem(at: dir) }
         let printed = try CLI.run(
-            ["simulate", "--model", "lm-tied", "--lr", "5", "--print-config", "--run-dir", dir.path],
+            ["simulate", "--model", "lm-tied", "--lr", "5", "--print-config", "--json", "--run-dir", dir.path],
             environment: ["TETHER_LR": "7", "TETHER_EPOCHS": "2"])
         let config = (try JSONSerialization.jsonObject(with: Data(printed.stdout.utf8)) as? [String: Any])?["config"] as? [String: Any]
         #expect(
@@ -389,6 +389,34 @@ let kubernetesTypesInstalled =
                 "\(command) --json: \(r.stdout)")
             let quiet = try CLI.run([command, "--quiet", "--run-dir", dir.path + "/quiet-" + command] + common, timeout: 120)
             #expect(quiet.status == 0 && quiet.stdout.isEmpty && quiet.stderr.isEmpty, "\(command) --quiet: \(quiet.stdout)\(quiet.stderr)")
+        }
+    }
+
+    /// --print-config prints a job file: kebab-case keys, only the sections that apply to the model, and
+    /// fed back with --config it gives the same settings, for every family and command.
+    @Test func printConfigPrintsAJobFileThatRoundTrips() throws {
+        let dir = CLI.tempDir("print-config")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let models = ["mlp", "mlp-wn", "cnn-wn", "autoencoder-tied", "lm-tied", "wide-deep"]
+        for (command, extra) in [
+            ("train", ["--schedule", "step", "--lr-step-size", "7"]), ("simulate", ["--compression", "powersgd", "--powersgd-rank", "2"]),
+            ("coordinator", ["--workers", "3", "--optimizer", "sgd", "--momentum", "0.9", "--nesterov"])
+        ] {
+            for model in models {
+                let first = try CLI.run([command, "--model", model, "--batch", "24", "--print-config"] + extra)
+                #expect(first.status == 0, "\(command) \(model): \(first.stderr)")
+                let file = dir.appendingPathComponent("\(command)-\(model).yaml")
+                try first.stdout.write(to: file, atomically: true, encoding: .utf8)
+                let keys = first.stdout.split(separator: "\n").filter { !$0.hasPrefix("#") }.map { String($0.prefix { $0 != ":" }) }
+                #expect(keys.allSatisfy { $0 == $0.lowercased() && !$0.contains("_") }, "kebab-case: \(keys)")
+                #expect(keys.contains("vocabulary") == (model == "lm-tied"), "\(command) \(model): \(keys)")
+                #expect(keys.contains("wide-buckets") == (model == "wide-deep"), "\(command) \(model): \(keys)")
+                let again = try CLI.run([command, "--config", file.path, "--print-config"])
+                #expect(
+                    again.status == 0 && again.stdout == first.stdout,
+                    "\(command) \(model):\n\(first.stdout)\n\(again.stdout)\(again.stderr)")
+            }
         }
     }
 
