@@ -41,6 +41,12 @@ public enum Advertise {
             }
             let all = interfaces()
             guard let match = all.first(where: { $0.name == name }) else {
+                if all.contains(where: { $0.address == name }) || name.split(separator: ".").count == 4 {
+                    // an address given where an interface name goes
+                    throw ClusterError(
+                        "--advertise \(spec): an address takes the form tcp://\(name):\(port) (or give an interface name, e.g. eth0:\(port))"
+                    )
+                }
                 let known = all.map { "\($0.name) \($0.address)" }.joined(separator: ", ")
                 throw ClusterError(
                     "--advertise \(spec): no interface \(name) with an IPv4 address here; this host has \(known.isEmpty ? "none" : known)")

@@ -125,12 +125,18 @@ public final class Coordinator {
             throw ConfigError(
                 message: "a global batch of \(g) samples (lm-tied: streams) cannot be dealt over \(options.minWorkers) workers")
         }
-        try config.validate()
         self.config = config
         // The coordinator builds the workload once, to know the epoch's length and to fail early on bad
         // data or flags, before any worker is involved.
         // Its data is also what the coordinator serves (`serveData`); a resumed run's vocabulary is the checkpoint's.
-        let probe = try Workloads.make(config, shard: Shard(rank: 0, count: options.workers), metadata: resumeMetadata)
+        let probe: any Workload
+        do {
+            try config.validate()
+            probe = try Workloads.make(config, shard: Shard(rank: 0, count: options.workers), metadata: resumeMetadata)
+        } catch {
+            directory.removeUnstarted()  // settings or data refused: the directory as it was
+            throw error
+        }
         stepsPerEpoch = probe.stepsPerEpoch
         parameterCount = probe.model.arena.count
         if options.serveData { served = probe.servedSplits }
@@ -227,7 +233,7 @@ public final class Coordinator {
                 if machine.phase == .training { askToStop(signal) }
             }
             if let reason = stopSignal != nil && machine.phase != .training && machine.stoppedAt == nil
-                ? "interrupted"
+                ? WorkerState.coordinatorInterrupted
                 : machine.phase == .joining ? failure() : nil
             {
                 _ = try execute([.abort(reason)], epochStart: &epochStart)  // an abort always throws
@@ -254,7 +260,7 @@ public final class Coordinator {
                     endEvent = end
                     guard stopped else {
                         progress.line(
-                            "done: \(machine.completedSteps) steps; checkpoint \(runDirectory.appendingPathComponent(Checkpoint.fileName).path)"
+                            "done: \(ProgressDisplay.count(machine.completedSteps, "step")); checkpoint \(runDirectory.appendingPathComponent(Checkpoint.fileName).path)"
                         )
                         return
                     }
@@ -276,6 +282,9 @@ public final class Coordinator {
     }
 
     private var lastWaitingLine = 0.0
+
+    /// "all 3 replicas", "the one replica".
+    static func allReplicas(_ n: Int) -> String { n == 1 ? "the one replica" : "all \(n) replicas" }
 
     /// "waiting for workers: 1 of 4 joined; start one with: tether worker --coordinator tcp://h:7070 ..."
     private func waitingLine() -> String {
@@ -401,7 +410,7 @@ public final class Coordinator {
                 let recovered = Date().timeIntervalSince(since)
                 let step = machine.redoStep ?? machine.completedSteps, redone = machine.stepsRedone
                 progress.line(
-                    "ring epoch \(machine.ringEpoch): all \(machine.members.count) replicas agree at step \(step); training again "
+                    "ring epoch \(machine.ringEpoch): \(Self.allReplicas(machine.members.count)) agree at step \(step); training again "
                         + "(\(ProgressDisplay.fixed(recovered, 2)) s after the \(lostAt != nil ? "loss" : "join"); "
                         + "\(redone == 1 ? "the step in flight is redone" : "no step redone"))")
                 (lostAt, joinedAt) = (nil, nil)
@@ -417,7 +426,7 @@ public final class Coordinator {
                 reporter.restartWindow()  // rates count from here, not from start-up
                 let startup = epochStart.timeIntervalSince(created)
                 progress.line(
-                    "all \(machine.members.count) replicas agree on the initial parameters; training (\(ProgressDisplay.fixed(startup, 2)) s after start-up)"
+                    "\(Self.allReplicas(machine.members.count)) agree on the initial parameters; training (\(ProgressDisplay.fixed(startup, 2)) s after start-up)"
                         + (machine.carriedStep.map {
                             ", from the state the workers kept at step \($0) (the checkpoint is of step \(machine.settings.firstStep)): nothing lost"
                         } ?? ""))
@@ -474,11 +483,11 @@ public final class Coordinator {
             case .abort(let message):
                 for m in machine.members { send(.abort(.init(originRank: -1, reason: message)), to: m.identity) }
                 for identity in heartbeatIdentities.values { send(.abort(.init(originRank: -1, reason: message)), to: identity) }
-                var e = event(message == "interrupted" ? "interrupted" : "failed")
+                var e = event(message == WorkerState.coordinatorInterrupted ? "interrupted" : "failed")
                 e.error = message
                 try? reporter.record(e)
                 Thread.sleep(forTimeInterval: 0.3)  // let the aborts leave before the process exits
-                throw ClusterError(message == "interrupted" ? interruptedLine() : message)
+                throw ClusterError(message == WorkerState.coordinatorInterrupted ? interruptedLine() : message)
             case .finish:
                 for m in machine.nextRing { send(.finish, to: m.identity) }
                 return true

@@ -131,13 +131,21 @@ public struct WorkerState: Sendable {
     /// This rank's votes for its next step's exchange.
     public var votes: RingVotes { RingVotes().union(stopRequested ? .stop : []).union(boundaryReform != nil ? .reform : []) }
 
+    /// The reason of the Abort a coordinator sends when it is interrupted before training.
+    public static let coordinatorInterrupted = "interrupted"
+
     public mutating func handle(_ event: Event) -> [Directive] {
         switch (phase, event) {
         case (.failed, _), (.finished, _):
             return []
         case (_, .coordinator(.abort(let a))):
+            // before an assignment an Abort is a refusal, unless the coordinator itself was stopped
             return fail(
-                rank < 0 && !trained ? "the coordinator refused this worker: \(a.reason)" : "the coordinator stopped the job: \(a.reason)")
+                rank < 0 && !trained && a.reason != Self.coordinatorInterrupted
+                    ? "the coordinator refused this worker: \(a.reason)"
+                    : a.reason == Self.coordinatorInterrupted
+                        ? "the coordinator was stopped (interrupted) before the job began training"
+                        : "the coordinator stopped the job: \(a.reason)")
         case (_, .failedLocally(let message)):
             return fail(message)
         case (_, .coordinator(.heartbeat)):

@@ -78,10 +78,12 @@ public enum FashionMNIST {
             let present = ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).sorted()
             throw DataError.invalid(
                 "\(missing): no such file. An IDX folder holds \(names.joined(separator: ", ")) (each may end in .gz); "
-                    + (present.isEmpty
-                        ? "\(directory) holds no files"
-                        : "\(directory) holds \(present.prefix(10).joined(separator: ", "))"
-                            + (present.count > 10 ? " and \(present.count - 10) more" : "")))
+                    + (!FileManager.default.fileExists(atPath: directory)
+                        ? "there is no folder \(directory)"
+                        : present.isEmpty
+                            ? "\(directory) holds no files"
+                            : "\(directory) holds \(present.prefix(10).joined(separator: ", "))"
+                                + (present.count > 10 ? " and \(present.count - 10) more" : "")))
         }
         return try ImageDataset(imagesFile: files[0], labelsFile: files[1])
     }

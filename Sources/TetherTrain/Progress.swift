@@ -97,6 +97,9 @@ public final class ProgressDisplay {
         return f.string(from: NSNumber(value: x.isFinite ? x : 0)) ?? "\(Int(x))"
     }
     /// Bytes in decimal units, three significant digits: "812 B", "1.08 MB", "57.3 kB".
+    /// "1 step", "3 steps": a count with its noun.
+    public static func count(_ n: Int, _ noun: String) -> String { "\(n) \(noun)\(n == 1 ? "" : noun.hasSuffix("s") ? "es" : "s")" }
+
     public static func bytes(_ n: Double) -> String {
         guard n.isFinite, n >= 0 else { return "--" }
         let (value, unit) =

@@ -45,11 +45,14 @@ public final class Trainer {
         sinks: [any MetricsSink] = []
     ) throws {
         let config = try given.withFilesResolved()
+        try config.validate()
         directory = try RunDirectory(runDirectory, config: config, resume: resume, force: force, progress: progress)
         let loaded = directory.resumed
-        try config.validate()
         ProcessMemory.keepFreedBuffers()
-        workload = try Workloads.make(config, metadata: loaded?.file.metadata ?? [:])
+        do { workload = try Workloads.make(config, metadata: loaded?.file.metadata ?? [:]) } catch {
+            directory.removeUnstarted()  // data that does not load: the directory as it was
+            throw error
+        }
         stepsPerEpoch = workload.stepsPerEpoch
         totalSteps = config.totalSteps(stepsPerEpoch: stepsPerEpoch)
         self.config = config
@@ -146,7 +149,7 @@ public final class Trainer {
         end.elapsed_s = Date().timeIntervalSince(runStart)
         try reporter.record(end)
         switch outcome {
-        case .finished: progress.line("done: \(state.globalStep) steps; checkpoint \(checkpointURL.path)")
+        case .finished: progress.line("done: \(ProgressDisplay.count(state.globalStep, "step")); checkpoint \(checkpointURL.path)")
         case .stoppedEarly, .interrupted:
             progress.line("stopped after step \(state.globalStep); continue with --resume --run-dir \(runDirectory.path)")
         }

@@ -134,7 +134,7 @@ final class ClickPrediction: ShuffledWorkload {
         let d = splits.train.dataset
         return
             "\(splits.train.count) training / \(splits.test.count) test rows, \(d.fields) categorical + \(d.numericNames.count) numeric features, "
-            + "\(d.crosses.count) crosses, parts: \(config.wideDeep.parts.rawValue)"
+            + "\(ProgressDisplay.count(d.crosses.count, "cross")), parts: \(config.wideDeep.parts.rawValue)"
     }
 
     static func batch(_ samples: SplitSamples<TabularDataset>, _ indices: ArraySlice<Int>) -> TabularBatch<Float> {

@@ -253,8 +253,13 @@ struct Simulate: ParsableCommand {
 /// A ZeroMQ endpoint as a flag takes it: tcp://HOST:PORT (or ipc://PATH), never a bare HOST:PORT.
 func validateAddress(_ address: String, flag: String) throws {
     guard address.hasPrefix("tcp://") || address.hasPrefix("ipc://") else {
-        throw ValidationError(
-            "\(flag) takes tcp://HOST:PORT, got \(address)" + (address.contains("://") ? "" : " (did you mean tcp://\(address)?)"))
+        // a port alone means every interface (a listening flag) or this host (a connecting one)
+        let hint =
+            address.contains("://")
+            ? ""
+            : UInt16(address) != nil
+                ? " (did you mean tcp://\(flag == "--listen" ? "0.0.0.0" : "127.0.0.1"):\(address)?)" : " (did you mean tcp://\(address)?)"
+        throw ValidationError("\(flag) takes tcp://HOST:PORT, got \(address)" + hint)
     }
 }
 

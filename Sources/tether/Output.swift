@@ -55,8 +55,9 @@ struct OutputOptions: ParsableArguments {
             summary.loss = e.loss
         }
         var object = try JSONSerialization.jsonObject(with: MetricsLog.encode(summary)) as! [String: Any]
-        object["run_dir"] = runDirectory
-        object["checkpoint"] = URL(fileURLWithPath: runDirectory).appendingPathComponent(Checkpoint.fileName).path
+        let folder = URL(fileURLWithPath: runDirectory).standardizedFileURL  // absolute, whichever command
+        object["run_dir"] = folder.path
+        object["checkpoint"] = folder.appendingPathComponent(Checkpoint.fileName).path
         print(
             String(
                 decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]), as: UTF8.self

@@ -56,7 +56,7 @@ struct Keygen: ParsableCommand {
 final class PrivateFolder {
     let path: String
     init(prefix: String) throws {
-        var template = Array((NSTemporaryDirectory() + "/\(prefix)-XXXXXX").utf8CString)
+        var template = Array(URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("\(prefix)-XXXXXX").path.utf8CString)
         guard let made = mkdtemp(&template) else {
             throw CurveError("cannot create a private temporary folder: \(String(cString: strerror(errno)))")
         }

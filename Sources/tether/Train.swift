@@ -72,6 +72,9 @@ struct Eval: ParsableCommand {
             let report = workload.evaluate()
             if json {
                 var e = MetricsEvent(event: "eval", step: loaded.state.globalStep, stepsPerEpoch: workload.stepsPerEpoch)
+                // the run's own epoch (a cluster's epoch has fewer, larger steps than this one process's)
+                let s = loaded.state
+                e.epoch = s.stepInEpoch == 0 ? max(s.epoch, 1) : s.epoch + 1
                 (e.model, e.samples) = (loaded.model, report.stats.count)
                 report.write(into: &e)
                 print(String(decoding: try MetricsLog.encode(e), as: UTF8.self))

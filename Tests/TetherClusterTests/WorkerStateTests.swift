@@ -135,6 +135,12 @@ import TetherComm
             joining.handle(.coordinator(.abort(.init(originRank: -1, reason: "full")))) == [
                 .fail("the coordinator refused this worker: full")
             ])
+        var waiting = WorkerState()
+        _ = waiting.handle(.launched)
+        #expect(
+            waiting.handle(.coordinator(.abort(.init(originRank: -1, reason: WorkerState.coordinatorInterrupted)))) == [
+                .fail("the coordinator was stopped (interrupted) before the job began training")
+            ], "an interrupted coordinator refused nobody")
         var stopped = training()
         _ = stopped.handle(.ringFailed("x"))
         #expect(
