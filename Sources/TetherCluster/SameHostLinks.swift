@@ -1,4 +1,5 @@
 import Foundation
+import TetherComm
 
 /// Ring links between workers on the same host go over unix sockets (ipc://), the rest over TCP:
 /// on one host the TCP stack is most of an all-reduce's cost (100 MiB, 2 ranks: 85-90 ms over ipc,
@@ -24,6 +25,7 @@ public enum SameHostLinks {
         guard lstat(path, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR, info.st_uid == getuid(), info.st_mode & 0o077 == 0,
             isUsable(path)
         else { return nil }
+        HostFiles.sweepDeadSockets(in: path)  // what SIGKILLed workers left
         return path
     }
 

@@ -24,7 +24,10 @@ public struct WorkerOptions: Sendable {
     /// thread with the reason (already logged) while the main thread may be inside a GEMM or a
     /// collective: `_exit(1)` by default (exit's atexit handlers would tear down OpenBLAS under it);
     /// `tether worker --max-restarts` executes itself anew to join again.
-    public var endProcess: @Sendable (String) -> Never = { _ in _exit(1) }
+    public var endProcess: @Sendable (String) -> Never = { _ in
+        HostFiles.removeAll()
+        _exit(1)
+    }
     /// CURVE with the cluster key, or --insecure.
     public var security: ClusterSecurity = .insecure
     /// Folders the job's data may be read from (AssignCheck).

@@ -72,6 +72,7 @@ final class RingLink {
             }
         }
         socketFile = ownSocket
+        if let ownSocket { HostFiles.made(ownSocket) }
         try listening()
         try push.connect(rightAddress)
         try push.setSendTimeout(options.timeout)
@@ -109,7 +110,10 @@ final class RingLink {
     /// The unix socket this rank listens on (an ipc:// address), removed when the link closes.
     private var socketFile: String?
     private func removeSocketFile() {
-        if let socketFile { unlink(socketFile) }
+        if let socketFile {
+            unlink(socketFile)
+            HostFiles.gone(socketFile)
+        }
         socketFile = nil
     }
 

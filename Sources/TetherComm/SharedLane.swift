@@ -109,6 +109,7 @@ final class SharedLane {
             close(fd)
             return nil
         }
+        HostFiles.made(path)
         return SharedLane(path: path, slots: slots, slotBytes: slotBytes, base: p, length: length, lockFD: fd)
     }
 
@@ -183,5 +184,8 @@ final class SharedLane {
     }
 
     /// Removes the name (the sender's, when the receiver never opened it); the mapping stays.
-    func unlinkName() { unlink(path) }
+    func unlinkName() {
+        unlink(path)
+        HostFiles.gone(path)
+    }
 }

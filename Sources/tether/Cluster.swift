@@ -147,6 +147,7 @@ struct WorkerCommand: ParsableCommand {
         logger.notice("joining \(coordinator) again (\(restartsLeft) restarts left)")
         let arguments = CommandLine.arguments + ["--max-restarts", String(restartsLeft)]
         var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
+        HostFiles.removeAll()  // the new process makes its own
         execv("/proc/self/exe", &argv)
         logger.critical("cannot execute itself again: \(String(cString: strerror(errno)))")
         _exit(1)

@@ -52,11 +52,23 @@ struct Keygen: ParsableCommand {
     }
 }
 
-/// A folder only this user may enter (mkdtemp, mode 700), removed with everything in it on deinit.
+/// A folder only this user may enter (mkdtemp, mode 700), removed with everything in it on deinit. Its
+/// name carries the maker's pid: a new one first removes those of this prefix whose makers are gone
+/// (a SIGKILLed simulate's key).
 final class PrivateFolder {
     let path: String
     init(prefix: String) throws {
-        var template = Array(URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("\(prefix)-XXXXXX").path.utf8CString)
+        let temporary = URL(fileURLWithPath: NSTemporaryDirectory())
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: temporary.path)) ?? [] where name.hasPrefix(prefix + "-") {
+            let parts = name.dropFirst(prefix.count + 1).split(separator: "-")
+            var info = stat()
+            let folder = temporary.appendingPathComponent(name).path
+            guard parts.count == 2, let pid = Int32(parts[0]), kill(pid, 0) != 0, errno == ESRCH, lstat(folder, &info) == 0,
+                info.st_uid == getuid(), info.st_mode & S_IFMT == S_IFDIR
+            else { continue }
+            try? FileManager.default.removeItem(atPath: folder)
+        }
+        var template = Array(temporary.appendingPathComponent("\(prefix)-\(getpid())-XXXXXX").path.utf8CString)
         guard let made = mkdtemp(&template) else {
             throw CurveError("cannot create a private temporary folder: \(String(cString: strerror(errno)))")
         }

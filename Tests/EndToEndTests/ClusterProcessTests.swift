@@ -317,6 +317,46 @@ struct ClusterProcessTests {
             !tables.isEmpty && tables.allSatisfy { a[$0] != b[$0] }, "tables equal to the f32 run's: \(tables.filter { a[$0] == b[$0] })")
     }
 
+    /// A run leaves nothing on its host: a worker SIGKILLed mid-run (its unix socket stays behind), the
+    /// ring re-formed, the job finished; the next run on the host sweeps what the killed one left, and
+    /// when it ends the job's runtime folder holds no socket of either.
+    @Test func aRunLeavesNothingOnTheHost() throws {
+        let dir = CLI.tempDir("leftovers")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        // a socket's folder is at most 64 bytes long (SameHostLinks)
+        let runtime = URL(fileURLWithPath: "/tmp/tether-xdg-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        try FileManager.default.createDirectory(at: runtime, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        defer { try? FileManager.default.removeItem(at: runtime) }
+        let sockets = { (try? FileManager.default.contentsOfDirectory(atPath: runtime.appendingPathComponent("tether").path)) ?? [] }
+        let common = RunCheck.plainSGD(steps: 60) + ["--threads", "1"]
+        let first = dir.appendingPathComponent("first")
+        let simulate = try CLI.start(
+            ["simulate", "--workers", "3", "--min-workers", "2", "--heartbeat-timeout", "2", "--run-dir", first.path] + common, bound: 240,
+            environment: ["XDG_RUNTIME_DIR": runtime.path])
+        _ = waitForStep(20, in: first.path)
+        let children =
+            (try? String(contentsOfFile: "/proc/\(simulate.pid)/task/\(simulate.pid)/children", encoding: .utf8))?
+            .split(separator: " ").compactMap { Int32($0) } ?? []
+        let during = sockets()
+        kill(children.last ?? -1, SIGKILL)
+        let r = simulate.finish()
+        #expect(r.status == 0 && r.stdout.contains("re-forming the ring"), "\(r.stdout)\(r.stderr)")
+        #expect(!during.isEmpty, "same-host links go over unix sockets in the runtime folder")
+        let left = sockets()
+        // the SIGKILLed worker's socket is what stays; the survivors removed theirs
+        #expect(left.count <= 1, "\(left)")
+        // sweeping waits until a socket is 10 s old (one is bound a moment before it listens)
+        for name in left {
+            var times = [timespec(tv_sec: time(nil) - 60, tv_nsec: 0), timespec(tv_sec: time(nil) - 60, tv_nsec: 0)]
+            utimensat(AT_FDCWD, runtime.appendingPathComponent("tether/" + name).path, &times, AT_SYMLINK_NOFOLLOW)
+        }
+        let second = try CLI.run(
+            ["simulate", "--workers", "2", "--run-dir", dir.appendingPathComponent("second").path] + RunCheck.plainSGD(steps: 5),
+            timeout: 120, environment: ["XDG_RUNTIME_DIR": runtime.path])
+        #expect(second.status == 0, "\(second.stderr)")
+        #expect(sockets().isEmpty, "left on the host: \(sockets())")
+    }
+
     /// Elastic in place: `simulate --workers 4 --min-workers 3`, one worker SIGKILLed (or SIGSTOPped
     /// past the deadline, and let go once the others train again: it is told it was dropped) mid-epoch.
     /// No process restarts: the three survivors re-form the ring, take the state of the one furthest
