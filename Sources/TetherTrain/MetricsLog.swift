@@ -1,7 +1,7 @@
 import Foundation
 
 /// One line of a run directory's metrics.jsonl: the one schema `train` and the cluster (`simulate`,
-/// `coordinator`) write, documented in the README. Always `event`, `epoch`, `step`; the rest where it
+/// `coordinator`) write, documented in docs/commands.md. Always `event`, `epoch`, `step`; the rest where it
 /// applies. Numbers are JSON numbers or null (a NaN or infinite value), never strings.
 ///
 /// Events: `start` (model, parameters; cluster: workers), `training` (cluster: every replica ready;
