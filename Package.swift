@@ -45,7 +45,7 @@ let package = Package(
                 "TetherTrain", "TetherComm", "TetherNN", "TetherData", "TetherTensor", "CXXHash", "CTetherKernels",
                 .product(name: "Logging", package: "swift-log")
             ]),
-        .target(name: "TetherJobFile", dependencies: [.product(name: "Yams", package: "Yams")]),
+        .target(name: "TetherJobFile", dependencies: ["TetherNN", .product(name: "Yams", package: "Yams")]),
         // The fuzz targets (bench/fuzz runs them under libFuzzer; the tests run each briefly).
         .target(
             name: "TetherFuzz", dependencies: ["TetherComm", "TetherData", "TetherNN", "TetherTrain", "TetherCluster", "TetherJobFile"]),

@@ -218,7 +218,7 @@ public final class Coordinator {
         let waiting = options.elastic ? "\(workers) (at least \(options.minWorkers))" : workers
         let wire = config.compressionSummary(totalSteps: total).map { ", " + $0 } ?? ""
         progress.line(
-            "coordinator on \(boundAddress): waiting for \(waiting); \(config.model), \(batch), "
+            "coordinator on \(boundAddress): waiting for \(waiting); \(config.modelName), \(batch), "
                 + "\(stepsPerEpoch) steps per epoch, \(total) steps in all\(wire)")
         var lastHeartbeat = 0.0
         lastWaitingLine = Clock.now

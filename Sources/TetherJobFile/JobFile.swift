@@ -44,6 +44,13 @@ public enum JobFile {
             }
             return items.joined(separator: ",")
         }
+        // a model spec inline: its YAML text, which --model reads as a spec (ModelSpecFile)
+        if key == "model", node.mapping != nil, let text = try? Yams.serialize(node: node) {
+            do { _ = try ModelSpecFile.parse(text, name: "inline", source: "job file \(path): model") } catch {
+                throw JobFileError("\(error)")
+            }
+            return text
+        }
         throw JobFileError("job file \(path): key \"\(key)\" holds a mapping; give it a value or a list")
     }
 }

@@ -129,3 +129,27 @@ public final class MaxPool2d<T: Scalar>: Layer {
         }
     }
 }
+
+/// Average pooling over each (H, W) plane of x (C, B, H, W), no padding, as PyTorch's AvgPool2d.
+public final class AvgPool2d<T: Scalar>: Layer {
+    public let kernel: Int, stride: Int
+    private var geometry: PoolGeometry?
+    private var inputShape: [Int] = []
+
+    public init(kernel: Int, stride: Int? = nil) {
+        self.kernel = kernel
+        self.stride = stride ?? kernel
+    }
+
+    public func forward(_ x: Tensor<T>, _ ctx: ModelContext<T>) -> Tensor<T> {
+        precondition(x.shape.count == 4, "AvgPool2d expects (C, B, H, W), got \(x.shape)")
+        let g = PoolGeometry(planes: x.shape[0] * x.shape[1], height: x.shape[2], width: x.shape[3], kernel: kernel, stride: stride)
+        (geometry, inputShape) = (g, x.shape)
+        return Tensor.uninitialized([x.shape[0], x.shape[1], g.outHeight, g.outWidth]) { y in x.withPointer { T.avgPoolForward(y, $0, g) } }
+    }
+
+    public func backward(_ dy: Tensor<T>, _ ctx: ModelContext<T>, needsInputGradient: Bool) -> Tensor<T>? {
+        guard needsInputGradient, let g = geometry else { return nil }
+        return Tensor.uninitialized(inputShape) { dx in dy.withPointer { T.avgPoolBackward(dx, $0, g) } }
+    }
+}

@@ -156,3 +156,42 @@ public final class MeanOnlyBatchNorm<T: Scalar>: Layer, BufferOwner {
         return true
     }
 }
+
+/// Tanh, sigmoid or GELU (tanh approximation), any shape. Keeps what its backward reads: the output
+/// for tanh and sigmoid, the input for GELU.
+public final class Pointwise<T: Scalar>: Layer {
+    public enum Function: String, Sendable, CaseIterable { case tanh, sigmoid, gelu }
+    public let function: Function
+    private var kept = Tensor<T>.zeros([0])
+
+    public init(_ function: Function) { self.function = function }
+
+    public func forward(_ x: Tensor<T>, _ ctx: ModelContext<T>) -> Tensor<T> {
+        let y = Tensor<T>.uninitialized(x.shape) { y in
+            x.withPointer { xp in
+                switch function {
+                case .tanh: T.tanhForward(y, xp, count: x.count)
+                case .sigmoid: T.sigmoidForward(y, xp, count: x.count)
+                case .gelu: T.geluForward(y, xp, count: x.count)
+                }
+            }
+        }
+        kept = function == .gelu ? x : y
+        return y
+    }
+
+    public func backward(_ dy: Tensor<T>, _ ctx: ModelContext<T>, needsInputGradient: Bool) -> Tensor<T>? {
+        guard needsInputGradient else { return nil }
+        return Tensor.uninitialized(dy.shape) { dx in
+            dy.withPointer { dyp in
+                kept.withPointer { k in
+                    switch function {
+                    case .tanh: T.tanhBackward(dx, dyp, k, count: dy.count)
+                    case .sigmoid: T.sigmoidBackward(dx, dyp, k, count: dy.count)
+                    case .gelu: T.geluBackward(dx, dyp, k, count: dy.count)
+                    }
+                }
+            }
+        }
+    }
+}

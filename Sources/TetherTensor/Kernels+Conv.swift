@@ -126,3 +126,36 @@ extension Double {
         tether_maxpool2x2_backward_f64(dx, dy, argmax, g.planes, g.height, g.width)
     }
 }
+
+/// Average pooling over each (H, W) plane of x (planes, H, W), no padding: every output is the mean of
+/// its kernel x kernel window, and backward spreads dy / (kernel^2) over the same window.
+extension Scalar {
+    public static func avgPoolForward(_ y: UnsafeMutablePointer<Self>, _ x: UnsafePointer<Self>, _ g: PoolGeometry) {
+        let (oh, ow, hw) = (g.outHeight, g.outWidth, g.height * g.width), area = Self(g.kernel * g.kernel)
+        for p in 0..<g.planes {
+            let xp = x + p * hw, yp = y + p * oh * ow
+            for i in 0..<oh {
+                for j in 0..<ow {
+                    var sum: Self = 0
+                    for a in 0..<g.kernel { for b in 0..<g.kernel { sum += xp[(i * g.stride + a) * g.width + j * g.stride + b] } }
+                    yp[i * ow + j] = sum / area
+                }
+            }
+        }
+    }
+
+    /// dx (planes, H, W) from dy (planes, OH, OW); positions no window covers get 0.
+    public static func avgPoolBackward(_ dx: UnsafeMutablePointer<Self>, _ dy: UnsafePointer<Self>, _ g: PoolGeometry) {
+        let (oh, ow, hw) = (g.outHeight, g.outWidth, g.height * g.width), area = Self(g.kernel * g.kernel)
+        fill(dx, 0, count: g.planes * hw)
+        for p in 0..<g.planes {
+            let dxp = dx + p * hw, dyp = dy + p * oh * ow
+            for i in 0..<oh {
+                for j in 0..<ow {
+                    let share = dyp[i * ow + j] / area
+                    for a in 0..<g.kernel { for b in 0..<g.kernel { dxp[(i * g.stride + a) * g.width + j * g.stride + b] += share } }
+                }
+            }
+        }
+    }
+}

@@ -1,6 +1,10 @@
 // Default implementations of Scalar's memory, elementwise and broadcast kernels.
 // They are specialized for Float and Double at the conformances in Scalar.swift.
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 extension Scalar {
     public static func zeros(count: Int) -> [Self] { [Self](repeating: 0, count: count) }
 
@@ -143,6 +147,45 @@ extension Scalar {
             for j in 0..<b {
                 (y + (j * a + i) * p).update(from: x + (i * b + j) * p, count: p)
             }
+        }
+    }
+}
+
+/// Pointwise activations of a model spec, forward and backward over n values. Backward takes the
+/// forward's output y where the derivative is cheapest from it (tanh: 1 - y^2; sigmoid: y (1 - y)),
+/// the input x where not (GELU).
+extension Scalar {
+    public static func tanhForward(_ y: UnsafeMutablePointer<Self>, _ x: UnsafePointer<Self>, count n: Int) {
+        for i in 0..<n { y[i] = Self(Glibc.tanh(Double(x[i]))) }
+    }
+    /// dx = dy (1 - y^2)
+    public static func tanhBackward(_ dx: UnsafeMutablePointer<Self>, _ dy: UnsafePointer<Self>, _ y: UnsafePointer<Self>, count n: Int) {
+        for i in 0..<n { dx[i] = dy[i] * (1 - y[i] * y[i]) }
+    }
+    public static func sigmoidForward(_ y: UnsafeMutablePointer<Self>, _ x: UnsafePointer<Self>, count n: Int) {
+        for i in 0..<n { y[i] = Self(1 / (1 + Glibc.exp(-Double(x[i])))) }
+    }
+    /// dx = dy y (1 - y)
+    public static func sigmoidBackward(_ dx: UnsafeMutablePointer<Self>, _ dy: UnsafePointer<Self>, _ y: UnsafePointer<Self>, count n: Int)
+    {
+        for i in 0..<n { dx[i] = dy[i] * y[i] * (1 - y[i]) }
+    }
+    /// GELU with the tanh approximation (PyTorch's approximate="tanh", as GPT-2 and llm.c use):
+    /// y = x/2 (1 + tanh(s (x + 0.044715 x^3))), s = sqrt(2/pi).
+    public static func geluForward(_ y: UnsafeMutablePointer<Self>, _ x: UnsafePointer<Self>, count n: Int) {
+        let s = (2 / Double.pi).squareRoot()
+        for i in 0..<n {
+            let v = Double(x[i])
+            y[i] = Self(0.5 * v * (1 + Glibc.tanh(s * (v + 0.044715 * v * v * v))))
+        }
+    }
+    /// dx = dy (1/2 (1 + t) + x/2 (1 - t^2) s (1 + 3 * 0.044715 x^2)), t = tanh(s (x + 0.044715 x^3))
+    public static func geluBackward(_ dx: UnsafeMutablePointer<Self>, _ dy: UnsafePointer<Self>, _ x: UnsafePointer<Self>, count n: Int) {
+        let s = (2 / Double.pi).squareRoot()
+        for i in 0..<n {
+            let v = Double(x[i]), t = Glibc.tanh(s * (v + 0.044715 * v * v * v))
+            let local = 0.5 * (1 + t) + 0.5 * v * (1 - t * t) * s * (1 + 3 * 0.044715 * v * v)
+            dx[i] = dy[i] * Self(local)
         }
     }
 }

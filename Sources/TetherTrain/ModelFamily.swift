@@ -55,7 +55,7 @@ public struct ModelFamily: Sendable {
                 },
                 validate: { try $0.wideDeep.validate() },
                 make: { c, shard, _, source, rng in try ClickPrediction(c, shard: shard, source: source, rng: &rng) })
-        ]
+        ] + [spec]
 
     static let images: [ModelFamily] = [
         ("mlp", "a 784-256-256-10 ReLU MLP on images (the baseline)"),

@@ -59,7 +59,7 @@ public final class Trainer {
         let model = workload.model
         do {
             optimizer = try Optimizer(config.optimizer, layout: model.arena.layout, ftrlParameters: model.ftrlParameters)
-        } catch { throw ConfigError(message: "\(config.model): \(error)") }
+        } catch { throw ConfigError(message: "\(config.modelName): \(error)") }
         reporter = StepReporter(
             progress: progress, sinks: [try directory.openMetrics()] + sinks, stepsPerEpoch: stepsPerEpoch, totalSteps: totalSteps,
             epochs: config.epochsSpanned(stepsPerEpoch: stepsPerEpoch), logEvery: config.logEvery, unit: workload.unit)
@@ -88,7 +88,7 @@ public final class Trainer {
         start.model = config.model
         try reporter.record(start)
         progress.line(
-            "\(config.model): \(model.arena.count.formatted()) parameters, \(workload.sizeSummary), "
+            "\(config.modelName): \(model.arena.count.formatted()) parameters, \(workload.sizeSummary), "
                 + "\(stepsPerEpoch) steps per epoch, \(totalSteps) steps in all, BLAS threads \(BLAS.threads)")
         var lastTest: EvaluationReport?
         let runStart = Date()

@@ -5,7 +5,14 @@ import TetherNN
 /// its length (`epochs`, `maxSteps`) and what only observes or paces it (`logEvery`, `checkpointEvery`).
 public struct TrainingConfig: Codable, Equatable, Sendable {
     public var model = "mlp-wn"
+    /// The network, when `model` is "spec": declared in a model spec (a job file's `model:`, or
+    /// `--model FILE.yaml`); it travels with the run (checkpoints, Assign).
+    public var spec: ModelSpec?
+    /// The model as logs name it: a family, or a spec's name ("my-cnn (spec)").
+    public var modelName: String { spec.map { "\($0.name) (spec)" } ?? model }
     public var data = "fashion-mnist"
+    /// The held-out samples, where they are another file than the training data's (npz:FILE).
+    public var testData: String?
     public var epochs = 10
     /// The run's length in steps; overrides `epochs` (as Hugging Face's max_steps does num_train_epochs).
     public var maxSteps: Int?

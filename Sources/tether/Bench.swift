@@ -30,7 +30,7 @@ struct BenchTrain: ParsableCommand {
     func run() throws {
         threads.apply(holder: "this process")
         do {
-            let config = training.applied(to: TrainingConfig())
+            let config = try training.applied(to: TrainingConfig())
             try config.validate()
             ProcessMemory.keepFreedBuffers()
             let workload = try Workloads.make(config)
@@ -66,7 +66,7 @@ struct BenchTrain: ParsableCommand {
                 print(String(data: try JSONSerialization.data(withJSONObject: out, options: [.sortedKeys]), encoding: .utf8)!)
             } else {
                 print(
-                    "\(config.model) batch \(config.batch), \(BLAS.threads) thread(s) (OpenBLAS \(BLASCore.name)), \(model.arena.count) parameters, \(workload.sizeSummary)"
+                    "\(config.modelName) batch \(config.batch), \(BLAS.threads) thread(s) (OpenBLAS \(BLASCore.name)), \(model.arena.count) parameters, \(workload.sizeSummary)"
                 )
                 print("\(workload.unit)/s per run: \(rates.map { String(format: "%.0f", $0) }.joined(separator: " "))")
                 print(String(format: "median: %.0f \(workload.unit)/s", median))

@@ -354,7 +354,7 @@ struct ClusterJob: ParsableArguments {
         if resume ?? self.resume {
             base = try Checkpoint.Loaded(URL(fileURLWithPath: runDirectory).appendingPathComponent(Checkpoint.fileName)).config
         }
-        var config = training.applied(to: base)
+        var config = try training.applied(to: base)
         if let compression { config.compression = compression == TrainingConfig.Compression.none ? nil : compression }
         if let powersgdRank { config.powerSGDRank = powersgdRank }
         if let powersgdStartStep { config.powerSGDStartStep = powersgdStartStep }

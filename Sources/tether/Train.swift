@@ -23,7 +23,7 @@ struct Train: ParsableCommand {
             let dir = URL(fileURLWithPath: runDir)
             var base = TrainingConfig()
             if resume { base = try Checkpoint.Loaded(dir.appendingPathComponent(Checkpoint.fileName)).config }
-            let config = training.applied(to: base)
+            let config = try training.applied(to: base)
             if try output.printedConfig("train", config, ["run_dir": runDir, "resume": resume, "threads": BLAS.threads]) { return }
             let started = Date()
             let progress = output.progress
@@ -79,7 +79,9 @@ struct Eval: ParsableCommand {
                 report.write(into: &e)
                 print(String(decoding: try MetricsLog.encode(e), as: UTF8.self))
             } else {
-                print("\(loaded.model) at step \(loaded.state.globalStep): \(report.summary) on \(report.stats.count) \(workload.unit)")
+                print(
+                    "\(loaded.config.modelName) at step \(loaded.state.globalStep): \(report.summary) on \(report.stats.count) \(workload.unit)"
+                )
             }
         } catch {
             exitWithError(error)

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import TetherJobFile
 import TetherNN
 import TetherTensor
 import TetherTrain
@@ -12,9 +13,12 @@ extension WideDeepShape.Parts: ExpressibleByArgument {}
 /// run, or the checkpoint's values when resuming.
 struct TrainingOptions: ParsableArguments {
     @Option(
-        help: "Model: \(ModelFamily.names.joined(separator: ", ")) (default \(TrainingConfig().model); tether models lists what each is).")
+        help:
+            "Model: \(ModelFamily.names.filter { $0 != "spec" }.joined(separator: ", ")) (default \(TrainingConfig().model); tether models lists what each is), or a model spec: FILE.yaml (a job file's model: gives one inline)."
+    )
     var model: String?
-    @Option(help: "Data: \(DataSource.help) (default: the model's).") var data: String?
+    @Option(help: "Data: \(DataSource.help), or npz:FILE (arrays x and y, for a model spec) (default: the model's).") var data: String?
+    @Option(help: "Held-out samples in another file than --data's: npz:FILE (default: every tenth sample of --data).") var testData: String?
     @Option(help: "For csv: data: adult (the UCI Adult census preset) or a schema file.") var schema: String?
     @Option(
         help:
@@ -73,6 +77,14 @@ struct TrainingOptions: ParsableArguments {
     @Option(help: "wide-deep: FTRL L1 strength.") var ftrlL1: Double?
     @Option(help: "wide-deep: FTRL L2 strength.") var ftrlL2: Double?
 
+    /// The spec `--model` gives: a YAML file's (FILE.yaml, FILE.yml), or inline YAML or JSON (a job
+    /// file's model: mapping); nil for a family's name.
+    static func spec(_ model: String) throws -> ModelSpec? {
+        if model.hasSuffix(".yaml") || model.hasSuffix(".yml") { return try ModelSpecFile.read(model) }
+        guard model.contains(":") else { return nil }
+        return try ModelSpecFile.parse(model, name: "inline", source: "--model (inline spec)")
+    }
+
     func validate() throws {
         if let hidden, hidden.split(separator: ",").contains(where: { Int($0) == nil }) {
             throw ValidationError("--hidden takes comma-separated widths, e.g. 256,128,64 (got \"\(hidden)\")")
@@ -80,9 +92,17 @@ struct TrainingOptions: ParsableArguments {
     }
 
     /// `base` with every given flag applied.
-    func applied(to base: TrainingConfig) -> TrainingConfig {
-        // Another model starts from that model's defaults (its data, optimizer and schedule).
-        var c = model.map { $0 == base.model ? base : TrainingConfig.defaults(for: $0) } ?? base
+    func applied(to base: TrainingConfig) throws -> TrainingConfig {
+        // Another model starts from that model's defaults (its data, optimizer and schedule); a model
+        // spec (a file, or a job file's model: mapping, which arrives as its text) is the "spec" family's.
+        var c: TrainingConfig
+        if let model, let spec = try Self.spec(model) {
+            c = base.spec == spec ? base : TrainingConfig.defaults(for: "spec")
+            c.spec = spec
+        } else {
+            c = model.map { $0 == base.model ? base : TrainingConfig.defaults(for: $0) } ?? base
+        }
+        if let testData { c.testData = testData }
         if let data { c.data = data }
         if let schema { (c.schema, c.schemaText) = (schema, nil) }  // read anew from the file given
         if let clipNorm { c.optimizer.clipNorm = clipNorm }

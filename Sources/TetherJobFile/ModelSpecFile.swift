@@ -1,0 +1,129 @@
+import Foundation
+import TetherNN
+import Yams
+
+/// A model spec read from YAML (or JSON, which YAML reads too): a file of its own (`--model
+/// FILE.yaml`) or a job file's `model:` mapping. A layer is its kind alone (`relu`), its kind with one
+/// value (`max-pool: 2` is the kernel, `dense: 128` the output features, `dropout: 0.3` the rate,
+/// `leaky-relu: 0.2` the slope), or its kind with a mapping of settings (`conv2d: {out: 32, kernel: 5}`).
+/// An unknown kind or setting is refused naming the nearest valid one.
+public enum ModelSpecFile {
+    /// The spec in `text` (a mapping with input, layers and loss, or one whose `model:` is that), named
+    /// `name`; `source` names the file in errors.
+    public static func parse(_ text: String, name: String, source: String) throws -> ModelSpec {
+        let root: Node?
+        do { root = try Yams.compose(yaml: text) } catch { throw SpecError("\(source): not valid YAML: \(error)") }
+        guard var mapping = root?.mapping else { throw SpecError("\(source): a model spec is a mapping of input, layers and loss") }
+        if let inner = mapping["model"]?.mapping { mapping = inner }
+        let keys = ["input", "layers", "loss"]
+        for key in mapping.keys.compactMap(\.string) where !keys.contains(key) {
+            throw SpecError("\(source): a model spec has no key \"\(key)\"" + nearest(key, keys))
+        }
+        guard let input = mapping["input"]?.sequence?.compactMap({ $0.int }), input.count == mapping["input"]?.sequence?.count
+        else { throw SpecError("\(source): input must be a list of sizes: [C, H, W] for images or [F] for features") }
+        guard let layerNodes = mapping["layers"]?.sequence else { throw SpecError("\(source): layers must be a list") }
+        let layers = try layerNodes.enumerated().map { try layer($1, index: $0, source: source) }
+        var loss = ModelSpec.Loss.crossEntropy
+        if let node = mapping["loss"] {
+            let names = ModelSpec.Loss.allCases.map(\.rawValue)
+            guard let text = node.string, let l = ModelSpec.Loss(rawValue: text) else {
+                let given = node.string ?? "that"
+                let planned = ["binary-cross-entropy", "mse", "l1"].contains(given) ? " (\(given) is not built yet)" : nearest(given, names)
+                throw SpecError("\(source): loss \(given) is not one of \(names.joined(separator: ", "))\(planned)")
+            }
+            loss = l
+        }
+        let spec = ModelSpec(name: name, input: input, layers: layers, loss: loss)
+        _ = try spec.shapes()  // a spec that does not fit together is refused where it is read
+        return spec
+    }
+
+    /// Reads `path` (the spec's name is the file's, without its extension).
+    public static func read(_ path: String) throws -> ModelSpec {
+        guard let data = FileManager.default.contents(atPath: path), let text = String(data: data, encoding: .utf8) else {
+            throw SpecError("--model \(path): cannot read it (a model spec is a YAML file)")
+        }
+        return try parse(text, name: URL(fileURLWithPath: path).deletingPathExtension().lastPathComponent, source: path)
+    }
+
+    static func layer(_ node: Node, index: Int, source: String) throws -> LayerSpec {
+        let kinds = LayerSpec.Kind.allCases.map(\.rawValue)
+        func kind(_ name: String) throws -> LayerSpec.Kind {
+            guard let k = LayerSpec.Kind(rawValue: name) else {
+                let planned = ["embedding", "lstm"].contains(name) ? " (\(name) is not built for specs yet)" : nearest(name, kinds)
+                throw SpecError("\(source): layer \(index): unknown kind \"\(name)\"\(planned); kinds: \(kinds.joined(separator: ", "))")
+            }
+            return k
+        }
+        if let name = node.string { return LayerSpec(try kind(name)) }
+        guard let m = node.mapping, m.count == 1, let (key, value) = m.first.map({ ($0.key, $0.value) }), let name = key.string else {
+            throw SpecError("\(source): layer \(index): give a kind (relu), a kind and a value (max-pool: 2) or a kind and its settings")
+        }
+        var layer = LayerSpec(try kind(name))
+        let allowed = LayerSpec.settings(of: layer.kind)
+        func fail(_ why: String) -> SpecError { SpecError("\(source): layer \(index) (\(name)): \(why)") }
+        func set(_ setting: String, _ v: Node) throws {
+            func int() throws -> Int {
+                guard let i = v.int else { throw fail("\(setting) must be a whole number, got \(v.string ?? "a list or mapping")") }
+                return i
+            }
+            func bool() throws -> Bool {
+                guard let b = v.bool else { throw fail("\(setting) must be true or false") }
+                return b
+            }
+            func number() throws -> Double {
+                guard let d = v.float ?? v.int.map(Double.init) else { throw fail("\(setting) must be a number") }
+                return d
+            }
+            switch setting {
+            case "out": layer.out = try int()
+            case "kernel": layer.kernel = try int()
+            case "stride": layer.stride = try int()
+            case "padding": layer.padding = try int()
+            case "bias": layer.bias = try bool()
+            case "weight-norm": layer.weightNorm = try bool()
+            case "rate": layer.rate = try number()
+            case "slope": layer.slope = try number()
+            case "mean-only": layer.meanOnly = try bool()
+            default: throw fail("no setting \(setting)")
+            }
+        }
+        if let settings = value.mapping {
+            for (k, v) in settings {
+                guard let key = k.string, allowed.contains(key) else {
+                    let key = k.string ?? "?"
+                    throw fail(
+                        "no setting \"\(key)\"" + nearest(key, allowed)
+                            + "; it takes \(allowed.isEmpty ? "none" : allowed.joined(separator: ", "))")
+                }
+                try set(key, v)
+            }
+        } else if value.scalar != nil, let first = allowed.first(where: { ["out", "kernel", "rate", "slope"].contains($0) }) {
+            try set(first, value)
+        } else {
+            throw fail("takes \(allowed.isEmpty ? "no settings" : "a mapping of " + allowed.joined(separator: ", "))")
+        }
+        return layer
+    }
+
+    /// " (did you mean X?)" for the valid name closest to `given` by edit distance, when close enough.
+    static func nearest(_ given: String, _ valid: [String]) -> String {
+        func distance(_ a: String, _ b: String) -> Int {
+            let a = Array(a), b = Array(b)
+            var row = Array(0...b.count)
+            for i in 1...max(a.count, 1) where !a.isEmpty {
+                var previous = row[0]
+                row[0] = i
+                for j in stride(from: 1, through: b.count, by: 1) {
+                    let substitution = previous + (a[i - 1] == b[j - 1] ? 0 : 1)
+                    previous = row[j]
+                    row[j] = min(row[j] + 1, row[j - 1] + 1, substitution)
+                }
+            }
+            return a.isEmpty ? b.count : row[b.count]
+        }
+        guard let best = valid.min(by: { distance(given, $0) < distance(given, $1) }), distance(given, best) <= max(2, given.count / 3)
+        else { return "" }
+        return " (did you mean \(best)?)"
+    }
+}

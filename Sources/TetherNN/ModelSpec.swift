@@ -1,0 +1,247 @@
+import TetherTensor
+
+/// A network declared as data (a job file's `model:`, or `--model FILE.yaml`): its input's shape, its
+/// layers in order and its loss. Like a Keras model config or Caffe's prototxt, every layer's input
+/// shape is inferred from the one before, and a layer that does not fit the shape it gets is refused
+/// naming its index, its kind and both shapes. Parameter names are PyTorch's nn.Sequential's:
+/// `layers.<index>.weight` (`weight_g`/`weight_v` weight-normalized), the index counting every layer.
+///
+/// Shapes: an image is (C, H, W), features are (F). Images travel in Tether's conv layout between
+/// conv layers; the network's input is rearranged before the first layer when the input is an image,
+/// and `flatten` goes back to (B, C*H*W) in PyTorch's NCHW order.
+public struct ModelSpec: Codable, Equatable, Sendable {
+    /// A name for logs and checkpoints (the file's, without its extension).
+    public var name: String
+    /// (C, H, W) or (F).
+    public var input: [Int]
+    public var layers: [LayerSpec]
+    public var loss: Loss
+
+    public enum Loss: String, Codable, Sendable, CaseIterable {
+        case crossEntropy = "cross-entropy"
+    }
+
+    public init(name: String, input: [Int], layers: [LayerSpec], loss: Loss = .crossEntropy) {
+        (self.name, self.input, self.layers, self.loss) = (name, input, layers, loss)
+    }
+
+    /// The largest value of any size a spec gives (channels, features, kernel, image side), and the most
+    /// layers: a spec arrives from a file or a coordinator, and a size within these keeps every product
+    /// of them far from overflow; what they multiply to is checked against memory (`parameterCount`).
+    public static let largestSize = 1 << 24, mostLayers = 1000
+}
+
+/// One layer of a spec. Only the settings of its kind may be given (the parser checks that).
+public struct LayerSpec: Codable, Equatable, Sendable {
+    public enum Kind: String, Codable, Sendable, CaseIterable {
+        case dense, conv2d
+        case maxPool = "max-pool", avgPool = "avg-pool"
+        case flatten, relu
+        case leakyRelu = "leaky-relu"
+        case tanh, sigmoid, gelu, dropout
+        case batchNorm = "batch-norm"
+    }
+    public var kind: Kind
+    /// dense: output features; conv2d: output channels.
+    public var out: Int?
+    /// conv2d and pools: the square window's side; stride defaults to 1 for conv2d and to the kernel
+    /// for pools; padding (conv2d) to 0.
+    public var kernel: Int?, stride: Int?, padding: Int?
+    public var bias: Bool?
+    public var weightNorm: Bool?
+    /// dropout: the probability of dropping (0.5).
+    public var rate: Double?
+    /// leaky-relu: the negative slope (0.01).
+    public var slope: Double?
+    /// batch-norm: only the mean-only form of the weight-norm paper is built (`meanOnly` true).
+    public var meanOnly: Bool?
+
+    public init(_ kind: Kind) { self.kind = kind }
+
+    /// The settings each kind takes, by their spec names.
+    public static func settings(of kind: Kind) -> [String] {
+        switch kind {
+        case .dense: ["out", "bias", "weight-norm"]
+        case .conv2d: ["out", "kernel", "stride", "padding", "bias", "weight-norm"]
+        case .maxPool, .avgPool: ["kernel", "stride"]
+        case .leakyRelu: ["slope"]
+        case .dropout: ["rate"]
+        case .batchNorm: ["mean-only"]
+        case .flatten, .relu, .tanh, .sigmoid, .gelu: []
+        }
+    }
+}
+
+/// A value's shape between layers: an image (C, H, W) or features (F).
+public enum SpecShape: Equatable, Sendable, CustomStringConvertible {
+    case image(channels: Int, height: Int, width: Int)
+    case features(Int)
+
+    public var count: Int {
+        switch self {
+        case .image(let c, let h, let w): c * h * w
+        case .features(let f): f
+        }
+    }
+    public var description: String {
+        switch self {
+        case .image(let c, let h, let w): "(\(c), \(h), \(w))"
+        case .features(let f): "(\(f))"
+        }
+    }
+}
+
+public struct SpecError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ d: String) { description = d }
+}
+
+extension ModelSpec {
+    /// The input as a shape, or why it is not one.
+    public func inputShape() throws -> SpecShape {
+        guard input.allSatisfy({ (1...Self.largestSize).contains($0) }) else {
+            throw SpecError("model spec \(name): input \(input): each size must be in 1...\(Self.largestSize)")
+        }
+        switch input.count {
+        case 1: return .features(input[0])
+        case 3:
+            let (c, h, w) = (input[0], input[1], input[2])
+            guard c * h <= Self.largestSize, c * h * w <= Self.largestSize * 64 else {
+                throw SpecError("model spec \(name): input \(input) holds more than \(Self.largestSize * 64) values a sample")
+            }
+            return .image(channels: c, height: h, width: w)
+        default: throw SpecError("model spec \(name): input \(input): give (C, H, W) for images or (F) for features")
+        }
+    }
+
+    /// Every layer's output shape, in order (the last is the network's output), or an error naming the
+    /// first layer that does not fit the shape it gets.
+    public func shapes() throws -> [SpecShape] {
+        guard !layers.isEmpty, layers.count <= Self.mostLayers else {
+            throw SpecError("model spec \(name): \(layers.count) layers; give 1...\(Self.mostLayers)")
+        }
+        var shape = try inputShape()
+        var out: [SpecShape] = []
+        for (i, layer) in layers.enumerated() {
+            func fail(_ why: String) -> SpecError {
+                SpecError("model spec \(name): layer \(i) (\(layer.kind.rawValue)) gets \(shape): \(why)")
+            }
+            func size(_ v: Int?, _ what: String, default d: Int? = nil, from lowest: Int = 1) throws -> Int {
+                guard let v = v ?? d else { throw fail("give its \(what)") }
+                guard (lowest...Self.largestSize).contains(v) else { throw fail("\(what) \(v) is not in \(lowest)...\(Self.largestSize)") }
+                return v
+            }
+            switch layer.kind {
+            case .dense:
+                guard case .features(let f) = shape else { throw fail("dense takes features (F); put a flatten before it") }
+                let o = try size(layer.out, "out")
+                guard f * o <= Self.largestSize * 64 else {
+                    throw fail("a weight of \(o) x \(f) is more than \(Self.largestSize * 64) values")
+                }
+                shape = .features(o)
+            case .conv2d:
+                guard case .image(let c, let h, let w) = shape else { throw fail("conv2d takes an image (C, H, W)") }
+                let o = try size(layer.out, "out"), k = try size(layer.kernel, "kernel")
+                let s = try size(layer.stride, "stride", default: 1), p = try size(layer.padding, "padding", default: 0, from: 0)
+                guard h + 2 * p >= k, w + 2 * p >= k else { throw fail("a \(k)x\(k) kernel does not fit \(h)x\(w) with padding \(p)") }
+                guard o * c * k * k <= Self.largestSize * 64 else { throw fail("a weight of \(o) x \(c) x \(k) x \(k) is too large") }
+                shape = .image(channels: o, height: (h + 2 * p - k) / s + 1, width: (w + 2 * p - k) / s + 1)
+            case .maxPool, .avgPool:
+                guard case .image(let c, let h, let w) = shape else { throw fail("pooling takes an image (C, H, W)") }
+                let k = try size(layer.kernel, "kernel"), s = try size(layer.stride, "stride", default: k)
+                guard h >= k, w >= k else { throw fail("a \(k)x\(k) window does not fit \(h)x\(w)") }
+                shape = .image(channels: c, height: (h - k) / s + 1, width: (w - k) / s + 1)
+            case .flatten:
+                shape = .features(shape.count)
+            case .dropout:
+                guard (0..<1).contains(layer.rate ?? 0.5) else { throw fail("rate \(layer.rate!) is not in [0, 1)") }
+            case .leakyRelu:
+                guard (layer.slope ?? 0.01).isFinite else { throw fail("slope \(layer.slope!) is not a number") }
+            case .batchNorm:
+                guard layer.meanOnly ?? true else {
+                    throw fail("only the mean-only batch norm of the weight-norm paper is built (mean-only: true)")
+                }
+            case .relu, .tanh, .sigmoid, .gelu:
+                break
+            }
+            out.append(shape)
+        }
+        return out
+    }
+
+    /// The classes a cross-entropy network tells apart: its output's features.
+    public func classes() throws -> Int {
+        guard case .features(let k)? = try shapes().last, k >= 2 else {
+            throw SpecError(
+                "model spec \(name): with \(loss.rawValue) the last layer gives the classes' scores (F >= 2); it gives \(try shapes().last!)"
+            )
+        }
+        return k
+    }
+
+    /// The parameters the spec's layers hold (weights, biases, weight-norm scales), in overflow-checked
+    /// arithmetic: what its memory estimate counts.
+    public func parameterCount() throws -> Int {
+        let shapes = try shapes()
+        var total = 0
+        var before = try inputShape()
+        for (layer, after) in zip(layers, shapes) {
+            var n = 0
+            switch (layer.kind, before, after) {
+            case (.dense, .features(let f), .features(let o)):
+                n = f * o + (layer.bias ?? true ? o : 0) + (layer.weightNorm ?? false ? o : 0)
+            case (.conv2d, .image(let c, _, _), .image(let o, _, _)):
+                let k = layer.kernel ?? 1
+                n = o * c * k * k + (layer.bias ?? true ? o : 0) + (layer.weightNorm ?? false ? o : 0)
+            case (.batchNorm, _, .features(let f)): n = f
+            case (.batchNorm, _, .image(let c, _, _)): n = c
+            default: n = 0
+            }
+            total += n
+            before = after
+        }
+        return total
+    }
+
+    /// The network over `layout`: its layers with PyTorch's names, the input rearranged into the conv
+    /// layout first when it is an image.
+    public func network<T: Scalar>(_ layout: inout ArenaLayout, as: T.Type = T.self) throws -> Sequential<T> {
+        let shapes = try shapes()
+        var before = try inputShape()
+        var built: [any Layer<T>] = []
+        if case .image(let c, let h, let w) = before { built.append(LayoutSwap<T>(toConv: true, channels: c, height: h, width: w)) }
+        for (i, (layer, after)) in zip(layers, shapes).enumerated() {
+            let prefix = "layers.\(i)."
+            switch (layer.kind, before, after) {
+            case (.dense, .features(let f), .features(let o)):
+                built.append(
+                    Dense<T>(
+                        &layout, prefix: prefix, inFeatures: f, outFeatures: o, bias: layer.bias ?? true,
+                        weightNorm: layer.weightNorm ?? false))
+            case (.conv2d, .image(let c, _, _), .image(let o, _, _)):
+                built.append(
+                    Conv2d<T>(
+                        &layout, prefix: prefix, inChannels: c, outChannels: o, kernel: layer.kernel!, stride: layer.stride ?? 1,
+                        padding: layer.padding ?? 0, bias: layer.bias ?? true, weightNorm: layer.weightNorm ?? false))
+            case (.maxPool, _, _): built.append(MaxPool2d<T>(kernel: layer.kernel!, stride: layer.stride))
+            case (.avgPool, _, _): built.append(AvgPool2d<T>(kernel: layer.kernel!, stride: layer.stride))
+            case (.flatten, .image(let c, let h, let w), _): built.append(LayoutSwap<T>(toConv: false, channels: c, height: h, width: w))
+            case (.flatten, .features, _): break  // already flat: nothing to do, but the index stays taken
+            case (.relu, _, _): built.append(Activation<T>.relu())
+            case (.leakyRelu, _, _): built.append(Activation<T>(leakySlope: layer.slope ?? 0.01))
+            case (.tanh, _, _): built.append(Pointwise<T>(.tanh))
+            case (.sigmoid, _, _): built.append(Pointwise<T>(.sigmoid))
+            case (.gelu, _, _): built.append(Pointwise<T>(.gelu))
+            case (.dropout, _, _): built.append(Dropout<T>(probability: layer.rate ?? 0.5))
+            case (.batchNorm, .features(let f), _):
+                built.append(MeanOnlyBatchNorm<T>(&layout, prefix: prefix, features: f, channelsFirst: false))
+            case (.batchNorm, .image(let c, _, _), _):
+                built.append(MeanOnlyBatchNorm<T>(&layout, prefix: prefix, features: c, channelsFirst: true))
+            default:
+                throw SpecError("model spec \(name): layer \(i) (\(layer.kind.rawValue)) cannot be built on \(before)")
+            }
+            before = after
+        }
+        return Sequential(built)
+    }
+}
