@@ -67,9 +67,11 @@ let package = Package(
         .testTarget(
             name: "TetherClusterTests",
             dependencies: ["TetherCluster", "TetherComm", "TetherData", "TetherTrain", "TetherNN", "TetherTensor"]),
+        .testTarget(name: "TetherJobFileTests", dependencies: ["TetherJobFile", "TetherNN"]),
         .testTarget(name: "TetherFuzzTests", dependencies: ["TetherFuzz", "TetherComm", "TetherTrain"]),
         .testTarget(
-            name: "EndToEndTests", dependencies: ["TetherComm", "TetherTrain", .product(name: "Logging", package: "swift-log")])
+            name: "EndToEndTests",
+            dependencies: ["TetherComm", "TetherData", "TetherTrain", .product(name: "Logging", package: "swift-log")])
     ],
     swiftLanguageModes: [.v5]
 )

@@ -60,7 +60,7 @@ public struct AssignCheck: Sendable {
         }
         do { try config.validate() } catch { throw refuse("the job configuration is not valid: \(error)") }
         if !assign.dataServed {
-            for path in DataSource.localPaths(data: config.data, schema: config.schema) where !within(path) {
+            for path in DataSource.localPaths(data: config.data, schema: config.schema, testData: config.testData) where !within(path) {
                 throw refuse(
                     "the job reads \(path), which is outside this worker's data roots (\(dataRoots.joined(separator: ", "))); "
                         + "start the worker with --data-root FOLDER, or serve the data (coordinator --serve-data)")

@@ -13,6 +13,8 @@ public struct NumPyArray: Sendable, Equatable {
     public var bytes: [UInt8]
     public var count: Int { shape.reduce(1, *) }
 
+    public init(dtype: DType, shape: [Int], bytes: [UInt8]) { (self.dtype, self.shape, self.bytes) = (dtype, shape, bytes) }
+
     /// The elements as Float (uint8 as they are: 0...255).
     public func floats() -> [Float] {
         bytes.withUnsafeBytes { raw in
@@ -159,6 +161,37 @@ public enum NumPy {
         guard status == Z_STREAM_END, stream.total_out == size else {
             throw DataError.invalid("\(what): the deflated data is damaged (zlib status \(status))")
         }
+        return out
+    }
+}
+
+extension NumPy {
+    /// An array as a version 1.0 `.npy` file (C order, the header padded to 64 bytes as NumPy pads it).
+    public static func npy(_ a: NumPyArray) -> [UInt8] {
+        let shape = a.shape.count == 1 ? "(\(a.shape[0]),)" : "(" + a.shape.map(String.init).joined(separator: ", ") + ")"
+        var header = "{'descr': '\(a.dtype.rawValue)', 'fortran_order': False, 'shape': \(shape), }"
+        while (10 + header.utf8.count + 1) % 64 != 0 { header += " " }
+        header += "\n"
+        let length = header.utf8.count
+        return [0x93] + Array("NUMPY".utf8) + [1, 0, UInt8(length & 0xFF), UInt8(length >> 8)] + Array(header.utf8) + a.bytes
+    }
+
+    /// Arrays as an `.npz` file, stored (`numpy.savez`'s layout: one `NAME.npy` entry each).
+    public static func npz(_ arrays: [(name: String, array: NumPyArray)]) -> [UInt8] {
+        func u16(_ v: Int) -> [UInt8] { [UInt8(v & 0xFF), UInt8(v >> 8 & 0xFF)] }
+        func u32(_ v: Int) -> [UInt8] { u16(v & 0xFFFF) + u16(v >> 16 & 0xFFFF) }
+        var out: [UInt8] = [], directory: [UInt8] = []
+        for (name, array) in arrays {
+            let file = npy(array), entry = Array((name + ".npy").utf8), at = out.count
+            let crc = Int(file.withUnsafeBufferPointer { crc32(0, $0.baseAddress, UInt32($0.count)) })
+            let common =
+                u16(20) + u16(0) + u16(0) + u16(0) + u16(0x21) + u32(crc) + u32(file.count) + u32(file.count) + u16(entry.count) + u16(0)
+            out += u32(0x0403_4b50) + common + entry + file
+            directory += u32(0x0201_4b50) + u16(20) + common + u16(0) + u16(0) + u16(0) + u32(0) + u32(at) + entry
+        }
+        let start = out.count
+        out += directory
+        out += u32(0x0605_4b50) + u16(0) + u16(0) + u16(arrays.count) + u16(arrays.count) + u32(directory.count) + u32(start) + u16(0)
         return out
     }
 }

@@ -76,10 +76,10 @@ public enum DataSource {
     }
 
     /// The files and folders a `--data` spec (and a schema file) makes this process read.
-    public static func localPaths(data spec: String, schema: String?) -> [String] {
-        var paths: [String] = []
+    public static func localPaths(data spec: String, schema: String?, testData: String? = nil) -> [String] {
+        var paths: [String] = testData.map { localPaths(data: $0, schema: nil) } ?? []
         if spec == "fashion-mnist" { paths.append(FashionMNIST.defaultDirectory) }
-        for prefix in ["idx:", "text:", "csv:"] where spec.hasPrefix(prefix) { paths.append(String(spec.dropFirst(prefix.count))) }
+        for prefix in ["idx:", "text:", "csv:", "npz:"] where spec.hasPrefix(prefix) { paths.append(String(spec.dropFirst(prefix.count))) }
         if let schema, schema != "adult" { paths.append(schema) }
         return paths
     }
@@ -101,8 +101,11 @@ extension TrainingConfig {
         var c = self
         let here = URL(fileURLWithPath: FileManager.default.currentDirectoryPath)
         func absolute(_ path: String) -> String { URL(fileURLWithPath: path, relativeTo: here).standardizedFileURL.path }
-        for prefix in ["idx:", "text:", "csv:"] where c.data.hasPrefix(prefix) && c.data.count > prefix.count {
-            c.data = prefix + absolute(String(c.data.dropFirst(prefix.count)))
+        for prefix in ["idx:", "text:", "csv:", "npz:"] {
+            if c.data.hasPrefix(prefix), c.data.count > prefix.count { c.data = prefix + absolute(String(c.data.dropFirst(prefix.count))) }
+            if let t = c.testData, t.hasPrefix(prefix), t.count > prefix.count {
+                c.testData = prefix + absolute(String(t.dropFirst(prefix.count)))
+            }
         }
         if let schema = c.schema, schema != "adult" {
             c.schema = absolute(schema)

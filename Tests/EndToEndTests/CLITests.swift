@@ -1,5 +1,6 @@
 import Testing
 import Foundation
+import TetherData
 import TetherTensor
 
 /// Runs the built `tether` binary as a user would. It sits beside the test bundle in the build folder
@@ -364,7 +365,7 @@ let kubernetesTypesInstalled =
         let models = try CLI.run(["models", "--json"])
         let listed = ((try JSONSerialization.jsonObject(with: Data(models.stdout.utf8)) as? [String: Any])?["models"] as? [[String: Any]])?
             .compactMap { $0["model"] as? String }
-        #expect(listed == ["mlp", "mlp-wn", "cnn-wn", "autoencoder-tied", "lm-tied", "wide-deep"], "\(models.stdout)")
+        #expect(listed == ["mlp", "mlp-wn", "cnn-wn", "autoencoder-tied", "lm-tied", "wide-deep", "spec"], "\(models.stdout)")
         #expect(try CLI.run(["models"]).stdout.contains("Wide & Deep click prediction"))
 
         let dir = CLI.tempDir("output")
@@ -610,6 +611,58 @@ let kubernetesTypesInstalled =
         }
         let missing = try CLI.run(["eval", "--checkpoint", checkpoint, "--schema", "nothere.schema"], in: elsewhere)
         #expect(missing.status == 1 && missing.stderr.contains("nothere.schema"), "\(missing.stderr)")
+    }
+
+    /// A network of your own on data of your own: a spec CNN over 3-channel 12x12 images of 12 classes
+    /// (channels last in the .npz, as NumPy users often keep them), trained by two worker processes,
+    /// then evaluated from its checkpoint, which carries the spec.
+    @Test func aSpecCNNTrainsOnAnNPZThroughACluster() throws {
+        let dir = CLI.tempDir("spec-npz")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        // class k lights a 3x3 patch at a place and in a channel of its own, over noise
+        var rng = SystemRandomNumberGenerator()
+        let n = 1200, side = 12
+        var x = [UInt8](repeating: 0, count: n * side * side * 3), y: [UInt8] = []
+        for s in 0..<n {
+            let k = s % 12
+            for i in 0..<side * side * 3 { x[s * side * side * 3 + i] = UInt8.random(in: 0...60, using: &rng) }
+            for a in 0..<3 { for b in 0..<3 { x[s * side * side * 3 + (((k % 4) * 3 + a) * side + (k / 4) * 3 + b) * 3 + k % 3] = 250 } }
+            withUnsafeBytes(of: Int64(k).littleEndian) { y += $0 }
+        }
+        let npz = NumPy.npz([
+            ("x", NumPyArray(dtype: .uint8, shape: [n, side, side, 3], bytes: x)), ("y", NumPyArray(dtype: .int64, shape: [n], bytes: y))
+        ])
+        try Data(npz).write(to: dir.appendingPathComponent("rgb.npz"))
+        try """
+        input: [3, 12, 12]
+        layers:
+          - conv2d: {out: 8, kernel: 3, padding: 1, weight-norm: true}
+          - relu
+          - max-pool: 2
+          - flatten
+          - dense: {out: 32, weight-norm: true}
+          - relu
+          - dense: 12
+        """.write(to: dir.appendingPathComponent("rgb.yaml"), atomically: true, encoding: .utf8)
+        let run = try CLI.run(
+            [
+                "simulate", "--workers", "2", "--model", "rgb.yaml", "--data", "npz:rgb.npz", "--batch", "32", "--max-steps", "60",
+                "--run-dir", "run"
+            ], timeout: 240, in: dir)
+        #expect(run.status == 0 && run.stdout.contains("rgb (spec)") && run.stdout.contains("done: 60 steps"), "\(run.stdout)\(run.stderr)")
+        let eval = try CLI.run(["eval", "--checkpoint", dir.appendingPathComponent("run/checkpoint.safetensors").path, "--json"])
+        let accuracy = (try? JSONSerialization.jsonObject(with: Data(eval.stdout.utf8)) as? [String: Any])?["test_accuracy"] as? Double ?? 0
+        #expect(eval.status == 0 && accuracy > 0.9, "\(eval.stdout)\(eval.stderr)")
+        // a label beyond the spec's classes is named with the sample and the range
+        let narrow = try String(contentsOf: dir.appendingPathComponent("rgb.yaml"), encoding: .utf8).replacingOccurrences(
+            of: "dense: 12", with: "dense: 10")
+        try narrow.write(to: dir.appendingPathComponent("narrow.yaml"), atomically: true, encoding: .utf8)
+        let refused = try CLI.run(["train", "--model", "narrow.yaml", "--data", "npz:rgb.npz", "--run-dir", "run2"], in: dir)
+        #expect(refused.status == 1 && refused.stderr.contains("label 10 of training sample 9 is not in 0..<10"), "\(refused.stderr)")
+        let wrong = try CLI.run(["train", "--model", "rgb.yaml", "--data", "fashion-mnist", "--run-dir", "run3"], in: dir)
+        #expect(
+            wrong.status == 1 && wrong.stderr.contains("its input is (3, 12, 12), the data's samples are [1, 28, 28]"), "\(wrong.stderr)")
     }
 
     /// lm-tied as a user runs it: train on a text file, evaluate the checkpoint (the vocabulary comes with it).

@@ -1,12 +1,24 @@
 import Testing
+import TetherNN
 @testable import TetherTrain
 
 @Suite struct ModelFamilyTests {
     @Test func everyFamilyIsListedOnceAndItsDefaultsAreARunThatValidates() throws {
         #expect(Set(ModelFamily.names).count == ModelFamily.all.count)
-        #expect(ModelFamily.names == ["mlp", "mlp-wn", "cnn-wn", "autoencoder-tied", "lm-tied", "wide-deep"])
+        #expect(ModelFamily.names == ["mlp", "mlp-wn", "cnn-wn", "autoencoder-tied", "lm-tied", "wide-deep", "spec"])
         for family in ModelFamily.all {
-            let c = TrainingConfig.defaults(for: family.name)
+            var c = TrainingConfig.defaults(for: family.name)
+            if family.name == "spec" {
+                #expect { try c.validate() } throws: { "\($0)".contains("--model spec needs a spec: --model FILE.yaml") }
+                c.spec = ModelSpec(
+                    name: "t", input: [4],
+                    layers: [
+                        LayerSpec(.relu),
+                        {
+                            var d = LayerSpec(.dense); d.out = 3; return d
+                        }()
+                    ])
+            }
             #expect(c.model == family.name)
             try c.validate()
             #expect(!family.summary.isEmpty)

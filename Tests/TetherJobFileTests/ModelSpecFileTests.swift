@@ -1,0 +1,51 @@
+import Testing
+import TetherJobFile
+import TetherNN
+
+/// Model specs read from YAML: every form a layer takes, the README's example, and errors that name the
+/// nearest valid word.
+@Suite struct ModelSpecFileTests {
+    @Test func aSpecReadsInEveryForm() throws {
+        let text = """
+            model:
+              input: [1, 28, 28]          # (C, H, W) or [features]
+              layers:
+                - conv2d: {out: 32, kernel: 5, padding: 2, weight-norm: true}
+                - max-pool: 2
+                - relu
+                - flatten
+                - dense: {out: 128, weight-norm: true}
+                - dropout: 0.3
+                - leaky-relu: 0.2
+                - dense: 12
+              loss: cross-entropy
+            """
+        let spec = try ModelSpecFile.parse(text, name: "example", source: "t.yaml")
+        #expect(spec.input == [1, 28, 28] && spec.loss == .crossEntropy && spec.layers.count == 8)
+        #expect(
+            spec.layers[0].kind == .conv2d && spec.layers[0].out == 32 && spec.layers[0].padding == 2 && spec.layers[0].weightNorm == true)
+        #expect(spec.layers[1].kernel == 2 && spec.layers[5].rate == 0.3 && spec.layers[6].slope == 0.2 && spec.layers[7].out == 12)
+        #expect(try spec.classes() == 12)
+        // JSON is YAML too (a job file's model: mapping reaches --model as text)
+        let json = #"{"input": [4], "layers": [{"dense": {"out": 3}}]}"#
+        #expect(try ModelSpecFile.parse(json, name: "j", source: "inline").layers.first?.out == 3)
+    }
+
+    @Test(arguments: [
+        ("input: [4]\nlayers: [dense: 3, relu]\nlos: cross-entropy\n", #"no key "los" (did you mean loss?)"#),
+        ("input: [4]\nlayers: [desne: 3]\n", #"layer 0: unknown kind "desne" (did you mean dense?)"#),
+        (
+            "input: [4]\nlayers: [{dense: {out: 3, wieght-norm: true}}]\n",
+            #"layer 0 (dense): no setting "wieght-norm" (did you mean weight-norm?); it takes out, bias, weight-norm"#
+        ),
+        ("input: [4]\nlayers: [{dense: {out: three}}]\n", "layer 0 (dense): out must be a whole number, got three"),
+        ("input: [4]\nlayers: [relu: 3]\n", "layer 0 (relu): takes no settings"),
+        ("input: [4]\nlayers: [lstm]\n", "lstm is not built for specs yet"),
+        ("input: [4]\nlayers: [dense: 3]\nloss: mse\n", "loss mse is not one of cross-entropy (mse is not built yet)"),
+        ("input: [1, 8, 8]\nlayers: [dense: 3]\n", "layer 0 (dense) gets (1, 8, 8): dense takes features (F); put a flatten before it"),
+        ("input: four\nlayers: [dense: 3]\n", "input must be a list of sizes")
+    ])
+    func aMistakeIsNamed(text: String, message: String) {
+        #expect { try ModelSpecFile.parse(text, name: "t", source: "t.yaml") } throws: { "\($0)".contains(message) }
+    }
+}
