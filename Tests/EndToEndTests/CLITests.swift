@@ -157,7 +157,7 @@ let kubernetesTypesInstalled =
         (["train", "--batch", "0", "--run-dir", "/tmp/tether-e2e-never"], "--batch must be at least 1"),
         (
             ["train", "--data", "idx:/nonexistent/dir", "--run-dir", "/tmp/tether-e2e-never"],
-            "/nonexistent/dir/train-images-idx3-ubyte.gz: no such file. An IDX folder holds train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (each may end in .gz); /nonexistent/dir holds no files"
+            "/nonexistent/dir/train-images-idx3-ubyte.gz: no such file. An IDX folder holds train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (each may end in .gz); there is no folder /nonexistent/dir"
         ),
         (["train", "--data", "idx:/usr/share/games", "--run-dir", "/tmp/tether-e2e-never"], "/usr/share/games holds fortunes"),
         (["train", "--data", "csv", "--run-dir", "/tmp/tether-e2e-never"], "unknown --data \"csv\""),
