@@ -77,6 +77,36 @@ struct TrainingOptions: ParsableArguments {
     @Option(help: "wide-deep: FTRL L1 strength.") var ftrlL1: Double?
     @Option(help: "wide-deep: FTRL L2 strength.") var ftrlL2: Double?
 
+    /// No silent options: a setting that means nothing to the model being trained is refused, naming
+    /// what it applies to (`--hidden` shapes wide-deep's network, not mlp-wn's).
+    func refuseOptionsOfOtherModels(_ c: TrainingConfig) throws {
+        let byModel: [(models: [String], what: String, given: [(String, Bool)])] = [
+            (
+                ["lm-tied"], "lm-tied",
+                [
+                    ("--vocabulary", vocabulary != nil), ("--size", size != nil), ("--layers", layers != nil), ("--bptt", bptt != nil),
+                    ("--dropout", dropout != nil), ("--untied", untied), ("--weight-norm", weightNorm != nil)
+                ]
+            ),
+            (
+                ["wide-deep"], "wide-deep",
+                [
+                    ("--buckets", buckets != nil), ("--wide-buckets", wideBuckets != nil), ("--embedding", embedding != nil),
+                    ("--hidden", hidden != nil), ("--parts", parts != nil), ("--ftrl-alpha", ftrlAlpha != nil),
+                    ("--ftrl-l1", ftrlL1 != nil),
+                    ("--ftrl-l2", ftrlL2 != nil), ("--schema", schema != nil)
+                ]
+            ),
+            (["spec"], "a model spec (--model FILE.yaml)", [("--test-data", testData != nil)])
+        ]
+        for (models, what, given) in byModel where !models.contains(c.model) {
+            if let (flag, _) = given.first(where: \.1) {
+                let spec = c.model == "spec" ? "; a spec declares its own layers" : ""
+                throw ValidationError("\(flag) applies to \(what), not to \(c.modelName)\(spec)")
+            }
+        }
+    }
+
     /// The spec `--model` gives: a YAML file's (FILE.yaml, FILE.yml), or inline YAML or JSON (a job
     /// file's model: mapping); nil for a family's name.
     static func spec(_ model: String) throws -> ModelSpec? {
@@ -102,6 +132,7 @@ struct TrainingOptions: ParsableArguments {
         } else {
             c = model.map { $0 == base.model ? base : TrainingConfig.defaults(for: $0) } ?? base
         }
+        try refuseOptionsOfOtherModels(c)
         if let testData { c.testData = testData }
         if let data { c.data = data }
         if let schema { (c.schema, c.schemaText) = (schema, nil) }  // read anew from the file given
