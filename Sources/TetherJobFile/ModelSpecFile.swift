@@ -85,6 +85,11 @@ public enum ModelSpecFile {
             case "rate": layer.rate = try number()
             case "slope": layer.slope = try number()
             case "mean-only": layer.meanOnly = try bool()
+            case "shape":
+                guard let list = v.sequence?.compactMap(\.int), list.count == v.sequence?.count else {
+                    throw fail("shape must be a list of sizes")
+                }
+                layer.shape = list
             default: throw fail("no setting \(setting)")
             }
         }
@@ -98,7 +103,9 @@ public enum ModelSpecFile {
                 }
                 try set(key, v)
             }
-        } else if value.scalar != nil, let first = allowed.first(where: { ["out", "kernel", "rate", "slope"].contains($0) }) {
+        } else if value.scalar != nil || value.sequence != nil,
+            let first = allowed.first(where: { ["out", "kernel", "rate", "slope", "shape"].contains($0) })
+        {
             try set(first, value)
         } else {
             throw fail("takes \(allowed.isEmpty ? "no settings" : "a mapping of " + allowed.joined(separator: ", "))")

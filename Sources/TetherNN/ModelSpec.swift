@@ -36,7 +36,7 @@ public struct LayerSpec: Codable, Equatable, Sendable {
     public enum Kind: String, Codable, Sendable, CaseIterable {
         case dense, conv2d
         case maxPool = "max-pool", avgPool = "avg-pool"
-        case flatten, relu
+        case flatten, unflatten, relu
         case leakyRelu = "leaky-relu"
         case tanh, sigmoid, gelu, dropout
         case batchNorm = "batch-norm"
@@ -55,6 +55,8 @@ public struct LayerSpec: Codable, Equatable, Sendable {
     public var slope: Double?
     /// batch-norm: only the mean-only form of the weight-norm paper is built (`meanOnly` true).
     public var meanOnly: Bool?
+    /// unflatten: the image (C, H, W) that features become (PyTorch's nn.Unflatten(1, shape)).
+    public var shape: [Int]?
 
     public init(_ kind: Kind) { self.kind = kind }
 
@@ -67,6 +69,7 @@ public struct LayerSpec: Codable, Equatable, Sendable {
         case .leakyRelu: ["slope"]
         case .dropout: ["rate"]
         case .batchNorm: ["mean-only"]
+        case .unflatten: ["shape"]
         case .flatten, .relu, .tanh, .sigmoid, .gelu: []
         }
     }
@@ -153,6 +156,13 @@ extension ModelSpec {
                 shape = .image(channels: c, height: (h - k) / s + 1, width: (w - k) / s + 1)
             case .flatten:
                 shape = .features(shape.count)
+            case .unflatten:
+                guard case .features(let f) = shape else { throw fail("unflatten takes features (F)") }
+                guard let s = layer.shape, s.count == 3, s.allSatisfy({ (1...Self.largestSize).contains($0) }), s[0] * s[1] * s[2] == f
+                else {
+                    throw fail("give the image (C, H, W) its \(f) features become, e.g. unflatten: [1, 28, 28]")
+                }
+                shape = .image(channels: s[0], height: s[1], width: s[2])
             case .dropout:
                 guard (0..<1).contains(layer.rate ?? 0.5) else { throw fail("rate \(layer.rate!) is not in [0, 1)") }
             case .leakyRelu:
@@ -227,6 +237,7 @@ extension ModelSpec {
             case (.avgPool, _, _): built.append(AvgPool2d<T>(kernel: layer.kernel!, stride: layer.stride))
             case (.flatten, .image(let c, let h, let w), _): built.append(LayoutSwap<T>(toConv: false, channels: c, height: h, width: w))
             case (.flatten, .features, _): break  // already flat: nothing to do, but the index stays taken
+            case (.unflatten, _, .image(let c, let h, let w)): built.append(LayoutSwap<T>(toConv: true, channels: c, height: h, width: w))
             case (.relu, _, _): built.append(Activation<T>.relu())
             case (.leakyRelu, _, _): built.append(Activation<T>(leakySlope: layer.slope ?? 0.01))
             case (.tanh, _, _): built.append(Pointwise<T>(.tanh))

@@ -1,6 +1,7 @@
 import Testing
 import Foundation
 import TetherData
+import TetherTrain
 import TetherTensor
 
 /// Runs the built `tether` binary as a user would. It sits beside the test bundle in the build folder
@@ -611,6 +612,27 @@ let kubernetesTypesInstalled =
         }
         let missing = try CLI.run(["eval", "--checkpoint", checkpoint, "--schema", "nothere.schema"], in: elsewhere)
         #expect(missing.status == 1 && missing.stderr.contains("nothere.schema"), "\(missing.stderr)")
+    }
+
+    /// The image families as the spec files in models/: the same network, layer for layer and name for
+    /// name, so a run from the spec is bitwise the run of the family (same seed, same steps).
+    @Test(.enabled(if: dataInstalled, "needs Debian's dataset-fashion-mnist"), arguments: ["mlp", "mlp-wn", "cnn-wn"])
+    func aFamilysSpecTrainsBitwiseAsTheFamily(family: String) throws {
+        let dir = CLI.tempDir("family-spec")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let common = ["--max-steps", "8", "--train-limit", "640", "--test-limit", "128", "--seed", "4", "--threads", "1"]
+        let spec = CLI.repository.appendingPathComponent("models/\(family).yaml").path
+        for (name, model) in [("code", family), ("spec", spec)] {
+            let r = try CLI.run(["train", "--model", model, "--run-dir", dir.appendingPathComponent(name).path] + common)
+            #expect(r.status == 0, "\(name): \(r.stderr)")
+        }
+        let (a, b) = try (
+            Checkpoint.Loaded(dir.appendingPathComponent("code/checkpoint.safetensors")),
+            Checkpoint.Loaded(dir.appendingPathComponent("spec/checkpoint.safetensors"))
+        )
+        let names = a.file.tensors.keys.filter { $0.hasPrefix("layers.") }.sorted()
+        #expect(!names.isEmpty && names == b.file.tensors.keys.filter { $0.hasPrefix("layers.") }.sorted(), "\(names)")
+        for name in names { #expect(a.file.tensors[name]?.data == b.file.tensors[name]?.data, "\(family): \(name) differs") }
     }
 
     /// A network of your own on data of your own: a spec CNN over 3-channel 12x12 images of 12 classes
