@@ -15,7 +15,7 @@ public enum ModelSpecFile {
         do { root = try Yams.compose(yaml: text) } catch { throw SpecError("\(source): not valid YAML: \(error)") }
         guard var mapping = root?.mapping else { throw SpecError("\(source): a model spec is a mapping of input, layers and loss") }
         if let inner = mapping["model"]?.mapping { mapping = inner }
-        let keys = ["input", "layers", "loss"]
+        let keys = ["name", "input", "layers", "loss"]
         for key in mapping.keys.compactMap(\.string) where !keys.contains(key) {
             throw SpecError("\(source): a model spec has no key \"\(key)\"" + nearest(key, keys))
         }
@@ -33,7 +33,7 @@ public enum ModelSpecFile {
             }
             loss = l
         }
-        let spec = ModelSpec(name: name, input: input, layers: layers, loss: loss)
+        let spec = ModelSpec(name: mapping["name"]?.string ?? name, input: input, layers: layers, loss: loss)
         _ = try spec.shapes()  // a spec that does not fit together is refused where it is read
         return spec
     }
@@ -132,5 +132,33 @@ public enum ModelSpecFile {
         guard let best = valid.min(by: { distance(given, $0) < distance(given, $1) }), distance(given, best) <= max(2, given.count / 3)
         else { return "" }
         return " (did you mean \(best)?)"
+    }
+
+    /// The spec as YAML that `parse` reads back to the same spec, indented by `indent` spaces: a layer
+    /// is its kind alone, or its kind with a flow mapping of the settings it has.
+    public static func yaml(_ spec: ModelSpec, indent: Int = 0) -> String {
+        let pad = String(repeating: " ", count: indent)
+        let plain = !spec.name.isEmpty && spec.name.allSatisfy { $0.isLetter || $0.isNumber || "._-".contains($0) }
+        let name =
+            plain
+            ? spec.name : "\"" + spec.name.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
+        var lines = ["\(pad)name: \(name)", "\(pad)input: [\(spec.input.map(String.init).joined(separator: ", "))]", "\(pad)layers:"]
+        for l in spec.layers {
+            var settings: [String] = []
+            func put(_ key: String, _ v: Any?) { if let v { settings.append("\(key): \(v)") } }
+            put("out", l.out)
+            put("kernel", l.kernel)
+            put("stride", l.stride)
+            put("padding", l.padding)
+            put("bias", l.bias)
+            put("weight-norm", l.weightNorm)
+            put("rate", l.rate)
+            put("slope", l.slope)
+            put("mean-only", l.meanOnly)
+            put("shape", l.shape.map { "[" + $0.map(String.init).joined(separator: ", ") + "]" })
+            lines.append("\(pad)  - " + l.kind.rawValue + (settings.isEmpty ? "" : ": {" + settings.joined(separator: ", ") + "}"))
+        }
+        lines.append("\(pad)loss: \(spec.loss.rawValue)")
+        return lines.joined(separator: "\n") + "\n"
     }
 }

@@ -1,6 +1,8 @@
 import ArgumentParser
 import Foundation
 import TetherCluster
+import TetherJobFile
+import TetherNN
 import TetherTrain
 
 /// What `train`, `simulate` and `coordinator` print: progress lines (or nothing, --quiet), one final
@@ -65,33 +67,82 @@ struct OutputOptions: ParsableArguments {
     }
 }
 
-/// `tether models`: the model families, what each is, and the defaults a new run of it takes.
+/// `tether models`: the model families, what each is, and the defaults a new run of it takes;
+/// `tether models show FILE.yaml`: a spec's layers with their inferred shapes and parameters.
 struct Models: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "List the model families, their defaults and their data.")
+    static let configuration = CommandConfiguration(
+        abstract: "List the model families, their defaults and their data.", subcommands: [List.self, Show.self],
+        defaultSubcommand: List.self)
 
-    @Flag(help: "Print one JSON object.") var json = false
+    struct Show: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Print a model spec's layers with the shape each gives and the parameters each holds.")
+        @Argument(help: "The spec: a YAML file, or the name of a shipped one (mlp, mlp-wn, cnn-wn, in models/).") var spec: String
 
-    func run() throws {
-        let rows = ModelFamily.all.map { family -> [String: Any] in
-            let c = TrainingConfig.defaults(for: family.name)
-            return [
-                "model": family.name, "description": family.summary, "data": c.data, "batch": c.batch, "epochs": c.epochs,
-                "optimizer": c.optimizer.kind.rawValue, "lr": c.schedule.baseLR, "schedule": c.schedule.kind.rawValue
-            ]
+        func run() throws {
+            do {
+                guard
+                    let s = try ShippedSpecs.spec(spec)
+                        ?? (spec.hasSuffix(".yaml") || spec.hasSuffix(".yml") ? ModelSpecFile.read(spec) : nil)
+                else {
+                    throw SpecError(
+                        "\(spec): give a spec file (FILE.yaml) or a shipped spec: \(ShippedSpecs.text.keys.sorted().joined(separator: ", "))"
+                    )
+                }
+                let shapes = try s.shapes()
+                var before = try s.inputShape()
+                print("\(s.name): input \(before), loss \(s.loss.rawValue)")
+                for (i, (layer, after)) in zip(s.layers, shapes).enumerated() {
+                    let one = ModelSpec(name: s.name, input: Self.dims(before), layers: [layer], loss: s.loss)
+                    let parameters = (try? one.parameterCount()) ?? 0
+                    let line = ModelSpecFile.yaml(one).split(separator: "\n").first { $0.hasPrefix("  - ") }.map { $0.dropFirst(4) } ?? ""
+                    print(
+                        "  layers.\(i)".padding(toLength: 12, withPad: " ", startingAt: 0)
+                            + line.padding(toLength: 64, withPad: " ", startingAt: 0)
+                            + " -> \(after)" + (parameters > 0 ? ", \(parameters.formatted()) parameters" : ""))
+                    before = after
+                }
+                print("\((try s.parameterCount()).formatted()) parameters; \(try s.classes()) classes")
+            } catch { exitWithError(error) }
         }
-        if json {
-            print(
-                String(
-                    decoding: try JSONSerialization.data(withJSONObject: ["models": rows], options: [.sortedKeys, .withoutEscapingSlashes]),
-                    as: UTF8.self))
-            return
+
+        static func dims(_ s: SpecShape) -> [Int] {
+            switch s {
+            case .image(let c, let h, let w): [c, h, w]
+            case .features(let f): [f]
+            }
         }
-        for row in rows {
-            print(
-                "\(row["model"]!)\n  \(row["description"]!)\n  data \(row["data"]!), batch \(row["batch"]!), epochs \(row["epochs"]!), "
-                    + "\(row["optimizer"]!) lr \(row["lr"]!) (\(row["schedule"]!) schedule)")
+    }
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "list", abstract: "List the model families (the default).")
+
+        @Flag(help: "Print one JSON object.") var json = false
+
+        func run() throws {
+            let rows = ModelFamily.all.map { family -> [String: Any] in
+                let c = TrainingConfig.defaults(for: family.name)
+                return [
+                    "model": family.name, "description": family.summary, "data": c.data, "batch": c.batch, "epochs": c.epochs,
+                    "optimizer": c.optimizer.kind.rawValue, "lr": c.schedule.baseLR, "schedule": c.schedule.kind.rawValue
+                ]
+            }
+            if json {
+                print(
+                    String(
+                        decoding: try JSONSerialization.data(
+                            withJSONObject: ["models": rows], options: [.sortedKeys, .withoutEscapingSlashes]),
+                        as: UTF8.self))
+                return
+            }
+            for row in rows {
+                print(
+                    "\(row["model"]!)\n  \(row["description"]!)\n  data \(row["data"]!), batch \(row["batch"]!), epochs \(row["epochs"]!), "
+                        + "\(row["optimizer"]!) lr \(row["lr"]!) (\(row["schedule"]!) schedule)")
+            }
+            print("\nData: \(DataSource.help). Any default can be changed by its flag (tether train --help).")
+            print("Your own network: --model FILE.yaml (a model spec; tether models show FILE.yaml prints its shapes).")
         }
-        print("\nData: \(DataSource.help). Any default can be changed by its flag (tether train --help).")
     }
 }
 
@@ -111,8 +162,14 @@ enum JobFileText {
             }
             lines.append("\(key): \(text)")
         }
-        put("model", c.model)
+        if let spec = c.spec {
+            lines.append("model:")
+            lines.append(ModelSpecFile.yaml(spec, indent: 2).dropLast().description)
+        } else {
+            put("model", c.model)
+        }
         put("data", c.data)
+        put("test-data", c.testData)
         put("schema", c.schema)
         put("epochs", c.epochs)
         put("max-steps", c.maxSteps)

@@ -400,7 +400,10 @@ let kubernetesTypesInstalled =
         let dir = CLI.tempDir("print-config")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
-        let models = ["mlp", "mlp-wn", "cnn-wn", "autoencoder-tied", "lm-tied", "wide-deep"]
+        let models = [
+            "mlp", "mlp-wn", "cnn-wn", "autoencoder-tied", "lm-tied", "wide-deep",
+            CLI.repository.appendingPathComponent("models/cnn-wn.yaml").path
+        ]
         for (command, extra) in [
             ("train", ["--schedule", "step", "--lr-step-size", "7"]), ("simulate", ["--compression", "powersgd", "--powersgd-rank", "2"]),
             ("coordinator", ["--workers", "3", "--optimizer", "sgd", "--momentum", "0.9", "--nesterov"])
@@ -408,7 +411,7 @@ let kubernetesTypesInstalled =
             for model in models {
                 let first = try CLI.run([command, "--model", model, "--batch", "24", "--print-config"] + extra)
                 #expect(first.status == 0, "\(command) \(model): \(first.stderr)")
-                let file = dir.appendingPathComponent("\(command)-\(model).yaml")
+                let file = dir.appendingPathComponent("\(command)-\(URL(fileURLWithPath: model).lastPathComponent).yaml")
                 try first.stdout.write(to: file, atomically: true, encoding: .utf8)
                 let keys = first.stdout.split(separator: "\n").filter { !$0.hasPrefix("#") }.map { String($0.prefix { $0 != ":" }) }
                 #expect(keys.allSatisfy { $0 == $0.lowercased() && !$0.contains("_") }, "kebab-case: \(keys)")

@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 import TetherJobFile
 import TetherNN
@@ -47,5 +48,19 @@ import TetherNN
     ])
     func aMistakeIsNamed(text: String, message: String) {
         #expect { try ModelSpecFile.parse(text, name: "t", source: "t.yaml") } throws: { "\($0)".contains(message) }
+    }
+
+    /// The specs built into the binary are the files in models/, and each reads.
+    @Test func theShippedSpecsAreTheFilesInModels() throws {
+        let models = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("models")
+        let files = try FileManager.default.contentsOfDirectory(atPath: models.path).filter { $0.hasSuffix(".yaml") }.sorted()
+        #expect(files.map { String($0.dropLast(5)) }.sorted() == ShippedSpecs.text.keys.sorted())
+        for file in files {
+            let name = String(file.dropLast(5))
+            #expect(
+                try String(contentsOf: models.appendingPathComponent(file), encoding: .utf8) == ShippedSpecs.text[name]! + "\n", "\(file)")
+            #expect(try ShippedSpecs.spec(name)?.name == name)
+        }
     }
 }
