@@ -218,8 +218,11 @@ extension ModelSpec {
     public func network<T: Scalar>(_ layout: inout ArenaLayout, as: T.Type = T.self) throws -> Sequential<T> {
         let shapes = try shapes()
         var before = try inputShape()
-        var built: [any Layer<T>] = []
-        if case .image(let c, let h, let w) = before { built.append(LayoutSwap<T>(toConv: true, channels: c, height: h, width: w)) }
+        var built: [any Layer<T>] = [], prefixes: [String] = []
+        if case .image(let c, let h, let w) = before {
+            built.append(LayoutSwap<T>(toConv: true, channels: c, height: h, width: w))
+            prefixes.append("input.")
+        }
         for (i, (layer, after)) in zip(layers, shapes).enumerated() {
             let prefix = "layers.\(i)."
             switch (layer.kind, before, after) {
@@ -251,8 +254,9 @@ extension ModelSpec {
             default:
                 throw SpecError("model spec \(name): layer \(i) (\(layer.kind.rawValue)) cannot be built on \(before)")
             }
+            while prefixes.count < built.count { prefixes.append(prefix) }
             before = after
         }
-        return Sequential(built)
+        return Sequential(built, prefixes: prefixes)
     }
 }

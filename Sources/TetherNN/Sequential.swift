@@ -10,9 +10,14 @@ public final class Sequential<T: Scalar> {
     /// at arena offsets >= readyFrom[i] changes any more (the end of the highest entry that layers 0..<i
     /// still write, shared weights included). nil for layers without parameters (nothing to report).
     private let readyFrom: [Int?]
+    /// Each layer's name prefix for its buffers ("layers.3."): its position unless given (a model spec's
+    /// layers keep their spec index where the network adds or drops a layer of its own).
+    private let prefixes: [String]
 
-    public init(_ layers: [any Layer<T>]) {
+    public init(_ layers: [any Layer<T>], prefixes: [String]? = nil) {
+        precondition(prefixes == nil || prefixes!.count == layers.count, "one prefix per layer")
         self.layers = layers
+        self.prefixes = prefixes ?? layers.indices.map { "layers.\($0)." }
         firstWithParameters = layers.firstIndex { $0.hasParameters } ?? layers.count
         let ends = layers.map { $0.parameterSlots.map { $0.offset + $0.count }.max() ?? 0 }
         readyFrom = layers.indices.map { layers[$0].hasParameters ? ends[..<$0].max() ?? 0 : nil }
@@ -49,7 +54,7 @@ public final class Sequential<T: Scalar> {
 
     /// Non-trainable buffers of every layer, as "layers.<i>.<name>".
     public var bufferOwners: [(prefix: String, owner: any BufferOwner)] {
-        layers.enumerated().compactMap { i, l in (l as? any BufferOwner).map { ("layers.\(i).", $0) } }
+        layers.enumerated().compactMap { i, l in (l as? any BufferOwner).map { (prefixes[i], $0) } }
     }
 }
 

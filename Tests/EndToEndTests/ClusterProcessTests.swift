@@ -143,11 +143,13 @@ struct ClusterProcessTests {
             "--clip-norm", "0",
             "--max-steps", "3"
         ],
-        // a model spec inline (JSON is YAML): conv, pool, tanh, dense, all weight-normalized where they can be
+        // a model spec inline (JSON is YAML): conv, pool, tanh, dense, all weight-normalized where they can be;
+        // 3 steps, as mlp-wn: at this rate the grouping's rounding grows to 3e-4 by step 20
         [
             "--model",
             #"{"input": [1, 28, 28], "layers": [{"conv2d": {"out": 4, "kernel": 3, "padding": 1, "weight-norm": true}}, {"avg-pool": 2}, "tanh", "flatten", {"dense": {"out": 10, "weight-norm": true}}]}"#,
-            "--train-limit", "2000", "--test-limit", "300", "--optimizer", "sgd", "--lr", "0.05", "--momentum", "0", "--clip-norm", "0"
+            "--train-limit", "2000", "--test-limit", "300", "--optimizer", "sgd", "--lr", "0.05", "--momentum", "0", "--clip-norm", "0",
+            "--max-steps", "3"
         ],
         // 1,024 wide buckets: that table is exchanged densely (fewer bytes), the embeddings by all-gather
         ["--model", "wide-deep", "--data", "synthetic-clicks:3000", "--buckets", "300", "--wide-buckets", "1024", "--hidden", "32,16"],

@@ -46,7 +46,9 @@ import TetherTensor
         // conv 4*2*9 + 4 + 4 (g), bn 4, conv 3*4*4 + 3, dense 5*3 + 5 + 5, bn 5, dense 6*5, dense 4*6 + 4
         #expect(try Self.everyKind.parameterCount() == 80 + 4 + 51 + 25 + 5 + 30 + 28)
         var layout = ArenaLayout()
-        _ = try Self.everyKind.network(&layout, as: Double.self)
+        let network = try Self.everyKind.network(&layout, as: Double.self)
+        // buffers are named by the spec's index too (the network puts a layout swap of its own first)
+        #expect(network.bufferOwners.map(\.prefix) == ["layers.1.", "layers.9."])
         #expect(layout.entries.reduce(0) { $0 + $1.count } == (try Self.everyKind.parameterCount()))
         #expect(layout.entries.map(\.name).contains("layers.0.weight_g") && layout.entries.map(\.name).contains("layers.15.bias"))
     }

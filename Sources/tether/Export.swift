@@ -1,0 +1,153 @@
+import ArgumentParser
+import Foundation
+import TetherJobFile
+import TetherNN
+import TetherTrain
+
+/// `tether export --pytorch FILE.py`: a model spec's network as a PyTorch module with Tether's names,
+/// so that a checkpoint loads into it (`load_tether(path)`) and serves anywhere PyTorch does.
+struct Export: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Write a model spec's network as a PyTorch module whose state_dict a checkpoint loads into.")
+
+    @Option(help: "Where to write the Python module (e.g. model.py).") var pytorch: String
+    @Option(help: "The spec: a YAML file or a shipped spec's name (mlp, mlp-wn, cnn-wn).") var model: String?
+    @Option(help: "A checkpoint of a spec's run (it carries the spec).") var checkpoint: String?
+
+    func validate() throws {
+        guard (model == nil) != (checkpoint == nil) else { throw ValidationError("give --model SPEC or --checkpoint FILE (one of them)") }
+    }
+
+    func run() throws {
+        do {
+            let spec: ModelSpec
+            if let checkpoint {
+                let loaded = try Checkpoint.Loaded(URL(fileURLWithPath: checkpoint))
+                guard let s = loaded.config.spec else {
+                    throw SpecError(
+                        "\(checkpoint) is a checkpoint of \(loaded.config.model), not of a model spec; export takes a spec's run")
+                }
+                spec = s
+            } else {
+                let m = model!
+                guard let s = try ShippedSpecs.spec(m) ?? ModelSpecFile.read(m) as ModelSpec? else { throw SpecError("no spec \(m)") }
+                spec = s
+            }
+            try PyTorchModule.source(spec).write(toFile: pytorch, atomically: true, encoding: .utf8)
+            print("wrote \(pytorch): class \(PyTorchModule.className(spec)) and load_tether(checkpoint)")
+        } catch { exitWithError(error) }
+    }
+}
+
+/// A spec as Python source: an nn.Module whose `layers` is an nn.Sequential with one entry per spec
+/// layer (so `layers.<index>.weight` is Tether's name), weight norm as torch.nn.utils.weight_norm's
+/// `weight_g`/`weight_v`, the mean-only batch norm as a small module of its own. An image input is
+/// taken as (B, C, H, W).
+enum PyTorchModule {
+    static func className(_ spec: ModelSpec) -> String {
+        let words = spec.name.split { !$0.isLetter && !$0.isNumber }.map { $0.prefix(1).uppercased() + $0.dropFirst() }
+        let name = words.joined()
+        return (name.first?.isLetter == true ? name : "Spec" + name) + "Net"
+    }
+
+    static func source(_ spec: ModelSpec) throws -> String {
+        let shapes = try spec.shapes()
+        var before = try spec.inputShape()
+        var entries: [String] = []
+        for (layer, after) in zip(spec.layers, shapes) {
+            let entry: String
+            switch (layer.kind, before) {
+            case (.dense, .features(let f)):
+                entry = wrap("nn.Linear(\(f), \(layer.out!), bias=\(py(layer.bias ?? true)))", layer.weightNorm ?? false)
+            case (.conv2d, .image(let c, _, _)):
+                entry = wrap(
+                    "nn.Conv2d(\(c), \(layer.out!), \(layer.kernel!), stride=\(layer.stride ?? 1), padding=\(layer.padding ?? 0), bias=\(py(layer.bias ?? true)))",
+                    layer.weightNorm ?? false)
+            case (.maxPool, _): entry = "nn.MaxPool2d(\(layer.kernel!), stride=\(layer.stride ?? layer.kernel!))"
+            case (.avgPool, _): entry = "nn.AvgPool2d(\(layer.kernel!), stride=\(layer.stride ?? layer.kernel!))"
+            case (.flatten, _): entry = "nn.Flatten()"
+            case (.unflatten, _): entry = "nn.Unflatten(1, (\(layer.shape!.map(String.init).joined(separator: ", "))))"
+            case (.relu, _): entry = "nn.ReLU()"
+            case (.leakyRelu, _): entry = "nn.LeakyReLU(\(layer.slope ?? 0.01))"
+            case (.tanh, _): entry = "nn.Tanh()"
+            case (.sigmoid, _): entry = "nn.Sigmoid()"
+            case (.gelu, _): entry = "nn.GELU(approximate=\"tanh\")"
+            case (.dropout, _): entry = "nn.Dropout(\(layer.rate ?? 0.5))"
+            case (.batchNorm, .features(let f)): entry = "MeanOnlyBatchNorm(\(f), channels_first=False)"
+            case (.batchNorm, .image(let c, _, _)): entry = "MeanOnlyBatchNorm(\(c), channels_first=True)"
+            default: throw SpecError("\(spec.name): layer \(layer.kind.rawValue) on \(before) has no PyTorch form here")
+            }
+            entries.append(entry)
+            before = after
+        }
+        let name = className(spec)
+        return """
+            # \(spec.name): written by `tether export --pytorch` from the model spec; the names of its
+            # parameters are Tether's (layers.<index>.weight, weight_g/weight_v where weight-normalized),
+            # so a Tether checkpoint loads into it:
+            #     model = load_tether("runs/x/checkpoint.safetensors"); model.eval()
+            # Input: \(spec.input.count == 3 ? "(B, \(spec.input.map(String.init).joined(separator: ", "))) images" : "(B, \(spec.input[0])) features").
+            import warnings
+
+            import torch
+            from torch import nn
+
+
+            class MeanOnlyBatchNorm(nn.Module):
+                \"\"\"Salimans & Kingma's mean-only batch norm: y = x - mean(x) + bias (running mean in eval).\"\"\"
+
+                def __init__(self, features, channels_first, momentum=0.1):
+                    super().__init__()
+                    self.bias = nn.Parameter(torch.zeros(features))
+                    self.register_buffer("running_mean", torch.zeros(features))
+                    self.channels_first, self.momentum = channels_first, momentum
+
+                def forward(self, x):
+                    dims = (0, 2, 3) if self.channels_first else (0,)
+                    shape = (1, -1, 1, 1) if self.channels_first else (1, -1)
+                    if self.training:
+                        mean = x.mean(dim=dims)
+                        with torch.no_grad():
+                            self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean)
+                    else:
+                        mean = self.running_mean
+                    return x - mean.view(shape) + self.bias.view(shape)
+
+
+            def weight_norm(module):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # the weight_g/weight_v form, deprecated but Tether's names
+                    return torch.nn.utils.weight_norm(module)
+
+
+            class \(name)(nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.layers = nn.Sequential(
+            \(entries.map { "            " + $0 + "," }.joined(separator: "\n"))
+                    )
+
+                def forward(self, x):
+                    return self.layers(x)
+
+
+            def load_tether(path):
+                \"\"\"The network with a Tether checkpoint's parameters and buffers (its optimizer state left out).\"\"\"
+                from safetensors.torch import load_file
+
+                model = \(name)()
+                own = model.state_dict()
+                saved = load_file(path)
+                state = {k: saved[k].reshape(own[k].shape) for k in own if k in saved}
+                missing = [k for k in own if k not in saved]
+                if missing:
+                    raise KeyError(f"{path} lacks {missing}: a checkpoint of another network?")
+                model.load_state_dict(state)
+                return model
+
+            """
+    }
+
+    static func wrap(_ module: String, _ normalized: Bool) -> String { normalized ? "weight_norm(\(module))" : module }
+    static func py(_ b: Bool) -> String { b ? "True" : "False" }
+}
