@@ -679,6 +679,7 @@ let kubernetesTypesInstalled =
         let eval = try CLI.run(["eval", "--checkpoint", dir.appendingPathComponent("run/checkpoint.safetensors").path, "--json"])
         let accuracy = (try? JSONSerialization.jsonObject(with: Data(eval.stdout.utf8)) as? [String: Any])?["test_accuracy"] as? Double ?? 0
         #expect(eval.status == 0 && accuracy > 0.9, "\(eval.stdout)\(eval.stderr)")
+        try expectPyTorchAgrees(accuracy: accuracy, in: dir)
         // a label beyond the spec's classes is named with the sample and the range
         let narrow = try String(contentsOf: dir.appendingPathComponent("rgb.yaml"), encoding: .utf8).replacingOccurrences(
             of: "dense: 12", with: "dense: 10")
@@ -688,6 +689,41 @@ let kubernetesTypesInstalled =
         let wrong = try CLI.run(["train", "--model", "rgb.yaml", "--data", "fashion-mnist", "--run-dir", "run3"], in: dir)
         #expect(
             wrong.status == 1 && wrong.stderr.contains("its input is (3, 12, 12), the data's samples are [1, 28, 28]"), "\(wrong.stderr)")
+    }
+
+    /// The tests' Python (the venv scripts/install-deps --test makes) when it has PyTorch, NumPy and
+    /// safetensors; nil (the check skipped, saying why) when not.
+    static let torchPython: String? = {
+        let python = CLI.repository.appendingPathComponent(".build/test-venv/bin/python").path
+        guard let r = try? CLI.run(["-c", "import torch, numpy, safetensors"], executable: URL(fileURLWithPath: python)), r.status == 0
+        else { return nil }
+        return python
+    }()
+
+    /// PyTorch loads the checkpoint of the spec run in `dir` (run/, on rgb.npz) through the module
+    /// `tether export --pytorch` writes, and scores the same held-out samples (every tenth) within 0.1
+    /// points of `tether eval`.
+    func expectPyTorchAgrees(accuracy: Double, in dir: URL) throws {
+        guard let python = Self.torchPython else {
+            print(
+                "skipped: PyTorch's side of the spec test (no torch, numpy and safetensors in .build/test-venv; scripts/install-deps --test)"
+            )
+            return
+        }
+        let export = try CLI.run(["export", "--pytorch", "rgb_model.py", "--checkpoint", "run/checkpoint.safetensors"], in: dir)
+        #expect(export.status == 0, "\(export.stderr)")
+        let script = """
+            import importlib.util, numpy as np, torch
+            spec = importlib.util.spec_from_file_location("m", "rgb_model.py"); m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+            model = m.load_tether("run/checkpoint.safetensors"); model.eval()
+            d = np.load("rgb.npz"); held = np.arange(9, len(d["y"]), 10)
+            x = np.ascontiguousarray(np.transpose(d["x"][held].astype(np.float32) / 255, (0, 3, 1, 2)))
+            with torch.no_grad(): predicted = model(torch.from_numpy(x)).argmax(1).numpy()
+            print((predicted == d["y"][held]).mean())
+            """
+        let r = try CLI.run(["-c", script], executable: URL(fileURLWithPath: python), in: dir)
+        let theirs = Double(r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
+        #expect(r.status == 0 && abs(theirs - accuracy) <= 0.001, "PyTorch \(theirs), tether eval \(accuracy): \(r.stderr)")
     }
 
     /// lm-tied as a user runs it: train on a text file, evaluate the checkpoint (the vocabulary comes with it).
