@@ -37,6 +37,10 @@ public enum ControlLimits {
     /// Messages queued at the coordinator for one connection that does not read them: past this, what
     /// it is sent is dropped (ZMQ_SNDHWM; served rows are at most a few MB a message).
     static let queuedMessages: Int32 = 16
+    /// Messages a worker's sockets to the coordinator queue each way: far more than a job has in flight
+    /// (a report a step, a heartbeat every half second), so only a coordinator that stops reading or
+    /// floods the worker reaches it (the worker's sends then wait, within its time-out, and fail).
+    static let workerQueuedMessages: Int32 = 1000
     /// A member whose queue stays full this long is lost as a dead one is.
     static let unreadTimeout = 10.0
     /// Messages received and not yet read, per connection (ZMQ_RCVHWM): past this, libzmq stops reading

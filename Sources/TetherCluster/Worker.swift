@@ -96,6 +96,7 @@ public final class Worker {
         identity = ControlIdentity.control + (0..<15).map { _ in UInt8.random(in: 0...255) }
         try dealer.setRoutingID(identity)
         try dealer.setMaxMessageSize(ControlLimits.workerMessageBytes)
+        try dealer.setHighWaterMarks(send: ControlLimits.workerQueuedMessages, receive: ControlLimits.workerQueuedMessages)
         if let keys = options.security.keys {
             try dealer.secure(.client(keys, serverKey: keys.publicKey))
             authenticator = try Authenticator(context: context, logger: logger)
@@ -864,6 +865,7 @@ final class Heartbeat: @unchecked Sendable {
         let dealer = try ZeroMQSocket(context, .dealer, linger: .zero)
         try dealer.setRoutingID(identity)
         try dealer.setMaxMessageSize(ControlLimits.heartbeatMessageBytes)
+        try dealer.setHighWaterMarks(send: ControlLimits.workerQueuedMessages, receive: ControlLimits.workerQueuedMessages)
         if let keys = options.security.keys { try dealer.secure(.client(keys, serverKey: keys.publicKey)) }
         try dealer.connect(options.coordinator)
         let channel = ControlChannel(socket: dealer, jobID: options.jobID)
