@@ -667,10 +667,20 @@ public final class Coordinator {
             ? "its key is not this job's (ZAP status \(e.value))"
             : options.security.keys != nil
                 ? "it holds another cluster key, or runs --insecure" : "it runs with CURVE and this coordinator --insecure"
-        if let line = dropped.admit("coordinator: a connection to \(e.address) failed the handshake: \(what)", now: .now) {
-            progress.line(line)
+        // a client that keeps retrying (a worker with the wrong key, a probe) is said once a minute, with
+        // how many attempts were not said
+        let line = "coordinator: a connection to \(e.address) failed the handshake: \(what)", now = Clock.now
+        if let (said, unsaid) = handshakeLines[line], now - said < 60 {
+            handshakeLines[line] = (said, unsaid + 1)
+            return
         }
+        let again = handshakeLines[line].map { $0.unsaid > 0 ? " (and \($0.unsaid) more like it in the last minute)" : "" } ?? ""
+        if handshakeLines.count < ControlLimits.helloRecords || handshakeLines[line] != nil { handshakeLines[line] = (now, 0) }
+        if let admitted = dropped.admit(line + again, now: .now) { progress.line(admitted) }
     }
+
+    /// Each handshake refusal's line: when it was last said, and the same refusals since, unsaid.
+    private var handshakeLines: [String: (said: Double, unsaid: Int)] = [:]
 
     /// A metrics line after `step` steps (by default the steps completed).
     private func event(_ name: String, at step: Int? = nil) -> MetricsEvent {

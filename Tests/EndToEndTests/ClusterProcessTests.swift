@@ -1,3 +1,4 @@
+import CXXHash
 import Foundation
 import Testing
 
@@ -363,6 +364,21 @@ struct ClusterProcessTests {
             timeout: 120, environment: ["XDG_RUNTIME_DIR": runtime.path])
         #expect(second.status == 0, "\(second.stderr)")
         #expect(sockets().isEmpty, "left on the host: \(sockets())")
+        // nor a lane in /dev/shm of any socket the first run's rings could have had (each lane is named
+        // from its receiver's socket path, SharedLane.path)
+        let tokens = Set(during.compactMap { $0.split(separator: "-").dropFirst().first })
+        let lanes = tokens.flatMap { token in
+            (0..<4).flatMap { epoch in
+                (0..<3).map { rank in
+                    let socket = runtime.appendingPathComponent("tether/ring-\(token)-e\(epoch)-r\(rank)").path
+                    let hash = socket.withCString { XXH3_64bits($0, strlen($0)) }
+                    return "/dev/shm/tether-lane-\(getuid())-" + String(hash, radix: 16)
+                }
+            }
+        }
+        #expect(
+            !lanes.isEmpty && lanes.allSatisfy { !FileManager.default.fileExists(atPath: $0) },
+            "lanes left: \(lanes.filter { FileManager.default.fileExists(atPath: $0) })")
     }
 
     /// Elastic in place: `simulate --workers 4 --min-workers 3`, one worker SIGKILLed (or SIGSTOPped
