@@ -465,6 +465,7 @@ import TetherTrain
         let worker = try CLI.start(["worker", "--coordinator", address, "--insecure"], bound: 150)
         let peak = peakUntilExit(coordinator.pid)
         let c = coordinator.finish(), w = worker.finish()
+        print("\(#function): coordinator peak RSS \(peak) MB")
         #expect(peak > 0 && peak < 500, "coordinator peak RSS \(peak) MB")
         #expect(c.status == 0 && c.stdout.contains("done: 30 steps"), "\(c.stdout)\(c.stderr)")
         #expect(w.status == 0, "\(w.stderr)")
@@ -497,6 +498,7 @@ import TetherTrain
             usleep(2_000)
         }
         let c = coordinator.finish()
+        print("\(#function): coordinator peak RSS \(peak) MB")
         #expect(peak > 0 && peak < 500, "coordinator peak RSS \(peak) MB")
         #expect(c.status != 0)
         #expect((c.stdout + c.stderr).contains("has not read its messages for"), "\(c.stdout)\(c.stderr)")
