@@ -28,13 +28,13 @@ public enum ModelSpecFile {
             let names = ModelSpec.Loss.allCases.map(\.rawValue)
             guard let text = node.string, let l = ModelSpec.Loss(rawValue: text) else {
                 let given = node.string ?? "that"
-                let planned = ["binary-cross-entropy", "mse", "l1"].contains(given) ? " (\(given) is not built yet)" : nearest(given, names)
+                let planned = ["mse", "l1"].contains(given) ? " (\(given) is not built yet)" : nearest(given, names)
                 throw SpecError("\(source): loss \(given) is not one of \(names.joined(separator: ", "))\(planned)")
             }
             loss = l
         }
         let spec = ModelSpec(name: mapping["name"]?.string ?? name, input: input, layers: layers, loss: loss)
-        _ = try spec.shapes()  // a spec that does not fit together is refused where it is read
+        _ = try spec.classes()  // a spec that does not fit together (or with its loss) is refused where it is read
         return spec
     }
 

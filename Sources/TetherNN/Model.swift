@@ -48,18 +48,22 @@ extension Model {
     public var ftrlParameters: Set<String> { [] }
 }
 
-/// A classifier: a Sequential network ending in K logits, trained with softmax cross-entropy.
+/// A classifier: a Sequential network ending in K logits, trained with softmax cross-entropy, or (binary)
+/// in one logit, trained with the logistic loss (binary cross-entropy) against labels 0 and 1.
 public final class Classifier<T: Scalar>: Model {
     public let kind: String
     public let arena: ParameterArena<T>
     public let context: ModelContext<T>
     public let network: Sequential<T>
+    public let binary: Bool
     let loss = SoftmaxCrossEntropy<T>()
+    let logistic = LogisticLoss<T>()
 
     /// Builds the network over `layout`, allocates the arena and draws the initial parameters from `rng`.
-    public init(kind: String, layout: ArenaLayout, network: Sequential<T>, rng: inout RNG) {
+    public init(kind: String, layout: ArenaLayout, network: Sequential<T>, binary: Bool = false, rng: inout RNG) {
         self.kind = kind
         self.network = network
+        self.binary = binary
         arena = ParameterArena(layout: layout)
         arena.initialize(rng: &rng)
         context = ModelContext(arena: arena, rng: rng)
@@ -68,6 +72,13 @@ public final class Classifier<T: Scalar>: Model {
     public func accumulateGradients(_ batch: Batch<T>, scale: T) -> BatchStats {
         context.training = true
         let logits = network.forward(batch.inputs, context)
+        if binary {
+            // logits (B, 1) -> (B) and back
+            let lossSum = logistic.forward(logits: logits.reshaped([batch.count]), labels: batch.labels)
+            let correct = logistic.correctCount()
+            network.backward(logistic.backward(scale: scale).reshaped([batch.count, 1]), context, gradientsReady: context.gradientsReady)
+            return BatchStats(lossSum: lossSum, correct: correct, count: batch.count)
+        }
         let lossSum = loss.forward(logits: logits, labels: batch.labels)
         let correct = loss.correctCount()
         network.backward(loss.backward(scale: scale), context, gradientsReady: context.gradientsReady)
@@ -77,6 +88,10 @@ public final class Classifier<T: Scalar>: Model {
     public func evaluate(_ batch: Batch<T>) -> BatchStats {
         context.training = false
         defer { context.training = true }
+        if binary {
+            let lossSum = logistic.forward(logits: network.forward(batch.inputs, context).reshaped([batch.count]), labels: batch.labels)
+            return BatchStats(lossSum: lossSum, correct: logistic.correctCount(), count: batch.count)
+        }
         let lossSum = loss.forward(logits: network.forward(batch.inputs, context), labels: batch.labels)
         return BatchStats(lossSum: lossSum, correct: loss.correctCount(), count: batch.count)
     }

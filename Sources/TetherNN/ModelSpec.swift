@@ -17,8 +17,11 @@ public struct ModelSpec: Codable, Equatable, Sendable {
     public var layers: [LayerSpec]
     public var loss: Loss
 
+    /// cross-entropy: softmax over the last layer's K class scores; binary-cross-entropy: the logistic
+    /// loss of the last layer's one logit against labels 0 and 1 (PyTorch's BCEWithLogitsLoss).
     public enum Loss: String, Codable, Sendable, CaseIterable {
         case crossEntropy = "cross-entropy"
+        case binaryCrossEntropy = "binary-cross-entropy"
     }
 
     public init(name: String, input: [Int], layers: [LayerSpec], loss: Loss = .crossEntropy) {
@@ -179,8 +182,15 @@ extension ModelSpec {
         return out
     }
 
-    /// The classes a cross-entropy network tells apart: its output's features.
+    /// The classes the network tells apart: its output's features (cross-entropy), or 2 from one logit.
     public func classes() throws -> Int {
+        if loss == .binaryCrossEntropy {
+            guard try shapes().last == .features(1) else {
+                throw SpecError(
+                    "model spec \(name): with binary-cross-entropy the last layer gives one logit (1); it gives \(try shapes().last!)")
+            }
+            return 2
+        }
         guard case .features(let k)? = try shapes().last, k >= 2 else {
             throw SpecError(
                 "model spec \(name): with \(loss.rawValue) the last layer gives the classes' scores (F >= 2); it gives \(try shapes().last!)"

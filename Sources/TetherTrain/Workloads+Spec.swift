@@ -67,7 +67,7 @@ final class SpecClassification<Dataset: LabelledSamples>: ShuffledWorkload {
         }
         var layout = ArenaLayout()
         let network = try spec.network(&layout, as: Float.self)
-        classifier = Classifier(kind: config.model, layout: layout, network: network, rng: &rng)
+        classifier = Classifier(kind: config.model, layout: layout, network: network, binary: spec.loss == .binaryCrossEntropy, rng: &rng)
     }
 
     var sizeSummary: String { "\(splits.train.count) training / \(splits.test.count) test samples of \(splits.train.dataset.sampleShape)" }

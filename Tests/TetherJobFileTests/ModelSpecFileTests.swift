@@ -42,7 +42,14 @@ import TetherNN
         ("input: [4]\nlayers: [{dense: {out: three}}]\n", "layer 0 (dense): out must be a whole number, got three"),
         ("input: [4]\nlayers: [relu: 3]\n", "layer 0 (relu): takes no settings"),
         ("input: [4]\nlayers: [lstm]\n", "lstm is not built for specs yet"),
-        ("input: [4]\nlayers: [dense: 3]\nloss: mse\n", "loss mse is not one of cross-entropy (mse is not built yet)"),
+        (
+            "input: [4]\nlayers: [dense: 3]\nloss: mse\n",
+            "loss mse is not one of cross-entropy, binary-cross-entropy (mse is not built yet)"
+        ),
+        (
+            "input: [4]\nlayers: [dense: 3]\nloss: binary-cross-entropy\n",
+            "with binary-cross-entropy the last layer gives one logit (1); it gives (3)"
+        ),
         ("input: [1, 8, 8]\nlayers: [dense: 3]\n", "layer 0 (dense) gets (1, 8, 8): dense takes features (F); put a flatten before it"),
         ("input: four\nlayers: [dense: 3]\n", "input must be a list of sizes")
     ])

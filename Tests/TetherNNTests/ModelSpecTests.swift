@@ -108,6 +108,34 @@ import TetherTensor
         #expect(check.maxError() < tolerance)
     }
 
+    /// Binary cross-entropy on one logit: the classifier's gradients through the spec network and the
+    /// logistic loss against central differences of its mean loss.
+    @Test func binaryCrossEntropyHasTheGradientsOfItsLoss() throws {
+        let spec = ModelSpec(
+            name: "b", input: [5],
+            layers: [Self.layer(.dense) { ($0.out, $0.weightNorm) = (4, true) }, Self.layer(.tanh), Self.layer(.dense) { $0.out = 1 }],
+            loss: .binaryCrossEntropy)
+        #expect(try spec.classes() == 2)
+        var layout = ArenaLayout(), rng = RNG(seed: 3)
+        let network = try spec.network(&layout, as: Double.self)
+        let model = Classifier(kind: "spec", layout: layout, network: network, binary: true, rng: &rng)
+        #expect(model.arena.count == 5 * 4 + 4 + 4 + 4 + 1)
+        let batch = Batch(inputs: Tensor(shape: [4, 5], scalars: (0..<20).map { _ in rng.nextNormal() }), labels: [0, 1, 1, 0])
+        for i in 0..<model.arena.count { model.arena.values[i] += 0.2 * rng.nextNormal() }
+        model.arena.zeroGrads()
+        _ = model.accumulateGradients(batch, scale: 1.0 / 4)
+        var worst = 0.0
+        for i in 0..<model.arena.count {
+            let old = model.arena.values[i], h = 1e-5
+            model.arena.values[i] = old + h; let lp = model.evaluate(batch).meanLoss
+            model.arena.values[i] = old - h; let lm = model.evaluate(batch).meanLoss
+            model.arena.values[i] = old
+            let numeric = (lp - lm) / (2 * h)
+            worst = max(worst, abs(model.arena.grads[i] - numeric) / max(1, abs(numeric)))
+        }
+        #expect(worst < tolerance, "worst relative error \(worst)")
+    }
+
     /// The whole spec network, as the Sequential it builds (dropout's mask and batch statistics the same
     /// on every evaluation), against central differences, through parameters and input.
     @Test func aSpecUsingEveryKindHasTheGradientsOfItsLoss() throws {
