@@ -28,8 +28,8 @@ public enum ShippedSpecs {
         loss: cross-entropy
         """,
         "cnn-wn": """
-        # cnn-wn: a weight-normalized ConvNet, two 5x5 conv + pool stages and dense 256. The ReLUs follow the
-        # pools (max and ReLU commute, their gradients too) so they run on a quarter of the values.
+        # cnn-wn: a weight-normalized ConvNet, two 5x5 conv + pool stages and dense 256.
+        # The ReLUs follow the pools (max and ReLU commute, their gradients too): a quarter of the values.
         input: [784]
         layers:
           - unflatten: [1, 28, 28]

@@ -141,6 +141,12 @@ struct Models: ParsableCommand {
                         + "\(row["optimizer"]!) lr \(row["lr"]!) (\(row["schedule"]!) schedule)")
             }
             print("\nData: \(DataSource.help). Any default can be changed by its flag (tether train --help).")
+            print("\nShipped model specs (models/; --model NAME.yaml from there, or copy one to start yours):")
+            for name in ShippedSpecs.text.keys.sorted() {
+                let summary = ShippedSpecs.text[name]!.split(separator: "\n").first.map { $0.drop { $0 == "#" || $0 == " " } } ?? ""
+                print(
+                    "  \(name)  \(summary.split(separator: ":", maxSplits: 1).last.map { $0.trimmingCharacters(in: .whitespaces) } ?? "")")
+            }
             print("Your own network: --model FILE.yaml (a model spec; tether models show FILE.yaml prints its shapes).")
         }
     }
