@@ -195,3 +195,120 @@ public final class Pointwise<T: Scalar>: Layer {
         }
     }
 }
+
+/// Batch normalization as PyTorch's BatchNorm1d/2d (Ioffe & Szegedy 2015), per feature of (B, F) or
+/// per channel of (C, B, H, W): y = gamma (x - mean) / sqrt(var + eps) + beta with the batch's mean and
+/// biased variance in training, the running ones (momentum 0.1, the unbiased variance) in evaluation.
+/// Backward, with xhat = (x - mean) / s and n values per feature:
+///   dbeta = sum dy                                      // term 1
+///   dgamma = sum dy xhat                                // term 2
+///   dx = gamma / s (dy - mean(dy) - xhat mean(dy xhat)) // term 3
+public final class BatchNorm<T: Scalar>: Layer, BufferOwner {
+    public let features: Int
+    public let channelsFirst: Bool
+    public let momentum: Double, epsilon: Double
+    let weight: ParameterSlot, bias: ParameterSlot
+    public var parameterSlots: [ParameterSlot] { [weight, bias] }
+    private(set) var runningMean: [Double], runningVar: [Double]
+    /// what backward needs of the last training forward: xhat and 1/s per feature
+    private var normalized: Tensor<T>?
+    private var inverseStd: [Double] = []
+
+    public init(
+        _ layout: inout ArenaLayout, prefix: String, features: Int, channelsFirst: Bool, momentum: Double = 0.1, epsilon: Double = 1e-5
+    ) {
+        (self.features, self.channelsFirst, self.momentum, self.epsilon) = (features, channelsFirst, momentum, epsilon)
+        weight = layout.add(prefix + "weight", shape: [features], initializer: .constant(1))
+        bias = layout.add(prefix + "bias", shape: [features], initializer: .zeros)
+        (runningMean, runningVar) = ([Double](repeating: 0, count: features), [Double](repeating: 1, count: features))
+    }
+
+    /// The index of value i of feature f among `count` values: (C, B*H*W) contiguous per channel, or
+    /// (B, F) strided by F.
+    @inline(__always) private func at(_ f: Int, _ i: Int, perFeature n: Int) -> Int { channelsFirst ? f * n + i : i * features + f }
+
+    public func forward(_ x: Tensor<T>, _ ctx: ModelContext<T>) -> Tensor<T> {
+        precondition((channelsFirst ? x.shape[0] : x.shape.last!) == features, "BatchNorm(\(features)): input \(x.shape)")
+        let n = x.count / features
+        let gamma = ctx.arena.value(weight), beta = ctx.arena.value(bias)
+        var means = [Double](repeating: 0, count: features), inverse = [Double](repeating: 0, count: features)
+        x.withPointer { xp in
+            for f in 0..<features {
+                if ctx.training {
+                    var sum = 0.0, squares = 0.0
+                    for i in 0..<n { sum += Double(xp[at(f, i, perFeature: n)]) }
+                    let mean = sum / Double(n)
+                    for i in 0..<n {
+                        let d = Double(xp[at(f, i, perFeature: n)]) - mean
+                        squares += d * d
+                    }
+                    let variance = squares / Double(n)
+                    (means[f], inverse[f]) = (mean, 1 / (variance + epsilon).squareRoot())
+                    runningMean[f] = (1 - momentum) * runningMean[f] + momentum * mean
+                    runningVar[f] = (1 - momentum) * runningVar[f] + momentum * (n > 1 ? squares / Double(n - 1) : variance)
+                } else {
+                    (means[f], inverse[f]) = (runningMean[f], 1 / (runningVar[f] + epsilon).squareRoot())
+                }
+            }
+        }
+        let xhat = Tensor<T>.uninitialized(x.shape) { h in
+            x.withPointer { xp in
+                for f in 0..<features {
+                    for i in 0..<n { let k = at(f, i, perFeature: n); h[k] = T((Double(xp[k]) - means[f]) * inverse[f]) }
+                }
+            }
+        }
+        (normalized, inverseStd) = ctx.training ? (xhat, inverse) : (nil, [])
+        return Tensor.uninitialized(x.shape) { y in
+            xhat.withPointer { h in
+                for f in 0..<features { for i in 0..<n { let k = at(f, i, perFeature: n); y[k] = gamma[f] * h[k] + beta[f] } }
+            }
+        }
+    }
+
+    public func backward(_ dy: Tensor<T>, _ ctx: ModelContext<T>, needsInputGradient: Bool) -> Tensor<T>? {
+        guard let xhat = normalized else { preconditionFailure("BatchNorm.backward without a training forward") }
+        let n = dy.count / features
+        let gamma = ctx.arena.value(weight), dgamma = ctx.arena.grad(weight), dbeta = ctx.arena.grad(bias)
+        var meanDy = [Double](repeating: 0, count: features), meanDyXhat = [Double](repeating: 0, count: features)
+        dy.withPointer { d in
+            xhat.withPointer { h in
+                for f in 0..<features {
+                    var sum = 0.0, dot = 0.0
+                    for i in 0..<n {
+                        let k = at(f, i, perFeature: n)
+                        sum += Double(d[k])
+                        dot += Double(d[k]) * Double(h[k])
+                    }
+                    dbeta[f] += T(sum)  // term 1
+                    dgamma[f] += T(dot)  // term 2
+                    (meanDy[f], meanDyXhat[f]) = (sum / Double(n), dot / Double(n))
+                }
+            }
+        }
+        guard needsInputGradient else { return nil }
+        return Tensor.uninitialized(dy.shape) { dx in  // term 3
+            dy.withPointer { d in
+                xhat.withPointer { h in
+                    for f in 0..<features {
+                        let scale = Double(gamma[f]) * inverseStd[f]
+                        for i in 0..<n {
+                            let k = at(f, i, perFeature: n)
+                            dx[k] = T(scale * (Double(d[k]) - meanDy[f] - Double(h[k]) * meanDyXhat[f]))
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    public var bufferNames: [String] { ["running_mean", "running_var"] }
+    public func buffer(named name: String) -> [Float]? {
+        name == "running_mean" ? runningMean.map { Float($0) } : name == "running_var" ? runningVar.map { Float($0) } : nil
+    }
+    public func loadBuffer(named name: String, _ values: [Float]) -> Bool {
+        guard values.count == features, bufferNames.contains(name) else { return false }
+        if name == "running_mean" { runningMean = values.map(Double.init) } else { runningVar = values.map(Double.init) }
+        return true
+    }
+}

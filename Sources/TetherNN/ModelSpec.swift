@@ -56,7 +56,8 @@ public struct LayerSpec: Codable, Equatable, Sendable {
     public var rate: Double?
     /// leaky-relu: the negative slope (0.01).
     public var slope: Double?
-    /// batch-norm: only the mean-only form of the weight-norm paper is built (`meanOnly` true).
+    /// batch-norm: the full form (PyTorch's BatchNorm1d/2d), or with `meanOnly` the mean-only form of the
+    /// weight-norm paper (y = x - mean + b).
     public var meanOnly: Bool?
     /// unflatten: the image (C, H, W) that features become (PyTorch's nn.Unflatten(1, shape)).
     public var shape: [Int]?
@@ -170,11 +171,7 @@ extension ModelSpec {
                 guard (0..<1).contains(layer.rate ?? 0.5) else { throw fail("rate \(layer.rate!) is not in [0, 1)") }
             case .leakyRelu:
                 guard (layer.slope ?? 0.01).isFinite else { throw fail("slope \(layer.slope!) is not a number") }
-            case .batchNorm:
-                guard layer.meanOnly ?? true else {
-                    throw fail("only the mean-only batch norm of the weight-norm paper is built (mean-only: true)")
-                }
-            case .relu, .tanh, .sigmoid, .gelu:
+            case .relu, .tanh, .sigmoid, .gelu, .batchNorm:
                 break
             }
             out.append(shape)
@@ -213,8 +210,8 @@ extension ModelSpec {
             case (.conv2d, .image(let c, _, _), .image(let o, _, _)):
                 let k = layer.kernel ?? 1
                 n = o * c * k * k + (layer.bias ?? true ? o : 0) + (layer.weightNorm ?? false ? o : 0)
-            case (.batchNorm, _, .features(let f)): n = f
-            case (.batchNorm, _, .image(let c, _, _)): n = c
+            case (.batchNorm, _, .features(let f)): n = layer.meanOnly == true ? f : 2 * f
+            case (.batchNorm, _, .image(let c, _, _)): n = layer.meanOnly == true ? c : 2 * c
             default: n = 0
             }
             total += n
@@ -258,9 +255,15 @@ extension ModelSpec {
             case (.gelu, _, _): built.append(Pointwise<T>(.gelu))
             case (.dropout, _, _): built.append(Dropout<T>(probability: layer.rate ?? 0.5))
             case (.batchNorm, .features(let f), _):
-                built.append(MeanOnlyBatchNorm<T>(&layout, prefix: prefix, features: f, channelsFirst: false))
+                built.append(
+                    layer.meanOnly == true
+                        ? MeanOnlyBatchNorm<T>(&layout, prefix: prefix, features: f, channelsFirst: false)
+                        : BatchNorm<T>(&layout, prefix: prefix, features: f, channelsFirst: false))
             case (.batchNorm, .image(let c, _, _), _):
-                built.append(MeanOnlyBatchNorm<T>(&layout, prefix: prefix, features: c, channelsFirst: true))
+                built.append(
+                    layer.meanOnly == true
+                        ? MeanOnlyBatchNorm<T>(&layout, prefix: prefix, features: c, channelsFirst: true)
+                        : BatchNorm<T>(&layout, prefix: prefix, features: c, channelsFirst: true))
             default:
                 throw SpecError("model spec \(name): layer \(i) (\(layer.kind.rawValue)) cannot be built on \(before)")
             }

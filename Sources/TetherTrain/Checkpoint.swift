@@ -225,8 +225,12 @@ public enum Checkpoint {
                         // a row per stream over all replicas (however many): this shard's part of the streams
                         let rows = shard.part(of: floats.count / perRow)
                         floats = Array(floats[rows.lowerBound * perRow..<rows.upperBound * perRow])
-                    } else if floats.count == own * shard.count && shard.count > 1 {
-                        floats = Array(floats[shard.rank * own..<(shard.rank + 1) * own])
+                    } else if own > 0, floats.count > own, floats.count % own == 0 {
+                        // one per replica: this rank's, or (another number of replicas: eval, a resize)
+                        // the replica of its rank modulo theirs; rank 0's for one process, as DDP keeps
+                        // every replica's buffers rank 0's
+                        let replica = shard.rank % (floats.count / own)
+                        floats = Array(floats[replica * own..<(replica + 1) * own])
                     }
                     guard owner.loadBuffer(named: name, floats) else {
                         throw fail("buffer \(prefix + name) holds \(floats.count) values, the model needs \(own) (per replica)")

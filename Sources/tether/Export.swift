@@ -73,8 +73,10 @@ enum PyTorchModule {
             case (.sigmoid, _): entry = "nn.Sigmoid()"
             case (.gelu, _): entry = "nn.GELU(approximate=\"tanh\")"
             case (.dropout, _): entry = "nn.Dropout(\(layer.rate ?? 0.5))"
-            case (.batchNorm, .features(let f)): entry = "MeanOnlyBatchNorm(\(f), channels_first=False)"
-            case (.batchNorm, .image(let c, _, _)): entry = "MeanOnlyBatchNorm(\(c), channels_first=True)"
+            case (.batchNorm, .features(let f)):
+                entry = layer.meanOnly == true ? "MeanOnlyBatchNorm(\(f), channels_first=False)" : "nn.BatchNorm1d(\(f))"
+            case (.batchNorm, .image(let c, _, _)):
+                entry = layer.meanOnly == true ? "MeanOnlyBatchNorm(\(c), channels_first=True)" : "nn.BatchNorm2d(\(c))"
             default: throw SpecError("\(spec.name): layer \(layer.kind.rawValue) on \(before) has no PyTorch form here")
             }
             entries.append(entry)
@@ -138,8 +140,10 @@ enum PyTorchModule {
                 model = \(name)()
                 own = model.state_dict()
                 saved = load_file(path)
-                state = {k: saved[k].reshape(own[k].shape) for k in own if k in saved}
-                missing = [k for k in own if k not in saved]
+                # num_batches_tracked is PyTorch's own count (it only matters with momentum=None)
+                # a cluster's checkpoint holds a buffer per replica: rank 0's is taken, as DDP keeps it
+                state = {k: saved[k].reshape(-1)[: own[k].numel()].reshape(own[k].shape) if k in saved else own[k] for k in own}
+                missing = [k for k in own if k not in saved and not k.endswith("num_batches_tracked")]
                 if missing:
                     raise KeyError(f"{path} lacks {missing}: a checkpoint of another network?")
                 model.load_state_dict(state)

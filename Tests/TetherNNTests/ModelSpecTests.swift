@@ -24,7 +24,7 @@ import TetherTensor
             layer(.avgPool) { $0.kernel = 2 },  // (3, 1, 1)
             layer(.flatten),  // (3)
             layer(.dense) { ($0.out, $0.weightNorm) = (5, true) },
-            layer(.batchNorm),
+            layer(.batchNorm) { $0.meanOnly = true },
             layer(.tanh),
             layer(.dropout) { $0.rate = 0.3 },
             layer(.dense) { ($0.out, $0.bias) = (6, false) },
@@ -43,8 +43,8 @@ import TetherTensor
                 .features(6), .features(6), .features(6), .features(4)
             ])
         #expect(try Self.everyKind.classes() == 4)
-        // conv 4*2*9 + 4 + 4 (g), bn 4, conv 3*4*4 + 3, dense 5*3 + 5 + 5, bn 5, dense 6*5, dense 4*6 + 4
-        #expect(try Self.everyKind.parameterCount() == 80 + 4 + 51 + 25 + 5 + 30 + 28)
+        // conv 4*2*9 + 4 + 4 (g), full bn 4 + 4, conv 3*4*4 + 3, dense 5*3 + 5 + 5, mean-only bn 5, dense 6*5, dense 4*6 + 4
+        #expect(try Self.everyKind.parameterCount() == 80 + 8 + 51 + 25 + 5 + 30 + 28)
         var layout = ArenaLayout()
         let network = try Self.everyKind.network(&layout, as: Double.self)
         // buffers are named by the spec's index too (the network puts a layout swap of its own first)
@@ -94,6 +94,14 @@ import TetherTensor
     @Test func crossEntropyNeedsClassScoresLast() {
         let spec = ModelSpec(name: "m", input: [1, 4, 4], layers: [Self.layer(.relu)])
         #expect { try spec.classes() } throws: { "\($0)".contains("the last layer gives the classes' scores (F >= 2); it gives (1, 4, 4)") }
+    }
+
+    @Test(arguments: [true, false])
+    func batchNorm(channelsFirst: Bool) {
+        var layout = ArenaLayout()
+        let l = BatchNorm<Double>(&layout, prefix: "", features: 3, channelsFirst: channelsFirst)
+        var check = GradientCheck(layout: layout, layer: l, inputShape: channelsFirst ? [3, 4, 2, 2] : [5, 3])
+        #expect(check.maxError() < tolerance)
     }
 
     @Test(arguments: Pointwise<Double>.Function.allCases)
