@@ -261,6 +261,7 @@ public final class Coordinator {
                     guard stopped else {
                         progress.line(
                             "done: \(ProgressDisplay.count(machine.completedSteps, "step")); checkpoint \(runDirectory.appendingPathComponent(Checkpoint.fileName).path)"
+                                + " (coordinator peak RSS \(Worker.peakResidentMegabytes()) MB)"
                         )
                         return
                     }
@@ -613,25 +614,22 @@ public final class Coordinator {
         }
     }
 
-    /// Sends to one peer. A peer that is gone (or never was) fails only its own send, which is logged:
-    /// the job notices a gone member by its silence.
-    /// A peer that does not read its messages fills its queue (ZMQ_SNDHWM): what it is sent then is
-    /// dropped, and a member whose queue stays full past `ControlLimits.unreadTimeout` is lost
-    /// (`unreadMembers`).
+    /// Sends to one peer. A peer that is gone (or never was) fails only its own send, said once in our
+    /// words: the job notices a gone member by its silence. A peer that does not read its messages
+    /// fills its queue (ZMQ_SNDHWM): what it is sent then is dropped, and a member whose queue stays
+    /// full past `ControlLimits.unreadTimeout` is lost (`unreadMembers`).
     private func send(_ body: Envelope.Body, to identity: [UInt8]) {
+        let member = ControlIdentity.member(of: identity)
         do {
             try router.send(body, from: -1, to: identity)
-            fullSince[ControlIdentity.member(of: identity)] = nil
-            unreachable.remove(ControlIdentity.member(of: identity))
-        } catch let e as ZeroMQError where e.code == EAGAIN {
-            let member = ControlIdentity.member(of: identity)
-            if fullSince[member] == nil, fullSince.count < ControlLimits.helloRecords { fullSince[member] = Clock.now }
-            drop("\(ranks[member].map { "rank \($0)" } ?? "a worker without a rank") does not read its messages: dropped a \(body.name)")
+            fullSince[member] = nil
+            unreachable.remove(member)
         } catch {
-            // A gone peer's connection (a worker that died, before the job notices its silence): said
-            // once, in our words; the job decides what the silence means.
-            let member = ControlIdentity.member(of: identity), who = ranks[member].map { "rank \($0)" } ?? "a worker without a rank"
-            if let e = error as? ZeroMQError, e.code == EHOSTUNREACH {
+            let who = ranks[member].map { "rank \($0)" } ?? "a worker without a rank"
+            if let e = error as? ZeroMQError, e.code == EAGAIN {
+                if fullSince[member] == nil, fullSince.count < ControlLimits.helloRecords { fullSince[member] = Clock.now }
+                drop("\(who) does not read its messages: dropped a \(body.name)")
+            } else if let e = error as? ZeroMQError, e.code == EHOSTUNREACH {
                 if unreachable.count < ControlLimits.helloRecords, unreachable.insert(member).inserted {
                     drop("\(who) is unreachable (its connection is gone); not sending it messages until it is back")
                 }
@@ -650,11 +648,9 @@ public final class Coordinator {
     /// Members whose queues have stayed full past the time-out: the machine loses them.
     private func unreadMembers() -> [CoordinatorState.Event] {
         let now = Clock.now
-        return fullSince.compactMap { identity, since in
-            guard now - since > ControlLimits.unreadTimeout, let rank = ranks[identity] else { return nil }
-            fullSince[identity] = nil
-            return .unread(rank: rank, seconds: now - since)
-        }
+        let overdue = fullSince.filter { now - $0.value > ControlLimits.unreadTimeout }
+        for identity in overdue.keys { fullSince[identity] = nil }
+        return overdue.compactMap { identity, since in ranks[identity].map { .unread(rank: $0, seconds: now - since) } }
     }
 
     private func drop(_ why: String) {

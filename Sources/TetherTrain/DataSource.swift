@@ -6,7 +6,8 @@ import TetherData
 /// - text: `text:PATH`, a UTF-8 file or a folder of them;
 /// - tables: `synthetic-clicks[:ROWS]` or `csv:PATH` with `--schema adult|FILE`.
 public enum DataSource {
-    public static let help = "fashion-mnist, idx:DIR, text:PATH (lm-tied), synthetic-clicks[:ROWS] or csv:PATH with --schema (wide-deep)"
+    public static let help =
+        "fashion-mnist, idx:DIR, text:PATH (lm-tied), synthetic-clicks[:ROWS] or csv:PATH with --schema (wide-deep), npz:FILE (arrays x and y, a model spec)"
 
     public static func directory(for spec: String) throws -> String {
         if spec == "fashion-mnist" { return FashionMNIST.defaultDirectory }

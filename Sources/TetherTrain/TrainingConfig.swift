@@ -8,6 +8,9 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     /// The network, when `model` is "spec": declared in a model spec (a job file's `model:`, or
     /// `--model FILE.yaml`); it travels with the run (checkpoints, Assign).
     public var spec: ModelSpec?
+    /// Reads the schema from `path` when the run starts (`withFilesResolved`), not the content it had.
+    public mutating func useSchema(_ path: String) { (schema, schemaText) = (path, nil) }
+
     /// The model as logs name it: a family, or a spec's name ("my-cnn (spec)").
     public var modelName: String { spec.map { "\($0.name) (spec)" } ?? model }
     public var data = "fashion-mnist"

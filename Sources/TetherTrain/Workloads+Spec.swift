@@ -4,17 +4,9 @@ import TetherNN
 import TetherTensor
 
 extension DataSource {
-    /// The training and held-out samples a spec's run reads: `npz:FILE` (arrays x and y), its held-out
-    /// split from `testData` (another `npz:`) or else every tenth sample; or images (fashion-mnist,
-    /// idx:DIR) as (1, H, W).
-    static func labelled(_ config: TrainingConfig) throws -> (train: any LabelledSamples, test: any LabelledSamples) {
-        guard config.data.hasPrefix("npz:") else {
-            guard config.testData == nil else { throw DataError.unknownSource("--test-data goes with --data npz:FILE") }
-            return (
-                try images(config.data, split: .train, limit: config.trainLimit),
-                try images(config.data, split: .test, limit: config.testLimit)
-            )
-        }
+    /// The training and held-out samples of `npz:FILE` (arrays x and y): its held-out split from
+    /// `testData` (another `npz:`), or else every tenth sample.
+    static func arrays(_ config: TrainingConfig) throws -> (train: ArrayDataset, test: ArrayDataset) {
         let all = try ArrayDataset(npz: String(config.data.dropFirst(4)))
         if let test = config.testData {
             guard test.hasPrefix("npz:") else { throw DataError.unknownSource("--test-data \(test): give npz:FILE") }
@@ -46,11 +38,18 @@ final class SpecClassification<Dataset: LabelledSamples>: ShuffledWorkload {
     let splits: ShuffledSplits<Dataset>
     var model: any Model<Float> { classifier }
 
+    /// The samples come from `source` (served) or from `files` (read here).
     init(
-        _ config: TrainingConfig, spec: ModelSpec, train: SplitSamples<Dataset>, test: SplitSamples<Dataset>, shard: Shard, rng: inout RNG
-    )
-        throws
-    {
+        _ config: TrainingConfig, spec: ModelSpec, shard: Shard, source: SampleSource?, files: () throws -> (Dataset, Dataset),
+        rng: inout RNG
+    ) throws {
+        let train: SplitSamples<Dataset>, test: SplitSamples<Dataset>
+        if let source {
+            (train, test) = (try SplitSamples(source: source, split: .train), try SplitSamples(source: source, split: .test))
+        } else {
+            let (a, b) = try files()
+            (train, test) = (SplitSamples(files: a, split: .train), SplitSamples(files: b, split: .test))
+        }
         splits = ShuffledSplits(train: train, test: test, config: config, shard: shard)
         let input = try spec.inputShape(), sample = train.dataset.sampleShape
         guard input.count == sample.reduce(1, *), spec.input == sample || spec.input.count == 1 else {
@@ -104,26 +103,17 @@ extension ModelFamily {
         make: { c, shard, _, source, rng in
             guard let spec = c.spec else { throw ConfigError(message: "--model spec needs a spec: --model FILE.yaml") }
             if c.data.hasPrefix("npz:") {
-                let (train, test): (SplitSamples<ArrayDataset>, SplitSamples<ArrayDataset>)
-                if let source {
-                    (train, test) = (try SplitSamples(source: source, split: .train), try SplitSamples(source: source, split: .test))
-                } else {
-                    let (a, b) = try DataSource.labelled(c)
-                    (train, test) = (
-                        SplitSamples(files: a as! ArrayDataset, split: .train), SplitSamples(files: b as! ArrayDataset, split: .test)
+                return try SpecClassification<ArrayDataset>(
+                    c, spec: spec, shard: shard, source: source, files: { try DataSource.arrays(c) }, rng: &rng)
+            }
+            guard c.testData == nil else { throw DataError.unknownSource("--test-data goes with --data npz:FILE") }
+            return try SpecClassification<ImageDataset>(
+                c, spec: spec, shard: shard, source: source,
+                files: {
+                    (
+                        try DataSource.images(c.data, split: .train, limit: c.trainLimit),
+                        try DataSource.images(c.data, split: .test, limit: c.testLimit)
                     )
-                }
-                return try SpecClassification(c, spec: spec, train: train, test: test, shard: shard, rng: &rng)
-            }
-            let (train, test): (SplitSamples<ImageDataset>, SplitSamples<ImageDataset>)
-            if let source {
-                (train, test) = (try SplitSamples(source: source, split: .train), try SplitSamples(source: source, split: .test))
-            } else {
-                let (a, b) = try DataSource.labelled(c)
-                (train, test) = (
-                    SplitSamples(files: a as! ImageDataset, split: .train), SplitSamples(files: b as! ImageDataset, split: .test)
-                )
-            }
-            return try SpecClassification(c, spec: spec, train: train, test: test, shard: shard, rng: &rng)
+                }, rng: &rng)
         })
 }

@@ -64,7 +64,7 @@ struct Eval: ParsableCommand {
             let loaded = try Checkpoint.Loaded(URL(fileURLWithPath: checkpoint))
             var config = loaded.config
             if let data { config.data = data }
-            if let schema { (config.schema, config.schemaText) = (schema, nil) }
+            if let schema { config.useSchema(schema) }
             config.testLimit = testLimit
             config = try config.withFilesResolved()
             let workload = try Workloads.make(config, metadata: loaded.file.metadata)

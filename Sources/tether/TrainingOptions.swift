@@ -17,7 +17,7 @@ struct TrainingOptions: ParsableArguments {
             "Model: \(ModelFamily.names.filter { $0 != "spec" }.joined(separator: ", ")) (default \(TrainingConfig().model); tether models lists what each is), or a model spec: FILE.yaml (a job file's model: gives one inline)."
     )
     var model: String?
-    @Option(help: "Data: \(DataSource.help), or npz:FILE (arrays x and y, for a model spec) (default: the model's).") var data: String?
+    @Option(help: "Data: \(DataSource.help) (default: the model's).") var data: String?
     @Option(help: "Held-out samples in another file than --data's: npz:FILE (default: every tenth sample of --data).") var testData: String?
     @Option(help: "For csv: data: adult (the UCI Adult census preset) or a schema file.") var schema: String?
     @Option(
@@ -135,7 +135,7 @@ struct TrainingOptions: ParsableArguments {
         try refuseOptionsOfOtherModels(c)
         if let testData { c.testData = testData }
         if let data { c.data = data }
-        if let schema { (c.schema, c.schemaText) = (schema, nil) }  // read anew from the file given
+        if let schema { c.useSchema(schema) }
         if let clipNorm { c.optimizer.clipNorm = clipNorm }
         if let vocabulary { c.language.vocabulary = vocabulary }
         if let size { c.language.size = size }

@@ -53,13 +53,17 @@ enum CLI {
         }
 
         /// Waits up to `timeout` seconds for `text` on its standard output; false if it never came.
-        func waitFor(_ text: String, timeout: TimeInterval) -> Bool {
+        func waitFor(_ text: String, timeout: TimeInterval) -> Bool { line(containing: text, timeout: timeout) != nil }
+
+        /// The first line of its standard output that holds `text`, waited for up to `timeout` seconds.
+        func line(containing text: String, timeout: TimeInterval) -> String? {
             let end = Date().addingTimeInterval(timeout)
             while Date() < end {
-                if lock.withLock({ String(decoding: printed.out, as: UTF8.self).contains(text) }) { return true }
+                let out = lock.withLock { String(decoding: printed.out, as: UTF8.self) }
+                if let line = out.split(separator: "\n").first(where: { $0.contains(text) }) { return String(line) }
                 usleep(50_000)
             }
-            return false
+            return nil
         }
 
         func finish() -> Result {
@@ -472,8 +476,8 @@ let kubernetesTypesInstalled =
         defer { try? FileManager.default.removeItem(at: dir) }
         let lock = dir.appendingPathComponent("run.lock"), metrics = dir.appendingPathComponent("metrics.jsonl")
         let first = try CLI.start(["train", "--model", "cnn-wn", "--max-steps", "100000", "--run-dir", dir.path], bound: 120)
-        let deadline = Date().addingTimeInterval(60)
-        while Date() < deadline, (try? String(contentsOf: metrics, encoding: .utf8))?.isEmpty ?? true { usleep(100_000) }
+        // its first line comes once it holds the lock and has written its start to metrics.jsonl
+        #expect(first.waitFor("parameters, ", timeout: 60))
         let holder = "pid \(first.pid) on host"
         #expect(try String(contentsOf: lock, encoding: .utf8).hasPrefix(holder))
         let before = try Data(contentsOf: metrics)
@@ -491,9 +495,7 @@ let kubernetesTypesInstalled =
         let waiting = dir.appendingPathComponent("waiting")
         let coordinator = try CLI.start(
             ["coordinator", "--listen", "tcp://127.0.0.1:0", "--workers", "2", "--insecure", "--run-dir", waiting.path], bound: 60)
-        while Date() < deadline, !FileManager.default.fileExists(atPath: waiting.appendingPathComponent("metrics.jsonl").path) {
-            usleep(100_000)
-        }
+        #expect(coordinator.waitFor("coordinator on tcp://", timeout: 60))  // listening, its metrics open
         kill(coordinator.pid, SIGINT)
         #expect(coordinator.finish().status == 130)
         #expect(!FileManager.default.fileExists(atPath: waiting.path), "a run stopped before its first step leaves nothing")

@@ -418,24 +418,15 @@ import TetherTrain
         }
     }
 
-    /// Polls a process's peak resident set until it exits; the last figure seen (VmHWM only grows).
-    func peakUntilExit(_ pid: Int32) -> Int {
-        var peak = 0
-        while kill(pid, 0) == 0, case let now = peakResidentMegabytes(pid), now > 0 || peak == 0 {
-            peak = max(peak, now)
-            usleep(100_000)
-        }
-        return peak
-    }
-
-    /// An --insecure coordinator with --serve-data for `workers`, listening; its address and run directory.
+    /// An --insecure coordinator with --serve-data for `workers`, on a port the kernel picks; its address
+    /// (from its first line, printed once it listens) and run directory.
     func servingCoordinator(workers: Int) throws -> (CLI.Background, String, URL) {
         let dir = CLI.tempDir("serving")
-        let address = "tcp://127.0.0.1:\(Int.random(in: 20000..<32000))"
         let coordinator = try CLI.start(
-            ["coordinator", "--listen", address, "--workers", "\(workers)", "--serve-data", "--insecure", "--run-dir", dir.path]
+            ["coordinator", "--listen", "tcp://127.0.0.1:0", "--workers", "\(workers)", "--serve-data", "--insecure", "--run-dir", dir.path]
                 + training, bound: 150)
-        waitUntilListening(address)
+        let line = coordinator.line(containing: "coordinator on tcp://", timeout: 60) ?? ""
+        let address = line.split(separator: " ").first { $0.hasPrefix("tcp://") }.map { String($0.dropLast()) } ?? "tcp://127.0.0.1:1"
         return (coordinator, address, dir)
     }
 
@@ -463,8 +454,10 @@ import TetherTrain
         ).encoded()
         for _ in 0..<4 { try s.send([request]) }
         let worker = try CLI.start(["worker", "--coordinator", address, "--insecure"], bound: 150)
-        let peak = peakUntilExit(coordinator.pid)
         let c = coordinator.finish(), w = worker.finish()
+        // the coordinator's last line gives its peak RSS (VmHWM) over the whole job
+        let peak =
+            c.stdout.components(separatedBy: "coordinator peak RSS ").dropFirst().first.flatMap { Int($0.prefix { $0.isNumber }) } ?? 0
         print("\(#function): coordinator peak RSS \(peak) MB")
         #expect(peak > 0 && peak < 500, "coordinator peak RSS \(peak) MB")
         #expect(c.status == 0 && c.stdout.contains("done: 30 steps"), "\(c.stdout)\(c.stderr)")
@@ -490,12 +483,17 @@ import TetherTrain
         let request = Envelope(
             jobID: "tether", senderRank: 0, body: .dataRequest(.init(split: 0, indices: (0..<4096).map { UInt32($0 % 1920) }))
         ).encoded()  // rows of the --train-limit
+        // the attacker's own queue is bounded too, so each send waits for the coordinator to take one:
+        // the flood goes at the coordinator's pace until it drops the members and exits
+        for s in members {
+            try s.setHighWaterMarks(send: 64, receive: 1)
+            try s.setSendTimeout(.milliseconds(100))
+        }
         let deadline = Date().addingTimeInterval(60)
         var peak = 0
-        while kill(coordinator.pid, 0) == 0, Date() < deadline {
-            for s in members { try? s.send([request], wait: false) }
+        while coordinator.process.isRunning, Date() < deadline {
+            for s in members { try? s.send([request]) }
             peak = max(peak, peakResidentMegabytes(coordinator.pid))
-            usleep(2_000)
         }
         let c = coordinator.finish()
         print("\(#function): coordinator peak RSS \(peak) MB")
