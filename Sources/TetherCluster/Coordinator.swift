@@ -140,7 +140,7 @@ public final class Coordinator {
         stepsPerEpoch = probe.stepsPerEpoch
         parameterCount = probe.model.arena.count
         if options.serveData { served = probe.servedSplits }
-        evaluationKind = try ModelFamily.named(config.model).evaluation
+        evaluationKind = try ModelFamily.named(config.model).evaluation(config)
         let total = config.totalSteps(stepsPerEpoch: stepsPerEpoch)
         reporter = StepReporter(
             progress: progress, sinks: sinks, stepsPerEpoch: stepsPerEpoch, totalSteps: total,
@@ -448,7 +448,9 @@ public final class Coordinator {
                     reports.map {
                         EvaluationReport(
                             kind: evaluationKind,
-                            stats: BatchStats(lossSum: $0.lossSum, correct: Int(clamping: $0.correct), count: Int(clamping: $0.count)),
+                            stats: BatchStats(
+                                lossSum: $0.lossSum, correct: Int(clamping: $0.correct), count: Int(clamping: $0.count),
+                                squaredError: $0.squaredErrorSum, absoluteError: $0.absoluteErrorSum),
                             auc: nil, scores: $0.scores, labels: $0.labels)
                     })
                 let seconds = Date().timeIntervalSince(epochStart)

@@ -845,7 +845,8 @@ final class Training {
         }
         return Envelope.EvalReport(
             epoch: UInt32(epoch), lossSum: report.stats.lossSum, count: UInt64(report.stats.count),
-            correct: UInt64(report.stats.correct), scores: report.scores, labels: report.labels)
+            correct: UInt64(report.stats.correct), scores: report.scores, labels: report.labels,
+            squaredErrorSum: report.stats.squaredError, absoluteErrorSum: report.stats.absoluteError)
     }
 }
 

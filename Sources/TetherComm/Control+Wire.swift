@@ -123,10 +123,16 @@ extension Envelope {
         public var correct: UInt64
         public var scores: [Float]
         public var labels: [Int32]
-        public init(epoch: UInt32, lossSum: Double, count: UInt64, correct: UInt64, scores: [Float], labels: [Int32]) {
+        /// Regression: the summed per-sample mean squared and absolute errors.
+        public var squaredErrorSum: Double, absoluteErrorSum: Double
+        public init(
+            epoch: UInt32, lossSum: Double, count: UInt64, correct: UInt64, scores: [Float], labels: [Int32], squaredErrorSum: Double = 0,
+            absoluteErrorSum: Double = 0
+        ) {
             (self.epoch, self.lossSum, self.count, self.correct, self.scores, self.labels) = (
                 epoch, lossSum, count, correct, scores, labels
             )
+            (self.squaredErrorSum, self.absoluteErrorSum) = (squaredErrorSum, absoluteErrorSum)
         }
     }
 
@@ -264,6 +270,7 @@ extension Envelope {
             var m = Tether__V1__EvalReport()
             tether__v1__eval_report__init(&m)
             (m.epoch, m.loss_sum, m.count, m.correct) = (e.epoch, e.lossSum, e.count, e.correct)
+            (m.squared_error_sum, m.absolute_error_sum) = (e.squaredErrorSum, e.absoluteErrorSum)
             (m.n_scores, m.scores) = (e.scores.count, arena.copy(e.scores))
             (m.n_labels, m.labels) = (e.labels.count, arena.copy(e.labels))
             return withUnsafeMutablePointer(to: &m) {
@@ -418,7 +425,8 @@ extension Envelope {
                 EvalReport(
                     epoch: e.epoch, lossSum: e.loss_sum, count: e.count, correct: e.correct,
                     scores: Array(UnsafeBufferPointer(start: e.scores, count: e.n_scores)),
-                    labels: Array(UnsafeBufferPointer(start: e.labels, count: e.n_labels))))
+                    labels: Array(UnsafeBufferPointer(start: e.labels, count: e.n_labels)), squaredErrorSum: e.squared_error_sum,
+                    absoluteErrorSum: e.absolute_error_sum))
         case TETHER__V1__ENVELOPE__BODY_CHECKPOINT:
             guard let c = env.checkpoint?.pointee else { return nil }
             return .checkpoint(CheckpointData(globalStep: c.global_step, safetensors: bytes(c.safetensors)))

@@ -90,21 +90,28 @@ extension ImageDataset: ServableDataset {
 }
 
 extension TabularDataset: ServableDataset {
-    private struct Shape: Codable { var categoricalNames: [String], numericNames: [String], crosses: [[Int]] }
+    private struct Shape: Codable {
+        var categoricalNames: [String], numericNames: [String], crosses: [[Int]]
+        var target: Bool?
+    }
 
     /// The column names and crosses, as JSON.
     public func encodedShape() -> [UInt8] {
-        [UInt8](try! JSONEncoder().encode(Shape(categoricalNames: categoricalNames, numericNames: numericNames, crosses: crosses)))
+        [UInt8](
+            try! JSONEncoder().encode(
+                Shape(categoricalNames: categoricalNames, numericNames: numericNames, crosses: crosses, target: target != nil)))
     }
 
-    /// Per row: F UInt64 hashes, M Float numbers (bit patterns), an Int32 label.
+    /// Per row: F UInt64 hashes, M Float numbers (bit patterns), the target (its bit pattern) if there is
+    /// one, an Int32 label.
     public func encodedRows(_ indices: [Int]) -> [UInt8] {
         let f = fields, m = numericNames.count
         var out: [UInt8] = []
-        out.reserveCapacity(indices.count * (8 * f + 4 * m + 4))
+        out.reserveCapacity(indices.count * (8 * f + 4 * m + 8))
         for i in indices {
             append(categorical[i * f..<(i + 1) * f], to: &out)
             append(numeric[i * m..<(i + 1) * m].map(\.bitPattern), to: &out)
+            if let target { append([target[i].bitPattern], to: &out) }
             append([labels[i]], to: &out)
         }
         return out
@@ -115,23 +122,25 @@ extension TabularDataset: ServableDataset {
         do { s = try JSONDecoder().decode(Shape.self, from: Data(shape)) } catch {
             throw DataError.mismatch("served table shape: \(error)")
         }
-        let f = s.categoricalNames.count, m = s.numericNames.count, perRow = 8 * f + 4 * m + 4
+        let f = s.categoricalNames.count, m = s.numericNames.count, t = s.target == true ? 1 : 0, perRow = 8 * f + 4 * m + 4 * t + 4
         guard rows.count % perRow == 0, s.crosses.allSatisfy({ $0.allSatisfy { (0..<f).contains($0) } }) else {
             throw DataError.mismatch(
                 "served table: \(rows.count) bytes are not whole rows of \(f) categorical and \(m) numeric values and a label")
         }
         let n = rows.count / perRow
         var r = ByteReader(rows, "table rows")
-        var c = [UInt64](), x = [Float](), y = [Int32]()
+        var c = [UInt64](), x = [Float](), y = [Int32](), target = [Float]()
         for _ in 0..<n {
             c += try r.read(UInt64.self, count: f)
             x += try r.read(UInt32.self, count: m).map(Float.init(bitPattern:))
+            target += try r.read(UInt32.self, count: t).map(Float.init(bitPattern:))
             y += try r.read(Int32.self, count: 1)
         }
         try r.end()
         guard y.allSatisfy({ $0 == 0 || $0 == 1 }) else { throw DataError.mismatch("served table: labels must be 0 or 1") }
         self.init(
-            categoricalNames: s.categoricalNames, numericNames: s.numericNames, crosses: s.crosses, categorical: c, numeric: x, labels: y)
+            categoricalNames: s.categoricalNames, numericNames: s.numericNames, crosses: s.crosses, categorical: c, numeric: x, labels: y,
+            target: t == 1 ? target : nil)
     }
 }
 

@@ -1,7 +1,8 @@
 import Foundation
 import TetherTensor
 
-/// Rows of categorical and numeric features with a binary label: the input of wide-deep.
+/// Rows of categorical and numeric features with a binary label (wide-deep's input, or a spec's) or a
+/// numeric regression target (a spec's).
 /// Categorical values are kept as 64-bit hashes of their text (the model maps them to buckets);
 /// numeric features are standardized with the training split's mean and deviation.
 public struct TabularDataset: Sendable {
@@ -13,15 +14,19 @@ public struct TabularDataset: Sendable {
     public let categorical: [UInt64]
     public let numeric: [Float]
     public let labels: [Int32]
+    /// (N) the target column's numbers, when the schema names one (`target`); then every label is 0.
+    public let target: [Float]?
     public var count: Int { labels.count }
     public var fields: Int { categoricalNames.count }
 
     public init(
-        categoricalNames: [String], numericNames: [String], crosses: [[Int]], categorical: [UInt64], numeric: [Float], labels: [Int32]
+        categoricalNames: [String], numericNames: [String], crosses: [[Int]], categorical: [UInt64], numeric: [Float], labels: [Int32],
+        target: [Float]? = nil
     ) {
         precondition(categorical.count == labels.count * categoricalNames.count && numeric.count == labels.count * numericNames.count)
+        precondition(target == nil || target!.count == labels.count)
         (self.categoricalNames, self.numericNames, self.crosses) = (categoricalNames, numericNames, crosses)
-        (self.categorical, self.numeric, self.labels) = (categorical, numeric, labels)
+        (self.categorical, self.numeric, self.labels, self.target) = (categorical, numeric, labels, target)
     }
 
     /// The rows at `indices`, in order: (B, F) hashes, (B, M) numbers, (B) labels.
@@ -48,7 +53,8 @@ public struct TabularDataset: Sendable {
     public func rows(_ indices: [Int]) -> TabularDataset {
         let (c, x, y) = gather(indices[...])
         return TabularDataset(
-            categoricalNames: categoricalNames, numericNames: numericNames, crosses: crosses, categorical: c, numeric: x, labels: y)
+            categoricalNames: categoricalNames, numericNames: numericNames, crosses: crosses, categorical: c, numeric: x, labels: y,
+            target: target.map { t in indices.map { t[$0] } })
     }
 
     public func prefix(_ n: Int?) -> TabularDataset {
@@ -68,7 +74,7 @@ public struct TabularDataset: Sendable {
         for r in 0..<count { for j in 0..<m { x[r * m + j] = Float((Double(x[r * m + j]) - mean[j] / n) / std[j]) } }
         return TabularDataset(
             categoricalNames: categoricalNames, numericNames: numericNames, crosses: crosses, categorical: categorical, numeric: x,
-            labels: labels)
+            labels: labels, target: target)
     }
 
     /// FNV-1a of a value's bytes.
@@ -85,17 +91,20 @@ public struct TabularDataset: Sendable {
 ///     categorical workclass, education, ...
 ///     numeric age, fnlwgt, ...
 ///     label income >50K, >50K.                  the label column and the values that mean 1
+///     target price                              or: a numeric column to predict (regression, a spec's mse or l1)
 ///     cross education, occupation               a crossed feature for the wide part (repeatable)
 ///     header yes|no                             whether the first line names the columns (default no)
 ///     skip-prefix |                             lines starting with this are ignored
 ///
-/// Columns not named as categorical, numeric or label are ignored.
+/// Columns not named as categorical, numeric, label or target are ignored.
 public struct TabularSchema: Equatable, Sendable {
     public var columns: [String] = []
     public var categorical: [String] = []
     public var numeric: [String] = []
     public var label = ""
     public var positive: Set<String> = []
+    /// The regression target column (instead of a label).
+    public var target: String?
     public var crosses: [[String]] = []
     public var header = false
     public var skipPrefix: String?
@@ -145,6 +154,9 @@ public struct TabularSchema: Equatable, Sendable {
                 guard p.count == 2 else { throw fail("label needs a column and the values that mean 1: label income >50K") }
                 s.label = p[0]
                 s.positive = Set(list(p[1]))
+            case "target":
+                guard !rest.isEmpty, !rest.contains(",") else { throw fail("target needs one numeric column: target price") }
+                s.target = rest
             case "cross":
                 let c = list(rest)
                 guard c.count == 2 else { throw fail("cross needs two categorical columns, got \(c.count)") }
@@ -153,7 +165,8 @@ public struct TabularSchema: Equatable, Sendable {
                 guard rest == "yes" || rest == "no" else { throw fail("header must be yes or no") }
                 s.header = rest == "yes"
             case "skip-prefix": s.skipPrefix = rest.isEmpty ? nil : rest
-            default: throw fail("unknown directive \"\(key)\" (known: columns, categorical, numeric, label, cross, header, skip-prefix)")
+            default:
+                throw fail("unknown directive \"\(key)\" (known: columns, categorical, numeric, label, target, cross, header, skip-prefix)")
             }
         }
         try s.check(file: file)
@@ -164,7 +177,11 @@ public struct TabularSchema: Equatable, Sendable {
     func check(file: String) throws {
         func fail(_ why: String) -> DataError { .invalid("\(file): \(why)") }
         guard !columns.isEmpty else { throw fail("the schema names no columns (a \"columns\" line)") }
-        guard !label.isEmpty else { throw fail("the schema names no label column (a \"label\" line)") }
+        guard label.isEmpty != (target == nil) else {
+            throw fail(
+                "the schema names \(label.isEmpty ? "no" : "both a") label column (a \"label\" line)\(label.isEmpty ? " or" : " and a") target (a \"target\" line)"
+            )
+        }
         let known = Set(columns)
         if known.count < columns.count, let twice = columns.first(where: { c in columns.filter { $0 == c }.count > 1 }) {
             throw fail("column \"\(twice)\" is named twice in \"columns\"")
@@ -172,7 +189,11 @@ public struct TabularSchema: Equatable, Sendable {
         for (role, names) in [("categorical", categorical), ("numeric", numeric)] where Set(names).count < names.count {
             throw fail("a \(role) column is named twice")
         }
-        for (role, names) in [("categorical", categorical), ("numeric", numeric), ("label", [label]), ("cross", crosses.flatMap { $0 })] {
+        for (role, names) in [
+            ("categorical", categorical), ("numeric", numeric), ("label", label.isEmpty ? [] : [label]),
+            ("target", target.map { [$0] } ?? []),
+            ("cross", crosses.flatMap { $0 })
+        ] {
             if let bad = names.first(where: { !known.contains($0) }) {
                 throw fail("\(role) column \"\(bad)\" is not one of the columns (\(columns.joined(separator: ", ")))")
             }
@@ -180,7 +201,8 @@ public struct TabularSchema: Equatable, Sendable {
         if let bad = crosses.flatMap({ $0 }).first(where: { !categorical.contains($0) }) {
             throw fail("cross column \"\(bad)\" is not categorical")
         }
-        if let both = Set(categorical).intersection(numeric).first ?? (categorical + numeric).first(where: { $0 == label }) {
+        if let both = Set(categorical).intersection(numeric).first ?? (categorical + numeric).first(where: { $0 == label || $0 == target })
+        {
             throw fail("column \"\(both)\" has two roles")
         }
         guard !categorical.isEmpty || !numeric.isEmpty else { throw fail("the schema has no feature columns") }
@@ -199,8 +221,9 @@ public enum CSVReader {
     /// The rows of a CSV file's text; `path` names it in errors.
     public static func parse(_ text: String, path: String, schema: TabularSchema) throws -> TabularDataset {
         let index = Dictionary(uniqueKeysWithValues: schema.columns.enumerated().map { ($1, $0) })
-        let cat = schema.categorical.map { index[$0]! }, num = schema.numeric.map { index[$0]! }, label = index[schema.label]!
-        var categorical: [UInt64] = [], numeric: [Float] = [], labels: [Int32] = []
+        let cat = schema.categorical.map { index[$0]! }, num = schema.numeric.map { index[$0]! }
+        let label = index[schema.label], target = schema.target.map { index[$0]! }
+        var categorical: [UInt64] = [], numeric: [Float] = [], labels: [Int32] = [], targets: [Float] = []
         var first = schema.header
         for (n, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
             let line = raw.hasSuffix("\r") ? raw.dropLast() : raw
@@ -218,12 +241,47 @@ public enum CSVReader {
                 }
                 numeric.append(v)
             }
-            labels.append(schema.positive.contains(cells[label]) ? 1 : 0)
+            labels.append(label.map { schema.positive.contains(cells[$0]) ? 1 : 0 } ?? 0)
+            if let c = target {
+                guard let v = Float(cells[c]), v.isFinite else {
+                    throw DataError.invalid(
+                        "\(path):\(n + 1): column \(c + 1) (\(schema.columns[c]), the target): \"\(cells[c])\" is not a number")
+                }
+                targets.append(v)
+            }
         }
         guard !labels.isEmpty else { throw DataError.invalid("\(path): no data rows") }
         let crosses = schema.crosses.map { pair in pair.map { schema.categorical.firstIndex(of: $0)! } }
         return TabularDataset(
             categoricalNames: schema.categorical, numericNames: schema.numeric, crosses: crosses,
-            categorical: categorical, numeric: numeric, labels: labels)
+            categorical: categorical, numeric: numeric, labels: labels, target: target == nil ? nil : targets)
+    }
+}
+
+extension TabularDataset: LabelledSamples {
+    /// F hashes, then M numbers.
+    public var sampleShape: [Int] { [fields + numericNames.count] }
+    public var tableColumns: (categorical: Int, numeric: Int)? { (fields, numericNames.count) }
+    /// A label is 0 or 1 (none with a target).
+    public var classes: Int { target == nil ? 2 : 0 }
+    public var targetWidth: Int { 1 }
+
+    /// (B, F + M): each categorical value's hash cut to 24 bits (a whole number Float holds exactly; a spec's
+    /// embedding hashes it into its buckets), then the numbers.
+    public func batch<T: Scalar>(_ indices: ArraySlice<Int>, as: T.Type) -> (inputs: Tensor<T>, labels: [Int32]) {
+        let (c, x, y) = gather(indices)
+        let (f, m) = (fields, numericNames.count)
+        var row: [T] = []
+        row.reserveCapacity(indices.count * (f + m))
+        for r in 0..<indices.count {
+            row += c[r * f..<(r + 1) * f].map { T(Double($0 & 0xFF_FFFF)) }
+            row += x[r * m..<(r + 1) * m].map { T(Double($0)) }
+        }
+        return (Tensor(shape: [indices.count, f + m], scalars: row), y)
+    }
+
+    /// (B, 1): the target column's values (the labels as numbers without one).
+    public func targets<T: Scalar>(_ indices: ArraySlice<Int>, as: T.Type) -> Tensor<T> {
+        Tensor(shape: [indices.count, 1], scalars: indices.map { T(Double(target?[$0] ?? Float(labels[$0]))) })
     }
 }

@@ -19,8 +19,23 @@ public enum ModelSpecFile {
         for key in mapping.keys.compactMap(\.string) where !keys.contains(key) {
             throw SpecError("\(source): a model spec has no key \"\(key)\"" + nearest(key, keys))
         }
-        guard let input = mapping["input"]?.sequence?.compactMap({ $0.int }), input.count == mapping["input"]?.sequence?.count
-        else { throw SpecError("\(source): input must be a list of sizes: [C, H, W] for images or [F] for features") }
+        var input: [Int] = [], table: ModelSpec.TableColumns?
+        if let columns = mapping["input"]?.mapping {
+            for key in columns.keys.compactMap(\.string) where !["categorical", "numeric"].contains(key) {
+                throw SpecError("\(source): input: a table has no \"\(key)\"" + nearest(key, ["categorical", "numeric"]))
+            }
+            guard let f = columns["categorical"]?.int ?? (columns["categorical"] == nil ? 0 : nil),
+                let m = columns["numeric"]?.int ?? (columns["numeric"] == nil ? 0 : nil)
+            else { throw SpecError("\(source): input: a table's categorical and numeric are column counts") }
+            table = ModelSpec.TableColumns(categorical: f, numeric: m)
+        } else {
+            guard let list = mapping["input"]?.sequence?.compactMap({ $0.int }), list.count == mapping["input"]?.sequence?.count else {
+                throw SpecError(
+                    "\(source): input must be a list of sizes, [C, H, W] for images or [F] for features, or a table's columns, {categorical: F, numeric: M}"
+                )
+            }
+            input = list
+        }
         guard let layerNodes = mapping["layers"]?.sequence else { throw SpecError("\(source): layers must be a list") }
         let layers = try layerNodes.enumerated().map { try layer($1, index: $0, source: source) }
         var loss = ModelSpec.Loss.crossEntropy
@@ -28,12 +43,11 @@ public enum ModelSpecFile {
             let names = ModelSpec.Loss.allCases.map(\.rawValue)
             guard let text = node.string, let l = ModelSpec.Loss(rawValue: text) else {
                 let given = node.string ?? "that"
-                let planned = ["mse", "l1"].contains(given) ? " (\(given) is not built yet)" : nearest(given, names)
-                throw SpecError("\(source): loss \(given) is not one of \(names.joined(separator: ", "))\(planned)")
+                throw SpecError("\(source): loss \(given) is not one of \(names.joined(separator: ", "))\(nearest(given, names))")
             }
             loss = l
         }
-        let spec = ModelSpec(name: mapping["name"]?.string ?? name, input: input, layers: layers, loss: loss)
+        let spec = ModelSpec(name: mapping["name"]?.string ?? name, input: input, table: table, layers: layers, loss: loss)
         _ = try spec.classes()  // a spec that does not fit together (or with its loss) is refused where it is read
         return spec
     }
@@ -50,7 +64,7 @@ public enum ModelSpecFile {
         let kinds = LayerSpec.Kind.allCases.map(\.rawValue)
         func kind(_ name: String) throws -> LayerSpec.Kind {
             guard let k = LayerSpec.Kind(rawValue: name) else {
-                let planned = ["embedding", "lstm"].contains(name) ? " (\(name) is not built for specs yet)" : nearest(name, kinds)
+                let planned = ["lstm"].contains(name) ? " (\(name) is not built for specs yet)" : nearest(name, kinds)
                 throw SpecError("\(source): layer \(index): unknown kind \"\(name)\"\(planned); kinds: \(kinds.joined(separator: ", "))")
             }
             return k
@@ -85,6 +99,8 @@ public enum ModelSpecFile {
             case "rate": layer.rate = try number()
             case "slope": layer.slope = try number()
             case "mean-only": layer.meanOnly = try bool()
+            case "buckets": layer.buckets = try int()
+            case "sparse": layer.sparse = try bool()
             case "shape":
                 guard let list = v.sequence?.compactMap(\.int), list.count == v.sequence?.count else {
                     throw fail("shape must be a list of sizes")
@@ -142,7 +158,13 @@ public enum ModelSpecFile {
         let name =
             plain
             ? spec.name : "\"" + spec.name.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
-        var lines = ["\(pad)name: \(name)", "\(pad)input: [\(spec.input.map(String.init).joined(separator: ", "))]", "\(pad)layers:"]
+        var lines = [
+            "\(pad)name: \(name)",
+            "\(pad)input: "
+                + (spec.table.map { "{categorical: \($0.categorical), numeric: \($0.numeric)}" }
+                    ?? "[\(spec.input.map(String.init).joined(separator: ", "))]"),
+            "\(pad)layers:"
+        ]
         for l in spec.layers {
             var settings: [String] = []
             func put(_ key: String, _ v: Any?) { if let v { settings.append("\(key): \(v)") } }
@@ -155,6 +177,8 @@ public enum ModelSpecFile {
             put("rate", l.rate)
             put("slope", l.slope)
             put("mean-only", l.meanOnly)
+            put("buckets", l.buckets)
+            put("sparse", l.sparse)
             put("shape", l.shape.map { "[" + $0.map(String.init).joined(separator: ", ") + "]" })
             lines.append("\(pad)  - " + l.kind.rawValue + (settings.isEmpty ? "" : ": {" + settings.joined(separator: ", ") + "}"))
         }

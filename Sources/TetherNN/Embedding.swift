@@ -102,3 +102,49 @@ public final class Embedding<T: Scalar> {
         }
     }
 }
+
+/// A table's categorical columns through one embedding each, beside its numbers. x (B, F + M): the
+/// first F columns hold each field's value hash cut to 24 bits (a whole number, exact in Float), the
+/// last M its numbers; y (B, F*D + M) = [E_0[h_0 mod R], ..., E_{F-1}[h_{F-1} mod R], numbers]. The F
+/// tables are the row blocks of one parameter (F*R, D): field f's bucket r is row f*R + r, as one
+/// PyTorch nn.Embedding indexed with per-field offsets. Gradients go to the table only: hashes and
+/// numbers come from the data, so the layer is a network's first and passes no input gradient.
+public final class TableEmbedding<T: Scalar>: Layer {
+    public let table: Embedding<T>
+    public let fields: Int, numeric: Int, buckets: Int
+    public var parameterSlots: [ParameterSlot] { [table.slot] }
+
+    public init(_ layout: inout ArenaLayout, prefix: String, fields: Int, numeric: Int, buckets: Int, width: Int, sparse: Bool) {
+        (self.fields, self.numeric, self.buckets) = (fields, numeric, buckets)
+        table = Embedding(&layout, prefix: prefix, rows: fields * buckets, width: width, sparse: sparse)
+    }
+
+    public func forward(_ x: Tensor<T>, _ ctx: ModelContext<T>) -> Tensor<T> {
+        let b = x.shape[0], (f, m, d) = (fields, numeric, table.width)
+        precondition(x.shape == [b, f + m], "a table of \(f) categorical and \(m) numeric columns, got \(x.shape)")
+        var ids = [Int32](repeating: 0, count: b * f)
+        x.withPointer { p in
+            for r in 0..<b { for j in 0..<f { ids[r * f + j] = Int32(j * buckets + Int(p[r * (f + m) + j]) % buckets) } }
+        }
+        let looked = table.forward(ids: ids, ctx)  // (B*F, D)
+        return Tensor.uninitialized([b, f * d + m]) { y in
+            looked.withPointer { e in
+                x.withPointer { p in
+                    for r in 0..<b {
+                        (y + r * (f * d + m)).update(from: e + r * f * d, count: f * d)
+                        (y + r * (f * d + m) + f * d).update(from: p + r * (f + m) + f, count: m)
+                    }
+                }
+            }
+        }
+    }
+
+    public func backward(_ dy: Tensor<T>, _ ctx: ModelContext<T>, needsInputGradient: Bool) -> Tensor<T>? {
+        let b = dy.shape[0], (f, m, d) = (fields, numeric, table.width)
+        let rows = Tensor<T>.uninitialized([b * f, d]) { g in
+            dy.withPointer { p in for r in 0..<b { (g + r * f * d).update(from: p + r * (f * d + m), count: f * d) } }
+        }
+        table.backward(rows, ctx)
+        return nil
+    }
+}

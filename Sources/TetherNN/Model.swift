@@ -1,13 +1,19 @@
 import TetherTensor
 
-/// One local batch: inputs (B, F) and one integer label per row.
+/// One local batch: inputs (B, F) and per row an integer label (classification) or K target values
+/// (regression, `targets` (B, K)).
 public struct Batch<T: Scalar> {
     public var inputs: Tensor<T>
     public var labels: [Int32]
-    public var count: Int { labels.count }
+    public var targets: Tensor<T>?
+    public var count: Int { inputs.shape[0] }
     public init(inputs: Tensor<T>, labels: [Int32]) {
         precondition(inputs.shape.first == labels.count, "batch of \(inputs.shape) with \(labels.count) labels")
         (self.inputs, self.labels) = (inputs, labels)
+    }
+    public init(inputs: Tensor<T>, targets: Tensor<T>) {
+        precondition(inputs.shape.first == targets.shape.first, "batch of \(inputs.shape) with targets \(targets.shape)")
+        (self.inputs, self.labels, self.targets) = (inputs, [], targets)
     }
 }
 
@@ -17,14 +23,21 @@ public struct BatchStats: Sendable, Equatable {
     public var lossSum: Double = 0
     public var correct = 0
     public var count = 0
-    public init(lossSum: Double = 0, correct: Int = 0, count: Int = 0) {
+    /// Regression: the summed per-sample mean squared and mean absolute errors.
+    public var squaredError = 0.0, absoluteError = 0.0
+    public init(lossSum: Double = 0, correct: Int = 0, count: Int = 0, squaredError: Double = 0, absoluteError: Double = 0) {
         (self.lossSum, self.correct, self.count) = (lossSum, correct, count)
+        (self.squaredError, self.absoluteError) = (squaredError, absoluteError)
     }
     public static func + (a: BatchStats, b: BatchStats) -> BatchStats {
-        BatchStats(lossSum: a.lossSum + b.lossSum, correct: a.correct + b.correct, count: a.count + b.count)
+        BatchStats(
+            lossSum: a.lossSum + b.lossSum, correct: a.correct + b.correct, count: a.count + b.count,
+            squaredError: a.squaredError + b.squaredError, absoluteError: a.absoluteError + b.absoluteError)
     }
     public var meanLoss: Double { count > 0 ? lossSum / Double(count) : .nan }
     public var accuracy: Double { count > 0 ? Double(correct) / Double(count) : .nan }
+    public var rootMeanSquaredError: Double { count > 0 ? (squaredError / Double(count)).squareRoot() : .nan }
+    public var meanAbsoluteError: Double { count > 0 ? absoluteError / Double(count) : .nan }
 }
 
 /// What every model family shares: a kind, its parameters and their checkpointed companions. Each
@@ -48,52 +61,67 @@ extension Model {
     public var ftrlParameters: Set<String> { [] }
 }
 
-/// A classifier: a Sequential network ending in K logits, trained with softmax cross-entropy, or (binary)
-/// in one logit, trained with the logistic loss (binary cross-entropy) against labels 0 and 1.
-public final class Classifier<T: Scalar>: Model {
+/// What a network's outputs are trained against: K class scores (softmax cross-entropy), one logit
+/// (logistic loss), or K values (mean squared or absolute error).
+public enum Objective: Sendable { case classes, binary, squaredError, absoluteError }
+
+/// A Sequential network trained against what each sample should give: K class scores with softmax
+/// cross-entropy, one logit with the logistic loss (binary cross-entropy) against labels 0 and 1, or K
+/// values against K targets with the mean squared (mse) or absolute (l1) error.
+public final class Predictor<T: Scalar>: Model {
     public let kind: String
     public let arena: ParameterArena<T>
     public let context: ModelContext<T>
     public let network: Sequential<T>
-    public let binary: Bool
+    public let objective: Objective
     let loss = SoftmaxCrossEntropy<T>()
     let logistic = LogisticLoss<T>()
+    let regression: RegressionLoss<T>
 
     /// Builds the network over `layout`, allocates the arena and draws the initial parameters from `rng`.
-    public init(kind: String, layout: ArenaLayout, network: Sequential<T>, binary: Bool = false, rng: inout RNG) {
+    public init(kind: String, layout: ArenaLayout, network: Sequential<T>, objective: Objective = .classes, rng: inout RNG) {
         self.kind = kind
         self.network = network
-        self.binary = binary
+        self.objective = objective
+        regression = RegressionLoss(squared: objective == .squaredError)
         arena = ParameterArena(layout: layout)
         arena.initialize(rng: &rng)
         context = ModelContext(arena: arena, rng: rng)
     }
 
+    /// The batch's loss and figures from the network's outputs; with `scale`, also backward through the
+    /// network of scale x the summed loss.
+    private func loss(_ outputs: Tensor<T>, _ batch: Batch<T>, backwardScale scale: T?) -> BatchStats {
+        let b = batch.count
+        switch objective {
+        case .classes:
+            let lossSum = loss.forward(logits: outputs, labels: batch.labels), correct = loss.correctCount()
+            if let scale { network.backward(loss.backward(scale: scale), context, gradientsReady: context.gradientsReady) }
+            return BatchStats(lossSum: lossSum, correct: correct, count: b)
+        case .binary:
+            // logits (B, 1) -> (B) and back
+            let lossSum = logistic.forward(logits: outputs.reshaped([b]), labels: batch.labels), correct = logistic.correctCount()
+            if let scale {
+                network.backward(logistic.backward(scale: scale).reshaped([b, 1]), context, gradientsReady: context.gradientsReady)
+            }
+            return BatchStats(lossSum: lossSum, correct: correct, count: b)
+        case .squaredError, .absoluteError:
+            guard let targets = batch.targets else { preconditionFailure("a regression batch has targets") }
+            let lossSum = regression.forward(outputs: outputs, targets: targets)
+            if let scale { network.backward(regression.backward(scale: scale), context, gradientsReady: context.gradientsReady) }
+            return BatchStats(lossSum: lossSum, count: b, squaredError: regression.squaredError, absoluteError: regression.absoluteError)
+        }
+    }
+
     public func accumulateGradients(_ batch: Batch<T>, scale: T) -> BatchStats {
         context.training = true
-        let logits = network.forward(batch.inputs, context)
-        if binary {
-            // logits (B, 1) -> (B) and back
-            let lossSum = logistic.forward(logits: logits.reshaped([batch.count]), labels: batch.labels)
-            let correct = logistic.correctCount()
-            network.backward(logistic.backward(scale: scale).reshaped([batch.count, 1]), context, gradientsReady: context.gradientsReady)
-            return BatchStats(lossSum: lossSum, correct: correct, count: batch.count)
-        }
-        let lossSum = loss.forward(logits: logits, labels: batch.labels)
-        let correct = loss.correctCount()
-        network.backward(loss.backward(scale: scale), context, gradientsReady: context.gradientsReady)
-        return BatchStats(lossSum: lossSum, correct: correct, count: batch.count)
+        return loss(network.forward(batch.inputs, context), batch, backwardScale: scale)
     }
 
     public func evaluate(_ batch: Batch<T>) -> BatchStats {
         context.training = false
         defer { context.training = true }
-        if binary {
-            let lossSum = logistic.forward(logits: network.forward(batch.inputs, context).reshaped([batch.count]), labels: batch.labels)
-            return BatchStats(lossSum: lossSum, correct: logistic.correctCount(), count: batch.count)
-        }
-        let lossSum = loss.forward(logits: network.forward(batch.inputs, context), labels: batch.labels)
-        return BatchStats(lossSum: lossSum, correct: loss.correctCount(), count: batch.count)
+        return loss(network.forward(batch.inputs, context), batch, backwardScale: nil)
     }
 
     public func initializeFromData(_ batch: Batch<T>, reduce: StatisticsReducer) {
@@ -102,4 +130,5 @@ public final class Classifier<T: Scalar>: Model {
     }
 
     public var bufferOwners: [(prefix: String, owner: any BufferOwner)] { network.bufferOwners }
+    public var sparseGradients: [SparseRows<T>] { network.sparseGradients }
 }

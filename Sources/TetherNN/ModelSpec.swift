@@ -6,26 +6,48 @@ import TetherTensor
 /// naming its index, its kind and both shapes. Parameter names are PyTorch's nn.Sequential's:
 /// `layers.<index>.weight` (`weight_g`/`weight_v` weight-normalized), the index counting every layer.
 ///
-/// Shapes: an image is (C, H, W), features are (F). Images travel in Tether's conv layout between
+/// Shapes: an image is (C, H, W), features are (F), a table (F categorical, M numeric) columns of a CSV
+/// file (its categories go through an `embedding` first, which gives features). Images travel in Tether's conv layout between
 /// conv layers; the network's input is rearranged before the first layer when the input is an image,
 /// and `flatten` goes back to (B, C*H*W) in PyTorch's NCHW order.
 public struct ModelSpec: Codable, Equatable, Sendable {
     /// A name for logs and checkpoints (the file's, without its extension).
     public var name: String
-    /// (C, H, W) or (F).
+    /// (C, H, W) or (F); empty when the input is a `table`.
     public var input: [Int]
+    /// A table's columns (`input: {categorical: F, numeric: M}`), as a CSV schema gives them.
+    public var table: TableColumns?
     public var layers: [LayerSpec]
     public var loss: Loss
 
     /// cross-entropy: softmax over the last layer's K class scores; binary-cross-entropy: the logistic
-    /// loss of the last layer's one logit against labels 0 and 1 (PyTorch's BCEWithLogitsLoss).
+    /// loss of the last layer's one logit against labels 0 and 1 (PyTorch's BCEWithLogitsLoss); mse and
+    /// l1: the mean squared or absolute error of the last layer's K values against K regression targets
+    /// (PyTorch's MSELoss and L1Loss).
     public enum Loss: String, Codable, Sendable, CaseIterable {
         case crossEntropy = "cross-entropy"
         case binaryCrossEntropy = "binary-cross-entropy"
+        case mse, l1
+        public var isRegression: Bool { self == .mse || self == .l1 }
     }
 
-    public init(name: String, input: [Int], layers: [LayerSpec], loss: Loss = .crossEntropy) {
-        (self.name, self.input, self.layers, self.loss) = (name, input, layers, loss)
+    public struct TableColumns: Codable, Equatable, Sendable {
+        public var categorical: Int, numeric: Int
+        public init(categorical: Int, numeric: Int) { (self.categorical, self.numeric) = (categorical, numeric) }
+    }
+
+    public init(name: String, input: [Int], table: TableColumns? = nil, layers: [LayerSpec], loss: Loss = .crossEntropy) {
+        (self.name, self.input, self.table, self.layers, self.loss) = (name, input, table, layers, loss)
+    }
+
+    /// What the network's outputs are trained against.
+    public var objective: Objective {
+        switch loss {
+        case .crossEntropy: .classes
+        case .binaryCrossEntropy: .binary
+        case .mse: .squaredError
+        case .l1: .absoluteError
+        }
     }
 
     /// The largest value of any size a spec gives (channels, features, kernel, image side), and the most
@@ -43,6 +65,7 @@ public struct LayerSpec: Codable, Equatable, Sendable {
         case leakyRelu = "leaky-relu"
         case tanh, sigmoid, gelu, dropout
         case batchNorm = "batch-norm"
+        case embedding
     }
     public var kind: Kind
     /// dense: output features; conv2d: output channels.
@@ -61,6 +84,9 @@ public struct LayerSpec: Codable, Equatable, Sendable {
     public var meanOnly: Bool?
     /// unflatten: the image (C, H, W) that features become (PyTorch's nn.Unflatten(1, shape)).
     public var shape: [Int]?
+    /// embedding: rows per categorical column (values hash into them), and whether its gradient is
+    /// row-sparse (only the rows a step touched travel and update; --optimizer adagrad or plain sgd).
+    public var buckets: Int?, sparse: Bool?
 
     public init(_ kind: Kind) { self.kind = kind }
 
@@ -74,6 +100,7 @@ public struct LayerSpec: Codable, Equatable, Sendable {
         case .dropout: ["rate"]
         case .batchNorm: ["mean-only"]
         case .unflatten: ["shape"]
+        case .embedding: ["out", "buckets", "sparse"]
         case .flatten, .relu, .tanh, .sigmoid, .gelu: []
         }
     }
@@ -83,17 +110,22 @@ public struct LayerSpec: Codable, Equatable, Sendable {
 public enum SpecShape: Equatable, Sendable, CustomStringConvertible {
     case image(channels: Int, height: Int, width: Int)
     case features(Int)
+    /// A table's row: F categorical values, M numbers.
+    case table(categorical: Int, numeric: Int)
 
+    /// The values a sample holds (a table's: its F hashes and M numbers).
     public var count: Int {
         switch self {
         case .image(let c, let h, let w): c * h * w
         case .features(let f): f
+        case .table(let f, let m): f + m
         }
     }
     public var description: String {
         switch self {
         case .image(let c, let h, let w): "(\(c), \(h), \(w))"
         case .features(let f): "(\(f))"
+        case .table(let f, let m): "a table of \(f) categorical and \(m) numeric columns"
         }
     }
 }
@@ -106,6 +138,15 @@ public struct SpecError: Error, CustomStringConvertible {
 extension ModelSpec {
     /// The input as a shape, or why it is not one.
     public func inputShape() throws -> SpecShape {
+        if let table {
+            guard input.isEmpty, (0...Self.largestSize).contains(table.categorical), (0...Self.largestSize).contains(table.numeric),
+                table.categorical + table.numeric > 0
+            else {
+                throw SpecError(
+                    "model spec \(name): a table input is {categorical: F, numeric: M}, each in 0...\(Self.largestSize), one above 0")
+            }
+            return table.categorical == 0 ? .features(table.numeric) : .table(categorical: table.categorical, numeric: table.numeric)
+        }
         guard input.allSatisfy({ (1...Self.largestSize).contains($0) }) else {
             throw SpecError("model spec \(name): input \(input): each size must be in 1...\(Self.largestSize)")
         }
@@ -138,7 +179,17 @@ extension ModelSpec {
                 guard (lowest...Self.largestSize).contains(v) else { throw fail("\(what) \(v) is not in \(lowest)...\(Self.largestSize)") }
                 return v
             }
+            if case .table = shape, layer.kind != .embedding {
+                throw fail("a table's categorical columns go through an embedding first: - embedding: {out: 8, buckets: 1000}")
+            }
             switch layer.kind {
+            case .embedding:
+                guard case .table(let f, let m) = shape, i == 0 else {
+                    throw fail("embedding is a table input's first layer (input: {categorical: F, numeric: M})")
+                }
+                let d = try size(layer.out, "out"), r = try size(layer.buckets, "buckets", default: 1000)
+                guard f * r <= Self.largestSize * 64 / d else { throw fail("\(f) tables of \(r) x \(d) are too large") }
+                shape = .features(f * d + m)
             case .dense:
                 guard case .features(let f) = shape else { throw fail("dense takes features (F); put a flatten before it") }
                 let o = try size(layer.out, "out")
@@ -179,8 +230,17 @@ extension ModelSpec {
         return out
     }
 
-    /// The classes the network tells apart: its output's features (cross-entropy), or 2 from one logit.
+    /// The classes the network tells apart: its output's features (cross-entropy), or 2 from one logit;
+    /// for a regression loss, the targets' count per sample (its output's features).
     public func classes() throws -> Int {
+        if loss.isRegression {
+            guard case .features(let k)? = try shapes().last else {
+                throw SpecError(
+                    "model spec \(name): with \(loss.rawValue) the last layer gives the targets' values (F); it gives \(try shapes().last!)"
+                )
+            }
+            return k
+        }
         if loss == .binaryCrossEntropy {
             guard try shapes().last == .features(1) else {
                 throw SpecError(
@@ -212,6 +272,7 @@ extension ModelSpec {
                 n = o * c * k * k + (layer.bias ?? true ? o : 0) + (layer.weightNorm ?? false ? o : 0)
             case (.batchNorm, _, .features(let f)): n = layer.meanOnly == true ? f : 2 * f
             case (.batchNorm, _, .image(let c, _, _)): n = layer.meanOnly == true ? c : 2 * c
+            case (.embedding, .table(let f, _), _): n = f * (layer.buckets ?? 1000) * (layer.out ?? 1)
             default: n = 0
             }
             total += n
@@ -233,6 +294,11 @@ extension ModelSpec {
         for (i, (layer, after)) in zip(layers, shapes).enumerated() {
             let prefix = "layers.\(i)."
             switch (layer.kind, before, after) {
+            case (.embedding, .table(let f, let m), _):
+                built.append(
+                    TableEmbedding<T>(
+                        &layout, prefix: prefix, fields: f, numeric: m, buckets: layer.buckets ?? 1000, width: layer.out!,
+                        sparse: layer.sparse ?? false))
             case (.dense, .features(let f), .features(let o)):
                 built.append(
                     Dense<T>(

@@ -8,7 +8,7 @@ public enum ImageModels {
     public static func make<T: Scalar>(
         _ name: String, height: Int = 28, width: Int = 28, classes: Int = 10,
         rng: inout RNG, as: T.Type = T.self
-    ) -> Classifier<T>? {
+    ) -> Predictor<T>? {
         var layout = ArenaLayout()
         let pixels = height * width
         let layers: [any Layer<T>]
@@ -45,6 +45,6 @@ public enum ImageModels {
         default:
             return nil
         }
-        return Classifier(kind: name, layout: layout, network: Sequential(layers), rng: &rng)
+        return Predictor(kind: name, layout: layout, network: Sequential(layers), rng: &rng)
     }
 }

@@ -52,6 +52,9 @@ public final class Sequential<T: Scalar> {
         }
     }
 
+    /// The row-sparse gradients of its tables (embeddings declared `sparse`).
+    public var sparseGradients: [SparseRows<T>] { layers.compactMap { ($0 as? TableEmbedding<T>)?.table.sparseGradient } }
+
     /// Non-trainable buffers of every layer, as "layers.<i>.<name>".
     public var bufferOwners: [(prefix: String, owner: any BufferOwner)] {
         layers.enumerated().compactMap { i, l in (l as? any BufferOwner).map { (prefixes[i], $0) } }
@@ -148,6 +151,47 @@ public final class LogisticLoss<T: Scalar> {
 
     /// Rows whose probability is on the side of their label.
     public func correctCount() -> Int { zip(probabilities, labels).filter { ($0 >= 0.5) == ($1 == 1) }.count }
+}
+
+/// Regression loss over (B, K) outputs and targets: per sample the mean over its K values of the squared
+/// error (mse) or the absolute error (l1). Both errors are summed for the report (RMSE and MAE).
+public final class RegressionLoss<T: Scalar> {
+    public let squared: Bool
+    private var outputs = Tensor<T>.zeros([0]), targets = Tensor<T>.zeros([0])
+    /// The last forward's summed per-sample errors.
+    public private(set) var squaredError = 0.0, absoluteError = 0.0
+    public init(squared: Bool) { self.squared = squared }
+
+    /// The summed per-sample losses.
+    public func forward(outputs: Tensor<T>, targets: Tensor<T>) -> Double {
+        precondition(outputs.shape == targets.shape && outputs.shape.count == 2, "outputs \(outputs.shape), targets \(targets.shape)")
+        let (b, k) = (outputs.shape[0], outputs.shape[1])
+        (self.outputs, self.targets) = (outputs, targets)
+        var sq = T.zeros(count: b), ab = T.zeros(count: b)
+        outputs.withPointer { y in
+            targets.withPointer { t in
+                sq.withUnsafeMutableBufferPointer { s in
+                    ab.withUnsafeMutableBufferPointer {
+                        T.regressionErrors(squared: s.baseAddress!, absolute: $0.baseAddress!, outputs: y, targets: t, rows: b, columns: k)
+                    }
+                }
+            }
+        }
+        squaredError = sq.reduce(0) { $0 + Double($1) }
+        absoluteError = ab.reduce(0) { $0 + Double($1) }
+        return squared ? squaredError : absoluteError
+    }
+
+    public func backward(scale: T) -> Tensor<T> {
+        let (b, k) = (outputs.shape[0], outputs.shape[1])
+        return Tensor.uninitialized(outputs.shape) { d in
+            outputs.withPointer { y in
+                targets.withPointer {
+                    T.regressionBackward(d, outputs: y, targets: $0, squared: squared, scale: scale, rows: b, columns: k)
+                }
+            }
+        }
+    }
 }
 
 /// Reconstruction loss: sigmoid of the logits against targets in [0, 1], mean squared error per value.

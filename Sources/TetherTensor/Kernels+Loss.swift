@@ -88,3 +88,37 @@ extension Scalar {
         for i in 0..<b * k { dz[i] = c * (s[i] - targets[i]) * s[i] * (1 - s[i]) }
     }
 }
+
+// Regression losses over (B, K) outputs and targets: per row the mean over its K values of the squared
+// error (MSE) or the absolute error (L1), as PyTorch's MSELoss and L1Loss average them.
+
+extension Scalar {
+    /// Per row: `squared[r]` and `absolute[r]`, the mean squared and mean absolute error of its K values.
+    public static func regressionErrors(
+        squared: UnsafeMutablePointer<Self>, absolute: UnsafeMutablePointer<Self>, outputs: UnsafePointer<Self>,
+        targets: UnsafePointer<Self>, rows b: Int, columns k: Int
+    ) {
+        for r in 0..<b {
+            var sq = 0.0, ab = 0.0
+            for j in 0..<k {
+                let e = Double(outputs[r * k + j]) - Double(targets[r * k + j])
+                sq += e * e
+                ab += abs(e)
+            }
+            (squared[r], absolute[r]) = (Self(sq / Double(k)), Self(ab / Double(k)))
+        }
+    }
+
+    /// d(scale * summed row losses)/doutputs: 2 (y - t) / K for squared errors, sign(y - t) / K (0 at a
+    /// tie, as PyTorch's) for absolute ones.
+    public static func regressionBackward(
+        _ d: UnsafeMutablePointer<Self>, outputs: UnsafePointer<Self>, targets: UnsafePointer<Self>, squared: Bool, scale: Self,
+        rows b: Int, columns k: Int
+    ) {
+        let perValue = scale / Self(k)
+        for i in 0..<b * k {
+            let e = outputs[i] - targets[i]
+            d[i] = squared ? 2 * perValue * e : (e > 0 ? perValue : e < 0 ? -perValue : 0)
+        }
+    }
+}

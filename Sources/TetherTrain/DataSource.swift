@@ -62,7 +62,7 @@ public enum DataSource {
         }
         // A split with one class trains to nothing and scores an AUC of nan: usually a label line whose
         // values match no row (or every row).
-        for (name, split) in [("training", train), ("held-out", test)] where Set(split.labels).count < 2 {
+        for (name, split) in [("training", train), ("held-out", test)] where split.target == nil && Set(split.labels).count < 2 {
             throw DataError.invalid(
                 "--data \(spec): every \(name) row has label \(split.labels.first ?? 0); a click model needs both classes "
                     + "(check the positive values of the schema's label line)")

@@ -26,6 +26,9 @@ public struct MetricsEvent: Codable, Equatable, Sendable {
     public var test_loss: Double?
     public var test_perplexity: Double?
     public var test_auc: Double?
+    /// Regression: the held-out root mean squared and mean absolute errors.
+    public var test_rmse: Double?
+    public var test_mae: Double?
     /// Cluster steps: per rank, seconds of compute, of gradient exchange, and of the exchange waiting.
     public var compute_s: [Double]?
     public var allreduce_s: [Double]?

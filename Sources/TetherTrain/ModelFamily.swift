@@ -9,7 +9,7 @@ public struct ModelFamily: Sendable {
     public let name: String
     /// What it is, in a line.
     public let summary: String
-    public let evaluation: EvaluationReport.Kind
+    let evaluation: EvaluationReport.Kind
     /// What the throughput counts: samples, or tokens for a language model.
     public let unit: String
     /// A new run's settings where they differ from `TrainingConfig()`'s: its data, and the optimizer
@@ -20,6 +20,11 @@ public struct ModelFamily: Sendable {
     let make:
         @Sendable (_ config: TrainingConfig, _ shard: Shard, _ metadata: [String: String], _ source: SampleSource?, _ rng: inout RNG) throws
             -> any Workload
+
+    /// What the held-out evaluation of a run of `config` reports: the family's, or a spec's by its loss.
+    public func evaluation(_ config: TrainingConfig) -> EvaluationReport.Kind {
+        config.spec?.loss.isRegression == true ? .regression : evaluation
+    }
 
     /// The items one process's step trains on (samples; tokens for a language model).
     public func itemsPerStep(_ config: TrainingConfig) -> Int { unit == "tokens" ? config.batch * config.language.bptt : config.batch }

@@ -113,7 +113,7 @@ public final class PrometheusExporter: MetricsSink {
             set("loss", e.loss); set("samples_per_second", e.samples_per_sec); set("learning_rate", e.lr)
         case "epoch", "eval":
             set("test_loss", e.test_loss); set("test_accuracy", e.test_accuracy); set("test_perplexity", e.test_perplexity);
-            set("test_auc", e.test_auc)
+            set("test_auc", e.test_auc); set("test_rmse", e.test_rmse); set("test_mae", e.test_mae)
             set("epoch_loss", e.loss)
         case "lost", "reformed", "joined":
             if let w = e.workers { figures.workersAlive = Double(w) }
@@ -169,7 +169,9 @@ public final class PrometheusExporter: MetricsSink {
             "samples_per_second": "Training throughput over the last --log-every steps (tokens for a language model).",
             "learning_rate": "The learning rate of the last step.", "epoch_loss": "Mean training loss of the last epoch.",
             "test_loss": "Held-out loss at the last evaluation.", "test_accuracy": "Held-out accuracy at the last evaluation.",
-            "test_perplexity": "Held-out perplexity at the last evaluation.", "test_auc": "Held-out AUC at the last evaluation."
+            "test_perplexity": "Held-out perplexity at the last evaluation.", "test_auc": "Held-out AUC at the last evaluation.",
+            "test_rmse": "Held-out root mean squared error at the last evaluation.",
+            "test_mae": "Held-out mean absolute error at the last evaluation."
         ]
         for name in f.gauges.keys.sorted() { family(name, "gauge", gaugeHelp[name] ?? name, [("", f.gauges[name]!)]) }
         let rankHelp = [

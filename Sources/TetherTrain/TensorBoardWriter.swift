@@ -44,7 +44,7 @@ public final class TensorBoardWriter: MetricsSink {
         case "epoch", "eval":
             add("epoch/loss", e.loss); add("epoch/samples_per_sec", e.samples_per_sec)
             add("test/loss", e.test_loss); add("test/accuracy", e.test_accuracy); add("test/perplexity", e.test_perplexity);
-            add("test/auc", e.test_auc)
+            add("test/auc", e.test_auc); add("test/rmse", e.test_rmse); add("test/mae", e.test_mae)
         case "lost", "joined", "reformed":
             add("cluster/workers", e.workers.map(Double.init))
         default: break

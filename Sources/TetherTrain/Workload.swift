@@ -5,7 +5,7 @@ import TetherTensor
 
 /// What a held-out evaluation reports. `stats.count` is samples, or tokens for a language model.
 public struct EvaluationReport: Sendable {
-    public enum Kind: Sendable { case classification, reconstruction, languageModel, clickPrediction }
+    public enum Kind: Sendable { case classification, reconstruction, languageModel, clickPrediction, regression }
     public var kind: Kind
     public var stats: BatchStats
     /// Area under the ROC curve (click prediction), from `scores` and `labels`.
@@ -29,6 +29,8 @@ public struct EvaluationReport: Sendable {
         case .reconstruction: return "test reconstruction MSE \(f(loss, 5)) per pixel"
         case .languageModel: return "validation perplexity \(f(exp(loss), 2)), loss \(f(loss, 4))"
         case .clickPrediction: return "test AUC \(f(auc ?? .nan, 4)), log loss \(f(loss, 4)), accuracy \(f(100 * stats.accuracy, 2))%"
+        case .regression:
+            return "test RMSE \(f(stats.rootMeanSquaredError, 4)), MAE \(f(stats.meanAbsoluteError, 4)), loss \(f(loss, 4))"
         }
     }
 
@@ -49,6 +51,7 @@ public struct EvaluationReport: Sendable {
         e.test_accuracy = accuracy
         e.test_perplexity = perplexity
         e.test_auc = auc
+        if kind == .regression { (e.test_rmse, e.test_mae) = (stats.rootMeanSquaredError, stats.meanAbsoluteError) }
     }
 }
 

@@ -32,7 +32,7 @@ extension ShuffledSplits<ImageDataset> {
 
 /// Fashion-MNIST (or any IDX images) classified by mlp, mlp-wn or cnn-wn.
 final class ImageClassification: ShuffledWorkload {
-    let classifier: Classifier<Float>
+    let classifier: Predictor<Float>
     let splits: ShuffledSplits<ImageDataset>
     var model: any Model<Float> { classifier }
 

@@ -19,24 +19,21 @@ extension DataSource {
         }
         guard all.count >= 2 else { throw DataError.invalid("\(config.data): \(all.count) sample; a held-out split needs at least 2") }
         let heldOut = Set(stride(from: 9, to: all.count, by: 10))
-        let pick = { (rows: [Int]) in
-            ArrayDataset(
-                values: rows.flatMap { all.values[$0 * all.features..<($0 + 1) * all.features] }, labels: rows.map { all.labels[$0] },
-                sampleShape: all.sampleShape, classes: all.classes)
-        }
-        let train = pick((0..<all.count).filter { !heldOut.contains($0) }),
-            test = pick(heldOut.isEmpty ? [all.count - 1] : heldOut.sorted())
+        let train = all.rows((0..<all.count).filter { !heldOut.contains($0) }),
+            test = all.rows(heldOut.isEmpty ? [all.count - 1] : heldOut.sorted())
         return (train.prefix(config.trainLimit), test.prefix(config.testLimit))
     }
 }
 
-/// A network of the run's model spec classifying samples of any shape (images or feature vectors),
-/// from files or served: its input must hold the data's samples, and every label must be one of the
-/// classes its last layer scores.
-final class SpecClassification<Dataset: LabelledSamples>: ShuffledWorkload {
-    let classifier: Classifier<Float>
+/// A network of the run's model spec trained on samples of any shape (images, feature vectors, a
+/// table's rows), from files or served: its input must hold the data's samples, and what its loss
+/// trains against must be in the data: labels among the classes its last layer scores, or as many
+/// regression targets as it gives values.
+final class SpecTraining<Dataset: LabelledSamples>: ShuffledWorkload {
+    let predictor: Predictor<Float>
     let splits: ShuffledSplits<Dataset>
-    var model: any Model<Float> { classifier }
+    let regression: Bool
+    var model: any Model<Float> { predictor }
 
     /// The samples come from `source` (served) or from `files` (read here).
     init(
@@ -51,43 +48,75 @@ final class SpecClassification<Dataset: LabelledSamples>: ShuffledWorkload {
             (train, test) = (SplitSamples(files: a, split: .train), SplitSamples(files: b, split: .test))
         }
         splits = ShuffledSplits(train: train, test: test, config: config, shard: shard)
-        let input = try spec.inputShape(), sample = train.dataset.sampleShape
-        guard input.count == sample.reduce(1, *), spec.input == sample || spec.input.count == 1 else {
-            throw ConfigError(message: "model spec \(spec.name): its input is \(input), the data's samples are \(sample) (\(config.data))")
-        }
-        let classes = try spec.classes()
-        for (split, samples) in [("training", train), ("held-out", test)] where samples.dataset.count > 0 {
-            if let (i, bad) = samples.dataset.labels.enumerated().first(where: { !(0..<Int32(classes)).contains($0.element) }) {
+        regression = spec.loss.isRegression
+        let data = train.dataset
+        if let t = spec.table {
+            guard let columns = data.tableColumns, columns == (t.categorical, t.numeric) else {
+                let given = data.tableColumns.map { "a table of \($0.categorical) categorical and \($0.numeric) numeric columns" }
                 throw ConfigError(
                     message:
-                        "\(config.data): label \(bad) of \(split) sample \(i) is not in 0..<\(classes) (the classes model spec \(spec.name)'s last layer scores)"
+                        "model spec \(spec.name): its input is \(try spec.inputShape()), the data's samples are \(given ?? "\(data.sampleShape)") (\(config.data))"
                 )
+            }
+        } else {
+            let input = try spec.inputShape(), sample = data.sampleShape
+            guard data.tableColumns.map({ $0.categorical == 0 }) ?? true, input.count == sample.reduce(1, *),
+                spec.input == sample || spec.input.count == 1
+            else {
+                throw ConfigError(
+                    message: "model spec \(spec.name): its input is \(input), the data's samples are \(sample) (\(config.data))")
+            }
+        }
+        let outputs = try spec.classes()
+        if regression {
+            guard data.targetWidth == outputs else {
+                throw ConfigError(
+                    message:
+                        "model spec \(spec.name): its last layer gives \(outputs) values, the data has \(data.targetWidth) targets a sample (\(config.data))"
+                )
+            }
+        } else {
+            guard data.classes > 0 else {
+                throw ConfigError(
+                    message:
+                        "\(config.data): its targets are not class labels (whole numbers from 0); loss \(spec.loss.rawValue) needs them: use loss: mse or l1 for regression"
+                )
+            }
+            for (split, samples) in [("training", train), ("held-out", test)] where samples.dataset.count > 0 {
+                if let (i, bad) = samples.dataset.labels.enumerated().first(where: { !(0..<Int32(outputs)).contains($0.element) }) {
+                    throw ConfigError(
+                        message:
+                            "\(config.data): label \(bad) of \(split) sample \(i) is not in 0..<\(outputs) (the classes model spec \(spec.name)'s last layer scores)"
+                    )
+                }
             }
         }
         var layout = ArenaLayout()
         let network = try spec.network(&layout, as: Float.self)
-        classifier = Classifier(kind: config.model, layout: layout, network: network, binary: spec.loss == .binaryCrossEntropy, rng: &rng)
+        predictor = Predictor(kind: config.model, layout: layout, network: network, objective: spec.objective, rng: &rng)
     }
 
     var sizeSummary: String { "\(splits.train.count) training / \(splits.test.count) test samples of \(splits.train.dataset.sampleShape)" }
 
+    /// The split's samples `rows`, with their labels or targets.
+    private func batch(_ samples: SplitSamples<Dataset>, _ rows: ArraySlice<Int>) -> Batch<Float> {
+        let indices = samples.rows(rows)
+        let (x, y) = samples.dataset.batch(indices, as: Float.self)
+        return regression ? Batch(inputs: x, targets: samples.dataset.targets(indices, as: Float.self)) : Batch(inputs: x, labels: y)
+    }
+
     func initializeFromData(reduce: StatisticsReducer) {
-        let (x, y) = splits.train.dataset.batch(splits.train.rows(splits.steps.samples(epoch: 0, step: 0).local), as: Float.self)
-        classifier.initializeFromData(Batch(inputs: x, labels: y), reduce: reduce)
+        predictor.initializeFromData(batch(splits.train, splits.steps.samples(epoch: 0, step: 0).local), reduce: reduce)
     }
 
     func accumulateGradients(epoch: Int, step: Int) -> BatchStats {
         let (local, global) = splits.steps.samples(epoch: epoch, step: step)
-        let (x, y) = splits.train.dataset.batch(splits.train.rows(local), as: Float.self)
-        return classifier.accumulateGradients(Batch(inputs: x, labels: y), scale: 1 / Float(global))
+        return predictor.accumulateGradients(batch(splits.train, local), scale: 1 / Float(global))
     }
 
     func evaluate() -> EvaluationReport {
-        let stats = splits.evaluate(inBatchesOf: 256) { r in
-            let (x, y) = splits.test.dataset.batch(splits.test.rows(r), as: Float.self)
-            return classifier.evaluate(Batch(inputs: x, labels: y))
-        }
-        return EvaluationReport(kind: .classification, stats: stats)
+        let stats = splits.evaluate(inBatchesOf: 256) { predictor.evaluate(batch(splits.test, $0)) }
+        return EvaluationReport(kind: regression ? .regression : .classification, stats: stats)
     }
 }
 
@@ -99,15 +128,32 @@ extension ModelFamily {
         validate: { c in
             guard let spec = c.spec else { throw ConfigError(message: "--model spec needs a spec: --model FILE.yaml") }
             _ = try spec.classes()
+            let o = c.optimizer
+            if let i = spec.layers.firstIndex(where: { $0.sparse == true }),
+                !(o.kind == .adagrad || (o.kind == .sgd && o.momentum == 0 && o.weightDecay == 0))
+            {
+                throw ConfigError(
+                    message:
+                        "model spec \(spec.name): layer \(i) (embedding) has row-sparse gradients (sparse: true): use --optimizer adagrad, or sgd without momentum and weight decay"
+                )
+            }
         },
         make: { c, shard, _, source, rng in
             guard let spec = c.spec else { throw ConfigError(message: "--model spec needs a spec: --model FILE.yaml") }
             if c.data.hasPrefix("npz:") {
-                return try SpecClassification<ArrayDataset>(
+                return try SpecTraining<ArrayDataset>(
                     c, spec: spec, shard: shard, source: source, files: { try DataSource.arrays(c) }, rng: &rng)
             }
             guard c.testData == nil else { throw DataError.unknownSource("--test-data goes with --data npz:FILE") }
-            return try SpecClassification<ImageDataset>(
+            if c.data.hasPrefix("csv:") {
+                return try SpecTraining<TabularDataset>(
+                    c, spec: spec, shard: shard, source: source,
+                    files: {
+                        let (train, test) = try DataSource.tabular(c.data, schema: DataSource.schema(c), seed: c.seed)
+                        return (train.prefix(c.trainLimit), test.prefix(c.testLimit))
+                    }, rng: &rng)
+            }
+            return try SpecTraining<ImageDataset>(
                 c, spec: spec, shard: shard, source: source,
                 files: {
                     (

@@ -123,6 +123,12 @@ final class ClickPrediction: ShuffledWorkload {
                 train: SplitSamples(files: train.prefix(config.trainLimit), split: .train),
                 test: SplitSamples(files: test.prefix(config.testLimit), split: .test), config: config, shard: shard)
         }
+        guard splits.train.dataset.target == nil else {
+            throw ConfigError(
+                message:
+                    "\(config.data): wide-deep predicts a label (0 or 1); the schema names a target column: train a model spec with loss: mse"
+            )
+        }
         let train = splits.train.dataset, o = config.wideDeep
         wideDeep = WideDeep(
             WideDeepShape(

@@ -1876,7 +1876,7 @@ const ProtobufCMessageDescriptor tether__v1__trace_span__descriptor =
   (ProtobufCMessageInit) tether__v1__trace_span__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tether__v1__eval_report__field_descriptors[6] =
+static const ProtobufCFieldDescriptor tether__v1__eval_report__field_descriptors[8] =
 {
   {
     "epoch",
@@ -1950,19 +1950,45 @@ static const ProtobufCFieldDescriptor tether__v1__eval_report__field_descriptors
     0 | PROTOBUF_C_FIELD_FLAG_PACKED,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "squared_error_sum",
+    7,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_DOUBLE,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__EvalReport, squared_error_sum),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
+  {
+    "absolute_error_sum",
+    8,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_DOUBLE,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__EvalReport, absolute_error_sum),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tether__v1__eval_report__field_indices_by_name[] = {
+  7,   /* field[7] = absolute_error_sum */
   3,   /* field[3] = correct */
   2,   /* field[2] = count */
   0,   /* field[0] = epoch */
   5,   /* field[5] = labels */
   1,   /* field[1] = loss_sum */
   4,   /* field[4] = scores */
+  6,   /* field[6] = squared_error_sum */
 };
 static const ProtobufCIntRange tether__v1__eval_report__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 6 }
+  { 0, 8 }
 };
 const ProtobufCMessageDescriptor tether__v1__eval_report__descriptor =
 {
@@ -1972,7 +1998,7 @@ const ProtobufCMessageDescriptor tether__v1__eval_report__descriptor =
   "Tether__V1__EvalReport",
   "tether.v1",
   sizeof(Tether__V1__EvalReport),
-  6,
+  8,
   tether__v1__eval_report__field_descriptors,
   tether__v1__eval_report__field_indices_by_name,
   1,  tether__v1__eval_report__number_ranges,

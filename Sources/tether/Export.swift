@@ -50,6 +50,15 @@ enum PyTorchModule {
         return (name.first?.isLetter == true ? name : "Spec" + name) + "Net"
     }
 
+    static func inputNote(_ spec: ModelSpec) -> String {
+        if let t = spec.table {
+            return "(B, \(t.categorical + t.numeric)): \(t.categorical) categorical columns as their values' FNV-1a hashes & 0xFFFFFF, "
+                + "then \(t.numeric) numbers standardized with the training split's mean and deviation"
+        }
+        return spec.input.count == 3
+            ? "(B, \(spec.input.map(String.init).joined(separator: ", "))) images" : "(B, \(spec.input[0])) features"
+    }
+
     static func source(_ spec: ModelSpec) throws -> String {
         let shapes = try spec.shapes()
         var before = try spec.inputShape()
@@ -57,6 +66,8 @@ enum PyTorchModule {
         for (layer, after) in zip(spec.layers, shapes) {
             let entry: String
             switch (layer.kind, before) {
+            case (.embedding, .table(let f, _)):
+                entry = "TableEmbedding(\(f), \(layer.buckets ?? 1000), \(layer.out!))"
             case (.dense, .features(let f)):
                 entry = wrap("nn.Linear(\(f), \(layer.out!), bias=\(py(layer.bias ?? true)))", layer.weightNorm ?? false)
             case (.conv2d, .image(let c, _, _)):
@@ -88,7 +99,7 @@ enum PyTorchModule {
             # parameters are Tether's (layers.<index>.weight, weight_g/weight_v where weight-normalized),
             # so a Tether checkpoint loads into it:
             #     model = load_tether("runs/x/checkpoint.safetensors"); model.eval()
-            # Input: \(spec.input.count == 3 ? "(B, \(spec.input.map(String.init).joined(separator: ", "))) images" : "(B, \(spec.input[0])) features").
+            # Input: \(inputNote(spec)).
             import warnings
 
             import torch
@@ -114,6 +125,21 @@ enum PyTorchModule {
                     else:
                         mean = self.running_mean
                     return x - mean.view(shape) + self.bias.view(shape)
+
+
+            class TableEmbedding(nn.Module):
+                \"\"\"A table's F categorical columns through one embedding each, beside its numbers: x (B, F + M)
+                holds each value's hash cut to 24 bits, then the numbers; field f's bucket r is row f*R + r.\"\"\"
+
+                def __init__(self, fields, buckets, width):
+                    super().__init__()
+                    self.fields, self.buckets = fields, buckets
+                    self.weight = nn.Parameter(torch.randn(fields * buckets, width))
+                    self.register_buffer("offsets", torch.arange(fields) * buckets, persistent=False)
+
+                def forward(self, x):
+                    ids = x[:, : self.fields].long() % self.buckets + self.offsets
+                    return torch.cat([nn.functional.embedding(ids, self.weight).flatten(1), x[:, self.fields :]], dim=1)
 
 
             def weight_norm(module):

@@ -54,6 +54,7 @@ struct OutputOptions: ParsableArguments {
             (summary.test_accuracy, summary.test_loss, summary.test_perplexity, summary.test_auc) = (
                 e.test_accuracy, e.test_loss, e.test_perplexity, e.test_auc
             )
+            (summary.test_rmse, summary.test_mae) = (e.test_rmse, e.test_mae)
             summary.loss = e.loss
         }
         var object = try JSONSerialization.jsonObject(with: MetricsLog.encode(summary)) as! [String: Any]
@@ -93,7 +94,7 @@ struct Models: ParsableCommand {
                 var before = try s.inputShape()
                 print("\(s.name): input \(before), loss \(s.loss.rawValue)")
                 for (i, (layer, after)) in zip(s.layers, shapes).enumerated() {
-                    let one = ModelSpec(name: s.name, input: Self.dims(before), layers: [layer], loss: s.loss)
+                    let one = ModelSpec(name: s.name, input: Self.dims(before), table: Self.table(before), layers: [layer], loss: s.loss)
                     let parameters = (try? one.parameterCount()) ?? 0
                     let line = ModelSpecFile.yaml(one).split(separator: "\n").first { $0.hasPrefix("  - ") }.map { $0.dropFirst(4) } ?? ""
                     print(
@@ -102,7 +103,9 @@ struct Models: ParsableCommand {
                             + " -> \(after)" + (parameters > 0 ? ", \(parameters.formatted()) parameters" : ""))
                     before = after
                 }
-                print("\((try s.parameterCount()).formatted()) parameters; \(try s.classes()) classes")
+                print(
+                    "\((try s.parameterCount()).formatted()) parameters; "
+                        + (s.loss.isRegression ? ProgressDisplay.count(try s.classes(), "target") : "\(try s.classes()) classes"))
             } catch { exitWithError(error) }
         }
 
@@ -110,7 +113,13 @@ struct Models: ParsableCommand {
             switch s {
             case .image(let c, let h, let w): [c, h, w]
             case .features(let f): [f]
+            case .table: []
             }
+        }
+
+        static func table(_ s: SpecShape) -> ModelSpec.TableColumns? {
+            guard case .table(let f, let m) = s else { return nil }
+            return ModelSpec.TableColumns(categorical: f, numeric: m)
         }
     }
 

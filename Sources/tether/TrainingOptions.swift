@@ -94,9 +94,10 @@ struct TrainingOptions: ParsableArguments {
                     ("--buckets", buckets != nil), ("--wide-buckets", wideBuckets != nil), ("--embedding", embedding != nil),
                     ("--hidden", hidden != nil), ("--parts", parts != nil), ("--ftrl-alpha", ftrlAlpha != nil),
                     ("--ftrl-l1", ftrlL1 != nil),
-                    ("--ftrl-l2", ftrlL2 != nil), ("--schema", schema != nil)
+                    ("--ftrl-l2", ftrlL2 != nil)
                 ]
             ),
+            (["wide-deep", "spec"], "csv: data (wide-deep, or a model spec with a table input)", [("--schema", schema != nil)]),
             (["spec"], "a model spec (--model FILE.yaml)", [("--test-data", testData != nil)])
         ]
         for (models, what, given) in byModel where !models.contains(c.model) {

@@ -695,6 +695,68 @@ let kubernetesTypesInstalled =
             wrong.status == 1 && wrong.stderr.contains("its input is (3, 12, 12), the data's samples are [1, 28, 28]"), "\(wrong.stderr)")
     }
 
+    /// A regression on a table of your own: a CSV with numbers, categories and a price to predict, a
+    /// spec whose embedding takes the categories and whose MLP gives one value with mse, trained by two
+    /// worker processes on served rows; eval reports RMSE and MAE from the checkpoint alone (it carries
+    /// the spec and the schema), and the report plots the RMSE.
+    @Test func aSpecRegressesACSVTargetThroughACluster() throws {
+        let dir = CLI.tempDir("spec-csv")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        // price = 0.05 area + 0.8 rooms + a city's and a kind's effect + noise of deviation 0.3
+        var rng = SystemRandomNumberGenerator()
+        let cities = ["oslo": 3.0, "lima": -2, "kyiv": 0.5, "pune": -1, "rome": 2], kinds = ["flat": 0.0, "house": 4, "loft": 2]
+        var csv = "area,rooms,city,kind,price\n", prices: [Double] = []
+        for _ in 0..<3000 {
+            let area = Double.random(in: 20...200, using: &rng), rooms = Int.random(in: 1...6, using: &rng)
+            let city = cities.randomElement(using: &rng)!, kind = kinds.randomElement(using: &rng)!
+            let noise =
+                0.3 * (-2 * log(Double.random(in: 1e-12...1, using: &rng))).squareRoot()
+                * cos(2 * .pi * Double.random(in: 0...1, using: &rng))
+            let price = 0.05 * area + 0.8 * Double(rooms) + city.value + kind.value + noise
+            prices.append(price)
+            csv += "\(area),\(rooms),\(city.key),\(kind.key),\(price)\n"
+        }
+        try csv.write(to: dir.appendingPathComponent("homes.csv"), atomically: true, encoding: .utf8)
+        try "columns area, rooms, city, kind, price\nheader yes\ncategorical city, kind\nnumeric area, rooms\ntarget price\n".write(
+            to: dir.appendingPathComponent("homes.schema"), atomically: true, encoding: .utf8)
+        try """
+        input: {categorical: 2, numeric: 2}
+        layers:
+          - embedding: {out: 4, buckets: 64}
+          - dense: 32
+          - relu
+          - dense: 1
+        loss: mse
+        """.write(to: dir.appendingPathComponent("homes.yaml"), atomically: true, encoding: .utf8)
+        let run = try CLI.run(
+            [
+                "simulate", "--workers", "2", "--model", "homes.yaml", "--data", "csv:homes.csv", "--schema", "homes.schema",
+                "--serve-data",
+                "--batch", "16", "--epochs", "6", "--lr", "0.01", "--run-dir", "run"
+            ], timeout: 240, in: dir)
+        #expect(run.status == 0 && run.stdout.contains("test RMSE"), "\(run.stdout)\(run.stderr)")
+        try FileManager.default.removeItem(at: dir.appendingPathComponent("homes.schema"))
+        let eval = try CLI.run(["eval", "--checkpoint", dir.appendingPathComponent("run/checkpoint.safetensors").path, "--json"])
+        let figures = (try? JSONSerialization.jsonObject(with: Data(eval.stdout.utf8)) as? [String: Any]) ?? [:]
+        let (rmse, mae) = (figures["test_rmse"] as? Double ?? .nan, figures["test_mae"] as? Double ?? .nan)
+        // predicting the mean scores the prices' deviation (about 3.3); the noise's is 0.3
+        let mean = prices.reduce(0, +) / Double(prices.count)
+        let deviation = (prices.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(prices.count)).squareRoot()
+        #expect(eval.status == 0 && rmse < 0.6 && rmse > 0.2 && mae < rmse && rmse < deviation / 5, "\(eval.stdout)\(eval.stderr)")
+        #expect(abs((figures["test_loss"] as? Double ?? .nan) - rmse * rmse) < 1e-6, "mse is the squared RMSE: \(eval.stdout)")
+        // the cluster's last evaluation (its shards' errors merged by the coordinator) is eval's
+        let events = try String(contentsOf: dir.appendingPathComponent("run/metrics.jsonl"), encoding: .utf8).split(separator: "\n")
+            .compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        let last = events.last { $0["test_rmse"] != nil } ?? [:]
+        for (key, value) in [("test_rmse", rmse), ("test_mae", mae)] {
+            #expect(abs((last[key] as? Double ?? .nan) - value) < 1e-5 * value, "\(key): cluster \(last[key] ?? "none"), eval \(value)")
+        }
+        let report = try CLI.run(["report", dir.appendingPathComponent("run").path])
+        let html = (try? String(contentsOf: dir.appendingPathComponent("run/report.html"), encoding: .utf8)) ?? ""
+        #expect(report.status == 0 && html.contains("Held-out RMSE") && html.contains("MAE"), "\(report.stderr)")
+    }
+
     /// The tests' Python (the venv scripts/install-deps --test makes) when it has PyTorch, NumPy and
     /// safetensors; nil (the check skipped, saying why) when not.
     static let torchPython: String? = {

@@ -43,8 +43,17 @@ import TetherNN
         ("input: [4]\nlayers: [relu: 3]\n", "layer 0 (relu): takes no settings"),
         ("input: [4]\nlayers: [lstm]\n", "lstm is not built for specs yet"),
         (
-            "input: [4]\nlayers: [dense: 3]\nloss: mse\n",
-            "loss mse is not one of cross-entropy, binary-cross-entropy (mse is not built yet)"
+            "input: [4]\nlayers: [dense: 3]\nloss: mae\n",
+            "loss mae is not one of cross-entropy, binary-cross-entropy, mse, l1 (did you mean mse?)"
+        ),
+        ("input: {categorical: 2, numric: 1}\nlayers: [dense: 3]\n", #"input: a table has no "numric" (did you mean numeric?)"#),
+        (
+            "input: {categorical: 2, numeric: 1}\nlayers: [dense: 3]\nloss: mse\n",
+            "layer 0 (dense) gets a table of 2 categorical and 1 numeric columns: a table's categorical columns go through an embedding first"
+        ),
+        (
+            "input: {categorical: 2, numeric: 1}\nlayers: [{embedding: {out: 4, bukets: 10}}]\n",
+            #"layer 0 (embedding): no setting "bukets" (did you mean buckets?); it takes out, buckets, sparse"#
         ),
         (
             "input: [4]\nlayers: [dense: 3]\nloss: binary-cross-entropy\n",
@@ -58,6 +67,25 @@ import TetherNN
     }
 
     /// The specs built into the binary are the files in models/, and each reads.
+    /// A table's spec (an embedding's settings, a regression loss) written as YAML reads back the same.
+    @Test func aTableSpecReadsBackFromItsYAML() throws {
+        let text = """
+            input: {categorical: 3, numeric: 2}
+            layers:
+              - embedding: {out: 8, buckets: 500, sparse: true}
+              - dense: {out: 16, weight-norm: true}
+              - relu
+              - dense: 2
+            loss: l1
+            """
+        let spec = try ModelSpecFile.parse(text, name: "t", source: "t.yaml")
+        #expect(spec.table == ModelSpec.TableColumns(categorical: 3, numeric: 2) && spec.input.isEmpty && spec.loss == .l1)
+        #expect(
+            spec.layers[0].kind == .embedding && spec.layers[0].out == 8 && spec.layers[0].buckets == 500 && spec.layers[0].sparse == true)
+        #expect(try spec.shapes().first == .features(3 * 8 + 2) && spec.classes() == 2)
+        #expect(try ModelSpecFile.parse(ModelSpecFile.yaml(spec), name: "t", source: "again") == spec)
+    }
+
     @Test func theShippedSpecsAreTheFilesInModels() throws {
         let models = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
             .appendingPathComponent("models")

@@ -126,12 +126,23 @@ import TetherTensor
         #expect(try spec.classes() == 2)
         var layout = ArenaLayout(), rng = RNG(seed: 3)
         let network = try spec.network(&layout, as: Double.self)
-        let model = Classifier(kind: "spec", layout: layout, network: network, binary: true, rng: &rng)
+        let model = Predictor(kind: "spec", layout: layout, network: network, objective: .binary, rng: &rng)
         #expect(model.arena.count == 5 * 4 + 4 + 4 + 4 + 1)
         let batch = Batch(inputs: Tensor(shape: [4, 5], scalars: (0..<20).map { _ in rng.nextNormal() }), labels: [0, 1, 1, 0])
         for i in 0..<model.arena.count { model.arena.values[i] += 0.2 * rng.nextNormal() }
+        let worst = Self.worstGradientError(model, batch)
+        #expect(worst < tolerance, "worst relative error \(worst)")
+    }
+
+    /// The largest relative error of the model's gradient of its mean loss on `batch` (dense and
+    /// row-sparse) against central differences, over every parameter.
+    static func worstGradientError(_ model: Predictor<Double>, _ batch: Batch<Double>) -> Double {
         model.arena.zeroGrads()
-        _ = model.accumulateGradients(batch, scale: 1.0 / 4)
+        _ = model.accumulateGradients(batch, scale: 1.0 / Double(batch.count))
+        var analytic = Array(UnsafeBufferPointer(start: model.arena.grads, count: model.arena.count))
+        analytic.withUnsafeMutableBufferPointer { p in
+            for s in model.sparseGradients { s.addDense(into: p.baseAddress! + s.slot.offset); s.clear() }
+        }
         var worst = 0.0
         for i in 0..<model.arena.count {
             let old = model.arena.values[i], h = 1e-5
@@ -139,9 +150,72 @@ import TetherTensor
             model.arena.values[i] = old - h; let lm = model.evaluate(batch).meanLoss
             model.arena.values[i] = old
             let numeric = (lp - lm) / (2 * h)
-            worst = max(worst, abs(model.arena.grads[i] - numeric) / max(1, abs(numeric)))
+            worst = max(worst, abs(analytic[i] - numeric) / max(1, abs(numeric)))
         }
+        return worst
+    }
+
+    /// A table through an embedding (dense and row-sparse gradients) into an MLP with two outputs,
+    /// trained with mse and with l1: the gradients of the mean loss against central differences, and
+    /// the summed errors the report turns into RMSE and MAE against a direct computation.
+    @Test(arguments: [(ModelSpec.Loss.mse, false), (.l1, true), (.mse, true)])
+    func regressionOnATableHasTheGradientsOfItsLoss(loss: ModelSpec.Loss, sparse: Bool) throws {
+        let spec = ModelSpec(
+            name: "r", input: [], table: .init(categorical: 3, numeric: 2),
+            layers: [
+                Self.layer(.embedding) { ($0.out, $0.buckets, $0.sparse) = (2, 5, sparse) },  // (3*2 + 2)
+                Self.layer(.dense) { ($0.out, $0.weightNorm) = (4, true) }, Self.layer(.tanh), Self.layer(.dense) { $0.out = 2 }
+            ], loss: loss)
+        #expect(try spec.shapes() == [.features(8), .features(4), .features(4), .features(2)])
+        #expect(try spec.classes() == 2 && spec.parameterCount() == 3 * 5 * 2 + 8 * 4 + 4 + 4 + 4 * 2 + 2)
+        var layout = ArenaLayout(), rng = RNG(seed: 5)
+        let network = try spec.network(&layout, as: Double.self)
+        let model = Predictor(kind: "spec", layout: layout, network: network, objective: spec.objective, rng: &rng)
+        #expect(model.arena.count == (try spec.parameterCount()) && model.sparseGradients.count == (sparse ? 1 : 0))
+        // hashes (as the data gives them: whole numbers below 2^24; 7 and 12 share field 0's bucket 2), numbers
+        let rows: [[Double]] = [[7, 9, 1, 0.5, -1], [12, 3, 1, 1.5, 0.2], [4, 9, 16_777_215, -0.3, 0.8], [0, 0, 2, 0, 0]]
+        let x = Tensor(shape: [4, 5], scalars: rows.flatMap { $0 })
+        let targets = Tensor(shape: [4, 2], scalars: (0..<8).map { _ in 2 * rng.nextNormal() })
+        let batch = Batch(inputs: x, targets: targets)
+        for i in 0..<model.arena.count { model.arena.values[i] += 0.2 * rng.nextNormal() }
+        let worst = Self.worstGradientError(model, batch)
         #expect(worst < tolerance, "worst relative error \(worst)")
+        // field f's value h is row f*5 + h mod 5 of the table: row 0 takes rows 2, 9 and 11
+        let embedded = model.network.layers[0].forward(x, model.context), table = model.arena.values
+        for (column, row) in [(0, 2), (2, 9), (4, 11)] {
+            #expect(embedded.scalars[column] == table[2 * row] && embedded.scalars[column + 1] == table[2 * row + 1], "column \(column)")
+        }
+        #expect(Array(embedded.scalars[6..<8]) == [0.5, -1])
+        let stats = model.evaluate(batch)
+        let y = model.network.forward(x, model.context)
+        var squared = 0.0, absolute = 0.0
+        for r in 0..<4 {
+            let e0: Double = y.scalars[2 * r] - targets.scalars[2 * r], e1: Double = y.scalars[2 * r + 1] - targets.scalars[2 * r + 1]
+            squared += (e0 * e0 + e1 * e1) / 2
+            absolute += (abs(e0) + abs(e1)) / 2
+        }
+        #expect(abs(stats.squaredError - squared) < 1e-12 && abs(stats.absoluteError - absolute) < 1e-12)
+        #expect(abs(stats.lossSum - (loss == .mse ? squared : absolute)) < 1e-12)
+        #expect(abs(stats.rootMeanSquaredError - (squared / 4).squareRoot()) < 1e-12)
+    }
+
+    @Test func aTableInputNeedsAnEmbeddingFirst() throws {
+        let dense = ModelSpec(
+            name: "t", input: [], table: .init(categorical: 2, numeric: 1), layers: [Self.layer(.dense) { $0.out = 1 }], loss: .mse)
+        do { _ = try dense.shapes(); Issue.record("a dense layer on a table was taken") } catch {
+            #expect(
+                "\(error)".contains(
+                    "layer 0 (dense) gets a table of 2 categorical and 1 numeric columns: a table's categorical columns go through an embedding first"
+                ))
+        }
+        let late = ModelSpec(name: "t", input: [4], layers: [Self.layer(.embedding) { $0.out = 2 }], loss: .mse)
+        do { _ = try late.shapes(); Issue.record("an embedding on features was taken") } catch {
+            #expect("\(error)".contains("embedding is a table input's first layer"), "\(error)")
+        }
+        // numbers only: the table is features
+        let numbers = ModelSpec(
+            name: "n", input: [], table: .init(categorical: 0, numeric: 3), layers: [Self.layer(.dense) { $0.out = 1 }], loss: .l1)
+        #expect(try numbers.shapes() == [.features(1)])
     }
 
     /// The whole spec network, as the Sequential it builds (dropout's mask and batch statistics the same

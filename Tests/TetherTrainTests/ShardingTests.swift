@@ -72,16 +72,32 @@ import TetherNN
 
     /// The sum of N shards' gradients (each scaled by 1 / the global count) equals the gradient of one
     /// process whose batch is the union: the arithmetic the cluster's all-reduce relies on.
-    @Test(arguments: ["lm-tied", "wide-deep"])
+    @Test(arguments: ["lm-tied", "wide-deep", "spec"])
     func shardsSumToTheWholeBatchGradient(model: String) throws {
         let corpus = try writeToyCorpus()
         defer { try? FileManager.default.removeItem(at: corpus) }
-        var c = model == "lm-tied" ? languageConfig(corpus: corpus) : TrainingConfig.defaults(for: "wide-deep")
+        var c = model == "lm-tied" ? languageConfig(corpus: corpus) : TrainingConfig.defaults(for: model)
         c.language.dropout = 0  // dropout masks are drawn per process; the cluster's equivalence test covers them
         if model == "wide-deep" {
             c.data = "synthetic-clicks:600"
             c.wideDeep.buckets = 100; c.wideDeep.wideBuckets = 1 << 10; c.wideDeep.hidden = [8]
             c.batch = 17
+        }
+        if model == "spec" {
+            // a table's categories through a row-sparse embedding, its numbers beside them, to a regression
+            var csv = ""
+            for i in 0..<300 {
+                csv += "\(["a", "b", "c", "d"][i % 4]),\(["x", "y"][i % 7 % 2]),\(Double(i % 13) / 3),\(Double(i % 11) - 5)\n"
+            }
+            try csv.write(to: corpus.appendingPathComponent("t.csv"), atomically: true, encoding: .utf8)
+            c.data = "csv:" + corpus.appendingPathComponent("t.csv").path
+            c.schemaText = "columns p, q, n, y\ncategorical p, q\nnumeric n\ntarget y\n"
+            var embedding = LayerSpec(.embedding), hidden = LayerSpec(.dense), out = LayerSpec(.dense)
+            (embedding.out, embedding.buckets, embedding.sparse, hidden.out, hidden.weightNorm, out.out) = (3, 8, true, 5, true, 1)
+            c.spec = ModelSpec(
+                name: "t", input: [], table: .init(categorical: 2, numeric: 1), layers: [embedding, hidden, LayerSpec(.tanh), out],
+                loss: .mse)
+            c.batch = 9
         }
         let whole = try Workloads.make(
             {

@@ -79,6 +79,12 @@ public enum RunReport {
                     .init(
                         name: name(i, "held-out AUC"), points: evals.compactMap { e in e.test_auc.map { (Double(e.step), $0) } },
                         color: color(i, 2), dots: true))
+            } else if evals.contains(where: { $0.test_rmse != nil }) {
+                metricName = "RMSE"
+                metric.append(
+                    .init(
+                        name: name(i, "held-out RMSE"), points: evals.compactMap { e in e.test_rmse.map { (Double(e.step), $0) } },
+                        color: color(i, 2), dots: true))
             } else if evals.contains(where: { $0.test_perplexity != nil }) {
                 metricName = "perplexity"
                 metric.append(
@@ -282,7 +288,8 @@ public enum RunReport {
             if let e = lastEval {
                 let metric =
                     e.test_accuracy.map { String(format: "%.2f%% accuracy", $0 * 100) } ?? e.test_auc.map { String(format: "AUC %.4f", $0) }
-                    ?? e.test_perplexity.map { String(format: "perplexity %.2f", $0) } ?? ""
+                    ?? e.test_perplexity.map { String(format: "perplexity %.2f", $0) }
+                    ?? e.test_rmse.map { String(format: "RMSE %.4f, MAE %.4f", $0, e.test_mae ?? .nan) } ?? ""
                 rows.append(
                     ("last evaluation", "step \(e.step): \(metric)" + (e.test_loss.map { String(format: ", loss %.4f", $0) } ?? "")))
             }

@@ -435,10 +435,15 @@ struct  Tether__V1__EvalReport
   float *scores;
   size_t n_labels;
   int32_t *labels;
+  /*
+   * regression: summed per-sample mean squared and absolute errors
+   */
+  double squared_error_sum;
+  double absolute_error_sum;
 };
 #define TETHER__V1__EVAL_REPORT__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tether__v1__eval_report__descriptor) \
-    , 0, 0, 0, 0, 0,NULL, 0,NULL }
+    , 0, 0, 0, 0, 0,NULL, 0,NULL, 0, 0 }
 
 
 /*
