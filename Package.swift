@@ -3,7 +3,8 @@ import PackageDescription
 
 // Module graph (one way only):
 //   CBLAS, CTetherKernels -> TetherTensor -> TetherNN ---\
-//   CZlib -> TetherData -----------------> TetherTrain -> tether    (TetherTrain also: TetherWire, for TensorBoard files)
+//   CZlib -> TetherData -----------------> TetherTrain -> tether    (TetherTrain also: TetherWire, for TensorBoard files,
+//   TetherNN + Yams -> TetherJobFile ----/                            and TetherJobFile, for the shipped model specs)
 //   CProtobufC -> TetherWire -> TetherComm -/   (TetherComm also: CZeroMQ, CXXHash, CTetherKernels)
 //   TetherTrain + TetherComm -> TetherCluster (coordinator, workers) -> tether
 let package = Package(
@@ -38,14 +39,14 @@ let package = Package(
             dependencies: [
                 "TetherWire", "CZeroMQ", "CProtobufC", "CXXHash", "CTetherKernels", .product(name: "Logging", package: "swift-log")
             ]),
-        .target(name: "TetherTrain", dependencies: ["TetherTensor", "TetherNN", "TetherData", "TetherWire", "CXXHash"]),
+        .target(name: "TetherTrain", dependencies: ["TetherTensor", "TetherNN", "TetherData", "TetherJobFile", "TetherWire", "CXXHash"]),
         .target(
             name: "TetherCluster",
             dependencies: [
                 "TetherTrain", "TetherComm", "TetherNN", "TetherData", "TetherTensor", "CXXHash", "CTetherKernels",
                 .product(name: "Logging", package: "swift-log")
             ]),
-        .target(name: "TetherJobFile", dependencies: ["TetherNN", .product(name: "Yams", package: "Yams")]),
+        .target(name: "TetherJobFile", dependencies: ["TetherNN", "TetherTensor", .product(name: "Yams", package: "Yams")]),
         // The fuzz targets (bench/fuzz runs them under libFuzzer; the tests run each briefly).
         .target(
             name: "TetherFuzz", dependencies: ["TetherComm", "TetherData", "TetherNN", "TetherTrain", "TetherCluster", "TetherJobFile"]),
@@ -58,7 +59,7 @@ let package = Package(
             ]),
 
         .testTarget(name: "TetherTensorTests", dependencies: ["TetherTensor"]),
-        .testTarget(name: "TetherNNTests", dependencies: ["TetherNN", "TetherTensor"]),
+        .testTarget(name: "TetherNNTests", dependencies: ["TetherNN", "TetherTensor", "TetherJobFile"]),
         .testTarget(name: "TetherDataTests", dependencies: ["TetherData", "TetherTensor", "CZlib"]),
         .testTarget(
             name: "TetherCommTests",
@@ -66,7 +67,7 @@ let package = Package(
         .testTarget(name: "TetherTrainTests", dependencies: ["TetherTrain", "TetherNN", "TetherData", "TetherTensor"]),
         .testTarget(
             name: "TetherClusterTests",
-            dependencies: ["TetherCluster", "TetherComm", "TetherData", "TetherTrain", "TetherNN", "TetherTensor"]),
+            dependencies: ["TetherCluster", "TetherComm", "TetherData", "TetherTrain", "TetherNN", "TetherTensor", "TetherJobFile"]),
         .testTarget(name: "TetherJobFileTests", dependencies: ["TetherJobFile", "TetherNN"]),
         .testTarget(name: "TetherFuzzTests", dependencies: ["TetherFuzz", "TetherComm", "TetherTrain"]),
         .testTarget(

@@ -1,3 +1,4 @@
+import TetherJobFile
 import Foundation
 import TetherComm
 import TetherData
@@ -61,7 +62,7 @@ extension FuzzTarget {
     static let checkpoint: [UInt8] = {
         let config = TrainingConfig.defaults(for: "mlp")
         var rng = RNG(seed: 1)
-        let model = ImageModels.make("mlp", height: 2, width: 2, classes: 3, rng: &rng, as: Float.self)!
+        let model = try! ShippedSpecs.predictor("mlp", height: 2, width: 2, classes: 3, rng: &rng, as: Float.self)!
         let optimizer = try! Optimizer<Float>(config.optimizer, layout: model.arena.layout, ftrlParameters: model.ftrlParameters)
         let file = Checkpoint.file(model: model, optimizer: optimizer, config: config, state: TrainingState(rng: model.context.rng))
         return [UInt8](Safetensors.encode(file))

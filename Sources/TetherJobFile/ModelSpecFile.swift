@@ -101,6 +101,10 @@ public enum ModelSpecFile {
             case "mean-only": layer.meanOnly = try bool()
             case "buckets": layer.buckets = try int()
             case "sparse": layer.sparse = try bool()
+            case "tie":
+                let name = v.string.flatMap { $0.hasPrefix("layers.") ? Int($0.dropFirst(7)) : nil }
+                guard let t = v.int ?? name else { throw fail("tie names an earlier layer: tie: 0, or tie: layers.0") }
+                layer.tie = t
             case "shape":
                 guard let list = v.sequence?.compactMap(\.int), list.count == v.sequence?.count else {
                     throw fail("shape must be a list of sizes")
@@ -165,24 +169,28 @@ public enum ModelSpecFile {
                     ?? "[\(spec.input.map(String.init).joined(separator: ", "))]"),
             "\(pad)layers:"
         ]
-        for l in spec.layers {
-            var settings: [String] = []
-            func put(_ key: String, _ v: Any?) { if let v { settings.append("\(key): \(v)") } }
-            put("out", l.out)
-            put("kernel", l.kernel)
-            put("stride", l.stride)
-            put("padding", l.padding)
-            put("bias", l.bias)
-            put("weight-norm", l.weightNorm)
-            put("rate", l.rate)
-            put("slope", l.slope)
-            put("mean-only", l.meanOnly)
-            put("buckets", l.buckets)
-            put("sparse", l.sparse)
-            put("shape", l.shape.map { "[" + $0.map(String.init).joined(separator: ", ") + "]" })
-            lines.append("\(pad)  - " + l.kind.rawValue + (settings.isEmpty ? "" : ": {" + settings.joined(separator: ", ") + "}"))
-        }
+        for l in spec.layers { lines.append("\(pad)  - " + yaml(l)) }
         lines.append("\(pad)loss: \(spec.loss.rawValue)")
         return lines.joined(separator: "\n") + "\n"
+    }
+
+    /// A layer as its kind alone, or its kind with a flow mapping of the settings it has.
+    public static func yaml(_ l: LayerSpec) -> String {
+        var settings: [String] = []
+        func put(_ key: String, _ v: Any?) { if let v { settings.append("\(key): \(v)") } }
+        put("out", l.out)
+        put("kernel", l.kernel)
+        put("stride", l.stride)
+        put("padding", l.padding)
+        put("bias", l.bias)
+        put("weight-norm", l.weightNorm)
+        put("rate", l.rate)
+        put("slope", l.slope)
+        put("mean-only", l.meanOnly)
+        put("buckets", l.buckets)
+        put("sparse", l.sparse)
+        put("tie", l.tie)
+        put("shape", l.shape.map { "[" + $0.map(String.init).joined(separator: ", ") + "]" })
+        return l.kind.rawValue + (settings.isEmpty ? "" : ": {" + settings.joined(separator: ", ") + "}")
     }
 }

@@ -1,4 +1,5 @@
 import TetherNN
+import TetherTensor
 
 /// The model specs shipped in the repository's models/ folder, also built into the binary so that an
 /// installed `tether` has them wherever it runs (`tether models show mlp-wn`). A test checks that each
@@ -50,5 +51,16 @@ public enum ShippedSpecs {
     /// The shipped spec `name`, parsed (nil for a name none has).
     public static func spec(_ name: String) throws -> ModelSpec? {
         try text[name].map { try ModelSpecFile.parse($0 + "\n", name: name, source: "models/\(name).yaml") }
+    }
+
+    /// The image family `name`'s network (mlp, mlp-wn or cnn-wn: its shipped spec fitted to images of
+    /// height x width and `classes` classes) with parameters drawn from `rng`; nil for another name.
+    public static func predictor<T: Scalar>(
+        _ name: String, height: Int = 28, width: Int = 28, classes: Int = 10, rng: inout RNG, as: T.Type = T.self
+    ) throws -> Predictor<T>? {
+        guard let spec = try spec(name)?.forImages(height: height, width: width, classes: classes) else { return nil }
+        var layout = ArenaLayout()
+        let network = try spec.network(&layout, as: T.self)
+        return Predictor(kind: name, layout: layout, network: network, objective: spec.objective, rng: &rng)
     }
 }

@@ -50,6 +50,19 @@ public struct ModelSpec: Codable, Equatable, Sendable {
         }
     }
 
+    /// The spec fitted to (1, height, width) images of `classes` classes, as the image families fit their
+    /// shipped spec to the data: a features input becomes height x width, an unflatten to one channel
+    /// takes the new sides, and the last layer (dense) scores `classes`.
+    public func forImages(height: Int, width: Int, classes: Int) -> ModelSpec {
+        var s = self
+        if s.input.count == 1 { s.input = [height * width] }
+        for i in s.layers.indices where s.layers[i].kind == .unflatten && s.layers[i].shape?.first == 1 {
+            s.layers[i].shape = [1, height, width]
+        }
+        if let last = s.layers.indices.last, s.layers[last].kind == .dense { s.layers[last].out = classes }
+        return s
+    }
+
     /// The largest value of any size a spec gives (channels, features, kernel, image side), and the most
     /// layers: a spec arrives from a file or a coordinator, and a size within these keeps every product
     /// of them far from overflow; what they multiply to is checked against memory (`parameterCount`).
@@ -87,13 +100,17 @@ public struct LayerSpec: Codable, Equatable, Sendable {
     /// embedding: rows per categorical column (values hash into them), and whether its gradient is
     /// row-sparse (only the rows a step touched travel and update; --optimizer adagrad or plain sgd).
     public var buckets: Int?, sparse: Bool?
+    /// dense: the index of an earlier dense layer whose weight this one uses (`tie: 0`, or `tie: layers.0`):
+    /// the same (O, I) weight, or its transpose when this layer maps O features to I (a tied autoencoder's
+    /// decoder). One parameter, both uses' gradients summed into it; the bias stays this layer's own.
+    public var tie: Int?
 
     public init(_ kind: Kind) { self.kind = kind }
 
     /// The settings each kind takes, by their spec names.
     public static func settings(of kind: Kind) -> [String] {
         switch kind {
-        case .dense: ["out", "bias", "weight-norm"]
+        case .dense: ["out", "bias", "weight-norm", "tie"]
         case .conv2d: ["out", "kernel", "stride", "padding", "bias", "weight-norm"]
         case .maxPool, .avgPool: ["kernel", "stride"]
         case .leakyRelu: ["slope"]
@@ -196,6 +213,18 @@ extension ModelSpec {
                 guard f * o <= Self.largestSize * 64 else {
                     throw fail("a weight of \(o) x \(f) is more than \(Self.largestSize * 64) values")
                 }
+                if let t = layer.tie {
+                    guard (0..<i).contains(t), layers[t].kind == .dense, layers[t].tie == nil else {
+                        throw fail("tie: \(t) is not an earlier dense layer with a weight of its own")
+                    }
+                    guard layers[t].weightNorm != true, layer.weightNorm != true else {
+                        throw fail("a tied weight is a plain one: layer \(t) and this one without weight-norm")
+                    }
+                    guard layer.bias != false else { throw fail("a tied layer keeps a bias of its own (drop bias: false)") }
+                    guard case .features(let tf) = t == 0 ? try inputShape() : out[t - 1], case .features(let to) = out[t],
+                        (o, f) == (to, tf) || (o, f) == (tf, to)
+                    else { throw fail("tie: \(t): its weight is not \(o) x \(f) or its transpose") }
+                }
                 shape = .features(o)
             case .conv2d:
                 guard case .image(let c, let h, let w) = shape else { throw fail("conv2d takes an image (C, H, W)") }
@@ -256,17 +285,20 @@ extension ModelSpec {
         return k
     }
 
-    /// The parameters the spec's layers hold (weights, biases, weight-norm scales), in overflow-checked
-    /// arithmetic: what its memory estimate counts.
-    public func parameterCount() throws -> Int {
+    /// The parameters the spec's layers hold (weights, biases, weight-norm scales): what its memory
+    /// estimate counts. Every size is checked by `shapes`, so the products cannot overflow.
+    public func parameterCount() throws -> Int { try parameterCounts().reduce(0, +) }
+
+    /// Each layer's parameters (a tied layer counts its bias: the weight is its source's).
+    public func parameterCounts() throws -> [Int] {
         let shapes = try shapes()
-        var total = 0
+        var counts: [Int] = []
         var before = try inputShape()
         for (layer, after) in zip(layers, shapes) {
             var n = 0
             switch (layer.kind, before, after) {
             case (.dense, .features(let f), .features(let o)):
-                n = f * o + (layer.bias ?? true ? o : 0) + (layer.weightNorm ?? false ? o : 0)
+                n = (layer.tie == nil ? f * o : 0) + (layer.bias ?? true ? o : 0) + (layer.weightNorm ?? false ? o : 0)
             case (.conv2d, .image(let c, _, _), .image(let o, _, _)):
                 let k = layer.kernel ?? 1
                 n = o * c * k * k + (layer.bias ?? true ? o : 0) + (layer.weightNorm ?? false ? o : 0)
@@ -275,10 +307,10 @@ extension ModelSpec {
             case (.embedding, .table(let f, _), _): n = f * (layer.buckets ?? 1000) * (layer.out ?? 1)
             default: n = 0
             }
-            total += n
+            counts.append(n)
             before = after
         }
-        return total
+        return counts
     }
 
     /// The network over `layout`: its layers with PyTorch's names, the input rearranged into the conv
@@ -287,6 +319,7 @@ extension ModelSpec {
         let shapes = try shapes()
         var before = try inputShape()
         var built: [any Layer<T>] = [], prefixes: [String] = []
+        var dense: [Int: Dense<T>] = [:]  // by spec index: what a later layer may tie to
         if case .image(let c, let h, let w) = before {
             built.append(LayoutSwap<T>(toConv: true, channels: c, height: h, width: w))
             prefixes.append("input.")
@@ -299,11 +332,22 @@ extension ModelSpec {
                     TableEmbedding<T>(
                         &layout, prefix: prefix, fields: f, numeric: m, buckets: layer.buckets ?? 1000, width: layer.out!,
                         sparse: layer.sparse ?? false))
+            case (.dense, .features(let f), .features(let o)) where layer.tie != nil:
+                guard let source = dense[layer.tie!], let slot = source.weightSlot else {
+                    throw SpecError("model spec \(name): layer \(i) (dense) ties to layer \(layer.tie!), which has no plain weight")
+                }
+                if (o, f) == (source.outFeatures, source.inFeatures) {
+                    built.append(Dense<T>(&layout, prefix: prefix, sharedWeight: slot, inFeatures: f, outFeatures: o))
+                } else {
+                    built.append(
+                        TransposedDense<T>(
+                            &layout, prefix: prefix, transposing: slot, encoderIn: source.inFeatures, encoderOut: source.outFeatures))
+                }
             case (.dense, .features(let f), .features(let o)):
-                built.append(
-                    Dense<T>(
-                        &layout, prefix: prefix, inFeatures: f, outFeatures: o, bias: layer.bias ?? true,
-                        weightNorm: layer.weightNorm ?? false))
+                let d = Dense<T>(
+                    &layout, prefix: prefix, inFeatures: f, outFeatures: o, bias: layer.bias ?? true, weightNorm: layer.weightNorm ?? false)
+                dense[i] = d
+                built.append(d)
             case (.conv2d, .image(let c, _, _), .image(let o, _, _)):
                 built.append(
                     Conv2d<T>(

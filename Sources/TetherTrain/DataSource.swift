@@ -7,7 +7,7 @@ import TetherData
 /// - tables: `synthetic-clicks[:ROWS]` or `csv:PATH` with `--schema adult|FILE`.
 public enum DataSource {
     public static let help =
-        "fashion-mnist, idx:DIR, text:PATH (lm-tied), synthetic-clicks[:ROWS] or csv:PATH with --schema (wide-deep), npz:FILE (arrays x and y, a model spec)"
+        "fashion-mnist, idx:DIR, text:PATH (lm-tied), synthetic-clicks[:ROWS] (wide-deep), csv:PATH with --schema (wide-deep, or a model spec with a table input), npz:FILE (arrays x and y, a model spec)"
 
     public static func directory(for spec: String) throws -> String {
         if spec == "fashion-mnist" { return FashionMNIST.defaultDirectory }

@@ -1,4 +1,5 @@
 import TetherData
+import TetherJobFile
 import TetherNN
 import TetherTensor
 
@@ -62,15 +63,23 @@ public struct ModelFamily: Sendable {
                 make: { c, shard, _, source, rng in try ClickPrediction(c, shard: shard, source: source, rng: &rng) })
         ] + [spec]
 
+    /// The image families: each is its spec in models/ (built into the binary as `ShippedSpecs`), fitted
+    /// to the images' size and classes (Fashion-MNIST's 28x28 and 10 are the file's own).
     static let images: [ModelFamily] = [
         ("mlp", "a 784-256-256-10 ReLU MLP on images (the baseline)"),
         ("mlp-wn", "the MLP with weight normalization (Salimans & Kingma 2016)"),
         ("cnn-wn", "a weight-normalized ConvNet on images: two 5x5 conv + pool stages, dense 256")
     ].map { name, summary in
-        precondition(ImageModels.names.contains(name))
+        precondition(ShippedSpecs.text[name] != nil, "models/\(name).yaml")
         return ModelFamily(
-            name: name, summary: summary, evaluation: .classification, unit: "samples", defaults: { _ in }, validate: { _ in },
-            make: { c, shard, _, source, rng in try ImageClassification(c, shard: shard, source: source, rng: &rng) })
+            name: name, summary: summary + " (models/\(name).yaml)", evaluation: .classification, unit: "samples", defaults: { _ in },
+            validate: { _ in },
+            make: { c, shard, _, source, rng in
+                let spec = try ShippedSpecs.spec(name)!
+                return try SpecTraining<ImageDataset>(
+                    c, fit: { spec.forImages(height: $0.height, width: $0.width, classes: $0.classes) }, shard: shard, source: source,
+                    files: imageFiles(c), rng: &rng)
+            })
     }
 
     public static var names: [String] { all.map(\.name) }

@@ -134,6 +134,9 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
             func walk(_ v: Any, _ path: String) {
                 if let nested = v as? [String: Any] {
                     for (k, v2) in nested { walk(v2, path.isEmpty ? k : "\(path).\(k)") }
+                } else if let list = v as? [Any], list.contains(where: { $0 is [String: Any] }) {
+                    // a spec's layers: each a mapping, compared by field (a dictionary's description has no order)
+                    for (i, e) in list.enumerated() { walk(e, "\(path)[\(i)]") }
                 } else if let list = v as? [Any] {
                     out[path] = list.map { "\($0)" }.joined(separator: ",")
                 } else {
@@ -144,7 +147,8 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
             return out
         }
         func flag(_ field: String) -> String {
-            Self.flagOfField[field] ?? "--"
+            if field.hasPrefix("spec.") { return "--model (its spec's \(field.dropFirst(5)))" }
+            return Self.flagOfField[field] ?? "--"
                 + (field.split(separator: ".").last.map(String.init) ?? field).reduce(into: "") { out, ch in
                     if ch.isUppercase { out += "-" + ch.lowercased() } else { out.append(ch) }
                 }

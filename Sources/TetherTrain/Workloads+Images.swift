@@ -30,40 +30,6 @@ extension ShuffledSplits<ImageDataset> {
     }
 }
 
-/// Fashion-MNIST (or any IDX images) classified by mlp, mlp-wn or cnn-wn.
-final class ImageClassification: ShuffledWorkload {
-    let classifier: Predictor<Float>
-    let splits: ShuffledSplits<ImageDataset>
-    var model: any Model<Float> { classifier }
-
-    init(_ config: TrainingConfig, shard: Shard, source: SampleSource?, rng: inout RNG) throws {
-        splits = try .images(config, shard: shard, source: source)
-        let d = splits.train.dataset
-        classifier = ImageModels.make(config.model, height: d.height, width: d.width, classes: d.classes, rng: &rng, as: Float.self)!
-    }
-
-    var sizeSummary: String { "\(splits.train.count) training / \(splits.test.count) test samples" }
-
-    func initializeFromData(reduce: StatisticsReducer) {
-        let (x, y) = splits.train.batch(splits.steps.samples(epoch: 0, step: 0).local)
-        classifier.initializeFromData(Batch(inputs: x, labels: y), reduce: reduce)
-    }
-
-    func accumulateGradients(epoch: Int, step: Int) -> BatchStats {
-        let (local, global) = splits.steps.samples(epoch: epoch, step: step)
-        let (x, y) = splits.train.batch(local)
-        return classifier.accumulateGradients(Batch(inputs: x, labels: y), scale: 1 / Float(global))
-    }
-
-    func evaluate() -> EvaluationReport {
-        let stats = splits.evaluate(inBatchesOf: ShuffledSplits.evaluationBatch) { r in
-            let (x, y) = splits.test.batch(r)
-            return classifier.evaluate(Batch(inputs: x, labels: y))
-        }
-        return EvaluationReport(kind: .classification, stats: stats)
-    }
-}
-
 /// Fashion-MNIST reconstructed by the tied autoencoder.
 final class ImageReconstruction: ShuffledWorkload {
     let autoencoder: TiedAutoencoder<Float>

@@ -35,10 +35,11 @@ final class SpecTraining<Dataset: LabelledSamples>: ShuffledWorkload {
     let regression: Bool
     var model: any Model<Float> { predictor }
 
-    /// The samples come from `source` (served) or from `files` (read here).
+    /// The samples come from `source` (served) or from `files` (read here); `fit` gives the spec for the
+    /// training samples (a family's shipped spec fits itself to the images' size and classes).
     init(
-        _ config: TrainingConfig, spec: ModelSpec, shard: Shard, source: SampleSource?, files: () throws -> (Dataset, Dataset),
-        rng: inout RNG
+        _ config: TrainingConfig, fit: (Dataset) throws -> ModelSpec, shard: Shard, source: SampleSource?,
+        files: () throws -> (Dataset, Dataset), rng: inout RNG
     ) throws {
         let train: SplitSamples<Dataset>, test: SplitSamples<Dataset>
         if let source {
@@ -48,8 +49,8 @@ final class SpecTraining<Dataset: LabelledSamples>: ShuffledWorkload {
             (train, test) = (SplitSamples(files: a, split: .train), SplitSamples(files: b, split: .test))
         }
         splits = ShuffledSplits(train: train, test: test, config: config, shard: shard)
+        let data = train.dataset, spec = try fit(data)
         regression = spec.loss.isRegression
-        let data = train.dataset
         if let t = spec.table {
             guard let columns = data.tableColumns, columns == (t.categorical, t.numeric) else {
                 let given = data.tableColumns.map { "a table of \($0.categorical) categorical and \($0.numeric) numeric columns" }
@@ -120,6 +121,16 @@ final class SpecTraining<Dataset: LabelledSamples>: ShuffledWorkload {
     }
 }
 
+/// The training and test images `config` names, read from files.
+func imageFiles(_ config: TrainingConfig) -> () throws -> (ImageDataset, ImageDataset) {
+    {
+        (
+            try DataSource.images(config.data, split: .train, limit: config.trainLimit),
+            try DataSource.images(config.data, split: .test, limit: config.testLimit)
+        )
+    }
+}
+
 extension ModelFamily {
     /// The family of networks declared in a model spec (`--model FILE.yaml`, a job file's `model:`).
     static let spec = ModelFamily(
@@ -142,24 +153,17 @@ extension ModelFamily {
             guard let spec = c.spec else { throw ConfigError(message: "--model spec needs a spec: --model FILE.yaml") }
             if c.data.hasPrefix("npz:") {
                 return try SpecTraining<ArrayDataset>(
-                    c, spec: spec, shard: shard, source: source, files: { try DataSource.arrays(c) }, rng: &rng)
+                    c, fit: { _ in spec }, shard: shard, source: source, files: { try DataSource.arrays(c) }, rng: &rng)
             }
             guard c.testData == nil else { throw DataError.unknownSource("--test-data goes with --data npz:FILE") }
             if c.data.hasPrefix("csv:") {
                 return try SpecTraining<TabularDataset>(
-                    c, spec: spec, shard: shard, source: source,
+                    c, fit: { _ in spec }, shard: shard, source: source,
                     files: {
                         let (train, test) = try DataSource.tabular(c.data, schema: DataSource.schema(c), seed: c.seed)
                         return (train.prefix(c.trainLimit), test.prefix(c.testLimit))
                     }, rng: &rng)
             }
-            return try SpecTraining<ImageDataset>(
-                c, spec: spec, shard: shard, source: source,
-                files: {
-                    (
-                        try DataSource.images(c.data, split: .train, limit: c.trainLimit),
-                        try DataSource.images(c.data, split: .test, limit: c.testLimit)
-                    )
-                }, rng: &rng)
+            return try SpecTraining<ImageDataset>(c, fit: { _ in spec }, shard: shard, source: source, files: imageFiles(c), rng: &rng)
         })
 }

@@ -62,10 +62,13 @@ enum PyTorchModule {
     static func source(_ spec: ModelSpec) throws -> String {
         let shapes = try spec.shapes()
         var before = try spec.inputShape()
-        var entries: [String] = []
-        for (layer, after) in zip(spec.layers, shapes) {
+        var entries: [String] = [], ties: [String] = []
+        for (i, (layer, after)) in zip(spec.layers, shapes).enumerated() {
             let entry: String
             switch (layer.kind, before) {
+            case (.dense, .features(let f)) where layer.tie != nil:
+                entry = "TiedLinear(\(f), \(layer.out!))"
+                ties.append("self.layers[\(i)].tie(self.layers[\(layer.tie!)])")
             case (.embedding, .table(let f, _)):
                 entry = "TableEmbedding(\(f), \(layer.buckets ?? 1000), \(layer.out!))"
             case (.dense, .features(let f)):
@@ -142,6 +145,23 @@ enum PyTorchModule {
                     return torch.cat([nn.functional.embedding(ids, self.weight).flatten(1), x[:, self.fields :]], dim=1)
 
 
+            class TiedLinear(nn.Module):
+                \"\"\"A linear layer whose weight is another's (tie), or its transpose when the shapes say so;
+                the bias is its own. The weight is not registered here: the state_dict holds it once.\"\"\"
+
+                def __init__(self, in_features, out_features):
+                    super().__init__()
+                    self.in_features, self.out_features = in_features, out_features
+                    self.bias = nn.Parameter(torch.zeros(out_features))
+
+                def tie(self, source):
+                    object.__setattr__(self, "source", source)
+
+                def forward(self, x):
+                    w = self.source.weight
+                    return nn.functional.linear(x, w if w.shape == (self.out_features, self.in_features) else w.t(), self.bias)
+
+
             def weight_norm(module):
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # the weight_g/weight_v form, deprecated but Tether's names
@@ -154,7 +174,7 @@ enum PyTorchModule {
                     self.layers = nn.Sequential(
             \(entries.map { "            " + $0 + "," }.joined(separator: "\n"))
                     )
-
+            \(ties.map { "        " + $0 + "\n" }.joined())
                 def forward(self, x):
                     return self.layers(x)
 

@@ -93,10 +93,9 @@ struct Models: ParsableCommand {
                 let shapes = try s.shapes()
                 var before = try s.inputShape()
                 print("\(s.name): input \(before), loss \(s.loss.rawValue)")
+                let counts = try s.parameterCounts()
                 for (i, (layer, after)) in zip(s.layers, shapes).enumerated() {
-                    let one = ModelSpec(name: s.name, input: Self.dims(before), table: Self.table(before), layers: [layer], loss: s.loss)
-                    let parameters = (try? one.parameterCount()) ?? 0
-                    let line = ModelSpecFile.yaml(one).split(separator: "\n").first { $0.hasPrefix("  - ") }.map { $0.dropFirst(4) } ?? ""
+                    let parameters = counts[i], line = ModelSpecFile.yaml(layer)
                     print(
                         "  layers.\(i)".padding(toLength: 12, withPad: " ", startingAt: 0)
                             + line.padding(toLength: 64, withPad: " ", startingAt: 0)

@@ -19,7 +19,10 @@ struct TrainingOptions: ParsableArguments {
     var model: String?
     @Option(help: "Data: \(DataSource.help) (default: the model's).") var data: String?
     @Option(help: "Held-out samples in another file than --data's: npz:FILE (default: every tenth sample of --data).") var testData: String?
-    @Option(help: "For csv: data: adult (the UCI Adult census preset) or a schema file.") var schema: String?
+    @Option(
+        help:
+            "For csv: data: adult (the UCI Adult census preset) or a schema file (its columns: categorical, numeric, a label or a regression target)."
+    ) var schema: String?
     @Option(
         help:
             "Epochs to train (default \(TrainingConfig().epochs)). On --resume: the run's new length (a --max-steps of before no longer applies)."

@@ -619,20 +619,21 @@ let kubernetesTypesInstalled =
         #expect(missing.status == 1 && missing.stderr.contains("nothere.schema"), "\(missing.stderr)")
     }
 
-    /// The image families as the spec files in models/: the same network, layer for layer and name for
-    /// name, so a run from the spec is bitwise the run of the family (same seed, same steps).
+    /// The image families are the spec files in models/: `--model mlp-wn` (the spec built into the binary)
+    /// and `--model models/mlp-wn.yaml` (the file) train bitwise alike, name for name. (Before the family
+    /// code was removed, this test compared it with the file: bitwise equal.)
     @Test(.enabled(if: dataInstalled, "needs Debian's dataset-fashion-mnist"), arguments: ["mlp", "mlp-wn", "cnn-wn"])
     func aFamilysSpecTrainsBitwiseAsTheFamily(family: String) throws {
         let dir = CLI.tempDir("family-spec")
         defer { try? FileManager.default.removeItem(at: dir) }
         let common = ["--max-steps", "8", "--train-limit", "640", "--test-limit", "128", "--seed", "4", "--threads", "1"]
         let spec = CLI.repository.appendingPathComponent("models/\(family).yaml").path
-        for (name, model) in [("code", family), ("spec", spec)] {
+        for (name, model) in [("family", family), ("spec", spec)] {
             let r = try CLI.run(["train", "--model", model, "--run-dir", dir.appendingPathComponent(name).path] + common)
             #expect(r.status == 0, "\(name): \(r.stderr)")
         }
         let (a, b) = try (
-            Checkpoint.Loaded(dir.appendingPathComponent("code/checkpoint.safetensors")),
+            Checkpoint.Loaded(dir.appendingPathComponent("family/checkpoint.safetensors")),
             Checkpoint.Loaded(dir.appendingPathComponent("spec/checkpoint.safetensors"))
         )
         let names = a.file.tensors.keys.filter { $0.hasPrefix("layers.") }.sorted()
@@ -755,6 +756,82 @@ let kubernetesTypesInstalled =
         let report = try CLI.run(["report", dir.appendingPathComponent("run").path])
         let html = (try? String(contentsOf: dir.appendingPathComponent("run/report.html"), encoding: .utf8)) ?? ""
         #expect(report.status == 0 && html.contains("Held-out RMSE") && html.contains("MAE"), "\(report.stderr)")
+    }
+
+    /// A tied autoencoder of your own: its decoder's weights are the encoder's transposes (`tie:`), trained
+    /// to reconstruct its input (an .npz whose y is its x) with mse by two worker processes; the checkpoint
+    /// holds each tied weight once, and PyTorch, loading it through the exported module, reconstructs the
+    /// held-out samples with the mean squared error `tether eval` reports.
+    @Test func aTiedAutoencoderSpecReconstructsThroughACluster() throws {
+        let dir = CLI.tempDir("spec-tied")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        // 36 values a sample mixing 3 hidden factors, squashed into (0, 1)
+        var rng = SystemRandomNumberGenerator()
+        let n = 1000, d = 36
+        let mixing = (0..<3 * d).map { _ in Double.random(in: -1...1, using: &rng) }
+        var x: [UInt8] = []
+        for _ in 0..<n {
+            let factors = (0..<3).map { _ in Double.random(in: -2...2, using: &rng) }
+            for j in 0..<d {
+                let v = Float(1 / (1 + exp(-(0..<3).map { factors[$0] * mixing[$0 * d + j] }.reduce(0, +))))
+                withUnsafeBytes(of: v.bitPattern.littleEndian) { x += $0 }
+            }
+        }
+        let array = NumPyArray(dtype: .float32, shape: [n, d], bytes: x)
+        try Data(NumPy.npz([("x", array), ("y", array)])).write(to: dir.appendingPathComponent("codes.npz"))
+        try """
+        input: [36]
+        layers:
+          - dense: 16
+          - relu
+          - dense: 4
+          - relu
+          - dense: {out: 16, tie: 2}
+          - relu
+          - dense: {out: 36, tie: layers.0}
+          - sigmoid
+        loss: mse
+        """.write(to: dir.appendingPathComponent("codes.yaml"), atomically: true, encoding: .utf8)
+        let run = try CLI.run(
+            [
+                "simulate", "--workers", "2", "--model", "codes.yaml", "--data", "npz:codes.npz", "--batch", "16", "--epochs", "20",
+                "--lr", "0.01", "--run-dir", "run"
+            ], timeout: 240, in: dir)
+        #expect(run.status == 0 && run.stdout.contains("test RMSE"), "\(run.stdout)\(run.stderr)")
+        let checkpoint = try Checkpoint.Loaded(dir.appendingPathComponent("run/checkpoint.safetensors"))
+        let weights = checkpoint.file.tensors.keys.filter { $0.hasPrefix("layers.") && $0.hasSuffix(".weight") }.sorted()
+        #expect(weights == ["layers.0.weight", "layers.2.weight"], "\(weights)")
+        let eval = try CLI.run(["eval", "--checkpoint", dir.appendingPathComponent("run/checkpoint.safetensors").path, "--json"])
+        let figures = (try? JSONSerialization.jsonObject(with: Data(eval.stdout.utf8)) as? [String: Any]) ?? [:]
+        let mse = figures["test_loss"] as? Double ?? .nan
+        // the values' own spread about their means is what a network that learned nothing would score
+        let values = stride(from: 0, to: x.count, by: 4).map { i in
+            Double(Float(bitPattern: x[i..<i + 4].withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }))
+        }
+        let mean = values.reduce(0, +) / Double(values.count)
+        let spread = values.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(values.count)
+        #expect(eval.status == 0 && mse < spread / 4, "mse \(mse), spread \(spread): \(eval.stdout)\(eval.stderr)")
+        guard let python = Self.torchPython else {
+            print(
+                "skipped: PyTorch's side of the tied spec test (no torch, numpy and safetensors in .build/test-venv; scripts/install-deps --test)"
+            )
+            return
+        }
+        let export = try CLI.run(["export", "--pytorch", "codes_model.py", "--checkpoint", "run/checkpoint.safetensors"], in: dir)
+        #expect(export.status == 0, "\(export.stderr)")
+        let script = """
+            import importlib.util, numpy as np, torch
+            spec = importlib.util.spec_from_file_location("m", "codes_model.py"); m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+            model = m.load_tether("run/checkpoint.safetensors"); model.eval()
+            assert model.layers[6].source is model.layers[0]
+            d = np.load("codes.npz"); held = np.arange(9, len(d["y"]), 10)
+            with torch.no_grad(): out = model(torch.from_numpy(d["x"][held]))
+            print(torch.nn.functional.mse_loss(out, torch.from_numpy(d["y"][held])).item())
+            """
+        let r = try CLI.run(["-c", script], executable: URL(fileURLWithPath: python), in: dir)
+        let theirs = Double(r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
+        #expect(r.status == 0 && abs(theirs - mse) <= 1e-5 * mse, "PyTorch \(theirs), tether eval \(mse): \(r.stderr)")
     }
 
     /// The tests' Python (the venv scripts/install-deps --test makes) when it has PyTorch, NumPy and

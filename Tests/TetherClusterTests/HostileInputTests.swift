@@ -1,3 +1,4 @@
+import TetherJobFile
 import Foundation
 import Testing
 import TetherComm
@@ -128,7 +129,7 @@ import TetherTrain
     /// One flipped bit in a tensor's data is refused, naming the tensor.
     @Test func aCorruptTensorIsRefusedByItsChecksum() throws {
         var rng = RNG(seed: 3)
-        let model = ImageModels.make("mlp", height: 2, width: 2, classes: 3, rng: &rng, as: Float.self)!
+        let model = try! ShippedSpecs.predictor("mlp", height: 2, width: 2, classes: 3, rng: &rng, as: Float.self)!
         let file = Checkpoint.file(model: model, optimizer: nil, config: .defaults(for: "mlp"), state: TrainingState(rng: rng))
         let good = Safetensors.encode(file)
         _ = try Checkpoint.Loaded(bytes: good, source: "good")

@@ -1,3 +1,4 @@
+import TetherJobFile
 import Testing
 @testable import TetherNN
 import TetherTensor
@@ -158,7 +159,7 @@ struct LayerGradientTests {
     func wholeModelThroughLoss(name: String) {
         // The whole network and softmax cross-entropy, on 8x8 images so that every parameter can be perturbed.
         var rng = RNG(seed: 5)
-        let model = ImageModels.make(name, height: 8, width: 8, classes: 4, rng: &rng, as: Double.self)!
+        let model = try! ShippedSpecs.predictor(name, height: 8, width: 8, classes: 4, rng: &rng, as: Double.self)!
         let batch = Batch(inputs: Tensor(shape: [3, 64], scalars: (0..<192).map { _ in rng.nextUnitDouble() }), labels: [0, 3, 1])
         for i in 0..<model.arena.count { model.arena.values[i] += 0.1 * rng.nextNormal() }
         model.arena.zeroGrads()

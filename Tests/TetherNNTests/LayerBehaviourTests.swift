@@ -1,3 +1,4 @@
+import TetherJobFile
 import Testing
 import Foundation
 @testable import TetherNN
@@ -34,7 +35,7 @@ import TetherTensor
     @Test(arguments: ["mlp-wn", "cnn-wn"])
     func preActivationsAreStandardized(name: String) {
         var rng = RNG(seed: 9)
-        let model = ImageModels.make(name, height: 12, width: 12, classes: 10, rng: &rng, as: Double.self)!
+        let model = try! ShippedSpecs.predictor(name, height: 12, width: 12, classes: 10, rng: &rng, as: Double.self)!
         let inputs = Tensor(shape: [32, 144], scalars: (0..<32 * 144).map { _ in rng.nextUnitDouble() })
         model.initializeFromData(Batch(inputs: inputs, labels: Array(repeating: 0, count: 32)), reduce: { _ in })
         // Run the network again, and look at the output of every weight-normalized layer.
@@ -68,7 +69,7 @@ import TetherTensor
         // one that reports other statistics changes g, so the reducer is really what decides.
         func gAfterInit(_ reduce: StatisticsReducer) -> [Double] {
             var rng = RNG(seed: 3)
-            let m = ImageModels.make("mlp-wn", height: 4, width: 4, classes: 3, rng: &rng, as: Double.self)!
+            let m = try! ShippedSpecs.predictor("mlp-wn", height: 4, width: 4, classes: 3, rng: &rng, as: Double.self)!
             let x = Tensor(shape: [8, 16], scalars: (0..<128).map { _ in rng.nextUnitDouble() })
             m.initializeFromData(Batch(inputs: x, labels: Array(repeating: 0, count: 8)), reduce: reduce)
             let g = m.arena.layout.slot(named: "layers.0.weight_g")!
@@ -165,7 +166,7 @@ import TetherTensor
     @Test(arguments: ["mlp-wn", "cnn-wn"])
     func aClassifierReportsOnlyFinalGradients(name: String) {
         var rng = RNG(seed: 4)
-        let model = ImageModels.make(name, height: 12, width: 12, classes: 10, rng: &rng, as: Double.self)!
+        let model = try! ShippedSpecs.predictor(name, height: 12, width: 12, classes: 10, rng: &rng, as: Double.self)!
         let batch = Batch(
             inputs: Tensor(shape: [8, 144], scalars: (0..<8 * 144).map { _ in rng.nextUnitDouble() }), labels: (0..<8).map { Int32($0) })
         checkReports(arena: model.arena, context: model.context) { _ = model.accumulateGradients(batch, scale: 1) }

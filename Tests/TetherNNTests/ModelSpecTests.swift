@@ -199,6 +199,43 @@ import TetherTensor
         #expect(abs(stats.rootMeanSquaredError - (squared / 4).squareRoot()) < 1e-12)
     }
 
+    /// Tied weights: a decoder that is the encoder's transpose and a layer that reuses another's weight as
+    /// it is, one arena entry each, against central differences of an mse reconstruction (both uses'
+    /// gradients summed into the one parameter).
+    @Test func tiedLayersShareOneWeightAndItsGradient() throws {
+        let spec = ModelSpec(
+            name: "tied", input: [6],
+            layers: [
+                Self.layer(.dense) { $0.out = 4 },  // layers.0: (4, 6)
+                Self.layer(.tanh),
+                Self.layer(.dense) { $0.out = 4 },  // layers.2: (4, 4)
+                Self.layer(.tanh),
+                Self.layer(.dense) { ($0.out, $0.tie) = (4, 2) },  // the same (4, 4)
+                Self.layer(.sigmoid),
+                Self.layer(.dense) { ($0.out, $0.tie) = (6, 0) }  // the transpose (6, 4)
+            ], loss: .mse)
+        #expect(try spec.parameterCounts() == [28, 0, 20, 0, 4, 0, 6])
+        var layout = ArenaLayout(), rng = RNG(seed: 9)
+        let network = try spec.network(&layout, as: Double.self)
+        #expect(
+            layout.entries.map(\.name) == [
+                "layers.0.weight", "layers.0.bias", "layers.2.weight", "layers.2.bias", "layers.4.bias", "layers.6.bias"
+            ])
+        let model = Predictor(kind: "spec", layout: layout, network: network, objective: spec.objective, rng: &rng)
+        for i in 0..<model.arena.count { model.arena.values[i] += 0.3 * rng.nextNormal() }
+        let x = Tensor(shape: [3, 6], scalars: (0..<18).map { _ in rng.nextNormal() })
+        let worst = Self.worstGradientError(model, Batch(inputs: x, targets: x))
+        #expect(worst < tolerance, "worst relative error \(worst)")
+        for (tie, message) in [
+            (1, "tie: 1 is not an earlier dense layer"), (6, "tie: 6 is not an earlier dense layer"),
+            (2, "tie: 2: its weight is not 6 x 4 or its transpose")
+        ] {
+            var bad = spec
+            bad.layers[6].tie = tie
+            do { _ = try bad.shapes(); Issue.record("tie \(tie) was taken") } catch { #expect("\(error)".contains(message), "\(error)") }
+        }
+    }
+
     @Test func aTableInputNeedsAnEmbeddingFirst() throws {
         let dense = ModelSpec(
             name: "t", input: [], table: .init(categorical: 2, numeric: 1), layers: [Self.layer(.dense) { $0.out = 1 }], loss: .mse)

@@ -24,6 +24,24 @@ func smallConfig(model: String = "mlp-wn") -> TrainingConfig {
     return c
 }
 
+/// A model spec on a CSV table of its own (written into `dir`): categories through an embedding, then
+/// batch norm and dropout (a running buffer and random masks to carry through a resume), a regression.
+func tableSpecConfig(in dir: URL) throws -> TrainingConfig {
+    try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    var csv = ""
+    for i in 0..<400 { csv += "\(["a", "b", "c"][i % 3]),\(i % 7),\(Double(i % 11) / 4),\(Double(i % 5) + Double(i % 3))\n" }
+    try csv.write(to: dir.appendingPathComponent("t.csv"), atomically: true, encoding: .utf8)
+    var c = smallConfig(model: "spec")
+    c.data = "csv:" + dir.appendingPathComponent("t.csv").path
+    c.schemaText = "columns p, q, n, y\ncategorical p, q\nnumeric n\ntarget y\n"
+    var embedding = LayerSpec(.embedding), hidden = LayerSpec(.dense), dropout = LayerSpec(.dropout), out = LayerSpec(.dense)
+    (embedding.out, embedding.buckets, hidden.out, dropout.rate, out.out) = (4, 16, 16, 0.2, 1)
+    c.spec = ModelSpec(
+        name: "t", input: [], table: .init(categorical: 2, numeric: 1),
+        layers: [embedding, hidden, LayerSpec(.batchNorm), LayerSpec(.relu), dropout, out], loss: .mse)
+    return c
+}
+
 @Suite(.enabled(if: fashionMNISTInstalled, "needs Debian's dataset-fashion-mnist (scripts/test installs it)"))
 struct TrainerTests {
     @Test func mlpWNOnAFewHundredSamplesDrivesTheLossDown() throws {
@@ -49,11 +67,11 @@ struct TrainerTests {
 
     /// Stop mid-epoch, resume, and end bitwise where an uninterrupted run ends (parameters, optimizer
     /// state, data order and dropout all continue exactly).
-    @Test(arguments: [("mlp-wn", 13), ("mlp", 10)])
+    @Test(arguments: [("mlp-wn", 13), ("mlp", 10), ("table-spec", 11)])
     func resumedRunEqualsUninterruptedRun(model: String, stopAt: Int) throws {
-        let whole = freshRunDirectory("whole"), split = freshRunDirectory("split")
-        defer { for d in [whole, split] { try? FileManager.default.removeItem(at: d) } }
-        var config = smallConfig(model: model)
+        let whole = freshRunDirectory("whole"), split = freshRunDirectory("split"), data = freshRunDirectory("table")
+        defer { for d in [whole, split, data] { try? FileManager.default.removeItem(at: d) } }
+        var config = model == "table-spec" ? try tableSpecConfig(in: data) : smallConfig(model: model)
         config.optimizer.kind = .adamw
         config.optimizer.weightDecay = 0.01
         config.schedule.kind = .cosine
@@ -69,6 +87,20 @@ struct TrainerTests {
         let a = try Safetensors.read(whole.appendingPathComponent(Checkpoint.fileName))
         let b = try Safetensors.read(split.appendingPathComponent(Checkpoint.fileName))
         #expect(a.tensors == b.tensors)
+    }
+
+    /// A spec's layers are compared field by field: the same spec resumes (a layer's settings in any
+    /// order), a changed one is refused naming the setting.
+    @Test func aResumedSpecRunComparesItsLayersByField() throws {
+        let data = freshRunDirectory("table")
+        defer { try? FileManager.default.removeItem(at: data) }
+        let stored = try tableSpecConfig(in: data)
+        for _ in 0..<3 { #expect(try stored.checkResume(from: stored, path: "p") == nil) }
+        var wider = stored
+        wider.spec!.layers[1].out = 32
+        #expect { try wider.checkResume(from: stored, path: "p") } throws: {
+            "\($0)".contains("--model (its spec's layers[1].out) 32 (the run has 16)")
+        }
     }
 
     @Test func aResumedRunKeepsItsConfiguration() throws {
