@@ -756,6 +756,37 @@ let kubernetesTypesInstalled =
         let report = try CLI.run(["report", dir.appendingPathComponent("run").path])
         let html = (try? String(contentsOf: dir.appendingPathComponent("run/report.html"), encoding: .utf8)) ?? ""
         #expect(report.status == 0 && html.contains("Held-out RMSE") && html.contains("MAE"), "\(report.stderr)")
+        // PyTorch, given the rows as the exported module says (hashes cut to 24 bits, numbers standardized
+        // with the training rows' mean and deviation), predicts the held-out prices as tether eval does
+        guard let python = Self.torchPython else {
+            print(
+                "skipped: PyTorch's side of the table spec test (no torch, numpy and safetensors in .build/test-venv; scripts/install-deps --test)"
+            )
+            return
+        }
+        let export = try CLI.run(["export", "--pytorch", "homes_model.py", "--checkpoint", "run/checkpoint.safetensors"], in: dir)
+        #expect(export.status == 0, "\(export.stderr)")
+        let script = """
+            import csv, importlib.util, numpy as np, torch
+            spec = importlib.util.spec_from_file_location("m", "homes_model.py"); m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+            model = m.load_tether("run/checkpoint.safetensors"); model.eval()
+            def fnv(text):
+                h = 0xCBF29CE484222325
+                for b in text.encode(): h = ((h ^ b) * 0x100000001B3) % (1 << 64)
+                return h & 0xFFFFFF
+            rows = list(csv.DictReader(open("homes.csv")))
+            held = set(range(9, len(rows), 10)); train = [r for i, r in enumerate(rows) if i not in held]
+            numbers = np.array([[float(r["area"]), float(r["rooms"])] for r in train], dtype=np.float64)
+            mean, std = numbers.mean(0), np.maximum(numbers.std(0), 1e-6)
+            test = [rows[i] for i in sorted(held)]
+            x = np.array([[fnv(r["city"]), fnv(r["kind"]), *((np.array([float(r["area"]), float(r["rooms"])]) - mean) / std)] for r in test], dtype=np.float32)
+            y = np.array([[float(r["price"])] for r in test], dtype=np.float32)
+            with torch.no_grad(): out = model(torch.from_numpy(x))
+            print(torch.nn.functional.mse_loss(out, torch.from_numpy(y)).item())
+            """
+        let r = try CLI.run(["-c", script], executable: URL(fileURLWithPath: python), in: dir)
+        let theirs = Double(r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1, mse = rmse * rmse
+        #expect(r.status == 0 && abs(theirs - mse) <= 1e-4 * mse, "PyTorch \(theirs), tether eval \(mse): \(r.stderr)")
     }
 
     /// A tied autoencoder of your own: its decoder's weights are the encoder's transposes (`tie:`), trained
