@@ -25,3 +25,16 @@ public struct EpochPlan: Sendable, Equatable {
         return order[start..<min(start + globalBatch, order.count)]
     }
 }
+
+/// The rows of a dataset of `count` (2 or more) held out for evaluation when no test split is given:
+/// every tenth (rows 9, 19, ...), or, with `fraction` f, h = f x count rows (rounded; at least one,
+/// never all) spread evenly, row (j + 1) x count / h - 1 for j in 0..<h (f = 0.1 gives every tenth).
+public func heldOutRows(count: Int, fraction: Double? = nil) -> [Int] {
+    precondition(count >= 2)
+    guard let fraction else {
+        let tenth = Array(stride(from: 9, to: count, by: 10))
+        return tenth.isEmpty ? [count - 1] : tenth
+    }
+    let h = min(max(Int((fraction * Double(count)).rounded()), 1), count - 1)
+    return (0..<h).map { ($0 + 1) * count / h - 1 }
+}

@@ -32,8 +32,9 @@ public enum DataSource {
     /// Train and held-out rows: synthetic-clicks draws both (ROWS training rows, default 200,000, and a
     /// quarter as many held out); csv: holds out every row whose index is 9 mod 10. Numbers are
     /// standardized with the training rows' statistics.
-    public static func tabular(_ spec: String, schema: TabularSchema?, seed: UInt64) throws -> (train: TabularDataset, test: TabularDataset)
-    {
+    public static func tabular(
+        _ spec: String, schema: TabularSchema?, seed: UInt64, testFraction: Double? = nil
+    ) throws -> (train: TabularDataset, test: TabularDataset) {
         let train: TabularDataset, test: TabularDataset
         if spec == "synthetic-clicks" || spec.hasPrefix("synthetic-clicks:") {
             var rows = 200_000
@@ -53,10 +54,9 @@ public enum DataSource {
             guard all.count >= 2 else {
                 throw DataError.invalid("\(spec.dropFirst(4)): \(all.count) row; training and held-out splits need at least 2")
             }
-            let held = Array(stride(from: 9, to: all.count, by: 10))
-            let heldSet = Set(held)
+            let held = heldOutRows(count: all.count, fraction: testFraction), heldSet = Set(held)
             train = all.rows((0..<all.count).filter { !heldSet.contains($0) })
-            test = all.rows(held.isEmpty ? [all.count - 1] : held)
+            test = all.rows(held)
         } else {
             throw unknownOr("is not tabular: wide-deep reads synthetic-clicks[:ROWS] or csv:PATH with --schema", spec)
         }

@@ -16,6 +16,8 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     public var data = "fashion-mnist"
     /// The held-out samples, where they are another file than the training data's (npz:FILE).
     public var testData: String?
+    /// The share of `npz:` or `csv:` rows held out when there is no `testData` (nil: every tenth).
+    public var testFraction: Double?
     public var epochs = 10
     /// The run's length in steps; overrides `epochs` (as Hugging Face's max_steps does num_train_epochs).
     public var maxSteps: Int?
@@ -210,6 +212,13 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         }
         if let n = trainLimit, n <= 0 { throw fail("--train-limit must be at least 1") }
         if let n = testLimit, n <= 0 { throw fail("--test-limit must be at least 1") }
+        if let f = testFraction {
+            guard f > 0, f < 1 else { throw fail("--test-fraction must be above 0 and below 1 (got \(f))") }
+            guard data.hasPrefix("npz:") || data.hasPrefix("csv:") else {
+                throw fail("--test-fraction applies to npz: and csv: data; \(data) has a test split of its own")
+            }
+            guard testData == nil else { throw fail("--test-fraction or --test-data, not both") }
+        }
         if optimizer.clipNorm < 0 { throw fail("--clip-norm must be 0 (off) or positive") }
         try ModelFamily.named(model).validate(self)
         if let r = powerSGDRank, !(1...1024).contains(r) { throw fail("--powersgd-rank must be in 1...1024 (got \(r))") }

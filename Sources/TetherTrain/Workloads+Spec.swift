@@ -5,7 +5,7 @@ import TetherTensor
 
 extension DataSource {
     /// The training and held-out samples of `npz:FILE` (arrays x and y): its held-out split from
-    /// `testData` (another `npz:`), or else every tenth sample.
+    /// `testData` (another `npz:`), or else `heldOutRows` (every tenth, or `testFraction` of them).
     static func arrays(_ config: TrainingConfig) throws -> (train: ArrayDataset, test: ArrayDataset) {
         let all = try ArrayDataset(npz: String(config.data.dropFirst(4)))
         if let test = config.testData {
@@ -18,9 +18,8 @@ extension DataSource {
             return (all.prefix(config.trainLimit), held.prefix(config.testLimit))
         }
         guard all.count >= 2 else { throw DataError.invalid("\(config.data): \(all.count) sample; a held-out split needs at least 2") }
-        let heldOut = Set(stride(from: 9, to: all.count, by: 10))
-        let train = all.rows((0..<all.count).filter { !heldOut.contains($0) }),
-            test = all.rows(heldOut.isEmpty ? [all.count - 1] : heldOut.sorted())
+        let held = heldOutRows(count: all.count, fraction: config.testFraction), heldSet = Set(held)
+        let train = all.rows((0..<all.count).filter { !heldSet.contains($0) }), test = all.rows(held)
         return (train.prefix(config.trainLimit), test.prefix(config.testLimit))
     }
 }
@@ -160,7 +159,8 @@ extension ModelFamily {
                 return try SpecTraining<TabularDataset>(
                     c, fit: { _ in spec }, shard: shard, source: source,
                     files: {
-                        let (train, test) = try DataSource.tabular(c.data, schema: DataSource.schema(c), seed: c.seed)
+                        let (train, test) = try DataSource.tabular(
+                            c.data, schema: DataSource.schema(c), seed: c.seed, testFraction: c.testFraction)
                         return (train.prefix(c.trainLimit), test.prefix(c.testLimit))
                     }, rng: &rng)
             }

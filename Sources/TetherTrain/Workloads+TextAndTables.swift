@@ -118,7 +118,8 @@ final class ClickPrediction: ShuffledWorkload {
                 train: try SplitSamples(source: source, split: .train), test: try SplitSamples(source: source, split: .test),
                 config: config, shard: shard)
         } else {
-            let (train, test) = try DataSource.tabular(config.data, schema: DataSource.schema(config), seed: config.seed)
+            let (train, test) = try DataSource.tabular(
+                config.data, schema: DataSource.schema(config), seed: config.seed, testFraction: config.testFraction)
             splits = ShuffledSplits(
                 train: SplitSamples(files: train.prefix(config.trainLimit), split: .train),
                 test: SplitSamples(files: test.prefix(config.testLimit), split: .test), config: config, shard: shard)

@@ -19,6 +19,8 @@ struct TrainingOptions: ParsableArguments {
     var model: String?
     @Option(help: "Data: \(DataSource.help) (default: the model's).") var data: String?
     @Option(help: "Held-out samples in another file than --data's: npz:FILE (default: every tenth sample of --data).") var testData: String?
+    @Option(help: "The share of npz: or csv: samples held out for evaluation, spread evenly (default 0.1: every tenth).")
+    var testFraction: Double?
     @Option(
         help:
             "For csv: data: adult (the UCI Adult census preset) or a schema file (its columns: categorical, numeric, a label or a regression target)."
@@ -138,6 +140,7 @@ struct TrainingOptions: ParsableArguments {
         }
         try refuseOptionsOfOtherModels(c)
         if let testData { c.testData = testData }
+        if let testFraction { c.testFraction = testFraction }
         if let data { c.data = data }
         if let schema { c.useSchema(schema) }
         if let clipNorm { c.optimizer.clipNorm = clipNorm }

@@ -734,7 +734,7 @@ let kubernetesTypesInstalled =
             [
                 "simulate", "--workers", "2", "--model", "homes.yaml", "--data", "csv:homes.csv", "--schema", "homes.schema",
                 "--serve-data",
-                "--batch", "16", "--epochs", "6", "--lr", "0.01", "--run-dir", "run"
+                "--batch", "16", "--epochs", "6", "--lr", "0.01", "--test-fraction", "0.2", "--run-dir", "run"
             ], timeout: 240, in: dir)
         #expect(run.status == 0 && run.stdout.contains("test RMSE"), "\(run.stdout)\(run.stderr)")
         try FileManager.default.removeItem(at: dir.appendingPathComponent("homes.schema"))
@@ -746,6 +746,7 @@ let kubernetesTypesInstalled =
         let deviation = (prices.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(prices.count)).squareRoot()
         #expect(eval.status == 0 && rmse < 0.6 && rmse > 0.2 && mae < rmse && rmse < deviation / 5, "\(eval.stdout)\(eval.stderr)")
         #expect(abs((figures["test_loss"] as? Double ?? .nan) - rmse * rmse) < 1e-6, "mse is the squared RMSE: \(eval.stdout)")
+        #expect(figures["samples"] as? Int == 600, "--test-fraction 0.2 of 3,000 rows: \(eval.stdout)")
         // the cluster's last evaluation (its shards' errors merged by the coordinator) is eval's
         let events = try String(contentsOf: dir.appendingPathComponent("run/metrics.jsonl"), encoding: .utf8).split(separator: "\n")
             .compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
@@ -775,7 +776,8 @@ let kubernetesTypesInstalled =
                 for b in text.encode(): h = ((h ^ b) * 0x100000001B3) % (1 << 64)
                 return h & 0xFFFFFF
             rows = list(csv.DictReader(open("homes.csv")))
-            held = set(range(9, len(rows), 10)); train = [r for i, r in enumerate(rows) if i not in held]
+            h = round(0.2 * len(rows)); held = set((j + 1) * len(rows) // h - 1 for j in range(h))
+            train = [r for i, r in enumerate(rows) if i not in held]
             numbers = np.array([[float(r["area"]), float(r["rooms"])] for r in train], dtype=np.float64)
             mean, std = numbers.mean(0), np.maximum(numbers.std(0), 1e-6)
             test = [rows[i] for i in sorted(held)]

@@ -129,6 +129,22 @@ final class IDXFolder {
         #expect((0..<plan.steps).allSatisfy { $0 == plan.steps - 1 || plan.samples(step: $0).count == batch })
     }
 
+    /// Held-out rows: every tenth by default; a fraction's rows spread evenly, as many as it says (at
+    /// least one, never all), 0.1 the same as the default where the count is a multiple of ten.
+    @Test func heldOutRowsAreSpreadEvenly() {
+        #expect(heldOutRows(count: 25) == [9, 19] && heldOutRows(count: 5) == [4])
+        #expect(heldOutRows(count: 3000, fraction: 0.1) == heldOutRows(count: 3000))
+        #expect(heldOutRows(count: 8, fraction: 0.25) == [3, 7])
+        #expect(heldOutRows(count: 10, fraction: 0.01) == [9] && heldOutRows(count: 4, fraction: 0.99) == [0, 1, 3])
+        for (count, fraction) in [(3000, 0.2), (1205, 0.3), (7, 0.5), (100_003, 0.123)] {
+            let rows = heldOutRows(count: count, fraction: fraction)
+            #expect(rows.count == Int((fraction * Double(count)).rounded()) && Set(rows).count == rows.count)
+            #expect(rows.allSatisfy { (0..<count).contains($0) } && rows == rows.sorted())
+            let gaps = zip(rows.dropFirst(), rows).map { $0 - $1 }
+            #expect(gaps.max()! - gaps.min()! <= 1, "\(count) x \(fraction): gaps \(Set(gaps))")
+        }
+    }
+
     @Test func deterministicBySeedAndEpoch() {
         let a = EpochPlan(seed: 1, epoch: 0, count: 500, globalBatch: 8)
         #expect(a == EpochPlan(seed: 1, epoch: 0, count: 500, globalBatch: 8))
