@@ -19,10 +19,18 @@ public enum ModelSpecFile {
         for key in mapping.keys.compactMap(\.string) where !keys.contains(key) {
             throw SpecError("\(source): a model spec has no key \"\(key)\"" + nearest(key, keys))
         }
-        var input: [Int] = [], table: ModelSpec.TableColumns?
-        if let columns = mapping["input"]?.mapping {
+        var input: [Int] = [], table: ModelSpec.TableColumns?, tokens: ModelSpec.TokenInput?
+        if let columns = mapping["input"]?.mapping, columns["tokens"] != nil {
+            for key in columns.keys.compactMap(\.string) where !["tokens", "vocabulary"].contains(key) {
+                throw SpecError("\(source): input: tokens take no \"\(key)\"" + nearest(key, ["tokens", "vocabulary"]))
+            }
+            guard let t = columns["tokens"]?.int, let v = columns["vocabulary"]?.int else {
+                throw SpecError("\(source): input: tokens are {tokens: T, vocabulary: V}, two whole numbers")
+            }
+            tokens = ModelSpec.TokenInput(steps: t, vocabulary: v)
+        } else if let columns = mapping["input"]?.mapping {
             for key in columns.keys.compactMap(\.string) where !["categorical", "numeric"].contains(key) {
-                throw SpecError("\(source): input: a table has no \"\(key)\"" + nearest(key, ["categorical", "numeric"]))
+                throw SpecError("\(source): input: a table has no \"\(key)\"" + nearest(key, ["categorical", "numeric", "tokens"]))
             }
             guard let f = columns["categorical"]?.int ?? (columns["categorical"] == nil ? 0 : nil),
                 let m = columns["numeric"]?.int ?? (columns["numeric"] == nil ? 0 : nil)
@@ -31,7 +39,7 @@ public enum ModelSpecFile {
         } else {
             guard let list = mapping["input"]?.sequence?.compactMap({ $0.int }), list.count == mapping["input"]?.sequence?.count else {
                 throw SpecError(
-                    "\(source): input must be a list of sizes, [C, H, W] for images or [F] for features, or a table's columns, {categorical: F, numeric: M}"
+                    "\(source): input must be a list of sizes, [C, H, W] for images, [T, F] for sequences or [F] for features; a table's columns, {categorical: F, numeric: M}; or tokens, {tokens: T, vocabulary: V}"
                 )
             }
             input = list
@@ -47,7 +55,7 @@ public enum ModelSpecFile {
             }
             loss = l
         }
-        let spec = ModelSpec(name: mapping["name"]?.string ?? name, input: input, table: table, layers: layers, loss: loss)
+        let spec = ModelSpec(name: mapping["name"]?.string ?? name, input: input, table: table, tokens: tokens, layers: layers, loss: loss)
         _ = try spec.classes()  // a spec that does not fit together (or with its loss) is refused where it is read
         return spec
     }
@@ -64,8 +72,8 @@ public enum ModelSpecFile {
         let kinds = LayerSpec.Kind.allCases.map(\.rawValue)
         func kind(_ name: String) throws -> LayerSpec.Kind {
             guard let k = LayerSpec.Kind(rawValue: name) else {
-                let planned = ["lstm"].contains(name) ? " (\(name) is not built for specs yet)" : nearest(name, kinds)
-                throw SpecError("\(source): layer \(index): unknown kind \"\(name)\"\(planned); kinds: \(kinds.joined(separator: ", "))")
+                throw SpecError(
+                    "\(source): layer \(index): unknown kind \"\(name)\"\(nearest(name, kinds)); kinds: \(kinds.joined(separator: ", "))")
             }
             return k
         }
@@ -101,6 +109,7 @@ public enum ModelSpecFile {
             case "mean-only": layer.meanOnly = try bool()
             case "buckets": layer.buckets = try int()
             case "sparse": layer.sparse = try bool()
+            case "sequences": layer.sequences = try bool()
             case "tie":
                 let name = v.string.flatMap { $0.hasPrefix("layers.") ? Int($0.dropFirst(7)) : nil }
                 guard let t = v.int ?? name else { throw fail("tie names an earlier layer: tie: 0, or tie: layers.0") }
@@ -166,6 +175,7 @@ public enum ModelSpecFile {
             "\(pad)name: \(name)",
             "\(pad)input: "
                 + (spec.table.map { "{categorical: \($0.categorical), numeric: \($0.numeric)}" }
+                    ?? spec.tokens.map { "{tokens: \($0.steps), vocabulary: \($0.vocabulary)}" }
                     ?? "[\(spec.input.map(String.init).joined(separator: ", "))]"),
             "\(pad)layers:"
         ]
@@ -190,6 +200,7 @@ public enum ModelSpecFile {
         put("buckets", l.buckets)
         put("sparse", l.sparse)
         put("tie", l.tie)
+        put("sequences", l.sequences)
         put("shape", l.shape.map { "[" + $0.map(String.init).joined(separator: ", ") + "]" })
         return l.kind.rawValue + (settings.isEmpty ? "" : ": {" + settings.joined(separator: ", ") + "}")
     }

@@ -148,3 +148,27 @@ public final class TableEmbedding<T: Scalar>: Layer {
         return nil
     }
 }
+
+/// Token ids through an embedding (PyTorch's nn.Embedding): x (B, T) holds whole numbers in 0..<V (the
+/// data checks them), y (B, T*D) their rows, step-major per sample: a sequence (T, D).
+public final class TokenEmbedding<T: Scalar>: Layer {
+    public let table: Embedding<T>
+    public let steps: Int
+    public var parameterSlots: [ParameterSlot] { [table.slot] }
+
+    public init(_ layout: inout ArenaLayout, prefix: String, steps: Int, vocabulary: Int, width: Int, sparse: Bool) {
+        self.steps = steps
+        table = Embedding(&layout, prefix: prefix, rows: vocabulary, width: width, sparse: sparse)
+    }
+
+    public func forward(_ x: Tensor<T>, _ ctx: ModelContext<T>) -> Tensor<T> {
+        precondition(x.shape.count == 2 && x.shape[1] == steps, "\(steps) token ids a sample, got \(x.shape)")
+        let ids = x.scalars.map { Int32(Double($0)) }
+        return table.forward(ids: ids, ctx).reshaped([x.shape[0], steps * table.width])
+    }
+
+    public func backward(_ dy: Tensor<T>, _ ctx: ModelContext<T>, needsInputGradient: Bool) -> Tensor<T>? {
+        table.backward(dy.reshaped([dy.shape[0] * steps, table.width]), ctx)
+        return nil
+    }
+}

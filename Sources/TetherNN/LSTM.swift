@@ -154,3 +154,52 @@ public final class LSTMLayer<T: Scalar>: Layer {
         }
     }
 }
+
+/// An LSTM over each sample's sequence, as a layer of a Sequential (PyTorch's nn.LSTM with
+/// batch_first=True, one layer, from a zero state): x (B, T*F) step-major per sample; y (B, H), the last
+/// step's hidden state, or with `sequences` every step's, (B, T*H). Rearranges to the time-major
+/// (T, B, F) `LSTMLayer` runs on, and back.
+public final class SequenceLSTM<T: Scalar>: Layer {
+    public let lstm: LSTMLayer<T>
+    public let steps: Int, sequences: Bool
+    public var parameterSlots: [ParameterSlot] { lstm.parameterSlots }
+    private var batch = 0
+
+    public init(_ layout: inout ArenaLayout, prefix: String, steps: Int, inputSize: Int, hiddenSize: Int, weightNorm: Bool, sequences: Bool)
+    {
+        (self.steps, self.sequences) = (steps, sequences)
+        lstm = LSTMLayer(&layout, prefix: prefix, index: 0, inputSize: inputSize, hiddenSize: hiddenSize, weightNorm: weightNorm)
+    }
+
+    /// (A, B, W) -> (B, A, W): batch-major and time-major swap the same way.
+    static func swapLeading(_ x: Tensor<T>, _ a: Int, _ b: Int, _ w: Int) -> Tensor<T> {
+        Tensor.uninitialized([b, a, w]) { y in
+            x.withPointer { p in for i in 0..<a { for j in 0..<b { (y + (j * a + i) * w).update(from: p + (i * b + j) * w, count: w) } } }
+        }
+    }
+
+    public func forward(_ x: Tensor<T>, _ ctx: ModelContext<T>) -> Tensor<T> {
+        let b = x.shape[0], (t, f, h) = (steps, lstm.inputSize, lstm.hiddenSize)
+        precondition(x.shape == [b, t * f], "a sequence of \(t) x \(f) a sample, got \(x.shape)")
+        batch = b
+        lstm.state = nil
+        let out = lstm.forward(Self.swapLeading(x.reshaped([b, t, f]), b, t, f), ctx)  // (T, B, H)
+        if sequences { return Self.swapLeading(out, t, b, h).reshaped([b, t * h]) }
+        return Tensor.uninitialized([b, h]) { y in out.withPointer { y.update(from: $0 + (t - 1) * b * h, count: b * h) } }
+    }
+
+    public func backward(_ dy: Tensor<T>, _ ctx: ModelContext<T>, needsInputGradient: Bool) -> Tensor<T>? {
+        let (b, t, f, h) = (batch, steps, lstm.inputSize, lstm.hiddenSize)
+        let dOut: Tensor<T>
+        if sequences {
+            dOut = Self.swapLeading(dy.reshaped([b, t, h]), b, t, h)
+        } else {
+            dOut = Tensor.uninitialized([t, b, h]) { d in
+                T.fill(d, 0, count: (t - 1) * b * h)
+                dy.withPointer { (d + (t - 1) * b * h).update(from: $0, count: b * h) }
+            }
+        }
+        guard let dx = lstm.backward(dOut, ctx, needsInputGradient: needsInputGradient) else { return nil }
+        return Self.swapLeading(dx, t, b, f).reshaped([b, t * f])
+    }
+}

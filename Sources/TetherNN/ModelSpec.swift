@@ -6,8 +6,10 @@ import TetherTensor
 /// naming its index, its kind and both shapes. Parameter names are PyTorch's nn.Sequential's:
 /// `layers.<index>.weight` (`weight_g`/`weight_v` weight-normalized), the index counting every layer.
 ///
-/// Shapes: an image is (C, H, W), features are (F), a table (F categorical, M numeric) columns of a CSV
-/// file (its categories go through an `embedding` first, which gives features). Images travel in Tether's conv layout between
+/// Shapes: an image is (C, H, W), features are (F), a sequence (T, F) (T steps of F values), a table
+/// (F categorical, M numeric) columns of a CSV file, tokens T ids of a vocabulary of V. A table's
+/// categories and tokens go through an `embedding` first (giving features, or a sequence), and a
+/// sequence through an `lstm` (giving its last step's features, or every step's). Images travel in Tether's conv layout between
 /// conv layers; the network's input is rearranged before the first layer when the input is an image,
 /// and `flatten` goes back to (B, C*H*W) in PyTorch's NCHW order.
 public struct ModelSpec: Codable, Equatable, Sendable {
@@ -17,6 +19,8 @@ public struct ModelSpec: Codable, Equatable, Sendable {
     public var input: [Int]
     /// A table's columns (`input: {categorical: F, numeric: M}`), as a CSV schema gives them.
     public var table: TableColumns?
+    /// Token ids (`input: {tokens: T, vocabulary: V}`): T whole numbers in 0..<V a sample.
+    public var tokens: TokenInput?
     public var layers: [LayerSpec]
     public var loss: Loss
 
@@ -36,8 +40,15 @@ public struct ModelSpec: Codable, Equatable, Sendable {
         public init(categorical: Int, numeric: Int) { (self.categorical, self.numeric) = (categorical, numeric) }
     }
 
-    public init(name: String, input: [Int], table: TableColumns? = nil, layers: [LayerSpec], loss: Loss = .crossEntropy) {
-        (self.name, self.input, self.table, self.layers, self.loss) = (name, input, table, layers, loss)
+    public struct TokenInput: Codable, Equatable, Sendable {
+        public var steps: Int, vocabulary: Int
+        public init(steps: Int, vocabulary: Int) { (self.steps, self.vocabulary) = (steps, vocabulary) }
+    }
+
+    public init(
+        name: String, input: [Int], table: TableColumns? = nil, tokens: TokenInput? = nil, layers: [LayerSpec], loss: Loss = .crossEntropy
+    ) {
+        (self.name, self.input, self.table, self.tokens, self.layers, self.loss) = (name, input, table, tokens, layers, loss)
     }
 
     /// What the network's outputs are trained against.
@@ -78,7 +89,7 @@ public struct LayerSpec: Codable, Equatable, Sendable {
         case leakyRelu = "leaky-relu"
         case tanh, sigmoid, gelu, dropout
         case batchNorm = "batch-norm"
-        case embedding
+        case embedding, lstm
     }
     public var kind: Kind
     /// dense: output features; conv2d: output channels.
@@ -104,6 +115,8 @@ public struct LayerSpec: Codable, Equatable, Sendable {
     /// the same (O, I) weight, or its transpose when this layer maps O features to I (a tied autoencoder's
     /// decoder). One parameter, both uses' gradients summed into it; the bias stays this layer's own.
     public var tie: Int?
+    /// lstm: every step's hidden state (T, H) rather than the last step's (H) (Keras' return_sequences).
+    public var sequences: Bool?
 
     public init(_ kind: Kind) { self.kind = kind }
 
@@ -118,6 +131,7 @@ public struct LayerSpec: Codable, Equatable, Sendable {
         case .batchNorm: ["mean-only"]
         case .unflatten: ["shape"]
         case .embedding: ["out", "buckets", "sparse"]
+        case .lstm: ["out", "weight-norm", "sequences"]
         case .flatten, .relu, .tanh, .sigmoid, .gelu: []
         }
     }
@@ -129,6 +143,10 @@ public enum SpecShape: Equatable, Sendable, CustomStringConvertible {
     case features(Int)
     /// A table's row: F categorical values, M numbers.
     case table(categorical: Int, numeric: Int)
+    /// T steps of F values, step-major.
+    case sequence(steps: Int, features: Int)
+    /// T token ids of a vocabulary of V.
+    case tokens(steps: Int, vocabulary: Int)
 
     /// The values a sample holds (a table's: its F hashes and M numbers).
     public var count: Int {
@@ -136,6 +154,8 @@ public enum SpecShape: Equatable, Sendable, CustomStringConvertible {
         case .image(let c, let h, let w): c * h * w
         case .features(let f): f
         case .table(let f, let m): f + m
+        case .sequence(let t, let f): t * f
+        case .tokens(let t, _): t
         }
     }
     public var description: String {
@@ -143,6 +163,8 @@ public enum SpecShape: Equatable, Sendable, CustomStringConvertible {
         case .image(let c, let h, let w): "(\(c), \(h), \(w))"
         case .features(let f): "(\(f))"
         case .table(let f, let m): "a table of \(f) categorical and \(m) numeric columns"
+        case .sequence(let t, let f): "(\(t) steps, \(f))"
+        case .tokens(let t, let v): "\(t) tokens of a vocabulary of \(v)"
         }
     }
 }
@@ -164,18 +186,29 @@ extension ModelSpec {
             }
             return table.categorical == 0 ? .features(table.numeric) : .table(categorical: table.categorical, numeric: table.numeric)
         }
+        if let tokens {
+            guard input.isEmpty, (1...Self.largestSize).contains(tokens.steps), (1...Self.largestSize).contains(tokens.vocabulary) else {
+                throw SpecError("model spec \(name): a token input is {tokens: T, vocabulary: V}, each in 1...\(Self.largestSize)")
+            }
+            return .tokens(steps: tokens.steps, vocabulary: tokens.vocabulary)
+        }
         guard input.allSatisfy({ (1...Self.largestSize).contains($0) }) else {
             throw SpecError("model spec \(name): input \(input): each size must be in 1...\(Self.largestSize)")
         }
         switch input.count {
         case 1: return .features(input[0])
+        case 2:
+            guard input[0] * input[1] <= Self.largestSize * 64 else {
+                throw SpecError("model spec \(name): input \(input) holds more than \(Self.largestSize * 64) values a sample")
+            }
+            return .sequence(steps: input[0], features: input[1])
         case 3:
             let (c, h, w) = (input[0], input[1], input[2])
             guard c * h <= Self.largestSize, c * h * w <= Self.largestSize * 64 else {
                 throw SpecError("model spec \(name): input \(input) holds more than \(Self.largestSize * 64) values a sample")
             }
             return .image(channels: c, height: h, width: w)
-        default: throw SpecError("model spec \(name): input \(input): give (C, H, W) for images or (F) for features")
+        default: throw SpecError("model spec \(name): input \(input): give (C, H, W) for images, (T, F) for sequences or (F) for features")
         }
     }
 
@@ -196,13 +229,34 @@ extension ModelSpec {
                 guard (lowest...Self.largestSize).contains(v) else { throw fail("\(what) \(v) is not in \(lowest)...\(Self.largestSize)") }
                 return v
             }
+            if case .tokens = shape, layer.kind != .embedding { throw fail("tokens go through an embedding first: - embedding: 32") }
+            if case .sequence = shape, ![.lstm, .flatten, .dropout, .relu, .leakyRelu, .tanh, .sigmoid, .gelu].contains(layer.kind) {
+                throw fail("a sequence goes through an lstm (its last step's features), or a flatten")
+            }
             if case .table = shape, layer.kind != .embedding {
                 throw fail("a table's categorical columns go through an embedding first: - embedding: {out: 8, buckets: 1000}")
             }
             switch layer.kind {
+            case .embedding where i == 0 && tokens != nil:
+                guard case .tokens(let t, let v) = shape else { throw fail("embedding takes tokens") }
+                guard layer.buckets == nil else { throw fail("tokens index the vocabulary's \(v) rows: drop buckets") }
+                let d = try size(layer.out, "out")
+                guard v <= Self.largestSize * 64 / d, t <= Self.largestSize * 64 / d else {
+                    throw fail("a table of \(v) x \(d) is too large")
+                }
+                shape = .sequence(steps: t, features: d)
+            case .lstm:
+                guard case .sequence(let t, let f) = shape else { throw fail("lstm takes a sequence (T, F)") }
+                let h = try size(layer.out, "out")
+                guard 4 * h <= Self.largestSize, f <= Self.largestSize, t * h <= Self.largestSize * 64 else {
+                    throw fail("an lstm of \(h) over (\(t), \(f)) is too large")
+                }
+                shape = layer.sequences == true ? .sequence(steps: t, features: h) : .features(h)
             case .embedding:
                 guard case .table(let f, let m) = shape, i == 0 else {
-                    throw fail("embedding is a table input's first layer (input: {categorical: F, numeric: M})")
+                    throw fail(
+                        "embedding is the first layer of a table input (input: {categorical: F, numeric: M}) or of tokens (input: {tokens: T, vocabulary: V})"
+                    )
                 }
                 let d = try size(layer.out, "out"), r = try size(layer.buckets, "buckets", default: 1000)
                 guard f * r <= Self.largestSize * 64 / d else { throw fail("\(f) tables of \(r) x \(d) are too large") }
@@ -285,6 +339,18 @@ extension ModelSpec {
         return k
     }
 
+    /// The values a sample keeps between forward and backward: every layer's output, and an lstm's gates
+    /// and states (7 per hidden unit and step).
+    public func activationCount() throws -> Int {
+        var before = try inputShape(), total = before.count
+        for (layer, after) in zip(layers, try shapes()) {
+            total += after.count
+            if layer.kind == .lstm, case .sequence(let t, _) = before { total += 7 * t * (layer.out ?? 1) }
+            before = after
+        }
+        return total
+    }
+
     /// The parameters the spec's layers hold (weights, biases, weight-norm scales): what its memory
     /// estimate counts. Every size is checked by `shapes`, so the products cannot overflow.
     public func parameterCount() throws -> Int { try parameterCounts().reduce(0, +) }
@@ -305,6 +371,10 @@ extension ModelSpec {
             case (.batchNorm, _, .features(let f)): n = layer.meanOnly == true ? f : 2 * f
             case (.batchNorm, _, .image(let c, _, _)): n = layer.meanOnly == true ? c : 2 * c
             case (.embedding, .table(let f, _), _): n = f * (layer.buckets ?? 1000) * (layer.out ?? 1)
+            case (.embedding, .tokens(_, let v), _): n = v * (layer.out ?? 1)
+            case (.lstm, .sequence(_, let f), _):
+                let h = layer.out ?? 1
+                n = 4 * h * (f + h) + 8 * h + (layer.weightNorm == true ? 8 * h : 0)
             default: n = 0
             }
             counts.append(n)
@@ -327,6 +397,15 @@ extension ModelSpec {
         for (i, (layer, after)) in zip(layers, shapes).enumerated() {
             let prefix = "layers.\(i)."
             switch (layer.kind, before, after) {
+            case (.embedding, .tokens(let t, let v), _):
+                built.append(
+                    TokenEmbedding<T>(&layout, prefix: prefix, steps: t, vocabulary: v, width: layer.out!, sparse: layer.sparse ?? false))
+            case (.lstm, .sequence(let t, let f), _):
+                built.append(
+                    SequenceLSTM<T>(
+                        &layout, prefix: prefix, steps: t, inputSize: f, hiddenSize: layer.out!, weightNorm: layer.weightNorm ?? false,
+                        sequences: layer.sequences ?? false))
+            case (.flatten, .sequence, _): break  // a sequence is already (B, T*F)
             case (.embedding, .table(let f, let m), _):
                 built.append(
                     TableEmbedding<T>(

@@ -53,7 +53,9 @@ public final class Sequential<T: Scalar> {
     }
 
     /// The row-sparse gradients of its tables (embeddings declared `sparse`).
-    public var sparseGradients: [SparseRows<T>] { layers.compactMap { ($0 as? TableEmbedding<T>)?.table.sparseGradient } }
+    public var sparseGradients: [SparseRows<T>] {
+        layers.compactMap { ($0 as? TableEmbedding<T>)?.table.sparseGradient ?? ($0 as? TokenEmbedding<T>)?.table.sparseGradient }
+    }
 
     /// Non-trainable buffers of every layer, as "layers.<i>.<name>".
     public var bufferOwners: [(prefix: String, owner: any BufferOwner)] {

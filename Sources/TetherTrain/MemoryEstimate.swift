@@ -68,11 +68,14 @@ public struct MemoryEstimate: Sendable, Equatable {
             }
         case "spec":
             let parameters = (try? config.spec?.parameterCount()) ?? nil ?? 0
-            let activations = (try? config.spec?.shapes().reduce(0) { $0 + $1.count }) ?? nil ?? 0
+            let activations = (try? config.spec?.activationCount()) ?? nil ?? 0
             add("parameters", [("parameters", parameters), ("copies", copies)])
             add(
                 "activations",
-                [("batch", b), ("values a sample (every layer's output)", activations), ("3 (values, gradients, scratch)", 3)])
+                [
+                    ("batch", b), ("values a sample (every layer's output, an lstm's gates)", activations),
+                    ("3 (values, gradients, scratch)", 3)
+                ])
         default:
             // the image families' shapes are fixed: 28x28 inputs, at most ~1.7M parameters; a sample's
             // activations and im2col buffers stay under 256k values (cnn-wn's first conv's columns)

@@ -61,10 +61,26 @@ final class SpecTraining<Dataset: LabelledSamples>: ShuffledWorkload {
         } else {
             let input = try spec.inputShape(), sample = data.sampleShape
             guard data.tableColumns.map({ $0.categorical == 0 }) ?? true, input.count == sample.reduce(1, *),
-                spec.input == sample || spec.input.count == 1
+                spec.input == sample || spec.input.count == 1 || (spec.input.count == 2 && Array(sample.suffix(2)) == spec.input)
+                    || (spec.tokens != nil && sample.count == 1)
             else {
                 throw ConfigError(
                     message: "model spec \(spec.name): its input is \(input), the data's samples are \(sample) (\(config.data))")
+            }
+        }
+        if let t = spec.tokens {
+            // token ids index the embedding: whole numbers in 0..<V, checked before the first step
+            for (split, samples) in [("training", train), ("held-out", test)] {
+                guard let arrays = samples.dataset as? ArrayDataset else {
+                    throw ConfigError(
+                        message: "model spec \(spec.name): tokens come from --data npz:FILE (x: (N, \(t.steps)) whole numbers)")
+                }
+                if let i = arrays.values.firstIndex(where: { !($0 >= 0 && $0 < Float(t.vocabulary) && $0.rounded() == $0) }) {
+                    throw ConfigError(
+                        message:
+                            "\(config.data): \(split) sample \(i / t.steps), position \(i % t.steps) holds \(arrays.values[i]), not a token id in 0..<\(t.vocabulary) (uint8 x is scaled to [0, 1] as an image: give integers as int32 or int64)"
+                    )
+                }
             }
         }
         let outputs = try spec.classes()

@@ -55,8 +55,12 @@ enum PyTorchModule {
             return "(B, \(t.categorical + t.numeric)): \(t.categorical) categorical columns as their values' FNV-1a hashes & 0xFFFFFF, "
                 + "then \(t.numeric) numbers standardized with the training split's mean and deviation"
         }
-        return spec.input.count == 3
-            ? "(B, \(spec.input.map(String.init).joined(separator: ", "))) images" : "(B, \(spec.input[0])) features"
+        if let t = spec.tokens { return "(B, \(t.steps)) token ids in 0..<\(t.vocabulary)" }
+        switch spec.input.count {
+        case 3: return "(B, \(spec.input.map(String.init).joined(separator: ", "))) images"
+        case 2: return "(B, \(spec.input[0]), \(spec.input[1])) sequences"
+        default: return "(B, \(spec.input[0])) features"
+        }
     }
 
     static func source(_ spec: ModelSpec) throws -> String {
@@ -69,6 +73,12 @@ enum PyTorchModule {
             case (.dense, .features(let f)) where layer.tie != nil:
                 entry = "TiedLinear(\(f), \(layer.out!))"
                 ties.append("self.layers[\(i)].tie(self.layers[\(layer.tie!)])")
+            case (.embedding, .tokens(_, let v)):
+                entry = "TokenEmbedding(\(v), \(layer.out!))"
+            case (.lstm, .sequence(_, let f)):
+                entry =
+                    (layer.weightNorm == true ? "lstm_weight_norm(" : "(")
+                    + "SequenceLSTM(\(f), \(layer.out!), sequences=\(py(layer.sequences ?? false))))"
             case (.embedding, .table(let f, _)):
                 entry = "TableEmbedding(\(f), \(layer.buckets ?? 1000), \(layer.out!))"
             case (.dense, .features(let f)):
@@ -143,6 +153,34 @@ enum PyTorchModule {
                 def forward(self, x):
                     ids = x[:, : self.fields].long() % self.buckets + self.offsets
                     return torch.cat([nn.functional.embedding(ids, self.weight).flatten(1), x[:, self.fields :]], dim=1)
+
+
+            class TokenEmbedding(nn.Embedding):
+                \"\"\"nn.Embedding over token ids given as any number type (B, T) -> (B, T, D).\"\"\"
+
+                def forward(self, x):
+                    return super().forward(x.long())
+
+
+            class SequenceLSTM(nn.LSTM):
+                \"\"\"One batch-first LSTM layer from a zero state: (B, T, F) -> the last step's (B, H), or with
+                sequences every step's (B, T, H).\"\"\"
+
+                def __init__(self, input_size, hidden_size, sequences):
+                    super().__init__(input_size, hidden_size, batch_first=True)
+                    self.sequences = sequences
+
+                def forward(self, x):
+                    out, _ = super().forward(x)
+                    return out if self.sequences else out[:, -1]
+
+
+            def lstm_weight_norm(module):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    for name in ("weight_ih_l0", "weight_hh_l0"):
+                        module = torch.nn.utils.weight_norm(module, name=name)
+                    return module
 
 
             class TiedLinear(nn.Module):

@@ -91,8 +91,7 @@ struct Models: ParsableCommand {
                     )
                 }
                 let shapes = try s.shapes()
-                var before = try s.inputShape()
-                print("\(s.name): input \(before), loss \(s.loss.rawValue)")
+                print("\(s.name): input \(try s.inputShape()), loss \(s.loss.rawValue)")
                 let counts = try s.parameterCounts()
                 for (i, (layer, after)) in zip(s.layers, shapes).enumerated() {
                     let parameters = counts[i], line = ModelSpecFile.yaml(layer)
@@ -100,7 +99,6 @@ struct Models: ParsableCommand {
                         "  layers.\(i)".padding(toLength: 12, withPad: " ", startingAt: 0)
                             + line.padding(toLength: 64, withPad: " ", startingAt: 0)
                             + " -> \(after)" + (parameters > 0 ? ", \(parameters.formatted()) parameters" : ""))
-                    before = after
                 }
                 print(
                     "\((try s.parameterCount()).formatted()) parameters; "
@@ -108,18 +106,6 @@ struct Models: ParsableCommand {
             } catch { exitWithError(error) }
         }
 
-        static func dims(_ s: SpecShape) -> [Int] {
-            switch s {
-            case .image(let c, let h, let w): [c, h, w]
-            case .features(let f): [f]
-            case .table: []
-            }
-        }
-
-        static func table(_ s: SpecShape) -> ModelSpec.TableColumns? {
-            guard case .table(let f, let m) = s else { return nil }
-            return ModelSpec.TableColumns(categorical: f, numeric: m)
-        }
     }
 
     struct List: ParsableCommand {

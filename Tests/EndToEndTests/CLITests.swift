@@ -759,36 +759,28 @@ let kubernetesTypesInstalled =
         #expect(report.status == 0 && html.contains("Held-out RMSE") && html.contains("MAE"), "\(report.stderr)")
         // PyTorch, given the rows as the exported module says (hashes cut to 24 bits, numbers standardized
         // with the training rows' mean and deviation), predicts the held-out prices as tether eval does
-        guard let python = Self.torchPython else {
-            print(
-                "skipped: PyTorch's side of the table spec test (no torch, numpy and safetensors in .build/test-venv; scripts/install-deps --test)"
-            )
-            return
-        }
-        let export = try CLI.run(["export", "--pytorch", "homes_model.py", "--checkpoint", "run/checkpoint.safetensors"], in: dir)
-        #expect(export.status == 0, "\(export.stderr)")
-        let script = """
-            import csv, importlib.util, numpy as np, torch
-            spec = importlib.util.spec_from_file_location("m", "homes_model.py"); m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
-            model = m.load_tether("run/checkpoint.safetensors"); model.eval()
-            def fnv(text):
-                h = 0xCBF29CE484222325
-                for b in text.encode(): h = ((h ^ b) * 0x100000001B3) % (1 << 64)
-                return h & 0xFFFFFF
-            rows = list(csv.DictReader(open("homes.csv")))
-            h = round(0.2 * len(rows)); held = set((j + 1) * len(rows) // h - 1 for j in range(h))
-            train = [r for i, r in enumerate(rows) if i not in held]
-            numbers = np.array([[float(r["area"]), float(r["rooms"])] for r in train], dtype=np.float64)
-            mean, std = numbers.mean(0), np.maximum(numbers.std(0), 1e-6)
-            test = [rows[i] for i in sorted(held)]
-            x = np.array([[fnv(r["city"]), fnv(r["kind"]), *((np.array([float(r["area"]), float(r["rooms"])]) - mean) / std)] for r in test], dtype=np.float32)
-            y = np.array([[float(r["price"])] for r in test], dtype=np.float32)
-            with torch.no_grad(): out = model(torch.from_numpy(x))
-            print(torch.nn.functional.mse_loss(out, torch.from_numpy(y)).item())
-            """
-        let r = try CLI.run(["-c", script], executable: URL(fileURLWithPath: python), in: dir)
-        let theirs = Double(r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1, mse = rmse * rmse
-        #expect(r.status == 0 && abs(theirs - mse) <= 1e-4 * mse, "PyTorch \(theirs), tether eval \(mse): \(r.stderr)")
+        guard
+            let theirs = try pytorchFigure(
+                """
+                import csv
+                def fnv(text):
+                    h = 0xCBF29CE484222325
+                    for b in text.encode(): h = ((h ^ b) * 0x100000001B3) % (1 << 64)
+                    return h & 0xFFFFFF
+                rows = list(csv.DictReader(open("homes.csv")))
+                h = round(0.2 * len(rows)); held = set((j + 1) * len(rows) // h - 1 for j in range(h))
+                train = [r for i, r in enumerate(rows) if i not in held]
+                numbers = np.array([[float(r["area"]), float(r["rooms"])] for r in train], dtype=np.float64)
+                mean, std = numbers.mean(0), np.maximum(numbers.std(0), 1e-6)
+                test = [rows[i] for i in sorted(held)]
+                x = np.array([[fnv(r["city"]), fnv(r["kind"]), *((np.array([float(r["area"]), float(r["rooms"])]) - mean) / std)] for r in test], dtype=np.float32)
+                y = np.array([[float(r["price"])] for r in test], dtype=np.float32)
+                with torch.no_grad(): out = model(torch.from_numpy(x))
+                print(torch.nn.functional.mse_loss(out, torch.from_numpy(y)).item())
+                """, what: "the table spec test", in: dir)
+        else { return }
+        let mse = rmse * rmse
+        #expect(abs(theirs - mse) <= 1e-4 * mse, "PyTorch \(theirs), tether eval \(mse)")
     }
 
     /// A tied autoencoder of your own: its decoder's weights are the encoder's transposes (`tie:`), trained
@@ -845,26 +837,88 @@ let kubernetesTypesInstalled =
         let mean = values.reduce(0, +) / Double(values.count)
         let spread = values.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(values.count)
         #expect(eval.status == 0 && mse < spread / 4, "mse \(mse), spread \(spread): \(eval.stdout)\(eval.stderr)")
-        guard let python = Self.torchPython else {
-            print(
-                "skipped: PyTorch's side of the tied spec test (no torch, numpy and safetensors in .build/test-venv; scripts/install-deps --test)"
-            )
-            return
+        guard
+            let theirs = try pytorchFigure(
+                """
+                assert model.layers[6].source is model.layers[0]
+                d = np.load("codes.npz"); held = np.arange(9, len(d["y"]), 10)
+                with torch.no_grad(): out = model(torch.from_numpy(d["x"][held]))
+                print(torch.nn.functional.mse_loss(out, torch.from_numpy(d["y"][held])).item())
+                """, what: "the tied spec test", in: dir)
+        else { return }
+        #expect(abs(theirs - mse) <= 1e-5 * mse, "PyTorch \(theirs), tether eval \(mse)")
+    }
+
+    /// A sequence model of your own: token ids through an embedding and an LSTM to a class, where the
+    /// class is which of three marker tokens comes first (order matters: a bag of tokens cannot tell),
+    /// trained by two worker processes; PyTorch, loading the checkpoint through the exported module
+    /// (nn.Embedding and a batch-first nn.LSTM), agrees with `tether eval`.
+    @Test func aTokenSequenceSpecTrainsThroughACluster() throws {
+        let dir = CLI.tempDir("spec-lstm")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        var rng = SystemRandomNumberGenerator()
+        let n = 1500, steps = 12
+        var x: [UInt8] = [], y: [UInt8] = []
+        for _ in 0..<n {
+            var tokens = (0..<steps).map { _ in Int64.random(in: 4...9, using: &rng) }
+            let places = Array((0..<steps).shuffled(using: &rng).prefix(3))
+            for (k, p) in places.enumerated() { tokens[p] = Int64(k + 1) }
+            for t in tokens { withUnsafeBytes(of: t.littleEndian) { x += $0 } }
+            withUnsafeBytes(of: Int64(places.firstIndex(of: places.min()!)!).littleEndian) { y += $0 }
         }
-        let export = try CLI.run(["export", "--pytorch", "codes_model.py", "--checkpoint", "run/checkpoint.safetensors"], in: dir)
+        try Data(
+            NumPy.npz([
+                ("x", NumPyArray(dtype: .int64, shape: [n, steps], bytes: x)), ("y", NumPyArray(dtype: .int64, shape: [n], bytes: y))
+            ])
+        ).write(to: dir.appendingPathComponent("seq.npz"))
+        try "input: {tokens: 12, vocabulary: 10}\nlayers: [embedding: 8, lstm: 24, dense: 3]\n".write(
+            to: dir.appendingPathComponent("seq.yaml"), atomically: true, encoding: .utf8)
+        let run = try CLI.run(
+            [
+                "simulate", "--workers", "2", "--model", "seq.yaml", "--data", "npz:seq.npz", "--batch", "16", "--epochs", "30",
+                "--lr", "0.03", "--run-dir", "run"
+            ], timeout: 240, in: dir)
+        #expect(run.status == 0, "\(run.stdout)\(run.stderr)")
+        let eval = try CLI.run(["eval", "--checkpoint", dir.appendingPathComponent("run/checkpoint.safetensors").path, "--json"])
+        let accuracy = (try? JSONSerialization.jsonObject(with: Data(eval.stdout.utf8)) as? [String: Any])?["test_accuracy"] as? Double ?? 0
+        #expect(eval.status == 0 && accuracy > 0.7, "\(eval.stdout)\(eval.stderr)")
+        // a token outside the vocabulary is named with its sample and position
+        let narrow = try CLI.run(
+            ["train", "--model", "input: {tokens: 12, vocabulary: 8}\nlayers: [embedding: 8, lstm: 4, dense: 3]", "--data", "npz:seq.npz"],
+            in: dir)
+        #expect(narrow.status == 1 && narrow.stderr.contains("not a token id in 0..<8"), "\(narrow.stderr)")
+        guard
+            let theirs = try pytorchFigure(
+                """
+                d = np.load("seq.npz"); held = np.arange(9, len(d["y"]), 10)
+                with torch.no_grad(): predicted = model(torch.from_numpy(d["x"][held])).argmax(1).numpy()
+                print((predicted == d["y"][held]).mean())
+                """, what: "the sequence spec test", in: dir)
+        else { return }
+        #expect(abs(theirs - accuracy) <= 0.001, "PyTorch \(theirs), tether eval \(accuracy)")
+    }
+
+    /// What `script` prints (one number), run by the tests' Python after a prologue that loads the
+    /// checkpoint run/checkpoint.safetensors in `dir` through the module `tether export --pytorch` writes
+    /// for it (as `model`, in evaluation mode, with numpy as np and torch imported); nil, the check
+    /// skipped saying why, without PyTorch in .build/test-venv.
+    func pytorchFigure(_ script: String, what: String, in dir: URL) throws -> Double? {
+        guard let python = Self.torchPython else {
+            print("skipped: PyTorch's side of \(what) (no torch, numpy and safetensors in .build/test-venv; scripts/install-deps --test)")
+            return nil
+        }
+        let export = try CLI.run(["export", "--pytorch", "exported_model.py", "--checkpoint", "run/checkpoint.safetensors"], in: dir)
         #expect(export.status == 0, "\(export.stderr)")
-        let script = """
+        let prologue = """
             import importlib.util, numpy as np, torch
-            spec = importlib.util.spec_from_file_location("m", "codes_model.py"); m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+            spec = importlib.util.spec_from_file_location("m", "exported_model.py"); m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
             model = m.load_tether("run/checkpoint.safetensors"); model.eval()
-            assert model.layers[6].source is model.layers[0]
-            d = np.load("codes.npz"); held = np.arange(9, len(d["y"]), 10)
-            with torch.no_grad(): out = model(torch.from_numpy(d["x"][held]))
-            print(torch.nn.functional.mse_loss(out, torch.from_numpy(d["y"][held])).item())
+
             """
-        let r = try CLI.run(["-c", script], executable: URL(fileURLWithPath: python), in: dir)
-        let theirs = Double(r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
-        #expect(r.status == 0 && abs(theirs - mse) <= 1e-5 * mse, "PyTorch \(theirs), tether eval \(mse): \(r.stderr)")
+        let r = try CLI.run(["-c", prologue + script], executable: URL(fileURLWithPath: python), in: dir)
+        #expect(r.status == 0, "\(what): \(r.stderr)")
+        return Double(r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? .nan
     }
 
     /// The tests' Python (the venv scripts/install-deps --test makes) when it has PyTorch, NumPy and
@@ -880,26 +934,16 @@ let kubernetesTypesInstalled =
     /// `tether export --pytorch` writes, and scores the same held-out samples (every tenth) within 0.1
     /// points of `tether eval`.
     func expectPyTorchAgrees(accuracy: Double, in dir: URL) throws {
-        guard let python = Self.torchPython else {
-            print(
-                "skipped: PyTorch's side of the spec test (no torch, numpy and safetensors in .build/test-venv; scripts/install-deps --test)"
-            )
-            return
-        }
-        let export = try CLI.run(["export", "--pytorch", "rgb_model.py", "--checkpoint", "run/checkpoint.safetensors"], in: dir)
-        #expect(export.status == 0, "\(export.stderr)")
-        let script = """
-            import importlib.util, numpy as np, torch
-            spec = importlib.util.spec_from_file_location("m", "rgb_model.py"); m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
-            model = m.load_tether("run/checkpoint.safetensors"); model.eval()
-            d = np.load("rgb.npz"); held = np.arange(9, len(d["y"]), 10)
-            x = np.ascontiguousarray(np.transpose(d["x"][held].astype(np.float32) / 255, (0, 3, 1, 2)))
-            with torch.no_grad(): predicted = model(torch.from_numpy(x)).argmax(1).numpy()
-            print((predicted == d["y"][held]).mean())
-            """
-        let r = try CLI.run(["-c", script], executable: URL(fileURLWithPath: python), in: dir)
-        let theirs = Double(r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
-        #expect(r.status == 0 && abs(theirs - accuracy) <= 0.001, "PyTorch \(theirs), tether eval \(accuracy): \(r.stderr)")
+        guard
+            let theirs = try pytorchFigure(
+                """
+                d = np.load("rgb.npz"); held = np.arange(9, len(d["y"]), 10)
+                x = np.ascontiguousarray(np.transpose(d["x"][held].astype(np.float32) / 255, (0, 3, 1, 2)))
+                with torch.no_grad(): predicted = model(torch.from_numpy(x)).argmax(1).numpy()
+                print((predicted == d["y"][held]).mean())
+                """, what: "the spec test", in: dir)
+        else { return }
+        #expect(abs(theirs - accuracy) <= 0.001, "PyTorch \(theirs), tether eval \(accuracy)")
     }
 
     /// lm-tied as a user runs it: train on a text file, evaluate the checkpoint (the vocabulary comes with it).

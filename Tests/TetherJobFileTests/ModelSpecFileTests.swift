@@ -41,7 +41,12 @@ import TetherNN
         ),
         ("input: [4]\nlayers: [{dense: {out: three}}]\n", "layer 0 (dense): out must be a whole number, got three"),
         ("input: [4]\nlayers: [relu: 3]\n", "layer 0 (relu): takes no settings"),
-        ("input: [4]\nlayers: [lstm]\n", "lstm is not built for specs yet"),
+        ("input: [4]\nlayers: [lstm: 3]\n", "layer 0 (lstm) gets (4): lstm takes a sequence (T, F)"),
+        (
+            "input: {tokens: 5, vocabulary: 9}\nlayers: [lstm: 3]\n",
+            "layer 0 (lstm) gets 5 tokens of a vocabulary of 9: tokens go through an embedding first"
+        ),
+        ("input: {tokens: 5}\nlayers: [embedding: 3]\n", "input: tokens are {tokens: T, vocabulary: V}"),
         (
             "input: [4]\nlayers: [dense: 3]\nloss: mae\n",
             "loss mae is not one of cross-entropy, binary-cross-entropy, mse, l1 (did you mean mse?)"
@@ -84,6 +89,12 @@ import TetherNN
             spec.layers[0].kind == .embedding && spec.layers[0].out == 8 && spec.layers[0].buckets == 500 && spec.layers[0].sparse == true)
         #expect(try spec.shapes().first == .features(3 * 8 + 2) && spec.classes() == 2)
         #expect(try ModelSpecFile.parse(ModelSpecFile.yaml(spec), name: "t", source: "again") == spec)
+        let tokens = try ModelSpecFile.parse(
+            "input: {tokens: 20, vocabulary: 300}\nlayers: [embedding: 16, {lstm: {out: 32, sequences: true, weight-norm: true}}, lstm: 8, dense: 4]\n",
+            name: "s", source: "s.yaml")
+        #expect(tokens.tokens == ModelSpec.TokenInput(steps: 20, vocabulary: 300) && tokens.layers[1].sequences == true)
+        #expect(try tokens.shapes().last == .features(4))
+        #expect(try ModelSpecFile.parse(ModelSpecFile.yaml(tokens), name: "s", source: "again") == tokens)
     }
 
     @Test func theShippedSpecsAreTheFilesInModels() throws {

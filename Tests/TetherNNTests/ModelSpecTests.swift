@@ -84,7 +84,10 @@ import TetherTensor
                 ModelSpec(name: "m", input: [6, 1 << 30, 1], layers: [layer(.flatten)]),
                 "input [6, 1073741824, 1]: each size must be in 1...16777216"
             ),
-            (ModelSpec(name: "m", input: [2, 2], layers: [layer(.relu)]), "give (C, H, W) for images or (F) for features"),
+            (
+                ModelSpec(name: "m", input: [2, 2, 2, 2], layers: [layer(.relu)]),
+                "give (C, H, W) for images, (T, F) for sequences or (F) for features"
+            ),
             (ModelSpec(name: "m", input: [6], layers: []), "0 layers")
         ] as [(ModelSpec, String)])
     func aLayerThatDoesNotFitIsNamedWithBothShapes(spec: ModelSpec, message: String) {
@@ -236,6 +239,56 @@ import TetherTensor
         }
     }
 
+    /// An lstm over each sample's sequence (batch-first, the last step's state or every step's), plain
+    /// and weight-normalized, against central differences through its parameters and input.
+    @Test(arguments: [(false, false), (true, false), (false, true), (true, true)])
+    func sequenceLSTM(sequences: Bool, weightNorm: Bool) {
+        var layout = ArenaLayout()
+        let l = SequenceLSTM<Double>(
+            &layout, prefix: "", steps: 4, inputSize: 3, hiddenSize: 5, weightNorm: weightNorm, sequences: sequences)
+        var check = GradientCheck(layout: layout, layer: l, inputShape: [2, 4 * 3])
+        #expect(check.maxError() < tolerance)
+    }
+
+    /// Tokens through an embedding into a stack of two lstms (the first giving every step) and a
+    /// classifier: the shapes, PyTorch's names, and the gradients of the loss (a row-sparse embedding's
+    /// too) against central differences.
+    @Test(arguments: [false, true])
+    func aTokenSequenceSpecHasTheGradientsOfItsLoss(sparse: Bool) throws {
+        let spec = ModelSpec(
+            name: "seq", input: [], tokens: .init(steps: 5, vocabulary: 7),
+            layers: [
+                Self.layer(.embedding) { ($0.out, $0.sparse) = (3, sparse) },
+                Self.layer(.lstm) { ($0.out, $0.sequences, $0.weightNorm) = (4, true, true) },
+                Self.layer(.dropout) { $0.rate = 0 },  // (training's masks would differ from evaluation's)
+                Self.layer(.lstm) { $0.out = 4 },
+                Self.layer(.dense) { $0.out = 3 }
+            ])
+        #expect(
+            try spec.shapes() == [
+                .sequence(steps: 5, features: 3), .sequence(steps: 5, features: 4), .sequence(steps: 5, features: 4), .features(4),
+                .features(3)
+            ])
+        #expect(try spec.parameterCounts() == [21, 16 * 7 + 32 + 32, 0, 16 * 8 + 32, 15])
+        var layout = ArenaLayout(), rng = RNG(seed: 8)
+        let network = try spec.network(&layout, as: Double.self)
+        #expect(
+            layout.entries.map(\.name).contains("layers.1.weight_hh_l0_g") && layout.entries.map(\.name).contains("layers.3.bias_ih_l0"))
+        let model = Predictor(kind: "spec", layout: layout, network: network, objective: spec.objective, rng: &rng)
+        #expect(model.arena.count == (try spec.parameterCount()))
+        for i in 0..<model.arena.count { model.arena.values[i] += 0.2 * rng.nextNormal() }
+        let ids: [Double] = [0, 3, 6, 1, 1, 2, 2, 5, 4, 0, 6, 6, 0, 3, 1]
+        let batch = Batch(inputs: Tensor(shape: [3, 5], scalars: ids), labels: [2, 0, 1])
+        let worst = Self.worstGradientError(model, batch)
+        #expect(worst < tolerance, "worst relative error \(worst)")
+        var wrong = spec
+        wrong.layers[4] = Self.layer(.dense) { $0.out = 3 }
+        wrong.layers.remove(at: 3)
+        do { _ = try wrong.shapes(); Issue.record("a dense layer on a sequence was taken") } catch {
+            #expect("\(error)".contains("layer 3 (dense) gets (5 steps, 4): a sequence goes through an lstm"), "\(error)")
+        }
+    }
+
     @Test func aTableInputNeedsAnEmbeddingFirst() throws {
         let dense = ModelSpec(
             name: "t", input: [], table: .init(categorical: 2, numeric: 1), layers: [Self.layer(.dense) { $0.out = 1 }], loss: .mse)
@@ -247,7 +300,7 @@ import TetherTensor
         }
         let late = ModelSpec(name: "t", input: [4], layers: [Self.layer(.embedding) { $0.out = 2 }], loss: .mse)
         do { _ = try late.shapes(); Issue.record("an embedding on features was taken") } catch {
-            #expect("\(error)".contains("embedding is a table input's first layer"), "\(error)")
+            #expect("\(error)".contains("embedding is the first layer of a table input"), "\(error)")
         }
         // numbers only: the table is features
         let numbers = ModelSpec(

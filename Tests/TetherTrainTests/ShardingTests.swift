@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import TetherTrain
+import TetherData
 import TetherNN
 
 @Suite struct ShardingTests {
@@ -72,7 +73,7 @@ import TetherNN
 
     /// The sum of N shards' gradients (each scaled by 1 / the global count) equals the gradient of one
     /// process whose batch is the union: the arithmetic the cluster's all-reduce relies on.
-    @Test(arguments: ["lm-tied", "wide-deep", "spec"])
+    @Test(arguments: ["lm-tied", "wide-deep", "spec", "spec-tokens"])
     func shardsSumToTheWholeBatchGradient(model: String) throws {
         let corpus = try writeToyCorpus()
         defer { try? FileManager.default.removeItem(at: corpus) }
@@ -98,6 +99,25 @@ import TetherNN
                 name: "t", input: [], table: .init(categorical: 2, numeric: 1), layers: [embedding, hidden, LayerSpec(.tanh), out],
                 loss: .mse)
             c.batch = 9
+        }
+        if model == "spec-tokens" {
+            // token ids through an embedding and two lstms (the first giving every step) to classes
+            var x: [UInt8] = [], y: [UInt8] = []
+            for i in 0..<200 {
+                for t in 0..<6 { withUnsafeBytes(of: Int64((i * 7 + t * t) % 9).littleEndian) { x += $0 } }
+                withUnsafeBytes(of: Int64(i % 3).littleEndian) { y += $0 }
+            }
+            let npz = NumPy.npz([
+                ("x", NumPyArray(dtype: .int64, shape: [200, 6], bytes: x)), ("y", NumPyArray(dtype: .int64, shape: [200], bytes: y))
+            ])
+            try Data(npz).write(to: corpus.appendingPathComponent("t.npz"))
+            c = TrainingConfig.defaults(for: "spec")
+            c.model = "spec"
+            c.data = "npz:" + corpus.appendingPathComponent("t.npz").path
+            var embedding = LayerSpec(.embedding), first = LayerSpec(.lstm), second = LayerSpec(.lstm), out = LayerSpec(.dense)
+            (embedding.out, first.out, first.sequences, first.weightNorm, second.out, out.out) = (4, 5, true, true, 3, 3)
+            c.spec = ModelSpec(name: "t", input: [], tokens: .init(steps: 6, vocabulary: 9), layers: [embedding, first, second, out])
+            c.batch = 7
         }
         let whole = try Workloads.make(
             {
