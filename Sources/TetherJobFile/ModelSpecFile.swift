@@ -15,7 +15,7 @@ public enum ModelSpecFile {
         do { root = try Yams.compose(yaml: text) } catch { throw SpecError("\(source): not valid YAML: \(error)") }
         guard var mapping = root?.mapping else { throw SpecError("\(source): a model spec is a mapping of input, layers and loss") }
         if let inner = mapping["model"]?.mapping { mapping = inner }
-        let keys = ["name", "input", "layers", "loss"]
+        let keys = ["name", "input", "layers", "loss", "wide"]
         for key in mapping.keys.compactMap(\.string) where !keys.contains(key) {
             throw SpecError("\(source): a model spec has no key \"\(key)\"" + nearest(key, keys))
         }
@@ -55,7 +55,31 @@ public enum ModelSpecFile {
             }
             loss = l
         }
-        let spec = ModelSpec(name: mapping["name"]?.string ?? name, input: input, table: table, tokens: tokens, layers: layers, loss: loss)
+        var spec = ModelSpec(name: mapping["name"]?.string ?? name, input: input, table: table, tokens: tokens, layers: layers, loss: loss)
+        if let node = mapping["wide"] {
+            guard let w = node.mapping else { throw SpecError("\(source): wide is a mapping: {buckets: 1048576, crosses: [[0, 2]]}") }
+            var tower = ModelSpec.WideTower()
+            for (k, v) in w {
+                let key = k.string ?? "?"
+                switch key {
+                case "buckets":
+                    guard let b = v.int else { throw SpecError("\(source): wide: buckets must be a whole number") }
+                    tower.buckets = b
+                case "crosses":
+                    guard let pairs = v.sequence?.map({ $0.sequence?.compactMap(\.int) ?? [] }), pairs.allSatisfy({ $0.count == 2 }) else {
+                        throw SpecError(
+                            "\(source): wide: crosses is a list of pairs of categorical column positions, e.g. [[0, 2], [1, 2]]")
+                    }
+                    tower.crosses = pairs
+                case "ftrl":
+                    guard let f = v.bool else { throw SpecError("\(source): wide: ftrl must be true or false") }
+                    tower.ftrl = f
+                default:
+                    throw SpecError("\(source): wide has no setting \"\(key)\"" + nearest(key, ["buckets", "crosses", "ftrl"]))
+                }
+            }
+            spec.wide = tower
+        }
         _ = try spec.classes()  // a spec that does not fit together (or with its loss) is refused where it is read
         return spec
     }
@@ -180,6 +204,10 @@ public enum ModelSpecFile {
             "\(pad)layers:"
         ]
         for l in spec.layers { lines.append("\(pad)  - " + yaml(l)) }
+        if let w = spec.wide {
+            let crosses = w.crosses.map { "[\($0.map(String.init).joined(separator: ", "))]" }.joined(separator: ", ")
+            lines.append("\(pad)wide: {buckets: \(w.buckets), crosses: [\(crosses)], ftrl: \(w.ftrl)}")
+        }
         lines.append("\(pad)loss: \(spec.loss.rawValue)")
         return lines.joined(separator: "\n") + "\n"
     }

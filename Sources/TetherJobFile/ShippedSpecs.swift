@@ -58,9 +58,6 @@ public enum ShippedSpecs {
     public static func predictor<T: Scalar>(
         _ name: String, height: Int = 28, width: Int = 28, classes: Int = 10, rng: inout RNG, as: T.Type = T.self
     ) throws -> Predictor<T>? {
-        guard let spec = try spec(name)?.forImages(height: height, width: width, classes: classes) else { return nil }
-        var layout = ArenaLayout()
-        let network = try spec.network(&layout, as: T.self)
-        return Predictor(kind: name, layout: layout, network: network, objective: spec.objective, rng: &rng)
+        try spec(name)?.forImages(height: height, width: width, classes: classes).predictor(kind: name, rng: &rng)
     }
 }

@@ -74,54 +74,77 @@ public final class Predictor<T: Scalar>: Model {
     public let context: ModelContext<T>
     public let network: Sequential<T>
     public let objective: Objective
+    /// Wide & Deep's wide tower, whose one logit is added to the network's one output.
+    public let wide: WideLinear<T>?
+    public let ftrlParameters: Set<String>
     let loss = SoftmaxCrossEntropy<T>()
     let logistic = LogisticLoss<T>()
     let regression: RegressionLoss<T>
 
     /// Builds the network over `layout`, allocates the arena and draws the initial parameters from `rng`.
-    public init(kind: String, layout: ArenaLayout, network: Sequential<T>, objective: Objective = .classes, rng: inout RNG) {
+    /// `wide` (built over `layout` after the network) is updated by FTRL-Proximal when `ftrl`.
+    public init(
+        kind: String, layout: ArenaLayout, network: Sequential<T>, wide: WideLinear<T>? = nil, ftrl: Bool = false,
+        objective: Objective = .classes, rng: inout RNG
+    ) {
         self.kind = kind
         self.network = network
         self.objective = objective
+        self.wide = wide
+        ftrlParameters = wide != nil && ftrl ? ["wide.weight"] : []
         regression = RegressionLoss(squared: objective == .squaredError)
         arena = ParameterArena(layout: layout)
         arena.initialize(rng: &rng)
         context = ModelContext(arena: arena, rng: rng)
     }
 
-    /// The batch's loss and figures from the network's outputs; with `scale`, also backward through the
-    /// network of scale x the summed loss.
+    /// The network's outputs, the wide tower's logit added.
+    private func forward(_ x: Tensor<T>) -> Tensor<T> {
+        var y = network.forward(x, context)
+        if let wide {
+            let z = wide.forward(x, context)
+            y.withMutablePointer { yp in z.withPointer { T.axpy(yp, $0, alpha: 1, count: z.count) } }
+        }
+        return y
+    }
+
+    /// Backward of d(outputs): the wide tower first (its entries are the arena's last, so they are final
+    /// before the network reports any), then the network.
+    private func backward(_ dy: Tensor<T>) {
+        wide?.backward(dy, context)
+        network.backward(dy, context, gradientsReady: context.gradientsReady)
+    }
+
+    /// The batch's loss and figures from the outputs; with `scale`, also backward of scale x the summed loss.
     private func loss(_ outputs: Tensor<T>, _ batch: Batch<T>, backwardScale scale: T?) -> BatchStats {
         let b = batch.count
         switch objective {
         case .classes:
             let lossSum = loss.forward(logits: outputs, labels: batch.labels), correct = loss.correctCount()
-            if let scale { network.backward(loss.backward(scale: scale), context, gradientsReady: context.gradientsReady) }
+            if let scale { backward(loss.backward(scale: scale)) }
             return BatchStats(lossSum: lossSum, correct: correct, count: b)
         case .binary:
             // logits (B, 1) -> (B) and back
             let lossSum = logistic.forward(logits: outputs.reshaped([b]), labels: batch.labels), correct = logistic.correctCount()
-            if let scale {
-                network.backward(logistic.backward(scale: scale).reshaped([b, 1]), context, gradientsReady: context.gradientsReady)
-            }
+            if let scale { backward(logistic.backward(scale: scale).reshaped([b, 1])) }
             return BatchStats(lossSum: lossSum, correct: correct, count: b)
         case .squaredError, .absoluteError:
             guard let targets = batch.targets else { preconditionFailure("a regression batch has targets") }
             let lossSum = regression.forward(outputs: outputs, targets: targets)
-            if let scale { network.backward(regression.backward(scale: scale), context, gradientsReady: context.gradientsReady) }
+            if let scale { backward(regression.backward(scale: scale)) }
             return BatchStats(lossSum: lossSum, count: b, squaredError: regression.squaredError, absoluteError: regression.absoluteError)
         }
     }
 
     public func accumulateGradients(_ batch: Batch<T>, scale: T) -> BatchStats {
         context.training = true
-        return loss(network.forward(batch.inputs, context), batch, backwardScale: scale)
+        return loss(forward(batch.inputs), batch, backwardScale: scale)
     }
 
     public func evaluate(_ batch: Batch<T>) -> BatchStats {
         context.training = false
         defer { context.training = true }
-        return loss(network.forward(batch.inputs, context), batch, backwardScale: nil)
+        return loss(forward(batch.inputs), batch, backwardScale: nil)
     }
 
     public func initializeFromData(_ batch: Batch<T>, reduce: StatisticsReducer) {
@@ -130,5 +153,7 @@ public final class Predictor<T: Scalar>: Model {
     }
 
     public var bufferOwners: [(prefix: String, owner: any BufferOwner)] { network.bufferOwners }
-    public var sparseGradients: [SparseRows<T>] { network.sparseGradients }
+    public var sparseGradients: [SparseRows<T>] { network.sparseGradients + [wide?.table.sparseGradient].compactMap { $0 } }
+    /// The last evaluation's probability of label 1 per row (binary objective).
+    public var probabilities: [Float] { logistic.probabilities.map { Float(Double($0)) } }
 }

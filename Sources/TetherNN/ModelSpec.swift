@@ -21,6 +21,9 @@ public struct ModelSpec: Codable, Equatable, Sendable {
     public var table: TableColumns?
     /// Token ids (`input: {tokens: T, vocabulary: V}`): T whole numbers in 0..<V a sample.
     public var tokens: TokenInput?
+    /// Wide & Deep's wide tower beside the layers (the deep tower) on a table input: its one logit is
+    /// added to the layers' one output.
+    public var wide: WideTower?
     public var layers: [LayerSpec]
     public var loss: Loss
 
@@ -38,6 +41,18 @@ public struct ModelSpec: Codable, Equatable, Sendable {
     public struct TableColumns: Codable, Equatable, Sendable {
         public var categorical: Int, numeric: Int
         public init(categorical: Int, numeric: Int) { (self.categorical, self.numeric) = (categorical, numeric) }
+    }
+
+    /// `wide: {buckets: W, crosses: [[0, 2]], ftrl: true}`: W hashed weights for the categorical values
+    /// and the crosses of the categorical columns named by position; updated by FTRL-Proximal (the
+    /// paper's; `ftrl: false` gives it the run's optimizer, which must then take row-sparse gradients).
+    public struct WideTower: Codable, Equatable, Sendable {
+        public var buckets: Int
+        public var crosses: [[Int]]
+        public var ftrl: Bool
+        public init(buckets: Int = 1 << 20, crosses: [[Int]] = [], ftrl: Bool = true) {
+            (self.buckets, self.crosses, self.ftrl) = (buckets, crosses, ftrl)
+        }
     }
 
     public struct TokenInput: Codable, Equatable, Sendable {
@@ -310,7 +325,37 @@ extension ModelSpec {
             }
             out.append(shape)
         }
+        if let wide {
+            guard case .table(let f, _) = try inputShape() else {
+                throw SpecError(
+                    "model spec \(name): a wide tower hashes a table's categorical columns: input {categorical: F, numeric: M}, F > 0")
+            }
+            guard out.last == .features(1) else {
+                throw SpecError(
+                    "model spec \(name): with a wide tower the last layer gives one value (1), the two towers' sum; it gives \(out.last!)")
+            }
+            guard (1...Self.largestSize * 64).contains(wide.buckets) else {
+                throw SpecError("model spec \(name): wide buckets \(wide.buckets) is not in 1...\(Self.largestSize * 64)")
+            }
+            guard wide.crosses.count <= 64, wide.crosses.allSatisfy({ $0.count == 2 && $0.allSatisfy { (0..<f).contains($0) } }) else {
+                throw SpecError(
+                    "model spec \(name): wide crosses are at most 64 pairs of categorical column positions in 0..<\(f), e.g. [[0, 2]]")
+            }
+        }
         return out
+    }
+
+    /// The network of the spec's loss as one model: the layers, the wide tower when there is one (its
+    /// entries after the layers'), parameters drawn from `rng`.
+    public func predictor<T: Scalar>(kind: String, rng: inout RNG, as: T.Type = T.self) throws -> Predictor<T> {
+        var layout = ArenaLayout()
+        let network = try network(&layout, as: T.self)
+        var tower: WideLinear<T>?
+        if let wide, case .table(let f, let m) = try inputShape() {
+            tower = WideLinear(&layout, fields: f, numeric: m, buckets: wide.buckets, crosses: wide.crosses)
+        }
+        return Predictor(
+            kind: kind, layout: layout, network: network, wide: tower, ftrl: wide?.ftrl ?? false, objective: objective, rng: &rng)
     }
 
     /// The classes the network tells apart: its output's features (cross-entropy), or 2 from one logit;
@@ -353,7 +398,7 @@ extension ModelSpec {
 
     /// The parameters the spec's layers hold (weights, biases, weight-norm scales): what its memory
     /// estimate counts. Every size is checked by `shapes`, so the products cannot overflow.
-    public func parameterCount() throws -> Int { try parameterCounts().reduce(0, +) }
+    public func parameterCount() throws -> Int { try parameterCounts().reduce(0, +) + (wide?.buckets ?? 0) }
 
     /// Each layer's parameters (a tied layer counts its bias: the weight is its source's).
     public func parameterCounts() throws -> [Int] {

@@ -180,3 +180,55 @@ public final class WideDeep<T: Scalar>: Model {
         _ = mlp.initializeFromData(deepInput(batch), context, reduce: reduce)
     }
 }
+
+/// A model spec's wide tower (Cheng et al.'s wide part): a linear model over a table's hashed
+/// categorical values and crosses, one weight per bucket of `wide.weight` (W, 1), zeros at first, with
+/// row-sparse gradients (FTRL-Proximal updates it when the spec says so). x (B, F + M) is the table
+/// tensor a spec's input gets (each value's hash cut to 24 bits first); y (B, 1) is the sum of the row's
+/// F + crosses weights, added to the deep tower's one output.
+public final class WideLinear<T: Scalar> {
+    public let table: Embedding<T>
+    public let fields: Int, numeric: Int, buckets: Int
+    /// Pairs of categorical columns whose value combinations get weights of their own.
+    public let crosses: [[Int]]
+    private var rows = 0
+
+    public init(_ layout: inout ArenaLayout, fields: Int, numeric: Int, buckets: Int, crosses: [[Int]]) {
+        precondition(crosses.allSatisfy { $0.count == 2 && $0.allSatisfy { (0..<fields).contains($0) } })
+        (self.fields, self.numeric, self.buckets, self.crosses) = (fields, numeric, buckets, crosses)
+        table = Embedding(&layout, prefix: "wide.", rows: buckets, width: 1, initializer: .zeros, sparse: true)
+    }
+
+    /// Bucket ids (B, F + crosses): each value hashed with its column, then each cross's pair.
+    func ids(_ x: Tensor<T>) -> [Int32] {
+        let b = x.shape[0], (f, m) = (fields, numeric), k = f + crosses.count, w = UInt64(buckets)
+        var ids = [Int32](repeating: 0, count: b * k)
+        x.withPointer { p in
+            for r in 0..<b {
+                let h = (0..<f).map { UInt64(Double(p[r * (f + m) + $0])) }
+                for j in 0..<f { ids[r * k + j] = Int32(WideDeep<T>.mix(h[j] ^ (UInt64(j + 1) &* 0x51_7CC1_B727_220A)) % w) }
+                for (c, pair) in crosses.enumerated() {
+                    let v = WideDeep<T>.mix(h[pair[0]] &* 0x2545_F491_4F6C_DD1D ^ WideDeep<T>.mix(h[pair[1]]) ^ UInt64(1000 + c))
+                    ids[r * k + f + c] = Int32(v % w)
+                }
+            }
+        }
+        return ids
+    }
+
+    public func forward(_ x: Tensor<T>, _ ctx: ModelContext<T>) -> Tensor<T> {
+        precondition(x.shape.count == 2 && x.shape[1] == fields + numeric, "a table of \(fields) + \(numeric) columns, got \(x.shape)")
+        rows = x.shape[0]
+        let k = fields + crosses.count, weights = table.forward(ids: ids(x), ctx)  // (B*k, 1)
+        return Tensor.uninitialized([rows, 1]) { y in
+            T.fill(y, 0, count: rows)
+            weights.withPointer { T.sumPerChannel(y, $0, channels: rows, columns: k) }
+        }
+    }
+
+    /// dy (B, 1): each of a row's weights gets its gradient.
+    public func backward(_ dy: Tensor<T>, _ ctx: ModelContext<T>) {
+        let k = fields + crosses.count
+        table.backward(Tensor.uninitialized([rows * k, 1]) { d in dy.withPointer { T.repeatPerRow(d, $0, rows: rows, columns: k) } }, ctx)
+    }
+}

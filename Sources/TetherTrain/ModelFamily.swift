@@ -24,7 +24,8 @@ public struct ModelFamily: Sendable {
 
     /// What the held-out evaluation of a run of `config` reports: the family's, or a spec's by its loss.
     public func evaluation(_ config: TrainingConfig) -> EvaluationReport.Kind {
-        config.spec?.loss.isRegression == true ? .regression : evaluation
+        guard let loss = config.spec?.loss else { return evaluation }
+        return loss.isRegression ? .regression : loss == .binaryCrossEntropy ? .clickPrediction : .classification
     }
 
     /// The items one process's step trains on (samples; tokens for a language model).

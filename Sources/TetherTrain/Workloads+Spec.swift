@@ -107,9 +107,7 @@ final class SpecTraining<Dataset: LabelledSamples>: ShuffledWorkload {
                 }
             }
         }
-        var layout = ArenaLayout()
-        let network = try spec.network(&layout, as: Float.self)
-        predictor = Predictor(kind: config.model, layout: layout, network: network, objective: spec.objective, rng: &rng)
+        predictor = try spec.predictor(kind: config.model, rng: &rng)
     }
 
     var sizeSummary: String { "\(splits.train.count) training / \(splits.test.count) test samples of \(splits.train.dataset.sampleShape)" }
@@ -130,8 +128,20 @@ final class SpecTraining<Dataset: LabelledSamples>: ShuffledWorkload {
         return predictor.accumulateGradients(batch(splits.train, local), scale: 1 / Float(global))
     }
 
+    /// A binary classifier's report has the AUC too (its held-out probabilities and labels kept, so a
+    /// cluster's shards merge into the whole split's).
     func evaluate() -> EvaluationReport {
-        let stats = splits.evaluate(inBatchesOf: 256) { predictor.evaluate(batch(splits.test, $0)) }
+        var scores: [Float] = [], labels: [Int32] = []
+        let binary = predictor.objective == .binary
+        let stats = splits.evaluate(inBatchesOf: 256) { rows in
+            let b = batch(splits.test, rows), s = predictor.evaluate(b)
+            if binary { (scores, labels) = (scores + predictor.probabilities, labels + b.labels) }
+            return s
+        }
+        if binary {
+            return EvaluationReport(
+                kind: .clickPrediction, stats: stats, auc: areaUnderROC(scores: scores, labels: labels), scores: scores, labels: labels)
+        }
         return EvaluationReport(kind: regression ? .regression : .classification, stats: stats)
     }
 }
@@ -154,13 +164,17 @@ extension ModelFamily {
         validate: { c in
             guard let spec = c.spec else { throw ConfigError(message: "--model spec needs a spec: --model FILE.yaml") }
             _ = try spec.classes()
-            let o = c.optimizer
-            if let i = spec.layers.firstIndex(where: { $0.sparse == true }),
-                !(o.kind == .adagrad || (o.kind == .sgd && o.momentum == 0 && o.weightDecay == 0))
-            {
+            let o = c.optimizer, takesSparse = o.kind == .adagrad || (o.kind == .sgd && o.momentum == 0 && o.weightDecay == 0)
+            if let i = spec.layers.firstIndex(where: { $0.sparse == true }), !takesSparse {
                 throw ConfigError(
                     message:
                         "model spec \(spec.name): layer \(i) (embedding) has row-sparse gradients (sparse: true): use --optimizer adagrad, or sgd without momentum and weight decay"
+                )
+            }
+            if spec.wide?.ftrl == false, !takesSparse {
+                throw ConfigError(
+                    message:
+                        "model spec \(spec.name): its wide tower (ftrl: false) takes the run's optimizer with row-sparse gradients: use --optimizer adagrad, or sgd without momentum and weight decay"
                 )
             }
         },

@@ -107,6 +107,10 @@ enum PyTorchModule {
             before = after
         }
         let name = className(spec)
+        var wide = ""
+        if let w = spec.wide, case .table(let f, _) = try spec.inputShape() {
+            wide = "        self.wide = WideTower(\(f), \(w.buckets), \(w.crosses))\n"
+        }
         return """
             # \(spec.name): written by `tether export --pytorch` from the model spec; the names of its
             # parameters are Tether's (layers.<index>.weight, weight_g/weight_v where weight-normalized),
@@ -115,6 +119,7 @@ enum PyTorchModule {
             # Input: \(inputNote(spec)).
             import warnings
 
+            import numpy as np
             import torch
             from torch import nn
 
@@ -183,6 +188,32 @@ enum PyTorchModule {
                     return module
 
 
+            def mix(z):
+                \"\"\"splitmix64's finalizer over uint64 arrays (Tether's feature hash).\"\"\"
+                z = z + np.uint64(0x9E3779B97F4A7C15)
+                z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+                z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+                return z ^ (z >> np.uint64(31))
+
+
+            class WideTower(nn.Module):
+                \"\"\"Wide & Deep's wide part: one weight per hashed categorical value and cross, summed to one logit.\"\"\"
+
+                def __init__(self, fields, buckets, crosses):
+                    super().__init__()
+                    self.fields, self.buckets, self.crosses = fields, buckets, crosses
+                    self.weight = nn.Parameter(torch.zeros(buckets, 1))
+
+                def forward(self, x):
+                    w = np.uint64(self.buckets)
+                    with np.errstate(over="ignore"):
+                        h = x[:, : self.fields].detach().cpu().numpy().astype(np.uint64)
+                        ids = [mix(h[:, j] ^ (np.uint64(j + 1) * np.uint64(0x517CC1B727220A))) % w for j in range(self.fields)]
+                        for c, (a, b) in enumerate(self.crosses):
+                            ids.append(mix(h[:, a] * np.uint64(0x2545F4914F6CDD1D) ^ mix(h[:, b]) ^ np.uint64(1000 + c)) % w)
+                    return self.weight[torch.from_numpy(np.stack(ids, 1).astype(np.int64))].sum(1)
+
+
             class TiedLinear(nn.Module):
                 \"\"\"A linear layer whose weight is another's (tie), or its transpose when the shapes say so;
                 the bias is its own. The weight is not registered here: the state_dict holds it once.\"\"\"
@@ -212,9 +243,9 @@ enum PyTorchModule {
                     self.layers = nn.Sequential(
             \(entries.map { "            " + $0 + "," }.joined(separator: "\n"))
                     )
-            \(ties.map { "        " + $0 + "\n" }.joined())
+            \(ties.map { "        " + $0 + "\n" }.joined())\(wide)
                 def forward(self, x):
-                    return self.layers(x)
+                    return self.layers(x)\(spec.wide == nil ? "" : " + self.wide(x)")
 
 
             def load_tether(path):

@@ -100,6 +100,13 @@ struct Models: ParsableCommand {
                             + line.padding(toLength: 64, withPad: " ", startingAt: 0)
                             + " -> \(after)" + (parameters > 0 ? ", \(parameters.formatted()) parameters" : ""))
                 }
+                if let w = s.wide {
+                    print(
+                        "  wide".padding(toLength: 12, withPad: " ", startingAt: 0)
+                            + "{buckets: \(w.buckets), crosses: \(w.crosses), ftrl: \(w.ftrl)}".padding(
+                                toLength: 64, withPad: " ", startingAt: 0)
+                            + " -> (1), added to layers.\(s.layers.count - 1)'s, \(w.buckets.formatted()) parameters")
+                }
                 print(
                     "\((try s.parameterCount()).formatted()) parameters; "
                         + (s.loss.isRegression ? ProgressDisplay.count(try s.classes(), "target") : "\(try s.classes()) classes"))

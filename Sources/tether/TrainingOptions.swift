@@ -77,10 +77,10 @@ struct TrainingOptions: ParsableArguments {
     @Option(help: "wide-deep: wide-deep, wide or deep (the paper's comparison).") var parts: WideDeepShape.Parts?
     @Option(
         help:
-            "wide-deep: FTRL learning rate alpha of the wide part (default \(TrainingConfig.defaults(for: "wide-deep").optimizer.ftrl.alpha))."
+            "wide-deep and a spec's wide tower: FTRL learning rate alpha of the wide part (default \(TrainingConfig.defaults(for: "wide-deep").optimizer.ftrl.alpha))."
     ) var ftrlAlpha: Double?
-    @Option(help: "wide-deep: FTRL L1 strength.") var ftrlL1: Double?
-    @Option(help: "wide-deep: FTRL L2 strength.") var ftrlL2: Double?
+    @Option(help: "wide-deep and a spec's wide tower: FTRL L1 strength.") var ftrlL1: Double?
+    @Option(help: "wide-deep and a spec's wide tower: FTRL L2 strength.") var ftrlL2: Double?
 
     /// No silent options: a setting that means nothing to the model being trained is refused, naming
     /// what it applies to (`--hidden` shapes wide-deep's network, not mlp-wn's).
@@ -97,10 +97,12 @@ struct TrainingOptions: ParsableArguments {
                 ["wide-deep"], "wide-deep",
                 [
                     ("--buckets", buckets != nil), ("--wide-buckets", wideBuckets != nil), ("--embedding", embedding != nil),
-                    ("--hidden", hidden != nil), ("--parts", parts != nil), ("--ftrl-alpha", ftrlAlpha != nil),
-                    ("--ftrl-l1", ftrlL1 != nil),
-                    ("--ftrl-l2", ftrlL2 != nil)
+                    ("--hidden", hidden != nil), ("--parts", parts != nil)
                 ]
+            ),
+            (
+                ["wide-deep", "spec"], "a wide part (wide-deep, or a model spec's wide tower)",
+                [("--ftrl-alpha", ftrlAlpha != nil), ("--ftrl-l1", ftrlL1 != nil), ("--ftrl-l2", ftrlL2 != nil)]
             ),
             (["wide-deep", "spec"], "csv: data (wide-deep, or a model spec with a table input)", [("--schema", schema != nil)]),
             (["spec"], "a model spec (--model FILE.yaml)", [("--test-data", testData != nil)])

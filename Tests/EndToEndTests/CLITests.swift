@@ -783,6 +783,75 @@ let kubernetesTypesInstalled =
         #expect(abs(theirs - mse) <= 1e-4 * mse, "PyTorch \(theirs), tether eval \(mse)")
     }
 
+    /// Wide & Deep as a spec on a CSV of clicks: the deep tower (embeddings and an MLP, AdaGrad) and a wide
+    /// tower over the hashed values and a cross (FTRL-Proximal) summed into one logit, trained by two
+    /// worker processes; eval reports the AUC, the checkpoint keeps each part's optimizer state, and
+    /// PyTorch through the exported module (the wide hashes recomputed in NumPy) gives eval's log loss.
+    @Test func aWideAndDeepSpecTrainsOnACSVThroughACluster() throws {
+        let dir = CLI.tempDir("spec-wide-deep")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        // clicks follow age, the device, and a city-kind combination that only a cross (or the deep part) sees
+        var rng = SystemRandomNumberGenerator()
+        let cities = ["oslo", "lima", "kyiv", "pune", "rome"], kinds = ["flat", "house", "loft"], devices = ["ios", "android", "web"]
+        let liked: Set<String> = ["oslo loft", "rome house", "lima flat"]
+        var csv = "age,city,kind,device,click\n"
+        for _ in 0..<6000 {
+            let age = Double.random(in: 18...70, using: &rng), city = cities.randomElement(using: &rng)!,
+                kind = kinds.randomElement(using: &rng)!, device = devices.randomElement(using: &rng)!
+            let score = 0.03 * (age - 40) + (liked.contains("\(city) \(kind)") ? 2.0 : -1.0) + (device == "ios" ? 0.5 : 0)
+            let click = Double.random(in: 0..<1, using: &rng) < 1 / (1 + exp(-score))
+            csv += "\(age),\(city),\(kind),\(device),\(click ? "yes" : "no")\n"
+        }
+        try csv.write(to: dir.appendingPathComponent("clicks.csv"), atomically: true, encoding: .utf8)
+        try "columns age, city, kind, device, click\nheader yes\ncategorical city, kind, device\nnumeric age\nlabel click yes\n".write(
+            to: dir.appendingPathComponent("clicks.schema"), atomically: true, encoding: .utf8)
+        try """
+        input: {categorical: 3, numeric: 1}
+        layers:
+          - embedding: {out: 4, buckets: 32, sparse: true}
+          - dense: {out: 16, weight-norm: true}
+          - relu
+          - dense: 1
+        wide: {buckets: 4096, crosses: [[0, 1]]}
+        loss: binary-cross-entropy
+        """.write(to: dir.appendingPathComponent("wd.yaml"), atomically: true, encoding: .utf8)
+        let run = try CLI.run(
+            [
+                "simulate", "--workers", "2", "--model", "wd.yaml", "--data", "csv:clicks.csv", "--schema", "clicks.schema",
+                "--optimizer", "adagrad", "--lr", "0.05", "--ftrl-alpha", "0.2", "--batch", "32", "--epochs", "4", "--run-dir", "run"
+            ], timeout: 240, in: dir)
+        #expect(run.status == 0 && run.stdout.contains("test AUC"), "\(run.stdout)\(run.stderr)")
+        let checkpoint = try Checkpoint.Loaded(dir.appendingPathComponent("run/checkpoint.safetensors"))
+        for name in ["optimizer.ftrl_z.wide.weight", "optimizer.ftrl_n.wide.weight", "optimizer.sum.layers.0.weight"] {
+            #expect(checkpoint.file.tensors[name] != nil, "\(name): \(checkpoint.file.tensors.keys.sorted())")
+        }
+        #expect(checkpoint.file.tensors["optimizer.sum.wide.weight"] == nil)
+        let eval = try CLI.run(["eval", "--checkpoint", dir.appendingPathComponent("run/checkpoint.safetensors").path, "--json"])
+        let figures = (try? JSONSerialization.jsonObject(with: Data(eval.stdout.utf8)) as? [String: Any]) ?? [:]
+        let (auc, logLoss) = (figures["test_auc"] as? Double ?? 0, figures["test_loss"] as? Double ?? .nan)
+        #expect(eval.status == 0 && auc > 0.75, "\(eval.stdout)\(eval.stderr)")
+        guard
+            let theirs = try pytorchFigure(
+                """
+                import csv
+                def fnv(text):
+                    h = 0xCBF29CE484222325
+                    for b in text.encode(): h = ((h ^ b) * 0x100000001B3) % (1 << 64)
+                    return h & 0xFFFFFF
+                rows = list(csv.DictReader(open("clicks.csv")))
+                held = set(range(9, len(rows), 10)); train = [r for i, r in enumerate(rows) if i not in held]
+                ages = np.array([float(r["age"]) for r in train]); mean, std = ages.mean(), max(ages.std(), 1e-6)
+                test = [rows[i] for i in sorted(held)]
+                x = np.array([[fnv(r["city"]), fnv(r["kind"]), fnv(r["device"]), (float(r["age"]) - mean) / std] for r in test], dtype=np.float32)
+                y = np.array([1.0 if r["click"] == "yes" else 0.0 for r in test], dtype=np.float32)
+                with torch.no_grad(): z = model(torch.from_numpy(x))[:, 0]
+                print(torch.nn.functional.binary_cross_entropy_with_logits(z, torch.from_numpy(y)).item())
+                """, what: "the Wide & Deep spec test", in: dir)
+        else { return }
+        #expect(abs(theirs - logLoss) <= 1e-4 * logLoss, "PyTorch \(theirs), tether eval \(logLoss)")
+    }
+
     /// A tied autoencoder of your own: its decoder's weights are the encoder's transposes (`tie:`), trained
     /// to reconstruct its input (an .npz whose y is its x) with mse by two worker processes; the checkpoint
     /// holds each tied weight once, and PyTorch, loading it through the exported module, reconstructs the

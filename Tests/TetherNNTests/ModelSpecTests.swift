@@ -289,6 +289,46 @@ import TetherTensor
         }
     }
 
+    /// Wide & Deep as a spec: a wide tower over the table's hashed values and a cross beside the deep
+    /// layers, one logit, binary cross-entropy: the wide weights are the arena's last entry, FTRL's, and
+    /// the two towers' gradients (dense and row-sparse) agree with central differences.
+    @Test func aWideAndDeepSpecHasTheGradientsOfItsLoss() throws {
+        var spec = ModelSpec(
+            name: "wd", input: [], table: .init(categorical: 3, numeric: 1),
+            layers: [
+                Self.layer(.embedding) { ($0.out, $0.buckets, $0.sparse) = (2, 4, true) }, Self.layer(.dense) { $0.out = 3 },
+                Self.layer(.tanh), Self.layer(.dense) { $0.out = 1 }
+            ], loss: .binaryCrossEntropy)
+        spec.wide = .init(buckets: 11, crosses: [[0, 2], [1, 2]])
+        #expect(try spec.parameterCount() == 24 + 7 * 3 + 3 + 4 + 11)
+        var rng = RNG(seed: 12)
+        let model: Predictor<Double> = try spec.predictor(kind: "spec", rng: &rng)
+        #expect(model.arena.layout.entries.last?.name == "wide.weight" && model.ftrlParameters == ["wide.weight"])
+        #expect(model.sparseGradients.count == 2)
+        for i in 0..<model.arena.count { model.arena.values[i] += 0.3 * rng.nextNormal() }
+        let rows: [[Double]] = [[5, 9, 1, 0.3], [5, 2, 1, -1], [700, 9, 16_777_215, 0.8], [3, 3, 3, 0], [5, 9, 2, 1.1]]
+        let batch = Batch(inputs: Tensor(shape: [5, 4], scalars: rows.flatMap { $0 }), labels: [1, 0, 1, 0, 1])
+        let worst = Self.worstGradientError(model, batch)
+        #expect(worst < tolerance, "worst relative error \(worst)")
+        // the wide logit is the sum of its row's 5 weights (3 values, 2 crosses); rows 0 and 4 share the
+        // first two values' and so their weights
+        let wide = model.wide!, w = model.arena.layout.entries.last!.offset
+        let z = wide.forward(batch.inputs, model.context)
+        let ids = wide.ids(batch.inputs)
+        for r in 0..<5 { #expect(abs(z.scalars[r] - (0..<5).map { model.arena.values[w + Int(ids[r * 5 + $0])] }.reduce(0, +)) < 1e-12) }
+        #expect(ids[0] == ids[20] && ids[1] == ids[21])
+        var bad = spec
+        bad.wide!.crosses = [[0, 3]]
+        do { _ = try bad.shapes(); Issue.record("a cross of a numeric column was taken") } catch {
+            #expect("\(error)".contains("pairs of categorical column positions in 0..<3"), "\(error)")
+        }
+        bad = spec
+        bad.layers[3].out = 2
+        do { _ = try bad.shapes(); Issue.record("two outputs beside a wide tower were taken") } catch {
+            #expect("\(error)".contains("with a wide tower the last layer gives one value (1)"), "\(error)")
+        }
+    }
+
     @Test func aTableInputNeedsAnEmbeddingFirst() throws {
         let dense = ModelSpec(
             name: "t", input: [], table: .init(categorical: 2, numeric: 1), layers: [Self.layer(.dense) { $0.out = 1 }], loss: .mse)

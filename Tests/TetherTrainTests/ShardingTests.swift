@@ -98,6 +98,7 @@ import TetherNN
             c.spec = ModelSpec(
                 name: "t", input: [], table: .init(categorical: 2, numeric: 1), layers: [embedding, hidden, LayerSpec(.tanh), out],
                 loss: .mse)
+            c.spec!.wide = .init(buckets: 64, crosses: [[0, 1]])  // and a wide tower
             c.batch = 9
         }
         if model == "spec-tokens" {
