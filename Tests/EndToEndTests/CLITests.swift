@@ -762,11 +762,6 @@ let kubernetesTypesInstalled =
         guard
             let theirs = try pytorchFigure(
                 """
-                import csv
-                def fnv(text):
-                    h = 0xCBF29CE484222325
-                    for b in text.encode(): h = ((h ^ b) * 0x100000001B3) % (1 << 64)
-                    return h & 0xFFFFFF
                 rows = list(csv.DictReader(open("homes.csv")))
                 h = round(0.2 * len(rows)); held = set((j + 1) * len(rows) // h - 1 for j in range(h))
                 train = [r for i, r in enumerate(rows) if i not in held]
@@ -834,11 +829,6 @@ let kubernetesTypesInstalled =
         guard
             let theirs = try pytorchFigure(
                 """
-                import csv
-                def fnv(text):
-                    h = 0xCBF29CE484222325
-                    for b in text.encode(): h = ((h ^ b) * 0x100000001B3) % (1 << 64)
-                    return h & 0xFFFFFF
                 rows = list(csv.DictReader(open("clicks.csv")))
                 held = set(range(9, len(rows), 10)); train = [r for i, r in enumerate(rows) if i not in held]
                 ages = np.array([float(r["age"]) for r in train]); mean, std = ages.mean(), max(ages.std(), 1e-6)
@@ -970,7 +960,8 @@ let kubernetesTypesInstalled =
 
     /// What `script` prints (one number), run by the tests' Python after a prologue that loads the
     /// checkpoint run/checkpoint.safetensors in `dir` through the module `tether export --pytorch` writes
-    /// for it (as `model`, in evaluation mode, with numpy as np and torch imported); nil, the check
+    /// for it (as `model`, in evaluation mode, with csv, numpy as np and torch imported, and `fnv`, a
+    /// categorical value as a table input carries it); nil, the check
     /// skipped saying why, without PyTorch in .build/test-venv.
     func pytorchFigure(_ script: String, what: String, in dir: URL) throws -> Double? {
         guard let python = Self.torchPython else {
@@ -980,9 +971,13 @@ let kubernetesTypesInstalled =
         let export = try CLI.run(["export", "--pytorch", "exported_model.py", "--checkpoint", "run/checkpoint.safetensors"], in: dir)
         #expect(export.status == 0, "\(export.stderr)")
         let prologue = """
-            import importlib.util, numpy as np, torch
+            import csv, importlib.util, numpy as np, torch
             spec = importlib.util.spec_from_file_location("m", "exported_model.py"); m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
             model = m.load_tether("run/checkpoint.safetensors"); model.eval()
+            def fnv(text):  # a categorical value as a table input carries it: its FNV-1a hash, cut to 24 bits
+                h = 0xCBF29CE484222325
+                for b in text.encode(): h = ((h ^ b) * 0x100000001B3) % (1 << 64)
+                return h & 0xFFFFFF
 
             """
         let r = try CLI.run(["-c", prologue + script], executable: URL(fileURLWithPath: python), in: dir)
