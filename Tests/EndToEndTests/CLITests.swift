@@ -790,14 +790,18 @@ let kubernetesTypesInstalled =
         var rng = SystemRandomNumberGenerator()
         let cities = ["oslo", "lima", "kyiv", "pune", "rome"], kinds = ["flat", "house", "loft"], devices = ["ios", "android", "web"]
         let liked: Set<String> = ["oslo loft", "rome house", "lima flat"]
-        var csv = "age,city,kind,device,click\n"
+        var csv = "age,city,kind,device,click\n", truth: [(score: Float, click: Int32)] = []
         for _ in 0..<6000 {
             let age = Double.random(in: 18...70, using: &rng), city = cities.randomElement(using: &rng)!,
                 kind = kinds.randomElement(using: &rng)!, device = devices.randomElement(using: &rng)!
             let score = 0.03 * (age - 40) + (liked.contains("\(city) \(kind)") ? 2.0 : -1.0) + (device == "ios" ? 0.5 : 0)
             let click = Double.random(in: 0..<1, using: &rng) < 1 / (1 + exp(-score))
             csv += "\(age),\(city),\(kind),\(device),\(click ? "yes" : "no")\n"
+            truth.append((Float(score), click ? 1 : 0))
         }
+        // the best any model can do on the held-out rows (every tenth): the AUC of the true scores
+        let held = stride(from: 9, to: truth.count, by: 10).map { truth[$0] }
+        let bestAUC = areaUnderROC(scores: held.map(\.score), labels: held.map(\.click))
         try csv.write(to: dir.appendingPathComponent("clicks.csv"), atomically: true, encoding: .utf8)
         try "columns age, city, kind, device, click\nheader yes\ncategorical city, kind, device\nnumeric age\nlabel click yes\n".write(
             to: dir.appendingPathComponent("clicks.schema"), atomically: true, encoding: .utf8)
@@ -825,7 +829,7 @@ let kubernetesTypesInstalled =
         let eval = try CLI.run(["eval", "--checkpoint", dir.appendingPathComponent("run/checkpoint.safetensors").path, "--json"])
         let figures = (try? JSONSerialization.jsonObject(with: Data(eval.stdout.utf8)) as? [String: Any]) ?? [:]
         let (auc, logLoss) = (figures["test_auc"] as? Double ?? 0, figures["test_loss"] as? Double ?? .nan)
-        #expect(eval.status == 0 && auc > 0.75, "\(eval.stdout)\(eval.stderr)")
+        #expect(eval.status == 0 && auc > bestAUC - 0.04, "best \(bestAUC): \(eval.stdout)\(eval.stderr)")
         guard
             let theirs = try pytorchFigure(
                 """
