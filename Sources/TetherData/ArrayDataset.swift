@@ -28,12 +28,24 @@ public struct ArrayDataset: Sendable {
         (self.targets, self.targetWidth) = (targets ?? labels.map(Float.init), targets == nil ? 1 : targetWidth)
     }
 
-    /// The arrays `x` and `y` of an .npz file.
-    public init(npz path: String) throws {
-        let arrays = try NumPy.readNPZ(path)
+    /// The arrays `x` and `y` of `npz:FILE` (an .npz file) or `npy:DIR` (DIR/x.npy and DIR/y.npy, as
+    /// np.save writes them).
+    public init(arrays source: String) throws {
+        let path = String(source.dropFirst(4)), arrays: [String: NumPyArray]
+        if source.hasPrefix("npy:") {
+            arrays = try Dictionary(
+                uniqueKeysWithValues: ["x", "y"].map { name in
+                    let file = URL(fileURLWithPath: path).appendingPathComponent("\(name).npy").path
+                    guard let data = FileManager.default.contents(atPath: file) else { throw DataError.missingFile(file) }
+                    return (name, try NumPy.parseNPY([UInt8](data), source: file))
+                })
+        } else {
+            guard source.hasPrefix("npz:") else { throw DataError.unknownSource("\(source): give npz:FILE or npy:DIR") }
+            arrays = try NumPy.readNPZ(path)
+        }
         guard let x = arrays["x"], let y = arrays["y"] else {
             throw DataError.invalid(
-                "\(path): an .npz of samples holds arrays x and y (it has \(arrays.keys.sorted().joined(separator: ", ")))")
+                "\(path): samples are arrays x and y (it has \(arrays.keys.sorted().joined(separator: ", ")))")
         }
         guard (2...4).contains(x.shape.count), let n = x.shape.first, n > 0 else {
             throw DataError.invalid("\(path): x has shape \(x.shape); give (N, C, H, W), (N, H, W, C), (N, H, W) or (N, F)")

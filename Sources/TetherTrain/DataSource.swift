@@ -7,7 +7,7 @@ import TetherData
 /// - tables: `synthetic-clicks[:ROWS]` or `csv:PATH` with `--schema adult|FILE`.
 public enum DataSource {
     public static let help =
-        "fashion-mnist, idx:DIR, text:PATH (lm-tied), synthetic-clicks[:ROWS] (wide-deep), csv:PATH with --schema (wide-deep, or a model spec with a table input), npz:FILE (arrays x and y, a model spec)"
+        "fashion-mnist, idx:DIR, text:PATH (lm-tied), synthetic-clicks[:ROWS] (wide-deep), csv:PATH with --schema (wide-deep, or a model spec with a table input), npz:FILE or npy:DIR (arrays x and y, a model spec)"
 
     public static func directory(for spec: String) throws -> String {
         if spec == "fashion-mnist" { return FashionMNIST.defaultDirectory }
@@ -80,7 +80,9 @@ public enum DataSource {
     public static func localPaths(data spec: String, schema: String?, testData: String? = nil) -> [String] {
         var paths: [String] = testData.map { localPaths(data: $0, schema: nil) } ?? []
         if spec == "fashion-mnist" { paths.append(FashionMNIST.defaultDirectory) }
-        for prefix in ["idx:", "text:", "csv:", "npz:"] where spec.hasPrefix(prefix) { paths.append(String(spec.dropFirst(prefix.count))) }
+        for prefix in ["idx:", "text:", "csv:", "npz:", "npy:"] where spec.hasPrefix(prefix) {
+            paths.append(String(spec.dropFirst(prefix.count)))
+        }
         if let schema, schema != "adult" { paths.append(schema) }
         return paths
     }
@@ -102,7 +104,7 @@ extension TrainingConfig {
         var c = self
         let here = URL(fileURLWithPath: FileManager.default.currentDirectoryPath)
         func absolute(_ path: String) -> String { URL(fileURLWithPath: path, relativeTo: here).standardizedFileURL.path }
-        for prefix in ["idx:", "text:", "csv:", "npz:"] {
+        for prefix in ["idx:", "text:", "csv:", "npz:", "npy:"] {
             if c.data.hasPrefix(prefix), c.data.count > prefix.count { c.data = prefix + absolute(String(c.data.dropFirst(prefix.count))) }
             if let t = c.testData, t.hasPrefix(prefix), t.count > prefix.count {
                 c.testData = prefix + absolute(String(t.dropFirst(prefix.count)))

@@ -14,7 +14,7 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     /// The model as logs name it: a family, or a spec's name ("my-cnn (spec)").
     public var modelName: String { spec.map { "\($0.name) (spec)" } ?? model }
     public var data = "fashion-mnist"
-    /// The held-out samples, where they are another file than the training data's (npz:FILE).
+    /// The held-out samples, where they are other arrays than the training data's (npz:FILE, npy:DIR).
     public var testData: String?
     /// The share of `npz:` or `csv:` rows held out when there is no `testData` (nil: every tenth).
     public var testFraction: Double?
@@ -214,8 +214,8 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         if let n = testLimit, n <= 0 { throw fail("--test-limit must be at least 1") }
         if let f = testFraction {
             guard f > 0, f < 1 else { throw fail("--test-fraction must be above 0 and below 1 (got \(f))") }
-            guard data.hasPrefix("npz:") || data.hasPrefix("csv:") else {
-                throw fail("--test-fraction applies to npz: and csv: data; \(data) has a test split of its own")
+            guard DataSource.isArrays(data) || data.hasPrefix("csv:") else {
+                throw fail("--test-fraction applies to npz:, npy: and csv: data; \(data) has a test split of its own")
             }
             guard testData == nil else { throw fail("--test-fraction or --test-data, not both") }
         }

@@ -4,13 +4,16 @@ import TetherNN
 import TetherTensor
 
 extension DataSource {
-    /// The training and held-out samples of `npz:FILE` (arrays x and y): its held-out split from
-    /// `testData` (another `npz:`), or else `heldOutRows` (every tenth, or `testFraction` of them).
+    /// Whether `spec` names NumPy arrays: `npz:FILE` or `npy:DIR`.
+    static func isArrays(_ spec: String) -> Bool { spec.hasPrefix("npz:") || spec.hasPrefix("npy:") }
+
+    /// The training and held-out samples of `npz:FILE` or `npy:DIR` (arrays x and y): its held-out split
+    /// from `testData` (other arrays), or else `heldOutRows` (every tenth, or `testFraction` of them).
     static func arrays(_ config: TrainingConfig) throws -> (train: ArrayDataset, test: ArrayDataset) {
-        let all = try ArrayDataset(npz: String(config.data.dropFirst(4)))
+        let all = try ArrayDataset(arrays: config.data)
         if let test = config.testData {
-            guard test.hasPrefix("npz:") else { throw DataError.unknownSource("--test-data \(test): give npz:FILE") }
-            let held = try ArrayDataset(npz: String(test.dropFirst(4)))
+            guard isArrays(test) else { throw DataError.unknownSource("--test-data \(test): give npz:FILE or npy:DIR") }
+            let held = try ArrayDataset(arrays: test)
             guard held.sampleShape == all.sampleShape else {
                 throw DataError.mismatch(
                     "--test-data \(test) holds samples of \(held.sampleShape), --data \(config.data) of \(all.sampleShape)")
@@ -73,7 +76,7 @@ final class SpecTraining<Dataset: LabelledSamples>: ShuffledWorkload {
             for (split, samples) in [("training", train), ("held-out", test)] {
                 guard let arrays = samples.dataset as? ArrayDataset else {
                     throw ConfigError(
-                        message: "model spec \(spec.name): tokens come from --data npz:FILE (x: (N, \(t.steps)) whole numbers)")
+                        message: "model spec \(spec.name): tokens come from --data npz:FILE or npy:DIR (x: (N, \(t.steps)) whole numbers)")
                 }
                 if let i = arrays.values.firstIndex(where: { !($0 >= 0 && $0 < Float(t.vocabulary) && $0.rounded() == $0) }) {
                     throw ConfigError(
@@ -180,11 +183,11 @@ extension ModelFamily {
         },
         make: { c, shard, _, source, rng in
             guard let spec = c.spec else { throw ConfigError(message: "--model spec needs a spec: --model FILE.yaml") }
-            if c.data.hasPrefix("npz:") {
+            if DataSource.isArrays(c.data) {
                 return try SpecTraining<ArrayDataset>(
                     c, fit: { _ in spec }, shard: shard, source: source, files: { try DataSource.arrays(c) }, rng: &rng)
             }
-            guard c.testData == nil else { throw DataError.unknownSource("--test-data goes with --data npz:FILE") }
+            guard c.testData == nil else { throw DataError.unknownSource("--test-data goes with --data npz:FILE or npy:DIR") }
             if c.data.hasPrefix("csv:") {
                 return try SpecTraining<TabularDataset>(
                     c, fit: { _ in spec }, shard: shard, source: source,

@@ -18,8 +18,9 @@ struct TrainingOptions: ParsableArguments {
     )
     var model: String?
     @Option(help: "Data: \(DataSource.help) (default: the model's).") var data: String?
-    @Option(help: "Held-out samples in another file than --data's: npz:FILE (default: every tenth sample of --data).") var testData: String?
-    @Option(help: "The share of npz: or csv: samples held out for evaluation, spread evenly (default 0.1: every tenth).")
+    @Option(help: "Held-out samples in other arrays than --data's: npz:FILE or npy:DIR (default: every tenth sample of --data).")
+    var testData: String?
+    @Option(help: "The share of npz:, npy: or csv: samples held out for evaluation, spread evenly (default 0.1: every tenth).")
     var testFraction: Double?
     @Option(
         help:

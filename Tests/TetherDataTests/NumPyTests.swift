@@ -16,6 +16,30 @@ import Testing
         NumPyArray(dtype: dtype, shape: shape, bytes: bytes)
     }
 
+    /// `npy:DIR` reads DIR/x.npy and DIR/y.npy as np.save writes them, the same as an .npz of both; a
+    /// float y (N, K) is K regression targets a sample and no class labels; a missing file is named.
+    @Test func arraysFromAFolderOfNPYFiles() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("npy-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let x = Self.array(
+            .float32, [3, 2], [1.0, 2, 3, 4, 5, 6].flatMap { (v: Float) in withUnsafeBytes(of: v.bitPattern.littleEndian) { Array($0) } })
+        let y = Self.array(
+            .float64, [3, 2],
+            [0.5, -1, 2, 2.5, 0, 7].flatMap { (v: Double) in withUnsafeBytes(of: v.bitPattern.littleEndian) { Array($0) } })
+        try Data(NumPy.npy(x)).write(to: dir.appendingPathComponent("x.npy"))
+        try Data(NumPy.npy(y)).write(to: dir.appendingPathComponent("y.npy"))
+        let d = try ArrayDataset(arrays: "npy:" + dir.path)
+        #expect(d.sampleShape == [2] && d.values == [1, 2, 3, 4, 5, 6] && d.targets == [0.5, -1, 2, 2.5, 0, 7] && d.targetWidth == 2)
+        #expect(d.classes == 0)
+        let npz = try Self.temporary(NumPy.npz([("x", x), ("y", y)]))
+        defer { try? FileManager.default.removeItem(atPath: npz) }
+        let same = try ArrayDataset(arrays: "npz:" + npz)
+        #expect(same.values == d.values && same.targets == d.targets)
+        try FileManager.default.removeItem(at: dir.appendingPathComponent("y.npy"))
+        #expect { try ArrayDataset(arrays: "npy:" + dir.path) } throws: { "\($0)".contains("y.npy") }
+    }
+
     @Test func imagesChannelsLastAreReorderedAndScaled() throws {
         // two 2x2 images with 3 channels, channels last: pixel p of channel c holds 10 * c + p (+ 100 for the second)
         var x: [UInt8] = []
@@ -24,7 +48,7 @@ import Testing
         for label in [Int64(11), 4] { withUnsafeBytes(of: label.littleEndian) { y += $0 } }
         let path = try Self.temporary(NumPy.npz([("x", Self.array(.uint8, [2, 2, 2, 3], x)), ("y", Self.array(.int64, [2], y))]))
         defer { try? FileManager.default.removeItem(atPath: path) }
-        let d = try ArrayDataset(npz: path)
+        let d = try ArrayDataset(arrays: "npz:" + path)
         #expect(d.sampleShape == [3, 2, 2] && d.labels == [11, 4] && d.classes == 12)
         // NCHW: channel 1 of sample 1 is 110, 111, 112, 113
         #expect(Array(d.values[12 + 4..<12 + 8]) == [110, 111, 112, 113].map { Float($0) / 255 })
@@ -74,6 +98,6 @@ import Testing
         #expect { try NumPy.parseNPY(huge, source: "d.npy") } throws: { "\($0)".contains("d.npy:") }
         let path = try Self.temporary(NumPy.npz([("x", Self.array(.float32, [3], [UInt8](repeating: 0, count: 12)))]))
         defer { try? FileManager.default.removeItem(atPath: path) }
-        #expect { try ArrayDataset(npz: path) } throws: { "\($0)".contains("holds arrays x and y (it has x)") }
+        #expect { try ArrayDataset(arrays: "npz:" + path) } throws: { "\($0)".contains("samples are arrays x and y (it has x)") }
     }
 }
