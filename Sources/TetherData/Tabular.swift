@@ -95,6 +95,8 @@ public struct TabularDataset: Sendable {
 ///     cross education, occupation               a crossed feature for the wide part (repeatable)
 ///     header yes|no                             whether the first line names the columns (default no)
 ///     skip-prefix |                             lines starting with this are ignored
+///     delimiter tab                             the field separator: comma (default; tab for a .tsv file),
+///                                               tab, semicolon or pipe
 ///
 /// Columns not named as categorical, numeric, label or target are ignored.
 public struct TabularSchema: Equatable, Sendable {
@@ -108,6 +110,8 @@ public struct TabularSchema: Equatable, Sendable {
     public var crosses: [[String]] = []
     public var header = false
     public var skipPrefix: String?
+    /// The field separator; nil: a tab for a file named .tsv, else a comma.
+    public var delimiter: Character?
 
     public init() {}
 
@@ -165,8 +169,14 @@ public struct TabularSchema: Equatable, Sendable {
                 guard rest == "yes" || rest == "no" else { throw fail("header must be yes or no") }
                 s.header = rest == "yes"
             case "skip-prefix": s.skipPrefix = rest.isEmpty ? nil : rest
+            case "delimiter":
+                let named: [String: Character] = ["comma": ",", "tab": "\t", "semicolon": ";", "pipe": "|"]
+                guard let d = named[rest] else { throw fail("delimiter must be comma, tab, semicolon or pipe (got \"\(rest)\")") }
+                s.delimiter = d
             default:
-                throw fail("unknown directive \"\(key)\" (known: columns, categorical, numeric, label, target, cross, header, skip-prefix)")
+                throw fail(
+                    "unknown directive \"\(key)\" (known: columns, categorical, numeric, label, target, cross, header, skip-prefix, delimiter)"
+                )
             }
         }
         try s.check(file: file)
@@ -209,8 +219,8 @@ public struct TabularSchema: Equatable, Sendable {
     }
 }
 
-/// Reads a CSV file under a schema. A row with the wrong number of fields or a number that does not
-/// parse is an error naming the file, line and column.
+/// Reads a CSV (or TSV) file under a schema. A row with the wrong number of fields or a number that
+/// does not parse is an error naming the file, line and column.
 public enum CSVReader {
     public static func read(_ path: String, schema: TabularSchema) throws -> TabularDataset {
         guard let data = FileManager.default.contents(atPath: path) else { throw DataError.missingFile(path) }
@@ -225,12 +235,13 @@ public enum CSVReader {
         let label = index[schema.label], target = schema.target.map { index[$0]! }
         var categorical: [UInt64] = [], numeric: [Float] = [], labels: [Int32] = [], targets: [Float] = []
         var first = schema.header
+        let separator = schema.delimiter ?? (path.hasSuffix(".tsv") ? "\t" : ",")
         for (n, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
             let line = raw.hasSuffix("\r") ? raw.dropLast() : raw
             if line.allSatisfy(\.isWhitespace) { continue }
             if let p = schema.skipPrefix, line.hasPrefix(p) { continue }
             if first { first = false; continue }
-            let cells = line.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
+            let cells = line.split(separator: separator, omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
             guard cells.count == schema.columns.count else {
                 throw DataError.invalid("\(path):\(n + 1): \(cells.count) fields, the schema has \(schema.columns.count) columns")
             }

@@ -85,7 +85,27 @@ func scratchDirectory(_ name: String) throws -> URL {
         #expect { try CSVReader.read(bad, schema: schema) } throws: { "\($0)" == "\(bad):2: column 2 (b): \"1.5e\" is not a number" }
     }
 
+    /// A .tsv file splits on tabs, a `delimiter` line on what it names, and a target column reads as a
+    /// number (a regression's), the same rows whichever the separator.
+    @Test func tabsAndOtherDelimitersReadTheSameRows() throws {
+        let dir = try scratchDirectory("tsv")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let text = "columns a, b, y\ncategorical a\nnumeric b\ntarget y\n"
+        let comma = try CSVReader.read(try write("x,1,2.5\nz,3,-1\n", "d.csv", in: dir), schema: TabularSchema.parse(text, file: "s"))
+        let tab = try CSVReader.read(try write("x\t1\t2.5\nz\t3\t-1\n", "d.tsv", in: dir), schema: TabularSchema.parse(text, file: "s"))
+        let semicolon = try CSVReader.read(
+            try write("x;1;2.5\nz;3;-1\n", "d.txt", in: dir), schema: TabularSchema.parse(text + "delimiter semicolon\n", file: "s"))
+        #expect(comma.target == [2.5, -1] && comma.numeric == [1, 3] && comma.labels == [0, 0])
+        for other in [tab, semicolon] {
+            #expect(other.categorical == comma.categorical && other.numeric == comma.numeric && other.target == comma.target)
+        }
+        #expect { try TabularSchema.parse(text + "delimiter space\n", file: "s") } throws: {
+            "\($0)".contains("comma, tab, semicolon or pipe")
+        }
+    }
+
     @Test(arguments: [
+        ("columns a, y\ncategorical a\nnumeric a\ntarget y\nlabel y 1", "s: the schema names both a label column"),
         ("columns a, y\ncategorical a, q\nlabel y 1", "s: categorical column \"q\" is not one of the columns (a, y)"),
         ("columns a, y\ncategorical a\nlabel z 1", "s: label column \"z\" is not one of the columns (a, y)"),
         ("columns a, b, y\ncategorical a\nnumeric b\nlabel y 1\ncross a, b", "s: cross column \"b\" is not categorical"),
