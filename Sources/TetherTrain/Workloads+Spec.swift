@@ -71,20 +71,8 @@ final class SpecTraining<Dataset: LabelledSamples>: ShuffledWorkload {
                     message: "model spec \(spec.name): its input is \(input), the data's samples are \(sample) (\(config.data))")
             }
         }
-        if let t = spec.tokens {
-            // token ids index the embedding: whole numbers in 0..<V, checked before the first step
-            for (split, samples) in [("training", train), ("held-out", test)] {
-                guard let arrays = samples.dataset as? ArrayDataset else {
-                    throw ConfigError(
-                        message: "model spec \(spec.name): tokens come from --data npz:FILE or npy:DIR (x: (N, \(t.steps)) whole numbers)")
-                }
-                if let i = arrays.values.firstIndex(where: { !($0 >= 0 && $0 < Float(t.vocabulary) && $0.rounded() == $0) }) {
-                    throw ConfigError(
-                        message:
-                            "\(config.data): \(split) sample \(i / t.steps), position \(i % t.steps) holds \(arrays.values[i]), not a token id in 0..<\(t.vocabulary) (uint8 x is scaled to [0, 1] as an image: give integers as int32 or int64)"
-                    )
-                }
-            }
+        if spec.tokens != nil, !(data is ArrayDataset) {
+            throw ConfigError(message: "model spec \(spec.name): tokens come from --data npz:FILE or npy:DIR (x: (N, T) whole numbers)")
         }
         let outputs = try spec.classes()
         if regression {
@@ -101,16 +89,40 @@ final class SpecTraining<Dataset: LabelledSamples>: ShuffledWorkload {
                         "\(config.data): its targets are not class labels (whole numbers from 0); loss \(spec.loss.rawValue) needs them: use loss: mse or l1 for regression"
                 )
             }
-            for (split, samples) in [("training", train), ("held-out", test)] where samples.dataset.count > 0 {
-                if let (i, bad) = samples.dataset.labels.enumerated().first(where: { !(0..<Int32(outputs)).contains($0.element) }) {
-                    throw ConfigError(
-                        message:
-                            "\(config.data): label \(bad) of \(split) sample \(i) is not in 0..<\(outputs) (the classes model spec \(spec.name)'s last layer scores)"
-                    )
-                }
-            }
         }
+        (self.spec, dataName) = (spec, config.data)
         predictor = try spec.predictor(kind: config.model, rng: &rng)
+        for (split, samples) in [("training", train), ("held-out", test)] { try checkRows(samples.dataset, split) }
+    }
+
+    let spec: ModelSpec, dataName: String
+
+    /// What the network indexes with the data's values, checked before any step uses them (read from
+    /// files, or each time rows arrive from a coordinator): every label one of the classes the last
+    /// layer scores, every token id in the vocabulary.
+    func checkRows(_ data: Dataset, _ split: String) throws {
+        if let t = spec.tokens, let arrays = data as? ArrayDataset,
+            let i = arrays.values.firstIndex(where: { !($0 >= 0 && $0 < Float(t.vocabulary) && $0.rounded() == $0) })
+        {
+            throw ConfigError(
+                message:
+                    "\(dataName): \(split) sample \(i / t.steps), position \(i % t.steps) holds \(arrays.values[i]), not a token id in 0..<\(t.vocabulary) (uint8 x is scaled to [0, 1] as an image: give integers as int32 or int64)"
+            )
+        }
+        guard !regression, let classes = try? spec.classes() else { return }
+        if let (i, bad) = data.labels.enumerated().first(where: { !(0..<Int32(classes)).contains($0.element) }) {
+            throw ConfigError(
+                message:
+                    "\(dataName): label \(bad) of \(split) sample \(i) is not in 0..<\(classes) (the classes model spec \(spec.name)'s last layer scores)"
+            )
+        }
+    }
+
+    /// Served rows, checked as they arrive (a row is counted among those fetched).
+    func fetch(epoch: Int?) throws {
+        try splits.fetch(epoch: epoch)
+        try checkRows(splits.train.dataset, "fetched training")
+        try checkRows(splits.test.dataset, "fetched held-out")
     }
 
     var sizeSummary: String { "\(splits.train.count) training / \(splits.test.count) test samples of \(splits.train.dataset.sampleShape)" }

@@ -143,3 +143,40 @@ import TetherNN
         #expect(scale > 0 && worst <= 1e-5 * scale, "worst difference \(worst) of \(scale)")
     }
 }
+
+/// Rows a coordinator serves are checked as they arrive, as rows read from files are: a label beyond
+/// the spec's classes, or a token id beyond its vocabulary, is an error naming the sample, not a trap in
+/// the loss or the embedding.
+@Suite struct ServedRowsTests {
+    /// Serves one dataset's rows from memory (the worker's side of `--serve-data`, without the socket).
+    final class Rows: SampleSource {
+        let data: ArrayDataset
+        init(_ data: ArrayDataset) { self.data = data }
+        func describe(_ split: FashionMNIST.Split) throws -> (count: Int, shape: [UInt8]) { (data.count, data.encodedShape()) }
+        func rows(_ split: FashionMNIST.Split, _ indices: [Int]) throws -> [UInt8] { data.encodedRows(indices) }
+    }
+
+    @Test(arguments: [false, true])
+    func aServedRowTheSpecCannotIndexIsNamed(tokens: Bool) throws {
+        var c = TrainingConfig.defaults(for: "spec")
+        (c.model, c.data, c.batch) = ("spec", "npz:served", 4)
+        var out = LayerSpec(.dense)
+        out.out = 3
+        if tokens {
+            var embedding = LayerSpec(.embedding), lstm = LayerSpec(.lstm)
+            (embedding.out, lstm.out) = (2, 2)
+            c.spec = ModelSpec(name: "t", input: [], tokens: .init(steps: 2, vocabulary: 5), layers: [embedding, lstm, out])
+        } else {
+            c.spec = ModelSpec(name: "t", input: [2], layers: [out])
+        }
+        // 8 samples of 2 values; the last one's label (7) or its second value (9) is out of range
+        let values: [Float] = (0..<16).map { Float($0 % 5) }.enumerated().map { $0.offset == 15 && tokens ? 9 : $0.element }
+        let labels: [Int32] = (0..<8).map { $0 == 7 && !tokens ? 7 : Int32($0 % 3) }
+        let data = ArrayDataset(values: values, labels: labels, sampleShape: [2], classes: 8)
+        let workload = try Workloads.make(c, source: Rows(data))
+        #expect { try workload.fetch(epoch: 0) } throws: {
+            "\($0)".contains(tokens ? "fetched training sample " : "label 7 of fetched training sample ")
+                && "\($0)".contains(tokens ? "position 1 holds 9.0, not a token id in 0..<5" : "is not in 0..<3")
+        }
+    }
+}
