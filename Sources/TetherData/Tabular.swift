@@ -282,13 +282,13 @@ extension TabularDataset: LabelledSamples {
     public func batch<T: Scalar>(_ indices: ArraySlice<Int>, as: T.Type) -> (inputs: Tensor<T>, labels: [Int32]) {
         let (c, x, y) = gather(indices)
         let (f, m) = (fields, numericNames.count)
-        var row: [T] = []
-        row.reserveCapacity(indices.count * (f + m))
-        for r in 0..<indices.count {
-            row += c[r * f..<(r + 1) * f].map { T(Double($0 & 0xFF_FFFF)) }
-            row += x[r * m..<(r + 1) * m].map { T(Double($0)) }
+        let inputs = Tensor<T>.uninitialized([indices.count, f + m]) { out in
+            for r in 0..<indices.count {
+                for j in 0..<f { out[r * (f + m) + j] = T(Double(c[r * f + j] & 0xFF_FFFF)) }
+                for j in 0..<m { out[r * (f + m) + f + j] = T(Double(x[r * m + j])) }
+            }
         }
-        return (Tensor(shape: [indices.count, f + m], scalars: row), y)
+        return (inputs, y)
     }
 
     /// (B, 1): the target column's values (the labels as numbers without one).

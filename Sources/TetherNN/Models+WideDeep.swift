@@ -205,10 +205,10 @@ public final class WideLinear<T: Scalar> {
         var ids = [Int32](repeating: 0, count: b * k)
         x.withPointer { p in
             for r in 0..<b {
-                let h = (0..<f).map { UInt64(Double(p[r * (f + m) + $0])) }
-                for j in 0..<f { ids[r * k + j] = Int32(WideDeep<T>.mix(h[j] ^ (UInt64(j + 1) &* 0x51_7CC1_B727_220A)) % w) }
+                func h(_ j: Int) -> UInt64 { UInt64(Double(p[r * (f + m) + j])) }
+                for j in 0..<f { ids[r * k + j] = Int32(WideDeep<T>.mix(h(j) ^ (UInt64(j + 1) &* 0x51_7CC1_B727_220A)) % w) }
                 for (c, pair) in crosses.enumerated() {
-                    let v = WideDeep<T>.mix(h[pair[0]] &* 0x2545_F491_4F6C_DD1D ^ WideDeep<T>.mix(h[pair[1]]) ^ UInt64(1000 + c))
+                    let v = WideDeep<T>.mix(h(pair[0]) &* 0x2545_F491_4F6C_DD1D ^ WideDeep<T>.mix(h(pair[1])) ^ UInt64(1000 + c))
                     ids[r * k + f + c] = Int32(v % w)
                 }
             }
