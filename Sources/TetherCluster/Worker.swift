@@ -576,7 +576,7 @@ public final class Worker {
         releaseAdvertisedPort()
         let advertised = try Advertise.reserve(options.advertise, portWait: carried == nil ? 0 : 5)
         advertisedPort = advertised.holder
-        var hello = Envelope.Hello(advertiseAddress: advertised.address, tetherVersion: "tether", threads: UInt32(BLAS.threads))
+        var hello = Envelope.Hello(advertiseAddress: advertised.address, tetherVersion: "tether", threads: UInt32(Compute.threads))
         if let carried { (hello.carriedStep, hello.carriedHash) = (UInt64(carried.step), max(carried.hash, 1)) }
         if let folder = SameHostLinks.folder() { (hello.hostKey, hello.ipcFolder) = (SameHostLinks.key, folder) }
         var diagnosis = JoinDiagnosis(coordinator: options.coordinator, secure: options.security.keys != nil)

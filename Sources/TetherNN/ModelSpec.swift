@@ -504,6 +504,24 @@ extension ModelSpec {
             while prefixes.count < built.count { prefixes.append(prefix) }
             before = after
         }
+        poolBeforeActivation(&built, &prefixes)
         return Sequential(built, prefixes: prefixes)
+    }
+
+    /// A ReLU (or leaky ReLU, slope >= 0) right before a max pool is run after it: both are
+    /// nondecreasing, so max(f(x)) = f(max(x)) bitwise, the window's first maximum is the same element
+    /// either way and its gradient dy * f'(x) the same; the activation then sees a quarter of the
+    /// values (2x2). Neither has parameters, so no name changes.
+    private func poolBeforeActivation<T: Scalar>(_ built: inout [any Layer<T>], _ prefixes: inout [String]) {
+        var i = 0
+        while i + 1 < built.count {
+            if let activation = built[i] as? Activation<T>, activation.slope >= 0, built[i + 1] is MaxPool2d<T> {
+                built.swapAt(i, i + 1)
+                prefixes.swapAt(i, i + 1)
+                i += 2
+            } else {
+                i += 1
+            }
+        }
     }
 }

@@ -25,6 +25,18 @@ public struct ConvGeometry: Sendable, Equatable {
             channels: channels, batch: batch, height: height, width: width, kernel_h: kernelHeight,
             kernel_w: kernelWidth, stride: stride, padding: padding, out_h: outHeight, out_w: outWidth)
     }
+
+    /// im2col or col2im of `samples` split across the compute pool by channels: channels c0..<c1 are
+    /// one slab of x (C, B, H, W) and one slab of col's rows (c, ki, kj), so each slice is the same
+    /// kernel on `shape` (those channels only) at the two offsets, and writes its own elements.
+    func forEachChannelSlice(samples: Int, _ body: (_ shape: tether_conv_shape, _ imageOffset: Int, _ colOffset: Int) -> Void) {
+        let rowsPerChannel = kernelHeight * kernelWidth, columns = samples * outHeight * outWidth
+        Compute.forEachRange(count: channels, grain: Compute.elementGrain / max(1, rowsPerChannel * columns)) { slice in
+            var shape = cShape
+            shape.channels = slice.count
+            body(shape, slice.lowerBound * batch * height * width, slice.lowerBound * rowsPerChannel * columns)
+        }
+    }
 }
 
 /// Shapes of a max pooling over P independent planes of H x W (P = C * B).
@@ -35,10 +47,27 @@ public struct PoolGeometry: Sendable, Equatable {
     }
     public var outHeight: Int { (height - kernel) / stride + 1 }
     public var outWidth: Int { (width - kernel) / stride + 1 }
+
+    /// A pooling split across the compute pool by planes: body gets the slice's geometry and the
+    /// offsets of its first plane in the input (H, W planes) and in the output (OH, OW planes).
+    func forEachSlice(_ body: (_ slice: PoolGeometry, _ inputOffset: Int, _ outputOffset: Int) -> Void) {
+        Compute.forEachRange(count: planes, grain: Compute.elementGrain / max(1, height * width)) { range in
+            var slice = self
+            slice.planes = range.count
+            body(slice, range.lowerBound * height * width, range.lowerBound * outHeight * outWidth)
+        }
+    }
 }
 
 extension Scalar {
     public static func maxPoolForward(
+        _ y: UnsafeMutablePointer<Self>, argmax: UnsafeMutablePointer<Int32>,
+        _ x: UnsafePointer<Self>, _ g: PoolGeometry
+    ) {
+        g.forEachSlice { g, input, output in maxPoolForwardSlice(y + output, argmax: argmax + output, x + input, g) }
+    }
+
+    static func maxPoolForwardSlice(
         _ y: UnsafeMutablePointer<Self>, argmax: UnsafeMutablePointer<Int32>,
         _ x: UnsafePointer<Self>, _ g: PoolGeometry
     ) {
@@ -68,6 +97,13 @@ extension Scalar {
         _ dx: UnsafeMutablePointer<Self>, _ dy: UnsafePointer<Self>,
         argmax: UnsafePointer<Int32>, _ g: PoolGeometry
     ) {
+        g.forEachSlice { g, input, output in maxPoolBackwardSlice(dx + input, dy + output, argmax: argmax + output, g) }
+    }
+
+    static func maxPoolBackwardSlice(
+        _ dx: UnsafeMutablePointer<Self>, _ dy: UnsafePointer<Self>,
+        argmax: UnsafePointer<Int32>, _ g: PoolGeometry
+    ) {
         if g.kernel == 2 && g.stride == 2 { return maxPool2x2Backward(dx, dy, argmax: argmax, g) }
         let (outPlane, hw) = (g.outHeight * g.outWidth, g.height * g.width)
         dx.update(repeating: 0, count: g.planes * hw)
@@ -83,14 +119,18 @@ extension Scalar {
 // branch-free selects over each window, which clang vectorizes and Swift's optimizer did not.
 extension Float {
     public static func im2col(_ col: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ g: ConvGeometry, samples: Range<Int>) {
-        var s = g.cShape
-        tether_im2col_f32(col, x, &s, samples.lowerBound, samples.count)
+        g.forEachChannelSlice(samples: samples.count) { shape, image, rows in
+            var shape = shape
+            tether_im2col_f32(col + rows, x + image, &shape, samples.lowerBound, samples.count)
+        }
     }
     public static func col2im(
         _ dx: UnsafeMutablePointer<Float>, _ dcol: UnsafeMutablePointer<Float>, _ g: ConvGeometry, samples: Range<Int>
     ) {
-        var s = g.cShape
-        tether_col2im_f32(dx, dcol, &s, samples.lowerBound, samples.count)
+        g.forEachChannelSlice(samples: samples.count) { shape, image, rows in
+            var shape = shape
+            tether_col2im_f32(dx + image, dcol + rows, &shape, samples.lowerBound, samples.count)
+        }
     }
     public static func maxPool2x2Forward(
         _ y: UnsafeMutablePointer<Float>, argmax: UnsafeMutablePointer<Int32>, _ x: UnsafePointer<Float>, _ g: PoolGeometry
@@ -106,14 +146,18 @@ extension Float {
 
 extension Double {
     public static func im2col(_ col: UnsafeMutablePointer<Double>, _ x: UnsafePointer<Double>, _ g: ConvGeometry, samples: Range<Int>) {
-        var s = g.cShape
-        tether_im2col_f64(col, x, &s, samples.lowerBound, samples.count)
+        g.forEachChannelSlice(samples: samples.count) { shape, image, rows in
+            var shape = shape
+            tether_im2col_f64(col + rows, x + image, &shape, samples.lowerBound, samples.count)
+        }
     }
     public static func col2im(
         _ dx: UnsafeMutablePointer<Double>, _ dcol: UnsafeMutablePointer<Double>, _ g: ConvGeometry, samples: Range<Int>
     ) {
-        var s = g.cShape
-        tether_col2im_f64(dx, dcol, &s, samples.lowerBound, samples.count)
+        g.forEachChannelSlice(samples: samples.count) { shape, image, rows in
+            var shape = shape
+            tether_col2im_f64(dx + image, dcol + rows, &shape, samples.lowerBound, samples.count)
+        }
     }
     public static func maxPool2x2Forward(
         _ y: UnsafeMutablePointer<Double>, argmax: UnsafeMutablePointer<Int32>, _ x: UnsafePointer<Double>, _ g: PoolGeometry

@@ -45,14 +45,18 @@ extension Scalar {
     }
 
     public static func leakyReLUForward(_ y: UnsafeMutablePointer<Self>, _ x: UnsafePointer<Self>, slope: Self, count: Int) {
-        for i in 0..<count { let v = x[i]; y[i] = v > 0 ? v : slope * v }
+        Compute.forEachRange(count: count, grain: Compute.elementGrain) { range in
+            for i in range { let v = x[i]; y[i] = v > 0 ? v : slope * v }
+        }
     }
 
     public static func leakyReLUBackward(
         _ dx: UnsafeMutablePointer<Self>, _ dy: UnsafePointer<Self>, _ x: UnsafePointer<Self>,
         slope: Self, count: Int
     ) {
-        for i in 0..<count { dx[i] = x[i] > 0 ? dy[i] : slope * dy[i] }
+        Compute.forEachRange(count: count, grain: Compute.elementGrain) { range in
+            for i in range { dx[i] = x[i] > 0 ? dy[i] : slope * dy[i] }
+        }
     }
 
     public static func multiply(_ y: UnsafeMutablePointer<Self>, _ x: UnsafePointer<Self>, _ mask: UnsafePointer<Self>, count: Int) {
@@ -97,15 +101,17 @@ extension Scalar {
     public static func addPerChannel(
         _ y: UnsafeMutablePointer<Self>, _ v: UnsafePointer<Self>, alpha: Self, channels c: Int, columns n: Int
     ) {
-        for ch in 0..<c {
-            let row = y + ch * n, add = alpha * v[ch]
-            for j in 0..<n { row[j] += add }
+        Compute.forEachRange(count: c, grain: Compute.elementGrain / max(1, n)) { channels in
+            for ch in channels {
+                let row = y + ch * n, add = alpha * v[ch]
+                for j in 0..<n { row[j] += add }
+            }
         }
     }
 
     public static func sumPerChannel(_ out: UnsafeMutablePointer<Self>, _ x: UnsafePointer<Self>, channels c: Int, columns n: Int) {
-        for ch in 0..<c {
-            out[ch] += rowSum(x + ch * n, count: n)
+        Compute.forEachRange(count: c, grain: Compute.elementGrain / max(1, n)) { channels in
+            for ch in channels { out[ch] += rowSum(x + ch * n, count: n) }
         }
     }
 

@@ -208,9 +208,13 @@ extension Float: Scalar {
         beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int
     ) {
         guard m > 0, n > 0 else { return }
-        cblas_sgemm(
-            CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
-            blasint(m), blasint(n), blasint(k), alpha, a, blasint(lda), b, blasint(ldb), beta, c, blasint(ldc))
+        Compute.splitGemm(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, lda: lda, ldb: ldb, ldc: ldc) {
+            rows, columns, aOffset, bOffset, cOffset in
+            cblas_sgemm(
+                CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
+                blasint(rows), blasint(columns), blasint(k), alpha, a + aOffset, blasint(lda), b + bOffset, blasint(ldb), beta,
+                c + cOffset, blasint(ldc))
+        }
     }
 }
 
@@ -257,9 +261,13 @@ extension Double: Scalar {
         beta: Double, c: UnsafeMutablePointer<Double>, ldc: Int
     ) {
         guard m > 0, n > 0 else { return }
-        cblas_dgemm(
-            CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
-            blasint(m), blasint(n), blasint(k), alpha, a, blasint(lda), b, blasint(ldb), beta, c, blasint(ldc))
+        Compute.splitGemm(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, lda: lda, ldb: ldb, ldc: ldc) {
+            rows, columns, aOffset, bOffset, cOffset in
+            cblas_dgemm(
+                CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
+                blasint(rows), blasint(columns), blasint(k), alpha, a + aOffset, blasint(lda), b + bOffset, blasint(ldb), beta,
+                c + cOffset, blasint(ldc))
+        }
     }
 }
 
@@ -270,10 +278,7 @@ public enum ProcessMemory {
     public static func keepFreedBuffers() { tether_keep_heap_memory(64 << 20, 512 << 20) }
 }
 
-/// Thread control for OpenBLAS, the only source of threads in the compute path.
+/// What OpenBLAS is; its threads are `Compute`'s.
 public enum BLAS {
-    /// Bounds the threads OpenBLAS uses (overrides OPENBLAS_NUM_THREADS).
-    public static func setThreads(_ n: Int) { openblas_set_num_threads(Int32(max(1, n))) }
-    public static var threads: Int { Int(openblas_get_num_threads()) }
     public static var configuration: String { String(cString: openblas_get_config()) }
 }

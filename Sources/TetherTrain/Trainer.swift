@@ -89,7 +89,7 @@ public final class Trainer {
         try reporter.record(start)
         progress.line(
             "\(config.modelName): \(model.arena.count.formatted()) parameters, \(workload.sizeSummary), "
-                + "\(stepsPerEpoch) steps per epoch, \(totalSteps) steps in all, BLAS threads \(BLAS.threads)")
+                + "\(stepsPerEpoch) steps per epoch, \(totalSteps) steps in all, compute threads \(Compute.threads)")
         var lastTest: EvaluationReport?
         let runStart = Date()
         var outcome = TrainingSummary.Outcome.finished

@@ -58,7 +58,7 @@ struct BenchTrain: ParsableCommand {
             if json {
                 // DESIGN.md's contract: samples_per_sec always (for lm-tied a sample is a predicted token), tokens_per_sec for lm-tied.
                 var out: [String: Any] = [
-                    "model": config.model, "batch": config.batch, "threads": BLAS.threads, "samples_per_sec": median,
+                    "model": config.model, "batch": config.batch, "threads": Compute.threads, "samples_per_sec": median,
                     "runs": rates, "steps_per_run": stepsPerRun, "parameters": model.arena.count, "data": config.data,
                     "optimizer": config.optimizer.kind.rawValue, "blas_core": BLASCore.name
                 ]
@@ -66,7 +66,7 @@ struct BenchTrain: ParsableCommand {
                 print(String(data: try JSONSerialization.data(withJSONObject: out, options: [.sortedKeys]), encoding: .utf8)!)
             } else {
                 print(
-                    "\(config.modelName) batch \(config.batch), \(BLAS.threads) thread(s) (OpenBLAS \(BLASCore.name)), \(model.arena.count) parameters, \(workload.sizeSummary)"
+                    "\(config.modelName) batch \(config.batch), \(Compute.threads) thread(s) (OpenBLAS \(BLASCore.name)), \(model.arena.count) parameters, \(workload.sizeSummary)"
                 )
                 print("\(workload.unit)/s per run: \(rates.map { String(format: "%.0f", $0) }.joined(separator: " "))")
                 print(String(format: "median: %.0f \(workload.unit)/s", median))

@@ -24,7 +24,7 @@ struct Train: ParsableCommand {
             var base = TrainingConfig()
             if resume { base = try Checkpoint.Loaded(dir.appendingPathComponent(Checkpoint.fileName)).config }
             let config = try training.applied(to: base)
-            if try output.printedConfig("train", config, ["run_dir": runDir, "resume": resume, "threads": BLAS.threads]) { return }
+            if try output.printedConfig("train", config, ["run_dir": runDir, "resume": resume, "threads": Compute.threads]) { return }
             let started = Date()
             let progress = output.progress
             let trainer = try Trainer(

@@ -186,8 +186,8 @@ struct TrainingOptions: ParsableArguments {
     }
 }
 
-/// What a process may use: `--threads` bounds every compute thread (OpenBLAS's; Tether's own compute is
-/// single-threaded), `--max-memory` what a job's configuration may ask of this process's memory.
+/// What a process may use: `--threads` sizes the compute pool (every split GEMM and parallel kernel;
+/// OpenBLAS runs single-threaded inside it), `--max-memory` what a job's configuration may ask of this process's memory.
 struct ResourceOptions: ParsableArguments {
     @Option(help: "Compute threads (default: OPENBLAS_NUM_THREADS, else all cores).") var threads: Int?
     @Option(
@@ -197,13 +197,13 @@ struct ResourceOptions: ParsableArguments {
     var maxMemory: String?
 
     func validate() throws {
-        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
+        if let threads, !(1...256).contains(threads) { throw ValidationError("--threads must be in 1...256, got \(threads)") }
         if let maxMemory { _ = try MemoryLimit.parse(maxMemory) }
     }
 
     /// Applies both limits to this process; `holder` names it in a refusal ("this worker").
     func apply(holder: String) {
-        if let threads { BLAS.setThreads(threads) }
+        if let threads { Compute.setThreads(threads) }
         MemoryLimit.set(maxMemory.flatMap { try? MemoryLimit.parse($0) }, holder: holder)
     }
 }

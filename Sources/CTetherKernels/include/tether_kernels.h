@@ -103,3 +103,19 @@ double tether_sum_squares_f32(const float *x, size_t n);
 /// Linux: asks the kernel to SIGKILL this process when its parent dies (prctl is variadic, which Swift
 /// cannot call). Returns 0 on success, -1 elsewhere.
 int tether_die_with_parent(void);
+
+/// The process's compute pool (pool.c): `threads` threads counting the caller; OpenBLAS runs
+/// single-threaded inside them. set_threads sets the size every thread uses by default, growing the pool
+/// (never beyond 256), and returns the size it has; use_threads_here gives the calling thread a size of
+/// its own (0: the default again) and returns the one it had; threads is the calling thread's size.
+/// run calls fn(context, task, worker) once for each task in 0..<tasks, across the calling thread's
+/// size of the pool, and returns when all are done; worker (0 the caller) names the thread, for
+/// per-thread scratch. A job started inside a task runs inline on that task's thread and worker index;
+/// one started while another thread's job runs, inline on its caller as worker 0.
+typedef void (*tether_pool_task)(void *context, long task, long worker);
+int tether_pool_set_threads(int threads);
+int tether_pool_use_threads_here(int threads);
+int tether_pool_threads(void);
+/// 1 on a thread running a pool task (a job it starts runs inline), else 0.
+int tether_pool_in_task(void);
+void tether_pool_run(long tasks, tether_pool_task fn, void *context);
