@@ -26,7 +26,8 @@ enum JobSettings {
     static let fileVariable = "TETHER_CONFIG"
     /// Variables Tether sets for itself.
     static let ownVariables: Set<String> = [
-        fileVariable, ProcessLifetime.parentVariable, SecurityOptions.keyVariable, SampleAudit.variable, BLASCore.detectedVariable
+        fileVariable, ProcessLifetime.parentVariable, SecurityOptions.keyVariable, SampleAudit.variable, BLASCore.detectedVariable,
+        HugePages.optOutVariable
     ]
 
     /// `arguments` (without the program name) with the job file's and the environment's settings

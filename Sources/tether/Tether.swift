@@ -19,7 +19,7 @@ struct Tether: ParsableCommand {
 
     /// Parses the command line after adding the job file's and the environment's settings (JobSettings).
     static func main() {
-        BLASCore.chooseAgainIfMisdetected(environment: ProcessInfo.processInfo.environment)
+        ProcessStart.restartIfNeeded(environment: ProcessInfo.processInfo.environment)
         // A misspelt command is named as such, not as an unknown option of the top level.
         let names = commandNames
         if let first = CommandLine.arguments.dropFirst().first, !first.hasPrefix("-"), !names.contains(first), first != "help" {

@@ -17,3 +17,19 @@ import Testing
         #expect(BLASCore.replacement(chosen: "Prescott", vectorLevel: 2, environment: ["OPENBLAS_CORETYPE": ""]) == nil)
     }
 }
+
+@Suite struct HugePagesTests {
+    @Test func theTunableIsAddedOnlyWhereTheKernelGivesHugePagesOnRequest() {
+        let madvise = "always [madvise] never\n"
+        #expect(HugePages.tunables(existing: nil, mode: madvise, environment: [:]) == "glibc.malloc.hugetlb=1")
+        #expect(
+            HugePages.tunables(existing: "glibc.malloc.arena_max=2", mode: madvise, environment: [:])
+                == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1")
+        // already set (either way), opted out, or no request needed or possible: left alone
+        #expect(HugePages.tunables(existing: "glibc.malloc.hugetlb=0", mode: madvise, environment: [:]) == nil)
+        #expect(HugePages.tunables(existing: nil, mode: madvise, environment: ["TETHER_HUGE_PAGES": "0"]) == nil)
+        #expect(HugePages.tunables(existing: nil, mode: "[always] madvise never", environment: [:]) == nil)
+        #expect(HugePages.tunables(existing: nil, mode: "always madvise [never]", environment: [:]) == nil)
+        #expect(HugePages.tunables(existing: nil, mode: "", environment: [:]) == nil)
+    }
+}
