@@ -7,6 +7,7 @@ import PackageDescription
 //   TetherNN + Yams -> TetherJobFile ----/                            and TetherJobFile, for the shipped model specs)
 //   CProtobufC -> TetherWire -> TetherComm -/   (TetherComm also: CZeroMQ, CXXHash, CTetherKernels)
 //   TetherTrain + TetherComm -> TetherCluster (coordinator, workers) -> tether
+//   TetherNN + TetherWire -> TetherONNX (ONNX models in and out) -> tether
 let package = Package(
     name: "Tether",
     platforms: [.macOS(.v13)],
@@ -47,13 +48,17 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log")
             ]),
         .target(name: "TetherJobFile", dependencies: ["TetherNN", "TetherTensor", .product(name: "Yams", package: "Yams")]),
+        // ONNX models in and out (proto/onnx.proto through protoc-c): export a trained spec, import a graph.
+        .target(name: "TetherONNX", dependencies: ["TetherNN", "TetherTensor", "TetherWire", "CProtobufC"]),
         // The fuzz targets (bench/fuzz runs them under libFuzzer; the tests run each briefly).
         .target(
-            name: "TetherFuzz", dependencies: ["TetherComm", "TetherData", "TetherNN", "TetherTrain", "TetherCluster", "TetherJobFile"]),
+            name: "TetherFuzz",
+            dependencies: ["TetherComm", "TetherData", "TetherNN", "TetherTrain", "TetherCluster", "TetherJobFile", "TetherONNX"]),
         .executableTarget(
             name: "tether",
             dependencies: [
-                "TetherCluster", "TetherJobFile", "TetherTrain", "TetherComm", "TetherData", "TetherNN", "TetherTensor", "CXXHash",
+                "TetherCluster", "TetherJobFile", "TetherONNX", "TetherTrain", "TetherComm", "TetherData", "TetherNN", "TetherTensor",
+                "CXXHash",
                 "CTetherKernels",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "Logging", package: "swift-log")
             ]),
@@ -69,6 +74,7 @@ let package = Package(
             name: "TetherClusterTests",
             dependencies: ["TetherCluster", "TetherComm", "TetherData", "TetherTrain", "TetherNN", "TetherTensor", "TetherJobFile"]),
         .testTarget(name: "TetherJobFileTests", dependencies: ["TetherJobFile", "TetherNN"]),
+        .testTarget(name: "TetherONNXTests", dependencies: ["TetherONNX", "TetherNN", "TetherTensor"]),
         .testTarget(name: "TetherFuzzTests", dependencies: ["TetherFuzz", "TetherComm", "TetherTrain"]),
         .testTarget(
             name: "EndToEndTests",

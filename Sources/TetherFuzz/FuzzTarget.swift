@@ -4,6 +4,7 @@ import TetherComm
 import TetherData
 import TetherJobFile
 import TetherNN
+import TetherONNX
 import TetherTensor
 import TetherTrain
 
@@ -29,6 +30,8 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     case csvSchema = "csv-schema"
     case csvRows = "csv-rows"
     case jobFile = "job-file"
+    /// An ONNX model file, parsed and bounded (tensors' bytes against their shapes).
+    case onnx
 
     public func run(_ input: [UInt8]) {
         switch self {
@@ -46,6 +49,8 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
             let text = String(decoding: input, as: UTF8.self)
             _ = try? CSVReader.parse(text, path: "fuzz", schema: .adult)
             _ = try? CSVReader.parse(text, path: "fuzz", schema: Self.smallSchema)
+        case .onnx:
+            _ = try? ONNXModel(bytes: input, source: "fuzz")
         case .jobFile:
             _ = try? JobFile.settings(
                 text: String(decoding: input, as: UTF8.self), path: "fuzz", command: "worker",

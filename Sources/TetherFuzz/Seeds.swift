@@ -3,6 +3,7 @@ import Foundation
 import TetherComm
 import TetherData
 import TetherNN
+import TetherONNX
 import TetherTensor
 import TetherTrain
 
@@ -33,6 +34,7 @@ extension FuzzTarget {
                         .utf8),
                 Array("a,b,c,y\nx,y,1.5,1\nz,w,-2,0\n".utf8)
             ]
+        case .onnx: [Self.onnxModel]
         case .jobFile:
             [
                 Array(
@@ -175,4 +177,18 @@ extension FuzzTarget {
         object[key] = replacing(object[key]!, at: Array(path.dropFirst()), with: value)
         return object
     }
+}
+
+extension FuzzTarget {
+    /// A small model: a Gemm over an initializer and an int64 shape, with attributes of three kinds.
+    static let onnxModel = ONNXModel(
+        graph: ONNXGraph(
+            name: "seed",
+            nodes: [
+                ONNXNode("Gemm", name: "g", inputs: ["input", "w"], outputs: ["y"], attributes: [ONNXAttribute("transB", .int(1))]),
+                ONNXNode("Reshape", name: "r", inputs: ["y", "s"], outputs: ["z"], attributes: [ONNXAttribute("alpha", .float(0.5))])
+            ],
+            initializers: [ONNXTensor("w", dims: [2, 3], floats: [1, 2, 3, 4, 5, 6]), ONNXTensor("s", dims: [2], int64s: [-1, 2])],
+            inputs: [ONNXValue("input", shape: [.named("batch"), .size(3)])], outputs: [ONNXValue("z", shape: nil)])
+    ).serialized()
 }

@@ -154,6 +154,14 @@ public final class Predictor<T: Scalar>: Model {
 
     public var bufferOwners: [(prefix: String, owner: any BufferOwner)] { network.bufferOwners }
     public var sparseGradients: [SparseRows<T>] { network.sparseGradients + [wide?.table.sparseGradient].compactMap { $0 } }
+    /// The network's outputs for inputs (B, ...) in evaluation mode (dropout off, running statistics):
+    /// (B, K) logits, or the regression's values.
+    public func outputs(_ x: Tensor<T>) -> Tensor<T> {
+        context.training = false
+        defer { context.training = true }
+        return forward(x)
+    }
+
     /// The last evaluation's probability of label 1 per row (binary objective).
     public var probabilities: [Float] { logistic.probabilities.map { Float(Double($0)) } }
 }

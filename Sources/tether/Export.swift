@@ -2,39 +2,53 @@ import ArgumentParser
 import Foundation
 import TetherJobFile
 import TetherNN
+import TetherONNX
 import TetherTrain
 
 /// `tether export --pytorch FILE.py`: a model spec's network as a PyTorch module with Tether's names,
 /// so that a checkpoint loads into it (`load_tether(path)`) and serves anywhere PyTorch does.
+/// `tether export --onnx FILE.onnx --checkpoint CKPT`: the trained network as an ONNX inference graph
+/// with its weights, for ONNX Runtime and every other ONNX consumer.
 struct Export: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Write a model spec's network as a PyTorch module whose state_dict a checkpoint loads into.")
+        abstract: "Write a spec's network as a PyTorch module a checkpoint loads into, or a trained checkpoint as an ONNX model.")
 
-    @Option(help: "Where to write the Python module (e.g. model.py).") var pytorch: String
+    @Option(help: "Where to write the Python module (e.g. model.py).") var pytorch: String?
+    @Option(help: "Where to write the trained network as an ONNX model (opset 17; needs --checkpoint).") var onnx: String?
     @Option(help: "The spec: a YAML file or a shipped spec's name (mlp, mlp-wn, cnn-wn).") var model: String?
     @Option(help: "A checkpoint of a spec's run (it carries the spec).") var checkpoint: String?
 
     func validate() throws {
+        guard (pytorch == nil) != (onnx == nil) else { throw ValidationError("give --pytorch FILE.py or --onnx FILE.onnx (one of them)") }
         guard (model == nil) != (checkpoint == nil) else { throw ValidationError("give --model SPEC or --checkpoint FILE (one of them)") }
+        if onnx != nil && checkpoint == nil { throw ValidationError("--onnx writes a trained network: give its --checkpoint") }
     }
 
     func run() throws {
         do {
             let spec: ModelSpec
+            var loaded: Checkpoint.Loaded?
             if let checkpoint {
-                let loaded = try Checkpoint.Loaded(URL(fileURLWithPath: checkpoint))
-                guard let s = loaded.config.spec else {
-                    throw SpecError(
-                        "\(checkpoint) is a checkpoint of \(loaded.config.model), not of a model spec; export takes a spec's run")
+                let l = try Checkpoint.Loaded(URL(fileURLWithPath: checkpoint))
+                guard let s = l.config.spec else {
+                    throw SpecError("\(checkpoint) is a checkpoint of \(l.config.model), not of a model spec; export takes a spec's run")
                 }
-                spec = s
+                (spec, loaded) = (s, l)
             } else {
                 let m = model!
                 guard let s = try ShippedSpecs.spec(m) ?? ModelSpecFile.read(m) as ModelSpec? else { throw SpecError("no spec \(m)") }
                 spec = s
             }
-            try PyTorchModule.source(spec).write(toFile: pytorch, atomically: true, encoding: .utf8)
-            print("wrote \(pytorch): class \(PyTorchModule.className(spec)) and load_tether(checkpoint)")
+            if let pytorch {
+                try PyTorchModule.source(spec).write(toFile: pytorch, atomically: true, encoding: .utf8)
+                print("wrote \(pytorch): class \(PyTorchModule.className(spec)) and load_tether(checkpoint)")
+            } else if let onnx, let loaded {
+                let model = try ONNXExport.model(spec) { name in try loaded.file.tensors[name]?.floats() }
+                try Data(model.serialized()).write(to: URL(fileURLWithPath: onnx), options: .atomic)
+                print(
+                    "wrote \(onnx): \(model.graph.nodes.count) nodes, \(model.graph.initializers.count) initializers, "
+                        + "input \"input\", outputs \(model.graph.outputs.map { "\"\($0.name)\"" }.joined(separator: ", "))")
+            }
         } catch { exitWithError(error) }
     }
 }

@@ -11,7 +11,8 @@ struct Tether: ParsableCommand {
         discussion: "Data: \(DataSource.help). Run directories hold metrics.jsonl and checkpoint.safetensors.",
         version: TetherVersion.string,
         subcommands: [
-            Train.self, Simulate.self, CoordinatorCommand.self, WorkerCommand.self, Eval.self, Export.self, Report.self, Models.self,
+            Train.self, Simulate.self, CoordinatorCommand.self, WorkerCommand.self, Eval.self, Predict.self, Export.self, Report.self,
+            Models.self,
             Bench.self,
             Keygen.self, Version.self
         ]

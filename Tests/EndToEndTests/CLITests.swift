@@ -685,6 +685,7 @@ let kubernetesTypesInstalled =
         let accuracy = (try? JSONSerialization.jsonObject(with: Data(eval.stdout.utf8)) as? [String: Any])?["test_accuracy"] as? Double ?? 0
         #expect(eval.status == 0 && accuracy > 0.9, "\(eval.stdout)\(eval.stderr)")
         try expectPyTorchAgrees(accuracy: accuracy, in: dir)
+        try expectONNXRuntimeAgreesWithPredict(in: dir)
         // a label beyond the spec's classes is named with the sample and the range
         let narrow = try String(contentsOf: dir.appendingPathComponent("rgb.yaml"), encoding: .utf8).replacingOccurrences(
             of: "dense: 12", with: "dense: 10")
@@ -987,6 +988,45 @@ let kubernetesTypesInstalled =
         let r = try CLI.run(["-c", prologue + script], executable: URL(fileURLWithPath: python), in: dir)
         #expect(r.status == 0, "\(what): \(r.stderr)")
         return Double(r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? .nan
+    }
+
+    /// `tether predict` over every sample of rgb.npz (in order) to .npy, .jsonl and .csv, and `tether
+    /// export --onnx` of the same checkpoint: the model passes onnx.checker's full check, and ONNX
+    /// Runtime's probabilities equal predict's within 1e-5.
+    func expectONNXRuntimeAgreesWithPredict(in dir: URL) throws {
+        let checkpoint = "run/checkpoint.safetensors"
+        for file in ["predictions.npy", "predictions.jsonl", "predictions.csv"] {
+            let r = try CLI.run(["predict", "--checkpoint", checkpoint, "--data", "npz:rgb.npz", "--output", file, "--top-k", "2"], in: dir)
+            #expect(r.status == 0 && r.stderr.contains("predict: 1200 samples in"), "\(r.stderr)")
+        }
+        let lines = try String(contentsOf: dir.appendingPathComponent("predictions.jsonl"), encoding: .utf8).split(separator: "\n")
+        let first = try JSONSerialization.jsonObject(with: Data(lines[0].utf8)) as? [String: Any]
+        #expect(lines.count == 1200 && first?["row"] as? Int == 0 && (first?["top"] as? [Any])?.count == 2, "\(lines.first ?? "")")
+        let csv = try String(contentsOf: dir.appendingPathComponent("predictions.csv"), encoding: .utf8).split(separator: "\n")
+        #expect(csv.count == 1201 && csv[0] == "row,class," + (0..<12).map { "p\($0)" }.joined(separator: ","), "\(csv.first ?? "")")
+        let export = try CLI.run(["export", "--onnx", "model.onnx", "--checkpoint", checkpoint], in: dir)
+        #expect(export.status == 0 && export.stdout.contains("outputs \"logits\", \"probabilities\""), "\(export.stdout)\(export.stderr)")
+        let python = CLI.repository.appendingPathComponent(".build/test-venv/bin/python")
+        guard let check = try? CLI.run(["-c", "import onnx, onnxruntime, numpy"], executable: python), check.status == 0 else {
+            print(
+                "skipped: ONNX Runtime's side of the ONNX export (no onnx, onnxruntime and numpy in .build/test-venv; scripts/install-deps --test)"
+            )
+            return
+        }
+        let r = try CLI.run(
+            [
+                "-c",
+                """
+                import numpy as np, onnx, onnxruntime as ort
+                model = onnx.load("model.onnx"); onnx.checker.check_model(model, full_check=True)
+                d = np.load("rgb.npz"); x = np.ascontiguousarray(np.transpose(d["x"].astype(np.float32) / 255, (0, 3, 1, 2)))
+                session = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
+                theirs = session.run(["probabilities"], {"input": x})[0]
+                print(float(np.abs(theirs - np.load("predictions.npy")).max()))
+                """
+            ], executable: python, in: dir)
+        let worst = Double(r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? .nan
+        #expect(r.status == 0 && worst < 1e-5, "ONNX Runtime against tether predict: \(r.stdout)\(r.stderr)")
     }
 
     /// The tests' Python (the venv scripts/install-deps --test makes) when it has PyTorch, NumPy and

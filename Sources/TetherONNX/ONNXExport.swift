@@ -1,0 +1,180 @@
+import Foundation
+import TetherNN
+
+/// A trained spec's network as an ONNX inference graph (opset 17), readable by ONNX Runtime: one input
+/// `input` (B, C, H, W) images or (B, F) features, its layers as ONNX operators with the checkpoint's
+/// values as initializers named as in the checkpoint, and the outputs `logits` plus `probabilities`
+/// (softmax, or sigmoid for a binary-cross-entropy spec), or `prediction` for a regression.
+///
+/// A weight-normalized layer is written with its effective weight w = g v / sqrt(sum v^2 + 1e-12)
+/// per output row, as Tether's forward computes it; a tied dense layer reads the weight it ties to
+/// (transposed by Gemm's transB where the shapes say so); a mean-only batch norm is one Add of
+/// (bias - running mean); dropout is the identity at inference; GELU (tanh approximation) is spelled
+/// out in opset-17 operators.
+public enum ONNXExport {
+    /// `value(name)` gives a checkpoint tensor's values (nil: not in the checkpoint).
+    public static func model(_ spec: ModelSpec, value: (String) throws -> [Float]?) throws -> ONNXModel {
+        try withoutActuallyEscaping(value) { value in
+            var b = Builder(spec: spec, value: value)
+            try b.build()
+            return ONNXModel(
+                opset: 17,
+                graph: ONNXGraph(name: spec.name, nodes: b.nodes, initializers: b.initializers, inputs: b.inputs, outputs: b.outputs))
+        }
+    }
+
+    struct Builder {
+        let spec: ModelSpec
+        let value: (String) throws -> [Float]?
+        var nodes: [ONNXNode] = [], initializers: [ONNXTensor] = [], inputs: [ONNXValue] = [], outputs: [ONNXValue] = []
+
+        func fail(_ why: String) -> SpecError { SpecError("export --onnx: model spec \(spec.name): \(why)") }
+
+        /// A checkpoint tensor of `count` values. A cluster's checkpoint holds a running statistic per
+        /// replica, in rank order: rank 0's is taken, as `tether eval` and DDP take it.
+        func tensor(_ name: String, count: Int) throws -> [Float] {
+            guard let v = try value(name) else { throw fail("the checkpoint has no tensor \(name)") }
+            if name.hasSuffix("running_mean") || name.hasSuffix("running_var"), count > 0, v.count > count, v.count % count == 0 {
+                return Array(v.prefix(count))
+            }
+            guard v.count == count else { throw fail("\(name) holds \(v.count) values, the spec needs \(count)") }
+            return v
+        }
+
+        mutating func constant(_ name: String, dims: [Int], _ floats: [Float]) -> String {
+            initializers.append(ONNXTensor(name, dims: dims, floats: floats))
+            return name
+        }
+
+        /// Appends a node with one output named `output`; returns that name.
+        @discardableResult mutating func node(
+            _ op: String, _ inputs: [String], _ output: String, _ attributes: [ONNXAttribute] = []
+        ) -> String {
+            nodes.append(ONNXNode(op, name: output, inputs: inputs, outputs: [output], attributes: attributes))
+            return output
+        }
+
+        /// The weight a layer computes with: plain, or g v / ||v|| per row of `rows`.
+        func weight(_ prefix: String, rows: Int, columns: Int, normalized: Bool) throws -> [Float] {
+            guard normalized else { return try tensor(prefix + "weight", count: rows * columns) }
+            let g = try tensor(prefix + "weight_g", count: rows), v = try tensor(prefix + "weight_v", count: rows * columns)
+            var w = [Float](repeating: 0, count: rows * columns)
+            for r in 0..<rows {
+                let row = v[(r * columns)..<((r + 1) * columns)]
+                let norm = (row.reduce(0.0) { $0 + Double($1) * Double($1) } + 1e-12).squareRoot()
+                for (j, x) in row.enumerated() { w[r * columns + j] = Float(Double(g[r]) * Double(x) / norm) }
+            }
+            return w
+        }
+
+        mutating func build() throws {
+            if spec.table != nil || spec.tokens != nil || spec.wide != nil {
+                throw fail("tables, token inputs and wide towers are not exported to ONNX yet (images and features are)")
+            }
+            let shapes = try spec.shapes()
+            var before = try spec.inputShape()
+            var dims: [ONNXValue.Dimension] = [.named("batch")]
+            switch before {
+            case .image(let c, let h, let w): dims += [.size(c), .size(h), .size(w)]
+            case .features(let f): dims += [.size(f)]
+            case .sequence(let t, let f): dims += [.size(t), .size(f)]
+            default: throw fail("its input \(before) is not exported to ONNX yet")
+            }
+            inputs = [ONNXValue("input", shape: dims)]
+            var current = "input"
+            for (i, (layer, after)) in zip(spec.layers, shapes).enumerated() {
+                let prefix = "layers.\(i).", out = "layers.\(i)"
+                let hasBias = layer.bias ?? true, normalized = layer.weightNorm ?? false
+                switch (layer.kind, before, after) {
+                case (.dense, .features(let f), .features(let o)) where layer.tie != nil:
+                    let source = "layers.\(layer.tie!).weight"
+                    guard let w = try value(source) else { throw fail("layer \(i) ties to \(source), which the checkpoint lacks") }
+                    guard w.count == f * o else { throw fail("layer \(i) ties to \(source) of \(w.count) values, not \(f) x \(o)") }
+                    let sameShape = spec.layers[layer.tie!].out == o
+                    let name = constant(prefix + "tied_weight", dims: sameShape ? [o, f] : [f, o], w)
+                    var ins = [current, name]
+                    if hasBias { ins.append(constant(prefix + "bias", dims: [o], try tensor(prefix + "bias", count: o))) }
+                    current = node("Gemm", ins, out, [ONNXAttribute("transB", .int(sameShape ? 1 : 0))])
+                case (.dense, .features(let f), .features(let o)):
+                    let w = constant(prefix + "weight", dims: [o, f], try weight(prefix, rows: o, columns: f, normalized: normalized))
+                    var ins = [current, w]
+                    if hasBias { ins.append(constant(prefix + "bias", dims: [o], try tensor(prefix + "bias", count: o))) }
+                    current = node("Gemm", ins, out, [ONNXAttribute("transB", .int(1))])
+                case (.conv2d, .image(let c, _, _), .image(let o, _, _)):
+                    let k = layer.kernel!, s = layer.stride ?? 1, p = layer.padding ?? 0
+                    let w = constant(
+                        prefix + "weight", dims: [o, c, k, k], try weight(prefix, rows: o, columns: c * k * k, normalized: normalized))
+                    var ins = [current, w]
+                    if hasBias { ins.append(constant(prefix + "bias", dims: [o], try tensor(prefix + "bias", count: o))) }
+                    current = node(
+                        "Conv", ins, out,
+                        [
+                            ONNXAttribute("kernel_shape", .ints([Int64(k), Int64(k)])),
+                            ONNXAttribute("strides", .ints([Int64(s), Int64(s)])),
+                            ONNXAttribute("pads", .ints(Array(repeating: Int64(p), count: 4)))
+                        ])
+                case (.maxPool, _, _), (.avgPool, _, _):
+                    let k = Int64(layer.kernel!), s = Int64(layer.stride ?? layer.kernel!)
+                    current = node(
+                        layer.kind == .maxPool ? "MaxPool" : "AveragePool", [current], out,
+                        [ONNXAttribute("kernel_shape", .ints([k, k])), ONNXAttribute("strides", .ints([s, s]))])
+                case (.flatten, .features, _): break
+                case (.flatten, _, _): current = node("Flatten", [current], out, [ONNXAttribute("axis", .int(1))])
+                case (.unflatten, _, .image(let c, let h, let w)):
+                    initializers.append(ONNXTensor(prefix + "shape", dims: [4], int64s: [-1, Int64(c), Int64(h), Int64(w)]))
+                    current = node("Reshape", [current, prefix + "shape"], out)
+                case (.relu, _, _): current = node("Relu", [current], out)
+                case (.leakyRelu, _, _):
+                    current = node("LeakyRelu", [current], out, [ONNXAttribute("alpha", .float(Float(layer.slope ?? 0.01)))])
+                case (.tanh, _, _): current = node("Tanh", [current], out)
+                case (.sigmoid, _, _): current = node("Sigmoid", [current], out)
+                case (.gelu, _, _): current = gelu(current, prefix: prefix, out: out)
+                case (.dropout, _, _): break
+                case (.batchNorm, _, _):
+                    let (channels, perChannel): (Int, [Int]) =
+                        switch before {
+                        case .image(let c, _, _): (c, [c, 1, 1])
+                        case .features(let f): (f, [f])
+                        default: throw fail("layer \(i) (batch-norm) on \(before) is not exported to ONNX")
+                        }
+                    if layer.meanOnly == true {
+                        let bias = try tensor(prefix + "bias", count: channels), mean = try tensor(prefix + "running_mean", count: channels)
+                        let shift = constant(prefix + "shift", dims: perChannel, zip(bias, mean).map { $0 - $1 })
+                        current = node("Add", [current, shift], out)
+                    } else {
+                        let names = ["weight", "bias", "running_mean", "running_var"].map { prefix + $0 }
+                        for name in names { _ = constant(name, dims: [channels], try tensor(name, count: channels)) }
+                        current = node("BatchNormalization", [current] + names, out, [ONNXAttribute("epsilon", .float(1e-5))])
+                    }
+                default:
+                    throw fail("layer \(i) (\(layer.kind.rawValue)) is not exported to ONNX yet")
+                }
+                before = after
+            }
+            var last: [ONNXValue.Dimension]?
+            if case .features(let n) = shapes.last { last = [.named("batch"), .size(n)] }
+            switch spec.loss {
+            case .crossEntropy, .binaryCrossEntropy:
+                node("Identity", [current], "logits")
+                node(
+                    spec.loss == .crossEntropy ? "Softmax" : "Sigmoid", [current], "probabilities",
+                    spec.loss == .crossEntropy ? [ONNXAttribute("axis", .int(-1))] : [])
+                outputs = [ONNXValue("logits", shape: last), ONNXValue("probabilities", shape: last)]
+            default:
+                node("Identity", [current], "prediction")
+                outputs = [ONNXValue("prediction", shape: last)]
+            }
+        }
+
+        /// 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+        mutating func gelu(_ x: String, prefix: String, out: String) -> String {
+            let c = constant(prefix + "gelu_c", dims: [], [0.044715]),
+                r = constant(prefix + "gelu_r", dims: [], [Float((2 / Double.pi).squareRoot())])
+            let one = constant(prefix + "gelu_one", dims: [], [1]), half = constant(prefix + "gelu_half", dims: [], [0.5])
+            let x2 = node("Mul", [x, x], out + ".x2"), x3 = node("Mul", [x2, x], out + ".x3")
+            let inner = node("Add", [x, node("Mul", [x3, c], out + ".cx3")], out + ".inner")
+            let t = node("Tanh", [node("Mul", [inner, r], out + ".scaled")], out + ".tanh")
+            return node("Mul", [node("Mul", [x, node("Add", [t, one], out + ".onePlus")], out + ".xOnePlus"), half], out)
+        }
+    }
+}

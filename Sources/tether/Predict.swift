@@ -1,0 +1,130 @@
+import ArgumentParser
+import Foundation
+import TetherData
+import TetherNN
+import TetherTensor
+import TetherTrain
+
+/// `tether predict`: a checkpoint's network over samples, in their order, to a file: .npy (N, K)
+/// float32 of the probabilities or the regression's values, .csv (a header, then per row its index,
+/// class and probabilities, or its values) or .jsonl (an object per row: class and probabilities, or
+/// the top k, or the values).
+struct Predict: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run a trained checkpoint's network over samples and write its predictions.")
+
+    @Option(help: "The checkpoint file (a run directory's checkpoint.safetensors).") var checkpoint: String
+    @Option(
+        help:
+            "The samples: npz:FILE or npy:DIR (all of x, in order; arrays x and y as for training, y unused), or another --data of the run's kind (its held-out split) (default: the run's held-out split)."
+    )
+    var data: String?
+    @Option(help: "For csv: data, the schema (default: the one the checkpoint carries).") var schema: String?
+    @Option(help: "Where to write: FILE.npy, FILE.csv or FILE.jsonl.") var output: String
+    @Option(help: "In .jsonl, the k most probable classes per row instead of every probability.") var topK: Int?
+    @Option(help: "Samples per forward pass.") var batch = 256
+    @OptionGroup var threads: ResourceOptions
+
+    enum Format: String { case npy, csv, jsonl }
+    var format: Format? { Format(rawValue: URL(fileURLWithPath: output).pathExtension.lowercased()) }
+
+    func validate() throws {
+        guard format != nil else { throw ValidationError("--output \(output): give a .npy, .csv or .jsonl file") }
+        if let topK, topK < 1 { throw ValidationError("--top-k must be at least 1") }
+        guard (1...65_536).contains(batch) else { throw ValidationError("--batch must be in 1...65536") }
+    }
+
+    func run() throws {
+        threads.apply(holder: "this process")
+        do {
+            let loaded = try Checkpoint.Loaded(URL(fileURLWithPath: checkpoint))
+            var config = loaded.config
+            if let data {
+                config.data = data
+                // arrays: every sample of them, in order, as the held-out split
+                if data.hasPrefix("npz:") || data.hasPrefix("npy:") { (config.testData, config.testFraction) = (data, nil) }
+            }
+            if let schema { config.useSchema(schema) }
+            config = try config.withFilesResolved()
+            let workload = try Workloads.make(config, metadata: loaded.file.metadata)
+            guard let predicting = workload as? any Predicting else {
+                throw ConfigError(
+                    message:
+                        "predict takes a model spec's checkpoint (mlp, mlp-wn, cnn-wn or a spec file); \(loaded.config.model) is not one")
+            }
+            try loaded.restore(into: workload.model, optimizer: nil)
+            let total = predicting.predictionCount, started = Date()
+            var rows: [[Float]] = []
+            rows.reserveCapacity(total)
+            var lastReport = started
+            try predicting.predictions(inBatchesOf: batch) { outputs in
+                let k = outputs.count / max(1, outputs.shape[0])
+                outputs.withPointer { p in
+                    for r in 0..<outputs.shape[0] {
+                        rows.append(Self.values(Array(UnsafeBufferPointer(start: p + r * k, count: k)), predicting.objective))
+                    }
+                }
+                if Date().timeIntervalSince(lastReport) >= 1 {
+                    lastReport = Date()
+                    FileHandle.standardError.write(Data("predict: \(rows.count) / \(total) samples\n".utf8))
+                }
+            }
+            let seconds = Date().timeIntervalSince(started)
+            try write(rows, objective: predicting.objective)
+            FileHandle.standardError.write(
+                Data(
+                    String(
+                        format: "predict: %d samples in %.2f s (%.0f samples/s, %d thread(s)); wrote %@\n", rows.count, seconds,
+                        Double(rows.count) / max(seconds, 1e-9), Compute.threads, output
+                    ).utf8))
+        } catch { exitWithError(error) }
+    }
+
+    /// Softmax of the logits, the sigmoid of a binary logit, or the values as they are.
+    static func values(_ outputs: [Float], _ objective: Objective) -> [Float] {
+        switch objective {
+        case .classes:
+            let top = outputs.max() ?? 0
+            let e = outputs.map { Foundation.exp(Double($0 - top)) }, sum = e.reduce(0, +)
+            return e.map { Float($0 / sum) }
+        case .binary: return outputs.map { Float(1 / (1 + Foundation.exp(-Double($0)))) }
+        case .squaredError, .absoluteError: return outputs
+        }
+    }
+
+    func write(_ rows: [[Float]], objective: Objective) throws {
+        let k = rows.first?.count ?? 0, classes = objective == .classes
+        func best(_ row: [Float]) -> Int { row.indices.max { row[$0] < row[$1] } ?? 0 }
+        var text = ""
+        switch format! {
+        case .npy:
+            let bytes = rows.flatMap { $0 }.withUnsafeBytes { Array($0) }
+            try Data(NumPy.npy(NumPyArray(dtype: .float32, shape: [rows.count, k], bytes: bytes))).write(
+                to: URL(fileURLWithPath: output), options: .atomic)
+            return
+        case .csv:
+            let names = (0..<k).map { classes ? "p\($0)" : (objective == .binary ? "p1" : "value\($0)") }
+            text = (["row"] + (classes ? ["class"] : []) + names).joined(separator: ",") + "\n"
+            for (i, row) in rows.enumerated() {
+                text += ([String(i)] + (classes ? [String(best(row))] : []) + row.map { "\($0)" }).joined(separator: ",") + "\n"
+            }
+        case .jsonl:
+            for (i, row) in rows.enumerated() {
+                var object: [String: Any] = ["row": i]
+                switch objective {
+                case .classes:
+                    object["class"] = best(row)
+                    if let topK {
+                        let order = row.indices.sorted { row[$0] > row[$1] }.prefix(topK)
+                        object["top"] = order.map { ["class": $0, "probability": Double(row[$0])] }
+                    } else {
+                        object["probabilities"] = row.map(Double.init)
+                    }
+                case .binary: (object["class"], object["probability"]) = (row[0] >= 0.5 ? 1 : 0, Double(row[0]))
+                case .squaredError, .absoluteError: object["values"] = row.map(Double.init)
+                }
+                text += String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self) + "\n"
+            }
+        }
+        try text.write(toFile: output, atomically: true, encoding: .utf8)
+    }
+}
