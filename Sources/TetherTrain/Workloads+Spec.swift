@@ -163,6 +163,8 @@ final class SpecTraining<Dataset: LabelledSamples>: ShuffledWorkload {
 
 /// What `tether predict` needs of a workload: the network's outputs for the held-out samples, in order.
 public protocol Predicting {
+    /// The network's spec, fitted to the data (a shipped family's to the images' size and classes).
+    var modelSpec: ModelSpec { get }
     var objective: Objective { get }
     /// Samples `predictions` goes over: the held-out split (all of --test-data when it is given).
     var predictionCount: Int { get }
@@ -171,6 +173,7 @@ public protocol Predicting {
 }
 
 extension SpecTraining: Predicting {
+    var modelSpec: ModelSpec { spec }
     var objective: Objective { predictor.objective }
     var predictionCount: Int { splits.test.count }
     func predictions(inBatchesOf size: Int, _ body: (Tensor<Float>) throws -> Void) rethrows {

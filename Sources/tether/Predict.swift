@@ -35,6 +35,7 @@ struct Predict: ParsableCommand {
 
     func run() throws {
         threads.apply(holder: "this process")
+        ProcessMemory.keepFreedBuffers()  // a batch's activations are freed and taken again each batch
         do {
             let loaded = try Checkpoint.Loaded(URL(fileURLWithPath: checkpoint))
             var config = loaded.config
@@ -53,21 +54,22 @@ struct Predict: ParsableCommand {
             }
             try loaded.restore(into: workload.model, optimizer: nil)
             let total = predicting.predictionCount, started = Date()
-            var rows: [[Float]] = []
-            rows.reserveCapacity(total)
-            var lastReport = started
+            var values: [Float] = [], width = 0, lastReport = started  // (N, K) row after row
             try predicting.predictions(inBatchesOf: batch) { outputs in
-                let k = outputs.count / max(1, outputs.shape[0])
-                outputs.withPointer { p in
-                    for r in 0..<outputs.shape[0] {
-                        rows.append(Self.values(Array(UnsafeBufferPointer(start: p + r * k, count: k)), predicting.objective))
+                width = outputs.count / max(1, outputs.shape[0])
+                let first = values.count
+                outputs.withPointer { values.append(contentsOf: UnsafeBufferPointer(start: $0, count: outputs.count)) }
+                values.withUnsafeMutableBufferPointer { v in
+                    for row in stride(from: first, to: v.count, by: width) {
+                        Self.finish(v.baseAddress! + row, count: width, predicting.objective)
                     }
                 }
                 if Date().timeIntervalSince(lastReport) >= 1 {
                     lastReport = Date()
-                    FileHandle.standardError.write(Data("predict: \(rows.count) / \(total) samples\n".utf8))
+                    FileHandle.standardError.write(Data("predict: \(values.count / max(1, width)) / \(total) samples\n".utf8))
                 }
             }
+            let rows = stride(from: 0, to: values.count, by: max(1, width)).map { Array(values[$0..<($0 + width)]) }
             let seconds = Date().timeIntervalSince(started)
             try write(rows, objective: predicting.objective)
             FileHandle.standardError.write(
@@ -79,15 +81,19 @@ struct Predict: ParsableCommand {
         } catch { exitWithError(error) }
     }
 
-    /// Softmax of the logits, the sigmoid of a binary logit, or the values as they are.
-    static func values(_ outputs: [Float], _ objective: Objective) -> [Float] {
+    /// In place: softmax of a row's logits, the sigmoid of a binary logit, or the values as they are.
+    static func finish(_ row: UnsafeMutablePointer<Float>, count: Int, _ objective: Objective) {
         switch objective {
         case .classes:
-            let top = outputs.max() ?? 0
-            let e = outputs.map { Foundation.exp(Double($0 - top)) }, sum = e.reduce(0, +)
-            return e.map { Float($0 / sum) }
-        case .binary: return outputs.map { Float(1 / (1 + Foundation.exp(-Double($0)))) }
-        case .squaredError, .absoluteError: return outputs
+            var top = -Float.infinity, sum: Float = 0
+            for j in 0..<count { top = max(top, row[j]) }
+            for j in 0..<count {
+                row[j] = Foundation.exp(row[j] - top)
+                sum += row[j]
+            }
+            for j in 0..<count { row[j] /= sum }
+        case .binary: for j in 0..<count { row[j] = 1 / (1 + Foundation.exp(-row[j])) }
+        case .squaredError, .absoluteError: break
         }
     }
 
