@@ -134,6 +134,11 @@ public struct LayerSpec: Codable, Equatable, Sendable {
     public var sequences: Bool?
 
     public init(_ kind: Kind) { self.kind = kind }
+    /// A layer of `kind` with the settings `set` gives: `LayerSpec(.dense) { $0.out = 10 }`.
+    public init(_ kind: Kind, _ set: (inout LayerSpec) -> Void) {
+        self.kind = kind
+        set(&self)
+    }
 
     /// The settings each kind takes, by their spec names.
     public static func settings(of kind: Kind) -> [String] {

@@ -3,6 +3,7 @@ import Foundation
 import TetherCluster
 import TetherJobFile
 import TetherNN
+import TetherONNX
 import TetherTrain
 
 /// What `train`, `simulate` and `coordinator` print: progress lines (or nothing, --quiet), one final
@@ -78,13 +79,18 @@ struct Models: ParsableCommand {
     struct Show: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Print a model spec's layers with the shape each gives and the parameters each holds.")
-        @Argument(help: "The spec: a YAML file, or the name of a shipped one (mlp, mlp-wn, cnn-wn, in models/).") var spec: String
+        @Argument(
+            help:
+                "The spec: a YAML file, the name of a shipped one (mlp, mlp-wn, cnn-wn, in models/), or an ONNX model (FILE.onnx) read as a spec."
+        )
+        var spec: String
 
         func run() throws {
             do {
                 guard
                     let s = try ShippedSpecs.spec(spec)
                         ?? (spec.hasSuffix(".yaml") || spec.hasSuffix(".yml") ? ModelSpecFile.read(spec) : nil)
+                        ?? (spec.hasSuffix(".onnx") ? ONNXImport.read(spec).spec : nil)
                 else {
                     throw SpecError(
                         "\(spec): give a spec file (FILE.yaml) or a shipped spec: \(ShippedSpecs.text.keys.sorted().joined(separator: ", "))"

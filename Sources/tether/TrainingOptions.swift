@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import TetherJobFile
 import TetherNN
+import TetherONNX
 import TetherTensor
 import TetherTrain
 
@@ -14,7 +15,7 @@ extension WideDeepShape.Parts: ExpressibleByArgument {}
 struct TrainingOptions: ParsableArguments {
     @Option(
         help:
-            "Model: \(ModelFamily.names.filter { $0 != "spec" }.joined(separator: ", ")) (default \(TrainingConfig().model); tether models lists what each is), or a model spec: FILE.yaml (a job file's model: gives one inline)."
+            "Model: \(ModelFamily.names.filter { $0 != "spec" }.joined(separator: ", ")) (default \(TrainingConfig().model); tether models lists what each is), or a model spec: FILE.yaml (a job file's model: gives one inline), or FILE.onnx (a forward-only graph read as a spec; its architecture, trained from fresh values)."
     )
     var model: String?
     @Option(help: "Data: \(DataSource.help) (default: the model's).") var data: String?
@@ -116,10 +117,12 @@ struct TrainingOptions: ParsableArguments {
         }
     }
 
-    /// The spec `--model` gives: a YAML file's (FILE.yaml, FILE.yml), or inline YAML or JSON (a job
-    /// file's model: mapping); nil for a family's name.
+    /// The spec `--model` gives: a YAML file's (FILE.yaml, FILE.yml), an ONNX graph's (FILE.onnx, its
+    /// architecture: training starts from fresh values), or inline YAML or JSON (a job file's model:
+    /// mapping); nil for a family's name.
     static func spec(_ model: String) throws -> ModelSpec? {
         if model.hasSuffix(".yaml") || model.hasSuffix(".yml") { return try ModelSpecFile.read(model) }
+        if model.hasSuffix(".onnx") { return try ONNXImport.read(model).spec }
         guard model.contains(":") else { return nil }
         return try ModelSpecFile.parse(model, name: "inline", source: "--model (inline spec)")
     }

@@ -1006,6 +1006,16 @@ let kubernetesTypesInstalled =
         #expect(csv.count == 1201 && csv[0] == "row,class," + (0..<12).map { "p\($0)" }.joined(separator: ","), "\(csv.first ?? "")")
         let export = try CLI.run(["export", "--onnx", "model.onnx", "--checkpoint", checkpoint], in: dir)
         #expect(export.status == 0 && export.stdout.contains("outputs \"logits\", \"probabilities\""), "\(export.stdout)\(export.stderr)")
+        // the exported graph read back as a spec and trained by two workers (its architecture, fresh values)
+        let again = try CLI.run(
+            [
+                "simulate", "--workers", "2", "--model", "model.onnx", "--data", "npz:rgb.npz", "--batch", "32", "--max-steps", "4",
+                "--run-dir", "run-onnx"
+            ],
+            timeout: 240, in: dir)
+        #expect(
+            again.status == 0 && again.stdout.contains("model (spec)") && again.stdout.contains("done: 4 steps"),
+            "\(again.stdout)\(again.stderr)")
         let python = CLI.repository.appendingPathComponent(".build/test-venv/bin/python")
         guard let check = try? CLI.run(["-c", "import onnx, onnxruntime, numpy"], executable: python), check.status == 0 else {
             print(

@@ -59,16 +59,11 @@ import TetherNN
     /// A trained spec's ONNX graph: a weight-normalized layer's effective weight, a tied layer reading
     /// the weight it ties to (transposed), a mean-only batch norm folded into one Add.
     @Test func anExportedSpecFoldsWeightNormAndTies() throws {
-        func layer(_ kind: LayerSpec.Kind, _ set: (inout LayerSpec) -> Void = { _ in }) -> LayerSpec {
-            var l = LayerSpec(kind)
-            set(&l)
-            return l
-        }
         let spec = ModelSpec(
             name: "tied", input: [4],
             layers: [
-                layer(.dense) { ($0.out, $0.weightNorm) = (3, true) }, layer(.batchNorm) { $0.meanOnly = true }, layer(.tanh),
-                layer(.dense) { $0.out = 2 }, layer(.dense) { ($0.out, $0.tie) = (3, 3) }
+                LayerSpec(.dense) { ($0.out, $0.weightNorm) = (3, true) }, LayerSpec(.batchNorm) { $0.meanOnly = true }, LayerSpec(.tanh),
+                LayerSpec(.dense) { $0.out = 2 }, LayerSpec(.dense) { ($0.out, $0.tie) = (3, 3) }
             ], loss: .mse)
         let g: [Float] = [2, 1, 0.5], v: [Float] = (0..<12).map { Float($0) - 5 }, w3: [Float] = [1, 2, 3, 4, 5, 6]
         let values: [String: [Float]] = [

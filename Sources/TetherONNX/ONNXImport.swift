@@ -1,0 +1,394 @@
+import Foundation
+import TetherNN
+
+/// A forward-only ONNX graph, as torch.onnx.export writes a Sequential-shaped network (opset 17 or
+/// later), read into a model spec and its starting values by Tether's names (`layers.N.weight`, ...).
+///
+/// The graph must be one chain from its one data input to its output: each operator is a spec layer
+/// (Gemm, or MatMul with an Add of its bias: dense; Conv: conv2d; MaxPool, AveragePool,
+/// GlobalAveragePool: pools; Relu, LeakyRelu, Sigmoid, Tanh, Gelu (tanh approximation), Flatten,
+/// a static Reshape, Dropout, BatchNormalization), Identity is passed over, and a last Softmax or
+/// LogSoftmax is left to the cross-entropy loss. Two things are recognized rather than read op by op:
+/// - **weight norm**: a layer's weight computed from exactly two initializers, g with one value per
+///   output and v of the weight's shape, through the norm arithmetic only (Pow/ReduceSum/Sqrt,
+///   ReduceL2, Div, Mul, ...), as torch.nn.utils.parametrizations.weight_norm exports: the layer
+///   becomes weight-normalized with g and v as its weight_g and weight_v;
+/// - **tying**: an initializer that two layers use as their weight: the second layer ties to the
+///   first (`tie`), transposed where its Gemm says so.
+/// Anything else is an error naming the node, its operator and inputs, and listing what is read:
+/// never a silently different network.
+public struct ONNXImport {
+    public let spec: ModelSpec
+    /// The graph's initializers as Tether's parameters and buffers, by name.
+    public let values: [String: [Float]]
+
+    public static let operators = [
+        "Gemm", "MatMul", "Add", "Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "Relu", "LeakyRelu", "Sigmoid", "Tanh",
+        "Gelu", "Flatten", "Reshape", "Dropout", "Identity", "BatchNormalization", "Softmax", "LogSoftmax"
+    ]
+    /// The operators a weight-norm computation may use.
+    static let normArithmetic: Set<String> = [
+        "Pow", "ReduceSum", "ReduceL2", "Sqrt", "Div", "Mul", "Constant", "Add", "Unsqueeze", "Reshape", "Expand", "Cast", "Identity",
+        "Shape", "Gather", "ConstantOfShape"
+    ]
+
+    public init(_ model: ONNXModel, name: String, source: String) throws {
+        func fail(_ why: String) -> ONNXError { ONNXError(source, why) }
+        guard model.opset >= 17 else {
+            throw fail("opset \(model.opset): the importer reads opset 17 or later (torch.onnx.export's default)")
+        }
+        let g = model.graph
+        var constants: [String: ONNXTensor] = [:]
+        for t in g.initializers { constants[t.name] = t }
+        for n in g.nodes where n.opType == "Constant" {
+            if case .tensor(let t) = n.attribute("value"), let out = n.outputs.first { constants[out] = t }
+        }
+        // topological order (no cycles): a node reads only inputs, constants and earlier outputs
+        var defined = Set(g.inputs.map(\.name)).union(constants.keys)
+        for (i, n) in g.nodes.enumerated() {
+            if let missing = n.inputs.first(where: { !$0.isEmpty && !defined.contains($0) }) {
+                throw fail("node \(i) (\(n.opType) \(n.name)) reads \(missing) before any node writes it: not in order, or a cycle")
+            }
+            defined.formUnion(n.outputs)
+        }
+        let dataInputs = g.inputs.filter { constants[$0.name] == nil }
+        guard dataInputs.count == 1, let input = dataInputs.first, let dims = input.shape, dims.count >= 2 else {
+            throw fail("the graph needs one data input of shape (batch, ...); it has \(dataInputs.map(\.name))")
+        }
+        let sample = try dims.dropFirst().map { d -> Int in
+            guard case .size(let n) = d, n > 0 else { throw fail("input \(input.name): every dimension but the batch must be a number") }
+            return n
+        }
+        guard sample.count == 1 || sample.count == 3 else {
+            throw fail("input \(input.name) of \(sample): the importer reads (batch, F) features and (batch, C, H, W) images")
+        }
+        var reader = Reader(graph: g, constants: constants, fail: fail)
+        try reader.walk(from: input.name, shape: sample)
+        spec = ModelSpec(name: name, input: sample, layers: reader.layers)
+        values = reader.values
+        _ = try spec.shapes()  // the spec's own check: every layer fits what precedes it
+    }
+
+    struct Reader {
+        let graph: ONNXGraph
+        let constants: [String: ONNXTensor]
+        let fail: (String) -> ONNXError
+        var layers: [LayerSpec] = []
+        var values: [String: [Float]] = [:]
+        /// Which layer took each initializer as its weight (for ties): its index, (O, I), and whether
+        /// the graph used the initializer transposed.
+        var weightOwner: [String: (index: Int, out: Int, in: Int, transposed: Bool)] = [:]
+        var consumed = Set<Int>()  // node indices read as part of a layer
+
+        init(graph: ONNXGraph, constants: [String: ONNXTensor], fail: @escaping (String) -> ONNXError) {
+            (self.graph, self.constants, self.fail) = (graph, constants, fail)
+        }
+
+        func describe(_ i: Int) -> String {
+            let n = graph.nodes[i]
+            return "node \(i) (\(n.name.isEmpty ? "unnamed" : n.name)): \(n.opType) of [\(n.inputs.joined(separator: ", "))]"
+        }
+
+        func consumers(of value: String) -> [Int] {
+            graph.nodes.indices.filter { !consumed.contains($0) && graph.nodes[$0].inputs.contains(value) }
+        }
+
+        func floats(_ name: String, _ what: String) throws -> ONNXTensor {
+            guard let t = constants[name], t.floats != nil else { throw fail("\(what): \(name) is not a float initializer") }
+            return t
+        }
+
+        func ints(_ n: ONNXNode, _ key: String) -> [Int64]? { if case .ints(let v) = n.attribute(key) { v } else { nil } }
+        func int(_ n: ONNXNode, _ key: String) -> Int64? { if case .int(let v) = n.attribute(key) { v } else { nil } }
+        func float(_ n: ONNXNode, _ key: String) -> Float? { if case .float(let v) = n.attribute(key) { v } else { nil } }
+
+        /// The weight input of layer `index`: an initializer (plain, or tied to an earlier layer), or the
+        /// output of the weight-norm arithmetic over g and v. Sets the layer's values and tie.
+        mutating func weight(_ name: String, rows: Int, count: Int, layer index: Int, transposed: Bool, _ l: inout LayerSpec) throws {
+            let prefix = "layers.\(index)."
+            if let t = constants[name] {
+                guard let w = t.floats, w.count == count else {
+                    throw fail("layer \(index): weight \(name) holds \(t.dims), not \(count) values")
+                }
+                let (o, f) = (rows, count / rows)
+                if let owner = weightOwner[name] {
+                    // the spec ties as the shapes say (the same weight when (O, I) match); the graph says
+                    // by its transposes: both must agree, or the network would silently differ
+                    let sameBySpec = (o, f) == (owner.out, owner.in), sameByGraph = transposed == owner.transposed
+                    guard sameBySpec == sameByGraph else {
+                        throw fail(
+                            "layer \(index) uses \(name), layer \(owner.index)'s weight, \(sameByGraph ? "as it is" : "transposed") on a square (\(o), \(f)) shape; a spec's tie of equal shapes is the weight as it is"
+                        )
+                    }
+                    l.tie = owner.index
+                    return
+                }
+                weightOwner[name] = (index, o, f, transposed)
+                values[prefix + "weight"] = transposed ? Self.transpose(w, rows: count / rows, columns: rows) : w
+                return
+            }
+            // weight norm: walk back to the initializers
+            var leaves = Set<String>(), stack = [name], nodes = Set<Int>()
+            while let value = stack.popLast() {
+                if constants[value] != nil {
+                    if graph.nodes.allSatisfy({ $0.opType != "Constant" || !$0.outputs.contains(value) }) { leaves.insert(value) }
+                    continue
+                }
+                guard let i = graph.nodes.firstIndex(where: { $0.outputs.contains(value) }) else {
+                    throw fail("layer \(index): its weight \(name) comes from the graph's input, not from initializers")
+                }
+                guard ONNXImport.normArithmetic.contains(graph.nodes[i].opType) else {
+                    throw fail("layer \(index): its weight is computed by \(describe(i)), which is not weight norm's arithmetic")
+                }
+                if nodes.insert(i).inserted { stack += graph.nodes[i].inputs.filter { !$0.isEmpty } }
+            }
+            let found = leaves.compactMap { constants[$0] }.filter { $0.floats != nil }
+            guard found.count == 2, let g = found.first(where: { $0.floats!.count == rows }),
+                let v = found.first(where: { $0.floats!.count == count }),
+                g.name != v.name
+            else {
+                throw fail(
+                    "layer \(index): its weight is computed from \(leaves.sorted()); weight norm is read from two initializers, g (\(rows) values) and v (\(count))"
+                )
+            }
+            consumed.formUnion(nodes)
+            l.weightNorm = true
+            values[prefix + "weight_g"] = g.floats!
+            values[prefix + "weight_v"] = v.floats!
+        }
+
+        static func transpose(_ w: [Float], rows: Int, columns: Int) -> [Float] {
+            var t = [Float](repeating: 0, count: w.count)
+            for r in 0..<rows { for c in 0..<columns { t[c * rows + r] = w[r * columns + c] } }
+            return t
+        }
+
+        mutating func bias(_ name: String?, count: Int, layer index: Int, _ l: inout LayerSpec) throws {
+            guard let name, !name.isEmpty else {
+                l.bias = false
+                return
+            }
+            let t = try floats(name, "layer \(index)'s bias")
+            guard t.floats!.count == count else { throw fail("layer \(index): bias \(name) holds \(t.floats!.count) values, not \(count)") }
+            values["layers.\(index).bias"] = t.floats!
+        }
+
+        /// Follows the chain from `start`, one layer per operator, until the graph's output.
+        mutating func walk(from start: String, shape: [Int]) throws {
+            var current = start, shape = shape
+            let outputs = Set(graph.outputs.map(\.name))
+            while true {
+                let next = consumers(of: current)
+                if next.isEmpty {
+                    guard outputs.contains(current) else { throw fail("value \(current) is read by no node and is not the graph's output") }
+                    return
+                }
+                // heads over the last layer (Tether's own export: Identity to logits, Softmax or Sigmoid
+                // to probabilities), each writing a graph output: the network ends here
+                let heads: Set<String> = ["Identity", "Softmax", "LogSoftmax", "Sigmoid"]
+                if next.count > 1,
+                    next.allSatisfy({ heads.contains(graph.nodes[$0].opType) && graph.nodes[$0].outputs.allSatisfy(outputs.contains) })
+                {
+                    return
+                }
+                guard next.count == 1, let i = next.first else {
+                    throw fail(
+                        "value \(current) is read by \(next.map(describe).joined(separator: "; ")): the importer reads one chain of layers")
+                }
+                consumed.insert(i)
+                let n = graph.nodes[i], index = layers.count, out = n.outputs.first ?? ""
+                var l: LayerSpec
+                switch n.opType {
+                case "Identity":
+                    current = out
+                    continue
+                case "Softmax", "LogSoftmax":
+                    guard outputs.contains(out), consumers(of: out).isEmpty else {
+                        throw fail("\(describe(i)): a softmax is read only as the last operator (the cross-entropy loss applies it)")
+                    }
+                    return
+                case "Gemm":
+                    guard shape.count == 1, n.inputs.count >= 2 else { throw fail("\(describe(i)): Gemm on \(shape)") }
+                    guard (float(n, "alpha") ?? 1) == 1, (float(n, "beta") ?? 1) == 1, (int(n, "transA") ?? 0) == 0 else {
+                        throw fail("\(describe(i)): Gemm with alpha, beta or transA other than 1, 1, 0")
+                    }
+                    let transB = (int(n, "transB") ?? 0) == 1
+                    let o = try outputWidth(n.inputs[1], input: shape[0], transposed: !transB, node: i)
+                    l = LayerSpec(.dense)
+                    l.out = o
+                    try weight(n.inputs[1], rows: o, count: o * shape[0], layer: index, transposed: !transB, &l)
+                    try bias(n.inputs.count > 2 ? n.inputs[2] : nil, count: o, layer: index, &l)
+                    shape = [o]
+                case "MatMul":
+                    guard shape.count == 1 else { throw fail("\(describe(i)): MatMul on \(shape)") }
+                    let o = try outputWidth(n.inputs[1], input: shape[0], transposed: true, node: i)
+                    l = LayerSpec(.dense)
+                    l.out = o
+                    try weight(n.inputs[1], rows: o, count: o * shape[0], layer: index, transposed: true, &l)
+                    // a following Add of a constant (O) is the bias
+                    let adds = consumers(of: out)
+                    if adds.count == 1, graph.nodes[adds[0]].opType == "Add",
+                        let b = graph.nodes[adds[0]].inputs.first(where: { $0 != out }), constants[b] != nil
+                    {
+                        consumed.insert(adds[0])
+                        try bias(b, count: o, layer: index, &l)
+                        current = graph.nodes[adds[0]].outputs[0]
+                        layers.append(l)
+                        shape = [o]
+                        continue
+                    }
+                    l.bias = false
+                    shape = [o]
+                case "Conv":
+                    guard shape.count == 3 else { throw fail("\(describe(i)): Conv on \(shape)") }
+                    let k = ints(n, "kernel_shape") ?? [], s = ints(n, "strides") ?? [1, 1], p = ints(n, "pads") ?? [0, 0, 0, 0]
+                    guard k.count == 2, k[0] == k[1], s.count == 2, s[0] == s[1], p.count == 4, Set(p).count == 1,
+                        (ints(n, "dilations") ?? [1, 1]).allSatisfy({ $0 == 1 }), (int(n, "group") ?? 1) == 1
+                    else {
+                        throw fail(
+                            "\(describe(i)): Conv with a square kernel, one stride, one padding all round, no dilation and one group is read"
+                        )
+                    }
+                    let weightDims = constants[n.inputs[1]]?.dims
+                    let oc = try outputChannels(n, weightDims: weightDims, node: i)
+                    l = LayerSpec(.conv2d)
+                    (l.out, l.kernel, l.stride, l.padding) = (oc, Int(k[0]), Int(s[0]), Int(p[0]))
+                    try weight(n.inputs[1], rows: oc, count: oc * shape[0] * Int(k[0]) * Int(k[0]), layer: index, transposed: false, &l)
+                    try bias(n.inputs.count > 2 ? n.inputs[2] : nil, count: oc, layer: index, &l)
+                    let side = { (x: Int) in (x + 2 * Int(p[0]) - Int(k[0])) / Int(s[0]) + 1 }
+                    shape = [oc, side(shape[1]), side(shape[2])]
+                case "MaxPool", "AveragePool":
+                    guard shape.count == 3 else { throw fail("\(describe(i)): a pool on \(shape)") }
+                    let k = ints(n, "kernel_shape") ?? [], s = ints(n, "strides") ?? k
+                    guard k.count == 2, k[0] == k[1], s.count == 2, s[0] == s[1], (ints(n, "pads") ?? [0]).allSatisfy({ $0 == 0 }),
+                        (int(n, "ceil_mode") ?? 0) == 0
+                    else { throw fail("\(describe(i)): pools with a square window, one stride, no padding and no ceil mode are read") }
+                    l = LayerSpec(n.opType == "MaxPool" ? .maxPool : .avgPool)
+                    (l.kernel, l.stride) = (Int(k[0]), Int(s[0]) == Int(k[0]) ? nil : Int(s[0]))
+                    let side = { (x: Int) in (x - Int(k[0])) / Int(s[0]) + 1 }
+                    shape = [shape[0], side(shape[1]), side(shape[2])]
+                case "GlobalAveragePool":
+                    guard shape.count == 3, shape[1] == shape[2] else {
+                        throw fail("\(describe(i)): GlobalAveragePool of a square image is read")
+                    }
+                    l = LayerSpec(.avgPool)
+                    l.kernel = shape[1]
+                    shape = [shape[0], 1, 1]
+                case "Relu": l = LayerSpec(.relu)
+                case "LeakyRelu":
+                    l = LayerSpec(.leakyRelu)
+                    l.slope = Double(float(n, "alpha") ?? 0.01)
+                case "Sigmoid": l = LayerSpec(.sigmoid)
+                case "Tanh": l = LayerSpec(.tanh)
+                case "Gelu":
+                    guard case .string("tanh") = n.attribute("approximate") else {
+                        throw fail("\(describe(i)): Tether's GELU is the tanh approximation (approximate=\"tanh\")")
+                    }
+                    l = LayerSpec(.gelu)
+                case "Dropout":
+                    l = LayerSpec(.dropout)
+                    if n.inputs.count > 1, let r = constants[n.inputs[1]]?.floats?.first { l.rate = Double(r) }
+                case "Flatten":
+                    guard (int(n, "axis") ?? 1) == 1 else { throw fail("\(describe(i)): Flatten with axis 1 is read") }
+                    l = LayerSpec(.flatten)
+                    shape = [shape.reduce(1, *)]
+                case "Reshape":
+                    guard let target = constants[n.inputs[1]]?.integers, target.count == 2 || target.count == 4 else {
+                        throw fail("\(describe(i)): a Reshape to a constant (batch, F) or (batch, C, H, W) is read")
+                    }
+                    let rest = target.dropFirst().map(Int.init)
+                    guard rest.allSatisfy({ $0 > 0 }), rest.reduce(1, *) == shape.reduce(1, *) else {
+                        throw fail("\(describe(i)): Reshape of \(shape) to \(target)")
+                    }
+                    if rest.count == 1 {
+                        l = LayerSpec(.flatten)
+                    } else {
+                        l = LayerSpec(.unflatten)
+                        l.shape = rest
+                    }
+                    shape = rest
+                case "BatchNormalization":
+                    let c = shape[0], names = Array(n.inputs.dropFirst().prefix(4))
+                    guard names.count == 4 else { throw fail("\(describe(i)): BatchNormalization needs scale, bias, mean and variance") }
+                    guard abs((float(n, "epsilon") ?? 1e-5) - 1e-5) < 1e-9 else { throw fail("\(describe(i)): epsilon other than 1e-5") }
+                    l = LayerSpec(.batchNorm)
+                    for (key, value) in zip(["weight", "bias", "running_mean", "running_var"], names) {
+                        let t = try floats(value, "layer \(index) (batch-norm)")
+                        guard t.floats!.count == c else { throw fail("layer \(index): \(value) holds \(t.floats!.count) values, not \(c)") }
+                        values["layers.\(index).\(key)"] = t.floats!
+                    }
+                default:
+                    throw fail(
+                        "\(describe(i)) is not supported; the importer reads \(ONNXImport.operators.joined(separator: ", ")) (and weight norm's arithmetic)"
+                    )
+                }
+                layers.append(l)
+                current = out
+            }
+        }
+
+        /// A dense layer's output width from its weight initializer (O, I), or (I, O) when transposed.
+        func outputWidth(_ name: String, input: Int, transposed: Bool, node: Int) throws -> Int {
+            if let dims = constants[name]?.dims {
+                guard dims.count == 2, dims[transposed ? 0 : 1] == input else {
+                    throw fail("\(describe(node)): weight \(name) of \(dims) on \(input) features")
+                }
+                return dims[transposed ? 1 : 0]
+            }
+            // weight norm: v has the weight's shape
+            guard let v = weightNormV(name), v.dims.count == 2 else { throw fail("\(describe(node)): weight \(name) has no shape to read") }
+            return transposed ? v.dims[1] : v.dims[0]
+        }
+
+        func outputChannels(_ n: ONNXNode, weightDims: [Int]?, node: Int) throws -> Int {
+            if let weightDims, weightDims.count == 4 { return weightDims[0] }
+            guard let v = weightNormV(n.inputs[1]), v.dims.count == 4 else {
+                throw fail("\(describe(node)): weight \(n.inputs[1]) has no shape to read")
+            }
+            return v.dims[0]
+        }
+
+        /// The largest float initializer that the computation of `value` reads: weight norm's v.
+        func weightNormV(_ value: String) -> ONNXTensor? {
+            var stack = [value], seen = Set<String>(), best: ONNXTensor?
+            while let v = stack.popLast(), seen.insert(v).inserted {
+                if let t = constants[v], let f = t.floats {
+                    if f.count > (best?.floats?.count ?? 0) { best = t }
+                    continue
+                }
+                if let n = graph.nodes.first(where: { $0.outputs.contains(v) }) { stack += n.inputs }
+            }
+            return best
+        }
+    }
+
+    /// Reads FILE.onnx (external data from files beside it, never outside its folder) into a spec
+    /// named after the file.
+    public static func read(_ path: String) throws -> ONNXImport {
+        let url = URL(fileURLWithPath: path), folder = url.deletingLastPathComponent().standardizedFileURL.path
+        guard let size = (try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? Int else {
+            throw ONNXError(path, "cannot read the file")
+        }
+        guard size <= ONNXModel.Limits.bytes else { throw ONNXError(path, "\(size) bytes: over protobuf's 2 GiB limit") }
+        let bytes = try [UInt8](Data(contentsOf: url))
+        let model = try ONNXModel(bytes: bytes, source: path) { location, offset, length in
+            let file = URL(fileURLWithPath: location, relativeTo: url.deletingLastPathComponent()).standardizedFileURL
+            guard !location.hasPrefix("/"), file.path.hasPrefix(folder + "/") else {
+                throw ONNXError(path, "external data \(location) is outside the model's folder \(folder)")
+            }
+            guard let handle = FileHandle(forReadingAtPath: file.path) else {
+                throw ONNXError(path, "external data \(location): cannot open \(file.path)")
+            }
+            defer { try? handle.close() }
+            let end = try handle.seekToEnd()
+            guard UInt64(offset) <= end, length.map({ UInt64($0) <= end - UInt64(offset) }) ?? true else {
+                throw ONNXError(
+                    path, "external data \(location): offset \(offset) and length \(length.map(String.init) ?? "-") beyond its \(end) bytes"
+                )
+            }
+            try handle.seek(toOffset: UInt64(offset))
+            return [UInt8](try handle.read(upToCount: length ?? Int(end - UInt64(offset))) ?? Data())
+        }
+        return try ONNXImport(model, name: url.deletingPathExtension().lastPathComponent, source: path)
+    }
+}
