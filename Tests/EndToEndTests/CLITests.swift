@@ -185,7 +185,7 @@ let kubernetesTypesInstalled =
         ),
         (["train", "--frobnicate"], "Unknown option '--frobnicate'"),
         (["eval", "--checkpoint", "/nonexistent/checkpoint.safetensors"], "/nonexistent/checkpoint.safetensors: no such checkpoint file"),
-        (["bench", "train", "--threads", "0"], "--threads must be at least 1"),
+        (["bench", "train", "--threads", "0"], "--threads must be in 1...256, got 0"),
         (["trian", "--model", "mlp"], "unknown command \"trian\" (did you mean train?)"),
         (["train", "--lr", "-1", "--run-dir", "/tmp/tether-e2e-never"], "--lr must be a positive number (got -1.0)"),
         (["bench", "allreduce", "--ranks", "1"], "--ranks must be at least 2: an all-reduce over one rank moves nothing to measure"),
