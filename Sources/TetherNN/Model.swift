@@ -154,12 +154,27 @@ public final class Predictor<T: Scalar>: Model {
 
     public var bufferOwners: [(prefix: String, owner: any BufferOwner)] { network.bufferOwners }
     public var sparseGradients: [SparseRows<T>] { network.sparseGradients + [wide?.table.sparseGradient].compactMap { $0 } }
-    /// The network's outputs for inputs (B, ...) in evaluation mode (dropout off, running statistics):
-    /// (B, K) logits, or the regression's values.
-    public func outputs(_ x: Tensor<T>) -> Tensor<T> {
+    /// What the network predicts for inputs (B, ...), in evaluation mode (dropout off, running
+    /// statistics): (B, K) class probabilities (softmax of the logits), (B, 1) a binary classifier's
+    /// probability of 1 (sigmoid), or the regression's values; what `tether export --onnx` writes as
+    /// `probabilities` or `prediction`.
+    public func predictions(_ x: Tensor<T>) -> Tensor<T> {
         context.training = false
         defer { context.training = true }
-        return forward(x)
+        let y = forward(x), b = y.shape[0], k = y.count / max(1, b)
+        switch objective {
+        case .classes:
+            // the loss kernel's softmax; its losses (against label 0) are not used
+            let labels = [Int32](repeating: 0, count: b)
+            var losses = T.zeros(count: b)
+            return Tensor.uninitialized(y.shape) { p in
+                y.withPointer { z in
+                    T.softmaxCrossEntropyForward(probs: p, losses: &losses, logits: z, labels: labels, batch: b, classes: k)
+                }
+            }
+        case .binary: return Tensor.uninitialized(y.shape) { p in y.withPointer { T.sigmoidForward(p, $0, count: y.count) } }
+        case .squaredError, .absoluteError: return y
+        }
     }
 
     /// The last evaluation's probability of label 1 per row (binary objective).

@@ -46,6 +46,11 @@ public enum ONNXExport {
             return name
         }
 
+        /// A layer's bias (`count` values) as an initializer; returns its name.
+        mutating func bias(_ prefix: String, count: Int) throws -> String {
+            constant(prefix + "bias", dims: [count], try tensor(prefix + "bias", count: count))
+        }
+
         /// Appends a node with one output named `output`; returns that name.
         @discardableResult mutating func node(
             _ op: String, _ inputs: [String], _ output: String, _ attributes: [ONNXAttribute] = []
@@ -93,19 +98,19 @@ public enum ONNXExport {
                     let sameShape = spec.layers[layer.tie!].out == o
                     let name = constant(prefix + "tied_weight", dims: sameShape ? [o, f] : [f, o], w)
                     var ins = [current, name]
-                    if hasBias { ins.append(constant(prefix + "bias", dims: [o], try tensor(prefix + "bias", count: o))) }
+                    if hasBias { ins.append(try bias(prefix, count: o)) }
                     current = node("Gemm", ins, out, [ONNXAttribute("transB", .int(sameShape ? 1 : 0))])
                 case (.dense, .features(let f), .features(let o)):
                     let w = constant(prefix + "weight", dims: [o, f], try weight(prefix, rows: o, columns: f, normalized: normalized))
                     var ins = [current, w]
-                    if hasBias { ins.append(constant(prefix + "bias", dims: [o], try tensor(prefix + "bias", count: o))) }
+                    if hasBias { ins.append(try bias(prefix, count: o)) }
                     current = node("Gemm", ins, out, [ONNXAttribute("transB", .int(1))])
                 case (.conv2d, .image(let c, _, _), .image(let o, _, _)):
                     let k = layer.kernel!, s = layer.stride ?? 1, p = layer.padding ?? 0
                     let w = constant(
                         prefix + "weight", dims: [o, c, k, k], try weight(prefix, rows: o, columns: c * k * k, normalized: normalized))
                     var ins = [current, w]
-                    if hasBias { ins.append(constant(prefix + "bias", dims: [o], try tensor(prefix + "bias", count: o))) }
+                    if hasBias { ins.append(try bias(prefix, count: o)) }
                     current = node(
                         "Conv", ins, out,
                         [

@@ -80,8 +80,12 @@ public struct ONNXImport {
         var weightOwner: [String: (index: Int, out: Int, in: Int, transposed: Bool)] = [:]
         var consumed = Set<Int>()  // node indices read as part of a layer
 
+        /// Values that Constant nodes give (an exponent, axes): not initializers a weight is read from.
+        let constantNodeOutputs: Set<String>
+
         init(graph: ONNXGraph, constants: [String: ONNXTensor], fail: @escaping (String) -> ONNXError) {
             (self.graph, self.constants, self.fail) = (graph, constants, fail)
+            constantNodeOutputs = Set(graph.nodes.filter { $0.opType == "Constant" }.flatMap(\.outputs))
         }
 
         func describe(_ i: Int) -> String {
@@ -102,36 +106,29 @@ public struct ONNXImport {
         func int(_ n: ONNXNode, _ key: String) -> Int64? { if case .int(let v) = n.attribute(key) { v } else { nil } }
         func float(_ n: ONNXNode, _ key: String) -> Float? { if case .float(let v) = n.attribute(key) { v } else { nil } }
 
-        /// The weight input of layer `index`: an initializer (plain, or tied to an earlier layer), or the
-        /// output of the weight-norm arithmetic over g and v. Sets the layer's values and tie.
-        mutating func weight(_ name: String, rows: Int, count: Int, layer index: Int, transposed: Bool, _ l: inout LayerSpec) throws {
-            let prefix = "layers.\(index)."
-            if let t = constants[name] {
-                guard let w = t.floats, w.count == count else {
-                    throw fail("layer \(index): weight \(name) holds \(t.dims), not \(count) values")
+        /// Where a layer's weight comes from: an initializer, or weight norm's arithmetic over g (a value
+        /// per output) and v (the weight's shape), computed by `nodes`.
+        enum WeightSource {
+            case initializer(ONNXTensor)
+            case normalized(g: ONNXTensor, v: ONNXTensor, nodes: Set<Int>)
+            /// The weight's shape as stored: the initializer's, or v's.
+            var dims: [Int] {
+                switch self {
+                case .initializer(let t): t.dims
+                case .normalized(_, let v, _): v.dims
                 }
-                let (o, f) = (rows, count / rows)
-                if let owner = weightOwner[name] {
-                    // the spec ties as the shapes say (the same weight when (O, I) match); the graph says
-                    // by its transposes: both must agree, or the network would silently differ
-                    let sameBySpec = (o, f) == (owner.out, owner.in), sameByGraph = transposed == owner.transposed
-                    guard sameBySpec == sameByGraph else {
-                        throw fail(
-                            "layer \(index) uses \(name), layer \(owner.index)'s weight, \(sameByGraph ? "as it is" : "transposed") on a square (\(o), \(f)) shape; a spec's tie of equal shapes is the weight as it is"
-                        )
-                    }
-                    l.tie = owner.index
-                    return
-                }
-                weightOwner[name] = (index, o, f, transposed)
-                values[prefix + "weight"] = transposed ? Self.transpose(w, rows: count / rows, columns: rows) : w
-                return
             }
-            // weight norm: walk back to the initializers
-            var leaves = Set<String>(), stack = [name], nodes = Set<Int>()
-            while let value = stack.popLast() {
-                if constants[value] != nil {
-                    if graph.nodes.allSatisfy({ $0.opType != "Constant" || !$0.outputs.contains(value) }) { leaves.insert(value) }
+        }
+
+        /// The source of the weight `name` of layer `index`: walks back from it to the initializers; any
+        /// operator on the way other than weight norm's arithmetic, or leaves other than two float
+        /// initializers g (as many values as v has rows) and v, is an error.
+        func source(ofWeight name: String, layer index: Int) throws -> WeightSource {
+            if let t = constants[name], t.floats != nil { return .initializer(t) }
+            var leaves: [ONNXTensor] = [], stack = [name], nodes = Set<Int>(), seen = Set<String>()
+            while let value = stack.popLast(), seen.insert(value).inserted {
+                if let t = constants[value] {
+                    if !constantNodeOutputs.contains(value) { leaves.append(t) }
                     continue
                 }
                 guard let i = graph.nodes.firstIndex(where: { $0.outputs.contains(value) }) else {
@@ -140,21 +137,57 @@ public struct ONNXImport {
                 guard ONNXImport.normArithmetic.contains(graph.nodes[i].opType) else {
                     throw fail("layer \(index): its weight is computed by \(describe(i)), which is not weight norm's arithmetic")
                 }
-                if nodes.insert(i).inserted { stack += graph.nodes[i].inputs.filter { !$0.isEmpty } }
+                nodes.insert(i)
+                stack += graph.nodes[i].inputs.filter { !$0.isEmpty }
             }
-            let found = leaves.compactMap { constants[$0] }.filter { $0.floats != nil }
-            guard found.count == 2, let g = found.first(where: { $0.floats!.count == rows }),
-                let v = found.first(where: { $0.floats!.count == count }),
-                g.name != v.name
+            let sorted = leaves.sorted { ($0.floats?.count ?? 0) < ($1.floats?.count ?? 0) }
+            guard sorted.count == 2, let g = sorted.first?.floats, let v = sorted.last, let vs = v.floats, v.dims.count >= 2,
+                g.count == v.dims[0], vs.count > g.count
             else {
                 throw fail(
-                    "layer \(index): its weight is computed from \(leaves.sorted()); weight norm is read from two initializers, g (\(rows) values) and v (\(count))"
+                    "layer \(index): its weight is computed from \(leaves.map(\.name).sorted()); weight norm is read from two float initializers, g (a value per row of v) and v"
                 )
             }
-            consumed.formUnion(nodes)
-            l.weightNorm = true
-            values[prefix + "weight_g"] = g.floats!
-            values[prefix + "weight_v"] = v.floats!
+            return .normalized(g: sorted[0], v: v, nodes: nodes)
+        }
+
+        /// Layer `index`'s weight from `source`, (O = rows, I) as Tether keeps it, stored transposed in the
+        /// graph when `transposed`: its values, a tie to the layer that took the same initializer first,
+        /// or weight norm's g and v.
+        mutating func take(
+            _ source: WeightSource, rows: Int, count: Int, layer index: Int, transposed: Bool, _ l: inout LayerSpec
+        ) throws {
+            let prefix = "layers.\(index)."
+            switch source {
+            case .initializer(let t):
+                let w = t.floats!
+                guard w.count == count else { throw fail("layer \(index): weight \(t.name) holds \(t.dims), not \(count) values") }
+                let (o, f) = (rows, count / rows)
+                if let owner = weightOwner[t.name] {
+                    // the spec ties as the shapes say (the same weight when (O, I) match); the graph says
+                    // by its transposes: both must agree, or the network would silently differ
+                    let sameBySpec = (o, f) == (owner.out, owner.in), sameByGraph = transposed == owner.transposed
+                    guard sameBySpec == sameByGraph else {
+                        throw fail(
+                            "layer \(index) uses \(t.name), layer \(owner.index)'s weight, \(sameByGraph ? "as it is" : "transposed") on a square (\(o), \(f)) shape; a spec's tie of equal shapes is the weight as it is"
+                        )
+                    }
+                    l.tie = owner.index
+                    return
+                }
+                weightOwner[t.name] = (index, o, f, transposed)
+                values[prefix + "weight"] = transposed ? Self.transpose(w, rows: f, columns: o) : w
+            case .normalized(let g, let v, let nodes):
+                guard !transposed, v.floats!.count == count, g.floats!.count == rows else {
+                    throw fail(
+                        "layer \(index): weight norm's v \(v.name) of \(v.dims) does not give this layer's (\(rows), \(count / rows)) weight"
+                    )
+                }
+                consumed.formUnion(nodes)
+                l.weightNorm = true
+                values[prefix + "weight_g"] = g.floats!
+                values[prefix + "weight_v"] = v.floats!
+            }
         }
 
         static func transpose(_ w: [Float], rows: Int, columns: Int) -> [Float] {
@@ -196,7 +229,8 @@ public struct ONNXImport {
                         "value \(current) is read by \(next.map(describe).joined(separator: "; ")): the importer reads one chain of layers")
                 }
                 consumed.insert(i)
-                let n = graph.nodes[i], index = layers.count, out = n.outputs.first ?? ""
+                let n = graph.nodes[i], index = layers.count
+                var out = n.outputs.first ?? ""
                 var l: LayerSpec
                 switch n.opType {
                 case "Identity":
@@ -212,35 +246,32 @@ public struct ONNXImport {
                     guard (float(n, "alpha") ?? 1) == 1, (float(n, "beta") ?? 1) == 1, (int(n, "transA") ?? 0) == 0 else {
                         throw fail("\(describe(i)): Gemm with alpha, beta or transA other than 1, 1, 0")
                     }
-                    let transB = (int(n, "transB") ?? 0) == 1
-                    let o = try outputWidth(n.inputs[1], input: shape[0], transposed: !transB, node: i)
-                    l = LayerSpec(.dense)
-                    l.out = o
-                    try weight(n.inputs[1], rows: o, count: o * shape[0], layer: index, transposed: !transB, &l)
+                    let transposed = (int(n, "transB") ?? 0) == 0, weight = try source(ofWeight: n.inputs[1], layer: index)
+                    let o = try denseWidth(weight, input: shape[0], transposed: transposed, node: i)
+                    l = LayerSpec(.dense) { $0.out = o }
+                    try take(weight, rows: o, count: o * shape[0], layer: index, transposed: transposed, &l)
                     try bias(n.inputs.count > 2 ? n.inputs[2] : nil, count: o, layer: index, &l)
                     shape = [o]
                 case "MatMul":
-                    guard shape.count == 1 else { throw fail("\(describe(i)): MatMul on \(shape)") }
-                    let o = try outputWidth(n.inputs[1], input: shape[0], transposed: true, node: i)
-                    l = LayerSpec(.dense)
-                    l.out = o
-                    try weight(n.inputs[1], rows: o, count: o * shape[0], layer: index, transposed: true, &l)
-                    // a following Add of a constant (O) is the bias
+                    guard shape.count == 1, n.inputs.count == 2 else { throw fail("\(describe(i)): MatMul on \(shape)") }
+                    let weight = try source(ofWeight: n.inputs[1], layer: index)
+                    let o = try denseWidth(weight, input: shape[0], transposed: true, node: i)
+                    l = LayerSpec(.dense) { $0.out = o }
+                    try take(weight, rows: o, count: o * shape[0], layer: index, transposed: true, &l)
+                    // a following Add of a constant (O) is the bias; the layer's output is then the Add's
                     let adds = consumers(of: out)
                     if adds.count == 1, graph.nodes[adds[0]].opType == "Add",
                         let b = graph.nodes[adds[0]].inputs.first(where: { $0 != out }), constants[b] != nil
                     {
                         consumed.insert(adds[0])
                         try bias(b, count: o, layer: index, &l)
-                        current = graph.nodes[adds[0]].outputs[0]
-                        layers.append(l)
-                        shape = [o]
-                        continue
+                        out = graph.nodes[adds[0]].outputs[0]
+                    } else {
+                        l.bias = false
                     }
-                    l.bias = false
                     shape = [o]
                 case "Conv":
-                    guard shape.count == 3 else { throw fail("\(describe(i)): Conv on \(shape)") }
+                    guard shape.count == 3, n.inputs.count >= 2 else { throw fail("\(describe(i)): Conv on \(shape)") }
                     let k = ints(n, "kernel_shape") ?? [], s = ints(n, "strides") ?? [1, 1], p = ints(n, "pads") ?? [0, 0, 0, 0]
                     guard k.count == 2, k[0] == k[1], s.count == 2, s[0] == s[1], p.count == 4, Set(p).count == 1,
                         (ints(n, "dilations") ?? [1, 1]).allSatisfy({ $0 == 1 }), (int(n, "group") ?? 1) == 1
@@ -249,11 +280,13 @@ public struct ONNXImport {
                             "\(describe(i)): Conv with a square kernel, one stride, one padding all round, no dilation and one group is read"
                         )
                     }
-                    let weightDims = constants[n.inputs[1]]?.dims
-                    let oc = try outputChannels(n, weightDims: weightDims, node: i)
-                    l = LayerSpec(.conv2d)
-                    (l.out, l.kernel, l.stride, l.padding) = (oc, Int(k[0]), Int(s[0]), Int(p[0]))
-                    try weight(n.inputs[1], rows: oc, count: oc * shape[0] * Int(k[0]) * Int(k[0]), layer: index, transposed: false, &l)
+                    let weight = try source(ofWeight: n.inputs[1], layer: index)
+                    guard weight.dims.count == 4, weight.dims[1] == shape[0] else {
+                        throw fail("\(describe(i)): a weight of \(weight.dims) on \(shape[0]) channels")
+                    }
+                    let oc = weight.dims[0]
+                    l = LayerSpec(.conv2d) { ($0.out, $0.kernel, $0.stride, $0.padding) = (oc, Int(k[0]), Int(s[0]), Int(p[0])) }
+                    try take(weight, rows: oc, count: oc * shape[0] * Int(k[0]) * Int(k[0]), layer: index, transposed: false, &l)
                     try bias(n.inputs.count > 2 ? n.inputs[2] : nil, count: oc, layer: index, &l)
                     let side = { (x: Int) in (x + 2 * Int(p[0]) - Int(k[0])) / Int(s[0]) + 1 }
                     shape = [oc, side(shape[1]), side(shape[2])]
@@ -327,38 +360,13 @@ public struct ONNXImport {
             }
         }
 
-        /// A dense layer's output width from its weight initializer (O, I), or (I, O) when transposed.
-        func outputWidth(_ name: String, input: Int, transposed: Bool, node: Int) throws -> Int {
-            if let dims = constants[name]?.dims {
-                guard dims.count == 2, dims[transposed ? 0 : 1] == input else {
-                    throw fail("\(describe(node)): weight \(name) of \(dims) on \(input) features")
-                }
-                return dims[transposed ? 1 : 0]
+        /// A dense layer's output width from its weight's shape, (O, I), or (I, O) when stored transposed.
+        func denseWidth(_ source: WeightSource, input: Int, transposed: Bool, node: Int) throws -> Int {
+            let dims = source.dims
+            guard dims.count == 2, dims[transposed ? 0 : 1] == input else {
+                throw fail("\(describe(node)): a weight of \(dims) on \(input) features")
             }
-            // weight norm: v has the weight's shape
-            guard let v = weightNormV(name), v.dims.count == 2 else { throw fail("\(describe(node)): weight \(name) has no shape to read") }
-            return transposed ? v.dims[1] : v.dims[0]
-        }
-
-        func outputChannels(_ n: ONNXNode, weightDims: [Int]?, node: Int) throws -> Int {
-            if let weightDims, weightDims.count == 4 { return weightDims[0] }
-            guard let v = weightNormV(n.inputs[1]), v.dims.count == 4 else {
-                throw fail("\(describe(node)): weight \(n.inputs[1]) has no shape to read")
-            }
-            return v.dims[0]
-        }
-
-        /// The largest float initializer that the computation of `value` reads: weight norm's v.
-        func weightNormV(_ value: String) -> ONNXTensor? {
-            var stack = [value], seen = Set<String>(), best: ONNXTensor?
-            while let v = stack.popLast(), seen.insert(v).inserted {
-                if let t = constants[v], let f = t.floats {
-                    if f.count > (best?.floats?.count ?? 0) { best = t }
-                    continue
-                }
-                if let n = graph.nodes.first(where: { $0.outputs.contains(v) }) { stack += n.inputs }
-            }
-            return best
+            return dims[transposed ? 1 : 0]
         }
     }
 

@@ -58,15 +58,19 @@ public enum Compute {
     /// 0..<count cut into contiguous ranges, one per thread, none shorter than `grain` (fewer ranges
     /// when count is small); the cuts depend on the pool's size only.
     public static func ranges(count: Int, grain: Int) -> [Range<Int>] {
-        let parts = max(1, min(threads, count / max(1, grain)))
-        return (0..<parts).map { p in (p * count / parts)..<((p + 1) * count / parts) }
+        let parts = rangeCount(count: count, grain: grain)
+        return (0..<parts).map { range($0, of: parts, count: count) }
     }
 
+    static func rangeCount(count: Int, grain: Int) -> Int { max(1, min(threads, count / max(1, grain))) }
+    static func range(_ p: Int, of parts: Int, count: Int) -> Range<Int> { (p * count / parts)..<((p + 1) * count / parts) }
+
     /// body(range) for each of `ranges(count:grain:)`, across the pool: an elementwise kernel split.
+    /// Called by every elementwise kernel, so it allocates nothing.
     public static func forEachRange(count: Int, grain: Int, _ body: (Range<Int>) -> Void) {
-        let parts = ranges(count: count, grain: grain)
-        if parts.count == 1 { return body(0..<count) }
-        run(tasks: parts.count) { task, _ in body(parts[task]) }
+        let parts = rangeCount(count: count, grain: grain)
+        if parts == 1 { return body(0..<count) }
+        run(tasks: parts) { task, _ in body(range(task, of: parts, count: count)) }
     }
 
     /// Elements below which an elementwise kernel is not worth a second thread (a wake-up costs about
@@ -76,37 +80,45 @@ public enum Compute {
     /// Multiply-adds below which a GEMM runs on one thread (OpenBLAS's own threshold, 65536 x 4).
     static let gemmSplitThreshold = 1 << 18
 
-    /// The blocks of C (M, N) that a GEMM of depth K is cut into, one per thread: column blocks when
-    /// N >= M, else row blocks (the operand every block packs again is then the smaller one), cut at
-    /// multiples of 16. Each block is one OpenBLAS call over the whole K. OpenBLAS picks its kernel
-    /// (small-matrix, direct or packed) by a call's shape, so a block's elements can round differently
-    /// from the same elements of the whole: results on different numbers of threads agree to rounding,
-    /// and on the same number bitwise. Inside a pool task, or small, one block.
-    static func gemmBlocks(m: Int, n: Int, k: Int) -> [(rows: Range<Int>, columns: Range<Int>)] {
-        let whole = [(rows: 0..<m, columns: 0..<n)]
-        guard tether_pool_in_task() == 0, Double(m) * Double(n) * Double(k) >= Double(gemmSplitThreshold) else { return whole }
-        let splitColumns = n >= m, length = splitColumns ? n : m
-        let blocks = min(threads, length / 16)
-        guard blocks > 1 else { return whole }
-        let cuts = (0...blocks).map { p in p == blocks ? length : (p * length / blocks) / 16 * 16 }
-        return (0..<blocks).map { p in
-            splitColumns ? (rows: 0..<m, columns: cuts[p]..<cuts[p + 1]) : (rows: cuts[p]..<cuts[p + 1], columns: 0..<n)
-        }
+    /// How a GEMM of C (M, N) and depth K is cut, one block per thread: column blocks when N >= M, else
+    /// row blocks (the operand every block packs again is then the smaller one), cut at multiples of 16.
+    /// Each block is one OpenBLAS call over the whole K. OpenBLAS picks its kernel (small-matrix, direct
+    /// or packed) by a call's shape, so a block's elements can round differently from the same elements
+    /// of the whole: results on different numbers of threads agree to rounding, and on the same number
+    /// bitwise. Inside a pool task, or small, one block.
+    static func gemmSplit(m: Int, n: Int, k: Int) -> (blocks: Int, columns: Bool) {
+        let columns = n >= m
+        guard tether_pool_in_task() == 0, Double(m) * Double(n) * Double(k) >= Double(gemmSplitThreshold) else { return (1, columns) }
+        return (max(1, min(threads, (columns ? n : m) / 16)), columns)
     }
 
-    /// A row-major GEMM run as `gemmBlocks` says: `block` gets one block's rows and columns and the
-    /// offsets into A, B and C where that block's operands start.
+    /// Block `p` of `split`: its rows and columns of C.
+    static func gemmBlock(_ p: Int, of split: (blocks: Int, columns: Bool), m: Int, n: Int) -> (rows: Range<Int>, columns: Range<Int>) {
+        let length = split.columns ? n : m
+        func cut(_ q: Int) -> Int { q == split.blocks ? length : (q * length / split.blocks) / 16 * 16 }
+        return split.columns ? (0..<m, cut(p)..<cut(p + 1)) : (cut(p)..<cut(p + 1), 0..<n)
+    }
+
+    /// Every block of a GEMM's split (for tests and tools; `splitGemm` computes each where it runs it).
+    static func gemmBlocks(m: Int, n: Int, k: Int) -> [(rows: Range<Int>, columns: Range<Int>)] {
+        let split = gemmSplit(m: m, n: n, k: k)
+        return (0..<split.blocks).map { gemmBlock($0, of: split, m: m, n: n) }
+    }
+
+    /// A row-major GEMM run as `gemmSplit` says: `block` gets one block's rows and columns and the
+    /// offsets into A, B and C where that block's operands start. Called for every GEMM, so an unsplit
+    /// one allocates nothing and goes straight to `block`.
     @inline(__always)
     static func splitGemm(
         transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, lda: Int, ldb: Int, ldc: Int,
         _ block: (_ rows: Int, _ columns: Int, _ aOffset: Int, _ bOffset: Int, _ cOffset: Int) -> Void
     ) {
-        let blocks = gemmBlocks(m: m, n: n, k: k)
-        func run(_ b: (rows: Range<Int>, columns: Range<Int>)) {
-            let (i, j) = (b.rows.lowerBound, b.columns.lowerBound)
-            block(b.rows.count, b.columns.count, transposeA ? i : i * lda, transposeB ? j * ldb : j, i * ldc + j)
+        let split = gemmSplit(m: m, n: n, k: k)
+        if split.blocks == 1 { return block(m, n, 0, 0, 0) }
+        Compute.run(tasks: split.blocks) { p, _ in
+            let (rows, columns) = gemmBlock(p, of: split, m: m, n: n)
+            let (i, j) = (rows.lowerBound, columns.lowerBound)
+            block(rows.count, columns.count, transposeA ? i : i * lda, transposeB ? j * ldb : j, i * ldc + j)
         }
-        if blocks.count == 1 { return run(blocks[0]) }
-        Compute.run(tasks: blocks.count) { task, _ in run(blocks[task]) }
     }
 }

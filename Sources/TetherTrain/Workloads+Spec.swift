@@ -161,25 +161,26 @@ final class SpecTraining<Dataset: LabelledSamples>: ShuffledWorkload {
     }
 }
 
-/// What `tether predict` needs of a workload: the network's outputs for the held-out samples, in order.
+/// What `tether predict` needs of a workload: the network's predictions for the held-out samples, in
+/// order.
 public protocol Predicting {
     /// The network's spec, fitted to the data (a shipped family's to the images' size and classes).
-    var modelSpec: ModelSpec { get }
+    var spec: ModelSpec { get }
     var objective: Objective { get }
     /// Samples `predictions` goes over: the held-out split (all of --test-data when it is given).
     var predictionCount: Int { get }
-    /// Calls body with the outputs (B, K) of consecutive batches of at most `batch` held-out samples.
+    /// Calls body with `Predictor.predictions` (B, K) of consecutive batches of at most `batch`
+    /// held-out samples.
     func predictions(inBatchesOf batch: Int, _ body: (Tensor<Float>) throws -> Void) rethrows
 }
 
 extension SpecTraining: Predicting {
-    var modelSpec: ModelSpec { spec }
     var objective: Objective { predictor.objective }
     var predictionCount: Int { splits.test.count }
     func predictions(inBatchesOf size: Int, _ body: (Tensor<Float>) throws -> Void) rethrows {
         for lower in stride(from: 0, to: splits.test.count, by: max(1, size)) {
-            let rows = Array(lower..<min(lower + size, splits.test.count))[...]
-            try body(predictor.outputs(splits.test.dataset.batch(splits.test.rows(rows), as: Float.self).inputs))
+            let rows = splits.test.rows(ArraySlice(lower..<min(lower + size, splits.test.count)))
+            try body(predictor.predictions(splits.test.dataset.batch(rows, as: Float.self).inputs))
         }
     }
 }

@@ -54,61 +54,41 @@ struct Predict: ParsableCommand {
             }
             try loaded.restore(into: workload.model, optimizer: nil)
             let total = predicting.predictionCount, started = Date()
-            var values: [Float] = [], width = 0, lastReport = started  // (N, K) row after row
-            try predicting.predictions(inBatchesOf: batch) { outputs in
-                width = outputs.count / max(1, outputs.shape[0])
-                let first = values.count
-                outputs.withPointer { values.append(contentsOf: UnsafeBufferPointer(start: $0, count: outputs.count)) }
-                values.withUnsafeMutableBufferPointer { v in
-                    for row in stride(from: first, to: v.count, by: width) {
-                        Self.finish(v.baseAddress! + row, count: width, predicting.objective)
-                    }
-                }
+            var values: [Float] = [], width = 1, lastReport = started  // (N, K), row after row
+            values.reserveCapacity(total)
+            try predicting.predictions(inBatchesOf: batch) { predicted in
+                width = predicted.count / max(1, predicted.shape[0])
+                predicted.withPointer { values.append(contentsOf: UnsafeBufferPointer(start: $0, count: predicted.count)) }
                 if Date().timeIntervalSince(lastReport) >= 1 {
                     lastReport = Date()
-                    FileHandle.standardError.write(Data("predict: \(values.count / max(1, width)) / \(total) samples\n".utf8))
+                    FileHandle.standardError.write(Data("predict: \(values.count / width) / \(total) samples\n".utf8))
                 }
             }
-            let rows = stride(from: 0, to: values.count, by: max(1, width)).map { Array(values[$0..<($0 + width)]) }
-            let seconds = Date().timeIntervalSince(started)
-            try write(rows, objective: predicting.objective)
+            let seconds = Date().timeIntervalSince(started), count = values.count / width
+            try write(values, width: width, objective: predicting.objective)
             FileHandle.standardError.write(
                 Data(
                     String(
-                        format: "predict: %d samples in %.2f s (%.0f samples/s, %d thread(s)); wrote %@\n", rows.count, seconds,
-                        Double(rows.count) / max(seconds, 1e-9), Compute.threads, output
+                        format: "predict: %d samples in %.2f s (%.0f samples/s, %d thread(s)); wrote %@\n", count, seconds,
+                        Double(count) / max(seconds, 1e-9), Compute.threads, output
                     ).utf8))
         } catch { exitWithError(error) }
     }
 
-    /// In place: softmax of a row's logits, the sigmoid of a binary logit, or the values as they are.
-    static func finish(_ row: UnsafeMutablePointer<Float>, count: Int, _ objective: Objective) {
-        switch objective {
-        case .classes:
-            var top = -Float.infinity, sum: Float = 0
-            for j in 0..<count { top = max(top, row[j]) }
-            for j in 0..<count {
-                row[j] = Foundation.exp(row[j] - top)
-                sum += row[j]
-            }
-            for j in 0..<count { row[j] /= sum }
-        case .binary: for j in 0..<count { row[j] = 1 / (1 + Foundation.exp(-row[j])) }
-        case .squaredError, .absoluteError: break
-        }
-    }
-
-    func write(_ rows: [[Float]], objective: Objective) throws {
-        let k = rows.first?.count ?? 0, classes = objective == .classes
-        func best(_ row: [Float]) -> Int { row.indices.max { row[$0] < row[$1] } ?? 0 }
+    /// Writes `values` (N, width), row after row, in the output's format.
+    func write(_ values: [Float], width: Int, objective: Objective) throws {
+        let classes = objective == .classes
+        let rows = stride(from: 0, to: values.count, by: width).lazy.map { values[$0..<($0 + width)] }
+        func best(_ row: ArraySlice<Float>) -> Int { (row.indices.max { row[$0] < row[$1] } ?? row.startIndex) - row.startIndex }
         var text = ""
         switch format! {
         case .npy:
-            let bytes = rows.flatMap { $0 }.withUnsafeBytes { Array($0) }
-            try Data(NumPy.npy(NumPyArray(dtype: .float32, shape: [rows.count, k], bytes: bytes))).write(
+            let bytes = values.withUnsafeBytes { Array($0) }
+            try Data(NumPy.npy(NumPyArray(dtype: .float32, shape: [values.count / width, width], bytes: bytes))).write(
                 to: URL(fileURLWithPath: output), options: .atomic)
             return
         case .csv:
-            let names = (0..<k).map { classes ? "p\($0)" : (objective == .binary ? "p1" : "value\($0)") }
+            let names = (0..<width).map { classes ? "p\($0)" : (objective == .binary ? "p1" : "value\($0)") }
             text = (["row"] + (classes ? ["class"] : []) + names).joined(separator: ",") + "\n"
             for (i, row) in rows.enumerated() {
                 text += ([String(i)] + (classes ? [String(best(row))] : []) + row.map { "\($0)" }).joined(separator: ",") + "\n"
@@ -121,11 +101,11 @@ struct Predict: ParsableCommand {
                     object["class"] = best(row)
                     if let topK {
                         let order = row.indices.sorted { row[$0] > row[$1] }.prefix(topK)
-                        object["top"] = order.map { ["class": $0, "probability": Double(row[$0])] }
+                        object["top"] = order.map { ["class": $0 - row.startIndex, "probability": Double(row[$0])] }
                     } else {
                         object["probabilities"] = row.map(Double.init)
                     }
-                case .binary: (object["class"], object["probability"]) = (row[0] >= 0.5 ? 1 : 0, Double(row[0]))
+                case .binary: (object["class"], object["probability"]) = (row.first! >= 0.5 ? 1 : 0, Double(row.first!))
                 case .squaredError, .absoluteError: object["values"] = row.map(Double.init)
                 }
                 text += String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self) + "\n"
