@@ -40,7 +40,9 @@ let package = Package(
             dependencies: [
                 "TetherWire", "CZeroMQ", "CProtobufC", "CXXHash", "CTetherKernels", .product(name: "Logging", package: "swift-log")
             ]),
-        .target(name: "TetherTrain", dependencies: ["TetherTensor", "TetherNN", "TetherData", "TetherJobFile", "TetherWire", "CXXHash"]),
+        .target(
+            name: "TetherTrain",
+            dependencies: ["TetherTensor", "TetherNN", "TetherData", "TetherJobFile", "TetherONNX", "TetherWire", "CXXHash"]),
         .target(
             name: "TetherCluster",
             dependencies: [

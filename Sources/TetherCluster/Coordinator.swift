@@ -67,6 +67,8 @@ public final class Coordinator {
     private let monitor: ZeroMQMonitor
     private var dropped = RateLimiter(perSecond: 2)
     private var resumeBytes: [UInt8] = []
+    /// A fresh run's starting weights (`config.startFrom`), sent in every Assign of the first ring.
+    private var startingBytes: [UInt8] = []
     private var startState: TrainingState?
     let stepsPerEpoch: Int
     /// Training loss and samples of each epoch not yet evaluated (an epoch's evaluation may be merged
@@ -133,6 +135,13 @@ public final class Coordinator {
         do {
             try config.validate()
             probe = try Workloads.make(config, shard: Shard(rank: 0, count: options.workers), metadata: resumeMetadata)
+            if let path = config.startFrom, directory.resumed == nil {
+                // loaded into the probe: weights that do not fit the model are refused before any worker joins
+                let weights = try StartingWeights.read(path)
+                try weights.load(into: probe.model)
+                startingBytes = [UInt8](weights.bytes())
+                progress.line("starting from the weights in \(path)")
+            }
         } catch {
             directory.removeUnstarted()  // settings or data refused: the directory as it was
             throw error
@@ -512,6 +521,7 @@ public final class Coordinator {
         (assign.reformInPlace, assign.ringEpoch) = (reformInPlace, epoch)
         assign.useCarriedState = epoch == 0 && machine.carriedStep != nil
         assign.timeline = timeline != nil
+        if epoch == 0 && machine.carriedStep == nil && resumeBytes.isEmpty { assign.startingWeights = startingBytes }
         // the ring being formed: the job's first, or the one a worker joins
         if let pairs = try ringKeyPairs(machine.nextRing) {
             (assign.ringSecretKey, assign.ringPublicKeys) = (ringKeys![identity]!.secretKey, pairs.map(\.publicKey))

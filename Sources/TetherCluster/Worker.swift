@@ -349,8 +349,8 @@ public final class Worker {
 
     /// The replica an Assign describes, on its ring, with parameters from (in that order): the workers'
     /// `carried` state (a coordinator that came back), the members' state over a re-formed ring (a
-    /// worker joining a running job), the coordinator's resume checkpoint, or a fresh initialization
-    /// from the data.
+    /// worker joining a running job), the coordinator's resume checkpoint, its starting weights, or a
+    /// fresh initialization from the data.
     private func setUp(_ assign: Envelope.Assign, carried: (step: Int, bytes: [UInt8])?) throws -> Job {
         let config = try AssignCheck(dataRoots: options.dataRoots, secure: options.security.keys != nil).validate(assign)
         // Read from memory: no file is written for it.
@@ -401,6 +401,8 @@ public final class Worker {
             state = resumed.state
             model.context.rng =
                 resumed.replicaRNG(membership.shard) ?? .dropoutMasks(seed: config.seed &+ UInt64(state.globalStep), replica: rank)
+        } else if !assign.startingWeights.isEmpty {
+            try StartingWeights(bytes: Data(assign.startingWeights), source: "the coordinator's starting weights").load(into: model)
         } else {
             try workload.fetch(epoch: 0)
             var failure: Error?

@@ -28,6 +28,8 @@ extension Envelope {
         public var useCarriedState = false
         /// Report each step's spans (StepReport.spans) for the job's Chrome trace.
         public var timeline = false
+        /// A fresh run's starting weights (a safetensors file), when it does not draw them.
+        public var startingWeights: [UInt8] = []
         public init(
             rank: UInt32, worldSize: UInt32, ring: [String], configJSON: [UInt8], resumeCheckpoint: [UInt8] = [],
             hashEvery: UInt32, checkpointEvery: UInt32, bucketBytes: UInt32
@@ -214,6 +216,7 @@ extension Envelope {
             m.ring_epoch = a.ringEpoch
             m.use_carried_state = a.useCarriedState ? 1 : 0
             m.timeline = a.timeline ? 1 : 0
+            m.starting_weights = arena.binary(a.startingWeights)
             return withUnsafeMutablePointer(to: &m) {
                 msg.body_case = TETHER__V1__ENVELOPE__BODY_ASSIGN; msg.assign = $0; return pack(&msg)
             }
@@ -346,6 +349,7 @@ extension Envelope {
             assign.ringEpoch = a.ring_epoch
             assign.useCarriedState = a.use_carried_state != 0
             assign.timeline = a.timeline != 0
+            assign.startingWeights = bytes(a.starting_weights)
             return .assign(assign)
         case TETHER__V1__ENVELOPE__BODY_REFORM:
             guard let r = env.reform?.pointee else { return nil }

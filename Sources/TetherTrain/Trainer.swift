@@ -74,8 +74,13 @@ public final class Trainer {
             model.context.rng = state.rng
         } else {
             state = TrainingState(rng: model.context.rng)
-            // Data-dependent init from the first batch the run will train on.
-            workload.initializeFromData(reduce: { _ in })
+            if let path = config.startFrom {
+                try StartingWeights.read(path).load(into: model)
+                progress.line("starting from the weights in \(path)")
+            } else {
+                // Data-dependent init from the first batch the run will train on.
+                workload.initializeFromData(reduce: { _ in })
+            }
         }
     }
 

@@ -52,6 +52,9 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     public var powerSGDStartStep: Int?
     /// Error feedback with compression (nil: on).
     public var errorFeedback: Bool?
+    /// A file a fresh run takes its starting weights from (`StartingWeights`: an ONNX graph's
+    /// initializers, a checkpoint's parameters); nil: drawn, with data-dependent initialization.
+    public var startFrom: String?
 
     /// How a cluster's gradients travel between workers: as they are (f32), narrowed to IEEE half or
     /// bfloat16 (half the bytes, summed in f32), or as PowerSGD's low-rank factors.

@@ -1032,7 +1032,7 @@ const ProtobufCMessageDescriptor tether__v1__envelope__descriptor =
   (ProtobufCMessageInit) tether__v1__envelope__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
-static const ProtobufCFieldDescriptor tether__v1__assign__field_descriptors[15] =
+static const ProtobufCFieldDescriptor tether__v1__assign__field_descriptors[16] =
 {
   {
     "rank",
@@ -1214,6 +1214,18 @@ static const ProtobufCFieldDescriptor tether__v1__assign__field_descriptors[15] 
     0,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "starting_weights",
+    16,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_BYTES,
+    0,   /* quantifier_offset */
+    offsetof(Tether__V1__Assign, starting_weights),
+    NULL,
+    NULL,
+    0,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tether__v1__assign__field_indices_by_name[] = {
   7,   /* field[7] = bucket_bytes */
@@ -1228,6 +1240,7 @@ static const unsigned tether__v1__assign__field_indices_by_name[] = {
   12,   /* field[12] = ring_epoch */
   10,   /* field[10] = ring_public_keys */
   9,   /* field[9] = ring_secret_key */
+  15,   /* field[15] = starting_weights */
   14,   /* field[14] = timeline */
   13,   /* field[13] = use_carried_state */
   1,   /* field[1] = world_size */
@@ -1235,7 +1248,7 @@ static const unsigned tether__v1__assign__field_indices_by_name[] = {
 static const ProtobufCIntRange tether__v1__assign__number_ranges[1 + 1] =
 {
   { 1, 0 },
-  { 0, 15 }
+  { 0, 16 }
 };
 const ProtobufCMessageDescriptor tether__v1__assign__descriptor =
 {
@@ -1245,7 +1258,7 @@ const ProtobufCMessageDescriptor tether__v1__assign__descriptor =
   "Tether__V1__Assign",
   "tether.v1",
   sizeof(Tether__V1__Assign),
-  15,
+  16,
   tether__v1__assign__field_descriptors,
   tether__v1__assign__field_indices_by_name,
   1,  tether__v1__assign__number_ranges,

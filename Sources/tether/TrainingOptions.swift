@@ -9,15 +9,25 @@ import TetherTrain
 extension OptimizerConfig.Kind: ExpressibleByArgument {}
 extension LRSchedule.Kind: ExpressibleByArgument {}
 extension WideDeepShape.Parts: ExpressibleByArgument {}
+extension ModelSpec.Loss: ExpressibleByArgument {}
 
 /// The flags that define a training run. Every one is optional: unset flags take the defaults of a new
 /// run, or the checkpoint's values when resuming.
 struct TrainingOptions: ParsableArguments {
     @Option(
         help:
-            "Model: \(ModelFamily.names.filter { $0 != "spec" }.joined(separator: ", ")) (default \(TrainingConfig().model); tether models lists what each is), or a model spec: FILE.yaml (a job file's model: gives one inline), or FILE.onnx (a forward-only graph read as a spec; its architecture, trained from fresh values)."
+            "Model: \(ModelFamily.names.filter { $0 != "spec" }.joined(separator: ", ")) (default \(TrainingConfig().model); tether models lists what each is), or a model spec: FILE.yaml (a job file's model: gives one inline), or FILE.onnx (a forward-only graph read as a spec, starting from its initializers)."
     )
     var model: String?
+    @Option(
+        name: .customLong("init"),
+        help:
+            "Where a new run's weights come from: fresh (drawn, with data-dependent initialization), FILE.onnx (its initializers) or FILE.safetensors (an earlier run's checkpoint; its parameters only) (default: --model FILE.onnx's initializers, else fresh)."
+    ) var initFrom: String?
+    @Option(
+        help:
+            "A model spec's loss: cross-entropy, binary-cross-entropy, mse or l1 (default: the spec's; an ONNX graph's is cross-entropy)."
+    ) var loss: ModelSpec.Loss?
     @Option(help: "Data: \(DataSource.help) (default: the model's).") var data: String?
     @Option(help: "Held-out samples in other arrays than --data's: npz:FILE or npy:DIR (default: every tenth sample of --data).")
     var testData: String?
@@ -107,7 +117,7 @@ struct TrainingOptions: ParsableArguments {
                 [("--ftrl-alpha", ftrlAlpha != nil), ("--ftrl-l1", ftrlL1 != nil), ("--ftrl-l2", ftrlL2 != nil)]
             ),
             (["wide-deep", "spec"], "csv: data (wide-deep, or a model spec with a table input)", [("--schema", schema != nil)]),
-            (["spec"], "a model spec (--model FILE.yaml)", [("--test-data", testData != nil)])
+            (["spec"], "a model spec (--model FILE.yaml)", [("--test-data", testData != nil), ("--loss", loss != nil)])
         ]
         for (models, what, given) in byModel where !models.contains(c.model) {
             if let (flag, _) = given.first(where: \.1) {
@@ -118,7 +128,7 @@ struct TrainingOptions: ParsableArguments {
     }
 
     /// The spec `--model` gives: a YAML file's (FILE.yaml, FILE.yml), an ONNX graph's (FILE.onnx, its
-    /// architecture: training starts from fresh values), or inline YAML or JSON (a job file's model:
+    /// architecture; its initializers are `--init`'s default), or inline YAML or JSON (a job file's model:
     /// mapping); nil for a family's name.
     static func spec(_ model: String) throws -> ModelSpec? {
         if model.hasSuffix(".yaml") || model.hasSuffix(".yml") { return try ModelSpecFile.read(model) }
@@ -131,6 +141,9 @@ struct TrainingOptions: ParsableArguments {
         if let hidden, hidden.split(separator: ",").contains(where: { Int($0) == nil }) {
             throw ValidationError("--hidden takes comma-separated widths, e.g. 256,128,64 (got \"\(hidden)\")")
         }
+        if let initFrom, initFrom != "fresh", !initFrom.hasSuffix(".onnx"), !initFrom.hasSuffix(".safetensors") {
+            throw ValidationError("--init takes fresh, FILE.onnx or FILE.safetensors (got \"\(initFrom)\")")
+        }
     }
 
     /// `base` with every given flag applied.
@@ -138,13 +151,17 @@ struct TrainingOptions: ParsableArguments {
         // Another model starts from that model's defaults (its data, optimizer and schedule); a model
         // spec (a file, or a job file's model: mapping, which arrives as its text) is the "spec" family's.
         var c: TrainingConfig
-        if let model, let spec = try Self.spec(model) {
+        if let model, var spec = try Self.spec(model) {
+            if let loss { spec.loss = loss }  // before the comparison: a resume that repeats both is the same run
             c = base.spec == spec ? base : TrainingConfig.defaults(for: "spec")
             c.spec = spec
         } else {
             c = model.map { $0 == base.model ? base : TrainingConfig.defaults(for: $0) } ?? base
         }
         try refuseOptionsOfOtherModels(c)
+        if let model, model.hasSuffix(".onnx") { c.startFrom = model }
+        if let initFrom { c.startFrom = initFrom == "fresh" ? nil : initFrom }
+        if let loss { c.spec?.loss = loss }
         if let testData { c.testData = testData }
         if let testFraction { c.testFraction = testFraction }
         if let data { c.data = data }

@@ -212,10 +212,15 @@ struct  Tether__V1__Assign
    * report each step's spans (StepReport.spans) for the job's --timeline
    */
   protobuf_c_boolean timeline;
+  /*
+   * A fresh run's starting weights (fine-tuning: --model FILE.onnx's initializers, --init FILE): a
+   * safetensors file of tensors by Tether's names; empty: drawn. Not used with resume_checkpoint.
+   */
+  ProtobufCBinaryData starting_weights;
 };
 #define TETHER__V1__ASSIGN__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tether__v1__assign__descriptor) \
-    , 0, 0, 0,NULL, {0,NULL}, {0,NULL}, 0, 0, 0, 0, (char *)protobuf_c_empty_string, 0,NULL, 0, 0, 0, 0 }
+    , 0, 0, 0,NULL, {0,NULL}, {0,NULL}, 0, 0, 0, 0, (char *)protobuf_c_empty_string, 0,NULL, 0, 0, 0, 0, {0,NULL} }
 
 
 /*
