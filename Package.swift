@@ -76,7 +76,7 @@ let package = Package(
             name: "TetherClusterTests",
             dependencies: ["TetherCluster", "TetherComm", "TetherData", "TetherTrain", "TetherNN", "TetherTensor", "TetherJobFile"]),
         .testTarget(name: "TetherJobFileTests", dependencies: ["TetherJobFile", "TetherNN"]),
-        .testTarget(name: "TetherONNXTests", dependencies: ["TetherONNX", "TetherNN", "TetherTensor"]),
+        .testTarget(name: "TetherONNXTests", dependencies: ["TetherONNX", "TetherNN", "TetherTensor", "TetherTrain"]),
         .testTarget(name: "TetherFuzzTests", dependencies: ["TetherFuzz", "TetherComm", "TetherTrain"]),
         .testTarget(
             name: "EndToEndTests",

@@ -1,0 +1,143 @@
+import Foundation
+import Testing
+import TetherNN
+import TetherONNX
+import TetherTensor
+import TetherTrain
+
+/// Every operator the importer reads, one module each, defined and exported by PyTorch in the test:
+/// imported and loaded from its initializers, Tether's forward (evaluation mode) equals ONNX Runtime's
+/// within 1e-5 of the output's largest value, and its backward (training mode) equals PyTorch's
+/// autograd: the input's gradient and every parameter's, for the same upstream gradient.
+@Suite struct ONNXOperatorTests {
+    /// Writes CASE.onnx and CASE.json for each case: x, ONNX Runtime's output y, the upstream gradient
+    /// r, autograd's dx and the parameters' gradients under Tether's names (weight norm's g flattened).
+    static let pytorchSide = """
+        import json, numpy as np, onnxruntime as ort, torch, warnings
+        from torch import nn
+        warnings.simplefilter("ignore")
+        torch.manual_seed(0)
+        wn = torch.nn.utils.parametrizations.weight_norm
+
+        class MatMulAdd(nn.Module):  # exported as MatMul and Add: the weight stored (in, out)
+            def __init__(self):
+                super().__init__()
+                self.weight, self.bias = nn.Parameter(torch.randn(10, 6) * 0.3), nn.Parameter(torch.randn(6))
+            def forward(self, x): return x @ self.weight + self.bias
+
+        class Reshape(nn.Module):
+            def forward(self, x): return x.reshape(-1, 3, 4, 4)
+
+        def gradients(module):  # under Tether's names (the one layer is layer 0), its weights (out, in, ...)
+            out = {}
+            for name, p in module.named_parameters():
+                name = {"parametrizations.weight.original0": "weight_g", "parametrizations.weight.original1": "weight_v"}.get(name, name)
+                g = p.grad.t() if isinstance(module, MatMulAdd) and name == "weight" else p.grad
+                out["layers.0." + name] = g.flatten().tolist()
+            return out
+
+        features, image = (4, 10), (2, 3, 8, 8)
+        bn = nn.BatchNorm2d(3)
+        bn.running_mean.copy_(torch.randn(3)); bn.running_var.copy_(torch.rand(3) + 0.5)
+        with torch.no_grad(): bn.weight.copy_(torch.rand(3) + 0.5); bn.bias.copy_(torch.randn(3))
+        cases = {
+            "gemm": (nn.Linear(10, 6), features, 17), "matmul-add": (MatMulAdd(), features, 17),
+            "gemm-weight-norm": (wn(nn.Linear(10, 6)), features, 17),
+            "conv": (nn.Conv2d(3, 4, 3, padding=1), image, 17), "conv-stride": (nn.Conv2d(3, 5, 3, stride=2), image, 17),
+            "conv-weight-norm": (wn(nn.Conv2d(3, 4, 3, padding=1)), image, 17),
+            "max-pool": (nn.MaxPool2d(2), image, 17), "avg-pool": (nn.AvgPool2d(3, stride=2), image, 17),
+            "global-avg-pool": (nn.AdaptiveAvgPool2d(1), image, 17),
+            "relu": (nn.ReLU(), features, 17), "leaky-relu": (nn.LeakyReLU(0.1), features, 17), "sigmoid": (nn.Sigmoid(), features, 17),
+            "tanh": (nn.Tanh(), features, 17), "gelu": (nn.GELU(approximate="tanh"), features, 20),
+            "flatten": (nn.Flatten(), image, 17), "reshape": (Reshape(), (2, 48), 17), "batch-norm": (bn, image, 17),
+        }
+        for case, (module, shape, opset) in cases.items():
+            x = torch.randn(*shape)
+            torch.onnx.export(module.eval(), (x,), f"{case}.onnx", input_names=["input"], output_names=["output"],
+                              dynamic_axes={"input": {0: "batch"}}, opset_version=opset, dynamo=False, do_constant_folding=False)
+            y = ort.InferenceSession(f"{case}.onnx", providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+            module.train()
+            xg = x.clone().requires_grad_(True)
+            out = module(xg)
+            r = torch.randn(out.shape)
+            (out * r).sum().backward()
+            grads = gradients(module)
+            json.dump({"shape": list(shape), "x": x.flatten().tolist(), "y": y.flatten().tolist(), "r": r.flatten().tolist(),
+                       "dx": xg.grad.flatten().tolist(), "grads": grads}, open(f"{case}.json", "w"))
+        print(" ".join(cases))
+        """
+
+    struct Case: Decodable {
+        let shape: [Int]
+        let x: [Float], y: [Float], r: [Float], dx: [Float]
+        let grads: [String: [Float]]
+    }
+
+    /// The largest difference between `ours` and `theirs`, as a share of theirs' largest magnitude.
+    static func relativeError(_ ours: [Float], _ theirs: [Float]) -> Float {
+        guard ours.count == theirs.count else { return .infinity }
+        let scale = max(theirs.map(abs).max() ?? 0, 1e-6)
+        return zip(ours, theirs).map { abs($0 - $1) }.max().map { $0 / scale } ?? 0
+    }
+
+    /// (A, B, ...) -> (B, A, ...): between PyTorch's (B, C, H, W) and Tether's conv layout (C, B, H, W).
+    static func swapLeadingAxes(_ v: [Float], _ a: Int, _ b: Int) -> [Float] {
+        let inner = v.count / (a * b)
+        var out = v
+        for i in 0..<a { for j in 0..<b { for k in 0..<inner { out[(j * a + i) * inner + k] = v[(i * b + j) * inner + k] } } }
+        return out
+    }
+
+    @Test func everyOperatorMatchesONNXRuntimeAndAutograd() throws {
+        let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        // the venv's own bin/python (a symlink: resolved, it would be the system's Python without the venv)
+        let python = URL(fileURLWithPath: repository.path + "/.build/test-venv/bin/python")
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tether-onnx-ops-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let process = Process()
+        (process.executableURL, process.arguments, process.currentDirectoryURL) = (python, ["-c", Self.pytorchSide], dir)
+        let (output, errors) = (Pipe(), Pipe())
+        (process.standardOutput, process.standardError) = (output, errors)
+        guard (try? process.run()) != nil else {
+            print("skipped: the per-operator ONNX checks (no .build/test-venv; scripts/install-deps --test)")
+            return
+        }
+        let printed = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let stderr = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else {
+            #expect(stderr.contains("No module named"), "the PyTorch side: \(stderr)")
+            print("skipped: the per-operator ONNX checks (no torch, onnx or onnxruntime in .build/test-venv; scripts/install-deps --test)")
+            return
+        }
+        let cases = printed.split(whereSeparator: \.isWhitespace).map(String.init)
+        #expect(cases.count == 17, "\(printed)")
+        for name in cases {
+            let c = try JSONDecoder().decode(Case.self, from: Data(contentsOf: dir.appendingPathComponent("\(name).json")))
+            let imported = try ONNXImport.read(dir.appendingPathComponent("\(name).onnx").path)
+            var rng = RNG(seed: 1)
+            let model = try imported.spec.predictor(kind: "spec", rng: &rng, as: Float.self)
+            try StartingWeights(values: imported.values, source: name).load(into: model)
+            // the network takes (B, F) or (B, C*H*W) and gives images in its conv layout (C, B, H, W)
+            let x = Tensor(shape: [c.shape[0], c.shape.dropFirst().reduce(1, *)], scalars: c.x)
+            func pytorchLayout(_ y: Tensor<Float>) -> [Float] {
+                y.shape.count == 4 ? Self.swapLeadingAxes(y.scalars, y.shape[0], y.shape[1]) : y.scalars
+            }
+            let ctx = model.context
+            ctx.training = false
+            #expect(Self.relativeError(pytorchLayout(model.network.forward(x, ctx)), c.y) <= 1e-5, "\(name): forward against ONNX Runtime")
+            ctx.training = true
+            model.arena.zeroGrads()
+            let out = model.network.forward(x, ctx)
+            let r = out.shape.count == 4 ? Self.swapLeadingAxes(c.r, out.shape[1], out.shape[0]) : c.r
+            let dx = model.network.backward(Tensor(shape: out.shape, scalars: r), ctx, needsInputGradient: true)
+            #expect(Self.relativeError(dx?.scalars ?? [], c.dx) <= 1e-5, "\(name): the input's gradient against autograd")
+            #expect(Set(c.grads.keys) == Set(model.arena.layout.entries.map(\.name)), "\(name): parameters \(c.grads.keys.sorted())")
+            for e in model.arena.layout.entries {
+                let ours = Array(UnsafeBufferPointer(start: model.arena.grads + e.offset, count: e.count))
+                #expect(Self.relativeError(ours, c.grads[e.name] ?? []) <= 1e-5, "\(name): the gradient of \(e.name) against autograd")
+            }
+        }
+    }
+}
