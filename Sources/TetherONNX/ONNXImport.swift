@@ -7,7 +7,8 @@ import TetherNN
 /// The graph must be one chain from its one data input to its output: each operator is a spec layer
 /// (Gemm, or MatMul with an Add of its bias: dense; Conv: conv2d; MaxPool, AveragePool,
 /// GlobalAveragePool: pools; Relu, LeakyRelu, Sigmoid, Tanh, Gelu (tanh approximation), Flatten,
-/// a static Reshape, Dropout, BatchNormalization), Identity is passed over, and a last Softmax or
+/// a static Reshape, Dropout, BatchNormalization; over tokens or sequences, Gather of an embedding
+/// table and LSTM: ONNXImport+Sequences.swift), Identity is passed over, and a last Softmax or
 /// LogSoftmax is left to the cross-entropy loss. Two things are recognized rather than read op by op:
 /// - **weight norm**: a layer's weight computed from exactly two initializers, g with one value per
 ///   output and v of the weight's shape, through the norm arithmetic only (Pow/ReduceSum/Sqrt,
@@ -24,7 +25,8 @@ public struct ONNXImport {
 
     public static let operators = [
         "Gemm", "MatMul", "Add", "Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "Relu", "LeakyRelu", "Sigmoid", "Tanh",
-        "Gelu", "Flatten", "Reshape", "Dropout", "Identity", "BatchNormalization", "Softmax", "LogSoftmax"
+        "Gelu", "Flatten", "Reshape", "Dropout", "Identity", "BatchNormalization", "Softmax", "LogSoftmax", "Gather", "LSTM", "Transpose",
+        "Squeeze"
     ]
     /// The operators a weight-norm computation may use.
     static let normArithmetic: Set<String> = [
@@ -59,12 +61,25 @@ public struct ONNXImport {
             guard case .size(let n) = d, n > 0 else { throw fail("input \(input.name): every dimension but the batch must be a number") }
             return n
         }
-        guard sample.count == 1 || sample.count == 3 else {
-            throw fail("input \(input.name) of \(sample): the importer reads (batch, F) features and (batch, C, H, W) images")
+        let tokens = input.elementType != ONNXTensor.ElementType.float.rawValue
+        guard tokens ? sample.count == 1 : (1...3).contains(sample.count) else {
+            throw fail(
+                "input \(input.name) of \(sample): the importer reads (batch, F) features, (batch, T, F) sequences, (batch, C, H, W) images and (batch, T) integer tokens"
+            )
         }
         var reader = Reader(graph: g, constants: constants, fail: fail)
+        reader.tokenSteps = tokens ? sample[0] : nil
+        for (i, n) in g.nodes.enumerated() where n.opType == "LSTM" { try reader.readZeroInitialStates(ofLSTM: i) }
         try reader.walk(from: input.name, shape: sample)
-        spec = ModelSpec(name: name, input: sample, layers: reader.layers)
+        guard !reader.timeMajor else { throw fail("the graph's output is a time-major sequence (T, B, ...); Tether's are batch-major") }
+        if tokens {
+            guard let v = reader.vocabulary else {
+                throw fail("integer input \(input.name): tokens go through an embedding (Gather) first")
+            }
+            spec = ModelSpec(name: name, input: [], tokens: .init(steps: sample[0], vocabulary: v), layers: reader.layers)
+        } else {
+            spec = ModelSpec(name: name, input: sample, layers: reader.layers)
+        }
         values = reader.values
         _ = try spec.shapes()  // the spec's own check: every layer fits what precedes it
     }
@@ -79,6 +94,11 @@ public struct ONNXImport {
         /// the graph used the initializer transposed.
         var weightOwner: [String: (index: Int, out: Int, in: Int, transposed: Bool)] = [:]
         var consumed = Set<Int>()  // node indices read as part of a layer
+        /// A token input's length, the vocabulary its embedding gives, and the embedding's table (which
+        /// no later layer may tie to: a spec ties dense layers only).
+        var tokenSteps: Int?, vocabulary: Int?, embeddingTable: String?
+        /// A sequence (T, F) is time-major, (T, B, F), between torch's Transposes around an LSTM.
+        var timeMajor = false
 
         /// Values that Constant nodes give (an exponent, axes): not initializers a weight is read from.
         let constantNodeOutputs: Set<String>
@@ -160,6 +180,9 @@ public struct ONNXImport {
             let prefix = "layers.\(index)."
             switch source {
             case .initializer(let t):
+                guard t.name != embeddingTable else {
+                    throw fail("layer \(index) uses the embedding's table \(t.name) as its weight: a spec ties dense layers only")
+                }
                 let w = t.floats!
                 guard w.count == count else { throw fail("layer \(index): weight \(t.name) holds \(t.dims), not \(count) values") }
                 let (o, f) = (rows, count / rows)
@@ -210,6 +233,7 @@ public struct ONNXImport {
         mutating func walk(from start: String, shape: [Int]) throws {
             var current = start, shape = shape
             let outputs = Set(graph.outputs.map(\.name))
+            var squeezePending = false  // an LSTM's (T, 1, B, H) awaits its Squeeze
             while true {
                 let next = consumers(of: current)
                 if next.isEmpty {
@@ -232,8 +256,63 @@ public struct ONNXImport {
                 let n = graph.nodes[i], index = layers.count
                 var out = n.outputs.first ?? ""
                 var l: LayerSpec
+                guard !squeezePending || n.opType == "Squeeze" else {
+                    throw fail("\(describe(i)) reads an LSTM's (T, 1, B, H) output, which is read through a Squeeze of axis 1")
+                }
+                guard !timeMajor || ["Transpose", "LSTM", "Squeeze"].contains(n.opType) else {
+                    throw fail("\(describe(i)) on a time-major (T, B, F) sequence: the importer reads an LSTM between torch's Transposes")
+                }
                 switch n.opType {
                 case "Identity":
+                    current = out
+                    continue
+                case "Transpose":
+                    guard shape.count == 2, ints(n, "perm") == [1, 0, 2] else {
+                        throw fail("\(describe(i)): a Transpose between (B, T, F) and (T, B, F) around an LSTM is read")
+                    }
+                    timeMajor.toggle()
+                    current = out
+                    continue
+                case "Squeeze":
+                    guard squeezePending, n.inputs.count > 1, constants[n.inputs[1]]?.integers == [1] else {
+                        throw fail("\(describe(i)): a Squeeze of axis 1 of an LSTM's output is read")
+                    }
+                    squeezePending = false
+                    current = out
+                    continue
+                case "LSTM":
+                    guard timeMajor else {
+                        throw fail("\(describe(i)): an LSTM over a (T, B, F) sequence is read (batch_first transposes)")
+                    }
+                    if let state = n.outputs.dropFirst().first(where: { !$0.isEmpty && !consumers(of: $0).isEmpty }) {
+                        throw fail("\(describe(i)): its last state \(state) is read; export the output's last step, y[:, -1], instead")
+                    }
+                    l = try lstm(i, layer: index, shape: shape)
+                    shape = [shape[0], l.out!]
+                    squeezePending = true
+                case "Gather":
+                    if n.inputs.count == 2, n.inputs[1] == current, let table = constants[n.inputs[0]], table.floats != nil {
+                        guard layers.isEmpty, let steps = tokenSteps, table.dims.count == 2, (int(n, "axis") ?? 0) == 0 else {
+                            throw fail(
+                                "\(describe(i)): an embedding (Gather of a table's rows by the tokens) is the first layer of an integer input"
+                            )
+                        }
+                        (vocabulary, embeddingTable) = (table.dims[0], table.name)
+                        l = LayerSpec(.embedding) { $0.out = table.dims[1] }
+                        values["layers.\(index).weight"] = table.floats!
+                        shape = [steps, table.dims[1]]
+                        break
+                    }
+                    // y[:, -1]: an LSTM's last step, when the LSTM is the layer before
+                    let axis = int(n, "axis") ?? 0, stepAxis: Int64 = timeMajor ? 0 : 1
+                    guard n.inputs.count == 2, shape.count == 2, let at = constants[n.inputs[1]], at.dims.isEmpty,
+                        let step = at.integers?.first, step == -1 || step == Int64(shape[0] - 1), axis == stepAxis || axis == stepAxis - 3,
+                        layers.last?.kind == .lstm
+                    else {
+                        throw fail("\(describe(i)): Gather is read as an embedding of tokens, or an LSTM's last step (y[:, -1])")
+                    }
+                    layers[layers.count - 1].sequences = false
+                    (shape, timeMajor) = ([shape[1]], false)
                     current = out
                     continue
                 case "Softmax", "LogSoftmax":
@@ -322,7 +401,7 @@ public struct ONNXImport {
                     l = LayerSpec(.dropout)
                     if n.inputs.count > 1, let r = constants[n.inputs[1]]?.floats?.first { l.rate = Double(r) }
                 case "Flatten":
-                    guard (int(n, "axis") ?? 1) == 1 else { throw fail("\(describe(i)): Flatten with axis 1 is read") }
+                    guard (int(n, "axis") ?? 1) == 1, !timeMajor else { throw fail("\(describe(i)): Flatten with axis 1 is read") }
                     l = LayerSpec(.flatten)
                     shape = [shape.reduce(1, *)]
                 case "Reshape":
