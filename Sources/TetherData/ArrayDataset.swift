@@ -19,6 +19,8 @@ public struct ArrayDataset: Sendable {
     public let sampleShape: [Int]
     /// 1 + the largest label; 0 when y does not hold class indices.
     public let classes: Int
+    /// Whether y was given: samples to predict on may come without it (`needsTargets: false`).
+    public private(set) var hasTargets = true
     public var count: Int { labels.count }
     public var features: Int { sampleShape.reduce(1, *) }
 
@@ -29,21 +31,29 @@ public struct ArrayDataset: Sendable {
     }
 
     /// The arrays `x` and `y` of `npz:FILE` (an .npz file) or `npy:DIR` (DIR/x.npy and DIR/y.npy, as
-    /// np.save writes them).
-    public init(arrays source: String) throws {
+    /// np.save writes them). Without `needsTargets`, y may be left out (samples to predict on): every
+    /// label and target is then 0 and `hasTargets` false.
+    public init(arrays source: String, needsTargets: Bool = true) throws {
         let path = String(source.dropFirst(4)), arrays: [String: NumPyArray]
         if source.hasPrefix("npy:") {
             arrays = try Dictionary(
-                uniqueKeysWithValues: ["x", "y"].map { name in
+                uniqueKeysWithValues: ["x", "y"].compactMap { name in
                     let file = URL(fileURLWithPath: path).appendingPathComponent("\(name).npy").path
-                    guard let data = FileManager.default.contents(atPath: file) else { throw DataError.missingFile(file) }
+                    guard let data = FileManager.default.contents(atPath: file) else {
+                        if name == "y" && !needsTargets { return nil }
+                        throw DataError.missingFile(file)
+                    }
                     return (name, try NumPy.parseNPY([UInt8](data), source: file))
                 })
         } else {
             guard source.hasPrefix("npz:") else { throw DataError.unknownSource("\(source): give npz:FILE or npy:DIR") }
             arrays = try NumPy.readNPZ(path)
         }
-        guard let x = arrays["x"], let y = arrays["y"] else {
+        guard let x = arrays["x"],
+            let y = arrays["y"]
+                ?? (needsTargets
+                    ? nil : x.shape.first.map { NumPyArray(dtype: .uint8, shape: [$0], bytes: [UInt8](repeating: 0, count: $0)) })
+        else {
             throw DataError.invalid(
                 "\(path): samples are arrays x and y (it has \(arrays.keys.sorted().joined(separator: ", ")))")
         }
@@ -76,21 +86,26 @@ public struct ArrayDataset: Sendable {
             values: values, labels: labels ?? [Int32](repeating: 0, count: n), targets: targets,
             targetWidth: y.shape.count == 2 ? y.shape[1] : 1,
             sampleShape: shape, classes: labels.map { Int($0.max() ?? 0) + 1 } ?? 0)
+        hasTargets = arrays["y"] != nil
     }
 
     public func prefix(_ n: Int?) -> ArrayDataset {
         guard let n, n < count else { return self }
-        return ArrayDataset(
+        var part = ArrayDataset(
             values: Array(values[0..<n * features]), labels: Array(labels[0..<n]), targets: Array(targets[0..<n * targetWidth]),
             targetWidth: targetWidth, sampleShape: sampleShape, classes: classes)
+        part.hasTargets = hasTargets
+        return part
     }
 
     /// The rows at `indices`, in order.
     public func rows(_ indices: [Int]) -> ArrayDataset {
         let (d, k) = (features, targetWidth)
-        return ArrayDataset(
+        var part = ArrayDataset(
             values: indices.flatMap { values[$0 * d..<($0 + 1) * d] }, labels: indices.map { labels[$0] },
             targets: indices.flatMap { targets[$0 * k..<($0 + 1) * k] }, targetWidth: k, sampleShape: sampleShape, classes: classes)
+        part.hasTargets = hasTargets
+        return part
     }
 
     /// The targets of the rows at `indices`, (B, K).

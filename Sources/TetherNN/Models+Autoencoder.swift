@@ -40,6 +40,14 @@ public final class TiedAutoencoder<T: Scalar>: Model {
         return BatchStats(lossSum: lossSum, count: images.shape[0])
     }
 
+    /// The images as the network gives them back: the sigmoid of its outputs, (B, features).
+    public func reconstructions(_ images: Tensor<T>) -> Tensor<T> {
+        context.training = false
+        defer { context.training = true }
+        let logits = network.forward(images, context)
+        return Tensor.uninitialized(logits.shape) { y in logits.withPointer { T.sigmoidForward(y, $0, count: logits.count) } }
+    }
+
     public func evaluate(_ images: Tensor<T>) -> BatchStats {
         context.training = false
         defer { context.training = true }

@@ -85,6 +85,11 @@ final class ShuffledSplits<Dataset: ServableDataset> {
     func evaluate(inBatchesOf batch: Int, _ body: (ArraySlice<Int>) -> BatchStats) -> BatchStats {
         inBatches(test.count, of: batch, shard: shard, body)
     }
+
+    /// Every held-out position in order, `batch` at a time (predictions, in one process).
+    func heldOutInOrder(inBatchesOf batch: Int) -> [ArraySlice<Int>] {
+        stride(from: 0, to: test.count, by: max(1, batch)).map { ArraySlice($0..<min($0 + batch, test.count)) }
+    }
 }
 
 /// A workload over `ShuffledSplits`: its epoch length, fetching and served splits come from them.

@@ -57,3 +57,14 @@ final class ImageReconstruction: ShuffledWorkload {
             })
     }
 }
+
+extension ImageReconstruction: Predicting {
+    var objective: Objective { .squaredError }
+    var predictionCount: Int { splits.test.count }
+    /// Each held-out image's reconstruction, (B, 784) in [0, 1].
+    func predictions(inBatchesOf size: Int, _ body: (Tensor<Float>) throws -> Void) rethrows {
+        for positions in splits.heldOutInOrder(inBatchesOf: size) {
+            try body(autoencoder.reconstructions(splits.test.batch(positions).inputs))
+        }
+    }
+}

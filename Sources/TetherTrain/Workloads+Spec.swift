@@ -5,7 +5,7 @@ import TetherTensor
 
 extension DataSource {
     /// Whether `spec` names NumPy arrays: `npz:FILE` or `npy:DIR`.
-    static func isArrays(_ spec: String) -> Bool { spec.hasPrefix("npz:") || spec.hasPrefix("npy:") }
+    public static func isArrays(_ spec: String) -> Bool { spec.hasPrefix("npz:") || spec.hasPrefix("npy:") }
 
     /// The training and held-out samples of `npz:FILE` or `npy:DIR` (arrays x and y): its held-out split
     /// from `testData` (other arrays), or else `heldOutRows` (every tenth, or `testFraction` of them).
@@ -75,7 +75,9 @@ final class SpecTraining<Dataset: LabelledSamples>: ShuffledWorkload {
             throw ConfigError(message: "model spec \(spec.name): tokens come from --data npz:FILE or npy:DIR (x: (N, T) whole numbers)")
         }
         let outputs = try spec.classes()
-        if regression {
+        if (data as? ArrayDataset)?.hasTargets == false {
+            // samples to predict on (Workloads.prediction): nothing to check them against
+        } else if regression {
             guard data.targetWidth == outputs else {
                 throw ConfigError(
                     message:
@@ -90,18 +92,18 @@ final class SpecTraining<Dataset: LabelledSamples>: ShuffledWorkload {
                 )
             }
         }
-        (self.spec, dataName) = (spec, config.data)
+        (self.fittedSpec, dataName) = (spec, config.data)
         predictor = try spec.predictor(kind: config.model, rng: &rng)
         for (split, samples) in [("training", train), ("held-out", test)] { try checkRows(samples.dataset, split) }
     }
 
-    let spec: ModelSpec, dataName: String
+    let fittedSpec: ModelSpec, dataName: String
 
     /// What the network indexes with the data's values, checked before any step uses them (read from
     /// files, or each time rows arrive from a coordinator): every label one of the classes the last
     /// layer scores, every token id in the vocabulary.
     func checkRows(_ data: Dataset, _ split: String) throws {
-        if let t = spec.tokens, let arrays = data as? ArrayDataset,
+        if let t = fittedSpec.tokens, let arrays = data as? ArrayDataset,
             let i = arrays.values.firstIndex(where: { !($0 >= 0 && $0 < Float(t.vocabulary) && $0.rounded() == $0) })
         {
             throw ConfigError(
@@ -109,11 +111,11 @@ final class SpecTraining<Dataset: LabelledSamples>: ShuffledWorkload {
                     "\(dataName): \(split) sample \(i / t.steps), position \(i % t.steps) holds \(arrays.values[i]), not a token id in 0..<\(t.vocabulary) (uint8 x is scaled to [0, 1] as an image: give integers as int32 or int64)"
             )
         }
-        guard !regression, let classes = try? spec.classes() else { return }
+        guard !regression, (data as? ArrayDataset)?.hasTargets != false, let classes = try? fittedSpec.classes() else { return }
         if let (i, bad) = data.labels.enumerated().first(where: { !(0..<Int32(classes)).contains($0.element) }) {
             throw ConfigError(
                 message:
-                    "\(dataName): label \(bad) of \(split) sample \(i) is not in 0..<\(classes) (the classes model spec \(spec.name)'s last layer scores)"
+                    "\(dataName): label \(bad) of \(split) sample \(i) is not in 0..<\(classes) (the classes model spec \(fittedSpec.name)'s last layer scores)"
             )
         }
     }
@@ -163,9 +165,10 @@ final class SpecTraining<Dataset: LabelledSamples>: ShuffledWorkload {
 
 /// What `tether predict` needs of a workload: the network's predictions for the held-out samples, in
 /// order.
-public protocol Predicting {
-    /// The network's spec, fitted to the data (a shipped family's to the images' size and classes).
-    var spec: ModelSpec { get }
+public protocol Predicting: Workload {
+    /// The network's spec, fitted to the data (a shipped family's to the images' size and classes);
+    /// nil for a family that is not a spec (wide-deep, autoencoder-tied).
+    var spec: ModelSpec? { get }
     var objective: Objective { get }
     /// Samples `predictions` goes over: the held-out split (all of --test-data when it is given).
     var predictionCount: Int { get }
@@ -174,14 +177,40 @@ public protocol Predicting {
     func predictions(inBatchesOf batch: Int, _ body: (Tensor<Float>) throws -> Void) rethrows
 }
 
+extension Predicting {
+    public var spec: ModelSpec? { nil }
+}
+
 extension SpecTraining: Predicting {
+    var spec: ModelSpec? { fittedSpec }
     var objective: Objective { predictor.objective }
     var predictionCount: Int { splits.test.count }
     func predictions(inBatchesOf size: Int, _ body: (Tensor<Float>) throws -> Void) rethrows {
-        for lower in stride(from: 0, to: splits.test.count, by: max(1, size)) {
-            let rows = splits.test.rows(ArraySlice(lower..<min(lower + size, splits.test.count)))
-            try body(predictor.predictions(splits.test.dataset.batch(rows, as: Float.self).inputs))
+        for positions in splits.heldOutInOrder(inBatchesOf: size) {
+            try body(predictor.predictions(splits.test.dataset.batch(splits.test.rows(positions), as: Float.self).inputs))
         }
+    }
+}
+
+extension Workloads {
+    /// A checkpoint's network over every row of the arrays `data` (npz:FILE or npy:DIR: x, in order;
+    /// y may be left out), `spec` being the network (`Checkpoint.Loaded.fittedSpec`).
+    public static func prediction(_ config: TrainingConfig, spec: ModelSpec, arrays data: String) throws -> any Predicting {
+        var rng = RNG(seed: config.seed, stream: 0x494E_4954)  // "INIT"
+        let samples = try ArrayDataset(arrays: data, needsTargets: false)
+        var c = config
+        (c.data, c.testData) = (data, nil)
+        return try SpecTraining<ArrayDataset>(c, fit: { _ in spec }, shard: .whole, source: nil, files: { (samples, samples) }, rng: &rng)
+    }
+}
+
+extension Checkpoint.Loaded {
+    /// The checkpoint's network as a spec: its run's, or a shipped family's fitted to the run's data
+    /// (which is read for it); nil for a family that is not a spec (wide-deep, lm-tied, autoencoder-tied).
+    public func fittedSpec() throws -> ModelSpec? {
+        if let spec = config.spec { return spec }
+        guard ModelFamily.images.contains(where: { $0.name == config.model }) else { return nil }
+        return (try Workloads.make(config.withFilesResolved(), metadata: file.metadata) as? any Predicting)?.spec ?? nil
     }
 }
 

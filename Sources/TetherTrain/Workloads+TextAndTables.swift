@@ -172,3 +172,15 @@ final class ClickPrediction: ShuffledWorkload {
             kind: .clickPrediction, stats: stats, auc: areaUnderROC(scores: scores, labels: labels), scores: scores, labels: labels)
     }
 }
+
+extension ClickPrediction: Predicting {
+    var objective: Objective { .binary }
+    var predictionCount: Int { splits.test.count }
+    /// Each held-out row's click probability, (B, 1).
+    func predictions(inBatchesOf size: Int, _ body: (Tensor<Float>) throws -> Void) rethrows {
+        for positions in splits.heldOutInOrder(inBatchesOf: size) {
+            let p = wideDeep.evaluate(Self.batch(splits.test, positions)).1
+            try body(Tensor(shape: [p.count, 1], scalars: p))
+        }
+    }
+}

@@ -30,11 +30,7 @@ struct Export: ParsableCommand {
             var loaded: Checkpoint.Loaded?
             if let checkpoint {
                 let l = try Checkpoint.Loaded(URL(fileURLWithPath: checkpoint))
-                // a shipped family's spec is fitted to its data: the workload knows it
-                let fitted =
-                    try l.config.spec
-                    ?? (Workloads.make(l.config.withFilesResolved(), metadata: l.file.metadata) as? any Predicting)?.spec
-                guard let s = fitted else {
+                guard let s = try l.fittedSpec() else {
                     throw SpecError(
                         "\(checkpoint) is a checkpoint of \(l.config.model), not of a model spec (mlp, mlp-wn, cnn-wn or a spec file); export takes a spec's run"
                     )

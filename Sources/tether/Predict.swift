@@ -15,7 +15,7 @@ struct Predict: ParsableCommand {
     @Option(help: "The checkpoint file (a run directory's checkpoint.safetensors).") var checkpoint: String
     @Option(
         help:
-            "The samples: npz:FILE or npy:DIR (all of x, in order; arrays x and y as for training, y unused), or another --data of the run's kind (its held-out split) (default: the run's held-out split)."
+            "The samples: npz:FILE or npy:DIR (every row of x, in order; y may be left out), or another --data of the run's kind (its held-out split) (default: the run's held-out split)."
     )
     var data: String?
     @Option(help: "For csv: data, the schema (default: the one the checkpoint carries).") var schema: String?
@@ -39,20 +39,25 @@ struct Predict: ParsableCommand {
         do {
             let loaded = try Checkpoint.Loaded(URL(fileURLWithPath: checkpoint))
             var config = loaded.config
-            if let data {
-                config.data = data
-                // arrays: every sample of them, in order, as the held-out split
-                if data.hasPrefix("npz:") || data.hasPrefix("npy:") { (config.testData, config.testFraction) = (data, nil) }
-            }
             if let schema { config.useSchema(schema) }
-            config = try config.withFilesResolved()
-            let workload = try Workloads.make(config, metadata: loaded.file.metadata)
-            guard let predicting = workload as? any Predicting else {
-                throw ConfigError(
-                    message:
-                        "predict takes a model spec's checkpoint (mlp, mlp-wn, cnn-wn or a spec file); \(loaded.config.model) is not one")
+            let predicting: any Predicting
+            if let data, DataSource.isArrays(data) {
+                guard let spec = try loaded.fittedSpec() else {
+                    throw ConfigError(
+                        message: "\(data): arrays go through a model spec's network; \(config.model) takes --data of its own kind")
+                }
+                predicting = try Workloads.prediction(config.withFilesResolved(), spec: spec, arrays: data)
+            } else {
+                if let data { config.data = data }
+                guard let p = try Workloads.make(config.withFilesResolved(), metadata: loaded.file.metadata) as? any Predicting else {
+                    throw ConfigError(
+                        message:
+                            "predict: \(config.model) gives a distribution per token, not a prediction per sample; tether eval gives its perplexity"
+                    )
+                }
+                predicting = p
             }
-            try loaded.restore(into: workload.model, optimizer: nil)
+            try loaded.restore(into: predicting.model, optimizer: nil)
             let total = predicting.predictionCount, started = Date()
             var values: [Float] = [], width = 1, lastReport = started  // (N, K), row after row
             values.reserveCapacity(total)

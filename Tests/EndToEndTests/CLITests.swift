@@ -617,6 +617,16 @@ let kubernetesTypesInstalled =
         }
         let missing = try CLI.run(["eval", "--checkpoint", checkpoint, "--schema", "nothere.schema"], in: elsewhere)
         #expect(missing.status == 1 && missing.stderr.contains("nothere.schema"), "\(missing.stderr)")
+        // predict needs the checkpoint alone too: a click probability per held-out row (every tenth), in order
+        let predicted = dir.appendingPathComponent("clicks.jsonl")
+        let p = try CLI.run(["predict", "--checkpoint", checkpoint, "--output", predicted.path], in: elsewhere)
+        let lines = (try? String(contentsOf: predicted, encoding: .utf8))?.split(separator: "\n") ?? []
+        let probabilities = lines.compactMap {
+            (try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])?["probability"] as? Double
+        }
+        #expect(
+            p.status == 0 && probabilities.count == 20 && probabilities.allSatisfy { (0...1).contains($0) },
+            "\(p.stderr)\(lines.first ?? "")")
     }
 
     /// The image families are the spec files in models/: `--model mlp-wn` (the spec built into the binary)
@@ -999,6 +1009,14 @@ let kubernetesTypesInstalled =
             let r = try CLI.run(["predict", "--checkpoint", checkpoint, "--data", "npz:rgb.npz", "--output", file, "--top-k", "2"], in: dir)
             #expect(r.status == 0 && r.stderr.contains("predict: 1200 samples in"), "\(r.stderr)")
         }
+        // the same samples without y (arrays to predict on need none): the same predictions
+        let npz = try NumPy.readNPZ(dir.appendingPathComponent("rgb.npz").path)
+        try Data(NumPy.npz([("x", npz["x"]!)])).write(to: dir.appendingPathComponent("x-only.npz"))
+        let xOnly = try CLI.run(["predict", "--checkpoint", checkpoint, "--data", "npz:x-only.npz", "--output", "x-only.npy"], in: dir)
+        #expect(xOnly.status == 0, "\(xOnly.stderr)")
+        #expect(
+            try Data(contentsOf: dir.appendingPathComponent("x-only.npy"))
+                == Data(contentsOf: dir.appendingPathComponent("predictions.npy")))
         let lines = try String(contentsOf: dir.appendingPathComponent("predictions.jsonl"), encoding: .utf8).split(separator: "\n")
         let first = try JSONSerialization.jsonObject(with: Data(lines[0].utf8)) as? [String: Any]
         #expect(lines.count == 1200 && first?["row"] as? Int == 0 && (first?["top"] as? [Any])?.count == 2, "\(lines.first ?? "")")
@@ -1085,6 +1103,8 @@ let kubernetesTypesInstalled =
         #expect(e.status == 0, "stderr: \(e.stderr)")
         let result = try JSONSerialization.jsonObject(with: Data(e.stdout.utf8)) as! [String: Any]
         #expect((result["test_perplexity"] as? Double).map { $0 > 1 && $0 < 30 } == true, "\(result)")
+        let predict = try CLI.run(["predict", "--checkpoint", run + "/checkpoint.safetensors", "--output", dir.path + "/p.npy"])
+        #expect(predict.status == 1 && predict.stderr.contains("tether eval gives its perplexity"), "\(predict.stderr)")
     }
 
     @Test func aBadCSVRowIsNamedByFileAndLine() throws {
