@@ -3,7 +3,9 @@ import Testing
 
 /// The commands in README.md and docs/ run as written, so none goes stale (as rustdoc runs the code in
 /// documentation and Python's doctest its examples). A fenced block opened with "```sh runnable" is run
-/// whole by bash (`set -euo pipefail`) in a fresh folder, with `tether` on the PATH; "```sh
+/// whole by bash (`set -euo pipefail`) in a fresh folder, with `tether` on the PATH; a "```sh
+/// needs-torch" block likewise, with the tests' venv (PyTorch, ONNX Runtime) first on the PATH and
+/// examples/ read from the repository; "```sh
 /// needs-docker" and "```sh needs-slurm" blocks are the engine tests' (ComposeTests, SlurmTests); a
 /// plain "```sh" block shows commands that need your files or hosts. To keep the runs short the
 /// environment sets TETHER_MAX_STEPS, TETHER_TRAIN_LIMIT and TETHER_TEST_LIMIT (a command's own
@@ -48,18 +50,33 @@ struct DocBlock: CustomTestStringConvertible, Sendable {
 }
 
 @Suite(.serialized) struct DocCommandTests {
-    static var runnable: [DocBlock] { DocBlock.all.filter { $0.kind == "runnable" } }
+    static var runnable: [DocBlock] { DocBlock.all.filter { $0.kind == "runnable" || $0.kind == "needs-torch" } }
+    /// The tests' venv, when it has what a needs-torch block runs.
+    static let venv: URL? = {
+        let bin = CLI.repository.appendingPathComponent(".build/test-venv/bin")
+        let check = try? CLI.run(
+            ["-c", "import torch, onnx, onnxruntime, safetensors"], executable: bin.appendingPathComponent("python3"))
+        return check?.status == 0 ? bin : nil
+    }()
 
     /// The marks a block may carry: a typo would quietly take a block out of the run.
     @Test func everyBlockIsMarkedKnowingly() {
         #expect(Self.runnable.count >= 4, "\(DocBlock.all.map(\.testDescription))")
         for block in DocBlock.all {
-            #expect(["", "runnable", "needs-docker", "needs-slurm"].contains(block.kind), "\(block.testDescription): \(block.kind)")
+            #expect(
+                ["", "runnable", "needs-torch", "needs-docker", "needs-slurm"].contains(block.kind),
+                "\(block.testDescription): \(block.kind)")
         }
     }
 
     @Test(.enabled(if: dataInstalled, "needs Debian's dataset-fashion-mnist and fortunes"), arguments: DocCommandTests.runnable)
     func theBlockRuns(_ block: DocBlock) throws {
+        if block.kind == "needs-torch" && Self.venv == nil {
+            print(
+                "skipped: \(block.testDescription) (no torch, onnx, onnxruntime and safetensors in .build/test-venv; scripts/install-deps --test)"
+            )
+            return
+        }
         let dir = CLI.tempDir("doc")
         let bin = dir.appendingPathComponent("bin")
         try FileManager.default.createDirectory(at: bin, withIntermediateDirectories: true)
@@ -71,10 +88,14 @@ struct DocBlock: CustomTestStringConvertible, Sendable {
             + block.text.replacingOccurrences(of: "tcp://0.0.0.0:7070", with: "tcp://127.0.0.1:\(port)")
             .replacingOccurrences(of: "tcp://HOST:7070", with: "tcp://127.0.0.1:\(port)")
             .replacingOccurrences(of: "THIS_HOST", with: "127.0.0.1")
+            .replacingOccurrences(of: " examples/", with: " \(CLI.repository.path)/examples/")
         let path = dir.appendingPathComponent("block.sh")
         try script.write(to: path, atomically: true, encoding: .utf8)
         let environment = [
-            "PATH": bin.path + ":" + (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"), "TETHER_MAX_STEPS": "3",
+            "PATH":
+                ([bin.path] + (block.kind == "needs-torch" ? [Self.venv!.path] : []) + [
+                    ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
+                ]).joined(separator: ":"), "TETHER_MAX_STEPS": "3",
             "TETHER_TRAIN_LIMIT": "4096", "TETHER_TEST_LIMIT": "256"
         ]
         let r = try CLI.run([path.path], timeout: 600, environment: environment, executable: URL(fileURLWithPath: "/bin/bash"), in: dir)
