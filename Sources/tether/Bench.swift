@@ -6,7 +6,53 @@ import TetherTrain
 
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Benchmarks.", subcommands: [BenchTrain.self, BenchAllReduce.self, BenchSinks.self])
+        abstract: "Benchmarks.", subcommands: [BenchTrain.self, BenchPredict.self, BenchAllReduce.self, BenchSinks.self])
+}
+
+/// `tether predict`'s throughput (its forward passes over the samples, as predict times them) measured
+/// as ONNX Runtime's is by bench/peers/ort_predict.py: a warm-up pass, then the median of timed passes.
+struct BenchPredict: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "predict", abstract: "Inference throughput of a checkpoint's network.")
+
+    @Option(help: "The checkpoint file.") var checkpoint: String
+    @Option(help: "The samples, as for tether predict (default: the run's held-out split).") var data: String?
+    @Option(help: "Samples per forward pass.") var batch = 256
+    @Option(help: "Timed passes over the samples; the median is reported.") var repeats = 5
+    @Flag(help: "Print one JSON object.") var json = false
+    @OptionGroup var threads: ResourceOptions
+
+    func validate() throws {
+        guard repeats > 0, (1...65_536).contains(batch) else { throw ValidationError("--repeats must be positive, --batch in 1...65536") }
+    }
+
+    func run() throws {
+        threads.apply(holder: "this process")
+        ProcessMemory.keepFreedBuffers()
+        do {
+            let predicting = try Predict.network(checkpoint: checkpoint, data: data, schema: nil)
+            func pass() -> Double {
+                let start = DispatchTime.now().uptimeNanoseconds
+                predicting.predictions(inBatchesOf: batch) { _ in }
+                return Double(predicting.predictionCount) / (Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
+            }
+            _ = pass()
+            let rates = (0..<repeats).map { _ in pass() }, median = rates.sorted()[rates.count / 2]
+            if json {
+                let out: [String: Any] = [
+                    "samples": predicting.predictionCount, "batch": batch, "threads": Compute.threads, "samples_per_sec": median,
+                    "runs": rates
+                ]
+                print(String(data: try JSONSerialization.data(withJSONObject: out, options: [.sortedKeys]), encoding: .utf8)!)
+            } else {
+                print(
+                    String(
+                        format: "%d samples, batch %d, %d thread(s): median %.0f samples/s", predicting.predictionCount, batch,
+                        Compute.threads, median))
+            }
+        } catch {
+            exitWithError(error)
+        }
+    }
 }
 
 /// Training throughput of the full step (batch assembly, forward, backward, optimizer) of any model,

@@ -37,27 +37,7 @@ struct Predict: ParsableCommand {
         threads.apply(holder: "this process")
         ProcessMemory.keepFreedBuffers()  // a batch's activations are freed and taken again each batch
         do {
-            let loaded = try Checkpoint.Loaded(URL(fileURLWithPath: checkpoint))
-            var config = loaded.config
-            if let schema { config.useSchema(schema) }
-            let predicting: any Predicting
-            if let data, DataSource.isArrays(data) {
-                guard let spec = try loaded.fittedSpec() else {
-                    throw ConfigError(
-                        message: "\(data): arrays go through a model spec's network; \(config.model) takes --data of its own kind")
-                }
-                predicting = try Workloads.prediction(config.withFilesResolved(), spec: spec, arrays: data)
-            } else {
-                if let data { config.data = data }
-                guard let p = try Workloads.make(config.withFilesResolved(), metadata: loaded.file.metadata) as? any Predicting else {
-                    throw ConfigError(
-                        message:
-                            "predict: \(config.model) gives a distribution per token, not a prediction per sample; tether eval gives its perplexity"
-                    )
-                }
-                predicting = p
-            }
-            try loaded.restore(into: predicting.model, optimizer: nil)
+            let predicting = try Self.network(checkpoint: checkpoint, data: data, schema: schema)
             let total = predicting.predictionCount, started = Date()
             var values: [Float] = [], width = 1, lastReport = started  // (N, K), row after row
             values.reserveCapacity(total)
@@ -78,6 +58,33 @@ struct Predict: ParsableCommand {
                         Double(count) / max(seconds, 1e-9), Compute.threads, output
                     ).utf8))
         } catch { exitWithError(error) }
+    }
+
+    /// The checkpoint's trained network over the samples `data` names (every row of arrays, in order;
+    /// another source's held-out split; nil: the run's held-out split).
+    static func network(checkpoint: String, data: String?, schema: String?) throws -> any Predicting {
+        let loaded = try Checkpoint.Loaded(URL(fileURLWithPath: checkpoint))
+        var config = loaded.config
+        if let schema { config.useSchema(schema) }
+        let predicting: any Predicting
+        if let data, DataSource.isArrays(data) {
+            guard let spec = try loaded.fittedSpec() else {
+                throw ConfigError(
+                    message: "\(data): arrays go through a model spec's network; \(config.model) takes --data of its own kind")
+            }
+            predicting = try Workloads.prediction(config.withFilesResolved(), spec: spec, arrays: data)
+        } else {
+            if let data { config.data = data }
+            guard let p = try Workloads.make(config.withFilesResolved(), metadata: loaded.file.metadata) as? any Predicting else {
+                throw ConfigError(
+                    message:
+                        "predict: \(config.model) gives a distribution per token, not a prediction per sample; tether eval gives its perplexity"
+                )
+            }
+            predicting = p
+        }
+        try loaded.restore(into: predicting.model, optimizer: nil)
+        return predicting
     }
 
     /// Writes `values` (N, width), row after row, in the output's format.

@@ -36,3 +36,14 @@ def median_rate(step, steps, repeats, warmup=3):
             n += step(i)
         rates.append(n / (time.perf_counter() - start))
     return statistics.median(rates), rates
+
+
+if __name__ == "__main__":
+    # python3 torch_models.py export MODEL FILE.onnx: the module as torch.onnx.export writes it for Tether
+    import sys, warnings, torch
+    _, command, name, path = sys.argv
+    assert command == "export", __doc__
+    warnings.simplefilter("ignore")
+    torch.manual_seed(0)
+    torch.onnx.export(model(name).eval(), (torch.zeros(1, 1, 28, 28),), path, input_names=["input"], dynamic_axes={"input": {0: "batch"}},
+                      opset_version=17, dynamo=False, do_constant_folding=False)
