@@ -2,7 +2,7 @@ import Foundation
 import TetherNN
 
 /// A trained spec's network as an ONNX inference graph (opset 17), readable by ONNX Runtime: one input
-/// `input` (B, C, H, W) images or (B, F) features, its layers as ONNX operators with the checkpoint's
+/// `input` (B, C, H, W) images, (B, F) features, (B, T, F) sequences or (B, T) int64 tokens, its layers as ONNX operators with the checkpoint's
 /// values as initializers named as in the checkpoint, and the outputs `logits` plus `probabilities`
 /// (softmax, or sigmoid for a binary-cross-entropy spec), or `prediction` for a regression.
 ///
@@ -10,7 +10,10 @@ import TetherNN
 /// per output row, as Tether's forward computes it; a tied dense layer reads the weight it ties to
 /// (transposed by Gemm's transB where the shapes say so); a mean-only batch norm is one Add of
 /// (bias - running mean); dropout is the identity at inference; GELU (tanh approximation) is spelled
-/// out in opset-17 operators.
+/// out in opset-17 operators. An embedding of tokens is a Gather of its table; an LSTM is ONNX's LSTM
+/// between Transposes to and from (T, B, F), as torch.onnx.export writes a batch_first one, its gates
+/// reordered to ONNX's (i, o, f, c), and its last step (when it gives only that) a Gather of step -1.
+/// Table inputs and wide towers are not exported (their hashing of categories is not an ONNX operator).
 public enum ONNXExport {
     /// `value(name)` gives a checkpoint tensor's values (nil: not in the checkpoint).
     public static func model(_ spec: ModelSpec, value: (String) throws -> [Float]?) throws -> ONNXModel {
@@ -60,9 +63,9 @@ public enum ONNXExport {
         }
 
         /// The weight a layer computes with: plain, or g v / ||v|| per row of `rows`.
-        func weight(_ prefix: String, rows: Int, columns: Int, normalized: Bool) throws -> [Float] {
-            guard normalized else { return try tensor(prefix + "weight", count: rows * columns) }
-            let g = try tensor(prefix + "weight_g", count: rows), v = try tensor(prefix + "weight_v", count: rows * columns)
+        func weight(_ prefix: String, _ name: String = "weight", rows: Int, columns: Int, normalized: Bool) throws -> [Float] {
+            guard normalized else { return try tensor(prefix + name, count: rows * columns) }
+            let g = try tensor(prefix + name + "_g", count: rows), v = try tensor(prefix + name + "_v", count: rows * columns)
             var w = [Float](repeating: 0, count: rows * columns)
             for r in 0..<rows {
                 let row = v[(r * columns)..<((r + 1) * columns)]
@@ -73,8 +76,8 @@ public enum ONNXExport {
         }
 
         mutating func build() throws {
-            if spec.table != nil || spec.tokens != nil || spec.wide != nil {
-                throw fail("tables, token inputs and wide towers are not exported to ONNX yet (images and features are)")
+            if spec.table != nil || spec.wide != nil {
+                throw fail("tables and wide towers are not exported to ONNX (their hashing of categories is no ONNX operator)")
             }
             let shapes = try spec.shapes()
             var before = try spec.inputShape()
@@ -83,9 +86,14 @@ public enum ONNXExport {
             case .image(let c, let h, let w): dims += [.size(c), .size(h), .size(w)]
             case .features(let f): dims += [.size(f)]
             case .sequence(let t, let f): dims += [.size(t), .size(f)]
-            default: throw fail("its input \(before) is not exported to ONNX yet")
+            case .tokens(let t, _): dims += [.size(t)]
+            default: throw fail("its input \(before) is not exported to ONNX")
             }
-            inputs = [ONNXValue("input", shape: dims)]
+            if case .tokens = before {
+                inputs = [ONNXValue("input", elementType: .int64, shape: dims)]
+            } else {
+                inputs = [ONNXValue("input", shape: dims)]
+            }
             var current = "input"
             for (i, (layer, after)) in zip(spec.layers, shapes).enumerated() {
                 let prefix = "layers.\(i).", out = "layers.\(i)"
@@ -118,6 +126,11 @@ public enum ONNXExport {
                             ONNXAttribute("strides", .ints([Int64(s), Int64(s)])),
                             ONNXAttribute("pads", .ints(Array(repeating: Int64(p), count: 4)))
                         ])
+                case (.embedding, .tokens(_, let v), .sequence(_, let e)):
+                    let table = constant(prefix + "weight", dims: [v, e], try tensor(prefix + "weight", count: v * e))
+                    current = node("Gather", [table, current], out)
+                case (.lstm, .sequence(_, let f), _):
+                    current = try lstm(current, prefix: prefix, out: out, inputs: f, hidden: layer.out!, layer: layer)
                 case (.maxPool, _, _), (.avgPool, _, _):
                     let k = Int64(layer.kernel!), s = Int64(layer.stride ?? layer.kernel!)
                     current = node(
@@ -169,6 +182,31 @@ public enum ONNXExport {
                 node("Identity", [current], "prediction")
                 outputs = [ONNXValue("prediction", shape: last)]
             }
+        }
+
+        /// (B, T, F) -> Transpose -> LSTM -> Squeeze of the direction axis -> Transpose -> (B, T, H), and
+        /// its last step's Gather when the layer gives only that (B, H).
+        mutating func lstm(_ x: String, prefix: String, out: String, inputs f: Int, hidden h: Int, layer: LayerSpec) throws -> String {
+            let normalized = layer.weightNorm ?? false
+            // PyTorch's and Tether's gate blocks (i, f, g, o) in ONNX's order (i, o, f, c)
+            func onnxOrder(_ v: [Float], block: Int) -> [Float] { [0, 3, 1, 2].flatMap { v[$0 * block..<($0 + 1) * block] } }
+            let w = onnxOrder(try weight(prefix, "weight_ih_l0", rows: 4 * h, columns: f, normalized: normalized), block: h * f)
+            let r = onnxOrder(try weight(prefix, "weight_hh_l0", rows: 4 * h, columns: h, normalized: normalized), block: h * h)
+            let b =
+                try onnxOrder(tensor(prefix + "bias_ih_l0", count: 4 * h), block: h)
+                + onnxOrder(tensor(prefix + "bias_hh_l0", count: 4 * h), block: h)
+            let swap = [ONNXAttribute("perm", .ints([1, 0, 2]))]
+            let timeMajor = node("Transpose", [x], out + ".time_major", swap)
+            let ins = [
+                timeMajor, constant(prefix + "W", dims: [1, 4 * h, f], w), constant(prefix + "R", dims: [1, 4 * h, h], r),
+                constant(prefix + "B", dims: [1, 8 * h], b)
+            ]
+            let y = node("LSTM", ins, out + ".y", [ONNXAttribute("hidden_size", .int(Int64(h)))])
+            initializers.append(ONNXTensor(prefix + "direction_axis", dims: [1], int64s: [1]))
+            let steps = node("Transpose", [node("Squeeze", [y, prefix + "direction_axis"], out + ".squeezed")], out + ".sequence", swap)
+            guard layer.sequences != true else { return steps }
+            initializers.append(ONNXTensor(prefix + "last_step", dims: [], int64s: [-1]))
+            return node("Gather", [steps, prefix + "last_step"], out, [ONNXAttribute("axis", .int(1))])
         }
 
         /// 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))

@@ -962,6 +962,7 @@ let kubernetesTypesInstalled =
             ["train", "--model", "input: {tokens: 12, vocabulary: 8}\nlayers: [embedding: 8, lstm: 4, dense: 3]", "--data", "npz:seq.npz"],
             in: dir)
         #expect(narrow.status == 1 && narrow.stderr.contains("not a token id in 0..<8"), "\(narrow.stderr)")
+        try expectONNXRuntimeAgreesOnTokens(in: dir)
         guard
             let theirs = try pytorchFigure(
                 """
@@ -1055,6 +1056,41 @@ let kubernetesTypesInstalled =
             ], executable: python, in: dir)
         let worst = Double(r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? .nan
         #expect(r.status == 0 && worst < 1e-5, "ONNX Runtime against tether predict: \(r.stdout)\(r.stderr)")
+    }
+
+    /// The token spec's checkpoint exported to ONNX (Gather, LSTM between Transposes, its last step):
+    /// read back as the same spec, and ONNX Runtime's probabilities over seq.npz equal `tether predict`'s.
+    func expectONNXRuntimeAgreesOnTokens(in dir: URL) throws {
+        let export = try CLI.run(["export", "--onnx", "seq.onnx", "--checkpoint", "run/checkpoint.safetensors"], in: dir)
+        #expect(export.status == 0, "\(export.stderr)")
+        let shown = try CLI.run(["models", "show", "seq.onnx"], in: dir)
+        #expect(
+            shown.status == 0 && shown.stdout.contains("12 tokens of a vocabulary of 10")
+                && shown.stdout.contains("lstm: {out: 24, sequences: false}"),
+            "\(shown.stdout)\(shown.stderr)")
+        let predict = try CLI.run(
+            ["predict", "--checkpoint", "run/checkpoint.safetensors", "--data", "npz:seq.npz", "--output", "seq.npy"], in: dir)
+        #expect(predict.status == 0, "\(predict.stderr)")
+        let python = CLI.repository.appendingPathComponent(".build/test-venv/bin/python")
+        guard let check = try? CLI.run(["-c", "import onnx, onnxruntime, numpy"], executable: python), check.status == 0 else {
+            print(
+                "skipped: ONNX Runtime's side of the token model's export (no onnx and onnxruntime in .build/test-venv; scripts/install-deps --test)"
+            )
+            return
+        }
+        let r = try CLI.run(
+            [
+                "-c",
+                """
+                import numpy as np, onnx, onnxruntime as ort
+                onnx.checker.check_model(onnx.load("seq.onnx"), full_check=True)
+                session = ort.InferenceSession("seq.onnx", providers=["CPUExecutionProvider"])
+                theirs = session.run(["probabilities"], {"input": np.load("seq.npz")["x"]})[0]
+                print(float(np.abs(theirs - np.load("seq.npy")).max()))
+                """
+            ], executable: python, in: dir)
+        let worst = Double(r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? .nan
+        #expect(r.status == 0 && worst < 1e-5, "ONNX Runtime against tether predict on tokens: \(r.stdout)\(r.stderr)")
     }
 
     /// The tests' Python (the venv scripts/install-deps --test makes) when it has PyTorch, NumPy and
