@@ -1035,27 +1035,17 @@ let kubernetesTypesInstalled =
         #expect(
             again.status == 0 && again.stdout.contains("model (spec)") && again.stdout.contains("done: 4 steps"),
             "\(again.stdout)\(again.stderr)")
-        let python = CLI.repository.appendingPathComponent(".build/test-venv/bin/python")
-        guard let check = try? CLI.run(["-c", "import onnx, onnxruntime, numpy"], executable: python), check.status == 0 else {
-            print(
-                "skipped: ONNX Runtime's side of the ONNX export (no onnx, onnxruntime and numpy in .build/test-venv; scripts/install-deps --test)"
-            )
-            return
-        }
-        let r = try CLI.run(
-            [
-                "-c",
+        guard
+            let worst = try onnxRuntimeFigure(
                 """
-                import numpy as np, onnx, onnxruntime as ort
                 model = onnx.load("model.onnx"); onnx.checker.check_model(model, full_check=True)
                 d = np.load("rgb.npz"); x = np.ascontiguousarray(np.transpose(d["x"].astype(np.float32) / 255, (0, 3, 1, 2)))
                 session = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
                 theirs = session.run(["probabilities"], {"input": x})[0]
                 print(float(np.abs(theirs - np.load("predictions.npy")).max()))
-                """
-            ], executable: python, in: dir)
-        let worst = Double(r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? .nan
-        #expect(r.status == 0 && worst < 1e-5, "ONNX Runtime against tether predict: \(r.stdout)\(r.stderr)")
+                """, what: "the ONNX export", in: dir)
+        else { return }
+        #expect(worst < 1e-5, "ONNX Runtime against tether predict: \(worst)")
     }
 
     /// The token spec's checkpoint exported to ONNX (Gather, LSTM between Transposes, its last step):
@@ -1071,26 +1061,30 @@ let kubernetesTypesInstalled =
         let predict = try CLI.run(
             ["predict", "--checkpoint", "run/checkpoint.safetensors", "--data", "npz:seq.npz", "--output", "seq.npy"], in: dir)
         #expect(predict.status == 0, "\(predict.stderr)")
-        let python = CLI.repository.appendingPathComponent(".build/test-venv/bin/python")
-        guard let check = try? CLI.run(["-c", "import onnx, onnxruntime, numpy"], executable: python), check.status == 0 else {
-            print(
-                "skipped: ONNX Runtime's side of the token model's export (no onnx and onnxruntime in .build/test-venv; scripts/install-deps --test)"
-            )
-            return
-        }
-        let r = try CLI.run(
-            [
-                "-c",
+        guard
+            let worst = try onnxRuntimeFigure(
                 """
-                import numpy as np, onnx, onnxruntime as ort
                 onnx.checker.check_model(onnx.load("seq.onnx"), full_check=True)
                 session = ort.InferenceSession("seq.onnx", providers=["CPUExecutionProvider"])
                 theirs = session.run(["probabilities"], {"input": np.load("seq.npz")["x"]})[0]
                 print(float(np.abs(theirs - np.load("seq.npy")).max()))
-                """
-            ], executable: python, in: dir)
-        let worst = Double(r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? .nan
-        #expect(r.status == 0 && worst < 1e-5, "ONNX Runtime against tether predict on tokens: \(r.stdout)\(r.stderr)")
+                """, what: "the token model's export", in: dir)
+        else { return }
+        #expect(worst < 1e-5, "ONNX Runtime against tether predict on tokens: \(worst)")
+    }
+
+    /// What `script` prints (one number), run by the tests' Python with numpy as np, onnx and
+    /// onnxruntime as ort imported, in `dir`; nil, the check skipped saying why, without them.
+    func onnxRuntimeFigure(_ script: String, what: String, in dir: URL) throws -> Double? {
+        let python = CLI.repository.appendingPathComponent(".build/test-venv/bin/python")
+        guard let check = try? CLI.run(["-c", "import onnx, onnxruntime, numpy"], executable: python), check.status == 0 else {
+            print(
+                "skipped: ONNX Runtime's side of \(what) (no onnx, onnxruntime and numpy in .build/test-venv; scripts/install-deps --test)")
+            return nil
+        }
+        let r = try CLI.run(["-c", "import numpy as np, onnx, onnxruntime as ort\n" + script], executable: python, in: dir)
+        #expect(r.status == 0, "\(what): \(r.stderr)")
+        return Double(r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? .nan
     }
 
     /// The tests' Python (the venv scripts/install-deps --test makes) when it has PyTorch, NumPy and
