@@ -3,8 +3,9 @@ import PackageDescription
 
 // Module graph (one way only):
 //   CBLAS, CTetherKernels -> TetherTensor -> TetherNN ---\
-//   CZlib -> TetherData -----------------> TetherTrain -> tether    (TetherTrain also: TetherWire, for TensorBoard files,
-//   TetherNN + Yams -> TetherJobFile ----/                            and TetherJobFile, for the shipped model specs)
+//   CZlib -> TetherData -----------------> TetherTrain -> tether    (TetherTrain also: TetherJobFile, for the shipped
+//   TetherNN + Yams -> TetherJobFile ----/                            model specs, and TetherONNX, for starting weights)
+//   TetherTrain + TetherWire -> TetherObservability (Prometheus, TensorBoard, the report) -> tether
 //   CProtobufC -> TetherWire -> TetherComm -/   (TetherComm also: CZeroMQ, CXXHash, CTetherKernels)
 //   TetherTrain + TetherComm -> TetherCluster (coordinator, workers) -> tether
 //   TetherNN + TetherWire -> TetherONNX (ONNX models in and out) -> tether
@@ -40,9 +41,9 @@ let package = Package(
             dependencies: [
                 "TetherWire", "CZeroMQ", "CProtobufC", "CXXHash", "CTetherKernels", .product(name: "Logging", package: "swift-log")
             ]),
-        .target(
-            name: "TetherTrain",
-            dependencies: ["TetherTensor", "TetherNN", "TetherData", "TetherJobFile", "TetherONNX", "TetherWire", "CXXHash"]),
+        .target(name: "TetherTrain", dependencies: ["TetherTensor", "TetherNN", "TetherData", "TetherJobFile", "TetherONNX", "CXXHash"]),
+        // What a run shows outside itself (Prometheus, TensorBoard files, the HTML report), fed through TetherTrain's MetricsSink.
+        .target(name: "TetherObservability", dependencies: ["TetherTrain", "TetherWire"]),
         .target(
             name: "TetherCluster",
             dependencies: [
@@ -59,7 +60,8 @@ let package = Package(
         .executableTarget(
             name: "tether",
             dependencies: [
-                "TetherCluster", "TetherJobFile", "TetherONNX", "TetherTrain", "TetherComm", "TetherData", "TetherNN", "TetherTensor",
+                "TetherCluster", "TetherJobFile", "TetherONNX", "TetherTrain", "TetherObservability", "TetherComm", "TetherData",
+                "TetherNN", "TetherTensor",
                 "CXXHash",
                 "CTetherKernels",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "Logging", package: "swift-log")
@@ -72,6 +74,7 @@ let package = Package(
             name: "TetherCommTests",
             dependencies: ["TetherComm", "TetherWire", "CZeroMQ", "CTetherKernels", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "TetherTrainTests", dependencies: ["TetherTrain", "TetherNN", "TetherData", "TetherTensor"]),
+        .testTarget(name: "TetherObservabilityTests", dependencies: ["TetherObservability", "TetherTrain", "TetherNN"]),
         .testTarget(
             name: "TetherClusterTests",
             dependencies: ["TetherCluster", "TetherComm", "TetherData", "TetherTrain", "TetherNN", "TetherTensor", "TetherJobFile"]),

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import TetherCluster
 import TetherComm
+import TetherObservability
 import TetherTrain
 
 /// `tether bench sinks`: what each observability sink costs a step, measured directly (the machine's

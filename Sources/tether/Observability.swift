@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import TetherObservability
 import TetherTrain
 
 /// Where `train`, `simulate` and `coordinator` show a run besides metrics.jsonl: Prometheus and

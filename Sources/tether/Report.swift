@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import TetherObservability
 import TetherTrain
 
 /// `tether report`: a run (or several, overlaid) as one self-contained HTML page.

@@ -1,4 +1,5 @@
 import Foundation
+import TetherTrain
 
 /// Serves a run's metrics in Prometheus's text exposition format (version 0.0.4) at
 /// http://ADDRESS/metrics (--metrics-listen): counters of steps, per-rank seconds and bytes, gauges of

@@ -1,4 +1,5 @@
 import Foundation
+import TetherTrain
 
 /// `tether report`: one self-contained HTML page (inline SVG and CSS, nothing fetched) of one or
 /// more run directories, from their metrics.jsonl (and checkpoint's settings): loss and the model's

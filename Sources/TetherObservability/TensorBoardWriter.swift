@@ -1,4 +1,5 @@
 import Foundation
+import TetherTrain
 import TetherWire
 
 /// Writes a run's scalars as a TensorBoard event file (--tensorboard DIR): the series Prometheus

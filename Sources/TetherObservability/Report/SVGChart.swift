@@ -1,4 +1,5 @@
 import Foundation
+import TetherTrain
 
 /// A line or stacked-area chart as inline SVG: titled, labelled axes with round ticks, a legend, and
 /// the run's events as marked vertical lines. Each series and marker carries its data in attributes

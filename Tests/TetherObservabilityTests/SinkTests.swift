@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import TetherNN
+@testable import TetherObservability
 @testable import TetherTrain
 
 /// The sinks' own parts: TFRecord's checksum, the Prometheus page and its server's manners.
