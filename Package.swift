@@ -33,13 +33,16 @@ let package = Package(
 
         // The loops Swift cannot vectorize (no restrict, no fast-math), multiversioned per CPU.
         .target(name: "CTetherKernels", cSettings: [.unsafeFlags(["-O3", "-fno-math-errno"])]),
-        .target(name: "TetherTensor", dependencies: ["CBLAS", "CTetherKernels"]),
+        // Process and memory helpers Swift cannot express (prctl, mallopt, atomics on shared memory).
+        .target(name: "CTetherProcess"),
+        .target(name: "TetherTensor", dependencies: ["CBLAS", "CTetherKernels", "CTetherProcess"]),
         .target(name: "TetherNN", dependencies: ["TetherTensor"]),
         .target(name: "TetherData", dependencies: ["TetherTensor", "CZlib"]),
         .target(
             name: "TetherComm",
             dependencies: [
-                "TetherWire", "CZeroMQ", "CProtobufC", "CXXHash", "CTetherKernels", .product(name: "Logging", package: "swift-log")
+                "TetherWire", "CZeroMQ", "CProtobufC", "CXXHash", "CTetherKernels", "CTetherProcess",
+                .product(name: "Logging", package: "swift-log")
             ]),
         .target(name: "TetherTrain", dependencies: ["TetherTensor", "TetherNN", "TetherData", "TetherJobFile", "TetherONNX", "CXXHash"]),
         // What a run shows outside itself (Prometheus, TensorBoard files, the HTML report), fed through TetherTrain's MetricsSink.
@@ -63,7 +66,7 @@ let package = Package(
                 "TetherCluster", "TetherJobFile", "TetherONNX", "TetherTrain", "TetherObservability", "TetherComm", "TetherData",
                 "TetherNN", "TetherTensor",
                 "CXXHash",
-                "CTetherKernels",
+                "CTetherKernels", "CTetherProcess",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "Logging", package: "swift-log")
             ]),
 

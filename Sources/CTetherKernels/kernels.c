@@ -286,25 +286,6 @@ float tether_f16_to_f32_scalar(uint16_t h) {
     return bits_f32(sign | ((113 - e) << 23) | ((m & 0x3ffu) << 13));
 }
 
-#if defined(__GLIBC__)
-#include <malloc.h>
-void tether_keep_heap_memory(size_t mmap_threshold, size_t trim_threshold) {
-    mallopt(M_MMAP_THRESHOLD, (int)mmap_threshold);
-    mallopt(M_TRIM_THRESHOLD, (int)trim_threshold);
-}
-#else
-void tether_keep_heap_memory(size_t mmap_threshold, size_t trim_threshold) { (void)mmap_threshold; (void)trim_threshold; }
-#endif
-
-uint64_t tether_shared_load(const uint64_t *counter) { return __atomic_load_n(counter, __ATOMIC_ACQUIRE); }
-void tether_shared_store(uint64_t *counter, uint64_t value) { __atomic_store_n(counter, value, __ATOMIC_RELEASE); }
-
-void tether_pending_add(long *pending, long n) { __atomic_fetch_add(pending, n, __ATOMIC_SEQ_CST); }
-long tether_pending_load(const long *pending) { return __atomic_load_n(pending, __ATOMIC_ACQUIRE); }
-void tether_pending_release(void *data, void *hint) {
-    (void)data;
-    __atomic_fetch_sub((long *)hint, 1, __ATOMIC_RELEASE);
-}
 
 // exp for floats as a vectorizable inline function (Cephes' expf: exp(x) = 2^n exp(r), |r| <= ln2/2,
 // a degree-6 polynomial for exp(r)). libm's expf is a call per element that the compiler cannot
@@ -400,13 +381,6 @@ MULTIVERSION double tether_sum_squares_f32(const float *restrict x, size_t n) {
     return total;
 }
 
-#if defined(__linux__)
-#include <signal.h>
-#include <sys/prctl.h>
-int tether_die_with_parent(void) { return prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0); }
-#else
-int tether_die_with_parent(void) { return -1; }
-#endif
 
 int tether_cpu_vector_level(void) {
 #if defined(__x86_64__)

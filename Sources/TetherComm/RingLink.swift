@@ -1,4 +1,4 @@
-import CTetherKernels
+import CTetherProcess
 import CXXHash
 import CZeroMQ
 import Foundation

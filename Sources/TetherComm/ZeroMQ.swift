@@ -1,4 +1,4 @@
-import CTetherKernels
+import CTetherProcess
 import CZeroMQ
 import Foundation
 

@@ -1,3 +1,4 @@
+import CTetherProcess
 import CBLAS
 import CTetherKernels
 

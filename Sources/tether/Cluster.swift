@@ -1,7 +1,7 @@
+import CTetherProcess
 import ArgumentParser
 import Foundation
 import Logging
-import CTetherKernels
 import TetherCluster
 import TetherComm
 import TetherTensor

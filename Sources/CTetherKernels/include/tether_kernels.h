@@ -69,20 +69,6 @@ float tether_f16_to_f32_scalar(uint16_t h);
 /// OpenBLAS's SkylakeX kernels use), 1 for AVX2 with FMA (its Haswell kernels), 0 otherwise.
 int tether_cpu_vector_level(void);
 
-/// Raises glibc's mmap threshold and trim limit so that repeated large allocations (libzmq's
-/// per-message buffers) reuse heap memory instead of fresh zero-filled mappings. Process-wide.
-void tether_keep_heap_memory(size_t mmap_threshold, size_t trim_threshold);
-
-/// A counter in memory shared between processes (a shared-memory lane's slots taken): read with
-/// acquire, written with release ordering.
-uint64_t tether_shared_load(const uint64_t *counter);
-void tether_shared_store(uint64_t *counter, uint64_t value);
-
-/// A count of buffers lent to another thread (libzmq's zero-copy sends): add before lending; the
-/// borrower calls tether_pending_release (a zmq_free_fn) with the counter as its hint when done.
-void tether_pending_add(long *pending, long n);
-long tether_pending_load(const long *pending);
-void tether_pending_release(void *data, void *hint);
 
 /// Softmax cross-entropy over (B, K) float logits, with a vectorized exp (relative error < 2e-7):
 /// probs (B, K) = softmax(logits); losses (B) = -log probs[label], computed from the logits.
@@ -100,9 +86,6 @@ void tether_lstm_cell_backward_f32(float *dgates, float *dc_prev, const float *d
 /// The sum of squares of n floats, accumulated in double.
 double tether_sum_squares_f32(const float *x, size_t n);
 
-/// Linux: asks the kernel to SIGKILL this process when its parent dies (prctl is variadic, which Swift
-/// cannot call). Returns 0 on success, -1 elsewhere.
-int tether_die_with_parent(void);
 
 /// The process's compute pool (pool.c): `threads` threads counting the caller; OpenBLAS runs
 /// single-threaded inside them. set_threads sets the size every thread uses by default, growing the pool
