@@ -155,12 +155,8 @@ struct BenchAllReduce: ParsableCommand {
         let made = try transport.localAddresses(ranks), addresses = made.joined(separator: ",")
         defer { Transport.removeLocalAddresses(made) }
         let me = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
-        let keyFolder = try PrivateFolder(prefix: "tether-bench")
-        var security = ["--insecure"]
-        if !insecure {
-            security = ["--key-file", keyFolder.path + "/cluster.key"]
-            try KeyFile.write(try CurveKeyPair.generate(), to: security[1])
-        }
+        let key = try EphemeralClusterKey(prefix: "tether-bench", insecure: insecure)
+        defer { withExtendedLifetime(key) {} }  // its file stays until the ranks are done
         var children: [(Process, Pipe, Pipe)] = []
         for r in 0..<ranks {
             let p = Process(), out = Pipe(), err = Pipe()
@@ -173,7 +169,7 @@ struct BenchAllReduce: ParsableCommand {
             if let laneSlots { args += ["--lane-slots", "\(laneSlots)"] }
             if check { args.append("--check") }
             args += ["--dtype", dtype.description]
-            p.arguments = args + security
+            p.arguments = args + key.flags
             (p.standardOutput, p.standardError) = (out, err)
             try p.run()
             children.append((p, out, err))

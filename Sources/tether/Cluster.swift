@@ -199,15 +199,9 @@ struct Simulate: ParsableCommand {
         var children: [Process] = []
         var options = Coordinator.Options(listen: "tcp://127.0.0.1:0", workers: workers)
         (options.jobID, options.force) = (jobID, force)
-        // An ephemeral cluster key, handed to the workers in a file only this user can read.
-        let keyFolder = try PrivateFolder(prefix: "tether-simulate")
-        var security = ["--insecure"]
-        if !insecure {
-            let keys = try CurveKeyPair.generate()
-            let path = keyFolder.path + "/cluster.key"
-            try KeyFile.write(keys, to: path)
-            (options.security, security) = (.curve(keys), ["--key-file", path])
-        }
+        let key = try EphemeralClusterKey(prefix: "tether-simulate", insecure: insecure)
+        defer { withExtendedLifetime(key) {} }  // its file stays until the job is over
+        if let keys = key.keys { options.security = .curve(keys) }
         let coordinator = try job.coordinator(options, runDirectory: runDir, resume: resume, progress: output.progress, sinks: sinks)
         do {
             let perWorker = threads ?? max(1, ProcessInfo.processInfo.activeProcessorCount / workers)
@@ -219,7 +213,7 @@ struct Simulate: ParsableCommand {
                         "worker", "--coordinator", coordinator.boundAddress, "--advertise", "tcp://127.0.0.1:0", "--job-id", jobID,
                         "--threads", String(perWorker)
                     ]
-                    + security + ["--data-root", "/"]  // the workers read what this user's coordinator reads
+                    + key.flags + ["--data-root", "/"]  // the workers read what this user's coordinator reads
                     + (output.quiet ? ["--quiet"] : []) + logs.passedOn
                 // TETHER_* settings are the coordinator's (JobSettings); a worker would refuse them.
                 var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("TETHER_") || $0.key == SampleAudit.variable }

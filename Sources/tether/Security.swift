@@ -76,3 +76,24 @@ final class PrivateFolder {
     }
     deinit { try? FileManager.default.removeItem(atPath: path) }
 }
+
+/// The cluster key of a job whose processes this one spawns (simulate, bench allreduce): drawn for the
+/// job, in a file only this user can read (removed with this value), and the flags that hand it to a
+/// child; with `insecure`, no key and `--insecure`.
+struct EphemeralClusterKey {
+    let keys: CurveKeyPair?
+    /// `--key-file PATH`, or `--insecure`.
+    let flags: [String]
+    private let folder: PrivateFolder
+
+    init(prefix: String, insecure: Bool) throws {
+        folder = try PrivateFolder(prefix: prefix)
+        guard !insecure else {
+            (keys, flags) = (nil, ["--insecure"])
+            return
+        }
+        let keys = try CurveKeyPair.generate(), path = folder.path + "/cluster.key"
+        try KeyFile.write(keys, to: path)
+        (self.keys, flags) = (keys, ["--key-file", path])
+    }
+}
