@@ -162,47 +162,42 @@ struct TrainingOptions: ParsableArguments {
         if let model, model.hasSuffix(".onnx") { c.startFrom = model }
         if let initFrom { c.startFrom = initFrom == "fresh" ? nil : initFrom }
         if let loss { c.spec?.loss = loss }
-        if let testData { c.testData = testData }
-        if let testFraction { c.testFraction = testFraction }
-        if let data { c.data = data }
         if let schema { c.useSchema(schema) }
-        if let clipNorm { c.optimizer.clipNorm = clipNorm }
-        if let vocabulary { c.language.vocabulary = vocabulary }
-        if let size { c.language.size = size }
-        if let layers { c.language.layers = layers }
-        if let bptt { c.language.bptt = bptt }
-        if let dropout { c.language.dropout = dropout }
-        if untied { c.language.untied = true }
-        if let weightNorm { c.language.weightNorm = weightNorm }
-        if let buckets { c.wideDeep.buckets = buckets }
-        if let wideBuckets { c.wideDeep.wideBuckets = wideBuckets }
-        if let embedding { c.wideDeep.embedding = embedding }
-        if let hidden { c.wideDeep.hidden = hidden.split(separator: ",").compactMap { Int($0) } }
-        if let parts { c.wideDeep.parts = parts }
-        if let ftrlAlpha { c.optimizer.ftrl.alpha = ftrlAlpha }
-        if let ftrlL1 { c.optimizer.ftrl.l1 = ftrlL1 }
-        if let ftrlL2 { c.optimizer.ftrl.l2 = ftrlL2 }
         // The run's length is what this command says: --epochs alone ends a --max-steps given before
         // (a smoke test with --max-steps, then --resume --epochs N, trains on).
-        if let epochs { (c.epochs, c.maxSteps) = (epochs, maxSteps) }
-        if let maxSteps { c.maxSteps = maxSteps }
-        if let batch { c.batch = batch }
-        if let optimizer { c.optimizer.kind = optimizer }
-        if let lr { c.schedule.baseLR = lr }
-        if let momentum { c.optimizer.momentum = momentum }
-        if nesterov { c.optimizer.nesterov = true }
-        if let weightDecay { c.optimizer.weightDecay = weightDecay }
-        if let schedule { c.schedule.kind = schedule }
-        if let warmupSteps { c.schedule.warmupSteps = warmupSteps }
-        if let lrStepSize { c.schedule.stepSize = lrStepSize }
-        if let lrGamma { c.schedule.gamma = lrGamma }
-        if let minLr { c.schedule.minLR = minLr }
-        if let seed { c.seed = seed }
-        if let trainLimit { c.trainLimit = trainLimit }
-        if let testLimit { c.testLimit = testLimit }
-        if let checkpointEvery { c.checkpointEvery = checkpointEvery }
-        if let logEvery { c.logEvery = logEvery }
+        if epochs != nil { c.maxSteps = maxSteps }
+        for field in fields { field.apply(&c) }
         return c
+    }
+
+    /// Every flag that sets one field as it is given (an unset flag leaves the field as it was).
+    var fields: [Field] {
+        [
+            Field(testData, \.testData), Field(testFraction, \.testFraction), Field(data, \.data), Field(clipNorm, \.optimizer.clipNorm),
+            Field(vocabulary, \.language.vocabulary), Field(size, \.language.size), Field(layers, \.language.layers),
+            Field(bptt, \.language.bptt), Field(dropout, \.language.dropout), Field(untied ? true : nil, \.language.untied),
+            Field(weightNorm, \.language.weightNorm), Field(buckets, \.wideDeep.buckets), Field(wideBuckets, \.wideDeep.wideBuckets),
+            Field(embedding, \.wideDeep.embedding), Field(hidden?.split(separator: ",").compactMap { Int($0) }, \.wideDeep.hidden),
+            Field(parts, \.wideDeep.parts), Field(ftrlAlpha, \.optimizer.ftrl.alpha), Field(ftrlL1, \.optimizer.ftrl.l1),
+            Field(ftrlL2, \.optimizer.ftrl.l2), Field(epochs, \.epochs), Field(maxSteps, \.maxSteps), Field(batch, \.batch),
+            Field(optimizer, \.optimizer.kind), Field(lr, \.schedule.baseLR), Field(momentum, \.optimizer.momentum),
+            Field(nesterov ? true : nil, \.optimizer.nesterov), Field(weightDecay, \.optimizer.weightDecay),
+            Field(schedule, \.schedule.kind), Field(warmupSteps, \.schedule.warmupSteps), Field(lrStepSize, \.schedule.stepSize),
+            Field(lrGamma, \.schedule.gamma), Field(minLr, \.schedule.minLR), Field(seed, \.seed), Field(trainLimit, \.trainLimit),
+            Field(testLimit, \.testLimit), Field(checkpointEvery, \.checkpointEvery), Field(logEvery, \.logEvery)
+        ]
+    }
+
+    /// A flag's value (nil: not given) and the config field it sets.
+    struct Field {
+        let apply: (inout TrainingConfig) -> Void
+        init<T>(_ value: T?, _ field: WritableKeyPath<TrainingConfig, T>) {
+            apply = { c in if let value { c[keyPath: field] = value } }
+        }
+        /// An optional field: set to the value when one is given, never to nil.
+        init<T>(_ value: T?, _ field: WritableKeyPath<TrainingConfig, T?>) {
+            apply = { c in if let value { c[keyPath: field] = value } }
+        }
     }
 }
 
