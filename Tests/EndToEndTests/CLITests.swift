@@ -17,6 +17,25 @@ enum CLI {
 
     struct Result { var status: Int32; var stdout: String; var stderr: String }
 
+    /// `count` distinct loopback ports the kernel had free a moment ago (bound together to port 0, read
+    /// back, closed): for the processes a test starts next, never a random guess.
+    static func freePorts(_ count: Int) -> [Int] {
+        let sockets = (0..<count).map { _ in socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0) }
+        defer { sockets.forEach { close($0) } }
+        return sockets.map { fd in
+            var address = sockaddr_in()
+            (address.sin_family, address.sin_port, address.sin_addr.s_addr) = (sa_family_t(AF_INET), 0, inet_addr("127.0.0.1"))
+            var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+            _ = withUnsafeMutablePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { p -> Int32 in
+                    _ = bind(fd, p, length)
+                    return getsockname(fd, p, &length)
+                }
+            }
+            return Int(UInt16(bigEndian: address.sin_port))
+        }
+    }
+
     /// The repository's root (for its scripts and files).
     static let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .deletingLastPathComponent()
@@ -245,7 +264,7 @@ let kubernetesTypesInstalled =
     @Test func aSecondWorkerOnATakenAddressIsRefused() throws {
         let dir = CLI.tempDir("taken")
         defer { try? FileManager.default.removeItem(at: dir) }
-        let address = "tcp://127.0.0.1:\(Int.random(in: 20000..<26000))", advertised = "tcp://127.0.0.1:\(Int.random(in: 26000..<32000))"
+        let ports = CLI.freePorts(2), address = "tcp://127.0.0.1:\(ports[0])", advertised = "tcp://127.0.0.1:\(ports[1])"
         let coordinator = try CLI.start(
             [
                 "coordinator", "--listen", address, "--workers", "3", "--model", "mlp", "--train-limit", "100",
@@ -563,7 +582,7 @@ let kubernetesTypesInstalled =
         let dir = CLI.tempDir("plain")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
-        let address = "tcp://127.0.0.1:\(Int.random(in: 20000..<32000))"
+        let address = "tcp://127.0.0.1:\(CLI.freePorts(1)[0])"
         let coordinator = try CLI.start(
             ["coordinator", "--listen", address, "--workers", "1", "--model", "mlp", "--run-dir", dir.path + "/c"] + CLI.key, bound: 30)
         // the start event is written just before the line under test (loading the data takes a while under load)

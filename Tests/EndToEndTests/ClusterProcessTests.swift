@@ -237,7 +237,7 @@ struct ClusterProcessTests {
             "--test-limit", "200", "--seed", "7"
         ]
         // below Linux's ephemeral ports (32768-60999), which the other tests' tcp://...:0 sockets take
-        let port = Int.random(in: 20000..<32000), jobID = "elastic-\(getpid())"
+        let port = CLI.freePorts(1)[0], jobID = "elastic-\(getpid())"
         let address = "tcp://127.0.0.1:\(port)", run = dir.appendingPathComponent("elastic")
         let coordinator = try CLI.start(
             [
@@ -465,7 +465,7 @@ struct ClusterProcessTests {
         let dir = CLI.tempDir("join")
         defer { try? FileManager.default.removeItem(at: dir) }
         let training = RunCheck.plainSGD(steps: 40) + ["--hash-every", "1"]
-        let port = Int.random(in: 20000..<32000), jobID = "join-\(getpid())"
+        let port = CLI.freePorts(1)[0], jobID = "join-\(getpid())"
         let address = "tcp://127.0.0.1:\(port)", run = dir.appendingPathComponent("joined")
         let audits = try RunCheck.sampleLogFolders(in: dir)
         let coordinator = try CLI.start(
@@ -507,7 +507,7 @@ struct ClusterProcessTests {
         let dir = CLI.tempDir("coordinator-lost")
         defer { try? FileManager.default.removeItem(at: dir) }
         let training = RunCheck.plainSGD(steps: 300) + ["--checkpoint-every", "10"]
-        let port = Int.random(in: 20000..<32000), jobID = "lost-\(getpid())"
+        let port = CLI.freePorts(1)[0], jobID = "lost-\(getpid())"
         let address = "tcp://127.0.0.1:\(port)", run = dir.appendingPathComponent("run")
         let coordinator =
             ["coordinator", "--listen", address, "--workers", "3", "--job-id", jobID, "--run-dir", run.path] + training + CLI.key
@@ -613,7 +613,7 @@ struct ClusterProcessTests {
         // SIGTERM to a coordinator, then to one worker of another
         for victim in ["coordinator", "worker"] {
             let run = dir.appendingPathComponent("sigterm-\(victim)")
-            let address = "tcp://127.0.0.1:\(Int.random(in: 20000..<32000))", jobID = "sigterm-\(getpid())"
+            let address = "tcp://127.0.0.1:\(CLI.freePorts(1)[0])", jobID = "sigterm-\(getpid())"
             let coordinator = try CLI.start(
                 ["coordinator", "--listen", address, "--workers", "2", "--job-id", jobID, "--run-dir", run.path] + training + CLI.key,
                 bound: 120)
@@ -681,7 +681,7 @@ struct ClusterProcessTests {
     @Test func anInterruptBeforeTrainingSaysNothingIsKept() throws {
         let empty = CLI.tempDir("interrupt-empty")
         defer { try? FileManager.default.removeItem(at: empty) }
-        let address = "tcp://127.0.0.1:\(Int.random(in: 20000..<32000))"
+        let address = "tcp://127.0.0.1:\(CLI.freePorts(1)[0])"
         let coordinator = try CLI.start(
             [
                 "coordinator", "--listen", address, "--workers", "2", "--model", "mlp", "--train-limit", "100",

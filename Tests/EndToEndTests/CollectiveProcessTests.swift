@@ -31,7 +31,7 @@ import Testing
     /// The multi-host form, one rank per process: every rank prints the same summary of all ranks
     /// (median, algbw, busbw), as text or with --json.
     @Test func eachRankOfARingAcrossHostsPrintsTheSummary() throws {
-        let addresses = (0..<2).map { _ in "tcp://127.0.0.1:\(Int.random(in: 20000..<32000))" }.joined(separator: ",")
+        let addresses = CLI.freePorts(2).map { "tcp://127.0.0.1:\($0)" }.joined(separator: ",")
         let ranks = try (0..<2).map { rank in
             try CLI.start(
                 ["bench", "allreduce", "--rank", "\(rank)", "--addresses", addresses, "--size", "4MB", "--iterations", "3"]
@@ -54,7 +54,7 @@ import Testing
     /// out naming it; rank 0, whose deadline is set later, names it too, through rank 2's relayed cause or
     /// its own failed sends to rank 1. Nobody hangs.
     @Test func aPeerKilledMidOperationIsNamedAndNobodyHangs() throws {
-        let ports = (0..<3).map { _ in Int.random(in: 20000..<32000) }
+        let ports = CLI.freePorts(3)
         let addresses = ports.map { "tcp://127.0.0.1:\($0)" }.joined(separator: ",")
         var ranks: [(Process, Pipe)] = []
         for rank in 0..<3 {

@@ -126,7 +126,7 @@ let netnsUnavailable: String? = {
     func aSecondUpOfAFinishedJobEndsCleanly() throws {
         let dir = CLI.tempDir("second-up")
         defer { try? FileManager.default.removeItem(at: dir) }
-        let address = "tcp://127.0.0.1:\(Int.random(in: 20000..<32000))", jobID = "up-\(getpid())"
+        let address = "tcp://127.0.0.1:\(CLI.freePorts(1)[0])", jobID = "up-\(getpid())"
         let settings = [
             "TETHER_LISTEN": address, "TETHER_WORKERS": "2", "TETHER_JOB_ID": jobID, "TETHER_RUN_DIR": dir.path,
             "TETHER_KEY_FILE": CLI.keyFile, "TETHER_MODEL": "mlp-wn", "TETHER_MAX_STEPS": "3", "TETHER_TRAIN_LIMIT": "300",

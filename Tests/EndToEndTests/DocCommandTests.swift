@@ -82,7 +82,7 @@ struct DocBlock: CustomTestStringConvertible, Sendable {
         try FileManager.default.createDirectory(at: bin, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
         try FileManager.default.createSymbolicLink(at: bin.appendingPathComponent("tether"), withDestinationURL: CLI.binary)
-        let port = String(Self.freePort())
+        let port = String(CLI.freePorts(1)[0])
         let script =
             "set -euo pipefail\n"
             + block.text.replacingOccurrences(of: "tcp://0.0.0.0:7070", with: "tcp://127.0.0.1:\(port)")
@@ -100,21 +100,5 @@ struct DocBlock: CustomTestStringConvertible, Sendable {
         ]
         let r = try CLI.run([path.path], timeout: 600, environment: environment, executable: URL(fileURLWithPath: "/bin/bash"), in: dir)
         #expect(r.status == 0, "\(block.testDescription) failed:\n\(script)\n\(r.stdout.suffix(2000))\n\(r.stderr.suffix(2000))")
-    }
-
-    /// A port the kernel had free a moment ago (the recipe's coordinator binds it right after).
-    static func freePort() -> UInt16 {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var address = sockaddr_in()
-        (address.sin_family, address.sin_port, address.sin_addr.s_addr) = (sa_family_t(AF_INET), 0, inet_addr("127.0.0.1"))
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { p -> Int32 in
-                _ = bind(fd, p, length)
-                return getsockname(fd, p, &length)
-            }
-        }
-        return UInt16(bigEndian: address.sin_port)
     }
 }

@@ -48,7 +48,7 @@ struct ObservabilityTests {
     @Test func aRunIsSeenInPrometheusTensorBoardAndItsTimeline() throws {
         let dir = CLI.tempDir("observe")
         defer { try? FileManager.default.removeItem(at: dir) }
-        let port = Int.random(in: 20000..<32000)
+        let port = CLI.freePorts(1)[0]
         let run = try CLI.start(
             [
                 "simulate", "--workers", "2", "--model", "mlp-wn", "--train-limit", "4096", "--test-limit", "500", "--epochs", "3",
@@ -131,7 +131,7 @@ struct WorkerTimelineTests {
         let dir = CLI.tempDir("worker-trace")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
-        let address = "tcp://127.0.0.1:\(Int.random(in: 20000..<32000))"
+        let address = "tcp://127.0.0.1:\(CLI.freePorts(1)[0])"
         let coordinator = try CLI.start(
             [
                 "coordinator", "--listen", address, "--workers", "2", "--insecure", "--model", "mlp", "--train-limit", "512",

@@ -87,7 +87,7 @@ import TetherTrain
     func attackedJob(secure: Bool, attack: Bool) throws -> (eval: String, coordinatorLog: String, attackerLearned: [Envelope.Body]) {
         let dir = CLI.tempDir("attacked")
         defer { try? FileManager.default.removeItem(at: dir) }
-        let port = Int.random(in: 20000..<32000), job = "attacked-\(getpid())"
+        let ports = CLI.freePorts(3), port = ports[0], job = "attacked-\(getpid())"
         let address = "tcp://127.0.0.1:\(port)"
         let security = secure ? CLI.key : ["--insecure"]
         let coordinator = try CLI.start(
@@ -108,7 +108,7 @@ import TetherTrain
             ghost.close()
             usleep(3_500_000)
         }
-        let ringPorts = [Int.random(in: 20000..<26000), Int.random(in: 26000..<32000)]
+        let ringPorts = Array(ports[1...])
         let workers = try ringPorts.map {
             try CLI.start(
                 ["worker", "--coordinator", address, "--job-id", job, "--advertise", "tcp://127.0.0.1:\($0)"] + security, bound: 150)
@@ -208,7 +208,7 @@ import TetherTrain
         guard hard.rlim_max > 2_400 else { return }  // nothing to raise to: the test would show nothing
         let dir = CLI.tempDir("idle")
         defer { try? FileManager.default.removeItem(at: dir) }
-        let address = "tcp://127.0.0.1:\(Int.random(in: 20000..<32000))"
+        let address = "tcp://127.0.0.1:\(CLI.freePorts(1)[0])"
         let coordinator = try CLI.start(
             [
                 "-c", "ulimit -Sn 1024 && exec \"$0\" \"$@\"", CLI.binary.path, "coordinator", "--listen", address, "--workers", "1",
@@ -270,7 +270,7 @@ import TetherTrain
         defer { try? FileManager.default.removeItem(at: dir) }
         let other = dir.appendingPathComponent("other.key").path
         #expect(try CLI.run(["keygen", other]).status == 0)
-        let address = "tcp://127.0.0.1:\(Int.random(in: 20000..<32000))"
+        let address = "tcp://127.0.0.1:\(CLI.freePorts(1)[0])"
         let coordinator = try CLI.start(
             [
                 "coordinator", "--listen", address, "--workers", "1", "--model", "mlp", "--train-limit", "100",

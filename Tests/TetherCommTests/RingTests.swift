@@ -337,14 +337,18 @@ func input(rank: Int, count: Int) -> [Float] {
 
     @Test func barrierWaitsForTheLastRank() throws {
         let ring = try TestRing(3, .tcp)
-        let late = ContinuousClock.now + .milliseconds(300)
-        let results = onRanks(3) { rank -> ContinuousClock.Instant in
+        let arrived = LockedLines()
+        let results = onRanks(3) { rank -> [String] in
             let r = try ring.ring(rank)
-            if rank == 1 { Thread.sleep(forTimeInterval: 0.3) }
+            if rank == 1 {
+                Thread.sleep(forTimeInterval: 0.3)  // the others reach the barrier first (what it is tested on, not a time it asserts)
+                arrived.append("rank 1")
+            }
             try r.barrier()
-            return .now
+            return arrived.lines
         }
-        for r in results { #expect(try r.get() >= late) }
+        // no rank leaves the barrier before the last has reached it
+        for r in results { #expect(try r.get() == ["rank 1"]) }
     }
 }
 
@@ -533,7 +537,6 @@ func input(rank: Int, count: Int) -> [Float] {
             }
             done.signal()
         }.start()
-        Thread.sleep(forTimeInterval: 0.3)
         let stranger = try ZeroMQSocket(ring.contexts[1], .push)
         defer { stranger.close() }
         try stranger.connect(ring.addresses[0])
@@ -542,7 +545,8 @@ func input(rank: Int, count: Int) -> [Float] {
         try abort.withUnsafeBytes { try stranger.send([$0]) }
         let impostor = Envelope(jobID: "tether", senderRank: 5, body: .abort(.init(originRank: 5, reason: "not a neighbour"))).encoded()
         try impostor.withUnsafeBytes { try stranger.send([$0]) }
-        Thread.sleep(forTimeInterval: 0.5)
+        // the neighbour's chunks only once the stranger's messages are read and dropped
+        #expect(waitUntil(seconds: 10) { logged.lines.filter { $0.contains("dropped") }.count >= 2 }, "\(logged.lines)")
         let ones = [Float](repeating: 1, count: 4).withUnsafeBytes { Array($0) }
         try fake.send(fake.header(.allReduce, sequence: 1, total: 8, offset: 4, count: 4), payload: ones)
         var reduced = fake.header(.allReduce, sequence: 1, total: 8, offset: 0, count: 4)
@@ -655,6 +659,17 @@ func input(rank: Int, count: Int) -> [Float] {
 }
 
 /// Lines logged from another thread.
+/// Whether `condition` held within `seconds` (checked every 10 ms): a test waits for what it needs,
+/// never for a time.
+func waitUntil(seconds: Double, _ condition: () -> Bool) -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while !condition() {
+        guard Date() < deadline else { return false }
+        usleep(10_000)
+    }
+    return true
+}
+
 final class LockedLines: @unchecked Sendable {
     private let lock = NSLock()
     private var stored: [String] = []
