@@ -71,14 +71,16 @@ enum CLI {
             }
         }
 
-        /// Waits up to `timeout` seconds for `text` on its standard output; false if it never came.
-        func waitFor(_ text: String, timeout: TimeInterval) -> Bool { line(containing: text, timeout: timeout) != nil }
+        /// Waits up to `timeout` seconds for `text` on its standard output (or error); false if it never came.
+        func waitFor(_ text: String, timeout: TimeInterval, onStandardError: Bool = false) -> Bool {
+            line(containing: text, timeout: timeout, onStandardError: onStandardError) != nil
+        }
 
-        /// The first line of its standard output that holds `text`, waited for up to `timeout` seconds.
-        func line(containing text: String, timeout: TimeInterval) -> String? {
+        /// The first line of its standard output (or error) that holds `text`, waited for up to `timeout` seconds.
+        func line(containing text: String, timeout: TimeInterval, onStandardError: Bool = false) -> String? {
             let end = Date().addingTimeInterval(timeout)
             while Date() < end {
-                let out = lock.withLock { String(decoding: printed.out, as: UTF8.self) }
+                let out = lock.withLock { String(decoding: onStandardError ? printed.err : printed.out, as: UTF8.self) }
                 if let line = out.split(separator: "\n").first(where: { $0.contains(text) }) { return String(line) }
                 usleep(50_000)
             }
@@ -559,7 +561,8 @@ let kubernetesTypesInstalled =
             #expect(named.stdout.contains("OpenBLAS core Prescott\n"), "stdout: \(named.stdout)")
             // started again, it keeps its name (`pkill tether`, `docker top`)
             let waiting = try CLI.start(["worker", "--coordinator", "tcp://127.0.0.1:1", "--insecure"], bound: 20)
-            usleep(1_500_000)
+            // once it runs (any start again happens before it says a word)
+            #expect(waiting.waitFor("waiting for the coordinator", timeout: 20, onStandardError: true))
             let name = try? String(contentsOfFile: "/proc/\(waiting.pid)/comm", encoding: .utf8)
             kill(waiting.pid, SIGTERM)
             _ = waiting.finish()
@@ -585,10 +588,8 @@ let kubernetesTypesInstalled =
         let address = "tcp://127.0.0.1:\(CLI.freePorts(1)[0])"
         let coordinator = try CLI.start(
             ["coordinator", "--listen", address, "--workers", "1", "--model", "mlp", "--run-dir", dir.path + "/c"] + CLI.key, bound: 30)
-        // the start event is written just before the line under test (loading the data takes a while under load)
-        let deadline = Date().addingTimeInterval(20)
-        while !FileManager.default.fileExists(atPath: dir.path + "/c/metrics.jsonl") && Date() < deadline { usleep(100_000) }
-        usleep(500_000)
+        // the line under test, then a stop (loading the data takes a while under load)
+        #expect(coordinator.waitFor("waiting for 1 worker", timeout: 60), "the coordinator never said what it waits for")
         kill(coordinator.pid, SIGTERM)
         let c = coordinator.finish()
         #expect(c.stdout.contains("waiting for 1 worker; mlp, batch 64 per worker (64 global)"), "\(c.stdout)")

@@ -57,16 +57,21 @@ struct ObservabilityTests {
                 "--timeline", dir.appendingPathComponent("trace.json").path
             ], bound: 240)
         #expect(run.waitFor("training (", timeout: 120), "the job never started training")
-        // two scrapes while it trains: the page parses, and the step counter goes up
-        usleep(300_000)
-        let first = try TestVenv.json(Self.scrape, ["http://127.0.0.1:\(port)/metrics"]) as? [String: [[String: Any]]] ?? [:]
-        usleep(1_000_000)
-        let second = try TestVenv.json(Self.scrape, ["http://127.0.0.1:\(port)/metrics"]) as? [String: [[String: Any]]] ?? [:]
-        let result = run.finish()
-        #expect(result.status == 0, "simulate failed: \(result.stderr.suffix(2000))")
+        // scrapes while it trains: the page parses, and the step counter goes up
         func value(_ page: [String: [[String: Any]]], _ name: String, rank: String? = nil) -> Double? {
             page[name]?.first { rank == nil || ($0["labels"] as? [String: String])?["rank"] == rank }?["value"] as? Double
         }
+        func scrape() throws -> [String: [[String: Any]]] {
+            try TestVenv.json(Self.scrape, ["http://127.0.0.1:\(port)/metrics"]) as? [String: [[String: Any]]] ?? [:]
+        }
+        let first = try scrape()
+        var second = try scrape()
+        let deadline = Date().addingTimeInterval(60)
+        while (value(second, "tether_steps_total") ?? 0) <= (value(first, "tether_steps_total") ?? .infinity), Date() < deadline {
+            second = try scrape()
+        }
+        let result = run.finish()
+        #expect(result.status == 0, "simulate failed: \(result.stderr.suffix(2000))")
         let (steps1, steps2) = (value(first, "tether_steps_total"), value(second, "tether_steps_total"))
         #expect(
             steps1 != nil && steps2 != nil && steps2! > steps1!,

@@ -106,7 +106,10 @@ import TetherTrain
             attacker.send(ghost, .hello(.init(advertiseAddress: "tcp://127.0.0.1:1", tetherVersion: "x", threads: 1)), job: job, rank: -1)
             learned += attacker.drain(early, seconds: 1) + attacker.drain(ghost, seconds: 0.5)
             ghost.close()
-            usleep(3_500_000)
+            // without the key its Hello never got in (nothing to let go); --insecure, it is let go when it falls silent
+            #expect(
+                secure || coordinator.waitFor("dropped the worker at tcp://127.0.0.1:1, which stopped saying hello", timeout: 30),
+                "the coordinator never let the silent Hello go")
         }
         let ringPorts = Array(ports[1...])
         let workers = try ringPorts.map {
@@ -219,7 +222,7 @@ import TetherTrain
         // libzmq allows 1,023 sockets a context by default: three attackers of 400
         let attackers = (0..<3).map { _ in Attacker() }
         for a in attackers { for _ in 0..<400 { _ = try a.dealer(address) } }
-        usleep(3_000_000)  // every connection made and its handshake done
+        usleep(3_000_000)  // every connection made and its handshake done (libzmq connects in its own threads: nothing to wait on)
         // Foundation's Process crashes in a process with this many descriptors open: posix_spawn instead.
         let worker = spawnAndWait([CLI.binary.path, "worker", "--coordinator", address, "--insecure"], timeout: 60)
         #expect(worker.status == 0, "\(worker.output)")
@@ -543,7 +546,7 @@ extension SecurityTests {
         let dump = try CLI.start(
             ["-i", "lo", "-Z", "root", "-U", "-s", "0", "-w", pcap.path, "tcp"], bound: 120, executable: URL(fileURLWithPath: Self.tcpdump!)
         )
-        usleep(1_000_000)  // tcpdump's capture starts
+        #expect(dump.waitFor("listening on lo", timeout: 30, onStandardError: true), "tcpdump never started its capture")
         let sim = try CLI.run(
             [
                 "simulate", "--workers", "2", "--model", "mlp-wn", "--max-steps", "5", "--train-limit", "640", "--test-limit", "64",
