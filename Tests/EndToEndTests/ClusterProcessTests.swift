@@ -655,7 +655,7 @@ struct ClusterProcessTests {
                 Int32($0)
             } ?? []
         kill(sim.pid, SIGINT)
-        usleep(300_000)
+        #expect(sim.waitFor("stopping after the step in progress", timeout: 30), "the first interrupt was not taken")
         let second = Date()
         kill(sim.pid, SIGINT)
         let r = sim.finish()
@@ -666,7 +666,6 @@ struct ClusterProcessTests {
                     "tether: interrupted again: exiting at once; nothing of this run is kept (no checkpoint was written yet)"),
             "\(r.stdout)\(r.stderr)")
         #expect(children.count == 2)
-        usleep(500_000)
         // gone, or a zombie its new parent has not reaped yet (kill(pid, 0) succeeds on those)
         func running(_ pid: Int32) -> Bool {
             guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else {
@@ -674,7 +673,9 @@ struct ClusterProcessTests {
             }
             return !stat[close...].hasPrefix(") Z")
         }
-        for c in children { #expect(!running(c), "worker \(c) is still running") }
+        let deadline = Date().addingTimeInterval(5)
+        while children.contains(where: running), Date() < deadline { usleep(20_000) }
+        for c in children { #expect(!running(c), "worker \(c) is still running 5 s after simulate exited") }
     }
 
     /// A signal before training has nothing to save and says so: the coordinator exits at once.
@@ -687,11 +688,7 @@ struct ClusterProcessTests {
                 "coordinator", "--listen", address, "--workers", "2", "--model", "mlp", "--train-limit", "100",
                 "--run-dir", empty.path
             ] + CLI.key, bound: 60)
-        let deadline = Date().addingTimeInterval(30)
-        while !FileManager.default.fileExists(atPath: empty.appendingPathComponent("metrics.jsonl").path) && Date() < deadline {
-            usleep(100_000)
-        }
-        usleep(300_000)
+        #expect(coordinator.waitFor("waiting for 2 workers", timeout: 30), "the coordinator never started waiting")
         kill(coordinator.pid, SIGTERM)
         let c = coordinator.finish()
         #expect(

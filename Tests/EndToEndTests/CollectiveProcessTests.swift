@@ -70,7 +70,7 @@ import Testing
             try p.run()
             ranks.append((p, err))
         }
-        Thread.sleep(forTimeInterval: 1.5)
+        Thread.sleep(forTimeInterval: 1.5)  // into the all-reduces (a bench rank prints nothing until its end: nothing to wait on)
         #expect(ranks.allSatisfy { $0.0.isRunning }, "all ranks should still be working when rank 1 is killed")
         kill(ranks[1].0.processIdentifier, SIGKILL)
         let killedAt = Date()

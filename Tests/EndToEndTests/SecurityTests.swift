@@ -553,7 +553,7 @@ extension SecurityTests {
                 "--run-dir", dir.appendingPathComponent("run").path
             ] + flags, timeout: 120)
         #expect(sim.status == 0, "\(sim.stderr)")
-        usleep(500_000)
+        usleep(500_000)  // the kernel hands tcpdump the last packets (a capture has no end marker to wait on)
         kill(dump.pid, SIGKILL)  // a test runner may start children with SIGINT and SIGTERM blocked; -U wrote every packet already
         _ = dump.finish()
         return try Data(contentsOf: pcap)
