@@ -183,6 +183,8 @@ public struct CoordinatorState {
     /// final epoch's; none after a graceful stop within an epoch.
     private var finalEvaluation: Int? { epochEnding(at: endStep) ?? (stoppedAt == nil ? partialFinalEpoch : nil) }
 
+    /// Every event goes through here: what any message's rank says (the member heard now, or a message
+    /// before the job formed dropped), the abandoned ring's stale reports, then the event's handler.
     public mutating func handle(_ event: Event, now: Double) -> [Directive] {
         if case .finished = phase { return [] }
         if case .failed = phase { return [] }
@@ -210,232 +212,265 @@ public struct CoordinatorState {
         }
         switch event {
         case .hello(let identity, let address, let carried):
-            // A worker repeats its Hello until assigned (one to a restarting coordinator may be lost).
-            if let known = members.firstIndex(where: { $0.identity == identity }) {
-                members[known].lastHeard = now
-                return []
-            }
-            if joiner?.identity == identity { return [] }
-            // Elastic in place: a worker arriving while the job trains (a replacement, or capacity up
-            // to `workers`) joins it at a step boundary, as the last rank; while the ring re-forms, or
-            // another joins, it waits (its Hello is repeated).
-            if settings.reformInPlace, phase == .training || (phase == .initializing && ringEpoch > 0), stoppedAt == nil,
-                members.count < settings.workers,
-                !nextRing.contains(where: { $0.address == address })
-            {
-                guard phase == .training, joiner == nil else { return [] }
-                return admit(identity: identity, address: address, now: now)
-            }
-            // A late worker is turned away, never fatal: a stray or hostile Hello must not stop a job.
-            guard phase == .joining else {
-                return [
-                    .turnAway(
-                        identity: identity, reason: "the job formed with \(members.count) workers before a worker at \(address) said hello")
-                ]
-            }
-            if members.contains(where: { $0.address == address }) {
-                return [
-                    .turnAway(
-                        identity: identity,
-                        reason: "another worker of this job already advertises \(address); give each worker its own --advertise address")
-                ]
-            }
-            members.append(Member(identity: identity, address: address, lastHeard: now, carried: carried))
-            lastJoined = now
-            return members.count == settings.workers ? form(now: now) : []
-        case .ready(let rank, let ready):
-            guard phase == .initializing, members[rank].ready == nil else {
-                return [.dropped("rank \(rank) sent Ready while the job is \(phase)")]
-            }
-            members[rank].ready = ready
-            guard members.allSatisfy({ $0.ready != nil }) else { return [] }
-            let reference = members[0].ready!
-            if let bad = members.indices.first(where: { members[$0].ready!.layoutFingerprint != reference.layoutFingerprint }) {
-                return fail(
-                    "rank \(bad) built another parameter layout than rank 0 (fingerprint \(hex(members[bad].ready!.layoutFingerprint)) vs \(hex(reference.layoutFingerprint)))"
-                )
-            }
-            if let bad = members.indices.first(where: { members[$0].ready!.parameterHash != reference.parameterHash }) {
-                return fail(
-                    "rank \(bad) starts from other parameters than rank 0 (hash \(hex(members[bad].ready!.parameterHash)) vs \(hex(reference.parameterHash)))"
-                )
-            }
-            if let step = carriedStep, ringEpoch == 0 {
-                // The workers' own state, kept through a lost coordinator: the job goes on from it and
-                // they redo that step's end-of-step work (its evaluation, its checkpoint).
-                guard members.allSatisfy({ $0.ready!.globalStep == UInt64(step) }) else {
-                    return fail(
-                        "the workers said they carry step \(step) and hold steps \(Set(members.map { $0.ready!.globalStep }).sorted())")
-                }
-                (completedSteps, redoStep) = (step, step)
-                reportedStep = Array(repeating: step, count: members.count)
-                nextEvaluation = epochEnding(at: step) ?? step / max(settings.stepsPerEpoch, 1)
-            }
-            if ringEpoch > 0 {
-                // After a re-formation every survivor holds the step of the one furthest along: the last
-                // step merged here, or the one after it (whose reports will come again).
-                let steps = Set(members.map { $0.ready!.globalStep })
-                guard steps.count == 1, let step = Int(exactly: steps.first!), step == completedSteps || step == completedSteps + 1 else {
-                    return fail("the re-formed ring's ranks hold steps \(steps.sorted()) after step \(completedSteps)")
-                }
-                redoStep = step
-                // a rank computing a step past the one agreed on gave that step up (bounded: the checks above)
-                let abandoned = members.map { Int(clamping: $0.ready!.abandonedStep) }.max() ?? 0
-                stepsRedone = abandoned > step ? min(abandoned - step, 1) : 0
-            }
-            phase = .training
-            return [.start] + (completedSteps >= settings.totalSteps ? finishIfDone() : [])
-        case .step(let rank, let report):
-            guard phase == .training else { return [.dropped("rank \(rank) reported a step while the job is \(phase)")] }
-            if redoStep != nil, report.globalStep == UInt64(completedSteps), Int(report.globalStep) == redoStep { return [] }
-            guard let step = Int(exactly: report.globalStep), step > completedSteps, step <= endStep else {
-                return fail("rank \(rank) reported step \(report.globalStep) while the job is at step \(completedSteps) of \(endStep)")
-            }
-            guard report.count <= Self.maxSamplesPerReport, report.correct <= report.count, stepReports[step]?[rank] == nil else {
-                return fail(
-                    "rank \(rank) sent an impossible step report for step \(step): count \(report.count), correct \(report.correct)"
-                        + (stepReports[step]?[rank] != nil ? ", its second for that step" : ""))
-            }
-            reportedStep[rank] = max(reportedStep[rank], step)
-            var slots = stepReports[step] ?? Array(repeating: nil, count: members.count)
-            slots[rank] = report
-            stepReports[step] = slots
-            var out: [Directive] = []
-            // Steps complete in order; a fast rank may report a later step before a slow one's earlier.
-            while let next = stepReports[completedSteps + 1], next.allSatisfy({ $0 != nil }) {
-                stepReports[completedSteps + 1] = nil
-                let reports = next.map { $0! }
-                let hashes = reports.map(\.parameterHash)
-                if hashes[0] != 0, let bad = hashes.indices.first(where: { hashes[$0] != hashes[0] }) {
-                    return out
-                        + fail(
-                            "rank \(bad)'s parameters diverged from rank 0's after step \(completedSteps + 1) (hash \(hex(hashes[bad])) vs \(hex(hashes[0])))"
-                        )
-                }
-                // The stop vote is agreed in the step's exchange: every rank says the same, or one lies.
-                if reports.contains(where: \.stopping) {
-                    guard reports.allSatisfy(\.stopping), !stepReports.keys.contains(where: { $0 > completedSteps + 1 }) else {
-                        return out + fail("the ranks disagree whether the job stops after step \(completedSteps + 1)")
-                    }
-                    stoppedAt = completedSteps + 1
-                }
-                completedSteps += 1
-                out.append(
-                    .stepCompleted(
-                        StepSummary(
-                            globalStep: completedSteps, epoch: Int(reports[0].epoch),
-                            lossSum: reports.reduce(0) { $0 + $1.lossSum }, count: reports.reduce(0) { $0 &+ Int(clamping: $1.count) },
-                            correct: reports.reduce(0) { $0 &+ Int(clamping: $1.correct) },
-                            compute: reports.map(\.computeSeconds), exchange: reports.map(\.allreduceSeconds),
-                            waiting: reports.map(\.waitSeconds),
-                            optimizer: reports.map(\.optimizerSeconds), learningRate: reports[0].learningRate,
-                            denseBytes: reports.map { Double($0.denseBytesSent) }, sparseBytes: reports.map { Double($0.sparseBytesSent) },
-                            spans: reports.map(\.spans))))
-            }
-            return out + finishIfDone()
-        case .evaluation(let rank, let report):
-            let epoch = Int(report.epoch)
-            if let redo = redoStep, mergedEpochs.contains(epoch),
-                epochEnding(at: redo) == epoch || (epoch == partialFinalEpoch && redo == settings.totalSteps)
-            {
-                return []
-            }
-            // Only an epoch this rank has finished and that is not merged yet: what is kept is bounded
-            // by the job's own epochs, whatever a message says.
-            let finished =
-                (epoch + 1) * settings.stepsPerEpoch <= reportedStep[rank]
-                || (epoch == partialFinalEpoch && reportedStep[rank] == settings.totalSteps)
-            guard phase == .training, epoch >= nextEvaluation, finished, evalReports[epoch]?[rank] == nil else {
-                return fail("rank \(rank) sent an evaluation of epoch \(epoch + 1), which it has not just finished")
-            }
-            guard report.count <= Self.maxSamplesPerReport, report.correct <= report.count else {
-                return fail(
-                    "rank \(rank) sent an impossible evaluation of epoch \(epoch + 1): count \(report.count), correct \(report.correct)")
-            }
-            var slots = evalReports[epoch] ?? Array(repeating: nil, count: members.count)
-            slots[rank] = report
-            evalReports[epoch] = slots
-            guard slots.allSatisfy({ $0 != nil }) else { return [] }
-            evalReports[epoch] = nil
-            nextEvaluation = epoch + 1
-            mergedEpochs.insert(epoch)
-            return [.epochCompleted(epoch: epoch, reports: slots.map { $0! })] + finishIfDone()
-        case .checkpoint(let rank, let data):
-            guard rank == 0 else { return fail("rank \(rank) sent a checkpoint; only rank 0 does") }
-            if let redo = redoStep, Int(exactly: data.globalStep) == redo, redo == checkpointedStep { return [] }
-            guard phase == .training, let step = Int(exactly: data.globalStep), step > checkpointedStep, step <= reportedStep[0] else {
-                return fail("rank 0 sent a checkpoint of step \(data.globalStep), which it has not just reported")
-            }
-            checkpointedStep = step
-            return [.writeCheckpoint(data)] + finishIfDone()
-        case .heartbeat:
-            return []
-        case .listening(let rank, let epoch):
-            if joiner != nil, phase == .training, epoch == ringEpoch + 1 {
-                // A join: each member listens once it has finished the agreed step and its end-of-step
-                // work (sent before, on the same connection); the ring switches when all do.
-                listening.insert(rank)
-                guard listening.count == members.count + 1 else { return [] }
-                guard stepReports.isEmpty, reportedStep.allSatisfy({ $0 == completedSteps }) else {
-                    return fail("the ranks left the ring of epoch \(ringEpoch) at different steps (reported: \(reportedStep))")
-                }
-                members.append(joiner!)
-                (joiner, ringEpoch, phase, stepsRedone) = (nil, ringEpoch + 1, .initializing, 0)
-                for i in members.indices { members[i].ready = nil }
-                reportedStep = Array(repeating: completedSteps, count: members.count)
-                return [.connectRing]
-            }
-            guard phase == .initializing, epoch == ringEpoch, ringEpoch > 0 else {
-                return [.dropped("rank \(rank) listens on ring epoch \(epoch) while the job is \(phase) on epoch \(ringEpoch)")]
-            }
-            listening.insert(rank)
-            return listening.count == members.count ? [.connectRing] : []
+            return onHello(identity: identity, address: address, carried: carried, now: now)
+        case .ready(let rank, let ready): return onReady(rank: rank, ready)
+        case .step(let rank, let report): return onStep(rank: rank, report)
+        case .evaluation(let rank, let report): return onEvaluation(rank: rank, report)
+        case .checkpoint(let rank, let data): return onCheckpoint(rank: rank, data)
+        case .heartbeat: return []
+        case .listening(let rank, let epoch): return onListening(rank: rank, epoch: epoch)
         case .abort(let rank, let reason):
             return lose([rank], "rank \(rank) (\(members[rank].address)) stopped: \(reason)", now: now)
         case .unread(let rank, let seconds):
             return lose(
                 [rank], "rank \(rank) (\(members[rank].address)) has not read its messages for \(Int(seconds)) s: dropping it", now: now)
-        case .tick:
-            if phase == .joining, let gone = members.firstIndex(where: { now - $0.lastHeard > settings.joinerTimeout }) {
-                let address = members.remove(at: gone).address
-                return [.dropped("the worker at \(address), which stopped saying hello before the job formed")]
-            }
-            if phase == .joining, settings.elastic, members.count >= settings.minWorkers, now - lastJoined > settings.lastCall {
-                return form(now: now)
-            }
-            if phase == .joining, now - started > settings.joinTimeout {
-                return fail(
-                    "only \(members.count) of \(settings.workers) workers\(settings.elastic ? " (at least \(settings.minWorkers) needed)" : "") joined within \(Int(settings.joinTimeout)) s"
-                        + (members.isEmpty ? "" : " (joined: \(members.map(\.address).joined(separator: ", ")))"))
-            }
-            if let j = joiner, now - j.lastHeard > settings.heartbeatTimeout {
-                // The members hold a Reform that includes it: a new one without it, at once.
-                joiner = nil
-                ringEpoch += 1
-                return reform(
-                    assign: nil, reason: "the worker at \(j.address) that was joining has been silent for \(Int(now - j.lastHeard)) s",
-                    now: now)
-            }
-            if phase != .joining, members.contains(where: { now - $0.lastHeard > settings.heartbeatTimeout }) {
-                // Named with the first: every other rank silent for half the time-out (a partition or a
-                // switch takes several at once, and their time-outs fall a moment apart).
-                let silent = members.indices.filter { now - members[$0].lastHeard > settings.heartbeatTimeout / 2 }
-                let heard = members.map(\.lastHeard)
-                let seconds = { (r: Int) in Int(now - heard[r]) }
-                if silent.count == 1, let r = silent.first {
-                    return lose(
-                        [r],
-                        "worker rank \(r) (\(members[r].address)) has been silent for \(seconds(r)) s: it died, lost its connection, or cannot get a heartbeat through",
-                        now: now)
-                }
-                return lose(
-                    silent,
-                    "workers " + silent.map { "rank \($0) (\(members[$0].address), \(seconds($0)) s)" }.joined(separator: ", ")
-                        + " have been silent: they died, lost their connections, or cannot get a heartbeat through (a network partition?)",
-                    now: now)
-            }
+        case .tick: return onTick(now: now)
+        }
+    }
+
+    /// A Hello: a worker joining the forming job, joining a running one (elastic in place), or turned away.
+    private mutating func onHello(identity: [UInt8], address: String, carried: Carried?, now: Double) -> [Directive] {
+        // A worker repeats its Hello until assigned (one to a restarting coordinator may be lost).
+        if let known = members.firstIndex(where: { $0.identity == identity }) {
+            members[known].lastHeard = now
             return []
         }
+        if joiner?.identity == identity { return [] }
+        // Elastic in place: a worker arriving while the job trains (a replacement, or capacity up
+        // to `workers`) joins it at a step boundary, as the last rank; while the ring re-forms, or
+        // another joins, it waits (its Hello is repeated).
+        if settings.reformInPlace, phase == .training || (phase == .initializing && ringEpoch > 0), stoppedAt == nil,
+            members.count < settings.workers,
+            !nextRing.contains(where: { $0.address == address })
+        {
+            guard phase == .training, joiner == nil else { return [] }
+            return admit(identity: identity, address: address, now: now)
+        }
+        // A late worker is turned away, never fatal: a stray or hostile Hello must not stop a job.
+        guard phase == .joining else {
+            return [
+                .turnAway(
+                    identity: identity, reason: "the job formed with \(members.count) workers before a worker at \(address) said hello")
+            ]
+        }
+        if members.contains(where: { $0.address == address }) {
+            return [
+                .turnAway(
+                    identity: identity,
+                    reason: "another worker of this job already advertises \(address); give each worker its own --advertise address")
+            ]
+        }
+        members.append(Member(identity: identity, address: address, lastHeard: now, carried: carried))
+        lastJoined = now
+        return members.count == settings.workers ? form(now: now) : []
+    }
+
+    /// A member's Ready: when all are ready and agree on the layout, the parameters and the step, training starts.
+    private mutating func onReady(rank: Int, _ ready: Envelope.Ready) -> [Directive] {
+        guard phase == .initializing, members[rank].ready == nil else {
+            return [.dropped("rank \(rank) sent Ready while the job is \(phase)")]
+        }
+        members[rank].ready = ready
+        guard members.allSatisfy({ $0.ready != nil }) else { return [] }
+        let reference = members[0].ready!
+        if let bad = members.indices.first(where: { members[$0].ready!.layoutFingerprint != reference.layoutFingerprint }) {
+            return fail(
+                "rank \(bad) built another parameter layout than rank 0 (fingerprint \(hex(members[bad].ready!.layoutFingerprint)) vs \(hex(reference.layoutFingerprint)))"
+            )
+        }
+        if let bad = members.indices.first(where: { members[$0].ready!.parameterHash != reference.parameterHash }) {
+            return fail(
+                "rank \(bad) starts from other parameters than rank 0 (hash \(hex(members[bad].ready!.parameterHash)) vs \(hex(reference.parameterHash)))"
+            )
+        }
+        if let step = carriedStep, ringEpoch == 0 {
+            // The workers' own state, kept through a lost coordinator: the job goes on from it and
+            // they redo that step's end-of-step work (its evaluation, its checkpoint).
+            guard members.allSatisfy({ $0.ready!.globalStep == UInt64(step) }) else {
+                return fail(
+                    "the workers said they carry step \(step) and hold steps \(Set(members.map { $0.ready!.globalStep }).sorted())")
+            }
+            (completedSteps, redoStep) = (step, step)
+            reportedStep = Array(repeating: step, count: members.count)
+            nextEvaluation = epochEnding(at: step) ?? step / max(settings.stepsPerEpoch, 1)
+        }
+        if ringEpoch > 0 {
+            // After a re-formation every survivor holds the step of the one furthest along: the last
+            // step merged here, or the one after it (whose reports will come again).
+            let steps = Set(members.map { $0.ready!.globalStep })
+            guard steps.count == 1, let step = Int(exactly: steps.first!), step == completedSteps || step == completedSteps + 1 else {
+                return fail("the re-formed ring's ranks hold steps \(steps.sorted()) after step \(completedSteps)")
+            }
+            redoStep = step
+            // a rank computing a step past the one agreed on gave that step up (bounded: the checks above)
+            let abandoned = members.map { Int(clamping: $0.ready!.abandonedStep) }.max() ?? 0
+            stepsRedone = abandoned > step ? min(abandoned - step, 1) : 0
+        }
+        phase = .training
+        return [.start] + (completedSteps >= settings.totalSteps ? finishIfDone() : [])
+    }
+
+    /// A member's step report: steps complete in order once every rank's report is in.
+    private mutating func onStep(rank: Int, _ report: Envelope.StepReport) -> [Directive] {
+        guard phase == .training else { return [.dropped("rank \(rank) reported a step while the job is \(phase)")] }
+        if redoStep != nil, report.globalStep == UInt64(completedSteps), Int(report.globalStep) == redoStep { return [] }
+        guard let step = Int(exactly: report.globalStep), step > completedSteps, step <= endStep else {
+            return fail("rank \(rank) reported step \(report.globalStep) while the job is at step \(completedSteps) of \(endStep)")
+        }
+        guard report.count <= Self.maxSamplesPerReport, report.correct <= report.count, stepReports[step]?[rank] == nil else {
+            return fail(
+                "rank \(rank) sent an impossible step report for step \(step): count \(report.count), correct \(report.correct)"
+                    + (stepReports[step]?[rank] != nil ? ", its second for that step" : ""))
+        }
+        reportedStep[rank] = max(reportedStep[rank], step)
+        var slots = stepReports[step] ?? Array(repeating: nil, count: members.count)
+        slots[rank] = report
+        stepReports[step] = slots
+        return completeReportedSteps() + finishIfDone()
+    }
+
+    /// Completes every step whose reports are all in, in order (a fast rank may report a later step
+    /// before a slow one's earlier): the ranks' parameters must agree and so must their stop votes.
+    private mutating func completeReportedSteps() -> [Directive] {
+        var out: [Directive] = []
+        while let next = stepReports[completedSteps + 1], next.allSatisfy({ $0 != nil }) {
+            stepReports[completedSteps + 1] = nil
+            let reports = next.map { $0! }
+            let hashes = reports.map(\.parameterHash)
+            if hashes[0] != 0, let bad = hashes.indices.first(where: { hashes[$0] != hashes[0] }) {
+                return out
+                    + fail(
+                        "rank \(bad)'s parameters diverged from rank 0's after step \(completedSteps + 1) (hash \(hex(hashes[bad])) vs \(hex(hashes[0])))"
+                    )
+            }
+            // The stop vote is agreed in the step's exchange: every rank says the same, or one lies.
+            if reports.contains(where: \.stopping) {
+                guard reports.allSatisfy(\.stopping), !stepReports.keys.contains(where: { $0 > completedSteps + 1 }) else {
+                    return out + fail("the ranks disagree whether the job stops after step \(completedSteps + 1)")
+                }
+                stoppedAt = completedSteps + 1
+            }
+            completedSteps += 1
+            out.append(
+                .stepCompleted(
+                    StepSummary(
+                        globalStep: completedSteps, epoch: Int(reports[0].epoch),
+                        lossSum: reports.reduce(0) { $0 + $1.lossSum }, count: reports.reduce(0) { $0 &+ Int(clamping: $1.count) },
+                        correct: reports.reduce(0) { $0 &+ Int(clamping: $1.correct) },
+                        compute: reports.map(\.computeSeconds), exchange: reports.map(\.allreduceSeconds),
+                        waiting: reports.map(\.waitSeconds),
+                        optimizer: reports.map(\.optimizerSeconds), learningRate: reports[0].learningRate,
+                        denseBytes: reports.map { Double($0.denseBytesSent) }, sparseBytes: reports.map { Double($0.sparseBytesSent) },
+                        spans: reports.map(\.spans))))
+        }
+        return out
+    }
+
+    /// A member's evaluation of an epoch it has finished: merged when every rank's is in.
+    private mutating func onEvaluation(rank: Int, _ report: Envelope.EvalReport) -> [Directive] {
+        let epoch = Int(report.epoch)
+        if let redo = redoStep, mergedEpochs.contains(epoch),
+            epochEnding(at: redo) == epoch || (epoch == partialFinalEpoch && redo == settings.totalSteps)
+        {
+            return []
+        }
+        // Only an epoch this rank has finished and that is not merged yet: what is kept is bounded
+        // by the job's own epochs, whatever a message says.
+        let finished =
+            (epoch + 1) * settings.stepsPerEpoch <= reportedStep[rank]
+            || (epoch == partialFinalEpoch && reportedStep[rank] == settings.totalSteps)
+        guard phase == .training, epoch >= nextEvaluation, finished, evalReports[epoch]?[rank] == nil else {
+            return fail("rank \(rank) sent an evaluation of epoch \(epoch + 1), which it has not just finished")
+        }
+        guard report.count <= Self.maxSamplesPerReport, report.correct <= report.count else {
+            return fail(
+                "rank \(rank) sent an impossible evaluation of epoch \(epoch + 1): count \(report.count), correct \(report.correct)")
+        }
+        var slots = evalReports[epoch] ?? Array(repeating: nil, count: members.count)
+        slots[rank] = report
+        evalReports[epoch] = slots
+        guard slots.allSatisfy({ $0 != nil }) else { return [] }
+        evalReports[epoch] = nil
+        nextEvaluation = epoch + 1
+        mergedEpochs.insert(epoch)
+        return [.epochCompleted(epoch: epoch, reports: slots.map { $0! })] + finishIfDone()
+    }
+
+    /// Rank 0's checkpoint of a step it has reported.
+    private mutating func onCheckpoint(rank: Int, _ data: Envelope.CheckpointData) -> [Directive] {
+        guard rank == 0 else { return fail("rank \(rank) sent a checkpoint; only rank 0 does") }
+        if let redo = redoStep, Int(exactly: data.globalStep) == redo, redo == checkpointedStep { return [] }
+        guard phase == .training, let step = Int(exactly: data.globalStep), step > checkpointedStep, step <= reportedStep[0] else {
+            return fail("rank 0 sent a checkpoint of step \(data.globalStep), which it has not just reported")
+        }
+        checkpointedStep = step
+        return [.writeCheckpoint(data)] + finishIfDone()
+    }
+
+    /// A member listening on a new ring: a join's switch, or a re-formation's ring complete.
+    private mutating func onListening(rank: Int, epoch: UInt32) -> [Directive] {
+        if joiner != nil, phase == .training, epoch == ringEpoch + 1 {
+            // A join: each member listens once it has finished the agreed step and its end-of-step
+            // work (sent before, on the same connection); the ring switches when all do.
+            listening.insert(rank)
+            guard listening.count == members.count + 1 else { return [] }
+            guard stepReports.isEmpty, reportedStep.allSatisfy({ $0 == completedSteps }) else {
+                return fail("the ranks left the ring of epoch \(ringEpoch) at different steps (reported: \(reportedStep))")
+            }
+            members.append(joiner!)
+            (joiner, ringEpoch, phase, stepsRedone) = (nil, ringEpoch + 1, .initializing, 0)
+            for i in members.indices { members[i].ready = nil }
+            reportedStep = Array(repeating: completedSteps, count: members.count)
+            return [.connectRing]
+        }
+        guard phase == .initializing, epoch == ringEpoch, ringEpoch > 0 else {
+            return [.dropped("rank \(rank) listens on ring epoch \(epoch) while the job is \(phase) on epoch \(ringEpoch)")]
+        }
+        listening.insert(rank)
+        return listening.count == members.count ? [.connectRing] : []
+    }
+
+    /// Time passing: a Hello gone silent, the last call of an elastic job, the join time-out, a silent joiner or member.
+    private mutating func onTick(now: Double) -> [Directive] {
+        if phase == .joining, let gone = members.firstIndex(where: { now - $0.lastHeard > settings.joinerTimeout }) {
+            let address = members.remove(at: gone).address
+            return [.dropped("the worker at \(address), which stopped saying hello before the job formed")]
+        }
+        if phase == .joining, settings.elastic, members.count >= settings.minWorkers, now - lastJoined > settings.lastCall {
+            return form(now: now)
+        }
+        if phase == .joining, now - started > settings.joinTimeout {
+            return fail(
+                "only \(members.count) of \(settings.workers) workers\(settings.elastic ? " (at least \(settings.minWorkers) needed)" : "") joined within \(Int(settings.joinTimeout)) s"
+                    + (members.isEmpty ? "" : " (joined: \(members.map(\.address).joined(separator: ", ")))"))
+        }
+        if let j = joiner, now - j.lastHeard > settings.heartbeatTimeout {
+            // The members hold a Reform that includes it: a new one without it, at once.
+            joiner = nil
+            ringEpoch += 1
+            return reform(
+                assign: nil, reason: "the worker at \(j.address) that was joining has been silent for \(Int(now - j.lastHeard)) s",
+                now: now)
+        }
+        if phase != .joining, members.contains(where: { now - $0.lastHeard > settings.heartbeatTimeout }) {
+            // Named with the first: every other rank silent for half the time-out (a partition or a
+            // switch takes several at once, and their time-outs fall a moment apart).
+            let silent = members.indices.filter { now - members[$0].lastHeard > settings.heartbeatTimeout / 2 }
+            let heard = members.map(\.lastHeard)
+            let seconds = { (r: Int) in Int(now - heard[r]) }
+            if silent.count == 1, let r = silent.first {
+                return lose(
+                    [r],
+                    "worker rank \(r) (\(members[r].address)) has been silent for \(seconds(r)) s: it died, lost its connection, or cannot get a heartbeat through",
+                    now: now)
+            }
+            return lose(
+                silent,
+                "workers " + silent.map { "rank \($0) (\(members[$0].address), \(seconds($0)) s)" }.joined(separator: ", ")
+                    + " have been silent: they died, lost their connections, or cannot get a heartbeat through (a network partition?)",
+                now: now)
+        }
+        return []
     }
 
     /// The ring of the workers that joined, in arrival order. Their silence is counted from here: an
