@@ -373,40 +373,7 @@ public final class Coordinator {
                 if rank == 0, options.security.keys != nil { ringKeys = [:] }
                 try assign(identity, rank: rank, ring: ringAddresses(ring, epoch: 0), epoch: 0)
             case .reform(let epoch, let joiner, let reason, let atBoundary):
-                let before = ranks
-                let ring = machine.nextRing
-                let addresses = ringAddresses(ring.map(\.address), epoch: epoch)
-                (ranks, heartbeatIdentities) = ([:], [:])
-                let publicKeys = try ringKeyPairs(ring)?.map(\.publicKey) ?? []
-                for (rank, m) in ring.enumerated() {
-                    if m.identity == joiner { try assign(m.identity, rank: rank, ring: addresses, epoch: epoch); continue }
-                    ranks[m.identity] = rank
-                    heartbeatIdentities[rank] = ControlIdentity.heartbeat(of: m.identity)
-                    let reform = Envelope.Reform(
-                        ringEpoch: epoch, rank: UInt32(rank), ring: addresses, ringPublicKeys: publicKeys, reason: reason,
-                        atBoundary: atBoundary)
-                    // on both sockets: the heartbeat thread abandons the ring while the main thread waits in it
-                    send(.reform(reform), to: m.identity)
-                    send(.reform(reform), to: heartbeatIdentities[rank]!)
-                }
-                // A lost member that is alive after all (frozen, cut off) is told it is out of the job.
-                for identity in before.keys where ranks[identity] == nil {
-                    let out = Envelope.Body.abort(.init(originRank: -1, reason: "this worker was dropped from the job: \(reason)"))
-                    send(out, to: identity)
-                    send(out, to: ControlIdentity.heartbeat(of: identity))
-                }
-                if atBoundary {
-                    joinedAt = Date()
-                    progress.line("\(reason); it joins the ring of \(ring.count) at the next step boundary (ring epoch \(epoch))")
-                } else {
-                    lostAt = Date()
-                    progress.line(
-                        "\(reason); re-forming the ring of the \(ring.count) workers left (ring epoch \(epoch)), keeping their state")
-                }
-                try timeline?.mark(atBoundary ? "a worker joins" : "worker lost", step: machine.completedSteps)
-                var e = event(atBoundary ? "joined" : "lost")
-                (e.error, e.workers) = (reason, ring.count)
-                try reporter.record(e)
+                try reform(epoch: epoch, joiner: joiner, reason: reason, atBoundary: atBoundary)
             case .connectRing:
                 for m in machine.members { send(.start, to: m.identity) }
             case .turnAway(let identity, let reason):
@@ -414,98 +381,160 @@ public final class Coordinator {
                 drop("turned away a worker: \(reason)")
             case .dropped(let why):
                 drop("dropped " + why)
-            case .start where machine.ringEpoch > 0:
-                for m in machine.members { send(.start, to: m.identity) }
-                let since = lostAt ?? joinedAt ?? Date()
-                let recovered = Date().timeIntervalSince(since)
-                let step = machine.redoStep ?? machine.completedSteps, redone = machine.stepsRedone
-                progress.line(
-                    "ring epoch \(machine.ringEpoch): \(Self.allReplicas(machine.members.count)) agree at step \(step); training again "
-                        + "(\(ProgressDisplay.fixed(recovered, 2)) s after the \(lostAt != nil ? "loss" : "join"); "
-                        + "\(redone == 1 ? "the step in flight is redone" : "no step redone"))")
-                (lostAt, joinedAt) = (nil, nil)
-                try timeline?.mark("re-formed: training again", step: step)
-                var e = event("reformed", at: step)
-                (e.elapsed_s, e.workers, e.steps_redone) = (recovered, machine.members.count, redone)
-                (e.ranks, e.rank_threads) = (machine.members.map(\.address), machine.members.map { threads[$0.address] ?? 0 })
-                try reporter.record(e)
-                reporter.restartWindow()
-            case .start:
-                for m in machine.members { send(.start, to: m.identity) }
-                epochStart = Date()
-                reporter.restartWindow()  // rates count from here, not from start-up
-                let startup = epochStart.timeIntervalSince(created)
-                progress.line(
-                    "\(Self.allReplicas(machine.members.count)) agree on the initial parameters; training (\(ProgressDisplay.fixed(startup, 2)) s after start-up)"
-                        + (machine.carriedStep.map {
-                            ", from the state the workers kept at step \($0) (the checkpoint is of step \(machine.settings.firstStep)): nothing lost"
-                        } ?? ""))
-                var started = event("training")
-                started.elapsed_s = startup
-                (started.ranks, started.rank_threads) = (machine.members.map(\.address), machine.members.map { threads[$0.address] ?? 0 })
-                try reporter.record(started)
-            case .stepCompleted(let s):
-                epochTraining[s.epoch, default: BatchStats()] =
-                    epochTraining[s.epoch, default: BatchStats()] + BatchStats(lossSum: s.lossSum, correct: s.correct, count: s.count)
-                lastRate = s.learningRate
-                try reporter.stepCompleted(
-                    globalStep: s.globalStep, epoch: s.epoch, stats: BatchStats(lossSum: s.lossSum, correct: s.correct, count: s.count),
-                    lr: s.learningRate, ranks: s.figures)
-                try timeline?.add(s)
-            case .epochCompleted(let epoch, let reports):
-                let merged = EvaluationReport.merged(
-                    reports.map {
-                        EvaluationReport(
-                            kind: evaluationKind,
-                            stats: BatchStats(
-                                lossSum: $0.lossSum, correct: Int(clamping: $0.correct), count: Int(clamping: $0.count),
-                                squaredError: $0.squaredErrorSum, absoluteError: $0.absoluteErrorSum),
-                            auc: nil, scores: $0.scores, labels: $0.labels)
-                    })
-                let seconds = Date().timeIntervalSince(epochStart)
-                epochStart = Date()
-                // the run's end within an epoch (--max-steps) is evaluated like an epoch's end
-                let ends = epoch != machine.partialFinalEpoch, step = ends ? (epoch + 1) * stepsPerEpoch : machine.settings.totalSteps
-                let trained = epochTraining.removeValue(forKey: epoch) ?? BatchStats()
-                var e = event(ends ? "epoch" : "eval", at: step)
-                (e.loss, e.lr, e.elapsed_s, e.samples_per_sec) = (trained.meanLoss, lastRate, seconds, Double(trained.count) / seconds)
-                merged.write(into: &e)
-                try reporter.record(e)
-                lastEvaluation = e
-                let which = ProgressDisplay.evaluated(
-                    step: step, stepsPerEpoch: stepsPerEpoch, epochs: config.epochsSpanned(stepsPerEpoch: stepsPerEpoch))
-                progress.line(
-                    "\(which): train loss \(ProgressDisplay.fixed(trained.meanLoss, 4)), \(merged.summary) (\(ProgressDisplay.fixed(seconds, 1)) s, "
-                        + "\(ProgressDisplay.grouped(e.samples_per_sec!)) \(reporter.unit)/s)")
-            case .writeCheckpoint(let data):
-                // Checked like any checkpoint file (fields, shapes, checksums) before it replaces the last one.
-                let loaded = try Checkpoint.Loaded(bytes: Data(data.safetensors), source: "rank 0's checkpoint of step \(data.globalStep)")
-                guard loaded.model == config.model, loaded.state.globalStep == Int(data.globalStep) else {
-                    throw ClusterError(
-                        "rank 0 sent a checkpoint of a \(loaded.model.prefix(40)) model at step \(loaded.state.globalStep) for step \(data.globalStep) of this \(config.model) job"
-                    )
-                }
-                var file = loaded.file
-                file.metadata["tether.workers"] = String(machine.members.count)
-                try Safetensors.write(file, to: runDirectory.appendingPathComponent(Checkpoint.fileName))
-                writtenCheckpointStep = Int(data.globalStep)
-                try timeline?.mark("checkpoint written", step: writtenCheckpointStep!)
-                try reporter.record(event("checkpoint", at: writtenCheckpointStep!))
-                StopSignal.lossNote(checkpointStep: Int(data.globalStep), runDirectory: runDirectory.path)
-            case .abort(let message):
-                for m in machine.members { send(.abort(.init(originRank: -1, reason: message)), to: m.identity) }
-                for identity in heartbeatIdentities.values { send(.abort(.init(originRank: -1, reason: message)), to: identity) }
-                var e = event(message == WorkerState.coordinatorInterrupted ? "interrupted" : "failed")
-                e.error = message
-                try? reporter.record(e)
-                Thread.sleep(forTimeInterval: 0.3)  // let the aborts leave before the process exits
-                throw ClusterError(message == WorkerState.coordinatorInterrupted ? interruptedLine() : message)
+            case .start where machine.ringEpoch > 0: try trainAgain()
+            case .start: try startTraining(&epochStart)
+            case .stepCompleted(let s): try recordStep(s)
+            case .epochCompleted(let epoch, let reports): try recordEvaluation(epoch: epoch, reports: reports, epochStart: &epochStart)
+            case .writeCheckpoint(let data): try writeCheckpoint(data)
+            case .abort(let message): try abortJob(message)
             case .finish:
                 for m in machine.nextRing { send(.finish, to: m.identity) }
                 return true
             }
         }
         return false
+    }
+
+    /// Tells the members of the next ring their new ranks (a joiner its Assign), tells those left out, and logs the loss or the join.
+    private func reform(epoch: UInt32, joiner: [UInt8]?, reason: String, atBoundary: Bool) throws {
+        let before = ranks
+        let ring = machine.nextRing
+        let addresses = ringAddresses(ring.map(\.address), epoch: epoch)
+        (ranks, heartbeatIdentities) = ([:], [:])
+        let publicKeys = try ringKeyPairs(ring)?.map(\.publicKey) ?? []
+        for (rank, m) in ring.enumerated() {
+            if m.identity == joiner { try assign(m.identity, rank: rank, ring: addresses, epoch: epoch); continue }
+            ranks[m.identity] = rank
+            heartbeatIdentities[rank] = ControlIdentity.heartbeat(of: m.identity)
+            let reform = Envelope.Reform(
+                ringEpoch: epoch, rank: UInt32(rank), ring: addresses, ringPublicKeys: publicKeys, reason: reason,
+                atBoundary: atBoundary)
+            // on both sockets: the heartbeat thread abandons the ring while the main thread waits in it
+            send(.reform(reform), to: m.identity)
+            send(.reform(reform), to: heartbeatIdentities[rank]!)
+        }
+        // A lost member that is alive after all (frozen, cut off) is told it is out of the job.
+        for identity in before.keys where ranks[identity] == nil {
+            let out = Envelope.Body.abort(.init(originRank: -1, reason: "this worker was dropped from the job: \(reason)"))
+            send(out, to: identity)
+            send(out, to: ControlIdentity.heartbeat(of: identity))
+        }
+        if atBoundary {
+            joinedAt = Date()
+            progress.line("\(reason); it joins the ring of \(ring.count) at the next step boundary (ring epoch \(epoch))")
+        } else {
+            lostAt = Date()
+            progress.line(
+                "\(reason); re-forming the ring of the \(ring.count) workers left (ring epoch \(epoch)), keeping their state")
+        }
+        try timeline?.mark(atBoundary ? "a worker joins" : "worker lost", step: machine.completedSteps)
+        var e = event(atBoundary ? "joined" : "lost")
+        (e.error, e.workers) = (reason, ring.count)
+        try reporter.record(e)
+    }
+
+    /// The re-formed ring agrees: training again, and how long the loss or join took.
+    private func trainAgain() throws {
+        for m in machine.members { send(.start, to: m.identity) }
+        let since = lostAt ?? joinedAt ?? Date()
+        let recovered = Date().timeIntervalSince(since)
+        let step = machine.redoStep ?? machine.completedSteps, redone = machine.stepsRedone
+        progress.line(
+            "ring epoch \(machine.ringEpoch): \(Self.allReplicas(machine.members.count)) agree at step \(step); training again "
+                + "(\(ProgressDisplay.fixed(recovered, 2)) s after the \(lostAt != nil ? "loss" : "join"); "
+                + "\(redone == 1 ? "the step in flight is redone" : "no step redone"))")
+        (lostAt, joinedAt) = (nil, nil)
+        try timeline?.mark("re-formed: training again", step: step)
+        var e = event("reformed", at: step)
+        (e.elapsed_s, e.workers, e.steps_redone) = (recovered, machine.members.count, redone)
+        (e.ranks, e.rank_threads) = (machine.members.map(\.address), machine.members.map { threads[$0.address] ?? 0 })
+        try reporter.record(e)
+        reporter.restartWindow()
+    }
+
+    /// Every member agrees on the initial parameters: training starts, and start-up is timed.
+    private func startTraining(_ epochStart: inout Date) throws {
+        for m in machine.members { send(.start, to: m.identity) }
+        epochStart = Date()
+        reporter.restartWindow()  // rates count from here, not from start-up
+        let startup = epochStart.timeIntervalSince(created)
+        progress.line(
+            "\(Self.allReplicas(machine.members.count)) agree on the initial parameters; training (\(ProgressDisplay.fixed(startup, 2)) s after start-up)"
+                + (machine.carriedStep.map {
+                    ", from the state the workers kept at step \($0) (the checkpoint is of step \(machine.settings.firstStep)): nothing lost"
+                } ?? ""))
+        var started = event("training")
+        started.elapsed_s = startup
+        (started.ranks, started.rank_threads) = (machine.members.map(\.address), machine.members.map { threads[$0.address] ?? 0 })
+        try reporter.record(started)
+    }
+
+    /// A completed step into its epoch's training figures, the metrics and the timeline.
+    private func recordStep(_ s: CoordinatorState.StepSummary) throws {
+        epochTraining[s.epoch, default: BatchStats()] =
+            epochTraining[s.epoch, default: BatchStats()] + BatchStats(lossSum: s.lossSum, correct: s.correct, count: s.count)
+        lastRate = s.learningRate
+        try reporter.stepCompleted(
+            globalStep: s.globalStep, epoch: s.epoch, stats: BatchStats(lossSum: s.lossSum, correct: s.correct, count: s.count),
+            lr: s.learningRate, ranks: s.figures)
+        try timeline?.add(s)
+    }
+
+    /// The ranks' evaluations of an epoch merged into its metrics line and its progress line.
+    private func recordEvaluation(epoch: Int, reports: [Envelope.EvalReport], epochStart: inout Date) throws {
+        let merged = EvaluationReport.merged(
+            reports.map {
+                EvaluationReport(
+                    kind: evaluationKind,
+                    stats: BatchStats(
+                        lossSum: $0.lossSum, correct: Int(clamping: $0.correct), count: Int(clamping: $0.count),
+                        squaredError: $0.squaredErrorSum, absoluteError: $0.absoluteErrorSum),
+                    auc: nil, scores: $0.scores, labels: $0.labels)
+            })
+        let seconds = Date().timeIntervalSince(epochStart)
+        epochStart = Date()
+        // the run's end within an epoch (--max-steps) is evaluated like an epoch's end
+        let ends = epoch != machine.partialFinalEpoch, step = ends ? (epoch + 1) * stepsPerEpoch : machine.settings.totalSteps
+        let trained = epochTraining.removeValue(forKey: epoch) ?? BatchStats()
+        var e = event(ends ? "epoch" : "eval", at: step)
+        (e.loss, e.lr, e.elapsed_s, e.samples_per_sec) = (trained.meanLoss, lastRate, seconds, Double(trained.count) / seconds)
+        merged.write(into: &e)
+        try reporter.record(e)
+        lastEvaluation = e
+        let which = ProgressDisplay.evaluated(
+            step: step, stepsPerEpoch: stepsPerEpoch, epochs: config.epochsSpanned(stepsPerEpoch: stepsPerEpoch))
+        progress.line(
+            "\(which): train loss \(ProgressDisplay.fixed(trained.meanLoss, 4)), \(merged.summary) (\(ProgressDisplay.fixed(seconds, 1)) s, "
+                + "\(ProgressDisplay.grouped(e.samples_per_sec!)) \(reporter.unit)/s)")
+    }
+
+    /// Rank 0's checkpoint, checked like any checkpoint file, replaces the last one.
+    private func writeCheckpoint(_ data: Envelope.CheckpointData) throws {
+        // Checked like any checkpoint file (fields, shapes, checksums) before it replaces the last one.
+        let loaded = try Checkpoint.Loaded(bytes: Data(data.safetensors), source: "rank 0's checkpoint of step \(data.globalStep)")
+        guard loaded.model == config.model, loaded.state.globalStep == Int(data.globalStep) else {
+            throw ClusterError(
+                "rank 0 sent a checkpoint of a \(loaded.model.prefix(40)) model at step \(loaded.state.globalStep) for step \(data.globalStep) of this \(config.model) job"
+            )
+        }
+        var file = loaded.file
+        file.metadata["tether.workers"] = String(machine.members.count)
+        try Safetensors.write(file, to: runDirectory.appendingPathComponent(Checkpoint.fileName))
+        writtenCheckpointStep = Int(data.globalStep)
+        try timeline?.mark("checkpoint written", step: writtenCheckpointStep!)
+        try reporter.record(event("checkpoint", at: writtenCheckpointStep!))
+        StopSignal.lossNote(checkpointStep: Int(data.globalStep), runDirectory: runDirectory.path)
+    }
+
+    /// Tells every member why the job stops, records it, and ends the job.
+    private func abortJob(_ message: String) throws {
+        for m in machine.members { send(.abort(.init(originRank: -1, reason: message)), to: m.identity) }
+        for identity in heartbeatIdentities.values { send(.abort(.init(originRank: -1, reason: message)), to: identity) }
+        var e = event(message == WorkerState.coordinatorInterrupted ? "interrupted" : "failed")
+        e.error = message
+        try? reporter.record(e)
+        Thread.sleep(forTimeInterval: 0.3)  // let the aborts leave before the process exits
+        throw ClusterError(message == WorkerState.coordinatorInterrupted ? interruptedLine() : message)
     }
 
     /// Assigns a worker its rank in `ring` (of ring epoch `epoch`: > 0 when it joins a running job and
