@@ -179,40 +179,7 @@ public final class Worker {
     /// Carries out one directive; returns the event it ended in, if any.
     private func carryOut(_ directive: WorkerState.Directive, _ machine: inout WorkerState) throws -> WorkerState.Event? {
         switch directive {
-        case .join(let carrying):
-            if carrying, let kept {
-                log(
-                    "keeping the state of step \(kept.step); waiting up to \(Int(options.coordinatorWait)) s for a coordinator at \(options.coordinator)"
-                )
-            }
-            rejoining = carrying
-            defer { rejoining = false }
-            guard
-                let assign = try join(
-                    carrying: carrying ? kept.map { ($0.step, $0.hash) } : nil, within: carrying ? options.coordinatorWait : 120)
-            else {
-                log(
-                    carrying
-                        ? "the coordinator that came back says the run has finished"
-                        : "the run has already finished (the coordinator says so); nothing to do")
-                return .runFinished
-            }
-            // A hostile or invalid assignment is refused before this worker does anything (set-up checks
-            // each assignment again, a later coordinator's too); the rank it names is told why (run()).
-            rank = Int(assign.rank)
-            _ = try AssignCheck(dataRoots: options.dataRoots, secure: options.security.keys != nil).validate(assign)
-            assignment = assign
-            if heartbeat == nil {
-                control.socket.stopMonitor()
-                // Heartbeats flow from here on: loading the data and building the model can take seconds.
-                heartbeat = try Heartbeat(
-                    context: context, options: options, identity: ControlIdentity.heartbeat(of: identity), rank: rank,
-                    reforms: reforms, logger: logger)
-                ProcessMemory.keepFreedBuffers()
-            } else {
-                reforms.reset()
-            }
-            return .assigned(rank: rank, ringEpoch: assign.ringEpoch, reformInPlace: assign.reformInPlace)
+        case .join(let carrying): return try joinJob(carrying: carrying)
         case .setUp:
             let carried = assignment!.useCarriedState ? kept.map { ($0.step, $0.bytes) } : nil
             return ready(try setUp(assignment!, carried: carried), redoEndOfStep: carried != nil)
@@ -220,33 +187,8 @@ public final class Worker {
             try sendReadyAndAwaitStart(job!.replica, abandonedStep: machine.abandonedStep)
             trainingStarted = true
             return .coordinator(.start)
-        case .trainNextStep(let votes):
-            try checkControl()
-            for e in noticed { _ = machine.handle(e) }  // a Stop, a join: this step's votes
-            noticed = []
-            let replica = job!.replica, training = replica.training
-            if replica.state.stepInEpoch == 0 { training.workload.startEpoch(replica.state.epoch) }
-            training.exchange.vote = votes.union(machine.votes)
-            replica.report = try training.step(&replica.state)
-            if let timeline = ownTimeline, let spans = replica.report?.spans {
-                try timeline.add(rank: rank, globalStep: replica.state.globalStep, spans: spans)
-                if assignment?.timeline != true { replica.report?.spans = [] }  // the coordinator did not ask
-            }
-            replica.report?.stopping = training.exchange.agreed.contains(.stop)
-            replica.boundary = replica.state
-            replica.carried = nil
-            return .stepFinished(globalStep: replica.state.globalStep, agreed: training.exchange.agreed)
-        case .reportStep(let withHash):
-            let replica = job!.replica
-            // after a re-formation, a survivor that did not finish the step itself reports no samples
-            var report =
-                replica.report?.globalStep == UInt64(machine.globalStep)
-                ? replica.report!
-                : Envelope.StepReport(
-                    globalStep: UInt64(machine.globalStep), epoch: UInt32(replica.state.epoch), lossSum: 0, count: 0, correct: 0,
-                    computeSeconds: 0, allreduceSeconds: 0, optimizerSeconds: 0, parameterHash: 0, waitSeconds: 0)
-            if withHash { report.parameterHash = Self.hash(replica.training.workload.model.arena) }
-            try tell(.stepReport(report))
+        case .trainNextStep(let votes): return try trainStep(votes: votes, &machine)
+        case .reportStep(let withHash): try reportStep(withHash: withHash, globalStep: machine.globalStep)
         case .evaluate(let epoch, let ends):
             let replica = job!.replica
             try tell(.evalReport(try replica.training.evaluate(epoch: epoch, state: &replica.state, epochEnds: ends)))
@@ -255,49 +197,135 @@ public final class Worker {
             let replica = job!.replica
             replica.replicas = try replica.training.gatherReplicaState(step: UInt64(replica.state.globalStep))
             replica.replicaErrors = try replica.training.gatherErrorFeedback(step: UInt64(replica.state.globalStep))
-        case .sendCheckpoint:
-            let replica = job!.replica, training = replica.training, model = training.workload.model
-            var state = replica.state
-            state.rng = model.context.rng
-            let file = Checkpoint.file(
-                model: model, optimizer: training.optimizer, config: training.config, state: state,
-                metadata: training.workload.checkpointMetadata,
-                replicaBuffers: replica.replicas.map(\.buffers), replicaRNGs: replica.replicas.map(\.rng),
-                compression: .init(factors: training.exchange.powerSGD?.factors, errors: replica.replicaErrors))
-            try tell(.checkpoint(.init(globalStep: UInt64(state.globalStep), safetensors: [UInt8](Safetensors.encode(file)))))
+        case .sendCheckpoint: try sendCheckpoint()
         case .awaitFinish:
             return .coordinator(try waitFor("the coordinator's finish", within: 60) { $0 == .finish ? $0 : nil })
         case .awaitReform(let urgent):
             return try awaitReform(after: machine.ringEpoch, urgent: urgent).map { .reformReceived($0) } ?? .noReform
-        case .reform(let reform):
-            rank = Int(reform.rank)
-            if let old = job { return ready(try reformed(old, reform), redoEndOfStep: !reform.atBoundary) }
-            // a joiner whose ring was re-formed before it formed: set up again on the new one
-            assignment!.rank = reform.rank
-            (assignment!.ring, assignment!.ringPublicKeys, assignment!.ringEpoch) = (reform.ring, reform.ringPublicKeys, reform.ringEpoch)
-            return ready(try setUp(assignment!, carried: nil), redoEndOfStep: !reform.atBoundary)
-        case .keepState:
-            guard let replica = job?.replica else { return nil }
-            let state = replica.carried ?? replica.encoded(replica.boundary)
-            kept = (state.step, state.bytes, Self.hash(replica.training.workload.model.arena))
-            keptErrorFeedback = replica.training.exchange.errorFeedback
-            replica.training.ring.close()
-            job = nil
-            log("the coordinator at \(options.coordinator) was lost; this worker keeps its replica at step \(state.step)")
-        case .exit:
-            if let job {
-                let replica = job.replica, training = replica.training
-                if let step = replica.report, step.stopping, replica.state.globalStep < training.totalSteps {
-                    log("stopped after step \(replica.state.globalStep) of \(training.totalSteps); the coordinator holds its checkpoint")
-                }
-                log(
-                    "done, peak RSS \(Self.peakResidentMegabytes()) MB (\(training.workload.model.arena.count) parameters, "
-                        + "optimizer state \(training.optimizer.stateTensors.reduce(0) { $0 + $1.count }) values)")
-            }
+        case .reform(let reform): return try takeReform(reform)
+        case .keepState: keepState()
+        case .exit: sayDone()
         case .fail:
             preconditionFailure("live() ends on .fail before carrying a directive out")
         }
         return nil
+    }
+
+    /// Says hello until assigned (carrying a kept state, after a lost coordinator), checks the Assign, and starts heartbeats.
+    private func joinJob(carrying: Bool) throws -> WorkerState.Event {
+        if carrying, let kept {
+            log(
+                "keeping the state of step \(kept.step); waiting up to \(Int(options.coordinatorWait)) s for a coordinator at \(options.coordinator)"
+            )
+        }
+        rejoining = carrying
+        defer { rejoining = false }
+        guard
+            let assign = try join(
+                carrying: carrying ? kept.map { ($0.step, $0.hash) } : nil, within: carrying ? options.coordinatorWait : 120)
+        else {
+            log(
+                carrying
+                    ? "the coordinator that came back says the run has finished"
+                    : "the run has already finished (the coordinator says so); nothing to do")
+            return .runFinished
+        }
+        // A hostile or invalid assignment is refused before this worker does anything (set-up checks
+        // each assignment again, a later coordinator's too); the rank it names is told why (run()).
+        rank = Int(assign.rank)
+        _ = try AssignCheck(dataRoots: options.dataRoots, secure: options.security.keys != nil).validate(assign)
+        assignment = assign
+        if heartbeat == nil {
+            control.socket.stopMonitor()
+            // Heartbeats flow from here on: loading the data and building the model can take seconds.
+            heartbeat = try Heartbeat(
+                context: context, options: options, identity: ControlIdentity.heartbeat(of: identity), rank: rank,
+                reforms: reforms, logger: logger)
+            ProcessMemory.keepFreedBuffers()
+        } else {
+            reforms.reset()
+        }
+        return .assigned(rank: rank, ringEpoch: assign.ringEpoch, reformInPlace: assign.reformInPlace)
+    }
+
+    /// One step of the replica with this step's votes; its report kept for the coordinator.
+    private func trainStep(votes: RingVotes, _ machine: inout WorkerState) throws -> WorkerState.Event {
+        try checkControl()
+        for e in noticed { _ = machine.handle(e) }  // a Stop, a join: this step's votes
+        noticed = []
+        let replica = job!.replica, training = replica.training
+        if replica.state.stepInEpoch == 0 { training.workload.startEpoch(replica.state.epoch) }
+        training.exchange.vote = votes.union(machine.votes)
+        replica.report = try training.step(&replica.state)
+        if let timeline = ownTimeline, let spans = replica.report?.spans {
+            try timeline.add(rank: rank, globalStep: replica.state.globalStep, spans: spans)
+            if assignment?.timeline != true { replica.report?.spans = [] }  // the coordinator did not ask
+        }
+        replica.report?.stopping = training.exchange.agreed.contains(.stop)
+        replica.boundary = replica.state
+        replica.carried = nil
+        return .stepFinished(globalStep: replica.state.globalStep, agreed: training.exchange.agreed)
+    }
+
+    /// The step's report to the coordinator (an empty one from a survivor that did not finish it).
+    private func reportStep(withHash: Bool, globalStep: Int) throws {
+        let replica = job!.replica
+        // after a re-formation, a survivor that did not finish the step itself reports no samples
+        var report =
+            replica.report?.globalStep == UInt64(globalStep)
+            ? replica.report!
+            : Envelope.StepReport(
+                globalStep: UInt64(globalStep), epoch: UInt32(replica.state.epoch), lossSum: 0, count: 0, correct: 0,
+                computeSeconds: 0, allreduceSeconds: 0, optimizerSeconds: 0, parameterHash: 0, waitSeconds: 0)
+        if withHash { report.parameterHash = Self.hash(replica.training.workload.model.arena) }
+        try tell(.stepReport(report))
+    }
+
+    /// Rank 0's checkpoint of the step, with every replica's buffers, RNG and error feedback, to the coordinator.
+    private func sendCheckpoint() throws {
+        let replica = job!.replica, training = replica.training, model = training.workload.model
+        var state = replica.state
+        state.rng = model.context.rng
+        let file = Checkpoint.file(
+            model: model, optimizer: training.optimizer, config: training.config, state: state,
+            metadata: training.workload.checkpointMetadata,
+            replicaBuffers: replica.replicas.map(\.buffers), replicaRNGs: replica.replicas.map(\.rng),
+            compression: .init(factors: training.exchange.powerSGD?.factors, errors: replica.replicaErrors))
+        try tell(.checkpoint(.init(globalStep: UInt64(state.globalStep), safetensors: [UInt8](Safetensors.encode(file)))))
+    }
+
+    /// The ring re-formed: the replica on its new ring, or (a joiner whose ring changed before it formed) set up again.
+    private func takeReform(_ reform: Envelope.Reform) throws -> WorkerState.Event {
+        rank = Int(reform.rank)
+        if let old = job { return ready(try reformed(old, reform), redoEndOfStep: !reform.atBoundary) }
+        // a joiner whose ring was re-formed before it formed: set up again on the new one
+        assignment!.rank = reform.rank
+        (assignment!.ring, assignment!.ringPublicKeys, assignment!.ringEpoch) = (reform.ring, reform.ringPublicKeys, reform.ringEpoch)
+        return ready(try setUp(assignment!, carried: nil), redoEndOfStep: !reform.atBoundary)
+    }
+
+    /// Keeps the replica's state through a lost coordinator, for the one that comes back.
+    private func keepState() {
+        guard let replica = job?.replica else { return }
+        let state = replica.carried ?? replica.encoded(replica.boundary)
+        kept = (state.step, state.bytes, Self.hash(replica.training.workload.model.arena))
+        keptErrorFeedback = replica.training.exchange.errorFeedback
+        replica.training.ring.close()
+        job = nil
+        log("the coordinator at \(options.coordinator) was lost; this worker keeps its replica at step \(state.step)")
+    }
+
+    /// The worker's last words: where it stopped, its peak memory.
+    private func sayDone() {
+        if let job {
+            let replica = job.replica, training = replica.training
+            if let step = replica.report, step.stopping, replica.state.globalStep < training.totalSteps {
+                log("stopped after step \(replica.state.globalStep) of \(training.totalSteps); the coordinator holds its checkpoint")
+            }
+            log(
+                "done, peak RSS \(Self.peakResidentMegabytes()) MB (\(training.workload.model.arena.count) parameters, "
+                    + "optimizer state \(training.optimizer.stateTensors.reduce(0) { $0 + $1.count }) values)")
+        }
     }
 
     /// The replica `made` is this worker's job now; the machine's event for it.
