@@ -117,57 +117,30 @@ extension Scalar {
 // im2col and col2im are C (CTetherKernels): short contiguous runs with zero fill, which Swift's
 // optimizer does not vectorize without restrict (measured: docs/ARCHITECTURE.md). So is 2x2 pooling:
 // branch-free selects over each window, which clang vectorizes and Swift's optimizer did not.
-extension Float {
-    public static func im2col(_ col: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ g: ConvGeometry, samples: Range<Int>) {
+extension Scalar {
+    public static func im2col(_ col: UnsafeMutablePointer<Self>, _ x: UnsafePointer<Self>, _ g: ConvGeometry, samples: Range<Int>) {
         g.forEachChannelSlice(samples: samples.count) { shape, image, rows in
             var shape = shape
-            tether_im2col_f32(col + rows, x + image, &shape, samples.lowerBound, samples.count)
+            kernels.im2col(col + rows, x + image, &shape, samples.lowerBound, samples.count)
         }
     }
     public static func col2im(
-        _ dx: UnsafeMutablePointer<Float>, _ dcol: UnsafeMutablePointer<Float>, _ g: ConvGeometry, samples: Range<Int>
+        _ dx: UnsafeMutablePointer<Self>, _ dcol: UnsafeMutablePointer<Self>, _ g: ConvGeometry, samples: Range<Int>
     ) {
         g.forEachChannelSlice(samples: samples.count) { shape, image, rows in
             var shape = shape
-            tether_col2im_f32(dx + image, dcol + rows, &shape, samples.lowerBound, samples.count)
+            kernels.col2im(dx + image, dcol + rows, &shape, samples.lowerBound, samples.count)
         }
     }
     public static func maxPool2x2Forward(
-        _ y: UnsafeMutablePointer<Float>, argmax: UnsafeMutablePointer<Int32>, _ x: UnsafePointer<Float>, _ g: PoolGeometry
+        _ y: UnsafeMutablePointer<Self>, argmax: UnsafeMutablePointer<Int32>, _ x: UnsafePointer<Self>, _ g: PoolGeometry
     ) {
-        tether_maxpool2x2_f32(y, argmax, x, g.planes, g.height, g.width)
+        kernels.maxPool2x2(y, argmax, x, g.planes, g.height, g.width)
     }
     public static func maxPool2x2Backward(
-        _ dx: UnsafeMutablePointer<Float>, _ dy: UnsafePointer<Float>, argmax: UnsafePointer<Int32>, _ g: PoolGeometry
+        _ dx: UnsafeMutablePointer<Self>, _ dy: UnsafePointer<Self>, argmax: UnsafePointer<Int32>, _ g: PoolGeometry
     ) {
-        tether_maxpool2x2_backward_f32(dx, dy, argmax, g.planes, g.height, g.width)
-    }
-}
-
-extension Double {
-    public static func im2col(_ col: UnsafeMutablePointer<Double>, _ x: UnsafePointer<Double>, _ g: ConvGeometry, samples: Range<Int>) {
-        g.forEachChannelSlice(samples: samples.count) { shape, image, rows in
-            var shape = shape
-            tether_im2col_f64(col + rows, x + image, &shape, samples.lowerBound, samples.count)
-        }
-    }
-    public static func col2im(
-        _ dx: UnsafeMutablePointer<Double>, _ dcol: UnsafeMutablePointer<Double>, _ g: ConvGeometry, samples: Range<Int>
-    ) {
-        g.forEachChannelSlice(samples: samples.count) { shape, image, rows in
-            var shape = shape
-            tether_col2im_f64(dx + image, dcol + rows, &shape, samples.lowerBound, samples.count)
-        }
-    }
-    public static func maxPool2x2Forward(
-        _ y: UnsafeMutablePointer<Double>, argmax: UnsafeMutablePointer<Int32>, _ x: UnsafePointer<Double>, _ g: PoolGeometry
-    ) {
-        tether_maxpool2x2_f64(y, argmax, x, g.planes, g.height, g.width)
-    }
-    public static func maxPool2x2Backward(
-        _ dx: UnsafeMutablePointer<Double>, _ dy: UnsafePointer<Double>, argmax: UnsafePointer<Int32>, _ g: PoolGeometry
-    ) {
-        tether_maxpool2x2_backward_f64(dx, dy, argmax, g.planes, g.height, g.width)
+        kernels.maxPool2x2Backward(dx, dy, argmax, g.planes, g.height, g.width)
     }
 }
 

@@ -22,6 +22,8 @@ public protocol Scalar: BinaryFloatingPoint, Sendable, Codable where Self.RawSig
         beta: Self, c: UnsafeMutablePointer<Self>, ldc: Int)
     /// The safetensors dtype name ("F32", "F64").
     static var safetensorsDType: String { get }
+    /// The C kernels of this precision, which the wrappers of GEMM, dot, Adam, im2col and pooling call.
+    static var kernels: PrecisionKernels<Self> { get }
 
     // MARK: memory
     static func zeros(count: Int) -> [Self]
@@ -190,33 +192,9 @@ public protocol Scalar: BinaryFloatingPoint, Sendable, Codable where Self.RawSig
 
 extension Float: Scalar {
     public static var safetensorsDType: String { "F32" }
-    public static func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, count: Int) -> Float {
-        cblas_sdot(blasint(count), a, 1, b, 1)
-    }
-    public static func adamStep(
-        _ p: UnsafeMutablePointer<Float>, m: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>,
-        grad: UnsafePointer<Float>, _ h: AdamHyper, count: Int
-    ) {
-        let c = h.coefficients
-        tether_adam_f32(
-            p, m, v, grad, count, Float(h.beta1), Float(h.beta2), Float(h.epsilon), Float(c.stepSize),
-            Float(c.rootBiasCorrection2), Float(c.decay), Float(c.coupledWeightDecay))
-    }
-    @inline(__always)
-    public static func gemm(
-        transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float,
-        a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
-        beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int
-    ) {
-        guard m > 0, n > 0 else { return }
-        Compute.splitGemm(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, lda: lda, ldb: ldb, ldc: ldc) {
-            rows, columns, aOffset, bOffset, cOffset in
-            cblas_sgemm(
-                CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
-                blasint(rows), blasint(columns), blasint(k), alpha, a + aOffset, blasint(lda), b + bOffset, blasint(ldb), beta,
-                c + cOffset, blasint(ldc))
-        }
-    }
+    public static let kernels = PrecisionKernels<Float>(
+        gemm: cblas_sgemm, dot: cblas_sdot, adam: tether_adam_f32, im2col: tether_im2col_f32, col2im: tether_col2im_f32,
+        maxPool2x2: tether_maxpool2x2_f32, maxPool2x2Backward: tether_maxpool2x2_backward_f32)
 }
 
 extension Float {
@@ -245,26 +223,53 @@ extension Float {
 
 extension Double: Scalar {
     public static var safetensorsDType: String { "F64" }
-    public static func dot(_ a: UnsafePointer<Double>, _ b: UnsafePointer<Double>, count: Int) -> Double {
-        cblas_ddot(blasint(count), a, 1, b, 1)
+    public static let kernels = PrecisionKernels<Double>(
+        gemm: cblas_dgemm, dot: cblas_ddot, adam: tether_adam_f64, im2col: tether_im2col_f64, col2im: tether_col2im_f64,
+        maxPool2x2: tether_maxpool2x2_f64, maxPool2x2Backward: tether_maxpool2x2_backward_f64)
+}
+
+/// The C kernels of one precision: OpenBLAS's s or d functions and CTetherKernels' _f32 or _f64 ones.
+/// Each wrapper below is written once, generically, and calls through its type's table.
+public struct PrecisionKernels<T: Scalar>: Sendable {
+    let gemm:
+        @Sendable (
+            CBLAS_ORDER, CBLAS_TRANSPOSE, CBLAS_TRANSPOSE, blasint, blasint, blasint, T, UnsafePointer<T>?, blasint, UnsafePointer<T>?,
+            blasint, T, UnsafeMutablePointer<T>?, blasint
+        ) -> Void
+    let dot: @Sendable (blasint, UnsafePointer<T>?, blasint, UnsafePointer<T>?, blasint) -> T
+    let adam:
+        @Sendable (
+            UnsafeMutablePointer<T>?, UnsafeMutablePointer<T>?, UnsafeMutablePointer<T>?, UnsafePointer<T>?, Int, T, T, T, T, T, T, T
+        ) -> Void
+    let im2col: @Sendable (UnsafeMutablePointer<T>?, UnsafePointer<T>?, UnsafePointer<tether_conv_shape>?, Int, Int) -> Void
+    let col2im: @Sendable (UnsafeMutablePointer<T>?, UnsafeMutablePointer<T>?, UnsafePointer<tether_conv_shape>?, Int, Int) -> Void
+    let maxPool2x2: @Sendable (UnsafeMutablePointer<T>?, UnsafeMutablePointer<Int32>?, UnsafePointer<T>?, Int, Int, Int) -> Void
+    let maxPool2x2Backward: @Sendable (UnsafeMutablePointer<T>?, UnsafePointer<T>?, UnsafePointer<Int32>?, Int, Int, Int) -> Void
+}
+
+extension Scalar {
+    public static func dot(_ a: UnsafePointer<Self>, _ b: UnsafePointer<Self>, count: Int) -> Self {
+        kernels.dot(blasint(count), a, 1, b, 1)
     }
     public static func adamStep(
-        _ p: UnsafeMutablePointer<Double>, m: UnsafeMutablePointer<Double>, v: UnsafeMutablePointer<Double>,
-        grad: UnsafePointer<Double>, _ h: AdamHyper, count: Int
+        _ p: UnsafeMutablePointer<Self>, m: UnsafeMutablePointer<Self>, v: UnsafeMutablePointer<Self>,
+        grad: UnsafePointer<Self>, _ h: AdamHyper, count: Int
     ) {
         let c = h.coefficients
-        tether_adam_f64(p, m, v, grad, count, h.beta1, h.beta2, h.epsilon, c.stepSize, c.rootBiasCorrection2, c.decay, c.coupledWeightDecay)
+        kernels.adam(
+            p, m, v, grad, count, Self(h.beta1), Self(h.beta2), Self(h.epsilon), Self(c.stepSize), Self(c.rootBiasCorrection2),
+            Self(c.decay), Self(c.coupledWeightDecay))
     }
     @inline(__always)
     public static func gemm(
-        transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Double,
-        a: UnsafePointer<Double>, lda: Int, b: UnsafePointer<Double>, ldb: Int,
-        beta: Double, c: UnsafeMutablePointer<Double>, ldc: Int
+        transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Self,
+        a: UnsafePointer<Self>, lda: Int, b: UnsafePointer<Self>, ldb: Int,
+        beta: Self, c: UnsafeMutablePointer<Self>, ldc: Int
     ) {
         guard m > 0, n > 0 else { return }
         Compute.splitGemm(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, lda: lda, ldb: ldb, ldc: ldc) {
             rows, columns, aOffset, bOffset, cOffset in
-            cblas_dgemm(
+            kernels.gemm(
                 CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
                 blasint(rows), blasint(columns), blasint(k), alpha, a + aOffset, blasint(lda), b + bOffset, blasint(ldb), beta,
                 c + cOffset, blasint(ldc))
