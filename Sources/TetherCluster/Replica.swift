@@ -1,0 +1,53 @@
+import CTetherKernels
+import CXXHash
+import Foundation
+import Logging
+import TetherComm
+import TetherNN
+import TetherTensor
+import TetherTrain
+
+/// A worker's place in the ring: its forming (epoch), its rank, every rank's address and ring key.
+struct Membership {
+    var epoch: UInt32
+    var rank: Int
+    var ring: [String]
+    /// The ring's public keys by rank (CURVE), or empty; this worker's secret key stays its own.
+    var publicKeys: [String]
+    var secretKey: String
+    /// This rank's share of every global batch.
+    var shard: Shard { Shard(rank: rank, count: ring.count) }
+}
+
+/// One replica on one ring: its step function (workload, optimizer, ring, exchange) and its state.
+final class Replica {
+    let training: Training
+    var state: TrainingState
+    /// The state the last step left, before that step's end-of-step work (evaluation moves `state` on):
+    /// what a re-formed ring continues from, redoing that work.
+    var boundary: TrainingState
+    /// The last step's report, and every replica's state gathered for a checkpoint.
+    var report: Envelope.StepReport?
+    var replicas: [(buffers: [Float], rng: RNG)] = []
+    var replicaErrors: [[Float]]?
+    /// The state carried into a re-formation (its step and checkpoint bytes), once encoded: a second
+    /// re-formation before this one ends starts from the same.
+    var carried: (step: Int, bytes: [UInt8])?
+
+    init(training: Training, state: TrainingState) {
+        (self.training, self.state, boundary) = (training, state, state)
+    }
+
+    /// `state` (the last step's boundary, or the state now) as checkpoint bytes, with the model's RNG
+    /// (parameters and optimizer state do not move until a step's exchange has finished).
+    func encoded(_ state: TrainingState) -> (step: Int, bytes: [UInt8]) {
+        let model = training.workload.model
+        var state = state
+        state.rng = model.context.rng
+        let file = Checkpoint.file(
+            model: model, optimizer: training.optimizer, config: training.config, state: state,
+            metadata: training.workload.checkpointMetadata,
+            compression: .init(factors: training.exchange.powerSGD?.factors, errors: nil))
+        return (state.globalStep, [UInt8](Safetensors.encode(file)))
+    }
+}
