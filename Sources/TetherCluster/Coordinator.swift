@@ -308,6 +308,8 @@ public final class Coordinator {
 
     /// The step of the last checkpoint this coordinator wrote.
     private var writtenCheckpointStep: Int?
+    /// Why the newest checkpoint is not on disk (a full disk), until one is written again.
+    private var unwrittenCheckpoint: String?
     /// The signal that stopped the job: this process's, or the one a worker said it received.
     private var stopSignal: Int32?
 
@@ -389,6 +391,9 @@ public final class Coordinator {
             case .abort(let message): try abortJob(message)
             case .finish:
                 for m in machine.nextRing { send(.finish, to: m.identity) }
+                if let unwrittenCheckpoint {
+                    throw ClusterError("the job ended at step \(machine.completedSteps), but \(unwrittenCheckpoint)")
+                }
                 return true
             }
         }
@@ -519,7 +524,21 @@ public final class Coordinator {
         }
         var file = loaded.file
         file.metadata["tether.workers"] = String(machine.members.count)
-        try Safetensors.write(file, to: runDirectory.appendingPathComponent(Checkpoint.fileName))
+        do { try Safetensors.write(file, to: runDirectory.appendingPathComponent(Checkpoint.fileName)) } catch let error as AtomicFileError
+            where error.isOutOfSpace
+        {
+            // A full disk costs this checkpoint only: the last one stays whole, and the job trains on.
+            let step = writtenCheckpointStep ?? startState?.globalStep
+            let kept = step.map { "the checkpoint of step \($0) is kept" } ?? "no checkpoint of this run is on disk yet"
+            unwrittenCheckpoint = "its checkpoint of step \(data.globalStep) was not written (\(error.reason)); \(kept)"
+            let goesOn = Int(data.globalStep) < machine.settings.totalSteps && machine.stoppedAt == nil
+            progress.line("checkpoint of step \(data.globalStep) not written: \(error); \(kept)" + (goesOn ? "; training goes on" : ""))
+            var failed = event("checkpoint_failed", at: Int(data.globalStep))
+            failed.error = "\(error)"
+            try? reporter.record(failed)  // the same disk may refuse the line too
+            return
+        }
+        unwrittenCheckpoint = nil
         writtenCheckpointStep = Int(data.globalStep)
         try timeline?.mark("checkpoint written", step: writtenCheckpointStep!)
         try reporter.record(event("checkpoint", at: writtenCheckpointStep!))

@@ -154,11 +154,24 @@ public enum SafetensorsError: Error, CustomStringConvertible, Equatable {
 
 /// Replace-a-file-or-leave-it-alone writes.
 public enum AtomicFile {
+    /// Writes `data` to a temporary file beside `url`, fsyncs it, renames it into place and fsyncs the
+    /// folder: `url` holds the old bytes or the new ones, never a torn file. A full disk's error says how
+    /// much the file needed and how much was free once the temporary file was gone.
     public static func write(_ data: Data, to url: URL) throws {
+        do { try replace(url, with: data) } catch var error as AtomicFileError where error.isOutOfSpace {
+            var fs = statvfs()
+            if statvfs(url.deletingLastPathComponent().path, &fs) == 0 {
+                error.available = Int(clamping: UInt64(fs.f_bavail).multipliedReportingOverflow(by: UInt64(fs.f_frsize)).partialValue)
+            }
+            throw error
+        }
+    }
+
+    private static func replace(_ url: URL, with data: Data) throws {
         let dir = url.deletingLastPathComponent()
         let tmp = dir.appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())")
         func check(_ ok: Bool, _ what: String) throws {
-            if !ok { throw AtomicFileError(path: url.path, operation: what, errno: errno) }
+            if !ok { throw AtomicFileError(path: url.path, operation: what, errno: errno, needed: data.count) }
         }
         let fd = open(tmp.path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
         try check(fd >= 0, "create \(tmp.lastPathComponent)")
@@ -186,5 +199,20 @@ public enum AtomicFile {
 
 public struct AtomicFileError: Error, CustomStringConvertible {
     public let path: String, operation: String, errno: Int32
-    public var description: String { "\(path): could not \(operation): \(String(cString: strerror(errno)))" }
+    /// The file's size, and the bytes its file system had free for this user when the write failed.
+    public var needed = 0, available: Int?
+    public init(path: String, operation: String, errno: Int32, needed: Int = 0, available: Int? = nil) {
+        (self.path, self.operation, self.errno, self.needed, self.available) = (path, operation, errno, needed, available)
+    }
+    /// The disk (or the user's quota) is full: the write may succeed once space is freed.
+    public var isOutOfSpace: Bool { errno == ENOSPC || errno == EDQUOT }
+    public var description: String { "\(path): \(reason)" }
+    /// What failed, without the path.
+    public var reason: String {
+        let space =
+            isOutOfSpace
+            ? " (the file needs \(Self.megabytes(needed)); \(available.map(Self.megabytes) ?? "an unknown amount") free there)" : ""
+        return "could not \(operation): \(String(cString: strerror(errno)))\(space)"
+    }
+    static func megabytes(_ bytes: Int) -> String { String(format: "%.1f MB", Double(bytes) / 1e6) }
 }

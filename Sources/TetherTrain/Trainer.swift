@@ -120,7 +120,10 @@ public final class Trainer {
                 state.globalStep += 1
                 try reporter.stepCompleted(
                     globalStep: state.globalStep, epoch: state.epoch, stats: stats, lr: learningRate(at: state.globalStep - 1))
-                if config.checkpointEvery > 0 && state.globalStep % config.checkpointEvery == 0 { try saveCheckpoint() }
+                // the run's last step is checkpointed after its evaluation (below)
+                if config.checkpointEvery > 0 && state.globalStep % config.checkpointEvery == 0 && state.globalStep < totalSteps {
+                    try saveCheckpoint(keepsGoing: true)
+                }
             }
             // An epoch's end, or the run's end within an epoch (--max-steps): evaluate and report.
             let epochEnds = state.stepInEpoch == stepsPerEpoch
@@ -147,9 +150,9 @@ public final class Trainer {
             }
             state.epoch += 1
             state.stepInEpoch = 0
-            try saveCheckpoint()
+            try saveCheckpoint(keepsGoing: state.globalStep < totalSteps)
         }
-        try saveCheckpoint()
+        try saveCheckpoint(keepsGoing: false)
         var end = event(outcome == .interrupted ? "interrupted" : "end")
         end.elapsed_s = Date().timeIntervalSince(runStart)
         try reporter.record(end)
@@ -172,12 +175,30 @@ public final class Trainer {
     /// The held-out evaluation (every sample once).
     public func evaluate() -> EvaluationReport { workload.evaluate() }
 
-    func saveCheckpoint() throws {
+    /// Writes the checkpoint of this step (atomically: the last one stays whole until the new one is).
+    /// A full disk while training `keepsGoing` costs only this checkpoint: it is said, with the space it
+    /// needed, and training goes on; at the run's end it is an error naming the checkpoint kept.
+    func saveCheckpoint(keepsGoing: Bool) throws {
         state.rng = model.context.rng
-        try Safetensors.write(
-            Checkpoint.file(
-                model: model, optimizer: optimizer, config: config, state: state,
-                metadata: workload.checkpointMetadata), to: checkpointURL)
+        do {
+            try Safetensors.write(
+                Checkpoint.file(
+                    model: model, optimizer: optimizer, config: config, state: state,
+                    metadata: workload.checkpointMetadata), to: checkpointURL)
+        } catch let error as AtomicFileError where error.isOutOfSpace {
+            let kept = keptCheckpoint.map { "the checkpoint of step \($0) is kept" } ?? "no checkpoint of this run is on disk yet"
+            guard keepsGoing else {
+                throw CheckpointError(
+                    path: checkpointURL.path,
+                    reason: "the run ended at step \(state.globalStep), but its checkpoint was not written (\(error.reason)); \(kept)")
+            }
+            progress.line("checkpoint of step \(state.globalStep) not written: \(error); \(kept); training goes on")
+            var failed = MetricsEvent(event: "checkpoint_failed", step: state.globalStep, stepsPerEpoch: stepsPerEpoch)
+            failed.error = "\(error)"
+            try? reporter.record(failed)  // the same disk may refuse the line too
+            return
+        }
+        keptCheckpoint = state.globalStep
         StopSignal.lossNote(checkpointStep: state.globalStep, runDirectory: runDirectory.path)
         if recordedCheckpoint != state.globalStep {
             try reporter.record(MetricsEvent(event: "checkpoint", step: state.globalStep, stepsPerEpoch: stepsPerEpoch))
@@ -186,4 +207,6 @@ public final class Trainer {
     }
     /// The step of the last checkpoint event written (an epoch's end and the run's may be one step).
     private var recordedCheckpoint: Int?
+    /// The step of the checkpoint on disk: this run's last written, or the one it resumed from.
+    private lazy var keptCheckpoint: Int? = directory.resumed?.state.globalStep
 }
