@@ -179,21 +179,48 @@ public enum AtomicFile {
         defer { if !ok { unlink(tmp.path) } }
         do {
             defer { close(fd) }
+            let write = KillPoint.nextWrite()
             try data.withUnsafeBytes { raw in
                 var done = 0
                 while done < raw.count {
-                    let n = Foundation.write(fd, raw.baseAddress! + done, raw.count - done)
+                    let n = Foundation.write(fd, raw.baseAddress! + done, min(raw.count - done, max(raw.count / 2, 1)))
                     if n < 0 && errno == EINTR { continue }
                     try check(n > 0, "write")
                     done += n
+                    if done < raw.count { KillPoint.reached(.midWrite, write: write) }
                 }
             }
             try check(fsync(fd) == 0, "fsync")
+            KillPoint.reached(.beforeRename, write: write)
+            try check(rename(tmp.path, url.path) == 0, "rename into place")
+            KillPoint.reached(.beforeFolderSync, write: write)
         }
-        try check(rename(tmp.path, url.path) == 0, "rename into place")
         ok = true
         let dfd = open(dir.path, O_RDONLY)
         if dfd >= 0 { fsync(dfd); close(dfd) }
+    }
+}
+
+/// For tests of what a kill leaves: `TETHER_TEST_KILL_DURING_WRITE=PHASE:N` makes this process SIGKILL
+/// itself at that phase (mid-write, before-rename, before-folder-sync) of its Nth atomic write.
+enum KillPoint: String {
+    case midWrite = "mid-write", beforeRename = "before-rename", beforeFolderSync = "before-folder-sync"
+    static let variable = "TETHER_TEST_KILL_DURING_WRITE"
+    nonisolated(unsafe) private static var writes = 0
+    private static let target: (KillPoint, Int)? = {
+        guard let given = ProcessInfo.processInfo.environment[variable] else { return nil }
+        let parts = given.split(separator: ":")
+        guard parts.count == 2, let phase = KillPoint(rawValue: String(parts[0])), let n = Int(parts[1]) else { return nil }
+        return (phase, n)
+    }()
+    /// Counts an atomic write (writes are made one at a time, by one thread); returns its number.
+    static func nextWrite() -> Int {
+        guard target != nil else { return 0 }
+        writes += 1
+        return writes
+    }
+    static func reached(_ phase: KillPoint, write: Int) {
+        if let (p, n) = target, p == phase, n == write { kill(getpid(), SIGKILL) }
     }
 }
 

@@ -1,11 +1,13 @@
 import Foundation
 import Testing
 
-/// A disk that fills never costs the last good checkpoint: on a 4 MB tmpfs, where mlp's 3.2 MB
-/// checkpoint (Adam's state included) fits once but not twice, the first checkpoint is written, the
-/// next ones fail saying how much they needed, training goes on, the run ends with an error naming the
-/// checkpoint kept, and once the disk has room `--resume` trains on from it to the end.
-@Suite(.serialized) struct FullDiskTests {
+/// A checkpoint on disk is always the old one or the new one, whole. A disk that fills never costs the
+/// last good checkpoint: on a 4 MB tmpfs, where mlp's 3.2 MB checkpoint (Adam's state included) fits
+/// once but not twice, the first checkpoint is written, the next ones fail saying how much they needed,
+/// training goes on, the run ends with an error naming the checkpoint kept, and once the disk has room
+/// `--resume` trains on from it to the end. A process killed at any phase of a checkpoint's write
+/// leaves the previous checkpoint or the new one, and `--resume` goes on from it.
+@Suite(.serialized) struct CheckpointDurabilityTests {
     static let canMount = getuid() == 0 && dataInstalled
 
     /// A tmpfs of `megabytes` at a new folder (unmounted and removed by the returned closure).
@@ -52,6 +54,26 @@ import Testing
         try #require(grown.status == 0, "remount: \(grown.stderr)")
         let resumed = try CLI.run(
             [command, "--resume", "--run-dir", run.path] + (command == "simulate" ? ["--workers", "2"] : []), timeout: 120)
+        #expect(resumed.status == 0 && resumed.stdout.contains("done: 30 steps"), "\(resumed.stdout)\(resumed.stderr)")
+    }
+
+    @Test(
+        .enabled(if: dataInstalled, "needs Debian's dataset-fashion-mnist"), arguments: ["mid-write", "before-rename", "before-folder-sync"]
+    )
+    func aKillDuringACheckpointsWriteLeavesTheOldOrTheNew(_ phase: String) throws {
+        let dir = CLI.tempDir("kill-\(phase)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let flags = [
+            "--model", "mlp", "--max-steps", "30", "--checkpoint-every", "10", "--train-limit", "2000", "--test-limit", "100", "--run-dir",
+            dir.path
+        ]
+        // killed while writing its second checkpoint (step 20's)
+        let killed = try CLI.run(["train"] + flags, timeout: 120, environment: ["TETHER_TEST_KILL_DURING_WRITE": "\(phase):2"])
+        #expect(killed.status == SIGKILL, "exit \(killed.status): \(killed.stderr)")
+        let eval = try CLI.run(["eval", "--checkpoint", dir.appendingPathComponent("checkpoint.safetensors").path])
+        let step = phase == "before-folder-sync" ? 20 : 10  // renamed into place, or not yet
+        #expect(eval.status == 0 && eval.stdout.contains("mlp at step \(step)"), "\(phase): \(eval.stdout)\(eval.stderr)")
+        let resumed = try CLI.run(["train", "--resume", "--run-dir", dir.path], timeout: 120)
         #expect(resumed.status == 0 && resumed.stdout.contains("done: 30 steps"), "\(resumed.stdout)\(resumed.stderr)")
     }
 }
