@@ -97,6 +97,8 @@ public final class Worker {
                 let computing = if case .trainNextStep = directive { true } else { false }
                 (failure, event, directives) = (error, self.event(for: error, computing: computing), [])
             }
+            directives += answered
+            answered = []
             for noticed in noticed { directives += machine.handle(noticed) }
             noticed = []
             if let event { directives += machine.handle(event) }
@@ -119,6 +121,9 @@ public final class Worker {
     private var failure: Error?, ringFailure: String?
     /// Orders read from the coordinator while a directive ran (a Stop, a join's Reform), for the machine.
     private var noticed: [WorkerState.Event] = []
+    /// What the machine answered to orders it was given in the middle of a directive (a step's votes):
+    /// carried out after that directive, like every other.
+    private var answered: [WorkerState.Directive] = []
 
     /// Carries out one directive; returns the event it ended in, if any.
     private func carryOut(_ directive: WorkerState.Directive, _ machine: inout WorkerState) throws -> WorkerState.Event? {
@@ -195,7 +200,7 @@ public final class Worker {
     /// One step of the replica with this step's votes; its report kept for the coordinator.
     private func trainStep(votes: RingVotes, _ machine: inout WorkerState) throws -> WorkerState.Event {
         try checkControl()
-        for e in noticed { _ = machine.handle(e) }  // a Stop, a join: this step's votes
+        for e in noticed { answered += machine.handle(e) }  // a Stop, a join: this step's votes
         noticed = []
         let replica = job!.replica, training = replica.training
         if replica.state.stepInEpoch == 0 { training.workload.startEpoch(replica.state.epoch) }
