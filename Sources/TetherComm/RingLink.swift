@@ -330,63 +330,12 @@ final class RingLink {
         // built only for an error message, not per chunk
         var what: String { "\(e.operation) #\(sequence) ring step \(e.ringStep) chunk \(e.chunkIndex)" }
         let t0 = ContinuousClock.now
-        let deadline = t0 + options.timeout
-        var frames: [ZeroMQFrame] = [], envelope: Envelope
-        // Only the left neighbour may speak. What cannot be its message (it does not decode, it is for
-        // another job or claims another sender) is dropped and reported, and the wait goes on: on an
-        // --insecure ring anyone may connect, and a stranger's bytes must not stop the job.
-        while true {
-            if let abandon = options.abandon, abandon() {
-                throw CollectiveError(message: "rank \(rank): the ring was abandoned (waiting for \(what))", abandoned: true)
-            }
-            let slice = options.abandon == nil ? deadline : min(deadline, .now + Self.abandonPoll)
-            guard let next = try pull.receive(deadline: slice) else {
-                if ContinuousClock.now < deadline { continue }
-                throw CollectiveError(
-                    message: "rank \(rank): no message from rank \(left) (\(leftAddress)) within \(options.timeout) (waiting for \(what))")
-            }
-            frames = next
-            do { envelope = try withExtendedLifetime(frames) { try Envelope(decoding: frames[0].bytes) } } catch {
-                drop("a malformed message (\(error))", what)
-                continue
-            }
-            guard envelope.jobID == options.jobID else {
-                drop("a message for job \"\(envelope.jobID.prefix(64))\" (this ring runs job \"\(options.jobID)\")", what)
-                continue
-            }
-            guard envelope.senderRank == Int32(left) else {
-                drop("a message claiming to be from rank \(envelope.senderRank) (only rank \(left) sends here)", what)
-                continue
-            }
-            if case .chunk(let h) = envelope.body, h.ringEpoch != options.epoch {
-                drop("a message of ring epoch \(h.ringEpoch) (this ring is epoch \(options.epoch))", what)
-                continue
-            }
-            break
-        }
-        let t1 = ContinuousClock.now
-        statistics.waiting += t0.duration(to: t1)
-        if case .abort(let a) = envelope.body {
-            throw CollectiveError(message: "rank \(rank): rank \(a.originRank) gave up on the ring: \(a.reason)", abortOrigin: a.originRank)
-        }
-        guard case .chunk(let h) = envelope.body else {
-            throw CollectiveError(message: "rank \(rank): rank \(left) sent a message that is not a collective chunk (waiting for \(what))")
-        }
+        let (frames, envelope) = try awaitLeftNeighbour(until: t0 + options.timeout, waitingFor: what)
+        statistics.waiting += t0.duration(to: .now)
+        let h = try chunkHeader(envelope, frames: frames.count, waitingFor: what)
         if h.operation == .handshake, inLane == nil { _ = try openLane(required: false) }
-        guard frames.count == 2 else {
-            throw CollectiveError(
-                message: "rank \(rank): \(what) from rank \(left) has \(frames.count) frames, expected a header and a payload")
-        }
         let payload = h.laneSlot == 0 ? Payload(bytes: frames[1].bytes, frame: frames[1]) : try fromLane(h, frames[1], what)
-        if let m = e.mismatch(h, sequence: sequence, layoutFingerprint: options.layoutFingerprint, payloadBytes: payload.count) {
-            if m.field == "payload length" {
-                throw CollectiveError(
-                    message:
-                        "rank \(rank): truncated payload from rank \(left) in \(what): the header says \(h.elementCount) \(h.dtype) elements, the frame has \(payload.count) bytes"
-                )
-            }
-            throw mismatch(m.field, m.expected, m.found)
-        }
+        try checkHeader(h, of: payload, against: e, sequence: sequence, waitingFor: what)
         if verifying && verifiesChecksums {
             let t2 = ContinuousClock.now
             let sum = Self.checksum(payload.bytes)
@@ -394,6 +343,79 @@ final class RingLink {
             try check(sum, h, e, sequence: sequence)
         }
         return (payload, h)
+    }
+
+    /// The next message the left neighbour sends, waited for until `deadline` (polling whether the ring
+    /// is abandoned). Only the left neighbour may speak: what cannot be its message (`notFromLeft`) is
+    /// dropped and reported, and the wait goes on: on an --insecure ring anyone may connect, and a
+    /// stranger's bytes must not stop the job.
+    private func awaitLeftNeighbour(until deadline: ContinuousClock.Instant, waitingFor what: String) throws -> ([ZeroMQFrame], Envelope) {
+        while true {
+            if let abandon = options.abandon, abandon() {
+                throw CollectiveError(message: "rank \(rank): the ring was abandoned (waiting for \(what))", abandoned: true)
+            }
+            let slice = options.abandon == nil ? deadline : min(deadline, .now + Self.abandonPoll)
+            guard let frames = try pull.receive(deadline: slice) else {
+                if ContinuousClock.now < deadline { continue }
+                throw CollectiveError(
+                    message: "rank \(rank): no message from rank \(left) (\(leftAddress)) within \(options.timeout) (waiting for \(what))")
+            }
+            let envelope: Envelope
+            do { envelope = try withExtendedLifetime(frames) { try Envelope(decoding: frames[0].bytes) } } catch {
+                drop("a malformed message (\(error))", what)
+                continue
+            }
+            if let stranger = notFromLeft(envelope) {
+                drop(stranger, what)
+                continue
+            }
+            return (frames, envelope)
+        }
+    }
+
+    /// Why `envelope` cannot be the left neighbour's message on this ring, or nil when it can be.
+    private func notFromLeft(_ envelope: Envelope) -> String? {
+        if envelope.jobID != options.jobID {
+            return "a message for job \"\(envelope.jobID.prefix(64))\" (this ring runs job \"\(options.jobID)\")"
+        }
+        if envelope.senderRank != Int32(left) {
+            return "a message claiming to be from rank \(envelope.senderRank) (only rank \(left) sends here)"
+        }
+        if case .chunk(let h) = envelope.body, h.ringEpoch != options.epoch {
+            return "a message of ring epoch \(h.ringEpoch) (this ring is epoch \(options.epoch))"
+        }
+        return nil
+    }
+
+    /// The chunk's header: an Abort from the neighbour ends the collective, and a chunk is a header
+    /// and a payload frame.
+    private func chunkHeader(_ envelope: Envelope, frames: Int, waitingFor what: String) throws -> ChunkHeader {
+        if case .abort(let a) = envelope.body {
+            throw CollectiveError(message: "rank \(rank): rank \(a.originRank) gave up on the ring: \(a.reason)", abortOrigin: a.originRank)
+        }
+        guard case .chunk(let h) = envelope.body else {
+            throw CollectiveError(message: "rank \(rank): rank \(left) sent a message that is not a collective chunk (waiting for \(what))")
+        }
+        guard frames == 2 else {
+            throw CollectiveError(message: "rank \(rank): \(what) from rank \(left) has \(frames) frames, expected a header and a payload")
+        }
+        return h
+    }
+
+    /// The header says what this rank expects (operation, sequence, step, chunk, layout, length).
+    private func checkHeader(
+        _ h: ChunkHeader, of payload: Payload, against e: ExpectedChunk, sequence: UInt64, waitingFor what: String
+    ) throws {
+        guard let m = e.mismatch(h, sequence: sequence, layoutFingerprint: options.layoutFingerprint, payloadBytes: payload.count) else {
+            return
+        }
+        if m.field == "payload length" {
+            throw CollectiveError(
+                message:
+                    "rank \(rank): truncated payload from rank \(left) in \(what): the header says \(h.elementCount) \(h.dtype) elements, the frame has \(payload.count) bytes"
+            )
+        }
+        throw mismatch(m.field, m.expected, m.found)
     }
 
     private func check(_ sum: UInt64, _ h: ChunkHeader, _ e: ExpectedChunk, sequence: UInt64) throws {
