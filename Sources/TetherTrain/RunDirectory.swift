@@ -20,6 +20,7 @@ public final class RunDirectory {
         self.url = url
         created = try Self.create(url)
         if let line = try RunLock.acquire(url) { progress.line(line) }
+        Self.removeTornWrites(url)
         try Self.prepare(url, resume: resume, force: force)
         if resume {
             let loaded = try Checkpoint.Loaded(url.appendingPathComponent(Checkpoint.fileName))
@@ -62,6 +63,15 @@ public final class RunDirectory {
         try? FileManager.default.removeItem(at: url.appendingPathComponent(RunLock.fileName))
         if created, (try? FileManager.default.contentsOfDirectory(atPath: url.path))?.isEmpty == true {
             try? FileManager.default.removeItem(at: url)
+        }
+    }
+
+    /// The temporary files of checkpoint writes that a kill interrupted (`AtomicFile`): with the
+    /// directory's lock held, no other process is writing one.
+    static func removeTornWrites(_ directory: URL) {
+        let prefix = ".\(Checkpoint.fileName).tmp-"
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? [] where name.hasPrefix(prefix) {
+            try? FileManager.default.removeItem(at: directory.appendingPathComponent(name))
         }
     }
 

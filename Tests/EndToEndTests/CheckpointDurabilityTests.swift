@@ -75,5 +75,8 @@ import Testing
         #expect(eval.status == 0 && eval.stdout.contains("mlp at step \(step)"), "\(phase): \(eval.stdout)\(eval.stderr)")
         let resumed = try CLI.run(["train", "--resume", "--run-dir", dir.path], timeout: 120)
         #expect(resumed.status == 0 && resumed.stdout.contains("done: 30 steps"), "\(resumed.stdout)\(resumed.stderr)")
+        // the killed write's temporary file is gone with it
+        let left = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.contains(".tmp-") }
+        #expect(left.isEmpty, "\(left)")
     }
 }
