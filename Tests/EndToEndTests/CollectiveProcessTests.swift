@@ -70,7 +70,17 @@ import Testing
             try p.run()
             ranks.append((p, err))
         }
-        Thread.sleep(forTimeInterval: 1.5)  // into the all-reduces (a bench rank prints nothing until its end: nothing to wait on)
+        // into the all-reduces: every rank has spent half a second of CPU on them (a bench rank prints nothing until its end)
+        func cpuSeconds(_ pid: Int32) -> Double {
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else {
+                return 0
+            }
+            let fields = stat[stat.index(after: close)...].split(separator: " ")  // state is field 3: utime and stime are 14 and 15
+            guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }
+            return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
+        }
+        let deadline = Date().addingTimeInterval(30)
+        while ranks.contains(where: { cpuSeconds($0.0.processIdentifier) < 0.5 }), Date() < deadline { usleep(20_000) }
         #expect(ranks.allSatisfy { $0.0.isRunning }, "all ranks should still be working when rank 1 is killed")
         kill(ranks[1].0.processIdentifier, SIGKILL)
         let killedAt = Date()
