@@ -22,10 +22,12 @@ public final class Dense<T: Scalar>: DataDependentInit {
 
     /// A layer whose weight (O, I) is an existing parameter, e.g. an embedding table (V, d) used as the
     /// output projection (Press & Wolf 2016). Both uses accumulate into the one gradient; the bias is its own.
-    public init(_ layout: inout ArenaLayout, prefix: String, sharedWeight: ParameterSlot, inFeatures: Int, outFeatures: Int) {
+    public init(
+        _ layout: inout ArenaLayout, prefix: String, sharedWeight: ParameterSlot, inFeatures: Int, outFeatures: Int, bias: Bool = true
+    ) {
         (self.inFeatures, self.outFeatures) = (inFeatures, outFeatures)
         weight = WeightParameterization(sharing: sharedWeight, rows: outFeatures, columns: inFeatures)
-        bias = layout.add(prefix + "bias", shape: [outFeatures], initializer: .zeros)
+        self.bias = bias ? layout.add(prefix + "bias", shape: [outFeatures], initializer: .zeros) : nil
     }
 
     public func forward(_ x: Tensor<T>, _ ctx: ModelContext<T>) -> Tensor<T> {

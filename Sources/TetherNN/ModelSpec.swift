@@ -128,7 +128,9 @@ public struct LayerSpec: Codable, Equatable, Sendable {
     public var buckets: Int?, sparse: Bool?
     /// dense: the index of an earlier dense layer whose weight this one uses (`tie: 0`, or `tie: layers.0`):
     /// the same (O, I) weight, or its transpose when this layer maps O features to I (a tied autoencoder's
-    /// decoder). One parameter, both uses' gradients summed into it; the bias stays this layer's own.
+    /// decoder); or of a token embedding, whose (V, D) table is this layer's weight when it scores the
+    /// vocabulary from D features (tied input and output embeddings, Press & Wolf 2016). One parameter,
+    /// both uses' gradients summed into it; the bias stays this layer's own.
     public var tie: Int?
     /// lstm: every step's hidden state (T, H) rather than the last step's (H) (Keras' return_sequences).
     public var sequences: Bool?
@@ -287,9 +289,17 @@ extension ModelSpec {
                 guard f * o <= Self.largestSize * 64 else {
                     throw fail("a weight of \(o) x \(f) is more than \(Self.largestSize * 64) values")
                 }
-                if let t = layer.tie {
+                if let t = layer.tie, (0..<i).contains(t), layers[t].kind == .embedding, case .tokens(_, let v) = try inputShape() {
+                    // Press & Wolf: the output layer's (V, D) weight is the token embedding's table
+                    guard layers[t].sparse != true, layer.weightNorm != true else {
+                        throw fail("tie: \(t): a tied table is a plain weight with a dense gradient (no sparse, no weight-norm)")
+                    }
+                    guard (o, f) == (v, layers[t].out ?? 0) else {
+                        throw fail("tie: \(t): the embedding's table is \(v) x \(layers[t].out ?? 0), this layer's weight \(o) x \(f)")
+                    }
+                } else if let t = layer.tie {
                     guard (0..<i).contains(t), layers[t].kind == .dense, layers[t].tie == nil else {
-                        throw fail("tie: \(t) is not an earlier dense layer with a weight of its own")
+                        throw fail("tie: \(t) is not an earlier dense layer with a weight of its own, or a token embedding")
                     }
                     guard layers[t].weightNorm != true, layer.weightNorm != true else {
                         throw fail("a tied weight is a plain one: layer \(t) and this one without weight-norm")
@@ -439,7 +449,7 @@ extension ModelSpec {
         let shapes = try shapes()
         var before = try inputShape()
         var built: [any Layer<T>] = [], prefixes: [String] = []
-        var dense: [Int: Dense<T>] = [:]  // by spec index: what a later layer may tie to
+        var dense: [Int: Dense<T>] = [:], table: [Int: ParameterSlot] = [:]  // by spec index: what a later layer may tie to
         if case .image(let c, let h, let w) = before {
             built.append(LayoutSwap<T>(toConv: true, channels: c, height: h, width: w))
             prefixes.append("input.")
@@ -448,8 +458,10 @@ extension ModelSpec {
             let prefix = "layers.\(i)."
             switch (layer.kind, before, after) {
             case (.embedding, .tokens(let t, let v), _):
-                built.append(
-                    TokenEmbedding<T>(&layout, prefix: prefix, steps: t, vocabulary: v, width: layer.out!, sparse: layer.sparse ?? false))
+                let e = TokenEmbedding<T>(
+                    &layout, prefix: prefix, steps: t, vocabulary: v, width: layer.out!, sparse: layer.sparse ?? false)
+                table[i] = e.table.slot
+                built.append(e)
             case (.lstm, .sequence(let t, let f), _):
                 built.append(
                     SequenceLSTM<T>(
@@ -461,6 +473,10 @@ extension ModelSpec {
                     TableEmbedding<T>(
                         &layout, prefix: prefix, fields: f, numeric: m, buckets: layer.buckets ?? 1000, width: layer.out!,
                         sparse: layer.sparse ?? false))
+            case (.dense, .features(let f), .features(let o)) where layer.tie.map { table[$0] != nil } ?? false:
+                built.append(
+                    Dense<T>(
+                        &layout, prefix: prefix, sharedWeight: table[layer.tie!]!, inFeatures: f, outFeatures: o, bias: layer.bias ?? true))
             case (.dense, .features(let f), .features(let o)) where layer.tie != nil:
                 guard let source = dense[layer.tie!], let slot = source.weightSlot else {
                     throw SpecError("model spec \(name): layer \(i) (dense) ties to layer \(layer.tie!), which has no plain weight")

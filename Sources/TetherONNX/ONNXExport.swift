@@ -7,8 +7,9 @@ import TetherNN
 /// (softmax, or sigmoid for a binary-cross-entropy spec), or `prediction` for a regression.
 ///
 /// A weight-normalized layer is written with its effective weight w = g v / sqrt(sum v^2 + 1e-12)
-/// per output row, as Tether's forward computes it; a tied dense layer reads the weight it ties to
-/// (transposed by Gemm's transB where the shapes say so); a mean-only batch norm is one Add of
+/// per output row, as Tether's forward computes it; a tied dense layer reads the initializer of the
+/// weight it ties to (a dense layer's, or a token embedding's table), transposed by Gemm's transB where
+/// the shapes say so; a mean-only batch norm is one Add of
 /// (bias - running mean); dropout is the identity at inference; GELU (tanh approximation) is spelled
 /// out in opset-17 operators. An embedding of tokens is a Gather of its table; an LSTM is ONNX's LSTM
 /// between Transposes to and from (T, B, F), as torch.onnx.export writes a batch_first one, its gates
@@ -103,9 +104,10 @@ public enum ONNXExport {
                     let source = "layers.\(layer.tie!).weight"
                     guard let w = try value(source) else { throw fail("layer \(i) ties to \(source), which the checkpoint lacks") }
                     guard w.count == f * o else { throw fail("layer \(i) ties to \(source) of \(w.count) values, not \(f) x \(o)") }
-                    let sameShape = spec.layers[layer.tie!].out == o
-                    let name = constant(prefix + "tied_weight", dims: sameShape ? [o, f] : [f, o], w)
-                    var ins = [current, name]
+                    // the source's (O, I) as it is: a dense layer of O outputs, or a token embedding's (V, D) table
+                    let sameShape = spec.layers[layer.tie!].kind == .embedding || spec.layers[layer.tie!].out == o
+                    // the source's initializer itself: one tensor in the graph, read back as the same tie
+                    var ins = [current, source]
                     if hasBias { ins.append(try bias(prefix, count: o)) }
                     current = node("Gemm", ins, out, [ONNXAttribute("transB", .int(sameShape ? 1 : 0))])
                 case (.dense, .features(let f), .features(let o)):

@@ -15,7 +15,8 @@ import TetherNN
 ///   ReduceL2, Div, Mul, ...), as torch.nn.utils.parametrizations.weight_norm exports: the layer
 ///   becomes weight-normalized with g and v as its weight_g and weight_v;
 /// - **tying**: an initializer that two layers use as their weight: the second layer ties to the
-///   first (`tie`), transposed where its Gemm says so.
+///   first (`tie`), transposed where its Gemm (or a Transpose of the initializer) says so; a token
+///   embedding's table used as the output layer's weight is Press & Wolf's tied embeddings.
 /// Anything else is an error naming the node, its operator and inputs, and listing what is read:
 /// never a silently different network.
 public struct ONNXImport {
@@ -94,9 +95,8 @@ public struct ONNXImport {
         /// the graph used the initializer transposed.
         var weightOwner: [String: (index: Int, out: Int, in: Int, transposed: Bool)] = [:]
         var consumed = Set<Int>()  // node indices read as part of a layer
-        /// A token input's length, the vocabulary its embedding gives, and the embedding's table (which
-        /// no later layer may tie to: a spec ties dense layers only).
-        var tokenSteps: Int?, vocabulary: Int?, embeddingTable: String?
+        /// A token input's length and the vocabulary its embedding gives.
+        var tokenSteps: Int?, vocabulary: Int?
         /// A sequence (T, F) is time-major, (T, B, F), between torch's Transposes around an LSTM.
         var timeMajor = false
 
@@ -171,6 +171,20 @@ public struct ONNXImport {
             return .normalized(g: sorted[0], v: v, nodes: nodes)
         }
 
+        /// A dense layer's weight `name`, read `transposed` by its node, with a Transpose of a (2-D)
+        /// initializer between them read through (torch writes a tied output layer so): the source, and
+        /// whether the initializer is used transposed.
+        mutating func denseSource(ofWeight name: String, layer index: Int, transposed: Bool) throws -> (WeightSource, Bool) {
+            if let i = graph.nodes.firstIndex(where: { $0.outputs == [name] && $0.opType == "Transpose" }),
+                let t = constants[graph.nodes[i].inputs.first ?? ""], t.floats != nil, t.dims.count == 2,
+                (ints(graph.nodes[i], "perm") ?? [1, 0]) == [1, 0]
+            {
+                consumed.insert(i)
+                return (.initializer(t), !transposed)
+            }
+            return (try source(ofWeight: name, layer: index), transposed)
+        }
+
         /// Layer `index`'s weight from `source`, (O = rows, I) as Tether keeps it, stored transposed in the
         /// graph when `transposed`: its values, a tie to the layer that took the same initializer first,
         /// or weight norm's g and v.
@@ -180,9 +194,6 @@ public struct ONNXImport {
             let prefix = "layers.\(index)."
             switch source {
             case .initializer(let t):
-                guard t.name != embeddingTable else {
-                    throw fail("layer \(index) uses the embedding's table \(t.name) as its weight: a spec ties dense layers only")
-                }
                 let w = t.floats!
                 guard w.count == count else { throw fail("layer \(index): weight \(t.name) holds \(t.dims), not \(count) values") }
                 let (o, f) = (rows, count / rows)
@@ -297,7 +308,8 @@ public struct ONNXImport {
                                 "\(describe(i)): an embedding (Gather of a table's rows by the tokens) is the first layer of an integer input"
                             )
                         }
-                        (vocabulary, embeddingTable) = (table.dims[0], table.name)
+                        vocabulary = table.dims[0]
+                        weightOwner[table.name] = (index, table.dims[0], table.dims[1], false)  // a tied output layer's (V, D)
                         l = LayerSpec(.embedding) { $0.out = table.dims[1] }
                         values["layers.\(index).weight"] = table.floats!
                         shape = [steps, table.dims[1]]
@@ -325,7 +337,8 @@ public struct ONNXImport {
                     guard (float(n, "alpha") ?? 1) == 1, (float(n, "beta") ?? 1) == 1, (int(n, "transA") ?? 0) == 0 else {
                         throw fail("\(describe(i)): Gemm with alpha, beta or transA other than 1, 1, 0")
                     }
-                    let transposed = (int(n, "transB") ?? 0) == 0, weight = try source(ofWeight: n.inputs[1], layer: index)
+                    let (weight, transposed) = try denseSource(
+                        ofWeight: n.inputs[1], layer: index, transposed: (int(n, "transB") ?? 0) == 0)
                     let o = try denseWidth(weight, input: shape[0], transposed: transposed, node: i)
                     l = LayerSpec(.dense) { $0.out = o }
                     try take(weight, rows: o, count: o * shape[0], layer: index, transposed: transposed, &l)
@@ -333,10 +346,10 @@ public struct ONNXImport {
                     shape = [o]
                 case "MatMul":
                     guard shape.count == 1, n.inputs.count == 2 else { throw fail("\(describe(i)): MatMul on \(shape)") }
-                    let weight = try source(ofWeight: n.inputs[1], layer: index)
-                    let o = try denseWidth(weight, input: shape[0], transposed: true, node: i)
+                    let (weight, transposed) = try denseSource(ofWeight: n.inputs[1], layer: index, transposed: true)
+                    let o = try denseWidth(weight, input: shape[0], transposed: transposed, node: i)
                     l = LayerSpec(.dense) { $0.out = o }
-                    try take(weight, rows: o, count: o * shape[0], layer: index, transposed: true, &l)
+                    try take(weight, rows: o, count: o * shape[0], layer: index, transposed: transposed, &l)
                     // a following Add of a constant (O) is the bias; the layer's output is then the Add's
                     let adds = consumers(of: out)
                     if adds.count == 1, graph.nodes[adds[0]].opType == "Add",

@@ -87,7 +87,7 @@ enum PyTorchModule {
             let entry: String
             switch (layer.kind, before) {
             case (.dense, .features(let f)) where layer.tie != nil:
-                entry = "TiedLinear(\(f), \(layer.out!))"
+                entry = "TiedLinear(\(f), \(layer.out!), bias=\(py(layer.bias ?? true)))"
                 ties.append("self.layers[\(i)].tie(self.layers[\(layer.tie!)])")
             case (.embedding, .tokens(_, let v)):
                 entry = "TokenEmbedding(\(v), \(layer.out!))"
@@ -234,10 +234,10 @@ enum PyTorchModule {
                 \"\"\"A linear layer whose weight is another's (tie), or its transpose when the shapes say so;
                 the bias is its own. The weight is not registered here: the state_dict holds it once.\"\"\"
 
-                def __init__(self, in_features, out_features):
+                def __init__(self, in_features, out_features, bias=True):
                     super().__init__()
                     self.in_features, self.out_features = in_features, out_features
-                    self.bias = nn.Parameter(torch.zeros(out_features))
+                    self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
                 def tie(self, source):
                     object.__setattr__(self, "source", source)

@@ -982,7 +982,15 @@ let kubernetesTypesInstalled =
             ["train", "--model", "input: {tokens: 12, vocabulary: 8}\nlayers: [embedding: 8, lstm: 4, dense: 3]", "--data", "npz:seq.npz"],
             in: dir)
         #expect(narrow.status == 1 && narrow.stderr.contains("not a token id in 0..<8"), "\(narrow.stderr)")
-        try expectONNXRuntimeAgreesOnTokens(in: dir)
+        try expectONNXRuntimeAgreesOnTokens(in: dir, run: "run", shows: "lstm: {out: 24, sequences: false}")
+        // Press & Wolf: the output layer scores the vocabulary with the embedding's table, one parameter
+        let tied = try CLI.run(
+            [
+                "train", "--model", "input: {tokens: 12, vocabulary: 10}\nlayers: [embedding: 8, lstm: 8, dense: {out: 10, tie: 0}]",
+                "--data", "npz:seq.npz", "--max-steps", "20", "--run-dir", "tied"
+            ], in: dir)
+        #expect(tied.status == 0, "\(tied.stderr)")
+        try expectONNXRuntimeAgreesOnTokens(in: dir, run: "tied", shows: "dense: {out: 10, tie: 0}")
         guard
             let theirs = try pytorchFigure(
                 """
@@ -1068,18 +1076,18 @@ let kubernetesTypesInstalled =
         #expect(worst < 1e-5, "ONNX Runtime against tether predict: \(worst)")
     }
 
-    /// The token spec's checkpoint exported to ONNX (Gather, LSTM between Transposes, its last step):
-    /// read back as the same spec, and ONNX Runtime's probabilities over seq.npz equal `tether predict`'s.
-    func expectONNXRuntimeAgreesOnTokens(in dir: URL) throws {
-        let export = try CLI.run(["export", "--onnx", "seq.onnx", "--checkpoint", "run/checkpoint.safetensors"], in: dir)
+    /// A token spec's checkpoint in `run` exported to ONNX (Gather, LSTM between Transposes, its last
+    /// step): read back as the same spec (its description `shows` a layer), and ONNX Runtime's
+    /// probabilities over seq.npz equal `tether predict`'s.
+    func expectONNXRuntimeAgreesOnTokens(in dir: URL, run: String, shows layer: String) throws {
+        let export = try CLI.run(["export", "--onnx", "seq.onnx", "--checkpoint", run + "/checkpoint.safetensors"], in: dir)
         #expect(export.status == 0, "\(export.stderr)")
         let shown = try CLI.run(["models", "show", "seq.onnx"], in: dir)
         #expect(
-            shown.status == 0 && shown.stdout.contains("12 tokens of a vocabulary of 10")
-                && shown.stdout.contains("lstm: {out: 24, sequences: false}"),
+            shown.status == 0 && shown.stdout.contains("12 tokens of a vocabulary of 10") && shown.stdout.contains(layer),
             "\(shown.stdout)\(shown.stderr)")
         let predict = try CLI.run(
-            ["predict", "--checkpoint", "run/checkpoint.safetensors", "--data", "npz:seq.npz", "--output", "seq.npy"], in: dir)
+            ["predict", "--checkpoint", run + "/checkpoint.safetensors", "--data", "npz:seq.npz", "--output", "seq.npy"], in: dir)
         #expect(predict.status == 0, "\(predict.stderr)")
         guard
             let worst = try onnxRuntimeFigure(
