@@ -108,6 +108,29 @@ public final class LanguageModel<T: Scalar>: Model, BufferOwner {
         return (BatchStats(lossSum: lossSum, correct: loss.correctCount(), count: t * b), final)
     }
 
+    /// The distribution of the token after each of B sequences of T tokens, read from a zero state:
+    /// ids (T*B) time-major, probabilities (B, V). Only the last step goes through the projection.
+    public func nextTokenProbabilities(_ ids: [Int32], steps t: Int, streams b: Int) -> Tensor<T> {
+        precondition(t > 0 && b > 0 && ids.count == t * b)
+        context.training = false
+        defer { context.training = true }
+        let d = shape.size
+        var x = encoder.forward(ids: ids, context).reshaped([t, b, d])
+        for layer in rnn {
+            layer.state = Self.zeroState(layers: 1, streams: b, size: d)[0]
+            x = layer.forward(x, context)
+        }
+        let last = Tensor<T>.uninitialized([b, d]) { y in x.withPointer { y.update(from: $0 + (t - 1) * b * d, count: b * d) } }
+        let z = decoder.forward(last, context), v = shape.vocabulary
+        var losses = T.zeros(count: b)
+        return Tensor.uninitialized([b, v]) { p in
+            z.withPointer {
+                T.softmaxCrossEntropyForward(
+                    probs: p, losses: &losses, logits: $0, labels: [Int32](repeating: 0, count: b), batch: b, classes: v)
+            }
+        }
+    }
+
     public var bufferOwners: [(prefix: String, owner: any BufferOwner)] { [("rnn.", self)] }
     public var bufferNames: [String] { (0..<shape.layers).flatMap { ["carried_h_l\($0)", "carried_c_l\($0)"] } }
     public func buffer(named name: String) -> [Float]? {

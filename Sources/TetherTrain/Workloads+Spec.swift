@@ -170,6 +170,8 @@ public protocol Predicting: Workload {
     /// nil for a family that is not a spec (wide-deep, autoencoder-tied).
     var spec: ModelSpec? { get }
     var objective: Objective { get }
+    /// The classes' names (a language model's: its vocabulary's words), nil when they are numbers.
+    var classNames: [String]? { get }
     /// Samples `predictions` goes over: the held-out split (all of --test-data when it is given).
     var predictionCount: Int { get }
     /// Calls body with `Predictor.predictions` (B, K) of consecutive batches of at most `batch`
@@ -179,6 +181,7 @@ public protocol Predicting: Workload {
 
 extension Predicting {
     public var spec: ModelSpec? { nil }
+    public var classNames: [String]? { nil }
 }
 
 extension SpecTraining: Predicting {

@@ -17,6 +17,9 @@ final class LanguageModelling: Workload {
     let globalColumns: Int
     var model: any Model<Float> { lm }
     var unit: String { "tokens" }
+    /// Each held-out line's tokens after an `<eos>` (as it follows one in the stream), without its own:
+    /// what `predictions` continues. Empty when the text is served (a worker never predicts).
+    private(set) var heldOutLines: [[Int32]] = []
 
     /// A fresh run counts the vocabulary from the training split; a checkpoint's (in `metadata`) is reused.
     /// Served (`source`): the coordinator's vocabulary and, of each split, only this shard's streams
@@ -52,6 +55,7 @@ final class LanguageModelling: Workload {
             }
             var trainTokens = vocabulary.encode(corpus.trainLines)
             if let n = config.trainLimit { trainTokens = Array(trainTokens.prefix(n)) }
+            heldOutLines = corpus.validationLines.map { [vocabulary] line in [0] + vocabulary.encode([line]).dropLast() }
             var validTokens = vocabulary.encode(corpus.validationLines)
             if let n = config.testLimit { validTokens = Array(validTokens.prefix(n)) }
             train = TokenStreams(trainTokens, columns: globalColumns)
@@ -101,6 +105,32 @@ final class LanguageModelling: Workload {
             state = next
         }
         return EvaluationReport(kind: .languageModel, stats: total)
+    }
+}
+
+/// lm-tied's prediction per held-out line: the distribution of the token that follows it.
+extension LanguageModelling: Predicting {
+    var objective: Objective { .classes }
+    var classNames: [String]? { vocabulary.words }
+    var predictionCount: Int { heldOutLines.count }
+    /// Lines of equal length in a batch run together, as streams of one window; rows stay in line order.
+    func predictions(inBatchesOf size: Int, _ body: (Tensor<Float>) throws -> Void) rethrows {
+        let v = vocabulary.count
+        for start in stride(from: 0, to: heldOutLines.count, by: size) {
+            let lines = heldOutLines[start..<min(start + size, heldOutLines.count)]
+            var out = [Float](repeating: 0, count: lines.count * v)
+            for (t, rows) in Dictionary(grouping: lines.indices, by: { lines[$0].count }) {
+                var ids = [Int32](repeating: 0, count: t * rows.count)  // time-major (T, B)
+                for (j, r) in rows.enumerated() { for (s, id) in lines[r].enumerated() { ids[s * rows.count + j] = id } }
+                let p = lm.nextTokenProbabilities(ids, steps: t, streams: rows.count)
+                p.withPointer { p in
+                    for (j, r) in rows.enumerated() {
+                        out.withUnsafeMutableBufferPointer { ($0.baseAddress! + (r - start) * v).update(from: p + j * v, count: v) }
+                    }
+                }
+            }
+            try body(Tensor(shape: [lines.count, v], scalars: out))
+        }
     }
 }
 

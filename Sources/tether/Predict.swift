@@ -8,7 +8,8 @@ import TetherTrain
 /// `tether predict`: a checkpoint's network over samples, in their order, to a file: .npy (N, K)
 /// float32 of the probabilities or the regression's values, .csv (a header, then per row its index,
 /// class and probabilities, or its values) or .jsonl (an object per row: class and probabilities, or
-/// the top k, or the values).
+/// the top k, or the values). A language model's samples are the held-out lines, its classes the
+/// vocabulary's tokens (named beside their ids): the distribution of the token after each line.
 struct Predict: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Run a trained checkpoint's network over samples and write its predictions.")
 
@@ -50,7 +51,7 @@ struct Predict: ParsableCommand {
                 }
             }
             let seconds = Date().timeIntervalSince(started), count = values.count / width
-            try write(values, width: width, objective: predicting.objective)
+            try write(values, width: width, objective: predicting.objective, names: predicting.classNames)
             FileHandle.standardError.write(
                 Data(
                     String(
@@ -76,10 +77,7 @@ struct Predict: ParsableCommand {
         } else {
             if let data { config.data = data }
             guard let p = try Workloads.make(config.withFilesResolved(), metadata: loaded.file.metadata) as? any Predicting else {
-                throw ConfigError(
-                    message:
-                        "predict: \(config.model) gives a distribution per token, not a prediction per sample; tether eval gives its perplexity"
-                )
+                throw ConfigError(message: "predict: \(config.model) gives no prediction per sample")
             }
             predicting = p
         }
@@ -87,8 +85,9 @@ struct Predict: ParsableCommand {
         return predicting
     }
 
-    /// Writes `values` (N, width), row after row, in the output's format.
-    func write(_ values: [Float], width: Int, objective: Objective) throws {
+    /// Writes `values` (N, width), row after row, in the output's format; classes with `names` (a
+    /// vocabulary's words) are named beside their numbers.
+    func write(_ values: [Float], width: Int, objective: Objective, names: [String]?) throws {
         let classes = objective == .classes
         let rows = stride(from: 0, to: values.count, by: width).lazy.map { values[$0..<($0 + width)] }
         func best(_ row: ArraySlice<Float>) -> Int { (row.indices.max { row[$0] < row[$1] } ?? row.startIndex) - row.startIndex }
@@ -100,10 +99,11 @@ struct Predict: ParsableCommand {
                 to: URL(fileURLWithPath: output), options: .atomic)
             return
         case .csv:
-            let names = (0..<width).map { classes ? "p\($0)" : (objective == .binary ? "p1" : "value\($0)") }
-            text = (["row"] + (classes ? ["class"] : []) + names).joined(separator: ",") + "\n"
+            let columns = (0..<width).map { classes ? "p\($0)" : (objective == .binary ? "p1" : "value\($0)") }
+            text = (["row"] + (classes ? ["class"] : []) + (names != nil ? ["name"] : []) + columns).joined(separator: ",") + "\n"
             for (i, row) in rows.enumerated() {
-                text += ([String(i)] + (classes ? [String(best(row))] : []) + row.map { "\($0)" }).joined(separator: ",") + "\n"
+                let named = names.map { [csvField($0[best(row)])] } ?? []
+                text += ([String(i)] + (classes ? [String(best(row))] : []) + named + row.map { "\($0)" }).joined(separator: ",") + "\n"
             }
         case .jsonl:
             for (i, row) in rows.enumerated() {
@@ -111,9 +111,14 @@ struct Predict: ParsableCommand {
                 switch objective {
                 case .classes:
                     object["class"] = best(row)
+                    if let names { object["name"] = names[best(row)] }
                     if let topK {
                         let order = row.indices.sorted { row[$0] > row[$1] }.prefix(topK)
-                        object["top"] = order.map { ["class": $0 - row.startIndex, "probability": Double(row[$0])] }
+                        object["top"] = order.map { i -> [String: Any] in
+                            var top: [String: Any] = ["class": i - row.startIndex, "probability": Double(row[i])]
+                            if let names { top["name"] = names[i - row.startIndex] }
+                            return top
+                        }
                     } else {
                         object["probabilities"] = row.map(Double.init)
                     }
@@ -124,5 +129,10 @@ struct Predict: ParsableCommand {
             }
         }
         try text.write(toFile: output, atomically: true, encoding: .utf8)
+    }
+
+    /// A CSV field: quoted (its quotes doubled) when it holds a comma, a quote or a line break.
+    func csvField(_ text: String) -> String {
+        text.contains(where: { ",\"\n\r".contains($0) }) ? "\"" + text.replacingOccurrences(of: "\"", with: "\"\"") + "\"" : text
     }
 }

@@ -1161,8 +1161,21 @@ let kubernetesTypesInstalled =
         #expect(e.status == 0, "stderr: \(e.stderr)")
         let result = try JSONSerialization.jsonObject(with: Data(e.stdout.utf8)) as! [String: Any]
         #expect((result["test_perplexity"] as? Double).map { $0 > 1 && $0 < 30 } == true, "\(result)")
-        let predict = try CLI.run(["predict", "--checkpoint", run + "/checkpoint.safetensors", "--output", dir.path + "/p.npy"])
-        #expect(predict.status == 1 && predict.stderr.contains("tether eval gives its perplexity"), "\(predict.stderr)")
+        // predict continues each held-out line (lines 900-999 of a 1,000-line text): prefixes of
+        // several lengths whose next word one word before it decides, in batches that mix lengths
+        let prefixes = [("the cat sat", "on"), ("we like", "the"), ("a dog", "ran"), ("a dog ran in", "the"), ("the cat", "sat")]
+        let asked = (0..<1000).map { $0 < 900 ? text.split(separator: "\n")[$0 % 3] : Substring(prefixes[$0 % 5].0) }
+        try asked.joined(separator: "\n").write(to: dir.appendingPathComponent("prefixes.txt"), atomically: true, encoding: .utf8)
+        let predict = try CLI.run([
+            "predict", "--checkpoint", run + "/checkpoint.safetensors", "--data", "text:" + dir.path + "/prefixes.txt", "--batch", "7",
+            "--top-k", "2", "--output", dir.path + "/next.jsonl"
+        ])
+        #expect(predict.status == 0 && predict.stderr.contains("predict: 100 samples"), "\(predict.stderr)")
+        let rows = try String(contentsOf: dir.appendingPathComponent("next.jsonl"), encoding: .utf8).split(separator: "\n").map {
+            try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any]
+        }
+        #expect(rows.map { $0["name"] as? String } == (900..<1000).map { prefixes[$0 % 5].1 }, "\(rows.prefix(5))")
+        #expect(rows.allSatisfy { (($0["top"] as? [[String: Any]])?.first?["name"] as? String) == $0["name"] as? String })
     }
 
     @Test func aBadCSVRowIsNamedByFileAndLine() throws {
