@@ -17,6 +17,13 @@ struct Membership {
     var secretKey: String
     /// This rank's share of every global batch.
     var shard: Shard { Shard(rank: rank, count: ring.count) }
+    /// The forming's name, the same on every member: a hash of its epoch, addresses and keys (distinct
+    /// between coordinators when its addresses or keys are: same-host links name the coordinator's
+    /// token, CURVE keys are drawn for each forming).
+    var name: String {
+        let text = "\(epoch)|" + ring.joined(separator: ",") + "|" + publicKeys.joined(separator: ",")
+        return String(text.utf8.withContiguousStorageIfAvailable { XXH3_64bits($0.baseAddress, $0.count) } ?? 0, radix: 16)
+    }
 }
 
 /// One replica on one ring: its step function (workload, optimizer, ring, exchange) and its state.

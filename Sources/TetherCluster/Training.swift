@@ -15,9 +15,13 @@ final class Training {
     let config: TrainingConfig
     let exchange: GradientExchange
     let totalSteps: Int
+    /// This forming of the ring, the same name on every member (the sample audit's RING).
+    let ringName: String
 
-    init(workload: any Workload, optimizer: Optimizer<Float>, ring: Ring, config: TrainingConfig, bucketBytes: Int) {
+    init(workload: any Workload, optimizer: Optimizer<Float>, ring: Ring, membership: Membership, config: TrainingConfig, bucketBytes: Int)
+    {
         (self.workload, self.optimizer, self.ring, self.config) = (workload, optimizer, ring, config)
+        ringName = membership.name
         let compression = config.resolvedCompression
         let powerSGD =
             compression != .powersgd
@@ -35,13 +39,13 @@ final class Training {
         let waitedBefore = ring.statistics.waiting
         let began = exchange.tracing ? GradientExchange.microsecondsNow() : 0
         try workload.fetch(epoch: state.epoch)
+        if let audit = SampleAudit.shared, let samples = workload.trainingSamples(epoch: state.epoch, step: state.stepInEpoch) {
+            audit.record(ring: ringName, globalStep: state.globalStep + 1, epoch: state.epoch, samples: samples)
+        }
         exchange.begin(step: UInt64(state.globalStep))
         let lr = state.learningRate(config.schedule, at: state.globalStep, totalSteps: totalSteps)
         let (stats, times) = try workload.train(epoch: state.epoch, step: state.stepInEpoch, optimizer: optimizer, lr: lr) {
             try exchange.finish()
-        }
-        if let audit = SampleAudit.shared, let samples = workload.trainingSamples(epoch: state.epoch, step: state.stepInEpoch) {
-            audit.record(globalStep: state.globalStep + 1, epoch: state.epoch, samples: samples)
         }
         state.stepInEpoch += 1
         state.globalStep += 1

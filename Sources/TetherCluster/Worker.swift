@@ -134,6 +134,7 @@ public final class Worker {
             return ready(try setUp(assignment!, carried: carried), redoEndOfStep: carried != nil)
         case .sendReady:
             try sendReadyAndAwaitStart(job!.replica, abandonedStep: machine.abandonedStep)
+            SampleAudit.shared?.start(ring: job!.replica.training.ringName, globalStep: job!.replica.state.globalStep)
             trainingStarted = true
             return .coordinator(.start)
         case .trainNextStep(let votes): return try trainStep(votes: votes, &machine)
@@ -388,7 +389,8 @@ public final class Worker {
             })
             if let failure { throw failure }
         }
-        let training = Training(workload: workload, optimizer: optimizer, ring: ring, config: config, bucketBytes: bucketBytes)
+        let training = Training(
+            workload: workload, optimizer: optimizer, ring: ring, membership: membership, config: config, bucketBytes: bucketBytes)
         training.exchange.tracing = assign.timeline || ownTimeline != nil
         if let from = overRing ? loadedOverRing : resumed {
             try training.restoreCompression(from: from, shard: membership.shard, ownErrors: carried != nil ? keptErrorFeedback : nil)
@@ -536,7 +538,8 @@ public final class Worker {
         let optimizer = try Optimizer<Float>(config.optimizer, layout: model.arena.layout, ftrlParameters: model.ftrlParameters)
         try loaded.restore(into: model, optimizer: optimizer, shard: membership.shard)
         model.context.rng = .dropoutMasks(seed: config.seed &+ UInt64(loaded.state.globalStep), replica: rank)
-        let training = Training(workload: workload, optimizer: optimizer, ring: ring, config: config, bucketBytes: old.bucketBytes)
+        let training = Training(
+            workload: workload, optimizer: optimizer, ring: ring, membership: membership, config: config, bucketBytes: old.bucketBytes)
         training.exchange.tracing = replica.training.exchange.tracing
         // its own error feedback, as its last completed step left it (a lost member's is lost with it)
         try training.restoreCompression(from: loaded, shard: membership.shard, ownErrors: replica.training.exchange.errorFeedback)

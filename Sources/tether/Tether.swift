@@ -14,7 +14,7 @@ struct Tether: ParsableCommand {
             Train.self, Simulate.self, CoordinatorCommand.self, WorkerCommand.self, Eval.self, Predict.self, Export.self, Report.self,
             Models.self,
             Bench.self,
-            Keygen.self, Version.self
+            Keygen.self, Version.self, SampleAuditCommand.self
         ]
     )
 

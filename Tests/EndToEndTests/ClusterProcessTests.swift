@@ -1,6 +1,7 @@
 import CXXHash
 import Foundation
 import Testing
+import TetherTrain
 
 /// What the cluster's equivalence tests compare: checkpoints' parameters, and the run that shows a
 /// wrong gradient scale at once.
@@ -54,22 +55,6 @@ enum RunCheck {
         return folders
     }
 
-    /// The samples each global step used, over every process of a run (`SampleAudit`: the lines of
-    /// DIR/samples-*.log), sorted per step.
-    static func samplesByStep(_ dir: URL) throws -> [Int: (epoch: Int, samples: [Int])] {
-        var steps: [Int: (epoch: Int, samples: [Int])] = [:]
-        for file in try FileManager.default.contentsOfDirectory(atPath: dir.path) where file.hasPrefix("samples-") {
-            for line in try String(contentsOf: dir.appendingPathComponent(file), encoding: .utf8).split(separator: "\n") {
-                let fields = line.split(separator: " ", omittingEmptySubsequences: false)
-                guard fields.count == 3, let step = Int(fields[0]), let epoch = Int(fields[1]) else {
-                    Issue.record("a bad line: \(line)"); continue
-                }
-                steps[step, default: (epoch, [])].samples += fields[2].split(separator: ",").compactMap { Int($0) }
-            }
-        }
-        return steps.mapValues { ($0.epoch, $0.samples.sorted()) }
-    }
-
     /// Every step of `disturbed` used the samples the same step of `undisturbed` used, each once
     /// (nothing lost, nothing twice, dealt over however many workers there were), and within each
     /// whole epoch every sample was used exactly once.
@@ -77,7 +62,7 @@ enum RunCheck {
         _ disturbed: URL, like undisturbed: URL, steps: Int, wholeEpochs: Int, count: Int,
         sourceLocation: SourceLocation = #_sourceLocation
     ) throws {
-        let a = try samplesByStep(disturbed), b = try samplesByStep(undisturbed)
+        let a = try SampleAudit.steps(in: disturbed, through: steps), b = try SampleAudit.steps(in: undisturbed, through: steps)
         #expect(Set(a.keys) == Set(1...steps), "steps logged: \(a.keys.sorted())", sourceLocation: sourceLocation)
         #expect(Set(b.keys) == Set(1...steps), "steps logged undisturbed: \(b.keys.sorted())", sourceLocation: sourceLocation)
         let differing = (1...steps).filter { a[$0]?.samples != b[$0]?.samples }
