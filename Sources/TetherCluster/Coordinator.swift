@@ -61,6 +61,14 @@ public final class Coordinator {
     private let timeline: Timeline?
     private var machine: CoordinatorState
     private var heartbeatIdentities: [Int: [UInt8]] = [:]
+    /// Every worker that said hello (a bounded number): those that hold no rank when the job ends (one
+    /// waiting to join while the ring re-formed) are told, rather than left saying hello to nobody.
+    private var helloIdentities: Set<[UInt8]> = []
+    /// Tells the workers that said hello and hold no rank that the job has ended.
+    private func tellWaitingWorkers(_ body: Envelope.Body) {
+        let members = Set(machine.nextRing.map(\.identity))
+        for identity in helloIdentities where !members.contains(identity) { send(body, to: identity) }
+    }
     /// Ranks by the control identity they were assigned to: the only source of a message's rank.
     private var ranks: [[UInt8]: Int] = [:]
     private let authenticator: Authenticator?
@@ -237,14 +245,7 @@ public final class Coordinator {
         while true {
             // An interrupt while training stops gracefully (every rank finishes its step, rank 0's
             // checkpoint of it is written); before training there is nothing to keep.
-            if let signal = StopSignal.signal, stopSignal == nil {
-                stopSignal = signal
-                if machine.phase == .training { askToStop(signal) }
-            }
-            if let reason = stopSignal != nil && machine.phase != .training && machine.stoppedAt == nil
-                ? WorkerState.coordinatorInterrupted
-                : machine.phase == .joining ? failure() : nil
-            {
+            if machine.phase == .joining, let reason = failure() {
                 _ = try execute([.abort(reason)], epochStart: &epochStart)  // an abort always throws
             }
             if machine.phase == .joining, Clock.now - lastWaitingLine >= 10 {
@@ -252,6 +253,7 @@ public final class Coordinator {
                 lastWaitingLine = Clock.now
             }
             var events: [CoordinatorState.Event] = [.tick] + unreadMembers()
+            if let signal = StopSignal.signal, machine.stopSignal == nil { events.append(.stopAsked(signal: signal, rank: nil)) }
             if let event = try receiveEvent() { events.append(event) }
             while let e = monitor.next(deadline: .now) { note(handshakeFailure: e) }
             for next in events {
@@ -277,9 +279,9 @@ public final class Coordinator {
                     Thread.sleep(forTimeInterval: 0.3)  // let the Finish leave before the socket closes
                     throw JobInterrupted(
                         description:
-                            "stopped by \(StopSignal.name(stopSignal ?? SIGINT)) after step \(machine.completedSteps) of \(total); "
+                            "stopped by \(StopSignal.name(machine.stopSignal ?? SIGINT)) after step \(machine.completedSteps) of \(total); "
                             + "its checkpoint is in \(runDirectory.path): continue with --resume --run-dir \(runDirectory.path)",
-                        status: 128 + (stopSignal ?? SIGINT))
+                        status: 128 + (machine.stopSignal ?? SIGINT))
                 }
             }
             if Clock.now - lastHeartbeat > 0.5 {
@@ -310,13 +312,14 @@ public final class Coordinator {
     private var writtenCheckpointStep: Int?
     /// Why the newest checkpoint is not on disk (a full disk), until one is written again.
     private var unwrittenCheckpoint: String?
-    /// The signal that stopped the job: this process's, or the one a worker said it received.
-    private var stopSignal: Int32?
-
     /// Tells every member to stop after the step in progress; they agree on the step in its exchange.
-    private func askToStop(_ signal: Int32) {
+    private func askToStop(_ signal: Int32, again: Bool) {
         for m in machine.members {
             send(.stop(.init(signal: signal, reason: "the coordinator received \(StopSignal.name(signal))")), to: m.identity)
+        }
+        guard !again else {
+            progress.line("the re-formed ring stops after its next step, with rank 0's checkpoint of it (\(StopSignal.name(signal)))")
+            return
         }
         let kept =
             (writtenCheckpointStep ?? startState?.globalStep).map { "losing the steps since the checkpoint of step \($0)" }
@@ -388,9 +391,11 @@ public final class Coordinator {
             case .stepCompleted(let s): try recordStep(s)
             case .epochCompleted(let epoch, let reports): try recordEvaluation(epoch: epoch, reports: reports, epochStart: &epochStart)
             case .writeCheckpoint(let data): try writeCheckpoint(data)
+            case .askToStop(let signal, let again): askToStop(signal, again: again)
             case .abort(let message): try abortJob(message)
             case .finish:
                 for m in machine.nextRing { send(.finish, to: m.identity) }
+                tellWaitingWorkers(.finish)
                 if let unwrittenCheckpoint {
                     throw ClusterError("the job ended at step \(machine.completedSteps), but \(unwrittenCheckpoint)")
                 }
@@ -549,6 +554,7 @@ public final class Coordinator {
     private func abortJob(_ message: String) throws {
         for m in machine.members { send(.abort(.init(originRank: -1, reason: message)), to: m.identity) }
         for identity in heartbeatIdentities.values { send(.abort(.init(originRank: -1, reason: message)), to: identity) }
+        tellWaitingWorkers(.abort(.init(originRank: -1, reason: message)))
         var e = event(message == WorkerState.coordinatorInterrupted ? "interrupted" : "failed")
         e.error = message
         try? reporter.record(e)
@@ -630,6 +636,7 @@ public final class Coordinator {
                 hosts[h.advertiseAddress] = (h.hostKey, h.ipcFolder)
             }
             if threads.count < ControlLimits.helloRecords { threads[h.advertiseAddress] = Int(h.threads) }
+            if helloIdentities.count < ControlLimits.helloRecords { helloIdentities.insert(identity) }
             let carried =
                 h.carriedHash == 0 ? nil : Int(exactly: h.carriedStep).map { CoordinatorState.Carried(step: $0, hash: h.carriedHash) }
             return .hello(identity: identity, address: h.advertiseAddress, carried: carried)
@@ -649,12 +656,11 @@ public final class Coordinator {
         case .stop(let stop):
             // A worker received a signal: it votes to stop in its next step's exchange.
             let signal = [SIGINT, SIGTERM].contains(stop.signal) ? stop.signal : SIGTERM
-            if stopSignal == nil {
-                stopSignal = signal
+            if machine.stopSignal == nil {
                 progress.line(
                     "rank \(rank) received \(StopSignal.name(signal)): the job stops after the step in progress, with a checkpoint")
             }
-            return .heartbeat(rank: rank)
+            return .stopAsked(signal: signal, rank: rank)
         case .dataRequest(let request):
             let rows: Envelope.DataRows
             if request.indices.count > DataServing.rowsPerRequest {

@@ -10,7 +10,8 @@ import TetherTrain
 /// Ready -> Start when all parameter hashes agree -> per global step, one StepReport from every rank
 /// (merged into one summary; hashes compared when reported) -> at epoch ends, every rank's EvalReport
 /// (merged) and rank 0's checkpoint -> Finish once the last step, its evaluation and its checkpoint are in.
-/// A graceful stop ends the job the same way after the step whose reports say `stopping`.
+/// A graceful stop ends the job the same way after the step whose reports say `stopping`; asked while
+/// the ring re-forms in place, it is asked again of the re-formed ring, so the survivors' step is kept.
 ///
 /// Elastic in place (`reformInPlace`): a member lost while training (silent, or its Abort) does not
 /// stop the job while `minWorkers` remain: the survivors are re-formed into a ring of a new epoch
@@ -98,6 +99,9 @@ public struct CoordinatorState {
         /// A member has not taken its messages for `seconds` (its queue at the coordinator stays full):
         /// it is lost as a dead one is, whatever else it sends.
         case unread(rank: Int, seconds: Double)
+        /// A stop was asked: this process received `signal` (rank nil), or rank `rank` said it did (it
+        /// votes to stop in its next step's exchange, which tells the others).
+        case stopAsked(signal: Int32, rank: Int?)
         case tick
     }
 
@@ -117,6 +121,9 @@ public struct CoordinatorState {
         case stepCompleted(StepSummary)
         case epochCompleted(epoch: Int, reports: [Envelope.EvalReport])
         case writeCheckpoint(Envelope.CheckpointData)
+        /// Tell every member to stop after the step in progress (`again`: the ring re-formed since a stop
+        /// was asked, and its members are told anew).
+        case askToStop(signal: Int32, again: Bool)
         /// Stop every worker and fail the job with this message.
         case abort(String)
         /// A message that does not fit the job's state was dropped: log it (rate-limited); the job goes on.
@@ -131,6 +138,9 @@ public struct CoordinatorState {
     /// Set when the ranks agreed to stop early (a graceful stop, StepReport.stopping): the job ends
     /// after this step, with its checkpoint, instead of after `totalSteps`.
     public private(set) var stoppedAt: Int?
+    /// The signal a stop was asked with (this process's, or the one a worker said it received): the
+    /// job stops after the step in progress, or (before it trained) at once, as interrupted.
+    public private(set) var stopSignal: Int32?
     /// The step the job ends at: the run's last, or the one it stops after.
     public var endStep: Int { stoppedAt ?? settings.totalSteps }
     /// Set when the job formed with workers that all kept the same state through a lost coordinator,
@@ -224,7 +234,21 @@ public struct CoordinatorState {
         case .unread(let rank, let seconds):
             return lose(
                 [rank], "rank \(rank) (\(members[rank].address)) has not read its messages for \(Int(seconds)) s: dropping it", now: now)
+        case .stopAsked(let signal, let rank): return onStopAsked(signal: signal, rank: rank)
         case .tick: return onTick(now: now)
+        }
+    }
+
+    /// A stop asked: after the step in progress while training; while the ring re-forms in place, once
+    /// the re-formed ring trains (its members are told then: the step the survivors hold is kept, with
+    /// a checkpoint); before the job trains, the job ends at once, interrupted.
+    private mutating func onStopAsked(signal: Int32, rank: Int?) -> [Directive] {
+        guard stopSignal == nil else { return [] }
+        stopSignal = signal
+        switch phase {
+        case .training: return rank == nil ? [.askToStop(signal: signal, again: false)] : []
+        case .initializing where ringEpoch > 0: return []
+        default: return fail(WorkerState.coordinatorInterrupted)
         }
     }
 
@@ -236,6 +260,9 @@ public struct CoordinatorState {
             return []
         }
         if joiner?.identity == identity { return [] }
+        if phase != .joining, stopSignal != nil {
+            return [.turnAway(identity: identity, reason: "the job is stopping; a worker at \(address) does not join it")]
+        }
         // Elastic in place: a worker arriving while the job trains (a replacement, or capacity up
         // to `workers`) joins it at a step boundary, as the last rank; while the ring re-forms, or
         // another joins, it waits (its Hello is repeated).
@@ -307,7 +334,9 @@ public struct CoordinatorState {
             stepsRedone = abandoned > step ? min(abandoned - step, 1) : 0
         }
         phase = .training
-        return [.start] + (completedSteps >= settings.totalSteps ? finishIfDone() : [])
+        let stopping = stopSignal.map { [Directive.askToStop(signal: $0, again: true)] } ?? []
+        return [.start] + (ringEpoch > 0 && stoppedAt == nil ? stopping : [])
+            + (completedSteps >= settings.totalSteps ? finishIfDone() : [])
     }
 
     /// A member's step report: steps complete in order once every rank's report is in.
@@ -548,6 +577,7 @@ extension CoordinatorState.Event {
         case .ready(let r, _), .step(let r, _), .evaluation(let r, _), .checkpoint(let r, _), .heartbeat(let r), .abort(let r, _),
             .listening(let r, _), .unread(let r, _):
             r
+        case .stopAsked(_, let r): r
         case .hello, .tick: nil
         }
     }

@@ -249,6 +249,39 @@ import TetherComm
         #expect(twice.members.map(\.address) == ["tcp://h1:1", "tcp://h2:1"])
     }
 
+    /// A stop asked while the ring re-forms in place (chaos seed 1: SIGTERM, then a member's loss
+    /// before the stop step was agreed) is asked again of the re-formed ring once it trains, so the
+    /// step the survivors hold is kept with a checkpoint; a worker that comes meanwhile is turned away.
+    /// Before the job trains, a stop ends it at once, interrupted; a worker's own signal is voted on in
+    /// its exchange and asks nothing of the others.
+    @Test func aStopAskedWhileTheRingReformsIsAskedOfTheReformedRing() {
+        var settings = settings(workers: 3, total: 8, perEpoch: 4)
+        (settings.minWorkers, settings.reformInPlace) = (2, true)
+        var s = CoordinatorState(settings, now: 0)
+        for r in 0..<3 { _ = s.handle(.hello(identity: [UInt8(r)], address: "tcp://h\(r):1"), now: 1) }
+        var interrupted = s
+        #expect(interrupted.handle(.stopAsked(signal: 15, rank: nil), now: 1) == [.abort(WorkerState.coordinatorInterrupted)])
+        for r in 0..<3 { _ = s.handle(.ready(rank: r, ready()), now: 1) }
+        var byWorker = s
+        #expect(byWorker.handle(.stopAsked(signal: 2, rank: 1), now: 2).isEmpty && byWorker.stopSignal == 2)
+        #expect(s.handle(.stopAsked(signal: 15, rank: nil), now: 2) == [.askToStop(signal: 15, again: false)])
+        #expect(s.handle(.stopAsked(signal: 2, rank: nil), now: 2).isEmpty, "asked once")
+        #expect(s.handle(.abort(rank: 2, reason: "killed"), now: 3) == [.reform(epoch: 1, reason: "rank 2 (tcp://h2:1) stopped: killed")])
+        #expect(
+            s.handle(.hello(identity: [9], address: "tcp://h9:1"), now: 3) == [
+                .turnAway(identity: [9], reason: "the job is stopping; a worker at tcp://h9:1 does not join it")
+            ])
+        for r in 0..<2 { _ = s.handle(.listening(rank: r, epoch: 1), now: 4) }
+        _ = s.handle(.ready(rank: 0, ready()), now: 4)
+        #expect(s.handle(.ready(rank: 1, ready()), now: 4) == [.start, .askToStop(signal: 15, again: true)])
+        var stopping = report(1)
+        stopping.stopping = true
+        _ = s.handle(.step(rank: 0, stopping), now: 5)
+        _ = s.handle(.step(rank: 1, stopping), now: 5)
+        _ = s.handle(.checkpoint(rank: 0, .init(globalStep: 1, safetensors: [])), now: 5)
+        #expect(s.phase == .finished && s.stoppedAt == 1)
+    }
+
     /// Elastic in place, joining: a worker that says hello while the job trains (fewer members than
     /// --workers) is assigned the last rank of the next epoch's ring at once; the members are told to
     /// re-form at a step boundary and go on: their reports still merge. They listen on the new ring
