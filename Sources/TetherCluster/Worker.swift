@@ -15,7 +15,10 @@ public final class Worker {
     let options: WorkerOptions
     let context: ZeroMQContext
     let control: ControlChannel
-    private(set) var rank = -1 { didSet { logger[metadataKey: "rank"] = "\(rank)" } }
+    /// The worker's life as a pure state machine; this shell carries out what it decides.
+    private var machine = WorkerState()
+    /// This worker's rank, as its machine holds it (-1: none).
+    var rank: Int { machine.rank }
     /// This worker's log ("worker"; the level and format are the process's: --log-level, --log-format).
     private(set) var logger: Logger
     /// --timeline on the worker: its own trace.
@@ -85,28 +88,36 @@ public final class Worker {
     /// machine's next event (what the coordinator said, what a step did) or, when it throws, in the
     /// event its error means (`event(for:)`). Ends when the machine has finished; throws when it fails.
     private func live() throws {
-        var machine = WorkerState()
         defer { heartbeat?.stop() }
-        var directives = machine.handle(.launched)
+        var directives = handle(.launched)
         while !directives.isEmpty {
             let directive = directives.removeFirst()
             if case .fail(let message) = directive { throw failureToReport(message) }
             var event: WorkerState.Event?
-            do { event = try carryOut(directive, &machine) } catch let interrupted as JobInterrupted { throw interrupted } catch {
+            do { event = try carryOut(directive) } catch let interrupted as JobInterrupted { throw interrupted } catch {
                 // what was still to do followed from the state before the error: the machine decides anew
                 let computing = if case .trainNextStep = directive { true } else { false }
                 (failure, event, directives) = (error, self.event(for: error, computing: computing), [])
             }
             directives += answered
             answered = []
-            for noticed in noticed { directives += machine.handle(noticed) }
+            for noticed in noticed { directives += handle(noticed) }
             noticed = []
-            if let event { directives += machine.handle(event) }
+            if let event { directives += handle(event) }
             if case .failed = machine.phase {} else { failure = nil }
         }
         guard machine.phase == .finished else {
             throw ClusterError("worker rank \(rank): its state machine stopped while \(machine.phase)")
         }
+    }
+
+    /// The machine's directives for `event`; what it decided is published where another thread acts on
+    /// it (the log's rank, whether the heartbeat thread lets the process outlive a lost coordinator).
+    private func handle(_ event: WorkerState.Event) -> [WorkerState.Directive] {
+        let directives = machine.handle(event)
+        logger[metadataKey: "rank"] = "\(machine.rank)"
+        reforms.mayOutliveCoordinator = machine.outlivesLostCoordinator
+        return directives
     }
 
     // What the shell holds between directives.
@@ -126,18 +137,20 @@ public final class Worker {
     private var answered: [WorkerState.Directive] = []
 
     /// Carries out one directive; returns the event it ended in, if any.
-    private func carryOut(_ directive: WorkerState.Directive, _ machine: inout WorkerState) throws -> WorkerState.Event? {
+    private func carryOut(_ directive: WorkerState.Directive) throws -> WorkerState.Event? {
         switch directive {
         case .join(let carrying): return try joinJob(carrying: carrying)
-        case .setUp:
-            let carried = assignment!.useCarriedState ? kept.map { ($0.step, $0.bytes) } : nil
-            return ready(try setUp(assignment!, carried: carried), redoEndOfStep: carried != nil)
+        case .setUp(let source): return ready(try setUp(assignment!, from: source), redoEndOfStep: source == .keptState)
+        case .setUpOn(let reform):
+            // a joiner whose ring was re-formed before it formed: set up again on the new one
+            assignment!.rank = reform.rank
+            (assignment!.ring, assignment!.ringPublicKeys, assignment!.ringEpoch) = (reform.ring, reform.ringPublicKeys, reform.ringEpoch)
+            return ready(try setUp(assignment!, from: .members), redoEndOfStep: !reform.atBoundary)
         case .sendReady:
             try sendReadyAndAwaitStart(job!.replica, abandonedStep: machine.abandonedStep)
             SampleAudit.shared?.start(ring: job!.replica.training.ringName, globalStep: job!.replica.state.globalStep)
-            trainingStarted = true
             return .coordinator(.start)
-        case .trainNextStep(let votes): return try trainStep(votes: votes, &machine)
+        case .trainNextStep(let votes): return try trainStep(votes: votes)
         case .reportStep(let withHash): try reportStep(withHash: withHash, globalStep: machine.globalStep)
         case .evaluate(let epoch, let ends):
             let replica = job!.replica
@@ -152,8 +165,14 @@ public final class Worker {
             return .coordinator(try waitFor("the coordinator's finish", within: 60) { $0 == .finish ? $0 : nil })
         case .awaitReform(let urgent):
             return try awaitReform(after: machine.ringEpoch, urgent: urgent).map { .reformReceived($0) } ?? .noReform
-        case .reform(let reform): return try takeReform(reform)
+        case .reform(let reform): return ready(try reformed(job!, reform), redoEndOfStep: !reform.atBoundary)
         case .keepState: keepState()
+        case .interrupt(let signal):
+            throw JobInterrupted(
+                description: "worker: \(StopSignal.name(signal)) before training started; exiting", status: StopSignal.exitStatus)
+        case .tellStop(let signal):
+            log("\(StopSignal.name(signal)): the job stops after the step in progress (interrupt again to exit at once)")
+            try? control.send(.stop(.init(signal: signal, reason: "rank \(rank) received \(StopSignal.name(signal))")), from: rank)
         case .exit: sayDone()
         case .fail:
             preconditionFailure("live() ends on .fail before carrying a directive out")
@@ -161,15 +180,13 @@ public final class Worker {
         return nil
     }
 
-    /// Says hello until assigned (carrying a kept state, after a lost coordinator), checks the Assign, and starts heartbeats.
+    /// Says hello until assigned (carrying a kept state, after a lost coordinator).
     private func joinJob(carrying: Bool) throws -> WorkerState.Event {
         if carrying, let kept {
             log(
                 "keeping the state of step \(kept.step); waiting up to \(Int(options.coordinatorWait)) s for a coordinator at \(options.coordinator)"
             )
         }
-        rejoining = carrying
-        defer { rejoining = false }
         guard
             let assign = try join(
                 carrying: carrying ? kept.map { ($0.step, $0.hash) } : nil, within: carrying ? options.coordinatorWait : 120)
@@ -180,28 +197,21 @@ public final class Worker {
                     : "the run has already finished (the coordinator says so); nothing to do")
             return .runFinished
         }
-        // A hostile or invalid assignment is refused before this worker does anything (set-up checks
-        // each assignment again, a later coordinator's too); the rank it names is told why (run()).
-        rank = Int(assign.rank)
-        _ = try AssignCheck(dataRoots: options.dataRoots, secure: options.security.keys != nil).validate(assign)
+        // set-up checks the assignment before this worker does anything with it; the rank it names is
+        // told why it is refused (run())
         assignment = assign
-        if heartbeat == nil {
-            control.socket.stopMonitor()
-            // Heartbeats flow from here on: loading the data and building the model can take seconds.
-            heartbeat = try Heartbeat(
-                context: context, options: options, identity: ControlIdentity.heartbeat(of: identity), rank: rank,
-                reforms: reforms, logger: logger)
-            ProcessMemory.keepFreedBuffers()
-        } else {
-            reforms.reset()
-        }
-        return .assigned(rank: rank, ringEpoch: assign.ringEpoch, reformInPlace: assign.reformInPlace)
+        if heartbeat != nil { reforms.reset() }  // a new coordinator: its ring epochs count from 0 again
+        return .assigned(
+            rank: Int(assign.rank), ringEpoch: assign.ringEpoch, reformInPlace: assign.reformInPlace,
+            offered: .init(
+                keptState: assign.useCarriedState, checkpoint: !assign.resumeCheckpoint.isEmpty,
+                startingWeights: !assign.startingWeights.isEmpty))
     }
 
     /// One step of the replica with this step's votes; its report kept for the coordinator.
-    private func trainStep(votes: RingVotes, _ machine: inout WorkerState) throws -> WorkerState.Event {
+    private func trainStep(votes: RingVotes) throws -> WorkerState.Event {
         try checkControl()
-        for e in noticed { answered += machine.handle(e) }  // a Stop, a join: this step's votes
+        for e in noticed { answered += handle(e) }  // a Stop, a join: this step's votes
         noticed = []
         let replica = job!.replica, training = replica.training
         if replica.state.stepInEpoch == 0 { training.workload.startEpoch(replica.state.epoch) }
@@ -242,16 +252,6 @@ public final class Worker {
             replicaBuffers: replica.replicas.map(\.buffers), replicaRNGs: replica.replicas.map(\.rng),
             compression: .init(factors: training.exchange.powerSGD?.factors, errors: replica.replicaErrors))
         try tell(.checkpoint(.init(globalStep: UInt64(state.globalStep), safetensors: [UInt8](Safetensors.encode(file)))))
-    }
-
-    /// The ring re-formed: the replica on its new ring, or (a joiner whose ring changed before it formed) set up again.
-    private func takeReform(_ reform: Envelope.Reform) throws -> WorkerState.Event {
-        rank = Int(reform.rank)
-        if let old = job { return ready(try reformed(old, reform), redoEndOfStep: !reform.atBoundary) }
-        // a joiner whose ring was re-formed before it formed: set up again on the new one
-        assignment!.rank = reform.rank
-        (assignment!.ring, assignment!.ringPublicKeys, assignment!.ringEpoch) = (reform.ring, reform.ringPublicKeys, reform.ringEpoch)
-        return ready(try setUp(assignment!, carried: nil), redoEndOfStep: !reform.atBoundary)
     }
 
     /// Keeps the replica's state through a lost coordinator, for the one that comes back.
@@ -325,15 +325,25 @@ public final class Worker {
         let keepsState: Bool
     }
 
-    /// The replica an Assign describes, on its ring, with parameters from (in that order): the workers'
-    /// `carried` state (a coordinator that came back), the members' state over a re-formed ring (a
-    /// worker joining a running job), the coordinator's resume checkpoint, its starting weights, or a
-    /// fresh initialization from the data.
-    private func setUp(_ assign: Envelope.Assign, carried: (step: Int, bytes: [UInt8])?) throws -> Job {
+    /// The replica an Assign describes, on its ring, with parameters from `source` (the machine's
+    /// choice): the state this worker kept (a coordinator that came back), the members' state over a
+    /// re-formed ring (a worker joining a running job), the coordinator's resume checkpoint, its
+    /// starting weights, or a fresh initialization from the data.
+    private func setUp(_ assign: Envelope.Assign, from source: WorkerState.ParameterSource) throws -> Job {
+        // A hostile or invalid assignment is refused before this worker does anything with it.
         let config = try AssignCheck(dataRoots: options.dataRoots, secure: options.security.keys != nil).validate(assign)
+        if heartbeat == nil {
+            control.socket.stopMonitor()
+            // Heartbeats flow from here on: loading the data and building the model can take seconds.
+            heartbeat = try Heartbeat(
+                context: context, options: options, identity: ControlIdentity.heartbeat(of: identity), rank: rank,
+                reforms: reforms, logger: logger)
+            ProcessMemory.keepFreedBuffers()
+        }
+        let carried = source == .keptState ? kept.map { (step: $0.step, bytes: $0.bytes) } : nil
         // Read from memory: no file is written for it.
         let resumed =
-            assign.resumeCheckpoint.isEmpty
+            source != .checkpoint
             ? nil
             : try Checkpoint.Loaded(bytes: Data(assign.resumeCheckpoint), source: "the coordinator's resume checkpoint")
         served =
@@ -348,9 +358,8 @@ public final class Worker {
         let membership = Membership(
             epoch: assign.ringEpoch, rank: Int(assign.rank), ring: assign.ring, publicKeys: assign.ringPublicKeys,
             secretKey: assign.ringSecretKey)
-        ringEpoch = assign.ringEpoch
         // Joining a running job (elastic in place): the members' state comes over the re-formed ring.
-        let joining = assign.ringEpoch > 0, overRing = joining || carried != nil
+        let joining = source == .members, overRing = joining || source == .keptState
         let bucketBytes = max(4, Int(assign.bucketBytes))
         let workload = try Workloads.make(config, shard: membership.shard, metadata: resumed?.file.metadata ?? [:], source: served)
         let model = workload.model
@@ -379,7 +388,7 @@ public final class Worker {
             state = resumed.state
             model.context.rng =
                 resumed.replicaRNG(membership.shard) ?? .dropoutMasks(seed: config.seed &+ UInt64(state.globalStep), replica: rank)
-        } else if !assign.startingWeights.isEmpty {
+        } else if source == .startingWeights {
             try StartingWeights(bytes: Data(assign.startingWeights), source: "the coordinator's starting weights").load(into: model)
         } else {
             try workload.fetch(epoch: 0)
@@ -403,7 +412,6 @@ public final class Worker {
     private func job(config: TrainingConfig, bucketBytes: Int, membership: Membership, replica: Replica, assign: Envelope.Assign) -> Job {
         let model = replica.training.workload.model
         let keeps = options.coordinatorWait > 0 && Checkpoint.buffers(of: model).isEmpty
-        reforms.mayOutliveCoordinator = keeps
         let plan = WorkerState.Plan(
             rank: membership.rank, stepsPerEpoch: replica.training.workload.stepsPerEpoch, totalSteps: replica.training.totalSteps,
             hashEvery: Int(assign.hashEvery), checkpointEvery: Int(assign.checkpointEvery))
@@ -527,7 +535,6 @@ public final class Worker {
         let membership = Membership(
             epoch: reform.ringEpoch, rank: Int(reform.rank), ring: reform.ring,
             publicKeys: reform.ringPublicKeys, secretKey: old.membership.secretKey)
-        (ringEpoch, rank) = (reform.ringEpoch, membership.rank)
         log(
             "\(reform.reason.prefix(300)); the ring re-forms as \(reform.ring.count) (epoch \(reform.ringEpoch))"
                 + (reform.atBoundary ? " after step \(replica.state.globalStep)" : "") + ", this worker is rank \(rank) now")
@@ -638,7 +645,7 @@ public final class Worker {
     /// (unless this worker, having outlived it, is saying hello to the next one).
     private func throwIfCoordinatorGone() throws {
         if let reason = reforms.abortReason { throw CoordinatorOrder.abort(.init(originRank: -1, reason: reason)) }
-        if reforms.coordinatorLost, !rejoining {
+        if reforms.coordinatorLost, !machine.rejoining {
             throw CollectiveError(message: "the coordinator at \(options.coordinator) was lost", abandoned: true)
         }
     }
@@ -660,7 +667,7 @@ public final class Worker {
             reforms.note(r)
             if r.atBoundary {
                 noticed.append(.coordinator(body))
-            } else if r.ringEpoch > ringEpoch {
+            } else if machine.abandonsWork(for: r) {
                 throw CollectiveError(message: "the coordinator re-forms the ring: \(r.reason)", abandoned: true)
             }
         case .abort(let a):
@@ -672,27 +679,12 @@ public final class Worker {
         }
     }
 
-    /// A signal to this process: before it trains, the worker ends now; while it trains, it votes to
-    /// stop and tells the coordinator which signal (for its exit status and its log).
+    /// A signal to this process, taken by the machine at once (it may end a wait): before the worker
+    /// trains it ends now; while it trains, it votes to stop and tells the coordinator which signal.
     private func noteSignal() throws {
-        guard let signal = StopSignal.signal, !toldCoordinatorOfSignal else { return }
-        guard trainingStarted else {
-            throw JobInterrupted(
-                description: "worker: \(StopSignal.name(signal)) before training started; exiting", status: StopSignal.exitStatus)
-        }
-        toldCoordinatorOfSignal = true
-        log("\(StopSignal.name(signal)): the job stops after the step in progress (interrupt again to exit at once)")
-        try? control.send(.stop(.init(signal: signal, reason: "rank \(rank) received \(StopSignal.name(signal))")), from: rank)
-        noticed.append(.coordinator(.stop(.init(signal: signal, reason: "this worker received \(StopSignal.name(signal))"))))
+        guard let signal = StopSignal.signal else { return }
+        for directive in handle(.signalled(signal)) { _ = try carryOut(directive) }
     }
-
-    private var toldCoordinatorOfSignal = false
-    /// Set once the coordinator said Start.
-    private var trainingStarted = false
-    /// The epoch of the ring this worker is on, or forming.
-    private var ringEpoch: UInt32 = 0
-    /// Set while this worker, having outlived its coordinator, says hello to the next one.
-    private var rejoining = false
     /// Its error feedback, kept with its replica through a lost coordinator.
     private var keptErrorFeedback: [Float]?
     /// The socket holding the tcp port this worker advertises, until its ring binds that port itself

@@ -46,10 +46,33 @@ public struct WorkerState: Sendable {
         case failed(String)
     }
 
+    /// Where a replica's parameters and step come from.
+    public enum ParameterSource: Equatable, Sendable {
+        /// The state this worker kept through a lost coordinator (the next one asks every worker for it).
+        case keptState
+        /// The members' state over the running job's ring (a worker joining it).
+        case members
+        /// The coordinator's resume checkpoint.
+        case checkpoint
+        /// The coordinator's starting weights (fine-tuning: --model FILE.onnx, --init FILE).
+        case startingWeights
+        /// Drawn afresh, with any data-dependent initialization over the ring.
+        case data
+    }
+
+    /// What an Assign offers a replica's parameters from, besides a running job's ring (its epoch).
+    public struct Offered: Equatable, Sendable {
+        public var keptState = false, checkpoint = false, startingWeights = false
+        public init(keptState: Bool = false, checkpoint: Bool = false, startingWeights: Bool = false) {
+            (self.keptState, self.checkpoint, self.startingWeights) = (keptState, checkpoint, startingWeights)
+        }
+    }
+
     public enum Event: Sendable {
         case launched
-        /// The coordinator assigned this worker `rank` on the ring of `ringEpoch` (> 0: a running job's).
-        case assigned(rank: Int, ringEpoch: UInt32, reformInPlace: Bool)
+        /// The coordinator assigned this worker `rank` on the ring of `ringEpoch` (> 0: a running job's),
+        /// offering its parameters from `offered`.
+        case assigned(rank: Int, ringEpoch: UInt32, reformInPlace: Bool, offered: Offered = .init())
         /// The coordinator answered Hello with Finish: the run has ended.
         case runFinished
         /// The replica is made on its ring and holds `globalStep` steps. `redoEndOfStep`: its state came
@@ -73,14 +96,18 @@ public struct WorkerState: Sendable {
         /// for the next vote; any other is left for the wait, which finds it.)
         case reformReceived(Envelope.Reform)
         case noReform
+        /// This process received `signal` (SIGINT, SIGTERM).
+        case signalled(Int32)
     }
 
     public enum Directive: Equatable, Sendable {
         /// Say Hello until assigned; `carrying`: with the step and hash of the state this worker kept.
         case join(carrying: Bool)
-        /// Make the replica the assignment describes (from the resume checkpoint, the state the workers
-        /// kept, the members over a running job's ring, or fresh).
-        case setUp
+        /// Make the replica the assignment describes, its parameters from `source`.
+        case setUp(from: ParameterSource)
+        /// A joiner whose ring was re-formed before its replica was made: make it on the re-formed ring
+        /// (the members' state comes over it).
+        case setUpOn(Envelope.Reform)
         /// Ready (hash, step, the step abandoned) to the coordinator; the answer is its Start.
         case sendReady
         case reportStep(withHash: Bool)
@@ -102,6 +129,10 @@ public struct WorkerState: Sendable {
         case reform(Envelope.Reform)
         /// The coordinator was lost: close the ring, keep the state the last step left.
         case keepState
+        /// A signal before this worker trained: it ends now.
+        case interrupt(signal: Int32)
+        /// A signal while it trains: tell the coordinator (it votes to stop in its next exchange).
+        case tellStop(signal: Int32)
         case exit
         case fail(String)
     }
@@ -122,11 +153,28 @@ public struct WorkerState: Sendable {
     /// The step this worker was computing when its ring gave up (0: none), for the next Ready.
     public private(set) var abandonedStep = 0
     private var reformInPlace = false
-    private var keepsState = false, trained = false
+    private var keepsState = false, trained = false, signalled = false
+    /// Holds the state it kept through a lost coordinator (until a replica is made again).
+    private var holdsKeptState = false
+    /// The replica of the current assignment is made (a joiner's is not until its ring forms).
+    private var replicaMade = false
     private var redoAfterStart = false
     private var lastFailure: String?
 
     public init() {}
+
+    /// Whether this worker's replica outlives a lost coordinator (it keeps its state and says hello to
+    /// the next one) rather than failing with it: the heartbeat thread ends the process otherwise.
+    public var outlivesLostCoordinator: Bool {
+        keepsState && trained && [.training, .reforming, .waitingForStart, .waitingForFinish].contains(phase)
+    }
+
+    /// Whether `reform`, read while this worker does something else, gives that up: a re-formation
+    /// after a loss, of a ring newer than this worker's (a join's, at a step boundary, is voted on).
+    public func abandonsWork(for reform: Envelope.Reform) -> Bool { !reform.atBoundary && reform.ringEpoch > ringEpoch }
+
+    /// Saying hello to the next coordinator with the state it kept through a lost one.
+    public var rejoining: Bool { phase == .joining && holdsKeptState }
 
     /// This rank's votes for its next step's exchange.
     public var votes: RingVotes { RingVotes().union(stopRequested ? .stop : []).union(boundaryReform != nil ? .reform : []) }
@@ -159,9 +207,23 @@ public struct WorkerState: Sendable {
         case (.joining, .runFinished):
             phase = .finished
             return [.exit]
-        case (.joining, .assigned(let rank, let epoch, let inPlace)):
-            (self.rank, ringEpoch, reformInPlace, phase, boundaryReform) = (rank, epoch, inPlace, .settingUp, nil)
-            return [.setUp]
+        case (_, .signalled(let signal)):
+            guard !signalled else { return [] }
+            signalled = true
+            guard trained else { return [.interrupt(signal: signal)] }
+            stopRequested = true
+            return [.tellStop(signal: signal)]
+
+        case (.joining, .assigned(let rank, let epoch, let inPlace, let offered)):
+            (self.rank, ringEpoch, reformInPlace, phase, boundaryReform, replicaMade) = (rank, epoch, inPlace, .settingUp, nil, false)
+            guard !offered.keptState || holdsKeptState else {
+                return fail("the coordinator asks for the state this worker kept, and it keeps none")
+            }
+            let source: ParameterSource =
+                offered.keptState
+                ? .keptState
+                : epoch > 0 ? .members : offered.checkpoint ? .checkpoint : offered.startingWeights ? .startingWeights : .data
+            return [.setUp(from: source)]
 
         case (.settingUp, .replicaReady(let plan, let step, let redo, let keeps)),
             (.reforming, .replicaReady(let plan, let step, let redo, let keeps)):
@@ -171,6 +233,7 @@ public struct WorkerState: Sendable {
                 return fail("the replica holds step \(step), outside this run's \(first)...\(plan.totalSteps)")
             }
             (self.plan, globalStep, firstStep, keepsState, redoAfterStart) = (plan, step, first, keeps, redo && step > first)
+            (holdsKeptState, replicaMade) = (false, true)
             lastFailure = nil
             (rank, phase) = (plan.rank, .waitingForStart)
             return [.sendReady]
@@ -206,15 +269,13 @@ public struct WorkerState: Sendable {
             // After a failure only a Reform sent for it will do (a join's, sent before, holds the lost member).
             guard r.ringEpoch > ringEpoch, lastFailure == nil || !r.atBoundary else { return [.awaitReform(urgent: lastFailure != nil)] }
             (ringEpoch, rank, boundaryReform) = (r.ringEpoch, Int(r.rank), nil)
-            return [.reform(r)]
+            return [replicaMade ? .reform(r) : .setUpOn(r)]
         case (.reforming, .noReform):
             return fail((lastFailure ?? "the ring failed") + "; the coordinator did not re-form the ring")
 
         case (_, .coordinatorSilent(let why)):
-            guard keepsState, trained, [.training, .reforming, .waitingForStart, .waitingForFinish].contains(phase) else {
-                return fail(why)
-            }
-            (phase, rank, ringEpoch, boundaryReform, abandonedStep) = (.joining, -1, 0, nil, 0)
+            guard outlivesLostCoordinator else { return fail(why) }
+            (phase, rank, ringEpoch, boundaryReform, abandonedStep, holdsKeptState, replicaMade) = (.joining, -1, 0, nil, 0, true, false)
             return [.keepState, .join(carrying: true)]
 
         case (.waitingForFinish, .coordinator(.finish)), (.settingUp, .coordinator(.finish)), (.waitingForStart, .coordinator(.finish)):

@@ -85,8 +85,15 @@ public enum ProcessStart {
             // by the file's own path: the process's name (`ps`, `pkill tether`, `docker top`) is the
             // executed file's name, and /proc/self/exe's would be "exe"
             var path = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+            // SIGINT and SIGTERM blocked across the exec: one that comes while the new image starts stays
+            // pending until StopSignal.install unblocks it, instead of ending it before it can say anything
+            var stops = sigset_t(), before = sigset_t()
+            sigemptyset(&stops)
+            for s in [SIGINT, SIGTERM] { sigaddset(&stops, s) }
+            pthread_sigmask(SIG_BLOCK, &stops, &before)
             if readlink("/proc/self/exe", &path, Int(PATH_MAX)) > 0 { execv(path, CommandLine.unsafeArgv) }
             execv("/proc/self/exe", CommandLine.unsafeArgv)  // the file is gone or renamed (rebuilt while running)
+            pthread_sigmask(SIG_SETMASK, &before, nil)
             // still here: no /proc (a sandbox); run as we are, and so do our children
             for name in ["OPENBLAS_CORETYPE", BLASCore.detectedVariable, "GLIBC_TUNABLES"] where environment[name] == nil { unsetenv(name) }
             if let existing = environment["GLIBC_TUNABLES"] { setenv("GLIBC_TUNABLES", existing, 1) }

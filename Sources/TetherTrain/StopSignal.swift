@@ -16,14 +16,17 @@ public enum StopSignal {
     nonisolated(unsafe) private static var active: Int32 = 0
     private static let noteCapacity = 1024
 
-    public static func install() {
-        _ = notes  // allocated here, never in the handler
-        // A parent that started this process from a thread with these signals blocked (a test runner,
-        // a supervisor) passes the mask on: unblock them, or SIGTERM would never arrive.
+    /// Unblocks SIGINT and SIGTERM: a parent that started this process from a thread with them blocked
+    /// (a test runner, a supervisor, the restart of `ProcessStart`) passes the mask on.
+    public static func unblock() {
         var set = sigset_t()
         sigemptyset(&set)
         for s in [SIGINT, SIGTERM] { sigaddset(&set, s) }
         pthread_sigmask(SIG_UNBLOCK, &set, nil)
+    }
+
+    public static func install() {
+        _ = notes  // allocated here, never in the handler
         for s in [SIGINT, SIGTERM] {
             Glibc.signal(s) { sig in
                 StopSignal.count += 1
@@ -34,6 +37,7 @@ public enum StopSignal {
                 _exit(128 + sig)
             }
         }
+        unblock()  // after the handlers: one pending across a restart arrives at the handler
     }
 
     public static var requested: Bool { count > 0 }

@@ -21,6 +21,13 @@ struct Tether: ParsableCommand {
     /// Parses the command line after adding the job file's and the environment's settings (JobSettings).
     static func main() {
         ProcessStart.restartIfNeeded(environment: ProcessInfo.processInfo.environment)
+        // The restart blocked SIGINT and SIGTERM across its exec: a command that stops gracefully takes
+        // them from here (one that came meanwhile is delivered now); any other ends on them as usual.
+        if let command = CommandLine.arguments.dropFirst().first, ["train", "simulate", "coordinator", "worker"].contains(command) {
+            StopSignal.install()
+        } else {
+            StopSignal.unblock()
+        }
         // A misspelt command is named as such, not as an unknown option of the top level.
         let names = commandNames
         if let first = CommandLine.arguments.dropFirst().first, !first.hasPrefix("-"), !names.contains(first), first != "help" {

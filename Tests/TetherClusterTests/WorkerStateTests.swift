@@ -12,7 +12,7 @@ import TetherComm
         let p = p ?? plan()
         var s = WorkerState()
         #expect(s.handle(.launched) == [.join(carrying: false)])
-        #expect(s.handle(.assigned(rank: p.rank, ringEpoch: 0, reformInPlace: inPlace)) == [.setUp] && s.phase == .settingUp)
+        #expect(s.handle(.assigned(rank: p.rank, ringEpoch: 0, reformInPlace: inPlace)) == [.setUp(from: .data)] && s.phase == .settingUp)
         #expect(s.handle(.replicaReady(p, globalStep: step, redoEndOfStep: false, keepsState: keepsState)) == [.sendReady])
         let first = s.handle(.coordinator(.start))
         #expect(first == [step < p.totalSteps ? .trainNextStep(votes: []) : .awaitFinish])
@@ -178,10 +178,11 @@ import TetherComm
 
         var joiner = WorkerState()
         _ = joiner.handle(.launched)
-        #expect(joiner.handle(.assigned(rank: 2, ringEpoch: 1, reformInPlace: true)) == [.setUp])
-        // a member is lost before the joiner's ring formed: the coordinator re-forms with the joiner in it
+        #expect(joiner.handle(.assigned(rank: 2, ringEpoch: 1, reformInPlace: true)) == [.setUp(from: .members)])
+        // a member is lost before the joiner's ring formed: the coordinator re-forms with the joiner in
+        // it, and the joiner, whose replica was never made, sets up on that ring
         #expect(joiner.handle(.ringFailed("the coordinator re-forms the ring")) == [.awaitReform(urgent: true)])
-        #expect(joiner.handle(.reformReceived(reform(3, rank: 1))) == [.reform(reform(3, rank: 1))])
+        #expect(joiner.handle(.reformReceived(reform(3, rank: 1))) == [.setUpOn(reform(3, rank: 1))])
         #expect(joiner.handle(.replicaReady(plan(rank: 1), globalStep: 5, redoEndOfStep: true, keepsState: false)) == [.sendReady])
         #expect(
             joiner.handle(.coordinator(.start)) == [.reportStep(withHash: false), .trainNextStep(votes: [])],
@@ -218,19 +219,65 @@ import TetherComm
         for step in 1...4 { _ = s.handle(.stepFinished(globalStep: step)) }
         #expect(s.handle(.coordinatorSilent("silent for 2 s")) == [.keepState, .join(carrying: true)])
         #expect(s.phase == .joining && s.rank == -1)
-        #expect(s.handle(.assigned(rank: 2, ringEpoch: 0, reformInPlace: true)) == [.setUp])
+        #expect(
+            s.handle(.assigned(rank: 2, ringEpoch: 0, reformInPlace: true, offered: .init(keptState: true, checkpoint: true)))
+                == [.setUp(from: .keptState)], "what it kept, not the checkpoint")
         #expect(s.handle(.replicaReady(plan(rank: 2), globalStep: 4, redoEndOfStep: true, keepsState: true)) == [.sendReady])
         #expect(s.handle(.coordinator(.start)) == [.reportStep(withHash: true), .trainNextStep(votes: [])])
         _ = s.handle(.ringFailed("x"))
         #expect(s.handle(.coordinatorSilent("silent")) == [.keepState, .join(carrying: true)], "while re-forming too")
         #expect(s.handle(.runFinished) == [.exit] && s.phase == .finished)
 
+        // a next coordinator that does not ask for it: the replica is made afresh from what it offers
+        var another = training(keepsState: true)
+        for step in 1...2 { _ = another.handle(.stepFinished(globalStep: step)) }
+        _ = another.handle(.coordinatorSilent("silent"))
+        #expect(another.rejoining && another.outlivesLostCoordinator == false)
+        #expect(
+            another.handle(.assigned(rank: 0, ringEpoch: 0, reformInPlace: true, offered: .init(checkpoint: true)))
+                == [.setUp(from: .checkpoint)])
+        #expect(!another.rejoining)
+
         var cannot = training(keepsState: false)
+        #expect(!cannot.outlivesLostCoordinator)
         #expect(cannot.handle(.coordinatorSilent("silent for 10 s")) == [.fail("silent for 10 s")])
         var early = WorkerState()
         _ = early.handle(.launched)
         _ = early.handle(.assigned(rank: 0, ringEpoch: 0, reformInPlace: true))
         #expect(early.handle(.coordinatorSilent("silent")) == [.fail("silent")], "nothing trained to keep")
+        var fresh = WorkerState()
+        _ = fresh.handle(.launched)
+        #expect(
+            fresh.handle(.assigned(rank: 1, ringEpoch: 0, reformInPlace: true, offered: .init(keptState: true)))
+                == [.fail("the coordinator asks for the state this worker kept, and it keeps none")])
+    }
+
+    /// Where a replica's parameters come from, as the assignment offers them: a running job's ring
+    /// first, then the resume checkpoint, then the starting weights, else drawn.
+    @Test func theParameterSourceFollowsTheAssignment() {
+        for (epoch, offered, source) in [
+            (UInt32(1), WorkerState.Offered(checkpoint: true), WorkerState.ParameterSource.members),
+            (0, .init(checkpoint: true, startingWeights: true), .checkpoint), (0, .init(startingWeights: true), .startingWeights),
+            (0, .init(), .data)
+        ] {
+            var s = WorkerState()
+            _ = s.handle(.launched)
+            #expect(s.handle(.assigned(rank: 0, ringEpoch: epoch, reformInPlace: true, offered: offered)) == [.setUp(from: source)])
+        }
+    }
+
+    /// A signal: before the worker trains it ends at once; while it trains, it tells the coordinator
+    /// and votes to stop in every later exchange; a second signal asks nothing more of the machine.
+    @Test func aSignalEndsAWaitingWorkerAndStopsATrainingOne() {
+        var waiting = WorkerState()
+        _ = waiting.handle(.launched)
+        #expect(waiting.handle(.signalled(15)) == [.interrupt(signal: 15)])
+        var s = training()
+        #expect(s.handle(.signalled(2)) == [.tellStop(signal: 2)] && s.votes == .stop)
+        #expect(s.handle(.signalled(2)).isEmpty)
+        // a Reform read mid-step: one after a loss, of a newer ring, gives the step up; a join's does not
+        #expect(s.abandonsWork(for: reform(1, rank: 0)) && !s.abandonsWork(for: reform(1, rank: 0, atBoundary: true)))
+        #expect(!s.abandonsWork(for: reform(0, rank: 0)))
     }
 
     @Test func aResumedRunAtItsEndOnlyWaits() {
