@@ -50,4 +50,18 @@ public enum SameHostLinks {
             return "ipc://\(mine.folder)/ring-\(token)-e\(epoch)-r\(r)"
         }
     }
+
+    /// Removes the socket files of the job whose ring `addresses` name (same-host links:
+    /// `ipc://FOLDER/ring-TOKEN-eE-rR`) that nobody listens on any more: what its SIGKILLed workers
+    /// left. At once: the token is the job's coordinator's own, so no other job's socket can match.
+    public static func sweepJob(_ addresses: [String]) {
+        var swept = Set<String>()
+        for address in addresses where address.hasPrefix("ipc://") {
+            let path = String(address.dropFirst("ipc://".count))
+            let folder = (path as NSString).deletingLastPathComponent, name = (path as NSString).lastPathComponent
+            guard name.hasPrefix("ring-"), let token = name.split(separator: "-").dropFirst().first else { continue }
+            let prefix = "ring-\(token)-"
+            if swept.insert(folder + "/" + prefix).inserted { HostFiles.sweepDeadSockets(in: folder, prefix: prefix, grace: 0) }
+        }
+    }
 }

@@ -75,6 +75,7 @@ public final class Worker {
     /// A signal before training ends the worker at once (`JobInterrupted`); while training, the job
     /// stops gracefully after the step in progress.
     public func run() throws {
+        defer { SameHostLinks.sweepJob(ringAddresses) }  // what killed members left
         do { try live() } catch {
             if rank >= 0 {
                 try? control.send(.abort(.init(originRank: Int32(rank), reason: "\(error)")), from: rank)
@@ -118,6 +119,14 @@ public final class Worker {
         logger[metadataKey: "rank"] = "\(machine.rank)"
         reforms.mayOutliveCoordinator = machine.outlivesLostCoordinator
         return directives
+    }
+
+    /// A same-host ring address of each assignment this worker had (each coordinator's names its
+    /// token): the job's socket files swept when it ends (SameHostLinks.sweepJob).
+    private var ringAddresses: [String] = []
+    private func noteRing(_ ring: [String]) {
+        guard let address = ring.first(where: { $0.hasPrefix("ipc://") }), ringAddresses.count < 64 else { return }
+        ringAddresses.append(address)
     }
 
     // What the shell holds between directives.
@@ -200,6 +209,7 @@ public final class Worker {
         // set-up checks the assignment before this worker does anything with it; the rank it names is
         // told why it is refused (run())
         assignment = assign
+        noteRing(assign.ring)
         if heartbeat != nil { reforms.reset() }  // a new coordinator: its ring epochs count from 0 again
         return .assigned(
             rank: Int(assign.rank), ringEpoch: assign.ringEpoch, reformInPlace: assign.reformInPlace,

@@ -4,7 +4,8 @@ import Foundation
 /// in /dev/shm): each is removed when its link closes, and `removeAll` removes whatever is left when
 /// the process ends some other way (`_exit` while a collective runs, an exec to join again), so a run
 /// that ends short of SIGKILL leaves nothing behind. What a SIGKILLed process left is swept by the next
-/// run on the host (`SameHostLinks.folder`, `SharedLane.removeAbandoned`).
+/// run on the host (`SameHostLinks.folder`, `SharedLane.removeAbandoned`), or by the job's last worker
+/// to end (`SameHostLinks.sweepJob`).
 public enum HostFiles {
     nonisolated(unsafe) private static var paths: Set<String> = []
     private static let lock = NSLock()
@@ -20,11 +21,12 @@ public enum HostFiles {
     /// Unix sockets named `ring-*` in `folder` that nobody listens on (a connect is refused) and that are
     /// older than `grace` seconds (a socket is bound a moment before it listens): what killed workers
     /// left. Returns how many were removed.
+    /// With `prefix`, only those whose names begin with it (one job's: `ring-TOKEN-`).
     @discardableResult
-    public static func sweepDeadSockets(in folder: String, grace: Double = 10) -> Int {
+    public static func sweepDeadSockets(in folder: String, prefix: String = "ring-", grace: Double = 10) -> Int {
         guard let names = try? FileManager.default.contentsOfDirectory(atPath: folder) else { return 0 }
         var removed = 0
-        for name in names where name.hasPrefix("ring-") {
+        for name in names where name.hasPrefix("ring-") && name.hasPrefix(prefix) {
             let path = folder + "/" + name
             var info = stat()
             guard lstat(path, &info) == 0, info.st_mode & S_IFMT == S_IFSOCK, info.st_uid == getuid(),
