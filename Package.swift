@@ -5,9 +5,10 @@ import PackageDescription
 //   CBLAS, CTetherKernels -> TetherTensor -> TetherNN ---\
 //   CZlib -> TetherData -----------------> TetherTrain -> tether    (TetherTrain also: TetherJobFile, for the shipped
 //   TetherNN + Yams -> TetherJobFile ----/                            model specs, and TetherONNX, for starting weights)
-//   TetherTrain + TetherWire -> TetherObservability (Prometheus, TensorBoard, the report) -> tether
+//   TetherTrain + TetherComm -> TetherObservability (Prometheus, TensorBoard, the timeline, the report) -> tether
 //   CProtobufC -> TetherWire -> TetherComm -/   (TetherComm also: CZeroMQ, CXXHash, CTetherKernels)
-//   TetherTrain + TetherComm -> TetherCluster (coordinator, workers) -> tether
+//   TetherNN + TetherComm -> TetherGradients (buckets, overlap, compression, PowerSGD, sparse rows)
+//   TetherTrain + TetherGradients + TetherObservability -> TetherCluster (coordinator, workers) -> tether
 //   TetherNN + TetherWire -> TetherONNX (ONNX models in and out) -> tether
 let package = Package(
     name: "Tether",
@@ -46,11 +47,15 @@ let package = Package(
             ]),
         .target(name: "TetherTrain", dependencies: ["TetherTensor", "TetherNN", "TetherData", "TetherJobFile", "TetherONNX", "CXXHash"]),
         // What a run shows outside itself (Prometheus, TensorBoard files, the HTML report), fed through TetherTrain's MetricsSink.
-        .target(name: "TetherObservability", dependencies: ["TetherTrain", "TetherWire"]),
+        .target(name: "TetherObservability", dependencies: ["TetherTrain", "TetherWire", "TetherComm"]),
+        // The data-parallel gradient pipeline between the collectives and the training loop: a step's
+        // dense buckets (overlapped with backward), their compression (f16, bf16, PowerSGD), sparse rows.
+        .target(name: "TetherGradients", dependencies: ["TetherComm", "TetherNN", "TetherTensor", "CTetherKernels"]),
         .target(
             name: "TetherCluster",
             dependencies: [
-                "TetherTrain", "TetherComm", "TetherNN", "TetherData", "TetherTensor", "CXXHash", "CTetherKernels",
+                "TetherTrain", "TetherComm", "TetherGradients", "TetherObservability", "TetherNN", "TetherData", "TetherTensor", "CXXHash",
+                "CTetherKernels",
                 .product(name: "Logging", package: "swift-log")
             ]),
         .target(name: "TetherJobFile", dependencies: ["TetherNN", "TetherTensor", .product(name: "Yams", package: "Yams")]),
@@ -77,7 +82,9 @@ let package = Package(
             name: "TetherCommTests",
             dependencies: ["TetherComm", "TetherWire", "CZeroMQ", "CTetherKernels", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "TetherTrainTests", dependencies: ["TetherTrain", "TetherNN", "TetherData", "TetherTensor"]),
-        .testTarget(name: "TetherObservabilityTests", dependencies: ["TetherObservability", "TetherTrain", "TetherNN"]),
+        .testTarget(name: "TetherObservabilityTests", dependencies: ["TetherObservability", "TetherTrain", "TetherNN", "TetherComm"]),
+        .testTarget(
+            name: "TetherGradientsTests", dependencies: ["TetherGradients", "TetherComm", "TetherNN", "TetherTensor", "TetherTrain"]),
         .testTarget(
             name: "TetherClusterTests",
             dependencies: ["TetherCluster", "TetherComm", "TetherData", "TetherTrain", "TetherNN", "TetherTensor", "TetherJobFile"]),

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import TetherComm
+import TetherObservability
 import TetherData
 import TetherNN
 import TetherTrain
@@ -487,7 +488,7 @@ public final class Coordinator {
         try reporter.stepCompleted(
             globalStep: s.globalStep, epoch: s.epoch, stats: BatchStats(lossSum: s.lossSum, correct: s.correct, count: s.count),
             lr: s.learningRate, ranks: s.figures)
-        try timeline?.add(s)
+        try timeline?.add(globalStep: s.globalStep, spansByRank: s.spans)
     }
 
     /// The ranks' evaluations of an epoch merged into its metrics line and its progress line.

@@ -3,6 +3,8 @@ import CXXHash
 import Foundation
 import Logging
 import TetherComm
+import TetherGradients
+import TetherObservability
 import TetherNN
 import TetherTensor
 import TetherTrain

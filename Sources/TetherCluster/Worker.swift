@@ -3,6 +3,7 @@ import CXXHash
 import Foundation
 import Logging
 import TetherComm
+import TetherObservability
 import TetherNN
 import TetherTensor
 import TetherTrain

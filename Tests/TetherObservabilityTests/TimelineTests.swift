@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 import TetherComm
-@testable import TetherCluster
+@testable import TetherObservability
 
 @Suite struct TimelineTests {
     /// Span names come from workers: whatever they hold, the trace stays JSON and names round-trip.

@@ -1,5 +1,5 @@
 import Testing
-@testable import TetherCluster
+@testable import TetherGradients
 
 @Suite struct BucketIDTests {
     /// Every kind of collective keeps to its own numbers: dense buckets (0..<2^20), their PowerSGD Q

@@ -14,8 +14,8 @@ import TetherTensor
 /// from the end of the arena down, while backward goes on. `finish` sends the rest as one more bucket
 /// (nothing is left to overlap with; two all-reduces cost mlp-wn 5-10% over one) and waits. Buckets
 /// form from the same layers in the same order on every replica, so their numbers and bounds agree.
-final class GradientExchange: @unchecked Sendable {  // the exchange thread runs only between send and wait
-    let ring: Ring
+public final class GradientExchange: @unchecked Sendable {  // the exchange thread runs only between send and wait
+    public let ring: Ring
     let model: any Model<Float>
     let bucketElements: Int
     private let thread = DispatchQueue(label: "tether.gradient-exchange")
@@ -29,20 +29,20 @@ final class GradientExchange: @unchecked Sendable {  // the exchange thread runs
     private var failure: Error?
     /// This rank's votes for the step (set before `begin`), carried by every all-reduce of the step;
     /// `agreed`, after `finish`, is what any rank voted: the same on every rank.
-    var vote: RingVotes = []
+    public var vote: RingVotes = []
     private var votes: RingVotes = []
-    private(set) var agreed: RingVotes = []
+    public private(set) var agreed: RingVotes = []
 
     /// How the dense gradients travel: as f32; narrowed to f16/bf16 (`codec`); or as PowerSGD factors.
     let wire: ChunkHeader.DType
     private let codec: WireCodec?
-    let powerSGD: PowerSGD?
+    public let powerSGD: PowerSGD?
     /// Error feedback (nil: off): what this rank's compression took from each gradient element, added
     /// to it the next step. A step's exchanges read `errors` and write `nextErrors`; the two swap when
     /// the exchange finishes, so an abandoned step leaves the last completed step's.
     private var errors: UnsafeMutablePointer<Float>?, nextErrors: UnsafeMutablePointer<Float>?
 
-    init(
+    public init(
         ring: Ring, model: any Model<Float>, bucketBytes: Int, wire: ChunkHeader.DType = .f32, powerSGD: PowerSGD? = nil,
         errorFeedback: Bool = true
     ) {
@@ -64,18 +64,18 @@ final class GradientExchange: @unchecked Sendable {  // the exchange thread runs
     deinit { errors?.deallocate(); nextErrors?.deallocate() }
 
     /// This rank's error feedback after the last completed step (arena order), or nil when off.
-    var errorFeedback: [Float]? { errors.map { Array(UnsafeBufferPointer(start: $0, count: model.arena.count)) } }
+    public var errorFeedback: [Float]? { errors.map { Array(UnsafeBufferPointer(start: $0, count: model.arena.count)) } }
 
     /// Replaces this rank's error feedback (a checkpoint's, or what it carried through a re-formation);
     /// false when its length is not the arena's.
-    func restore(errorFeedback values: [Float]) -> Bool {
+    public func restore(errorFeedback values: [Float]) -> Bool {
         guard let errors, values.count == model.arena.count else { return false }
         values.withUnsafeBufferPointer { errors.update(from: $0.baseAddress!, count: $0.count) }
         return true
     }
 
     /// Arms the exchange for `step`: from here the model's backward reports its progress to it.
-    func begin(step: UInt64) {
+    public func begin(step: UInt64) {
         (self.step, nextBucket, sentFrom, failure) = (step, 0, model.arena.count, nil)
         bytesAtBegin = ring.statistics.bytesSent
         spans.removeAll(keepingCapacity: true)
@@ -85,16 +85,16 @@ final class GradientExchange: @unchecked Sendable {  // the exchange thread runs
 
     /// The payload bytes this rank sent in the last finished step: dense buckets (as the wire carries
     /// them: narrowed or PowerSGD factors under compression), and sparse tables.
-    private(set) var sent = (dense: 0, sparse: 0)
+    public private(set) var sent = (dense: 0, sparse: 0)
     private var bytesAtBegin = 0
     /// With --timeline: each collective of the last finished step (name, start, end: microseconds since
     /// the Unix epoch), appended by the exchange thread, read after `finish`.
-    var tracing = false
-    private(set) var spans: [(name: String, start: UInt64, end: UInt64)] = []
-    static func microsecondsNow() -> UInt64 { UInt64(max(0, Date().timeIntervalSince1970 * 1e6)) }
+    public var tracing = false
+    public private(set) var spans: [(name: String, start: UInt64, end: UInt64)] = []
+    public static func microsecondsNow() -> UInt64 { UInt64(max(0, Date().timeIntervalSince1970 * 1e6)) }
 
     /// Exchanges what backward has not already sent, waits for every bucket, then the sparse tables.
-    func finish() throws {
+    public func finish() throws {
         send(from: 0)
         pending.wait()
         if let failure { throw failure }
@@ -184,7 +184,7 @@ final class GradientExchange: @unchecked Sendable {  // the exchange thread runs
             var widened: [Float] = []
             for (r, bytes) in all.enumerated() {
                 guard bytes.count % (4 + valueBytes * width) == 0 else {
-                    throw ClusterError(
+                    throw GradientError(
                         "rank \(r)'s sparse gradient for \(arena.layout.entries[rows.slot.index].name) has \(bytes.count) bytes, not whole rows of \(width)"
                     )
                 }
@@ -192,7 +192,7 @@ final class GradientExchange: @unchecked Sendable {  // the exchange thread runs
                 try bytes.withUnsafeBytes { p in
                     let ids = p.baseAddress!.assumingMemoryBound(to: Int32.self)
                     if let bad = (0..<m).first(where: { ids[$0] < 0 || Int(ids[$0]) >= rows.tableRows }) {
-                        throw ClusterError("rank \(r) sent row \(ids[bad]) of a table with \(rows.tableRows) rows")
+                        throw GradientError("rank \(r) sent row \(ids[bad]) of a table with \(rows.tableRows) rows")
                     }
                     guard let codec else {
                         rows.accumulate(rowIDs: ids, grads: (p.baseAddress! + m * 4).assumingMemoryBound(to: Float.self), count: m)
@@ -228,4 +228,11 @@ final class GradientExchange: @unchecked Sendable {  // the exchange thread runs
             rows.accumulate(rowIDs: ids, grads: values, count: ids.count)
         }
     }
+}
+
+/// A peer's gradient that cannot be taken (malformed or out of range): this worker's fault to report,
+/// never a ring failure to re-form around.
+public struct GradientError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ d: String) { description = d }
 }

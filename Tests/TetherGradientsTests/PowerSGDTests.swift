@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-@testable import TetherCluster
+@testable import TetherGradients
 import TetherComm
 import TetherNN
 import TetherTensor

@@ -22,9 +22,9 @@ public final class Timeline {
         try append(["name": "process_name", "ph": "M", "pid": 1, "tid": 0, "args": ["name": "tether job"]])
     }
 
-    /// A completed step: each rank's spans on its track.
-    func add(_ step: CoordinatorState.StepSummary) throws {
-        for (rank, spans) in step.spans.enumerated() { try add(rank: rank, globalStep: step.globalStep, spans: spans) }
+    /// A completed step: each rank's spans (by rank) on its track.
+    public func add(globalStep: Int, spansByRank: [[Envelope.TraceSpan]]) throws {
+        for (rank, spans) in spansByRank.enumerated() { try add(rank: rank, globalStep: globalStep, spans: spans) }
     }
 
     /// One rank's spans of step `globalStep` on its track (a worker's own --timeline: its rank only).
@@ -62,7 +62,7 @@ public final class Timeline {
     }
 
     /// A job event (lost, reformed, checkpoint) at now, across every track.
-    func mark(_ name: String, step: Int) throws {
+    public func mark(_ name: String, step: Int) throws {
         try append([
             "name": name, "ph": "i", "s": "g", "pid": 1, "tid": 0, "ts": UInt64(max(0, Date().timeIntervalSince1970 * 1e6)),
             "args": ["step": step]
