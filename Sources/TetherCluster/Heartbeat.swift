@@ -54,7 +54,7 @@ final class Heartbeat: @unchecked Sendable {
                 if !flag.isSet, reforms.coordinators == coordinators, let silent = watch.silence(at: Clock.now) {
                     let reason = "the coordinator at \(coordinator) has been silent for \(Int(silent)) s"
                     if !reforms.mayOutliveCoordinator {
-                        if endBy == nil { log("\(reason); exiting") }
+                        if endBy == nil { log("\(reason); exiting, peak RSS \(Worker.peakResidentMegabytes()) MB") }
                         endBy = endBy ?? (Clock.now + Heartbeat.grace, reason)
                     } else if !reforms.coordinatorLost {
                         // --coordinator-wait: the main thread keeps the replica and says hello to the next one
@@ -63,7 +63,10 @@ final class Heartbeat: @unchecked Sendable {
                     reforms.noteCoordinatorLost(generation: coordinators)
                     watch = LivenessWatch(timeout: timeout, now: Clock.now)
                 }
-                if !flag.isSet, let e = endBy, Clock.now > e.at { end(e.reason) }
+                if !flag.isSet, let e = endBy, Clock.now > e.at {
+                    log("the main thread did not end the process; ending it, peak RSS \(Worker.peakResidentMegabytes()) MB")
+                    end(e.reason)
+                }
             }
         }.start()
     }
