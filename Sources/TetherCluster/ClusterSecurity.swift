@@ -43,6 +43,8 @@ public enum ControlLimits {
     static let workerQueuedMessages: Int32 = 1000
     /// A member whose queue stays full this long is lost as a dead one is.
     static let unreadTimeout = 10.0
+    /// A member's heartbeat connection gone this long (it was connected): its process has ended.
+    static let goneTimeout = 1.0
     /// Messages received and not yet read, per connection (ZMQ_RCVHWM): past this, libzmq stops reading
     /// from that connection (TCP pushes back on the sender; the others are unaffected).
     static let receivedMessages: Int32 = 1024

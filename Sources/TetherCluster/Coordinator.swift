@@ -691,12 +691,21 @@ public final class Coordinator {
             try router.send(body, from: -1, to: identity)
             fullSince[member] = nil
             unreachable.remove(member)
+            if identity.first == ControlIdentity.heartbeatMark {
+                goneSince[member] = nil
+                if heartbeatReached.count < ControlLimits.helloRecords { heartbeatReached.insert(member) }
+            }
         } catch {
             let who = ranks[member].map { "rank \($0)" } ?? "a worker without a rank"
             if let e = error as? ZeroMQError, e.code == EAGAIN {
                 if fullSince[member] == nil, fullSince.count < ControlLimits.helloRecords { fullSince[member] = Clock.now }
                 drop("\(who) does not read its messages: dropped a \(body.name)")
             } else if let e = error as? ZeroMQError, e.code == EHOSTUNREACH {
+                // a heartbeat socket that was connected and is gone: its process has ended (a live one
+                // reconnects within ZeroMQ's 100 ms reconnect interval)
+                if identity.first == ControlIdentity.heartbeatMark, heartbeatReached.contains(member), goneSince[member] == nil {
+                    goneSince[member] = Clock.now
+                }
                 if unreachable.count < ControlLimits.helloRecords, unreachable.insert(member).inserted {
                     drop("\(who) is unreachable (its connection is gone); not sending it messages until it is back")
                 }
@@ -708,6 +717,10 @@ public final class Coordinator {
 
     /// Peers found unreachable (by control identity), said once until a send to them succeeds.
     private var unreachable: Set<[UInt8]> = []
+    /// Members whose heartbeat socket was once reached (by control identity), and since when the one
+    /// that was is gone: past `ControlLimits.goneTimeout`, the machine loses them without waiting
+    /// for the heartbeat time-out (a SIGKILLed worker is named in about a second, not in --heartbeat-timeout).
+    private var heartbeatReached: Set<[UInt8]> = [], goneSince: [[UInt8]: Double] = [:]
 
     /// When each connection's queue was first found full (by control identity), until a send succeeds.
     private var fullSince: [[UInt8]: Double] = [:]
@@ -717,7 +730,10 @@ public final class Coordinator {
         let now = Clock.now
         let overdue = fullSince.filter { now - $0.value > ControlLimits.unreadTimeout }
         for identity in overdue.keys { fullSince[identity] = nil }
+        let gone = goneSince.filter { now - $0.value > ControlLimits.goneTimeout }
+        for identity in gone.keys { (goneSince[identity], heartbeatReached) = (nil, heartbeatReached.subtracting([identity])) }
         return overdue.compactMap { identity, since in ranks[identity].map { .unread(rank: $0, seconds: now - since) } }
+            + gone.compactMap { identity, since in ranks[identity].map { .disconnected(rank: $0, seconds: now - since) } }
     }
 
     private func drop(_ why: String) {

@@ -99,6 +99,8 @@ public struct CoordinatorState {
         /// A member has not taken its messages for `seconds` (its queue at the coordinator stays full):
         /// it is lost as a dead one is, whatever else it sends.
         case unread(rank: Int, seconds: Double)
+        /// A member's connection has been gone for `seconds` (it was connected): its process has ended.
+        case disconnected(rank: Int, seconds: Double)
         /// A stop was asked: this process received `signal` (rank nil), or rank `rank` said it did (it
         /// votes to stop in its next step's exchange, which tells the others).
         case stopAsked(signal: Int32, rank: Int?)
@@ -231,6 +233,11 @@ public struct CoordinatorState {
         case .listening(let rank, let epoch): return onListening(rank: rank, epoch: epoch)
         case .abort(let rank, let reason):
             return lose([rank], "rank \(rank) (\(members[rank].address)) stopped: \(reason)", now: now)
+        case .disconnected(let rank, let seconds):
+            return lose(
+                [rank],
+                "worker rank \(rank) (\(members[rank].address)): its connection has been gone for \(String(format: "%.1f", seconds)) s: its process ended",
+                now: now)
         case .unread(let rank, let seconds):
             return lose(
                 [rank], "rank \(rank) (\(members[rank].address)) has not read its messages for \(Int(seconds)) s: dropping it", now: now)
@@ -575,7 +582,7 @@ extension CoordinatorState.Event {
     var rank: Int? {
         switch self {
         case .ready(let r, _), .step(let r, _), .evaluation(let r, _), .checkpoint(let r, _), .heartbeat(let r), .abort(let r, _),
-            .listening(let r, _), .unread(let r, _):
+            .listening(let r, _), .unread(let r, _), .disconnected(let r, _):
             r
         case .stopAsked(_, let r): r
         case .hello, .tick: nil

@@ -705,7 +705,7 @@ struct ClusterProcessTests {
         return (r.status, r.stderr, children, killedAt)
     }
 
-    /// A worker killed mid-epoch is named within seconds, the job stops with its last complete
+    /// A worker killed mid-epoch is named within seconds (its connection gone), the job stops with its last complete
     /// checkpoint, and no process is left behind.
     @Test func aKilledWorkerIsNamedAndTheJobStops() throws {
         let dir = CLI.tempDir("killed")
@@ -718,7 +718,8 @@ struct ClusterProcessTests {
         #expect(r.workers.count == 3)
         #expect(r.status == 1)
         #expect(Date().timeIntervalSince(r.killedAt) < 20)
-        #expect(r.stderr.contains("has been silent for") || r.stderr.contains("stopped"), "stderr: \(r.stderr)")
+        // named by its connection's end, or by a survivor whose ring broke, whichever comes first
+        #expect(r.stderr.contains("its process ended") || r.stderr.contains("stopped"), "stderr: \(r.stderr)")
         #expect(r.stderr.contains("rank "), "stderr: \(r.stderr)")
         for c in r.workers { #expect(kill(c, 0) != 0, "worker \(c) is still running") }
         #expect(FileManager.default.fileExists(atPath: dir.appendingPathComponent("checkpoint.safetensors").path))

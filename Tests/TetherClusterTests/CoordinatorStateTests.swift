@@ -249,6 +249,22 @@ import TetherComm
         #expect(twice.members.map(\.address) == ["tcp://h1:1", "tcp://h2:1"])
     }
 
+    /// A member whose connection is gone (its process ended) is lost at once, not after the heartbeat
+    /// time-out: the survivors re-form (elastic in place), or the job fails naming it.
+    @Test func aMemberWhoseConnectionIsGoneIsLostAtOnce() {
+        var settings = settings(workers: 3, total: 8, perEpoch: 4)
+        (settings.minWorkers, settings.reformInPlace) = (2, true)
+        var s = CoordinatorState(settings, now: 0)
+        for r in 0..<3 { _ = s.handle(.hello(identity: [UInt8(r)], address: "tcp://h\(r):1"), now: 1) }
+        for r in 0..<3 { _ = s.handle(.ready(rank: r, ready()), now: 1) }
+        var rigid = s
+        let why = "worker rank 1 (tcp://h1:1): its connection has been gone for 1.2 s: its process ended"
+        #expect(s.handle(.disconnected(rank: 1, seconds: 1.2), now: 1.5) == [.reform(epoch: 1, reason: why)])
+        #expect(rigid.handle(.disconnected(rank: 1, seconds: 1.2), now: 1.5) == [.reform(epoch: 1, reason: why)])
+        _ = rigid.handle(.disconnected(rank: 0, seconds: 1.1), now: 1.6)
+        #expect(rigid.phase == .failed("worker rank 0 (tcp://h0:1): its connection has been gone for 1.1 s: its process ended"))
+    }
+
     /// A stop asked while the ring re-forms in place (chaos seed 1: SIGTERM, then a member's loss
     /// before the stop step was agreed) is asked again of the re-formed ring once it trains, so the
     /// step the survivors hold is kept with a checkpoint; a worker that comes meanwhile is turned away.
