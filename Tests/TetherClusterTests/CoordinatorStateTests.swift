@@ -33,6 +33,16 @@ import TetherComm
         return s
     }
 
+    /// Three workers of an elastic job in place (at least 2), 8 steps, training from step 0.
+    func elasticTraining(perEpoch: Int) -> CoordinatorState {
+        var settings = settings(workers: 3, total: 8, perEpoch: perEpoch)
+        (settings.minWorkers, settings.reformInPlace) = (2, true)
+        var s = CoordinatorState(settings, now: 0)
+        for r in 0..<3 { _ = s.handle(.hello(identity: [UInt8(r)], address: "tcp://h\(r):1"), now: 1) }
+        for r in 0..<3 { _ = s.handle(.ready(rank: r, ready()), now: 1) }
+        return s
+    }
+
     /// A run that ends within an epoch (3 steps of 2 per epoch) waits for the evaluation of that partial
     /// epoch too, and takes it only from ranks that reached the end.
     @Test func aRunEndingWithinAnEpochIsEvaluatedThere() {
@@ -252,11 +262,7 @@ import TetherComm
     /// A member whose connection is gone (its process ended) is lost at once, not after the heartbeat
     /// time-out: the survivors re-form (elastic in place), or the job fails naming it.
     @Test func aMemberWhoseConnectionIsGoneIsLostAtOnce() {
-        var settings = settings(workers: 3, total: 8, perEpoch: 4)
-        (settings.minWorkers, settings.reformInPlace) = (2, true)
-        var s = CoordinatorState(settings, now: 0)
-        for r in 0..<3 { _ = s.handle(.hello(identity: [UInt8(r)], address: "tcp://h\(r):1"), now: 1) }
-        for r in 0..<3 { _ = s.handle(.ready(rank: r, ready()), now: 1) }
+        var s = elasticTraining(perEpoch: 4)
         var rigid = s
         let why = "worker rank 1 (tcp://h1:1): its connection has been gone for 1.2 s: its process ended"
         #expect(s.handle(.disconnected(rank: 1, seconds: 1.2), now: 1.5) == [.reform(epoch: 1, reason: why)])
@@ -356,11 +362,7 @@ import TetherComm
     /// assigned (a join during a failure): the joiner stays, told by Reform, as the last rank of a new
     /// epoch; a joiner that falls silent is dropped, and the members re-form without it.
     @Test func lossesDuringAnEvaluationACheckpointOrAJoin() {
-        var settings = settings(workers: 3, total: 8, perEpoch: 2)
-        (settings.minWorkers, settings.reformInPlace) = (2, true)
-        var s = CoordinatorState(settings, now: 0)
-        for r in 0..<3 { _ = s.handle(.hello(identity: [UInt8(r)], address: "tcp://h\(r):1"), now: 1) }
-        for r in 0..<3 { _ = s.handle(.ready(rank: r, ready()), now: 1) }
+        var s = elasticTraining(perEpoch: 2)
         for step in 1...2 { for r in 0..<3 { _ = s.handle(.step(rank: r, report(step, epoch: (step - 1) / 2)), now: 2) } }
         for r in 0..<2 { #expect(s.handle(.evaluation(rank: r, eval(0)), now: 2).isEmpty) }
         #expect(s.handle(.abort(rank: 2, reason: "gone"), now: 3).first.map { if case .reform = $0 { true } else { false } } == true)
