@@ -281,7 +281,8 @@ public final class Coordinator {
                     throw JobInterrupted(
                         description:
                             "stopped by \(StopSignal.name(machine.stopSignal ?? SIGINT)) after step \(machine.completedSteps) of \(total); "
-                            + "its checkpoint is in \(runDirectory.path): continue with --resume --run-dir \(runDirectory.path)",
+                            + "its checkpoint is in \(runDirectory.path): continue with --resume --run-dir \(runDirectory.path)"
+                            + " (coordinator peak RSS \(Worker.peakResidentMegabytes()) MB)",
                         status: 128 + (machine.stopSignal ?? SIGINT))
                 }
             }
@@ -330,15 +331,17 @@ public final class Coordinator {
                 + "(interrupt again to exit at once, \(kept))")
     }
 
-    /// What an interrupt leaves, truthfully: the checkpoint there is, or that there is none.
+    /// What an interrupt leaves, truthfully: the checkpoint there is, or that there is none; and the
+    /// coordinator's peak memory.
     private func interruptedLine() -> String {
-        let at = "interrupted at step \(machine.completedSteps)"
+        let at = "interrupted at step \(machine.completedSteps)", peak = "; coordinator peak RSS \(Worker.peakResidentMegabytes()) MB"
         if let step = writtenCheckpointStep ?? startState?.globalStep {
             let lost = machine.completedSteps - step
             return "\(at); the last checkpoint, of step \(step), is in \(runDirectory.path) (continue with --resume"
-                + (lost > 0 ? "; the \(lost) steps since it are lost)" : ")")
+                + (lost > 0 ? "; the \(lost) steps since it are lost)" : ")") + peak
         }
         return "\(at), before any checkpoint was written: nothing of this run is kept (--checkpoint-every N writes one every N steps)"
+            + peak
     }
 
     /// Fresh ring keys for each forming of the ring (CURVE only), one pair per member, by identity; a
