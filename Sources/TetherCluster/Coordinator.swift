@@ -453,10 +453,12 @@ public final class Coordinator {
         let since = lostAt ?? joinedAt ?? Date()
         let recovered = Date().timeIntervalSince(since)
         let step = machine.redoStep ?? machine.completedSteps, redone = machine.stepsRedone
+        let unreported = machine.stepsUnreported
         progress.line(
             "ring epoch \(machine.ringEpoch): \(Self.allReplicas(machine.members.count)) agree at step \(step); training again "
                 + "(\(ProgressDisplay.fixed(recovered, 2)) s after the \(lostAt != nil ? "loss" : "join"); "
-                + "\(redone == 1 ? "the step in flight is redone" : "no step redone"))")
+                + "\(redone == 1 ? "the step in flight is redone" : "no step redone")"
+                + (unreported > 0 ? "; the ring trained \(unreported) steps this coordinator did not hear of, taken as done" : "") + ")")
         (lostAt, joinedAt) = (nil, nil)
         try timeline?.mark("re-formed: training again", step: step)
         var e = event("reformed", at: step)

@@ -157,6 +157,9 @@ public struct CoordinatorState {
     public var nextRing: [Member] { members + (joiner.map { [$0] } ?? []) }
     /// At the last re-formation: how many steps the ranks computed and gave up (0 or 1; 0 at a join).
     public private(set) var stepsRedone = 0
+    /// At the last re-formation: steps the ring trained whose reports never arrived (it trained on
+    /// while cut off from this coordinator); taken as done, their losses unknown.
+    public private(set) var stepsUnreported = 0
     /// The step the survivors of the last re-formation agreed on: its end-of-step work is redone, and
     /// what of it had already arrived is dropped without a word.
     public private(set) var redoStep: Int?
@@ -330,10 +333,17 @@ public struct CoordinatorState {
         }
         if ringEpoch > 0 {
             // After a re-formation every survivor holds the step of the one furthest along: the last
-            // step merged here, or the one after it (whose reports will come again).
+            // step merged here, the one after it (whose reports will come again), or one further on
+            // when the ring trained while this coordinator heard nothing of it (a partition): the
+            // steps between are the ranks' own, trained and exchanged; only their reports are lost.
             let steps = Set(members.map { $0.ready!.globalStep })
-            guard steps.count == 1, let step = Int(exactly: steps.first!), step == completedSteps || step == completedSteps + 1 else {
+            guard steps.count == 1, let step = Int(exactly: steps.first!), (completedSteps...settings.totalSteps).contains(step) else {
                 return fail("the re-formed ring's ranks hold steps \(steps.sorted()) after step \(completedSteps)")
+            }
+            stepsUnreported = max(0, step - completedSteps - 1)
+            if stepsUnreported > 0 {
+                completedSteps = step - 1
+                reportedStep = Array(repeating: completedSteps, count: members.count)
             }
             redoStep = step
             // a rank computing a step past the one agreed on gave that step up (bounded: the checks above)

@@ -271,6 +271,30 @@ import TetherComm
         #expect(rigid.phase == .failed("worker rank 0 (tcp://h0:1): its connection has been gone for 1.1 s: its process ended"))
     }
 
+    /// A ring that trained on while this coordinator heard nothing of it (a partition; cluster/chaos
+    /// found it refused): the survivors hold a step several past the last merged one; they agree, so
+    /// the job goes on from it, the steps between taken as done without their reports.
+    @Test func survivorsAheadOfTheMergedStepsAreTakenAtTheirStep() {
+        var s = elasticTraining(perEpoch: 4)
+        for r in 0..<3 { _ = s.handle(.step(rank: r, report(1)), now: 2) }
+        _ = s.handle(.abort(rank: 2, reason: "cut off"), now: 3)
+        for r in 0..<2 { _ = s.handle(.listening(rank: r, epoch: 1), now: 4) }
+        var apart = s
+        _ = s.handle(.ready(rank: 0, .init(parameterHash: 7, layoutFingerprint: 42, globalStep: 6)), now: 4)
+        #expect(s.handle(.ready(rank: 1, .init(parameterHash: 7, layoutFingerprint: 42, globalStep: 6)), now: 4) == [.start])
+        #expect(s.completedSteps == 5 && s.stepsUnreported == 4 && s.redoStep == 6)
+        _ = s.handle(.step(rank: 0, report(6, epoch: 1)), now: 5)
+        guard case .stepCompleted(let summary)? = s.handle(.step(rank: 1, report(6, epoch: 1)), now: 5).first else {
+            Issue.record("step 6 did not complete"); return
+        }
+        #expect(summary.globalStep == 6 && s.completedSteps == 6)
+        // survivors past the run's end, or apart, are refused as before
+        _ = apart.handle(.ready(rank: 0, .init(parameterHash: 7, layoutFingerprint: 42, globalStep: 9)), now: 4)
+        #expect(
+            apart.handle(.ready(rank: 1, .init(parameterHash: 7, layoutFingerprint: 42, globalStep: 9)), now: 4)
+                == [.abort("the re-formed ring's ranks hold steps [9] after step 1")])
+    }
+
     /// A stop asked while the ring re-forms in place (chaos seed 1: SIGTERM, then a member's loss
     /// before the stop step was agreed) is asked again of the re-formed ring once it trains, so the
     /// step the survivors hold is kept with a checkpoint; a worker that comes meanwhile is turned away.
