@@ -15,7 +15,7 @@ struct ChaosTests {
     @Test func aMinuteOfFaultsLosesNothing() throws {
         let r = try CLI.run(
             [CLI.repository.appendingPathComponent("cluster/chaos").path, "--seed", "1", "--seconds", "45", "--tether", CLI.binary.path],
-            timeout: 300, executable: URL(fileURLWithPath: "/bin/bash"))
+            timeout: 420, executable: URL(fileURLWithPath: "/bin/bash"))
         let verdicts = r.stdout.split(separator: "\n").filter { $0.contains("holds:") || $0.contains("BROKEN:") }
         #expect(r.status == 0 && verdicts.count == 7 && verdicts.allSatisfy { $0.contains("holds:") }, "\(r.stdout)\(r.stderr)")
         #expect(r.stdout.contains("last, compound: kill -9 worker"), "\(r.stdout)")
