@@ -126,6 +126,18 @@ enum CLI {
     }()
     static var key: [String] { ["--key-file", keyFile] }
 
+    /// Whether `condition` held within `seconds` (checked every 20 ms): a test waits for a condition
+    /// with a deadline, never for a time.
+    @discardableResult
+    static func waitUntil(seconds: Double, _ condition: () -> Bool) -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while !condition() {
+            guard Date() < deadline else { return false }
+            usleep(20_000)
+        }
+        return true
+    }
+
     static func tempDir(_ name: String) -> URL {
         FileManager.default.temporaryDirectory.appendingPathComponent("tether-e2e-\(name)-\(UUID())")
     }

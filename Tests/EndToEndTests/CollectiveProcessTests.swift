@@ -79,8 +79,7 @@ import Testing
             guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return 0 }
             return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
         }
-        let deadline = Date().addingTimeInterval(30)
-        while ranks.contains(where: { cpuSeconds($0.0.processIdentifier) < 0.5 }), Date() < deadline { usleep(20_000) }
+        CLI.waitUntil(seconds: 30) { ranks.allSatisfy { cpuSeconds($0.0.processIdentifier) >= 0.5 } }
         #expect(ranks.allSatisfy { $0.0.isRunning }, "all ranks should still be working when rank 1 is killed")
         kill(ranks[1].0.processIdentifier, SIGKILL)
         let killedAt = Date()
