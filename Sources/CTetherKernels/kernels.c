@@ -1,11 +1,7 @@
 #include "tether_kernels.h"
 #include <math.h>
 
-#if defined(__x86_64__) && defined(__has_attribute) && __has_attribute(target_clones)
-#define MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define MULTIVERSION
-#endif
+#include "attributes.h"
 
 #define ADAM(NAME, T, SQRT)                                                                                    \
     MULTIVERSION void NAME(T *restrict p, T *restrict m, T *restrict v, const T *restrict g, size_t n,          \
@@ -23,13 +19,6 @@
 ADAM(tether_adam_f32, float, __builtin_sqrtf)
 ADAM(tether_adam_f64, double, __builtin_sqrt)
 
-// The runs below are short (an output row: 14 floats in cnn-wn); left alone, clang turns them into
-// calls to memcpy/memset, whose per-call cost exceeded the copy itself (measured: docs/ARCHITECTURE.md).
-#if defined(__has_attribute) && __has_attribute(no_builtin)
-#define NO_LIBC_CALLS __attribute__((no_builtin("memcpy", "memset", "memmove")))
-#else
-#define NO_LIBC_CALLS
-#endif
 
 // im2col / col2im. For each (c, ki, kj) row and output row i, the valid output columns j form one
 // range lo..hi-1 (those whose input column lies in the image); stride 1 makes it a contiguous copy.

@@ -5,8 +5,9 @@ import TetherTensor
 /// writes those samples' columns of the output in its layout directly. Chunks are sized so that col
 /// stays in cache between im2col and the GEMMs that read it; backward recomputes col per chunk rather
 /// than keeping the whole batch's (40 MB for cnn-wn's second conv at batch 64), which measured faster
-/// (docs/ARCHITECTURE.md). The weight (OC, C, KH, KW) is PyTorch's, plain or weight-normalized with
-/// one g per output channel.
+/// (docs/ARCHITECTURE.md). A 3x3, stride-1 convolution (padding 0-2) runs its forward and its dx by
+/// Winograd's F(2x2, 3x3) instead (`WinogradPlan`: 2.25x fewer multiply-adds); dw stays im2col + GEMM.
+/// The weight (OC, C, KH, KW) is PyTorch's, plain or weight-normalized with one g per output channel.
 public final class Conv2d<T: Scalar>: DataDependentInit {
     public let inChannels: Int, outChannels: Int, kernel: Int, stride: Int, padding: Int
     let weight: WeightParameterization<T>
@@ -17,8 +18,12 @@ public final class Conv2d<T: Scalar>: DataDependentInit {
     private var colHolds: Range<Int>?  // the samples whose im2col `col` still holds
     private var geometry: ConvGeometry?
     private var w: UnsafePointer<T>?
+    private let transformed = Scratch<T>()  // the weights' Winograd transform, forward's or the adjoint's
+    private let winogradWork = WorkerScratch<T>()
     /// Elements of col per chunk (measured: docs/ARCHITECTURE.md); at least one sample per chunk.
     var chunkElements = 1 << 18
+    /// Whether a convolution Winograd can run does (tests turn it off to hold the two paths together).
+    var winograd = true
 
     public init(
         _ layout: inout ArenaLayout, prefix: String, inChannels: Int, outChannels: Int, kernel: Int,
@@ -43,9 +48,20 @@ public final class Conv2d<T: Scalar>: DataDependentInit {
         let g = ConvGeometry(
             channels: inChannels, batch: x.shape[1], height: x.shape[2], width: x.shape[3],
             kernelHeight: kernel, kernelWidth: kernel, stride: stride, padding: padding)
+        let w = weight.weight(ctx.arena)
+        if let plan = winogradPlan(g) {
+            (geometry, input, self.w, colHolds) = (g, x, w, nil)
+            let u = transformed.reserve(16 * outChannels * inChannels)
+            T.winogradWeights(u, w, outs: outChannels, ins: inChannels, transposed: false)
+            return Tensor.uninitialized([outChannels, g.batch, g.outHeight, g.outWidth]) { y in
+                x.withPointer {
+                    T.winogradConvolution(
+                        y, $0, plan, u: u, outs: outChannels, bias: bias.map { ctx.arena.value($0) }, scratch: winogradWork)
+                }
+            }
+        }
         let plane = g.outHeight * g.outWidth, chunks = chunks(g)
         let colp = col.reserve(g.patchSize * chunks[0].count * plane)
-        let w = weight.weight(ctx.arena)
         (geometry, input, self.w, colHolds) = (g, x, w, chunks.last)
         return Tensor.uninitialized([outChannels, g.batch, g.outHeight, g.outWidth]) { y in
             x.withPointer { xp in
@@ -63,8 +79,10 @@ public final class Conv2d<T: Scalar>: DataDependentInit {
 
     public func backward(_ dy: Tensor<T>, _ ctx: ModelContext<T>, needsInputGradient: Bool) -> Tensor<T>? {
         guard let g = geometry, let w, let x = input else { preconditionFailure("Conv2d.backward before forward") }
-        let arena = ctx.arena, colp = col.pointer, plane = g.outHeight * g.outWidth
-        var dx = needsInputGradient ? Tensor<T>.zeros([inChannels, g.batch, g.height, g.width]) : nil
+        let arena = ctx.arena, plane = g.outHeight * g.outWidth, plan = winogradPlan(g)
+        let colp = col.reserve(g.patchSize * chunks(g)[0].count * plane)
+        // dx by im2col's adjoint, chunk by chunk below, or after dw by Winograd
+        var dx = needsInputGradient && plan == nil ? Tensor<T>.zeros([inChannels, g.batch, g.height, g.width]) : nil
         dy.withPointer { dyp in
             if let bias { T.sumPerChannel(arena.grad(bias), dyp, channels: outChannels, columns: g.columns) }
             weight.accumulateWeightGradient(arena) { dw, beta in
@@ -86,8 +104,18 @@ public final class Conv2d<T: Scalar>: DataDependentInit {
                 }
             }
         }
-        return dx
+        guard let plan, needsInputGradient else { return dx }
+        let u = transformed.reserve(16 * inChannels * outChannels)
+        T.winogradWeights(u, w, outs: inChannels, ins: outChannels, transposed: true)
+        return Tensor.uninitialized([inChannels, g.batch, g.height, g.width]) { dxp in
+            dy.withPointer {
+                T.winogradConvolution(
+                    dxp, $0, plan.adjoint(outChannels: outChannels), u: u, outs: inChannels, bias: nil, scratch: winogradWork)
+            }
+        }
     }
+
+    private func winogradPlan(_ g: ConvGeometry) -> WinogradPlan? { winograd ? WinogradPlan(g) : nil }
 
     public func initializeFromData(_ x: Tensor<T>, _ ctx: ModelContext<T>, reduce: StatisticsReducer) -> Tensor<T> {
         weight.initializeFromData(ctx.arena, bias: bias, reduce: reduce, forward: { forward(x, ctx) }) { t, sums in

@@ -194,7 +194,9 @@ extension Float: Scalar {
     public static var safetensorsDType: String { "F32" }
     public static let kernels = PrecisionKernels<Float>(
         gemm: cblas_sgemm, dot: cblas_sdot, adam: tether_adam_f32, im2col: tether_im2col_f32, col2im: tether_col2im_f32,
-        maxPool2x2: tether_maxpool2x2_f32, maxPool2x2Backward: tether_maxpool2x2_backward_f32)
+        maxPool2x2: tether_maxpool2x2_f32, maxPool2x2Backward: tether_maxpool2x2_backward_f32,
+        winogradWeights: tether_winograd_weights_f32, winogradInput: tether_winograd_input_f32,
+        winogradOutput: tether_winograd_output_f32)
 }
 
 extension Float {
@@ -225,7 +227,9 @@ extension Double: Scalar {
     public static var safetensorsDType: String { "F64" }
     public static let kernels = PrecisionKernels<Double>(
         gemm: cblas_dgemm, dot: cblas_ddot, adam: tether_adam_f64, im2col: tether_im2col_f64, col2im: tether_col2im_f64,
-        maxPool2x2: tether_maxpool2x2_f64, maxPool2x2Backward: tether_maxpool2x2_backward_f64)
+        maxPool2x2: tether_maxpool2x2_f64, maxPool2x2Backward: tether_maxpool2x2_backward_f64,
+        winogradWeights: tether_winograd_weights_f64, winogradInput: tether_winograd_input_f64,
+        winogradOutput: tether_winograd_output_f64)
 }
 
 /// The C kernels of one precision: OpenBLAS's s or d functions and CTetherKernels' _f32 or _f64 ones.
@@ -245,6 +249,16 @@ public struct PrecisionKernels<T: Scalar>: Sendable {
     let col2im: @Sendable (UnsafeMutablePointer<T>?, UnsafeMutablePointer<T>?, UnsafePointer<tether_conv_shape>?, Int, Int) -> Void
     let maxPool2x2: @Sendable (UnsafeMutablePointer<T>?, UnsafeMutablePointer<Int32>?, UnsafePointer<T>?, Int, Int, Int) -> Void
     let maxPool2x2Backward: @Sendable (UnsafeMutablePointer<T>?, UnsafePointer<T>?, UnsafePointer<Int32>?, Int, Int, Int) -> Void
+    let winogradWeights: @Sendable (UnsafeMutablePointer<T>?, UnsafePointer<T>?, Int, Int, Int32) -> Void
+    let winogradInput:
+        @Sendable (UnsafeMutablePointer<T>?, Int, UnsafePointer<T>?, UnsafePointer<tether_conv_shape>?, Int, Int, UnsafeMutablePointer<T>?)
+            ->
+            Void
+    let winogradOutput:
+        @Sendable (
+            UnsafeMutablePointer<T>?, UnsafePointer<T>?, Int, UnsafePointer<T>?, Int, UnsafePointer<tether_conv_shape>?, Int, Int,
+            UnsafeMutablePointer<T>?
+        ) -> Void
 }
 
 extension Scalar {

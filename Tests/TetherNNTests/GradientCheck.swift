@@ -110,7 +110,11 @@ struct LayerGradientTests {
         ConvCase(c: 3, oc: 2, h: 8, w: 7, k: 3, stride: 2, padding: 0, weightNorm: true),
         // im2col and the GEMMs a sample at a time, backward recomputing col for all but the last chunk
         ConvCase(c: 2, oc: 4, h: 6, w: 6, k: 5, stride: 1, padding: 2, weightNorm: true, oneSamplePerChunk: true),
-        ConvCase(c: 2, oc: 3, h: 7, w: 5, k: 3, stride: 2, padding: 1, weightNorm: false, oneSamplePerChunk: true)
+        ConvCase(c: 2, oc: 3, h: 7, w: 5, k: 3, stride: 2, padding: 1, weightNorm: false, oneSamplePerChunk: true),
+        // 3x3 stride 1: forward and dx by Winograd (odd and even output sides, each padding it takes)
+        ConvCase(c: 3, oc: 4, h: 6, w: 5, k: 3, stride: 1, padding: 1, weightNorm: false),
+        ConvCase(c: 2, oc: 3, h: 7, w: 6, k: 3, stride: 1, padding: 0, weightNorm: true),
+        ConvCase(c: 2, oc: 2, h: 3, w: 4, k: 3, stride: 1, padding: 2, weightNorm: false, oneSamplePerChunk: true)
     ])
     func conv2d(_ c: ConvCase) {
         var layout = ArenaLayout()

@@ -30,6 +30,45 @@ import TetherTensor
     }
 }
 
+@Suite struct WinogradConvolutionTests {
+    /// A 3x3, stride-1 convolution by Winograd equals the same layer by im2col + GEMM: forward, dx and
+    /// dw, in Double to 1e-12 and in Float to 1e-5 (F(2x2, 3x3) rounds a little differently), on one
+    /// thread and on two (the chunks, and so the bits, do not depend on the thread count).
+    @Test(arguments: [(1, 5, 9, 9), (0, 3, 8, 11), (2, 4, 1, 2), (1, 40, 16, 16)])
+    func winogradEqualsIm2col(padding: Int, batch: Int, h: Int, w: Int) {
+        func run<T: Scalar>(_: T.Type, winograd: Bool, threads: Int) -> (y: [T], dx: [T], grads: [T]) {
+            var layout = ArenaLayout()
+            let conv = Conv2d<T>(&layout, prefix: "", inChannels: 3, outChannels: 5, kernel: 3, padding: padding, weightNorm: true)
+            conv.winograd = winograd
+            var rng = RNG(seed: 4)
+            let arena = ParameterArena<T>(layout: layout)
+            arena.initialize(rng: &rng)
+            let ctx = ModelContext(arena: arena, rng: RNG(seed: 0))
+            let x = Tensor<T>(shape: [3, batch, h, w], scalars: (0..<3 * batch * h * w).map { _ in T(rng.nextNormal()) })
+            return Compute.withThreads(threads) {
+                let y = conv.forward(x, ctx)
+                let dy = Tensor<T>(shape: y.shape, scalars: y.scalars.map { _ in T(rng.nextNormal()) })
+                arena.zeroGrads()
+                let dx = conv.backward(dy, ctx, needsInputGradient: true)!
+                return (y.scalars, dx.scalars, Array(UnsafeBufferPointer(start: arena.grads, count: arena.count)))
+            }
+        }
+        func worst<T: Scalar>(_ a: [T], _ b: [T]) -> Double {
+            #expect(a.count == b.count)
+            return zip(a, b).map { abs(Double($0) - Double($1)) / max(1, abs(Double($1))) }.max() ?? 0
+        }
+        let reference = run(Double.self, winograd: false, threads: 1), fast = run(Double.self, winograd: true, threads: 1)
+        #expect(worst(fast.y, reference.y) < 1e-12)
+        #expect(worst(fast.dx, reference.dx) < 1e-12)
+        #expect(worst(fast.grads, reference.grads) < 1e-12)
+        let float = run(Float.self, winograd: true, threads: 1), floatReference = run(Float.self, winograd: false, threads: 1)
+        #expect(worst(float.y, floatReference.y) < 1e-5)
+        #expect(worst(float.dx, floatReference.dx) < 1e-5)
+        let twoThreads = run(Float.self, winograd: true, threads: 2)
+        #expect(twoThreads.y == float.y && twoThreads.dx == float.dx)
+    }
+}
+
 @Suite struct DataDependentInitTests {
     /// Salimans & Kingma's init: after it, each unit's pre-activation over the init batch has mean 0, std 1.
     @Test(arguments: ["mlp-wn", "cnn-wn"])

@@ -33,6 +33,23 @@ void tether_im2col_f64(double *col, const double *x, const tether_conv_shape *s,
 void tether_col2im_f32(float *dx, float *dcol, const tether_conv_shape *s, long first, long count);
 void tether_col2im_f64(double *dx, double *dcol, const tether_conv_shape *s, long first, long count);
 
+/// Winograd F(2x2, 3x3) for a 3x3, stride-1 convolution of x (C, B, H, W) (winograd.c says how).
+/// weights: u (16, outs, ins) from w (outs, ins, 3, 3); `transposed`: from w (ins, outs, 3, 3) read as
+/// the filters of the adjoint convolution (input and output channels swapped, each filter turned 180
+/// degrees), which carries dy back to dx. input: v (16, C, n) for the images first..first+count-1, n =
+/// count * tiles_h * tiles_w, with `pad` scratch of (2 tiles_h + 2) x (2 tiles_w + 2). output: y (outs,
+/// B, out_h, out_w) of those images from m (16, outs, n), plus bias (or NULL), with `corners` scratch
+/// of 4 n. tiles_h = ceil(out_h / 2), tiles_w = ceil(out_w / 2). `stride`: elements from one of
+/// the 16 matrices of v or m to the next (at least C n or outs n).
+void tether_winograd_weights_f32(float *u, const float *w, long outs, long ins, int transposed);
+void tether_winograd_weights_f64(double *u, const double *w, long outs, long ins, int transposed);
+void tether_winograd_input_f32(float *v, long stride, const float *x, const tether_conv_shape *s, long first, long count, float *pad);
+void tether_winograd_input_f64(double *v, long stride, const double *x, const tether_conv_shape *s, long first, long count, double *pad);
+void tether_winograd_output_f32(float *y, const float *m, long stride, const float *bias, long outs, const tether_conv_shape *s,
+                                long first, long count, float *corners);
+void tether_winograd_output_f64(double *y, const double *m, long stride, const double *bias, long outs, const tether_conv_shape *s,
+                                long first, long count, double *corners);
+
 /// 2x2, stride 2 max pooling of `planes` planes of h x w: y (planes, h/2, w/2) and argmax (the winner's
 /// index in its plane; the first maximum in scan order on ties). Backward sets all of dx (planes, h, w):
 /// dy at each window's winner, 0 elsewhere. Indices fit int32 (h * w does: the caller checks).

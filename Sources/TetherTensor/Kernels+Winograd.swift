@@ -1,0 +1,111 @@
+// 3x3, stride-1 convolutions by Winograd's F(2x2, 3x3) (CTetherKernels' winograd.c): 16 GEMMs of
+// (O, C) x (C, tiles) in place of one of (O, 9C) x (9C, 4 tiles), 2.25x fewer multiply-adds, with
+// transforms of additions around them.
+
+import CTetherKernels
+
+/// How a 3x3, stride-1 convolution runs by Winograd: the batch cut into chunks of whole images, each
+/// chunk's transforms and GEMMs one task of the compute pool with work areas of its thread's own.
+/// Chunks depend on the shapes only, so every thread count computes the same bits.
+public struct WinogradPlan: Sendable, Equatable {
+    public let geometry: ConvGeometry
+    public let tilesHigh: Int, tilesWide: Int
+    /// Images per chunk: about `tilesPerChunk` tiles, at least one image.
+    public let imagesPerChunk: Int
+    /// Tiles per chunk aimed at: the GEMMs' operands stay in L2 (measured: docs/ARCHITECTURE.md).
+    public static let tilesPerChunk = 256
+
+    /// nil unless g is a 3x3, stride-1 convolution with padding 0...2 (so that its adjoint, which
+    /// carries dy back to dx, is one too) and a non-empty output.
+    public init?(_ g: ConvGeometry) {
+        guard g.kernelHeight == 3, g.kernelWidth == 3, g.stride == 1, (0...2).contains(g.padding), g.outHeight > 0, g.outWidth > 0
+        else { return nil }
+        geometry = g
+        (tilesHigh, tilesWide) = ((g.outHeight + 1) / 2, (g.outWidth + 1) / 2)
+        imagesPerChunk = max(1, Self.tilesPerChunk / (tilesHigh * tilesWide))
+    }
+
+    public var tilesPerImage: Int { tilesHigh * tilesWide }
+    public var chunks: [Range<Int>] {
+        Swift.stride(from: 0, to: geometry.batch, by: imagesPerChunk).map { $0..<min($0 + imagesPerChunk, geometry.batch) }
+    }
+
+    /// The plan of the adjoint convolution: dy (outChannels, B, OH, OW) to dx (C, B, H, W), padding 2 - p.
+    public func adjoint(outChannels: Int) -> WinogradPlan {
+        let g = geometry
+        return WinogradPlan(
+            ConvGeometry(
+                channels: outChannels, batch: g.batch, height: g.outHeight, width: g.outWidth, kernelHeight: 3, kernelWidth: 3, stride: 1,
+                padding: 2 - g.padding))!
+    }
+
+    /// The distance between consecutive matrices of V or M, `rows` x `tiles` each: one cache line (of
+    /// floats) more than their size, so the 16 streams a transform reads or writes at once do not all
+    /// fall in one L1 set. Packed, they did when the size was a multiple of 4 KiB, and the output
+    /// transform took half of a CNN's time (measured: docs/ARCHITECTURE.md).
+    static func matrixStride(rows: Int, tiles: Int) -> Int { rows * tiles + 16 }
+
+    /// Elements of one thread's work area for `outs` output channels: V, M, the padded plane, the
+    /// tiles' outputs.
+    func workArea(outs: Int) -> (v: Int, m: Int, pad: Int, corners: Int) {
+        let tiles = imagesPerChunk * tilesPerImage
+        return (
+            16 * Self.matrixStride(rows: geometry.channels, tiles: tiles), 16 * Self.matrixStride(rows: outs, tiles: tiles),
+            (2 * tilesHigh + 2) * (2 * tilesWide + 2), 4 * tiles
+        )
+    }
+}
+
+/// Work areas for a kernel split across the compute pool: one buffer per thread, each grown to the
+/// largest size asked of it and reused, so a step does not allocate and fault them anew.
+public final class WorkerScratch<T: Scalar> {
+    private var buffers: [UnsafeMutablePointer<T>] = []
+    private var capacity = 0
+
+    public init() {}
+
+    /// `workers` buffers of at least `count` elements each; contents unspecified.
+    public func reserve(_ count: Int, workers: Int) -> [UnsafeMutablePointer<T>] {
+        if count > capacity {
+            for b in buffers { b.deallocate() }
+            buffers = []
+            capacity = count
+        }
+        while buffers.count < workers { buffers.append(.allocate(capacity: capacity)) }
+        return buffers
+    }
+
+    deinit { for b in buffers { b.deallocate() } }
+}
+
+extension Scalar {
+    /// u (16, outs, ins) from w (outs, ins, 3, 3); `transposed`: from w (ins, outs, 3, 3), the filters of
+    /// the adjoint convolution (channels swapped, each filter turned 180 degrees).
+    public static func winogradWeights(_ u: UnsafeMutablePointer<Self>, _ w: UnsafePointer<Self>, outs: Int, ins: Int, transposed: Bool) {
+        kernels.winogradWeights(u, w, outs, ins, transposed ? 1 : 0)
+    }
+
+    /// y (outs, B, OH, OW) = the convolution `plan` describes of x (C, B, H, W) with the transformed
+    /// weights u (16, outs, C), plus bias (outs) if given. Every element of y is written.
+    public static func winogradConvolution(
+        _ y: UnsafeMutablePointer<Self>, _ x: UnsafePointer<Self>, _ plan: WinogradPlan, u: UnsafePointer<Self>, outs: Int,
+        bias: UnsafePointer<Self>?, scratch: WorkerScratch<Self>
+    ) {
+        let c = plan.geometry.channels, area = plan.workArea(outs: outs), chunks = plan.chunks
+        let buffers = scratch.reserve(area.v + area.m + area.pad + area.corners, workers: Compute.threads)
+        withUnsafePointer(to: plan.geometry.cShape) { shape in
+            Compute.run(tasks: chunks.count) { task, worker in
+                let images = chunks[task], n = images.count * plan.tilesPerImage
+                let v = buffers[worker], m = v + area.v, pad = m + area.m, corners = pad + area.pad
+                let vStride = WinogradPlan.matrixStride(rows: c, tiles: n), mStride = WinogradPlan.matrixStride(rows: outs, tiles: n)
+                kernels.winogradInput(v, vStride, x, shape, images.lowerBound, images.count, pad)
+                for e in 0..<16 {
+                    gemm(
+                        transposeA: false, transposeB: false, m: outs, n: n, k: c, alpha: 1, a: u + e * outs * c, lda: c,
+                        b: v + e * vStride, ldb: n, beta: 0, c: m + e * mStride, ldc: n)
+                }
+                kernels.winogradOutput(y, m, mStride, bias, outs, shape, images.lowerBound, images.count, corners)
+            }
+        }
+    }
+}
