@@ -1,62 +1,133 @@
-// The Winograd F(2x2, 3x3) kernels for one precision: winograd.c includes this once with T float and
-// once with T double. (No include guard, on purpose.)
+// The Winograd kernels for one precision: winograd.c includes this once with T float and once with T
+// double. (No include guard, on purpose.) Each transform is a 1-D one applied to the columns of a
+// tile, then to the rows of the result; the 1-D ones are written out with their nonzero
+// coefficients only (winograd.c has the matrices).
 
-MULTIVERSION void SUFFIX(tether_winograd_weights)(T *restrict u, const T *restrict w, long outs, long ins, int transposed) {
+// B^T d: 4 -> 4 (F(2, 3)) and 6 -> 6 (F(2, 5)), reading d at a stride
+static inline void SUFFIX(input_1d_3)(T *o, const T *d, long s) {
+    o[0] = d[0] - d[2 * s];
+    o[1] = d[s] + d[2 * s];
+    o[2] = d[2 * s] - d[s];
+    o[3] = d[s] - d[3 * s];
+}
+static inline void SUFFIX(input_1d_5)(T *o, const T *d, long s) {
+    const T d0 = d[0], d1 = d[s], d2 = d[2 * s], d3 = d[3 * s], d4 = d[4 * s], d5 = d[5 * s];
+    o[0] = 4 * d0 - 5 * d2 + d4;
+    o[1] = d3 + d4 - 4 * (d1 + d2);
+    o[2] = d4 - d3 + 4 * (d1 - d2);
+    o[3] = d4 - d2 + 2 * (d3 - d1);
+    o[4] = d4 - d2 + 2 * (d1 - d3);
+    o[5] = 4 * d1 - 5 * d3 + d5;
+}
+// G g: 3 -> 4 and 5 -> 6
+static inline void SUFFIX(weight_1d_3)(T *u, const T *g, long s) {
+    u[0] = g[0];
+    u[1] = (g[0] + g[s] + g[2 * s]) / 2;
+    u[2] = (g[0] - g[s] + g[2 * s]) / 2;
+    u[3] = g[2 * s];
+}
+static inline void SUFFIX(weight_1d_5)(T *u, const T *g, long s) {
+    const T g0 = g[0], g1 = g[s], g2 = g[2 * s], g3 = g[3 * s], g4 = g[4 * s];
+    u[0] = g0 / 4;
+    u[1] = -(g0 + g1 + g2 + g3 + g4) / 6;
+    u[2] = -(g0 - g1 + g2 - g3 + g4) / 6;
+    u[3] = g0 / 24 + g1 / 12 + g2 / 6 + g3 / 3 + 2 * g4 / 3;
+    u[4] = g0 / 24 - g1 / 12 + g2 / 6 - g3 / 3 + 2 * g4 / 3;
+    u[5] = g4;
+}
+// A^T m: 4 -> 2 and 6 -> 2
+static inline void SUFFIX(output_1d_3)(T *y, const T *m, long s) {
+    y[0] = m[0] + m[s] + m[2 * s];
+    y[1] = m[s] - m[2 * s] - m[3 * s];
+}
+static inline void SUFFIX(output_1d_5)(T *y, const T *m, long s) {
+    y[0] = m[0] + m[s] + m[2 * s] + m[3 * s] + m[4 * s];
+    y[1] = m[s] - m[2 * s] + 2 * (m[3 * s] - m[4 * s]) + m[5 * s];
+}
+
+MULTIVERSION void SUFFIX(tether_winograd_weights)(T *restrict u, const T *restrict w, long kernel, long outs, long ins, int transposed) {
+    const long r = kernel, a = r + 1;
     for (long o = 0; o < outs; o++)
         for (long i = 0; i < ins; i++) {
-            // g: the 3x3 filter from input channel i to output o
-            T g[3][3];
-            const T *f = transposed ? w + (i * outs + o) * 9 : w + (o * ins + i) * 9;
-            for (int r = 0; r < 3; r++)
-                for (int s = 0; s < 3; s++) g[r][s] = transposed ? f[(2 - r) * 3 + 2 - s] : f[r * 3 + s];
-            T t[4][3];  // G g
-            for (int s = 0; s < 3; s++) {
-                t[0][s] = g[0][s];
-                t[1][s] = (g[0][s] + g[1][s] + g[2][s]) / 2;
-                t[2][s] = (g[0][s] - g[1][s] + g[2][s]) / 2;
-                t[3][s] = g[2][s];
+            // g: the r x r filter from input channel i to output o
+            T g[5 * 5], t[6 * 5], e[6 * 6];
+            const T *f = transposed ? w + (i * outs + o) * r * r : w + (o * ins + i) * r * r;
+            for (long p = 0; p < r; p++)
+                for (long q = 0; q < r; q++) g[p * r + q] = transposed ? f[(r - 1 - p) * r + r - 1 - q] : f[p * r + q];
+            for (long q = 0; q < r; q++) {  // t (a, r) = G g, column by column
+                T column[6];
+                if (r == 3) SUFFIX(weight_1d_3)(column, g + q, r); else SUFFIX(weight_1d_5)(column, g + q, r);
+                for (long p = 0; p < a; p++) t[p * r + q] = column[p];
             }
-            for (int r = 0; r < 4; r++) {  // (G g) G^T, row r
-                const T e[4] = {t[r][0], (t[r][0] + t[r][1] + t[r][2]) / 2, (t[r][0] - t[r][1] + t[r][2]) / 2, t[r][2]};
-                for (int q = 0; q < 4; q++) u[((r * 4 + q) * outs + o) * ins + i] = e[q];
+            for (long p = 0; p < a; p++) {  // e (a, a) = t G^T, row by row
+                if (r == 3) SUFFIX(weight_1d_3)(e + p * a, t + p * r, 1); else SUFFIX(weight_1d_5)(e + p * a, t + p * r, 1);
             }
+            for (long p = 0; p < a * a; p++) u[(p * outs + o) * ins + i] = e[p];
         }
 }
 
+// One tile's B^T d B from the patch at d (rows pw apart), its a x a values to o[e * step].
+#define INPUT_TILE(R, A)                                                                                         \
+    static inline void SUFFIX(input_tile_##R)(T *restrict o, long step, const T *restrict d, long pw) {          \
+        T c[A * A], v[A];                                                                                        \
+        for (int l = 0; l < A; l++) { /* columns: c (A, A) = B^T d */                                            \
+            SUFFIX(input_1d_##R)(v, d + l, pw);                                                                  \
+            for (int k = 0; k < A; k++) c[k * A + l] = v[k];                                                      \
+        }                                                                                                        \
+        for (int k = 0; k < A; k++) { /* rows: (B^T d) B */                                                      \
+            SUFFIX(input_1d_##R)(v, c + k * A, 1);                                                               \
+            for (int l = 0; l < A; l++) o[(k * A + l) * step] = v[l];                                             \
+        }                                                                                                        \
+    }
+INPUT_TILE(3, 4)
+INPUT_TILE(5, 6)
+#undef INPUT_TILE
+
 NO_LIBC_CALLS MULTIVERSION void SUFFIX(tether_winograd_input)(T *restrict v, long stride, const T *restrict x,
                                                               const tether_conv_shape *s, long first, long count, T *restrict pad) {
-    const long th = (s->out_h + 1) / 2, tw = (s->out_w + 1) / 2, ph = 2 * th + 2, pw = 2 * tw + 2;
-    const long n = count * th * tw, hw = s->height * s->width, p = s->padding, step = stride;
-    // ph >= out_h + 2 = height + 2p, so the padded plane holds every input row at row r + p (columns alike)
+    const long r = s->kernel_h, th = (s->out_h + 1) / 2, tw = (s->out_w + 1) / 2, ph = 2 * th + r - 1, pw = 2 * tw + r - 1;
+    const long n = count * th * tw, hw = s->height * s->width, p = s->padding;
+    // ph >= out_h + r - 1 = height + 2p, so the padded plane holds every input row at row i + p (columns alike)
     for (long c = 0; c < s->channels; c++)
         for (long b = 0; b < count; b++) {
             const T *plane = x + (c * s->batch + first + b) * hw;
             for (long i = 0; i < ph * pw; i++) pad[i] = 0;
-            for (long r = 0; r < s->height; r++)
-                for (long q = 0; q < s->width; q++) pad[(r + p) * pw + q + p] = plane[r * s->width + q];
+            for (long i = 0; i < s->height; i++)
+                for (long j = 0; j < s->width; j++) pad[(i + p) * pw + j + p] = plane[i * s->width + j];
             T *out = v + c * n + b * th * tw;
-            for (long ti = 0; ti < th; ti++) {
-                const T *r0 = pad + 2 * ti * pw, *r1 = r0 + pw, *r2 = r1 + pw, *r3 = r2 + pw;
-                T *o = out + ti * tw;
+            for (long ti = 0; ti < th; ti++)
                 for (long tj = 0; tj < tw; tj++) {
-                    const long q = 2 * tj;
-                    T a[4][4];  // B^T d
-                    for (int l = 0; l < 4; l++) {
-                        a[0][l] = r0[q + l] - r2[q + l];
-                        a[1][l] = r1[q + l] + r2[q + l];
-                        a[2][l] = r2[q + l] - r1[q + l];
-                        a[3][l] = r1[q + l] - r3[q + l];
-                    }
-                    for (int k = 0; k < 4; k++) {  // (B^T d) B, row k
-                        o[(4 * k + 0) * step + tj] = a[k][0] - a[k][2];
-                        o[(4 * k + 1) * step + tj] = a[k][1] + a[k][2];
-                        o[(4 * k + 2) * step + tj] = a[k][2] - a[k][1];
-                        o[(4 * k + 3) * step + tj] = a[k][1] - a[k][3];
-                    }
+                    const T *d = pad + 2 * ti * pw + 2 * tj;
+                    if (r == 3) SUFFIX(input_tile_3)(out + ti * tw + tj, stride, d, pw);
+                    else SUFFIX(input_tile_5)(out + ti * tw + tj, stride, d, pw);
                 }
-            }
         }
 }
+
+// Every tile's 2x2 outputs for one output channel: A^T M A over the n tiles at m (matrices `stride`
+// apart), into y00, y01, y10, y11 (each n).
+#define OUTPUT_TILES(R, A)                                                                                       \
+    static inline void SUFFIX(output_tiles_##R)(T *restrict y00, T *restrict y01, T *restrict y10, T *restrict y11, \
+                                                const T *restrict m, long stride, long n) {                     \
+        for (long t = 0; t < n; t++) {                                                                           \
+            T c0[A], c1[A], top[2], bottom[2];                                                                   \
+            for (int l = 0; l < A; l++) { /* A^T M, column l */                                                  \
+                T y[2];                                                                                          \
+                SUFFIX(output_1d_##R)(y, m + l * stride + t, A * stride);                                        \
+                c0[l] = y[0];                                                                                    \
+                c1[l] = y[1];                                                                                    \
+            }                                                                                                    \
+            SUFFIX(output_1d_##R)(top, c0, 1);                                                                   \
+            SUFFIX(output_1d_##R)(bottom, c1, 1);                                                                \
+            y00[t] = top[0];                                                                                     \
+            y01[t] = top[1];                                                                                     \
+            y10[t] = bottom[0];                                                                                  \
+            y11[t] = bottom[1];                                                                                  \
+        }                                                                                                        \
+    }
+OUTPUT_TILES(3, 4)
+OUTPUT_TILES(5, 6)
+#undef OUTPUT_TILES
 
 NO_LIBC_CALLS MULTIVERSION void SUFFIX(tether_winograd_output)(T *restrict y, const T *restrict m, long stride, const T *restrict bias,
                                                                long outs, const tether_conv_shape *s, long first, long count,
@@ -66,18 +137,8 @@ NO_LIBC_CALLS MULTIVERSION void SUFFIX(tether_winograd_output)(T *restrict y, co
     // the transform runs over all n tiles of the chunk at once, contiguous in m and in corners
     T *restrict y00 = corners, *restrict y01 = y00 + n, *restrict y10 = y01 + n, *restrict y11 = y10 + n;
     for (long o = 0; o < outs; o++) {
-        const T *mo = m + o * n;
-        for (long t = 0; t < n; t++) {
-            T c0[4], c1[4];  // A^T M
-            for (int l = 0; l < 4; l++) {
-                c0[l] = mo[l * stride + t] + mo[(4 + l) * stride + t] + mo[(8 + l) * stride + t];
-                c1[l] = mo[(4 + l) * stride + t] - mo[(8 + l) * stride + t] - mo[(12 + l) * stride + t];
-            }
-            y00[t] = c0[0] + c0[1] + c0[2];
-            y01[t] = c0[1] - c0[2] - c0[3];
-            y10[t] = c1[0] + c1[1] + c1[2];
-            y11[t] = c1[1] - c1[2] - c1[3];
-        }
+        if (s->kernel_h == 3) SUFFIX(output_tiles_3)(y00, y01, y10, y11, m + o * n, stride, n);
+        else SUFFIX(output_tiles_5)(y00, y01, y10, y11, m + o * n, stride, n);
         const T add = bias ? bias[o] : 0;
         const long pairs = ow / 2;  // whole tiles across; an odd width's last tile gives its left column only
         for (long b = 0; b < count; b++) {

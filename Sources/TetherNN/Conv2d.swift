@@ -5,8 +5,9 @@ import TetherTensor
 /// writes those samples' columns of the output in its layout directly. Chunks are sized so that col
 /// stays in cache between im2col and the GEMMs that read it; backward recomputes col per chunk rather
 /// than keeping the whole batch's (40 MB for cnn-wn's second conv at batch 64), which measured faster
-/// (docs/ARCHITECTURE.md). A 3x3, stride-1 convolution (padding 0-2) runs its forward and its dx by
-/// Winograd's F(2x2, 3x3) instead (`WinogradPlan`: 2.25x fewer multiply-adds); dw stays im2col + GEMM.
+/// (docs/ARCHITECTURE.md). A 3x3 or 5x5, stride-1 convolution (padding below the kernel's side) runs its
+/// forward and its dx by Winograd's F(2x2, rxr) instead (`WinogradPlan`: 2.25x and 2.78x fewer
+/// multiply-adds); dw stays im2col + GEMM.
 /// The weight (OC, C, KH, KW) is PyTorch's, plain or weight-normalized with one g per output channel.
 public final class Conv2d<T: Scalar>: DataDependentInit {
     public let inChannels: Int, outChannels: Int, kernel: Int, stride: Int, padding: Int
@@ -51,8 +52,8 @@ public final class Conv2d<T: Scalar>: DataDependentInit {
         let w = weight.weight(ctx.arena)
         if let plan = winogradPlan(g) {
             (geometry, input, self.w, colHolds) = (g, x, w, nil)
-            let u = transformed.reserve(16 * outChannels * inChannels)
-            T.winogradWeights(u, w, outs: outChannels, ins: inChannels, transposed: false)
+            let u = transformed.reserve(plan.positions * outChannels * inChannels)
+            T.winogradWeights(u, w, plan, outs: outChannels, ins: inChannels, transposed: false)
             return Tensor.uninitialized([outChannels, g.batch, g.outHeight, g.outWidth]) { y in
                 x.withPointer {
                     T.winogradConvolution(
@@ -105,8 +106,8 @@ public final class Conv2d<T: Scalar>: DataDependentInit {
             }
         }
         guard let plan, needsInputGradient else { return dx }
-        let u = transformed.reserve(16 * inChannels * outChannels)
-        T.winogradWeights(u, w, outs: inChannels, ins: outChannels, transposed: true)
+        let u = transformed.reserve(plan.positions * inChannels * outChannels)
+        T.winogradWeights(u, w, plan, outs: inChannels, ins: outChannels, transposed: true)
         return Tensor.uninitialized([inChannels, g.batch, g.height, g.width]) { dxp in
             dy.withPointer {
                 T.winogradConvolution(

@@ -1,10 +1,10 @@
-// 3x3, stride-1 convolutions by Winograd's F(2x2, 3x3) (CTetherKernels' winograd.c): 16 GEMMs of
-// (O, C) x (C, tiles) in place of one of (O, 9C) x (9C, 4 tiles), 2.25x fewer multiply-adds, with
-// transforms of additions around them.
+// 3x3 and 5x5 stride-1 convolutions by Winograd's F(2x2, rxr) (CTetherKernels' winograd.c): (r+1)^2
+// GEMMs of (O, C) x (C, tiles) in place of one of (O, r^2 C) x (r^2 C, 4 tiles), 2.25x (3x3) and 2.78x
+// (5x5) fewer multiply-adds, with transforms of additions around them.
 
 import CTetherKernels
 
-/// How a 3x3, stride-1 convolution runs by Winograd: the batch cut into chunks of whole images, each
+/// How a 3x3 or 5x5, stride-1 convolution runs by Winograd: the batch cut into chunks of whole images, each
 /// chunk's transforms and GEMMs one task of the compute pool with work areas of its thread's own.
 /// Chunks depend on the shapes only, so every thread count computes the same bits.
 public struct WinogradPlan: Sendable, Equatable {
@@ -15,10 +15,11 @@ public struct WinogradPlan: Sendable, Equatable {
     /// Tiles per chunk aimed at: the GEMMs' operands stay in L2 (measured: docs/ARCHITECTURE.md).
     public static let tilesPerChunk = 256
 
-    /// nil unless g is a 3x3, stride-1 convolution with padding 0...2 (so that its adjoint, which
-    /// carries dy back to dx, is one too) and a non-empty output.
+    /// nil unless g is a square 3x3 or 5x5, stride-1 convolution with padding 0...r-1 (so that its
+    /// adjoint, which carries dy back to dx, is one too) and a non-empty output.
     public init?(_ g: ConvGeometry) {
-        guard g.kernelHeight == 3, g.kernelWidth == 3, g.stride == 1, (0...2).contains(g.padding), g.outHeight > 0, g.outWidth > 0
+        guard [3, 5].contains(g.kernelHeight), g.kernelWidth == g.kernelHeight, g.stride == 1, (0..<g.kernelHeight).contains(g.padding),
+            g.outHeight > 0, g.outWidth > 0
         else { return nil }
         geometry = g
         (tilesHigh, tilesWide) = ((g.outHeight + 1) / 2, (g.outWidth + 1) / 2)
@@ -26,17 +27,19 @@ public struct WinogradPlan: Sendable, Equatable {
     }
 
     public var tilesPerImage: Int { tilesHigh * tilesWide }
+    /// Positions of a transformed tile, (r + 1)^2: the number of GEMMs.
+    public var positions: Int { (geometry.kernelHeight + 1) * (geometry.kernelHeight + 1) }
     public var chunks: [Range<Int>] {
         Swift.stride(from: 0, to: geometry.batch, by: imagesPerChunk).map { $0..<min($0 + imagesPerChunk, geometry.batch) }
     }
 
-    /// The plan of the adjoint convolution: dy (outChannels, B, OH, OW) to dx (C, B, H, W), padding 2 - p.
+    /// The plan of the adjoint convolution: dy (outChannels, B, OH, OW) to dx (C, B, H, W), padding r - 1 - p.
     public func adjoint(outChannels: Int) -> WinogradPlan {
-        let g = geometry
+        let g = geometry, r = g.kernelHeight
         return WinogradPlan(
             ConvGeometry(
-                channels: outChannels, batch: g.batch, height: g.outHeight, width: g.outWidth, kernelHeight: 3, kernelWidth: 3, stride: 1,
-                padding: 2 - g.padding))!
+                channels: outChannels, batch: g.batch, height: g.outHeight, width: g.outWidth, kernelHeight: r, kernelWidth: r, stride: 1,
+                padding: r - 1 - g.padding))!
     }
 
     /// The distance between consecutive matrices of V or M, `rows` x `tiles` each: one cache line (of
@@ -50,8 +53,8 @@ public struct WinogradPlan: Sendable, Equatable {
     func workArea(outs: Int) -> (v: Int, m: Int, pad: Int, corners: Int) {
         let tiles = imagesPerChunk * tilesPerImage
         return (
-            16 * Self.matrixStride(rows: geometry.channels, tiles: tiles), 16 * Self.matrixStride(rows: outs, tiles: tiles),
-            (2 * tilesHigh + 2) * (2 * tilesWide + 2), 4 * tiles
+            positions * Self.matrixStride(rows: geometry.channels, tiles: tiles), positions * Self.matrixStride(rows: outs, tiles: tiles),
+            (2 * tilesHigh + geometry.kernelHeight - 1) * (2 * tilesWide + geometry.kernelHeight - 1), 4 * tiles
         )
     }
 }
@@ -79,14 +82,16 @@ public final class WorkerScratch<T: Scalar> {
 }
 
 extension Scalar {
-    /// u (16, outs, ins) from w (outs, ins, 3, 3); `transposed`: from w (ins, outs, 3, 3), the filters of
-    /// the adjoint convolution (channels swapped, each filter turned 180 degrees).
-    public static func winogradWeights(_ u: UnsafeMutablePointer<Self>, _ w: UnsafePointer<Self>, outs: Int, ins: Int, transposed: Bool) {
-        kernels.winogradWeights(u, w, outs, ins, transposed ? 1 : 0)
+    /// u ((r+1)^2, outs, ins) from w (outs, ins, r, r), r = `plan`'s kernel; `transposed`: from w (ins, outs,
+    /// r, r), the filters of the adjoint convolution (channels swapped, each filter turned 180 degrees).
+    public static func winogradWeights(
+        _ u: UnsafeMutablePointer<Self>, _ w: UnsafePointer<Self>, _ plan: WinogradPlan, outs: Int, ins: Int, transposed: Bool
+    ) {
+        kernels.winogradWeights(u, w, plan.geometry.kernelHeight, outs, ins, transposed ? 1 : 0)
     }
 
     /// y (outs, B, OH, OW) = the convolution `plan` describes of x (C, B, H, W) with the transformed
-    /// weights u (16, outs, C), plus bias (outs) if given. Every element of y is written.
+    /// weights u (positions, outs, C), plus bias (outs) if given. Every element of y is written.
     public static func winogradConvolution(
         _ y: UnsafeMutablePointer<Self>, _ x: UnsafePointer<Self>, _ plan: WinogradPlan, u: UnsafePointer<Self>, outs: Int,
         bias: UnsafePointer<Self>?, scratch: WorkerScratch<Self>
@@ -99,7 +104,7 @@ extension Scalar {
                 let v = buffers[worker], m = v + area.v, pad = m + area.m, corners = pad + area.pad
                 let vStride = WinogradPlan.matrixStride(rows: c, tiles: n), mStride = WinogradPlan.matrixStride(rows: outs, tiles: n)
                 kernels.winogradInput(v, vStride, x, shape, images.lowerBound, images.count, pad)
-                for e in 0..<16 {
+                for e in 0..<plan.positions {
                     gemm(
                         transposeA: false, transposeB: false, m: outs, n: n, k: c, alpha: 1, a: u + e * outs * c, lda: c,
                         b: v + e * vStride, ldb: n, beta: 0, c: m + e * mStride, ldc: n)

@@ -249,7 +249,7 @@ public struct PrecisionKernels<T: Scalar>: Sendable {
     let col2im: @Sendable (UnsafeMutablePointer<T>?, UnsafeMutablePointer<T>?, UnsafePointer<tether_conv_shape>?, Int, Int) -> Void
     let maxPool2x2: @Sendable (UnsafeMutablePointer<T>?, UnsafeMutablePointer<Int32>?, UnsafePointer<T>?, Int, Int, Int) -> Void
     let maxPool2x2Backward: @Sendable (UnsafeMutablePointer<T>?, UnsafePointer<T>?, UnsafePointer<Int32>?, Int, Int, Int) -> Void
-    let winogradWeights: @Sendable (UnsafeMutablePointer<T>?, UnsafePointer<T>?, Int, Int, Int32) -> Void
+    let winogradWeights: @Sendable (UnsafeMutablePointer<T>?, UnsafePointer<T>?, Int, Int, Int, Int32) -> Void
     let winogradInput:
         @Sendable (UnsafeMutablePointer<T>?, Int, UnsafePointer<T>?, UnsafePointer<tether_conv_shape>?, Int, Int, UnsafeMutablePointer<T>?)
             ->

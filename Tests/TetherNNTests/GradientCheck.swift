@@ -111,10 +111,13 @@ struct LayerGradientTests {
         // im2col and the GEMMs a sample at a time, backward recomputing col for all but the last chunk
         ConvCase(c: 2, oc: 4, h: 6, w: 6, k: 5, stride: 1, padding: 2, weightNorm: true, oneSamplePerChunk: true),
         ConvCase(c: 2, oc: 3, h: 7, w: 5, k: 3, stride: 2, padding: 1, weightNorm: false, oneSamplePerChunk: true),
-        // 3x3 stride 1: forward and dx by Winograd (odd and even output sides, each padding it takes)
+        // 3x3 stride 1 (and 5x5 ones, above and below): forward and dx by Winograd (odd and even output sides, each padding it takes)
         ConvCase(c: 3, oc: 4, h: 6, w: 5, k: 3, stride: 1, padding: 1, weightNorm: false),
         ConvCase(c: 2, oc: 3, h: 7, w: 6, k: 3, stride: 1, padding: 0, weightNorm: true),
-        ConvCase(c: 2, oc: 2, h: 3, w: 4, k: 3, stride: 1, padding: 2, weightNorm: false, oneSamplePerChunk: true)
+        ConvCase(c: 2, oc: 2, h: 3, w: 4, k: 3, stride: 1, padding: 2, weightNorm: false, oneSamplePerChunk: true),
+        // 5x5 stride 1 by Winograd too: the first case above and these
+        ConvCase(c: 2, oc: 3, h: 7, w: 6, k: 5, stride: 1, padding: 0, weightNorm: false),
+        ConvCase(c: 1, oc: 2, h: 3, w: 5, k: 5, stride: 1, padding: 4, weightNorm: false)
     ])
     func conv2d(_ c: ConvCase) {
         var layout = ArenaLayout()

@@ -31,14 +31,16 @@ import TetherTensor
 }
 
 @Suite struct WinogradConvolutionTests {
-    /// A 3x3, stride-1 convolution by Winograd equals the same layer by im2col + GEMM: forward, dx and
-    /// dw, in Double to 1e-12 and in Float to 1e-5 (F(2x2, 3x3) rounds a little differently), on one
-    /// thread and on two (the chunks, and so the bits, do not depend on the thread count).
-    @Test(arguments: [(1, 5, 9, 9), (0, 3, 8, 11), (2, 4, 1, 2), (1, 40, 16, 16)])
-    func winogradEqualsIm2col(padding: Int, batch: Int, h: Int, w: Int) {
+    /// A 3x3 or 5x5, stride-1 convolution by Winograd equals the same layer by im2col + GEMM: forward,
+    /// dx and dw, in Double to 1e-12 and in Float to 1e-5 (Winograd rounds a little differently), on
+    /// one thread and on two (the chunks, and so the bits, do not depend on the thread count).
+    @Test(arguments: [
+        (3, 1, 5, 9, 9), (3, 0, 3, 8, 11), (3, 2, 4, 1, 2), (3, 1, 40, 16, 16), (5, 2, 6, 14, 14), (5, 4, 3, 2, 3), (5, 1, 20, 9, 10)
+    ])
+    func winogradEqualsIm2col(kernel: Int, padding: Int, batch: Int, h: Int, w: Int) {
         func run<T: Scalar>(_: T.Type, winograd: Bool, threads: Int) -> (y: [T], dx: [T], grads: [T]) {
             var layout = ArenaLayout()
-            let conv = Conv2d<T>(&layout, prefix: "", inChannels: 3, outChannels: 5, kernel: 3, padding: padding, weightNorm: true)
+            let conv = Conv2d<T>(&layout, prefix: "", inChannels: 3, outChannels: 5, kernel: kernel, padding: padding, weightNorm: true)
             conv.winograd = winograd
             var rng = RNG(seed: 4)
             let arena = ParameterArena<T>(layout: layout)

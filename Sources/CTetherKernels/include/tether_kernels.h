@@ -33,16 +33,17 @@ void tether_im2col_f64(double *col, const double *x, const tether_conv_shape *s,
 void tether_col2im_f32(float *dx, float *dcol, const tether_conv_shape *s, long first, long count);
 void tether_col2im_f64(double *dx, double *dcol, const tether_conv_shape *s, long first, long count);
 
-/// Winograd F(2x2, 3x3) for a 3x3, stride-1 convolution of x (C, B, H, W) (winograd.c says how).
-/// weights: u (16, outs, ins) from w (outs, ins, 3, 3); `transposed`: from w (ins, outs, 3, 3) read as
-/// the filters of the adjoint convolution (input and output channels swapped, each filter turned 180
-/// degrees), which carries dy back to dx. input: v (16, C, n) for the images first..first+count-1, n =
-/// count * tiles_h * tiles_w, with `pad` scratch of (2 tiles_h + 2) x (2 tiles_w + 2). output: y (outs,
-/// B, out_h, out_w) of those images from m (16, outs, n), plus bias (or NULL), with `corners` scratch
-/// of 4 n. tiles_h = ceil(out_h / 2), tiles_w = ceil(out_w / 2). `stride`: elements from one of
-/// the 16 matrices of v or m to the next (at least C n or outs n).
-void tether_winograd_weights_f32(float *u, const float *w, long outs, long ins, int transposed);
-void tether_winograd_weights_f64(double *u, const double *w, long outs, long ins, int transposed);
+/// Winograd F(2x2, rxr) for a stride-1 convolution of x (C, B, H, W) with r x r filters, r = s->kernel_h
+/// = 3 or 5, a = r + 1 (winograd.c says how). weights: u (a^2, outs, ins) from w (outs, ins, r, r);
+/// `transposed`: from w (ins, outs, r, r) read as the filters of the adjoint convolution (input and
+/// output channels swapped, each filter turned 180 degrees), which carries dy back to dx. input: v
+/// (a^2, C, n) for the images first..first+count-1, n = count * tiles_h * tiles_w, with `pad` scratch
+/// of (2 tiles_h + r - 1) x (2 tiles_w + r - 1). output: y (outs, B, out_h, out_w) of those images from
+/// m (a^2, outs, n), plus bias (or NULL), with `corners` scratch of 4 n. tiles_h = ceil(out_h / 2),
+/// tiles_w = ceil(out_w / 2). `stride`: elements from one of the a^2 matrices of v or m to the next (at
+/// least C n or outs n).
+void tether_winograd_weights_f32(float *u, const float *w, long kernel, long outs, long ins, int transposed);
+void tether_winograd_weights_f64(double *u, const double *w, long kernel, long outs, long ins, int transposed);
 void tether_winograd_input_f32(float *v, long stride, const float *x, const tether_conv_shape *s, long first, long count, float *pad);
 void tether_winograd_input_f64(double *v, long stride, const double *x, const tether_conv_shape *s, long first, long count, double *pad);
 void tether_winograd_output_f32(float *y, const float *m, long stride, const float *bias, long outs, const tether_conv_shape *s,
