@@ -143,6 +143,22 @@ public enum ModelSpecFile {
                     throw fail("shape must be a list of sizes")
                 }
                 layer.shape = list
+            case "branches":
+                guard let branches = v.sequence, branches.allSatisfy({ $0.sequence != nil }) else {
+                    throw fail("branches must be a list of lists of layers: concat: [[conv2d: {out: 8, kernel: 1}], []]")
+                }
+                guard branches.count <= ModelSpec.mostBranches else {
+                    throw fail("\(branches.count) branches; give 1...\(ModelSpec.mostBranches)")
+                }
+                layer.branches = try branches.enumerated().map { b, branch in
+                    try branch.sequence!.enumerated().map { i, node in
+                        // refused before it is read, so that nesting cannot run deep
+                        guard (node.mapping?.first?.key.string ?? node.string) != "concat" else {
+                            throw fail("branch \(b): layer \(i): a concat inside a branch is not taken")
+                        }
+                        return try Self.layer(node, index: i, source: "\(source): layer \(index) branch \(b)")
+                    }
+                }
             default: throw fail("no setting \(setting)")
             }
         }
@@ -157,7 +173,7 @@ public enum ModelSpecFile {
                 try set(key, v)
             }
         } else if value.scalar != nil || value.sequence != nil,
-            let first = allowed.first(where: { ["out", "kernel", "rate", "slope", "shape"].contains($0) })
+            let first = allowed.first(where: { ["out", "kernel", "rate", "slope", "shape", "branches"].contains($0) })
         {
             try set(first, value)
         } else {
@@ -230,6 +246,19 @@ public enum ModelSpecFile {
         put("tie", l.tie)
         put("sequences", l.sequences)
         put("shape", l.shape.map { "[" + $0.map(String.init).joined(separator: ", ") + "]" })
+        // inside a flow list, a layer with settings is a one-entry flow mapping
+        put(
+            "branches",
+            l.branches.map { branches in
+                "["
+                    + branches.map {
+                        "["
+                            + $0.map {
+                                let y = yaml($0); return y.contains(":") ? "{\(y)}" : y
+                            }.joined(separator: ", ") + "]"
+                    }
+                    .joined(separator: ", ") + "]"
+            })
         return l.kind.rawValue + (settings.isEmpty ? "" : ": {" + settings.joined(separator: ", ") + "}")
     }
 }

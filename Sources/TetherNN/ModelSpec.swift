@@ -105,6 +105,7 @@ public struct LayerSpec: Codable, Equatable, Sendable {
         case tanh, sigmoid, gelu, dropout
         case batchNorm = "batch-norm"
         case embedding, lstm
+        case concat
     }
     public var kind: Kind
     /// dense: output features; conv2d: output channels.
@@ -134,6 +135,10 @@ public struct LayerSpec: Codable, Equatable, Sendable {
     public var tie: Int?
     /// lstm: every step's hidden state (T, H) rather than the last step's (H) (Keras' return_sequences).
     public var sequences: Bool?
+    /// concat: lists of layers, each run on this layer's input (an empty one passes it on), whose outputs
+    /// are joined along the features or channels (torch.cat(..., dim=1)). A branch is a chain of the
+    /// layers an image or features take, without a concat of its own; its ties are to its own layers.
+    public var branches: [[LayerSpec]]?
 
     public init(_ kind: Kind) { self.kind = kind }
     /// A layer of `kind` with the settings `set` gives: `LayerSpec(.dense) { $0.out = 10 }`.
@@ -154,6 +159,7 @@ public struct LayerSpec: Codable, Equatable, Sendable {
         case .unflatten: ["shape"]
         case .embedding: ["out", "buckets", "sparse"]
         case .lstm: ["out", "weight-norm", "sequences"]
+        case .concat: ["branches"]
         case .flatten, .relu, .tanh, .sigmoid, .gelu: []
         }
     }
@@ -337,6 +343,8 @@ extension ModelSpec {
                 guard (layer.slope ?? 0.01).isFinite else { throw fail("slope \(layer.slope!) is not a number") }
             case .relu, .tanh, .sigmoid, .gelu, .batchNorm:
                 break
+            case .concat:
+                shape = try joinedShape(of: layer, index: i, over: shape)
             }
             out.append(shape)
         }
@@ -358,6 +366,49 @@ extension ModelSpec {
             }
         }
         return out
+    }
+
+    /// Most branches a concat takes.
+    public static let mostBranches = 16
+
+    /// Branch b of the concat at layer `index` as a spec of its own over `shape` (what the concat gets):
+    /// its errors then name the branch and its own layer.
+    func branch(_ b: Int, of layer: LayerSpec, index: Int, over shape: SpecShape) -> ModelSpec {
+        let input: [Int]
+        switch shape {
+        case .image(let c, let h, let w): input = [c, h, w]
+        case .features(let f): input = [f]
+        default: input = []
+        }
+        return ModelSpec(name: "\(name) layer \(index) branch \(b)", input: input, layers: layer.branches?[b] ?? [])
+    }
+
+    /// A concat's output: its branches' outputs joined, features to features, or images of the same
+    /// sides channel to channel.
+    private func joinedShape(of layer: LayerSpec, index i: Int, over shape: SpecShape) throws -> SpecShape {
+        func fail(_ why: String) -> SpecError { SpecError("model spec \(name): layer \(i) (concat) gets \(shape): \(why)") }
+        guard let branches = layer.branches, (1...Self.mostBranches).contains(branches.count) else {
+            throw fail("give its branches, 1 to \(Self.mostBranches) lists of layers: concat: [[conv2d: {out: 8, kernel: 1}], []]")
+        }
+        switch shape {
+        case .image, .features: break
+        default: throw fail("a concat joins branches over an image or features")
+        }
+        var joined: SpecShape?
+        for (b, branch) in branches.enumerated() {
+            if let nested = branch.firstIndex(where: { [.concat, .embedding, .lstm].contains($0.kind) }) {
+                throw fail("branch \(b): layer \(nested) (\(branch[nested].kind.rawValue)) is not taken inside a branch")
+            }
+            let end = branch.isEmpty ? shape : try self.branch(b, of: layer, index: i, over: shape).shapes().last!
+            switch (joined, end) {
+            case (nil, _): joined = end
+            case (.features(let a)?, .features(let f)) where a + f <= Self.largestSize: joined = .features(a + f)
+            case (.image(let a, let h, let w)?, .image(let c, let h2, let w2)) where (h, w) == (h2, w2) && a + c <= Self.largestSize:
+                joined = .image(channels: a + c, height: h, width: w)
+            default: throw fail("branch \(b) gives \(end), which does not join \(joined!) (features to features, images of the same sides)")
+            }
+        }
+        return joined!
     }
 
     /// The network of the spec's loss as one model: the layers, the wide tower when there is one (its
@@ -406,6 +457,9 @@ extension ModelSpec {
         for (layer, after) in zip(layers, try shapes()) {
             total += after.count
             if layer.kind == .lstm, case .sequence(let t, _) = before { total += 7 * t * (layer.out ?? 1) }
+            for b in (layer.branches ?? []).indices where !(layer.branches![b].isEmpty) {
+                total += try branch(b, of: layer, index: 0, over: before).activationCount()
+            }
             before = after
         }
         return total
@@ -435,6 +489,10 @@ extension ModelSpec {
             case (.lstm, .sequence(_, let f), _):
                 let h = layer.out ?? 1
                 n = 4 * h * (f + h) + 8 * h + (layer.weightNorm == true ? 8 * h : 0)
+            case (.concat, _, _):
+                for b in (layer.branches ?? []).indices where !(layer.branches![b].isEmpty) {
+                    n += try branch(b, of: layer, index: counts.count, over: before).parameterCount()
+                }
             default: n = 0
             }
             counts.append(n)
@@ -446,16 +504,23 @@ extension ModelSpec {
     /// The network over `layout`: its layers with PyTorch's names, the input rearranged into the conv
     /// layout first when it is an image.
     public func network<T: Scalar>(_ layout: inout ArenaLayout, as: T.Type = T.self) throws -> Sequential<T> {
+        try network(&layout, names: "layers.", buffers: "layers.", inConvLayout: false)
+    }
+
+    /// The layers as a network whose parameters are named `names` + "<index>." + their own and whose
+    /// buffers `buffers` + the same; an image input arrives in the conv layout already when
+    /// `inConvLayout` (a concat's branch), else it is rearranged first.
+    func network<T: Scalar>(_ layout: inout ArenaLayout, names: String, buffers: String, inConvLayout: Bool) throws -> Sequential<T> {
         let shapes = try shapes()
         var before = try inputShape()
         var built: [any Layer<T>] = [], prefixes: [String] = []
         var dense: [Int: Dense<T>] = [:], table: [Int: ParameterSlot] = [:]  // by spec index: what a later layer may tie to
-        if case .image(let c, let h, let w) = before {
+        if case .image(let c, let h, let w) = before, !inConvLayout {
             built.append(LayoutSwap<T>(toConv: true, channels: c, height: h, width: w))
             prefixes.append("input.")
         }
         for (i, (layer, after)) in zip(layers, shapes).enumerated() {
-            let prefix = "layers.\(i)."
+            let prefix = names + "\(i)."
             switch (layer.kind, before, after) {
             case (.embedding, .tokens(let t, let v), _):
                 let e = TokenEmbedding<T>(
@@ -503,6 +568,14 @@ extension ModelSpec {
             case (.flatten, .image(let c, let h, let w), _): built.append(LayoutSwap<T>(toConv: false, channels: c, height: h, width: w))
             case (.flatten, .features, _): break  // already flat: nothing to do, but the index stays taken
             case (.unflatten, _, .image(let c, let h, let w)): built.append(LayoutSwap<T>(toConv: true, channels: c, height: h, width: w))
+            case (.concat, _, _):
+                let branches = try layer.branches!.indices.map { b in
+                    layer.branches![b].isEmpty
+                        ? Sequential<T>([])
+                        : try branch(b, of: layer, index: i, over: before).network(
+                            &layout, names: prefix + "branches.\(b).", buffers: "", inConvLayout: true)
+                }
+                built.append(Concat<T>(branches))
             case (.relu, _, _): built.append(Activation<T>.relu())
             case (.leakyRelu, _, _): built.append(Activation<T>(leakySlope: layer.slope ?? 0.01))
             case (.tanh, _, _): built.append(Pointwise<T>(.tanh))
@@ -522,7 +595,7 @@ extension ModelSpec {
             default:
                 throw SpecError("model spec \(name): layer \(i) (\(layer.kind.rawValue)) cannot be built on \(before)")
             }
-            while prefixes.count < built.count { prefixes.append(prefix) }
+            while prefixes.count < built.count { prefixes.append(buffers + "\(i).") }
             before = after
         }
         poolBeforeActivation(&built, &prefixes)

@@ -97,6 +97,29 @@ import TetherNN
         #expect(try ModelSpecFile.parse(ModelSpecFile.yaml(tokens), name: "s", source: "again") == tokens)
     }
 
+    /// A concat's branches, block or flow style, read and written back; a concat inside a branch is
+    /// refused before it is read.
+    @Test func aConcatReadsBackFromItsYAML() throws {
+        let text = """
+            input: [3, 8, 8]
+            layers:
+              - concat:
+                  - [conv2d: {out: 4, kernel: 3, padding: 1}, relu]
+                  - []
+                  - - conv2d: {out: 2, kernel: 1, weight-norm: true}
+                    - batch-norm: {mean-only: true}
+              - flatten
+              - dense: 10
+            """
+        let spec = try ModelSpecFile.parse(text, name: "inception", source: "i.yaml")
+        #expect(spec.layers[0].branches?.map(\.count) == [2, 0, 2] && spec.layers[0].branches?[2][1].meanOnly == true)
+        #expect(try spec.shapes() == [.image(channels: 9, height: 8, width: 8), .features(576), .features(10)])
+        #expect(try ModelSpecFile.parse(ModelSpecFile.yaml(spec), name: "inception", source: "again") == spec)
+        #expect {
+            try ModelSpecFile.parse("input: [4]\nlayers: [concat: [[concat: [[]]]]]\n", name: "n", source: "n.yaml")
+        } throws: { "\($0)".contains("n.yaml: layer 0 (concat): branch 0: layer 0: a concat inside a branch is not taken") }
+    }
+
     @Test func theShippedSpecsAreTheFilesInModels() throws {
         let models = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
             .appendingPathComponent("models")

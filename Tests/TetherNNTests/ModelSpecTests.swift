@@ -94,6 +94,64 @@ import TetherTensor
         #expect { try spec.shapes() } throws: { "\($0)".contains(message) }
     }
 
+    /// Inception-like: a concat of a 3x3 conv, the input itself and a weight-normalized 1x1 conv with a
+    /// batch norm, then a dense layer.
+    static let branching = ModelSpec(
+        name: "branching", input: [2, 5, 5],
+        layers: [
+            layer(.concat) {
+                $0.branches = [
+                    [layer(.conv2d) { ($0.out, $0.kernel, $0.padding) = (3, 3, 1) }, layer(.relu)],
+                    [],
+                    [layer(.conv2d) { ($0.out, $0.kernel, $0.weightNorm) = (2, 1, true) }, layer(.batchNorm)]
+                ]
+            },
+            layer(.flatten),
+            layer(.concat) { $0.branches = [[layer(.dense) { $0.out = 4 }, layer(.tanh)], [layer(.dense) { $0.out = 3 }]] },
+            layer(.dense) { $0.out = 2 }
+        ])
+
+    @Test func aConcatJoinsItsBranchesAlongChannelsOrFeatures() throws {
+        #expect(try Self.branching.shapes() == [.image(channels: 7, height: 5, width: 5), .features(175), .features(7), .features(2)])
+        // conv 3*2*9 + 3, conv 2*2 + 2 + 2 (g), bn 2 + 2; dense 4*175 + 4, dense 3*175 + 3; dense 2*7 + 2
+        #expect(try Self.branching.parameterCounts() == [57 + 8 + 4, 0, 704 + 528, 16])
+        var layout = ArenaLayout()
+        let network = try Self.branching.network(&layout, as: Double.self)
+        let names = layout.entries.map(\.name)
+        #expect(names.contains("layers.0.branches.0.0.weight") && names.contains("layers.0.branches.2.0.weight_g"))
+        #expect(names.contains("layers.2.branches.1.0.bias") && names.contains("layers.3.weight"))
+        #expect(layout.entries.reduce(0) { $0 + $1.count } == (try Self.branching.parameterCount()))
+        let concat = try #require(network.layers.compactMap { $0 as? Concat<Double> }.first)
+        #expect(concat.bufferNames.contains("branches.2.1.running_mean"))
+        let buffers = network.bufferOwners.flatMap { o in o.owner.bufferNames.map { o.prefix + $0 } }
+        #expect(buffers.contains("layers.0.branches.2.1.running_mean") && buffers.allSatisfy { $0.hasPrefix("layers.0.branches.2.1.") })
+    }
+
+    @Test(
+        arguments: [
+            (
+                [[layer(.conv2d) { ($0.out, $0.kernel) = (3, 3) }], []],
+                "layer 0 (concat) gets (2, 5, 5): branch 1 gives (2, 5, 5), which does not join (3, 3, 3)"
+            ),
+            ([[layer(.dense) { $0.out = 3 }]], "model spec m layer 0 branch 0: layer 0 (dense) gets (2, 5, 5): dense takes features"),
+            ([[layer(.concat) { $0.branches = [[]] }]], "branch 0: layer 0 (concat) is not taken inside a branch"),
+            ([], "give its branches, 1 to 16 lists of layers")
+        ] as [([[LayerSpec]], String)])
+    func aConcatWhoseBranchesDoNotJoinIsRefused(branches: [[LayerSpec]], message: String) {
+        let spec = ModelSpec(name: "m", input: [2, 5, 5], layers: [Self.layer(.concat) { $0.branches = branches }, Self.layer(.flatten)])
+        #expect { try spec.shapes() } throws: { "\($0)".contains(message) }
+    }
+
+    /// Both concats' backward against central differences: their branches' parameters and the input.
+    @Test(arguments: [0, 2])
+    func concatBackwardMatchesFiniteDifferences(layer index: Int) throws {
+        var layout = ArenaLayout()
+        let network = try Self.branching.network(&layout, as: Double.self)
+        let concats = network.layers.compactMap { $0 as? Concat<Double> }
+        var check = GradientCheck(layout: layout, layer: concats[index == 0 ? 0 : 1], inputShape: index == 0 ? [2, 3, 5, 5] : [3, 175])
+        #expect(check.maxError() < tolerance)
+    }
+
     @Test func crossEntropyNeedsClassScoresLast() {
         let spec = ModelSpec(name: "m", input: [1, 4, 4], layers: [Self.layer(.relu)])
         #expect { try spec.classes() } throws: { "\($0)".contains("the last layer gives the classes' scores (F >= 2); it gives (1, 4, 4)") }
