@@ -373,7 +373,7 @@ extension ModelSpec {
 
     /// Branch b of the concat at layer `index` as a spec of its own over `shape` (what the concat gets):
     /// its errors then name the branch and its own layer.
-    func branch(_ b: Int, of layer: LayerSpec, index: Int, over shape: SpecShape) -> ModelSpec {
+    public func branch(_ b: Int, of layer: LayerSpec, index: Int, over shape: SpecShape) -> ModelSpec {
         let input: [Int]
         switch shape {
         case .image(let c, let h, let w): input = [c, h, w]

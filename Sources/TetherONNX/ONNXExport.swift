@@ -14,6 +14,7 @@ import TetherNN
 /// out in opset-17 operators. An embedding of tokens is a Gather of its table; an LSTM is ONNX's LSTM
 /// between Transposes to and from (T, B, F), as torch.onnx.export writes a batch_first one, its gates
 /// reordered to ONNX's (i, o, f, c), and its last step (when it gives only that) a Gather of step -1.
+/// A concat's branches are chains from the same value joined by a Concat of axis 1.
 /// Table inputs and wide towers are not exported (their hashing of categories is not an ONNX operator).
 public enum ONNXExport {
     /// `value(name)` gives a checkpoint tensor's values (nil: not in the checkpoint).
@@ -95,17 +96,42 @@ public enum ONNXExport {
             } else {
                 inputs = [ONNXValue("input", shape: dims)]
             }
-            var current = "input"
-            for (i, (layer, after)) in zip(spec.layers, shapes).enumerated() {
-                let prefix = "layers.\(i).", out = "layers.\(i)"
+            let current = try chain(spec.layers, shapes: shapes, from: before, input: "input", names: "layers.")
+            var last: [ONNXValue.Dimension]?
+            if case .features(let n) = shapes.last { last = [.named("batch"), .size(n)] }
+            switch spec.loss {
+            case .crossEntropy, .binaryCrossEntropy:
+                node("Identity", [current], "logits")
+                node(
+                    spec.loss == .crossEntropy ? "Softmax" : "Sigmoid", [current], "probabilities",
+                    spec.loss == .crossEntropy ? [ONNXAttribute("axis", .int(-1))] : [])
+                outputs = [ONNXValue("logits", shape: last), ONNXValue("probabilities", shape: last)]
+            default:
+                node("Identity", [current], "prediction")
+                outputs = [ONNXValue("prediction", shape: last)]
+            }
+        }
+
+        /// `layers` (giving `shapes`) as operators from the value `input` of shape `before`, each layer's
+        /// tensors named `names` + "<index>." + theirs (the checkpoint's names) and its output `names` +
+        /// "<index>"; returns the last output's name. A concat's branches are chains of their own, joined
+        /// by a Concat of axis 1.
+        mutating func chain(
+            _ layers: [LayerSpec], shapes: [SpecShape], from input: SpecShape, input current: String, names: String
+        )
+            throws -> String
+        {
+            var before = input, current = current
+            for (i, (layer, after)) in zip(layers, shapes).enumerated() {
+                let prefix = names + "\(i).", out = names + "\(i)"
                 let hasBias = layer.bias ?? true, normalized = layer.weightNorm ?? false
                 switch (layer.kind, before, after) {
                 case (.dense, .features(let f), .features(let o)) where layer.tie != nil:
-                    let source = "layers.\(layer.tie!).weight"
+                    let source = names + "\(layer.tie!).weight"
                     guard let w = try value(source) else { throw fail("layer \(i) ties to \(source), which the checkpoint lacks") }
                     guard w.count == f * o else { throw fail("layer \(i) ties to \(source) of \(w.count) values, not \(f) x \(o)") }
                     // the source's (O, I) as it is: a dense layer of O outputs, or a token embedding's (V, D) table
-                    let sameShape = spec.layers[layer.tie!].kind == .embedding || spec.layers[layer.tie!].out == o
+                    let sameShape = layers[layer.tie!].kind == .embedding || layers[layer.tie!].out == o
                     // the source's initializer itself: one tensor in the graph, read back as the same tie
                     var ins = [current, source]
                     if hasBias { ins.append(try bias(prefix, count: o)) }
@@ -166,24 +192,20 @@ public enum ONNXExport {
                         for name in names { _ = constant(name, dims: [channels], try tensor(name, count: channels)) }
                         current = node("BatchNormalization", [current] + names, out, [ONNXAttribute("epsilon", .float(1e-5))])
                     }
+                case (.concat, _, _):
+                    let ends = try layer.branches!.indices.map { b in
+                        guard !layer.branches![b].isEmpty else { return current }
+                        let branch = spec.branch(b, of: layer, index: i, over: before)
+                        return try chain(
+                            branch.layers, shapes: try branch.shapes(), from: before, input: current, names: prefix + "branches.\(b).")
+                    }
+                    current = node("Concat", ends, out, [ONNXAttribute("axis", .int(1))])
                 default:
-                    throw fail("layer \(i) (\(layer.kind.rawValue)) is not exported to ONNX yet")
+                    throw fail("layer \(names)\(i) (\(layer.kind.rawValue)) is not exported to ONNX yet")
                 }
                 before = after
             }
-            var last: [ONNXValue.Dimension]?
-            if case .features(let n) = shapes.last { last = [.named("batch"), .size(n)] }
-            switch spec.loss {
-            case .crossEntropy, .binaryCrossEntropy:
-                node("Identity", [current], "logits")
-                node(
-                    spec.loss == .crossEntropy ? "Softmax" : "Sigmoid", [current], "probabilities",
-                    spec.loss == .crossEntropy ? [ONNXAttribute("axis", .int(-1))] : [])
-                outputs = [ONNXValue("logits", shape: last), ONNXValue("probabilities", shape: last)]
-            default:
-                node("Identity", [current], "prediction")
-                outputs = [ONNXValue("prediction", shape: last)]
-            }
+            return current
         }
 
         /// (B, T, F) -> Transpose -> LSTM -> Squeeze of the direction axis -> Transpose -> (B, T, H), and

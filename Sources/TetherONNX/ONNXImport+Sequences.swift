@@ -180,7 +180,7 @@ extension ONNXImport.Reader {
             bias = b.floats!
             consumed.formUnion(bNodes)
         }
-        let prefix = "layers.\(index)."
+        let prefix = names + "\(index)."
         values[prefix + "weight_ih_l0"] = Self.pytorchGateOrder(w.floats![...], block: h * f)
         values[prefix + "weight_hh_l0"] = Self.pytorchGateOrder(r.floats![...], block: h * h)
         values[prefix + "bias_ih_l0"] = Self.pytorchGateOrder(bias[..<(4 * h)], block: h)

@@ -4,7 +4,8 @@ import TetherNN
 /// A forward-only ONNX graph, as torch.onnx.export writes a Sequential-shaped network (opset 17 or
 /// later), read into a model spec and its starting values by Tether's names (`layers.N.weight`, ...).
 ///
-/// The graph must be one chain from its one data input to its output: each operator is a spec layer
+/// The graph must be one chain from its one data input to its output, where it may branch into chains
+/// that one Concat of axis 1 joins again (a concat layer; torch.cat(..., dim=1)): each operator is a spec layer
 /// (Gemm, or MatMul with an Add of its bias: dense; Conv: conv2d; MaxPool, AveragePool,
 /// GlobalAveragePool: pools; Relu, LeakyRelu, Sigmoid, Tanh, Gelu (tanh approximation), Flatten,
 /// a static Reshape, Dropout, BatchNormalization; over tokens or sequences, Gather of an embedding
@@ -27,7 +28,7 @@ public struct ONNXImport {
     public static let operators = [
         "Gemm", "MatMul", "Add", "Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "Relu", "LeakyRelu", "Sigmoid", "Tanh",
         "Gelu", "Flatten", "Reshape", "Dropout", "Identity", "BatchNormalization", "Softmax", "LogSoftmax", "Gather", "LSTM", "Transpose",
-        "Squeeze"
+        "Squeeze", "Concat"
     ]
     /// The operators a weight-norm computation may use.
     static let normArithmetic: Set<String> = [
@@ -91,6 +92,9 @@ public struct ONNXImport {
         let fail: (String) -> ONNXError
         var layers: [LayerSpec] = []
         var values: [String: [Float]] = [:]
+        /// What the layers' values are named before their index: "layers.", or a concat's branch's
+        /// "layers.N.branches.B." while that branch is read.
+        var names = "layers."
         /// Which layer took each initializer as its weight (for ties): its index, (O, I), and whether
         /// the graph used the initializer transposed.
         var weightOwner: [String: (index: Int, out: Int, in: Int, transposed: Bool)] = [:]
@@ -191,7 +195,7 @@ public struct ONNXImport {
         mutating func take(
             _ source: WeightSource, rows: Int, count: Int, layer index: Int, transposed: Bool, _ l: inout LayerSpec
         ) throws {
-            let prefix = "layers.\(index)."
+            let prefix = names + "\(index)."
             switch source {
             case .initializer(let t):
                 let w = t.floats!
@@ -237,19 +241,27 @@ public struct ONNXImport {
             }
             let t = try floats(name, "layer \(index)'s bias")
             guard t.floats!.count == count else { throw fail("layer \(index): bias \(name) holds \(t.floats!.count) values, not \(count)") }
-            values["layers.\(index).bias"] = t.floats!
+            values[names + "\(index).bias"] = t.floats!
         }
 
-        /// Follows the chain from `start`, one layer per operator, until the graph's output.
-        mutating func walk(from start: String, shape: [Int]) throws {
-            var current = start, shape = shape
+        /// Follows the chain from `start`, one layer per operator, until the graph's output; or, reading
+        /// a concat's branch (`branchFrom`: its first node), until the Concat that joins it, whose index
+        /// it returns with the branch's last value and shape.
+        @discardableResult
+        mutating func walk(from start: String, shape: [Int], branchFrom: Int? = nil) throws -> (value: String, shape: [Int], concat: Int?) {
+            var current = start, shape = shape, first = branchFrom
             let outputs = Set(graph.outputs.map(\.name))
             var squeezePending = false  // an LSTM's (T, 1, B, H) awaits its Squeeze
             while true {
-                let next = consumers(of: current)
+                let next = first.map { [$0] } ?? consumers(of: current)
+                first = nil
+                if branchFrom != nil, next.count == 1, graph.nodes[next[0]].opType == "Concat" { return (current, shape, next[0]) }
                 if next.isEmpty {
-                    guard outputs.contains(current) else { throw fail("value \(current) is read by no node and is not the graph's output") }
-                    return
+                    // a branch that ends here is joined by no Concat: its caller says so
+                    guard outputs.contains(current) || branchFrom != nil else {
+                        throw fail("value \(current) is read by no node and is not the graph's output")
+                    }
+                    return (current, shape, nil)
                 }
                 // heads over the last layer (Tether's own export: Identity to logits, Softmax or Sigmoid
                 // to probabilities), each writing a graph output: the network ends here
@@ -257,11 +269,16 @@ public struct ONNXImport {
                 if next.count > 1,
                     next.allSatisfy({ heads.contains(graph.nodes[$0].opType) && graph.nodes[$0].outputs.allSatisfy(outputs.contains) })
                 {
-                    return
+                    return (current, shape, nil)
+                }
+                if next.count > 1, branchFrom == nil {
+                    (current, shape) = try concat(of: next, from: current, shape: shape)
+                    continue
                 }
                 guard next.count == 1, let i = next.first else {
                     throw fail(
-                        "value \(current) is read by \(next.map(describe).joined(separator: "; ")): the importer reads one chain of layers")
+                        "value \(current) is read by \(next.map(describe).joined(separator: "; ")): the importer reads a chain of layers whose branches (a concat's) join in one Concat"
+                    )
                 }
                 consumed.insert(i)
                 let n = graph.nodes[i], index = layers.count
@@ -311,7 +328,7 @@ public struct ONNXImport {
                         vocabulary = table.dims[0]
                         weightOwner[table.name] = (index, table.dims[0], table.dims[1], false)  // a tied output layer's (V, D)
                         l = LayerSpec(.embedding) { $0.out = table.dims[1] }
-                        values["layers.\(index).weight"] = table.floats!
+                        values[names + "\(index).weight"] = table.floats!
                         shape = [steps, table.dims[1]]
                         break
                     }
@@ -328,10 +345,10 @@ public struct ONNXImport {
                     current = out
                     continue
                 case "Softmax", "LogSoftmax":
-                    guard outputs.contains(out), consumers(of: out).isEmpty else {
+                    guard outputs.contains(out), consumers(of: out).isEmpty, branchFrom == nil else {
                         throw fail("\(describe(i)): a softmax is read only as the last operator (the cross-entropy loss applies it)")
                     }
-                    return
+                    return (current, shape, nil)
                 case "Gemm":
                     guard shape.count == 1, n.inputs.count >= 2 else { throw fail("\(describe(i)): Gemm on \(shape)") }
                     guard (float(n, "alpha") ?? 1) == 1, (float(n, "beta") ?? 1) == 1, (int(n, "transA") ?? 0) == 0 else {
@@ -433,14 +450,16 @@ public struct ONNXImport {
                     }
                     shape = rest
                 case "BatchNormalization":
-                    let c = shape[0], names = Array(n.inputs.dropFirst().prefix(4))
-                    guard names.count == 4 else { throw fail("\(describe(i)): BatchNormalization needs scale, bias, mean and variance") }
+                    let c = shape[0], statistics = Array(n.inputs.dropFirst().prefix(4))
+                    guard statistics.count == 4 else {
+                        throw fail("\(describe(i)): BatchNormalization needs scale, bias, mean and variance")
+                    }
                     guard abs((float(n, "epsilon") ?? 1e-5) - 1e-5) < 1e-9 else { throw fail("\(describe(i)): epsilon other than 1e-5") }
                     l = LayerSpec(.batchNorm)
-                    for (key, value) in zip(["weight", "bias", "running_mean", "running_var"], names) {
+                    for (key, value) in zip(["weight", "bias", "running_mean", "running_var"], statistics) {
                         let t = try floats(value, "layer \(index) (batch-norm)")
                         guard t.floats!.count == c else { throw fail("layer \(index): \(value) holds \(t.floats!.count) values, not \(c)") }
-                        values["layers.\(index).\(key)"] = t.floats!
+                        values[names + "\(index).\(key)"] = t.floats!
                     }
                 default:
                     throw fail(
@@ -450,6 +469,62 @@ public struct ONNXImport {
                 layers.append(l)
                 current = out
             }
+        }
+
+        /// The branches that start at the nodes `starts`, all reading `value` of `shape`, and the one
+        /// Concat of axis 1 that joins them (a start that is that Concat is a branch without layers): a
+        /// concat layer, its branches in the Concat's order. Returns the Concat's output and shape.
+        mutating func concat(of starts: [Int], from value: String, shape: [Int]) throws -> (String, [Int]) {
+            let index = layers.count, outer = (layers, names, weightOwner, timeMajor)
+            guard !timeMajor, shape.count == 1 || shape.count == 3 else {
+                throw fail("value \(value) of \(shape) is read by several nodes: branches are read over features or an image")
+            }
+            var ends: [(value: String, shape: [Int], concat: Int, layers: [LayerSpec], key: String)] = []
+            for (k, start) in starts.enumerated() {
+                // each branch's values under a provisional name until the Concat gives its position
+                (layers, names, weightOwner) = ([], "layers.\(index).branch?\(k).", [:])
+                let end =
+                    graph.nodes[start].opType == "Concat" ? (value, shape, start) : try walk(from: value, shape: shape, branchFrom: start)
+                guard let join = end.concat else { throw fail("value \(value): its branch from \(describe(start)) is joined by no Concat") }
+                ends.append((end.value, end.shape, join, layers, names))
+            }
+            (layers, names, weightOwner, timeMajor) = outer
+            let j = ends[0].concat, node = graph.nodes[j]
+            let axis = int(node, "axis") ?? 0
+            guard ends.allSatisfy({ $0.concat == j }), node.inputs.count == ends.count,
+                axis == 1 || axis == Int64(1 - (shape.count + 1))
+            else {
+                throw fail(
+                    "value \(value) is read by \(starts.count) nodes; branches are read when one Concat of axis 1 joins them all, each once (\(describe(j)))"
+                )
+            }
+            // the Concat's inputs in order: each the end of one branch (an empty branch's end is `value`)
+            var order: [Int] = []
+            for input in node.inputs {
+                guard let k = ends.indices.first(where: { ends[$0].value == input && !order.contains($0) }) else {
+                    throw fail("\(describe(j)): its input \(input) is not one of the branches from \(value)")
+                }
+                order.append(k)
+            }
+            var spec = LayerSpec(.concat)
+            spec.branches = order.map { ends[$0].layers }
+            for (b, k) in order.enumerated() {
+                for key in Array(values.keys) where key.hasPrefix(ends[k].key) {
+                    values["layers.\(index).branches.\(b)." + String(key.dropFirst(ends[k].key.count))] = values.removeValue(forKey: key)
+                }
+            }
+            var joined = shape
+            joined[0] = 0
+            for k in order {
+                guard ends[k].shape.count == shape.count, ends[k].shape.dropFirst() == ends[order[0]].shape.dropFirst() else {
+                    throw fail("\(describe(j)) joins \(order.map { ends[$0].shape }) along axis 1: the other sides must match")
+                }
+                joined[0] += ends[k].shape[0]
+            }
+            if shape.count == 3 { (joined[1], joined[2]) = (ends[order[0]].shape[1], ends[order[0]].shape[2]) }
+            consumed.insert(j)
+            layers.append(spec)
+            return (node.outputs.first ?? "", joined)
         }
 
         /// A dense layer's output width from its weight's shape, (O, I), or (I, O) when stored transposed.

@@ -79,16 +79,25 @@ enum PyTorchModule {
         }
     }
 
-    static func source(_ spec: ModelSpec) throws -> String {
+    /// The modules of `spec`'s layers, one per layer, as Python expressions; each tie as a statement on
+    /// `path` (the Python expression of the Sequential they sit in) added to `ties`.
+    static func entries(_ spec: ModelSpec, path: String, ties: inout [String]) throws -> [String] {
         let shapes = try spec.shapes()
         var before = try spec.inputShape()
-        var entries: [String] = [], ties: [String] = []
+        var entries: [String] = []
         for (i, (layer, after)) in zip(spec.layers, shapes).enumerated() {
             let entry: String
             switch (layer.kind, before) {
             case (.dense, .features(let f)) where layer.tie != nil:
                 entry = "TiedLinear(\(f), \(layer.out!), bias=\(py(layer.bias ?? true)))"
-                ties.append("self.layers[\(i)].tie(self.layers[\(layer.tie!)])")
+                ties.append("\(path)[\(i)].tie(\(path)[\(layer.tie!)])")
+            case (.concat, _):
+                let branches = try layer.branches!.indices.map { b in
+                    let branch = spec.branch(b, of: layer, index: i, over: before)
+                    let inner = branch.layers.isEmpty ? [] : try Self.entries(branch, path: "\(path)[\(i)].branches[\(b)]", ties: &ties)
+                    return "nn.Sequential(" + inner.joined(separator: ", ") + ")"
+                }
+                entry = "Concat(" + branches.joined(separator: ", ") + ")"
             case (.embedding, .tokens(_, let v)):
                 entry = "TokenEmbedding(\(v), \(layer.out!))"
             case (.lstm, .sequence(_, let f)):
@@ -122,6 +131,12 @@ enum PyTorchModule {
             entries.append(entry)
             before = after
         }
+        return entries
+    }
+
+    static func source(_ spec: ModelSpec) throws -> String {
+        var ties: [String] = []
+        let entries = try entries(spec, path: "self.layers", ties: &ties)
         let name = className(spec)
         var wide = ""
         if let w = spec.wide, case .table(let f, _) = try spec.inputShape() {
@@ -245,6 +260,17 @@ enum PyTorchModule {
                 def forward(self, x):
                     w = self.source.weight
                     return nn.functional.linear(x, w if w.shape == (self.out_features, self.in_features) else w.t(), self.bias)
+
+
+            class Concat(nn.Module):
+                \"\"\"Branches from one input, their outputs joined along dim 1 (features or channels).\"\"\"
+
+                def __init__(self, *branches):
+                    super().__init__()
+                    self.branches = nn.ModuleList(branches)
+
+                def forward(self, x):
+                    return torch.cat([branch(x) for branch in self.branches], 1)
 
 
             def weight_norm(module):

@@ -683,8 +683,9 @@ let kubernetesTypesInstalled =
         for name in names { #expect(a.file.tensors[name]?.data == b.file.tensors[name]?.data, "\(family): \(name) differs") }
     }
 
-    /// A network of your own on data of your own: a spec CNN (with a batch norm, whose running figures
-    /// each replica keeps) over 3-channel 12x12 images of 12 classes (channels last in the .npz, as NumPy
+    /// A network of your own on data of your own: a spec CNN whose first block is Inception-like (a
+    /// concat of a 3x3 conv with a batch norm, whose running figures each replica keeps, a 1x1 conv and
+    /// the image itself) over 3-channel 12x12 images of 12 classes (channels last in the .npz, as NumPy
     /// users often keep them), trained by two worker processes, then evaluated from its checkpoint, which
     /// carries the spec.
     @Test func aSpecCNNTrainsOnAnNPZThroughACluster() throws {
@@ -708,9 +709,10 @@ let kubernetesTypesInstalled =
         try """
         input: [3, 12, 12]
         layers:
-          - conv2d: {out: 8, kernel: 3, padding: 1, weight-norm: true}
-          - batch-norm
-          - relu
+          - concat:
+              - [conv2d: {out: 8, kernel: 3, padding: 1, weight-norm: true}, batch-norm, relu]
+              - [conv2d: {out: 4, kernel: 1}, relu]
+              - []
           - max-pool: 2
           - flatten
           - dense: {out: 32, weight-norm: true}

@@ -48,10 +48,22 @@ import TetherTrain
                 self.lstm, self.out = nn.LSTM(5, 5, batch_first=True), nn.Linear(5, 20, bias=bias)
                 self.out.weight = self.embedding.weight  # with a bias: Gemm of the table; without: MatMul of its Transpose
 
+        class Concat(nn.Module):  # branches from one input joined along dim 1 (an empty one passes the input on)
+            def __init__(self, *branches):
+                super().__init__()
+                self.branches = nn.ModuleList(branches)
+            def forward(self, x): return torch.cat([b(x) for b in self.branches], 1)
+
+        class Branching(nn.Module):  # Tether's names: layers.0.branches.B.M.weight
+            def __init__(self, *branches):
+                super().__init__()
+                self.layers = nn.Sequential(Concat(*branches))
+            def forward(self, x): return self.layers(x)
+
         def gradients(module):  # under Tether's names, its weights (out, in, ...)
             out = {}
             for name, p in module.named_parameters():
-                name = {"parametrizations.weight.original0": "weight_g", "parametrizations.weight.original1": "weight_v"}.get(name, name)
+                name = name.replace("parametrizations.weight.original0", "weight_g").replace("parametrizations.weight.original1", "weight_v")
                 g = p.grad.t() if isinstance(module, MatMulAdd) and name == "weight" else p.grad
                 # one layer is layer 0; the classifier's are layers 0, 1 and 2
                 name = name.replace("lstm.", "").replace("embedding.", "layers.0.").replace("out.", "layers.2.")
@@ -75,6 +87,10 @@ import TetherTrain
             "lstm-last-step": (LSTM(True), (3, 6, 5), 17), "lstm-sequence": (LSTM(False), (3, 6, 5), 17),
             "embedding": (nn.Embedding(20, 5), (4, 6), 17), "embedding-lstm-dense": (TextClassifier(), (4, 6), 17),
             "tied-embedding-gemm": (TiedLanguageModel(True), (4, 6), 17), "tied-embedding-transpose": (TiedLanguageModel(False), (4, 6), 17),
+            # an Inception-like block (a 3x3 conv, the input itself, a weight-normalized 1x1 conv) and a features one
+            "concat-image": (Branching(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()), nn.Sequential(),
+                                       nn.Sequential(wn(nn.Conv2d(3, 2, 1)))), image, 17),
+            "concat-features": (Branching(nn.Sequential(nn.Linear(10, 4), nn.Tanh()), nn.Sequential(nn.Linear(10, 3)), nn.Sequential()), features, 17),
         }
         for case, (module, shape, opset) in cases.items():
             tokens = isinstance(module, (nn.Embedding, TextClassifier))
@@ -157,7 +173,7 @@ import TetherTrain
             }
         }
         let cases = printed.split(whereSeparator: \.isWhitespace).map(String.init)
-        #expect(cases.count == 23, "\(printed)")
+        #expect(cases.count == 25, "\(printed)")
         for name in cases {
             let c = try JSONDecoder().decode(Case.self, from: Data(contentsOf: dir.appendingPathComponent("\(name).json")))
             let imported = try ONNXImport.read(dir.appendingPathComponent("\(name).onnx").path)
