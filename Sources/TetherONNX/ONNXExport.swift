@@ -15,7 +15,12 @@ import TetherNN
 /// between Transposes to and from (T, B, F), as torch.onnx.export writes a batch_first one, its gates
 /// reordered to ONNX's (i, o, f, c), and its last step (when it gives only that) a Gather of step -1.
 /// A concat's branches are chains from the same value joined by a Concat of axis 1.
-/// Table inputs and wide towers are not exported (their hashing of categories is not an ONNX operator).
+/// A table's input is (B, F + M) floats as `tether predict` and the exported PyTorch module take it:
+/// each categorical value's FNV-1a hash cut to 24 bits (exact in a float), then the standardized
+/// numbers. Its embedding is the same bucket arithmetic in integer operators (Cast, Mod, Add) and a
+/// Gather; a wide tower's hashing (splitmix64's finalizer over each value and each cross) is spelled in
+/// uint64 operators (BitShift, BitwiseXor, Mul, Add wrapping mod 2^64; opset 18), its weights a Gather
+/// and a ReduceSum added to the deep tower's logit. The hashing of the text itself stays outside.
 public enum ONNXExport {
     /// `value(name)` gives a checkpoint tensor's values (nil: not in the checkpoint).
     public static func model(_ spec: ModelSpec, value: (String) throws -> [Float]?) throws -> ONNXModel {
@@ -23,7 +28,7 @@ public enum ONNXExport {
             var b = Builder(spec: spec, value: value)
             try b.build()
             return ONNXModel(
-                opset: 17,
+                opset: spec.wide == nil ? 17 : 18,  // BitwiseXor
                 graph: ONNXGraph(name: spec.name, nodes: b.nodes, initializers: b.initializers, inputs: b.inputs, outputs: b.outputs))
         }
     }
@@ -78,9 +83,6 @@ public enum ONNXExport {
         }
 
         mutating func build() throws {
-            if spec.table != nil || spec.wide != nil {
-                throw fail("tables and wide towers are not exported to ONNX (their hashing of categories is no ONNX operator)")
-            }
             let shapes = try spec.shapes()
             var before = try spec.inputShape()
             var dims: [ONNXValue.Dimension] = [.named("batch")]
@@ -89,14 +91,17 @@ public enum ONNXExport {
             case .features(let f): dims += [.size(f)]
             case .sequence(let t, let f): dims += [.size(t), .size(f)]
             case .tokens(let t, _): dims += [.size(t)]
-            default: throw fail("its input \(before) is not exported to ONNX")
+            case .table(let f, let m): dims += [.size(f + m)]
             }
             if case .tokens = before {
                 inputs = [ONNXValue("input", elementType: .int64, shape: dims)]
             } else {
                 inputs = [ONNXValue("input", shape: dims)]
             }
-            let current = try chain(spec.layers, shapes: shapes, from: before, input: "input", names: "layers.")
+            var current = try chain(spec.layers, shapes: shapes, from: before, input: "input", names: "layers.")
+            if let wide = spec.wide, case .table(let f, _) = before {
+                current = node("Add", [current, try wideTower(fields: f, wide)], "logit")
+            }
             var last: [ONNXValue.Dimension]?
             if case .features(let n) = shapes.last { last = [.named("batch"), .size(n)] }
             switch spec.loss {
@@ -159,6 +164,19 @@ public enum ONNXExport {
                     current = node("Gather", [table, current], out)
                 case (.lstm, .sequence(_, let f), _):
                     current = try lstm(current, prefix: prefix, out: out, inputs: f, hidden: layer.out!, layer: layer)
+                case (.embedding, .table(let f, let m), _):
+                    // ids (B, F): field j's bucket h_j mod R is row j R + (h_j mod R) of the (F R, D) table
+                    let r = layer.buckets ?? 1000, d = layer.out!
+                    let table = constant(prefix + "weight", dims: [f * r, d], try tensor(prefix + "weight", count: f * r * d))
+                    initializers.append(ONNXTensor(prefix + "buckets", dims: [], int64s: [Int64(r)]))
+                    initializers.append(ONNXTensor(prefix + "offsets", dims: [f], int64s: (0..<f).map { Int64($0 * r) }))
+                    let hashes = node("Cast", [columns(current, 0, f, "hashes")], out + ".hashes", [ONNXAttribute("to", .int(7))])
+                    let ids = node("Add", [node("Mod", [hashes, prefix + "buckets"], out + ".mod"), prefix + "offsets"], out + ".ids")
+                    initializers.append(ONNXTensor(prefix + "flat_shape", dims: [2], int64s: [-1, Int64(f * d)]))
+                    let flat = node(
+                        "Reshape", [node("Gather", [table, ids], out + ".rows"), prefix + "flat_shape"], m > 0 ? out + ".flat" : out)
+                    current =
+                        m > 0 ? node("Concat", [flat, columns(current, f, f + m, "numbers")], out, [ONNXAttribute("axis", .int(1))]) : flat
                 case (.maxPool, _, _), (.avgPool, _, _):
                     let k = Int64(layer.kernel!), s = Int64(layer.stride ?? layer.kernel!)
                     current = node(
@@ -206,6 +224,67 @@ public enum ONNXExport {
                 before = after
             }
             return current
+        }
+
+        /// Columns from..<to of the (B, F + M) table input `x` (one Slice, written once per range).
+        mutating func columns(_ x: String, _ from: Int, _ to: Int, _ what: String) -> String {
+            let name = "input.\(what)"
+            guard !nodes.contains(where: { $0.outputs == [name] }) else { return name }
+            initializers.append(ONNXTensor(name + ".starts", dims: [1], int64s: [Int64(from)]))
+            initializers.append(ONNXTensor(name + ".ends", dims: [1], int64s: [Int64(to)]))
+            initializers.append(ONNXTensor(name + ".axes", dims: [1], int64s: [1]))
+            return node("Slice", [x, name + ".starts", name + ".ends", name + ".axes"], name)
+        }
+
+        /// A uint64 constant: its bits stored as int64 and cast in the graph (Cast wraps mod 2^64).
+        mutating func unsigned(_ name: String, dims: [Int], _ values: [UInt64]) -> String {
+            initializers.append(ONNXTensor(name + ".bits", dims: dims, int64s: values.map { Int64(bitPattern: $0) }))
+            return node("Cast", [name + ".bits"], name, [ONNXAttribute("to", .int(13))])
+        }
+
+        /// splitmix64's finalizer over a uint64 tensor, as `WideDeep.mix`.
+        mutating func mix(_ x: String, _ out: String) -> String {
+            if !nodes.contains(where: { $0.outputs == ["mix.c1"] }) {
+                _ = unsigned("mix.c1", dims: [], [0x9E37_79B9_7F4A_7C15])
+                _ = unsigned("mix.c2", dims: [], [0xBF58_476D_1CE4_E5B9])
+                _ = unsigned("mix.c3", dims: [], [0x94D0_49BB_1331_11EB])
+                for k in [27, 30, 31] { _ = unsigned("mix.s\(k)", dims: [], [UInt64(k)]) }
+            }
+            func xorShift(_ z: String, _ k: Int, _ name: String) -> String {
+                let shifted = node("BitShift", [z, "mix.s\(k)"], name + ".shifted", [ONNXAttribute("direction", .string("RIGHT"))])
+                return node("BitwiseXor", [z, shifted], name)
+            }
+            let a = node("Add", [x, "mix.c1"], out + ".a")
+            let b = node("Mul", [xorShift(a, 30, out + ".x30"), "mix.c2"], out + ".b")
+            let c = node("Mul", [xorShift(b, 27, out + ".x27"), "mix.c3"], out + ".c")
+            return xorShift(c, 31, out)
+        }
+
+        /// The wide tower's (B, 1): the sum of `wide.weight`'s rows at each value's and each cross's
+        /// bucket, hashed as `WideLinear.ids` hashes them.
+        mutating func wideTower(fields f: Int, _ wide: ModelSpec.WideTower) throws -> String {
+            let w = wide.buckets
+            let table = constant("wide.weight", dims: [w, 1], try tensor("wide.weight", count: w))
+            let h = node("Cast", [columns("input", 0, f, "hashes")], "wide.h", [ONNXAttribute("to", .int(13))])
+            let salts = unsigned("wide.salts", dims: [f], (0..<f).map { UInt64($0 + 1) &* 0x51_7CC1_B727_220A })
+            var parts = [mix(node("BitwiseXor", [h, salts], "wide.salted"), "wide.fields")]
+            if !wide.crosses.isEmpty {
+                let c = wide.crosses.count
+                initializers.append(ONNXTensor("wide.first", dims: [c], int64s: wide.crosses.map { Int64($0[0]) }))
+                initializers.append(ONNXTensor("wide.second", dims: [c], int64s: wide.crosses.map { Int64($0[1]) }))
+                let axis = [ONNXAttribute("axis", .int(1))]
+                let a = node("Gather", [h, "wide.first"], "wide.a", axis), b = node("Gather", [h, "wide.second"], "wide.b", axis)
+                let k2 = unsigned("wide.k2", dims: [], [0x2545_F491_4F6C_DD1D])
+                let tags = unsigned("wide.tags", dims: [c], (0..<c).map { UInt64(1000 + $0) })
+                let mixed = node("BitwiseXor", [node("Mul", [a, k2], "wide.ak"), mix(b, "wide.mb")], "wide.pair")
+                parts.append(mix(node("BitwiseXor", [mixed, tags], "wide.tagged"), "wide.crosses"))
+            }
+            let all = parts.count == 1 ? parts[0] : node("Concat", parts, "wide.all", [ONNXAttribute("axis", .int(1))])
+            let ids = node(
+                "Cast", [node("Mod", [all, unsigned("wide.buckets", dims: [], [UInt64(w)])], "wide.mod")], "wide.ids",
+                [ONNXAttribute("to", .int(7))])
+            initializers.append(ONNXTensor("wide.axes", dims: [1], int64s: [1]))
+            return node("ReduceSum", [node("Gather", [table, ids], "wide.rows"), "wide.axes"], "wide", [ONNXAttribute("keepdims", .int(0))])
         }
 
         /// (B, T, F) -> Transpose -> LSTM -> Squeeze of the direction axis -> Transpose -> (B, T, H), and

@@ -878,17 +878,29 @@ let kubernetesTypesInstalled =
         guard
             let theirs = try pytorchFigure(
                 """
-                rows = list(csv.DictReader(open("clicks.csv")))
-                held = set(range(9, len(rows), 10)); train = [r for i, r in enumerate(rows) if i not in held]
-                ages = np.array([float(r["age"]) for r in train]); mean, std = ages.mean(), max(ages.std(), 1e-6)
-                test = [rows[i] for i in sorted(held)]
-                x = np.array([[fnv(r["city"]), fnv(r["kind"]), fnv(r["device"]), (float(r["age"]) - mean) / std] for r in test], dtype=np.float32)
-                y = np.array([1.0 if r["click"] == "yes" else 0.0 for r in test], dtype=np.float32)
+                x, y = clicks_heldout()
                 with torch.no_grad(): z = model(torch.from_numpy(x))[:, 0]
                 print(torch.nn.functional.binary_cross_entropy_with_logits(z, torch.from_numpy(y)).item())
                 """, what: "the Wide & Deep spec test", in: dir)
         else { return }
         #expect(abs(theirs - logLoss) <= 1e-4 * logLoss, "PyTorch \(theirs), tether eval \(logLoss)")
+        // exported to ONNX, the embedding's buckets and the wide tower's hashing in integer operators:
+        // ONNX Runtime's click probabilities on the held-out rows equal `tether predict`'s
+        let export = try CLI.run(["export", "--onnx", "wd.onnx", "--checkpoint", "run/checkpoint.safetensors"], in: dir)
+        let predict = try CLI.run(["predict", "--checkpoint", "run/checkpoint.safetensors", "--output", "wd.npy"], in: dir)
+        #expect(export.status == 0 && predict.status == 0, "\(export.stderr)\(predict.stderr)")
+        guard
+            let worst = try onnxRuntimeFigure(
+                """
+                onnx.checker.check_model(onnx.load("wd.onnx"), full_check=True)
+                x, _ = clicks_heldout()
+                theirs = ort.InferenceSession("wd.onnx", providers=["CPUExecutionProvider"]).run(["probabilities"], {"input": x})[0][:, 0]
+                ours = np.load("wd.npy"); ours = ours[:, -1]
+                assert len(ours) == len(theirs) == 600, (ours.shape, theirs.shape)
+                print(float(np.abs(theirs - ours).max()))
+                """, what: "the Wide & Deep spec's export", in: dir)
+        else { return }
+        #expect(worst < 1e-5, "ONNX Runtime against tether predict on the clicks: \(worst)")
     }
 
     /// A tied autoencoder of your own: its decoder's weights are the encoder's transposes (`tie:`), trained
@@ -1032,12 +1044,8 @@ let kubernetesTypesInstalled =
             import csv, importlib.util, numpy as np, torch
             spec = importlib.util.spec_from_file_location("m", "exported_model.py"); m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
             model = m.load_tether("run/checkpoint.safetensors"); model.eval()
-            def fnv(text):  # a categorical value as a table input carries it: its FNV-1a hash, cut to 24 bits
-                h = 0xCBF29CE484222325
-                for b in text.encode(): h = ((h ^ b) * 0x100000001B3) % (1 << 64)
-                return h & 0xFFFFFF
 
-            """
+            """ + Self.tableInput
         let r = try CLI.run(["-c", prologue + script], executable: URL(fileURLWithPath: python), in: dir)
         #expect(r.status == 0, "\(what): \(r.stderr)")
         return Double(r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? .nan
@@ -1117,6 +1125,25 @@ let kubernetesTypesInstalled =
 
     /// What `script` prints (one number), run by the tests' Python with numpy as np, onnx and
     /// onnxruntime as ort imported, in `dir`; nil, the check skipped saying why, without them.
+    /// Python that builds a table's input as Tether takes it: `fnv(text)`, a categorical value's FNV-1a
+    /// hash cut to 24 bits; `clicks_heldout()`, the wide & deep test's held-out rows (every tenth) as
+    /// (x, y), the age standardized with the training rows' mean and deviation.
+    static let tableInput = """
+        import csv
+        def fnv(text):
+            h = 0xCBF29CE484222325
+            for b in text.encode(): h = ((h ^ b) * 0x100000001B3) % (1 << 64)
+            return h & 0xFFFFFF
+        def clicks_heldout():
+            rows = list(csv.DictReader(open("clicks.csv")))
+            held = set(range(9, len(rows), 10)); train = [r for i, r in enumerate(rows) if i not in held]
+            ages = np.array([float(r["age"]) for r in train]); mean, std = ages.mean(), max(ages.std(), 1e-6)
+            test = [rows[i] for i in sorted(held)]
+            x = np.array([[fnv(r["city"]), fnv(r["kind"]), fnv(r["device"]), (float(r["age"]) - mean) / std] for r in test], dtype=np.float32)
+            return x, np.array([1.0 if r["click"] == "yes" else 0.0 for r in test], dtype=np.float32)
+
+        """
+
     func onnxRuntimeFigure(_ script: String, what: String, in dir: URL) throws -> Double? {
         let python = CLI.repository.appendingPathComponent(".build/test-venv/bin/python")
         guard let check = try? CLI.run(["-c", "import onnx, onnxruntime, numpy"], executable: python), check.status == 0 else {
@@ -1124,7 +1151,8 @@ let kubernetesTypesInstalled =
                 "skipped: ONNX Runtime's side of \(what) (no onnx, onnxruntime and numpy in .build/test-venv; scripts/install-deps --test)")
             return nil
         }
-        let r = try CLI.run(["-c", "import numpy as np, onnx, onnxruntime as ort\n" + script], executable: python, in: dir)
+        let r = try CLI.run(
+            ["-c", "import numpy as np, onnx, onnxruntime as ort\n" + Self.tableInput + script], executable: python, in: dir)
         #expect(r.status == 0, "\(what): \(r.stderr)")
         return Double(r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? .nan
     }
