@@ -4,13 +4,13 @@
 // coefficients only (winograd.c has the matrices).
 
 // B^T d: 4 -> 4 (F(2, 3)) and 6 -> 6 (F(2, 5)), reading d at a stride
-static inline void SUFFIX(input_1d_3)(T *o, const T *d, long s) {
+static inline __attribute__((always_inline)) void SUFFIX(input_1d_3)(T *o, const T *d, long s) {
     o[0] = d[0] - d[2 * s];
     o[1] = d[s] + d[2 * s];
     o[2] = d[2 * s] - d[s];
     o[3] = d[s] - d[3 * s];
 }
-static inline void SUFFIX(input_1d_5)(T *o, const T *d, long s) {
+static inline __attribute__((always_inline)) void SUFFIX(input_1d_5)(T *o, const T *d, long s) {
     const T d0 = d[0], d1 = d[s], d2 = d[2 * s], d3 = d[3 * s], d4 = d[4 * s], d5 = d[5 * s];
     o[0] = 4 * d0 - 5 * d2 + d4;
     o[1] = d3 + d4 - 4 * (d1 + d2);
@@ -20,13 +20,13 @@ static inline void SUFFIX(input_1d_5)(T *o, const T *d, long s) {
     o[5] = 4 * d1 - 5 * d3 + d5;
 }
 // G g: 3 -> 4 and 5 -> 6
-static inline void SUFFIX(weight_1d_3)(T *u, const T *g, long s) {
+static inline __attribute__((always_inline)) void SUFFIX(weight_1d_3)(T *u, const T *g, long s) {
     u[0] = g[0];
     u[1] = (g[0] + g[s] + g[2 * s]) / 2;
     u[2] = (g[0] - g[s] + g[2 * s]) / 2;
     u[3] = g[2 * s];
 }
-static inline void SUFFIX(weight_1d_5)(T *u, const T *g, long s) {
+static inline __attribute__((always_inline)) void SUFFIX(weight_1d_5)(T *u, const T *g, long s) {
     const T g0 = g[0], g1 = g[s], g2 = g[2 * s], g3 = g[3 * s], g4 = g[4 * s];
     u[0] = g0 / 4;
     u[1] = -(g0 + g1 + g2 + g3 + g4) / 6;
@@ -36,11 +36,11 @@ static inline void SUFFIX(weight_1d_5)(T *u, const T *g, long s) {
     u[5] = g4;
 }
 // A^T m: 4 -> 2 and 6 -> 2
-static inline void SUFFIX(output_1d_3)(T *y, const T *m, long s) {
+static inline __attribute__((always_inline)) void SUFFIX(output_1d_3)(T *y, const T *m, long s) {
     y[0] = m[0] + m[s] + m[2 * s];
     y[1] = m[s] - m[2 * s] - m[3 * s];
 }
-static inline void SUFFIX(output_1d_5)(T *y, const T *m, long s) {
+static inline __attribute__((always_inline)) void SUFFIX(output_1d_5)(T *y, const T *m, long s) {
     y[0] = m[0] + m[s] + m[2 * s] + m[3 * s] + m[4 * s];
     y[1] = m[s] - m[2 * s] + 2 * (m[3 * s] - m[4 * s]) + m[5 * s];
 }
@@ -68,7 +68,7 @@ MULTIVERSION void SUFFIX(tether_winograd_weights)(T *restrict u, const T *restri
 
 // One tile's B^T d B from the patch at d (rows pw apart), its a x a values to o[e * step].
 #define INPUT_TILE(R, A)                                                                                         \
-    static inline void SUFFIX(input_tile_##R)(T *restrict o, long step, const T *restrict d, long pw) {          \
+    static inline __attribute__((always_inline)) void SUFFIX(input_tile_##R)(T *restrict o, long step, const T *restrict d, long pw) {          \
         T c[A * A], v[A];                                                                                        \
         for (int l = 0; l < A; l++) { /* columns: c (A, A) = B^T d */                                            \
             SUFFIX(input_1d_##R)(v, d + l, pw);                                                                  \
@@ -107,7 +107,7 @@ NO_LIBC_CALLS MULTIVERSION void SUFFIX(tether_winograd_input)(T *restrict v, lon
 // Every tile's 2x2 outputs for one output channel: A^T M A over the n tiles at m (matrices `stride`
 // apart), into y00, y01, y10, y11 (each n).
 #define OUTPUT_TILES(R, A)                                                                                       \
-    static inline void SUFFIX(output_tiles_##R)(T *restrict y00, T *restrict y01, T *restrict y10, T *restrict y11, \
+    static inline __attribute__((always_inline)) void SUFFIX(output_tiles_##R)(T *restrict y00, T *restrict y01, T *restrict y10, T *restrict y11, \
                                                 const T *restrict m, long stride, long n) {                     \
         for (long t = 0; t < n; t++) {                                                                           \
             T c0[A], c1[A], top[2], bottom[2];                                                                   \

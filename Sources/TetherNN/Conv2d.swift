@@ -50,7 +50,7 @@ public final class Conv2d<T: Scalar>: DataDependentInit {
             channels: inChannels, batch: x.shape[1], height: x.shape[2], width: x.shape[3],
             kernelHeight: kernel, kernelWidth: kernel, stride: stride, padding: padding)
         let w = weight.weight(ctx.arena)
-        if let plan = winogradPlan(g) {
+        if let plan = winogradPlan(g, channels: inChannels) {
             (geometry, input, self.w, colHolds) = (g, x, w, nil)
             let u = transformed.reserve(plan.positions * outChannels * inChannels)
             T.winogradWeights(u, w, plan, outs: outChannels, ins: inChannels, transposed: false)
@@ -80,10 +80,11 @@ public final class Conv2d<T: Scalar>: DataDependentInit {
 
     public func backward(_ dy: Tensor<T>, _ ctx: ModelContext<T>, needsInputGradient: Bool) -> Tensor<T>? {
         guard let g = geometry, let w, let x = input else { preconditionFailure("Conv2d.backward before forward") }
-        let arena = ctx.arena, plane = g.outHeight * g.outWidth, plan = winogradPlan(g)
+        let arena = ctx.arena, plane = g.outHeight * g.outWidth
+        let adjoint = winogradPlan(g, channels: outChannels)?.adjoint(outChannels: outChannels)
         let colp = col.reserve(g.patchSize * chunks(g)[0].count * plane)
         // dx by im2col's adjoint, chunk by chunk below, or after dw by Winograd
-        var dx = needsInputGradient && plan == nil ? Tensor<T>.zeros([inChannels, g.batch, g.height, g.width]) : nil
+        var dx = needsInputGradient && adjoint == nil ? Tensor<T>.zeros([inChannels, g.batch, g.height, g.width]) : nil
         dy.withPointer { dyp in
             if let bias { T.sumPerChannel(arena.grad(bias), dyp, channels: outChannels, columns: g.columns) }
             weight.accumulateWeightGradient(arena) { dw, beta in
@@ -105,18 +106,24 @@ public final class Conv2d<T: Scalar>: DataDependentInit {
                 }
             }
         }
-        guard let plan, needsInputGradient else { return dx }
-        let u = transformed.reserve(plan.positions * inChannels * outChannels)
-        T.winogradWeights(u, w, plan, outs: inChannels, ins: outChannels, transposed: true)
+        guard let adjoint, needsInputGradient else { return dx }
+        let u = transformed.reserve(adjoint.positions * inChannels * outChannels)
+        T.winogradWeights(u, w, adjoint, outs: inChannels, ins: outChannels, transposed: true)
         return Tensor.uninitialized([inChannels, g.batch, g.height, g.width]) { dxp in
-            dy.withPointer {
-                T.winogradConvolution(
-                    dxp, $0, plan.adjoint(outChannels: outChannels), u: u, outs: inChannels, bias: nil, scratch: winogradWork)
-            }
+            dy.withPointer { T.winogradConvolution(dxp, $0, adjoint, u: u, outs: inChannels, bias: nil, scratch: winogradWork) }
         }
     }
 
-    private func winogradPlan(_ g: ConvGeometry) -> WinogradPlan? { winograd ? WinogradPlan(g) : nil }
+    /// Input channels below which a convolution stays im2col + GEMM: Winograd's GEMMs are (O, C) x (C,
+    /// tiles), and with one input channel (cnn-wn's first conv) they are outer products that memory
+    /// bounds (measured: docs/ARCHITECTURE.md).
+    static var winogradMinimumChannels: Int { 2 }
+
+    /// The Winograd plan of `g` when its `channels` (the input's: the forward's, or dy's for dx) are
+    /// enough and Winograd takes its shape.
+    private func winogradPlan(_ g: ConvGeometry, channels: Int) -> WinogradPlan? {
+        winograd && channels >= Self.winogradMinimumChannels ? WinogradPlan(g) : nil
+    }
 
     public func initializeFromData(_ x: Tensor<T>, _ ctx: ModelContext<T>, reduce: StatisticsReducer) -> Tensor<T> {
         weight.initializeFromData(ctx.arena, bias: bias, reduce: reduce, forward: { forward(x, ctx) }) { t, sums in
