@@ -19,8 +19,8 @@ public final class Ring {
     /// Where the time of the collectives went, since the ring was made.
     public var statistics: RingStatistics { link?.statistics ?? RingStatistics() }
     /// nil in a ring of one
-    private let link: RingLink?
-    private var sequence: UInt64 = 0
+    let link: RingLink?
+    private(set) var sequence: UInt64 = 0
     private var failure: CollectiveError?
     /// The narrowed chunks a 16-bit all-reduce lends to libzmq (grown as needed, reused).
     private var wireStaging = UnsafeMutablePointer<UInt16>.allocate(capacity: 0)
@@ -120,8 +120,8 @@ public final class Ring {
                     return lend(c, checksum: nil)
                 },
                 take: { payload, h, e, c, reducing, finishing in
-                    try self.link!.consume(
-                        payload, h, e, sequence: self.sequence,
+                    try self.consume(
+                        payload, h, e,
                         into: UnsafeMutableBufferPointer(start: base + c.lowerBound, count: c.count),
                         wire: codec, adding: reducing, divideBy: average && finishing ? Float(self.size) : nil,
                         narrowInto: reducing ? staging + c.lowerBound : nil, keepNarrowed: finishing)
@@ -427,13 +427,6 @@ public final class Ring {
     private func receive(_ e: ExpectedChunk, verifying: Bool = true) throws -> (RingLink.Payload, ChunkHeader) {
         guard let link else { throw CollectiveError(message: "rank \(rank): receive in a ring of one") }
         return try link.receive(e, sequence: sequence, verifying: verifying)
-    }
-
-    private func consume<T: RingElement>(
-        _ payload: RingLink.Payload, _ h: ChunkHeader, _ e: ExpectedChunk,
-        into y: UnsafeMutableBufferPointer<T>, _ how: RingLink.Consumption<T>
-    ) throws -> UInt64? {
-        try link!.consume(payload, h, e, sequence: sequence, into: y, how)
     }
 
     private func mismatch(_ field: String, _ here: String, _ there: String) -> CollectiveError {

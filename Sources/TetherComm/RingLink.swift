@@ -7,9 +7,9 @@ import Foundation
 /// its own address that only the left neighbour may speak to, and a PUSH socket connected to the right
 /// neighbour's. It sends a chunk (header and payload: copied, lent to libzmq in place, or a received
 /// payload passed on) and receives one, checking every header field against what the schedule expects
-/// (`ExpectedChunk.mismatch`) and, on a link that carries them, the payload's checksum; it adds or
-/// copies a payload into a buffer (`consume`), timing each part. It knows nothing of the schedule's
-/// order. Towards a right neighbour listening on a unix socket, payloads go through a shared-memory
+/// (`ExpectedChunk.mismatch`) and, on a link that carries them, the payload's checksum, also while the
+/// ring reduces a payload block by block (`read`), timing each part. It knows nothing of the schedule's
+/// order nor of arithmetic. Towards a right neighbour listening on a unix socket, payloads go through a shared-memory
 /// lane while it has a free slot (`SharedLane`), the headers through the socket.
 final class RingLink {
     let rank: Int, left: Int, right: Int
@@ -323,7 +323,7 @@ final class RingLink {
 
     /// The next message from the left neighbour, checked against `e` in collective #`sequence`: its
     /// header, and its payload's checksum where the link carries them. `verifying: false` leaves that
-    /// to `consume`, which takes it as it reads. The payload received before is given up (its lane slot
+    /// to `read`, which takes it as the reduction reads. The payload received before is given up (its lane slot
     /// may be reused).
     func receive(_ e: ExpectedChunk, sequence: UInt64, verifying: Bool = true) throws -> (Payload, ChunkHeader) {
         releaseLane()
@@ -438,76 +438,16 @@ final class RingLink {
         }
     }
 
-    // MARK: consuming
+    // MARK: reading a payload
 
-    enum Consumption<T> {
-        /// y += x, then y /= d if a divisor is given
-        case add(divideBy: T?)
-        /// y = x
-        case copy
-    }
-
-    /// Block size of `consume`: the received block, the buffer's block and (when adding) the result's
-    /// hash all stay in L1 between the passes.
-    static let consumeBlockBytes = 16 << 10
-
-    /// Adds or copies a received payload (already checked by `receive(_:verifying: false)` but for its
-    /// checksum) into `y`, verifying the checksum on the way (where the link carries them), block by
-    /// block: each block is hashed just before it is used, so it is read from memory once. Adding also
-    /// hashes the result (where the next link carries checksums), which it returns for the chunk's next
-    /// send; copying returns nil. On a bad checksum `y` holds garbage and the collective fails.
-    func consume<T: RingElement>(
-        _ payload: Payload, _ h: ChunkHeader, _ e: ExpectedChunk, sequence: UInt64,
-        into y: UnsafeMutableBufferPointer<T>, _ how: Consumption<T>
-    ) throws -> UInt64? {
-        let adding = if case .add = how { true } else { false }
-        return try inBlocks(
-            payload, h, e, sequence: sequence, count: y.count, of: T.self, per: Self.consumeBlockBytes / MemoryLayout<T>.stride,
-            hashingOutput: adding
-        ) { x, lower, n in
-            let ys = y.baseAddress! + lower
-            switch how {
-            case .add(let divisor):
-                T.add(ys, x + lower, count: n)
-                if let divisor { T.divide(ys, by: divisor, count: n) }
-                return UnsafeRawBufferPointer(start: ys, count: n * MemoryLayout<T>.stride)
-            case .copy:
-                ys.update(from: x + lower, count: n)
-                return nil
-            }
-        }
-    }
-
-    /// `consume` for f32 values that travel as 16-bit wire elements (`codec`): the payload is widened
-    /// into `y` (added, or copied), the checksum taken over the wire bytes as they are read. Where the
-    /// chunk goes on (`narrowInto`), `y` is narrowed there block by block and the returned checksum is
-    /// of those wire bytes; `keepNarrowed` then also sets `y` to the narrowed values widened (the rank
-    /// that finishes a segment holds what every other rank will).
-    func consume(
-        _ payload: Payload, _ h: ChunkHeader, _ e: ExpectedChunk, sequence: UInt64, into y: UnsafeMutableBufferPointer<Float>,
-        wire codec: WireCodec, adding: Bool, divideBy divisor: Float?, narrowInto out: UnsafeMutablePointer<UInt16>?,
-        keepNarrowed: Bool
-    ) throws -> UInt64? {
-        try inBlocks(
-            payload, h, e, sequence: sequence, count: y.count, of: UInt16.self, per: Self.consumeBlockBytes / MemoryLayout<Float>.stride,
-            hashingOutput: out != nil
-        ) { x, lower, n in
-            let ys = y.baseAddress! + lower
-            if adding { codec.add(ys, x + lower, count: n) } else { codec.widen(ys, x + lower, count: n) }
-            if let divisor { Float.divide(ys, by: divisor, count: n) }
-            guard let out else { return nil }
-            codec.narrow(out + lower, ys, count: n)
-            if keepNarrowed { codec.widen(ys, out + lower, count: n) }
-            return UnsafeRawBufferPointer(start: out + lower, count: n * 2)
-        }
-    }
-
-    /// The pass both `consume`s make over `count` elements of a payload of `X`s, `per` elements at a
-    /// time (`consumeBlockBytes` of the buffer's elements): each block of the payload is hashed (where
-    /// the left link carries checksums), then `block(x, lower, n)` uses it and returns the bytes it made
-    /// for the next send (hashed too, when `hashingOutput` and the right link carries checksums).
-    /// Returns that hash, or nil; the payload's checksum is verified at the end.
-    private func inBlocks<X>(
+    /// A received payload (checked by `receive(_:verifying: false)` but for its checksum) read as
+    /// `count` elements of X, `per` at a time: each block is hashed (where the left link carries
+    /// checksums) just before `block(x, lower, n)` uses it, so it is read from memory once, and the
+    /// bytes `block` returns for the next send are hashed too (when `hashingOutput` and the right link
+    /// carries checksums). Returns that hash, or nil; the payload's checksum is verified at the end (on
+    /// a bad one, whatever `block` wrote is garbage and the collective fails). The reduction (what
+    /// `block` does) is the ring's (RingReduction.swift); the link only times it.
+    func read<X>(
         _ payload: Payload, _ h: ChunkHeader, _ e: ExpectedChunk, sequence: UInt64, count: Int, of: X.Type, per: Int,
         hashingOutput: Bool, _ block: (UnsafePointer<X>, Int, Int) -> UnsafeRawBufferPointer?
     ) throws -> UInt64? {
