@@ -6,7 +6,8 @@ import PackageDescription
 //   CZlib -> TetherData -----------------> TetherTrain -> tether    (TetherTrain also: TetherJobFile, for the shipped
 //   TetherNN + Yams -> TetherJobFile ----/                            model specs, and TetherONNX, for starting weights)
 //   TetherTrain + TetherComm -> TetherObservability (Prometheus, TensorBoard, the timeline, the report) -> tether
-//   CProtobufC -> TetherWire -> TetherComm -/   (TetherComm also: CZeroMQ, CXXHash, CTetherKernels)
+//   CProtobufC -> TetherWire -> TetherMessages (the envelope and control messages as values: what the
+//     state machines speak) -> TetherComm (ZeroMQ, the ring; also CZeroMQ, CXXHash, CTetherKernels) -/
 //   TetherNN + TetherComm -> TetherGradients (buckets, overlap, compression, PowerSGD, sparse rows)
 //   TetherTrain + TetherGradients + TetherObservability -> TetherCluster (coordinator, workers) -> tether
 //   TetherNN + TetherWire -> TetherONNX (ONNX models in and out) -> tether
@@ -39,22 +40,26 @@ let package = Package(
         .target(name: "TetherTensor", dependencies: ["CBLAS", "CTetherKernels", "CTetherProcess"]),
         .target(name: "TetherNN", dependencies: ["TetherTensor"]),
         .target(name: "TetherData", dependencies: ["TetherTensor", "CZlib"]),
+        // The cluster's messages as Swift values (the envelope, ring chunk headers, the control plane's
+        // orders and reports) and their protobuf-c conversions: what the state machines speak.
+        .target(name: "TetherMessages", dependencies: ["TetherWire", "CProtobufC"]),
         .target(
             name: "TetherComm",
             dependencies: [
-                "TetherWire", "CZeroMQ", "CProtobufC", "CXXHash", "CTetherKernels", "CTetherProcess",
+                "TetherMessages", "TetherWire", "CZeroMQ", "CProtobufC", "CXXHash", "CTetherKernels", "CTetherProcess",
                 .product(name: "Logging", package: "swift-log")
             ]),
         .target(name: "TetherTrain", dependencies: ["TetherTensor", "TetherNN", "TetherData", "TetherJobFile", "TetherONNX", "CXXHash"]),
         // What a run shows outside itself (Prometheus, TensorBoard files, the HTML report), fed through TetherTrain's MetricsSink.
-        .target(name: "TetherObservability", dependencies: ["TetherTrain", "TetherWire", "TetherComm"]),
+        .target(name: "TetherObservability", dependencies: ["TetherTrain", "TetherWire", "TetherMessages", "TetherComm"]),
         // The data-parallel gradient pipeline between the collectives and the training loop: a step's
         // dense buckets (overlapped with backward), their compression (f16, bf16, PowerSGD), sparse rows.
-        .target(name: "TetherGradients", dependencies: ["TetherComm", "TetherNN", "TetherTensor", "CTetherKernels"]),
+        .target(name: "TetherGradients", dependencies: ["TetherMessages", "TetherComm", "TetherNN", "TetherTensor", "CTetherKernels"]),
         .target(
             name: "TetherCluster",
             dependencies: [
-                "TetherTrain", "TetherComm", "TetherGradients", "TetherObservability", "TetherNN", "TetherData", "TetherTensor", "CXXHash",
+                "TetherTrain", "TetherMessages", "TetherComm", "TetherGradients", "TetherObservability", "TetherNN", "TetherData",
+                "TetherTensor", "CXXHash",
                 "CTetherKernels",
                 .product(name: "Logging", package: "swift-log")
             ]),
@@ -64,11 +69,14 @@ let package = Package(
         // The fuzz targets (bench/fuzz runs them under libFuzzer; the tests run each briefly).
         .target(
             name: "TetherFuzz",
-            dependencies: ["TetherComm", "TetherData", "TetherNN", "TetherTrain", "TetherCluster", "TetherJobFile", "TetherONNX"]),
+            dependencies: [
+                "TetherMessages", "TetherComm", "TetherData", "TetherNN", "TetherTrain", "TetherCluster", "TetherJobFile", "TetherONNX"
+            ]),
         .executableTarget(
             name: "tether",
             dependencies: [
-                "TetherCluster", "TetherJobFile", "TetherONNX", "TetherTrain", "TetherObservability", "TetherComm", "TetherData",
+                "TetherCluster", "TetherJobFile", "TetherONNX", "TetherTrain", "TetherObservability", "TetherMessages", "TetherComm",
+                "TetherData",
                 "TetherNN", "TetherTensor",
                 "CXXHash",
                 "CTetherKernels", "CTetherProcess",
@@ -80,7 +88,10 @@ let package = Package(
         .testTarget(name: "TetherDataTests", dependencies: ["TetherData", "TetherTensor", "CZlib"]),
         .testTarget(
             name: "TetherCommTests",
-            dependencies: ["TetherComm", "TetherWire", "CZeroMQ", "CTetherKernels", .product(name: "Logging", package: "swift-log")]),
+            dependencies: [
+                "TetherComm", "TetherMessages", "TetherWire", "CZeroMQ", "CTetherKernels", .product(name: "Logging", package: "swift-log")
+            ]),
+        .testTarget(name: "TetherMessagesTests", dependencies: ["TetherMessages", "TetherWire"]),
         .testTarget(name: "TetherTrainTests", dependencies: ["TetherTrain", "TetherNN", "TetherData", "TetherTensor"]),
         .testTarget(name: "TetherObservabilityTests", dependencies: ["TetherObservability", "TetherTrain", "TetherNN", "TetherComm"]),
         .testTarget(

@@ -1,5 +1,6 @@
 import Foundation
 import TetherComm
+import TetherMessages
 import TetherTrain
 
 /// What a worker checks in its Assign before acting on any of it: a coordinator (or, with --insecure,
@@ -31,7 +32,7 @@ public struct AssignCheck: Sendable {
     }
 
     /// The configuration, validated, or an error naming the field that is refused.
-    public func validate(_ assign: Envelope.Assign) throws -> TrainingConfig {
+    public func validate(_ assign: Assign) throws -> TrainingConfig {
         func refuse(_ why: String) -> ClusterError { ClusterError("refusing the coordinator's assignment: \(why)") }
         guard assign.hashEvery >= 1, assign.bucketBytes >= 4 else {
             throw refuse("hash_every \(assign.hashEvery) and bucket_bytes \(assign.bucketBytes) must be at least 1 and 4")

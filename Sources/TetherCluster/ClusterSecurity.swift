@@ -1,5 +1,6 @@
 import Foundation
 import TetherComm
+import TetherMessages
 
 /// How a job's processes authenticate and encrypt: CURVE with the cluster key (the default), or
 /// nothing at all (`--insecure`, which says what it exposes).

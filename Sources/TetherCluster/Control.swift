@@ -1,5 +1,6 @@
 import Foundation
 import TetherComm
+import TetherMessages
 
 /// Envelopes over the control sockets: the coordinator's ROUTER (an identity frame, then the envelope,
 /// then optional payload frames) and each worker's DEALERs (the envelope alone).

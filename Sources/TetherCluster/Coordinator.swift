@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import TetherComm
+import TetherMessages
 import TetherObservability
 import TetherData
 import TetherNN
@@ -420,7 +421,7 @@ public final class Coordinator {
             if m.identity == joiner { try assign(m.identity, rank: rank, ring: addresses, epoch: epoch); continue }
             ranks[m.identity] = rank
             heartbeatIdentities[rank] = ControlIdentity.heartbeat(of: m.identity)
-            let reform = Envelope.Reform(
+            let reform = Reform(
                 ringEpoch: epoch, rank: UInt32(rank), ring: addresses, ringPublicKeys: publicKeys, reason: reason,
                 atBoundary: atBoundary)
             // on both sockets: the heartbeat thread abandons the ring while the main thread waits in it
@@ -497,7 +498,7 @@ public final class Coordinator {
     }
 
     /// The ranks' evaluations of an epoch merged into its metrics line and its progress line.
-    private func recordEvaluation(epoch: Int, reports: [Envelope.EvalReport], epochStart: inout Date) throws {
+    private func recordEvaluation(epoch: Int, reports: [EvalReport], epochStart: inout Date) throws {
         let merged = EvaluationReport.merged(
             reports.map {
                 EvaluationReport(
@@ -525,7 +526,7 @@ public final class Coordinator {
     }
 
     /// Rank 0's checkpoint, checked like any checkpoint file, replaces the last one.
-    private func writeCheckpoint(_ data: Envelope.CheckpointData) throws {
+    private func writeCheckpoint(_ data: CheckpointData) throws {
         // Checked like any checkpoint file (fields, shapes, checksums) before it replaces the last one.
         let loaded = try Checkpoint.Loaded(bytes: Data(data.safetensors), source: "rank 0's checkpoint of step \(data.globalStep)")
         guard loaded.model == config.model, loaded.state.globalStep == Int(data.globalStep) else {
@@ -571,7 +572,7 @@ public final class Coordinator {
     /// Assigns a worker its rank in `ring` (of ring epoch `epoch`: > 0 when it joins a running job and
     /// takes its state from the members) with the job's settings and its ring key.
     private func assign(_ identity: [UInt8], rank: Int, ring: [String], epoch: UInt32) throws {
-        var assign = Envelope.Assign(
+        var assign = Assign(
             rank: UInt32(rank), worldSize: UInt32(ring.count), ring: ring,
             configJSON: [UInt8](try JSONEncoder().encode(config)),
             resumeCheckpoint: epoch > 0 || machine.carriedStep != nil ? [] : resumeBytes,
@@ -668,15 +669,15 @@ public final class Coordinator {
             }
             return .stopAsked(signal: signal, rank: rank)
         case .dataRequest(let request):
-            let rows: Envelope.DataRows
+            let rows: DataRows
             if request.indices.count > DataServing.rowsPerRequest {
-                rows = Envelope.DataRows(
+                rows = DataRows(
                     split: request.split,
                     error: "a request for \(request.indices.count) rows; at most \(DataServing.rowsPerRequest) at a time")
             } else {
                 rows =
                     served.map { DataServing.answer(request, train: $0.train, test: $0.test) }
-                    ?? Envelope.DataRows(split: request.split, error: "this coordinator does not serve data (start it with --serve-data)")
+                    ?? DataRows(split: request.split, error: "this coordinator does not serve data (start it with --serve-data)")
             }
             send(.dataRows(rows), to: identity)
             return .heartbeat(rank: rank)

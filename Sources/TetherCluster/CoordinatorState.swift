@@ -1,4 +1,4 @@
-import TetherComm
+import TetherMessages
 import TetherTrain
 
 /// The coordinator's logic as a pure state machine: events in (a worker said hello, reported a step,
@@ -58,7 +58,7 @@ public struct CoordinatorState {
         public var identity: [UInt8]
         public var address: String
         public var lastHeard: Double
-        var ready: Envelope.Ready?
+        var ready: Ready?
         /// The state it kept through a lost coordinator, if any.
         var carried: Carried?
     }
@@ -79,7 +79,7 @@ public struct CoordinatorState {
         public var learningRate = 0.0
         /// Per rank: payload bytes sent, dense and sparse; the step's trace spans (--timeline).
         public var denseBytes: [Double] = [], sparseBytes: [Double] = []
-        public var spans: [[Envelope.TraceSpan]] = []
+        public var spans: [[TraceSpan]] = []
         public var meanLoss: Double { count > 0 ? lossSum / Double(count) : .nan }
         public var figures: RankFigures {
             RankFigures(compute: compute, exchange: exchange, waiting: waiting, denseBytes: denseBytes, sparseBytes: sparseBytes)
@@ -88,10 +88,10 @@ public struct CoordinatorState {
 
     public enum Event: Sendable {
         case hello(identity: [UInt8], address: String, carried: Carried? = nil)
-        case ready(rank: Int, Envelope.Ready)
-        case step(rank: Int, Envelope.StepReport)
-        case evaluation(rank: Int, Envelope.EvalReport)
-        case checkpoint(rank: Int, Envelope.CheckpointData)
+        case ready(rank: Int, Ready)
+        case step(rank: Int, StepReport)
+        case evaluation(rank: Int, EvalReport)
+        case checkpoint(rank: Int, CheckpointData)
         case heartbeat(rank: Int)
         case abort(rank: Int, reason: String)
         /// A survivor of a re-formation has left the old ring and listens on the new one of `epoch`.
@@ -121,8 +121,8 @@ public struct CoordinatorState {
         case turnAway(identity: [UInt8], reason: String)
         case start
         case stepCompleted(StepSummary)
-        case epochCompleted(epoch: Int, reports: [Envelope.EvalReport])
-        case writeCheckpoint(Envelope.CheckpointData)
+        case epochCompleted(epoch: Int, reports: [EvalReport])
+        case writeCheckpoint(CheckpointData)
         /// Tell every member to stop after the step in progress (`again`: the ring re-formed since a stop
         /// was asked, and its members are told anew).
         case askToStop(signal: Int32, again: Bool)
@@ -163,8 +163,8 @@ public struct CoordinatorState {
     /// The step the survivors of the last re-formation agreed on: its end-of-step work is redone, and
     /// what of it had already arrived is dropped without a word.
     public private(set) var redoStep: Int?
-    private var stepReports: [Int: [Envelope.StepReport?]] = [:]
-    private var evalReports: [Int: [Envelope.EvalReport?]] = [:]
+    private var stepReports: [Int: [StepReport?]] = [:]
+    private var evalReports: [Int: [EvalReport?]] = [:]
     private var checkpointedStep = -1
     /// The survivors of the current re-formation that listen on the new ring.
     private var listening: Set<Int> = []
@@ -303,7 +303,7 @@ public struct CoordinatorState {
     }
 
     /// A member's Ready: when all are ready and agree on the layout, the parameters and the step, training starts.
-    private mutating func onReady(rank: Int, _ ready: Envelope.Ready) -> [Directive] {
+    private mutating func onReady(rank: Int, _ ready: Ready) -> [Directive] {
         guard phase == .initializing, members[rank].ready == nil else {
             return [.dropped("rank \(rank) sent Ready while the job is \(phase)")]
         }
@@ -357,7 +357,7 @@ public struct CoordinatorState {
     }
 
     /// A member's step report: steps complete in order once every rank's report is in.
-    private mutating func onStep(rank: Int, _ report: Envelope.StepReport) -> [Directive] {
+    private mutating func onStep(rank: Int, _ report: StepReport) -> [Directive] {
         guard phase == .training else { return [.dropped("rank \(rank) reported a step while the job is \(phase)")] }
         if redoStep != nil, report.globalStep == UInt64(completedSteps), Int(report.globalStep) == redoStep { return [] }
         guard let step = Int(exactly: report.globalStep), step > completedSteps, step <= endStep else {
@@ -413,7 +413,7 @@ public struct CoordinatorState {
     }
 
     /// A member's evaluation of an epoch it has finished: merged when every rank's is in.
-    private mutating func onEvaluation(rank: Int, _ report: Envelope.EvalReport) -> [Directive] {
+    private mutating func onEvaluation(rank: Int, _ report: EvalReport) -> [Directive] {
         let epoch = Int(report.epoch)
         if let redo = redoStep, mergedEpochs.contains(epoch),
             epochEnding(at: redo) == epoch || (epoch == partialFinalEpoch && redo == settings.totalSteps)
@@ -443,7 +443,7 @@ public struct CoordinatorState {
     }
 
     /// Rank 0's checkpoint of a step it has reported.
-    private mutating func onCheckpoint(rank: Int, _ data: Envelope.CheckpointData) -> [Directive] {
+    private mutating func onCheckpoint(rank: Int, _ data: CheckpointData) -> [Directive] {
         guard rank == 0 else { return fail("rank \(rank) sent a checkpoint; only rank 0 does") }
         if let redo = redoStep, Int(exactly: data.globalStep) == redo, redo == checkpointedStep { return [] }
         guard phase == .training, let step = Int(exactly: data.globalStep), step > checkpointedStep, step <= reportedStep[0] else {

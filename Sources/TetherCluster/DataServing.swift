@@ -1,5 +1,6 @@
 import Foundation
 import TetherComm
+import TetherMessages
 import TetherData
 import TetherTrain
 
@@ -15,14 +16,14 @@ public enum DataServing {
     static func number(_ split: FashionMNIST.Split) -> UInt32 { split == .train ? 0 : 1 }
 
     /// The coordinator's answer to `request` from the splits it serves.
-    public static func answer(_ request: Envelope.DataRequest, train: any ServableDataset, test: any ServableDataset) -> Envelope.DataRows {
+    public static func answer(_ request: DataRequest, train: any ServableDataset, test: any ServableDataset) -> DataRows {
         let data = request.split == 0 ? train : test
         if let bad = request.indices.first(where: { Int($0) >= data.count }) {
-            return Envelope.DataRows(
+            return DataRows(
                 split: request.split,
                 error: "row \(bad) requested of a \(request.split == 0 ? "training" : "held-out") split of \(data.count)")
         }
-        return Envelope.DataRows(
+        return DataRows(
             split: request.split, count: UInt32(data.count), shape: data.encodedShape(),
             rows: data.encodedRows(request.indices.map { Int($0) }))
     }
@@ -30,13 +31,13 @@ public enum DataServing {
 
 /// A worker's sample source: rows asked of the coordinator over its control channel.
 final class ServedData: SampleSource {
-    private let ask: (Envelope.DataRequest) throws -> Envelope.DataRows
+    private let ask: (DataRequest) throws -> DataRows
 
     /// `ask` sends a request and returns the coordinator's answer.
-    init(ask: @escaping (Envelope.DataRequest) throws -> Envelope.DataRows) { self.ask = ask }
+    init(ask: @escaping (DataRequest) throws -> DataRows) { self.ask = ask }
 
-    private func request(_ split: FashionMNIST.Split, _ indices: ArraySlice<Int>) throws -> Envelope.DataRows {
-        let answer = try ask(Envelope.DataRequest(split: DataServing.number(split), indices: indices.map { UInt32($0) }))
+    private func request(_ split: FashionMNIST.Split, _ indices: ArraySlice<Int>) throws -> DataRows {
+        let answer = try ask(DataRequest(split: DataServing.number(split), indices: indices.map { UInt32($0) }))
         guard answer.error.isEmpty else { throw ClusterError("the coordinator cannot serve the \(split) split: \(answer.error)") }
         guard answer.split == DataServing.number(split) else {
             throw ClusterError("the coordinator answered a request for the \(split) split with split \(answer.split)")

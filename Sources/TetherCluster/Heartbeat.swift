@@ -3,6 +3,7 @@ import CXXHash
 import Foundation
 import Logging
 import TetherComm
+import TetherMessages
 import TetherNN
 import TetherTensor
 import TetherTrain
@@ -87,7 +88,7 @@ final class Heartbeat: @unchecked Sendable {
 final class ReformNotice: @unchecked Sendable {
     private let lock = NSLock()
     /// The newest Reform after a loss, and the newest of any kind (a join's is at a step boundary).
-    private var newestUrgent: Envelope.Reform?, newest: Envelope.Reform?
+    private var newestUrgent: Reform?, newest: Reform?
     private var lost = false, outlives = false, abort: String?
 
     /// Set by the main thread once this worker trains with a state worth keeping through a lost coordinator.
@@ -111,7 +112,7 @@ final class ReformNotice: @unchecked Sendable {
     /// How many coordinators this worker has had since the first.
     var coordinators: Int { lock.withLock { generation } }
 
-    func note(_ reform: Envelope.Reform) {
+    func note(_ reform: Reform) {
         lock.withLock {
             if reform.ringEpoch > (newest?.ringEpoch ?? 0) { newest = reform }
             if !reform.atBoundary, reform.ringEpoch > (newestUrgent?.ringEpoch ?? 0) { newestUrgent = reform }
@@ -125,7 +126,7 @@ final class ReformNotice: @unchecked Sendable {
     }
 
     /// The newest Reform of a later epoch than `epoch` (`urgent`: the newest after a loss), if any.
-    func pending(after epoch: UInt32, urgent: Bool) -> Envelope.Reform? {
+    func pending(after epoch: UInt32, urgent: Bool) -> Reform? {
         lock.withLock { (urgent ? newestUrgent : newest).flatMap { $0.ringEpoch > epoch ? $0 : nil } }
     }
 }

@@ -3,6 +3,7 @@ import CXXHash
 import Foundation
 import Logging
 import TetherComm
+import TetherMessages
 import TetherNN
 import TetherTensor
 import TetherTrain
@@ -34,7 +35,7 @@ final class Replica {
     /// what a re-formed ring continues from, redoing that work.
     var boundary: TrainingState
     /// The last step's report, and every replica's state gathered for a checkpoint.
-    var report: Envelope.StepReport?
+    var report: StepReport?
     var replicas: [(buffers: [Float], rng: RNG)] = []
     var replicaErrors: [[Float]]?
     /// The state carried into a re-formation (its step and checkpoint bytes), once encoded: a second

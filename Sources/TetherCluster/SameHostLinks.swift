@@ -1,5 +1,6 @@
 import Foundation
 import TetherComm
+import TetherMessages
 
 /// Ring links between workers on the same host go over unix sockets (ipc://), the rest over TCP:
 /// on one host the TCP stack is most of an all-reduce's cost (100 MiB, 2 ranks: 85-90 ms over ipc,

@@ -3,6 +3,7 @@ import CXXHash
 import Foundation
 import Logging
 import TetherComm
+import TetherMessages
 import TetherGradients
 import TetherObservability
 import TetherNN
@@ -37,7 +38,7 @@ final class Training {
         totalSteps = config.totalSteps(stepsPerEpoch: workload.stepsPerEpoch)
     }
 
-    func step(_ state: inout TrainingState) throws -> Envelope.StepReport {
+    func step(_ state: inout TrainingState) throws -> StepReport {
         let waitedBefore = ring.statistics.waiting
         let began = exchange.tracing ? GradientExchange.microsecondsNow() : 0
         try workload.fetch(epoch: state.epoch)
@@ -52,7 +53,7 @@ final class Training {
         state.stepInEpoch += 1
         state.globalStep += 1
         let waited = (ring.statistics.waiting - waitedBefore).components
-        var report = Envelope.StepReport(
+        var report = StepReport(
             globalStep: UInt64(state.globalStep), epoch: UInt32(state.epoch), lossSum: stats.lossSum, count: UInt64(stats.count),
             correct: UInt64(stats.correct), computeSeconds: times.compute, allreduceSeconds: times.exchange,
             optimizerSeconds: times.optimizer, parameterHash: 0,
@@ -111,7 +112,7 @@ final class Training {
 
     /// This replica's share of the evaluation; at an epoch's end the loss is also summed over the ring
     /// so every replica takes the same plateau-schedule decision (a run's final partial epoch takes none).
-    func evaluate(epoch: Int, state: inout TrainingState, epochEnds: Bool) throws -> Envelope.EvalReport {
+    func evaluate(epoch: Int, state: inout TrainingState, epochEnds: Bool) throws -> EvalReport {
         try workload.fetch(epoch: nil)
         let report = workload.evaluate()
         if epochEnds {
@@ -121,7 +122,7 @@ final class Training {
             }
             _ = state.recordValidation(loss: sums[1] > 0 ? sums[0] / sums[1] : .nan, schedule: config.schedule)
         }
-        return Envelope.EvalReport(
+        return EvalReport(
             epoch: UInt32(epoch), lossSum: report.stats.lossSum, count: UInt64(report.stats.count),
             correct: UInt64(report.stats.correct), scores: report.scores, labels: report.labels,
             squaredErrorSum: report.stats.squaredError, absoluteErrorSum: report.stats.absoluteError)

@@ -3,6 +3,7 @@ import CXXHash
 import Foundation
 import Logging
 import TetherComm
+import TetherMessages
 import TetherObservability
 import TetherNN
 import TetherTensor
@@ -133,7 +134,7 @@ public final class Worker {
     // What the shell holds between directives.
     private var heartbeat: Heartbeat?
     /// The last assignment (a joiner's membership replaced by each Reform it gets while setting up).
-    private var assignment: Envelope.Assign?
+    private var assignment: Assign?
     private var job: Job?
     /// The state kept through a lost coordinator: its step, checkpoint bytes and parameter hash.
     private var kept: (step: Int, bytes: [UInt8], hash: UInt64)?
@@ -172,7 +173,8 @@ public final class Worker {
             replica.replicaErrors = try replica.training.gatherErrorFeedback(step: UInt64(replica.state.globalStep))
         case .sendCheckpoint: try sendCheckpoint()
         case .awaitFinish:
-            return .coordinator(try waitFor("the coordinator's finish", within: 60) { $0 == .finish ? $0 : nil })
+            _ = try waitFor("the coordinator's finish", within: 60) { $0 == .finish ? $0 : nil }
+            return .coordinator(.finish)
         case .awaitReform(let urgent):
             return try awaitReform(after: machine.ringEpoch, urgent: urgent).map { .reformReceived($0) } ?? .noReform
         case .reform(let reform): return ready(try reformed(job!, reform), redoEndOfStep: !reform.atBoundary)
@@ -245,7 +247,7 @@ public final class Worker {
         var report =
             replica.report?.globalStep == UInt64(globalStep)
             ? replica.report!
-            : Envelope.StepReport(
+            : StepReport(
                 globalStep: UInt64(globalStep), epoch: UInt32(replica.state.epoch), lossSum: 0, count: 0, correct: 0,
                 computeSeconds: 0, allreduceSeconds: 0, optimizerSeconds: 0, parameterHash: 0, waitSeconds: 0)
         if withHash { report.parameterHash = Self.hash(replica.training.workload.model.arena) }
@@ -340,7 +342,7 @@ public final class Worker {
     /// choice): the state this worker kept (a coordinator that came back), the members' state over a
     /// re-formed ring (a worker joining a running job), the coordinator's resume checkpoint, its
     /// starting weights, or a fresh initialization from the data.
-    private func setUp(_ assign: Envelope.Assign, from source: WorkerState.ParameterSource) throws -> Job {
+    private func setUp(_ assign: Assign, from source: WorkerState.ParameterSource) throws -> Job {
         // A hostile or invalid assignment is refused before this worker does anything with it.
         let config = try AssignCheck(dataRoots: options.dataRoots, secure: options.security.keys != nil).validate(assign)
         if heartbeat == nil {
@@ -420,7 +422,7 @@ public final class Worker {
     }
 
     /// A replica's job: its plan for the state machine, and whether its state may outlive the coordinator.
-    private func job(config: TrainingConfig, bucketBytes: Int, membership: Membership, replica: Replica, assign: Envelope.Assign) -> Job {
+    private func job(config: TrainingConfig, bucketBytes: Int, membership: Membership, replica: Replica, assign: Assign) -> Job {
         let model = replica.training.workload.model
         let keeps = options.coordinatorWait > 0 && Checkpoint.buffers(of: model).isEmpty
         let plan = WorkerState.Plan(
@@ -492,7 +494,7 @@ public final class Worker {
     /// new address bound; say so, and connect once every member has (the coordinator's Start), so
     /// nothing goes to a neighbour's abandoned socket at the same address.
     private func formReformedRing(_ membership: Membership, layoutFingerprint: UInt64) throws -> Ring {
-        let listening = Envelope.Reform(
+        let listening = Reform(
             ringEpoch: membership.epoch, rank: UInt32(membership.rank), ring: membership.ring, reason: "listening")
         return try formRing(membership, layoutFingerprint: layoutFingerprint) { [self] in
             try tell(.reform(listening))
@@ -519,7 +521,7 @@ public final class Worker {
     /// The coordinator's Reform of a ring newer than `epoch` (`urgent`: not one at a step boundary,
     /// which was sent before a failure), or nil when none comes within the coordinator's time-out and
     /// some. An Abort throws.
-    private func awaitReform(after epoch: UInt32, urgent: Bool) throws -> Envelope.Reform? {
+    private func awaitReform(after epoch: UInt32, urgent: Bool) throws -> Reform? {
         if let reform = reforms.pending(after: epoch, urgent: urgent) { return reform }
         if urgent, let why = ringFailure { log("\(why); waiting for the coordinator to re-form the ring", .warning) }
         ringFailure = nil
@@ -538,7 +540,7 @@ public final class Worker {
     /// model and optimizer made anew from it for this rank's new shard (the resume path, from memory).
     /// What a member carries in: after a failure, the state its last step left, before that step's
     /// end-of-step work (which is redone); at a step boundary (a join), its state as it is.
-    private func reformed(_ old: Job, _ reform: Envelope.Reform) throws -> Job {
+    private func reformed(_ old: Job, _ reform: Reform) throws -> Job {
         let replica = old.replica, config = old.config
         let carried = replica.carried ?? (reform.atBoundary ? replica.encoded(replica.state) : replica.encoded(replica.boundary))
         replica.carried = carried
@@ -571,12 +573,12 @@ public final class Worker {
     /// is lost with it. While it waits it says what it sees: nothing answering, or a handshake the
     /// coordinator refused (another cluster key, or one side --insecure), which ends the wait at once.
     /// A worker that outlived its coordinator says which state it `carries` (steps, parameter hash).
-    private func join(carrying carried: (step: Int, hash: UInt64)?, within seconds: Double = 120) throws -> Envelope.Assign? {
+    private func join(carrying carried: (step: Int, hash: UInt64)?, within seconds: Double = 120) throws -> Assign? {
         // a worker that kept its state has just closed its ring at the address it advertises
         releaseAdvertisedPort()
         let advertised = try Advertise.reserve(options.advertise, portWait: carried == nil ? 0 : 5)
         advertisedPort = advertised.holder
-        var hello = Envelope.Hello(advertiseAddress: advertised.address, tetherVersion: "tether", threads: UInt32(Compute.threads))
+        var hello = Hello(advertiseAddress: advertised.address, tetherVersion: "tether", threads: UInt32(Compute.threads))
         if let carried { (hello.carriedStep, hello.carriedHash) = (UInt64(carried.step), max(carried.hash, 1)) }
         if let folder = SameHostLinks.folder() { (hello.hostKey, hello.ipcFolder) = (SameHostLinks.key, folder) }
         var diagnosis = JoinDiagnosis(coordinator: options.coordinator, secure: options.security.keys != nil)
@@ -677,7 +679,7 @@ public final class Worker {
         case .reform(let r):
             reforms.note(r)
             if r.atBoundary {
-                noticed.append(.coordinator(body))
+                noticed.append(.coordinator(.reform(r)))
             } else if machine.abandonsWork(for: r) {
                 throw CollectiveError(message: "the coordinator re-forms the ring: \(r.reason)", abandoned: true)
             }
@@ -685,7 +687,7 @@ public final class Worker {
             throw CoordinatorOrder.abort(a)
         case .stop(let s):
             log("\(s.reason.prefix(200)); stopping after the step in progress")
-            noticed.append(.coordinator(body))
+            noticed.append(.coordinator(.stop(s)))
         default: break
         }
     }

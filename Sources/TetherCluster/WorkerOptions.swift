@@ -3,6 +3,7 @@ import CXXHash
 import Foundation
 import Logging
 import TetherComm
+import TetherMessages
 import TetherNN
 import TetherTensor
 import TetherTrain
@@ -53,7 +54,7 @@ extension TrainingConfig.Compression {
 /// An order from the coordinator that ends what a worker was doing: its Abort (also a refusal before
 /// this worker has a rank) or its Finish (a run that ended while a joiner set up).
 enum CoordinatorOrder: Error, CustomStringConvertible {
-    case abort(Envelope.Abort)
+    case abort(Abort)
     case finish
     var description: String {
         switch self {

@@ -1,4 +1,4 @@
-import TetherComm
+import TetherMessages
 
 /// A worker's whole life as a pure state machine: joining, set-up, training, re-forming the ring,
 /// joining a running job, outliving a lost coordinator, stopping. Events in (what the coordinator said,
@@ -68,6 +68,25 @@ public struct WorkerState: Sendable {
         }
     }
 
+    /// What the coordinator tells a worker, as the machine takes it (the shell reads it off the wire).
+    public enum Order: Equatable, Sendable, CustomStringConvertible {
+        case start, finish, heartbeat
+        case stop(Stop)
+        case abort(Abort)
+        case reform(Reform)
+
+        public var description: String {
+            switch self {
+            case .start: "Start"
+            case .finish: "Finish"
+            case .heartbeat: "heartbeat"
+            case .stop(let s): "Stop (\(s.reason))"
+            case .abort(let a): "Abort (\(a.reason))"
+            case .reform(let r): "Reform to ring \(r.ringEpoch)"
+            }
+        }
+    }
+
     public enum Event: Sendable {
         case launched
         /// The coordinator assigned this worker `rank` on the ring of `ringEpoch` (> 0: a running job's),
@@ -80,7 +99,7 @@ public struct WorkerState: Sendable {
         /// that step's end-of-step work is done again after Start. `keepsState`: its state may outlive
         /// the coordinator (--coordinator-wait, and nothing per replica that the ring cannot carry).
         case replicaReady(Plan, globalStep: Int, redoEndOfStep: Bool, keepsState: Bool)
-        case coordinator(Envelope.Body)
+        case coordinator(Order)
         /// The step that brought the run to `globalStep` steps is done; `agreed`: what the ranks voted in
         /// its exchange (stop after it; re-form after it).
         case stepFinished(globalStep: Int, agreed: RingVotes = [])
@@ -94,7 +113,7 @@ public struct WorkerState: Sendable {
         /// The answer to `awaitReform`: the coordinator's Reform (`reform`, if one came within the wait).
         /// (A Reform read while doing something else comes as `.coordinator(.reform)`: a join's is noted
         /// for the next vote; any other is left for the wait, which finds it.)
-        case reformReceived(Envelope.Reform)
+        case reformReceived(Reform)
         case noReform
         /// This process received `signal` (SIGINT, SIGTERM).
         case signalled(Int32)
@@ -107,7 +126,7 @@ public struct WorkerState: Sendable {
         case setUp(from: ParameterSource)
         /// A joiner whose ring was re-formed before its replica was made: make it on the re-formed ring
         /// (the members' state comes over it).
-        case setUpOn(Envelope.Reform)
+        case setUpOn(Reform)
         /// Ready (hash, step, the step abandoned) to the coordinator; the answer is its Start.
         case sendReady
         case reportStep(withHash: Bool)
@@ -126,7 +145,7 @@ public struct WorkerState: Sendable {
         case awaitReform(urgent: Bool)
         /// Leave the current ring (if any) and form `reform`'s; every member takes the state of the one
         /// furthest along; the answer is `replicaReady`.
-        case reform(Envelope.Reform)
+        case reform(Reform)
         /// The coordinator was lost: close the ring, keep the state the last step left.
         case keepState
         /// A signal before this worker trained: it ends now.
@@ -149,7 +168,7 @@ public struct WorkerState: Sendable {
     /// Set by a Stop (or a signal): this rank votes to stop in every exchange from then on.
     public private(set) var stopRequested = false
     /// A Reform at a step boundary (a worker joins), held until a step's exchange agrees on it.
-    public private(set) var boundaryReform: Envelope.Reform?
+    public private(set) var boundaryReform: Reform?
     /// The step this worker was computing when its ring gave up (0: none), for the next Ready.
     public private(set) var abandonedStep = 0
     private var reformInPlace = false
@@ -171,7 +190,7 @@ public struct WorkerState: Sendable {
 
     /// Whether `reform`, read while this worker does something else, gives that up: a re-formation
     /// after a loss, of a ring newer than this worker's (a join's, at a step boundary, is voted on).
-    public func abandonsWork(for reform: Envelope.Reform) -> Bool { !reform.atBoundary && reform.ringEpoch > ringEpoch }
+    public func abandonsWork(for reform: Reform) -> Bool { !reform.atBoundary && reform.ringEpoch > ringEpoch }
 
     /// Saying hello to the next coordinator with the state it kept through a lost one.
     public var rejoining: Bool { phase == .joining && holdsKeptState }
@@ -284,6 +303,8 @@ public struct WorkerState: Sendable {
             return [.exit]
         case (_, .coordinator(.start)), (_, .coordinator(.reform(_))):
             return []  // a repeated Start, a Reform of a ring already left: nothing to do
+        case (_, .coordinator(let order)):
+            return fail("unexpected \(order) from the coordinator while \(phase)")
         case (_, let e):
             return fail("unexpected \(e) while \(phase)")
         }

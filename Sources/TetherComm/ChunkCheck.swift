@@ -1,4 +1,5 @@
 import Foundation
+import TetherMessages
 
 /// What a rank expects of the next chunk at its point in a collective, and the check of a received
 /// header against it: every field, before the payload is touched. Pure (no socket), so the fuzz

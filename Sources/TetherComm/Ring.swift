@@ -1,4 +1,5 @@
 import Foundation
+import TetherMessages
 
 /// N ranks in a ring, the schedules of its collectives: each rank sends only to rank+1 and receives
 /// only from rank-1 over its `RingLink`, which checks every chunk; this file only says which chunk goes

@@ -1,4 +1,5 @@
 import CTetherKernels
+import TetherMessages
 
 /// An element type the ring can reduce.
 public protocol RingElement: BinaryFloatingPoint {

@@ -2,6 +2,7 @@ import CTetherProcess
 import CXXHash
 import CZeroMQ
 import Foundation
+import TetherMessages
 
 /// One rank's two links in a ring, as gloo separates a pair from the algorithm: a PULL socket bound at
 /// its own address that only the left neighbour may speak to, and a PUSH socket connected to the right

@@ -1,4 +1,5 @@
 // The ring's reduction: what a rank does with a received chunk (add it to its own, or copy it; for a
+import TetherMessages
 // 16-bit wire, widen, add and narrow again), block by block through the link's verified `read`. The
 // arithmetic is here and nowhere else; the link moves and checks bytes.
 

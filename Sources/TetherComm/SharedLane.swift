@@ -1,6 +1,7 @@
 import CTetherProcess
 import CXXHash
 import Foundation
+import TetherMessages
 
 #if canImport(Glibc)
     import Glibc

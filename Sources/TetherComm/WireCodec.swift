@@ -1,4 +1,5 @@
 import CTetherKernels
+import TetherMessages
 
 /// How f32 values travel as 16-bit wire elements (`ChunkHeader.DType` f16 or bf16): narrowed as they
 /// are sent (round to nearest even), widened as they arrive, and added into f32 in the same pass.

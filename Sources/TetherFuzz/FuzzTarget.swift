@@ -1,6 +1,7 @@
 import Foundation
 import TetherCluster
 import TetherComm
+import TetherMessages
 import TetherData
 import TetherJobFile
 import TetherNN
@@ -118,7 +119,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
 
     static func assign(_ input: [UInt8]) {
         MemoryLimit.set(assignMemory, holder: "the fuzz target")
-        let assign = Envelope.Assign(
+        let assign = Assign(
             rank: 0, worldSize: 1, ring: ["tcp://127.0.0.1:5"], configJSON: input, hashEvery: 1, checkpointEvery: 0, bucketBytes: 1 << 20)
         guard let config = try? AssignCheck(dataRoots: ["/nonexistent-fuzz-root"], secure: false).validate(assign) else { return }
         var rng = RNG(seed: 1)

@@ -1,6 +1,7 @@
 import TetherJobFile
 import Foundation
 import TetherComm
+import TetherMessages
 import TetherData
 import TetherNN
 import TetherONNX
@@ -72,7 +73,7 @@ extension FuzzTarget {
 
     static var envelopes: [[UInt8]] {
         let config = [UInt8](try! JSONEncoder().encode(TrainingConfig.defaults(for: "mlp-wn")))
-        var assign = Envelope.Assign(
+        var assign = Assign(
             rank: 1, worldSize: 2, ring: ["tcp://10.0.0.1:7071", "tcp://10.0.0.2:7071"], configJSON: config,
             hashEvery: 50, checkpointEvery: 0, bucketBytes: 1 << 20)
         let keys = (0..<2).map { _ in try! CurveKeyPair.generate() }
@@ -150,11 +151,11 @@ extension FuzzTarget {
     /// 0 and 1 the decoder refuses, so the fuzzer starts from those it takes).
     static var envelopesAtTheBounds: [[UInt8]] {
         let assigns = configsAtTheBounds.enumerated().filter { $0.offset % 7 == 0 }.map { _, config in
-            Envelope.Assign(
+            Assign(
                 rank: 0, worldSize: 1, ring: ["tcp://10.0.0.1:7071"], configJSON: config, hashEvery: 1, checkpointEvery: 0,
                 bucketBytes: 1 << 20)
         }
-        let requests: [Envelope.DataRequest] = [
+        let requests: [DataRequest] = [
             .init(split: 1, indices: [.max, 1 << 31]),
             .init(split: 0, indices: [UInt32](repeating: .max, count: 4097))
         ]

@@ -1,5 +1,6 @@
 import Foundation
 import TetherComm
+import TetherMessages
 import TetherNN
 import TetherTensor
 

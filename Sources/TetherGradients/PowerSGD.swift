@@ -1,5 +1,6 @@
 import CTetherKernels
 import TetherComm
+import TetherMessages
 import TetherNN
 import TetherTensor
 

@@ -1,5 +1,6 @@
 import Foundation
 import TetherComm
+import TetherMessages
 import TetherTrain
 
 /// A job's Chrome trace (--timeline): the trace-event JSON format that Perfetto and chrome://tracing
@@ -23,12 +24,12 @@ public final class Timeline {
     }
 
     /// A completed step: each rank's spans (by rank) on its track.
-    public func add(globalStep: Int, spansByRank: [[Envelope.TraceSpan]]) throws {
+    public func add(globalStep: Int, spansByRank: [[TraceSpan]]) throws {
         for (rank, spans) in spansByRank.enumerated() { try add(rank: rank, globalStep: globalStep, spans: spans) }
     }
 
     /// One rank's spans of step `globalStep` on its track (a worker's own --timeline: its rank only).
-    public func add(rank: Int, globalStep: Int, spans: [Envelope.TraceSpan]) throws {
+    public func add(rank: Int, globalStep: Int, spans: [TraceSpan]) throws {
         while ranksNamed <= rank {
             try append(["name": "thread_name", "ph": "M", "pid": 1, "tid": ranksNamed, "args": ["name": "rank \(ranksNamed)"]])
             try append(["name": "thread_sort_index", "ph": "M", "pid": 1, "tid": ranksNamed, "args": ["sort_index": ranksNamed]])
@@ -40,22 +41,22 @@ public final class Timeline {
     /// The step's spans for the timeline: forward and backward, the exchange left after it, the optimizer, in order from `began`; and each collective as it ran.
     public static func stepSpans(
         began: UInt64, times: StepTimes, collectives: [(name: String, start: UInt64, end: UInt64)]
-    ) -> [Envelope.TraceSpan] {
+    ) -> [TraceSpan] {
         func us(_ seconds: Double) -> UInt64 { UInt64(max(0, seconds * 1e6)) }
-        var spans: [Envelope.TraceSpan] = []
+        var spans: [TraceSpan] = []
         var at = began
         for (name, seconds) in [
             ("forward and backward", times.compute), ("exchange left after backward", times.exchange), ("optimizer", times.optimizer)
         ] {
             spans.append(
-                Envelope.TraceSpan(
-                    name: String(name.prefix(Envelope.TraceSpan.nameLimit)), startMicroseconds: at, durationMicroseconds: us(seconds)))
+                TraceSpan(
+                    name: String(name.prefix(TraceSpan.nameLimit)), startMicroseconds: at, durationMicroseconds: us(seconds)))
             at += us(seconds)
         }
-        for c in collectives.prefix(Envelope.TraceSpan.limit - spans.count) {
+        for c in collectives.prefix(TraceSpan.limit - spans.count) {
             spans.append(
-                Envelope.TraceSpan(
-                    name: String(c.name.prefix(Envelope.TraceSpan.nameLimit)), startMicroseconds: c.start,
+                TraceSpan(
+                    name: String(c.name.prefix(TraceSpan.nameLimit)), startMicroseconds: c.start,
                     durationMicroseconds: c.end >= c.start ? c.end - c.start : 0))
         }
         return spans
@@ -87,7 +88,7 @@ public final class Timeline {
 
     /// A span, formatted by hand: a step brings a few per rank, and JSONSerialization for each cost a
     /// measurable share of a 2-core machine.
-    private func appendSpan(_ s: Envelope.TraceSpan, rank: Int, globalStep: Int) throws {
+    private func appendSpan(_ s: TraceSpan, rank: Int, globalStep: Int) throws {
         try write(
             (first ? "" : ",\n")
                 + "{\"args\":{\"step\":\(globalStep)},\"cat\":\"\(Self.category(s.name))\",\"dur\":\(s.durationMicroseconds),"

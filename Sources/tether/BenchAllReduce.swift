@@ -3,6 +3,7 @@ import CXXHash
 import Foundation
 import Logging
 import TetherComm
+import TetherMessages
 
 extension Transport: ExpressibleByArgument {}
 

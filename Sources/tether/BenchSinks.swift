@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import TetherCluster
 import TetherComm
+import TetherMessages
 import TetherObservability
 import TetherTrain
 
@@ -68,7 +69,7 @@ struct BenchSinks: ParsableCommand {
         var times = StepTimes()
         (times.compute, times.exchange, times.optimizer) = (0.005, 0.002, 0.0005)
         let buckets = [("all-reduce bucket 0 (262144 values)", UInt64(0), UInt64(900)), ("all-reduce bucket 1 (7700 values)", 900, 1000)]
-        var plain = Envelope.StepReport(
+        var plain = StepReport(
             globalStep: 1, epoch: 0, lossSum: 40, count: 64, correct: 50, computeSeconds: 0.005,
             allreduceSeconds: 0.002, optimizerSeconds: 0.0005, parameterHash: 0, waitSeconds: 0.001)
         plain.learningRate = 0.001

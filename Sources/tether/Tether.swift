@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import TetherComm
+import TetherMessages
 import TetherTensor
 import TetherTrain
 

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import Testing
 import TetherComm
+import TetherMessages
 import TetherTrain
 
 /// The attacks of the security report, replayed against the real binaries over loopback: a process
@@ -341,7 +342,7 @@ import TetherTrain
             let worker = try CLI.start(["worker", "--coordinator", address, "--insecure"], bound: 30)
             guard let identity = try helloIdentity(router) else { Issue.record("no Hello"); continue }
             let config = [UInt8](try JSONEncoder().encode(c.config))
-            let assign = Envelope.Assign(
+            let assign = Assign(
                 rank: 0, worldSize: 1, ring: [c.ring], configJSON: config, hashEvery: 1, checkpointEvery: 0, bucketBytes: 1 << 20)
             try router.send([identity, Envelope(jobID: "tether", senderRank: -1, body: .assign(assign)).encoded()])
             let r = worker.finish()
@@ -400,7 +401,7 @@ import TetherTrain
                 Issue.record("no Hello")
                 continue
             }
-            var assign = Envelope.Assign(
+            var assign = Assign(
                 rank: 0, worldSize: 1, ring: ["tcp://127.0.0.1:5"], configJSON: [UInt8](try JSONEncoder().encode(c.config)),
                 hashEvery: 1, checkpointEvery: 0, bucketBytes: 1 << 20)
             if secure {

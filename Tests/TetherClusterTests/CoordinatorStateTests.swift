@@ -1,6 +1,7 @@
 import Testing
 @testable import TetherCluster
 import TetherComm
+import TetherMessages
 
 /// The coordinator's state machine, driven by events alone (no sockets).
 @Suite struct CoordinatorStateTests {
@@ -13,13 +14,13 @@ import TetherComm
     }
     func report(
         _ step: Int, epoch: Int = 0, loss: Double = 1, count: UInt64 = 10, hash: UInt64 = 0, compute: Double = 0.01
-    ) -> Envelope.StepReport {
+    ) -> StepReport {
         .init(
             globalStep: UInt64(step), epoch: UInt32(epoch), lossSum: loss, count: count, correct: 5, computeSeconds: compute,
             allreduceSeconds: 0.002, optimizerSeconds: 0.001, parameterHash: hash, waitSeconds: 0.001)
     }
-    func eval(_ epoch: Int) -> Envelope.EvalReport { .init(epoch: UInt32(epoch), lossSum: 2, count: 4, correct: 3, scores: [], labels: []) }
-    func ready(_ hash: UInt64 = 7) -> Envelope.Ready { .init(parameterHash: hash, layoutFingerprint: 42) }
+    func eval(_ epoch: Int) -> EvalReport { .init(epoch: UInt32(epoch), lossSum: 2, count: 4, correct: 3, scores: [], labels: []) }
+    func ready(_ hash: UInt64 = 7) -> Ready { .init(parameterHash: hash, layoutFingerprint: 42) }
 
     /// Three hellos -> three assignments with the same ring -> all ready -> start.
     func started(workers: Int = 3, total: Int = 4, perEpoch: Int = 2) -> CoordinatorState {

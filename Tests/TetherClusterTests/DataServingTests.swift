@@ -1,6 +1,7 @@
 import Testing
 @testable import TetherCluster
 import TetherComm
+import TetherMessages
 import TetherData
 import TetherTrain
 

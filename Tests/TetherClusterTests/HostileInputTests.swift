@@ -2,6 +2,7 @@ import TetherJobFile
 import Foundation
 import Testing
 import TetherComm
+import TetherMessages
 import TetherData
 import TetherNN
 import TetherTensor
@@ -14,8 +15,8 @@ import TetherTrain
     func config() -> [UInt8] { [UInt8](try! JSONEncoder().encode(TrainingConfig.defaults(for: "mlp-wn"))) }
     func assign(
         ring: [String] = ["tcp://10.0.0.1:7071", "tcp://10.0.0.2:7071"], config: [UInt8]? = nil, keys: Bool = true
-    ) -> Envelope.Assign {
-        var a = Envelope.Assign(
+    ) -> Assign {
+        var a = Assign(
             rank: 0, worldSize: UInt32(ring.count), ring: ring, configJSON: config ?? self.config(), hashEvery: 50,
             checkpointEvery: 0, bucketBytes: 1 << 20)
         if keys {

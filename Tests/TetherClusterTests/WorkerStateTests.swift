@@ -1,6 +1,7 @@
 import Testing
 @testable import TetherCluster
 import TetherComm
+import TetherMessages
 
 @Suite struct WorkerStateTests {
     func plan(rank: Int = 0, perEpoch: Int = 3, total: Int = 7, hashEvery: Int = 2, checkpointEvery: Int = 0) -> WorkerState.Plan {
@@ -19,7 +20,7 @@ import TetherComm
         return s
     }
 
-    func reform(_ epoch: UInt32, rank: UInt32, atBoundary: Bool = false) -> Envelope.Reform {
+    func reform(_ epoch: UInt32, rank: UInt32, atBoundary: Bool = false) -> Reform {
         .init(ringEpoch: epoch, rank: rank, ring: ["tcp://a:1", "tcp://b:1", "tcp://c:1"], reason: "r", atBoundary: atBoundary)
     }
 
@@ -285,7 +286,7 @@ import TetherComm
         #expect(done.phase == .waitingForFinish && done.handle(.coordinator(.finish)) == [.exit])
         var stray = training()
         #expect(stray.handle(.coordinator(.start)).isEmpty, "a repeated Start")
-        #expect(stray.handle(.coordinator(.finish)) == [.fail("unexpected coordinator(TetherComm.Envelope.Body.finish) while training")])
+        #expect(stray.handle(.coordinator(.finish)) == [.fail("unexpected Finish from the coordinator while training")])
     }
 
     @Test func livenessWatchNamesTheSilence() {

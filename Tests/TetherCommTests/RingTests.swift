@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import Testing
 @testable import TetherComm
+import TetherMessages
 import CZeroMQ
 
 /// Runs `body` for ranks 0..<n, each on a thread of its own (ranks block on each other, so a thread
@@ -71,6 +72,10 @@ func input(rank: Int, count: Int) -> [Float] {
 }
 
 @Suite(.serialized) struct RingTests {
+    @Test func linksTheRealZeroMQ() {
+        #expect(ZeroMQ.version.hasPrefix("4."))
+    }
+
     struct Case: Sendable, CustomTestStringConvertible {
         var ranks: Int, count: Int, transport: Transport
         var testDescription: String { "\(ranks) ranks, \(count) elements, \(transport)" }

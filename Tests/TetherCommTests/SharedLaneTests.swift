@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import TetherComm
+import TetherMessages
 
 /// Same-host links: payloads through a shared-memory lane beside the unix socket (`SharedLane`).
 @Suite(.serialized) struct SharedLaneTests {

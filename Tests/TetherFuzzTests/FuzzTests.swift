@@ -1,6 +1,7 @@
 import Testing
 import Foundation
 import TetherComm
+import TetherMessages
 import TetherFuzz
 import TetherTrain
 

@@ -32,29 +32,31 @@ public struct Envelope: Equatable, Sendable {
         case reform(Reform)
     }
 
-    public struct Hello: Equatable, Sendable {
-        public var advertiseAddress: String
-        public var tetherVersion: String
-        public var threads: UInt32
-        /// The state of a worker that outlived its coordinator: its steps and parameter hash (hash 0: none).
-        public var carriedStep: UInt64 = 0
-        public var carriedHash: UInt64 = 0
-        /// Same-host ring links (Hello.host_key, ipc_folder); empty: TCP only.
-        public var hostKey = "", ipcFolder = ""
-        public init(advertiseAddress: String, tetherVersion: String, threads: UInt32) {
-            (self.advertiseAddress, self.tetherVersion, self.threads) = (advertiseAddress, tetherVersion, threads)
-        }
-    }
-
-    public struct Abort: Equatable, Sendable {
-        public var originRank: Int32
-        public var reason: String
-        public init(originRank: Int32, reason: String) { (self.originRank, self.reason) = (originRank, reason) }
-    }
-
     public init(jobID: String, senderRank: Int32, body: Body?) {
         (self.jobID, self.senderRank, self.body) = (jobID, senderRank, body)
     }
+}
+
+/// A worker asking to join (or rejoin) a job.
+public struct Hello: Equatable, Sendable {
+    public var advertiseAddress: String
+    public var tetherVersion: String
+    public var threads: UInt32
+    /// The state of a worker that outlived its coordinator: its steps and parameter hash (hash 0: none).
+    public var carriedStep: UInt64 = 0
+    public var carriedHash: UInt64 = 0
+    /// Same-host ring links (Hello.host_key, ipc_folder); empty: TCP only.
+    public var hostKey = "", ipcFolder = ""
+    public init(advertiseAddress: String, tetherVersion: String, threads: UInt32) {
+        (self.advertiseAddress, self.tetherVersion, self.threads) = (advertiseAddress, tetherVersion, threads)
+    }
+}
+
+/// A collective or a job given up, with the first cause, passed on to every rank.
+public struct Abort: Equatable, Sendable {
+    public var originRank: Int32
+    public var reason: String
+    public init(originRank: Int32, reason: String) { (self.originRank, self.reason) = (originRank, reason) }
 }
 
 /// The header of one collective chunk (proto: tether.v1.ChunkHeader); its payload is the next frame.

@@ -1,5 +1,5 @@
 import Testing
-@testable import TetherComm
+@testable import TetherMessages
 import TetherWire
 
 @Suite struct EnvelopeTests {
@@ -46,7 +46,7 @@ import TetherWire
     }
 
     @Test func stepReportsCarryTheirBytesAndSpansWithinLimits() throws {
-        var report = Envelope.StepReport(
+        var report = StepReport(
             globalStep: 7, epoch: 1, lossSum: 2.5, count: 32, correct: 20, computeSeconds: 0.03,
             allreduceSeconds: 0.01, optimizerSeconds: 0.001, parameterHash: 0, waitSeconds: 0.005)
         (report.denseBytesSent, report.sparseBytesSent) = (1 << 20, 4096)
@@ -57,20 +57,19 @@ import TetherWire
         let e = Envelope(jobID: "j", senderRank: 1, body: .stepReport(report))
         #expect(try Envelope(decoding: e.encoded()) == e)
         // a report with more spans than any step makes, or a name past the limit, is refused by rank
-        report.spans = Array(repeating: report.spans[0], count: Envelope.TraceSpan.limit + 1)
+        report.spans = Array(repeating: report.spans[0], count: TraceSpan.limit + 1)
         #expect { try Envelope(decoding: Envelope(jobID: "j", senderRank: 1, body: .stepReport(report)).encoded()) } throws: {
-            "\($0)".contains("from rank 1: \(Envelope.TraceSpan.limit + 1) trace spans")
+            "\($0)".contains("from rank 1: \(TraceSpan.limit + 1) trace spans")
         }
         report.spans = [
-            .init(name: String(repeating: "x", count: Envelope.TraceSpan.nameLimit + 1), startMicroseconds: 0, durationMicroseconds: 0)
+            .init(name: String(repeating: "x", count: TraceSpan.nameLimit + 1), startMicroseconds: 0, durationMicroseconds: 0)
         ]
         #expect { try Envelope(decoding: Envelope(jobID: "j", senderRank: 1, body: .stepReport(report)).encoded()) } throws: {
             "\($0)".contains("out of range")
         }
     }
 
-    @Test func linksTheRealLibraries() {
-        #expect(ZeroMQ.version.hasPrefix("4."))
+    @Test func linksTheRealProtobufC() {
         #expect(!WireFormat.libraryVersion.isEmpty)
     }
 }

@@ -5,170 +5,168 @@ import TetherWire
 // The cluster's control messages (proto: Assign, Ready, Start, StepReport, EvalReport, CheckpointData,
 // Heartbeat, Stop, Reform) as Swift values, and their conversion to and from protobuf-c.
 
-extension Envelope {
-    public struct Assign: Equatable, Sendable {
-        public var rank: UInt32
-        public var worldSize: UInt32
-        public var ring: [String]
-        public var configJSON: [UInt8]
-        public var resumeCheckpoint: [UInt8]
-        public var hashEvery: UInt32
-        public var checkpointEvery: UInt32
-        public var bucketBytes: UInt32
-        public var dataServed = false
-        /// The ring links' CURVE keys (Z85): this rank's secret key and every rank's public key; empty
-        /// when the job runs --insecure.
-        public var ringSecretKey = ""
-        public var ringPublicKeys: [String] = []
-        /// Elastic in place: a lost member re-forms the ring of the survivors (Reform).
-        public var reformInPlace = false
-        /// Joining a running job: the re-formed ring's epoch (0: the job's first ring).
-        public var ringEpoch: UInt32 = 0
-        /// Continue from the state the workers carried through a lost coordinator, not the checkpoint.
-        public var useCarriedState = false
-        /// Report each step's spans (StepReport.spans) for the job's Chrome trace.
-        public var timeline = false
-        /// A fresh run's starting weights (a safetensors file), when it does not draw them.
-        public var startingWeights: [UInt8] = []
-        public init(
-            rank: UInt32, worldSize: UInt32, ring: [String], configJSON: [UInt8], resumeCheckpoint: [UInt8] = [],
-            hashEvery: UInt32, checkpointEvery: UInt32, bucketBytes: UInt32
-        ) {
-            (self.rank, self.worldSize, self.ring, self.configJSON) = (rank, worldSize, ring, configJSON)
-            (self.resumeCheckpoint, self.hashEvery, self.checkpointEvery, self.bucketBytes) = (
-                resumeCheckpoint, hashEvery, checkpointEvery, bucketBytes
-            )
-        }
+public struct Assign: Equatable, Sendable {
+    public var rank: UInt32
+    public var worldSize: UInt32
+    public var ring: [String]
+    public var configJSON: [UInt8]
+    public var resumeCheckpoint: [UInt8]
+    public var hashEvery: UInt32
+    public var checkpointEvery: UInt32
+    public var bucketBytes: UInt32
+    public var dataServed = false
+    /// The ring links' CURVE keys (Z85): this rank's secret key and every rank's public key; empty
+    /// when the job runs --insecure.
+    public var ringSecretKey = ""
+    public var ringPublicKeys: [String] = []
+    /// Elastic in place: a lost member re-forms the ring of the survivors (Reform).
+    public var reformInPlace = false
+    /// Joining a running job: the re-formed ring's epoch (0: the job's first ring).
+    public var ringEpoch: UInt32 = 0
+    /// Continue from the state the workers carried through a lost coordinator, not the checkpoint.
+    public var useCarriedState = false
+    /// Report each step's spans (StepReport.spans) for the job's Chrome trace.
+    public var timeline = false
+    /// A fresh run's starting weights (a safetensors file), when it does not draw them.
+    public var startingWeights: [UInt8] = []
+    public init(
+        rank: UInt32, worldSize: UInt32, ring: [String], configJSON: [UInt8], resumeCheckpoint: [UInt8] = [],
+        hashEvery: UInt32, checkpointEvery: UInt32, bucketBytes: UInt32
+    ) {
+        (self.rank, self.worldSize, self.ring, self.configJSON) = (rank, worldSize, ring, configJSON)
+        (self.resumeCheckpoint, self.hashEvery, self.checkpointEvery, self.bucketBytes) = (
+            resumeCheckpoint, hashEvery, checkpointEvery, bucketBytes
+        )
     }
+}
 
-    public struct Ready: Equatable, Sendable {
-        public var parameterHash: UInt64
-        public var layoutFingerprint: UInt64
-        /// The steps the replica's parameters hold.
-        public var globalStep: UInt64
-        /// After a re-formation: the step this worker was computing when its ring gave up (0: none).
-        public var abandonedStep: UInt64 = 0
-        public init(parameterHash: UInt64, layoutFingerprint: UInt64, globalStep: UInt64 = 0, abandonedStep: UInt64 = 0) {
-            (self.parameterHash, self.layoutFingerprint, self.globalStep, self.abandonedStep) = (
-                parameterHash, layoutFingerprint, globalStep, abandonedStep
-            )
-        }
+public struct Ready: Equatable, Sendable {
+    public var parameterHash: UInt64
+    public var layoutFingerprint: UInt64
+    /// The steps the replica's parameters hold.
+    public var globalStep: UInt64
+    /// After a re-formation: the step this worker was computing when its ring gave up (0: none).
+    public var abandonedStep: UInt64 = 0
+    public init(parameterHash: UInt64, layoutFingerprint: UInt64, globalStep: UInt64 = 0, abandonedStep: UInt64 = 0) {
+        (self.parameterHash, self.layoutFingerprint, self.globalStep, self.abandonedStep) = (
+            parameterHash, layoutFingerprint, globalStep, abandonedStep
+        )
     }
+}
 
-    /// Elastic in place: the ring re-formed without lost members; this survivor's new rank in it.
-    public struct Reform: Equatable, Sendable {
-        public var ringEpoch: UInt32
-        public var rank: UInt32
-        public var ring: [String]
-        /// The new ring's public keys by new rank (CURVE), or empty.
-        public var ringPublicKeys: [String]
-        public var reason: String
-        /// A worker joins: re-form after a step agreed in its exchange, redoing nothing (else at once).
-        public var atBoundary = false
-        public init(
-            ringEpoch: UInt32, rank: UInt32, ring: [String], ringPublicKeys: [String] = [], reason: String, atBoundary: Bool = false
-        ) {
-            (self.ringEpoch, self.rank, self.ring, self.ringPublicKeys, self.reason) = (ringEpoch, rank, ring, ringPublicKeys, reason)
-            self.atBoundary = atBoundary
-        }
+/// Elastic in place: the ring re-formed without lost members; this survivor's new rank in it.
+public struct Reform: Equatable, Sendable {
+    public var ringEpoch: UInt32
+    public var rank: UInt32
+    public var ring: [String]
+    /// The new ring's public keys by new rank (CURVE), or empty.
+    public var ringPublicKeys: [String]
+    public var reason: String
+    /// A worker joins: re-form after a step agreed in its exchange, redoing nothing (else at once).
+    public var atBoundary = false
+    public init(
+        ringEpoch: UInt32, rank: UInt32, ring: [String], ringPublicKeys: [String] = [], reason: String, atBoundary: Bool = false
+    ) {
+        (self.ringEpoch, self.rank, self.ring, self.ringPublicKeys, self.reason) = (ringEpoch, rank, ring, ringPublicKeys, reason)
+        self.atBoundary = atBoundary
     }
+}
 
-    public struct StepReport: Equatable, Sendable {
-        public var globalStep: UInt64
-        public var epoch: UInt32
-        public var lossSum: Double
-        public var count: UInt64
-        public var correct: UInt64
-        public var computeSeconds: Double
-        public var allreduceSeconds: Double
-        public var optimizerSeconds: Double
-        /// 0 when this step does not report it.
-        public var parameterHash: UInt64
-        /// Of allreduceSeconds: waiting for a neighbour's data.
-        public var waitSeconds: Double
-        /// The ranks agreed to stop after this step (Stop): the job ends here, with a checkpoint.
-        public var stopping = false
-        /// The rate this step's optimizer update used.
-        public var learningRate = 0.0
-        /// Payload bytes this rank sent in the step: dense buckets (as the wire carried them), sparse tables.
-        public var denseBytesSent: UInt64 = 0, sparseBytesSent: UInt64 = 0
-        /// With Assign.timeline: what the rank did in the step, when (at most `TraceSpan.limit`).
-        public var spans: [TraceSpan] = []
-        public init(
-            globalStep: UInt64, epoch: UInt32, lossSum: Double, count: UInt64, correct: UInt64, computeSeconds: Double,
-            allreduceSeconds: Double, optimizerSeconds: Double, parameterHash: UInt64, waitSeconds: Double
-        ) {
-            (self.globalStep, self.epoch, self.lossSum, self.count, self.correct) = (globalStep, epoch, lossSum, count, correct)
-            (self.computeSeconds, self.allreduceSeconds, self.optimizerSeconds, self.parameterHash) = (
-                computeSeconds, allreduceSeconds, optimizerSeconds, parameterHash
-            )
-            self.waitSeconds = waitSeconds
-        }
+public struct StepReport: Equatable, Sendable {
+    public var globalStep: UInt64
+    public var epoch: UInt32
+    public var lossSum: Double
+    public var count: UInt64
+    public var correct: UInt64
+    public var computeSeconds: Double
+    public var allreduceSeconds: Double
+    public var optimizerSeconds: Double
+    /// 0 when this step does not report it.
+    public var parameterHash: UInt64
+    /// Of allreduceSeconds: waiting for a neighbour's data.
+    public var waitSeconds: Double
+    /// The ranks agreed to stop after this step (Stop): the job ends here, with a checkpoint.
+    public var stopping = false
+    /// The rate this step's optimizer update used.
+    public var learningRate = 0.0
+    /// Payload bytes this rank sent in the step: dense buckets (as the wire carried them), sparse tables.
+    public var denseBytesSent: UInt64 = 0, sparseBytesSent: UInt64 = 0
+    /// With Assign.timeline: what the rank did in the step, when (at most `TraceSpan.limit`).
+    public var spans: [TraceSpan] = []
+    public init(
+        globalStep: UInt64, epoch: UInt32, lossSum: Double, count: UInt64, correct: UInt64, computeSeconds: Double,
+        allreduceSeconds: Double, optimizerSeconds: Double, parameterHash: UInt64, waitSeconds: Double
+    ) {
+        (self.globalStep, self.epoch, self.lossSum, self.count, self.correct) = (globalStep, epoch, lossSum, count, correct)
+        (self.computeSeconds, self.allreduceSeconds, self.optimizerSeconds, self.parameterHash) = (
+            computeSeconds, allreduceSeconds, optimizerSeconds, parameterHash
+        )
+        self.waitSeconds = waitSeconds
     }
+}
 
-    /// A span of a rank's step: microseconds since the Unix epoch by the worker's clock.
-    public struct TraceSpan: Equatable, Sendable {
-        public var name: String
-        public var startMicroseconds: UInt64
-        public var durationMicroseconds: UInt64
-        /// Spans a step report may carry, and the longest name: what a decoder accepts.
-        public static let limit = 4096, nameLimit = 64
-        public init(name: String, startMicroseconds: UInt64, durationMicroseconds: UInt64) {
-            (self.name, self.startMicroseconds, self.durationMicroseconds) = (name, startMicroseconds, durationMicroseconds)
-        }
+/// A span of a rank's step: microseconds since the Unix epoch by the worker's clock.
+public struct TraceSpan: Equatable, Sendable {
+    public var name: String
+    public var startMicroseconds: UInt64
+    public var durationMicroseconds: UInt64
+    /// Spans a step report may carry, and the longest name: what a decoder accepts.
+    public static let limit = 4096, nameLimit = 64
+    public init(name: String, startMicroseconds: UInt64, durationMicroseconds: UInt64) {
+        (self.name, self.startMicroseconds, self.durationMicroseconds) = (name, startMicroseconds, durationMicroseconds)
     }
+}
 
-    public struct EvalReport: Equatable, Sendable {
-        public var epoch: UInt32
-        public var lossSum: Double
-        public var count: UInt64
-        public var correct: UInt64
-        public var scores: [Float]
-        public var labels: [Int32]
-        /// Regression: the summed per-sample mean squared and absolute errors.
-        public var squaredErrorSum: Double, absoluteErrorSum: Double
-        public init(
-            epoch: UInt32, lossSum: Double, count: UInt64, correct: UInt64, scores: [Float], labels: [Int32], squaredErrorSum: Double = 0,
-            absoluteErrorSum: Double = 0
-        ) {
-            (self.epoch, self.lossSum, self.count, self.correct, self.scores, self.labels) = (
-                epoch, lossSum, count, correct, scores, labels
-            )
-            (self.squaredErrorSum, self.absoluteErrorSum) = (squaredErrorSum, absoluteErrorSum)
-        }
+public struct EvalReport: Equatable, Sendable {
+    public var epoch: UInt32
+    public var lossSum: Double
+    public var count: UInt64
+    public var correct: UInt64
+    public var scores: [Float]
+    public var labels: [Int32]
+    /// Regression: the summed per-sample mean squared and absolute errors.
+    public var squaredErrorSum: Double, absoluteErrorSum: Double
+    public init(
+        epoch: UInt32, lossSum: Double, count: UInt64, correct: UInt64, scores: [Float], labels: [Int32], squaredErrorSum: Double = 0,
+        absoluteErrorSum: Double = 0
+    ) {
+        (self.epoch, self.lossSum, self.count, self.correct, self.scores, self.labels) = (
+            epoch, lossSum, count, correct, scores, labels
+        )
+        (self.squaredErrorSum, self.absoluteErrorSum) = (squaredErrorSum, absoluteErrorSum)
     }
+}
 
-    /// Split 0 is training, 1 test.
-    public struct DataRequest: Equatable, Sendable {
-        public var split: UInt32
-        public var indices: [UInt32]
-        public init(split: UInt32, indices: [UInt32]) { (self.split, self.indices) = (split, indices) }
-    }
+/// Split 0 is training, 1 test.
+public struct DataRequest: Equatable, Sendable {
+    public var split: UInt32
+    public var indices: [UInt32]
+    public init(split: UInt32, indices: [UInt32]) { (self.split, self.indices) = (split, indices) }
+}
 
-    /// The requested rows of a split (encoded by the dataset's type, in request order), with the
-    /// split's size and encoded shape; or why they cannot be served.
-    public struct DataRows: Equatable, Sendable {
-        public var split: UInt32, count: UInt32
-        public var shape: [UInt8], rows: [UInt8]
-        public var error: String
-        public init(split: UInt32, count: UInt32 = 0, shape: [UInt8] = [], rows: [UInt8] = [], error: String = "") {
-            (self.split, self.count, self.shape, self.rows, self.error) = (split, count, shape, rows, error)
-        }
+/// The requested rows of a split (encoded by the dataset's type, in request order), with the
+/// split's size and encoded shape; or why they cannot be served.
+public struct DataRows: Equatable, Sendable {
+    public var split: UInt32, count: UInt32
+    public var shape: [UInt8], rows: [UInt8]
+    public var error: String
+    public init(split: UInt32, count: UInt32 = 0, shape: [UInt8] = [], rows: [UInt8] = [], error: String = "") {
+        (self.split, self.count, self.shape, self.rows, self.error) = (split, count, shape, rows, error)
     }
+}
 
-    /// A graceful stop: coordinator -> worker "stop after the step in progress"; worker -> coordinator
-    /// "this worker received `signal` and votes to stop".
-    public struct Stop: Equatable, Sendable {
-        public var signal: Int32
-        public var reason: String
-        public init(signal: Int32, reason: String) { (self.signal, self.reason) = (signal, reason) }
-    }
+/// A graceful stop: coordinator -> worker "stop after the step in progress"; worker -> coordinator
+/// "this worker received `signal` and votes to stop".
+public struct Stop: Equatable, Sendable {
+    public var signal: Int32
+    public var reason: String
+    public init(signal: Int32, reason: String) { (self.signal, self.reason) = (signal, reason) }
+}
 
-    public struct CheckpointData: Equatable, Sendable {
-        public var globalStep: UInt64
-        public var safetensors: [UInt8]
-        public init(globalStep: UInt64, safetensors: [UInt8]) { (self.globalStep, self.safetensors) = (globalStep, safetensors) }
-    }
+public struct CheckpointData: Equatable, Sendable {
+    public var globalStep: UInt64
+    public var safetensors: [UInt8]
+    public init(globalStep: UInt64, safetensors: [UInt8]) { (self.globalStep, self.safetensors) = (globalStep, safetensors) }
 }
 
 /// C strings and buffers that live until the message is packed.
