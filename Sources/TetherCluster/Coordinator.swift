@@ -536,7 +536,10 @@ public final class Coordinator {
         }
         var file = loaded.file
         file.metadata["tether.workers"] = String(machine.members.count)
-        do { try Safetensors.write(file, to: runDirectory.appendingPathComponent(Checkpoint.fileName)) } catch let error as AtomicFileError
+        do {
+            try Safetensors.write(file, to: runDirectory.appendingPathComponent(Checkpoint.fileName))
+            SampleAudit.shared?.checkpoint(ring: Replica.ring(of: loaded), globalStep: Int(data.globalStep))
+        } catch let error as AtomicFileError
             where error.isOutOfSpace
         {
             // A full disk costs this checkpoint only: the last one stays whole, and the job trains on.

@@ -41,10 +41,22 @@ final class Replica {
     /// The state carried into a re-formation (its step and checkpoint bytes), once encoded: a second
     /// re-formation before this one ends starts from the same.
     var carried: (step: Int, bytes: [UInt8])?
+    /// The forming of the ring (`Membership.name`) whose step brought the state where it is: this
+    /// ring's after its first step, before that the one the state came from ("-": none, a fresh run).
+    /// Written into every encoding of the state (`tether.ring`), so the sample audit can follow a run's
+    /// lineage through re-formations, lost coordinators and checkpoints.
+    var stateRing: String
 
-    init(training: Training, state: TrainingState) {
-        (self.training, self.state, boundary) = (training, state, state)
+    init(training: Training, state: TrainingState, stateRing: String) {
+        (self.training, self.state, boundary, self.stateRing) = (training, state, state, stateRing)
     }
+
+    /// The checkpoint metadata of this replica's state: the workload's, and the ring it came from.
+    var stateMetadata: [String: String] { training.workload.checkpointMetadata.merging([Self.ringKey: stateRing]) { $1 } }
+    static let ringKey = "tether.ring"
+
+    /// The ring a loaded state names as its own ("-": none, a checkpoint from before the key).
+    static func ring(of loaded: Checkpoint.Loaded?) -> String { loaded?.file.metadata[ringKey] ?? "-" }
 
     /// `state` (the last step's boundary, or the state now) as checkpoint bytes, with the model's RNG
     /// (parameters and optimizer state do not move until a step's exchange has finished).
@@ -53,8 +65,7 @@ final class Replica {
         var state = state
         state.rng = model.context.rng
         let file = Checkpoint.file(
-            model: model, optimizer: training.optimizer, config: training.config, state: state,
-            metadata: training.workload.checkpointMetadata,
+            model: model, optimizer: training.optimizer, config: training.config, state: state, metadata: stateMetadata,
             compression: .init(factors: training.exchange.powerSGD?.factors, errors: nil))
         return (state.globalStep, [UInt8](Safetensors.encode(file)))
     }

@@ -159,7 +159,8 @@ public final class Worker {
             return ready(try setUp(assignment!, from: .members), redoEndOfStep: !reform.atBoundary)
         case .sendReady:
             try sendReadyAndAwaitStart(job!.replica, abandonedStep: machine.abandonedStep)
-            SampleAudit.shared?.start(ring: job!.replica.training.ringName, globalStep: job!.replica.state.globalStep)
+            SampleAudit.shared?.start(
+                ring: job!.replica.training.ringName, globalStep: job!.replica.state.globalStep, parent: job!.replica.stateRing)
             return .coordinator(.start)
         case .trainNextStep(let votes): return try trainStep(votes: votes)
         case .reportStep(let withHash): try reportStep(withHash: withHash, globalStep: machine.globalStep)
@@ -237,6 +238,7 @@ public final class Worker {
         replica.report?.stopping = training.exchange.agreed.contains(.stop)
         replica.boundary = replica.state
         replica.carried = nil
+        replica.stateRing = training.ringName
         return .stepFinished(globalStep: replica.state.globalStep, agreed: training.exchange.agreed)
     }
 
@@ -260,8 +262,7 @@ public final class Worker {
         var state = replica.state
         state.rng = model.context.rng
         let file = Checkpoint.file(
-            model: model, optimizer: training.optimizer, config: training.config, state: state,
-            metadata: training.workload.checkpointMetadata,
+            model: model, optimizer: training.optimizer, config: training.config, state: state, metadata: replica.stateMetadata,
             replicaBuffers: replica.replicas.map(\.buffers), replicaRNGs: replica.replicas.map(\.rng),
             compression: .init(factors: training.exchange.powerSGD?.factors, errors: replica.replicaErrors))
         try tell(.checkpoint(.init(globalStep: UInt64(state.globalStep), safetensors: [UInt8](Safetensors.encode(file)))))
@@ -417,7 +418,7 @@ public final class Worker {
         if let from = overRing ? loadedOverRing : resumed {
             try training.restoreCompression(from: from, shard: membership.shard, ownErrors: carried != nil ? keptErrorFeedback : nil)
         }
-        let replica = Replica(training: training, state: state)
+        let replica = Replica(training: training, state: state, stateRing: Replica.ring(of: overRing ? loadedOverRing : resumed))
         return job(config: config, bucketBytes: bucketBytes, membership: membership, replica: replica, assign: assign)
     }
 
@@ -563,7 +564,7 @@ public final class Worker {
         training.exchange.tracing = replica.training.exchange.tracing
         // its own error feedback, as its last completed step left it (a lost member's is lost with it)
         try training.restoreCompression(from: loaded, shard: membership.shard, ownErrors: replica.training.exchange.errorFeedback)
-        let next = Replica(training: training, state: loaded.state)
+        let next = Replica(training: training, state: loaded.state, stateRing: Replica.ring(of: loaded))
         next.report = replica.report
         return job(config: config, bucketBytes: old.bucketBytes, membership: membership, replica: next, assign: assignment!)
     }
