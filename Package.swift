@@ -76,7 +76,7 @@ let package = Package(
             name: "tether",
             dependencies: [
                 "TetherCluster", "TetherJobFile", "TetherONNX", "TetherTrain", "TetherObservability", "TetherMessages", "TetherComm",
-                "TetherData",
+                "TetherGradients", "TetherData",
                 "TetherNN", "TetherTensor",
                 "CXXHash",
                 "CTetherKernels", "CTetherProcess",

@@ -58,6 +58,34 @@ struct BenchPredict: ParsableCommand {
 /// Training throughput of the full step (batch assembly, forward, backward, optimizer) of any model,
 /// with the same flags as `tether train`, measured over several timed runs after a warm-up; reports
 /// the median. Throughput counts samples, or tokens for lm-tied.
+/// One process training a job's workload step after step with nothing exchanged, for the commands that
+/// time it (`bench train`, `plan`): data-dependent init done, epochs rolled over as they end.
+struct Stepper {
+    let config: TrainingConfig
+    let workload: any Workload
+    let optimizer: Optimizer<Float>
+    private var epoch = 0, cursor = 0
+
+    init(_ training: TrainingOptions) throws {
+        config = try training.applied(to: TrainingConfig())
+        try config.validate()
+        ProcessMemory.keepFreedBuffers()
+        workload = try Workloads.make(config)
+        let model = workload.model
+        optimizer = try Optimizer<Float>(config.optimizer, layout: model.arena.layout, ftrlParameters: model.ftrlParameters)
+        workload.initializeFromData(reduce: { _ in })
+        workload.startEpoch(0)
+    }
+
+    /// The next step: the samples it trained on and where its time went.
+    mutating func step() throws -> (count: Int, times: StepTimes) {
+        if cursor == workload.stepsPerEpoch { (epoch, cursor) = (epoch + 1, 0); workload.startEpoch(epoch) }
+        defer { cursor += 1 }
+        let r = try workload.train(epoch: epoch, step: cursor, optimizer: optimizer, lr: config.schedule.baseLR)
+        return (r.stats.count, r.times)
+    }
+}
+
 struct BenchTrain: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "train", abstract: "Training throughput of one process.")
 
@@ -76,28 +104,16 @@ struct BenchTrain: ParsableCommand {
     func run() throws {
         threads.apply(holder: "this process")
         do {
-            let config = try training.applied(to: TrainingConfig())
-            try config.validate()
-            ProcessMemory.keepFreedBuffers()
-            let workload = try Workloads.make(config)
-            let model = workload.model
-            let optimizer = try Optimizer<Float>(config.optimizer, layout: model.arena.layout, ftrlParameters: model.ftrlParameters)
-            workload.initializeFromData(reduce: { _ in })
+            var stepper = try Stepper(training)
+            let (config, workload, model) = (stepper.config, stepper.workload, stepper.workload.model)
             let perStep = try ModelFamily.named(config.model).itemsPerStep(config)
             let stepsPerRun = steps ?? max(10, 20_000 / (perStep * (config.model.hasPrefix("cnn") ? 20 : 1)))
-            var (epoch, cursor) = (0, 0)
-            workload.startEpoch(0)
-            func step() throws -> Int {
-                if cursor == workload.stepsPerEpoch { (epoch, cursor) = (epoch + 1, 0); workload.startEpoch(epoch) }
-                defer { cursor += 1 }
-                return try workload.train(epoch: epoch, step: cursor, optimizer: optimizer, lr: config.schedule.baseLR).stats.count
-            }
-            for _ in 0..<warmup { _ = try step() }
+            for _ in 0..<warmup { _ = try stepper.step() }
             var rates: [Double] = []
             for _ in 0..<repeats {
                 let start = DispatchTime.now().uptimeNanoseconds
                 var items = 0
-                for _ in 0..<stepsPerRun { items += try step() }
+                for _ in 0..<stepsPerRun { items += try stepper.step().count }
                 rates.append(Double(items) / (Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9))
             }
             let median = rates.sorted()[rates.count / 2]

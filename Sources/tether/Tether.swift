@@ -14,7 +14,7 @@ struct Tether: ParsableCommand {
         subcommands: [
             Train.self, Simulate.self, CoordinatorCommand.self, WorkerCommand.self, Eval.self, Predict.self, Export.self, Report.self,
             Models.self,
-            Bench.self,
+            Bench.self, Plan.self,
             Keygen.self, Version.self, SampleAuditCommand.self
         ]
     )

@@ -545,6 +545,26 @@ let kubernetesTypesInstalled =
         #expect(r.stderr.contains("\(path): not a valid safetensors file"), "stderr: \(r.stderr)")
     }
 
+    /// `tether plan` measures a step here and predicts the hosts it is given: one host is the measured
+    /// step, efficiency falls as hosts are added on a slow link, and what does not parse is refused.
+    @Test func planPredictsFromAStepMeasuredHere() throws {
+        let r = try CLI.run(
+            [
+                "plan", "--model", "mlp-wn", "--threads", "1", "--hosts", "1,4,256", "--link", "100mbit", "--latency", "0.2ms", "--steps",
+                "3", "--json"
+            ])
+        let out = (try? JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any]) ?? [:]
+        let rows = out["predictions"] as? [[String: Any]] ?? []
+        let efficiency = rows.compactMap { $0["efficiency"] as? Double }
+        #expect(r.status == 0 && rows.count == 3 && efficiency.count == 3, "\(r.stdout)\(r.stderr)")
+        #expect(abs((efficiency.first ?? 0) - 1) < 1e-9 && efficiency == efficiency.sorted(by: >) && (efficiency.last ?? 1) < 0.8)
+        #expect((out["gradient_bytes"] as? Double ?? 0) > 1e6 && (out["link_bytes_per_sec"] as? Double) == 12.5e6)
+        let text = try CLI.run(["plan", "--model", "mlp-wn", "--threads", "1", "--hosts", "1,256", "--link", "100mbit", "--steps", "3"])
+        #expect(text.status == 0 && text.stdout.contains("efficiency falls below 80% from 256 hosts"), "\(text.stdout)")
+        let bad = try CLI.run(["plan", "--model", "mlp-wn", "--link", "fast"])
+        #expect(bad.status != 0 && bad.stderr.contains("--link takes a rate such as 1gbit"), "\(bad.stderr)")
+    }
+
     @Test func versionNamesTheCLibraries() throws {
         let r = try CLI.run(["version"])
         #expect(r.status == 0)

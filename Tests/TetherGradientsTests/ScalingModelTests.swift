@@ -1,0 +1,49 @@
+import Testing
+
+@testable import TetherGradients
+
+/// `tether plan`'s arithmetic on figures given by hand: the ring's cost, what backward hides, workers
+/// sharing a host's cores, and the efficiency against one undisturbed worker.
+struct ScalingModelTests {
+    /// 10 ms of forward and backward, 2 ms of optimizer, 64 samples, 4 MB of gradients in 1 MB buckets,
+    /// 1 Gbit/s links (125 MB/s) with 50 us of latency.
+    static let base = ScalingModel(
+        forwardBackward: 0.010, optimizer: 0.002, batch: 64, gradientBytes: 4e6, bucketBytes: 1e6, bandwidth: 125e6, latency: 50e-6)
+
+    @Test func theRingCostsItsLatenciesAndItsShareOfTheBytes() {
+        #expect(abs(Self.base.ringSeconds(1e6, ranks: 8) - (14 * 50e-6 + 14.0 / 8 * 1e6 / 125e6)) < 1e-12)
+        #expect(Self.base.ringSeconds(1e6, ranks: 1) == 0)
+    }
+
+    @Test func oneWorkerExchangesNothing() {
+        let p = Self.base.predict(hosts: 1)
+        #expect(p.exposedExchange == 0 && abs(p.samplesPerSecond - 64 / 0.012) < 1e-9 && abs(p.efficiency - 1) < 1e-12)
+    }
+
+    @Test func backwardHidesWhatItOutlasts() {
+        // 8 hosts: a 1 MB bucket takes 14.7 ms; backward (6.7 ms) makes a bucket final every 1.67 ms, so the
+        // four go back to back from 1.67 ms: the last ends 1.67 + 4 x 14.7 ms in, 4 x 14.7 - 5 ms after backward
+        let p = Self.base.predict(hosts: 8)
+        let bucket = Self.base.ringSeconds(1e6, ranks: 8), backward = 0.010 * 2 / 3
+        #expect(abs(p.exposedExchange - (backward / 4 + 4 * bucket - backward)) < 1e-12)
+        #expect(abs(p.samplesPerSecond - 8 * 64 / (0.012 + p.exposedExchange)) < 1e-6)
+        // a long backward hides all but the last bucket, which is final only at its end
+        var slow = Self.base
+        slow.forwardBackward = 1.0
+        #expect(abs(slow.predict(hosts: 8).exposedExchange - bucket) < 1e-12)
+        #expect(slow.predict(hosts: 8).efficiency > 0.98)
+        // one bucket of everything: none of it is hidden
+        var whole = Self.base
+        whole.bucketBytes = 8e6
+        #expect(abs(whole.predict(hosts: 8).exposedExchange - Self.base.ringSeconds(4e6, ranks: 8)) < 1e-12)
+    }
+
+    @Test func workersBeyondAHostsCoresShareThem() {
+        var m = Self.base
+        (m.coresPerHost, m.threadsPerWorker) = (2, 1)
+        #expect(abs(m.predict(hosts: 1, workersPerHost: 4).compute - 2 * 0.012) < 1e-12)
+        #expect(abs(m.predict(hosts: 1, workersPerHost: 2).compute - 0.012) < 1e-12)
+        // four ranks on one host, each at half speed: at most half the efficiency
+        #expect(m.predict(hosts: 1, workersPerHost: 4).efficiency <= 0.5)
+    }
+}
