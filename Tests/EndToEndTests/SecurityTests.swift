@@ -238,7 +238,8 @@ import TetherTrain
 
     /// With --insecure nothing is secret, but nobody outside the job can crash, stop or steer it: the
     /// attacked job ends bitwise where an unattacked one does (the same evaluation), and a connection
-    /// that holds no rank is told nothing but that it was turned away.
+    /// that holds no rank is told nothing but that it was turned away (an Abort, or the Finish every
+    /// waiting worker gets when the job ends).
     @Test(.enabled(if: dataInstalled, "needs Debian's dataset-fashion-mnist"))
     func forgedMessagesNeitherCrashNorSteerAnInsecureJob() throws {
         let quiet = try attackedJob(secure: false, attack: false)
@@ -249,8 +250,15 @@ import TetherTrain
             attacked.coordinatorLog.contains("the worker at tcp://127.0.0.1:1, which stopped saying hello before the job formed"),
             "\(attacked.coordinatorLog)")
         for body in attacked.attackerLearned {
-            guard case .abort(let a) = body else { Issue.record("the attacker received \(body)"); continue }
-            #expect(a.reason.contains("the job formed with 2 workers before a worker at tcp://127.0.0.1:2 said hello"), "\(a.reason)")
+            switch body {
+            case .abort(let a):
+                #expect(a.reason.contains("the job formed with 2 workers before a worker at tcp://127.0.0.1:2 said hello"), "\(a.reason)")
+            case .finish:
+                // a hello that landed before the job formed (a loaded machine: two suites at once) waits
+                // like any worker beyond the job's count, and is told when the job ends: turned away too
+                break
+            default: Issue.record("the attacker received \(body)")
+            }
         }
     }
 
