@@ -459,9 +459,10 @@ let netnsUnavailable: String? = {
             #expect((drills.first?["named_after_ms"] as? Int).map { $0 < 8000 } ?? false, "\(spec): \(drills)")
             #expect(Date().timeIntervalSince(started) < 60, "\(spec) took \(Date().timeIntervalSince(started)) s")
         }
+        // this build's workers only: another suite at once (another clone's binary) may have its own
         #expect(
-            try CLI.run(["-f", "tether worker --coordinator tcp://10.78."], executable: URL(fileURLWithPath: "/usr/bin/pgrep")).stdout
-                .isEmpty)
+            try CLI.run(["-f", "\(CLI.binary.path) worker --coordinator tcp://10.78."], executable: URL(fileURLWithPath: "/usr/bin/pgrep"))
+                .stdout.isEmpty)
     }
 
     /// The coordinator cut off from every worker: it names them all, and every worker exits saying the
