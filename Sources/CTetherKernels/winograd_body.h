@@ -91,9 +91,18 @@ NO_LIBC_CALLS MULTIVERSION void SUFFIX(tether_winograd_input)(T *restrict v, lon
     for (long c = 0; c < s->channels; c++)
         for (long b = 0; b < count; b++) {
             const T *plane = x + (c * s->batch + first + b) * hw;
-            for (long i = 0; i < ph * pw; i++) pad[i] = 0;
-            for (long i = 0; i < s->height; i++)
-                for (long j = 0; j < s->width; j++) pad[(i + p) * pw + j + p] = plane[i * s->width + j];
+            // the plane inside, zeros around it: each element of `pad` written once
+            for (long i = 0; i < ph; i++) {
+                T *row = pad + i * pw;
+                const long r = i - p;
+                if (r < 0 || r >= s->height) {
+                    for (long j = 0; j < pw; j++) row[j] = 0;
+                    continue;
+                }
+                for (long j = 0; j < p; j++) row[j] = 0;
+                for (long j = 0; j < s->width; j++) row[j + p] = plane[r * s->width + j];
+                for (long j = p + s->width; j < pw; j++) row[j] = 0;
+            }
             T *out = v + c * n + b * th * tw;
             for (long ti = 0; ti < th; ti++)
                 for (long tj = 0; tj < tw; tj++) {

@@ -103,7 +103,7 @@ struct Models: ParsableCommand {
                     let parameters = counts[i], line = ModelSpecFile.yaml(layer)
                     print(
                         "  layers.\(i)".padding(toLength: 12, withPad: " ", startingAt: 0)
-                            + line.padding(toLength: 64, withPad: " ", startingAt: 0)
+                            + line + String(repeating: " ", count: max(1, 64 - line.count))  // a long one (a concat) whole
                             + " -> \(after)" + (parameters > 0 ? ", \(parameters.formatted()) parameters" : ""))
                 }
                 if let w = s.wide {
