@@ -51,6 +51,9 @@ public final class Coordinator {
     }
 
     public let options: Options
+    /// The workers whose --batch x count is the job's global batch: this job's, or its checkpoint's
+    /// (kept whatever the ring's size, and written into every checkpoint, so a resume keeps it too).
+    private let batchWorkers: Int
     public let config: TrainingConfig
     public let directory: RunDirectory
     public var runDirectory: URL { directory.url }
@@ -123,6 +126,7 @@ public final class Coordinator {
             resumeMetadata = loaded.file.metadata
             resumedConfig = loaded.config
         }
+        self.batchWorkers = batchWorkers
         // On another number of workers (a resume, or elastic) the run keeps its global batch, dealt over
         // the workers it has, so its steps, epochs, schedule and data cursor carry on unchanged.
         if batchWorkers != options.workers || options.elastic {
@@ -535,7 +539,8 @@ public final class Coordinator {
             )
         }
         var file = loaded.file
-        file.metadata["tether.workers"] = String(machine.members.count)
+        // the global batch's workers, not the ring's members now: an elastic ring may be smaller
+        file.metadata["tether.workers"] = String(batchWorkers)
         do {
             try Safetensors.write(file, to: runDirectory.appendingPathComponent(Checkpoint.fileName))
             SampleAudit.shared?.checkpoint(ring: Replica.ring(of: loaded), globalStep: Int(data.globalStep))
