@@ -209,6 +209,7 @@ public final class BatchNorm<T: Scalar>: Layer, BufferOwner {
     public let momentum: Double, epsilon: Double
     let weight: ParameterSlot, bias: ParameterSlot
     public var parameterSlots: [ParameterSlot] { [weight, bias] }
+    /// Float values (what checkpoints keep), held as Double
     private(set) var runningMean: [Double], runningVar: [Double]
     /// what backward needs of the last training forward: xhat and 1/s per feature
     private var normalized: Tensor<T>?
@@ -244,8 +245,10 @@ public final class BatchNorm<T: Scalar>: Layer, BufferOwner {
                     }
                     let variance = squares / Double(n)
                     (means[f], inverse[f]) = (mean, 1 / (variance + epsilon).squareRoot())
-                    runningMean[f] = (1 - momentum) * runningMean[f] + momentum * mean
-                    runningVar[f] = (1 - momentum) * runningVar[f] + momentum * (n > 1 ? squares / Double(n - 1) : variance)
+                    // rounded to Float as they are kept (PyTorch's float32 buffers): a checkpoint holds them
+                    // exactly, so a resumed run updates the same values an unbroken one does
+                    runningMean[f] = Double(Float((1 - momentum) * runningMean[f] + momentum * mean))
+                    runningVar[f] = Double(Float((1 - momentum) * runningVar[f] + momentum * (n > 1 ? squares / Double(n - 1) : variance)))
                 } else {
                     (means[f], inverse[f]) = (runningMean[f], 1 / (runningVar[f] + epsilon).squareRoot())
                 }
