@@ -25,17 +25,21 @@ public enum BLASCore {
     /// Set by `ProcessStart.restartIfNeeded` to the core OpenBLAS had taken, for `tether version` to say.
     public static let detectedVariable = "TETHER_OPENBLAS_DETECTED"
 
-    /// OpenBLAS's cores whose kernels use AVX2 or AVX-512 (lower-cased): a choice among them is kept.
-    static let vectorCores: Set<String> = ["haswell", "zen", "skylakex", "cooperlake", "sapphirerapids"]
+    /// OpenBLAS's cores whose kernels use AVX-512, and those whose kernels use AVX2 (lower-cased).
+    static let avx512Cores: Set<String> = ["skylakex", "cooperlake", "sapphirerapids"]
+    static let avx2Cores: Set<String> = ["haswell", "zen"]
 
     /// The OPENBLAS_CORETYPE to run with instead of `chosen`, or nil to keep it: SkylakeX on a CPU with
-    /// AVX-512 (`vectorLevel` 2, as `tether_cpu_vector_level`), Haswell with AVX2 and FMA (1), when
-    /// OpenBLAS chose a core without them and the environment does not choose one itself.
+    /// AVX-512 (`vectorLevel` 2, as `tether_cpu_vector_level`) when OpenBLAS chose a core without it
+    /// (0.3.21 takes a Zen 5 EPYC for Zen and runs AVX2 kernels, half the speed of its AVX-512 ones
+    /// there); Haswell with AVX2 and FMA (1) when it chose a pre-AVX2 core; nothing when the
+    /// environment chooses itself.
     public static func replacement(chosen: String, vectorLevel: Int, environment: [String: String]) -> String? {
-        guard environment["OPENBLAS_CORETYPE"] == nil, !vectorCores.contains(chosen.lowercased()) else { return nil }
+        let core = chosen.lowercased()
+        guard environment["OPENBLAS_CORETYPE"] == nil, !avx512Cores.contains(core) else { return nil }
         switch vectorLevel {
         case 2...: return "SkylakeX"
-        case 1: return "Haswell"
+        case 1 where !avx2Cores.contains(core): return "Haswell"
         default: return nil
         }
     }

@@ -90,6 +90,12 @@ struct Version: ParsableCommand {
         print(blas.hasPrefix("OpenBLAS") ? blas : "OpenBLAS \(blas)")
         if let detected = ProcessInfo.processInfo.environment[BLASCore.detectedVariable] {
             print("OpenBLAS core \(BLASCore.name): set by tether (OpenBLAS took this CPU for \(detected); OPENBLAS_CORETYPE overrides)")
+        } else if let set = ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"],
+            let better = BLASCore.replacement(chosen: BLASCore.name, vectorLevel: BLASCore.cpuVectorLevel, environment: [:])
+        {
+            print(
+                "OpenBLAS core \(BLASCore.name): OPENBLAS_CORETYPE=\(set) in the environment, below what this CPU runs (\(better)'s kernels); unset it to let OpenBLAS and tether choose"
+            )
         } else {
             print("OpenBLAS core \(BLASCore.name)")
         }

@@ -9,8 +9,15 @@ import Testing
         #expect(BLASCore.replacement(chosen: "Prescott", vectorLevel: 0, environment: [:]) == nil)
     }
 
+    @Test func anAVX2ChoiceOnAnAVX512CPUIsReplaced() {
+        for core in ["Haswell", "Zen", "ZEN", "haswell"] {
+            #expect(BLASCore.replacement(chosen: core, vectorLevel: 2, environment: [:]) == "SkylakeX", "\(core)")
+            #expect(BLASCore.replacement(chosen: core, vectorLevel: 1, environment: [:]) == nil, "\(core)")
+        }
+    }
+
     @Test func aVectorChoiceOrTheUsersIsKept() {
-        for core in ["Haswell", "SkylakeX", "Cooperlake", "SapphireRapids", "Zen", "ZEN", "haswell"] {
+        for core in ["SkylakeX", "Cooperlake", "SapphireRapids", "skylakex"] {
             #expect(BLASCore.replacement(chosen: core, vectorLevel: 2, environment: [:]) == nil, "\(core)")
         }
         #expect(BLASCore.replacement(chosen: "Prescott", vectorLevel: 2, environment: ["OPENBLAS_CORETYPE": "Prescott"]) == nil)
