@@ -48,8 +48,12 @@ public struct ImageDataset: Sendable {
         let f = features
         let inputs = Tensor<T>.uninitialized([indices.count, f]) { out in
             pixels.withUnsafeBufferPointer { px in
-                for (row, i) in indices.enumerated() {
-                    T.convert(out + row * f, fromBytes: px.baseAddress! + i * f, scale: 1 / 255, count: f)
+                let start = indices.startIndex
+                // rows across the compute threads (a batch's conversion is a serial pass otherwise)
+                Compute.forEachRange(count: indices.count, grain: max(1, Compute.elementGrain / max(1, f))) { rows in
+                    for row in rows {
+                        T.convert(out + row * f, fromBytes: px.baseAddress! + indices[start + row] * f, scale: 1 / 255, count: f)
+                    }
                 }
             }
         }

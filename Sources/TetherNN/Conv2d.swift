@@ -49,7 +49,7 @@ public final class Conv2d<T: Scalar>: DataDependentInit {
         let g = ConvGeometry(
             channels: inChannels, batch: x.shape[1], height: x.shape[2], width: x.shape[3],
             kernelHeight: kernel, kernelWidth: kernel, stride: stride, padding: padding)
-        let w = weight.weight(ctx.arena)
+        let w = weight.weight(ctx)
         if let plan = winogradPlan(g, channels: inChannels) {
             (geometry, input, self.w, colHolds) = (g, x, w, nil)
             let u = transformed.reserve(plan.positions * outChannels * inChannels)

@@ -34,7 +34,7 @@ public final class Dense<T: Scalar>: DataDependentInit {
         precondition(x.shape.count == 2 && x.shape[1] == inFeatures, "Dense expects (B, \(inFeatures)), got \(x.shape)")
         let b = x.shape[0], arena = ctx.arena
         input = x
-        let w = weight.weight(arena)
+        let w = weight.weight(ctx)
         self.w = w
         return Tensor.uninitialized([b, outFeatures]) { y in
             // y starts as the bias in every row and the GEMM adds to it: one pass fewer over y than

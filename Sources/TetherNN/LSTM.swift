@@ -45,7 +45,7 @@ public final class LSTMLayer<T: Scalar>: Layer {
         precondition(x.shape.count == 3 && x.shape[2] == inputSize, "LSTM expects (T, B, \(inputSize)), got \(x.shape)")
         let (t, b, n, arena) = (x.shape[0], x.shape[1], hiddenSize, ctx.arena)
         (input, steps, batch) = (x, t, b)
-        let wih = weightIH.weight(arena), whh = weightHH.weight(arena)
+        let wih = weightIH.weight(ctx), whh = weightHH.weight(ctx)
         (self.wih, self.whh) = (wih, whh)
         let rows = t * b, width = 4 * n
         if gates.count != rows * width { gates = T.zeros(count: rows * width) }

@@ -10,6 +10,19 @@ public final class ModelContext<T: Scalar> {
     /// Told during backward that the gradients at arena offsets >= its argument are final, by models
     /// that know (a cluster worker starts all-reducing them while backward goes on).
     public var gradientsReady: ((Int) -> Void)?
+    /// Set by `freezeParameters` while the parameters stay as they are (inference over a loaded
+    /// checkpoint): a weight-normalized layer then computes its weight g v / ||v|| once per freeze
+    /// instead of every forward. A number per freeze, so a weight computed under an earlier one is not
+    /// taken for this one's.
+    public private(set) var frozen: Int?
+    private var freezes = 0
+
+    /// Promises that nothing changes the parameters until `thawParameters` (predict, bench predict).
+    public func freezeParameters() {
+        freezes += 1
+        frozen = freezes
+    }
+    public func thawParameters() { frozen = nil }
 
     public init(arena: ParameterArena<T>, rng: RNG) {
         self.arena = arena

@@ -50,13 +50,22 @@ final class WeightParameterization<T: Scalar> {
 
     deinit { w.deallocate(); dw.deallocate(); norms.deallocate() }
 
-    /// The effective weight (R, K); when normalized, recomputed from g and v (call once per forward).
-    func weight(_ arena: ParameterArena<T>) -> UnsafePointer<T> {
+    /// The freeze (`ModelContext.frozen`) under which `w` was last computed.
+    private var computedWhileFrozen: Int?
+
+    /// The effective weight (R, K); when normalized, recomputed from g and v (call once per forward),
+    /// or kept from the last forward while the parameters are frozen.
+    func weight(_ ctx: ModelContext<T>) -> UnsafePointer<T> {
+        let arena = ctx.arena
         switch kind {
         case .plain(let s):
             return UnsafePointer(arena.value(s))
         case .normalized(let g, let v):
-            T.weightNormForward(w, norms: norms, g: arena.value(g), v: arena.value(v), epsilon: Self.epsilon, rows: rows, columns: columns)
+            if ctx.frozen == nil || ctx.frozen != computedWhileFrozen {
+                T.weightNormForward(
+                    w, norms: norms, g: arena.value(g), v: arena.value(v), epsilon: Self.epsilon, rows: rows, columns: columns)
+                computedWhileFrozen = ctx.frozen
+            }
             return UnsafePointer(w)
         }
     }

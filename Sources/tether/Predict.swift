@@ -82,6 +82,7 @@ struct Predict: ParsableCommand {
             predicting = p
         }
         try loaded.restore(into: predicting.model, optimizer: nil)
+        predicting.model.context.freezeParameters()  // from here on only forward passes
         return predicting
     }
 

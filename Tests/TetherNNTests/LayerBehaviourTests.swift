@@ -221,3 +221,29 @@ import TetherTensor
         checkReports(arena: model.arena, context: model.context) { _ = model.accumulateGradients(images, scale: 1) }
     }
 }
+
+@Suite struct FrozenParameterTests {
+    /// Frozen, a weight-normalized layer keeps the weight it computed under this freeze (a changed g is
+    /// not seen); thawed, or frozen anew, it computes it again.
+    @Test func aFrozenWeightNormalizedLayerComputesItsWeightOncePerFreeze() {
+        var layout = ArenaLayout()
+        let dense = Dense<Double>(&layout, prefix: "", inFeatures: 3, outFeatures: 2, weightNorm: true)
+        let arena = ParameterArena<Double>(layout: layout)
+        var rng = RNG(seed: 3)
+        arena.initialize(rng: &rng)
+        let ctx = ModelContext(arena: arena, rng: rng)
+        let x = Tensor<Double>(shape: [1, 3], scalars: [1, 2, 3])
+        let g = arena.value(layout.slot(named: "weight_g")!)
+        let before = dense.forward(x, ctx).scalars
+        ctx.freezeParameters()
+        #expect(dense.forward(x, ctx).scalars == before)
+        g[0] *= 2
+        #expect(dense.forward(x, ctx).scalars == before)  // computed once under this freeze
+        ctx.freezeParameters()
+        let refrozen = dense.forward(x, ctx).scalars
+        #expect(refrozen != before)
+        g[0] /= 2
+        ctx.thawParameters()
+        #expect(dense.forward(x, ctx).scalars == before)
+    }
+}
