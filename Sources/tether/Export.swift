@@ -16,7 +16,8 @@ struct Export: ParsableCommand {
     @Option(help: "Where to write the Python module (e.g. model.py).") var pytorch: String?
     @Option(help: "Where to write the trained network as an ONNX model (opset 17; needs --checkpoint).") var onnx: String?
     @Option(help: "The spec: a YAML file or a shipped spec's name (mlp, mlp-wn, cnn-wn).") var model: String?
-    @Option(help: "A checkpoint of a spec's run (it carries the spec).") var checkpoint: String?
+    @Option(help: "A checkpoint: of a spec's run (it carries the spec), an image family's, autoencoder-tied's or lm-tied's.")
+    var checkpoint: String?
 
     func validate() throws {
         guard (pytorch == nil) != (onnx == nil) else { throw ValidationError("give --pytorch FILE.py or --onnx FILE.onnx (one of them)") }
@@ -27,15 +28,20 @@ struct Export: ParsableCommand {
     func run() throws {
         do {
             let spec: ModelSpec
-            var loaded: Checkpoint.Loaded?
+            var loaded: (checkpoint: Checkpoint.Loaded, name: (String) -> String)?
             if let checkpoint {
                 let l = try Checkpoint.Loaded(URL(fileURLWithPath: checkpoint))
-                guard let s = try l.fittedSpec() else {
+                // --pytorch writes a spec's names; a family's checkpoint (autoencoder-tied, lm-tied) has its own
+                guard
+                    let s = try pytorch == nil ? l.inferenceSpec() : l.fittedSpec().map({ spec in FamilySpec(spec: spec) { name in name } })
+                else {
                     throw SpecError(
-                        "\(checkpoint) is a checkpoint of \(l.config.model), not of a model spec (mlp, mlp-wn, cnn-wn or a spec file); export takes a spec's run"
+                        pytorch == nil
+                            ? "\(checkpoint) is a checkpoint of \(l.config.model), which has no spec form to export (a spec with a table input and a wide tower is a wide & deep network that exports)"
+                            : "\(checkpoint) is a checkpoint of \(l.config.model), not of a model spec (mlp, mlp-wn, cnn-wn or a spec file); --pytorch takes a spec's run"
                     )
                 }
-                (spec, loaded) = (s, l)
+                (spec, loaded) = (s.spec, (l, s.checkpointName))
             } else {
                 let m = model!
                 guard let s = try ShippedSpecs.spec(m) ?? ModelSpecFile.read(m) as ModelSpec? else { throw SpecError("no spec \(m)") }
@@ -45,7 +51,7 @@ struct Export: ParsableCommand {
                 try PyTorchModule.source(spec).write(toFile: pytorch, atomically: true, encoding: .utf8)
                 print("wrote \(pytorch): class \(PyTorchModule.className(spec)) and load_tether(checkpoint)")
             } else if let onnx, let loaded {
-                let model = try ONNXExport.model(spec) { name in try loaded.file.tensors[name]?.floats() }
+                let model = try ONNXExport.model(spec) { name in try loaded.checkpoint.file.tensors[loaded.name(name)]?.floats() }
                 try Data(model.serialized()).write(to: URL(fileURLWithPath: onnx), options: .atomic)
                 print(
                     "wrote \(onnx): \(model.graph.nodes.count) nodes, \(model.graph.initializers.count) initializers, "

@@ -1240,6 +1240,59 @@ let kubernetesTypesInstalled =
         #expect(rows.allSatisfy { (($0["top"] as? [[String: Any]])?.first?["name"] as? String) == $0["name"] as? String })
     }
 
+    /// The families that are spec layers under other names export too: lm-tied (its tied projection one
+    /// initializer with the embedding) and autoencoder-tied (its decoder the encoder's transposes); ONNX
+    /// Runtime's outputs equal `tether predict`'s within 1e-5. The language model's graph takes windows
+    /// of --bptt tokens: the held-out lines here are that long, the ids read from the checkpoint's vocabulary.
+    @Test(.enabled(if: dataInstalled, "needs Debian's dataset-fashion-mnist"))
+    func familyCheckpointsExportToONNX() throws {
+        let dir = CLI.tempDir("family-onnx")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let text = (0..<1000).map { ["the cat sat on the mat .", "a dog ran in the park ."][$0 % 2] }.joined(separator: "\n")
+        try text.write(to: dir.appendingPathComponent("corpus.txt"), atomically: true, encoding: .utf8)
+        let lm = try CLI.run(
+            [
+                "train", "--model", "lm-tied", "--data", "text:corpus.txt", "--size", "16", "--layers", "2", "--vocabulary", "30",
+                "--batch", "4", "--bptt", "8", "--max-steps", "30", "--lr", "5", "--run-dir", "lm"
+            ], in: dir)
+        #expect(lm.status == 0, "\(lm.stderr)")
+        let ae = try CLI.run(
+            ["train", "--model", "autoencoder-tied", "--max-steps", "5", "--test-limit", "300", "--run-dir", "ae"], in: dir)
+        #expect(ae.status == 0, "\(ae.stderr)")
+        for (run, output) in [("lm", "probabilities"), ("ae", "prediction")] {
+            let export = try CLI.run(["export", "--onnx", run + ".onnx", "--checkpoint", run + "/checkpoint.safetensors"], in: dir)
+            #expect(export.status == 0 && export.stdout.contains("\"\(output)\""), "\(export.stdout)\(export.stderr)")
+            let predict = try CLI.run(["predict", "--checkpoint", run + "/checkpoint.safetensors", "--output", run + ".npy"], in: dir)
+            #expect(predict.status == 0, "\(predict.stderr)")
+        }
+        let shown = try CLI.run(["models", "show", "lm.onnx"], in: dir)
+        #expect(shown.status == 0 && shown.stdout.contains("8 tokens of a vocabulary of"), "\(shown.stdout)\(shown.stderr)")
+        guard
+            let worst = try onnxRuntimeFigure(
+                """
+                import gzip, json, struct
+                def run(name, output, x):
+                    onnx.checker.check_model(onnx.load(name + ".onnx"), full_check=True)
+                    session = ort.InferenceSession(name + ".onnx", providers=["CPUExecutionProvider"])
+                    theirs = session.run([output], {"input": x})[0]
+                    ours = np.load(name + ".npy")
+                    assert theirs.shape == ours.shape, (name, theirs.shape, ours.shape)
+                    return float(np.abs(theirs - ours).max())
+                raw = open("lm/checkpoint.safetensors", "rb").read()
+                header = json.loads(raw[8:8 + struct.unpack("<Q", raw[:8])[0]])
+                words = json.loads(header["__metadata__"]["tether.vocabulary"])["words"]
+                ids = {w: i for i, w in enumerate(words)}
+                held = open("corpus.txt").read().split("\\n")[900:]  # the held-out block of lines
+                tokens = np.array([[0] + [ids.get(w, 1) for w in line.split()] for line in held], dtype=np.int64)
+                images = gzip.open("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").read()
+                pixels = np.frombuffer(images, np.uint8, offset=16).reshape(-1, 784)[:300].astype(np.float32) / 255
+                print(max(run("lm", "probabilities", tokens), run("ae", "prediction", pixels)))
+                """, what: "the families' exports", in: dir)
+        else { return }
+        #expect(worst < 1e-5, "ONNX Runtime against tether predict: \(worst)")
+    }
+
     @Test func aBadCSVRowIsNamedByFileAndLine() throws {
         let dir = CLI.tempDir("csv")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
