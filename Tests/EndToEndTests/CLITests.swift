@@ -585,12 +585,21 @@ let kubernetesTypesInstalled =
             #expect(
                 r.stdout.contains("OpenBLAS core \(replacement): set by tether (OpenBLAS took this CPU for \(BLASCore.name)"),
                 "stdout: \(r.stdout)")
+        } else if let set = environment["OPENBLAS_CORETYPE"],
+            let better = BLASCore.replacement(chosen: BLASCore.name, vectorLevel: BLASCore.cpuVectorLevel, environment: [:])
+        {
+            #expect(
+                r.stdout.contains(
+                    "OpenBLAS core \(BLASCore.name): OPENBLAS_CORETYPE=\(set) in the environment, below what this CPU runs (\(better)'s"),
+                "stdout: \(r.stdout)")
         } else {
             #expect(r.stdout.contains("OpenBLAS core \(BLASCore.name)\n"), "stdout: \(r.stdout)")
         }
         #if arch(x86_64)
+            // a core the user names is kept, and said to be below what the CPU runs where it is
             let named = try CLI.run(["version"], environment: ["OPENBLAS_CORETYPE": "Prescott"])
-            #expect(named.stdout.contains("OpenBLAS core Prescott\n"), "stdout: \(named.stdout)")
+            let below = BLASCore.cpuVectorLevel > 0 ? ": OPENBLAS_CORETYPE=Prescott in the environment, below" : "\n"
+            #expect(named.stdout.contains("OpenBLAS core Prescott" + below), "stdout: \(named.stdout)")
             // started again, it keeps its name (`pkill tether`, `docker top`)
             let waiting = try CLI.start(["worker", "--coordinator", "tcp://127.0.0.1:1", "--insecure"], bound: 20)
             // once it runs (any start again happens before it says a word)
