@@ -7,7 +7,7 @@ import PackageDescription
 //   TetherNN + Yams -> TetherJobFile ----/                            model specs, and TetherONNX, for starting weights)
 //   TetherTrain + TetherComm -> TetherObservability (Prometheus, TensorBoard, the timeline, the report) -> tether
 //   CProtobufC -> TetherWire -> TetherMessages (the envelope and control messages as values: what the
-//     state machines speak) -> TetherComm (ZeroMQ, the ring; also CZeroMQ, CXXHash, CTetherKernels) -/
+//     state machines speak) -> TetherComm (ZeroMQ, the ring; also CZeroMQ, CXXHash, CSodium, CTetherCrypto, CTetherKernels) -/
 //   TetherNN + TetherComm -> TetherGradients (buckets, overlap, compression, PowerSGD, sparse rows)
 //   TetherTrain + TetherGradients + TetherObservability -> TetherCluster (coordinator, workers) -> tether
 //   TetherNN + TetherWire -> TetherONNX (ONNX models in and out) -> tether
@@ -30,6 +30,7 @@ let package = Package(
         .systemLibrary(name: "CProtobufC", pkgConfig: "libprotobuf-c", providers: [.apt(["libprotobuf-c-dev"])]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
         .systemLibrary(name: "CXXHash", pkgConfig: "libxxhash", providers: [.apt(["libxxhash-dev"])]),
+        .systemLibrary(name: "CSodium", pkgConfig: "libsodium", providers: [.apt(["libsodium-dev"])]),
         // protoc-c output only; regenerate with scripts/generate-proto, never edit.
         .target(name: "TetherWire", dependencies: ["CProtobufC"]),
 
@@ -37,6 +38,8 @@ let package = Package(
         .target(name: "CTetherKernels", cSettings: [.unsafeFlags(["-O3", "-fno-math-errno"])]),
         // Process and memory helpers Swift cannot express (prctl, mallopt, atomics on shared memory).
         .target(name: "CTetherProcess"),
+        // The ring's payload AEAD through OpenSSL's EVP (libcrypto, from libssl-dev).
+        .target(name: "CTetherCrypto", linkerSettings: [.linkedLibrary("crypto")]),
         .target(name: "TetherTensor", dependencies: ["CBLAS", "CTetherKernels", "CTetherProcess"]),
         .target(name: "TetherNN", dependencies: ["TetherTensor"]),
         .target(name: "TetherData", dependencies: ["TetherTensor", "CZlib"]),
@@ -46,8 +49,8 @@ let package = Package(
         .target(
             name: "TetherComm",
             dependencies: [
-                "TetherMessages", "TetherWire", "CZeroMQ", "CProtobufC", "CXXHash", "CTetherKernels", "CTetherProcess",
-                .product(name: "Logging", package: "swift-log")
+                "TetherMessages", "TetherWire", "CZeroMQ", "CProtobufC", "CXXHash", "CSodium", "CTetherCrypto", "CTetherKernels",
+                "CTetherProcess", .product(name: "Logging", package: "swift-log")
             ]),
         .target(name: "TetherTrain", dependencies: ["TetherTensor", "TetherNN", "TetherData", "TetherJobFile", "TetherONNX", "CXXHash"]),
         // What a run shows outside itself (Prometheus, TensorBoard files, the HTML report), fed through TetherTrain's MetricsSink.

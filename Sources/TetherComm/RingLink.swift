@@ -34,6 +34,12 @@ final class RingLink {
     private var outLaneUsed: UInt64 = 0, inLaneUsed: UInt64 = 0, inLaneReleased: UInt64 = 0
     /// a collective failed or the ring was abandoned: no chunk that names the outgoing lane will be read
     private var broken = false
+    /// The AEADs of a secure ring's tcp links (`RingOptions.payloadProtection` .aead): the one that
+    /// seals what goes to the right neighbour, the one that opens what comes from the left, and where
+    /// an opened payload lies (valid until the next receive).
+    private var sealing: LinkCipher?, opening: LinkCipher?
+    private var plaintext: UnsafeMutableRawPointer = .allocate(byteCount: 64, alignment: 64)
+    private var plaintextBytes = 64
 
     /// How often a waiting receive asks `RingOptions.abandon`.
     static let abandonPoll: Duration = .milliseconds(50)
@@ -51,16 +57,31 @@ final class RingLink {
         push = try ZeroMQSocket(context, .push)
         // Every message on a link is one chunk header and at most one chunk.
         try pull.setMaxMessageSize(options.chunkBytes + 64 << 10)
-        // CURVE on TCP links. A unix socket is reachable only by this user (it lies in a private
-        // folder: the job's runtime folder, checked by `AssignCheck`), who can read the cluster key
-        // anyway; its payloads mostly go through the shared-memory lane, which no cipher covers.
+        // A secure ring's tcp links carry payloads sealed by an AEAD whose keys only the two neighbours
+        // can derive (`LinkCipher`), or run CURVE on the socket (`payloadProtection` .curve). A unix
+        // socket is reachable only by this user (it lies in a private folder: the job's runtime folder,
+        // checked by `AssignCheck`), who can read the cluster key anyway; its payloads mostly go through
+        // the shared-memory lane, which no cipher covers.
         let ownSocket = Transport.ipcPath(addresses[rank]), rightSocket = Transport.ipcPath(rightAddress)
         if let curve = options.curve {
-            if ownSocket == nil {
+            // the cipher of the link from `sender` to `receiver`, whose other end holds `peer`'s key
+            func cipher(_ peer: String, from sender: Int, to receiver: Int, sending: Bool) throws -> LinkCipher {
+                try LinkCipher(
+                    ownSecret: curve.keys.secretKey, peerPublic: peer, jobID: options.jobID, epoch: options.epoch, sender: sender,
+                    receiver: receiver, sending: sending)
+            }
+            let aead = options.payloadProtection == .aead
+            if ownSocket == nil, aead {
+                opening = try cipher(curve.leftPublicKey, from: left, to: rank, sending: false)
+            } else if ownSocket == nil {
                 curve.authenticator.allow([curve.leftPublicKey], domain: "ring")
                 try pull.secure(.server(curve.keys, domain: "ring", curve.authenticator))
             }
-            if rightSocket == nil { try push.secure(.client(curve.keys, serverKey: curve.rightPublicKey)) }
+            if rightSocket == nil, aead {
+                sealing = try cipher(curve.rightPublicKey, from: rank, to: right, sending: true)
+            } else if rightSocket == nil {
+                try push.secure(.client(curve.keys, serverKey: curve.rightPublicKey))
+            }
         }
         let bindDeadline = ContinuousClock.now + .seconds(1)
         while true {
@@ -102,6 +123,7 @@ final class RingLink {
     /// last collective first must not take its neighbour's last chunks with it.
     deinit {
         scratch.deallocate()
+        plaintext.deallocate()
         push.close()
         pull.close()
         removeSocketFile()
@@ -159,7 +181,15 @@ final class RingLink {
         guard origin != Int32(right) else { return }
         let abort = Envelope(jobID: options.jobID, senderRank: Int32(rank), body: .abort(.init(originRank: origin, reason: error.message)))
         let bytes = abort.encoded()
-        try? bytes.withUnsafeBytes { try push.send([$0], wait: false) }
+        if let sealing {  // sealed like a chunk (an empty payload): a stranger cannot end a collective
+            try? bytes.withUnsafeBytes { head in
+                try push.send(header: head, filling: LinkCipher.overhead, wait: false) {
+                    sealing.seal(UnsafeRawBufferPointer(start: nil, count: 0), header: head, into: $0)
+                }
+            }
+        } else {
+            try? bytes.withUnsafeBytes { try push.send([$0], wait: false) }
+        }
         // Buffers lent to libzmq belong to the caller, who may free them once this throws: close the
         // socket (queued messages are dropped after a short linger) and wait until libzmq lets go.
         try? push.setOption(ZMQ_LINGER, 200, "ZMQ_LINGER")
@@ -212,6 +242,10 @@ final class RingLink {
             try envelope.withUnsafeBytes { head in
                 switch payload {
                 case _ where h.laneSlot != 0: try push.send([head, UnsafeRawBufferPointer(start: nil, count: 0)])
+                case _ where sealing != nil:
+                    let t = ContinuousClock.now
+                    try push.send(header: head, filling: bytes.count + LinkCipher.overhead) { sealing!.seal(bytes, header: head, into: $0) }
+                    statistics.sealing += t.duration(to: .now)
                 case .copied(let bytes): try push.send([head, bytes])
                 case .lent(let bytes, _): try push.send(header: head, lending: bytes, lent)
                 case .forwarded(let p, _):
@@ -331,11 +365,14 @@ final class RingLink {
         // built only for an error message, not per chunk
         var what: String { "\(e.operation) #\(sequence) ring step \(e.ringStep) chunk \(e.chunkIndex)" }
         let t0 = ContinuousClock.now
-        let (frames, envelope) = try awaitLeftNeighbour(until: t0 + options.timeout, waitingFor: what)
+        let (frames, envelope, opened) = try awaitLeftNeighbour(until: t0 + options.timeout, waitingFor: what)
         statistics.waiting += t0.duration(to: .now)
         let h = try chunkHeader(envelope, frames: frames.count, waitingFor: what)
         if h.operation == .handshake, inLane == nil { _ = try openLane(required: false) }
-        let payload = h.laneSlot == 0 ? Payload(bytes: frames[1].bytes, frame: frames[1]) : try fromLane(h, frames[1], what)
+        let payload =
+            if let opened { Payload(bytes: opened, frame: nil) } else if h.laneSlot == 0 {
+                Payload(bytes: frames[1].bytes, frame: frames[1])
+            } else { try fromLane(h, frames[1], what) }
         try checkHeader(h, of: payload, against: e, sequence: sequence, waitingFor: what)
         if verifying && verifiesChecksums {
             let t2 = ContinuousClock.now
@@ -350,7 +387,12 @@ final class RingLink {
     /// is abandoned). Only the left neighbour may speak: what cannot be its message (`notFromLeft`) is
     /// dropped and reported, and the wait goes on: on an --insecure ring anyone may connect, and a
     /// stranger's bytes must not stop the job.
-    private func awaitLeftNeighbour(until deadline: ContinuousClock.Instant, waitingFor what: String) throws -> ([ZeroMQFrame], Envelope) {
+    /// On a sealed link only a message that opens counts (a forged, replayed or truncated one is dropped
+    /// in the same way), and its opened payload comes back with it; one that opens past the next
+    /// proves that the link lost or refused the ones between, and fails the collective.
+    private func awaitLeftNeighbour(
+        until deadline: ContinuousClock.Instant, waitingFor what: String
+    ) throws -> ([ZeroMQFrame], Envelope, UnsafeRawBufferPointer?) {
         while true {
             if let abandon = options.abandon, abandon() {
                 throw CollectiveError(message: "rank \(rank): the ring was abandoned (waiting for \(what))", abandoned: true)
@@ -370,7 +412,37 @@ final class RingLink {
                 drop(stranger, what)
                 continue
             }
-            return (frames, envelope)
+            guard let opening else { return (frames, envelope, nil) }
+            guard frames.count == 2 else {
+                drop("an unsealed message of \(frames.count) frame(s) on the sealed link from rank \(left) (\(leftAddress))", what)
+                continue
+            }
+            let t = ContinuousClock.now
+            let sealed = frames[1].bytes, count = max(0, sealed.count - LinkCipher.overhead)
+            if plaintextBytes < count {
+                plaintext.deallocate()
+                (plaintext, plaintextBytes) = (.allocate(byteCount: count, alignment: 64), count)
+            }
+            do {
+                try opening.open(sealed, header: frames[0].bytes, into: plaintext)
+            } catch let refusal as LinkCipher.Refusal {
+                statistics.sealing += t.duration(to: .now)
+                let link = "the sealed link from rank \(left) (\(leftAddress))"
+                switch refusal {
+                case .gap(let expected, let found):
+                    throw CollectiveError(
+                        message:
+                            "rank \(rank): \(link) delivered message \(found) where \(expected) was next: the ones between were lost or refused (tampered) (waiting for \(what))"
+                    )
+                case .replayed(let expected, let found):
+                    drop("a replayed message (\(found), where \(expected) is next) on \(link)", what)
+                case .forged: drop("a message that fails authentication (a changed byte, or another link's key) on \(link)", what)
+                case .truncated: drop("a sealed message shorter than its nonce and tag on \(link)", what)
+                }
+                continue
+            }
+            statistics.sealing += t.duration(to: .now)
+            return (frames, envelope, UnsafeRawBufferPointer(start: plaintext, count: count))
         }
     }
 

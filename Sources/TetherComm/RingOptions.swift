@@ -20,8 +20,10 @@ public struct RingOptions: Sendable {
     public var laneSlots = 32
     /// Hash of the parameter layout; ranks that disagree fail at the first message.
     public var layoutFingerprint: UInt64 = 0
-    /// CURVE on the links (nil: plaintext, any peer may connect).
+    /// The members' CURVE keys (nil: plaintext, any peer may connect): tcp links sealed by an AEAD
+    /// with keys derived from them, or under CURVE itself (`payloadProtection`).
     public var curve: RingCurve?
+    public var payloadProtection: RingPayloadProtection = .aead
     /// The largest payload an all-gather accepts from one rank (sparse gradient rows, replica state).
     public var maxGatherBytes = 1 << 30
     /// The forming of the ring (elastic in place: 1, 2, ... after each re-formation): in every header;

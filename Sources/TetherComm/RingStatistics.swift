@@ -22,6 +22,8 @@ public struct RingStatistics: Sendable, Codable {
     /// XXH3 of payloads sent as they are (a rank's own first chunks) and received as bytes (all-gather
     /// of payloads, barrier)
     public var checksumming: Duration = .zero
+    /// sealing payloads for the right neighbour and opening the left one's (AEAD links)
+    public var sealing: Duration = .zero
     /// payload bytes handed to the right neighbour (headers not counted)
     public var bytesSent = 0
     /// of those, the bytes that went through a shared-memory lane (same-host links)
@@ -33,6 +35,7 @@ public struct RingStatistics: Sendable, Codable {
         var d = RingStatistics()
         (d.waiting, d.sending) = (a.waiting - b.waiting, a.sending - b.sending)
         (d.reducing, d.checksumming) = (a.reducing - b.reducing, a.checksumming - b.checksumming)
+        d.sealing = a.sealing - b.sealing
         (d.bytesSent, d.laneBytesSent) = (a.bytesSent - b.bytesSent, a.laneBytesSent - b.laneBytesSent)
         return d
     }
@@ -40,6 +43,7 @@ public struct RingStatistics: Sendable, Codable {
     public static func += (a: inout RingStatistics, b: RingStatistics) {
         (a.waiting, a.sending) = (a.waiting + b.waiting, a.sending + b.sending)
         (a.reducing, a.checksumming) = (a.reducing + b.reducing, a.checksumming + b.checksumming)
+        a.sealing = a.sealing + b.sealing
         (a.bytesSent, a.laneBytesSent) = (a.bytesSent + b.bytesSent, a.laneBytesSent + b.laneBytesSent)
     }
 }

@@ -6,6 +6,7 @@ import TetherComm
 import TetherMessages
 
 extension Transport: ExpressibleByArgument {}
+extension RingPayloadProtection: ExpressibleByArgument {}
 
 /// All-reduce time and bandwidth, as nccl-tests reports them: algbw = S/t, busbw = S/t * 2(N-1)/N.
 /// By default N separate processes of this binary on this host; with --rank and --addresses, one rank
@@ -45,6 +46,11 @@ struct BenchAllReduce: ParsableCommand {
             "Plaintext ring links, no authentication (by default the ranks use CURVE with a key of their own, or --key-file's with --rank)."
     )
     var insecure = false
+    @Option(
+        help:
+            "How a secure ring protects payloads on tcp links: aead (sealed by AES-256-GCM or ChaCha20-Poly1305, what a cluster runs) or curve (CURVE on the socket, to compare)."
+    )
+    var protection: RingPayloadProtection = .aead
     @Option(help: "With --rank: the cluster key file every rank uses (also TETHER_KEY_FILE, or the key in TETHER_KEY).") var keyFile:
         String?
     /// Set by the parent of local rank processes: print this rank's raw measurements for it to combine.
@@ -85,6 +91,7 @@ struct BenchAllReduce: ParsableCommand {
         if let chunk { o.chunkBytes = chunk }
         if let laneSlots { o.laneSlots = laneSlots }
         o.jobID = "bench-allreduce"
+        o.payloadProtection = protection
         return o
     }
 
@@ -169,7 +176,7 @@ struct BenchAllReduce: ParsableCommand {
             if let chunk { args += ["--chunk", "\(chunk)"] }
             if let laneSlots { args += ["--lane-slots", "\(laneSlots)"] }
             if check { args.append("--check") }
-            args += ["--dtype", dtype.description]
+            args += ["--dtype", dtype.description, "--protection", protection.rawValue]
             p.arguments = args + key.flags
             (p.standardOutput, p.standardError) = (out, err)
             try p.run()
@@ -228,7 +235,8 @@ struct BenchAllReduce: ParsableCommand {
                 "lane_bytes_per_iteration": s.laneBytesSent / max(iterations, 1),
                 "ms_per_iteration": [
                     "waiting": perIteration(s.waiting), "sending": perIteration(s.sending),
-                    "reducing": perIteration(s.reducing), "checksumming": perIteration(s.checksumming)
+                    "reducing": perIteration(s.reducing), "checksumming": perIteration(s.checksumming),
+                    "sealing": perIteration(s.sealing)
                 ]
             ]
             if check { out["check"] = "ok: bitwise identical on every rank, \(checkedBound) of the Double reference" }
@@ -241,8 +249,10 @@ struct BenchAllReduce: ParsableCommand {
             print(String(format: "median %.2f ms  algbw %.3f GB/s  busbw %.3f GB/s", median * 1000, algbw, busbw))
             print(
                 String(
-                    format: "rank \(mine.rank) per iteration (ms): waiting %.2f, sending %.2f, reducing %.2f, checksumming %.2f",
-                    perIteration(s.waiting), perIteration(s.sending), perIteration(s.reducing), perIteration(s.checksumming)))
+                    format:
+                        "rank \(mine.rank) per iteration (ms): waiting %.2f, sending %.2f, reducing %.2f, checksumming %.2f, sealing %.2f",
+                    perIteration(s.waiting), perIteration(s.sending), perIteration(s.reducing), perIteration(s.checksumming),
+                    perIteration(s.sealing)))
             if check { print("check: bitwise identical on every rank, \(checkedBound) of the Double reference") }
         }
     }
