@@ -46,6 +46,7 @@ struct ControlChannel {
 /// The monitor events a server logs: handshakes that failed.
 enum ZMQEvents {
     static let handshakeFailures: Int32 = 0x0800 | 0x2000 | 0x4000  // ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL, _PROTOCOL, _AUTH
+    static let connection: Int32 = 0x0001 | 0x1000 | 0x0200  // ZMQ_EVENT_CONNECTED, _HANDSHAKE_SUCCEEDED, _DISCONNECTED
 }
 
 extension Envelope.Body {

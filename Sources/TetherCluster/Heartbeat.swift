@@ -26,12 +26,19 @@ final class Heartbeat: @unchecked Sendable {
         try dealer.setMaxMessageSize(ControlLimits.heartbeatMessageBytes)
         try dealer.setHighWaterMarks(send: ControlLimits.workerQueuedMessages, receive: ControlLimits.workerQueuedMessages)
         if let keys = options.security.keys { try dealer.secure(.client(keys, serverKey: keys.publicKey)) }
+        // its connection's ends: a coordinator whose process ended is gone at once, not after the time-out
+        let monitor = try dealer.monitor(ZMQEvents.connection)
         try dealer.connect(options.coordinator)
         let channel = ControlChannel(socket: dealer, jobID: options.jobID)
         let flag = stopped, finished = done, timeout = options.coordinatorTimeout, coordinator = options.coordinator,
             end = options.endProcess
         Thread {
-            defer { channel.socket.close(); finished.signal() }
+            defer {
+                channel.socket.stopMonitor()
+                monitor.close()
+                channel.socket.close()
+                finished.signal()
+            }
             var watch = LivenessWatch(timeout: timeout, now: Clock.now)
             var coordinators = reforms.coordinators
             // Set when the main thread was told to end (an Abort, or silence it cannot outlive): if it has
@@ -44,6 +51,7 @@ final class Heartbeat: @unchecked Sendable {
                 if !reforms.coordinatorLost { try? channel.send(.heartbeat, from: rank) }
                 let deadline = ContinuousClock.now + .milliseconds(500)
                 while !flag.isSet, let message = try? channel.receive(deadline: deadline), let (_, env) = Optional(message) {
+                    Self.watchConnection(monitor, &watch)
                     watch.heard(at: Clock.now)
                     if case .reform(let r) = env.body { reforms.note(r) }
                     if case .abort(let a) = env.body, endBy == nil {
@@ -52,8 +60,12 @@ final class Heartbeat: @unchecked Sendable {
                         endBy = (Clock.now + Heartbeat.grace, "the coordinator stopped the job: \(a.reason)")
                     }
                 }
-                if !flag.isSet, reforms.coordinators == coordinators, let silent = watch.silence(at: Clock.now) {
-                    let reason = "the coordinator at \(coordinator) has been silent for \(Int(silent)) s"
+                Self.watchConnection(monitor, &watch)
+                let silent = watch.silence(at: Clock.now), down = watch.disconnection(at: Clock.now)
+                if !flag.isSet, reforms.coordinators == coordinators, silent != nil || down != nil {
+                    let reason =
+                        silent.map { "the coordinator at \(coordinator) has been silent for \(Int($0)) s" }
+                        ?? "the coordinator at \(coordinator) closed its connection \(String(format: "%.1f", down!)) s ago (its process ended)"
                     if !reforms.mayOutliveCoordinator {
                         if endBy == nil { log("\(reason); exiting, peak RSS \(Worker.peakResidentMegabytes()) MB") }
                         endBy = endBy ?? (Clock.now + Heartbeat.grace, reason)
@@ -74,6 +86,14 @@ final class Heartbeat: @unchecked Sendable {
 
     /// How long the main thread has to end the process itself once told to.
     static let grace = 5.0
+
+    /// Notes in `watch` what the heartbeat socket's monitor says of its connection to the coordinator.
+    static func watchConnection(_ monitor: ZeroMQMonitor, _ watch: inout LivenessWatch) {
+        while let event = monitor.next(deadline: .now) {
+            if event.connected || event.handshakeSucceeded { watch.connectionUp() }
+            if event.disconnected { watch.connectionDown(at: Clock.now) }
+        }
+    }
 
     /// Ends the thread and waits until its socket is closed.
     func stop() {

@@ -711,7 +711,7 @@ public final class Worker {
 
     /// This process's peak resident set since it started (VmHWM). Not getrusage's ru_maxrss: Linux
     /// carries that over from the process that forked this one (`simulate`'s coordinator, with its data).
-    static func peakResidentMegabytes() -> Int {
+    public static func peakResidentMegabytes() -> Int {
         let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
         let line = status.split(separator: "\n").first { $0.hasPrefix("VmHWM:") } ?? ""
         return (Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0) / 1024

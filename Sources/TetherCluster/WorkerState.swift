@@ -344,13 +344,26 @@ public struct WorkerState: Sendable {
     }
 }
 
-/// Whether a peer that should be heard from regularly has gone silent (the worker's view of its
-/// coordinator). Pure: time is an argument.
+/// Whether a peer that should be heard from regularly is gone (the worker's view of its
+/// coordinator): silent past the time-out, or its connection, once up, down for `goneAfter` (a killed
+/// process's connections are closed by the kernel at once; a frozen one or a cut link closes none,
+/// and only the time-out names those). Pure: time is an argument.
 public struct LivenessWatch: Sendable {
     public let timeout: Double
     public private(set) var lastHeard: Double
+    /// Whether the connection was ever up, and since when it has been down.
+    private var wasUp = false, downSince: Double?
+    /// How long a connection that was up may stay down before the peer counts as gone (libzmq
+    /// reconnects within 100 ms when the peer is back: a coordinator started again at once is kept).
+    public static let goneAfter = 1.0
+
     public init(timeout: Double, now: Double) { (self.timeout, lastHeard) = (timeout, now) }
     public mutating func heard(at now: Double) { lastHeard = max(lastHeard, now) }
+    public mutating func connectionUp() { (wasUp, downSince) = (true, nil) }
+    public mutating func connectionDown(at now: Double) { if wasUp, downSince == nil { downSince = now } }
+
     /// Seconds of silence, once they exceed the timeout.
     public func silence(at now: Double) -> Double? { now - lastHeard > timeout ? now - lastHeard : nil }
+    /// Seconds the connection has been down, once they reach `goneAfter`.
+    public func disconnection(at now: Double) -> Double? { downSince.flatMap { now - $0 >= Self.goneAfter ? now - $0 : nil } }
 }

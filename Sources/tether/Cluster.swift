@@ -133,7 +133,11 @@ struct WorkerCommand: ParsableCommand {
                 logger.notice("stopped: \(error); the job restarts from its last checkpoint (simulate --max-restarts)")
                 throw ExitCode(1)
             }
-            guard maxRestarts > 0 else { exitWithError(error) }
+            guard maxRestarts > 0 else {
+                // however a worker ends, it says its peak memory (cluster/chaos checks every one's)
+                logger.notice("stopping, peak RSS \(Worker.peakResidentMegabytes()) MB")
+                exitWithError(error)
+            }
             logger.notice("stopped: \(error)")
             Self.joinAgain(coordinator, restartsLeft: maxRestarts - 1)
         }

@@ -296,4 +296,20 @@ import TetherMessages
         #expect(w.silence(at: 114) == nil)
         #expect(w.silence(at: 116) == 11)
     }
+
+    /// A connection that was up and has been down for a second names the peer gone (its process ended),
+    /// long before the time-out; one back within the second, or never up, does not.
+    @Test func livenessWatchNamesAConnectionThatEnded() {
+        var w = LivenessWatch(timeout: 10, now: 100)
+        w.connectionDown(at: 100)
+        #expect(w.disconnection(at: 105) == nil, "never up: a connect that has not succeeded yet")
+        w.connectionUp()
+        w.connectionDown(at: 106)
+        #expect(w.disconnection(at: 106.5) == nil)
+        w.connectionUp()
+        #expect(w.disconnection(at: 108) == nil, "back within the second")
+        w.connectionDown(at: 108)
+        w.connectionDown(at: 108.8)
+        #expect(w.disconnection(at: 109) == 1 && w.silence(at: 109) == nil)
+    }
 }
