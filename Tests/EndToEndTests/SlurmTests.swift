@@ -75,13 +75,22 @@ struct SlurmTests {
         let accuracy = out.components(separatedBy: "test accuracy ").last.flatMap { Double($0.prefix(while: { $0 != "%" })) } ?? 0
         #expect(out.contains("all 3 replicas agree") && out.contains("done: 64 steps") && accuracy > 75, "\(out)")
 
-        // The workers' step killed (scancel --signal=KILL JOB.1): the coordinator names them, the job
-        // fails with its last checkpoint, as the script promises without --worker-restarts.
+        // The workers' step killed (scancel --signal=KILL of the step the script names tether-workers;
+        // its number depends on which of the two sruns slurmctld took first): the coordinator names
+        // them, the job fails with its last checkpoint, as the script promises without --worker-restarts.
         let killed = dir.appendingPathComponent("killed")
         let second = try submit(["--run-dir", killed.path, "--"] + training + ["--epochs", "8"], in: dir, conf: conf)
         waitForACheckpoint(killed)
+        let steps = try CLI.run(
+            ["--steps", "--jobs", second, "--noheader", "--format", "%i %j"], timeout: 30, environment: ["SLURM_CONF": conf],
+            executable: which("squeue")!
+        ).stdout
+        let workersStep = steps.split(separator: "\n").map { $0.split(separator: " ") }.first { $0.last == "tether-workers" }?.first
+        #expect(workersStep != nil, "no step named tether-workers in job \(second): \(steps)")
         let cancelled = Date()
-        _ = try CLI.run(["--signal=KILL", "\(second).1"], timeout: 30, environment: ["SLURM_CONF": conf], executable: which("scancel")!)
+        _ = try CLI.run(
+            ["--signal=KILL", String(workersStep ?? "\(second).1")], timeout: 30, environment: ["SLURM_CONF": conf],
+            executable: which("scancel")!)
         #expect(try finalState(second, conf: conf, within: 60) == "FAILED")
         let failed = (try? String(contentsOf: dir.appendingPathComponent("tether-\(second).out"), encoding: .utf8)) ?? ""
         #expect(failed.contains("its process ended"), "the killed workers are named by their connections' end: \(failed)")
