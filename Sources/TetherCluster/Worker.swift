@@ -127,7 +127,13 @@ public final class Worker {
     /// token): the job's socket files swept when it ends (SameHostLinks.sweepJob).
     private var ringAddresses: [String] = []
     private func noteRing(_ ring: [String]) {
-        guard let address = ring.first(where: { $0.hasPrefix("ipc://") }), ringAddresses.count < 64 else { return }
+        // one address per coordinator (what the sweep takes of it is its folder and token: ...ring-TOKEN-e)
+        func job(_ address: String) -> Substring {
+            address.range(of: "-e", options: .backwards).map { address[..<$0.lowerBound] } ?? address[...]
+        }
+        guard let address = ring.first(where: { $0.hasPrefix("ipc://") }), ringAddresses.count < 64,
+            !ringAddresses.contains(where: { job($0) == job(address) })
+        else { return }
         ringAddresses.append(address)
     }
 
@@ -465,6 +471,7 @@ public final class Worker {
         ringOptions.logger = Logger(label: "ring")
         ringOptions.logger[metadataKey: "rank"] = "\(rank)"
         let (rank, addresses) = (membership.rank, membership.ring)
+        noteRing(addresses)  // a joiner's first same-host ring may come with a Reform, not its Assign
         if let authenticator, !membership.publicKeys.isEmpty {
             let keys = try CurveKeyPair(secretKey: membership.secretKey), n = addresses.count
             ringOptions.curve = RingCurve(
