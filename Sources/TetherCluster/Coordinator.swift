@@ -258,37 +258,44 @@ public final class Coordinator {
                 progress.line(waitingLine())
                 lastWaitingLine = Clock.now
             }
-            var events: [CoordinatorState.Event] = [.tick] + unreadMembers()
-            if let signal = StopSignal.signal, machine.stopSignal == nil { events.append(.stopAsked(signal: signal, rank: nil)) }
-            if let event = try receiveEvent() { events.append(event) }
+            // Each event is made just before it is handled: a directive of the one before (a
+            // re-formation) renumbers the ranks the next names (a tick's silence and a connection's
+            // end made together named the same killed worker, the second by a survivor's new rank)
+            let sources: [() throws -> [CoordinatorState.Event]] = [
+                { [.tick] }, { self.unreadMembers() },
+                { StopSignal.signal.flatMap { self.machine.stopSignal == nil ? [.stopAsked(signal: $0, rank: nil)] : nil } ?? [] },
+                { try self.receiveEvent().map { [$0] } ?? [] }
+            ]
             while let e = monitor.next(deadline: .now) { note(handshakeFailure: e) }
-            for next in events {
-                let (forming, before) = (machine.phase == .joining, machine.members.count)
-                let directives = machine.handle(next, now: Clock.now)
-                if forming, machine.members.count > before, let newcomer = machine.members.last {
-                    progress.line("a worker at \(newcomer.address) said hello: \(machine.members.count) of \(options.workers)")
-                }
-                if try execute(directives, epochStart: &epochStart) {
-                    let stopped = machine.completedSteps < total
-                    var end = event(stopped ? "interrupted" : "end")
-                    end.elapsed_s = Date().timeIntervalSince(begun)
-                    try reporter.record(end)
-                    end.model = config.model
-                    endEvent = end
-                    guard stopped else {
-                        progress.line(
-                            "done: \(ProgressDisplay.count(machine.completedSteps, "step")); checkpoint \(runDirectory.appendingPathComponent(Checkpoint.fileName).path)"
-                                + " (coordinator peak RSS \(Worker.peakResidentMegabytes()) MB)"
-                        )
-                        return
+            for source in sources {
+                for next in try source() {
+                    let (forming, before) = (machine.phase == .joining, machine.members.count)
+                    let directives = machine.handle(next, now: Clock.now)
+                    if forming, machine.members.count > before, let newcomer = machine.members.last {
+                        progress.line("a worker at \(newcomer.address) said hello: \(machine.members.count) of \(options.workers)")
                     }
-                    Thread.sleep(forTimeInterval: 0.3)  // let the Finish leave before the socket closes
-                    throw JobInterrupted(
-                        description:
-                            "stopped by \(StopSignal.name(machine.stopSignal ?? SIGINT)) after step \(machine.completedSteps) of \(total); "
-                            + "its checkpoint is in \(runDirectory.path): continue with --resume --run-dir \(runDirectory.path)"
-                            + " (coordinator peak RSS \(Worker.peakResidentMegabytes()) MB)",
-                        status: 128 + (machine.stopSignal ?? SIGINT))
+                    if try execute(directives, epochStart: &epochStart) {
+                        let stopped = machine.completedSteps < total
+                        var end = event(stopped ? "interrupted" : "end")
+                        end.elapsed_s = Date().timeIntervalSince(begun)
+                        try reporter.record(end)
+                        end.model = config.model
+                        endEvent = end
+                        guard stopped else {
+                            progress.line(
+                                "done: \(ProgressDisplay.count(machine.completedSteps, "step")); checkpoint \(runDirectory.appendingPathComponent(Checkpoint.fileName).path)"
+                                    + " (coordinator peak RSS \(Worker.peakResidentMegabytes()) MB)"
+                            )
+                            return
+                        }
+                        Thread.sleep(forTimeInterval: 0.3)  // let the Finish leave before the socket closes
+                        throw JobInterrupted(
+                            description:
+                                "stopped by \(StopSignal.name(machine.stopSignal ?? SIGINT)) after step \(machine.completedSteps) of \(total); "
+                                + "its checkpoint is in \(runDirectory.path): continue with --resume --run-dir \(runDirectory.path)"
+                                + " (coordinator peak RSS \(Worker.peakResidentMegabytes()) MB)",
+                            status: 128 + (machine.stopSignal ?? SIGINT))
+                    }
                 }
             }
             if Clock.now - lastHeartbeat > 0.5 {
@@ -739,15 +746,23 @@ public final class Coordinator {
     /// When each connection's queue was first found full (by control identity), until a send succeeds.
     private var fullSince: [[UInt8]: Double] = [:]
 
-    /// Members whose queues have stayed full past the time-out: the machine loses them.
+    /// A member whose heartbeat connection has been gone past its time-out, or whose queue has stayed
+    /// full past the unread time-out: the machine loses it. One at a time: a loss re-forms the ring and
+    /// renumbers the ranks, so a second event computed with the old numbers would name a survivor (a
+    /// killed worker is often both gone and unread: as two events, the second failed the job with the
+    /// survivor's rank). The next member, if any, is named at the next call, by its new rank.
     private func unreadMembers() -> [CoordinatorState.Event] {
         let now = Clock.now
-        let overdue = fullSince.filter { now - $0.value > ControlLimits.unreadTimeout }
-        for identity in overdue.keys { fullSince[identity] = nil }
-        let gone = goneSince.filter { now - $0.value > ControlLimits.goneTimeout }
-        for identity in gone.keys { (goneSince[identity], heartbeatReached) = (nil, heartbeatReached.subtracting([identity])) }
-        return overdue.compactMap { identity, since in ranks[identity].map { .unread(rank: $0, seconds: now - since) } }
-            + gone.compactMap { identity, since in ranks[identity].map { .disconnected(rank: $0, seconds: now - since) } }
+        for (identity, since) in goneSince where now - since > ControlLimits.goneTimeout {
+            (goneSince[identity], fullSince[identity]) = (nil, nil)
+            heartbeatReached.remove(identity)
+            if let rank = ranks[identity] { return [.disconnected(rank: rank, seconds: now - since)] }
+        }
+        for (identity, since) in fullSince where now - since > ControlLimits.unreadTimeout {
+            fullSince[identity] = nil
+            if let rank = ranks[identity] { return [.unread(rank: rank, seconds: now - since)] }
+        }
+        return []
     }
 
     private func drop(_ why: String) {
