@@ -248,7 +248,10 @@ public final class Coordinator {
         let begun = Date()
         var epochStart = Date()
         StopSignal.lossNote(checkpointStep: startState?.globalStep, runDirectory: runDirectory.path)
+        // a checkpoint being written when the job fails is finished, and recorded if it can be
+        defer { try? record(checkpointWriter.waitUntilIdle()) }
         while true {
+            try record(checkpointWriter.finished())
             // An interrupt while training stops gracefully (every rank finishes its step, rank 0's
             // checkpoint of it is written); before training there is nothing to keep.
             if machine.phase == .joining, let reason = failure() {
@@ -406,12 +409,13 @@ public final class Coordinator {
             case .start: try startTraining(&epochStart)
             case .stepCompleted(let s): try recordStep(s)
             case .epochCompleted(let epoch, let reports): try recordEvaluation(epoch: epoch, reports: reports, epochStart: &epochStart)
-            case .writeCheckpoint(let data): try writeCheckpoint(data)
+            case .writeCheckpoint(let data): writeCheckpoint(data)
             case .askToStop(let signal, let again): askToStop(signal, again: again)
             case .abort(let message): try abortJob(message)
             case .finish:
                 for m in machine.nextRing { send(.finish, to: m.identity) }
                 tellWaitingWorkers(.finish)
+                try record(checkpointWriter.waitUntilIdle())
                 if let unwrittenCheckpoint {
                     throw ClusterError("the job ended at step \(machine.completedSteps), but \(unwrittenCheckpoint)")
                 }
@@ -536,40 +540,39 @@ public final class Coordinator {
                 + "\(ProgressDisplay.grouped(e.samples_per_sec!)) \(reporter.unit)/s)")
     }
 
-    /// Rank 0's checkpoint, checked like any checkpoint file, replaces the last one.
-    private func writeCheckpoint(_ data: CheckpointData) throws {
-        // Checked like any checkpoint file (fields, shapes, checksums) before it replaces the last one.
-        let loaded = try Checkpoint.Loaded(bytes: Data(data.safetensors), source: "rank 0's checkpoint of step \(data.globalStep)")
-        guard loaded.model == config.model, loaded.state.globalStep == Int(data.globalStep) else {
-            throw ClusterError(
-                "rank 0 sent a checkpoint of a \(loaded.model.prefix(40)) model at step \(loaded.state.globalStep) for step \(data.globalStep) of this \(config.model) job"
-            )
+    /// Writes rank 0's checkpoints off the loop (`CheckpointWriter`).
+    private let checkpointWriter = CheckpointWriter()
+
+    /// Rank 0's checkpoint, checked like any checkpoint file, replaces the last one once written.
+    private func writeCheckpoint(_ data: CheckpointData) {
+        checkpointWriter.submit(
+            data, model: config.model, workers: batchWorkers, to: runDirectory.appendingPathComponent(Checkpoint.fileName))
+    }
+
+    /// Records the checkpoint writes that ended: a written one in the metrics and the timeline; a full
+    /// disk costs that checkpoint only (the last one stays whole, and the job trains on); any other
+    /// failure (a checkpoint that fails its checks) ends the job.
+    private func record(_ writes: [CheckpointWriter.Outcome]) throws {
+        for write in writes {
+            let loaded: Checkpoint.Loaded
+            do { loaded = try write.result.get() } catch let error as AtomicFileError where error.isOutOfSpace {
+                let step = writtenCheckpointStep ?? startState?.globalStep
+                let kept = step.map { "the checkpoint of step \($0) is kept" } ?? "no checkpoint of this run is on disk yet"
+                unwrittenCheckpoint = "its checkpoint of step \(write.step) was not written (\(error.reason)); \(kept)"
+                let goesOn = write.step < machine.settings.totalSteps && machine.stoppedAt == nil
+                progress.line("checkpoint of step \(write.step) not written: \(error); \(kept)" + (goesOn ? "; training goes on" : ""))
+                var failed = event("checkpoint_failed", at: write.step)
+                failed.error = "\(error)"
+                try? reporter.record(failed)  // the same disk may refuse the line too
+                continue
+            }
+            SampleAudit.shared?.checkpoint(ring: Replica.ring(of: loaded), globalStep: write.step)
+            unwrittenCheckpoint = nil
+            writtenCheckpointStep = write.step
+            try timeline?.mark("checkpoint written", step: write.step)
+            try reporter.record(event("checkpoint", at: write.step))
+            StopSignal.lossNote(checkpointStep: write.step, runDirectory: runDirectory.path)
         }
-        var file = loaded.file
-        // the global batch's workers, not the ring's members now: an elastic ring may be smaller
-        file.metadata["tether.workers"] = String(batchWorkers)
-        do {
-            try Safetensors.write(file, to: runDirectory.appendingPathComponent(Checkpoint.fileName))
-            SampleAudit.shared?.checkpoint(ring: Replica.ring(of: loaded), globalStep: Int(data.globalStep))
-        } catch let error as AtomicFileError
-            where error.isOutOfSpace
-        {
-            // A full disk costs this checkpoint only: the last one stays whole, and the job trains on.
-            let step = writtenCheckpointStep ?? startState?.globalStep
-            let kept = step.map { "the checkpoint of step \($0) is kept" } ?? "no checkpoint of this run is on disk yet"
-            unwrittenCheckpoint = "its checkpoint of step \(data.globalStep) was not written (\(error.reason)); \(kept)"
-            let goesOn = Int(data.globalStep) < machine.settings.totalSteps && machine.stoppedAt == nil
-            progress.line("checkpoint of step \(data.globalStep) not written: \(error); \(kept)" + (goesOn ? "; training goes on" : ""))
-            var failed = event("checkpoint_failed", at: Int(data.globalStep))
-            failed.error = "\(error)"
-            try? reporter.record(failed)  // the same disk may refuse the line too
-            return
-        }
-        unwrittenCheckpoint = nil
-        writtenCheckpointStep = Int(data.globalStep)
-        try timeline?.mark("checkpoint written", step: writtenCheckpointStep!)
-        try reporter.record(event("checkpoint", at: writtenCheckpointStep!))
-        StopSignal.lossNote(checkpointStep: Int(data.globalStep), runDirectory: runDirectory.path)
     }
 
     /// Tells every member why the job stops, records it, and ends the job.
@@ -577,6 +580,7 @@ public final class Coordinator {
         for m in machine.members { send(.abort(.init(originRank: -1, reason: message)), to: m.identity) }
         for identity in heartbeatIdentities.values { send(.abort(.init(originRank: -1, reason: message)), to: identity) }
         tellWaitingWorkers(.abort(.init(originRank: -1, reason: message)))
+        try? record(checkpointWriter.waitUntilIdle())  // the last checkpoint the line names is on disk
         var e = event(message == WorkerState.coordinatorInterrupted ? "interrupted" : "failed")
         e.error = message
         try? reporter.record(e)

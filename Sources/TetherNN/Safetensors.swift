@@ -190,6 +190,7 @@ public enum AtomicFile {
                     if done < raw.count { KillPoint.reached(.midWrite, write: write) }
                 }
             }
+            SlowWrite.wait()
             try check(fsync(fd) == 0, "fsync")
             KillPoint.reached(.beforeRename, write: write)
             try check(rename(tmp.path, url.path) == 0, "rename into place")
@@ -199,6 +200,14 @@ public enum AtomicFile {
         let dfd = open(dir.path, O_RDONLY)
         if dfd >= 0 { fsync(dfd); close(dfd) }
     }
+}
+
+/// For tests of what a busy disk does to a process: `TETHER_TEST_SLOW_WRITE=SECONDS` makes each atomic
+/// write wait that long before its fsync.
+enum SlowWrite {
+    static let variable = "TETHER_TEST_SLOW_WRITE"
+    private static let seconds = ProcessInfo.processInfo.environment[variable].flatMap(Double.init).map { min(max($0, 0), 60) }
+    static func wait() { if let seconds { Thread.sleep(forTimeInterval: seconds) } }
 }
 
 /// For tests of what a kill leaves: `TETHER_TEST_KILL_DURING_WRITE=PHASE:N` makes this process SIGKILL

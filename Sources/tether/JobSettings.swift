@@ -27,7 +27,7 @@ enum JobSettings {
     /// Variables Tether sets for itself.
     static let ownVariables: Set<String> = [
         fileVariable, ProcessLifetime.parentVariable, SecurityOptions.keyVariable, SampleAudit.variable, BLASCore.detectedVariable,
-        HugePages.optOutVariable, "TETHER_TEST_KILL_DURING_WRITE"
+        HugePages.optOutVariable, "TETHER_TEST_KILL_DURING_WRITE", "TETHER_TEST_SLOW_WRITE"
     ]
 
     /// `arguments` (without the program name) with the job file's and the environment's settings

@@ -42,7 +42,7 @@ struct Predict: ParsableCommand {
             let total = predicting.predictionCount, started = Date()
             var values: [Float] = [], width = 1, lastReport = started  // (N, K), row after row
             values.reserveCapacity(total)
-            try predicting.predictions(inBatchesOf: batch) { predicted in
+            predicting.predictions(inBatchesOf: batch) { predicted in
                 width = predicted.count / max(1, predicted.shape[0])
                 predicted.withPointer { values.append(contentsOf: UnsafeBufferPointer(start: $0, count: predicted.count)) }
                 if Date().timeIntervalSince(lastReport) >= 1 {

@@ -528,6 +528,33 @@ struct ClusterProcessTests {
         try RunCheck.expectParametersAgree(run.appendingPathComponent("checkpoint.safetensors").path, whole + "/checkpoint.safetensors")
     }
 
+    /// A checkpoint write that takes seconds (a busy disk's fsync, here made slow on purpose) does not
+    /// silence the coordinator: it writes off its loop, so workers whose --coordinator-timeout is
+    /// shorter than the write go on hearing its heartbeats and the job ends. Checked by mutation: with
+    /// the write on the loop, the workers lose the coordinator at the first checkpoint.
+    @Test func aSlowCheckpointWriteDoesNotSilenceTheCoordinator() throws {
+        let dir = CLI.tempDir("slow-write")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let port = CLI.freePorts(1)[0], jobID = "slow-\(getpid())", address = "tcp://127.0.0.1:\(port)"
+        let coordinator = try CLI.start(
+            ["coordinator", "--listen", address, "--workers", "2", "--job-id", jobID, "--run-dir", dir.path]
+                + RunCheck.plainSGD(steps: 30) + ["--checkpoint-every", "10"] + CLI.key,
+            bound: 150, environment: ["TETHER_TEST_SLOW_WRITE": "2.5"])
+        let workers = try (0..<2).map { _ in
+            try CLI.start(
+                ["worker", "--coordinator", address, "--job-id", jobID, "--threads", "1", "--coordinator-timeout", "1"] + CLI.key,
+                bound: 150)
+        }
+        let c = coordinator.finish()
+        for w in workers {
+            let r = w.finish()
+            #expect(r.status == 0, "worker: \(r.stderr)")
+        }
+        #expect(c.status == 0, "coordinator: \(c.stderr)")
+        let written = try metrics(dir.path).filter { $0["event"] as? String == "checkpoint" }.compactMap { $0["step"] as? Int }
+        #expect(written == [10, 20, 30], "checkpoints written at steps \(written)")
+    }
+
     /// Waits (up to a minute) until the run in `dir` has written its first checkpoint.
     /// A language model's throughput is counted in tokens, and said so.
     @Test(.enabled(if: FileManager.default.fileExists(atPath: "/usr/share/games/fortunes"), "needs Debian's fortunes"))
