@@ -15,18 +15,19 @@ public struct ImageDataset: Sendable {
         (self.pixels, self.labels, self.height, self.width, self.classes) = (pixels, labels, height, width, classes)
     }
 
-    /// Reads an images file (N, H, W) and a labels file (N), checking that they agree.
-    public init(imagesFile: String, labelsFile: String, classes: Int = 10) throws {
-        let images = try IDX.read(imagesFile), labels = try IDX.read(labelsFile)
+    /// Reads an images file (N, H, W) and a labels file (N), checking that they agree; with a `limit`,
+    /// only their first `limit` samples (`IDX.read`).
+    public init(imagesFile: String, labelsFile: String, classes: Int = 10, limit: Int? = nil) throws {
+        let images = try IDX.read(imagesFile, limit: limit), labels = try IDX.read(labelsFile, limit: limit)
         guard images.dimensions.count == 3 else {
             throw DataError.mismatch("\(imagesFile): images must have 3 dimensions (N, H, W), found \(images.dimensions)")
         }
         guard labels.dimensions.count == 1 else {
             throw DataError.mismatch("\(labelsFile): labels must have 1 dimension (N), found \(labels.dimensions)")
         }
-        guard images.dimensions[0] == labels.dimensions[0] else {
+        guard images.recordsInFile == labels.recordsInFile else {
             throw DataError.mismatch(
-                "\(imagesFile) holds \(images.dimensions[0]) images but \(labelsFile) holds \(labels.dimensions[0]) labels")
+                "\(imagesFile) holds \(images.recordsInFile) images but \(labelsFile) holds \(labels.recordsInFile) labels")
         }
         if let i = labels.bytes.firstIndex(where: { Int($0) >= classes }) {
             throw DataError.mismatch("\(labelsFile): label \(labels.bytes[i]) of sample \(i) is not in 0..<\(classes)")
@@ -68,7 +69,8 @@ public enum FashionMNIST {
 
     public enum Split: String, Sendable { case train, test }
 
-    public static func load(directory: String = defaultDirectory, split: Split) throws -> ImageDataset {
+    /// A split's samples, or its first `limit`.
+    public static func load(directory: String = defaultDirectory, split: Split, limit: Int? = nil) throws -> ImageDataset {
         let stem = split == .train ? "train" : "t10k"
         func path(_ kind: String) -> String {
             let plain = "\(directory)/\(stem)-\(kind)"
@@ -89,6 +91,6 @@ public enum FashionMNIST {
                             : "\(directory) holds \(present.prefix(10).joined(separator: ", "))"
                                 + (present.count > 10 ? " and \(present.count - 10) more" : "")))
         }
-        return try ImageDataset(imagesFile: files[0], labelsFile: files[1])
+        return try ImageDataset(imagesFile: files[0], labelsFile: files[1], limit: limit)
     }
 }

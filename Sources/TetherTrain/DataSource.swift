@@ -16,7 +16,7 @@ public enum DataSource {
     }
 
     public static func images(_ spec: String, split: FashionMNIST.Split, limit: Int? = nil) throws -> ImageDataset {
-        try FashionMNIST.load(directory: directory(for: spec), split: split).prefix(limit)
+        try FashionMNIST.load(directory: directory(for: spec), split: split, limit: limit)
     }
 
     public static func text(_ spec: String) throws -> TextCorpus {

@@ -31,17 +31,22 @@ struct Export: ParsableCommand {
             var loaded: (checkpoint: Checkpoint.Loaded, name: (String) -> String)?
             if let checkpoint {
                 let l = try Checkpoint.Loaded(URL(fileURLWithPath: checkpoint))
-                // --pytorch writes a spec's names; a family's checkpoint (autoencoder-tied, lm-tied) has its own
-                guard
-                    let s = try pytorch == nil ? l.inferenceSpec() : l.fittedSpec().map({ spec in FamilySpec(spec: spec) { name in name } })
-                else {
-                    throw SpecError(
-                        pytorch == nil
-                            ? "\(checkpoint) is a checkpoint of \(l.config.model), which has no spec form to export (a spec with a table input and a wide tower is a wide & deep network that exports)"
-                            : "\(checkpoint) is a checkpoint of \(l.config.model), not of a model spec (mlp, mlp-wn, cnn-wn or a spec file); --pytorch takes a spec's run"
-                    )
+                if pytorch != nil {
+                    // a spec's module, with a spec's names: a family's checkpoint (autoencoder-tied, lm-tied) has its own
+                    guard let s = try l.fittedSpec() else {
+                        throw SpecError(
+                            "\(checkpoint) is a checkpoint of \(l.config.model), not of a model spec (mlp, mlp-wn, cnn-wn or a spec file); --pytorch takes a spec's run"
+                        )
+                    }
+                    spec = s
+                } else {
+                    guard let s = try l.inferenceSpec() else {
+                        throw SpecError(
+                            "\(checkpoint) is a checkpoint of \(l.config.model), which has no spec form to export (a spec with a table input and a wide tower is a wide & deep network that exports)"
+                        )
+                    }
+                    (spec, loaded) = (s.spec, (l, s.checkpointName))
                 }
-                (spec, loaded) = (s.spec, (l, s.checkpointName))
             } else {
                 let m = model!
                 guard let s = try ShippedSpecs.spec(m) ?? ModelSpecFile.read(m) as ModelSpec? else { throw SpecError("no spec \(m)") }

@@ -96,6 +96,30 @@ final class IDXFolder {
         }
     }
 
+    /// A limit reads the first records only, equal to the whole file's prefix; a limit past the end
+    /// reads the whole file; a file cut within the records a limit asks for is still an error; and
+    /// the image and label files must agree on their counts whatever the limit.
+    @Test(arguments: [false, true])
+    func aLimitReadsTheFirstRecords(gzip: Bool) throws {
+        let dir = IDXFolder()
+        let path = dir.write("x", IDXFolder.idx(dims: [300, 5, 7]), gzip: gzip)
+        let whole = try IDX.read(path)
+        for limit in [0, 1, 2, 299, 300, 1000] {
+            let part = try IDX.read(path, limit: limit)
+            let n = min(limit, 300)
+            #expect(part.dimensions == [n, 5, 7] && part.recordsInFile == 300, "limit \(limit)")
+            #expect(part.bytes == Array(whole.bytes.prefix(n * 35)), "limit \(limit)")
+        }
+        let cut = dir.write("cut", Array(IDXFolder.idx(dims: [4, 3, 3]).dropLast(20)), gzip: gzip)
+        #expect(try IDX.read(cut, limit: 1).dimensions == [1, 3, 3])
+        #expect(throws: DataError.truncated(file: cut, expected: 16 + 18, found: 16 + 16)) { try IDX.read(cut, limit: 2) }
+        let images = dir.write("i", IDXFolder.idx(dims: [5, 2, 2]), gzip: gzip)
+        let labels = dir.write("l", IDXFolder.idx(dims: [4], body: [0, 1, 2, 3]), gzip: gzip)
+        #expect { try ImageDataset(imagesFile: images, labelsFile: labels, limit: 2) } throws: {
+            "\($0)" == "\(images) holds 5 images but \(labels) holds 4 labels"
+        }
+    }
+
     @Test func labelOutOfRange() {
         let dir = IDXFolder()
         let images = dir.write("i", IDXFolder.idx(dims: [2, 2, 2]))
