@@ -412,6 +412,10 @@ public final class Coordinator {
             case .writeCheckpoint(let data): writeCheckpoint(data)
             case .askToStop(let signal, let again): askToStop(signal, again: again)
             case .abort(let message): try abortJob(message)
+            case .abortUntold(let message):
+                try abortJob(
+                    message + "; no worker was told (none answers): those started with --coordinator-wait keep their state "
+                        + "for this job's coordinator started again with --resume", tellMembers: false)
             case .finish:
                 for m in machine.nextRing { send(.finish, to: m.identity) }
                 tellWaitingWorkers(.finish)
@@ -575,10 +579,12 @@ public final class Coordinator {
         }
     }
 
-    /// Tells every member why the job stops, records it, and ends the job.
-    private func abortJob(_ message: String) throws {
-        for m in machine.members { send(.abort(.init(originRank: -1, reason: message)), to: m.identity) }
-        for identity in heartbeatIdentities.values { send(.abort(.init(originRank: -1, reason: message)), to: identity) }
+    /// Tells every member why the job stops (unless none can hear it), records it, and ends the job.
+    private func abortJob(_ message: String, tellMembers: Bool = true) throws {
+        if tellMembers {
+            for m in machine.members { send(.abort(.init(originRank: -1, reason: message)), to: m.identity) }
+            for identity in heartbeatIdentities.values { send(.abort(.init(originRank: -1, reason: message)), to: identity) }
+        }
         tellWaitingWorkers(.abort(.init(originRank: -1, reason: message)))
         try? record(checkpointWriter.waitUntilIdle())  // the last checkpoint the line names is on disk
         var e = event(message == WorkerState.coordinatorInterrupted ? "interrupted" : "failed")

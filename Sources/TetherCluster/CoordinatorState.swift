@@ -128,6 +128,10 @@ public struct CoordinatorState {
         case askToStop(signal: Int32, again: Bool)
         /// Stop every worker and fail the job with this message.
         case abort(String)
+        /// Fail the job with this message, telling no member: every one is lost. An Abort queued to a
+        /// worker cut off by a partition arrives when the link heals and ends a replica worth keeping:
+        /// untold, one started with --coordinator-wait keeps its state for a coordinator resumed.
+        case abortUntold(String)
         /// A message that does not fit the job's state was dropped: log it (rate-limited); the job goes on.
         case dropped(String)
         case finish
@@ -547,7 +551,11 @@ public struct CoordinatorState {
         guard settings.reformInPlace, stoppedAt == nil, !survivors.isEmpty,
             survivors.count + (joiner == nil ? 0 : 1) >= settings.minWorkers,
             phase == .training || (phase == .initializing && ringEpoch > 0)
-        else { return fail(why) }
+        else {
+            guard survivors.isEmpty, joiner == nil, phase == .training || phase == .initializing else { return fail(why) }
+            phase = .failed(why)
+            return [.abortUntold(why)]
+        }
         // A joiner already assigned (a join under way) stays, as the last rank: it is told by Reform.
         members = survivors.map { members[$0] } + (joiner.map { [$0] } ?? [])
         if joiner != nil { (joiner, ringEpoch) = (nil, ringEpoch + 1) }  // its boundary epoch is passed over

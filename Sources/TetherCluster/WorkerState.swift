@@ -184,8 +184,12 @@ public struct WorkerState: Sendable {
 
     /// Whether this worker's replica outlives a lost coordinator (it keeps its state and says hello to
     /// the next one) rather than failing with it: the heartbeat thread ends the process otherwise.
+    /// A state kept through a lost coordinator is worth as much while this worker waits for the next
+    /// coordinator and while it sets up the replica that one assigns (a silence then, on a loaded
+    /// machine, ended the process and lost the state it carried).
     public var outlivesLostCoordinator: Bool {
-        keepsState && trained && [.training, .reforming, .waitingForStart, .waitingForFinish].contains(phase)
+        if holdsKeptState, [.joining, .settingUp].contains(phase) { return true }
+        return keepsState && trained && [.training, .reforming, .waitingForStart, .waitingForFinish].contains(phase)
     }
 
     /// Whether `reform`, read while this worker does something else, gives that up: a re-formation

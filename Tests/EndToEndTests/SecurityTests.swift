@@ -297,7 +297,8 @@ import TetherTrain
             let w = try CLI.run(["worker", "--coordinator", address] + flags, timeout: 30)
             #expect(w.status != 0)
             #expect(w.stderr.contains("the handshake with the coordinator at \(address) failed: \(reason)"), "\(w.stderr)")
-            #expect(Date().timeIntervalSince(start) < 3)
+            // at once, not after waiting for a coordinator (the 30 s bound would end it then)
+            #expect(Date().timeIntervalSince(start) < 15)
         }
         usleep(1_100_000)  // a new second of the coordinator's log rate limit
         let start = Date()
@@ -305,7 +306,7 @@ import TetherTrain
         #expect(
             w.status != 0 && w.stderr.contains("refused: this coordinator runs job \"tether\", the worker asked for job \"another\""),
             "\(w.stderr)")
-        #expect(Date().timeIntervalSince(start) < 3)
+        #expect(Date().timeIntervalSince(start) < 15)
         kill(coordinator.pid, SIGTERM)
         let c = coordinator.finish()
         #expect(c.stdout.contains("refused a worker at") && c.stdout.contains("the worker asked for job \"another\""), "\(c.stdout)")

@@ -461,6 +461,21 @@ import TetherMessages
             ])
     }
 
+    /// Every member silent at once (the coordinator's host cut off, or all dead): the job fails
+    /// without an Abort to them, elastic or not: queued to a partitioned worker, it would arrive when
+    /// the link heals and end a replica that --coordinator-wait keeps for a resumed coordinator.
+    @Test func everyMemberSilentFailsTheJobTellingNone() {
+        var plain = started()
+        let why =
+            "workers rank 0 (tcp://h0:1, 5 s), rank 1 (tcp://h1:1, 5 s), rank 2 (tcp://h2:1, 5 s) have been silent: they died, "
+            + "lost their connections, or cannot get a heartbeat through (a network partition?)"
+        #expect(plain.handle(.tick, now: 6.5) == [.abortUntold(why)])
+        #expect(plain.phase == .failed(why))
+        var elastic = elasticTraining(perEpoch: 4)
+        let out = elastic.handle(.tick, now: 100)
+        #expect(out.count == 1 && { if case .abortUntold = out[0] { true } else { false } }(), "\(out)")
+    }
+
     @Test func divergedParametersStopTheJobNamingTheRank() {
         var s = started()
         _ = s.handle(.step(rank: 0, report(1, hash: 5)), now: 2)
