@@ -299,6 +299,9 @@ public struct WorkerState: Sendable {
         case (_, .coordinatorSilent(let why)):
             guard outlivesLostCoordinator else { return fail(why) }
             (phase, rank, ringEpoch, boundaryReform, abandonedStep, holdsKeptState, replicaMade) = (.joining, -1, 0, nil, 0, true, false)
+            // the next coordinator's job starts where that one says: a first step kept from this one
+            // made this rank redo a re-formation's end-of-step work that the others, set up fresh, did not
+            firstStep = nil
             return [.keepState, .join(carrying: true)]
 
         case (.waitingForFinish, .coordinator(.finish)), (.settingUp, .coordinator(.finish)), (.waitingForStart, .coordinator(.finish)):

@@ -82,6 +82,28 @@ import TetherMessages
                 == [.fail("the replica holds step 2, outside this run's 3...7")])
     }
 
+    /// Two ranks of a resumed coordinator's ring, set up from its checkpoint of step 3: one fresh, one
+    /// that trained under the coordinator before (from step 0) and outlived it. A member lost at once
+    /// re-forms them at step 3; neither redoes step 3's end-of-step work (the checkpoint's), so both
+    /// go on to the same collective. Found by cluster/chaos: the one that kept its first step from the
+    /// old coordinator gathered the replicas' state while the other all-reduced the next step.
+    @Test func ranksOfANewCoordinatorAgreeOnWhatAReformationRedoes() {
+        var veteran = training(plan(checkpointEvery: 3), keepsState: true)
+        for step in 1...2 { _ = veteran.handle(.stepFinished(globalStep: step)) }
+        _ = veteran.handle(.coordinatorSilent("silent"))
+        var fresh = WorkerState()
+        _ = fresh.handle(.launched)
+        for (i, var s) in [veteran, fresh].enumerated() {
+            _ = s.handle(.assigned(rank: i, ringEpoch: 0, reformInPlace: true, offered: .init(checkpoint: true)))
+            _ = s.handle(.replicaReady(plan(rank: i, checkpointEvery: 3), globalStep: 3, redoEndOfStep: false, keepsState: true))
+            _ = s.handle(.coordinator(.start))
+            _ = s.handle(.ringFailed("a member lost"))
+            _ = s.handle(.reformReceived(reform(1, rank: UInt32(i))))
+            _ = s.handle(.replicaReady(plan(rank: i, checkpointEvery: 3), globalStep: 3, redoEndOfStep: true, keepsState: true))
+            #expect(s.handle(.coordinator(.start)) == [.trainNextStep(votes: [])], "rank \(i)")
+        }
+    }
+
     /// The failure lands during an epoch's evaluation, or during rank 0's checkpoint transfer: the
     /// directives after it are cancelled (the shell drops them); the Reform's ring redoes that step's
     /// whole end-of-step work. A failure during a re-formation (forming the ring, or waiting for its
