@@ -591,7 +591,9 @@ public final class Coordinator {
         e.error = message
         try? reporter.record(e)
         Thread.sleep(forTimeInterval: 0.3)  // let the aborts leave before the process exits
-        throw ClusterError(message == WorkerState.coordinatorInterrupted ? interruptedLine() : message)
+        throw ClusterError(
+            message == WorkerState.coordinatorInterrupted
+                ? interruptedLine() : message + " (coordinator peak RSS \(Worker.peakResidentMegabytes()) MB)")
     }
 
     /// Assigns a worker its rank in `ring` (of ring epoch `epoch`: > 0 when it joins a running job and
