@@ -1,0 +1,50 @@
+/// The time an all-reduce algorithm takes on N ranks for n bytes, by the latency-bandwidth (alpha-beta)
+/// model of Thakur, Rabenseifner and Gropp (2005) that MPI implementations and NCCL's tuner choose by:
+/// each step costs the link's latency plus its bytes over the link's bandwidth, and a rank sends and
+/// receives at once. Pure: the link's figures are arguments (measured when a ring forms).
+public struct CollectiveCost: Sendable, Equatable {
+    /// Seconds a message takes before its first byte arrives (one way), and bytes a second after that.
+    public var latency: Double
+    public var bandwidth: Double
+    public init(latency: Double, bandwidth: Double) {
+        precondition(latency >= 0 && bandwidth > 0)
+        (self.latency, self.bandwidth) = (latency, bandwidth)
+    }
+
+    public enum Algorithm: String, CaseIterable, Sendable {
+        /// Reduce-scatter then all-gather around the ring: 2(N-1) steps of n/N bytes.
+        case ring
+        /// Each rank's whole vector around the ring, summed in rank order by all (`Ring.gatherSum`):
+        /// N-1 steps of n bytes.
+        case gatherSum = "gather-sum"
+        /// Recursive halving then doubling (`HalvingDoubling`): 2 log2(P) steps, n/2 + n/4 + ... bytes
+        /// each way, and two steps of n bytes when N is not a power of two.
+        case halvingDoubling = "halving-doubling"
+    }
+
+    /// Seconds for an all-reduce of `bytes` over `ranks` ranks with `algorithm`.
+    public func seconds(_ algorithm: Algorithm, ranks: Int, bytes: Int) -> Double {
+        precondition(ranks >= 1 && bytes >= 0)
+        guard ranks > 1 else { return 0 }
+        let n = Double(bytes), size = Double(ranks)
+        func steps(_ count: Double, of stepBytes: Double) -> Double { count * (latency + stepBytes / bandwidth) }
+        switch algorithm {
+        case .ring:
+            return steps(2 * (size - 1), of: n / size)
+        case .gatherSum:
+            return steps(size - 1, of: n)
+        case .halvingDoubling:
+            let p = HalvingDoubling.participants(ranks), levels = Double(p.trailingZeroBitCount)
+            // each level moves half of the block before it: n/2, n/4, ... n/P, once each way
+            let moved = 2 * n * (1 - 1 / Double(p))
+            let folding = ranks == p ? 0 : steps(2, of: n)
+            return 2 * levels * latency + moved / bandwidth + folding
+        }
+    }
+
+    /// The fastest of `among` for this size and ring (the first of equals, in `among`'s order).
+    public func fastest(ranks: Int, bytes: Int, among: [Algorithm] = Algorithm.allCases) -> Algorithm {
+        precondition(!among.isEmpty)
+        return among.min { seconds($0, ranks: ranks, bytes: bytes) < seconds($1, ranks: ranks, bytes: bytes) }!
+    }
+}

@@ -1,0 +1,79 @@
+/// Recursive halving-doubling all-reduce (Rabenseifner; gloo's AllreduceHalvingDoubling, MPICH's
+/// reduce_scatter + allgather for medium messages) as a schedule: which peer each step exchanges
+/// with, which elements go and which come, and whether they are added or copied. Pure: it says what
+/// moves where; a link moves it. 2 log2(P) steps instead of the ring's 2(N-1), the same bytes per
+/// rank (2 (P-1)/P x n), where P is the largest power of two not above N.
+///
+/// N = P + r ranks: first the r extra ones fold in: of ranks 0..<2r, each even one sends its whole
+/// vector to the odd one above it, which adds it and takes part for both; the P taking part (virtual
+/// ranks 0..<P) reduce-scatter by recursive halving (in step k, partner = v XOR P/2^(k+1); each keeps
+/// the half of its block of segments that its bit says, sends the other half, and adds what comes)
+/// until each holds one of the P segments summed over all N, then all-gather by recursive doubling
+/// (the same partners in reverse order, copying); last, each odd rank below 2r sends the whole result
+/// to the even one below it. Each segment's sum is made on one rank and copied to the others: every
+/// rank ends with bitwise the same values.
+public enum HalvingDoubling {
+    /// One exchange with `peer`: this rank sends `send` and receives `receive` (either may be empty;
+    /// both are element ranges of the vector), adding what it receives or copying it.
+    public struct Step: Equatable, Sendable {
+        public var peer: Int
+        public var send: Range<Int>
+        public var receive: Range<Int>
+        public var adds: Bool
+    }
+
+    /// The largest power of two not above `size` (1 for a ring of one).
+    public static func participants(_ size: Int) -> Int {
+        precondition(size >= 1)
+        var p = 1
+        while p * 2 <= size { p *= 2 }
+        return p
+    }
+
+    /// Rank `rank`'s steps in an all-reduce of `count` elements over `size` ranks, in order.
+    public static func steps(rank: Int, size: Int, count: Int) -> [Step] {
+        precondition((0..<size).contains(rank) && count >= 0)
+        let p = participants(size), extra = size - p
+        let whole = 0..<count
+        // the virtual rank of a rank taking part, and the rank of a virtual rank
+        func real(_ v: Int) -> Int { v < extra ? 2 * v + 1 : v + extra }
+        if rank < 2 * extra && rank % 2 == 0 {
+            // folded in: its vector goes to the odd rank above, the result comes back from it
+            return [
+                Step(peer: rank + 1, send: whole, receive: 0..<0, adds: false),
+                Step(peer: rank + 1, send: 0..<0, receive: whole, adds: false)
+            ]
+        }
+        let v = rank < 2 * extra ? rank / 2 : rank - extra
+        var out: [Step] = []
+        if rank < 2 * extra { out.append(Step(peer: rank - 1, send: 0..<0, receive: whole, adds: true)) }
+        // Reduce-scatter: `block` is the segments this rank still reduces, halved each step.
+        var block = 0..<p
+        var partners: [(peer: Int, kept: Range<Int>, given: Range<Int>)] = []
+        var distance = p / 2
+        while distance >= 1 {
+            let middle = block.lowerBound + block.count / 2
+            let lower = block.lowerBound..<middle, upper = middle..<block.upperBound
+            let keepsLower = v & distance == 0
+            let (kept, given) = keepsLower ? (lower, upper) : (upper, lower)
+            let peer = real(v ^ distance)
+            out.append(Step(peer: peer, send: elements(given, of: count, in: p), receive: elements(kept, of: count, in: p), adds: true))
+            partners.append((peer, kept, given))
+            block = kept
+            distance /= 2
+        }
+        // All-gather: the same partners in reverse; what this rank kept goes, what it gave comes back summed.
+        for (peer, kept, given) in partners.reversed() {
+            out.append(Step(peer: peer, send: elements(kept, of: count, in: p), receive: elements(given, of: count, in: p), adds: false))
+        }
+        if rank < 2 * extra { out.append(Step(peer: rank - 1, send: whole, receive: 0..<0, adds: false)) }
+        return out
+    }
+
+    /// The elements of segments `segments` when `count` elements are cut into `p` segments (n/p each,
+    /// the remainder spread over the first ones, as the ring cuts them).
+    static func elements(_ segments: Range<Int>, of count: Int, in p: Int) -> Range<Int> {
+        func start(_ i: Int) -> Int { i * (count / p) + min(i, count % p) }
+        return start(segments.lowerBound)..<start(segments.upperBound)
+    }
+}
