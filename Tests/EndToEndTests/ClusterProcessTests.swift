@@ -443,44 +443,62 @@ struct ClusterProcessTests {
 
     /// Elastic in place, joining: `coordinator --workers 3 --min-workers 2` starts with two workers; a
     /// third started while it trains joins the running job (no process restarts), takes the members'
-    /// state over the re-formed ring, and the job ends within 1e-5 of an undisturbed 3-worker run
-    /// (the global batch is --batch x --workers throughout; 40 steps: see the lost-worker test).
+    /// state over the re-formed ring, and the job ends where a job that had the same rings at the same
+    /// steps ends: two workers to the step the third joined after (that job's checkpoint), then three,
+    /// resumed from it (the global batch is --batch x --workers throughout). 300 steps, so the join
+    /// comes mid-run however slowly the third starts; the same rings make the same sums, so the
+    /// comparison holds at any length (against three workers throughout, 40 steps was the limit: the
+    /// regrouped sums' rounding grows past 1e-5 after about 35).
     @Test func aWorkerJoinsARunningJob() throws {
         let dir = CLI.tempDir("join")
         defer { try? FileManager.default.removeItem(at: dir) }
-        let training = RunCheck.plainSGD(steps: 40) + ["--hash-every", "1"]
-        let port = CLI.freePorts(1)[0], jobID = "join-\(getpid())"
-        let address = "tcp://127.0.0.1:\(port)", run = dir.appendingPathComponent("joined")
+        let steps = 300, training = RunCheck.plainSGD(steps: 300) + ["--hash-every", "1"]
         let audits = try RunCheck.sampleLogFolders(in: dir)
-        let coordinator = try CLI.start(
-            [
-                "coordinator", "--listen", address, "--workers", "3", "--min-workers", "2", "--last-call", "1",
-                "--job-id", jobID, "--run-dir", run.path
-            ] + training + CLI.key, bound: 150)
-        let worker = ["worker", "--coordinator", address, "--job-id", jobID, "--threads", "1"] + CLI.key
-        let audited = ["TETHER_TEST_SAMPLE_LOG": audits.0.path]
-        let first = try (0..<2).map { _ in try CLI.start(worker, bound: 150, environment: audited) }
-        waitForStep(15, in: run.path)
-        let third = try CLI.start(worker, bound: 150, environment: audited)
-        let c = coordinator.finish()
-        #expect(c.status == 0, "coordinator: \(c.stderr)")
+        /// An elastic coordinator of 3 (at least 2) with two workers, and a third started once it has
+        /// trained step 15 if `joining`; the coordinator's result, then the workers'.
+        func elastic(_ run: URL, _ flags: [String], audit: URL, joining: Bool) throws -> [CLI.Result] {
+            let port = CLI.freePorts(1)[0], jobID = "join-\(getpid())-\(port)", address = "tcp://127.0.0.1:\(port)"
+            let coordinator = try CLI.start(
+                [
+                    "coordinator", "--listen", address, "--workers", "3", "--min-workers", "2", "--last-call", "1",
+                    "--job-id", jobID, "--run-dir", run.path
+                ] + flags + CLI.key, bound: 150)
+            let worker = ["worker", "--coordinator", address, "--job-id", jobID, "--threads", "1"] + CLI.key
+            let audited = ["TETHER_TEST_SAMPLE_LOG": audit.path]
+            var workers = try (0..<2).map { _ in try CLI.start(worker, bound: 150, environment: audited) }
+            if joining {
+                waitForStep(15, in: run.path)
+                workers.append(try CLI.start(worker, bound: 150, environment: audited))
+            }
+            return [coordinator.finish()] + workers.map { $0.finish() }
+        }
+        let run = dir.appendingPathComponent("joined")
+        let joined = try elastic(run, training, audit: audits.0, joining: true)
+        #expect(joined[0].status == 0, "coordinator: \(joined[0].stderr)")
         #expect(
-            c.stdout.contains("joins the job; it joins the ring of 3 at the next step boundary (ring epoch 1)")
-                && c.stdout.contains("ring epoch 1: all 3 replicas agree") && c.stdout.contains("no step redone"), "\(c.stdout)")
-        for w in first + [third] { let r = w.finish(); #expect(r.status == 0, "worker: \(r.stderr)") }
+            joined[0].stdout.contains("joins the job; it joins the ring of 3 at the next step boundary (ring epoch 1)")
+                && joined[0].stdout.contains("ring epoch 1: all 3 replicas agree") && joined[0].stdout.contains("no step redone"),
+            "\(joined[0].stdout)")
+        for w in joined.dropFirst() { #expect(w.status == 0, "worker: \(w.stderr)") }
         let events = try metrics(run.path)
+        let reformed = events.first { $0["event"] as? String == "reformed" }
+        let joinedAfter = reformed?["step"] as? Int ?? -1
         #expect(
             events.filter { $0["event"] as? String == "joined" }.count == 1
                 && events.filter { $0["event"] as? String == "start" }.count == 1)
-        let reformed = events.first { $0["event"] as? String == "reformed" }
         #expect(reformed?["steps_redone"] as? Int == 0, "a join redoes nothing: \(reformed ?? [:])")
-        let whole = dir.appendingPathComponent("whole").path
-        let u = try CLI.run(
-            ["simulate", "--workers", "3", "--run-dir", whole] + training, timeout: 240,
+        #expect((15..<steps).contains(joinedAfter), "the third joined after step \(joinedAfter)")
+        // the same rings at the same steps: two workers to that step, then three from its checkpoint
+        let whole = dir.appendingPathComponent("whole")
+        let before = try elastic(whole, RunCheck.plainSGD(steps: joinedAfter) + ["--hash-every", "1"], audit: audits.1, joining: false)
+        for r in before { #expect(r.status == 0, "two workers to step \(joinedAfter): \(r.stderr)") }
+        let after = try CLI.run(
+            ["simulate", "--workers", "3", "--resume", "--run-dir", whole.path] + training, timeout: 240,
             environment: ["TETHER_TEST_SAMPLE_LOG": audits.1.path])
-        #expect(u.status == 0, "stderr: \(u.stderr)")
-        try RunCheck.expectParametersAgree(run.appendingPathComponent("checkpoint.safetensors").path, whole + "/checkpoint.safetensors")
-        try RunCheck.expectEverySampleOnce(audits.0, like: audits.1, steps: 40, wholeEpochs: 1, count: 1600)
+        #expect(after.status == 0, "three workers from step \(joinedAfter): \(after.stderr)")
+        try RunCheck.expectParametersAgree(
+            run.appendingPathComponent("checkpoint.safetensors").path, whole.path + "/checkpoint.safetensors")
+        try RunCheck.expectEverySampleOnce(audits.0, like: audits.1, steps: steps, wholeEpochs: 8, count: 1600)
     }
 
     /// The coordinator lost: workers started with --coordinator-wait keep their replicas when it falls

@@ -541,8 +541,9 @@ import TetherTrain
 
 /// What a `tether simulate` run sends over loopback, captured with tcpdump: with CURVE (the default)
 /// neither the job's configuration nor a parameter name appears in it; with --insecure both do (which
-/// shows the capture sees the traffic). In SecurityTests' serialized suite: the other --insecure runs
-/// of the test run are that suite's, so none runs beside the capture.
+/// shows the capture sees the traffic). Each run and its capture have a network namespace of their
+/// own: on the host's loopback the capture also took what other processes sent (another suite's
+/// --insecure runs, with two suites at once).
 extension SecurityTests {
     static let tcpdump = ["/usr/bin/tcpdump", "/usr/sbin/tcpdump"].first { FileManager.default.isExecutableFile(atPath: $0) }
     static let canCapture = tcpdump != nil && getuid() == 0 && dataInstalled
@@ -553,15 +554,19 @@ extension SecurityTests {
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
         let pcap = dir.appendingPathComponent("lo.pcap")
+        let ip = URL(fileURLWithPath: "/usr/sbin/ip"), namespace = "tcap\(getpid())"
+        #expect(try CLI.run(["netns", "add", namespace], executable: ip).status == 0, "ip netns add \(namespace)")
+        defer { _ = try? CLI.run(["netns", "delete", namespace], executable: ip) }
+        #expect(try CLI.run(["netns", "exec", namespace, "ip", "link", "set", "lo", "up"], executable: ip).status == 0)
         let dump = try CLI.start(
-            ["-i", "lo", "-Z", "root", "-U", "-s", "0", "-w", pcap.path, "tcp"], bound: 120, executable: URL(fileURLWithPath: Self.tcpdump!)
-        )
+            ["netns", "exec", namespace, Self.tcpdump!, "-i", "lo", "-Z", "root", "-U", "-s", "0", "-w", pcap.path, "tcp"], bound: 120,
+            executable: ip)
         #expect(dump.waitFor("listening on lo", timeout: 30, onStandardError: true), "tcpdump never started its capture")
         let sim = try CLI.run(
             [
-                "simulate", "--workers", "2", "--model", "mlp-wn", "--max-steps", "5", "--train-limit", "640", "--test-limit", "64",
-                "--run-dir", dir.appendingPathComponent("run").path
-            ] + flags, timeout: 120)
+                "netns", "exec", namespace, CLI.binary.path, "simulate", "--workers", "2", "--model", "mlp-wn", "--max-steps", "5",
+                "--train-limit", "640", "--test-limit", "64", "--run-dir", dir.appendingPathComponent("run").path
+            ] + flags, timeout: 120, executable: ip)
         #expect(sim.status == 0, "\(sim.stderr)")
         usleep(500_000)  // the kernel hands tcpdump the last packets (a capture has no end marker to wait on)
         kill(dump.pid, SIGKILL)  // a test runner may start children with SIGINT and SIGTERM blocked; -U wrote every packet already
