@@ -107,7 +107,7 @@ let package = Package(
         .testTarget(name: "TetherFuzzTests", dependencies: ["TetherFuzz", "TetherComm", "TetherTrain"]),
         .testTarget(
             name: "EndToEndTests",
-            dependencies: ["TetherComm", "TetherData", "TetherTrain", .product(name: "Logging", package: "swift-log")])
+            dependencies: ["CTetherProcess", "TetherComm", "TetherData", "TetherTrain", .product(name: "Logging", package: "swift-log")])
     ],
     swiftLanguageModes: [.v5]
 )

@@ -1,3 +1,4 @@
+#define _GNU_SOURCE
 #include "tether_process.h"
 
 #if defined(__GLIBC__)
@@ -27,3 +28,35 @@ int tether_die_with_parent(void) { return prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0,
 #else
 int tether_die_with_parent(void) { return -1; }
 #endif
+
+#include <signal.h>
+#include <errno.h>
+#include <spawn.h>
+int tether_spawn(const char *path, char *const argv[], char *const envp[], int out_fd, int err_fd, const char *folder, int *pid) {
+    posix_spawn_file_actions_t actions;
+    posix_spawnattr_t attributes;
+    int rc = posix_spawn_file_actions_init(&actions);
+    if (rc != 0) return rc;
+    rc = posix_spawnattr_init(&attributes);
+    if (rc != 0) { posix_spawn_file_actions_destroy(&actions); return rc; }
+    if (rc == 0 && out_fd >= 0) rc = posix_spawn_file_actions_adddup2(&actions, out_fd, 1);
+    if (rc == 0 && err_fd >= 0) rc = posix_spawn_file_actions_adddup2(&actions, err_fd, 2);
+#if defined(__GLIBC__)
+    if (rc == 0 && folder != NULL) rc = posix_spawn_file_actions_addchdir_np(&actions, folder);
+    if (rc == 0) rc = posix_spawn_file_actions_addclosefrom_np(&actions, 3);
+#else
+    if (folder != NULL) rc = ENOSYS;
+#endif
+    sigset_t none, all;
+    sigemptyset(&none);
+    sigfillset(&all);
+    if (rc == 0) rc = posix_spawnattr_setsigmask(&attributes, &none);
+    if (rc == 0) rc = posix_spawnattr_setsigdefault(&attributes, &all);
+    if (rc == 0) rc = posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    pid_t child = 0;
+    if (rc == 0) rc = posix_spawn(&child, path, &actions, &attributes, argv, envp);
+    if (rc == 0) *pid = child;
+    posix_spawnattr_destroy(&attributes);
+    posix_spawn_file_actions_destroy(&actions);
+    return rc;
+}

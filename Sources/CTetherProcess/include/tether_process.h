@@ -24,4 +24,11 @@ void tether_pending_release(void *data, void *hint);
 /// cannot call). Returns 0 on success, -1 elsewhere.
 int tether_die_with_parent(void);
 
+/// Starts `path` with `argv` and `envp` (NULL-terminated), standard output and error on `out_fd` and
+/// `err_fd` (inherited when -1), in `folder` (this process's when NULL), with every other descriptor
+/// closed, no signal blocked and every signal at its default; the child's pid in `pid`. Returns 0, or
+/// an errno value. (Foundation's Process.run reads past a buffer while it looks for descriptors to
+/// close: swift-corelibs-foundation#5472.)
+int tether_spawn(const char *path, char *const argv[], char *const envp[], int out_fd, int err_fd, const char *folder, int *pid);
+
 #endif
