@@ -177,7 +177,8 @@ let netnsUnavailable: String? = {
             "cluster/netns-cluster", "cluster/netns.sh", "cluster/launch-hosts", "cluster/entrypoint", "cluster/slurm/tether.sbatch",
             "cluster/slurm/test-cluster",
             "cluster/test-images", "cluster/test-compose-v2",
-            "cluster/chaos", "scripts/test", "scripts/demo", "scripts/install-deps", "scripts/generate-proto", "bench/netns-allreduce",
+            "cluster/chaos", "scripts/test", "scripts/stress-suite", "scripts/demo", "scripts/install-deps", "scripts/generate-proto",
+            "bench/netns-allreduce",
             "bench/simulate-vs-ddp", "bench/tied-wide-deep", "bench/paper-directions", ".ci/run"
         ]
         let r = try CLI.run(["-x"] + scripts.map { file($0).path }, timeout: 120, executable: which("shellcheck")!)
