@@ -70,10 +70,9 @@ public enum HalvingDoubling {
         return out
     }
 
-    /// The elements of segments `segments` when `count` elements are cut into `p` segments (n/p each,
-    /// the remainder spread over the first ones, as the ring cuts them).
+    /// The elements of segments `segments` when `count` elements are cut into `p` segments.
     static func elements(_ segments: Range<Int>, of count: Int, in p: Int) -> Range<Int> {
-        func start(_ i: Int) -> Int { i * (count / p) + min(i, count % p) }
-        return start(segments.lowerBound)..<start(segments.upperBound)
+        Ring.segment(segments.lowerBound, of: count, parts: p)
+            .lowerBound..<Ring.segment(segments.upperBound, of: count, parts: p).lowerBound
     }
 }

@@ -373,10 +373,14 @@ public final class Ring {
     }
 
     /// Segment i of n elements: n/N each, the remainder spread over the first segments.
-    func segment(_ i: Int, of n: Int) -> Range<Int> {
-        let q = n / size, r = n % size
+    func segment(_ i: Int, of n: Int) -> Range<Int> { Self.segment(i, of: n, parts: size) }
+
+    /// Segment i (0...parts: `parts` is the empty one at the end) of n elements cut into `parts`, as
+    /// every collective cuts them.
+    static func segment(_ i: Int, of n: Int, parts: Int) -> Range<Int> {
+        let q = n / parts, r = n % parts
         let start = i * q + min(i, r)
-        return start..<start + q + (i < r ? 1 : 0)
+        return start..<start + (i < parts ? q + (i < r ? 1 : 0) : 0)
     }
 
     /// A range cut into chunks of at most `per`; an empty range is one empty chunk, so every ring step

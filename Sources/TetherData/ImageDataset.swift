@@ -37,13 +37,6 @@ public struct ImageDataset: Sendable {
             height: images.dimensions[1], width: images.dimensions[2], classes: classes)
     }
 
-    /// The first `n` samples (all when nil or larger).
-    public func prefix(_ n: Int?) -> ImageDataset {
-        guard let n, n < count else { return self }
-        return ImageDataset(
-            pixels: Array(pixels[0..<n * features]), labels: Array(labels[0..<n]), height: height, width: width, classes: classes)
-    }
-
     /// The samples at `indices`, as a batch of (B, H*W) values in [0, 1].
     public func batch<T: Scalar>(_ indices: ArraySlice<Int>, as: T.Type = T.self) -> (inputs: Tensor<T>, labels: [Int32]) {
         let f = features

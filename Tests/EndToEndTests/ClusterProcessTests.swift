@@ -452,7 +452,7 @@ struct ClusterProcessTests {
     @Test func aWorkerJoinsARunningJob() throws {
         let dir = CLI.tempDir("join")
         defer { try? FileManager.default.removeItem(at: dir) }
-        let steps = 300, training = RunCheck.plainSGD(steps: 300) + ["--hash-every", "1"]
+        let steps = 300, training = RunCheck.plainSGD(steps: steps) + ["--hash-every", "1"]
         let audits = try RunCheck.sampleLogFolders(in: dir)
         /// An elastic coordinator of 3 (at least 2) with two workers, and a third started once it has
         /// trained step 15 if `joining`; the coordinator's result, then the workers'.
