@@ -11,6 +11,7 @@ import PackageDescription
 //   TetherNN + TetherComm -> TetherGradients (buckets, overlap, compression, PowerSGD, sparse rows)
 //   TetherTrain + TetherGradients + TetherObservability -> TetherCluster (coordinator, workers) -> tether
 //   TetherNN + TetherWire -> TetherONNX (ONNX models in and out) -> tether
+//   CTetherProcess -> TetherProcess (child processes by posix_spawn) -> tether
 let package = Package(
     name: "Tether",
     platforms: [.macOS(.v13)],
@@ -38,6 +39,8 @@ let package = Package(
         .target(name: "CTetherKernels", cSettings: [.unsafeFlags(["-O3", "-fno-math-errno"])]),
         // Process and memory helpers Swift cannot express (prctl, mallopt, atomics on shared memory).
         .target(name: "CTetherProcess"),
+        // Child processes started with posix_spawn (simulate's workers, bench's ranks, the tests' runs).
+        .target(name: "TetherProcess", dependencies: ["CTetherProcess"]),
         // The ring's payload AEAD through OpenSSL's EVP (libcrypto, from libssl-dev).
         .target(name: "CTetherCrypto", linkerSettings: [.linkedLibrary("crypto")]),
         .target(name: "TetherTensor", dependencies: ["CBLAS", "CTetherKernels", "CTetherProcess"]),
@@ -82,7 +85,7 @@ let package = Package(
                 "TetherGradients", "TetherData",
                 "TetherNN", "TetherTensor",
                 "CXXHash",
-                "CTetherKernels", "CTetherProcess",
+                "CTetherKernels", "CTetherProcess", "TetherProcess",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "Logging", package: "swift-log")
             ]),
 
@@ -92,7 +95,8 @@ let package = Package(
         .testTarget(
             name: "TetherCommTests",
             dependencies: [
-                "TetherComm", "TetherMessages", "TetherWire", "CZeroMQ", "CTetherKernels", .product(name: "Logging", package: "swift-log")
+                "TetherComm", "TetherMessages", "TetherWire", "CZeroMQ", "CTetherKernels", "TetherProcess",
+                .product(name: "Logging", package: "swift-log")
             ]),
         .testTarget(name: "TetherMessagesTests", dependencies: ["TetherMessages", "TetherWire"]),
         .testTarget(name: "TetherTrainTests", dependencies: ["TetherTrain", "TetherNN", "TetherData", "TetherTensor"]),
@@ -103,11 +107,11 @@ let package = Package(
             name: "TetherClusterTests",
             dependencies: ["TetherCluster", "TetherComm", "TetherData", "TetherTrain", "TetherNN", "TetherTensor", "TetherJobFile"]),
         .testTarget(name: "TetherJobFileTests", dependencies: ["TetherJobFile", "TetherNN"]),
-        .testTarget(name: "TetherONNXTests", dependencies: ["TetherONNX", "TetherNN", "TetherTensor", "TetherTrain"]),
+        .testTarget(name: "TetherONNXTests", dependencies: ["TetherONNX", "TetherNN", "TetherTensor", "TetherTrain", "TetherProcess"]),
         .testTarget(name: "TetherFuzzTests", dependencies: ["TetherFuzz", "TetherComm", "TetherTrain"]),
         .testTarget(
             name: "EndToEndTests",
-            dependencies: ["CTetherProcess", "TetherComm", "TetherData", "TetherTrain", .product(name: "Logging", package: "swift-log")])
+            dependencies: ["TetherProcess", "TetherComm", "TetherData", "TetherTrain", .product(name: "Logging", package: "swift-log")])
     ],
     swiftLanguageModes: [.v5]
 )

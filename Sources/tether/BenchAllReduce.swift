@@ -4,6 +4,7 @@ import Foundation
 import Logging
 import TetherComm
 import TetherMessages
+import TetherProcess
 
 extension Transport: ExpressibleByArgument {}
 extension RingPayloadProtection: ExpressibleByArgument {}
@@ -162,13 +163,11 @@ struct BenchAllReduce: ParsableCommand {
     func inProcesses() throws -> [RankReport] {
         let made = try transport.localAddresses(ranks), addresses = made.joined(separator: ",")
         defer { Transport.removeLocalAddresses(made) }
-        let me = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
         let key = try EphemeralClusterKey(prefix: "tether-bench", insecure: insecure)
         defer { withExtendedLifetime(key) {} }  // its file stays until the ranks are done
-        var children: [(Process, Pipe, Pipe)] = []
+        var children: [(ChildProcess, report: Pipe, errors: Pipe)] = []
         for r in 0..<ranks {
-            let p = Process(), out = Pipe(), err = Pipe()
-            p.executableURL = me
+            let out = Pipe(), err = Pipe()
             var args = [
                 "bench", "allreduce", "--rank-report", "--rank", "\(r)", "--addresses", addresses, "--size", size,
                 "--iterations", "\(iterations)", "--warmup", "\(warmup)", "--timeout", "\(timeout)"
@@ -177,20 +176,22 @@ struct BenchAllReduce: ParsableCommand {
             if let laneSlots { args += ["--lane-slots", "\(laneSlots)"] }
             if check { args.append("--check") }
             args += ["--dtype", dtype.description, "--protection", protection.rawValue]
-            p.arguments = args + key.flags
-            (p.standardOutput, p.standardError) = (out, err)
-            try p.run()
-            children.append((p, out, err))
+            let child = try ChildProcess(
+                ChildProcess.tether, args + key.flags, environment: ProcessInfo.processInfo.environment,
+                output: out.fileHandleForWriting.fileDescriptor, error: err.fileHandleForWriting.fileDescriptor)
+            // the child holds the write ends: closed here, the reads below see the end when it exits
+            try? out.fileHandleForWriting.close()
+            try? err.fileHandleForWriting.close()
+            children.append((child, out, err))
         }
         var reports: [RankReport] = [], failures: [String] = []
-        for (r, (p, out, err)) in children.enumerated() {
-            let stdout = out.fileHandleForReading.readDataToEndOfFile()
-            let stderr = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            p.waitUntilExit()
-            if p.terminationStatus == 0, let report = try? JSONDecoder().decode(RankReport.self, from: stdout) {
+        for (r, (child, out, err)) in children.enumerated() {
+            let (stdout, errors) = ChildProcess.readToEnd(out.fileHandleForReading, err.fileHandleForReading)
+            let stderr = String(decoding: errors, as: UTF8.self), ending = child.waitUntilExit()
+            if ending == .exited(0), let report = try? JSONDecoder().decode(RankReport.self, from: stdout) {
                 reports.append(report)
             } else {
-                failures.append("rank \(r) (exit \(p.terminationStatus)): \(stderr.trimmingCharacters(in: .whitespacesAndNewlines))")
+                failures.append("rank \(r) (\(ending)): \(stderr.trimmingCharacters(in: .whitespacesAndNewlines))")
             }
         }
         guard failures.isEmpty else { throw CollectiveError(message: failures.joined(separator: "\n")) }

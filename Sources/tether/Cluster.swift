@@ -4,6 +4,7 @@ import Foundation
 import Logging
 import TetherCluster
 import TetherComm
+import TetherProcess
 import TetherTensor
 import TetherTrain
 
@@ -200,7 +201,7 @@ struct Simulate: ParsableCommand {
     /// workers have been reaped.
     private func runJob(resume: Bool, force: Bool, sinks: [any MetricsSink]) throws {
         let jobID = "simulate-\(getpid())"
-        var children: [Process] = []
+        var children: [ChildProcess] = []
         var options = Coordinator.Options(listen: "tcp://127.0.0.1:0", workers: workers)
         (options.jobID, options.force) = (jobID, force)
         let key = try EphemeralClusterKey(prefix: "tether-simulate", insecure: insecure)
@@ -210,9 +211,7 @@ struct Simulate: ParsableCommand {
         do {
             let perWorker = threads ?? max(1, ProcessInfo.processInfo.activeProcessorCount / workers)
             for _ in 0..<workers {
-                let p = Process()
-                p.executableURL = URL(fileURLWithPath: "/proc/self/exe")
-                p.arguments =
+                let arguments =
                     [
                         "worker", "--coordinator", coordinator.boundAddress, "--advertise", "tcp://127.0.0.1:0", "--job-id", jobID,
                         "--threads", String(perWorker)
@@ -224,26 +223,25 @@ struct Simulate: ParsableCommand {
                 env["OPENBLAS_NUM_THREADS"] = String(perWorker)
                 env[ProcessLifetime.parentVariable] = String(getpid())
                 if job.maxRestarts > 0 { env[ProcessLifetime.restartsVariable] = "1" }
-                p.environment = env
-                try p.run()
-                children.append(p)
+                children.append(try ChildProcess(ChildProcess.tether, arguments, environment: env))
             }
             // A worker that exits with an error before it could tell the coordinator (a bad setting) stops
             // the job now; one killed by a signal is named by rank when its heartbeats stop.
             coordinator.failure = {
-                children.first { !$0.isRunning && $0.terminationReason == .exit && $0.terminationStatus != 0 }.map {
-                    "worker process \($0.processIdentifier) exited with status \($0.terminationStatus) (its error is above)"
-                }
+                children.lazy.compactMap { child -> String? in
+                    guard case .exited(let status)? = child.ending, status != 0 else { return nil }
+                    return "worker process \(child.processIdentifier) exited with status \(status) (its error is above)"
+                }.first
             }
             try coordinator.run()
-            ClusterJob.reap(children, within: 10)
+            ChildProcess.reap(children, within: 10)
             try output.printSummary(coordinator)
         } catch let stopped as JobInterrupted {
-            ClusterJob.reap(children, within: 10)  // told Finish, they exit
+            ChildProcess.reap(children, within: 10)  // told Finish, they exit
             try output.printSummary(coordinator)
             throw stopped
         } catch {
-            ClusterJob.reap(children, within: 2)
+            ChildProcess.reap(children, within: 2)
             throw ClusterJob.TrainingFailure(error: error)
         }
     }
@@ -402,16 +400,6 @@ struct ClusterJob: ParsableArguments {
             throw ExitCode(StopSignal.exitStatus)
         }
         exitWithError(error)
-    }
-
-    /// Waits for the workers to exit, killing those still running after `seconds` (SIGKILL: a worker
-    /// takes SIGTERM as a graceful stop, which a job that is over cannot complete).
-    static func reap(_ children: [Process], within seconds: Double) {
-        let deadline = Date().addingTimeInterval(seconds)
-        for p in children {
-            while p.isRunning && Date() < deadline { usleep(20_000) }
-            if p.isRunning { kill(p.processIdentifier, SIGKILL) }
-        }
     }
 }
 

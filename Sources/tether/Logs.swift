@@ -43,11 +43,9 @@ struct LineLogHandler: LogHandler {
 
     private static let lock = NSLock()
 
-    func log(
-        level: Logger.Level, message: Logger.Message, metadata extra: Logger.Metadata?, source: String, file: String, function: String,
-        line: UInt
-    ) {
-        let all = metadata.merging(extra ?? [:]) { $1 }
+    func log(event: LogEvent) {
+        let (level, message) = (event.level, event.message)
+        let all = metadata.merging(event.metadata ?? [:]) { $1 }
         let text: String
         switch format {
         case .text:

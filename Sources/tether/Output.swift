@@ -203,7 +203,9 @@ enum JobFileText {
         put("schedule", c.schedule.kind.rawValue)
         put("warmup-steps", c.schedule.warmupSteps)
         switch c.schedule.kind {
-        case .step: (put("lr-step-size", c.schedule.stepSize), put("lr-gamma", c.schedule.gamma))
+        case .step:
+            put("lr-step-size", c.schedule.stepSize)
+            put("lr-gamma", c.schedule.gamma)
         case .plateau: put("lr-gamma", c.schedule.gamma)
         case .cosine: put("min-lr", c.schedule.minLR)
         case .constant: break

@@ -1,7 +1,7 @@
-import CTetherProcess
 import Testing
 import Foundation
 import TetherData
+import TetherProcess
 import TetherTrain
 import TetherTensor
 
@@ -51,54 +51,13 @@ enum CLI {
 
     /// A program running in the background (`start`): what it prints is collected as it comes, so a
     /// test can wait for a line (`waitFor`); `finish` waits for it and returns all it printed.
-    /// A child process started with posix_spawn (`tether_spawn`): Foundation's Process.run on this
-    /// toolchain (6.3.1) now and then crashed the test runner, copying each /proc/self/fd entry's
-    /// whole 256-byte name past the end of glibc's buffer (swift-corelibs-foundation#5472, fixed after
-    /// 6.3.1; seen once in four suites under two suites at once). A thread of its own reaps it.
-    final class Spawned: @unchecked Sendable {
-        let processIdentifier: Int32
-        private let lock = NSLock(), ended = DispatchSemaphore(value: 0)
-        private var status: Int32?
-
-        init(_ executable: URL, _ arguments: [String], environment: [String: String], out: Pipe, err: Pipe, folder: URL?) throws {
-            func cStrings(_ strings: [String]) -> [UnsafeMutablePointer<CChar>?] { strings.map { strdup($0) } + [nil] }
-            let argv = cStrings([executable.path] + arguments), envp = cStrings(environment.map { "\($0.key)=\($0.value)" })
-            defer { for p in argv + envp { free(p) } }
-            var pid: Int32 = 0
-            let rc = tether_spawn(
-                executable.path, argv, envp, out.fileHandleForWriting.fileDescriptor, err.fileHandleForWriting.fileDescriptor,
-                folder?.path, &pid)
-            // the child holds the write ends now; closed here, the readers see the end when it exits
-            try? out.fileHandleForWriting.close()
-            try? err.fileHandleForWriting.close()
-            guard rc == 0 else { throw POSIXError(POSIXErrorCode(rawValue: rc) ?? .EIO) }
-            processIdentifier = pid
-            Thread { [self] in
-                var raw: Int32 = 0
-                while waitpid(pid, &raw, 0) < 0 && errno == EINTR {}
-                // an exit's status, or the signal that ended it (as Process's terminationStatus has it)
-                let code = raw & 0x7f == 0 ? (raw >> 8) & 0xff : raw & 0x7f
-                lock.withLock { status = code }
-                ended.signal()
-            }.start()
-        }
-
-        var isRunning: Bool { lock.withLock { status == nil } }
-        var terminationStatus: Int32 { lock.withLock { status ?? 0 } }
-        func terminate() { kill(processIdentifier, SIGTERM) }
-        func waitUntilExit() {
-            ended.wait()
-            ended.signal()
-        }
-    }
-
     final class Background: @unchecked Sendable {
-        let process: Spawned
+        let process: ChildProcess
         var pid: Int32 { process.processIdentifier }
         private let lock = NSLock(), closed = DispatchGroup()
         private var printed = (out: Data(), err: Data())
 
-        init(process: Spawned, out: Pipe, err: Pipe) {
+        init(process: ChildProcess, out: Pipe, err: Pipe) {
             self.process = process
             // a reader thread per pipe, to its end (Foundation's readabilityHandler missed the end of a
             // `docker info`'s output on Linux and finish waited forever)
@@ -150,7 +109,12 @@ enum CLI {
         var env = ProcessInfo.processInfo.environment
         env["OPENBLAS_NUM_THREADS"] = "1"
         env.merge(environment) { $1 }
-        let p = try Spawned(executable, args, environment: env, out: out, err: err, folder: folder)
+        let p = try ChildProcess(
+            executable.path, args, environment: env, output: out.fileHandleForWriting.fileDescriptor,
+            error: err.fileHandleForWriting.fileDescriptor, folder: folder?.path)
+        // the child holds the write ends now; closed here, the readers see the end when it exits
+        try? out.fileHandleForWriting.close()
+        try? err.fileHandleForWriting.close()
         DispatchQueue.global().asyncAfter(deadline: .now() + bound) { if p.isRunning { p.terminate() } }
         return Background(process: p, out: out, err: err)
     }
@@ -165,20 +129,30 @@ enum CLI {
     }()
     static var key: [String] { ["--key-file", keyFile] }
 
-    /// Whether `condition` held within `seconds` (checked every 20 ms): a test waits for a condition
-    /// with a deadline, never for a time.
+    /// Whether `condition` held within `seconds` (checked `every` so often): a test waits for a
+    /// condition with a deadline, never for a time.
     @discardableResult
-    static func waitUntil(seconds: Double, _ condition: () -> Bool) -> Bool {
+    static func waitUntil(seconds: Double, every interval: Double = 0.02, _ condition: () -> Bool) -> Bool {
         let deadline = Date().addingTimeInterval(seconds)
         while !condition() {
             guard Date() < deadline else { return false }
-            usleep(20_000)
+            usleep(UInt32(interval * 1e6))
         }
         return true
     }
 
     static func tempDir(_ name: String) -> URL {
         FileManager.default.temporaryDirectory.appendingPathComponent("tether-e2e-\(name)-\(UUID())")
+    }
+}
+
+extension ChildProcess {
+    /// An exit's status, or the signal that ended it (as Foundation's Process has it); 0 while it runs.
+    var terminationStatus: Int32 {
+        switch ending {
+        case .exited(let status)?, .signalled(let status)?: status
+        case nil: 0
+        }
     }
 }
 
@@ -578,7 +552,7 @@ let kubernetesTypesInstalled =
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
         let path = dir.appendingPathComponent("checkpoint.safetensors").path
-        FileManager.default.createFile(atPath: path, contents: Data([0x10, 0, 0, 0, 0, 0, 0, 0]) + Data("{\"a\": 1".utf8))
+        #expect(FileManager.default.createFile(atPath: path, contents: Data([0x10, 0, 0, 0, 0, 0, 0, 0]) + Data("{\"a\": 1".utf8)))
         let r = try CLI.run(["eval", "--checkpoint", path])
         #expect(r.status == 1)
         #expect(r.stderr.contains("\(path): not a valid safetensors file"), "stderr: \(r.stderr)")

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TetherProcess
 
 /// The ring between real processes over loopback tcp and unix sockets: the `tether bench allreduce`
 /// binary, as a user runs it.
@@ -56,18 +57,20 @@ import Testing
     @Test func aPeerKilledMidOperationIsNamedAndNobodyHangs() throws {
         let ports = CLI.freePorts(3)
         let addresses = ports.map { "tcp://127.0.0.1:\($0)" }.joined(separator: ",")
-        var ranks: [(Process, Pipe)] = []
+        var ranks: [(ChildProcess, Pipe)] = []
+        let discard = try FileHandle(forWritingTo: URL(fileURLWithPath: "/dev/null"))
+        defer { try? discard.close() }
         for rank in 0..<3 {
-            let p = Process(), err = Pipe()
-            p.executableURL = CLI.binary
-            p.arguments =
+            let err = Pipe()
+            let p = try ChildProcess(
+                CLI.binary.path,
                 [
                     "bench", "allreduce", "--rank", "\(rank)", "--addresses", addresses, "--size", "8MB",
                     "--iterations", "100000", "--timeout", rank == 0 ? "6" : "2"
-                ] + CLI.key
-            p.standardOutput = FileHandle.nullDevice
-            p.standardError = err
-            try p.run()
+                ] + CLI.key,
+                environment: ProcessInfo.processInfo.environment.merging(["OPENBLAS_NUM_THREADS": "1"]) { $1 },
+                output: discard.fileDescriptor, error: err.fileHandleForWriting.fileDescriptor)
+            try? err.fileHandleForWriting.close()
             ranks.append((p, err))
         }
         // into the all-reduces: every rank has spent half a second of CPU on them (a bench rank prints nothing until its end)

@@ -691,11 +691,6 @@ final class LockedLines: @unchecked Sendable {
             get { metadata[key] }
             set { metadata[key] = newValue }
         }
-        func log(
-            level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String, file: String, function: String,
-            line: UInt
-        ) {
-            lines.append(message.description)
-        }
+        func log(event: LogEvent) { lines.append(event.message.description) }
     }
 }

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 @testable import TetherComm
 import TetherMessages
+import TetherProcess
 
 /// Same-host links: payloads through a shared-memory lane beside the unix socket (`SharedLane`).
 @Suite(.serialized) struct SharedLaneTests {
@@ -148,11 +149,10 @@ import TetherMessages
             try #require(utimensat(AT_FDCWD, path, [past, past], 0) == 0, "cannot age \(path)")
         }
         let killed = try #require(SharedLane.create(forSocket: sockets[0], slots: 2, slotBytes: 4096))
-        let holder = Process()
-        holder.executableURL = URL(fileURLWithPath: "/usr/bin/flock")
-        holder.arguments = ["--shared", "--no-fork", lanes[0], "sleep", "60"]  // the process killed holds the lock itself
-        try holder.run()
-        defer { if holder.isRunning { kill(holder.processIdentifier, SIGKILL) } }
+        // the process killed holds the lock itself
+        let holder = try ChildProcess(
+            "/usr/bin/flock", ["--shared", "--no-fork", lanes[0], "sleep", "60"], environment: ProcessInfo.processInfo.environment)
+        defer { if holder.isRunning { holder.signal(SIGKILL) } }
         _ = consume killed  // this process's lock on it goes; the other process's stays
         // no lane is made (no sweep runs) before flock(1) holds its lock: until then this one is free
         let probe = open(lanes[0], O_RDONLY | O_CLOEXEC)
@@ -170,7 +170,7 @@ import TetherMessages
         let living = try #require(SharedLane.create(forSocket: sockets[2], slots: 2, slotBytes: 4096))
         #expect(FileManager.default.fileExists(atPath: lanes[0]), "a lane whose maker lives was removed")
         #expect(FileManager.default.fileExists(atPath: lanes[1]), "a lane dropped just now was removed")
-        kill(holder.processIdentifier, SIGKILL)
+        holder.signal(SIGKILL)
         holder.waitUntilExit()
         let fourth = try #require(SharedLane.create(forSocket: sockets[3], slots: 2, slotBytes: 4096))
         #expect(!FileManager.default.fileExists(atPath: lanes[0]), "the killed maker's lane was kept")

@@ -3,6 +3,7 @@ import Testing
 import TetherNN
 import TetherTensor
 @testable import TetherONNX
+import TetherProcess
 
 /// ONNX graphs read into specs: what Tether exports reads back as the same network with the same
 /// values; weight norm's arithmetic and a shared initializer are recognized; what the importer does not
@@ -147,17 +148,17 @@ import TetherTensor
             torch.onnx.export(Tied().eval(), (torch.zeros(2, 8),), "net.onnx", input_names=["input"], output_names=["y"],
                               dynamic_axes={"input": {0: "batch"}}, opset_version=17, dynamo=False, do_constant_folding=False)
             """
-        let process = Process()
-        (process.executableURL, process.arguments, process.currentDirectoryURL) = (python, ["-c", script], dir)
         let errors = Pipe()
-        process.standardError = errors
-        guard (try? process.run()) != nil else {
+        let started = try? ChildProcess(
+            python.path, ["-c", script], environment: ProcessInfo.processInfo.environment,
+            error: errors.fileHandleForWriting.fileDescriptor, folder: dir.path)
+        try? errors.fileHandleForWriting.close()
+        guard let process = started else {
             print("skipped: PyTorch's export (no .build/test-venv with torch and onnx; scripts/install-deps --test)")
             return
         }
         let stderr = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else {
+        guard process.waitUntilExit() == .exited(0) else {
             // a venv without torch or onnx is a skip; any other failure of the export is the test's
             #expect(stderr.contains("No module named"), "torch.onnx.export: \(stderr)")
             print("skipped: PyTorch's export (no torch or onnx in .build/test-venv; scripts/install-deps --test)")

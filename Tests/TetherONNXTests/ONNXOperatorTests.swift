@@ -4,6 +4,7 @@ import TetherNN
 import TetherONNX
 import TetherTensor
 import TetherTrain
+import TetherProcess
 
 /// Every operator the importer reads, one module each, defined and exported by PyTorch in the test:
 /// imported and loaded from its initializers, Tether's forward (evaluation mode) equals ONNX Runtime's
@@ -146,18 +147,19 @@ import TetherTrain
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tether-onnx-ops-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
-        let process = Process()
-        (process.executableURL, process.arguments, process.currentDirectoryURL) = (python, ["-c", Self.pytorchSide], dir)
         let (output, errors) = (Pipe(), Pipe())
-        (process.standardOutput, process.standardError) = (output, errors)
-        guard (try? process.run()) != nil else {
+        let started = try? ChildProcess(
+            python.path, ["-c", Self.pytorchSide], environment: ProcessInfo.processInfo.environment,
+            output: output.fileHandleForWriting.fileDescriptor, error: errors.fileHandleForWriting.fileDescriptor, folder: dir.path)
+        try? output.fileHandleForWriting.close()
+        try? errors.fileHandleForWriting.close()
+        guard let process = started else {
             print("skipped: the per-operator ONNX checks (no .build/test-venv; scripts/install-deps --test)")
             return
         }
-        let printed = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        let stderr = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else {
+        let (printedBytes, errorBytes) = ChildProcess.readToEnd(output.fileHandleForReading, errors.fileHandleForReading)
+        let (printed, stderr) = (String(decoding: printedBytes, as: UTF8.self), String(decoding: errorBytes, as: UTF8.self))
+        guard process.waitUntilExit() == .exited(0) else {
             #expect(stderr.contains("No module named"), "the PyTorch side: \(stderr)")
             print("skipped: the per-operator ONNX checks (no torch, onnx or onnxruntime in .build/test-venv; scripts/install-deps --test)")
             return
