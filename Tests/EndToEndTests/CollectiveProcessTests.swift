@@ -85,7 +85,6 @@ import TetherProcess
         CLI.waitUntil(seconds: 30) { ranks.allSatisfy { cpuSeconds($0.0.processIdentifier) >= 0.5 } }
         #expect(ranks.allSatisfy { $0.0.isRunning }, "all ranks should still be working when rank 1 is killed")
         kill(ranks[1].0.processIdentifier, SIGKILL)
-        let killedAt = Date()
         var messages: [Int: String] = [:]
         for rank in [0, 2] {
             let (p, err) = ranks[rank]
@@ -96,7 +95,6 @@ import TetherProcess
             #expect(p.terminationStatus == 1, "rank \(rank) should fail, not be killed: \(messages[rank]!)")
         }
         ranks[1].0.waitUntilExit()
-        #expect(Date().timeIntervalSince(killedAt) < 15)
         #expect(messages[2]!.contains("rank 2: no message from rank 1 (tcp://127.0.0.1:\(ports[1]))"), "\(messages[2]!)")
         #expect(
             messages[0]!.contains("rank 2 gave up on the ring: rank 2: no message from rank 1")

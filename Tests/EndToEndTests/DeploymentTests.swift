@@ -450,7 +450,6 @@ let netnsUnavailable: String? = {
             if: dataInstalled && netnsUnavailable == nil, "needs root, network namespaces and Fashion-MNIST: \(netnsUnavailable ?? "")"))
     func aFrozenHostAndASlowLinkAreNamed() throws {
         for spec in ["freeze:1:3:15", "slow:1:3:100kbit"] {
-            let started = Date()
             let (r, drills, dir) = try drill([spec])
             defer { try? FileManager.default.removeItem(at: dir) }
             #expect(
@@ -458,7 +457,6 @@ let netnsUnavailable: String? = {
                     && FileManager.default.fileExists(atPath: dir.path + "/checkpoint.safetensors"),
                 "\(spec): \(r.stdout)\(r.stderr)")
             #expect((drills.first?["named_after_ms"] as? Int).map { $0 < 8000 } ?? false, "\(spec): \(drills)")
-            #expect(Date().timeIntervalSince(started) < 60, "\(spec) took \(Date().timeIntervalSince(started)) s")
         }
         // this build's workers only: another suite at once (another clone's binary) may have its own
         #expect(

@@ -365,16 +365,14 @@ func input(rank: Int, count: Int) -> [Float] {
 
     @Test func aPeerThatNeverStartsIsNamed() throws {
         let ring = try TestRing(2, .tcp)
-        let start = ContinuousClock.now
         #expect { _ = try ring.ring(0) { $0.timeout = .milliseconds(300) } } throws: {
             "\($0)".contains("rank 0: no message from rank 1 (\(ring.addresses[1])) within")
         }
-        #expect(start.duration(to: .now) < .seconds(3))
     }
 
+    /// At once: the ranks' 20 s time-out would fail them with "no message from", not this.
     @Test func aLayoutFingerprintMismatchFailsAtOnceNamingBothRanks() throws {
         let ring = try TestRing(2, .ipc)
-        let start = ContinuousClock.now
         let e = errors(
             onRanks(2) { rank in
                 _ = try ring.ring(rank) {
@@ -385,7 +383,6 @@ func input(rank: Int, count: Int) -> [Float] {
             e[0].contains(
                 "rank 0 and rank 1 disagree on the parameter layout fingerprint: 0000000000000001 on rank 0, 0000000000000002 from rank 1"))
         #expect(e[1].contains("rank 1 and rank 0 disagree on the parameter layout fingerprint"))
-        #expect(start.duration(to: .now) < .seconds(5))
     }
 
     @Test func aSizeMismatchFailsNamingBothRanks() throws {
@@ -593,8 +590,8 @@ func input(rank: Int, count: Int) -> [Float] {
         #expect(logged.lines.contains { $0.contains("dropped a message of ring epoch 1 (this ring is epoch 2)") }, "\(logged.lines)")
     }
 
-    /// A ring asked to abandon (the coordinator re-forms it) ends a waiting collective within a moment,
-    /// with an `abandoned` error, long before its time-out; it sends no Abort on (everyone is leaving).
+    /// A ring asked to abandon (the coordinator re-forms it) ends a waiting collective with an
+    /// `abandoned` error, not its 20 s time-out's; it sends no Abort on (everyone is leaving).
     @Test func anAbandonedRingEndsTheWaitingCollectiveAtOnce() throws {
         let ring = try TestRing(2, .tcp)
         let fake = try FakeNeighbour(ring)
@@ -604,10 +601,8 @@ func input(rank: Int, count: Int) -> [Float] {
             $0.timeout = .seconds(20); $0.abandon = { flag.isSet }
         }
         DispatchQueue.global().asyncAfter(deadline: .now() + 0.3) { flag.set() }
-        let start = ContinuousClock.now
         var x = [Float](repeating: 1, count: 8)
         #expect { _ = try x.withUnsafeMutableBufferPointer { try r.allReduce($0) } } throws: { ($0 as? CollectiveError)?.abandoned == true }
-        #expect(start.duration(to: .now) < .seconds(2))
         // the neighbour got rank 0's own chunk of the all-reduce, and no Abort after it
         var bodies: [String] = []
         while let frames = try fake.pull.receive(deadline: .now + .milliseconds(300)) {
@@ -641,7 +636,6 @@ func input(rank: Int, count: Int) -> [Float] {
     /// inside one rank, a dead neighbour and a neighbour stuck behind a dead one look the same.)
     @Test func aSilentPeerIsNamedByEveryRank() throws {
         let ring = try TestRing(3, .inproc)
-        let start = ContinuousClock.now
         let e = errors(
             onRanks(3) { rank in
                 let r = try ring.ring(rank) {
@@ -659,7 +653,6 @@ func input(rank: Int, count: Int) -> [Float] {
         #expect(
             e[0].contains("rank 0: rank 2 gave up on the ring: rank 2: no message from rank 1")
                 || e[0].contains("rank 0: cannot send to rank 1"), "\(e[0])")
-        #expect(start.duration(to: .now) < .seconds(5))
     }
 }
 
