@@ -281,9 +281,12 @@ public struct WorkerState: Sendable {
             if r.ringEpoch > max(ringEpoch, boundaryReform?.ringEpoch ?? 0) { boundaryReform = r }
             return []
         // Elastic in place: a failed ring waits for the coordinator to re-form it (a fresh ring that does
-        // not form, or a job that is not elastic in place, fails).
+        // not form, or a job that is not elastic in place, fails). After the last step too: a member
+        // lost during its end-of-step work (the replica state gathered for rank 0's checkpoint) leaves
+        // the job without its last checkpoint, which the survivors redo on the re-formed ring.
         case (.training, .ringFailed(let why, let computing)), (.reforming, .ringFailed(let why, let computing)),
-            (.waitingForStart, .ringFailed(let why, let computing)), (.settingUp, .ringFailed(let why, let computing)):
+            (.waitingForStart, .ringFailed(let why, let computing)), (.settingUp, .ringFailed(let why, let computing)),
+            (.waitingForFinish, .ringFailed(let why, let computing)):
             guard reformInPlace, phase != .settingUp || ringEpoch > 0 else { return fail(why) }
             if phase == .training, computing { abandonedStep = globalStep + 1 }
             (phase, lastFailure, boundaryReform) = (.reforming, why, nil)

@@ -423,6 +423,29 @@ import TetherMessages
         #expect(s.members.count == 2 && s.nextRing.count == 2)
     }
 
+    /// A member lost after the last step, before rank 0's checkpoint of it came (the replica state it
+    /// gathers over the ring): the survivors re-form and redo the step's end-of-step work; the reports
+    /// and evaluation already merged are not taken twice, and the checkpoint ends the job.
+    @Test func aLossAfterTheLastStepIsRedoneToTheFinish() {
+        var s = elasticTraining(perEpoch: 4)
+        for step in 1...8 {
+            for r in 0..<3 { _ = s.handle(.step(rank: r, report(step, epoch: (step - 1) / 4)), now: 2) }
+            if step % 4 == 0 { for r in 0..<3 { _ = s.handle(.evaluation(rank: r, eval(step / 4 - 1)), now: 2) } }
+            if step == 4 { _ = s.handle(.checkpoint(rank: 0, .init(globalStep: 4, safetensors: [])), now: 2) }
+        }
+        #expect(s.completedSteps == 8 && s.phase == .training, "the last checkpoint is still to come")
+        let lost = s.handle(.abort(rank: 2, reason: "gone"), now: 3)
+        #expect(lost.first.map { if case .reform = $0 { true } else { false } } == true, "\(lost)")
+        for r in 0..<2 { _ = s.handle(.ready(rank: r, .init(parameterHash: 7, layoutFingerprint: 42, globalStep: 8)), now: 4) }
+        #expect(s.phase == .training)
+        for r in 0..<2 { #expect(s.handle(.step(rank: r, report(8, epoch: 1)), now: 4).isEmpty, "step 8 was merged already") }
+        for r in 0..<2 { #expect(s.handle(.evaluation(rank: r, eval(1)), now: 4).isEmpty, "epoch 1 was evaluated already") }
+        #expect(
+            s.handle(.checkpoint(rank: 0, .init(globalStep: 8, safetensors: [])), now: 4) == [
+                .writeCheckpoint(.init(globalStep: 8, safetensors: [])), .finish
+            ])
+    }
+
     /// A coordinator restarted with --resume (checkpoint of step 4) takes the state its workers kept
     /// through its loss when every one carries one, at most a step apart, the same parameters at the
     /// same step: it goes on from the furthest (step 7), nothing lost. Otherwise, or in a fresh run,

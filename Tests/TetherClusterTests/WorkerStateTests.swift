@@ -46,6 +46,33 @@ import TetherMessages
         #expect(s.phase == .finished)
     }
 
+    /// A member lost during the last step's end-of-step work (the replica state rank 0's checkpoint
+    /// gathers over the ring): the survivors re-form and redo that work, the checkpoint included, then
+    /// wait for Finish. (Found on emulated hosts: the job failed with "unexpected ringFailed while
+    /// waitingForFinish" instead of ending.)
+    @Test func aLossAfterTheLastStepReformsAndRedoesItsEndOfStepWork() {
+        var s = training(plan(rank: 1, hashEvery: 5))
+        for step in 1...6 { _ = s.handle(.stepFinished(globalStep: step)) }
+        #expect(
+            s.handle(.stepFinished(globalStep: 7)) == [
+                .reportStep(withHash: true), .evaluate(epoch: 2, epochEnds: false), .shareReplicaState, .awaitFinish
+            ])
+        #expect(s.phase == .waitingForFinish)
+        #expect(s.handle(.ringFailed("rank 2 is gone", computing: false)) == [.awaitReform(urgent: true)])
+        #expect(s.phase == .reforming && s.abandonedStep == 0, "no step was in flight")
+        #expect(s.handle(.reformReceived(reform(1, rank: 0))) == [.reform(reform(1, rank: 0))])
+        #expect(s.handle(.replicaReady(plan(rank: 0, hashEvery: 5), globalStep: 7, redoEndOfStep: true, keepsState: false)) == [.sendReady])
+        #expect(
+            s.handle(.coordinator(.start)) == [
+                .reportStep(withHash: true), .evaluate(epoch: 2, epochEnds: false), .shareReplicaState, .sendCheckpoint, .awaitFinish
+            ])
+        #expect(s.handle(.coordinator(.finish)) == [.exit] && s.phase == .finished)
+
+        var strict = training(plan(), inPlace: false)
+        for step in 1...7 { _ = strict.handle(.stepFinished(globalStep: step)) }
+        #expect(strict.handle(.ringFailed("rank 2 is gone")) == [.fail("rank 2 is gone")], "not elastic in place: the job fails")
+    }
+
     /// A failure mid-step: the step in flight is abandoned (and counted for Ready), the worker waits
     /// for a Reform after the failure (a join's, sent before, does not do), forms that ring, and after
     /// Start redoes the end-of-step work of the step the ring agreed on (rank 2 became rank 0: it
