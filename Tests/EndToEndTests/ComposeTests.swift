@@ -4,7 +4,7 @@ import Testing
 /// A Docker engine for a test: the one that answers, or `dockerd` started here (root) and stopped by
 /// `stop`. Nil, with the reason, when there is none to have.
 final class DockerEngine {
-    private var started: Process?
+    private var started: CLI.Background?
     static let docker = which("docker"), compose = which("docker-compose")
 
     /// Why no engine can be had here, or nil.
@@ -20,26 +20,19 @@ final class DockerEngine {
 
     init() throws {
         guard !Self.answers() else { return }
-        let p = Process()
-        p.executableURL = which("dockerd")
-        p.standardOutput = FileHandle.nullDevice
-        p.standardError = FileHandle(forWritingAtPath: "/dev/null")
-        try p.run()
-        started = p
-        let deadline = Date().addingTimeInterval(60)
-        while !Self.answers() {
-            guard Date() < deadline, p.isRunning else { stop(); throw CollectiveFailure("dockerd did not answer within 60 s") }
-            usleep(500_000)
+        let engine = try CLI.start([], bound: 7200, executable: which("dockerd")!)
+        started = engine
+        guard CLI.waitUntil(seconds: 60, every: 0.5, { Self.answers() || !engine.process.isRunning }), engine.process.isRunning else {
+            stop()
+            throw CollectiveFailure("dockerd did not answer within 60 s")
         }
     }
 
     /// Stops the engine if this started it (containers of this test are gone by then).
     func stop() {
-        guard let p = started else { return }
-        kill(p.processIdentifier, SIGTERM)
-        let deadline = Date().addingTimeInterval(30)
-        while p.isRunning && Date() < deadline { usleep(200_000) }
-        if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+        guard let p = started?.process else { return }
+        p.terminate()
+        if !CLI.waitUntil(seconds: 30, every: 0.2, { !p.isRunning }) { kill(p.processIdentifier, SIGKILL) }
         started = nil
     }
 
@@ -102,13 +95,8 @@ struct ComposeTests {
 
     /// Waits until `job`'s metrics say training went `beyond` steps (or 120 s pass).
     func waitForStep(_ job: String, beyond step: Int) {
-        let deadline = Date().addingTimeInterval(120)
-        while Date() < deadline {
-            if let last = (try? metrics(job))?.compactMap({ $0["event"] as? String == "step" ? $0["step"] as? Int : nil }).last, last > step
-            {
-                return
-            }
-            usleep(500_000)
+        CLI.waitUntil(seconds: 120, every: 0.5) {
+            ((try? metrics(job))?.compactMap { $0["event"] as? String == "step" ? $0["step"] as? Int : nil }.last ?? 0) > step
         }
     }
 
@@ -164,21 +152,21 @@ struct ComposeTests {
 
         // Drills on a fresh run of the same job. `docker kill` of a worker: Docker does not restart a
         // container stopped by hand, so the job goes on in place with the three left
-        // (TETHER_MIN_WORKERS: the survivors re-form the ring, a `reformed` event). A crash of the
-        // coordinator (its process killed; `docker kill` would count as a stop by hand too): the restart
-        // policy brings it back, it resumes, and the workers, which kept their replicas
-        // (TETHER_COORDINATOR_WAIT), hand it their state: it trains on from their step, not from its
-        // checkpoint's (a second `training` event). Between them, `up --scale worker=4` again starts a
-        // fourth worker, which joins the running job at a step boundary.
-        // The drilled run is 6 epochs (1410 steps, TETHER_EPOCHS): the fourth worker joins when its
-        // container is up, some 200 steps after it is started, and the coordinator is killed 50 steps
-        // after that, well before the end.
+        // (TETHER_MIN_WORKERS: the survivors re-form the ring, a `reformed` event). Then `up --scale
+        // worker=4` again starts the killed container anew, and it joins the running job at a step
+        // boundary (a `joined` event). A crash of the coordinator (its process killed; `docker kill`
+        // would count as a stop by hand too): the restart policy brings it back, it resumes, and the
+        // workers, which kept their replicas (TETHER_COORDINATOR_WAIT), hand it their state: it trains
+        // on from their step, not from its checkpoint's (a second `training` event).
+        // Each drill waits for the one before to have taken effect. The drilled run is 16 epochs
+        // (3760 steps, TETHER_EPOCHS), so that the three drills, which take some 15-30 s with the
+        // containers' start-ups, end well before the job does however loaded the machine is.
         _ = try compose(["down", "-v"], timeout: 120)
-        let drill = env + ["TETHER_MIN_WORKERS": "3", "TETHER_EPOCHS": "6"]
+        let drill = env + ["TETHER_MIN_WORKERS": "3", "TETHER_EPOCHS": "16"]
         #expect(try compose(["up", "-d", "--scale", "worker=4"], timeout: 180, environment: drill).status == 0)
         var lastResumed = 0
         for (victim, after, sign, count) in [
-            ("\(project)_worker_2", 60, "reformed", 1), ("scale", 150, "reformed", 2), ("\(project)_coordinator_1", 300, "training", 2)
+            ("\(project)_worker_2", 60, "reformed", 1), ("scale", 0, "joined", 1), ("\(project)_coordinator_1", 0, "training", 2)
         ] {
             waitForStep(job, beyond: max(after, lastResumed + 50))
             let reached = (try? metrics(job))?.compactMap { $0["event"] as? String == "step" ? $0["step"] as? Int : nil }.last ?? 0
@@ -197,29 +185,20 @@ struct ComposeTests {
                 #expect(pid.map { kill($0, SIGKILL) == 0 } ?? false, "no tether process in \(victim)")
             }
             // back to training: the event that says so, at the step it goes on from
-            let deadline = Date().addingTimeInterval(150)
             var resumedAt: Int?
-            while Date() < deadline, resumedAt == nil {
-                usleep(500_000)
+            CLI.waitUntil(seconds: 150, every: 0.5) {
                 let starts = (try? metrics(job))?.filter { $0["event"] as? String == sign }.compactMap { $0["step"] as? Int } ?? []
                 if starts.count >= count { resumedAt = starts.last }
+                return resumedAt != nil
             }
-            #expect(resumedAt != nil, "\(victim): the job did not train again within 150 s")
+            #expect(resumedAt != nil, "\(victim): no `\(sign)` event within 150 s\n\(containerLogs())")
             lastResumed = resumedAt ?? reached
             if sign == "training" {
                 let logs = try docker(["logs", victim]), log = logs.stdout + logs.stderr
                 let kept = (resumedAt ?? 0) >= reached && log.contains("from the state the workers kept at step")
-                // the workers' logs only when it failed: they say why a worker did not keep its state
-                let workers =
-                    kept
-                    ? ""
-                    : try (1...5).map { w in
-                        let l = try docker(["logs", "\(project)_worker_\(w)"])
-                        return "worker \(w): " + String((l.stdout + l.stderr).suffix(1500))
-                    }.joined(separator: "\n")
                 #expect(
                     kept,
-                    "the restarted coordinator went on from step \(resumedAt ?? -1), the workers had \(reached): \(log.suffix(3000))\n\(workers)"
+                    "the restarted coordinator went on from step \(resumedAt ?? -1), the workers had \(reached)\n\(kept ? "" : containerLogs())"
                 )
             }
             // in place, the survivors go on from the step in flight; a resume, from the last checkpoint
@@ -227,13 +206,23 @@ struct ComposeTests {
             print(
                 "compose test: \(victim == "scale" ? "a fourth worker started" : "\(victim) killed") at about step \(reached)+: training again after "
                     + "\(Int(Date().timeIntervalSince(killed))) s, "
-                    + (sign == "reformed" ? "in place at step \(resumedAt ?? -1)" : "from the workers' state at step \(resumedAt ?? -1)"))
+                    + (sign == "training" ? "from the workers' state at step \(resumedAt ?? -1)" : "in place at step \(resumedAt ?? -1)"))
         }
         let coordinator = try docker(["wait", "\(project)_coordinator_1"], timeout: 300)
         #expect(coordinator.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "0", "\(coordinator.stdout)")
-        #expect(try metrics(job).filter { $0["event"] as? String == "joined" }.count == 1, "the fourth worker joined the running job")
+        let joins = try metrics(job).filter { $0["event"] as? String == "joined" }
+        #expect(joins.count == 1, "one join, by the restarted worker: \(joins)\n\(joins.count == 1 ? "" : containerLogs())")
         let end = try metrics(job).last { $0["event"] as? String == "end" }
-        #expect(end?["step"] as? Int == 1410, "the drilled run ends where an undisturbed one would: \(String(describing: end))")
+        #expect(end?["step"] as? Int == 3760, "the drilled run ends where an undisturbed one would: \(String(describing: end))")
+    }
+
+    /// The ends of the coordinator's and the workers' logs, to say why a drill failed.
+    func containerLogs() -> String {
+        let names = ["coordinator_1"] + (1...5).map { "worker_\($0)" }
+        return names.compactMap { name in
+            guard let l = try? docker(["logs", "\(project)_\(name)"]), l.status == 0 else { return nil }
+            return "\(name): " + String((l.stdout + l.stderr).suffix(2500))
+        }.joined(separator: "\n")
     }
 
     /// The README's commands in the `docker compose` v2 spelling: its build goes through BuildKit (the
