@@ -64,6 +64,7 @@ extension Envelope.Body {
         case .checkpoint: "CheckpointData"
         case .heartbeat: "Heartbeat"
         case .finish: "Finish"
+        case .unassigned: "Unassigned"
         case .dataRequest: "DataRequest"
         case .dataRows: "DataRows"
         case .stop: "Stop"

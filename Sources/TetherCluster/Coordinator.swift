@@ -677,6 +677,7 @@ public final class Coordinator {
         }
         guard let rank = ranks[ControlIdentity.member(of: identity)] else {
             drop("dropped a \(body.name) from a connection that holds no rank")
+            if case .abort = body {} else { tellUnassigned(identity) }
             return nil
         }
         switch body {
@@ -775,6 +776,20 @@ public final class Coordinator {
             if let rank = ranks[identity] { return [.unread(rank: rank, seconds: now - since)] }
         }
         return []
+    }
+
+    /// When each connection that holds no rank was last told so (a bounded number).
+    private var toldUnassigned: [[UInt8]: Double] = [:]
+    /// Tells a connection of this job that holds no rank (a worker of this job's coordinator before a
+    /// restart, in its process or a new one, whose connection came back without a break it noticed:
+    /// a partition) that this coordinator does not know it, at most once a second: a worker keeping
+    /// its state then says hello with it. Anyone else learns nothing from it.
+    private func tellUnassigned(_ identity: [UInt8]) {
+        let now = Clock.now
+        if let last = toldUnassigned[identity], now - last < 1 { return }
+        if toldUnassigned.count >= ControlLimits.helloRecords { toldUnassigned.removeAll() }
+        toldUnassigned[identity] = now
+        send(.unassigned, to: identity)
     }
 
     private func drop(_ why: String) {

@@ -54,6 +54,17 @@ final class Heartbeat: @unchecked Sendable {
                     Self.watchConnection(monitor, &watch)
                     watch.heard(at: Clock.now)
                     if case .reform(let r) = env.body { reforms.note(r) }
+                    // a coordinator that holds no rank for this worker: the one that assigned it is gone
+                    if case .unassigned = env.body, !reforms.coordinatorLost, endBy == nil {
+                        let reason = "the coordinator at \(coordinator) holds no rank for this worker: it is not the one that assigned it"
+                        if reforms.mayOutliveCoordinator {
+                            log(reason)
+                        } else {
+                            log("\(reason); exiting, peak RSS \(Worker.peakResidentMegabytes()) MB")
+                            endBy = (Clock.now + Heartbeat.grace, reason)
+                        }
+                        reforms.noteCoordinatorLost(generation: coordinators)
+                    }
                     if case .abort(let a) = env.body, endBy == nil {
                         log("the coordinator stopped the job: \(a.reason)")
                         reforms.noteAbort(a.reason)

@@ -693,6 +693,10 @@ public final class Worker {
             }
         case .abort(let a):
             throw CoordinatorOrder.abort(a)
+        case .unassigned:
+            // the coordinator at the address is not the one that assigned this worker: lost, as a silent one
+            reforms.noteCoordinatorLost(generation: reforms.coordinators)
+            throw CollectiveError(message: "the coordinator at \(options.coordinator) holds no rank for this worker", abandoned: true)
         case .stop(let s):
             log("\(s.reason.prefix(200)); stopping after the step in progress")
             noticed.append(.coordinator(.stop(s)))

@@ -109,7 +109,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
             _ = s.handle(.coordinator(.reform(r)))
             _ = s.handle(.ringFailed("fuzz"))
             _ = s.handle(.reformReceived(r))
-        case .start, .heartbeat, .finish, .stop:
+        case .start, .heartbeat, .finish, .stop, .unassigned:
             break
         }
     }

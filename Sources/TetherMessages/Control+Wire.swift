@@ -239,6 +239,12 @@ extension Envelope {
             return withUnsafeMutablePointer(to: &m) {
                 msg.body_case = TETHER__V1__ENVELOPE__BODY_FINISH; msg.finish = $0; return pack(&msg)
             }
+        case .unassigned:
+            var m = Tether__V1__Unassigned()
+            tether__v1__unassigned__init(&m)
+            return withUnsafeMutablePointer(to: &m) {
+                msg.body_case = TETHER__V1__ENVELOPE__BODY_UNASSIGNED; msg.unassigned = $0; return pack(&msg)
+            }
         case .heartbeat:
             var m = Tether__V1__Heartbeat()
             tether__v1__heartbeat__init(&m)
@@ -387,6 +393,8 @@ extension Envelope {
             return .heartbeat
         case TETHER__V1__ENVELOPE__BODY_FINISH:
             return .finish
+        case TETHER__V1__ENVELOPE__BODY_UNASSIGNED:
+            return .unassigned
         case TETHER__V1__ENVELOPE__BODY_STEP_REPORT:
             guard let s = env.step_report?.pointee else { return nil }
             guard s.loss_sum.isFinite || s.count == 0 else {

@@ -6,7 +6,7 @@ extension Envelope {
     /// The envelope's body fields by their field numbers (tether.proto's `oneof body`).
     public enum BodyField: UInt32, CaseIterable, Sendable {
         case hello = 10, chunk, abort, assign, ready, start, stepReport, evalReport, checkpoint, heartbeat, finish, dataRequest,
-            dataRows, stop, reform
+            dataRows, stop, reform, unassigned
     }
 
     /// Bytes per field number after each occurrence's key (a length prefix included), summed over

@@ -30,6 +30,8 @@ public struct Envelope: Equatable, Sendable {
         case dataRows(DataRows)
         case stop(Stop)
         case reform(Reform)
+        /// The coordinator holds no rank for the sender: the coordinator it knew is gone (Unassigned).
+        case unassigned
     }
 
     public init(jobID: String, senderRank: Int32, body: Body?) {
@@ -184,7 +186,7 @@ extension Envelope {
             if let packed { return packed }
             switch body {
             case .none, .assign, .ready, .start, .stepReport, .evalReport, .checkpoint, .heartbeat, .finish, .dataRequest, .dataRows, .stop,
-                .reform:
+                .reform, .unassigned:
                 return pack()
             case .hello(let h):
                 var hello = Tether__V1__Hello()

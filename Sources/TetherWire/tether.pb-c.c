@@ -637,6 +637,51 @@ void   tether__v1__finish__free_unpacked
   assert(message->base.descriptor == &tether__v1__finish__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
+void   tether__v1__unassigned__init
+                     (Tether__V1__Unassigned         *message)
+{
+  static const Tether__V1__Unassigned init_value = TETHER__V1__UNASSIGNED__INIT;
+  *message = init_value;
+}
+size_t tether__v1__unassigned__get_packed_size
+                     (const Tether__V1__Unassigned *message)
+{
+  assert(message->base.descriptor == &tether__v1__unassigned__descriptor);
+  return protobuf_c_message_get_packed_size ((const ProtobufCMessage*)(message));
+}
+size_t tether__v1__unassigned__pack
+                     (const Tether__V1__Unassigned *message,
+                      uint8_t       *out)
+{
+  assert(message->base.descriptor == &tether__v1__unassigned__descriptor);
+  return protobuf_c_message_pack ((const ProtobufCMessage*)message, out);
+}
+size_t tether__v1__unassigned__pack_to_buffer
+                     (const Tether__V1__Unassigned *message,
+                      ProtobufCBuffer *buffer)
+{
+  assert(message->base.descriptor == &tether__v1__unassigned__descriptor);
+  return protobuf_c_message_pack_to_buffer ((const ProtobufCMessage*)message, buffer);
+}
+Tether__V1__Unassigned *
+       tether__v1__unassigned__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data)
+{
+  return (Tether__V1__Unassigned *)
+     protobuf_c_message_unpack (&tether__v1__unassigned__descriptor,
+                                allocator, len, data);
+}
+void   tether__v1__unassigned__free_unpacked
+                     (Tether__V1__Unassigned *message,
+                      ProtobufCAllocator *allocator)
+{
+  if(!message)
+    return;
+  assert(message->base.descriptor == &tether__v1__unassigned__descriptor);
+  protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
+}
 void   tether__v1__hello__init
                      (Tether__V1__Hello         *message)
 {
@@ -772,7 +817,7 @@ void   tether__v1__abort__free_unpacked
   assert(message->base.descriptor == &tether__v1__abort__descriptor);
   protobuf_c_message_free_unpacked ((ProtobufCMessage*)message, allocator);
 }
-static const ProtobufCFieldDescriptor tether__v1__envelope__field_descriptors[18] =
+static const ProtobufCFieldDescriptor tether__v1__envelope__field_descriptors[19] =
 {
   {
     "protocol_version",
@@ -990,6 +1035,18 @@ static const ProtobufCFieldDescriptor tether__v1__envelope__field_descriptors[18
     0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
     0,NULL,NULL    /* reserved1,reserved2, etc */
   },
+  {
+    "unassigned",
+    25,
+    PROTOBUF_C_LABEL_NONE,
+    PROTOBUF_C_TYPE_MESSAGE,
+    offsetof(Tether__V1__Envelope, body_case),
+    offsetof(Tether__V1__Envelope, unassigned),
+    &tether__v1__unassigned__descriptor,
+    NULL,
+    0 | PROTOBUF_C_FIELD_FLAG_ONEOF,             /* flags */
+    0,NULL,NULL    /* reserved1,reserved2, etc */
+  },
 };
 static const unsigned tether__v1__envelope__field_indices_by_name[] = {
   5,   /* field[5] = abort */
@@ -1010,12 +1067,13 @@ static const unsigned tether__v1__envelope__field_indices_by_name[] = {
   8,   /* field[8] = start */
   9,   /* field[9] = step_report */
   16,   /* field[16] = stop */
+  18,   /* field[18] = unassigned */
 };
 static const ProtobufCIntRange tether__v1__envelope__number_ranges[2 + 1] =
 {
   { 1, 0 },
   { 10, 3 },
-  { 0, 18 }
+  { 0, 19 }
 };
 const ProtobufCMessageDescriptor tether__v1__envelope__descriptor =
 {
@@ -1025,7 +1083,7 @@ const ProtobufCMessageDescriptor tether__v1__envelope__descriptor =
   "Tether__V1__Envelope",
   "tether.v1",
   sizeof(Tether__V1__Envelope),
-  18,
+  19,
   tether__v1__envelope__field_descriptors,
   tether__v1__envelope__field_indices_by_name,
   2,  tether__v1__envelope__number_ranges,
@@ -2154,6 +2212,24 @@ const ProtobufCMessageDescriptor tether__v1__finish__descriptor =
   tether__v1__finish__field_indices_by_name,
   0,  tether__v1__finish__number_ranges,
   (ProtobufCMessageInit) tether__v1__finish__init,
+  NULL,NULL,NULL    /* reserved[123] */
+};
+#define tether__v1__unassigned__field_descriptors NULL
+#define tether__v1__unassigned__field_indices_by_name NULL
+#define tether__v1__unassigned__number_ranges NULL
+const ProtobufCMessageDescriptor tether__v1__unassigned__descriptor =
+{
+  PROTOBUF_C__MESSAGE_DESCRIPTOR_MAGIC,
+  "tether.v1.Unassigned",
+  "Unassigned",
+  "Tether__V1__Unassigned",
+  "tether.v1",
+  sizeof(Tether__V1__Unassigned),
+  0,
+  tether__v1__unassigned__field_descriptors,
+  tether__v1__unassigned__field_indices_by_name,
+  0,  tether__v1__unassigned__number_ranges,
+  (ProtobufCMessageInit) tether__v1__unassigned__init,
   NULL,NULL,NULL    /* reserved[123] */
 };
 static const ProtobufCFieldDescriptor tether__v1__hello__field_descriptors[7] =

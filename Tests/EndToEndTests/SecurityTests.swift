@@ -239,7 +239,7 @@ import TetherTrain
     /// With --insecure nothing is secret, but nobody outside the job can crash, stop or steer it: the
     /// attacked job ends bitwise where an unattacked one does (the same evaluation), and a connection
     /// that holds no rank is told nothing but that it was turned away (an Abort, or the Finish every
-    /// waiting worker gets when the job ends).
+    /// waiting worker gets when the job ends) or that it holds no rank (Unassigned).
     @Test(.enabled(if: dataInstalled, "needs Debian's dataset-fashion-mnist"))
     func forgedMessagesNeitherCrashNorSteerAnInsecureJob() throws {
         let quiet = try attackedJob(secure: false, attack: false)
@@ -257,9 +257,13 @@ import TetherTrain
                 // a hello that landed before the job formed (a loaded machine: two suites at once) waits
                 // like any worker beyond the job's count, and is told when the job ends: turned away too
                 break
+            case .unassigned:
+                break  // its forged reports and heartbeats: it holds no rank
             default: Issue.record("the attacker received \(body)")
             }
         }
+        // a worker of this job whose coordinator was replaced would say hello again on this
+        #expect(attacked.attackerLearned.contains(.unassigned), "its forged reports were not answered Unassigned")
     }
 
     /// With CURVE (the default) the attacker, holding no key, gets no further than the handshake: the

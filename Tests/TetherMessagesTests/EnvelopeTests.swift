@@ -11,6 +11,11 @@ import TetherWire
         #expect(try Envelope(decoding: bytes) == hello)
         let empty = Envelope(jobID: "", senderRank: 3, body: nil)
         #expect(try Envelope(decoding: empty.encoded()) == empty)
+        // the bodies without fields, each its own kind on the wire
+        for body in [Envelope.Body.start, .heartbeat, .finish, .unassigned] {
+            let e = Envelope(jobID: "job-42", senderRank: -1, body: body)
+            #expect(try Envelope(decoding: e.encoded()) == e, "\(body)")
+        }
     }
 
     @Test func garbageIsAnErrorNotACrash() {

@@ -29,6 +29,7 @@ typedef struct Tether__V1__CheckpointData Tether__V1__CheckpointData;
 typedef struct Tether__V1__Heartbeat Tether__V1__Heartbeat;
 typedef struct Tether__V1__Stop Tether__V1__Stop;
 typedef struct Tether__V1__Finish Tether__V1__Finish;
+typedef struct Tether__V1__Unassigned Tether__V1__Unassigned;
 typedef struct Tether__V1__Hello Tether__V1__Hello;
 typedef struct Tether__V1__ChunkHeader Tether__V1__ChunkHeader;
 typedef struct Tether__V1__Abort Tether__V1__Abort;
@@ -102,7 +103,8 @@ typedef enum {
   TETHER__V1__ENVELOPE__BODY_DATA_REQUEST = 21,
   TETHER__V1__ENVELOPE__BODY_DATA_ROWS = 22,
   TETHER__V1__ENVELOPE__BODY_STOP = 23,
-  TETHER__V1__ENVELOPE__BODY_REFORM = 24
+  TETHER__V1__ENVELOPE__BODY_REFORM = 24,
+  TETHER__V1__ENVELOPE__BODY_UNASSIGNED = 25
     PROTOBUF_C__FORCE_ENUM_TO_BE_INT_SIZE(TETHER__V1__ENVELOPE__BODY__CASE)
 } Tether__V1__Envelope__BodyCase;
 
@@ -141,6 +143,7 @@ struct  Tether__V1__Envelope
     Tether__V1__DataRows *data_rows;
     Tether__V1__Stop *stop;
     Tether__V1__Reform *reform;
+    Tether__V1__Unassigned *unassigned;
   };
 };
 #define TETHER__V1__ENVELOPE__INIT \
@@ -502,6 +505,21 @@ struct  Tether__V1__Finish
 };
 #define TETHER__V1__FINISH__INIT \
  { PROTOBUF_C_MESSAGE_INIT (&tether__v1__finish__descriptor) \
+     }
+
+
+/*
+ * Coordinator -> worker: the answer to a report or heartbeat from a connection that holds no rank in
+ * this coordinator's job. The coordinator that worker knew is gone (its process restarted, or it
+ * resumed the job in place after every member fell silent) though its address answers: a worker
+ * that keeps its state says hello with it, as after a lost coordinator.
+ */
+struct  Tether__V1__Unassigned
+{
+  ProtobufCMessage base;
+};
+#define TETHER__V1__UNASSIGNED__INIT \
+ { PROTOBUF_C_MESSAGE_INIT (&tether__v1__unassigned__descriptor) \
      }
 
 
@@ -903,6 +921,25 @@ Tether__V1__Finish *
 void   tether__v1__finish__free_unpacked
                      (Tether__V1__Finish *message,
                       ProtobufCAllocator *allocator);
+/* Tether__V1__Unassigned methods */
+void   tether__v1__unassigned__init
+                     (Tether__V1__Unassigned         *message);
+size_t tether__v1__unassigned__get_packed_size
+                     (const Tether__V1__Unassigned   *message);
+size_t tether__v1__unassigned__pack
+                     (const Tether__V1__Unassigned   *message,
+                      uint8_t             *out);
+size_t tether__v1__unassigned__pack_to_buffer
+                     (const Tether__V1__Unassigned   *message,
+                      ProtobufCBuffer     *buffer);
+Tether__V1__Unassigned *
+       tether__v1__unassigned__unpack
+                     (ProtobufCAllocator  *allocator,
+                      size_t               len,
+                      const uint8_t       *data);
+void   tether__v1__unassigned__free_unpacked
+                     (Tether__V1__Unassigned *message,
+                      ProtobufCAllocator *allocator);
 /* Tether__V1__Hello methods */
 void   tether__v1__hello__init
                      (Tether__V1__Hello         *message);
@@ -1004,6 +1041,9 @@ typedef void (*Tether__V1__Stop_Closure)
 typedef void (*Tether__V1__Finish_Closure)
                  (const Tether__V1__Finish *message,
                   void *closure_data);
+typedef void (*Tether__V1__Unassigned_Closure)
+                 (const Tether__V1__Unassigned *message,
+                  void *closure_data);
 typedef void (*Tether__V1__Hello_Closure)
                  (const Tether__V1__Hello *message,
                   void *closure_data);
@@ -1036,6 +1076,7 @@ extern const ProtobufCMessageDescriptor tether__v1__checkpoint_data__descriptor;
 extern const ProtobufCMessageDescriptor tether__v1__heartbeat__descriptor;
 extern const ProtobufCMessageDescriptor tether__v1__stop__descriptor;
 extern const ProtobufCMessageDescriptor tether__v1__finish__descriptor;
+extern const ProtobufCMessageDescriptor tether__v1__unassigned__descriptor;
 extern const ProtobufCMessageDescriptor tether__v1__hello__descriptor;
 extern const ProtobufCMessageDescriptor tether__v1__chunk_header__descriptor;
 extern const ProtobufCMessageDescriptor tether__v1__abort__descriptor;
