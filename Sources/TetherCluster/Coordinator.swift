@@ -265,7 +265,7 @@ public final class Coordinator {
             // re-formation) renumbers the ranks the next names (a tick's silence and a connection's
             // end made together named the same killed worker, the second by a survivor's new rank)
             let sources: [() throws -> [CoordinatorState.Event]] = [
-                { [.tick] }, { self.unreadMembers() },
+                { self.pauseSinceLastTurn() + [.tick] }, { self.unreadMembers() },
                 { StopSignal.signal.flatMap { self.machine.stopSignal == nil ? [.stopAsked(signal: $0, rank: nil)] : nil } ?? [] },
                 { try self.receiveEvent().map { [$0] } ?? [] }
             ]
@@ -311,6 +311,16 @@ public final class Coordinator {
     }
 
     private var lastWaitingLine = 0.0
+
+    /// When the loop last began a turn; a turn comes at least every few hundred milliseconds.
+    private var lastTurn: Double?
+    /// A gap of over a second since the last turn: this process did not run (stopped, frozen).
+    private func pauseSinceLastTurn() -> [CoordinatorState.Event] {
+        let now = Clock.now
+        defer { lastTurn = now }
+        guard let last = lastTurn, now - last > 1 else { return [] }
+        return [.paused(seconds: now - last)]
+    }
 
     /// "all 3 replicas", "the one replica".
     static func allReplicas(_ n: Int) -> String { n == 1 ? "the one replica" : "all \(n) replicas" }

@@ -104,6 +104,9 @@ public struct CoordinatorState {
         /// A stop was asked: this process received `signal` (rank nil), or rank `rank` said it did (it
         /// votes to stop in its next step's exchange, which tells the others).
         case stopAsked(signal: Int32, rank: Int?)
+        /// This coordinator did not run for `seconds` (its process stopped, its host frozen, its loop
+        /// held up): nobody's silence in that time is counted against them.
+        case paused(seconds: Double)
         case tick
     }
 
@@ -250,6 +253,13 @@ public struct CoordinatorState {
                 [rank], "rank \(rank) (\(members[rank].address)) has not read its messages for \(Int(seconds)) s: dropping it", now: now)
         case .stopAsked(let signal, let rank): return onStopAsked(signal: signal, rank: rank)
         case .tick: return onTick(now: now)
+        case .paused(let seconds):
+            // A coordinator that was not listening cannot tell a silent worker from its own absence:
+            // every clock of silence moves on by the pause (a frozen coordinator, continued, read one
+            // worker's queued messages before the others' and dropped those two).
+            for i in members.indices { members[i].lastHeard = min(now, members[i].lastHeard + seconds) }
+            if let j = joiner { joiner!.lastHeard = min(now, j.lastHeard + seconds) }
+            return []
         }
     }
 
@@ -603,7 +613,7 @@ extension CoordinatorState.Event {
             .listening(let r, _), .unread(let r, _), .disconnected(let r, _):
             r
         case .stopAsked(_, let r): r
-        case .hello, .tick: nil
+        case .hello, .tick, .paused: nil
         }
     }
 }

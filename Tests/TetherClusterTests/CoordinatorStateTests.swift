@@ -484,6 +484,25 @@ import TetherMessages
             ])
     }
 
+    /// A coordinator that did not run for 6 s (SIGSTOP, a frozen host) blames nobody for that time:
+    /// continued, it reads one worker's queued messages first, and the others, as silent by the clock,
+    /// are not lost for it; silence after the pause still counts.
+    @Test func aPausedCoordinatorBlamesNoMemberForItsOwnPause() {
+        var s = started()
+        for r in 0..<3 { _ = s.handle(.heartbeat(rank: r), now: 2) }
+        #expect(s.handle(.paused(seconds: 6), now: 8.5).isEmpty)
+        #expect(s.handle(.heartbeat(rank: 0), now: 8.5).isEmpty)
+        #expect(s.handle(.tick, now: 8.6).isEmpty, "ranks 1 and 2 were last heard 0.5 s before the pause")
+        for r in 1..<3 { _ = s.handle(.heartbeat(rank: r), now: 8.7) }
+        _ = s.handle(.heartbeat(rank: 0), now: 13)
+        _ = s.handle(.heartbeat(rank: 2), now: 13)
+        #expect(
+            s.handle(.tick, now: 13.8) == [
+                .abort(
+                    "worker rank 1 (tcp://h1:1) has been silent for 5 s: it died, lost its connection, or cannot get a heartbeat through")
+            ])
+    }
+
     /// Every member silent at once (the coordinator's host cut off, or all dead): the job fails
     /// without an Abort to them, elastic or not: queued to a partitioned worker, it would arrive when
     /// the link heals and end a replica that --coordinator-wait keeps for a resumed coordinator.
