@@ -3,7 +3,8 @@ import Testing
 
 /// A short chaos run in the suite (cluster/chaos, seed 1, about a minute): three secure workers and
 /// their coordinator on loopback, workers SIGKILLed and replaced, frozen past the heartbeat time-out,
-/// the coordinator killed and resumed while the workers keep their state (as root also killed in the
+/// the coordinator frozen (it must blame no worker for its own pause), the coordinator killed and
+/// resumed while the workers keep their state (as root also killed in the
 /// middle of a checkpoint write, and the run directory filled), and last, compound, a worker killed
 /// and the coordinator sent SIGTERM before the loss is noticed (seed 1 found the stop then lost the
 /// steps since the checkpoint). Every invariant the script checks must hold: the job stopped as asked
