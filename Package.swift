@@ -89,7 +89,7 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"), .product(name: "Logging", package: "swift-log")
             ]),
 
-        .testTarget(name: "TetherTensorTests", dependencies: ["TetherTensor"]),
+        .testTarget(name: "TetherTensorTests", dependencies: ["TetherTensor", "CTetherKernels"]),
         .testTarget(name: "TetherNNTests", dependencies: ["TetherNN", "TetherTensor", "TetherJobFile"]),
         .testTarget(name: "TetherDataTests", dependencies: ["TetherData", "TetherTensor", "CZlib"]),
         .testTarget(

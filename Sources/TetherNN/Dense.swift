@@ -34,6 +34,12 @@ public final class Dense<T: Scalar>: DataDependentInit {
         precondition(x.shape.count == 2 && x.shape[1] == inFeatures, "Dense expects (B, \(inFeatures)), got \(x.shape)")
         let b = x.shape[0], arena = ctx.arena
         input = x
+        if let packed = weight.packedWeight(ctx) {  // frozen parameters: inference, no backward
+            self.w = nil
+            return Tensor.uninitialized([b, outFeatures]) { y in
+                x.withPointer { packed.apply(y, $0, rows: b, bias: bias.map { UnsafePointer(arena.value($0)) }) }
+            }
+        }
         let w = weight.weight(ctx)
         self.w = w
         return Tensor.uninitialized([b, outFeatures]) { y in

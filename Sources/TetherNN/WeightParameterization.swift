@@ -70,6 +70,17 @@ final class WeightParameterization<T: Scalar> {
         }
     }
 
+    /// The effective weight packed for inference (`PackedWeight`), made once per freeze of the
+    /// parameters; nil while they are not frozen, or where T and the CPU have no packed kernel.
+    func packedWeight(_ ctx: ModelContext<T>) -> PackedWeight<T>? {
+        guard let frozen = ctx.frozen else { return nil }
+        if let packed, packed.freeze == frozen { return packed.weight }
+        let weight = PackedWeight(packing: weight(ctx), outputs: rows, inputs: columns)
+        packed = weight.map { (frozen, $0) }
+        return weight
+    }
+    private var packed: (freeze: Int, weight: PackedWeight<T>)?
+
     /// Runs `body(dW, beta)`, where body must write beta * dW + (its dL/dw): for plain weights that is the
     /// arena gradient itself (beta 1: accumulate); when normalized, a scratch buffer (beta 0) whose
     /// content is then routed into dg and dv. Uses the norms of the last `weight` call.

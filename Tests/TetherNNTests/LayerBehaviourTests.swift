@@ -246,4 +246,33 @@ import TetherTensor
         ctx.thawParameters()
         #expect(dense.forward(x, ctx).scalars == before)
     }
+
+    /// Frozen, a Float dense layer multiplies by its weight packed once per freeze (PackedWeight, where
+    /// the CPU has AVX-512): the same outputs as OpenBLAS's GEMM to rounding, with and without a bias
+    /// and weight norm, and a weight changed and frozen anew is packed anew.
+    @Test(arguments: [(true, true), (false, true), (true, false)])
+    func aFrozenDenseLayerMultipliesByItsPackedWeight(weightNorm: Bool, bias: Bool) throws {
+        try #require(PackedWeight<Float>(packing: [1], outputs: 1, inputs: 1) != nil, "this CPU has no AVX-512: no packed weight")
+        var layout = ArenaLayout()
+        let dense = Dense<Float>(&layout, prefix: "", inFeatures: 70, outFeatures: 45, bias: bias, weightNorm: weightNorm)
+        let arena = ParameterArena<Float>(layout: layout)
+        var rng = RNG(seed: 4)
+        arena.initialize(rng: &rng)
+        if bias { arena.value(layout.slot(named: "bias")!).update(repeating: 0.25, count: 45) }
+        let ctx = ModelContext(arena: arena, rng: rng)
+        let x = Tensor<Float>(shape: [13, 70], scalars: (0..<13 * 70).map { _ in Float(rng.nextNormal()) })
+        func agree(_ a: [Float], _ b: [Float]) -> Bool { zip(a, b).allSatisfy { abs($0 - $1) <= 1e-5 * max(1, abs($1)) } }
+        let unpacked = dense.forward(x, ctx).scalars
+        ctx.freezeParameters()
+        let packed = dense.forward(x, ctx).scalars
+        #expect(agree(packed, unpacked))
+        let weight = arena.value(layout.slot(named: weightNorm ? "weight_g" : "weight")!)
+        weight[0] *= 2
+        // packed once under this freeze (a plain weight is read from the arena on the unpacked path)
+        #expect(dense.forward(x, ctx).scalars == packed)
+        ctx.freezeParameters()
+        let repacked = dense.forward(x, ctx).scalars
+        ctx.thawParameters()
+        #expect(agree(repacked, dense.forward(x, ctx).scalars) && repacked[0] != packed[0])
+    }
 }

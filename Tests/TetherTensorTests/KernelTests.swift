@@ -1,3 +1,4 @@
+import CTetherKernels
 import Testing
 @testable import TetherTensor
 
@@ -21,6 +22,115 @@ import Testing
                 #expect(abs(c[i * n + j] - expected) < 1e-12)
             }
         }
+    }
+}
+
+/// The packed-weight GEMM of inference (packed_gemm.c): y = x W^T + bias with W packed once.
+@Suite struct PackedGemmTests {
+    /// Shapes over every tail: rows past a block of 12, columns past a panel of 32 and of 16, k of 1.
+    static let shapes = [(1, 1, 1), (12, 32, 8), (13, 33, 5), (25, 17, 64), (7, 10, 256), (30, 70, 3), (256, 48, 1)]
+
+    static func operands(m: Int, n: Int, k: Int, seed: UInt64) -> (x: [Float], w: [Float], bias: [Float]) {
+        var rng = RNG(seed: seed)
+        return (
+            (0..<m * k).map { _ in Float(rng.nextNormal()) }, (0..<n * k).map { _ in Float(rng.nextNormal()) },
+            (0..<n).map { _ in Float(rng.nextNormal()) }
+        )
+    }
+
+    /// (m, n) of y from the C kernel on `packed`, by its AVX-512 path or its scalar loop. x and y are
+    /// given with rows longer than they are (lda k + 1, ldc n + 2), and what lies between and after
+    /// y's rows must be left as it was: a store past a row's end would be overwritten by the next row's
+    /// own store in a dense y, and go unseen.
+    static func run(fast: Bool, _ x: [Float], _ packed: [Float], _ bias: [Float]?, m: Int, n: Int, k: Int) -> [Float] {
+        let (lda, ldc) = (k + 1, n + 2)
+        let strided = (0..<m * lda).map { $0 % lda < k ? x[$0 / lda * k + $0 % lda] : .nan }
+        var y = [Float](repeating: -7, count: m * ldc + 5)
+        y.withUnsafeMutableBufferPointer { y in
+            if fast {
+                tether_packed_gemm(y.baseAddress, ldc, strided, lda, packed, bias, m, n, k)
+            } else {
+                tether_packed_gemm_scalar(y.baseAddress, ldc, strided, lda, packed, bias, m, n, k)
+            }
+        }
+        let untouched = y.indices.filter { $0 >= m * ldc || $0 % ldc >= n }
+        #expect(untouched.allSatisfy { y[$0] == -7 }, "wrote outside y's rows (\(m)x\(n)x\(k))")
+        return (0..<m * n).map { y[$0 / n * ldc + $0 % n] }
+    }
+
+    /// Where two results first differ in their bits (nil: nowhere), for a short failure message.
+    static func firstDifference(_ a: [Float], _ b: [Float]) -> Int? {
+        a.count != b.count ? -1 : a.indices.first { a[$0].bitPattern != b[$0].bitPattern }
+    }
+
+    static func pack(_ b: [Float], n: Int, k: Int, transposed: Bool) -> [Float] {
+        var packed = [Float](repeating: .nan, count: tether_packed_gemm_size(n, k))
+        packed.withUnsafeMutableBufferPointer { tether_packed_gemm_pack($0.baseAddress, b, n, k, transposed ? 1 : 0) }
+        return packed
+    }
+
+    @Test(arguments: shapes)
+    func theProductIsTheDefinitionWithOrWithoutBias(m: Int, n: Int, k: Int) {
+        let (x, w, bias) = Self.operands(m: m, n: n, k: k, seed: 7)
+        let packed = Self.pack(w, n: n, k: k, transposed: true)
+        for withBias in [true, false] {
+            let y = Self.run(fast: true, x, packed, withBias ? bias : nil, m: m, n: n, k: k)
+            for i in 0..<m {
+                for j in 0..<n {
+                    var exact = withBias ? Double(bias[j]) : 0, magnitude = abs(exact)
+                    for p in 0..<k {
+                        exact += Double(x[i * k + p]) * Double(w[j * k + p])
+                        magnitude += abs(Double(x[i * k + p]) * Double(w[j * k + p]))
+                    }
+                    // the rounding of k float additions
+                    #expect(abs(Double(y[i * n + j]) - exact) <= 1e-6 * magnitude * Double(k + 1), "y[\(i), \(j)] of \(m)x\(n)x\(k)")
+                }
+            }
+        }
+    }
+
+    /// B given (K, N) packs to the same panels as its transpose given (N, K).
+    @Test func bothLayoutsPackAlike() {
+        let (n, k) = (45, 9)
+        let (_, w, _) = Self.operands(m: 1, n: n, k: k, seed: 3)
+        let transposed = (0..<k * n).map { w[($0 % n) * k + $0 / n] }  // (K, N)
+        let packed = Self.pack(w, n: n, k: k, transposed: true)
+        #expect(packed.count == 48 * k && !packed.contains { $0.isNaN }, "two panels, of 32 and 16, every value written")
+        #expect(Self.firstDifference(packed, Self.pack(transposed, n: n, k: k, transposed: false)) == nil)
+    }
+
+    /// The AVX-512 kernel and the scalar loop it falls back to are the same sums in the same order.
+    @Test(arguments: shapes)
+    func theAVX512KernelIsTheScalarLoopBitForBit(m: Int, n: Int, k: Int) throws {
+        try #require(tether_packed_gemm_fast() != 0, "this CPU has no AVX-512: tether_packed_gemm runs the scalar loop itself")
+        let (x, w, bias) = Self.operands(m: m, n: n, k: k, seed: 11)
+        let packed = Self.pack(w, n: n, k: k, transposed: true)
+        let fast = Self.run(fast: true, x, packed, bias, m: m, n: n, k: k)
+        #expect(Self.firstDifference(fast, Self.run(fast: false, x, packed, bias, m: m, n: n, k: k)) == nil)
+    }
+
+    /// A row's result is the same bits alone, in a batch, and on any number of threads.
+    @Test func aRowsResultDependsOnNothingAroundIt() throws {
+        let (m, n, k) = (100, 70, 300)
+        let (x, w, bias) = Self.operands(m: m, n: n, k: k, seed: 5)
+        let packed = try #require(PackedWeight<Float>(packing: w, outputs: n, inputs: k), "this CPU has no AVX-512: no packed weight")
+        func apply(rows: Range<Int>, threads: Int) -> [Float] {
+            var y = [Float](repeating: .nan, count: rows.count * n)
+            Compute.withThreads(threads) {
+                y.withUnsafeMutableBufferPointer { y in
+                    Array(x[rows.lowerBound * k..<rows.upperBound * k]).withUnsafeBufferPointer {
+                        packed.apply(y.baseAddress!, $0.baseAddress!, rows: rows.count, bias: bias)
+                    }
+                }
+            }
+            return y
+        }
+        let whole = apply(rows: 0..<m, threads: 1)
+        #expect(Self.firstDifference(apply(rows: 0..<m, threads: 3), whole) == nil)
+        for row in [0, 11, 12, 57, 99] {
+            #expect(Self.firstDifference(apply(rows: row..<row + 1, threads: 1), Array(whole[row * n..<(row + 1) * n])) == nil)
+        }
+        #expect(PackedWeight<Double>(packing: [1, 2], outputs: 1, inputs: 2) == nil, "Double keeps OpenBLAS's GEMM")
     }
 }
 

@@ -51,6 +51,18 @@ void tether_winograd_output_f32(float *y, const float *m, long stride, const flo
 void tether_winograd_output_f64(double *y, const double *m, long stride, const double *bias, long outs, const tether_conv_shape *s,
                                 long first, long count, double *corners);
 
+/// C (M, N) = A (M, K) B (K, N) + bias (N; NULL: none) with B packed once (packed_gemm.c): `packed`
+/// holds tether_packed_gemm_size(n, k) floats written by tether_packed_gemm_pack from b, which is
+/// (K, N) row-major, or (N, K) when `transposed` (a dense layer's weight). Every element is the bias
+/// plus its products in k order, fused: the same bits for any m, any cut of the rows and either path.
+/// tether_packed_gemm_fast says whether the CPU runs the AVX-512 kernel (else a scalar loop).
+long tether_packed_gemm_size(long n, long k);
+void tether_packed_gemm_pack(float *packed, const float *b, long n, long k, int transposed);
+int tether_packed_gemm_fast(void);
+void tether_packed_gemm(float *c, long ldc, const float *a, long lda, const float *packed, const float *bias, long m, long n, long k);
+void tether_packed_gemm_scalar(float *c, long ldc, const float *a, long lda, const float *packed, const float *bias, long m, long n,
+                               long k);
+
 /// 2x2, stride 2 max pooling of `planes` planes of h x w: y (planes, h/2, w/2) and argmax (the winner's
 /// index in its plane; the first maximum in scan order on ties). Backward sets all of dx (planes, h, w):
 /// dy at each window's winner, 0 elsewhere. Indices fit int32 (h * w does: the caller checks).

@@ -1,0 +1,45 @@
+import CTetherKernels
+
+/// A dense layer's weight W (N, K), packed once for the many products y (B, N) = x (B, K) W^T + bias
+/// that inference makes with it (CTetherKernels' packed_gemm.c: an AVX-512 kernel that reads x in
+/// place and W in the order it multiplies). Packing W on every call is what a BLAS does; for
+/// predict's shapes it was a tenth of OpenBLAS's GEMM time, and the kernel itself runs 1.1-1.3x
+/// OpenBLAS's on this machine's shapes (docs/ARCHITECTURE.md, "Prediction speed").
+///
+/// Only Float on a CPU with AVX-512 gets one (`init?(packing:)` is nil elsewhere: there OpenBLAS is faster than
+/// the kernel's scalar fallback). Each element of y is the bias plus its products in k order, so the
+/// result does not depend on the batch around a row or on the thread count.
+public final class PackedWeight<T: Scalar> {
+    public let outputs: Int, inputs: Int
+    private let packed: UnsafeMutablePointer<Float>
+
+    /// W (outputs, inputs) row-major, packed; nil where there is no packed kernel for T on this CPU.
+    public init?(packing w: UnsafePointer<T>, outputs: Int, inputs: Int) {
+        guard T.self == Float.self, tether_packed_gemm_fast() != 0 else { return nil }
+        (self.outputs, self.inputs) = (outputs, inputs)
+        packed = .allocate(capacity: tether_packed_gemm_size(outputs, inputs))
+        w.withMemoryRebound(to: Float.self, capacity: outputs * inputs) {
+            tether_packed_gemm_pack(packed, $0, outputs, inputs, 1)
+        }
+    }
+
+    deinit { packed.deallocate() }
+
+    /// y (rows, outputs) = x (rows, inputs) W^T + bias (outputs; nil: none), the rows cut across the
+    /// compute pool in blocks of the kernel's 12.
+    public func apply(_ y: UnsafeMutablePointer<T>, _ x: UnsafePointer<T>, rows: Int, bias: UnsafePointer<T>?) {
+        let (n, k) = (outputs, inputs)
+        y.withMemoryRebound(to: Float.self, capacity: rows * n) { y in
+            x.withMemoryRebound(to: Float.self, capacity: rows * k) { x in
+                let bias = bias.map { UnsafeRawPointer($0).assumingMemoryBound(to: Float.self) }
+                let blocks = (rows + 11) / 12
+                // a block of 12 rows is 24 n k flops; split only where each thread gets a GEMM's worth
+                let grain = max(1, Compute.gemmSplitThreshold / max(1, 12 * n * k))
+                Compute.forEachRange(count: blocks, grain: grain) { part in
+                    let first = part.lowerBound * 12, last = min(rows, part.upperBound * 12)
+                    tether_packed_gemm(y + first * n, n, x + first * k, k, packed, bias, last - first, n, k)
+                }
+            }
+        }
+    }
+}
