@@ -1,12 +1,19 @@
-// A GEMM whose right operand is packed once and used many times: C (M, N) = A (M, K) B (K, N) + bias,
-// for an inference pass over frozen weights (the weight is B; packing it per call is what a BLAS does,
-// and for predict's shapes it was a tenth of OpenBLAS's GEMM time). The kernel keeps a 12 x 32 block
-// of C in 24 AVX-512 registers, reads A where it lies (one broadcast per row and k, as MLAS does) and
-// B's panel in order. Each element of C is bias + the products summed in k order, whatever M, the
-// block or the thread that computes it: a row's result does not depend on the batch around it.
+// GEMMs with one operand packed once and used many times, the other read where it lies.
 //
-// Packed layout: B's columns in panels of 32 (the last one 16 wide when at most 16 remain); panel p
-// holds, for each k in order, its columns' B[k][j], zero-padded past N.
+// packed B: C (M, N) = A (M, K) B (K, N) + bias (N). A dense layer's inference over frozen weights
+// (the weight is B; packing it on every call is what a BLAS does, and for predict's shapes that was a
+// tenth of OpenBLAS's GEMM time). B's columns in panels of 32 (the last one 16 wide when at most 16
+// remain); panel p holds, for each k in order, its columns' B[k][j], zero-padded past N. A block of
+// C is 12 rows x one panel: per k, one broadcast of A per row (as MLAS reads A) and the panel's row.
+//
+// packed A: C (M, N) = A (M, K) B (K, N). A Winograd convolution's GEMMs, (O, C) x (C, tiles) per
+// position and chunk: A is the transformed weight, packed once per convolution and used by every
+// chunk. A's rows in panels of 12; panel p holds, for each k in order, its rows' A[i][k], zero-padded
+// past M. A block of C is one panel x 32 columns: per k, twelve broadcasts from the panel and B's row.
+//
+// Both keep a block's 12 x 32 sums in 24 AVX-512 registers. Each element of C is its bias (or 0)
+// plus its products in k order, fused: the same bits for any M or N around it, any cut of the work
+// and either path (the AVX-512 kernels, or the scalar loops for other CPUs).
 #include "tether_kernels.h"
 
 #include <stddef.h>
@@ -14,24 +21,29 @@
 static long panel_width(long n, long j) { return n - j > 16 ? 32 : 16; }
 
 // The panels' widths summed: N rounded up to 32, or to 16 when the last panel is a narrow one.
-long tether_packed_gemm_size(long n, long k) {
+long tether_gemm_packed_b_size(long n, long k) {
     long r = n % 32;
     return (r == 0 ? n : r <= 16 ? n - r + 16 : n - r + 32) * k;
 }
 
-void tether_packed_gemm_pack(float *packed, const float *b, long n, long k, int transposed) {
+void tether_gemm_packed_b_pack(float *packed, const float *b, long n, long k, int transposed) {
     for (long j = 0; j < n;) {
         long width = panel_width(n, j);
         for (long kk = 0; kk < k; kk++)
-            for (long t = 0; t < width; t++)
-                *packed++ = j + t >= n ? 0 : transposed ? b[(j + t) * k + kk] : b[kk * n + j + t];
+            for (long t = 0; t < width; t++) *packed++ = j + t >= n ? 0 : transposed ? b[(j + t) * k + kk] : b[kk * n + j + t];
         j += width;
     }
 }
 
-// The reference: the same sums in the same order, for CPUs without AVX-512 (callers prefer OpenBLAS
-// there: tether_packed_gemm_fast says which).
-void tether_packed_gemm_scalar(float *c, long ldc, const float *a, long lda, const float *packed, const float *bias, long m, long n, long k) {
+long tether_gemm_packed_a_size(long m, long k) { return (m + 11) / 12 * 12 * k; }
+
+void tether_gemm_packed_a_pack(float *packed, const float *a, long m, long k) {
+    for (long i = 0; i < m; i += 12)
+        for (long kk = 0; kk < k; kk++)
+            for (long t = 0; t < 12; t++) *packed++ = i + t < m ? a[(i + t) * k + kk] : 0;
+}
+
+void tether_gemm_packed_b_scalar(float *c, long ldc, const float *a, long lda, const float *packed, const float *bias, long m, long n, long k) {
     for (long j = 0, panel = 0; j < n; panel += panel_width(n, j) * k, j += panel_width(n, j)) {
         long width = panel_width(n, j);
         for (long i = 0; i < m; i++)
@@ -43,17 +55,28 @@ void tether_packed_gemm_scalar(float *c, long ldc, const float *a, long lda, con
     }
 }
 
+void tether_gemm_packed_a_scalar(float *c, long ldc, const float *packed, const float *b, long ldb, long m, long n, long k) {
+    for (long i = 0; i < m; i++) {
+        const float *panel = packed + i / 12 * 12 * k;
+        for (long j = 0; j < n; j++) {
+            float sum = 0;
+            for (long kk = 0; kk < k; kk++) sum = __builtin_fmaf(panel[kk * 12 + i % 12], b[kk * ldb + j], sum);
+            c[i * ldc + j] = sum;
+        }
+    }
+}
+
 #if defined(__x86_64__) && defined(__has_attribute) && __has_attribute(target)
 #include <immintrin.h>
 
-int tether_packed_gemm_fast(void) { return __builtin_cpu_supports("avx512f"); }
+int tether_gemm_packed_fast(void) { return __builtin_cpu_supports("avx512f"); }
 
 #define BLOCK static inline __attribute__((always_inline, target("avx512f")))
 
 static inline __mmask16 lanes(long count) { return count >= 16 ? 0xffff : count <= 0 ? 0 : (__mmask16)((1u << count) - 1); }
 
-// rows (<= 12, a constant where inlined) rows of C over one panel of width 32; columns <= 32 of them real.
-BLOCK void block32(int rows, long k, const float *a, long lda, const float *b, float *c, long ldc, const float *bias, long columns) {
+// rows (<= 12, a constant where inlined) of C over one panel of B of width 32, columns (<= 32) of them real.
+BLOCK void b_block32(int rows, long k, const float *a, long lda, const float *b, float *c, long ldc, const float *bias, long columns) {
     __mmask16 m0 = lanes(columns), m1 = lanes(columns - 16);
     __m512 acc[12][2];
     __m512 b0 = bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps();
@@ -74,7 +97,7 @@ BLOCK void block32(int rows, long k, const float *a, long lda, const float *b, f
 }
 
 // The same over a panel of width 16.
-BLOCK void block16(int rows, long k, const float *a, long lda, const float *b, float *c, long ldc, const float *bias, long columns) {
+BLOCK void b_block16(int rows, long k, const float *a, long lda, const float *b, float *c, long ldc, const float *bias, long columns) {
     __mmask16 m0 = lanes(columns);
     __m512 acc[12];
     __m512 b0 = bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps();
@@ -86,6 +109,26 @@ BLOCK void block16(int rows, long k, const float *a, long lda, const float *b, f
     for (int i = 0; i < rows; i++) _mm512_mask_storeu_ps(c + i * ldc, m0, acc[i]);
 }
 
+// rows (<= 12, a constant where inlined) of C from one panel of A, over columns (<= 32) of B read in
+// place (masked: nothing past a row of B is read).
+BLOCK void a_block(int rows, long k, const float *panel, const float *b, long ldb, float *c, long ldc, long columns) {
+    __mmask16 m0 = lanes(columns), m1 = lanes(columns - 16);
+    __m512 acc[12][2];
+    for (int i = 0; i < rows; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    for (long kk = 0; kk < k; kk++) {
+        __m512 x0 = _mm512_maskz_loadu_ps(m0, b + kk * ldb), x1 = _mm512_maskz_loadu_ps(m1, b + kk * ldb + 16);
+        for (int i = 0; i < rows; i++) {
+            __m512 w = _mm512_set1_ps(panel[kk * 12 + i]);
+            acc[i][0] = _mm512_fmadd_ps(w, x0, acc[i][0]);
+            acc[i][1] = _mm512_fmadd_ps(w, x1, acc[i][1]);
+        }
+    }
+    for (int i = 0; i < rows; i++) {
+        _mm512_mask_storeu_ps(c + i * ldc, m0, acc[i][0]);
+        _mm512_mask_storeu_ps(c + i * ldc + 16, m1, acc[i][1]);
+    }
+}
+
 // A switch to a copy of the block for each row count, so the loops over rows unroll into registers.
 #define FOR_ROWS(rows, CALL) \
     switch (rows) { \
@@ -94,7 +137,7 @@ BLOCK void block16(int rows, long k, const float *a, long lda, const float *b, f
     case 4: CALL(4); break; case 3: CALL(3); break; case 2: CALL(2); break; default: CALL(1); break; \
     }
 
-__attribute__((target("avx512f"))) static void packed_gemm_avx512(
+__attribute__((target("avx512f"))) static void gemm_packed_b_avx512(
     float *c, long ldc, const float *a, long lda, const float *packed, const float *bias, long m, long n, long k) {
     // Columns in groups whose panels stay in L2 (about 512 KiB) while every block of rows passes over them.
     long group = (512L << 10) / (32 * 4 * (k > 0 ? k : 1)) * 32;
@@ -108,8 +151,8 @@ __attribute__((target("avx512f"))) static void packed_gemm_avx512(
                 long width = panel_width(n, j);
                 float *cij = c + i * ldc + j;
                 const float *bj = bias ? bias + j : NULL;
-#define WIDE(r) block32(r, k, ai, lda, b, cij, ldc, bj, n - j)
-#define NARROW(r) block16(r, k, ai, lda, b, cij, ldc, bj, n - j)
+#define WIDE(r) b_block32(r, k, ai, lda, b, cij, ldc, bj, n - j)
+#define NARROW(r) b_block16(r, k, ai, lda, b, cij, ldc, bj, n - j)
                 if (width == 32) {
                     FOR_ROWS(rows, WIDE)
                 } else {
@@ -122,13 +165,34 @@ __attribute__((target("avx512f"))) static void packed_gemm_avx512(
     }
 }
 
-void tether_packed_gemm(float *c, long ldc, const float *a, long lda, const float *packed, const float *bias, long m, long n, long k) {
-    if (tether_packed_gemm_fast()) packed_gemm_avx512(c, ldc, a, lda, packed, bias, m, n, k);
-    else tether_packed_gemm_scalar(c, ldc, a, lda, packed, bias, m, n, k);
+__attribute__((target("avx512f"))) static void gemm_packed_a_avx512(
+    float *c, long ldc, const float *packed, const float *b, long ldb, long m, long n, long k) {
+    // 32 columns of B (k x 128 bytes, in L1 for a convolution's k) against every panel of A in turn.
+    for (long j = 0; j < n; j += 32)
+        for (long i = 0; i < m; i += 12) {
+            int rows = m - i < 12 ? (int)(m - i) : 12;
+            const float *panel = packed + i * k, *bj = b + j;
+            float *cij = c + i * ldc + j;
+#define PANEL(r) a_block(r, k, panel, bj, ldb, cij, ldc, n - j)
+            FOR_ROWS(rows, PANEL)
+        }
+}
+
+void tether_gemm_packed_b(float *c, long ldc, const float *a, long lda, const float *packed, const float *bias, long m, long n, long k) {
+    if (tether_gemm_packed_fast()) gemm_packed_b_avx512(c, ldc, a, lda, packed, bias, m, n, k);
+    else tether_gemm_packed_b_scalar(c, ldc, a, lda, packed, bias, m, n, k);
+}
+
+void tether_gemm_packed_a(float *c, long ldc, const float *packed, const float *b, long ldb, long m, long n, long k) {
+    if (tether_gemm_packed_fast()) gemm_packed_a_avx512(c, ldc, packed, b, ldb, m, n, k);
+    else tether_gemm_packed_a_scalar(c, ldc, packed, b, ldb, m, n, k);
 }
 #else
-int tether_packed_gemm_fast(void) { return 0; }
-void tether_packed_gemm(float *c, long ldc, const float *a, long lda, const float *packed, const float *bias, long m, long n, long k) {
-    tether_packed_gemm_scalar(c, ldc, a, lda, packed, bias, m, n, k);
+int tether_gemm_packed_fast(void) { return 0; }
+void tether_gemm_packed_b(float *c, long ldc, const float *a, long lda, const float *packed, const float *bias, long m, long n, long k) {
+    tether_gemm_packed_b_scalar(c, ldc, a, lda, packed, bias, m, n, k);
+}
+void tether_gemm_packed_a(float *c, long ldc, const float *packed, const float *b, long ldb, long m, long n, long k) {
+    tether_gemm_packed_a_scalar(c, ldc, packed, b, ldb, m, n, k);
 }
 #endif

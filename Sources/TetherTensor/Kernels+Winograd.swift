@@ -59,11 +59,13 @@ public struct WinogradPlan: Sendable, Equatable {
     }
 }
 
-/// Work areas for a kernel split across the compute pool: one buffer per thread, each grown to the
-/// largest size asked of it and reused, so a step does not allocate and fault them anew.
+/// Work areas for a kernel split across the compute pool: one buffer per thread, and one that every
+/// thread reads, each grown to the largest size asked of it and reused, so a step does not allocate
+/// and fault them anew.
 public final class WorkerScratch<T: Scalar> {
     private var buffers: [UnsafeMutablePointer<T>] = []
     private var capacity = 0
+    private var shared = UnsafeMutablePointer<T>.allocate(capacity: 0), sharedCapacity = 0
 
     public init() {}
 
@@ -78,7 +80,19 @@ public final class WorkerScratch<T: Scalar> {
         return buffers
     }
 
-    deinit { for b in buffers { b.deallocate() } }
+    /// The buffer every thread reads, of at least `count` elements; contents unspecified.
+    public func reserveShared(_ count: Int) -> UnsafeMutablePointer<T> {
+        if count > sharedCapacity {
+            shared.deallocate()
+            (shared, sharedCapacity) = (.allocate(capacity: count), count)
+        }
+        return shared
+    }
+
+    deinit {
+        for b in buffers { b.deallocate() }
+        shared.deallocate()
+    }
 }
 
 extension Scalar {
@@ -90,6 +104,21 @@ extension Scalar {
         kernels.winogradWeights(u, w, plan.geometry.kernelHeight, outs, ins, transposed ? 1 : 0)
     }
 
+    /// u's matrix of each position packed for tether_gemm_packed_a (Float on a CPU with AVX-512: 1.0-1.25x
+    /// OpenBLAS on these GEMMs, and every chunk's product the same bits whatever its size), in the
+    /// scratch's shared buffer; nil elsewhere (OpenBLAS's GEMM then). Packing is one pass over u, against
+    /// the `tiles` times its size in multiply-adds that use it.
+    static func packedWinogradWeights(
+        _ u: UnsafePointer<Self>, _ plan: WinogradPlan, outs: Int, ins: Int, scratch: WorkerScratch<Self>
+    ) -> (weights: UnsafePointer<Float>, stride: Int)? {
+        guard Self.self == Float.self, tether_gemm_packed_fast() != 0 else { return nil }
+        let stride = tether_gemm_packed_a_size(outs, ins)
+        let packed = Float.rebound(scratch.reserveShared(plan.positions * stride))
+        let weights = Float.rebound(u)
+        for e in 0..<plan.positions { tether_gemm_packed_a_pack(packed + e * stride, weights + e * outs * ins, outs, ins) }
+        return (UnsafePointer(packed), stride)
+    }
+
     /// y (outs, B, OH, OW) = the convolution `plan` describes of x (C, B, H, W) with the transformed
     /// weights u (positions, outs, C), plus bias (outs) if given. Every element of y is written.
     public static func winogradConvolution(
@@ -98,6 +127,7 @@ extension Scalar {
     ) {
         let c = plan.geometry.channels, area = plan.workArea(outs: outs), chunks = plan.chunks
         let buffers = scratch.reserve(area.v + area.m + area.pad + area.corners, workers: Compute.threads)
+        let packed = packedWinogradWeights(u, plan, outs: outs, ins: c, scratch: scratch)
         withUnsafePointer(to: plan.geometry.cShape) { shape in
             Compute.run(tasks: chunks.count) { task, worker in
                 let images = chunks[task], n = images.count * plan.tilesPerImage
@@ -105,9 +135,15 @@ extension Scalar {
                 let vStride = WinogradPlan.matrixStride(rows: c, tiles: n), mStride = WinogradPlan.matrixStride(rows: outs, tiles: n)
                 kernels.winogradInput(v, vStride, x, shape, images.lowerBound, images.count, pad)
                 for e in 0..<plan.positions {
-                    gemm(
-                        transposeA: false, transposeB: false, m: outs, n: n, k: c, alpha: 1, a: u + e * outs * c, lda: c,
-                        b: v + e * vStride, ldb: n, beta: 0, c: m + e * mStride, ldc: n)
+                    if let packed {
+                        tether_gemm_packed_a(
+                            Float.rebound(m + e * mStride), n, packed.weights + e * packed.stride, Float.rebound(v + e * vStride), n, outs,
+                            n, c)
+                    } else {
+                        gemm(
+                            transposeA: false, transposeB: false, m: outs, n: n, k: c, alpha: 1, a: u + e * outs * c, lda: c,
+                            b: v + e * vStride, ldb: n, beta: 0, c: m + e * mStride, ldc: n)
+                    }
                 }
                 kernels.winogradOutput(y, m, mStride, bias, outs, shape, images.lowerBound, images.count, corners)
             }

@@ -48,9 +48,9 @@ import Testing
         var y = [Float](repeating: -7, count: m * ldc + 5)
         y.withUnsafeMutableBufferPointer { y in
             if fast {
-                tether_packed_gemm(y.baseAddress, ldc, strided, lda, packed, bias, m, n, k)
+                tether_gemm_packed_b(y.baseAddress, ldc, strided, lda, packed, bias, m, n, k)
             } else {
-                tether_packed_gemm_scalar(y.baseAddress, ldc, strided, lda, packed, bias, m, n, k)
+                tether_gemm_packed_b_scalar(y.baseAddress, ldc, strided, lda, packed, bias, m, n, k)
             }
         }
         let untouched = y.indices.filter { $0 >= m * ldc || $0 % ldc >= n }
@@ -64,8 +64,8 @@ import Testing
     }
 
     static func pack(_ b: [Float], n: Int, k: Int, transposed: Bool) -> [Float] {
-        var packed = [Float](repeating: .nan, count: tether_packed_gemm_size(n, k))
-        packed.withUnsafeMutableBufferPointer { tether_packed_gemm_pack($0.baseAddress, b, n, k, transposed ? 1 : 0) }
+        var packed = [Float](repeating: .nan, count: tether_gemm_packed_b_size(n, k))
+        packed.withUnsafeMutableBufferPointer { tether_gemm_packed_b_pack($0.baseAddress, b, n, k, transposed ? 1 : 0) }
         return packed
     }
 
@@ -102,11 +102,48 @@ import Testing
     /// The AVX-512 kernel and the scalar loop it falls back to are the same sums in the same order.
     @Test(arguments: shapes)
     func theAVX512KernelIsTheScalarLoopBitForBit(m: Int, n: Int, k: Int) throws {
-        try #require(tether_packed_gemm_fast() != 0, "this CPU has no AVX-512: tether_packed_gemm runs the scalar loop itself")
+        try #require(tether_gemm_packed_fast() != 0, "this CPU has no AVX-512: tether_gemm_packed_b runs the scalar loop itself")
         let (x, w, bias) = Self.operands(m: m, n: n, k: k, seed: 11)
         let packed = Self.pack(w, n: n, k: k, transposed: true)
         let fast = Self.run(fast: true, x, packed, bias, m: m, n: n, k: k)
         #expect(Self.firstDifference(fast, Self.run(fast: false, x, packed, bias, m: m, n: n, k: k)) == nil)
+    }
+
+    /// (m, n) of C = A B from the packed-A kernel, A (m, k) packed, B (k, n) given with rows longer than
+    /// they are (ldb n + 3) and C's rows too (ldc n + 2), nothing written outside C's rows.
+    static func runPackedA(fast: Bool, _ a: [Float], _ b: [Float], m: Int, n: Int, k: Int) -> [Float] {
+        let (ldb, ldc) = (n + 3, n + 2)
+        var packed = [Float](repeating: .nan, count: tether_gemm_packed_a_size(m, k))
+        packed.withUnsafeMutableBufferPointer { tether_gemm_packed_a_pack($0.baseAddress, a, m, k) }
+        #expect(!packed.contains { $0.isNaN }, "every packed value written")
+        let strided = (0..<k * ldb).map { $0 % ldb < n ? b[$0 / ldb * n + $0 % ldb] : .nan }
+        var c = [Float](repeating: -7, count: m * ldc + 5)
+        c.withUnsafeMutableBufferPointer { c in
+            if fast {
+                tether_gemm_packed_a(c.baseAddress, ldc, packed, strided, ldb, m, n, k)
+            } else {
+                tether_gemm_packed_a_scalar(c.baseAddress, ldc, packed, strided, ldb, m, n, k)
+            }
+        }
+        #expect(c.indices.allSatisfy { $0 < m * ldc && $0 % ldc < n || c[$0] == -7 }, "wrote outside C's rows (\(m)x\(n)x\(k))")
+        return (0..<m * n).map { c[$0 / n * ldc + $0 % n] }
+    }
+
+    /// The packed-A GEMM of a Winograd convolution: the definition, and its AVX-512 kernel the scalar
+    /// loop bit for bit, over rows past a panel of 12 and columns past a block of 32 and of 16.
+    @Test(arguments: shapes)
+    func thePackedAProductIsTheDefinitionOnEitherPath(m: Int, n: Int, k: Int) throws {
+        let (a, b, _) = Self.operands(m: m, n: n, k: k, seed: 13)  // a (m, k), b read as (k, n)
+        let c = Self.runPackedA(fast: true, a, b, m: m, n: n, k: k)
+        for i in 0..<m {
+            for j in 0..<n {
+                let terms = (0..<k).map { Double(a[i * k + $0]) * Double(b[$0 * n + j]) }
+                let exact = terms.reduce(0, +), magnitude = terms.reduce(0) { $0 + abs($1) }
+                #expect(abs(Double(c[i * n + j]) - exact) <= 1e-6 * magnitude * Double(k + 1), "C[\(i), \(j)] of \(m)x\(n)x\(k)")
+            }
+        }
+        try #require(tether_gemm_packed_fast() != 0, "this CPU has no AVX-512: tether_gemm_packed_a runs the scalar loop itself")
+        #expect(Self.firstDifference(c, Self.runPackedA(fast: false, a, b, m: m, n: n, k: k)) == nil)
     }
 
     /// A row's result is the same bits alone, in a batch, and on any number of threads.

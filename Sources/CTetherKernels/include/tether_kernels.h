@@ -51,17 +51,24 @@ void tether_winograd_output_f32(float *y, const float *m, long stride, const flo
 void tether_winograd_output_f64(double *y, const double *m, long stride, const double *bias, long outs, const tether_conv_shape *s,
                                 long first, long count, double *corners);
 
-/// C (M, N) = A (M, K) B (K, N) + bias (N; NULL: none) with B packed once (packed_gemm.c): `packed`
-/// holds tether_packed_gemm_size(n, k) floats written by tether_packed_gemm_pack from b, which is
-/// (K, N) row-major, or (N, K) when `transposed` (a dense layer's weight). Every element is the bias
-/// plus its products in k order, fused: the same bits for any m, any cut of the rows and either path.
-/// tether_packed_gemm_fast says whether the CPU runs the AVX-512 kernel (else a scalar loop).
-long tether_packed_gemm_size(long n, long k);
-void tether_packed_gemm_pack(float *packed, const float *b, long n, long k, int transposed);
-int tether_packed_gemm_fast(void);
-void tether_packed_gemm(float *c, long ldc, const float *a, long lda, const float *packed, const float *bias, long m, long n, long k);
-void tether_packed_gemm_scalar(float *c, long ldc, const float *a, long lda, const float *packed, const float *bias, long m, long n,
-                               long k);
+/// GEMMs with one operand packed once (packed_gemm.c says how and why). Every element of C is its
+/// bias (or 0) plus its products in k order, fused: the same bits for any M or N, any cut of the work,
+/// and the AVX-512 kernel or the scalar loop (tether_gemm_packed_fast: whether the CPU runs the former).
+/// packed B: C (M, N) = A (M, K) B (K, N) + bias (N; NULL: none); `packed` holds
+/// tether_gemm_packed_b_size(n, k) floats from b, which is (K, N) row-major, or (N, K) when
+/// `transposed` (a dense layer's weight).
+/// packed A: C (M, N) = A (M, K) B (K, N); `packed` holds tether_gemm_packed_a_size(m, k) floats from
+/// a (M, K) row-major.
+int tether_gemm_packed_fast(void);
+long tether_gemm_packed_b_size(long n, long k);
+void tether_gemm_packed_b_pack(float *packed, const float *b, long n, long k, int transposed);
+void tether_gemm_packed_b(float *c, long ldc, const float *a, long lda, const float *packed, const float *bias, long m, long n, long k);
+void tether_gemm_packed_b_scalar(float *c, long ldc, const float *a, long lda, const float *packed, const float *bias, long m, long n,
+                                 long k);
+long tether_gemm_packed_a_size(long m, long k);
+void tether_gemm_packed_a_pack(float *packed, const float *a, long m, long k);
+void tether_gemm_packed_a(float *c, long ldc, const float *packed, const float *b, long ldb, long m, long n, long k);
+void tether_gemm_packed_a_scalar(float *c, long ldc, const float *packed, const float *b, long ldb, long m, long n, long k);
 
 /// 2x2, stride 2 max pooling of `planes` planes of h x w: y (planes, h/2, w/2) and argmax (the winner's
 /// index in its plane; the first maximum in scan order on ties). Backward sets all of dx (planes, h, w):

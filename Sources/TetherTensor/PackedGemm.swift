@@ -15,12 +15,10 @@ public final class PackedWeight<T: Scalar> {
 
     /// W (outputs, inputs) row-major, packed; nil where there is no packed kernel for T on this CPU.
     public init?(packing w: UnsafePointer<T>, outputs: Int, inputs: Int) {
-        guard T.self == Float.self, tether_packed_gemm_fast() != 0 else { return nil }
+        guard T.self == Float.self, tether_gemm_packed_fast() != 0 else { return nil }
         (self.outputs, self.inputs) = (outputs, inputs)
-        packed = .allocate(capacity: tether_packed_gemm_size(outputs, inputs))
-        w.withMemoryRebound(to: Float.self, capacity: outputs * inputs) {
-            tether_packed_gemm_pack(packed, $0, outputs, inputs, 1)
-        }
+        packed = .allocate(capacity: tether_gemm_packed_b_size(outputs, inputs))
+        tether_gemm_packed_b_pack(packed, Float.rebound(w), outputs, inputs, 1)
     }
 
     deinit { packed.deallocate() }
@@ -28,18 +26,26 @@ public final class PackedWeight<T: Scalar> {
     /// y (rows, outputs) = x (rows, inputs) W^T + bias (outputs; nil: none), the rows cut across the
     /// compute pool in blocks of the kernel's 12.
     public func apply(_ y: UnsafeMutablePointer<T>, _ x: UnsafePointer<T>, rows: Int, bias: UnsafePointer<T>?) {
-        let (n, k) = (outputs, inputs)
-        y.withMemoryRebound(to: Float.self, capacity: rows * n) { y in
-            x.withMemoryRebound(to: Float.self, capacity: rows * k) { x in
-                let bias = bias.map { UnsafeRawPointer($0).assumingMemoryBound(to: Float.self) }
-                let blocks = (rows + 11) / 12
-                // a block of 12 rows is 24 n k flops; split only where each thread gets a GEMM's worth
-                let grain = max(1, Compute.gemmSplitThreshold / max(1, 12 * n * k))
-                Compute.forEachRange(count: blocks, grain: grain) { part in
-                    let first = part.lowerBound * 12, last = min(rows, part.upperBound * 12)
-                    tether_packed_gemm(y + first * n, n, x + first * k, k, packed, bias, last - first, n, k)
-                }
-            }
+        let (n, k) = (outputs, inputs), y = Float.rebound(y), x = Float.rebound(x), bias = bias.map { Float.rebound($0) }
+        let blocks = (rows + 11) / 12
+        // a block of 12 rows is 24 n k flops; split only where each thread gets a GEMM's worth
+        let grain = max(1, Compute.gemmSplitThreshold / max(1, 12 * n * k))
+        Compute.forEachRange(count: blocks, grain: grain) { part in
+            let first = part.lowerBound * 12, last = min(rows, part.upperBound * 12)
+            tether_gemm_packed_b(y + first * n, n, x + first * k, k, packed, bias, last - first, n, k)
         }
+    }
+}
+
+extension Float {
+    /// A tensor's pointer as the Float pointer the packed kernels take; T must be Float (their callers
+    /// have checked), so the memory is bound to Float already.
+    static func rebound<T: Scalar>(_ p: UnsafeMutablePointer<T>) -> UnsafeMutablePointer<Float> {
+        precondition(T.self == Float.self)
+        return UnsafeMutableRawPointer(p).assumingMemoryBound(to: Float.self)
+    }
+    static func rebound<T: Scalar>(_ p: UnsafePointer<T>) -> UnsafePointer<Float> {
+        precondition(T.self == Float.self)
+        return UnsafeRawPointer(p).assumingMemoryBound(to: Float.self)
     }
 }
