@@ -20,6 +20,7 @@ public final class Conv2d<T: Scalar>: DataDependentInit {
     private var geometry: ConvGeometry?
     private var w: UnsafePointer<T>?
     private let transformed = Scratch<T>()  // the weights' Winograd transform, forward's or the adjoint's
+    private var transformedUnderFreeze: Int?  // the freeze under which `transformed` became forward's
     private let winogradWork = WorkerScratch<T>()
     /// Elements of col per chunk (measured: docs/ARCHITECTURE.md); at least one sample per chunk.
     var chunkElements = 1 << 18
@@ -53,7 +54,11 @@ public final class Conv2d<T: Scalar>: DataDependentInit {
         if let plan = winogradPlan(g, channels: inChannels) {
             (geometry, input, self.w, colHolds) = (g, x, w, nil)
             let u = transformed.reserve(plan.positions * outChannels * inChannels)
-            T.winogradWeights(u, w, plan, outs: outChannels, ins: inChannels, transposed: false)
+            // frozen parameters (inference): transformed once per freeze
+            if ctx.frozen == nil || ctx.frozen != transformedUnderFreeze {
+                T.winogradWeights(u, w, plan, outs: outChannels, ins: inChannels, transposed: false)
+                transformedUnderFreeze = ctx.frozen
+            }
             return Tensor.uninitialized([outChannels, g.batch, g.outHeight, g.outWidth]) { y in
                 x.withPointer {
                     T.winogradConvolution(
@@ -109,6 +114,7 @@ public final class Conv2d<T: Scalar>: DataDependentInit {
         guard let adjoint, needsInputGradient else { return dx }
         let u = transformed.reserve(adjoint.positions * inChannels * outChannels)
         T.winogradWeights(u, w, adjoint, outs: inChannels, ins: outChannels, transposed: true)
+        transformedUnderFreeze = nil
         return Tensor.uninitialized([inChannels, g.batch, g.height, g.width]) { dxp in
             dy.withPointer { T.winogradConvolution(dxp, $0, adjoint, u: u, outs: inChannels, bias: nil, scratch: winogradWork) }
         }

@@ -247,6 +247,28 @@ import TetherTensor
         #expect(dense.forward(x, ctx).scalars == before)
     }
 
+    /// Frozen, a Winograd convolution transforms its weights once per freeze: a plain weight changed
+    /// under the freeze is not seen (the arena is read again only when frozen anew or thawed).
+    @Test func aFrozenWinogradConvolutionTransformsItsWeightsOncePerFreeze() {
+        var layout = ArenaLayout()
+        let conv = Conv2d<Double>(&layout, prefix: "", inChannels: 2, outChannels: 3, kernel: 3, padding: 1)
+        let arena = ParameterArena<Double>(layout: layout)
+        var rng = RNG(seed: 6)
+        arena.initialize(rng: &rng)
+        let ctx = ModelContext(arena: arena, rng: rng)
+        let x = Tensor<Double>(shape: [2, 1, 4, 4], scalars: (0..<32).map { Double($0 % 7) - 3 })
+        let before = conv.forward(x, ctx).scalars
+        ctx.freezeParameters()
+        #expect(conv.forward(x, ctx).scalars == before)
+        arena.value(layout.slot(named: "weight")!)[0] += 1
+        #expect(conv.forward(x, ctx).scalars == before)  // transformed once under this freeze
+        ctx.freezeParameters()
+        let refrozen = conv.forward(x, ctx).scalars
+        #expect(refrozen != before)
+        ctx.thawParameters()
+        #expect(conv.forward(x, ctx).scalars == refrozen)
+    }
+
     /// Frozen, a Float dense layer multiplies by its weight packed once per freeze (PackedWeight, where
     /// the CPU has AVX-512): the same outputs as OpenBLAS's GEMM to rounding, with and without a bias
     /// and weight norm, and a weight changed and frozen anew is packed anew.
