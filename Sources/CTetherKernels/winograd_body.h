@@ -166,3 +166,36 @@ NO_LIBC_CALLS MULTIVERSION void SUFFIX(tether_winograd_output)(T *restrict y, co
         }
     }
 }
+
+// The output transform fused with the 2x2, stride-2 max pool after it (and an activation after that):
+// a tile's 2x2 outputs are one pool window, so each tile yields the window's maximum, then the bias
+// (max and a rounded add commute: adding b is nondecreasing), then x > 0 ? x : slope x when `activate`.
+// y (outs, B, out_h / 2, out_w / 2) holds the same bits as the convolution, pool and activation one
+// after another (the comparisons are the pool kernel's, in its order); an odd side's last tile is the
+// row or column the pool drops.
+NO_LIBC_CALLS MULTIVERSION void SUFFIX(tether_winograd_output_pooled)(T *restrict y, const T *restrict m, long stride,
+                                                                      const T *restrict bias, long outs, const tether_conv_shape *s,
+                                                                      long first, long count, T *restrict corners, int activate,
+                                                                      T slope) {
+    const long th = (s->out_h + 1) / 2, tw = (s->out_w + 1) / 2, n = count * th * tw, ph = s->out_h / 2, pw = s->out_w / 2;
+    T *restrict y00 = corners, *restrict y01 = y00 + n, *restrict y10 = y01 + n, *restrict y11 = y10 + n;
+    for (long o = 0; o < outs; o++) {
+        if (s->kernel_h == 3) SUFFIX(output_tiles_3)(y00, y01, y10, y11, m + o * n, stride, n);
+        else SUFFIX(output_tiles_5)(y00, y01, y10, y11, m + o * n, stride, n);
+        const T add = bias ? bias[o] : 0;
+        for (long b = 0; b < count; b++) {
+            T *plane = y + (o * s->batch + first + b) * ph * pw;
+            for (long ti = 0; ti < ph; ti++)
+                for (long tj = 0; tj < pw; tj++) {
+                    const long t = (b * th + ti) * tw + tj;
+                    T best = y00[t];
+                    best = y01[t] > best ? y01[t] : best;
+                    best = y10[t] > best ? y10[t] : best;
+                    best = y11[t] > best ? y11[t] : best;
+                    T v = best + add;
+                    if (activate) v = v > 0 ? v : slope * v;
+                    plane[ti * pw + tj] = v;
+                }
+        }
+    }
+}

@@ -45,27 +45,51 @@ public final class Conv2d<T: Scalar>: DataDependentInit {
         return Swift.stride(from: 0, to: g.batch, by: size).map { $0..<min($0 + size, g.batch) }
     }
 
-    public func forward(_ x: Tensor<T>, _ ctx: ModelContext<T>) -> Tensor<T> {
+    private func geometry(of x: Tensor<T>) -> ConvGeometry {
         precondition(x.shape.count == 4 && x.shape[0] == inChannels, "Conv2d expects (\(inChannels), B, H, W), got \(x.shape)")
-        let g = ConvGeometry(
+        return ConvGeometry(
             channels: inChannels, batch: x.shape[1], height: x.shape[2], width: x.shape[3],
             kernelHeight: kernel, kernelWidth: kernel, stride: stride, padding: padding)
+    }
+
+    /// This convolution then a 2x2, stride-2 max pool, then x > 0 ? x : slope x if a slope is given, in
+    /// one pass over the output transform: the same bits as the layers one by one, with a quarter of
+    /// the output written. nil unless the convolution runs by Winograd. For inference: what backward
+    /// needs of the pool (its argmax) is not kept.
+    public func forwardPooled(_ x: Tensor<T>, _ ctx: ModelContext<T>, activationSlope: T?) -> Tensor<T>? {
+        let g = geometry(of: x)
+        guard let plan = winogradPlan(g, channels: inChannels) else { return nil }
+        return winogradForward(x, ctx, g, plan, output: .pooled(activationSlope: activationSlope))
+    }
+
+    private func winogradForward(
+        _ x: Tensor<T>, _ ctx: ModelContext<T>, _ g: ConvGeometry, _ plan: WinogradPlan, output: WinogradOutput<T>
+    ) -> Tensor<T> {
         let w = weight.weight(ctx)
-        if let plan = winogradPlan(g, channels: inChannels) {
-            (geometry, input, self.w, colHolds) = (g, x, w, nil)
-            let u = transformed.reserve(plan.positions * outChannels * inChannels)
-            // frozen parameters (inference): transformed once per freeze
-            if ctx.frozen == nil || ctx.frozen != transformedUnderFreeze {
-                T.winogradWeights(u, w, plan, outs: outChannels, ins: inChannels, transposed: false)
-                transformedUnderFreeze = ctx.frozen
-            }
-            return Tensor.uninitialized([outChannels, g.batch, g.outHeight, g.outWidth]) { y in
-                x.withPointer {
-                    T.winogradConvolution(
-                        y, $0, plan, u: u, outs: outChannels, bias: bias.map { ctx.arena.value($0) }, scratch: winogradWork)
-                }
+        (geometry, input, self.w, colHolds) = (g, x, w, nil)
+        let u = transformed.reserve(plan.positions * outChannels * inChannels)
+        // frozen parameters (inference): transformed once per freeze
+        if ctx.frozen == nil || ctx.frozen != transformedUnderFreeze {
+            T.winogradWeights(u, w, plan, outs: outChannels, ins: inChannels, transposed: false)
+            transformedUnderFreeze = ctx.frozen
+        }
+        let shape: [Int]
+        switch output {
+        case .whole: shape = [outChannels, g.batch, g.outHeight, g.outWidth]
+        case .pooled: shape = [outChannels, g.batch, g.outHeight / 2, g.outWidth / 2]
+        }
+        return Tensor.uninitialized(shape) { y in
+            x.withPointer {
+                T.winogradConvolution(
+                    y, $0, plan, u: u, outs: outChannels, bias: bias.map { ctx.arena.value($0) }, scratch: winogradWork, output: output)
             }
         }
+    }
+
+    public func forward(_ x: Tensor<T>, _ ctx: ModelContext<T>) -> Tensor<T> {
+        let g = geometry(of: x)
+        if let plan = winogradPlan(g, channels: inChannels) { return winogradForward(x, ctx, g, plan, output: .whole) }
+        let w = weight.weight(ctx)
         let plane = g.outHeight * g.outWidth, chunks = chunks(g)
         let colp = col.reserve(g.patchSize * chunks[0].count * plane)
         (geometry, input, self.w, colHolds) = (g, x, w, chunks.last)

@@ -24,7 +24,25 @@ public final class Sequential<T: Scalar> {
     }
 
     public func forward(_ x: Tensor<T>, _ ctx: ModelContext<T>) -> Tensor<T> {
-        layers.reduce(x) { $1.forward($0, ctx) }
+        guard ctx.frozen != nil else { return layers.reduce(x) { $1.forward($0, ctx) } }
+        // Inference (frozen parameters, no backward): a convolution, a 2x2 max pool and an activation
+        // after it (the order poolBeforeActivation leaves a ReLU in) run as one pass where the
+        // convolution is Winograd's.
+        var y = x, i = 0
+        while i < layers.count {
+            if let conv = layers[i] as? Conv2d<T>, i + 1 < layers.count, let pool = layers[i + 1] as? MaxPool2d<T>,
+                pool.kernel == 2, pool.stride == 2
+            {
+                let activation = i + 2 < layers.count ? layers[i + 2] as? Activation<T> : nil
+                if let pooled = conv.forwardPooled(y, ctx, activationSlope: activation?.slope) {
+                    (y, i) = (pooled, i + (activation == nil ? 2 : 3))
+                    continue
+                }
+            }
+            y = layers[i].forward(y, ctx)
+            i += 1
+        }
+        return y
     }
 
     /// Backward through every layer; the input gradient of the first layer is computed only when asked for.

@@ -59,6 +59,14 @@ public struct WinogradPlan: Sendable, Equatable {
     }
 }
 
+/// What a Winograd convolution writes: its whole output, or (inference) its 2x2, stride-2 max pool
+/// then x > 0 ? x : slope x if a slope is given, in one pass: the same bits as the layers one after
+/// another, a quarter of the output written and no pass of the pool or the activation.
+public enum WinogradOutput<T: Scalar>: Sendable {
+    case whole
+    case pooled(activationSlope: T?)
+}
+
 /// Work areas for a kernel split across the compute pool: one buffer per thread, and one that every
 /// thread reads, each grown to the largest size asked of it and reused, so a step does not allocate
 /// and fault them anew.
@@ -121,9 +129,10 @@ extension Scalar {
 
     /// y (outs, B, OH, OW) = the convolution `plan` describes of x (C, B, H, W) with the transformed
     /// weights u (positions, outs, C), plus bias (outs) if given. Every element of y is written.
+    /// `output` .pooled: y (outs, B, OH / 2, OW / 2) is that convolution's 2x2 max pool instead.
     public static func winogradConvolution(
         _ y: UnsafeMutablePointer<Self>, _ x: UnsafePointer<Self>, _ plan: WinogradPlan, u: UnsafePointer<Self>, outs: Int,
-        bias: UnsafePointer<Self>?, scratch: WorkerScratch<Self>
+        bias: UnsafePointer<Self>?, scratch: WorkerScratch<Self>, output: WinogradOutput<Self> = .whole
     ) {
         let c = plan.geometry.channels, area = plan.workArea(outs: outs), chunks = plan.chunks
         let buffers = scratch.reserve(area.v + area.m + area.pad + area.corners, workers: Compute.threads)
@@ -145,7 +154,12 @@ extension Scalar {
                             b: v + e * vStride, ldb: n, beta: 0, c: m + e * mStride, ldc: n)
                     }
                 }
-                kernels.winogradOutput(y, m, mStride, bias, outs, shape, images.lowerBound, images.count, corners)
+                switch output {
+                case .whole: kernels.winogradOutput(y, m, mStride, bias, outs, shape, images.lowerBound, images.count, corners)
+                case .pooled(let slope):
+                    kernels.winogradOutputPooled(
+                        y, m, mStride, bias, outs, shape, images.lowerBound, images.count, corners, slope == nil ? 0 : 1, slope ?? 0)
+                }
             }
         }
     }

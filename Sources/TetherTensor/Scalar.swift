@@ -196,7 +196,7 @@ extension Float: Scalar {
         gemm: cblas_sgemm, dot: cblas_sdot, adam: tether_adam_f32, im2col: tether_im2col_f32, col2im: tether_col2im_f32,
         maxPool2x2: tether_maxpool2x2_f32, maxPool2x2Backward: tether_maxpool2x2_backward_f32,
         winogradWeights: tether_winograd_weights_f32, winogradInput: tether_winograd_input_f32,
-        winogradOutput: tether_winograd_output_f32)
+        winogradOutput: tether_winograd_output_f32, winogradOutputPooled: tether_winograd_output_pooled_f32)
 }
 
 extension Float {
@@ -229,7 +229,7 @@ extension Double: Scalar {
         gemm: cblas_dgemm, dot: cblas_ddot, adam: tether_adam_f64, im2col: tether_im2col_f64, col2im: tether_col2im_f64,
         maxPool2x2: tether_maxpool2x2_f64, maxPool2x2Backward: tether_maxpool2x2_backward_f64,
         winogradWeights: tether_winograd_weights_f64, winogradInput: tether_winograd_input_f64,
-        winogradOutput: tether_winograd_output_f64)
+        winogradOutput: tether_winograd_output_f64, winogradOutputPooled: tether_winograd_output_pooled_f64)
 }
 
 /// The C kernels of one precision: OpenBLAS's s or d functions and CTetherKernels' _f32 or _f64 ones.
@@ -258,6 +258,11 @@ public struct PrecisionKernels<T: Scalar>: Sendable {
         @Sendable (
             UnsafeMutablePointer<T>?, UnsafePointer<T>?, Int, UnsafePointer<T>?, Int, UnsafePointer<tether_conv_shape>?, Int, Int,
             UnsafeMutablePointer<T>?
+        ) -> Void
+    let winogradOutputPooled:
+        @Sendable (
+            UnsafeMutablePointer<T>?, UnsafePointer<T>?, Int, UnsafePointer<T>?, Int, UnsafePointer<tether_conv_shape>?, Int, Int,
+            UnsafeMutablePointer<T>?, Int32, T
         ) -> Void
 }
 

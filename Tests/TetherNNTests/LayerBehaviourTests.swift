@@ -269,6 +269,39 @@ import TetherTensor
         #expect(conv.forward(x, ctx).scalars == refrozen)
     }
 
+    /// Frozen, a Winograd convolution, the 2x2 max pool after it and the activation after that run as
+    /// one pass (Conv2d.forwardPooled): the same bits as the three layers one by one, in Float and
+    /// Double, for 3x3 and 5x5, even and odd sides (the pool drops an odd side's last row), with a
+    /// leaky ReLU, a ReLU or no activation after the pool.
+    @Test(arguments: [(3, 8, 0.0), (3, 7, 0.1), (5, 9, -1.0), (5, 6, 0.0)])
+    func aFrozenConvolutionPoolAndActivationRunAsOnePassWithTheSameBits(kernel: Int, side: Int, slope: Double) {
+        func outputs<T: Scalar>(_: T.Type) -> (layers: [T], fused: [T]) {
+            var layout = ArenaLayout()
+            let conv = Conv2d<T>(&layout, prefix: "", inChannels: 3, outChannels: 13, kernel: kernel, padding: kernel / 2, weightNorm: true)
+            let tail: [any Layer<T>] = slope < 0 ? [] : [Activation<T>(leakySlope: slope)]
+            let pool = MaxPool2d<T>(kernel: 2)
+            let network = Sequential<T>([conv, pool] + tail)
+            let arena = ParameterArena<T>(layout: layout)
+            var rng = RNG(seed: 8)
+            arena.initialize(rng: &rng)
+            arena.value(layout.slot(named: "bias")!).update(repeating: T(-0.05), count: 13)
+            let ctx = ModelContext(arena: arena, rng: rng)
+            let x = Tensor<T>(shape: [3, 5, side, side], scalars: (0..<3 * 5 * side * side).map { _ in T(rng.nextNormal()) })
+            ctx.freezeParameters()
+            let fused = network.forward(x, ctx)
+            // the pool layer never ran: it has no forward for a backward to follow
+            #expect(pool.backward(fused, ctx, needsInputGradient: true) == nil)
+            ctx.thawParameters()
+            let layers = network.forward(x, ctx)
+            #expect(fused.shape == layers.shape && layers.shape == [13, 5, side / 2, side / 2])
+            return (layers.scalars, fused.scalars)
+        }
+        let float = outputs(Float.self), double = outputs(Double.self)
+        #expect(float.fused.map(\.bitPattern) == float.layers.map(\.bitPattern))
+        #expect(double.fused.map(\.bitPattern) == double.layers.map(\.bitPattern))
+        #expect(float.layers.contains { $0 < 0 } == (slope != 0), "a ReLU leaves no negative value; a leaky one and none do")
+    }
+
     /// Frozen, a Float dense layer multiplies by its weight packed once per freeze (PackedWeight, where
     /// the CPU has AVX-512): the same outputs as OpenBLAS's GEMM to rounding, with and without a bias
     /// and weight norm, and a weight changed and frozen anew is packed anew.

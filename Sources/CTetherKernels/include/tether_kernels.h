@@ -50,6 +50,12 @@ void tether_winograd_output_f32(float *y, const float *m, long stride, const flo
                                 long first, long count, float *corners);
 void tether_winograd_output_f64(double *y, const double *m, long stride, const double *bias, long outs, const tether_conv_shape *s,
                                 long first, long count, double *corners);
+/// The output transform fused with the 2x2 max pool after it, then (when `activate`) x > 0 ? x : slope x:
+/// y (outs, B, out_h / 2, out_w / 2), the same bits as the three one after another (winograd_body.h).
+void tether_winograd_output_pooled_f32(float *y, const float *m, long stride, const float *bias, long outs, const tether_conv_shape *s,
+                                       long first, long count, float *corners, int activate, float slope);
+void tether_winograd_output_pooled_f64(double *y, const double *m, long stride, const double *bias, long outs,
+                                       const tether_conv_shape *s, long first, long count, double *corners, int activate, double slope);
 
 /// GEMMs with one operand packed once (packed_gemm.c says how and why). Every element of C is its
 /// bias (or 0) plus its products in k order, fused: the same bits for any M or N, any cut of the work,
