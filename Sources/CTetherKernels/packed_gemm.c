@@ -1,6 +1,7 @@
 // GEMMs with one operand packed once and used many times, the other read where it lies.
 //
-// packed B: C (M, N) = A (M, K) B (K, N) + bias (N). A dense layer's inference over frozen weights
+// packed B: C (M, N) = A (M, K) B (K, N) + bias (N), then x > 0 ? x : slope x where asked (the
+// activation after the layer, fused). A dense layer's inference over frozen weights
 // (the weight is B; packing it on every call is what a BLAS does, and for predict's shapes that was a
 // tenth of OpenBLAS's GEMM time). B's columns in panels of 32 (the last one 16 wide when at most 16
 // remain); panel p holds, for each k in order, its columns' B[k][j], zero-padded past N. A block of
@@ -43,14 +44,15 @@ void tether_gemm_packed_a_pack(float *packed, const float *a, long m, long k) {
             for (long t = 0; t < 12; t++) *packed++ = i + t < m ? a[(i + t) * k + kk] : 0;
 }
 
-void tether_gemm_packed_b_scalar(float *c, long ldc, const float *a, long lda, const float *packed, const float *bias, long m, long n, long k) {
+void tether_gemm_packed_b_scalar(float *c, long ldc, const float *a, long lda, const float *packed, const float *bias, long m, long n, long k,
+                                 int activate, float slope) {
     for (long j = 0, panel = 0; j < n; panel += panel_width(n, j) * k, j += panel_width(n, j)) {
         long width = panel_width(n, j);
         for (long i = 0; i < m; i++)
             for (long t = 0; t < width && j + t < n; t++) {
                 float sum = bias ? bias[j + t] : 0;
                 for (long kk = 0; kk < k; kk++) sum = __builtin_fmaf(a[i * lda + kk], packed[panel + kk * width + t], sum);
-                c[i * ldc + j + t] = sum;
+                c[i * ldc + j + t] = activate ? (sum > 0 ? sum : slope * sum) : sum;
             }
     }
 }
@@ -75,8 +77,14 @@ int tether_gemm_packed_fast(void) { return __builtin_cpu_supports("avx512f"); }
 
 static inline __mmask16 lanes(long count) { return count >= 16 ? 0xffff : count <= 0 ? 0 : (__mmask16)((1u << count) - 1); }
 
+// x > 0 ? x : slope x, lane by lane (the activation layer's expression, so the same bits).
+BLOCK __m512 activation(__m512 x, __m512 slope) {
+    return _mm512_mask_mov_ps(_mm512_mul_ps(x, slope), _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GT_OQ), x);
+}
+
 // rows (<= 12, a constant where inlined) of C over one panel of B of width 32, columns (<= 32) of them real.
-BLOCK void b_block32(int rows, long k, const float *a, long lda, const float *b, float *c, long ldc, const float *bias, long columns) {
+BLOCK void b_block32(int rows, long k, const float *a, long lda, const float *b, float *c, long ldc, const float *bias, long columns,
+                     int activate, __m512 slope) {
     __mmask16 m0 = lanes(columns), m1 = lanes(columns - 16);
     __m512 acc[12][2];
     __m512 b0 = bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps();
@@ -91,13 +99,15 @@ BLOCK void b_block32(int rows, long k, const float *a, long lda, const float *b,
         }
     }
     for (int i = 0; i < rows; i++) {
+        if (activate) acc[i][0] = activation(acc[i][0], slope), acc[i][1] = activation(acc[i][1], slope);
         _mm512_mask_storeu_ps(c + i * ldc, m0, acc[i][0]);
         _mm512_mask_storeu_ps(c + i * ldc + 16, m1, acc[i][1]);
     }
 }
 
 // The same over a panel of width 16.
-BLOCK void b_block16(int rows, long k, const float *a, long lda, const float *b, float *c, long ldc, const float *bias, long columns) {
+BLOCK void b_block16(int rows, long k, const float *a, long lda, const float *b, float *c, long ldc, const float *bias, long columns,
+                     int activate, __m512 slope) {
     __mmask16 m0 = lanes(columns);
     __m512 acc[12];
     __m512 b0 = bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps();
@@ -106,7 +116,7 @@ BLOCK void b_block16(int rows, long k, const float *a, long lda, const float *b,
         __m512 w0 = _mm512_loadu_ps(b + 16 * kk);
         for (int i = 0; i < rows; i++) acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(a[i * lda + kk]), w0, acc[i]);
     }
-    for (int i = 0; i < rows; i++) _mm512_mask_storeu_ps(c + i * ldc, m0, acc[i]);
+    for (int i = 0; i < rows; i++) _mm512_mask_storeu_ps(c + i * ldc, m0, activate ? activation(acc[i], slope) : acc[i]);
 }
 
 // rows (<= 12, a constant where inlined) of C from one panel of A, over columns (<= 32) of B read in
@@ -138,7 +148,8 @@ BLOCK void a_block(int rows, long k, const float *panel, const float *b, long ld
     }
 
 __attribute__((target("avx512f"))) static void gemm_packed_b_avx512(
-    float *c, long ldc, const float *a, long lda, const float *packed, const float *bias, long m, long n, long k) {
+    float *c, long ldc, const float *a, long lda, const float *packed, const float *bias, long m, long n, long k, int activate, float slope) {
+    const __m512 slopes = _mm512_set1_ps(slope);
     // Columns in groups whose panels stay in L2 (about 512 KiB) while every block of rows passes over them.
     long group = (512L << 10) / (32 * 4 * (k > 0 ? k : 1)) * 32;
     if (group < 32) group = 32;
@@ -151,8 +162,8 @@ __attribute__((target("avx512f"))) static void gemm_packed_b_avx512(
                 long width = panel_width(n, j);
                 float *cij = c + i * ldc + j;
                 const float *bj = bias ? bias + j : NULL;
-#define WIDE(r) b_block32(r, k, ai, lda, b, cij, ldc, bj, n - j)
-#define NARROW(r) b_block16(r, k, ai, lda, b, cij, ldc, bj, n - j)
+#define WIDE(r) b_block32(r, k, ai, lda, b, cij, ldc, bj, n - j, activate, slopes)
+#define NARROW(r) b_block16(r, k, ai, lda, b, cij, ldc, bj, n - j, activate, slopes)
                 if (width == 32) {
                     FOR_ROWS(rows, WIDE)
                 } else {
@@ -178,9 +189,10 @@ __attribute__((target("avx512f"))) static void gemm_packed_a_avx512(
         }
 }
 
-void tether_gemm_packed_b(float *c, long ldc, const float *a, long lda, const float *packed, const float *bias, long m, long n, long k) {
-    if (tether_gemm_packed_fast()) gemm_packed_b_avx512(c, ldc, a, lda, packed, bias, m, n, k);
-    else tether_gemm_packed_b_scalar(c, ldc, a, lda, packed, bias, m, n, k);
+void tether_gemm_packed_b(float *c, long ldc, const float *a, long lda, const float *packed, const float *bias, long m, long n, long k,
+                          int activate, float slope) {
+    if (tether_gemm_packed_fast()) gemm_packed_b_avx512(c, ldc, a, lda, packed, bias, m, n, k, activate, slope);
+    else tether_gemm_packed_b_scalar(c, ldc, a, lda, packed, bias, m, n, k, activate, slope);
 }
 
 void tether_gemm_packed_a(float *c, long ldc, const float *packed, const float *b, long ldb, long m, long n, long k) {
@@ -189,8 +201,9 @@ void tether_gemm_packed_a(float *c, long ldc, const float *packed, const float *
 }
 #else
 int tether_gemm_packed_fast(void) { return 0; }
-void tether_gemm_packed_b(float *c, long ldc, const float *a, long lda, const float *packed, const float *bias, long m, long n, long k) {
-    tether_gemm_packed_b_scalar(c, ldc, a, lda, packed, bias, m, n, k);
+void tether_gemm_packed_b(float *c, long ldc, const float *a, long lda, const float *packed, const float *bias, long m, long n, long k,
+                          int activate, float slope) {
+    tether_gemm_packed_b_scalar(c, ldc, a, lda, packed, bias, m, n, k, activate, slope);
 }
 void tether_gemm_packed_a(float *c, long ldc, const float *packed, const float *b, long ldb, long m, long n, long k) {
     tether_gemm_packed_a_scalar(c, ldc, packed, b, ldb, m, n, k);

@@ -34,12 +34,7 @@ public final class Dense<T: Scalar>: DataDependentInit {
         precondition(x.shape.count == 2 && x.shape[1] == inFeatures, "Dense expects (B, \(inFeatures)), got \(x.shape)")
         let b = x.shape[0], arena = ctx.arena
         input = x
-        if let packed = weight.packedWeight(ctx) {  // frozen parameters: inference, no backward
-            self.w = nil
-            return Tensor.uninitialized([b, outFeatures]) { y in
-                x.withPointer { packed.apply(y, $0, rows: b, bias: bias.map { UnsafePointer(arena.value($0)) }) }
-            }
-        }
+        if let y = forwardActivated(x, ctx, activationSlope: nil) { return y }
         let w = weight.weight(ctx)
         self.w = w
         return Tensor.uninitialized([b, outFeatures]) { y in
@@ -54,6 +49,21 @@ public final class Dense<T: Scalar>: DataDependentInit {
                 T.gemm(
                     transposeA: false, transposeB: true, m: b, n: outFeatures, k: inFeatures, alpha: 1,
                     a: xp, lda: inFeatures, b: w, ldb: inFeatures, beta: 1, c: y, ldc: outFeatures)
+            }
+        }
+    }
+
+    /// Inference over frozen parameters: y = x W^T + b by the weight packed once per freeze, then
+    /// y > 0 ? y : slope y if a slope is given (the activation layer after, in the same pass: the same
+    /// bits). nil where there is no packed weight (not frozen, Double, or a CPU without AVX-512).
+    public func forwardActivated(_ x: Tensor<T>, _ ctx: ModelContext<T>, activationSlope: T?) -> Tensor<T>? {
+        precondition(x.shape.count == 2 && x.shape[1] == inFeatures, "Dense expects (B, \(inFeatures)), got \(x.shape)")
+        guard let packed = weight.packedWeight(ctx) else { return nil }
+        let b = x.shape[0], arena = ctx.arena
+        (input, w) = (x, nil)
+        return Tensor.uninitialized([b, outFeatures]) { y in
+            x.withPointer {
+                packed.apply(y, $0, rows: b, bias: bias.map { UnsafePointer(arena.value($0)) }, activationSlope: activationSlope)
             }
         }
     }

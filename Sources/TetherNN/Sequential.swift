@@ -27,7 +27,7 @@ public final class Sequential<T: Scalar> {
         guard ctx.frozen != nil else { return layers.reduce(x) { $1.forward($0, ctx) } }
         // Inference (frozen parameters, no backward): a convolution, a 2x2 max pool and an activation
         // after it (the order poolBeforeActivation leaves a ReLU in) run as one pass where the
-        // convolution is Winograd's.
+        // convolution is Winograd's; a dense layer and an activation after it, where its weight is packed.
         var y = x, i = 0
         while i < layers.count {
             if let conv = layers[i] as? Conv2d<T>, i + 1 < layers.count, let pool = layers[i + 1] as? MaxPool2d<T>,
@@ -38,6 +38,12 @@ public final class Sequential<T: Scalar> {
                     (y, i) = (pooled, i + (activation == nil ? 2 : 3))
                     continue
                 }
+            }
+            if let dense = layers[i] as? Dense<T>, i + 1 < layers.count, let activation = layers[i + 1] as? Activation<T>,
+                let activated = dense.forwardActivated(y, ctx, activationSlope: activation.slope)
+            {
+                (y, i) = (activated, i + 2)
+                continue
             }
             y = layers[i].forward(y, ctx)
             i += 1

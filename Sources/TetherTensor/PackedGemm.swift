@@ -23,16 +23,18 @@ public final class PackedWeight<T: Scalar> {
 
     deinit { packed.deallocate() }
 
-    /// y (rows, outputs) = x (rows, inputs) W^T + bias (outputs; nil: none), the rows cut across the
-    /// compute pool in blocks of the kernel's 12.
-    public func apply(_ y: UnsafeMutablePointer<T>, _ x: UnsafePointer<T>, rows: Int, bias: UnsafePointer<T>?) {
+    /// y (rows, outputs) = x (rows, inputs) W^T + bias (outputs; nil: none), then y > 0 ? y : slope y
+    /// if an activation slope is given (the activation layer after, fused: the same bits), the rows cut
+    /// across the compute pool in blocks of the kernel's 12.
+    public func apply(_ y: UnsafeMutablePointer<T>, _ x: UnsafePointer<T>, rows: Int, bias: UnsafePointer<T>?, activationSlope: T? = nil) {
+        let (activate, slope): (Int32, Float) = activationSlope.map { (1, Float($0)) } ?? (0, 0)
         let (n, k) = (outputs, inputs), y = Float.rebound(y), x = Float.rebound(x), bias = bias.map { Float.rebound($0) }
         let blocks = (rows + 11) / 12
         // a block of 12 rows is 24 n k flops; split only where each thread gets a GEMM's worth
         let grain = max(1, Compute.gemmSplitThreshold / max(1, 12 * n * k))
         Compute.forEachRange(count: blocks, grain: grain) { part in
             let first = part.lowerBound * 12, last = min(rows, part.upperBound * 12)
-            tether_gemm_packed_b(y + first * n, n, x + first * k, k, packed, bias, last - first, n, k)
+            tether_gemm_packed_b(y + first * n, n, x + first * k, k, packed, bias, last - first, n, k, activate, slope)
         }
     }
 }

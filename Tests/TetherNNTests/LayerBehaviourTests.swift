@@ -327,6 +327,10 @@ import TetherTensor
         #expect(dense.forward(x, ctx).scalars == packed)
         ctx.freezeParameters()
         let repacked = dense.forward(x, ctx).scalars
+        // a network of the layer and a leaky ReLU runs them as one pass: the same bits as one by one
+        let activation = Activation<Float>(leakySlope: 0.1)
+        let oneByOne = activation.forward(dense.forward(x, ctx), ctx).scalars
+        #expect(Sequential<Float>([dense, activation]).forward(x, ctx).scalars.map(\.bitPattern) == oneByOne.map(\.bitPattern))
         ctx.thawParameters()
         #expect(agree(repacked, dense.forward(x, ctx).scalars) && repacked[0] != packed[0])
     }

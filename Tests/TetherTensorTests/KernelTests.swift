@@ -42,15 +42,17 @@ import Testing
     /// given with rows longer than they are (lda k + 1, ldc n + 2), and what lies between and after
     /// y's rows must be left as it was: a store past a row's end would be overwritten by the next row's
     /// own store in a dense y, and go unseen.
-    static func run(fast: Bool, _ x: [Float], _ packed: [Float], _ bias: [Float]?, m: Int, n: Int, k: Int) -> [Float] {
+    static func run(
+        fast: Bool, _ x: [Float], _ packed: [Float], _ bias: [Float]?, m: Int, n: Int, k: Int, activate: Bool = false
+    ) -> [Float] {
         let (lda, ldc) = (k + 1, n + 2)
         let strided = (0..<m * lda).map { $0 % lda < k ? x[$0 / lda * k + $0 % lda] : .nan }
         var y = [Float](repeating: -7, count: m * ldc + 5)
         y.withUnsafeMutableBufferPointer { y in
             if fast {
-                tether_gemm_packed_b(y.baseAddress, ldc, strided, lda, packed, bias, m, n, k)
+                tether_gemm_packed_b(y.baseAddress, ldc, strided, lda, packed, bias, m, n, k, activate ? 1 : 0, 0.25)
             } else {
-                tether_gemm_packed_b_scalar(y.baseAddress, ldc, strided, lda, packed, bias, m, n, k)
+                tether_gemm_packed_b_scalar(y.baseAddress, ldc, strided, lda, packed, bias, m, n, k, activate ? 1 : 0, 0.25)
             }
         }
         let untouched = y.indices.filter { $0 >= m * ldc || $0 % ldc >= n }
@@ -107,6 +109,10 @@ import Testing
         let packed = Self.pack(w, n: n, k: k, transposed: true)
         let fast = Self.run(fast: true, x, packed, bias, m: m, n: n, k: k)
         #expect(Self.firstDifference(fast, Self.run(fast: false, x, packed, bias, m: m, n: n, k: k)) == nil)
+        // the activation fused after: the layer's expression on the same sums, on either path
+        let activated = Self.run(fast: true, x, packed, bias, m: m, n: n, k: k, activate: true)
+        #expect(Self.firstDifference(activated, fast.map { $0 > 0 ? $0 : 0.25 * $0 }) == nil)
+        #expect(Self.firstDifference(activated, Self.run(fast: false, x, packed, bias, m: m, n: n, k: k, activate: true)) == nil)
     }
 
     /// (m, n) of C = A B from the packed-A kernel, A (m, k) packed, B (k, n) given with rows longer than
