@@ -1,7 +1,7 @@
 // GEMMs with one operand packed once and used many times, the other read where it lies.
 //
-// packed B: C (M, N) = A (M, K) B (K, N) + bias (N), then x > 0 ? x : slope x where asked (the
-// activation after the layer, fused). A dense layer's inference over frozen weights
+// packed B: C (M, N) = A (M, K) B (K, N) + bias (N), or C += A B when accumulating, then
+// x > 0 ? x : slope x where asked (the activation after the layer, fused). A dense layer's inference over frozen weights
 // (the weight is B; packing it on every call is what a BLAS does, and for predict's shapes that was a
 // tenth of OpenBLAS's GEMM time). B's columns in panels of 32 (the last one 16 wide when at most 16
 // remain); panel p holds, for each k in order, its columns' B[k][j], zero-padded past N. A block of
@@ -45,12 +45,12 @@ void tether_gemm_packed_a_pack(float *packed, const float *a, long m, long k) {
 }
 
 void tether_gemm_packed_b_scalar(float *c, long ldc, const float *a, long lda, const float *packed, const float *bias, long m, long n, long k,
-                                 int activate, float slope) {
+                                 int accumulate, int activate, float slope) {
     for (long j = 0, panel = 0; j < n; panel += panel_width(n, j) * k, j += panel_width(n, j)) {
         long width = panel_width(n, j);
         for (long i = 0; i < m; i++)
             for (long t = 0; t < width && j + t < n; t++) {
-                float sum = bias ? bias[j + t] : 0;
+                float sum = accumulate ? c[i * ldc + j + t] : bias ? bias[j + t] : 0;
                 for (long kk = 0; kk < k; kk++) sum = __builtin_fmaf(a[i * lda + kk], packed[panel + kk * width + t], sum);
                 c[i * ldc + j + t] = activate ? (sum > 0 ? sum : slope * sum) : sum;
             }
@@ -84,12 +84,14 @@ BLOCK __m512 activation(__m512 x, __m512 slope) {
 
 // rows (<= 12, a constant where inlined) of C over one panel of B of width 32, columns (<= 32) of them real.
 BLOCK void b_block32(int rows, long k, const float *a, long lda, const float *b, float *c, long ldc, const float *bias, long columns,
-                     int activate, __m512 slope) {
+                     int accumulate, int activate, __m512 slope) {
     __mmask16 m0 = lanes(columns), m1 = lanes(columns - 16);
     __m512 acc[12][2];
     __m512 b0 = bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps();
     __m512 b1 = bias ? _mm512_maskz_loadu_ps(m1, bias + 16) : _mm512_setzero_ps();
-    for (int i = 0; i < rows; i++) acc[i][0] = b0, acc[i][1] = b1;
+    for (int i = 0; i < rows; i++)
+        if (accumulate) acc[i][0] = _mm512_maskz_loadu_ps(m0, c + i * ldc), acc[i][1] = _mm512_maskz_loadu_ps(m1, c + i * ldc + 16);
+        else acc[i][0] = b0, acc[i][1] = b1;
     for (long kk = 0; kk < k; kk++) {
         __m512 w0 = _mm512_loadu_ps(b + 32 * kk), w1 = _mm512_loadu_ps(b + 32 * kk + 16);
         for (int i = 0; i < rows; i++) {
@@ -107,11 +109,11 @@ BLOCK void b_block32(int rows, long k, const float *a, long lda, const float *b,
 
 // The same over a panel of width 16.
 BLOCK void b_block16(int rows, long k, const float *a, long lda, const float *b, float *c, long ldc, const float *bias, long columns,
-                     int activate, __m512 slope) {
+                     int accumulate, int activate, __m512 slope) {
     __mmask16 m0 = lanes(columns);
     __m512 acc[12];
     __m512 b0 = bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps();
-    for (int i = 0; i < rows; i++) acc[i] = b0;
+    for (int i = 0; i < rows; i++) acc[i] = accumulate ? _mm512_maskz_loadu_ps(m0, c + i * ldc) : b0;
     for (long kk = 0; kk < k; kk++) {
         __m512 w0 = _mm512_loadu_ps(b + 16 * kk);
         for (int i = 0; i < rows; i++) acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(a[i * lda + kk]), w0, acc[i]);
@@ -147,8 +149,9 @@ BLOCK void a_block(int rows, long k, const float *panel, const float *b, long ld
     case 4: CALL(4); break; case 3: CALL(3); break; case 2: CALL(2); break; default: CALL(1); break; \
     }
 
-__attribute__((target("avx512f"))) static void gemm_packed_b_avx512(
-    float *c, long ldc, const float *a, long lda, const float *packed, const float *bias, long m, long n, long k, int activate, float slope) {
+__attribute__((target("avx512f"))) static void gemm_packed_b_avx512(float *c, long ldc, const float *a, long lda, const float *packed,
+                                                                   const float *bias, long m, long n, long k, int accumulate, int activate,
+                                                                   float slope) {
     const __m512 slopes = _mm512_set1_ps(slope);
     // Columns in groups whose panels stay in L2 (about 512 KiB) while every block of rows passes over them.
     long group = (512L << 10) / (32 * 4 * (k > 0 ? k : 1)) * 32;
@@ -162,8 +165,8 @@ __attribute__((target("avx512f"))) static void gemm_packed_b_avx512(
                 long width = panel_width(n, j);
                 float *cij = c + i * ldc + j;
                 const float *bj = bias ? bias + j : NULL;
-#define WIDE(r) b_block32(r, k, ai, lda, b, cij, ldc, bj, n - j, activate, slopes)
-#define NARROW(r) b_block16(r, k, ai, lda, b, cij, ldc, bj, n - j, activate, slopes)
+#define WIDE(r) b_block32(r, k, ai, lda, b, cij, ldc, bj, n - j, accumulate, activate, slopes)
+#define NARROW(r) b_block16(r, k, ai, lda, b, cij, ldc, bj, n - j, accumulate, activate, slopes)
                 if (width == 32) {
                     FOR_ROWS(rows, WIDE)
                 } else {
@@ -190,9 +193,9 @@ __attribute__((target("avx512f"))) static void gemm_packed_a_avx512(
 }
 
 void tether_gemm_packed_b(float *c, long ldc, const float *a, long lda, const float *packed, const float *bias, long m, long n, long k,
-                          int activate, float slope) {
-    if (tether_gemm_packed_fast()) gemm_packed_b_avx512(c, ldc, a, lda, packed, bias, m, n, k, activate, slope);
-    else tether_gemm_packed_b_scalar(c, ldc, a, lda, packed, bias, m, n, k, activate, slope);
+                          int accumulate, int activate, float slope) {
+    if (tether_gemm_packed_fast()) gemm_packed_b_avx512(c, ldc, a, lda, packed, bias, m, n, k, accumulate, activate, slope);
+    else tether_gemm_packed_b_scalar(c, ldc, a, lda, packed, bias, m, n, k, accumulate, activate, slope);
 }
 
 void tether_gemm_packed_a(float *c, long ldc, const float *packed, const float *b, long ldb, long m, long n, long k) {
@@ -202,8 +205,8 @@ void tether_gemm_packed_a(float *c, long ldc, const float *packed, const float *
 #else
 int tether_gemm_packed_fast(void) { return 0; }
 void tether_gemm_packed_b(float *c, long ldc, const float *a, long lda, const float *packed, const float *bias, long m, long n, long k,
-                          int activate, float slope) {
-    tether_gemm_packed_b_scalar(c, ldc, a, lda, packed, bias, m, n, k, activate, slope);
+                          int accumulate, int activate, float slope) {
+    tether_gemm_packed_b_scalar(c, ldc, a, lda, packed, bias, m, n, k, accumulate, activate, slope);
 }
 void tether_gemm_packed_a(float *c, long ldc, const float *packed, const float *b, long ldb, long m, long n, long k) {
     tether_gemm_packed_a_scalar(c, ldc, packed, b, ldb, m, n, k);

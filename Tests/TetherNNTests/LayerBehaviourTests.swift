@@ -71,6 +71,42 @@ import TetherTensor
     }
 }
 
+@Suite struct LSTMPrecisionTests {
+    /// In Float an LSTM's recurrent products run by W_hh packed once per pass (PackedWeight, on AVX-512
+    /// CPUs), forward (accumulated onto the gates) and backward; in Double by OpenBLAS. The two agree to
+    /// Float's rounding: outputs, dx and every parameter's gradient, over a carried state, a batch past a
+    /// block of 12 rows and 4H = 80 (panels of 32, 32 and 16), on one thread and two (the same bits).
+    @Test func aFloatLSTMIsTheDoubleOneToRounding() {
+        func run<T: Scalar>(_: T.Type, threads: Int) -> (y: [T], dx: [T], grads: [T]) {
+            var layout = ArenaLayout()
+            let lstm = LSTMLayer<T>(&layout, prefix: "", index: 0, inputSize: 7, hiddenSize: 20, weightNorm: true)
+            var rng = RNG(seed: 12)
+            let arena = ParameterArena<T>(layout: layout)
+            arena.initialize(rng: &rng)
+            let ctx = ModelContext(arena: arena, rng: RNG(seed: 0))
+            lstm.state = .init(h: (0..<13 * 20).map { _ in T(0.5 * rng.nextNormal()) }, c: (0..<13 * 20).map { _ in T(rng.nextNormal()) })
+            let x = Tensor<T>(shape: [5, 13, 7], scalars: (0..<5 * 13 * 7).map { _ in T(rng.nextNormal()) })
+            let dy = Tensor<T>(shape: [5, 13, 20], scalars: (0..<5 * 13 * 20).map { _ in T(rng.nextNormal()) })
+            return Compute.withThreads(threads) {
+                let y = lstm.forward(x, ctx)
+                arena.zeroGrads()
+                let dx = lstm.backward(dy, ctx, needsInputGradient: true)!
+                return (y.scalars, dx.scalars, Array(UnsafeBufferPointer(start: arena.grads, count: arena.count)))
+            }
+        }
+        func worst<T: Scalar>(_ a: [T], _ b: [Double]) -> Double {
+            #expect(a.count == b.count)
+            return zip(a, b).map { abs(Double($0) - $1) / max(1, abs($1)) }.max() ?? .infinity
+        }
+        let reference = run(Double.self, threads: 1), float = run(Float.self, threads: 1)
+        #expect(worst(float.y, reference.y) < 1e-5)
+        #expect(worst(float.dx, reference.dx) < 1e-5)
+        #expect(worst(float.grads, reference.grads) < 1e-4)
+        let twoThreads = run(Float.self, threads: 2)
+        #expect(twoThreads.y == float.y && twoThreads.dx == float.dx)
+    }
+}
+
 @Suite struct DataDependentInitTests {
     /// Salimans & Kingma's init: after it, each unit's pre-activation over the init batch has mean 0, std 1.
     @Test(arguments: ["mlp-wn", "cnn-wn"])

@@ -41,18 +41,22 @@ import Testing
     /// (m, n) of y from the C kernel on `packed`, by its AVX-512 path or its scalar loop. x and y are
     /// given with rows longer than they are (lda k + 1, ldc n + 2), and what lies between and after
     /// y's rows must be left as it was: a store past a row's end would be overwritten by the next row's
-    /// own store in a dense y, and go unseen.
+    /// own store in a dense y, and go unseen. `accumulate`: y starts as 0.5 in each element and the
+    /// product is added to it (bias unused).
     static func run(
-        fast: Bool, _ x: [Float], _ packed: [Float], _ bias: [Float]?, m: Int, n: Int, k: Int, activate: Bool = false
+        fast: Bool, _ x: [Float], _ packed: [Float], _ bias: [Float]?, m: Int, n: Int, k: Int, accumulate: Bool = false,
+        activate: Bool = false
     ) -> [Float] {
         let (lda, ldc) = (k + 1, n + 2)
         let strided = (0..<m * lda).map { $0 % lda < k ? x[$0 / lda * k + $0 % lda] : .nan }
         var y = [Float](repeating: -7, count: m * ldc + 5)
+        if accumulate { for i in 0..<m { for j in 0..<n { y[i * ldc + j] = 0.5 } } }
         y.withUnsafeMutableBufferPointer { y in
             if fast {
-                tether_gemm_packed_b(y.baseAddress, ldc, strided, lda, packed, bias, m, n, k, activate ? 1 : 0, 0.25)
+                tether_gemm_packed_b(y.baseAddress, ldc, strided, lda, packed, bias, m, n, k, accumulate ? 1 : 0, activate ? 1 : 0, 0.25)
             } else {
-                tether_gemm_packed_b_scalar(y.baseAddress, ldc, strided, lda, packed, bias, m, n, k, activate ? 1 : 0, 0.25)
+                tether_gemm_packed_b_scalar(
+                    y.baseAddress, ldc, strided, lda, packed, bias, m, n, k, accumulate ? 1 : 0, activate ? 1 : 0, 0.25)
             }
         }
         let untouched = y.indices.filter { $0 >= m * ldc || $0 % ldc >= n }
@@ -72,14 +76,14 @@ import Testing
     }
 
     @Test(arguments: shapes)
-    func theProductIsTheDefinitionWithOrWithoutBias(m: Int, n: Int, k: Int) {
+    func theProductIsTheDefinitionFromABiasZeroOrY(m: Int, n: Int, k: Int) {
         let (x, w, bias) = Self.operands(m: m, n: n, k: k, seed: 7)
         let packed = Self.pack(w, n: n, k: k, transposed: true)
-        for withBias in [true, false] {
-            let y = Self.run(fast: true, x, packed, withBias ? bias : nil, m: m, n: n, k: k)
+        for start in ["bias", "zero", "y"] {
+            let y = Self.run(fast: true, x, packed, start == "bias" ? bias : nil, m: m, n: n, k: k, accumulate: start == "y")
             for i in 0..<m {
                 for j in 0..<n {
-                    var exact = withBias ? Double(bias[j]) : 0, magnitude = abs(exact)
+                    var exact = start == "bias" ? Double(bias[j]) : start == "y" ? 0.5 : 0, magnitude = abs(exact)
                     for p in 0..<k {
                         exact += Double(x[i * k + p]) * Double(w[j * k + p])
                         magnitude += abs(Double(x[i * k + p]) * Double(w[j * k + p]))
@@ -113,6 +117,8 @@ import Testing
         let activated = Self.run(fast: true, x, packed, bias, m: m, n: n, k: k, activate: true)
         #expect(Self.firstDifference(activated, fast.map { $0 > 0 ? $0 : 0.25 * $0 }) == nil)
         #expect(Self.firstDifference(activated, Self.run(fast: false, x, packed, bias, m: m, n: n, k: k, activate: true)) == nil)
+        let accumulated = Self.run(fast: true, x, packed, nil, m: m, n: n, k: k, accumulate: true)
+        #expect(Self.firstDifference(accumulated, Self.run(fast: false, x, packed, nil, m: m, n: n, k: k, accumulate: true)) == nil)
     }
 
     /// (m, n) of C = A B from the packed-A kernel, A (m, k) packed, B (k, n) given with rows longer than

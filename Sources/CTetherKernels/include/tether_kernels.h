@@ -60,8 +60,9 @@ void tether_winograd_output_pooled_f64(double *y, const double *m, long stride, 
 /// GEMMs with one operand packed once (packed_gemm.c says how and why). Every element of C is its
 /// bias (or 0) plus its products in k order, fused: the same bits for any M or N, any cut of the work,
 /// and the AVX-512 kernel or the scalar loop (tether_gemm_packed_fast: whether the CPU runs the former).
-/// packed B: C (M, N) = A (M, K) B (K, N) + bias (N; NULL: none), then x > 0 ? x : slope x when
-/// `activate` (the activation layer's expression: the same bits); `packed` holds
+/// packed B: C (M, N) = A (M, K) B (K, N) + bias (N; NULL: none), or C + A B when `accumulate` (the
+/// sums start from C; bias unused), then x > 0 ? x : slope x when `activate` (the activation layer's
+/// expression: the same bits); `packed` holds
 /// tether_gemm_packed_b_size(n, k) floats from b, which is (K, N) row-major, or (N, K) when
 /// `transposed` (a dense layer's weight).
 /// packed A: C (M, N) = A (M, K) B (K, N); `packed` holds tether_gemm_packed_a_size(m, k) floats from
@@ -70,9 +71,9 @@ int tether_gemm_packed_fast(void);
 long tether_gemm_packed_b_size(long n, long k);
 void tether_gemm_packed_b_pack(float *packed, const float *b, long n, long k, int transposed);
 void tether_gemm_packed_b(float *c, long ldc, const float *a, long lda, const float *packed, const float *bias, long m, long n, long k,
-                          int activate, float slope);
+                          int accumulate, int activate, float slope);
 void tether_gemm_packed_b_scalar(float *c, long ldc, const float *a, long lda, const float *packed, const float *bias, long m, long n,
-                                 long k, int activate, float slope);
+                                 long k, int accumulate, int activate, float slope);
 long tether_gemm_packed_a_size(long m, long k);
 void tether_gemm_packed_a_pack(float *packed, const float *a, long m, long k);
 void tether_gemm_packed_a(float *c, long ldc, const float *packed, const float *b, long ldb, long m, long n, long k);
