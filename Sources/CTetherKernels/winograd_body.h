@@ -66,22 +66,29 @@ MULTIVERSION void SUFFIX(tether_winograd_weights)(T *restrict u, const T *restri
         }
 }
 
-// One tile's B^T d B from the patch at d (rows pw apart), its a x a values to o[e * step].
-#define INPUT_TILE(R, A)                                                                                         \
-    static inline __attribute__((always_inline)) void SUFFIX(input_tile_##R)(T *restrict o, long step, const T *restrict d, long pw) {          \
-        T c[A * A], v[A];                                                                                        \
-        for (int l = 0; l < A; l++) { /* columns: c (A, A) = B^T d */                                            \
-            SUFFIX(input_1d_##R)(v, d + l, pw);                                                                  \
-            for (int k = 0; k < A; k++) c[k * A + l] = v[k];                                                      \
+// One row of tiles' B^T d B from the A padded rows at d (pw apart): each column's B^T d once, into col
+// (A, pw), then each tile's (B^T d) B from its A columns 2 tj .., to o[(k A + l) step + tj]. Tile by
+// tile, each column was transformed once per tile reading it (A / 2 tiles overlap a column: 3x the
+// work for 5x5), and a tile's 36 values went to 36 matrices one float at a time; now both loops run
+// over a row's columns or tiles (measured: docs/ARCHITECTURE.md).
+#define INPUT_ROW(R, A)                                                                                          \
+    static inline __attribute__((always_inline)) void SUFFIX(input_row_##R)(T *restrict o, long step, const T *restrict d, long pw, \
+                                                                           long tw, T *restrict col) {           \
+        for (long x = 0; x < pw; x++) {                                                                          \
+            T v[A];                                                                                              \
+            SUFFIX(input_1d_##R)(v, d + x, pw);                                                                  \
+            for (int k = 0; k < A; k++) col[k * pw + x] = v[k];                                                  \
         }                                                                                                        \
-        for (int k = 0; k < A; k++) { /* rows: (B^T d) B */                                                      \
-            SUFFIX(input_1d_##R)(v, c + k * A, 1);                                                               \
-            for (int l = 0; l < A; l++) o[(k * A + l) * step] = v[l];                                             \
-        }                                                                                                        \
+        for (int k = 0; k < A; k++)                                                                              \
+            for (long tj = 0; tj < tw; tj++) {                                                                   \
+                T v[A];                                                                                          \
+                SUFFIX(input_1d_##R)(v, col + k * pw + 2 * tj, 1);                                               \
+                for (int l = 0; l < A; l++) o[(k * A + l) * step + tj] = v[l];                                   \
+            }                                                                                                    \
     }
-INPUT_TILE(3, 4)
-INPUT_TILE(5, 6)
-#undef INPUT_TILE
+INPUT_ROW(3, 4)
+INPUT_ROW(5, 6)
+#undef INPUT_ROW
 
 NO_LIBC_CALLS MULTIVERSION void SUFFIX(tether_winograd_input)(T *restrict v, long stride, const T *restrict x,
                                                               const tether_conv_shape *s, long first, long count, T *restrict pad) {
@@ -103,13 +110,11 @@ NO_LIBC_CALLS MULTIVERSION void SUFFIX(tether_winograd_input)(T *restrict v, lon
                 for (long j = 0; j < s->width; j++) row[j + p] = plane[r * s->width + j];
                 for (long j = p + s->width; j < pw; j++) row[j] = 0;
             }
-            T *out = v + c * n + b * th * tw;
-            for (long ti = 0; ti < th; ti++)
-                for (long tj = 0; tj < tw; tj++) {
-                    const T *d = pad + 2 * ti * pw + 2 * tj;
-                    if (r == 3) SUFFIX(input_tile_3)(out + ti * tw + tj, stride, d, pw);
-                    else SUFFIX(input_tile_5)(out + ti * tw + tj, stride, d, pw);
-                }
+            T *out = v + c * n + b * th * tw, *col = pad + ph * pw;
+            for (long ti = 0; ti < th; ti++) {
+                if (r == 3) SUFFIX(input_row_3)(out + ti * tw, stride, pad + 2 * ti * pw, pw, tw, col);
+                else SUFFIX(input_row_5)(out + ti * tw, stride, pad + 2 * ti * pw, pw, tw, col);
+            }
         }
 }
 

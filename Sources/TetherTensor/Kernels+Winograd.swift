@@ -48,13 +48,13 @@ public struct WinogradPlan: Sendable, Equatable {
     /// transform took half of a CNN's time (measured: docs/ARCHITECTURE.md).
     static func matrixStride(rows: Int, tiles: Int) -> Int { rows * tiles + 16 }
 
-    /// Elements of one thread's work area for `outs` output channels: V, M, the padded plane, the
-    /// tiles' outputs.
+    /// Elements of one thread's work area for `outs` output channels: V, M, the padded plane (and a
+    /// row of tiles' transformed columns below it), the tiles' outputs.
     func workArea(outs: Int) -> (v: Int, m: Int, pad: Int, corners: Int) {
         let tiles = imagesPerChunk * tilesPerImage
         return (
             positions * Self.matrixStride(rows: geometry.channels, tiles: tiles), positions * Self.matrixStride(rows: outs, tiles: tiles),
-            (2 * tilesHigh + geometry.kernelHeight - 1) * (2 * tilesWide + geometry.kernelHeight - 1), 4 * tiles
+            (2 * tilesHigh + 2 * geometry.kernelHeight) * (2 * tilesWide + geometry.kernelHeight - 1), 4 * tiles
         )
     }
 }

@@ -38,7 +38,7 @@ void tether_col2im_f64(double *dx, double *dcol, const tether_conv_shape *s, lon
 /// `transposed`: from w (ins, outs, r, r) read as the filters of the adjoint convolution (input and
 /// output channels swapped, each filter turned 180 degrees), which carries dy back to dx. input: v
 /// (a^2, C, n) for the images first..first+count-1, n = count * tiles_h * tiles_w, with `pad` scratch
-/// of (2 tiles_h + r - 1) x (2 tiles_w + r - 1). output: y (outs, B, out_h, out_w) of those images from
+/// of (2 tiles_h + r - 1 + a) x (2 tiles_w + r - 1) (the padded plane, and a row of tiles' columns). output: y (outs, B, out_h, out_w) of those images from
 /// m (a^2, outs, n), plus bias (or NULL), with `corners` scratch of 4 n. tiles_h = ceil(out_h / 2),
 /// tiles_w = ceil(out_w / 2). `stride`: elements from one of the a^2 matrices of v or m to the next (at
 /// least C n or outs n).
