@@ -44,6 +44,18 @@ final class Heartbeat: @unchecked Sendable {
             // Set when the main thread was told to end (an Abort, or silence it cannot outlive): if it has
             // not ended by then (blocked in something that does not look), the process ends here.
             var endBy: (at: Double, reason: String)?
+            // The coordinator that assigned this worker is gone (silent, its connection closed, or the
+            // one answering holds no rank for this worker): under --coordinator-wait the main thread
+            // keeps the replica and says hello to the next one; otherwise the process ends.
+            func coordinatorGone(_ reason: String) {
+                if !reforms.mayOutliveCoordinator {
+                    if endBy == nil { log("\(reason); exiting, peak RSS \(Worker.peakResidentMegabytes()) MB") }
+                    endBy = endBy ?? (Clock.now + Heartbeat.grace, reason)
+                } else if !reforms.coordinatorLost {
+                    log(reason)
+                }
+                reforms.noteCoordinatorLost(generation: coordinators)
+            }
             while !flag.isSet {
                 if reforms.coordinators != coordinators {
                     (coordinators, watch) = (reforms.coordinators, LivenessWatch(timeout: timeout, now: Clock.now))
@@ -56,14 +68,8 @@ final class Heartbeat: @unchecked Sendable {
                     if case .reform(let r) = env.body { reforms.note(r) }
                     // a coordinator that holds no rank for this worker: the one that assigned it is gone
                     if case .unassigned = env.body, !reforms.coordinatorLost, endBy == nil {
-                        let reason = "the coordinator at \(coordinator) holds no rank for this worker: it is not the one that assigned it"
-                        if reforms.mayOutliveCoordinator {
-                            log(reason)
-                        } else {
-                            log("\(reason); exiting, peak RSS \(Worker.peakResidentMegabytes()) MB")
-                            endBy = (Clock.now + Heartbeat.grace, reason)
-                        }
-                        reforms.noteCoordinatorLost(generation: coordinators)
+                        coordinatorGone(
+                            "the coordinator at \(coordinator) holds no rank for this worker: it is not the one that assigned it")
                     }
                     if case .abort(let a) = env.body, endBy == nil {
                         log("the coordinator stopped the job: \(a.reason)")
@@ -77,14 +83,7 @@ final class Heartbeat: @unchecked Sendable {
                     let reason =
                         silent.map { "the coordinator at \(coordinator) has been silent for \(Int($0)) s" }
                         ?? "the coordinator at \(coordinator) closed its connection \(String(format: "%.1f", down!)) s ago (its process ended)"
-                    if !reforms.mayOutliveCoordinator {
-                        if endBy == nil { log("\(reason); exiting, peak RSS \(Worker.peakResidentMegabytes()) MB") }
-                        endBy = endBy ?? (Clock.now + Heartbeat.grace, reason)
-                    } else if !reforms.coordinatorLost {
-                        // --coordinator-wait: the main thread keeps the replica and says hello to the next one
-                        log("\(reason)")
-                    }
-                    reforms.noteCoordinatorLost(generation: coordinators)
+                    coordinatorGone(reason)
                     watch = LivenessWatch(timeout: timeout, now: Clock.now)
                 }
                 if !flag.isSet, let e = endBy, Clock.now > e.at {
