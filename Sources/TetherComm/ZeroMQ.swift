@@ -169,6 +169,18 @@ public final class ZeroMQSocket {
         try ZeroMQ.check(zmq_connect(handle, endpoint), "zmq_connect(\(endpoint))")
     }
 
+    /// Drops the connection to `endpoint`; what is queued for it still goes for the socket's linger.
+    public func disconnect(_ endpoint: String) throws {
+        try ZeroMQ.check(zmq_disconnect(handle, endpoint), "zmq_disconnect(\(endpoint))")
+    }
+
+    /// ZMQ_ROUTER_HANDOVER: a new connection under a routing id already in use takes it over (the old
+    /// one is closed) instead of being ignored until the old one dies.
+    public func setRouterHandover(_ on: Bool) throws {
+        precondition(kind == .router, "ZMQ_ROUTER_HANDOVER is a ROUTER option")
+        try setOption(ZMQ_ROUTER_HANDOVER, on ? 1 : 0, "ZMQ_ROUTER_HANDOVER")
+    }
+
     /// The longest a send may wait for a peer to take the message (PUSH with no live peer waits).
     public func setSendTimeout(_ timeout: Duration) throws {
         try setOption(ZMQ_SNDTIMEO, Int32(timeout.milliseconds), "ZMQ_SNDTIMEO")
