@@ -385,10 +385,14 @@ public final class Worker {
         let model = workload.model
         // Dropout masks differ per replica (each draws its own samples' masks).
         model.context.rng = .dropoutMasks(seed: config.seed, replica: rank)
+        guard let collective = AllReduceAlgorithm(rawValue: config.collective ?? AllReduceAlgorithm.ring.rawValue) else {
+            throw ClusterError(
+                "the coordinator's job asks for the collective \"\(config.collective ?? "")\", which this worker does not know")
+        }
         let ring =
             joining
-            ? try formReformedRing(membership, layoutFingerprint: model.arena.layout.fingerprint)
-            : try formRing(membership, layoutFingerprint: model.arena.layout.fingerprint)
+            ? try formReformedRing(membership, layoutFingerprint: model.arena.layout.fingerprint, collective: collective)
+            : try formRing(membership, layoutFingerprint: model.arena.layout.fingerprint, collective: collective)
         let optimizer = try Optimizer<Float>(config.optimizer, layout: model.arena.layout, ftrlParameters: model.ftrlParameters)
         var state = TrainingState(rng: model.context.rng)
         var loadedOverRing: Checkpoint.Loaded?
@@ -461,8 +465,11 @@ public final class Worker {
     /// The ring of `membership`, formed with a handshake from each rank to its right neighbour. When it
     /// does not form, a neighbour this rank cannot connect to (a wrong --advertise interface, a
     /// firewall) is named.
-    private func formRing(_ membership: Membership, layoutFingerprint: UInt64, listening: () throws -> Void = {}) throws -> Ring {
+    private func formRing(
+        _ membership: Membership, layoutFingerprint: UInt64, collective: AllReduceAlgorithm, listening: () throws -> Void = {}
+    ) throws -> Ring {
         var ringOptions = RingOptions()
+        ringOptions.allReduce = collective
         ringOptions.jobID = options.jobID
         ringOptions.timeout = options.ringTimeout
         ringOptions.layoutFingerprint = layoutFingerprint
@@ -476,7 +483,8 @@ public final class Worker {
             let keys = try CurveKeyPair(secretKey: membership.secretKey), n = addresses.count
             ringOptions.curve = RingCurve(
                 keys: keys, leftPublicKey: membership.publicKeys[(rank + n - 1) % n],
-                rightPublicKey: membership.publicKeys[(rank + 1) % n], authenticator: authenticator)
+                rightPublicKey: membership.publicKeys[(rank + 1) % n], memberPublicKeys: membership.publicKeys, authenticator: authenticator
+            )
         }
         let ring: Ring
         let right = (rank + 1) % addresses.count
@@ -493,7 +501,7 @@ public final class Worker {
         if case .success(let seconds) = right == rank ? .success(0) : Advertise.reach(addresses[right], within: 2) {
             log(
                 "ring address \(addresses[rank]); right neighbour rank \(right) at \(addresses[right]) reachable (\(String(format: "%.1f", seconds * 1000)) ms)"
-            )
+                    + (collective == .ring ? "" : "; all-reduce by \(collective.rawValue)"))
         }
         return ring
     }
@@ -501,10 +509,10 @@ public final class Worker {
     /// The ring of a re-formation: the old ring is closed (a survivor) or never was (a joiner) and the
     /// new address bound; say so, and connect once every member has (the coordinator's Start), so
     /// nothing goes to a neighbour's abandoned socket at the same address.
-    private func formReformedRing(_ membership: Membership, layoutFingerprint: UInt64) throws -> Ring {
+    private func formReformedRing(_ membership: Membership, layoutFingerprint: UInt64, collective: AllReduceAlgorithm) throws -> Ring {
         let listening = Reform(
             ringEpoch: membership.epoch, rank: UInt32(membership.rank), ring: membership.ring, reason: "listening")
-        return try formRing(membership, layoutFingerprint: layoutFingerprint) { [self] in
+        return try formRing(membership, layoutFingerprint: layoutFingerprint, collective: collective) { [self] in
             try tell(.reform(listening))
             try waitFor("the re-formed ring's start", within: 60) {
                 if case .start = $0 { return () }; return nil
@@ -559,7 +567,9 @@ public final class Worker {
         log(
             "\(reform.reason.prefix(300)); the ring re-forms as \(reform.ring.count) (epoch \(reform.ringEpoch))"
                 + (reform.atBoundary ? " after step \(replica.state.globalStep)" : "") + ", this worker is rank \(rank) now")
-        let ring = try formReformedRing(membership, layoutFingerprint: replica.training.workload.model.arena.layout.fingerprint)
+        let ring = try formReformedRing(
+            membership, layoutFingerprint: replica.training.workload.model.arena.layout.fingerprint,
+            collective: replica.training.ring.options.allReduce)
         let loaded = try syncState(ring, carried: carried)
         let workload = try Workloads.make(config, shard: membership.shard, metadata: loaded.file.metadata, source: served)
         let model = workload.model

@@ -16,6 +16,9 @@ public enum HalvingDoubling {
     /// One exchange with `peer`: this rank sends `send` and receives `receive` (either may be empty;
     /// both are element ranges of the vector), adding what it receives or copying it.
     public struct Step: Equatable, Sendable {
+        /// Where the step lies in the whole schedule, the same number on both partners: 0 folding in,
+        /// 1...L halving, L+1...2L doubling, 2L+1 sending the result back (L = log2 P).
+        public var stage: Int
         public var peer: Int
         public var send: Range<Int>
         public var receive: Range<Int>
@@ -33,20 +36,20 @@ public enum HalvingDoubling {
     /// Rank `rank`'s steps in an all-reduce of `count` elements over `size` ranks, in order.
     public static func steps(rank: Int, size: Int, count: Int) -> [Step] {
         precondition((0..<size).contains(rank) && count >= 0)
-        let p = participants(size), extra = size - p
+        let p = participants(size), extra = size - p, levels = p.trailingZeroBitCount
         let whole = 0..<count
         // the virtual rank of a rank taking part, and the rank of a virtual rank
         func real(_ v: Int) -> Int { v < extra ? 2 * v + 1 : v + extra }
         if rank < 2 * extra && rank % 2 == 0 {
             // folded in: its vector goes to the odd rank above, the result comes back from it
             return [
-                Step(peer: rank + 1, send: whole, receive: 0..<0, adds: false),
-                Step(peer: rank + 1, send: 0..<0, receive: whole, adds: false)
+                Step(stage: 0, peer: rank + 1, send: whole, receive: 0..<0, adds: false),
+                Step(stage: 2 * levels + 1, peer: rank + 1, send: 0..<0, receive: whole, adds: false)
             ]
         }
         let v = rank < 2 * extra ? rank / 2 : rank - extra
         var out: [Step] = []
-        if rank < 2 * extra { out.append(Step(peer: rank - 1, send: 0..<0, receive: whole, adds: true)) }
+        if rank < 2 * extra { out.append(Step(stage: 0, peer: rank - 1, send: 0..<0, receive: whole, adds: true)) }
         // Reduce-scatter: `block` is the segments this rank still reduces, halved each step.
         var block = 0..<p
         var partners: [(peer: Int, kept: Range<Int>, given: Range<Int>)] = []
@@ -57,16 +60,22 @@ public enum HalvingDoubling {
             let keepsLower = v & distance == 0
             let (kept, given) = keepsLower ? (lower, upper) : (upper, lower)
             let peer = real(v ^ distance)
-            out.append(Step(peer: peer, send: elements(given, of: count, in: p), receive: elements(kept, of: count, in: p), adds: true))
+            out.append(
+                Step(
+                    stage: out.count + (rank < 2 * extra ? 0 : 1), peer: peer, send: elements(given, of: count, in: p),
+                    receive: elements(kept, of: count, in: p), adds: true))
             partners.append((peer, kept, given))
             block = kept
             distance /= 2
         }
         // All-gather: the same partners in reverse; what this rank kept goes, what it gave comes back summed.
-        for (peer, kept, given) in partners.reversed() {
-            out.append(Step(peer: peer, send: elements(kept, of: count, in: p), receive: elements(given, of: count, in: p), adds: false))
+        for (j, (peer, kept, given)) in partners.reversed().enumerated() {
+            out.append(
+                Step(
+                    stage: levels + 1 + j, peer: peer, send: elements(kept, of: count, in: p), receive: elements(given, of: count, in: p),
+                    adds: false))
         }
-        if rank < 2 * extra { out.append(Step(peer: rank - 1, send: whole, receive: 0..<0, adds: false)) }
+        if rank < 2 * extra { out.append(Step(stage: 2 * levels + 1, peer: rank - 1, send: whole, receive: 0..<0, adds: false)) }
         return out
     }
 

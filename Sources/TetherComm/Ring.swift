@@ -147,6 +147,9 @@ public final class Ring {
     ) throws -> RingVotes {
         try run(.allReduce) {
             guard size > 1 else { return vote }
+            if options.allReduce == .halvingDoubling {
+                return try halvingDoubling(buffer, average: average, step: step, bucket: bucket, vote: vote)
+            }
             if buffer.count * MemoryLayout<T>.stride <= min(options.gatherSumBytes, options.chunkBytes) {
                 return try gatherSum(buffer, average: average, step: step, bucket: bucket, vote: vote)
             }
@@ -278,6 +281,42 @@ public final class Ring {
         for r in 1..<size { T.add(base, slot(r).baseAddress!, count: n) }
         if average { T.divide(base, by: T(size), count: n) }
         return anyVote
+    }
+
+    /// The all-reduce by recursive halving and doubling (`HalvingDoubling`): in each stage this rank
+    /// sends one range to its partner, in chunks lent from the buffer, then receives another, adding
+    /// it or copying it. A segment's sum is completed on one rank, in the last halving stage (where an
+    /// average divides it), and copied to the others: every rank ends bitwise equal. Votes: every chunk
+    /// carries the union this rank has seen; after the halving stages each rank has seen every rank's
+    /// (a butterfly), and a folded rank gets it with the result.
+    /// A range sent is not written again before the partner has it: what this rank receives later into
+    /// it is the partner's sum, which needs it.
+    private func halvingDoubling<T: RingElement>(
+        _ buffer: UnsafeMutableBufferPointer<T>, average: Bool, step: UInt64, bucket: UInt32, vote: RingVotes
+    ) throws -> RingVotes {
+        let n = buffer.count, base = buffer.baseAddress, per = max(1, options.chunkBytes / MemoryLayout<T>.stride)
+        var head = header(.allReduce, step: step, bucket: bucket, dtype: T.dtype, totalCount: n)
+        var seen = vote
+        let levels = HalvingDoubling.participants(size).trailingZeroBitCount
+        for s in HalvingDoubling.steps(rank: rank, size: size, count: n) {
+            head.votes = seen
+            for (i, c) in chunks(s.send, per).enumerated() {
+                let bytes = UnsafeRawBufferPointer(start: base.map { $0 + c.lowerBound }, count: c.count * MemoryLayout<T>.stride)
+                try link!.send(head, ringStep: s.stage, index: i, offset: c.lowerBound, .lent(bytes, checksum: nil), to: s.peer)
+            }
+            let finishing = s.adds && s.stage == levels
+            for (i, c) in chunks(s.receive, per).enumerated() {
+                let e = ExpectedChunk(
+                    operation: .allReduce, step: step, bucket: bucket, ringStep: s.stage, chunkIndex: i, dtype: T.dtype,
+                    offset: c.lowerBound, count: c.count, totalCount: n)
+                let (payload, h) = try link!.receive(e, sequence: sequence, verifying: false, from: s.peer)
+                seen.formUnion(h.votes)
+                _ = try consume(
+                    payload, h, e, into: UnsafeMutableBufferPointer(start: base.map { $0 + c.lowerBound }, count: c.count),
+                    s.adds ? .add(divideBy: average && finishing ? T(size) : nil) : .copy)
+            }
+        }
+        return seen
     }
 
     func broadcastElements<T: RingElement>(_ buffer: UnsafeMutableBufferPointer<T>, root: Int, step: UInt64) throws {

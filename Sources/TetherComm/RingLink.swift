@@ -5,8 +5,11 @@ import Foundation
 import TetherMessages
 
 /// One rank's two links in a ring, as gloo separates a pair from the algorithm: a PULL socket bound at
-/// its own address that only the left neighbour may speak to, and a PUSH socket connected to the right
-/// neighbour's. It sends a chunk (header and payload: copied, lent to libzmq in place, or a received
+/// its own address that only ring members may speak to, the left neighbour above all, and a PUSH
+/// socket connected to the right neighbour's. A schedule that exchanges with other ranks
+/// (halving-doubling) sends to them over PUSH sockets of their own (`Outlet`, made at first use) and
+/// receives from them on the same PULL: what comes from a rank other than the one awaited waits in
+/// `early` for its turn, in the order it came. It sends a chunk (header and payload: copied, lent to libzmq in place, or a received
 /// payload passed on) and receives one, checking every header field against what the schedule expects
 /// (`ExpectedChunk.mismatch`) and, on a link that carries them, the payload's checksum, also while the
 /// ring reduces a payload block by block (`read`), timing each part. It knows nothing of the schedule's
@@ -40,6 +43,17 @@ final class RingLink {
     private var sealing: LinkCipher?, opening: LinkCipher?
     private var plaintext: UnsafeMutableRawPointer = .allocate(byteCount: 64, alignment: 64)
     private var plaintextBytes = 64
+    /// Every rank's address, and the links to ranks other than the right neighbour (halving-doubling).
+    let addresses: [String]
+    private let context: ZeroMQContext
+    private var outlets: [Int: Outlet] = [:]
+    /// The AEADs that open what ranks other than the left neighbour send (secure tcp rings).
+    private var openings: [Int: LinkCipher] = [:]
+    /// Messages from ranks other than the one awaited, by sender, in the order they came; their bytes.
+    private var early: [Int: [(frames: [ZeroMQFrame], envelope: Envelope)]] = [:]
+    private var earlyBytes = 0
+    /// The rank whose message is being received and checked (errors name it).
+    private var current: Int
 
     /// How often a waiting receive asks `RingOptions.abandon`.
     static let abandonPoll: Duration = .milliseconds(50)
@@ -50,6 +64,7 @@ final class RingLink {
     init(context: ZeroMQContext, rank: Int, addresses: [String], options: RingOptions, listening: () throws -> Void) throws {
         let n = addresses.count
         (self.rank, left, right, self.options) = (rank, (rank + n - 1) % n, (rank + 1) % n, options)
+        (self.addresses, self.context, current) = (addresses, context, (rank + n - 1) % n)
         (leftAddress, rightAddress) = (addresses[left], addresses[right])
         (verifiesChecksums, sendsChecksums) = (Self.checksummed(addresses[rank], options), Self.checksummed(rightAddress, options))
         _ = Self.keepChunkMemory
@@ -74,7 +89,8 @@ final class RingLink {
             if ownSocket == nil, aead {
                 opening = try cipher(curve.leftPublicKey, from: left, to: rank, sending: false)
             } else if ownSocket == nil {
-                curve.authenticator.allow([curve.leftPublicKey], domain: "ring")
+                // every member's key where they are known: a halving-doubling partner connects here too
+                curve.authenticator.allow(Set([curve.leftPublicKey] + curve.memberPublicKeys), domain: "ring")
                 try pull.secure(.server(curve.keys, domain: "ring", curve.authenticator))
             }
             if rightSocket == nil, aead {
@@ -154,6 +170,10 @@ final class RingLink {
         try? pull.setLinger(.zero)
         push.close()
         pull.close()
+        for outlet in outlets.values {
+            try? outlet.push.setLinger(.zero)
+            outlet.push.close()
+        }
         removeSocketFile()
         removeLaneName()
     }
@@ -163,9 +183,10 @@ final class RingLink {
     func finishSends() throws {
         releaseLane()
         guard lent.waitForAll(deadline: .now + options.timeout) else {
+            let to = ([right] + outlets.keys.sorted()).map { "rank \($0) (\(addresses[$0]))" }.joined(separator: " or ")
             throw CollectiveError(
                 message:
-                    "rank \(rank): cannot send to rank \(right) (\(rightAddress)) within \(options.timeout): it did not take this rank's last \(lent.outstanding) messages"
+                    "rank \(rank): cannot send to \(to) within \(options.timeout): it did not take this rank's last \(lent.outstanding) messages"
             )
         }
     }
@@ -178,22 +199,29 @@ final class RingLink {
         guard !error.abandoned else { return }
         // Best effort: the neighbour may be the one that is gone.
         let origin = error.abortOrigin ?? Int32(rank)
-        guard origin != Int32(right) else { return }
+        // the right neighbour (unless the failure is its own), and any partner that may be waiting
+        var links = origin == Int32(right) ? [] : [(push, sealing)]
+        for (peer, outlet) in outlets.sorted(by: { $0.key < $1.key }) where Int32(peer) != origin {
+            links.append((outlet.push, outlet.sealing))
+        }
+        guard !links.isEmpty else { return }
         let abort = Envelope(jobID: options.jobID, senderRank: Int32(rank), body: .abort(.init(originRank: origin, reason: error.message)))
         let bytes = abort.encoded()
-        if let sealing {  // sealed like a chunk (an empty payload): a stranger cannot end a collective
-            try? bytes.withUnsafeBytes { head in
-                try push.send(header: head, filling: LinkCipher.overhead, wait: false) {
-                    sealing.seal(UnsafeRawBufferPointer(start: nil, count: 0), header: head, into: $0)
+        for (socket, sealing) in links {
+            if let sealing {  // sealed like a chunk (an empty payload): a stranger cannot end a collective
+                try? bytes.withUnsafeBytes { head in
+                    try socket.send(header: head, filling: LinkCipher.overhead, wait: false) {
+                        sealing.seal(UnsafeRawBufferPointer(start: nil, count: 0), header: head, into: $0)
+                    }
                 }
+            } else {
+                try? bytes.withUnsafeBytes { try socket.send([$0], wait: false) }
             }
-        } else {
-            try? bytes.withUnsafeBytes { try push.send([$0], wait: false) }
+            // Buffers lent to libzmq belong to the caller, who may free them once this throws: close
+            // the socket (queued messages are dropped after a short linger) and wait until libzmq lets go.
+            try? socket.setOption(ZMQ_LINGER, 200, "ZMQ_LINGER")
+            socket.close()
         }
-        // Buffers lent to libzmq belong to the caller, who may free them once this throws: close the
-        // socket (queued messages are dropped after a short linger) and wait until libzmq lets go.
-        try? push.setOption(ZMQ_LINGER, 200, "ZMQ_LINGER")
-        push.close()
         _ = lent.waitForAll(deadline: .now + .seconds(2))
     }
 
@@ -221,9 +249,13 @@ final class RingLink {
     }
 
     /// Sends `base` at (ring step, chunk index, offset) with `payload`, its element count and checksum
-    /// (0 on a link that carries none) filled in.
-    func send(_ base: ChunkHeader, ringStep: Int, index: Int, offset: Int, _ payload: Outgoing) throws {
+    /// (0 on a link that carries none) filled in, to the right neighbour or to rank `peer`.
+    func send(_ base: ChunkHeader, ringStep: Int, index: Int, offset: Int, _ payload: Outgoing, to peer: Int? = nil) throws {
         let t0 = ContinuousClock.now
+        let outlet = try peer.flatMap { $0 == right ? nil : try self.outlet($0) }
+        let (push, sealing, sendsChecksums) =
+            outlet.map { ($0.push, $0.sealing, $0.sendsChecksums) } ?? (self.push, self.sealing, self.sendsChecksums)
+        let to = peer ?? right
         var h = base
         (h.ringStep, h.chunkIndex, h.offset) = (UInt32(ringStep), UInt32(index), UInt64(offset))
         let bytes: UnsafeRawBufferPointer, known: UInt64?
@@ -236,7 +268,7 @@ final class RingLink {
         let count = bytes.count
         h.elementCount = UInt64(count / h.dtype.size)
         let t1 = ContinuousClock.now
-        h.laneSlot = intoLane(bytes)
+        h.laneSlot = outlet == nil ? intoLane(bytes) : 0
         let envelope = Envelope(jobID: options.jobID, senderRank: Int32(rank), body: .chunk(h)).encoded()
         do {
             try envelope.withUnsafeBytes { head in
@@ -254,12 +286,51 @@ final class RingLink {
             }
         } catch let e as ZeroMQError where e.code == EAGAIN {
             throw CollectiveError(
-                message: "rank \(rank): cannot send to rank \(right) (\(rightAddress)) within \(options.timeout): it takes no messages")
+                message: "rank \(rank): cannot send to rank \(to) (\(addresses[to])) within \(options.timeout): it takes no messages")
         }
         statistics.checksumming += t0.duration(to: t1)
         statistics.sending += t1.duration(to: .now)
         statistics.bytesSent += count
         if h.laneSlot != 0 { statistics.laneBytesSent += count }
+    }
+
+    /// A link to a rank other than the right neighbour (a halving-doubling partner), protected as the
+    /// ring's own: sealed by the AEAD of that pair of ranks, or under CURVE, on tcp; as it is on a unix
+    /// socket. No lane: those go to the right neighbour only.
+    final class Outlet {
+        let push: ZeroMQSocket
+        let sealing: LinkCipher?
+        let sendsChecksums: Bool
+        init(push: ZeroMQSocket, sealing: LinkCipher?, sendsChecksums: Bool) {
+            (self.push, self.sealing, self.sendsChecksums) = (push, sealing, sendsChecksums)
+        }
+    }
+
+    /// The link to `peer`, connected at its first use (every member listens once the ring has formed).
+    private func outlet(_ peer: Int) throws -> Outlet {
+        if let made = outlets[peer] { return made }
+        guard peer != rank, addresses.indices.contains(peer) else {
+            throw CollectiveError(message: "rank \(rank): no link to rank \(peer) in a ring of \(addresses.count)")
+        }
+        let address = addresses[peer], socket = try ZeroMQSocket(context, .push)
+        var sealing: LinkCipher?
+        if let curve = options.curve, Transport.ipcPath(address) == nil {
+            guard let key = curve.publicKey(of: peer, in: addresses.count, from: rank) else {
+                throw CollectiveError(message: "rank \(rank): no ring key for rank \(peer), so no secure link to it")
+            }
+            if options.payloadProtection == .aead {
+                sealing = try LinkCipher(
+                    ownSecret: curve.keys.secretKey, peerPublic: key, jobID: options.jobID, epoch: options.epoch, sender: rank,
+                    receiver: peer, sending: true)
+            } else {
+                try socket.secure(.client(curve.keys, serverKey: key))
+            }
+        }
+        try socket.connect(address)
+        try socket.setSendTimeout(options.timeout)
+        let made = Outlet(push: socket, sealing: sealing, sendsChecksums: Self.checksummed(address, options))
+        outlets[peer] = made
+        return made
     }
 
     /// Copies `bytes` into the lane's next slot if one is free and returns that slot's number (from 1);
@@ -356,23 +427,28 @@ final class RingLink {
 
     // MARK: receiving
 
-    /// The next message from the left neighbour, checked against `e` in collective #`sequence`: its
-    /// header, and its payload's checksum where the link carries them. `verifying: false` leaves that
-    /// to `read`, which takes it as the reduction reads. The payload received before is given up (its lane slot
-    /// may be reused).
-    func receive(_ e: ExpectedChunk, sequence: UInt64, verifying: Bool = true) throws -> (Payload, ChunkHeader) {
+    /// The next message from the left neighbour (or from rank `sender`), checked against `e` in
+    /// collective #`sequence`: its header, and its payload's checksum where the link carries them.
+    /// `verifying: false` leaves that to `read`, which takes it as the reduction reads. The payload
+    /// received before is given up (its lane slot may be reused).
+    func receive(_ e: ExpectedChunk, sequence: UInt64, verifying: Bool = true, from sender: Int? = nil) throws -> (Payload, ChunkHeader) {
         releaseLane()
+        let sender = sender ?? left
+        current = sender
         // built only for an error message, not per chunk
         var what: String { "\(e.operation) #\(sequence) ring step \(e.ringStep) chunk \(e.chunkIndex)" }
         let t0 = ContinuousClock.now
-        let (frames, envelope, opened) = try awaitLeftNeighbour(until: t0 + options.timeout, waitingFor: what)
+        let (frames, envelope, opened) = try awaitMessage(from: sender, until: t0 + options.timeout, waitingFor: what)
         statistics.waiting += t0.duration(to: .now)
         let h = try chunkHeader(envelope, frames: frames.count, waitingFor: what)
         if h.operation == .handshake, inLane == nil { _ = try openLane(required: false) }
         let payload =
             if let opened { Payload(bytes: opened, frame: nil) } else if h.laneSlot == 0 {
                 Payload(bytes: frames[1].bytes, frame: frames[1])
-            } else { try fromLane(h, frames[1], what) }
+            } else if sender == left { try fromLane(h, frames[1], what) } else {
+                throw CollectiveError(
+                    message: "rank \(rank): \(what) from rank \(sender) names a shared-memory lane; only rank \(left) has one here")
+            }
         try checkHeader(h, of: payload, against: e, sequence: sequence, waitingFor: what)
         if verifying && verifiesChecksums {
             let t2 = ContinuousClock.now
@@ -383,76 +459,142 @@ final class RingLink {
         return (payload, h)
     }
 
-    /// The next message the left neighbour sends, waited for until `deadline` (polling whether the ring
-    /// is abandoned). Only the left neighbour may speak: what cannot be its message (`notFromLeft`) is
+    /// The next message rank `sender` sends, waited for until `deadline` (polling whether the ring is
+    /// abandoned). Only ring members may speak: what cannot be a member's message (`notFromRing`) is
     /// dropped and reported, and the wait goes on: on an --insecure ring anyone may connect, and a
-    /// stranger's bytes must not stop the job.
+    /// stranger's bytes must not stop the job. A member's message that is not `sender`'s waits in
+    /// `early` (up to `maxGatherBytes` in all), except an Abort, which ends the wait whoever sends it.
     /// On a sealed link only a message that opens counts (a forged, replayed or truncated one is dropped
     /// in the same way), and its opened payload comes back with it; one that opens past the next
     /// proves that the link lost or refused the ones between, and fails the collective.
-    private func awaitLeftNeighbour(
-        until deadline: ContinuousClock.Instant, waitingFor what: String
+    private func awaitMessage(
+        from sender: Int, until deadline: ContinuousClock.Instant, waitingFor what: String
     ) throws -> ([ZeroMQFrame], Envelope, UnsafeRawBufferPointer?) {
         while true {
-            if let abandon = options.abandon, abandon() {
-                throw CollectiveError(message: "rank \(rank): the ring was abandoned (waiting for \(what))", abandoned: true)
-            }
-            let slice = options.abandon == nil ? deadline : min(deadline, .now + Self.abandonPoll)
-            guard let frames = try pull.receive(deadline: slice) else {
-                if ContinuousClock.now < deadline { continue }
-                throw CollectiveError(
-                    message: "rank \(rank): no message from rank \(left) (\(leftAddress)) within \(options.timeout) (waiting for \(what))")
-            }
-            let envelope: Envelope
-            do { envelope = try withExtendedLifetime(frames) { try Envelope(decoding: frames[0].bytes) } } catch {
-                drop("a malformed message (\(error))", what)
-                continue
-            }
-            if let stranger = notFromLeft(envelope) {
-                drop(stranger, what)
-                continue
-            }
-            guard let opening else { return (frames, envelope, nil) }
-            guard frames.count == 2 else {
-                drop("an unsealed message of \(frames.count) frame(s) on the sealed link from rank \(left) (\(leftAddress))", what)
-                continue
-            }
-            let t = ContinuousClock.now
-            let sealed = frames[1].bytes, count = max(0, sealed.count - LinkCipher.overhead)
-            if plaintextBytes < count {
-                plaintext.deallocate()
-                (plaintext, plaintextBytes) = (.allocate(byteCount: count, alignment: 64), count)
-            }
-            do {
-                try opening.open(sealed, header: frames[0].bytes, into: plaintext)
-            } catch let refusal as LinkCipher.Refusal {
-                statistics.sealing += t.duration(to: .now)
-                let link = "the sealed link from rank \(left) (\(leftAddress))"
-                switch refusal {
-                case .gap(let expected, let found):
+            let frames: [ZeroMQFrame], envelope: Envelope
+            if let waiting = early[sender], let first = waiting.first {
+                (frames, envelope) = first
+                early[sender]!.removeFirst()
+                earlyBytes -= frames.reduce(0) { $0 + $1.count }
+            } else {
+                if let abandon = options.abandon, abandon() {
+                    throw CollectiveError(message: "rank \(rank): the ring was abandoned (waiting for \(what))", abandoned: true)
+                }
+                let slice = options.abandon == nil ? deadline : min(deadline, .now + Self.abandonPoll)
+                guard let received = try pull.receive(deadline: slice) else {
+                    if ContinuousClock.now < deadline { continue }
                     throw CollectiveError(
                         message:
-                            "rank \(rank): \(link) delivered message \(found) where \(expected) was next: the ones between were lost or refused (tampered) (waiting for \(what))"
+                            "rank \(rank): no message from rank \(sender) (\(addresses[sender])) within \(options.timeout) (waiting for \(what))"
                     )
-                case .replayed(let expected, let found):
-                    drop("a replayed message (\(found), where \(expected) is next) on \(link)", what)
-                case .forged: drop("a message that fails authentication (a changed byte, or another link's key) on \(link)", what)
-                case .truncated: drop("a sealed message shorter than its nonce and tag on \(link)", what)
                 }
-                continue
+                do { envelope = try withExtendedLifetime(received) { try Envelope(decoding: received[0].bytes) } } catch {
+                    drop("a malformed message (\(error))", what)
+                    continue
+                }
+                if let stranger = notFromRing(envelope) {
+                    drop(stranger, what)
+                    continue
+                }
+                frames = received
+                let from = Int(envelope.senderRank)
+                if from != sender {
+                    if case .abort = envelope.body, early[from, default: []].isEmpty {
+                        switch try open(frames, from: from, waitingFor: what) {
+                        case .dropped: continue
+                        case .plain: return (frames, envelope, nil)
+                        case .opened(let bytes): return (frames, envelope, bytes)
+                        }
+                    }
+                    let bytes = frames.reduce(0) { $0 + $1.count }
+                    guard earlyBytes + bytes <= options.maxGatherBytes else {
+                        throw CollectiveError(
+                            message:
+                                "rank \(rank): more than \(options.maxGatherBytes) bytes came from other ranks while it waited for rank \(sender) (\(what))"
+                        )
+                    }
+                    early[from, default: []].append((frames, envelope))
+                    earlyBytes += bytes
+                    continue
+                }
             }
-            statistics.sealing += t.duration(to: .now)
-            return (frames, envelope, UnsafeRawBufferPointer(start: plaintext, count: count))
+            switch try open(frames, from: sender, waitingFor: what) {
+            case .dropped: continue
+            case .plain: return (frames, envelope, nil)
+            case .opened(let bytes): return (frames, envelope, bytes)
+            }
         }
     }
 
-    /// Why `envelope` cannot be the left neighbour's message on this ring, or nil when it can be.
-    private func notFromLeft(_ envelope: Envelope) -> String? {
+    enum Opening {
+        /// the link is not sealed: the payload is the message's second frame
+        case plain
+        /// the payload, opened (valid until the next receive)
+        case opened(UnsafeRawBufferPointer)
+        /// it did not open, and was dropped and reported
+        case dropped
+    }
+
+    /// A message from `sender`, opened where its link is sealed. A gap in the link's sequence fails the
+    /// collective.
+    private func open(_ frames: [ZeroMQFrame], from sender: Int, waitingFor what: String) throws -> Opening {
+        guard let opening = try openingCipher(sender) else { return .plain }
+        let link = "the sealed link from rank \(sender) (\(addresses[sender]))"
+        guard frames.count == 2 else {
+            drop("an unsealed message of \(frames.count) frame(s) on \(link)", what)
+            return .dropped
+        }
+        let t = ContinuousClock.now
+        defer { statistics.sealing += t.duration(to: .now) }
+        let sealed = frames[1].bytes, count = max(0, sealed.count - LinkCipher.overhead)
+        if plaintextBytes < count {
+            plaintext.deallocate()
+            (plaintext, plaintextBytes) = (.allocate(byteCount: count, alignment: 64), count)
+        }
+        do {
+            try opening.open(sealed, header: frames[0].bytes, into: plaintext)
+        } catch let refusal as LinkCipher.Refusal {
+            switch refusal {
+            case .gap(let expected, let found):
+                throw CollectiveError(
+                    message:
+                        "rank \(rank): \(link) delivered message \(found) where \(expected) was next: the ones between were lost or refused (tampered) (waiting for \(what))"
+                )
+            case .replayed(let expected, let found):
+                drop("a replayed message (\(found), where \(expected) is next) on \(link)", what)
+            case .forged: drop("a message that fails authentication (a changed byte, or another link's key) on \(link)", what)
+            case .truncated: drop("a sealed message shorter than its nonce and tag on \(link)", what)
+            }
+            return .dropped
+        }
+        return .opened(UnsafeRawBufferPointer(start: plaintext, count: count))
+    }
+
+    /// The AEAD that opens what `sender` sends here, nil where this rank's link is not sealed.
+    private func openingCipher(_ sender: Int) throws -> LinkCipher? {
+        guard let opening else { return nil }
+        if sender == left { return opening }
+        if let made = openings[sender] { return made }
+        guard let curve = options.curve, let key = curve.publicKey(of: sender, in: addresses.count, from: rank) else {
+            throw CollectiveError(message: "rank \(rank): no ring key for rank \(sender), so nothing it sends here can be opened")
+        }
+        let made = try LinkCipher(
+            ownSecret: curve.keys.secretKey, peerPublic: key, jobID: options.jobID, epoch: options.epoch, sender: sender,
+            receiver: rank, sending: false)
+        openings[sender] = made
+        return made
+    }
+
+    /// Why `envelope` cannot be a ring member's message to this rank, or nil when it can be.
+    private func notFromRing(_ envelope: Envelope) -> String? {
         if envelope.jobID != options.jobID {
             return "a message for job \"\(envelope.jobID.prefix(64))\" (this ring runs job \"\(options.jobID)\")"
         }
-        if envelope.senderRank != Int32(left) {
+        if options.allReduce == .ring, envelope.senderRank != Int32(left) {
             return "a message claiming to be from rank \(envelope.senderRank) (only rank \(left) sends here)"
+        }
+        if envelope.senderRank == Int32(rank) || !(0..<Int32(addresses.count)).contains(envelope.senderRank) {
+            return "a message claiming to be from rank \(envelope.senderRank) (ranks 0..<\(addresses.count) other than \(rank) send here)"
         }
         if case .chunk(let h) = envelope.body, h.ringEpoch != options.epoch {
             return "a message of ring epoch \(h.ringEpoch) (this ring is epoch \(options.epoch))"
@@ -467,10 +609,12 @@ final class RingLink {
             throw CollectiveError(message: "rank \(rank): rank \(a.originRank) gave up on the ring: \(a.reason)", abortOrigin: a.originRank)
         }
         guard case .chunk(let h) = envelope.body else {
-            throw CollectiveError(message: "rank \(rank): rank \(left) sent a message that is not a collective chunk (waiting for \(what))")
+            throw CollectiveError(
+                message: "rank \(rank): rank \(current) sent a message that is not a collective chunk (waiting for \(what))")
         }
         guard frames == 2 else {
-            throw CollectiveError(message: "rank \(rank): \(what) from rank \(left) has \(frames) frames, expected a header and a payload")
+            throw CollectiveError(
+                message: "rank \(rank): \(what) from rank \(current) has \(frames) frames, expected a header and a payload")
         }
         return h
     }
@@ -485,7 +629,7 @@ final class RingLink {
         if m.field == "payload length" {
             throw CollectiveError(
                 message:
-                    "rank \(rank): truncated payload from rank \(left) in \(what): the header says \(h.elementCount) \(h.dtype) elements, the frame has \(payload.count) bytes"
+                    "rank \(rank): truncated payload from rank \(current) in \(what): the header says \(h.elementCount) \(h.dtype) elements, the frame has \(payload.count) bytes"
             )
         }
         throw mismatch(m.field, m.expected, m.found)
@@ -495,14 +639,14 @@ final class RingLink {
         guard sum != h.checksum else { return }
         throw CollectiveError(
             message:
-                "rank \(rank): corrupt payload from rank \(left) in \(e.operation) #\(sequence) ring step \(e.ringStep) chunk \(e.chunkIndex): checksum \(String(format: "%016llx", sum)), header says \(String(format: "%016llx", h.checksum))"
+                "rank \(rank): corrupt payload from rank \(current) in \(e.operation) #\(sequence) ring step \(e.ringStep) chunk \(e.chunkIndex): checksum \(String(format: "%016llx", sum)), header says \(String(format: "%016llx", h.checksum))"
         )
     }
 
-    /// The error for a field the left neighbour disagrees on.
+    /// The error for a field the rank whose message is being read disagrees on.
     func mismatch(_ field: String, _ here: String, _ there: String) -> CollectiveError {
         CollectiveError(
-            message: "rank \(rank) and rank \(left) disagree on the \(field): \(here) on rank \(rank), \(there) from rank \(left)")
+            message: "rank \(rank) and rank \(current) disagree on the \(field): \(here) on rank \(rank), \(there) from rank \(current)")
     }
 
     private func drop(_ message: String, _ waitingFor: String) {

@@ -12,6 +12,9 @@ public struct RingOptions: Sendable {
     /// buffer and sums it on each rank (`Ring.gatherSum`): N-1 hops instead of 2(N-1), for buffers
     /// whose time is the hops' (measured: docs/ARCHITECTURE.md). 0: always the ring schedule.
     public var gatherSumBytes = 32 << 10
+    /// How an all-reduce of f32 or f64 values moves (a 16-bit wire, broadcasts and gathers always take
+    /// the ring). Every rank must use the same.
+    public var allReduce: AllReduceAlgorithm = .ring
     /// Slots (of `chunkBytes` each) of the shared-memory lane a rank sends into when its right
     /// neighbour listens on an ipc:// address (`SharedLane`): chunks skip the socket's two copies while
     /// a slot is free. A rank's own first chunks of an all-reduce (its whole segment) leave at once, so
@@ -38,13 +41,35 @@ public struct RingOptions: Sendable {
     public init() {}
 }
 
+/// The schedule of an all-reduce (docs/ARCHITECTURE.md, "Halving-doubling").
+public enum AllReduceAlgorithm: String, CaseIterable, Sendable {
+    /// reduce-scatter then all-gather around the ring, 2(N-1) steps (`Ring.gatherSum` for small buffers)
+    case ring
+    /// recursive halving then doubling with partners across the ring, 2 log2(P) steps (`HalvingDoubling`)
+    case halvingDoubling = "halving-doubling"
+}
+
 /// A rank's ring keys: its own pair (its link's server key and its client key towards the right
-/// neighbour) and its neighbours' public keys. Its link admits only the left neighbour's key.
+/// neighbour), its neighbours' public keys and, for schedules that exchange with any rank
+/// (halving-doubling), every member's by rank. Its link admits only the keys it knows.
 public struct RingCurve: Sendable {
     public var keys: CurveKeyPair
     public var leftPublicKey: String, rightPublicKey: String
+    /// Every member's public key, by rank (empty: only the neighbours' are known).
+    public var memberPublicKeys: [String]
     public var authenticator: Authenticator
-    public init(keys: CurveKeyPair, leftPublicKey: String, rightPublicKey: String, authenticator: Authenticator) {
-        (self.keys, self.leftPublicKey, self.rightPublicKey, self.authenticator) = (keys, leftPublicKey, rightPublicKey, authenticator)
+    public init(
+        keys: CurveKeyPair, leftPublicKey: String, rightPublicKey: String, memberPublicKeys: [String] = [], authenticator: Authenticator
+    ) {
+        (self.keys, self.leftPublicKey, self.rightPublicKey) = (keys, leftPublicKey, rightPublicKey)
+        (self.memberPublicKeys, self.authenticator) = (memberPublicKeys, authenticator)
+    }
+
+    /// Rank `peer`'s public key in a ring of `size`, seen from rank `rank`, where it is known.
+    func publicKey(of peer: Int, in size: Int, from rank: Int) -> String? {
+        if memberPublicKeys.count == size { return memberPublicKeys[peer] }
+        if peer == (rank + size - 1) % size { return leftPublicKey }
+        if peer == (rank + 1) % size { return rightPublicKey }
+        return nil
     }
 }

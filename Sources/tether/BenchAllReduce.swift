@@ -8,13 +8,14 @@ import TetherProcess
 
 extension Transport: ExpressibleByArgument {}
 extension RingPayloadProtection: ExpressibleByArgument {}
+extension AllReduceAlgorithm: ExpressibleByArgument {}
 
 /// All-reduce time and bandwidth, as nccl-tests reports them: algbw = S/t, busbw = S/t * 2(N-1)/N.
 /// By default N separate processes of this binary on this host; with --rank and --addresses, one rank
 /// of a ring whose other ranks run elsewhere (other hosts, network namespaces).
 struct BenchAllReduce: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "allreduce", abstract: "Ring all-reduce time and bandwidth over ZeroMQ.",
+        commandName: "allreduce", abstract: "All-reduce time and bandwidth over ZeroMQ (the ring, or halving-doubling).",
         discussion: """
             Each timed iteration starts after a barrier; its time is the slowest rank's, and the median over \
             iterations is reported. Sizes take B, KB, MB, GB (powers of 1000) or KiB, MiB, GiB.
@@ -35,6 +36,7 @@ struct BenchAllReduce: ParsableCommand {
         help: "The values on the wire: f32, or f16/bf16 (narrowed as sent, summed in f32; --size is still of the float32 buffer).")
     var wire: WireType = .f32
     var dtype: ChunkHeader.DType { wire.dtype }
+    @Option(help: "ring or halving-doubling (f32 on the wire; a 16-bit --dtype takes the ring).") var collective: AllReduceAlgorithm = .ring
     @Option(help: "Timed iterations.") var iterations = 10
     @Option(help: "Untimed warm-up iterations.") var warmup = 2
     @Option(help: "Seconds any receive may wait before the ring fails.") var timeout = 30.0
@@ -93,15 +95,18 @@ struct BenchAllReduce: ParsableCommand {
         if let laneSlots { o.laneSlots = laneSlots }
         o.jobID = "bench-allreduce"
         o.payloadProtection = protection
+        o.allReduce = collective
         return o
     }
 
     /// Every rank's ring keys: one pair all ranks share (left, right and own key alike).
-    func secured(_ options: RingOptions, _ keys: CurveKeyPair?, _ context: ZeroMQContext) throws -> RingOptions {
+    func secured(_ options: RingOptions, _ keys: CurveKeyPair?, ranks: Int, _ context: ZeroMQContext) throws -> RingOptions {
         guard let keys else { return options }
         var o = options
         let auth = try Authenticator(context: context, logger: Logger(label: "bench"))
-        o.curve = RingCurve(keys: keys, leftPublicKey: keys.publicKey, rightPublicKey: keys.publicKey, authenticator: auth)
+        o.curve = RingCurve(
+            keys: keys, leftPublicKey: keys.publicKey, rightPublicKey: keys.publicKey,
+            memberPublicKeys: Array(repeating: keys.publicKey, count: ranks), authenticator: auth)
         return o
     }
 
@@ -112,7 +117,8 @@ struct BenchAllReduce: ParsableCommand {
                 var security = SecurityOptions()
                 (security.keyFile, security.insecure) = (keyFile, insecure)
                 let context = try ZeroMQContext()
-                let options = try secured(options, try security.security().keys, context)
+                let options = try secured(
+                    options, try security.security().keys, ranks: addresses.split(separator: ",").count, context)
                 defer { options.curve?.authenticator.stop() }
                 let run = RankRun(
                     rank: rank, addresses: addresses.split(separator: ",").map(String.init), elements: elements,
@@ -140,7 +146,7 @@ struct BenchAllReduce: ParsableCommand {
         let addresses = try transport.localAddresses(ranks)
         defer { Transport.removeLocalAddresses(addresses) }
         let context = try ZeroMQContext()
-        let options = try secured(options, insecure ? nil : try CurveKeyPair.generate(), context)
+        let options = try secured(options, insecure ? nil : try CurveKeyPair.generate(), ranks: ranks, context)
         defer { options.curve?.authenticator.stop() }
         let group = DispatchGroup(), lock = NSLock()
         nonisolated(unsafe) var results = [Result<RankReport, Error>?](repeating: nil, count: ranks)
@@ -175,7 +181,7 @@ struct BenchAllReduce: ParsableCommand {
             if let chunk { args += ["--chunk", "\(chunk)"] }
             if let laneSlots { args += ["--lane-slots", "\(laneSlots)"] }
             if check { args.append("--check") }
-            args += ["--dtype", dtype.description, "--protection", protection.rawValue]
+            args += ["--dtype", dtype.description, "--protection", protection.rawValue, "--collective", collective.rawValue]
             let child = try ChildProcess(
                 ChildProcess.tether, args + key.flags, environment: ProcessInfo.processInfo.environment,
                 output: out.fileHandleForWriting.fileDescriptor, error: err.fileHandleForWriting.fileDescriptor)

@@ -290,6 +290,11 @@ struct ClusterJob: ParsableArguments {
     var compression: TrainingConfig.Compression?
     @Option(
         help:
+            "How the workers all-reduce f32 gradients: ring (2(N-1) steps: bandwidth-optimal) or halving-doubling (2 log2 N steps with partners across the ring: fewer latencies for small and medium buckets). A 16-bit wire (--compression fp16/bf16) takes the ring."
+    )
+    var collective: AllReduceAlgorithm?
+    @Option(
+        help:
             "PowerSGD's rank R (default \(TrainingConfig.defaultPowerSGDRank)): a rows x cols gradient travels as (rows + cols) x R values; higher keeps more."
     )
     var powersgdRank: Int?
@@ -352,6 +357,7 @@ struct ClusterJob: ParsableArguments {
         }
         var config = try training.applied(to: base)
         if let compression { config.compression = compression == TrainingConfig.Compression.none ? nil : compression }
+        if let collective { config.collective = collective == .ring ? nil : collective.rawValue }
         if let powersgdRank { config.powerSGDRank = powersgdRank }
         if let powersgdStartStep { config.powerSGDStartStep = powersgdStartStep }
         if let errorFeedback { config.errorFeedback = errorFeedback ? nil : false }

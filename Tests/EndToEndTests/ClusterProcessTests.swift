@@ -129,6 +129,11 @@ struct ClusterProcessTests {
             "--clip-norm", "0",
             "--max-steps", "3"
         ],
+        // the same by halving-doubling: 3 workers, so rank 0 folds into rank 1 and gets the sum back
+        [
+            "--model", "mlp-wn", "--train-limit", "2000", "--test-limit", "300", "--optimizer", "sgd", "--lr", "0.05", "--momentum", "0",
+            "--clip-norm", "0", "--max-steps", "3", "--collective", "halving-doubling"
+        ],
         // a model spec inline (JSON is YAML): conv, pool, tanh, dense, all weight-normalized where they can be;
         // 3 steps, as mlp-wn: at this rate the grouping's rounding grows to 3e-4 by step 20
         [
@@ -156,7 +161,11 @@ struct ClusterProcessTests {
             ] + common, timeout: 240)
         #expect(cluster.status == 0, "stderr: \(cluster.stderr)")
         #expect(cluster.stdout.contains("all 3 replicas agree on the initial parameters"))
-        let single = try CLI.run(["train", "--batch", "48", "--run-dir", dir.appendingPathComponent("single").path] + common, timeout: 240)
+        if flags.contains("halving-doubling") { #expect(cluster.stderr.contains("all-reduce by halving-doubling"), "\(cluster.stderr)") }
+        // one process has no collective to choose
+        var alone = common
+        if let i = alone.firstIndex(of: "--collective") { alone.removeSubrange(i...i + 1) }
+        let single = try CLI.run(["train", "--batch", "48", "--run-dir", dir.appendingPathComponent("single").path] + alone, timeout: 240)
         #expect(single.status == 0, "stderr: \(single.stderr)")
         try RunCheck.expectParametersAgree(
             dir.appendingPathComponent("cluster/checkpoint.safetensors").path,
@@ -371,14 +380,15 @@ struct ClusterProcessTests {
     /// No process restarts: the three survivors re-form the ring, take the state of the one furthest
     /// along, redo only the step in flight with the global batch dealt over three, and the job ends
     /// within 1e-5 of an undisturbed 4-worker run (plain SGD, so a wrong gradient scale would show).
-    @Test(arguments: [SIGKILL, SIGSTOP])
-    func aLostWorkerCostsTheSurvivorsOnlyTheStepInFlight(signal: Int32) throws {
+    @Test(arguments: [(SIGKILL, "ring"), (SIGSTOP, "ring"), (SIGKILL, "halving-doubling")])
+    func aLostWorkerCostsTheSurvivorsOnlyTheStepInFlight(signal: Int32, collective: String) throws {
         let dir = CLI.tempDir("in-place")
         defer { try? FileManager.default.removeItem(at: dir) }
         // lr 0.01 and 40 steps: the grouping of the sums differs (1e-7), and a difference that flips a
         // ReLU near zero grows (at lr 0.05 the loss jumps to 10 at step 3; at 0.01, 2 workers then 3
         // part from 3 throughout by 1e-4 at step 60 and 7e-3 at 150, resumed or joined alike)
-        let common = ["--workers", "4"] + RunCheck.plainSGD(steps: 40) + ["--hash-every", "1", "--threads", "1"]
+        let common =
+            ["--workers", "4"] + RunCheck.plainSGD(steps: 40) + ["--hash-every", "1", "--threads", "1", "--collective", collective]
         let disturbed = dir.appendingPathComponent("disturbed"), whole = dir.appendingPathComponent("whole")
         let audits = try RunCheck.sampleLogFolders(in: dir)
         let simulate = try CLI.start(
@@ -404,6 +414,7 @@ struct ClusterProcessTests {
         #expect(r.status == 0, "stderr: \(r.stderr)")
         #expect(r.stdout.contains("re-forming the ring of the 3 workers left (ring epoch 1)"), "\(r.stdout)")
         #expect(r.stdout.contains("ring epoch 1: all 3 replicas agree at step"), "\(r.stdout)")
+        #expect((collective == "ring") != r.stderr.contains("all-reduce by \(collective)"), "\(r.stderr)")
         #expect(!r.stderr.contains("restart"), "\(r.stderr)")
         // a recovery reads as one: no `error:` line (that is for what ends the job), no library's own words
         // (a frozen worker, dropped, is not a survivor: it ends in an error of its own)

@@ -62,6 +62,20 @@ import Testing
         }
     }
 
+    /// Partners number each exchange alike (the stage goes in every chunk header), whether or not one
+    /// of them folded a rank in first.
+    @Test(arguments: [2, 3, 5, 6, 7, 8])
+    func partnersAgreeOnEachStage(ranks: Int) {
+        let schedules = (0..<ranks).map { HalvingDoubling.steps(rank: $0, size: ranks, count: 1000) }
+        for (r, steps) in schedules.enumerated() {
+            #expect(steps.map(\.stage) == steps.map(\.stage).sorted() && Set(steps.map(\.stage)).count == steps.count)
+            for s in steps {
+                let theirs = schedules[s.peer].filter { $0.stage == s.stage && $0.peer == r }
+                #expect(theirs.count == 1 && theirs.first.map { $0.send.count == s.receive.count } == true, "rank \(r) stage \(s.stage)")
+            }
+        }
+    }
+
     /// 2 log2(P) steps when N is a power of two; a folded rank has 2, its partner 2 more.
     @Test func stepCounts() {
         #expect(HalvingDoubling.steps(rank: 0, size: 1, count: 10).isEmpty)

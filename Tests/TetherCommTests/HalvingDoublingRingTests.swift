@@ -1,0 +1,168 @@
+import Foundation
+import Logging
+import TetherMessages
+import Testing
+
+@testable import TetherComm
+
+/// Halving-doubling over real sockets (unix, loopback tcp, inproc; plaintext, sealed and under CURVE):
+/// gloo's grid of ranks and counts, every rank bitwise equal and within rounding of the sum; a rank
+/// that dies mid-collective fails every other rank within the deadline; a stranger's messages and a
+/// partner's that comes early do not disturb it.
+@Suite(.serialized) struct HalvingDoublingRingTests {
+    struct Case: Sendable, CustomTestStringConvertible {
+        var ranks: Int, count: Int, transport: Transport
+        var testDescription: String { "\(ranks) ranks, \(count) elements, \(transport)" }
+    }
+
+    static let grid: [Case] = [2, 3, 5, 8].flatMap { n in
+        Set([0, 1, n - 1, 10 * n + 1, 1 << 20 | 3]).sorted().flatMap { count in
+            Transport.allCases.map { Case(ranks: n, count: count, transport: $0) }
+        }
+    }
+
+    /// Sums of `inputs` over a ring (each rank on a thread of its own) with halving-doubling; chunks
+    /// are tiny, so every stage takes the many-chunk path.
+    static func allReduce<T: RingElement & BinaryFloatingPoint>(
+        _ ring: TestRing, _ inputs: [[T]], average: Bool = false, chunkBytes: Int? = nil,
+        _ configure: @escaping @Sendable (Int, inout RingOptions) -> Void = { _, _ in }
+    ) throws -> [[T]] {
+        let count = inputs[0].count
+        let results = onRanks(inputs.count) { rank -> [T] in
+            let r = try ring.ring(rank) {
+                $0.allReduce = .halvingDoubling
+                $0.chunkBytes = chunkBytes ?? (count > 100_000 ? 4096 : 12)
+                configure(rank, &$0)
+            }
+            var x = inputs[rank]
+            if T.self == Float.self {
+                try x.withUnsafeMutableBytes { raw in
+                    _ = try r.allReduce(raw.bindMemory(to: Float.self), average: average)
+                }
+            } else {
+                try x.withUnsafeMutableBytes { raw in
+                    _ = try r.allReduce(raw.bindMemory(to: Double.self), average: average)
+                }
+            }
+            return x
+        }
+        return try results.map { try $0.get() }
+    }
+
+    @Test(arguments: grid)
+    func everyRankEndsWithTheSameSum(_ c: Case) throws {
+        let ring = try TestRing(c.ranks, c.transport)
+        let inputs = (0..<c.ranks).map { input(rank: $0, count: c.count) }
+        let outputs = try Self.allReduce(ring, inputs)
+        for (r, o) in outputs.enumerated().dropFirst() {
+            #expect(zip(o, outputs[0]).allSatisfy { $0.bitPattern == $1.bitPattern }, "rank \(r) differs from rank 0")
+        }
+        var worst = 0.0
+        for i in 0..<c.count {
+            let exact = inputs.reduce(0.0) { $0 + Double($1[i]) }
+            let scale = inputs.reduce(0.0) { $0 + abs(Double($1[i])) }
+            worst = max(worst, abs(Double(outputs[0][i]) - exact) / max(scale, 1e-30))
+        }
+        #expect(worst <= 1e-6, "off by \(worst) of the magnitudes")
+    }
+
+    /// Double, and the average: the sum divided once, where each segment is completed.
+    @Test(arguments: [3, 8])
+    func doublesAverageToTheReference(ranks: Int) throws {
+        let ring = try TestRing(ranks, .ipc)
+        let inputs = (0..<ranks).map { r in input(rank: r, count: 1001).map(Double.init) }
+        let outputs = try Self.allReduce(ring, inputs, average: true)
+        for i in 0..<1001 {
+            let exact = inputs.reduce(0.0) { $0 + $1[i] } / Double(ranks)
+            #expect(abs(outputs[0][i] - exact) <= 1e-14 * max(1, abs(exact)), "element \(i)")
+            #expect(outputs.allSatisfy { $0[i].bitPattern == outputs[0][i].bitPattern }, "element \(i)")
+        }
+    }
+
+    /// Secure rings (every member's key known): sealed and CURVE links give the bits an --insecure ring
+    /// gives, and the sealed one spends time sealing.
+    @Test(arguments: [3, 5])
+    func secureRingsSumAsPlainOnes(ranks: Int) throws {
+        let inputs = (0..<ranks).map { input(rank: $0, count: 30_001) }
+        let plain = try Self.allReduce(try TestRing(ranks, .tcp), inputs, chunkBytes: 4096)
+        for protection in RingPayloadProtection.allCases {
+            let ring = try TestRing(ranks, .tcp)
+            let keys = try (0..<ranks).map { _ in try CurveKeyPair.generate() }
+            let authenticators = try (0..<ranks).map { try Authenticator(context: ring.contexts[$0], logger: Logger(label: "test")) }
+            defer { authenticators.forEach { $0.stop() } }
+            let curves = (0..<ranks).map { r in
+                RingCurve(
+                    keys: keys[r], leftPublicKey: keys[(r + ranks - 1) % ranks].publicKey, rightPublicKey: keys[(r + 1) % ranks].publicKey,
+                    memberPublicKeys: keys.map(\.publicKey), authenticator: authenticators[r])
+            }
+            let secured = try Self.allReduce(ring, inputs, chunkBytes: 4096) { r, o in
+                o.curve = curves[r]
+                o.payloadProtection = protection
+            }
+            #expect(secured == plain, "\(protection): the same bits as plaintext links")
+        }
+    }
+
+    /// Votes: every rank learns every rank's in the same all-reduce.
+    @Test(arguments: [2, 3, 5, 8])
+    func everyRankLearnsTheVotes(ranks: Int) throws {
+        let ring = try TestRing(ranks, .ipc)
+        let results = onRanks(ranks) { rank -> RingVotes in
+            let r = try ring.ring(rank) { $0.allReduce = .halvingDoubling }
+            var x = input(rank: rank, count: 100)
+            return try x.withUnsafeMutableBufferPointer { try r.allReduce($0, vote: rank == ranks - 1 ? .stop : []) }
+        }
+        #expect(try results.allSatisfy { try $0.get() == .stop })
+    }
+
+    /// Collectives of both kinds in turn on one ring: a partner that runs ahead (its next all-reduce's
+    /// chunks arrive while this rank still waits for another's) is kept for its turn.
+    @Test func consecutiveCollectivesStayInStep() throws {
+        let ranks = 5, ring = try TestRing(ranks, .tcp)
+        let results = onRanks(ranks) { rank -> [[Float]] in
+            let r = try ring.ring(rank) {
+                $0.allReduce = .halvingDoubling
+                $0.chunkBytes = 64
+            }
+            var out: [[Float]] = []
+            for i in 0..<6 {
+                var x = input(rank: rank + i, count: 500 + 97 * i)
+                _ = try x.withUnsafeMutableBufferPointer { try r.allReduce($0) }
+                out.append(x)
+                if i % 2 == 1 { out.append([Float](try r.allGather([UInt8(rank)]).flatMap { $0 }.map(Float.init))) }
+            }
+            return out
+        }
+        let outputs = try results.map { try $0.get() }
+        #expect(outputs.allSatisfy { $0 == outputs[0] })
+        #expect(outputs[0][2] == (0..<ranks).map(Float.init))
+    }
+
+    /// A rank that dies in the middle (its sockets closed after its first stage) fails every other rank
+    /// within the ring's deadline, each naming a rank.
+    @Test func aRankThatDiesMidCollectiveFailsEveryOther() throws {
+        let ranks = 8, ring = try TestRing(ranks, .tcp)
+        let started = ContinuousClock.now
+        let results = onRanks(ranks) { rank -> Void in
+            let r = try ring.ring(rank) {
+                $0.allReduce = .halvingDoubling
+                $0.timeout = .seconds(3)
+            }
+            var x = input(rank: rank, count: 4096)
+            if rank == 5 {
+                r.close()  // gone before its first send
+                return
+            }
+            _ = try x.withUnsafeMutableBufferPointer { try r.allReduce($0) }
+        }
+        let elapsed = started.duration(to: .now)
+        for (rank, result) in results.enumerated() where rank != 5 {
+            guard case .failure(let error) = result else {
+                Issue.record("rank \(rank) finished an all-reduce that rank 5 never joined")
+                continue
+            }
+            #expect("\(error)".contains("rank"), "rank \(rank): \(error)")
+        }
+        #expect(elapsed < .seconds(12), "every rank failed within its deadline (3 s a wait): \(elapsed)")
+    }
+}
