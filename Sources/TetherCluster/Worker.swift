@@ -501,7 +501,10 @@ public final class Worker {
         if case .success(let seconds) = right == rank ? .success(0) : Advertise.reach(addresses[right], within: 2) {
             log(
                 "ring address \(addresses[rank]); right neighbour rank \(right) at \(addresses[right]) reachable (\(String(format: "%.1f", seconds * 1000)) ms)"
-                    + (collective == .ring ? "" : "; all-reduce by \(collective.rawValue)"))
+                    + (collective == .ring ? "" : "; all-reduce by \(collective.rawValue)")
+                    + (ring.linkCost.map {
+                        String(format: " (links measured: %.0f us a hop, %.0f MB/s)", $0.latency * 1e6, $0.bandwidth / 1e6)
+                    } ?? ""))
         }
         return ring
     }

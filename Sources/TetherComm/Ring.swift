@@ -23,6 +23,9 @@ public final class Ring {
     let link: RingLink?
     private(set) var sequence: UInt64 = 0
     private var failure: CollectiveError?
+    /// With `AllReduceAlgorithm.auto`: the links' latency and bandwidth, measured when the ring formed
+    /// and the same on every rank (`measureLinks`); nil otherwise, or while they are measured.
+    public private(set) var linkCost: CollectiveCost?
     /// The narrowed chunks a 16-bit all-reduce lends to libzmq (grown as needed, reused).
     private var wireStaging = UnsafeMutablePointer<UInt16>.allocate(capacity: 0)
     private var wireStagingCount = 0
@@ -53,6 +56,46 @@ public final class Ring {
             try send(
                 header(.handshake, totalCount: 0), ringStep: 0, index: 0, offset: 0, .copied(UnsafeRawBufferPointer(start: nil, count: 0)))
             _ = try receive(ExpectedChunk(operation: .handshake, ringStep: 0, chunkIndex: 0, offset: 0, count: 0, totalCount: 0))
+        }
+        if options.allReduce == .auto { linkCost = try measureLinks() }
+    }
+
+    /// The links' figures for the cost model, as NCCL's tuner and MPI's selection take theirs from the
+    /// hardware, measured instead: the latency of one hop from the median of 5 barriers (N-1 hops
+    /// each), the bandwidth from a 4 MiB ring all-reduce's time less its hops' latency. Each rank's
+    /// figures are averaged over the ring (a Double all-reduce), so every rank holds the same and
+    /// chooses the same algorithm for every buffer. About 60 ms on 8 hosts at 1 Gbit/s.
+    private func measureLinks() throws -> CollectiveCost {
+        let hops = Double(size - 1)
+        var barriers: [Double] = []
+        for _ in 0..<5 {
+            let t = ContinuousClock.now
+            try barrier()
+            barriers.append(Self.seconds(t.duration(to: .now)))
+        }
+        let hop = barriers.sorted()[2] / hops
+        var probe = [Float](repeating: 1, count: 1 << 20)
+        let t = ContinuousClock.now
+        _ = try probe.withUnsafeMutableBufferPointer { try allReduceElements($0, average: false, step: 0, bucket: 0, vote: []) }
+        let ring = Self.seconds(t.duration(to: .now))
+        var figures = [hop, ring]
+        _ = try figures.withUnsafeMutableBufferPointer { try allReduceElements($0, average: true, step: 0, bucket: 0, vote: []) }
+        let bytes = 2 * hops / Double(size) * Double(probe.count * 4)
+        let bandwidth = bytes / max(figures[1] - 2 * hops * figures[0], 1e-6)
+        return CollectiveCost(latency: max(figures[0], 0), bandwidth: bandwidth)
+    }
+
+    static func seconds(_ d: Duration) -> Double { Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18 }
+
+    /// The schedule an all-reduce of `bytes` takes (f32 or f64 on the wire).
+    public func algorithm(bytes: Int) -> CollectiveCost.Algorithm {
+        switch options.allReduce {
+        case .halvingDoubling: return .halvingDoubling
+        case .auto where linkCost != nil:
+            let oneChunk = bytes <= options.chunkBytes
+            return linkCost!.fastest(
+                ranks: size, bytes: bytes, among: oneChunk ? [.ring, .gatherSum, .halvingDoubling] : [.ring, .halvingDoubling])
+        case .ring, .auto: return bytes <= min(options.gatherSumBytes, options.chunkBytes) ? .gatherSum : .ring
         }
     }
 
@@ -147,11 +190,10 @@ public final class Ring {
     ) throws -> RingVotes {
         try run(.allReduce) {
             guard size > 1 else { return vote }
-            if options.allReduce == .halvingDoubling {
-                return try halvingDoubling(buffer, average: average, step: step, bucket: bucket, vote: vote)
-            }
-            if buffer.count * MemoryLayout<T>.stride <= min(options.gatherSumBytes, options.chunkBytes) {
-                return try gatherSum(buffer, average: average, step: step, bucket: bucket, vote: vote)
+            switch algorithm(bytes: buffer.count * MemoryLayout<T>.stride) {
+            case .halvingDoubling: return try halvingDoubling(buffer, average: average, step: step, bucket: bucket, vote: vote)
+            case .gatherSum: return try gatherSum(buffer, average: average, step: step, bucket: bucket, vote: vote)
+            case .ring: break
             }
             let base = buffer.baseAddress
             // Chunks leave straight from the buffer (libzmq reads them in place); a chunk's memory is not

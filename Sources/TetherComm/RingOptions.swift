@@ -47,6 +47,9 @@ public enum AllReduceAlgorithm: String, CaseIterable, Sendable {
     case ring
     /// recursive halving then doubling with partners across the ring, 2 log2(P) steps (`HalvingDoubling`)
     case halvingDoubling = "halving-doubling"
+    /// per buffer, the fastest of the ring, the whole buffers round the ring and halving-doubling by the
+    /// latency-bandwidth model (`CollectiveCost`), from the links' figures measured when the ring forms
+    case auto
 }
 
 /// A rank's ring keys: its own pair (its link's server key and its client key towards the right

@@ -121,7 +121,11 @@ public final class GradientExchange: @unchecked Sendable {  // the exchange thre
                 let grads = model.arena.grads, buffer = UnsafeMutableBufferPointer(start: grads + start, count: end - start)
                 let began = tracing ? Self.microsecondsNow() : 0
                 defer {
-                    if tracing { spans.append(("all-reduce bucket \(bucket) (\(end - start) values)", began, Self.microsecondsNow())) }
+                    if tracing {
+                        // the schedule the bucket took (PowerSGD's factors name their own spans)
+                        let how = wire == .f32 ? ring.algorithm(bytes: 4 * (end - start)).rawValue : "ring"
+                        spans.append(("all-reduce bucket \(bucket) (\(end - start) values, \(how))", began, Self.microsecondsNow()))
+                    }
                 }
                 do {
                     if let powerSGD, step >= powerSGD.startStep {

@@ -36,7 +36,9 @@ struct BenchAllReduce: ParsableCommand {
         help: "The values on the wire: f32, or f16/bf16 (narrowed as sent, summed in f32; --size is still of the float32 buffer).")
     var wire: WireType = .f32
     var dtype: ChunkHeader.DType { wire.dtype }
-    @Option(help: "ring or halving-doubling (f32 on the wire; a 16-bit --dtype takes the ring).") var collective: AllReduceAlgorithm = .ring
+    @Option(
+        help: "ring, halving-doubling or auto (the fastest by the links measured when the ring forms); a 16-bit --dtype takes the ring.")
+    var collective: AllReduceAlgorithm = .ring
     @Option(help: "Timed iterations.") var iterations = 10
     @Option(help: "Untimed warm-up iterations.") var warmup = 2
     @Option(help: "Seconds any receive may wait before the ring fails.") var timeout = 30.0
@@ -233,7 +235,9 @@ struct BenchAllReduce: ParsableCommand {
         if json {
             var out: [String: Any] = [
                 "ranks": ranks, "bytes": Int(bytes), "dtype": dtype.description, "transport": rank == nil ? transport.rawValue : "tcp",
-                "reporting_rank": mine.rank,
+                "reporting_rank": mine.rank, "collective": collective.rawValue, "algorithm": mine.algorithm,
+                "link_latency_us": mine.linkLatency.map { $0 * 1e6 } ?? NSNull(),
+                "link_bandwidth_mbps": mine.linkBandwidth.map { $0 / 1e6 } ?? NSNull(),
                 "chunk_bytes": options.chunkBytes, "iterations": iterations,
                 "median_ms": median * 1000, "times_ms": times.map { $0 * 1000 },
                 "algbw_gbps": algbw, "busbw_gbps": busbw,
@@ -250,8 +254,11 @@ struct BenchAllReduce: ParsableCommand {
             print(String(data: try JSONSerialization.data(withJSONObject: out, options: [.sortedKeys]), encoding: .utf8)!)
         } else {
             print(
-                "all-reduce of \(size) (\(elements) float32\(dtype == .f32 ? "" : ", as \(dtype) on the wire")) over \(ranks) ranks, \(place), chunk \(options.chunkBytes) bytes"
-            )
+                "all-reduce of \(size) (\(elements) float32\(dtype == .f32 ? "" : ", as \(dtype) on the wire")) over \(ranks) ranks, \(place), chunk \(options.chunkBytes) bytes, by \(mine.algorithm)"
+                    + (mine.linkLatency.map {
+                        String(
+                            format: " (chosen for links measured at %.0f us a hop, %.0f MB/s)", $0 * 1e6, (mine.linkBandwidth ?? 0) / 1e6)
+                    } ?? ""))
             print("times (ms): \(times.map { String(format: "%.1f", $0 * 1000) }.joined(separator: " "))")
             print(String(format: "median %.2f ms  algbw %.3f GB/s  busbw %.3f GB/s", median * 1000, algbw, busbw))
             print(
@@ -273,6 +280,9 @@ struct RankReport: Codable {
     var statistics: RingStatistics
     var resultHash: UInt64 = 0
     var maxRelativeError: Double = 0
+    /// The schedule the timed all-reduces took, and the links' figures it was chosen by (--collective auto).
+    var algorithm = ""
+    var linkLatency: Double?, linkBandwidth: Double?
 }
 
 struct RankRun {
@@ -305,6 +315,8 @@ struct RankRun {
 
     private func measure(_ ring: Ring) throws -> RankReport {
         var report = RankReport(rank: rank, seconds: [], statistics: RingStatistics())
+        report.algorithm = dtype == .f32 ? ring.algorithm(bytes: elements * 4).rawValue : "ring"
+        (report.linkLatency, report.linkBandwidth) = (ring.linkCost?.latency, ring.linkCost?.bandwidth)
         var buffer = [Float](repeating: 1, count: elements)
         if check {
             for i in 0..<elements { buffer[i] = Self.value(i, rank: rank) }

@@ -1,4 +1,5 @@
 import Foundation
+import TetherComm
 import Testing
 
 /// The tests' own Python with PyPI's readers (scripts/install-deps --test makes it in .build).
@@ -54,7 +55,7 @@ struct ObservabilityTests {
                 "simulate", "--workers", "2", "--model", "mlp-wn", "--train-limit", "4096", "--test-limit", "500", "--epochs", "3",
                 "--batch", "32", "--log-every", "1", "--run-dir", dir.appendingPathComponent("run").path,
                 "--metrics-listen", "127.0.0.1:\(port)", "--tensorboard", dir.appendingPathComponent("tb").path,
-                "--timeline", dir.appendingPathComponent("trace.json").path
+                "--timeline", dir.appendingPathComponent("trace.json").path, "--collective", "auto"
             ], bound: 240)
         #expect(run.waitFor("training (", timeout: 120), "the job never started training")
         // scrapes while it trains: the page parses, and the step counter goes up
@@ -119,9 +120,11 @@ struct ObservabilityTests {
             for name in ["forward and backward", "exchange left after backward", "optimizer"] {
                 #expect(spans.filter { $0["name"] as? String == name }.count == steps, "rank \(rank): \(name) spans for \(steps) steps")
             }
-            #expect(
-                spans.contains { ($0["name"] as? String)?.hasPrefix("all-reduce bucket") == true },
-                "rank \(rank): no bucket all-reduce spans")
+            let buckets = spans.compactMap { $0["name"] as? String }.filter { $0.hasPrefix("all-reduce bucket") }
+            #expect(!buckets.isEmpty, "rank \(rank): no bucket all-reduce spans")
+            // each names the schedule --collective auto chose for it
+            let schedules = CollectiveCost.Algorithm.allCases.map { ", \($0.rawValue))" }
+            #expect(buckets.allSatisfy { name in schedules.contains { name.hasSuffix($0) } }, "rank \(rank): \(Set(buckets))")
             #expect(
                 spans.allSatisfy { ($0["ts"] as? Int ?? 0) > 1_600_000_000_000_000 && ($0["dur"] as? Int ?? -1) >= 0 },
                 "rank \(rank): a span without a time")

@@ -138,6 +138,37 @@ import Testing
         #expect(outputs[0][2] == (0..<ranks).map(Float.init))
     }
 
+    /// auto: every rank holds the same measured link figures, so every rank takes the same schedule for
+    /// each size (the one the cost model names), and the sums are bitwise equal and right.
+    @Test func autoChoosesByTheMeasuredLinksAlikeOnEveryRank() throws {
+        let ranks = 5, ring = try TestRing(ranks, .tcp), counts = [10, 5000, 300_000], chunkBytes = 64 << 10
+        let results = onRanks(ranks) { rank -> (CollectiveCost?, [CollectiveCost.Algorithm], [[Float]]) in
+            let r = try ring.ring(rank) {
+                $0.allReduce = .auto
+                $0.chunkBytes = chunkBytes
+            }
+            var outputs: [[Float]] = []
+            for count in counts {
+                var x = input(rank: rank, count: count)
+                _ = try x.withUnsafeMutableBufferPointer { try r.allReduce($0) }
+                outputs.append(x)
+            }
+            return (r.linkCost, counts.map { r.algorithm(bytes: 4 * $0) }, outputs)
+        }
+        let values = try results.map { try $0.get() }
+        let cost = try #require(values[0].0, "the links were measured")
+        #expect(cost.latency > 0 && cost.latency < 0.1 && cost.bandwidth > 1e6, "\(cost)")
+        #expect(values.allSatisfy { $0.0 == cost && $0.1 == values[0].1 }, "\(values.map { ($0.0, $0.1) })")
+        for (i, count) in counts.enumerated() {
+            let among: [CollectiveCost.Algorithm] =
+                4 * count <= chunkBytes ? [.ring, .gatherSum, .halvingDoubling] : [.ring, .halvingDoubling]
+            #expect(values[0].1[i] == cost.fastest(ranks: ranks, bytes: 4 * count, among: among))
+            #expect(values.allSatisfy { $0.2[i] == values[0].2[i] }, "\(count) elements: every rank holds the same sum")
+            let exact = (0..<ranks).map { input(rank: $0, count: count) }.reduce([Float](repeating: 0, count: count)) { zip($0, $1).map(+) }
+            #expect(zip(values[0].2[i], exact).allSatisfy { abs($0 - $1) <= 1e-4 * max(1, abs($1)) }, "\(count) elements")
+        }
+    }
+
     /// A rank that dies in the middle (its sockets closed after its first stage) fails every other rank
     /// within the ring's deadline, each naming a rank.
     @Test func aRankThatDiesMidCollectiveFailsEveryOther() throws {
