@@ -20,6 +20,9 @@ public struct CollectiveCost: Sendable, Equatable {
         /// Recursive halving then doubling (`HalvingDoubling`): 2 log2(P) steps, n/2 + n/4 + ... bytes
         /// each way, and two steps of n bytes when N is not a power of two.
         case halvingDoubling = "halving-doubling"
+        /// Reduced up a binomial tree to rank 0 and copied down (`BinomialTree`): 2 ceil(log2 N) steps
+        /// of n bytes.
+        case tree
     }
 
     /// Seconds for an all-reduce of `bytes` over `ranks` ranks with `algorithm`.
@@ -39,6 +42,8 @@ public struct CollectiveCost: Sendable, Equatable {
             let moved = 2 * n * (1 - 1 / Double(p))
             let folding = ranks == p ? 0 : steps(2, of: n)
             return 2 * levels * latency + moved / bandwidth + folding
+        case .tree:
+            return steps(2 * Double(BinomialTree.levels(ranks)), of: n)
         }
     }
 

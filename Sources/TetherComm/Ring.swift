@@ -91,10 +91,12 @@ public final class Ring {
     public func algorithm(bytes: Int) -> CollectiveCost.Algorithm {
         switch options.allReduce {
         case .halvingDoubling: return .halvingDoubling
+        case .tree: return .tree
         case .auto where linkCost != nil:
+            // whole buffers go as one chunk only
             let oneChunk = bytes <= options.chunkBytes
             return linkCost!.fastest(
-                ranks: size, bytes: bytes, among: oneChunk ? [.ring, .gatherSum, .halvingDoubling] : [.ring, .halvingDoubling])
+                ranks: size, bytes: bytes, among: oneChunk ? [.ring, .gatherSum, .halvingDoubling, .tree] : [.ring, .halvingDoubling])
         case .ring, .auto: return bytes <= min(options.gatherSumBytes, options.chunkBytes) ? .gatherSum : .ring
         }
     }
@@ -193,6 +195,7 @@ public final class Ring {
             switch algorithm(bytes: buffer.count * MemoryLayout<T>.stride) {
             case .halvingDoubling: return try halvingDoubling(buffer, average: average, step: step, bucket: bucket, vote: vote)
             case .gatherSum: return try gatherSum(buffer, average: average, step: step, bucket: bucket, vote: vote)
+            case .tree: return try tree(buffer, average: average, step: step, bucket: bucket, vote: vote)
             case .ring: break
             }
             let base = buffer.baseAddress
@@ -356,6 +359,43 @@ public final class Ring {
                 _ = try consume(
                     payload, h, e, into: UnsafeMutableBufferPointer(start: base.map { $0 + c.lowerBound }, count: c.count),
                     s.adds ? .add(divideBy: average && finishing ? T(size) : nil) : .copy)
+            }
+        }
+        return seen
+    }
+
+    /// The all-reduce up and down a binomial tree (`BinomialTree`): the whole buffer in chunks, lent
+    /// from it, to the parent; the children's added in; rank 0 divides for an average and its result is
+    /// copied down, so every rank ends bitwise equal. Votes go up with the sums and down with the result.
+    /// A rank's buffer is not written again before its parent has it: the result that comes down
+    /// needs it.
+    private func tree<T: RingElement>(
+        _ buffer: UnsafeMutableBufferPointer<T>, average: Bool, step: UInt64, bucket: UInt32, vote: RingVotes
+    ) throws -> RingVotes {
+        let n = buffer.count, base = buffer.baseAddress, per = max(1, options.chunkBytes / MemoryLayout<T>.stride)
+        var head = header(.allReduce, step: step, bucket: bucket, dtype: T.dtype, totalCount: n)
+        var seen = vote
+        let levels = BinomialTree.levels(size)
+        for s in BinomialTree.steps(rank: rank, size: size) {
+            if rank == 0, average, s.stage == levels, let base { T.divide(base, by: T(size), count: n) }  // the sum is whole
+            let pieces = chunks(0..<n, per)
+            guard !s.sends else {
+                head.votes = seen
+                for (i, c) in pieces.enumerated() {
+                    let bytes = UnsafeRawBufferPointer(start: base.map { $0 + c.lowerBound }, count: c.count * MemoryLayout<T>.stride)
+                    try link!.send(head, ringStep: s.stage, index: i, offset: c.lowerBound, .lent(bytes, checksum: nil), to: s.peer)
+                }
+                continue
+            }
+            for (i, c) in pieces.enumerated() {
+                let e = ExpectedChunk(
+                    operation: .allReduce, step: step, bucket: bucket, ringStep: s.stage, chunkIndex: i, dtype: T.dtype,
+                    offset: c.lowerBound, count: c.count, totalCount: n)
+                let (payload, h) = try link!.receive(e, sequence: sequence, verifying: false, from: s.peer)
+                if s.stage < levels { seen.formUnion(h.votes) } else { seen = h.votes }
+                _ = try consume(
+                    payload, h, e, into: UnsafeMutableBufferPointer(start: base.map { $0 + c.lowerBound }, count: c.count),
+                    s.stage < levels ? .add(divideBy: nil) : .copy)
             }
         }
         return seen

@@ -47,7 +47,10 @@ public enum AllReduceAlgorithm: String, CaseIterable, Sendable {
     case ring
     /// recursive halving then doubling with partners across the ring, 2 log2(P) steps (`HalvingDoubling`)
     case halvingDoubling = "halving-doubling"
-    /// per buffer, the fastest of the ring, the whole buffers round the ring and halving-doubling by the
+    /// reduced up a binomial tree to rank 0 and copied down, 2 ceil(log2 N) steps of the whole buffer
+    /// (`BinomialTree`)
+    case tree
+    /// per buffer, the fastest of the ring, the whole buffers round the ring, halving-doubling and the tree by the
     /// latency-bandwidth model (`CollectiveCost`), from the links' figures measured when the ring forms
     case auto
 }

@@ -37,7 +37,9 @@ struct BenchAllReduce: ParsableCommand {
     var wire: WireType = .f32
     var dtype: ChunkHeader.DType { wire.dtype }
     @Option(
-        help: "ring, halving-doubling or auto (the fastest by the links measured when the ring forms); a 16-bit --dtype takes the ring.")
+        help:
+            "ring, halving-doubling, tree or auto (the fastest by the links measured when the ring forms); a 16-bit --dtype takes the ring."
+    )
     var collective: AllReduceAlgorithm = .ring
     @Option(help: "Timed iterations.") var iterations = 10
     @Option(help: "Untimed warm-up iterations.") var warmup = 2

@@ -11,26 +11,36 @@ import Testing
 /// partner's that comes early do not disturb it.
 @Suite(.serialized) struct HalvingDoublingRingTests {
     struct Case: Sendable, CustomTestStringConvertible {
-        var ranks: Int, count: Int, transport: Transport
-        var testDescription: String { "\(ranks) ranks, \(count) elements, \(transport)" }
+        var ranks: Int, count: Int, transport: Transport, algorithm: AllReduceAlgorithm
+        var testDescription: String { "\(algorithm), \(ranks) ranks, \(count) elements, \(transport)" }
     }
 
-    static let grid: [Case] = [2, 3, 5, 8].flatMap { n in
-        Set([0, 1, n - 1, 10 * n + 1, 1 << 20 | 3]).sorted().flatMap { count in
-            Transport.allCases.map { Case(ranks: n, count: count, transport: $0) }
+    /// Halving-doubling on every transport; the tree (for the smallest buffers, but right at any size)
+    /// on tcp.
+    static let grid: [Case] = {
+        var cases: [Case] = []
+        for n in [2, 3, 5, 8] {
+            for count in Set([0, 1, n - 1, 10 * n + 1, 1 << 20 | 3]).sorted() {
+                for transport in Transport.allCases {
+                    cases.append(Case(ranks: n, count: count, transport: transport, algorithm: .halvingDoubling))
+                }
+                cases.append(Case(ranks: n, count: count, transport: .tcp, algorithm: .tree))
+            }
         }
-    }
+        return cases
+    }()
 
     /// Sums of `inputs` over a ring (each rank on a thread of its own) with halving-doubling; chunks
     /// are tiny, so every stage takes the many-chunk path.
     static func allReduce<T: RingElement & BinaryFloatingPoint>(
         _ ring: TestRing, _ inputs: [[T]], average: Bool = false, chunkBytes: Int? = nil,
+        by algorithm: AllReduceAlgorithm = .halvingDoubling,
         _ configure: @escaping @Sendable (Int, inout RingOptions) -> Void = { _, _ in }
     ) throws -> [[T]] {
         let count = inputs[0].count
         let results = onRanks(inputs.count) { rank -> [T] in
             let r = try ring.ring(rank) {
-                $0.allReduce = .halvingDoubling
+                $0.allReduce = algorithm
                 $0.chunkBytes = chunkBytes ?? (count > 100_000 ? 4096 : 12)
                 configure(rank, &$0)
             }
@@ -53,7 +63,7 @@ import Testing
     func everyRankEndsWithTheSameSum(_ c: Case) throws {
         let ring = try TestRing(c.ranks, c.transport)
         let inputs = (0..<c.ranks).map { input(rank: $0, count: c.count) }
-        let outputs = try Self.allReduce(ring, inputs)
+        let outputs = try Self.allReduce(ring, inputs, by: c.algorithm)
         for (r, o) in outputs.enumerated().dropFirst() {
             #expect(zip(o, outputs[0]).allSatisfy { $0.bitPattern == $1.bitPattern }, "rank \(r) differs from rank 0")
         }
@@ -67,11 +77,11 @@ import Testing
     }
 
     /// Double, and the average: the sum divided once, where each segment is completed.
-    @Test(arguments: [3, 8])
-    func doublesAverageToTheReference(ranks: Int) throws {
+    @Test(arguments: [(3, AllReduceAlgorithm.halvingDoubling), (8, .halvingDoubling), (3, .tree), (8, .tree)])
+    func doublesAverageToTheReference(ranks: Int, algorithm: AllReduceAlgorithm) throws {
         let ring = try TestRing(ranks, .ipc)
         let inputs = (0..<ranks).map { r in input(rank: r, count: 1001).map(Double.init) }
-        let outputs = try Self.allReduce(ring, inputs, average: true)
+        let outputs = try Self.allReduce(ring, inputs, average: true, by: algorithm)
         for i in 0..<1001 {
             let exact = inputs.reduce(0.0) { $0 + $1[i] } / Double(ranks)
             #expect(abs(outputs[0][i] - exact) <= 1e-14 * max(1, abs(exact)), "element \(i)")
@@ -81,10 +91,10 @@ import Testing
 
     /// Secure rings (every member's key known): sealed and CURVE links give the bits an --insecure ring
     /// gives, and the sealed one spends time sealing.
-    @Test(arguments: [3, 5])
-    func secureRingsSumAsPlainOnes(ranks: Int) throws {
+    @Test(arguments: [3, 5], [AllReduceAlgorithm.halvingDoubling, .tree])
+    func secureRingsSumAsPlainOnes(ranks: Int, algorithm: AllReduceAlgorithm) throws {
         let inputs = (0..<ranks).map { input(rank: $0, count: 30_001) }
-        let plain = try Self.allReduce(try TestRing(ranks, .tcp), inputs, chunkBytes: 4096)
+        let plain = try Self.allReduce(try TestRing(ranks, .tcp), inputs, chunkBytes: 4096, by: algorithm)
         for protection in RingPayloadProtection.allCases {
             let ring = try TestRing(ranks, .tcp)
             let keys = try (0..<ranks).map { _ in try CurveKeyPair.generate() }
@@ -95,7 +105,7 @@ import Testing
                     keys: keys[r], leftPublicKey: keys[(r + ranks - 1) % ranks].publicKey, rightPublicKey: keys[(r + 1) % ranks].publicKey,
                     memberPublicKeys: keys.map(\.publicKey), authenticator: authenticators[r])
             }
-            let secured = try Self.allReduce(ring, inputs, chunkBytes: 4096) { r, o in
+            let secured = try Self.allReduce(ring, inputs, chunkBytes: 4096, by: algorithm) { r, o in
                 o.curve = curves[r]
                 o.payloadProtection = protection
             }
@@ -104,11 +114,11 @@ import Testing
     }
 
     /// Votes: every rank learns every rank's in the same all-reduce.
-    @Test(arguments: [2, 3, 5, 8])
-    func everyRankLearnsTheVotes(ranks: Int) throws {
+    @Test(arguments: [2, 3, 5, 8], [AllReduceAlgorithm.halvingDoubling, .tree])
+    func everyRankLearnsTheVotes(ranks: Int, algorithm: AllReduceAlgorithm) throws {
         let ring = try TestRing(ranks, .ipc)
         let results = onRanks(ranks) { rank -> RingVotes in
-            let r = try ring.ring(rank) { $0.allReduce = .halvingDoubling }
+            let r = try ring.ring(rank) { $0.allReduce = algorithm }
             var x = input(rank: rank, count: 100)
             return try x.withUnsafeMutableBufferPointer { try r.allReduce($0, vote: rank == ranks - 1 ? .stop : []) }
         }
@@ -171,12 +181,13 @@ import Testing
 
     /// A rank that dies in the middle (its sockets closed after its first stage) fails every other rank
     /// within the ring's deadline, each naming a rank.
-    @Test func aRankThatDiesMidCollectiveFailsEveryOther() throws {
+    @Test(arguments: [AllReduceAlgorithm.halvingDoubling, .tree])
+    func aRankThatDiesMidCollectiveFailsEveryOther(algorithm: AllReduceAlgorithm) throws {
         let ranks = 8, ring = try TestRing(ranks, .tcp)
         let started = ContinuousClock.now
         let results = onRanks(ranks) { rank -> Void in
             let r = try ring.ring(rank) {
-                $0.allReduce = .halvingDoubling
+                $0.allReduce = algorithm
                 $0.timeout = .seconds(3)
             }
             var x = input(rank: rank, count: 4096)

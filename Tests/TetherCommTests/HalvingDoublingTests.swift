@@ -88,6 +88,34 @@ import Testing
     }
 }
 
+/// The binomial tree's schedule: each rank sends once up and receives once down (rank 0 neither),
+/// every message is expected at the other end at the same stage, and the reduce reaches rank 0 from
+/// every rank.
+@Suite struct BinomialTreeTests {
+    @Test(arguments: [1, 2, 3, 5, 6, 7, 8, 9])
+    func everySendMeetsAReceiveAndEveryRankReachesTheRoot(ranks: Int) {
+        let levels = BinomialTree.levels(ranks)
+        #expect(1 << levels >= ranks && (levels == 0 || 1 << (levels - 1) < ranks))
+        let schedules = (0..<ranks).map { BinomialTree.steps(rank: $0, size: ranks) }
+        for (r, steps) in schedules.enumerated() {
+            #expect(steps.filter { $0.sends && $0.stage < levels }.count == (r == 0 ? 0 : 1), "rank \(r) sends up once")
+            #expect(steps.filter { !$0.sends && $0.stage >= levels }.count == (r == 0 ? 0 : 1), "rank \(r) receives the result once")
+            #expect(steps.map(\.stage) == steps.map(\.stage).sorted())
+            for s in steps {
+                #expect(
+                    schedules[s.peer].filter { $0.stage == s.stage && $0.peer == r && $0.sends != s.sends }.count == 1,
+                    "rank \(r) stage \(s.stage)")
+            }
+            // up the tree: each parent is a lower rank, so every path ends at rank 0
+            var at = r, hops = 0
+            while at != 0, let up = schedules[at].first(where: { $0.sends && $0.stage < levels }), hops < ranks {
+                (at, hops) = (up.peer, hops + 1)
+            }
+            #expect(at == 0, "rank \(r)'s sums reach rank 0")
+        }
+    }
+}
+
 /// The alpha-beta model's choice, for figures a link could measure.
 @Suite struct CollectiveCostTests {
     /// 1 Gbit/s and 50 us, as the emulated hosts: at 8 ranks halving-doubling beats the ring on small
@@ -111,5 +139,14 @@ import Testing
         let slowRatio = slow.seconds(.ring, ranks: 8, bytes: 64 << 10) / slow.seconds(.halvingDoubling, ranks: 8, bytes: 64 << 10)
         #expect(slowRatio > 1.85 && slowRatio < 1.95, "at 350 us: \(slowRatio)")
         #expect(gigabit.seconds(.ring, ranks: 1, bytes: 1 << 20) == 0)
+        // the tree takes as many steps as halving-doubling (2 ceil(log2 N), folding included) with
+        // whole buffers in each: never faster by this model, so auto does not take it
+        for ranks in [2, 3, 5, 6, 8, 64] {
+            for bytes in [4, 4096, 64 << 10] {
+                #expect(
+                    gigabit.seconds(.tree, ranks: ranks, bytes: bytes) >= gigabit.seconds(.halvingDoubling, ranks: ranks, bytes: bytes),
+                    "\(ranks) ranks, \(bytes) bytes")
+            }
+        }
     }
 }
