@@ -339,29 +339,15 @@ public final class Ring {
     private func halvingDoubling<T: RingElement>(
         _ buffer: UnsafeMutableBufferPointer<T>, average: Bool, step: UInt64, bucket: UInt32, vote: RingVotes
     ) throws -> RingVotes {
-        let n = buffer.count, base = buffer.baseAddress, per = max(1, options.chunkBytes / MemoryLayout<T>.stride)
-        var head = header(.allReduce, step: step, bucket: bucket, dtype: T.dtype, totalCount: n)
-        var seen = vote
+        var exchange = PeerExchange(ring: self, buffer: buffer, step: step, bucket: bucket, vote: vote)
         let levels = HalvingDoubling.participants(size).trailingZeroBitCount
-        for s in HalvingDoubling.steps(rank: rank, size: size, count: n) {
-            head.votes = seen
-            for (i, c) in chunks(s.send, per).enumerated() {
-                let bytes = UnsafeRawBufferPointer(start: base.map { $0 + c.lowerBound }, count: c.count * MemoryLayout<T>.stride)
-                try link!.send(head, ringStep: s.stage, index: i, offset: c.lowerBound, .lent(bytes, checksum: nil), to: s.peer)
-            }
+        for s in HalvingDoubling.steps(rank: rank, size: size, count: buffer.count) {
+            try exchange.send(s.send, stage: s.stage, to: s.peer)
             let finishing = s.adds && s.stage == levels
-            for (i, c) in chunks(s.receive, per).enumerated() {
-                let e = ExpectedChunk(
-                    operation: .allReduce, step: step, bucket: bucket, ringStep: s.stage, chunkIndex: i, dtype: T.dtype,
-                    offset: c.lowerBound, count: c.count, totalCount: n)
-                let (payload, h) = try link!.receive(e, sequence: sequence, verifying: false, from: s.peer)
-                seen.formUnion(h.votes)
-                _ = try consume(
-                    payload, h, e, into: UnsafeMutableBufferPointer(start: base.map { $0 + c.lowerBound }, count: c.count),
-                    s.adds ? .add(divideBy: average && finishing ? T(size) : nil) : .copy)
-            }
+            try exchange.receive(
+                s.receive, stage: s.stage, from: s.peer, s.adds ? .add(divideBy: average && finishing ? T(size) : nil) : .copy)
         }
-        return seen
+        return exchange.seen
     }
 
     /// The all-reduce up and down a binomial tree (`BinomialTree`): the whole buffer in chunks, lent
@@ -372,33 +358,59 @@ public final class Ring {
     private func tree<T: RingElement>(
         _ buffer: UnsafeMutableBufferPointer<T>, average: Bool, step: UInt64, bucket: UInt32, vote: RingVotes
     ) throws -> RingVotes {
-        let n = buffer.count, base = buffer.baseAddress, per = max(1, options.chunkBytes / MemoryLayout<T>.stride)
-        var head = header(.allReduce, step: step, bucket: bucket, dtype: T.dtype, totalCount: n)
-        var seen = vote
-        let levels = BinomialTree.levels(size)
+        var exchange = PeerExchange(ring: self, buffer: buffer, step: step, bucket: bucket, vote: vote)
+        let levels = BinomialTree.levels(size), whole = 0..<buffer.count
         for s in BinomialTree.steps(rank: rank, size: size) {
-            if rank == 0, average, s.stage == levels, let base { T.divide(base, by: T(size), count: n) }  // the sum is whole
-            let pieces = chunks(0..<n, per)
-            guard !s.sends else {
-                head.votes = seen
-                for (i, c) in pieces.enumerated() {
-                    let bytes = UnsafeRawBufferPointer(start: base.map { $0 + c.lowerBound }, count: c.count * MemoryLayout<T>.stride)
-                    try link!.send(head, ringStep: s.stage, index: i, offset: c.lowerBound, .lent(bytes, checksum: nil), to: s.peer)
-                }
-                continue
-            }
-            for (i, c) in pieces.enumerated() {
-                let e = ExpectedChunk(
-                    operation: .allReduce, step: step, bucket: bucket, ringStep: s.stage, chunkIndex: i, dtype: T.dtype,
-                    offset: c.lowerBound, count: c.count, totalCount: n)
-                let (payload, h) = try link!.receive(e, sequence: sequence, verifying: false, from: s.peer)
-                if s.stage < levels { seen.formUnion(h.votes) } else { seen = h.votes }
-                _ = try consume(
-                    payload, h, e, into: UnsafeMutableBufferPointer(start: base.map { $0 + c.lowerBound }, count: c.count),
-                    s.stage < levels ? .add(divideBy: nil) : .copy)
+            // rank 0's sum is whole once it starts sending it down
+            if rank == 0, average, s.stage == levels, let base = buffer.baseAddress { T.divide(base, by: T(size), count: buffer.count) }
+            if s.sends {
+                try exchange.send(whole, stage: s.stage, to: s.peer)
+            } else {
+                try exchange.receive(
+                    whole, stage: s.stage, from: s.peer, s.stage < levels ? .add(divideBy: nil) : .copy, resultVotes: s.stage >= levels)
             }
         }
-        return seen
+        return exchange.seen
+    }
+
+    /// One all-reduce's messages to and from any peer (halving-doubling, the tree): a range of the
+    /// buffer in chunks lent from it, the header's stage and votes (those this rank has seen) set;
+    /// a range received in chunks, each added or copied in and its votes taken.
+    struct PeerExchange<T: RingElement> {
+        let ring: Ring, buffer: UnsafeMutableBufferPointer<T>, step: UInt64, bucket: UInt32
+        var head: ChunkHeader
+        private(set) var seen: RingVotes
+        var per: Int { max(1, ring.options.chunkBytes / MemoryLayout<T>.stride) }
+
+        init(ring: Ring, buffer: UnsafeMutableBufferPointer<T>, step: UInt64, bucket: UInt32, vote: RingVotes) {
+            (self.ring, self.buffer, self.step, self.bucket, seen) = (ring, buffer, step, bucket, vote)
+            head = ring.header(.allReduce, step: step, bucket: bucket, dtype: T.dtype, totalCount: buffer.count)
+        }
+
+        mutating func send(_ range: Range<Int>, stage: Int, to peer: Int) throws {
+            head.votes = seen
+            for (i, c) in ring.chunks(range, per).enumerated() {
+                let bytes = UnsafeRawBufferPointer(
+                    start: buffer.baseAddress.map { $0 + c.lowerBound }, count: c.count * MemoryLayout<T>.stride)
+                try ring.link!.send(head, ringStep: stage, index: i, offset: c.lowerBound, .lent(bytes, checksum: nil), to: peer)
+            }
+        }
+
+        /// `resultVotes`: the chunks carry the final votes (a result copied down), which replace these.
+        mutating func receive(
+            _ range: Range<Int>, stage: Int, from peer: Int, _ how: Consumption<T>, resultVotes: Bool = false
+        ) throws {
+            for (i, c) in ring.chunks(range, per).enumerated() {
+                let e = ExpectedChunk(
+                    operation: .allReduce, step: step, bucket: bucket, ringStep: stage, chunkIndex: i, dtype: T.dtype,
+                    offset: c.lowerBound, count: c.count, totalCount: buffer.count)
+                let (payload, h) = try ring.link!.receive(e, sequence: ring.sequence, verifying: false, from: peer)
+                if resultVotes { seen = h.votes } else { seen.formUnion(h.votes) }
+                _ = try ring.consume(
+                    payload, h, e, into: UnsafeMutableBufferPointer(start: buffer.baseAddress.map { $0 + c.lowerBound }, count: c.count),
+                    how)
+            }
+        }
     }
 
     func broadcastElements<T: RingElement>(_ buffer: UnsafeMutableBufferPointer<T>, root: Int, step: UInt64) throws {
@@ -511,7 +523,7 @@ public final class Ring {
         return stride(from: range.lowerBound, to: range.upperBound, by: per).map { $0..<min($0 + per, range.upperBound) }
     }
 
-    private func header(
+    func header(
         _ operation: ChunkHeader.Operation, step: UInt64 = 0, bucket: UInt32 = 0,
         dtype: ChunkHeader.DType = .bytes, totalCount: Int
     ) -> ChunkHeader {
