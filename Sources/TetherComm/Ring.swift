@@ -87,17 +87,72 @@ public final class Ring {
 
     static func seconds(_ d: Duration) -> Double { Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18 }
 
-    /// The schedule an all-reduce of `bytes` takes (f32 or f64 on the wire).
-    public func algorithm(bytes: Int) -> CollectiveCost.Algorithm {
+    /// The schedule the last all-reduce of f32 or f64 values took.
+    public private(set) var lastAllReduce: CollectiveCost.Algorithm = .ring
+
+    /// The schedule an all-reduce of `bytes` takes (f32 or f64 on the wire); with `.auto`, the one
+    /// chosen for that size, or (while it is being chosen) the next to be timed.
+    public func schedule(bytes: Int) -> CollectiveCost.Algorithm {
         switch options.allReduce {
         case .halvingDoubling: return .halvingDoubling
         case .tree: return .tree
         case .auto where linkCost != nil:
-            // whole buffers go as one chunk only
-            let oneChunk = bytes <= options.chunkBytes
-            return linkCost!.fastest(
-                ranks: size, bytes: bytes, among: oneChunk ? [.ring, .gatherSum, .halvingDoubling, .tree] : [.ring, .halvingDoubling])
+            let tuning = tuning[bytes] ?? AutoTuning(candidates: candidates(bytes: bytes))
+            return tuning.chosen ?? tuning.candidates[tuning.calls % tuning.candidates.count]
         case .ring, .auto: return bytes <= min(options.gatherSumBytes, options.chunkBytes) ? .gatherSum : .ring
+        }
+    }
+
+    /// --collective auto, per buffer size: the schedules the link model leaves in (within 2x of its
+    /// best), each timed `AutoTuning.rounds` times in turn on the first all-reduces of that size, then
+    /// the fastest by their mean time over the ranks (averaged by an all-reduce, so every rank holds
+    /// the same figures and chooses alike). The model alone misjudged small buffers on shaped links:
+    /// a token bucket lets a burst through at line rate, and 8 ranks on 2 cores wait for a core, not
+    /// the wire (docs/ARCHITECTURE.md, "Halving-doubling").
+    struct AutoTuning {
+        static let rounds = 3
+        let candidates: [CollectiveCost.Algorithm]
+        var seconds: [Double]
+        var calls = 0
+        var chosen: CollectiveCost.Algorithm?
+        init(candidates: [CollectiveCost.Algorithm]) {
+            self.candidates = candidates
+            seconds = Array(repeating: 0, count: candidates.count)
+            if candidates.count == 1 { chosen = candidates[0] }
+        }
+    }
+    private var tuning: [Int: AutoTuning] = [:]
+
+    /// The schedules --collective auto times for `bytes` (whole buffers go as one chunk only).
+    func candidates(bytes: Int) -> [CollectiveCost.Algorithm] {
+        let all: [CollectiveCost.Algorithm] =
+            bytes <= options.chunkBytes ? [.ring, .gatherSum, .halvingDoubling, .tree] : [.ring, .halvingDoubling]
+        guard let cost = linkCost else { return all }
+        let best = all.map { cost.seconds($0, ranks: size, bytes: bytes) }.min()!
+        return all.filter { cost.seconds($0, ranks: size, bytes: bytes) <= 2 * best }
+    }
+
+    /// The all-reduces of `bytes` still to be timed before --collective auto has chosen (0 after).
+    public func tuningCalls(bytes: Int) -> Int {
+        guard options.allReduce == .auto, linkCost != nil else { return 0 }
+        let tuning = tuning[bytes] ?? AutoTuning(candidates: candidates(bytes: bytes))
+        return tuning.chosen == nil ? tuning.candidates.count * AutoTuning.rounds - tuning.calls : 0
+    }
+
+    /// Counts an all-reduce of `bytes` by `schedule` that took `seconds` here, and chooses once every
+    /// candidate has had its rounds.
+    private func timed(_ schedule: CollectiveCost.Algorithm, bytes: Int, seconds: Double) throws {
+        var t = tuning[bytes] ?? AutoTuning(candidates: candidates(bytes: bytes))
+        defer { tuning[bytes] = t }
+        guard t.chosen == nil, let i = t.candidates.firstIndex(of: schedule) else { return }
+        t.seconds[i] += seconds
+        t.calls += 1
+        if t.calls == t.candidates.count * AutoTuning.rounds {
+            var means = t.seconds
+            _ = try means.withUnsafeMutableBufferPointer {
+                try allReduceElements($0, by: .gatherSum, average: true, step: 0, bucket: 0, vote: [])
+            }
+            t.chosen = t.candidates[means.indices.min { means[$0] < means[$1] }!]
         }
     }
 
@@ -190,9 +245,22 @@ public final class Ring {
     func allReduceElements<T: RingElement>(
         _ buffer: UnsafeMutableBufferPointer<T>, average: Bool, step: UInt64, bucket: UInt32, vote: RingVotes
     ) throws -> RingVotes {
+        let bytes = buffer.count * MemoryLayout<T>.stride, schedule = schedule(bytes: bytes), started = ContinuousClock.now
+        let votes = try allReduceElements(buffer, by: schedule, average: average, step: step, bucket: bucket, vote: vote)
+        lastAllReduce = schedule
+        if options.allReduce == .auto, linkCost != nil {
+            try timed(schedule, bytes: bytes, seconds: Self.seconds(started.duration(to: .now)))
+        }
+        return votes
+    }
+
+    private func allReduceElements<T: RingElement>(
+        _ buffer: UnsafeMutableBufferPointer<T>, by schedule: CollectiveCost.Algorithm, average: Bool, step: UInt64, bucket: UInt32,
+        vote: RingVotes
+    ) throws -> RingVotes {
         try run(.allReduce) {
             guard size > 1 else { return vote }
-            switch algorithm(bytes: buffer.count * MemoryLayout<T>.stride) {
+            switch schedule {
             case .halvingDoubling: return try halvingDoubling(buffer, average: average, step: step, bucket: bucket, vote: vote)
             case .gatherSum: return try gatherSum(buffer, average: average, step: step, bucket: bucket, vote: vote)
             case .tree: return try tree(buffer, average: average, step: step, bucket: bucket, vote: vote)

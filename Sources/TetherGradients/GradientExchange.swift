@@ -123,7 +123,7 @@ public final class GradientExchange: @unchecked Sendable {  // the exchange thre
                 defer {
                     if tracing {
                         // the schedule the bucket took (PowerSGD's factors name their own spans)
-                        let how = wire == .f32 ? ring.algorithm(bytes: 4 * (end - start)).rawValue : "ring"
+                        let how = wire == .f32 ? ring.lastAllReduce.rawValue : "ring"
                         spans.append(("all-reduce bucket \(bucket) (\(end - start) values, \(how))", began, Self.microsecondsNow()))
                     }
                 }

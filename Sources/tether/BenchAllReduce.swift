@@ -317,8 +317,9 @@ struct RankRun {
 
     private func measure(_ ring: Ring) throws -> RankReport {
         var report = RankReport(rank: rank, seconds: [], statistics: RingStatistics())
-        report.algorithm = dtype == .f32 ? ring.algorithm(bytes: elements * 4).rawValue : "ring"
         (report.linkLatency, report.linkBandwidth) = (ring.linkCost?.latency, ring.linkCost?.bandwidth)
+        // --collective auto times its candidates on the first all-reduces of a size: untimed here
+        let warmup = warmup + (dtype == .f32 ? ring.tuningCalls(bytes: elements * 4) : 0)
         var buffer = [Float](repeating: 1, count: elements)
         if check {
             for i in 0..<elements { buffer[i] = Self.value(i, rank: rank) }
@@ -341,6 +342,7 @@ struct RankRun {
             guard i >= warmup else { continue }
             report.seconds.append(start.duration(to: .now).seconds)
             report.statistics += ring.statistics - before
+            report.algorithm = dtype == .f32 ? ring.lastAllReduce.rawValue : "ring"
         }
         return report
     }

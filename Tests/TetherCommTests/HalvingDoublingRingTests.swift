@@ -148,34 +148,52 @@ import Testing
         #expect(outputs[0][2] == (0..<ranks).map(Float.init))
     }
 
-    /// auto: every rank holds the same measured link figures, so every rank takes the same schedule for
-    /// each size (the one the cost model names), and the sums are bitwise equal and right.
-    @Test func autoChoosesByTheMeasuredLinksAlikeOnEveryRank() throws {
+    /// auto: every rank holds the same measured link figures; for each size it times every schedule
+    /// the model leaves in, in turn, then every rank takes the same one (the fastest on average over
+    /// the ranks); every call's sum is bitwise equal on every rank and right.
+    @Test func autoTimesTheCandidatesAndEveryRankChoosesAlike() throws {
         let ranks = 5, ring = try TestRing(ranks, .tcp), counts = [10, 5000, 300_000], chunkBytes = 64 << 10
-        let results = onRanks(ranks) { rank -> (CollectiveCost?, [CollectiveCost.Algorithm], [[Float]]) in
+        struct Seen: Sendable {
+            var cost: CollectiveCost?
+            var candidates: [[CollectiveCost.Algorithm]] = [], taken: [[CollectiveCost.Algorithm]] = []
+            var chosen: [CollectiveCost.Algorithm] = [], outputs: [[[Float]]] = []
+        }
+        let results = onRanks(ranks) { rank -> Seen in
             let r = try ring.ring(rank) {
                 $0.allReduce = .auto
                 $0.chunkBytes = chunkBytes
             }
-            var outputs: [[Float]] = []
+            var seen = Seen(cost: r.linkCost)
             for count in counts {
-                var x = input(rank: rank, count: count)
-                _ = try x.withUnsafeMutableBufferPointer { try r.allReduce($0) }
-                outputs.append(x)
+                seen.candidates.append(r.candidates(bytes: 4 * count))
+                var taken: [CollectiveCost.Algorithm] = [], outputs: [[Float]] = []
+                for _ in 0..<(r.tuningCalls(bytes: 4 * count) + 2) {
+                    var x = input(rank: rank, count: count)
+                    _ = try x.withUnsafeMutableBufferPointer { try r.allReduce($0) }
+                    (taken, outputs) = (taken + [r.lastAllReduce], outputs + [x])
+                }
+                seen.taken.append(taken)
+                seen.outputs.append(outputs)
+                seen.chosen.append(r.schedule(bytes: 4 * count))
             }
-            return (r.linkCost, counts.map { r.algorithm(bytes: 4 * $0) }, outputs)
+            return seen
         }
         let values = try results.map { try $0.get() }
-        let cost = try #require(values[0].0, "the links were measured")
+        let cost = try #require(values[0].cost, "the links were measured")
         #expect(cost.latency > 0 && cost.latency < 0.1 && cost.bandwidth > 1e6, "\(cost)")
-        #expect(values.allSatisfy { $0.0 == cost && $0.1 == values[0].1 }, "\(values.map { ($0.0, $0.1) })")
         for (i, count) in counts.enumerated() {
-            let among: [CollectiveCost.Algorithm] =
-                4 * count <= chunkBytes ? [.ring, .gatherSum, .halvingDoubling] : [.ring, .halvingDoubling]
-            #expect(values[0].1[i] == cost.fastest(ranks: ranks, bytes: 4 * count, among: among))
-            #expect(values.allSatisfy { $0.2[i] == values[0].2[i] }, "\(count) elements: every rank holds the same sum")
+            let candidates = values[0].candidates[i], rounds = Ring.AutoTuning.rounds
+            #expect(!candidates.isEmpty && values.allSatisfy { $0.candidates[i] == candidates && $0.chosen[i] == values[0].chosen[i] })
+            #expect(candidates.contains(values[0].chosen[i]), "\(count) elements: chose \(values[0].chosen[i]) of \(candidates)")
+            // each candidate in turn, its rounds, then the choice on the two calls after
+            let expected = candidates.count == 1 ? [] : (0..<candidates.count * rounds).map { candidates[$0 % candidates.count] }
+            #expect(values[0].taken[i] == expected + [values[0].chosen[i], values[0].chosen[i]], "\(count) elements: \(values[0].taken[i])")
             let exact = (0..<ranks).map { input(rank: $0, count: count) }.reduce([Float](repeating: 0, count: count)) { zip($0, $1).map(+) }
-            #expect(zip(values[0].2[i], exact).allSatisfy { abs($0 - $1) <= 1e-4 * max(1, abs($1)) }, "\(count) elements")
+            for (call, output) in values[0].outputs[i].enumerated() {
+                #expect(
+                    values.allSatisfy { $0.outputs[i][call] == output }, "\(count) elements, call \(call): every rank holds the same sum")
+                #expect(zip(output, exact).allSatisfy { abs($0 - $1) <= 1e-4 * max(1, abs($1)) }, "\(count) elements, call \(call)")
+            }
         }
     }
 
