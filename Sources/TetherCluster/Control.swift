@@ -20,6 +20,19 @@ struct ControlChannel {
         }
     }
 
+    /// A worker's fresh connection to the coordinator at `endpoint`, for the next job: one that lived
+    /// through a partition may wait out TCP's retransmission backoff (seconds, doubling during the
+    /// outage) before the first Hello goes out. What the old one still holds for the old job is
+    /// dropped (linger 0): lingering, libzmq reconnects it and delivers it after this worker holds a
+    /// rank in the next job (a chaos run: a stale checkpoint failed the new job). The coordinator's
+    /// ROUTER hands the worker's identity over to the new connection (ZMQ_ROUTER_HANDOVER).
+    func reconnect(_ endpoint: String) throws {
+        try socket.setLinger(.zero)
+        try? socket.disconnect(endpoint)
+        try socket.setLinger(.seconds(1))
+        try socket.connect(endpoint)
+    }
+
     /// The next message before `deadline`, as (sender identity for a ROUTER, envelope); a message that
     /// does not parse, or (unless `anyJob`) belongs to another job, is an error naming what arrived.
     func receive(deadline: ContinuousClock.Instant, anyJob: Bool = false) throws -> (identity: [UInt8]?, envelope: Envelope)? {

@@ -197,7 +197,7 @@ public final class Coordinator {
         try socket.setMaxMessageSize((64 << 20) + 16 * probe.model.arena.count + 8 * bufferValues * options.workers)
         try socket.setHandshakeInterval(ControlLimits.handshakeInterval)
         try socket.setHighWaterMarks(send: ControlLimits.queuedMessages, receive: ControlLimits.receivedMessages)
-        // A worker that outlived a partition connects afresh under its old identity (Worker.join).
+        // A worker that outlived a partition connects afresh under its old identity (ControlChannel.reconnect).
         try socket.setRouterHandover(true)
         if let keys = options.security.keys {
             let auth = try Authenticator(context: context, logger: Logger(label: "coordinator"))

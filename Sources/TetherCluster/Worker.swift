@@ -597,17 +597,7 @@ public final class Worker {
     private func join(carrying carried: (step: Int, hash: UInt64)?, within seconds: Double = 120) throws -> Assign? {
         // a worker that kept its state has just closed its ring at the address it advertises
         releaseAdvertisedPort()
-        if carried != nil {
-            // A fresh connection: one that lived through a partition may wait out TCP's retransmission
-            // backoff (seconds, doubling during the outage) before the first Hello goes out. What the
-            // old one still holds for the old job is dropped (linger 0): lingering, libzmq reconnects it
-            // and delivers it after this worker holds a rank in the next job (a chaos run: a stale
-            // checkpoint failed the new job).
-            try control.socket.setLinger(.zero)
-            try? control.socket.disconnect(options.coordinator)
-            try control.socket.setLinger(.seconds(1))
-            try control.socket.connect(options.coordinator)
-        }
+        if carried != nil { try control.reconnect(options.coordinator) }
         let advertised = try Advertise.reserve(options.advertise, portWait: carried == nil ? 0 : 5)
         advertisedPort = advertised.holder
         var hello = Hello(advertiseAddress: advertised.address, tetherVersion: "tether", threads: UInt32(Compute.threads))
