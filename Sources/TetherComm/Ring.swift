@@ -209,6 +209,10 @@ public final class Ring {
                 if let base = buffer.baseAddress { codec.round(base, count: n) }
                 return vote
             }
+            if options.allReduce == .halvingDoubling {
+                return try halvingDoubling(
+                    buffer, staging: staging, codec: codec, average: average, step: step, bucket: bucket, vote: vote)
+            }
             // Each position of `staging` is written once per collective (every segment leaves this rank
             // once, narrowed), and `run` waits until libzmq has sent it all before this returns.
             func lend(_ c: Range<Int>, checksum: UInt64?) -> RingLink.Outgoing {
@@ -407,13 +411,43 @@ public final class Ring {
     private func halvingDoubling<T: RingElement>(
         _ buffer: UnsafeMutableBufferPointer<T>, average: Bool, step: UInt64, bucket: UInt32, vote: RingVotes
     ) throws -> RingVotes {
-        var exchange = PeerExchange(ring: self, buffer: buffer, step: step, bucket: bucket, vote: vote)
-        let levels = HalvingDoubling.participants(size).trailingZeroBitCount
+        var exchange = PeerExchange(ring: self, count: buffer.count, dtype: T.dtype, step: step, bucket: bucket, vote: vote)
+        let levels = HalvingDoubling.participants(size).trailingZeroBitCount, base = UnsafeRawPointer(buffer.baseAddress)
         for s in HalvingDoubling.steps(rank: rank, size: size, count: buffer.count) {
-            try exchange.send(s.send, stage: s.stage, to: s.peer)
+            try exchange.send(s.send, of: base, stage: s.stage, to: s.peer)
+            let how: Consumption<T> = s.adds ? .add(divideBy: average && s.stage == levels ? T(size) : nil) : .copy
+            try exchange.receive(s.receive, stage: s.stage, from: s.peer) { payload, h, e, c in
+                _ = try consume(payload, h, e, into: UnsafeMutableBufferPointer(rebasing: buffer[c]), how)
+            }
+        }
+        return exchange.seen
+    }
+
+    /// Halving-doubling with 16-bit values on the wire: what leaves in the halving stages (partial sums)
+    /// is narrowed into `staging` as it goes; what comes is widened and added in f32; the rank that
+    /// completes a segment narrows it once and keeps those values widened, as the ring does; what the
+    /// doubling stages copy in is kept narrowed in `staging` too, for the stages that send it on.
+    /// Every position of `staging` is written before it is lent and not again while it is.
+    private func halvingDoubling(
+        _ buffer: UnsafeMutableBufferPointer<Float>, staging: UnsafeMutablePointer<UInt16>, codec: WireCodec, average: Bool,
+        step: UInt64, bucket: UInt32, vote: RingVotes
+    ) throws -> RingVotes {
+        var exchange = PeerExchange(ring: self, count: buffer.count, dtype: codec.dtype, step: step, bucket: bucket, vote: vote)
+        let levels = HalvingDoubling.participants(size).trailingZeroBitCount, base = buffer.baseAddress!
+        for s in HalvingDoubling.steps(rank: rank, size: size, count: buffer.count) {
+            // a range sent while summing (folding in, halving) holds f32 partial sums; later ones, the
+            // narrowed results already in `staging`
+            if s.adds || s.stage == 0, !s.send.isEmpty {
+                codec.narrow(staging + s.send.lowerBound, base + s.send.lowerBound, count: s.send.count)
+            }
+            try exchange.send(s.send, of: UnsafeRawPointer(staging), stage: s.stage, to: s.peer)
             let finishing = s.adds && s.stage == levels
-            try exchange.receive(
-                s.receive, stage: s.stage, from: s.peer, s.adds ? .add(divideBy: average && finishing ? T(size) : nil) : .copy)
+            try exchange.receive(s.receive, stage: s.stage, from: s.peer) { payload, h, e, c in
+                _ = try consume(
+                    payload, h, e, into: UnsafeMutableBufferPointer(rebasing: buffer[c]), wire: codec, adding: s.adds,
+                    divideBy: average && finishing ? Float(size) : nil, narrowInto: s.adds && !finishing ? nil : staging + c.lowerBound,
+                    keepNarrowed: finishing)
+            }
         }
         return exchange.seen
     }
@@ -426,57 +460,58 @@ public final class Ring {
     private func tree<T: RingElement>(
         _ buffer: UnsafeMutableBufferPointer<T>, average: Bool, step: UInt64, bucket: UInt32, vote: RingVotes
     ) throws -> RingVotes {
-        var exchange = PeerExchange(ring: self, buffer: buffer, step: step, bucket: bucket, vote: vote)
-        let levels = BinomialTree.levels(size), whole = 0..<buffer.count
+        var exchange = PeerExchange(ring: self, count: buffer.count, dtype: T.dtype, step: step, bucket: bucket, vote: vote)
+        let levels = BinomialTree.levels(size), whole = 0..<buffer.count, base = UnsafeRawPointer(buffer.baseAddress)
         for s in BinomialTree.steps(rank: rank, size: size) {
             // rank 0's sum is whole once it starts sending it down
             if rank == 0, average, s.stage == levels, let base = buffer.baseAddress { T.divide(base, by: T(size), count: buffer.count) }
             if s.sends {
-                try exchange.send(whole, stage: s.stage, to: s.peer)
-            } else {
-                try exchange.receive(
-                    whole, stage: s.stage, from: s.peer, s.stage < levels ? .add(divideBy: nil) : .copy, resultVotes: s.stage >= levels)
+                try exchange.send(whole, of: base, stage: s.stage, to: s.peer)
+                continue
+            }
+            try exchange.receive(whole, stage: s.stage, from: s.peer, resultVotes: s.stage >= levels) { payload, h, e, c in
+                _ = try consume(
+                    payload, h, e, into: UnsafeMutableBufferPointer(rebasing: buffer[c]), s.stage < levels ? .add(divideBy: nil) : .copy)
             }
         }
         return exchange.seen
     }
 
-    /// One all-reduce's messages to and from any peer (halving-doubling, the tree): a range of the
-    /// buffer in chunks lent from it, the header's stage and votes (those this rank has seen) set;
-    /// a range received in chunks, each added or copied in and its votes taken.
-    struct PeerExchange<T: RingElement> {
-        let ring: Ring, buffer: UnsafeMutableBufferPointer<T>, step: UInt64, bucket: UInt32
+    /// One all-reduce's messages to and from any peer (halving-doubling, the tree): a range of elements
+    /// in chunks lent from where they lie, the header's stage and votes (those this rank has seen) set;
+    /// a range received in chunks, each handed to `take` and its votes taken.
+    struct PeerExchange {
+        let ring: Ring, count: Int, step: UInt64, bucket: UInt32, dtype: ChunkHeader.DType
         var head: ChunkHeader
         private(set) var seen: RingVotes
-        var per: Int { max(1, ring.options.chunkBytes / MemoryLayout<T>.stride) }
+        var per: Int { max(1, ring.options.chunkBytes / dtype.size) }
 
-        init(ring: Ring, buffer: UnsafeMutableBufferPointer<T>, step: UInt64, bucket: UInt32, vote: RingVotes) {
-            (self.ring, self.buffer, self.step, self.bucket, seen) = (ring, buffer, step, bucket, vote)
-            head = ring.header(.allReduce, step: step, bucket: bucket, dtype: T.dtype, totalCount: buffer.count)
+        init(ring: Ring, count: Int, dtype: ChunkHeader.DType, step: UInt64, bucket: UInt32, vote: RingVotes) {
+            (self.ring, self.count, self.dtype, self.step, self.bucket, seen) = (ring, count, dtype, step, bucket, vote)
+            head = ring.header(.allReduce, step: step, bucket: bucket, dtype: dtype, totalCount: count)
         }
 
-        mutating func send(_ range: Range<Int>, stage: Int, to peer: Int) throws {
+        /// Sends elements `range` of the ones at `base` (wire elements of `dtype`).
+        mutating func send(_ range: Range<Int>, of base: UnsafeRawPointer?, stage: Int, to peer: Int) throws {
             head.votes = seen
             for (i, c) in ring.chunks(range, per).enumerated() {
-                let bytes = UnsafeRawBufferPointer(
-                    start: buffer.baseAddress.map { $0 + c.lowerBound }, count: c.count * MemoryLayout<T>.stride)
+                let bytes = UnsafeRawBufferPointer(start: base.map { $0 + c.lowerBound * dtype.size }, count: c.count * dtype.size)
                 try ring.link!.send(head, ringStep: stage, index: i, offset: c.lowerBound, .lent(bytes, checksum: nil), to: peer)
             }
         }
 
         /// `resultVotes`: the chunks carry the final votes (a result copied down), which replace these.
         mutating func receive(
-            _ range: Range<Int>, stage: Int, from peer: Int, _ how: Consumption<T>, resultVotes: Bool = false
+            _ range: Range<Int>, stage: Int, from peer: Int, resultVotes: Bool = false,
+            _ take: (RingLink.Payload, ChunkHeader, ExpectedChunk, Range<Int>) throws -> Void
         ) throws {
             for (i, c) in ring.chunks(range, per).enumerated() {
                 let e = ExpectedChunk(
-                    operation: .allReduce, step: step, bucket: bucket, ringStep: stage, chunkIndex: i, dtype: T.dtype,
-                    offset: c.lowerBound, count: c.count, totalCount: buffer.count)
+                    operation: .allReduce, step: step, bucket: bucket, ringStep: stage, chunkIndex: i, dtype: dtype,
+                    offset: c.lowerBound, count: c.count, totalCount: count)
                 let (payload, h) = try ring.link!.receive(e, sequence: ring.sequence, verifying: false, from: peer)
                 if resultVotes { seen = h.votes } else { seen.formUnion(h.votes) }
-                _ = try ring.consume(
-                    payload, h, e, into: UnsafeMutableBufferPointer(start: buffer.baseAddress.map { $0 + c.lowerBound }, count: c.count),
-                    how)
+                try take(payload, h, e, c)
             }
         }
     }

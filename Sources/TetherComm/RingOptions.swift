@@ -12,8 +12,8 @@ public struct RingOptions: Sendable {
     /// buffer and sums it on each rank (`Ring.gatherSum`): N-1 hops instead of 2(N-1), for buffers
     /// whose time is the hops' (measured: docs/ARCHITECTURE.md). 0: always the ring schedule.
     public var gatherSumBytes = 32 << 10
-    /// How an all-reduce of f32 or f64 values moves (a 16-bit wire, broadcasts and gathers always take
-    /// the ring). Every rank must use the same.
+    /// How an all-reduce moves (a 16-bit wire takes the ring unless this is halving-doubling;
+    /// broadcasts and gathers always take it). Every rank must use the same.
     public var allReduce: AllReduceAlgorithm = .ring
     /// Slots (of `chunkBytes` each) of the shared-memory lane a rank sends into when its right
     /// neighbour listens on an ipc:// address (`SharedLane`): chunks skip the socket's two copies while

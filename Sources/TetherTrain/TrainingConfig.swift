@@ -47,7 +47,7 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     /// A cluster's gradients on the wire (nil: f32, as they are).
     public var compression: Compression?
     /// How a cluster all-reduces its f32 gradients: "ring" (nil), "halving-doubling", "tree" or "auto"
-    /// (TetherComm.AllReduceAlgorithm's names; a 16-bit wire takes the ring).
+    /// (TetherComm.AllReduceAlgorithm's names).
     public var collective: String?
     /// PowerSGD's rank (nil: 4) and the step it starts at (nil: 1000; plain all-reduces before it, as
     /// DDP's start_powerSGD_iter).

@@ -38,7 +38,7 @@ struct BenchAllReduce: ParsableCommand {
     var dtype: ChunkHeader.DType { wire.dtype }
     @Option(
         help:
-            "ring, halving-doubling, tree or auto (the fastest by the links measured when the ring forms); a 16-bit --dtype takes the ring."
+            "ring, halving-doubling, tree or auto (the fastest by the links measured when the ring forms); a 16-bit --dtype goes by halving-doubling when asked, by the ring otherwise."
     )
     var collective: AllReduceAlgorithm = .ring
     @Option(help: "Timed iterations.") var iterations = 10

@@ -290,7 +290,7 @@ struct ClusterJob: ParsableArguments {
     var compression: TrainingConfig.Compression?
     @Option(
         help:
-            "How the workers all-reduce f32 gradients: ring (2(N-1) steps: bandwidth-optimal), halving-doubling (2 log2 N steps with partners across the ring: fewer latencies for small and medium buckets), tree (up a binomial tree to rank 0 and down again, whole buffers) or auto (per bucket, the fastest by a latency-bandwidth model of the links, measured when the ring forms). A 16-bit wire (--compression fp16/bf16) takes the ring."
+            "How the workers all-reduce f32 gradients: ring (2(N-1) steps: bandwidth-optimal), halving-doubling (2 log2 N steps with partners across the ring: fewer latencies for small and medium buckets), tree (up a binomial tree to rank 0 and down again, whole buffers) or auto (per bucket size, the fastest of the schedules a latency-bandwidth model of the links leaves in, each timed on the first steps). With --compression fp16/bf16, halving-doubling carries the 16-bit values too; the tree and auto take the ring."
     )
     var collective: AllReduceAlgorithm?
     @Option(

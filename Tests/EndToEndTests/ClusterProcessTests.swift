@@ -380,7 +380,7 @@ struct ClusterProcessTests {
     /// No process restarts: the three survivors re-form the ring, take the state of the one furthest
     /// along, redo only the step in flight with the global batch dealt over three, and the job ends
     /// within 1e-5 of an undisturbed 4-worker run (plain SGD, so a wrong gradient scale would show).
-    @Test(arguments: [(SIGKILL, "ring"), (SIGSTOP, "ring"), (SIGKILL, "halving-doubling")])
+    @Test(arguments: [(SIGKILL, "ring"), (SIGSTOP, "ring"), (SIGKILL, "halving-doubling"), (SIGKILL, "auto")])
     func aLostWorkerCostsTheSurvivorsOnlyTheStepInFlight(signal: Int32, collective: String) throws {
         let dir = CLI.tempDir("in-place")
         defer { try? FileManager.default.removeItem(at: dir) }

@@ -157,17 +157,23 @@ func input(rank: Int, count: Int) -> [Float] {
     }
 
     struct WireCase: Sendable, CustomTestStringConvertible {
-        var ranks: Int, count: Int, transport: Transport, wire: ChunkHeader.DType
-        var testDescription: String { "\(ranks) ranks, \(count) elements, \(transport), \(wire)" }
+        var ranks: Int, count: Int, transport: Transport, wire: ChunkHeader.DType, algorithm = AllReduceAlgorithm.ring
+        var testDescription: String { "\(algorithm), \(ranks) ranks, \(count) elements, \(transport), \(wire)" }
     }
 
-    static let wireGrid: [WireCase] = [1, 2, 3, 5].flatMap { n in
-        Set([0, 1, max(n - 1, 0), 10 * n + 1, 70_003]).sorted().flatMap { count in
-            Transport.allCases.flatMap { t in
-                [ChunkHeader.DType.f16, .bf16].map { WireCase(ranks: n, count: count, transport: t, wire: $0) }
+    /// The ring on every transport; halving-doubling on tcp, with 8 ranks too.
+    static let wireGrid: [WireCase] = {
+        var cases: [WireCase] = []
+        for n in [1, 2, 3, 5, 8] {
+            for count in Set([0, 1, max(n - 1, 0), 10 * n + 1, 70_003]).sorted() {
+                for wire in [ChunkHeader.DType.f16, .bf16] {
+                    if n < 8 { cases += Transport.allCases.map { WireCase(ranks: n, count: count, transport: $0, wire: wire) } }
+                    if n > 1 { cases.append(WireCase(ranks: n, count: count, transport: .tcp, wire: wire, algorithm: .halvingDoubling)) }
+                }
             }
         }
-    }
+        return cases
+    }()
 
     /// On a 16-bit wire (compression): every rank ends bitwise equal, and each sum is within the
     /// format's bound of a Double reference: the inputs rounded once, each partial sum once per hop,
@@ -179,7 +185,10 @@ func input(rank: Int, count: Int) -> [Float] {
         for average in [false, true] where !average || c.count == 10 * c.ranks + 1 {
             let ring = try TestRing(c.ranks, c.transport)  // a ring of its own (addresses are not reused at once)
             let results = onRanks(c.ranks) { rank -> [Float] in
-                let r = try ring.ring(rank) { $0.chunkBytes = chunkBytes }
+                let r = try ring.ring(rank) {
+                    $0.chunkBytes = chunkBytes
+                    $0.allReduce = c.algorithm
+                }
                 var x = input(rank: rank, count: c.count)
                 _ = try x.withUnsafeMutableBufferPointer { try r.allReduce($0, wire: c.wire, average: average) }
                 return x
