@@ -1,11 +1,14 @@
+import TetherComm
+
 /// What a data-parallel job will do on N hosts, from what one step measures on this host and what the
 /// links are (`tether plan`). Pure arithmetic, so it is tested on figures given by hand.
 ///
 /// One step is the replica's compute (forward and backward, then the optimizer) plus the part of the
-/// gradient exchange that backward does not hide. The exchange is the ring all-reduce of each bucket:
-/// 2(R-1) dependent steps of one link's latency each, and 2(R-1)/R of the bucket's bytes over the
-/// slowest link, for R ranks (a host's ranks beside each other on the ring: only the host's one link
-/// out carries ring traffic, and every ring step waits for it). Gradients become final at an even rate
+/// gradient exchange that backward does not hide. The exchange is the all-reduce of each bucket by the
+/// job's `collective`; the ring's is 2(R-1) dependent steps of one link's latency each, and 2(R-1)/R
+/// of the bucket's bytes over the slowest link, for R ranks (a host's ranks beside each other on the
+/// ring: only the host's one link out carries ring traffic, and every ring step waits for it); the
+/// others' by `CollectiveCost`, auto's the fastest of them for the bucket. Gradients become final at an even rate
 /// (by bytes) through backward; each bucket goes out once a bucket's worth is final and the one before
 /// it has gone, the last (partial) one at backward's end, as `GradientExchange` sends them; what shows
 /// is how long the last bucket finishes after backward.
@@ -24,6 +27,8 @@ public struct ScalingModel: Sendable, Equatable {
     public var bandwidth: Double, latency: Double
     /// Threads each worker computes on, and the cores of a host (workers beyond them share cores).
     public var threadsPerWorker = 1, coresPerHost = 1
+    /// How buckets are all-reduced (`--collective`).
+    public var collective = AllReduceAlgorithm.ring
 
     public init(
         forwardBackward: Double, optimizer: Double, batch: Int, gradientBytes: Double, bucketBytes: Double, bandwidth: Double,
@@ -40,6 +45,22 @@ public struct ScalingModel: Sendable, Equatable {
         return steps * latency + steps / Double(ranks) * bytes / bandwidth
     }
 
+    /// The all-reduce of one bucket of `bytes` over `ranks` by `collective` (auto: the model's fastest;
+    /// the whole buffer round the ring and the tree only for buckets of one 1 MB chunk, as a ring sends).
+    public func allReduceSeconds(_ bytes: Double, ranks: Int) -> Double {
+        guard ranks > 1 else { return 0 }
+        let cost = CollectiveCost(latency: latency, bandwidth: bandwidth), n = Int(bytes.rounded(.up))
+        switch collective {
+        case .ring: return ringSeconds(bytes, ranks: ranks)
+        case .halvingDoubling: return cost.seconds(.halvingDoubling, ranks: ranks, bytes: n)
+        case .tree: return cost.seconds(.tree, ranks: ranks, bytes: n)
+        case .auto:
+            let among: [CollectiveCost.Algorithm] =
+                n <= RingOptions().chunkBytes ? CollectiveCost.Algorithm.allCases : [.ring, .halvingDoubling]
+            return among.map { cost.seconds($0, ranks: ranks, bytes: n) }.min()!
+        }
+    }
+
     public struct Prediction: Sendable, Equatable {
         public var hosts: Int, ranks: Int
         /// Seconds of one step: compute (slowed where workers share cores), and exchange not hidden.
@@ -54,11 +75,11 @@ public struct ScalingModel: Sendable, Equatable {
     /// the one before it is done.
     func exchangeAfterBackward(ranks: Int, backward: Double) -> Double {
         let bucket = max(1, min(bucketBytes, gradientBytes)), buckets = max(1, Int((gradientBytes / bucket).rounded(.up)))
-        let whole = ringSeconds(bucket, ranks: ranks)
+        let whole = allReduceSeconds(bucket, ranks: ranks)
         var done = 0.0
         for i in 0..<buckets {
             let end = min(gradientBytes, Double(i + 1) * bucket), ready = i == buckets - 1 ? backward : backward * end / gradientBytes
-            done = max(done, ready) + (i == buckets - 1 ? ringSeconds(gradientBytes - Double(i) * bucket, ranks: ranks) : whole)
+            done = max(done, ready) + (i == buckets - 1 ? allReduceSeconds(gradientBytes - Double(i) * bucket, ranks: ranks) : whole)
         }
         return max(0, done - backward)
     }

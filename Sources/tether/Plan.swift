@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import TetherComm
 import TetherGradients
 import TetherNN
 import TetherTensor
@@ -24,6 +25,8 @@ struct Plan: ParsableCommand {
     @Option(help: "The gradients on the wire: none, fp16, bf16 or powersgd (--compression).")
     var compression: TrainingConfig.Compression = .none
     @Option(help: "PowerSGD's rank (--powersgd-rank).") var powersgdRank = TrainingConfig.defaultPowerSGDRank
+    @Option(help: "How the buckets are all-reduced (--collective): ring, halving-doubling, tree or auto; the last line compares them all.")
+    var collective: AllReduceAlgorithm = .ring
     @Option(help: "Steps measured (after 5 untimed).") var steps = 20
     @Flag(help: "Print one JSON object.") var json = false
     @OptionGroup var threads: ResourceOptions
@@ -79,7 +82,16 @@ struct Plan: ParsableCommand {
                 batch: try ModelFamily.named(config.model).itemsPerStep(config), gradientBytes: bytes,
                 bucketBytes: bucketMb * 1_048_576, bandwidth: try Self.bytesPerSecond(link), latency: try Self.seconds(latency))
             (m.threadsPerWorker, m.coresPerHost) = (Compute.threads, hostCores ?? ProcessInfo.processInfo.activeProcessorCount)
-            let predictions = try Self.hostCounts(hosts).map { m.predict(hosts: $0, workersPerHost: workersPerHost) }
+            let counts = try Self.hostCounts(hosts)
+            // every collective's efficiency at each host count, for the comparison
+            var byCollective: [(AllReduceAlgorithm, [Double])] = []
+            for c in AllReduceAlgorithm.allCases {
+                var each = m
+                each.collective = c
+                byCollective.append((c, counts.map { each.predict(hosts: $0, workersPerHost: workersPerHost).efficiency }))
+            }
+            m.collective = collective
+            let predictions = counts.map { m.predict(hosts: $0, workersPerHost: workersPerHost) }
             let below = predictions.first { $0.efficiency < 0.8 }
             if json {
                 let rows: [[String: Any]] = predictions.map {
@@ -92,7 +104,8 @@ struct Plan: ParsableCommand {
                     "model": config.model, "batch": m.batch, "threads": m.threadsPerWorker, "forward_backward_ms": m.forwardBackward * 1000,
                     "optimizer_ms": m.optimizer * 1000, "gradient_bytes": bytes, "link_bytes_per_sec": m.bandwidth,
                     "latency_s": m.latency, "workers_per_host": workersPerHost, "cores_per_host": m.coresPerHost,
-                    "compression": compression.rawValue, "predictions": rows
+                    "compression": compression.rawValue, "collective": collective.rawValue, "predictions": rows,
+                    "efficiency_by_collective": Dictionary(uniqueKeysWithValues: byCollective.map { ($0.0.rawValue, $0.1) })
                 ]
                 print(String(data: try JSONSerialization.data(withJSONObject: out, options: [.sortedKeys]), encoding: .utf8)!)
                 return
@@ -103,7 +116,9 @@ struct Plan: ParsableCommand {
                         "%@ batch %d, %d thread(s): a step here takes %.1f ms (forward and backward %.1f, optimizer %.1f); %@ of gradients a step (%@) in %.3g MB buckets",
                     config.modelName, m.batch, m.threadsPerWorker, (m.forwardBackward + m.optimizer) * 1000, m.forwardBackward * 1000,
                     m.optimizer * 1000, ProgressDisplay.bytes(bytes), compression == .none ? "f32" : compression.rawValue, bucketMb))
-            print("links \(link) each way, \(latency) latency; \(workersPerHost) worker(s) per host of \(m.coresPerHost) cores")
+            print(
+                "links \(link) each way, \(latency) latency; \(workersPerHost) worker(s) per host of \(m.coresPerHost) cores; all-reduce by \(collective.rawValue)"
+            )
             print("hosts   ranks   samples/s    step ms   compute ms   exchange ms   efficiency")
             for p in predictions {
                 print(
@@ -112,6 +127,9 @@ struct Plan: ParsableCommand {
                         (p.compute + p.exposedExchange) * 1000, p.compute * 1000, p.exposedExchange * 1000, p.efficiency * 100))
             }
             print(below.map { "efficiency falls below 80% from \($0.hosts) hosts" } ?? "efficiency stays at 80% or above")
+            print(
+                "efficiency at \(counts.last!) hosts by collective: "
+                    + byCollective.map { String(format: "%@ %.0f%%", $0.0.rawValue, $0.1.last! * 100) }.joined(separator: ", "))
         } catch {
             exitWithError(error)
         }

@@ -572,8 +572,20 @@ let kubernetesTypesInstalled =
         #expect(r.status == 0 && rows.count == 3 && efficiency.count == 3, "\(r.stdout)\(r.stderr)")
         #expect(abs((efficiency.first ?? 0) - 1) < 1e-9 && efficiency == efficiency.sorted(by: >) && (efficiency.last ?? 1) < 0.8)
         #expect((out["gradient_bytes"] as? Double ?? 0) > 1e6 && (out["link_bytes_per_sec"] as? Double) == 12.5e6)
-        let text = try CLI.run(["plan", "--model", "mlp-wn", "--threads", "1", "--hosts", "1,256", "--link", "100mbit", "--steps", "3"])
+        // every collective's efficiency, the job's (the ring, by default) among them; auto's the best
+        let byCollective = out["efficiency_by_collective"] as? [String: [Double]] ?? [:]
+        #expect(
+            Set(byCollective.keys) == ["ring", "halving-doubling", "tree", "auto"] && byCollective["ring"] == efficiency, "\(byCollective)")
+        #expect(zip(byCollective["auto"] ?? [], efficiency).allSatisfy { $0 >= $1 - 1e-12 }, "\(byCollective)")
+        let text = try CLI.run(
+            [
+                "plan", "--model", "mlp-wn", "--threads", "1", "--hosts", "1,256", "--link", "100mbit", "--steps", "3", "--collective",
+                "halving-doubling"
+            ])
         #expect(text.status == 0 && text.stdout.contains("efficiency falls below 80% from 256 hosts"), "\(text.stdout)")
+        #expect(
+            text.stdout.contains("all-reduce by halving-doubling") && text.stdout.contains("efficiency at 256 hosts by collective: ring"),
+            "\(text.stdout)")
         let bad = try CLI.run(["plan", "--model", "mlp-wn", "--link", "fast"])
         #expect(bad.status != 0 && bad.stderr.contains("--link takes a rate such as 1gbit"), "\(bad.stderr)")
     }

@@ -1,3 +1,4 @@
+import TetherComm
 import Testing
 
 @testable import TetherGradients
@@ -36,6 +37,32 @@ struct ScalingModelTests {
         var whole = Self.base
         whole.bucketBytes = 8e6
         #expect(abs(whole.predict(hosts: 8).exposedExchange - Self.base.ringSeconds(4e6, ranks: 8)) < 1e-12)
+    }
+
+    /// Each collective's exchange by the cost model: one bucket of everything over 8 hosts exposes
+    /// exactly that collective's time; auto's is the least of them; halving-doubling's few latencies
+    /// win small buckets, and the ring's the largest on 6 hosts.
+    @Test func eachCollectiveCostsWhatItsModelSays() {
+        var whole = Self.base
+        whole.bucketBytes = 8e6
+        let cost = CollectiveCost(latency: 50e-6, bandwidth: 125e6)
+        var exposed: [AllReduceAlgorithm: Double] = [:]
+        for collective in AllReduceAlgorithm.allCases {
+            whole.collective = collective
+            exposed[collective] = whole.predict(hosts: 8).exposedExchange
+        }
+        #expect(abs(exposed[.halvingDoubling]! - cost.seconds(.halvingDoubling, ranks: 8, bytes: 4_000_000)) < 1e-12)
+        #expect(abs(exposed[.tree]! - cost.seconds(.tree, ranks: 8, bytes: 4_000_000)) < 1e-12)
+        #expect(exposed[.ring] == Self.base.ringSeconds(4e6, ranks: 8))
+        #expect(exposed[.auto]! <= min(exposed[.ring]!, exposed[.halvingDoubling]!) && exposed[.auto]! > 0)
+        var small = Self.base
+        (small.bucketBytes, small.gradientBytes, small.forwardBackward) = (64e3, 64e3, 1e-6)
+        small.collective = .halvingDoubling
+        let hd = small.allReduceSeconds(64e3, ranks: 8)
+        small.collective = .ring
+        #expect(hd < small.allReduceSeconds(64e3, ranks: 8))
+        small.collective = .auto
+        #expect(abs(small.allReduceSeconds(64e6, ranks: 6) - small.ringSeconds(64e6, ranks: 6)) < 1e-12)
     }
 
     @Test func workersBeyondAHostsCoresShareThem() {
