@@ -414,9 +414,8 @@ public final class Ring {
         var exchange = PeerExchange(ring: self, count: buffer.count, dtype: T.dtype, step: step, bucket: bucket, vote: vote)
         let levels = HalvingDoubling.participants(size).trailingZeroBitCount, base = UnsafeRawPointer(buffer.baseAddress)
         for s in HalvingDoubling.steps(rank: rank, size: size, count: buffer.count) {
-            try exchange.send(s.send, of: base, stage: s.stage, to: s.peer)
             let how: Consumption<T> = s.adds ? .add(divideBy: average && s.stage == levels ? T(size) : nil) : .copy
-            try exchange.receive(s.receive, stage: s.stage, from: s.peer) { payload, h, e, c in
+            try exchange.exchange(sending: s.send, of: base, receiving: s.receive, stage: s.stage, with: s.peer) { payload, h, e, c in
                 _ = try consume(payload, h, e, into: UnsafeMutableBufferPointer(rebasing: buffer[c]), how)
             }
         }
@@ -440,9 +439,9 @@ public final class Ring {
             if s.adds || s.stage == 0, !s.send.isEmpty {
                 codec.narrow(staging + s.send.lowerBound, base + s.send.lowerBound, count: s.send.count)
             }
-            try exchange.send(s.send, of: UnsafeRawPointer(staging), stage: s.stage, to: s.peer)
             let finishing = s.adds && s.stage == levels
-            try exchange.receive(s.receive, stage: s.stage, from: s.peer) { payload, h, e, c in
+            try exchange.exchange(sending: s.send, of: UnsafeRawPointer(staging), receiving: s.receive, stage: s.stage, with: s.peer) {
+                payload, h, e, c in
                 _ = try consume(
                     payload, h, e, into: UnsafeMutableBufferPointer(rebasing: buffer[c]), wire: codec, adding: s.adds,
                     divideBy: average && finishing ? Float(size) : nil, narrowInto: s.adds && !finishing ? nil : staging + c.lowerBound,
@@ -491,28 +490,58 @@ public final class Ring {
             head = ring.header(.allReduce, step: step, bucket: bucket, dtype: dtype, totalCount: count)
         }
 
+        typealias Take = (RingLink.Payload, ChunkHeader, ExpectedChunk, Range<Int>) throws -> Void
+
         /// Sends elements `range` of the ones at `base` (wire elements of `dtype`).
         mutating func send(_ range: Range<Int>, of base: UnsafeRawPointer?, stage: Int, to peer: Int) throws {
-            head.votes = seen
-            for (i, c) in ring.chunks(range, per).enumerated() {
-                let bytes = UnsafeRawBufferPointer(start: base.map { $0 + c.lowerBound * dtype.size }, count: c.count * dtype.size)
-                try ring.link!.send(head, ringStep: stage, index: i, offset: c.lowerBound, .lent(bytes, checksum: nil), to: peer)
-            }
+            for (i, c) in ring.chunks(range, per).enumerated() { try sendChunk(i, c, of: base, stage: stage, to: peer) }
         }
 
         /// `resultVotes`: the chunks carry the final votes (a result copied down), which replace these.
-        mutating func receive(
-            _ range: Range<Int>, stage: Int, from peer: Int, resultVotes: Bool = false,
-            _ take: (RingLink.Payload, ChunkHeader, ExpectedChunk, Range<Int>) throws -> Void
-        ) throws {
+        mutating func receive(_ range: Range<Int>, stage: Int, from peer: Int, resultVotes: Bool = false, _ take: Take) throws {
             for (i, c) in ring.chunks(range, per).enumerated() {
-                let e = ExpectedChunk(
-                    operation: .allReduce, step: step, bucket: bucket, ringStep: stage, chunkIndex: i, dtype: dtype,
-                    offset: c.lowerBound, count: c.count, totalCount: count)
-                let (payload, h) = try ring.link!.receive(e, sequence: ring.sequence, verifying: false, from: peer)
-                if resultVotes { seen = h.votes } else { seen.formUnion(h.votes) }
-                try take(payload, h, e, c)
+                try receiveChunk(i, c, stage: stage, from: peer, resultVotes: resultVotes, take)
             }
+        }
+
+        /// Chunks this rank sends ahead of those it has received in an `exchange`.
+        static let ahead = 2
+
+        /// Sends `sending` to `peer` and receives `receiving` from it, `ahead` chunks apart: the next
+        /// chunk is sealed (or hashed) and on its way while this rank reduces the one before, instead of
+        /// the whole range leaving first. The partner does the same, so neither waits for more than
+        /// `ahead` of the other's chunks before it sends.
+        mutating func exchange(
+            sending: Range<Int>, of base: UnsafeRawPointer?, receiving: Range<Int>, stage: Int, with peer: Int, _ take: Take
+        ) throws {
+            let out = ring.chunks(sending, per), into = ring.chunks(receiving, per)
+            var (sent, received) = (0, 0)
+            while sent < out.count || received < into.count {
+                if sent < out.count, sent - received < Self.ahead || received == into.count {
+                    try sendChunk(sent, out[sent], of: base, stage: stage, to: peer)
+                    sent += 1
+                } else {
+                    try receiveChunk(received, into[received], stage: stage, from: peer, resultVotes: false, take)
+                    received += 1
+                }
+            }
+        }
+
+        private mutating func sendChunk(_ i: Int, _ c: Range<Int>, of base: UnsafeRawPointer?, stage: Int, to peer: Int) throws {
+            head.votes = seen
+            let bytes = UnsafeRawBufferPointer(start: base.map { $0 + c.lowerBound * dtype.size }, count: c.count * dtype.size)
+            try ring.link!.send(head, ringStep: stage, index: i, offset: c.lowerBound, .lent(bytes, checksum: nil), to: peer)
+        }
+
+        private mutating func receiveChunk(
+            _ i: Int, _ c: Range<Int>, stage: Int, from peer: Int, resultVotes: Bool, _ take: Take
+        ) throws {
+            let e = ExpectedChunk(
+                operation: .allReduce, step: step, bucket: bucket, ringStep: stage, chunkIndex: i, dtype: dtype,
+                offset: c.lowerBound, count: c.count, totalCount: count)
+            let (payload, h) = try ring.link!.receive(e, sequence: ring.sequence, verifying: false, from: peer)
+            if resultVotes { seen = h.votes } else { seen.formUnion(h.votes) }
+            try take(payload, h, e, c)
         }
     }
 
