@@ -7,14 +7,17 @@ import TetherMessages
 /// One rank's two links in a ring, as gloo separates a pair from the algorithm: a PULL socket bound at
 /// its own address that only ring members may speak to, the left neighbour above all, and a PUSH
 /// socket connected to the right neighbour's. A schedule that exchanges with other ranks
-/// (halving-doubling) sends to them over PUSH sockets of their own (`Outlet`, made at first use) and
-/// receives from them on the same PULL: what comes from a rank other than the one awaited waits in
-/// `early` for its turn, in the order it came. It sends a chunk (header and payload: copied, lent to libzmq in place, or a received
-/// payload passed on) and receives one, checking every header field against what the schedule expects
+/// (halving-doubling, the tree) sends to them over PUSH sockets of their own (`Outlet`, made at first
+/// use) and receives from them on the same PULL: what comes from a rank other than the one awaited
+/// waits in `early` for its turn, in the order it came.
+///
+/// It sends a chunk (header and payload: copied, lent to libzmq in place, or a received payload passed
+/// on) and receives one, checking every header field against what the schedule expects
 /// (`ExpectedChunk.mismatch`) and, on a link that carries them, the payload's checksum, also while the
-/// ring reduces a payload block by block (`read`), timing each part. It knows nothing of the schedule's
-/// order nor of arithmetic. Towards a right neighbour listening on a unix socket, payloads go through a shared-memory
-/// lane while it has a free slot (`SharedLane`), the headers through the socket.
+/// ring reduces a payload block by block (`read`), timing each part. It knows nothing of the
+/// schedule's order nor of arithmetic. Towards a right neighbour listening on a unix socket, payloads
+/// go through a shared-memory lane while it has a free slot (`SharedLane`), the headers through the
+/// socket.
 final class RingLink {
     let rank: Int, left: Int, right: Int
     let leftAddress: String, rightAddress: String
