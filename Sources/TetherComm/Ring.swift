@@ -105,19 +105,20 @@ public final class Ring {
 
     /// --collective auto, per buffer size: the schedules the link model leaves in (within 2x of its
     /// best), each timed `AutoTuning.rounds` times in turn on the first all-reduces of that size, then
-    /// the fastest by their mean time over the ranks (averaged by an all-reduce, so every rank holds
+    /// the fastest by their median time, averaged over the ranks (by an all-reduce, so every rank holds
     /// the same figures and chooses alike). The model alone misjudged small buffers on shaped links:
     /// a token bucket lets a burst through at line rate, and 8 ranks on 2 cores wait for a core, not
     /// the wire (docs/ARCHITECTURE.md, "Halving-doubling").
     struct AutoTuning {
         static let rounds = 3
         let candidates: [CollectiveCost.Algorithm]
-        var seconds: [Double]
+        /// each candidate's times, in turn
+        var seconds: [[Double]]
         var calls = 0
         var chosen: CollectiveCost.Algorithm?
         init(candidates: [CollectiveCost.Algorithm]) {
             self.candidates = candidates
-            seconds = Array(repeating: 0, count: candidates.count)
+            seconds = Array(repeating: [], count: candidates.count)
             if candidates.count == 1 { chosen = candidates[0] }
         }
     }
@@ -145,14 +146,17 @@ public final class Ring {
         var t = tuning[bytes] ?? AutoTuning(candidates: candidates(bytes: bytes))
         defer { tuning[bytes] = t }
         guard t.chosen == nil, let i = t.candidates.firstIndex(of: schedule) else { return }
-        t.seconds[i] += seconds
+        t.seconds[i].append(seconds)
         t.calls += 1
         if t.calls == t.candidates.count * AutoTuning.rounds {
-            var means = t.seconds
-            _ = try means.withUnsafeMutableBufferPointer {
+            // each candidate's median here (its first run also connects to new partners: measured on 8
+            // emulated hosts, a mean chose the ring at 64 KiB where the tree took half its time),
+            // averaged over the ranks so that all choose alike
+            var medians = t.seconds.map { $0.sorted()[$0.count / 2] }
+            _ = try medians.withUnsafeMutableBufferPointer {
                 try allReduceElements($0, by: .gatherSum, average: true, step: 0, bucket: 0, vote: [])
             }
-            t.chosen = t.candidates[means.indices.min { means[$0] < means[$1] }!]
+            t.chosen = t.candidates[medians.indices.min { medians[$0] < medians[$1] }!]
         }
     }
 
