@@ -16,15 +16,14 @@ import Testing
     func router(_ context: ZeroMQContext, at endpoint: String) throws -> (ControlChannel, String) {
         let socket = try ZeroMQSocket(context, .router, linger: .zero)
         try socket.setRouterHandover(true)
-        // libzmq lets go of a closed socket's address a moment later
-        let deadline = ContinuousClock.now + .seconds(2)
-        while true {
-            do { return (ControlChannel(socket: socket, jobID: "tether"), try socket.bind(endpoint)) } catch let e as ZeroMQError
-                where e.code == EADDRINUSE && ContinuousClock.now < deadline
-            {
-                usleep(20_000)
-            }
-        }
+        return (ControlChannel(socket: socket, jobID: "tether"), try socket.bind(endpoint))
+    }
+
+    /// Waits (up to 5 s) for `event` on `monitor`.
+    func waitFor(_ event: Int32, on monitor: ZeroMQMonitor) -> Bool {
+        let deadline = ContinuousClock.now + .seconds(5)
+        while let e = monitor.next(deadline: deadline) { if e.event == event { return true } }
+        return false
     }
 
     @Test func theNextCoordinatorHearsTheHelloAndNothingOfTheOldJob() throws {
@@ -43,9 +42,11 @@ import Testing
         try old.socket.setHighWaterMarks(send: 1, receive: 1)
         let stale = Envelope(jobID: "tether", senderRank: 0, body: .start).encoded()
         for _ in 0..<16 { try dealer.send([stale, [UInt8](repeating: 1, count: 4 << 20)], wait: false) }
-        usleep(200_000)
+        // it goes, and the worker sees its connection close and its address free
+        let closing = try old.socket.monitor(ZMQ_EVENT_CLOSED), dropped = try dealer.monitor(ZMQ_EVENT_DISCONNECTED)
         old.socket.close()
-        usleep(200_000)
+        #expect(waitFor(ZMQ_EVENT_CLOSED, on: closing), "the old coordinator's address was not let go")
+        #expect(waitFor(ZMQ_EVENT_DISCONNECTED, on: dropped), "the worker never saw its connection drop")
         try worker.reconnect(endpoint)
         (old, endpoint) = try router(context, at: endpoint)
         try worker.send(.hello(Hello(advertiseAddress: "tcp://127.0.0.1:1", tetherVersion: "tether", threads: 1)), from: -1)
