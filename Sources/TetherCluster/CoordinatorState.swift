@@ -82,7 +82,9 @@ public struct CoordinatorState {
         public var spans: [[TraceSpan]] = []
         public var meanLoss: Double { count > 0 ? lossSum / Double(count) : .nan }
         public var figures: RankFigures {
-            RankFigures(compute: compute, exchange: exchange, waiting: waiting, denseBytes: denseBytes, sparseBytes: sparseBytes)
+            RankFigures(
+                compute: compute, exchange: exchange, waiting: waiting, optimizer: optimizer, denseBytes: denseBytes,
+                sparseBytes: sparseBytes)
         }
     }
 

@@ -6,7 +6,7 @@ import Foundation
 ///
 /// Events: `start` (model, parameters; cluster: workers), `training` (cluster: every replica ready;
 /// elapsed_s since start-up), `step` every --log-every steps (loss, samples_per_sec, lr; cluster: per
-/// rank compute_s, allreduce_s, wait_s, dense_bytes, sparse_bytes), `epoch` at each epoch's end (loss over the epoch, lr,
+/// rank compute_s, allreduce_s, wait_s, optimizer_s, dense_bytes, sparse_bytes), `epoch` at each epoch's end (loss over the epoch, lr,
 /// samples_per_sec, elapsed_s and the held-out metrics), `eval` when a run ends mid-epoch (--max-steps)
 /// and from `tether eval --json` (loss over the partial epoch, the held-out metrics), `end`,
 /// `interrupted` (a signal: the checkpoint is of `step`), `checkpoint` (one was written, of `step`), `failed` (error); elastic in place: `lost`
@@ -33,6 +33,7 @@ public struct MetricsEvent: Codable, Equatable, Sendable {
     public var compute_s: [Double]?
     public var allreduce_s: [Double]?
     public var wait_s: [Double]?
+    public var optimizer_s: [Double]?
     /// Cluster steps: per rank, payload bytes sent in the step for dense gradients (as the wire carried
     /// them: narrowed or PowerSGD factors under --compression) and for sparse tables.
     public var dense_bytes: [Double]?

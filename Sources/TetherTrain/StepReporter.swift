@@ -27,11 +27,13 @@ public struct JobStatus: Sendable, Equatable {
 /// A cluster step's per-rank figures: seconds of compute, of exchange (left after backward) and of it
 /// waiting for a neighbour; payload bytes sent, dense and sparse.
 public struct RankFigures: Sendable, Equatable {
-    public var compute: [Double], exchange: [Double], waiting: [Double]
+    public var compute: [Double], exchange: [Double], waiting: [Double], optimizer: [Double]
     public var denseBytes: [Double], sparseBytes: [Double]
-    public init(compute: [Double], exchange: [Double], waiting: [Double], denseBytes: [Double], sparseBytes: [Double]) {
-        (self.compute, self.exchange, self.waiting, self.denseBytes, self.sparseBytes) = (
-            compute, exchange, waiting, denseBytes, sparseBytes
+    public init(
+        compute: [Double], exchange: [Double], waiting: [Double], optimizer: [Double] = [], denseBytes: [Double], sparseBytes: [Double]
+    ) {
+        (self.compute, self.exchange, self.waiting, self.optimizer, self.denseBytes, self.sparseBytes) = (
+            compute, exchange, waiting, optimizer, denseBytes, sparseBytes
         )
     }
     /// The rank whose compute took longest (the others wait for it in the exchange).
@@ -97,6 +99,7 @@ public final class StepReporter {
             + "\(ProgressDisplay.grouped(rate)) \(unit)/s"
         if let ranks {
             (e.compute_s, e.allreduce_s, e.wait_s) = (ranks.compute, ranks.exchange, ranks.waiting)
+            if !ranks.optimizer.isEmpty { e.optimizer_s = ranks.optimizer }
             (e.dense_bytes, e.sparse_bytes) = (ranks.denseBytes, ranks.sparseBytes)
             line += ", " + Self.perStep(window, slowestRank: ranks.slowestRank)
         }

@@ -28,12 +28,18 @@ struct Plan: ParsableCommand {
     @Option(help: "How the buckets are all-reduced (--collective): ring, halving-doubling, tree or auto; the last line compares them all.")
     var collective: AllReduceAlgorithm = .ring
     @Option(help: "Steps measured (after 5 untimed).") var steps = 20
+    @Option(help: "A worker's forward and backward in ms, measured elsewhere (the target hosts, a job's log): nothing is timed here.")
+    var computeMs: Double?
+    @Option(help: "With --compute-ms: the optimizer's ms a step.") var optimizerMs = 0.0
     @Flag(help: "Print one JSON object.") var json = false
     @OptionGroup var threads: ResourceOptions
 
     func validate() throws {
         guard steps > 0, workersPerHost > 0, bucketMb > 0, (1...1024).contains(powersgdRank) else {
             throw ValidationError("--steps, --workers-per-host and --bucket-mb must be positive, --powersgd-rank in 1...1024")
+        }
+        guard (computeMs ?? 1) > 0, (computeMs ?? 1) < 1e7, optimizerMs >= 0, optimizerMs < 1e7 else {
+            throw ValidationError("--compute-ms must be positive and --optimizer-ms not negative (both under 10,000 s)")
         }
         _ = try Self.hostCounts(hosts)
         _ = try Self.bytesPerSecond(link)
@@ -71,7 +77,8 @@ struct Plan: ParsableCommand {
             var stepper = try Stepper(training)
             let (config, model) = (stepper.config, stepper.workload.model)
             var forwardBackward: [Double] = [], optimizing: [Double] = []
-            for s in 0..<(5 + steps) {
+            if let computeMs { (forwardBackward, optimizing) = ([computeMs / 1000], [optimizerMs / 1000]) }
+            for s in 0..<(computeMs == nil ? 5 + steps : 0) {
                 let times = try stepper.step().times
                 if s >= 5 { (forwardBackward, optimizing) = (forwardBackward + [times.compute], optimizing + [times.optimizer]) }
             }
@@ -102,6 +109,7 @@ struct Plan: ParsableCommand {
                 }
                 let out: [String: Any] = [
                     "model": config.model, "batch": m.batch, "threads": m.threadsPerWorker, "forward_backward_ms": m.forwardBackward * 1000,
+                    "compute_measured_here": computeMs == nil,
                     "optimizer_ms": m.optimizer * 1000, "gradient_bytes": bytes, "link_bytes_per_sec": m.bandwidth,
                     "latency_s": m.latency, "workers_per_host": workersPerHost, "cores_per_host": m.coresPerHost,
                     "compression": compression.rawValue, "collective": collective.rawValue, "predictions": rows,
@@ -113,8 +121,9 @@ struct Plan: ParsableCommand {
             print(
                 String(
                     format:
-                        "%@ batch %d, %d thread(s): a step here takes %.1f ms (forward and backward %.1f, optimizer %.1f); %@ of gradients a step (%@) in %.3g MB buckets",
-                    config.modelName, m.batch, m.threadsPerWorker, (m.forwardBackward + m.optimizer) * 1000, m.forwardBackward * 1000,
+                        "%@ batch %d, %d thread(s): a step %@ takes %.1f ms (forward and backward %.1f, optimizer %.1f); %@ of gradients a step (%@) in %.3g MB buckets",
+                    config.modelName, m.batch, m.threadsPerWorker, computeMs == nil ? "here" : "as given",
+                    (m.forwardBackward + m.optimizer) * 1000, m.forwardBackward * 1000,
                     m.optimizer * 1000, ProgressDisplay.bytes(bytes), compression == .none ? "f32" : compression.rawValue, bucketMb))
             print(
                 "links \(link) each way, \(latency) latency; \(workersPerHost) worker(s) per host of \(m.coresPerHost) cores; all-reduce by \(collective.rawValue)"

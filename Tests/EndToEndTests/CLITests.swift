@@ -337,7 +337,9 @@ let kubernetesTypesInstalled =
         let checkpoints = { (l: [[String: Any]]) in l.filter { $0["event"] as? String == "checkpoint" }.map { $0["step"] as! Int } }
         #expect(checkpoints(allT) == [4, 8, 10] && checkpoints(allC) == checkpoints(allT), "\(checkpoints(allT)) \(checkpoints(allC))")
         let (t, c) = (allT.filter { $0["event"] as? String != "checkpoint" }, allC.filter { $0["event"] as? String != "checkpoint" })
-        let clusterOnly: Set<String> = ["workers", "compute_s", "allreduce_s", "wait_s", "dense_bytes", "sparse_bytes"]
+        let clusterOnly: Set<String> = [
+            "workers", "compute_s", "allreduce_s", "wait_s", "optimizer_s", "dense_bytes", "sparse_bytes"
+        ]
         let events = { (l: [[String: Any]]) in l.map { $0["event"] as! String }.filter { $0 != "training" } }
         #expect(
             events(t) == ["start", "step", "epoch", "step", "epoch", "eval", "end"] && events(c) == events(t), "\(events(t)) \(events(c))")
@@ -588,6 +590,15 @@ let kubernetesTypesInstalled =
             "\(text.stdout)")
         let bad = try CLI.run(["plan", "--model", "mlp-wn", "--link", "fast"])
         #expect(bad.status != 0 && bad.stderr.contains("--link takes a rate such as 1gbit"), "\(bad.stderr)")
+        // a step measured elsewhere: one host runs at exactly batch / (compute + optimizer)
+        let given = try CLI.run(
+            ["plan", "--model", "mlp-wn", "--hosts", "1,8", "--compute-ms", "30", "--optimizer-ms", "2", "--json"])
+        let givenOut = (try? JSONSerialization.jsonObject(with: Data(given.stdout.utf8)) as? [String: Any]) ?? [:]
+        let one = (givenOut["predictions"] as? [[String: Any]])?.first?["samples_per_sec"] as? Double ?? 0
+        #expect(given.status == 0 && abs(one - 64 / 0.032) < 1e-6, "\(given.stdout)\(given.stderr)")
+        #expect(givenOut["compute_measured_here"] as? Bool == false)
+        let negative = try CLI.run(["plan", "--model", "mlp-wn", "--compute-ms", "0"])
+        #expect(negative.status != 0 && negative.stderr.contains("--compute-ms must be positive"), "\(negative.stderr)")
     }
 
     @Test func versionNamesTheCLibraries() throws {
