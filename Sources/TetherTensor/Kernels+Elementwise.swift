@@ -91,10 +91,14 @@ extension Scalar {
         }
     }
 
+    /// Cut by features, each slice summing its columns over the rows in order: the same bits on any
+    /// number of threads.
     public static func sumPerFeature(_ out: UnsafeMutablePointer<Self>, _ x: UnsafePointer<Self>, rows n: Int, features f: Int) {
-        for r in 0..<n {
-            let row = x + r * f
-            for j in 0..<f { out[j] += row[j] }
+        Compute.forEachRange(count: f, grain: Compute.elementGrain / max(1, n)) { features in
+            for r in 0..<n {
+                let row = x + r * f
+                for j in features { out[j] += row[j] }
+            }
         }
     }
 

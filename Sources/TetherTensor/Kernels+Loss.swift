@@ -11,16 +11,19 @@ extension Scalar {
         probs: UnsafeMutablePointer<Self>, losses: UnsafeMutablePointer<Self>,
         logits: UnsafePointer<Self>, labels: UnsafePointer<Int32>, batch b: Int, classes k: Int
     ) {
-        for i in 0..<b {
-            let z = logits + i * k, p = probs + i * k
-            var maxZ = -Self.infinity
-            for j in 0..<k where z[j] > maxZ { maxZ = z[j] }
-            var total: Self = 0
-            for j in 0..<k { let e = Self(exp(Double(z[j] - maxZ))); p[j] = e; total += e }
-            let inv = 1 / total
-            for j in 0..<k { p[j] *= inv }
-            // -log softmax computed from the logits, not from p, so a tiny probability loses no precision.
-            losses[i] = Self(Double(maxZ) + log(Double(total)) - Double(z[Int(labels[i])]))
+        // rows are independent: cut by rows, the same bits on any number of threads
+        Compute.forEachRange(count: b, grain: Compute.elementGrain / max(1, k)) { rows in
+            for i in rows {
+                let z = logits + i * k, p = probs + i * k
+                var maxZ = -Self.infinity
+                for j in 0..<k where z[j] > maxZ { maxZ = z[j] }
+                var total: Self = 0
+                for j in 0..<k { let e = Self(exp(Double(z[j] - maxZ))); p[j] = e; total += e }
+                let inv = 1 / total
+                for j in 0..<k { p[j] *= inv }
+                // -log softmax computed from the logits, not from p, so a tiny probability loses no precision.
+                losses[i] = Self(Double(maxZ) + log(Double(total)) - Double(z[Int(labels[i])]))
+            }
         }
     }
 
@@ -28,10 +31,12 @@ extension Scalar {
         _ dlogits: UnsafeMutablePointer<Self>, probs: UnsafePointer<Self>,
         labels: UnsafePointer<Int32>, scale: Self, batch b: Int, classes k: Int
     ) {
-        for i in 0..<b {
-            let d = dlogits + i * k, p = probs + i * k
-            for j in 0..<k { d[j] = scale * p[j] }
-            d[Int(labels[i])] -= scale
+        Compute.forEachRange(count: b, grain: Compute.elementGrain / max(1, k)) { rows in
+            for i in rows {
+                let d = dlogits + i * k, p = probs + i * k
+                for j in 0..<k { d[j] = scale * p[j] }
+                d[Int(labels[i])] -= scale
+            }
         }
     }
 

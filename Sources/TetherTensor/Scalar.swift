@@ -206,7 +206,12 @@ extension Float {
         probs: UnsafeMutablePointer<Float>, losses: UnsafeMutablePointer<Float>,
         logits: UnsafePointer<Float>, labels: UnsafePointer<Int32>, batch b: Int, classes k: Int
     ) {
-        tether_softmax_xent_f32(probs, losses, logits, labels, b, k)
+        // rows are independent: cut by rows, each slice the same C loop (the same bits on any thread count)
+        Compute.forEachRange(count: b, grain: Compute.elementGrain / max(1, k)) { rows in
+            tether_softmax_xent_f32(
+                probs + rows.lowerBound * k, losses + rows.lowerBound, logits + rows.lowerBound * k, labels + rows.lowerBound, rows.count, k
+            )
+        }
     }
     public static func lstmCellForward(
         gates: UnsafeMutablePointer<Float>, c: UnsafeMutablePointer<Float>, tanhC: UnsafeMutablePointer<Float>,

@@ -1,4 +1,5 @@
 import CTetherKernels
+import Foundation
 import Testing
 @testable import TetherTensor
 
@@ -180,6 +181,51 @@ import Testing
             #expect(Self.firstDifference(apply(rows: row..<row + 1, threads: 1), Array(whole[row * n..<(row + 1) * n])) == nil)
         }
         #expect(PackedWeight<Double>(packing: [1, 2], outputs: 1, inputs: 2) == nil, "Double keeps OpenBLAS's GEMM")
+    }
+
+    /// The softmax cross-entropy (forward and backward) and the bias gradient cut their rows or
+    /// features across threads: the same bits on 1 and 3 threads, at sizes that split into 3, in
+    /// Float (the C softmax) and Double (the generic one); and the one-thread result is the definition.
+    @Test func lossAndBiasGradientAreTheSameOnAnyThreadCount() {
+        let (b, k) = (48, 2000)  // 16 rows a slice at the element grain: 3 slices
+        var rng = RNG(seed: 9)
+        let logits = (0..<b * k).map { _ in Float(rng.nextNormal() * 2) }
+        let labels = (0..<b).map { Int32($0 * 37 % k) }
+        func softmax<T: Scalar>(_ z: [T], threads: Int) -> (probs: [T], losses: [T], grad: [T]) {
+            var (probs, losses, grad) = (
+                [T](repeating: .nan, count: b * k), [T](repeating: .nan, count: b), [T](repeating: .nan, count: b * k)
+            )
+            Compute.withThreads(threads) {
+                T.softmaxCrossEntropyForward(probs: &probs, losses: &losses, logits: z, labels: labels, batch: b, classes: k)
+                T.softmaxCrossEntropyBackward(&grad, probs: probs, labels: labels, scale: 0.5, batch: b, classes: k)
+            }
+            return (probs, losses, grad)
+        }
+        for threads in [1, 3] {
+            let one = softmax(logits, threads: 1), many = softmax(logits, threads: threads)
+            #expect(one.probs == many.probs && one.losses == many.losses && one.grad == many.grad, "Float on \(threads) threads")
+            let oneD = softmax(logits.map(Double.init), threads: 1), manyD = softmax(logits.map(Double.init), threads: threads)
+            #expect(oneD.probs == manyD.probs && oneD.losses == manyD.losses && oneD.grad == manyD.grad, "Double on \(threads) threads")
+        }
+        let d = softmax(logits.map(Double.init), threads: 3)
+        for i in [0, 17, 47] {
+            let z = logits[i * k..<(i + 1) * k].map(Double.init), top = z.max()!, label = Int(labels[i])
+            let total: Double = z.reduce(0) { $0 + exp($1 - top) }
+            let loss: Double = top + log(total) - z[label], grad: Double = 0.5 * (exp(z[label] - top) / total - 1)
+            #expect(abs(d.losses[i] - loss) < 1e-12 && abs(d.grad[i * k + label] - grad) < 1e-12)
+        }
+        let (n, f) = (20, 5000)  // 1,638 features a slice: 3 slices
+        let x = (0..<n * f).map { _ in Float(rng.nextNormal()) }
+        func biasGradient(threads: Int) -> [Float] {
+            var out = [Float](repeating: 1, count: f)
+            Compute.withThreads(threads) { Float.sumPerFeature(&out, x, rows: n, features: f) }
+            return out
+        }
+        let sums = biasGradient(threads: 1)
+        #expect(Self.firstDifference(biasGradient(threads: 3), sums) == nil)
+        for j in [0, 1637, 1638, 4999] {
+            #expect(abs(Double(sums[j]) - (1 + (0..<n).reduce(0.0) { $0 + Double(x[$1 * f + j]) })) < 1e-5)
+        }
     }
 }
 
