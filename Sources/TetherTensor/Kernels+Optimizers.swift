@@ -53,10 +53,12 @@ extension Scalar {
         _ p: UnsafeMutablePointer<Self>, sum: UnsafeMutablePointer<Self>, grad: UnsafePointer<Self>,
         lr: Self, epsilon: Self, count: Int
     ) {
-        for i in 0..<count {
-            let g = grad[i], s = sum[i] + g * g
-            sum[i] = s
-            p[i] -= lr * g / (s.squareRoot() + epsilon)
+        Compute.forEachRange(count: count, grain: Compute.elementGrain) { range in
+            for i in range {
+                let g = grad[i], s = sum[i] + g * g
+                sum[i] = s
+                p[i] -= lr * g / (s.squareRoot() + epsilon)
+            }
         }
     }
 
@@ -100,15 +102,18 @@ extension Scalar {
         _ h: SGDHyper, count: Int
     ) {
         let lr = Self(h.lr), mu = Self(h.momentum), damp = Self(1 - h.dampening), wd = Self(h.weightDecay)
-        if h.momentum == 0 {
-            for i in 0..<count { p[i] -= lr * (grad[i] + wd * p[i]) }
-            return
-        }
-        for i in 0..<count {
-            let d = grad[i] + wd * p[i]
-            let buf = h.firstStep ? d : mu * momentumBuffer[i] + damp * d
-            momentumBuffer[i] = buf
-            p[i] -= lr * (h.nesterov ? d + mu * buf : buf)
+        // each element's update alone: cut by elements, the same bits on any number of threads
+        Compute.forEachRange(count: count, grain: Compute.elementGrain) { range in
+            if h.momentum == 0 {
+                for i in range { p[i] -= lr * (grad[i] + wd * p[i]) }
+                return
+            }
+            for i in range {
+                let d = grad[i] + wd * p[i]
+                let buf = h.firstStep ? d : mu * momentumBuffer[i] + damp * d
+                momentumBuffer[i] = buf
+                p[i] -= lr * (h.nesterov ? d + mu * buf : buf)
+            }
         }
     }
 }

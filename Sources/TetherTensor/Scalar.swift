@@ -280,9 +280,13 @@ extension Scalar {
         grad: UnsafePointer<Self>, _ h: AdamHyper, count: Int
     ) {
         let c = h.coefficients
-        kernels.adam(
-            p, m, v, grad, count, Self(h.beta1), Self(h.beta2), Self(h.epsilon), Self(c.stepSize), Self(c.rootBiasCorrection2),
-            Self(c.decay), Self(c.coupledWeightDecay))
+        // each element's update alone: cut by elements, the same bits on any number of threads
+        Compute.forEachRange(count: count, grain: Compute.elementGrain) { r in
+            let o = r.lowerBound
+            kernels.adam(
+                p + o, m + o, v + o, grad + o, r.count, Self(h.beta1), Self(h.beta2), Self(h.epsilon), Self(c.stepSize),
+                Self(c.rootBiasCorrection2), Self(c.decay), Self(c.coupledWeightDecay))
+        }
     }
     @inline(__always)
     public static func gemm(

@@ -200,6 +200,23 @@ import TetherTensor
         #expect(abs(p[0] - (-0.045 - 0.5 * (1.9955 + 0.9 * 2.9855))) < 1e-12)
     }
 
+    /// A parameter of 100,003 values (3 slices of the element grain and a ragged end): each optimizer's
+    /// update is the same bits on 1 and 3 threads, two steps in, and each element's update is its own
+    /// (the same as a parameter of that one value).
+    @Test(arguments: [OptimizerConfig.Kind.adam, .adamw, .sgd, .adagrad])
+    func anUpdateIsTheSameOnAnyThreadCount(kind: OptimizerConfig.Kind) {
+        var c = OptimizerConfig()
+        (c.kind, c.momentum, c.weightDecay) = (kind, kind == .sgd ? 0.9 : 0, 0.01)
+        let n = 100_003
+        let start = (0..<n).map { sin(Double($0)) }, grads = [(0..<n).map { cos(Double($0) * 0.7) }, (0..<n).map { sin(Double($0) * 1.3) }]
+        let one = Compute.withThreads(1) { run(c, lr: 0.05, grads: grads, start: start) }
+        let three = Compute.withThreads(3) { run(c, lr: 0.05, grads: grads, start: start) }
+        #expect(one.indices.first { one[$0] != three[$0] } == nil, "\(kind): the first index where 1 and 3 threads differ")
+        for i in [0, 33_334, n - 1] {
+            #expect(run(c, lr: 0.05, grads: grads.map { [$0[i]] }, start: [start[i]]) == [one[i]], "\(kind), element \(i)")
+        }
+    }
+
     @Test func plainSGD() {
         var c = OptimizerConfig(); c.kind = .sgd
         #expect(run(c, lr: 0.1, grads: [[1, -2], [1, -2]], start: [0, 0]) == [-0.2, 0.4])
