@@ -103,9 +103,10 @@ public final class Ring {
         }
     }
 
-    /// --collective auto, per buffer size: the `candidates(bytes:)`, each timed `AutoTuning.rounds` times in turn on the first all-reduces of that size, then
-    /// the fastest by their median time, averaged over the ranks (by an all-reduce, so every rank holds
-    /// the same figures and chooses alike). The model alone misjudged small buffers on shaped links:
+    /// --collective auto, per buffer size: the `candidates(bytes:)`, each timed `AutoTuning.rounds`
+    /// times in turn on the first all-reduces of that size, then the fastest by their median time,
+    /// averaged over the ranks (by an all-reduce, so every rank holds the same figures and chooses
+    /// alike). The model alone misjudged small buffers on shaped links:
     /// a token bucket lets a burst through at line rate, and 8 ranks on 2 cores wait for a core, not
     /// the wire (docs/ARCHITECTURE.md, "Halving-doubling").
     struct AutoTuning {

@@ -25,12 +25,12 @@ public struct JobStatus: Sendable, Equatable {
 }
 
 /// A cluster step's per-rank figures: seconds of compute, of exchange (left after backward) and of it
-/// waiting for a neighbour; payload bytes sent, dense and sparse.
+/// waiting for a neighbour, of the optimizer; payload bytes sent, dense and sparse.
 public struct RankFigures: Sendable, Equatable {
     public var compute: [Double], exchange: [Double], waiting: [Double], optimizer: [Double]
     public var denseBytes: [Double], sparseBytes: [Double]
     public init(
-        compute: [Double], exchange: [Double], waiting: [Double], optimizer: [Double] = [], denseBytes: [Double], sparseBytes: [Double]
+        compute: [Double], exchange: [Double], waiting: [Double], optimizer: [Double], denseBytes: [Double], sparseBytes: [Double]
     ) {
         (self.compute, self.exchange, self.waiting, self.optimizer, self.denseBytes, self.sparseBytes) = (
             compute, exchange, waiting, optimizer, denseBytes, sparseBytes
@@ -98,8 +98,7 @@ public final class StepReporter {
             "epoch \(epoch + 1) step \(stepInEpoch)/\(stepsPerEpoch) loss \(ProgressDisplay.fixed(window.stats.meanLoss, 4)) "
             + "\(ProgressDisplay.grouped(rate)) \(unit)/s"
         if let ranks {
-            (e.compute_s, e.allreduce_s, e.wait_s) = (ranks.compute, ranks.exchange, ranks.waiting)
-            if !ranks.optimizer.isEmpty { e.optimizer_s = ranks.optimizer }
+            (e.compute_s, e.allreduce_s, e.wait_s, e.optimizer_s) = (ranks.compute, ranks.exchange, ranks.waiting, ranks.optimizer)
             (e.dense_bytes, e.sparse_bytes) = (ranks.denseBytes, ranks.sparseBytes)
             line += ", " + Self.perStep(window, slowestRank: ranks.slowestRank)
         }

@@ -30,12 +30,13 @@ struct BenchSinks: ParsableCommand {
         defer { try? FileManager.default.removeItem(at: dir) }
         let figures = RankFigures(
             compute: Array(repeating: 0.005, count: ranks), exchange: Array(repeating: 0.002, count: ranks),
-            waiting: Array(repeating: 0.001, count: ranks), denseBytes: Array(repeating: 1e6, count: ranks),
+            waiting: Array(repeating: 0.001, count: ranks), optimizer: Array(repeating: 0.0005, count: ranks),
+            denseBytes: Array(repeating: 1e6, count: ranks),
             sparseBytes: Array(repeating: 0, count: ranks))
         func stepEvent(_ s: Int) -> MetricsEvent {
             var e = MetricsEvent(event: "step", step: s, stepsPerEpoch: 1000)
-            (e.loss, e.samples_per_sec, e.lr, e.compute_s, e.allreduce_s, e.wait_s) = (
-                0.5, 16000, 0.001, figures.compute, figures.exchange, figures.waiting
+            (e.loss, e.samples_per_sec, e.lr, e.compute_s, e.allreduce_s, e.wait_s, e.optimizer_s) = (
+                0.5, 16000, 0.001, figures.compute, figures.exchange, figures.waiting, figures.optimizer
             )
             (e.dense_bytes, e.sparse_bytes) = (figures.denseBytes, figures.sparseBytes)
             return e

@@ -38,7 +38,7 @@ struct Plan: ParsableCommand {
         guard steps > 0, workersPerHost > 0, bucketMb > 0, (1...1024).contains(powersgdRank) else {
             throw ValidationError("--steps, --workers-per-host and --bucket-mb must be positive, --powersgd-rank in 1...1024")
         }
-        guard (computeMs ?? 1) > 0, (computeMs ?? 1) < 1e7, optimizerMs >= 0, optimizerMs < 1e7 else {
+        guard computeMs.map({ $0 > 0 && $0 < 1e7 }) ?? true, optimizerMs >= 0, optimizerMs < 1e7 else {
             throw ValidationError("--compute-ms must be positive and --optimizer-ms not negative (both under 10,000 s)")
         }
         _ = try Self.hostCounts(hosts)
@@ -76,16 +76,20 @@ struct Plan: ParsableCommand {
         do {
             var stepper = try Stepper(training)
             let (config, model) = (stepper.config, stepper.workload.model)
-            var forwardBackward: [Double] = [], optimizing: [Double] = []
-            if let computeMs { (forwardBackward, optimizing) = ([computeMs / 1000], [optimizerMs / 1000]) }
-            for s in 0..<(computeMs == nil ? 5 + steps : 0) {
-                let times = try stepper.step().times
-                if s >= 5 { (forwardBackward, optimizing) = (forwardBackward + [times.compute], optimizing + [times.optimizer]) }
+            // the step as given, or the medians of `steps` timed here after 5 untimed
+            let forwardBackward: Double, optimizing: Double
+            if let computeMs {
+                forwardBackward = computeMs / 1000
+                optimizing = optimizerMs / 1000
+            } else {
+                let times = try (0..<(5 + steps)).map { _ in try stepper.step().times }.dropFirst(5)
+                func median(_ v: [Double]) -> Double { v.sorted()[v.count / 2] }
+                forwardBackward = median(times.map(\.compute))
+                optimizing = median(times.map(\.optimizer))
             }
-            func median(_ v: [Double]) -> Double { v.sorted()[v.count / 2] }
             let bytes = Self.wireBytes(model.arena.layout, compression: compression, rank: powersgdRank)
             var m = ScalingModel(
-                forwardBackward: median(forwardBackward), optimizer: median(optimizing),
+                forwardBackward: forwardBackward, optimizer: optimizing,
                 batch: try ModelFamily.named(config.model).itemsPerStep(config), gradientBytes: bytes,
                 bucketBytes: bucketMb * 1_048_576, bandwidth: try Self.bytesPerSecond(link), latency: try Self.seconds(latency))
             (m.threadsPerWorker, m.coresPerHost) = (Compute.threads, hostCores ?? ProcessInfo.processInfo.activeProcessorCount)

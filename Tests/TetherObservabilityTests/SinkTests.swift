@@ -25,7 +25,8 @@ import TetherNN
             logEvery: 100, unit: "samples")
         for dense in [[1_000_000.0, 600_000], [1_200_000, 600_000]] {
             let ranks = RankFigures(
-                compute: [0.002, 0.003], exchange: [0.001, 0.001], waiting: [0, 0.0005], denseBytes: dense, sparseBytes: [0, 500_000])
+                compute: [0.002, 0.003], exchange: [0.001, 0.001], waiting: [0, 0.0005], optimizer: [0.0002, 0.0002], denseBytes: dense,
+                sparseBytes: [0, 500_000])
             try reporter.stepCompleted(globalStep: 1, epoch: 0, stats: BatchStats(), lr: 0.1, ranks: ranks)
         }
         #expect(
@@ -100,10 +101,14 @@ import TetherNN
         try exporter.record(start)
         exporter.stepCompleted(
             globalStep: 1,
-            ranks: RankFigures(compute: [0.5, 0.25], exchange: [0.1, 0.2], waiting: [0, 0.1], denseBytes: [100, 100], sparseBytes: [0, 0]))
+            ranks: RankFigures(
+                compute: [0.5, 0.25], exchange: [0.1, 0.2], waiting: [0, 0.1], optimizer: [0.01, 0.01], denseBytes: [100, 100],
+                sparseBytes: [0, 0]))
         exporter.stepCompleted(
             globalStep: 2,
-            ranks: RankFigures(compute: [0.5, 0.25], exchange: [0.1, 0.2], waiting: [0, 0.1], denseBytes: [100, 100], sparseBytes: [0, 0]))
+            ranks: RankFigures(
+                compute: [0.5, 0.25], exchange: [0.1, 0.2], waiting: [0, 0.1], optimizer: [0.01, 0.01], denseBytes: [100, 100],
+                sparseBytes: [0, 0]))
         var step = MetricsEvent(event: "step", step: 2, stepsPerEpoch: 10)
         (step.loss, step.samples_per_sec) = (.nan, 1234.5)
         try exporter.record(step)
