@@ -385,7 +385,7 @@ public final class Worker {
         let model = workload.model
         // Dropout masks differ per replica (each draws its own samples' masks).
         model.context.rng = .dropoutMasks(seed: config.seed, replica: rank)
-        guard let collective = AllReduceAlgorithm(rawValue: config.collective ?? AllReduceAlgorithm.ring.rawValue) else {
+        guard let collective = AllReduceAlgorithm(rawValue: config.collective ?? AllReduceAlgorithm.bySize.rawValue) else {
             throw ClusterError(
                 "the coordinator's job asks for the collective \"\(config.collective ?? "")\", which this worker does not know")
         }
@@ -501,7 +501,7 @@ public final class Worker {
         if case .success(let seconds) = right == rank ? .success(0) : Advertise.reach(addresses[right], within: 2) {
             log(
                 "ring address \(addresses[rank]); right neighbour rank \(right) at \(addresses[right]) reachable (\(String(format: "%.1f", seconds * 1000)) ms)"
-                    + (collective == .ring ? "" : "; all-reduce by \(collective.rawValue)")
+                    + "; all-reduce by \(collective.rawValue)"
                     + (ring.linkCost.map {
                         String(format: " (links measured: %.0f us a hop, %.0f MB/s)", $0.latency * 1e6, $0.bandwidth / 1e6)
                     } ?? ""))

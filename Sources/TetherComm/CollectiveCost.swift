@@ -20,6 +20,9 @@ public struct CollectiveCost: Sendable, Equatable {
         /// Recursive halving then doubling (`HalvingDoubling`): 2 log2(P) steps, n/2 + n/4 + ... bytes
         /// each way, and two steps of n bytes when N is not a power of two.
         case halvingDoubling = "halving-doubling"
+        /// Partners across the ring exchange and add whole vectors (`RecursiveDoubling`): log2(P) steps
+        /// of n bytes, and two more when N is not a power of two.
+        case recursiveDoubling = "recursive-doubling"
         /// Reduced up a binomial tree to rank 0 and copied down (`BinomialTree`): 2 ceil(log2 N) steps
         /// of n bytes.
         case tree
@@ -42,9 +45,33 @@ public struct CollectiveCost: Sendable, Equatable {
             let moved = 2 * n * (1 - 1 / Double(p))
             let folding = ranks == p ? 0 : steps(2, of: n)
             return 2 * levels * latency + moved / bandwidth + folding
+        case .recursiveDoubling:
+            let p = HalvingDoubling.participants(ranks)
+            return steps(Double(p.trailingZeroBitCount + (ranks == p ? 0 : 2)), of: n)
         case .tree:
             return steps(2 * Double(BinomialTree.levels(ranks)), of: n)
         }
+    }
+
+    /// The link the default schedule (`AllReduceAlgorithm.bySize`) is chosen for: 10 Gbit/s and 50 us
+    /// a hop. The choice depends on a link only through latency x bandwidth (the bytes a step's latency
+    /// is worth), and that is 20-160 KB on the links Tether runs over (1 Gbit/s at 180 us, the emulated
+    /// hosts' hop; 10 Gbit/s at 50-100 us; 25 Gbit/s at 50 us); this one's is 62.5 KB.
+    public static let nominal = CollectiveCost(latency: 50e-6, bandwidth: 1.25e9)
+
+    /// How much faster than the ring by the model another schedule must be to be taken by default. The
+    /// ring overlaps its chunks and steps in ways the model does not count: on 8 emulated hosts
+    /// halving-doubling, 9% ahead by the model at 1 MiB and level at 64 MiB, was 4% and 5% behind.
+    public static let ringMargin = 1.25
+
+    /// The default schedule for `bytes` over `ranks` ranks: a fixed rule of the two (the same choice on
+    /// every run, so the same bits), the `nominal` link's fastest of the ring, the whole buffers round
+    /// the ring, recursive doubling and halving-doubling, unless the ring is within `ringMargin` of it.
+    public static func bySize(ranks: Int, bytes: Int) -> Algorithm {
+        let others: [Algorithm] = [.recursiveDoubling, .halvingDoubling, .gatherSum]
+        let best = nominal.fastest(ranks: ranks, bytes: bytes, among: others)
+        let ring = nominal.seconds(.ring, ranks: ranks, bytes: bytes)
+        return ring > ringMargin * nominal.seconds(best, ranks: ranks, bytes: bytes) ? best : .ring
     }
 
     /// The fastest of `among` for this size and ring (the first of equals, in `among`'s order).

@@ -33,21 +33,33 @@ public enum HalvingDoubling {
         return p
     }
 
+    /// Folding N = P + r ranks into P: the virtual rank of `rank` among the P taking part, or nil for
+    /// an even rank below 2r (folded into the odd one above it).
+    static func virtualRank(_ rank: Int, size: Int) -> Int? {
+        let extra = size - participants(size)
+        if rank < 2 * extra { return rank % 2 == 0 ? nil : rank / 2 }
+        return rank - extra
+    }
+
+    /// The rank of virtual rank `v`.
+    static func realRank(_ v: Int, size: Int) -> Int {
+        let extra = size - participants(size)
+        return v < extra ? 2 * v + 1 : v + extra
+    }
+
     /// Rank `rank`'s steps in an all-reduce of `count` elements over `size` ranks, in order.
     public static func steps(rank: Int, size: Int, count: Int) -> [Step] {
         precondition((0..<size).contains(rank) && count >= 0)
         let p = participants(size), extra = size - p, levels = p.trailingZeroBitCount
         let whole = 0..<count
-        // the virtual rank of a rank taking part, and the rank of a virtual rank
-        func real(_ v: Int) -> Int { v < extra ? 2 * v + 1 : v + extra }
-        if rank < 2 * extra && rank % 2 == 0 {
+        func real(_ v: Int) -> Int { realRank(v, size: size) }
+        guard let v = virtualRank(rank, size: size) else {
             // folded in: its vector goes to the odd rank above, the result comes back from it
             return [
                 Step(stage: 0, peer: rank + 1, send: whole, receive: 0..<0, adds: false),
                 Step(stage: 2 * levels + 1, peer: rank + 1, send: 0..<0, receive: whole, adds: false)
             ]
         }
-        let v = rank < 2 * extra ? rank / 2 : rank - extra
         var out: [Step] = []
         if rank < 2 * extra { out.append(Step(stage: 0, peer: rank - 1, send: 0..<0, receive: whole, adds: true)) }
         // Reduce-scatter: `block` is the segments this rank still reduces, halved each step.
@@ -83,5 +95,37 @@ public enum HalvingDoubling {
     static func elements(_ segments: Range<Int>, of count: Int, in p: Int) -> Range<Int> {
         Ring.segment(segments.lowerBound, of: count, parts: p)
             .lowerBound..<Ring.segment(segments.upperBound, of: count, parts: p).lowerBound
+    }
+}
+
+/// Recursive doubling (MPICH's all-reduce for short messages) as a schedule: log2(P) exchanges of the
+/// whole vector, half halving-doubling's steps at more bytes (n each way in each), so it wins where a
+/// step's latency is the cost. In step k (stages 1...L) virtual rank v exchanges with v XOR 2^(k-1)
+/// and adds what comes to what it holds; both partners add the same two vectors, and IEEE addition is
+/// commutative, so both hold the same bits, and after L steps every rank holds the same sum. N = P + r:
+/// the r extra ranks fold in first and get the result last, as in `HalvingDoubling` (stage 0 folding
+/// in, L+1 the result back). Pure, like `HalvingDoubling`: the same `Step`s, every one of which both
+/// sends and receives the whole vector, so what is sent must leave as a copy (it is added into while
+/// on its way).
+public enum RecursiveDoubling {
+    /// Rank `rank`'s steps in an all-reduce of `count` elements over `size` ranks, in order.
+    public static func steps(rank: Int, size: Int, count: Int) -> [HalvingDoubling.Step] {
+        precondition((0..<size).contains(rank) && count >= 0)
+        let p = HalvingDoubling.participants(size), extra = size - p, levels = p.trailingZeroBitCount
+        let whole = 0..<count
+        guard let v = HalvingDoubling.virtualRank(rank, size: size) else {
+            return [
+                .init(stage: 0, peer: rank + 1, send: whole, receive: 0..<0, adds: false),
+                .init(stage: levels + 1, peer: rank + 1, send: 0..<0, receive: whole, adds: false)
+            ]
+        }
+        var out: [HalvingDoubling.Step] = []
+        if rank < 2 * extra { out.append(.init(stage: 0, peer: rank - 1, send: 0..<0, receive: whole, adds: true)) }
+        for k in 0..<levels {
+            out.append(
+                .init(stage: k + 1, peer: HalvingDoubling.realRank(v ^ (1 << k), size: size), send: whole, receive: whole, adds: true))
+        }
+        if rank < 2 * extra { out.append(.init(stage: levels + 1, peer: rank - 1, send: whole, receive: 0..<0, adds: false)) }
+        return out
     }
 }

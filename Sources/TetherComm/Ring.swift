@@ -87,7 +87,7 @@ public final class Ring {
 
     static func seconds(_ d: Duration) -> Double { Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18 }
 
-    /// The schedule the last all-reduce of f32 or f64 values took.
+    /// The schedule the last all-reduce took (of a 16-bit wire too).
     public private(set) var lastAllReduce: CollectiveCost.Algorithm = .ring
 
     /// The schedule an all-reduce of `bytes` takes (f32 or f64 on the wire); with `.auto`, the one
@@ -95,7 +95,9 @@ public final class Ring {
     public func schedule(bytes: Int) -> CollectiveCost.Algorithm {
         switch options.allReduce {
         case .halvingDoubling: return .halvingDoubling
+        case .recursiveDoubling: return .recursiveDoubling
         case .tree: return .tree
+        case .bySize: return CollectiveCost.bySize(ranks: size, bytes: bytes)
         case .auto where linkCost != nil:
             let tuning = tuning[bytes] ?? AutoTuning(candidates: candidates(bytes: bytes))
             return tuning.chosen ?? tuning.candidates[tuning.calls % tuning.candidates.count]
@@ -129,7 +131,7 @@ public final class Ring {
     /// last at 64 KiB, where it was the fastest, 1.6 ms against the ring's 3.9); larger ones, the ring
     /// and halving-doubling within 2x of the model's best (the whole buffer goes as one chunk only).
     func candidates(bytes: Int) -> [CollectiveCost.Algorithm] {
-        if bytes <= options.chunkBytes { return [.ring, .gatherSum, .halvingDoubling, .tree] }
+        if bytes <= options.chunkBytes { return [.ring, .gatherSum, .recursiveDoubling, .halvingDoubling, .tree] }
         let all: [CollectiveCost.Algorithm] = [.ring, .halvingDoubling]
         guard let cost = linkCost else { return all }
         let best = all.map { cost.seconds($0, ranks: size, bytes: bytes) }.min()!
@@ -216,7 +218,11 @@ public final class Ring {
                 if let base = buffer.baseAddress { codec.round(base, count: n) }
                 return vote
             }
-            if options.allReduce == .halvingDoubling {
+            let halving =
+                options.allReduce == .halvingDoubling
+                || (options.allReduce == .bySize && CollectiveCost.bySize(ranks: size, bytes: n * wire.size) == .halvingDoubling)
+            lastAllReduce = halving ? .halvingDoubling : .ring
+            if halving {
                 return try halvingDoubling(
                     buffer, staging: staging, codec: codec, average: average, step: step, bucket: bucket, vote: vote)
             }
@@ -272,7 +278,12 @@ public final class Ring {
         try run(.allReduce) {
             guard size > 1 else { return vote }
             switch schedule {
-            case .halvingDoubling: return try halvingDoubling(buffer, average: average, step: step, bucket: bucket, vote: vote)
+            case .halvingDoubling:
+                let steps = HalvingDoubling.steps(rank: rank, size: size, count: buffer.count)
+                return try exchanges(steps, buffer, average: average, step: step, bucket: bucket, vote: vote)
+            case .recursiveDoubling:
+                let steps = RecursiveDoubling.steps(rank: rank, size: size, count: buffer.count)
+                return try exchanges(steps, buffer, average: average, step: step, bucket: bucket, vote: vote)
             case .gatherSum: return try gatherSum(buffer, average: average, step: step, bucket: bucket, vote: vote)
             case .tree: return try tree(buffer, average: average, step: step, bucket: bucket, vote: vote)
             case .ring: break
@@ -407,20 +418,24 @@ public final class Ring {
         return anyVote
     }
 
-    /// The all-reduce by recursive halving and doubling (`HalvingDoubling`): in each stage this rank
-    /// sends one range to its partner, in chunks lent from the buffer, then receives another, adding
-    /// it or copying it. A segment's sum is completed on one rank, in the last halving stage (where an
-    /// average divides it), and copied to the others: every rank ends bitwise equal. Votes: every chunk
-    /// carries the union this rank has seen; after the halving stages each rank has seen every rank's
-    /// (a butterfly), and a folded rank gets it with the result.
-    /// A range sent is not written again before the partner has it: what this rank receives later into
-    /// it is the partner's sum, which needs it.
-    private func halvingDoubling<T: RingElement>(
-        _ buffer: UnsafeMutableBufferPointer<T>, average: Bool, step: UInt64, bucket: UInt32, vote: RingVotes
+    /// The all-reduce by exchanges with partners (`HalvingDoubling`, `RecursiveDoubling`): in each
+    /// stage this rank sends one range to its partner, in chunks, and receives another, adding it or
+    /// copying it. Halving-doubling completes a segment's sum on one rank, in the last halving stage
+    /// (where an average divides it), and copies it to the others; recursive doubling completes the
+    /// whole sum on every rank at once, in that same last adding stage, from the same two vectors. Either
+    /// way every rank ends bitwise equal. Votes: every chunk carries the union this rank has seen; after
+    /// the adding stages each rank has seen every rank's (a butterfly), and a folded rank gets it with
+    /// the result.
+    /// Halving-doubling lends what it sends from the buffer: a range sent is not written again before
+    /// the partner has it, since what this rank receives later into it is the partner's sum, which
+    /// needs it. Recursive doubling adds into the range it sends, so its chunks leave as copies.
+    private func exchanges<T: RingElement>(
+        _ steps: [HalvingDoubling.Step], _ buffer: UnsafeMutableBufferPointer<T>, average: Bool, step: UInt64, bucket: UInt32,
+        vote: RingVotes
     ) throws -> RingVotes {
         var exchange = PeerExchange(ring: self, count: buffer.count, dtype: T.dtype, step: step, bucket: bucket, vote: vote)
         let levels = HalvingDoubling.participants(size).trailingZeroBitCount, base = UnsafeRawPointer(buffer.baseAddress)
-        for s in HalvingDoubling.steps(rank: rank, size: size, count: buffer.count) {
+        for s in steps {
             let how: Consumption<T> = s.adds ? .add(divideBy: average && s.stage == levels ? T(size) : nil) : .copy
             try exchange.exchange(sending: s.send, of: base, receiving: s.receive, stage: s.stage, with: s.peer) { payload, h, e, c in
                 _ = try consume(payload, h, e, into: UnsafeMutableBufferPointer(rebasing: buffer[c]), how)
@@ -517,15 +532,17 @@ public final class Ring {
         /// Sends `sending` to `peer` and receives `receiving` from it, `ahead` chunks apart: the next
         /// chunk is sealed (or hashed) and on its way while this rank reduces the one before, instead of
         /// the whole range leaving first. The partner does the same, so neither waits for more than
-        /// `ahead` of the other's chunks before it sends.
+        /// `ahead` of the other's chunks before it sends. Where the two ranges overlap, what is received
+        /// lands where chunks were sent from, so those leave as copies (chunk i is sent before chunk i
+        /// is received, the same cuts of the same range).
         mutating func exchange(
             sending: Range<Int>, of base: UnsafeRawPointer?, receiving: Range<Int>, stage: Int, with peer: Int, _ take: Take
         ) throws {
-            let out = ring.chunks(sending, per), into = ring.chunks(receiving, per)
+            let out = ring.chunks(sending, per), into = ring.chunks(receiving, per), copying = sending.overlaps(receiving)
             var (sent, received) = (0, 0)
             while sent < out.count || received < into.count {
                 if sent < out.count, sent - received < Self.ahead || received == into.count {
-                    try sendChunk(sent, out[sent], of: base, stage: stage, to: peer)
+                    try sendChunk(sent, out[sent], of: base, stage: stage, to: peer, copying: copying)
                     sent += 1
                 } else {
                     try receiveChunk(received, into[received], stage: stage, from: peer, resultVotes: false, take)
@@ -534,10 +551,13 @@ public final class Ring {
             }
         }
 
-        private mutating func sendChunk(_ i: Int, _ c: Range<Int>, of base: UnsafeRawPointer?, stage: Int, to peer: Int) throws {
+        private mutating func sendChunk(
+            _ i: Int, _ c: Range<Int>, of base: UnsafeRawPointer?, stage: Int, to peer: Int, copying: Bool = false
+        ) throws {
             head.votes = seen
             let bytes = UnsafeRawBufferPointer(start: base.map { $0 + c.lowerBound * dtype.size }, count: c.count * dtype.size)
-            try ring.link!.send(head, ringStep: stage, index: i, offset: c.lowerBound, .lent(bytes, checksum: nil), to: peer)
+            let payload: RingLink.Outgoing = copying ? .copied(bytes) : .lent(bytes, checksum: nil)
+            try ring.link!.send(head, ringStep: stage, index: i, offset: c.lowerBound, payload, to: peer)
         }
 
         private mutating func receiveChunk(

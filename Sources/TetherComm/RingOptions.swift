@@ -12,8 +12,9 @@ public struct RingOptions: Sendable {
     /// buffer and sums it on each rank (`Ring.gatherSum`): N-1 hops instead of 2(N-1), for buffers
     /// whose time is the hops' (measured: docs/ARCHITECTURE.md). 0: always the ring schedule.
     public var gatherSumBytes = 32 << 10
-    /// How an all-reduce moves (a 16-bit wire takes the ring unless this is halving-doubling;
-    /// broadcasts and gathers always take it). Every rank must use the same.
+    /// How an all-reduce moves (a 16-bit wire takes the ring unless halving-doubling is asked for or
+    /// chosen by size; broadcasts and gathers always take it). Every rank must use the same. A job's
+    /// default is `.bySize`; a bare ring's is the ring, the schedule its own tests are about.
     public var allReduce: AllReduceAlgorithm = .ring
     /// Slots (of `chunkBytes` each) of the shared-memory lane a rank sends into when its right
     /// neighbour listens on an ipc:// address (`SharedLane`): chunks skip the socket's two copies while
@@ -47,9 +48,15 @@ public enum AllReduceAlgorithm: String, CaseIterable, Sendable {
     case ring
     /// recursive halving then doubling with partners across the ring, 2 log2(P) steps (`HalvingDoubling`)
     case halvingDoubling = "halving-doubling"
+    /// whole vectors exchanged and added with partners across the ring, log2(P) steps
+    /// (`RecursiveDoubling`)
+    case recursiveDoubling = "recursive-doubling"
     /// reduced up a binomial tree to rank 0 and copied down, 2 ceil(log2 N) steps of the whole buffer
     /// (`BinomialTree`)
     case tree
+    /// per buffer, by its size and the ring's (`CollectiveCost.bySize`): a fixed rule, so every run
+    /// of a job takes the same schedules and ends with the same bits. A job's default.
+    case bySize = "by-size"
     /// per buffer, the fastest of the ring, the whole buffers round the ring, halving-doubling and the tree by the
     /// latency-bandwidth model (`CollectiveCost`), from the links' figures measured when the ring forms
     case auto

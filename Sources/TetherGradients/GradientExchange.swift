@@ -123,7 +123,7 @@ public final class GradientExchange: @unchecked Sendable {  // the exchange thre
                 defer {
                     if tracing {
                         // the schedule the bucket took (PowerSGD's factors name their own spans)
-                        let how = wire == .f32 ? ring.lastAllReduce.rawValue : "ring"
+                        let how = ring.lastAllReduce.rawValue
                         spans.append(("all-reduce bucket \(bucket) (\(end - start) values, \(how))", began, Self.microsecondsNow()))
                     }
                 }

@@ -28,7 +28,7 @@ public struct ScalingModel: Sendable, Equatable {
     /// Threads each worker computes on, and the cores of a host (workers beyond them share cores).
     public var threadsPerWorker = 1, coresPerHost = 1
     /// How buckets are all-reduced (`--collective`).
-    public var collective = AllReduceAlgorithm.ring
+    public var collective = AllReduceAlgorithm.bySize
 
     public init(
         forwardBackward: Double, optimizer: Double, batch: Int, gradientBytes: Double, bucketBytes: Double, bandwidth: Double,
@@ -45,15 +45,18 @@ public struct ScalingModel: Sendable, Equatable {
         return steps * latency + steps / Double(ranks) * bytes / bandwidth
     }
 
-    /// The all-reduce of one bucket of `bytes` over `ranks` by `collective` (auto: the model's fastest;
-    /// the whole buffer round the ring and the tree only for buckets of one 1 MB chunk, as a ring sends).
+    /// The all-reduce of one bucket of `bytes` over `ranks` by `collective` (by size: the schedule the
+    /// rule takes, at these links' figures; auto: the model's fastest, the whole buffer round the ring,
+    /// recursive doubling and the tree only for buckets of one 1 MB chunk, as a ring times them).
     public func allReduceSeconds(_ bytes: Double, ranks: Int) -> Double {
         guard ranks > 1 else { return 0 }
         let cost = CollectiveCost(latency: latency, bandwidth: bandwidth), n = Int(bytes.rounded(.up))
         switch collective {
         case .ring: return ringSeconds(bytes, ranks: ranks)
         case .halvingDoubling: return cost.seconds(.halvingDoubling, ranks: ranks, bytes: n)
+        case .recursiveDoubling: return cost.seconds(.recursiveDoubling, ranks: ranks, bytes: n)
         case .tree: return cost.seconds(.tree, ranks: ranks, bytes: n)
+        case .bySize: return cost.seconds(CollectiveCost.bySize(ranks: ranks, bytes: n), ranks: ranks, bytes: n)
         case .auto:
             let among: [CollectiveCost.Algorithm] =
                 n <= RingOptions().chunkBytes ? CollectiveCost.Algorithm.allCases : [.ring, .halvingDoubling]

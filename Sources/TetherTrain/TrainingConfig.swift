@@ -46,7 +46,8 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     public var wideDeep = WideDeepOptions()
     /// A cluster's gradients on the wire (nil: f32, as they are).
     public var compression: Compression?
-    /// How a cluster all-reduces its f32 gradients: "ring" (nil), "halving-doubling", "tree" or "auto"
+    /// How a cluster all-reduces its f32 gradients: "by-size" (nil), "ring", "recursive-doubling",
+    /// "halving-doubling", "tree" or "auto"
     /// (TetherComm.AllReduceAlgorithm's names).
     public var collective: String?
     /// PowerSGD's rank (nil: 4) and the step it starts at (nil: 1000; plain all-reduces before it, as

@@ -38,9 +38,9 @@ struct BenchAllReduce: ParsableCommand {
     var dtype: ChunkHeader.DType { wire.dtype }
     @Option(
         help:
-            "ring, halving-doubling, tree or auto (the fastest by the links measured when the ring forms); a 16-bit --dtype goes by halving-doubling when asked, by the ring otherwise."
+            "by-size (a job's default), ring, recursive-doubling, halving-doubling, tree or auto (the fastest by the links measured when the ring forms); a 16-bit --dtype goes by halving-doubling when asked or chosen by size, by the ring otherwise."
     )
-    var collective: AllReduceAlgorithm = .ring
+    var collective: AllReduceAlgorithm = .bySize
     @Option(help: "Timed iterations.") var iterations = 10
     @Option(help: "Untimed warm-up iterations.") var warmup = 2
     @Option(help: "Seconds any receive may wait before the ring fails.") var timeout = 30.0
@@ -342,7 +342,7 @@ struct RankRun {
             guard i >= warmup else { continue }
             report.seconds.append(start.duration(to: .now).seconds)
             report.statistics += ring.statistics - before
-            report.algorithm = dtype == .f32 ? ring.lastAllReduce.rawValue : "ring"
+            report.algorithm = ring.lastAllReduce.rawValue
         }
         return report
     }

@@ -290,7 +290,7 @@ struct ClusterJob: ParsableArguments {
     var compression: TrainingConfig.Compression?
     @Option(
         help:
-            "How the workers all-reduce f32 gradients: ring (2(N-1) steps: bandwidth-optimal), halving-doubling (2 log2 N steps with partners across the ring: fewer latencies for small and medium buckets), tree (up a binomial tree to rank 0 and down again, whole buffers) or auto (per bucket size, the fastest of the schedules a latency-bandwidth model of the links leaves in, each timed on the first steps). With --compression fp16/bf16, halving-doubling carries the 16-bit values too; the tree and auto take the ring."
+            "How the workers all-reduce f32 gradients: by-size (the default: per bucket, a fixed rule of its size and the number of workers, so every run sums alike: recursive doubling for small buckets, halving-doubling for medium ones on many workers, the ring otherwise), ring (2(N-1) steps: bandwidth-optimal), recursive-doubling (log2 N exchanges of whole buffers), halving-doubling (2 log2 N steps with partners across the ring), tree (up a binomial tree to rank 0 and down again, whole buffers) or auto (per bucket size, the fastest of the schedules a latency-bandwidth model of the links leaves in, each timed on the first steps: the choice, and so the last bits, can differ between runs). With --compression fp16/bf16, halving-doubling carries the 16-bit values too (asked for, or chosen by size); the other schedules take the ring."
     )
     var collective: AllReduceAlgorithm?
     @Option(
@@ -357,7 +357,7 @@ struct ClusterJob: ParsableArguments {
         }
         var config = try training.applied(to: base)
         if let compression { config.compression = compression == TrainingConfig.Compression.none ? nil : compression }
-        if let collective { config.collective = collective == .ring ? nil : collective.rawValue }
+        if let collective { config.collective = collective == .bySize ? nil : collective.rawValue }
         if let powersgdRank { config.powerSGDRank = powersgdRank }
         if let powersgdStartStep { config.powerSGDStartStep = powersgdStartStep }
         if let errorFeedback { config.errorFeedback = errorFeedback ? nil : false }

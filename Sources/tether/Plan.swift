@@ -25,12 +25,15 @@ struct Plan: ParsableCommand {
     @Option(help: "The gradients on the wire: none, fp16, bf16 or powersgd (--compression).")
     var compression: TrainingConfig.Compression = .none
     @Option(help: "PowerSGD's rank (--powersgd-rank).") var powersgdRank = TrainingConfig.defaultPowerSGDRank
-    @Option(help: "How the buckets are all-reduced (--collective): ring, halving-doubling, tree or auto; the last line compares them all.")
-    var collective: AllReduceAlgorithm = .ring
+    @Option(
+        help:
+            "How the buckets are all-reduced (--collective): by-size (the default), ring, recursive-doubling, halving-doubling, tree or auto; the last line compares them all."
+    )
+    var collective: AllReduceAlgorithm = .bySize
     @Option(help: "Steps measured (after 5 untimed).") var steps = 20
     @Option(help: "A worker's forward and backward in ms, measured elsewhere (the target hosts, a job's log): nothing is timed here.")
     var computeMs: Double?
-    @Option(help: "With --compute-ms: the optimizer's ms a step.") var optimizerMs = 0.0
+    @Option(help: "With --compute-ms: the optimizer's ms a step (0 when not given).") var optimizerMs: Double?
     @Flag(help: "Print one JSON object.") var json = false
     @OptionGroup var threads: ResourceOptions
 
@@ -38,8 +41,11 @@ struct Plan: ParsableCommand {
         guard steps > 0, workersPerHost > 0, bucketMb > 0, (1...1024).contains(powersgdRank) else {
             throw ValidationError("--steps, --workers-per-host and --bucket-mb must be positive, --powersgd-rank in 1...1024")
         }
-        guard computeMs.map({ $0 > 0 && $0 < 1e7 }) ?? true, optimizerMs >= 0, optimizerMs < 1e7 else {
+        guard computeMs.map({ $0 > 0 && $0 < 1e7 }) ?? true, optimizerMs.map({ $0 >= 0 && $0 < 1e7 }) ?? true else {
             throw ValidationError("--compute-ms must be positive and --optimizer-ms not negative (both under 10,000 s)")
+        }
+        guard optimizerMs == nil || computeMs != nil else {
+            throw ValidationError("--optimizer-ms goes with --compute-ms (a step measured elsewhere); without it both are timed here")
         }
         _ = try Self.hostCounts(hosts)
         _ = try Self.bytesPerSecond(link)
@@ -80,7 +86,7 @@ struct Plan: ParsableCommand {
             let forwardBackward: Double, optimizing: Double
             if let computeMs {
                 forwardBackward = computeMs / 1000
-                optimizing = optimizerMs / 1000
+                optimizing = (optimizerMs ?? 0) / 1000
             } else {
                 let times = try (0..<(5 + steps)).map { _ in try stepper.step().times }.dropFirst(5)
                 func median(_ v: [Double]) -> Double { v.sorted()[v.count / 2] }

@@ -574,10 +574,12 @@ let kubernetesTypesInstalled =
         #expect(r.status == 0 && rows.count == 3 && efficiency.count == 3, "\(r.stdout)\(r.stderr)")
         #expect(abs((efficiency.first ?? 0) - 1) < 1e-9 && efficiency == efficiency.sorted(by: >) && (efficiency.last ?? 1) < 0.8)
         #expect((out["gradient_bytes"] as? Double ?? 0) > 1e6 && (out["link_bytes_per_sec"] as? Double) == 12.5e6)
-        // every collective's efficiency, the job's (the ring, by default) among them; auto's the best
+        // every collective's efficiency, the job's (by size, the default) among them; auto's the best
         let byCollective = out["efficiency_by_collective"] as? [String: [Double]] ?? [:]
         #expect(
-            Set(byCollective.keys) == ["ring", "halving-doubling", "tree", "auto"] && byCollective["ring"] == efficiency, "\(byCollective)")
+            Set(byCollective.keys) == ["by-size", "ring", "recursive-doubling", "halving-doubling", "tree", "auto"]
+                && byCollective["by-size"] == efficiency,
+            "\(byCollective)")
         #expect(zip(byCollective["auto"] ?? [], efficiency).allSatisfy { $0 >= $1 - 1e-12 }, "\(byCollective)")
         let text = try CLI.run(
             [
@@ -599,6 +601,8 @@ let kubernetesTypesInstalled =
         #expect(givenOut["compute_measured_here"] as? Bool == false)
         let negative = try CLI.run(["plan", "--model", "mlp-wn", "--compute-ms", "0"])
         #expect(negative.status != 0 && negative.stderr.contains("--compute-ms must be positive"), "\(negative.stderr)")
+        let alone = try CLI.run(["plan", "--model", "mlp-wn", "--optimizer-ms", "2"])
+        #expect(alone.status != 0 && alone.stderr.contains("--optimizer-ms goes with --compute-ms"), "\(alone.stderr)")
     }
 
     @Test func versionNamesTheCLibraries() throws {

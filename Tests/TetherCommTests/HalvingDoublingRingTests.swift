@@ -15,14 +15,18 @@ import Testing
         var testDescription: String { "\(algorithm), \(ranks) ranks, \(count) elements, \(transport)" }
     }
 
-    /// Halving-doubling on every transport; the tree (for the smallest buffers, but right at any size)
-    /// on tcp.
+    /// Halving-doubling and recursive doubling on every transport (recursive doubling adds into what it
+    /// sends: inproc and plaintext tcp would read it in place); the tree (for the smallest buffers, but
+    /// right at any size) on tcp.
     static let grid: [Case] = {
         var cases: [Case] = []
         for n in [2, 3, 5, 8] {
             for count in Set([0, 1, n - 1, 10 * n + 1, 1 << 20 | 3]).sorted() {
                 for transport in Transport.allCases {
                     cases.append(Case(ranks: n, count: count, transport: transport, algorithm: .halvingDoubling))
+                    if count < 1 << 20 || transport == .tcp {
+                        cases.append(Case(ranks: n, count: count, transport: transport, algorithm: .recursiveDoubling))
+                    }
                 }
                 cases.append(Case(ranks: n, count: count, transport: .tcp, algorithm: .tree))
             }
@@ -77,7 +81,10 @@ import Testing
     }
 
     /// Double, and the average: the sum divided once, where each segment is completed.
-    @Test(arguments: [(3, AllReduceAlgorithm.halvingDoubling), (8, .halvingDoubling), (3, .tree), (8, .tree)])
+    @Test(arguments: [
+        (3, AllReduceAlgorithm.halvingDoubling), (8, .halvingDoubling), (3, .tree), (8, .tree), (3, .recursiveDoubling),
+        (8, .recursiveDoubling)
+    ])
     func doublesAverageToTheReference(ranks: Int, algorithm: AllReduceAlgorithm) throws {
         let ring = try TestRing(ranks, .ipc)
         let inputs = (0..<ranks).map { r in input(rank: r, count: 1001).map(Double.init) }
@@ -91,7 +98,7 @@ import Testing
 
     /// Secure rings (every member's key known): sealed and CURVE links give the bits an --insecure ring
     /// gives, and the sealed one spends time sealing.
-    @Test(arguments: [3, 5], [AllReduceAlgorithm.halvingDoubling, .tree])
+    @Test(arguments: [3, 5], [AllReduceAlgorithm.halvingDoubling, .tree, .recursiveDoubling])
     func secureRingsSumAsPlainOnes(ranks: Int, algorithm: AllReduceAlgorithm) throws {
         let inputs = (0..<ranks).map { input(rank: $0, count: 30_001) }
         let plain = try Self.allReduce(try TestRing(ranks, .tcp), inputs, chunkBytes: 4096, by: algorithm)
@@ -114,7 +121,7 @@ import Testing
     }
 
     /// Votes: every rank learns every rank's in the same all-reduce.
-    @Test(arguments: [2, 3, 5, 8], [AllReduceAlgorithm.halvingDoubling, .tree])
+    @Test(arguments: [2, 3, 5, 8], [AllReduceAlgorithm.halvingDoubling, .tree, .recursiveDoubling])
     func everyRankLearnsTheVotes(ranks: Int, algorithm: AllReduceAlgorithm) throws {
         let ring = try TestRing(ranks, .ipc)
         let results = onRanks(ranks) { rank -> RingVotes in
@@ -199,7 +206,7 @@ import Testing
 
     /// A rank that dies in the middle (its sockets closed after its first stage) fails every other rank
     /// within the ring's deadline, each naming a rank.
-    @Test(arguments: [AllReduceAlgorithm.halvingDoubling, .tree])
+    @Test(arguments: [AllReduceAlgorithm.halvingDoubling, .tree, .recursiveDoubling])
     func aRankThatDiesMidCollectiveFailsEveryOther(algorithm: AllReduceAlgorithm) throws {
         let ranks = 8, ring = try TestRing(ranks, .tcp)
         let started = ContinuousClock.now

@@ -3,15 +3,18 @@ import Testing
 
 @testable import TetherComm
 
-/// The halving-doubling schedule run in memory: every rank's steps, their messages carried between
-/// ranks as the link will carry them (each step sends, then receives from the same peer).
+/// The halving-doubling and recursive-doubling schedules run in memory: every rank's steps, their
+/// messages carried between ranks as the link will carry them (each step sends, then receives from the
+/// same peer).
 @Suite struct HalvingDoublingTests {
+    typealias Schedule = (_ rank: Int, _ size: Int, _ count: Int) -> [HalvingDoubling.Step]
+
     /// Runs every rank's schedule over `inputs` (one vector per rank); returns the vectors after, and
     /// the elements each rank sent.
-    func run(_ inputs: [[Float]]) -> (results: [[Float]], sent: [Int]) {
+    static func run(_ inputs: [[Float]], _ schedule: Schedule = HalvingDoubling.steps) -> (results: [[Float]], sent: [Int]) {
         let size = inputs.count, count = inputs[0].count
         var buffers = inputs, sent = [Int](repeating: 0, count: size)
-        let schedules = (0..<size).map { HalvingDoubling.steps(rank: $0, size: size, count: count) }
+        let schedules = (0..<size).map { schedule($0, size, count) }
         var next = [Int](repeating: 0, count: size), posted = [Bool](repeating: false, count: size)
         var queues: [[Int]: [[Float]]] = [:]  // [from, to]: messages in order
         var progressed = true
@@ -36,14 +39,36 @@ import Testing
         return (buffers, sent)
     }
 
+    /// The two schedules of exchanges, and the elements all ranks send in one of `count`.
+    enum Kind: CaseIterable, Sendable {
+        case halvingDoubling, recursiveDoubling
+        var steps: Schedule {
+            switch self {
+            case .halvingDoubling: HalvingDoubling.steps
+            case .recursiveDoubling: RecursiveDoubling.steps
+            }
+        }
+        func sent(ranks: Int, count: Int) -> Int {
+            let p = HalvingDoubling.participants(ranks), extra = ranks - p
+            switch self {
+            // each of the P taking part gives away every segment but the one it sums, and gathers
+            // them back: 2 (P-1) n in all
+            case .halvingDoubling: return 2 * (p - 1) * count + 2 * extra * count
+            // each of the P sends its whole vector log2(P) times
+            case .recursiveDoubling: return p * p.trailingZeroBitCount * count + 2 * extra * count
+            }
+        }
+    }
+
     /// gloo's grid: every rank ends with bitwise the same vector, the sum of all within float
-    /// rounding, and the ranks send what the algorithm should.
-    @Test(arguments: [1, 2, 3, 5, 6, 7, 8])
-    func everyRankEndsWithTheSameSum(ranks: Int) {
+    /// rounding, and the ranks send what the algorithm should (a folded rank its vector, and its
+    /// partner the result back, besides).
+    @Test(arguments: [1, 2, 3, 5, 6, 7, 8], Kind.allCases)
+    func everyRankEndsWithTheSameSum(ranks: Int, kind: Kind) {
         for count in [0, 1, ranks - 1, 10 * ranks + 1, 1 << 16 | 3] {
             var generator = SystemRandomNumberGenerator()
             let inputs = (0..<ranks).map { _ in (0..<count).map { _ in Float.random(in: -1...1, using: &generator) } }
-            let (results, sent) = run(inputs)
+            let (results, sent) = Self.run(inputs, kind.steps)
             for r in 1..<ranks {
                 let same = results[r] == results[0]  // (an #expect of the arrays would print them whole)
                 #expect(same, "\(ranks) ranks, \(count) elements: rank \(r) differs from rank 0")
@@ -54,19 +79,17 @@ import Testing
                 worst = max(worst, abs(Double(results[0][i]) - exact))
             }
             #expect(worst <= 1e-5 * Double(ranks), "\(ranks) ranks, \(count) elements: off by \(worst)")
-            // each of the P taking part gives away every segment but the one it sums, and gathers them
-            // back: 2 (P-1) n in all; a folded rank sends its vector, and its partner the result back
-            let p = HalvingDoubling.participants(ranks), extra = ranks - p
-            #expect(sent.reduce(0, +) == 2 * (p - 1) * count + 2 * extra * count, "\(ranks) ranks, \(count) elements: sent \(sent)")
+            #expect(sent.reduce(0, +) == kind.sent(ranks: ranks, count: count), "\(ranks) ranks, \(count) elements: sent \(sent)")
+            let extra = ranks - HalvingDoubling.participants(ranks)
             for r in 0..<2 * extra where r % 2 == 0 { #expect(sent[r] == count, "rank \(r) folded in sends its vector once") }
         }
     }
 
     /// Partners number each exchange alike (the stage goes in every chunk header), whether or not one
     /// of them folded a rank in first.
-    @Test(arguments: [2, 3, 5, 6, 7, 8])
-    func partnersAgreeOnEachStage(ranks: Int) {
-        let schedules = (0..<ranks).map { HalvingDoubling.steps(rank: $0, size: ranks, count: 1000) }
+    @Test(arguments: [2, 3, 5, 6, 7, 8], Kind.allCases)
+    func partnersAgreeOnEachStage(ranks: Int, kind: Kind) {
+        let schedules = (0..<ranks).map { kind.steps($0, ranks, 1000) }
         for (r, steps) in schedules.enumerated() {
             #expect(steps.map(\.stage) == steps.map(\.stage).sorted() && Set(steps.map(\.stage)).count == steps.count)
             for s in steps {
@@ -85,6 +108,21 @@ import Testing
         #expect(HalvingDoubling.steps(rank: 5, size: 6, count: 10).count == 4)
         // 8 ranks, rank 5 (binary 101): partners 1, 7, 4 while halving, then 4, 7, 1
         #expect(HalvingDoubling.steps(rank: 5, size: 8, count: 80).map(\.peer) == [1, 7, 4, 4, 7, 1])
+    }
+}
+
+/// Recursive doubling's steps: log2(P) exchanges of the whole vector (the grid and the partners'
+/// stages are `HalvingDoublingTests`').
+@Suite struct RecursiveDoublingTests {
+    @Test func stepCounts() {
+        #expect(RecursiveDoubling.steps(rank: 0, size: 1, count: 10).isEmpty)
+        // 8 ranks, rank 5 (binary 101): partners 4, 7, 1, each the whole vector both ways
+        let five = RecursiveDoubling.steps(rank: 5, size: 8, count: 80)
+        #expect(five.map(\.peer) == [4, 7, 1] && five.allSatisfy { $0.send == 0..<80 && $0.receive == 0..<80 && $0.adds })
+        // 6 ranks: rank 0 folds into rank 1 and gets the result; rank 1 exchanges twice in between
+        #expect(RecursiveDoubling.steps(rank: 0, size: 6, count: 10).map(\.peer) == [1, 1])
+        #expect(RecursiveDoubling.steps(rank: 1, size: 6, count: 10).map(\.stage) == [0, 1, 2, 3])
+        #expect(RecursiveDoubling.steps(rank: 5, size: 6, count: 10).count == 2)
     }
 }
 
@@ -124,13 +162,20 @@ import Testing
     /// halving-doubling pay two whole-vector steps, which the ring wins back on large buckets.
     @Test func theFastestForTheSizeAndTheRing() {
         let gigabit = CollectiveCost(latency: 50e-6, bandwidth: 125e6)
-        #expect(gigabit.fastest(ranks: 8, bytes: 64 << 10) == .halvingDoubling)
+        let exceptRD = CollectiveCost.Algorithm.allCases.filter { $0 != .recursiveDoubling }
+        #expect(gigabit.fastest(ranks: 8, bytes: 64 << 10, among: exceptRD) == .halvingDoubling)
         #expect(gigabit.fastest(ranks: 8, bytes: 1 << 20) == .halvingDoubling)
+        // recursive doubling: half halving-doubling's latencies, whole buffers in each
+        #expect(gigabit.fastest(ranks: 8, bytes: 4 << 10) == .recursiveDoubling)
+        let rd = gigabit.seconds(.recursiveDoubling, ranks: 8, bytes: 64 << 10)
+        #expect(abs(rd - 3 * (50e-6 + 65536 / 125e6)) < 1e-12, "\(rd)")
+        #expect(abs(gigabit.seconds(.recursiveDoubling, ranks: 6, bytes: 1000) - 4 * (50e-6 + 1000 / 125e6)) < 1e-12)
         let ring = gigabit.seconds(.ring, ranks: 8, bytes: 64 << 20), hd = gigabit.seconds(.halvingDoubling, ranks: 8, bytes: 64 << 20)
         #expect(hd <= ring && ring / hd < 1.01, "ring \(ring) s, halving-doubling \(hd) s")
-        #expect(gigabit.fastest(ranks: 2, bytes: 256) == .gatherSum)
+        #expect(gigabit.fastest(ranks: 3, bytes: 256) == .gatherSum)
         #expect(gigabit.fastest(ranks: 6, bytes: 64 << 20) == .ring)
-        #expect(gigabit.fastest(ranks: 6, bytes: 8 << 10) == .halvingDoubling)
+        #expect(gigabit.fastest(ranks: 6, bytes: 8 << 10, among: exceptRD) == .halvingDoubling)
+        #expect(gigabit.fastest(ranks: 6, bytes: 8 << 10) == .recursiveDoubling)
         // 64 KiB over 8 ranks: the ring's 14 latencies against halving-doubling's 6, the same 0.92 ms
         // of bytes: 1.62 ms against 1.22 (at 350 us a step, what the emulated hosts' ring shows, 1.9x)
         let small = gigabit.seconds(.ring, ranks: 8, bytes: 64 << 10) / gigabit.seconds(.halvingDoubling, ranks: 8, bytes: 64 << 10)
@@ -146,6 +191,32 @@ import Testing
                 #expect(
                     gigabit.seconds(.tree, ranks: ranks, bytes: bytes) >= gigabit.seconds(.halvingDoubling, ranks: ranks, bytes: bytes),
                     "\(ranks) ranks, \(bytes) bytes")
+            }
+        }
+    }
+
+    /// The default rule (the nominal link, the ring unless 1.25x slower): recursive doubling for small
+    /// buffers, the ring for 1 MB buckets on 8 ranks and for the largest, halving-doubling for 1 MB
+    /// buckets once the ring's 2(N-1) latencies dominate, the whole buffers round a ring of 3.
+    @Test func theDefaultBySizeAndRanks() {
+        #expect(CollectiveCost.bySize(ranks: 8, bytes: 64 << 10) == .recursiveDoubling)
+        #expect(CollectiveCost.bySize(ranks: 8, bytes: 4) == .recursiveDoubling)
+        #expect(CollectiveCost.bySize(ranks: 8, bytes: 256 << 10) == .halvingDoubling)
+        #expect(CollectiveCost.bySize(ranks: 8, bytes: 1 << 20) == .ring)
+        #expect(CollectiveCost.bySize(ranks: 8, bytes: 64 << 20) == .ring)
+        #expect(CollectiveCost.bySize(ranks: 16, bytes: 1 << 20) == .halvingDoubling)
+        #expect(CollectiveCost.bySize(ranks: 256, bytes: 1 << 20) == .halvingDoubling)
+        #expect(CollectiveCost.bySize(ranks: 256, bytes: 64 << 20) == .ring)
+        #expect(CollectiveCost.bySize(ranks: 3, bytes: 64 << 10) == .gatherSum)
+        #expect(CollectiveCost.bySize(ranks: 2, bytes: 64 << 10) == .recursiveDoubling)
+        #expect(CollectiveCost.bySize(ranks: 2, bytes: 64 << 20) == .ring)
+        #expect(CollectiveCost.bySize(ranks: 1, bytes: 1 << 20) == .ring)
+        // only latency x bandwidth matters: the same choices on any link with the nominal's product
+        let other = CollectiveCost(latency: 500e-6, bandwidth: 1.25e8)
+        for ranks in [2, 3, 6, 8, 100, 256] {
+            for bytes in [4, 64 << 10, 1 << 20, 16 << 20] {
+                let a = CollectiveCost.nominal, all = CollectiveCost.Algorithm.allCases
+                #expect(a.fastest(ranks: ranks, bytes: bytes, among: all) == other.fastest(ranks: ranks, bytes: bytes, among: all))
             }
         }
     }

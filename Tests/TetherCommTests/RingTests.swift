@@ -161,7 +161,7 @@ func input(rank: Int, count: Int) -> [Float] {
         var testDescription: String { "\(algorithm), \(ranks) ranks, \(count) elements, \(transport), \(wire)" }
     }
 
-    /// The ring on every transport; halving-doubling on tcp, with 8 ranks too.
+    /// The ring on every transport; halving-doubling on tcp, with 8 ranks too, and chosen by size.
     static let wireGrid: [WireCase] = {
         var cases: [WireCase] = []
         for n in [1, 2, 3, 5, 8] {
@@ -172,6 +172,8 @@ func input(rank: Int, count: Int) -> [Float] {
                 }
             }
         }
+        // by size: halving-doubling for 400 KB of 16-bit values on 8 ranks
+        cases.append(WireCase(ranks: 8, count: 200_003, transport: .tcp, wire: .bf16, algorithm: .bySize))
         return cases
     }()
 

@@ -7,9 +7,13 @@ import Testing
 /// sharing a host's cores, and the efficiency against one undisturbed worker.
 struct ScalingModelTests {
     /// 10 ms of forward and backward, 2 ms of optimizer, 64 samples, 4 MB of gradients in 1 MB buckets,
-    /// 1 Gbit/s links (125 MB/s) with 50 us of latency.
-    static let base = ScalingModel(
-        forwardBackward: 0.010, optimizer: 0.002, batch: 64, gradientBytes: 4e6, bucketBytes: 1e6, bandwidth: 125e6, latency: 50e-6)
+    /// 1 Gbit/s links (125 MB/s) with 50 us of latency, the ring.
+    static let base = {
+        var m = ScalingModel(
+            forwardBackward: 0.010, optimizer: 0.002, batch: 64, gradientBytes: 4e6, bucketBytes: 1e6, bandwidth: 125e6, latency: 50e-6)
+        m.collective = .ring
+        return m
+    }()
 
     @Test func theRingCostsItsLatenciesAndItsShareOfTheBytes() {
         #expect(abs(Self.base.ringSeconds(1e6, ranks: 8) - (14 * 50e-6 + 14.0 / 8 * 1e6 / 125e6)) < 1e-12)
@@ -63,6 +67,10 @@ struct ScalingModelTests {
         #expect(hd < small.allReduceSeconds(64e3, ranks: 8))
         small.collective = .auto
         #expect(abs(small.allReduceSeconds(64e6, ranks: 6) - small.ringSeconds(64e6, ranks: 6)) < 1e-12)
+        // by size: the rule's schedule at these links' figures (recursive doubling for 64 KB on 8)
+        small.collective = .bySize
+        let rd = CollectiveCost(latency: 50e-6, bandwidth: 125e6).seconds(.recursiveDoubling, ranks: 8, bytes: 64_000)
+        #expect(abs(small.allReduceSeconds(64e3, ranks: 8) - rd) < 1e-12)
     }
 
     @Test func workersBeyondAHostsCoresShareThem() {
@@ -86,9 +94,10 @@ struct ScalingModelTests {
             (8, 1e9, 183.3e-6, 7.17e-3, 0.73e-3, 20577)
         ]
         for r in recorded {
-            let m = ScalingModel(
+            var m = ScalingModel(
                 forwardBackward: r.compute, optimizer: r.optimizer, batch: 64, gradientBytes: 269_844 * 4, bucketBytes: 1_048_576,
                 bandwidth: r.linkBits / 8, latency: r.latency)
+            m.collective = .ring  // as those jobs ran
             let predicted = m.predict(hosts: r.hosts).samplesPerSecond
             #expect(
                 abs(predicted / r.samplesPerSecond - 1) < 0.15, "\(r.hosts) hosts: predicted \(predicted), measured \(r.samplesPerSecond)")
