@@ -102,7 +102,7 @@ public struct ClusterError: Error, CustomStringConvertible {
 enum Clock {
     static let origin = ContinuousClock.now
     static var now: Double {
-        let d = ContinuousClock.now - origin; return Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18
+        (ContinuousClock.now - origin).seconds
     }
 }
 

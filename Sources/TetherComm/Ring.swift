@@ -71,21 +71,19 @@ public final class Ring {
         for _ in 0..<5 {
             let t = ContinuousClock.now
             try barrier()
-            barriers.append(Self.seconds(t.duration(to: .now)))
+            barriers.append(t.duration(to: .now).seconds)
         }
         let hop = barriers.sorted()[2] / hops
         var probe = [Float](repeating: 1, count: 1 << 20)
         let t = ContinuousClock.now
         _ = try probe.withUnsafeMutableBufferPointer { try allReduceElements($0, average: false, step: 0, bucket: 0, vote: []) }
-        let ring = Self.seconds(t.duration(to: .now))
+        let ring = t.duration(to: .now).seconds
         var figures = [hop, ring]
         _ = try figures.withUnsafeMutableBufferPointer { try allReduceElements($0, average: true, step: 0, bucket: 0, vote: []) }
         let bytes = 2 * hops / Double(size) * Double(probe.count * 4)
         let bandwidth = bytes / max(figures[1] - 2 * hops * figures[0], 1e-6)
         return CollectiveCost(latency: max(figures[0], 0), bandwidth: bandwidth)
     }
-
-    static func seconds(_ d: Duration) -> Double { Double(d.components.seconds) + Double(d.components.attoseconds) * 1e-18 }
 
     /// The schedule the last all-reduce took (of a 16-bit wire too).
     public private(set) var lastAllReduce: CollectiveCost.Algorithm = .ring
@@ -266,7 +264,7 @@ public final class Ring {
         let votes = try allReduceElements(buffer, by: schedule, average: average, step: step, bucket: bucket, vote: vote)
         lastAllReduce = schedule
         if options.allReduce == .auto, linkCost != nil {
-            try timed(schedule, bytes: bytes, seconds: Self.seconds(started.duration(to: .now)))
+            try timed(schedule, bytes: bytes, seconds: started.duration(to: .now).seconds)
         }
         return votes
     }

@@ -306,6 +306,9 @@ extension Duration {
         let (s, atto) = components
         return Int(min(Int64(Int32.max), s * 1000 + (atto + 999_999_999_999_999) / 1_000_000_000_000_000))
     }
+
+    /// The duration in seconds.
+    public var seconds: Double { Double(components.seconds) + Double(components.attoseconds) * 1e-18 }
 }
 
 /// Buffers lent to libzmq by zero-copy sends and not yet given back (its I/O thread, or an inproc

@@ -348,10 +348,6 @@ struct RankRun {
     }
 }
 
-extension Duration {
-    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) * 1e-18 }
-}
-
 /// `--dtype`'s values by name (help would show a raw-valued enum's number, and DType's raw value is
 /// the wire's).
 enum WireType: String, CaseIterable, ExpressibleByArgument {
