@@ -50,18 +50,40 @@ public struct ScalingModel: Sendable, Equatable {
     /// recursive doubling and the tree only for buckets of one 1 MB chunk, as a ring times them).
     public func allReduceSeconds(_ bytes: Double, ranks: Int) -> Double {
         guard ranks > 1 else { return 0 }
-        let cost = CollectiveCost(latency: latency, bandwidth: bandwidth), n = Int(bytes.rounded(.up))
+        let n = Int(bytes.rounded(.up)), algorithm = schedule(bytes, ranks: ranks)
+        if algorithm == .ring { return ringSeconds(bytes, ranks: ranks) }
+        return CollectiveCost(latency: latency, bandwidth: bandwidth).seconds(algorithm, ranks: ranks, bytes: n)
+    }
+
+    /// The schedule a bucket of `bytes` takes over `ranks` by `collective`.
+    public func schedule(_ bytes: Double, ranks: Int) -> CollectiveCost.Algorithm {
+        let n = Int(bytes.rounded(.up))
         switch collective {
-        case .ring: return ringSeconds(bytes, ranks: ranks)
-        case .halvingDoubling: return cost.seconds(.halvingDoubling, ranks: ranks, bytes: n)
-        case .recursiveDoubling: return cost.seconds(.recursiveDoubling, ranks: ranks, bytes: n)
-        case .tree: return cost.seconds(.tree, ranks: ranks, bytes: n)
-        case .bySize: return cost.seconds(CollectiveCost.bySize(ranks: ranks, bytes: n), ranks: ranks, bytes: n)
+        case .ring: return .ring
+        case .halvingDoubling: return .halvingDoubling
+        case .recursiveDoubling: return .recursiveDoubling
+        case .tree: return .tree
+        case .bySize: return CollectiveCost.bySize(ranks: ranks, bytes: n)
         case .auto:
             let among: [CollectiveCost.Algorithm] =
                 n <= RingOptions().chunkBytes ? CollectiveCost.Algorithm.allCases : [.ring, .halvingDoubling]
-            return among.map { cost.seconds($0, ranks: ranks, bytes: n) }.min()!
+            return CollectiveCost(latency: latency, bandwidth: bandwidth).fastest(ranks: ranks, bytes: n, among: among)
         }
+    }
+
+    /// One step's gradients in buckets: the size of each but the last (the rest), and how many.
+    var bucketing: (size: Double, count: Int) {
+        let bucket = max(1, min(bucketBytes, gradientBytes))
+        return (bucket, max(1, Int((gradientBytes / bucket).rounded(.up))))
+    }
+
+    /// The schedules one step's buckets take over `ranks`: the full buckets' and then, where it differs,
+    /// the last one's (what `tether plan` shows for by-size and auto); none for one rank.
+    public func schedules(ranks: Int) -> [CollectiveCost.Algorithm] {
+        guard ranks > 1 else { return [] }
+        let (bucket, buckets) = bucketing
+        let full = schedule(bucket, ranks: ranks), last = schedule(gradientBytes - Double(buckets - 1) * bucket, ranks: ranks)
+        return last == full ? [full] : [full, last]
     }
 
     public struct Prediction: Sendable, Equatable {
@@ -77,7 +99,7 @@ public struct ScalingModel: Sendable, Equatable {
     /// `bucketBytes`, the last one the rest) is final at its bytes' share of `backward` and starts when
     /// the one before it is done.
     func exchangeAfterBackward(ranks: Int, backward: Double) -> Double {
-        let bucket = max(1, min(bucketBytes, gradientBytes)), buckets = max(1, Int((gradientBytes / bucket).rounded(.up)))
+        let (bucket, buckets) = bucketing
         let whole = allReduceSeconds(bucket, ranks: ranks)
         var done = 0.0
         for i in 0..<buckets {

@@ -114,7 +114,8 @@ struct Plan: ParsableCommand {
                 let rows: [[String: Any]] = predictions.map {
                     [
                         "hosts": $0.hosts, "ranks": $0.ranks, "samples_per_sec": $0.samplesPerSecond, "compute_ms": $0.compute * 1000,
-                        "exposed_exchange_ms": $0.exposedExchange * 1000, "efficiency": $0.efficiency
+                        "exposed_exchange_ms": $0.exposedExchange * 1000, "efficiency": $0.efficiency,
+                        "schedules": m.schedules(ranks: $0.ranks).map(\.rawValue)
                     ]
                 }
                 let out: [String: Any] = [
@@ -136,14 +137,17 @@ struct Plan: ParsableCommand {
                     (m.forwardBackward + m.optimizer) * 1000, m.forwardBackward * 1000,
                     m.optimizer * 1000, ProgressDisplay.bytes(bytes), compression == .none ? "f32" : compression.rawValue, bucketMb))
             print(
-                "links \(link) each way, \(latency) latency; \(workersPerHost) worker(s) per host of \(m.coresPerHost) cores; all-reduce by \(collective.rawValue)"
+                "links \(link) each way, \(latency) latency; \(workersPerHost) worker(s) per host of \(m.coresPerHost) cores; all-reduce \(collective == .bySize ? "chosen by size (the default)" : "by " + collective.rawValue)"
             )
-            print("hosts   ranks   samples/s    step ms   compute ms   exchange ms   efficiency")
+            // the schedules the buckets take: the full ones', then the last one's where it differs
+            print("hosts   ranks   samples/s    step ms   compute ms   exchange ms   efficiency   schedule")
             for p in predictions {
+                let names = m.schedules(ranks: p.ranks).map(\.rawValue)
+                let schedules = names.count > 1 ? "\(names[0]) (the last bucket \(names[1]))" : names.first ?? "-"
                 print(
                     String(
-                        format: "%5d %7d %11.0f %10.2f %12.2f %13.2f %11.0f%%", p.hosts, p.ranks, p.samplesPerSecond,
-                        (p.compute + p.exposedExchange) * 1000, p.compute * 1000, p.exposedExchange * 1000, p.efficiency * 100))
+                        format: "%5d %7d %11.0f %10.2f %12.2f %13.2f %11.0f%%   %@", p.hosts, p.ranks, p.samplesPerSecond,
+                        (p.compute + p.exposedExchange) * 1000, p.compute * 1000, p.exposedExchange * 1000, p.efficiency * 100, schedules))
             }
             print(below.map { "efficiency falls below 80% from \($0.hosts) hosts" } ?? "efficiency stays at 80% or above")
             print(

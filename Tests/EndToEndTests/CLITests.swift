@@ -573,6 +573,10 @@ let kubernetesTypesInstalled =
         let efficiency = rows.compactMap { $0["efficiency"] as? Double }
         #expect(r.status == 0 && rows.count == 3 && efficiency.count == 3, "\(r.stdout)\(r.stderr)")
         #expect(abs((efficiency.first ?? 0) - 1) < 1e-9 && efficiency == efficiency.sorted(by: >) && (efficiency.last ?? 1) < 0.8)
+        // by size: mlp-wn's 1 MiB bucket by the ring on 4 and by halving-doubling on 256, its last 30 KB
+        // by recursive doubling
+        let schedules = rows.map { $0["schedules"] as? [String] ?? ["?"] }
+        #expect(schedules == [[], ["ring", "recursive-doubling"], ["halving-doubling", "recursive-doubling"]], "\(schedules)")
         #expect((out["gradient_bytes"] as? Double ?? 0) > 1e6 && (out["link_bytes_per_sec"] as? Double) == 12.5e6)
         // every collective's efficiency, the job's (by size, the default) among them; auto's the best
         let byCollective = out["efficiency_by_collective"] as? [String: [Double]] ?? [:]
