@@ -216,9 +216,8 @@ public final class Ring {
                 if let base = buffer.baseAddress { codec.round(base, count: n) }
                 return vote
             }
-            let halving =
-                options.allReduce == .halvingDoubling
-                || (options.allReduce == .bySize && CollectiveCost.bySize(ranks: size, bytes: n * wire.size) == .halvingDoubling)
+            // halving-doubling where it is asked for or chosen by size (auto times f32 only); the ring otherwise
+            let halving = options.allReduce != .auto && schedule(bytes: n * wire.size) == .halvingDoubling
             lastAllReduce = halving ? .halvingDoubling : .ring
             if halving {
                 return try halvingDoubling(

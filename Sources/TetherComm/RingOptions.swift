@@ -57,8 +57,10 @@ public enum AllReduceAlgorithm: String, CaseIterable, Sendable {
     /// per buffer, by its size and the ring's (`CollectiveCost.bySize`): a fixed rule, so every run
     /// of a job takes the same schedules and ends with the same bits. A job's default.
     case bySize = "by-size"
-    /// per buffer, the fastest of the ring, the whole buffers round the ring, halving-doubling and the tree by the
-    /// latency-bandwidth model (`CollectiveCost`), from the links' figures measured when the ring forms
+    /// per buffer size, the fastest when timed on the first all-reduces of that size, among the
+    /// schedules `Ring.candidates` leaves in (every one for a buffer of one chunk or less; the
+    /// latency-bandwidth model of the links measured when the ring forms otherwise); the choice can
+    /// differ between runs
     case auto
 }
 
