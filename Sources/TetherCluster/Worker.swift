@@ -389,10 +389,12 @@ public final class Worker {
             throw ClusterError(
                 "the coordinator's job asks for the collective \"\(config.collective ?? "")\", which this worker does not know")
         }
+        // --link, --latency: range-checked with the rest of the Assign's configuration (`TrainingConfig.validate`)
+        let link = config.linkBandwidth.flatMap { b in config.linkLatency.map { CollectiveCost(latency: $0, bandwidth: b) } }
         let ring =
             joining
-            ? try formReformedRing(membership, layoutFingerprint: model.arena.layout.fingerprint, collective: collective)
-            : try formRing(membership, layoutFingerprint: model.arena.layout.fingerprint, collective: collective)
+            ? try formReformedRing(membership, layoutFingerprint: model.arena.layout.fingerprint, collective: collective, link: link)
+            : try formRing(membership, layoutFingerprint: model.arena.layout.fingerprint, collective: collective, link: link)
         let optimizer = try Optimizer<Float>(config.optimizer, layout: model.arena.layout, ftrlParameters: model.ftrlParameters)
         var state = TrainingState(rng: model.context.rng)
         var loadedOverRing: Checkpoint.Loaded?
@@ -466,10 +468,12 @@ public final class Worker {
     /// does not form, a neighbour this rank cannot connect to (a wrong --advertise interface, a
     /// firewall) is named.
     private func formRing(
-        _ membership: Membership, layoutFingerprint: UInt64, collective: AllReduceAlgorithm, listening: () throws -> Void = {}
+        _ membership: Membership, layoutFingerprint: UInt64, collective: AllReduceAlgorithm, link: CollectiveCost?,
+        listening: () throws -> Void = {}
     ) throws -> Ring {
         var ringOptions = RingOptions()
         ringOptions.allReduce = collective
+        ringOptions.link = link
         ringOptions.jobID = options.jobID
         ringOptions.timeout = options.ringTimeout
         ringOptions.layoutFingerprint = layoutFingerprint
@@ -503,7 +507,8 @@ public final class Worker {
                 "ring address \(addresses[rank]); right neighbour rank \(right) at \(addresses[right]) reachable (\(String(format: "%.1f", seconds * 1000)) ms)"
                     + "; all-reduce by \(collective.rawValue)"
                     + (ring.linkCost.map {
-                        String(format: " (links measured: %.0f us a hop, %.0f MB/s)", $0.latency * 1e6, $0.bandwidth / 1e6)
+                        " (links \(ringOptions.link == nil ? "measured" : "given"): "
+                            + String(format: "%.0f us a hop, %.0f MB/s)", $0.latency * 1e6, $0.bandwidth / 1e6)
                     } ?? ""))
         }
         return ring
@@ -512,10 +517,12 @@ public final class Worker {
     /// The ring of a re-formation: the old ring is closed (a survivor) or never was (a joiner) and the
     /// new address bound; say so, and connect once every member has (the coordinator's Start), so
     /// nothing goes to a neighbour's abandoned socket at the same address.
-    private func formReformedRing(_ membership: Membership, layoutFingerprint: UInt64, collective: AllReduceAlgorithm) throws -> Ring {
+    private func formReformedRing(
+        _ membership: Membership, layoutFingerprint: UInt64, collective: AllReduceAlgorithm, link: CollectiveCost?
+    ) throws -> Ring {
         let listening = Reform(
             ringEpoch: membership.epoch, rank: UInt32(membership.rank), ring: membership.ring, reason: "listening")
-        return try formRing(membership, layoutFingerprint: layoutFingerprint, collective: collective) { [self] in
+        return try formRing(membership, layoutFingerprint: layoutFingerprint, collective: collective, link: link) { [self] in
             try tell(.reform(listening))
             try waitFor("the re-formed ring's start", within: 60) {
                 if case .start = $0 { return () }; return nil
@@ -572,7 +579,7 @@ public final class Worker {
                 + (reform.atBoundary ? " after step \(replica.state.globalStep)" : "") + ", this worker is rank \(rank) now")
         let ring = try formReformedRing(
             membership, layoutFingerprint: replica.training.workload.model.arena.layout.fingerprint,
-            collective: replica.training.ring.options.allReduce)
+            collective: replica.training.ring.options.allReduce, link: replica.training.ring.options.link)
         let loaded = try syncState(ring, carried: carried)
         let workload = try Workloads.make(config, shard: membership.shard, metadata: loaded.file.metadata, source: served)
         let model = workload.model

@@ -1,3 +1,5 @@
+import Foundation
+
 /// The time an all-reduce algorithm takes on N ranks for n bytes, by the latency-bandwidth (alpha-beta)
 /// model of Thakur, Rabenseifner and Gropp (2005) that MPI implementations and NCCL's tuner choose by:
 /// each step costs the link's latency plus its bytes over the link's bandwidth, and a rank sends and
@@ -53,25 +55,41 @@ public struct CollectiveCost: Sendable, Equatable {
         }
     }
 
-    /// The link the default schedule (`AllReduceAlgorithm.bySize`) is chosen for: 10 Gbit/s and 50 us
-    /// a hop. The choice depends on a link only through latency x bandwidth (the bytes a step's latency
-    /// is worth), and that is 20-160 KB on the links Tether runs over (1 Gbit/s at 180 us, the emulated
-    /// hosts' hop; 10 Gbit/s at 50-100 us; 25 Gbit/s at 50 us); this one's is 62.5 KB.
+    /// The link the default schedule (`AllReduceAlgorithm.bySize`) is chosen for where none is known
+    /// or measured: 10 Gbit/s and 50 us a hop. The choice depends on a link only through latency x
+    /// bandwidth (`product`, the bytes a step's latency is worth): 20-160 KB on the links Tether runs
+    /// over (1 Gbit/s at 180 us, the emulated hosts' hop; 10 Gbit/s at 50-100 us; 25 Gbit/s at 50 us);
+    /// this one's is 62.5 KB.
     public static let nominal = CollectiveCost(latency: 50e-6, bandwidth: 1.25e9)
+
+    /// The bytes a step's latency is worth on this link: latency x bandwidth.
+    public var product: Double { latency * bandwidth }
+
+    /// This link as the default rule takes it (a measured one, a described one): its `product` moved to the nearest of the
+    /// nominal link's times a power of two (in ratio), the bandwidth kept. A measurement's few percent
+    /// of noise then changes no choice unless the link lies near the midpoint of two grid points, and a
+    /// link within 1.41x of the nominal's product chooses as the nominal does.
+    public func rounded() -> CollectiveCost {
+        guard product > 0 else { return self }
+        let nominalProduct = Self.nominal.product
+        let grid = nominalProduct * exp2((log2(product / nominalProduct)).rounded())
+        return CollectiveCost(latency: grid / bandwidth, bandwidth: bandwidth)
+    }
 
     /// How much faster than the ring by the model another schedule must be to be taken by default. The
     /// ring overlaps its chunks and steps in ways the model does not count: on 8 emulated hosts
     /// halving-doubling, 9% ahead by the model at 1 MiB and level at 64 MiB, was 4% and 5% behind.
     public static let ringMargin = 1.25
 
-    /// The default schedule for `bytes` over `ranks` ranks: a fixed rule of the two (the same choice on
-    /// every run, so the same bits), the `nominal` link's fastest of the ring, the whole buffers round
-    /// the ring, recursive doubling and halving-doubling, unless the ring is within `ringMargin` of it.
-    public static func bySize(ranks: Int, bytes: Int) -> Algorithm {
-        let others: [Algorithm] = [.recursiveDoubling, .halvingDoubling, .gatherSum]
-        let best = nominal.fastest(ranks: ranks, bytes: bytes, among: others)
-        let ring = nominal.seconds(.ring, ranks: ranks, bytes: bytes)
-        return ring > ringMargin * nominal.seconds(best, ranks: ranks, bytes: bytes) ? best : .ring
+    /// The default schedule for `bytes` over `ranks` ranks on this link, `rounded`: the fastest of the whole buffers round the ring, recursive doubling and
+    /// halving-doubling, unless the ring is within `ringMargin` of it. A rule of the two and the link
+    /// alone, so a job on the same links takes the same schedules on every run and ends with the same
+    /// bits.
+    public func bySize(ranks: Int, bytes: Int) -> Algorithm {
+        let link = rounded(), others: [Algorithm] = [.recursiveDoubling, .halvingDoubling, .gatherSum]
+        let best = link.fastest(ranks: ranks, bytes: bytes, among: others)
+        let ring = link.seconds(.ring, ranks: ranks, bytes: bytes)
+        return ring > Self.ringMargin * link.seconds(best, ranks: ranks, bytes: bytes) ? best : .ring
     }
 
     /// The fastest of `among` for this size and ring (the first of equals, in `among`'s order).

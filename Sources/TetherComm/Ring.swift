@@ -23,8 +23,9 @@ public final class Ring {
     let link: RingLink?
     private(set) var sequence: UInt64 = 0
     private var failure: CollectiveError?
-    /// With `AllReduceAlgorithm.auto`: the links' latency and bandwidth, measured when the ring formed
-    /// and the same on every rank (`measureLinks`); nil otherwise, or while they are measured.
+    /// With `AllReduceAlgorithm.auto` or `.bySize`: the links' latency and bandwidth, measured when the
+    /// ring formed and the same on every rank (`measureLinks`), or by-size's as given
+    /// (`RingOptions.link`); nil otherwise, or while they are measured.
     public private(set) var linkCost: CollectiveCost?
     /// The narrowed chunks a 16-bit all-reduce lends to libzmq (grown as needed, reused).
     private var wireStaging = UnsafeMutablePointer<UInt16>.allocate(capacity: 0)
@@ -57,14 +58,23 @@ public final class Ring {
                 header(.handshake, totalCount: 0), ringStep: 0, index: 0, offset: 0, .copied(UnsafeRawBufferPointer(start: nil, count: 0)))
             _ = try receive(ExpectedChunk(operation: .handshake, ringStep: 0, chunkIndex: 0, offset: 0, count: 0, totalCount: 0))
         }
-        if options.allReduce == .auto { linkCost = try measureLinks() }
+        switch options.allReduce {
+        case .auto: linkCost = try measureLinks()
+        // a ring within one host (unix sockets, inproc) takes the nominal link: its links are memory,
+        // and measuring them times the shared cores (4 ranks over ipc read 39 and 49 KB of latency x
+        // bandwidth in two runs, either side of a boundary of the rule's grid)
+        case .bySize: linkCost = try options.link ?? (addresses.contains { $0.hasPrefix("tcp://") } ? measureLinks() : nil)
+        case .ring, .recursiveDoubling, .halvingDoubling, .tree: break
+        }
     }
 
     /// The links' figures for the cost model, as NCCL's tuner and MPI's selection take theirs from the
     /// hardware, measured instead: the latency of one hop from the median of 5 barriers (N-1 hops
-    /// each), the bandwidth from a 4 MiB ring all-reduce's time less its hops' latency. Each rank's
+    /// each), the bandwidth from the faster of two 4 MiB ring all-reduces' time less its hops' latency
+    /// (the first also makes the connections' buffers grow). Each rank's
     /// figures are averaged over the ring (a Double all-reduce), so every rank holds the same and
-    /// chooses the same algorithm for every buffer. About 60 ms on 8 hosts at 1 Gbit/s.
+    /// chooses the same algorithm for every buffer. About 60 ms on 8 hosts at 1 Gbit/s, 5-10 ms on one
+    /// host.
     private func measureLinks() throws -> CollectiveCost {
         let hops = Double(size - 1)
         var barriers: [Double] = []
@@ -74,12 +84,18 @@ public final class Ring {
             barriers.append(t.duration(to: .now).seconds)
         }
         let hop = barriers.sorted()[2] / hops
-        var probe = [Float](repeating: 1, count: 1 << 20)
-        let t = ContinuousClock.now
-        _ = try probe.withUnsafeMutableBufferPointer { try allReduceElements($0, average: false, step: 0, bucket: 0, vote: []) }
-        let ring = t.duration(to: .now).seconds
+        var probe = [Float](repeating: 1, count: 1 << 20), ring = Double.infinity
+        for _ in 0..<2 {
+            let t = ContinuousClock.now
+            _ = try probe.withUnsafeMutableBufferPointer {
+                try allReduceElements($0, by: .ring, average: false, step: 0, bucket: 0, vote: [])
+            }
+            ring = min(ring, t.duration(to: .now).seconds)
+        }
         var figures = [hop, ring]
-        _ = try figures.withUnsafeMutableBufferPointer { try allReduceElements($0, average: true, step: 0, bucket: 0, vote: []) }
+        _ = try figures.withUnsafeMutableBufferPointer {
+            try allReduceElements($0, by: .gatherSum, average: true, step: 0, bucket: 0, vote: [])
+        }
         let bytes = 2 * hops / Double(size) * Double(probe.count * 4)
         let bandwidth = bytes / max(figures[1] - 2 * hops * figures[0], 1e-6)
         return CollectiveCost(latency: max(figures[0], 0), bandwidth: bandwidth)
@@ -95,7 +111,7 @@ public final class Ring {
         case .halvingDoubling: return .halvingDoubling
         case .recursiveDoubling: return .recursiveDoubling
         case .tree: return .tree
-        case .bySize: return CollectiveCost.bySize(ranks: size, bytes: bytes)
+        case .bySize: return (linkCost ?? .nominal).bySize(ranks: size, bytes: bytes)
         case .auto where linkCost != nil:
             let tuning = tuning[bytes] ?? AutoTuning(candidates: candidates(bytes: bytes))
             return tuning.chosen ?? tuning.candidates[tuning.calls % tuning.candidates.count]

@@ -16,6 +16,9 @@ public struct RingOptions: Sendable {
     /// chosen by size; broadcasts and gathers always take it). Every rank must use the same. A job's
     /// default is `.bySize`; a bare ring's is the ring, the schedule its own tests are about.
     public var allReduce: AllReduceAlgorithm = .ring
+    /// The links `.bySize` chooses for (`CollectiveCost.bySize`); nil: measured when the ring forms
+    /// where a link is tcp, the nominal link within one host. Every rank must use the same.
+    public var link: CollectiveCost?
     /// Slots (of `chunkBytes` each) of the shared-memory lane a rank sends into when its right
     /// neighbour listens on an ipc:// address (`SharedLane`): chunks skip the socket's two copies while
     /// a slot is free. A rank's own first chunks of an all-reduce (its whole segment) leave at once, so
@@ -54,8 +57,9 @@ public enum AllReduceAlgorithm: String, CaseIterable, Sendable {
     /// reduced up a binomial tree to rank 0 and copied down, 2 ceil(log2 N) steps of the whole buffer
     /// (`BinomialTree`)
     case tree
-    /// per buffer, by its size and the ring's (`CollectiveCost.bySize`): a fixed rule, so every run
-    /// of a job takes the same schedules and ends with the same bits. A job's default.
+    /// per buffer, by its size, the ring's and the links' (`CollectiveCost.bySize`: a rule of the
+    /// three, the links' latency x bandwidth taken on a grid of powers of two, so a job on the same
+    /// links takes the same schedules on every run and ends with the same bits). A job's default.
     case bySize = "by-size"
     /// per buffer size, the fastest when timed on the first all-reduces of that size, among the
     /// schedules `Ring.candidates` leaves in (every one for a buffer of one chunk or less; the

@@ -63,7 +63,7 @@ public struct ScalingModel: Sendable, Equatable {
         case .halvingDoubling: return .halvingDoubling
         case .recursiveDoubling: return .recursiveDoubling
         case .tree: return .tree
-        case .bySize: return CollectiveCost.bySize(ranks: ranks, bytes: n)
+        case .bySize: return CollectiveCost(latency: latency, bandwidth: bandwidth).bySize(ranks: ranks, bytes: n)
         case .auto:
             let among: [CollectiveCost.Algorithm] =
                 n <= RingOptions().chunkBytes ? CollectiveCost.Algorithm.allCases : [.ring, .halvingDoubling]

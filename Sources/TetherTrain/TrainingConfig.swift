@@ -50,6 +50,10 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
     /// "halving-doubling", "tree" or "auto"
     /// (TetherComm.AllReduceAlgorithm's names).
     public var collective: String?
+    /// The links by-size chooses for, as `tether plan` takes them: bytes a second each way, and one
+    /// message's latency in seconds (both nil: measured when the ring forms).
+    public var linkBandwidth: Double?
+    public var linkLatency: Double?
     /// PowerSGD's rank (nil: 4) and the step it starts at (nil: 1000; plain all-reduces before it, as
     /// DDP's start_powerSGD_iter).
     public var powerSGDRank: Int?
@@ -131,7 +135,7 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         "schedule.baseLR": "--lr", "schedule.kind": "--schedule", "schedule.stepSize": "--lr-step-size",
         "schedule.gamma": "--lr-gamma", "schedule.minLR": "--min-lr", "optimizer.kind": "--optimizer",
         "optimizer.ftrl.alpha": "--ftrl-alpha", "optimizer.ftrl.l1": "--ftrl-l1", "optimizer.ftrl.l2": "--ftrl-l2",
-        "language.weightNorm": "--weight-norm"
+        "language.weightNorm": "--weight-norm", "linkBandwidth": "--link", "linkLatency": "--latency"
     ]
 
     /// How `self`, a resuming command's settings, differs from the checkpoint's `stored`: the settings
@@ -214,6 +218,13 @@ public struct TrainingConfig: Codable, Equatable, Sendable {
         guard schedule.baseLR > 0, schedule.baseLR.isFinite else { throw fail("--lr must be a positive number (got \(schedule.baseLR))") }
         guard checkpointEvery >= 0 else { throw fail("--checkpoint-every must be 0 (epoch ends only) or more") }
         guard logEvery > 0 else { throw fail("--log-every must be at least 1") }
+        if linkBandwidth != nil || linkLatency != nil {
+            guard let b = linkBandwidth, let l = linkLatency, b.isFinite, b > 0, b < 1e15, l.isFinite, l >= 0, l < 10 else {
+                throw fail(
+                    "--link and --latency go together, the rate positive and under 1e15 bytes/s, the latency in [0, 10) s (got \(linkBandwidth.map { "\($0)" } ?? "none") and \(linkLatency.map { "\($0)" } ?? "none"))"
+                )
+            }
+        }
         if optimizer.nesterov && (optimizer.kind != .sgd || optimizer.momentum <= 0) {
             throw fail("--nesterov needs --optimizer sgd and --momentum > 0")
         }

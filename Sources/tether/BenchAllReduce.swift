@@ -282,7 +282,7 @@ struct RankReport: Codable {
     var statistics: RingStatistics
     var resultHash: UInt64 = 0
     var maxRelativeError: Double = 0
-    /// The schedule the timed all-reduces took, and the links' figures it was chosen by (--collective auto).
+    /// The schedule the timed all-reduces took, and the links' figures it was chosen by (--collective auto, or by-size over tcp).
     var algorithm = ""
     var linkLatency: Double?, linkBandwidth: Double?
 }

@@ -290,9 +290,15 @@ struct ClusterJob: ParsableArguments {
     var compression: TrainingConfig.Compression?
     @Option(
         help:
-            "How the workers all-reduce f32 gradients: by-size (the default: per bucket, a fixed rule of its size and the number of workers, so every run sums alike: recursive doubling for small buckets, halving-doubling for medium ones on many workers, the ring otherwise), ring (2(N-1) steps: bandwidth-optimal), recursive-doubling (log2 N exchanges of whole buffers), halving-doubling (2 log2 N steps with partners across the ring), tree (up a binomial tree to rank 0 and down again, whole buffers) or auto (per bucket size, the fastest of the schedules a latency-bandwidth model of the links leaves in, each timed on the first steps: the choice, and so the last bits, can differ between runs). With --compression fp16/bf16, halving-doubling carries the 16-bit values too (asked for, or chosen by size); the other schedules take the ring."
+            "How the workers all-reduce f32 gradients: by-size (the default: per bucket, a rule of its size, the number of workers and the links (given by --link and --latency; measured when the ring forms where workers talk over tcp, taken on a grid so that the same links choose alike; a nominal 10gbit at 50us on one host), so every run on the same links sums alike: recursive doubling for small buckets, halving-doubling for medium ones on many workers or slow links, the ring otherwise), ring (2(N-1) steps: bandwidth-optimal), recursive-doubling (log2 N exchanges of whole buffers), halving-doubling (2 log2 N steps with partners across the ring), tree (up a binomial tree to rank 0 and down again, whole buffers) or auto (per bucket size, the fastest of the schedules a latency-bandwidth model of the links leaves in, each timed on the first steps: the choice, and so the last bits, can differ between runs). With --compression fp16/bf16, halving-doubling carries the 16-bit values too (asked for, or chosen by size); the other schedules take the ring."
     )
     var collective: AllReduceAlgorithm?
+    @Option(
+        help:
+            "With --latency: the links --collective by-size chooses for, each way (e.g. 1gbit, 10gbit, 25gbit), as `tether plan --link` takes them, instead of measuring them when the ring forms: the same choices on every run."
+    )
+    var link: String?
+    @Option(help: "With --link: one message's latency over a link (e.g. 50us, 0.2ms).") var latency: String?
     @Option(
         help:
             "PowerSGD's rank R (default \(TrainingConfig.defaultPowerSGDRank)): a rows x cols gradient travels as (rows + cols) x R values; higher keeps more."
@@ -358,6 +364,14 @@ struct ClusterJob: ParsableArguments {
         var config = try training.applied(to: base)
         if let compression { config.compression = compression == TrainingConfig.Compression.none ? nil : compression }
         if let collective { config.collective = collective == .bySize ? nil : collective.rawValue }
+        if link != nil || latency != nil {
+            guard let link, let latency else { throw ValidationError("--link and --latency go together: the links by-size chooses for") }
+            guard config.collective == nil else {
+                throw ValidationError(
+                    "--link and --latency are the links --collective by-size chooses for; this job all-reduces by \(config.collective!)")
+            }
+            (config.linkBandwidth, config.linkLatency) = (try Plan.bytesPerSecond(link), try Plan.seconds(latency))
+        }
         if let powersgdRank { config.powerSGDRank = powersgdRank }
         if let powersgdStartStep { config.powerSGDStartStep = powersgdStartStep }
         if let errorFeedback { config.errorFeedback = errorFeedback ? nil : false }

@@ -135,12 +135,13 @@ struct ClusterProcessTests {
             "--clip-norm", "0", "--max-steps", "3", "--collective", "halving-doubling"
         ],
         // a model spec inline (JSON is YAML): conv, pool, tanh, dense, all weight-normalized where they can be;
-        // 3 steps, as mlp-wn: at this rate the grouping's rounding grows to 3e-4 by step 20
+        // 3 steps, as mlp-wn: at this rate the grouping's rounding grows to 3e-4 by step 20; by size on
+        // links described (a slow one: 125 KB of latency x bandwidth), not the nominal one
         [
             "--model",
             #"{"input": [1, 28, 28], "layers": [{"conv2d": {"out": 4, "kernel": 3, "padding": 1, "weight-norm": true}}, {"avg-pool": 2}, "tanh", "flatten", {"dense": {"out": 10, "weight-norm": true}}]}"#,
             "--train-limit", "2000", "--test-limit", "300", "--optimizer", "sgd", "--lr", "0.05", "--momentum", "0", "--clip-norm", "0",
-            "--max-steps", "3"
+            "--max-steps", "3", "--link", "1gbit", "--latency", "1ms"
         ],
         // 1,024 wide buckets: that table is exchanged densely (fewer bytes), the embeddings by all-gather
         ["--model", "wide-deep", "--data", "synthetic-clicks:3000", "--buckets", "300", "--wide-buckets", "1024", "--hidden", "32,16"],
@@ -162,9 +163,14 @@ struct ClusterProcessTests {
         #expect(cluster.status == 0, "stderr: \(cluster.stderr)")
         #expect(cluster.stdout.contains("all 3 replicas agree on the initial parameters"))
         if flags.contains("halving-doubling") { #expect(cluster.stderr.contains("all-reduce by halving-doubling"), "\(cluster.stderr)") }
+        if flags.contains("--link") {
+            #expect(cluster.stderr.contains("all-reduce by by-size (links given: 1000 us a hop, 125 MB/s)"), "\(cluster.stderr)")
+        }
         // one process has no collective to choose
         var alone = common
-        if let i = alone.firstIndex(of: "--collective") { alone.removeSubrange(i...i + 1) }
+        for flag in ["--collective", "--link", "--latency"] {
+            if let i = alone.firstIndex(of: flag) { alone.removeSubrange(i...i + 1) }
+        }
         let single = try CLI.run(["train", "--batch", "48", "--run-dir", dir.appendingPathComponent("single").path] + alone, timeout: 240)
         #expect(single.status == 0, "stderr: \(single.stderr)")
         try RunCheck.expectParametersAgree(

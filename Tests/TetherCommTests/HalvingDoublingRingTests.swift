@@ -204,6 +204,49 @@ import Testing
         }
     }
 
+    /// by-size: over tcp every rank measures the same link figures when the ring forms and takes the
+    /// rule's schedule for them at every size, the same on every rank; a link given in the options is
+    /// taken as it is, unmeasured (a slow one: halving-doubling for 1 MiB on 8 ranks, where the nominal
+    /// takes the ring); a ring within one host (ipc) takes the nominal link.
+    @Test func bySizeChoosesForTheMeasuredLinkAlikeOnEveryRank() throws {
+        let counts = [10, 16_384, 262_144]
+        for (given, transport) in [(nil, .tcp), (CollectiveCost(latency: 1e-3, bandwidth: 1.25e8), .tcp), (nil, Transport.ipc)] {
+            let ranks = 8, ring = try TestRing(ranks, transport)
+            let results = onRanks(ranks) { rank -> (CollectiveCost?, [CollectiveCost.Algorithm], [[Float]]) in
+                let r = try ring.ring(rank) {
+                    $0.allReduce = .bySize
+                    $0.link = given
+                }
+                var taken: [CollectiveCost.Algorithm] = [], outputs: [[Float]] = []
+                for count in counts {
+                    var x = input(rank: rank, count: count)
+                    _ = try x.withUnsafeMutableBufferPointer { try r.allReduce($0) }
+                    (taken, outputs) = (taken + [r.lastAllReduce], outputs + [x])
+                }
+                return (r.linkCost, taken, outputs)
+            }
+            let values = try results.map { try $0.get() }
+            let cost = try #require(transport == .ipc ? .nominal : values[0].0, "by-size over tcp has its link")
+            if transport == .ipc { #expect(values[0].0 == nil, "a ring on one host measures nothing") }
+            if let given {
+                #expect(cost == given)
+            } else if transport == .tcp {
+                #expect(cost.latency > 0 && cost.latency < 0.1 && cost.bandwidth > 1e6, "\(cost)")
+            }
+            #expect(
+                values.allSatisfy { $0.0 == values[0].0 && $0.1 == values[0].1 && $0.2 == values[0].2 },
+                "every rank measured and chose alike")
+            #expect(values[0].1 == counts.map { cost.bySize(ranks: ranks, bytes: 4 * $0) }, "\(values[0].1) for \(cost)")
+            if given != nil { #expect(values[0].1.last == .halvingDoubling) }
+            for (i, count) in counts.enumerated() {
+                let exact = (0..<ranks).map { input(rank: $0, count: count) }.reduce([Float](repeating: 0, count: count)) {
+                    zip($0, $1).map(+)
+                }
+                #expect(zip(values[0].2[i], exact).allSatisfy { abs($0 - $1) <= 1e-4 * max(1, abs($1)) }, "\(count) elements")
+            }
+        }
+    }
+
     /// A rank that dies in the middle (its sockets closed after its first stage) fails every other rank
     /// within the ring's deadline, each naming a rank.
     @Test(arguments: [AllReduceAlgorithm.halvingDoubling, .tree, .recursiveDoubling])

@@ -195,22 +195,38 @@ import Testing
         }
     }
 
-    /// The default rule (the nominal link, the ring unless 1.25x slower): recursive doubling for small
+    /// The default rule (on the nominal link, the ring unless 1.25x slower): recursive doubling for small
     /// buffers, the ring for 1 MB buckets on 8 ranks and for the largest, halving-doubling for 1 MB
     /// buckets once the ring's 2(N-1) latencies dominate, the whole buffers round a ring of 3.
     @Test func theDefaultBySizeAndRanks() {
-        #expect(CollectiveCost.bySize(ranks: 8, bytes: 64 << 10) == .recursiveDoubling)
-        #expect(CollectiveCost.bySize(ranks: 8, bytes: 4) == .recursiveDoubling)
-        #expect(CollectiveCost.bySize(ranks: 8, bytes: 256 << 10) == .halvingDoubling)
-        #expect(CollectiveCost.bySize(ranks: 8, bytes: 1 << 20) == .ring)
-        #expect(CollectiveCost.bySize(ranks: 8, bytes: 64 << 20) == .ring)
-        #expect(CollectiveCost.bySize(ranks: 16, bytes: 1 << 20) == .halvingDoubling)
-        #expect(CollectiveCost.bySize(ranks: 256, bytes: 1 << 20) == .halvingDoubling)
-        #expect(CollectiveCost.bySize(ranks: 256, bytes: 64 << 20) == .ring)
-        #expect(CollectiveCost.bySize(ranks: 3, bytes: 64 << 10) == .gatherSum)
-        #expect(CollectiveCost.bySize(ranks: 2, bytes: 64 << 10) == .recursiveDoubling)
-        #expect(CollectiveCost.bySize(ranks: 2, bytes: 64 << 20) == .ring)
-        #expect(CollectiveCost.bySize(ranks: 1, bytes: 1 << 20) == .ring)
+        #expect(CollectiveCost.nominal.bySize(ranks: 8, bytes: 64 << 10) == .recursiveDoubling)
+        #expect(CollectiveCost.nominal.bySize(ranks: 8, bytes: 4) == .recursiveDoubling)
+        #expect(CollectiveCost.nominal.bySize(ranks: 8, bytes: 256 << 10) == .halvingDoubling)
+        #expect(CollectiveCost.nominal.bySize(ranks: 8, bytes: 1 << 20) == .ring)
+        #expect(CollectiveCost.nominal.bySize(ranks: 8, bytes: 64 << 20) == .ring)
+        #expect(CollectiveCost.nominal.bySize(ranks: 16, bytes: 1 << 20) == .halvingDoubling)
+        #expect(CollectiveCost.nominal.bySize(ranks: 256, bytes: 1 << 20) == .halvingDoubling)
+        #expect(CollectiveCost.nominal.bySize(ranks: 256, bytes: 64 << 20) == .ring)
+        #expect(CollectiveCost.nominal.bySize(ranks: 3, bytes: 64 << 10) == .gatherSum)
+        #expect(CollectiveCost.nominal.bySize(ranks: 2, bytes: 64 << 10) == .recursiveDoubling)
+        #expect(CollectiveCost.nominal.bySize(ranks: 2, bytes: 64 << 20) == .ring)
+        #expect(CollectiveCost.nominal.bySize(ranks: 1, bytes: 1 << 20) == .ring)
+        // a measured link chooses by its product's grid point: within 1.41x of the nominal's, as the
+        // nominal; a 1 Gbit/s link at 1 ms (125 KB), as 125 KB; noise of 10% changes nothing
+        let near = CollectiveCost(latency: 1.3 * 50e-6, bandwidth: 1.25e9), far = CollectiveCost(latency: 1e-3, bandwidth: 1.25e8)
+        #expect(near.rounded() == CollectiveCost.nominal)
+        #expect(abs(far.rounded().product - 2 * CollectiveCost.nominal.product) < 1e-6)
+        for ranks in [2, 3, 8, 16, 256] {
+            for bytes in [4, 64 << 10, 256 << 10, 1 << 20, 64 << 20] {
+                #expect(near.bySize(ranks: ranks, bytes: bytes) == CollectiveCost.nominal.bySize(ranks: ranks, bytes: bytes))
+                let jittered = CollectiveCost(latency: 1.1e-3, bandwidth: 1.2e8)
+                #expect(
+                    jittered.bySize(ranks: ranks, bytes: bytes) == far.bySize(ranks: ranks, bytes: bytes), "\(ranks) ranks, \(bytes) bytes")
+            }
+        }
+        // on the slow link the ring's 14 latencies cost more than halving-doubling's 6 at 1 MiB
+        #expect(far.bySize(ranks: 8, bytes: 1 << 20) == .halvingDoubling)
+        #expect(far.bySize(ranks: 8, bytes: 64 << 20) == .ring)
         // only latency x bandwidth matters: the same choices on any link with the nominal's product
         let other = CollectiveCost(latency: 500e-6, bandwidth: 1.25e8)
         for ranks in [2, 3, 6, 8, 100, 256] {

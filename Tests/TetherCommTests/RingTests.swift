@@ -190,9 +190,11 @@ func input(rank: Int, count: Int) -> [Float] {
                 let r = try ring.ring(rank) {
                     $0.chunkBytes = chunkBytes
                     $0.allReduce = c.algorithm
+                    $0.link = .nominal  // by size: the nominal link's choice, not a measured one's
                 }
                 var x = input(rank: rank, count: c.count)
                 _ = try x.withUnsafeMutableBufferPointer { try r.allReduce($0, wire: c.wire, average: average) }
+                if c.algorithm == .bySize { #expect(r.lastAllReduce == .halvingDoubling) }
                 return x
             }
             let outputs = try results.map { try $0.get() }

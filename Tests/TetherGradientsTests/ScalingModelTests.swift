@@ -67,15 +67,21 @@ struct ScalingModelTests {
         #expect(hd < small.allReduceSeconds(64e3, ranks: 8))
         small.collective = .auto
         #expect(abs(small.allReduceSeconds(64e6, ranks: 6) - small.ringSeconds(64e6, ranks: 6)) < 1e-12)
-        // by size: the rule's schedule at these links' figures (recursive doubling for 64 KB on 8), and
-        // what each size of bucket takes: mlp-wn's 1 MiB buckets and its last 30 KB on 8 and 64 ranks
+        // by size: the rule's schedule at these links' figures (1 Gbit/s at 50 us, 6.25 KB of latency x
+        // bandwidth: halving-doubling for 64 KB on 8), and what each size of bucket takes: mlp-wn's 1 MiB
+        // buckets and its last 30 KB on 8 and 64 ranks
         var mlp = Self.base
         (mlp.collective, mlp.gradientBytes, mlp.bucketBytes) = (.bySize, 269_844 * 4, 1_048_576)
-        #expect(
-            mlp.schedules(ranks: 8) == [.ring, .recursiveDoubling] && mlp.schedules(ranks: 64) == [.halvingDoubling, .recursiveDoubling])
+        #expect(mlp.schedules(ranks: 8) == [.ring, .halvingDoubling] && mlp.schedules(ranks: 64) == [.halvingDoubling])
         #expect(mlp.schedules(ranks: 1).isEmpty && Self.base.schedules(ranks: 8) == [.ring])
         small.collective = .bySize
-        let rd = CollectiveCost(latency: 50e-6, bandwidth: 125e6).seconds(.recursiveDoubling, ranks: 8, bytes: 64_000)
+        #expect(abs(small.allReduceSeconds(64e3, ranks: 8) - hd) < 1e-12)
+        // on the nominal link (10 Gbit/s at 50 us: ten times the latency's worth in bytes) the rule
+        // takes recursive doubling for the small buffers instead
+        (mlp.bandwidth, small.bandwidth) = (1.25e9, 1.25e9)
+        #expect(
+            mlp.schedules(ranks: 8) == [.ring, .recursiveDoubling] && mlp.schedules(ranks: 64) == [.halvingDoubling, .recursiveDoubling])
+        let rd = CollectiveCost.nominal.seconds(.recursiveDoubling, ranks: 8, bytes: 64_000)
         #expect(abs(small.allReduceSeconds(64e3, ranks: 8) - rd) < 1e-12)
     }
 
