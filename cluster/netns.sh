@@ -126,7 +126,6 @@ netns_up() {
     ip -n "$ns" addr add "10.78.$net.$((h + 1))/24" dev eth0
     ip -n "$ns" link set eth0 up
     ip -n "$ns" link set lo up
-    if [ -n "${NETNS_SLOW_START_AFTER_IDLE:-}" ]; then ip netns exec "$ns" sysctl -qw net.ipv4.tcp_slow_start_after_idle="$NETNS_SLOW_START_AFTER_IDLE"; fi
     if [ -n "${NETNS_TCP_TIMESTAMPS:-}" ]; then ip netns exec "$ns" sysctl -qw net.ipv4.tcp_timestamps="$NETNS_TCP_TIMESTAMPS"; fi
     if [ -n "${NETNS_TCP_CONGESTION:-}" ]; then ip netns exec "$ns" sysctl -qw net.ipv4.tcp_congestion_control="$NETNS_TCP_CONGESTION"; fi
     if [ "$rate" != none ]; then netns_shape "$h" "$rate"; fi

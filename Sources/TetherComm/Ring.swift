@@ -96,9 +96,20 @@ public final class Ring {
         _ = try figures.withUnsafeMutableBufferPointer {
             try allReduceElements($0, by: .gatherSum, average: true, step: 0, bucket: 0, vote: [])
         }
-        let bytes = 2 * hops / Double(size) * Double(probe.count * 4)
-        let bandwidth = bytes / max(figures[1] - 2 * hops * figures[0], 1e-6)
-        return CollectiveCost(latency: max(figures[0], 0), bandwidth: bandwidth)
+        return Self.linkFigures(hop: figures[0], ring: figures[1], ranks: size, probeBytes: probe.count * 4)
+    }
+
+    /// The link of a hop's latency and a ring all-reduce's time of `probeBytes` over `ranks` (averages
+    /// of every member's measurement): the bandwidth is the bytes a rank sends over the ring's time less
+    /// its hops' latency. What is not a time (NaN, negative, absurd) is held to a range, not trusted:
+    /// no member's figure can stop a rank.
+    static func linkFigures(hop: Double, ring: Double, ranks: Int, probeBytes: Int) -> CollectiveCost {
+        func clamped(_ x: Double, _ range: ClosedRange<Double>) -> Double {
+            x.isNaN ? range.lowerBound : min(max(x, range.lowerBound), range.upperBound)
+        }
+        let hops = Double(ranks - 1), latency = clamped(hop, 0...10), ringSeconds = clamped(ring, 1e-6...100)
+        let bytes = 2 * hops / Double(ranks) * Double(probeBytes)
+        return CollectiveCost(latency: latency, bandwidth: clamped(bytes / max(ringSeconds - 2 * hops * latency, 1e-6), 1e3...1e13))
     }
 
     /// The schedule the last all-reduce took (of a 16-bit wire too).

@@ -227,6 +227,15 @@ import Testing
         // on the slow link the ring's 14 latencies cost more than halving-doubling's 6 at 1 MiB
         #expect(far.bySize(ranks: 8, bytes: 1 << 20) == .halvingDoubling)
         #expect(far.bySize(ranks: 8, bytes: 64 << 20) == .ring)
+        // measured figures become a link: 8 ranks, a 150 us hop, 4 MiB in 35 ms (7/4 x 4 MiB over 32.9
+        // ms: 223 MB/s); what is not a time is held to a range, never a trap
+        let measured = Ring.linkFigures(hop: 150e-6, ring: 0.035, ranks: 8, probeBytes: 4 << 20)
+        #expect(measured.latency == 150e-6 && abs(measured.bandwidth - 1.75 * 4_194_304 / (0.035 - 14 * 150e-6)) < 1e-3)
+        for (hop, ring) in [(Double.nan, 0.01), (-1, .nan), (.infinity, .infinity), (0.01, -5), (1e-9, 1e-9)] {
+            let link = Ring.linkFigures(hop: hop, ring: ring, ranks: 8, probeBytes: 4 << 20)
+            #expect((0...10).contains(link.latency) && (1e3...1e13).contains(link.bandwidth), "\(hop), \(ring): \(link)")
+            _ = link.bySize(ranks: 8, bytes: 1 << 20)
+        }
         // only latency x bandwidth matters: the same choices on any link with the nominal's product
         let other = CollectiveCost(latency: 500e-6, bandwidth: 1.25e8)
         for ranks in [2, 3, 6, 8, 100, 256] {
