@@ -529,7 +529,7 @@ public final class Ring {
         let ring: Ring, count: Int, step: UInt64, bucket: UInt32, dtype: ChunkHeader.DType
         var head: ChunkHeader
         private(set) var seen: RingVotes
-        var per: Int { max(1, ring.options.chunkBytes / dtype.size) }
+        var per: Int { max(1, min(ring.options.chunkBytes, ring.options.exchangeChunkBytes) / dtype.size) }
 
         init(ring: Ring, count: Int, dtype: ChunkHeader.DType, step: UInt64, bucket: UInt32, vote: RingVotes) {
             (self.ring, self.count, self.dtype, self.step, self.bucket, seen) = (ring, count, dtype, step, bucket, vote)

@@ -294,6 +294,7 @@ final class RingLink {
         statistics.checksumming += t0.duration(to: t1)
         statistics.sending += t1.duration(to: .now)
         statistics.bytesSent += count
+        statistics.chunksSent += 1
         if h.laneSlot != 0 { statistics.laneBytesSent += count }
     }
 

@@ -28,6 +28,8 @@ public struct RingStatistics: Sendable, Codable {
     public var bytesSent = 0
     /// of those, the bytes that went through a shared-memory lane (same-host links)
     public var laneBytesSent = 0
+    /// messages sent (chunks with their headers, and the headers alone of empty ones)
+    public var chunksSent = 0
     public init() {}
 
     /// The time spent between two snapshots.
@@ -37,6 +39,7 @@ public struct RingStatistics: Sendable, Codable {
         (d.reducing, d.checksumming) = (a.reducing - b.reducing, a.checksumming - b.checksumming)
         d.sealing = a.sealing - b.sealing
         (d.bytesSent, d.laneBytesSent) = (a.bytesSent - b.bytesSent, a.laneBytesSent - b.laneBytesSent)
+        d.chunksSent = a.chunksSent - b.chunksSent
         return d
     }
 
@@ -45,5 +48,6 @@ public struct RingStatistics: Sendable, Codable {
         (a.reducing, a.checksumming) = (a.reducing + b.reducing, a.checksumming + b.checksumming)
         a.sealing = a.sealing + b.sealing
         (a.bytesSent, a.laneBytesSent) = (a.bytesSent + b.bytesSent, a.laneBytesSent + b.laneBytesSent)
+        a.chunksSent += b.chunksSent
     }
 }

@@ -204,6 +204,27 @@ import Testing
         }
     }
 
+    /// A partner exchange goes in chunks of `exchangeChunkBytes` (128 KiB) however large `chunkBytes`
+    /// is: 8 ranks, 1 MiB of floats. Halving-doubling sends 512, 256 and 128 KiB each way, 14 chunks;
+    /// recursive doubling the whole 1 MiB three times, 24. Every rank's sum is right and alike.
+    @Test(arguments: [(AllReduceAlgorithm.halvingDoubling, 14), (.recursiveDoubling, 24)])
+    func partnerExchangesGoInChunksOfTheirOwnSize(algorithm: AllReduceAlgorithm, chunks: Int) throws {
+        let ranks = 8, count = 262_144, ring = try TestRing(ranks, .tcp)
+        let results = onRanks(ranks) { rank -> (Int, [Float]) in
+            let r = try ring.ring(rank) { $0.allReduce = algorithm }
+            #expect(r.options.chunkBytes == 1 << 20 && r.options.exchangeChunkBytes == 128 << 10)
+            var x = input(rank: rank, count: count)
+            let before = r.statistics.chunksSent
+            _ = try x.withUnsafeMutableBufferPointer { try r.allReduce($0) }
+            return (r.statistics.chunksSent - before, x)
+        }
+        let values = try results.map { try $0.get() }
+        #expect(values.allSatisfy { $0.0 == chunks }, "chunks sent by each rank: \(values.map(\.0))")
+        #expect(values.allSatisfy { $0.1 == values[0].1 })
+        let exact = (0..<ranks).map { input(rank: $0, count: count) }.reduce([Float](repeating: 0, count: count)) { zip($0, $1).map(+) }
+        #expect(zip(values[0].1, exact).allSatisfy { abs($0 - $1) <= 1e-4 * max(1, abs($1)) })
+    }
+
     /// by-size: over tcp every rank measures the same link figures when the ring forms and takes the
     /// rule's schedule for them at every size, the same on every rank; a link given in the options is
     /// taken as it is, unmeasured (a slow one: halving-doubling for 1 MiB on 8 ranks, where the nominal
