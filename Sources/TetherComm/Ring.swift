@@ -567,9 +567,10 @@ public final class Ring {
             sending: Range<Int>, of base: UnsafeRawPointer?, receiving: Range<Int>, stage: Int, with peer: Int, _ take: Take
         ) throws {
             let out = ring.chunks(sending, per), into = ring.chunks(receiving, per), copying = sending.overlaps(receiving)
+            let window = ahead
             var (sent, received) = (0, 0)
             while sent < out.count || received < into.count {
-                if sent < out.count, sent - received < ahead || received == into.count {
+                if sent < out.count, sent - received < window || received == into.count {
                     try sendChunk(sent, out[sent], of: base, stage: stage, to: peer, copying: copying)
                     sent += 1
                 } else {

@@ -52,8 +52,11 @@ public struct ScalingModel: Sendable, Equatable {
         guard ranks > 1 else { return 0 }
         let n = Int(bytes.rounded(.up)), algorithm = schedule(bytes, ranks: ranks)
         if algorithm == .ring { return ringSeconds(bytes, ranks: ranks) }
-        return CollectiveCost(latency: latency, bandwidth: bandwidth).seconds(algorithm, ranks: ranks, bytes: n)
+        return link.seconds(algorithm, ranks: ranks, bytes: n)
     }
+
+    /// Each host's link, for the cost model.
+    var link: CollectiveCost { CollectiveCost(latency: latency, bandwidth: bandwidth) }
 
     /// The schedule a bucket of `bytes` takes over `ranks` by `collective`.
     public func schedule(_ bytes: Double, ranks: Int) -> CollectiveCost.Algorithm {
@@ -63,11 +66,11 @@ public struct ScalingModel: Sendable, Equatable {
         case .halvingDoubling: return .halvingDoubling
         case .recursiveDoubling: return .recursiveDoubling
         case .tree: return .tree
-        case .bySize: return CollectiveCost(latency: latency, bandwidth: bandwidth).bySize(ranks: ranks, bytes: n)
+        case .bySize: return link.bySize(ranks: ranks, bytes: n)
         case .auto:
             let among: [CollectiveCost.Algorithm] =
                 n <= RingOptions().chunkBytes ? CollectiveCost.Algorithm.allCases : [.ring, .halvingDoubling]
-            return CollectiveCost(latency: latency, bandwidth: bandwidth).fastest(ranks: ranks, bytes: n, among: among)
+            return link.fastest(ranks: ranks, bytes: n, among: among)
         }
     }
 

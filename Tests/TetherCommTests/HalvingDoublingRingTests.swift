@@ -195,7 +195,7 @@ import Testing
             // each candidate in turn, its rounds, then the choice on the two calls after
             let expected = candidates.count == 1 ? [] : (0..<candidates.count * rounds).map { candidates[$0 % candidates.count] }
             #expect(values[0].taken[i] == expected + [values[0].chosen[i], values[0].chosen[i]], "\(count) elements: \(values[0].taken[i])")
-            let exact = (0..<ranks).map { input(rank: $0, count: count) }.reduce([Float](repeating: 0, count: count)) { zip($0, $1).map(+) }
+            let exact = inputSum(ranks: ranks, count: count)
             for (call, output) in values[0].outputs[i].enumerated() {
                 #expect(
                     values.allSatisfy { $0.outputs[i][call] == output }, "\(count) elements, call \(call): every rank holds the same sum")
@@ -221,7 +221,7 @@ import Testing
         let values = try results.map { try $0.get() }
         #expect(values.allSatisfy { $0.0 == chunks }, "chunks sent by each rank: \(values.map(\.0))")
         #expect(values.allSatisfy { $0.1 == values[0].1 })
-        let exact = (0..<ranks).map { input(rank: $0, count: count) }.reduce([Float](repeating: 0, count: count)) { zip($0, $1).map(+) }
+        let exact = inputSum(ranks: ranks, count: count)
         #expect(zip(values[0].1, exact).allSatisfy { abs($0 - $1) <= 1e-4 * max(1, abs($1)) })
     }
 
@@ -260,9 +260,7 @@ import Testing
             #expect(values[0].1 == counts.map { cost.bySize(ranks: ranks, bytes: 4 * $0) }, "\(values[0].1) for \(cost)")
             if given != nil { #expect(values[0].1.last == .halvingDoubling) }
             for (i, count) in counts.enumerated() {
-                let exact = (0..<ranks).map { input(rank: $0, count: count) }.reduce([Float](repeating: 0, count: count)) {
-                    zip($0, $1).map(+)
-                }
+                let exact = inputSum(ranks: ranks, count: count)
                 #expect(zip(values[0].2[i], exact).allSatisfy { abs($0 - $1) <= 1e-4 * max(1, abs($1)) }, "\(count) elements")
             }
         }

@@ -71,6 +71,11 @@ func input(rank: Int, count: Int) -> [Float] {
     (0..<count).map { i in Float(sin(Double(i) * 0.37 + Double(rank) * 1.3)) * Float(1 + (i + rank) % 7) }
 }
 
+/// The inputs of `ranks` ranks summed in rank order, in f32: what an all-reduce comes within rounding of.
+func inputSum(ranks: Int, count: Int) -> [Float] {
+    (0..<ranks).map { input(rank: $0, count: count) }.reduce([Float](repeating: 0, count: count)) { zip($0, $1).map(+) }
+}
+
 @Suite(.serialized) struct RingTests {
     @Test func linksTheRealZeroMQ() {
         #expect(ZeroMQ.version.hasPrefix("4."))

@@ -140,9 +140,7 @@ import TetherMessages
             sums[protection] = values.map(\.0)
         }
         #expect(sums[.aead] == sums[.curve])
-        let reference = (0..<ranks).map { input(rank: $0, count: 10_001) }.reduce([Float](repeating: 0, count: 10_001)) {
-            zip($0, $1).map(+)
-        }
+        let reference = inputSum(ranks: ranks, count: 10_001)
         #expect(zip(sums[.aead]![0], reference).allSatisfy { abs($0 - $1) <= 1e-4 * max(1, abs($1)) })
     }
 
