@@ -120,16 +120,27 @@ import Testing
         }
     }
 
-    /// Votes: every rank learns every rank's in the same all-reduce.
+    /// Votes: every rank learns any rank's in the same all-reduce, in steps of one chunk and of several
+    /// (16 floats a chunk: a step's first chunks may leave before the step before is in), and with
+    /// empty segments (3 elements).
     @Test(arguments: [2, 3, 5, 8], [AllReduceAlgorithm.halvingDoubling, .tree, .recursiveDoubling])
     func everyRankLearnsTheVotes(ranks: Int, algorithm: AllReduceAlgorithm) throws {
-        let ring = try TestRing(ranks, .ipc)
-        let results = onRanks(ranks) { rank -> RingVotes in
-            let r = try ring.ring(rank) { $0.allReduce = algorithm }
-            var x = input(rank: rank, count: 100)
-            return try x.withUnsafeMutableBufferPointer { try r.allReduce($0, vote: rank == ranks - 1 ? .stop : []) }
+        for chunkBytes in [1 << 20, 64] {
+            let ring = try TestRing(ranks, .ipc)
+            let results = onRanks(ranks) { rank -> [RingVotes] in
+                let r = try ring.ring(rank) {
+                    $0.allReduce = algorithm
+                    $0.chunkBytes = chunkBytes
+                }
+                return try [3, 100].flatMap { count in (0..<ranks).map { voter in (count, voter) } }.map { count, voter in
+                    var x = input(rank: rank, count: count)
+                    return try x.withUnsafeMutableBufferPointer { try r.allReduce($0, vote: rank == voter ? .stop : []) }
+                }
+            }
+            for (rank, learnt) in results.enumerated() {
+                #expect(try learnt.get() == [RingVotes](repeating: .stop, count: 2 * ranks), "rank \(rank), \(chunkBytes)-byte chunks")
+            }
         }
-        #expect(try results.allSatisfy { try $0.get() == .stop })
     }
 
     /// Collectives of both kinds in turn on one ring: a partner that runs ahead (its next all-reduce's
