@@ -289,6 +289,13 @@ public struct CoordinatorState {
         if phase != .joining, stopSignal != nil {
             return [.turnAway(identity: identity, reason: "the job is stopping; a worker at \(address) does not join it")]
         }
+        // Elastic in place: a worker at a member's address is that member restarted (a container
+        // restarted in place, faster than the loss is found: a second or the heartbeat time-out)
+        // or a misconfigured twin; either way it waits, its Hello repeated, and joins once the
+        // member there is lost, instead of being turned away.
+        if settings.reformInPlace, phase != .joining, stoppedAt == nil, let rank = members.firstIndex(where: { $0.address == address }) {
+            return [.dropped("the hello of a worker at \(address), where rank \(rank) is still a member: it joins if that member is lost")]
+        }
         // Elastic in place: a worker arriving while the job trains (a replacement, or capacity up
         // to `workers`) joins it at a step boundary, as the last rank; while the ring re-forms, or
         // another joins, it waits (its Hello is repeated).

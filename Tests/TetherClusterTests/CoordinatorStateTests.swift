@@ -260,6 +260,34 @@ import TetherMessages
         #expect(twice.members.map(\.address) == ["tcp://h1:1", "tcp://h2:1"])
     }
 
+    /// A member's container restarted in place says hello (a new connection, the same address) before
+    /// the member is found lost: it is not turned away but left waiting, its Hello repeated, and
+    /// joins the job once the loss is found and the survivors train again. A non-elastic job, which
+    /// cannot take it, still turns it away.
+    @Test func aWorkerRestartedAtAMembersAddressJoinsOnceTheMemberIsLost() {
+        var s = elasticTraining(perEpoch: 4)
+        #expect(s.members.count == 3 && s.phase == .training, "the job is full")
+        let waiting = "the hello of a worker at tcp://h1:1, where rank 1 is still a member: it joins if that member is lost"
+        #expect(s.handle(.hello(identity: [9], address: "tcp://h1:1"), now: 1.2) == [.dropped(waiting)])
+        #expect(
+            s.handle(.hello(identity: [8], address: "tcp://h8:1"), now: 1.2).first.map { if case .turnAway = $0 { true } else { false } }
+                == true,
+            "a worker at a new address is turned away: the job is full")
+        let why = "worker rank 1 (tcp://h1:1): its connection has been gone for 1.2 s: its process ended"
+        #expect(s.handle(.disconnected(rank: 1, seconds: 1.2), now: 1.5) == [.reform(epoch: 1, reason: why)])
+        #expect(s.handle(.hello(identity: [9], address: "tcp://h1:1"), now: 1.6).isEmpty, "it waits while the survivors re-form")
+        for r in 0..<2 { _ = s.handle(.ready(rank: r, ready()), now: 2) }
+        #expect(s.phase == .training && s.members.map(\.address) == ["tcp://h0:1", "tcp://h2:1"])
+        #expect(
+            s.handle(.hello(identity: [9], address: "tcp://h1:1"), now: 2.5)
+                == [.reform(epoch: 2, assign: [9], reason: "a worker at tcp://h1:1 joins the job", atBoundary: true)])
+
+        var rigid = started()
+        #expect(
+            rigid.handle(.hello(identity: [9], address: "tcp://h0:1"), now: 2).first.map { if case .turnAway = $0 { true } else { false } }
+                == true)
+    }
+
     /// A member whose connection is gone (its process ended) is lost at once, not after the heartbeat
     /// time-out: the survivors re-form (elastic in place), or the job fails naming it.
     @Test func aMemberWhoseConnectionIsGoneIsLostAtOnce() {
@@ -333,8 +361,9 @@ import TetherMessages
     /// --workers) is assigned the last rank of the next epoch's ring at once; the members are told to
     /// re-form at a step boundary and go on: their reports still merge. They listen on the new ring
     /// after the agreed step and its end-of-step work; when all have (and the joiner), the ring
-    /// switches, nothing redone. A second joiner waits; one with a member's address is turned away,
-    /// and so is one when the job is full; ranks that leave at different steps fail the job.
+    /// switches, nothing redone. A second joiner waits, and so does one with a member's address (see
+    /// `aWorkerRestartedAtAMembersAddressJoinsOnceTheMemberIsLost`); one when the job is full is turned
+    /// away; ranks that leave at different steps fail the job.
     @Test func aWorkerArrivingWhileTheJobTrainsJoinsItAtAStepBoundary() {
         var settings = settings(workers: 4, total: 8, perEpoch: 4)
         (settings.minWorkers, settings.lastCall, settings.reformInPlace) = (2, 1, true)
@@ -345,7 +374,7 @@ import TetherMessages
         for r in 0..<2 { _ = s.handle(.step(rank: r, report(1)), now: 3) }
         #expect(
             s.handle(.hello(identity: [9], address: "tcp://h0:1"), now: 4)
-                == [.turnAway(identity: [9], reason: "the job formed with 2 workers before a worker at tcp://h0:1 said hello")])
+                == [.dropped("the hello of a worker at tcp://h0:1, where rank 0 is still a member: it joins if that member is lost")])
         #expect(
             s.handle(.hello(identity: [7], address: "tcp://h7:1"), now: 4)
                 == [.reform(epoch: 1, assign: [7], reason: "a worker at tcp://h7:1 joins the job", atBoundary: true)])
