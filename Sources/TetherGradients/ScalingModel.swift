@@ -38,11 +38,10 @@ public struct ScalingModel: Sendable, Equatable {
         (self.gradientBytes, self.bucketBytes, self.bandwidth, self.latency) = (gradientBytes, bucketBytes, bandwidth, latency)
     }
 
-    /// The ring all-reduce of `bytes` over `ranks`: 2(R-1) latencies and 2(R-1)/R of the bytes.
+    /// The ring all-reduce of `bytes` over `ranks`: 2(R-1) latencies and 2(R-1)/R of the bytes
+    /// (`CollectiveCost`'s, as every schedule's).
     public func ringSeconds(_ bytes: Double, ranks: Int) -> Double {
-        guard ranks > 1 else { return 0 }
-        let steps = Double(2 * (ranks - 1))
-        return steps * latency + steps / Double(ranks) * bytes / bandwidth
+        link.seconds(.ring, ranks: ranks, bytes: Int(bytes.rounded(.up)))
     }
 
     /// The all-reduce of one bucket of `bytes` over `ranks` by `collective` (by size: the schedule the
@@ -50,9 +49,7 @@ public struct ScalingModel: Sendable, Equatable {
     /// recursive doubling and the tree only for buckets of one 1 MB chunk, as a ring times them).
     public func allReduceSeconds(_ bytes: Double, ranks: Int) -> Double {
         guard ranks > 1 else { return 0 }
-        let n = Int(bytes.rounded(.up)), algorithm = schedule(bytes, ranks: ranks)
-        if algorithm == .ring { return ringSeconds(bytes, ranks: ranks) }
-        return link.seconds(algorithm, ranks: ranks, bytes: n)
+        return link.seconds(schedule(bytes, ranks: ranks), ranks: ranks, bytes: Int(bytes.rounded(.up)))
     }
 
     /// Each host's link, for the cost model.
