@@ -121,8 +121,7 @@ import Testing
     }
 
     /// Votes: every rank learns any rank's in the same all-reduce, in steps of one chunk and of several
-    /// (16 floats a chunk: a step's first chunks may leave before the step before is in), and with
-    /// empty segments (3 elements).
+    /// (16 floats a chunk), and with empty segments (3 elements).
     @Test(arguments: [2, 3, 5, 8], [AllReduceAlgorithm.halvingDoubling, .tree, .recursiveDoubling])
     func everyRankLearnsTheVotes(ranks: Int, algorithm: AllReduceAlgorithm) throws {
         for chunkBytes in [1 << 20, 64] {
